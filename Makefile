@@ -1,0 +1,41 @@
+# Everything runs from a project-local virtualenv (.venv), created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint format bench-webhook clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## run: the control plane in local mode on the example mesh (no Kubernetes)
+run: $(STAMP)
+	$(BIN)/meshplane serve --config-dir examples/mesh --state-dir .state \
+	  --webhook-addr 127.0.0.1:15017 --http-addr 127.0.0.1:8080 --monitoring-addr 127.0.0.1:15014
+
+## lint: ruff, formatting, types, import layering
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## test: lint, then the whole pytest suite
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench-webhook: $(STAMP)
+	$(BIN)/python -m bench.webhook
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,2 @@
+"""The mesh certificate authority: root key material, signing, and the control plane's own
+serving certificate."""

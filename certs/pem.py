@@ -1,0 +1,53 @@
+"""Small helpers around `cryptography` for PEM encoding and key generation."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def generate_key(algorithm: str = "ecdsa-p256") -> PrivateKey:
+    """`ecdsa-p256` (default), `rsa-2048`, `rsa-3072` or `rsa-4096`."""
+    if algorithm == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm.startswith("rsa-") and algorithm[4:] in {"2048", "3072", "4096"}:
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(algorithm[4:]))
+    raise ValueError(f"key algorithm {algorithm!r} is not one of ecdsa-p256, rsa-2048, rsa-3072, rsa-4096")
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_key(data: bytes) -> PrivateKey:
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise ValueError(f"unsupported CA key type {type(key).__name__}; use ECDSA or RSA")
+    return key
+
+
+def write_atomic(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write via a temp file and rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise

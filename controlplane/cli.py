@@ -1,0 +1,176 @@
+"""The `meshplane` command line (also `python -m controlplane`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from controlplane import __version__, logs
+from controlplane.settings import Address, Settings, SettingsError
+
+log = logging.getLogger("meshplane")
+
+ENV_PREFIX = "MESHPLANE_"
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None, **kw: Any) -> None:
+    """A flag whose default comes from MESHPLANE_<FLAG> when set, else `default`."""
+    env = _env_name(flag)
+    value = os.environ.get(env, default)
+    parser.add_argument(flag, default=value, help=f"{help} [env {env}; default {default!r}]", **kw)
+
+
+def _serve_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the control plane (webhook, CA, xDS) for one revision",
+        description=(
+            "Run one revision of the control plane. With --config-dir it runs in local mode: "
+            "no Kubernetes, config read from YAML files in DIR (watched), CA root written to "
+            "STATE_DIR/root-cert.pem. Every flag can also be set with an env var MESHPLANE_<FLAG>."
+        ),
+    )
+    d = Settings()
+    _add(p, "--revision", default=d.revision, help="control plane revision (istio.io/rev)")
+    _add(p, "--namespace", default=d.namespace, help="namespace the control plane runs in")
+    _add(
+        p,
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (Kubernetes mode; in-cluster config if unset)",
+    )
+    _add(
+        p,
+        "--config-dir",
+        default=None,
+        help="local mode: directory of YAML config, watched for edits",
+    )
+    _add(p, "--state-dir", default=str(d.state_dir), help="directory for CA key material and state")
+    _add(p, "--grpc-addr", default=str(d.grpc_addr), help="plaintext xDS gRPC address")
+    _add(
+        p,
+        "--secure-grpc-addr",
+        default=str(d.secure_grpc_addr),
+        help="TLS gRPC address (xDS and CA)",
+    )
+    _add(
+        p,
+        "--webhook-addr",
+        default=str(d.webhook_addr),
+        help="sidecar injection webhook HTTPS address",
+    )
+    _add(p, "--monitoring-addr", default=str(d.monitoring_addr), help="Prometheus /metrics address")
+    _add(
+        p,
+        "--http-addr",
+        default=str(d.http_addr),
+        help="/ready and /debug address (localhost by default)",
+    )
+    _add(p, "--trust-domain", default=d.trust_domain, help="SPIFFE trust domain")
+    _add(p, "--cluster-id", default=d.cluster_id, help="cluster id given to injected proxies")
+    _add(
+        p,
+        "--serving-hosts",
+        default="",
+        help="extra comma-separated DNS names or IPs for the serving certificate",
+    )
+    _add(p, "--log-format", default=d.log_format, choices=logs.FORMATS, help="log format")
+    _add(p, "--log-level", default=d.log_level, choices=logs.LEVELS, help="log level")
+    _add(
+        p,
+        "--grace-period",
+        default=str(d.grace_period),
+        help="seconds to finish in-flight requests on SIGTERM",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    def addr(name: str) -> Address:
+        return Address.parse(getattr(args, name.replace("-", "_")), field=f"--{name}")
+
+    try:
+        grace = float(args.grace_period)
+    except ValueError:
+        raise SettingsError(f"--grace-period: {args.grace_period!r} is not a number of seconds") from None
+    if grace < 0:
+        raise SettingsError(f"--grace-period: {grace} must not be negative")
+    if not args.revision or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in args.revision):
+        raise SettingsError(f"--revision: {args.revision!r} must be lowercase letters, digits and '-'")
+    return Settings(
+        revision=args.revision,
+        namespace=args.namespace,
+        kubeconfig=pathlib.Path(args.kubeconfig) if args.kubeconfig else None,
+        config_dir=pathlib.Path(args.config_dir) if args.config_dir else None,
+        state_dir=pathlib.Path(args.state_dir),
+        grpc_addr=addr("grpc-addr"),
+        secure_grpc_addr=addr("secure-grpc-addr"),
+        webhook_addr=addr("webhook-addr"),
+        monitoring_addr=addr("monitoring-addr"),
+        http_addr=addr("http-addr"),
+        trust_domain=args.trust_domain,
+        cluster_id=args.cluster_id,
+        serving_hosts=tuple(h.strip() for h in args.serving_hosts.split(",") if h.strip()),
+        log_format=args.log_format,
+        log_level=args.log_level,
+        grace_period=grace,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from controlplane.server import run
+
+    settings = settings_from_args(args)
+    logs.configure(level=settings.log_level, fmt=settings.log_format)
+    return asyncio.run(run(settings))
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    print(f"meshplane {__version__}")
+    return 0
+
+
+# Subcommands register here: name -> function adding the subparser.
+SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser]
+
+
+def _register_optional() -> None:
+    from controlplane import injectcmd
+
+    SUBCOMMANDS.append(injectcmd.add_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshplane",
+        description="meshplane: a small, Istio-compatible service-mesh control plane.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    v = sub.add_parser("version", help="print the version")
+    v.set_defaults(func=_cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _register_optional()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"meshplane: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,133 @@
+"""ConfigStore: the latest Kubernetes-shaped objects from a config source, and their change events.
+
+Both config sources (a YAML directory in local mode, Kubernetes informers) write here through the
+same two calls, so everything downstream sees one stream of `ConfigEvent`s whatever the source.
+Objects are plain JSON-like dicts; the store treats them as immutable once written.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Object = Mapping[str, Any]
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    kind: str
+    namespace: str  # "" for cluster-scoped kinds
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+    @classmethod
+    def of(cls, obj: Object) -> ObjectKey:
+        meta = obj.get("metadata") or {}
+        return cls(
+            kind=str(obj["kind"]),
+            namespace=str(meta.get("namespace") or ""),
+            name=str(meta["name"]),
+        )
+
+
+class EventType(enum.Enum):
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class ConfigEvent:
+    type: EventType
+    key: ObjectKey
+    old: Object | None
+    new: Object | None
+
+
+Listener = Callable[[Sequence[ConfigEvent]], None]
+
+
+class ConfigStore:
+    """Objects by key plus synchronous fan-out of each batch of changes to listeners.
+
+    Listeners run inline, in subscription order, and must be quick (typically: recompute a small
+    derived view or enqueue a push request). A listener that raises is logged and does not stop
+    the others or the writer.
+    """
+
+    def __init__(self) -> None:
+        self._objects: dict[ObjectKey, Object] = {}
+        self._listeners: list[Listener] = []
+        self._synced = False
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, key: ObjectKey) -> Object | None:
+        return self._objects.get(key)
+
+    def list(self, kind: str, *, namespace: str | None = None) -> list[Object]:
+        return [
+            obj
+            for key, obj in sorted(self._objects.items())
+            if key.kind == kind and (namespace is None or key.namespace == namespace)
+        ]
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    @property
+    def synced(self) -> bool:
+        """True once the source has delivered its first complete view."""
+        return self._synced
+
+    # -- writing (config sources only) -------------------------------------------------------
+    def mark_synced(self) -> None:
+        self._synced = True
+
+    def apply(self, changes: Iterable[tuple[ObjectKey, Object | None]]) -> list[ConfigEvent]:
+        """Set (or delete, with None) each key; notify listeners once with the real changes."""
+        events: list[ConfigEvent] = []
+        for key, new in changes:
+            old = self._objects.get(key)
+            if new is None:
+                if old is None:
+                    continue
+                del self._objects[key]
+                events.append(ConfigEvent(EventType.DELETED, key, old, None))
+            elif old is None:
+                self._objects[key] = new
+                events.append(ConfigEvent(EventType.ADDED, key, None, new))
+            elif old != new:
+                self._objects[key] = new
+                events.append(ConfigEvent(EventType.MODIFIED, key, old, new))
+        if events:
+            self._notify(events)
+        return events
+
+    def replace_kind(self, kind: str, objects: Iterable[Object]) -> list[ConfigEvent]:
+        """Make the store's objects of `kind` exactly `objects` (a relist)."""
+        wanted = {ObjectKey.of(obj): obj for obj in objects}
+        stale = [(key, None) for key in self._objects if key.kind == kind and key not in wanted]
+        return self.apply([*stale, *wanted.items()])
+
+    def replace_all(self, objects: Mapping[ObjectKey, Object]) -> list[ConfigEvent]:
+        """Make the whole store exactly `objects` (the file source's full view)."""
+        stale = [(key, None) for key in self._objects if key not in objects]
+        return self.apply([*stale, *objects.items()])
+
+    # -- events ------------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, events: Sequence[ConfigEvent]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(events)
+            except Exception:
+                log.exception("config listener %r failed", listener)

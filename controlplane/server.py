@@ -1,0 +1,170 @@
+"""`meshplane serve`: wires all shared state, starts every server as a named task, stops cleanly.
+
+Start order: config source (first full view) → CA and serving certificate → HTTPS webhook →
+health/debug and metrics HTTP. `/ready` turns 200 only when the config source has synced and
+every listener is bound. SIGTERM (or SIGINT) stops accepting, lets in-flight requests finish
+within the grace period, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from webhook.config import InjectionConfigWatcher
+
+from certs.authority import FileKeyStore
+from certs.serving import ServingCertificate, serving_names
+from controlplane import __version__
+from controlplane.aio import TaskGroup
+from controlplane.httpserver import health_app, metrics_app
+from controlplane.model.store import ConfigStore
+from controlplane.settings import Address, Settings, SettingsError
+from controlplane.sources.files import FileSource
+from webhook.app import webhook_app
+from webhook.service import Injector
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    """One revision's control plane process. Construct, `await start()`, later `await stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ConfigStore()
+        self.tasks = TaskGroup()
+        self._runners: dict[str, web.AppRunner] = {}
+        self._bound: dict[str, bool] = {}
+        self.file_source: FileSource | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        if s.config_dir is None:
+            raise SettingsError(
+                "Kubernetes mode is not available in this build; run with --config-dir DIR (local mode)"
+            )
+        self.file_source = FileSource(s.config_dir, self.store)
+        self.file_source.scan()  # fail fast on a missing directory, before binding any port
+        self.store.mark_synced()
+        self.tasks.start("config-dir-watch", self._watch_files(self.file_source))
+
+        keystore = FileKeyStore(s.state_dir / "ca", org=s.trust_domain)
+        authority = keystore.load_or_create()
+        root_file = s.state_dir / "root-cert.pem"
+        root_file.parent.mkdir(parents=True, exist_ok=True)
+        root_file.write_bytes(authority.root_pem)
+        hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=s.serving_hosts)
+        self.serving = ServingCertificate(authority, hosts=hosts)
+
+        watcher = InjectionConfigWatcher(
+            self.store,
+            namespace=s.namespace,
+            injector_configmap=s.injector_configmap,
+            mesh_configmap=s.mesh_configmap,
+        )
+        self.injector = Injector(
+            store=self.store,
+            config=watcher,
+            revision=s.revision,
+            discovery_address=s.discovery_address,
+            trust_domain=s.trust_domain,
+            cluster_id=s.cluster_id,
+        )
+
+        await self._serve("webhook", webhook_app(self.injector), s.webhook_addr, tls=True)
+        await self._serve("http", health_app(self._readiness, self._debug_handlers()), s.http_addr)
+        await self._serve("monitoring", metrics_app(), s.monitoring_addr)
+        log.info(
+            "meshplane %s serving revision %s",
+            __version__,
+            s.revision,
+            extra={"mode": "local" if s.local_mode else "kubernetes", "namespace": s.namespace},
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, finish in-flight requests (bounded by the grace period), stop tasks."""
+        for name, runner in reversed(self._runners.items()):
+            self._bound[name] = False
+            await runner.cleanup()
+        await self.tasks.cancel_all()
+
+    # -- pieces --------------------------------------------------------------------------------
+    async def _serve(self, name: str, app: web.Application, addr: Address, *, tls: bool = False) -> None:
+        runner = web.AppRunner(app, shutdown_timeout=self.settings.grace_period, access_log=None)
+        await runner.setup()
+        ssl_context = self.serving.ssl_context() if tls else None
+        site = web.TCPSite(runner, addr.bind_host, addr.port, ssl_context=ssl_context, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise SettingsError(f"cannot listen on {addr} for {name}: {exc.strerror or exc}") from exc
+        self._runners[name] = runner
+        self._bound[name] = True
+        log.info("%s listening on %s%s", name, addr, " (TLS)" if tls else "")
+
+    async def _watch_files(self, source: FileSource) -> None:
+        while True:
+            await asyncio.sleep(source.poll_interval)
+            try:
+                source.scan()
+            except FileNotFoundError as exc:
+                log.error("%s; keeping the last good config", exc)
+
+    def _readiness(self) -> Mapping[str, bool]:
+        checks = {f"{name} server": bound for name, bound in self._bound.items()}
+        checks["config sync"] = self.store.synced
+        for name in ("webhook", "http", "monitoring"):
+            checks.setdefault(f"{name} server", False)
+        return checks
+
+    def _debug_handlers(self) -> dict[str, Any]:
+        def configz(_: web.Request) -> Any:
+            return {
+                "objects": [str(key) for key in sorted(self.store._objects)],
+                "problems": [str(p) for p in (self.file_source.problems if self.file_source else [])],
+            }
+
+        def injectz(_: web.Request) -> Any:
+            return self.injector.describe()
+
+        return {"configz": configz, "injectz": injectz}
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until a server task fails (exit 1)."""
+    plane = ControlPlane(settings)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        log.info(
+            "received %s; shutting down (grace %.0fs)",
+            signal.Signals(signum).name,
+            settings.grace_period,
+        )
+        if not stop.done():
+            stop.set_result(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        try:
+            await plane.start()
+        except SettingsError:
+            await plane.stop()
+            raise
+        await plane.tasks.wait_first(stop)
+        failed = not stop.done()
+        await plane.stop()
+        log.info("stopped")
+        return 1 if failed else 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,1 @@
+"""Config sources: they fill `controlplane.model.store.ConfigStore` and nothing else."""

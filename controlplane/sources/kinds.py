@@ -1,0 +1,114 @@
+"""The object kinds meshplane reads, and the structural checks a document must pass.
+
+The checks are the ones the API server would make before storing the object, reduced to the
+fields meshplane reads. A failed check raises `FieldError` naming the field path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+Validator = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    api_versions: frozenset[str]
+    namespaced: bool
+    validate: Validator | None = None
+
+
+def _string_map(obj: Mapping[str, Any], path: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise FieldError(path, f"must be a map of strings, got {type(value).__name__}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise FieldError(f"{path}.{k}", f"must be a string, got {type(v).__name__}")
+
+
+def _validate_configmap(obj: Mapping[str, Any]) -> None:
+    _string_map(obj, "data", obj.get("data"))
+
+
+def _validate_namespace(obj: Mapping[str, Any]) -> None:
+    name = obj["metadata"]["name"]
+    if not _DNS_LABEL.match(name) or len(name) > 63:
+        raise FieldError("metadata.name", f"{name!r} is not a valid namespace name (RFC 1123 label)")
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> None:
+    """Add (or replace) a kind; each feature registers the kinds it reads."""
+    KINDS[kind.name] = kind
+
+
+register(Kind("Namespace", frozenset({"v1"}), namespaced=False, validate=_validate_namespace))
+register(Kind("ConfigMap", frozenset({"v1"}), namespaced=True, validate=_validate_configmap))
+
+
+def check_document(doc: Any) -> Mapping[str, Any]:
+    """Return the document with `metadata.namespace` defaulted; raise FieldError if malformed.
+
+    Raises `UnknownKind` for a well-formed document of a kind meshplane does not read.
+    """
+    if not isinstance(doc, Mapping):
+        raise FieldError("(document)", f"must be a mapping, got {type(doc).__name__}")
+    for field in ("apiVersion", "kind"):
+        if not isinstance(doc.get(field), str) or not doc[field]:
+            raise FieldError(field, "is required and must be a non-empty string")
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise FieldError("metadata", "is required and must be a mapping")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise FieldError("metadata.name", "is required and must be a non-empty string")
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        raise FieldError("metadata.name", f"{name!r} is not a valid name (RFC 1123 subdomain)")
+    _string_map(doc, "metadata.labels", meta.get("labels"))
+    _string_map(doc, "metadata.annotations", meta.get("annotations"))
+    kind = KINDS.get(doc["kind"])
+    if kind is None:
+        raise UnknownKind(doc["kind"])
+    if doc["apiVersion"] not in kind.api_versions:
+        raise FieldError(
+            "apiVersion",
+            f"{doc['apiVersion']!r} is not served for {kind.name}; use {', '.join(sorted(kind.api_versions))}",
+        )
+    namespace = meta.get("namespace")
+    if kind.namespaced:
+        if namespace is None:
+            namespace = "default"
+        if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+            raise FieldError("metadata.namespace", f"{namespace!r} is not a valid namespace name")
+    elif namespace:
+        raise FieldError("metadata.namespace", f"{kind.name} is cluster-scoped and takes no namespace")
+    if kind.validate is not None:
+        kind.validate(doc)
+    normalized = dict(doc)
+    normalized["metadata"] = {**meta, "namespace": namespace} if kind.namespaced else dict(meta)
+    return normalized
+
+
+class UnknownKind(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind

@@ -1,0 +1,135 @@
+"""AdmissionReview (admission.k8s.io/v1) in, AdmissionReview out.
+
+`review()` never raises for bad input: it returns the HTTP status and the body to send.
+- Protocol errors (not JSON, wrong apiVersion/kind, no `request.uid`, an object that is not a Pod)
+  answer 400 with an AdmissionReview whose response carries the uid when it could be read,
+  `allowed: false` and a status naming the field.
+- A pod the injector rejects (an invalid annotation) answers 200 with `allowed: false` and
+  status code 400, which is how the API server shows the message to the user.
+- Otherwise 200 with `allowed: true`, an optional base64 JSONPatch, and warnings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.service import Injector
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+
+
+class ReviewError(Exception):
+    def __init__(self, message: str, *, uid: str = "", reason: str = "bad_request") -> None:
+        super().__init__(message)
+        self.uid = uid
+        self.reason = reason
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    result: str  # "success" | "skip" | "failure"
+    reason: str = ""
+
+
+def _envelope(response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+
+
+def error_body(message: str, *, uid: str = "", code: int = 400) -> dict[str, Any]:
+    reason = {400: "BadRequest", 413: "RequestEntityTooLarge", 415: "UnsupportedMediaType"}.get(code, "BadRequest")
+    return _envelope(
+        {
+            "uid": uid,
+            "allowed": False,
+            "status": {"code": code, "reason": reason, "message": message, "status": "Failure"},
+        }
+    )
+
+
+def _parse(body: bytes) -> tuple[str, Mapping[str, Any], Mapping[str, Any]]:
+    """Return (uid, request, pod) or raise ReviewError naming what is wrong."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReviewError(f"body is not valid JSON: {exc}", reason="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise ReviewError("body must be a JSON object (an AdmissionReview)", reason="invalid_review")
+    request = doc.get("request")
+    uid = ""
+    if isinstance(request, dict) and isinstance(request.get("uid"), str):
+        uid = request["uid"]
+    if doc.get("apiVersion") != API_VERSION:
+        raise ReviewError(
+            f"apiVersion {doc.get('apiVersion')!r} is not supported; send {API_VERSION}",
+            uid=uid,
+            reason="invalid_review",
+        )
+    if doc.get("kind") != KIND:
+        raise ReviewError(f"kind {doc.get('kind')!r} is not {KIND}", uid=uid, reason="invalid_review")
+    if not isinstance(request, dict):
+        raise ReviewError("request is missing or not an object", reason="invalid_review")
+    if not uid:
+        raise ReviewError("request.uid is missing or not a string", reason="invalid_review")
+    kind = request.get("kind")
+    if not isinstance(kind, dict) or kind.get("kind") != "Pod" or kind.get("group", "") != "":
+        raise ReviewError(
+            f"request.kind is {kind!r}; this webhook only admits core/v1 Pods",
+            uid=uid,
+            reason="not_pod",
+        )
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        raise ReviewError("request.object is missing or not an object", uid=uid, reason="not_pod")
+    if pod.get("kind", "Pod") != "Pod" or pod.get("apiVersion", "v1") != "v1":
+        raise ReviewError(
+            f"request.object is {pod.get('apiVersion')}/{pod.get('kind')}; expected v1/Pod",
+            uid=uid,
+            reason="not_pod",
+        )
+    spec = pod.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("containers"), list):
+        raise ReviewError("request.object.spec.containers is missing or not a list", uid=uid, reason="invalid_pod")
+    meta = pod.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise ReviewError("request.object.metadata is not an object", uid=uid, reason="invalid_pod")
+    return uid, request, pod
+
+
+def review(body: bytes, *, injector: Injector, cluster: str | None = None, network: str | None = None) -> Outcome:
+    try:
+        uid, request, pod = _parse(body)
+    except ReviewError as exc:
+        return Outcome(400, error_body(str(exc), uid=exc.uid), "failure", exc.reason)
+    if request.get("operation", "CREATE") != "CREATE":
+        response = {"uid": uid, "allowed": True}
+        return Outcome(200, _envelope(response), "skip")
+    namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
+    try:
+        admission = injector.admit(pod, namespace=str(namespace), cluster=cluster, network=network)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        # A pod whose fields have the wrong shape (e.g. a string where a list belongs).
+        message = f"request.object is not a valid Pod: {exc.__class__.__name__}: {exc}"
+        return Outcome(400, error_body(message, uid=uid), "failure", "invalid_pod")
+    response: dict[str, Any] = {"uid": uid, "allowed": admission.allowed}
+    if admission.warnings:
+        response["warnings"] = admission.warnings
+    if not admission.allowed:
+        response["status"] = {
+            "code": 400,
+            "reason": "BadRequest",
+            "message": admission.error or "",
+            "status": "Failure",
+        }
+        return Outcome(200, _envelope(response), "failure", admission.error_reason or "rejected")
+    if admission.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(admission.patch, separators=(",", ":")).encode()).decode()
+        return Outcome(200, _envelope(response), "success")
+    return Outcome(200, _envelope(response), "skip" if admission.skipped else "success")
