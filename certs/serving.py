@@ -37,6 +37,8 @@ class ServingCertificate:
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.chain: list[x509.Certificate] = []
+        self.key_pem = b""
+        self.generation = 0  # bumped on every reissue; gRPC's dynamic credentials poll it
         self.reissue()
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -45,6 +47,9 @@ class ServingCertificate:
     @property
     def not_after(self) -> dt.datetime:
         return self.chain[0].not_valid_after_utc
+
+    def root_pem(self) -> bytes:
+        return self.authority.root_pem
 
     def chain_pem(self) -> bytes:
         return b"".join(cert_pem(c) for c in self.chain)
@@ -57,11 +62,13 @@ class ServingCertificate:
         dns = tuple(h for h in self.hosts if not _is_ip(h))
         ips = tuple(h for h in self.hosts if _is_ip(h))
         self.chain = self.authority.issue(public_key=key.public_key(), ttl=self.ttl, dns_names=dns, ips=ips)
+        self.key_pem = key_pem(key)
         with tempfile.TemporaryDirectory(prefix="meshplane-serving-") as tmp:
             cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
             write_atomic(cert_file, self.chain_pem())
-            write_atomic(key_file, key_pem(key), mode=0o600)
+            write_atomic(key_file, self.key_pem, mode=0o600)
             self._context.load_cert_chain(cert_file, key_file)
+        self.generation += 1
         log.info(
             "serving certificate issued",
             extra={"hosts": ",".join(self.hosts), "not_after": self.not_after.isoformat()},

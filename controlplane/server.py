@@ -21,6 +21,7 @@ from certs.authority import FileKeyStore
 from certs.serving import ServingCertificate, serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
+from controlplane.grpcserver import GrpcServers
 from controlplane.httpserver import health_app, metrics_app
 from controlplane.model.store import ConfigStore
 from controlplane.settings import Address, Settings, SettingsError
@@ -77,6 +78,11 @@ class ControlPlane:
             cluster_id=s.cluster_id,
         )
 
+        self.grpc = GrpcServers(plaintext_addr=s.grpc_addr, secure_addr=s.secure_grpc_addr, serving=self.serving)
+        # gRPC services register on the shared servers here, before they start.
+        await self.grpc.start()
+        self._bound["grpc"] = True
+
         await self._serve("webhook", webhook_app(self.injector), s.webhook_addr, tls=True)
         await self._serve("http", health_app(self._readiness, self._debug_handlers()), s.http_addr)
         await self._serve("monitoring", metrics_app(), s.monitoring_addr)
@@ -92,6 +98,9 @@ class ControlPlane:
         for name, runner in reversed(self._runners.items()):
             self._bound[name] = False
             await runner.cleanup()
+        if getattr(self, "grpc", None) is not None:
+            self._bound["grpc"] = False
+            await self.grpc.stop(self.settings.grace_period)
         await self.tasks.cancel_all()
 
     # -- pieces --------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ class ControlPlane:
     def _readiness(self) -> Mapping[str, bool]:
         checks = {f"{name} server": bound for name, bound in self._bound.items()}
         checks["config sync"] = self.store.synced
-        for name in ("webhook", "http", "monitoring"):
+        for name in ("grpc", "webhook", "http", "monitoring"):
             checks.setdefault(f"{name} server", False)
         return checks
 
