@@ -51,3 +51,22 @@ def write_atomic(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def chain_pem(certs: list[x509.Certificate]) -> bytes:
+    """Concatenated PEM of `certs`, in order."""
+    return b"".join(cert_pem(c) for c in certs)
+
+
+def load_certificates(data: bytes, *, source: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order.
+
+    Raises ValueError naming `source` when the data holds no certificate or one does not parse.
+    """
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(f"{source}: not a PEM certificate bundle: {exc}") from None
+    if not certs:
+        raise ValueError(f"{source}: holds no certificate")
+    return certs

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from certs import tokencmd
 from controlplane import __version__, logs
 from controlplane.settings import Address, Settings, SettingsError
 
@@ -141,7 +142,7 @@ def _cmd_version(_: argparse.Namespace) -> int:
 
 
 # Subcommands register here: name -> function adding the subparser.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser, tokencmd.add_parser]
 
 
 def _register_optional() -> None:

@@ -1,9 +1,10 @@
 """The process's two gRPC servers, shared by every gRPC service (xDS, CA).
 
 - plaintext on `--grpc-addr` (:15010);
-- TLS on `--secure-grpc-addr` (:15012) with meshplane's serving certificate; a client certificate
-  is asked for (verified against the mesh roots) but not required, so callers may authenticate
-  with a certificate or a token.
+- TLS on `--secure-grpc-addr` (:15012) with meshplane's serving certificate. Client certificates
+  are not required, so callers may authenticate with a token. (grpcio's Python API can only
+  either not request a client certificate or require one; it has no "request but do not require"
+  mode, so on this server no client certificate reaches the services.)
 
 The TLS credentials are dynamic: after `ServingCertificate.reissue()`, new handshakes get the new
 certificate and trust bundle, and open streams carry on.
@@ -51,8 +52,8 @@ class GrpcServers:
         self.serving = serving
         self.plaintext_addr = plaintext_addr
         self.secure_addr = secure_addr
-        self.plaintext = grpc.aio.Server(options=_OPTIONS) if plaintext_addr else None  # type: ignore[attr-defined]
-        self.secure = grpc.aio.Server(options=_OPTIONS) if secure_addr else None  # type: ignore[attr-defined]
+        self.plaintext = grpc.aio.server(options=_OPTIONS) if plaintext_addr else None
+        self.secure = grpc.aio.server(options=_OPTIONS) if secure_addr else None
         self._generation = serving.generation
         self.started = False
 
@@ -75,8 +76,11 @@ class GrpcServers:
             self._bind(self.plaintext.add_insecure_port, self.plaintext_addr, "grpc")
             await self.plaintext.start()
         if self.secure is not None and self.secure_addr is not None:
+            # grpc-stubs types the fetcher as never returning None; grpc documents None as "no change".
             creds = grpc.dynamic_ssl_server_credentials(
-                _cert_config(self.serving), self._fetch_config, require_client_authentication=False
+                _cert_config(self.serving),
+                self._fetch_config,  # type: ignore[arg-type]
+                require_client_authentication=False,
             )
             self._bind(lambda a: self.secure.add_secure_port(a, creds), self.secure_addr, "secure grpc")  # type: ignore[union-attr]
             await self.secure.start()

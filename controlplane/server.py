@@ -17,8 +17,9 @@ from typing import Any
 from aiohttp import web
 from webhook.config import InjectionConfigWatcher
 
-from certs.authority import FileKeyStore
-from certs.serving import ServingCertificate, serving_names
+from certs.authority import KeyMaterialError
+from certs.runtime import local_ca
+from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
 from controlplane.grpcserver import GrpcServers
@@ -51,17 +52,22 @@ class ControlPlane:
                 "Kubernetes mode is not available in this build; run with --config-dir DIR (local mode)"
             )
         self.file_source = FileSource(s.config_dir, self.store)
-        self.file_source.scan()  # fail fast on a missing directory, before binding any port
+        try:
+            self.file_source.scan()  # fail fast on a missing directory, before binding any port
+        except FileNotFoundError as exc:
+            raise SettingsError(f"--config-dir: {exc}") from None
         self.store.mark_synced()
         self.tasks.start("config-dir-watch", self._watch_files(self.file_source))
 
-        keystore = FileKeyStore(s.state_dir / "ca", org=s.trust_domain)
-        authority = keystore.load_or_create()
-        root_file = s.state_dir / "root-cert.pem"
-        root_file.parent.mkdir(parents=True, exist_ok=True)
-        root_file.write_bytes(authority.root_pem)
         hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=s.serving_hosts)
-        self.serving = ServingCertificate(authority, hosts=hosts)
+        try:
+            # Key material (state dir; `cacerts/` plug-in if present), <state-dir>/root-cert.pem, the CA service.
+            self.ca = await local_ca(state_dir=s.state_dir, trust_domain=s.trust_domain, serving_hosts=hosts)
+        except KeyMaterialError as exc:
+            raise SettingsError(str(exc)) from None
+        self.serving = self.ca.serving
+        for name, task in self.ca.tasks().items():
+            self.tasks.start(name, task)
 
         watcher = InjectionConfigWatcher(
             self.store,
@@ -80,6 +86,7 @@ class ControlPlane:
 
         self.grpc = GrpcServers(plaintext_addr=s.grpc_addr, secure_addr=s.secure_grpc_addr, serving=self.serving)
         # gRPC services register on the shared servers here, before they start.
+        self.grpc.add(self.ca.service.register, plaintext=False, secure=True)
         await self.grpc.start()
         self._bound["grpc"] = True
 

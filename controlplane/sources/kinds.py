@@ -11,6 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.model.endpoints import EndpointSlice
+from controlplane.model.fields import ObjectError
+from controlplane.model.security import PeerAuthentication
+from controlplane.model.services import Service
+from controlplane.model.workloads import Workload
+
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -63,6 +69,39 @@ def register(kind: Kind) -> None:
 
 register(Kind("Namespace", frozenset({"v1"}), namespaced=False, validate=_validate_namespace))
 register(Kind("ConfigMap", frozenset({"v1"}), namespaced=True, validate=_validate_configmap))
+
+
+def _parsed_by(parse: Callable[[Mapping[str, Any]], object]) -> Validator:
+    """A validator that runs the model's own parser, so a stored document is one the model can use."""
+
+    def validate(obj: Mapping[str, Any]) -> None:
+        try:
+            parse(obj)
+        except ObjectError as exc:
+            raise FieldError(exc.field, exc.message) from None
+
+    return validate
+
+
+# The kinds the service registry (controlplane.model.registry) reads.
+register(Kind("Service", frozenset({"v1"}), namespaced=True, validate=_parsed_by(Service.from_object)))
+register(Kind("Pod", frozenset({"v1"}), namespaced=True, validate=_parsed_by(Workload.from_object)))
+register(
+    Kind(
+        "EndpointSlice",
+        frozenset({"discovery.k8s.io/v1"}),
+        namespaced=True,
+        validate=_parsed_by(EndpointSlice.from_object),
+    )
+)
+register(
+    Kind(
+        "PeerAuthentication",
+        frozenset({"security.istio.io/v1", "security.istio.io/v1beta1"}),
+        namespaced=True,
+        validate=_parsed_by(PeerAuthentication.from_object),
+    )
+)
 
 
 def check_document(doc: Any) -> Mapping[str, Any]:

@@ -1,0 +1,69 @@
+"""Authenticate by the caller's TLS client certificate (e.g. an agent renewing with its current cert).
+
+The identities are the `spiffe://` URI SANs of the peer's leaf certificate. gRPC verifies the peer
+chain against the mesh roots during the handshake; this authenticator checks again that the leaf
+was issued by the CA's current signer or one of the trusted roots and is within its validity,
+so a certificate from another authority is never taken at its word.
+
+Note: grpcio's Python API can either not request a client certificate or require one; it cannot
+request one optionally. The shared :15012 server does not require one (token callers have none),
+so this authenticator only sees certificates on servers configured to require them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from certs.authenticate import AuthenticationError, Caller, Credentials, NoCredentials
+
+
+class ClientCertAuthenticator:
+    name = "client-certificate"
+
+    def __init__(
+        self,
+        *,
+        issuers: Callable[[], Sequence[x509.Certificate]],
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        """`issuers()` returns the certificates allowed to have issued a caller's leaf (signer and roots)."""
+        self._issuers = issuers
+        self._clock = clock
+
+    async def authenticate(self, credentials: Credentials) -> Caller:
+        if not credentials.peer_certificate_pem:
+            raise NoCredentials("no client certificate presented")
+        try:
+            leaf = x509.load_pem_x509_certificate(credentials.peer_certificate_pem)
+        except ValueError as exc:
+            raise AuthenticationError(f"client certificate does not parse: {exc}") from None
+        now = self._clock()
+        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+            raise AuthenticationError(
+                f"client certificate is not valid now (valid {leaf.not_valid_before_utc.isoformat()} "
+                f"to {leaf.not_valid_after_utc.isoformat()})"
+            )
+        if not any(_issued_by(leaf, issuer) for issuer in self._issuers()):
+            raise AuthenticationError("client certificate was not issued by this mesh's CA")
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            raise AuthenticationError("client certificate has no subjectAltName") from None
+        identities = tuple(
+            u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")
+        )
+        if not identities:
+            raise AuthenticationError("client certificate has no spiffe:// URI SAN")
+        return Caller(source=self.name, identities=identities)
+
+
+def _issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -1,0 +1,177 @@
+"""The gRPC CA: `istio.v1.auth.IstioCertificateService/CreateCertificate`.
+
+The method only sequences: count the CSR -> authenticate (first authenticator that succeeds) ->
+check the CSR, TTL and identity -> sign -> count the issuance. Status codes:
+
+| outcome | status |
+|---|---|
+| no credentials; expired, forged, wrong-audience or wrong-issuer token; TokenReview says no | UNAUTHENTICATED |
+| an authenticator could not decide (e.g. TokenReview API unreachable) and none succeeded | UNAVAILABLE |
+| CSR asks for an identity the caller does not have (message names both) | PERMISSION_DENIED |
+| malformed PEM, bad CSR signature, weak/unsupported key or curve, several URI SANs, | INVALID_ARGUMENT |
+| negative or above-maximum TTL, CSR over 64 KiB | |
+
+A CSR over 64 KiB is INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: the limit is a property of the
+request field (retrying cannot help), while RESOURCE_EXHAUSTED signals a quota or capacity
+condition that may clear. Unauthenticated callers learn nothing about their CSR: authentication
+comes first. Every refusal is counted (`citadel_server_authentication_failure_count`, or
+`citadel_server_csr_sign_error_count{reason}`) and never yields a certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from certs import metrics
+from certs.authenticate import AuthenticationError, Authenticator, Caller, Credentials, NoCredentials
+from certs.authority import Authority, now_utc
+from certs.ca import CertificateAuthority
+from certs.pem import cert_pem
+from certs.signing import Refusal, SigningPolicy, SigningRefused, check_csr, choose_identities, resolve_ttl, sign
+from protos.gen.istio.v1.auth import ca_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
+METHOD_PATH = f"/{SERVICE_NAME}/CreateCertificate"
+
+
+class CaError(Exception):
+    """A refused request: the gRPC status to answer with and a precise message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CertificateService:
+    def __init__(
+        self,
+        *,
+        ca: CertificateAuthority,
+        authenticators: Sequence[Authenticator],
+        policy: SigningPolicy | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        clock: Callable[[], dt.datetime] = now_utc,
+    ) -> None:
+        """`executor`, when given, runs CSR checking and signing off the event loop."""
+        if not authenticators:
+            raise ValueError("the CA needs at least one authenticator")
+        self.ca = ca
+        self.authenticators = tuple(authenticators)
+        self.policy = policy or SigningPolicy()
+        self.executor = executor
+        self.clock = clock
+
+    # -- transport-independent core ---------------------------------------------------------------
+    async def authenticate(self, credentials: Credentials) -> Caller:
+        """The first authenticator's success, or CaError(UNAUTHENTICATED | UNAVAILABLE) listing why each failed."""
+        absent: list[str] = []
+        failed: list[str] = []
+        unavailable = False
+        for authenticator in self.authenticators:
+            try:
+                return await authenticator.authenticate(credentials)
+            except NoCredentials as exc:
+                absent.append(f"{authenticator.name}: {exc}")
+            except AuthenticationError as exc:
+                failed.append(f"{authenticator.name}: {exc}")
+                unavailable = unavailable or exc.unavailable
+        if not failed:
+            raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"no credentials ({'; '.join(absent)})")
+        code = grpc.StatusCode.UNAVAILABLE if unavailable else grpc.StatusCode.UNAUTHENTICATED
+        raise CaError(code, f"authentication failed ({'; '.join(failed)})")
+
+    async def create_certificate(self, *, csr: str, validity_seconds: int, credentials: Credentials) -> list[str]:
+        """Authenticate, check, sign; return the PEM chain, leaf first, root last. Raises CaError."""
+        metrics.csr_count.inc()
+        try:
+            caller = await self.authenticate(credentials)
+        except CaError:
+            metrics.authentication_failure_count.inc()
+            raise
+        authority = self.ca.current
+        now = self.clock()
+        work = _SignJob(csr=csr, validity_seconds=validity_seconds, caller=caller, policy=self.policy, now=now)
+        try:
+            if self.executor is None:
+                chain = work.run(authority)
+            else:
+                chain = await asyncio.get_running_loop().run_in_executor(self.executor, work.run, authority)
+        except SigningRefused as exc:
+            metrics.csr_sign_error_count.inc(reason=exc.reason)
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if exc.refusal is Refusal.FORBIDDEN
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            raise CaError(code, str(exc)) from None
+        except Exception as exc:
+            metrics.csr_sign_error_count.inc(reason="signing_failed")
+            log.exception("signing failed")
+            raise CaError(grpc.StatusCode.INTERNAL, f"signing failed: {exc}") from None
+        metrics.success_cert_issuance_count.inc()
+        return chain
+
+    # -- gRPC -------------------------------------------------------------------------------------
+    async def CreateCertificate(
+        self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> ca_pb2.IstioCertificateResponse:
+        credentials = Credentials(
+            metadata={
+                key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+            },
+            peer_certificate_pem=_peer_certificate(context),
+        )
+        try:
+            chain = await self.create_certificate(
+                csr=request.csr, validity_seconds=request.validity_duration, credentials=credentials
+            )
+        except CaError as exc:
+            await context.abort(exc.code, str(exc))
+        return ca_pb2.IstioCertificateResponse(cert_chain=chain)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add this service to `server` (pass to `GrpcServers.add`)."""
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+                    self.CreateCertificate,
+                    request_deserializer=ca_pb2.IstioCertificateRequest.FromString,
+                    response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+
+class _SignJob:
+    """The CPU-bound part of a request, runnable on the loop or in an executor."""
+
+    def __init__(
+        self, *, csr: str, validity_seconds: int, caller: Caller, policy: SigningPolicy, now: dt.datetime
+    ) -> None:
+        self.csr = csr
+        self.validity_seconds = validity_seconds
+        self.caller = caller
+        self.policy = policy
+        self.now = now
+
+    def run(self, authority: Authority) -> list[str]:
+        checked = check_csr(self.csr, policy=self.policy)
+        ttl = resolve_ttl(self.validity_seconds, policy=self.policy)
+        identities = choose_identities(checked.requested_identity, caller_identities=self.caller.identities)
+        certs = sign(authority, checked, identities=identities, ttl=ttl, now=self.now)
+        return [cert_pem(c).decode("ascii") for c in certs]
+
+
+def _peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:
+    """The TLS-verified client leaf certificate (PEM), if the connection has one."""
+    return next(iter(context.auth_context().get("x509_pem_cert", ())), None)

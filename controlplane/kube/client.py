@@ -1,0 +1,245 @@
+"""The connection to the Kubernetes API server: config loading and raw JSON requests.
+
+`KubeApi.connect(kubeconfig=...)` loads a kubeconfig file (or the in-cluster service account
+when no file is given) through kubernetes-asyncio and keeps one `ApiClient`. Requests go through
+that client's raw API (`call_api`), so authentication, TLS and proxies are kubernetes-asyncio's;
+bodies are plain dicts in the API's own camelCase JSON, never generated model classes.
+
+Errors:
+- a kubeconfig that is missing, unreadable, not YAML or unusable (no current context, unknown
+  cluster or user, bad certificate path) raises `SettingsError` naming the file;
+- no kubeconfig outside a cluster raises `SettingsError` saying what to pass instead;
+- an HTTP error answer raises `KubeApiError` with the Status reason and message, and
+  `retry_after` from a `Retry-After` header (429 and 503 answers carry one);
+- transport failures (refused, reset, timeouts) surface as aiohttp/OS errors for the caller's
+  retry loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import yaml
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from controlplane.settings import SettingsError
+
+JsonObject = dict[str, Any]
+Query = Sequence[tuple[str, str]]
+
+AUTH_SETTINGS = ["BearerToken"]
+
+
+class KubeApiError(Exception):
+    """The API server answered with an error status (a `Status` body when it sent one)."""
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+        self.body = body or {}
+
+    @property
+    def expired(self) -> bool:
+        """410 Gone / reason Expired: the resourceVersion asked for is no longer retained."""
+        return self.status == 410 or self.reason in ("Expired", "Gone")
+
+    @classmethod
+    def from_status(cls, status_obj: Mapping[str, Any], *, http_status: int | None = None) -> KubeApiError:
+        code = int(status_obj.get("code") or http_status or 0)
+        details = status_obj.get("details") or {}
+        retry = details.get("retryAfterSeconds") if isinstance(details, Mapping) else None
+        return cls(
+            status=code,
+            reason=str(status_obj.get("reason") or ""),
+            message=str(status_obj.get("message") or ""),
+            retry_after=float(retry) if isinstance(retry, (int, float)) else None,
+            body=status_obj,
+        )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: let the caller's backoff decide
+
+
+async def error_from_response(response: aiohttp.ClientResponse) -> KubeApiError:
+    """Read an error answer into a KubeApiError (Status body if JSON, else the raw text)."""
+    text = await response.text(errors="replace")
+    retry = _retry_after(response.headers)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("kind") == "Status":
+        error = KubeApiError.from_status(body, http_status=response.status)
+        error.status = response.status
+        if retry is not None:
+            error.retry_after = retry
+        return error
+    return KubeApiError(
+        status=response.status, reason=response.reason or "", message=text.strip()[:500], retry_after=retry
+    )
+
+
+def _check_kubeconfig(path: pathlib.Path) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"--kubeconfig: {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"--kubeconfig: {path} is a directory, not a kubeconfig file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--kubeconfig: cannot read {path}: {exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise SettingsError(f"--kubeconfig: {path} is not valid YAML{where}") from None
+    if not isinstance(doc, dict):
+        raise SettingsError(f"--kubeconfig: {path} is not a kubeconfig (expected a mapping with clusters and contexts)")
+    for field in ("clusters", "contexts"):
+        if not isinstance(doc.get(field), list) or not doc[field]:
+            raise SettingsError(f"--kubeconfig: {path} has no {field}")
+    if not doc.get("current-context"):
+        raise SettingsError(f"--kubeconfig: {path} has no current-context")
+
+
+class KubeApi:
+    """One API server connection. Use `connect()`; `close()` when done."""
+
+    def __init__(self, api_client: k8s_client.ApiClient, *, description: str) -> None:
+        self.api_client = api_client
+        self.description = description
+
+    @classmethod
+    async def connect(cls, *, kubeconfig: pathlib.Path | None, context: str | None = None) -> KubeApi:
+        """Load `kubeconfig` (or the in-cluster config when None); raise SettingsError if unusable."""
+        configuration = k8s_client.Configuration()
+        if kubeconfig is not None:
+            _check_kubeconfig(kubeconfig)
+            try:
+                await k8s_config.load_kube_config(
+                    config_file=str(kubeconfig),
+                    context=context,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
+            except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+                raise SettingsError(f"--kubeconfig: {kubeconfig}: {exc}") from None
+            description = f"kubeconfig {kubeconfig}"
+        else:
+            if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+                raise SettingsError(
+                    "no --kubeconfig given and not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); "
+                    "pass --kubeconfig FILE, or --config-dir DIR for local mode"
+                )
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            except k8s_config.ConfigException as exc:
+                raise SettingsError(f"in-cluster Kubernetes config is unusable: {exc}") from None
+            description = "in-cluster service account"
+        try:
+            api_client = k8s_client.ApiClient(configuration=configuration)
+        except (OSError, ValueError) as exc:  # e.g. an unreadable CA or client certificate
+            raise SettingsError(f"--kubeconfig: {kubeconfig}: {exc}") from None
+        return cls(api_client, description=description)
+
+    @property
+    def host(self) -> str:
+        return str(self.api_client.configuration.host)
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Query = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        response: aiohttp.ClientResponse = await self.api_client.call_api(
+            path,
+            method,
+            query_params=list(query),
+            header_params=headers,
+            body=body,
+            auth_settings=AUTH_SETTINGS,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        return response
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Query = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> JsonObject:
+        """One request; the JSON answer as a dict. Raises KubeApiError for a non-2xx answer."""
+        response = await self._send(
+            method,
+            path,
+            query=query,
+            body=body,
+            content_type=content_type,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+        async with response:
+            if not 200 <= response.status < 300:
+                raise await error_from_response(response)
+            try:
+                data = await response.json(content_type=None)
+            except ValueError as exc:
+                raise KubeApiError(
+                    status=response.status, reason="BadResponse", message=f"answer is not JSON: {exc}"
+                ) from None
+        if not isinstance(data, dict):
+            raise KubeApiError(status=response.status, reason="BadResponse", message="answer is not a JSON object")
+        return data
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, *, query: Query, timeout: float) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A streaming GET (a watch). The response has status 200; other answers raise KubeApiError.
+
+        `timeout` bounds the whole stream (set it above the server-side `timeoutSeconds`).
+        """
+        response = await self._send(
+            "GET", path, query=query, timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=30)
+        )
+        async with response:
+            if response.status != 200:
+                raise await error_from_response(response)
+            yield response

@@ -1,0 +1,150 @@
+"""Endpoints: the addresses behind a service, from `discovery.k8s.io/v1` EndpointSlices.
+
+A slice belongs to the service named by its `kubernetes.io/service-name` label in its namespace.
+Each endpoint address serves the slice's ports; a service port matches the slice port with the
+same name (Kubernetes names slice ports after service ports). Health follows the slice
+conditions: ready → HEALTHY, terminating but still serving → DRAINING, otherwise UNHEALTHY. A
+missing `ready`/`serving` condition means true, a missing `terminating` means false (the
+EndpointSlice API's rules).
+
+Only IPv4/IPv6 slices are used; FQDN slices are accepted and ignored. For each endpoint only the
+first address is used, as the API asks of consumers.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.model import fields as f
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class Health(enum.Enum):
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    DRAINING = "DRAINING"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlicePort:
+    name: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SliceEndpoint:
+    address: str
+    ready: bool
+    serving: bool
+    terminating: bool
+    zone: str
+    node_name: str
+    pod: str  # targetRef name when it refers to a Pod, else ""
+
+    @property
+    def health(self) -> Health:
+        if self.ready and not self.terminating:
+            return Health.HEALTHY
+        if self.terminating and self.serving:
+            return Health.DRAINING
+        return Health.UNHEALTHY
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointSlice:
+    name: str
+    namespace: str
+    service_name: str  # "" when the slice has no service-name label (then it is not used)
+    address_type: str
+    ports: tuple[SlicePort, ...]
+    endpoints: tuple[SliceEndpoint, ...]
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> EndpointSlice:
+        """Parse a discovery.k8s.io/v1 EndpointSlice. Raises `ObjectError` naming the bad field."""
+        namespace, name = f.metadata(obj)
+        meta = f.mapping(obj.get("metadata"), "metadata")
+        labels = f.labels(meta.get("labels"), "metadata.labels")
+        address_type = f.string(obj.get("addressType"), "addressType")
+        if address_type not in ("IPv4", "IPv6", "FQDN"):
+            raise f.ObjectError("addressType", f"{address_type!r} is not IPv4, IPv6 or FQDN")
+        ports: list[SlicePort] = []
+        for index, raw in enumerate(f.sequence(obj.get("ports"), "ports")):
+            path = f"ports[{index}]"
+            item = f.mapping(raw, path)
+            port_name = f.string(item.get("name"), f"{path}.name", default="")
+            ports.append(SlicePort(name=port_name, port=f.port_number(item.get("port"), f"{path}.port")))
+        endpoints: list[SliceEndpoint] = []
+        for index, raw in enumerate(f.sequence(obj.get("endpoints"), "endpoints")):
+            path = f"endpoints[{index}]"
+            item = f.mapping(raw, path)
+            addresses = f.sequence(item.get("addresses"), f"{path}.addresses")
+            if not addresses:
+                raise f.ObjectError(f"{path}.addresses", "must list at least one address")
+            if address_type == "FQDN":
+                address = f.string(addresses[0], f"{path}.addresses[0]")
+            else:
+                address = f.ip_address(addresses[0], f"{path}.addresses[0]")
+                for extra_index, extra in enumerate(addresses[1:], start=1):
+                    f.ip_address(extra, f"{path}.addresses[{extra_index}]")
+            conditions = f.mapping(item.get("conditions"), f"{path}.conditions")
+            ready = f.boolean(conditions.get("ready"), f"{path}.conditions.ready", default=True)
+            serving = f.boolean(conditions.get("serving"), f"{path}.conditions.serving", default=ready)
+            terminating = f.boolean(conditions.get("terminating"), f"{path}.conditions.terminating", default=False)
+            target = f.mapping(item.get("targetRef"), f"{path}.targetRef")
+            target_kind = f.string(target.get("kind"), f"{path}.targetRef.kind", default="")
+            target_name = f.string(target.get("name"), f"{path}.targetRef.name", default="")
+            endpoints.append(
+                SliceEndpoint(
+                    address=address,
+                    ready=ready,
+                    serving=serving,
+                    terminating=terminating,
+                    zone=f.string(item.get("zone"), f"{path}.zone", default=""),
+                    node_name=f.string(item.get("nodeName"), f"{path}.nodeName", default=""),
+                    pod=target_name if target_kind == "Pod" else "",
+                )
+            )
+        return cls(
+            name=name,
+            namespace=namespace,
+            service_name=labels.get(SERVICE_NAME_LABEL, ""),
+            address_type=address_type,
+            ports=tuple(ports),
+            endpoints=tuple(endpoints),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """One address serving one (named) port of a service, joined with what the mesh knows of its pod."""
+
+    address: str
+    port: int
+    port_name: str
+    health: Health
+    zone: str
+    node_name: str
+    pod: str  # "" when no pod is known for the address
+    service_account: str  # "" when no pod is known
+    sidecar: bool  # the pod runs a mesh sidecar, so it accepts mesh mTLS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceEndpoints:
+    """All endpoints of one service hostname. `revision` changes whenever the endpoints do."""
+
+    hostname: str
+    endpoints: tuple[Endpoint, ...]
+    revision: int
+
+    def for_port(self, port_name: str) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints if e.port_name == port_name)
+
+    @property
+    def service_accounts(self) -> frozenset[str]:
+        return frozenset(e.service_account for e in self.endpoints if e.service_account)

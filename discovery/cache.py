@@ -1,0 +1,163 @@
+"""Generated resources, serialized once and shared by every proxy with the same view.
+
+A `Resource` holds one xDS resource already encoded as a `google.protobuf.Any`, plus its encoding
+as a `resources` field of a `DiscoveryResponse`. Protobuf messages may be concatenated field by
+field, so a response is the concatenation of cached resource fields and a few bytes of per-stream
+header (version, type, nonce): nothing is serialized twice, whatever the number of proxies.
+`ResourceGroup` goes one step further and keeps the joined bytes of a list of resources that many
+proxies receive together (all outbound clusters, say).
+
+`XdsCache` keys each resource by (type, name, variant) and remembers the inputs it was built from
+(`key`); a lookup with the same key is a hit, a different key rebuilds. Both maps are LRU-bounded,
+so resources of deleted services age out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """One length-delimited field (wire type 2) with a one-byte tag."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+# Tags (field number << 3 | wire type 2) of the fields we encode by hand.
+_ANY_TYPE_URL = 0x0A  # Any.type_url = 1
+_ANY_VALUE = 0x12  # Any.value = 2
+_RESPONSE_RESOURCES = 0x12  # DiscoveryResponse.resources = 2, DeltaDiscoveryResponse.resources = 2
+_DELTA_NAME = 0x1A  # Resource.name = 3
+_DELTA_VERSION = 0x0A  # Resource.version = 1
+_DELTA_RESOURCE = 0x12  # Resource.resource = 2
+
+
+class Resource:
+    """One serialized resource. `version` is a digest of its bytes, stable across restarts."""
+
+    __slots__ = ("_delta_field", "any_bytes", "name", "sotw_field", "type_url", "version")
+
+    def __init__(self, *, type_url: str, name: str, message: Message) -> None:
+        value = message.SerializeToString(deterministic=True)
+        self.type_url = type_url
+        self.name = name
+        self.any_bytes = _field(_ANY_TYPE_URL, type_url.encode()) + _field(_ANY_VALUE, value)
+        self.version = hashlib.blake2b(self.any_bytes, digest_size=8).hexdigest()
+        self.sotw_field = _field(_RESPONSE_RESOURCES, self.any_bytes)
+        self._delta_field: bytes | None = None
+
+    @property
+    def delta_field(self) -> bytes:
+        """This resource as a `resources` field of a `DeltaDiscoveryResponse`."""
+        if self._delta_field is None:
+            body = (
+                _field(_DELTA_NAME, self.name.encode())
+                + _field(_DELTA_VERSION, self.version.encode())
+                + _field(_DELTA_RESOURCE, self.any_bytes)
+            )
+            self._delta_field = _field(_RESPONSE_RESOURCES, body)
+        return self._delta_field
+
+    def __len__(self) -> int:
+        return len(self.any_bytes)
+
+    def to_any(self) -> any_pb2.Any:
+        return any_pb2.Any.FromString(self.any_bytes)
+
+    def __repr__(self) -> str:
+        return f"Resource({self.name!r}, version={self.version})"
+
+
+class ResourceGroup:
+    """Resources sent together, with their `DiscoveryResponse` field bytes joined once."""
+
+    __slots__ = ("blob", "resources")
+
+    def __init__(self, resources: Sequence[Resource]) -> None:
+        self.resources = tuple(resources)
+        self.blob = b"".join(r.sotw_field for r in self.resources)
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+
+EMPTY_GROUP = ResourceGroup(())
+
+
+class XdsCache:
+    """LRU maps of built resources and groups. Not thread-safe; one per event loop."""
+
+    def __init__(self, *, max_resources: int = 200_000, max_groups: int = 4_096) -> None:
+        self.max_resources = max_resources
+        self.max_groups = max_groups
+        self._resources: OrderedDict[tuple[str, str, Hashable], tuple[Hashable, Resource]] = OrderedDict()
+        self._groups: OrderedDict[Hashable, ResourceGroup] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def resource(
+        self,
+        type_url: str,
+        name: str,
+        *,
+        key: Hashable,
+        build: Callable[[], Message],
+        variant: Hashable = None,
+    ) -> Resource:
+        """The resource built from inputs `key`; `build()` runs only when the key changed."""
+        slot = (type_url, name, variant)
+        entry = self._resources.get(slot)
+        if entry is not None and entry[0] == key:
+            self.hits += 1
+            self._resources.move_to_end(slot)
+            return entry[1]
+        self.misses += 1
+        resource = Resource(type_url=type_url, name=name, message=build())
+        self._resources[slot] = (key, resource)
+        self._resources.move_to_end(slot)
+        while len(self._resources) > self.max_resources:
+            self._resources.popitem(last=False)
+        return resource
+
+    def group(self, key: Hashable, build: Callable[[], Sequence[Resource]]) -> ResourceGroup:
+        """The group for `key`, building (and joining) it on a miss."""
+        found = self._groups.get(key)
+        if found is not None:
+            self.hits += 1
+            self._groups.move_to_end(key)
+            return found
+        self.misses += 1
+        group = ResourceGroup(build())
+        self._groups[key] = group
+        while len(self._groups) > self.max_groups:
+            self._groups.popitem(last=False)
+        return group
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "resources": len(self._resources),
+            "groups": len(self._groups),
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def clear(self) -> None:
+        self._resources.clear()
+        self._groups.clear()

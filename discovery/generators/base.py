@@ -1,0 +1,132 @@
+"""What every generator sees: the proxy's view of one snapshot, the cache, and the push request.
+
+A generator is a small object with `type_url`, `needs_push(request, view, watched)` (does this
+push concern this proxy's subscription?) and `generate(ctx, watched)` (the resources to send,
+as cached groups). Generators never touch streams, nonces or versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from controlplane.model.registry import MeshSnapshot
+from controlplane.model.security import MtlsMode
+from controlplane.model.services import Protocol as AppProtocol
+from controlplane.model.services import Service
+from controlplane.model.workloads import Workload
+from discovery.cache import ResourceGroup, XdsCache
+from discovery.connection import Watched
+from discovery.proxy import InterceptionMode, Proxy
+from discovery.pushqueue import PushRequest
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboundPort:
+    """A port the proxy's workload serves for some service, with the mTLS mode that applies to it."""
+
+    port: int  # the workload (target) port
+    protocol: AppProtocol
+    mode: MtlsMode
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyView:
+    """The proxy resolved against one snapshot: its workload, its services and inbound policy."""
+
+    proxy: Proxy
+    snapshot_version: int
+    workload: Workload | None
+    labels: Mapping[str, str]
+    service_account: str
+    services: tuple[Service, ...]  # services selecting this workload
+    inbound: tuple[InboundPort, ...]  # sorted by port
+    default_mode: MtlsMode  # the mode for ports that no service names
+
+    @property
+    def namespace(self) -> str:
+        return self.proxy.namespace
+
+    @property
+    def mode(self) -> InterceptionMode:
+        return self.proxy.interception_mode
+
+    @property
+    def inbound_key(self) -> tuple[object, ...]:
+        """Everything the inbound configuration depends on, for cache keys."""
+        return (self.default_mode, self.inbound)
+
+    @classmethod
+    def build(cls, proxy: Proxy, snapshot: MeshSnapshot) -> ProxyView:
+        workload = next((w for ip in proxy.ip_addresses if (w := snapshot.workloads_by_ip.get(ip))), None)
+        labels = proxy.labels or (workload.labels if workload else MappingProxyType({}))
+        services = snapshot.services_selecting(namespace=proxy.namespace, labels=labels)
+        mtls = snapshot.mtls_for(namespace=proxy.namespace, labels=labels)
+        ports: dict[int, AppProtocol] = {}
+        for svc in services:
+            for sp in svc.ports:
+                if sp.protocol is AppProtocol.UDP:
+                    continue
+                target = workload.resolve_port(sp.target_port) if workload else None
+                if target is None:
+                    target = sp.target_port if isinstance(sp.target_port, int) else sp.port
+                ports.setdefault(target, sp.protocol)
+        inbound = tuple(
+            InboundPort(port=port, protocol=protocol, mode=mtls.for_port(port))
+            for port, protocol in sorted(ports.items())
+        )
+        return cls(
+            proxy=proxy,
+            snapshot_version=snapshot.version,
+            workload=workload,
+            labels=labels,
+            service_account=proxy.service_account or (workload.service_account if workload else ""),
+            services=services,
+            inbound=inbound,
+            default_mode=mtls.mode,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenContext:
+    snapshot: MeshSnapshot
+    view: ProxyView
+    cache: XdsCache
+    request: PushRequest | None = None  # None when answering the client's own request
+
+
+@dataclass(frozen=True, kw_only=True)
+class Generated:
+    """The resources to send. `complete` is False when only some of the subscription is included
+    (an incremental EDS push), so Delta must not treat missing names as removed."""
+
+    groups: tuple[ResourceGroup, ...]
+    complete: bool = True
+    names: frozenset[str] = field(default=frozenset())  # all resource names that exist (complete only)
+
+    @property
+    def resources(self) -> list[object]:
+        return [r for g in self.groups for r in g.resources]
+
+    @property
+    def size(self) -> int:
+        return sum(len(g.blob) for g in self.groups)
+
+
+def only(group: ResourceGroup, names: frozenset[str]) -> ResourceGroup:
+    """The resources of `group` named in `names` (for explicit, non-wildcard subscriptions)."""
+    return ResourceGroup([r for r in group.resources if r.name in names])
+
+
+class Generator(Protocol):
+    type_url: str
+
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        """Whether `request` changes anything this proxy subscribed to for this type."""
+        ...
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        """The resources for `watched` (all of them, or only the changed ones for an incremental push)."""
+        ...

@@ -1,0 +1,172 @@
+"""CDS for sidecars: one EDS cluster per service port, inbound clusters, and the special clusters.
+
+- `outbound|<port>||<fqdn>`: type EDS over ADS. With auto mTLS (mesh default) the cluster has two
+  transport socket matches: endpoints whose metadata says `tlsMode: istio` (a sidecar runs there)
+  get ISTIO_MUTUAL TLS (certificate `default` and trust bundle `ROOTCA` over SDS from the
+  bootstrap's `sds-grpc` cluster, SNI `outbound_.<port>_._.<fqdn>`, the service's SPIFFE identities
+  as allowed SANs), all others plaintext. Which endpoints have a sidecar is EDS data, so a pod
+  gaining a sidecar changes only EDS.
+- `inbound|<port>||`: STATIC, to the application on 127.0.0.1:<port>.
+- `BlackHoleCluster` (no endpoints), `PassthroughCluster` and `InboundPassthroughCluster`
+  (ORIGINAL_DST).
+
+Outbound clusters are the same for every sidecar and built once per services version; inbound
+clusters depend only on the workload's ports.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import struct_pb2
+
+from controlplane.model.registry import MeshSnapshot, UpdateKind
+from controlplane.model.services import Protocol, Service, ServicePort
+from discovery.cache import Resource, XdsCache
+from discovery.connection import Watched
+from discovery.generators import common as c
+from discovery.generators.base import GenContext, Generated, InboundPort, ProxyView, only
+from discovery.pushqueue import PushRequest
+from discovery.xdstypes import CLUSTER
+
+
+def outbound_ports(service: Service) -> list[ServicePort]:
+    """The ports of a service that get clusters and listeners (not UDP; none for ExternalName)."""
+    if service.external_name:
+        return []
+    return [p for p in service.ports if p.protocol is not Protocol.UDP]
+
+
+def _outbound(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> cluster_pb2.Cluster:
+    name = c.outbound_cluster(port.port, service.hostname)
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=c.ads()),
+        connect_timeout=c.duration(snapshot.mesh.connect_timeout),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
+            locality_weighted_lb_config=cluster_pb2.Cluster.CommonLbConfig.LocalityWeightedLbConfig()
+        ),
+    )
+    if port.protocol.is_http2:
+        for key, value in c.http2_options().items():
+            cluster.typed_extension_protocol_options[key].CopyFrom(value)
+    services = struct_pb2.Struct()
+    services.update({"services": [{"host": service.hostname, "name": service.name, "namespace": service.namespace}]})
+    cluster.metadata.filter_metadata["istio"].CopyFrom(services)
+    if snapshot.mesh.enable_auto_mtls:
+        accounts = snapshot.endpoints_for(service.hostname).service_accounts
+        sans = [c.spiffe_id(snapshot.mesh.trust_domain, service.namespace, sa) for sa in accounts]
+        match = struct_pb2.Struct()
+        match.update({c.TLS_MODE_KEY: "istio"})
+        cluster.transport_socket_matches.extend(
+            [
+                cluster_pb2.Cluster.TransportSocketMatch(
+                    name="tlsMode-istio",
+                    match=match,
+                    transport_socket=c.upstream_mtls(
+                        sni=f"outbound_.{port.port}_._.{service.hostname}", sans=sans, protocol=port.protocol
+                    ),
+                ),
+                cluster_pb2.Cluster.TransportSocketMatch(name="tlsMode-disabled", transport_socket=c.plaintext()),
+            ]
+        )
+    return cluster
+
+
+def outbound_resources(snapshot: MeshSnapshot, cache: XdsCache) -> list[Resource]:
+    """Every outbound cluster of the snapshot, each cached on the inputs it is built from."""
+    out: list[Resource] = []
+    for service in snapshot.services.values():
+        accounts = snapshot.endpoints_for(service.hostname).service_accounts
+        for port in outbound_ports(service):
+            name = c.outbound_cluster(port.port, service.hostname)
+            out.append(
+                cache.resource(
+                    CLUSTER,
+                    name,
+                    key=(service, port, accounts, snapshot.mesh),
+                    build=lambda s=service, p=port: _outbound(snapshot, s, p),  # type: ignore[misc]
+                )
+            )
+    return out
+
+
+def _inbound(port: InboundPort) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=c.inbound_cluster(port.port),
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=c.duration(10),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=c.inbound_cluster(port.port),
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address("127.0.0.1", port.port))
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    if port.protocol.is_http2:
+        for key, value in c.http2_options().items():
+            cluster.typed_extension_protocol_options[key].CopyFrom(value)
+    return cluster
+
+
+def _special(name: str) -> cluster_pb2.Cluster:
+    if name == c.BLACKHOLE:
+        return cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STATIC, connect_timeout=c.duration(10))
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=c.duration(10),
+    )
+    if name == c.INBOUND_PASSTHROUGH:
+        cluster.upstream_bind_config.CopyFrom(
+            base_pb2.BindConfig(
+                source_address=address_pb2.SocketAddress(address=c.INBOUND_PASSTHROUGH_BIND, port_value=0)
+            )
+        )
+    return cluster
+
+
+SPECIAL = (c.BLACKHOLE, c.PASSTHROUGH, c.INBOUND_PASSTHROUGH)
+
+
+class ClusterGenerator:
+    type_url = CLUSTER
+
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        if request.has(UpdateKind.SERVICE, UpdateKind.MESH) or (request.full and not request.updates):
+            return True
+        return bool(request.of_kind(UpdateKind.WORKLOAD) & set(view.proxy.ip_addresses))
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        snap, cache = ctx.snapshot, ctx.cache
+        outbound = cache.group(
+            ("cds-outbound", snap.services_version, snap.mesh_version),
+            lambda: outbound_resources(snap, cache),
+        )
+        local = cache.group(
+            ("cds-local", ctx.view.inbound_key),
+            lambda: [
+                *(
+                    cache.resource(CLUSTER, c.inbound_cluster(p.port), key=p, build=lambda p=p: _inbound(p))  # type: ignore[misc]
+                    for p in ctx.view.inbound
+                ),
+                *(cache.resource(CLUSTER, n, key=n, build=lambda n=n: _special(n)) for n in SPECIAL),  # type: ignore[misc]
+            ],
+        )
+        groups = (outbound, local)
+        if not watched.wildcard:
+            groups = tuple(only(g, watched.names) for g in groups)
+        return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))
+
+
+GENERATOR = ClusterGenerator()

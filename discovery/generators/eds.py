@@ -1,0 +1,111 @@
+"""EDS: a ClusterLoadAssignment per requested `outbound|<port>||<fqdn>` cluster.
+
+Endpoints are grouped by locality (the EndpointSlice zone) and carry their health (HEALTHY,
+UNHEALTHY, DRAINING) and, when a sidecar runs there, the metadata `tlsMode: istio` that selects
+the mTLS transport socket of the cluster (auto mTLS). A name that matches no service port gets an
+empty assignment, so a client never waits for it.
+
+Endpoint-only pushes reach only proxies subscribed to an affected cluster, and carry only the
+affected clusters (SotW EDS is not a wildcard type: unsent clusters keep their endpoints).
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from controlplane.model.endpoints import Endpoint, Health
+from controlplane.model.registry import MeshSnapshot, UpdateKind
+from controlplane.model.services import ServicePort
+from discovery.cache import Resource, ResourceGroup, XdsCache
+from discovery.connection import Watched
+from discovery.generators import common as c
+from discovery.generators.base import GenContext, Generated, ProxyView
+from discovery.pushqueue import PushRequest
+from discovery.xdstypes import ENDPOINT
+
+_HEALTH = {
+    Health.HEALTHY: health_check_pb2.HEALTHY,
+    Health.UNHEALTHY: health_check_pb2.UNHEALTHY,
+    Health.DRAINING: health_check_pb2.DRAINING,
+}
+
+
+def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+    lb = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address(ep.address, ep.port)),
+        health_status=_HEALTH[ep.health],
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+    )
+    if ep.sidecar:
+        match = struct_pb2.Struct()
+        match.update({c.TLS_MODE_KEY: "istio"})
+        lb.metadata.filter_metadata[c.TLS_MATCH].CopyFrom(match)
+    return lb
+
+
+def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+    by_zone = groupby(sorted(endpoints, key=lambda e: (e.zone, e.address)), key=lambda e: e.zone)
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(zone=zone),
+                lb_endpoints=[_lb_endpoint(ep) for ep in group],
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+            )
+            for zone, group in by_zone
+        ],
+    )
+
+
+def _target(snapshot: MeshSnapshot, name: str) -> tuple[str, ServicePort | None]:
+    parsed = c.parse_outbound(name)
+    if parsed is None:
+        return "", None
+    port_number, _subset, host = parsed
+    service = snapshot.services.get(host)
+    return host, (service.port(port_number) if service is not None else None)
+
+
+def resource(snapshot: MeshSnapshot, cache: XdsCache, name: str) -> Resource:
+    """The (cached) assignment for one cluster name."""
+    host, port = _target(snapshot, name)
+    endpoints = snapshot.endpoints_for(host) if port is not None else None
+    eps = endpoints.for_port(port.name) if endpoints is not None and port is not None else ()
+    revision = endpoints.revision if endpoints is not None else 0
+    return cache.resource(ENDPOINT, name, key=(port, revision), build=lambda: load_assignment(name, eps))
+
+
+def _host(name: str) -> str:
+    parsed = c.parse_outbound(name)
+    return parsed[2] if parsed else ""
+
+
+class EndpointGenerator:
+    type_url = ENDPOINT
+
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        if request.full:
+            return request.has(UpdateKind.SERVICE, UpdateKind.MESH, UpdateKind.ENDPOINTS) or not request.updates
+        changed = request.of_kind(UpdateKind.ENDPOINTS)
+        return any(_host(name) in changed for name in watched.names)
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        snap, cache, request = ctx.snapshot, ctx.cache, ctx.request
+        if request is not None and not request.has(UpdateKind.SERVICE, UpdateKind.MESH) and request.updates:
+            changed = request.of_kind(UpdateKind.ENDPOINTS)
+            names = sorted(n for n in watched.names if _host(n) in changed)
+            group = ResourceGroup([resource(snap, cache, n) for n in names])
+            return Generated(groups=(group,), complete=False)
+        group = cache.group(
+            ("eds", watched.names, snap.endpoints_version, snap.services_version),
+            lambda: [resource(snap, cache, n) for n in sorted(watched.names)],
+        )
+        return Generated(groups=(group,), names=watched.names)
+
+
+GENERATOR = EndpointGenerator()

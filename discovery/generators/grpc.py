@@ -1,0 +1,191 @@
+"""Proxyless gRPC (node metadata `GENERATOR: grpc`): what grpcio's xDS client needs (gRFC A27/A28).
+
+- LDS: for each requested `host:port`, a listener of that exact name whose `api_listener` holds an
+  HttpConnectionManager that takes its routes from RDS over ADS, route configuration of the same
+  name. The host may be the full name or a short form (`<name>`, `<name>.<ns>`, `<name>.<ns>.svc`,
+  resolved from the client's namespace). Names that match no service port are left out, which
+  the client reads as "does not exist".
+- RDS: one virtual host matching the requested authority, routing to `outbound|<port>||<fqdn>`.
+- CDS: the requested `outbound|...` clusters, type EDS over ADS, round robin, plaintext (this
+  generator does not configure xDS-managed mTLS).
+- EDS: the same assignments as for sidecars.
+Every response carries exactly the requested names; there are no wildcard subscriptions here.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from controlplane.model.registry import MeshSnapshot, UpdateKind
+from controlplane.model.services import Service, ServicePort
+from discovery.cache import Resource, ResourceGroup
+from discovery.connection import Watched
+from discovery.generators import common as c
+from discovery.generators import eds
+from discovery.generators.base import GenContext, Generated, ProxyView
+from discovery.generators.cds import outbound_ports
+from discovery.pushqueue import PushRequest
+from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+
+def resolve(snapshot: MeshSnapshot, name: str, *, namespace: str) -> tuple[Service, ServicePort] | None:
+    """The service port a `host:port` target names, or None."""
+    host, sep, port_text = name.rpartition(":")
+    if not sep or not port_text.isdigit():
+        return None
+    port = int(port_text)
+    candidates = [host]
+    parts = host.split(".")
+    if len(parts) == 1:
+        candidates.append(f"{host}.{namespace}.svc.{snapshot.domain}")
+    elif len(parts) == 2:
+        candidates.append(f"{host}.svc.{snapshot.domain}")
+    elif len(parts) == 3 and parts[2] == "svc":
+        candidates.append(f"{host}.{snapshot.domain}")
+    for candidate in candidates:
+        service = snapshot.services.get(candidate)
+        if service is None:
+            continue
+        found = next((p for p in outbound_ports(service) if p.port == port), None)
+        if found is not None:
+            return service, found
+    return None
+
+
+def _listener(name: str) -> listener_pb2.Listener:
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=name,
+        rds=hcm_pb2.Rds(config_source=c.ads(), route_config_name=name),
+        http_filters=[c.router_filter()],
+    )
+    return listener_pb2.Listener(name=name, api_listener=api_listener_pb2.ApiListener(api_listener=c.typed(manager)))
+
+
+def _route(name: str, service: Service, port: ServicePort) -> route_pb2.RouteConfiguration:
+    host = name.rpartition(":")[0]
+    return route_pb2.RouteConfiguration(
+        name=name,
+        virtual_hosts=[
+            rc.VirtualHost(
+                name=name,
+                domains=sorted({name, host, service.hostname, f"{service.hostname}:{port.port}"}),
+                routes=[
+                    rc.Route(
+                        match=rc.RouteMatch(prefix=""),
+                        route=rc.RouteAction(cluster=c.outbound_cluster(port.port, service.hostname)),
+                    )
+                ],
+            )
+        ],
+    )
+
+
+def _cluster(name: str) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=c.ads()),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        connect_timeout=c.duration(10),
+    )
+
+
+def _host_of(name: str, snapshot: MeshSnapshot, namespace: str) -> str:
+    found = resolve(snapshot, name, namespace=namespace)
+    return found[0].hostname if found else ""
+
+
+class _Base:
+    type_url = ""
+
+    def _build(self, snapshot: MeshSnapshot, name: str, namespace: str) -> Resource | None:
+        raise NotImplementedError
+
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        return request.has(UpdateKind.SERVICE, UpdateKind.MESH) or (request.full and not request.updates)
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        found = [self._build(ctx.snapshot, n, ctx.view.namespace) for n in sorted(watched.names)]
+        resources = [r for r in found if r is not None]
+        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+
+
+class GrpcListenerGenerator(_Base):
+    type_url = LISTENER
+
+    def __init__(self) -> None:
+        self.cache_key = "grpc-lds"
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        snap, cache = ctx.snapshot, ctx.cache
+        resources = [
+            cache.resource(LISTENER, name, key="api", variant="grpc", build=lambda name=name: _listener(name))  # type: ignore[misc]
+            for name in sorted(watched.names)
+            if resolve(snap, name, namespace=ctx.view.namespace) is not None
+        ]
+        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+
+
+class GrpcRouteGenerator(_Base):
+    type_url = ROUTE
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        snap, cache = ctx.snapshot, ctx.cache
+        resources = []
+        for name in sorted(watched.names):
+            found = resolve(snap, name, namespace=ctx.view.namespace)
+            if found is None:
+                continue
+            service, port = found
+            resources.append(
+                cache.resource(
+                    ROUTE,
+                    name,
+                    key=(service.hostname, port),
+                    variant="grpc",
+                    build=lambda name=name, service=service, port=port: _route(name, service, port),  # type: ignore[misc]
+                )
+            )
+        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+
+
+class GrpcClusterGenerator(_Base):
+    type_url = CLUSTER
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        snap, cache = ctx.snapshot, ctx.cache
+        resources = []
+        for name in sorted(watched.names):
+            parsed = c.parse_outbound(name)
+            service = snap.services.get(parsed[2]) if parsed else None
+            if parsed is None or service is None or service.port(parsed[0]) is None:
+                continue
+            resources.append(
+                cache.resource(CLUSTER, name, key="eds", variant="grpc", build=lambda name=name: _cluster(name))  # type: ignore[misc]
+            )
+        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+
+
+class GrpcEndpointGenerator:
+    """Proxyless clients read the same assignments as sidecars."""
+
+    type_url = ENDPOINT
+
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        return eds.GENERATOR.needs_push(request, view, watched)
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        return eds.GENERATOR.generate(ctx, watched)
+
+
+GENERATORS = {
+    LISTENER: GrpcListenerGenerator(),
+    ROUTE: GrpcRouteGenerator(),
+    CLUSTER: GrpcClusterGenerator(),
+    ENDPOINT: GrpcEndpointGenerator(),
+}
+_ = _host_of

@@ -1,0 +1,116 @@
+"""RDS for sidecars: one route configuration per outbound HTTP port, named after the port.
+
+Each service with an HTTP port of that number gets a virtual host `<fqdn>:<port>` whose domains
+are the names a client may use: `<fqdn>`, `<name>.<ns>.svc`, `<name>.<ns>`, the cluster IP, and
+`<name>` for a proxy in the service's own namespace, each with and without `:<port>`. Its one
+route sends everything to `outbound|<port>||<fqdn>`. Other hosts reach `allow_any` (pass through)
+or, under `REGISTRY_ONLY`, `block_all` (502).
+
+A route configuration depends on the proxy's namespace (short names), so it is built once per
+namespace and port and shared by the proxies there.
+"""
+
+from __future__ import annotations
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from google.protobuf import wrappers_pb2
+
+from controlplane.model.meshconfig import OutboundPolicy
+from controlplane.model.registry import MeshSnapshot, UpdateKind
+from controlplane.model.services import Service
+from discovery.cache import Resource, XdsCache
+from discovery.connection import Watched
+from discovery.generators import common as c
+from discovery.generators.base import GenContext, Generated, ProxyView
+from discovery.generators.cds import outbound_ports
+from discovery.pushqueue import PushRequest
+from discovery.xdstypes import ROUTE
+
+
+def domains(service: Service, port: int, *, proxy_namespace: str) -> list[str]:
+    short_ns = f"{service.name}.{service.namespace}"
+    hosts = [service.hostname, f"{short_ns}.svc", short_ns]
+    if service.namespace == proxy_namespace:
+        hosts.append(service.name)
+    if service.cluster_ip:
+        hosts.append(service.cluster_ip)
+    return [d for host in hosts for d in (host, f"{host}:{port}")]
+
+
+def _virtual_host(service: Service, port: int, *, proxy_namespace: str) -> rc.VirtualHost:
+    cluster = c.outbound_cluster(port, service.hostname)
+    return rc.VirtualHost(
+        name=f"{service.hostname}:{port}",
+        domains=domains(service, port, proxy_namespace=proxy_namespace),
+        routes=[
+            rc.Route(
+                name="default",
+                match=rc.RouteMatch(prefix="/"),
+                route=rc.RouteAction(cluster=cluster, timeout=c.duration(0)),
+            )
+        ],
+    )
+
+
+def _fallback(snapshot: MeshSnapshot) -> rc.VirtualHost:
+    if snapshot.mesh.outbound_policy is OutboundPolicy.ALLOW_ANY:
+        return rc.VirtualHost(
+            name="allow_any",
+            domains=["*"],
+            routes=[
+                rc.Route(
+                    name="allow_any",
+                    match=rc.RouteMatch(prefix="/"),
+                    route=rc.RouteAction(cluster=c.PASSTHROUGH, timeout=c.duration(0)),
+                )
+            ],
+        )
+    return rc.VirtualHost(
+        name="block_all",
+        domains=["*"],
+        routes=[
+            rc.Route(name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))
+        ],
+    )
+
+
+def route_configuration(snapshot: MeshSnapshot, name: str, *, proxy_namespace: str) -> route_pb2.RouteConfiguration:
+    hosts: list[rc.VirtualHost] = []
+    if name.isdigit():
+        port = int(name)
+        for service in snapshot.services.values():
+            if any(p.port == port and p.protocol.is_http for p in outbound_ports(service)):
+                hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace))
+    hosts.append(_fallback(snapshot))
+    return route_pb2.RouteConfiguration(
+        name=name, virtual_hosts=hosts, validate_clusters=wrappers_pb2.BoolValue(value=False)
+    )
+
+
+def resource(snapshot: MeshSnapshot, cache: XdsCache, name: str, *, namespace: str) -> Resource:
+    return cache.resource(
+        ROUTE,
+        name,
+        key=(snapshot.services_version, snapshot.mesh_version),
+        variant=namespace,
+        build=lambda: route_configuration(snapshot, name, proxy_namespace=namespace),
+    )
+
+
+class RouteGenerator:
+    type_url = ROUTE
+
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        return request.has(UpdateKind.SERVICE, UpdateKind.MESH) or (request.full and not request.updates)
+
+    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
+        snap, cache, ns = ctx.snapshot, ctx.cache, ctx.view.namespace
+        group = cache.group(
+            ("rds", watched.names, ns, snap.services_version, snap.mesh_version),
+            lambda: [resource(snap, cache, n, namespace=ns) for n in sorted(watched.names)],
+        )
+        return Generated(groups=(group,), names=watched.names)
+
+
+GENERATOR = RouteGenerator()

@@ -1,0 +1,119 @@
+"""A connected proxy, parsed from the `node` of its first discovery request.
+
+Node ids follow Istio: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`, with type
+`sidecar` or `router`. Node metadata (a protobuf Struct) carries Istio's keys: `NAMESPACE`,
+`LABELS`, `SERVICE_ACCOUNT`, `INSTANCE_IPS`, `INTERCEPTION_MODE`, `ISTIO_VERSION`, `CLUSTER_ID`,
+`GENERATOR` (`grpc` for proxyless gRPC clients). Metadata wins over what the id implies.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from google.protobuf import json_format
+
+
+class NodeError(ValueError):
+    """The node is missing or malformed; the message names the part that is wrong."""
+
+
+class InterceptionMode(enum.Enum):
+    REDIRECT = "REDIRECT"
+    TPROXY = "TPROXY"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proxy:
+    id: str
+    type: str
+    ip_addresses: tuple[str, ...]
+    pod_name: str
+    namespace: str
+    dns_domain: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    service_account: str = ""
+    interception_mode: InterceptionMode = InterceptionMode.REDIRECT
+    generator: str = ""
+    istio_version: str = ""
+    cluster_id: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def name(self) -> str:
+        """`<pod>.<namespace>`, the name proxy-status and config_dump use."""
+        return f"{self.pod_name}.{self.namespace}"
+
+    @property
+    def ip(self) -> str:
+        return self.ip_addresses[0]
+
+    @property
+    def proxyless(self) -> bool:
+        return self.generator == "grpc"
+
+
+def parse_node(node: Any) -> Proxy:
+    """Parse an `envoy.config.core.v3.Node`. Raises `NodeError` naming the bad part."""
+    if node is None or not node.id:
+        raise NodeError("node.id is required in the first request of a stream")
+    parts = node.id.split("~")
+    if len(parts) != 4:
+        raise NodeError(f"node.id {node.id!r} is not <type>~<ip>~<pod>.<namespace>~<domain>")
+    node_type, ip_text, pod_id, domain = parts
+    if node_type not in ("sidecar", "router"):
+        raise NodeError(f"node.id type {node_type!r} is not sidecar or router")
+    try:
+        ip = str(ipaddress.ip_address(ip_text))
+    except ValueError:
+        raise NodeError(f"node.id address {ip_text!r} is not an IP address") from None
+    pod_name, dot, id_namespace = pod_id.partition(".")
+    if not pod_name or not dot or not id_namespace:
+        raise NodeError(f"node.id workload {pod_id!r} is not <pod>.<namespace>")
+    metadata: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    namespace = _text(metadata, "NAMESPACE") or id_namespace
+    raw_labels = metadata.get("LABELS") or {}
+    if not isinstance(raw_labels, Mapping):
+        raise NodeError("node.metadata.LABELS must be a map of strings")
+    ips = [ip]
+    for extra in filter(None, (_text(metadata, "INSTANCE_IPS") or "").split(",")):
+        try:
+            canonical = str(ipaddress.ip_address(extra.strip()))
+        except ValueError:
+            raise NodeError(f"node.metadata.INSTANCE_IPS: {extra!r} is not an IP address") from None
+        if canonical not in ips:
+            ips.append(canonical)
+    mode_text = _text(metadata, "INTERCEPTION_MODE") or "REDIRECT"
+    try:
+        mode = InterceptionMode(mode_text)
+    except ValueError:
+        raise NodeError(f"node.metadata.INTERCEPTION_MODE {mode_text!r} is not REDIRECT, TPROXY or NONE") from None
+    return Proxy(
+        id=node.id,
+        type=node_type,
+        ip_addresses=tuple(ips),
+        pod_name=pod_name,
+        namespace=namespace,
+        dns_domain=domain,
+        labels=MappingProxyType({str(k): str(v) for k, v in raw_labels.items()}),
+        service_account=_text(metadata, "SERVICE_ACCOUNT"),
+        interception_mode=mode,
+        generator=_text(metadata, "GENERATOR"),
+        istio_version=_text(metadata, "ISTIO_VERSION"),
+        cluster_id=_text(metadata, "CLUSTER_ID") or node.cluster,
+        metadata=MappingProxyType(metadata),
+    )
+
+
+def _text(metadata: Mapping[str, Any], key: str) -> str:
+    value = metadata.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise NodeError(f"node.metadata.{key} must be a string")
+    return value

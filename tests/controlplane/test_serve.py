@@ -1,0 +1,129 @@
+"""`meshplane serve` as a process: readiness, metrics, clean shutdown, startup errors."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+
+from tests.helpers.serve import SERVER_NAME, Running, free_port, meshplane_cmd, start_serve
+
+POD_REVIEW = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": "in-flight-1",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "default",
+        "operation": "CREATE",
+        "object": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        },
+    },
+}
+
+
+def test_ready_and_metrics(serve: Running) -> None:
+    with urllib.request.urlopen(f"{serve.http_url}/ready", timeout=5) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(serve.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+        assert resp.headers["Content-Type"].startswith("text/plain")
+    assert "# TYPE sidecar_injection_requests_total counter" in text
+    assert "sidecar_injection_time_seconds_bucket" in text
+
+
+def test_sigterm_finishes_an_in_flight_request_and_exits_0(serve: Running) -> None:
+    body = json.dumps(POD_REVIEW).encode()
+    ctx = serve.client_ssl_context()
+    raw = socket.create_connection(("127.0.0.1", serve.ports["webhook"]), timeout=30)
+    with ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as conn:
+        head = (
+            f"POST /inject HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        conn.sendall(head + body[:100])
+        time.sleep(0.5)  # the server is now inside the handler, waiting for the rest of the body
+        serve.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.sendall(body[100:])
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    status_line = response.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 200 OK", response[:500]
+    review = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert review["response"]["uid"] == "in-flight-1" and review["response"]["allowed"] is True
+    assert serve.proc.wait(30) == 0
+    assert "received SIGTERM" in serve.logs()
+
+
+def test_new_connections_are_refused_after_sigterm(tmp_path: pathlib.Path) -> None:
+    running = start_serve(tmp_path)
+    assert running.stop() == 0
+    try:
+        socket.create_connection(("127.0.0.1", running.ports["webhook"]), timeout=2).close()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("webhook port still accepts connections after shutdown")
+
+
+def test_missing_config_dir_is_a_clear_startup_error(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run(
+        [*meshplane_cmd(), "serve", "--config-dir", str(tmp_path / "absent"), "--state-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "absent" in result.stderr and "does not exist" in result.stderr
+
+
+def test_port_in_use_names_the_address(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        (tmp_path / "c").mkdir()
+        result = subprocess.run(
+            [
+                *meshplane_cmd(), "serve", "--config-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
+                "--grpc-addr", f"127.0.0.1:{free_port()}", "--secure-grpc-addr", f"127.0.0.1:{free_port()}",
+                "--http-addr", f"127.0.0.1:{free_port()}", "--monitoring-addr", f"127.0.0.1:{free_port()}",
+                "--webhook-addr", f"127.0.0.1:{port}",
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port}" in result.stderr and "webhook" in result.stderr
+
+
+def test_webhook_certificate_verifies_against_the_published_root(serve: Running) -> None:
+    ctx = serve.client_ssl_context()
+    with (
+        socket.create_connection(("127.0.0.1", serve.ports["webhook"]), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as conn,
+    ):
+        cert = conn.getpeercert()
+    names = {value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"}
+    assert names >= {"istiod.istio-system.svc"}
+    key_mode = (serve.state_dir / "ca" / "ca-key.pem").stat().st_mode & 0o777
+    assert key_mode == 0o600
+    bad = ssl.create_default_context()  # system roots: must not trust the mesh CA
+    with socket.create_connection(("127.0.0.1", serve.ports["webhook"]), timeout=10) as raw:
+        try:
+            bad.wrap_socket(raw, server_hostname=SERVER_NAME).close()
+        except ssl.SSLCertVerificationError:
+            pass
+        else:
+            raise AssertionError("serving certificate verified against system roots")

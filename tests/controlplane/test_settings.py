@@ -1,0 +1,89 @@
+import io
+import json
+import logging
+
+import pytest
+
+from controlplane import logs
+from controlplane.cli import build_parser, main, settings_from_args
+from controlplane.settings import Address, Settings, SettingsError
+
+
+def parse(*argv: str) -> Settings:
+    args = build_parser().parse_args(["serve", *argv])
+    return settings_from_args(args)
+
+
+def test_defaults_are_istio_ports() -> None:
+    s = parse()
+    assert (s.grpc_addr.port, s.secure_grpc_addr.port, s.webhook_addr.port, s.monitoring_addr.port) == (
+        15010,
+        15012,
+        15017,
+        15014,
+    )
+    assert str(s.http_addr) == "127.0.0.1:8080"
+    assert s.namespace == "istio-system" and s.trust_domain == "cluster.local"
+    assert not s.local_mode
+
+
+def test_env_var_sets_a_flag_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHPLANE_REVISION", "canary")
+    monkeypatch.setenv("MESHPLANE_WEBHOOK_ADDR", "127.0.0.1:9443")
+    assert parse().revision == "canary"
+    assert parse().webhook_addr == Address(host="127.0.0.1", port=9443)
+    assert parse("--revision", "blue").revision == "blue"
+
+
+def test_revision_names_follow_istio() -> None:
+    assert parse().istiod_service == "istiod"
+    canary = parse("--revision", "canary")
+    assert canary.istiod_service == "istiod-canary"
+    assert canary.injector_configmap == "istio-sidecar-injector-canary"
+    assert canary.discovery_address == "istiod-canary.istio-system.svc:15012"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--webhook-addr", "15017"], "--webhook-addr: '15017' is not host:port"),
+        (["--grpc-addr", ":http"], "--grpc-addr: port 'http'"),
+        (["--http-addr", ":70000"], "out of range"),
+        (["--grace-period", "soon"], "--grace-period"),
+        (["--revision", "Canary"], "--revision"),
+    ],
+)
+def test_bad_flags_name_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse(*argv)
+
+
+def test_cli_reports_bad_flags_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--webhook-addr", "nope", "--config-dir", "."]) == 2
+    assert "--webhook-addr" in capsys.readouterr().err
+
+
+def test_serve_help_explains_env_vars(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "MESHPLANE_CONFIG_DIR" in out and "local mode" in out
+
+
+def test_json_logs_carry_structured_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure(level="info", fmt="json")
+    try:
+        logging.getLogger("t").info("hello %s", "world", extra={"file": "a.yaml"})
+        logging.getLogger("t").debug("hidden")
+    finally:
+        logs.configure(level="warning", fmt="text")
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["msg"] == "hello world" and entry["file"] == "a.yaml" and entry["level"] == "info"
+
+
+def test_unknown_log_level_is_rejected() -> None:
+    with pytest.raises(ValueError, match="log level 'loud'"):
+        logs.configure(level="loud")

@@ -1,0 +1,43 @@
+from controlplane.model.store import ConfigEvent, ConfigStore, EventType, ObjectKey
+
+
+def ns(name: str, **labels: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def test_apply_reports_only_real_changes_in_one_batch() -> None:
+    store = ConfigStore()
+    batches: list[list[ConfigEvent]] = []
+    store.subscribe(lambda events: batches.append(list(events)))
+    a = ObjectKey("Namespace", "", "a")
+    store.apply([(a, ns("a"))])
+    store.apply([(a, ns("a"))])  # identical: no event
+    store.apply([(a, ns("a", team="x")), (ObjectKey("Namespace", "", "b"), None)])  # b never existed
+    store.apply([(a, None)])
+    assert [[e.type for e in batch] for batch in batches] == [
+        [EventType.ADDED],
+        [EventType.MODIFIED],
+        [EventType.DELETED],
+    ]
+    assert batches[1][0].old == ns("a") and batches[1][0].new == ns("a", team="x")
+
+
+def test_replace_kind_deletes_what_the_relist_no_longer_has() -> None:
+    store = ConfigStore()
+    store.replace_kind("Namespace", [ns("a"), ns("b")])
+    events = store.replace_kind("Namespace", [ns("b", x="1")])
+    assert {(e.type, e.key.name) for e in events} == {(EventType.DELETED, "a"), (EventType.MODIFIED, "b")}
+    assert [o["metadata"]["name"] for o in store.list("Namespace")] == ["b"]
+
+
+def test_a_failing_listener_does_not_stop_the_others() -> None:
+    store = ConfigStore()
+    seen: list[int] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("boom")
+
+    store.subscribe(broken)
+    store.subscribe(lambda events: seen.append(len(events)))
+    store.apply([(ObjectKey("Namespace", "", "a"), ns("a"))])
+    assert seen == [1]

@@ -1,0 +1,773 @@
+"""The resource types kubesim serves: discovery data, defaults, validation and patch schema.
+
+Each `ResourceType` carries what the API server's registry knows about a resource: its group,
+version, plural and kind; how its name is validated; which fields take defaults on create; which
+lists merge by which key in a strategic merge patch; which fields a field selector may use; and
+which fields are immutable on update. Adding a resource is one entry in `RESOURCES`.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
+from tests.kubesim.validation import (
+    FieldErrors,
+    check_config_data,
+    check_dns1035,
+    check_label,
+    check_subdomain,
+    go_quote,
+)
+
+Obj = dict[str, Any]
+Defaulter = Callable[[Obj], None]
+Validator = Callable[[Obj, FieldErrors], None]
+UpdateValidator = Callable[[Obj, Obj, FieldErrors], None]
+
+VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
+
+def _get(path: str) -> FieldGetter:
+    parts = path.split(".")
+
+    def getter(obj: Mapping[str, Any]) -> str:
+        value: Any = obj
+        for part in parts:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return "" if value is None else str(value)
+
+    return getter
+
+
+META_FIELDS: dict[str, FieldGetter] = {"metadata.name": _get("metadata.name")}
+NAMESPACED_FIELDS: dict[str, FieldGetter] = {**META_FIELDS, "metadata.namespace": _get("metadata.namespace")}
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    singular: str
+    kind: str
+    namespaced: bool
+    name_rule: str = "subdomain"  # subdomain | label | dns1035
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    merge_keys: Mapping[str, str] = field(default_factory=dict)
+    fields: Mapping[str, FieldGetter] = field(default_factory=dict)
+    defaults: Defaulter | None = None
+    validate: Validator | None = None
+    validate_update: UpdateValidator | None = None
+    # top-level fields whose change bumps metadata.generation; empty: the kind has no generation
+    generation_fields: tuple[str, ...] = ()
+    # fields only the status subresource may write: kept from the stored object on update
+    status_subresource: bool = False
+    initial_status: Callable[[Obj], Any] | None = None
+    return_deleted_object: bool = False
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def key(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    def field_getters(self) -> Mapping[str, FieldGetter]:
+        base = NAMESPACED_FIELDS if self.namespaced else META_FIELDS
+        return {**base, **self.fields}
+
+    def discovery(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": list(VERBS),
+        }
+        if self.short_names:
+            doc["shortNames"] = list(self.short_names)
+        if self.categories:
+            doc["categories"] = list(self.categories)
+        return doc
+
+
+# -- merge keys (strategic merge patch) ----------------------------------------------------------
+
+META_MERGE = {"metadata.ownerReferences": "uid", "metadata.finalizers": ""}
+
+
+def pod_spec_merge(prefix: str) -> dict[str, str]:
+    keys = {
+        f"{prefix}volumes": "name",
+        f"{prefix}imagePullSecrets": "name",
+        f"{prefix}hostAliases": "ip",
+        f"{prefix}topologySpreadConstraints": "topologyKey",
+        f"{prefix}resourceClaims": "name",
+        f"{prefix}schedulingGates": "name",
+    }
+    for containers in ("containers", "initContainers", "ephemeralContainers"):
+        base = f"{prefix}{containers}"
+        keys[base] = "name"
+        keys[f"{base}.env"] = "name"
+        keys[f"{base}.ports"] = "containerPort"
+        keys[f"{base}.volumeMounts"] = "mountPath"
+        keys[f"{base}.volumeDevices"] = "devicePath"
+    return keys
+
+
+CONDITIONS = {"status.conditions": "type"}
+
+# -- defaults ------------------------------------------------------------------------------------
+
+
+def _default_container(container: Obj) -> None:
+    image = str(container.get("image", ""))
+    tail = image.rsplit("/", 1)[-1]
+    if "imagePullPolicy" not in container:
+        untagged = ":" not in tail and "@" not in image
+        container["imagePullPolicy"] = "Always" if untagged or tail.endswith(":latest") else "IfNotPresent"
+    container.setdefault("terminationMessagePath", "/dev/termination-log")
+    container.setdefault("terminationMessagePolicy", "File")
+    container.setdefault("resources", {})
+    for port in container.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+    for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = container.get(probe_name)
+        if isinstance(probe, dict):
+            probe.setdefault("timeoutSeconds", 1)
+            probe.setdefault("periodSeconds", 10)
+            probe.setdefault("successThreshold", 1)
+            probe.setdefault("failureThreshold", 3)
+            if isinstance(probe.get("httpGet"), dict):
+                probe["httpGet"].setdefault("path", "/")
+                probe["httpGet"].setdefault("scheme", "HTTP")
+
+
+def default_pod_spec(spec: Obj) -> None:
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("enableServiceLinks", True)
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            if isinstance(container, dict):
+                _default_container(container)
+    for volume in spec.get("volumes") or []:
+        if not isinstance(volume, dict):
+            continue
+        for source, mode_field in (
+            ("configMap", "defaultMode"),
+            ("secret", "defaultMode"),
+            ("projected", "defaultMode"),
+        ):
+            if isinstance(volume.get(source), dict):
+                volume[source].setdefault(mode_field, 420)
+        if isinstance(volume.get("downwardAPI"), dict):
+            volume["downwardAPI"].setdefault("defaultMode", 420)
+
+
+def _quantity_present(container: Mapping[str, Any], section: str) -> bool:
+    return bool((container.get("resources") or {}).get(section))
+
+
+def qos_class(spec: Mapping[str, Any]) -> str:
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    if not any(_quantity_present(c, "requests") or _quantity_present(c, "limits") for c in containers):
+        return "BestEffort"
+    for c in containers:
+        limits = (c.get("resources") or {}).get("limits") or {}
+        requests = (c.get("resources") or {}).get("requests") or {}
+        for res in ("cpu", "memory"):
+            if res not in limits or requests.get(res, limits[res]) != limits[res]:
+                return "Burstable"
+    return "Guaranteed"
+
+
+def _default_pod(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if isinstance(spec, dict):
+        default_pod_spec(spec)
+        spec.setdefault("priority", 0)
+        spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+        spec.setdefault(
+            "tolerations",
+            [
+                {
+                    "key": "node.kubernetes.io/not-ready",
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                },
+                {
+                    "key": "node.kubernetes.io/unreachable",
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                },
+            ],
+        )
+
+
+def _pod_status(obj: Obj) -> Obj:
+    return {"phase": "Pending", "qosClass": qos_class(obj.get("spec") or {})}
+
+
+def _default_template(obj: Obj) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("replicas", 1)
+    template = spec.get("template")
+    if isinstance(template, dict):
+        template.setdefault("metadata", {})
+        if isinstance(template.get("spec"), dict):
+            default_pod_spec(template["spec"])
+
+
+def _default_deployment(obj: Obj) -> None:
+    _default_template(obj)
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        spec.setdefault(
+            "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
+        )
+        if spec["strategy"].get("type") == "RollingUpdate":
+            spec["strategy"].setdefault("rollingUpdate", {"maxUnavailable": "25%", "maxSurge": "25%"})
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+
+
+def _default_namespace(obj: Obj) -> None:
+    meta = obj["metadata"]
+    labels = meta.get("labels")
+    if not isinstance(labels, dict):
+        labels = {}
+    labels["kubernetes.io/metadata.name"] = meta["name"]
+    meta["labels"] = labels
+    obj["spec"] = {"finalizers": ["kubernetes"]}
+
+
+def _default_secret(obj: Obj) -> None:
+    obj.setdefault("type", "Opaque")
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict):
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
+
+
+def _default_service(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("type", "ClusterIP")
+    if spec["type"] != "ExternalName":
+        spec.setdefault("sessionAffinity", "None")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+    if spec["type"] in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            if "port" in port:
+                port.setdefault("targetPort", port["port"])
+
+
+def _default_webhooks(obj: Obj) -> None:
+    for hook in obj.get("webhooks") or []:
+        if not isinstance(hook, dict):
+            continue
+        hook.setdefault("failurePolicy", "Fail")
+        hook.setdefault("matchPolicy", "Equivalent")
+        hook.setdefault("namespaceSelector", {})
+        hook.setdefault("objectSelector", {})
+        hook.setdefault("timeoutSeconds", 10)
+        hook.setdefault("reinvocationPolicy", "Never")
+        for rule in hook.get("rules") or []:
+            if isinstance(rule, dict):
+                rule.setdefault("scope", "*")
+        service = (hook.get("clientConfig") or {}).get("service")
+        if isinstance(service, dict):
+            service.setdefault("port", 443)
+
+
+def _default_endpointslice(obj: Obj) -> None:
+    for port in obj.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+def _port_in_range(errors: FieldErrors, path: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        errors.invalid(path, value, "must be between 1 and 65535, inclusive")
+
+
+def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, template: bool = False) -> None:
+    if not isinstance(spec, dict):
+        errors.required(path)
+        return
+    volumes: set[str] = set()
+    for i, volume in enumerate(spec.get("volumes") or []):
+        vpath = f"{path}.volumes[{i}].name"
+        name = volume.get("name") if isinstance(volume, dict) else None
+        if not name:
+            errors.required(vpath)
+            continue
+        check_label(errors, vpath, str(name))
+        if name in volumes:
+            errors.duplicate(vpath, name)
+        volumes.add(str(name))
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        errors.required(f"{path}.containers")
+        containers = []
+    names: set[str] = set()
+    for key, items in (("initContainers", spec.get("initContainers") or []), ("containers", containers)):
+        for i, container in enumerate(items):
+            cpath = f"{path}.{key}[{i}]"
+            if not isinstance(container, dict):
+                errors.invalid(cpath, container, "must be an object")
+                continue
+            name = container.get("name")
+            if not name:
+                errors.required(f"{cpath}.name")
+            else:
+                check_label(errors, f"{cpath}.name", str(name))
+                if name in names:
+                    errors.duplicate(f"{cpath}.name", name)
+                names.add(str(name))
+            if not container.get("image") and not template:
+                errors.required(f"{cpath}.image")
+            for j, port in enumerate(container.get("ports") or []):
+                _port_in_range(errors, f"{cpath}.ports[{j}].containerPort", (port or {}).get("containerPort"))
+            for j, mount in enumerate(container.get("volumeMounts") or []):
+                mname = (mount or {}).get("name")
+                if not mname:
+                    errors.required(f"{cpath}.volumeMounts[{j}].name")
+                elif mname not in volumes:
+                    errors.not_found(f"{cpath}.volumeMounts[{j}].name", mname)
+                if not (mount or {}).get("mountPath"):
+                    errors.required(f"{cpath}.volumeMounts[{j}].mountPath")
+            policy = container.get("restartPolicy")
+            if policy is not None and (key == "containers" or policy != "Always"):
+                errors.not_supported(f"{cpath}.restartPolicy", policy, ["Always"] if key != "containers" else [])
+    restart = spec.get("restartPolicy")
+    if restart not in (None, "Always", "OnFailure", "Never"):
+        errors.not_supported(f"{path}.restartPolicy", restart, ["Always", "OnFailure", "Never"])
+
+
+def _validate_pod(obj: Obj, errors: FieldErrors) -> None:
+    validate_pod_spec(obj.get("spec"), "spec", errors)
+
+
+_POD_MUTABLE_NOTE = (
+    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,"
+    "`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),"
+    "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"
+)
+
+
+def _pod_spec_without_mutable(spec: Mapping[str, Any]) -> Obj:
+    clean = copy.deepcopy(dict(spec))
+    for key in ("containers", "initContainers"):
+        for container in clean.get(key) or []:
+            if isinstance(container, dict):
+                container.pop("image", None)
+    clean.pop("activeDeadlineSeconds", None)
+    clean.pop("tolerations", None)
+    return clean
+
+
+def _validate_pod_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    if _pod_spec_without_mutable(new.get("spec") or {}) != _pod_spec_without_mutable(old.get("spec") or {}):
+        errors.forbidden("spec", _POD_MUTABLE_NOTE)
+    old_tolerations = (old.get("spec") or {}).get("tolerations") or []
+    new_tolerations = (new.get("spec") or {}).get("tolerations") or []
+    if any(t not in new_tolerations for t in old_tolerations):
+        errors.forbidden("spec.tolerations", "existing toleration can not be modified except its tolerationSeconds")
+
+
+def _validate_workload(obj: Obj, errors: FieldErrors) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        errors.required("spec")
+        return
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or replicas < 0:
+        errors.invalid("spec.replicas", replicas, "must be greater than or equal to 0")
+    selector_spec = spec.get("selector")
+    template = spec.get("template")
+    if not isinstance(selector_spec, dict):
+        errors.required("spec.selector")
+    elif not selector_spec.get("matchLabels") and not selector_spec.get("matchExpressions"):
+        errors.invalid("spec.selector", selector_spec, f"empty selector is invalid for {obj['kind'].lower()}")
+    if not isinstance(template, dict):
+        errors.required("spec.template")
+        return
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if isinstance(selector_spec, dict):
+        try:
+            selector = selector_from_label_selector(selector_spec)
+        except SelectorError as exc:
+            errors.invalid("spec.selector", selector_spec, str(exc))
+        else:
+            if not selector.empty and not selector.matches(labels):
+                errors.invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`")
+    tspec = template.get("spec")
+    validate_pod_spec(tspec, "spec.template.spec", errors)
+    if isinstance(tspec, dict) and tspec.get("restartPolicy", "Always") != "Always":
+        errors.not_supported("spec.template.spec.restartPolicy", tspec.get("restartPolicy"), ["Always"])
+
+
+def _validate_workload_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    if (new.get("spec") or {}).get("selector") != (old.get("spec") or {}).get("selector"):
+        errors.invalid("spec.selector", (new.get("spec") or {}).get("selector"), "field is immutable")
+
+
+SERVICE_TYPES = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]
+
+
+def _validate_service(obj: Obj, errors: FieldErrors) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        errors.required("spec")
+        return
+    stype = spec.get("type", "ClusterIP")
+    if stype not in SERVICE_TYPES:
+        errors.not_supported("spec.type", stype, SERVICE_TYPES)
+    ports = spec.get("ports") or []
+    headless = spec.get("clusterIP") == "None"
+    if not ports and stype != "ExternalName" and not headless:
+        errors.required("spec.ports")
+    if stype == "ExternalName" and not spec.get("externalName"):
+        errors.required("spec.externalName")
+    seen_names: set[str] = set()
+    seen_ports: set[tuple[Any, Any]] = set()
+    for i, port in enumerate(ports):
+        ppath = f"spec.ports[{i}]"
+        if not isinstance(port, dict):
+            errors.invalid(ppath, port, "must be an object")
+            continue
+        name = port.get("name")
+        if len(ports) > 1 and not name:
+            errors.required(f"{ppath}.name")
+        if name:
+            check_dns1035(errors, f"{ppath}.name", str(name))
+            if name in seen_names:
+                errors.duplicate(f"{ppath}.name", name)
+            seen_names.add(str(name))
+        _port_in_range(errors, f"{ppath}.port", port.get("port"))
+        protocol = port.get("protocol", "TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            errors.not_supported(f"{ppath}.protocol", protocol, ["SCTP", "TCP", "UDP"])
+        ident = (port.get("port"), protocol)
+        if ident in seen_ports:
+            errors.duplicate(ppath, {"port": port.get("port"), "protocol": protocol})
+        seen_ports.add(ident)
+        target = port.get("targetPort")
+        if isinstance(target, int) and not isinstance(target, bool):
+            _port_in_range(errors, f"{ppath}.targetPort", target)
+        node_port = port.get("nodePort")
+        if node_port is not None and stype not in ("NodePort", "LoadBalancer"):
+            errors.forbidden(f"{ppath}.nodePort", "may not be used when `type` is 'ClusterIP'")
+
+
+def _validate_service_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    old_ip = (old.get("spec") or {}).get("clusterIP")
+    new_ip = (new.get("spec") or {}).get("clusterIP")
+    if old_ip and new_ip != old_ip and (old.get("spec") or {}).get("type") != "ExternalName":
+        errors.invalid("spec.clusterIPs[0]", new_ip, "may not change once set")
+
+
+def _validate_configmap(obj: Obj, errors: FieldErrors) -> None:
+    check_config_data(errors, obj, base64_values=False)
+
+
+def _validate_secret(obj: Obj, errors: FieldErrors) -> None:
+    check_config_data(errors, obj, base64_values=True)
+
+
+def _validate_immutable_data(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    if old.get("immutable") is True:
+        for section in ("data", "binaryData"):
+            if new.get(section) != old.get(section):
+                errors.forbidden(section, "field is immutable when `immutable` is set")
+        if new.get("immutable") is not True:
+            errors.forbidden("immutable", "field is immutable when `immutable` is set")
+
+
+_WEBHOOK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?){2,}$")
+
+
+def _validate_webhooks(obj: Obj, errors: FieldErrors) -> None:
+    names: set[str] = set()
+    for i, hook in enumerate(obj.get("webhooks") or []):
+        hpath = f"webhooks[{i}]"
+        if not isinstance(hook, dict):
+            errors.invalid(hpath, hook, "must be an object")
+            continue
+        name = hook.get("name")
+        if not name:
+            errors.required(f"{hpath}.name")
+        elif not _WEBHOOK_NAME.match(str(name)):
+            errors.invalid(f"{hpath}.name", name, "should be a domain with at least three segments separated by dots")
+        elif name in names:
+            errors.duplicate(f"{hpath}.name", name)
+        names.add(str(name))
+        side_effects = hook.get("sideEffects")
+        if side_effects is None:
+            errors.required(f"{hpath}.sideEffects", "must specify one of None, NoneOnDryRun")
+        elif side_effects not in ("None", "NoneOnDryRun"):
+            errors.not_supported(f"{hpath}.sideEffects", side_effects, ["None", "NoneOnDryRun"])
+        versions = hook.get("admissionReviewVersions")
+        if not versions:
+            errors.required(f"{hpath}.admissionReviewVersions", "must specify one of v1, v1beta1")
+        elif not any(v in ("v1", "v1beta1") for v in versions):
+            errors.invalid(f"{hpath}.admissionReviewVersions", versions, "must include at least one of v1, v1beta1")
+        client = hook.get("clientConfig") or {}
+        if bool(client.get("url")) == bool(client.get("service")):
+            errors.required(f"{hpath}.clientConfig", "exactly one of url or service is required")
+        for field_name, allowed in (
+            ("failurePolicy", ["Fail", "Ignore"]),
+            ("reinvocationPolicy", ["IfNeeded", "Never"]),
+            ("matchPolicy", ["Equivalent", "Exact"]),
+        ):
+            value = hook.get(field_name)
+            if value is not None and value not in allowed:
+                errors.not_supported(f"{hpath}.{field_name}", value, allowed)
+        for selector_field in ("namespaceSelector", "objectSelector"):
+            try:
+                selector_from_label_selector(hook.get(selector_field))
+            except SelectorError as exc:
+                errors.invalid(f"{hpath}.{selector_field}", hook.get(selector_field), str(exc))
+        timeout = hook.get("timeoutSeconds", 10)
+        if not isinstance(timeout, int) or not 1 <= timeout <= 30:
+            errors.invalid(f"{hpath}.timeoutSeconds", timeout, "the timeout value must be between 1 and 30 seconds")
+
+
+def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
+    address_type = obj.get("addressType")
+    if address_type is None:
+        errors.required("addressType")
+    elif address_type not in ("IPv4", "IPv6", "FQDN"):
+        errors.not_supported("addressType", address_type, ["FQDN", "IPv4", "IPv6"])
+    for i, endpoint in enumerate(obj.get("endpoints") or []):
+        addresses = (endpoint or {}).get("addresses") or []
+        if not addresses:
+            errors.required(f"endpoints[{i}].addresses", "must contain at least 1 address")
+        elif len(addresses) > 100:
+            errors.invalid(f"endpoints[{i}].addresses", len(addresses), "must have at most 100 items")
+    for i, port in enumerate(obj.get("ports") or []):
+        if (port or {}).get("port") is not None:
+            _port_in_range(errors, f"ports[{i}].port", port["port"])
+
+
+def _validate_namespace(obj: Obj, errors: FieldErrors) -> None:
+    return
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+POD_MERGE = {**META_MERGE, **pod_spec_merge("spec."), **CONDITIONS}
+TEMPLATE_MERGE = {**META_MERGE, **pod_spec_merge("spec.template.spec."), **CONDITIONS}
+
+RESOURCES: tuple[ResourceType, ...] = (
+    ResourceType(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        namespaced=False,
+        name_rule="label",
+        short_names=("ns",),
+        merge_keys={**META_MERGE, **CONDITIONS},
+        fields={"status.phase": _get("status.phase")},
+        defaults=_default_namespace,
+        validate=_validate_namespace,
+        status_subresource=True,
+        initial_status=lambda _: {"phase": "Active"},
+        return_deleted_object=True,
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        namespaced=True,
+        short_names=("cm",),
+        merge_keys=META_MERGE,
+        validate=_validate_configmap,
+        validate_update=_validate_immutable_data,
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "secrets",
+        "secret",
+        "Secret",
+        namespaced=True,
+        merge_keys=META_MERGE,
+        fields={"type": _get("type")},
+        defaults=_default_secret,
+        validate=_validate_secret,
+        validate_update=_validate_immutable_data,
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        namespaced=True,
+        short_names=("sa",),
+        merge_keys={**META_MERGE, "secrets": "name", "imagePullSecrets": "name"},
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        namespaced=True,
+        short_names=("po",),
+        categories=("all",),
+        merge_keys=POD_MERGE,
+        fields={
+            "spec.nodeName": _get("spec.nodeName"),
+            "spec.restartPolicy": _get("spec.restartPolicy"),
+            "spec.schedulerName": _get("spec.schedulerName"),
+            "spec.serviceAccountName": _get("spec.serviceAccountName"),
+            "spec.hostNetwork": _get("spec.hostNetwork"),
+            "status.phase": _get("status.phase"),
+            "status.podIP": _get("status.podIP"),
+            "status.nominatedNodeName": _get("status.nominatedNodeName"),
+        },
+        defaults=_default_pod,
+        validate=_validate_pod,
+        validate_update=_validate_pod_update,
+        generation_fields=("spec",),
+        status_subresource=True,
+        initial_status=_pod_status,
+        return_deleted_object=True,
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        namespaced=True,
+        name_rule="dns1035",
+        short_names=("svc",),
+        categories=("all",),
+        merge_keys={**META_MERGE, "spec.ports": "port", **CONDITIONS},
+        defaults=_default_service,
+        validate=_validate_service,
+        validate_update=_validate_service_update,
+        status_subresource=True,
+        initial_status=lambda _: {"loadBalancer": {}},
+        return_deleted_object=True,
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        namespaced=True,
+        short_names=("deploy",),
+        categories=("all",),
+        merge_keys=TEMPLATE_MERGE,
+        defaults=_default_deployment,
+        validate=_validate_workload,
+        validate_update=_validate_workload_update,
+        generation_fields=("spec",),
+        status_subresource=True,
+        initial_status=lambda _: {},
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        namespaced=True,
+        short_names=("rs",),
+        categories=("all",),
+        merge_keys=TEMPLATE_MERGE,
+        defaults=_default_template,
+        validate=_validate_workload,
+        validate_update=_validate_workload_update,
+        generation_fields=("spec",),
+        status_subresource=True,
+        initial_status=lambda _: {"replicas": 0},
+    ),
+    ResourceType(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        "MutatingWebhookConfiguration",
+        namespaced=False,
+        merge_keys={**META_MERGE, "webhooks": "name"},
+        defaults=_default_webhooks,
+        validate=_validate_webhooks,
+        generation_fields=("webhooks",),
+    ),
+    ResourceType(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        namespaced=True,
+        merge_keys=META_MERGE,
+        fields={"addressType": _get("addressType")},
+        defaults=_default_endpointslice,
+        validate=_validate_endpointslice,
+        generation_fields=("addressType", "endpoints", "ports"),
+    ),
+)
+
+BY_KEY = {r.key: r for r in RESOURCES}
+
+
+def find(group: str, version: str, plural: str) -> ResourceType | None:
+    for resource in RESOURCES:
+        if resource.group == group and resource.version == version and resource.plural == plural:
+            return resource
+    return None
+
+
+def group_versions() -> dict[str, list[str]]:
+    """Group name -> versions served, in first-seen order (core group under "")."""
+    groups: dict[str, list[str]] = {}
+    for resource in RESOURCES:
+        versions = groups.setdefault(resource.group, [])
+        if resource.version not in versions:
+            versions.append(resource.version)
+    return groups
+
+
+__all__ = ["RESOURCES", "ResourceType", "check_subdomain", "find", "go_quote", "group_versions"]

@@ -1,0 +1,1155 @@
+"""KubeSim: an in-process Kubernetes API server emulator over plain HTTP (aiohttp).
+
+It serves discovery, create/get/list/watch/update/patch/delete(collection) for the resources in
+`tests.kubesim.resources`, with the API server's semantics where meshplane depends on them:
+one global resourceVersion, watch events and bookmarks, `410 Gone` after compaction, label and
+field selectors, three patch formats, optimistic concurrency, validation errors naming the
+field, namespace lifecycle, and the Table form kubectl prints.
+
+    sim = KubeSim(window=1000)
+    await sim.start()            # 127.0.0.1, a free port
+    sim.write_kubeconfig(path)   # for kubectl and kubernetes-asyncio
+    ...
+    await sim.stop()
+
+Test hooks: `compact()` (forget history: old resourceVersions answer 410), `close_watches()`
+(end every open watch stream, like a server-side timeout), `inject_faults(...)` (answer the next
+matching requests with an error status), and `requests` (what was asked, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import datetime
+import ipaddress
+import json
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from tests.kubesim import openapi, patching, resources, tables
+from tests.kubesim.kubeconfig import write_kubeconfig
+from tests.kubesim.resources import ResourceType
+from tests.kubesim.schemas import SCHEMAS, prune_unknown
+from tests.kubesim.selectors import (
+    FieldSelector,
+    LabelSelector,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+)
+from tests.kubesim.status import (
+    ApiError,
+    already_exists,
+    bad_request,
+    conflict,
+    expired,
+    forbidden,
+    invalid,
+    not_found,
+    page_not_found,
+)
+from tests.kubesim.storage import Obj, Storage, Watcher
+from tests.kubesim.validation import NAME_RULES, FieldErrors
+
+log = logging.getLogger(__name__)
+
+VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-kubesim",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2025-01-01T00:00:00Z",
+    "goVersion": "go1.23.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+)
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
+NODE_PORTS = range(30000, 32768)
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass
+class Context:
+    """Per-request options that reach the write path: dry run, field validation, warnings to send."""
+
+    dry_run: bool = False
+    field_validation: str = "Warn"
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Fault:
+    """Answer up to `count` requests matching (method, path prefix) with `status`."""
+
+    status: int
+    count: int
+    method: str | None
+    path_prefix: str
+    watch: bool | None
+    retry_after: int | None
+    message: str
+
+    def matches(self, request: web.Request) -> bool:
+        if self.count <= 0:
+            return False
+        if self.method is not None and request.method != self.method:
+            return False
+        if not request.path.startswith(self.path_prefix):
+            return False
+        if self.watch is not None:
+            is_watch = request.query.get("watch", "") in ("1", "true")
+            if is_watch != self.watch:
+                return False
+        return True
+
+
+def _unsupported_media(allowed: tuple[str, ...]) -> ApiError:
+    listed = ", ".join(allowed)
+    return ApiError(415, f"the body of the request was in an unknown format - accepted media types include: {listed}")
+
+
+def _now_stamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _random_suffix(length: int = 5) -> str:
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(random.choice(alphabet) for _ in range(length))
+
+
+class KubeSim:
+    """The emulator. Construct, `await start()`, use `url`, `await stop()`.
+
+    `window`: how many events are retained for watch resumption and paginated lists (older
+    resourceVersions answer 410 Expired). `bookmark_interval`: seconds between BOOKMARK events on
+    watches that allow them. `watch_timeout`: the server-side limit of a watch without
+    `timeoutSeconds`. `clock`: the time source for creationTimestamp and ages.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 1000,
+        bookmark_interval: float = 1.0,
+        watch_timeout: float = 1800.0,
+        clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
+        self.storage = Storage(window=window)
+        self.bookmark_interval = bookmark_interval
+        self.watch_timeout = watch_timeout
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self.requests: list[tuple[str, str]] = []
+        self.faults: list[Fault] = []
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._allocated_ips: set[ipaddress.IPv4Address] = set()
+        self._allocated_node_ports: set[int] = set()
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.app = web.Application(middlewares=[self._middleware], client_max_size=3 * 1024 * 1024)
+        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._bootstrap()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.host = host
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        self.storage.close_watches()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def write_kubeconfig(self, path: Any, *, namespace: str = "default") -> Any:
+        return write_kubeconfig(path, server=self.url, namespace=namespace)
+
+    # -- test hooks ---------------------------------------------------------------------------
+    def compact(self) -> None:
+        """Forget history: every resourceVersion before now answers 410 Expired."""
+        self.storage.compact()
+
+    def close_watches(self) -> None:
+        """End every open watch stream (as a server-side timeout would)."""
+        self.storage.close_watches()
+
+    def inject_faults(
+        self,
+        *,
+        status: int,
+        count: int = 1,
+        method: str | None = None,
+        path_prefix: str = "/",
+        watch: bool | None = None,
+        retry_after: int | None = None,
+        message: str = "injected fault",
+    ) -> Fault:
+        fault = Fault(status, count, method, path_prefix, watch, retry_after, message)
+        self.faults.append(fault)
+        return fault
+
+    @property
+    def watch_count(self) -> int:
+        return len(self.storage.watchers)
+
+    # -- direct access (for tests and controllers of later cuts) ------------------------------
+    def resource(self, plural: str, group: str = "") -> ResourceType:
+        for r in resources.RESOURCES:
+            if r.plural == plural and r.group == group:
+                return r
+        raise KeyError(f"{plural}.{group}")
+
+    def get_object(self, plural: str, namespace: str, name: str, *, group: str = "") -> Obj | None:
+        obj = self.storage.get(self.resource(plural, group), namespace, name)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def create_object(self, obj: Obj) -> Obj:
+        """Create through the same path as POST (defaults, validation); raises ApiError."""
+        api_version = str(obj.get("apiVersion", ""))
+        group, _, version = api_version.rpartition("/")
+        kind = obj.get("kind")
+        for r in resources.RESOURCES:
+            if r.group == group and r.version == version and r.kind == kind:
+                ns = (obj.get("metadata") or {}).get("namespace", "default") if r.namespaced else ""
+                return self._create(r, ns, copy.deepcopy(obj), ctx=Context())
+        raise KeyError(f"{api_version} {kind}")
+
+    # -- bootstrap ----------------------------------------------------------------------------
+    def _bootstrap(self) -> None:
+        ns = self.resource("namespaces")
+        for name in INITIAL_NAMESPACES:
+            self._create(ns, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ctx=Context())
+        self._allocated_ips.add(ipaddress.IPv4Address("10.96.0.1"))
+        self._create(
+            self.resource("services"),
+            "default",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"},
+                },
+                "spec": {
+                    "clusterIP": "10.96.0.1",
+                    "ports": [{"name": "https", "port": 443, "targetPort": 6443}],
+                },
+            },
+            ctx=Context(),
+            preallocated=True,
+        )
+
+    # -- HTTP plumbing ------------------------------------------------------------------------
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs))
+        for fault in self.faults:
+            if fault.matches(request):
+                fault.count -= 1
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                error = ApiError(fault.status, fault.message, headers=headers, details={})
+                if fault.retry_after is not None:
+                    error.details = {"retryAfterSeconds": fault.retry_after}
+                return self._error(error)
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return self._error(exc)
+
+    @staticmethod
+    def _json(data: Any, *, status: int = 200, content_type: str = "application/json") -> web.Response:
+        return web.Response(
+            status=status,
+            body=json.dumps(data, separators=(",", ":")).encode(),
+            headers={"Content-Type": content_type},
+        )
+
+    def _error(self, exc: ApiError) -> web.Response:
+        response = self._json(exc.status(), status=exc.code)
+        response.headers.update(exc.headers)
+        return response
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET":
+            discovery = self._discovery(parts)
+            if discovery is not None:
+                return self._json(discovery)
+        if parts and parts[0] in ("healthz", "readyz", "livez") and len(parts) == 1:
+            return web.Response(text="ok")
+        if request.method == "GET" and parts[:2] == ["openapi", "v3"]:
+            doc = openapi.index() if len(parts) == 2 else openapi.group_version("/".join(parts[2:]))
+            if doc is not None:
+                return self._json(doc)
+        if len(parts) >= 3 and parts[0] == "api" and parts[1] == "v1":
+            return await self._resource_request(request, "", "v1", parts[2:])
+        if len(parts) >= 4 and parts[0] == "apis":
+            return await self._resource_request(request, parts[1], parts[2], parts[3:])
+        raise page_not_found()
+
+    def _discovery(self, parts: list[str]) -> Any:
+        groups = resources.group_versions()
+        if parts == ["version"]:
+            return VERSION
+        if parts == ["api"]:
+            return {
+                "kind": "APIVersions",
+                "versions": groups.get("", []),
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                ],
+            }
+        if parts == ["apis"]:
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [self._group_doc(g, vs) for g, vs in groups.items() if g],
+            }
+        if len(parts) == 2 and parts[0] == "apis" and parts[1] in groups and parts[1]:
+            doc = self._group_doc(parts[1], groups[parts[1]])
+            return {"kind": "APIGroup", "apiVersion": "v1", **doc}
+        if parts == ["api", "v1"]:
+            return self._resource_list("", "v1")
+        if len(parts) == 3 and parts[0] == "apis" and parts[1] and parts[2] in groups.get(parts[1], []):
+            return self._resource_list(parts[1], parts[2])
+        return None
+
+    @staticmethod
+    def _group_doc(group: str, versions: list[str]) -> dict[str, Any]:
+        listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": listed, "preferredVersion": listed[0]}
+
+    @staticmethod
+    def _resource_list(group: str, version: str) -> dict[str, Any]:
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": [r.discovery() for r in resources.RESOURCES if r.group == group and r.version == version],
+        }
+
+    async def _resource_request(
+        self, request: web.Request, group: str, version: str, rest: list[str]
+    ) -> web.StreamResponse:
+        namespace: str | None = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 2:
+            raise page_not_found()
+        resource = resources.find(group, version, rest[0])
+        if resource is None:
+            raise page_not_found()
+        if namespace is not None and not resource.namespaced:
+            raise page_not_found()
+        name = rest[1] if len(rest) == 2 else None
+        if name is not None and resource.namespaced and namespace is None:
+            raise page_not_found()
+        method = request.method
+        if name is None:
+            if method == "GET":
+                if request.query.get("watch", "").lower() in ("1", "true"):
+                    return await self._watch(request, resource, namespace)
+                return self._list(request, resource, namespace)
+            if method == "POST":
+                if resource.namespaced and namespace is None:
+                    raise ApiError(405, "the server does not allow this method on the requested resource")
+                body = await self._body(request)
+                ctx = self._context(request)
+                created = self._create(resource, namespace or "", body, ctx=ctx)
+                return self._render_object(request, resource, created, status=201, warnings=ctx.warnings)
+            if method == "DELETE":
+                return self._delete_collection(request, resource, namespace)
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        ns = namespace or ""
+        if method == "GET":
+            obj = self.storage.get(resource, ns, name)
+            if obj is None:
+                raise not_found(resource, name)
+            return self._render_object(request, resource, obj)
+        if method == "PUT":
+            body = await self._body(request)
+            ctx = self._context(request)
+            updated = self._update(resource, ns, name, body, ctx=ctx)
+            return self._render_object(request, resource, updated, warnings=ctx.warnings)
+        if method == "PATCH":
+            ctx = self._context(request)
+            patched = await self._patch(request, resource, ns, name, ctx=ctx)
+            return self._render_object(request, resource, patched, warnings=ctx.warnings)
+        if method == "DELETE":
+            return await self._delete(request, resource, ns, name)
+        raise ApiError(405, "the server does not allow this method on the requested resource")
+
+    # -- request pieces -----------------------------------------------------------------------
+    def _context(self, request: web.Request) -> Context:
+        mode = request.query.get("fieldValidation", "Warn") or "Warn"
+        if mode not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(
+                f'fieldValidation: Unsupported value: "{mode}": supported values: "Ignore", "Strict", "Warn"'
+            )
+        return Context(dry_run=self._dry_run(request), field_validation=mode)
+
+    @staticmethod
+    def _dry_run(request: web.Request) -> bool:
+        values = request.query.getall("dryRun", [])
+        for value in values:
+            if value != "All":
+                raise bad_request(f'Invalid dry run value: "{value}": supported values: "All"')
+        return bool(values)
+
+    @staticmethod
+    async def _body(
+        request: web.Request, *, allowed: tuple[str, ...] = ("application/json", "application/yaml")
+    ) -> Any:
+        ctype = request.content_type
+        if ctype not in allowed:
+            raise _unsupported_media(allowed)
+        raw = await request.read()
+        try:
+            if ctype == "application/yaml":
+                return yaml.safe_load(raw)
+            return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise bad_request(f"the object provided is unrecognized (body is not {ctype}): {exc}") from None
+
+    def _negotiate(self, request: web.Request) -> tuple[str, str]:
+        """("json" | "table" | "partial", meta version) from the Accept header; 406 when none fits."""
+        accept = request.headers.get("Accept", "")
+        if not accept.strip():
+            return "json", ""
+        for option in accept.split(","):
+            media, *raw_params = (p.strip() for p in option.split(";"))
+            params = dict(p.split("=", 1) for p in raw_params if "=" in p)
+            if media not in ("application/json", "application/*", "*/*"):
+                continue
+            form = params.get("as")
+            if form is None:
+                return "json", ""
+            if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+                if form == "Table":
+                    return "table", params["v"]
+                if form in ("PartialObjectMetadata", "PartialObjectMetadataList"):
+                    return "partial", params["v"]
+        raise ApiError(406, f"only the following media types are accepted: application/json (asked for {accept!r})")
+
+    def _render_object(
+        self,
+        request: web.Request,
+        resource: ResourceType,
+        obj: Obj,
+        *,
+        status: int = 200,
+        warnings: list[str] | None = None,
+    ) -> web.Response:
+        response = self._render(request, resource, obj, status=status)
+        for warning in warnings or []:
+            response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+        return response
+
+    def _render(self, request: web.Request, resource: ResourceType, obj: Obj, *, status: int) -> web.Response:
+        form, version = self._negotiate(request)
+        if form == "table":
+            body = tables.table(
+                resource.plural,
+                [obj],
+                resource_version=obj["metadata"].get("resourceVersion", ""),
+                include_object=request.query.get("includeObject", "Metadata"),
+                now=self.clock(),
+            )
+            body["apiVersion"] = f"meta.k8s.io/{version}"
+            return self._json(body, status=status, content_type=f"application/json;as=Table;v={version};g=meta.k8s.io")
+        if form == "partial":
+            body = tables.partial_metadata(obj)
+            body["apiVersion"] = f"meta.k8s.io/{version}"
+            return self._json(body, status=status)
+        return self._json(obj, status=status)
+
+    def _selectors(self, request: web.Request, resource: ResourceType) -> tuple[LabelSelector, FieldSelector]:
+        try:
+            labels = parse_label_selector(request.query.get("labelSelector", ""))
+            fields = parse_field_selector(request.query.get("fieldSelector", ""), resource.field_getters())
+        except SelectorError as exc:
+            raise bad_request(str(exc)) from None
+        return labels, fields
+
+    @staticmethod
+    def _parse_rv(text: str, *, param: str = "resourceVersion") -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise bad_request(f'{param}: Invalid value: "{text}": must be a non-negative integer') from None
+        if value < 0:
+            raise bad_request(f'{param}: Invalid value: "{text}": must be a non-negative integer')
+        return value
+
+    # -- list ---------------------------------------------------------------------------------
+    def _list(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.Response:
+        labels, fields = self._selectors(request, resource)
+        query = request.query
+        limit_text = query.get("limit", "")
+        limit = self._parse_rv(limit_text, param="limit") if limit_text else 0
+        token = query.get("continue", "")
+        rv_text = query.get("resourceVersion", "")
+        match = query.get("resourceVersionMatch", "")
+        start_after = ""
+        if token:
+            if rv_text:
+                raise bad_request("specifying resource version is not allowed when using continue")
+            try:
+                decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+                at_rv, start_after = int(decoded["rv"]), str(decoded["start"])
+            except (ValueError, KeyError, TypeError, binascii.Error):
+                raise bad_request("continue key is not valid: incorrect encoded start resourceVersion") from None
+            if at_rv < self.storage.compacted_rv:
+                raise expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can "
+                    "start a new list without the continue parameter."
+                )
+            objects = self.storage.snapshot(resource, namespace, at_rv)
+        elif match == "Exact":
+            at_rv = self._parse_rv(rv_text)
+            if at_rv > self.storage.rv:
+                raise self._too_large(at_rv)
+            objects = self.storage.snapshot(resource, namespace, at_rv)
+        elif match not in ("", "NotOlderThan"):
+            raise bad_request(f'resourceVersionMatch: Unsupported value: "{match}"')
+        else:
+            if match and not rv_text:
+                raise bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")
+            if rv_text and self._parse_rv(rv_text) > self.storage.rv:
+                raise self._too_large(self._parse_rv(rv_text))
+            at_rv = self.storage.rv
+            objects = self.storage.items(resource, namespace)
+        selected = [
+            obj
+            for obj in objects
+            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters())
+        ]
+        if start_after:
+            selected = [o for o in selected if self._list_key(o) > start_after]
+        next_token = ""
+        if limit and len(selected) > limit:
+            selected = selected[:limit]
+            last = self._list_key(selected[-1])
+            next_token = base64.urlsafe_b64encode(json.dumps({"rv": at_rv, "start": last}).encode()).decode()
+        form, version = self._negotiate(request)
+        if form == "table":
+            body = tables.table(
+                resource.plural,
+                selected,
+                resource_version=str(at_rv),
+                include_object=query.get("includeObject", "Metadata"),
+                now=self.clock(),
+                continue_token=next_token,
+            )
+            body["apiVersion"] = f"meta.k8s.io/{version}"
+            return self._json(body, content_type=f"application/json;as=Table;v={version};g=meta.k8s.io")
+        meta: dict[str, Any] = {"resourceVersion": str(at_rv)}
+        if next_token:
+            meta["continue"] = next_token
+        if form == "partial":
+            items = [{"metadata": copy.deepcopy(o["metadata"])} for o in selected]
+            return self._json(
+                {
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": f"meta.k8s.io/{version}",
+                    "metadata": meta,
+                    "items": items,
+                }
+            )
+        # The real server leaves kind and apiVersion out of the items of a built-in list.
+        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in selected]
+        return self._json(
+            {"kind": resource.list_kind, "apiVersion": resource.api_version, "metadata": meta, "items": items}
+        )
+
+    @staticmethod
+    def _list_key(obj: Obj) -> str:
+        meta = obj["metadata"]
+        return f"{meta.get('namespace', '')}/{meta['name']}"
+
+    def _too_large(self, rv: int) -> ApiError:
+        return ApiError(
+            504,
+            f"Too large resource version: {rv}, current: {self.storage.rv}",
+            reason="Timeout",
+            details={
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            },
+        )
+
+    # -- watch --------------------------------------------------------------------------------
+    async def _watch(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.StreamResponse:
+        labels, fields = self._selectors(request, resource)
+        query = request.query
+        if query.get("sendInitialEvents"):
+            raise bad_request("sendInitialEvents is not supported by this server")
+        form, version = self._negotiate(request)
+        rv_text = query.get("resourceVersion", "")
+        since = None if rv_text in ("", "0") else self._parse_rv(rv_text)
+        if since is not None and since > self.storage.rv:
+            raise self._too_large(since)
+        timeout = self.watch_timeout
+        if query.get("timeoutSeconds"):
+            timeout = float(self._parse_rv(query["timeoutSeconds"], param="timeoutSeconds"))
+        bookmarks = query.get("allowWatchBookmarks", "").lower() in ("1", "true")
+        content_type = "application/json"
+        if form == "table":
+            content_type = f"application/json;as=Table;v={version};g=meta.k8s.io"
+        response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+        response.enable_chunked_encoding()
+        watcher = Watcher(resource, namespace, labels, fields)
+        error: ApiError | None = None
+        try:
+            self.storage.watch(watcher, since=since)
+        except ApiError as exc:
+            error = exc  # like the real server: 200, then an ERROR event
+        await response.prepare(request)
+        if error is not None:
+            await self._send(response, {"type": "ERROR", "object": error.status()})
+            return response
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_bookmark = loop.time() + self.bookmark_interval
+        first_table = True
+        try:
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    break
+                wait = deadline - now
+                if bookmarks:
+                    wait = min(wait, max(0.0, next_bookmark - now))
+                try:
+                    item = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
+                except TimeoutError:
+                    if bookmarks and loop.time() >= next_bookmark:
+                        next_bookmark = loop.time() + self.bookmark_interval
+                        await self._send(response, self._bookmark(resource))
+                    continue
+                if item is None:
+                    break
+                event_type, obj = item
+                if form == "table":
+                    payload: Any = tables.table(
+                        resource.plural,
+                        [obj],
+                        resource_version=obj["metadata"]["resourceVersion"],
+                        include_object=query.get("includeObject", "Metadata"),
+                        now=self.clock(),
+                        with_columns=first_table,
+                    )
+                    payload["apiVersion"] = f"meta.k8s.io/{version}"
+                    first_table = False
+                elif form == "partial":
+                    payload = tables.partial_metadata(obj)
+                else:
+                    payload = obj
+                await self._send(response, {"type": event_type, "object": payload})
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.storage.unwatch(watcher)
+        return response
+
+    def _bookmark(self, resource: ResourceType) -> dict[str, Any]:
+        return {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": resource.kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(self.storage.rv), "creationTimestamp": None},
+            },
+        }
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
+        await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+    # -- create -------------------------------------------------------------------------------
+    def _check_type(self, resource: ResourceType, body: Any) -> Obj:
+        if not isinstance(body, dict):
+            raise bad_request("the object provided is unrecognized (must be a JSON object)")
+        if not body.get("kind"):
+            raise bad_request(f"Object 'Kind' is missing in '{json.dumps(body, separators=(',', ':'))[:200]}'")
+        if body.get("apiVersion") != resource.api_version:
+            raise bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version "
+                f"({resource.api_version})"
+            )
+        if body.get("kind") != resource.kind:
+            raise bad_request(
+                f"the kind in the data ({body.get('kind')}) does not match the expected kind ({resource.kind})"
+            )
+        meta = body.get("metadata")
+        if meta is None:
+            body["metadata"] = {}
+        elif not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        return body
+
+    def _check_namespace(self, resource: ResourceType, namespace: str, body: Obj) -> None:
+        meta = body["metadata"]
+        if resource.namespaced:
+            given = meta.get("namespace") or ""
+            if given and given != namespace:
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = namespace
+        elif meta.get("namespace"):
+            meta.pop("namespace")
+
+    def _unknown_fields(self, resource: ResourceType, obj: Obj, ctx: Context) -> None:
+        unknown = prune_unknown(obj, SCHEMAS[resource.plural])
+        if not unknown:
+            return
+        if ctx.field_validation == "Strict":
+            listed = ", ".join(f'unknown field "{path}"' for path in unknown)
+            raise bad_request(f"strict decoding error: {listed}")
+        if ctx.field_validation == "Warn":
+            ctx.warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+    def _create(
+        self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context, preallocated: bool = False
+    ) -> Obj:
+        obj = self._check_type(resource, body)
+        self._unknown_fields(resource, obj, ctx)
+        dry_run = ctx.dry_run
+        self._check_namespace(resource, namespace, obj)
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise bad_request("resourceVersion should not be set on objects to be created")
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{_random_suffix()}"
+        name = str(meta.get("name") or "")
+        if resource.namespaced:
+            ns_obj = self.storage.get(self.resource("namespaces"), "", namespace)
+            if ns_obj is None:
+                raise not_found(self.resource("namespaces"), namespace)
+            if ns_obj["metadata"].get("deletionTimestamp"):
+                raise ApiError(
+                    403,
+                    f'{resource.plural} "{name}" is forbidden: unable to create new content in namespace {namespace} '
+                    "because it is being terminated",
+                    details={"name": name, "kind": resource.plural},
+                )
+        for system in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+            meta.pop(system, None)
+        meta.pop("managedFields", None)
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        if resource.initial_status is not None:
+            obj["status"] = resource.initial_status(obj)
+        self._validate(resource, obj, None)
+        if self.storage.get(resource, namespace, name) is not None:
+            raise already_exists(resource, name)
+        if resource.plural == "pods":
+            self._admit_pod(obj, resource)
+        if resource.plural == "services":
+            self._allocate_service(obj, resource, dry_run=dry_run or preallocated)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now_stamp(self.clock())
+        if resource.generation_fields:
+            meta["generation"] = 1
+        if dry_run:
+            return obj
+        stored = self.storage.write(resource, obj, event_type="ADDED")
+        if resource.plural == "namespaces":
+            self._create(
+                self.resource("serviceaccounts"),
+                name,
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
+                ctx=Context(),
+            )
+        return stored
+
+    def _validate(self, resource: ResourceType, obj: Obj, old: Obj | None) -> None:
+        errors = FieldErrors()
+        meta = obj["metadata"]
+        name = str(meta.get("name") or "")
+        from tests.kubesim.validation import check_metadata
+
+        check_metadata(errors, obj, name_rule=resource.name_rule)
+        if resource.validate is not None:
+            resource.validate(obj, errors)
+        if old is not None:
+            if meta.get("uid") != old["metadata"].get("uid"):
+                errors.invalid("metadata.uid", meta.get("uid"), "field is immutable")
+            if resource.validate_update is not None:
+                resource.validate_update(obj, old, errors)
+        if errors:
+            raise invalid(resource, name, errors.causes)
+        assert resource.name_rule in NAME_RULES
+
+    # -- admission (built-in plugins that run before storage) ---------------------------------
+    def _admit_pod(self, obj: Obj, resource: ResourceType) -> None:
+        spec = obj["spec"]
+        meta = obj["metadata"]
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = account
+        spec["serviceAccount"] = account
+        sa = self.storage.get(self.resource("serviceaccounts"), meta["namespace"], account)
+        if sa is None:
+            raise forbidden(
+                resource,
+                meta.get("name", ""),
+                f'error looking up service account {meta["namespace"]}/{account}: serviceaccount "{account}" not found',
+            )
+        automount = spec.get("automountServiceAccountToken", sa.get("automountServiceAccountToken", True))
+        if automount is False:
+            return
+        containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+        if all(any(m.get("mountPath") == SA_MOUNT for m in c.get("volumeMounts") or []) for c in containers):
+            return
+        volume_name = f"kube-api-access-{_random_suffix()}"
+        spec.setdefault("volumes", []).append(
+            {
+                "name": volume_name,
+                "projected": {
+                    "defaultMode": 420,
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {
+                                        "path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                    }
+                                ]
+                            }
+                        },
+                    ],
+                },
+            }
+        )
+        for container in containers:
+            mounts = container.setdefault("volumeMounts", [])
+            if not any(m.get("mountPath") == SA_MOUNT for m in mounts):
+                mounts.append({"name": volume_name, "readOnly": True, "mountPath": SA_MOUNT})
+
+    def _allocate_service(self, obj: Obj, resource: ResourceType, *, dry_run: bool) -> None:
+        spec = obj["spec"]
+        name = obj["metadata"]["name"]
+        if spec.get("type") == "ExternalName":
+            return
+        requested = spec.get("clusterIP")
+        if requested == "None":
+            spec["clusterIPs"] = ["None"]
+        else:
+            if requested:
+                try:
+                    ip = ipaddress.IPv4Address(requested)
+                except ValueError:
+                    raise invalid(
+                        resource, name, [self._cause("spec.clusterIPs[0]", requested, "must be a valid IP address")]
+                    ) from None
+                if ip not in SERVICE_CIDR:
+                    raise invalid(
+                        resource,
+                        name,
+                        [
+                            self._cause(
+                                "spec.clusterIPs",
+                                [requested],
+                                f"failed to allocate IP {requested}: the provided IP ({requested}) is not in the "
+                                f"valid range. The range of valid IPs is {SERVICE_CIDR}",
+                            )
+                        ],
+                    )
+                if ip in self._allocated_ips and not dry_run:
+                    raise invalid(
+                        resource,
+                        name,
+                        [
+                            self._cause(
+                                "spec.clusterIPs",
+                                [requested],
+                                f"failed to allocate IP {requested}: provided IP is already allocated",
+                            )
+                        ],
+                    )
+            else:
+                ip = next(
+                    h for h in SERVICE_CIDR.hosts() if int(h) >= int(SERVICE_CIDR[10]) and h not in self._allocated_ips
+                )
+            if not dry_run:
+                self._allocated_ips.add(ip)
+            spec["clusterIP"] = str(ip)
+            spec["clusterIPs"] = [str(ip)]
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        if spec.get("type") in ("NodePort", "LoadBalancer"):
+            for port in spec.get("ports") or []:
+                if not port.get("nodePort"):
+                    free = next(p for p in NODE_PORTS if p not in self._allocated_node_ports)
+                    port["nodePort"] = free
+                if not dry_run:
+                    self._allocated_node_ports.add(int(port["nodePort"]))
+
+    @staticmethod
+    def _cause(field: str, value: Any, detail: str) -> Any:
+        errors = FieldErrors()
+        errors.invalid(field, value, detail)
+        return errors.causes[0]
+
+    def _release_service(self, obj: Obj) -> None:
+        spec = obj.get("spec") or {}
+        for ip in spec.get("clusterIPs") or []:
+            if ip != "None":
+                self._allocated_ips.discard(ipaddress.IPv4Address(ip))
+        for port in spec.get("ports") or []:
+            self._allocated_node_ports.discard(int(port.get("nodePort") or 0))
+
+    # -- update and patch ---------------------------------------------------------------------
+    def _update(self, resource: ResourceType, namespace: str, name: str, body: Any, *, ctx: Context) -> Obj:
+        obj = self._check_type(resource, body)
+        self._unknown_fields(resource, obj, ctx)
+        meta = obj["metadata"]
+        if meta.get("name") and meta["name"] != name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+        meta["name"] = name
+        self._check_namespace(resource, namespace, obj)
+        old = self.storage.get(resource, namespace, name)
+        if old is None:
+            raise not_found(resource, name)
+        return self._replace(resource, old, obj, dry_run=ctx.dry_run)
+
+    def _replace(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
+        """The shared tail of update and patch: preconditions, system fields, validation, write."""
+        meta = obj["metadata"]
+        old_meta = old["metadata"]
+        name = old_meta["name"]
+        rv = meta.get("resourceVersion")
+        if rv and rv != old_meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        if not meta.get("uid"):
+            meta["uid"] = old_meta["uid"]
+        meta["creationTimestamp"] = old_meta["creationTimestamp"]
+        for system in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            if system in old_meta:
+                meta[system] = old_meta[system]
+            else:
+                meta.pop(system, None)
+        meta.pop("managedFields", None)
+        if resource.generation_fields:
+            meta["generation"] = old_meta.get("generation", 1)
+        else:
+            meta.pop("generation", None)
+        if resource.status_subresource:
+            if "status" in old:
+                obj["status"] = copy.deepcopy(old["status"])
+            else:
+                obj.pop("status", None)
+        if resource.plural == "namespaces":
+            obj["spec"] = copy.deepcopy(old.get("spec"))
+        if resource.plural == "services":
+            self._keep_allocations(obj, old)
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        self._validate(resource, obj, old)
+        if resource.generation_fields and any(obj.get(f) != old.get(f) for f in resource.generation_fields):
+            meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        comparable = copy.deepcopy(obj)
+        comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        if comparable == old or dry_run:
+            return comparable if dry_run else old  # a no-op update writes nothing, like the real server
+        return self.storage.write(resource, obj, event_type="MODIFIED")
+
+    @staticmethod
+    def _keep_allocations(obj: Obj, old: Obj) -> None:
+        spec = obj.setdefault("spec", {})
+        old_spec = old.get("spec") or {}
+        if isinstance(spec, dict):
+            for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                if not spec.get(key) and old_spec.get(key):
+                    spec[key] = copy.deepcopy(old_spec[key])
+            old_ports = {(p.get("port"), p.get("protocol", "TCP")): p for p in old_spec.get("ports") or []}
+            for port in spec.get("ports") or []:
+                prior = old_ports.get((port.get("port"), port.get("protocol", "TCP")))
+                if prior is not None and prior.get("nodePort") and not port.get("nodePort"):
+                    port["nodePort"] = prior["nodePort"]
+
+    async def _patch(
+        self, request: web.Request, resource: ResourceType, namespace: str, name: str, *, ctx: Context
+    ) -> Obj:
+        ctype = request.content_type
+        if ctype not in PATCH_TYPES:
+            raise _unsupported_media(PATCH_TYPES)
+        raw = await request.read()
+        try:
+            patch = json.loads(raw)
+        except ValueError as exc:
+            raise bad_request(f"error decoding patch: {exc}") from None
+        old = self.storage.get(resource, namespace, name)
+        if old is None:
+            raise not_found(resource, name)
+        try:
+            if ctype == "application/json-patch+json":
+                result = patching.json_patch(old, patch)
+            elif ctype == "application/merge-patch+json":
+                if not isinstance(patch, dict):
+                    raise patching.PatchError(400, "merge patch must be a JSON object")
+                result = patching.merge_patch(old, patch)
+            else:
+                result = patching.strategic_merge_patch(old, patch, resource.merge_keys)
+        except patching.PatchError as exc:
+            raise ApiError(exc.status, exc.message) from None
+        if not isinstance(result, dict) or not isinstance(result.get("metadata"), dict):
+            raise ApiError(422, "the patched object must keep its metadata")
+        if result["metadata"].get("name") != name:
+            raise bad_request(
+                f"the name of the object ({result['metadata'].get('name')}) does not match the name on the URL ({name})"
+            )
+        if resource.namespaced and result["metadata"].get("namespace", namespace) != namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        obj = self._check_type(resource, result)
+        self._unknown_fields(resource, obj, ctx)
+        if obj["metadata"].get("resourceVersion") == old["metadata"]["resourceVersion"]:
+            obj["metadata"].pop("resourceVersion")  # unchanged by the patch: no precondition
+        return self._replace(resource, old, obj, dry_run=ctx.dry_run)
+
+    # -- delete -------------------------------------------------------------------------------
+    async def _delete_options(self, request: web.Request) -> Obj:
+        if not request.can_read_body:
+            return {}
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            options = json.loads(raw)
+        except ValueError as exc:
+            raise bad_request(f"error decoding DeleteOptions: {exc}") from None
+        if not isinstance(options, dict):
+            raise bad_request("DeleteOptions must be an object")
+        return options
+
+    async def _delete(self, request: web.Request, resource: ResourceType, namespace: str, name: str) -> web.Response:
+        options = await self._delete_options(request)
+        dry_run = self._dry_run(request) or bool(options.get("dryRun"))
+        obj = self.storage.get(resource, namespace, name)
+        if obj is None:
+            raise not_found(resource, name)
+        pre = options.get("preconditions") or {}
+        if pre.get("uid") and pre["uid"] != obj["metadata"]["uid"]:
+            raise conflict(
+                resource,
+                name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}",
+            )
+        if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+                f"ResourceVersion in object meta: {obj['metadata']['resourceVersion']}",
+            )
+        if dry_run:
+            return self._deleted_answer(request, resource, obj)
+        if resource.plural == "namespaces":
+            return self._render_object(request, resource, self._terminate_namespace(obj))
+        gone = self._remove(resource, namespace, name)
+        return self._deleted_answer(request, resource, gone)
+
+    def _deleted_answer(self, request: web.Request, resource: ResourceType, obj: Obj) -> web.Response:
+        if resource.return_deleted_object:
+            return self._render_object(request, resource, obj)
+        details: dict[str, Any] = {"name": obj["metadata"]["name"]}
+        if resource.group:
+            details["group"] = resource.group
+        details["kind"] = resource.plural
+        details["uid"] = obj["metadata"]["uid"]
+        return self._json(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        )
+
+    def _remove(self, resource: ResourceType, namespace: str, name: str) -> Obj:
+        gone = self.storage.delete(resource, namespace, name)
+        if resource.plural == "services":
+            self._release_service(gone)
+        return gone
+
+    def _terminate_namespace(self, obj: Obj) -> Obj:
+        """Mark the namespace Terminating now; its content and then itself go away right after."""
+        name = obj["metadata"]["name"]
+        if obj["metadata"].get("deletionTimestamp"):
+            return obj
+        marked = copy.deepcopy(obj)
+        marked["metadata"]["deletionTimestamp"] = _now_stamp(self.clock())
+        marked["metadata"]["deletionGracePeriodSeconds"] = 0
+        marked["status"] = {"phase": "Terminating"}
+        stored = self.storage.write(self.resource("namespaces"), marked, event_type="MODIFIED")
+        task = asyncio.get_running_loop().create_task(self._finalize_namespace(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return stored
+
+    async def _finalize_namespace(self, name: str) -> None:
+        await asyncio.sleep(0)
+        by_key = {r.key: r for r in resources.RESOURCES}
+        for rkey, ns, obj_name in list(self.storage.namespaced_keys(name)):
+            self._remove(by_key[rkey], ns, obj_name)
+        namespaces = self.resource("namespaces")
+        if self.storage.get(namespaces, "", name) is not None:
+            self._remove(namespaces, "", name)
+
+    def _delete_collection(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.Response:
+        labels, fields = self._selectors(request, resource)
+        dry_run = self._dry_run(request)
+        deleted = []
+        for obj in self.storage.items(resource, namespace):
+            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters()):
+                meta = obj["metadata"]
+                if dry_run:
+                    deleted.append(obj)
+                elif resource.plural == "namespaces":
+                    deleted.append(self._terminate_namespace(obj))
+                else:
+                    deleted.append(self._remove(resource, meta.get("namespace", ""), meta["name"]))
+        return self._json(
+            {
+                "kind": resource.list_kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(self.storage.rv)},
+                "items": deleted,
+            }
+        )

@@ -1,0 +1,290 @@
+"""The `Table` form (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`) kubectl prints.
+
+Each resource has a list of `Column`s; `cells` compute the row for one object. Column names are
+the server's (kubectl upper-cases them); priority 1 columns are the extra ones of `-o wide`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tests.kubesim.selectors import format_label_selector
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    cell: Callable[[Obj, datetime.datetime], Any]
+    priority: int = 0
+    format: str = ""
+    description: str = ""
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "format": self.format,
+            "description": self.description or f"{self.name} of the object",
+            "priority": self.priority,
+        }
+
+
+def human_duration(seconds: float) -> str:
+    """Kubernetes' short age format: 45s, 2m5s, 12m, 3h4m, 20h, 5d2h, 30d, 2y30d, 9y."""
+    secs = int(seconds)
+    if secs < -1:
+        return "<invalid>"
+    if secs < 0:
+        return "0s"
+    if secs < 120:
+        return f"{secs}s"
+    minutes = secs // 60
+    if minutes < 10:
+        rest = secs % 60
+        return f"{minutes}m" if rest == 0 else f"{minutes}m{rest}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = secs // 3600
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h" if rest == 0 else f"{hours}h{rest}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d" if rest == 0 else f"{hours // 24}d{rest}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = (hours // 24) % 365
+        years = hours // 24 // 365
+        return f"{years}y" if days == 0 else f"{years}y{days}d"
+    return f"{hours // 24 // 365}y"
+
+
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def age(obj: Obj, now: datetime.datetime) -> str:
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return "<unknown>"
+    return human_duration((now - parse_time(stamp)).total_seconds())
+
+
+def _name(obj: Obj, _: datetime.datetime) -> str:
+    return str(obj["metadata"]["name"])
+
+
+NAME = Column("Name", "string", _name, format="name", description="Name must be unique within a namespace.")
+AGE = Column("Age", "string", age, description="CreationTimestamp of the object.")
+
+
+def _spec(obj: Obj) -> Mapping[str, Any]:
+    return obj.get("spec") or {}
+
+
+def _status(obj: Obj) -> Mapping[str, Any]:
+    return obj.get("status") or {}
+
+
+def _pod_ready(obj: Obj, _: datetime.datetime) -> str:
+    containers = _spec(obj).get("containers") or []
+    statuses = _status(obj).get("containerStatuses") or []
+    ready = sum(1 for s in statuses if s.get("ready"))
+    return f"{ready}/{len(containers)}"
+
+
+def _pod_status(obj: Obj, _: datetime.datetime) -> str:
+    if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return "Terminating"
+    status = _status(obj)
+    reason = status.get("reason") or status.get("phase") or "Unknown"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            reason = waiting["reason"]
+    return str(reason)
+
+
+def _pod_restarts(obj: Obj, _: datetime.datetime) -> int:
+    return sum(int(s.get("restartCount", 0)) for s in _status(obj).get("containerStatuses") or [])
+
+
+def _or_none(value: Any) -> str:
+    return str(value) if value else "<none>"
+
+
+def _service_ports(obj: Obj, _: datetime.datetime) -> str:
+    parts = []
+    for port in _spec(obj).get("ports") or []:
+        node = f":{port['nodePort']}" if port.get("nodePort") else ""
+        parts.append(f"{port.get('port')}{node}/{port.get('protocol', 'TCP')}")
+    return ",".join(parts) or "<none>"
+
+
+def _service_external(obj: Obj, _: datetime.datetime) -> str:
+    spec = _spec(obj)
+    if spec.get("type") == "ExternalName":
+        return str(spec.get("externalName", "<none>"))
+    ips = list(spec.get("externalIPs") or [])
+    for ingress in (_status(obj).get("loadBalancer") or {}).get("ingress") or []:
+        ips.append(ingress.get("ip") or ingress.get("hostname"))
+    if ips:
+        return ",".join(str(ip) for ip in ips)
+    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
+
+
+def _service_selector(obj: Obj, _: datetime.datetime) -> str:
+    selector = _spec(obj).get("selector") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "<none>"
+
+
+def _template_containers(obj: Obj) -> list[Mapping[str, Any]]:
+    return list(((_spec(obj).get("template") or {}).get("spec") or {}).get("containers") or [])
+
+
+def _containers(obj: Obj, _: datetime.datetime) -> str:
+    return ",".join(str(c.get("name")) for c in _template_containers(obj))
+
+
+def _images(obj: Obj, _: datetime.datetime) -> str:
+    return ",".join(str(c.get("image")) for c in _template_containers(obj))
+
+
+def _selector(obj: Obj, _: datetime.datetime) -> str:
+    return format_label_selector(_spec(obj).get("selector"))
+
+
+def _slice_ports(obj: Obj, _: datetime.datetime) -> str:
+    ports = obj.get("ports")
+    if not ports:
+        return "<unset>"
+    return ",".join(str(p["port"]) if p.get("port") is not None else "<unset>" for p in ports)
+
+
+def _slice_endpoints(obj: Obj, _: datetime.datetime) -> str:
+    addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
+    if not addresses:
+        return "<none>"
+    shown = ",".join(addresses[:3])
+    return shown if len(addresses) <= 3 else f"{shown} + {len(addresses) - 3} more..."
+
+
+def _count(*fields: str) -> Callable[[Obj, datetime.datetime], int]:
+    return lambda obj, _: sum(len(obj.get(f) or {}) for f in fields)
+
+
+COLUMNS: dict[str, Sequence[Column]] = {
+    "namespaces": [NAME, Column("Status", "string", lambda o, _: str(_status(o).get("phase", ""))), AGE],
+    "configmaps": [NAME, Column("Data", "integer", _count("data", "binaryData")), AGE],
+    "secrets": [
+        NAME,
+        Column("Type", "string", lambda o, _: str(o.get("type", "Opaque"))),
+        Column("Data", "integer", _count("data")),
+        AGE,
+    ],
+    "serviceaccounts": [NAME, Column("Secrets", "integer", _count("secrets")), AGE],
+    "pods": [
+        NAME,
+        Column("Ready", "string", _pod_ready),
+        Column("Status", "string", _pod_status),
+        Column("Restarts", "string", lambda o, n: str(_pod_restarts(o, n))),
+        AGE,
+        Column("IP", "string", lambda o, _: _or_none(_status(o).get("podIP")), priority=1),
+        Column("Node", "string", lambda o, _: _or_none(_spec(o).get("nodeName")), priority=1),
+        Column("Nominated Node", "string", lambda o, _: _or_none(_status(o).get("nominatedNodeName")), priority=1),
+        Column(
+            "Readiness Gates",
+            "string",
+            lambda o, _: _or_none(",".join(g["conditionType"] for g in _spec(o).get("readinessGates") or [])),
+            priority=1,
+        ),
+    ],
+    "services": [
+        NAME,
+        Column("Type", "string", lambda o, _: str(_spec(o).get("type", "ClusterIP"))),
+        Column("Cluster-IP", "string", lambda o, _: _or_none(_spec(o).get("clusterIP"))),
+        Column("External-IP", "string", _service_external),
+        Column("Port(s)", "string", _service_ports),
+        AGE,
+        Column("Selector", "string", _service_selector, priority=1),
+    ],
+    "deployments": [
+        NAME,
+        Column(
+            "Ready",
+            "string",
+            lambda o, _: f"{_status(o).get('readyReplicas', 0)}/{_spec(o).get('replicas', 1)}",
+        ),
+        Column("Up-to-date", "integer", lambda o, _: int(_status(o).get("updatedReplicas", 0))),
+        Column("Available", "integer", lambda o, _: int(_status(o).get("availableReplicas", 0))),
+        AGE,
+        Column("Containers", "string", _containers, priority=1),
+        Column("Images", "string", _images, priority=1),
+        Column("Selector", "string", _selector, priority=1),
+    ],
+    "replicasets": [
+        NAME,
+        Column("Desired", "integer", lambda o, _: int(_spec(o).get("replicas", 1))),
+        Column("Current", "integer", lambda o, _: int(_status(o).get("replicas", 0))),
+        Column("Ready", "integer", lambda o, _: int(_status(o).get("readyReplicas", 0))),
+        AGE,
+        Column("Containers", "string", _containers, priority=1),
+        Column("Images", "string", _images, priority=1),
+        Column("Selector", "string", _selector, priority=1),
+    ],
+    "mutatingwebhookconfigurations": [
+        NAME,
+        Column("Webhooks", "integer", lambda o, _: len(o.get("webhooks") or [])),
+        AGE,
+    ],
+    "endpointslices": [
+        NAME,
+        Column("AddressType", "string", lambda o, _: str(o.get("addressType", ""))),
+        Column("Ports", "string", _slice_ports),
+        Column("Endpoints", "string", _slice_endpoints),
+        AGE,
+    ],
+}
+
+
+def partial_metadata(obj: Obj) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": dict(obj["metadata"])}
+
+
+def table(
+    plural: str,
+    objects: Sequence[Obj],
+    *,
+    resource_version: str,
+    include_object: str,
+    now: datetime.datetime,
+    with_columns: bool = True,
+    continue_token: str = "",
+) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table of `objects` with the resource's columns."""
+    columns = COLUMNS.get(plural, [NAME, AGE])
+    rows = []
+    for obj in objects:
+        row: dict[str, Any] = {"cells": [col.cell(obj, now) for col in columns]}
+        if include_object == "Object":
+            row["object"] = dict(obj)
+        elif include_object == "Metadata":
+            row["object"] = partial_metadata(obj)
+        rows.append(row)
+    meta: dict[str, Any] = {"resourceVersion": resource_version}
+    if continue_token:
+        meta["continue"] = continue_token
+    result: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
+    if with_columns:
+        result["columnDefinitions"] = [col.definition() for col in columns]
+    result["rows"] = rows
+    return result

@@ -1,0 +1,189 @@
+"""Field validation with the API server's error shapes.
+
+Validators append `Cause`s to a `FieldErrors`; a non-empty list becomes a 422 Invalid Status
+whose message reads like the real one: `ConfigMap "Bad" is invalid: metadata.name: Invalid
+value: "Bad": a lowercase RFC 1123 subdomain must ...`, with one `details.causes` entry per field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.kubesim.selectors import label_key_problem, label_value_problem
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+SUBDOMAIN_HELP = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
+    "start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+LABEL_HELP = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and "
+    "end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+DNS1035_HELP = (
+    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic "
+    "character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for "
+    "validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+)
+
+
+def go_quote(value: Any) -> str:
+    """Render a bad value roughly the way the API server's messages do."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Cause:
+    reason: str  # FieldValueInvalid, FieldValueRequired, ...
+    field: str
+    message: str  # "Invalid value: \"x\": detail"
+
+    def to_json(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message, "field": self.field}
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass
+class FieldErrors:
+    causes: list[Cause] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.causes)
+
+    def invalid(self, path: str, value: Any, detail: str) -> None:
+        self.causes.append(Cause("FieldValueInvalid", path, f"Invalid value: {go_quote(value)}: {detail}"))
+
+    def required(self, path: str, detail: str = "") -> None:
+        self.causes.append(Cause("FieldValueRequired", path, "Required value" + (f": {detail}" if detail else "")))
+
+    def not_found(self, path: str, value: Any) -> None:
+        self.causes.append(Cause("FieldValueNotFound", path, f"Not found: {go_quote(value)}"))
+
+    def duplicate(self, path: str, value: Any) -> None:
+        self.causes.append(Cause("FieldValueDuplicate", path, f"Duplicate value: {go_quote(value)}"))
+
+    def forbidden(self, path: str, detail: str) -> None:
+        self.causes.append(Cause("FieldValueForbidden", path, f"Forbidden: {detail}"))
+
+    def not_supported(self, path: str, value: Any, supported: list[str]) -> None:
+        listed = ", ".join(json.dumps(s) for s in supported)
+        self.causes.append(
+            Cause("FieldValueNotSupported", path, f"Unsupported value: {go_quote(value)}: supported values: {listed}")
+        )
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def check_subdomain(errors: FieldErrors, path: str, value: str) -> None:
+    if len(value) > 253:
+        errors.invalid(path, value, "must be no more than 253 characters")
+    if not DNS1123_SUBDOMAIN.match(value):
+        errors.invalid(path, value, SUBDOMAIN_HELP)
+
+
+def check_label(errors: FieldErrors, path: str, value: str) -> None:
+    if len(value) > 63:
+        errors.invalid(path, value, "must be no more than 63 characters")
+    if not DNS1123_LABEL.match(value):
+        errors.invalid(path, value, LABEL_HELP)
+
+
+def check_dns1035(errors: FieldErrors, path: str, value: str) -> None:
+    if len(value) > 63:
+        errors.invalid(path, value, "must be no more than 63 characters")
+    if not DNS1035_LABEL.match(value):
+        errors.invalid(path, value, DNS1035_HELP)
+
+
+NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
+
+
+def check_metadata(errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: str) -> None:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        errors.required("metadata")
+        return
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        errors.required("metadata.name", "name or generateName is required")
+    else:
+        NAME_RULES[name_rule](errors, "metadata.name", name)
+    for kind in ("labels", "annotations"):
+        values = meta.get(kind)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            errors.invalid(f"metadata.{kind}", values, "must be a map of strings")
+            continue
+        total = 0
+        for key, value in values.items():
+            problem = label_key_problem(str(key))
+            if problem is not None:
+                errors.invalid(f"metadata.{kind}", key, problem)
+            if not isinstance(value, str):
+                errors.invalid(f"metadata.{kind}.{key}", value, "must be a string")
+                continue
+            total += len(key) + len(value)
+            if kind == "labels":
+                vproblem = label_value_problem(value)
+                if vproblem is not None:
+                    errors.invalid("metadata.labels", value, vproblem)
+        if kind == "annotations" and total > 256 * 1024:
+            errors.invalid("metadata.annotations", "", "Too long: must have at most 262144 bytes")
+
+
+# -- kinds ---------------------------------------------------------------------------------------
+
+
+def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_values: bool) -> None:
+    seen: set[str] = set()
+    for section in ("data", "binaryData") if not base64_values else ("data",):
+        values = obj.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            errors.invalid(section, values, "must be a map")
+            continue
+        for key, value in values.items():
+            path = f"{section}[{key}]"
+            if not CONFIG_KEY.match(key) or len(key) > 253:
+                errors.invalid(
+                    path,
+                    key,
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+                    "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
+                    "'[-._a-zA-Z0-9]+')",
+                )
+            if key in seen:
+                errors.invalid(path, key, "duplicate of key present in data")
+            seen.add(key)
+            if not isinstance(value, str):
+                errors.invalid(path, value, "must be a string")
+            elif base64_values or section == "binaryData":
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    errors.invalid(path, value, "illegal base64 data")

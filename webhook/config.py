@@ -1,0 +1,619 @@
+"""The injection configuration: what the template needs besides the pod, and where it comes from.
+
+`InjectionConfig` holds defaults for everything, so a control plane without ConfigMaps injects
+Istio's stock sidecar (`docker.io/istio/proxyv2:1.28.0`, native sidecar, REDIRECT, probe rewrite).
+
+`parse_injection_config()` reads the `data` of two ConfigMaps, as Istio lays them out:
+- `istio-sidecar-injector[-<rev>]`: key `config` (YAML: policy, neverInjectSelector,
+  alwaysInjectSelector, defaultTemplates, injectedAnnotations) and key `values` (YAML or JSON shaped
+  like Istio's Helm values; the supported fields are listed in `VALUES_FIELDS`);
+- `istio[-<rev>]`: key `mesh` (MeshConfig YAML; injection reads defaultConfig, trustDomain,
+  enablePrometheusMerge; other MeshConfig fields are accepted and left to the components that use
+  them) and optionally `meshNetworks` (left to discovery).
+Anything invalid raises `ConfigError` naming the ConfigMap key and the field. An unknown field is an
+error, not ignored: in `config` and `values` because meshplane would not honour it, in `mesh`
+because it is not a MeshConfig field at all (usually a typo).
+
+`InjectionConfigWatcher` keeps the current config in step with the config store and keeps the
+last good config when a new version is invalid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
+from webhook import validate as v
+
+log = logging.getLogger(__name__)
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+DEFAULT_HUB = "docker.io/istio"
+DEFAULT_TAG = "1.28.0"
+DEFAULT_IMAGE_NAME = "proxyv2"
+POLICIES = ("enabled", "disabled")
+TEMPLATES = ("sidecar", "grpc-agent")
+
+
+class ConfigError(ValueError):
+    """An injector or mesh ConfigMap has content injection cannot use.
+
+    `key` is the ConfigMap data key (`config`, `values`, `mesh`), `field` the dotted path inside it
+    ("" for the key as a whole), `problem` what is wrong.
+    """
+
+    def __init__(self, *, key: str, field: str, problem: str) -> None:
+        where = f"key {key!r}" + (f", field {field}" if field else "")
+        super().__init__(f"{where}: {problem}")
+        self.key = key
+        self.field = field
+        self.problem = problem
+
+
+# -- model -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectorRequirement:
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        return self.key not in labels or labels[self.key] not in self.values  # NotIn
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelSelector:
+    """A Kubernetes LabelSelector. Never empty: the parser rejects a selector without terms."""
+
+    match_labels: Mapping[str, str] = field(default_factory=_empty)
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(key) != value for key, value in self.match_labels.items()):
+            return False
+        return all(req.matches(labels) for req in self.match_expressions)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.match_labels:
+            out["matchLabels"] = dict(self.match_labels)
+        if self.match_expressions:
+            out["matchExpressions"] = [
+                {"key": r.key, "operator": r.operator, **({"values": list(r.values)} if r.values else {})}
+                for r in self.match_expressions
+            ]
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """Container resources as Kubernetes writes them: resource name -> quantity string."""
+
+    requests: Mapping[str, str] = field(default_factory=_empty)
+    limits: Mapping[str, str] = field(default_factory=_empty)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.limits:
+            out["limits"] = dict(self.limits)
+        if self.requests:
+            out["requests"] = dict(self.requests)
+        return out
+
+
+DEFAULT_RESOURCES = Resources(
+    requests=MappingProxyType({"cpu": "100m", "memory": "128Mi"}),
+    limits=MappingProxyType({"cpu": "2000m", "memory": "1024Mi"}),
+)
+
+
+def _image(hub: str, name: str, tag: str) -> str:
+    return name if "/" in name else f"{hub}/{name}:{tag}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InjectionConfig:
+    """Everything injection needs besides the pod and the control plane's identity. Read-only.
+
+    Empty strings mean "not set": `mesh_id` falls back to the trust domain, `trust_domain` to the
+    control plane's `--trust-domain`, `network` to the webhook path's network.
+    """
+
+    policy: str = "enabled"
+    never_inject_selector: tuple[LabelSelector, ...] = ()
+    always_inject_selector: tuple[LabelSelector, ...] = ()
+    default_templates: tuple[str, ...] = ("sidecar",)
+    injected_annotations: Mapping[str, str] = field(default_factory=_empty)
+    hub: str = DEFAULT_HUB
+    tag: str = DEFAULT_TAG
+    proxy_image: str = _image(DEFAULT_HUB, DEFAULT_IMAGE_NAME, DEFAULT_TAG)
+    proxy_init_image: str = _image(DEFAULT_HUB, DEFAULT_IMAGE_NAME, DEFAULT_TAG)
+    image_pull_policy: str = ""  # "" leaves it to Kubernetes
+    image_pull_secrets: tuple[str, ...] = ()
+    resources: Resources = DEFAULT_RESOURCES
+    native_sidecar: bool = True
+    interception_mode: str = "REDIRECT"
+    rewrite_app_probes: bool = True
+    include_outbound_ip_ranges: str = "*"
+    exclude_outbound_ip_ranges: str = ""
+    include_inbound_ports: str = "*"
+    exclude_inbound_ports: str = ""
+    include_outbound_ports: str = ""
+    exclude_outbound_ports: str = ""
+    mesh_id: str = ""
+    network: str = ""
+    trust_domain: str = ""
+    proxy_log_level: str = "warning"
+    proxy_component_log_level: str = "misc:error"
+    enable_prometheus_merge: bool = True
+    proxy_config: Mapping[str, Any] = field(default_factory=_empty)  # mesh defaultConfig (ProxyConfig JSON)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (for /debug/injectz)."""
+        return {
+            "policy": self.policy,
+            "neverInjectSelector": [s.to_dict() for s in self.never_inject_selector],
+            "alwaysInjectSelector": [s.to_dict() for s in self.always_inject_selector],
+            "defaultTemplates": list(self.default_templates),
+            "injectedAnnotations": dict(self.injected_annotations),
+            "proxyImage": self.proxy_image,
+            "proxyInitImage": self.proxy_init_image,
+            "imagePullPolicy": self.image_pull_policy,
+            "imagePullSecrets": list(self.image_pull_secrets),
+            "resources": self.resources.to_dict(),
+            "nativeSidecar": self.native_sidecar,
+            "interceptionMode": self.interception_mode,
+            "rewriteAppHTTPProbe": self.rewrite_app_probes,
+            "includeOutboundIPRanges": self.include_outbound_ip_ranges,
+            "excludeOutboundIPRanges": self.exclude_outbound_ip_ranges,
+            "includeInboundPorts": self.include_inbound_ports,
+            "excludeInboundPorts": self.exclude_inbound_ports,
+            "includeOutboundPorts": self.include_outbound_ports,
+            "excludeOutboundPorts": self.exclude_outbound_ports,
+            "meshID": self.mesh_id,
+            "network": self.network,
+            "trustDomain": self.trust_domain,
+            "proxyLogLevel": self.proxy_log_level,
+            "proxyComponentLogLevel": self.proxy_component_log_level,
+            "enablePrometheusMerge": self.enable_prometheus_merge,
+            "defaultConfig": dict(self.proxy_config),
+        }
+
+
+# -- parsing helpers ---------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed reads from one decoded ConfigMap key, raising ConfigError with the field path."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def fail(self, path: str, problem: str) -> ConfigError:
+        return ConfigError(key=self.key, field=path, problem=problem)
+
+    def mapping(self, value: Any, path: str, allowed: Sequence[str] | None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be an object, got {v.type_name(value)}")
+        if allowed is not None:
+            for name in value:
+                if name not in allowed:
+                    hint = v.unknown_field(str(name), list(allowed))
+                    raise self.fail(_join(path, str(name)), f"{hint}; supported here: {', '.join(allowed)}")
+        return value
+
+    def string(self, value: Any, path: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(path, f"must be a string, got {v.type_name(value)} (quote it)")
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {v.type_name(value)}")
+        return value
+
+    def string_list(self, value: Any, path: str) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.fail(path, f"must be a list of strings, got {v.type_name(value)}")
+        return tuple(value)
+
+    def parsed(self, value: Any, path: str, parser: Callable[[str], Any]) -> Any:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        try:
+            return parser(text)
+        except ValueError as exc:
+            raise self.fail(path, f"{v.show_value(text)}: {exc}") from None
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _load(key: str, text: str) -> Any:
+    try:
+        return v.load_yaml(text)
+    except ValueError as exc:
+        raise ConfigError(key=key, field="", problem=str(exc)) from None
+
+
+def _selectors(r: _Reader, value: Any, path: str) -> tuple[LabelSelector, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.fail(path, f"must be a list of label selectors, got {v.type_name(value)}")
+    out: list[LabelSelector] = []
+    for index, item in enumerate(value):
+        where = f"{path}[{index}]"
+        raw = r.mapping(item, where, ("matchLabels", "matchExpressions"))
+        labels = r.mapping(raw.get("matchLabels"), f"{where}.matchLabels", None)
+        for key, label in labels.items():
+            if not isinstance(label, str):
+                raise r.fail(f"{where}.matchLabels.{key}", f"must be a string, got {v.type_name(label)} (quote it)")
+        expressions: list[SelectorRequirement] = []
+        raw_expressions = raw.get("matchExpressions") or []
+        if not isinstance(raw_expressions, list):
+            raise r.fail(f"{where}.matchExpressions", "must be a list")
+        for j, expr in enumerate(raw_expressions):
+            epath = f"{where}.matchExpressions[{j}]"
+            e = r.mapping(expr, epath, ("key", "operator", "values"))
+            req_key = r.string(e.get("key"), f"{epath}.key")
+            if not req_key:
+                raise r.fail(f"{epath}.key", "is required")
+            op = r.string(e.get("operator"), f"{epath}.operator")
+            if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+                raise r.fail(f"{epath}.operator", f"{op!r} is not one of In, NotIn, Exists, DoesNotExist")
+            values = r.string_list(e.get("values"), f"{epath}.values") or ()
+            if op in ("In", "NotIn") and not values:
+                raise r.fail(f"{epath}.values", f"operator {op} needs at least one value")
+            if op in ("Exists", "DoesNotExist") and values:
+                raise r.fail(f"{epath}.values", f"operator {op} takes no values")
+            expressions.append(SelectorRequirement(key=req_key, operator=op, values=values))
+        if not labels and not expressions:
+            raise r.fail(where, "an empty selector would match every pod; give matchLabels or matchExpressions")
+        out.append(LabelSelector(match_labels=MappingProxyType(dict(labels)), match_expressions=tuple(expressions)))
+    return tuple(out)
+
+
+def _resources(r: _Reader, value: Any, path: str) -> Resources | None:
+    if value is None:
+        return None
+    raw = r.mapping(value, path, ("requests", "limits"))
+    parsed: dict[str, dict[str, str]] = {}
+    amounts: dict[str, dict[str, Any]] = {}
+    for section in ("requests", "limits"):
+        entries = r.mapping(raw.get(section), f"{path}.{section}", ("cpu", "memory", "ephemeral-storage"))
+        parsed[section] = {}
+        amounts[section] = {}
+        for name, given in entries.items():
+            quantity = str(given) if isinstance(given, int) and not isinstance(given, bool) else given
+            amounts[section][name] = r.parsed(quantity, f"{path}.{section}.{name}", v.parse_quantity)
+            parsed[section][name] = quantity
+    for name, request in amounts["requests"].items():
+        limit = amounts["limits"].get(name)
+        if limit is not None and request > limit:
+            raise r.fail(
+                f"{path}.requests.{name}",
+                f"request {parsed['requests'][name]} exceeds limit {parsed['limits'][name]}",
+            )
+    return Resources(
+        requests=MappingProxyType(parsed["requests"]),
+        limits=MappingProxyType(parsed["limits"]),
+    )
+
+
+# The `values` fields meshplane honours, as a tree; a leaf names how to read it.
+VALUES_FIELDS: dict[str, Any] = {
+    "global": {
+        "hub": "string",
+        "tag": "string",
+        "imagePullPolicy": "pullPolicy",
+        "imagePullSecrets": "stringList",
+        "meshID": "string",
+        "network": "string",
+        "proxy": {
+            "image": "string",
+            "resources": "resources",
+            "includeIPRanges": "cidrs",
+            "excludeIPRanges": "cidrs",
+            "includeInboundPorts": "portsOrStar",
+            "excludeInboundPorts": "ports",
+            "includeOutboundPorts": "ports",
+            "excludeOutboundPorts": "ports",
+            "logLevel": "logLevel",
+            "componentLogLevel": "componentLogLevel",
+            "interceptionMode": "interceptionMode",
+        },
+        "proxy_init": {"image": "string"},
+    },
+    "sidecarInjectorWebhook": {"nativeSidecar": "boolean", "rewriteAppHTTPProbe": "boolean"},
+}
+
+
+def _read_values(r: _Reader, value: Any, spec: Mapping[str, Any], path: str, out: dict[str, Any]) -> None:
+    raw = r.mapping(value, path, list(spec))
+    for name, item in raw.items():
+        here = _join(path, name)
+        kind = spec[name]
+        if isinstance(kind, dict):
+            _read_values(r, item, kind, here, out)
+            continue
+        if item is None:
+            continue
+        if kind == "string":
+            out[here] = r.string(item, here)
+        elif kind == "boolean":
+            out[here] = r.boolean(item, here)
+        elif kind == "stringList":
+            out[here] = r.string_list(item, here)
+        elif kind == "resources":
+            out[here] = _resources(r, item, here)
+        elif kind == "pullPolicy":
+            policy = r.string(item, here)
+            if policy not in ("", *v.PULL_POLICIES):
+                raise r.fail(here, f"{policy!r} is not one of {', '.join(v.PULL_POLICIES)}")
+            out[here] = policy
+        else:
+            parser: Callable[[str], Any] = {
+                "cidrs": v.parse_cidr_list,
+                "ports": lambda text: v.parse_port_list(text, allow_star=False),
+                "portsOrStar": lambda text: v.parse_port_list(text, allow_star=True),
+                "logLevel": v.parse_log_level,
+                "componentLogLevel": v.parse_component_log_level,
+                "interceptionMode": v.parse_interception_mode,
+            }[kind]
+            out[here] = r.parsed(item, here, parser)
+
+
+# Top-level fields of istio.mesh.v1alpha1.MeshConfig (JSON names).
+MESH_FIELDS = (
+    "proxyListenPort",
+    "proxyInboundListenPort",
+    "proxyHttpPort",
+    "connectTimeout",
+    "protocolDetectionTimeout",
+    "tcpKeepalive",
+    "ingressClass",
+    "ingressService",
+    "ingressControllerMode",
+    "ingressSelector",
+    "enableTracing",
+    "accessLogFile",
+    "accessLogFormat",
+    "accessLogEncoding",
+    "enableEnvoyAccessLogService",
+    "disableEnvoyListenerLog",
+    "defaultConfig",
+    "outboundTrafficPolicy",
+    "inboundTrafficPolicy",
+    "configSources",
+    "enableAutoMtls",
+    "trustDomain",
+    "trustDomainAliases",
+    "caCertificates",
+    "defaultServiceExportTo",
+    "defaultVirtualServiceExportTo",
+    "defaultDestinationRuleExportTo",
+    "rootNamespace",
+    "localityLbSetting",
+    "dnsRefreshRate",
+    "h2UpgradePolicy",
+    "inboundClusterStatName",
+    "outboundClusterStatName",
+    "certificates",
+    "serviceSettings",
+    "enablePrometheusMerge",
+    "verifyCertificateAtClient",
+    "ca",
+    "extensionProviders",
+    "defaultProviders",
+    "discoverySelectors",
+    "pathNormalization",
+    "defaultHttpRetryPolicy",
+    "meshMTLS",
+    "tlsDefaults",
+    "compliancePolicy",
+)
+
+INJECTOR_KEYS = ("config", "values")
+MESH_KEYS = ("mesh", "meshNetworks")
+CONFIG_FIELDS = ("policy", "neverInjectSelector", "alwaysInjectSelector", "defaultTemplates", "injectedAnnotations")
+
+
+def _data(data: Mapping[str, str] | None, allowed: tuple[str, ...], what: str) -> Mapping[str, str]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(key="(data)", field="", problem=f"the {what} ConfigMap data must be a map of strings")
+    for key, text in data.items():
+        if key not in allowed:
+            raise ConfigError(key=str(key), field="", problem=f"unknown key in the {what} ConfigMap; use {allowed}")
+        if not isinstance(text, str):
+            raise ConfigError(key=key, field="", problem=f"must be a string, got {v.type_name(text)}")
+    return data
+
+
+def parse_injection_config(*, injector: Mapping[str, str] | None, mesh: Mapping[str, str] | None) -> InjectionConfig:
+    """Build the config from the injector ConfigMap's data and the mesh ConfigMap's data.
+
+    Either may be None (ConfigMap absent) or lack keys; what is absent keeps its default.
+    Raises `ConfigError` for anything invalid or unknown.
+    """
+    injector_data = _data(injector, INJECTOR_KEYS, "injector")
+    mesh_data = _data(mesh, MESH_KEYS, "mesh")
+    kwargs: dict[str, Any] = {}
+
+    # -- key `config` ---------------------------------------------------------------------------
+    r = _Reader("config")
+    raw = r.mapping(_load("config", injector_data.get("config", "")), "", CONFIG_FIELDS)
+    policy = r.string(raw.get("policy"), "policy")
+    if policy is not None:
+        if policy not in POLICIES:
+            raise r.fail("policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
+        kwargs["policy"] = policy
+    kwargs["never_inject_selector"] = _selectors(r, raw.get("neverInjectSelector"), "neverInjectSelector")
+    kwargs["always_inject_selector"] = _selectors(r, raw.get("alwaysInjectSelector"), "alwaysInjectSelector")
+    templates = r.string_list(raw.get("defaultTemplates"), "defaultTemplates")
+    if templates is not None:
+        if len(templates) != 1 or templates[0] not in TEMPLATES:
+            raise r.fail("defaultTemplates", f"{list(templates)} must be exactly one of {', '.join(TEMPLATES)}")
+        kwargs["default_templates"] = templates
+    annotations = r.mapping(raw.get("injectedAnnotations"), "injectedAnnotations", None)
+    for key, value in annotations.items():
+        r.string(value, f"injectedAnnotations.{key}")
+    kwargs["injected_annotations"] = MappingProxyType(dict(annotations))
+
+    # -- key `values` ---------------------------------------------------------------------------
+    r = _Reader("values")
+    values: dict[str, Any] = {}
+    _read_values(r, _load("values", injector_data.get("values", "")), VALUES_FIELDS, "", values)
+    hub = values.get("global.hub") or DEFAULT_HUB
+    tag = values.get("global.tag") or DEFAULT_TAG
+    kwargs["hub"], kwargs["tag"] = hub, tag
+    for path, image_key in (("global.proxy.image", "proxy_image"), ("global.proxy_init.image", "proxy_init_image")):
+        image = _image(hub, values.get(path) or DEFAULT_IMAGE_NAME, tag)
+        try:
+            kwargs[image_key] = v.parse_image(image)
+        except ValueError as exc:
+            raise r.fail(path if path in values else "global.hub", f"{v.show_value(image)}: {exc}") from None
+    simple = {
+        "global.imagePullPolicy": "image_pull_policy",
+        "global.imagePullSecrets": "image_pull_secrets",
+        "global.meshID": "mesh_id",
+        "global.network": "network",
+        "global.proxy.resources": "resources",
+        "global.proxy.includeIPRanges": "include_outbound_ip_ranges",
+        "global.proxy.excludeIPRanges": "exclude_outbound_ip_ranges",
+        "global.proxy.includeInboundPorts": "include_inbound_ports",
+        "global.proxy.excludeInboundPorts": "exclude_inbound_ports",
+        "global.proxy.includeOutboundPorts": "include_outbound_ports",
+        "global.proxy.excludeOutboundPorts": "exclude_outbound_ports",
+        "global.proxy.logLevel": "proxy_log_level",
+        "global.proxy.componentLogLevel": "proxy_component_log_level",
+        "global.proxy.interceptionMode": "interception_mode",
+        "sidecarInjectorWebhook.nativeSidecar": "native_sidecar",
+        "sidecarInjectorWebhook.rewriteAppHTTPProbe": "rewrite_app_probes",
+    }
+    for path, name in simple.items():
+        if values.get(path) is not None:
+            kwargs[name] = values[path]
+
+    # -- key `mesh` -----------------------------------------------------------------------------
+    r = _Reader("mesh")
+    raw_mesh = r.mapping(_load("mesh", mesh_data.get("mesh", "")), "", MESH_FIELDS)
+    trust_domain = r.string(raw_mesh.get("trustDomain"), "trustDomain")
+    if trust_domain:
+        kwargs["trust_domain"] = trust_domain
+    merge = r.boolean(raw_mesh.get("enablePrometheusMerge"), "enablePrometheusMerge")
+    if merge is not None:
+        kwargs["enable_prometheus_merge"] = merge
+    if raw_mesh.get("defaultConfig") is not None:
+        try:
+            proxy_config = v.check_proxy_config(raw_mesh["defaultConfig"])
+        except ValueError as exc:
+            raise r.fail("defaultConfig", str(exc)) from None
+        kwargs["proxy_config"] = MappingProxyType(proxy_config)
+    return InjectionConfig(**kwargs)
+
+
+# -- watcher -----------------------------------------------------------------------------------
+
+
+def _configmap_data(obj: Mapping[str, Any] | None) -> Mapping[str, str] | None:
+    if obj is None:
+        return None
+    data = obj.get("data")
+    return data if data is not None else {}
+
+
+class InjectionConfigWatcher:
+    """The current injection config, re-parsed whenever either ConfigMap changes in the store.
+
+    Absent ConfigMaps give the defaults. An invalid new version is logged (naming the ConfigMap,
+    key and field), recorded in `describe()["lastError"]`, and the last good config stays current.
+    """
+
+    def __init__(self, store: ConfigStore, *, namespace: str, injector_configmap: str, mesh_configmap: str) -> None:
+        self._store = store
+        self._injector_key = ObjectKey("ConfigMap", namespace, injector_configmap)
+        self._mesh_key = ObjectKey("ConfigMap", namespace, mesh_configmap)
+        self._current = InjectionConfig()
+        self._last_error: str | None = None
+        self._loaded_from: dict[str, bool] = {"injector": False, "mesh": False}
+        self.reloads = 0
+        self._reload()
+        store.subscribe(self._on_events)
+
+    @property
+    def current(self) -> InjectionConfig:
+        return self._current
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def _on_events(self, events: Sequence[ConfigEvent]) -> None:
+        if any(event.key in (self._injector_key, self._mesh_key) for event in events):
+            self._reload()
+
+    def _reload(self) -> None:
+        injector = self._store.get(self._injector_key)
+        mesh = self._store.get(self._mesh_key)
+        try:
+            config = parse_injection_config(injector=_configmap_data(injector), mesh=_configmap_data(mesh))
+        except ConfigError as exc:
+            source = self._mesh_key if exc.key in MESH_KEYS else self._injector_key
+            self._last_error = f"ConfigMap {source.namespace}/{source.name}: {exc}"
+            log.error("invalid injection config, keeping the last good one: %s", self._last_error)
+            return
+        self._current = config
+        self._last_error = None
+        self._loaded_from = {"injector": injector is not None, "mesh": mesh is not None}
+        self.reloads += 1
+        log.info(
+            "injection config loaded",
+            extra={
+                "injector_configmap": str(self._injector_key) if injector is not None else None,
+                "mesh_configmap": str(self._mesh_key) if mesh is not None else None,
+            },
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able: which ConfigMaps the current config came from, the last error, the config."""
+        return {
+            "injectorConfigMap": {
+                "name": f"{self._injector_key.namespace}/{self._injector_key.name}",
+                "used": self._loaded_from["injector"],
+            },
+            "meshConfigMap": {
+                "name": f"{self._mesh_key.namespace}/{self._mesh_key.name}",
+                "used": self._loaded_from["mesh"],
+            },
+            "lastError": self._last_error,
+            "config": self._current.to_dict(),
+        }

@@ -1,0 +1,117 @@
+"""A small RFC 6902 JSON Patch from one JSON value to another.
+
+`json_patch(old, new)` returns operations that turn `old` into `new` when applied in order:
+- objects are diffed key by key (`remove`, `add`, or a recursive diff of a kept key);
+- arrays keep their common prefix and suffix, then align the middle on equal elements (longest
+  common subsequence), so an element inserted or removed anywhere becomes one `add` or `remove`
+  at its index instead of a cascade of replacements; unaligned elements facing each other are
+  diffed recursively;
+- anything else that differs (including a change of JSON type, and `1` vs `true` vs `1.0`) is one
+  `replace`.
+Keys are escaped per RFC 6901 (`~` → `~0`, `/` → `~1`). Values in the patch are shared with
+`new`, not copied: serialise the patch, or copy it, before mutating `new`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Above this many element comparisons the middle of an array is diffed position by position.
+_LCS_LIMIT = 250_000
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def same(a: Any, b: Any) -> bool:
+    """JSON equality: like ==, but `true` is not `1` and `1` is not `1.0`."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(value, b[key]) for key, value in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def json_patch(old: Any, new: Any) -> list[dict[str, Any]]:
+    """The operations turning `old` into `new` (empty when they are equal)."""
+    ops: list[dict[str, Any]] = []
+    _diff(old, new, "", ops)
+    return ops
+
+
+def _diff(old: Any, new: Any, path: str, ops: list[dict[str, Any]]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        _diff_object(old, new, path, ops)
+    elif isinstance(old, list) and isinstance(new, list):
+        _diff_array(old, new, path, ops)
+    elif not same(old, new):
+        ops.append({"op": "replace", "path": path, "value": new})
+
+
+def _diff_object(old: dict[str, Any], new: dict[str, Any], path: str, ops: list[dict[str, Any]]) -> None:
+    for key in old:
+        if key not in new:
+            ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+    for key, value in new.items():
+        if key in old:
+            _diff(old[key], value, f"{path}/{_escape(key)}", ops)
+        else:
+            ops.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": value})
+
+
+def _diff_array(old: list[Any], new: list[Any], path: str, ops: list[dict[str, Any]]) -> None:
+    start = 0
+    while start < len(old) and start < len(new) and same(old[start], new[start]):
+        start += 1
+    end_old, end_new = len(old), len(new)
+    while end_old > start and end_new > start and same(old[end_old - 1], new[end_new - 1]):
+        end_old -= 1
+        end_new -= 1
+    mid_old, mid_new = old[start:end_old], new[start:end_new]
+    if not mid_old and not mid_new:
+        return
+    if len(mid_old) * len(mid_new) > _LCS_LIMIT or not mid_old or not mid_new:
+        anchors: list[tuple[int, int]] = []
+    else:
+        anchors = _lcs(mid_old, mid_new)
+    # Walk gaps between anchors; `index` is the current position in the array being patched.
+    index = start
+    i = j = 0
+    for ai, aj in [*anchors, (len(mid_old), len(mid_new))]:
+        gap_old, gap_new = mid_old[i:ai], mid_new[j:aj]
+        paired = min(len(gap_old), len(gap_new))
+        for k in range(paired):
+            _diff(gap_old[k], gap_new[k], f"{path}/{index}", ops)
+            index += 1
+        for _ in range(len(gap_old) - paired):
+            ops.append({"op": "remove", "path": f"{path}/{index}"})
+        for value in gap_new[paired:]:
+            ops.append({"op": "add", "path": f"{path}/{index}", "value": value})
+            index += 1
+        index += 1  # the anchor itself (one past the end for the sentinel, harmless)
+        i, j = ai + 1, aj + 1
+
+
+def _lcs(a: list[Any], b: list[Any]) -> list[tuple[int, int]]:
+    """Index pairs of a longest common subsequence of `a` and `b` (JSON equality)."""
+    n, m = len(a), len(b)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for x in range(n - 1, -1, -1):
+        row, below = table[x], table[x + 1]
+        for y in range(m - 1, -1, -1):
+            row[y] = below[y + 1] + 1 if same(a[x], b[y]) else max(below[y], row[y + 1])
+    pairs: list[tuple[int, int]] = []
+    x = y = 0
+    while x < n and y < m:
+        if same(a[x], b[y]) and table[x][y] == table[x + 1][y + 1] + 1:
+            pairs.append((x, y))
+            x += 1
+            y += 1
+        elif table[x + 1][y] >= table[x][y + 1]:
+            x += 1
+        else:
+            y += 1
+    return pairs
