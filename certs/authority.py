@@ -68,6 +68,7 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
+_EMPTY_NAME = x509.Name([])
 _LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
@@ -143,6 +144,15 @@ class Authority:
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
 
+    @functools.cached_property
+    def _hash(self) -> hashes.SHA256 | hashes.SHA384:
+        return signature_hash(self.key)
+
+    @functools.cached_property
+    def chain_tail_pem(self) -> tuple[str, ...]:
+        """PEM of everything after the leaf in an issued chain: the signer, then up to the root."""
+        return tuple(chain_pem([c]).decode("ascii") for c in (self.cert, *self.chain))
+
     def issue(
         self,
         *,
@@ -167,7 +177,7 @@ class Authority:
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
+            .subject_name(_EMPTY_NAME)
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(random_serial())
@@ -180,7 +190,7 @@ class Authority:
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        leaf = builder.sign(self.key, signature_hash(self.key))
+        leaf = builder.sign(self.key, self._hash)
         return [leaf, self.cert, *self.chain]
 
     def with_rotated_root(self, *, now: dt.datetime, lifetime: dt.timedelta = ROOT_LIFETIME) -> Authority:

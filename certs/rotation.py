@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from certs.authority import Authority, KeyMaterialError, life_remaining, now_utc
+from certs.authority import BACKDATE, Authority, KeyMaterialError, life_remaining, now_utc
 from certs.ca import CertificateAuthority
 from certs.keystore import KeyStore
 from certs.serving import ServingCertificate
@@ -63,7 +63,8 @@ class RootRotator:
             self.ca.replace(await self.store.save_rotated(previous=current, rotated=pruned))
             log.info("dropped expired roots from the trust bundle", extra={"roots": len(pruned.roots)})
             return True
-        lifetime = self.lifetime or (current.cert.not_valid_after_utc - current.cert.not_valid_before_utc)
+        validity = current.cert.not_valid_after_utc - current.cert.not_valid_before_utc
+        lifetime = self.lifetime or validity - BACKDATE  # NotBefore is backdated; keep the same validity
         rotated = current.with_rotated_root(now=now, lifetime=lifetime)
         in_effect: Authority = await self.store.save_rotated(previous=current, rotated=rotated)
         self.ca.replace(in_effect)

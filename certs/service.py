@@ -14,8 +14,10 @@ check the CSR, TTL and identity -> sign -> count the issuance. Status codes:
 A CSR over 64 KiB is INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: the limit is a property of the
 request field (retrying cannot help), while RESOURCE_EXHAUSTED signals a quota or capacity
 condition that may clear. Unauthenticated callers learn nothing about their CSR: authentication
-comes first. Every refusal is counted (`citadel_server_authentication_failure_count`, or
-`citadel_server_csr_sign_error_count{reason}`) and never yields a certificate.
+comes first. The request's `metadata` (Istio uses it for impersonation by trusted node agents) is
+ignored: a certificate only ever names the authenticated caller. Every refusal is counted
+(`citadel_server_authentication_failure_count`, or `citadel_server_csr_sign_error_count{reason}`)
+and never yields a certificate.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class CertificateService:
             log.exception("signing failed")
             raise CaError(grpc.StatusCode.INTERNAL, f"signing failed: {exc}") from None
         metrics.success_cert_issuance_count.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("certificate issued", extra={"caller": ",".join(caller.identities), "source": caller.source})
         return chain
 
     # -- gRPC -------------------------------------------------------------------------------------
@@ -168,8 +172,8 @@ class _SignJob:
         checked = check_csr(self.csr, policy=self.policy)
         ttl = resolve_ttl(self.validity_seconds, policy=self.policy)
         identities = choose_identities(checked.requested_identity, caller_identities=self.caller.identities)
-        certs = sign(authority, checked, identities=identities, ttl=ttl, now=self.now)
-        return [cert_pem(c).decode("ascii") for c in certs]
+        leaf = sign(authority, checked, identities=identities, ttl=ttl, now=self.now)[0]
+        return [cert_pem(leaf).decode("ascii"), *authority.chain_tail_pem]
 
 
 def _peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:

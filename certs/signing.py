@@ -69,7 +69,8 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
     Checks, in order: size, PEM framing, DER structure, self-signature, key type and size,
     number of URI SANs.
     """
-    size = len(pem.encode("utf-8", "surrogatepass"))
+    data = pem.encode("utf-8", "surrogatepass")
+    size = len(data)
     if size > policy.max_csr_bytes:
         raise _invalid("csr_too_large", f"csr: {size} bytes exceeds the limit of {policy.max_csr_bytes} bytes")
     if not pem.strip():
@@ -77,7 +78,7 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
     if _PEM_HEADER not in pem:
         raise _invalid("malformed_csr", f"csr: not PEM: no {_PEM_HEADER!r} block")
     try:
-        csr = x509.load_pem_x509_csr(pem.encode("utf-8", "surrogatepass"))
+        csr = x509.load_pem_x509_csr(data)
     except ValueError as exc:
         raise _invalid("malformed_csr", f"csr: cannot parse the CERTIFICATE REQUEST: {exc}") from None
     try:

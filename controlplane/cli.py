@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from certs import tokencmd
+from certs.authenticate.localtoken import parse_duration
 from controlplane import __version__, logs
 from controlplane.settings import Address, Settings, SettingsError
 
@@ -93,6 +94,12 @@ def _serve_parser(sub: Any) -> None:
         default=str(d.grace_period),
         help="seconds to finish in-flight requests on SIGTERM",
     )
+    _add(
+        p,
+        "--max-workload-cert-ttl",
+        default="2160h",
+        help="longest workload certificate the CA signs (seconds or 90s, 15m, 2160h); longer requests are refused",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -106,6 +113,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SettingsError(f"--grace-period: {args.grace_period!r} is not a number of seconds") from None
     if grace < 0:
         raise SettingsError(f"--grace-period: {grace} must not be negative")
+    try:
+        max_ttl = parse_duration(args.max_workload_cert_ttl, field="--max-workload-cert-ttl")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if max_ttl.total_seconds() <= 0:
+        raise SettingsError("--max-workload-cert-ttl: must be positive")
     if not args.revision or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in args.revision):
         raise SettingsError(f"--revision: {args.revision!r} must be lowercase letters, digits and '-'")
     return Settings(
@@ -125,6 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         log_level=args.log_level,
         grace_period=grace,
+        max_workload_cert_ttl=max_ttl.total_seconds(),
     )
 
 
@@ -146,9 +160,11 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser, tokencmd.add_parser]
 
 
 def _register_optional() -> None:
-    from controlplane import injectcmd
+    from controlplane import injectcmd, proxystatuscmd
 
-    SUBCOMMANDS.append(injectcmd.add_parser)
+    for add in (injectcmd.add_parser, proxystatuscmd.add_parser):
+        if add not in SUBCOMMANDS:  # main() may run more than once in one process (tests)
+            SUBCOMMANDS.append(add)
 
 
 def build_parser() -> argparse.ArgumentParser:

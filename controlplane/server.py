@@ -9,25 +9,36 @@ within the grace period, and exits 0.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import os
 import signal
+import socket
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from webhook.config import InjectionConfigWatcher
 
+from certs.authenticate import Credentials
 from certs.authority import KeyMaterialError
 from certs.runtime import local_ca
+from certs.service import CaError
 from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
 from controlplane.grpcserver import GrpcServers
 from controlplane.httpserver import health_app, metrics_app
+from controlplane.kube.client import KubeApi
+from controlplane.kube.source import KubeSource
+from controlplane.model.meshconfig import MeshConfig
+from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
 from controlplane.settings import Address, Settings, SettingsError
 from controlplane.sources.files import FileSource
+from discovery.server import AdsServer
+from discovery.service import DiscoveryService, debounce_from_env
 from webhook.app import webhook_app
+from webhook.config import InjectionConfigWatcher
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)
@@ -43,26 +54,32 @@ class ControlPlane:
         self._runners: dict[str, web.AppRunner] = {}
         self._bound: dict[str, bool] = {}
         self.file_source: FileSource | None = None
+        self.kube: KubeApi | None = None
+        self.kube_source: KubeSource | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         if s.config_dir is None:
-            raise SettingsError(
-                "Kubernetes mode is not available in this build; run with --config-dir DIR (local mode)"
-            )
-        self.file_source = FileSource(s.config_dir, self.store)
-        try:
-            self.file_source.scan()  # fail fast on a missing directory, before binding any port
-        except FileNotFoundError as exc:
-            raise SettingsError(f"--config-dir: {exc}") from None
-        self.store.mark_synced()
-        self.tasks.start("config-dir-watch", self._watch_files(self.file_source))
+            await self._start_kube_source()
+        else:
+            self.file_source = FileSource(s.config_dir, self.store)
+            try:
+                self.file_source.scan()  # fail fast on a missing directory, before binding any port
+            except FileNotFoundError as exc:
+                raise SettingsError(f"--config-dir: {exc}") from None
+            self.store.mark_synced()
+            self.tasks.start("config-dir-watch", self._watch_files(self.file_source))
 
         hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=s.serving_hosts)
         try:
             # Key material (state dir; `cacerts/` plug-in if present), <state-dir>/root-cert.pem, the CA service.
-            self.ca = await local_ca(state_dir=s.state_dir, trust_domain=s.trust_domain, serving_hosts=hosts)
+            self.ca = await local_ca(
+                state_dir=s.state_dir,
+                trust_domain=s.trust_domain,
+                serving_hosts=hosts,
+                max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
+            )
         except KeyMaterialError as exc:
             raise SettingsError(str(exc)) from None
         self.serving = self.ca.serving
@@ -84,9 +101,13 @@ class ControlPlane:
             cluster_id=s.cluster_id,
         )
 
+        self._start_discovery()
         self.grpc = GrpcServers(plaintext_addr=s.grpc_addr, secure_addr=s.secure_grpc_addr, serving=self.serving)
         # gRPC services register on the shared servers here, before they start.
         self.grpc.add(self.ca.service.register, plaintext=False, secure=True)
+        self.grpc.add(AdsServer(self.discovery, secure=False).register, plaintext=True, secure=False)
+        secure_ads = AdsServer(self.discovery, secure=True, identify=self._xds_identities)
+        self.grpc.add(secure_ads.register, plaintext=False, secure=True)
         await self.grpc.start()
         self._bound["grpc"] = True
 
@@ -109,6 +130,9 @@ class ControlPlane:
             self._bound["grpc"] = False
             await self.grpc.stop(self.settings.grace_period)
         await self.tasks.cancel_all()
+        if self.kube is not None:
+            await self.kube.close()
+            self.kube = None
 
     # -- pieces --------------------------------------------------------------------------------
     async def _serve(self, name: str, app: web.Application, addr: Address, *, tls: bool = False) -> None:
@@ -124,6 +148,55 @@ class ControlPlane:
         self._runners[name] = runner
         self._bound[name] = True
         log.info("%s listening on %s%s", name, addr, " (TLS)" if tls else "")
+
+    async def _start_kube_source(self) -> None:
+        """Kubernetes mode: connect (SettingsError for a bad kubeconfig) and start mirroring the cluster.
+
+        The store turns synced (and so `/ready` 200) once every watched kind has listed once.
+        """
+        s = self.settings
+        self.kube = await KubeApi.connect(kubeconfig=s.kubeconfig)
+        self.kube_source = KubeSource(self.kube, self.store, namespace=s.namespace)
+        self.tasks.start("kube-source", self.kube_source.run())
+        log.info("Kubernetes mode: API server %s (%s)", self.kube.host, self.kube.description)
+        log.warning(
+            "Kubernetes mode: the CA keeps its key material in %s (istio-ca-secret is not read or written yet)",
+            s.state_dir,
+        )
+
+    def _start_discovery(self) -> None:
+        """The service registry over the config store, and the xDS push pipeline on top of it."""
+        s = self.settings
+        try:
+            quiet, most = debounce_from_env(os.environ)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        self.registry = Registry(
+            self.store,
+            mesh_namespace=s.namespace,
+            mesh_configmap=s.mesh_configmap,
+            mesh_defaults=MeshConfig(trust_domain=s.trust_domain, root_namespace=s.namespace),
+        )
+        self.discovery = DiscoveryService(
+            self.registry,
+            debounce_quiet=quiet,
+            debounce_max=most,
+            control_plane_id=f"{s.istiod_service}-{socket.gethostname()}",
+            version=__version__,
+        )
+        self.tasks.start("xds-push", self.discovery.run())
+
+    async def _xds_identities(self, context: Any) -> list[str]:
+        """Who is on a secure xDS stream, as the CA would authenticate it (client certificate, then token)."""
+        credentials = Credentials(
+            metadata={k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)},
+            peer_certificate_pem=next(iter(context.auth_context().get("x509_pem_cert", ())), None),
+        )
+        try:
+            caller = await self.ca.service.authenticate(credentials)
+        except CaError:
+            return []
+        return list(caller.identities)
 
     async def _watch_files(self, source: FileSource) -> None:
         while True:
@@ -145,12 +218,28 @@ class ControlPlane:
             return {
                 "objects": [str(key) for key in sorted(self.store._objects)],
                 "problems": [str(p) for p in (self.file_source.problems if self.file_source else [])],
+                "watches": self.kube_source.describe() if self.kube_source else {},
             }
 
         def injectz(_: web.Request) -> Any:
             return self.injector.describe()
 
-        return {"configz": configz, "injectz": injectz}
+        def config_dump(request: web.Request) -> Any:
+            proxy = request.query.get("proxyID", "")
+            if not proxy:
+                return web.json_response({"error": "query parameter proxyID is required"}, status=400)
+            dump = self.discovery.config_dump(proxy)
+            if dump is None:
+                return web.json_response({"error": f"proxy {proxy!r} is not connected"}, status=404)
+            return dump
+
+        return {
+            "configz": configz,
+            "injectz": injectz,
+            "syncz": lambda _: self.discovery.syncz(),
+            "config_dump": config_dump,
+            "registryz": lambda _: self.discovery.registryz(),
+        }
 
 
 async def run(settings: Settings) -> int:

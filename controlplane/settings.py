@@ -68,6 +68,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     grace_period: float = 10.0
+    max_workload_cert_ttl: float = 90 * 86400.0  # seconds; the CA refuses longer workload certificates
 
     @property
     def local_mode(self) -> bool:

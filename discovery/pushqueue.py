@@ -63,7 +63,7 @@ class PushRequest:
         return any(u.kind in kinds for u in self.updates)
 
     def __str__(self) -> str:
-        shown = ", ".join(str(u) for u in sorted(self.updates)[:5])
+        shown = ", ".join(str(u) for u in sorted(self.updates, key=lambda u: u.sort_key)[:5])
         more = f" and {len(self.updates) - 5} more" if len(self.updates) > 5 else ""
         return f"{'full' if self.full else 'incremental'} push ({shown}{more})"
 
@@ -119,12 +119,12 @@ class Debouncer:
             request, self._pending = self._pending, None
             if request is None:
                 continue
-            if self._observe is not None:
-                self._observe(time.monotonic() - self._first, request)
             try:
+                if self._observe is not None:
+                    self._observe(time.monotonic() - self._first, request)
                 self._emit(request)
             except Exception:
-                log.exception("push failed to start: %s", request)
+                log.exception("push failed to start")
 
 
 K = TypeVar("K", bound=Hashable)

@@ -14,7 +14,15 @@ What injection does (Istio's sidecar template, see ISTIO-FACTS.md):
 - its env, the volumes it mounts, labels (`security.istio.io/tlsMode`, canonical name/revision),
   annotations (`istio.io/rev`, default container, prometheus merge) and `sidecar.istio.io/status`;
 - HTTP/TCP/gRPC probes of application containers rewritten to the agent's status port
-  (`/app-health/<container>/{readyz,livez,startupz}`), the originals in `ISTIO_KUBE_APP_PROBERS`;
+  (`/app-health/<container>/{readyz,livez,startupz}`), the originals in `ISTIO_KUBE_APP_PROBERS`
+  with named ports resolved (a named port the container does not declare is an `InvalidPod`);
+- prometheus merge: `prometheus.io/{port,path,scrape}` point at the agent (15020,
+  `/stats/prometheus`), the user's values saved in `ISTIO_PROMETHEUS_ANNOTATIONS`; skipped when
+  the mesh disables it, with `prometheus.istio.io/merge-metrics: "false"`, and (meshplane's choice)
+  when the pod says `prometheus.io/scrape: "false"`;
+- resources: any of the four `sidecar.istio.io/proxy{CPU,Memory}[Limit]` annotations replaces
+  the configured resources entirely (Istio's rule), for `istio-init` too; a request above its
+  limit is rejected;
 - with `inject.istio.io/templates: grpc-agent` (proxyless gRPC) an agent-only `istio-proxy` (no
   Envoy, `ISTIO_META_GENERATOR=grpc`), and every application container gets `GRPC_XDS_BOOTSTRAP`
   and the shared volumes.

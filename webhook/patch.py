@@ -5,7 +5,8 @@
 - arrays keep their common prefix and suffix, then align the middle on equal elements (longest
   common subsequence), so an element inserted or removed anywhere becomes one `add` or `remove`
   at its index instead of a cascade of replacements; unaligned elements facing each other are
-  diffed recursively;
+  diffed recursively; when pairing elements by position needs fewer operations than the
+  alignment (many repeated values), elements are paired by position instead;
 - anything else that differs (including a change of JSON type, and `1` vs `true` vs `1.0`) is one
   `replace`.
 Keys are escaped per RFC 6901 (`~` → `~0`, `/` → `~1`). Values in the patch are shared with
@@ -73,10 +74,20 @@ def _diff_array(old: list[Any], new: list[Any], path: str, ops: list[dict[str, A
     mid_old, mid_new = old[start:end_old], new[start:end_new]
     if not mid_old and not mid_new:
         return
-    if len(mid_old) * len(mid_new) > _LCS_LIMIT or not mid_old or not mid_new:
-        anchors: list[tuple[int, int]] = []
-    else:
+    anchors: list[tuple[int, int]] = []
+    if mid_old and mid_new and len(mid_old) * len(mid_new) <= _LCS_LIMIT:
         anchors = _lcs(mid_old, mid_new)
+        # Keep the alignment only if it needs fewer top-level operations than pairing by position.
+        aligned_cost = 0
+        i = j = 0
+        for ai, aj in [*anchors, (len(mid_old), len(mid_new))]:
+            aligned_cost += max(ai - i, aj - j)
+            i, j = ai + 1, aj + 1
+        positional_cost = max(len(mid_old), len(mid_new)) - sum(
+            1 for x, y in zip(mid_old, mid_new, strict=False) if same(x, y)
+        )
+        if positional_cost < aligned_cost:
+            anchors = []
     # Walk gaps between anchors; `index` is the current position in the array being patched.
     index = start
     i = j = 0

@@ -108,8 +108,7 @@ def review(body: bytes, *, injector: Injector, cluster: str | None = None, netwo
     except ReviewError as exc:
         return Outcome(400, error_body(str(exc), uid=exc.uid), "failure", exc.reason)
     if request.get("operation", "CREATE") != "CREATE":
-        response = {"uid": uid, "allowed": True}
-        return Outcome(200, _envelope(response), "skip")
+        return Outcome(200, _envelope({"uid": uid, "allowed": True}), "skip")
     namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
     try:
         admission = injector.admit(pod, namespace=str(namespace), cluster=cluster, network=network)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from controlplane.model.store import ConfigStore
 from controlplane.model.types import namespace as lookup_namespace
 from webhook.config import InjectionConfig
-from webhook.inject import InjectionError, InjectionParams, inject_pod
+from webhook.inject import InjectionError, InjectionParams, InvalidPod, inject_pod
 from webhook.patch import json_patch
 from webhook.policy import injection_required
 
@@ -95,7 +95,10 @@ class Injector:
             warning = label_conflict_warning(namespace, ns.labels, revision=self.revision)
             if warning:
                 warnings.append(warning)
-        decision = injection_required(pod, namespace=namespace, config=config)
+        try:
+            decision = injection_required(pod, namespace=namespace, config=config)
+        except InjectionError as exc:  # an invalid sidecar.istio.io/inject value
+            return Admission(allowed=False, warnings=warnings, error=str(exc), error_reason="invalid_annotation")
         if not decision.inject:
             return Admission(allowed=True, warnings=warnings, skipped=decision.reason)
         params = InjectionParams(
@@ -111,6 +114,8 @@ class Injector:
             injected = inject_pod(copy.deepcopy(dict(pod)), params)
         except InjectionError as exc:
             return Admission(allowed=False, warnings=warnings, error=str(exc), error_reason="invalid_annotation")
+        except InvalidPod as exc:  # e.g. a probe naming a port the container does not declare
+            return Admission(allowed=False, warnings=warnings, error=str(exc), error_reason="invalid_pod")
         patch = json_patch(pod, injected)
         return Admission(allowed=True, patch=patch or None, warnings=warnings)
 

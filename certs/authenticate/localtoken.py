@@ -115,9 +115,9 @@ def mint(
     check_namespace(namespace, field="--namespace")
     check_service_account(service_account, field="--service-account")
     if ttl <= dt.timedelta(0):
-        raise ValueError(f"--ttl: {ttl} must be positive")
+        raise ValueError(f"--ttl: {int(ttl.total_seconds())} s must be positive")
     if ttl > MAX_TTL:
-        raise ValueError(f"--ttl: {ttl} exceeds the maximum of {MAX_TTL.days} days")
+        raise ValueError(f"--ttl: {int(ttl.total_seconds())} s exceeds the maximum of {MAX_TTL.days} days")
     now = now or dt.datetime.now(dt.UTC)
     iat = int(now.timestamp())
     header = {"alg": "ES256", "typ": "JWT", "kid": key_id(key.public_key())}

@@ -158,7 +158,7 @@ class KubeApi:
                     "pass --kubeconfig FILE, or --config-dir DIR for local mode"
                 )
             try:
-                k8s_config.load_incluster_config(client_configuration=configuration)
+                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             except k8s_config.ConfigException as exc:
                 raise SettingsError(f"in-cluster Kubernetes config is unusable: {exc}") from None
             description = "in-cluster service account"
@@ -183,7 +183,7 @@ class KubeApi:
         query: Query = (),
         body: Any = None,
         content_type: str = "application/json",
-        timeout: aiohttp.ClientTimeout,
+        client_timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         response: aiohttp.ClientResponse = await self.api_client.call_api(
@@ -194,7 +194,7 @@ class KubeApi:
             body=body,
             auth_settings=AUTH_SETTINGS,
             _preload_content=False,
-            _request_timeout=timeout,
+            _request_timeout=client_timeout,
         )
         return response
 
@@ -206,7 +206,7 @@ class KubeApi:
         query: Query = (),
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
+        request_timeout: float = 30.0,
     ) -> JsonObject:
         """One request; the JSON answer as a dict. Raises KubeApiError for a non-2xx answer."""
         response = await self._send(
@@ -215,7 +215,7 @@ class KubeApi:
             query=query,
             body=body,
             content_type=content_type,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            client_timeout=aiohttp.ClientTimeout(total=request_timeout),
         )
         async with response:
             if not 200 <= response.status < 300:
@@ -231,13 +231,13 @@ class KubeApi:
         return data
 
     @contextlib.asynccontextmanager
-    async def stream(self, path: str, *, query: Query, timeout: float) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def stream(self, path: str, *, query: Query, stream_timeout: float) -> AsyncIterator[aiohttp.ClientResponse]:
         """A streaming GET (a watch). The response has status 200; other answers raise KubeApiError.
 
-        `timeout` bounds the whole stream (set it above the server-side `timeoutSeconds`).
+        `stream_timeout` bounds the whole stream (set it above the server-side `timeoutSeconds`).
         """
         response = await self._send(
-            "GET", path, query=query, timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=30)
+            "GET", path, query=query, client_timeout=aiohttp.ClientTimeout(total=stream_timeout, sock_connect=30)
         )
         async with response:
             if response.status != 200:

@@ -48,13 +48,17 @@ class UpdateKind(enum.Enum):
     MESH = "MeshConfig"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ConfigUpdate:
     kind: UpdateKind
     name: str  # hostname, IP, namespace/name, or "" for MESH
 
     def __str__(self) -> str:
         return f"{self.kind.value}/{self.name}" if self.name else self.kind.value
+
+    @property
+    def sort_key(self) -> tuple[str, str]:
+        return self.kind.value, self.name
 
 
 @dataclass(frozen=True, kw_only=True)

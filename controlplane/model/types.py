@@ -15,7 +15,7 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 @dataclass(frozen=True, kw_only=True)
 class Namespace:
     name: str
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Namespace:

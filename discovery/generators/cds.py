@@ -17,13 +17,13 @@ clusters depend only on the workload's ports.
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2
 
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Protocol, Service, ServicePort
-from discovery.cache import Resource, XdsCache
+from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
 from discovery.generators.base import GenContext, Generated, InboundPort, ProxyView, only
@@ -129,7 +129,7 @@ def _special(name: str) -> cluster_pb2.Cluster:
     )
     if name == c.INBOUND_PASSTHROUGH:
         cluster.upstream_bind_config.CopyFrom(
-            base_pb2.BindConfig(
+            address_pb2.BindConfig(
                 source_address=address_pb2.SocketAddress(address=c.INBOUND_PASSTHROUGH_BIND, port_value=0)
             )
         )
@@ -163,7 +163,7 @@ class ClusterGenerator:
                 *(cache.resource(CLUSTER, n, key=n, build=lambda n=n: _special(n)) for n in SPECIAL),  # type: ignore[misc]
             ],
         )
-        groups = (outbound, local)
+        groups: tuple[ResourceGroup, ...] = (outbound, local)
         if not watched.wildcard:
             groups = tuple(only(g, watched.names) for g in groups)
         return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))

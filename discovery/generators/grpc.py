@@ -14,6 +14,8 @@ Every response carries exactly the requested names; there are no wildcard subscr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -26,7 +28,7 @@ from discovery.cache import Resource, ResourceGroup
 from discovery.connection import Watched
 from discovery.generators import common as c
 from discovery.generators import eds
-from discovery.generators.base import GenContext, Generated, ProxyView
+from discovery.generators.base import GenContext, Generated, Generator, ProxyView
 from discovery.generators.cds import outbound_ports
 from discovery.pushqueue import PushRequest
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -94,31 +96,19 @@ def _cluster(name: str) -> cluster_pb2.Cluster:
     )
 
 
-def _host_of(name: str, snapshot: MeshSnapshot, namespace: str) -> str:
-    found = resolve(snapshot, name, namespace=namespace)
-    return found[0].hostname if found else ""
+def _generated(resources: list[Resource]) -> Generated:
+    return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
 
 
 class _Base:
-    type_url = ""
-
-    def _build(self, snapshot: MeshSnapshot, name: str, namespace: str) -> Resource | None:
-        raise NotImplementedError
+    """Listeners, routes and clusters change only with services (or the mesh config)."""
 
     def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
         return request.has(UpdateKind.SERVICE, UpdateKind.MESH) or (request.full and not request.updates)
 
-    def generate(self, ctx: GenContext, watched: Watched) -> Generated:
-        found = [self._build(ctx.snapshot, n, ctx.view.namespace) for n in sorted(watched.names)]
-        resources = [r for r in found if r is not None]
-        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
-
 
 class GrpcListenerGenerator(_Base):
     type_url = LISTENER
-
-    def __init__(self) -> None:
-        self.cache_key = "grpc-lds"
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache = ctx.snapshot, ctx.cache
@@ -127,7 +117,7 @@ class GrpcListenerGenerator(_Base):
             for name in sorted(watched.names)
             if resolve(snap, name, namespace=ctx.view.namespace) is not None
         ]
-        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+        return _generated(resources)
 
 
 class GrpcRouteGenerator(_Base):
@@ -150,7 +140,7 @@ class GrpcRouteGenerator(_Base):
                     build=lambda name=name, service=service, port=port: _route(name, service, port),  # type: ignore[misc]
                 )
             )
-        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+        return _generated(resources)
 
 
 class GrpcClusterGenerator(_Base):
@@ -167,7 +157,7 @@ class GrpcClusterGenerator(_Base):
             resources.append(
                 cache.resource(CLUSTER, name, key="eds", variant="grpc", build=lambda name=name: _cluster(name))  # type: ignore[misc]
             )
-        return Generated(groups=(ResourceGroup(resources),), names=frozenset(r.name for r in resources))
+        return _generated(resources)
 
 
 class GrpcEndpointGenerator:
@@ -182,10 +172,9 @@ class GrpcEndpointGenerator:
         return eds.GENERATOR.generate(ctx, watched)
 
 
-GENERATORS = {
+GENERATORS: Mapping[str, Generator] = {
     LISTENER: GrpcListenerGenerator(),
     ROUTE: GrpcRouteGenerator(),
     CLUSTER: GrpcClusterGenerator(),
     ENDPOINT: GrpcEndpointGenerator(),
 }
-_ = _host_of

@@ -39,7 +39,7 @@ from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.security import MtlsMode
 from controlplane.model.services import Protocol, Service
-from discovery.cache import Resource, XdsCache
+from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
 from discovery.generators.base import GenContext, Generated, InboundPort, ProxyView, only
@@ -91,7 +91,7 @@ def redirect_outbound(snapshot: MeshSnapshot) -> list[listener_pb2.Listener]:
         listener_pb2.Listener(
             name=c.VIRTUAL_OUTBOUND,
             address=c.socket_address("0.0.0.0", c.OUTBOUND_PORT),
-            use_original_dst=True,
+            use_original_dst=wrappers_pb2.BoolValue(value=True),
             traffic_direction=base_pb2.OUTBOUND,
             filter_chains=[_tcp_chain(passthrough, name="PassthroughFilterChain", stat_prefix=passthrough)],
         )
@@ -182,17 +182,17 @@ def _mode_chains(*, name: str, filters: list[lc.Filter], mode: MtlsMode, port: i
     port_kw = {"destination_port": _u32(port)} if port is not None else {}
     mtls = lc.FilterChain(
         name=f"{name}_mtls",
-        filter_chain_match=lc.FilterChainMatch(transport_protocol="tls", **port_kw),  # type: ignore[arg-type]
+        filter_chain_match=lc.FilterChainMatch(transport_protocol="tls", **port_kw),
         transport_socket=c.downstream_mtls(),
         filters=filters,
     )
     if mode is MtlsMode.STRICT:
         return [mtls]
     if mode is MtlsMode.DISABLE:
-        return [lc.FilterChain(name=name, filter_chain_match=lc.FilterChainMatch(**port_kw), filters=filters)]  # type: ignore[arg-type]
+        return [lc.FilterChain(name=name, filter_chain_match=lc.FilterChainMatch(**port_kw), filters=filters)]
     plain = lc.FilterChain(
         name=f"{name}_plaintext",
-        filter_chain_match=lc.FilterChainMatch(transport_protocol="raw_buffer", **port_kw),  # type: ignore[arg-type]
+        filter_chain_match=lc.FilterChainMatch(transport_protocol="raw_buffer", **port_kw),
         filters=filters,
     )
     return [mtls, plain]
@@ -293,7 +293,7 @@ class ListenerGenerator:
                     )
                 ],
             )
-        groups = (outbound, inbound)
+        groups: tuple[ResourceGroup, ...] = (outbound, inbound)
         if not watched.wildcard:
             groups = tuple(only(g, watched.names) for g in groups)
         return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))

@@ -70,7 +70,9 @@ def _fallback(snapshot: MeshSnapshot) -> rc.VirtualHost:
         name="block_all",
         domains=["*"],
         routes=[
-            rc.Route(name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))
+            rc.Route(
+                name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502)
+            )
         ],
     )
 

@@ -104,7 +104,9 @@ def test_the_generated_requests_do_exercise_issuance() -> None:
         )
         token = mint(key=key, namespace="shop", service_account="cart", ttl=dt.timedelta(minutes=5))
         return await runtime.service.create_certificate(
-            csr=CSRS[IDS[0]], validity_seconds=60, credentials=Credentials(metadata={"authorization": f"Bearer {token}"})
+            csr=CSRS[IDS[0]],
+            validity_seconds=60,
+            credentials=Credentials(metadata={"authorization": f"Bearer {token}"}),
         )
 
     import tempfile

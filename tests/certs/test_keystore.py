@@ -117,9 +117,13 @@ async def test_plugin_ca_signs_as_the_intermediate_and_returns_the_full_chain(
     pem, _ = make_csr()
     from certs.signing import SigningPolicy, check_csr, sign
 
-    chain = sign(authority, check_csr(pem, policy=SigningPolicy()), identities=(spiffe("a", "b"),), ttl=dt.timedelta(hours=1))
+    chain = sign(
+        authority, check_csr(pem, policy=SigningPolicy()), identities=(spiffe("a", "b"),), ttl=dt.timedelta(hours=1)
+    )
     assert chain[1:] == [intermediate, root.cert]
-    openssl_verify(tmp_path, ca_file=tmp_path / "cacerts" / "root-cert.pem", chain=[cert_pem(c).decode() for c in chain])
+    openssl_verify(
+        tmp_path, ca_file=tmp_path / "cacerts" / "root-cert.pem", chain=[cert_pem(c).decode() for c in chain]
+    )
 
 
 async def test_plugin_ca_missing_files_are_listed(tmp_path: pathlib.Path) -> None:

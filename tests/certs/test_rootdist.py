@@ -32,7 +32,11 @@ def test_every_namespace_but_the_ignored_ones_gets_the_configmap() -> None:
         namespaces=ns("default", "kube-system", "kube-public", "kube-node-lease", "local-path-storage", "prod"),
         existing={},
     )
-    assert [(a.verb, a.namespace) for a in plan] == [("create", "default"), ("create", "kube-system"), ("create", "prod")]
+    assert [(a.verb, a.namespace) for a in plan] == [
+        ("create", "default"),
+        ("create", "kube-system"),
+        ("create", "prod"),
+    ]
     assert all(a.data == {"root-cert.pem": ROOT} and a.labels == LABEL for a in plan)
 
 

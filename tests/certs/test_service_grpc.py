@@ -122,7 +122,9 @@ class Counts:
         )
 
 
-async def test_a_token_caller_gets_a_chain_that_openssl_verifies(ca_server: ServerFactory, tmp_path: pathlib.Path) -> None:
+async def test_a_token_caller_gets_a_chain_that_openssl_verifies(
+    ca_server: ServerFactory, tmp_path: pathlib.Path
+) -> None:
     server = await ca_server()
     before = Counts.now()
     csr, _ = make_csr(uris=[ME])
@@ -214,7 +216,11 @@ async def _above_max_ttl(s: CaServer) -> tuple[str, dict[str, object]]:
     return make_csr(uris=[ME])[0], {"token": s.token(), "ttl": 90 * 86400 + 1}
 
 
-UNAUTH, INVALID, DENIED = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED
+UNAUTH, INVALID, DENIED = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 CASES: list[tuple[str, BadRequest, grpc.StatusCode, str, str | None]] = [
     ("no-token", _no_token, UNAUTH, "no credentials", None),
@@ -228,7 +234,13 @@ CASES: list[tuple[str, BadRequest, grpc.StatusCode, str, str | None]] = [
     ("rsa-1024", _rsa_1024, INVALID, "1024 bits is too weak", "weak_key"),
     ("unsupported-curve", _p521, INVALID, "curve secp521r1 is not supported", "unsupported_key"),
     ("several-uri-sans", _two_uris, INVALID, "asks for 2 URI SANs", "multiple_identities"),
-    ("another-identity", _other_identity, DENIED, f"kube-system/sa/admin but the caller is authenticated as {ME}", "identity_mismatch"),
+    (
+        "another-identity",
+        _other_identity,
+        DENIED,
+        f"kube-system/sa/admin but the caller is authenticated as {ME}",
+        "identity_mismatch",
+    ),
     ("csr-over-64kib", _too_large, INVALID, "exceeds the limit of 65536 bytes", "csr_too_large"),
     ("negative-ttl", _negative_ttl, INVALID, "validity_duration: -60 s is negative", "invalid_ttl"),
     ("huge-ttl", _huge_ttl, INVALID, "exceeds the maximum of 7776000 s", "invalid_ttl"),

@@ -189,6 +189,8 @@ def test_serials_are_random_and_distinct() -> None:
     authority = make_root()
     pem, _ = make_csr()
     checked = check_csr(pem, policy=POLICY)
-    serials = {sign(authority, checked, identities=(ME,), ttl=dt.timedelta(hours=1))[0].serial_number for _ in range(50)}
+    serials = {
+        sign(authority, checked, identities=(ME,), ttl=dt.timedelta(hours=1))[0].serial_number for _ in range(50)
+    }
     assert len(serials) == 50
     assert max(s.bit_length() for s in serials) > 100  # 128 random bits, not a counter

@@ -243,11 +243,10 @@ def _default_deployment(obj: Obj) -> None:
     _default_template(obj)
     spec = obj.get("spec")
     if isinstance(spec, dict):
-        spec.setdefault(
-            "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
-        )
-        if spec["strategy"].get("type") == "RollingUpdate":
-            spec["strategy"].setdefault("rollingUpdate", {"maxUnavailable": "25%", "maxSurge": "25%"})
+        rolling = {"maxUnavailable": "25%", "maxSurge": "25%"}
+        strategy = spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": dict(rolling)})
+        if isinstance(strategy, dict) and strategy.get("type") == "RollingUpdate":
+            strategy.setdefault("rollingUpdate", dict(rolling))
         spec.setdefault("revisionHistoryLimit", 10)
         spec.setdefault("progressDeadlineSeconds", 600)
 
@@ -266,7 +265,8 @@ def _default_secret(obj: Obj) -> None:
     obj.setdefault("type", "Opaque")
     string_data = obj.pop("stringData", None)
     if isinstance(string_data, dict):
-        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        existing = obj.get("data")
+        data: dict[str, Any] = existing if isinstance(existing, dict) else {}
         for key, value in string_data.items():
             data[key] = base64.b64encode(str(value).encode()).decode()
         obj["data"] = data

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.kubesim import openapi, patching, resources, tables
+from tests.kubesim import openapi, patching, protobuf, resources, tables
 from tests.kubesim.kubeconfig import write_kubeconfig
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
@@ -59,7 +59,7 @@ from tests.kubesim.status import (
     page_not_found,
 )
 from tests.kubesim.storage import Obj, Storage, Watcher
-from tests.kubesim.validation import NAME_RULES, FieldErrors
+from tests.kubesim.validation import FieldErrors, check_metadata
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,16 @@ VERSION = {
     "platform": "linux/amd64",
 }
 
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+BODY_TYPES = ("application/json", "application/yaml", PROTOBUF)
 PATCH_TYPES = (
     "application/json-patch+json",
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
 )
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
+UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
+SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORTS = range(30000, 32768)
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -141,7 +144,8 @@ class KubeSim:
     `window`: how many events are retained for watch resumption and paginated lists (older
     resourceVersions answer 410 Expired). `bookmark_interval`: seconds between BOOKMARK events on
     watches that allow them. `watch_timeout`: the server-side limit of a watch without
-    `timeoutSeconds`. `clock`: the time source for creationTimestamp and ages.
+    `timeoutSeconds`. `namespace_deletion_delay`: seconds a deleted namespace stays Terminating
+    before its objects and itself are removed. `clock`: the time source for creationTimestamp and ages.
     """
 
     def __init__(
@@ -150,11 +154,13 @@ class KubeSim:
         window: int = 1000,
         bookmark_interval: float = 1.0,
         watch_timeout: float = 1800.0,
+        namespace_deletion_delay: float = 0.0,
         clock: Callable[[], datetime.datetime] | None = None,
     ) -> None:
         self.storage = Storage(window=window)
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
+        self.namespace_deletion_delay = namespace_deletion_delay
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
@@ -174,10 +180,8 @@ class KubeSim:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        assert server is not None
         self.host = host
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         self.storage.close_watches()
@@ -430,13 +434,16 @@ class KubeSim:
         return bool(values)
 
     @staticmethod
-    async def _body(
-        request: web.Request, *, allowed: tuple[str, ...] = ("application/json", "application/yaml")
-    ) -> Any:
+    async def _body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYPES) -> Any:
         ctype = request.content_type
         if ctype not in allowed:
             raise _unsupported_media(allowed)
         raw = await request.read()
+        if ctype == PROTOBUF:
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as exc:
+                raise ApiError(415, f"kubesim cannot decode this protobuf body: {exc}; send JSON instead") from None
         try:
             if ctype == "application/yaml":
                 return yaml.safe_load(raw)
@@ -679,8 +686,8 @@ class KubeSim:
                 else:
                     payload = obj
                 await self._send(response, {"type": event_type, "object": payload})
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             self.storage.unwatch(watcher)
         return response
@@ -703,8 +710,9 @@ class KubeSim:
     def _check_type(self, resource: ResourceType, body: Any) -> Obj:
         if not isinstance(body, dict):
             raise bad_request("the object provided is unrecognized (must be a JSON object)")
-        if not body.get("kind"):
-            raise bad_request(f"Object 'Kind' is missing in '{json.dumps(body, separators=(',', ':'))[:200]}'")
+        # Like the real decoder, a body without kind/apiVersion takes them from the URL.
+        body.setdefault("kind", resource.kind)
+        body.setdefault("apiVersion", resource.api_version)
         if body.get("apiVersion") != resource.api_version:
             raise bad_request(
                 f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version "
@@ -801,8 +809,6 @@ class KubeSim:
         errors = FieldErrors()
         meta = obj["metadata"]
         name = str(meta.get("name") or "")
-        from tests.kubesim.validation import check_metadata
-
         check_metadata(errors, obj, name_rule=resource.name_rule)
         if resource.validate is not None:
             resource.validate(obj, errors)
@@ -813,7 +819,6 @@ class KubeSim:
                 resource.validate_update(obj, old, errors)
         if errors:
             raise invalid(resource, name, errors.causes)
-        assert resource.name_rule in NAME_RULES
 
     # -- admission (built-in plugins that run before storage) ---------------------------------
     def _admit_pod(self, obj: Obj, resource: ResourceType) -> None:
@@ -1083,6 +1088,8 @@ class KubeSim:
                 f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
                 f"ResourceVersion in object meta: {obj['metadata']['resourceVersion']}",
             )
+        if resource.plural == "namespaces" and name in UNDELETABLE_NAMESPACES:
+            raise forbidden(resource, name, "this namespace may not be deleted")
         if dry_run:
             return self._deleted_answer(request, resource, obj)
         if resource.plural == "namespaces":
@@ -1124,7 +1131,7 @@ class KubeSim:
         return stored
 
     async def _finalize_namespace(self, name: str) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(self.namespace_deletion_delay)
         by_key = {r.key: r for r in resources.RESOURCES}
         for rkey, ns, obj_name in list(self.storage.namespaced_keys(name)):
             self._remove(by_key[rkey], ns, obj_name)

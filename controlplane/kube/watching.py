@@ -1,0 +1,291 @@
+"""Watching one Kubernetes resource, as a stack of three loops.
+
+1. `infinite_watch` never gives up: it runs `continuous_watch` again after every end, sleeping
+   an exponential backoff with jitter after failures (a `Retry-After` of a 429 or 503 wins), and
+   logging each failure. An expired resourceVersion relists at once.
+2. `continuous_watch` lists the resource (in pages), hands the full set to the handler, then
+   watches from the list's resourceVersion, reconnecting from the last seen resourceVersion (or
+   bookmark) whenever a stream ends normally. A `410 Gone` / Expired answer ends it with
+   `WatchExpired`, so the caller relists.
+3. `watch_stream` is one HTTP watch request, yielding decoded events.
+
+Objects stay plain dicts in the API's JSON. List items get `kind` and `apiVersion` filled in (the
+API server leaves them out of list items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
+
+log = logging.getLogger(__name__)
+
+# Transport-level failures a watch loop retries (anything else is a bug and propagates).
+RETRYABLE = (KubeApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError)
+MIN_QUIET_STREAM = 1.0  # seconds: an empty watch stream shorter than this waits out the rest
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resource:
+    """A resource of the API: `group` is "" for the core group."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None) -> str:
+        """The collection URL path; `namespace` None means cluster-scoped or all namespaces."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace is not None:
+            if not self.namespaced:
+                raise ValueError(f"{self.kind} is cluster-scoped; it has no namespace {namespace!r}")
+            return f"{base}/namespaces/{namespace}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+    def __str__(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which objects of a resource: one namespace (None: all or cluster-scoped) and selectors."""
+
+    namespace: str | None = None
+    label_selector: str = ""
+    field_selector: str = ""
+
+    def query(self) -> list[tuple[str, str]]:
+        query = []
+        if self.label_selector:
+            query.append(("labelSelector", self.label_selector))
+        if self.field_selector:
+            query.append(("fieldSelector", self.field_selector))
+        return query
+
+    def __str__(self) -> str:
+        parts = [f"namespace={self.namespace}" if self.namespace is not None else "all namespaces"]
+        if self.label_selector:
+            parts.append(f"labels={self.label_selector}")
+        if self.field_selector:
+            parts.append(f"fields={self.field_selector}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: JsonObject
+
+    @property
+    def resource_version(self) -> str:
+        return str((self.object.get("metadata") or {}).get("resourceVersion") or "")
+
+
+class WatchExpired(Exception):
+    """The resourceVersion the watch started from is no longer retained (410 Gone); relist."""
+
+
+class WatchHandler(Protocol):
+    """Receives what one watched resource delivers. Calls are synchronous and must be quick."""
+
+    def on_list(self, objects: Sequence[JsonObject]) -> None:
+        """The complete current set (after a list or relist): replace what the handler holds."""
+
+    def on_event(self, event_type: str, obj: JsonObject) -> None:
+        """One ADDED, MODIFIED or DELETED object."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base * factor**n)]."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    factor: float = 2.0
+    rng: Callable[[], float] = random.random
+    attempts: int = field(default=0, init=False)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * self.factor**self.attempts)
+        self.attempts += 1
+        return ceiling * self.rng()
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+def _complete(obj: JsonObject, resource: Resource) -> JsonObject:
+    if "kind" not in obj or "apiVersion" not in obj:
+        obj = {"apiVersion": resource.api_version, "kind": resource.kind, **obj}
+    return obj
+
+
+async def list_all(
+    api: KubeApi, resource: Resource, selection: Selection, *, page_size: int = 500
+) -> tuple[list[JsonObject], str]:
+    """All objects of a selection (following `continue` pages) and the list's resourceVersion.
+
+    Raises WatchExpired when a continue token expired mid-list, KubeApiError for other errors.
+    """
+    items: list[JsonObject] = []
+    token = ""
+    while True:
+        query = [*selection.query(), ("limit", str(page_size))]
+        if token:
+            query.append(("continue", token))
+        try:
+            page = await api.request("GET", resource.path(selection.namespace), query=query)
+        except KubeApiError as exc:
+            if exc.expired:
+                raise WatchExpired(exc.message) from exc
+            raise
+        raw_items = page.get("items")
+        if not isinstance(raw_items, list):
+            raise KubeApiError(status=200, reason="BadResponse", message=f"list of {resource} has no items")
+        items.extend(_complete(item, resource) for item in raw_items if isinstance(item, dict))
+        meta = page.get("metadata") or {}
+        token = str(meta.get("continue") or "")
+        if not token:
+            return items, str(meta.get("resourceVersion") or "")
+
+
+async def watch_stream(
+    api: KubeApi,
+    resource: Resource,
+    selection: Selection,
+    *,
+    resource_version: str,
+    timeout_seconds: int,
+) -> AsyncIterator[WatchEvent]:
+    """One watch request from `resource_version`; ends when the server closes the stream.
+
+    Raises WatchExpired for a 410 (as an HTTP status or an ERROR event), KubeApiError for other
+    errors, ValueError for a line that is not a watch event.
+    """
+    query = [
+        *selection.query(),
+        ("watch", "1"),
+        ("resourceVersion", resource_version),
+        ("allowWatchBookmarks", "true"),
+        ("timeoutSeconds", str(timeout_seconds)),
+    ]
+    try:
+        async with api.stream(
+            resource.path(selection.namespace), query=query, stream_timeout=timeout_seconds + 30
+        ) as resp:
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+                    raise ValueError(f"watch of {resource}: not a watch event: {line[:200]!r}")
+                event_type = str(event.get("type", ""))
+                obj = event["object"]
+                if event_type == "ERROR":
+                    error = KubeApiError.from_status(obj)
+                    if error.expired:
+                        raise WatchExpired(error.message)
+                    raise error
+                if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                    raise ValueError(f"watch of {resource}: unknown event type {event_type!r}")
+                yield WatchEvent(event_type, obj if event_type == "BOOKMARK" else _complete(obj, resource))
+    except KubeApiError as exc:
+        if exc.expired:
+            raise WatchExpired(exc.message) from exc
+        raise
+
+
+async def continuous_watch(
+    api: KubeApi,
+    resource: Resource,
+    selection: Selection,
+    handler: WatchHandler,
+    *,
+    timeout_seconds: int = 300,
+    on_healthy: Callable[[], None] = lambda: None,
+) -> None:
+    """List, then watch from the list's resourceVersion, forever; raise WatchExpired on 410.
+
+    `on_healthy` is called whenever a watch stream delivered an event or ended cleanly, so the
+    caller can reset its backoff.
+    """
+    objects, resource_version = await list_all(api, resource, selection)
+    handler.on_list(objects)
+    log.debug("listed %s (%s): %d objects at %s", resource, selection, len(objects), resource_version)
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        delivered = False
+        async for event in watch_stream(
+            api, resource, selection, resource_version=resource_version, timeout_seconds=timeout_seconds
+        ):
+            if event.resource_version:
+                resource_version = event.resource_version
+            if event.type != "BOOKMARK":
+                handler.on_event(event.type, event.object)
+            delivered = True
+            on_healthy()
+        on_healthy()
+        elapsed = loop.time() - started
+        if not delivered and elapsed < MIN_QUIET_STREAM:
+            # A server that closes empty streams at once must not make us spin.
+            await asyncio.sleep(MIN_QUIET_STREAM - elapsed)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KubeApiError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def infinite_watch(
+    api: KubeApi,
+    resource: Resource,
+    selection: Selection,
+    handler: WatchHandler,
+    *,
+    backoff: Backoff | None = None,
+    timeout_seconds: int | None = None,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> None:
+    """Keep `handler` in step with the selection until cancelled; never returns otherwise.
+
+    `timeout_seconds` is the server-side limit of each watch request (default: random in
+    5-10 minutes, so many watchers do not reconnect in step).
+    """
+    backoff = backoff or Backoff()
+    while True:
+        timeout = timeout_seconds or random.randint(300, 600)
+        try:
+            await continuous_watch(api, resource, selection, handler, timeout_seconds=timeout, on_healthy=backoff.reset)
+        except WatchExpired as exc:
+            log.info("watch of %s (%s) expired (%s); relisting", resource, selection, exc)
+            continue
+        except RETRYABLE as exc:
+            delay = backoff.next_delay()
+            if isinstance(exc, KubeApiError) and exc.retry_after is not None and exc.status in (429, 503):
+                delay = exc.retry_after
+            log.warning(
+                "watch of %s (%s) failed: %s; retrying in %.1fs",
+                resource,
+                selection,
+                _describe(exc),
+                delay,
+                extra={"resource": str(resource), "attempt": backoff.attempts},
+            )
+            await sleep(delay)

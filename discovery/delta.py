@@ -1,0 +1,121 @@
+"""Delta (incremental) ADS: one stream's `DeltaDiscoveryRequest/Response`s.
+
+The stream remembers, per type, the version of every resource the client has (`Watched.known`,
+seeded from `initial_resource_versions` on reconnect). A response carries only resources whose
+version differs, plus `removed_resources`: names the client has that no longer exist (wildcard
+subscriptions), or subscribed names that do not exist. Subscription changes are honoured even
+on a request with a stale nonce; unsubscribing needs no response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from discovery.cache import Resource
+from discovery.connection import Decision, DeltaRequest, Watched, should_respond_delta
+from discovery.generators import Generated
+from discovery.metrics import HOOKS
+from discovery.pushqueue import PushRequest
+from discovery.stream import StreamBase
+
+
+class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
+    delta = True
+
+    def node_of(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Any:
+        return request.node if request.HasField("node") else None
+
+    async def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        conn = self.conn
+        assert conn is not None
+        type_url = request.type_url
+        generator = self.table.get(type_url)
+        if generator is None:
+            HOOKS.unknown_type(conn, type_url)
+            return
+        view = DeltaRequest(
+            type_url=type_url,
+            response_nonce=request.response_nonce,
+            subscribe=tuple(request.resource_names_subscribe),
+            unsubscribe=tuple(request.resource_names_unsubscribe),
+            initial_versions=dict(request.initial_resource_versions),
+            error=request.error_detail.message or f"code {request.error_detail.code}"
+            if request.HasField("error_detail")
+            else None,
+        )
+        decision, state, added = should_respond_delta(conn.watched.get(type_url), view, now=time.time())
+        conn.watched[type_url] = state
+        HOOKS.request(conn, type_url, decision)
+        if decision is Decision.NACK:
+            conn.nacks += 1
+            HOOKS.nack(conn, type_url, state.error or "")
+        if not decision.respond:
+            return
+        snapshot = self.service.snapshot()
+        generated = generator.generate(self.context(snapshot, None), state)
+        await self._send(type_url, generated, state, None, force=decision is not Decision.NAMES_CHANGED, added=added)
+
+    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
+        await self._send(type_url, generated, watched, request, force=False, added=frozenset())
+
+    async def _send(
+        self,
+        type_url: str,
+        generated: Generated,
+        watched: Watched,
+        request: PushRequest | None,
+        *,
+        force: bool,
+        added: frozenset[str],
+    ) -> None:
+        conn = self.conn
+        assert conn is not None
+        started = time.perf_counter()
+        known = watched.known
+        resources: list[Resource] = [
+            r
+            for g in generated.groups
+            for r in g.resources
+            if known.get(r.name) != r.version and (watched.wildcard or r.name in watched.names)
+        ]
+        removed = _removed(watched, generated, added)
+        if not resources and not removed and not force:
+            return
+        version = str(self.service.snapshot().version)
+        nonce = self.service.nonce()
+        header = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            type_url=type_url,
+            nonce=nonce,
+            removed_resources=sorted(removed),
+            control_plane=self.service.control_plane,
+        ).SerializeToString()
+        payload = b"".join(r.delta_field for r in resources) + header
+        await self.write(payload)
+        now_known = {name: v for name, v in known.items() if name not in removed}
+        now_known.update((r.name, r.version) for r in resources)
+        sent = conn.watched[type_url].sent(nonce=nonce, version=version, now=time.time())
+        conn.watched[type_url] = replace(sent, known=MappingProxyType(now_known))
+        HOOKS.response(
+            conn,
+            type_url,
+            size=len(payload),
+            elapsed=time.perf_counter() - started,
+            since=time.monotonic() - request.start if request is not None else None,
+        )
+
+
+def _removed(watched: Watched, generated: Generated, added: Iterable[str]) -> set[str]:
+    """Names to announce as removed: known but gone, or newly subscribed but not existing."""
+    if not generated.complete:
+        return set()
+    exists = generated.names
+    removed = {name for name in watched.known if name not in exists and (watched.wildcard or name in watched.names)}
+    removed |= {name for name in added if name != "*" and name not in exists and name in watched.names}
+    return removed

@@ -1,0 +1,131 @@
+"""The ADS gRPC facade: `envoy.service.discovery.v3.AggregatedDiscoveryService` on a grpc.aio server.
+
+It only adapts gRPC to the streams: deserialize requests, write pre-serialized response bytes
+(the response serializer is the identity), turn `StreamRefused` into a gRPC status. Everything
+else is in `sotw`, `delta` and `service`.
+
+On the secure port (`secure=True`) the caller's SPIFFE identity
+(`spiffe://<trust domain>/ns/<ns>/sa/<sa>`, from the client certificate or whatever the injected
+`identify` accepts) must name the namespace and service account the node claims (metadata
+`NAMESPACE` or the id's namespace, and `SERVICE_ACCOUNT`); otherwise the stream ends with
+PERMISSION_DENIED (UNAUTHENTICATED without any identity). Trust domains are not compared: the
+identity was already verified against the mesh roots (or by the token authenticator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from cryptography import x509
+from envoy.service.discovery.v3 import discovery_pb2
+
+from discovery.delta import DeltaStream
+from discovery.metrics import HOOKS
+from discovery.proxy import Proxy
+from discovery.service import DiscoveryService
+from discovery.sotw import SotwStream
+from discovery.stream import StreamBase, StreamRefused
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _raw(payload: bytes) -> bytes:
+    return payload
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Identify = Callable[[Context], Awaitable[Sequence[str]]]
+
+
+async def certificate_identities(context: Context) -> Sequence[str]:
+    """The default `Identify`: the SPIFFE ids of the verified client certificate."""
+    return peer_spiffe_ids(context)
+
+
+def peer_spiffe_ids(context: Context) -> list[str]:
+    """URI SANs starting with spiffe:// of the verified client certificate (empty without one)."""
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert") or []
+    ids: list[str] = []
+    for pem in pems:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (ValueError, x509.ExtensionNotFound):
+            continue
+        ids += [uri for uri in sans.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe://")]
+    return ids
+
+
+def check_identity(proxy: Proxy, identities: Sequence[str]) -> str:
+    """The identity that matches the proxy; raises `StreamRefused` if none does."""
+    if not identities:
+        raise StreamRefused(
+            grpc.StatusCode.UNAUTHENTICATED, "the secure xDS port needs a client certificate with a SPIFFE identity"
+        )
+    if not proxy.service_account:
+        raise StreamRefused(
+            grpc.StatusCode.PERMISSION_DENIED, "node.metadata.SERVICE_ACCOUNT is required on the secure xDS port"
+        )
+    for identity in identities:
+        parts = identity.removeprefix("spiffe://").split("/")
+        claimed = (proxy.namespace, proxy.service_account)
+        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" and (parts[2], parts[4]) == claimed:
+            return identity
+    raise StreamRefused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"client certificate identity {', '.join(identities)} does not match the node's namespace "
+        f"{proxy.namespace!r} and service account {proxy.service_account!r}",
+    )
+
+
+class AdsServer:
+    """Registers ADS on a grpc.aio server. One instance per port (plaintext or secure).
+
+    `identify` finds the caller's SPIFFE identities on the secure port; the default reads the
+    client certificate, and the process wiring may pass one that also accepts bearer tokens.
+    """
+
+    def __init__(self, service: DiscoveryService, *, secure: bool, identify: Identify = certificate_identities) -> None:
+        self.service = service
+        self.secure = secure
+        self.identify = identify
+
+    def register(self, server: grpc.aio.Server) -> None:
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._sotw,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_raw,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._delta,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_raw,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    async def _sotw(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await self._run(SotwStream, requests, context)
+
+    async def _delta(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await self._run(DeltaStream, requests, context)
+
+    async def _run(
+        self,
+        kind: type[StreamBase[Any]],
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        async def authorize(proxy: Proxy) -> str | None:
+            return check_identity(proxy, await self.identify(context)) if self.secure else None
+
+        stream = kind(self.service, requests=requests, write=context.write, peer=context.peer(), authorize=authorize)
+        try:
+            await stream.serve()
+        except StreamRefused as exc:
+            HOOKS.rejected_stream(context.peer(), exc.details)
+            await context.abort(exc.code, exc.details)

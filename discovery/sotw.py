@@ -1,0 +1,79 @@
+"""State of the World ADS: one stream's requests and responses (`DiscoveryRequest/Response`).
+
+Requests go through `should_respond`; responses are the concatenation of cached resource bytes and
+a small per-response header (version, type, nonce), so nothing is serialized per stream. For the
+wildcard types (CDS, LDS) every response carries the full set; for EDS and RDS a push may carry
+only the changed resources (the others stay as they are on the client).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from discovery.connection import Decision, SotwRequest, Watched, should_respond
+from discovery.generators import Generated
+from discovery.metrics import HOOKS
+from discovery.pushqueue import PushRequest
+from discovery.stream import StreamBase
+
+
+class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
+    delta = False
+
+    def node_of(self, request: discovery_pb2.DiscoveryRequest) -> Any:
+        return request.node if request.HasField("node") else None
+
+    async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        conn = self.conn
+        assert conn is not None
+        type_url = request.type_url
+        generator = self.table.get(type_url)
+        if generator is None:
+            HOOKS.unknown_type(conn, type_url)
+            return
+        view = SotwRequest(
+            type_url=type_url,
+            version_info=request.version_info,
+            response_nonce=request.response_nonce,
+            resource_names=tuple(request.resource_names),
+            error=request.error_detail.message or f"code {request.error_detail.code}"
+            if request.HasField("error_detail")
+            else None,
+        )
+        decision, state = should_respond(conn.watched.get(type_url), view, now=time.time())
+        conn.watched[type_url] = state
+        HOOKS.request(conn, type_url, decision)
+        if decision is Decision.NACK:
+            conn.nacks += 1
+            HOOKS.nack(conn, type_url, state.error or "")
+        if not decision.respond:
+            return
+        snapshot = self.service.snapshot()
+        ctx = self.context(snapshot, None)
+        await self.send(type_url, generator.generate(ctx, state), state, None)
+
+    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
+        conn = self.conn
+        assert conn is not None
+        started = time.perf_counter()
+        snapshot_version = str(self.service.snapshot().version)
+        nonce = self.service.nonce()
+        header = discovery_pb2.DiscoveryResponse(
+            version_info=snapshot_version,
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self.service.control_plane,
+        ).SerializeToString()
+        payload = b"".join(g.blob for g in generated.groups) + header
+        await self.write(payload)
+        conn.watched[type_url] = conn.watched[type_url].sent(nonce=nonce, version=snapshot_version, now=time.time())
+        HOOKS.response(
+            conn,
+            type_url,
+            size=len(payload),
+            elapsed=time.perf_counter() - started,
+            since=time.monotonic() - request.start if request is not None else None,
+        )

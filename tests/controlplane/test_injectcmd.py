@@ -1,0 +1,239 @@
+"""`meshplane inject` as a user runs it: files and stdin, revisions, injection config, errors."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.cli import main
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: example.com/web:1
+"""
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}   # kept as written
+spec:
+  ports: [{port: 80}]
+"""
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["inject", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def proxy_env(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc["spec"]["template"]["spec"]
+    proxy = next(c for c in spec["initContainers"] + spec["containers"] if c["name"] == "istio-proxy")
+    return {item["name"]: item.get("value") for item in proxy["env"]}
+
+
+def test_injects_workloads_and_passes_other_documents_through_unchanged(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(SERVICE + "---\n" + DEPLOYMENT)
+    code, out, err = run(["-f", str(manifest)], capsys)
+    assert code == 0, err
+    assert out.startswith(SERVICE + "---\n")
+    service, deployment = yaml.safe_load_all(out)
+    assert service == yaml.safe_load(SERVICE)
+    env = proxy_env(deployment)
+    assert env["ISTIO_META_OWNER"] == "kubernetes://apis/apps/v1/namespaces/shop/deployments/web"
+    assert env["CA_ADDR"] == "istiod.istio-system.svc:15012"
+    assert err == ""
+
+
+def test_revision_and_control_plane_namespace_choose_the_istiod_to_talk_to(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(DEPLOYMENT)
+    code, out, _ = run(["-f", str(manifest), "--revision", "canary", "--namespace", "mesh-system"], capsys)
+    assert code == 0
+    doc = yaml.safe_load(out)
+    assert proxy_env(doc)["CA_ADDR"] == "istiod-canary.mesh-system.svc:15012"
+    assert doc["spec"]["template"]["metadata"]["annotations"]["istio.io/rev"] == "canary"
+
+
+def test_reads_stdin_and_writes_the_output_file(tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "out.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "controlplane", "inject", "-f", "-", "-o", str(target)],
+        input=DEPLOYMENT,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "istio-proxy" in target.read_text()
+
+
+def test_an_invalid_annotation_exits_1_naming_it_and_writes_nothing(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "app.yaml"
+    bad = DEPLOYMENT.replace(
+        "labels: {app: web}\n    spec:",
+        "labels: {app: web}\n      annotations: {sidecar.istio.io/proxyCPU: lots}\n    spec:",
+    )
+    manifest.write_text(DEPLOYMENT + "---\n" + bad.replace("name: web\n  namespace", "name: web2\n  namespace"))
+    target = tmp_path / "out.yaml"
+    target.write_text("previous content\n")
+    code, out, err = run(["-f", str(manifest), "-o", str(target)], capsys)
+    assert code == 1
+    assert out == ""
+    assert err == (
+        f"meshplane inject: {manifest}: document 2 (Deployment shop/web2): annotation sidecar.istio.io/proxyCPU: "
+        'invalid value "lots": not a Kubernetes quantity (examples: 100m, 0.5, 2, 128Mi, 1Gi)\n'
+    )
+    assert target.read_text() == "previous content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.yaml", "out.yaml"]
+
+
+def test_skipped_workloads_are_reported_and_left_byte_for_byte(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    skipped = DEPLOYMENT.replace(
+        "labels: {app: web}\n    spec:", "labels: {app: web, sidecar.istio.io/inject: 'false'}\n    spec:"
+    )
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(skipped)
+    code, out, err = run(["-f", str(manifest)], capsys)
+    assert code == 0
+    assert out == skipped
+    assert "document 1 (Deployment shop/web): not injected: label sidecar.istio.io/inject=false" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "kind: Deployment\nmetadata: {name: x}\nspec: {}\n",
+            "document 1 (Deployment default/x): spec.template: is required",
+        ),
+        (
+            "kind: CronJob\nmetadata: {name: c}\nspec: {jobTemplate: {spec: {}}}\n",
+            "document 1 (CronJob default/c): spec.jobTemplate.spec.template: is required",
+        ),
+        ("kind: Pod\nmetadata: {name: p}\n", "document 1 (Pod default/p): spec: is required"),
+        ("kind: List\nitems: 3\n", "document 1 (List): items must be a list"),
+        (
+            "kind: Deployment\nmetadata: {name: x}\nspec: {template: {spec: {containers: [{name: a, env: 3}]}}}\n",
+            "document 1 (Deployment default/x): spec.template.spec.containers[0].env: must be a list, got integer",
+        ),
+        ("a: 1\n---\nkey: [unclosed\n", "document 2: not valid YAML near line 3"),
+    ],
+)
+def test_malformed_documents_are_named(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(text)
+    code, out, err = run(["-f", str(manifest)], capsys)
+    assert code == 1
+    assert out == ""
+    assert message in err
+
+
+def test_the_injection_config_file_supplies_image_and_mesh_settings(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "injection.yaml"
+    config.write_text(
+        """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio-sidecar-injector-canary, namespace: istio-system}
+data:
+  values: '{"global": {"hub": "registry.example.com/istio", "tag": "1.28.2"}}'
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio-canary, namespace: istio-system}
+data:
+  mesh: |
+    trustDomain: example.org
+"""
+    )
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(DEPLOYMENT)
+    code, out, err = run(["-f", str(manifest), "--revision", "canary", "--injection-config", str(config)], capsys)
+    assert code == 0, err
+    doc = yaml.safe_load(out)
+    spec = doc["spec"]["template"]["spec"]
+    assert {c["image"] for c in spec["initContainers"]} == {"registry.example.com/istio/proxyv2:1.28.2"}
+    assert proxy_env(doc)["TRUST_DOMAIN"] == "example.org"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "kind: ConfigMap\nmetadata: {name: istio-sidecar-injector}\ndata: {config: 'policy: sometimes'}\n",
+            "ConfigMap 'istio-sidecar-injector': key 'config', field policy: 'sometimes' is not one of enabled",
+        ),
+        (
+            "kind: ConfigMap\nmetadata: {name: istio}\ndata: {mesh: 'defaultConfig: {concurrency: x}'}\n",
+            "ConfigMap 'istio': key 'mesh', field defaultConfig: concurrency: must be an integer, got string",
+        ),
+        ("kind: Secret\nmetadata: {name: istio}\n", "document 1: must be a ConfigMap"),
+        ("kind: ConfigMap\nmetadata: {name: settings}\n", "ConfigMap 'settings': is neither the injector ConfigMap"),
+        (
+            "kind: ConfigMap\nmetadata: {name: istio}\n---\nkind: ConfigMap\nmetadata: {name: istio-canary}\n",
+            "ConfigMap 'istio-canary': a second mesh ConfigMap",
+        ),
+    ],
+)
+def test_a_bad_injection_config_exits_1_naming_configmap_key_and_field(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    config = tmp_path / "injection.yaml"
+    config.write_text(text)
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(DEPLOYMENT)
+    code, out, err = run(["-f", str(manifest), "--injection-config", str(config)], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"meshplane inject: {config}")
+    assert message in err
+
+
+def test_unreadable_input_and_bad_revision_exit_1(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["-f", str(tmp_path / "missing.yaml")], capsys)
+    assert code == 1
+    assert "cannot read" in err and "missing.yaml" in err
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(DEPLOYMENT)
+    code, _, err = run(["-f", str(manifest), "--revision", "Canary_1"], capsys)
+    assert code == 1
+    assert "--revision: 'Canary_1'" in err

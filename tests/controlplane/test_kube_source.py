@@ -1,0 +1,344 @@
+"""The Kubernetes config source and its watch stack, against kubesim over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
+from controlplane.kube.source import CONFIGMAPS, NAMESPACES, KubeSource, Scope, WatchedKind
+from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch, list_all
+from controlplane.model.store import ConfigStore, ObjectKey
+from controlplane.settings import SettingsError
+from tests.kubesim.fixtures import (  # noqa: F401
+    eventually,
+    kube_api_fixture,
+    kubeconfig_fixture,
+    kubesim_fixture,
+)
+from tests.kubesim.server import KubeSim
+
+CP_NS = "istio-system"
+
+
+def configmap(name: str, namespace: str = CP_NS, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}, "data": data}
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def cm_key(name: str, ns: str = CP_NS) -> ObjectKey:
+    return ObjectKey("ConfigMap", ns, name)
+
+
+def ns_key(name: str) -> ObjectKey:
+    return ObjectKey("Namespace", "", name)
+
+
+def requests_to(sim: KubeSim, path: str, *, watch: bool) -> list[dict[str, list[str]]]:
+    """Query parameters of the GETs of `path` that were (or were not) watches, in order."""
+    found = []
+    for method, path_qs in sim.requests:
+        url = urlsplit(path_qs)
+        query = parse_qs(url.query)
+        if method == "GET" and url.path == path and (query.get("watch") == ["1"]) == watch:
+            found.append(query)
+    return found
+
+
+@pytest.fixture
+async def source(kubesim: KubeSim, kube_api: KubeApi) -> AsyncIterator[tuple[KubeSource, ConfigStore]]:
+    kubesim.create_object(namespace(CP_NS))
+    store = ConfigStore()
+    src = KubeSource(kube_api, store, namespace=CP_NS, backoff=lambda: Backoff(base=0.01, cap=0.05), timeout_seconds=30)
+    task = asyncio.create_task(src.run())
+    try:
+        await eventually(lambda: store.synced, what="first sync")
+        yield src, store
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_store_is_synced_with_every_namespace_and_control_plane_configmap(
+    source: tuple[KubeSource, ConfigStore],
+) -> None:
+    src, store = source
+    assert src.synced
+    names = {obj["metadata"]["name"] for obj in store.list("Namespace")}
+    assert {"default", "kube-system", CP_NS} <= names
+    ns = store.get(ns_key(CP_NS))
+    assert ns is not None and ns["kind"] == "Namespace" and ns["apiVersion"] == "v1"
+
+
+async def test_store_follows_configmap_create_update_delete(
+    source: tuple[KubeSource, ConfigStore], kube_api: KubeApi
+) -> None:
+    _, store = source
+    path = CONFIGMAPS.path(CP_NS)
+    await kube_api.request("POST", path, body=configmap("istio-sidecar-injector", values='{"a": 1}'))
+    created = await eventually(lambda: store.get(cm_key("istio-sidecar-injector")), what="configmap added")
+    assert created["data"] == {"values": '{"a": 1}'}
+
+    await kube_api.request(
+        "PATCH",
+        f"{path}/istio-sidecar-injector",
+        body={"data": {"values": '{"a": 2}'}},
+        content_type="application/merge-patch+json",
+    )
+    await eventually(
+        lambda: (store.get(cm_key("istio-sidecar-injector")) or {}).get("data") == {"values": '{"a": 2}'},
+        what="configmap modified",
+    )
+
+    await kube_api.request("DELETE", f"{path}/istio-sidecar-injector")
+    await eventually(lambda: store.get(cm_key("istio-sidecar-injector")) is None, what="configmap deleted")
+
+
+async def test_configmaps_of_other_namespaces_stay_out_of_the_store(
+    source: tuple[KubeSource, ConfigStore], kube_api: KubeApi
+) -> None:
+    _, store = source
+    await kube_api.request("POST", CONFIGMAPS.path("default"), body=configmap("elsewhere", "default"))
+    await kube_api.request("POST", CONFIGMAPS.path(CP_NS), body=configmap("marker"))
+    await eventually(lambda: store.get(cm_key("marker")), what="marker configmap")
+    assert store.get(cm_key("elsewhere", "default")) is None
+
+
+async def test_namespace_labels_and_deletion_reach_the_store(
+    source: tuple[KubeSource, ConfigStore], kube_api: KubeApi
+) -> None:
+    _, store = source
+    await kube_api.request("POST", NAMESPACES.path(), body=namespace("apps", team="a"))
+    await eventually(lambda: store.get(ns_key("apps")), what="namespace added")
+    await kube_api.request(
+        "PATCH",
+        f"{NAMESPACES.path()}/apps",
+        body={"metadata": {"labels": {"istio-injection": "enabled", "istio.io/rev": "canary"}}},
+        content_type="application/strategic-merge-patch+json",
+    )
+    labels = await eventually(
+        lambda: (store.get(ns_key("apps")) or {}).get("metadata", {}).get("labels", {}).get("istio.io/rev"),
+        what="namespace relabelled",
+    )
+    assert labels == "canary"
+    await kube_api.request("DELETE", f"{NAMESPACES.path()}/apps")
+    await eventually(lambda: store.get(ns_key("apps")) is None, what="namespace deleted")
+
+
+async def test_relists_after_expired_watch_and_drops_what_was_deleted_meanwhile(
+    source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
+) -> None:
+    _, store = source
+    kubesim.create_object(configmap("doomed"))
+    await eventually(lambda: store.get(cm_key("doomed")), what="configmap added")
+    lists_before = len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False))
+    # While the watch is down, the configmap goes and the history that recorded it is compacted:
+    # only a relist can tell the source. Nothing here awaits, so no watch reconnects in between.
+    kubesim.close_watches()
+    kubesim.storage.delete(kubesim.resource("configmaps"), CP_NS, "doomed")
+    kubesim.compact()
+    await eventually(lambda: store.get(cm_key("doomed")) is None, what="relist dropped the configmap")
+    assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) > lists_before
+
+
+async def test_resumes_watch_without_relisting_when_a_stream_ends(
+    source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
+) -> None:
+    _, store = source
+    path = CONFIGMAPS.path(CP_NS)
+    watches_before = len(requests_to(kubesim, path, watch=True))
+    lists_before = len(requests_to(kubesim, path, watch=False))
+    kubesim.close_watches()
+    await eventually(lambda: len(requests_to(kubesim, path, watch=True)) > watches_before, what="rewatch")
+    kubesim.create_object(configmap("after-resume"))
+    await eventually(lambda: store.get(cm_key("after-resume")), what="event after resume")
+    assert len(requests_to(kubesim, path, watch=False)) == lists_before
+
+
+async def test_bookmarks_move_the_resume_point(source: tuple[KubeSource, ConfigStore], kubesim: KubeSim) -> None:
+    path = NAMESPACES.path()
+    # Writes to another kind advance the global resourceVersion without any namespace event.
+    for i in range(3):
+        kubesim.create_object(configmap(f"noise-{i}", "default"))
+    advanced = kubesim.storage.rv
+    await asyncio.sleep(0)  # let the write land before bookmarks are counted
+
+    async def resumed_at_or_after_advance() -> bool:
+        kubesim.close_watches()
+        await asyncio.sleep(0.3)
+        last = requests_to(kubesim, path, watch=True)[-1]
+        return int(last["resourceVersion"][0]) >= advanced
+
+    await eventually(resumed_at_or_after_advance, what="a watch resumed from a bookmark's resourceVersion")
+
+
+async def test_list_follows_continue_pages(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    kubesim.create_object(namespace(CP_NS))
+    for i in range(7):
+        kubesim.create_object(configmap(f"cm-{i}"))
+    objects, rv = await list_all(kube_api, CONFIGMAPS, Selection(namespace=CP_NS), page_size=3)
+    assert [o["metadata"]["name"] for o in objects] == [f"cm-{i}" for i in range(7)]
+    assert all(o["kind"] == "ConfigMap" and o["apiVersion"] == "v1" for o in objects)
+    assert int(rv) == kubesim.storage.rv
+    assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) == 3
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lists: list[list[str]] = []
+        self.events: list[tuple[str, str]] = []
+
+    def on_list(self, objects: Sequence[JsonObject]) -> None:
+        self.lists.append(sorted(o["metadata"]["name"] for o in objects))
+
+    def on_event(self, event_type: str, obj: JsonObject) -> None:
+        self.events.append((event_type, obj["metadata"]["name"]))
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_server_errors_back_off_exponentially_then_recover(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    kubesim.inject_faults(status=500, count=3, method="GET", path_prefix=NAMESPACES.path())
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    recorder = Recorder()
+    backoff = Backoff(base=1.0, cap=3.0, rng=lambda: 1.0)
+    watch = infinite_watch(
+        kube_api, NAMESPACES, Selection(), recorder, backoff=backoff, timeout_seconds=30, sleep=record
+    )
+    async with running(watch):
+        await eventually(lambda: recorder.lists, what="a successful list after the errors")
+    assert delays == [1.0, 2.0, 3.0]  # doubling, capped
+    assert "default" in recorder.lists[0]
+
+
+async def test_too_many_requests_waits_as_long_as_retry_after_says(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    kubesim.inject_faults(status=429, count=1, method="GET", path_prefix=NAMESPACES.path(), retry_after=7)
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    recorder = Recorder()
+    backoff = Backoff(base=0.5, rng=lambda: 1.0)
+    watch = infinite_watch(
+        kube_api, NAMESPACES, Selection(), recorder, backoff=backoff, timeout_seconds=30, sleep=record
+    )
+    async with running(watch):
+        await eventually(lambda: recorder.lists, what="a successful list after the 429")
+    assert delays == [7.0]
+
+
+async def test_http_410_on_watch_relists_at_once(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    recorder = Recorder()
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    kubesim.inject_faults(status=410, count=1, method="GET", path_prefix=NAMESPACES.path(), watch=True)
+    watch = infinite_watch(kube_api, NAMESPACES, Selection(), recorder, timeout_seconds=30, sleep=record)
+    async with running(watch):
+        await eventually(lambda: len(recorder.lists) >= 2, what="a relist after the 410")
+    assert delays == []
+
+
+async def test_label_selected_watch_sees_objects_leave_and_enter_the_selection(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    kubesim.create_object(namespace("apps"))
+    recorder = Recorder()
+    selection = Selection(namespace="apps", label_selector="istio.io/config=true")
+    watch = infinite_watch(kube_api, CONFIGMAPS, selection, recorder, timeout_seconds=30)
+    path = CONFIGMAPS.path("apps")
+    async with running(watch):
+        await eventually(lambda: recorder.lists, what="first list")
+        body = configmap("mesh", "apps")
+        body["metadata"]["labels"] = {"istio.io/config": "true"}
+        await kube_api.request("POST", path, body=body)
+        await eventually(lambda: ("ADDED", "mesh") in recorder.events, what="ADDED")
+        await kube_api.request(
+            "PATCH",
+            f"{path}/mesh",
+            body={"metadata": {"labels": {"istio.io/config": "false"}}},
+            content_type="application/merge-patch+json",
+        )
+        await eventually(lambda: ("DELETED", "mesh") in recorder.events, what="DELETED on leaving the selection")
+    assert recorder.lists == [[]]
+
+
+async def test_cluster_scope_rejects_a_namespaced_resource() -> None:
+    with pytest.raises(ValueError, match="namespaced"):
+        WatchedKind(resource=CONFIGMAPS, scope=Scope.CLUSTER).selection(control_plane_namespace=CP_NS)
+    with pytest.raises(ValueError, match="cluster-scoped"):
+        Resource(group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False).path("x")
+
+
+async def test_api_errors_carry_the_status_reason(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("GET", f"{CONFIGMAPS.path('default')}/missing")
+    assert info.value.status == 404
+    assert info.value.reason == "NotFound"
+    assert 'configmaps "missing" not found' in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("clusters: [", "not valid YAML at line"),
+        ("- a list", "not a kubeconfig"),
+        ("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n", "has no clusters"),
+        (
+            "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+            "contexts: [{name: x, context: {cluster: c, user: u}}]\nusers: []\n",
+            "has no current-context",
+        ),
+        (
+            "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+            "contexts: [{name: x, context: {cluster: c, user: u}}]\nusers: []\ncurrent-context: nope\n",
+            "nope",
+        ),
+    ],
+    ids=["missing", "broken-yaml", "not-a-mapping", "no-clusters", "no-current-context", "unknown-context"],
+)
+async def test_bad_kubeconfig_is_a_settings_error_naming_the_file(
+    tmp_path: pathlib.Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SettingsError, match=message) as info:
+        await KubeApi.connect(kubeconfig=path)
+    assert str(path) in str(info.value)
+
+
+async def test_no_kubeconfig_outside_a_cluster_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(SettingsError, match="--kubeconfig FILE"):
+        await KubeApi.connect(kubeconfig=None)

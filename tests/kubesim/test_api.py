@@ -1,0 +1,474 @@
+"""kubesim's API semantics through kubernetes-asyncio (meshplane's client and the generated API)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import watch as k8s_watch
+
+from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.fixtures import eventually
+from tests.kubesim.protobuf import ProtobufError, decode
+from tests.kubesim.server import KubeSim
+
+CM_PATH = "/api/v1/namespaces/default/configmaps"
+
+
+def cm(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+async def error_of(coro: Any) -> KubeApiError:
+    with pytest.raises(KubeApiError) as info:
+        await coro
+    return info.value
+
+
+async def watch_events(sim: KubeSim, path: str, query: str, *, count: int) -> list[dict[str, Any]]:
+    """Read `count` events from a raw watch request (plain aiohttp, no client logic in between)."""
+    events: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as session, session.get(f"{sim.url}{path}?{query}") as resp:
+        assert resp.status == 200
+        async for line in resp.content:
+            events.append(json.loads(line))
+            if len(events) == count:
+                break
+    return events
+
+
+async def test_create_sets_system_fields(kube_api: KubeApi) -> None:
+    out = await kube_api.request("POST", CM_PATH, body=cm("a", k="v"))
+    meta = out["metadata"]
+    assert re.fullmatch(r"[0-9a-f-]{36}", meta["uid"])
+    stamp = datetime.datetime.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    assert abs((datetime.datetime.utcnow() - stamp).total_seconds()) < 120
+    assert int(meta["resourceVersion"]) > 0
+    assert meta["namespace"] == "default"
+    assert "generation" not in meta  # configmaps have no generation, like the real server
+
+
+async def test_generation_counts_spec_changes_only(kube_api: KubeApi) -> None:
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "a", "image": "a:1"}]},
+            },
+        },
+    }
+    path = "/apis/apps/v1/namespaces/default/deployments"
+    out = await kube_api.request("POST", path, body=deploy)
+    assert out["metadata"]["generation"] == 1
+    merge = "application/merge-patch+json"
+    out = await kube_api.request("PATCH", f"{path}/web", body={"metadata": {"labels": {"x": "y"}}}, content_type=merge)
+    assert out["metadata"]["generation"] == 1
+    out = await kube_api.request("PATCH", f"{path}/web", body={"spec": {"replicas": 3}}, content_type=merge)
+    assert out["metadata"]["generation"] == 2
+
+
+async def test_resource_versions_increase_across_kinds(kube_api: KubeApi) -> None:
+    a = await kube_api.request("POST", CM_PATH, body=cm("a"))
+    ns = await kube_api.request(
+        "POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}
+    )
+    b = await kube_api.request("POST", CM_PATH, body=cm("b"))
+    rvs = [int(o["metadata"]["resourceVersion"]) for o in (a, ns, b)]
+    assert rvs == sorted(rvs) and len(set(rvs)) == 3
+
+
+async def test_create_twice_is_409_already_exists(kube_api: KubeApi) -> None:
+    await kube_api.request("POST", CM_PATH, body=cm("dup"))
+    err = await error_of(kube_api.request("POST", CM_PATH, body=cm("dup")))
+    assert (err.status, err.reason) == (409, "AlreadyExists")
+    assert err.message == 'configmaps "dup" already exists'
+    assert err.body["details"] == {"name": "dup", "kind": "configmaps"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (CM_PATH, cm("Bad_Name"), "metadata.name"),
+        (
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "has.dot"}},
+            "metadata.name",
+        ),
+        (
+            "/api/v1/namespaces/default/services",
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1svc"}, "spec": {"ports": [{"port": 80}]}},
+            "metadata.name",
+        ),
+        (CM_PATH, {**cm("ok"), "data": {"bad key": "v"}}, "data[bad key]"),
+        (
+            CM_PATH,
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": {"a": "not ok!"}}},
+            "metadata.labels",
+        ),
+        (
+            "/api/v1/namespaces/default/pods",
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}},
+            "spec.containers[0].image",
+        ),
+        (
+            "/api/v1/namespaces/default/services",
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 0}]}},
+            "spec.ports[0].port",
+        ),
+    ],
+    ids=["configmap-name", "namespace-name", "service-name", "configmap-key", "label-value", "pod-image", "port"],
+)
+async def test_invalid_objects_are_422_naming_the_field(
+    kube_api: KubeApi, path: str, body: dict[str, Any], field: str
+) -> None:
+    err = await error_of(kube_api.request("POST", path, body=body))
+    assert (err.status, err.reason) == (422, "Invalid")
+    causes = err.body["details"]["causes"]
+    assert field in [c["field"] for c in causes]
+    assert f"{field}: " in err.message
+    assert " is invalid: " in err.message
+
+
+async def test_get_missing_is_404_not_found(kube_api: KubeApi) -> None:
+    err = await error_of(kube_api.request("GET", f"{CM_PATH}/nope"))
+    assert (err.status, err.reason, err.message) == (404, "NotFound", 'configmaps "nope" not found')
+    err = await error_of(kube_api.request("GET", "/apis/apps/v1/namespaces/default/deployments/nope"))
+    assert err.message == 'deployments.apps "nope" not found'
+    err = await error_of(kube_api.request("POST", "/api/v1/namespaces/ghost/configmaps", body=cm("x")))
+    assert (err.status, err.message) == (404, 'namespaces "ghost" not found')
+
+
+async def test_update_with_stale_resource_version_is_409_conflict(kube_api: KubeApi) -> None:
+    first = await kube_api.request("POST", CM_PATH, body=cm("c", k="1"))
+    second = {**first, "data": {"k": "2"}}
+    await kube_api.request("PUT", f"{CM_PATH}/c", body=second)
+    stale = {**first, "data": {"k": "3"}}
+    err = await error_of(kube_api.request("PUT", f"{CM_PATH}/c", body=stale))
+    assert (err.status, err.reason) == (409, "Conflict")
+    assert "the object has been modified" in err.message
+    unconditional = {**first, "data": {"k": "4"}}
+    del unconditional["metadata"]["resourceVersion"]
+    out = await kube_api.request("PUT", f"{CM_PATH}/c", body=unconditional)
+    assert out["data"] == {"k": "4"}
+
+
+async def test_no_op_update_keeps_the_resource_version(kube_api: KubeApi) -> None:
+    first = await kube_api.request("POST", CM_PATH, body=cm("same", k="1"))
+    again = await kube_api.request("PUT", f"{CM_PATH}/same", body=first)
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+
+async def test_update_of_missing_object_is_404_and_name_mismatch_400(kube_api: KubeApi) -> None:
+    err = await error_of(kube_api.request("PUT", f"{CM_PATH}/ghost", body=cm("ghost")))
+    assert err.status == 404
+    await kube_api.request("POST", CM_PATH, body=cm("real"))
+    err = await error_of(kube_api.request("PUT", f"{CM_PATH}/real", body=cm("other")))
+    assert err.status == 400 and "does not match the name on the URL" in err.message
+
+
+async def test_delete_answers_status_for_configmaps_and_the_object_for_pods(kube_api: KubeApi) -> None:
+    created = await kube_api.request("POST", CM_PATH, body=cm("gone"))
+    out = await kube_api.request("DELETE", f"{CM_PATH}/gone")
+    assert out["kind"] == "Status" and out["status"] == "Success"
+    assert out["details"]["uid"] == created["metadata"]["uid"]
+    err = await error_of(kube_api.request("DELETE", f"{CM_PATH}/gone"))
+    assert err.status == 404
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "i"}]},
+    }
+    await kube_api.request("POST", "/api/v1/namespaces/default/pods", body=pod)
+    out = await kube_api.request("DELETE", "/api/v1/namespaces/default/pods/p")
+    assert out["kind"] == "Pod"
+
+
+async def test_delete_precondition_mismatch_is_409(kube_api: KubeApi) -> None:
+    await kube_api.request("POST", CM_PATH, body=cm("guarded"))
+    err = await error_of(
+        kube_api.request("DELETE", f"{CM_PATH}/guarded", body={"preconditions": {"resourceVersion": "1"}})
+    )
+    assert err.status == 409
+
+
+async def test_list_items_omit_kind_and_report_the_resource_version(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    await kube_api.request("POST", CM_PATH, body=cm("listed"))
+    out = await kube_api.request("GET", CM_PATH)
+    assert out["kind"] == "ConfigMapList" and out["apiVersion"] == "v1"
+    assert out["metadata"]["resourceVersion"] == str(kubesim.storage.rv)
+    assert all("kind" not in item and "apiVersion" not in item for item in out["items"])
+
+
+async def test_paginated_list_is_a_consistent_snapshot_and_expires(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    for i in range(5):
+        await kube_api.request("POST", CM_PATH, body=cm(f"p{i}"))
+    page = await kube_api.request("GET", CM_PATH, query=[("limit", "2")])
+    token = page["metadata"]["continue"]
+    await kube_api.request("DELETE", f"{CM_PATH}/p4")  # after the snapshot: still in the remaining pages
+    rest = await kube_api.request("GET", CM_PATH, query=[("limit", "10"), ("continue", token)])
+    assert [i["metadata"]["name"] for i in page["items"] + rest["items"]] == [f"p{i}" for i in range(5)]
+    kubesim.compact()
+    await kube_api.request("POST", CM_PATH, body=cm("later"))
+    err = await error_of(kube_api.request("GET", CM_PATH, query=[("limit", "10"), ("continue", token)]))
+    assert (err.status, err.reason) == (410, "Expired")
+
+
+async def test_watch_streams_added_modified_deleted_from_a_resource_version(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    start = (await kube_api.request("GET", CM_PATH))["metadata"]["resourceVersion"]
+    await kube_api.request("POST", CM_PATH, body=cm("w", k="1"))
+    await kube_api.request(
+        "PATCH", f"{CM_PATH}/w", body={"data": {"k": "2"}}, content_type="application/merge-patch+json"
+    )
+    await kube_api.request("DELETE", f"{CM_PATH}/w")
+    events = await watch_events(kubesim, CM_PATH, f"watch=1&resourceVersion={start}", count=3)
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
+    assert [e["object"]["kind"] for e in events] == ["ConfigMap"] * 3
+    rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert rvs == sorted(rvs) and rvs[0] > int(start)
+
+
+async def test_watch_without_resource_version_starts_with_current_objects(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    await kube_api.request("POST", CM_PATH, body=cm("existing"))
+    events = await watch_events(kubesim, CM_PATH, "watch=true", count=1)
+    assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "existing"
+
+
+async def test_watch_from_a_compacted_resource_version_gets_410_expired(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    small = KubeSim(window=3)
+    await small.start()
+    try:
+        start = small.storage.rv
+        for i in range(5):
+            small.create_object(cm(f"c{i}"))
+        events = await watch_events(small, CM_PATH, f"watch=1&resourceVersion={start}", count=1)
+        assert events[0]["type"] == "ERROR"
+        status = events[0]["object"]
+        assert (status["code"], status["reason"]) == (410, "Expired")
+        assert status["message"].startswith(f"too old resource version: {start}")
+        recent = small.storage.rv - 2
+        events = await watch_events(small, CM_PATH, f"watch=1&resourceVersion={recent}", count=2)
+        assert [e["type"] for e in events] == ["ADDED", "ADDED"]
+    finally:
+        await small.stop()
+
+
+async def test_watch_sends_bookmarks_when_allowed(kubesim: KubeSim) -> None:
+    rv = kubesim.storage.rv
+    events = await watch_events(kubesim, CM_PATH, f"watch=1&resourceVersion={rv}&allowWatchBookmarks=true", count=1)
+    assert events[0]["type"] == "BOOKMARK"
+    assert events[0]["object"]["kind"] == "ConfigMap"
+    assert int(events[0]["object"]["metadata"]["resourceVersion"]) >= rv
+
+
+async def test_watch_ends_after_timeout_seconds(kubesim: KubeSim) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{kubesim.url}{CM_PATH}?watch=1&resourceVersion={kubesim.storage.rv}&timeoutSeconds=1") as resp,
+    ):
+        body = await asyncio.wait_for(resp.read(), timeout=30)
+    assert body == b""
+
+
+async def test_namespace_deletion_terminates_then_removes_its_objects(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    await kube_api.request(
+        "POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}
+    )
+    await kube_api.request("POST", "/api/v1/namespaces/tmp/configmaps", body=cm("inside"))
+    out = await kube_api.request("DELETE", "/api/v1/namespaces/tmp")
+    assert out["status"]["phase"] == "Terminating" and out["metadata"]["deletionTimestamp"]
+
+    async def gone() -> bool:
+        try:
+            await kube_api.request("GET", "/api/v1/namespaces/tmp")
+        except KubeApiError as exc:
+            return exc.status == 404
+        return False
+
+    await eventually(gone, what="namespace removed")
+    assert kubesim.get_object("configmaps", "tmp", "inside") is None
+    assert kubesim.get_object("serviceaccounts", "tmp", "default") is None
+
+
+async def test_system_namespaces_may_not_be_deleted(kube_api: KubeApi) -> None:
+    for name in ("default", "kube-system", "kube-public"):
+        err = await error_of(kube_api.request("DELETE", f"/api/v1/namespaces/{name}"))
+        assert (err.status, err.message) == (
+            403,
+            f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+        )
+
+
+async def test_creating_in_a_terminating_namespace_is_403(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    kubesim.namespace_deletion_delay = 60.0
+    kubesim.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dying"}})
+    await kube_api.request("DELETE", "/api/v1/namespaces/dying")
+    err = await error_of(kube_api.request("POST", "/api/v1/namespaces/dying/configmaps", body=cm("late")))
+    assert (err.status, err.reason) == (403, "Forbidden")
+    assert "being terminated" in err.message
+
+
+async def test_namespaces_get_the_metadata_name_label_and_a_default_service_account(kube_api: KubeApi) -> None:
+    out = await kube_api.request(
+        "POST",
+        "/api/v1/namespaces",
+        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "labelled", "labels": {"a": "b"}}},
+    )
+    assert out["metadata"]["labels"] == {"a": "b", "kubernetes.io/metadata.name": "labelled"}
+    assert out["spec"] == {"finalizers": ["kubernetes"]} and out["status"] == {"phase": "Active"}
+    sa = await kube_api.request("GET", "/api/v1/namespaces/labelled/serviceaccounts/default")
+    assert sa["kind"] == "ServiceAccount"
+
+
+async def test_pods_get_defaults_and_a_service_account_token_volume(kube_api: KubeApi) -> None:
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "img:1", "ports": [{"containerPort": 8080}]}]},
+    }
+    out = await kube_api.request("POST", "/api/v1/namespaces/default/pods", body=pod)
+    spec = out["spec"]
+    assert spec["serviceAccountName"] == "default" and spec["restartPolicy"] == "Always"
+    assert spec["containers"][0]["ports"][0]["protocol"] == "TCP"
+    assert spec["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    assert spec["volumes"][0]["name"].startswith("kube-api-access-")
+    assert spec["containers"][0]["volumeMounts"][0]["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert out["status"] == {"phase": "Pending", "qosClass": "BestEffort"}
+    pod["metadata"]["name"] = "q"
+    pod["spec"]["serviceAccountName"] = "missing"
+    err = await error_of(kube_api.request("POST", "/api/v1/namespaces/default/pods", body=pod))
+    assert err.status == 403 and 'serviceaccount "missing" not found' in err.message
+
+
+async def test_pod_spec_is_immutable_except_images(kube_api: KubeApi) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "a"}]},
+    }
+    path = "/api/v1/namespaces/default/pods"
+    await kube_api.request("POST", path, body=pod)
+    smp = "application/strategic-merge-patch+json"
+    out = await kube_api.request(
+        "PATCH", f"{path}/p", body={"spec": {"containers": [{"name": "c", "image": "b"}]}}, content_type=smp
+    )
+    assert out["spec"]["containers"][0]["image"] == "b"
+    err = await error_of(
+        kube_api.request(
+            "PATCH", f"{path}/p", body={"spec": {"containers": [{"name": "d", "image": "x"}]}}, content_type=smp
+        )
+    )
+    assert err.status == 422 and "spec: Forbidden: pod updates may not change fields" in err.message
+
+
+async def test_services_get_a_cluster_ip_that_updates_keep(kube_api: KubeApi) -> None:
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}
+    path = "/api/v1/namespaces/default/services"
+    out = await kube_api.request("POST", path, body=svc)
+    ip = out["spec"]["clusterIP"]
+    assert ip.startswith("10.9") and out["spec"]["clusterIPs"] == [ip]
+    assert out["spec"]["ports"][0] == {"port": 80, "protocol": "TCP", "targetPort": 80}
+    replaced = await kube_api.request("PUT", f"{path}/web", body={**svc, "spec": {"ports": [{"port": 81}]}})
+    assert replaced["spec"]["clusterIP"] == ip
+    err = await error_of(
+        kube_api.request(
+            "PUT", f"{path}/web", body={**svc, "spec": {"clusterIP": "10.96.9.9", "ports": [{"port": 81}]}}
+        )
+    )
+    assert err.status == 422 and "spec.clusterIPs[0]" in err.message
+
+
+async def test_strict_field_validation_rejects_unknown_fields_and_warn_drops_them(kube_api: KubeApi) -> None:
+    body = {**cm("strict"), "dta": {"x": "y"}}
+    err = await error_of(kube_api.request("POST", CM_PATH, body=body, query=[("fieldValidation", "Strict")]))
+    assert (err.status, err.message) == (400, 'strict decoding error: unknown field "dta"')
+    out = await kube_api.request("POST", CM_PATH, body=body)
+    assert "dta" not in out
+
+
+async def test_dry_run_validates_without_storing(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    out = await kube_api.request("POST", CM_PATH, body=cm("dry"), query=[("dryRun", "All")])
+    assert out["metadata"]["name"] == "dry"
+    assert kubesim.get_object("configmaps", "default", "dry") is None
+
+
+async def test_table_form_has_the_columns_kubectl_prints(kube_api: KubeApi) -> None:
+    await kube_api.request("POST", CM_PATH, body=cm("t", a="1", b="2"))
+    accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{kube_api.host}{CM_PATH}", headers={"Accept": accept}) as resp,
+    ):
+        assert resp.headers["Content-Type"].startswith("application/json;as=Table")
+        table = await resp.json(content_type=None)
+    assert table["kind"] == "Table"
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Data", "Age"]
+    row = next(r for r in table["rows"] if r["cells"][0] == "t")
+    assert row["cells"][1] == 2
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+
+
+async def test_discovery_lists_every_resource(kube_api: KubeApi) -> None:
+    core = await kube_api.request("GET", "/api/v1")
+    names = {r["name"] for r in core["resources"]}
+    assert {"namespaces", "configmaps", "pods", "services", "secrets", "serviceaccounts"} <= names
+    groups = await kube_api.request("GET", "/apis")
+    assert {g["name"] for g in groups["groups"]} == {"apps", "admissionregistration.k8s.io", "discovery.k8s.io"}
+    apps = await kube_api.request("GET", "/apis/apps/v1")
+    assert {r["name"] for r in apps["resources"]} == {"deployments", "replicasets"}
+    version = await kube_api.request("GET", "/version")
+    assert version["major"] == "1"
+
+
+@pytest.fixture
+async def generated_api(kube_api: KubeApi) -> AsyncIterator[k8s_client.CoreV1Api]:
+    yield k8s_client.CoreV1Api(kube_api.api_client)
+
+
+async def test_kubernetes_asyncio_generated_client_and_watch_work(
+    generated_api: k8s_client.CoreV1Api, kubesim: KubeSim
+) -> None:
+    body = k8s_client.V1ConfigMap(metadata=k8s_client.V1ObjectMeta(name="typed"), data={"k": "v"})
+    created = await generated_api.create_namespaced_config_map("default", body)
+    assert created.metadata.uid
+    listed = await generated_api.list_namespaced_config_map("default")
+    assert "typed" in [i.metadata.name for i in listed.items]
+    watcher = k8s_watch.Watch()
+    seen: list[tuple[str, str]] = []
+    stream = watcher.stream(
+        generated_api.list_namespaced_config_map,
+        "default",
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=20,
+    )
+    kubesim.create_object(cm("watched"))
+    async for event in stream:
+        seen.append((event["type"], event["object"].metadata.name))
+        if event["object"].metadata.name == "watched":
+            watcher.stop()
+    assert seen[-1] == ("ADDED", "watched")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b"k8s\x00\x0a\x03\x0a\x01", b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09ConfigMap\x12\x02\x78\x01"],
+    ids=["not-protobuf", "truncated", "unknown-field"],
+)
+def test_malformed_protobuf_bodies_are_refused(body: bytes) -> None:
+    with pytest.raises(ProtobufError):
+        decode(body)

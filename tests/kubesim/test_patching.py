@@ -1,0 +1,209 @@
+"""The three patch formats, as the API server applies them (unit level and over HTTP)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.patching import PatchError, json_patch, merge_patch, strategic_merge_patch
+from tests.kubesim.resources import POD_MERGE, TEMPLATE_MERGE
+from tests.kubesim.server import KubeSim
+
+POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p", "labels": {"app": "web"}, "finalizers": ["a"]},
+    "spec": {
+        "containers": [
+            {
+                "name": "app",
+                "image": "app:1",
+                "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 90}],
+                "args": ["--x"],
+            },
+            {"name": "side", "image": "side:1"},
+        ],
+        "volumes": [{"name": "v1", "emptyDir": {}}, {"name": "v2", "emptyDir": {}}],
+        "tolerations": [{"key": "a"}, {"key": "b"}],
+    },
+}
+
+
+def smp(patch: dict[str, Any]) -> dict[str, Any]:
+    return strategic_merge_patch(copy.deepcopy(POD), patch, POD_MERGE)
+
+
+def test_containers_merge_by_name_and_keep_unnamed_fields() -> None:
+    out = smp({"spec": {"containers": [{"name": "app", "image": "app:2"}, {"name": "new", "image": "n:1"}]}})
+    containers = out["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["app", "side", "new"]
+    assert containers[0]["image"] == "app:2"
+    assert containers[0]["env"] == POD["spec"]["containers"][0]["env"]
+
+
+def test_env_merges_by_name_and_ports_by_container_port() -> None:
+    out = smp(
+        {
+            "spec": {
+                "containers": [
+                    {
+                        "name": "app",
+                        "env": [{"name": "B", "value": "changed"}, {"name": "C", "value": "3"}],
+                        "ports": [{"containerPort": 90, "name": "metrics"}],
+                    }
+                ]
+            }
+        }
+    )
+    app = out["spec"]["containers"][0]
+    assert app["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "changed"}, {"name": "C", "value": "3"}]
+    assert app["ports"] == [{"containerPort": 80, "name": "http"}, {"containerPort": 90, "name": "metrics"}]
+
+
+def test_volumes_merge_by_name() -> None:
+    out = smp({"spec": {"volumes": [{"name": "v3", "configMap": {"name": "c"}}]}})
+    assert [v["name"] for v in out["spec"]["volumes"]] == ["v1", "v2", "v3"]
+
+
+def test_lists_without_a_merge_key_are_replaced() -> None:
+    out = smp({"spec": {"tolerations": [{"key": "c"}], "containers": [{"name": "app", "args": ["--y"]}]}})
+    assert out["spec"]["tolerations"] == [{"key": "c"}]
+    assert out["spec"]["containers"][0]["args"] == ["--y"]
+
+
+def test_patch_delete_directive_removes_a_list_item() -> None:
+    out = smp({"spec": {"containers": [{"name": "side", "$patch": "delete"}]}})
+    assert [c["name"] for c in out["spec"]["containers"]] == ["app"]
+
+
+def test_patch_replace_directive_replaces_a_list_or_a_map() -> None:
+    out = smp({"spec": {"volumes": [{"name": "only", "emptyDir": {}}, {"$patch": "replace"}]}})
+    assert out["spec"]["volumes"] == [{"name": "only", "emptyDir": {}}]
+    out = smp({"metadata": {"labels": {"x": "y", "$patch": "replace"}}})
+    assert out["metadata"]["labels"] == {"x": "y"}
+
+
+def test_null_deletes_a_field() -> None:
+    out = smp({"metadata": {"labels": {"app": None}}, "spec": {"tolerations": None}})
+    assert out["metadata"]["labels"] == {}
+    assert "tolerations" not in out["spec"]
+
+
+def test_set_element_order_reorders_the_merged_list() -> None:
+    out = smp({"spec": {"$setElementOrder/containers": [{"name": "side"}, {"name": "app"}]}})
+    assert [c["name"] for c in out["spec"]["containers"]] == ["side", "app"]
+
+
+def test_finalizers_merge_as_a_set_and_delete_from_primitive_list_removes() -> None:
+    out = smp({"metadata": {"finalizers": ["b", "a"]}})
+    assert out["metadata"]["finalizers"] == ["a", "b"]
+    out = smp({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}})
+    assert out["metadata"]["finalizers"] == []
+
+
+def test_retain_keys_drops_fields_not_listed() -> None:
+    out = smp({"spec": {"volumes": [{"name": "v1", "configMap": {"name": "c"}, "$retainKeys": ["name", "configMap"]}]}})
+    assert out["spec"]["volumes"][0] == {"name": "v1", "configMap": {"name": "c"}}
+
+
+def test_template_containers_merge_inside_workloads() -> None:
+    deploy = {
+        "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "1"}]}}}
+    }
+    out = strategic_merge_patch(
+        deploy, {"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "2"}]}}}}, TEMPLATE_MERGE
+    )
+    assert out["spec"]["template"]["spec"]["containers"] == [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]
+
+
+def test_merge_item_without_merge_key_is_an_error() -> None:
+    with pytest.raises(PatchError, match="merge key"):
+        smp({"spec": {"containers": [{"image": "x"}]}})
+
+
+def test_merge_patch_replaces_lists_and_null_deletes() -> None:
+    out = merge_patch(POD, {"spec": {"containers": [{"name": "only", "image": "o"}]}, "metadata": {"labels": None}})
+    assert out["spec"]["containers"] == [{"name": "only", "image": "o"}]
+    assert "labels" not in out["metadata"]
+    assert POD["metadata"]["labels"] == {"app": "web"}  # the input is untouched
+
+
+def test_json_patch_operations_and_failed_test() -> None:
+    out = json_patch(POD, [{"op": "replace", "path": "/spec/containers/0/image", "value": "app:3"}])
+    assert out["spec"]["containers"][0]["image"] == "app:3"
+    with pytest.raises(PatchError) as info:
+        json_patch(POD, [{"op": "test", "path": "/metadata/name", "value": "other"}])
+    assert info.value.status == 422
+    with pytest.raises(PatchError) as info:
+        json_patch(POD, {"op": "add"})
+    assert info.value.status == 400
+
+
+async def _configmap(kubesim: KubeSim) -> None:
+    kubesim.create_object(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "1"}}, "data": {"k": "v"}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "patch", "data"),
+    [
+        ("application/merge-patch+json", {"data": {"k": None, "n": "1"}}, {"n": "1"}),
+        ("application/strategic-merge-patch+json", {"data": {"n": "1"}}, {"k": "v", "n": "1"}),
+        ("application/json-patch+json", [{"op": "add", "path": "/data/n", "value": "1"}], {"k": "v", "n": "1"}),
+    ],
+    ids=["merge", "strategic", "json"],
+)
+async def test_patch_over_http_bumps_resource_version(
+    kubesim: KubeSim, kube_api: KubeApi, content_type: str, patch: Any, data: dict[str, str]
+) -> None:
+    await _configmap(kubesim)
+    before = kubesim.get_object("configmaps", "default", "c")
+    assert before is not None
+    out = await kube_api.request(
+        "PATCH", "/api/v1/namespaces/default/configmaps/c", body=patch, content_type=content_type
+    )
+    assert out["data"] == data
+    assert int(out["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
+
+
+async def test_patch_with_unknown_content_type_is_415(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    await _configmap(kubesim)
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request(
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/c",
+            body={"data": {}},
+            content_type="application/apply-patch+yaml",
+        )
+    assert info.value.status == 415
+
+
+async def test_patch_with_stale_resource_version_conflicts(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    await _configmap(kubesim)
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request(
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/c",
+            body={"metadata": {"resourceVersion": "1"}, "data": {"n": "1"}},
+            content_type="application/merge-patch+json",
+        )
+    assert info.value.status == 409
+    assert info.value.reason == "Conflict"
+
+
+async def test_failed_json_patch_test_is_422_and_changes_nothing(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    await _configmap(kubesim)
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request(
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/c",
+            body=[{"op": "test", "path": "/data/k", "value": "other"}, {"op": "remove", "path": "/data/k"}],
+            content_type="application/json-patch+json",
+        )
+    assert info.value.status == 422
+    assert kubesim.get_object("configmaps", "default", "c")["data"] == {"k": "v"}  # type: ignore[index]

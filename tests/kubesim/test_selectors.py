@@ -1,0 +1,164 @@
+"""Label and field selector syntax and matching, table-tested (unit level and over HTTP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.selectors import (
+    SelectorError,
+    format_label_selector,
+    parse_field_selector,
+    parse_label_selector,
+    selector_from_label_selector,
+)
+from tests.kubesim.server import KubeSim
+
+LABELS = {"app": "web", "tier": "front", "version": "7", "istio.io/rev": "canary"}
+
+LABEL_CASES = [
+    ("", True),
+    ("app", True),
+    ("!app", False),
+    ("missing", False),
+    ("!missing", True),
+    ("app=web", True),
+    ("app==web", True),
+    ("app = web", True),
+    ("app=db", False),
+    ("app!=db", True),
+    ("app!=web", False),
+    ("missing!=x", True),
+    ("app in (web,db)", True),
+    ("app in (db, cache)", False),
+    ("app notin (db)", True),
+    ("app notin (web,db)", False),
+    ("missing notin (x)", True),
+    ("missing in (x)", False),
+    ("istio.io/rev=canary", True),
+    ("istio.io/rev in (canary,stable),app=web", True),
+    ("istio.io/rev in (canary,stable),app=db", False),
+    ("app,tier=front,!missing", True),
+    ("version>5", True),
+    ("version<5", False),
+    ("app>5", False),
+    ("tier=", False),
+]
+
+
+@pytest.mark.parametrize(("selector", "matches"), LABEL_CASES, ids=[c[0] or "empty" for c in LABEL_CASES])
+def test_label_selector_matches_like_the_api_server(selector: str, matches: bool) -> None:
+    assert parse_label_selector(selector).matches(LABELS) is matches
+
+
+BAD_LABEL_SELECTORS = [
+    "app=web=x",
+    "app in web",
+    "app in ()",
+    "app notin (",
+    "=web",
+    "app=,",
+    "app,",
+    "bad key=x",
+    "app=bad value!",
+    "-app=x",
+    "version>x",
+    "a/b/c=x",
+    "UPPER.example.com/x=y",
+]
+
+
+@pytest.mark.parametrize("selector", BAD_LABEL_SELECTORS)
+def test_malformed_label_selectors_are_rejected(selector: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_label_selector(selector)
+
+
+FIELD_CASES = [
+    ("metadata.name=web", True),
+    ("metadata.name==web", True),
+    ("metadata.name!=web", False),
+    ("metadata.namespace=apps,metadata.name=web", True),
+    ("metadata.namespace=apps,metadata.name!=web", False),
+    ("metadata.name=a\\,b", False),
+]
+
+
+@pytest.mark.parametrize(("selector", "matches"), FIELD_CASES, ids=[c[0] for c in FIELD_CASES])
+def test_field_selector_matches_name_and_namespace(selector: str, matches: bool) -> None:
+    fields = {
+        "metadata.name": lambda o: o["metadata"]["name"],
+        "metadata.namespace": lambda o: o["metadata"]["namespace"],
+    }
+    obj = {"metadata": {"name": "web", "namespace": "apps"}}
+    assert parse_field_selector(selector, fields).matches(obj, fields) is matches
+
+
+def test_field_selector_rejects_unsupported_fields() -> None:
+    with pytest.raises(SelectorError, match=r"field label not supported: spec\.nodeName"):
+        parse_field_selector("spec.nodeName=n1", {"metadata.name": lambda o: ""})
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ({"matchLabels": {"b": "2", "a": "1"}}, "a=1,b=2"),
+        ({"matchExpressions": [{"key": "k", "operator": "In", "values": ["y", "x"]}]}, "k in (x,y)"),
+        ({"matchExpressions": [{"key": "k", "operator": "DoesNotExist"}]}, "!k"),
+        ({}, "<none>"),
+    ],
+)
+def test_label_selector_objects_print_and_match_consistently(spec: dict[str, Any], text: str) -> None:
+    assert format_label_selector(spec) == text
+    parsed = parse_label_selector("" if text == "<none>" else text)
+    built = selector_from_label_selector(spec)
+    for labels in ({}, {"a": "1", "b": "2"}, {"k": "x"}, {"k": "z"}, {"a": "1"}):
+        assert parsed.matches(labels) is built.matches(labels), labels
+
+
+NAMESPACES = {
+    "web": {"app": "web", "istio-injection": "enabled"},
+    "db": {"app": "db", "istio.io/rev": "canary"},
+    "both": {"istio-injection": "enabled", "istio.io/rev": "canary"},
+    "plain": {},
+}
+
+HTTP_CASES = [
+    ("istio-injection=enabled", ["both", "web"]),
+    ("istio.io/rev", ["both", "db"]),
+    ("!istio.io/rev,istio-injection", ["web"]),
+    ("app in (web,db)", ["db", "web"]),
+    ("app notin (web)", ["both", "db", "plain"]),
+    ("app!=db", ["both", "plain", "web"]),
+]
+
+
+@pytest.mark.parametrize(("selector", "names"), HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
+async def test_list_filters_by_label_selector_over_http(
+    kubesim: KubeSim, kube_api: KubeApi, selector: str, names: list[str]
+) -> None:
+    for name, labels in NAMESPACES.items():
+        kubesim.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+    listed = await kube_api.request("GET", "/api/v1/namespaces", query=[("labelSelector", selector)])
+    # kubernetes.io/metadata.name is on every namespace; keep to the ones this test made
+    found = sorted(i["metadata"]["name"] for i in listed["items"] if i["metadata"]["name"] in NAMESPACES)
+    assert found == names
+
+
+async def test_bad_selectors_answer_400_bad_request(kube_api: KubeApi) -> None:
+    for query in (("labelSelector", "app in web"), ("fieldSelector", "spec.bogus=1")):
+        with pytest.raises(KubeApiError) as info:
+            await kube_api.request("GET", "/api/v1/namespaces/default/configmaps", query=[query])
+        assert info.value.status == 400
+        assert info.value.reason == "BadRequest"
+
+
+async def test_field_selector_on_name_over_http(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    for name in ("a", "b", "c"):
+        kubesim.create_object({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})
+    listed = await kube_api.request(
+        "GET", "/api/v1/configmaps", query=[("fieldSelector", "metadata.name!=b,metadata.namespace=default")]
+    )
+    assert sorted(i["metadata"]["name"] for i in listed["items"]) == ["a", "c"]

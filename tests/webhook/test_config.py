@@ -1,0 +1,277 @@
+"""The injection config: defaults, the two ConfigMaps, precise errors, and live reloading."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from controlplane.model.store import ConfigStore, ObjectKey
+from webhook.config import ConfigError, InjectionConfig, InjectionConfigWatcher, parse_injection_config
+
+NS = "istio-system"
+INJECTOR = "istio-sidecar-injector-canary"
+MESH = "istio-canary"
+
+
+def test_defaults_are_istios_stock_sidecar() -> None:
+    config = parse_injection_config(injector=None, mesh=None)
+    assert config == InjectionConfig()
+    assert config.policy == "enabled"
+    assert config.proxy_image == "docker.io/istio/proxyv2:1.28.0"
+    assert config.proxy_init_image == "docker.io/istio/proxyv2:1.28.0"
+    assert config.resources.to_dict() == {
+        "limits": {"cpu": "2000m", "memory": "1024Mi"},
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+    }
+    assert config.native_sidecar and config.rewrite_app_probes
+    assert config.interception_mode == "REDIRECT"
+    assert config.default_templates == ("sidecar",)
+
+
+def test_istio_shaped_configmaps_are_read() -> None:
+    config = parse_injection_config(
+        injector={
+            "config": """
+policy: disabled
+defaultTemplates: [sidecar]
+injectedAnnotations:
+  example.com/owner: mesh-team
+neverInjectSelector:
+- matchExpressions:
+  - key: openshift.io/build.name
+    operator: Exists
+alwaysInjectSelector:
+- matchLabels: {mesh: always}
+""",
+            "values": """{
+  "global": {
+    "hub": "registry.example.com/istio",
+    "tag": "1.28.1",
+    "imagePullPolicy": "IfNotPresent",
+    "imagePullSecrets": ["regcred"],
+    "meshID": "prod",
+    "network": "net-1",
+    "proxy": {
+      "image": "proxyv2",
+      "resources": {"requests": {"cpu": "50m", "memory": 64}, "limits": {"cpu": 1, "memory": "256Mi"}},
+      "includeIPRanges": "10.0.0.0/8",
+      "excludeIPRanges": "10.96.0.1/32",
+      "includeInboundPorts": "*",
+      "excludeInboundPorts": "9100",
+      "excludeOutboundPorts": "25",
+      "logLevel": "info",
+      "componentLogLevel": "misc:warning",
+      "interceptionMode": "TPROXY"
+    },
+    "proxy_init": {"image": "registry.example.com/other/init:9"}
+  },
+  "sidecarInjectorWebhook": {"nativeSidecar": false, "rewriteAppHTTPProbe": false}
+}""",
+        },
+        mesh={"mesh": "trustDomain: example.org\nenablePrometheusMerge: false\ndefaultConfig:\n  concurrency: 2\n"},
+    )
+    assert config.policy == "disabled"
+    assert dict(config.injected_annotations) == {"example.com/owner": "mesh-team"}
+    assert config.never_inject_selector[0].matches({"openshift.io/build.name": "x"})
+    assert config.always_inject_selector[0].matches({"mesh": "always"})
+    assert config.proxy_image == "registry.example.com/istio/proxyv2:1.28.1"
+    assert config.proxy_init_image == "registry.example.com/other/init:9"
+    assert config.image_pull_policy == "IfNotPresent"
+    assert config.image_pull_secrets == ("regcred",)
+    assert (config.mesh_id, config.network, config.trust_domain) == ("prod", "net-1", "example.org")
+    assert config.resources.to_dict() == {
+        "limits": {"cpu": "1", "memory": "256Mi"},
+        "requests": {"cpu": "50m", "memory": "64"},
+    }
+    assert (config.include_outbound_ip_ranges, config.exclude_outbound_ip_ranges) == ("10.0.0.0/8", "10.96.0.1/32")
+    assert (config.include_inbound_ports, config.exclude_inbound_ports, config.exclude_outbound_ports) == (
+        "*",
+        "9100",
+        "25",
+    )
+    assert (config.proxy_log_level, config.proxy_component_log_level) == ("info", "misc:warning")
+    assert config.interception_mode == "TPROXY"
+    assert not config.native_sidecar and not config.rewrite_app_probes and not config.enable_prometheus_merge
+    assert dict(config.proxy_config) == {"concurrency": 2}
+
+
+def test_mesh_fields_for_other_components_are_accepted() -> None:
+    mesh = "rootNamespace: istio-system\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}\ndiscoverySelectors: []\n"
+    assert (
+        parse_injection_config(injector=None, mesh={"mesh": mesh, "meshNetworks": "networks: {}"}) == InjectionConfig()
+    )
+
+
+@pytest.mark.parametrize(
+    ("injector", "mesh", "key", "field", "problem"),
+    [
+        ({"config": "policy: maybe"}, None, "config", "policy", "'maybe' is not one of enabled, disabled"),
+        ({"config": "polcy: enabled"}, None, "config", "polcy", "did you mean 'policy'?"),
+        ({"config": "templates: {}"}, None, "config", "templates", "unknown field 'templates'"),
+        ({"config": "defaultTemplates: [gateway]"}, None, "config", "defaultTemplates", "must be exactly one of"),
+        ({"config": "neverInjectSelector: [{}]"}, None, "config", "neverInjectSelector[0]", "empty selector"),
+        (
+            {"config": "neverInjectSelector: [{matchExpressions: [{key: a, operator: In}]}]"},
+            None,
+            "config",
+            "neverInjectSelector[0].matchExpressions[0].values",
+            "needs at least one value",
+        ),
+        (
+            {"config": "alwaysInjectSelector: [{matchExpressions: [{key: a, operator: Matches}]}]"},
+            None,
+            "config",
+            "alwaysInjectSelector[0].matchExpressions[0].operator",
+            "not one of In, NotIn",
+        ),
+        ({"config": "policy: [enabled"}, None, "config", "", "not valid YAML/JSON at line 1"),
+        ({"values": "global: {tag: 1.28}"}, None, "values", "global.tag", "must be a string, got number (quote it)"),
+        ({"values": "global: {proxy: {image: 'a b'}}"}, None, "values", "global.proxy.image", "not a container image"),
+        (
+            {"values": "global: {proxy: {resources: {requests: {cpu: 2}, limits: {cpu: 1}}}}"},
+            None,
+            "values",
+            "global.proxy.resources.requests.cpu",
+            "request 2 exceeds limit 1",
+        ),
+        (
+            {"values": "global: {proxy: {resources: {requests: {cpu: lots}}}}"},
+            None,
+            "values",
+            "global.proxy.resources.requests.cpu",
+            "not a Kubernetes quantity",
+        ),
+        (
+            {"values": "global: {proxy: {includeIPRanges: 10/8}}"},
+            None,
+            "values",
+            "global.proxy.includeIPRanges",
+            "not a CIDR",
+        ),
+        (
+            {"values": "global: {proxy: {excludeInboundPorts: '*'}}"},
+            None,
+            "values",
+            "global.proxy.excludeInboundPorts",
+            "not allowed",
+        ),
+        ({"values": "global: {proxy: {privileged: true}}"}, None, "values", "global.proxy.privileged", "unknown field"),
+        (
+            {"values": "pilot: {enabled: true}"},
+            None,
+            "values",
+            "pilot",
+            "supported here: global, sidecarInjectorWebhook",
+        ),
+        (
+            {"values": "global: {imagePullPolicy: Sometimes}"},
+            None,
+            "values",
+            "global.imagePullPolicy",
+            "not one of Always",
+        ),
+        (
+            {"values": "sidecarInjectorWebhook: {nativeSidecar: 'yes'}"},
+            None,
+            "values",
+            "sidecarInjectorWebhook.nativeSidecar",
+            "must be true or false",
+        ),
+        ({"template": "x"}, None, "template", "", "unknown key in the injector ConfigMap"),
+        (None, {"mesh": "trustDomian: x"}, "mesh", "trustDomian", "did you mean 'trustDomain'?"),
+        (
+            None,
+            {"mesh": "defaultConfig: {concurrency: two}"},
+            "mesh",
+            "defaultConfig",
+            "concurrency: must be an integer",
+        ),
+        (
+            None,
+            {"mesh": "defaultConfig: {holdApplicationUntilProxyStart: true}"},
+            "mesh",
+            "defaultConfig",
+            "did you mean",
+        ),
+        (None, {"mesh": "enablePrometheusMerge: sometimes"}, "mesh", "enablePrometheusMerge", "must be true or false"),
+        (None, {"mesh": "- a list"}, "mesh", "", "must be an object, got list"),
+    ],
+)
+def test_invalid_content_names_key_and_field(
+    injector: dict[str, str] | None, mesh: dict[str, str] | None, key: str, field: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_injection_config(injector=injector, mesh=mesh)
+    assert caught.value.key == key
+    assert caught.value.field == field
+    assert problem in str(caught.value)
+    assert str(caught.value).startswith(f"key {key!r}")
+
+
+# -- the watcher ---------------------------------------------------------------------------------
+
+
+def configmap(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NS}, "data": data}
+
+
+def put(store: ConfigStore, obj: dict[str, Any] | None, name: str) -> None:
+    store.apply([(ObjectKey("ConfigMap", NS, name), obj)])
+
+
+def watcher(store: ConfigStore) -> InjectionConfigWatcher:
+    return InjectionConfigWatcher(store, namespace=NS, injector_configmap=INJECTOR, mesh_configmap=MESH)
+
+
+def test_watcher_reads_what_is_already_in_the_store_and_follows_changes() -> None:
+    store = ConfigStore()
+    put(store, configmap(INJECTOR, {"values": "global: {tag: '1.29.0'}"}), INJECTOR)
+    w = watcher(store)
+    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.0"
+    put(store, configmap(MESH, {"mesh": "trustDomain: example.org"}), MESH)
+    assert w.current.trust_domain == "example.org"
+    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.0"
+    put(store, None, INJECTOR)
+    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.28.0"
+    description = w.describe()
+    assert description["injectorConfigMap"] == {"name": f"{NS}/{INJECTOR}", "used": False}
+    assert description["meshConfigMap"] == {"name": f"{NS}/{MESH}", "used": True}
+    assert description["lastError"] is None
+    assert description["config"]["trustDomain"] == "example.org"
+
+
+def test_watcher_ignores_other_configmaps_and_namespaces() -> None:
+    store = ConfigStore()
+    w = watcher(store)
+    put(store, configmap("istio-sidecar-injector", {"values": "global: {tag: other}"}), "istio-sidecar-injector")
+    other_ns = configmap(INJECTOR, {"values": "global: {tag: other}"})
+    other_ns["metadata"]["namespace"] = "default"
+    store.apply([(ObjectKey("ConfigMap", "default", INJECTOR), other_ns)])
+    assert w.current == InjectionConfig()
+    assert w.reloads == 1
+
+
+def test_an_invalid_new_version_keeps_the_last_good_config_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    store = ConfigStore()
+    put(store, configmap(INJECTOR, {"config": "policy: disabled"}), INJECTOR)
+    w = watcher(store)
+    assert w.current.policy == "disabled"
+    with caplog.at_level(logging.ERROR, logger="webhook.config"):
+        put(store, configmap(INJECTOR, {"config": "policy: paused"}), INJECTOR)
+    assert w.current.policy == "disabled"
+    error = w.describe()["lastError"]
+    assert error == f"ConfigMap {NS}/{INJECTOR}: key 'config', field policy: 'paused' is not one of enabled, disabled"
+    assert error in caplog.text
+    put(store, configmap(INJECTOR, {"config": "policy: enabled"}), INJECTOR)
+    assert w.current.policy == "enabled"
+    assert w.describe()["lastError"] is None
+
+
+def test_an_invalid_mesh_configmap_is_blamed_on_the_mesh_configmap() -> None:
+    store = ConfigStore()
+    put(store, configmap(MESH, {"mesh": "defaultConfig: []"}), MESH)
+    w = watcher(store)
+    assert w.current == InjectionConfig()
+    assert str(w.describe()["lastError"]).startswith(f"ConfigMap {NS}/{MESH}: key 'mesh', field defaultConfig:")
