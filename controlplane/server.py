@@ -27,7 +27,7 @@ from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
 from controlplane.grpcserver import GrpcServers
-from controlplane.httpserver import health_app, metrics_app
+from controlplane.httpserver import InflightTracker, health_app, metrics_app
 from controlplane.kube.client import KubeApi
 from controlplane.kube.source import KubeSource
 from controlplane.model.meshconfig import MeshConfig
@@ -53,6 +53,7 @@ class ControlPlane:
         self.tasks = TaskGroup()
         self._runners: dict[str, web.AppRunner] = {}
         self._bound: dict[str, bool] = {}
+        self._inflight = InflightTracker()
         self.file_source: FileSource | None = None
         self.kube: KubeApi | None = None
         self.kube_source: KubeSource | None = None
@@ -123,12 +124,21 @@ class ControlPlane:
 
     async def stop(self) -> None:
         """Stop listening, finish in-flight requests (bounded by the grace period), stop tasks."""
-        for name, runner in reversed(self._runners.items()):
+        grace = self.settings.grace_period
+        for name, runner in self._runners.items():
             self._bound[name] = False
-            await runner.cleanup()
+            for site in list(runner.sites):
+                await site.stop()  # no new connections; open ones keep being served
+        grpc_stopped = None
         if getattr(self, "grpc", None) is not None:
             self._bound["grpc"] = False
-            await self.grpc.stop(self.settings.grace_period)
+            grpc_stopped = asyncio.ensure_future(self.grpc.stop(grace))
+        if not await self._inflight.wait_idle(grace):
+            log.warning("%d HTTP requests still running after the %.0fs grace period", self._inflight.count, grace)
+        for runner in reversed(self._runners.values()):
+            await runner.cleanup()
+        if grpc_stopped is not None:
+            await grpc_stopped
         await self.tasks.cancel_all()
         if self.kube is not None:
             await self.kube.close()
@@ -136,7 +146,8 @@ class ControlPlane:
 
     # -- pieces --------------------------------------------------------------------------------
     async def _serve(self, name: str, app: web.Application, addr: Address, *, tls: bool = False) -> None:
-        runner = web.AppRunner(app, shutdown_timeout=self.settings.grace_period, access_log=None)
+        app.middlewares.append(self._inflight.middleware)
+        runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await runner.setup()
         ssl_context = self.serving.ssl_context() if tls else None
         site = web.TCPSite(runner, addr.bind_host, addr.port, ssl_context=ssl_context, reuse_address=True)

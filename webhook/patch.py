@@ -15,6 +15,7 @@ Keys are escaped per RFC 6901 (`~` → `~0`, `/` → `~1`). Values in the patch 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # Above this many element comparisons the middle of an array is diffed position by position.
@@ -26,14 +27,19 @@ def _escape(key: str) -> str:
 
 
 def same(a: Any, b: Any) -> bool:
-    """JSON equality: like ==, but `true` is not `1` and `1` is not `1.0`."""
-    if type(a) is not type(b):
+    """JSON equality: like ==, but `true` is not `1` and `1` is not `1.0`.
+
+    Conservative for containers: two equal objects whose keys are in a different order may be
+    reported as different; the diff then descends into them and finds nothing to change.
+    """
+    if a is b:
+        return True
+    if type(a) is not type(b) or a != b:
         return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(value, b[key]) for key, value in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    if isinstance(a, (dict, list)):
+        # == already holds; the serialisations differ only if a bool/int/float hides inside.
+        return json.dumps(a) == json.dumps(b)
+    return True
 
 
 def json_patch(old: Any, new: Any) -> list[dict[str, Any]]:

@@ -21,8 +21,6 @@ from tests.kubesim.validation import (
     check_config_data,
     check_dns1035,
     check_label,
-    check_subdomain,
-    go_quote,
 )
 
 Obj = dict[str, Any]
@@ -581,10 +579,6 @@ def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
             _port_in_range(errors, f"ports[{i}].port", port["port"])
 
 
-def _validate_namespace(obj: Obj, errors: FieldErrors) -> None:
-    return
-
-
 # -- the table -----------------------------------------------------------------------------------
 
 POD_MERGE = {**META_MERGE, **pod_spec_merge("spec."), **CONDITIONS}
@@ -603,7 +597,6 @@ RESOURCES: tuple[ResourceType, ...] = (
         merge_keys={**META_MERGE, **CONDITIONS},
         fields={"status.phase": _get("status.phase")},
         defaults=_default_namespace,
-        validate=_validate_namespace,
         status_subresource=True,
         initial_status=lambda _: {"phase": "Active"},
         return_deleted_object=True,
@@ -768,6 +761,3 @@ def group_versions() -> dict[str, list[str]]:
         if resource.version not in versions:
             versions.append(resource.version)
     return groups
-
-
-__all__ = ["RESOURCES", "ResourceType", "check_subdomain", "find", "go_quote", "group_versions"]

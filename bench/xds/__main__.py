@@ -1,0 +1,208 @@
+"""bench/xds: the xDS server under many simulated proxies, each in real gRPC streams from other processes.
+
+Measures, in one run:
+(a) time until N proxies (default 1,000) on a mesh of 1,000 services / 4,000 endpoints are synced
+    (every proxy ACKed CDS, EDS for all its clusters, LDS and RDS);
+(b) one endpoint change: per proxy, time from the change until it ACKed the EDS push (p50/p99);
+(c) one service added: time until every proxy ACKed the new CDS, LDS, RDS and the EDS that
+    includes the new cluster;
+(d) control-plane RSS with N and with 2N proxies;
+(e) the floor for (c): the same responses, pre-serialized, written to the same streams, until every
+    proxy ACKed them; reported as the ratio (c) / floor.
+
+Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4]
+Prints a table and writes bench/results/xds-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import IO, Any
+
+from bench.common import median, percentile, table, write_result
+
+
+class Proc:
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.ready = self.read()
+
+    def read(self) -> Any:
+        out: IO[str] | None = self.proc.stdout
+        assert out is not None
+        line = out.readline()
+        if not line:
+            raise RuntimeError(f"{self.proc.args} exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, **cmd: Any) -> Any:
+        self.send(**cmd)
+        return self.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(cmd="quit")
+                self.proc.wait(30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def ask_all(procs: list[Proc], **cmd: Any) -> list[Any]:
+    for p in procs:
+        p.send(**cmd)
+    return [item for p in procs for item in p.read()]
+
+
+def start_sims(target: str, first: int, count: int, procs: int) -> list[Proc]:
+    share = -(-count // procs)
+    return [
+        Proc(
+            [
+                "bench.xds.proxies",
+                "--target",
+                target,
+                "--first",
+                str(first + n * share),
+                "--count",
+                str(min(share, count - n * share)),
+            ]
+        )
+        for n in range(procs)
+        if count - n * share > 0
+    ]
+
+
+def latencies(times: list[float | None], start: float) -> tuple[list[float], int]:
+    done = [t - start for t in times if t is not None]
+    return done, len(times) - len(done)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--proxies", type=int, default=1000)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--endpoints", type=int, default=4)
+    parser.add_argument("--procs", type=int, default=4, help="simulator processes per N proxies")
+    parser.add_argument("--debounce", type=float, default=0.1, help="debounce quiet time, seconds")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    server = Proc(
+        [
+            "bench.xds.server",
+            "--services",
+            str(args.services),
+            "--endpoints",
+            str(args.endpoints),
+            "--debounce",
+            str(args.debounce),
+        ]
+    )
+    target = f"127.0.0.1:{server.ready['port']}"
+    sims: list[Proc] = []
+    results: dict[str, Any] = {"params": vars(args)}
+    rows: list[list[Any]] = []
+    try:
+        started = time.time()
+        sims = start_sims(target, 0, args.proxies, args.procs)
+        synced = ask_all(sims, cmd="synced", timeout=600)
+        done, missing = latencies(synced, started)
+        results["a_all_synced_s"] = max(done) if done else None
+        results["a_missing"] = missing
+        rows.append(["(a) all synced", f"{args.proxies} proxies", f"{max(done):.2f} s", f"missing {missing}"])
+        results["rss_n"] = server.ask(cmd="rss")["rss"]
+
+        eds: list[float] = []
+        eds_missing = 0
+        for _ in range(args.rounds):
+            change = server.ask(cmd="endpoint")
+            times = ask_all(sims, cmd="wait", types=["EDS"], version=change["version"], timeout=60)
+            got, lost = latencies(times, change["t"])
+            eds += got
+            eds_missing += lost
+            time.sleep(0.5)
+        results["b_eds_p50_s"], results["b_eds_p99_s"] = median(eds), percentile(eds, 99)
+        results["b_eds_max_s"], results["b_missing"] = max(eds), eds_missing
+        rows.append(
+            [
+                "(b) endpoint change, ACKed",
+                f"p50 {median(eds):.3f} s",
+                f"p99 {percentile(eds, 99):.3f} s",
+                f"max {max(eds):.3f} s",
+            ]
+        )
+
+        full: list[float] = []
+        last_cluster = ""
+        for _ in range(args.rounds):
+            change = server.ask(cmd="service")
+            last_cluster = change["cluster"]
+            times = ask_all(
+                sims,
+                cmd="wait",
+                types=["CDS", "LDS", "RDS", "EDS"],
+                version=change["version"],
+                eds_complete=True,
+                timeout=120,
+            )
+            got, lost = latencies(times, change["t"])
+            full.append(max(got) if got and not lost else float("inf"))
+            time.sleep(1.0)
+        results["c_service_all_acked_s"] = full
+        rows.append(["(c) service added, all ACKed", f"median {median(full):.2f} s", f"max {max(full):.2f} s", ""])
+
+        floors: list[float] = []
+        for n in range(args.rounds):
+            version = 10**9 + n
+            sent = server.ask(cmd="floor", version=version, cluster=last_cluster)
+            times = ask_all(
+                sims, cmd="wait", types=["CDS", "LDS", "RDS", "EDS"], version=version, eds_complete=True, timeout=120
+            )
+            got, lost = latencies(times, sent["started"])
+            floors.append(max(got) if got and not lost else float("inf"))
+            results.setdefault("e_floor_write_s", []).append(sent["written"])
+            time.sleep(1.0)
+        results["e_floor_all_acked_s"] = floors
+        ratio = median(full) / median(floors)
+        results["e_ratio"] = ratio
+        rows.append(
+            ["(e) floor: same bytes, all ACKed", f"median {median(floors):.2f} s", f"ratio (c)/floor {ratio:.2f}", ""]
+        )
+
+        more = start_sims(target, args.proxies, args.proxies, args.procs)
+        sims += more
+        ask_all(more, cmd="synced", timeout=600)
+        results["rss_2n"] = server.ask(cmd="rss")["rss"]
+        results["server_stats"] = server.ask(cmd="stats")
+        rows.append(
+            [
+                "(d) control-plane RSS",
+                f"{args.proxies}: {results['rss_n'] / 2**20:.0f} MiB",
+                f"{2 * args.proxies}: {results['rss_2n'] / 2**20:.0f} MiB",
+                "",
+            ]
+        )
+    finally:
+        for proc in [*sims, server]:
+            proc.stop()
+    print(table(["measure", "", "", ""], rows))
+    path = write_result("xds", results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

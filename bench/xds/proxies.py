@@ -1,0 +1,171 @@
+"""Simulated sidecars for bench/xds: many SotW ADS streams in one process, each behaving like Envoy.
+
+Each proxy has its own channel (its own TCP connection), asks for CDS and LDS, ACKs every
+response, subscribes EDS to the clusters CDS named and RDS to route `80`, and records when it
+ACKed which version of each type. Resource names are read straight from the encoded bytes
+(`name` is field 1 of Cluster, ClusterLoadAssignment, Listener and RouteConfiguration, which
+deterministic serialization writes first), so a proxy costs little CPU per response.
+
+Commands on stdin, one JSON line each, answered with one JSON line on stdout:
+- `{"cmd": "synced"}`: the wall time at which each proxy had first ACKed all four types;
+- `{"cmd": "wait", "types": [...], "version": V, "eds_complete": bool, "timeout": s}`: for each
+  proxy, the wall time by which it ACKed every listed type at version >= V (EDS: a response that
+  carried its whole subscription when `eds_complete`), or null on timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import struct_pb2
+
+from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT
+
+NAMESPACES = tuple(f"ns-{n}" for n in range(10))
+
+
+def _name(value: bytes) -> str:
+    if not value or value[0] != 0x0A:
+        return ""
+    length, shift, index = 0, 0, 1
+    while True:
+        byte = value[index]
+        length |= (byte & 0x7F) << shift
+        index += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    return value[index : index + length].decode()
+
+
+class SimProxy:
+    def __init__(self, target: str, index: int) -> None:
+        self.index = index
+        ns = NAMESPACES[index % len(NAMESPACES)]
+        meta = struct_pb2.Struct()
+        meta.update({"NAMESPACE": ns, "ISTIO_VERSION": "1.40.0", "CLUSTER_ID": "Kubernetes"})
+        ip = f"10.240.{index // 250}.{index % 250 + 1}"
+        self.node = base_pb2.Node(id=f"sidecar~{ip}~sim-{index}.{ns}~{ns}.svc.cluster.local", metadata=meta)
+        self.channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self.acks: dict[str, list[tuple[int, float, bool]]] = {t: [] for t in SHORT}
+        self.eds_names: frozenset[str] = frozenset()
+        self.nonces: dict[str, tuple[str, str]] = {}
+        self.synced_at: float | None = None
+
+    async def run(self) -> None:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=self.node))
+        await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+        rds_requested = False
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            type_url = response.type_url
+            names = [_name(r.value) for r in response.resources]
+            self.nonces[type_url] = (response.nonce, response.version_info)
+            subscription: list[str] = []
+            if type_url == ENDPOINT:
+                subscription = sorted(self.eds_names)
+            elif type_url == ROUTE:
+                subscription = ["80"]
+            await call.write(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=type_url,
+                    resource_names=subscription,
+                    response_nonce=response.nonce,
+                    version_info=response.version_info,
+                )
+            )
+            version = int(response.version_info) if response.version_info.isdigit() else -1
+            complete = type_url != ENDPOINT or set(names) >= self.eds_names
+            self.acks[type_url].append((version, time.time(), complete))
+            if type_url == CLUSTER:
+                clusters = frozenset(n for n in names if n.startswith("outbound|"))
+                if clusters != self.eds_names:
+                    self.eds_names = clusters
+                    nonce, version_info = self.nonces.get(ENDPOINT, ("", ""))
+                    await call.write(
+                        discovery_pb2.DiscoveryRequest(
+                            type_url=ENDPOINT,
+                            resource_names=sorted(clusters),
+                            response_nonce=nonce,
+                            version_info=version_info,
+                        )
+                    )
+            elif type_url == LISTENER and not rds_requested:
+                rds_requested = True
+                await call.write(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["80"]))
+            if self.synced_at is None and all(self.acks[t] for t in SHORT) and self._eds_complete():
+                self.synced_at = time.time()
+
+    def _eds_complete(self) -> bool:
+        return any(complete for _, _, complete in self.acks[ENDPOINT])
+
+    def acked(self, types: list[str], version: int, *, eds_complete: bool) -> float | None:
+        times = []
+        for type_url in types:
+            found = [
+                t
+                for v, t, complete in self.acks[type_url]
+                if v >= version and (complete or not eds_complete or type_url != ENDPOINT)
+            ]
+            if not found:
+                return None
+            times.append(min(found))
+        return max(times)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, default=100)
+    args = parser.parse_args()
+    proxies = [SimProxy(args.target, i) for i in range(args.first, args.first + args.count)]
+    tasks = [asyncio.create_task(p.run()) for p in proxies]
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"ready": True, "proxies": len(proxies)}), flush=True)
+    by_short = {v: k for k, v in SHORT.items()}
+    while line := await reader.readline():
+        cmd: dict[str, Any] = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        deadline = time.monotonic() + float(cmd.get("timeout", 120))
+        if cmd["cmd"] == "synced":
+            while time.monotonic() < deadline and any(p.synced_at is None for p in proxies):
+                await asyncio.sleep(0.05)
+            reply: Any = [p.synced_at for p in proxies]
+        else:
+            types = [by_short[t] for t in cmd["types"]]
+
+            def results() -> list[float | None]:
+                return [
+                    p.acked(types, cmd["version"], eds_complete=cmd.get("eds_complete", False))  # noqa: B023
+                    for p in proxies
+                ]
+
+            while time.monotonic() < deadline and None in results():
+                await asyncio.sleep(0.02)
+            reply = results()
+        print(json.dumps(reply), flush=True)
+    for task in tasks:
+        task.cancel()
+    for proxy in proxies:
+        await proxy.channel.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
