@@ -74,7 +74,9 @@ class InflightTracker:
         self._idle.set()
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         self.count += 1
         self._idle.clear()
         try:
@@ -84,10 +86,10 @@ class InflightTracker:
             if self.count == 0:
                 self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True if every in-flight request finished within `timeout` seconds."""
+    async def wait_idle(self, *, within: float) -> bool:
+        """True if every in-flight request finished within `within` seconds."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             return False
         return True

@@ -133,7 +133,7 @@ class ControlPlane:
         if getattr(self, "grpc", None) is not None:
             self._bound["grpc"] = False
             grpc_stopped = asyncio.ensure_future(self.grpc.stop(grace))
-        if not await self._inflight.wait_idle(grace):
+        if not await self._inflight.wait_idle(within=grace):
             log.warning("%d HTTP requests still running after the %.0fs grace period", self._inflight.count, grace)
         for runner in reversed(self._runners.values()):
             await runner.cleanup()

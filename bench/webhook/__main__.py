@@ -37,7 +37,13 @@ def pod(*, inject: bool) -> dict[str, Any]:
             "labels": {"app": "web", "version": "v1", "pod-template-hash": "7c9d8b5f4"},
             "annotations": annotations,
             "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7c9d8b5f4", "uid": "u1", "controller": True}
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "web-7c9d8b5f4",
+                    "uid": "u1",
+                    "controller": True,
+                }
             ],
         },
         "spec": {
@@ -78,7 +84,9 @@ def review(*, inject: bool) -> bytes:
     ).encode()
 
 
-def _loadgen(running: Any, body_file: pathlib.Path, *, seconds: float, concurrency: int, core: int | None) -> dict[str, Any]:
+def _loadgen(
+    running: Any, body_file: pathlib.Path, *, seconds: float, concurrency: int, core: int | None
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "bench.webhook.loadgen", "--url", running.webhook_url, "--body", str(body_file),
         "--cafile", str(running.root_cert), "--server-name", SERVER_NAME,
@@ -121,7 +129,9 @@ def main() -> None:
                     p99s.append(percentile(lat, 99) * 1000)
                 results[name] = {
                     "admissions_per_s": rates, "p50_ms": p50s, "p99_ms": p99s,
-                    "median_admissions_per_s": median(rates), "median_p50_ms": median(p50s), "median_p99_ms": median(p99s),
+                    "median_admissions_per_s": median(rates),
+                    "median_p50_ms": median(p50s),
+                    "median_p99_ms": median(p99s),
                 }  # fmt: skip
                 rows.append([name, median(rates), median(p50s), median(p99s), a.rounds])
         finally:

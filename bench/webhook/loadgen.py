@@ -16,7 +16,9 @@ import time
 import aiohttp
 
 
-async def _worker(session: aiohttp.ClientSession, url: str, body: bytes, deadline: float, lat: list[float], errors: list[str]) -> None:
+async def _worker(
+    *, session: aiohttp.ClientSession, url: str, body: bytes, deadline: float, lat: list[float], errors: list[str]
+) -> None:
     headers = {"Content-Type": "application/json"}
     while time.perf_counter() < deadline:
         start = time.perf_counter()
@@ -28,17 +30,29 @@ async def _worker(session: aiohttp.ClientSession, url: str, body: bytes, deadlin
         lat.append(time.perf_counter() - start)
 
 
-async def run(url: str, body: bytes, *, cafile: str, server_name: str, concurrency: int, seconds: float, warmup: float) -> dict[str, object]:
+async def run(
+    url: str, body: bytes, *, cafile: str, server_name: str, concurrency: int, seconds: float, warmup: float
+) -> dict[str, object]:
     ctx = ssl.create_default_context(cafile=cafile)
     connector = aiohttp.TCPConnector(ssl=ctx, limit=concurrency, server_hostname=server_name)  # type: ignore[call-arg]
     async with aiohttp.ClientSession(connector=connector) as session:
         warm: list[float] = []
-        await asyncio.gather(*(_worker(session, url, body, time.perf_counter() + warmup, warm, []) for _ in range(concurrency)))
+        await asyncio.gather(
+            *(
+                _worker(session=session, url=url, body=body, deadline=time.perf_counter() + warmup, lat=warm, errors=[])
+                for _ in range(concurrency)
+            )
+        )
         lat: list[float] = []
         errors: list[str] = []
         started = time.perf_counter()
         deadline = started + seconds
-        await asyncio.gather(*(_worker(session, url, body, deadline, lat, errors) for _ in range(concurrency)))
+        await asyncio.gather(
+            *(
+                _worker(session=session, url=url, body=body, deadline=deadline, lat=lat, errors=errors)
+                for _ in range(concurrency)
+            )
+        )
         elapsed = time.perf_counter() - started
     return {"latencies": lat, "elapsed": elapsed, "errors": errors[:5], "error_count": len(errors)}
 
@@ -56,7 +70,15 @@ def main() -> None:
     with open(a.body, "rb") as f:
         body = f.read()
     result = asyncio.run(
-        run(a.url, body, cafile=a.cafile, server_name=a.server_name, concurrency=a.concurrency, seconds=a.seconds, warmup=a.warmup)
+        run(
+            a.url,
+            body,
+            cafile=a.cafile,
+            server_name=a.server_name,
+            concurrency=a.concurrency,
+            seconds=a.seconds,
+            warmup=a.warmup,
+        )
     )
     json.dump(result, sys.stdout)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -47,8 +48,9 @@ def _name(value: bytes) -> str:
 
 
 class SimProxy:
-    def __init__(self, target: str, index: int) -> None:
+    def __init__(self, target: str, index: int, progress: asyncio.Event) -> None:
         self.index = index
+        self.progress = progress
         ns = NAMESPACES[index % len(NAMESPACES)]
         meta = struct_pb2.Struct()
         meta.update({"NAMESPACE": ns, "ISTIO_VERSION": "1.40.0", "CLUSTER_ID": "Kubernetes"})
@@ -90,6 +92,7 @@ class SimProxy:
             version = int(response.version_info) if response.version_info.isdigit() else -1
             complete = type_url != ENDPOINT or set(names) >= self.eds_names
             self.acks[type_url].append((version, time.time(), complete))
+            self.progress.set()
             if type_url == CLUSTER:
                 clusters = frozenset(n for n in names if n.startswith("outbound|"))
                 if clusters != self.eds_names:
@@ -132,7 +135,15 @@ async def main() -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
     args = parser.parse_args()
-    proxies = [SimProxy(args.target, i) for i in range(args.first, args.first + args.count)]
+    progress = asyncio.Event()
+    proxies = [SimProxy(args.target, i, progress) for i in range(args.first, args.first + args.count)]
+
+    async def until(done: Any, deadline: float) -> None:
+        while not done() and (remaining := deadline - time.monotonic()) > 0:
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), min(remaining, 1.0))
+
     tasks = [asyncio.create_task(p.run()) for p in proxies]
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -145,8 +156,7 @@ async def main() -> None:
             break
         deadline = time.monotonic() + float(cmd.get("timeout", 120))
         if cmd["cmd"] == "synced":
-            while time.monotonic() < deadline and any(p.synced_at is None for p in proxies):
-                await asyncio.sleep(0.05)
+            await until(lambda: all(p.synced_at is not None for p in proxies), deadline)
             reply: Any = [p.synced_at for p in proxies]
         else:
             types = [by_short[t] for t in cmd["types"]]
@@ -157,8 +167,7 @@ async def main() -> None:
                     for p in proxies
                 ]
 
-            while time.monotonic() < deadline and None in results():
-                await asyncio.sleep(0.02)
+            await until(lambda: None not in results(), deadline)
             reply = results()
         print(json.dumps(reply), flush=True)
     for task in tasks:

@@ -7,6 +7,7 @@ Objects are plain JSON-like dicts; the store treats them as immutable once writt
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,9 +91,9 @@ class ConfigStore:
     def mark_synced(self) -> None:
         self._synced = True
 
-    def apply(self, changes: Iterable[tuple[ObjectKey, Object | None]]) -> list[ConfigEvent]:
+    def apply(self, changes: Iterable[tuple[ObjectKey, Object | None]]) -> builtins.list[ConfigEvent]:
         """Set (or delete, with None) each key; notify listeners once with the real changes."""
-        events: list[ConfigEvent] = []
+        events: builtins.list[ConfigEvent] = []
         for key, new in changes:
             old = self._objects.get(key)
             if new is None:
@@ -110,13 +111,13 @@ class ConfigStore:
             self._notify(events)
         return events
 
-    def replace_kind(self, kind: str, objects: Iterable[Object]) -> list[ConfigEvent]:
+    def replace_kind(self, kind: str, objects: Iterable[Object]) -> builtins.list[ConfigEvent]:
         """Make the store's objects of `kind` exactly `objects` (a relist)."""
         wanted = {ObjectKey.of(obj): obj for obj in objects}
         stale = [(key, None) for key in self._objects if key.kind == kind and key not in wanted]
         return self.apply([*stale, *wanted.items()])
 
-    def replace_all(self, objects: Mapping[ObjectKey, Object]) -> list[ConfigEvent]:
+    def replace_all(self, objects: Mapping[ObjectKey, Object]) -> builtins.list[ConfigEvent]:
         """Make the whole store exactly `objects` (the file source's full view)."""
         stale = [(key, None) for key in self._objects if key not in objects]
         return self.apply([*stale, *objects.items()])

@@ -104,7 +104,10 @@ def test_same_object_in_two_files_first_file_wins(tmp_path: pathlib.Path, source
 
 
 def test_list_documents_and_hidden_files(tmp_path: pathlib.Path, source: FileSource) -> None:
-    write(tmp_path / "list.yaml", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: x}}\n")
+    write(
+        tmp_path / "list.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: x}}\n",
+    )
     write(tmp_path / ".hidden.yaml", NS_A)
     source.scan()
     assert [o["metadata"]["name"] for o in source.store.list("Namespace")] == ["x"]

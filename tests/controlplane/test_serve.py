@@ -81,6 +81,7 @@ def test_new_connections_are_refused_after_sigterm(tmp_path: pathlib.Path) -> No
 def test_missing_config_dir_is_a_clear_startup_error(tmp_path: pathlib.Path) -> None:
     result = subprocess.run(
         [*meshplane_cmd(), "serve", "--config-dir", str(tmp_path / "absent"), "--state-dir", str(tmp_path / "s")],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,7 +103,7 @@ def test_port_in_use_names_the_address(tmp_path: pathlib.Path) -> None:
                 "--http-addr", f"127.0.0.1:{free_port()}", "--monitoring-addr", f"127.0.0.1:{free_port()}",
                 "--webhook-addr", f"127.0.0.1:{port}",
             ],
-            capture_output=True, text=True, timeout=60,
+            check=False, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 2
     assert f"127.0.0.1:{port}" in result.stderr and "webhook" in result.stderr

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
+import json
 import os
 import pathlib
 import signal
@@ -20,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -82,7 +86,9 @@ def meshplane_cmd() -> list[str]:
     return [sys.executable, "-m", "controlplane"]
 
 
-def start_serve(tmp_path: pathlib.Path, *extra: str, ready_timeout: float = 60.0, env: dict[str, str] | None = None) -> Running:
+def start_serve(
+    tmp_path: pathlib.Path, *extra: str, ready_timeout: float = 60.0, env: dict[str, str] | None = None
+) -> Running:
     state_dir = tmp_path / "state"
     config_dir: pathlib.Path | None = None
     args = list(extra)
@@ -107,18 +113,81 @@ def start_serve(tmp_path: pathlib.Path, *extra: str, ready_timeout: float = 60.0
         *args,
     ]  # fmt: skip
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     running = Running(proc=proc, state_dir=state_dir, config_dir=config_dir, log_path=log_path, ports=ports)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"meshplane serve exited with {proc.returncode}:\n{running.logs()}")
-        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-            with urllib.request.urlopen(f"{running.http_url}/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return running
+        with (
+            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+            urllib.request.urlopen(f"{running.http_url}/ready", timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return running
         time.sleep(0.1)
     running.stop()
     raise RuntimeError(f"meshplane serve not ready within {ready_timeout}s:\n{running.logs()}")
+
+
+class _MeshHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 that verifies the certificate for SERVER_NAME (a SAN it really has)."""
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._mesh_context.wrap_socket(sock, server_hostname=SERVER_NAME)
+
+    _mesh_context: ssl.SSLContext
+
+
+def post_webhook(
+    running: Running,
+    body: bytes,
+    *,
+    path: str = "/inject",
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """POST to the webhook over verified TLS; (HTTP status, parsed JSON body or raw text)."""
+    conn = _MeshHTTPSConnection("127.0.0.1", running.ports["webhook"], timeout=30)
+    conn._mesh_context = running.client_ssl_context()
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(data)
+    except ValueError:
+        return resp.status, data.decode(errors="replace")
+
+
+def admission_review(
+    pod: Any, *, namespace: str = "default", uid: str = "test-uid", operation: str = "CREATE"
+) -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": operation,
+                "object": pod,
+            },
+        }
+    ).encode()
+
+
+def apply_response(pod: Any, response: Any) -> Any:
+    """The pod after the AdmissionReview response's JSONPatch (checked with the jsonpatch library)."""
+    import jsonpatch
+
+    if "patch" not in response:
+        return pod
+    assert response.get("patchType") == "JSONPatch", response
+    patch = json.loads(base64.b64decode(response["patch"]))
+    return jsonpatch.apply_patch(pod, patch)

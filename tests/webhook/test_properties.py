@@ -1,0 +1,215 @@
+"""Property tests: generated pods always get a patch that applies and injection is idempotent;
+generated malformed AdmissionReview bodies never get a 5xx from the real HTTPS webhook."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonpatch
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controlplane.model.store import ConfigStore
+from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
+from webhook.config import InjectionConfigWatcher
+from webhook.service import Injector
+
+# -- generated pods ----------------------------------------------------------------------------
+
+names = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True).filter(lambda n: n != "istio-proxy")
+port_numbers = st.integers(min_value=1, max_value=65535).filter(lambda p: p not in {15020, 15021, 15090})
+
+
+@st.composite
+def containers(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    ports = draw(st.lists(st.tuples(names, port_numbers), max_size=3, unique_by=(lambda p: p[0], lambda p: p[1])))
+    container: dict[str, Any] = {"name": name, "image": draw(st.sampled_from(["app:1", "registry.local/x/y:2.3"]))}
+    if ports:
+        container["ports"] = [{"name": f"p-{n}"[:15], "containerPort": p} for n, p in ports]
+    targets: list[Any] = [p for _, p in ports] + [c["name"] for c in container.get("ports", [])] or [8080]
+    for probe_kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        handler = draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    lambda port, path: {"httpGet": {"path": path, "port": port}},
+                    st.sampled_from(targets),
+                    st.sampled_from(["/", "/healthz", "/ready?x=1"]),
+                ),
+                st.builds(lambda port: {"tcpSocket": {"port": port}}, st.sampled_from(targets)),
+                st.builds(
+                    lambda port: {"grpc": {"port": port}},
+                    st.sampled_from([t for t in targets if isinstance(t, int)] or [9000]),
+                ),
+                st.just({"exec": {"command": ["true"]}}),
+            )
+        )
+        if handler is not None:
+            handler.update(
+                draw(
+                    st.fixed_dictionaries(
+                        {}, optional={"periodSeconds": st.integers(1, 30), "timeoutSeconds": st.integers(1, 5)}
+                    )
+                )
+            )
+            container[probe_kind] = handler
+    if draw(st.booleans()):
+        container["env"] = [
+            {"name": f"E{i}", "value": v} for i, v in enumerate(draw(st.lists(st.text(max_size=5), max_size=3)))
+        ]
+    return container
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> dict[str, Any]:
+    container_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    init_names = draw(st.lists(names.filter(lambda n: n not in container_names), max_size=2, unique=True))
+    annotations = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "sidecar.istio.io/nativeSidecar": st.sampled_from(["true", "false"]),
+                "sidecar.istio.io/interceptionMode": st.sampled_from(["REDIRECT", "TPROXY", "NONE"]),
+                "sidecar.istio.io/rewriteAppHTTPProbers": st.sampled_from(["true", "false"]),
+                "traffic.sidecar.istio.io/excludeOutboundPorts": st.sampled_from(["5432", "5432,6379"]),
+                "traffic.sidecar.istio.io/includeOutboundIPRanges": st.sampled_from(["*", "10.0.0.0/8"]),
+                "inject.istio.io/templates": st.sampled_from(["sidecar", "grpc-agent"]),
+                "prometheus.io/port": st.sampled_from(["9090", "8080"]),
+                "sidecar.istio.io/proxyCPU": st.sampled_from(["50m", "1"]),
+            },
+        )
+    )
+    if (
+        annotations.get("inject.istio.io/templates") == "grpc-agent"
+        and "sidecar.istio.io/interceptionMode" in annotations
+    ):
+        annotations["sidecar.istio.io/interceptionMode"] = "NONE"  # proxyless gRPC intercepts nothing
+    labels = draw(st.dictionaries(st.sampled_from(["app", "version", "tier"]), names, max_size=3))
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": draw(names), "labels": labels, "annotations": annotations},
+        "spec": {"containers": [draw(containers(n)) for n in container_names]},
+    }
+    if init_names:
+        pod["spec"]["initContainers"] = [{"name": n, "image": "init:1"} for n in init_names]
+    if draw(st.booleans()):
+        pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    if draw(st.booleans()):
+        pod["spec"]["serviceAccountName"] = draw(names)
+    return pod
+
+
+@pytest.fixture(scope="module")
+def injector() -> Injector:
+    store = ConfigStore()
+    config = InjectionConfigWatcher(
+        store, namespace="istio-system", injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
+    )
+    return Injector(
+        store=store,
+        config=config,
+        revision="default",
+        discovery_address="istiod.istio-system.svc:15012",
+        trust_domain="cluster.local",
+        cluster_id="Kubernetes",
+    )
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(pod=pods())
+def test_patch_applies_and_injection_is_idempotent(injector: Injector, pod: dict[str, Any]) -> None:
+    original = copy.deepcopy(pod)
+    first = injector.admit(pod, namespace="shop")
+    assert pod == original, "admit() must not modify its input"
+    assert first.allowed, first.error
+    assert first.patch, "an injectable pod must get a patch"
+    injected = jsonpatch.apply_patch(pod, first.patch)
+    assert any(
+        c["name"] == "istio-proxy" for c in injected["spec"].get("initContainers", []) + injected["spec"]["containers"]
+    )
+    second = injector.admit(injected, namespace="shop")
+    assert second.allowed, second.error
+    again = jsonpatch.apply_patch(injected, second.patch or [])
+    assert again == injected
+
+
+# -- malformed bodies over the wire ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    running = start_serve(tmp_path_factory.mktemp("props"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+VALID = json.loads(
+    admission_review(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [
+                    {"name": "a", "ports": [{"containerPort": 80}], "readinessProbe": {"httpGet": {"port": 80}}}
+                ]
+            },
+        }
+    )
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def mutated_reviews(draw: st.DrawFn) -> bytes:
+    doc = copy.deepcopy(VALID)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(doc)))
+        if not path:
+            doc = draw(json_values)
+            break
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = draw(json_values)
+    return json.dumps(doc).encode()
+
+
+bodies = st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()), mutated_reviews())
+
+
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(body=bodies)
+def test_malformed_bodies_never_get_a_5xx(webhook: Running, body: bytes) -> None:
+    status, review = post_webhook(webhook, body)
+    assert status < 500, review
+    assert isinstance(review, dict) and review.get("kind") == "AdmissionReview", review
+    if status != 200:
+        assert review["response"]["allowed"] is False and review["response"]["status"]["message"]
