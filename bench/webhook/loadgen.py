@@ -17,12 +17,19 @@ import aiohttp
 
 
 async def _worker(
-    *, session: aiohttp.ClientSession, url: str, body: bytes, deadline: float, lat: list[float], errors: list[str]
+    *,
+    session: aiohttp.ClientSession,
+    server_name: str,
+    url: str,
+    body: bytes,
+    deadline: float,
+    lat: list[float],
+    errors: list[str],
 ) -> None:
     headers = {"Content-Type": "application/json"}
     while time.perf_counter() < deadline:
         start = time.perf_counter()
-        async with session.post(url, data=body, headers=headers) as resp:
+        async with session.post(url, data=body, headers=headers, server_hostname=server_name) as resp:
             payload = await resp.read()
             if resp.status != 200:
                 errors.append(f"HTTP {resp.status}: {payload[:200]!r}")
@@ -34,12 +41,20 @@ async def run(
     url: str, body: bytes, *, cafile: str, server_name: str, concurrency: int, seconds: float, warmup: float
 ) -> dict[str, object]:
     ctx = ssl.create_default_context(cafile=cafile)
-    connector = aiohttp.TCPConnector(ssl=ctx, limit=concurrency, server_hostname=server_name)  # type: ignore[call-arg]
+    connector = aiohttp.TCPConnector(ssl=ctx, limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         warm: list[float] = []
         await asyncio.gather(
             *(
-                _worker(session=session, url=url, body=body, deadline=time.perf_counter() + warmup, lat=warm, errors=[])
+                _worker(
+                    session=session,
+                    server_name=server_name,
+                    url=url,
+                    body=body,
+                    deadline=time.perf_counter() + warmup,
+                    lat=warm,
+                    errors=[],
+                )
                 for _ in range(concurrency)
             )
         )
@@ -49,7 +64,15 @@ async def run(
         deadline = started + seconds
         await asyncio.gather(
             *(
-                _worker(session=session, url=url, body=body, deadline=deadline, lat=lat, errors=errors)
+                _worker(
+                    session=session,
+                    server_name=server_name,
+                    url=url,
+                    body=body,
+                    deadline=deadline,
+                    lat=lat,
+                    errors=errors,
+                )
                 for _ in range(concurrency)
             )
         )
