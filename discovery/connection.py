@@ -18,6 +18,8 @@ subscribed names get a response; a NACK is recorded and not answered; an ACK upd
 from __future__ import annotations
 
 import enum
+import sys
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -73,10 +75,31 @@ class SotwRequest:
     error: str | None = None  # error_detail.message, or None when there is no error_detail
 
 
+_CANONICAL: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
+_CANONICAL_LIMIT = 4096
+
+
+def canonical(names: Iterable[str]) -> frozenset[str]:
+    """One shared, interned frozenset per distinct subscription (memoized, LRU-bounded).
+
+    A thousand proxies subscribed to the same thousand clusters then hold one set between them,
+    and caches keyed by the subscription hit by identity."""
+    key = frozenset(names)
+    found = _CANONICAL.get(key)
+    if found is not None:
+        _CANONICAL.move_to_end(key)
+        return found
+    shared = frozenset(sys.intern(name) for name in key)
+    _CANONICAL[shared] = shared
+    while len(_CANONICAL) > _CANONICAL_LIMIT:
+        _CANONICAL.popitem(last=False)
+    return shared
+
+
 def _subscription(type_url: str, names: Iterable[str]) -> tuple[frozenset[str], bool]:
     requested = frozenset(names)
     wildcard = type_url in WILDCARD_TYPES and (not requested or "*" in requested)
-    return requested - {"*"}, wildcard
+    return canonical(requested - {"*"}), wildcard
 
 
 def should_respond(watched: Watched | None, request: SotwRequest, *, now: float) -> tuple[Decision, Watched]:
@@ -133,7 +156,7 @@ def should_respond_delta(
             return Decision.NACK, replace(state, error=request.error, nonce_nacked=request.response_nonce), frozenset()
         return Decision.INITIAL, state, names
     wildcard = (watched.wildcard or "*" in subscribe) and "*" not in unsubscribe
-    names = (watched.names | subscribe) - unsubscribe - {"*"}
+    names = canonical((watched.names | subscribe) - unsubscribe - {"*"})
     known = {k: v for k, v in watched.known.items() if k not in unsubscribe}
     added = names - watched.names
     state = replace(watched, names=names, wildcard=wildcard, known=MappingProxyType(known))

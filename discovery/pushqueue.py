@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -57,15 +58,26 @@ class PushRequest:
         )
 
     def of_kind(self, kind: UpdateKind) -> frozenset[str]:
-        return changes_of(self.updates, kind)
+        return _of_kind(self.updates, kind)
 
     def has(self, *kinds: UpdateKind) -> bool:
-        return any(u.kind in kinds for u in self.updates)
+        present = _kinds(self.updates)
+        return any(kind in present for kind in kinds)
 
     def __str__(self) -> str:
         shown = ", ".join(str(u) for u in sorted(self.updates, key=lambda u: u.sort_key)[:5])
         more = f" and {len(self.updates) - 5} more" if len(self.updates) > 5 else ""
         return f"{'full' if self.full else 'incremental'} push ({shown}{more})"
+
+
+@functools.lru_cache(maxsize=256)
+def _of_kind(updates: frozenset[ConfigUpdate], kind: UpdateKind) -> frozenset[str]:
+    return changes_of(updates, kind)
+
+
+@functools.lru_cache(maxsize=256)
+def _kinds(updates: frozenset[ConfigUpdate]) -> frozenset[UpdateKind]:
+    return frozenset(u.kind for u in updates)
 
 
 class Debouncer:

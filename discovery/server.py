@@ -129,3 +129,7 @@ class AdsServer:
         except StreamRefused as exc:
             HOOKS.rejected_stream(context.peer(), exc.details)
             await context.abort(exc.code, exc.details)
+        except Exception:
+            if context.cancelled() or context.done():
+                return  # the client went away while we were writing to it
+            raise

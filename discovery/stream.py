@@ -70,6 +70,7 @@ class StreamBase(Generic[R]):
         self._pending: PushRequest | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._view: ProxyView | None = None
+        self._view_key: tuple[tuple[int, int, int], tuple[Any, ...]] | None = None
         self.conn: Connection | None = None
         self.table: Mapping[str, Generator] = {}
         self.closed = False
@@ -172,9 +173,20 @@ class StreamBase(Generic[R]):
         return waiter
 
     def view(self, snapshot: MeshSnapshot) -> ProxyView:
+        """The proxy's view, rebuilt only when something it reads changed (not on endpoint changes)."""
         assert self.conn is not None
-        if self._view is None or self._view.snapshot_version != snapshot.version:
-            self._view = ProxyView.build(self.conn.proxy, snapshot)
+        proxy = self.conn.proxy
+        workloads = tuple(snapshot.workloads_by_ip.get(ip) for ip in proxy.ip_addresses)
+        key = (snapshot.services_version, snapshot.policy_version, snapshot.mesh_version)
+        cached = self._view_key
+        if (
+            self._view is None
+            or cached is None
+            or cached[0] != key
+            or any(a is not b for a, b in zip(cached[1], workloads, strict=True))
+        ):
+            self._view = ProxyView.build(proxy, snapshot)
+            self._view_key = (key, workloads)
         return self._view
 
     def context(self, snapshot: MeshSnapshot, request: PushRequest | None) -> GenContext:

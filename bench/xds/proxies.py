@@ -48,6 +48,8 @@ def _name(value: bytes) -> str:
 
 
 class SimProxy:
+    """A SotW client."""
+
     def __init__(self, target: str, index: int, progress: asyncio.Event) -> None:
         self.index = index
         self.progress = progress
@@ -89,10 +91,7 @@ class SimProxy:
                     version_info=response.version_info,
                 )
             )
-            version = int(response.version_info) if response.version_info.isdigit() else -1
             complete = type_url != ENDPOINT or set(names) >= self.eds_names
-            self.acks[type_url].append((version, time.time(), complete))
-            self.progress.set()
             if type_url == CLUSTER:
                 clusters = frozenset(n for n in names if n.startswith("outbound|"))
                 if clusters != self.eds_names:
@@ -109,8 +108,14 @@ class SimProxy:
             elif type_url == LISTENER and not rds_requested:
                 rds_requested = True
                 await call.write(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["80"]))
-            if self.synced_at is None and all(self.acks[t] for t in SHORT) and self._eds_complete():
-                self.synced_at = time.time()
+            self._record(type_url, response.version_info, complete)
+
+    def _record(self, type_url: str, version_info: str, complete: bool) -> None:
+        version = int(version_info) if version_info.isdigit() else -1
+        self.acks[type_url].append((version, time.time(), complete))
+        self.progress.set()
+        if self.synced_at is None and all(self.acks[t] for t in SHORT) and self._eds_complete():
+            self.synced_at = time.time()
 
     def _eds_complete(self) -> bool:
         return any(complete for _, _, complete in self.acks[ENDPOINT])
@@ -129,14 +134,55 @@ class SimProxy:
         return max(times)
 
 
+class DeltaSimProxy(SimProxy):
+    """A Delta client: tracks the versions it holds, subscribes EDS to new clusters, unsubscribes gone ones."""
+
+    async def run(self) -> None:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).DeltaAggregatedResources()
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=self.node))
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER))
+        known: dict[str, dict[str, str]] = {t: {} for t in SHORT}
+        rds_requested = False
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return
+            type_url = response.type_url
+            held = known[type_url]
+            for resource in response.resources:
+                held[resource.name] = resource.version
+            for name in response.removed_resources:
+                held.pop(name, None)
+            await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce))
+            if type_url == CLUSTER:
+                clusters = frozenset(n for n in held if n.startswith("outbound|"))
+                added, gone = clusters - self.eds_names, self.eds_names - clusters
+                if added or gone:
+                    self.eds_names = clusters
+                    await call.write(
+                        discovery_pb2.DeltaDiscoveryRequest(
+                            type_url=ENDPOINT,
+                            resource_names_subscribe=sorted(added),
+                            resource_names_unsubscribe=sorted(gone),
+                        )
+                    )
+            elif type_url == LISTENER and not rds_requested:
+                rds_requested = True
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ROUTE, resource_names_subscribe=["80"]))
+            complete = type_url != ENDPOINT or self.eds_names <= held.keys()
+            self._record(type_url, response.system_version_info, complete)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--delta", action="store_true", help="use Delta ADS instead of State of the World")
     args = parser.parse_args()
+    kind = DeltaSimProxy if args.delta else SimProxy
     progress = asyncio.Event()
-    proxies = [SimProxy(args.target, i, progress) for i in range(args.first, args.first + args.count)]
+    proxies = [kind(args.target, i, progress) for i in range(args.first, args.first + args.count)]
 
     async def until(done: Any, deadline: float) -> None:
         while not done() and (remaining := deadline - time.monotonic()) > 0:

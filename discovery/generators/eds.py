@@ -11,6 +11,8 @@ affected clusters (SotW EDS is not a wildcard type: unsent clusters keep their e
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from itertools import groupby
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
@@ -80,9 +82,15 @@ def resource(snapshot: MeshSnapshot, cache: XdsCache, name: str) -> Resource:
     return cache.resource(ENDPOINT, name, key=(port, revision), build=lambda: load_assignment(name, eps))
 
 
-def _host(name: str) -> str:
-    parsed = c.parse_outbound(name)
-    return parsed[2] if parsed else ""
+@functools.lru_cache(maxsize=1024)
+def _by_host(names: frozenset[str]) -> Mapping[str, tuple[str, ...]]:
+    """Subscribed cluster names grouped by service hostname (shared by equal subscriptions)."""
+    out: dict[str, list[str]] = {}
+    for name in names:
+        parsed = c.parse_outbound(name)
+        if parsed is not None:
+            out.setdefault(parsed[2], []).append(name)
+    return {host: tuple(sorted(items)) for host, items in out.items()}
 
 
 class EndpointGenerator:
@@ -91,14 +99,13 @@ class EndpointGenerator:
     def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
         if request.full:
             return request.has(UpdateKind.SERVICE, UpdateKind.MESH, UpdateKind.ENDPOINTS) or not request.updates
-        changed = request.of_kind(UpdateKind.ENDPOINTS)
-        return any(_host(name) in changed for name in watched.names)
+        return not _by_host(watched.names).keys().isdisjoint(request.of_kind(UpdateKind.ENDPOINTS))
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, request = ctx.snapshot, ctx.cache, ctx.request
         if request is not None and not request.has(UpdateKind.SERVICE, UpdateKind.MESH) and request.updates:
-            changed = request.of_kind(UpdateKind.ENDPOINTS)
-            names = sorted(n for n in watched.names if _host(n) in changed)
+            by_host = _by_host(watched.names)
+            names = sorted(n for host in request.of_kind(UpdateKind.ENDPOINTS) for n in by_host.get(host, ()))
             group = ResourceGroup([resource(snap, cache, n) for n in names])
             return Generated(groups=(group,), complete=False)
         group = cache.group(

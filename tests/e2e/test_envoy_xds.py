@@ -237,6 +237,16 @@ def test_proxy_status_config_dump_and_registryz(mesh: Mesh) -> None:
         clusters = {c["cluster"]["name"] for c in dump["configs"][0]["dynamicActiveClusters"]}
         assert clusters == {c for c in envoy.clusters() if c not in ("xds-grpc", "sds-grpc")}
 
+        with urllib.request.urlopen(mesh.serve.metrics_url, timeout=10) as resp:
+            metrics = resp.read().decode()
+        for sample in (
+            'pilot_xds_pushes{type="cds"}',
+            "pilot_xds_push_time_bucket",
+            "pilot_debounce_time",
+        ):
+            assert sample in metrics, sample
+        assert "\npilot_xds " in metrics  # the connected-clients gauge
+
         registry = get_json(f"{mesh.serve.http_url}/debug/registryz")
         assert len(registry["services"]) == SERVICES + 1
         assert registry["problems"] == []
