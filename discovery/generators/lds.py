@@ -20,6 +20,7 @@ NONE (no iptables; every listener binds its own socket). Port layout:
 - inbound: `<pod IP>_<target port>` bound on the pod's address and target port, with the same mTLS
   filter chains as above; it forwards to the application on 127.0.0.1:<target port>, so the
   application must listen on loopback only.
+Binding ports below 1024 needs CAP_NET_BIND_SERVICE for Envoy's user, as in Istio.
 """
 
 from __future__ import annotations
