@@ -70,7 +70,7 @@ class ControlPlane:
             except FileNotFoundError as exc:
                 raise SettingsError(f"--config-dir: {exc}") from None
             self.store.mark_synced()
-            self.tasks.start("config-dir-watch", self._watch_files(self.file_source))
+            self.tasks.start("config-dir-watch", self.file_source.watch())
 
         hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=s.serving_hosts)
         try:
@@ -208,14 +208,6 @@ class ControlPlane:
         except CaError:
             return []
         return list(caller.identities)
-
-    async def _watch_files(self, source: FileSource) -> None:
-        while True:
-            await asyncio.sleep(source.poll_interval)
-            try:
-                source.scan()
-            except FileNotFoundError as exc:
-                log.error("%s; keeping the last good config", exc)
 
     def _readiness(self) -> Mapping[str, bool]:
         checks = {f"{name} server": bound for name, bound in self._bound.items()}

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -22,22 +21,18 @@ from discovery.connection import Decision, DeltaRequest, Watched, should_respond
 from discovery.generators import Generated
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
-from discovery.stream import StreamBase
+from discovery.stream import StreamBase, error_detail
 
 
 class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
     delta = True
 
-    def node_of(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Any:
-        return request.node if request.HasField("node") else None
-
     async def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         conn = self.conn
         assert conn is not None
         type_url = request.type_url
-        generator = self.table.get(type_url)
+        generator = self.generator_for(type_url)
         if generator is None:
-            HOOKS.unknown_type(conn, type_url)
             return
         view = DeltaRequest(
             type_url=type_url,
@@ -45,17 +40,10 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
             subscribe=tuple(request.resource_names_subscribe),
             unsubscribe=tuple(request.resource_names_unsubscribe),
             initial_versions=dict(request.initial_resource_versions),
-            error=request.error_detail.message or f"code {request.error_detail.code}"
-            if request.HasField("error_detail")
-            else None,
+            error=error_detail(request),
         )
         decision, state, added = should_respond_delta(conn.watched.get(type_url), view, now=time.time())
-        conn.watched[type_url] = state
-        HOOKS.request(conn, type_url, decision)
-        if decision is Decision.NACK:
-            conn.nacks += 1
-            HOOKS.nack(conn, type_url, state.error or "")
-        if not decision.respond:
+        if not self.record(type_url, decision, state):
             return
         snapshot = self.service.snapshot()
         generated = generator.generate(self.context(snapshot, None), state)

@@ -9,47 +9,35 @@ only the changed resources (the others stay as they are on the client).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from discovery.connection import Decision, SotwRequest, Watched, should_respond
+from discovery.connection import SotwRequest, Watched, should_respond
 from discovery.generators import Generated
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
-from discovery.stream import StreamBase
+from discovery.stream import StreamBase, error_detail
 
 
 class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
     delta = False
 
-    def node_of(self, request: discovery_pb2.DiscoveryRequest) -> Any:
-        return request.node if request.HasField("node") else None
-
     async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         conn = self.conn
         assert conn is not None
         type_url = request.type_url
-        generator = self.table.get(type_url)
+        generator = self.generator_for(type_url)
         if generator is None:
-            HOOKS.unknown_type(conn, type_url)
             return
         view = SotwRequest(
             type_url=type_url,
             version_info=request.version_info,
             response_nonce=request.response_nonce,
             resource_names=tuple(request.resource_names),
-            error=request.error_detail.message or f"code {request.error_detail.code}"
-            if request.HasField("error_detail")
-            else None,
+            error=error_detail(request),
         )
         decision, state = should_respond(conn.watched.get(type_url), view, now=time.time())
-        conn.watched[type_url] = state
-        HOOKS.request(conn, type_url, decision)
-        if decision is Decision.NACK:
-            conn.nacks += 1
-            HOOKS.nack(conn, type_url, state.error or "")
-        if not decision.respond:
+        if not self.record(type_url, decision, state):
             return
         snapshot = self.service.snapshot()
         ctx = self.context(snapshot, None)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import grpc
 
 from controlplane.model.registry import MeshSnapshot
-from discovery.connection import Connection, Watched
+from discovery.connection import Connection, Decision, Watched
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
 from discovery.metrics import HOOKS
 from discovery.proxy import NodeError, Proxy, parse_node
@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 INBOX_LIMIT = 64
 _EOF = object()
+
+
+def error_detail(request: Any) -> str | None:
+    """The NACK message of a request, or None for an ACK or a first request."""
+    if not request.HasField("error_detail"):
+        return None
+    return str(request.error_detail.message or f"code {request.error_detail.code}")
 
 
 class StreamRefused(Exception):
@@ -77,7 +84,26 @@ class StreamBase(Generic[R]):
 
     # -- hooks for subclasses ----------------------------------------------------------------------
     def node_of(self, request: R) -> Any:
-        raise NotImplementedError
+        return request.node if request.HasField("node") else None  # type: ignore[attr-defined]
+
+    def generator_for(self, type_url: str) -> Any:
+        """The generator for `type_url`, or None (counted and logged; the stream stays open)."""
+        assert self.conn is not None
+        generator = self.table.get(type_url)
+        if generator is None:
+            HOOKS.unknown_type(self.conn, type_url)
+        return generator
+
+    def record(self, type_url: str, decision: Decision, state: Watched) -> bool:
+        """Store the new per-type state, count the request (and a NACK); True if a response is due."""
+        conn = self.conn
+        assert conn is not None
+        conn.watched[type_url] = state
+        HOOKS.request(conn, type_url, decision)
+        if decision is Decision.NACK:
+            conn.nacks += 1
+            HOOKS.nack(conn, type_url, state.error or "")
+        return bool(decision.respond)
 
     async def handle(self, request: R) -> None:
         raise NotImplementedError

@@ -197,13 +197,12 @@ class FileSource:
         if events:
             log.info("config dir applied", extra={"objects": len(merged), "changes": len(events)})
 
-    async def run(self) -> None:
-        """Scan now, mark the store synced, then poll until cancelled."""
-        self.scan()
-        self.store.mark_synced()
+    async def watch(self) -> None:
+        """Poll for edits until cancelled (call `scan()` once first). A directory that disappears
+        is logged at every poll and the last good config stays."""
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
                 self.scan()
             except FileNotFoundError as exc:
-                log.error("%s", exc)
+                log.error("%s; keeping the last good config", exc)
