@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from webhook.service import Injector
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -113,7 +116,8 @@ def review(body: bytes, *, injector: Injector, cluster: str | None = None, netwo
     try:
         admission = injector.admit(pod, namespace=str(namespace), cluster=cluster, network=network)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        # A pod whose fields have the wrong shape (e.g. a string where a list belongs).
+        # A pod shape the injector's own checks missed: answer precisely, and log it as a defect.
+        log.error("pod shape not caught by validation (uid %s)", uid, exc_info=True)
         message = f"request.object is not a valid Pod: {exc.__class__.__name__}: {exc}"
         return Outcome(400, error_body(message, uid=uid), "failure", "invalid_pod")
     response: dict[str, Any] = {"uid": uid, "allowed": admission.allowed}
