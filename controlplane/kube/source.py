@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 NAMESPACES = Resource(group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False)
 CONFIGMAPS = Resource(group="", version="v1", plural="configmaps", kind="ConfigMap", namespaced=True)
+SERVICES = Resource(group="", version="v1", plural="services", kind="Service", namespaced=True)
+PODS = Resource(group="", version="v1", plural="pods", kind="Pod", namespaced=True)
+ENDPOINTSLICES = Resource(
+    group="discovery.k8s.io", version="v1", plural="endpointslices", kind="EndpointSlice", namespaced=True
+)
 
 
 class Scope(enum.Enum):
@@ -60,11 +65,16 @@ class WatchedKind:
         return f"{self.resource}@{self.scope.value}" + (f"[{selectors}]" if selectors else "")
 
 
-# What the control plane reads today: namespace labels (injection policy) and its own ConfigMaps
-# (injector and mesh config). The xDS work adds Services, EndpointSlices and Pods here.
+# What the control plane reads: namespace labels (injection policy), its own ConfigMaps (injector
+# and mesh config), and the service registry (Services, EndpointSlices, Pods) for xDS.
+# PeerAuthentication (an Istio CRD) is read in local mode only until CRD discovery handles a
+# cluster without Istio's CRDs installed.
 DEFAULT_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(resource=NAMESPACES, scope=Scope.CLUSTER),
     WatchedKind(resource=CONFIGMAPS, scope=Scope.CONTROL_PLANE),
+    WatchedKind(resource=SERVICES, scope=Scope.ALL_NAMESPACES),
+    WatchedKind(resource=ENDPOINTSLICES, scope=Scope.ALL_NAMESPACES),
+    WatchedKind(resource=PODS, scope=Scope.ALL_NAMESPACES),
 )
 
 

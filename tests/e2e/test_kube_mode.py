@@ -177,3 +177,54 @@ async def test_unusable_kubeconfig_exits_2_naming_the_file(tmp_path: pathlib.Pat
         _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
         assert proc.returncode == 2
         assert f"--kubeconfig: {path} {problem}" in err.decode()
+
+
+SERVICE_AND_ENDPOINTS = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  selector: {app: cart}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: cart-abc12
+  namespace: shop
+  labels: {kubernetes.io/service-name: cart}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.1.0.7]
+  conditions: {ready: true}
+"""
+
+
+async def test_services_and_endpoints_applied_with_kubectl_reach_the_registry(
+    serve_kube: Running, kubectl: Kubectl
+) -> None:
+    await kubectl.apply(SERVICE_AND_ENDPOINTS)
+
+    async def cart_endpoints() -> list[str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{serve_kube.http_url}/debug/registryz") as resp,
+        ):
+            registry = await resp.json()
+        for service in registry["services"]:
+            if service["hostname"] == "cart.shop.svc.cluster.local":
+                return [e["address"] for e in service["endpoints"]]
+        return []
+
+    assert await eventually(cart_endpoints, what="cart's endpoint in /debug/registryz") == ["10.1.0.7"]
+    await kubectl.run("delete", "service", "cart", "-n", "shop")
+    await eventually(lambda: _gone(cart_endpoints), what="cart gone from the registry")
+
+
+async def _gone(check: Any) -> bool:
+    return not await check()
