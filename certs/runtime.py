@@ -9,7 +9,7 @@ reconciler (certs.rootdist), all through the seams documented in those modules.
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import datetime as dt
 import pathlib
 from collections.abc import Coroutine, Sequence
@@ -26,6 +26,7 @@ from certs.rotation import RootRotator, ServingRotator
 from certs.service import CertificateService
 from certs.serving import ServingCertificate
 from certs.signing import MAX_TTL, SigningPolicy
+from certs.signpool import SigningPool, default_workers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,10 +37,22 @@ class CaRuntime:
     service: CertificateService
     root_rotator: RootRotator
     serving_rotator: ServingRotator
+    pool: SigningPool | None = None
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
-        """Named background tasks to start: root rotation and serving-certificate rotation."""
-        return {"ca-root-rotation": self.root_rotator.run(), "serving-cert-rotation": self.serving_rotator.run()}
+        """Named background tasks to start: root rotation, serving-certificate rotation and, with signing
+        workers, one that stops them when cancelled."""
+        tasks = {"ca-root-rotation": self.root_rotator.run(), "serving-cert-rotation": self.serving_rotator.run()}
+        if self.pool is not None:
+            tasks["ca-signing-workers"] = _close_on_cancel(self.pool)
+        return tasks
+
+
+async def _close_on_cancel(pool: SigningPool) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await pool.close()
 
 
 async def build_ca(
@@ -48,21 +61,33 @@ async def build_ca(
     serving_hosts: tuple[str, ...],
     authenticators: Sequence[Authenticator],
     max_ttl: dt.timedelta = MAX_TTL,
-    executor: concurrent.futures.Executor | None = None,
+    workers: int | None = 0,
 ) -> CaRuntime:
     """Load (or create) the key material and assemble everything around it.
 
     `authenticators` may be empty when a `ClientCertAuthenticator` is the only one wanted; it is always
-    tried first. Raises KeyMaterialError for unusable stored material.
+    tried first. `workers` signing processes are started (None: `default_workers()`; 0: the event loop
+    signs) and follow every change of the CA's authority; the runtime's tasks stop them. Raises
+    KeyMaterialError for unusable stored material, ValueError for a negative `workers`, OSError when a
+    worker cannot be started.
     """
+    if workers is None:
+        workers = default_workers()
+    if workers < 0:
+        raise ValueError(f"workers: {workers} must not be negative")
     authority = await store.load_or_create()
     ca = CertificateAuthority(authority)
     serving = ServingCertificate(authority, hosts=serving_hosts)
+    pool = None
+    if workers:
+        pool = SigningPool(workers=workers, authority=authority)
+        await pool.start()
+        ca.subscribe(pool.set_authority)
     service = CertificateService(
         ca=ca,
         authenticators=[ClientCertAuthenticator(issuers=ca.trusted_issuers), *authenticators],
         policy=SigningPolicy(max_ttl=max_ttl),
-        executor=executor,
+        pool=pool,
     )
     return CaRuntime(
         ca=ca,
@@ -71,6 +96,7 @@ async def build_ca(
         service=service,
         root_rotator=RootRotator(ca=ca, store=store),
         serving_rotator=ServingRotator(serving=serving, ca=ca),
+        pool=pool,
     )
 
 
@@ -80,12 +106,12 @@ async def local_ca(
     trust_domain: str,
     serving_hosts: tuple[str, ...],
     max_ttl: dt.timedelta = MAX_TTL,
-    executor: concurrent.futures.Executor | None = None,
+    workers: int | None = 0,
 ) -> CaRuntime:
     """Local mode: key material in `state_dir` (`cacerts/` plug-in or `ca/` self-signed), the trust
     bundle published to `<state_dir>/root-cert.pem`, and `meshplane token` tokens accepted.
 
-    Raises KeyMaterialError (including TokenKeyError) for unusable files, naming them.
+    `workers` as in `build_ca`. Raises KeyMaterialError (including TokenKeyError) for unusable files, naming them.
     """
     token_key = load_or_create_key(state_dir)
     runtime = await build_ca(
@@ -93,7 +119,7 @@ async def local_ca(
         serving_hosts=serving_hosts,
         authenticators=[LocalTokenAuthenticator(public_key=token_key.public_key(), trust_domain=trust_domain)],
         max_ttl=max_ttl,
-        executor=executor,
+        workers=workers,
     )
     root_file = LocalRootFile(state_dir / "root-cert.pem")
     root_file.publish(runtime.ca.current.root_pem)

@@ -7,6 +7,7 @@ check the CSR, TTL and identity -> sign -> count the issuance. Status codes:
 |---|---|
 | no credentials; expired, forged, wrong-audience or wrong-issuer token; TokenReview says no | UNAUTHENTICATED |
 | an authenticator could not decide (e.g. TokenReview API unreachable) and none succeeded | UNAVAILABLE |
+| the signing worker process died before answering (it is restarted; a retry succeeds) | UNAVAILABLE |
 | CSR asks for an identity the caller does not have (message names both) | PERMISSION_DENIED |
 | malformed PEM, bad CSR signature, weak/unsupported key or curve, several URI SANs, | INVALID_ARGUMENT |
 | negative or above-maximum TTL, CSR over 64 KiB | |
@@ -22,8 +23,6 @@ and never yields a certificate.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -32,16 +31,19 @@ import grpc
 
 from certs import metrics
 from certs.authenticate import AuthenticationError, Authenticator, Caller, Credentials, NoCredentials
-from certs.authority import Authority, now_utc
+from certs.authority import now_utc
 from certs.ca import CertificateAuthority
-from certs.pem import cert_pem
-from certs.signing import Refusal, SigningPolicy, SigningRefused, check_csr, choose_identities, resolve_ttl, sign
+from certs.signing import Refusal, SigningPolicy, SigningRefused
+from certs.signpool import SigningPool, WorkerUnavailable, sign_request
 from protos.gen.istio.v1.auth import ca_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
 METHOD_PATH = f"/{SERVICE_NAME}/CreateCertificate"
+
+#: The verified client leaf certificate (PEM) of a call, or None.
+PeerCertificateLookup = Callable[[grpc.aio.ServicerContext[object, object]], bytes | None]
 
 
 class CaError(Exception):
@@ -59,17 +61,21 @@ class CertificateService:
         ca: CertificateAuthority,
         authenticators: Sequence[Authenticator],
         policy: SigningPolicy | None = None,
-        executor: concurrent.futures.Executor | None = None,
+        pool: SigningPool | None = None,
         clock: Callable[[], dt.datetime] = now_utc,
     ) -> None:
-        """`executor`, when given, runs CSR checking and signing off the event loop."""
+        """`pool`, when given, checks CSRs and signs in worker processes (it must already follow the CA's
+        authority changes, see `certs.runtime`); without it the event loop does that work itself."""
         if not authenticators:
             raise ValueError("the CA needs at least one authenticator")
         self.ca = ca
         self.authenticators = tuple(authenticators)
         self.policy = policy or SigningPolicy()
-        self.executor = executor
+        self.pool = pool
         self.clock = clock
+        #: Finds the verified client certificate of a call. The default reads gRPC's own TLS state; the
+        #: process wiring replaces it when TLS is terminated in front of gRPC (controlplane.tlsfront).
+        self.peer_certificate: PeerCertificateLookup = tls_peer_certificate
 
     # -- transport-independent core ---------------------------------------------------------------
     async def authenticate(self, credentials: Credentials) -> Caller:
@@ -98,14 +104,25 @@ class CertificateService:
         except CaError:
             metrics.authentication_failure_count.inc()
             raise
-        authority = self.ca.current
         now = self.clock()
-        work = _SignJob(csr=csr, validity_seconds=validity_seconds, caller=caller, policy=self.policy, now=now)
         try:
-            if self.executor is None:
-                chain = work.run(authority)
+            if self.pool is None:
+                chain = sign_request(
+                    self.ca.current,
+                    csr=csr,
+                    validity_seconds=validity_seconds,
+                    caller_identities=caller.identities,
+                    policy=self.policy,
+                    now=now,
+                )
             else:
-                chain = await asyncio.get_running_loop().run_in_executor(self.executor, work.run, authority)
+                chain = await self.pool.sign(
+                    csr=csr,
+                    validity_seconds=validity_seconds,
+                    caller_identities=caller.identities,
+                    policy=self.policy,
+                    now=now,
+                )
         except SigningRefused as exc:
             metrics.csr_sign_error_count.inc(reason=exc.reason)
             code = (
@@ -114,6 +131,9 @@ class CertificateService:
                 else grpc.StatusCode.INVALID_ARGUMENT
             )
             raise CaError(code, str(exc)) from None
+        except WorkerUnavailable as exc:
+            metrics.csr_sign_error_count.inc(reason="worker_unavailable")
+            raise CaError(grpc.StatusCode.UNAVAILABLE, f"signing failed: {exc}") from None
         except Exception as exc:
             metrics.csr_sign_error_count.inc(reason="signing_failed")
             log.exception("signing failed")
@@ -131,7 +151,7 @@ class CertificateService:
             metadata={
                 key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
             },
-            peer_certificate_pem=_peer_certificate(context),
+            peer_certificate_pem=self.peer_certificate(context),
         )
         try:
             chain = await self.create_certificate(
@@ -156,26 +176,6 @@ class CertificateService:
         server.add_generic_rpc_handlers((handler,))
 
 
-class _SignJob:
-    """The CPU-bound part of a request, runnable on the loop or in an executor."""
-
-    def __init__(
-        self, *, csr: str, validity_seconds: int, caller: Caller, policy: SigningPolicy, now: dt.datetime
-    ) -> None:
-        self.csr = csr
-        self.validity_seconds = validity_seconds
-        self.caller = caller
-        self.policy = policy
-        self.now = now
-
-    def run(self, authority: Authority) -> list[str]:
-        checked = check_csr(self.csr, policy=self.policy)
-        ttl = resolve_ttl(self.validity_seconds, policy=self.policy)
-        identities = choose_identities(checked.requested_identity, caller_identities=self.caller.identities)
-        leaf = sign(authority, checked, identities=identities, ttl=ttl, now=self.now)[0]
-        return [cert_pem(leaf).decode("ascii"), *authority.chain_tail_pem]
-
-
-def _peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:
-    """The TLS-verified client leaf certificate (PEM), if the connection has one."""
+def tls_peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:
+    """The client leaf certificate (PEM) gRPC verified, if the connection has one (servers requiring client auth)."""
     return next(iter(context.auth_context().get("x509_pem_cert", ())), None)

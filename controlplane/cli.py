@@ -100,6 +100,13 @@ def _serve_parser(sub: Any) -> None:
         default="2160h",
         help="longest workload certificate the CA signs (seconds or 90s, 15m, 2160h); longer requests are refused",
     )
+    _add(
+        p,
+        "--ca-workers",
+        default="auto",
+        help="processes that check CSRs and sign for the CA; 0 signs on the event loop; auto: 0 on one core, "
+        "else one per spare core up to 4",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -119,6 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SettingsError(str(exc)) from None
     if max_ttl.total_seconds() <= 0:
         raise SettingsError("--max-workload-cert-ttl: must be positive")
+    ca_workers = _ca_workers(args.ca_workers)
     if not args.revision or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in args.revision):
         raise SettingsError(f"--revision: {args.revision!r} must be lowercase letters, digits and '-'")
     return Settings(
@@ -139,7 +147,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         grace_period=grace,
         max_workload_cert_ttl=max_ttl.total_seconds(),
+        ca_workers=ca_workers,
     )
+
+
+def _ca_workers(text: str) -> int | None:
+    """`auto` -> None (chosen from the cores at start), else a count 0-64. Raises SettingsError naming the flag."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        workers = int(text)
+    except ValueError:
+        raise SettingsError(f"--ca-workers: {text!r} is not a number of processes or 'auto'") from None
+    if not 0 <= workers <= 64:
+        raise SettingsError(f"--ca-workers: {workers} is out of range 0-64")
+    return workers
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

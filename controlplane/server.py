@@ -80,6 +80,7 @@ class ControlPlane:
                 trust_domain=s.trust_domain,
                 serving_hosts=hosts,
                 max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
+                workers=s.ca_workers,
             )
         except KeyMaterialError as exc:
             raise SettingsError(str(exc)) from None
@@ -104,7 +105,9 @@ class ControlPlane:
 
         self._start_discovery()
         self.grpc = GrpcServers(plaintext_addr=s.grpc_addr, secure_addr=s.secure_grpc_addr, serving=self.serving)
-        # gRPC services register on the shared servers here, before they start.
+        # gRPC services register on the shared servers here, before they start. The secure port's TLS
+        # front end hands the verified client certificate over by connection; the CA and xDS look it up there.
+        self.ca.service.peer_certificate = self.grpc.peer_certificates.for_context
         self.grpc.add(self.ca.service.register, plaintext=False, secure=True)
         self.grpc.add(AdsServer(self.discovery, secure=False).register, plaintext=True, secure=False)
         secure_ads = AdsServer(self.discovery, secure=True, identify=self._xds_identities)
@@ -201,7 +204,7 @@ class ControlPlane:
         """Who is on a secure xDS stream, as the CA would authenticate it (client certificate, then token)."""
         credentials = Credentials(
             metadata={k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)},
-            peer_certificate_pem=next(iter(context.auth_context().get("x509_pem_cert", ())), None),
+            peer_certificate_pem=self.grpc.peer_certificates.for_context(context),
         )
         try:
             caller = await self.ca.service.authenticate(credentials)
@@ -211,6 +214,8 @@ class ControlPlane:
 
     def _readiness(self) -> Mapping[str, bool]:
         checks = {f"{name} server": bound for name, bound in self._bound.items()}
+        if "grpc" in self._bound:  # the secure port's TLS front end must be accepting too
+            checks["grpc server"] = self._bound["grpc"] and self.grpc.listening
         checks["config sync"] = self.store.synced
         for name in ("grpc", "webhook", "http", "monitoring"):
             checks.setdefault(f"{name} server", False)

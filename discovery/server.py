@@ -40,7 +40,11 @@ Identify = Callable[[Context], Awaitable[Sequence[str]]]
 
 
 async def certificate_identities(context: Context) -> Sequence[str]:
-    """The default `Identify`: the SPIFFE ids of the verified client certificate."""
+    """The default `Identify`: the SPIFFE ids of the client certificate gRPC itself verified.
+
+    Only servers where gRPC terminates TLS and requires client certificates have one; behind the
+    shared port's TLS front end the process wiring passes an `identify` that looks it up there.
+    """
     return peer_spiffe_ids(context)
 
 

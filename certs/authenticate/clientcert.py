@@ -1,13 +1,13 @@
 """Authenticate by the caller's TLS client certificate (e.g. an agent renewing with its current cert).
 
-The identities are the `spiffe://` URI SANs of the peer's leaf certificate. gRPC verifies the peer
-chain against the mesh roots during the handshake; this authenticator checks again that the leaf
+The identities are the `spiffe://` URI SANs of the peer's leaf certificate. The TLS layer verifies
+the peer chain against the mesh roots during the handshake; this authenticator checks again that the leaf
 was issued by the CA's current signer or one of the trusted roots and is within its validity,
 so a certificate from another authority is never taken at its word.
 
-Note: grpcio's Python API can either not request a client certificate or require one; it cannot
-request one optionally. The shared :15012 server does not require one (token callers have none),
-so this authenticator only sees certificates on servers configured to require them.
+The certificate comes from `Credentials.peer_certificate_pem`, which the gRPC service fills through
+its `peer_certificate` lookup: on the shared :15012 port that is the TLS front end's record of the
+connection (it asks for a client certificate without requiring one, which grpcio alone cannot do).
 """
 
 from __future__ import annotations

@@ -1,0 +1,361 @@
+"""Worker processes that check CSRs and sign workload certificates off the event loop.
+
+`cryptography` holds the GIL while it verifies and signs, so a thread pool does not add capacity;
+worker processes do. The pool speaks to each worker over its stdin/stdout pipes from the event loop
+itself (no helper threads, unlike `concurrent.futures.ProcessPoolExecutor`, whose per-task thread
+hand-offs cost the loop about as much as the signing they move away).
+
+Contract:
+- every worker holds the current `Authority`: it is sent once when the worker starts and again,
+  on the same pipe, whenever the CA's authority changes (root rotation, new plug-in material), so a
+  request sent after `set_authority` is always signed by the new signer, and the chain a worker
+  returns is always the chain of the key that signed the leaf;
+- `sign(...)` returns the PEM chain (leaf first, root last) or raises the same `SigningRefused` the
+  in-process path raises; a worker that dies fails its in-flight requests with `WorkerUnavailable`
+  and is restarted (with backoff if it keeps dying), so the next request succeeds;
+- `close()` stops every worker; requests after it raise `WorkerUnavailable`.
+
+The frame format on the pipes is a 4-byte big-endian length and a pickle. Both ends are this
+module, started by this process, so nothing untrusted is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import pathlib
+import pickle
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cryptography import x509
+
+from certs.authority import Authority
+from certs.pem import cert_pem, key_pem, load_key
+from certs.signing import Refusal, SigningPolicy, SigningRefused, check_csr, choose_identities, resolve_ttl, sign
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+MAX_WORKERS = 4
+RESTART_BACKOFF_MAX = 5.0
+READY_TIMEOUT = 30.0
+_QUICK_DEATH = 2.0  # a worker that dies sooner than this after starting makes the next restart back off
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[1])  # where `certs` is importable from
+
+
+class WorkerUnavailable(RuntimeError):
+    """No signing worker could take or finish the request (it crashed, or the pool is closed); retrying may work."""
+
+
+def default_workers(*, usable_cores: int | None = None) -> int:
+    """Workers to start when not configured: none on one core (the loop signs), else one per spare core, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if usable_cores is None else usable_cores
+    return 0 if cores <= 1 else min(cores - 1, MAX_WORKERS)
+
+
+def sign_request(
+    authority: Authority,
+    *,
+    csr: str,
+    validity_seconds: int,
+    caller_identities: tuple[str, ...],
+    policy: SigningPolicy,
+    now: dt.datetime,
+) -> list[str]:
+    """Check the CSR, TTL and identity and sign: the PEM chain, leaf first. Raises SigningRefused.
+
+    The CPU-bound part of a CA request, shared by the in-process path and the workers.
+    """
+    checked = check_csr(csr, policy=policy)
+    ttl = resolve_ttl(validity_seconds, policy=policy)
+    identities = choose_identities(checked.requested_identity, caller_identities=caller_identities)
+    leaf = sign(authority, checked, identities=identities, ttl=ttl, now=now)[0]
+    return [cert_pem(leaf).decode("ascii"), *authority.chain_tail_pem]
+
+
+def _frame(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+def _frames(buffer: bytearray) -> Iterator[Any]:
+    """Pop every complete frame off the front of `buffer`."""
+    offset = 0
+    while len(buffer) - offset >= _LEN.size:
+        (size,) = _LEN.unpack_from(buffer, offset)
+        end = offset + _LEN.size + size
+        if len(buffer) < end:
+            break
+        yield pickle.loads(buffer[offset + _LEN.size : end])
+        offset = end
+    del buffer[:offset]
+
+
+def _authority_message(authority: Authority) -> tuple[Any, ...]:
+    return (
+        "init",
+        key_pem(authority.key),
+        cert_pem(authority.cert),
+        tuple(cert_pem(c) for c in authority.chain),
+        tuple(cert_pem(c) for c in authority.roots),
+        authority.plugin,
+    )
+
+
+class _Worker(asyncio.SubprocessProtocol):
+    """One worker process: its pipe transport, the requests it has not answered yet, and how it ended."""
+
+    def __init__(self, pool: SigningPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.stdin: asyncio.WriteTransport | None = None
+        self.pending: dict[int, asyncio.Future[list[str]]] = {}
+        self.buffer = bytearray()
+        self.started = time.monotonic()
+        self.dead = False
+        self.gone = asyncio.Event()
+
+    # -- asyncio.SubprocessProtocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        self.stdin = stdin
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.buffer += data
+        for request_id, status, payload in _frames(self.buffer):
+            future = self.pending.pop(request_id, None)
+            if future is None or future.done():
+                continue
+            if status == "ok":
+                future.set_result(payload)
+            elif status == "refused":
+                refusal, reason, message = payload
+                future.set_exception(SigningRefused(Refusal(refusal), reason, message))
+            else:
+                future.set_exception(RuntimeError(payload))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._died("closed its output")
+
+    def process_exited(self) -> None:
+        code = self.transport.get_returncode() if self.transport is not None else None
+        self._died(f"exited with code {code}")
+
+    # -- used by the pool ------------------------------------------------------------------------
+    def send(self, message: object) -> None:
+        assert self.stdin is not None
+        self.stdin.write(_frame(message))
+
+    def _died(self, how: str) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.gone.set()
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(WorkerUnavailable(f"the signing worker {how} before answering; retry"))
+        self.pool._worker_died(self, how)
+
+    def kill(self) -> None:
+        if self.transport is not None and self.transport.get_returncode() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+
+
+class SigningPool:
+    """`workers` signing processes fed from the event loop; see the module docstring for the contract."""
+
+    def __init__(self, *, workers: int, authority: Authority) -> None:
+        """Raises ValueError unless `workers` >= 1. Call `await start()` before `sign`."""
+        if workers < 1:
+            raise ValueError(f"workers: {workers} must be at least 1")
+        self.size = workers
+        self._authority = authority
+        self._init = _authority_message(authority)
+        self._workers: list[_Worker] = []
+        self._next_id = 0
+        self._closed = False
+        self._changed = asyncio.Event()
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._backoff = 0.0
+        self.restart_count = 0
+
+    @property
+    def workers(self) -> tuple[_Worker, ...]:
+        return tuple(self._workers)
+
+    async def start(self) -> None:
+        """Start every worker. Raises OSError if a process cannot be started."""
+        for _ in range(self.size):
+            await self._spawn()
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        _, worker = await loop.subprocess_exec(
+            lambda: _Worker(self),
+            sys.executable,
+            "-m",
+            __name__,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            env=env,
+        )
+        if self._closed:
+            worker.kill()
+            return
+        worker.send(self._init)
+        self._workers.append(worker)
+        self._changed.set()
+
+    def set_authority(self, authority: Authority) -> None:
+        """Make every worker sign with `authority` from the next request on (a `CertificateAuthority` listener)."""
+        self._authority = authority
+        self._init = _authority_message(authority)
+        for worker in self._workers:
+            worker.send(self._init)
+
+    async def sign(
+        self,
+        *,
+        csr: str,
+        validity_seconds: int,
+        caller_identities: tuple[str, ...],
+        policy: SigningPolicy,
+        now: dt.datetime,
+    ) -> list[str]:
+        """`sign_request` in a worker: the PEM chain, leaf first. Raises SigningRefused, or WorkerUnavailable
+        when the worker died before answering or none became ready within READY_TIMEOUT."""
+        worker = await self._pick()
+        self._next_id += 1
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        worker.pending[self._next_id] = future
+        worker.send(("sign", self._next_id, csr, validity_seconds, caller_identities, policy, now))
+        return await future
+
+    async def _pick(self) -> _Worker:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self._closed:
+                raise WorkerUnavailable("the signing pool is closed")
+            if self._workers:
+                return min(self._workers, key=lambda w: len(w.pending))
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerUnavailable(f"no signing worker became ready within {READY_TIMEOUT:.0f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _worker_died(self, worker: _Worker, how: str) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if self._closed:
+            return
+        quick = time.monotonic() - worker.started < _QUICK_DEATH
+        self._backoff = min(RESTART_BACKOFF_MAX, max(0.1, self._backoff * 2)) if quick else 0.0
+        log.error("a CA signing worker %s; starting another (in %.1f s)", how, self._backoff)
+        task = asyncio.get_running_loop().create_task(self._restart(self._backoff))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self._closed:
+            return
+        try:
+            await self._spawn()
+        except OSError:
+            log.exception("cannot start a CA signing worker")
+            self._worker_died(_Worker(self), "could not be started")
+            return
+        self.restart_count += 1
+
+    async def close(self) -> None:
+        """Stop the workers; their in-flight requests fail with WorkerUnavailable."""
+        self._closed = True
+        self._changed.set()
+        for task in list(self._restarts):
+            task.cancel()
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            if worker.stdin is not None:
+                worker.stdin.close()  # EOF: the worker exits after answering what it has read
+        deadline = time.monotonic() + 5.0
+        for worker in workers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.gone.wait(), max(0.0, deadline - time.monotonic()))
+            worker.kill()
+            worker._died("was stopped")
+            if worker.transport is not None:
+                worker.transport.close()
+
+
+# -- the worker process ---------------------------------------------------------------------------
+def _load_authority(message: tuple[Any, ...]) -> Authority:
+    _, key, cert, chain, roots, plugin = message
+    return Authority(
+        key=load_key(key),
+        cert=x509.load_pem_x509_certificate(cert),
+        chain=tuple(x509.load_pem_x509_certificate(c) for c in chain),
+        roots=tuple(x509.load_pem_x509_certificate(c) for c in roots),
+        plugin=plugin,
+    )
+
+
+def _handle(authority: Authority | None, message: tuple[Any, ...]) -> tuple[int, str, object]:
+    _, request_id, csr, validity_seconds, identities, policy, now = message
+    if authority is None:
+        return request_id, "error", "the signing worker has no key material"
+    try:
+        chain = sign_request(
+            authority, csr=csr, validity_seconds=validity_seconds, caller_identities=identities, policy=policy, now=now
+        )
+    except SigningRefused as exc:
+        return request_id, "refused", (exc.refusal.value, exc.reason, str(exc))
+    except Exception as exc:
+        return request_id, "error", f"{type(exc).__name__}: {exc}"
+    return request_id, "ok", chain
+
+
+def worker_main() -> None:
+    """Serve frames from stdin until EOF: `init` replaces the authority, `sign` answers on stdout.
+
+    Answers to everything read in one go are written in one go, so a busy pool costs few system calls.
+    """
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    authority: Authority | None = None
+    buffer = bytearray()
+    while True:
+        data = os.read(stdin, 1 << 16)
+        if not data:
+            return
+        buffer += data
+        out = bytearray()
+        for message in _frames(buffer):
+            if message[0] == "init":
+                authority = _load_authority(message)
+            else:
+                out += _frame(_handle(authority, message))
+        view = memoryview(out)
+        while view:
+            view = view[os.write(stdout, view) :]
+
+
+if __name__ == "__main__":
+    worker_main()
