@@ -23,7 +23,17 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from certs.authority import ORGANIZATION, ROOT_LIFETIME, Authority, KeyMaterialError, now_utc, self_signed_root
-from certs.pem import PrivateKey, cert_pem, chain_pem, generate_key, key_pem, load_certificates, load_key, write_atomic
+from certs.pem import (
+    PrivateKey,
+    cert_pem,
+    chain_pem,
+    generate_key,
+    key_algorithm,
+    key_pem,
+    load_certificates,
+    load_key,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +197,14 @@ class FileKeyStore:
         except ValueError as exc:
             raise KeyMaterialError(str(exc)) from None
         check_key_matches(key, cert, source=str(self.cert_path))
+        if key_algorithm(key) != self.algorithm:
+            log.warning(
+                "the existing root CA key is %s, not the configured %s; the configured algorithm only applies "
+                "when a new root is created (remove %s to create one)",
+                key_algorithm(key),
+                self.algorithm,
+                self.directory,
+            )
         now = now_utc()
         roots = (cert, *(r for r in bundle if r != cert and r.not_valid_after_utc > now))
         if list(roots) != bundle:

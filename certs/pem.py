@@ -13,6 +13,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
+KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096")
+
+
+def key_algorithm(key: PrivateKey) -> str:
+    """The name `generate_key` would use for a key like `key` (e.g. `rsa-2048`, `ecdsa-p256`)."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"rsa-{key.key_size}"
+    return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(key.curve.name, f"ecdsa-{key.curve.name}")
+
+
 def generate_key(algorithm: str = "ecdsa-p256") -> PrivateKey:
     """`ecdsa-p256` (default), `rsa-2048`, `rsa-3072` or `rsa-4096`."""
     if algorithm == "ecdsa-p256":

@@ -107,15 +107,17 @@ async def local_ca(
     serving_hosts: tuple[str, ...],
     max_ttl: dt.timedelta = MAX_TTL,
     workers: int | None = 0,
+    key_algorithm: str = "ecdsa-p256",
 ) -> CaRuntime:
     """Local mode: key material in `state_dir` (`cacerts/` plug-in or `ca/` self-signed), the trust
     bundle published to `<state_dir>/root-cert.pem`, and `meshplane token` tokens accepted.
 
-    `workers` as in `build_ca`. Raises KeyMaterialError (including TokenKeyError) for unusable files, naming them.
+    `workers` as in `build_ca`; `key_algorithm` is used when a new self-signed root is created.
+    Raises KeyMaterialError (including TokenKeyError) for unusable files, naming them.
     """
     token_key = load_or_create_key(state_dir)
     runtime = await build_ca(
-        store=local_keystore(state_dir, org=trust_domain),
+        store=local_keystore(state_dir, org=trust_domain, algorithm=key_algorithm),
         serving_hosts=serving_hosts,
         authenticators=[LocalTokenAuthenticator(public_key=token_key.public_key(), trust_domain=trust_domain)],
         max_ttl=max_ttl,

@@ -13,6 +13,7 @@ from typing import Any
 
 from certs import tokencmd
 from certs.authenticate.localtoken import parse_duration
+from certs.pem import KEY_ALGORITHMS
 from controlplane import __version__, logs
 from controlplane.settings import Address, Settings, SettingsError
 
@@ -102,6 +103,13 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--ca-key-algorithm",
+        default=d.ca_key_algorithm,
+        choices=KEY_ALGORITHMS,
+        help="key of the self-signed root CA when meshplane creates one (an existing root is kept as it is)",
+    )
+    _add(
+        p,
         "--ca-workers",
         default="auto",
         help="processes that check CSRs and sign for the CA; 0 signs on the event loop; auto: 0 on one core, "
@@ -148,6 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grace_period=grace,
         max_workload_cert_ttl=max_ttl.total_seconds(),
         ca_workers=ca_workers,
+        ca_key_algorithm=args.ca_key_algorithm,
     )
 
 

@@ -81,6 +81,7 @@ class ControlPlane:
                 serving_hosts=hosts,
                 max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
                 workers=s.ca_workers,
+                key_algorithm=s.ca_key_algorithm,
             )
         except KeyMaterialError as exc:
             raise SettingsError(str(exc)) from None

@@ -69,6 +69,7 @@ class Settings:
     log_level: str = "info"
     grace_period: float = 10.0
     max_workload_cert_ttl: float = 90 * 86400.0  # seconds; the CA refuses longer workload certificates
+    ca_key_algorithm: str = "ecdsa-p256"  # key of a newly created self-signed root
     ca_workers: int | None = None  # CA signing processes; None: chosen from the usable cores, 0: the event loop signs
 
     @property

@@ -147,6 +147,40 @@ def test_ca_key_is_private_and_the_root_survives_a_restart(tmp_path: pathlib.Pat
         second.stop()
 
 
+@pytest.mark.parametrize("algorithm", ["rsa-2048", "rsa-3072"])
+def test_an_rsa_root_can_be_chosen_and_its_leaves_verify(tmp_path: pathlib.Path, algorithm: str) -> None:
+    running = start_serve(tmp_path, "--ca-key-algorithm", algorithm)
+    try:
+        text = subprocess.run(
+            ["openssl", "x509", "-noout", "-text", "-in", str(running.root_cert)],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert f"Public-Key: ({algorithm.removeprefix('rsa-')} bit)" in text and "rsaEncryption" in text
+        chain = create(
+            running,
+            openssl_csr(tmp_path, uri=IDENTITY),
+            bearer=token(running, "--namespace", NS, "--service-account", SA),
+        )
+        assert "OK" in openssl_verify(tmp_path, ca_file=running.root_cert, chain=chain)
+    finally:
+        running.stop()
+    # A restart with a different algorithm keeps the existing root (and says so).
+    again = start_serve(tmp_path)
+    try:
+        assert "not the configured ecdsa-p256" in again.logs()
+        assert (
+            "rsaEncryption"
+            in subprocess.run(
+                ["openssl", "x509", "-noout", "-text", "-in", str(again.root_cert)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+    finally:
+        again.stop()
+
+
 def test_plugin_ca_in_the_state_dir_signs_as_intermediate_and_returns_the_full_chain(tmp_path: pathlib.Path) -> None:
     _, intermediate = write_cacerts(tmp_path / "state" / "cacerts")
     running = start_serve(tmp_path)
