@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-webhook clean
+.PHONY: setup run test lint format bench-webhook bench-ca bench-xds clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ setup: $(STAMP)
 ## run: the control plane in local mode on the example mesh (no Kubernetes)
 run: $(STAMP)
 	$(BIN)/meshplane serve --config-dir examples/mesh --state-dir .state \
+	  --grpc-addr 127.0.0.1:15010 --secure-grpc-addr 127.0.0.1:15012 \
 	  --webhook-addr 127.0.0.1:15017 --http-addr 127.0.0.1:8080 --monitoring-addr 127.0.0.1:15014
 
 ## lint: ruff, formatting, types, import layering
@@ -36,6 +37,12 @@ format: $(STAMP)
 
 bench-webhook: $(STAMP)
 	$(BIN)/python -m bench.webhook
+
+bench-ca: $(STAMP)
+	$(BIN)/python -m bench.ca
+
+bench-xds: $(STAMP)
+	$(BIN)/python -m bench.xds
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
