@@ -17,19 +17,28 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from certs.authenticate import Credentials
+from certs.authenticate.kubejwt import TokenReview, TokenReviewUnavailable
 from certs.authority import KeyMaterialError
-from certs.runtime import local_ca
+from certs.kubestore import Secret, SecretConflict, SecretExists
+from certs.rootdist import ConfigMapExists, ConfigMapMissing, RootConfigMapReconciler
+from certs.rootsync import RootConfigMapController
+from certs.runtime import CaRuntime, kube_ca, local_ca
 from certs.service import CaError
 from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
 from controlplane.grpcserver import GrpcServers
 from controlplane.httpserver import InflightTracker, health_app, metrics_app
-from controlplane.kube.client import KubeApi
+from controlplane.kube.client import KubeApi, KubeApiError
+from controlplane.kube.configmaps import KubeConfigMaps
+from controlplane.kube.secrets import KubeSecrets
 from controlplane.kube.source import KubeSource
+from controlplane.kube.tokenreview import KubeTokenReviewer
+from controlplane.kube.watching import Backoff
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
@@ -74,15 +83,18 @@ class ControlPlane:
 
         hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=s.serving_hosts)
         try:
-            # Key material (state dir; `cacerts/` plug-in if present), <state-dir>/root-cert.pem, the CA service.
-            self.ca = await local_ca(
-                state_dir=s.state_dir,
-                trust_domain=s.trust_domain,
-                serving_hosts=hosts,
-                max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
-                workers=s.ca_workers,
-                key_algorithm=s.ca_key_algorithm,
-            )
+            if self.kube is None:
+                # Key material (state dir; `cacerts/` plug-in if present), <state-dir>/root-cert.pem, the CA service.
+                self.ca = await local_ca(
+                    state_dir=s.state_dir,
+                    trust_domain=s.trust_domain,
+                    serving_hosts=hosts,
+                    max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
+                    workers=s.ca_workers,
+                    key_algorithm=s.ca_key_algorithm,
+                )
+            else:
+                self.ca = await self._start_kube_ca(self.kube, hosts)
         except KeyMaterialError as exc:
             raise SettingsError(str(exc)) from None
         self.serving = self.ca.serving
@@ -111,7 +123,12 @@ class ControlPlane:
         self.ca.service.peer_certificate = self.grpc.peer_certificates.for_context
         self.grpc.add(self.ca.service.register, plaintext=False, secure=True)
         self.grpc.add(AdsServer(self.discovery, secure=False).register, plaintext=True, secure=False)
-        secure_ads = AdsServer(self.discovery, secure=True, identify=self._xds_identities)
+        secure_ads = AdsServer(
+            self.discovery,
+            secure=True,
+            identify=self._xds_identities,
+            peer_name=self.grpc.peer_certificates.client_of,
+        )
         self.grpc.add(secure_ads.register, plaintext=False, secure=True)
         await self.grpc.start()
         self._bound["grpc"] = True
@@ -174,10 +191,53 @@ class ControlPlane:
         self.kube_source = KubeSource(self.kube, self.store, namespace=s.namespace)
         self.tasks.start("kube-source", self.kube_source.run())
         log.info("Kubernetes mode: API server %s (%s)", self.kube.host, self.kube.description)
-        log.warning(
-            "Kubernetes mode: the CA keeps its key material in %s (istio-ca-secret is not read or written yet)",
-            s.state_dir,
+
+    async def _start_kube_ca(self, api: KubeApi, hosts: tuple[str, ...]) -> CaRuntime:
+        """Kubernetes mode's CA: Secrets `cacerts` / `istio-ca-secret` in --namespace, TokenReview, and the
+        `istio-ca-root-cert` ConfigMap controller (one writer: no leader election yet).
+
+        While the API server is unreachable or answers 429/5xx, waits with backoff (like the watches);
+        another error status (e.g. 403: no RBAC for Secrets) raises SettingsError naming it.
+        """
+        s = self.settings
+        backoff = Backoff()
+        while True:
+            try:
+                runtime = await kube_ca(
+                    secrets=KubeSecrets(
+                        api,
+                        make=lambda data, rv: Secret(data=data, resource_version=rv),
+                        exists=SecretExists,
+                        conflict=SecretConflict,
+                    ),
+                    reviewer=KubeTokenReviewer(api, make=TokenReview, unavailable=TokenReviewUnavailable),
+                    namespace=s.namespace,
+                    trust_domain=s.trust_domain,
+                    cluster_id=s.cluster_id,
+                    serving_hosts=hosts,
+                    state_dir=s.state_dir,
+                    max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
+                    workers=s.ca_workers,
+                    key_algorithm=s.ca_key_algorithm,
+                )
+                break
+            except KubeApiError as exc:
+                if exc.status != 429 and exc.status < 500:
+                    raise SettingsError(f"CA key material: Secrets in namespace {s.namespace}: {exc}") from None
+                delay = exc.retry_after if exc.retry_after is not None else backoff.next_delay()
+                log.warning("CA key material: Secrets in %s: %s; retrying in %.1fs", s.namespace, exc, delay)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning("CA key material: API server unreachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+        log.info("Kubernetes mode: CA key material in Secrets of namespace %s", s.namespace)
+        controller = RootConfigMapController(
+            store=self.store,
+            ca=runtime.ca,
+            reconciler=RootConfigMapReconciler(KubeConfigMaps(api, exists=ConfigMapExists, missing=ConfigMapMissing)),
         )
+        self.tasks.start("root-configmaps", controller.run())
+        return runtime
 
     def _start_discovery(self) -> None:
         """The service registry over the config store, and the xDS push pipeline on top of it."""

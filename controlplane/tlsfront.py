@@ -58,6 +58,14 @@ def parse_peer(peer: str) -> Address | None:
     return host.strip("[]"), int(port_text)
 
 
+def _grpc_peer_name(address: object) -> str:
+    """`(host, port[, ...])` as gRPC names a peer: `ipv4:1.2.3.4:5` or `ipv6:[::1]:5`; "" if unknown."""
+    if not isinstance(address, tuple) or len(address) < 2:
+        return ""
+    host, port = str(address[0]), address[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
 class PeerCertificates:
     """Which internal connection carries which verified client certificate.
 
@@ -68,13 +76,26 @@ class PeerCertificates:
 
     def __init__(self) -> None:
         self._by_address: dict[Address, bytes] = {}
+        self._clients: dict[Address, str] = {}
 
-    def register(self, address: Address, leaf_pem: bytes) -> None:
-        self._by_address[address] = leaf_pem
+    def register(self, address: Address, leaf_pem: bytes | None, *, client: str = "") -> None:
+        """Record the internal connection `address`: the client's certificate (if any) and the
+        client's own address as gRPC would name it (`ipv4:10.1.2.3:5000`), for logs and status."""
+        if leaf_pem is not None:
+            self._by_address[address] = leaf_pem
+        if client:
+            self._clients[address] = client
 
     def remove(self, address: Address) -> None:
         """Forget `address` (no error if it was not registered)."""
         self._by_address.pop(address, None)
+        self._clients.pop(address, None)
+
+    def client_of(self, context: _HasPeer) -> str:
+        """The real client address behind the call's connection; the gRPC peer itself if unknown."""
+        peer = context.peer()
+        address = parse_peer(peer)
+        return self._clients.get(address, peer) if address is not None else peer
 
     def for_peer(self, peer: str) -> bytes | None:
         """The certificate of the connection named by a gRPC peer string; None if unknown or unparsable."""
@@ -329,10 +350,10 @@ class TlsFrontEnd:
             return
         assert isinstance(up, asyncio.Transport)
         up.set_write_buffer_limits(high=self.buffer_limit)
-        if der:
-            host, port = up.get_extra_info("sockname")[:2]
-            pipe.address = (host, port)
-            self.peers.register(pipe.address, ssl.DER_cert_to_PEM_cert(der).encode("ascii"))
+        host, port = up.get_extra_info("sockname")[:2]
+        pipe.address = (host, port)
+        leaf = ssl.DER_cert_to_PEM_cert(der).encode("ascii") if der else None
+        self.peers.register(pipe.address, leaf, client=_grpc_peer_name(client))
         pipe.up = up  # from here on, client bytes flow
         for chunk in pipe.pending:
             up.write(chunk)

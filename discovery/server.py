@@ -92,10 +92,20 @@ class AdsServer:
     client certificate, and the process wiring may pass one that also accepts bearer tokens.
     """
 
-    def __init__(self, service: DiscoveryService, *, secure: bool, identify: Identify = certificate_identities) -> None:
+    def __init__(
+        self,
+        service: DiscoveryService,
+        *,
+        secure: bool,
+        identify: Identify = certificate_identities,
+        peer_name: Callable[[Any], str] | None = None,
+    ) -> None:
+        """`peer_name(context)` names the client in status and logs (default: `context.peer()`;
+        behind the secure port's TLS front end, the client's real address)."""
         self.service = service
         self.secure = secure
         self.identify = identify
+        self.peer_name = peer_name or (lambda context: str(context.peer()))
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
@@ -127,11 +137,12 @@ class AdsServer:
         async def authorize(proxy: Proxy) -> str | None:
             return check_identity(proxy, await self.identify(context)) if self.secure else None
 
-        stream = kind(self.service, requests=requests, write=context.write, peer=context.peer(), authorize=authorize)
+        peer = self.peer_name(context)
+        stream = kind(self.service, requests=requests, write=context.write, peer=peer, authorize=authorize)
         try:
             await stream.serve()
         except StreamRefused as exc:
-            HOOKS.rejected_stream(context.peer(), exc.details)
+            HOOKS.rejected_stream(peer, exc.details)
             await context.abort(exc.code, exc.details)
         except Exception:
             if context.cancelled() or context.done():

@@ -43,6 +43,14 @@ async def eventually(check: Callable[[], bool], *, within: float = WAIT) -> None
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class _Peer:
+    name: str
+
+    def peer(self) -> str:
+        return self.name
+
+
 @dataclass
 class Backend:
     """A raw TCP server standing in for the internal gRPC server; records what each connection saw."""
@@ -50,6 +58,7 @@ class Backend:
     peers: PeerCertificates
     handler: Handler | None = None
     seen: list[bytes | None] = field(default_factory=list)  # the certificate looked up at the first byte
+    clients: list[str] = field(default_factory=list)  # the client address looked up at the first byte
     eofs: int = 0
     resets: int = 0
 
@@ -61,6 +70,7 @@ class Backend:
         try:
             first = await reader.read(65536)
             self.seen.append(self.peers.for_peer(f"ipv4:{host}:{port}"))
+            self.clients.append(self.peers.client_of(_Peer(f"ipv4:{host}:{port}")))
             data = first
             while data:
                 writer.write(data)
@@ -169,6 +179,14 @@ async def test_the_internal_side_sees_the_verified_certificate_from_the_first_by
     assert len(front.backend.seen) == 1
     seen = front.backend.seen[0]
     assert seen is not None and leaf_uris(seen) == [IDENTITY]
+    writer.close()
+
+
+async def test_the_internal_side_learns_the_real_client_address(front: Front) -> None:
+    reader, writer = await front.connect(front.client_context())
+    host, port = writer.get_extra_info("sockname")[:2]
+    assert await echo(reader, writer, b"hello") == b"hello"
+    assert front.backend.clients == [f"ipv4:{host}:{port}"]
     writer.close()
 
 
