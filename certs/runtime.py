@@ -1,10 +1,11 @@
 """Assembles the CA for `meshplane serve`: key material, the shared `CertificateAuthority`, the
 serving certificate, the gRPC service, trust-bundle distribution and the rotation tasks.
 
-`controlplane.server` calls `local_ca(...)` (local mode) and then registers `runtime.service` on
-the secure gRPC server and starts `runtime.tasks()`. Kubernetes mode will build the same
-`CaRuntime` from a `KubeSecretKeyStore`, a `KubeJwtAuthenticator` and the root ConfigMap
-reconciler (certs.rootdist), all through the seams documented in those modules.
+`controlplane.server` calls `local_ca(...)` (local mode) or `kube_ca(...)` (Kubernetes mode) and then
+registers `runtime.service` on the secure gRPC server and starts `runtime.tasks()`. Kubernetes mode
+builds the same `CaRuntime` from a `KubeSecretKeyStore` and a `KubeJwtAuthenticator`, given the
+`SecretClient` and `TokenReviewer` that `controlplane.kube` implements; the root ConfigMaps
+(certs.rootdist) are kept by a controller the server starts beside it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 
 from certs.authenticate import Authenticator
 from certs.authenticate.clientcert import ClientCertAuthenticator
+from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReviewer
 from certs.authenticate.localtoken import LocalTokenAuthenticator, load_or_create_key
 from certs.ca import CertificateAuthority
 from certs.keystore import KeyStore, local_keystore
+from certs.kubestore import KubeSecretKeyStore, SecretClient
 from certs.rootdist import LocalRootFile
 from certs.rotation import RootRotator, ServingRotator
 from certs.service import CertificateService
@@ -126,4 +129,40 @@ async def local_ca(
     root_file = LocalRootFile(state_dir / "root-cert.pem")
     root_file.publish(runtime.ca.current.root_pem)
     runtime.ca.subscribe(lambda authority: root_file.publish(authority.root_pem))
+    return runtime
+
+
+async def kube_ca(
+    *,
+    secrets: SecretClient,
+    reviewer: TokenReviewer,
+    namespace: str,
+    trust_domain: str,
+    cluster_id: str,
+    serving_hosts: tuple[str, ...],
+    state_dir: pathlib.Path | None,
+    max_ttl: dt.timedelta = MAX_TTL,
+    workers: int | None = 0,
+    key_algorithm: str = "ecdsa-p256",
+) -> CaRuntime:
+    """Kubernetes mode: key material in Secrets of `namespace` (`cacerts` plug-in, else
+    `istio-ca-secret`, created on first start), callers authenticated by client certificate, then by
+    service-account token through `reviewer` (audience `istio-ca`, `clusterid` must be `cluster_id`).
+
+    The trust bundle is also written to `<state_dir>/root-cert.pem` when `state_dir` is given, so an
+    operator (or a script) on the control plane's host can verify what it issues; workloads get it from
+    the `istio-ca-root-cert` ConfigMaps. `workers` and `key_algorithm` as in `local_ca`.
+    Raises KeyMaterialError for unusable Secrets, naming them; API errors from `secrets` propagate.
+    """
+    runtime = await build_ca(
+        store=KubeSecretKeyStore(secrets, namespace=namespace, org=trust_domain, algorithm=key_algorithm),
+        serving_hosts=serving_hosts,
+        authenticators=[KubeJwtAuthenticator(reviewer=reviewer, trust_domain=trust_domain, cluster_id=cluster_id)],
+        max_ttl=max_ttl,
+        workers=workers,
+    )
+    if state_dir is not None:
+        root_file = LocalRootFile(state_dir / "root-cert.pem")
+        root_file.publish(runtime.ca.current.root_pem)
+        runtime.ca.subscribe(lambda authority: root_file.publish(authority.root_pem))
     return runtime

@@ -65,13 +65,18 @@ class WatchedKind:
         return f"{self.resource}@{self.scope.value}" + (f"[{selectors}]" if selectors else "")
 
 
+# The trust-bundle ConfigMap the CA keeps in every namespace (Istio's name; certs.rootdist owns it).
+ROOT_CONFIGMAP = "istio-ca-root-cert"
+
 # What the control plane reads: namespace labels (injection policy), its own ConfigMaps (injector
-# and mesh config), and the service registry (Services, EndpointSlices, Pods) for xDS.
-# PeerAuthentication (an Istio CRD) is read in local mode only until CRD discovery handles a
-# cluster without Istio's CRDs installed.
+# and mesh config), every namespace's `istio-ca-root-cert` (so the CA can restore it when deleted or
+# edited), and the service registry (Services, EndpointSlices, Pods) for xDS. The two ConfigMap
+# entries never select the same object, so each object has one owner. PeerAuthentication (an Istio
+# CRD) is read in local mode only until CRD discovery handles a cluster without Istio's CRDs installed.
 DEFAULT_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(resource=NAMESPACES, scope=Scope.CLUSTER),
-    WatchedKind(resource=CONFIGMAPS, scope=Scope.CONTROL_PLANE),
+    WatchedKind(resource=CONFIGMAPS, scope=Scope.CONTROL_PLANE, field_selector=f"metadata.name!={ROOT_CONFIGMAP}"),
+    WatchedKind(resource=CONFIGMAPS, scope=Scope.ALL_NAMESPACES, field_selector=f"metadata.name={ROOT_CONFIGMAP}"),
     WatchedKind(resource=SERVICES, scope=Scope.ALL_NAMESPACES),
     WatchedKind(resource=ENDPOINTSLICES, scope=Scope.ALL_NAMESPACES),
     WatchedKind(resource=PODS, scope=Scope.ALL_NAMESPACES),

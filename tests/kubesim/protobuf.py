@@ -91,8 +91,33 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         3: ("imagePullSecrets", "repeated:LocalObjectReference"),
         4: ("automountServiceAccountToken", "bool"),
     },
+    # authentication.k8s.io/v1 (`kubectl create token`)
+    "BoundObjectReference": {
+        1: ("kind", "string"),
+        2: ("apiVersion", "string"),
+        3: ("name", "string"),
+        4: ("uid", "string"),
+    },
+    "TokenRequestSpec": {
+        1: ("audiences", "repeated:string"),
+        3: ("boundObjectRef", "message:BoundObjectReference"),
+        4: ("expirationSeconds", "int"),
+    },
+    "TokenRequestStatus": {1: ("token", "string"), 2: ("expirationTimestamp", "time")},
+    "TokenRequest": {
+        1: ("metadata", "message:ObjectMeta"),
+        2: ("spec", "message:TokenRequestSpec"),
+        3: ("status", "message:TokenRequestStatus"),
+    },
 }
-KINDS = ("Namespace", "ConfigMap", "Secret", "ServiceAccount")
+# kind -> the apiVersion its protobuf body must carry
+KINDS = {
+    "Namespace": "v1",
+    "ConfigMap": "v1",
+    "Secret": "v1",
+    "ServiceAccount": "v1",
+    "TokenRequest": "authentication.k8s.io/v1",
+}
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -228,6 +253,6 @@ def decode(body: bytes) -> dict[str, Any]:
         elif number in (3, 4) and value not in (b"", 0):
             raise ProtobufError("content encodings inside the protobuf envelope are not supported")
     kind = type_meta.get("kind", "")
-    if kind not in KINDS or type_meta.get("apiVersion") != "v1":
+    if kind not in KINDS or type_meta.get("apiVersion") != KINDS[kind]:
         raise ProtobufError(f"protobuf bodies for {type_meta.get('apiVersion')}/{kind} are not supported by kubesim")
-    return {"apiVersion": "v1", "kind": kind, **_message(raw, kind)}
+    return {"apiVersion": KINDS[kind], "kind": kind, **_message(raw, kind)}

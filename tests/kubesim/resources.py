@@ -745,6 +745,24 @@ RESOURCES: tuple[ResourceType, ...] = (
 
 BY_KEY = {r.key: r for r in RESOURCES}
 
+# Create-only APIs that store nothing (served by the server's token handlers), as discovery lists them.
+CREATE_ONLY: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
+    ("", "v1"): (
+        {
+            "name": "serviceaccounts/token",
+            "singularName": "",
+            "namespaced": True,
+            "group": "authentication.k8s.io",
+            "version": "v1",
+            "kind": "TokenRequest",
+            "verbs": ["create"],
+        },
+    ),
+    ("authentication.k8s.io", "v1"): (
+        {"name": "tokenreviews", "singularName": "", "namespaced": False, "kind": "TokenReview", "verbs": ["create"]},
+    ),
+}
+
 
 def find(group: str, version: str, plural: str) -> ResourceType | None:
     for resource in RESOURCES:
@@ -760,4 +778,8 @@ def group_versions() -> dict[str, list[str]]:
         versions = groups.setdefault(resource.group, [])
         if resource.version not in versions:
             versions.append(resource.version)
+    for group, version in CREATE_ONLY:
+        versions = groups.setdefault(group, [])
+        if version not in versions:
+            versions.append(version)
     return groups

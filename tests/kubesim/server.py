@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.kubesim import openapi, patching, protobuf, resources, tables
+from tests.kubesim import openapi, patching, protobuf, resources, tables, tokens
 from tests.kubesim.kubeconfig import write_kubeconfig
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
@@ -162,6 +162,7 @@ class KubeSim:
         self.watch_timeout = watch_timeout
         self.namespace_deletion_delay = namespace_deletion_delay
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self.tokens = tokens.ServiceAccountTokens(clock=self.clock)
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
@@ -362,7 +363,10 @@ class KubeSim:
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
-            "resources": [r.discovery() for r in resources.RESOURCES if r.group == group and r.version == version],
+            "resources": [
+                *(r.discovery() for r in resources.RESOURCES if r.group == group and r.version == version),
+                *resources.CREATE_ONLY.get((group, version), ()),
+            ],
         }
 
     async def _resource_request(
@@ -371,6 +375,14 @@ class KubeSim:
         namespace: str | None = None
         if len(rest) >= 3 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
+        if (group, version) == ("", "v1") and len(rest) == 3 and rest[::2] == ["serviceaccounts", "token"]:
+            if namespace is None:
+                raise page_not_found()
+            self._only_post(request)
+            return await self._token_request(request, namespace, rest[1])
+        if (group, version) == ("authentication.k8s.io", "v1") and rest == ["tokenreviews"] and namespace is None:
+            self._only_post(request)
+            return await self._token_review(request)
         if not rest or len(rest) > 2:
             raise page_not_found()
         resource = resources.find(group, version, rest[0])
@@ -415,6 +427,108 @@ class KubeSim:
         if method == "DELETE":
             return await self._delete(request, resource, ns, name)
         raise ApiError(405, "the server does not allow this method on the requested resource")
+
+    # -- service-account tokens (TokenRequest, TokenReview) -----------------------------------
+    @staticmethod
+    def _only_post(request: web.Request) -> None:
+        if request.method != "POST":
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+
+    @staticmethod
+    def _auth_body(body: Any, kind: str) -> Obj:
+        if not isinstance(body, dict):
+            raise bad_request("the object provided is unrecognized (must be a JSON object)")
+        api_version = body.get("apiVersion", tokens.API_VERSION)
+        if api_version != tokens.API_VERSION or body.get("kind", kind) != kind:
+            raise bad_request(
+                f"the object provided is unrecognized: {api_version}/{body.get('kind')} "
+                f"(want {tokens.API_VERSION}/{kind})"
+            )
+        spec = body.get("spec")
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise bad_request("spec must be an object")
+        return spec
+
+    def _service_account_uid(self, namespace: str, name: str) -> str | None:
+        sa = self.storage.get(self.resource("serviceaccounts"), namespace, name)
+        return None if sa is None else str(sa["metadata"]["uid"])
+
+    async def _token_request(self, request: web.Request, namespace: str, name: str) -> web.Response:
+        """POST .../serviceaccounts/{name}/token: a TokenRequest answered with a signed token (201)."""
+        spec = self._auth_body(await self._body(request), "TokenRequest")
+        errors = FieldErrors()
+        audiences = spec.get("audiences") or []
+        if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+            errors.invalid("spec.audiences", audiences, "must be a list of non-empty strings")
+        seconds = spec.get("expirationSeconds", tokens.DEFAULT_EXPIRATION)
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
+            errors.invalid("spec.expirationSeconds", seconds, "must be an integer")
+        elif seconds < tokens.MIN_EXPIRATION:
+            errors.invalid("spec.expirationSeconds", seconds, "may not specify a duration less than 10 minutes")
+        elif seconds > tokens.MAX_EXPIRATION:
+            errors.invalid("spec.expirationSeconds", seconds, "may not specify a duration larger than 2^32 seconds")
+        if spec.get("boundObjectRef"):
+            errors.invalid("spec.boundObjectRef", spec["boundObjectRef"], "kubesim does not issue bound tokens")
+        token_requests = tokens.TOKEN_REQUESTS
+        if errors.causes:
+            raise invalid(token_requests, name, errors.causes)
+        sa_resource = self.resource("serviceaccounts")
+        if self.storage.get(self.resource("namespaces"), "", namespace) is None:
+            raise not_found(self.resource("namespaces"), namespace)
+        uid = self._service_account_uid(namespace, name)
+        if uid is None:
+            raise not_found(sa_resource, name)
+        wanted = list(audiences) or list(tokens.API_AUDIENCES)
+        issued = self.tokens.issue(
+            tokens.Account(namespace=namespace, name=name, uid=uid), audiences=wanted, expiration_seconds=seconds
+        )
+        answer = {
+            "kind": "TokenRequest",
+            "apiVersion": tokens.API_VERSION,
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": _now_stamp(self.clock())},
+            "spec": {"audiences": wanted, "expirationSeconds": seconds, "boundObjectRef": None},
+            "status": {"token": issued.token, "expirationTimestamp": _now_stamp(issued.expires)},
+        }
+        return self._json(answer, status=201)
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        """POST /apis/authentication.k8s.io/v1/tokenreviews: the verdict on a token, always 201."""
+        body = await self._body(request, allowed=("application/json", "application/yaml"))
+        spec = self._auth_body(body, "TokenReview")
+        token = spec.get("token")
+        if not isinstance(token, str) or not token:
+            raise bad_request("token is required for TokenReview in authentication")
+        audiences = spec.get("audiences") or []
+        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+            raise bad_request("spec.audiences must be a list of strings")
+        status: dict[str, Any]
+        try:
+            claims, granted = self.tokens.review(token, audiences=audiences, lookup=self._service_account_uid)
+        except tokens.TokenInvalid as exc:
+            status = {"user": {}, "error": str(exc)}
+        else:
+            private = claims["kubernetes.io"]
+            namespace = private["namespace"]
+            status = {
+                "authenticated": True,
+                "user": {
+                    "username": claims["sub"],
+                    "uid": private["serviceaccount"]["uid"],
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+                    "extra": {"authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]},
+                },
+                "audiences": granted,
+            }
+        answer = {
+            "kind": "TokenReview",
+            "apiVersion": tokens.API_VERSION,
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": status,
+        }
+        return self._json(answer, status=201)
 
     # -- request pieces -----------------------------------------------------------------------
     def _context(self, request: web.Request) -> Context:

@@ -428,7 +428,12 @@ async def test_discovery_lists_every_resource(kube_api: KubeApi) -> None:
     names = {r["name"] for r in core["resources"]}
     assert {"namespaces", "configmaps", "pods", "services", "secrets", "serviceaccounts"} <= names
     groups = await kube_api.request("GET", "/apis")
-    assert {g["name"] for g in groups["groups"]} == {"apps", "admissionregistration.k8s.io", "discovery.k8s.io"}
+    assert {g["name"] for g in groups["groups"]} == {
+        "apps",
+        "admissionregistration.k8s.io",
+        "authentication.k8s.io",
+        "discovery.k8s.io",
+    }
     apps = await kube_api.request("GET", "/apis/apps/v1")
     assert {r["name"] for r in apps["resources"]} == {"deployments", "replicasets"}
     version = await kube_api.request("GET", "/version")

@@ -1,0 +1,223 @@
+"""The CA in Kubernetes mode, end to end: `meshplane serve --kubeconfig` against kubesim, driven by kubectl.
+
+Key material lives in Secrets (`istio-ca-secret`, or the operator's `cacerts`), callers prove who
+they are with a token from `kubectl create token` (checked by TokenReview), chains are checked with
+`openssl verify`, and `istio-ca-root-cert` is kept in every namespace but the ignored ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pathlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from tests.certs.helpers import leaf_uris, openssl_csr, openssl_text, openssl_verify
+from tests.certs.test_keystore import write_cacerts
+from tests.helpers.serve import SERVER_NAME, Running, start_serve
+from tests.kubesim.fixtures import (  # noqa: F401
+    Kubectl,
+    eventually,
+    kubeconfig_fixture,
+    kubectl_fixture,
+    kubesim_fixture,
+)
+from tests.kubesim.server import KubeSim
+
+CP_NS = "istio-system"
+IDENTITY = "spiffe://cluster.local/ns/shop/sa/web"
+ROOT_CM = "istio-ca-root-cert"
+
+
+def _start(kubeconfig: pathlib.Path, where: pathlib.Path) -> Running:
+    where.mkdir(parents=True, exist_ok=True)
+    return start_serve(where, "--kubeconfig", str(kubeconfig), "--ca-workers", "0")
+
+
+async def start(kubeconfig: pathlib.Path, where: pathlib.Path) -> Running:
+    """serve in Kubernetes mode, started in a thread: kubesim shares this event loop."""
+    return await asyncio.to_thread(_start, kubeconfig, where)
+
+
+@pytest.fixture
+async def serve_kube(kubeconfig: pathlib.Path, kubectl: Kubectl, tmp_path: pathlib.Path) -> AsyncIterator[Running]:
+    """`meshplane serve` in Kubernetes mode, with namespace shop and service account web in place."""
+    await kubectl.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}\n"
+    )
+    running = await start(kubeconfig, tmp_path / "serve")
+    try:
+        yield running
+    finally:
+        await asyncio.to_thread(running.stop)
+
+
+async def secret_data(kubectl: Kubectl, name: str) -> dict[str, bytes]:
+    secret = await kubectl.json("get", "secret", name, "-n", CP_NS)
+    return {key: base64.b64decode(value) for key, value in secret["data"].items()}
+
+
+def _create(running: Running, csr: str, bearer: str) -> list[str]:
+    credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+    with grpc.secure_channel(running.addr("secure-grpc"), credentials, options=options) as channel:
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = ca_pb2.IstioCertificateRequest(csr=csr)
+        answer = stub.CreateCertificate(request, metadata=[("authorization", f"Bearer {bearer}")], timeout=30)
+        return list(answer.cert_chain)
+
+
+async def create(running: Running, csr: str, bearer: str) -> list[str]:
+    """CreateCertificate over gRPC+TLS, in a thread: the CA's TokenReview needs this event loop (kubesim)."""
+    return await asyncio.to_thread(_create, running, csr, bearer)
+
+
+async def token(kubectl: Kubectl, *args: str) -> str:
+    return (await kubectl.run("create", "token", *args)).stdout.strip()
+
+
+async def test_self_signed_root_is_stored_in_istio_ca_secret_and_reused_after_a_restart(
+    serve_kube: Running, kubeconfig: pathlib.Path, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    data = await secret_data(kubectl, "istio-ca-secret")
+    assert {"ca-cert.pem", "ca-key.pem", "root-cert.pem"} <= set(data)
+    assert data["ca-key.pem"].startswith(b"-----BEGIN")
+    secret = await kubectl.json("get", "secret", "istio-ca-secret", "-n", CP_NS)
+    assert secret["type"] == "istio.io/ca-root"
+    assert serve_kube.root_cert.read_bytes() == data["root-cert.pem"]  # published for operators too
+    await asyncio.to_thread(serve_kube.stop)
+
+    again = await start(kubeconfig, tmp_path / "restart")  # a fresh state dir: only the Secret remembers
+    try:
+        assert again.root_cert.read_bytes() == data["root-cert.pem"]
+        assert await secret_data(kubectl, "istio-ca-secret") == data
+    finally:
+        await asyncio.to_thread(again.stop)
+
+
+async def test_a_service_account_token_gets_a_chain_openssl_verifies_against_the_secret_root(
+    serve_kube: Running, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    chain = await create(serve_kube, openssl_csr(tmp_path, uri=IDENTITY), bearer)
+    assert len(chain) == 2
+    assert leaf_uris(chain[0]) == [IDENTITY]
+    root = tmp_path / "secret-root.pem"
+    root.write_bytes((await secret_data(kubectl, "istio-ca-secret"))["root-cert.pem"])
+    assert "OK" in openssl_verify(tmp_path, ca_file=root, chain=chain)
+    # No SAN in the CSR: the token's identity is used.
+    assert leaf_uris((await create(serve_kube, openssl_csr(tmp_path, name="nosan"), bearer))[0]) == [IDENTITY]
+
+
+async def test_a_token_for_another_audience_is_unauthenticated(
+    serve_kube: Running, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    bearer = await token(kubectl, "web", "--audience", "other", "-n", "shop")
+    with pytest.raises(grpc.RpcError) as caught:
+        await create(serve_kube, openssl_csr(tmp_path, uri=IDENTITY), bearer)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "is invalid for the target audiences" in str(caught.value.details())
+
+
+async def test_a_deleted_service_accounts_token_is_unauthenticated(
+    serve_kube: Running, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    await kubectl.run("delete", "serviceaccount", "web", "-n", "shop")
+    with pytest.raises(grpc.RpcError) as caught:
+        await create(serve_kube, openssl_csr(tmp_path, uri=IDENTITY), bearer)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_token_review_unreachable_is_unavailable(
+    serve_kube: Running, kubesim: KubeSim, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    csr = openssl_csr(tmp_path, uri=IDENTITY)
+    fault = kubesim.inject_faults(status=503, count=1000, path_prefix="/apis/authentication.k8s.io/v1/tokenreviews")
+    with pytest.raises(grpc.RpcError) as caught:
+        await create(serve_kube, csr, bearer)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "503" in str(caught.value.details())
+    fault.count = 0
+    await kubesim.stop()  # the API server is gone altogether
+    with pytest.raises(grpc.RpcError) as caught:
+        await create(serve_kube, csr, bearer)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "unreachable" in str(caught.value.details())
+
+
+async def test_a_plugin_cacerts_secret_makes_serve_sign_as_that_intermediate(
+    kubeconfig: pathlib.Path, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    operator = tmp_path / "operator"
+    write_cacerts(operator)
+    await kubectl.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}\n"
+    )
+    files = [
+        f"--from-file={operator / name}" for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem")
+    ]
+    await kubectl.run("create", "secret", "generic", "cacerts", "-n", CP_NS, *files)
+    running = await start(kubeconfig, tmp_path / "serve")
+    try:
+        bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+        chain = await create(running, openssl_csr(tmp_path, uri=IDENTITY), bearer)
+        assert len(chain) == 3  # leaf, intermediate, root
+        assert "Issuer: O = intermediate" in openssl_text(chain[0])
+        assert "OK" in openssl_verify(tmp_path, ca_file=operator / "root-cert.pem", chain=chain)
+        assert running.root_cert.read_bytes() == (operator / "root-cert.pem").read_bytes()
+        assert (await kubectl.run("get", "secret", "istio-ca-secret", "-n", CP_NS, check=False)).returncode != 0
+    finally:
+        await asyncio.to_thread(running.stop)
+
+
+async def root_configmap(kubectl: Kubectl, namespace: str) -> dict[str, str] | None:
+    """The data of `istio-ca-root-cert` in `namespace` if it carries the istio.io/config label, else None."""
+    found = await kubectl.run("get", "configmap", ROOT_CM, "-n", namespace, "-o", "json", check=False)
+    if found.returncode != 0:
+        return None
+    obj = json.loads(found.stdout)
+    if (obj["metadata"].get("labels") or {}).get("istio.io/config") != "true":
+        return None
+    data: dict[str, str] = obj.get("data") or {}
+    return data
+
+
+async def test_istio_ca_root_cert_is_kept_in_every_namespace_but_the_ignored_ones(
+    serve_kube: Running, kubectl: Kubectl
+) -> None:
+    root = serve_kube.root_cert.read_text()
+    expected = {"root-cert.pem": root}
+
+    async def holds_root(namespace: str) -> bool:
+        return await root_configmap(kubectl, namespace) == expected
+
+    for namespace in ("default", "kube-system", CP_NS, "shop"):
+        await eventually(lambda ns=namespace: holds_root(ns), what=f"{ROOT_CM} in {namespace}")
+    await kubectl.run("create", "namespace", "late")
+    await eventually(lambda: holds_root("late"), what=f"{ROOT_CM} in a namespace created after start")
+
+    await kubectl.run("delete", "configmap", ROOT_CM, "-n", "late")
+    await eventually(lambda: holds_root("late"), what=f"{ROOT_CM} recreated after kubectl delete")
+
+    await kubectl.run(
+        "patch", "configmap", ROOT_CM, "-n", "late", "--type=merge", "-p", '{"data":{"root-cert.pem":"x"}}'
+    )
+    await eventually(lambda: holds_root("late"), what=f"{ROOT_CM} restored after an edit")
+    await kubectl.run("label", "configmap", ROOT_CM, "-n", "late", "istio.io/config-", "team=a")
+    await eventually(lambda: holds_root("late"), what=f"{ROOT_CM} label restored")
+    labels = (await kubectl.json("get", "configmap", ROOT_CM, "-n", "late"))["metadata"]["labels"]
+    assert labels == {"istio.io/config": "true", "team": "a"}  # other labels are kept
+
+    for ignored in ("kube-public", "kube-node-lease"):
+        assert (await kubectl.run("get", "configmap", ROOT_CM, "-n", ignored, check=False)).returncode != 0
