@@ -28,6 +28,7 @@ import logging
 import os
 import pathlib
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -120,7 +121,8 @@ class _Worker(asyncio.SubprocessProtocol):
         self.buffer = bytearray()
         self.started = time.monotonic()
         self.dead = False
-        self.gone = asyncio.Event()
+        self.gone = asyncio.Event()  # stopped answering (output closed or process exited)
+        self.exited = asyncio.Event()  # the process has exited and been reaped
 
     # -- asyncio.SubprocessProtocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,6 +151,7 @@ class _Worker(asyncio.SubprocessProtocol):
             self._died("closed its output")
 
     def process_exited(self) -> None:
+        self.exited.set()
         code = self.transport.get_returncode() if self.transport is not None else None
         self._died(f"exited with code {code}")
 
@@ -299,10 +302,15 @@ class SigningPool:
         deadline = time.monotonic() + 5.0
         for worker in workers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.gone.wait(), max(0.0, deadline - time.monotonic()))
-            worker.kill()
+                await asyncio.wait_for(worker.exited.wait(), max(0.0, deadline - time.monotonic()))
+            if not worker.exited.is_set():
+                worker.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.exited.wait(), 1.0)
             worker._died("was stopped")
             if worker.transport is not None:
+                # Only once asyncio has reaped the process: closing the transport earlier lets the
+                # process object reap it behind the child watcher's back.
                 worker.transport.close()
 
 
@@ -337,7 +345,12 @@ def worker_main() -> None:
     """Serve frames from stdin until EOF: `init` replaces the authority, `sign` answers on stdout.
 
     Answers to everything read in one go are written in one go, so a busy pool costs few system calls.
+    The parent alone decides when a worker ends (by closing its stdin, or by dying): SIGINT and SIGTERM
+    sent to the whole process group (Ctrl-C in a terminal, `timeout`, `kill -- -PGID`) are ignored,
+    so a shutting-down control plane never sees its workers vanish first.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     authority: Authority | None = None
     buffer = bytearray()

@@ -33,6 +33,7 @@ def health_app(readiness: ReadinessCheck, debug: Mapping[str, DebugHandler]) -> 
     app = web.Application()
     app.router.add_get("/ready", ready)
     app.router.add_get("/debug", index)
+    app.router.add_get("/debug/", index)
     for name, handler in debug.items():
         app.router.add_get(f"/debug/{name}", _json_handler(handler))
     return app

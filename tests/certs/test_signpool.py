@@ -157,6 +157,22 @@ async def test_a_worker_dying_mid_request_is_unavailable_and_the_next_request_su
     assert replacement is not worker
 
 
+async def test_a_worker_ignores_terminal_and_group_signals_and_only_ends_when_the_pool_closes(
+    pooled_ca: Callable[[], Awaitable[PooledCa]],
+) -> None:
+    ca = await pooled_ca()
+    await ca.call(make_csr(uris=[ME])[0])
+    (worker,) = ca.pool.workers
+    assert worker.transport is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C or `kill -- -PGID` send to every process
+        os.kill(worker.transport.get_pid(), sig)
+    chain = await ca.call(make_csr(uris=[ME])[0])
+    assert leaf_uris(chain[0]) == [ME]
+    assert ca.pool.workers == (worker,) and ca.pool.restart_count == 0
+    await ca.pool.close()
+    assert worker.exited.is_set() and worker.transport.get_returncode() == 0
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     """Poll `condition` (state inside the pool that nothing outside can await) for up to 30 seconds."""
     async with asyncio.timeout(30):

@@ -42,6 +42,13 @@ def test_ready_and_metrics(serve: Running) -> None:
     assert "sidecar_injection_time_seconds_bucket" in text
 
 
+def test_debug_index_lists_the_debug_endpoints(serve: Running) -> None:
+    for path in ("/debug", "/debug/"):
+        with urllib.request.urlopen(f"{serve.http_url}{path}", timeout=5) as resp:
+            endpoints = json.loads(resp.read())["endpoints"]
+        assert {"/ready", "/debug/syncz", "/debug/registryz", "/debug/config_dump", "/debug/configz"} <= set(endpoints)
+
+
 def test_sigterm_finishes_an_in_flight_request_and_exits_0(serve: Running) -> None:
     body = json.dumps(POD_REVIEW).encode()
     ctx = serve.client_ssl_context()
