@@ -12,7 +12,9 @@ Contract:
   returns is always the chain of the key that signed the leaf;
 - `sign(...)` returns the PEM chain (leaf first, root last) or raises the same `SigningRefused` the
   in-process path raises; a worker that dies fails its in-flight requests with `WorkerUnavailable`
-  and is restarted (with backoff if it keeps dying), so the next request succeeds;
+  and is restarted (with backoff if it keeps dying), so the next request succeeds; a worker that
+  leaves a request unanswered for `answer_timeout` (signing takes about a millisecond) is taken
+  for hung: it is killed, which fails its requests the same way and replaces it;
 - `close()` stops every worker; requests after it raise `WorkerUnavailable`.
 
 The frame format on the pipes is a 4-byte big-endian length and a pickle. Both ends are this
@@ -47,6 +49,7 @@ _LEN = struct.Struct(">I")
 MAX_WORKERS = 4
 RESTART_BACKOFF_MAX = 5.0
 READY_TIMEOUT = 30.0
+ANSWER_TIMEOUT = 10.0  # a worker that has not answered a request by then is hung: killed and replaced
 _QUICK_DEATH = 2.0  # a worker that dies sooner than this after starting makes the next restart back off
 _PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[1])  # where `certs` is importable from
 
@@ -180,11 +183,12 @@ class _Worker(asyncio.SubprocessProtocol):
 class SigningPool:
     """`workers` signing processes fed from the event loop; see the module docstring for the contract."""
 
-    def __init__(self, *, workers: int, authority: Authority) -> None:
+    def __init__(self, *, workers: int, authority: Authority, answer_timeout: float = ANSWER_TIMEOUT) -> None:
         """Raises ValueError unless `workers` >= 1. Call `await start()` before `sign`."""
         if workers < 1:
             raise ValueError(f"workers: {workers} must be at least 1")
         self.size = workers
+        self.answer_timeout = answer_timeout
         self._authority = authority
         self._init = _authority_message(authority)
         self._workers: list[_Worker] = []
@@ -248,6 +252,10 @@ class SigningPool:
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         worker.pending[self._next_id] = future
         worker.send(("sign", self._next_id, csr, validity_seconds, caller_identities, policy, now))
+        done, _ = await asyncio.wait([future], timeout=self.answer_timeout)
+        if not done:
+            log.error("a CA signing worker left a request unanswered for %.0f s; killing it", self.answer_timeout)
+            worker.kill()  # its exit fails every request it holds (this one too) and starts a replacement
         return await future
 
     async def _pick(self) -> _Worker:

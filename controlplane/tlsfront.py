@@ -38,6 +38,8 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
+from controlplane import metrics
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -64,6 +66,14 @@ def _grpc_peer_name(address: object) -> str:
         return ""
     host, port = str(address[0]), address[1]
     return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
+def _handshake_failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "other"
 
 
 class PeerCertificates:
@@ -324,7 +334,9 @@ class TlsFrontEnd:
                 raw, protocol, self.contexts(), server_side=True, ssl_handshake_timeout=self.handshake_timeout
             )
         except (OSError, TimeoutError, RuntimeError) as exc:  # ssl.SSLError and resets are OSErrors
-            log.debug("TLS handshake from %s failed: %s", client, exc)
+            reason = _handshake_failure_reason(exc)
+            metrics.tls_handshake_failures_total.labels(reason=reason).inc()
+            log.debug("TLS handshake from %s failed (%s): %s", client, reason, exc)
             raw.abort()
             pipe.down_done = True
             pipe._check_finished()

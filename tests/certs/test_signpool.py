@@ -222,6 +222,33 @@ async def test_a_closed_pool_refuses_instead_of_hanging() -> None:
         )
 
 
+async def test_a_hung_worker_is_killed_its_request_is_unavailable_and_a_replacement_answers() -> None:
+    pool = SigningPool(workers=1, authority=make_root(), answer_timeout=0.5)
+    await pool.start()
+    try:
+
+        async def sign() -> list[str]:
+            return await pool.sign(
+                csr=make_csr(uris=[ME])[0],
+                validity_seconds=0,
+                caller_identities=(ME,),
+                policy=SigningPolicy(),
+                now=now_utc(),
+            )
+
+        await sign()
+        (worker,) = pool.workers
+        assert worker.transport is not None
+        os.kill(worker.transport.get_pid(), signal.SIGSTOP)  # alive but never answering
+        with pytest.raises(WorkerUnavailable, match="before answering"):
+            await sign()
+        assert worker.exited.is_set()
+        chain = await sign()  # the replacement
+        assert leaf_uris(chain[0]) == [ME] and pool.restart_count == 1
+    finally:
+        await pool.close()
+
+
 async def test_a_pool_signs_concurrent_requests_each_for_its_own_key() -> None:
     authority = make_root()
     pool = SigningPool(workers=2, authority=authority)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from cryptography import x509
+from prometheus_client import REGISTRY
 
 from certs.authority import Authority, self_signed_root
 from certs.pem import cert_pem, generate_key, key_pem
@@ -24,6 +25,7 @@ from controlplane.tlsfront import PeerCertificates, TlsFrontEnd, parse_peer
 
 SERVER_NAME = "istiod.istio-system.svc"
 IDENTITY = "spiffe://cluster.local/ns/shop/sa/cart"
+METRIC = "meshplane_secure_grpc_handshake_failures"
 WAIT = 30.0
 
 
@@ -235,10 +237,17 @@ async def test_a_connection_the_front_end_did_not_make_has_no_certificate(front:
 async def test_a_certificate_from_another_authority_fails_the_handshake(front: Front) -> None:
     ctx = front.client_context(identity=IDENTITY, issuer=authority())
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # so the refusal comes while the client is still handshaking
+
     # The front end drops the connection mid-handshake (asyncio sends no alert): an SSL error or a reset.
+    def failures() -> float:
+        sample = REGISTRY.get_sample_value(f"{METRIC}_total", {"reason": "certificate"})
+        return sample or 0.0
+
+    before = failures()
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await front.connect(ctx)
     assert front.backend.seen == [] and len(front.front.peers) == 0
+    await eventually(lambda: failures() == before + 1)  # counted as a certificate failure
 
 
 async def test_a_reissued_serving_certificate_reaches_new_handshakes_while_open_connections_carry_on(
