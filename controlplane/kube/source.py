@@ -8,7 +8,10 @@ runs one watch loop (`controlplane.kube.watching.infinite_watch`) per entry:
   was down are deleted, the rest set (for an entry that is the only one of its kind this is
   exactly `ConfigStore.replace_kind`);
 - each watch event is applied as it arrives (DELETED removes the key);
-- the store is marked synced once every entry has listed once.
+- the store is marked synced once every entry has listed once;
+- an `optional` entry (an Istio CRD that may not be installed) whose resource answers 404 counts
+  as listed with no objects, and is probed again every `probe_interval` seconds; when its CRD is
+  deleted later, its objects leave the store and probing resumes.
 
 More kinds (Services, EndpointSlices, Pods, ...) are one more entry each; their `kind` must be a
 kind the model reads (`controlplane.sources.kinds`).
@@ -36,6 +39,9 @@ PODS = Resource(group="", version="v1", plural="pods", kind="Pod", namespaced=Tr
 ENDPOINTSLICES = Resource(
     group="discovery.k8s.io", version="v1", plural="endpointslices", kind="EndpointSlice", namespaced=True
 )
+PEER_AUTHENTICATIONS = Resource(
+    group="security.istio.io", version="v1", plural="peerauthentications", kind="PeerAuthentication", namespaced=True
+)
 
 
 class Scope(enum.Enum):
@@ -50,6 +56,7 @@ class WatchedKind:
     scope: Scope
     label_selector: str = ""
     field_selector: str = ""
+    optional: bool = False  # a CRD that may be absent: a 404 is an empty list, probed again later
 
     def selection(self, *, control_plane_namespace: str) -> Selection:
         if self.scope is Scope.CLUSTER and self.resource.namespaced:
@@ -70,9 +77,9 @@ ROOT_CONFIGMAP = "istio-ca-root-cert"
 
 # What the control plane reads: namespace labels (injection policy), its own ConfigMaps (injector
 # and mesh config), every namespace's `istio-ca-root-cert` (so the CA can restore it when deleted or
-# edited), and the service registry (Services, EndpointSlices, Pods) for xDS. The two ConfigMap
-# entries never select the same object, so each object has one owner. PeerAuthentication (an Istio
-# CRD) is read in local mode only until CRD discovery handles a cluster without Istio's CRDs installed.
+# edited), the service registry (Services, EndpointSlices, Pods) for xDS, and PeerAuthentication
+# (an Istio CRD, optional: a cluster without Istio's CRDs still becomes ready). The two ConfigMap
+# entries never select the same object, so each object has one owner.
 DEFAULT_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(resource=NAMESPACES, scope=Scope.CLUSTER),
     WatchedKind(resource=CONFIGMAPS, scope=Scope.CONTROL_PLANE, field_selector=f"metadata.name!={ROOT_CONFIGMAP}"),
@@ -80,6 +87,7 @@ DEFAULT_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(resource=SERVICES, scope=Scope.ALL_NAMESPACES),
     WatchedKind(resource=ENDPOINTSLICES, scope=Scope.ALL_NAMESPACES),
     WatchedKind(resource=PODS, scope=Scope.ALL_NAMESPACES),
+    WatchedKind(resource=PEER_AUTHENTICATIONS, scope=Scope.ALL_NAMESPACES, optional=True),
 )
 
 
@@ -154,7 +162,9 @@ class KubeSource:
         kinds: Sequence[WatchedKind] = DEFAULT_KINDS,
         backoff: Callable[[], Backoff] = Backoff,
         timeout_seconds: int | None = None,
+        probe_interval: float = 30.0,
     ) -> None:
+        """`probe_interval`: seconds between looks at an optional resource the server does not serve."""
         names = [entry.name for entry in kinds]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate watched kinds: {names}")
@@ -164,6 +174,7 @@ class KubeSource:
         self.kinds = tuple(kinds)
         self._backoff = backoff
         self._timeout_seconds = timeout_seconds
+        self._probe_interval = probe_interval
         self._mirrors = {entry.name: _KindMirror(entry, store, self._check_synced) for entry in self.kinds}
         self._selections = {entry.name: entry.selection(control_plane_namespace=namespace) for entry in self.kinds}
 
@@ -189,6 +200,8 @@ class KubeSource:
                         self._mirrors[entry.name],
                         backoff=self._backoff(),
                         timeout_seconds=self._timeout_seconds,
+                        optional=entry.optional,
+                        probe_interval=self._probe_interval,
                     ),
                     name=f"watch {entry.name}",
                 )

@@ -9,6 +9,11 @@
    `WatchExpired`, so the caller relists.
 3. `watch_stream` is one HTTP watch request, yielding decoded events.
 
+An *optional* resource (a CustomResourceDefinition that may not be installed) differs in one way:
+a list answered `404` (`ResourceNotServed`) counts as a list with no objects, and the loop probes
+again every `probe_interval` seconds instead of backing off with warnings. A `404` on its watch
+relists at once, so a CRD deleted while watched empties the handler and probing resumes.
+
 Objects stay plain dicts in the API's JSON. List items get `kind` and `apiVersion` filled in (the
 API server leaves them out of list items).
 """
@@ -100,6 +105,14 @@ class WatchExpired(Exception):
     """The resourceVersion the watch started from is no longer retained (410 Gone); relist."""
 
 
+class ResourceNotServed(KubeApiError):
+    """A list answered 404: the API server does not serve the resource (e.g. its CRD is not installed).
+
+    A collection in a namespace that does not exist lists empty, so a 404 on a list always means
+    the resource itself is unknown to the server.
+    """
+
+
 class WatchHandler(Protocol):
     """Receives what one watched resource delivers. Calls are synchronous and must be quick."""
 
@@ -140,7 +153,8 @@ async def list_all(
 ) -> tuple[list[JsonObject], str]:
     """All objects of a selection (following `continue` pages) and the list's resourceVersion.
 
-    Raises WatchExpired when a continue token expired mid-list, KubeApiError for other errors.
+    Raises WatchExpired when a continue token expired mid-list, ResourceNotServed for a 404,
+    KubeApiError for other errors.
     """
     items: list[JsonObject] = []
     token = ""
@@ -153,6 +167,10 @@ async def list_all(
         except KubeApiError as exc:
             if exc.expired:
                 raise WatchExpired(exc.message) from exc
+            if exc.status == 404:
+                raise ResourceNotServed(
+                    status=exc.status, reason=exc.reason, message=exc.message, body=exc.body
+                ) from exc
             raise
         raw_items = page.get("items")
         if not isinstance(raw_items, list):
@@ -247,6 +265,39 @@ async def continuous_watch(
             await asyncio.sleep(MIN_QUIET_STREAM - elapsed)
 
 
+class _OptionalHandler:
+    """Wraps the handler of an optional resource: tracks whether it is served and says when that changes."""
+
+    def __init__(self, inner: WatchHandler, resource: Resource, selection: Selection) -> None:
+        self.inner = inner
+        self.resource = resource
+        self.selection = selection
+        self.absent: bool | None = None  # None until the first list or probe
+
+    def on_list(self, objects: Sequence[JsonObject]) -> None:
+        if self.absent:
+            log.info("%s is served now; listing and watching it (%s)", self.resource, self.selection)
+        self.absent = False
+        self.inner.on_list(objects)
+
+    def on_event(self, event_type: str, obj: JsonObject) -> None:
+        self.inner.on_event(event_type, obj)
+
+    def not_served(self, probe_interval: float) -> None:
+        """The resource answered 404: empty the handler once, and say so once per absence."""
+        if self.absent:
+            log.debug("%s is still not served", self.resource)
+            return
+        log.info(
+            "%s is not served: its CustomResourceDefinition is not installed; meshplane will look again every %gs",
+            self.resource,
+            probe_interval,
+            extra={"resource": str(self.resource)},
+        )
+        self.absent = True
+        self.inner.on_list([])
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KubeApiError):
         return str(exc)
@@ -262,30 +313,63 @@ async def infinite_watch(
     backoff: Backoff | None = None,
     timeout_seconds: int | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    optional: bool = False,
+    probe_interval: float = 30.0,
 ) -> None:
     """Keep `handler` in step with the selection until cancelled; never returns otherwise.
 
     `timeout_seconds` is the server-side limit of each watch request (default: random in
-    5-10 minutes, so many watchers do not reconnect in step).
+    5-10 minutes, so many watchers do not reconnect in step). With `optional`, a resource the
+    server does not serve is an empty list, probed again every `probe_interval` seconds (see the
+    module docstring); without it, a 404 is retried with backoff like any other failure.
     """
     backoff = backoff or Backoff()
+    presence = _OptionalHandler(handler, resource, selection) if optional else None
+    relisting_after_404 = False  # a watch 404 relists at once, but not twice in a row without a healthy stream
+
+    def healthy() -> None:
+        nonlocal relisting_after_404
+        relisting_after_404 = False
+        backoff.reset()
+
     while True:
         timeout = timeout_seconds or random.randint(300, 600)
         try:
-            await continuous_watch(api, resource, selection, handler, timeout_seconds=timeout, on_healthy=backoff.reset)
+            await continuous_watch(
+                api, resource, selection, presence or handler, timeout_seconds=timeout, on_healthy=healthy
+            )
         except WatchExpired as exc:
             log.info("watch of %s (%s) expired (%s); relisting", resource, selection, exc)
             continue
+        except ResourceNotServed as exc:
+            if presence is None:
+                await _retry(exc, resource, selection, backoff, sleep)
+                continue
+            healthy()
+            presence.not_served(probe_interval)
+            await sleep(probe_interval)
         except RETRYABLE as exc:
-            delay = backoff.next_delay()
-            if isinstance(exc, KubeApiError) and exc.retry_after is not None and exc.status in (429, 503):
-                delay = exc.retry_after
-            log.warning(
-                "watch of %s (%s) failed: %s; retrying in %.1fs",
-                resource,
-                selection,
-                _describe(exc),
-                delay,
-                extra={"resource": str(resource), "attempt": backoff.attempts},
-            )
-            await sleep(delay)
+            if presence is not None and isinstance(exc, KubeApiError) and exc.status == 404 and not relisting_after_404:
+                relisting_after_404 = True
+                log.info(
+                    "watch of %s (%s) answered 404; relisting to see whether it is still served", resource, selection
+                )
+                continue
+            await _retry(exc, resource, selection, backoff, sleep)
+
+
+async def _retry(
+    exc: BaseException, resource: Resource, selection: Selection, backoff: Backoff, sleep: Callable[[float], Any]
+) -> None:
+    delay = backoff.next_delay()
+    if isinstance(exc, KubeApiError) and exc.retry_after is not None and exc.status in (429, 503):
+        delay = exc.retry_after
+    log.warning(
+        "watch of %s (%s) failed: %s; retrying in %.1fs",
+        resource,
+        selection,
+        _describe(exc),
+        delay,
+        extra={"resource": str(resource), "attempt": backoff.attempts},
+    )
+    await sleep(delay)

@@ -8,6 +8,7 @@ which kubesim does not serve. Schemas (`components`) are deliberately empty.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tests.kubesim.resources import RESOURCES, ResourceType
@@ -19,8 +20,8 @@ def _gv_path(resource: ResourceType) -> str:
     return f"apis/{resource.group}/{resource.version}" if resource.group else f"api/{resource.version}"
 
 
-def index() -> dict[str, Any]:
-    paths = {_gv_path(r): {"serverRelativeURL": f"/openapi/v3/{_gv_path(r)}?hash={HASH}"} for r in RESOURCES}
+def index(served: Sequence[ResourceType] = RESOURCES) -> dict[str, Any]:
+    paths = {_gv_path(r): {"serverRelativeURL": f"/openapi/v3/{_gv_path(r)}?hash={HASH}"} for r in served}
     return {"paths": paths}
 
 
@@ -42,13 +43,13 @@ def _operation(resource: ResourceType, verb: str) -> dict[str, Any]:
     }
 
 
-def group_version(path: str) -> dict[str, Any] | None:
+def group_version(path: str, served: Sequence[ResourceType] = RESOURCES) -> dict[str, Any] | None:
     """The document for `api/v1` or `apis/<group>/<version>`, or None if not served."""
-    served = [r for r in RESOURCES if _gv_path(r) == path]
-    if not served:
+    in_path = [r for r in served if _gv_path(r) == path]
+    if not in_path:
         return None
     paths: dict[str, Any] = {}
-    for r in served:
+    for r in in_path:
         base = f"/{_gv_path(r)}/namespaces/{{namespace}}/{r.plural}" if r.namespaced else f"/{_gv_path(r)}/{r.plural}"
         paths[base] = {"post": _operation(r, "post")}
         paths[f"{base}/{{name}}"] = {"put": _operation(r, "put"), "patch": _operation(r, "patch")}

@@ -4,6 +4,9 @@ Each `ResourceType` carries what the API server's registry knows about a resourc
 version, plural and kind; how its name is validated; which fields take defaults on create; which
 lists merge by which key in a strategic merge patch; which fields a field selector may use; and
 which fields are immutable on update. Adding a resource is one entry in `RESOURCES`.
+
+Custom resources are not in `RESOURCES`: `tests.kubesim.customresources` builds their `ResourceType`s from
+each stored CustomResourceDefinition (whose own entry is here).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import base64
 import copy
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.kubesim.schemas import Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
 from tests.kubesim.validation import (
     FieldErrors,
@@ -69,6 +73,9 @@ class ResourceType:
     status_subresource: bool = False
     initial_status: Callable[[Obj], Any] | None = None
     return_deleted_object: bool = False
+    # a custom resource (served for a CRD): no strategic merge patch, unknown fields per `schema`
+    custom: bool = False
+    schema: Schema | None = None  # None: `tests.kubesim.schemas.SCHEMAS[plural]`
 
     @property
     def api_version(self) -> str:
@@ -579,6 +586,94 @@ def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
             _port_in_range(errors, f"ports[{i}].port", port["port"])
 
 
+_CRD_SCOPES = ["Cluster", "Namespaced"]
+
+
+def _validate_crd(obj: Obj, errors: FieldErrors) -> None:
+    """The checks of apiextensions' validation that decide whether the CRD can be served."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        errors.required("spec")
+        return
+    group = spec.get("group")
+    if not group:
+        errors.required("spec.group")
+    elif not isinstance(group, str) or "." not in group:
+        errors.invalid("spec.group", group, "should be a domain with at least one dot")
+    names = spec.get("names")
+    if not isinstance(names, dict):
+        errors.required("spec.names")
+        names = {}
+    plural, kind = names.get("plural"), names.get("kind")
+    if not plural:
+        errors.required("spec.names.plural")
+    elif not isinstance(plural, str) or not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", plural):
+        errors.invalid("spec.names.plural", plural, "a lowercase RFC 1123 label is required")
+    if not kind:
+        errors.required("spec.names.kind")
+    elif not isinstance(kind, str) or not re.match(r"^[A-Za-z][A-Za-z0-9]*$", kind):
+        errors.invalid("spec.names.kind", kind, "may have mixed case, but should otherwise match: [a-z]([-a-z0-9]*)")
+    if plural and group and obj["metadata"].get("name") != f"{plural}.{group}":
+        errors.invalid("metadata.name", obj["metadata"].get("name"), 'must be spec.names.plural+"."+spec.group')
+    scope = spec.get("scope")
+    if scope is None:
+        errors.required("spec.scope")
+    elif scope not in _CRD_SCOPES:
+        errors.not_supported("spec.scope", scope, _CRD_SCOPES)
+    versions = spec.get("versions")
+    if not isinstance(versions, list) or not versions:
+        errors.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
+        return
+    seen: set[str] = set()
+    for i, version in enumerate(versions):
+        vpath = f"spec.versions[{i}]"
+        if not isinstance(version, dict):
+            errors.invalid(vpath, version, "must be an object")
+            continue
+        name = version.get("name")
+        if not name:
+            errors.required(f"{vpath}.name")
+        else:
+            check_dns1035(errors, f"{vpath}.name", str(name))
+            if name in seen:
+                errors.duplicate(f"{vpath}.name", name)
+            seen.add(str(name))
+        for flag in ("served", "storage"):
+            if not isinstance(version.get(flag), bool):
+                errors.required(f"{vpath}.{flag}")
+        if not isinstance((version.get("schema") or {}).get("openAPIV3Schema"), dict):
+            errors.required(f"{vpath}.schema.openAPIV3Schema", "schemas are required")
+    storage = [v for v in versions if isinstance(v, dict) and v.get("storage") is True]
+    if len(storage) != 1:
+        errors.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
+
+
+def _validate_crd_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    old_scope = (old.get("spec") or {}).get("scope")
+    if (new.get("spec") or {}).get("scope") != old_scope:
+        errors.invalid("spec.scope", (new.get("spec") or {}).get("scope"), "field is immutable")
+
+
+def _crd_status(obj: Obj) -> Obj:
+    """Established at once (the real server takes a moment), with the accepted names defaulted."""
+    spec = obj.get("spec") or {}
+    names = dict(spec.get("names") or {})
+    kind = str(names.get("kind", ""))
+    names.setdefault("singular", kind.lower())
+    names.setdefault("listKind", f"{kind}List")
+    storage = [v.get("name") for v in spec.get("versions") or [] if isinstance(v, dict) and v.get("storage")]
+    conditions = [
+        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"},
+        {
+            "type": "Established",
+            "status": "True",
+            "reason": "InitialNamesAccepted",
+            "message": "the initial names have been accepted",
+        },
+    ]
+    return {"acceptedNames": names, "conditions": conditions, "storedVersions": storage}
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 POD_MERGE = {**META_MERGE, **pod_spec_merge("spec."), **CONDITIONS}
@@ -741,6 +836,23 @@ RESOURCES: tuple[ResourceType, ...] = (
         validate=_validate_endpointslice,
         generation_fields=("addressType", "endpoints", "ports"),
     ),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        namespaced=False,
+        short_names=("crd", "crds"),
+        categories=("api-extensions",),
+        merge_keys={**META_MERGE, "spec.versions": "name", **CONDITIONS},
+        validate=_validate_crd,
+        validate_update=_validate_crd_update,
+        generation_fields=("spec",),
+        status_subresource=True,
+        initial_status=_crd_status,
+        return_deleted_object=True,
+    ),
 )
 
 BY_KEY = {r.key: r for r in RESOURCES}
@@ -764,17 +876,17 @@ CREATE_ONLY: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
 }
 
 
-def find(group: str, version: str, plural: str) -> ResourceType | None:
-    for resource in RESOURCES:
+def find(group: str, version: str, plural: str, *, served: Sequence[ResourceType] = RESOURCES) -> ResourceType | None:
+    for resource in served:
         if resource.group == group and resource.version == version and resource.plural == plural:
             return resource
     return None
 
 
-def group_versions() -> dict[str, list[str]]:
+def group_versions(served: Sequence[ResourceType] = RESOURCES) -> dict[str, list[str]]:
     """Group name -> versions served, in first-seen order (core group under "")."""
     groups: dict[str, list[str]] = {}
-    for resource in RESOURCES:
+    for resource in served:
         versions = groups.setdefault(resource.group, [])
         if resource.version not in versions:
             versions.append(resource.version)

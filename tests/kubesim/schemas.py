@@ -93,6 +93,7 @@ SCHEMAS: dict[str, Schema] = {
             rules=_fields("apiGroups apiVersions operations resources scope"),
         ),
     ),
+    "customresourcedefinitions": _fields(TOP, metadata=METADATA, spec=ANY, status=ANY),
     "endpointslices": _fields(
         f"{TOP} addressType",
         metadata=METADATA,

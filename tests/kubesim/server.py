@@ -4,7 +4,9 @@ It serves discovery, create/get/list/watch/update/patch/delete(collection) for t
 `tests.kubesim.resources`, with the API server's semantics where meshplane depends on them:
 one global resourceVersion, watch events and bookmarks, `410 Gone` after compaction, label and
 field selectors, three patch formats, optimistic concurrency, validation errors naming the
-field, namespace lifecycle, and the Table form kubectl prints.
+field, namespace lifecycle, and the Table form kubectl prints. CustomResourceDefinitions make
+their resources served while they exist (`tests.kubesim.customresources`); deleting one deletes its
+objects, ends the watches on them, and the resource answers 404 again.
 
     sim = KubeSim(window=1000)
     await sim.start()            # 127.0.0.1, a free port
@@ -36,7 +38,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.kubesim import openapi, patching, protobuf, resources, tables, tokens
+from tests.kubesim import customresources, openapi, patching, protobuf, resources, tables, tokens
 from tests.kubesim.kubeconfig import write_kubeconfig
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
@@ -87,6 +89,7 @@ UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORTS = range(30000, 32768)
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 
 
 @dataclass
@@ -169,6 +172,7 @@ class KubeSim:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._allocated_ips: set[ipaddress.IPv4Address] = set()
         self._allocated_node_ports: set[int] = set()
+        self.custom = customresources.CustomResources()
         self.host = "127.0.0.1"
         self.port = 0
         self.app = web.Application(middlewares=[self._middleware], client_max_size=3 * 1024 * 1024)
@@ -228,8 +232,12 @@ class KubeSim:
         return len(self.storage.watchers)
 
     # -- direct access (for tests and controllers of later cuts) ------------------------------
+    def served(self) -> tuple[ResourceType, ...]:
+        """Every resource type served now: the built-in ones, then those of stored CRDs."""
+        return (*resources.RESOURCES, *self.custom.all())
+
     def resource(self, plural: str, group: str = "") -> ResourceType:
-        for r in resources.RESOURCES:
+        for r in self.served():
             if r.plural == plural and r.group == group:
                 return r
         raise KeyError(f"{plural}.{group}")
@@ -243,7 +251,7 @@ class KubeSim:
         api_version = str(obj.get("apiVersion", ""))
         group, _, version = api_version.rpartition("/")
         kind = obj.get("kind")
-        for r in resources.RESOURCES:
+        for r in self.served():
             if r.group == group and r.version == version and r.kind == kind:
                 ns = (obj.get("metadata") or {}).get("namespace", "default") if r.namespaced else ""
                 return self._create(r, ns, copy.deepcopy(obj), ctx=Context())
@@ -315,8 +323,14 @@ class KubeSim:
                 return self._json(discovery)
         if parts and parts[0] in ("healthz", "readyz", "livez") and len(parts) == 1:
             return web.Response(text="ok")
+        if request.method == "GET" and parts == ["openapi", "v2"]:
+            # An empty OpenAPI v2 document (zero protobuf bytes decode as one): kubectl's client-side
+            # validation then knows no schema, so a kind no server resource serves fails at mapping
+            # ("no matches for kind ..."), as against a real server.
+            return web.Response(body=b"", content_type="application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
         if request.method == "GET" and parts[:2] == ["openapi", "v3"]:
-            doc = openapi.index() if len(parts) == 2 else openapi.group_version("/".join(parts[2:]))
+            served = self.served()
+            doc = openapi.index(served) if len(parts) == 2 else openapi.group_version("/".join(parts[2:]), served)
             if doc is not None:
                 return self._json(doc)
         if len(parts) >= 3 and parts[0] == "api" and parts[1] == "v1":
@@ -326,7 +340,7 @@ class KubeSim:
         raise page_not_found()
 
     def _discovery(self, parts: list[str]) -> Any:
-        groups = resources.group_versions()
+        groups = resources.group_versions(self.served())
         if parts == ["version"]:
             return VERSION
         if parts == ["api"]:
@@ -357,14 +371,13 @@ class KubeSim:
         listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
         return {"name": group, "versions": listed, "preferredVersion": listed[0]}
 
-    @staticmethod
-    def _resource_list(group: str, version: str) -> dict[str, Any]:
+    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
             "resources": [
-                *(r.discovery() for r in resources.RESOURCES if r.group == group and r.version == version),
+                *(r.discovery() for r in self.served() if r.group == group and r.version == version),
                 *resources.CREATE_ONLY.get((group, version), ()),
             ],
         }
@@ -385,7 +398,7 @@ class KubeSim:
             return await self._token_review(request)
         if not rest or len(rest) > 2:
             raise page_not_found()
-        resource = resources.find(group, version, rest[0])
+        resource = resources.find(group, version, rest[0], served=self.served())
         if resource is None:
             raise page_not_found()
         if namespace is not None and not resource.namespaced:
@@ -603,7 +616,7 @@ class KubeSim:
         form, version = self._negotiate(request)
         if form == "table":
             body = tables.table(
-                resource.plural,
+                self._table_key(resource),
                 [obj],
                 resource_version=obj["metadata"].get("resourceVersion", ""),
                 include_object=request.query.get("includeObject", "Metadata"),
@@ -688,7 +701,7 @@ class KubeSim:
         form, version = self._negotiate(request)
         if form == "table":
             body = tables.table(
-                resource.plural,
+                self._table_key(resource),
                 selected,
                 resource_version=str(at_rv),
                 include_object=query.get("includeObject", "Metadata"),
@@ -786,7 +799,7 @@ class KubeSim:
                 event_type, obj = item
                 if form == "table":
                     payload: Any = tables.table(
-                        resource.plural,
+                        self._table_key(resource),
                         [obj],
                         resource_version=obj["metadata"]["resourceVersion"],
                         include_object=query.get("includeObject", "Metadata"),
@@ -856,7 +869,8 @@ class KubeSim:
             meta.pop("namespace")
 
     def _unknown_fields(self, resource: ResourceType, obj: Obj, ctx: Context) -> None:
-        unknown = prune_unknown(obj, SCHEMAS[resource.plural])
+        schema = resource.schema if resource.schema is not None else SCHEMAS[resource.plural]
+        unknown = prune_unknown(obj, schema)
         if not unknown:
             return
         if ctx.field_validation == "Strict":
@@ -910,6 +924,8 @@ class KubeSim:
         if dry_run:
             return obj
         stored = self.storage.write(resource, obj, event_type="ADDED")
+        if resource.key == CRD_KEY:
+            self.custom.set(stored)
         if resource.plural == "namespaces":
             self._create(
                 self.resource("serviceaccounts"),
@@ -1112,7 +1128,10 @@ class KubeSim:
         comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if comparable == old or dry_run:
             return comparable if dry_run else old  # a no-op update writes nothing, like the real server
-        return self.storage.write(resource, obj, event_type="MODIFIED")
+        stored = self.storage.write(resource, obj, event_type="MODIFIED")
+        if resource.key == CRD_KEY:
+            self.custom.set(stored)
+        return stored
 
     @staticmethod
     def _keep_allocations(obj: Obj, old: Obj) -> None:
@@ -1134,6 +1153,8 @@ class KubeSim:
         ctype = request.content_type
         if ctype not in PATCH_TYPES:
             raise _unsupported_media(PATCH_TYPES)
+        if resource.custom and ctype == "application/strategic-merge-patch+json":
+            raise _unsupported_media(tuple(t for t in PATCH_TYPES if t != ctype))
         raw = await request.read()
         try:
             patch = json.loads(raw)
@@ -1224,10 +1245,35 @@ class KubeSim:
         )
 
     def _remove(self, resource: ResourceType, namespace: str, name: str) -> Obj:
+        if resource.key == CRD_KEY:
+            return self._remove_crd(resource, name)
         gone = self.storage.delete(resource, namespace, name)
         if resource.plural == "services":
             self._release_service(gone)
         return gone
+
+    def _remove_crd(self, resource: ResourceType, name: str) -> Obj:
+        """Like the CRD cleanup finalizer: delete every object of the CRD, then the CRD; end its watches.
+
+        A CRD's name is `<plural>.<group>`, the storage key its objects share. Watchers see a DELETED
+        event per object and then the end of their stream; a new request for the resource is a 404.
+        """
+        for rkey, ns, obj_name in [key for key in self.storage.objects if key[0] == name]:
+            served = next((r for r in self.custom.all() if r.key == rkey), None)
+            if served is not None:
+                self.storage.delete(served, ns, obj_name)
+            else:  # no version served: nothing watches it, so no event type is needed
+                del self.storage.objects[(rkey, ns, obj_name)]
+        gone = self.storage.delete(resource, "", name)
+        self.custom.remove(name)
+        for watcher in list(self.storage.watchers):
+            if watcher.resource.key == name:
+                watcher.close()
+        return gone
+
+    def _table_key(self, resource: ResourceType) -> str:
+        """The column set of `tests.kubesim.tables` for a resource (a custom one never takes a built-in's)."""
+        return resource.key if resource.custom else resource.plural
 
     def _terminate_namespace(self, obj: Obj) -> Obj:
         """Mark the namespace Terminating now; its content and then itself go away right after."""
@@ -1246,7 +1292,7 @@ class KubeSim:
 
     async def _finalize_namespace(self, name: str) -> None:
         await asyncio.sleep(self.namespace_deletion_delay)
-        by_key = {r.key: r for r in resources.RESOURCES}
+        by_key = {r.key: r for r in self.served()}
         for rkey, ns, obj_name in list(self.storage.namespaced_keys(name)):
             self._remove(by_key[rkey], ns, obj_name)
         namespaces = self.resource("namespaces")

@@ -246,6 +246,15 @@ COLUMNS: dict[str, Sequence[Column]] = {
         Column("Webhooks", "integer", lambda o, _: len(o.get("webhooks") or [])),
         AGE,
     ],
+    "customresourcedefinitions": [
+        NAME,
+        Column(
+            "Created At",
+            "date",
+            lambda o, _: str((o.get("metadata") or {}).get("creationTimestamp") or ""),
+            description="CreationTimestamp of the object.",
+        ),
+    ],
     "endpointslices": [
         NAME,
         Column("AddressType", "string", lambda o, _: str(o.get("addressType", ""))),

@@ -431,6 +431,7 @@ async def test_discovery_lists_every_resource(kube_api: KubeApi) -> None:
     assert {g["name"] for g in groups["groups"]} == {
         "apps",
         "admissionregistration.k8s.io",
+        "apiextensions.k8s.io",
         "authentication.k8s.io",
         "discovery.k8s.io",
     }

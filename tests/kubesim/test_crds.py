@@ -1,0 +1,242 @@
+"""CustomResourceDefinitions: the machine's kubectl and raw HTTP against kubesim's custom resources."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.kubesim.fixtures import Kubectl, eventually
+from tests.kubesim.server import KubeSim
+
+CRD_FILE = pathlib.Path(__file__).parent / "crds" / "peerauthentications.security.istio.io.yaml"
+CRD_NAME = "peerauthentications.security.istio.io"
+BASE = "/apis/security.istio.io/v1"
+
+STRICT = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+"""
+
+CLUSTER_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: meshes.example.io}
+spec:
+  group: example.io
+  names: {kind: Mesh, plural: meshes}
+  scope: Cluster
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""
+
+
+def crd() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
+    return loaded
+
+
+def peer_authentication(name: str, namespace: str = "default", mode: str = "STRICT", **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"mtls": {"mode": mode}},
+    }
+
+
+async def call(
+    sim: KubeSim, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, sim.url + path, data=data, headers={"Content-Type": content_type}) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_kubectl_applies_a_crd_then_its_custom_resource_and_gets_it(kubectl: Kubectl) -> None:
+    missing = await kubectl.run("apply", "-f", "-", stdin=STRICT, check=False)
+    assert missing.returncode != 0
+    assert 'no matches for kind "PeerAuthentication" in version "security.istio.io/v1"' in missing.stderr
+
+    out = await kubectl.run("apply", "-f", str(CRD_FILE))
+    assert out.stdout.strip() == f"customresourcedefinition.apiextensions.k8s.io/{CRD_NAME} created"
+    out = await kubectl.apply(STRICT)
+    assert out.stdout.strip() == "peerauthentication.security.istio.io/strict created"
+
+    got = await kubectl.json("get", "peerauthentication", "strict", "-n", "default")
+    assert got["spec"] == {"mtls": {"mode": "STRICT"}}
+    assert got["metadata"]["generation"] == 1
+    table = (await kubectl.run("get", "pa", "-n", "default")).stdout.splitlines()
+    assert re.split(r"\s{2,}", table[0].strip()) == ["NAME", "AGE"]
+    assert table[1].split()[0] == "strict"
+
+    # A second apply is a JSON merge patch (kubectl has no patch strategy for a custom resource).
+    out = await kubectl.apply(STRICT.replace("STRICT", "PERMISSIVE"))
+    assert out.stdout.strip() == "peerauthentication.security.istio.io/strict configured"
+    got = await kubectl.json("get", "peerauthentication", "strict")
+    assert got["spec"]["mtls"]["mode"] == "PERMISSIVE"
+    assert got["metadata"]["generation"] == 2
+
+
+async def test_kubectl_strict_validation_rejects_fields_outside_the_crd_schema(kubectl: Kubectl) -> None:
+    await kubectl.run("apply", "-f", str(CRD_FILE))
+    typo = STRICT.replace("mtls: {mode: STRICT}", "mtls: {mod: STRICT}")
+    failed = await kubectl.run("apply", "-f", "-", stdin=typo, check=False)
+    assert failed.returncode != 0
+    assert 'strict decoding error: unknown field "spec.mtls.mod"' in failed.stderr
+
+
+async def test_deleting_the_crd_deletes_its_objects_and_the_resource_answers_404(
+    kubectl: Kubectl, kubesim: KubeSim
+) -> None:
+    await kubectl.run("apply", "-f", str(CRD_FILE))
+    await kubectl.apply(STRICT)
+    out = await kubectl.run("delete", "crd", CRD_NAME)
+    assert out.stdout.strip() == f'customresourcedefinition.apiextensions.k8s.io "{CRD_NAME}" deleted'
+    status, body = await call(kubesim, "GET", f"{BASE}/peerauthentications")
+    assert (status, body["reason"]) == (404, "NotFound")
+    assert not [key for key in kubesim.storage.objects if key[0] == CRD_NAME]
+    gone = await kubectl.run("get", "peerauthentications", "-A", check=False)
+    assert gone.returncode != 0
+    assert "the server could not find the requested resource" in gone.stderr  # from kubectl's discovery cache
+
+    # Installed again, it starts empty.
+    await kubectl.run("apply", "-f", str(CRD_FILE))
+    listed = await kubectl.json("get", "peerauthentications", "-A")
+    assert listed["items"] == []
+
+
+async def test_discovery_lists_a_crd_only_while_it_exists(kubesim: KubeSim) -> None:
+    _, groups = await call(kubesim, "GET", "/apis")
+    assert "security.istio.io" not in [g["name"] for g in groups["groups"]]
+    assert "apiextensions.k8s.io" in [g["name"] for g in groups["groups"]]
+    status, _ = await call(kubesim, "GET", BASE)
+    assert status == 404
+
+    kubesim.create_object(crd())
+    _, groups = await call(kubesim, "GET", "/apis")
+    istio = [g for g in groups["groups"] if g["name"] == "security.istio.io"]
+    assert istio and istio[0]["preferredVersion"] == {"groupVersion": "security.istio.io/v1", "version": "v1"}
+    _, resources = await call(kubesim, "GET", BASE)
+    [resource] = resources["resources"]
+    assert resource["name"] == "peerauthentications"
+    assert resource["kind"] == "PeerAuthentication"
+    assert resource["namespaced"] is True
+    assert resource["shortNames"] == ["pa"]
+    _, openapi = await call(kubesim, "GET", "/openapi/v3")
+    assert "apis/security.istio.io/v1" in openapi["paths"]
+
+    _, stored = await call(kubesim, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
+    conditions = {c["type"]: c["status"] for c in stored["status"]["conditions"]}
+    assert conditions == {"NamesAccepted": "True", "Established": "True"}
+    assert stored["status"]["acceptedNames"]["listKind"] == "PeerAuthenticationList"
+
+
+async def test_custom_resources_are_listed_by_label_and_watched_until_the_crd_goes(kubesim: KubeSim) -> None:
+    kubesim.create_object(crd())
+    kubesim.create_object(peer_authentication("a", app="x"))
+    kubesim.create_object(peer_authentication("b", app="y"))
+    _, listed = await call(kubesim, "GET", f"{BASE}/peerauthentications?labelSelector=app%3Dx")
+    assert listed["kind"] == "PeerAuthenticationList"
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["a"]
+    rv = listed["metadata"]["resourceVersion"]
+
+    events: list[tuple[str, str]] = []
+    ended = asyncio.Event()
+
+    async def watch() -> None:
+        url = f"{kubesim.url}{BASE}/namespaces/default/peerauthentications?watch=1&resourceVersion={rv}"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 200
+            async for line in resp.content:
+                if line.strip():
+                    event = json.loads(line)
+                    events.append((event["type"], event["object"]["metadata"]["name"]))
+        ended.set()
+
+    task = asyncio.create_task(watch())
+    try:
+        await eventually(lambda: kubesim.watch_count == 1, what="the watch")
+        kubesim.create_object(peer_authentication("c"))
+        await eventually(lambda: ("ADDED", "c") in events, what="ADDED c")
+        status, _ = await call(kubesim, "DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
+        assert status == 200
+        await asyncio.wait_for(ended.wait(), timeout=20)
+    finally:
+        task.cancel()
+    assert sorted(events[1:]) == [("DELETED", "a"), ("DELETED", "b"), ("DELETED", "c")]
+    status, _ = await call(kubesim, "GET", f"{BASE}/namespaces/default/peerauthentications/a")
+    assert status == 404
+
+
+async def test_custom_resources_take_merge_and_json_patches_but_refuse_strategic_merge(kubesim: KubeSim) -> None:
+    kubesim.create_object(crd())
+    kubesim.create_object(peer_authentication("p"))
+    path = f"{BASE}/namespaces/default/peerauthentications/p"
+    status, body = await call(
+        kubesim, "PATCH", path, {"spec": {"mtls": {"mode": "DISABLE"}}}, content_type="application/merge-patch+json"
+    )
+    assert (status, body["spec"]["mtls"]["mode"]) == (200, "DISABLE")
+    status, body = await call(
+        kubesim,
+        "PATCH",
+        path,
+        [{"op": "add", "path": "/spec/selector", "value": {"matchLabels": {"app": "web"}}}],
+        content_type="application/json-patch+json",
+    )
+    assert (status, body["spec"]["selector"]) == (200, {"matchLabels": {"app": "web"}})
+    status, body = await call(
+        kubesim, "PATCH", path, {"spec": {}}, content_type="application/strategic-merge-patch+json"
+    )
+    assert (status, body["reason"]) == (415, "UnsupportedMediaType")
+    assert "application/merge-patch+json" in body["message"]
+
+
+async def test_a_cluster_scoped_crd_serves_its_resource_without_namespaces(kubectl: Kubectl, kubesim: KubeSim) -> None:
+    await kubectl.apply(CLUSTER_CRD)
+    out = await kubectl.apply("apiVersion: example.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nanything: [1, 2]\n")
+    assert out.stdout.strip() == "mesh.example.io/m created"
+    got = await kubectl.json("get", "mesh", "m")
+    assert got["anything"] == [1, 2] and "namespace" not in got["metadata"]
+    status, _ = await call(kubesim, "GET", "/apis/example.io/v1alpha1/namespaces/default/meshes")
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metadata": {"name": "wrong.security.istio.io"}}, 'metadata.name: Invalid value: "wrong.security.istio.io"'),
+        ({"spec": {"scope": "Global"}}, 'spec.scope: Unsupported value: "Global"'),
+        (
+            {"spec": {"group": "nodots"}},
+            'spec.group: Invalid value: "nodots": should be a domain with at least one dot',
+        ),
+        ({"spec": {"versions": []}}, "must have exactly one version marked as storage version"),
+    ],
+    ids=["name", "scope", "group", "versions"],
+)
+async def test_an_invalid_crd_is_refused_naming_the_field(
+    kubesim: KubeSim, change: dict[str, Any], message: str
+) -> None:
+    body = crd()
+    for section, values in change.items():
+        body[section].update(values)
+    status, answer = await call(kubesim, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    assert message in answer["message"]
