@@ -254,7 +254,7 @@ class SigningPool:
         worker.send(("sign", self._next_id, csr, validity_seconds, caller_identities, policy, now))
         done, _ = await asyncio.wait([future], timeout=self.answer_timeout)
         if not done:
-            log.error("a CA signing worker left a request unanswered for %.0f s; killing it", self.answer_timeout)
+            log.error("a CA signing worker left a request unanswered for %g s; killing it", self.answer_timeout)
             worker.kill()  # its exit fails every request it holds (this one too) and starts a replacement
         return await future
 

@@ -242,7 +242,7 @@ async def test_a_hung_worker_is_killed_its_request_is_unavailable_and_a_replacem
         os.kill(worker.transport.get_pid(), signal.SIGSTOP)  # alive but never answering
         with pytest.raises(WorkerUnavailable, match="before answering"):
             await sign()
-        assert worker.exited.is_set()
+        await asyncio.wait_for(worker.exited.wait(), 30)  # killed and reaped
         chain = await sign()  # the replacement
         assert leaf_uris(chain[0]) == [ME] and pool.restart_count == 1
     finally:
