@@ -64,6 +64,8 @@ async def test_subscribe_is_honoured_with_a_stale_nonce_and_unsubscribe_stops_pu
     assert [r.name for r in second.resources] == [API]  # only the new subscription
     await client.ack(second)
     await client.request(ENDPOINT, unsubscribe=[WEB], nonce=second.nonce)  # no response
+    await client.request(ROUTE, subscribe=["80"])  # answered in order: proves the unsubscribe was handled
+    assert (await client.recv()).type_url == ROUTE
     xds.apply(m.endpoint_slice("web", ips=["10.1.0.1", "10.1.0.9"]))  # not pushed: unsubscribed
     xds.apply(m.endpoint_slice("api", ips=["10.1.1.1", "10.1.1.2"]))
     pushed = await client.recv()
