@@ -10,20 +10,29 @@ Measures, in one run:
 (e) the floor for (c): the same responses, pre-serialized, written to the same streams, until every
     proxy ACKed them; reported as the ratio (c) / floor.
 
-Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4]
-Prints a table and writes bench/results/xds-<time>.json.
+With --secure, the proxies use the secure port instead of the plaintext one, as `meshplane serve`
+wires it (:15012: TLS front end piping to an internal gRPC server; caller identity checked against
+the node). They trust `<state-dir>/root-cert.pem` (server name istiod.istio-system.svc) and send
+`authorization: Bearer <token>`, one token per namespace/service account minted with
+`meshplane token` before the clock starts. (e) then writes over the secure port too.
+
+Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
+Prints a table (its header names the port) and writes bench/results/xds-<time>.json ("port").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 from typing import IO, Any
 
 from bench.common import median, percentile, table, write_result
+from bench.xds.proxies import TLS_NAME, identity
 
 
 class Proc:
@@ -66,7 +75,42 @@ def ask_all(procs: list[Proc], **cmd: Any) -> list[Any]:
     return [item for p in procs for item in p.read()]
 
 
-def start_sims(target: str, first: int, count: int, procs: int, *, delta: bool) -> list[Proc]:
+def mint_tokens(state_dir: pathlib.Path, pairs: set[tuple[str, str]]) -> dict[str, str]:
+    """`meshplane token` for each namespace/service account, keyed "<ns>/<sa>"; raises if one fails."""
+    runs = {
+        f"{ns}/{sa}": subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controlplane",
+                "token",
+                "--namespace",
+                ns,
+                "--service-account",
+                sa,
+                "--ttl",
+                "2h",
+                "--state-dir",
+                str(state_dir),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for ns, sa in sorted(pairs)
+    }
+    tokens = {}
+    for key, run in runs.items():
+        out, _ = run.communicate(timeout=120)
+        if run.returncode != 0:
+            raise RuntimeError(f"meshplane token for {key} exited with {run.returncode}")
+        tokens[key] = out.strip()
+    return tokens
+
+
+def start_sims(
+    target: str, first: int, count: int, procs: int, *, delta: bool, extra: list[str] | None = None
+) -> list[Proc]:
+    """`extra`: more arguments for the simulators (TLS root, server name, tokens; connection per proxy)."""
     share = -(-count // procs)
     return [
         Proc(
@@ -79,6 +123,7 @@ def start_sims(target: str, first: int, count: int, procs: int, *, delta: bool) 
                 "--count",
                 str(min(share, count - n * share)),
                 *(["--delta"] if delta else []),
+                *(extra or []),
             ]
         )
         for n in range(procs)
@@ -100,8 +145,21 @@ def main() -> int:
     parser.add_argument("--debounce", type=float, default=0.1, help="debounce quiet time, seconds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delta", action="store_true", help="simulated proxies use Delta ADS (no floor measure)")
+    parser.add_argument("--secure", action="store_true", help="use the secure port (TLS front end, bearer tokens)")
+    parser.add_argument(
+        "--secure-grpc-addr", default="127.0.0.1:0", help="with --secure: the secure port's address (port 0: any)"
+    )
+    parser.add_argument(
+        "--connection-per-proxy",
+        action="store_true",
+        help="plaintext: one TCP connection per proxy (default: gRPC shares one per simulator process); "
+        "over TLS every proxy always has its own",
+    )
     args = parser.parse_args()
 
+    state = tempfile.TemporaryDirectory(prefix="bench-xds-")
+    state_dir = pathlib.Path(state.name)
+    secure_server = ["--secure-grpc-addr", args.secure_grpc_addr, "--state-dir", str(state_dir)] if args.secure else []
     server = Proc(
         [
             "bench.xds.server",
@@ -111,15 +169,36 @@ def main() -> int:
             str(args.endpoints),
             "--debounce",
             str(args.debounce),
+            *secure_server,
         ]
     )
     target = f"127.0.0.1:{server.ready['port']}"
+    own = args.secure or args.connection_per_proxy
+    port = {
+        "kind": "secure" if args.secure else "plaintext",
+        "role": ":15012 (TLS front end)" if args.secure else ":15010",
+        "address": target,
+        "connections": "one per proxy" if own else "one per simulator process",
+    }
     sims: list[Proc] = []
-    results: dict[str, Any] = {"params": vars(args)}
+    results: dict[str, Any] = {"params": vars(args), "port": port}
     rows: list[list[Any]] = []
     try:
+        extra = ["--connection-per-proxy"] if args.connection_per_proxy else []
+        if args.secure:
+            # Tokens for every proxy of both N and 2N, before the clock starts; the server made the key.
+            tokens = mint_tokens(state_dir, {identity(i) for i in range(2 * args.proxies)})
+            (state_dir / "tokens.json").write_text(json.dumps(tokens))
+            extra += [
+                "--tls-root",
+                str(state_dir / "root-cert.pem"),
+                "--tls-name",
+                TLS_NAME,
+                "--tokens",
+                str(state_dir / "tokens.json"),
+            ]
         started = time.time()
-        sims = start_sims(target, 0, args.proxies, args.procs, delta=args.delta)
+        sims = start_sims(target, 0, args.proxies, args.procs, delta=args.delta, extra=extra)
         synced = ask_all(sims, cmd="synced", timeout=600)
         done, missing = latencies(synced, started)
         results["a_all_synced_s"] = max(done) if done else None
@@ -191,7 +270,7 @@ def main() -> int:
                 ]
             )
 
-        more = start_sims(target, args.proxies, args.proxies, args.procs, delta=args.delta)
+        more = start_sims(target, args.proxies, args.proxies, args.procs, delta=args.delta, extra=extra)
         sims += more
         ask_all(more, cmd="synced", timeout=600)
         results["rss_2n"] = server.ask(cmd="rss")["rss"]
@@ -207,7 +286,9 @@ def main() -> int:
     finally:
         for proc in [*sims, server]:
             proc.stop()
-    print(table(["measure", "", "", ""], rows))
+        state.cleanup()
+    header = f"measure (xDS over {port['kind']} port {port['role']} at {target}, {port['connections']})"
+    print(table([header, "", "", ""], rows))
     path = write_result("xds", results)
     print(f"wrote {path}")
     return 0

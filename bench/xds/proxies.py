@@ -1,10 +1,20 @@
 """Simulated sidecars for bench/xds: many SotW ADS streams in one process, each behaving like Envoy.
 
-Each proxy has its own channel (its own TCP connection), asks for CDS and LDS, ACKs every
-response, subscribes EDS to the clusters CDS named and RDS to route `80`, and records when it
-ACKed which version of each type. Resource names are read straight from the encoded bytes
+Each proxy has its own channel, asks for CDS and LDS, ACKs every response, subscribes EDS to the
+clusters CDS named and RDS to route `80`, and records when it ACKed which version of each type.
+Resource names are read straight from the encoded bytes
 (`name` is field 1 of Cluster, ClusterLoadAssignment, Listener and RouteConfiguration, which
 deterministic serialization writes first), so a proxy costs little CPU per response.
+
+Connections: gRPC shares one connection among channels to the same target with the same
+arguments, so by default the plaintext proxies of one process share one TCP connection (many
+HTTP/2 streams). `--connection-per-proxy` gives each channel its own connection, as every Envoy
+has; over TLS every proxy always has its own connection.
+
+Every node names its namespace and service account (`identity(index)`). With `--tls-root` the
+proxies connect over TLS, trusting that root and checking the server name `--tls-name`, and send
+`authorization: Bearer <token>` with the token `--tokens` holds for their namespace/service account
+(a JSON object keyed `"<ns>/<sa>"`), as the secure xDS port requires.
 
 Commands on stdin, one JSON line each, answered with one JSON line on stdout:
 - `{"cmd": "synced"}`: the wall time at which each proxy had first ACKed all four types;
@@ -19,8 +29,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import pathlib
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -31,6 +44,32 @@ from google.protobuf import struct_pb2
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT
 
 NAMESPACES = tuple(f"ns-{n}" for n in range(10))
+SERVICE_ACCOUNTS = ("sim-a", "sim-b")
+TLS_NAME = "istiod.istio-system.svc"
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)  # no connection shared with other channels
+
+
+def identity(index: int) -> tuple[str, str]:
+    """The namespace and service account of simulated proxy `index`."""
+    return NAMESPACES[index % len(NAMESPACES)], SERVICE_ACCOUNTS[index // len(NAMESPACES) % len(SERVICE_ACCOUNTS)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Secure:
+    """How proxies reach the secure port: the root to trust, the server name to check, a token per ns/sa."""
+
+    root_pem: bytes
+    server_name: str
+    tokens: dict[str, str]
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.root_pem)
+        options = [*CHANNEL_OPTIONS, OWN_CONNECTION, ("grpc.ssl_target_name_override", self.server_name)]
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+    def metadata(self, namespace: str, service_account: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens[f'{namespace}/{service_account}']}"),)
 
 
 def _name(value: bytes) -> str:
@@ -50,24 +89,38 @@ def _name(value: bytes) -> str:
 class SimProxy:
     """A SotW client."""
 
-    def __init__(self, target: str, index: int, progress: asyncio.Event) -> None:
+    def __init__(
+        self,
+        target: str,
+        index: int,
+        progress: asyncio.Event,
+        *,
+        secure: Secure | None = None,
+        own_connection: bool = False,
+    ) -> None:
         self.index = index
         self.progress = progress
-        ns = NAMESPACES[index % len(NAMESPACES)]
+        ns, sa = identity(index)
         meta = struct_pb2.Struct()
-        meta.update({"NAMESPACE": ns, "ISTIO_VERSION": "1.40.0", "CLUSTER_ID": "Kubernetes"})
+        meta.update({"NAMESPACE": ns, "SERVICE_ACCOUNT": sa, "ISTIO_VERSION": "1.40.0", "CLUSTER_ID": "Kubernetes"})
         ip = f"10.240.{index // 250}.{index % 250 + 1}"
         self.node = base_pb2.Node(id=f"sidecar~{ip}~sim-{index}.{ns}~{ns}.svc.cluster.local", metadata=meta)
-        self.channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+        if secure is None:
+            options = [*CHANNEL_OPTIONS, OWN_CONNECTION] if own_connection else CHANNEL_OPTIONS
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+            self.call_metadata: tuple[tuple[str, str], ...] | None = None
+        else:
+            self.channel = secure.channel(target)
+            self.call_metadata = secure.metadata(ns, sa)
         self.acks: dict[str, list[tuple[int, float, bool]]] = {t: [] for t in SHORT}
         self.eds_names: frozenset[str] = frozenset()
         self.nonces: dict[str, tuple[str, str]] = {}
         self.synced_at: float | None = None
 
     async def run(self) -> None:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).StreamAggregatedResources()
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).StreamAggregatedResources(
+            metadata=self.call_metadata
+        )
         await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=self.node))
         await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
         rds_requested = False
@@ -138,7 +191,9 @@ class DeltaSimProxy(SimProxy):
     """A Delta client: tracks the versions it holds, subscribes EDS to new clusters, unsubscribes gone ones."""
 
     async def run(self) -> None:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).DeltaAggregatedResources()
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel).DeltaAggregatedResources(
+            metadata=self.call_metadata
+        )
         await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=self.node))
         await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER))
         known: dict[str, dict[str, str]] = {t: {} for t in SHORT}
@@ -179,10 +234,21 @@ async def main() -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--delta", action="store_true", help="use Delta ADS instead of State of the World")
+    parser.add_argument("--tls-root", type=pathlib.Path, help="connect over TLS, trusting this root (PEM)")
+    parser.add_argument("--tls-name", default=TLS_NAME, help="server name to check in the TLS certificate")
+    parser.add_argument("--tokens", type=pathlib.Path, help='with --tls-root: JSON {"<ns>/<sa>": token}')
+    parser.add_argument("--connection-per-proxy", action="store_true", help="plaintext: no shared connections")
     args = parser.parse_args()
     kind = DeltaSimProxy if args.delta else SimProxy
+    secure = None
+    if args.tls_root is not None:
+        tokens = json.loads(args.tokens.read_text()) if args.tokens is not None else {}
+        secure = Secure(root_pem=args.tls_root.read_bytes(), server_name=args.tls_name, tokens=tokens)
     progress = asyncio.Event()
-    proxies = [kind(args.target, i, progress) for i in range(args.first, args.first + args.count)]
+    proxies = [
+        kind(args.target, i, progress, secure=secure, own_connection=args.connection_per_proxy)
+        for i in range(args.first, args.first + args.count)
+    ]
 
     async def until(done: Any, deadline: float) -> None:
         while not done() and (remaining := deadline - time.monotonic()) > 0:
@@ -190,7 +256,15 @@ async def main() -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(progress.wait(), min(remaining, 1.0))
 
+    def failed(task: asyncio.Task[None]) -> None:
+        # A stream that ends in an error (refused, unreachable) would only show up as a timeout: stop now.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            print(f"bench.xds.proxies: a proxy's stream failed: {exc!r}", file=sys.stderr, flush=True)
+            os._exit(2)
+
     tasks = [asyncio.create_task(p.run()) for p in proxies]
+    for task in tasks:
+        task.add_done_callback(failed)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

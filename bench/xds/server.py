@@ -8,6 +8,12 @@ noise) and takes commands, one JSON object per line on stdin, answering one JSON
 - `{"cmd": "floor", "version": V, "cluster": C}`: write, to every stream, the same responses the
   last service addition produced (pre-serialized before the clock starts), with version V;
 - `{"cmd": "rss"}`: resident memory of this process; `{"cmd": "stats"}`: streams and cache.
+
+By default ADS is served on a plaintext port (the role of :15010). With `--secure-grpc-addr` it is
+served the way `meshplane serve` serves :15012 instead: a local CA in `--state-dir` (which publishes
+`<state-dir>/root-cert.pem` and accepts `meshplane token` tokens minted with the same state dir),
+the TLS front end piping to an internal gRPC server, and ADS with `secure=True`, so every stream's
+caller identity (here: a bearer token) must match its node's namespace and service account.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pathlib
+import socket
 import sys
 import time
 from typing import Any
@@ -22,8 +30,14 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from certs.authenticate import Credentials
+from certs.runtime import local_ca
+from certs.service import CaError
+from certs.serving import serving_names
+from controlplane.grpcserver import GrpcServers
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
+from controlplane.settings import Address
 from discovery.connection import Watched
 from discovery.generators import SIDECAR, GenContext, ProxyView
 from discovery.server import AdsServer
@@ -32,6 +46,13 @@ from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
 
 NAMESPACES = tuple(f"ns-{n}" for n in range(10))
+
+
+def free_port(host: str) -> int:
+    """A port that was free a moment ago (the front end reports none back when asked for port 0)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def rss_bytes() -> int:
@@ -53,14 +74,9 @@ class Bench:
         self.service = DiscoveryService(
             self.registry, debounce_quiet=args.debounce, debounce_max=max(args.debounce, 10.0)
         )
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ]
-        )
-        AdsServer(self.service, secure=False).register(self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{args.port}")
+        self.server: grpc.aio.Server | None = None
+        self.secure: GrpcServers | None = None
+        self.port = 0
         self.endpoints_added = 0
         self.services_added = 0
 
@@ -88,8 +104,61 @@ class Bench:
         if kind == "rss":
             return {"rss": rss_bytes()}
         if kind == "stats":
-            return {"streams": len(self.service.streams), "cache": self.service.cache.stats()}
+            return self.stats()
         raise ValueError(f"unknown command {kind!r}")
+
+    async def start(self, args: argparse.Namespace) -> None:
+        """Start serving: plaintext, or (with `--secure-grpc-addr`) the secure port as `meshplane serve` wires it."""
+        if args.secure_grpc_addr is None:
+            self.server = grpc.aio.server(
+                options=[
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ]
+            )
+            AdsServer(self.service, secure=False).register(self.server)
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{args.port}")
+            await self.server.start()
+            return
+        addr = Address.parse(args.secure_grpc_addr, field="--secure-grpc-addr")
+        if addr.port == 0:
+            addr = Address(host=addr.host, port=free_port(addr.bind_host))
+        ca = await local_ca(
+            state_dir=args.state_dir,
+            trust_domain="cluster.local",
+            serving_hosts=serving_names(service="istiod", namespace="istio-system"),
+        )
+        self.secure = GrpcServers(plaintext_addr=None, secure_addr=addr, serving=ca.serving)
+        peers = self.secure.peer_certificates
+
+        async def identities(context: Any) -> list[str]:
+            # As `meshplane serve` authenticates a secure xDS stream: client certificate, then token.
+            credentials = Credentials(
+                metadata={k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)},
+                peer_certificate_pem=peers.for_context(context),
+            )
+            try:
+                caller = await ca.service.authenticate(credentials)
+            except CaError:
+                return []
+            return list(caller.identities)
+
+        ads = AdsServer(self.service, secure=True, identify=identities, peer_name=peers.client_of)
+        self.secure.add(ads.register, plaintext=False, secure=True)
+        await self.secure.start()
+        self.port = addr.port
+
+    async def stop(self) -> None:
+        if self.secure is not None:
+            await self.secure.stop(0)
+        if self.server is not None:
+            await self.server.stop(0)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"streams": len(self.service.streams), "cache": self.service.cache.stats()}
+        if self.secure is not None and self.secure.front is not None:
+            stats["tls_connections"] = self.secure.front.connections
+        return stats
 
     async def floor(self, version: int, cluster: str) -> dict[str, Any]:
         """Send pre-serialized copies of the service-addition responses to every stream; time the writes."""
@@ -141,14 +210,19 @@ async def main() -> None:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--endpoints", type=int, default=4)
     parser.add_argument("--debounce", type=float, default=0.1)
+    parser.add_argument("--secure-grpc-addr", help="serve ADS only here, over TLS as on :15012 (port 0: any)")
+    parser.add_argument("--state-dir", type=pathlib.Path, help="with --secure-grpc-addr: the local CA's state dir")
     args = parser.parse_args()
+    if args.secure_grpc_addr is not None and args.state_dir is None:
+        parser.error("--secure-grpc-addr needs --state-dir")
     bench = Bench(args)
-    await bench.server.start()
+    await bench.start(args)
     runner = asyncio.create_task(bench.service.run())
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    print(json.dumps({"ready": True, "port": bench.port, "rss": rss_bytes()}), flush=True)
+    secure = bench.secure is not None
+    print(json.dumps({"ready": True, "port": bench.port, "secure": secure, "rss": rss_bytes()}), flush=True)
     while line := await reader.readline():
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":
@@ -163,7 +237,7 @@ async def main() -> None:
             reply = {"error": repr(exc)}
         print(json.dumps(reply), flush=True)
     runner.cancel()
-    await bench.server.stop(0)
+    await bench.stop()
 
 
 if __name__ == "__main__":
