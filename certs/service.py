@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -78,6 +79,25 @@ class CertificateService:
         self.peer_certificate: PeerCertificateLookup = tls_peer_certificate
 
     # -- transport-independent core ---------------------------------------------------------------
+    def credentials_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> Credentials:
+        """What a gRPC call presents: its metadata (lower-cased keys) and its verified client certificate."""
+        return Credentials(
+            metadata={
+                key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+            },
+            peer_certificate_pem=self.peer_certificate(context),
+        )
+
+    async def identities_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+        """The identities the CA would grant this call's caller; empty if it cannot authenticate.
+
+        Used by secure xDS streams, which must be opened by the workload they name."""
+        try:
+            caller = await self.authenticate(self.credentials_of(context))
+        except CaError:
+            return []
+        return list(caller.identities)
+
     async def authenticate(self, credentials: Credentials) -> Caller:
         """The first authenticator's success, or CaError(UNAUTHENTICATED | UNAVAILABLE) listing why each failed."""
         absent: list[str] = []
@@ -147,15 +167,9 @@ class CertificateService:
     async def CreateCertificate(
         self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> ca_pb2.IstioCertificateResponse:
-        credentials = Credentials(
-            metadata={
-                key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-            },
-            peer_certificate_pem=self.peer_certificate(context),
-        )
         try:
             chain = await self.create_certificate(
-                csr=request.csr, validity_seconds=request.validity_duration, credentials=credentials
+                csr=request.csr, validity_seconds=request.validity_duration, credentials=self.credentials_of(context)
             )
         except CaError as exc:
             await context.abort(exc.code, str(exc))

@@ -20,14 +20,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from certs.authenticate import Credentials
 from certs.authenticate.kubejwt import TokenReview, TokenReviewUnavailable
 from certs.authority import KeyMaterialError
 from certs.kubestore import Secret, SecretConflict, SecretExists
 from certs.rootdist import ConfigMapExists, ConfigMapMissing, RootConfigMapReconciler
 from certs.rootsync import RootConfigMapController
 from certs.runtime import CaRuntime, kube_ca, local_ca
-from certs.service import CaError
 from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
@@ -126,7 +124,7 @@ class ControlPlane:
         secure_ads = AdsServer(
             self.discovery,
             secure=True,
-            identify=self._xds_identities,
+            identify=self.ca.service.identities_of,
             peer_name=self.grpc.peer_certificates.client_of,
         )
         self.grpc.add(secure_ads.register, plaintext=False, secure=True)
@@ -260,18 +258,6 @@ class ControlPlane:
             version=__version__,
         )
         self.tasks.start("xds-push", self.discovery.run())
-
-    async def _xds_identities(self, context: Any) -> list[str]:
-        """Who is on a secure xDS stream, as the CA would authenticate it (client certificate, then token)."""
-        credentials = Credentials(
-            metadata={k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)},
-            peer_certificate_pem=self.grpc.peer_certificates.for_context(context),
-        )
-        try:
-            caller = await self.ca.service.authenticate(credentials)
-        except CaError:
-            return []
-        return list(caller.identities)
 
     def _readiness(self) -> Mapping[str, bool]:
         checks = {f"{name} server": bound for name, bound in self._bound.items()}

@@ -30,9 +30,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from certs.authenticate import Credentials
 from certs.runtime import local_ca
-from certs.service import CaError
 from certs.serving import serving_names
 from controlplane.grpcserver import GrpcServers
 from controlplane.model.registry import Registry
@@ -131,19 +129,8 @@ class Bench:
         self.secure = GrpcServers(plaintext_addr=None, secure_addr=addr, serving=ca.serving)
         peers = self.secure.peer_certificates
 
-        async def identities(context: Any) -> list[str]:
-            # As `meshplane serve` authenticates a secure xDS stream: client certificate, then token.
-            credentials = Credentials(
-                metadata={k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)},
-                peer_certificate_pem=peers.for_context(context),
-            )
-            try:
-                caller = await ca.service.authenticate(credentials)
-            except CaError:
-                return []
-            return list(caller.identities)
-
-        ads = AdsServer(self.service, secure=True, identify=identities, peer_name=peers.client_of)
+        ca.service.peer_certificate = peers.for_context  # as `meshplane serve` wires it
+        ads = AdsServer(self.service, secure=True, identify=ca.service.identities_of, peer_name=peers.client_of)
         self.secure.add(ads.register, plaintext=False, secure=True)
         await self.secure.start()
         self.port = addr.port
