@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-webhook bench-ca bench-xds clean
+.PHONY: setup system-packages run test lint format bench-webhook bench-ca bench-xds clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) system-packages
+
+## system-packages: iptables and ip (iproute2) for `meshplane iptables` and its tests; installed only as root
+## with apt-get, and only when missing
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  ! { command -v iptables && command -v ip; } >/dev/null 2>&1; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iptables iproute2; fi
 
 ## run: the control plane in local mode on the example mesh (no Kubernetes)
 run: $(STAMP)
@@ -21,7 +28,7 @@ run: $(STAMP)
 	  --webhook-addr 127.0.0.1:15017 --http-addr 127.0.0.1:8080 --monitoring-addr 127.0.0.1:15014
 
 ## lint: ruff, formatting, types, import layering
-lint: $(STAMP)
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -192,8 +192,17 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser, tokencmd.add_parser]
 
 def _register_optional() -> None:
     from controlplane import injectcmd, proxystatuscmd
+    from controlplane.agent import cmd as agentcmd
+    from controlplane.demo import cmd as democmd
+    from controlplane.iptables import cmd as iptablescmd
 
-    for add in (injectcmd.add_parser, proxystatuscmd.add_parser):
+    for add in (
+        injectcmd.add_parser,
+        proxystatuscmd.add_parser,
+        agentcmd.add_parser,
+        iptablescmd.add_parser,
+        democmd.add_parser,
+    ):
         if add not in SUBCOMMANDS:  # main() may run more than once in one process (tests)
             SUBCOMMANDS.append(add)
 

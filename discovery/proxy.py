@@ -3,7 +3,9 @@
 Node ids follow Istio: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`, with type
 `sidecar` or `router`. Node metadata (a protobuf Struct) carries Istio's keys: `NAMESPACE`,
 `LABELS`, `SERVICE_ACCOUNT`, `INSTANCE_IPS`, `INTERCEPTION_MODE`, `ISTIO_VERSION`, `CLUSTER_ID`,
-`GENERATOR` (`grpc` for proxyless gRPC clients). Metadata wins over what the id implies.
+`GENERATOR` (`grpc` for proxyless gRPC clients), and meshplane's own `LOOPBACK_ADDRESS` (the
+proxy's loopback address, default 127.0.0.1: several proxies on one machine each get their own,
+as each pod has its own 127.0.0.1). Metadata wins over what the id implies.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from types import MappingProxyType
 from typing import Any
 
 from google.protobuf import json_format
+
+DEFAULT_LOOPBACK = "127.0.0.1"
 
 
 class NodeError(ValueError):
@@ -42,6 +46,7 @@ class Proxy:
     generator: str = ""
     istio_version: str = ""
     cluster_id: str = ""
+    loopback: str = DEFAULT_LOOPBACK  # with interception NONE: where outbound listeners bind and the app listens
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -93,6 +98,14 @@ def parse_node(node: Any) -> Proxy:
         mode = InterceptionMode(mode_text)
     except ValueError:
         raise NodeError(f"node.metadata.INTERCEPTION_MODE {mode_text!r} is not REDIRECT, TPROXY or NONE") from None
+    loopback_text = _text(metadata, "LOOPBACK_ADDRESS") or DEFAULT_LOOPBACK
+    try:
+        loopback = str(ipaddress.ip_address(loopback_text))
+    except ValueError:
+        raise NodeError(
+            f"node.metadata.LOOPBACK_ADDRESS {loopback_text!r} is not an IPv4 or IPv6 address; "
+            "set it to the proxy's loopback address (such as 127.0.0.1) or leave it out"
+        ) from None
     return Proxy(
         id=node.id,
         type=node_type,
@@ -106,6 +119,7 @@ def parse_node(node: Any) -> Proxy:
         generator=_text(metadata, "GENERATOR"),
         istio_version=_text(metadata, "ISTIO_VERSION"),
         cluster_id=_text(metadata, "CLUSTER_ID") or node.cluster,
+        loopback=loopback,
         metadata=MappingProxyType(metadata),
     )
 

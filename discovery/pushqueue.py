@@ -33,6 +33,9 @@ class PushRequest:
     start: float  # time.monotonic() of the earliest change merged in
     merged: int = 1  # how many requests were merged into this one
     version: int = 0  # the newest model version merged in
+    # Hosts whose endpoints changed which sidecars (tlsMode) or identities serve a port: proxyless
+    # clusters choose mTLS from that, so it needs CDS as well as EDS for their clients.
+    tls_changed: frozenset[str] = frozenset()
 
     @classmethod
     def from_change(cls, change: ModelChange, *, now: float | None = None) -> PushRequest:
@@ -55,6 +58,7 @@ class PushRequest:
             start=min(self.start, other.start),
             merged=self.merged + other.merged,
             version=max(self.version, other.version),
+            tls_changed=self.tls_changed | other.tls_changed,
         )
 
     def of_kind(self, kind: UpdateKind) -> frozenset[str]:

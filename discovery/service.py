@@ -7,12 +7,18 @@ entry per stream) and `push_concurrency` workers hand them to the streams, waiti
 and costs nothing more). Generated resources live in one `XdsCache` shared by all streams.
 
 `run()` is the long-running task; the gRPC transport (`discovery.server`) creates streams.
+
+Endpoint changes are compared with the endpoints seen at the previous change: a host whose
+sidecars (tlsMode) or identities per port changed is named in the request's `tls_changed`, which
+proxyless clients' CDS depends on. Comparing at every change (not at push time) keeps a change that
+flips and flips back within one debounce window visible to a client that read the middle state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -27,12 +33,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2, json_format
 
-from controlplane.model.registry import MeshSnapshot, ModelChange, Registry
+from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.connection import Watched, sync_status
 from discovery.generators import ProxyView, table_for
 from discovery.generators.base import GenContext
+from discovery.generators.grpc import tls_facts
 from discovery.proxy import Proxy
 from discovery.pushqueue import Debouncer, PushQueue, PushRequest
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, WILDCARD_TYPES, short
@@ -81,6 +88,7 @@ class DiscoveryService:
         self._nonces = itertools.count(1)
         self._nonce_prefix = secrets.token_hex(3)
         self.pushes_started = 0
+        self._endpoints_seen = registry.snapshot()
         registry.subscribe(self._on_change)
 
     # -- streams -------------------------------------------------------------------------------
@@ -104,7 +112,17 @@ class DiscoveryService:
 
     # -- pushes --------------------------------------------------------------------------------
     def _on_change(self, change: ModelChange) -> None:
-        self.debouncer.add(PushRequest.from_change(change))
+        request = PushRequest.from_change(change)
+        hosts = request.of_kind(UpdateKind.ENDPOINTS)
+        if hosts:
+            before, after = self._endpoints_seen, self.registry.snapshot()
+            changed = frozenset(
+                host for host in hosts if tls_facts(before.endpoints_for(host)) != tls_facts(after.endpoints_for(host))
+            )
+            self._endpoints_seen = after
+            if changed:
+                request = dataclasses.replace(request, tls_changed=changed)
+        self.debouncer.add(request)
 
     def start_push(self, request: PushRequest) -> None:
         """Queue `request` for every connected stream (the debouncer calls this)."""

@@ -19,7 +19,7 @@ from controlplane.model.services import Service
 from controlplane.model.workloads import Workload
 from discovery.cache import ResourceGroup, XdsCache
 from discovery.connection import Watched
-from discovery.proxy import InterceptionMode, Proxy
+from discovery.proxy import DEFAULT_LOOPBACK, InterceptionMode, Proxy
 from discovery.pushqueue import PushRequest
 
 
@@ -54,9 +54,17 @@ class ProxyView:
         return self.proxy.interception_mode
 
     @property
+    def app_address(self) -> str:
+        """Where inbound clusters reach the application: the proxy's loopback address with interception
+        NONE (`LOOPBACK_ADDRESS`), else 127.0.0.1 (REDIRECT and TPROXY run in the pod's own network)."""
+        if self.mode is InterceptionMode.NONE:
+            return self.proxy.loopback
+        return DEFAULT_LOOPBACK
+
+    @property
     def inbound_key(self) -> tuple[object, ...]:
         """Everything the inbound configuration depends on, for cache keys."""
-        return (self.default_mode, self.inbound)
+        return (self.default_mode, self.inbound, self.app_address)
 
     @classmethod
     def build(cls, proxy: Proxy, snapshot: MeshSnapshot) -> ProxyView:

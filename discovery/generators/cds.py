@@ -6,12 +6,13 @@
   bootstrap's `sds-grpc` cluster, SNI `outbound_.<port>_._.<fqdn>`, the service's SPIFFE identities
   as allowed SANs), all others plaintext. Which endpoints have a sidecar is EDS data, so a pod
   gaining a sidecar changes only EDS.
-- `inbound|<port>||`: STATIC, to the application on 127.0.0.1:<port>.
+- `inbound|<port>||`: STATIC, to the application on 127.0.0.1:<port>; with interception NONE on
+  the proxy's `LOOPBACK_ADDRESS` instead (default 127.0.0.1).
 - `BlackHoleCluster` (no endpoints), `PassthroughCluster` and `InboundPassthroughCluster`
   (ORIGINAL_DST).
 
 Outbound clusters are the same for every sidecar and built once per services version; inbound
-clusters depend only on the workload's ports.
+clusters depend only on the workload's ports and the application's address.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def outbound_resources(snapshot: MeshSnapshot, cache: XdsCache) -> list[Resource
     return out
 
 
-def _inbound(port: InboundPort) -> cluster_pb2.Cluster:
+def _inbound(port: InboundPort, *, app_address: str) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=c.inbound_cluster(port.port),
         type=cluster_pb2.Cluster.STATIC,
@@ -105,7 +106,7 @@ def _inbound(port: InboundPort) -> cluster_pb2.Cluster:
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address("127.0.0.1", port.port))
+                            endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address(app_address, port.port))
                         )
                     ]
                 )
@@ -153,11 +154,18 @@ class ClusterGenerator:
             ("cds-outbound", snap.services_version, snap.mesh_version),
             lambda: outbound_resources(snap, cache),
         )
+        app = ctx.view.app_address
         local = cache.group(
             ("cds-local", ctx.view.inbound_key),
             lambda: [
                 *(
-                    cache.resource(CLUSTER, c.inbound_cluster(p.port), key=p, build=lambda p=p: _inbound(p))  # type: ignore[misc]
+                    cache.resource(
+                        CLUSTER,
+                        c.inbound_cluster(p.port),
+                        key=p,
+                        variant=app,
+                        build=lambda p=p: _inbound(p, app_address=app),  # type: ignore[misc]
+                    )
                     for p in ctx.view.inbound
                 ),
                 *(cache.resource(CLUSTER, n, key=n, build=lambda n=n: _special(n)) for n in SPECIAL),  # type: ignore[misc]

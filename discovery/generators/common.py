@@ -128,6 +128,39 @@ def upstream_mtls(*, sni: str, sans: Iterable[str], protocol: Protocol) -> base_
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=typed(context))
 
 
+PROVIDER_INSTANCE = "default"  # the certificate provider a proxyless client's bootstrap defines
+
+
+def proxyless_upstream_mtls(*, sans: Iterable[str]) -> base_pb2.TransportSocket:
+    """Mesh mTLS for a proxyless gRPC client (gRFC A29): certificate and trust bundle come from the
+    bootstrap's certificate provider `default` (certificates `default` and `ROOTCA`), not SDS.
+
+    gRPC rejects TLS parameters and SDS configs, and reads `match_subject_alt_names` (not the typed
+    matchers); no SANs means it only verifies the chain. The deprecated provider-instance fields are
+    sent too, for gRPC releases that predate `tls_certificate_provider_instance` (as Istio does)."""
+    cert = common_pb2.CertificateProviderPluginInstance(instance_name=PROVIDER_INSTANCE, certificate_name=CERT_SECRET)
+    root = common_pb2.CertificateProviderPluginInstance(instance_name=PROVIDER_INSTANCE, certificate_name=ROOT_SECRET)
+    legacy = tls_pb2.CommonTlsContext.CertificateProviderInstance
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_provider_instance=cert,
+            tls_certificate_certificate_provider_instance=legacy(
+                instance_name=PROVIDER_INSTANCE, certificate_name=CERT_SECRET
+            ),
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=common_pb2.CertificateValidationContext(
+                    ca_certificate_provider_instance=root,
+                    match_subject_alt_names=[string_pb2.StringMatcher(exact=san) for san in sorted(sans)],
+                ),
+                validation_context_certificate_provider_instance=legacy(
+                    instance_name=PROVIDER_INSTANCE, certificate_name=ROOT_SECRET
+                ),
+            ),
+        )
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=typed(context))
+
+
 def downstream_mtls() -> base_pb2.TransportSocket:
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=_common_tls(alpn=("h2", "http/1.1", "istio")),

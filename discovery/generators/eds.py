@@ -83,7 +83,7 @@ def resource(snapshot: MeshSnapshot, cache: XdsCache, name: str) -> Resource:
 
 
 @functools.lru_cache(maxsize=1024)
-def _by_host(names: frozenset[str]) -> Mapping[str, tuple[str, ...]]:
+def by_host(names: frozenset[str]) -> Mapping[str, tuple[str, ...]]:
     """Subscribed cluster names grouped by service hostname (shared by equal subscriptions)."""
     out: dict[str, list[str]] = {}
     for name in names:
@@ -99,13 +99,13 @@ class EndpointGenerator:
     def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
         if request.full:
             return request.has(UpdateKind.SERVICE, UpdateKind.MESH, UpdateKind.ENDPOINTS) or not request.updates
-        return not _by_host(watched.names).keys().isdisjoint(request.of_kind(UpdateKind.ENDPOINTS))
+        return not by_host(watched.names).keys().isdisjoint(request.of_kind(UpdateKind.ENDPOINTS))
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, request = ctx.snapshot, ctx.cache, ctx.request
         if request is not None and not request.has(UpdateKind.SERVICE, UpdateKind.MESH) and request.updates:
-            by_host = _by_host(watched.names)
-            names = sorted(n for host in request.of_kind(UpdateKind.ENDPOINTS) for n in by_host.get(host, ()))
+            subscribed = by_host(watched.names)
+            names = sorted(n for host in request.of_kind(UpdateKind.ENDPOINTS) for n in subscribed.get(host, ()))
             group = ResourceGroup([resource(snap, cache, n) for n in names])
             return Generated(groups=(group,), complete=False)
         group = cache.group(

@@ -6,15 +6,25 @@
   resolved from the client's namespace). Names that match no service port are left out, which
   the client reads as "does not exist".
 - RDS: one virtual host matching the requested authority, routing to `outbound|<port>||<fqdn>`.
-- CDS: the requested `outbound|...` clusters, type EDS over ADS, round robin, plaintext (this
-  generator does not configure xDS-managed mTLS).
+- CDS: the requested `outbound|...` clusters, type EDS over ADS, round robin. A cluster gets mesh
+  mTLS (gRFC A29: an UpstreamTlsContext as the cluster's `transport_socket`, certificates from the
+  bootstrap's certificate provider `default`) when mesh auto mTLS is on and every endpoint of that
+  service port (at least one) runs a sidecar (`tlsMode: istio`); otherwise plaintext. gRPC has no
+  transport socket matches, so one endpoint without a sidecar makes the whole cluster plaintext.
+  The allowed SANs are the SPIFFE identities of the endpoints' pods: a sidecar is known from its
+  pod, so its service account always is. Only clients that use xDS credentials apply this (others
+  ignore it and stay plaintext). Istio's grpcgen sends mTLS only for an explicit ISTIO_MUTUAL
+  DestinationRule; meshplane has no DestinationRules yet, and a sidecar server accepts the
+  client's mTLS on any port (its mTLS filter chains do not match on ALPN).
 - EDS: the same assignments as for sidecars.
 Every response carries exactly the requested names; there are no wildcard subscriptions here.
+When endpoints change which sidecars or identities serve a port (`PushRequest.tls_changed`),
+clients watching that service's clusters get CDS too, not only EDS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
@@ -22,6 +32,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
+from controlplane.model.endpoints import Endpoint, ServiceEndpoints
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service, ServicePort
 from discovery.cache import Resource, ResourceGroup
@@ -86,14 +97,41 @@ def _route(name: str, service: Service, port: ServicePort) -> route_pb2.RouteCon
     )
 
 
-def _cluster(name: str) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
+def sidecar_accounts(endpoints: Sequence[Endpoint]) -> tuple[str, ...] | None:
+    """The service accounts behind `endpoints` when every one (at least one) runs a sidecar, else None."""
+    if not endpoints or not all(e.sidecar for e in endpoints):
+        return None
+    return tuple(sorted({e.service_account for e in endpoints}))
+
+
+def tls_facts(endpoints: ServiceEndpoints) -> frozenset[tuple[str, tuple[str, ...] | None]]:
+    """What proxyless clusters of one service read from its endpoints, per port name; a change here
+    needs a CDS push to proxyless clients (see `discovery.service`)."""
+    names = {e.port_name for e in endpoints.endpoints}
+    return frozenset((name, sidecar_accounts(endpoints.for_port(name))) for name in names)
+
+
+def mtls_sans(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> tuple[str, ...] | None:
+    """The SPIFFE identities a proxyless client must see on `service`'s port, or None for plaintext."""
+    if not snapshot.mesh.enable_auto_mtls:
+        return None
+    accounts = sidecar_accounts(snapshot.endpoints_for(service.hostname).for_port(port.name))
+    if accounts is None:
+        return None
+    return tuple(c.spiffe_id(snapshot.mesh.trust_domain, service.namespace, sa) for sa in accounts)
+
+
+def _cluster(name: str, sans: tuple[str, ...] | None) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=c.ads()),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         connect_timeout=c.duration(10),
     )
+    if sans is not None:
+        cluster.transport_socket.CopyFrom(c.proxyless_upstream_mtls(sans=sans))
+    return cluster
 
 
 def _generated(resources: list[Resource]) -> Generated:
@@ -146,16 +184,29 @@ class GrpcRouteGenerator(_Base):
 class GrpcClusterGenerator(_Base):
     type_url = CLUSTER
 
+    def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
+        if super().needs_push(request, view, watched):
+            return True
+        return not eds.by_host(watched.names).keys().isdisjoint(request.tls_changed)
+
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache = ctx.snapshot, ctx.cache
         resources = []
         for name in sorted(watched.names):
             parsed = c.parse_outbound(name)
             service = snap.services.get(parsed[2]) if parsed else None
-            if parsed is None or service is None or service.port(parsed[0]) is None:
+            port = service.port(parsed[0]) if parsed and service else None
+            if service is None or port is None:
                 continue
+            sans = mtls_sans(snap, service, port)
             resources.append(
-                cache.resource(CLUSTER, name, key="eds", variant="grpc", build=lambda name=name: _cluster(name))  # type: ignore[misc]
+                cache.resource(
+                    CLUSTER,
+                    name,
+                    key=sans,
+                    variant="grpc",
+                    build=lambda name=name, sans=sans: _cluster(name, sans),  # type: ignore[misc]
+                )
             )
         return _generated(resources)
 

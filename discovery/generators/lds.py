@@ -12,15 +12,23 @@ REDIRECT (iptables sends outbound traffic to 15001 and inbound traffic to 15006)
   DISABLE plaintext; other ports pass through to `InboundPassthroughCluster` under the workload's
   default mode.
 
-NONE (no iptables; every listener binds its own socket). Port layout:
-- outbound: `127.0.0.1_<port>` bound on 127.0.0.1:<service port>; the application calls
-  `127.0.0.1:<port>` (HTTP services are told apart by Host header; when several TCP services share
+NONE (no iptables; every listener binds its own socket). `<loopback>` is the proxy's
+`LOOPBACK_ADDRESS` node metadata (default 127.0.0.1), so several proxies on one machine can each
+have their own, as each pod has its own 127.0.0.1. Port layout:
+- outbound: `<loopback>_<port>` bound on <loopback>:<service port>; the application calls
+  `<loopback>:<port>` (HTTP services are told apart by Host header; when several TCP services share
   a port, the first by hostname gets it). Ports the workload itself serves and Envoy's own ports
   (15000-15090) are not bound;
 - inbound: `<pod IP>_<target port>` bound on the pod's address and target port, with the same mTLS
-  filter chains as above; it forwards to the application on 127.0.0.1:<target port>, so the
-  application must listen on loopback only.
+  filter chains as above; it forwards to the application on <loopback>:<target port> (cluster
+  `inbound|<target port>||`), so the application must listen on loopback only.
 Binding ports below 1024 needs CAP_NET_BIND_SERVICE for Envoy's user, as in Istio.
+
+Client certificates, as Istio's sidecars handle them: inbound HTTP connection managers append the
+caller's certificate details (subject, URI and DNS SANs) to `x-forwarded-client-cert` and forward
+it (APPEND_FORWARD), so the application sees the caller's SPIFFE identity when the connection was
+mesh mTLS; outbound ones keep Envoy's default, SANITIZE, which drops the header an application
+sends, so a workload cannot forge the identity of its callers.
 """
 
 from __future__ import annotations
@@ -126,12 +134,12 @@ def redirect_outbound(snapshot: MeshSnapshot) -> list[listener_pb2.Listener]:
     return listeners
 
 
-def none_outbound(snapshot: MeshSnapshot, excluded: frozenset[int]) -> list[listener_pb2.Listener]:
+def none_outbound(snapshot: MeshSnapshot, excluded: frozenset[int], *, loopback: str) -> list[listener_pb2.Listener]:
     listeners = []
     for port, entries in sorted(_ports(snapshot).items()):
         if port in excluded or port in RESERVED_PORTS:
             continue
-        name = f"127.0.0.1_{port}"
+        name = f"{loopback}_{port}"
         if any(protocol.is_http for _, protocol in entries):
             chain = _outbound_http(port, stat_prefix=f"outbound_{name}")
         else:
@@ -141,7 +149,7 @@ def none_outbound(snapshot: MeshSnapshot, excluded: frozenset[int]) -> list[list
         listeners.append(
             listener_pb2.Listener(
                 name=name,
-                address=c.socket_address("127.0.0.1", port),
+                address=c.socket_address(loopback, port),
                 traffic_direction=base_pb2.OUTBOUND,
                 filter_chains=[chain],
             )
@@ -156,6 +164,10 @@ def _inbound_filters(port: InboundPort) -> list[lc.Filter]:
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=f"inbound_0.0.0.0_{port.port}",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        forward_client_cert_details=hcm_pb2.HttpConnectionManager.APPEND_FORWARD,
+        set_current_client_cert_details=hcm_pb2.HttpConnectionManager.SetCurrentClientCertDetails(
+            subject=wrappers_pb2.BoolValue(value=True), dns=True, uri=True
+        ),
         route_config=route_pb2.RouteConfiguration(
             name=cluster,
             validate_clusters=_false(),
@@ -268,9 +280,12 @@ class ListenerGenerator:
         versions = (snap.services_version, snap.mesh_version)
         if view.mode is InterceptionMode.NONE:
             excluded = frozenset(p.port for p in view.inbound)
+            loopback = view.proxy.loopback
             outbound = cache.group(
-                ("lds-none-out", versions, excluded),
-                lambda: _cached(cache, none_outbound(snap, excluded), key=versions, variant=excluded),
+                ("lds-none-out", versions, excluded, loopback),
+                lambda: _cached(
+                    cache, none_outbound(snap, excluded, loopback=loopback), key=versions, variant=(excluded, loopback)
+                ),
             )
             inbound_key = (view.inbound_key, view.proxy.ip)
             inbound = cache.group(

@@ -133,11 +133,19 @@ def test_node_parsing_reads_istio_metadata() -> None:
         ({"INSTANCE_IPS": "10.0.0.1,nope"}, "INSTANCE_IPS: 'nope'"),
         ({"LABELS": "app=web"}, "LABELS must be a map"),
         ({"SERVICE_ACCOUNT": 7}, "SERVICE_ACCOUNT must be a string"),
+        ({"LOOPBACK_ADDRESS": "localhost"}, "LOOPBACK_ADDRESS 'localhost' is not an IPv4 or IPv6 address"),
+        ({"LOOPBACK_ADDRESS": ["127.0.1.1"]}, "LOOPBACK_ADDRESS must be a string"),
     ],
 )
 def test_bad_node_metadata_names_the_key(metadata: dict[str, object], message: str) -> None:
     with pytest.raises(NodeError, match=message):
         parse_node(node(**metadata))
+
+
+def test_loopback_address_defaults_to_127_0_0_1_and_is_canonicalized() -> None:
+    assert parse_node(node()).loopback == "127.0.0.1"
+    assert parse_node(node(LOOPBACK_ADDRESS="127.0.1.5")).loopback == "127.0.1.5"
+    assert parse_node(node(LOOPBACK_ADDRESS="0:0:0:0:0:0:0:1")).loopback == "::1"
 
 
 def test_concatenated_cached_bytes_parse_as_the_same_response() -> None:

@@ -15,54 +15,14 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from controlplane.model.registry import Registry
-from controlplane.model.store import ConfigStore, ObjectKey
-from discovery.cache import XdsCache
 from discovery.connection import Watched
 from discovery.generators import GRPC, SIDECAR, GenContext, ProxyView
-from discovery.proxy import Proxy, parse_node
-from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE, WILDCARD_TYPES
+from discovery.proxy import Proxy
+from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
-from tests.discovery.harness import node
+from tests.discovery.world import World, proxy
 
 WEB = "outbound|80||web.default.svc.cluster.local"
-
-
-class World:
-    def __init__(self, *objects: Mapping[str, Any]) -> None:
-        self.store = ConfigStore()
-        self.registry = Registry(self.store)
-        self.cache = XdsCache()
-        self.apply(*objects)
-
-    def apply(self, *objects: Mapping[str, Any]) -> None:
-        self.store.apply([(ObjectKey.of(o), o) for o in objects])
-
-    def generate(
-        self, proxy: Proxy, type_url: str, names: list[str] | None = None, *, table: Any = SIDECAR
-    ) -> dict[str, Message]:
-        snapshot = self.registry.snapshot()
-        ctx = GenContext(snapshot=snapshot, view=ProxyView.build(proxy, snapshot), cache=self.cache)
-        watched = Watched(
-            type_url=type_url, names=frozenset(names or ()), wildcard=names is None and type_url in WILDCARD_TYPES
-        )
-        message_type = {
-            CLUSTER: cluster_pb2.Cluster,
-            ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-            LISTENER: listener_pb2.Listener,
-            ROUTE: route_pb2.RouteConfiguration,
-        }[type_url]
-        out: dict[str, Message] = {}
-        for group in table[type_url].generate(ctx, watched).groups:
-            for resource in group.resources:
-                message = message_type()
-                resource.to_any().Unpack(message)
-                out[resource.name] = message
-        return out
-
-
-def proxy(pod: str = "web-1", ip: str = "10.1.0.1", ns: str = "default", **metadata: Any) -> Proxy:
-    return parse_node(node(pod=pod, ns=ns, ip=ip, **metadata))
 
 
 def base_world(*extra: Mapping[str, Any]) -> World:
@@ -238,3 +198,79 @@ def test_proxies_with_the_same_view_share_generated_bytes() -> None:
         ctx = GenContext(snapshot=snapshot, view=ProxyView.build(proxy(pod=pod, ip=ip), snapshot), cache=world.cache)
         groups.append(SIDECAR[CLUSTER].generate(ctx, watched).groups)
     assert all(a is b for a, b in zip(groups[0], groups[1], strict=True))
+
+
+def test_none_mode_binds_and_forwards_on_the_proxys_loopback_address() -> None:
+    world = base_world(m.service("db", port=5432, port_name="tcp", cluster_ip="10.96.0.5"))
+    p = proxy(INTERCEPTION_MODE="NONE", LOOPBACK_ADDRESS="127.0.1.7")
+    listeners = world.generate(p, LISTENER)
+    assert set(listeners) == {"127.0.1.7_80", "127.0.1.7_5432", "10.1.0.1_8080"}
+    for name in ("127.0.1.7_80", "127.0.1.7_5432"):
+        address = listeners[name].address.socket_address  # type: ignore[attr-defined]
+        assert (address.address, f"{address.address}_{address.port_value}") == ("127.0.1.7", name)
+    assert inbound_endpoint(world, p) == ("127.0.1.7", 8080)
+
+
+def inbound_endpoint(world: World, p: Proxy, port: int = 8080) -> tuple[str, int]:
+    cluster = world.generate(p, CLUSTER)[f"inbound|{port}||"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    (locality,) = cluster.load_assignment.endpoints
+    (endpoint,) = locality.lb_endpoints
+    address = endpoint.endpoint.address.socket_address
+    return address.address, address.port_value
+
+
+def test_proxies_with_different_loopback_addresses_never_share_cached_resources() -> None:
+    world = base_world(m.pod("web-3", "10.1.0.3", app="web", sa="web-sa", ports={"http": 8080}))
+    first = proxy(INTERCEPTION_MODE="NONE", LOOPBACK_ADDRESS="127.0.1.1")
+    second = proxy(pod="web-3", ip="10.1.0.3", INTERCEPTION_MODE="NONE", LOOPBACK_ADDRESS="127.0.1.3")
+    default = proxy(pod="web-3", ip="10.1.0.3", INTERCEPTION_MODE="NONE")
+    for _ in range(2):  # the second round is served from the cache
+        assert inbound_endpoint(world, first) == ("127.0.1.1", 8080)
+        assert inbound_endpoint(world, second) == ("127.0.1.3", 8080)
+        assert inbound_endpoint(world, default) == ("127.0.0.1", 8080)
+        assert "127.0.1.1_80" in world.generate(first, LISTENER)
+        assert "127.0.1.3_80" in world.generate(second, LISTENER)
+        assert "127.0.0.1_80" in world.generate(default, LISTENER)
+
+
+def test_redirect_mode_ignores_the_loopback_address() -> None:
+    world = base_world()
+    p = proxy(LOOPBACK_ADDRESS="127.0.1.9")
+    assert inbound_endpoint(world, p) == ("127.0.0.1", 8080)
+    assert {"virtualOutbound", "virtualInbound", "0.0.0.0_80"} == set(world.generate(p, LISTENER))
+
+
+def hcms(listener: Message) -> list[http_connection_manager_pb2.HttpConnectionManager]:
+    assert isinstance(listener, listener_pb2.Listener)
+    out = []
+    for chain in listener.filter_chains:
+        for flt in chain.filters:
+            if flt.name == "envoy.filters.network.http_connection_manager":
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                flt.typed_config.Unpack(hcm)
+                out.append(hcm)
+    return out
+
+
+@pytest.mark.parametrize(("mode", "inbound"), [("REDIRECT", "virtualInbound"), ("NONE", "10.1.0.1_8080")])
+def test_inbound_http_forwards_the_callers_certificate_and_outbound_sanitizes(mode: str, inbound: str) -> None:
+    world = base_world()
+    listeners = world.generate(proxy(INTERCEPTION_MODE=mode), LISTENER)
+    managers = hcms(listeners[inbound])
+    assert managers  # the HTTP port 8080 has an HTTP connection manager per filter chain
+    hcm_type = http_connection_manager_pb2.HttpConnectionManager
+    for hcm in managers:
+        assert hcm.forward_client_cert_details == hcm_type.APPEND_FORWARD
+        details = hcm.set_current_client_cert_details
+        assert (details.subject.value, details.uri, details.dns, details.cert, details.chain) == (
+            True,
+            True,
+            True,
+            False,
+            False,
+        )
+    outbound = "0.0.0.0_80" if mode == "REDIRECT" else "127.0.0.1_80"
+    (out_hcm,) = hcms(listeners[outbound])
+    assert out_hcm.forward_client_cert_details == hcm_type.SANITIZE
+    assert not out_hcm.HasField("set_current_client_cert_details")

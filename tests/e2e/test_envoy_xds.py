@@ -2,14 +2,18 @@
 
 Every Envoy gets its mTLS secrets from a small SDS server, so clusters and listeners that use
 ISTIO_MUTUAL really activate; the tests require zero `update_rejected` in Envoy's stats and
-SYNCED for every type in meshplane's /debug/syncz.
+SYNCED for every type in meshplane's /debug/syncz. Two NONE-mode Envoys on their own loopback
+addresses (LOOPBACK_ADDRESS) carry a real mTLS call from one workload to the other's application.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import pathlib
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +24,8 @@ from typing import Any
 import pytest
 
 from tests.discovery import meshdata as m
-from tests.e2e.envoyproxy import Envoy, SdsServer, make_identity, wait_for
+from tests.discovery.pki import MeshRoot
+from tests.e2e.envoyproxy import Envoy, Identity, SdsServer, make_identity, wait_for
 from tests.helpers.serve import Running, free_port, meshplane_cmd, start_serve
 
 SERVICES = 24
@@ -35,6 +40,7 @@ class Mesh:
     workdir: pathlib.Path
     http_port: int
     client_port: int  # the client service's target port (the workload's inbound port)
+    client_service_port: int
 
     def syncz(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"{self.serve.http_url}/debug/syncz", timeout=5) as resp:
@@ -47,13 +53,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("envoy-xds")
     config_dir = tmp / "config"
     config_dir.mkdir()
-    http_port, client_port = free_port(), free_port()
+    http_port, client_port, client_service_port = free_port(), free_port(), free_port()
     tcp_ports = [free_port() for _ in range(SERVICES)]
     objects = m.mesh_objects(SERVICES, http_port=http_port, tcp_port=lambda i: tcp_ports[i])
     objects += [
-        m.service("client", NS, port=free_port(), target=client_port, cluster_ip="10.96.9.9"),
+        m.service("client", NS, port=client_service_port, target=client_port, cluster_ip="10.96.9.9"),
         m.pod("client-redirect", "127.0.0.3", NS, app="client", sa="client"),
         m.pod("client-none", "127.0.0.4", NS, app="client", sa="client"),
+        m.endpoint_slice("client", NS, ips=["127.0.0.4"], port=client_port),
+        m.pod("caller", "127.0.0.5", NS, app="caller", sa="caller"),
     ]
     (config_dir / "mesh.yaml").write_text(m.dump_yaml(objects))
     serve = start_serve(
@@ -61,27 +69,41 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     )
     sds = SdsServer(make_identity(f"spiffe://cluster.local/ns/{NS}/sa/client")).start()
     try:
-        yield Mesh(serve, sds, config_dir, tmp, http_port, client_port)
+        yield Mesh(serve, sds, config_dir, tmp, http_port, client_port, client_service_port)
     finally:
         sds.stop()
         serve.stop()
 
 
-def start_envoy(mesh: Mesh, *, api_type: str, mode: str) -> Envoy:
-    pod, ip = ("client-redirect", "127.0.0.3") if mode == "REDIRECT" else ("client-none", "127.0.0.4")
+def start_envoy(
+    mesh: Mesh,
+    *,
+    api_type: str,
+    mode: str,
+    pod: str = "",
+    service_account: str = "client",
+    loopback: str = "",
+    sds: SdsServer | None = None,
+) -> Envoy:
+    """An Envoy for pod `pod` of the mesh (default: the client pod of `mode`)."""
+    pod = pod or ("client-redirect" if mode == "REDIRECT" else "client-none")
+    ip = {"client-redirect": "127.0.0.3", "client-none": "127.0.0.4", "caller": "127.0.0.5"}[pod]
+    metadata = {
+        "NAMESPACE": NS,
+        "SERVICE_ACCOUNT": service_account,
+        "ISTIO_VERSION": "1.40.0",
+        "CLUSTER_ID": "Kubernetes",
+        "INTERCEPTION_MODE": mode,
+    }
+    if loopback:
+        metadata["LOOPBACK_ADDRESS"] = loopback
     return Envoy.start(
         mesh.workdir,
-        name=f"{api_type}-{mode}".lower(),
+        name=f"{api_type}-{mode}-{pod}-{loopback}".lower(),
         node_id=f"sidecar~{ip}~{pod}.{NS}~{NS}.svc.cluster.local",
-        metadata={
-            "NAMESPACE": NS,
-            "SERVICE_ACCOUNT": "client",
-            "ISTIO_VERSION": "1.40.0",
-            "CLUSTER_ID": "Kubernetes",
-            "INTERCEPTION_MODE": mode,
-        },
+        metadata=metadata,
         xds_port=mesh.serve.ports["grpc"],
-        sds_port=mesh.sds.port,
+        sds_port=(sds or mesh.sds).port,
         api_type=api_type,
     )
 
@@ -252,6 +274,89 @@ def test_proxy_status_config_dump_and_registryz(mesh: Mesh) -> None:
         assert registry["problems"] == []
     finally:
         envoy.stop()
+
+
+class XfccEcho(http.server.ThreadingHTTPServer):
+    """An application that answers every GET with the `x-forwarded-client-cert` header it received."""
+
+    def __init__(self, address: str, port: int) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = (self.headers.get("x-forwarded-client-cert") or "<none>").encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        super().__init__((address, port), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(10)
+
+
+def http_get(url: str, *, host: str, forged_xfcc: str) -> str:
+    request = urllib.request.Request(url, headers={"Host": host, "x-forwarded-client-cert": forged_xfcc})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identity(mesh: Mesh) -> None:
+    root = MeshRoot()
+    identities = {}
+    for sa in ("client", "caller"):
+        leaf = root.issue(f"spiffe://cluster.local/ns/{NS}/sa/{sa}")
+        identities[sa] = Identity(root_pem=root.pem, cert_pem=leaf.cert_pem, key_pem=leaf.key_pem)
+    with contextlib.ExitStack() as cleanup:
+        server_sds = SdsServer(identities["client"]).start()
+        cleanup.callback(server_sds.stop)
+        caller_sds = SdsServer(identities["caller"]).start()
+        cleanup.callback(caller_sds.stop)
+        app = XfccEcho("127.0.1.4", mesh.client_port)  # the server pod's application, on its own loopback
+        cleanup.callback(app.stop)
+        server = start_envoy(mesh, api_type="GRPC", mode="NONE", loopback="127.0.1.4", sds=server_sds)
+        cleanup.callback(server.stop)
+        caller = start_envoy(
+            mesh,
+            api_type="DELTA_GRPC",
+            mode="NONE",
+            pod="caller",
+            service_account="caller",
+            loopback="127.0.1.5",
+            sds=caller_sds,
+        )
+        cleanup.callback(caller.stop)
+        envoys = [server, caller]
+        for envoy in envoys:
+            stats = wait_for(lambda envoy=envoy: settled(envoy), timeout=60, what="Envoy to apply CDS/LDS/RDS")
+            assert rejected(stats) == {}, envoy.logs()
+        server_listeners = set(server.listeners())
+        assert {f"127.0.0.4_{mesh.client_port}", f"127.0.1.4_{mesh.http_port}"} <= server_listeners
+        assert not any(name.startswith("127.0.0.1_") for name in server_listeners)
+        assert f"127.0.1.5_{mesh.client_service_port}" in caller.listeners()
+
+        # caller app -> caller Envoy (127.0.1.5) -> mTLS -> server Envoy (127.0.0.4) -> app (127.0.1.4).
+        # The caller's outbound drops the header its application made up; the server's inbound sets the real one.
+        xfcc = wait_for(
+            lambda: http_get(
+                f"http://127.0.1.5:{mesh.client_service_port}/",
+                host=f"client.{NS}.svc.cluster.local:{mesh.client_service_port}",
+                forged_xfcc="By=spiffe://evil;URI=spiffe://cluster.local/ns/kube-system/sa/admin",
+            ),
+            timeout=30,
+            what="a call through both Envoys",
+        )
+        assert xfcc.split(";")[0] == f"By=spiffe://cluster.local/ns/{NS}/sa/client", xfcc
+        assert f"URI=spiffe://cluster.local/ns/{NS}/sa/caller" in xfcc.split(";"), xfcc
+        assert "evil" not in xfcc and "kube-system" not in xfcc, xfcc
+        for envoy in envoys:
+            assert rejected(envoy.stats()) == {}, envoy.logs()
 
 
 def test_config_dump_needs_a_connected_proxy(mesh: Mesh) -> None:

@@ -1,12 +1,14 @@
-"""grpcio's built-in xDS client against `meshplane serve`: resolve, balance, and follow endpoint removal.
+"""grpcio's built-in xDS client against `meshplane serve`: resolve, balance, follow endpoint removal,
+and mesh mTLS from xDS (gRFC A29) with certificates from the bootstrap's file_watcher provider.
 
 The client runs in its own process (the xDS client is a process-wide singleton configured from
-GRPC_XDS_BOOTSTRAP) and prints which backend answered each call; the two backends are real gRPC
-servers in this process, on 127.0.0.1 and 127.0.0.2 with the same port.
+GRPC_XDS_BOOTSTRAP) and prints which backend answered each call; the backends are real gRPC
+servers in this process, on 127.0.0.x addresses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import queue
@@ -22,6 +24,7 @@ import grpc
 import pytest
 
 from tests.discovery import meshdata as m
+from tests.discovery.pki import MeshRoot
 from tests.e2e.envoyproxy import wait_for
 from tests.helpers.serve import Running, free_port, start_serve
 
@@ -42,9 +45,12 @@ while True:
 """
 
 
-def backend(host: str, port: int, name: str) -> grpc.Server:
-    def who(_request: bytes, _context: grpc.ServicerContext) -> bytes:
-        return name.encode()
+def backend(host: str, port: int, name: str, *, credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
+    """A gRPC server answering `name`, followed by the caller's URI SANs when the caller sent a certificate."""
+
+    def who(_request: bytes, context: grpc.ServicerContext) -> bytes:
+        sans = context.auth_context().get("x509_subject_alternative_name", [])
+        return " ".join([name, *(san.decode() for san in sans)]).encode()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     handler = grpc.method_handlers_generic_handler(
@@ -52,7 +58,10 @@ def backend(host: str, port: int, name: str) -> grpc.Server:
         {"Who": grpc.unary_unary_rpc_method_handler(who, request_deserializer=None, response_serializer=None)},
     )
     server.add_generic_rpc_handlers((handler,))
-    assert server.add_insecure_port(f"{host}:{port}") == port
+    if credentials is None:
+        assert server.add_insecure_port(f"{host}:{port}") == port
+    else:
+        assert server.add_secure_port(f"{host}:{port}", credentials) == port
     server.start()
     return server
 
@@ -99,8 +108,8 @@ def running(tmp_path: pathlib.Path) -> Iterator[tuple[Running, pathlib.Path, int
         serve.stop()
 
 
-def bootstrap(path: pathlib.Path, xds_port: int) -> dict[str, Any]:
-    data = {
+def bootstrap(path: pathlib.Path, xds_port: int, *, certificates: pathlib.Path | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "xds_servers": [
             {
                 "server_uri": f"127.0.0.1:{xds_port}",
@@ -114,6 +123,18 @@ def bootstrap(path: pathlib.Path, xds_port: int) -> dict[str, Any]:
             "locality": {},
         },
     }
+    if certificates is not None:  # what the agent writes in proxyless mode (OUTPUT_CERTS)
+        data["certificate_providers"] = {
+            "default": {
+                "plugin_name": "file_watcher",
+                "config": {
+                    "certificate_file": str(certificates / "cert-chain.pem"),
+                    "private_key_file": str(certificates / "key.pem"),
+                    "ca_certificate_file": str(certificates / "root-cert.pem"),
+                    "refresh_interval": "900s",
+                },
+            }
+        }
     path.write_text(json.dumps(data))
     return data
 
@@ -170,3 +191,103 @@ def _get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
+
+
+XDS_CLIENT = r"""
+import sys, time, grpc, grpc.experimental
+credentials = grpc.xds_channel_credentials(fallback_credentials=grpc.experimental.insecure_channel_credentials())
+calls = [
+    (target, grpc.secure_channel("xds:///" + target, credentials).unary_unary(sys.argv[1]))
+    for target in sys.argv[2:]
+]
+while True:
+    for target, call in calls:
+        try:
+            print(target + " " + call(b"", timeout=10).decode(), flush=True)
+        except grpc.RpcError as exc:
+            print(target + " error:" + exc.code().name + ":" + (exc.details() or ""), flush=True)
+    time.sleep(0.05)
+"""
+
+SECURE_ID = "spiffe://cluster.local/ns/default/sa/secure"
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
+SECURE, PLAIN, IMPOSTOR = (
+    f"{name}.default.svc.cluster.local:{TARGET_PORT}" for name in ("secure", "plain", "impostor")
+)
+
+
+def mtls_mesh(ports: dict[str, int]) -> str:
+    """`secure` and `impostor` run sidecars (tlsMode: istio); `plain` has no pod the mesh knows."""
+    ips = {"secure": "127.0.0.1", "plain": "127.0.0.2", "impostor": "127.0.0.3"}
+    objects: list[dict[str, Any]] = []
+    for name, ip in ips.items():
+        objects += [
+            m.service(name, ports=[{"name": "grpc", "port": TARGET_PORT, "targetPort": ports[name]}], cluster_ip=None),
+            m.endpoint_slice(name, ips=[ip], port=ports[name], port_name="grpc"),
+        ]
+        if name != "plain":
+            objects.append(m.pod(f"{name}-0", ip, app=name, sa=name))
+    return m.dump_yaml(objects)
+
+
+def test_grpc_xds_client_uses_mesh_mtls_for_sidecar_endpoints_and_plaintext_otherwise(tmp_path: pathlib.Path) -> None:
+    root = MeshRoot()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    client_leaf = root.issue("spiffe://cluster.local/ns/default/sa/client")
+    (certs / "cert-chain.pem").write_bytes(client_leaf.cert_pem)
+    (certs / "key.pem").write_bytes(client_leaf.key_pem)
+    (certs / "root-cert.pem").write_bytes(root.pem)
+
+    def server_credentials(spiffe: str) -> grpc.ServerCredentials:
+        leaf = root.issue(spiffe)
+        return grpc.ssl_server_credentials(
+            [(leaf.key_pem, leaf.cert_pem)], root_certificates=root.pem, require_client_auth=True
+        )
+
+    ports = {name: free_port() for name in ("secure", "plain", "impostor")}
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(mtls_mesh(ports))
+    with contextlib.ExitStack() as cleanup:
+        for host, name, identity in (
+            ("127.0.0.1", "secure", SECURE_ID),
+            ("127.0.0.2", "plain", None),
+            # Trusted root, but not the identity the mesh knows for `impostor`'s pod: the client must refuse it.
+            ("127.0.0.3", "impostor", SECURE_ID),
+        ):
+            credentials = server_credentials(identity) if identity else None
+            cleanup.callback(backend(host, ports[name], name, credentials=credentials).stop, 0)
+        serve = start_serve(tmp_path, "--config-dir", str(config), env={"PILOT_DEBOUNCE_AFTER": "0s"})
+        cleanup.callback(serve.stop)
+        boot = tmp_path / "grpc-bootstrap.json"
+        bootstrap(boot, serve.ports["grpc"], certificates=certs)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", XDS_CLIENT, METHOD, SECURE, PLAIN, IMPOSTOR],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={"GRPC_XDS_BOOTSTRAP": str(boot), "PATH": "/usr/bin:/bin"},
+        )
+        cleanup.callback(proc.wait)
+        cleanup.callback(proc.kill)
+        client = Client(proc)
+        answers = wait_for(lambda: _answered(client), timeout=60, what="calls to the secure and plain backends")
+        assert answers[SECURE] == f"secure {CLIENT_ID}"  # mTLS, and the server saw the client's identity
+        assert answers[PLAIN] == "plain"  # no sidecar: plaintext, no client certificate
+        assert answers[IMPOSTOR].startswith("error:UNAVAILABLE:"), answers
+        assert "SANs from certificate did not match" in answers[IMPOSTOR], answers
+
+        syncz = json.loads(_get(f"{serve.http_url}/debug/syncz"))  # gRPC keeps one xDS client per target
+        entries = [p for p in syncz if p["proxy"] == "client-0.default"]
+        assert entries and all({v["status"] for v in e["types"].values()} == {"SYNCED"} for e in entries), syncz
+
+
+def _answered(client: Client) -> dict[str, str] | None:
+    """The latest answer per target, once the secure and plain backends both answered."""
+    answers: dict[str, str] = {}
+    for line in client.take(30):
+        target, _, answer = line.partition(" ")
+        answers[target] = answer
+    good = answers.get(SECURE, "").startswith("secure") and answers.get(PLAIN) == "plain"
+    return answers if good and IMPOSTOR in answers else None

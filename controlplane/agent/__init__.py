@@ -1,0 +1,1 @@
+"""The sidecar agent (`meshplane agent`): certificates, SDS, Envoy bootstrap and lifecycle, probes."""

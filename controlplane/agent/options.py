@@ -1,0 +1,210 @@
+"""What the agent is told: flags, each defaulting to the env var the injected container gets.
+
+`AgentOptions` is filled once at start by `from_args`; every error names the flag (and the env var
+it came from) and what a good value looks like. See docs/agent.md for the table of flags.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import pathlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
+DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
+KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048")
+NODE_TYPES = ("sidecar", "router")
+INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
+STATUS_PORT = 15020
+ADMIN_PORT = 15000
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s))+")
+
+
+class OptionsError(ValueError):
+    """A flag or env var the agent cannot use; the message names it and what is expected."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentOptions:
+    node_type: str
+    domain: str
+    discovery_address: str
+    ca_address: str
+    istiod_san: str
+    pod_name: str
+    namespace: str
+    instance_ip: str
+    service_account: str
+    trust_domain: str
+    token_file: pathlib.Path
+    root_cert: pathlib.Path
+    labels_file: pathlib.Path
+    proxy_dir: pathlib.Path
+    sds_socket: pathlib.Path
+    key_algorithm: str
+    cert_ttl: float
+    loopback_address: str
+    bind_address: str
+    envoy: str | None
+    drain_duration: float
+    proxyless: bool
+    grpc_bootstrap: pathlib.Path
+    output_certs: pathlib.Path
+    interception_mode: str
+    proxy_log_level: str
+    proxy_component_log_level: str
+    status_port: int = STATUS_PORT
+    app_probers: str = ""  # ISTIO_KUBE_APP_PROBERS (JSON), as the injector rewrote the app's probes
+    prometheus_annotations: str = ""  # ISTIO_PROMETHEUS_ANNOTATIONS (JSON): where the app's own metrics are
+    proxy_config: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)  # from ISTIO_META_*, keys without the prefix
+
+    @property
+    def identity(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.node_type}~{self.instance_ip}~{self.pod_name}.{self.namespace}~{self.domain}"
+
+
+def parse_duration(text: str, *, name: str) -> float:
+    """`30s`, `5m`, `24h`, `1h30m`, `500ms` or a plain number of seconds -> seconds (> 0)."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        if not _DURATION.fullmatch(value):
+            raise OptionsError(f"{name}: {text!r} is not a duration (examples: 30s, 5m, 24h, 1h30m)") from None
+        unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        seconds = sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", value))
+    if seconds <= 0:
+        raise OptionsError(f"{name}: {text!r} must be positive")
+    return seconds
+
+
+def _ip(text: str, *, name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise OptionsError(f"{name}: {text!r} is not an IP address") from None
+
+
+def _host_port(text: str, *, name: str) -> str:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise OptionsError(f"{name}: {text!r} is not host:port (example: {DEFAULT_DISCOVERY})")
+    return text.strip()
+
+
+def _dns_label(text: str, *, name: str) -> str:
+    if not _DNS_LABEL.fullmatch(text):
+        raise OptionsError(f"{name}: {text!r} is not a Kubernetes name (lowercase letters, digits, '-', at most 63)")
+    return text
+
+
+def default_istiod_san(discovery_address: str) -> str:
+    """The DNS name to verify on the discovery address: its host when that is a name, else istiod's."""
+    host = discovery_address.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return DEFAULT_ISTIOD_SAN
+
+
+def proxy_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """`PROXY_CONFIG` (JSON object) as the injector writes it; empty when unset."""
+    text = env.get("PROXY_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise OptionsError(f"env PROXY_CONFIG: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise OptionsError("env PROXY_CONFIG: must be a JSON object")
+    return value
+
+
+def node_meta(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every `ISTIO_META_<KEY>` as metadata `<KEY>`; values that are JSON objects or arrays are decoded."""
+    meta: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith("ISTIO_META_") or len(name) == len("ISTIO_META_"):
+            continue
+        key = name[len("ISTIO_META_") :]
+        decoded: Any = value
+        if value[:1] in "[{":
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                decoded = value
+        meta[key] = decoded
+    return meta
+
+
+def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
+    """Check and combine parsed flags (whose defaults already came from `env`). Raises OptionsError."""
+    pc = proxy_config(env)
+    discovery = _host_port(args.discovery_address or pc.get("discoveryAddress") or DEFAULT_DISCOVERY,
+                           name="--discovery-address")  # fmt: skip
+    ca_address = _host_port(args.ca_addr or discovery, name="--ca-addr (env CA_ADDR)")
+    for flag, value in (("--pod-name (env POD_NAME)", args.pod_name), ("--pod-namespace (env POD_NAMESPACE)",
+                        args.pod_namespace), ("--instance-ip (env INSTANCE_IP)", args.instance_ip)):  # fmt: skip
+        if not value:
+            raise OptionsError(f"{flag} is required")
+    namespace = _dns_label(args.pod_namespace, name="--pod-namespace (env POD_NAMESPACE)")
+    service_account = _dns_label(args.service_account or "default", name="--service-account (env SERVICE_ACCOUNT)")
+    drain_text = args.drain_duration or str(pc.get("terminationDrainDuration") or "5s")
+    meta = node_meta(env)
+    proxyless = meta.get("GENERATOR") == "grpc" or env.get("DISABLE_ENVOY", "").lower() == "true"
+    interception = str(meta.get("INTERCEPTION_MODE") or "REDIRECT")
+    if interception not in INTERCEPTION_MODES:
+        raise OptionsError(f"env ISTIO_META_INTERCEPTION_MODE: {interception!r} is not one of REDIRECT, TPROXY, NONE")
+    if args.key_algorithm not in KEY_ALGORITHMS:
+        raise OptionsError(f"--key-algorithm: {args.key_algorithm!r} is not one of {', '.join(KEY_ALGORITHMS)}")
+    if args.node_type not in NODE_TYPES:
+        raise OptionsError(f"proxy type {args.node_type!r} is not sidecar or router")
+    status_port = int(args.status_port)
+    if not 0 < status_port < 65536:
+        raise OptionsError(f"--status-port: {status_port} is out of range")
+    return AgentOptions(
+        node_type=args.node_type,
+        domain=args.domain or f"{namespace}.svc.cluster.local",
+        discovery_address=discovery,
+        ca_address=ca_address,
+        istiod_san=args.istiod_san or default_istiod_san(discovery),
+        pod_name=args.pod_name,
+        namespace=namespace,
+        instance_ip=_ip(args.instance_ip, name="--instance-ip (env INSTANCE_IP)"),
+        service_account=service_account,
+        trust_domain=args.trust_domain or "cluster.local",
+        token_file=pathlib.Path(args.token_file),
+        root_cert=pathlib.Path(args.root_cert),
+        labels_file=pathlib.Path(args.labels_file),
+        proxy_dir=pathlib.Path(args.proxy_dir),
+        sds_socket=pathlib.Path(args.sds_socket),
+        key_algorithm=args.key_algorithm,
+        cert_ttl=parse_duration(args.cert_ttl, name="--cert-ttl (env SECRET_TTL)"),
+        loopback_address=_ip(args.loopback_address, name="--loopback-address (env ISTIO_META_LOOPBACK_ADDRESS)"),
+        bind_address=_ip(args.bind_address, name="--bind-address"),
+        envoy=args.envoy or None,
+        drain_duration=parse_duration(drain_text, name="--drain-duration (PROXY_CONFIG terminationDrainDuration)"),
+        proxyless=proxyless,
+        grpc_bootstrap=pathlib.Path(args.grpc_xds_bootstrap),
+        output_certs=pathlib.Path(args.output_certs),
+        interception_mode=interception,
+        proxy_log_level=args.proxy_log_level,
+        proxy_component_log_level=args.proxy_component_log_level,
+        status_port=status_port,
+        app_probers=env.get("ISTIO_KUBE_APP_PROBERS", ""),
+        prometheus_annotations=env.get("ISTIO_PROMETHEUS_ANNOTATIONS", ""),
+        proxy_config=pc,
+        meta=meta,
+    )

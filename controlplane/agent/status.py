@@ -1,0 +1,336 @@
+"""The agent's status server (port 15020): readiness, application probes, merged metrics, certificates.
+
+Routes (GET; anything else is 404):
+- `/healthz/ready`: 200 `ready` when the wiring's `ready()` says so, else 503 with its reason.
+- `/app-health/<container>/<readyz|livez|startupz>`: runs the application probe registered under
+  exactly that path (see `probes`): 200 when it passed, 500 when it failed, the detail as text;
+  404 naming the path when no probe is registered there.
+- `/stats/prometheus`: the agent's own registry, then Envoy's stats, then the application's metrics
+  (when `ISTIO_PROMETHEUS_ANNOTATIONS` asks for them), concatenated with a newline between sources,
+  as Prometheus text format 0.0.4. A source that fails or times out is left out, logged and counted
+  in `istio_agent_scrape_failures_total{type="envoy"|"application"|"agent"}`; the scrape still
+  answers 200.
+- `/debug/certs`: the wiring's `cert_info()` as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from controlplane.agent.probes import Prober, run_probe
+
+log = logging.getLogger(__name__)
+
+STATUS_PORT = 15020
+PROMETHEUS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+SCRAPE_TIMEOUT = 5.0
+MAX_APP_METRICS_BYTES = 10 * 1024 * 1024
+# Ports of the sidecar itself: scraping them as "the application" would loop or double count.
+RESERVED_PORTS = {
+    15000: "Envoy admin",
+    15001: "outbound capture",
+    15004: "debug",
+    15006: "inbound capture",
+    15008: "HBONE tunnel",
+    15020: "agent status",
+    15021: "Envoy health",
+    15053: "DNS proxy",
+    15090: "Envoy Prometheus",
+}
+# Request headers never forwarded to an application probe: they describe the kubelet's connection.
+_HOP_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "accept-encoding",
+    }
+)
+
+
+class StatusError(Exception):
+    """The status server cannot listen; the message names the address."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadyState:
+    ready: bool
+    reason: str = ""
+
+
+def app_metrics_url(text: str, *, host: str, status_port: int = STATUS_PORT) -> str | None:
+    """Where to scrape the application, from `ISTIO_PROMETHEUS_ANNOTATIONS` (`{"scrape","path","port"}`).
+
+    None when the text is empty, every field is empty (the pod had no Prometheus annotations) or
+    `scrape` is "false". Otherwise port defaults to 80 and path to /metrics, as Istio's agent does.
+    Raises ValueError naming the env var for bad JSON, a port that is not a number, or a port of
+    the sidecar itself (scraping it would loop).
+    """
+    if not text.strip():
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"env {PROMETHEUS_ENV}: not JSON ({exc}); it is written by the sidecar injector") from None
+    if not isinstance(config, dict):
+        raise ValueError(f'env {PROMETHEUS_ENV}: must be a JSON object like {{"scrape":"true","port":"9090"}}')
+    fields = {}
+    for key in ("scrape", "path", "port"):
+        value = config.get(key) or ""
+        if not isinstance(value, str):
+            raise ValueError(f"env {PROMETHEUS_ENV}: {key} must be a string, got {json.dumps(value)}")
+        fields[key] = value.strip()
+    if not any(fields.values()) or fields["scrape"] == "false":
+        return None
+    port_text = fields["port"] or "80"
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"env {PROMETHEUS_ENV}: port {port_text!r} is not a port number (prometheus.io/port)")
+    port = int(port_text)
+    reserved = "agent status" if port == status_port else RESERVED_PORTS.get(port)
+    if reserved:
+        raise ValueError(
+            f"env {PROMETHEUS_ENV}: port {port} is the sidecar's own ({reserved}); point the pod's "
+            "prometheus.io/port at the application's metrics port"
+        )
+    path = fields["path"] or "/metrics"
+    return f"http://{_join(host, port)}{path if path.startswith('/') else '/' + path}"
+
+
+class StatusServer:
+    """The HTTP server on the status port. Use `async with` or `start()` / `stop()`.
+
+    Args:
+        ready: says whether the proxy is ready and why not; an exception counts as not ready.
+        probers: application probes by path, from `probes.parse_probers`.
+        app_host: the application's address (the pod IP): probes without a host, and its metrics.
+        source_address: local address for connections to the application (None: the kernel's choice).
+        envoy_stats_url: Envoy's Prometheus endpoint; None when there is no Envoy (proxyless).
+        prometheus_annotations: the text of `ISTIO_PROMETHEUS_ANNOTATIONS` (see `app_metrics_url`).
+        registry: the agent's own metrics; the scrape counters are registered in it, so one status
+            server per registry.
+        cert_info: the `/debug/certs` document.
+
+    Raises ValueError for bad `prometheus_annotations`; `start()` raises StatusError when the
+    address cannot be bound (port in use, address not local).
+    """
+
+    def __init__(
+        self,
+        *,
+        ready: Callable[[], Awaitable[ReadyState]],
+        probers: Mapping[str, Prober],
+        app_host: str,
+        registry: CollectorRegistry,
+        cert_info: Callable[[], Mapping[str, Any]],
+        envoy_stats_url: str | None = None,
+        prometheus_annotations: str = "",
+        source_address: str | None = None,
+        bind_address: str = "0.0.0.0",
+        port: int = STATUS_PORT,
+        scrape_timeout: float = SCRAPE_TIMEOUT,
+    ) -> None:
+        self._ready = ready
+        self._probers = dict(probers)
+        self._app_host = app_host
+        self._source = source_address
+        self._registry = registry
+        self._cert_info = cert_info
+        self._envoy_url = envoy_stats_url
+        self._app_url = app_metrics_url(prometheus_annotations, host=app_host, status_port=port or STATUS_PORT)
+        self._bind = bind_address
+        self._port = port
+        self._scrape_timeout = scrape_timeout
+        self._scrapes = Counter("istio_agent_scrapes_total", "Scrapes of the merged metrics", registry=registry)
+        self._failures = Counter(
+            "istio_agent_scrape_failures_total",
+            "Sources left out of a merged scrape, by type (envoy, application, agent)",
+            ["type"],
+            registry=registry,
+        )
+        self._was_ready: bool | None = None
+        self._runner: web.AppRunner | None = None
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when constructed with port 0). Only valid once started."""
+        if self._runner is None or not self._runner.addresses:
+            raise RuntimeError("the status server is not running")
+        return int(self._runner.addresses[0][1])
+
+    async def start(self) -> None:
+        """Listen on (bind_address, port). Raises StatusError naming the address when that fails."""
+        app = web.Application()
+        app.router.add_get("/healthz/ready", self._handle_ready)
+        app.router.add_get("/app-health/{container}/{kind}", self._handle_probe)
+        app.router.add_get("/app-lifecycle/{container}/{kind}", self._handle_probe)
+        app.router.add_get("/stats/prometheus", self._handle_stats)
+        app.router.add_get("/debug/certs", self._handle_certs)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._bind, self._port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                hint = "another process holds the port: stop it or choose another status port"
+            else:
+                hint = "check the bind address: it must be an address of this host"
+            where = _join(self._bind, self._port)
+            raise StatusError(f"status server cannot listen on {where}: {reason} ({hint})") from None
+        local = (self._source, 0) if self._source else None
+        self._sessions = {
+            "envoy": aiohttp.ClientSession(),
+            "application": aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local)),
+        }
+        self._runner = runner
+        log.info("status server listening on %s", _join(self._bind, self.port))
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection; requests still running get 1 s. Idempotent."""
+        runner, sessions = self._runner, self._sessions
+        self._runner, self._sessions = None, {}
+        if runner is not None:
+            await runner.cleanup()
+        for session in sessions.values():
+            await session.close()
+
+    async def __aenter__(self) -> StatusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    async def _handle_ready(self, _: web.Request) -> web.Response:
+        try:
+            state = await self._ready()
+        except Exception as exc:
+            log.exception("readiness check failed")
+            state = ReadyState(ready=False, reason=f"readiness check failed: {exc}")
+        if state.ready != self._was_ready:
+            if state.ready:
+                log.info("proxy is ready")
+            else:
+                log.warning("proxy is not ready: %s", state.reason)
+            self._was_ready = state.ready
+        if state.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"{state.reason or 'not ready'}\n")
+
+    async def _handle_probe(self, request: web.Request) -> web.Response:
+        prober = self._probers.get(request.path)
+        if prober is None:
+            known = ", ".join(sorted(self._probers)) or "none"
+            text = f"no application probe is registered for {request.path} (registered: {known})\n"
+            return web.Response(status=404, text=text)
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_HEADERS}
+        result = await run_probe(prober, default_host=self._app_host, source_address=self._source, headers=headers)
+        if not result.ok:
+            log.info("application probe %s failed: %s", request.path, result.detail)
+        return web.Response(status=200 if result.ok else 500, text=result.detail + "\n")
+
+    async def _handle_certs(self, _: web.Request) -> web.Response:
+        try:
+            info = dict(self._cert_info())
+        except Exception as exc:
+            log.exception("certificate information failed")
+            return web.Response(status=500, text=f"certificate information is unavailable: {exc}\n")
+        return web.json_response(info, dumps=partial(json.dumps, indent=2, sort_keys=True, default=str))
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        self._scrapes.inc()
+        timeout = self._scrape_timeout
+        header_timeout = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds", "")
+        with contextlib.suppress(ValueError):  # absent or not a number: the default applies
+            timeout = min(timeout, float(header_timeout))
+        forward = {k: v for k in ("User-Agent", "X-Prometheus-Scrape-Timeout-Seconds") if (v := request.headers.get(k))}
+        envoy_url = self._envoy_url
+        if envoy_url and request.query_string:
+            envoy_url = f"{envoy_url}?{request.query_string}"
+        envoy, app = await asyncio.gather(
+            self._scrape("envoy", envoy_url, headers=forward, seconds=timeout, limit=None),
+            self._scrape("application", self._app_url, headers=forward, seconds=timeout, limit=MAX_APP_METRICS_BYTES),
+        )
+        try:
+            own = generate_latest(self._registry)
+        except Exception:
+            log.exception("the agent's own metrics could not be rendered")
+            self._failures.labels(type="agent").inc()
+            own = b""
+        body = b"".join(_terminated(part) for part in (own, envoy, app) if part)
+        response = web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
+        response.enable_compression()
+        return response
+
+    async def _scrape(
+        self, kind: str, url: str | None, *, headers: Mapping[str, str], seconds: float, limit: int | None
+    ) -> bytes:
+        """One source's metrics in text format, or b"" (logged and counted) when it cannot be had."""
+        session = self._sessions.get(kind)
+        if url is None or session is None:
+            return b""
+        try:
+            async with asyncio.timeout(seconds):
+                accept = {"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
+                async with session.get(url, headers={**headers, **accept}) as response:
+                    if response.status != 200:
+                        raise _ScrapeFailed(f"status {response.status}")
+                    chunks, size = [], 0
+                    async for chunk in response.content.iter_chunked(65536):
+                        size += len(chunk)
+                        if limit is not None and size > limit:
+                            raise _ScrapeFailed(f"the answer is larger than {limit} bytes")
+                        chunks.append(chunk)
+                    body = b"".join(chunks)
+                    return _strip_eof(body) if "openmetrics" in response.content_type else body
+        except TimeoutError:
+            reason = f"no answer within {seconds:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            reason = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc)
+        except (_ScrapeFailed, aiohttp.ClientError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+        log.warning("scraping %s metrics from %s failed: %s", kind, url, reason)
+        self._failures.labels(type=kind).inc()
+        return b""
+
+
+class _ScrapeFailed(Exception):
+    pass
+
+
+def _terminated(part: bytes) -> bytes:
+    return part if part.endswith(b"\n") else part + b"\n"
+
+
+def _strip_eof(body: bytes) -> bytes:
+    """OpenMetrics ends with `# EOF`; inside a merged text exposition that line must go."""
+    trimmed = body.rstrip()
+    return trimmed[: -len(b"# EOF")] if trimmed.endswith(b"# EOF") else body
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
