@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages run test lint format bench-webhook bench-ca bench-xds clean
+.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  ! { command -v iptables && command -v ip; } >/dev/null 2>&1; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iptables iproute2; fi
+
+## demo: a real mesh on this machine (control plane, agents, Envoys, apps); ARGS are passed on
+demo: setup
+	$(BIN)/meshplane demo $(ARGS)
 
 ## run: the control plane in local mode on the example mesh (no Kubernetes)
 run: $(STAMP)
