@@ -65,8 +65,7 @@ def backend_credential(running: Running, workdir: pathlib.Path) -> tuple[bytes, 
 
     async def once() -> None:
         task = asyncio.create_task(manager.run())
-        while manager.credential is None:
-            await asyncio.sleep(0.05)
+        await manager.wait_change(0)  # the first change is the first certificate (the roots load with it)
         task.cancel()
 
     asyncio.run(asyncio.wait_for(once(), 30))
