@@ -254,7 +254,10 @@ class EnvoySupervisor:
         if proc.returncode is not None:
             return False, f"envoy exited with code {proc.returncode}; waiting to restart it"
         try:
-            stats = await self._stats("^(cluster_manager.cds|listener_manager.lds).update_")
+            stats = await self._stats(
+                "^(cluster_manager.cds|listener_manager.lds).update_|"
+                "^cluster.xds-grpc.(upstream_cx_connect_fail|ssl.connection_error|ssl.fail_verify_san)$"
+            )
             state = (await self._admin("GET", "/ready")).strip()
         except EnvoyAdminError as exc:
             return False, f"envoy is starting: {exc}"
@@ -268,7 +271,7 @@ class EnvoySupervisor:
             if stats.get(f"{prefix}.update_success", 0) < 1:
                 if stats.get(f"{prefix}.update_rejected", 0) > 0:
                     return False, f"envoy rejected the {kind} it received ({counts})"
-                return False, f"envoy has not received {kind} yet ({counts})"
+                return False, f"envoy has not received {kind} yet ({counts}){_xds_trouble(stats)}"
         if state != "LIVE":
             return False, f"envoy is {state or 'not live'}"
         return True, "envoy is ready"
@@ -430,3 +433,18 @@ def _die_with_parent() -> None:
     """In the child before exec: have the kernel SIGKILL Envoy if the agent dies first (Linux)."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _xds_trouble(stats: dict[str, int]) -> str:
+    """Why Envoy may be waiting: its connections to the discovery server failing, if they do."""
+    connect = stats.get("cluster.xds-grpc.upstream_cx_connect_fail", 0)
+    tls = stats.get("cluster.xds-grpc.ssl.connection_error", 0)
+    san = stats.get("cluster.xds-grpc.ssl.fail_verify_san", 0)
+    problems = []
+    if connect:
+        problems.append(f"{connect} failed connections to the discovery address")
+    if san:
+        problems.append(f"{san} handshakes where the server's certificate lacked the expected name (--istiod-san)")
+    elif tls:
+        problems.append(f"{tls} failed TLS handshakes with the discovery server (check the root certificate)")
+    return "; " + ", ".join(problems) if problems else ""

@@ -236,3 +236,51 @@ def test_bad_options_exit_2_naming_the_field(
     assert agent.proc.wait(30) == 2
     assert message in agent.logs()
     assert "Traceback" not in agent.logs()
+
+
+def test_unreachable_discovery_server_is_named_in_readiness_and_the_agent_keeps_running(
+    mesh: tuple[Running, Workload, Workload], workdir: pathlib.Path
+) -> None:
+    from tests.helpers.serve import free_port
+
+    running, _, _ = mesh
+    client = Workload("client", pick_loopback(), pick_loopback())
+    closed = f"127.0.0.1:{free_port()}"
+    agent = start_agent(  # the flag given last wins
+        running, client, workdir, "--ca-addr", running.addr("secure-grpc"), "--discovery-address", closed
+    )
+    try:
+
+        def reason() -> str | None:
+            # Envoy opens 15021 only once it has its first configuration: ask the agent itself
+            status, body = get(f"http://{client.ip}:15020/healthz/ready")
+            return body if status == 503 and "failed connections to the discovery address" in body else None
+
+        body = wait_for(reason, timeout=60, what="readiness naming the unreachable discovery server")
+        assert "has not received clusters" in body
+        assert json.loads(get(f"http://{client.ip}:15020/debug/certs")[1])["rotations"] == 1  # the CA still works
+        assert agent.proc.poll() is None
+    finally:
+        assert agent.stop() == 0
+
+
+def test_unreachable_ca_keeps_the_agent_running_and_says_what_it_waits_for(
+    mesh: tuple[Running, Workload, Workload], workdir: pathlib.Path
+) -> None:
+    from tests.helpers.serve import free_port
+
+    running, _, _ = mesh
+    client = Workload("client", pick_loopback(), pick_loopback())
+    agent = start_agent(running, client, workdir, "--ca-addr", f"127.0.0.1:{free_port()}")
+    try:
+
+        def reason() -> str | None:
+            status, body = get(f"http://{client.ip}:15020/healthz/ready")
+            return body if status == 503 and "UNAVAILABLE" in body else None
+
+        body = wait_for(reason, timeout=60, what="readiness naming the unreachable CA")
+        assert "no certificate yet" in body
+        assert "waiting for the CA" in agent.logs()
+        assert agent.proc.poll() is None
+    finally:
+        assert agent.stop() == 0
