@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) system-packages
 
-## system-packages: iptables and ip (iproute2) for `meshplane iptables` and its tests; installed only as root
+## system-packages: iptables, ip (iproute2) and curl for `meshplane iptables` and the network-namespace tests; installed only as root
 ## with apt-get, and only when missing
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  ! { command -v iptables && command -v ip; } >/dev/null 2>&1; then \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iptables iproute2; fi
+	  ! { command -v iptables && command -v ip && command -v curl; } >/dev/null 2>&1; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iptables iproute2 curl; fi
 
 ## demo: a real mesh on this machine (control plane, agents, Envoys, apps); ARGS are passed on
 demo: setup
