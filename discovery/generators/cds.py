@@ -6,6 +6,8 @@
   bootstrap's `sds-grpc` cluster, SNI `outbound_.<port>_._.<fqdn>`, the service's SPIFFE identities
   as allowed SANs), all others plaintext. Which endpoints have a sidecar is EDS data, so a pod
   gaining a sidecar changes only EDS.
+  When the destination's workloads have PeerAuthentication DISABLE on the target port, the cluster
+  is plaintext for every endpoint (Istio's auto mTLS does the same).
 - `inbound|<port>||`: STATIC, to the application on 127.0.0.1:<port>; with interception NONE on
   the proxy's `LOOPBACK_ADDRESS` instead (default 127.0.0.1).
 - `BlackHoleCluster` (no endpoints), `PassthroughCluster` and `InboundPassthroughCluster`
@@ -23,6 +25,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2
 
 from controlplane.model.registry import MeshSnapshot, UpdateKind
+from controlplane.model.security import MtlsMode
 from controlplane.model.services import Protocol, Service, ServicePort
 from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
@@ -57,7 +60,7 @@ def _outbound(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> cl
     services = struct_pb2.Struct()
     services.update({"services": [{"host": service.hostname, "name": service.name, "namespace": service.namespace}]})
     cluster.metadata.filter_metadata["istio"].CopyFrom(services)
-    if snapshot.mesh.enable_auto_mtls:
+    if snapshot.mesh.enable_auto_mtls and destination_mode(snapshot, service, port) is not MtlsMode.DISABLE:
         accounts = snapshot.endpoints_for(service.hostname).service_accounts
         sans = [c.spiffe_id(snapshot.mesh.trust_domain, service.namespace, sa) for sa in accounts]
         match = struct_pb2.Struct()
@@ -77,6 +80,15 @@ def _outbound(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> cl
     return cluster
 
 
+def destination_mode(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> MtlsMode:
+    """The PeerAuthentication mode of the service's workloads on its target port (Istio: the service's
+    selector stands for its workloads). Auto mTLS sends plaintext to a DISABLE destination, as Istio does:
+    its sidecars would not accept mTLS there."""
+    mtls = snapshot.mtls_for(namespace=service.namespace, labels=service.selector)
+    target = port.target_port if isinstance(port.target_port, int) else port.port
+    return mtls.for_port(target)
+
+
 def outbound_resources(snapshot: MeshSnapshot, cache: XdsCache) -> list[Resource]:
     """Every outbound cluster of the snapshot, each cached on the inputs it is built from."""
     out: list[Resource] = []
@@ -88,7 +100,7 @@ def outbound_resources(snapshot: MeshSnapshot, cache: XdsCache) -> list[Resource
                 cache.resource(
                     CLUSTER,
                     name,
-                    key=(service, port, accounts, snapshot.mesh),
+                    key=(service, port, accounts, snapshot.mesh, destination_mode(snapshot, service, port)),
                     build=lambda s=service, p=port: _outbound(snapshot, s, p),  # type: ignore[misc]
                 )
             )
@@ -144,14 +156,17 @@ class ClusterGenerator:
     type_url = CLUSTER
 
     def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
-        if request.has(UpdateKind.SERVICE, UpdateKind.MESH) or (request.full and not request.updates):
+        # POLICY: a destination's PeerAuthentication DISABLE turns its clusters' mTLS off
+        if request.has(UpdateKind.SERVICE, UpdateKind.MESH, UpdateKind.POLICY) or (
+            request.full and not request.updates
+        ):
             return True
         return bool(request.of_kind(UpdateKind.WORKLOAD) & set(view.proxy.ip_addresses))
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache = ctx.snapshot, ctx.cache
         outbound = cache.group(
-            ("cds-outbound", snap.services_version, snap.mesh_version),
+            ("cds-outbound", snap.services_version, snap.mesh_version, snap.policy_version),
             lambda: outbound_resources(snap, cache),
         )
         app = ctx.view.app_address

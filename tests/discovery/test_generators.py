@@ -67,6 +67,22 @@ def test_outbound_cluster_uses_mtls_only_for_endpoints_with_a_sidecar() -> None:
     assert not by_ip["10.1.0.2"].HasField("metadata")
 
 
+@pytest.mark.parametrize(("mode", "mtls"), [("DISABLE", False), ("PERMISSIVE", True), ("STRICT", True)])
+def test_auto_mtls_sends_plaintext_to_a_destination_whose_policy_is_disable(mode: str, mtls: bool) -> None:
+    world = base_world()
+    world.apply(m.peer_authentication("web", "default", mode, selector={"app": "web"}))
+    cluster = world.generate(proxy(), CLUSTER)[WEB]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    assert bool(cluster.transport_socket_matches) is mtls
+
+
+def test_a_policy_change_reaches_cached_outbound_clusters() -> None:
+    world = base_world()
+    assert world.generate(proxy(), CLUSTER)[WEB].transport_socket_matches  # type: ignore[union-attr]
+    world.apply(m.peer_authentication("web", "default", "DISABLE", selector={"app": "web"}))
+    assert not world.generate(proxy(), CLUSTER)[WEB].transport_socket_matches  # type: ignore[union-attr]
+
+
 def test_mesh_config_can_turn_auto_mtls_off() -> None:
     world = base_world(
         {
