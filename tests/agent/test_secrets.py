@@ -136,10 +136,19 @@ async def test_a_root_that_does_not_verify_the_server_is_reported_and_retried(
         await until(lambda: m.credential is not None)
 
 
-async def test_a_refusing_ca_keeps_the_agent_waiting_with_the_status(cp: Running, tmp_path: pathlib.Path) -> None:
-    setup_files(cp, tmp_path, sa="someone-else")
+@pytest.mark.parametrize(
+    ("token_of", "status"),
+    [("someone-else", "PERMISSION_DENIED"), ("", "UNAUTHENTICATED")],  # another identity's token; a forged one
+)
+async def test_a_refusing_ca_keeps_the_agent_waiting_with_the_status(
+    cp: Running, tmp_path: pathlib.Path, token_of: str, status: str
+) -> None:
+    setup_files(cp, tmp_path, sa=token_of or SA)
+    if not token_of:
+        (tmp_path / "token").write_text("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJmb3JnZWQifQ.c2lnbmF0dXJl")
     async with running(manager(cp, tmp_path)) as m:
-        await until(lambda: "PERMISSION_DENIED" in m.waiting_for)
+        await until(lambda: status in m.waiting_for)
+        assert "to accept the request" in m.waiting_for
         assert m.credential is None
 
 
