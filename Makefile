@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds clean
+.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds bench-mesh clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-ca: $(STAMP)
 
 bench-xds: $(STAMP)
 	$(BIN)/python -m bench.xds
+
+bench-mesh: $(STAMP)
+	$(BIN)/python -m bench.mesh
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

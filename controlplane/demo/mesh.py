@@ -3,6 +3,8 @@
     mesh = DemoMesh(workdir, plan=AddressPlan(pod_prefix="127.3.4", ...), cert_ttl="30s")
     mesh.start()          # serve, then every agent (each starts its Envoy), then the apps
     mesh.status()         # certificates, xDS sync state, app counters (controlplane.demo.status)
+    mesh.add_workload(name="reviews-v3", role=Role.REVIEWS, version="v3")   # one more pod, live
+    mesh.remove_workload("reviews-v3")   # its endpoint out of the config dir, then its processes stopped
     mesh.stop()           # apps, agents (they drain and stop their Envoys), serve; idempotent
 
 Work dir layout: `config/` (the YAML `meshplane serve` watches; edit it live), `state/` (the CA's
@@ -23,6 +25,8 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.authenticate.localtoken import load_or_create_key, mint, parse_duration
 from controlplane.demo import plan as p
@@ -78,6 +82,7 @@ class DemoMesh:
         self.serve: Child | None = None
         self.agents: dict[str, Child] = {}
         self.apps: dict[str, Child] = {}
+        self._withdrawn: set[str] = set()  # workloads running without an endpoint in the config dir
         self._tokens_minted: dt.datetime | None = None
         self._socket_dir: pathlib.Path | None = None
 
@@ -152,7 +157,7 @@ class DemoMesh:
             self.progress(f"starting the control plane on {self.plan.control_plane}")
             self.start_control_plane()
             self.progress(f"starting {len(self.workloads)} agents (each gets its certificate and starts its Envoy)")
-            self._start_agents()
+            self._start_agents(self.workloads)
             self.progress("starting the apps")
             for group in ([w for w in self.workloads if not w.caller], [w for w in self.workloads if w.caller]):
                 self._start_apps(group)
@@ -166,10 +171,13 @@ class DemoMesh:
             self._socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="meshplane-demo-"))
         p.write_config_dir(self.config_dir, self.workloads)
         for w in self.workloads:
-            pod = self.pod_dir(w)
-            (pod / "proxy").mkdir(parents=True, exist_ok=True)
-            (pod / "labels").write_text(p.labels_file(w), encoding="utf-8")
+            self._prepare_pod(w)
         self.refresh_tokens(force=True)
+
+    def _prepare_pod(self, w: p.Workload) -> None:
+        pod = self.pod_dir(w)
+        (pod / "proxy").mkdir(parents=True, exist_ok=True)
+        (pod / "labels").write_text(p.labels_file(w), encoding="utf-8")
 
     def refresh_tokens(self, *, force: bool = False) -> None:
         """Re-mint every workload's token when the last ones are an hour old (agents re-read the file)."""
@@ -178,12 +186,15 @@ class DemoMesh:
             return
         key = load_or_create_key(self.state_dir)
         for w in self.workloads:
-            token = mint(key=key, namespace=p.NAMESPACE, service_account=w.service_account, ttl=TOKEN_TTL)
-            path = self.pod_dir(w) / "token"
-            tmp = path.with_name(".token.tmp")
-            tmp.write_text(token, encoding="utf-8")
-            os.replace(tmp, path)
+            self._write_token(w, key)
         self._tokens_minted = now
+
+    def _write_token(self, w: p.Workload, key: ec.EllipticCurvePrivateKey) -> None:
+        token = mint(key=key, namespace=p.NAMESPACE, service_account=w.service_account, ttl=TOKEN_TTL)
+        path = self.pod_dir(w) / "token"
+        tmp = path.with_name(".token.tmp")
+        tmp.write_text(token, encoding="utf-8")
+        os.replace(tmp, path)
 
     def serve_argv(self) -> list[str]:
         addr = self.plan.control_plane_addr
@@ -239,8 +250,8 @@ class DemoMesh:
             argv += ["--grpc-xds-bootstrap", str(pod / "grpc-bootstrap.json"), "--output-certs", str(pod / "certs")]
         return argv
 
-    def _start_agents(self) -> None:
-        for w in self.workloads:
+    def _start_agents(self, group: Sequence[p.Workload]) -> None:
+        for w in group:
             env = {"ISTIO_META_INTERCEPTION_MODE": "NONE"}
             if w.proxyless:
                 env["ISTIO_META_GENERATOR"] = "grpc"
@@ -249,7 +260,7 @@ class DemoMesh:
             )
             self.agents[w.name] = child
             child.start()
-        for w in self.workloads:
+        for w in group:
             url = f"http://{w.pod_ip}:{p.AGENT_PORT}/healthz/ready"
             wait_until(
                 functools.partial(http_ok, url),
@@ -294,6 +305,72 @@ class DemoMesh:
                 watch=[self.apps[w.name]],
                 stop=self.stop_event,
             )
+
+    # -- change it while it runs ------------------------------------------------------------------
+    def add_workload(self, *, name: str, role: p.Role, version: str) -> p.Workload:
+        """Start one more workload (the next number of the plan) and publish it in the config dir.
+
+        Its agent and Envoy start first, then its app; only once the app is up do its Pod and its endpoint go
+        into the config dir (its Service's file is rewritten), so no request reaches it before it can answer.
+        Raises PlanError for a name in use or unusable, StartError when its addresses are taken or a part of
+        it does not start (what it started is stopped again and nothing is published).
+        """
+        if any(w.name == name for w in self.workloads):
+            raise p.PlanError(f"workload name {name!r} is taken: choose another")
+        w = p.workload(self.plan, index=max(x.index for x in self.workloads) + 1, name=name, role=role, version=version)
+        busy = taken(b for b in p.required_binds(self.plan, [w]) if b.host in (w.pod_ip, w.loopback))
+        if busy:
+            listed = ", ".join(f"{bind}: {reason}" for bind, reason in busy)
+            raise StartError(f"cannot listen where {name} needs to: {listed}")
+        try:
+            self._prepare_pod(w)
+            self._write_token(w, load_or_create_key(self.state_dir))
+            self._start_agents([w])
+            self._start_apps([w])
+        except BaseException:
+            self._stop_workload(w)
+            raise
+        self.workloads = (*self.workloads, w)
+        p.write_config_dir(self.config_dir, self.workloads, withdrawn=self._withdrawn, only=[p.config_file(w)])
+        return w
+
+    def withdraw(self, name: str) -> None:
+        """Take the workload's endpoint out of its Service's EndpointSlice in the config dir. It keeps running
+        (requests in flight finish) and keeps its Pod. Raises PlanError for an unknown name or a workload
+        that serves no Service."""
+        w = self._workload(name)
+        if w.service is None:
+            raise p.PlanError(f"workload {name!r} serves no Service: it has no endpoint to withdraw")
+        self._withdrawn.add(name)
+        p.write_config_dir(self.config_dir, self.workloads, withdrawn=self._withdrawn, only=[p.config_file(w)])
+
+    def remove_workload(self, name: str, *, timeout: float = STOP_TIMEOUT) -> None:
+        """Withdraw the workload's endpoint (unless `withdraw` did already), stop its app, then its agent (which
+        drains and stops its Envoy), and remove its Pod from the config dir. For traffic to leave it without a
+        failed request, `withdraw` first and wait until no new request reaches it. Raises PlanError for an
+        unknown name."""
+        w = self._workload(name)
+        if w.service is not None and name not in self._withdrawn:
+            self.withdraw(name)
+        self._stop_workload(w, timeout=timeout)
+        self.workloads = tuple(x for x in self.workloads if x.name != name)
+        self._withdrawn.discard(name)
+        if w.service is None:
+            (self.config_dir / p.config_file(w)).unlink(missing_ok=True)
+        else:
+            p.write_config_dir(self.config_dir, self.workloads, withdrawn=self._withdrawn, only=[p.config_file(w)])
+
+    def _workload(self, name: str) -> p.Workload:
+        for w in self.workloads:
+            if w.name == name:
+                return w
+        raise p.PlanError(f"no workload {name!r} in the mesh (it has {', '.join(w.name for w in self.workloads)})")
+
+    def _stop_workload(self, w: p.Workload, *, timeout: float = STOP_TIMEOUT) -> None:
+        for children in (self.apps, self.agents):
+            child = children.pop(w.name, None)
+            if child is not None:
+                child.stop(timeout)
 
     # -- run -------------------------------------------------------------------------------------
     def problems(self) -> dict[str, str]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 import pathlib
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ ENVOY_ADMIN_PORT = 15000
 AGENT_PORT = 15020
 ENVOY_HEALTH_PORT = 15021
 ENVOY_PROMETHEUS_PORT = 15090
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class PlanError(ValueError):
@@ -151,28 +154,51 @@ class Workload:
         return self.role in (Role.FRONTEND, Role.GREETER_CLIENT)
 
 
+ROLE_SERVICES: Mapping[Role, ServiceSpec | None] = {
+    Role.FRONTEND: FRONTEND,
+    Role.REVIEWS: REVIEWS,
+    Role.GREETER: GREETER,
+    Role.GREETER_CLIENT: None,
+}
+MAX_INDEX = 254  # workload N uses <prefix>.N
+
+
+def workload(plan: AddressPlan, *, index: int, name: str, role: Role, version: str) -> Workload:
+    """Workload number `index` of `plan`. Its app label and service account are its Service's name (the role's
+    name when it serves none). Raises PlanError when the name is not a DNS label or the index has no address."""
+    if not _DNS_LABEL.fullmatch(name):
+        raise PlanError(f"workload name {name!r} must be a DNS label (lower-case letters, digits and '-')")
+    if not _DNS_LABEL.fullmatch(version):
+        raise PlanError(f"workload {name}: version {version!r} must be a DNS label, like v3")
+    if not 1 <= index <= MAX_INDEX:
+        raise PlanError(f"workload {name}: number {index} has no address: the plan holds workloads 1 to {MAX_INDEX}")
+    service = ROLE_SERVICES[role]
+    app = role.value if service is None else service.name
+    return Workload(
+        name=name,
+        index=index,
+        role=role,
+        app=app,
+        version=version,
+        service_account=app,
+        service=service,
+        pod_ip=plan.pod_ip(index),
+        loopback=plan.loopback(index),
+    )
+
+
 def workloads(plan: AddressPlan) -> tuple[Workload, ...]:
     """The demo's workloads, numbered from 1 in start order (servers before the callers that need them)."""
-    specs: list[tuple[str, Role, str, str, ServiceSpec | None]] = [
-        ("reviews-v1", Role.REVIEWS, "v1", "reviews", REVIEWS),
-        ("reviews-v2", Role.REVIEWS, "v2", "reviews", REVIEWS),
-        ("greeter", Role.GREETER, "v1", "greeter", GREETER),
-        ("frontend", Role.FRONTEND, "v1", "frontend", FRONTEND),
-        ("greeter-client", Role.GREETER_CLIENT, "v1", "greeter-client", None),
+    specs = [
+        ("reviews-v1", Role.REVIEWS, "v1"),
+        ("reviews-v2", Role.REVIEWS, "v2"),
+        ("greeter", Role.GREETER, "v1"),
+        ("frontend", Role.FRONTEND, "v1"),
+        ("greeter-client", Role.GREETER_CLIENT, "v1"),
     ]
     return tuple(
-        Workload(
-            name=name,
-            index=index,
-            role=role,
-            app=role.value if service is None else service.name,
-            version=version,
-            service_account=sa,
-            service=service,
-            pod_ip=plan.pod_ip(index),
-            loopback=plan.loopback(index),
-        )
-        for index, (name, role, version, sa, service) in enumerate(specs, start=1)
+        workload(plan, index=index, name=name, role=role, version=version)
+        for index, (name, role, version) in enumerate(specs, start=1)
     )
 
 
@@ -243,8 +269,16 @@ _HEADERS = {
 }
 
 
-def config_documents(demo: Sequence[Workload]) -> dict[str, list[dict[str, Any]]]:
-    """The config dir's files: file name -> YAML documents. One file per service, so each is easy to edit."""
+def config_file(workload: Workload) -> str:
+    """The config dir file holding the workload's Pod (and its endpoint): its Service's file, else its own."""
+    return f"{workload.name}.yaml" if workload.service is None else f"{workload.service.name}.yaml"
+
+
+def config_documents(demo: Sequence[Workload], *, withdrawn: Collection[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """The config dir's files: file name -> YAML documents. One file per service, so each is easy to edit.
+
+    Every workload has its Pod; the ones named in `withdrawn` have no endpoint in their Service's EndpointSlice
+    (they still run, but get no new traffic)."""
     files: dict[str, list[dict[str, Any]]] = {
         "namespace.yaml": [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
@@ -258,21 +292,34 @@ def config_documents(demo: Sequence[Workload]) -> dict[str, list[dict[str, Any]]
     }
     for spec in SERVICES:
         backends = [w for w in demo if w.service == spec]
-        files[f"{spec.name}.yaml"] = [_service(spec), _endpoint_slice(spec, backends), *map(_pod, backends)]
-    for workload in demo:
-        if workload.service is None:
-            files[f"{workload.name}.yaml"] = [_pod(workload)]
+        serving = [w for w in backends if w.name not in withdrawn]
+        files[f"{spec.name}.yaml"] = [_service(spec), _endpoint_slice(spec, serving), *map(_pod, backends)]
+    for w in demo:
+        if w.service is None:
+            files[f"{w.name}.yaml"] = [_pod(w)]
     return files
 
 
-def write_config_dir(directory: pathlib.Path, demo: Sequence[Workload]) -> list[pathlib.Path]:
-    """Write the config files into `directory` (created if missing); returns their paths. OSError propagates."""
+def write_config_dir(
+    directory: pathlib.Path,
+    demo: Sequence[Workload],
+    *,
+    withdrawn: Collection[str] = (),
+    only: Collection[str] | None = None,
+) -> list[pathlib.Path]:
+    """Write the config files (all, or the file names in `only`) into `directory` (created if missing); returns
+    their paths. Each file is replaced atomically, so `meshplane serve` never reads half a file. OSError propagates.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, documents in config_documents(demo).items():
+    for name, documents in config_documents(demo, withdrawn=withdrawn).items():
+        if only is not None and name not in only:
+            continue
         header = "".join(f"# {line}\n" for line in _HEADERS.get(name, "").splitlines())
         path = directory / name
-        path.write_text(header + yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+        tmp = directory / f".{name}.tmp"  # hidden: the config source skips it
+        tmp.write_text(header + yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+        os.replace(tmp, path)
         written.append(path)
     return written
 
