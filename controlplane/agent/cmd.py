@@ -75,6 +75,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Envoy is started with fork+exec; gRPC's fork handlers are for children that keep using gRPC
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from controlplane.agent.run import run
 
     try:
