@@ -35,6 +35,10 @@ PROMETHEUS_CLUSTER = "prometheus_stats"
 CERTIFICATE_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 READY_PATH = "/healthz/ready"
+# How fast Envoy re-opens the ADS stream after losing the control plane (Envoy's default backs off
+# 500 ms doubling to 30 s, so a restarted control plane could wait half a minute for its proxies).
+# Jittered by Envoy; the cap keeps resync after a restart within a few seconds.
+ADS_RETRY = {"retry_back_off": {"base_interval": "0.5s", "max_interval": "3s"}}
 PROMETHEUS_PATH = "/stats/prometheus"
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
@@ -163,7 +167,7 @@ def render(params: BootstrapParams) -> dict[str, Any]:
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": ADS_RETRY}}],
             },
             "cds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},

@@ -55,7 +55,10 @@ def test_node_admin_and_ads(tmp_path: pathlib.Path) -> None:
     ads = config["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == "GRPC" and ads["transport_api_version"] == "V3"
     assert ads["set_node_on_first_message_only"] is True
-    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]
+    (service,) = ads["grpc_services"]
+    assert service["envoy_grpc"]["cluster_name"] == "xds-grpc"
+    # a restarted control plane sees its proxies back within seconds, not Envoy's default 30 s backoff
+    assert service["envoy_grpc"]["retry_policy"]["retry_back_off"]["max_interval"] == "3s"
     for kind in ("cds_config", "lds_config"):
         assert config["dynamic_resources"][kind] == {
             "ads": {},
