@@ -62,6 +62,11 @@ class Proxy:
     def proxyless(self) -> bool:
         return self.generator == "grpc"
 
+    @property
+    def router(self) -> bool:
+        """A gateway pod (node type `router`, pilot-agent's `proxy router`)."""
+        return self.type == "router"
+
 
 def parse_node(node: Any) -> Proxy:
     """Parse an `envoy.config.core.v3.Node`. Raises `NodeError` naming the bad part."""

@@ -195,7 +195,7 @@ class DiscoveryService:
                     "istio_version": conn.proxy.istio_version,
                     "istiod": self.control_plane_id,
                     "delta": conn.delta,
-                    "generator": conn.proxy.generator or "sidecar",
+                    "generator": conn.proxy.generator or conn.proxy.type,  # grpc, sidecar or router
                     "interception_mode": conn.proxy.interception_mode.value,
                     "peer": conn.peer,
                     "identity": conn.identity,

@@ -1,4 +1,4 @@
-"""CDS for sidecars: one EDS cluster per service port, inbound clusters, and the special clusters.
+"""CDS: one EDS cluster per service port, inbound clusters (sidecars only), and the special clusters.
 
 - `outbound|<port>||<fqdn>`: type EDS over ADS. With auto mTLS (mesh default) the cluster has two
   transport socket matches: endpoints whose metadata says `tlsMode: istio` (a sidecar runs there)
@@ -13,7 +13,11 @@
 - `BlackHoleCluster` (no endpoints), `PassthroughCluster` and `InboundPassthroughCluster`
   (ORIGINAL_DST).
 
-Outbound clusters are the same for every sidecar and built once per services version; inbound
+Routers (gateway pods) get the same outbound clusters and `BlackHoleCluster` only: no inbound
+clusters, and no passthrough clusters since a gateway has no original-destination listeners (as
+Istio's gateways). `GENERATOR` serves sidecars, `GATEWAY` routers.
+
+Outbound clusters are the same for every proxy and built once per services version; inbound
 clusters depend only on the workload's ports and the application's address.
 """
 
@@ -150,10 +154,16 @@ def _special(name: str) -> cluster_pb2.Cluster:
 
 
 SPECIAL = (c.BLACKHOLE, c.PASSTHROUGH, c.INBOUND_PASSTHROUGH)
+GATEWAY_SPECIAL = (c.BLACKHOLE,)
 
 
 class ClusterGenerator:
+    """Clusters for sidecars, or with `gateway=True` for routers (outbound and `BlackHoleCluster` only)."""
+
     type_url = CLUSTER
+
+    def __init__(self, *, gateway: bool = False) -> None:
+        self.gateway = gateway
 
     def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
         # POLICY: a destination's PeerAuthentication DISABLE turns its clusters' mTLS off
@@ -161,7 +171,8 @@ class ClusterGenerator:
             request.full and not request.updates
         ):
             return True
-        return bool(request.of_kind(UpdateKind.WORKLOAD) & set(view.proxy.ip_addresses))
+        # the proxy's own workload changes only its inbound clusters, which routers do not have
+        return not self.gateway and bool(request.of_kind(UpdateKind.WORKLOAD) & set(view.proxy.ip_addresses))
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache = ctx.snapshot, ctx.cache
@@ -169,8 +180,24 @@ class ClusterGenerator:
             ("cds-outbound", snap.services_version, snap.mesh_version, snap.policy_version),
             lambda: outbound_resources(snap, cache),
         )
+        local = self._gateway_local(cache) if self.gateway else self._sidecar_local(ctx)
+        groups: tuple[ResourceGroup, ...] = (outbound, local)
+        if not watched.wildcard:
+            groups = tuple(only(g, watched.names) for g in groups)
+        return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))
+
+    @staticmethod
+    def _gateway_local(cache: XdsCache) -> ResourceGroup:
+        return cache.group(
+            ("cds-gateway",),
+            lambda: [cache.resource(CLUSTER, n, key=n, build=lambda n=n: _special(n)) for n in GATEWAY_SPECIAL],  # type: ignore[misc]
+        )
+
+    @staticmethod
+    def _sidecar_local(ctx: GenContext) -> ResourceGroup:
+        cache = ctx.cache
         app = ctx.view.app_address
-        local = cache.group(
+        return cache.group(
             ("cds-local", ctx.view.inbound_key),
             lambda: [
                 *(
@@ -186,10 +213,7 @@ class ClusterGenerator:
                 *(cache.resource(CLUSTER, n, key=n, build=lambda n=n: _special(n)) for n in SPECIAL),  # type: ignore[misc]
             ],
         )
-        groups: tuple[ResourceGroup, ...] = (outbound, local)
-        if not watched.wildcard:
-            groups = tuple(only(g, watched.names) for g in groups)
-        return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))
 
 
 GENERATOR = ClusterGenerator()
+GATEWAY = ClusterGenerator(gateway=True)

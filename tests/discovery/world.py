@@ -15,7 +15,7 @@ from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from discovery.cache import XdsCache
 from discovery.connection import Watched
-from discovery.generators import SIDECAR, GenContext, ProxyView
+from discovery.generators import GenContext, ProxyView, table_for
 from discovery.proxy import Proxy, parse_node
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE, WILDCARD_TYPES
 from tests.discovery.harness import node
@@ -32,8 +32,9 @@ class World:
         self.store.apply([(ObjectKey.of(o), o) for o in objects])
 
     def generate(
-        self, proxy: Proxy, type_url: str, names: list[str] | None = None, *, table: Any = SIDECAR
+        self, proxy: Proxy, type_url: str, names: list[str] | None = None, *, table: Any = None
     ) -> dict[str, Message]:
+        """What `proxy` is sent for `type_url` (wildcard unless `names`), from `table` or the proxy's own table."""
         snapshot = self.registry.snapshot()
         ctx = GenContext(snapshot=snapshot, view=ProxyView.build(proxy, snapshot), cache=self.cache)
         watched = Watched(
@@ -46,7 +47,7 @@ class World:
             ROUTE: route_pb2.RouteConfiguration,
         }[type_url]
         out: dict[str, Message] = {}
-        for group in table[type_url].generate(ctx, watched).groups:
+        for group in (table or table_for(proxy))[type_url].generate(ctx, watched).groups:
             for resource in group.resources:
                 message = message_type()
                 resource.to_any().Unpack(message)
