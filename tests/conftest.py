@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import os
+
+# Before anything imports gRPC: tests start children (some with preexec_fn, so fork+exec) while gRPC
+# runs in this process; see controlplane/__init__.py for why fork support must be off.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import pathlib
 from collections.abc import Iterator
 

@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
     _flag(p, "--token-file", "MESHPLANE_TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "token for the CA")
     _flag(p, "--root-cert", "MESHPLANE_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "mesh root bundle")
     _flag(p, "--labels-file", "MESHPLANE_LABELS_FILE", "/etc/istio/pod/labels", "pod labels (downward API file)")
-    _flag(p, "--proxy-dir", "MESHPLANE_PROXY_DIR", "/etc/istio/proxy", "where the Envoy bootstrap is written")
+    _flag(p, "--proxy-dir", "MESHPLANE_PROXY_DIR", "/etc/istio/proxy", "Envoy bootstrap; proxyless: xDS socket")
     _flag(p, "--sds-socket", "MESHPLANE_SDS_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "SDS socket")
     _flag(p, "--key-algorithm", "MESHPLANE_KEY_ALGORITHM", "ecdsa-p256", "workload key", choices=KEY_ALGORITHMS)
     _flag(p, "--cert-ttl", "SECRET_TTL", "24h", "lifetime of workload certificates to ask for")
@@ -75,8 +75,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Envoy is started with fork+exec; gRPC's fork handlers are for children that keep using gRPC
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from controlplane.agent.run import run
 
     try:

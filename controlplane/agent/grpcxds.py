@@ -1,10 +1,11 @@
 """Proxyless mode: the gRPC xDS bootstrap and the certificate files grpcio's xDS client reads.
 
 grpcio's xDS client (gRFC A27) reads `GRPC_XDS_BOOTSTRAP` once at start. The bootstrap points it
-at the discovery address over mTLS (`channel_creds` type `tls`, gRFC A65) with the workload
-certificate files, and declares the `default` certificate provider (`file_watcher`) that clusters
-with xDS-managed mTLS use (gRFC A29). The agent keeps the three files fresh on every rotation;
-grpcio re-reads them every `refresh_interval`.
+at the agent's xDS proxy (`unix://<proxy-dir>/XDS`, `channel_creds` type `insecure`: the socket is
+local to the pod; the agent relays to the discovery address over mTLS, see xdsproxy.py), and
+declares the `default` certificate provider (`file_watcher`) that clusters with xDS-managed mTLS use
+(gRFC A29). The agent keeps the three certificate files fresh on every rotation; grpcio re-reads
+them every `refresh_interval`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ROOT = "root-cert.pem"
 
 
 def render(
-    *, node_id: str, metadata: Mapping[str, Any], discovery_address: str, cert_dir: pathlib.Path, refresh: int
+    *, node_id: str, metadata: Mapping[str, Any], xds_socket: pathlib.Path, cert_dir: pathlib.Path, refresh: int
 ) -> dict[str, Any]:
     files = {
         "certificate_file": str(cert_dir / CERT_CHAIN),
@@ -35,8 +36,8 @@ def render(
     return {
         "xds_servers": [
             {
-                "server_uri": discovery_address,
-                "channel_creds": [{"type": "tls", "config": files}],
+                "server_uri": f"unix://{xds_socket.absolute()}",
+                "channel_creds": [{"type": "insecure"}],
                 "server_features": ["xds_v3"],
             }
         ],

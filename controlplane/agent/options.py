@@ -72,6 +72,11 @@ class AgentOptions:
     def node_id(self) -> str:
         return f"{self.node_type}~{self.instance_ip}~{self.pod_name}.{self.namespace}~{self.domain}"
 
+    @property
+    def xds_socket(self) -> pathlib.Path:
+        """Proxyless: where the agent's xDS proxy listens for the gRPC clients (Istio's `<proxy-dir>/XDS`)."""
+        return self.proxy_dir / "XDS"
+
 
 def parse_duration(text: str, *, name: str) -> float:
     """`30s`, `5m`, `24h`, `1h30m`, `500ms` or a plain number of seconds -> seconds (> 0)."""

@@ -1,9 +1,10 @@
 """Wiring of `meshplane agent`: one asyncio process, named tasks, an orderly stop.
 
 Start order: status server (15020) and SDS socket first, so Envoy finds them; then the certificate
-loop, then Envoy (sidecar mode) or the gRPC bootstrap writer (proxyless mode). SIGTERM/SIGINT:
-drain Envoy, then stop everything in reverse order and exit 0. The agent exits non-zero only when
-nothing can be served: the SDS socket, the status port or the Envoy binary cannot be used.
+loop, then Envoy (sidecar mode) or the xDS proxy and the gRPC bootstrap writer (proxyless mode).
+SIGTERM/SIGINT: drain Envoy, then stop everything in reverse order and exit 0. The agent exits
+non-zero only when nothing can be served: the SDS socket, the xDS proxy socket, the status port or
+the Envoy binary cannot be used.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from controlplane.agent.probes import parse_probers
 from controlplane.agent.sds import SdsError, SdsServer
 from controlplane.agent.secrets import SecretManager
 from controlplane.agent.status import ReadyState, StatusError, StatusServer
+from controlplane.agent.xdsproxy import XdsProxy, XdsProxyError
 from controlplane.aio import TaskGroup
 
 log = logging.getLogger("meshplane.agent")
@@ -105,6 +107,7 @@ class Agent:
         )
         self.sds = SdsServer(self.secrets, options.sds_socket)
         self.envoy: EnvoySupervisor | None = None
+        self.xds_proxy: XdsProxy | None = None
         self.grpc_ready = False
         admin = f"http://{_host(options.loopback_address)}:{ADMIN_PORT}"
         self.status = StatusServer(
@@ -131,11 +134,20 @@ class Agent:
                 concurrency=int(options.proxy_config.get("concurrency") or 2),
                 on_restart=metrics.ENVOY_RESTARTS.inc,
             )
+        else:
+            self.xds_proxy = XdsProxy(
+                secrets=self.secrets,
+                address=options.discovery_address,
+                server_name=options.istiod_san,
+                path=options.xds_socket,
+            )
 
     async def ready(self) -> ReadyState:
         if self.secrets.credential is None:
             return ReadyState(ready=False, reason=f"no certificate yet: waiting for {self.secrets.waiting_for}")
         if self.envoy is None:
+            if self.xds_proxy is None or not self.xds_proxy.listening:
+                return ReadyState(ready=False, reason=f"xDS proxy not listening on {self.options.xds_socket}")
             if not self.grpc_ready:
                 return ReadyState(ready=False, reason="gRPC xDS bootstrap not written yet")
             return ReadyState(ready=True, reason="")
@@ -170,7 +182,7 @@ class Agent:
                 bootstrap = grpcxds.render(
                     node_id=o.node_id,
                     metadata=self.metadata,
-                    discovery_address=o.discovery_address,
+                    xds_socket=o.xds_socket,
                     cert_dir=o.output_certs,
                     refresh=refresh,
                 )
@@ -205,14 +217,15 @@ async def run(options: AgentOptions) -> int:
             agent.options.proxy_dir.mkdir(parents=True, exist_ok=True)
             agent.write_envoy_bootstrap()
             tasks.start("envoy", agent.envoy.run())
-        else:
+        elif agent.xds_proxy is not None:
+            await agent.xds_proxy.start()
             tasks.start("grpc-files", agent.keep_grpc_files())
         stopping = asyncio.ensure_future(stop.wait())
         await tasks.wait_first(stopping)
         if not stop.is_set():
             code = 1  # a task ended by itself: Envoy cannot run (logged by the task group)
         stopping.cancel()
-    except (SdsError, StatusError, EnvoyError, OSError) as exc:
+    except (SdsError, StatusError, EnvoyError, XdsProxyError, OSError) as exc:
         log.error("cannot start: %s", exc)
         code = 1
     finally:
@@ -220,6 +233,8 @@ async def run(options: AgentOptions) -> int:
             with contextlib.suppress(Exception):
                 await agent.envoy.drain_and_stop()
         await tasks.cancel_all()
+        if agent.xds_proxy is not None:
+            await agent.xds_proxy.stop()
         await agent.sds.stop()
         await agent.status.stop()
     log.info("agent stopped")
