@@ -2,11 +2,14 @@
 
 - `FileKeyStore` (local mode): a self-signed root in a directory (`ca-key.pem` mode 0600,
   `ca-cert.pem`, and `root-cert.pem`, the trust bundle), created on first start and reused after.
+  A trust bundle without its key (a lost or wiped `ca/`) is refused unless a new root is allowed:
+  a silently created root would make every certificate issued so far stop verifying.
 - `PluginDirStore` (local mode): operator-supplied material in `<state-dir>/cacerts/` with Istio's
   four files; meshplane signs as that intermediate and returns the full chain.
 - `certs.kubestore.KubeSecretKeyStore` (Kubernetes mode): Secrets `cacerts` / `istio-ca-secret`.
 
-`local_keystore(state_dir)` picks the plug-in directory when it exists, else the self-signed store.
+`local_keystore(state_dir)` picks the plug-in directory when it exists, else the self-signed store;
+`check_state_dir(state_dir)` creates the state directory and proves it writable.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import itertools
 import logging
 import os
 import pathlib
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from cryptography import x509
@@ -137,11 +141,17 @@ class FileKeyStore:
         org: str = ORGANIZATION,
         algorithm: str = "ecdsa-p256",
         lifetime: dt.timedelta | None = None,
+        published: Sequence[pathlib.Path] = (),
+        allow_new_root: bool = False,
     ) -> None:
+        """`published`: other copies of the trust bundle (e.g. `<state-dir>/root-cert.pem`); like the
+        directory's own `root-cert.pem`, their presence without the key means a root was lost."""
         self.directory = directory
         self.org = org
         self.algorithm = algorithm
         self.lifetime = lifetime
+        self.published = tuple(published)
+        self.allow_new_root = allow_new_root
 
     @property
     def key_path(self) -> pathlib.Path:
@@ -157,8 +167,28 @@ class FileKeyStore:
         return self.directory / "root-cert.pem"
 
     async def load_or_create(self) -> Authority:
+        """Load the root, or create one when the directory holds none.
+
+        Raises KeyMaterialError for unusable files, for one of `ca-key.pem` / `ca-cert.pem` without
+        the other, and, unless `allow_new_root`, for a trust bundle whose key is gone (naming the
+        missing files and the bundles found). OSError propagates when the directory is not writable.
+        """
         if self.key_path.exists() or self.cert_path.exists():
             return self._load()
+        bundles = [path for path in (self.root_cert_path, *self.published) if path.exists()]
+        if bundles and not self.allow_new_root:
+            raise KeyMaterialError(
+                f"{self.key_path} and {self.cert_path} are missing, but a trust bundle of an earlier root exists "
+                f"({', '.join(map(str, bundles))}): a new root would make every certificate issued under it stop "
+                "verifying. Restore the missing files from a backup, or start with --allow-new-root to create a "
+                "new root (every workload then needs a new certificate)"
+            )
+        if bundles:
+            log.warning(
+                "the root CA key is missing; creating a new root as allowed. Certificates issued under the old "
+                "root (trust bundle %s) stop verifying until their workloads get new ones",
+                ", ".join(map(str, bundles)),
+            )
         key = generate_key(self.algorithm)
         cert = self_signed_root(key, org=self.org, lifetime=self.lifetime or ROOT_LIFETIME)
         write_atomic(self.key_path, key_pem(key), mode=0o600)
@@ -180,7 +210,8 @@ class FileKeyStore:
         for path in (self.key_path, self.cert_path):
             if not path.exists():
                 raise KeyMaterialError(
-                    f"{path} is missing but its pair exists; restore it or remove both to start a new CA"
+                    f"{path} is missing but its pair exists; restore it (or remove both and start with "
+                    "--allow-new-root for a new CA)"
                 )
         _check_key_mode(self.key_path)
         try:
@@ -245,10 +276,36 @@ class PluginDirStore:
 
 
 def local_keystore(
-    state_dir: pathlib.Path, *, org: str = ORGANIZATION, algorithm: str = "ecdsa-p256"
+    state_dir: pathlib.Path, *, org: str = ORGANIZATION, algorithm: str = "ecdsa-p256", allow_new_root: bool = False
 ) -> FileKeyStore | PluginDirStore:
-    """`<state_dir>/cacerts/` when present (plug-in CA), else the self-signed root in `<state_dir>/ca/`."""
+    """`<state_dir>/cacerts/` when present (plug-in CA), else the self-signed root in `<state_dir>/ca/`,
+    which treats the published `<state_dir>/root-cert.pem` as a bundle of its root (see `FileKeyStore`)."""
     plugin = state_dir / "cacerts"
     if plugin.is_dir():
         return PluginDirStore(plugin)
-    return FileKeyStore(state_dir / "ca", org=org, algorithm=algorithm)
+    return FileKeyStore(
+        state_dir / "ca",
+        org=org,
+        algorithm=algorithm,
+        published=(state_dir / "root-cert.pem",),
+        allow_new_root=allow_new_root,
+    )
+
+
+def check_state_dir(state_dir: pathlib.Path) -> None:
+    """Create `state_dir` if needed and prove that files can be created in it.
+
+    Raises KeyMaterialError naming the directory and the operating system's reason (permission
+    denied, read-only file system, a path component that is a file, ...).
+    """
+    if state_dir.exists() and not state_dir.is_dir():
+        raise KeyMaterialError(f"state directory {state_dir} is not a directory; choose another --state-dir")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir, prefix=".write-check."):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise KeyMaterialError(
+            f"state directory {state_dir} is not usable: {reason}; choose another --state-dir or fix its permissions"
+        ) from None

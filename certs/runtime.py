@@ -22,7 +22,7 @@ from certs.authenticate.clientcert import ClientCertAuthenticator
 from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReviewer
 from certs.authenticate.localtoken import LocalTokenAuthenticator, load_or_create_key
 from certs.ca import CertificateAuthority
-from certs.keystore import KeyStore, local_keystore
+from certs.keystore import KeyStore, check_state_dir, local_keystore
 from certs.kubestore import KubeSecretKeyStore, SecretClient
 from certs.rootdist import LocalRootFile
 from certs.rotation import RootRotator, ServingRotator
@@ -111,16 +111,20 @@ async def local_ca(
     max_ttl: dt.timedelta = MAX_TTL,
     workers: int | None = 0,
     key_algorithm: str = "ecdsa-p256",
+    allow_new_root: bool = False,
 ) -> CaRuntime:
     """Local mode: key material in `state_dir` (`cacerts/` plug-in or `ca/` self-signed), the trust
     bundle published to `<state_dir>/root-cert.pem`, and `meshplane token` tokens accepted.
 
-    `workers` as in `build_ca`; `key_algorithm` is used when a new self-signed root is created.
-    Raises KeyMaterialError (including TokenKeyError) for unusable files, naming them.
+    `workers` as in `build_ca`; `key_algorithm` is used when a new self-signed root is created, and
+    `allow_new_root` lets one be created although a trust bundle exists without its key.
+    Raises KeyMaterialError (including TokenKeyError) for unusable files, naming them, and for an
+    unwritable `state_dir`.
     """
+    check_state_dir(state_dir)
     token_key = load_or_create_key(state_dir)
     runtime = await build_ca(
-        store=local_keystore(state_dir, org=trust_domain, algorithm=key_algorithm),
+        store=local_keystore(state_dir, org=trust_domain, algorithm=key_algorithm, allow_new_root=allow_new_root),
         serving_hosts=serving_hosts,
         authenticators=[LocalTokenAuthenticator(public_key=token_key.public_key(), trust_domain=trust_domain)],
         max_ttl=max_ttl,

@@ -7,7 +7,9 @@ Pure functions over `cryptography` objects; the gRPC service maps `SigningRefuse
 Rules (ISTIO-FACTS.md, "Certificate authority"):
 - the CSR is PEM PKCS#10, at most 64 KiB, self-signed by the key it carries;
 - keys: ECDSA P-256 or P-384, RSA 2048-8192 bits; anything else is refused;
-- the CSR may ask for no identity or exactly one URI SAN that is one of the caller's identities;
+- the CSR may ask for no identity or exactly one URI SAN that is one of the caller's identities; that
+  URI must be `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` with valid Kubernetes
+  names (INVALID otherwise, before the caller's identities are looked at);
   its other SANs and its subject are ignored: the certificate names only the caller's identity;
 - TTL: 0 means the default (24 h); negative or above the maximum (90 days) is refused, not clamped.
 """
@@ -22,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certs.authority import Authority
+from certs.identity import parse_spiffe_id
 
 MAX_CSR_BYTES = 64 * 1024
 DEFAULT_TTL = dt.timedelta(hours=24)
@@ -67,7 +70,7 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
     """Parse and check a CSR; raise SigningRefused(INVALID) naming the problem.
 
     Checks, in order: size, PEM framing, DER structure, self-signature, key type and size,
-    number of URI SANs.
+    number of URI SANs, shape and names of the requested SPIFFE identity.
     """
     data = pem.encode("utf-8", "surrogatepass")
     size = len(data)
@@ -119,6 +122,11 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
         raise _invalid(
             "multiple_identities", f"csr: asks for {len(uris)} URI SANs ({', '.join(uris)}); at most one is allowed"
         )
+    if uris:
+        try:
+            parse_spiffe_id(uris[0], field="csr: URI SAN")
+        except ValueError as exc:
+            raise _invalid("invalid_identity", str(exc)) from None
     return CheckedCsr(public_key=public_key, requested_identity=uris[0] if uris else None)
 
 

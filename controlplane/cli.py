@@ -110,6 +110,14 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--allow-new-root",
+        default=False,
+        action="store_true",
+        help="local mode: create a new root CA although STATE_DIR holds a trust bundle whose key is missing "
+        "(certificates issued under the old root stop verifying)",
+    )
+    _add(
+        p,
         "--ca-workers",
         default="auto",
         help="processes that check CSRs and sign for the CA; 0 signs on the event loop; auto: 0 on one core, "
@@ -157,7 +165,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_workload_cert_ttl=max_ttl.total_seconds(),
         ca_workers=ca_workers,
         ca_key_algorithm=args.ca_key_algorithm,
+        allow_new_root=_boolean(args.allow_new_root, field="--allow-new-root"),
     )
+
+
+def _boolean(value: bool | str, *, field: str) -> bool:
+    """A switch given as a flag (bool) or through its env var (text). Raises SettingsError naming `field`."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{field}: {value!r} is not true or false (env {_env_name(field)})")
 
 
 def _ca_workers(text: str) -> int | None:

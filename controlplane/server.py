@@ -46,6 +46,7 @@ from discovery.server import AdsServer
 from discovery.service import DiscoveryService, debounce_from_env
 from webhook.app import webhook_app
 from webhook.config import InjectionConfigWatcher
+from webhook.listener import WebhookSite
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,16 @@ class ControlPlane:
                     max_ttl=dt.timedelta(seconds=s.max_workload_cert_ttl),
                     workers=s.ca_workers,
                     key_algorithm=s.ca_key_algorithm,
+                    allow_new_root=s.allow_new_root,
                 )
             else:
                 self.ca = await self._start_kube_ca(self.kube, hosts)
         except KeyMaterialError as exc:
             raise SettingsError(str(exc)) from None
+        except OSError as exc:
+            if exc.filename is None:  # not a file of the state dir (e.g. a signing worker that cannot start)
+                raise
+            raise SettingsError(f"--state-dir {s.state_dir}: {exc.filename}: {exc.strerror or exc}") from None
         self.serving = self.ca.serving
         for name, task in self.ca.tasks().items():
             self.tasks.start(name, task)
@@ -131,7 +137,7 @@ class ControlPlane:
         await self.grpc.start()
         self._bound["grpc"] = True
 
-        await self._serve("webhook", webhook_app(self.injector), s.webhook_addr, tls=True)
+        await self._serve("webhook", webhook_app(self.injector), s.webhook_addr, tls=True, site_type=WebhookSite)
         await self._serve("http", health_app(self._readiness, self._debug_handlers()), s.http_addr)
         await self._serve("monitoring", metrics_app(), s.monitoring_addr)
         log.info(
@@ -164,12 +170,20 @@ class ControlPlane:
             self.kube = None
 
     # -- pieces --------------------------------------------------------------------------------
-    async def _serve(self, name: str, app: web.Application, addr: Address, *, tls: bool = False) -> None:
+    async def _serve(
+        self,
+        name: str,
+        app: web.Application,
+        addr: Address,
+        *,
+        tls: bool = False,
+        site_type: type[web.TCPSite] | type[WebhookSite] = web.TCPSite,
+    ) -> None:
         app.middlewares.append(self._inflight.middleware)
         runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await runner.setup()
         ssl_context = self.serving.ssl_context() if tls else None
-        site = web.TCPSite(runner, addr.bind_host, addr.port, ssl_context=ssl_context, reuse_address=True)
+        site = site_type(runner, addr.bind_host, addr.port, ssl_context=ssl_context, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:

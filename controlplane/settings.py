@@ -70,6 +70,7 @@ class Settings:
     grace_period: float = 10.0
     max_workload_cert_ttl: float = 90 * 86400.0  # seconds; the CA refuses longer workload certificates
     ca_key_algorithm: str = "ecdsa-p256"  # key of a newly created self-signed root
+    allow_new_root: bool = False  # local mode: create a new root although a trust bundle exists without its key
     ca_workers: int | None = None  # CA signing processes; None: chosen from the usable cores, 0: the event loop signs
 
     @property

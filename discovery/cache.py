@@ -8,8 +8,10 @@ header (version, type, nonce): nothing is serialized twice, whatever the number 
 proxies receive together (all outbound clusters, say).
 
 `XdsCache` keys each resource by (type, name, variant) and remembers the inputs it was built from
-(`key`); a lookup with the same key is a hit, a different key rebuilds. Both maps are LRU-bounded,
-so resources of deleted services age out.
+(`key`); a lookup with the same key is a hit, a different key rebuilds. Both maps are LRU-bounded
+by entry count and by approximate bytes (serialized sizes plus a per-entry and per-name estimate
+of what Python adds, keys included), so resources of deleted services, and of names a client made
+up, age out and the cache never holds much more than its byte budget.
 """
 
 from __future__ import annotations
@@ -101,14 +103,50 @@ class ResourceGroup:
 EMPTY_GROUP = ResourceGroup(())
 
 
-class XdsCache:
-    """LRU maps of built resources and groups. Not thread-safe; one per event loop."""
+_ENTRY_OVERHEAD = 200  # an OrderedDict entry, its key tuple and the objects around the bytes
+_REFERENCE = 8
 
-    def __init__(self, *, max_resources: int = 200_000, max_groups: int = 4_096) -> None:
+
+def _key_bytes(key: object) -> int:
+    """Approximate memory of a cache key: strings and the containers (tuples, frozensets) holding them."""
+    if isinstance(key, str | bytes):
+        return len(key) + 50
+    if isinstance(key, tuple | frozenset):
+        return 56 + sum(_REFERENCE * 2 + _key_bytes(item) for item in key)
+    return 32
+
+
+def _resource_bytes(resource: Resource) -> int:
+    # any_bytes, sotw_field and (once a Delta stream asked) delta_field each hold the serialized resource.
+    return 3 * len(resource.any_bytes) + 2 * len(resource.name) + _ENTRY_OVERHEAD
+
+
+def _group_bytes(key: Hashable, group: ResourceGroup) -> int:
+    return len(group.blob) + (_REFERENCE + 64) * len(group.resources) + _key_bytes(key) + _ENTRY_OVERHEAD
+
+
+class XdsCache:
+    """LRU maps of built resources and groups, each bounded by entries and by approximate bytes.
+
+    Not thread-safe; one per event loop. An entry larger than the whole byte budget is returned to
+    its caller and not kept."""
+
+    def __init__(
+        self,
+        *,
+        max_resources: int = 200_000,
+        max_groups: int = 4_096,
+        max_resource_bytes: int = 128 * 1024 * 1024,
+        max_group_bytes: int = 128 * 1024 * 1024,
+    ) -> None:
         self.max_resources = max_resources
         self.max_groups = max_groups
-        self._resources: OrderedDict[tuple[str, str, Hashable], tuple[Hashable, Resource]] = OrderedDict()
-        self._groups: OrderedDict[Hashable, ResourceGroup] = OrderedDict()
+        self.max_resource_bytes = max_resource_bytes
+        self.max_group_bytes = max_group_bytes
+        self._resources: OrderedDict[tuple[str, str, Hashable], tuple[Hashable, Resource, int]] = OrderedDict()
+        self._groups: OrderedDict[Hashable, tuple[ResourceGroup, int]] = OrderedDict()
+        self.resource_bytes = 0
+        self.group_bytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -130,10 +168,16 @@ class XdsCache:
             return entry[1]
         self.misses += 1
         resource = Resource(type_url=type_url, name=name, message=build())
-        self._resources[slot] = (key, resource)
+        if entry is not None:
+            self.resource_bytes -= entry[2]
+        size = _resource_bytes(resource) + _key_bytes(key)
+        self._resources[slot] = (key, resource, size)
         self._resources.move_to_end(slot)
-        while len(self._resources) > self.max_resources:
-            self._resources.popitem(last=False)
+        self.resource_bytes += size
+        while self._resources and (
+            len(self._resources) > self.max_resources or self.resource_bytes > self.max_resource_bytes
+        ):
+            self.resource_bytes -= self._resources.popitem(last=False)[1][2]
         return resource
 
     def group(self, key: Hashable, build: Callable[[], Sequence[Resource]]) -> ResourceGroup:
@@ -142,18 +186,22 @@ class XdsCache:
         if found is not None:
             self.hits += 1
             self._groups.move_to_end(key)
-            return found
+            return found[0]
         self.misses += 1
         group = ResourceGroup(build())
-        self._groups[key] = group
-        while len(self._groups) > self.max_groups:
-            self._groups.popitem(last=False)
+        size = _group_bytes(key, group)
+        self._groups[key] = (group, size)
+        self.group_bytes += size
+        while self._groups and (len(self._groups) > self.max_groups or self.group_bytes > self.max_group_bytes):
+            self.group_bytes -= self._groups.popitem(last=False)[1][1]
         return group
 
     def stats(self) -> dict[str, Any]:
         return {
             "resources": len(self._resources),
             "groups": len(self._groups),
+            "resource_bytes": self.resource_bytes,
+            "group_bytes": self.group_bytes,
             "hits": self.hits,
             "misses": self.misses,
         }
@@ -161,3 +209,4 @@ class XdsCache:
     def clear(self) -> None:
         self._resources.clear()
         self._groups.clear()
+        self.resource_bytes = self.group_bytes = 0

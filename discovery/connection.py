@@ -13,14 +13,17 @@ SotW rules (`should_respond`):
 
 Delta rules (`should_respond_delta`): subscription changes are applied whatever the nonce; newly
 subscribed names get a response; a NACK is recorded and not answered; an ACK updates the state.
+
+`StreamLimits` says how much one client may make a stream hold; `LogThrottle` keeps a misbehaving
+client from flooding the log.
 """
 
 from __future__ import annotations
 
 import enum
-import sys
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -75,25 +78,85 @@ class SotwRequest:
     error: str | None = None  # error_detail.message, or None when there is no error_detail
 
 
-_CANONICAL: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
-_CANONICAL_LIMIT = 4096
+@dataclass(frozen=True, kw_only=True)
+class StreamLimits:
+    """What one client may make a stream hold; over a limit the stream ends with a precise status.
+
+    `names_per_request`: resource names in one request (SotW `resource_names`; Delta
+    `resource_names_subscribe` + `resource_names_unsubscribe` + `initial_resource_versions`).
+    `names_per_stream`: subscribed names over all types of one stream. Both: RESOURCE_EXHAUSTED.
+    `node_metadata_bytes` / `node_id_bytes`: serialized size of `node.metadata` / length of `node.id`
+    in the first request: INVALID_ARGUMENT. `inbox_bytes`: requests read ahead of the stream's task
+    (one larger request is still read when the inbox is empty).
+    """
+
+    names_per_request: int = 10_000
+    names_per_stream: int = 10_000
+    node_metadata_bytes: int = 64 * 1024
+    node_id_bytes: int = 1024
+    inbox_bytes: int = 8 * 1024 * 1024
+
+
+class LogThrottle:
+    """At most one log line per key every `interval` seconds, counting the lines held back.
+
+    Keys come from a closed set (a type URL the stream serves, or a fixed word), so the table stays small.
+    """
+
+    def __init__(self, *, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None if the line must be dropped; else how many lines of `key` were dropped since the last one."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+    def held(self) -> int:
+        """Lines dropped and not yet reported by a later line."""
+        return sum(self._held.values())
+
+
+# Subscriptions shared while something uses them: hash -> weak references to the shared sets.
+_SHARED: dict[int, list[weakref.ref[frozenset[str]]]] = {}
 
 
 def canonical(names: Iterable[str]) -> frozenset[str]:
-    """One shared, interned frozenset per distinct subscription (memoized, LRU-bounded).
+    """One shared frozenset per distinct subscription in use.
 
-    A thousand proxies subscribed to the same thousand clusters then hold one set between them,
-    and caches keyed by the subscription hit by identity."""
+    A thousand proxies subscribed to the same thousand clusters then hold one set between them, and
+    caches keyed by the subscription hit by identity. The table holds the sets weakly: once no stream
+    (or cache entry) uses a subscription, it is freed. Names are not `sys.intern`ed: the interpreter's
+    table of interned strings never shrinks, so clients could grow it with names they make up."""
     key = frozenset(names)
-    found = _CANONICAL.get(key)
-    if found is not None:
-        _CANONICAL.move_to_end(key)
-        return found
-    shared = frozenset(sys.intern(name) for name in key)
-    _CANONICAL[shared] = shared
-    while len(_CANONICAL) > _CANONICAL_LIMIT:
-        _CANONICAL.popitem(last=False)
-    return shared
+    digest = hash(key)
+    bucket = _SHARED.get(digest)
+    for ref in bucket or ():
+        found = ref()
+        if found is not None and found == key:
+            return found
+
+    def forget(ref: weakref.ref[frozenset[str]]) -> None:
+        alive = [other for other in _SHARED.get(digest, ()) if other is not ref]
+        if alive:
+            _SHARED[digest] = alive
+        else:
+            _SHARED.pop(digest, None)
+
+    _SHARED.setdefault(digest, []).append(weakref.ref(key, forget))
+    return key
+
+
+def shared_subscriptions() -> int:
+    """How many subscriptions are shared now (for debugging and tests)."""
+    return sum(1 for refs in _SHARED.values() for ref in refs if ref() is not None)
 
 
 def _subscription(type_url: str, names: Iterable[str]) -> tuple[frozenset[str], bool]:
@@ -205,6 +268,7 @@ class Connection:
     watched: dict[str, Watched] = field(default_factory=dict)
     pushes: int = 0
     nacks: int = 0
+    throttle: LogThrottle = field(default_factory=LogThrottle)  # repeated warnings about this stream
 
     def status(self) -> dict[str, SyncStatus]:
         return {type_url: sync_status(w) for type_url, w in self.watched.items()}

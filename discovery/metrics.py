@@ -6,6 +6,12 @@ gauges are regular prometheus_client metrics.
 
 Streams call `HOOKS` at open, close, request, response, NACK and unknown type; transport code does
 no logging or counting of its own.
+
+Nothing a client chooses becomes a label value as is: types are `cds`/`eds`/`lds`/`rds` (else
+`other`), and unknown type URLs are counted under the URL only when it is a well-known xDS type
+(else `other`), so the number of series stays fixed. Client text in logs (node ids, NACK messages,
+type URLs) is cut to `TEXT_LIMIT` characters, and repeated warnings are throttled per stream (one
+line per key every 10 s, with the count of lines held back).
 """
 
 from __future__ import annotations
@@ -15,14 +21,48 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Gauge, Histogram
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from discovery.xdstypes import short
+from controlplane.model.services import ConflictKind, Conflicts
+from discovery.xdstypes import SHORT, short
 
 if TYPE_CHECKING:
     from discovery.connection import Connection, Decision
 
 log = logging.getLogger("discovery")
+
+TEXT_LIMIT = 1024
+OTHER = "other"
+# Type URLs of xDS resources that clients may ask for and this server does not serve (a closed set).
+WELL_KNOWN_TYPES = frozenset(
+    "type.googleapis.com/" + name
+    for name in (
+        "envoy.config.route.v3.ScopedRouteConfiguration",
+        "envoy.config.route.v3.VirtualHost",
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        "envoy.service.runtime.v3.Runtime",
+        "envoy.config.core.v3.TypedExtensionConfig",
+        "istio.workload.Address",
+        "istio.security.Authorization",
+    )
+)
+
+
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """`text`, cut to `limit` characters with a note of how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def kind(type_url: str) -> str:
+    """The `type` label of a served type: cds, eds, lds, rds, else `other`."""
+    return SHORT[type_url].lower() if type_url in SHORT else OTHER
+
+
+def unknown_label(type_url: str) -> str:
+    """The label of a type URL nobody serves: the URL if it is a well-known xDS type, else `other`."""
+    return type_url if type_url in WELL_KNOWN_TYPES or type_url in SHORT else OTHER
 
 
 class _LabeledCounter:
@@ -64,6 +104,37 @@ rejects = _LabeledCounter("pilot_total_xds_rejects", "xDS responses rejected (NA
 unknown_types = _LabeledCounter("pilot_xds_unknown_type", "Requests for a type URL no generator serves.", "type")
 REGISTRY.register(_Collector(pushes, rejects, unknown_types))
 
+
+class _ConflictGauges:
+    """Service ports that lost a conflict, by kind, in the last snapshot the generators read (Istio's
+    gauge names; the reserved-port gauge is meshplane's, as Istio only logs that case)."""
+
+    NAMES = {
+        ConflictKind.TCP_OVER_TCP: "pilot_conflict_outbound_listener_tcp_over_current_tcp",
+        ConflictKind.TCP_OVER_HTTP: "pilot_conflict_outbound_listener_tcp_over_current_http",
+        ConflictKind.HTTP_OVER_TCP: "pilot_conflict_outbound_listener_http_over_current_tcp",
+        ConflictKind.DUPLICATE_DOMAIN: "pilot_vservice_dup_domain",
+        ConflictKind.RESERVED_PORT: "pilot_conflict_outbound_listener_reserved_port",
+    }
+
+    def __init__(self) -> None:
+        self.current = Conflicts()
+
+    def observe(self, conflicts: Conflicts) -> None:
+        self.current = conflicts
+
+    def collect(self) -> Iterator[Metric]:
+        for conflict_kind, name in self.NAMES.items():
+            count = self.current.count(conflict_kind)
+            yield GaugeMetricFamily(name, f"Service ports that lost a conflict: {conflict_kind.value}.", count)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+conflicts = _ConflictGauges()
+REGISTRY.register(conflicts)
+
 connections = Gauge("pilot_xds", "Connected xDS clients.")
 push_time = Histogram(
     "pilot_xds_push_time",
@@ -96,40 +167,55 @@ class StreamHooks:
         connections.inc()
         log.info(
             "xDS stream opened",
-            extra={"proxy": conn.proxy.id, "conn": conn.id, "peer": conn.peer, "delta": conn.delta},
+            extra={"proxy": clip(conn.proxy.id), "conn": clip(conn.id), "peer": conn.peer, "delta": conn.delta},
         )
 
     def closed(self, conn: Connection) -> None:
         connections.dec()
-        log.info("xDS stream closed", extra={"proxy": conn.proxy.id, "conn": conn.id})
+        extra: dict[str, object] = {"proxy": clip(conn.proxy.id), "conn": clip(conn.id)}
+        held = conn.throttle.held()
+        if held:
+            extra["suppressed_warnings"] = held
+        log.info("xDS stream closed", extra=extra)
 
     def request(self, conn: Connection, type_url: str, decision: Decision) -> None:
-        log.debug("xDS request", extra={"conn": conn.id, "type": short(type_url), "decision": decision.value})
+        log.debug("xDS request", extra={"conn": clip(conn.id), "type": kind(type_url), "decision": decision.value})
 
     def nack(self, conn: Connection, type_url: str, error: str) -> None:
-        rejects.inc(short(type_url).lower())
+        rejects.inc(kind(type_url))
+        held = conn.throttle.allow(f"nack {kind(type_url)}")
+        if held is None:
+            return
         log.warning(
             "xDS response rejected by proxy; it keeps its last good config",
-            extra={"proxy": conn.proxy.id, "type": short(type_url), "error": error},
+            extra={"proxy": clip(conn.proxy.id), "type": short(type_url), "error": clip(error), "suppressed": held},
         )
 
     def unknown_type(self, conn: Connection, type_url: str) -> None:
-        unknown_types.inc(type_url)
-        log.warning("xDS request for an unknown type; ignored", extra={"proxy": conn.proxy.id, "type": type_url})
+        unknown_types.inc(unknown_label(type_url))
+        held = conn.throttle.allow("unknown type")
+        if held is None:
+            return
+        log.warning(
+            "xDS request for an unknown type; ignored",
+            extra={"proxy": clip(conn.proxy.id), "type": clip(type_url), "suppressed": held},
+        )
 
     def response(self, conn: Connection, type_url: str, *, size: int, elapsed: float, since: float | None) -> None:
-        kind = short(type_url).lower()
-        pushes.inc(kind)
-        push_time.labels(kind).observe(elapsed)
-        config_size.labels(kind).observe(size)
+        label = kind(type_url)
+        pushes.inc(label)
+        push_time.labels(label).observe(elapsed)
+        config_size.labels(label).observe(size)
         if since is not None:
             convergence_time.observe(since)
 
     def rejected_stream(self, peer: str, reason: str) -> None:
-        log.warning("xDS stream refused", extra={"peer": peer, "reason": reason})
+        log.warning("xDS stream refused", extra={"peer": clip(peer), "reason": clip(reason)})
 
     def slow(self, conn: Connection, seconds: float) -> None:
-        log.warning("xDS push is slow; later changes are merged", extra={"proxy": conn.proxy.id, "seconds": seconds})
+        log.warning(
+            "xDS push is slow; later changes are merged", extra={"proxy": clip(conn.proxy.id), "seconds": seconds}
+        )
 
 
 HOOKS = StreamHooks()

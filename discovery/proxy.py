@@ -6,20 +6,28 @@ Node ids follow Istio: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`,
 `GENERATOR` (`grpc` for proxyless gRPC clients), and meshplane's own `LOOPBACK_ADDRESS` (the
 proxy's loopback address, default 127.0.0.1: several proxies on one machine each get their own,
 as each pod has its own 127.0.0.1). Metadata wins over what the id implies.
+
+Names follow Kubernetes' rules (`controlplane.model.names`): the pod name is a DNS-1123 subdomain,
+the namespace a DNS-1123 label, `SERVICE_ACCOUNT` (when given) a DNS-1123 subdomain. As a namespace
+holds no dots, the id's workload part splits at its last dot.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from google.protobuf import json_format
 
+from controlplane.model import names
+from controlplane.model.fields import ObjectError
+
 DEFAULT_LOOPBACK = "127.0.0.1"
+MAX_INSTANCE_IPS = 64
 
 
 class NodeError(ValueError):
@@ -82,21 +90,33 @@ def parse_node(node: Any) -> Proxy:
         ip = str(ipaddress.ip_address(ip_text))
     except ValueError:
         raise NodeError(f"node.id address {ip_text!r} is not an IP address") from None
-    pod_name, dot, id_namespace = pod_id.partition(".")
+    pod_name, dot, id_namespace = pod_id.rpartition(".")
     if not pod_name or not dot or not id_namespace:
         raise NodeError(f"node.id workload {pod_id!r} is not <pod>.<namespace>")
     metadata: dict[str, Any] = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
-    namespace = _text(metadata, "NAMESPACE") or id_namespace
+    _name(names.dns1123_subdomain, pod_name, "node.id pod name")
+    _name(names.namespace_name, id_namespace, "node.id namespace")
+    namespace = _name(names.namespace_name, _text(metadata, "NAMESPACE") or id_namespace, "node.metadata.NAMESPACE")
+    service_account = _text(metadata, "SERVICE_ACCOUNT")
+    if service_account:
+        _name(names.service_account_name, service_account, "node.metadata.SERVICE_ACCOUNT")
     raw_labels = metadata.get("LABELS") or {}
     if not isinstance(raw_labels, Mapping):
         raise NodeError("node.metadata.LABELS must be a map of strings")
     ips = [ip]
-    for extra in filter(None, (_text(metadata, "INSTANCE_IPS") or "").split(",")):
+    seen = {ip}
+    extras = [extra for extra in (_text(metadata, "INSTANCE_IPS") or "").split(",") if extra]
+    if len(extras) > MAX_INSTANCE_IPS:
+        raise NodeError(
+            f"node.metadata.INSTANCE_IPS lists {len(extras)} addresses; at most {MAX_INSTANCE_IPS} are allowed"
+        )
+    for extra in extras:
         try:
             canonical = str(ipaddress.ip_address(extra.strip()))
         except ValueError:
             raise NodeError(f"node.metadata.INSTANCE_IPS: {extra!r} is not an IP address") from None
-        if canonical not in ips:
+        if canonical not in seen:
+            seen.add(canonical)
             ips.append(canonical)
     mode_text = _text(metadata, "INTERCEPTION_MODE") or "REDIRECT"
     try:
@@ -119,7 +139,7 @@ def parse_node(node: Any) -> Proxy:
         namespace=namespace,
         dns_domain=domain,
         labels=MappingProxyType({str(k): str(v) for k, v in raw_labels.items()}),
-        service_account=_text(metadata, "SERVICE_ACCOUNT"),
+        service_account=service_account,
         interception_mode=mode,
         generator=_text(metadata, "GENERATOR"),
         istio_version=_text(metadata, "ISTIO_VERSION"),
@@ -127,6 +147,13 @@ def parse_node(node: Any) -> Proxy:
         loopback=loopback,
         metadata=MappingProxyType(metadata),
     )
+
+
+def _name(rule: Callable[..., str], value: str, field: str) -> str:
+    try:
+        return rule(value, field=field)
+    except ObjectError as exc:
+        raise NodeError(str(exc)) from None
 
 
 def _text(metadata: Mapping[str, Any], key: str) -> str:

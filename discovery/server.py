@@ -9,7 +9,9 @@ On the secure port (`secure=True`) the caller's SPIFFE identity
 `identify` accepts) must name the namespace and service account the node claims (metadata
 `NAMESPACE` or the id's namespace, and `SERVICE_ACCOUNT`); otherwise the stream ends with
 PERMISSION_DENIED (UNAUTHENTICATED without any identity). Trust domains are not compared: the
-identity was already verified against the mesh roots (or by the token authenticator).
+identity was already verified against the mesh roots (or by the token authenticator). The caller
+is authenticated before the first request is read, so a client without credentials never gets its
+node parsed. Status details are cut to `metrics.TEXT_LIMIT` characters.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from cryptography import x509
 from envoy.service.discovery.v3 import discovery_pb2
 
 from discovery.delta import DeltaStream
-from discovery.metrics import HOOKS
+from discovery.metrics import HOOKS, clip
 from discovery.proxy import Proxy
 from discovery.service import DiscoveryService
 from discovery.sotw import SotwStream
 from discovery.stream import StreamBase, StreamRefused
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+NO_IDENTITY = "the secure xDS port needs a client certificate with a SPIFFE identity"
 
 
 def _raw(payload: bytes) -> bytes:
@@ -66,9 +69,7 @@ def peer_spiffe_ids(context: Context) -> list[str]:
 def check_identity(proxy: Proxy, identities: Sequence[str]) -> str:
     """The identity that matches the proxy; raises `StreamRefused` if none does."""
     if not identities:
-        raise StreamRefused(
-            grpc.StatusCode.UNAUTHENTICATED, "the secure xDS port needs a client certificate with a SPIFFE identity"
-        )
+        raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
     if not proxy.service_account:
         raise StreamRefused(
             grpc.StatusCode.PERMISSION_DENIED, "node.metadata.SERVICE_ACCOUNT is required on the secure xDS port"
@@ -134,16 +135,22 @@ class AdsServer:
         requests: AsyncIterator[Any],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        identities: Sequence[str] = ()
+
         async def authorize(proxy: Proxy) -> str | None:
-            return check_identity(proxy, await self.identify(context)) if self.secure else None
+            return check_identity(proxy, identities) if self.secure else None
 
         peer = self.peer_name(context)
         stream = kind(self.service, requests=requests, write=context.write, peer=peer, authorize=authorize)
         try:
+            if self.secure:
+                identities = await self.identify(context)  # before anything the client sent is parsed
+                if not identities:
+                    raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
             await stream.serve()
         except StreamRefused as exc:
             HOOKS.rejected_stream(peer, exc.details)
-            await context.abort(exc.code, exc.details)
+            await context.abort(exc.code, clip(exc.details))
         except Exception:
             if context.cancelled() or context.done():
                 return  # the client went away while we were writing to it

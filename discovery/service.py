@@ -36,7 +36,7 @@ from google.protobuf import any_pb2, json_format
 from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
 from discovery.cache import XdsCache
-from discovery.connection import Watched, sync_status
+from discovery.connection import StreamLimits, Watched, sync_status
 from discovery.generators import ProxyView, table_for
 from discovery.generators.base import GenContext
 from discovery.generators.grpc import tls_facts
@@ -67,9 +67,12 @@ class DiscoveryService:
         control_plane_id: str = "meshplane",
         version: str = "",
         cache: XdsCache | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
+        """`limits` bounds what one client may make a stream hold (default `StreamLimits()`)."""
         self.registry = registry
         self.cache = cache or XdsCache()
+        self.limits = limits or StreamLimits()
         self.control_plane_id = control_plane_id
         self.control_plane = base_pb2.ControlPlane(
             identifier=json.dumps({"Component": "istiod", "ID": control_plane_id, "info": {"version": version}})

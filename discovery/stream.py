@@ -2,10 +2,17 @@
 
 One task per stream runs `serve()`: it reads the first request (which must carry the node), then
 handles requests and pushes one at a time, so a stream's state is only touched by its own task.
-A reader task moves client requests into a bounded inbox (a client that floods requests is slowed
-by gRPC flow control, not buffered). Pushes arrive through `push()`, which merges into a single
-pending slot: however many changes happen while the stream is busy writing to a slow client, it
-holds at most one pending request, and the next push is generated from the newest snapshot.
+A reader task moves client requests into an inbox bounded by count and bytes (a client that
+floods requests is slowed by gRPC flow control, not buffered). Pushes arrive through `push()`,
+which merges into a single pending slot: however many changes happen while the stream is busy
+writing to a slow client, it holds at most one pending request, and the next push is generated
+from the newest snapshot.
+
+What a client can make a stream hold is bounded (`StreamLimits`, from the service): names per
+request and per stream (RESOURCE_EXHAUSTED naming the limit), and the node's id and metadata size
+(INVALID_ARGUMENT, checked before the node is parsed). The NACK message kept for /debug/syncz is
+cut to `metrics.TEXT_LIMIT` characters. When the stream ends, the service forgets it and nothing
+else keeps its subscriptions (caches keep only what they are bounded to).
 """
 
 from __future__ import annotations
@@ -17,14 +24,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
+from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.model.registry import MeshSnapshot
-from discovery.connection import Connection, Decision, Watched
+from discovery.connection import Connection, Decision, StreamLimits, Watched
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
-from discovery.metrics import HOOKS
+from discovery.metrics import HOOKS, clip
 from discovery.proxy import NodeError, Proxy, parse_node
 from discovery.pushqueue import PushRequest
-from discovery.xdstypes import PUSH_ORDER
+from discovery.xdstypes import PUSH_ORDER, short
 
 if TYPE_CHECKING:
     from discovery.service import DiscoveryService
@@ -35,10 +43,43 @@ _EOF = object()
 
 
 def error_detail(request: Any) -> str | None:
-    """The NACK message of a request, or None for an ACK or a first request."""
+    """The NACK message of a request (cut to `metrics.TEXT_LIMIT`), or None for an ACK or a first request."""
     if not request.HasField("error_detail"):
         return None
-    return str(request.error_detail.message or f"code {request.error_detail.code}")
+    return clip(str(request.error_detail.message or f"code {request.error_detail.code}"))
+
+
+def names_in(request: Any) -> tuple[str, int]:
+    """The name-carrying fields of a SotW or Delta request, and how many names they carry."""
+    if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
+        count = (
+            len(request.resource_names_subscribe)
+            + len(request.resource_names_unsubscribe)
+            + len(request.initial_resource_versions)
+        )
+        fields = "resource_names_subscribe, resource_names_unsubscribe and initial_resource_versions"
+        return f"DeltaDiscoveryRequest {fields}", count
+    return "DiscoveryRequest.resource_names", len(request.resource_names)
+
+
+def check_node_size(node: Any, limits: StreamLimits) -> None:
+    """Raise `StreamRefused(INVALID_ARGUMENT)` if the node's id or metadata is over its limit.
+
+    Runs before the node is parsed, so parsing costs at most what the limits allow."""
+    if node is None:
+        return
+    if len(node.id) > limits.node_id_bytes:
+        raise StreamRefused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"node.id is {len(node.id)} characters; the limit is {limits.node_id_bytes}",
+        )
+    size = node.metadata.ByteSize() if node.HasField("metadata") else 0
+    if size > limits.node_metadata_bytes:
+        raise StreamRefused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"node.metadata is {size} bytes serialized; the limit is {limits.node_metadata_bytes} bytes "
+            "(send only the Istio metadata keys the control plane reads)",
+        )
 
 
 class StreamRefused(Exception):
@@ -71,7 +112,9 @@ class StreamBase(Generic[R]):
         self._write = write
         self.peer = peer
         self._authorize = authorize
+        self.limits: StreamLimits = service.limits
         self._inbox: deque[Any] = deque()
+        self._inbox_bytes = 0
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._pending: PushRequest | None = None
@@ -95,9 +138,18 @@ class StreamBase(Generic[R]):
         return generator
 
     def record(self, type_url: str, decision: Decision, state: Watched) -> bool:
-        """Store the new per-type state, count the request (and a NACK); True if a response is due."""
+        """Store the new per-type state, count the request (and a NACK); True if a response is due.
+
+        Raises `StreamRefused(RESOURCE_EXHAUSTED)` if the stream would hold more names than its limit."""
         conn = self.conn
         assert conn is not None
+        held = len(state.names) + sum(len(w.names) for t, w in conn.watched.items() if t != type_url)
+        if held > self.limits.names_per_stream:
+            raise StreamRefused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{short(type_url)} subscription: the stream would hold {held} resource names, over the limit of "
+                f"{self.limits.names_per_stream} names per stream; split the subscriptions over several streams",
+            )
         conn.watched[type_url] = state
         HOOKS.request(conn, type_url, decision)
         if decision is Decision.NACK:
@@ -113,15 +165,12 @@ class StreamBase(Generic[R]):
 
     # -- the loop ------------------------------------------------------------------------------------
     async def serve(self) -> None:
-        """Run the stream until the client goes away. Raises `StreamRefused` for a bad first request."""
-        try:
-            first = await anext(self._requests)
-        except StopAsyncIteration:
+        """Run the stream until the client goes away.
+
+        Raises `StreamRefused` for a bad first request and for a request over the stream's limits."""
+        proxy = await self._open()
+        if proxy is None:
             return
-        try:
-            proxy = parse_node(self.node_of(first))
-        except NodeError as exc:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         identity = await self._authorize(proxy)
         self.conn = Connection(
             id=self.service.connection_id(proxy),
@@ -136,29 +185,62 @@ class StreamBase(Generic[R]):
         HOOKS.opened(self.conn)
         reader = asyncio.create_task(self._read(), name=f"xds-read-{self.conn.id}")
         try:
-            await self.handle(first)
             await self._loop()
         finally:
             self.closed = True
             reader.cancel()
             self.service.unregister(self)
             self._release_waiters()
+            self._inbox.clear()
+            self._pending = self._view = self._view_key = None
             HOOKS.closed(self.conn)
+
+    async def _open(self) -> Proxy | None:
+        """Read the first request, check and parse its node, and queue the request; None if the client left."""
+        try:
+            first = await anext(self._requests)
+        except StopAsyncIteration:
+            return None
+        node = self.node_of(first)
+        check_node_size(node, self.limits)
+        try:
+            proxy = parse_node(node)
+        except NodeError as exc:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        self._queue(first)
+        return proxy
+
+    def _queue(self, request: Any) -> None:
+        if request is not _EOF:
+            self._inbox_bytes += request.ByteSize()
+        self._inbox.append(request)
+        self._wake.set()
+
+    def _full(self) -> bool:
+        return bool(self._inbox) and (len(self._inbox) >= INBOX_LIMIT or self._inbox_bytes >= self.limits.inbox_bytes)
+
+    def _admit(self, request: Any) -> None:
+        """Raise `StreamRefused(RESOURCE_EXHAUSTED)` for a request naming more resources than allowed."""
+        fields, count = names_in(request)
+        if count > self.limits.names_per_request:
+            raise StreamRefused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{fields}: {count} names in one request, over the limit of {self.limits.names_per_request}; "
+                "subscribe in smaller requests",
+            )
 
     async def _read(self) -> None:
         try:
             async for request in self._requests:
-                while len(self._inbox) >= INBOX_LIMIT:
+                while self._full():
                     self._space.clear()
                     await self._space.wait()
-                self._inbox.append(request)
-                self._wake.set()
+                self._queue(request)
         except asyncio.CancelledError:
             raise
         except Exception:
             pass  # the stream broke; the loop ends below
-        self._inbox.append(_EOF)
-        self._wake.set()
+        self._queue(_EOF)
 
     async def _loop(self) -> None:
         while True:
@@ -166,10 +248,13 @@ class StreamBase(Generic[R]):
             self._wake.clear()
             while self._inbox:
                 request = self._inbox.popleft()
-                self._space.set()
                 if request is _EOF:
                     return
+                self._inbox_bytes -= request.ByteSize()
+                self._space.set()
+                self._admit(request)
                 await self.handle(request)
+                del request
             if self._pending is not None:
                 request, self._pending = self._pending, None
                 waiters, self._waiters = self._waiters, []

@@ -1,27 +1,47 @@
-"""The aiohttp HTTPS app: reads the body safely, calls `review`, counts the outcome."""
+"""The aiohttp HTTPS app: reads the body safely, calls `review`, counts the outcome.
+
+Per connection (see `webhook.limits.Limits`, read from the environment unless given): the request
+headers must be complete within `header_timeout` of the connection or of the previous response,
+else the connection is closed (aiohttp's keep-alive timer, which also runs before the first
+request); the body must arrive within `body_timeout`, else the answer is 408 and the connection is
+closed. Request lines and header fields are capped at 8 KiB, headers at 64, and reads are buffered
+in 32 KiB. Bodies over `OFFLOAD_BYTES` are parsed in a worker thread so that one large request does
+not stall the others. The connection cap needs the listener's help: serve the app with
+`webhook.listener.WebhookSite`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import time
 
 from aiohttp import web
 
 from webhook import metrics
-from webhook.review import error_body, review
+from webhook.limits import Limits
+from webhook.review import Outcome, answer, error_body, parse_review
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 3 * 1024 * 1024  # the API server's own request limit for a pod is 3 MiB
+OFFLOAD_BYTES = 64 * 1024
+LINGER_SECONDS = 1.0  # after an early answer (413, 408), how long unread body is drained before closing
+WEBHOOK_LIMITS = web.AppKey("webhook_limits", Limits)
 
 
 def _json(status: int, body: dict[str, object]) -> web.Response:
     return web.Response(status=status, text=json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
-def webhook_app(injector: Injector) -> web.Application:
+def webhook_app(injector: Injector, *, limits: Limits | None = None) -> web.Application:
+    """The webhook's routes. `limits` defaults to `Limits.from_env(os.environ)` (SettingsError when
+    malformed); they are also stored as `app[WEBHOOK_LIMITS]` for the listener."""
+    limits = limits or Limits.from_env(os.environ)
+
     async def handle(request: web.Request) -> web.Response:
         started = time.perf_counter()
         metrics.requests_total.inc()
@@ -44,12 +64,28 @@ def webhook_app(injector: Injector) -> web.Application:
                 error_body(f"body of {request.content_length} bytes exceeds {MAX_BODY}", code=413),
             )
         body = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > MAX_BODY:
-                metrics.failure_total.labels(reason="too_large").inc()
-                return _json(413, error_body(f"body exceeds {MAX_BODY} bytes", code=413))
-        outcome = review(bytes(body), injector=injector, cluster=cluster, network=network)
+        try:
+            async with asyncio.timeout(limits.body_timeout):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        metrics.failure_total.labels(reason="too_large").inc()
+                        return _json(413, error_body(f"body exceeds {MAX_BODY} bytes", code=413))
+        except TimeoutError:
+            metrics.failure_total.labels(reason="body_timeout").inc()
+            message = f"the body did not arrive within {limits.body_timeout:g}s ({len(body)} bytes received)"
+            response = _json(408, error_body(message, code=408))
+            response.force_close()
+            return response
+        if len(body) > OFFLOAD_BYTES:
+            parsed = await asyncio.to_thread(parse_review, bytes(body))
+        else:
+            parsed = parse_review(bytes(body))
+        outcome = (
+            parsed
+            if isinstance(parsed, Outcome)
+            else answer(parsed, injector=injector, cluster=cluster, network=network)
+        )
         if outcome.result == "success":
             metrics.success_total.inc()
         elif outcome.result == "skip":
@@ -59,7 +95,19 @@ def webhook_app(injector: Injector) -> web.Application:
             log.info("admission rejected", extra={"reason": outcome.reason, "status": outcome.status})
         return _json(outcome.status, outcome.body)
 
-    app = web.Application(client_max_size=MAX_BODY + 1)
+    app = web.Application(
+        client_max_size=MAX_BODY + 1,
+        handler_args={
+            "keepalive_timeout": limits.header_timeout,
+            "lingering_time": LINGER_SECONDS,
+            "max_line_size": 8190,
+            "max_field_size": 8190,
+            "max_headers": 64,
+            "read_bufsize": 32 * 1024,
+            "handler_cancellation": True,  # a client that hangs up stops its request's work
+        },
+    )
+    app[WEBHOOK_LIMITS] = limits
     app.router.add_post("/inject", handle)
     app.router.add_post("/inject/cluster/{cluster}/net/{network}", handle)
     app.router.add_post("/inject/", handle)

@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from webhook import validate as v
 from webhook.config import TEMPLATES, InjectionConfig
+from webhook.limits import MAX_ANNOTATIONS_BYTES, annotations_size, load_json
 from webhook.validate import InjectionError, InvalidPod
 
 __all__ = ["InjectionError", "InjectionParams", "InvalidPod", "inject_pod", "workload_identity"]
@@ -300,6 +301,12 @@ def _resources(annotations: Mapping[str, str], config: InjectionConfig) -> dict[
 
 def _options(annotations: Mapping[str, str], params: InjectionParams) -> _Options:
     config = params.config
+    size = annotations_size(annotations)
+    if size > MAX_ANNOTATIONS_BYTES:
+        raise InvalidPod(
+            "metadata.annotations",
+            f"{size} bytes in total; Kubernetes allows at most {MAX_ANNOTATIONS_BYTES} (256 KiB): shorten or remove",
+        )
     _reject_unsupported(annotations)
     template = _annotation(annotations, A_TEMPLATES, _parse_templates) or config.default_templates[0]
     pod_proxy_config = _annotation(annotations, A_PROXY_CONFIG, v.parse_proxy_config) or {}
@@ -436,7 +443,7 @@ def _remove_named(spec: dict[str, Any], key: str, names: list[str]) -> dict[str,
 
 def _strip(pod: dict[str, Any], raw: str) -> None:
     try:
-        status = json.loads(raw)
+        status = load_json(raw)
     except ValueError:
         status = None
     if not isinstance(status, dict):
@@ -505,7 +512,7 @@ def _restore_probes(spec: dict[str, Any], probers_json: str | None) -> None:
     if not probers_json:
         return
     try:
-        probers = json.loads(probers_json)
+        probers = load_json(probers_json)
     except ValueError:
         probers = None
     if not isinstance(probers, dict):
@@ -533,7 +540,7 @@ def _restore_prometheus(annotations: dict[str, str], saved_json: str | None) -> 
     if not saved_json:
         return
     try:
-        saved = json.loads(saved_json)
+        saved = load_json(saved_json)
     except ValueError:
         saved = None
     if not isinstance(saved, dict):

@@ -13,3 +13,6 @@ time_seconds = Histogram(
     "Time to handle one admission request",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+connections_refused_total = Counter(
+    "sidecar_injection_connections_refused_total", "Webhook connections closed because too many were open"
+)

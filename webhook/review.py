@@ -1,9 +1,10 @@
 """AdmissionReview (admission.k8s.io/v1) in, AdmissionReview out.
 
-`review()` never raises for bad input: it returns the HTTP status and the body to send.
-- Protocol errors (not JSON, wrong apiVersion/kind, no `request.uid`, an object that is not a Pod)
-  answer 400 with an AdmissionReview whose response carries the uid when it could be read,
-  `allowed: false` and a status naming the field.
+`review()` (`parse_review()`, then `answer()`) never raises for bad input: it returns the HTTP
+status and the body to send.
+- Protocol errors (not JSON, nested deeper than `limits.MAX_BODY_DEPTH`, wrong apiVersion/kind,
+  no `request.uid`, an object that is not a Pod) answer 400 with an AdmissionReview whose response
+  carries the uid when it could be read, `allowed: false` and a status naming the field.
 - A pod the injector rejects (an invalid annotation) answers 200 with `allowed: false` and
   status code 400, which is how the API server shows the message to the user.
 - Otherwise 200 with `allowed: true`, an optional base64 JSONPatch, and warnings.
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.limits import MAX_BODY_DEPTH, json_depth, json_path_past
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,15 @@ class ReviewError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A well-formed AdmissionReview for a Pod."""
+
+    uid: str
+    request: Mapping[str, Any]
+    pod: Mapping[str, Any]
+
+
 @dataclass
 class Outcome:
     status: int
@@ -46,7 +57,8 @@ def _envelope(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_body(message: str, *, uid: str = "", code: int = 400) -> dict[str, Any]:
-    reason = {400: "BadRequest", 413: "RequestEntityTooLarge", 415: "UnsupportedMediaType"}.get(code, "BadRequest")
+    reasons = {400: "BadRequest", 408: "Timeout", 413: "RequestEntityTooLarge", 415: "UnsupportedMediaType"}
+    reason = reasons.get(code, "BadRequest")
     return _envelope(
         {
             "uid": uid,
@@ -56,8 +68,15 @@ def error_body(message: str, *, uid: str = "", code: int = 400) -> dict[str, Any
     )
 
 
-def _parse(body: bytes) -> tuple[str, Mapping[str, Any], Mapping[str, Any]]:
-    """Return (uid, request, pod) or raise ReviewError naming what is wrong."""
+def _parse(body: bytes) -> Parsed:
+    """Return the review or raise ReviewError naming what is wrong."""
+    depth = json_depth(body)
+    if depth > MAX_BODY_DEPTH:
+        where = json_path_past(body, MAX_BODY_DEPTH)
+        raise ReviewError(
+            f"body nests objects/lists {depth} levels deep, at {where}; at most {MAX_BODY_DEPTH} are allowed",
+            reason="too_deep",
+        )
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -102,20 +121,34 @@ def _parse(body: bytes) -> tuple[str, Mapping[str, Any], Mapping[str, Any]]:
     meta = pod.get("metadata", {})
     if not isinstance(meta, dict):
         raise ReviewError("request.object.metadata is not an object", uid=uid, reason="invalid_pod")
-    return uid, request, pod
+    return Parsed(uid=uid, request=request, pod=pod)
+
+
+def parse_review(body: bytes) -> Parsed | Outcome:
+    """The review in `body`, or the 400 Outcome naming what is wrong. Pure: safe to run in a thread."""
+    try:
+        return _parse(body)
+    except ReviewError as exc:
+        return Outcome(400, error_body(str(exc), uid=exc.uid), "failure", exc.reason)
 
 
 def review(body: bytes, *, injector: Injector, cluster: str | None = None, network: str | None = None) -> Outcome:
-    try:
-        uid, request, pod = _parse(body)
-    except ReviewError as exc:
-        return Outcome(400, error_body(str(exc), uid=exc.uid), "failure", exc.reason)
+    """`parse_review`, then `answer`."""
+    parsed = parse_review(body)
+    if isinstance(parsed, Outcome):
+        return parsed
+    return answer(parsed, injector=injector, cluster=cluster, network=network)
+
+
+def answer(parsed: Parsed, *, injector: Injector, cluster: str | None = None, network: str | None = None) -> Outcome:
+    """Ask the injector about the pod and wrap its decision in an AdmissionReview."""
+    uid, request, pod = parsed.uid, parsed.request, parsed.pod
     if request.get("operation", "CREATE") != "CREATE":
         return Outcome(200, _envelope({"uid": uid, "allowed": True}), "skip")
     namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
     try:
         admission = injector.admit(pod, namespace=str(namespace), cluster=cluster, network=network)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         # A pod shape the injector's own checks missed: answer precisely, and log it as a defect.
         log.error("pod shape not caught by validation (uid %s)", uid, exc_info=True)
         message = f"request.object is not a valid Pod: {exc.__class__.__name__}: {exc}"

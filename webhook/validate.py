@@ -7,7 +7,7 @@ parser serves both, so a value the ConfigMap accepts as a default is exactly a v
 annotation accepts as an override.
 
 Also here: the two errors of injection (`InjectionError`, `InvalidPod`) and a YAML loader that
-refuses aliases (a small annotation must not expand into gigabytes of JSON).
+refuses aliases and deep nesting (see `webhook.limits`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+
+from webhook.limits import MAX_PROXY_CONFIG_BYTES, YamlLoader, check_yaml
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -59,24 +61,27 @@ class InvalidPod(ValueError):
         self.problem = problem
 
 
-# -- YAML without aliases ----------------------------------------------------------------------
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed here", event.start_mark)
-        return super().compose_node(parent, index)
+# -- YAML ------------------------------------------------------------------------------------
 
 
 def load_yaml(text: str) -> Any:
-    """Parse one YAML (or JSON) document; raise `ValueError` with the line and column on error."""
+    """Parse one YAML (or JSON) document; raise `ValueError` with the line and column on error.
+
+    Aliases and nesting deeper than `limits.MAX_VALUE_DEPTH` are refused before anything is built,
+    so neither a small value expanding into gigabytes nor a deep one exhausting the stack gets in.
+    """
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+        check_yaml(text)
+        return yaml.load(text, Loader=YamlLoader)  # a safe loader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        where = ""
+        if mark is not None:
+            lines = text.split("\n")
+            line, column = mark.line, mark.column
+            if line >= len(lines):  # libyaml places the end of the text after a final line break it assumes
+                line, column = len(lines) - 1, len(lines[-1])
+            where = f" at line {line + 1} column {column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ValueError(f"not valid YAML/JSON{where}: {problem}") from None
 
@@ -356,7 +361,11 @@ def check_proxy_config(value: Any) -> dict[str, Any]:
 
 
 def parse_proxy_config(text: str) -> dict[str, Any]:
-    """A ProxyConfig written as YAML or JSON (the `proxy.istio.io/config` annotation)."""
+    """A ProxyConfig written as YAML or JSON (the `proxy.istio.io/config` annotation), at most
+    `MAX_PROXY_CONFIG_BYTES` long (refused by size before parsing)."""
+    size = len(text.encode())
+    if size > MAX_PROXY_CONFIG_BYTES:
+        raise ValueError(f"is {size} bytes; a proxy config may be at most {MAX_PROXY_CONFIG_BYTES} bytes (64 KiB)")
     if not text.strip():
         return {}
     return check_proxy_config(load_yaml(text))

@@ -1,6 +1,8 @@
 """Authenticate by the caller's TLS client certificate (e.g. an agent renewing with its current cert).
 
-The identities are the `spiffe://` URI SANs of the peer's leaf certificate. The TLS layer verifies
+The identities are the `spiffe://` URI SANs of the peer's leaf certificate; one that is not
+`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` with valid Kubernetes names makes the
+whole certificate unacceptable (AuthenticationError). The TLS layer verifies
 the peer chain against the mesh roots during the handshake; this authenticator checks again that the leaf
 was issued by the CA's current signer or one of the trusted roots and is within its validity,
 so a certificate from another authority is never taken at its word.
@@ -19,6 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from certs.authenticate import AuthenticationError, Caller, Credentials, NoCredentials
+from certs.identity import SPIFFE_SCHEME, parse_spiffe_id
 
 
 class ClientCertAuthenticator:
@@ -54,10 +57,15 @@ class ClientCertAuthenticator:
         except x509.ExtensionNotFound:
             raise AuthenticationError("client certificate has no subjectAltName") from None
         identities = tuple(
-            u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")
+            u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SPIFFE_SCHEME)
         )
         if not identities:
             raise AuthenticationError("client certificate has no spiffe:// URI SAN")
+        for identity in identities:
+            try:
+                parse_spiffe_id(identity, field="client certificate URI SAN")
+            except ValueError as exc:
+                raise AuthenticationError(str(exc)) from None
         return Caller(source=self.name, identities=identities)
 
 

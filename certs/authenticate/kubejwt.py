@@ -2,7 +2,10 @@
 
 The token is not decoded here: the API server decides, through a TokenReview with audience
 `istio-ca`. A `clusterid` metadata value naming another cluster is refused (meshplane has no
-remote clusters). The reviewed username must be `system:serviceaccount:<ns>:<sa>`.
+remote clusters). The review's `status.audiences` must include `istio-ca`: an empty list means the
+token is only good for the API server itself (a token without `aud`, or an authenticator that does
+not check audiences), so it is refused. The reviewed username must be
+`system:serviceaccount:<ns>:<sa>` with valid Kubernetes names.
 
 Seam: `controlplane/kube` provides the real `TokenReviewer` (TokenReview through
 kubernetes-asyncio); tests use an in-repo fake.
@@ -66,7 +69,7 @@ class KubeJwtAuthenticator:
             raise AuthenticatorUnavailable(f"TokenReview failed: {exc}") from None
         if not result.authenticated:
             raise AuthenticationError(f"TokenReview: token not authenticated: {result.error or 'no reason given'}")
-        if result.audiences and self.audience not in result.audiences:
+        if self.audience not in result.audiences:
             raise AuthenticationError(
                 f"TokenReview: token audiences {list(result.audiences)} do not include {self.audience!r}"
             )

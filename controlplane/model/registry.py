@@ -15,7 +15,10 @@ becomes one `ModelChange` naming what changed, so pushes can be minimal:
 `snapshot()` returns an immutable `MeshSnapshot`; generators read only snapshots, so a push sees
 one consistent view. Objects that fail to parse are logged and listed in `problems`, and the last
 good version of that object stays in the model (the Kubernetes source stores whatever the API
-server has, so the registry must not trust it blindly).
+server has, so the registry must not trust it blindly). Services that conflict with each other
+(`services.find_conflicts`: a shared clusterIP and port, a port the sidecar reserves) are decided
+with each snapshot, logged once when they appear, and listed in `problems` too, under the losing
+Service; the snapshot's `conflicts` tells the generators what each loser gives up.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from controlplane.model.endpoints import Endpoint, EndpointSlice, ServiceEndpoin
 from controlplane.model.fields import ObjectError, selector_matches
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.security import EffectiveMtls, PeerAuthentication, effective_mtls
-from controlplane.model.services import DEFAULT_DOMAIN, Service, hostname
+from controlplane.model.services import DEFAULT_DOMAIN, Conflicts, Service, find_conflicts, hostname
 from controlplane.model.store import ConfigEvent, ConfigStore, EventType, ObjectKey
 from controlplane.model.workloads import Workload
 
@@ -91,6 +94,7 @@ class MeshSnapshot:
     workloads_by_ip: Mapping[str, Workload] = field(default_factory=_empty)
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=_empty)  # name -> labels
+    conflicts: Conflicts = field(default_factory=Conflicts)  # decided once per services version
     mesh: MeshConfig = field(default_factory=MeshConfig)
     services_version: int = 0  # changes with any SERVICE update
     policy_version: int = 0  # changes with any POLICY update
@@ -181,7 +185,18 @@ class Registry:
 
     @property
     def problems(self) -> list[Problem]:
-        return [self._problems[key] for key in sorted(self._problems)]
+        """Objects that failed to parse, then service ports that lost a conflict (each sorted by object)."""
+        invalid = [self._problems[key] for key in sorted(self._problems)]
+        conflicts = sorted(
+            (
+                Problem(
+                    key=str(ObjectKey("Service", c.service.namespace, c.service.name)), field=c.field, message=c.message
+                )
+                for c in self.snapshot().conflicts.items
+            ),
+            key=lambda p: (p.key, p.field),
+        )
+        return invalid + conflicts
 
     def subscribe(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -411,6 +426,12 @@ class Registry:
             by_ns: dict[str, list[Service]] = {}
             for svc in ordered:
                 by_ns.setdefault(svc.namespace, []).append(svc)
+            previous = {(c.service.ref, c.field, c.message) for c in self._parts.get("conflicts", Conflicts()).items}
+            conflicts = find_conflicts(ordered)
+            for conflict in conflicts.items:
+                if (conflict.service.ref, conflict.field, conflict.message) not in previous:
+                    log.warning("Service %s: %s: %s", conflict.service.ref, conflict.field, conflict.message)
+            self._parts["conflicts"] = conflicts
             self._parts["services"] = (
                 MappingProxyType({s.hostname: s for s in ordered}),
                 MappingProxyType({ns: tuple(items) for ns, items in by_ns.items()}),
@@ -438,6 +459,7 @@ class Registry:
             workloads_by_ip=by_ip,
             peer_authentications=self._parts["policies"],
             namespaces=self._parts["namespaces"],
+            conflicts=self._parts["conflicts"],
             mesh=self._mesh,
             services_version=self._services_version,
             policy_version=self._policy_version,

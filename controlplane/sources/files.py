@@ -1,14 +1,25 @@
 """Local mode's config source: a directory of multi-document YAML files, watched by polling.
 
 Every `*.yaml`, `*.yml` and `*.json` file below the directory is read (hidden files and
-directories are skipped). Edits are picked up within one poll interval.
+directories are skipped). A file is known by its content hash, not by its size and mtime, so a
+file replaced by one with the same size and mtime (`cp -p`, `rsync -a`) is picked up too.
+
+Changes settle before they apply, so a file caught half-written is never applied:
+- the first `scan()` applies what it finds at once;
+- after that, new contents, a new file or a removed file take effect when two consecutive scans
+  see the same thing (one poll interval after the writer stopped);
+- a file that had objects and now has none (truncated to 0 bytes mid-write, or emptied) keeps its
+  objects until it has stayed that way for `empty_hold` seconds, then its objects are deleted.
 
 Error behaviour, per file:
 - a YAML syntax error or a malformed document (missing name, bad field) is reported with the
-  file, the document's index and the field, and the file keeps its last good contents;
-- a document of a kind meshplane does not read is reported once and ignored; the rest of the file
+  file, the document's index and the field, and the whole file keeps its last good contents
+  (no document of it applies);
+- a document of a kind meshplane does not read is reported and ignored; the rest of the file
   applies;
 - the same object in two files is reported; the file that sorts first wins.
+`problems` shows the problems of the newest contents at once; they are logged once those contents
+have settled.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import asyncio
 import hashlib
 import logging
 import pathlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +40,10 @@ from controlplane.sources.kinds import FieldError, UnknownKind, check_document
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
+
+# A stat result is trusted to mean "unchanged" only once the file's last change is this old: a
+# write within the same clock tick as the one before it may leave size, mtime and ctime unchanged.
+_RACY_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -42,34 +58,57 @@ class DocumentProblem:
         return f"{where}: {self.field}: {self.message}"
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """One file's contents as read once: usable means the objects may replace the file's last good ones."""
+
+    digest: str
+    objects: Mapping[ObjectKey, Object]
+    problems: tuple[DocumentProblem, ...]
+    usable: bool
+    at: float  # monotonic time these contents were first seen
+
+
 @dataclass
 class _FileState:
-    digest: str = ""
-    stamp: tuple[int, int] = (0, 0)
-    objects: dict[ObjectKey, Object] = field(default_factory=dict)
-    problems: list[DocumentProblem] = field(default_factory=list)
+    objects: Mapping[ObjectKey, Object] = field(default_factory=dict)  # the last good contents, in the store
+    settled: _Reading | None = None  # the contents last applied or rejected
+    pending: _Reading | None = None  # newer contents, waiting to settle
+    stamp: tuple[int, ...] | None = None  # stat identity of the last read, when trustworthy
+    missing: bool = False  # absent at the last scan: removed at the next one if still absent
+
+    @property
+    def problems(self) -> tuple[DocumentProblem, ...]:
+        current = self.pending or self.settled
+        return current.problems if current else ()
 
 
-def parse_file(path: pathlib.Path, *, label: str) -> tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]:
-    """Parse one file: (objects, problems, usable). Not usable means: keep the last good state."""
+def parse_documents(data: bytes, *, label: str) -> tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]:
+    """Parse one file's bytes: (objects, problems, usable). Not usable means: keep the last good state.
+
+    Never raises for bad contents; every problem names `label`, the document index and the field.
+    """
     problems: list[DocumentProblem] = []
     try:
-        text = path.read_text(encoding="utf-8")
-        docs = list(yaml.safe_load_all(text))
-    except (OSError, UnicodeDecodeError) as exc:
-        return {}, [DocumentProblem(label, -1, "(file)", f"cannot read: {exc}")], False
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return {}, [DocumentProblem(label, -1, "(file)", f"not UTF-8 text: {exc}")], False
+    docs: list[object] = []
+    try:
+        for doc in yaml.safe_load_all(text):
+            docs.append(doc)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        return {}, [DocumentProblem(label, -1, "(yaml)", f"{where}{problem}")], False
+        return {}, [DocumentProblem(label, len(docs), "(yaml)", f"{where}{problem}")], False
     objects: dict[ObjectKey, Object] = {}
     usable = True
     for index, doc in enumerate(docs):
         if doc is None:
             continue
         is_list = isinstance(doc, Mapping) and doc.get("kind") == "List"
-        items = doc.get("items") if is_list else [doc]
+        items = doc.get("items") if isinstance(doc, Mapping) and is_list else [doc]
         if not isinstance(items, list):
             problems.append(DocumentProblem(label, index, "items", "a List needs a list of items"))
             usable = False
@@ -79,14 +118,8 @@ def parse_file(path: pathlib.Path, *, label: str) -> tuple[dict[ObjectKey, Objec
             try:
                 obj = check_document(item)
             except UnknownKind as exc:
-                problems.append(
-                    DocumentProblem(
-                        label,
-                        index,
-                        f"{prefix}kind",
-                        f"kind {exc.kind!r} is not read by meshplane; ignored",
-                    )
-                )
+                message = f"kind {exc.kind!r} is not read by meshplane; ignored"
+                problems.append(DocumentProblem(label, index, f"{prefix}kind", message))
                 continue
             except FieldError as exc:
                 problems.append(DocumentProblem(label, index, f"{prefix}{exc.field}", exc.message))
@@ -102,18 +135,31 @@ def parse_file(path: pathlib.Path, *, label: str) -> tuple[dict[ObjectKey, Objec
 
 
 class FileSource:
-    """Keeps a ConfigStore equal to the valid contents of a directory."""
+    """Keeps a ConfigStore equal to the settled, valid contents of a directory.
 
-    def __init__(self, directory: pathlib.Path, store: ConfigStore, *, poll_interval: float = 0.2) -> None:
+    `poll_interval` is the time between scans in `watch()`; `empty_hold` how long a file that lost
+    all its objects must stay so before they are deleted.
+    """
+
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        store: ConfigStore,
+        *,
+        poll_interval: float = 0.2,
+        empty_hold: float = 3.0,
+    ) -> None:
         self.directory = directory
         self.store = store
         self.poll_interval = poll_interval
+        self.empty_hold = empty_hold
         self._files: dict[pathlib.Path, _FileState] = {}
+        self._scanned = False
 
     @property
     def problems(self) -> list[DocumentProblem]:
-        """Problems of the current contents, for debug endpoints."""
-        return [p for state in self._files.values() for p in state.problems]
+        """Problems of each file's newest contents (settled or not), for debug endpoints."""
+        return [p for path in sorted(self._files) for p in self._files[path].problems]
 
     def _paths(self) -> list[pathlib.Path]:
         found = []
@@ -126,56 +172,89 @@ class FileSource:
         return sorted(found)
 
     def scan(self) -> bool:
-        """Read what changed since the last scan and update the store. True if anything changed."""
+        """Read what changed since the last scan and update the store with what has settled.
+
+        Returns True if the store's view changed. Raises FileNotFoundError when the directory is
+        missing or not a directory (the store is left as it is).
+        """
         if not self.directory.is_dir():
             raise FileNotFoundError(f"config dir {self.directory} does not exist or is not a directory")
-        paths = self._paths()
+        initial = not self._scanned
+        self._scanned = True
+        now = time.monotonic()
+        paths = set(self._paths())
         changed = False
-        for gone in set(self._files) - set(paths):
-            del self._files[gone]
-            log.info("config file removed", extra={"file": str(gone)})
-            changed = True
-        for path in paths:
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            state = self._files.setdefault(path, _FileState())
-            stamp = (st.st_mtime_ns, st.st_size)
-            if stamp == state.stamp:
-                continue
-            state.stamp = stamp
-            try:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError:
-                continue
-            if digest == state.digest:
-                continue
-            state.digest = digest
-            label = str(path.relative_to(self.directory))
-            objects, problems, usable = parse_file(path, label=label)
-            for problem in problems:
-                log.warning(
-                    "config problem: %s",
-                    problem,
-                    extra={
-                        "file": problem.file,
-                        "document": problem.document,
-                        "field": problem.field,
-                    },
-                )
-            state.problems = problems
-            if usable:
-                state.objects = objects
-                changed = True
+        for path in sorted(set(self._files) - paths):
+            state = self._files[path]
+            if state.missing or not state.objects:
+                del self._files[path]
+                log.info("config file removed", extra={"file": self._label(path)})
+                changed = changed or bool(state.objects)
             else:
-                log.warning(
-                    "config file %s keeps its last good state (%d objects)",
-                    label,
-                    len(state.objects),
-                )
+                state.missing = True  # maybe an editor's save in progress: look again at the next scan
+        for path in sorted(paths):
+            state = self._files.setdefault(path, _FileState())
+            state.missing = False
+            reading = self._read(path, state, now)
+            if reading is not None and self._settle(path, state, reading, now=now, initial=initial):
+                changed = True
         if changed:
             self._publish()
+        return changed
+
+    def _label(self, path: pathlib.Path) -> str:
+        return str(path.relative_to(self.directory))
+
+    def _read(self, path: pathlib.Path, state: _FileState, now: float) -> _Reading | None:
+        """The file's contents, parsed only when they differ from the last ones seen; None if it just vanished."""
+        label = self._label(path)
+        wall_ns = time.time_ns()
+        try:
+            st = path.stat()
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = state.pending or state.settled
+            if known is not None and stamp == state.stamp:
+                return known
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            state.stamp = None
+            problem = DocumentProblem(label, -1, "(file)", f"cannot read: {exc.strerror or exc}")
+            return _Reading(digest=f"error: {exc}", objects={}, problems=(problem,), usable=False, at=now)
+        racy = wall_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+        state.stamp = None if racy else stamp
+        digest = hashlib.sha256(data).hexdigest()
+        for known in (state.pending, state.settled):
+            if known is not None and known.digest == digest:
+                return known
+        objects, problems, usable = parse_documents(data, label=label)
+        return _Reading(digest=digest, objects=objects, problems=tuple(problems), usable=usable, at=now)
+
+    def _settle(self, path: pathlib.Path, state: _FileState, reading: _Reading, *, now: float, initial: bool) -> bool:
+        """Apply or reject `reading` once it has settled. True if the file's objects changed."""
+        if state.settled is not None and reading.digest == state.settled.digest:
+            state.pending = None  # back to what is applied (e.g. a write undone before it settled)
+            return False
+        if not initial and reading is not state.pending:
+            state.pending = reading  # first sight: wait for the next scan to see the same
+            return False
+        emptied = reading.usable and not reading.objects and bool(state.objects)
+        if emptied and not initial and now - reading.at < self.empty_hold:
+            return False
+        state.pending = None
+        state.settled = reading
+        label = self._label(path)
+        for problem in reading.problems:
+            extra = {"file": problem.file, "document": problem.document, "field": problem.field}
+            log.warning("config problem: %s", problem, extra=extra)
+        if not reading.usable:
+            log.warning("config file %s keeps its last good contents (%d objects)", label, len(state.objects))
+            return False
+        if emptied:
+            log.warning("config file %s has had no objects for %.1fs; deleting its objects", label, self.empty_hold)
+        changed = dict(reading.objects) != dict(state.objects)
+        state.objects = reading.objects
         return changed
 
     def _publish(self) -> None:
@@ -187,8 +266,8 @@ class FileSource:
                     log.warning(
                         "config problem: %s is defined in %s and %s; using the first",
                         key,
-                        owner[key].relative_to(self.directory),
-                        path.relative_to(self.directory),
+                        self._label(owner[key]),
+                        self._label(path),
                     )
                     continue
                 merged[key] = obj

@@ -6,19 +6,16 @@ fields meshplane reads. A failed check raises `FieldError` naming the field path
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.model import names
 from controlplane.model.endpoints import EndpointSlice
 from controlplane.model.fields import ObjectError
 from controlplane.model.security import PeerAuthentication
 from controlplane.model.services import Service
 from controlplane.model.workloads import Workload
-
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class FieldError(ValueError):
@@ -29,14 +26,18 @@ class FieldError(ValueError):
 
 
 Validator = Callable[[Mapping[str, Any]], None]
+NameRule = Callable[..., str]  # a `controlplane.model.names` check: (value, *, field) -> value or ObjectError
 
 
 @dataclass(frozen=True)
 class Kind:
+    """A kind meshplane reads; `name_rule` is Kubernetes' rule for its `metadata.name`."""
+
     name: str
     api_versions: frozenset[str]
     namespaced: bool
     validate: Validator | None = None
+    name_rule: NameRule = names.dns1123_subdomain
 
 
 def _string_map(obj: Mapping[str, Any], path: str, value: Any) -> None:
@@ -53,10 +54,11 @@ def _validate_configmap(obj: Mapping[str, Any]) -> None:
     _string_map(obj, "data", obj.get("data"))
 
 
-def _validate_namespace(obj: Mapping[str, Any]) -> None:
-    name = obj["metadata"]["name"]
-    if not _DNS_LABEL.match(name) or len(name) > 63:
-        raise FieldError("metadata.name", f"{name!r} is not a valid namespace name (RFC 1123 label)")
+def _checked_name(rule: NameRule, value: Any, field: str) -> str:
+    try:
+        return rule(value, field=field)
+    except ObjectError as exc:
+        raise FieldError(exc.field, exc.message) from None
 
 
 KINDS: dict[str, Kind] = {}
@@ -67,7 +69,7 @@ def register(kind: Kind) -> None:
     KINDS[kind.name] = kind
 
 
-register(Kind("Namespace", frozenset({"v1"}), namespaced=False, validate=_validate_namespace))
+register(Kind("Namespace", frozenset({"v1"}), namespaced=False, name_rule=names.dns1123_label))
 register(Kind("ConfigMap", frozenset({"v1"}), namespaced=True, validate=_validate_configmap))
 
 
@@ -84,7 +86,15 @@ def _parsed_by(parse: Callable[[Mapping[str, Any]], object]) -> Validator:
 
 
 # The kinds the service registry (controlplane.model.registry) reads.
-register(Kind("Service", frozenset({"v1"}), namespaced=True, validate=_parsed_by(Service.from_object)))
+register(
+    Kind(
+        "Service",
+        frozenset({"v1"}),
+        namespaced=True,
+        validate=_parsed_by(Service.from_object),
+        name_rule=names.dns1035_label,
+    )
+)
 register(Kind("Pod", frozenset({"v1"}), namespaced=True, validate=_parsed_by(Workload.from_object)))
 register(
     Kind(
@@ -120,8 +130,6 @@ def check_document(doc: Any) -> Mapping[str, Any]:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise FieldError("metadata.name", "is required and must be a non-empty string")
-    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
-        raise FieldError("metadata.name", f"{name!r} is not a valid name (RFC 1123 subdomain)")
     _string_map(doc, "metadata.labels", meta.get("labels"))
     _string_map(doc, "metadata.annotations", meta.get("annotations"))
     kind = KINDS.get(doc["kind"])
@@ -132,12 +140,12 @@ def check_document(doc: Any) -> Mapping[str, Any]:
             "apiVersion",
             f"{doc['apiVersion']!r} is not served for {kind.name}; use {', '.join(sorted(kind.api_versions))}",
         )
+    _checked_name(kind.name_rule, name, "metadata.name")
     namespace = meta.get("namespace")
     if kind.namespaced:
         if namespace is None:
             namespace = "default"
-        if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
-            raise FieldError("metadata.namespace", f"{namespace!r} is not a valid namespace name")
+        _checked_name(names.namespace_name, namespace, "metadata.namespace")
     elif namespace:
         raise FieldError("metadata.namespace", f"{kind.name} is cluster-scoped and takes no namespace")
     if kind.validate is not None:

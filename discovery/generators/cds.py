@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2
 
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.security import MtlsMode
-from controlplane.model.services import Protocol, Service, ServicePort
+from controlplane.model.services import Service, ServicePort
 from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
@@ -40,10 +40,8 @@ from discovery.xdstypes import CLUSTER
 
 
 def outbound_ports(service: Service) -> list[ServicePort]:
-    """The ports of a service that get clusters and listeners (not UDP; none for ExternalName)."""
-    if service.external_name:
-        return []
-    return [p for p in service.ports if p.protocol is not Protocol.UDP]
+    """The ports of a service that get clusters and listeners (`Service.outbound_ports`)."""
+    return list(service.outbound_ports)
 
 
 def _outbound(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> cluster_pb2.Cluster:

@@ -82,7 +82,7 @@ def resource(snapshot: MeshSnapshot, cache: XdsCache, name: str) -> Resource:
     return cache.resource(ENDPOINT, name, key=(port, revision), build=lambda: load_assignment(name, eps))
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=64)  # each entry can hold a 10,000-name subscription: keep few
 def by_host(names: frozenset[str]) -> Mapping[str, tuple[str, ...]]:
     """Subscribed cluster names grouped by service hostname (shared by equal subscriptions)."""
     out: dict[str, list[str]] = {}

@@ -6,7 +6,11 @@ REDIRECT (iptables sends outbound traffic to 15001 and inbound traffic to 15006)
   `outboundTrafficPolicy: ALLOW_ANY`) or drops it (`BlackHoleCluster`, `REGISTRY_ONLY`);
 - `0.0.0.0_<port>` for every port with an HTTP service: HTTP connection manager, routes from RDS
   route configuration `<port>`; `<clusterIP>_<port>` for every TCP service port: TCP proxy to its
-  cluster. Neither binds a socket (`bind_to_port: false`); they only receive from 15001;
+  cluster. Neither binds a socket (`bind_to_port: false`); they only receive from 15001.
+  Conflicts are decided by the model (`MeshSnapshot.conflicts`, oldest service first): a TCP port
+  whose (clusterIP, port) another service owns gets no listener (Envoy would reject two listeners on
+  one address, and with them every listener of the response), and there is no `0.0.0.0_<port>` for
+  the sidecar's own listener ports (15001, 15006, 15021, 15090);
 - `virtualInbound` 0.0.0.0:15006: per inbound port, filter chains chosen by the PeerAuthentication
   mode of that port: STRICT accepts only mesh mTLS, PERMISSIVE accepts mTLS and plaintext,
   DISABLE plaintext; other ports pass through to `InboundPassthroughCluster` under the workload's
@@ -17,8 +21,8 @@ NONE (no iptables; every listener binds its own socket). `<loopback>` is the pro
 have their own, as each pod has its own 127.0.0.1. Port layout:
 - outbound: `<loopback>_<port>` bound on <loopback>:<service port>; the application calls
   `<loopback>:<port>` (HTTP services are told apart by Host header; when several TCP services share
-  a port, the first by hostname gets it). Ports the workload itself serves and Envoy's own ports
-  (15000-15090) are not bound;
+  a port, the oldest gets it, as `services.precedence` orders them). Ports the workload itself serves
+  and Envoy's own ports (15000-15090) are not bound;
 - inbound: `<pod IP>_<target port>` bound on the pod's address and target port, with the same mTLS
   filter chains as above; it forwards to the application on <loopback>:<target port> (cluster
   `inbound|<target port>||`), so the application must listen on loopback only.
@@ -47,7 +51,8 @@ from google.protobuf import wrappers_pb2
 from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.security import MtlsMode
-from controlplane.model.services import Protocol, Service
+from controlplane.model.services import SIDECAR_LISTENER_PORTS, Protocol, Service, precedence
+from discovery import metrics
 from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
@@ -106,7 +111,7 @@ def redirect_outbound(snapshot: MeshSnapshot) -> list[listener_pb2.Listener]:
         )
     ]
     for port, entries in sorted(_ports(snapshot).items()):
-        if any(protocol.is_http for _, protocol in entries):
+        if port not in SIDECAR_LISTENER_PORTS and any(protocol.is_http for _, protocol in entries):
             name = f"0.0.0.0_{port}"
             listeners.append(
                 listener_pb2.Listener(
@@ -118,14 +123,15 @@ def redirect_outbound(snapshot: MeshSnapshot) -> list[listener_pb2.Listener]:
                 )
             )
         for service, protocol in entries:
-            if protocol.is_http or service.cluster_ip is None:
+            address = service.cluster_ip
+            if protocol.is_http or address is None or not snapshot.conflicts.owns_address(service, port):
                 continue
-            name = f"{service.cluster_ip}_{port}"
+            name = f"{address}_{port}"
             cluster = c.outbound_cluster(port, service.hostname)
             listeners.append(
                 listener_pb2.Listener(
                     name=name,
-                    address=c.socket_address(service.cluster_ip, port),
+                    address=c.socket_address(address, port),
                     bind_to_port=_false(),
                     traffic_direction=base_pb2.OUTBOUND,
                     filter_chains=[_tcp_chain(cluster, name=cluster, stat_prefix=cluster)],
@@ -143,7 +149,7 @@ def none_outbound(snapshot: MeshSnapshot, excluded: frozenset[int], *, loopback:
         if any(protocol.is_http for _, protocol in entries):
             chain = _outbound_http(port, stat_prefix=f"outbound_{name}")
         else:
-            service = min((s for s, _ in entries), key=lambda s: s.hostname)
+            service = min((s for s, _ in entries), key=precedence)
             cluster = c.outbound_cluster(port, service.hostname)
             chain = _tcp_chain(cluster, name=cluster, stat_prefix=cluster)
         listeners.append(
@@ -277,6 +283,7 @@ class ListenerGenerator:
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, view = ctx.snapshot, ctx.cache, ctx.view
+        metrics.conflicts.observe(snap.conflicts)
         versions = (snap.services_version, snap.mesh_version)
         if view.mode is InterceptionMode.NONE:
             excluded = frozenset(p.port for p in view.inbound)

@@ -1,8 +1,11 @@
 """RDS for sidecars: one route configuration per outbound HTTP port, named after the port.
 
 Each service with an HTTP port of that number gets a virtual host `<fqdn>:<port>` whose domains
-are the names a client may use: `<fqdn>`, `<name>.<ns>.svc`, `<name>.<ns>`, the cluster IP, and
-`<name>` for a proxy in the service's own namespace, each with and without `:<port>`. Its one
+are the names a client may use: `<fqdn>`, `<name>.<ns>.svc`, `<name>.<ns>`, the cluster IP
+(bracketed if IPv6), and `<name>` for a proxy in the service's own namespace, each with and without
+`:<port>`. The cluster IP is left out when another service owns that (clusterIP, port)
+(`MeshSnapshot.conflicts`), so no two virtual hosts share a domain (Envoy would reject the whole
+route configuration). Its one
 route sends everything to `outbound|<port>||<fqdn>`. Other hosts reach `allow_any` (pass through)
 or, under `REGISTRY_ONLY`, `block_all` (502).
 
@@ -19,6 +22,7 @@ from google.protobuf import wrappers_pb2
 from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service
+from discovery import metrics
 from discovery.cache import Resource, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
@@ -28,21 +32,22 @@ from discovery.pushqueue import PushRequest
 from discovery.xdstypes import ROUTE
 
 
-def domains(service: Service, port: int, *, proxy_namespace: str) -> list[str]:
+def domains(service: Service, port: int, *, proxy_namespace: str, with_address: bool) -> list[str]:
+    """The Host header values that reach `service` on `port`; the cluster IP only `with_address`."""
     short_ns = f"{service.name}.{service.namespace}"
     hosts = [service.hostname, f"{short_ns}.svc", short_ns]
     if service.namespace == proxy_namespace:
         hosts.append(service.name)
-    if service.cluster_ip:
-        hosts.append(service.cluster_ip)
+    if with_address and service.cluster_ip:
+        hosts.append(f"[{service.cluster_ip}]" if ":" in service.cluster_ip else service.cluster_ip)
     return [d for host in hosts for d in (host, f"{host}:{port}")]
 
 
-def _virtual_host(service: Service, port: int, *, proxy_namespace: str) -> rc.VirtualHost:
+def _virtual_host(service: Service, port: int, *, proxy_namespace: str, with_address: bool) -> rc.VirtualHost:
     cluster = c.outbound_cluster(port, service.hostname)
     return rc.VirtualHost(
         name=f"{service.hostname}:{port}",
-        domains=domains(service, port, proxy_namespace=proxy_namespace),
+        domains=domains(service, port, proxy_namespace=proxy_namespace, with_address=with_address),
         routes=[
             rc.Route(
                 name="default",
@@ -83,7 +88,8 @@ def route_configuration(snapshot: MeshSnapshot, name: str, *, proxy_namespace: s
         port = int(name)
         for service in snapshot.services.values():
             if any(p.port == port and p.protocol.is_http for p in outbound_ports(service)):
-                hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace))
+                owned = snapshot.conflicts.owns_address(service, port)
+                hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace, with_address=owned))
     hosts.append(_fallback(snapshot))
     return route_pb2.RouteConfiguration(
         name=name, virtual_hosts=hosts, validate_clusters=wrappers_pb2.BoolValue(value=False)
@@ -108,6 +114,7 @@ class RouteGenerator:
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, ns = ctx.snapshot, ctx.cache, ctx.view.namespace
+        metrics.conflicts.observe(snap.conflicts)
         group = cache.group(
             ("rds", watched.names, ns, snap.services_version, snap.mesh_version),
             lambda: [resource(snap, cache, n, namespace=ns) for n in sorted(watched.names)],

@@ -124,8 +124,8 @@ async def test_no_bearer_header_means_no_credentials(key: ec.EllipticCurvePrivat
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"namespace": "Shop"}, "--namespace: 'Shop' is not a valid namespace name"),
-        ({"service_account": "a:b"}, "--service-account: 'a:b' is not a valid service account name"),
+        ({"namespace": "Shop"}, "--namespace: 'Shop' is not a DNS-1123 label"),
+        ({"service_account": "a:b"}, "--service-account: 'a:b' is not a DNS-1123 subdomain"),
         ({"ttl": dt.timedelta(0)}, "--ttl: 0 s must be positive"),
     ],
 )
@@ -199,7 +199,9 @@ async def test_a_reviewed_token_for_another_audience_is_rejected() -> None:
 
 
 async def test_a_user_that_is_not_a_service_account_is_rejected() -> None:
-    reviewer = FakeTokenReviewer(reviews={"t": TokenReview(authenticated=True, username="alice")})
+    reviewer = FakeTokenReviewer(
+        reviews={"t": TokenReview(authenticated=True, username="alice", audiences=("istio-ca",))}
+    )
     with pytest.raises(AuthenticationError, match="'alice' is not a service account"):
         await kube(reviewer).authenticate(bearer("t"))
 

@@ -203,7 +203,7 @@ def test_plugin_ca_in_the_state_dir_signs_as_intermediate_and_returns_the_full_c
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--namespace", "Bad_NS", "--service-account", "sa"], "--namespace: 'Bad_NS' is not a valid namespace name"),
+        (["--namespace", "Bad_NS", "--service-account", "sa"], "--namespace: 'Bad_NS' is not a DNS-1123 label"),
         (["--namespace", "ns", "--service-account", "sa", "--ttl", "soon"], "--ttl: 'soon' is not a duration"),
         (["--namespace", "ns", "--service-account", "sa", "--ttl", "0"], "--ttl: 0 s must be positive"),
     ],

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certs.authority import Authority, KeyMaterialError, random_serial, self_signed_root, signature_hash
-from certs.keystore import FileKeyStore, PluginDirStore, local_keystore
+from certs.keystore import FileKeyStore, PluginDirStore, check_state_dir, local_keystore
 from certs.pem import cert_pem, generate_key, key_pem
 from tests.certs.helpers import make_csr, openssl_verify, spiffe, write_pem
 
@@ -165,3 +165,43 @@ async def test_without_cacerts_the_state_dir_holds_a_self_signed_root(tmp_path: 
     store = local_keystore(tmp_path)
     assert isinstance(store, FileKeyStore)
     assert store.directory == tmp_path / "ca"
+
+
+async def test_a_lost_key_next_to_its_trust_bundle_is_refused_naming_the_files_and_the_flag(
+    tmp_path: pathlib.Path,
+) -> None:
+    await FileKeyStore(tmp_path / "ca").load_or_create()
+    bundle = (tmp_path / "ca" / "root-cert.pem").read_bytes()
+    (tmp_path / "ca" / "ca-key.pem").unlink()
+    (tmp_path / "ca" / "ca-cert.pem").unlink()
+    with pytest.raises(KeyMaterialError, match=r"ca-key.pem and .*ca-cert.pem are missing.*--allow-new-root"):
+        await FileKeyStore(tmp_path / "ca").load_or_create()
+    assert (tmp_path / "ca" / "root-cert.pem").read_bytes() == bundle
+    assert not (tmp_path / "ca" / "ca-key.pem").exists()
+
+
+async def test_a_lost_ca_dir_with_a_published_bundle_is_refused_unless_a_new_root_is_allowed(
+    tmp_path: pathlib.Path,
+) -> None:
+    old = await local_keystore(tmp_path).load_or_create()
+    (tmp_path / "root-cert.pem").write_bytes(old.root_pem)  # what `meshplane serve` publishes
+    for path in (tmp_path / "ca").iterdir():
+        path.unlink()
+    (tmp_path / "ca").rmdir()
+    with pytest.raises(KeyMaterialError, match=str(tmp_path / "root-cert.pem")):
+        await local_keystore(tmp_path).load_or_create()
+    assert not (tmp_path / "ca").exists()
+    new = await local_keystore(tmp_path, allow_new_root=True).load_or_create()
+    assert new.cert != old.cert
+    again = await local_keystore(tmp_path).load_or_create()  # the new root is kept from now on
+    assert again.cert == new.cert
+
+
+def test_a_state_dir_that_cannot_be_created_is_named_with_the_reason(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KeyMaterialError, match=r"state directory .*file/state is not usable: Not a directory"):
+        check_state_dir(tmp_path / "file" / "state")
+    with pytest.raises(KeyMaterialError, match=r"state directory .*file is not a directory"):
+        check_state_dir(tmp_path / "file")
+    check_state_dir(tmp_path / "new" / "state")
+    assert (tmp_path / "new" / "state").is_dir() and list((tmp_path / "new" / "state").iterdir()) == []

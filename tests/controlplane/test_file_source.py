@@ -1,9 +1,13 @@
 import os
 import pathlib
+import shutil
+import subprocess
 import textwrap
 
 import pytest
+import yaml
 
+from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from controlplane.sources.files import FileSource
 
@@ -25,12 +29,55 @@ data:
   mesh: "trustDomain: cluster.local"
 """
 
+HOST = "web.shop.svc.cluster.local"
+
 
 def write(path: pathlib.Path, text: str) -> None:
     path.write_text(textwrap.dedent(text))
-    # Make each write visible to the mtime check even on coarse clocks.
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def settle(source: FileSource) -> bool:
+    """Two scans: what a running source does within two poll intervals of a finished write."""
+    first = source.scan()
+    return source.scan() or first
+
+
+def web(hosts: int, *, first_ip: int = 1) -> str:
+    """A Service with an EndpointSlice of `hosts` ready endpoints."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+    endpoints = [
+        {"addresses": [f"10.1.{i // 250}.{i % 250 + 1}"], "conditions": {"ready": True}}
+        for i in range(first_ip - 1, first_ip - 1 + hosts)
+    ]
+    slc = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": endpoints,
+    }
+    return yaml.safe_dump_all([service, slc], sort_keys=False)  # endpoints last: any cut at a line is valid YAML
+
+
+class Mesh:
+    """A file source feeding a real registry; `seen` is every endpoint count the registry ever had."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.store = ConfigStore()
+        self.source = FileSource(directory, self.store)
+        self.registry = Registry(self.store)
+        self.seen: list[int] = []
+        self.registry.subscribe(lambda _change: self.seen.append(self.hosts()))
+
+    def hosts(self) -> int:
+        snapshot = self.registry.snapshot()
+        return len(snapshot.endpoints_for(HOST).endpoints) if HOST in snapshot.services else 0
 
 
 @pytest.fixture
@@ -38,7 +85,7 @@ def source(tmp_path: pathlib.Path) -> FileSource:
     return FileSource(tmp_path, ConfigStore())
 
 
-def test_multi_document_files_fill_the_store(tmp_path: pathlib.Path, source: FileSource) -> None:
+def test_multi_document_files_fill_the_store_at_the_first_scan(tmp_path: pathlib.Path, source: FileSource) -> None:
     write(tmp_path / "mesh.yaml", NS_A + "---\n" + CM)
     assert source.scan()
     assert source.store.get(ObjectKey("Namespace", "", "a")) is not None
@@ -52,24 +99,159 @@ def test_namespaced_document_without_namespace_lands_in_default(tmp_path: pathli
     assert source.store.get(ObjectKey("ConfigMap", "default", "x")) is not None
 
 
-def test_syntax_error_keeps_last_good_state_and_names_the_line(tmp_path: pathlib.Path, source: FileSource) -> None:
+def test_an_in_place_edit_read_half_written_is_never_applied(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(web(1000))
+    mesh = Mesh(tmp_path)
+    mesh.source.scan()
+    assert mesh.hosts() == 1000
+    new = web(1000, first_ip=2)  # the same size, one endpoint replaced
+    cut = new.index("- addresses", len(new) // 2)  # a line boundary: the first half is valid YAML
+    with path.open("w") as f:  # truncate and rewrite in place, as `>` or an editor without safe-write does
+        f.write(new[:cut])
+        f.flush()
+        mesh.source.scan()  # sees ~500 endpoints: valid, but not yet stable
+        assert mesh.hosts() == 1000
+        f.write(new[cut:])
+    settle(mesh.source)
+    assert mesh.hosts() == 1000
+    assert mesh.seen == [1000, 1000]  # the first scan, then straight from the old 1000 to the new 1000
+    ips = {e.address for e in mesh.registry.snapshot().endpoints_for(HOST).endpoints}
+    assert "10.1.0.1" not in ips and "10.1.4.1" in ips
+
+
+def test_a_file_truncated_to_nothing_keeps_its_objects_until_it_stays_empty(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(web(3))
+    mesh = Mesh(tmp_path)
+    mesh.source.scan()
+    path.write_bytes(b"")
+    for _ in range(5):  # many polls within the hold: the Service and its endpoints stay
+        mesh.source.scan()
+    assert mesh.hosts() == 3 and mesh.store.get(ObjectKey("Service", "shop", "web")) is not None
+    path.write_text(web(4))
+    settle(mesh.source)
+    assert mesh.hosts() == 4 and mesh.seen == [3, 4]
+
+
+def test_a_file_that_stays_empty_is_applied_as_a_deletion(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(web(3))
+    mesh = Mesh(tmp_path)
+    mesh.source = FileSource(tmp_path, mesh.store, empty_hold=0.3)
+    mesh.source.scan()
+    path.write_text("# nothing here any more\n")
+    settle(mesh.source)
+    assert mesh.hosts() == 3
+    while mesh.store.get(ObjectKey("Service", "shop", "web")) is not None:
+        mesh.source.scan()
+    assert mesh.hosts() == 0 and len(mesh.store) == 0
+
+
+def test_a_write_undone_before_it_settles_never_applies(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(web(3))
+    mesh = Mesh(tmp_path)
+    mesh.source.scan()
+    path.write_text(web(1))
+    mesh.source.scan()
+    path.write_text(web(3))
+    settle(mesh.source)
+    assert mesh.seen == [3]
+
+
+def test_cp_p_with_the_same_size_and_mtime_is_picked_up(tmp_path: pathlib.Path) -> None:
+    config, elsewhere = tmp_path / "config", tmp_path / "elsewhere"
+    config.mkdir()
+    elsewhere.mkdir()
+    path = config / "web.yaml"
+    path.write_text(web(5, first_ip=11))
+    mesh = Mesh(config)
+    mesh.source.scan()
+    settle(mesh.source)
+    replacement = elsewhere / "web.yaml"
+    replacement.write_text(web(5, first_ip=21))
+    st = path.stat()
+    assert replacement.stat().st_size == st.st_size
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    subprocess.run(["cp", "-p", str(replacement), str(path)], check=True)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    settle(mesh.source)
+    ips = {e.address for e in mesh.registry.snapshot().endpoints_for(HOST).endpoints}
+    assert ips == {f"10.1.0.{i}" for i in range(21, 26)}
+
+
+def test_a_rename_over_with_the_same_size_and_mtime_is_picked_up(tmp_path: pathlib.Path) -> None:
+    """What `rsync -a` does: a temporary file with the source's mtime, renamed over the target."""
+    path = tmp_path / "web.yaml"
+    path.write_text(web(5, first_ip=11))
+    mesh = Mesh(tmp_path)
+    mesh.source.scan()
+    settle(mesh.source)
+    st = path.stat()
+    tmp = tmp_path / ".web.yaml.Xy12Zq"
+    tmp.write_text(web(5, first_ip=21))
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, path)
+    settle(mesh.source)
+    assert {e.address for e in mesh.registry.snapshot().endpoints_for(HOST).endpoints} == {
+        f"10.1.0.{i}" for i in range(21, 26)
+    }
+
+
+def test_an_editor_save_that_briefly_removes_the_file_keeps_its_objects(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(web(3))
+    mesh = Mesh(tmp_path)
+    mesh.source.scan()
+    backup = tmp_path / "web.yaml~"
+    path.rename(backup)
+    mesh.source.scan()
+    shutil.copy(backup, path)
+    settle(mesh.source)
+    assert mesh.seen == [3]
+
+
+def test_removing_a_file_removes_its_objects(tmp_path: pathlib.Path, source: FileSource) -> None:
+    write(tmp_path / "a.yaml", NS_A)
+    source.scan()
+    (tmp_path / "a.yaml").unlink()
+    assert settle(source)
+    assert len(source.store) == 0
+
+
+def test_syntax_error_keeps_last_good_state_and_names_document_and_line(
+    tmp_path: pathlib.Path, source: FileSource
+) -> None:
     write(tmp_path / "mesh.yaml", NS_A)
     source.scan()
-    write(tmp_path / "mesh.yaml", "apiVersion: v1\nkind: [unclosed\n")
-    source.scan()
+    write(tmp_path / "mesh.yaml", NS_A + "---\napiVersion: v1\nkind: [unclosed\n")
+    settle(source)
     assert source.store.get(ObjectKey("Namespace", "", "a")) is not None
     [problem] = source.problems
-    assert problem.file == "mesh.yaml" and problem.field == "(yaml)" and "line" in problem.message
+    assert (problem.file, problem.document, problem.field) == ("mesh.yaml", 1, "(yaml)")
+    assert "line 10" in problem.message
 
 
-def test_bad_field_is_reported_with_document_index_and_field(tmp_path: pathlib.Path, source: FileSource) -> None:
+def test_a_file_with_one_good_and_one_bad_document_is_not_applied_in_part(
+    tmp_path: pathlib.Path, source: FileSource
+) -> None:
     write(tmp_path / "mesh.yaml", NS_A)
     source.scan()
-    write(tmp_path / "mesh.yaml", NS_A + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {n: 1}\n")
-    source.scan()
+    edited = NS_A.replace("enabled", "disabled") + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+    write(tmp_path / "mesh.yaml", edited + "data: {n: 1}\n")
+    assert not settle(source)
     [problem] = source.problems
     assert (problem.file, problem.document, problem.field) == ("mesh.yaml", 1, "data.n")
-    assert source.store.get(ObjectKey("ConfigMap", "default", "c")) is None  # last good state kept
+    ns = source.store.get(ObjectKey("Namespace", "", "a"))
+    assert ns is not None and ns["metadata"]["labels"]["istio-injection"] == "enabled"  # the good document waits
+    assert source.store.get(ObjectKey("ConfigMap", "default", "c")) is None
+    write(tmp_path / "mesh.yaml", edited + "data: {n: '1'}\n")  # fixed: the whole file applies
+    assert settle(source)
+    assert source.problems == []
+    ns = source.store.get(ObjectKey("Namespace", "", "a"))
+    assert ns is not None and ns["metadata"]["labels"]["istio-injection"] == "disabled"
+    assert source.store.get(ObjectKey("ConfigMap", "default", "c")) is not None
 
 
 def test_unknown_kind_is_reported_and_the_rest_applies(tmp_path: pathlib.Path, source: FileSource) -> None:
@@ -85,14 +267,6 @@ def test_invalid_name_is_rejected(tmp_path: pathlib.Path, source: FileSource) ->
     source.scan()
     assert len(source.store) == 0
     assert source.problems[0].field == "metadata.name"
-
-
-def test_removing_a_file_removes_its_objects(tmp_path: pathlib.Path, source: FileSource) -> None:
-    write(tmp_path / "a.yaml", NS_A)
-    source.scan()
-    (tmp_path / "a.yaml").unlink()
-    assert source.scan()
-    assert len(source.store) == 0
 
 
 def test_same_object_in_two_files_first_file_wins(tmp_path: pathlib.Path, source: FileSource) -> None:

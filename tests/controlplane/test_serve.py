@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+
+import pytest
 
 from tests.helpers.serve import SERVER_NAME, Running, free_port, meshplane_cmd, start_serve
 
@@ -135,3 +141,79 @@ def test_webhook_certificate_verifies_against_the_published_root(serve: Running)
             pass
         else:
             raise AssertionError("serving certificate verified against system roots")
+
+
+def serve_once(
+    state_dir: pathlib.Path, config_dir: pathlib.Path, *extra: str, user: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`meshplane serve` expected to refuse to start; as `user` (a uid) when given."""
+    config_dir.mkdir(exist_ok=True)
+    as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
+    return subprocess.run(
+        [
+            *as_user, *meshplane_cmd(), "serve", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
+            "--grpc-addr", f"127.0.0.1:{free_port()}", "--secure-grpc-addr", f"127.0.0.1:{free_port()}",
+            "--http-addr", f"127.0.0.1:{free_port()}", "--monitoring-addr", f"127.0.0.1:{free_port()}",
+            "--webhook-addr", f"127.0.0.1:{free_port()}", *extra,
+        ],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_lost_ca_dir_is_refused_and_the_published_root_is_kept(tmp_path: pathlib.Path) -> None:
+    first = start_serve(tmp_path)
+    assert first.stop() == 0
+    bundle = first.root_cert.read_bytes()
+    shutil.rmtree(first.state_dir / "ca")
+    result = serve_once(first.state_dir, tmp_path / "config")
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("meshplane: ") and "Traceback" not in result.stderr
+    assert str(first.state_dir / "ca" / "ca-key.pem") in message and "ca-cert.pem" in message
+    assert str(first.root_cert) in message and "--allow-new-root" in message
+    assert first.root_cert.read_bytes() == bundle
+    again = start_serve(tmp_path, "--allow-new-root")
+    try:
+        assert again.root_cert.read_bytes() != bundle
+        ctx = again.client_ssl_context()  # the webhook's certificate now chains to the new root
+        with socket.create_connection(("127.0.0.1", again.ports["webhook"]), timeout=10) as raw:
+            ctx.wrap_socket(raw, server_hostname=SERVER_NAME).close()
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_state_dir_below_a_file_is_a_clean_startup_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "occupied").write_text("")
+    state_dir = tmp_path / "occupied" / "state"
+    result = serve_once(state_dir, tmp_path / "config")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(state_dir) in result.stderr and "Not a directory" in result.stderr
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[pathlib.Path]:
+    """A directory another user can reach (pytest's tmp_path is private to root)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="meshplane-serve-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)  # as root: the read-only directory inside goes too
+
+
+NOBODY = 65534
+
+
+def test_an_unwritable_state_dir_is_a_clean_startup_error(shared_dir: pathlib.Path) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run meshplane as another user")
+    state_dir = shared_dir / "state"
+    state_dir.mkdir(mode=0o555)
+    state_dir.chmod(0o555)  # root's, not writable by the user meshplane runs as
+    config_dir = shared_dir / "config"
+    result = serve_once(state_dir, config_dir, user=NOBODY)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(state_dir) in result.stderr and "Permission denied" in result.stderr
+    assert list(state_dir.iterdir()) == []

@@ -142,6 +142,40 @@ def test_bad_node_metadata_names_the_key(metadata: dict[str, object], message: s
         parse_node(node(**metadata))
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (node(ns="shop\n"), "node.id namespace: 'shop\\n' is not a DNS-1123 label"),
+        (node(pod="Web-1"), "node.id pod name: 'Web-1' is not a DNS-1123 subdomain"),
+        (node(pod="-web"), "node.id pod name: '-web' is not a DNS-1123 subdomain"),
+        (node(ns="s" * 64), "node.id namespace: '" + "s" * 64 + "' is not a DNS-1123 label"),
+        (node(NAMESPACE="shop\n"), "node.metadata.NAMESPACE: 'shop\\n' is not a DNS-1123 label"),
+        (node(NAMESPACE="caf\u00e9"), "node.metadata.NAMESPACE: 'caf\u00e9' is not a DNS-1123 label"),
+        (node(SERVICE_ACCOUNT="web\n"), "node.metadata.SERVICE_ACCOUNT: 'web\\n' is not a DNS-1123 subdomain"),
+        (node(SERVICE_ACCOUNT="Web"), "node.metadata.SERVICE_ACCOUNT: 'Web' is not a DNS-1123 subdomain"),
+    ],
+    ids=[
+        "id-ns-newline",
+        "pod-upper",
+        "pod-dash",
+        "ns-64",
+        "meta-ns-newline",
+        "meta-ns-unicode",
+        "sa-newline",
+        "sa-upper",
+    ],
+)
+def test_node_names_follow_kubernetes_rules(bad: object, message: str) -> None:
+    with pytest.raises(NodeError) as caught:
+        parse_node(bad)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_pod_name_with_dots_keeps_them_and_an_empty_service_account_is_allowed() -> None:
+    proxy = parse_node(node(pod="web.v1-0", ns="shop", SERVICE_ACCOUNT=""))
+    assert (proxy.pod_name, proxy.namespace, proxy.service_account) == ("web.v1-0", "shop", "")
+
+
 def test_loopback_address_defaults_to_127_0_0_1_and_is_canonicalized() -> None:
     assert parse_node(node()).loopback == "127.0.0.1"
     assert parse_node(node(LOOPBACK_ADDRESS="127.0.1.5")).loopback == "127.0.1.5"

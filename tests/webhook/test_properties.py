@@ -213,3 +213,45 @@ def test_malformed_bodies_never_get_a_5xx(webhook: Running, body: bytes) -> None
     assert isinstance(review, dict) and review.get("kind") == "AdmissionReview", review
     if status != 200:
         assert review["response"]["allowed"] is False and review["response"]["status"]["message"]
+
+
+# -- deeply nested shapes over the wire --------------------------------------------------------
+
+SHAPES = [("[", "]"), ('{"k":', "}"), ('{"k":[', "]}"), ("- ", ""), ("{", "")]
+
+
+@st.composite
+def deeply_nested_reviews(draw: st.DrawFn) -> bytes:
+    """Nesting from just under to far over the limits, as the whole body, inside the pod, or inside
+    an annotation that injection parses (YAML or JSON)."""
+    depth = draw(st.integers(40, 3000))
+    opener, closer = draw(st.sampled_from(SHAPES))
+    text = opener * depth + "1" + (closer * depth if draw(st.booleans()) else "")
+    where = draw(st.sampled_from(["body", "pod", "proxy-config", "status"]))
+    if where == "body":
+        return text.encode()
+    doc = copy.deepcopy(VALID)
+    pod = doc["request"]["object"]
+    if where == "pod":
+        path = draw(st.sampled_from([p for p in _paths(pod) if p]))
+        parent = pod
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = "@DEEP@"
+        return json.dumps(doc).replace('"@DEEP@"', text).encode()
+    name = "proxy.istio.io/config" if where == "proxy-config" else "sidecar.istio.io/status"
+    pod["metadata"]["annotations"] = {name: text}
+    return json.dumps(doc).encode()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(body=deeply_nested_reviews())
+def test_deeply_nested_input_never_gets_a_5xx(webhook: Running, body: bytes) -> None:
+    status, review = post_webhook(webhook, body)
+    assert status < 500, review
+    assert isinstance(review, dict) and review.get("kind") == "AdmissionReview", review
+    response = review["response"]
+    if status != 200 or response["allowed"] is False:
+        assert response["status"]["message"], response

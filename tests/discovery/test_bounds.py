@@ -1,0 +1,315 @@
+"""What a client without credentials can make the xDS server hold: names, memory, metric series, log lines.
+
+Every limit ends the stream with a precise status naming the field and the limit; what a closed
+stream held is freed; metric labels come from a closed set; NACK floods and unknown types log one
+line per stream and type per 10 s, with client text cut to 1 KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from certs.serving import ServingCertificate
+from controlplane.grpcserver import GrpcServers
+from controlplane.httpserver import metrics_app
+from controlplane.settings import Address
+from discovery import metrics
+from discovery.cache import XdsCache
+from discovery.connection import Connection, LogThrottle, StreamLimits, canonical, shared_subscriptions
+from discovery.server import AdsServer
+from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from tests.discovery import meshdata as m
+from tests.discovery.harness import TIMEOUT, SotwClient, XdsHarness, node
+from tests.discovery.test_secure_port import SERVER_NAME, Secure, authority, bearer_identities, service
+from tests.helpers.serve import free_port
+
+LIMITS = StreamLimits()
+
+
+@pytest.fixture
+async def xds() -> AsyncIterator[XdsHarness]:
+    harness = XdsHarness()
+    harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def cluster_names(count: int, *, prefix: str = "made-up") -> list[str]:
+    return [f"outbound|80||{prefix}-{i}.default.svc.cluster.local" for i in range(count)]
+
+
+async def refusal(read: Callable[[], Awaitable[Any]]) -> grpc.aio.AioRpcError:
+    """The status the stream ended with (reading until it ends)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        while True:
+            await read()
+    return caught.value
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+# -- resource names ------------------------------------------------------------------------------------
+
+
+async def test_a_request_over_the_name_limit_ends_the_stream_with_resource_exhausted(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    await client.request(ENDPOINT, cluster_names(LIMITS.names_per_request + 1))
+    error = await refusal(client.recv)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"DiscoveryRequest.resource_names: {LIMITS.names_per_request + 1} names in one request" in (
+        error.details() or ""
+    )
+    assert f"limit of {LIMITS.names_per_request}" in (error.details() or "")
+
+
+async def test_names_over_the_stream_limit_across_types_end_the_stream(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    half = LIMITS.names_per_stream // 2 + 1
+    await client.request(ENDPOINT, cluster_names(half))
+    assert len((await client.recv()).resources) == half
+    await client.request(ROUTE, [str(port) for port in range(1, half + 1)])
+    error = await refusal(client.recv)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"RDS subscription: the stream would hold {2 * half} resource names" in (error.details() or "")
+    assert f"limit of {LIMITS.names_per_stream} names per stream" in (error.details() or "")
+
+
+async def test_delta_subscriptions_add_up_to_the_stream_limit(xds: XdsHarness) -> None:
+    client = xds.delta()
+    half = LIMITS.names_per_stream // 2 + 1
+    await client.request(ENDPOINT, subscribe=cluster_names(half, prefix="a"))
+    first = await client.recv()
+    await client.request(ENDPOINT, subscribe=cluster_names(half, prefix="b"), nonce=first.nonce)
+    error = await refusal(client.recv)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "EDS subscription" in (error.details() or "") and "names per stream" in (error.details() or "")
+
+
+async def test_delta_initial_versions_count_against_the_request_limit(xds: XdsHarness) -> None:
+    client = xds.delta()
+    versions = dict.fromkeys(cluster_names(LIMITS.names_per_request + 1), "v1")
+    await client.request(CLUSTER, subscribe=["*"], initial=versions)
+    error = await refusal(client.recv)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "initial_resource_versions" in (error.details() or "")
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+
+
+def live_connections() -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, Connection))
+
+
+async def test_a_closed_stream_leaves_nothing_behind_but_bounded_caches(xds: XdsHarness) -> None:
+    budget = 256 * 1024
+    xds.service.cache = XdsCache(max_resource_bytes=budget, max_group_bytes=budget)
+    connections_before, shared_before = live_connections(), shared_subscriptions()  # live_connections() collects
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        client = xds.sotw()
+        response = None
+        for round_ in range(4):  # each round subscribes to 9,000 names never seen before
+            names = cluster_names(9_000, prefix=f"round{round_}")
+            if response is None:
+                await client.request(ENDPOINT, names)
+            else:
+                await client.request(ENDPOINT, names, nonce=response.nonce, version=response.version_info)
+            response = await client.recv()
+            assert len(response.resources) == 9_000
+        held = tracemalloc.get_traced_memory()[0] - baseline
+        del names, response
+        await client.close()
+        await until(lambda: not xds.service.streams)
+        assert live_connections() == connections_before
+        left = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    cache = xds.service.cache.stats()
+    assert cache["resource_bytes"] <= budget and cache["group_bytes"] <= budget
+    # The stream held its subscription and responses; after it closed, what is left is about the caches' budget.
+    assert left < 4 * budget < held
+    xds.service.cache.clear()
+    gc.collect()
+    assert shared_subscriptions() == shared_before  # only the cache still used the stream's subscription
+
+
+def test_caches_are_bounded_by_bytes_as_well_as_entries() -> None:
+    cache = XdsCache(max_resource_bytes=64 * 1024, max_group_bytes=64 * 1024)
+    for name in cluster_names(5_000):
+        cache.resource(ENDPOINT, name, key=1, build=lambda n=name: endpoint_pb2.ClusterLoadAssignment(cluster_name=n))
+    for index in range(200):
+        names = canonical(cluster_names(50, prefix=f"g{index}"))
+        cache.group(("eds", names), lambda: [])
+    stats = cache.stats()
+    assert 0 < stats["resource_bytes"] <= 64 * 1024 and stats["resources"] < 5_000
+    assert 0 < stats["group_bytes"] <= 64 * 1024 and stats["groups"] < 200
+
+
+def test_a_subscription_is_shared_while_used_and_forgotten_after() -> None:
+    gc.collect()
+    before = shared_subscriptions()
+    names = cluster_names(100, prefix="shared")
+    first = canonical(names)
+    assert canonical(reversed(names)) is first and shared_subscriptions() == before + 1
+    del first
+    gc.collect()
+    assert shared_subscriptions() == before
+
+
+# -- metric labels -----------------------------------------------------------------------------------------
+
+
+async def scrape() -> str:
+    runner = web.AppRunner(metrics_app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            return await response.text()
+    finally:
+        await runner.cleanup()
+
+
+async def test_unknown_type_urls_share_one_other_series_and_one_log_line(
+    xds: XdsHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="discovery")
+    client = xds.sotw()
+    made_up = [f"type.googleapis.com/made.up.Type{i}" for i in range(300)]
+    for type_url in made_up:
+        await client.request(type_url, ["x"])
+    await client.request(CLUSTER)
+    assert (await client.recv()).type_url == CLUSTER  # requests are handled in order: all 300 were seen
+    text = await scrape()
+    series = [line for line in text.splitlines() if line.startswith("pilot_xds_unknown_type{")]
+    assert not any("made.up" in line for line in series)
+    assert sum('type="other"' in line for line in series) == 1
+    assert metrics.unknown_types.get("other") >= len(made_up)
+    unknown_lines = [r for r in caplog.records if "unknown type" in r.getMessage()]
+    assert len(unknown_lines) == 1
+
+
+# -- logs and NACK text ------------------------------------------------------------------------------------
+
+
+async def test_a_nack_flood_logs_one_short_line_and_counts_the_rest(
+    xds: XdsHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="discovery")
+    rejects_before = metrics.rejects.get("lds")
+    client = xds.sotw()
+    await client.request(LISTENER)
+    response = await client.recv()
+    huge = "listener rejected: " + "x" * (1024 * 1024)
+    for _ in range(100):
+        await client.request(LISTENER, nonce=response.nonce, version=response.version_info, error=huge)
+    await until(lambda: metrics.rejects.get("lds") - rejects_before >= 100)
+
+    (status,) = xds.service.syncz()
+    error = status["types"]["LDS"]["error"]
+    assert status["types"]["LDS"]["status"] == "NACKED" and error.startswith("listener rejected: xxx")
+    assert len(error) < 1100 and "more characters]" in error
+
+    nack_lines = [r for r in caplog.records if "rejected by proxy" in r.getMessage()]
+    assert len(nack_lines) == 1 and len(nack_lines[0].error) < 1100  # type: ignore[attr-defined]
+    await client.close()
+    await until(lambda: not xds.service.streams)
+    await until(lambda: any(r.getMessage() == "xDS stream closed" for r in caplog.records))
+    closed = next(r for r in caplog.records if r.getMessage() == "xDS stream closed")
+    assert closed.suppressed_warnings == 99  # type: ignore[attr-defined]
+    assert sum(len(r.getMessage()) + len(str(vars(r))) for r in caplog.records) < 64 * 1024
+
+
+def test_the_log_throttle_reports_what_it_held_back() -> None:
+    now = [0.0]
+    throttle = LogThrottle(interval=10.0, clock=lambda: now[0])
+    assert throttle.allow("nack lds") == 0
+    assert [throttle.allow("nack lds") for _ in range(5)] == [None] * 5
+    assert throttle.allow("nack cds") == 0  # another key has its own budget
+    assert throttle.held() == 5
+    now[0] = 10.0
+    assert throttle.allow("nack lds") == 5 and throttle.held() == 0
+
+
+# -- node metadata -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "details"),
+    [
+        (node(LABELS={f"k{i}": "v" * 64 for i in range(1_000)}), ("node.metadata is", "the limit is 65536 bytes")),
+        (
+            node(INSTANCE_IPS=",".join(f"10.2.{i // 250}.{i % 250}" for i in range(65))),
+            ("node.metadata.INSTANCE_IPS lists 65 addresses", "at most 64"),
+        ),
+        (node(pod="p" * 2_000), ("node.id is", "the limit is 1024")),
+    ],
+)
+async def test_oversized_nodes_are_invalid_argument_naming_the_field(
+    xds: XdsHarness, bad: Any, details: tuple[str, ...]
+) -> None:
+    client = xds.sotw(bad)
+    await client.request(CLUSTER)
+    error = await refusal(client.recv)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert all(detail in (error.details() or "") for detail in details), error.details()
+
+
+async def test_sixty_four_instance_ips_are_accepted(xds: XdsHarness) -> None:
+    client = xds.sotw(node(INSTANCE_IPS=",".join(f"10.2.0.{i}" for i in range(1, 65))))
+    await client.request(CLUSTER)
+    assert (await client.recv()).type_url == CLUSTER
+    (status,) = xds.service.syncz()
+    assert status["proxy"] == "app-1.default"
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[Secure]:
+    ca = authority()
+    port = free_port()
+    servers = GrpcServers(
+        plaintext_addr=None,
+        secure_addr=Address(host="127.0.0.1", port=port),
+        serving=ServingCertificate(ca, hosts=(SERVER_NAME,)),
+    )
+    servers.add(AdsServer(service(), secure=True, identify=bearer_identities).register, plaintext=False, secure=True)
+    await servers.start()
+    try:
+        yield Secure(ca, port)
+    finally:
+        await servers.stop(0)
+
+
+async def test_the_secure_port_authenticates_before_it_parses_the_node(shared: Secure) -> None:
+    channel = shared.channel(None)
+    try:
+        client = SotwClient(channel, node(INSTANCE_IPS="not-an-address", LABELS={"k": "v" * 100_000}))
+        await client.request(CLUSTER)
+        error = await refusal(client.recv)
+    finally:
+        await channel.close()
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED

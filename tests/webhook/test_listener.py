@@ -1,0 +1,136 @@
+"""WebhookSite: the connection cap holds over real TLS; connections beyond it are closed at once,
+the admitted ones keep being served, and a freed slot admits a new connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+
+from controlplane.model.store import ConfigStore
+from tests.helpers.serve import admission_review
+from webhook.app import webhook_app
+from webhook.config import InjectionConfigWatcher
+from webhook.limits import Limits
+from webhook.listener import WebhookSite
+from webhook.service import Injector
+
+CAP = 3
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}}
+
+
+@dataclass
+class Served:
+    site: WebhookSite
+    client: ssl.SSLContext
+
+
+@pytest.fixture
+def certificate(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A self-signed serving certificate for `localhost`: (key, cert)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+@pytest.fixture
+async def served(certificate: tuple[pathlib.Path, pathlib.Path]) -> AsyncIterator[Served]:
+    key, cert = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    store = ConfigStore()
+    config = InjectionConfigWatcher(
+        store, namespace="istio-system", injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
+    )
+    injector = Injector(
+        store=store,
+        config=config,
+        revision="default",
+        discovery_address="istiod.istio-system.svc:15012",
+        trust_domain="cluster.local",
+        cluster_id="Kubernetes",
+    )
+    app = webhook_app(injector, limits=Limits(header_timeout=30, body_timeout=30, max_connections=CAP))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = WebhookSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
+        await site.start()
+        yield Served(site=site, client=ssl.create_default_context(cafile=str(cert)))
+    finally:
+        await runner.cleanup()
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def connect(served: Served) -> Connection:
+    return await asyncio.open_connection("127.0.0.1", served.site.port, ssl=served.client, server_hostname="localhost")
+
+
+async def inject(conn: Connection) -> int:
+    """POST a pod on a kept-alive connection; the HTTP status."""
+    reader, writer = conn
+    body = admission_review(POD)
+    writer.write(
+        b"POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    answer = json.loads(await asyncio.wait_for(reader.readexactly(length), 30))
+    assert answer["response"]["allowed"] is True
+    return int(head.split(b" ")[1])
+
+
+async def is_closed_by_server(conn: Connection) -> bool:
+    try:
+        data = await asyncio.wait_for(conn[0].read(1), 30)
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+    return data == b""
+
+
+async def close(conn: Connection) -> None:
+    conn[1].close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await conn[1].wait_closed()
+
+
+async def test_connections_beyond_the_cap_are_closed_and_the_others_served(served: Served) -> None:
+    held = [await connect(served) for _ in range(CAP)]
+    try:
+        for conn in held:
+            assert await inject(conn) == 200
+        refused = await connect(served)  # the TLS handshake completes, then the server closes
+        assert await is_closed_by_server(refused)
+        await close(refused)
+        assert served.site.open_connections == CAP
+        for conn in held:  # the admitted connections are not disturbed
+            assert await inject(conn) == 200
+        await close(held.pop())
+        for _ in range(100):  # the freed slot is released when the server sees the close
+            if served.site.open_connections < CAP:
+                break
+            await asyncio.sleep(0.05)
+        held.append(await connect(served))
+        assert await inject(held[-1]) == 200
+    finally:
+        for conn in held:
+            await close(conn)
