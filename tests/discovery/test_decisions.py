@@ -224,6 +224,29 @@ def test_push_requests_merge_to_cover_both() -> None:
     assert merged.full and merged.start == 3 and merged.merged == 2
     assert merged.of_kind(UpdateKind.ENDPOINTS) == {"a"} and merged.of_kind(UpdateKind.SERVICE) == {"b"}
     assert not eds.full
+    assert svc.merge(eds).full  # a full push merged into an endpoints-only one stays full, either way round
+
+
+async def test_a_full_push_queued_behind_an_endpoints_only_one_stays_full_in_queue_and_debouncer() -> None:
+    queue: PushQueue[str] = PushQueue()
+    queue.enqueue("c", request(ConfigUpdate(UpdateKind.ENDPOINTS, "a")))
+    queue.enqueue("c", request(ConfigUpdate(UpdateKind.SERVICE, "b")))
+    _, merged = await queue.dequeue()
+    assert merged.full  # else the service change would reach only the endpoints' subscribers
+
+    emitted: list[PushRequest] = []
+    debouncer = Debouncer(quiet=0, max_delay=0, emit=emitted.append)
+    task = asyncio.create_task(debouncer.run())
+    try:
+        debouncer.add(request(ConfigUpdate(UpdateKind.ENDPOINTS, "a")))
+        debouncer.add(request(ConfigUpdate(UpdateKind.SERVICE, "b")))
+        for _ in range(100):
+            if emitted:
+                break
+            await asyncio.sleep(0.01)
+        assert emitted and all(e.full for e in emitted if e.of_kind(UpdateKind.SERVICE))
+    finally:
+        task.cancel()
 
 
 async def test_push_queue_holds_one_merged_entry_per_connection() -> None:
