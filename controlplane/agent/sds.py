@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +23,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.agent import metrics
 from controlplane.agent.secrets import SecretManager
+from controlplane.agent.unixgrpc import start_unix_server, stop_unix_server
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ CERT_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
-MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 
 class SdsError(Exception):
@@ -160,29 +159,9 @@ class SdsServer:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise SdsError(f"SDS socket path {self.path} is longer than {MAX_SOCKET_PATH} bytes: choose a shorter one")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_socket():
-                self.path.unlink()  # left by an agent that was killed; nobody serves it any more
-        except OSError as exc:
-            raise SdsError(f"cannot prepare SDS socket {self.path}: {exc.strerror}") from None
-        server = grpc.aio.server()
-        self.service.register(server)
-        try:
-            server.add_insecure_port(f"unix:{self.path}")
-        except RuntimeError as exc:
-            raise SdsError(f"cannot listen on SDS socket {self.path}: {exc}") from None
-        await server.start()
-        with contextlib.suppress(OSError):
-            self.path.chmod(0o600)
-        self._server = server
+        self._server = await start_unix_server(self.path, what="SDS", register=self.service.register, error=SdsError)
         log.info("serving SDS on %s", self.path)
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        server, self._server = self._server, None
+        await stop_unix_server(server, self.path, grace=grace)

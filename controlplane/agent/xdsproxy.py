@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pathlib
 import random
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -42,13 +41,13 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse as Response
 
 from controlplane.agent.secrets import SecretManager
+from controlplane.agent.unixgrpc import start_unix_server, stop_unix_server
 
 log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 ADS_METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
 SOCKET_NAME = "XDS"  # as Istio's agent names it, in the proxy dir
-MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 Status = tuple[grpc.StatusCode, str]  # how a downstream stream ends
@@ -237,38 +236,24 @@ class XdsProxy:
                 task.cancel()
             await asyncio.gather(reader, upstream, return_exceptions=True)
 
-    async def start(self) -> None:
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise XdsProxyError(
-                f"xDS proxy socket path {self.path} is longer than {MAX_SOCKET_PATH} bytes: "
-                "choose a shorter --proxy-dir"
-            )
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_socket():
-                self.path.unlink()  # left by an agent that was killed; nobody serves it any more
-        except OSError as exc:
-            raise XdsProxyError(f"cannot prepare xDS proxy socket {self.path}: {exc.strerror}") from None
-        server = grpc.aio.server()
+    def _register(self, server: grpc.aio.Server) -> None:
         handler = grpc.stream_stream_rpc_method_handler(
             self._stream, request_deserializer=Request.FromString, response_serializer=Response.SerializeToString
         )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(ADS_SERVICE, {"StreamAggregatedResources": handler}),)
         )
-        try:
-            server.add_insecure_port(f"unix:{self.path}")
-        except RuntimeError as exc:
-            raise XdsProxyError(f"cannot listen on xDS proxy socket {self.path}: {exc}") from None
-        await server.start()
-        with contextlib.suppress(OSError):
-            self.path.chmod(0o600)
-        self._server = server
+
+    async def start(self) -> None:
+        self._server = await start_unix_server(
+            self.path,
+            what="xDS proxy",
+            register=self._register,
+            error=XdsProxyError,
+            hint="choose a shorter --proxy-dir",
+        )
         log.info("serving xDS to gRPC clients on %s, relayed to %s", self.path, self.address)
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        server, self._server = self._server, None
+        await stop_unix_server(server, self.path, grace=grace)
