@@ -73,6 +73,35 @@ def backend_credential(running: Running, workdir: pathlib.Path) -> tuple[bytes, 
     return manager.credential.key_pem, manager.credential.chain_pem
 
 
+def start_proxyless_agent(
+    running: Running, workdir: pathlib.Path, *, client_ip: str, bootstrap: pathlib.Path, log: pathlib.Path
+) -> subprocess.Popen[bytes]:
+    """`meshplane agent` in proxyless mode for client-1 (sa client), once its status port says ready."""
+    (workdir / "client.token").write_text(token(running, "--namespace", NS, "--service-account", "client"))
+    env = {**os.environ, "ISTIO_META_GENERATOR": "grpc", "ISTIO_META_INTERCEPTION_MODE": "NONE"}
+    with log.open("wb") as out:
+        agent = subprocess.Popen(
+            [
+                *meshplane_cmd(), "agent", "proxy", "sidecar",
+                "--pod-name", "client-1", "--pod-namespace", NS, "--instance-ip", client_ip,
+                "--service-account", "client",
+                "--discovery-address", running.addr("secure-grpc"), "--istiod-san", SERVER_NAME,
+                "--token-file", str(workdir / "client.token"), "--root-cert", str(running.root_cert),
+                "--labels-file", str(workdir / "none"), "--sds-socket", str(workdir / "sds.sock"),
+                "--proxy-dir", str(workdir / "proxy"), "--bind-address", client_ip,
+                "--grpc-xds-bootstrap", str(bootstrap), "--output-certs", str(workdir / "certs"),
+            ],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: get(f"http://{client_ip}:15020/healthz/ready")[0] == 200, what="proxyless agent ready")
+    except BaseException:
+        agent.kill()
+        agent.wait()
+        raise
+    return agent
+
+
 def test_grpc_client_uses_the_agents_bootstrap_and_certificates_for_mtls(workdir: pathlib.Path) -> None:
     backend_ip, client_ip = pick_loopback(), pick_loopback()
     backend_port = free_port()
@@ -111,25 +140,9 @@ def test_grpc_client_uses_the_agents_bootstrap_and_certificates_for_mtls(workdir
         server.add_secure_port(f"{backend_ip}:{backend_port}", creds)
         server.start()
 
-        (workdir / "client.token").write_text(token(running, "--namespace", NS, "--service-account", "client"))
         bootstrap = workdir / "grpc-bootstrap.json"
-        env = {**os.environ, "ISTIO_META_GENERATOR": "grpc", "ISTIO_META_INTERCEPTION_MODE": "NONE"}
         log = workdir / "agent.log"
-        with log.open("wb") as out:
-            agent = subprocess.Popen(
-                [
-                    *meshplane_cmd(), "agent", "proxy", "sidecar",
-                    "--pod-name", "client-1", "--pod-namespace", NS, "--instance-ip", client_ip,
-                    "--service-account", "client",
-                    "--discovery-address", running.addr("secure-grpc"), "--istiod-san", SERVER_NAME,
-                    "--token-file", str(workdir / "client.token"), "--root-cert", str(running.root_cert),
-                    "--labels-file", str(workdir / "none"), "--sds-socket", str(workdir / "sds.sock"),
-                    "--proxy-dir", str(workdir / "proxy"), "--bind-address", client_ip,
-                    "--grpc-xds-bootstrap", str(bootstrap), "--output-certs", str(workdir / "certs"),
-                ],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-        wait_for(lambda: get(f"http://{client_ip}:15020/healthz/ready")[0] == 200, what="proxyless agent ready")
+        agent = start_proxyless_agent(running, workdir, client_ip=client_ip, bootstrap=bootstrap, log=log)
         assert json.loads(bootstrap.read_text())["certificate_providers"]["default"]["plugin_name"] == "file_watcher"
         assert {p.name for p in (workdir / "certs").iterdir()} >= {"cert-chain.pem", "key.pem", "root-cert.pem"}
         assert not (workdir / "proxy" / "envoy-rev.json").exists()  # no Envoy in proxyless mode

@@ -32,11 +32,11 @@ from controlplane.agent.xdsproxy import ADS_METHOD, XdsProxy, XdsProxyError, ups
 from controlplane.demo.status import get_json, syncz_by_proxy
 from tests.agent.conftest import pick_loopback
 from tests.agent.test_agent_process import get
-from tests.agent.test_proxyless_agent import METHOD, NS, SERVICE_PORT, backend_credential
+from tests.agent.test_proxyless_agent import METHOD, NS, SERVICE_PORT, backend_credential, start_proxyless_agent
 from tests.certs.test_e2e_serve import token
 from tests.discovery import meshdata as m
 from tests.e2e.envoyproxy import wait_for
-from tests.helpers.serve import REPO, SERVER_NAME, Running, free_port, meshplane_cmd, start_serve
+from tests.helpers.serve import REPO, SERVER_NAME, Running, free_port, start_serve
 
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -159,24 +159,8 @@ def test_proxyless_client_is_synced_again_after_the_control_plane_is_killed_and_
             server.start()
             servers.append(server)
 
-        (workdir / "client.token").write_text(token(running, "--namespace", NS, "--service-account", "client"))
         bootstrap = workdir / "grpc-bootstrap.json"
-        with agent_log.open("wb") as out:
-            agent = subprocess.Popen(
-                [
-                    *meshplane_cmd(), "agent", "proxy", "sidecar",
-                    "--pod-name", "client-1", "--pod-namespace", NS, "--instance-ip", client_ip,
-                    "--service-account", "client",
-                    "--discovery-address", running.addr("secure-grpc"), "--istiod-san", SERVER_NAME,
-                    "--token-file", str(workdir / "client.token"), "--root-cert", str(running.root_cert),
-                    "--labels-file", str(workdir / "none"), "--sds-socket", str(workdir / "sds.sock"),
-                    "--proxy-dir", str(workdir / "proxy"), "--bind-address", client_ip,
-                    "--grpc-xds-bootstrap", str(bootstrap), "--output-certs", str(workdir / "certs"),
-                ],
-                stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "ISTIO_META_GENERATOR": "grpc", "ISTIO_META_INTERCEPTION_MODE": "NONE"},
-            )  # fmt: skip
-        wait_for(lambda: get(f"http://{client_ip}:15020/healthz/ready")[0] == 200, what="proxyless agent ready")
+        agent = start_proxyless_agent(running, workdir, client_ip=client_ip, bootstrap=bootstrap, log=agent_log)
         xds_server = json.loads(bootstrap.read_text())["xds_servers"][0]
         assert xds_server["server_uri"] == f"unix://{workdir / 'proxy' / 'XDS'}"
         assert xds_server["channel_creds"] == [{"type": "insecure"}]

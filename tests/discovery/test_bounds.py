@@ -20,18 +20,13 @@ import pytest
 from aiohttp import web
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from certs.serving import ServingCertificate
-from controlplane.grpcserver import GrpcServers
 from controlplane.httpserver import metrics_app
-from controlplane.settings import Address
 from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.connection import Connection, LogThrottle, StreamLimits, canonical, shared_subscriptions
-from discovery.server import AdsServer
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
-from tests.discovery.harness import TIMEOUT, SotwClient, XdsHarness, node
-from tests.discovery.test_secure_port import SERVER_NAME, Secure, authority, bearer_identities, service
+from tests.discovery.harness import TIMEOUT, XdsHarness, node
 from tests.helpers.serve import free_port
 
 LIMITS = StreamLimits()
@@ -285,31 +280,3 @@ async def test_sixty_four_instance_ips_are_accepted(xds: XdsHarness) -> None:
     assert (await client.recv()).type_url == CLUSTER
     (status,) = xds.service.syncz()
     assert status["proxy"] == "app-1.default"
-
-
-@pytest.fixture
-async def shared() -> AsyncIterator[Secure]:
-    ca = authority()
-    port = free_port()
-    servers = GrpcServers(
-        plaintext_addr=None,
-        secure_addr=Address(host="127.0.0.1", port=port),
-        serving=ServingCertificate(ca, hosts=(SERVER_NAME,)),
-    )
-    servers.add(AdsServer(service(), secure=True, identify=bearer_identities).register, plaintext=False, secure=True)
-    await servers.start()
-    try:
-        yield Secure(ca, port)
-    finally:
-        await servers.stop(0)
-
-
-async def test_the_secure_port_authenticates_before_it_parses_the_node(shared: Secure) -> None:
-    channel = shared.channel(None)
-    try:
-        client = SotwClient(channel, node(INSTANCE_IPS="not-an-address", LABELS={"k": "v" * 100_000}))
-        await client.request(CLUSTER)
-        error = await refusal(client.recv)
-    finally:
-        await channel.close()
-    assert error.code() is grpc.StatusCode.UNAUTHENTICATED

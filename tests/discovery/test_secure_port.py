@@ -139,3 +139,17 @@ async def test_no_credentials_is_unauthenticated(shared: Secure) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await first_response(shared.channel(None))
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_secure_port_authenticates_before_it_parses_the_node(shared: Secure) -> None:
+    """A caller without credentials is refused before its (malformed, oversized) node costs anything."""
+    channel = shared.channel(None)
+    try:
+        client = SotwClient(channel, node(INSTANCE_IPS="not-an-address", LABELS={"k": "v" * 100_000}))
+        await client.request(CLUSTER)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while True:
+                await client.recv()
+    finally:
+        await channel.close()
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
