@@ -433,6 +433,8 @@ async def test_discovery_lists_every_resource(kube_api: KubeApi) -> None:
         "admissionregistration.k8s.io",
         "apiextensions.k8s.io",
         "authentication.k8s.io",
+        "coordination.k8s.io",
+        "rbac.authorization.k8s.io",
         "discovery.k8s.io",
     }
     apps = await kube_api.request("GET", "/apis/apps/v1")
