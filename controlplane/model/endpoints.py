@@ -80,6 +80,10 @@ class EndpointSlice:
             ports.append(SlicePort(name=port_name, port=f.port_number(item.get("port"), f"{path}.port")))
         endpoints: list[SliceEndpoint] = []
         for index, raw in enumerate(f.sequence(obj.get("endpoints"), "endpoints")):
+            quick = None if address_type == "FQDN" else _plain_endpoint(raw)
+            if quick is not None:
+                endpoints.append(quick)
+                continue
             path = f"endpoints[{index}]"
             item = f.mapping(raw, path)
             addresses = f.sequence(item.get("addresses"), f"{path}.addresses")
@@ -117,6 +121,45 @@ class EndpointSlice:
             ports=tuple(ports),
             endpoints=tuple(endpoints),
         )
+
+
+_PLAIN_KEYS = frozenset({"addresses", "conditions", "targetRef", "zone", "nodeName", "hostname", "deprecatedTopology"})
+_TRUE_FALSE = (True, False, None)
+
+
+def _plain_endpoint(raw: Any) -> SliceEndpoint | None:
+    """The endpoint when it has the everyday shape (one canonical IPv4 address, boolean conditions,
+    string fields); None sends it through the field-by-field path, which names what is wrong.
+    A slice holds up to 1,000 endpoints and a service many slices: this keeps parsing cheap."""
+    if type(raw) is not dict or not raw.keys() <= _PLAIN_KEYS:
+        return None
+    addresses = raw.get("addresses")
+    if type(addresses) is not list or len(addresses) != 1 or type(addresses[0]) is not str:
+        return None
+    address = addresses[0]
+    if f.canonical_ipv4(address) is None:
+        return None
+    conditions = raw.get("conditions") or {}
+    target = raw.get("targetRef") or {}
+    if type(conditions) is not dict or type(target) is not dict:
+        return None
+    ready, serving, terminating = conditions.get("ready"), conditions.get("serving"), conditions.get("terminating")
+    if ready not in _TRUE_FALSE or serving not in _TRUE_FALSE or terminating not in _TRUE_FALSE:
+        return None
+    zone, node_name = raw.get("zone", ""), raw.get("nodeName", "")
+    kind, name = target.get("kind", ""), target.get("name", "")
+    if not all(type(v) is str for v in (zone, node_name, kind, name)):
+        return None
+    ready = ready is not False
+    return SliceEndpoint(
+        address=address,
+        ready=ready,
+        serving=ready if serving is None else serving,
+        terminating=terminating is True,
+        zone=zone,
+        node_name=node_name,
+        pod=name if kind == "Pod" else "",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,12 +25,15 @@ have settled.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
+import multiprocessing
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -83,7 +86,19 @@ class _FileState:
         return current.problems if current else ()
 
 
-def parse_documents(data: bytes, *, label: str) -> tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]:
+# libyaml's loader when PyYAML was built with it (several times faster), else the pure-Python one.
+YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Files up to this size are parsed in the scanning thread; larger ones in a worker process, because
+# even libyaml holds the GIL for a whole document (a 10,000-endpoint EndpointSlice, ~1.2 MB, takes
+# seconds), which would stall the event loop that serves xDS, the CA and /ready.
+INLINE_PARSE_BYTES = 64 * 1024
+
+Parsed = tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]
+Parser = Callable[[bytes, str], Parsed]
+
+
+def parse_documents(data: bytes, *, label: str) -> Parsed:
     """Parse one file's bytes: (objects, problems, usable). Not usable means: keep the last good state.
 
     Never raises for bad contents; every problem names `label`, the document index and the field.
@@ -95,7 +110,7 @@ def parse_documents(data: bytes, *, label: str) -> tuple[dict[ObjectKey, Object]
         return {}, [DocumentProblem(label, -1, "(file)", f"not UTF-8 text: {exc}")], False
     docs: list[object] = []
     try:
-        for doc in yaml.safe_load_all(text):
+        for doc in yaml.load_all(text, Loader=YamlLoader):  # a safe loader: plain data only
             docs.append(doc)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -134,6 +149,18 @@ def parse_documents(data: bytes, *, label: str) -> tuple[dict[ObjectKey, Object]
     return objects, problems, usable
 
 
+def _parse_positional(data: bytes, label: str) -> Parsed:
+    return parse_documents(data, label=label)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one pass over the directory found: every path present, and each one's reading."""
+
+    now: float
+    readings: dict[pathlib.Path, tuple[_FileState, _Reading | None]]
+
+
 class FileSource:
     """Keeps a ConfigStore equal to the settled, valid contents of a directory.
 
@@ -155,6 +182,7 @@ class FileSource:
         self.empty_hold = empty_hold
         self._files: dict[pathlib.Path, _FileState] = {}
         self._scanned = False
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     @property
     def problems(self) -> list[DocumentProblem]:
@@ -175,16 +203,50 @@ class FileSource:
         """Read what changed since the last scan and update the store with what has settled.
 
         Returns True if the store's view changed. Raises FileNotFoundError when the directory is
-        missing or not a directory (the store is left as it is).
+        missing or not a directory (the store is left as it is). Runs on the caller's thread;
+        `watch()` uses `scan_async()`, which reads and parses off the event loop.
         """
+        return self._apply(self._collect(_parse_positional))
+
+    async def scan_async(self) -> bool:
+        """`scan()` with the file reads in a thread and large files parsed in a worker process;
+        only applying the result (store events) runs on the event loop."""
+        found = await asyncio.to_thread(self._collect, self._parse_large_elsewhere)
+        return self._apply(found)
+
+    def _parse_large_elsewhere(self, data: bytes, label: str) -> Parsed:
+        if len(data) <= INLINE_PARSE_BYTES:
+            return parse_documents(data, label=label)
+        if self._pool is None:
+            # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool.submit(_parse_positional, data, label).result()
+
+    def close(self) -> None:
+        """Stop the parsing worker process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _collect(self, parse: Parser) -> _Scan:
+        """Stat, read and (when new) parse every file; touches no shared state but each file's stamp."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"config dir {self.directory} does not exist or is not a directory")
+        now = time.monotonic()
+        readings: dict[pathlib.Path, tuple[_FileState, _Reading | None]] = {}
+        for path in self._paths():
+            state = self._files.get(path) or _FileState()
+            readings[path] = (state, self._read(path, state, now, parse))
+        return _Scan(now=now, readings=readings)
+
+    def _apply(self, found: _Scan) -> bool:
+        """Settle what `_collect` read and publish the result; runs where the store lives."""
         initial = not self._scanned
         self._scanned = True
-        now = time.monotonic()
-        paths = set(self._paths())
         changed = False
-        for path in sorted(set(self._files) - paths):
+        for path in sorted(set(self._files) - set(found.readings)):
             state = self._files[path]
             if state.missing or not state.objects:
                 del self._files[path]
@@ -192,11 +254,11 @@ class FileSource:
                 changed = changed or bool(state.objects)
             else:
                 state.missing = True  # maybe an editor's save in progress: look again at the next scan
-        for path in sorted(paths):
-            state = self._files.setdefault(path, _FileState())
+        for path in sorted(found.readings):
+            seen, reading = found.readings[path]
+            state = self._files.setdefault(path, seen)
             state.missing = False
-            reading = self._read(path, state, now)
-            if reading is not None and self._settle(path, state, reading, now=now, initial=initial):
+            if reading is not None and self._settle(path, state, reading, now=found.now, initial=initial):
                 changed = True
         if changed:
             self._publish()
@@ -205,7 +267,7 @@ class FileSource:
     def _label(self, path: pathlib.Path) -> str:
         return str(path.relative_to(self.directory))
 
-    def _read(self, path: pathlib.Path, state: _FileState, now: float) -> _Reading | None:
+    def _read(self, path: pathlib.Path, state: _FileState, now: float, parse: Parser) -> _Reading | None:
         """The file's contents, parsed only when they differ from the last ones seen; None if it just vanished."""
         label = self._label(path)
         wall_ns = time.time_ns()
@@ -228,7 +290,7 @@ class FileSource:
         for known in (state.pending, state.settled):
             if known is not None and known.digest == digest:
                 return known
-        objects, problems, usable = parse_documents(data, label=label)
+        objects, problems, usable = parse(data, label)
         return _Reading(digest=digest, objects=objects, problems=tuple(problems), usable=usable, at=now)
 
     def _settle(self, path: pathlib.Path, state: _FileState, reading: _Reading, *, now: float, initial: bool) -> bool:
@@ -279,9 +341,12 @@ class FileSource:
     async def watch(self) -> None:
         """Poll for edits until cancelled (call `scan()` once first). A directory that disappears
         is logged at every poll and the last good config stays."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                self.scan()
-            except FileNotFoundError as exc:
-                log.error("%s; keeping the last good config", exc)
+        try:
+            while True:
+                await asyncio.sleep(self.poll_interval)
+                try:
+                    await self.scan_async()
+                except FileNotFoundError as exc:
+                    log.error("%s; keeping the last good config", exc)
+        finally:
+            self.close()

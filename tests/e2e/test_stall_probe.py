@@ -1,0 +1,231 @@
+"""No input freezes the process: `/ready` keeps answering while heavy or hostile inputs arrive.
+
+One event loop serves the webhook, the CA, xDS and `/ready`, so a CPU-heavy step on it stalls them
+all. A separate prober process polls `/ready` every 50 ms while the test sends, one after another,
+the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
+`proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
+and xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port. Any poll that waits
+over 250 ms fails the test (the issue's bound), naming the input it overlapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from tests.discovery.harness import SotwClient, node
+from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
+
+STALL_LIMIT = 0.250  # seconds a single /ready poll may wait
+POLL_EVERY = 0.050
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+PROBER = r"""
+import http.client, json, sys, time, threading
+host, port, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+polls = []
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+print("probing", flush=True)
+while not done.is_set():
+    start = time.time()
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("GET", "/ready")
+        status = conn.getresponse().status
+        conn.close()
+    except OSError as exc:
+        status = str(exc)
+    polls.append((start, time.time() - start, status))
+    time.sleep(max(0.0, every - (time.time() - start)))
+print(json.dumps(polls), flush=True)
+"""
+
+
+class Prober:
+    """A child process polling /ready; `marks` record which input was being sent when."""
+
+    def __init__(self, running: Running) -> None:
+        host, port = running.addr("http").rsplit(":", 1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PROBER, host, port, str(POLL_EVERY)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "probing"
+        self.marks: list[tuple[float, str]] = []
+
+    def mark(self, what: str) -> None:
+        self.marks.append((time.time(), what))
+
+    def finish(self) -> list[tuple[float, float, Any]]:
+        out, _ = self.proc.communicate(input="", timeout=30)
+        polls: list[tuple[float, float, Any]] = json.loads(out.strip().splitlines()[-1])
+        return polls
+
+    def during(self, at: float) -> str:
+        current = "(before the first input)"
+        for when, what in self.marks:
+            if when <= at:
+                current = what
+        return current
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def running(tmp_path: pathlib.Path) -> Iterator[Running]:
+    served = start_serve(tmp_path)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def big_endpoints(namespace: str, service: str, count: int) -> str:
+    """A Service and `count` endpoints in EndpointSlices of 1,000 (the API server's per-slice limit)."""
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "namespace": namespace},
+            "spec": {"clusterIP": "10.96.50.50", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+    ]
+    for start in range(0, count, 1000):
+        endpoints = [
+            {
+                "addresses": [f"10.{100 + i // 65536}.{(i // 256) % 256}.{i % 256}"],
+                "conditions": {"ready": True},
+                "targetRef": {"kind": "Pod", "name": f"{service}-{i}", "namespace": namespace},
+            }
+            for i in range(start, min(start + 1000, count))
+        ]
+        docs.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{service}-{start // 1000}",
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": service},
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            }
+        )
+    return yaml.safe_dump_all(docs)
+
+
+def pod(annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "heavy", "namespace": "default", "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+    }
+
+
+def proxy_config_of(size: int) -> str:
+    """A valid ProxyConfig YAML of about `size` bytes (many proxyMetadata entries)."""
+    lines = ["proxyMetadata:"]
+    i = 0
+    while sum(len(line) + 1 for line in lines) < size:
+        lines.append(f"  KEY_{i}: value-{i:08d}")
+        i += 1
+    return "\n".join(lines) + "\n"
+
+
+async def xds_refused(address: str, *, secure_root: bytes | None) -> grpc.StatusCode:
+    """Open an ADS stream with 40,000 INSTANCE_IPS; the server's refusal code."""
+    ips = ",".join(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(40_000))
+    if secure_root is None:
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        creds = grpc.ssl_channel_credentials(root_certificates=secure_root)
+        channel = grpc.aio.secure_channel(
+            address, creds, options=[("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
+        )
+    try:
+        client = SotwClient(channel, node(INSTANCE_IPS=ips))
+        await client.request(CLUSTER)
+        try:
+            await client.recv(wait=30)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        raise AssertionError("the oversized node was accepted")
+    finally:
+        await channel.close()
+
+
+async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: Running) -> None:
+    assert running.config_dir is not None
+    prober = Prober(running)
+    try:
+        await asyncio.sleep(0.5)
+
+        prober.mark("a config file with 10,000 endpoints")
+        (running.config_dir / "big.yaml").write_text(big_endpoints("bulk", "big", 10_000))
+        registry_url = f"{running.http_url}/debug/registryz"
+        deadline = time.monotonic() + 60
+        while "big.bulk.svc.cluster.local" not in await asyncio.to_thread(_get, registry_url):
+            assert time.monotonic() < deadline, "the 10,000-endpoint file was never applied"
+            await asyncio.sleep(0.2)
+
+        prober.mark("a 60 KB proxy.istio.io/config (under the limit)")
+        status, _ = await asyncio.to_thread(
+            post_webhook, running, admission_review(pod({"proxy.istio.io/config": proxy_config_of(60_000)}))
+        )
+        assert status == 200
+        prober.mark("a 250 KB proxy.istio.io/config (over the limit)")
+        status, _ = await asyncio.to_thread(
+            post_webhook, running, admission_review(pod({"proxy.istio.io/config": proxy_config_of(250_000)}))
+        )
+        assert status == 200  # answered: the AdmissionReview carries the refusal, not a 500
+        for nested in ("[" * 1000, "{" * 5000, "- " * 1000):
+            prober.mark(f"a proxy.istio.io/config nested {len(nested)} deep")
+            status, _ = await asyncio.to_thread(
+                post_webhook, running, admission_review(pod({"proxy.istio.io/config": nested}))
+            )
+            assert status < 500
+
+        prober.mark("40,000 INSTANCE_IPS on the plaintext xDS port")
+        code = await xds_refused(running.addr("grpc"), secure_root=None)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        prober.mark("40,000 INSTANCE_IPS on the secure port, without credentials")
+        code = await xds_refused(running.addr("secure-grpc"), secure_root=running.root_cert.read_bytes())
+        assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+        prober.mark("(after the last input)")
+        await asyncio.sleep(0.5)
+        polls = prober.finish()
+    finally:
+        prober.kill()
+
+    assert len(polls) > 20, "the prober barely ran"
+    assert all(status == 200 for _, _, status in polls), [p for p in polls if p[2] != 200][:5]
+    slow = [(waited, prober.during(at)) for at, waited, _ in polls if waited > STALL_LIMIT]
+    assert not slow, "/ready waited over 250 ms: " + "; ".join(f"{w * 1000:.0f} ms during {what}" for w, what in slow)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
