@@ -51,6 +51,9 @@ POD_SPEC = _fields(
     initContainers=CONTAINER,
 )
 TEMPLATE = {"metadata": METADATA, "spec": POD_SPEC}
+RBAC_RULE = _fields("apiGroups nonResourceURLs resourceNames resources verbs")
+ROLE_REF = _fields("apiGroup kind name")
+SUBJECT = _fields("apiGroup kind name namespace")
 TOP = "apiVersion kind"
 
 SCHEMAS: dict[str, Schema] = {
@@ -93,6 +96,27 @@ SCHEMAS: dict[str, Schema] = {
             rules=_fields("apiGroups apiVersions operations resources scope"),
         ),
     ),
+    "validatingwebhookconfigurations": _fields(
+        TOP,
+        metadata=METADATA,
+        webhooks=_fields(
+            "admissionReviewVersions failurePolicy matchConditions matchPolicy name namespaceSelector objectSelector "
+            "sideEffects timeoutSeconds",
+            clientConfig=_fields("caBundle url", service=_fields("name namespace path port")),
+            rules=_fields("apiGroups apiVersions operations resources scope"),
+        ),
+    ),
+    "leases": _fields(
+        TOP,
+        metadata=METADATA,
+        spec=_fields(
+            "acquireTime holderIdentity leaseDurationSeconds leaseTransitions preferredHolder renewTime strategy"
+        ),
+    ),
+    "clusterroles": _fields(TOP, metadata=METADATA, aggregationRule=ANY, rules=RBAC_RULE),
+    "roles": _fields(TOP, metadata=METADATA, rules=RBAC_RULE),
+    "clusterrolebindings": _fields(TOP, metadata=METADATA, roleRef=ROLE_REF, subjects=SUBJECT),
+    "rolebindings": _fields(TOP, metadata=METADATA, roleRef=ROLE_REF, subjects=SUBJECT),
     "customresourcedefinitions": _fields(TOP, metadata=METADATA, spec=ANY, status=ANY),
     "endpointslices": _fields(
         f"{TOP} addressType",
