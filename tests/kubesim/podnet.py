@@ -133,6 +133,9 @@ class NodeNetwork:
                 *("type", "veth", "peer", "name", "eth0", "netns", netns),
             )
             await run("ip", "link", "set", veth, "master", BRIDGE, "up", netns=self.node_netns)
+            # hairpin, as the bridge CNI plugin's hairpinMode: a pod calling its own Service is DNATed back to
+            # itself and must leave by the port it came in on
+            await run("ip", "link", "set", veth, "type", "bridge_slave", "hairpin", "on", netns=self.node_netns)
             await run("ip", "link", "set", "lo", "up", netns=netns)
             await run("ip", "addr", "add", f"{ip}/{self.cidr.prefixlen}", "dev", "eth0", netns=netns)
             await run("ip", "link", "set", "eth0", "up", netns=netns)

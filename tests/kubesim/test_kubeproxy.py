@@ -1,0 +1,316 @@
+"""kubesim's kube-proxy: cluster IPs reached with curl from pod network namespaces, rules checked as a table."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import pathlib
+import secrets
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.fixtures import eventually
+from tests.kubesim.kubeproxy import (
+    EMPTY,
+    ChainNames,
+    Endpoint,
+    ServicePort,
+    ServiceProxy,
+    build_rules,
+    restore_input,
+    service_ports,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+POD_CIDR = ipaddress.IPv4Network("10.244.1.0/24")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, veths and iptables")
+
+
+def _service(name: str, ip: str, *ports: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name}, "spec": {"clusterIP": ip, "ports": list(ports)}}
+
+
+def _slice(service: str, endpoints: list[tuple[str, bool | None]], *ports: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": f"{service}-x", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": [ip], **({"conditions": {"ready": ready}} if ready is not None else {})}
+            for ip, ready in endpoints
+        ],
+        "ports": list(ports),
+    }
+
+
+def test_ready_endpoints_are_matched_by_port_name_and_protocol() -> None:
+    services = [
+        _service("web", "10.96.0.10", {"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}),
+        _service("headless", "None", {"port": 80}),
+        _service("external", "", {"port": 80}),
+    ]
+    slices = [
+        _slice(
+            "web",
+            [("10.244.1.2", True), ("10.244.1.3", None), ("10.244.1.4", False)],
+            {"name": "http", "port": 8080},
+            {"name": "dns", "port": 5353, "protocol": "UDP"},
+        ),
+        _slice("web", [("10.244.1.9", True)], {"name": "metrics", "port": 9090}),
+    ]
+    dns, http = service_ports(services, slices)
+    assert (dns.protocol, dns.port, [e.port for e in dns.endpoints]) == ("UDP", 53, [5353, 5353])
+    assert http.endpoints == (Endpoint(ip="10.244.1.2", port=8080), Endpoint(ip="10.244.1.3", port=8080))
+    assert http.label == "ns/web:http"
+
+
+def test_rules_spread_over_endpoints_reject_without_any_and_delete_stale_chains() -> None:
+    names = ChainNames("ab12")
+    endpoints = tuple(Endpoint(ip=f"10.244.1.{i}", port=8080) for i in (2, 3, 4))
+    web = ServicePort(
+        namespace="ns", name="web", port_name="", cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=endpoints
+    )
+    idle = ServicePort(
+        namespace="ns", name="idle", port_name="", cluster_ip="10.96.0.11", port=81, protocol="TCP", endpoints=()
+    )
+    rules = build_rules([web, idle], names=names, pod_cidr=POD_CIDR)
+    chain = names.service(web)
+    assert all(len(name) <= 28 for name in rules.nat)
+    assert rules.nat["KSIM-SERVICES-ab12"] == (
+        f'-d 10.96.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment "ns/web cluster IP" -j {chain}',
+    )
+    assert [r.split(" -p tcp")[0].split('" ')[-1] for r in rules.nat[chain][1:]] == [
+        "-m statistic --mode random --probability 0.3333333333",
+        "-m statistic --mode random --probability 0.5000000000",
+        '-m comment --comment "ns/web -> 10.244.1.4:8080"',
+    ]
+    assert rules.nat[chain][0].startswith("-s 10.244.1.0/24 ") and rules.nat[chain][0].endswith(
+        "-j KSIM-MARK-MASQ-ab12"
+    )
+    assert rules.filter["KSIM-SERVICES-ab12"] == (
+        '-d 10.96.0.11/32 -p tcp -m tcp --dport 81 -m comment --comment "ns/idle has no endpoints" '
+        "-j REJECT --reject-with icmp-port-unreachable",
+    )
+    after = build_rules([idle], names=names, pod_cidr=POD_CIDR)
+    text = restore_input(after, previous=rules, names=names)
+    assert f":{chain} - [0:0]" in text and f"-X {chain}" in text
+    removal = restore_input(EMPTY, previous=after, names=names, hooks="remove")
+    assert "-D PREROUTING -m comment --comment kubesim-service-portals -j KSIM-SERVICES-ab12" in removal
+    assert "-X KSIM-SERVICES-ab12" in removal and "-X KSIM-POSTROUTING-ab12" in removal
+
+
+# -- on a real node network (root) ----------------------------------------------------------------------
+
+
+async def _run(*argv: str, netns: str | None = None) -> tuple[int, str, str]:
+    full = ("ip", "netns", "exec", netns, *argv) if netns else argv
+    proc = await asyncio.create_subprocess_exec(
+        *full, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+Pod = Callable[[], Awaitable[tuple[str, str]]]
+App = Callable[..., Awaitable[int]]
+
+
+@pytest.fixture(name="network")
+async def network_fixture() -> AsyncIterator[Any]:
+    from tests.kubesim.podnet import NodeNetwork
+
+    network = await NodeNetwork.create()
+    try:
+        yield network
+    finally:
+        await network.close()
+
+
+@pytest.fixture(name="pod")
+async def pod_fixture(network: Any) -> AsyncIterator[Pod]:
+    """Makes pod network namespaces on the node network; returns (netns, IP)."""
+    made: list[str] = []
+
+    async def make() -> tuple[str, str]:
+        netns = f"ksim-tpod-{secrets.token_hex(3)}"
+        rc, _, err = await _run("ip", "netns", "add", netns)
+        assert rc == 0, err
+        made.append(netns)
+        ip = await network.add_pod(netns=netns)
+        await _hairpin(network.node_netns, netns)
+        return netns, ip
+
+    try:
+        yield make
+    finally:
+        for netns in made:
+            await network.remove_pod(netns=netns)
+            await _run("ip", "netns", "del", netns)
+
+
+async def _hairpin(node_netns: str, pod_netns: str) -> None:
+    """Hairpin mode on the pod's bridge port, as the bridge CNI plugin's `hairpinMode` sets it.
+
+    The node's bridge passes through iptables (br_netfilter), so a packet DNATed back to the pod that sent
+    it leaves by the port it came in on, which a bridge allows only in hairpin mode.
+    """
+    _, out, _ = await _run("ip", "-j", "link", "show", "eth0", netns=pod_netns)
+    peer = json.loads(out)[0]["link_index"]
+    _, out, _ = await _run("ip", "-j", "link", "show", netns=node_netns)
+    port = next(link["ifname"] for link in json.loads(out) if link["ifindex"] == peer)
+    rc, _, err = await _run("ip", "link", "set", port, "type", "bridge_slave", "hairpin", "on", netns=node_netns)
+    assert rc == 0, err
+
+
+@pytest.fixture(name="app")
+async def app_fixture() -> AsyncIterator[App]:
+    """Starts stand-in apps (in a pod namespace, or on the host when netns is None); returns the port."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*, name: str, netns: str | None = None, port: int = 8080) -> int:
+        prefix = ("ip", "netns", "exec", netns) if netns else ()
+        argv = (*prefix, sys.executable, "-m", "tests.kubesim.standin", "--http", str(port), "--name", name)
+        proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+        procs.append(proc)
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+        assert "serving http on" in line, line
+        return int(line.rsplit(":", 1)[1])
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture(name="proxy")
+async def proxy_fixture(kubeconfig: pathlib.Path, network: Any) -> AsyncIterator[ServiceProxy]:
+    proxy = ServiceProxy(kubeconfig=kubeconfig, network=network)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+async def _create_service(api: KubeApi, name: str, *, port: int = 80, target: int = 8080) -> str:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": port, "targetPort": target}]},
+    }
+    created = await api.request("POST", "/api/v1/namespaces/default/services", body=body)
+    return str(created["spec"]["clusterIP"])
+
+
+async def _put_slice(
+    api: KubeApi, service: str, endpoints: list[tuple[str, bool]], *, port: int = 8080, port_name: str = "http"
+) -> None:
+    body = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": service, "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in endpoints],
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+    }
+    path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    try:
+        current = await api.request("GET", f"{path}/{service}")
+    except KubeApiError as exc:
+        assert exc.status == 404, exc
+        await api.request("POST", path, body=body)
+        return
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    await api.request("PUT", f"{path}/{service}", body=body)
+
+
+async def _curl(netns: str, url: str) -> tuple[int, str, str]:
+    return await _run("curl", "-sS", "--max-time", "5", url, netns=netns)
+
+
+async def _answered_by(netns: str, url: str) -> str | None:
+    rc, out, _ = await _curl(netns, url)
+    return str(json.loads(out)["name"]) if rc == 0 else None
+
+
+@needs_root
+async def test_cluster_ip_reaches_ready_endpoints_and_follows_changes(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, app: App
+) -> None:
+    client, _ = await pod()
+    (a_ns, a_ip), (b_ns, b_ip) = await pod(), await pod()
+    await app(name="a", netns=a_ns)
+    await app(name="b", netns=b_ns)
+    ip = await _create_service(kube_api, "web")
+    await _put_slice(kube_api, "web", [(a_ip, True), (b_ip, False)])
+    url = f"http://{ip}:80/"
+    assert await eventually(lambda: _answered_by(client, url), what="the service answering") == "a"
+    await _put_slice(kube_api, "web", [(a_ip, False), (b_ip, True)])
+    await eventually(lambda: _is(client, url, "b"), what="b answering alone")
+    await _put_slice(kube_api, "web", [(a_ip, True), (b_ip, True)])
+    seen: set[str | None] = set()
+
+    async def both() -> bool:
+        seen.add(await _answered_by(client, url))
+        return {"a", "b"} <= seen
+
+    await eventually(both, what="both endpoints answering")
+
+
+async def _is(netns: str, url: str, name: str) -> bool:
+    return await _answered_by(netns, url) == name
+
+
+@needs_root
+async def test_a_service_without_ready_endpoints_refuses_connections(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, app: App, network: Any
+) -> None:
+    client, _ = await pod()
+    server_ns, server_ip = await pod()
+    await app(name="a", netns=server_ns)
+    ip = await _create_service(kube_api, "idle")
+    await _put_slice(kube_api, "idle", [(server_ip, False)])
+
+    async def refused() -> bool:
+        rc, _, err = await _run("curl", "-v", "--max-time", "5", f"http://{ip}:80/", netns=client)
+        return rc == 7 and "Connection refused" in err  # the ICMP port unreachable, as errno ECONNREFUSED
+
+    await eventually(refused, what="connection refused")
+    await _put_slice(kube_api, "idle", [(server_ip, True)])
+    await eventually(lambda: _is(client, f"http://{ip}:80/", "a"), what="the endpoint answering once ready")
+    await proxy.stop()
+    rc, out, _ = await _run("iptables-save", netns=network.node_netns)
+    assert rc == 0 and "KSIM" not in out
+    _, routes, _ = await _run("ip", "route", "show", "table", "local", netns=network.node_netns)
+    assert "10.96.0.0/12" not in routes
+
+
+@needs_root
+async def test_a_pod_reaches_itself_through_its_service(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, app: App
+) -> None:
+    netns, pod_ip = await pod()
+    await app(name="self", netns=netns)
+    ip = await _create_service(kube_api, "hairpin")
+    await _put_slice(kube_api, "hairpin", [(pod_ip, True)])
+    assert await eventually(lambda: _is(netns, f"http://{ip}:80/", "self"), what="the pod reaching itself")
+
+
+@needs_root
+async def test_pods_reach_the_host_through_the_kubernetes_service(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, app: App, network: Any
+) -> None:
+    client, _ = await pod()
+    port = await app(name="apiserver", port=0)
+    await _put_slice(kube_api, "kubernetes", [(network.host_ip, True)], port=port, port_name="https")
+    assert await eventually(lambda: _is(client, "http://10.96.0.1:443/", "apiserver"))
