@@ -31,7 +31,7 @@ demo: setup
 
 ## run: the control plane in local mode on the example mesh (no Kubernetes)
 run: $(STAMP)
-	$(BIN)/meshplane serve --config-dir examples/mesh --state-dir .state \
+	$(BIN)/meshplane serve --config-dir examples/mesh \
 	  --grpc-addr 127.0.0.1:15010 --secure-grpc-addr 127.0.0.1:15012 \
 	  --webhook-addr 127.0.0.1:15017 --http-addr 127.0.0.1:8080 --monitoring-addr 127.0.0.1:15014
 
@@ -63,4 +63,4 @@ bench-mesh: $(STAMP)
 	$(BIN)/python -m bench.mesh
 
 clean:
-	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .meshplane .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache *.egg-info

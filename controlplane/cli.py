@@ -143,6 +143,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if max_ttl.total_seconds() <= 0:
         raise SettingsError("--max-workload-cert-ttl: must be positive")
     ca_workers = _ca_workers(args.ca_workers)
+    if args.config_dir and args.kubeconfig:
+        raise SettingsError(
+            "--config-dir and --kubeconfig: choose one; --config-dir runs local mode (no Kubernetes), "
+            "--kubeconfig runs Kubernetes mode against that cluster"
+        )
     if not args.revision or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in args.revision):
         raise SettingsError(f"--revision: {args.revision!r} must be lowercase letters, digits and '-'")
     return Settings(
@@ -236,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
-    v = sub.add_parser("version", help="print the version")
+    v = sub.add_parser("version", help="print the version", description="Print the version of meshplane.")
     v.set_defaults(func=_cmd_version)
     return parser
 

@@ -259,6 +259,8 @@ def inject_manifests(text: str, *, settings: OfflineSettings) -> InjectOutput:
             out.append(piece)
         else:
             out.append(_preamble(piece) + dump_yaml(injected))
+    if number == 0:
+        raise InjectCommandError(where="input", cause="holds no YAML document (empty, or only comments)")
     text_out = "".join(out)
     return InjectOutput(text=text_out, notes=tuple(injector.notes))
 

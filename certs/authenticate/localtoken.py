@@ -101,6 +101,16 @@ def load_or_create_key(state_dir: pathlib.Path) -> ec.EllipticCurvePrivateKey:
     return loaded
 
 
+def check_claims(*, namespace: str, service_account: str, ttl: dt.timedelta) -> None:
+    """ValueError naming the flag when a token for these would be refused."""
+    check_namespace(namespace, field="--namespace")
+    check_service_account(service_account, field="--service-account")
+    if ttl <= dt.timedelta(0):
+        raise ValueError(f"--ttl: {int(ttl.total_seconds())} s must be positive")
+    if ttl > MAX_TTL:
+        raise ValueError(f"--ttl: {int(ttl.total_seconds())} s exceeds the maximum of {MAX_TTL.days} days")
+
+
 def mint(
     *,
     key: ec.EllipticCurvePrivateKey,
@@ -112,12 +122,7 @@ def mint(
     now: dt.datetime | None = None,
 ) -> str:
     """A signed token for `namespace`/`service_account`. Raises ValueError for a bad name or TTL (naming the field)."""
-    check_namespace(namespace, field="--namespace")
-    check_service_account(service_account, field="--service-account")
-    if ttl <= dt.timedelta(0):
-        raise ValueError(f"--ttl: {int(ttl.total_seconds())} s must be positive")
-    if ttl > MAX_TTL:
-        raise ValueError(f"--ttl: {int(ttl.total_seconds())} s exceeds the maximum of {MAX_TTL.days} days")
+    check_claims(namespace=namespace, service_account=service_account, ttl=ttl)
     now = now or dt.datetime.now(dt.UTC)
     iat = int(now.timestamp())
     header = {"alg": "ES256", "typ": "JWT", "kid": key_id(key.public_key())}

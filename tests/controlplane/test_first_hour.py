@@ -1,0 +1,45 @@
+"""What a new user meets in the first hour: mistakes are refused with a message that says what to do."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+from tests.helpers.serve import meshplane_cmd
+
+
+def meshplane(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*meshplane_cmd(), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_token_refuses_a_state_dir_without_the_servers_key(tmp_path: pathlib.Path) -> None:
+    result = meshplane("token", "--namespace", "shop", "--service-account", "web", "--state-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert f"--state-dir: {tmp_path.resolve()} has no token-key.pem" in result.stderr
+    assert "meshplane serve --config-dir" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "token-key.pem").exists(), "no key may be created behind the user's back"
+
+
+def test_config_dir_and_kubeconfig_together_are_refused(tmp_path: pathlib.Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    result = meshplane("serve", "--config-dir", str(tmp_path), "--kubeconfig", str(kubeconfig))
+    assert result.returncode == 2
+    assert "--config-dir and --kubeconfig: choose one" in result.stderr
+
+
+def test_inject_of_an_empty_file_fails_saying_so(tmp_path: pathlib.Path) -> None:
+    for content in ("", "# only a comment\n---\n"):
+        manifest = tmp_path / "empty.yaml"
+        manifest.write_text(content)
+        result = meshplane("inject", "-f", str(manifest))
+        assert result.returncode == 1
+        assert "holds no YAML document" in result.stderr
+        assert result.stdout == ""
+
+
+def test_help_texts_read_as_prose() -> None:
+    token_help = meshplane("token", "--help").stdout
+    assert "`" not in token_help
+    assert "Print the version of meshplane." in meshplane("version", "--help").stdout
