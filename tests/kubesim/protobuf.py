@@ -109,6 +109,15 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         2: ("spec", "message:TokenRequestSpec"),
         3: ("status", "message:TokenRequestStatus"),
     },
+    "Preconditions": {1: ("uid", "string"), 2: ("resourceVersion", "string")},
+    "DeleteOptions": {  # what client-go's typed clients (helm's release storage) send with a DELETE
+        1: ("gracePeriodSeconds", "optint"),
+        2: ("preconditions", "message:Preconditions"),
+        3: ("orphanDependents", "bool"),
+        4: ("propagationPolicy", "string"),
+        5: ("dryRun", "repeated:string"),
+        6: ("ignoreStoreReadErrorWithClusterBreakingPotential", "bool"),
+    },
 }
 # kind -> the apiVersion its protobuf body must carry
 KINDS = {
@@ -117,6 +126,7 @@ KINDS = {
     "Secret": "v1",
     "ServiceAccount": "v1",
     "TokenRequest": "authentication.k8s.io/v1",
+    "DeleteOptions": "v1",
 }
 
 
@@ -199,6 +209,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
     handlers: Mapping[str, Callable[[int | bytes], Any]] = {
         "string": _string,
         "int": lambda v: v if isinstance(v, int) else _bad("an integer"),
+        "optint": lambda v: v if isinstance(v, int) else _bad("an integer"),  # 0 is a value, kept
         "bool": lambda v: bool(v) if isinstance(v, int) else _bad("a bool"),
     }
     for number, value in _fields(data):
@@ -209,7 +220,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
             continue
         if kind in handlers:
             decoded = handlers[kind](value)
-            if decoded not in ("", 0) or kind == "bool":
+            if decoded not in ("", 0) or kind in ("bool", "optint"):
                 out[name] = decoded
         elif kind == "time":
             if not isinstance(value, bytes):

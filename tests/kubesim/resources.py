@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import copy
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.kubesim.schemas import Schema
+from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
 from tests.kubesim.validation import (
     FieldErrors,
@@ -71,6 +72,8 @@ class ResourceType:
     generation_fields: tuple[str, ...] = ()
     # fields only the status subresource may write: kept from the stored object on update
     status_subresource: bool = False
+    # `<plural>/scale` (autoscaling/v1 Scale over spec.replicas), as for Deployments and ReplicaSets
+    scale_subresource: bool = False
     initial_status: Callable[[Obj], Any] | None = None
     return_deleted_object: bool = False
     # a custom resource (served for a CRD): no strategic merge patch, unknown fields per `schema`
@@ -106,6 +109,34 @@ class ResourceType:
         if self.categories:
             doc["categories"] = list(self.categories)
         return doc
+
+    def subresource_discovery(self) -> list[dict[str, Any]]:
+        """The discovery entries of this resource's `status` and `scale` subresources (kubectl scale needs one)."""
+        entries = []
+        verbs = ["get", "patch", "update"]
+        if self.status_subresource:
+            entries.append(
+                {
+                    "name": f"{self.plural}/status",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "kind": self.kind,
+                    "verbs": verbs,
+                }
+            )
+        if self.scale_subresource:
+            entries.append(
+                {
+                    "name": f"{self.plural}/scale",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
+                    "verbs": verbs,
+                }
+            )
+        return entries
 
 
 # -- merge keys (strategic merge patch) ----------------------------------------------------------
@@ -245,13 +276,21 @@ def _default_template(obj: Obj) -> None:
 
 
 def _default_deployment(obj: Obj) -> None:
+    """apps/v1 defaults: strategy RollingUpdate with 25%/25% (each filled in alone), history 10, deadline 600 s."""
     _default_template(obj)
     spec = obj.get("spec")
     if isinstance(spec, dict):
-        rolling = {"maxUnavailable": "25%", "maxSurge": "25%"}
-        strategy = spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": dict(rolling)})
-        if isinstance(strategy, dict) and strategy.get("type") == "RollingUpdate":
-            strategy.setdefault("rollingUpdate", dict(rolling))
+        strategy = spec.get("strategy")
+        if not isinstance(strategy, dict):
+            strategy = spec["strategy"] = {}
+        if not strategy.get("type"):
+            strategy["type"] = "RollingUpdate"
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.get("rollingUpdate")
+            if not isinstance(rolling, dict):
+                rolling = strategy["rollingUpdate"] = {}
+            rolling.setdefault("maxUnavailable", "25%")
+            rolling.setdefault("maxSurge", "25%")
         spec.setdefault("revisionHistoryLimit", 10)
         spec.setdefault("progressDeadlineSeconds", 600)
 
@@ -294,7 +333,8 @@ def _default_service(obj: Obj) -> None:
                 port.setdefault("targetPort", port["port"])
 
 
-def _default_webhooks(obj: Obj) -> None:
+def _default_validating_webhooks(obj: Obj) -> None:
+    """admissionregistration/v1 defaults of a ValidatingWebhookConfiguration's webhooks."""
     for hook in obj.get("webhooks") or []:
         if not isinstance(hook, dict):
             continue
@@ -303,13 +343,41 @@ def _default_webhooks(obj: Obj) -> None:
         hook.setdefault("namespaceSelector", {})
         hook.setdefault("objectSelector", {})
         hook.setdefault("timeoutSeconds", 10)
-        hook.setdefault("reinvocationPolicy", "Never")
         for rule in hook.get("rules") or []:
             if isinstance(rule, dict):
                 rule.setdefault("scope", "*")
         service = (hook.get("clientConfig") or {}).get("service")
         if isinstance(service, dict):
             service.setdefault("port", 443)
+
+
+# A validating webhook has every field of a mutating one except `reinvocationPolicy`.
+_MUTATING_SCHEMA = SCHEMAS["mutatingwebhookconfigurations"]
+VALIDATING_WEBHOOKS_SCHEMA: Schema = {
+    **_MUTATING_SCHEMA,
+    "webhooks": {k: v for k, v in _MUTATING_SCHEMA["webhooks"].items() if k != "reinvocationPolicy"},
+}
+
+
+# Known fields of the kinds served without validation (for unknown-field handling and apply).
+_BASE_SCHEMA: Schema = {"apiVersion": ANY, "kind": ANY, "metadata": SCHEMAS["configmaps"]["metadata"]}
+_RBAC_RULE: Schema = dict.fromkeys(("apiGroups", "nonResourceURLs", "resourceNames", "resources", "verbs"), ANY)
+ROLE_SCHEMA: Schema = {**_BASE_SCHEMA, "rules": _RBAC_RULE}
+CLUSTER_ROLE_SCHEMA: Schema = {**ROLE_SCHEMA, "aggregationRule": ANY}
+ROLE_BINDING_SCHEMA: Schema = {
+    **_BASE_SCHEMA,
+    "roleRef": dict.fromkeys(("apiGroup", "kind", "name"), ANY),
+    "subjects": dict.fromkeys(("apiGroup", "kind", "name", "namespace"), ANY),
+}
+LEASE_SCHEMA: Schema = {**_BASE_SCHEMA, "spec": ANY}
+
+
+def _default_mutating_webhooks(obj: Obj) -> None:
+    """The validating defaults plus `reinvocationPolicy: Never` (a field only mutating webhooks have)."""
+    _default_validating_webhooks(obj)
+    for hook in obj.get("webhooks") or []:
+        if isinstance(hook, dict):
+            hook.setdefault("reinvocationPolicy", "Never")
 
 
 def _default_endpointslice(obj: Obj) -> None:
@@ -443,6 +511,57 @@ def _validate_workload(obj: Obj, errors: FieldErrors) -> None:
         errors.not_supported("spec.template.spec.restartPolicy", tspec.get("restartPolicy"), ["Always"])
 
 
+_PERCENT = re.compile(r"^[0-9]+%$")
+
+
+def _int_or_percent(errors: FieldErrors, path: str, value: Any) -> int | None:
+    """The percentage or count of an IntOrString field (None: not a valid one; the error is recorded)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            errors.invalid(path, value, "must be greater than or equal to 0")
+            return None
+        return value
+    if isinstance(value, str) and _PERCENT.match(value):
+        return int(value[:-1])
+    errors.invalid(
+        path,
+        value,
+        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', "
+        "regex used for validation is '[0-9]+%')",
+    )
+    return None
+
+
+def _validate_deployment(obj: Obj, errors: FieldErrors) -> None:
+    _validate_workload(obj, errors)
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    strategy = spec.get("strategy") or {}
+    stype = strategy.get("type")
+    rolling = strategy.get("rollingUpdate")
+    if stype not in ("Recreate", "RollingUpdate"):
+        errors.not_supported("spec.strategy.type", stype, ["Recreate", "RollingUpdate"])
+    elif stype == "Recreate" and rolling is not None:
+        errors.forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'")
+    elif isinstance(rolling, dict):
+        path = "spec.strategy.rollingUpdate"
+        surge = _int_or_percent(errors, f"{path}.maxSurge", rolling.get("maxSurge"))
+        unavailable = _int_or_percent(errors, f"{path}.maxUnavailable", rolling.get("maxUnavailable"))
+        if isinstance(rolling.get("maxUnavailable"), str) and (unavailable or 0) > 100:
+            errors.invalid(f"{path}.maxUnavailable", rolling["maxUnavailable"], "must not be greater than 100%")
+        if surge == 0 and unavailable == 0:
+            errors.invalid(f"{path}.maxUnavailable", rolling.get("maxUnavailable"), "may not be 0 when `maxSurge` is 0")
+    for name in ("revisionHistoryLimit", "minReadySeconds"):
+        value = spec.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            errors.invalid(f"spec.{name}", value, "must be greater than or equal to 0")
+    deadline = spec.get("progressDeadlineSeconds")
+    min_ready = spec.get("minReadySeconds", 0)
+    if isinstance(deadline, int) and isinstance(min_ready, int) and deadline <= min_ready:
+        errors.invalid("spec.progressDeadlineSeconds", deadline, "must be greater than minReadySeconds")
+
+
 def _validate_workload_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
     if (new.get("spec") or {}).get("selector") != (old.get("spec") or {}).get("selector"):
         errors.invalid("spec.selector", (new.get("spec") or {}).get("selector"), "field is immutable")
@@ -523,7 +642,107 @@ def _validate_immutable_data(new: Obj, old: Obj, errors: FieldErrors) -> None:
 _WEBHOOK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?){2,}$")
 
 
-def _validate_webhooks(obj: Obj, errors: FieldErrors) -> None:
+_OPERATIONS = ["*", "CONNECT", "CREATE", "DELETE", "UPDATE"]
+
+
+def _validate_rule_resources(errors: FieldErrors, path: str, resources: Sequence[Any]) -> None:
+    """admissionregistration's resource-list rules: wildcards and subresources that may not be mixed."""
+    double = single = plain = False
+    wild_sub: set[str] = set()
+    wild_res: set[str] = set()
+    for i, entry in enumerate(resources):
+        if not isinstance(entry, str) or not entry:
+            errors.required(f"{path}[{i}]")
+            continue
+        double = double or entry == "*/*"
+        single = single or entry == "*"
+        res, slash, sub = entry.partition("/")
+        if not slash:
+            plain = plain or entry != "*"
+            continue
+        if res in wild_sub:
+            errors.invalid(f"{path}[{i}]", entry, f"if '{res}/*' is present, must not specify {entry}")
+        if sub in wild_res:
+            errors.invalid(f"{path}[{i}]", entry, f"if '*/{sub}' is present, must not specify {entry}")
+        if sub == "*":
+            wild_sub.add(res)
+        if res == "*":
+            wild_res.add(sub)
+    if len(resources) > 1 and double:
+        errors.invalid(path, list(resources), "if '*/*' is present, must not specify other resources")
+    if single and plain:
+        detail = "if '*' is present, must not specify other resources without subresources"
+        errors.invalid(path, list(resources), detail)
+
+
+def _validate_webhook_rules(errors: FieldErrors, path: str, rules: Any) -> None:
+    if not isinstance(rules, list):
+        errors.invalid(path, rules, "must be a list of rules")
+        return
+    for i, rule in enumerate(rules):
+        rpath = f"{path}[{i}]"
+        if not isinstance(rule, dict):
+            errors.invalid(rpath, rule, "must be an object")
+            continue
+        for key, what in (("apiGroups", "API groups"), ("apiVersions", "API versions"), ("operations", "operations")):
+            values = rule.get(key) or []
+            if not values:
+                errors.required(f"{rpath}.{key}")
+            elif len(values) > 1 and "*" in values:
+                errors.invalid(f"{rpath}.{key}", values, f"if '*' is present, must not specify other {what}")
+        for j, version in enumerate(rule.get("apiVersions") or []):
+            if not version:
+                errors.required(f"{rpath}.apiVersions[{j}]")
+        for j, op in enumerate(rule.get("operations") or []):
+            if op not in _OPERATIONS:
+                errors.not_supported(f"{rpath}.operations[{j}]", op, _OPERATIONS)
+        resources = rule.get("resources") or []
+        if not resources:
+            errors.required(f"{rpath}.resources")
+        _validate_rule_resources(errors, f"{rpath}.resources", resources)
+        scope = rule.get("scope", "*")
+        if scope not in ("*", "Cluster", "Namespaced"):
+            errors.not_supported(f"{rpath}.scope", scope, ["*", "Cluster", "Namespaced"])
+
+
+def _validate_client_config(errors: FieldErrors, path: str, client: Mapping[str, Any]) -> None:
+    """The URL rules of a webhook's clientConfig: https, a host, no user information, query or fragment."""
+    url = client.get("url")
+    if isinstance(url, str) and url:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "https":
+            errors.invalid(f"{path}.url", parsed.scheme, "'https' is the only allowed URL scheme")
+        if not parsed.hostname:
+            errors.invalid(f"{path}.url", parsed.netloc, "host must be specified")
+        if "@" in parsed.netloc:
+            errors.invalid(
+                f"{path}.url", parsed.netloc.rpartition("@")[0], "user information is not permitted in the URL"
+            )
+        if parsed.fragment:
+            errors.invalid(f"{path}.url", parsed.fragment, "fragments are not permitted in the URL")
+        if parsed.query:
+            errors.invalid(f"{path}.url", parsed.query, "query parameters are not permitted in the URL")
+    service = client.get("service")
+    if isinstance(service, dict):
+        for key in ("namespace", "name"):
+            if not service.get(key):
+                errors.required(f"{path}.service.{key}")
+        service_path = service.get("path")
+        if service_path is not None and not str(service_path).startswith("/"):
+            errors.invalid(f"{path}.service.path", service_path, "must start with a '/'")
+        if service.get("port") is not None:
+            _port_in_range(errors, f"{path}.service.port", service["port"])
+
+
+def _validate_mutating_webhooks(obj: Obj, errors: FieldErrors) -> None:
+    _validate_webhooks(obj, errors, mutating=True)
+
+
+def _validate_validating_webhooks(obj: Obj, errors: FieldErrors) -> None:
+    _validate_webhooks(obj, errors, mutating=False)
+
+
+def _validate_webhooks(obj: Obj, errors: FieldErrors, *, mutating: bool) -> None:
     names: set[str] = set()
     for i, hook in enumerate(obj.get("webhooks") or []):
         hpath = f"webhooks[{i}]"
@@ -551,11 +770,12 @@ def _validate_webhooks(obj: Obj, errors: FieldErrors) -> None:
         client = hook.get("clientConfig") or {}
         if bool(client.get("url")) == bool(client.get("service")):
             errors.required(f"{hpath}.clientConfig", "exactly one of url or service is required")
-        for field_name, allowed in (
-            ("failurePolicy", ["Fail", "Ignore"]),
-            ("reinvocationPolicy", ["IfNeeded", "Never"]),
-            ("matchPolicy", ["Equivalent", "Exact"]),
-        ):
+        _validate_client_config(errors, f"{hpath}.clientConfig", client)
+        _validate_webhook_rules(errors, f"{hpath}.rules", hook.get("rules") or [])
+        policies = [("failurePolicy", ["Fail", "Ignore"]), ("matchPolicy", ["Equivalent", "Exact"])]
+        if mutating:
+            policies.append(("reinvocationPolicy", ["IfNeeded", "Never"]))
+        for field_name, allowed in policies:
             value = hook.get(field_name)
             if value is not None and value not in allowed:
                 errors.not_supported(f"{hpath}.{field_name}", value, allowed)
@@ -788,10 +1008,11 @@ RESOURCES: tuple[ResourceType, ...] = (
         categories=("all",),
         merge_keys=TEMPLATE_MERGE,
         defaults=_default_deployment,
-        validate=_validate_workload,
+        validate=_validate_deployment,
         validate_update=_validate_workload_update,
         generation_fields=("spec",),
         status_subresource=True,
+        scale_subresource=True,
         initial_status=lambda _: {},
     ),
     ResourceType(
@@ -809,6 +1030,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         validate_update=_validate_workload_update,
         generation_fields=("spec",),
         status_subresource=True,
+        scale_subresource=True,
         initial_status=lambda _: {"replicas": 0},
     ),
     ResourceType(
@@ -819,8 +1041,8 @@ RESOURCES: tuple[ResourceType, ...] = (
         "MutatingWebhookConfiguration",
         namespaced=False,
         merge_keys={**META_MERGE, "webhooks": "name"},
-        defaults=_default_webhooks,
-        validate=_validate_webhooks,
+        defaults=_default_mutating_webhooks,
+        validate=_validate_mutating_webhooks,
         generation_fields=("webhooks",),
     ),
     ResourceType(
@@ -831,8 +1053,9 @@ RESOURCES: tuple[ResourceType, ...] = (
         "ValidatingWebhookConfiguration",
         namespaced=False,
         merge_keys={**META_MERGE, "webhooks": "name"},
-        defaults=_default_webhooks,
-        validate=_validate_webhooks,
+        defaults=_default_validating_webhooks,
+        validate=_validate_validating_webhooks,
+        schema=VALIDATING_WEBHOOKS_SCHEMA,
         generation_fields=("webhooks",),
     ),
     ResourceType(
@@ -843,6 +1066,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "Lease",
         namespaced=True,
         merge_keys=META_MERGE,
+        schema=LEASE_SCHEMA,
     ),
     ResourceType(
         "rbac.authorization.k8s.io",
@@ -852,6 +1076,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "ClusterRole",
         namespaced=False,
         merge_keys=META_MERGE,
+        schema=CLUSTER_ROLE_SCHEMA,
     ),
     ResourceType(
         "rbac.authorization.k8s.io",
@@ -861,6 +1086,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "ClusterRoleBinding",
         namespaced=False,
         merge_keys=META_MERGE,
+        schema=ROLE_BINDING_SCHEMA,
     ),
     ResourceType(
         "rbac.authorization.k8s.io",
@@ -870,6 +1096,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "Role",
         namespaced=True,
         merge_keys=META_MERGE,
+        schema=ROLE_SCHEMA,
     ),
     ResourceType(
         "rbac.authorization.k8s.io",
@@ -879,6 +1106,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "RoleBinding",
         namespaced=True,
         merge_keys=META_MERGE,
+        schema=ROLE_BINDING_SCHEMA,
     ),
     ResourceType(
         "discovery.k8s.io",

@@ -32,13 +32,24 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from tests.kubesim import customresources, openapi, patching, protobuf, resources, tables, tokens
+from tests.kubesim import (
+    admission,
+    apply,
+    auth,
+    customresources,
+    openapi,
+    patching,
+    protobuf,
+    resources,
+    tables,
+    tokens,
+)
 from tests.kubesim.kubeconfig import write_kubeconfig
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
@@ -46,6 +57,7 @@ from tests.kubesim.selectors import (
     FieldSelector,
     LabelSelector,
     SelectorError,
+    format_label_selector,
     parse_field_selector,
     parse_label_selector,
 )
@@ -84,12 +96,17 @@ PATCH_TYPES = (
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
 )
+APPLY_PATCH = "application/apply-patch+yaml"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORTS = range(30000, 32768)
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
+PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
+ORPHAN_FINALIZER = "orphan"
+FOREGROUND_FINALIZER = "foregroundDeletion"
+NAMESPACE_POLL = 0.1  # seconds between the namespace controller's looks at what is left
 
 
 @dataclass
@@ -99,6 +116,10 @@ class Context:
     dry_run: bool = False
     field_validation: str = "Warn"
     warnings: list[str] = field(default_factory=list)
+    user: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(admission.ADMIN_USER))  # admission's userInfo
+    # who writes, recorded in managedFields (operation Update); None: keep the managedFields the object
+    # carries (an apply computed them, or kubesim itself writes)
+    field_manager: str | None = None
 
 
 @dataclass
@@ -132,6 +153,16 @@ def _unsupported_media(allowed: tuple[str, ...]) -> ApiError:
     return ApiError(415, f"the body of the request was in an unknown format - accepted media types include: {listed}")
 
 
+def _patch_options_invalid(field_path: str, reason: str, detail: str) -> ApiError:
+    """422 for bad PatchOptions (query parameters), worded as the API server words it."""
+    cause = {"reason": reason, "message": detail, "field": field_path}
+    return ApiError(
+        422,
+        f'PatchOptions.meta.k8s.io "" is invalid: {field_path}: {detail}',
+        details={"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [cause]},
+    )
+
+
 def _now_stamp(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -159,20 +190,26 @@ class KubeSim:
         watch_timeout: float = 1800.0,
         namespace_deletion_delay: float = 0.0,
         clock: Callable[[], datetime.datetime] | None = None,
+        tls: bool = False,
     ) -> None:
         self.storage = Storage(window=window)
+        self.tls = tls
+        self.certs: auth.ServingCerts | None = None
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
         self.namespace_deletion_delay = namespace_deletion_delay
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self.tokens = tokens.ServiceAccountTokens(clock=self.clock)
         self.requests: list[tuple[str, str]] = []
+        self.authenticator = auth.Authenticator(service_accounts=self.tokens, lookup=self._object_uid)
+        self.audit: list[auth.AuditRecord] = []  # with tls: every authenticated resource request, in order
         self.faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._allocated_ips: set[ipaddress.IPv4Address] = set()
         self._allocated_node_ports: set[int] = set()
         self.custom = customresources.CustomResources()
+        self.admission = admission.Admission(storage=self.storage, resource=self.resource, served=self.served)
         self.host = "127.0.0.1"
         self.port = 0
         self.app = web.Application(middlewares=[self._middleware], client_max_size=3 * 1024 * 1024)
@@ -180,13 +217,27 @@ class KubeSim:
         self._bootstrap()
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(self, *, host: str = "127.0.0.1", port: int = 0, extra_hosts: tuple[str, ...] = ()) -> None:
+        """Listen on `host` (`port` 0: a free one) and on `extra_hosts` at the same port; OSError if one is taken.
+
+        With `tls`, a new CA and serving certificate (SANs: the API server's names, 10.96.0.1 and every
+        host listened on) are made first; `ca_pem` and the kubeconfig carry the CA.
+        """
+        context = None
+        if self.tls:
+            self.certs = auth.ServingCerts.generate(hosts=(host, *extra_hosts))
+            context = self.certs.ssl_context()
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.host = host
-        self.port = int(self._runner.addresses[0][1])
+        try:
+            await web.TCPSite(self._runner, host, port, ssl_context=context).start()
+            self.host = host
+            self.port = int(self._runner.addresses[0][1])
+            for extra in extra_hosts:
+                await web.TCPSite(self._runner, extra, self.port, ssl_context=context).start()
+        except OSError:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         self.storage.close_watches()
@@ -198,10 +249,29 @@ class KubeSim:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
-    def write_kubeconfig(self, path: Any, *, namespace: str = "default") -> Any:
-        return write_kubeconfig(path, server=self.url, namespace=namespace)
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA of the serving certificate (PEM); RuntimeError before `start()` or without tls."""
+        if self.certs is None:
+            raise RuntimeError("kubesim serves no certificate: construct it with tls=True and start it")
+        return self.certs.ca_pem
+
+    @property
+    def admin_token(self) -> str:
+        """The bearer token of the cluster admin (what `write_kubeconfig` puts in)."""
+        return self.authenticator.admin_token
+
+    def write_kubeconfig(self, path: Any, *, namespace: str = "default", server: str | None = None) -> Any:
+        """A kubeconfig for `server` (default `url`) with the admin token and, with tls, the CA."""
+        return write_kubeconfig(
+            path,
+            server=server or self.url,
+            namespace=namespace,
+            token=self.admin_token,
+            ca_pem=self.certs.ca_pem if self.certs is not None else None,
+        )
 
     # -- test hooks ---------------------------------------------------------------------------
     def compact(self) -> None:
@@ -289,6 +359,11 @@ class KubeSim:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        if self.tls:
+            try:
+                self._authenticate(request)
+            except auth.Unauthenticated:
+                return self._error(ApiError(401, "Unauthorized"))
         for fault in self.faults:
             if fault.matches(request):
                 fault.count -= 1
@@ -301,6 +376,31 @@ class KubeSim:
             return await handler(request)
         except ApiError as exc:
             return self._error(exc)
+
+    def _authenticate(self, request: web.Request) -> None:
+        """Who asks (left for admission at `admission.USER_KEY`), recorded in `audit`; raises Unauthenticated."""
+        if request.path in auth.ANONYMOUS_PATHS and "Authorization" not in request.headers:
+            return
+        user = self.authenticator.authenticate(request.headers)
+        request[admission.USER_KEY] = {"username": user.username, "groups": list(user.groups)}
+        info = auth.request_info(request.method, request.path, request.query)
+        if info is not None:
+            self.audit.append(
+                auth.AuditRecord(
+                    username=user.username,
+                    verb=info.verb,
+                    api_group=info.api_group,
+                    resource=info.resource,
+                    subresource=info.subresource,
+                    namespace=info.namespace,
+                )
+            )
+
+    def _object_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The uid of a ServiceAccount, Pod or Secret (what tokens are bound to); None when it does not exist."""
+        plural = {"ServiceAccount": "serviceaccounts", "Pod": "pods", "Secret": "secrets"}[kind]
+        obj = self.storage.get(self.resource(plural), namespace, name)
+        return None if obj is None else str(obj["metadata"]["uid"])
 
     @staticmethod
     def _json(data: Any, *, status: int = 200, content_type: str = "application/json") -> web.Response:
@@ -378,6 +478,12 @@ class KubeSim:
             "groupVersion": f"{group}/{version}" if group else version,
             "resources": [
                 *(r.discovery() for r in self.served() if r.group == group and r.version == version),
+                *(
+                    e
+                    for r in self.served()
+                    if r.group == group and r.version == version
+                    for e in r.subresource_discovery()
+                ),
                 *resources.CREATE_ONLY.get((group, version), ()),
             ],
         }
@@ -396,6 +502,18 @@ class KubeSim:
         if (group, version) == ("authentication.k8s.io", "v1") and rest == ["tokenreviews"] and namespace is None:
             self._only_post(request)
             return await self._token_review(request)
+        if (
+            (group, version, namespace is None) == ("", "v1", False)
+            and len(rest) == 3
+            and rest[::2] == ["pods", "binding"]
+        ):
+            self._only_post(request)
+            return await self._bind_pod(request, str(namespace), rest[1])
+        if len(rest) == 3 and namespace is not None and rest[2] in ("status", "scale"):
+            sub_resource = resources.find(group, version, rest[0], served=self.served())
+            if sub_resource is None or not sub_resource.namespaced:
+                raise page_not_found()
+            return await self._subresource(request, sub_resource, namespace, rest[1], rest[2])
         if not rest or len(rest) > 2:
             raise page_not_found()
         resource = resources.find(group, version, rest[0], served=self.served())
@@ -417,10 +535,10 @@ class KubeSim:
                     raise ApiError(405, "the server does not allow this method on the requested resource")
                 body = await self._body(request)
                 ctx = self._context(request)
-                created = self._create(resource, namespace or "", body, ctx=ctx)
+                created = await self._create_admitted(resource, namespace or "", body, ctx=ctx)
                 return self._render_object(request, resource, created, status=201, warnings=ctx.warnings)
             if method == "DELETE":
-                return self._delete_collection(request, resource, namespace)
+                return await self._delete_collection(request, resource, namespace)
             raise ApiError(405, "the server does not allow this method on the requested resource")
         ns = namespace or ""
         if method == "GET":
@@ -431,10 +549,15 @@ class KubeSim:
         if method == "PUT":
             body = await self._body(request)
             ctx = self._context(request)
-            updated = self._update(resource, ns, name, body, ctx=ctx)
+            updated = await self._update(resource, ns, name, body, ctx=ctx)
             return self._render_object(request, resource, updated, warnings=ctx.warnings)
         if method == "PATCH":
             ctx = self._context(request)
+            if request.content_type == APPLY_PATCH:
+                applied, was_created = await self._apply_patch(request, resource, ns, name, ctx=ctx)
+                return self._render_object(
+                    request, resource, applied, status=201 if was_created else 200, warnings=ctx.warnings
+                )
             patched = await self._patch(request, resource, ns, name, ctx=ctx)
             return self._render_object(request, resource, patched, warnings=ctx.warnings)
         if method == "DELETE":
@@ -465,8 +588,34 @@ class KubeSim:
         return spec
 
     def _service_account_uid(self, namespace: str, name: str) -> str | None:
-        sa = self.storage.get(self.resource("serviceaccounts"), namespace, name)
-        return None if sa is None else str(sa["metadata"]["uid"])
+        return self._object_uid("ServiceAccount", namespace, name)
+
+    def _bound_object(self, ref: Any, namespace: str, account: str) -> tokens.Bound | None:
+        """The Pod or Secret a TokenRequest's boundObjectRef names (400 other kinds, 404 absent, 409 other uid)."""
+        if not ref:
+            return None
+        if not isinstance(ref, dict) or not ref.get("name"):
+            raise bad_request("spec.boundObjectRef must be an object with kind, apiVersion and name")
+        kind, api_version, name = ref.get("kind"), ref.get("apiVersion", "v1"), str(ref["name"])
+        if kind not in tokens.BOUND_KINDS or api_version != "v1":
+            raise bad_request(f"cannot bind token to object of type {api_version}, Kind={kind}")
+        resource = self.resource("pods" if kind == "Pod" else "secrets")
+        obj = self.storage.get(resource, namespace, name)
+        if obj is None:
+            raise not_found(resource, name)
+        if kind == "Pod" and (obj.get("spec") or {}).get("serviceAccountName") != account:
+            raise bad_request(
+                f'cannot bind token for serviceaccount "{account}" to pod running with different serviceaccount name.'
+            )
+        uid = str(obj["metadata"]["uid"])
+        if ref.get("uid") and ref["uid"] != uid:
+            raise conflict(
+                resource,
+                name,
+                f"the UID in the bound object reference ({ref['uid']}) does not match the UID in record. "
+                "The object might have been deleted and then recreated",
+            )
+        return tokens.Bound(kind=str(kind), name=name, uid=uid)
 
     async def _token_request(self, request: web.Request, namespace: str, name: str) -> web.Response:
         """POST .../serviceaccounts/{name}/token: a TokenRequest answered with a signed token (201)."""
@@ -482,8 +631,6 @@ class KubeSim:
             errors.invalid("spec.expirationSeconds", seconds, "may not specify a duration less than 10 minutes")
         elif seconds > tokens.MAX_EXPIRATION:
             errors.invalid("spec.expirationSeconds", seconds, "may not specify a duration larger than 2^32 seconds")
-        if spec.get("boundObjectRef"):
-            errors.invalid("spec.boundObjectRef", spec["boundObjectRef"], "kubesim does not issue bound tokens")
         token_requests = tokens.TOKEN_REQUESTS
         if errors.causes:
             raise invalid(token_requests, name, errors.causes)
@@ -493,15 +640,18 @@ class KubeSim:
         uid = self._service_account_uid(namespace, name)
         if uid is None:
             raise not_found(sa_resource, name)
+        bound = self._bound_object(spec.get("boundObjectRef"), namespace, name)
         wanted = list(audiences) or list(tokens.API_AUDIENCES)
         issued = self.tokens.issue(
-            tokens.Account(namespace=namespace, name=name, uid=uid), audiences=wanted, expiration_seconds=seconds
+            tokens.Account(namespace=namespace, name=name, uid=uid, bound=bound),
+            audiences=wanted,
+            expiration_seconds=seconds,
         )
         answer = {
             "kind": "TokenRequest",
             "apiVersion": tokens.API_VERSION,
             "metadata": {"name": name, "namespace": namespace, "creationTimestamp": _now_stamp(self.clock())},
-            "spec": {"audiences": wanted, "expirationSeconds": seconds, "boundObjectRef": None},
+            "spec": {"audiences": wanted, "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")},
             "status": {"token": issued.token, "expirationTimestamp": _now_stamp(issued.expires)},
         }
         return self._json(answer, status=201)
@@ -518,7 +668,7 @@ class KubeSim:
             raise bad_request("spec.audiences must be a list of strings")
         status: dict[str, Any]
         try:
-            claims, granted = self.tokens.review(token, audiences=audiences, lookup=self._service_account_uid)
+            claims, granted = self.tokens.review(token, audiences=audiences, lookup=self._object_uid)
         except tokens.TokenInvalid as exc:
             status = {"user": {}, "error": str(exc)}
         else:
@@ -550,7 +700,14 @@ class KubeSim:
             raise bad_request(
                 f'fieldValidation: Unsupported value: "{mode}": supported values: "Ignore", "Strict", "Warn"'
             )
-        return Context(dry_run=self._dry_run(request), field_validation=mode)
+        user = request.get(admission.USER_KEY) or admission.ADMIN_USER
+        manager = request.query.get("fieldManager") or request.headers.get("User-Agent", "").split("/", 1)[0]
+        return Context(
+            dry_run=self._dry_run(request),
+            field_validation=mode,
+            user=copy.deepcopy(user),
+            field_manager=manager[:128],
+        )
 
     @staticmethod
     def _dry_run(request: web.Request) -> bool:
@@ -882,15 +1039,42 @@ class KubeSim:
     def _create(
         self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context, preallocated: bool = False
     ) -> Obj:
+        """Create without calling admission webhooks (bootstrap, `create_object`, objects the server makes)."""
+        obj = self._create_prepare(resource, namespace, body, ctx=ctx)
+        self._create_validate(resource, obj)
+        return self._create_store(resource, obj, ctx=ctx, preallocated=preallocated)
+
+    async def _create_admitted(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
+        """Create as a POST does: mutating webhooks, validation, validating webhooks, then the write."""
+        obj = self._create_prepare(resource, namespace, body, ctx=ctx)
+        meta = obj["metadata"]
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="CREATE",
+            namespace=meta["name"] if resource.key == "namespaces" else meta.get("namespace", ""),
+            name=str(meta.get("name") or ""),
+            obj=obj,
+            dry_run=ctx.dry_run,
+            options={"fieldValidation": ctx.field_validation} if ctx.field_validation != "Warn" else {},
+            user=ctx.user,
+        )
+        mutated = await self.admission.mutate(attrs, warnings=ctx.warnings)
+        obj = self._check_type(resource, mutated)
+        self._check_namespace(resource, namespace, obj)
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        self._create_validate(resource, obj)
+        await self.admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+        return self._create_store(resource, obj, ctx=ctx)
+
+    def _create_prepare(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
+        """Decode, check and default a new object, then the built-in admission (service account of a pod)."""
         obj = self._check_type(resource, body)
         self._unknown_fields(resource, obj, ctx)
-        dry_run = ctx.dry_run
         self._check_namespace(resource, namespace, obj)
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
             raise bad_request("resourceVersion should not be set on objects to be created")
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = f"{meta['generateName']}{_random_suffix()}"
         name = str(meta.get("name") or "")
         if resource.namespaced:
             ns_obj = self.storage.get(self.resource("namespaces"), "", namespace)
@@ -905,16 +1089,35 @@ class KubeSim:
                 )
         for system in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
             meta.pop(system, None)
-        meta.pop("managedFields", None)
         if resource.defaults is not None:
             resource.defaults(obj)
+        self._track_fields(resource, None, obj, ctx.field_manager)
+        if resource.plural == "pods":
+            admitted = copy.deepcopy(obj)
+            try:
+                self._admit_pod(admitted, resource)
+            except (AttributeError, TypeError, KeyError):
+                pass  # a malformed pod: validation names the field
+            else:
+                obj = admitted
+        return obj
+
+    def _create_validate(self, resource: ResourceType, obj: Obj) -> None:
+        """Name generation (after mutating admission, as in the registry), initial status, validation."""
+        meta = obj["metadata"]
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{_random_suffix()}"
         if resource.initial_status is not None:
             obj["status"] = resource.initial_status(obj)
         self._validate(resource, obj, None)
-        if self.storage.get(resource, namespace, name) is not None:
+
+    def _create_store(self, resource: ResourceType, obj: Obj, *, ctx: Context, preallocated: bool = False) -> Obj:
+        """Allocate, stamp and write a validated new object (409 when the name is taken)."""
+        dry_run = ctx.dry_run
+        meta = obj["metadata"]
+        name = str(meta["name"])
+        if self.storage.get(resource, meta.get("namespace", ""), name) is not None:
             raise already_exists(resource, name)
-        if resource.plural == "pods":
-            self._admit_pod(obj, resource)
         if resource.plural == "services":
             self._allocate_service(obj, resource, dry_run=dry_run or preallocated)
         meta["uid"] = str(uuid.uuid4())
@@ -1072,7 +1275,7 @@ class KubeSim:
             self._allocated_node_ports.discard(int(port.get("nodePort") or 0))
 
     # -- update and patch ---------------------------------------------------------------------
-    def _update(self, resource: ResourceType, namespace: str, name: str, body: Any, *, ctx: Context) -> Obj:
+    async def _update(self, resource: ResourceType, namespace: str, name: str, body: Any, *, ctx: Context) -> Obj:
         obj = self._check_type(resource, body)
         self._unknown_fields(resource, obj, ctx)
         meta = obj["metadata"]
@@ -1083,10 +1286,58 @@ class KubeSim:
         old = self.storage.get(resource, namespace, name)
         if old is None:
             raise not_found(resource, name)
-        return self._replace(resource, old, obj, dry_run=ctx.dry_run)
+        return await self._replace_admitted(resource, old, obj, ctx=ctx)
+
+    async def _replace_admitted(
+        self, resource: ResourceType, old: Obj, obj: Obj, *, ctx: Context, subresource: str = ""
+    ) -> Obj:
+        """Update `old` to `obj` as a PUT or PATCH does: mutating webhooks, `_replace`'s checks, validating webhooks.
+
+        Raises ApiError: a webhook's denial or failure, a validation error, and 409 when the stored
+        object changed while the webhooks were being called (the client retries, as with any conflict).
+        """
+        old_meta = old["metadata"]
+        name, namespace = str(old_meta["name"]), str(old_meta.get("namespace", ""))
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="UPDATE",
+            namespace=name if resource.key == "namespaces" else namespace,
+            name=name,
+            obj=obj,
+            old=old,
+            subresource=subresource,
+            dry_run=ctx.dry_run,
+            user=ctx.user,
+        )
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        self._track_fields(resource, old, obj, ctx.field_manager)
+        obj = self._check_type(resource, await self.admission.mutate(attrs, warnings=ctx.warnings))
+        if obj["metadata"].get("name") != name:
+            raise invalid(
+                resource, name, [self._cause("metadata.name", obj["metadata"].get("name"), "field is immutable")]
+            )
+        self._check_namespace(resource, namespace, obj)
+        self._replace_prepare(resource, old, obj)
+        await self.admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+        current = self.storage.get(resource, namespace, name)
+        if current is None:
+            raise not_found(resource, name)
+        if current["metadata"]["resourceVersion"] != old_meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        return self._replace_store(resource, old, obj, dry_run=ctx.dry_run)
 
     def _replace(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
-        """The shared tail of update and patch: preconditions, system fields, validation, write."""
+        """The shared tail of update and patch without admission webhooks: checks, then the write."""
+        self._replace_prepare(resource, old, obj)
+        return self._replace_store(resource, old, obj, dry_run=dry_run)
+
+    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj) -> None:
+        """Preconditions, system fields kept from `old`, defaults, validation and generation of an update."""
         meta = obj["metadata"]
         old_meta = old["metadata"]
         name = old_meta["name"]
@@ -1105,7 +1356,6 @@ class KubeSim:
                 meta[system] = old_meta[system]
             else:
                 meta.pop(system, None)
-        meta.pop("managedFields", None)
         if resource.generation_fields:
             meta["generation"] = old_meta.get("generation", 1)
         else:
@@ -1124,6 +1374,10 @@ class KubeSim:
         self._validate(resource, obj, old)
         if resource.generation_fields and any(obj.get(f) != old.get(f) for f in resource.generation_fields):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
+
+    def _replace_store(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
+        """Write a prepared update; a no-op update writes nothing, like the real server."""
+        old_meta = old["metadata"]
         comparable = copy.deepcopy(obj)
         comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if comparable == old or dry_run:
@@ -1131,7 +1385,15 @@ class KubeSim:
         stored = self.storage.write(resource, obj, event_type="MODIFIED")
         if resource.key == CRD_KEY:
             self.custom.set(stored)
-        return stored
+        return self._remove_if_finalized(resource, stored)  # the last finalizer of a deleted object went
+
+    def _track_fields(self, resource: ResourceType, old: Obj | None, obj: Obj, manager: str | None) -> None:
+        """Record in `obj`'s managedFields what `manager` changed over `old`; None keeps what `obj` carries."""
+        if manager is not None:
+            now = _now_stamp(self.clock())
+            apply.track_update(
+                resource=resource, old=old, new=obj, manager=manager, api_version=resource.api_version, now=now
+            )
 
     @staticmethod
     def _keep_allocations(obj: Obj, old: Obj) -> None:
@@ -1152,9 +1414,13 @@ class KubeSim:
     ) -> Obj:
         ctype = request.content_type
         if ctype not in PATCH_TYPES:
-            raise _unsupported_media(PATCH_TYPES)
+            raise _unsupported_media((*PATCH_TYPES, APPLY_PATCH))
         if resource.custom and ctype == "application/strategic-merge-patch+json":
-            raise _unsupported_media(tuple(t for t in PATCH_TYPES if t != ctype))
+            raise _unsupported_media((*(t for t in PATCH_TYPES if t != ctype), APPLY_PATCH))
+        if "force" in request.query:
+            raise _patch_options_invalid(
+                "force", "FieldValueForbidden", "Forbidden: may not be specified for non-apply patch"
+            )
         raw = await request.read()
         try:
             patch = json.loads(raw)
@@ -1186,22 +1452,267 @@ class KubeSim:
         self._unknown_fields(resource, obj, ctx)
         if obj["metadata"].get("resourceVersion") == old["metadata"]["resourceVersion"]:
             obj["metadata"].pop("resourceVersion")  # unchanged by the patch: no precondition
-        return self._replace(resource, old, obj, dry_run=ctx.dry_run)
+        return await self._replace_admitted(resource, old, obj, ctx=ctx)
+
+    # -- pods/binding (what the scheduler posts) ----------------------------------------------
+    async def _bind_pod(self, request: web.Request, namespace: str, name: str) -> web.Response:
+        """POST pods/<name>/binding: set spec.nodeName and the PodScheduled condition, as the registry does.
+
+        400 when the Binding names another pod, 422 without a target Node name, 404 for an unknown pod,
+        409 when the pod is being deleted or already assigned to a node. Answers a Success Status (201).
+        """
+        body = await self._body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+            raise bad_request("the object provided is unrecognized (must be a JSON object)")
+        if (body.get("metadata") or {}).get("name", name) != name:
+            raise bad_request("name in URL does not match name in Binding object")
+        target = body.get("target") if isinstance(body.get("target"), dict) else {}
+        bindings = ResourceType("", "v1", "bindings", "binding", "Binding", namespaced=True)
+        errors = FieldErrors()
+        if target.get("kind", "Node") not in ("", "Node"):
+            errors.invalid("target.kind", target.get("kind"), "must be empty or 'Node'")
+        if not target.get("name"):
+            errors.required("target.name")
+        if errors.causes:
+            raise invalid(bindings, name, errors.causes)
+        pods = self.resource("pods")
+        old = self.storage.get(pods, namespace, name)
+        if old is None:
+            raise not_found(pods, name)
+        if old["metadata"].get("deletionTimestamp"):
+            raise conflict(pods, name, f"pod {name} is being deleted, cannot be assigned to a host")
+        if (old.get("spec") or {}).get("nodeName"):
+            raise conflict(pods, name, f'pod {name} is already assigned to node "{old["spec"]["nodeName"]}"')
+        pod = copy.deepcopy(old)
+        pod["spec"]["nodeName"] = str(target["name"])
+        pod["metadata"].setdefault("annotations", {}).update((body.get("metadata") or {}).get("annotations") or {})
+        if not pod["metadata"]["annotations"]:
+            pod["metadata"].pop("annotations")
+        status = pod.setdefault("status", {})
+        scheduled = {
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": None,
+            "lastTransitionTime": _now_stamp(self.clock()),
+        }
+        others = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        status["conditions"] = [*others, scheduled]
+        if not self._dry_run(request):
+            self.storage.write(pods, pod, event_type="MODIFIED")
+        return self._json(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201
+        )
+
+    async def _apply_patch(
+        self, request: web.Request, resource: ResourceType, namespace: str, name: str, *, ctx: Context
+    ) -> tuple[Obj, bool]:
+        """Server-side apply (`application/apply-patch+yaml`): (the object, whether it was created).
+
+        `fieldManager` is required (422), `force=true` takes over conflicting fields; otherwise a field
+        another manager owns and this apply changes is a 409 Conflict naming fields and managers. The
+        configuration must be of the URL's kind and name, set no managedFields (400) and no field the
+        kind does not have (500, as the real server's typed conversion fails). Admission runs as for
+        a create or an update.
+        """
+        manager = request.query.get("fieldManager", "")
+        if not manager:
+            raise _patch_options_invalid(
+                "fieldManager", "FieldValueRequired", "Required value: is required for apply patch"
+            )
+        force = request.query.get("force", "false").lower()
+        if force not in ("true", "false"):
+            raise bad_request(f'force: invalid value "{request.query["force"]}": want true or false')
+        try:
+            config = yaml.safe_load(await request.read())
+        except yaml.YAMLError as exc:
+            raise bad_request(f"error decoding YAML: {exc}") from None
+        if not isinstance(config, dict):
+            raise bad_request("error decoding YAML: the apply configuration must be an object")
+        gvk = f"{resource.api_version if resource.group else '/' + resource.version}, Kind={resource.kind}"
+        if config.get("apiVersion") != resource.api_version or config.get("kind") != resource.kind:
+            raise bad_request(
+                f"Incorrect version specified in apply patch. Specified patch version: {config.get('apiVersion')}, "
+                f"Kind={config.get('kind')}, expected: {gvk}"
+            )
+        meta = config.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        if meta.get("managedFields") is not None:
+            raise bad_request("metadata.managedFields must be nil")
+        if meta.setdefault("name", name) != name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+        self._check_namespace(resource, namespace, config)
+        schema = resource.schema if resource.schema is not None else SCHEMAS[resource.plural]
+        unknown = prune_unknown(copy.deepcopy(config), schema)
+        if unknown:
+            raise ApiError(
+                500,
+                f"failed to create typed patch object ({namespace}/{name}; {gvk}): .{unknown[0]}: "
+                "field not declared in schema",
+            )
+        live = self.storage.get(resource, namespace, name)
+        try:
+            obj = apply.apply(
+                resource=resource,
+                live=live,
+                config=config,
+                manager=manager,
+                force=force == "true",
+                api_version=resource.api_version,
+                now=_now_stamp(self.clock()),
+            )
+        except apply.ApplyConflict as exc:
+            raise ApiError(409, exc.message, reason="Conflict", details={"causes": exc.causes}) from None
+        except apply.ApplyError as exc:
+            raise ApiError(exc.status, exc.message) from None
+        applied = replace(ctx, field_manager=None)  # apply computed the managedFields
+        if live is None:
+            return await self._create_admitted(resource, namespace, obj, ctx=applied), True
+        if obj["metadata"].get("resourceVersion") == live["metadata"]["resourceVersion"]:
+            obj["metadata"].pop("resourceVersion")  # not set by the configuration: no precondition
+        return await self._replace_admitted(resource, live, obj, ctx=applied), False
+
+    # -- subresources: status and scale ------------------------------------------------------
+    async def _subresource(
+        self, request: web.Request, resource: ResourceType, namespace: str, name: str, sub: str
+    ) -> web.Response:
+        """GET, PUT and PATCH of `<name>/status` and `<name>/scale`; 404 for a subresource the kind lacks.
+
+        `status` writes change only the status (what controllers and the kubelet report); `scale`
+        reads and writes `spec.replicas` as an autoscaling/v1 Scale (what `kubectl scale` sends).
+        A `metadata.resourceVersion` in the body is a precondition (409 when stale).
+        """
+        if not (sub == "status" and resource.status_subresource) and not (
+            sub == "scale" and resource.scale_subresource
+        ):
+            raise page_not_found()
+        if request.method not in ("GET", "PUT", "PATCH"):
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        old = self.storage.get(resource, namespace, name)
+        if old is None:
+            raise not_found(resource, name)
+        view = self._scale_of(old) if sub == "scale" else old
+        if request.method == "GET":
+            return self._json(view) if sub == "scale" else self._render_object(request, resource, old)
+        if request.method == "PUT":
+            body = await self._body(request)
+            if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+                raise bad_request("the object provided is unrecognized (must be a JSON object)")
+            wanted = body
+        else:
+            wanted = await self._patched(request, resource, view, scale=sub == "scale")
+        rv = (wanted.get("metadata") or {}).get("resourceVersion")
+        if rv and rv != old["metadata"]["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        dry_run = self._dry_run(request)
+        if sub == "scale":
+            replicas = (wanted.get("spec") or {}).get("replicas", 0)
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                errors = FieldErrors()
+                errors.invalid("spec.replicas", replicas, "must be greater than or equal to 0")
+                raise ApiError(422, f'Scale.autoscaling "{name}" is invalid: {errors.causes[0]}')
+            updated = copy.deepcopy(old)
+            updated["spec"]["replicas"] = replicas
+            updated["metadata"].pop("resourceVersion")
+            return self._json(self._scale_of(self._replace(resource, old, updated, dry_run=dry_run)))
+        updated = copy.deepcopy(old)
+        updated["status"] = copy.deepcopy(wanted.get("status"))
+        if updated["status"] is None:
+            updated.pop("status")
+        updated = await self._admit_status(request, resource, old, updated, dry_run=dry_run)
+        if updated == old or dry_run:
+            return self._render_object(request, resource, updated)
+        return self._render_object(request, resource, self.storage.write(resource, updated, event_type="MODIFIED"))
+
+    async def _patched(self, request: web.Request, resource: ResourceType, target: Obj, *, scale: bool) -> Obj:
+        """`target` with the request's JSON, merge or strategic merge patch applied; 4xx for a bad patch."""
+        ctype = request.content_type
+        if ctype not in PATCH_TYPES:
+            raise _unsupported_media(PATCH_TYPES)
+        try:
+            patch = json.loads(await request.read())
+        except ValueError as exc:
+            raise bad_request(f"error decoding patch: {exc}") from None
+        try:
+            if ctype == "application/json-patch+json":
+                result = patching.json_patch(target, patch)
+            elif not isinstance(patch, dict):
+                raise patching.PatchError(400, "merge patch must be a JSON object")
+            elif ctype == "application/merge-patch+json" or scale:
+                result = patching.merge_patch(target, patch)
+            else:
+                result = patching.strategic_merge_patch(target, patch, resource.merge_keys)
+        except patching.PatchError as exc:
+            raise ApiError(exc.status, exc.message) from None
+        if not isinstance(result, dict):
+            raise ApiError(422, "the patched object must stay an object")
+        return result
+
+    @staticmethod
+    def _scale_of(obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        kept = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+        selector = format_label_selector((obj.get("spec") or {}).get("selector"))
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in kept if k in meta},
+            "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+            "status": {
+                "replicas": (obj.get("status") or {}).get("replicas", 0),
+                "selector": "" if selector == "<none>" else selector,
+            },
+        }
 
     # -- delete -------------------------------------------------------------------------------
     async def _delete_options(self, request: web.Request) -> Obj:
-        if not request.can_read_body:
-            return {}
-        raw = await request.read()
-        if not raw.strip():
-            return {}
-        try:
-            options = json.loads(raw)
-        except ValueError as exc:
-            raise bad_request(f"error decoding DeleteOptions: {exc}") from None
-        if not isinstance(options, dict):
-            raise bad_request("DeleteOptions must be an object")
+        """DeleteOptions from the body, else from the query string; 400 when undecodable, 422 when invalid."""
+        options: Obj = {}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw.strip():
+                try:
+                    if request.content_type == PROTOBUF:
+                        options = {k: v for k, v in protobuf.decode(raw).items() if k not in ("apiVersion", "kind")}
+                    else:
+                        options = json.loads(raw)
+                except ValueError as exc:
+                    raise bad_request(f"error decoding DeleteOptions: {exc}") from None
+                if not isinstance(options, dict):
+                    raise bad_request("DeleteOptions must be an object")
+        query = request.query
+        if "gracePeriodSeconds" in query and "gracePeriodSeconds" not in options:
+            try:
+                options["gracePeriodSeconds"] = int(query["gracePeriodSeconds"])
+            except ValueError:
+                raise bad_request(f'gracePeriodSeconds: invalid value "{query["gracePeriodSeconds"]}"') from None
+        if "propagationPolicy" in query:
+            options.setdefault("propagationPolicy", query["propagationPolicy"])
+        if "orphanDependents" in query:
+            options.setdefault("orphanDependents", query["orphanDependents"].lower() == "true")
+        self._check_delete_options(options)
         return options
+
+    @staticmethod
+    def _check_delete_options(options: Obj) -> None:
+        errors = FieldErrors()
+        grace = options.get("gracePeriodSeconds")
+        if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
+            errors.invalid("gracePeriodSeconds", grace, "must be an integer")
+        policy = options.get("propagationPolicy")
+        if policy is not None and options.get("orphanDependents") is not None:
+            errors.invalid("propagationPolicy", policy, "orphanDependents and deletionPropagation cannot be both set")
+        if policy is not None and policy not in PROPAGATION_POLICIES:
+            errors.not_supported("propagationPolicy", policy, [*PROPAGATION_POLICIES, "nil"])
+        if errors:
+            causes = errors.causes
+            listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
+            details = {"group": "meta.k8s.io", "kind": "DeleteOptions", "causes": [c.to_json() for c in causes]}
+            raise ApiError(422, f'DeleteOptions.meta.k8s.io "" is invalid: {listed}', details=details)
 
     async def _delete(self, request: web.Request, resource: ResourceType, namespace: str, name: str) -> web.Response:
         options = await self._delete_options(request)
@@ -1225,12 +1736,151 @@ class KubeSim:
             )
         if resource.plural == "namespaces" and name in UNDELETABLE_NAMESPACES:
             raise forbidden(resource, name, "this namespace may not be deleted")
+        obj = await self._admit_delete(request, resource, obj, options=options, dry_run=dry_run)
         if dry_run:
             return self._deleted_answer(request, resource, obj)
         if resource.plural == "namespaces":
             return self._render_object(request, resource, self._terminate_namespace(obj))
-        gone = self._remove(resource, namespace, name)
-        return self._deleted_answer(request, resource, gone)
+        result, removed = self._delete_object(resource, obj, options)
+        if removed:
+            return self._deleted_answer(request, resource, result)
+        return self._render_object(request, resource, result)  # deletion pending: the object, as it is now
+
+    async def _admit_status(
+        self, request: web.Request, resource: ResourceType, old: Obj, updated: Obj, *, dry_run: bool
+    ) -> Obj:
+        """UPDATE admission of `<name>/status` (rules must name the subresource); `updated` with the admitted status.
+
+        Raises ApiError for a denial or failure, and 409 when the object changed while webhooks were called.
+        """
+        meta = old["metadata"]
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="UPDATE",
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta["name"]),
+            obj=updated,
+            old=old,
+            subresource="status",
+            dry_run=dry_run,
+            user=self._context(request).user,
+        )
+        warnings: list[str] = []
+        mutated = await self.admission.mutate(attrs, warnings=warnings) or updated
+        admitted = copy.deepcopy(updated)
+        admitted["status"] = copy.deepcopy(mutated.get("status"))
+        if admitted["status"] is None:
+            admitted.pop("status")
+        await self.admission.validate(attrs.with_object(admitted), warnings=warnings)
+        current = self.storage.get(resource, str(meta.get("namespace", "")), str(meta["name"]))
+        if current is None or current["metadata"]["resourceVersion"] != meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                str(meta["name"]),
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        return admitted
+
+    async def _admit_delete(
+        self, request: web.Request, resource: ResourceType, obj: Obj, *, options: Obj, dry_run: bool
+    ) -> Obj:
+        """DELETE admission (mutating, then validating webhooks, with `oldObject`); the object as stored after it.
+
+        Raises ApiError for a denial or failure, and 404 when the object went while webhooks were called.
+        """
+        meta = obj["metadata"]
+        name, namespace = str(meta["name"]), str(meta.get("namespace", ""))
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="DELETE",
+            namespace=name if resource.key == "namespaces" else namespace,
+            name=name,
+            obj=None,
+            old=obj,
+            dry_run=dry_run,
+            options={k: v for k, v in options.items() if k not in ("kind", "apiVersion")},
+            user=self._context(request).user,
+        )
+        warnings: list[str] = []
+        await self.admission.mutate(attrs, warnings=warnings)
+        await self.admission.validate(attrs, warnings=warnings)
+        current = self.storage.get(resource, namespace, name)
+        if current is None:
+            raise not_found(resource, name)
+        return current
+
+    def _delete_object(self, resource: ResourceType, obj: Obj, options: Obj) -> tuple[Obj, bool]:
+        """Delete `obj` as the registry does; (the object, True) when removed, (as stored now, False) when pending.
+
+        A pod bound to a node is deleted gracefully: deletionTimestamp = now + grace period (the
+        request's `gracePeriodSeconds`, else `spec.terminationGracePeriodSeconds`), and the kubelet's
+        later delete with grace 0 removes it; a shorter grace shortens a pending deletion. Unbound or
+        finished pods, and every other kind, go at once unless finalizers hold them. `propagationPolicy`
+        Orphan/Foreground add the `orphan`/`foregroundDeletion` finalizer the garbage collector works
+        off; Background (the default) removes both.
+        """
+        new = copy.deepcopy(obj)
+        meta = new["metadata"]
+        finalizers = self._deletion_finalizers(list(meta.get("finalizers") or []), options)
+        if finalizers:
+            meta["finalizers"] = finalizers
+        else:
+            meta.pop("finalizers", None)
+        grace = self._grace_period(resource, obj, options)
+        now = self.clock()
+        if meta.get("deletionTimestamp"):
+            current = int(meta.get("deletionGracePeriodSeconds") or 0)
+            if grace < current:
+                started = tables.parse_time(meta["deletionTimestamp"]) - datetime.timedelta(seconds=current)
+                meta["deletionTimestamp"] = _now_stamp(started + datetime.timedelta(seconds=grace))
+                meta["deletionGracePeriodSeconds"] = grace
+        elif grace > 0 or finalizers:
+            meta["deletionTimestamp"] = _now_stamp(now + datetime.timedelta(seconds=grace))
+            meta["deletionGracePeriodSeconds"] = grace
+        ns, name = meta.get("namespace", ""), meta["name"]
+        if not finalizers and not int(meta.get("deletionGracePeriodSeconds") or 0):
+            return self._remove(resource, ns, name), True
+        if new == obj:
+            return obj, False
+        return self.storage.write(resource, new, event_type="MODIFIED"), False
+
+    @staticmethod
+    def _deletion_finalizers(finalizers: list[str], options: Obj) -> list[str]:
+        orphan = options.get("orphanDependents")
+        policy = options.get("propagationPolicy")
+        if orphan is not None:
+            policy = "Orphan" if orphan else "Background"
+        if policy is None:
+            return finalizers  # the object's own choice, if any, stands
+        kept = [f for f in finalizers if f not in (ORPHAN_FINALIZER, FOREGROUND_FINALIZER)]
+        if policy == "Orphan":
+            kept.append(ORPHAN_FINALIZER)
+        elif policy == "Foreground":
+            kept.append(FOREGROUND_FINALIZER)
+        return kept
+
+    @staticmethod
+    def _grace_period(resource: ResourceType, obj: Obj, options: Obj) -> int:
+        """Seconds a deletion waits for the kubelet: only bound, unfinished pods have one."""
+        if resource.plural != "pods":
+            return 0
+        spec = obj.get("spec") or {}
+        grace = options.get("gracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+        if not spec.get("nodeName") or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return 0
+        return 1 if int(grace) < 0 else int(grace)
+
+    def _remove_if_finalized(self, resource: ResourceType, obj: Obj) -> Obj:
+        """After an update: an object being deleted whose last finalizer went (and no grace is pending) is removed."""
+        meta = obj["metadata"]
+        pending = meta.get("finalizers") or int(meta.get("deletionGracePeriodSeconds") or 0)
+        if not meta.get("deletionTimestamp") or pending:
+            return obj
+        if resource.plural == "namespaces":
+            return obj  # the namespace lifecycle removes it
+        return self._remove(resource, meta.get("namespace", ""), meta["name"])
 
     def _deleted_answer(self, request: web.Request, resource: ResourceType, obj: Obj) -> web.Response:
         if resource.return_deleted_object:
@@ -1291,27 +1941,45 @@ class KubeSim:
         return stored
 
     async def _finalize_namespace(self, name: str) -> None:
+        """The namespace controller: delete its content (pods gracefully), wait until it is gone, then the namespace.
+
+        Objects held by finalizers or by a pending graceful deletion keep the namespace Terminating,
+        as in a real cluster, until whoever owns them (the kubelet, a controller) lets go.
+        """
         await asyncio.sleep(self.namespace_deletion_delay)
-        by_key = {r.key: r for r in self.served()}
-        for rkey, ns, obj_name in list(self.storage.namespaced_keys(name)):
-            self._remove(by_key[rkey], ns, obj_name)
+        while keys := list(self.storage.namespaced_keys(name)):
+            by_key = {r.key: r for r in self.served()}
+            for rkey, ns, obj_name in keys:
+                obj = self.storage.objects.get((rkey, ns, obj_name))
+                if obj is None or obj["metadata"].get("deletionTimestamp"):
+                    continue
+                served = by_key.get(rkey)
+                if served is None:  # a custom resource no longer served: nothing can watch or finalize it
+                    del self.storage.objects[(rkey, ns, obj_name)]
+                else:
+                    self._delete_object(served, obj, {})
+            if list(self.storage.namespaced_keys(name)):
+                await asyncio.sleep(NAMESPACE_POLL)
         namespaces = self.resource("namespaces")
         if self.storage.get(namespaces, "", name) is not None:
             self._remove(namespaces, "", name)
 
-    def _delete_collection(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.Response:
+    async def _delete_collection(
+        self, request: web.Request, resource: ResourceType, namespace: str | None
+    ) -> web.Response:
         labels, fields = self._selectors(request, resource)
-        dry_run = self._dry_run(request)
+        options = await self._delete_options(request)
+        dry_run = self._dry_run(request) or bool(options.get("dryRun"))
         deleted = []
         for obj in self.storage.items(resource, namespace):
             if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters()):
-                meta = obj["metadata"]
                 if dry_run:
                     deleted.append(obj)
                 elif resource.plural == "namespaces":
-                    deleted.append(self._terminate_namespace(obj))
+                    if obj["metadata"]["name"] not in UNDELETABLE_NAMESPACES:
+                        deleted.append(self._terminate_namespace(obj))
                 else:
-                    deleted.append(self._remove(resource, meta.get("namespace", ""), meta["name"]))
+                    deleted.append(self._delete_object(resource, obj, options)[0])
         return self._json(
             {
                 "kind": resource.list_kind,

@@ -95,27 +95,84 @@ def _status(obj: Obj) -> Mapping[str, Any]:
     return obj.get("status") or {}
 
 
-def _pod_ready(obj: Obj, _: datetime.datetime) -> str:
-    containers = _spec(obj).get("containers") or []
-    statuses = _status(obj).get("containerStatuses") or []
-    ready = sum(1 for s in statuses if s.get("ready"))
-    return f"{ready}/{len(containers)}"
+@dataclass(frozen=True)
+class PodRow:
+    ready: str
+    status: str
+    restarts: str
 
 
-def _pod_status(obj: Obj, _: datetime.datetime) -> str:
+def _pod_waiting_or_terminated(state: Mapping[str, Any], prefix: str = "") -> str:
+    """The STATUS text of a container that is not running ("" when it is)."""
+    waiting, terminated = state.get("waiting"), state.get("terminated")
+    if waiting and waiting.get("reason"):
+        return prefix + str(waiting["reason"])
+    if terminated:
+        if terminated.get("reason"):
+            return prefix + str(terminated["reason"])
+        if terminated.get("signal"):
+            return f"{prefix}Signal:{terminated['signal']}"
+        return f"{prefix}ExitCode:{terminated.get('exitCode', 0)}"
+    return ""
+
+
+def pod_row(obj: Obj, now: datetime.datetime) -> PodRow:
+    """READY, STATUS and RESTARTS as kubectl's pod printer computes them (native sidecars included)."""
+    spec, status = _spec(obj), _status(obj)
+    phase = str(status.get("phase") or "")
+    reason = str(status.get("reason") or phase)
+    sidecars = {str(c.get("name")) for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"}
+    total = len(spec.get("containers") or []) + len(sidecars)
+    ready = restarts = sidecar_restarts = 0
+    last_restart = sidecar_last_restart = ""
+    initializing = False
+    init_statuses = list(status.get("initContainerStatuses") or [])
+    for index, cs in enumerate(init_statuses):
+        restarts += int(cs.get("restartCount", 0))
+        finished = ((cs.get("lastState") or {}).get("terminated") or {}).get("finishedAt") or ""
+        last_restart = max(last_restart, finished)
+        state = cs.get("state") or {}
+        if cs.get("name") in sidecars:
+            sidecar_restarts += int(cs.get("restartCount", 0))
+            sidecar_last_restart = max(sidecar_last_restart, finished)
+        if state.get("terminated") and int(state["terminated"].get("exitCode", 0)) == 0:
+            continue
+        if cs.get("name") in sidecars and cs.get("started"):
+            ready += bool(cs.get("ready"))
+            continue
+        waiting_reason = (state.get("waiting") or {}).get("reason")
+        if state.get("terminated") or (waiting_reason and waiting_reason != "PodInitializing"):
+            reason = _pod_waiting_or_terminated(state, "Init:")
+        else:
+            reason = f"Init:{index}/{len(spec.get('initContainers') or [])}"
+        initializing = True
+        break
+    conditions = {str(c.get("type")): c.get("status") for c in status.get("conditions") or []}
+    if not initializing or conditions.get("Initialized") == "True":
+        restarts, last_restart = sidecar_restarts, sidecar_last_restart
+        running = False
+        for cs in reversed(status.get("containerStatuses") or []):
+            restarts += int(cs.get("restartCount", 0))
+            finished = ((cs.get("lastState") or {}).get("terminated") or {}).get("finishedAt") or ""
+            last_restart = max(last_restart, finished)
+            state = cs.get("state") or {}
+            text = _pod_waiting_or_terminated(state)
+            if text:
+                reason = text
+            elif cs.get("ready") and state.get("running"):
+                running = True
+                ready += 1
+        if reason == "Completed" and running:
+            reason = "Running" if conditions.get("Ready") == "True" else "NotReady"
     if (obj.get("metadata") or {}).get("deletionTimestamp"):
-        return "Terminating"
-    status = _status(obj)
-    reason = status.get("reason") or status.get("phase") or "Unknown"
-    for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason"):
-            reason = waiting["reason"]
-    return str(reason)
-
-
-def _pod_restarts(obj: Obj, _: datetime.datetime) -> int:
-    return sum(int(s.get("restartCount", 0)) for s in _status(obj).get("containerStatuses") or [])
+        if status.get("reason") == "NodeLost":
+            reason = "Unknown"
+        elif phase not in ("Succeeded", "Failed"):
+            reason = "Terminating"
+    shown = str(restarts)
+    if restarts and last_restart:
+        shown = f"{restarts} ({human_duration((now - parse_time(last_restart)).total_seconds())} ago)"
+    return PodRow(ready=f"{ready}/{total}", status=reason, restarts=shown)
 
 
 def _or_none(value: Any) -> str:
@@ -194,9 +251,9 @@ COLUMNS: dict[str, Sequence[Column]] = {
     "serviceaccounts": [NAME, Column("Secrets", "integer", _count("secrets")), AGE],
     "pods": [
         NAME,
-        Column("Ready", "string", _pod_ready),
-        Column("Status", "string", _pod_status),
-        Column("Restarts", "string", lambda o, n: str(_pod_restarts(o, n))),
+        Column("Ready", "string", lambda o, n: pod_row(o, n).ready),
+        Column("Status", "string", lambda o, n: pod_row(o, n).status),
+        Column("Restarts", "string", lambda o, n: pod_row(o, n).restarts),
         AGE,
         Column("IP", "string", lambda o, _: _or_none(_status(o).get("podIP")), priority=1),
         Column("Node", "string", lambda o, _: _or_none(_spec(o).get("nodeName")), priority=1),

@@ -178,7 +178,7 @@ async def test_patch_with_unknown_content_type_is_415(kubesim: KubeSim, kube_api
             "PATCH",
             "/api/v1/namespaces/default/configmaps/c",
             body={"data": {}},
-            content_type="application/apply-patch+yaml",
+            content_type="application/x-www-form-urlencoded",
         )
     assert info.value.status == 415
 

@@ -5,8 +5,10 @@ kubesim generates at start (`kid` = SHA-256 of the public key), claims `iss`, `s
 (`system:serviceaccount:<ns>:<sa>`), `aud` (a list), `iat`/`nbf`/`exp`, `jti` and `kubernetes.io`
 (namespace, service account name and uid). A review checks, like the real authenticator, the
 format, the signature (and algorithm and key id), the issuer, the time window, that the token's
-audiences intersect the wanted ones, and that the service account still exists with the same uid.
-Each failure is `authenticated: false` with an error string saying which check failed.
+audiences intersect the wanted ones, that the service account still exists with the same uid and,
+for a token bound to an object (a Pod or a Secret: claim `kubernetes.io.pod` / `.secret`), that the
+object still exists with the same uid. Each failure is `authenticated: false` with an error string
+saying which check failed.
 """
 
 from __future__ import annotations
@@ -51,13 +53,30 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+BOUND_KINDS = ("Pod", "Secret")  # what a TokenRequest's boundObjectRef may name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bound:
+    """The object a token is bound to (in the service account's namespace): the token dies with it."""
+
+    kind: str  # one of BOUND_KINDS
+    name: str
+    uid: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class Account:
-    """A service account as the token names it."""
+    """A service account as the token names it, and the object the token is bound to, if any."""
 
     namespace: str
     name: str
     uid: str
+    bound: Bound | None = None
+
+
+# (kind, namespace, name) -> the current uid of that object (kind ServiceAccount, Pod or Secret); None: absent
+Lookup = Callable[[str, str, str], str | None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,16 +103,19 @@ class ServiceAccountTokens:
     def issue(self, account: Account, *, audiences: Sequence[str], expiration_seconds: int) -> Issued:
         now = self.clock().replace(microsecond=0)
         expires = now + datetime.timedelta(seconds=expiration_seconds)
+        private: dict[str, Any] = {
+            "namespace": account.namespace,
+            "serviceaccount": {"name": account.name, "uid": account.uid},
+        }
+        if account.bound is not None:
+            private[account.bound.kind.lower()] = {"name": account.bound.name, "uid": account.bound.uid}
         claims = {
             "aud": list(audiences),
             "exp": int(expires.timestamp()),
             "iat": int(now.timestamp()),
             "iss": ISSUER,
             "jti": str(uuid.uuid4()),
-            "kubernetes.io": {
-                "namespace": account.namespace,
-                "serviceaccount": {"name": account.name, "uid": account.uid},
-            },
+            "kubernetes.io": private,
             "nbf": int(now.timestamp()),
             "sub": f"system:serviceaccount:{account.namespace}:{account.name}",
         }
@@ -103,13 +125,11 @@ class ServiceAccountTokens:
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return Issued(token=f"{signing_input}.{_b64(signature)}", expires=expires)
 
-    def review(
-        self, token: str, *, audiences: Sequence[str], lookup: Callable[[str, str], str | None]
-    ) -> tuple[dict[str, Any], list[str]]:
+    def review(self, token: str, *, audiences: Sequence[str], lookup: Lookup) -> tuple[dict[str, Any], list[str]]:
         """(the token's claims, the audiences granted), or TokenInvalid.
 
-        `audiences` empty means the API server's own; `lookup(namespace, name)` gives the current uid
-        of a service account (None: it does not exist).
+        `audiences` empty means the API server's own; `lookup(kind, namespace, name)` gives the current uid
+        of the service account or of the object the token is bound to (None: it does not exist).
         """
         wanted = list(audiences) or list(API_AUDIENCES)
         claims = self._verified_claims(token)
@@ -141,13 +161,19 @@ class ServiceAccountTokens:
         namespace, name, uid = str(private.get("namespace")), str(account.get("name")), str(account.get("uid"))
         if claims.get("sub") != f"system:serviceaccount:{namespace}:{name}":
             raise TokenInvalid("invalid bearer token, sub does not match the kubernetes.io claims")
-        current = lookup(namespace, name)
+        current = lookup("ServiceAccount", namespace, name)
         if current is None:
             raise TokenInvalid(f"invalid bearer token, service account {namespace}/{name} has been deleted")
         if current != uid:
             raise TokenInvalid(
                 f"invalid bearer token, service account UID ({uid}) does not match the current one ({current})"
             )
+        for kind in BOUND_KINDS:
+            ref = private.get(kind.lower())
+            if ref is None:
+                continue
+            if not isinstance(ref, dict) or lookup(kind, namespace, str(ref.get("name"))) != ref.get("uid"):
+                raise TokenInvalid("invalid bearer token, service account token has been invalidated")
         return claims, granted
 
     def _verified_claims(self, token: str) -> dict[str, Any]:

@@ -1,0 +1,622 @@
+"""Admission webhooks through kubesim: real HTTPS webhooks, called as the API server calls them.
+
+Each test runs a small aiohttp HTTPS webhook (certificate from `cryptography`) that records every
+AdmissionReview and answers as the test says, then creates objects with kubectl or
+kubernetes-asyncio and checks what the client sees and what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import json
+import pathlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from controlplane.kube.client import KubeApi, KubeApiError
+from tests.helpers.serve import free_port, start_serve
+from tests.kubesim.admission import Attributes, rule_matches
+from tests.kubesim.fixtures import Kubectl
+from tests.kubesim.resources import RESOURCES
+from tests.kubesim.server import KubeSim
+
+SERVICE_NAME = "hooks.hooks.svc"
+Answer = Callable[[dict[str, Any]], Any]
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, signer: Any) -> Any:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer.subject if issuer else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if issuer is not None:
+        sans = [x509.DNSName(SERVICE_NAME), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class Webhook:
+    """An HTTPS admission webhook: `answers[path]` turns a review's request into the response fields."""
+
+    port: int
+    ca_pem: bytes
+    other_ca_pem: bytes
+    answers: dict[str, Answer] = field(default_factory=dict)
+    calls: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)  # (path, request, http headers)
+
+    @property
+    def ca_bundle(self) -> str:
+        return base64.b64encode(self.ca_pem).decode()
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def requests(self, path: str) -> list[dict[str, Any]]:
+        return [request for p, request, _ in self.calls if p == path]
+
+    async def handle(self, http: web.Request) -> web.Response:
+        review = await http.json()
+        self.calls.append((http.path, review["request"], {**http.headers, "query": http.query_string}))
+        answer = self.answers.get(http.path, lambda _: {"allowed": True})(review["request"])
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        response = {"uid": review["request"]["uid"], **answer}
+        if "patch" in response:
+            response["patch"] = base64.b64encode(json.dumps(response["patch"]).encode()).decode()
+            response.setdefault("patchType", "JSONPatch")
+        return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+
+
+@pytest.fixture(name="webhook")
+async def webhook_fixture(tmp_path: pathlib.Path) -> AsyncIterator[Webhook]:
+    ca_key, other_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = _cert("webhook-ca", ca_key, None, ca_key)
+    other = _cert("other-ca", other_key, None, other_key)
+    leaf = _cert("webhook", leaf_key, ca, ca_key)
+    (tmp_path / "tls.crt").write_bytes(_pem(leaf))
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    hook = Webhook(port=0, ca_pem=_pem(ca), other_ca_pem=_pem(other))
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hook.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    hook.port = int(runner.addresses[0][1])
+    try:
+        yield hook
+    finally:
+        await runner.cleanup()
+
+
+def configuration(kind: str, name: str, *hooks: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "webhooks": list(hooks),
+    }
+
+
+def hook(name: str, client: dict[str, Any], *, resources: tuple[str, ...] = ("pods",), **extra: Any) -> dict[str, Any]:
+    """A webhook on CREATE/UPDATE/DELETE of core `resources`; `extra` overrides any field."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "clientConfig": client,
+        "rules": [
+            {
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE", "DELETE"],
+                "resources": list(resources),
+            }
+        ],
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+    }
+    spec.update(extra)
+    return spec
+
+
+def url_client(webhook: Webhook, path: str) -> dict[str, Any]:
+    return {"url": webhook.url(path), "caBundle": webhook.ca_bundle}
+
+
+def pod(name: str = "", *, labels: dict[str, str] | None = None, generate: str = "") -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": labels or {}}
+    if name:
+        meta["name"] = name
+    if generate:
+        meta["generateName"] = generate
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+    }
+
+
+async def create_pod(api: KubeApi, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return await api.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=body)
+
+
+async def test_mutating_webhook_gets_the_api_servers_review_and_its_patch_is_stored(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    webhook.answers["/mutate"] = lambda _: {
+        "allowed": True,
+        "patch": [{"op": "add", "path": "/metadata/labels/injected", "value": "yes"}],
+    }
+    kubesim.create_object(
+        configuration("MutatingWebhookConfiguration", "m", hook("m.example.com", url_client(webhook, "/mutate")))
+    )
+    created = await create_pod(kube_api, "default", pod(generate="web-"))
+    assert created["metadata"]["labels"] == {"injected": "yes"}
+    assert created["metadata"]["name"].startswith("web-")
+    stored = kubesim.get_object("pods", "default", created["metadata"]["name"])
+    assert stored is not None and stored["metadata"]["labels"]["injected"] == "yes"
+    [(_, request, headers)] = webhook.calls
+    assert headers["query"] == "timeout=10s"
+    assert "name" not in request  # a generateName create has no name yet
+    assert request["namespace"] == "default" and request["operation"] == "CREATE"
+    assert request["kind"] == request["requestKind"] == {"group": "", "version": "v1", "kind": "Pod"}
+    assert request["resource"] == request["requestResource"] == {"group": "", "version": "v1", "resource": "pods"}
+    assert request["object"]["metadata"]["generateName"] == "web-" and request["oldObject"] is None
+    assert request["dryRun"] is False and request["options"]["kind"] == "CreateOptions"
+    assert request["userInfo"]["username"]
+
+
+async def test_denial_reaches_kubectl_with_the_webhooks_message(
+    kubesim: KubeSim, kubectl: Kubectl, webhook: Webhook
+) -> None:
+    webhook.answers["/deny"] = lambda _: {"allowed": False, "status": {"code": 403, "message": "pods need an owner"}}
+    kubesim.create_object(
+        configuration("ValidatingWebhookConfiguration", "v", hook("deny.example.com", url_client(webhook, "/deny")))
+    )
+    result = await kubectl.run("run", "lonely", "--image=app", check=False)
+    assert result.returncode != 0
+    assert 'admission webhook "deny.example.com" denied the request: pods need an owner' in result.stderr
+    assert kubesim.get_object("pods", "default", "lonely") is None
+    webhook.answers["/deny"] = lambda _: {"allowed": False}
+    result = await kubectl.run("run", "lonely", "--image=app", check=False)
+    assert 'admission webhook "deny.example.com" denied the request without explanation' in result.stderr
+
+
+async def test_webhook_down_fails_the_create_unless_failure_policy_is_ignore(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    port = free_port()  # nothing listens here
+    down = {"url": f"https://127.0.0.1:{port}/inject", "caBundle": webhook.ca_bundle}
+    kubesim.create_object(configuration("MutatingWebhookConfiguration", "down", hook("down.example.com", down)))
+    with pytest.raises(KubeApiError) as failed:
+        await create_pod(kube_api, "default", pod("p1"))
+    assert failed.value.status == 500 and failed.value.reason == "InternalError"
+    assert failed.value.message == (
+        'Internal error occurred: failed calling webhook "down.example.com": failed to call webhook: '
+        f'Post "https://127.0.0.1:{port}/inject?timeout=10s": dial tcp 127.0.0.1:{port}: connect: connection refused'
+    )
+    config = kubesim.get_object("mutatingwebhookconfigurations", "", "down", group="admissionregistration.k8s.io")
+    assert config is not None
+    config["webhooks"][0]["failurePolicy"] = "Ignore"
+    await kube_api.request(
+        "PUT", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/down", body=config
+    )
+    created = await create_pod(kube_api, "default", pod("p1"))
+    assert created["metadata"]["name"] == "p1"
+
+
+async def test_a_certificate_the_ca_bundle_does_not_sign_is_a_call_failure(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    client = {"url": webhook.url("/x"), "caBundle": base64.b64encode(webhook.other_ca_pem).decode()}
+    kubesim.create_object(configuration("MutatingWebhookConfiguration", "wrong-ca", hook("ca.example.com", client)))
+    with pytest.raises(KubeApiError) as failed:
+        await create_pod(kube_api, "default", pod("p"))
+    assert "x509: certificate signed by unknown authority" in failed.value.message
+    assert webhook.calls == []
+
+
+async def test_a_slow_webhook_is_cut_off_at_its_timeout(kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook) -> None:
+    async def slow(_: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(5)
+        return {"allowed": True}
+
+    webhook.answers["/slow"] = slow
+    kubesim.create_object(
+        configuration(
+            "MutatingWebhookConfiguration",
+            "slow",
+            hook("slow.example.com", url_client(webhook, "/slow"), timeoutSeconds=1),
+        )
+    )
+    with pytest.raises(KubeApiError) as failed:
+        await create_pod(kube_api, "default", pod("p"))
+    assert failed.value.message.endswith(f'Post "{webhook.url("/slow")}?timeout=1s": context deadline exceeded')
+
+
+async def test_service_reference_resolves_through_the_services_endpointslice(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    kubesim.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hooks"}})
+    kubesim.create_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "hooks", "namespace": "hooks"},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 9443}]},
+        }
+    )
+    client = {"service": {"namespace": "hooks", "name": "hooks", "path": "/svc"}, "caBundle": webhook.ca_bundle}
+    kubesim.create_object(configuration("MutatingWebhookConfiguration", "svc", hook("svc.example.com", client)))
+    with pytest.raises(KubeApiError) as failed:
+        await create_pod(kube_api, "default", pod("early"))
+    assert failed.value.message.endswith(
+        'Post "https://hooks.hooks.svc:443/svc?timeout=10s": no endpoints available for service "hooks"'
+    )
+    kubesim.create_object(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "hooks-1", "namespace": "hooks", "labels": {"kubernetes.io/service-name": "hooks"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": webhook.port}],
+        }
+    )
+    await create_pod(kube_api, "default", pod("late"))
+    [(path, request, headers)] = webhook.calls
+    assert path == "/svc" and request["object"]["metadata"]["name"] == "late"
+    assert headers["Host"] == "hooks.hooks.svc:443"  # and TLS was verified for hooks.hooks.svc
+
+
+ISTIO_R = "canary"
+
+
+def _istio_hooks(webhook: Webhook, revision: str, *, default: bool) -> list[dict[str, Any]]:
+    """The selector table of ISTIO-FACTS.md for one revision (`namespace.`/`object.` for the default one)."""
+    no_false = {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}
+    rev_in = {"key": "istio.io/rev", "operator": "In", "values": [revision]}
+    rev_absent = {"key": "istio.io/rev", "operator": "DoesNotExist"}
+    legacy_absent = {"key": "istio-injection", "operator": "DoesNotExist"}
+    table = {
+        "rev.namespace": ([rev_in, legacy_absent], [no_false]),
+        "rev.object": ([rev_absent, legacy_absent], [no_false, rev_in]),
+    }
+    if default:
+        enabled = {"key": "istio-injection", "operator": "In", "values": ["enabled"]}
+        inject_true = {"key": "sidecar.istio.io/inject", "operator": "In", "values": ["true"]}
+        table["namespace"] = ([enabled], [no_false])
+        table["object"] = ([legacy_absent, rev_absent], [inject_true, rev_absent])
+    return [
+        hook(
+            f"{prefix}.sidecar-injector.istio.io",
+            url_client(webhook, f"/{revision}/{prefix}"),
+            namespaceSelector={"matchExpressions": ns},
+            objectSelector={"matchExpressions": obj},
+            rules=[{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+        )
+        for prefix, (ns, obj) in table.items()
+    ]
+
+
+ISTIO_TABLE = [
+    # namespace labels, pod labels, the webhooks that fire (revision/prefix)
+    ({"istio-injection": "enabled"}, {}, ["default/namespace"]),
+    ({"istio-injection": "enabled", "istio.io/rev": ISTIO_R}, {}, ["default/namespace"]),
+    ({"istio.io/rev": ISTIO_R}, {}, [f"{ISTIO_R}/rev.namespace"]),
+    ({"istio.io/rev": ISTIO_R}, {"istio.io/rev": "default"}, [f"{ISTIO_R}/rev.namespace"]),
+    ({"istio.io/rev": ISTIO_R}, {"sidecar.istio.io/inject": "false"}, []),
+    ({}, {"istio.io/rev": ISTIO_R}, [f"{ISTIO_R}/rev.object"]),
+    ({}, {"sidecar.istio.io/inject": "true"}, ["default/object"]),
+    ({}, {}, []),
+    ({"istio-injection": "disabled"}, {"sidecar.istio.io/inject": "true"}, []),
+    ({"istio-injection": "disabled"}, {"istio.io/rev": ISTIO_R}, []),
+]
+
+
+async def test_istio_injector_selectors_pick_one_webhook_per_label_combination(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    kind = "MutatingWebhookConfiguration"
+    kubesim.create_object(
+        configuration(kind, "istio-sidecar-injector", *_istio_hooks(webhook, "default", default=True))
+    )
+    kubesim.create_object(
+        configuration(kind, f"istio-sidecar-injector-{ISTIO_R}", *_istio_hooks(webhook, ISTIO_R, default=False))
+    )
+    for i, (ns_labels, pod_labels, expected) in enumerate(ISTIO_TABLE):
+        namespace = f"case-{i}"
+        kubesim.create_object(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": ns_labels}}
+        )
+        webhook.calls.clear()
+        await create_pod(kube_api, namespace, pod("app", labels=pod_labels))
+        fired = [path.lstrip("/") for path, _, _ in webhook.calls]
+        assert fired == expected, f"namespace {ns_labels}, pod {pod_labels}"
+
+
+async def test_namespaces_match_by_their_own_labels_and_deletes_by_the_old_object(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    webhook.answers["/guard"] = lambda r: {
+        "allowed": False,
+        "status": {"code": 403, "message": f"{r['operation']} guarded"},
+    }
+    guarded = {"matchLabels": {"guard": "yes"}}
+    kubesim.create_object(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "guards",
+            hook(
+                "ns.guard.example.com",
+                url_client(webhook, "/guard"),
+                resources=("namespaces",),
+                namespaceSelector=guarded,
+            ),
+            hook(
+                "cm.guard.example.com", url_client(webhook, "/guard"), resources=("configmaps",), objectSelector=guarded
+            ),
+        )
+    )
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "free"}}
+    await kube_api.request("POST", "/api/v1/namespaces", body=namespace)
+    namespace["metadata"] = {"name": "kept", "labels": {"guard": "yes"}}
+    with pytest.raises(KubeApiError, match="CREATE guarded"):
+        await kube_api.request("POST", "/api/v1/namespaces", body=namespace)
+    kubesim.create_object(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"guard": "yes"}}}
+    )
+    with pytest.raises(KubeApiError, match="DELETE guarded") as denied:
+        await kube_api.request("DELETE", "/api/v1/namespaces/default/configmaps/c")
+    assert denied.value.status == 403
+    [request] = [r for r in webhook.requests("/guard") if r["operation"] == "DELETE"]
+    assert request["object"] is None and request["oldObject"]["metadata"]["name"] == "c"
+    assert request["options"]["kind"] == "DeleteOptions"
+    assert kubesim.get_object("configmaps", "default", "c") is not None
+
+
+@pytest.mark.parametrize(
+    ("resources", "subresource", "expected"),
+    [
+        (["pods"], "", True),
+        (["pods"], "status", False),
+        (["pods/status"], "status", True),
+        (["pods/status"], "", False),
+        (["pods/*"], "status", True),
+        (["*"], "", True),
+        (["*"], "status", False),
+        (["*/*"], "status", True),
+        (["*/status"], "status", True),
+        (["services"], "", False),
+    ],
+)
+def test_rule_resources_and_subresources(resources: list[str], subresource: str, expected: bool) -> None:
+    pods = next(r for r in RESOURCES if r.plural == "pods")
+    attrs = Attributes(
+        resource=pods, operation="UPDATE", namespace="default", name="p", obj={}, subresource=subresource
+    )
+    rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": resources}
+    assert rule_matches(rule, attrs, pods) is expected
+    assert rule_matches({**rule, "scope": "Cluster"}, attrs, pods) is False
+    assert rule_matches({**rule, "operations": ["CREATE"]}, attrs, pods) is False
+
+
+async def test_if_needed_webhook_is_called_again_after_a_later_one_changed_the_object(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    def first(request: dict[str, Any]) -> dict[str, Any]:
+        labels = request["object"]["metadata"].get("labels") or {}
+        seen = ",".join(sorted(labels))
+        return {
+            "allowed": True,
+            "patch": [{"op": "add", "path": "/metadata/annotations", "value": {"first-saw": seen}}],
+        }
+
+    webhook.answers["/first"] = first
+    webhook.answers["/second"] = lambda _: {
+        "allowed": True,
+        "patch": [{"op": "add", "path": "/metadata/labels/second", "value": "done"}],
+    }
+    kind = "MutatingWebhookConfiguration"
+    kubesim.create_object(
+        configuration(
+            kind, "a", hook("first.example.com", url_client(webhook, "/first"), reinvocationPolicy="IfNeeded")
+        )
+    )
+    kubesim.create_object(configuration(kind, "b", hook("second.example.com", url_client(webhook, "/second"))))
+    created = await create_pod(kube_api, "default", pod("p"))
+    assert [path for path, _, _ in webhook.calls] == ["/first", "/second", "/first"]
+    assert created["metadata"]["annotations"] == {"first-saw": "second"}
+    config = kubesim.get_object("mutatingwebhookconfigurations", "", "a", group="admissionregistration.k8s.io")
+    assert config is not None
+    config["webhooks"][0]["reinvocationPolicy"] = "Never"
+    await kube_api.request("PUT", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/a", body=config)
+    webhook.calls.clear()
+    created = await create_pod(kube_api, "default", pod("q"))
+    assert [path for path, _, _ in webhook.calls] == ["/first", "/second"]
+    assert created["metadata"]["annotations"] == {"first-saw": ""}
+
+
+async def test_validating_webhooks_see_the_mutated_object_and_a_bad_patch_names_its_webhook(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    webhook.answers["/mutate"] = lambda _: {
+        "allowed": True,
+        "patch": [{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}],
+    }
+    kubesim.create_object(
+        configuration("MutatingWebhookConfiguration", "m", hook("m.example.com", url_client(webhook, "/mutate")))
+    )
+    kubesim.create_object(
+        configuration("ValidatingWebhookConfiguration", "v", hook("v.example.com", url_client(webhook, "/validate")))
+    )
+    await create_pod(kube_api, "default", pod("p"))
+    [checked] = webhook.requests("/validate")
+    assert checked["object"]["metadata"]["labels"] == {"mutated": "yes"}
+    webhook.answers["/mutate"] = lambda _: {"allowed": True, "patch": [{"op": "remove", "path": "/spec/nothing"}]}
+    with pytest.raises(KubeApiError) as failed:
+        await create_pod(kube_api, "default", pod("q"))
+    assert failed.value.status == 500 and 'admission webhook "m.example.com"' in failed.value.message
+
+
+async def test_warnings_from_webhooks_are_printed_by_kubectl(
+    kubesim: KubeSim, kubectl: Kubectl, webhook: Webhook
+) -> None:
+    webhook.answers["/warn"] = lambda _: {
+        "allowed": True,
+        "warnings": ["namespace labels conflict: istio-injection wins"],
+    }
+    kubesim.create_object(
+        configuration("ValidatingWebhookConfiguration", "w", hook("warn.example.com", url_client(webhook, "/warn")))
+    )
+    result = await kubectl.run("run", "warned", "--image=app")
+    assert "Warning: namespace labels conflict: istio-injection wins" in result.stderr
+    assert kubesim.get_object("pods", "default", "warned") is not None
+
+
+async def test_server_side_dry_run_reaches_side_effect_free_webhooks_only_as_dry_run(
+    kubesim: KubeSim, kubectl: Kubectl, webhook: Webhook
+) -> None:
+    kubesim.create_object(
+        configuration(
+            "MutatingWebhookConfiguration",
+            "m",
+            hook("m.example.com", url_client(webhook, "/m"), sideEffects="NoneOnDryRun"),
+        )
+    )
+    await kubectl.run("run", "rehearsal", "--image=app", "--dry-run=server")
+    [request] = webhook.requests("/m")
+    assert request["dryRun"] is True
+    assert kubesim.get_object("pods", "default", "rehearsal") is None
+
+
+async def test_webhook_configurations_are_validated_like_the_api_servers(kubectl: Kubectl, webhook: Webhook) -> None:
+    bad = configuration(
+        "ValidatingWebhookConfiguration",
+        "bad",
+        hook("bad.example.com", url_client(webhook, "/x"), resources=("*", "pods"), reinvocationPolicy="IfNeeded"),
+    )
+    result = await kubectl.run("apply", "-f", "-", stdin=json.dumps(bad), check=False)
+    assert result.returncode != 0
+    assert "strict decoding error: unknown field" in result.stderr and 'reinvocationPolicy"' in result.stderr
+    result = await kubectl.run("apply", "-f", "-", "--validate=false", stdin=json.dumps(bad), check=False)
+    assert "if '*' is present, must not specify other resources without subresources" in result.stderr
+
+
+async def test_meshplanes_injector_injects_pods_created_through_the_api(
+    kubesim: KubeSim, kube_api: KubeApi, tmp_path: pathlib.Path
+) -> None:
+    running = await asyncio.to_thread(start_serve, tmp_path)
+    try:
+        for obj in (
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}},
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": "apps", "labels": {"istio-injection": "enabled"}},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "istiod", "namespace": "istio-system"},
+                "spec": {"ports": [{"name": "https-webhook", "port": 443, "targetPort": 15017}]},
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "istiod-1",
+                    "namespace": "istio-system",
+                    "labels": {"kubernetes.io/service-name": "istiod"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+                "ports": [{"name": "https-webhook", "port": running.ports["webhook"]}],
+            },
+        ):
+            kubesim.create_object(obj)
+        client = {
+            "service": {"namespace": "istio-system", "name": "istiod", "path": "/inject"},
+            "caBundle": base64.b64encode(running.root_cert.read_bytes()).decode(),
+        }
+        selector = {"matchLabels": {"istio-injection": "enabled"}}
+        kubesim.create_object(
+            configuration(
+                "MutatingWebhookConfiguration",
+                "istio-sidecar-injector",
+                hook("namespace.sidecar-injector.istio.io", client, namespaceSelector=selector, failurePolicy="Fail"),
+            )
+        )
+        created = await create_pod(kube_api, "apps", pod(generate="web-"))
+        containers = [c["name"] for c in created["spec"].get("initContainers", []) + created["spec"]["containers"]]
+        assert "istio-proxy" in containers and "app" in containers
+        assert "sidecar.istio.io/status" in created["metadata"]["annotations"]
+    finally:
+        await asyncio.to_thread(running.stop)
+
+
+async def test_status_writes_reach_only_webhooks_whose_rules_name_the_subresource(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    kubesim.create_object(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "status",
+            hook("pods.example.com", url_client(webhook, "/pods")),
+            hook("status.example.com", url_client(webhook, "/status"), resources=("pods/status",)),
+        )
+    )
+    kubesim.create_object(pod("p"))
+    body = {"status": {"phase": "Running"}}
+    await kube_api.request(
+        "PATCH", "/api/v1/namespaces/default/pods/p/status", body=body, content_type="application/merge-patch+json"
+    )
+    assert webhook.requests("/pods") == []
+    [request] = webhook.requests("/status")
+    assert request["subResource"] == request["requestSubResource"] == "status"
+    assert request["object"]["status"]["phase"] == "Running" and request["operation"] == "UPDATE"
+
+
+async def test_webhook_urls_and_service_paths_are_validated(kubectl: Kubectl, webhook: Webhook) -> None:
+    bad = configuration(
+        "MutatingWebhookConfiguration",
+        "urls",
+        hook("plain.example.com", {"url": f"http://127.0.0.1:{webhook.port}/x?debug=1"}),
+        hook("svc.example.com", {"service": {"namespace": "hooks", "name": "hooks", "path": "inject"}}),
+    )
+    result = await kubectl.run("apply", "-f", "-", stdin=json.dumps(bad), check=False)
+    assert result.returncode != 0
+    assert (
+        "webhooks[0].clientConfig.url: Invalid value: \"http\": 'https' is the only allowed URL scheme" in result.stderr
+    )
+    assert "query parameters are not permitted in the URL" in result.stderr
+    assert "webhooks[1].clientConfig.service.path: Invalid value: \"inject\": must start with a '/'" in result.stderr
