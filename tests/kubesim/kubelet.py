@@ -324,6 +324,13 @@ class Kubelet:
         for worker in self._workers_in(namespace):
             self._spawn(worker.refresh_volumes())
 
+    def netns(self, namespace: str, name: str) -> str:
+        """The network namespace of a running pod (tests exec into it with `ip netns exec`); KeyError if none."""
+        for worker in self._workers_in(namespace):
+            if worker.pod["metadata"]["name"] == name:
+                return worker.sandbox.netns
+        raise KeyError(f"pod {namespace}/{name} does not run on this node")
+
     def _workers_in(self, namespace: str) -> Iterable[PodWorker]:
         return [w for w in self.workers.values() if w.pod["metadata"]["namespace"] == namespace]
 
