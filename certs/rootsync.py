@@ -7,8 +7,9 @@ both, so a deleted or edited ConfigMap comes back within one watch event), or th
 simply has not seen yet. A failed pass (API error, namespace being deleted, write conflict) is logged
 and retried after an exponential backoff; the loop ends only by cancellation.
 
-Single writer: there is no leader election yet, so run one replica per cluster (several replicas
-converge to the same content, but they race and log conflicts).
+Single writer: the process runs `run()` only while it holds its revision's leader Lease
+(controlplane.kube.leader), and cancels it at once when it loses the Lease. Each `run()` starts
+with a full pass, so a new leader repairs whatever changed while nobody was leading.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class RootConfigMapController:
         return len(actions)
 
     async def run(self) -> None:
-        """Reconcile on every relevant change until cancelled."""
+        """A full pass, then one on every relevant change, until cancelled."""
+        self._wake.set()
         delay = self.retry_base
         while True:
             await self._wake.wait()

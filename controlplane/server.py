@@ -33,10 +33,12 @@ from controlplane.grpcserver import GrpcServers
 from controlplane.httpserver import InflightTracker, health_app, metrics_app
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.kube.configmaps import KubeConfigMaps
+from controlplane.kube.leader import LeaderElector, holder_identity, lease_duration_from_env, lease_name
 from controlplane.kube.secrets import KubeSecrets
 from controlplane.kube.source import KubeSource
 from controlplane.kube.tokenreview import KubeTokenReviewer
 from controlplane.kube.watching import Backoff
+from controlplane.kube.webhooks import CaBundlePatcher
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
@@ -65,6 +67,8 @@ class ControlPlane:
         self.file_source: FileSource | None = None
         self.kube: KubeApi | None = None
         self.kube_source: KubeSource | None = None
+        self.elector: LeaderElector | None = None
+        self._election: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,6 +99,7 @@ class ControlPlane:
                 )
             else:
                 self.ca = await self._start_kube_ca(self.kube, hosts)
+                self._start_leader_election(self.kube, self.ca)
         except KeyMaterialError as exc:
             raise SettingsError(str(exc)) from None
         except OSError as exc:
@@ -150,6 +155,9 @@ class ControlPlane:
     async def stop(self) -> None:
         """Stop listening, finish in-flight requests (bounded by the grace period), stop tasks."""
         grace = self.settings.grace_period
+        if self._election is not None:  # first: stop the singletons and release the Lease for a successor
+            self._election.cancel()
+            await asyncio.wait([self._election])
         for name, runner in self._runners.items():
             self._bound[name] = False
             for site in list(runner.sites):
@@ -205,8 +213,7 @@ class ControlPlane:
         log.info("Kubernetes mode: API server %s (%s)", self.kube.host, self.kube.description)
 
     async def _start_kube_ca(self, api: KubeApi, hosts: tuple[str, ...]) -> CaRuntime:
-        """Kubernetes mode's CA: Secrets `cacerts` / `istio-ca-secret` in --namespace, TokenReview, and the
-        `istio-ca-root-cert` ConfigMap controller (one writer: no leader election yet).
+        """Kubernetes mode's CA: Secrets `cacerts` / `istio-ca-secret` in --namespace and TokenReview.
 
         While the API server is unreachable or answers 429/5xx, waits with backoff (like the watches);
         another error status (e.g. 403: no RBAC for Secrets) raises SettingsError naming it.
@@ -243,13 +250,36 @@ class ControlPlane:
                 log.warning("CA key material: API server unreachable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
         log.info("Kubernetes mode: CA key material in Secrets of namespace %s", s.namespace)
-        controller = RootConfigMapController(
+        return runtime
+
+    def _start_leader_election(self, api: KubeApi, runtime: CaRuntime) -> None:
+        """Kubernetes mode's singletons, run only while this process holds its revision's Lease: the
+        `istio-ca-root-cert` publisher and the injection webhooks' caBundle patcher.
+
+        Raises SettingsError for a malformed MESHPLANE_LEASE_DURATION.
+        """
+        s = self.settings
+        try:
+            duration = lease_duration_from_env(os.environ)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        ca = runtime.ca
+        root_configmaps = RootConfigMapController(
             store=self.store,
-            ca=runtime.ca,
+            ca=ca,
             reconciler=RootConfigMapReconciler(KubeConfigMaps(api, exists=ConfigMapExists, missing=ConfigMapMissing)),
         )
-        self.tasks.start("root-configmaps", controller.run())
-        return runtime
+        patcher = CaBundlePatcher(api, revision=s.revision, ca_bundle=lambda: ca.current.root_pem)
+        ca.subscribe(lambda _: patcher.root_changed())
+        self.elector = LeaderElector(
+            api,
+            namespace=s.namespace,
+            name=lease_name(s.revision),
+            identity=holder_identity(os.environ),
+            lease_duration=duration,
+        )
+        singletons = {"root-configmaps": root_configmaps.run, "webhook-cabundle": patcher.run}
+        self._election = self.tasks.start("leader-election", self.elector.run(singletons))
 
     def _start_discovery(self) -> None:
         """The service registry over the config store, and the xDS push pipeline on top of it."""
