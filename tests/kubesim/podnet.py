@@ -111,6 +111,10 @@ class NodeNetwork:
         await run("ip", "addr", "add", f"{self.node_ip}/30", "dev", self._node_link, netns=node)
         await run("ip", "link", "set", self._node_link, "up", netns=node)
         await run("ip", "link", "add", BRIDGE, "type", "bridge", netns=node)
+        # a fixed address: a bridge otherwise takes its lowest port's, which changes as pods come and go,
+        # and pods that cached the gateway's old address would send their replies nowhere
+        mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+        await run("ip", "link", "set", BRIDGE, "address", mac, netns=node)
         await run("ip", "addr", "add", f"{self.gateway}/{self.cidr.prefixlen}", "dev", BRIDGE, netns=node)
         await run("ip", "link", "set", BRIDGE, "up", netns=node)
         await run("ip", "route", "add", str(self.cidr), "via", self.node_ip, "dev", self.host_link)

@@ -92,3 +92,22 @@ async def test_two_networks_coexist(network: NodeNetwork) -> None:
         assert other.node_netns != network.node_netns
     finally:
         await other.close()
+
+
+async def test_the_gateway_keeps_its_address_as_pods_come_and_go(network: NodeNetwork) -> None:
+    """A bridge takes its lowest port's MAC unless set; pods that cached the gateway's would lose replies."""
+
+    async def bridge_mac() -> str:
+        return (await run("cat", "/sys/class/net/br0/address", netns=network.node_netns)).strip()
+
+    before = await bridge_mac()
+    pod = await _netns()
+    try:
+        await network.add_pod(netns=pod)
+        for link in (await run("ip", "-o", "link", "show", "master", "br0", netns=network.node_netns)).splitlines():
+            port = link.split(":")[1].strip().split("@")[0]
+            await run("ip", "link", "set", port, "address", "00:00:00:00:00:01", netns=network.node_netns)
+        assert await bridge_mac() == before
+    finally:
+        await network.remove_pod(netns=pod)
+        await run("ip", "netns", "del", pod, check=False)
