@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds bench-mesh clean
+.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds bench-mesh bench-cluster clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-xds: $(STAMP)
 
 bench-mesh: $(STAMP)
 	$(BIN)/python -m bench.mesh
+
+## bench-cluster: pods through admission and injection to 2/2 on kubesim's one-machine cluster (root)
+bench-cluster: $(STAMP) $(BIN)/helm
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .meshplane .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache *.egg-info
