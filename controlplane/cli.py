@@ -221,6 +221,10 @@ def _register_optional() -> None:
     from controlplane.agent import cmd as agentcmd
     from controlplane.demo import cmd as democmd
     from controlplane.iptables import cmd as iptablescmd
+    from controlplane.ops import analyze as analyzecmd
+    from controlplane.ops import checkinject as checkinjectcmd
+    from controlplane.ops import injectorlist as injectorcmd
+    from controlplane.ops import tag as tagcmd
 
     for add in (
         injectcmd.add_parser,
@@ -228,6 +232,10 @@ def _register_optional() -> None:
         agentcmd.add_parser,
         iptablescmd.add_parser,
         democmd.add_parser,
+        tagcmd.add_parser,
+        analyzecmd.add_parser,
+        injectorcmd.add_parser,
+        checkinjectcmd.add_parser,
     ):
         if add not in SUBCOMMANDS:  # main() may run more than once in one process (tests)
             SUBCOMMANDS.append(add)

@@ -1,0 +1,379 @@
+"""`meshplane analyze`: what is wrong with injection in the cluster, and exactly what to restart.
+
+    meshplane analyze [-n NS | -A] [-o text|json|yaml] [--istio-namespace NS] [--kubeconfig FILE]
+
+Messages, with Istio's codes, levels and wording where Istio has one:
+- IST0102 NamespaceNotInjected (Info): a namespace without `istio-injection` or `istio.io/rev`
+  (the control plane's namespace and the namespaces the injector never injects are left out);
+- IST0103 PodMissingProxy (Warning): a pod the injection webhooks and its revision's injector would
+  inject now, running without `istio-proxy`: in `istio-injection=enabled`, `istio.io/rev` and
+  tag-labelled namespaces alike (Istio only checks the first kind);
+- IST0123 NamespaceMultipleInjectionLabels (Warning): `istio-injection` and `istio.io/rev` together;
+- IST0139 InvalidWebhook (Error): injection webhooks that overlap (two fire for one combination of
+  namespace and pod labels, as Istio probes them), or that call a Service that does not exist;
+- IST0158 PodsIstioProxyImageMismatchInNamespace (Warning): pods whose `istio-proxy` image is not
+  the one their selected revision injects now (tag-labelled namespaces included);
+- MP0001 NamespaceRevisionNotFound (Error): a namespace asking for a revision or tag that is not
+  installed (or for the default revision when none is);
+- MP0002 PodRevisionNotFound (Error): the same for a pod's own `istio.io/rev` label, where it decides;
+- MP0003 RestartNeeded (Warning): per owning Deployment/StatefulSet/DaemonSet (else ReplicaSet,
+  Job or the bare pod), the pods whose injected revision differs from what their namespace and
+  labels select now, with the command that fixes it.
+
+Exit status: 79 (istioctl's "analyzer found issues") when an Error message is found, in every
+output format; 0 otherwise; 1 when the cluster cannot be read; 2 for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from controlplane.kube.client import KubeApi
+from controlplane.ops import common
+from controlplane.ops.cluster import (
+    INJECT_KEY,
+    INJECTION_LABEL,
+    REVISION_LABEL,
+    ClusterState,
+    InjectorConfig,
+    Pod,
+    Workload,
+)
+from controlplane.ops.matcher import evaluate, judge_pod, selector_matches
+from controlplane.settings import IGNORED_NAMESPACES
+
+EXIT_ISSUES = 79
+LEVELS = ("Error", "Warning", "Info")
+DOC_URL = "https://istio.io/latest/docs/reference/config/analysis/{code}/"
+PROXY_IMAGE_ANNOTATION = "sidecar.istio.io/proxyImage"
+FORMATS = ("text", "json", "yaml")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageType:
+    code: str
+    name: str
+    level: str
+
+
+NAMESPACE_NOT_INJECTED = MessageType(code="IST0102", name="NamespaceNotInjected", level="Info")
+POD_MISSING_PROXY = MessageType(code="IST0103", name="PodMissingProxy", level="Warning")
+MULTIPLE_INJECTION_LABELS = MessageType(code="IST0123", name="NamespaceMultipleInjectionLabels", level="Warning")
+INVALID_WEBHOOK = MessageType(code="IST0139", name="InvalidWebhook", level="Error")
+PROXY_IMAGE_MISMATCH = MessageType(code="IST0158", name="PodsIstioProxyImageMismatchInNamespace", level="Warning")
+NAMESPACE_REVISION_NOT_FOUND = MessageType(code="MP0001", name="NamespaceRevisionNotFound", level="Error")
+POD_REVISION_NOT_FOUND = MessageType(code="MP0002", name="PodRevisionNotFound", level="Error")
+RESTART_NEEDED = MessageType(code="MP0003", name="RestartNeeded", level="Warning")
+MESSAGE_TYPES = (
+    NAMESPACE_NOT_INJECTED,
+    POD_MISSING_PROXY,
+    MULTIPLE_INJECTION_LABELS,
+    INVALID_WEBHOOK,
+    PROXY_IMAGE_MISMATCH,
+    NAMESPACE_REVISION_NOT_FOUND,
+    POD_REVISION_NOT_FOUND,
+    RESTART_NEEDED,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """One finding about one object (`kind`, `namespace` "" for cluster-scoped ones, `name`)."""
+
+    type: MessageType
+    kind: str
+    namespace: str
+    name: str
+    text: str
+    command: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+    def line(self) -> str:
+        return f"{self.type.level} [{self.type.code}] ({self.origin}) {self.text}"
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": self.type.code, "level": self.type.level, "origin": self.origin, "message": self.text}
+        if self.type.code.startswith("IST"):
+            out["documentationUrl"] = DOC_URL.format(code=self.type.code.lower())
+        if self.command is not None:
+            out["command"] = self.command
+        return out
+
+    def sort_key(self) -> tuple[int, str, str, str]:
+        return (LEVELS.index(self.type.level), self.type.code, f"{self.kind}/{self.name}/{self.namespace}", self.line())
+
+
+def _go_list(items: Sequence[str]) -> str:
+    """A list as Go's %v prints it: [a b c]."""
+    return "[" + " ".join(items) + "]"
+
+
+def analyze(state: ClusterState, *, istio_namespace: str = "istio-system") -> list[Message]:
+    """Every message for `state` (see the module docstring), sorted as istioctl sorts, without duplicates."""
+    found = {
+        *_namespaces(state, istio_namespace=istio_namespace),
+        *_webhooks(state),
+        *_pods(state),
+    }
+    return sorted(found, key=Message.sort_key)
+
+
+def _in_scope(state: ClusterState, namespace: str) -> bool:
+    return state.scope is None or state.scope == namespace
+
+
+def _installed(state: ClusterState, name: str) -> bool:
+    return name in state.revision_names or name in state.tag_names
+
+
+def _known(state: ClusterState) -> str:
+    revisions = ", ".join(sorted(state.revision_names)) or "none"
+    tags = ", ".join(sorted(state.tag_names)) or "none"
+    return f"installed revisions: {revisions}; tags: {tags}"
+
+
+def _namespaces(state: ClusterState, *, istio_namespace: str) -> Iterator[Message]:
+    for ns in state.namespaces:
+        if ns.name == istio_namespace or not _in_scope(state, ns.name):
+            continue
+        injection, rev = ns.labels.get(INJECTION_LABEL), ns.labels.get(REVISION_LABEL)
+        message = functools.partial(Message, kind="Namespace", namespace="", name=ns.name)
+        if injection is not None and rev is not None and injection == "enabled":
+            labels = [f"{INJECTION_LABEL}={injection}", f"{REVISION_LABEL}={rev}"]
+            yield message(
+                type=MULTIPLE_INJECTION_LABELS,
+                text=f"The namespace has more than one type of injection labels {_go_list(labels)}, which may lead "
+                "to undefined behavior. Make sure only one injection label exists.",
+            )
+        if not injection and rev is None:
+            if ns.name not in IGNORED_NAMESPACES:
+                yield message(
+                    type=NAMESPACE_NOT_INJECTED,
+                    text=f"The namespace is not enabled for Istio injection. Run 'kubectl label namespace {ns.name} "
+                    f"istio-injection=enabled' to enable it, or 'kubectl label namespace {ns.name} "
+                    "istio-injection=disabled' to explicitly mark it as not needing injection.",
+                )
+        elif injection == "enabled":
+            plain = evaluate(state, namespace=ns.name, namespace_labels=ns.labels, pod={"metadata": {}})
+            if not plain.firing:
+                yield message(
+                    type=NAMESPACE_REVISION_NOT_FOUND,
+                    text=f"The namespace is labelled {INJECTION_LABEL}=enabled, but no installed revision or tag takes "
+                    f"that label ({_known(state)}): its new pods get no sidecar. Install a default revision, run "
+                    f"'meshplane tag set default --revision REVISION', or label the namespace "
+                    f"'{INJECTION_LABEL}- {REVISION_LABEL}=REVISION'.",
+                )
+        elif not injection and rev is not None and not _installed(state, rev):
+            yield message(
+                type=NAMESPACE_REVISION_NOT_FOUND,
+                text=f"The namespace is labelled {REVISION_LABEL}={rev}, but no revision or tag {rev} is installed "
+                f"({_known(state)}): its new pods get no sidecar. Run 'kubectl label namespace {ns.name} "
+                f"{REVISION_LABEL}=REVISION --overwrite' with one of them.",
+            )
+
+
+def _selector_revisions(config: InjectorConfig) -> set[str]:
+    """`istio.io/rev` values a configuration names: its label and its selectors' (tags included)."""
+    found = {config.revision}
+    for hook in config.webhooks:
+        for selector in (hook.namespace_selector, hook.object_selector):
+            if not selector:
+                continue
+            match_labels = selector.get("matchLabels")
+            if isinstance(match_labels, Mapping) and isinstance(match_labels.get(REVISION_LABEL), str):
+                found.add(match_labels[REVISION_LABEL])
+            for term in selector.get("matchExpressions") or []:
+                if isinstance(term, Mapping) and term.get("key") == REVISION_LABEL:
+                    found.update(v for v in term.get("values") or [] if isinstance(v, str))
+    return found
+
+
+def _probe_labels(revisions: set[str], base: list[dict[str, str]]) -> list[dict[str, str]]:
+    return base + [{**labels, REVISION_LABEL: rev} for rev in sorted(revisions) for labels in base]
+
+
+def _webhooks(state: ClusterState) -> Iterator[Message]:
+    revisions = set().union(*(_selector_revisions(c) for c in state.injectors)) if state.injectors else set()
+    namespace_probes = _probe_labels(
+        revisions, [{}, {INJECTION_LABEL: "enabled"}, {INJECTION_LABEL: "disabled"}]
+    )  # fmt: skip
+    object_probes = _probe_labels(revisions, [{}, {INJECT_KEY: "true"}, {INJECT_KEY: "false"}])
+    hooks = [(config, hook) for config in state.injectors for hook in config.webhooks]
+    for ns_labels, pod_labels in itertools.product(namespace_probes, object_probes):
+        matched = {
+            f"{config.name}/{hook.name}": config
+            for config, hook in hooks
+            if selector_matches(hook.namespace_selector, ns_labels)
+            and selector_matches(hook.object_selector, pod_labels)
+        }
+        if len(matched) < 2:
+            continue
+        for key, config in matched.items():
+            others = sorted(k for k in matched if k != key)
+            yield Message(
+                type=INVALID_WEBHOOK,
+                kind="MutatingWebhookConfiguration",
+                namespace="",
+                name=config.name,
+                text=f"Webhook overlaps with others: {_go_list(others)}. This may cause injection to occur twice.",
+            )
+    for config, hook in hooks:
+        if hook.service is not None and hook.service not in state.services:
+            yield Message(
+                type=INVALID_WEBHOOK,
+                kind="MutatingWebhookConfiguration",
+                namespace="",
+                name=config.name,
+                text=f"Injector refers to a control plane service that does not exist: {'/'.join(hook.service)}.",
+            )
+
+
+def _pods(state: ClusterState) -> Iterator[Message]:
+    mismatched: dict[str, list[str]] = {}
+    restarts: dict[Workload, list[tuple[Pod, str | None]]] = {}
+    targets: dict[Workload, str | None] = {}
+    for pod in state.pods:
+        if not _in_scope(state, pod.namespace):
+            continue
+        ns = state.namespace(pod.namespace)
+        verdict = judge_pod(state, pod)
+        want = verdict.want
+        if want is not None and pod.proxy_image is None:
+            yield Message(
+                type=POD_MISSING_PROXY,
+                kind="Pod",
+                namespace=pod.namespace,
+                name=pod.name,
+                text=f"The pod {pod.namespace}/{pod.name} is missing the Istio proxy. This can often be resolved "
+                "by restarting or redeploying the workload.",
+            )
+        pod_rev = pod.labels.get(REVISION_LABEL)
+        ns_asks = INJECTION_LABEL in ns.labels or REVISION_LABEL in ns.labels
+        if pod_rev and not ns_asks and not pod.injection_disabled and not _installed(state, pod_rev):
+            yield Message(
+                type=POD_REVISION_NOT_FOUND,
+                kind="Pod",
+                namespace=pod.namespace,
+                name=pod.name,
+                text=f"The pod is labelled {REVISION_LABEL}={pod_rev}, but no revision or tag {pod_rev} is installed "
+                f"({_known(state)}): it gets no sidecar when it is created again. Change the label in its "
+                "workload's pod template.",
+            )
+        expected = state.proxy_image(want) if want is not None else None
+        if (
+            expected is not None
+            and pod.proxy_image is not None
+            and pod.proxy_image != expected
+            and not pod.annotations.get(PROXY_IMAGE_ANNOTATION)
+        ):
+            mismatched.setdefault(pod.namespace, []).append(pod.name)
+        if not verdict.needs_restart:
+            continue
+        restarts.setdefault(pod.owner, []).append((pod, verdict.have))
+        targets[pod.owner] = want
+    for namespace, names in mismatched.items():
+        yield Message(
+            type=PROXY_IMAGE_MISMATCH,
+            kind="Namespace",
+            namespace="",
+            name=namespace,
+            text="The Istio proxy images of the pods running in the namespace do not match the image defined in "
+            f"the injection configuration (pod names: {_go_list(sorted(names))}). This often happens after "
+            "upgrading the Istio control-plane and can be fixed by redeploying the pods.",
+        )
+    for workload, pods in restarts.items():
+        yield _restart(workload, pods, targets[workload])
+
+
+def _restart(workload: Workload, pods: list[tuple[Pod, str | None]], want: str | None) -> Message:
+    """One MP0003 message for the pods of `workload` that need a restart to get revision `want`."""
+    parts = []
+    by_have: dict[str | None, list[str]] = {}
+    for pod, have in pods:
+        by_have.setdefault(have, []).append(pod.name)
+    for have, unsorted in sorted(by_have.items(), key=lambda item: (item[0] is None, item[0] or "")):
+        names = sorted(unsorted)
+        plural = len(names) > 1
+        subject = f"{'Pods' if plural else 'Pod'} {', '.join(names)}"
+        what = f"the sidecar of revision {have}" if have is not None else "no sidecar"
+        parts.append(f"{subject} {'run' if plural else 'runs'} {what}")
+    described = "; ".join(parts)
+    target = f"revision {want}" if want is not None else "no injection (a restart removes the sidecar)"
+    command = workload.restart_command([pod.name for pod, _ in pods])
+    whose = "their" if len(pods) > 1 else "its"
+    text = f"{described}; {whose} namespace and labels now select {target}. Restart: {command}"
+    if workload.kind == "Pod":
+        text += " (a bare pod is not recreated: create it again from its manifest)"
+    return Message(
+        type=RESTART_NEEDED,
+        kind=workload.kind,
+        namespace=workload.namespace,
+        name=workload.name,
+        text=text,
+        command=command,
+    )
+
+
+def render(messages: Sequence[Message], *, output: str) -> str:
+    """The messages as istioctl prints them: log lines, or a JSON (tab-indented) / YAML list."""
+    if output == "json":
+        return json.dumps([m.to_dict() for m in messages], indent="\t", sort_keys=True)
+    if output == "yaml":
+        return yaml.safe_dump([m.to_dict() for m in messages], sort_keys=True, width=1 << 16)
+    return "\n".join(m.line() for m in messages)
+
+
+def exit_status(messages: Sequence[Message]) -> int:
+    return EXIT_ISSUES if any(m.type.level == "Error" for m in messages) else 0
+
+
+# -- command ------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "analyze",
+        help="find injection problems and the workloads to restart",
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="namespace to analyze [default: the kubeconfig context's]")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="analyze every namespace")
+    p.add_argument("-o", "--output", choices=FORMATS, default="text", help="output format [default: text]")
+    p.add_argument(
+        "--istio-namespace", default="istio-system", help="the control plane's namespace [default: istio-system]"
+    )
+    common.add_connection_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    namespace = (
+        None if args.all_namespaces else args.namespace or common.current_namespace(common.kubeconfig_path(args))
+    )
+
+    async def body(api: KubeApi) -> int:
+        state = await common.read_or_fail(api, namespace=namespace)
+        messages = analyze(state, istio_namespace=args.istio_namespace)
+        text = render(messages, output=args.output)
+        if text:
+            print(text.rstrip("\n"))
+        if not messages and args.output == "text":
+            target = "all namespaces" if namespace is None else f"namespace: {namespace}"
+            print(f"\u2714 No validation issues found when analyzing {target}.", file=sys.stderr)
+        return exit_status(messages)
+
+    return common.run_against_cluster("meshplane analyze", args, body)
