@@ -14,7 +14,7 @@ from typing import Any
 from certs import tokencmd
 from certs.authenticate.localtoken import parse_duration
 from certs.pem import KEY_ALGORITHMS
-from controlplane import __version__, logs
+from controlplane import logs
 from controlplane.settings import Address, Settings, SettingsError
 
 log = logging.getLogger("meshplane")
@@ -207,11 +207,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
-def _cmd_version(_: argparse.Namespace) -> int:
-    print(f"meshplane {__version__}")
-    return 0
-
-
 # Subcommands register here: name -> function adding the subparser.
 SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser, tokencmd.add_parser]
 
@@ -249,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
-    v = sub.add_parser("version", help="print the version", description="Print the version of meshplane.")
-    v.set_defaults(func=_cmd_version)
+    from controlplane.ops import version as versioncmd
+
+    versioncmd.add_parser(sub)
     return parser
 
 

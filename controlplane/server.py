@@ -208,7 +208,7 @@ class ControlPlane:
         """
         s = self.settings
         self.kube = await KubeApi.connect(kubeconfig=s.kubeconfig)
-        self.kube_source = KubeSource(self.kube, self.store, namespace=s.namespace)
+        self.kube_source = KubeSource(self.kube, self.store, namespace=s.namespace, mesh_configmap=s.mesh_configmap)
         self.tasks.start("kube-source", self.kube_source.run())
         log.info("Kubernetes mode: API server %s (%s)", self.kube.host, self.kube.description)
 

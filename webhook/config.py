@@ -5,11 +5,15 @@ Istio's stock sidecar (`docker.io/istio/proxyv2:1.28.0`, native sidecar, REDIREC
 
 `parse_injection_config()` reads the `data` of two ConfigMaps, as Istio lays them out:
 - `istio-sidecar-injector[-<rev>]`: key `config` (YAML: policy, neverInjectSelector,
-  alwaysInjectSelector, defaultTemplates, injectedAnnotations) and key `values` (YAML or JSON shaped
-  like Istio's Helm values; the supported fields are listed in `VALUES_FIELDS`);
+  alwaysInjectSelector, templates, defaultTemplates, injectedAnnotations) and key `values` (YAML or
+  JSON shaped like Istio's Helm values; the supported fields are listed in `VALUES_FIELDS`);
 - `istio[-<rev>]`: key `mesh` (MeshConfig YAML; injection reads defaultConfig, trustDomain,
   enablePrometheusMerge; other MeshConfig fields are accepted and left to the components that use
   them) and optionally `meshNetworks` (left to discovery).
+`config.templates` maps names to Jinja2 templates (`webhook.templates`); they add to, or replace by
+name, the built-in ones, which are always available. Each template is compiled and test-rendered
+against a sample pod when the ConfigMap is read: one that does not compile, fails to render or
+renders something injection cannot merge is refused, naming the template and the line.
 Anything invalid raises `ConfigError` naming the ConfigMap key and the field. An unknown field is an
 error, not ignored: in `config` and `values` because meshplane would not honour it, in `mesh`
 because it is not a MeshConfig field at all (usually a typo).
@@ -20,6 +24,7 @@ last good config when a new version is invalid.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from typing import Any
 
 from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from webhook import validate as v
+from webhook.templates import TemplateError, TemplateSet, builtin_sources
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,6 @@ DEFAULT_HUB = "docker.io/istio"
 DEFAULT_TAG = "1.28.0"
 DEFAULT_IMAGE_NAME = "proxyv2"
 POLICIES = ("enabled", "disabled")
-TEMPLATES = ("sidecar", "grpc-agent")
 
 
 class ConfigError(ValueError):
@@ -163,6 +168,46 @@ class InjectionConfig:
     proxy_component_log_level: str = "misc:error"
     enable_prometheus_merge: bool = True
     proxy_config: Mapping[str, Any] = field(default_factory=_empty)  # mesh defaultConfig (ProxyConfig JSON)
+    templates: TemplateSet = field(default_factory=TemplateSet.builtin)
+
+    @functools.cached_property
+    def template_inputs(self) -> dict[str, Any]:
+        """`values` and `mesh_config` as templates see them; built once per config, never per pod."""
+        return {
+            "values": {
+                "global": {
+                    "hub": self.hub,
+                    "tag": self.tag,
+                    "imagePullPolicy": self.image_pull_policy,
+                    "imagePullSecrets": list(self.image_pull_secrets),
+                    "meshID": self.mesh_id,
+                    "network": self.network,
+                    "proxy": {
+                        "image": self.proxy_image,
+                        "resources": self.resources.to_dict(),
+                        "includeIPRanges": self.include_outbound_ip_ranges,
+                        "excludeIPRanges": self.exclude_outbound_ip_ranges,
+                        "includeInboundPorts": self.include_inbound_ports,
+                        "excludeInboundPorts": self.exclude_inbound_ports,
+                        "includeOutboundPorts": self.include_outbound_ports,
+                        "excludeOutboundPorts": self.exclude_outbound_ports,
+                        "logLevel": self.proxy_log_level,
+                        "componentLogLevel": self.proxy_component_log_level,
+                        "interceptionMode": self.interception_mode,
+                    },
+                    "proxy_init": {"image": self.proxy_init_image},
+                },
+                "sidecarInjectorWebhook": {
+                    "nativeSidecar": self.native_sidecar,
+                    "rewriteAppHTTPProbe": self.rewrite_app_probes,
+                },
+            },
+            "mesh_config": {
+                "trustDomain": self.trust_domain,
+                "enablePrometheusMerge": self.enable_prometheus_merge,
+                "defaultConfig": dict(self.proxy_config),
+            },
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary (for /debug/injectz)."""
@@ -193,6 +238,7 @@ class InjectionConfig:
             "proxyComponentLogLevel": self.proxy_component_log_level,
             "enablePrometheusMerge": self.enable_prometheus_merge,
             "defaultConfig": dict(self.proxy_config),
+            "templates": self.templates.names,
         }
 
 
@@ -442,7 +488,14 @@ MESH_FIELDS = (
 
 INJECTOR_KEYS = ("config", "values")
 MESH_KEYS = ("mesh", "meshNetworks")
-CONFIG_FIELDS = ("policy", "neverInjectSelector", "alwaysInjectSelector", "defaultTemplates", "injectedAnnotations")
+CONFIG_FIELDS = (
+    "policy",
+    "neverInjectSelector",
+    "alwaysInjectSelector",
+    "templates",
+    "defaultTemplates",
+    "injectedAnnotations",
+)
 
 
 def _data(data: Mapping[str, str] | None, allowed: tuple[str, ...], what: str) -> Mapping[str, str]:
@@ -478,11 +531,18 @@ def parse_injection_config(*, injector: Mapping[str, str] | None, mesh: Mapping[
         kwargs["policy"] = policy
     kwargs["never_inject_selector"] = _selectors(r, raw.get("neverInjectSelector"), "neverInjectSelector")
     kwargs["always_inject_selector"] = _selectors(r, raw.get("alwaysInjectSelector"), "alwaysInjectSelector")
-    templates = r.string_list(raw.get("defaultTemplates"), "defaultTemplates")
-    if templates is not None:
-        if len(templates) != 1 or templates[0] not in TEMPLATES:
-            raise r.fail("defaultTemplates", f"{list(templates)} must be exactly one of {', '.join(TEMPLATES)}")
-        kwargs["default_templates"] = templates
+    template_set = _templates(r, raw.get("templates"))
+    kwargs["templates"] = template_set
+    defaults = r.string_list(raw.get("defaultTemplates"), "defaultTemplates")
+    if defaults is not None:
+        if not defaults:
+            raise r.fail("defaultTemplates", "name at least one template (Istio's default is [sidecar])")
+        for name in defaults:
+            if name not in template_set.sources:
+                raise r.fail("defaultTemplates", f"unknown template {name!r}; known: {', '.join(template_set.names)}")
+        if len(set(defaults)) != len(defaults):
+            raise r.fail("defaultTemplates", "a template is listed twice")
+        kwargs["default_templates"] = defaults
     annotations = r.mapping(raw.get("injectedAnnotations"), "injectedAnnotations", None)
     for key, value in annotations.items():
         r.string(value, f"injectedAnnotations.{key}")
@@ -538,7 +598,44 @@ def parse_injection_config(*, injector: Mapping[str, str] | None, mesh: Mapping[
         except ValueError as exc:
             raise r.fail("defaultConfig", str(exc)) from None
         kwargs["proxy_config"] = MappingProxyType(proxy_config)
-    return InjectionConfig(**kwargs)
+    config = InjectionConfig(**kwargs)
+    builtin = builtin_sources()
+    _try_templates(config, user=[name for name, text in template_set.sources.items() if builtin.get(name) != text])
+    return config
+
+
+def _templates(r: _Reader, value: Any) -> TemplateSet:
+    """The built-in templates with `config.templates` added over them; compiled."""
+    given = r.mapping(value, "templates", None)
+    sources = dict(builtin_sources())
+    for name, source in given.items():
+        path = f"templates.{name}"
+        if not isinstance(name, str) or not name or any(ch in name for ch in ", \t\n"):
+            raise r.fail(path, "a template name must be non-empty, without commas or spaces")
+        text = r.string(source, path)
+        sources[name] = text or ""
+    try:
+        return TemplateSet(sources)
+    except TemplateError as exc:
+        raise r.fail(f"templates.{exc.template}", str(exc)) from None
+
+
+def _try_templates(config: InjectionConfig, *, user: list[str]) -> None:
+    """Inject a sample pod with each user template after the defaults, then with the defaults."""
+    from webhook.sample import try_injection  # the sample injects, and injection imports this module
+
+    defaults = tuple(config.default_templates)
+    trials = [
+        (defaults[: defaults.index(name) + 1] if name in defaults else (*defaults, name), f"templates.{name}")
+        for name in user
+    ]
+    trials.append((defaults, "defaultTemplates"))
+    for names, where in trials:
+        problem = try_injection(config, templates=names)
+        if problem is not None:
+            raise ConfigError(
+                key="config", field=where, problem=f"injecting a sample pod with {','.join(names)} fails: {problem}"
+            )
 
 
 # -- watcher -----------------------------------------------------------------------------------

@@ -9,12 +9,24 @@ runs one watch loop (`controlplane.kube.watching.infinite_watch`) per entry:
   exactly `ConfigStore.replace_kind`);
 - each watch event is applied as it arrives (DELETED removes the key);
 - the store is marked synced once every entry has listed once;
+- a `discovery` entry (Services, EndpointSlices, Pods, PeerAuthentications) is filtered by
+  `meshConfig.discoverySelectors` (see below);
 - an `optional` entry (an Istio CRD that may not be installed) whose resource answers 404 counts
   as listed with no objects, and is probed again every `probe_interval` seconds; when its CRD is
   deleted later, its objects leave the store and probing resumes.
 
-More kinds (Services, EndpointSlices, Pods, ...) are one more entry each; their `kind` must be a
-kind the model reads (`controlplane.sources.kinds`).
+More kinds are one more entry each; their `kind` must be a kind the model reads
+(`controlplane.sources.kinds`).
+
+Discovery scope (Istio's discovery namespaces filter): the mesh ConfigMap (`istio[-<rev>]` in the
+control plane's namespace, key `mesh`) names label selectors of namespaces; only objects of
+selected namespaces reach the store from `discovery` entries. No selectors select every
+namespace (even one not listed yet). Each mirror holds everything its watch delivered, so a
+namespace relabelled into or out of scope, a deleted namespace, or an edited selector list adds
+or removes exactly the affected objects at once, in one store batch, without a relist. Nothing
+reaches the store from a `discovery` entry before the Namespaces and the control plane's
+ConfigMaps have been listed. A mesh config that fails to parse keeps the last good selectors (the
+registry reports the error). Namespaces and the control plane's ConfigMaps are never filtered.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from typing import Any
 
 from controlplane.kube.client import JsonObject, KubeApi
 from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch
+from controlplane.model.fields import ObjectError
+from controlplane.model.meshconfig import MeshConfig, NamespaceSelector, selects
 from controlplane.model.store import ConfigStore, Object, ObjectKey
 
 log = logging.getLogger(__name__)
@@ -57,12 +71,15 @@ class WatchedKind:
     label_selector: str = ""
     field_selector: str = ""
     optional: bool = False  # a CRD that may be absent: a 404 is an empty list, probed again later
+    discovery: bool = False  # only objects of namespaces in the discovery scope reach the store
 
     def selection(self, *, control_plane_namespace: str) -> Selection:
         if self.scope is Scope.CLUSTER and self.resource.namespaced:
             raise ValueError(f"{self.resource} is namespaced; use Scope.ALL_NAMESPACES or Scope.CONTROL_PLANE")
         if self.scope is not Scope.CLUSTER and not self.resource.namespaced:
             raise ValueError(f"{self.resource} is cluster-scoped; use Scope.CLUSTER")
+        if self.discovery and self.scope is not Scope.ALL_NAMESPACES:
+            raise ValueError(f"{self.resource}: only an every-namespace entry can be filtered by discovery scope")
         namespace = control_plane_namespace if self.scope is Scope.CONTROL_PLANE else None
         return Selection(namespace=namespace, label_selector=self.label_selector, field_selector=self.field_selector)
 
@@ -78,16 +95,17 @@ ROOT_CONFIGMAP = "istio-ca-root-cert"
 # What the control plane reads: namespace labels (injection policy), its own ConfigMaps (injector
 # and mesh config), every namespace's `istio-ca-root-cert` (so the CA can restore it when deleted or
 # edited), the service registry (Services, EndpointSlices, Pods) for xDS, and PeerAuthentication
-# (an Istio CRD, optional: a cluster without Istio's CRDs still becomes ready). The two ConfigMap
-# entries never select the same object, so each object has one owner.
+# (an Istio CRD, optional: a cluster without Istio's CRDs still becomes ready), the last four within
+# the discovery scope. The two ConfigMap entries never select the same object, so each object has
+# one owner.
 DEFAULT_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind(resource=NAMESPACES, scope=Scope.CLUSTER),
     WatchedKind(resource=CONFIGMAPS, scope=Scope.CONTROL_PLANE, field_selector=f"metadata.name!={ROOT_CONFIGMAP}"),
     WatchedKind(resource=CONFIGMAPS, scope=Scope.ALL_NAMESPACES, field_selector=f"metadata.name={ROOT_CONFIGMAP}"),
-    WatchedKind(resource=SERVICES, scope=Scope.ALL_NAMESPACES),
-    WatchedKind(resource=ENDPOINTSLICES, scope=Scope.ALL_NAMESPACES),
-    WatchedKind(resource=PODS, scope=Scope.ALL_NAMESPACES),
-    WatchedKind(resource=PEER_AUTHENTICATIONS, scope=Scope.ALL_NAMESPACES, optional=True),
+    WatchedKind(resource=SERVICES, scope=Scope.ALL_NAMESPACES, discovery=True),
+    WatchedKind(resource=ENDPOINTSLICES, scope=Scope.ALL_NAMESPACES, discovery=True),
+    WatchedKind(resource=PODS, scope=Scope.ALL_NAMESPACES, discovery=True),
+    WatchedKind(resource=PEER_AUTHENTICATIONS, scope=Scope.ALL_NAMESPACES, optional=True, discovery=True),
 )
 
 
@@ -99,34 +117,71 @@ def _storable(obj: JsonObject) -> Object:
     return obj
 
 
-class _KindMirror:
-    """The WatchHandler of one table entry: mirrors its objects into the store."""
+@dataclass(frozen=True, kw_only=True)
+class DiscoveryScope:
+    """Which namespaces `discovery` entries may put in the store. `known` is False until it can be decided."""
 
-    def __init__(self, entry: WatchedKind, store: ConfigStore, on_first_list: Callable[[], None]) -> None:
+    known: bool = False
+    selectors: tuple[NamespaceSelector, ...] = ()
+    selected: frozenset[str] = frozenset()  # namespaces the selectors match (unused without selectors)
+
+    def includes(self, namespace: str) -> bool:
+        if not self.known:
+            return False
+        return not self.selectors or namespace in self.selected
+
+
+class _KindMirror:
+    """The WatchHandler of one table entry: holds what its watch delivered and mirrors it into the store.
+
+    `held` is everything the watch says exists (by namespace); `owned` the keys this mirror put in
+    the store, which for a `discovery` entry are the held ones in scope. `on_change` runs after
+    every list or event (after the store was written), before the synced check.
+    """
+
+    def __init__(
+        self,
+        entry: WatchedKind,
+        store: ConfigStore,
+        *,
+        scope: Callable[[], DiscoveryScope],
+        on_change: Callable[[], None],
+        on_first_list: Callable[[], None],
+    ) -> None:
         self.entry = entry
         self.store = store
+        self.held: dict[str, dict[ObjectKey, Object]] = {}
         self.owned: set[ObjectKey] = set()
         self.lists = 0
         self.events = 0
+        self._scope = scope
+        self._on_change = on_change
         self._on_first_list = on_first_list
 
+    def in_scope(self, namespace: str) -> bool:
+        return not self.entry.discovery or self._scope().includes(namespace)
+
     def on_list(self, objects: Sequence[JsonObject]) -> None:
-        wanted: dict[ObjectKey, Object] = {}
+        held: dict[str, dict[ObjectKey, Object]] = {}
         for obj in objects:
             key = self._key(obj)
             if key is not None:
-                wanted[key] = _storable(obj)
+                held.setdefault(key.namespace, {})[key] = _storable(obj)
+        self.held = held
+        wanted = {key: obj for ns, items in held.items() if self.in_scope(ns) for key, obj in items.items()}
         stale = [(key, None) for key in self.owned if key not in wanted]
         changes = self.store.apply([*stale, *wanted.items()])
         self.owned = set(wanted)
         self.lists += 1
         log.info(
-            "listed %s: %d objects, %d changes",
+            "listed %s: %d objects, %d in scope, %d changes",
             self.entry.name,
+            sum(len(items) for items in held.values()),
             len(wanted),
             len(changes),
             extra={"kind": self.entry.resource.kind},
         )
+        self._on_change()
         if self.lists == 1:
             self._on_first_list()
 
@@ -135,12 +190,38 @@ class _KindMirror:
         if key is None:
             return
         self.events += 1
+        items = self.held.setdefault(key.namespace, {})
         if event_type == "DELETED":
+            items.pop(key, None)
+            if not items:
+                del self.held[key.namespace]
+        else:
+            items[key] = _storable(obj)
+        if event_type != "DELETED" and self.in_scope(key.namespace):
+            self.owned.add(key)
+            self.store.apply([(key, items[key])])
+        elif key in self.owned:
             self.owned.discard(key)
             self.store.apply([(key, None)])
-        else:
-            self.owned.add(key)
-            self.store.apply([(key, _storable(obj))])
+        self._on_change()
+
+    def rescope(self, old: DiscoveryScope, new: DiscoveryScope) -> list[tuple[ObjectKey, Object | None]]:
+        """The store changes that move this mirror from scope `old` to `new` (`owned` updated)."""
+        if not self.entry.discovery:
+            return []
+        changes: list[tuple[ObjectKey, Object | None]] = []
+        for namespace, items in self.held.items():
+            was, now = old.includes(namespace), new.includes(namespace)
+            if now and not was:
+                changes.extend(items.items())
+                self.owned.update(items)
+            elif was and not now:
+                changes.extend((key, None) for key in items)
+                self.owned.difference_update(items)
+        return changes
+
+    def held_count(self) -> int:
+        return sum(len(items) for items in self.held.values())
 
     def _key(self, obj: JsonObject) -> ObjectKey | None:
         try:
@@ -151,7 +232,12 @@ class _KindMirror:
 
 
 class KubeSource:
-    """Keeps `store` equal to the cluster for every entry of `kinds`. `await run()` until cancelled."""
+    """Keeps `store` equal to the cluster for every entry of `kinds`. `await run()` until cancelled.
+
+    `mesh_configmap` names the revision's mesh ConfigMap in `namespace` (its `discoverySelectors`
+    scope the `discovery` entries). Raises ValueError for duplicate entries, or for `discovery`
+    entries without a Namespace entry to evaluate the selectors against.
+    """
 
     def __init__(
         self,
@@ -159,6 +245,7 @@ class KubeSource:
         store: ConfigStore,
         *,
         namespace: str,
+        mesh_configmap: str = "istio",
         kinds: Sequence[WatchedKind] = DEFAULT_KINDS,
         backoff: Callable[[], Backoff] = Backoff,
         timeout_seconds: int | None = None,
@@ -175,18 +262,98 @@ class KubeSource:
         self._backoff = backoff
         self._timeout_seconds = timeout_seconds
         self._probe_interval = probe_interval
-        self._mirrors = {entry.name: _KindMirror(entry, store, self._check_synced) for entry in self.kinds}
+        self._mesh_key = ObjectKey("ConfigMap", namespace, mesh_configmap)
+        self._scope = DiscoveryScope()
+        self._mesh_seen: Object | None = None
+        self._selectors: tuple[NamespaceSelector, ...] = ()
+        self._mirrors = {
+            entry.name: _KindMirror(
+                entry,
+                store,
+                scope=lambda: self._scope,
+                on_change=self._rescope if self._decides_scope(entry) else _nothing,
+                on_first_list=self._check_synced,
+            )
+            for entry in self.kinds
+        }
         self._selections = {entry.name: entry.selection(control_plane_namespace=namespace) for entry in self.kinds}
+        self._namespaces = [m for m in self._mirrors.values() if m.entry.resource == NAMESPACES]
+        self._mesh_sources = [
+            m for m in self._mirrors.values() if self._decides_scope(m.entry) and m not in self._namespaces
+        ]
+        if any(entry.discovery for entry in self.kinds) and not self._namespaces:
+            raise ValueError("entries filtered by discovery scope need the Namespace kind watched too")
+
+    @staticmethod
+    def _decides_scope(entry: WatchedKind) -> bool:
+        """Namespaces and the control plane's ConfigMaps (the mesh config) decide the discovery scope."""
+        return entry.resource == NAMESPACES or (entry.resource == CONFIGMAPS and entry.scope is Scope.CONTROL_PLANE)
 
     @property
     def synced(self) -> bool:
         """True once every entry has listed at least once."""
         return all(m.lists > 0 for m in self._mirrors.values())
 
+    @property
+    def scope(self) -> DiscoveryScope:
+        """The discovery scope in force."""
+        return self._scope
+
     def _check_synced(self) -> None:
         if self.synced and not self.store.synced:
             self.store.mark_synced()
             log.info("kubernetes config source synced", extra={"kinds": len(self.kinds)})
+
+    def _rescope(self) -> None:
+        """Re-decide the scope; apply what moves in or out of it to the store as one batch."""
+        new = self._decide()
+        old, self._scope = self._scope, new
+        if new == old:
+            return
+        changes = [change for mirror in self._mirrors.values() for change in mirror.rescope(old, new)]
+        applied = self.store.apply(changes)
+        if not new.selectors:
+            log.info("discovery scope: every namespace (no discoverySelectors); %d changes", len(applied))
+        else:
+            log.info(
+                "discovery scope: %d namespaces selected (added %s, removed %s); %d changes",
+                len(new.selected),
+                sorted(new.selected - old.selected),
+                sorted(old.selected - new.selected),
+                len(applied),
+            )
+
+    def _decide(self) -> DiscoveryScope:
+        if not all(m.lists for m in (*self._namespaces, *self._mesh_sources)):
+            return DiscoveryScope()
+        mesh = next(
+            (
+                m.held[self.namespace][self._mesh_key]
+                for m in self._mesh_sources
+                if self._mesh_key in m.held.get(self.namespace, {})
+            ),
+            None,
+        )
+        if mesh is not self._mesh_seen:
+            self._mesh_seen = mesh
+            try:
+                self._selectors = MeshConfig.from_configmap(mesh).discovery_selectors if mesh is not None else ()
+            except ObjectError as exc:
+                log.warning(
+                    "ConfigMap %s/%s: %s; the discovery scope keeps the last good selectors",
+                    self._mesh_key.namespace,
+                    self._mesh_key.name,
+                    exc,
+                )
+        if not self._selectors:
+            return DiscoveryScope(known=True)
+        selected = frozenset(
+            key.name
+            for mirror in self._namespaces
+            for key, obj in mirror.held.get("", {}).items()
+            if selects(self._selectors, (obj.get("metadata") or {}).get("labels") or {})
+        )
+        return DiscoveryScope(known=True, selectors=self._selectors, selected=selected)
 
     async def run(self) -> None:
         """Watch every entry until cancelled (a watch loop only ends by cancellation)."""
@@ -207,13 +374,18 @@ class KubeSource:
                 )
 
     def describe(self) -> dict[str, Any]:
-        """Per entry: selection, lists so far, events applied, objects held (for /debug)."""
+        """Per entry: selection, lists so far, events taken, objects held and objects in the store (for /debug)."""
         return {
             name: {
-                "selection": str(self._selections[name]),
+                "selection": str(self._selections[name]) + (" (discovery scope)" if mirror.entry.discovery else ""),
                 "lists": mirror.lists,
                 "events": mirror.events,
+                "held": mirror.held_count(),
                 "objects": len(mirror.owned),
             }
             for name, mirror in self._mirrors.items()
         }
+
+
+def _nothing() -> None:
+    """The change hook of entries that do not decide the discovery scope."""

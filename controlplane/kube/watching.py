@@ -2,12 +2,20 @@
 
 1. `infinite_watch` never gives up: it runs `continuous_watch` again after every end, sleeping
    an exponential backoff with jitter after failures (a `Retry-After` of a 429 or 503 wins), and
-   logging each failure. An expired resourceVersion relists at once.
-2. `continuous_watch` lists the resource (in pages), hands the full set to the handler, then
-   watches from the list's resourceVersion, reconnecting from the last seen resourceVersion (or
-   bookmark) whenever a stream ends normally. A `410 Gone` / Expired answer ends it with
-   `WatchExpired`, so the caller relists.
+   logging each failure. It keeps one `Cursor` across failures, so a broken stream or an API
+   server that went away resumes the watch from the last resourceVersion seen, without a relist.
+   An expired resourceVersion (`410 Gone`) relists at once; a resourceVersion the server has
+   never reached (`ResourceVersionTooLarge`: it restarted with less history) relists after the
+   backoff.
+2. `continuous_watch` lists the resource (in pages) when the cursor is empty, hands the full set
+   to the handler, then watches from the cursor, moving it with every event and bookmark and
+   reconnecting from it whenever a stream ends. A `410 Gone` / Expired answer empties the cursor
+   and ends it with `WatchExpired`, so the caller relists.
 3. `watch_stream` is one HTTP watch request, yielding decoded events.
+
+No event is lost or applied twice: the cursor moves only after the handler took the event, the
+server sends only what came after the cursor, and a relist hands over the complete set, which the
+handler diffs against what it holds (vanished objects deleted, unchanged ones left alone).
 
 An *optional* resource (a CustomResourceDefinition that may not be installed) differs in one way:
 a list answered `404` (`ResourceNotServed`) counts as a list with no objects, and the loop probes
@@ -103,6 +111,26 @@ class WatchEvent:
 
 class WatchExpired(Exception):
     """The resourceVersion the watch started from is no longer retained (410 Gone); relist."""
+
+
+@dataclass
+class Cursor:
+    """Where a watch resumes: the resourceVersion of the last list, event or bookmark ("": list first)."""
+
+    resource_version: str = ""
+
+
+def too_large(exc: BaseException) -> bool:
+    """The server has not reached the resourceVersion asked for (it lost history, e.g. a restart)."""
+    if not isinstance(exc, KubeApiError):
+        return False
+    details = exc.body.get("details") if isinstance(exc.body, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if isinstance(causes, list) and any(
+        isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge" for c in causes
+    ):
+        return True
+    return exc.status == 504 and "Too large resource version" in exc.message
 
 
 class ResourceNotServed(KubeApiError):
@@ -236,28 +264,38 @@ async def continuous_watch(
     *,
     timeout_seconds: int = 300,
     on_healthy: Callable[[], None] = lambda: None,
+    cursor: Cursor | None = None,
 ) -> None:
-    """List, then watch from the list's resourceVersion, forever; raise WatchExpired on 410.
+    """List (unless `cursor` holds a resourceVersion), then watch from the cursor, forever.
 
+    Raises WatchExpired on 410 (the cursor is emptied, so the next call relists); any other error
+    propagates with the cursor at the last event the handler took, so the next call resumes there.
     `on_healthy` is called whenever a watch stream delivered an event or ended cleanly, so the
     caller can reset its backoff.
     """
-    objects, resource_version = await list_all(api, resource, selection)
-    handler.on_list(objects)
-    log.debug("listed %s (%s): %d objects at %s", resource, selection, len(objects), resource_version)
+    cursor = cursor if cursor is not None else Cursor()
+    if not cursor.resource_version:
+        objects, listed_at = await list_all(api, resource, selection)
+        handler.on_list(objects)
+        cursor.resource_version = listed_at
+        log.debug("listed %s (%s): %d objects at %s", resource, selection, len(objects), listed_at)
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
         delivered = False
-        async for event in watch_stream(
-            api, resource, selection, resource_version=resource_version, timeout_seconds=timeout_seconds
-        ):
-            if event.resource_version:
-                resource_version = event.resource_version
-            if event.type != "BOOKMARK":
-                handler.on_event(event.type, event.object)
-            delivered = True
-            on_healthy()
+        try:
+            async for event in watch_stream(
+                api, resource, selection, resource_version=cursor.resource_version, timeout_seconds=timeout_seconds
+            ):
+                if event.type != "BOOKMARK":
+                    handler.on_event(event.type, event.object)
+                if event.resource_version:
+                    cursor.resource_version = event.resource_version
+                delivered = True
+                on_healthy()
+        except WatchExpired:
+            cursor.resource_version = ""
+            raise
         on_healthy()
         elapsed = loop.time() - started
         if not delivered and elapsed < MIN_QUIET_STREAM:
@@ -324,6 +362,7 @@ async def infinite_watch(
     module docstring); without it, a 404 is retried with backoff like any other failure.
     """
     backoff = backoff or Backoff()
+    cursor = Cursor()
     presence = _OptionalHandler(handler, resource, selection) if optional else None
     relisting_after_404 = False  # a watch 404 relists at once, but not twice in a row without a healthy stream
 
@@ -336,12 +375,19 @@ async def infinite_watch(
         timeout = timeout_seconds or random.randint(300, 600)
         try:
             await continuous_watch(
-                api, resource, selection, presence or handler, timeout_seconds=timeout, on_healthy=healthy
+                api,
+                resource,
+                selection,
+                presence or handler,
+                timeout_seconds=timeout,
+                on_healthy=healthy,
+                cursor=cursor,
             )
         except WatchExpired as exc:
             log.info("watch of %s (%s) expired (%s); relisting", resource, selection, exc)
             continue
         except ResourceNotServed as exc:
+            cursor.resource_version = ""
             if presence is None:
                 await _retry(exc, resource, selection, backoff, sleep)
                 continue
@@ -351,10 +397,14 @@ async def infinite_watch(
         except RETRYABLE as exc:
             if presence is not None and isinstance(exc, KubeApiError) and exc.status == 404 and not relisting_after_404:
                 relisting_after_404 = True
+                cursor.resource_version = ""
                 log.info(
                     "watch of %s (%s) answered 404; relisting to see whether it is still served", resource, selection
                 )
                 continue
+            if too_large(exc):
+                log.info("%s (%s): the server lost history; relisting after the backoff", resource, selection)
+                cursor.resource_version = ""
             await _retry(exc, resource, selection, backoff, sleep)
 
 

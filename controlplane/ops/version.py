@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import yaml
 from controlplane import __version__
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.ops.common import CommandError, add_connection_flags, describe_api_error, kubeconfig_path, table
-from controlplane.proxystatuscmd import Answer, ask_all, find_istiods
+from controlplane.proxystatuscmd import Answer, NoIstiodError, ask_all, cluster_configured, find_istiods
 from controlplane.settings import SettingsError
 
 PROG = "meshplane version"
@@ -179,14 +178,10 @@ async def _remote(args: argparse.Namespace) -> tuple[ControlPlaneInfo, ...]:
         await api.close()
 
 
-def _cluster_configured(args: argparse.Namespace) -> bool:
-    return kubeconfig_path(args) is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-
-
 def report(args: argparse.Namespace) -> tuple[VersionReport, bool]:
     """The report, and whether the failure to read the cluster is an error (explicit --kubeconfig)."""
     client = __version__
-    if not _cluster_configured(args):
+    if not cluster_configured(args):
         missing = "no cluster configured (no --kubeconfig, $KUBECONFIG unset, not in a pod)"
         return VersionReport(client=client, missing=missing), False
     try:
@@ -195,9 +190,9 @@ def report(args: argparse.Namespace) -> tuple[VersionReport, bool]:
         missing = str(exc)
     except KubeApiError as exc:
         missing = describe_api_error(exc, what="list the istiod pods")
+    except NoIstiodError as exc:
+        return VersionReport(client=client, missing=exc.message), False
     except CommandError as exc:
-        if exc.message.startswith("no istiod pods"):
-            return VersionReport(client=client, missing=exc.message), False
         missing = exc.message
     return VersionReport(client=client, missing=missing), args.kubeconfig is not None
 

@@ -17,6 +17,22 @@ HELM = pathlib.Path(sys.executable).parent / "helm"
 REV = "asm-1233-2"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
+# The value sets every chart-wide check runs over: helm arguments by case name.
+CASES: dict[str, tuple[str, ...]] = {
+    "default-values": (),
+    "canary": ("--set", f"revision={REV}"),
+    "canary-with-tags": ("--set", f"revision={REV}", "--set-json", 'revisionTags=["prod","default"]'),
+    "autoscaling": (
+        "--set",
+        f"revision={REV}",
+        "--set",
+        "pilot.autoscaleEnabled=true",
+        "--set",
+        "pilot.autoscaleMin=2",
+    ),
+    "replicas": ("--set", f"revision={REV}", "--set", "pilot.replicaCount=3"),
+}
+
 requires_helm = pytest.mark.skipif(not HELM.exists(), reason=f"helm is not installed at {HELM} (run `make setup`)")
 
 Obj = dict[str, Any]

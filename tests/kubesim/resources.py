@@ -295,6 +295,27 @@ def _default_deployment(obj: Obj) -> None:
         spec.setdefault("progressDeadlineSeconds", 600)
 
 
+def _default_statefulset(obj: Obj) -> None:
+    """apps/v1 defaults: OrderedReady, RollingUpdate with partition 0, history 10, PVC retention Retain."""
+    _default_template(obj)
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("podManagementPolicy", "OrderedReady")
+    strategy = spec.get("updateStrategy")
+    if not isinstance(strategy, dict):
+        strategy = spec["updateStrategy"] = {}
+    if not strategy.get("type"):
+        strategy["type"] = "RollingUpdate"
+    if strategy["type"] == "RollingUpdate":
+        rolling = strategy.get("rollingUpdate")
+        if not isinstance(rolling, dict):
+            rolling = strategy["rollingUpdate"] = {}
+        rolling.setdefault("partition", 0)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
+
+
 def _default_namespace(obj: Obj) -> None:
     meta = obj["metadata"]
     labels = meta.get("labels")
@@ -562,6 +583,53 @@ def _validate_deployment(obj: Obj, errors: FieldErrors) -> None:
         errors.invalid("spec.progressDeadlineSeconds", deadline, "must be greater than minReadySeconds")
 
 
+def _validate_statefulset(obj: Obj, errors: FieldErrors) -> None:
+    _validate_workload(obj, errors)
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    policy = spec.get("podManagementPolicy")
+    if policy not in ("OrderedReady", "Parallel"):
+        errors.not_supported("spec.podManagementPolicy", policy, ["OrderedReady", "Parallel"])
+    strategy = spec.get("updateStrategy") or {}
+    stype = strategy.get("type")
+    if stype not in ("OnDelete", "RollingUpdate"):
+        errors.not_supported("spec.updateStrategy.type", stype, ["OnDelete", "RollingUpdate"])
+    elif stype == "OnDelete" and strategy.get("rollingUpdate") is not None:
+        detail = "only allowed for updateStrategy 'RollingUpdate'"
+        errors.invalid("spec.updateStrategy.rollingUpdate", strategy["rollingUpdate"], detail)
+    partition = (strategy.get("rollingUpdate") or {}).get("partition", 0)
+    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+        errors.invalid("spec.updateStrategy.rollingUpdate.partition", partition, "must be greater than or equal to 0")
+    for name in ("revisionHistoryLimit", "minReadySeconds"):
+        value = spec.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            errors.invalid(f"spec.{name}", value, "must be greater than or equal to 0")
+
+
+_STATEFULSET_MUTABLE = (
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+)
+
+
+def _validate_statefulset_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    """Only the fields upstream lets change; the rest of the spec is fixed at create."""
+    fixed_new = {k: v for k, v in (new.get("spec") or {}).items() if k not in _STATEFULSET_MUTABLE}
+    fixed_old = {k: v for k, v in (old.get("spec") or {}).items() if k not in _STATEFULSET_MUTABLE}
+    if fixed_new != fixed_old:
+        errors.forbidden(
+            "spec",
+            "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', "
+            "'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        )
+
+
 def _validate_workload_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
     if (new.get("spec") or {}).get("selector") != (old.get("spec") or {}).get("selector"):
         errors.invalid("spec.selector", (new.get("spec") or {}).get("selector"), "field is immutable")
@@ -806,6 +874,119 @@ def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
             _port_in_range(errors, f"ports[{i}].port", port["port"])
 
 
+_EVICTION_POLICIES = ["AlwaysAllow", "IfHealthyBudget"]
+
+
+def _validate_pdb(obj: Obj, errors: FieldErrors) -> None:
+    """policy/v1 PodDisruptionBudget: one of minAvailable/maxUnavailable, each a count or a percent <= 100%."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if "minAvailable" in spec and "maxUnavailable" in spec:
+        errors.invalid("spec", spec, "minAvailable and maxUnavailable cannot be both set")
+    for name in ("minAvailable", "maxUnavailable"):
+        if name in spec:
+            percent = _int_or_percent(errors, f"spec.{name}", spec[name])
+            if isinstance(spec[name], str) and (percent or 0) > 100:
+                errors.invalid(f"spec.{name}", spec[name], "must not be greater than 100%")
+    try:
+        selector_from_label_selector(spec.get("selector"))
+    except SelectorError as exc:
+        errors.invalid("spec.selector", spec.get("selector"), str(exc))
+    policy = spec.get("unhealthyPodEvictionPolicy")
+    if policy is not None and policy not in _EVICTION_POLICIES:
+        errors.not_supported("spec.unhealthyPodEvictionPolicy", policy, _EVICTION_POLICIES)
+
+
+def _default_hpa(obj: Obj) -> None:
+    """autoscaling/v2 defaults: minReplicas 1; no metrics means CPU at 80% utilization."""
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        spec.setdefault("minReplicas", 1)
+        if not spec.get("metrics"):
+            target = {"type": "Utilization", "averageUtilization": 80}
+            spec["metrics"] = [{"type": "Resource", "resource": {"name": "cpu", "target": target}}]
+
+
+_METRIC_SOURCES = {
+    "Object": "object",
+    "Pods": "pods",
+    "Resource": "resource",
+    "ContainerResource": "containerResource",
+    "External": "external",
+}
+_TARGET_TYPES = ("Utilization", "Value", "AverageValue")
+
+
+def _validate_metric(errors: FieldErrors, path: str, metric: Any) -> None:
+    """One entry of spec.metrics: its type names the one source it populates; a resource target is checked."""
+    if not isinstance(metric, dict):
+        errors.invalid(path, metric, "must be an object")
+        return
+    kind = metric.get("type")
+    populated = [key for key in _METRIC_SOURCES.values() if metric.get(key) is not None]
+    if not kind:
+        errors.required(f"{path}.type", "must specify a metric source type")
+        return
+    if kind not in _METRIC_SOURCES:
+        errors.not_supported(f"{path}.type", kind, sorted(_METRIC_SOURCES))
+        return
+    source = _METRIC_SOURCES[kind]
+    if source not in populated:
+        errors.required(f"{path}.{source}", "must populate information for the given metric source")
+        return
+    if populated != [source]:
+        errors.forbidden(path, "must populate the given metric source only")
+    body = metric[source]
+    if source != "resource" or not isinstance(body, dict):
+        return
+    if not body.get("name"):
+        errors.required(f"{path}.resource.name", "must specify a resource name")
+    target = body.get("target")
+    if not isinstance(target, dict):
+        errors.required(f"{path}.resource.target")
+        return
+    ttype = target.get("type")
+    if not ttype:
+        errors.required(f"{path}.resource.target.type", "must specify a metric target type")
+    elif ttype not in _TARGET_TYPES:
+        errors.invalid(f"{path}.resource.target.type", ttype, "must be either Utilization, Value, or AverageValue")
+    utilization = target.get("averageUtilization")
+    if utilization is not None and (not isinstance(utilization, int) or utilization <= 0):
+        errors.invalid(f"{path}.resource.target.averageUtilization", utilization, "must be greater than 0")
+    if ttype == "Utilization" and utilization is None:
+        errors.required(
+            f"{path}.resource.target.averageUtilization", "must set either a target raw value or a target utilization"
+        )
+    if target.get("value") is not None:
+        errors.forbidden(f"{path}.resource.target.value", "may not set value for resource metrics")
+
+
+def _validate_hpa(obj: Obj, errors: FieldErrors) -> None:
+    """autoscaling/v2 HorizontalPodAutoscaler: the target reference, 1 <= minReplicas <= maxReplicas, metrics."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        errors.required("spec")
+        return
+    ref = spec.get("scaleTargetRef")
+    ref = ref if isinstance(ref, dict) else {}
+    for key in ("kind", "name"):
+        if not ref.get(key):
+            errors.required(f"spec.scaleTargetRef.{key}")
+        elif "/" in str(ref[key]) or str(ref[key]) in (".", ".."):
+            errors.invalid(f"spec.scaleTargetRef.{key}", ref[key], "may not contain '/'")
+    low = spec.get("minReplicas", 1)
+    high = spec.get("maxReplicas")
+    if not isinstance(low, int) or low < 1:
+        errors.invalid("spec.minReplicas", low, "must be greater than or equal to 1")
+    if not isinstance(high, int) or high < 1:
+        errors.invalid("spec.maxReplicas", high, "must be greater than 0")
+    elif isinstance(low, int) and high < low:
+        errors.invalid("spec.maxReplicas", high, "must be greater than or equal to `minReplicas`")
+    for i, metric in enumerate(spec.get("metrics") or []):
+        _validate_metric(errors, f"spec.metrics[{i}]", metric)
+
+
 _CRD_SCOPES = ["Cluster", "Namespaced"]
 
 
@@ -1034,6 +1215,24 @@ RESOURCES: tuple[ResourceType, ...] = (
         initial_status=lambda _: {"replicas": 0},
     ),
     ResourceType(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        namespaced=True,
+        short_names=("sts",),
+        categories=("all",),
+        merge_keys=TEMPLATE_MERGE,
+        defaults=_default_statefulset,
+        validate=_validate_statefulset,
+        validate_update=_validate_statefulset_update,
+        generation_fields=("spec",),
+        status_subresource=True,
+        scale_subresource=True,
+        initial_status=lambda _: {"replicas": 0, "availableReplicas": 0},
+    ),
+    ResourceType(
         "admissionregistration.k8s.io",
         "v1",
         "mutatingwebhookconfigurations",
@@ -1067,6 +1266,35 @@ RESOURCES: tuple[ResourceType, ...] = (
         namespaced=True,
         merge_keys=META_MERGE,
         schema=LEASE_SCHEMA,
+    ),
+    ResourceType(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        namespaced=True,
+        short_names=("pdb",),
+        merge_keys={**META_MERGE, **CONDITIONS},
+        validate=_validate_pdb,
+        generation_fields=("spec",),
+        status_subresource=True,
+        initial_status=lambda _: {"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 0},
+    ),
+    ResourceType(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        namespaced=True,
+        short_names=("hpa",),
+        categories=("all",),
+        merge_keys={**META_MERGE, **CONDITIONS},
+        defaults=_default_hpa,
+        validate=_validate_hpa,
+        status_subresource=True,
+        initial_status=lambda _: {"desiredReplicas": 0},
     ),
     ResourceType(
         "rbac.authorization.k8s.io",

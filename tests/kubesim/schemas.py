@@ -86,6 +86,16 @@ SCHEMAS: dict[str, Schema] = {
     "replicasets": _fields(
         TOP, metadata=METADATA, status=ANY, spec=_fields("minReadySeconds replicas selector", template=TEMPLATE)
     ),
+    "statefulsets": _fields(
+        TOP,
+        metadata=METADATA,
+        status=ANY,
+        spec=_fields(
+            "minReadySeconds ordinals persistentVolumeClaimRetentionPolicy podManagementPolicy replicas "
+            "revisionHistoryLimit selector serviceName updateStrategy volumeClaimTemplates",
+            template=TEMPLATE,
+        ),
+    ),
     "mutatingwebhookconfigurations": _fields(
         TOP,
         metadata=METADATA,
@@ -118,6 +128,25 @@ SCHEMAS: dict[str, Schema] = {
     "clusterrolebindings": _fields(TOP, metadata=METADATA, roleRef=ROLE_REF, subjects=SUBJECT),
     "rolebindings": _fields(TOP, metadata=METADATA, roleRef=ROLE_REF, subjects=SUBJECT),
     "customresourcedefinitions": _fields(TOP, metadata=METADATA, spec=ANY, status=ANY),
+    "poddisruptionbudgets": _fields(
+        TOP,
+        metadata=METADATA,
+        status=ANY,
+        spec=_fields("maxUnavailable minAvailable selector unhealthyPodEvictionPolicy"),
+    ),
+    "horizontalpodautoscalers": _fields(
+        TOP,
+        metadata=METADATA,
+        status=ANY,
+        spec=_fields(
+            "behavior maxReplicas minReplicas",
+            scaleTargetRef=_fields("apiVersion kind name"),
+            metrics=_fields(
+                "containerResource external object pods type",
+                resource=_fields("name", target=_fields("averageUtilization averageValue type value")),
+            ),
+        ),
+    ),
     "endpointslices": _fields(
         f"{TOP} addressType",
         metadata=METADATA,

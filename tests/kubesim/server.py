@@ -936,6 +936,9 @@ class KubeSim:
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
         first_table = True
+        # one get() outlives the timeouts: cancelling it (as wait_for does) can drop an event that arrived
+        # at the same moment, and a bookmark sent after it would tell the client to skip that event
+        getting: asyncio.Future[Any] | None = None
         try:
             while True:
                 now = loop.time()
@@ -944,13 +947,15 @@ class KubeSim:
                 wait = deadline - now
                 if bookmarks:
                     wait = min(wait, max(0.0, next_bookmark - now))
-                try:
-                    item = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
-                except TimeoutError:
-                    if bookmarks and loop.time() >= next_bookmark:
+                if getting is None:
+                    getting = asyncio.ensure_future(watcher.queue.get())
+                done, _ = await asyncio.wait({getting}, timeout=wait)
+                if not done:
+                    if bookmarks and loop.time() >= next_bookmark and watcher.queue.empty():
                         next_bookmark = loop.time() + self.bookmark_interval
                         await self._send(response, self._bookmark(resource))
                     continue
+                item, getting = getting.result(), None
                 if item is None:
                     break
                 event_type, obj = item
@@ -973,6 +978,8 @@ class KubeSim:
         except ConnectionResetError:
             pass  # the client went away
         finally:
+            if getting is not None:
+                getting.cancel()
             self.storage.unwatch(watcher)
         return response
 

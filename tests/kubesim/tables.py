@@ -298,6 +298,17 @@ COLUMNS: dict[str, Sequence[Column]] = {
         Column("Images", "string", _images, priority=1),
         Column("Selector", "string", _selector, priority=1),
     ],
+    "statefulsets": [
+        NAME,
+        Column(
+            "Ready",
+            "string",
+            lambda o, _: f"{_status(o).get('readyReplicas', 0)}/{_spec(o).get('replicas', 1)}",
+        ),
+        AGE,
+        Column("Containers", "string", _containers, priority=1),
+        Column("Images", "string", _images, priority=1),
+    ],
     "mutatingwebhookconfigurations": [
         NAME,
         Column("Webhooks", "integer", lambda o, _: len(o.get("webhooks") or [])),

@@ -433,7 +433,9 @@ async def test_discovery_lists_every_resource(kube_api: KubeApi) -> None:
         "admissionregistration.k8s.io",
         "apiextensions.k8s.io",
         "authentication.k8s.io",
+        "autoscaling",
         "coordination.k8s.io",
+        "policy",
         "rbac.authorization.k8s.io",
         "discovery.k8s.io",
     }

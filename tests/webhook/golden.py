@@ -2,7 +2,9 @@
 
 Each case is `testdata/<name>.yaml` (input manifests) with `testdata/<name>.yaml.injected` (the
 expected output of `meshplane inject` with `SETTINGS`). A golden that starts with `error: ` holds
-the expected error message instead; such a case has exactly one document.
+the expected error message instead; such a case has exactly one document. A case may come with
+`testdata/<name>.yaml.config`: the injector ConfigMap (as `meshplane inject --injection-config`
+reads it) that the offline run and the webhook both use.
 
 Replaying a case through the webhook (`admissions(case)`): every workload in the input becomes one
 pod to admit, in the document's namespace (default `default`), and the expected result is built
@@ -22,7 +24,8 @@ policy skips it); `Admission.error`, when set, is the rejection message (`status
 pod template with field paths relative to the pod (`spec.containers[0]...`, not
 `spec.template.spec.containers[0]...`).
 The webhook must run with the defaults of `SETTINGS`: revision `default`, namespace
-`istio-system`, trust domain `cluster.local`, cluster id `Kubernetes`, no injection ConfigMaps.
+`istio-system`, trust domain `cluster.local`, cluster id `Kubernetes`, and no injection ConfigMaps
+other than the case's own.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ from typing import Any
 
 import yaml
 
-from controlplane.injectcmd import TEMPLATE_PATHS, InjectCommandError, OfflineSettings, inject_manifests
+from controlplane.injectcmd import (
+    TEMPLATE_PATHS,
+    InjectCommandError,
+    OfflineSettings,
+    inject_manifests,
+    load_injection_config,
+)
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
 GOLDEN_SUFFIX = ".injected"
+CONFIG_SUFFIX = ".config"
 ERROR_PREFIX = "error: "
 SETTINGS = OfflineSettings()  # revision default, control plane in istio-system
 REPLICASET_HASH = "7c9f8b6d5"
@@ -54,6 +64,22 @@ class GoldenCase:
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def config(self) -> pathlib.Path | None:
+        """The case's injector ConfigMap file, if it has one."""
+        path = self.input.with_name(self.input.name + CONFIG_SUFFIX)
+        return path if path.exists() else None
+
+    def configmap(self) -> dict[str, Any] | None:
+        """The case's injector ConfigMap object, if it has one."""
+        return yaml.safe_load(self.config.read_text(encoding="utf-8")) if self.config else None
+
+    def settings(self) -> OfflineSettings:
+        if self.config is None:
+            return SETTINGS
+        config = load_injection_config(self.config.read_text(encoding="utf-8"), source=self.config.name)
+        return OfflineSettings(config=config)
 
 
 @dataclass(frozen=True)
@@ -83,10 +109,10 @@ def orphaned_goldens() -> list[pathlib.Path]:
     ]
 
 
-def render(text: str) -> str:
+def render(text: str, settings: OfflineSettings = SETTINGS) -> str:
     """What the golden of input `text` holds: the injected manifests, or `error: <message>`."""
     try:
-        return inject_manifests(text, settings=SETTINGS).text
+        return inject_manifests(text, settings=settings).text
     except InjectCommandError as exc:
         return f"{ERROR_PREFIX}{exc}\n"
 

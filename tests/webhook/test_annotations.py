@@ -92,7 +92,7 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
             "image.imageType: must be one of default, distroless, debug",
         ),
         ("proxy.istio.io/config", "a: &x [1]\nb: *x", "aliases"),
-        ("inject.istio.io/templates", "sidecar,grpc-agent", "give exactly one template"),
+        ("inject.istio.io/templates", "sidecar,sidecar", "a template is listed twice"),
         ("inject.istio.io/templates", "", "unknown template"),
         ("prometheus.istio.io/merge-metrics", "off", 'use "true" or "false"'),
         ("sidecar.istio.io/statsInclusionPrefixes", "cluster", "not supported by meshplane"),

@@ -109,8 +109,10 @@ def test_mesh_fields_for_other_components_are_accepted() -> None:
     [
         ({"config": "policy: maybe"}, None, "config", "policy", "'maybe' is not one of enabled, disabled"),
         ({"config": "polcy: enabled"}, None, "config", "polcy", "did you mean 'policy'?"),
-        ({"config": "templates: {}"}, None, "config", "templates", "unknown field 'templates'"),
-        ({"config": "defaultTemplates: [gateway]"}, None, "config", "defaultTemplates", "must be exactly one of"),
+        ({"config": "templates: {bad: '{% if %}'}"}, None, "config", "templates.bad", "syntax error"),
+        ({"config": "templates: [sidecar]"}, None, "config", "templates", "must be an object, got list"),
+        ({"config": "defaultTemplates: [spire]"}, None, "config", "defaultTemplates", "unknown template 'spire'"),
+        ({"config": "defaultTemplates: []"}, None, "config", "defaultTemplates", "at least one template"),
         ({"config": "neverInjectSelector: [{}]"}, None, "config", "neverInjectSelector[0]", "empty selector"),
         (
             {"config": "neverInjectSelector: [{matchExpressions: [{key: a, operator: In}]}]"},

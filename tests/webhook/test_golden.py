@@ -15,7 +15,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from controlplane.model.store import ConfigStore
+from controlplane.model.store import ConfigStore, ObjectKey
 from tests.webhook import golden
 from webhook.config import InjectionConfigWatcher
 from webhook.service import Injector
@@ -47,7 +47,7 @@ def test_every_golden_file_has_its_input() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_offline_injection_matches_golden(case: golden.GoldenCase) -> None:
-    actual = golden.render(case.input.read_text(encoding="utf-8"))
+    actual = golden.render(case.input.read_text(encoding="utf-8"), case.settings())
     if REFRESH:
         case.golden.write_text(actual, encoding="utf-8")
         return
@@ -58,11 +58,14 @@ def test_offline_injection_matches_golden(case: golden.GoldenCase) -> None:
 @pytest.mark.parametrize("case", INJECTION_CASES, ids=str)
 def test_injecting_the_injected_output_again_changes_nothing(case: golden.GoldenCase) -> None:
     injected = case.golden.read_text(encoding="utf-8")
-    assert _docs(golden.render(injected)) == _docs(injected)
+    assert _docs(golden.render(injected, case.settings())) == _docs(injected)
 
 
-def _injector() -> Injector:
+def _injector(case: golden.GoldenCase) -> Injector:
     store = ConfigStore()
+    configmap = case.configmap()
+    if configmap is not None:
+        store.apply([(ObjectKey("ConfigMap", "istio-system", "istio-sidecar-injector"), configmap)])
     settings = golden.SETTINGS
     watcher = InjectionConfigWatcher(
         store, namespace=settings.namespace, injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
@@ -79,7 +82,8 @@ def _injector() -> Injector:
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_webhook_injector_gives_the_golden_pod(case: golden.GoldenCase) -> None:
-    injector = _injector()
+    injector = _injector(case)
+    assert injector.config.describe()["lastError"] is None
     for admission in golden.admissions(case):
         result = injector.admit(admission.pod, namespace=admission.namespace)
         if admission.error is not None:

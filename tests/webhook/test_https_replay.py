@@ -6,7 +6,7 @@ pod; sending the injected pod again must give back the same pod (idempotence ove
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -23,8 +23,31 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         assert running.stop() == 0
 
 
+@pytest.fixture
+def webhook_for(
+    webhook: Running, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[golden.GoldenCase], Running]]:
+    """The shared server, or for a case with its own injector ConfigMap a server that loads it."""
+    started: list[Running] = []
+
+    def get(case: golden.GoldenCase) -> Running:
+        if case.config is None:
+            return webhook
+        config_dir = tmp_path_factory.mktemp(f"config-{case.name}")
+        (config_dir / "injector.yaml").write_text(case.config.read_text(encoding="utf-8"), encoding="utf-8")
+        started.append(start_serve(tmp_path_factory.mktemp(f"replay-{case.name}"), "--config-dir", str(config_dir)))
+        return started[-1]
+
+    try:
+        yield get
+    finally:
+        for running in started:
+            assert running.stop() == 0
+
+
 @pytest.mark.parametrize("case", golden.cases(), ids=str)
-def test_golden_case_over_https(webhook: Running, case: golden.GoldenCase) -> None:
+def test_golden_case_over_https(webhook_for: Callable[[golden.GoldenCase], Running], case: golden.GoldenCase) -> None:
+    webhook = webhook_for(case)
     for n, admission in enumerate(golden.admissions(case)):
         uid = f"{case.name}-{n}"
         status, review = post_webhook(webhook, admission_review(admission.pod, namespace=admission.namespace, uid=uid))
