@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.charts.rbac import compare, rules_by_subject
 from tests.kubesim.cluster import Cluster
 from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.podnet import exec_in
@@ -188,6 +190,14 @@ async def test_seed_commands_move_namespaces_to_a_revision(cluster: Cluster, kub
     xfcc = headers["x-forwarded-client-cert"]
     assert "URI=spiffe://cluster.local/ns/legacy/sa/default" in xfcc
     assert "By=spiffe://cluster.local/ns/shop/sa/default" in xfcc
+
+    # Least privilege: every API call istiod made was granted by the chart, and every grant was used.
+    rendered = await helm(
+        cluster, "template", f"istiod-{REVISION}", str(CHART), "-n", "istio-system", "--set", f"revision={REVISION}"
+    )
+    assert cluster.sim is not None
+    missing, unused = compare(rules_by_subject(d for d in yaml.safe_load_all(rendered) if d), cluster.sim.audit)
+    assert (missing, unused) == ([], [])
 
 
 LATE = """
