@@ -17,7 +17,7 @@ line per key every 10 s, with the count of lines held back).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Gauge, Histogram
@@ -106,8 +106,10 @@ REGISTRY.register(_Collector(pushes, rejects, unknown_types))
 
 
 class _ConflictGauges:
-    """Service ports that lost a conflict, by kind, in the last snapshot the generators read (Istio's
-    gauge names; the reserved-port gauge is meshplane's, as Istio only logs that case)."""
+    """Service ports that lost a conflict, by kind (Istio's gauge names; the reserved-port gauge is
+    meshplane's, as Istio only logs that case). Read at scrape time from the registry the discovery
+    service follows, so a conflict shows while no proxy is connected (nothing generated) too; without
+    one, the last snapshot the generators read."""
 
     NAMES = {
         ConflictKind.TCP_OVER_TCP: "pilot_conflict_outbound_listener_tcp_over_current_tcp",
@@ -119,13 +121,19 @@ class _ConflictGauges:
 
     def __init__(self) -> None:
         self.current = Conflicts()
+        self._source: Callable[[], Conflicts] | None = None
 
     def observe(self, conflicts: Conflicts) -> None:
         self.current = conflicts
 
+    def follow(self, source: Callable[[], Conflicts] | None) -> None:
+        """Read the conflicts from `source()` at each scrape (None: back to the last observed)."""
+        self._source = source
+
     def collect(self) -> Iterator[Metric]:
+        current = self._source() if self._source is not None else self.current
         for conflict_kind, name in self.NAMES.items():
-            count = self.current.count(conflict_kind)
+            count = current.count(conflict_kind)
             yield GaugeMetricFamily(name, f"Service ports that lost a conflict: {conflict_kind.value}.", count)
 
     def describe(self) -> list[Metric]:

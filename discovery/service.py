@@ -71,6 +71,7 @@ class DiscoveryService:
     ) -> None:
         """`limits` bounds what one client may make a stream hold (default `StreamLimits()`)."""
         self.registry = registry
+        metrics.conflicts.follow(lambda: registry.snapshot().conflicts)
         self.cache = cache or XdsCache()
         self.limits = limits or StreamLimits()
         self.control_plane_id = control_plane_id
