@@ -7,15 +7,19 @@
   bearer token. A presented certificate that does not verify fails the handshake.
 
 grpcio's Python API can only either not request a client certificate or require one, so the
-secure port is a `TlsFrontEnd` (Python's `ssl`, `CERT_OPTIONAL`, ALPN `h2`, TLS >= 1.2) that pipes
-each connection to an internal plaintext gRPC server bound on 127.0.0.1 (ephemeral port) carrying
-exactly the services registered with `secure=True`. Services find the verified client certificate
-with `peer_certificates.for_context(context)` (never `context.auth_context()`, which is empty
-there); a connection to the internal port that the front end did not make has none.
+secure port is an Envoy child process (`controlplane.tlsfront.EnvoyFrontEnd`) that terminates TLS
+and forwards each call to an internal plaintext gRPC server on a Unix socket, carrying exactly the
+services registered with `secure=True`. The socket, Envoy's SDS socket (serving certificate and
+trust, `controlplane.frontsds`) and its admin socket live in a private directory (0700, sockets
+0600): nothing but the front end reaches the internal server, and it takes no TCP port. Services
+find the verified client certificate with `peer_certificates.for_context(context)` (never
+`context.auth_context()`, which is empty there): Envoy forwards it in `x-forwarded-client-cert`,
+replacing whatever a client sent.
 
 After `ServingCertificate.reissue()` (which also follows a new trust bundle), new handshakes get the
-new certificate and trust; open connections carry on. `/ready` counts the secure port as up only
-while the front end is listening (`listening`).
+new certificate and trust moments later (Envoy gets it over SDS, which checks every 0.2 s); open
+connections carry on. `/ready` counts the secure port as up only while the front end serves
+(`listening`).
 
 Services register with `add(register, plaintext=..., secure=...)` before `start()`, where
 `register` is a generated `add_XServicer_to_server`-style callable taking the server.
@@ -24,18 +28,20 @@ Services register with `add(register, plaintext=..., secure=...)` before `start(
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
-from certs.pem import cert_pem, write_atomic
 from certs.serving import ServingCertificate
+from controlplane.frontsds import FrontEndSecrets
 from controlplane.settings import Address, SettingsError
-from controlplane.tlsfront import PeerCertificates, TlsFrontEnd
+from controlplane.tlsfront import EnvoyFrontEnd, ForwardedPeers, FrontEndError
 
 log = logging.getLogger(__name__)
 
@@ -53,46 +59,6 @@ _OPTIONS = [
 ]
 
 
-class MeshTlsContexts:
-    """Server `SSLContext`s for the secure port, rebuilt when the serving certificate is reissued.
-
-    Each context serves `serving`'s chain, asks for a client certificate without requiring one
-    (`CERT_OPTIONAL`), trusts the serving authority's roots plus its signer and intermediates (so a
-    leaf from a plug-in intermediate verifies without the client sending the chain), offers ALPN
-    `h2`, and accepts TLS 1.2 or later.
-    """
-
-    def __init__(self, serving: ServingCertificate) -> None:
-        self.serving = serving
-        self._generation = -1
-        self._context: ssl.SSLContext | None = None
-
-    def __call__(self) -> ssl.SSLContext:
-        if self._context is None or self.serving.generation != self._generation:
-            generation = self.serving.generation
-            self._context = self._build()
-            if self._generation >= 0:
-                log.info("secure gRPC port picked up a reissued serving certificate", extra={"generation": generation})
-            self._generation = generation
-        return self._context
-
-    def _build(self) -> ssl.SSLContext:
-        serving = self.serving
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-        ctx.set_alpn_protocols(["h2"])
-        with tempfile.TemporaryDirectory(prefix="meshplane-grpc-tls-") as tmp:
-            cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-            write_atomic(cert_file, serving.chain_pem())
-            write_atomic(key_file, serving.key_pem, mode=0o600)
-            ctx.load_cert_chain(cert_file, key_file)
-        authority = serving.authority
-        trusted = dict.fromkeys(cert_pem(c) for c in (*authority.roots, authority.cert, *authority.chain))
-        ctx.load_verify_locations(cadata=b"".join(trusted).decode("ascii"))
-        return ctx
-
-
 class GrpcServers:
     def __init__(
         self, *, plaintext_addr: Address | None, secure_addr: Address | None, serving: ServingCertificate
@@ -103,9 +69,10 @@ class GrpcServers:
         self.plaintext = grpc.aio.server(options=_OPTIONS) if plaintext_addr else None
         # The services of the secure port live on this internal server, reached only through the front end.
         self.secure = grpc.aio.server(options=_OPTIONS) if secure_addr else None
-        self.peer_certificates = PeerCertificates()
-        self.front: TlsFrontEnd | None = None
-        self.internal_port: int | None = None
+        self.peer_certificates = ForwardedPeers()
+        self.front: EnvoyFrontEnd | None = None
+        self.secrets: grpc.aio.Server | None = None
+        self.private_dir: Path | None = None
         self.started = False
 
     def add(self, register: Register, *, plaintext: bool, secure: bool) -> None:
@@ -125,21 +92,7 @@ class GrpcServers:
             self._bind(self.plaintext.add_insecure_port, self.plaintext_addr, "grpc")
             await self.plaintext.start()
         if self.secure is not None and self.secure_addr is not None:
-            internal = Address(host="127.0.0.1", port=0)
-            self.internal_port = self._bind(self.secure.add_insecure_port, internal, "secure grpc (internal)")
-            await self.secure.start()
-            self.front = TlsFrontEnd(
-                contexts=MeshTlsContexts(self.serving),
-                backend_port=self.internal_port,
-                peers=self.peer_certificates,
-            )
-            try:
-                await self.front.start(self.secure_addr.bind_host, self.secure_addr.port)
-            except OSError as exc:
-                raise SettingsError(
-                    f"cannot listen on {self.secure_addr} for secure grpc: {exc.strerror or exc}"
-                ) from exc
-            log.info("secure grpc listening on %s (TLS, client certificate optional)", self.secure_addr)
+            await self._start_secure(self.secure, self.secure_addr)
         self.started = True
 
     @staticmethod
@@ -154,12 +107,40 @@ class GrpcServers:
         log.info("%s listening on %s", name, f"{addr.bind_host}:{port}")
         return port
 
+    async def _start_secure(self, internal_server: grpc.aio.Server, addr: Address) -> None:
+        """The internal server and SDS on Unix sockets in a fresh private directory, then Envoy in front."""
+        private = self.private_dir = Path(tempfile.mkdtemp(prefix="meshplane-secure-"))  # mode 0700
+        internal, sds = private / "grpc.sock", private / "sds.sock"
+        internal_server.add_insecure_port(f"unix:{internal}")
+        await internal_server.start()
+        self.secrets = grpc.aio.server()
+        FrontEndSecrets(self.serving).register(self.secrets)
+        self.secrets.add_insecure_port(f"unix:{sds}")
+        await self.secrets.start()
+        for path in (internal, sds):
+            os.chmod(path, 0o600)
+        self.front = EnvoyFrontEnd(host=addr.bind_host, port=addr.port, workdir=private, internal=internal, sds=sds)
+        try:
+            await self.front.start()
+        except FrontEndError as exc:
+            raise SettingsError(f"cannot listen on {addr} for secure grpc: {exc}") from None
+        log.info(
+            "secure grpc listening on %s:%d (TLS by Envoy, client certificate optional)",
+            addr.bind_host,
+            self.front.port,
+        )
+
     async def stop(self, grace: float) -> None:
         """Stop accepting; let open RPCs finish for up to `grace` seconds, then close what is left."""
         if self.front is not None:
-            self.front.close()
+            await self.front.close()
         await asyncio.gather(*(server.stop(grace) for server in (self.secure, self.plaintext) if server is not None))
         if self.front is not None:
-            # The internal server has ended its connections; let the pipes flush what they hold.
-            await self.front.wait_closed(within=min(grace, 5.0) if grace > 0 else 0.5)
+            # The internal server has ended its streams; Envoy has relayed their ends by now.
+            await self.front.stop(within=min(grace, 5.0) if grace > 0 else 0.5)
+        if self.secrets is not None:
+            await self.secrets.stop(0)
+        if self.private_dir is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.private_dir)
         self.started = False

@@ -128,7 +128,7 @@ class ControlPlane:
         self._start_discovery()
         self.grpc = GrpcServers(plaintext_addr=s.grpc_addr, secure_addr=s.secure_grpc_addr, serving=self.serving)
         # gRPC services register on the shared servers here, before they start. The secure port's TLS
-        # front end hands the verified client certificate over by connection; the CA and xDS look it up there.
+        # front end (Envoy) forwards the verified client certificate with each call; the CA and xDS read it there.
         self.ca.service.peer_certificate = self.grpc.peer_certificates.for_context
         self.grpc.add(self.ca.service.register, plaintext=False, secure=True)
         self.grpc.add(AdsServer(self.discovery, secure=False).register, plaintext=True, secure=False)
@@ -320,6 +320,12 @@ class ControlPlane:
                 "watches": self.kube_source.describe() if self.kube_source else {},
             }
 
+        def registryz(_: web.Request) -> Any:
+            """The registry, with every config problem in one list: the config dir's files first."""
+            found = self.discovery.registryz()
+            files = [str(p) for p in (self.file_source.problems if self.file_source else [])]
+            return {**found, "problems": files + list(found["problems"])}
+
         def injectz(_: web.Request) -> Any:
             return self.injector.describe()
 
@@ -337,7 +343,7 @@ class ControlPlane:
             "injectz": injectz,
             "syncz": lambda _: self.discovery.syncz(),
             "config_dump": config_dump,
-            "registryz": lambda _: self.discovery.registryz(),
+            "registryz": registryz,
         }
 
 

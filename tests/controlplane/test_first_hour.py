@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
+import time
+import urllib.request
 
-from tests.helpers.serve import meshplane_cmd
+from tests.helpers.serve import Running, meshplane_cmd
 
 
 def meshplane(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,3 +46,28 @@ def test_help_texts_read_as_prose() -> None:
     token_help = meshplane("token", "--help").stdout
     assert "`" not in token_help
     assert "Print the version of meshplane." in meshplane("version", "--help").stdout
+
+
+def test_config_dir_problems_show_in_registryz_and_their_fix_is_logged(serve: Running) -> None:
+    assert serve.config_dir is not None
+    bad = serve.config_dir / "svc.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: 80}\n")
+
+    def problems() -> list[str]:
+        with urllib.request.urlopen(f"{serve.http_url}/debug/registryz", timeout=10) as resp:
+            found: list[str] = json.load(resp)["problems"]
+            return found
+
+    deadline = time.monotonic() + 30
+    while not any("svc.yaml" in p for p in problems()) or "config problem: svc.yaml" not in serve.logs():
+        assert time.monotonic() < deadline, "the file's problem never reached registryz and the log"
+        time.sleep(0.2)
+    bad.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}]}\n"
+    )
+    while any("svc.yaml" in p for p in problems()):
+        assert time.monotonic() < deadline + 30, "the fixed file's problem stayed in registryz"
+        time.sleep(0.2)
+    while "config file svc.yaml: its problems are resolved" not in serve.logs():
+        assert time.monotonic() < deadline + 40, "the fix was not logged"
+        time.sleep(0.2)

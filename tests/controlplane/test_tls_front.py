@@ -1,31 +1,36 @@
-"""The secure port's TLS front end over real sockets: which connection carries which verified client
-certificate (`PeerCertificates`), and how bytes, ends and resets cross the pipe."""
+"""The secure port's Envoy TLS front end over real sockets: a real Envoy, real gRPC clients, and the
+internal gRPC server behind it seeing only what Envoy verified."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
+import json
+import os
 import pathlib
 import socket
 import ssl
-import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+import stat
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
-from prometheus_client import REGISTRY
 
 from certs.authority import Authority, self_signed_root
 from certs.pem import cert_pem, generate_key, key_pem
 from certs.serving import ServingCertificate
-from controlplane.grpcserver import MeshTlsContexts
-from controlplane.tlsfront import PeerCertificates, TlsFrontEnd, parse_peer
+from controlplane.grpcserver import GrpcServers
+from controlplane.settings import Address, SettingsError
+from controlplane.tlsfront import ForwardedPeers, grpc_peer_name, xfcc_certificate
 
 SERVER_NAME = "istiod.istio-system.svc"
 IDENTITY = "spiffe://cluster.local/ns/shop/sa/cart"
-METRIC = "meshplane_secure_grpc_handshake_failures"
+METHOD = "/test.Who/Ask"
 WAIT = 30.0
 
 
@@ -39,280 +44,241 @@ async def eventually(check: Callable[[], bool], *, within: float = WAIT) -> None
     deadline = asyncio.get_running_loop().time() + within
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class _Peer:
-    name: str
-
-    def peer(self) -> str:
-        return self.name
-
-
-@dataclass
-class Backend:
-    """A raw TCP server standing in for the internal gRPC server; records what each connection saw."""
-
-    peers: PeerCertificates
-    handler: Handler | None = None
-    seen: list[bytes | None] = field(default_factory=list)  # the certificate looked up at the first byte
-    clients: list[str] = field(default_factory=list)  # the client address looked up at the first byte
-    eofs: int = 0
-    resets: int = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        if self.handler is not None:
-            await self.handler(reader, writer)
-            return
-        try:
-            first = await reader.read(65536)
-            self.seen.append(self.peers.for_peer(f"ipv4:{host}:{port}"))
-            self.clients.append(self.peers.client_of(_Peer(f"ipv4:{host}:{port}")))
-            data = first
-            while data:
-                writer.write(data)
-                await writer.drain()
-                data = await reader.read(65536)
-            self.eofs += 1
-        except ConnectionResetError:
-            self.resets += 1
-        finally:
-            writer.close()
+def leaf_uris(pem: bytes) -> list[str]:
+    cert = x509.load_pem_x509_certificate(pem)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 @dataclass
 class Front:
     ca: Authority
     serving: ServingCertificate
-    front: TlsFrontEnd
-    backend: Backend
-    backend_port: int
+    servers: GrpcServers
     port: int
-    tmp: pathlib.Path
+    calls: list[dict[str, Any]]
 
-    def client_context(self, *, identity: str | None = None, issuer: Authority | None = None) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=self.serving.root_pem().decode())
-        ctx.set_alpn_protocols(["h2"])
-        if identity is not None:
+    def channel(self, *, identity: str | None = None, issuer: Authority | None = None) -> grpc.aio.Channel:
+        if identity is None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.ca.root_pem)
+        else:
             key = generate_key("ecdsa-p256")
             chain = (issuer or self.ca).issue(public_key=key.public_key(), ttl=dt.timedelta(hours=1), uris=(identity,))
-            cert_file, key_file = self.tmp / "client.pem", self.tmp / "client.key"
-            cert_file.write_bytes(b"".join(cert_pem(c) for c in chain))
-            key_file.write_bytes(key_pem(key))
-            ctx.load_cert_chain(cert_file, key_file)
-        return ctx
-
-    async def connect(self, ctx: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", self.port, ssl=ctx, server_hostname=SERVER_NAME), WAIT
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=self.ca.root_pem,
+                private_key=key_pem(key),
+                certificate_chain=b"".join(cert_pem(c) for c in chain),
+            )
+        return grpc.aio.secure_channel(
+            f"127.0.0.1:{self.port}",
+            creds,
+            options=[("grpc.ssl_target_name_override", SERVER_NAME), ("grpc.use_local_subchannel_pool", 1)],
         )
+
+    async def ask(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        return dict(json.loads(await call(b"", metadata=metadata, timeout=WAIT)))
+
+    def serving_serial(self) -> int:
+        """The serial of the certificate a new handshake gets."""
+        ctx = ssl.create_default_context(cadata=self.ca.root_pem.decode())
+        ctx.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as raw,
+            ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+
+def who_service(calls: list[dict[str, Any]]) -> Callable[[grpc.aio.Server], None]:
+    """A service on the internal server answering what the front end told it about the caller."""
+    peers = ForwardedPeers()
+
+    async def ask(_: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        pem = peers.for_context(context)
+        answer = {"uris": leaf_uris(pem) if pem else None, "client": peers.client_of(context)}
+        calls.append(answer)
+        return json.dumps(answer).encode()
+
+    handler = grpc.method_handlers_generic_handler("test.Who", {"Ask": grpc.unary_unary_rpc_method_handler(ask)})
+    return lambda server: server.add_generic_rpc_handlers((handler,))
 
 
 @pytest.fixture
-async def front(tmp_path: pathlib.Path) -> AsyncIterator[Front]:
+async def front() -> AsyncIterator[Front]:
     ca = authority()
     serving = ServingCertificate(ca, hosts=(SERVER_NAME,))
-    peers = PeerCertificates()
-    backend = Backend(peers)
-    server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
-    backend_port = server.sockets[0].getsockname()[1]
-    tls = TlsFrontEnd(contexts=MeshTlsContexts(serving), backend_port=backend_port, peers=peers)
-    port = await tls.start("127.0.0.1", 0)
+    servers = GrpcServers(plaintext_addr=None, secure_addr=Address(host="127.0.0.1", port=0), serving=serving)
+    calls: list[dict[str, Any]] = []
+    servers.add(who_service(calls), plaintext=False, secure=True)
     try:
-        yield Front(ca, serving, tls, backend, backend_port, port, tmp_path)
+        await servers.start()
+        assert servers.front is not None
+        yield Front(ca, serving, servers, servers.front.port, calls)
     finally:
-        tls.close()
-        await tls.wait_closed(within=5)
-        server.close()
+        await servers.stop(0)
 
 
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> bytes:
-    writer.write(payload)
-    await writer.drain()
-    return await asyncio.wait_for(reader.readexactly(len(payload)), WAIT)
+# -- identity ------------------------------------------------------------------------------------
 
 
-def leaf_uris(pem: bytes) -> list[str]:
-    cert = x509.load_pem_x509_certificate(pem)
-    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.UniformResourceIdentifier
+async def test_the_internal_server_sees_the_verified_client_certificate_and_address(front: Front) -> None:
+    async with front.channel(identity=IDENTITY) as channel:
+        answer = await front.ask(channel)
+    assert answer["uris"] == [IDENTITY]
+    assert answer["client"].startswith("ipv4:127.0.0.1:")
+
+
+async def test_a_client_without_a_certificate_has_none(front: Front) -> None:
+    async with front.channel() as channel:
+        assert (await front.ask(channel))["uris"] is None
+
+
+async def test_forged_identity_headers_from_a_client_are_replaced(front: Front) -> None:
+    forged_key = generate_key("ecdsa-p256")
+    forged = front.ca.issue(public_key=forged_key.public_key(), ttl=dt.timedelta(hours=1), uris=("spiffe://x/admin",))
+    headers = (
+        ("x-forwarded-client-cert", f'Cert="{urllib.parse.quote(cert_pem(forged[0]).decode())}"'),
+        ("x-meshplane-client", "10.9.9.9:1"),
     )
-
-
-# -- the mapping ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("peer", "address"),
-    [
-        ("ipv4:127.0.0.1:5000", ("127.0.0.1", 5000)),
-        ("ipv6:[::1]:5000", ("::1", 5000)),
-        ("ipv6:%5B::1%5D:5000", ("::1", 5000)),
-        ("unix:/tmp/socket", None),
-        ("ipv4:127.0.0.1", None),
-        ("ipv4:127.0.0.1:port", None),
-        ("", None),
-    ],
-)
-def test_grpc_peer_strings_are_parsed_or_refused(peer: str, address: tuple[str, int] | None) -> None:
-    assert parse_peer(peer) == address
-
-
-def test_an_unknown_peer_has_no_certificate() -> None:
-    peers = PeerCertificates()
-    peers.register(("127.0.0.1", 5000), b"pem")
-    assert peers.for_peer("ipv4:127.0.0.1:5000") == b"pem"
-    assert peers.for_peer("ipv4:127.0.0.1:5001") is None
-    assert peers.for_peer("ipv4:127.0.0.2:5000") is None
-    assert peers.for_peer("unix:/tmp/socket") is None
-    peers.remove(("127.0.0.1", 5000))
-    peers.remove(("127.0.0.1", 5000))  # removing twice is harmless
-    assert peers.for_peer("ipv4:127.0.0.1:5000") is None
-
-
-async def test_the_internal_side_sees_the_verified_certificate_from_the_first_byte(front: Front) -> None:
-    reader, writer = await front.connect(front.client_context(identity=IDENTITY))
-    assert await echo(reader, writer, b"hello") == b"hello"
-    assert len(front.backend.seen) == 1
-    seen = front.backend.seen[0]
-    assert seen is not None and leaf_uris(seen) == [IDENTITY]
-    writer.close()
-
-
-async def test_the_internal_side_learns_the_real_client_address(front: Front) -> None:
-    reader, writer = await front.connect(front.client_context())
-    host, port = writer.get_extra_info("sockname")[:2]
-    assert await echo(reader, writer, b"hello") == b"hello"
-    assert front.backend.clients == [f"ipv4:{host}:{port}"]
-    writer.close()
-
-
-async def test_a_client_without_a_certificate_registers_nothing(front: Front) -> None:
-    reader, writer = await front.connect(front.client_context())
-    assert await echo(reader, writer, b"hello") == b"hello"
-    assert front.backend.seen == [None]
-    assert len(front.front.peers) == 0
-    writer.close()
-
-
-async def test_the_entry_is_removed_when_the_client_closes(front: Front) -> None:
-    reader, writer = await front.connect(front.client_context(identity=IDENTITY))
-    await echo(reader, writer, b"hello")
-    assert len(front.front.peers) == 1
-    writer.close()
-    await eventually(lambda: front.backend.eofs == 1)  # the client's end reaches the internal side
-    await eventually(lambda: len(front.front.peers) == 0 and front.front.connections == 0)
-
-
-async def test_the_entry_is_removed_when_the_internal_side_closes_after_its_last_bytes(front: Front) -> None:
-    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)
-        writer.write(b"bye" * 100_000)
-        await writer.drain()
-        writer.close()
-
-    front.backend.handler = answer_and_close
-    reader, writer = await front.connect(front.client_context(identity=IDENTITY))
-    writer.write(b"hi")
-    assert await asyncio.wait_for(reader.read(), WAIT) == b"bye" * 100_000  # everything, then the end
-    await eventually(lambda: len(front.front.peers) == 0 and front.front.connections == 0)
-    writer.close()
-
-
-async def test_a_connection_the_front_end_did_not_make_has_no_certificate(front: Front) -> None:
-    reader, writer = await front.connect(front.client_context(identity=IDENTITY))
-    await echo(reader, writer, b"via front")
-    direct_reader, direct_writer = await asyncio.open_connection("127.0.0.1", front.backend_port)
-    assert await echo(direct_reader, direct_writer, b"direct") == b"direct"
-    assert front.backend.seen[0] is not None and front.backend.seen[1] is None
-    direct_writer.close()
-    writer.close()
+    async with front.channel() as channel:
+        without = await front.ask(channel, headers)
+    async with front.channel(identity=IDENTITY) as channel:
+        with_cert = await front.ask(channel, headers)
+    assert without["uris"] is None and with_cert["uris"] == [IDENTITY]
+    assert "10.9.9.9" not in without["client"] and "10.9.9.9" not in with_cert["client"]
 
 
 async def test_a_certificate_from_another_authority_fails_the_handshake(front: Front) -> None:
-    ctx = front.client_context(identity=IDENTITY, issuer=authority())
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # so the refusal comes while the client is still handshaking
+    async with front.channel(identity=IDENTITY, issuer=authority()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await front.ask(channel)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert front.calls == []
 
-    # The front end drops the connection mid-handshake (asyncio sends no alert): an SSL error or a reset.
-    def failures() -> float:
-        sample = REGISTRY.get_sample_value(f"{METRIC}_total", {"reason": "certificate"})
-        return sample or 0.0
 
-    before = failures()
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        await front.connect(ctx)
-    assert front.backend.seen == [] and len(front.front.peers) == 0
-    await eventually(lambda: failures() == before + 1)  # counted as a certificate failure
+async def test_the_internal_server_listens_only_on_private_unix_sockets(front: Front) -> None:
+    private = front.servers.private_dir
+    assert private is not None
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    for name in ("grpc.sock", "sds.sock"):
+        mode = (private / name).stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert listening_tcp_ports_of_this_process() == set(), "the internal server must not take a TCP port"
+
+
+def listening_tcp_ports_of_this_process() -> set[int]:
+    inodes = set()
+    for fd in pathlib.Path("/proc/self/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# -- rotation and lifecycle ----------------------------------------------------------------------
 
 
 async def test_a_reissued_serving_certificate_reaches_new_handshakes_while_open_connections_carry_on(
     front: Front,
 ) -> None:
-    reader, writer = await front.connect(front.client_context())
-    first = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    front.serving.reissue()
-    new_reader, new_writer = await front.connect(front.client_context())
-    second = new_writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    assert first != second
-    assert x509.load_der_x509_certificate(second) == front.serving.chain[0]
-    assert await echo(reader, writer, b"still here") == b"still here"
-    assert await echo(new_reader, new_writer, b"new") == b"new"
-    writer.close()
-    new_writer.close()
+    assert front.servers.front is not None
+    pid = front.servers.front.pid
+    before = await asyncio.to_thread(front.serving_serial)
+    async with front.channel(identity=IDENTITY) as channel:
+        await front.ask(channel)
+        front.serving.reissue()
+        new = front.serving.chain[0].serial_number
+
+        def rotated() -> bool:
+            deadline = time.monotonic() + WAIT
+            while front.serving_serial() != new:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.1)
+            return True
+
+        assert await asyncio.to_thread(rotated), "new handshakes never got the reissued certificate"
+        assert (await front.ask(channel))["uris"] == [IDENTITY]  # the open connection carries on
+    assert new != before and front.servers.front.pid == pid
 
 
-# -- flow control and resets ---------------------------------------------------------------------
+async def test_envoy_is_restarted_on_the_same_port_when_it_dies(front: Front) -> None:
+    envoy = front.servers.front
+    assert envoy is not None and envoy.pid is not None
+    os.kill(envoy.pid, 9)
+    await eventually(lambda: not front.servers.listening)
+    await eventually(lambda: front.servers.listening and envoy.restarts == 1)
+    assert envoy.port == front.port
+    async with front.channel(identity=IDENTITY) as channel:
+        assert (await front.ask(channel))["uris"] == [IDENTITY]
 
 
-async def test_a_client_that_does_not_read_is_not_buffered_without_bound(front: Front) -> None:
-    blob = hashlib.sha256(b"seed").digest() * (32 * 1024 * 1024 // 32)  # 32 MiB, far above socket buffers
-    done = asyncio.Event()
-
-    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)
-        writer.write(blob)
-        await writer.drain()
-        done.set()
-        writer.close()
-
-    front.backend.handler = flood
-    reader, writer = await front.connect(front.client_context())
-    writer.write(b"go")
-    await eventually(lambda: any(p.up is not None and not p.up.is_reading() for p in front.front._pipes))
-    # The internal side is paused; what the front end holds for the client stays near its limit.
-    buffered = sum(p.down.get_write_buffer_size() for p in front.front._pipes if p.down is not None)
-    assert buffered <= front.front.buffer_limit + 1024 * 1024
-    assert not done.is_set()
-    received = await asyncio.wait_for(reader.read(), WAIT)
-    assert hashlib.sha256(received).digest() == hashlib.sha256(blob).digest()
-    writer.close()
+async def test_stop_ends_envoy_and_removes_the_private_directory() -> None:
+    servers = GrpcServers(
+        plaintext_addr=None,
+        secure_addr=Address(host="127.0.0.1", port=0),
+        serving=ServingCertificate(authority(), hosts=(SERVER_NAME,)),
+    )
+    await servers.start()
+    assert servers.front is not None and servers.private_dir is not None
+    pid = servers.front.pid
+    await servers.stop(0)
+    assert not servers.private_dir.exists()
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
-async def test_a_reset_by_the_internal_side_resets_the_client(front: Front) -> None:
-    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+async def test_a_taken_port_is_a_settings_error_naming_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        servers = GrpcServers(
+            plaintext_addr=None,
+            secure_addr=Address(host="127.0.0.1", port=port),
+            serving=ServingCertificate(authority(), hosts=(SERVER_NAME,)),
+        )
+        try:
+            with pytest.raises(SettingsError, match=f"127.0.0.1:{port}"):
+                await servers.start()
+        finally:
+            await servers.stop(0)
 
-    front.backend.handler = reset
-    reader, writer = await front.connect(front.client_context())
-    writer.write(b"x")
-    with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(reader.read(), WAIT)
-    await eventually(lambda: front.front.connections == 0)
+
+# -- header parsing ------------------------------------------------------------------------------
 
 
-async def test_a_reset_by_the_client_resets_the_internal_side(front: Front) -> None:
-    reader, writer = await front.connect(front.client_context(identity=IDENTITY))
-    await echo(reader, writer, b"x")
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-    await eventually(lambda: front.backend.resets == 1)
-    await eventually(lambda: len(front.front.peers) == 0)
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('Hash=ab;Cert="-----BEGIN%20CERTIFICATE-----%0AMII%0A-----END%20CERTIFICATE-----%0A"', True),
+        ("Cert=-----BEGIN%20CERTIFICATE-----%0AMII%0A", True),
+        ("By=spiffe://a;Hash=ab;URI=spiffe://b", False),
+        ('Cert="not a certificate"', False),
+        ("", False),
+    ],
+)
+def test_xfcc_values_yield_a_certificate_only_when_they_carry_one(value: str, expected: bool) -> None:
+    pem = xfcc_certificate(value)
+    assert (pem is not None and pem.startswith(b"-----BEGIN CERTIFICATE-----\nMII\n")) is expected
+
+
+@pytest.mark.parametrize(
+    ("address", "peer"),
+    [("10.1.2.3:5000", "ipv4:10.1.2.3:5000"), ("[::1]:5000", "ipv6:[::1]:5000"), ("", "")],
+)
+def test_envoy_addresses_are_named_as_grpc_peers(address: str, peer: str) -> None:
+    assert grpc_peer_name(address) == peer
