@@ -84,7 +84,10 @@ class ControlPlane:
             self.store.mark_synced()
             self.tasks.start("config-dir-watch", self.file_source.watch())
 
-        hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=s.serving_hosts)
+        # local mode: also the names a user on this machine dials (the README's `curl https://127.0.0.1:15017`)
+        local = () if self.kube is not None else ("localhost", "127.0.0.1", "::1")
+        bound = tuple(a.host for a in (s.webhook_addr, s.secure_grpc_addr) if a.host not in ("", "0.0.0.0", "::"))
+        hosts = serving_names(service=s.istiod_service, namespace=s.namespace, extra=(*s.serving_hosts, *local, *bound))
         try:
             if self.kube is None:
                 # Key material (state dir; `cacerts/` plug-in if present), <state-dir>/root-cert.pem, the CA service.

@@ -71,3 +71,14 @@ def test_config_dir_problems_show_in_registryz_and_their_fix_is_logged(serve: Ru
     while "config file svc.yaml: its problems are resolved" not in serve.logs():
         assert time.monotonic() < deadline + 40, "the fix was not logged"
         time.sleep(0.2)
+
+
+def test_the_readmes_curl_to_the_webhook_verifies_with_the_state_dirs_root(serve: Running) -> None:
+    review = '{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}'
+    result = subprocess.run(
+        ["curl", "-sS", "--cacert", str(serve.root_cert), "-o", "/dev/null", "-w", "%{http_code}",
+         "-H", "Content-Type: application/json", "--data", review, f"https://127.0.0.1:{serve.ports['webhook']}/inject"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr  # no certificate error
+    assert result.stdout == "400"  # the review has no request: refused by meshplane, over verified TLS
