@@ -8,7 +8,11 @@ import subprocess
 import time
 import urllib.request
 
+from controlplane.model.meshconfig import MeshConfig
+from controlplane.model.store import ConfigStore
+from controlplane.sources.files import FileSource
 from tests.helpers.serve import Running, meshplane_cmd
+from webhook.config import parse_injection_config
 
 
 def meshplane(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,3 +86,20 @@ def test_the_readmes_curl_to_the_webhook_verifies_with_the_state_dirs_root(serve
     )  # fmt: skip
     assert result.returncode == 0, result.stderr  # no certificate error
     assert result.stdout == "400"  # the review has no request: refused by meshplane, over verified TLS
+
+
+def test_examples_mesh_has_one_document_of_each_kind_and_loads_cleanly() -> None:
+    examples = pathlib.Path(__file__).resolve().parents[2] / "examples" / "mesh"
+    store = ConfigStore()
+    source = FileSource(examples, store)
+    source.scan()
+    assert source.problems == []
+    for kind in ("Namespace", "ConfigMap", "Service", "EndpointSlice", "Pod", "PeerAuthentication"):
+        assert store.list(kind), f"examples/mesh has no {kind}"
+    configmaps = {obj["metadata"]["name"]: obj for obj in store.list("ConfigMap")}
+    assert set(configmaps) == {"istio", "istio-sidecar-injector"}
+    config = parse_injection_config(
+        injector=configmaps["istio-sidecar-injector"]["data"], mesh=configmaps["istio"]["data"]
+    )
+    assert config.proxy_image == "docker.io/meshplane/proxyv2:0.1.0"
+    assert MeshConfig.from_configmap(configmaps["istio"]).trust_domain == "cluster.local"
