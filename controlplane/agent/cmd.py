@@ -1,20 +1,25 @@
-"""`meshplane agent`: the sidecar agent's command line (docs/agent.md has the table of flags).
+"""`meshplane agent` (also installed as `pilot-agent`): the sidecar agent's command line (docs/agent.md).
 
 The injected container runs it with Istio's args, `proxy sidecar --domain ... --proxyLogLevel=...`;
 every path and address is also a flag, defaulting to the env var the injector sets, so the agent
-runs outside a pod too. Exit status: 0 after a clean stop (SIGTERM, SIGINT), 2 for unusable
-options, 1 when nothing can be served (no Envoy binary, the SDS socket or a port cannot be used).
+runs outside a pod too. Without a subcommand it runs the agent as `proxy sidecar` does. Exit status:
+0 after a clean stop (SIGTERM, SIGINT), 2 for unusable options, 1 when nothing can be served (no
+Envoy binary, the SDS socket or a port cannot be used). The subcommands `request` and `wait` are
+what the injected lifecycle hooks run (see `hooks`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from controlplane import logs
+from controlplane.agent import hooks
 from controlplane.agent.options import (
     DEFAULT_DISCOVERY,
     KEY_ALGORITHMS,
@@ -23,55 +28,95 @@ from controlplane.agent.options import (
     from_args,
 )
 
+_DESCRIPTION = (
+    "Run the sidecar agent of one workload: get its certificate from the CA and rotate it, serve it to "
+    "Envoy over SDS, write Envoy's bootstrap and run Envoy (or, in proxyless mode, write the gRPC xDS "
+    "bootstrap and certificate files), and serve readiness, application probes and merged metrics on "
+    "the status port. Istio's `proxy sidecar` / `proxy router` arguments are accepted; `request` and "
+    "`wait` are the commands of the injected lifecycle hooks."
+)
 
-def _flag(p: argparse.ArgumentParser, flag: str, env: str | None, default: str | None, help: str, **kw: Any) -> None:
+
+def _flag(
+    p: argparse.ArgumentParser,
+    flag: str,
+    env: str | None,
+    default: str | None,
+    help: str,
+    *,
+    keep_earlier: bool = False,
+    **kw: Any,
+) -> None:
+    """One agent flag; `keep_earlier` (on the `proxy` subcommand) keeps a value given before the subcommand."""
     value = os.environ.get(env, default) if env else default
     source = f"env {env}; " if env else ""
+    if keep_earlier:
+        value = argparse.SUPPRESS
     p.add_argument(flag, default=value, help=f"{help} [{source}default {default!r}]", **kw)
 
 
 def add_parser(sub: Any) -> None:
+    """Add `agent` (with its subcommands `proxy`, `request`, `wait`) to meshplane's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "agent",
-        help="run the sidecar agent (certificates, SDS, Envoy) of one workload",
-        description=(
-            "Run the sidecar agent of one workload: get its certificate from the CA and rotate it, serve it to "
-            "Envoy over SDS, write Envoy's bootstrap and run Envoy (or, in proxyless mode, write the gRPC xDS "
-            "bootstrap and certificate files), and serve readiness, application probes and merged metrics on "
-            "the status port. Istio's `proxy sidecar` / `proxy router` arguments are accepted."
-        ),
+        "agent", help="run the sidecar agent (certificates, SDS, Envoy) of one workload", description=_DESCRIPTION
     )
-    p.add_argument("proxy", nargs="?", choices=["proxy"], help="Istio's first argument, accepted and ignored")
-    p.add_argument("node_type", nargs="?", default="sidecar", choices=["sidecar", "router"], help="proxy type")
-    _flag(p, "--domain", None, None, "DNS domain of the workload (default <namespace>.svc.cluster.local)")
-    _flag(p, "--discovery-address", None, None, f"xDS server host:port (default PROXY_CONFIG or {DEFAULT_DISCOVERY})")
-    _flag(p, "--ca-addr", "CA_ADDR", None, "CA host:port (default: the discovery address)")
-    _flag(p, "--istiod-san", "MESHPLANE_ISTIOD_SAN", None, "DNS name the control plane's certificate must carry")
-    _flag(p, "--pod-name", "POD_NAME", None, "pod name")
-    _flag(p, "--pod-namespace", "POD_NAMESPACE", None, "pod namespace")
-    _flag(p, "--instance-ip", "INSTANCE_IP", None, "pod IP")
-    _flag(p, "--service-account", "SERVICE_ACCOUNT", "default", "service account (the SPIFFE identity's sa)")
-    _flag(p, "--trust-domain", "TRUST_DOMAIN", "cluster.local", "SPIFFE trust domain")
-    _flag(p, "--token-file", "MESHPLANE_TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "token for the CA")
-    _flag(p, "--root-cert", "MESHPLANE_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "mesh root bundle")
-    _flag(p, "--labels-file", "MESHPLANE_LABELS_FILE", "/etc/istio/pod/labels", "pod labels (downward API file)")
-    _flag(p, "--proxy-dir", "MESHPLANE_PROXY_DIR", "/etc/istio/proxy", "Envoy bootstrap; proxyless: xDS socket")
-    _flag(p, "--sds-socket", "MESHPLANE_SDS_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "SDS socket")
-    _flag(p, "--key-algorithm", "MESHPLANE_KEY_ALGORITHM", "ecdsa-p256", "workload key", choices=KEY_ALGORITHMS)
-    _flag(p, "--cert-ttl", "SECRET_TTL", "24h", "lifetime of workload certificates to ask for")
-    _flag(p, "--loopback-address", "ISTIO_META_LOOPBACK_ADDRESS", "127.0.0.1", "the pod's loopback address")
-    _flag(p, "--bind-address", "MESHPLANE_BIND_ADDRESS", "0.0.0.0", "address of the status, readiness, stats ports")
-    _flag(p, "--status-port", "MESHPLANE_STATUS_PORT", str(STATUS_PORT), "agent status port")
-    _flag(p, "--envoy", "MESHPLANE_ENVOY", None, "Envoy binary (default: beside python, else on PATH)")
-    _flag(p, "--drain-duration", None, None, "drain time on SIGTERM (default PROXY_CONFIG or 5s)")
-    _flag(p, "--grpc-xds-bootstrap", "GRPC_XDS_BOOTSTRAP", "/etc/istio/proxy/grpc-bootstrap.json", "proxyless")
-    _flag(p, "--output-certs", "OUTPUT_CERTS", "/var/lib/istio/data", "proxyless: certificate files directory")
-    _flag(p, "--proxyLogLevel", None, "warning", "Envoy log level", dest="proxy_log_level")
-    _flag(p, "--proxyComponentLogLevel", None, "misc:error", "Envoy component levels", dest="proxy_component_log_level")
-    _flag(p, "--log_output_level", None, "default:info", "Istio's agent log flag, accepted and ignored")
-    _flag(p, "--log-level", "MESHPLANE_LOG_LEVEL", "info", "agent log level", choices=logs.LEVELS)
-    _flag(p, "--log-format", "MESHPLANE_LOG_FORMAT", "text", "agent log format", choices=logs.FORMATS)
-    p.set_defaults(func=_run)
+    configure(p)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """Make `p` the agent's parser: the agent's flags, and the subcommands `proxy`, `request` and `wait`."""
+    _agent_flags(p)
+    p.set_defaults(func=_run, node_type="sidecar")
+    sub = p.add_subparsers(dest="agent_command", metavar="{proxy,request,wait}")
+    proxy = sub.add_parser(
+        "proxy", help="run the agent (Istio's `proxy sidecar` / `proxy router`)", description=_DESCRIPTION
+    )
+    proxy.add_argument("node_type", nargs="?", default="sidecar", choices=["sidecar", "router"], help="proxy type")
+    _agent_flags(proxy, keep_earlier=True)
+    hooks.add_parsers(sub)
+
+
+def pilot_agent(argv: Sequence[str] | None = None) -> int:
+    """The `pilot-agent` console script: `meshplane agent` under Istio's name, for Istio's injected commands."""
+    parser = argparse.ArgumentParser(prog="pilot-agent", description=_DESCRIPTION)
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _agent_flags(p: argparse.ArgumentParser, *, keep_earlier: bool = False) -> None:
+    flag = functools.partial(_flag, keep_earlier=keep_earlier)
+    flag(p, "--domain", None, None, "DNS domain of the workload (default <namespace>.svc.cluster.local)")
+    flag(p, "--discovery-address", None, None, f"xDS server host:port (default PROXY_CONFIG or {DEFAULT_DISCOVERY})")
+    flag(p, "--ca-addr", "CA_ADDR", None, "CA host:port (default: the discovery address)")
+    flag(p, "--istiod-san", "MESHPLANE_ISTIOD_SAN", None, "DNS name the control plane's certificate must carry")
+    flag(p, "--pod-name", "POD_NAME", None, "pod name")
+    flag(p, "--pod-namespace", "POD_NAMESPACE", None, "pod namespace")
+    flag(p, "--instance-ip", "INSTANCE_IP", None, "pod IP")
+    flag(p, "--service-account", "SERVICE_ACCOUNT", "default", "service account (the SPIFFE identity's sa)")
+    flag(p, "--trust-domain", "TRUST_DOMAIN", "cluster.local", "SPIFFE trust domain")
+    flag(p, "--token-file", "MESHPLANE_TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "token for the CA")
+    flag(p, "--root-cert", "MESHPLANE_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "mesh root bundle")
+    flag(p, "--labels-file", "MESHPLANE_LABELS_FILE", "/etc/istio/pod/labels", "pod labels (downward API file)")
+    flag(p, "--proxy-dir", "MESHPLANE_PROXY_DIR", "/etc/istio/proxy", "Envoy bootstrap; proxyless: xDS socket")
+    flag(p, "--sds-socket", "MESHPLANE_SDS_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "SDS socket")
+    flag(p, "--key-algorithm", "MESHPLANE_KEY_ALGORITHM", "ecdsa-p256", "workload key", choices=KEY_ALGORITHMS)
+    flag(p, "--cert-ttl", "SECRET_TTL", "24h", "lifetime of workload certificates to ask for")
+    flag(p, "--loopback-address", "ISTIO_META_LOOPBACK_ADDRESS", "127.0.0.1", "the pod's loopback address")
+    flag(p, "--bind-address", "MESHPLANE_BIND_ADDRESS", "0.0.0.0", "address of the status, readiness, stats ports")
+    flag(p, "--status-port", "MESHPLANE_STATUS_PORT", str(STATUS_PORT), "agent status port")
+    flag(p, "--envoy", "MESHPLANE_ENVOY", None, "Envoy binary (default: beside python, else on PATH)")
+    flag(p, "--drain-duration", None, None, "drain time on SIGTERM (default PROXY_CONFIG or 5s)")
+    flag(p, "--grpc-xds-bootstrap", "GRPC_XDS_BOOTSTRAP", "/etc/istio/proxy/grpc-bootstrap.json", "proxyless")
+    flag(p, "--output-certs", "OUTPUT_CERTS", "/var/lib/istio/data", "proxyless: certificate files directory")
+    flag(p, "--proxyLogLevel", None, "warning", "Envoy log level", dest="proxy_log_level")
+    flag(p, "--proxyComponentLogLevel", None, "misc:error", "Envoy component levels", dest="proxy_component_log_level")
+    flag(p, "--log_output_level", None, "default:info", "Istio's agent log flag, accepted and ignored")
+    flag(p, "--log-level", "MESHPLANE_LOG_LEVEL", "info", "agent log level", choices=logs.LEVELS)
+    flag(p, "--log-format", "MESHPLANE_LOG_FORMAT", "text", "agent log format", choices=logs.FORMATS)
 
 
 def _run(args: argparse.Namespace) -> int:

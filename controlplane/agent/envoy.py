@@ -125,7 +125,8 @@ class EnvoySupervisor:
         self._proc: asyncio.subprocess.Process | None = None
         self._stop = asyncio.Event()
         self._spawning = asyncio.Lock()  # drain_and_stop() never misses an Envoy being started
-        self._draining = False
+        self._draining = False  # drain_and_stop() is stopping Envoy
+        self._drained = False  # drain() stopped the listeners: readiness fails from then on
         self._restarts = 0
 
     @property
@@ -204,13 +205,29 @@ class EnvoySupervisor:
                         self._proc.kill()
                     await self._proc.wait()
 
+    async def drain(self) -> None:
+        """Start the graceful drain without stopping Envoy (the native sidecar's preStop hook, `POST /drain`).
+
+        The (inbound) listeners stop accepting at once; responses on open connections ask clients to
+        close them (`Connection: close`, HTTP/2 GOAWAY), so in-flight requests finish. Envoy keeps
+        running for them, readiness fails from now on, and a later `drain_and_stop()` stops Envoy at
+        once (Istio's agent does the same: by then the application containers have exited).
+        Idempotent. Raises EnvoyAdminError when the admin API does not answer (readiness fails anyway:
+        the pod is going away).
+        """
+        if self._drained:
+            return
+        self._drained = True
+        await self._drain_listeners()
+        log.info("Envoy's listeners are draining; Envoy keeps running until the agent is stopped")
+
     async def drain_and_stop(self) -> None:
         """Gracefully stop Envoy (on SIGTERM) and make `run()` return. Safe to call at any time, twice.
 
-        Envoy's (inbound) listeners stop accepting at once, responses on open connections ask clients
-        to close them (`Connection: close`, HTTP/2 GOAWAY) so in-flight requests finish; then this
-        waits until no connection is left or `drain_duration` has passed, sends SIGTERM, and SIGKILL
-        after `stop_timeout`. An admin API that does not answer only skips the wait (logged).
+        Envoy's (inbound) listeners are drained as by `drain()`, then this waits until no connection
+        is left or `drain_duration` has passed, sends SIGTERM, and SIGKILL after `stop_timeout`.
+        After `drain()` it skips the drain and the wait. An admin API that does not answer only skips
+        the wait (logged).
         """
         async with self._spawning:
             self._stop.set()
@@ -221,13 +238,14 @@ class EnvoySupervisor:
             await proc.wait()
             return
         self._draining = True
+        if self._drained:
+            log.info("Envoy (pid %d) was drained before: stopping it now", proc.pid)
+            await self._terminate(proc)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._drain_duration
         try:
-            # `graceful` starts Envoy's drain sequence (clients are told to close); on its own it would
-            # keep accepting for --drain-time-s, so the plain call then stops the listeners right away.
-            await self._admin("POST", f"/drain_listeners?{self._drain_query}graceful")
-            await self._admin("POST", f"/drain_listeners?{self._drain_query}".rstrip("?&"))
+            await self._drain_listeners()
             log.info("draining Envoy (pid %d) for up to %gs", proc.pid, self._drain_duration)
             while proc.returncode is None and loop.time() < deadline:
                 active = await self._active_connections()
@@ -249,7 +267,7 @@ class EnvoySupervisor:
         proc = self._proc
         if proc is None:
             return False, "envoy not started"
-        if self._draining:
+        if self._draining or self._drained:
             return False, "envoy is draining"
         if proc.returncode is not None:
             return False, f"envoy exited with code {proc.returncode}; waiting to restart it"
@@ -324,6 +342,12 @@ class EnvoySupervisor:
         if partial:
             tail.append(partial.decode(errors="replace"))
         return await proc.wait(), list(tail)
+
+    async def _drain_listeners(self) -> None:
+        # `graceful` starts Envoy's drain sequence (clients are told to close); on its own it would
+        # keep accepting for --drain-time-s, so the plain call then stops the listeners right away.
+        await self._admin("POST", f"/drain_listeners?{self._drain_query}graceful")
+        await self._admin("POST", f"/drain_listeners?{self._drain_query}".rstrip("?&"))
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):

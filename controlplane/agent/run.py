@@ -2,7 +2,9 @@
 
 Start order: status server (15020) and SDS socket first, so Envoy finds them; then the certificate
 loop, then Envoy (sidecar mode) or the xDS proxy and the gRPC bootstrap writer (proxyless mode).
-SIGTERM/SIGINT: drain Envoy, then stop everything in reverse order and exit 0. The agent exits
+SIGTERM/SIGINT: drain Envoy, then stop everything in reverse order and exit 0. `POST /drain` on the
+status port (the native sidecar's preStop hook) starts Envoy's drain ahead of SIGTERM and fails
+readiness; the SIGTERM that follows then stops Envoy without waiting again. The agent exits
 non-zero only when nothing can be served: the SDS socket, the xDS proxy socket, the status port or
 the Envoy binary cannot be used.
 """
@@ -109,6 +111,7 @@ class Agent:
         self.envoy: EnvoySupervisor | None = None
         self.xds_proxy: XdsProxy | None = None
         self.grpc_ready = False
+        self.drained = False
         admin = f"http://{_host(options.loopback_address)}:{ADMIN_PORT}"
         self.status = StatusServer(
             bind_address=options.bind_address,
@@ -122,6 +125,7 @@ class Agent:
             source_address="127.0.0.6" if options.interception_mode == "REDIRECT" else None,
             registry=metrics.REGISTRY,
             cert_info=self.secrets.info,
+            drain=self.drain,
         )
         if not options.proxyless:
             self.envoy = EnvoySupervisor(
@@ -142,7 +146,18 @@ class Agent:
                 path=options.xds_socket,
             )
 
+    async def drain(self) -> None:
+        """`POST /drain`: readiness fails from now on; Envoy's listeners drain (in-flight requests finish).
+
+        Raises EnvoyAdminError when Envoy's admin API does not answer. Proxyless, there is nothing to drain.
+        """
+        self.drained = True
+        if self.envoy is not None:
+            await self.envoy.drain()
+
     async def ready(self) -> ReadyState:
+        if self.drained:
+            return ReadyState(ready=False, reason="draining: the pod is shutting down")
         if self.secrets.credential is None:
             return ReadyState(ready=False, reason=f"no certificate yet: waiting for {self.secrets.waiting_for}")
         if self.envoy is None:

@@ -11,6 +11,9 @@ Routes (GET; anything else is 404):
   in `istio_agent_scrape_failures_total{type="envoy"|"application"|"agent"}`; the scrape still
   answers 200.
 - `/debug/certs`: the wiring's `cert_info()` as JSON.
+- `POST /drain` (the native sidecar's preStop hook, `pilot-agent request POST drain`): runs the
+  wiring's `drain()` and answers 200 `OK`, or 500 with the reason it failed. Only from this host
+  (403 otherwise); other methods get 405.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -129,6 +133,7 @@ class StatusServer:
         registry: the agent's own metrics; the scrape counters are registered in it, so one status
             server per registry.
         cert_info: the `/debug/certs` document.
+        drain: starts the graceful drain for `POST /drain`; raises to report that it failed.
 
     Raises ValueError for bad `prometheus_annotations`; `start()` raises StatusError when the
     address cannot be bound (port in use, address not local).
@@ -142,6 +147,7 @@ class StatusServer:
         app_host: str,
         registry: CollectorRegistry,
         cert_info: Callable[[], Mapping[str, Any]],
+        drain: Callable[[], Awaitable[None]] | None = None,
         envoy_stats_url: str | None = None,
         prometheus_annotations: str = "",
         source_address: str | None = None,
@@ -155,6 +161,7 @@ class StatusServer:
         self._source = source_address
         self._registry = registry
         self._cert_info = cert_info
+        self._drain = drain
         self._envoy_url = envoy_stats_url
         self._app_url = app_metrics_url(prometheus_annotations, host=app_host, status_port=port or STATUS_PORT)
         self._bind = bind_address
@@ -186,6 +193,7 @@ class StatusServer:
         app.router.add_get("/app-lifecycle/{container}/{kind}", self._handle_probe)
         app.router.add_get("/stats/prometheus", self._handle_stats)
         app.router.add_get("/debug/certs", self._handle_certs)
+        app.router.add_post("/drain", self._handle_drain)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
@@ -252,6 +260,19 @@ class StatusServer:
         if not result.ok:
             log.info("application probe %s failed: %s", request.path, result.detail)
         return web.Response(status=200 if result.ok else 500, text=result.detail + "\n")
+
+    async def _handle_drain(self, request: web.Request) -> web.Response:
+        if not _from_this_host(request):
+            return web.Response(status=403, text="Only requests from localhost are allowed\n")
+        if self._drain is None:
+            return web.Response(status=501, text="this agent has nothing to drain\n")
+        log.info("handling /drain, starting drain")
+        try:
+            await self._drain()
+        except Exception as exc:
+            log.warning("drain failed: %s", exc)
+            return web.Response(status=500, text=f"drain failed: {exc}\n")
+        return web.Response(text="OK")
 
     async def _handle_certs(self, _: web.Request) -> web.Response:
         try:
@@ -330,6 +351,22 @@ def _strip_eof(body: bytes) -> bytes:
     """OpenMetrics ends with `# EOF`; inside a merged text exposition that line must go."""
     trimmed = body.rstrip()
     return trimmed[: -len(b"# EOF")] if trimmed.endswith(b"# EOF") else body
+
+
+def _from_this_host(request: web.Request) -> bool:
+    """The peer is a loopback address, or the address it connected to (a local address of this host)."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    local = request.transport.get_extra_info("sockname") if request.transport else None
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    if address.is_loopback or (local and peer[0] == local[0]):
+        return True
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(mapped is not None and mapped.is_loopback)
 
 
 def _join(host: str, port: int) -> str:

@@ -3,7 +3,8 @@
 Images are recognised by the last path component of the image name, tag and digest ignored:
 - `pilot` (istiod): entrypoint `meshplane` (the chart's args begin with `serve`);
 - `proxyv2`: entrypoint `meshplane agent` (args `proxy sidecar ...`), except args beginning with
-  `istio-iptables`, which run `meshplane iptables ...` (the injected `istio-init`);
+  `istio-iptables`, which run `meshplane iptables ...` (the injected `istio-init`); a `command` beginning
+  with `pilot-agent` runs `meshplane agent ...` (Istio's name, as the image's console script does);
 - any other image with a `command` runs that command with the machine's programs (`sh`, `sleep` ...);
 - any other image without one runs the stand-in app (`tests.kubesim.standin`) on the container's declared
   ports (gRPC where the port name starts with `grpc`).
@@ -111,6 +112,8 @@ def command_line(container: Obj, env: Mapping[str, str]) -> list[str]:
     args = [expand(str(a), env) for a in container.get("args") or []]
     meshplane = str(BIN_DIR / "meshplane")
     kind = image_name(str(container.get("image", "")))
+    if kind == "proxyv2" and command[:1] == ["pilot-agent"]:
+        return [meshplane, "agent", *command[1:], *args]
     if command:
         return [*command, *args]
     if kind == "pilot":
