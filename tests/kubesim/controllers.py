@@ -1,4 +1,4 @@
-"""kubesim's kube-controller-manager: the deployment, replicaset, endpointslice and garbage-collector loops.
+"""kubesim's kube-controller-manager: the deployment, replicaset, statefulset, endpointslice and GC loops.
 
     controllers = Controllers(kubeconfig=path)
     await controllers.start()      # connects, discovers resources, starts informers and loops
@@ -10,7 +10,7 @@ watch (resuming and relisting through `controlplane.kube.watching`), and writes 
 with resourceVersion or uid preconditions, so pods a ReplicaSet creates pass admission like any
 other. What a real controller records as an Event is logged and kept in `events` (tests read it,
 e.g. the `FailedCreate` of a pod refused by a webhook). Module by module: `ctl_deployment`,
-`ctl_replicaset`, `ctl_endpointslice`, `ctl_gc`; shared machinery in `ctl_base`.
+`ctl_replicaset`, `ctl_statefulset`, `ctl_endpointslice`, `ctl_gc`; shared machinery in `ctl_base`.
 
 Errors: `start()` raises `SettingsError` for an unusable kubeconfig and `KubeApiError` (or an
 OSError) when the API server cannot be reached for discovery; after that, failures are retried.
@@ -39,6 +39,7 @@ from tests.kubesim.ctl_deployment import DeploymentController
 from tests.kubesim.ctl_endpointslice import EndpointSliceController
 from tests.kubesim.ctl_gc import GarbageCollector, discover
 from tests.kubesim.ctl_replicaset import ReplicaSetController
+from tests.kubesim.ctl_statefulset import STATEFULSETS, StatefulSetController
 
 __all__ = ["Controllers", "Event"]
 
@@ -67,7 +68,7 @@ class Controllers:
             await api.close()
             raise
         self._api = api
-        for needed in (PODS, SERVICES, DEPLOYMENTS, REPLICASETS, ENDPOINTSLICES):
+        for needed in (PODS, SERVICES, DEPLOYMENTS, REPLICASETS, STATEFULSETS, ENDPOINTSLICES):
             if needed not in resources:
                 resources.append(needed)
         informers = {r: Informer(api, r) for r in resources}
@@ -81,6 +82,9 @@ class Controllers:
             ),
             ReplicaSetController(
                 api=api, replicasets=informers[REPLICASETS], pods=informers[PODS], events=self.event_log
+            ),
+            StatefulSetController(
+                api=api, statefulsets=informers[STATEFULSETS], pods=informers[PODS], events=self.event_log
             ),
             EndpointSliceController(
                 api=api,

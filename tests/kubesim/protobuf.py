@@ -1,4 +1,4 @@
-"""Decoding the protobuf request bodies kubectl's typed commands send (`kubectl create namespace`, ...).
+"""Decoding the protobuf request bodies kubectl's typed commands send (`kubectl create namespace|deployment`).
 
 The wire form is the 4-byte magic `k8s\\0` and a `runtime.Unknown` message (field 1 TypeMeta with
 apiVersion=1, kind=2; field 2 the raw object message; 3 contentEncoding; 4 contentType). The object
@@ -119,8 +119,152 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         6: ("ignoreStoreReadErrorWithClusterBreakingPotential", "bool"),
     },
 }
+# apps/v1 workloads (`kubectl create deployment`) and the pod template they carry. Types: `int` is a
+# plain number (0 = unset, dropped), `optint` a pointer (0 kept: `replicas: 0`), `bool` a pointer
+# (false kept), `flag` a plain bool (false dropped), as Kubernetes' JSON encoding does.
+SCHEMAS.update(
+    {
+        "LabelSelectorRequirement": {
+            1: ("key", "string"),
+            2: ("operator", "string"),
+            3: ("values", "repeated:string"),
+        },
+        "LabelSelector": {
+            1: ("matchLabels", "map:string"),
+            2: ("matchExpressions", "repeated:LabelSelectorRequirement"),
+        },
+        "ContainerPort": {
+            1: ("name", "string"),
+            2: ("hostPort", "int"),
+            3: ("containerPort", "int"),
+            4: ("protocol", "string"),
+            5: ("hostIP", "string"),
+        },
+        "EnvVar": {1: ("name", "string"), 2: ("value", "string")},
+        "ResourceClaim": {1: ("name", "string"), 2: ("request", "string")},
+        "ResourceRequirements": {
+            1: ("limits", "map:quantity"),
+            2: ("requests", "map:quantity"),
+            3: ("claims", "repeated:ResourceClaim"),
+        },
+        "VolumeMount": {
+            1: ("name", "string"),
+            2: ("readOnly", "flag"),
+            3: ("mountPath", "string"),
+            4: ("subPath", "string"),
+            5: ("mountPropagation", "string"),
+            6: ("subPathExpr", "string"),
+            7: ("recursiveReadOnly", "string"),
+        },
+        "Container": {
+            1: ("name", "string"),
+            2: ("image", "string"),
+            3: ("command", "repeated:string"),
+            4: ("args", "repeated:string"),
+            5: ("workingDir", "string"),
+            6: ("ports", "repeated:ContainerPort"),
+            7: ("env", "repeated:EnvVar"),
+            8: ("resources", "message:ResourceRequirements"),
+            9: ("volumeMounts", "repeated:VolumeMount"),
+            13: ("terminationMessagePath", "string"),
+            14: ("imagePullPolicy", "string"),
+            16: ("stdin", "flag"),
+            17: ("stdinOnce", "flag"),
+            18: ("tty", "flag"),
+            20: ("terminationMessagePolicy", "string"),
+            24: ("restartPolicy", "string"),
+        },
+        "Toleration": {
+            1: ("key", "string"),
+            2: ("operator", "string"),
+            3: ("value", "string"),
+            4: ("effect", "string"),
+            5: ("tolerationSeconds", "optint"),
+        },
+        "PodSpec": {
+            2: ("containers", "repeated:Container"),
+            3: ("restartPolicy", "string"),
+            4: ("terminationGracePeriodSeconds", "optint"),
+            5: ("activeDeadlineSeconds", "optint"),
+            6: ("dnsPolicy", "string"),
+            7: ("nodeSelector", "map:string"),
+            8: ("serviceAccountName", "string"),
+            9: ("serviceAccount", "string"),
+            10: ("nodeName", "string"),
+            11: ("hostNetwork", "flag"),
+            12: ("hostPID", "flag"),
+            13: ("hostIPC", "flag"),
+            15: ("imagePullSecrets", "repeated:LocalObjectReference"),
+            16: ("hostname", "string"),
+            17: ("subdomain", "string"),
+            19: ("schedulerName", "string"),
+            20: ("initContainers", "repeated:Container"),
+            21: ("automountServiceAccountToken", "bool"),
+            22: ("tolerations", "repeated:Toleration"),
+            24: ("priorityClassName", "string"),
+            25: ("priority", "optint"),
+            27: ("shareProcessNamespace", "bool"),
+            29: ("runtimeClassName", "string"),
+            30: ("enableServiceLinks", "bool"),
+            31: ("preemptionPolicy", "string"),
+            35: ("setHostnameAsFQDN", "bool"),
+            37: ("hostUsers", "bool"),
+            41: ("hostnameOverride", "string"),
+        },
+        "PodTemplateSpec": {1: ("metadata", "message:ObjectMeta"), 2: ("spec", "message:PodSpec")},
+        "RollingUpdateDeployment": {1: ("maxUnavailable", "intorstring"), 2: ("maxSurge", "intorstring")},
+        "DeploymentStrategy": {1: ("type", "string"), 2: ("rollingUpdate", "message:RollingUpdateDeployment")},
+        "DeploymentSpec": {
+            1: ("replicas", "optint"),
+            2: ("selector", "message:LabelSelector"),
+            3: ("template", "message:PodTemplateSpec"),
+            4: ("strategy", "message:DeploymentStrategy"),
+            5: ("minReadySeconds", "int"),
+            6: ("revisionHistoryLimit", "optint"),
+            7: ("paused", "flag"),
+            9: ("progressDeadlineSeconds", "optint"),
+        },
+        # a create's status is ignored by the API server (status subresource)
+        "Deployment": {
+            1: ("metadata", "message:ObjectMeta"),
+            2: ("spec", "message:DeploymentSpec"),
+            3: ("status", "skip"),
+        },
+        "RollingUpdateStatefulSetStrategy": {1: ("partition", "optint"), 2: ("maxUnavailable", "intorstring")},
+        "StatefulSetUpdateStrategy": {
+            1: ("type", "string"),
+            2: ("rollingUpdate", "message:RollingUpdateStatefulSetStrategy"),
+        },
+        "StatefulSetOrdinals": {1: ("start", "int")},
+        "StatefulSetPersistentVolumeClaimRetentionPolicy": {1: ("whenDeleted", "string"), 2: ("whenScaled", "string")},
+        "StatefulSetSpec": {
+            1: ("replicas", "optint"),
+            2: ("selector", "message:LabelSelector"),
+            3: ("template", "message:PodTemplateSpec"),
+            5: ("serviceName", "string"),
+            6: ("podManagementPolicy", "string"),
+            7: ("updateStrategy", "message:StatefulSetUpdateStrategy"),
+            8: ("revisionHistoryLimit", "optint"),
+            9: ("minReadySeconds", "int"),
+            10: (
+                "persistentVolumeClaimRetentionPolicy",
+                "message:StatefulSetPersistentVolumeClaimRetentionPolicy",
+            ),
+            11: ("ordinals", "message:StatefulSetOrdinals"),
+        },
+        "StatefulSet": {
+            1: ("metadata", "message:ObjectMeta"),
+            2: ("spec", "message:StatefulSetSpec"),
+            3: ("status", "skip"),
+        },
+    }
+)
+# Messages whose presence means something even when empty (`strategy: {}`, `resources: {}`), as in JSON.
+KEEP_EMPTY = {"DeploymentStrategy", "ResourceRequirements", "PodTemplateSpec", "LabelSelector"}
 # kind -> the apiVersion its protobuf body must carry
 KINDS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
     "Namespace": "v1",
     "ConfigMap": "v1",
     "Secret": "v1",
@@ -185,7 +329,8 @@ def _string(value: int | bytes) -> str:
         raise ProtobufError("string field is not UTF-8") from None
 
 
-def _map(value: int | bytes, *, binary: bool) -> tuple[str, str]:
+def _map(value: int | bytes, *, item_type: str) -> tuple[str, str]:
+    """One map entry; `item_type` string, bytes (base64 in JSON) or quantity (a `Quantity` message)."""
     if not isinstance(value, bytes):
         raise ProtobufError("expected a map entry")
     key = ""
@@ -194,13 +339,28 @@ def _map(value: int | bytes, *, binary: bool) -> tuple[str, str]:
         if number == 1:
             key = _string(part)
         elif number == 2:
-            if binary:
-                if not isinstance(part, bytes):
-                    raise ProtobufError("expected bytes in a map entry")
+            if item_type == "string":
+                item = _string(part)
+            elif not isinstance(part, bytes):
+                raise ProtobufError(f"expected {item_type} in a map entry")
+            elif item_type == "bytes":
                 item = base64.b64encode(part).decode()
             else:
-                item = _string(part)
+                item = next((_string(v) for n, v in _fields(part) if n == 1), "")
     return key, item
+
+
+def _int_or_string(value: int | bytes) -> int | str:
+    """An IntOrString message (type 0 int / 1 string, intVal 2, strVal 3) as JSON writes it."""
+    if not isinstance(value, bytes):
+        raise ProtobufError("expected an IntOrString message")
+    parts = dict(_fields(value))
+    if parts.get(1, 0) == 1:
+        return _string(parts.get(3, b""))
+    number = parts.get(2, 0)
+    if not isinstance(number, int):
+        raise ProtobufError("expected an integer in IntOrString")
+    return number - (1 << 32) if number >= 1 << 31 else number
 
 
 def _message(data: bytes, schema_name: str) -> dict[str, Any]:
@@ -211,6 +371,8 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
         "int": lambda v: v if isinstance(v, int) else _bad("an integer"),
         "optint": lambda v: v if isinstance(v, int) else _bad("an integer"),  # 0 is a value, kept
         "bool": lambda v: bool(v) if isinstance(v, int) else _bad("a bool"),
+        "flag": lambda v: bool(v) if isinstance(v, int) else _bad("a bool"),
+        "intorstring": _int_or_string,
     }
     for number, value in _fields(data):
         if number not in schema:
@@ -220,7 +382,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
             continue
         if kind in handlers:
             decoded = handlers[kind](value)
-            if decoded not in ("", 0) or kind in ("bool", "optint"):
+            if decoded not in ("", 0, False) or kind in ("bool", "optint", "intorstring"):
                 out[name] = decoded
         elif kind == "time":
             if not isinstance(value, bytes):
@@ -229,7 +391,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
             if stamp:
                 out[name] = stamp
         elif kind.startswith("map:"):
-            key, item = _map(value, binary=kind == "map:bytes")
+            key, item = _map(value, item_type=kind.split(":", 1)[1])
             out.setdefault(name, {})[key] = item
         elif kind == "repeated:string":
             out.setdefault(name, []).append(_string(value))
@@ -239,7 +401,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
             nested = _message(value, kind.split(":", 1)[1])  # type: ignore[arg-type]
             if kind.startswith("repeated:"):
                 out.setdefault(name, []).append(nested)
-            elif nested:
+            elif nested or kind.split(":", 1)[1] in KEEP_EMPTY:
                 out[name] = nested
     return out
 

@@ -440,7 +440,11 @@ async def test_discovery_lists_every_resource(kube_api: KubeApi) -> None:
         "discovery.k8s.io",
     }
     apps = await kube_api.request("GET", "/apis/apps/v1")
-    assert {r["name"] for r in apps["resources"] if "/" not in r["name"]} == {"deployments", "replicasets"}
+    assert {r["name"] for r in apps["resources"] if "/" not in r["name"]} == {
+        "deployments",
+        "replicasets",
+        "statefulsets",
+    }
     version = await kube_api.request("GET", "/version")
     assert version["major"] == "1"
 

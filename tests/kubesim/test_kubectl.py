@@ -298,7 +298,7 @@ async def test_typed_create_commands_send_protobuf_that_kubesim_decodes(kubectl:
     assert (secret["type"], secret["data"]) == ("Opaque", {"x": "eQ=="})
     sa = await kubectl.json("get", "serviceaccount", "robot", "-n", "demo")
     assert sa["metadata"]["namespace"] == "demo"
-    unsupported = await kubectl.run("create", "deployment", "d", "--image=x", check=False)
-    assert (
-        "protobuf bodies for apps/v1/Deployment are not supported by kubesim; send JSON instead" in unsupported.stderr
-    )
+    await kubectl.run("create", "deployment", "d", "--image=x", "--replicas=0", "-n", "demo")
+    deployment = await kubectl.json("get", "deployment", "d", "-n", "demo")
+    assert deployment["spec"]["replicas"] == 0
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "x"
