@@ -108,8 +108,7 @@ REGISTRY.register(_Collector(pushes, rejects, unknown_types))
 class _ConflictGauges:
     """Service ports that lost a conflict, by kind (Istio's gauge names; the reserved-port gauge is
     meshplane's, as Istio only logs that case). Read at scrape time from the registry the discovery
-    service follows, so a conflict shows while no proxy is connected (nothing generated) too; without
-    one, the last snapshot the generators read."""
+    service follows (`follow`), so a conflict shows whether or not a proxy asked for config."""
 
     NAMES = {
         ConflictKind.TCP_OVER_TCP: "pilot_conflict_outbound_listener_tcp_over_current_tcp",
@@ -120,18 +119,14 @@ class _ConflictGauges:
     }
 
     def __init__(self) -> None:
-        self.current = Conflicts()
-        self._source: Callable[[], Conflicts] | None = None
+        self._source: Callable[[], Conflicts] = Conflicts
 
-    def observe(self, conflicts: Conflicts) -> None:
-        self.current = conflicts
-
-    def follow(self, source: Callable[[], Conflicts] | None) -> None:
-        """Read the conflicts from `source()` at each scrape (None: back to the last observed)."""
+    def follow(self, source: Callable[[], Conflicts]) -> None:
+        """Read the conflicts from `source()` at each scrape."""
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
-        current = self._source() if self._source is not None else self.current
+        current = self._source()
         for conflict_kind, name in self.NAMES.items():
             count = current.count(conflict_kind)
             yield GaugeMetricFamily(name, f"Service ports that lost a conflict: {conflict_kind.value}.", count)

@@ -52,7 +52,6 @@ from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.security import MtlsMode
 from controlplane.model.services import SIDECAR_LISTENER_PORTS, Protocol, Service, precedence
-from discovery import metrics
 from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
@@ -283,7 +282,6 @@ class ListenerGenerator:
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, view = ctx.snapshot, ctx.cache, ctx.view
-        metrics.conflicts.observe(snap.conflicts)
         versions = (snap.services_version, snap.mesh_version)
         if view.mode is InterceptionMode.NONE:
             excluded = frozenset(p.port for p in view.inbound)

@@ -6,8 +6,11 @@ are the names a client may use: `<fqdn>`, `<name>.<ns>.svc`, `<name>.<ns>`, the 
 `:<port>`. The cluster IP is left out when another service owns that (clusterIP, port)
 (`MeshSnapshot.conflicts`), so no two virtual hosts share a domain (Envoy would reject the whole
 route configuration). Its one
-route sends everything to `outbound|<port>||<fqdn>`. Other hosts reach `allow_any` (pass through)
-or, under `REGISTRY_ONLY`, `block_all` (502).
+route sends everything to `outbound|<port>||<fqdn>` with Istio's default retry policy (2 retries on
+connect-failure, refused-stream, unavailable, cancelled and retriable status codes, preferring hosts
+not tried yet, up to 5 host selections), so a request that meets an endpoint whose sidecar is already
+gone tries another. Other hosts reach `allow_any` (pass through) or, under `REGISTRY_ONLY`,
+`block_all` (502).
 
 A route configuration depends on the proxy's namespace (short names), so it is built once per
 namespace and port and shared by the proxies there.
@@ -17,12 +20,12 @@ from __future__ import annotations
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from google.protobuf import wrappers_pb2
 
 from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service
-from discovery import metrics
 from discovery.cache import Resource, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
@@ -43,6 +46,21 @@ def domains(service: Service, port: int, *, proxy_namespace: str, with_address: 
     return [d for host in hosts for d in (host, f"{host}:{port}")]
 
 
+def default_retry_policy() -> rc.RetryPolicy:
+    """Istio's default for routes without a VirtualService (pilot/pkg/networking/core/route/retry)."""
+    return rc.RetryPolicy(
+        retry_on="connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        num_retries=wrappers_pb2.UInt32Value(value=2),
+        retry_host_predicate=[
+            rc.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=c.typed(previous_hosts_pb2.PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=5,
+    )
+
+
 def _virtual_host(service: Service, port: int, *, proxy_namespace: str, with_address: bool) -> rc.VirtualHost:
     cluster = c.outbound_cluster(port, service.hostname)
     return rc.VirtualHost(
@@ -52,7 +70,7 @@ def _virtual_host(service: Service, port: int, *, proxy_namespace: str, with_add
             rc.Route(
                 name="default",
                 match=rc.RouteMatch(prefix="/"),
-                route=rc.RouteAction(cluster=cluster, timeout=c.duration(0)),
+                route=rc.RouteAction(cluster=cluster, timeout=c.duration(0), retry_policy=default_retry_policy()),
             )
         ],
     )
@@ -114,7 +132,6 @@ class RouteGenerator:
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, ns = ctx.snapshot, ctx.cache, ctx.view.namespace
-        metrics.conflicts.observe(snap.conflicts)
         group = cache.group(
             ("rds", watched.names, ns, snap.services_version, snap.mesh_version),
             lambda: [resource(snap, cache, n, namespace=ns) for n in sorted(watched.names)],

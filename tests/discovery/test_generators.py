@@ -171,6 +171,18 @@ def test_short_name_domains_only_for_proxies_in_the_same_namespace() -> None:
     assert here.virtual_hosts[-1].name == "allow_any"
 
 
+def test_service_routes_retry_another_host_as_istio_does_by_default() -> None:
+    route = base_world().generate(proxy(), ROUTE, ["80"])["80"]
+    assert isinstance(route, route_pb2.RouteConfiguration)
+    policy = route.virtual_hosts[0].routes[0].route.retry_policy
+    assert policy.retry_on == "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    assert policy.num_retries.value == 2
+    assert [p.name for p in policy.retry_host_predicate] == ["envoy.retry_host_predicates.previous_hosts"]
+    assert policy.host_selection_retry_max_attempts == 5
+    passthrough = route.virtual_hosts[-1].routes[0].route
+    assert not passthrough.HasField("retry_policy")  # unknown hosts are passed through untouched
+
+
 def test_registry_only_routes_unknown_hosts_to_a_502() -> None:
     world = base_world(
         {

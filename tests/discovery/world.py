@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
+from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.connection import Watched
 from discovery.generators import GenContext, ProxyView, table_for
@@ -25,6 +26,7 @@ class World:
     def __init__(self, *objects: Mapping[str, Any]) -> None:
         self.store = ConfigStore()
         self.registry = Registry(self.store)
+        metrics.conflicts.follow(lambda: self.registry.snapshot().conflicts)  # as DiscoveryService does
         self.cache = XdsCache()
         self.apply(*objects)
 
