@@ -3,10 +3,11 @@
     meshplane inject -f FILE|- [-o FILE] [--revision R] [--namespace NS] [--injection-config FILE]
 
 Reads multi-document YAML and injects the pod template of every Deployment, StatefulSet, DaemonSet,
-ReplicaSet, Job and CronJob (`spec.jobTemplate.spec.template`), every Pod, and the items of every
-List. Other documents, and workloads the policy leaves alone (`sidecar.istio.io/inject: "false"`,
-hostNetwork, a never-inject selector, a system namespace), pass through byte for byte; injected
-documents are re-serialised. The injection itself is the webhook's: `webhook.policy` then
+ReplicaSet, ReplicationController, OpenShift DeploymentConfig, Job and CronJob
+(`spec.jobTemplate.spec.template`), every Pod, and the items of every List. Other documents, and
+workloads the policy leaves alone (`sidecar.istio.io/inject: "false"`, hostNetwork, a never-inject
+selector, a system namespace), pass through byte for byte, each named on stderr with the reason;
+injected documents are re-serialised. The injection itself is the webhook's: `webhook.policy` then
 `webhook.inject.inject_pod`, with the workload name and owner taken from the enclosing object.
 The policy's enabled/disabled setting is not consulted: asking to inject is the opt-in.
 
@@ -47,6 +48,8 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "ReplicaSet": ("spec", "template"),
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "ReplicationController": ("spec", "template"),
+    "DeploymentConfig": ("spec", "template"),  # OpenShift's (apps.openshift.io/v1), injected by Istio too
 }
 _REVISION = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -158,8 +161,9 @@ class _Injector:
         )
 
     def document(self, doc: Any, where: str) -> Any | None:
-        """The injected document, or None when it stays as it is."""
+        """The injected document, or None when it stays as it is (a note then says why)."""
         if not isinstance(doc, dict):
+            self.notes.append(f"{where}: passed through: not a Kubernetes object (a YAML {type(doc).__name__})")
             return None
         kind = doc.get("kind")
         if kind == "List":
@@ -177,6 +181,11 @@ class _Injector:
             return self.pod(doc, where)
         if isinstance(kind, str) and kind in TEMPLATE_PATHS:
             return self.workload(doc, kind, where)
+        if isinstance(kind, str) and kind:
+            _, namespace, name = _describe(doc)
+            self.notes.append(f"{where} ({kind} {namespace}/{name}): passed through: a {kind} has no pod to inject")
+        else:
+            self.notes.append(f"{where}: passed through: it has no kind, so it is not a workload")
         return None
 
     def _inject(self, pod: dict[str, Any], *, namespace: str, label: str, prefix: str, params: InjectionParams) -> bool:

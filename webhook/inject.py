@@ -15,14 +15,16 @@ Istio's injector:
   `volumeMounts` by `mountPath`); `image: auto` in it means "the injected image";
 - placement: `istio-init`, then a native `istio-proxy`, before the user's init containers; a classic
   `istio-proxy` last among the containers (first with `holdApplicationUntilProxyStarts`);
-- HTTP/TCP/gRPC probes of application containers rewritten to the agent's status port
-  (`/app-health/<container>/{readyz,livez,startupz}`), the originals in `ISTIO_KUBE_APP_PROBERS`
-  with named ports resolved (a named port the container does not declare is an `InvalidPod`);
-- the Prometheus merge: `prometheus.io/{port,path,scrape}` point at the agent (15020,
-  `/stats/prometheus`), the user's values saved in `ISTIO_PROMETHEUS_ANNOTATIONS`; skipped when
-  the mesh disables it, with `prometheus.istio.io/merge-metrics: "false"`, and (meshplane's choice)
-  when the pod says `prometheus.io/scrape: "false"`; probes and metrics need an `istio-proxy`, so a
-  template set without one (`grpc-simple`) gets neither;
+- probes and httpGet/tcpSocket lifecycle hooks of application containers and of the user's init
+  containers (native sidecars) moved to the agent's status port (`webhook.probes`), the originals
+  in `ISTIO_KUBE_APP_PROBERS` (not for `grpc-agent`, nor with status port 0);
+- `istio-init`'s `-u`/`-g`: the user's `istio-proxy` `runAsUser`/`runAsGroup`, else 1337;
+- the Prometheus merge: `prometheus.io/{port,path,scrape}` point at the agent (status port,
+  `/stats/prometheus`), the user's values saved in `ISTIO_PROMETHEUS_ANNOTATIONS` when there were
+  any; skipped when the mesh disables it, with `prometheus.istio.io/merge-metrics: "false"`, and when
+  the pod opts out of scraping in any spelling Prometheus reads (`prometheus.io/scrape` or
+  `prometheus.io.scrape: "false"`); probes and metrics need an `istio-proxy`, so a template set
+  without one (`grpc-simple`) gets neither;
 - `injectedAnnotations` of the config, and the status annotation listing what injection added
   (plus what exact strip-and-redo needs: the user's override containers and what templates added to
   application containers).
@@ -43,25 +45,18 @@ from typing import Any
 from webhook import validate as v
 from webhook.config import InjectionConfig
 from webhook.merge import apply_fragment, combine, strategic_merge
-from webhook.options import Options, read_options
-from webhook.strip import (
-    INIT,
-    PROBE_ACTIONS,
-    PROBERS_ENV,
-    PROBES,
-    PROMETHEUS_ENV,
-    PROMETHEUS_KEYS,
-    PROXY,
-    STATUS,
-    replace_key,
-    strip,
-)
+from webhook.options import PROXY_UID, Options, read_options
+from webhook.probes import PROBERS_ENV, rewrite
+from webhook.strip import INIT, PROMETHEUS_ENV, PROMETHEUS_KEYS, PROXY, STATUS, strip
 from webhook.templates import TemplateError
 from webhook.validate import InjectionError, InvalidPod
 
 __all__ = ["InjectionError", "InjectionParams", "InvalidPod", "TemplateError", "inject_pod", "workload_identity"]
 
 _CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
+_NOT_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_]")
+_FALSE = ("0", "f", "F", "false", "False", "FALSE")  # what Go's strconv.ParseBool reads as false
+MAX_ID = 2**32 - 2
 AUTO_IMAGE = "auto"
 
 
@@ -177,62 +172,6 @@ def workload_identity(
     return name, owner
 
 
-# -- probes -------------------------------------------------------------------------------------
-
-
-def _resolve_port(container: Mapping[str, Any], port: Any, path: str, *, named_ok: bool = True) -> int:
-    if isinstance(port, int) and not isinstance(port, bool):
-        if not 1 <= port <= 65535:
-            raise InvalidPod(path, f"{port} is not a port number 1-65535")
-        return port
-    if isinstance(port, str) and port and named_ok:
-        for item in container.get("ports") or []:
-            if isinstance(item, dict) and item.get("name") == port:
-                number = item.get("containerPort")
-                if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
-                    return number
-                raise InvalidPod(path, f"named port {port!r} has no valid containerPort")
-        raise InvalidPod(path, f"named port {port!r} is not declared in the ports of container {container['name']!r}")
-    if port is None:
-        raise InvalidPod(path, "is required")
-    raise InvalidPod(path, f"must be a port number{' or a port name' if named_ok else ''}, got {json.dumps(port)}")
-
-
-def _rewrite_probes(apps: list[tuple[int, dict[str, Any]]], status_port: int) -> dict[str, Any]:
-    """Point HTTP/TCP/gRPC probes at the agent; return the originals keyed by the new path."""
-    probers: dict[str, Any] = {}
-    for index, container in apps:
-        for field, suffix in PROBES:
-            probe = container.get(field)
-            if probe is None:
-                continue
-            where = f"spec.containers[{index}].{field}"
-            if not isinstance(probe, dict):
-                raise InvalidPod(where, f"must be an object, got {v.type_name(probe)}")
-            action = next((key for key in PROBE_ACTIONS if key in probe), None)
-            if action is None:
-                continue  # exec probes stay as they are
-            handler = probe[action]
-            if not isinstance(handler, dict):
-                raise InvalidPod(f"{where}.{action}", f"must be an object, got {v.type_name(handler)}")
-            port = _resolve_port(container, handler.get("port"), f"{where}.{action}.port", named_ok=action != "grpc")
-            url = f"/app-health/{container['name']}/{suffix}"
-            prober: dict[str, Any] = {action: {**handler, "port": port}}
-            if "timeoutSeconds" in probe:
-                prober["timeoutSeconds"] = probe["timeoutSeconds"]
-            probers[url] = prober
-            if action == "httpGet":
-                http = {key: item for key, item in handler.items() if key != "host"}
-                http["path"] = url
-                http["port"] = status_port
-                if http.get("scheme") == "HTTPS":
-                    http["scheme"] = "HTTP"
-            else:
-                http = {"path": url, "port": status_port}
-            container[field] = replace_key(probe, action, "httpGet", http)
-    return probers
-
-
 # -- inject -------------------------------------------------------------------------------------
 
 
@@ -253,12 +192,40 @@ def _take_overrides(spec: dict[str, Any], names: tuple[str, ...]) -> list[dict[s
     return overrides
 
 
+def _proxy_ids(overrides: list[dict[str, Any]]) -> tuple[int, int]:
+    """The proxy's effective (runAsUser, runAsGroup): the user's istio-proxy securityContext, else 1337."""
+    uid = gid = PROXY_UID
+    for entry in overrides:
+        container = entry["container"]
+        if container["name"] != PROXY or container.get("securityContext") is None:
+            continue
+        where = f"spec.{entry['list']}[{entry['index']}].securityContext"
+        context = container["securityContext"]
+        if not isinstance(context, dict):
+            raise InvalidPod(where, f"must be an object, got {v.type_name(context)}")
+        ids = []
+        for field, default in (("runAsUser", uid), ("runAsGroup", gid)):
+            value = context.get(field, default)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+                raise InvalidPod(f"{where}.{field}", f"must be a numeric id 0-{MAX_ID}, got {json.dumps(value)}")
+            ids.append(value)
+        uid, gid = ids
+    return uid, gid
+
+
 def _context(
-    pod: dict[str, Any], o: Options, params: InjectionParams, *, labels: Mapping[str, str], workload: tuple[str, str]
+    pod: dict[str, Any],
+    o: Options,
+    params: InjectionParams,
+    *,
+    labels: Mapping[str, str],
+    workload: tuple[str, str],
+    proxy_ids: tuple[int, int],
 ) -> dict[str, Any]:
     config = params.config
     trust_domain = config.trust_domain or params.trust_domain
     sidecar = o.context(config=config, discovery_address=params.discovery_address, trust_domain=trust_domain)
+    sidecar["proxy_uid"], sidecar["proxy_gid"] = proxy_ids
     sidecar["network"] = labels.get("topology.istio.io/network") or params.network or config.network
     sidecar["cluster_id"] = params.cluster_id
     return {
@@ -269,6 +236,14 @@ def _context(
         "proxy_config": o.proxy_config,
         "revision": params.revision,
     }
+
+
+def _scrape_disabled(annotations: Mapping[str, str]) -> bool:
+    """Prometheus' scrape opt-out in any spelling Prometheus reads as the same (`prometheus.io.scrape`, ...)."""
+    return any(
+        _NOT_LABEL_CHAR.sub("_", name) == "prometheus_io_scrape" and value in _FALSE
+        for name, value in annotations.items()
+    )
 
 
 def _names(items: Any) -> list[str]:
@@ -330,9 +305,11 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams) -> dict[str, Any]:
         _objects(container, "ports", f"spec.containers[{index}].ports")
         _objects(container, "volumeMounts", f"spec.containers[{index}].volumeMounts", named=True)
     indexed_apps = list(enumerate(containers))
+    probe_targets = [(f"spec.initContainers[{i}]", c) for i, c in enumerate(spec.get("initContainers") or [])]
+    probe_targets += [(f"spec.containers[{i}]", c) for i, c in indexed_apps]
     workload = workload_identity(pod, namespace=params.namespace, params=params)
 
-    context = _context(pod, o, params, labels=labels, workload=workload)
+    context = _context(pod, o, params, labels=labels, workload=workload, proxy_ids=_proxy_ids(overrides))
     fragments = [config.templates.render(name, context) for name in o.templates]
     fragment = fragments[0] if len(fragments) == 1 else combine(fragments)
     rendered = set(_names((fragment.get("spec") or {}).get("initContainers")))
@@ -348,24 +325,26 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams) -> dict[str, Any]:
     }
     app_before = {c["name"]: (set(_names(c.get("env"))), set(_names(c.get("volumeMounts")))) for c in containers}
     saved_prometheus = None
-    if has_proxy and o.prometheus_merge and annotations.get("prometheus.io/scrape") != "false":
-        target = str(o.status_port)
-        if annotations.get("prometheus.io/port") != target:
-            saved = {key: annotations.get(f"prometheus.io/{key}", "") for key in PROMETHEUS_KEYS}
+    merge_metrics = has_proxy and o.prometheus_merge and not _scrape_disabled(annotations)
+    merge_metrics = merge_metrics and annotations.get("prometheus.io/port") != str(o.status_port)
+    if merge_metrics:
+        saved = {key: annotations.get(f"prometheus.io/{key}", "") for key in PROMETHEUS_KEYS}
+        if any(saved.values()):
             saved_prometheus = json.dumps(saved, separators=(",", ":"))
-            annotations["prometheus.io/port"] = target
-            annotations["prometheus.io/path"] = "/stats/prometheus"
-            annotations["prometheus.io/scrape"] = "true"
     annotations.update(config.injected_annotations)  # here for their place among the annotations
     apply_fragment(pod, fragment)
     annotations.update(config.injected_annotations)  # and again, as they win over templates (Istio's order)
+    if merge_metrics:  # after the templates' annotations: where re-injection adds what strip removed
+        annotations["prometheus.io/port"] = str(o.status_port)
+        annotations["prometheus.io/path"] = "/stats/prometheus"
+        annotations["prometheus.io/scrape"] = "true"
 
     proxy_at = _find(spec, PROXY) if has_proxy else None
     if proxy_at is not None:
         proxy = spec[proxy_at[0]][proxy_at[1]]
         env = proxy.setdefault("env", [])
-        if o.rewrite_probes:
-            probers = _rewrite_probes(indexed_apps, o.status_port)
+        if o.rewrite_probes and o.status_port:
+            probers = rewrite(probe_targets, o.status_port)
             if probers:
                 env.append({"name": PROBERS_ENV, "value": json.dumps(probers, sort_keys=True, separators=(",", ":"))})
         if saved_prometheus is not None:

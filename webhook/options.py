@@ -10,14 +10,16 @@ Kubernetes allows raise `InvalidPod`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from controlplane.iptables.rules import OptionError, parse_options
 from webhook import validate as v
 from webhook.config import InjectionConfig
-from webhook.limits import MAX_ANNOTATIONS_BYTES, annotations_size
+from webhook.limits import MAX_ANNOTATIONS_BYTES, annotations_size, load_json
 from webhook.validate import InjectionError, InvalidPod
 
 T = TypeVar("T")
@@ -46,6 +48,26 @@ A_EXCLUDE_OUTBOUND = "traffic.sidecar.istio.io/excludeOutboundPorts"
 A_PROXY_CONFIG = "proxy.istio.io/config"
 A_TEMPLATES = "inject.istio.io/templates"
 A_MERGE_METRICS = "prometheus.istio.io/merge-metrics"
+A_STATUS_PORT = "status.sidecar.istio.io/port"
+A_READINESS = "readiness.status.sidecar.istio.io/"
+A_APPLICATION_PORTS = A_READINESS + "applicationPorts"  # Istio's, deprecated: checked, no effect
+A_USER_VOLUME = "sidecar.istio.io/userVolume"
+A_USER_VOLUME_MOUNT = "sidecar.istio.io/userVolumeMount"
+A_KUBEVIRT = "traffic.sidecar.istio.io/kubevirtInterfaces"
+A_REROUTE = "istio.io/reroute-virtual-interfaces"
+A_SCRAPE_TARGETS = "prometheus.istio.io/scrape-targets"
+A_OVERRIDES = "proxy.istio.io/overrides"
+# readiness.status.sidecar.istio.io/<field> -> the least value Kubernetes accepts for the proxy's readinessProbe
+READINESS_FIELDS = {"initialDelaySeconds": 0, "periodSeconds": 1, "failureThreshold": 1}
+# The istio-init flag each traffic annotation becomes, by the field name `controlplane.iptables` validates it as.
+IPTABLES_FIELDS = {
+    "traffic.sidecar.istio.io/includeOutboundIPRanges": "include_ranges",
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges": "exclude_ranges",
+    "traffic.sidecar.istio.io/includeInboundPorts": "inbound_ports",
+    "traffic.sidecar.istio.io/excludeInboundPorts": "inbound_exclude_ports",
+    "traffic.sidecar.istio.io/includeOutboundPorts": "outbound_include_ports",
+    "traffic.sidecar.istio.io/excludeOutboundPorts": "outbound_exclude_ports",
+}
 
 SUPPORTED_ANNOTATIONS = frozenset(
     {
@@ -70,6 +92,15 @@ SUPPORTED_ANNOTATIONS = frozenset(
         A_PROXY_CONFIG,
         A_TEMPLATES,
         A_MERGE_METRICS,
+        A_STATUS_PORT,
+        *(A_READINESS + name for name in READINESS_FIELDS),
+        A_APPLICATION_PORTS,
+        A_USER_VOLUME,
+        A_USER_VOLUME_MOUNT,
+        A_KUBEVIRT,
+        A_REROUTE,
+        A_SCRAPE_TARGETS,
+        A_OVERRIDES,
     }
 )
 # Annotations under these prefixes configure injection in Istio; meshplane rejects the ones it
@@ -106,8 +137,12 @@ class Options:
     log_level: str
     component_log_level: str
     hold: bool
-    status_port: int
+    status_port: int  # 0: the proxy serves no status (no proxy probes, no probe rewriting, no metrics merge)
     prometheus_merge: bool
+    readiness: dict[str, int]  # readinessProbe fields the pod's annotations set
+    user_volumes: dict[str, Any]  # name -> volume source, added to the pod
+    user_volume_mounts: dict[str, Any]  # name -> mount, added to istio-proxy
+    virtual_interfaces: str  # istio-init -k: interfaces whose traffic is redirected like the pod's
 
     def context(self, *, config: InjectionConfig, discovery_address: str, trust_domain: str) -> dict[str, Any]:
         """What templates see as `sidecar` (pod-specific values are added by the caller)."""
@@ -120,6 +155,11 @@ class Options:
             "hold": self.hold,
             "status_port": self.status_port,
             "proxy_uid": PROXY_UID,
+            "proxy_gid": PROXY_UID,
+            "readiness": self.readiness,
+            "user_volumes": self.user_volumes,
+            "user_volume_mounts": self.user_volume_mounts,
+            "virtual_interfaces": self.virtual_interfaces,
             "include_ips": self.include_ips,
             "exclude_ips": self.exclude_ips,
             "include_inbound": self.include_inbound,
@@ -155,6 +195,68 @@ def _reject_unsupported(annotations: Mapping[str, str]) -> None:
                 problem="this injection annotation is not supported by meshplane; remove it "
                 f"(supported: {', '.join(sorted(SUPPORTED_ANNOTATIONS))})",
             )
+
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+
+
+def _parse_status_port(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise ValueError("must be a port number 1-65535, or 0 for no status port")
+    return int(text)
+
+
+def _parse_count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < minimum:
+            raise ValueError(f"must be a whole number of at least {minimum}")
+        return int(text)
+
+    return parse
+
+
+def _parse_named_objects(required: str | None) -> Callable[[str], dict[str, Any]]:
+    """A JSON object of name -> object (Istio's userVolume/userVolumeMount), each with `required` if given."""
+
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            document = load_json(text)
+        except ValueError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(document, dict):
+            raise ValueError('must be a JSON object of name to definition, e.g. {"certs": {...}}')
+        for name, item in document.items():
+            if not name:
+                raise ValueError("a name is empty")
+            if not isinstance(item, dict):
+                raise ValueError(f"{name}: must be an object, got {v.type_name(item)}")
+            if "name" in item:
+                raise ValueError(f"{name}: leave name out; the key is the name")
+            if required is not None and not (isinstance(item.get(required), str) and item[required]):
+                raise ValueError(f"{name}: {required} is required and must be a non-empty string")
+        return document
+
+    return parse
+
+
+def _parse_interfaces(text: str) -> str:
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        if not _INTERFACE.fullmatch(item):
+            raise ValueError(f"{item!r} is not a network interface name (1-15 letters, digits, . _ - : @)")
+    return ",".join(items)
+
+
+def _check_iptables(annotations: Mapping[str, str], values: Mapping[str, str]) -> None:
+    """Refuse a traffic annotation whose value the pod's istio-init (`istio-iptables`) would refuse."""
+    for name, field_name in IPTABLES_FIELDS.items():
+        if name in annotations:
+            try:
+                parse_options(**{field_name: values[name]})
+            except OptionError as exc:
+                raise InjectionError(
+                    annotation=name, value=annotations[name], problem=f"istio-init would refuse it ({exc})"
+                ) from None
 
 
 def parse_template_names(text: str, known: list[str]) -> tuple[str, ...]:
@@ -247,17 +349,41 @@ def read_options(annotations: Mapping[str, str], *, config: InjectionConfig, dis
         value = _annotation(annotations, name, v.parse_cidr_list)
         return default if value is None else value
 
+    traffic = {
+        A_INCLUDE_IPS: cidrs(A_INCLUDE_IPS, config.include_outbound_ip_ranges),
+        A_EXCLUDE_IPS: cidrs(A_EXCLUDE_IPS, config.exclude_outbound_ip_ranges),
+        A_INCLUDE_INBOUND: ports(A_INCLUDE_INBOUND, config.include_inbound_ports, star=True),
+        A_EXCLUDE_INBOUND: ports(A_EXCLUDE_INBOUND, config.exclude_inbound_ports, star=False),
+        A_INCLUDE_OUTBOUND: ports(A_INCLUDE_OUTBOUND, config.include_outbound_ports, star=False),
+        A_EXCLUDE_OUTBOUND: ports(A_EXCLUDE_OUTBOUND, config.exclude_outbound_ports, star=False),
+    }
+    _check_iptables(annotations, traffic)
+    status_port = _annotation(annotations, A_STATUS_PORT, _parse_status_port)
+    if status_port:
+        proxy_config = {**proxy_config, "statusPort": status_port}
+    readiness: dict[str, int] = {}
+    for field_name, minimum in READINESS_FIELDS.items():
+        value = _annotation(annotations, A_READINESS + field_name, _parse_count(minimum))
+        if value is not None:
+            readiness[field_name] = value
+    interfaces = _annotation(annotations, A_REROUTE, _parse_interfaces)
+    if interfaces is None:
+        interfaces = _annotation(annotations, A_KUBEVIRT, _parse_interfaces)
+    _annotation(annotations, A_OVERRIDES, parse_override_containers)
+    _annotation(annotations, A_APPLICATION_PORTS, lambda text: v.parse_port_list(text, allow_star=False))
+
     return Options(
         templates=templates,
         native=config.native_sidecar if native is None else native,
         interception=interception,
-        rewrite_probes=config.rewrite_app_probes if rewrite is None else rewrite,
-        include_ips=cidrs(A_INCLUDE_IPS, config.include_outbound_ip_ranges),
-        exclude_ips=cidrs(A_EXCLUDE_IPS, config.exclude_outbound_ip_ranges),
-        include_inbound=ports(A_INCLUDE_INBOUND, config.include_inbound_ports, star=True),
-        exclude_inbound=ports(A_EXCLUDE_INBOUND, config.exclude_inbound_ports, star=False),
-        include_outbound=ports(A_INCLUDE_OUTBOUND, config.include_outbound_ports, star=False),
-        exclude_outbound=ports(A_EXCLUDE_OUTBOUND, config.exclude_outbound_ports, star=False),
+        # grpc-agent: Istio's template turns rewriting off (gRPC serves its own health)
+        rewrite_probes=(config.rewrite_app_probes if rewrite is None else rewrite) and "grpc-agent" not in templates,
+        include_ips=traffic[A_INCLUDE_IPS],
+        exclude_ips=traffic[A_EXCLUDE_IPS],
+        include_inbound=traffic[A_INCLUDE_INBOUND],
+        exclude_inbound=traffic[A_EXCLUDE_INBOUND],
+        include_outbound=traffic[A_INCLUDE_OUTBOUND],
+        exclude_outbound=traffic[A_EXCLUDE_OUTBOUND],
         resources=_resources(annotations, config),
         proxy_image=proxy_image,
         init_image=init_image,
@@ -266,6 +392,34 @@ def read_options(annotations: Mapping[str, str], *, config: InjectionConfig, dis
         component_log_level=_annotation(annotations, A_COMPONENT_LOG_LEVEL, v.parse_component_log_level)
         or config.proxy_component_log_level,
         hold=bool(proxy_config.get("holdApplicationUntilProxyStarts", False)),
-        status_port=int(proxy_config.get("statusPort", DEFAULT_STATUS_PORT)),
-        prometheus_merge=config.enable_prometheus_merge and merge is not False,
+        status_port=int(proxy_config.get("statusPort", DEFAULT_STATUS_PORT)) if status_port != 0 else 0,
+        prometheus_merge=config.enable_prometheus_merge and merge is not False and status_port != 0,
+        readiness=readiness,
+        user_volumes=_annotation(annotations, A_USER_VOLUME, _parse_named_objects(None)) or {},
+        user_volume_mounts=_annotation(annotations, A_USER_VOLUME_MOUNT, _parse_named_objects("mountPath")) or {},
+        virtual_interfaces=interfaces or "",
     )
+
+
+def parse_override_containers(text: str) -> dict[str, list[dict[str, Any]]]:
+    """Istio's `proxy.istio.io/overrides`: `{"containers": [...], "initContainers": [...]}`, each named.
+
+    Istio writes it on a pod whose own `istio-proxy`/`istio-init` customised the injected one, so
+    that re-injection can apply the customisation again. Raises `ValueError` naming what is wrong.
+    """
+    try:
+        document = load_json(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise ValueError("must be a JSON object with containers and/or initContainers")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in ("containers", "initContainers"):
+        items = document.get(key) or []
+        if not isinstance(items, list):
+            raise ValueError(f"{key} must be a list of containers")
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+                raise ValueError(f"{key}[{index}] must be a container object with a name")
+        out[key] = items
+    return out

@@ -3,8 +3,10 @@
 `strip(pod, status)` reads the `sidecar.istio.io/status` annotation and removes the containers,
 init containers, volumes and pull secrets it lists, puts back the user's own `istio-proxy` and
 `istio-init` customisations (`overrides`) where they were, removes what templates added to
-application containers (`appContainers`), restores rewritten probes from `ISTIO_KUBE_APP_PROBERS`
-and the user's Prometheus annotations from `ISTIO_PROMETHEUS_ANNOTATIONS`, and drops the status.
+application containers (`appContainers`), restores rewritten probes and lifecycle hooks from
+`ISTIO_KUBE_APP_PROBERS` and the user's Prometheus annotations from `ISTIO_PROMETHEUS_ANNOTATIONS`,
+puts back the containers Istio recorded in `proxy.istio.io/overrides` (a pod Istio injected), and
+drops the status. A status Istio wrote (names only) is read the same way.
 A status that injection did not write raises `InjectionError`; mangled saved probers or Prometheus
 annotations raise `InvalidPod`.
 """
@@ -16,16 +18,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from webhook.limits import load_json
+from webhook.probes import PROBERS_ENV, parse_saved, restore
 from webhook.validate import InjectionError, InvalidPod
 
 PROXY = "istio-proxy"
 INIT = "istio-init"
 STATUS = "sidecar.istio.io/status"
-PROBERS_ENV = "ISTIO_KUBE_APP_PROBERS"
 PROMETHEUS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"
 PROMETHEUS_KEYS = ("scrape", "path", "port")
-PROBES = (("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz"))
-PROBE_ACTIONS = ("httpGet", "tcpSocket", "grpc")
+OVERRIDES_ANNOTATION = "proxy.istio.io/overrides"
 
 
 def env_value(container: Mapping[str, Any], name: str) -> str | None:
@@ -34,11 +35,6 @@ def env_value(container: Mapping[str, Any], name: str) -> str | None:
         if isinstance(item, dict) and item.get("name") == name and isinstance(item.get("value"), str):
             return str(item["value"])
     return None
-
-
-def replace_key(mapping: dict[str, Any], old: str, new: str, value: Any) -> dict[str, Any]:
-    """A copy of `mapping` with key `old` replaced by `new` at the same position."""
-    return {(new if key == old else key): (value if key == old else item) for key, item in mapping.items()}
 
 
 def _status_list(status: Mapping[str, Any], key: str, raw: str) -> list[str]:
@@ -123,34 +119,33 @@ def strip(pod: dict[str, Any], raw: str) -> None:
 
     old_proxy = removed.get(PROXY)
     if old_proxy is not None:
-        _restore_probes(spec, env_value(old_proxy, PROBERS_ENV))
+        restore(spec, parse_saved(env_value(old_proxy, PROBERS_ENV)))
         _restore_prometheus(annotations, env_value(old_proxy, PROMETHEUS_ENV))
+    if OVERRIDES_ANNOTATION in annotations:
+        _reinsert_istio_overrides(spec, annotations[OVERRIDES_ANNOTATION])
     del annotations[STATUS]
 
 
-def _restore_probes(spec: dict[str, Any], probers_json: str | None) -> None:
-    if not probers_json:
-        return
+def _reinsert_istio_overrides(spec: dict[str, Any], raw: str) -> None:
+    """Istio's `proxy.istio.io/overrides`: the user's own containers, put back where none of that name is.
+
+    Istio records there the `istio-proxy`/`istio-init` the user wrote when it injected the pod, so
+    that re-injection customises the new containers the same way; meshplane honours it likewise.
+    """
     try:
-        probers = load_json(probers_json)
+        document = load_json(raw)
     except ValueError:
-        probers = None
-    if not isinstance(probers, dict):
-        raise InvalidPod(f"{PROXY} env {PROBERS_ENV}", "is not the JSON object injection wrote")
-    for container in spec.get("containers") or []:
-        if not isinstance(container, dict):
-            continue
-        for field, suffix in PROBES:
-            probe = container.get(field)
-            if not isinstance(probe, dict) or not isinstance(probe.get("httpGet"), dict):
-                continue
-            url = f"/app-health/{container.get('name')}/{suffix}"
-            original = probers.get(url)
-            if probe["httpGet"].get("path") != url or not isinstance(original, dict):
-                continue
-            action = next((key for key in PROBE_ACTIONS if isinstance(original.get(key), dict)), None)
-            if action is not None:
-                container[field] = replace_key(probe, "httpGet", action, copy.deepcopy(original[action]))
+        document = None
+    if not isinstance(document, dict):
+        raise InjectionError(annotation=OVERRIDES_ANNOTATION, value=raw, problem="must be a JSON object")
+    for key in ("initContainers", "containers"):
+        for item in document.get(key) or []:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InjectionError(annotation=OVERRIDES_ANNOTATION, value=raw, problem=f"{key}: must be named")
+            target = spec.setdefault(key, [])
+            present = {c.get("name") for c in target if isinstance(c, dict)} if isinstance(target, list) else None
+            if present is not None and item["name"] not in present:
+                target.append(copy.deepcopy(item))
 
 
 def _restore_prometheus(annotations: dict[str, str], saved_json: str | None) -> None:

@@ -66,7 +66,9 @@ def test_injects_workloads_and_passes_other_documents_through_unchanged(
     env = proxy_env(deployment)
     assert env["ISTIO_META_OWNER"] == "kubernetes://apis/apps/v1/namespaces/shop/deployments/web"
     assert env["CA_ADDR"] == "istiod.istio-system.svc:15012"
-    assert err == ""
+    assert err.splitlines() == [
+        f"meshplane inject: {manifest}: document 1 (Service shop/web): passed through: a Service has no pod to inject"
+    ]
 
 
 def test_revision_and_control_plane_namespace_choose_the_istiod_to_talk_to(
@@ -237,3 +239,19 @@ def test_unreadable_input_and_bad_revision_exit_1(tmp_path: pathlib.Path, capsys
     code, _, err = run(["-f", str(manifest), "--revision", "Canary_1"], capsys)
     assert code == 1
     assert "--revision: 'Canary_1'" in err
+
+
+def test_openshift_deployment_config_and_replication_controller_are_injected_and_others_named_on_stderr(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    template = DEPLOYMENT.split("  template:\n", 1)[1]
+    dc = "apiVersion: apps.openshift.io/v1\nkind: DeploymentConfig\nmetadata: {name: web, namespace: shop}\nspec:\n"
+    rc = "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: web, namespace: shop}\nspec:\n"
+    source = tmp_path / "in.yaml"
+    source.write_text("---\n".join([dc + "  template:\n" + template, rc + "  template:\n" + template, SERVICE]))
+    code, out, err = run(["-f", str(source)], capsys)
+    assert code == 0, err
+    docs = list(yaml.safe_load_all(out))
+    for doc in docs[:2]:
+        assert proxy_env(doc)["ISTIO_META_OWNER"].endswith(f"/{doc['kind'].lower()}s/web")
+    assert "document 3 (Service shop/web): passed through: a Service has no pod to inject" in err

@@ -96,8 +96,9 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         ("inject.istio.io/templates", "", "unknown template"),
         ("prometheus.istio.io/merge-metrics", "off", 'use "true" or "false"'),
         ("sidecar.istio.io/statsInclusionPrefixes", "cluster", "not supported by meshplane"),
-        ("readiness.status.sidecar.istio.io/periodSeconds", "5", "not supported by meshplane"),
-        ("status.sidecar.istio.io/port", "15021", "not supported by meshplane"),
+        ("readiness.status.sidecar.istio.io/periodSeconds", "0", "at least 1"),
+        ("status.sidecar.istio.io/port", "70000", "port number"),
+        ("sidecar.istio.io/bootstrapOverride", "custom", "not supported by meshplane"),
     ],
 )
 def test_invalid_annotation_is_rejected_naming_annotation_and_value(annotation: str, value: str, problem: str) -> None:
