@@ -73,6 +73,12 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], str | None, str, str]] = {
         "PORTS",
         "outbound TCP and UDP ports never captured ['']",
     ),
+    "virtual_interfaces": (
+        (),
+        "",
+        "IFACES",
+        "virtual interfaces (a VM's) whose inbound traffic is captured as outbound, to the -i destinations ['']",
+    ),
 }
 
 

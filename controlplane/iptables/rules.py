@@ -12,6 +12,7 @@ Rules are written in the canonical form `iptables-save` prints (`-s`/`-d` before
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ FLAGS: dict[str, str] = {
     "inbound_exclude_ports": "-d/--istio-local-exclude-ports",
     "outbound_include_ports": "-q/--istio-outbound-ports",
     "outbound_exclude_ports": "-o/--istio-local-outbound-ports-exclude",
+    "virtual_interfaces": "-k/--kube-virt-interfaces",
 }
 
 
@@ -84,6 +86,7 @@ class CaptureOptions:
     inbound_exclude_ports: tuple[int, ...] = ()
     outbound_include_ports: tuple[int, ...] = ()
     outbound_exclude_ports: tuple[int, ...] = ()
+    virtual_interfaces: tuple[str, ...] = ()  # traffic arriving on these (a VM's) is captured as outbound
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ def parse_options(
     inbound_exclude_ports: str = "",
     outbound_include_ports: str = "",
     outbound_exclude_ports: str = "",
+    virtual_interfaces: str = "",
 ) -> CaptureOptions:
     """Validate every flag value and build the options; `proxy_gid` None means the same ids as `proxy_uid`.
 
@@ -232,7 +236,19 @@ def parse_options(
         inbound_exclude_ports=_ports(inbound_exclude_ports, field_name="inbound_exclude_ports"),
         outbound_include_ports=_ports(outbound_include_ports, field_name="outbound_include_ports"),
         outbound_exclude_ports=_ports(outbound_exclude_ports, field_name="outbound_exclude_ports"),
+        virtual_interfaces=_interfaces(virtual_interfaces),
     )
+
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+
+
+def _interfaces(text: str) -> tuple[str, ...]:
+    names = tuple(_items(text))
+    for name in names:
+        if not _INTERFACE.fullmatch(name):
+            raise OptionError("virtual_interfaces", f"{name!r} is not a network interface name (1-15 characters)")
+    return names
 
 
 # -- building ----------------------------------------------------------------------------------------------
@@ -255,6 +271,14 @@ def build_rules(options: CaptureOptions) -> RuleSet:
     add(INBOUND, *_tcp_port(o.inbound_tunnel_port), "-j", "RETURN")
     add(REDIRECT, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(o.proxy_port))
     add(IN_REDIRECT, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(o.inbound_capture_port))
+
+    # A VM's traffic arriving on a virtual interface is the VM calling out: captured as outbound, to the
+    # included destinations (istio-iptables puts these first in PREROUTING).
+    for interface in o.virtual_interfaces:
+        if o.include_ranges.wildcard:
+            add("PREROUTING", "-i", interface, "-j", REDIRECT)
+        for network in o.include_ranges.v4:
+            add("PREROUTING", "-i", interface, "-d", str(network), "-j", REDIRECT)
 
     # Inbound: everything but the excluded ports, or only the listed ports, goes to the inbound capture port.
     if o.inbound_ports.wildcard or o.inbound_ports.ports:

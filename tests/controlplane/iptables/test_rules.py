@@ -138,6 +138,18 @@ def test_injected_defaults_give_istios_rules() -> None:
             id="uids-and-gid",
         ),
         pytest.param(
+            {"virtual_interfaces": "k6t-eth0,tap0"},
+            ["-A PREROUTING -i k6t-eth0 -j ISTIO_REDIRECT", "-A PREROUTING -i tap0 -j ISTIO_REDIRECT"],
+            [],
+            id="virtual-interfaces-captured-as-outbound",
+        ),
+        pytest.param(
+            {"virtual_interfaces": "k6t-eth0", "include_ranges": "10.96.0.0/12"},
+            ["-A PREROUTING -i k6t-eth0 -d 10.96.0.0/12 -j ISTIO_REDIRECT"],
+            ["-A PREROUTING -i k6t-eth0 -j ISTIO_REDIRECT"],
+            id="virtual-interfaces-to-the-included-ranges-only",
+        ),
+        pytest.param(
             {"proxy_port": "16001", "inbound_capture_port": "16006", "inbound_tunnel_port": "16008"},
             [
                 "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 16001",
