@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds bench-mesh bench-cluster clean
+.PHONY: setup system-packages demo run test lint format bench-webhook bench-ca bench-xds bench-mesh bench-soak bench-cluster mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,9 +62,20 @@ bench-xds: $(STAMP)
 bench-mesh: $(STAMP)
 	$(BIN)/python -m bench.mesh
 
+## bench-soak: 1,000 churning proxies, webhook load with slow clients and CSRs for 10 minutes against local mode;
+## fails when RSS grows over 10% after warm-up or /ready waits over 250 ms. ARGS: e.g. --minutes 3
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(ARGS)
+
 ## bench-cluster: pods through admission and injection to 2/2 on kubesim's one-machine cluster (root)
 bench-cluster: $(STAMP) $(BIN)/helm
 	$(BIN)/python -m bench.cluster
 
+## mutation: mutation testing of the CA's authorisation and signing, the authenticators, xDS decisions and push
+## merging, and the injection policy; prints the score per module and every survivor (docs/mutation.md).
+## Runs in a copy under build/mutation, never in the working tree; not part of test or CI. ARGS: e.g. --jobs 4
+mutation: $(STAMP)
+	$(BIN)/python scripts/mutation.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) .meshplane .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache *.egg-info
+	rm -rf $(VENV) .meshplane .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache *.egg-info build/mutation mutants
