@@ -13,9 +13,15 @@ Contract:
 - `sign(...)` returns the PEM chain (leaf first, root last) or raises the same `SigningRefused` the
   in-process path raises; a worker that dies fails its in-flight requests with `WorkerUnavailable`
   and is restarted (with backoff if it keeps dying), so the next request succeeds; a worker that
-  leaves a request unanswered for `answer_timeout` (signing takes about a millisecond) is taken
-  for hung: it is killed, which fails its requests the same way and replaces it;
+  leaves a request unanswered for `answer_timeout` (signing takes about a millisecond) once it has
+  said it is ready (a worker still starting up gets READY_TIMEOUT) is taken for hung: it is
+  killed, which fails its requests the same way and replaces it (one watchdog task checks every
+  worker's oldest request a few times per `answer_timeout`, so a request costs no timer);
 - `close()` stops every worker; requests after it raise `WorkerUnavailable`.
+
+Requests are batched: frames queued for a worker during one event-loop iteration go out in one
+write at the end of it, and a worker answers everything it read in one go with one write, so a busy
+pool costs a few system calls per batch, not per request.
 
 The frame format on the pipes is a 4-byte big-endian length and a pickle. Both ends are this
 module, started by this process, so nothing untrusted is ever unpickled.
@@ -119,10 +125,14 @@ class _Worker(asyncio.SubprocessProtocol):
     def __init__(self, pool: SigningPool) -> None:
         self.pool = pool
         self.transport: asyncio.SubprocessTransport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.stdin: asyncio.WriteTransport | None = None
-        self.pending: dict[int, asyncio.Future[list[str]]] = {}
+        self.pending: dict[int, asyncio.Future[list[str]]] = {}  # in the order sent
+        self.sent_at: dict[int, float] = {}  # request id -> when it was queued (monotonic)
+        self.outbox: list[bytes] = []  # frames queued during this loop iteration
         self.buffer = bytearray()
         self.started = time.monotonic()
+        self.ready_at: float | None = None  # when the worker said it is ready to sign
         self.dead = False
         self.gone = asyncio.Event()  # stopped answering (output closed or process exited)
         self.exited = asyncio.Event()  # the process has exited and been reaped
@@ -131,6 +141,7 @@ class _Worker(asyncio.SubprocessProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.SubprocessTransport)
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         stdin = transport.get_pipe_transport(0)
         assert isinstance(stdin, asyncio.WriteTransport)
         self.stdin = stdin
@@ -138,7 +149,11 @@ class _Worker(asyncio.SubprocessProtocol):
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.buffer += data
         for request_id, status, payload in _frames(self.buffer):
+            if status == "ready":
+                self.ready_at = time.monotonic()
+                continue
             future = self.pending.pop(request_id, None)
+            self.sent_at.pop(request_id, None)
             if future is None or future.done():
                 continue
             if status == "ok":
@@ -160,8 +175,26 @@ class _Worker(asyncio.SubprocessProtocol):
 
     # -- used by the pool ------------------------------------------------------------------------
     def send(self, message: object) -> None:
-        assert self.stdin is not None
-        self.stdin.write(_frame(message))
+        """Queue `message`; every frame queued in this loop iteration is written at its end, in order."""
+        if not self.outbox:
+            assert self.loop is not None
+            self.loop.call_soon(self.flush)
+        self.outbox.append(_frame(message))
+
+    def flush(self) -> None:
+        """Write the queued frames in one system call (dropped if the worker is gone)."""
+        frames, self.outbox = self.outbox, []
+        if frames and self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.write(b"".join(frames))
+
+    def overdue(self, now: float, answer_timeout: float) -> bool:
+        """The oldest unanswered request has waited over `answer_timeout` since the worker was ready
+        (a worker still starting, e.g. importing on a busy machine, gets READY_TIMEOUT instead)."""
+        for sent in self.sent_at.values():
+            if self.ready_at is None:
+                return now - self.started > READY_TIMEOUT
+            return now - max(sent, self.ready_at) > answer_timeout
+        return False
 
     def _died(self, how: str) -> None:
         if self.dead:
@@ -169,6 +202,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.dead = True
         self.gone.set()
         pending, self.pending = self.pending, {}
+        self.sent_at.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(WorkerUnavailable(f"the signing worker {how} before answering; retry"))
@@ -197,6 +231,7 @@ class SigningPool:
         self._changed = asyncio.Event()
         self._restarts: set[asyncio.Task[None]] = set()
         self._backoff = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
         self.restart_count = 0
 
     @property
@@ -207,6 +242,17 @@ class SigningPool:
         """Start every worker. Raises OSError if a process cannot be started."""
         for _ in range(self.size):
             await self._spawn()
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_hung(), name="signing-pool-watchdog")
+
+    async def _watch_hung(self) -> None:
+        """Kill every worker whose oldest request has waited over `answer_timeout` (its exit replaces it)."""
+        while not self._closed:
+            await asyncio.sleep(min(1.0, self.answer_timeout / 4))
+            now = time.monotonic()
+            for worker in self._workers:
+                if worker.overdue(now, self.answer_timeout):
+                    log.error("a CA signing worker left a request unanswered for %g s; killing it", self.answer_timeout)
+                    worker.kill()  # its exit fails every request it holds and starts a replacement
 
     async def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,13 +295,11 @@ class SigningPool:
         when the worker died before answering or none became ready within READY_TIMEOUT."""
         worker = await self._pick()
         self._next_id += 1
+        request_id = self._next_id
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        worker.pending[self._next_id] = future
-        worker.send(("sign", self._next_id, csr, validity_seconds, caller_identities, policy, now))
-        done, _ = await asyncio.wait([future], timeout=self.answer_timeout)
-        if not done:
-            log.error("a CA signing worker left a request unanswered for %g s; killing it", self.answer_timeout)
-            worker.kill()  # its exit fails every request it holds (this one too) and starts a replacement
+        worker.pending[request_id] = future
+        worker.sent_at[request_id] = time.monotonic()
+        worker.send(("sign", request_id, csr, validity_seconds, caller_identities, policy, now))
         return await future
 
     async def _pick(self) -> _Worker:
@@ -301,10 +345,13 @@ class SigningPool:
         """Stop the workers; their in-flight requests fail with WorkerUnavailable."""
         self._closed = True
         self._changed.set()
-        for task in list(self._restarts):
+        for task in [*self._restarts, *([self._watchdog] if self._watchdog is not None else [])]:
             task.cancel()
+        if self._watchdog is not None:
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         workers, self._workers = self._workers, []
         for worker in workers:
+            worker.flush()
             if worker.stdin is not None:
                 worker.stdin.close()  # EOF: the worker exits after answering what it has read
         deadline = time.monotonic() + 5.0
@@ -362,6 +409,7 @@ def worker_main() -> None:
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     authority: Authority | None = None
     buffer = bytearray()
+    os.write(stdout, _frame((0, "ready", None)))  # request ids start at 1
     while True:
         data = os.read(stdin, 1 << 16)
         if not data:

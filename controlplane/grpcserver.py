@@ -41,7 +41,7 @@ import grpc
 from certs.serving import ServingCertificate
 from controlplane.frontsds import FrontEndSecrets
 from controlplane.settings import Address, SettingsError
-from controlplane.tlsfront import EnvoyFrontEnd, ForwardedPeers, FrontEndError
+from controlplane.tlsfront import EnvoyFrontEnd, ForwardedPeers, FrontEndError, FrontTuning
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,15 @@ _OPTIONS = [
 
 class GrpcServers:
     def __init__(
-        self, *, plaintext_addr: Address | None, secure_addr: Address | None, serving: ServingCertificate
+        self,
+        *,
+        plaintext_addr: Address | None,
+        secure_addr: Address | None,
+        serving: ServingCertificate,
+        front_tuning: FrontTuning | None = None,
     ) -> None:
         self.serving = serving
+        self.front_tuning = front_tuning or FrontTuning()
         self.plaintext_addr = plaintext_addr
         self.secure_addr = secure_addr
         self.plaintext = grpc.aio.server(options=_OPTIONS) if plaintext_addr else None
@@ -73,6 +79,7 @@ class GrpcServers:
         self.front: EnvoyFrontEnd | None = None
         self.secrets: grpc.aio.Server | None = None
         self.private_dir: Path | None = None
+        self.plaintext_port: int | None = None  # the bound port once started (useful with port 0)
         self.started = False
 
     def add(self, register: Register, *, plaintext: bool, secure: bool) -> None:
@@ -89,7 +96,7 @@ class GrpcServers:
     async def start(self) -> None:
         """Bind and start. Raises SettingsError naming the address when a port cannot be bound."""
         if self.plaintext is not None and self.plaintext_addr is not None:
-            self._bind(self.plaintext.add_insecure_port, self.plaintext_addr, "grpc")
+            self.plaintext_port = self._bind(self.plaintext.add_insecure_port, self.plaintext_addr, "grpc")
             await self.plaintext.start()
         if self.secure is not None and self.secure_addr is not None:
             await self._start_secure(self.secure, self.secure_addr)
@@ -119,7 +126,9 @@ class GrpcServers:
         await self.secrets.start()
         for path in (internal, sds):
             os.chmod(path, 0o600)
-        self.front = EnvoyFrontEnd(host=addr.bind_host, port=addr.port, workdir=private, internal=internal, sds=sds)
+        self.front = EnvoyFrontEnd(
+            host=addr.bind_host, port=addr.port, workdir=private, internal=internal, sds=sds, tuning=self.front_tuning
+        )
         try:
             await self.front.start()
         except FrontEndError as exc:

@@ -16,9 +16,13 @@ gRPC server on a Unix socket; caller identity checked against the node), and pri
 (c) secure / plaintext (goal: at most 1.2) and both RSS figures (the secure one includes Envoy's).
 The secure proxies trust `<state-dir>/root-cert.pem` (server name istiod.istio-system.svc) and send
 `authorization: Bearer <token>`, one token per namespace/service account minted with
-`meshplane token` before the clock starts. (e) then writes over the secure port too.
+`meshplane token` before the clock starts. (e) then writes over the secure port too. Each (c)
+round also reports the server's CPU seconds (its process, and Envoy's). `--front-tuning JSON`
+(repeatable) measures the secure port once per front-end tuning, one after another, each against
+the same plaintext figure; the first is the headline.
 
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
+       [--front-tuning '{"concurrency": 2}' ...]
 Prints a table per port (its header names the port) and writes bench/results/xds-<time>.json
 ("port"; with --secure: "plaintext", "secure" and "c_ratio_secure_plaintext").
 """
@@ -139,11 +143,15 @@ def latencies(times: list[float | None], start: float) -> tuple[list[float], int
     return done, len(times) - len(done)
 
 
-def measure(args: argparse.Namespace, *, secure: bool) -> tuple[dict[str, Any], list[list[Any]], str]:
-    """One server on one port, measured (a) to (e); returns results, table rows and the table's header."""
+def measure(args: argparse.Namespace, *, secure: bool, tuning: str = "") -> tuple[dict[str, Any], list[list[Any]], str]:
+    """One server on one port, measured (a) to (e); returns results, table rows and the table's header.
+
+    `tuning`: with `secure`, the front end's FrontTuning as a JSON object ("": the defaults)."""
     state = tempfile.TemporaryDirectory(prefix="bench-xds-")
     state_dir = pathlib.Path(state.name)
     secure_server = ["--secure-grpc-addr", args.secure_grpc_addr, "--state-dir", str(state_dir)] if secure else []
+    if secure and tuning:
+        secure_server += ["--front-tuning", tuning]
     server = Proc(
         [
             "bench.xds.server",
@@ -160,7 +168,7 @@ def measure(args: argparse.Namespace, *, secure: bool) -> tuple[dict[str, Any], 
     own = secure or args.connection_per_proxy
     port = {
         "kind": "secure" if secure else "plaintext",
-        "role": ":15012 (Envoy TLS front end)" if secure else ":15010",
+        "role": f":15012 (Envoy TLS front end{', ' + tuning if tuning else ''})" if secure else ":15010",
         "address": target,
         "connections": "one per proxy" if own else "one per simulator process",
     }
@@ -212,6 +220,7 @@ def measure(args: argparse.Namespace, *, secure: bool) -> tuple[dict[str, Any], 
 
         full: list[float] = []
         last_cluster = ""
+        cpu_before = server.ask(cmd="rss")
         for _ in range(args.rounds):
             change = server.ask(cmd="service")
             last_cluster = change["cluster"]
@@ -228,7 +237,18 @@ def measure(args: argparse.Namespace, *, secure: bool) -> tuple[dict[str, Any], 
             full.append(max(got) if got and not lost else float("inf"))
             time.sleep(1.0)
         results["c_service_all_acked_s"] = full
+        cpu_after = server.ask(cmd="rss")
+        cpu = {k: (cpu_after[k] - cpu_before[k]) / args.rounds for k in ("cpu_process", "cpu_front_end")}
+        results["c_cpu_s_per_push"] = cpu
         rows.append(["(c) service added, all ACKed", f"median {median(full):.2f} s", f"max {max(full):.2f} s", ""])
+        rows.append(
+            [
+                "(c) server CPU per push (incl. the 1 s pause)",
+                f"process {cpu['cpu_process']:.2f} s",
+                f"Envoy {cpu['cpu_front_end']:.2f} s" if secure else "",
+                "",
+            ]
+        )
 
         floors: list[float] = []
         for n in range(0 if args.delta else args.rounds):
@@ -293,6 +313,13 @@ def main() -> int:
         "with one connection per proxy, in the same run",
     )
     parser.add_argument(
+        "--front-tuning",
+        action="append",
+        default=[],
+        help="with --secure: measure the secure port once per value (a JSON object of FrontTuning fields; "
+        "'{}' is the defaults), each against the same plaintext run",
+    )
+    parser.add_argument(
         "--secure-grpc-addr", default="127.0.0.1:0", help="with --secure: the secure port's address (port 0: any)"
     )
     parser.add_argument(
@@ -309,17 +336,30 @@ def main() -> int:
     print(table([header, "", "", ""], rows))
     results.update(plain)
     if args.secure:
-        secure, rows, header = measure(args, secure=True)
-        print(table([header, "", "", ""], rows))
-        ratio = median(secure["c_service_all_acked_s"]) / median(plain["c_service_all_acked_s"])
-        results = {"params": vars(args), "plaintext": plain, "secure": secure, "c_ratio_secure_plaintext": ratio}
-        verdict = "met" if ratio <= 1.2 else "NOT met"
-        print(
-            f"(c) service added, all ACKed: secure {median(secure['c_service_all_acked_s']):.2f} s / plaintext "
-            f"{median(plain['c_service_all_acked_s']):.2f} s = {ratio:.2f} (goal <= 1.2: {verdict}); RSS at "
-            f"{2 * args.proxies} proxies: secure {secure['rss_2n'] / 2**20:.0f} MiB, plaintext "
-            f"{plain['rss_2n'] / 2**20:.0f} MiB"
-        )
+        variants: dict[str, Any] = {}
+        for tuning in args.front_tuning or [""]:
+            try:
+                secure, rows, header = measure(args, secure=True, tuning=tuning)
+            except RuntimeError as exc:  # a run that broke (e.g. a simulator exited): keep the others
+                print(f"secure port {tuning or '{}'}: not measured: {exc}")
+                variants[tuning or "{}"] = {"error": str(exc)}
+                continue
+            print(table([header, "", "", ""], rows))
+            ratio = median(secure["c_service_all_acked_s"]) / median(plain["c_service_all_acked_s"])
+            variants[tuning or "{}"] = {**secure, "c_ratio_secure_plaintext": ratio}
+            verdict = "met" if ratio <= 1.2 else "NOT met"
+            print(
+                f"(c) service added, all ACKed: secure{' ' + tuning if tuning else ''} "
+                f"{median(secure['c_service_all_acked_s']):.2f} s / plaintext "
+                f"{median(plain['c_service_all_acked_s']):.2f} s = {ratio:.2f} (goal <= 1.2: {verdict}); RSS at "
+                f"{2 * args.proxies} proxies: secure {secure['rss_2n'] / 2**20:.0f} MiB, plaintext "
+                f"{plain['rss_2n'] / 2**20:.0f} MiB"
+            )
+        first = next(iter(variants.values()))
+        results = {"params": vars(args), "plaintext": plain, "secure": first}
+        results["c_ratio_secure_plaintext"] = first.get("c_ratio_secure_plaintext")
+        if len(variants) > 1:
+            results["secure_variants"] = variants
     path = write_result("xds", results)
     print(f"wrote {path}")
     return 0

@@ -7,14 +7,16 @@ noise) and takes commands, one JSON object per line on stdin, answering one JSON
 - `{"cmd": "service"}`: add one new HTTP service with endpoints; answers version and cluster name;
 - `{"cmd": "floor", "version": V, "cluster": C}`: write, to every stream, the same responses the
   last service addition produced (pre-serialized before the clock starts), with version V;
-- `{"cmd": "rss"}`: resident memory of this process; `{"cmd": "stats"}`: streams and cache.
+- `{"cmd": "rss"}`: resident memory and CPU seconds of this process (and of its front end);
+  `{"cmd": "stats"}`: streams and cache.
 
 By default ADS is served on a plaintext port (the role of :15010). With `--secure-grpc-addr` it is
 served the way `meshplane serve` serves :15012 instead: a local CA in `--state-dir` (which publishes
 `<state-dir>/root-cert.pem` and accepts `meshplane token` tokens minted with the same state dir),
-the Envoy TLS front end forwarding to the internal gRPC server on a Unix socket, and ADS with
-`secure=True`, so every stream's caller identity (here: a bearer token) must match its node's
-namespace and service account. `rss` then also reports the front end's (Envoy's) memory.
+the Envoy TLS front end (tuned by `--front-tuning`: `FrontTuning` fields as JSON) forwarding to
+the internal gRPC server on a Unix socket, and ADS with `secure=True`, so every stream's caller
+identity (here: a bearer token) must match its node's namespace and service account. `rss` then
+also reports the front end's (Envoy's) memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import sys
 import time
@@ -36,6 +39,7 @@ from controlplane.grpcserver import GrpcServers
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from controlplane.settings import Address
+from controlplane.tlsfront import FrontTuning
 from discovery.connection import Watched
 from discovery.generators import SIDECAR, GenContext, ProxyView
 from discovery.server import AdsServer
@@ -55,6 +59,15 @@ def rss_bytes(pid: int | str = "self") -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process (0 if it is gone)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Bench:
@@ -98,7 +111,8 @@ class Bench:
         if kind == "rss":  # the whole server: this process and its front end
             pid = self.secure.front.pid if self.secure is not None and self.secure.front is not None else None
             own, front = rss_bytes(), (rss_bytes(pid) if pid is not None else 0)
-            return {"rss": own + front, "rss_process": own, "rss_front_end": front}
+            cpu = {"cpu_process": cpu_seconds(), "cpu_front_end": cpu_seconds(pid) if pid is not None else 0.0}
+            return {"rss": own + front, "rss_process": own, "rss_front_end": front, **cpu}
         if kind == "stats":
             return self.stats()
         raise ValueError(f"unknown command {kind!r}")
@@ -122,7 +136,8 @@ class Bench:
             trust_domain="cluster.local",
             serving_hosts=serving_names(service="istiod", namespace="istio-system"),
         )
-        self.secure = GrpcServers(plaintext_addr=None, secure_addr=addr, serving=ca.serving)
+        tuning = FrontTuning(**json.loads(args.front_tuning)) if args.front_tuning else FrontTuning()
+        self.secure = GrpcServers(plaintext_addr=None, secure_addr=addr, serving=ca.serving, front_tuning=tuning)
         peers = self.secure.peer_certificates
 
         ca.service.peer_certificate = peers.for_context  # as `meshplane serve` wires it
@@ -196,6 +211,7 @@ async def main() -> None:
     parser.add_argument("--debounce", type=float, default=0.1)
     parser.add_argument("--secure-grpc-addr", help="serve ADS only here, over TLS as on :15012 (port 0: any)")
     parser.add_argument("--state-dir", type=pathlib.Path, help="with --secure-grpc-addr: the local CA's state dir")
+    parser.add_argument("--front-tuning", help="with --secure-grpc-addr: FrontTuning fields as a JSON object")
     args = parser.parse_args()
     if args.secure_grpc_addr is not None and args.state_dir is None:
         parser.error("--secure-grpc-addr needs --state-dir")

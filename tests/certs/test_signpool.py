@@ -306,3 +306,30 @@ def test_a_bad_ca_workers_value_is_refused_naming_the_flag(value: str, message: 
 def test_ca_workers_reads_its_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESHPLANE_CA_WORKERS", "2")
     assert settings_from_args(build_parser().parse_args(["serve"])).ca_workers == 2
+
+
+async def test_requests_queued_around_a_new_authority_in_one_loop_turn_are_signed_in_order() -> None:
+    """Frames for a worker are batched per event-loop turn; a rotation queued between two requests still
+    splits them: the first is signed by the old root, the second by the new one."""
+    old, new = make_root(), make_root()
+    pool = SigningPool(workers=1, authority=old)
+    await pool.start()
+
+    async def sign() -> list[str]:
+        csr = make_csr(uris=[ME])[0]
+        return await pool.sign(
+            csr=csr, validity_seconds=0, caller_identities=(ME,), policy=SigningPolicy(), now=now_utc()
+        )
+
+    try:
+        first = asyncio.create_task(sign())
+        await asyncio.sleep(0)  # `first` is queued, not yet written
+        assert pool.workers[0].outbox
+        pool.set_authority(new)
+        second = asyncio.create_task(sign())
+        chains = await asyncio.gather(first, second)
+    finally:
+        await pool.close()
+    for chain, root in zip(chains, (old, new), strict=True):
+        x509.load_pem_x509_certificate(chain[0].encode()).verify_directly_issued_by(root.cert)
+        assert chain[-1] == cert_pem(root.cert).decode()

@@ -26,7 +26,7 @@ from certs.pem import cert_pem, generate_key, key_pem
 from certs.serving import ServingCertificate
 from controlplane.grpcserver import GrpcServers
 from controlplane.settings import Address, SettingsError
-from controlplane.tlsfront import ForwardedPeers, grpc_peer_name, xfcc_certificate
+from controlplane.tlsfront import ForwardedPeers, default_concurrency, grpc_peer_name, xfcc_certificate
 
 SERVER_NAME = "istiod.istio-system.svc"
 IDENTITY = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -282,3 +282,18 @@ def test_xfcc_values_yield_a_certificate_only_when_they_carry_one(value: str, ex
 )
 def test_envoy_addresses_are_named_as_grpc_peers(address: str, peer: str) -> None:
     assert grpc_peer_name(address) == peer
+
+
+# -- tuning --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (4, 3)])
+def test_envoy_leaves_a_core_to_the_event_loop(cores: int, threads: int) -> None:
+    assert default_concurrency(usable_cores=cores) == threads
+
+
+async def test_the_running_envoy_uses_the_default_thread_count(front: Front) -> None:
+    assert front.servers.front is not None and front.servers.front.pid is not None
+    cmdline = await asyncio.to_thread(pathlib.Path(f"/proc/{front.servers.front.pid}/cmdline").read_bytes)
+    args = cmdline.split(b"\0")
+    assert args[args.index(b"--concurrency") + 1] == str(default_concurrency()).encode()
