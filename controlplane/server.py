@@ -4,14 +4,21 @@ Start order: config source (first full view) → CA and serving certificate → 
 health/debug and metrics HTTP. `/ready` turns 200 only when the config source has synced and
 every listener is bound. SIGTERM (or SIGINT) stops accepting, lets in-flight requests finish
 within the grace period, and exits 0.
+
+Once every listener is bound, `<state-dir>/listening.json` names the address each one really got
+(`{"pid": ..., "listeners": {"grpc": "127.0.0.1:15010", ...}}`, keyed like the `--*-addr` flags),
+so a port given as 0 can be found; it is written atomically, removed at start-up and on stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import json
 import logging
 import os
+import pathlib
 import signal
 import socket
 from collections.abc import Mapping
@@ -23,6 +30,7 @@ from aiohttp import web
 from certs.authenticate.kubejwt import TokenReview, TokenReviewUnavailable
 from certs.authority import KeyMaterialError
 from certs.kubestore import Secret, SecretConflict, SecretExists
+from certs.pem import write_atomic
 from certs.rootdist import ConfigMapExists, ConfigMapMissing, RootConfigMapReconciler
 from certs.rootsync import RootConfigMapController
 from certs.runtime import CaRuntime, kube_ca, local_ca
@@ -63,6 +71,8 @@ class ControlPlane:
         self.tasks = TaskGroup()
         self._runners: dict[str, web.AppRunner] = {}
         self._bound: dict[str, bool] = {}
+        self.listening: dict[str, Address] = {}  # listener name -> the address it really bound
+        self._listening_written = False
         self._inflight = InflightTracker()
         self.file_source: FileSource | None = None
         self.kube: KubeApi | None = None
@@ -73,6 +83,7 @@ class ControlPlane:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        self._unpublish_listening()  # a previous run's file must not be read as this one's
         if s.config_dir is None:
             await self._start_kube_source()
         else:
@@ -144,10 +155,15 @@ class ControlPlane:
         self.grpc.add(secure_ads.register, plaintext=False, secure=True)
         await self.grpc.start()
         self._bound["grpc"] = True
+        if self.grpc.plaintext_port is not None:
+            self.listening["grpc"] = Address(host=s.grpc_addr.bind_host, port=self.grpc.plaintext_port)
+        if self.grpc.front is not None:
+            self.listening["secure-grpc"] = Address(host=s.secure_grpc_addr.bind_host, port=self.grpc.front.port)
 
         await self._serve("webhook", webhook_app(self.injector), s.webhook_addr, tls=True, site_type=WebhookSite)
         await self._serve("http", health_app(self._readiness, self._debug_handlers()), s.http_addr)
         await self._serve("monitoring", metrics_app(), s.monitoring_addr)
+        self._publish_listening()
         log.info(
             "meshplane %s serving revision %s",
             __version__,
@@ -158,6 +174,8 @@ class ControlPlane:
     async def stop(self) -> None:
         """Stop listening, finish in-flight requests (bounded by the grace period), stop tasks."""
         grace = self.settings.grace_period
+        if self._listening_written:
+            self._unpublish_listening()
         if self._election is not None:  # first: stop the singletons and release the Lease for a successor
             self._election.cancel()
             await asyncio.wait([self._election])
@@ -202,7 +220,33 @@ class ControlPlane:
             raise SettingsError(f"cannot listen on {addr} for {name}: {exc.strerror or exc}") from exc
         self._runners[name] = runner
         self._bound[name] = True
-        log.info("%s listening on %s%s", name, addr, " (TLS)" if tls else "")
+        host, port = runner.addresses[0][:2]
+        self.listening[name] = Address(host=host, port=port)
+        log.info("%s listening on %s%s", name, self.listening[name], " (TLS)" if tls else "")
+
+    @property
+    def listening_file(self) -> pathlib.Path:
+        return self.settings.state_dir / "listening.json"
+
+    def _publish_listening(self) -> None:
+        """Write `<state-dir>/listening.json` (see the module docstring) and log the same addresses.
+
+        A state dir that cannot take the file costs a warning only: every listener serves regardless.
+        """
+        listeners = {name: str(addr) for name, addr in self.listening.items()}
+        log.info("listening: %s", ", ".join(f"{k} {v}" for k, v in listeners.items()), extra={"listeners": listeners})
+        data = json.dumps({"pid": os.getpid(), "listeners": listeners}, indent=2) + "\n"
+        try:
+            write_atomic(self.listening_file, data.encode())
+            self._listening_written = True
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.listening_file, exc.strerror or exc)
+
+    def _unpublish_listening(self) -> None:
+        """Remove `listening.json` (a stale one at start-up, this process's on stop); never fails."""
+        with contextlib.suppress(OSError):
+            self.listening_file.unlink(missing_ok=True)
+        self._listening_written = False
 
     async def _start_kube_source(self) -> None:
         """Kubernetes mode: connect (SettingsError for a bad kubeconfig) and start mirroring the cluster.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pathlib
 import random
@@ -56,10 +57,18 @@ def loopback() -> str:
     return pick_loopback()
 
 
-def free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
+@functools.cache
+def _refusing_socket() -> socket.socket:
+    """Bound to a port on the wildcard address and never listening, for the rest of the test run: no
+    program can listen on that port on any local address, so connecting there is always refused."""
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", 0))
+    return holder
+
+
+def refused_port() -> int:
+    """A port where connections to any local address are refused for the whole test run."""
+    return int(_refusing_socket().getsockname()[1])
 
 
 @pytest.fixture
@@ -77,7 +86,7 @@ def params(address: str, workdir: pathlib.Path, **overrides: Any) -> BootstrapPa
         "node_id": f"sidecar~{address}~app-1.shop~shop.svc.cluster.local",
         "cluster": "app.shop",
         "metadata": {"NAMESPACE": "shop", "SERVICE_ACCOUNT": "app", "LABELS": {"app": "app"}},
-        "discovery_address": f"{address}:{free_port(address)}",  # nothing listens there
+        "discovery_address": f"{address}:{refused_port()}",  # nothing listens there
         "istiod_san": "istiod.istio-system.svc",
         "sds_socket": str(workdir / "sds.sock"),
         "loopback_address": address,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.agent.conftest import pick_loopback
+from tests.agent.conftest import pick_loopback, refused_port
 from tests.certs.test_e2e_serve import token
 from tests.discovery import meshdata as m
 from tests.e2e.envoyproxy import wait_for
@@ -241,11 +241,9 @@ def test_bad_options_exit_2_naming_the_field(
 def test_unreachable_discovery_server_is_named_in_readiness_and_the_agent_keeps_running(
     mesh: tuple[Running, Workload, Workload], workdir: pathlib.Path
 ) -> None:
-    from tests.helpers.serve import free_port
-
     running, _, _ = mesh
     client = Workload("client", pick_loopback(), pick_loopback())
-    closed = f"127.0.0.1:{free_port()}"
+    closed = f"127.0.0.1:{refused_port()}"
     agent = start_agent(  # the flag given last wins
         running, client, workdir, "--ca-addr", running.addr("secure-grpc"), "--discovery-address", closed
     )
@@ -267,11 +265,9 @@ def test_unreachable_discovery_server_is_named_in_readiness_and_the_agent_keeps_
 def test_unreachable_ca_keeps_the_agent_running_and_says_what_it_waits_for(
     mesh: tuple[Running, Workload, Workload], workdir: pathlib.Path
 ) -> None:
-    from tests.helpers.serve import free_port
-
     running, _, _ = mesh
     client = Workload("client", pick_loopback(), pick_loopback())
-    agent = start_agent(running, client, workdir, "--ca-addr", f"127.0.0.1:{free_port()}")
+    agent = start_agent(running, client, workdir, "--ca-addr", f"127.0.0.1:{refused_port()}")
     try:
 
         def reason() -> str | None:

@@ -27,7 +27,7 @@ from certs.authority import Authority
 from certs.pem import cert_pem, generate_key, key_pem, load_certificates, load_key
 from controlplane.agent.bootstrap import render, write
 from controlplane.agent.envoy import EnvoyNotFoundError, EnvoySupervisor
-from tests.agent.conftest import ENVOY, Supervise, free_port, our_envoys, params, pick_loopback, wait_until
+from tests.agent.conftest import ENVOY, Supervise, our_envoys, params, pick_loopback, wait_until
 from tests.helpers.serve import REPO, Running
 
 IDENTITY = "spiffe://cluster.local/ns/shop/sa/app"
@@ -43,6 +43,17 @@ async def admin_state(address: str) -> str:
         return (await http_get(f"http://{address}:15000/ready"))[1].strip()
     except aiohttp.ClientError:
         return ""
+
+
+async def listener_port(address: str, name: str) -> int:
+    """The port Envoy bound for listener `name` (configured with port 0), from its admin API on `address`."""
+    status, body = await http_get(f"http://{address}:15000/listeners?format=json")
+    assert status == 200, body
+    ports = {
+        listener["name"]: int(listener["local_address"]["socket_address"]["port_value"])
+        for listener in json.loads(body)["listener_statuses"]
+    }
+    return ports[name]
 
 
 async def refused(address: str, port: int) -> bool:
@@ -250,19 +261,19 @@ async def test_drain_lets_the_request_in_flight_finish_and_refuses_new_connectio
     app.router.add_get("/slow", slow)
     runner = web.AppRunner(app)
     await runner.setup()
-    upstream = free_port(loopback)
-    await web.TCPSite(runner, loopback, upstream).start()
-    inbound = free_port(loopback)
-    bootstrap = workdir / "static.json"
-    bootstrap.write_text(json.dumps(_static_bootstrap(loopback, workdir, inbound=inbound, upstream=upstream)))
     request: asyncio.Task[tuple[int, str]] | None = None
     try:
+        await web.TCPSite(runner, loopback, 0).start()
+        upstream = runner.addresses[0][1]
+        bootstrap = workdir / "static.json"
+        bootstrap.write_text(json.dumps(_static_bootstrap(loopback, workdir, upstream=upstream)))
         supervisor = await supervise(bootstrap=bootstrap, admin_url=f"http://{loopback}:15000", drain_duration=60)
 
         async def live() -> bool:
             return await admin_state(loopback) == "LIVE"
 
         await wait_until(live, what="Envoy LIVE")
+        inbound = await listener_port(loopback, "inbound")
         request = asyncio.create_task(http_get(f"http://{loopback}:{inbound}/slow"))
         await asyncio.wait_for(arrived.wait(), 30)
         draining = asyncio.create_task(supervisor.drain_and_stop())
@@ -368,8 +379,8 @@ async def _stats_or_none(supervisor: EnvoySupervisor) -> dict[str, int] | None:
         return None
 
 
-def _static_bootstrap(address: str, workdir: pathlib.Path, *, inbound: int, upstream: int) -> dict[str, Any]:
-    """The agent's bootstrap without xDS, plus an inbound listener to a local application."""
+def _static_bootstrap(address: str, workdir: pathlib.Path, *, upstream: int) -> dict[str, Any]:
+    """The agent's bootstrap without xDS, plus a listener `inbound` on port 0 to a local application."""
     config = render(params(address, workdir))
     del config["dynamic_resources"]
     static = config["static_resources"]
@@ -394,7 +405,7 @@ def _static_bootstrap(address: str, workdir: pathlib.Path, *, inbound: int, upst
     listener = json.loads(json.dumps(static["listeners"][0]))
     listener["name"] = "inbound"
     listener["traffic_direction"] = "INBOUND"
-    listener["address"]["socket_address"]["port_value"] = inbound
+    listener["address"]["socket_address"]["port_value"] = 0
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["stat_prefix"] = "inbound"
     hcm["route_config"]["virtual_hosts"][0]["routes"] = [

@@ -29,10 +29,13 @@ from tests.agent.test_agent_process import get
 from tests.certs.test_e2e_serve import token
 from tests.discovery import meshdata as m
 from tests.e2e.envoyproxy import wait_for
-from tests.helpers.serve import SERVER_NAME, Running, free_port, meshplane_cmd, start_serve
+from tests.helpers.serve import SERVER_NAME, Running, meshplane_cmd, start_serve
 
 NS = "shop"
 SERVICE_PORT = 7070
+# Backends listen on a loopback address of their own (pick_loopback), so a fixed port is not contended;
+# it is below the kernel's ephemeral range, so no port-0 socket anywhere can be holding it.
+BACKEND_PORT = 9080
 METHOD = "/meshplane.test.Echo/Who"
 
 CLIENT = r"""
@@ -104,7 +107,7 @@ def start_proxyless_agent(
 
 def test_grpc_client_uses_the_agents_bootstrap_and_certificates_for_mtls(workdir: pathlib.Path) -> None:
     backend_ip, client_ip = pick_loopback(), pick_loopback()
-    backend_port = free_port()
+    backend_port = BACKEND_PORT
     config = workdir / "config"
     config.mkdir()
     ports = [{"name": "grpc", "port": SERVICE_PORT, "targetPort": backend_port}]

@@ -24,9 +24,10 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.agent.caclient import CaClient
 from controlplane.agent.sds import SECRET_TYPE, SdsServer
 from controlplane.agent.secrets import SecretManager
+from tests.agent.conftest import refused_port
 from tests.certs.test_e2e_serve import token
 from tests.e2e.envoyproxy import make_identity
-from tests.helpers.serve import SERVER_NAME, Running, free_port, start_serve
+from tests.helpers.serve import SERVER_NAME, Running, start_serve
 
 NS, SA = "shop", "cart"
 IDENTITY = f"spiffe://cluster.local/ns/{NS}/sa/{SA}"
@@ -154,7 +155,7 @@ async def test_a_refusing_ca_keeps_the_agent_waiting_with_the_status(
 
 async def test_an_unreachable_ca_is_retried(cp: Running, tmp_path: pathlib.Path) -> None:
     setup_files(cp, tmp_path)
-    async with running(manager(cp, tmp_path, address=f"127.0.0.1:{free_port()}")) as m:
+    async with running(manager(cp, tmp_path, address=f"127.0.0.1:{refused_port()}")) as m:
         await until(lambda: "UNAVAILABLE" in m.waiting_for)
         assert m.credential is None
 

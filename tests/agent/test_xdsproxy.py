@@ -31,12 +31,18 @@ from controlplane.agent.secrets import SecretManager
 from controlplane.agent.xdsproxy import ADS_METHOD, XdsProxy, XdsProxyError, upstream_request
 from controlplane.demo.status import get_json, syncz_by_proxy
 from tests.agent.conftest import pick_loopback
-from tests.agent.test_agent_process import get
-from tests.agent.test_proxyless_agent import METHOD, NS, SERVICE_PORT, backend_credential, start_proxyless_agent
+from tests.agent.test_proxyless_agent import (
+    BACKEND_PORT,
+    METHOD,
+    NS,
+    SERVICE_PORT,
+    backend_credential,
+    start_proxyless_agent,
+)
 from tests.certs.test_e2e_serve import token
 from tests.discovery import meshdata as m
 from tests.e2e.envoyproxy import wait_for
-from tests.helpers.serve import REPO, SERVER_NAME, Running, free_port, start_serve
+from tests.helpers.serve import SERVER_NAME, Running, restart_serve, start_serve
 
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -98,22 +104,6 @@ def kill(running: Running) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def restart(running: Running) -> Running:
-    """The same `meshplane serve` command again: same ports, same state dir (same CA), same config dir."""
-    log_path = running.log_path.with_name("serve-restarted.log")
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(running.proc.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    again = Running(
-        proc=proc, state_dir=running.state_dir, config_dir=running.config_dir, log_path=log_path, ports=running.ports
-    )
-    try:
-        wait_for(lambda: get(f"{again.http_url}/ready")[0] == 200, what="the restarted control plane to be ready")
-    except BaseException:
-        again.stop()
-        raise
-    return again
-
-
 def sync_state(running: Running, proxy: str) -> dict[str, str]:
     """{xDS type: SYNCED/STALE/NACKED/NOT SENT} of `proxy` in the control plane's /debug/syncz."""
     try:
@@ -134,7 +124,7 @@ def test_proxyless_client_is_synced_again_after_the_control_plane_is_killed_and_
     workdir: pathlib.Path,
 ) -> None:
     client_ip, first_ip, second_ip = pick_loopback(), pick_loopback(), pick_loopback()
-    backend_port = free_port()
+    backend_port = BACKEND_PORT
     config = workdir / "config"
     config.mkdir()
     mesh_config(config, client_ip=client_ip, backend_ip=first_ip, backend_port=backend_port)
@@ -187,7 +177,7 @@ def test_proxyless_client_is_synced_again_after_the_control_plane_is_killed_and_
         wait_for(lambda: lines()[down:].count("greeter-1") >= 5, what="answers while the control plane is down")
 
         started = time.monotonic()
-        running = restart(running)
+        running = restart_serve(running)
         ready = time.monotonic()
         wait_for(lambda: all_synced(running, "client-1.shop", types), what="the gRPC client SYNCED after the restart")
         print(f"\ncontrol plane ready {ready - started:.1f}s after the restart; "
@@ -231,7 +221,7 @@ class ControlPlane:
         await asyncio.to_thread(kill, self.running)
         if while_down is not None:
             await while_down
-        self.running = await asyncio.to_thread(restart, self.running)
+        self.running = await asyncio.to_thread(restart_serve, self.running)
 
 
 @pytest.fixture
@@ -239,7 +229,7 @@ async def proxied(workdir: pathlib.Path) -> AsyncIterator[tuple[ControlPlane, Xd
     """A control plane, and an XdsProxy on workdir/XDS with a certificate for shop/client from its CA."""
     config = workdir / "config"
     config.mkdir()
-    mesh_config(config, client_ip=pick_loopback(), backend_ip=pick_loopback(), backend_port=free_port())
+    mesh_config(config, client_ip=pick_loopback(), backend_ip=pick_loopback(), backend_port=BACKEND_PORT)
     plane = ControlPlane(
         await asyncio.to_thread(start_serve, workdir, "--config-dir", str(config), "--serving-hosts", "127.0.0.1")
     )

@@ -24,7 +24,6 @@ from certs.serving import ServingCertificate
 from controlplane.grpcserver import GrpcServers
 from controlplane.settings import Address
 from tests.certs.helpers import openssl_verify, spiffe, write_pem
-from tests.helpers.serve import free_port
 
 SERVER_NAME = "istiod.istio-system.svc"
 
@@ -156,9 +155,7 @@ def presented_leaf(port: int, root_pem: bytes) -> x509.Certificate:
 async def secure_server(tmp_path: pathlib.Path) -> AsyncIterator[tuple[GrpcServers, Ticker, object]]:
     runtime = await local_ca(state_dir=tmp_path, trust_domain="cluster.local", serving_hosts=(SERVER_NAME,))
     ticker = Ticker()
-    servers = GrpcServers(
-        plaintext_addr=None, secure_addr=Address(host="127.0.0.1", port=free_port()), serving=runtime.serving
-    )
+    servers = GrpcServers(plaintext_addr=None, secure_addr=Address(host="127.0.0.1", port=0), serving=runtime.serving)
     servers.add(ticker.register, plaintext=False, secure=True)
     servers.add(runtime.service.register, plaintext=False, secure=True)
     await servers.start()
@@ -174,8 +171,8 @@ async def test_an_open_stream_survives_a_serving_certificate_reissue(
 ) -> None:
     servers, ticker, runtime = secure_server
     serving = servers.serving
-    assert servers.secure_addr is not None
-    port = servers.secure_addr.port
+    assert servers.front is not None
+    port = servers.front.port
     first_leaf = await asyncio.to_thread(presented_leaf, port, serving.root_pem())
     assert first_leaf == serving.chain[0]
 

@@ -24,7 +24,6 @@ from controlplane.settings import Address
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs.fakes import FakeTokenReviewer
 from tests.certs.helpers import leaf_uris, make_csr, openssl_verify, rsa_key, spiffe, tamper_signature
-from tests.helpers.serve import free_port
 
 SERVER_NAME = "istiod.istio-system.svc"
 ME = spiffe("shop", "cart")
@@ -57,10 +56,11 @@ class CaServer:
         metadata = [("authorization", f"Bearer {token}")] if token else []
         metadata += list(extra_metadata)
         if plaintext:
-            channel = grpc.aio.insecure_channel(str(self.servers.plaintext_addr))
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.servers.plaintext_port}")
         else:
+            assert self.servers.front is not None
             channel = grpc.aio.secure_channel(
-                str(self.servers.secure_addr),
+                f"127.0.0.1:{self.servers.front.port}",
                 grpc.ssl_channel_credentials(self.root_pem),
                 options=[("grpc.ssl_target_name_override", SERVER_NAME)],
             )
@@ -90,8 +90,8 @@ async def ca_server(tmp_path: pathlib.Path) -> AsyncIterator[ServerFactory]:
             store=FileKeyStore(tmp_path / "ca"), serving_hosts=(SERVER_NAME,), authenticators=authenticators
         )
         servers = GrpcServers(
-            plaintext_addr=Address(host="127.0.0.1", port=free_port()),
-            secure_addr=Address(host="127.0.0.1", port=free_port()),
+            plaintext_addr=Address(host="127.0.0.1", port=0),
+            secure_addr=Address(host="127.0.0.1", port=0),
             serving=runtime.serving,
         )
         servers.add(runtime.service.register, plaintext=False, secure=True)

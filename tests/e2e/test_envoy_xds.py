@@ -4,6 +4,9 @@ Every Envoy gets its mTLS secrets from a small SDS server, so clusters and liste
 ISTIO_MUTUAL really activate; the tests require zero `update_rejected` in Envoy's stats and
 SYNCED for every type in meshplane's /debug/syncz. Two NONE-mode Envoys on their own loopback
 addresses (LOOPBACK_ADDRESS) carry a real mTLS call from one workload to the other's application.
+
+Pods and NONE-mode loopbacks get random 127.x.y.z addresses of their own, so the Service ports that
+Envoy binds there can be fixed: no other program listens on those addresses.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from typing import Any
 
 import pytest
 
+from tests.agent.conftest import pick_loopback
 from tests.discovery import meshdata as m
 from tests.discovery.pki import MeshRoot
 from tests.e2e.envoyproxy import Envoy, Identity, SdsServer, make_identity, wait_for
-from tests.helpers.serve import Running, free_port, meshplane_cmd, start_serve
+from tests.helpers.serve import Running, meshplane_cmd, start_serve
 
 SERVICES = 24
 NS = "alpha"
+HTTP_PORT = 8000  # every HTTP service's port; TCP service i listens on 3000 + i (meshdata's default)
+CLIENT_SERVICE_PORT, CLIENT_PORT = 8081, 9080  # the client service's port and target port
 
 
 @dataclass
@@ -38,9 +44,10 @@ class Mesh:
     sds: SdsServer
     config_dir: pathlib.Path
     workdir: pathlib.Path
-    http_port: int
-    client_port: int  # the client service's target port (the workload's inbound port)
-    client_service_port: int
+    ips: dict[str, str]  # pod name -> its address
+    http_port: int = HTTP_PORT
+    client_port: int = CLIENT_PORT  # the client service's target port (the workload's inbound port)
+    client_service_port: int = CLIENT_SERVICE_PORT
 
     def syncz(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"{self.serve.http_url}/debug/syncz", timeout=5) as resp:
@@ -53,15 +60,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("envoy-xds")
     config_dir = tmp / "config"
     config_dir.mkdir()
-    http_port, client_port, client_service_port = free_port(), free_port(), free_port()
-    tcp_ports = [free_port() for _ in range(SERVICES)]
-    objects = m.mesh_objects(SERVICES, http_port=http_port, tcp_port=lambda i: tcp_ports[i])
+    ips = {pod: pick_loopback() for pod in ("client-redirect", "client-none", "caller")}
+    objects = m.mesh_objects(SERVICES, http_port=HTTP_PORT)
     objects += [
-        m.service("client", NS, port=client_service_port, target=client_port, cluster_ip="10.96.9.9"),
-        m.pod("client-redirect", "127.0.0.3", NS, app="client", sa="client"),
-        m.pod("client-none", "127.0.0.4", NS, app="client", sa="client"),
-        m.endpoint_slice("client", NS, ips=["127.0.0.4"], port=client_port),
-        m.pod("caller", "127.0.0.5", NS, app="caller", sa="caller"),
+        m.service("client", NS, port=CLIENT_SERVICE_PORT, target=CLIENT_PORT, cluster_ip="10.96.9.9"),
+        m.pod("client-redirect", ips["client-redirect"], NS, app="client", sa="client"),
+        m.pod("client-none", ips["client-none"], NS, app="client", sa="client"),
+        m.endpoint_slice("client", NS, ips=[ips["client-none"]], port=CLIENT_PORT),
+        m.pod("caller", ips["caller"], NS, app="caller", sa="caller"),
     ]
     (config_dir / "mesh.yaml").write_text(m.dump_yaml(objects))
     serve = start_serve(
@@ -69,7 +75,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     )
     sds = SdsServer(make_identity(f"spiffe://cluster.local/ns/{NS}/sa/client")).start()
     try:
-        yield Mesh(serve, sds, config_dir, tmp, http_port, client_port, client_service_port)
+        yield Mesh(serve, sds, config_dir, tmp, ips)
     finally:
         sds.stop()
         serve.stop()
@@ -87,7 +93,7 @@ def start_envoy(
 ) -> Envoy:
     """An Envoy for pod `pod` of the mesh (default: the client pod of `mode`)."""
     pod = pod or ("client-redirect" if mode == "REDIRECT" else "client-none")
-    ip = {"client-redirect": "127.0.0.3", "client-none": "127.0.0.4", "caller": "127.0.0.5"}[pod]
+    ip = mesh.ips[pod]
     metadata = {
         "NAMESPACE": NS,
         "SERVICE_ACCOUNT": service_account,
@@ -140,7 +146,8 @@ def proxy_status(mesh: Mesh, pod: str) -> dict[str, Any] | None:
     [("GRPC", "REDIRECT"), ("DELTA_GRPC", "REDIRECT"), ("GRPC", "NONE"), ("DELTA_GRPC", "NONE")],
 )
 def test_envoy_accepts_every_type_and_rejects_nothing(mesh: Mesh, api_type: str, mode: str) -> None:
-    envoy = start_envoy(mesh, api_type=api_type, mode=mode)
+    loopback = pick_loopback() if mode == "NONE" else ""  # NONE mode binds outbound listeners there
+    envoy = start_envoy(mesh, api_type=api_type, mode=mode, loopback=loopback)
     try:
         stats = wait_for(lambda: settled(envoy), timeout=60, what="Envoy to apply CDS/LDS/RDS")
         assert rejected(stats) == {}, envoy.logs()
@@ -154,8 +161,8 @@ def test_envoy_accepts_every_type_and_rejects_nothing(mesh: Mesh, api_type: str,
         if mode == "REDIRECT":
             assert {"virtualOutbound", "virtualInbound", f"0.0.0.0_{mesh.http_port}"} <= set(listeners)
         else:
-            assert f"127.0.0.1_{mesh.http_port}" in listeners
-            assert f"127.0.0.4_{mesh.client_port}" in listeners
+            assert f"{loopback}_{mesh.http_port}" in listeners
+            assert f"{mesh.ips['client-none']}_{mesh.client_port}" in listeners
             assert "virtualOutbound" not in listeners
         pod = "client-redirect" if mode == "REDIRECT" else "client-none"
         statuses = wait_for(
@@ -318,9 +325,10 @@ def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identi
         cleanup.callback(server_sds.stop)
         caller_sds = SdsServer(identities["caller"]).start()
         cleanup.callback(caller_sds.stop)
-        app = XfccEcho("127.0.1.4", mesh.client_port)  # the server pod's application, on its own loopback
+        server_loopback, caller_loopback = pick_loopback(), pick_loopback()
+        app = XfccEcho(server_loopback, mesh.client_port)  # the server pod's application, on its own loopback
         cleanup.callback(app.stop)
-        server = start_envoy(mesh, api_type="GRPC", mode="NONE", loopback="127.0.1.4", sds=server_sds)
+        server = start_envoy(mesh, api_type="GRPC", mode="NONE", loopback=server_loopback, sds=server_sds)
         cleanup.callback(server.stop)
         caller = start_envoy(
             mesh,
@@ -328,7 +336,7 @@ def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identi
             mode="NONE",
             pod="caller",
             service_account="caller",
-            loopback="127.0.1.5",
+            loopback=caller_loopback,
             sds=caller_sds,
         )
         cleanup.callback(caller.stop)
@@ -337,15 +345,17 @@ def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identi
             stats = wait_for(lambda envoy=envoy: settled(envoy), timeout=60, what="Envoy to apply CDS/LDS/RDS")
             assert rejected(stats) == {}, envoy.logs()
         server_listeners = set(server.listeners())
-        assert {f"127.0.0.4_{mesh.client_port}", f"127.0.1.4_{mesh.http_port}"} <= server_listeners
-        assert not any(name.startswith("127.0.0.1_") for name in server_listeners)
-        assert f"127.0.1.5_{mesh.client_service_port}" in caller.listeners()
+        server_ip = mesh.ips["client-none"]
+        assert {f"{server_ip}_{mesh.client_port}", f"{server_loopback}_{mesh.http_port}"} <= server_listeners
+        assert not any(name.startswith("127.0.0.1_") for name in server_listeners)  # not the default loopback
+        assert f"{caller_loopback}_{mesh.client_service_port}" in caller.listeners()
 
-        # caller app -> caller Envoy (127.0.1.5) -> mTLS -> server Envoy (127.0.0.4) -> app (127.0.1.4).
+        # caller app -> caller Envoy (its loopback) -> mTLS -> server Envoy (the server pod's IP) -> app (the
+        # server's loopback).
         # The caller's outbound drops the header its application made up; the server's inbound sets the real one.
         xfcc = wait_for(
             lambda: http_get(
-                f"http://127.0.1.5:{mesh.client_service_port}/",
+                f"http://{caller_loopback}:{mesh.client_service_port}/",
                 host=f"client.{NS}.svc.cluster.local:{mesh.client_service_port}",
                 forged_xfcc="By=spiffe://evil;URI=spiffe://cluster.local/ns/kube-system/sa/admin",
             ),

@@ -26,7 +26,7 @@ import pytest
 from tests.discovery import meshdata as m
 from tests.discovery.pki import MeshRoot
 from tests.e2e.envoyproxy import wait_for
-from tests.helpers.serve import Running, free_port, start_serve
+from tests.helpers.serve import Running, start_serve
 
 METHOD = "/meshplane.test.Echo/Who"
 TARGET_PORT = 7070
@@ -45,8 +45,9 @@ while True:
 """
 
 
-def backend(host: str, port: int, name: str, *, credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
-    """A gRPC server answering `name`, followed by the caller's URI SANs when the caller sent a certificate."""
+def backend(host: str, name: str, *, credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, int]:
+    """A gRPC server on `host` and a port the kernel picks, answering `name`, followed by the caller's URI
+    SANs when the caller sent a certificate; returns the started server and its port."""
 
     def who(_request: bytes, context: grpc.ServicerContext) -> bytes:
         sans = context.auth_context().get("x509_subject_alternative_name", [])
@@ -59,22 +60,22 @@ def backend(host: str, port: int, name: str, *, credentials: grpc.ServerCredenti
     )
     server.add_generic_rpc_handlers((handler,))
     if credentials is None:
-        assert server.add_insecure_port(f"{host}:{port}") == port
+        port = server.add_insecure_port(f"{host}:0")
     else:
-        assert server.add_secure_port(f"{host}:{port}", credentials) == port
+        port = server.add_secure_port(f"{host}:0", credentials)
+    assert port, f"cannot listen on {host}"
     server.start()
-    return server
+    return server, port
 
 
-def mesh(port: int, ips: list[str]) -> str:
+def mesh(endpoints: dict[str, int]) -> str:
+    """Service `echo` with one EndpointSlice per {ip: port} of `endpoints`."""
     return m.dump_yaml(
         [
-            m.service(
-                "echo", ports=[{"name": "grpc", "port": TARGET_PORT, "targetPort": port}], cluster_ip="10.96.7.7"
-            ),
+            m.service("echo", ports=[{"name": "grpc", "port": TARGET_PORT}], cluster_ip="10.96.7.7"),
             *(
                 m.endpoint_slice("echo", ips=[ip], port=port, port_name="grpc", name=f"echo-{n}")
-                for n, ip in enumerate(ips)
+                for n, (ip, port) in enumerate(endpoints.items())
             ),
         ]
     )
@@ -96,16 +97,19 @@ class Client:
 
 
 @pytest.fixture
-def running(tmp_path: pathlib.Path) -> Iterator[tuple[Running, pathlib.Path, int]]:
+def running(tmp_path: pathlib.Path) -> Iterator[tuple[Running, pathlib.Path, dict[str, int]]]:
+    """Backends `backend-a` on 127.0.0.1 and `backend-b` on 127.0.0.2, both endpoints of `echo`, and serve."""
     config = tmp_path / "config"
     config.mkdir()
-    port = free_port()
-    (config / "echo.yaml").write_text(mesh(port, ["127.0.0.1", "127.0.0.2"]))
-    serve = start_serve(tmp_path, "--config-dir", str(config), env={"PILOT_DEBOUNCE_AFTER": "0s"})
-    try:
-        yield serve, config, port
-    finally:
-        serve.stop()
+    with contextlib.ExitStack() as cleanup:
+        endpoints: dict[str, int] = {}
+        for ip, name in (("127.0.0.1", "backend-a"), ("127.0.0.2", "backend-b")):
+            server, endpoints[ip] = backend(ip, name)
+            cleanup.callback(server.stop, 0)
+        (config / "echo.yaml").write_text(mesh(endpoints))
+        serve = start_serve(tmp_path, "--config-dir", str(config), env={"PILOT_DEBOUNCE_AFTER": "0s"})
+        cleanup.callback(serve.stop)
+        yield serve, config, endpoints
 
 
 def bootstrap(path: pathlib.Path, xds_port: int, *, certificates: pathlib.Path | None = None) -> dict[str, Any]:
@@ -140,10 +144,9 @@ def bootstrap(path: pathlib.Path, xds_port: int, *, certificates: pathlib.Path |
 
 
 def test_grpc_xds_client_balances_and_drops_a_removed_backend(
-    tmp_path: pathlib.Path, running: tuple[Running, pathlib.Path, int]
+    tmp_path: pathlib.Path, running: tuple[Running, pathlib.Path, dict[str, int]]
 ) -> None:
-    serve, config, port = running
-    servers = [backend("127.0.0.1", port, "backend-a"), backend("127.0.0.2", port, "backend-b")]
+    serve, config, endpoints = running
     boot = tmp_path / "grpc-bootstrap.json"
     bootstrap(boot, serve.ports["grpc"])
     proc = subprocess.Popen(
@@ -158,7 +161,7 @@ def test_grpc_xds_client_balances_and_drops_a_removed_backend(
         seen = Counter(wait_for(lambda: _both(client), timeout=60, what="calls to reach both backends"))
         assert set(seen) == {"backend-a", "backend-b"}, seen
 
-        (config / "echo.yaml").write_text(mesh(port, ["127.0.0.1"]))
+        (config / "echo.yaml").write_text(mesh({"127.0.0.1": endpoints["127.0.0.1"]}))
         wait_for(lambda: set(client.take(20)) == {"backend-a"}, timeout=60, what="backend-b to be dropped")
         assert set(client.take(30)) == {"backend-a"}
 
@@ -174,8 +177,6 @@ def test_grpc_xds_client_balances_and_drops_a_removed_backend(
     finally:
         proc.kill()
         proc.wait()
-        for server in servers:
-            server.stop(0)
 
 
 def _both(client: Client) -> list[str] | None:
@@ -216,11 +217,13 @@ SECURE, PLAIN, IMPOSTOR = (
 )
 
 
+MTLS_IPS = {"secure": "127.0.0.1", "plain": "127.0.0.2", "impostor": "127.0.0.3"}
+
+
 def mtls_mesh(ports: dict[str, int]) -> str:
     """`secure` and `impostor` run sidecars (tlsMode: istio); `plain` has no pod the mesh knows."""
-    ips = {"secure": "127.0.0.1", "plain": "127.0.0.2", "impostor": "127.0.0.3"}
     objects: list[dict[str, Any]] = []
-    for name, ip in ips.items():
+    for name, ip in MTLS_IPS.items():
         objects += [
             m.service(name, ports=[{"name": "grpc", "port": TARGET_PORT, "targetPort": ports[name]}], cluster_ip=None),
             m.endpoint_slice(name, ips=[ip], port=ports[name], port_name="grpc"),
@@ -245,19 +248,20 @@ def test_grpc_xds_client_uses_mesh_mtls_for_sidecar_endpoints_and_plaintext_othe
             [(leaf.key_pem, leaf.cert_pem)], root_certificates=root.pem, require_client_auth=True
         )
 
-    ports = {name: free_port() for name in ("secure", "plain", "impostor")}
     config = tmp_path / "config"
     config.mkdir()
-    (config / "mesh.yaml").write_text(mtls_mesh(ports))
     with contextlib.ExitStack() as cleanup:
-        for host, name, identity in (
-            ("127.0.0.1", "secure", SECURE_ID),
-            ("127.0.0.2", "plain", None),
+        ports: dict[str, int] = {}
+        for name, identity in (
+            ("secure", SECURE_ID),
+            ("plain", None),
             # Trusted root, but not the identity the mesh knows for `impostor`'s pod: the client must refuse it.
-            ("127.0.0.3", "impostor", SECURE_ID),
+            ("impostor", SECURE_ID),
         ):
             credentials = server_credentials(identity) if identity else None
-            cleanup.callback(backend(host, ports[name], name, credentials=credentials).stop, 0)
+            server, ports[name] = backend(MTLS_IPS[name], name, credentials=credentials)
+            cleanup.callback(server.stop, 0)
+        (config / "mesh.yaml").write_text(mtls_mesh(ports))
         serve = start_serve(tmp_path, "--config-dir", str(config), env={"PILOT_DEBOUNCE_AFTER": "0s"})
         cleanup.callback(serve.stop)
         boot = tmp_path / "grpc-bootstrap.json"

@@ -1,9 +1,13 @@
 """Run `meshplane serve` as a real subprocess for end-to-end tests.
 
-`start_serve(tmp_path, *extra_args)` picks free loopback ports, starts the process in local mode
-(a config dir under tmp_path unless `--config-dir`/`--kubeconfig` is passed), waits until
-`/ready` answers 200, and returns a `Running` with every address. Always `stop()` it (the
-`serve` fixture in tests/conftest.py does).
+`start_serve(tmp_path, *extra_args)` starts the process in local mode (a config dir under tmp_path
+unless `--config-dir`/`--kubeconfig` is passed) with every listener on 127.0.0.1 port 0, reads the
+ports it really bound from `<state-dir>/listening.json`, waits until `/ready` answers 200, and
+returns a `Running` with every address. Always `stop()` it (the `serve` fixture in
+tests/conftest.py does). `restart_serve(running)` starts the same command again on the same ports.
+
+`closed_port()` holds a port where nothing listens (connections are refused) for tests of
+unreachable servers.
 """
 
 from __future__ import annotations
@@ -22,16 +26,41 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+# The `--*-addr` flag of each listener, keyed like `<state-dir>/listening.json`.
+ADDR_FLAGS = {
+    "grpc": "--grpc-addr",
+    "secure-grpc": "--secure-grpc-addr",
+    "webhook": "--webhook-addr",
+    "monitoring": "--monitoring-addr",
+    "http": "--http-addr",
+}
+
+
 def free_port() -> int:
+    """A port that was free a moment ago. Racy: prefer port 0 read back from the bound socket, or
+    `closed_port()`; kept for callers that still pick ports before a program starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port on `host` where connections are refused, and stay refused while the block runs.
+
+    The socket is bound (so no other program can take the port) but never listens: Linux answers
+    a connection attempt with a reset, i.e. "connection refused".
+    """
+    with socket.socket() as s:
+        s.bind((host, 0))
+        yield int(s.getsockname()[1])
 
 
 @dataclass
@@ -98,36 +127,85 @@ def start_serve(
         args += ["--config-dir", str(config_dir)]
     elif "--config-dir" in args:
         config_dir = pathlib.Path(args[args.index("--config-dir") + 1])
-    ports = {name: free_port() for name in ("grpc", "secure-grpc", "webhook", "monitoring", "http")}
-    log_path = tmp_path / "serve.log"
-    cmd = [
-        *meshplane_cmd(),
-        "serve",
-        "--state-dir", str(state_dir),
-        "--grpc-addr", f"127.0.0.1:{ports['grpc']}",
-        "--secure-grpc-addr", f"127.0.0.1:{ports['secure-grpc']}",
-        "--webhook-addr", f"127.0.0.1:{ports['webhook']}",
-        "--monitoring-addr", f"127.0.0.1:{ports['monitoring']}",
-        "--http-addr", f"127.0.0.1:{ports['http']}",
-        "--log-level", "debug",
-        *args,
-    ]  # fmt: skip
+    listen = [arg for name, flag in ADDR_FLAGS.items() for arg in (flag, "127.0.0.1:0")]
+    cmd = [*meshplane_cmd(), "serve", "--state-dir", str(state_dir), *listen, "--log-level", "debug", *args]
+    return _launch(
+        cmd, state_dir=state_dir, config_dir=config_dir, log_path=tmp_path / "serve.log", env=env, timeout=ready_timeout
+    )
+
+
+def restart_serve(running: Running, *, ready_timeout: float = 60.0, env: dict[str, str] | None = None) -> Running:
+    """The same `meshplane serve` command after `running` has exited: same state dir (same CA), same
+    config dir, and every listener on the port it had, since clients keep dialling those addresses.
+
+    The ports must be chosen before the program starts here: they were this test's a moment ago,
+    but another program could take one in between (then this raises, with the log).
+    """
+    assert running.proc.poll() is not None, "stop or kill the running process first"
+    args = running.proc.args
+    assert isinstance(args, list), args  # _launch starts every process from a list
+    cmd = [str(arg) for arg in args]
+    for name, flag in ADDR_FLAGS.items():
+        cmd += [flag, running.addr(name)]  # the flag given last wins
+    log_path = running.log_path.with_name(f"{running.log_path.stem}-restarted.log")
+    return _launch(
+        cmd,
+        state_dir=running.state_dir,
+        config_dir=running.config_dir,
+        log_path=log_path,
+        env=env,
+        timeout=ready_timeout,
+    )
+
+
+def _launch(
+    cmd: list[str],
+    *,
+    state_dir: pathlib.Path,
+    config_dir: pathlib.Path | None,
+    log_path: pathlib.Path,
+    env: dict[str, str] | None,
+    timeout: float,
+) -> Running:
+    """Start `cmd`, read its bound ports from listening.json, wait for /ready 200; stop it on failure."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    running = Running(proc=proc, state_dir=state_dir, config_dir=config_dir, log_path=log_path, ports=ports)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"meshplane serve exited with {proc.returncode}:\n{running.logs()}")
-        with (
-            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-            urllib.request.urlopen(f"{running.http_url}/ready", timeout=2) as resp,
-        ):
-            if resp.status == 200:
+    running = Running(proc=proc, state_dir=state_dir, config_dir=config_dir, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"meshplane serve exited with {proc.returncode}:\n{running.logs()}")
+            if not running.ports:
+                running.ports = _listening(state_dir, pid=proc.pid)
+            elif _ready(running):
                 return running
-        time.sleep(0.1)
+            time.sleep(0.1)
+    except BaseException:
+        running.stop()
+        raise
     running.stop()
-    raise RuntimeError(f"meshplane serve not ready within {ready_timeout}s:\n{running.logs()}")
+    raise RuntimeError(f"meshplane serve not ready within {timeout}s:\n{running.logs()}")
+
+
+def _listening(state_dir: pathlib.Path, *, pid: int) -> dict[str, int]:
+    """{listener: port} from `<state-dir>/listening.json` once process `pid` has written it, else {}."""
+    try:
+        found = json.loads((state_dir / "listening.json").read_text())
+    except FileNotFoundError:
+        return {}
+    if found["pid"] != pid:  # a previous process's file, not yet replaced
+        return {}
+    return {name: int(address.rpartition(":")[2]) for name, address in found["listeners"].items()}
+
+
+def _ready(running: Running) -> bool:
+    with (
+        contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+        urllib.request.urlopen(f"{running.http_url}/ready", timeout=2) as resp,
+    ):
+        return bool(resp.status == 200)
+    return False
 
 
 class _MeshHTTPSConnection(http.client.HTTPSConnection):

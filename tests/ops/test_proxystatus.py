@@ -29,7 +29,7 @@ from controlplane import cli
 from controlplane.kube.client import KubeApi
 from discovery.xdstypes import CLUSTER, LISTENER
 from tests.discovery.harness import node
-from tests.helpers.serve import Running, free_port, start_serve
+from tests.helpers.serve import Running, closed_port, start_serve
 from tests.kubesim.server import KubeSim
 from tests.ops.conftest import R1, R2, meshplane
 
@@ -138,7 +138,8 @@ def mesh_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         wait_for(lambda: statuses(r1) == {"web-1.shop": {"CDS": "SYNCED"}}, what="web-1 SYNCED on R1")
         expected_r2 = {"web-1.shop": {"CDS": "STALE"}, "api-1.legacy": {"CDS": "SYNCED", "LDS": "SYNCED"}}
         wait_for(lambda: statuses(r2) == expected_r2, what="web-1 STALE and api-1 SYNCED on R2")
-        yield Mesh(r1=r1, r2=r2, down_port=free_port())
+        with closed_port() as down_port:
+            yield Mesh(r1=r1, r2=r2, down_port=down_port)
     finally:
         for proxy in proxies:
             proxy.close()
@@ -251,11 +252,11 @@ async def test_a_named_proxy_is_shown_as_each_istiod_sees_it(cluster: Mesh, kube
 
 
 async def test_exit_1_when_no_istiod_answers(kube_api: KubeApi, kubeconfig: pathlib.Path) -> None:
-    down = free_port()
     await create_namespace(kube_api)
-    await add_istiod(kube_api, istiod_pod("istiod-a", R1, debug_port=down, image_tag="0.1.0"))
-    await add_istiod(kube_api, istiod_pod("istiod-b", R1, debug_port=down, image_tag="0.1.0"), ip=None)
-    code, out, err = await run("proxy-status", kubeconfig=kubeconfig)
+    with closed_port() as down:
+        await add_istiod(kube_api, istiod_pod("istiod-a", R1, debug_port=down, image_tag="0.1.0"))
+        await add_istiod(kube_api, istiod_pod("istiod-b", R1, debug_port=down, image_tag="0.1.0"), ip=None)
+        code, out, err = await run("proxy-status", kubeconfig=kubeconfig)
     assert (code, out) == (1, "")
     url = f"http://127.0.0.1:{down}/debug/syncz"
     assert err == (
@@ -275,8 +276,9 @@ async def test_no_istiod_pods_is_one_line_naming_where_it_looked(kube_api: KubeA
         "meshplane proxy-status: no istiod pods in namespace 'istio-system' (labelled app=istiod); "
         "is the control plane installed there? (--istio-namespace)\n"
     )
-    await add_istiod(kube_api, istiod_pod("istiod-a", R1, debug_port=free_port(), image_tag="0.1.0"))
-    code, out, err = await run("proxy-status", "--revision", "canary", kubeconfig=kubeconfig)
+    with closed_port() as down:  # never dialled: the pod is of another revision
+        await add_istiod(kube_api, istiod_pod("istiod-a", R1, debug_port=down, image_tag="0.1.0"))
+        code, out, err = await run("proxy-status", "--revision", "canary", kubeconfig=kubeconfig)
     assert (code, out) == (1, "")
     assert err == (
         "meshplane proxy-status: no istiod pods in namespace 'istio-system' (labelled app=istiod,"

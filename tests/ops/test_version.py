@@ -9,7 +9,7 @@ import pathlib
 import yaml
 
 from controlplane import __version__
-from tests.helpers.serve import free_port
+from tests.helpers.serve import closed_port
 from tests.kubesim.server import KubeSim
 from tests.ops.conftest import R1, R2, meshplane
 from tests.ops.test_proxystatus import (
@@ -125,9 +125,9 @@ async def test_without_a_cluster_only_the_client_version_and_why(tmp_path: pathl
 
 
 async def test_an_explicit_kubeconfig_that_fails_is_exit_1(kubesim: KubeSim, tmp_path: pathlib.Path) -> None:
-    closed = free_port()
-    nowhere = kubesim.write_kubeconfig(tmp_path / "nowhere", server=f"http://127.0.0.1:{closed}")
-    code, out, err = await run("version", kubeconfig=nowhere)
+    with closed_port() as closed:
+        nowhere = kubesim.write_kubeconfig(tmp_path / "nowhere", server=f"http://127.0.0.1:{closed}")
+        code, out, err = await run("version", kubeconfig=nowhere)
     assert (code, out) == (1, CLIENT)
     reason = f"cannot reach the Kubernetes API server at http://127.0.0.1:{closed}: "
     assert err.startswith(f"meshplane version: control plane not shown: {reason}")
