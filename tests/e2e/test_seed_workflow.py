@@ -140,6 +140,7 @@ async def all_meshed(kubectl: Kubectl, namespace: str, revision: str, replicas: 
     return True
 
 
+@pytest.mark.timeout(300)  # a cluster, a helm install and two rounds of pods with sidecars
 async def test_seed_commands_move_namespaces_to_a_revision(cluster: Cluster, kubectl: Kubectl) -> None:
     await install_revision(cluster, kubectl, REVISION)
     await kubectl.apply(APPS)
@@ -226,6 +227,7 @@ async def replica_failure(kubectl: Kubectl, namespace: str) -> str:
     return ""
 
 
+@pytest.mark.timeout(300)
 async def test_both_labels_warn_and_an_injector_outage_creates_no_pod_without_a_sidecar(
     cluster: Cluster, kubectl: Kubectl
 ) -> None:
