@@ -139,8 +139,10 @@ def _plain_endpoint(raw: Any) -> SliceEndpoint | None:
     address = addresses[0]
     if f.canonical_ipv4(address) is None:
         return None
-    conditions = raw.get("conditions") or {}
-    target = raw.get("targetRef") or {}
+    conditions = raw.get("conditions")
+    target = raw.get("targetRef")
+    conditions = {} if conditions is None else conditions
+    target = {} if target is None else target
     if type(conditions) is not dict or type(target) is not dict:
         return None
     ready, serving, terminating = conditions.get("ready"), conditions.get("serving"), conditions.get("terminating")

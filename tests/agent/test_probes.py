@@ -386,7 +386,7 @@ def test_every_probers_value_the_injector_writes_parses() -> None:
     assert len(values) >= 5
     for value in values:
         probers = parse_probers(value)
-        assert probers and all(path.startswith("/app-health/") for path in probers)
+        assert probers and all(path.startswith(("/app-health/", "/app-lifecycle/")) for path in probers)
     web_probers = parse_probers(next(v for v in values if "/app-health/web/" in v))
     assert web_probers["/app-health/web/readyz"] == Prober(
         action=HTTPGetAction(port=8080, path="/ready", headers=(("X-Probe", "readiness"),)), timeout=2.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from controlplane.model import endpoints
@@ -55,6 +55,8 @@ def parse(raw: Any) -> Any:
 
 @settings(max_examples=400, deadline=None)
 @given(endpoint)
+@example({"addresses": ["10.1.2.3"], "conditions": False})  # falsy, but not a mapping: refused, naming it
+@example({"addresses": ["10.1.2.3"], "targetRef": 0})
 def test_fast_path_equals_the_precise_path(raw: Any) -> None:
     fast = parse(raw)
     with pytest.MonkeyPatch.context() as patch:
