@@ -310,6 +310,7 @@ class ServiceProxy:
         self._route = False
         self._api: KubeApi | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._api is not None:
@@ -351,6 +352,10 @@ class ServiceProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._inflight is not None:  # a restore the sync loop started runs to its end, so _applied is true
+            with contextlib.suppress(IptablesError):
+                await self._inflight
+            self._inflight = None
         alive = _netns_exists(self.network.node_netns)
         try:
             if self._applied is not None and alive:
@@ -376,15 +381,21 @@ class ServiceProxy:
                 continue
             rules = build_rules(self._ports(), names=self.names, pod_cidr=self.network.cidr)
             if rules != self._applied:
+                self._inflight = asyncio.create_task(self._apply(rules), name="kube-proxy restore")
                 try:
-                    await self._restore(restore_input(rules, previous=self._applied, names=self.names))
+                    # Shielded: cancelling the loop (stop) must not abandon an iptables-restore that is
+                    # already running, or its chains would be missing from _applied and outlive stop().
+                    await asyncio.shield(self._inflight)
                 except IptablesError as exc:
                     log.error("kube-proxy: %s; retrying in %gs", exc, self._retry_interval)
                     await asyncio.sleep(self._retry_interval)
                     self._dirty.set()
                     continue
-                self._applied = rules
             self._synced.set()
+
+    async def _apply(self, rules: RuleSet) -> None:
+        await self._restore(restore_input(rules, previous=self._applied, names=self.names))
+        self._applied = rules
 
     async def _restore(self, text: str) -> None:
         await self._node("iptables-restore", "--noflush", "-w", "5", stdin=text)

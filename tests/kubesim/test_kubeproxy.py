@@ -296,6 +296,28 @@ async def test_a_service_without_ready_endpoints_refuses_connections(
 
 
 @needs_root
+async def test_stop_during_a_restore_removes_every_chain_it_installed(
+    proxy: ServiceProxy, kube_api: KubeApi, network: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that lands while iptables-restore runs must still know (and delete) the chains it created."""
+    real_restore = proxy._restore
+    restored = asyncio.Event()
+
+    async def slow_restore(text: str) -> None:
+        await real_restore(text)
+        restored.set()
+        await asyncio.sleep(0.5)  # the restore has been applied; its caller has not yet heard back
+
+    monkeypatch.setattr(proxy, "_restore", slow_restore)
+    await _create_service(kube_api, "busy")
+    await _put_slice(kube_api, "busy", [("10.244.1.77", True)])
+    await asyncio.wait_for(restored.wait(), 10)
+    await proxy.stop()
+    rc, out, _ = await _run("iptables-save", netns=network.node_netns)
+    assert rc == 0 and "KSIM" not in out, out
+
+
+@needs_root
 async def test_a_pod_reaches_itself_through_its_service(
     proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, app: App
 ) -> None:
