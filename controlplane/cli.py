@@ -212,7 +212,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser, tokencmd.add_parser]
 
 
 def _register_optional() -> None:
-    from controlplane import injectcmd, proxystatuscmd
+    from controlplane import certcmd, injectcmd, proxystatuscmd
     from controlplane.agent import cmd as agentcmd
     from controlplane.demo import cmd as democmd
     from controlplane.iptables import cmd as iptablescmd
@@ -222,6 +222,7 @@ def _register_optional() -> None:
     from controlplane.ops import tag as tagcmd
 
     for add in (
+        certcmd.add_parser,
         injectcmd.add_parser,
         proxystatuscmd.add_parser,
         agentcmd.add_parser,
