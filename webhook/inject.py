@@ -21,10 +21,12 @@ Istio's injector:
 - `istio-init`'s `-u`/`-g`: the user's `istio-proxy` `runAsUser`/`runAsGroup`, else 1337;
 - the Prometheus merge: `prometheus.io/{port,path,scrape}` point at the agent (status port,
   `/stats/prometheus`), the user's values saved in `ISTIO_PROMETHEUS_ANNOTATIONS` when there were
-  any; skipped when the mesh disables it, with `prometheus.istio.io/merge-metrics: "false"`, and when
-  the pod opts out of scraping in any spelling Prometheus reads (`prometheus.io/scrape` or
-  `prometheus.io.scrape: "false"`); probes and metrics need an `istio-proxy`, so a template set
-  without one (`grpc-simple`) gets neither;
+  any; `prometheus.istio.io/scrape-targets` moves there too, as Istio's `targets` (its first target
+  replacing the saved port and path), and leaves the pod's annotations; skipped when the mesh
+  disables it, with `prometheus.istio.io/merge-metrics: "false"`, and when the pod opts out of
+  scraping in any spelling Prometheus reads (`prometheus.io/scrape` or `prometheus.io.scrape:
+  "false"`); probes and metrics need an `istio-proxy`, so a template set without one
+  (`grpc-simple`) gets neither;
 - `injectedAnnotations` of the config, and the status annotation listing what injection added
   (plus what exact strip-and-redo needs: the user's override containers and what templates added to
   application containers).
@@ -45,7 +47,7 @@ from typing import Any
 from webhook import validate as v
 from webhook.config import InjectionConfig
 from webhook.merge import apply_fragment, combine, strategic_merge
-from webhook.options import PROXY_UID, Options, read_options
+from webhook.options import A_SCRAPE_TARGETS, PROXY_UID, Options, read_options
 from webhook.probes import PROBERS_ENV, rewrite
 from webhook.strip import INIT, PROMETHEUS_ENV, PROMETHEUS_KEYS, PROXY, STATUS, strip
 from webhook.templates import TemplateError
@@ -328,7 +330,10 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams) -> dict[str, Any]:
     merge_metrics = has_proxy and o.prometheus_merge and not _scrape_disabled(annotations)
     merge_metrics = merge_metrics and annotations.get("prometheus.io/port") != str(o.status_port)
     if merge_metrics:
-        saved = {key: annotations.get(f"prometheus.io/{key}", "") for key in PROMETHEUS_KEYS}
+        saved: dict[str, Any] = {key: annotations.get(f"prometheus.io/{key}", "") for key in PROMETHEUS_KEYS}
+        if o.scrape_targets:  # Istio's shape: the first target also as port/path, for agents without targets
+            saved.update(port=str(o.scrape_targets[0].port), path=o.scrape_targets[0].path)
+            saved["targets"] = [{"port": str(t.port), "path": t.path} for t in o.scrape_targets]
         if any(saved.values()):
             saved_prometheus = json.dumps(saved, separators=(",", ":"))
     annotations.update(config.injected_annotations)  # here for their place among the annotations
@@ -338,6 +343,7 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams) -> dict[str, Any]:
         annotations["prometheus.io/port"] = str(o.status_port)
         annotations["prometheus.io/path"] = "/stats/prometheus"
         annotations["prometheus.io/scrape"] = "true"
+        annotations.pop(A_SCRAPE_TARGETS, None)  # now in the agent's env, as Istio leaves it
 
     proxy_at = _find(spec, PROXY) if has_proxy else None
     if proxy_at is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from controlplane.agent.appmetrics import ScrapeTarget, parse_scrape_targets
 from controlplane.iptables.rules import OptionError, parse_options
 from webhook import validate as v
 from webhook.config import InjectionConfig
@@ -139,6 +140,7 @@ class Options:
     hold: bool
     status_port: int  # 0: the proxy serves no status (no proxy probes, no probe rewriting, no metrics merge)
     prometheus_merge: bool
+    scrape_targets: tuple[ScrapeTarget, ...]  # prometheus.istio.io/scrape-targets, in merge order
     readiness: dict[str, int]  # readinessProbe fields the pod's annotations set
     user_volumes: dict[str, Any]  # name -> volume source, added to the pod
     user_volume_mounts: dict[str, Any]  # name -> mount, added to istio-proxy
@@ -369,6 +371,10 @@ def read_options(annotations: Mapping[str, str], *, config: InjectionConfig, dis
     interfaces = _annotation(annotations, A_REROUTE, _parse_interfaces)
     if interfaces is None:
         interfaces = _annotation(annotations, A_KUBEVIRT, _parse_interfaces)
+    effective_status_port = int(proxy_config.get("statusPort", DEFAULT_STATUS_PORT)) if status_port != 0 else 0
+    scrape_targets = _annotation(
+        annotations, A_SCRAPE_TARGETS, lambda text: parse_scrape_targets(text, status_port=effective_status_port)
+    )
     _annotation(annotations, A_OVERRIDES, parse_override_containers)
     _annotation(annotations, A_APPLICATION_PORTS, lambda text: v.parse_port_list(text, allow_star=False))
 
@@ -392,8 +398,9 @@ def read_options(annotations: Mapping[str, str], *, config: InjectionConfig, dis
         component_log_level=_annotation(annotations, A_COMPONENT_LOG_LEVEL, v.parse_component_log_level)
         or config.proxy_component_log_level,
         hold=bool(proxy_config.get("holdApplicationUntilProxyStarts", False)),
-        status_port=int(proxy_config.get("statusPort", DEFAULT_STATUS_PORT)) if status_port != 0 else 0,
+        status_port=effective_status_port,
         prometheus_merge=config.enable_prometheus_merge and merge is not False and status_port != 0,
+        scrape_targets=scrape_targets or (),
         readiness=readiness,
         user_volumes=_annotation(annotations, A_USER_VOLUME, _parse_named_objects(None)) or {},
         user_volume_mounts=_annotation(annotations, A_USER_VOLUME_MOUNT, _parse_named_objects("mountPath")) or {},

@@ -4,7 +4,8 @@
 init containers, volumes and pull secrets it lists, puts back the user's own `istio-proxy` and
 `istio-init` customisations (`overrides`) where they were, removes what templates added to
 application containers (`appContainers`), restores rewritten probes and lifecycle hooks from
-`ISTIO_KUBE_APP_PROBERS` and the user's Prometheus annotations from `ISTIO_PROMETHEUS_ANNOTATIONS`,
+`ISTIO_KUBE_APP_PROBERS` and the user's Prometheus annotations from `ISTIO_PROMETHEUS_ANNOTATIONS`
+(`prometheus.istio.io/scrape-targets` from its `targets`),
 puts back the containers Istio recorded in `proxy.istio.io/overrides` (a pod Istio injected), and
 drops the status. A status Istio wrote (names only) is read the same way.
 A status that injection did not write raises `InjectionError`; mangled saved probers or Prometheus
@@ -17,6 +18,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from controlplane.agent.appmetrics import SCRAPE_TARGETS_ANNOTATION, ScrapeTarget, format_scrape_targets
 from webhook.limits import load_json
 from webhook.probes import PROBERS_ENV, parse_saved, restore
 from webhook.validate import InjectionError, InvalidPod
@@ -163,3 +165,16 @@ def _restore_prometheus(annotations: dict[str, str], saved_json: str | None) -> 
             annotations[f"prometheus.io/{key}"] = value
         else:
             annotations.pop(f"prometheus.io/{key}", None)
+    targets = saved.get("targets")
+    if targets is None:
+        return
+    if not isinstance(targets, list) or not all(_is_target(t) for t in targets):
+        raise InvalidPod(f"{PROXY} env {PROMETHEUS_ENV}", "targets are not the port/path list injection wrote")
+    annotations[SCRAPE_TARGETS_ANNOTATION] = format_scrape_targets(
+        ScrapeTarget(int(t["port"]), t["path"]) for t in targets
+    )
+
+
+def _is_target(item: Any) -> bool:
+    port = str(item.get("port", "")) if isinstance(item, dict) else ""
+    return port.isascii() and port.isdigit() and len(port) <= 5 and isinstance(item.get("path"), str)

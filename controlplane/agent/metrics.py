@@ -31,3 +31,20 @@ ENVOY_RESTARTS = Counter(
     "Times the agent restarted Envoy after it exited unexpectedly",
     registry=REGISTRY,
 )
+
+
+class ScrapeMetrics:
+    """The counters of the merged `/stats/prometheus` endpoint, in the registry it merges.
+
+    They live in the registry the status server is given (not `REGISTRY` itself), so that each
+    status server counts its own scrapes; hence one status server per registry.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.scrapes = Counter("istio_agent_scrapes_total", "Scrapes of the merged metrics", registry=registry)
+        self.failures = Counter(
+            "istio_agent_scrape_failures_total",
+            "Sources left out of a merged scrape, by type (envoy, application: one per scrape target, agent)",
+            ["type"],
+            registry=registry,
+        )

@@ -6,10 +6,13 @@ Routes (GET; anything else is 404):
   exactly that path (see `probes`): 200 when it passed, 500 when it failed, the detail as text;
   404 naming the path when no probe is registered there.
 - `/stats/prometheus`: the agent's own registry, then Envoy's stats, then the application's metrics
-  (when `ISTIO_PROMETHEUS_ANNOTATIONS` asks for them), concatenated with a newline between sources,
-  as Prometheus text format 0.0.4. A source that fails or times out is left out, logged and counted
-  in `istio_agent_scrape_failures_total{type="envoy"|"application"|"agent"}`; the scrape still
-  answers 200.
+  (each target `ISTIO_PROMETHEUS_ANNOTATIONS` names, see `appmetrics`, in its order), concatenated
+  with a newline between sources, as Prometheus text format 0.0.4. All sources are scraped at once;
+  one that fails, times out or answers more than `max_app_metrics_bytes` (an application target) is
+  left out, logged and counted in `istio_agent_scrape_failures_total{type="envoy"|"application"|
+  "agent"}`; the scrape still answers 200. An OpenMetrics answer loses its `# EOF`, except with
+  several targets that all answered OpenMetrics (of one version): then the merge is served as
+  OpenMetrics, ending in exactly one `# EOF` (Istio's rule).
 - `/debug/certs`: the wiring's `cert_info()` as JSON.
 - `POST /drain` (the native sidecar's preStop hook, `pilot-agent request POST drain`): runs the
   wiring's `drain()` and answers 200 `OK`, or 500 with the reason it failed. Only from this host
@@ -32,29 +35,19 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from controlplane.agent.appmetrics import ScrapeTarget, read_prometheus_env
+from controlplane.agent.metrics import ScrapeMetrics
 from controlplane.agent.probes import Prober, run_probe
 
 log = logging.getLogger(__name__)
 
 STATUS_PORT = 15020
-PROMETHEUS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text"
 SCRAPE_TIMEOUT = 5.0
-MAX_APP_METRICS_BYTES = 10 * 1024 * 1024
-# Ports of the sidecar itself: scraping them as "the application" would loop or double count.
-RESERVED_PORTS = {
-    15000: "Envoy admin",
-    15001: "outbound capture",
-    15004: "debug",
-    15006: "inbound capture",
-    15008: "HBONE tunnel",
-    15020: "agent status",
-    15021: "Envoy health",
-    15053: "DNS proxy",
-    15090: "Envoy Prometheus",
-}
+MAX_APP_METRICS_BYTES = 10 * 1024 * 1024  # per target; a larger answer is dropped (Istio's cap)
 # Request headers never forwarded to an application probe: they describe the kubelet's connection.
 _HOP_HEADERS = frozenset(
     {
@@ -82,42 +75,14 @@ class ReadyState:
     reason: str = ""
 
 
-def app_metrics_url(text: str, *, host: str, status_port: int = STATUS_PORT) -> str | None:
-    """Where to scrape the application, from `ISTIO_PROMETHEUS_ANNOTATIONS` (`{"scrape","path","port"}`).
+def app_metrics_urls(text: str, *, host: str, status_port: int = STATUS_PORT) -> list[tuple[ScrapeTarget, str]]:
+    """Each application target `ISTIO_PROMETHEUS_ANNOTATIONS` names, with its URL on `host`, in order.
 
-    None when the text is empty, every field is empty (the pod had no Prometheus annotations) or
-    `scrape` is "false". Otherwise port defaults to 80 and path to /metrics, as Istio's agent does.
-    Raises ValueError naming the env var for bad JSON, a port that is not a number, or a port of
-    the sidecar itself (scraping it would loop).
+    Empty when the pod's application metrics are not merged; raises ValueError as
+    `appmetrics.read_prometheus_env` does.
     """
-    if not text.strip():
-        return None
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"env {PROMETHEUS_ENV}: not JSON ({exc}); it is written by the sidecar injector") from None
-    if not isinstance(config, dict):
-        raise ValueError(f'env {PROMETHEUS_ENV}: must be a JSON object like {{"scrape":"true","port":"9090"}}')
-    fields = {}
-    for key in ("scrape", "path", "port"):
-        value = config.get(key) or ""
-        if not isinstance(value, str):
-            raise ValueError(f"env {PROMETHEUS_ENV}: {key} must be a string, got {json.dumps(value)}")
-        fields[key] = value.strip()
-    if not any(fields.values()) or fields["scrape"] == "false":
-        return None
-    port_text = fields["port"] or "80"
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"env {PROMETHEUS_ENV}: port {port_text!r} is not a port number (prometheus.io/port)")
-    port = int(port_text)
-    reserved = "agent status" if port == status_port else RESERVED_PORTS.get(port)
-    if reserved:
-        raise ValueError(
-            f"env {PROMETHEUS_ENV}: port {port} is the sidecar's own ({reserved}); point the pod's "
-            "prometheus.io/port at the application's metrics port"
-        )
-    path = fields["path"] or "/metrics"
-    return f"http://{_join(host, port)}{path if path.startswith('/') else '/' + path}"
+    targets = read_prometheus_env(text, status_port=status_port)
+    return [(target, f"http://{_join(host, target.port)}{target.path}") for target in targets]
 
 
 class StatusServer:
@@ -129,7 +94,8 @@ class StatusServer:
         app_host: the application's address (the pod IP): probes without a host, and its metrics.
         source_address: local address for connections to the application (None: the kernel's choice).
         envoy_stats_url: Envoy's Prometheus endpoint; None when there is no Envoy (proxyless).
-        prometheus_annotations: the text of `ISTIO_PROMETHEUS_ANNOTATIONS` (see `app_metrics_url`).
+        prometheus_annotations: the text of `ISTIO_PROMETHEUS_ANNOTATIONS` (see `app_metrics_urls`).
+        max_app_metrics_bytes: the largest answer kept from one application target (10 MiB).
         registry: the agent's own metrics; the scrape counters are registered in it, so one status
             server per registry.
         cert_info: the `/debug/certs` document.
@@ -154,6 +120,7 @@ class StatusServer:
         bind_address: str = "0.0.0.0",
         port: int = STATUS_PORT,
         scrape_timeout: float = SCRAPE_TIMEOUT,
+        max_app_metrics_bytes: int = MAX_APP_METRICS_BYTES,
     ) -> None:
         self._ready = ready
         self._probers = dict(probers)
@@ -163,17 +130,12 @@ class StatusServer:
         self._cert_info = cert_info
         self._drain = drain
         self._envoy_url = envoy_stats_url
-        self._app_url = app_metrics_url(prometheus_annotations, host=app_host, status_port=port or STATUS_PORT)
+        self._app_targets = app_metrics_urls(prometheus_annotations, host=app_host, status_port=port or STATUS_PORT)
+        self._max_app_bytes = max_app_metrics_bytes
         self._bind = bind_address
         self._port = port
         self._scrape_timeout = scrape_timeout
-        self._scrapes = Counter("istio_agent_scrapes_total", "Scrapes of the merged metrics", registry=registry)
-        self._failures = Counter(
-            "istio_agent_scrape_failures_total",
-            "Sources left out of a merged scrape, by type (envoy, application, agent)",
-            ["type"],
-            registry=registry,
-        )
+        self._metrics = ScrapeMetrics(registry)
         self._was_ready: bool | None = None
         self._runner: web.AppRunner | None = None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
@@ -283,7 +245,7 @@ class StatusServer:
         return web.json_response(info, dumps=partial(json.dumps, indent=2, sort_keys=True, default=str))
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
-        self._scrapes.inc()
+        self._metrics.scrapes.inc()
         timeout = self._scrape_timeout
         header_timeout = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds", "")
         with contextlib.suppress(ValueError):  # absent or not a number: the default applies
@@ -292,28 +254,40 @@ class StatusServer:
         envoy_url = self._envoy_url
         if envoy_url and request.query_string:
             envoy_url = f"{envoy_url}?{request.query_string}"
-        envoy, app = await asyncio.gather(
+        envoy, *apps = await asyncio.gather(
             self._scrape("envoy", envoy_url, headers=forward, seconds=timeout, limit=None),
-            self._scrape("application", self._app_url, headers=forward, seconds=timeout, limit=MAX_APP_METRICS_BYTES),
+            *(
+                self._scrape("application", url, headers=forward, seconds=timeout, limit=self._max_app_bytes, target=t)
+                for t, url in self._app_targets
+            ),
         )
         try:
             own = generate_latest(self._registry)
         except Exception:
             log.exception("the agent's own metrics could not be rendered")
-            self._failures.labels(type="agent").inc()
+            self._metrics.failures.labels(type="agent").inc()
             own = b""
-        body = b"".join(_terminated(part) for part in (own, envoy, app) if part)
-        response = web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
+        content_type, app_parts = _merge_apps(apps, several=len(self._app_targets) > 1)
+        parts = (own, envoy.without_eof() if envoy else b"", *app_parts)
+        body = b"".join(_terminated(part) for part in parts if part)
+        response = web.Response(body=body, headers={"Content-Type": content_type})
         response.enable_compression()
         return response
 
     async def _scrape(
-        self, kind: str, url: str | None, *, headers: Mapping[str, str], seconds: float, limit: int | None
-    ) -> bytes:
-        """One source's metrics in text format, or b"" (logged and counted) when it cannot be had."""
+        self,
+        kind: str,
+        url: str | None,
+        *,
+        headers: Mapping[str, str],
+        seconds: float,
+        limit: int | None,
+        target: ScrapeTarget | None = None,
+    ) -> _Answer | None:
+        """One source's answer, or None (logged and counted once) when it cannot be had."""
         session = self._sessions.get(kind)
         if url is None or session is None:
-            return b""
+            return None
         try:
             async with asyncio.timeout(seconds):
                 accept = {"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
@@ -326,21 +300,57 @@ class StatusServer:
                         if limit is not None and size > limit:
                             raise _ScrapeFailed(f"the answer is larger than {limit} bytes")
                         chunks.append(chunk)
-                    body = b"".join(chunks)
-                    return _strip_eof(body) if "openmetrics" in response.content_type else body
+                    return _Answer(b"".join(chunks), response.headers.get("Content-Type", ""))
         except TimeoutError:
             reason = f"no answer within {seconds:g} s"
         except aiohttp.ClientConnectorError as exc:
             reason = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc)
         except (_ScrapeFailed, aiohttp.ClientError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
-        log.warning("scraping %s metrics from %s failed: %s", kind, url, reason)
-        self._failures.labels(type=kind).inc()
-        return b""
+        # a target is quoted as JSON quotes it: a path from an annotation cannot forge log lines
+        source = url if target is None else f"target {json.dumps(str(target))}"
+        log.warning("scraping %s metrics from %s failed: %s", kind, source, reason)
+        self._metrics.failures.labels(type=kind).inc()
+        return None
 
 
 class _ScrapeFailed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Answer:
+    body: bytes
+    content_type: str
+
+    @property
+    def openmetrics(self) -> str | None:
+        """The OpenMetrics version the Content-Type declares (unversioned: 0.0.1); None: not OpenMetrics."""
+        media_type, *params = (item.strip() for item in self.content_type.split(";"))
+        if media_type.lower() != OPENMETRICS:
+            return None
+        values = dict(param.partition("=")[::2] for param in params)
+        return "1.0.0" if values.get("version", "").strip() == "1.0.0" else "0.0.1"
+
+    def without_eof(self) -> bytes:
+        return _strip_eof(self.body) if self.openmetrics else self.body
+
+
+def _merge_apps(answers: list[_Answer | None], *, several: bool) -> tuple[str, list[bytes]]:
+    """The merged Content-Type and the application parts to append, in target order.
+
+    One target (Istio's prometheus.io/port and path): text, its `# EOF` removed. Several: each
+    `# EOF` removed; when every answer that came was OpenMetrics of one version, the merge is
+    OpenMetrics of that version and gets one `# EOF` at the very end; otherwise text.
+    """
+    kept = [answer for answer in answers if answer is not None]
+    if not several:
+        return TEXT_FORMAT, [answer.without_eof() for answer in kept]
+    parts = [_strip_eof(answer.body) for answer in kept]
+    versions = {answer.openmetrics for answer in kept}
+    if len(versions) == 1 and None not in versions:
+        return f"{OPENMETRICS}; version={versions.pop()}; charset=utf-8", [*parts, b"# EOF\n"]
+    return TEXT_FORMAT, parts
 
 
 def _terminated(part: bytes) -> bytes:

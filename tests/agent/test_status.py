@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,7 +19,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.agent.probes import parse_probers
-from controlplane.agent.status import ReadyState, StatusError, StatusServer, app_metrics_url
+from controlplane.agent.status import ReadyState, StatusError, StatusServer, app_metrics_urls
 from tests.agent.test_probes import app_server, serve
 
 ENVOY_STATS = '# TYPE envoy_cluster_upstream_cx_total counter\nenvoy_cluster_upstream_cx_total{cluster_name="x"} 7'
@@ -206,18 +208,24 @@ async def test_stats_without_envoy_or_app_serve_the_agent_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "url"),
+    ("text", "urls"),
     [
-        ("", None),
-        ('{"scrape":"","path":"","port":""}', None),
-        ('{"scrape":"false","path":"/m","port":"9090"}', None),
-        ('{"scrape":"true","path":"","port":"9080"}', "http://10.1.2.3:9080/metrics"),
-        ('{"scrape":"true","path":"/metrics","port":"9102"}', "http://10.1.2.3:9102/metrics"),
-        ('{"scrape":"true","path":"stats","port":""}', "http://10.1.2.3:80/stats"),
+        ("", []),
+        ('{"scrape":"","path":"","port":""}', []),
+        ('{"scrape":"false","path":"/m","port":"9090"}', []),
+        ('{"scrape":"true","path":"","port":"9080"}', ["http://10.1.2.3:9080/metrics"]),
+        ('{"scrape":"true","path":"/metrics","port":"9102"}', ["http://10.1.2.3:9102/metrics"]),
+        ('{"scrape":"true","path":"stats","port":""}', ["http://10.1.2.3:80/stats"]),
+        (
+            '{"scrape":"","path":"/metrics","port":"8080",'
+            '"targets":[{"port":"8080","path":"/metrics"},{"port":"9100","path":""}]}',
+            ["http://10.1.2.3:8080/metrics", "http://10.1.2.3:9100/metrics"],
+        ),
+        ('{"scrape":"false","targets":[{"port":"8080","path":"/metrics"}]}', []),
     ],
 )
-def test_app_metrics_location_follows_the_saved_annotations(text: str, url: str | None) -> None:
-    assert app_metrics_url(text, host="10.1.2.3") == url
+def test_app_metrics_location_follows_the_saved_annotations(text: str, urls: list[str]) -> None:
+    assert [url for _, url in app_metrics_urls(text, host="10.1.2.3")] == urls
 
 
 @pytest.mark.parametrize(
@@ -229,6 +237,9 @@ def test_app_metrics_location_follows_the_saved_annotations(text: str, url: str 
         ('{"scrape":"true","port":"15020"}', "port 15020 is the sidecar's own (agent status)"),
         ('{"scrape":"true","port":"15090"}', "port 15090 is the sidecar's own (Envoy Prometheus)"),
         ('{"scrape":true,"port":"9090"}', "scrape must be a string"),
+        ('{"targets":[{"port":"8080","path":"/m"},{"port":"15000","path":"/m"}]}', "targets[1].port 15000"),
+        ('{"targets":[{"port":"x","path":"/m"}]}', "targets[0].port 'x' is not a port number"),
+        ('{"targets":{"port":"8080"}}', "targets must be a list"),
     ],
 )
 def test_bad_prometheus_annotations_are_refused_naming_the_env(text: str, message: str) -> None:
@@ -243,6 +254,147 @@ def test_bad_prometheus_annotations_are_refused_naming_the_env(text: str, messag
         )
     assert "ISTIO_PROMETHEUS_ANNOTATIONS" in str(info.value)
     assert message in str(info.value)
+
+
+def targets_env(*ports: int, path: str = "/metrics") -> str:
+    """ISTIO_PROMETHEUS_ANNOTATIONS as the injector writes it for `prometheus.istio.io/scrape-targets`."""
+    targets = [{"port": str(port), "path": path} for port in ports]
+    return json.dumps({"scrape": "true", "path": path, "port": str(ports[0]), "targets": targets})
+
+
+def gauge_text(name: str, value: float, *, openmetrics: bool = False) -> bytes:
+    registry = CollectorRegistry()
+    Gauge(name, name, registry=registry).set(value)
+    return generate_openmetrics(registry) if openmetrics else generate_latest(registry)
+
+
+def samples_of(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (s.name, s.labels.get("type", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def scrape(client: aiohttp.ClientSession, base: str) -> tuple[str, str]:
+    async with client.get(f"{base}/stats/prometheus") as response:
+        assert response.status == 200
+        return response.headers["Content-Type"], await response.text()
+
+
+async def test_scrape_targets_are_scraped_together_and_merged_in_declared_order() -> None:
+    second_asked = asyncio.Event()
+
+    async def first(_: web.Request) -> web.Response:
+        await second_asked.wait()  # answers only once the second target has been asked: scrapes run together
+        return web.Response(body=gauge_text("app_first", 1), content_type="text/plain")
+
+    async def second(_: web.Request) -> web.Response:
+        second_asked.set()
+        return web.Response(body=gauge_text("app_second", 2), content_type="text/plain")
+
+    first_app, second_app = web.Application(), web.Application()
+    first_app.router.add_get("/metrics", first)
+    second_app.router.add_get("/metrics", second)
+    async with (
+        serve(first_app) as first_port,
+        serve(second_app) as second_port,
+        metrics_source(ENVOY_STATS, "text/plain; version=0.0.4") as envoy_port,
+        status_server(
+            envoy_stats_url=f"http://127.0.0.1:{envoy_port}/stats/prometheus",
+            prometheus_annotations=targets_env(first_port, second_port),
+        ) as (_, client, base),
+    ):
+        content_type, text = await scrape(client, base)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    samples = samples_of(text)
+    assert (samples[("app_first", "")], samples[("app_second", "")]) == (1, 2)
+    assert ("istio_agent_scrape_failures_total", "application") not in samples
+    order = [text.index(name) for name in ("meshplane_agent_", "envoy_cluster", "app_first", "app_second")]
+    assert order == sorted(order)
+
+
+async def test_a_scrape_target_that_is_down_is_left_out_counted_and_logged_once(
+    refused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="controlplane.agent.status")
+    async with (
+        metrics_source(gauge_text("app_first", 1), "text/plain; version=0.0.4") as first_port,
+        metrics_source(gauge_text("app_third", 3), "text/plain; version=0.0.4") as third_port,
+        status_server(prometheus_annotations=targets_env(first_port, refused_port, third_port)) as (_, client, base),
+    ):
+        _, text = await scrape(client, base)
+    samples = samples_of(text)
+    assert (samples[("app_first", "")], samples[("app_third", "")]) == (1, 3)
+    assert samples[("istio_agent_scrape_failures_total", "application")] == 1
+    assert text.index("app_first") < text.index("app_third")
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert f'target "{refused_port}:/metrics"' in failures[0]
+
+
+async def test_a_scrape_target_over_the_size_cap_is_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="controlplane.agent.status")
+    big = gauge_text("app_big", 1) + b"".join(b'app_padding{i="%d"} 1\n' % i for i in range(200))
+    assert len(big) > 2048
+    async with (
+        metrics_source(big, "text/plain; version=0.0.4") as big_port,
+        metrics_source(gauge_text("app_small", 2), "text/plain; version=0.0.4") as small_port,
+        status_server(
+            prometheus_annotations=targets_env(big_port, small_port),
+            max_app_metrics_bytes=2048,  # the 10 MiB cap, made small
+        ) as (_, client, base),
+    ):
+        _, text = await scrape(client, base)
+    samples = samples_of(text)
+    assert samples[("app_small", "")] == 2
+    assert "app_big" not in text and "app_padding" not in text
+    assert samples[("istio_agent_scrape_failures_total", "application")] == 1
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert f'target "{big_port}:/metrics"' in failures[0]
+    assert "larger than 2048 bytes" in failures[0]
+
+
+async def test_openmetrics_scrape_targets_merge_into_one_exposition_with_a_single_eof() -> None:
+    openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    async with (
+        metrics_source(gauge_text("app_first", 1, openmetrics=True), openmetrics) as first_port,
+        metrics_source(gauge_text("app_second", 2, openmetrics=True), openmetrics) as second_port,
+        status_server(prometheus_annotations=targets_env(first_port, second_port)) as (_, client, base),
+    ):
+        content_type, text = await scrape(client, base)
+    assert content_type == openmetrics
+    assert text.count("# EOF") == 1
+    assert text.endswith("app_second 2.0\n# EOF\n")
+    assert text.index("app_first") < text.index("app_second")
+
+
+async def test_mixed_text_and_openmetrics_targets_merge_as_text_without_eof() -> None:
+    async with (
+        metrics_source(gauge_text("app_first", 1), "text/plain; version=0.0.4") as first_port,
+        metrics_source(gauge_text("app_second", 2, openmetrics=True), "application/openmetrics-text") as second_port,
+        status_server(prometheus_annotations=targets_env(first_port, second_port)) as (_, client, base),
+    ):
+        content_type, text = await scrape(client, base)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# EOF" not in text
+    samples = samples_of(text)
+    assert (samples[("app_first", "")], samples[("app_second", "")]) == (1, 2)
+
+
+async def test_a_single_scrape_target_is_served_as_prometheus_io_port_and_path_are() -> None:
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    answers = []
+    async with metrics_source(gauge_text("app_only", 1, openmetrics=True), openmetrics) as port:
+        legacy = json.dumps({"scrape": "true", "path": "/metrics", "port": str(port)})
+        for saved in (legacy, targets_env(port)):
+            async with status_server(prometheus_annotations=saved) as (_, client, base):
+                answers.append(await scrape(client, base))
+    created = re.compile(r"^\S+_created .*\n", re.MULTILINE)  # when each registry was made
+    (legacy_type, legacy_text), (target_type, target_text) = answers
+    assert (target_type, created.sub("", target_text)) == (legacy_type, created.sub("", legacy_text))
+    assert "# EOF" not in target_text and "app_only 1.0" in target_text
 
 
 # -- certificates, lifecycle --------------------------------------------------------------------

@@ -40,7 +40,6 @@ def probers(p: dict[str, Any]) -> dict[str, Any]:
         ("sidecar.istio.io/userVolumeMount", '{"certs":{"mountPath":"/etc/certs","readOnly":true}}'),
         ("traffic.sidecar.istio.io/kubevirtInterfaces", "net1"),
         ("istio.io/reroute-virtual-interfaces", "net1,net2"),
-        ("prometheus.istio.io/scrape-targets", "8080:/metrics"),
         ("proxy.istio.io/overrides", '{"containers":[{"name":"istio-proxy","image":"auto"}]}'),
     ],
 )
@@ -220,9 +219,85 @@ def test_prometheus_annotations_env_is_set_only_when_the_pod_has_prometheus_anno
     assert saved == {"scrape": "", "path": "/m", "port": "9090"}
 
 
+SCRAPE_TARGETS = "prometheus.istio.io/scrape-targets"
+
+
+def test_scrape_targets_reach_the_agent_in_istios_env_shape_and_leave_the_pod() -> None:
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9999",  # the targets win; the first stands in for port and path
+        "prometheus.io/path": "/legacy",
+        SCRAPE_TARGETS: " 8080:/metrics , 9100:/custom-metrics,",
+    }
+    injected = inject(pod(annotations=annotations))
+    # byte for byte what Istio's injector writes for these targets (its hello-multiport-metrics golden)
+    assert env(proxy_of(injected))["ISTIO_PROMETHEUS_ANNOTATIONS"] == (
+        '{"scrape":"true","path":"/metrics","port":"8080",'
+        '"targets":[{"port":"8080","path":"/metrics"},{"port":"9100","path":"/custom-metrics"}]}'
+    )
+    merged = injected["metadata"]["annotations"]
+    assert SCRAPE_TARGETS not in merged
+    assert (merged["prometheus.io/port"], merged["prometheus.io/path"]) == ("15020", "/stats/prometheus")
+
+
+def test_scrape_targets_stay_on_the_pod_when_metrics_are_not_merged() -> None:
+    annotations = {"prometheus.istio.io/merge-metrics": "false", SCRAPE_TARGETS: "8080:/metrics"}
+    injected = inject(pod(annotations=annotations))
+    assert injected["metadata"]["annotations"][SCRAPE_TARGETS] == "8080:/metrics"
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env(proxy_of(injected))
+
+
+def test_scrape_targets_come_back_when_reinjection_turns_the_merge_off() -> None:
+    once = inject(pod(annotations={SCRAPE_TARGETS: "8080:/metrics,9100:/m"}))
+    once["metadata"]["annotations"]["prometheus.istio.io/merge-metrics"] = "false"
+    redone = inject(once)
+    assert redone["metadata"]["annotations"][SCRAPE_TARGETS] == "8080:/metrics,9100:/m"
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env(proxy_of(redone))
+
+
+@pytest.mark.parametrize(
+    ("value", "item", "problem"),
+    [
+        ("8080:/metrics,15000:/stats", "15000:/stats", "port 15000 is the sidecar's own (Envoy admin)"),
+        ("15020:/metrics", "15020:/metrics", "port 15020 is the sidecar's own (agent status)"),
+        ("9100:/m,15009:/m", "15009:/m", "port 15009 is the sidecar's own"),
+        ("8080:/metrics,15090", "15090", "(Envoy Prometheus)"),
+        ("http:/metrics", "http:/metrics", "port 'http' is not a port number 1-65535"),
+        ("8080:/m,0:/m", "0:/m", "port '0' is not a port number"),
+        ("65536:/m", "65536:/m", "port '65536' is not a port number"),
+        ("8080:metrics", "8080:metrics", "the path must begin with /"),
+        ("8080:/a b", "8080:/a b", "whitespace"),
+        ("8080:/metrics,9100:/m,8080:/metrics", "8080:/metrics", "listed twice"),
+        (" , ", None, "lists no target"),
+    ],
+)
+def test_bad_scrape_targets_are_refused_naming_the_annotation_and_the_item(
+    value: str, item: str | None, problem: str
+) -> None:
+    with pytest.raises(InjectionError) as caught:
+        inject(pod(annotations={SCRAPE_TARGETS: value}))
+    assert caught.value.annotation == SCRAPE_TARGETS
+    assert SCRAPE_TARGETS in str(caught.value)
+    assert problem in caught.value.problem
+    if item is not None:
+        assert caught.value.problem.startswith(f"{item!r}:")
+
+
+def test_a_scrape_target_on_the_pods_own_status_port_is_refused() -> None:
+    own_port = {"status.sidecar.istio.io/port": "15099", SCRAPE_TARGETS: "8080:/metrics,15099:/metrics"}
+    with pytest.raises(InjectionError, match=r"'15099:/metrics': port 15099 is the sidecar's own \(agent status\)"):
+        inject(pod(annotations=own_port))
+
+
 @pytest.mark.parametrize(
     "annotations",
-    [{}, {"prometheus.io/port": "9090", "prometheus.io/scrape": "true"}, {"prometheus.io/path": "/m"}],
+    [
+        {},
+        {"prometheus.io/port": "9090", "prometheus.io/scrape": "true"},
+        {"prometheus.io/path": "/m"},
+        {"prometheus.io/port": "9090", SCRAPE_TARGETS: "8080:/metrics, 9100:/custom", "prometheus.io/scrape": "true"},
+        {SCRAPE_TARGETS: "8080"},
+    ],
 )
 def test_injecting_an_injected_pod_gives_the_same_pod(annotations: dict[str, str]) -> None:
     once = inject(pod(annotations=annotations))
