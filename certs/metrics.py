@@ -31,7 +31,7 @@ class IstioCounter(Collector):
         """Add `amount` (must not be negative) to the series named by `labels` (exactly the label names)."""
         if amount < 0:
             raise ValueError(f"{self.name}: counters only increase (got {amount})")
-        key = self._key(labels)
+        key = self._key(labels) if labels or self.labelnames else ()
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 

@@ -9,7 +9,8 @@ Contract:
 - every worker holds the current `Authority`: it is sent once when the worker starts and again,
   on the same pipe, whenever the CA's authority changes (root rotation, new plug-in material), so a
   request sent after `set_authority` is always signed by the new signer, and the chain a worker
-  returns is always the chain of the key that signed the leaf;
+  returns is always the chain of the key that signed the leaf; the `SigningPolicy` travels the
+  same way, sent before the first request that uses it and again only when a request brings another;
 - `sign(...)` returns the PEM chain (leaf first, root last) or raises the same `SigningRefused` the
   in-process path raises; a worker that dies fails its in-flight requests with `WorkerUnavailable`
   and is restarted (with backoff if it keeps dying), so the next request succeeds; a worker that
@@ -65,7 +66,14 @@ class WorkerUnavailable(RuntimeError):
 
 
 def default_workers(*, usable_cores: int | None = None) -> int:
-    """Workers to start when not configured: none on one core (the loop signs), else one per spare core, at most 4."""
+    """Workers to start when not configured: none on one core (the loop signs), else one per spare core, at most 4.
+
+    Measured with bench/ca on 2 shared cores (load generator included, 4 rounds interleaved; server
+    CPU ms per signature = loop + Envoy + workers, medians; load average ~20, so all run high): 0 workers 1.71
+    (event loop 1.30), 1 worker 1.28 (loop 0.56 + worker 0.49), 2 workers 1.48; the bare signer 0.76.
+    With no worker the loop's signing competes with gRPC for the GIL and the one core it can use; a
+    second worker on 2 cores adds a process competing for the same cores, and smaller batches per pipe.
+    """
     cores = len(os.sched_getaffinity(0)) if usable_cores is None else usable_cores
     return 0 if cores <= 1 else min(cores - 1, MAX_WORKERS)
 
@@ -88,6 +96,14 @@ def sign_request(
     identities = choose_identities(checked.requested_identity, caller_identities=caller_identities)
     leaf = sign(authority, checked, identities=identities, ttl=ttl, now=now)[0]
     return [cert_pem(leaf).decode("ascii"), *authority.chain_tail_pem]
+
+
+def _pickle_friendly(now: dt.datetime) -> tuple[dt.datetime, bool]:
+    """`now` as a naive UTC datetime and whether it was aware: pickling a `timezone` goes through
+    copyreg and costs several times the rest of a request's frame."""
+    if now.tzinfo is None:
+        return now, False
+    return now.astimezone(dt.UTC).replace(tzinfo=None), True
 
 
 def _frame(message: object) -> bytes:
@@ -130,6 +146,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.pending: dict[int, asyncio.Future[list[str]]] = {}  # in the order sent
         self.sent_at: dict[int, float] = {}  # request id -> when it was queued (monotonic)
         self.outbox: list[bytes] = []  # frames queued during this loop iteration
+        self.policy: SigningPolicy | None = None  # the policy last sent (sent again only when it changes)
         self.buffer = bytearray()
         self.started = time.monotonic()
         self.ready_at: float | None = None  # when the worker said it is ready to sign
@@ -293,13 +310,19 @@ class SigningPool:
     ) -> list[str]:
         """`sign_request` in a worker: the PEM chain, leaf first. Raises SigningRefused, or WorkerUnavailable
         when the worker died before answering or none became ready within READY_TIMEOUT."""
-        worker = await self._pick()
+        workers = self._workers
+        worker = workers[0] if len(workers) == 1 and not self._closed else await self._pick()
         self._next_id += 1
         request_id = self._next_id
-        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        assert worker.loop is not None
+        future: asyncio.Future[list[str]] = worker.loop.create_future()
         worker.pending[request_id] = future
         worker.sent_at[request_id] = time.monotonic()
-        worker.send(("sign", request_id, csr, validity_seconds, caller_identities, policy, now))
+        if worker.policy is not policy:
+            # The policy rarely changes: it goes down the pipe once, not with every request.
+            worker.policy = policy
+            worker.send(("policy", policy))
+        worker.send(("sign", request_id, csr, validity_seconds, caller_identities, *_pickle_friendly(now)))
         return await future
 
     async def _pick(self) -> _Worker:
@@ -381,10 +404,15 @@ def _load_authority(message: tuple[Any, ...]) -> Authority:
     )
 
 
-def _handle(authority: Authority | None, message: tuple[Any, ...]) -> tuple[int, str, object]:
-    _, request_id, csr, validity_seconds, identities, policy, now = message
+def _handle(
+    authority: Authority | None, policy: SigningPolicy | None, message: tuple[Any, ...]
+) -> tuple[int, str, object]:
+    _, request_id, csr, validity_seconds, identities, naive_now, aware = message
+    now = naive_now.replace(tzinfo=dt.UTC) if aware else naive_now
     if authority is None:
         return request_id, "error", "the signing worker has no key material"
+    if policy is None:
+        return request_id, "error", "the signing worker has no signing policy"
     try:
         chain = sign_request(
             authority, csr=csr, validity_seconds=validity_seconds, caller_identities=identities, policy=policy, now=now
@@ -397,7 +425,8 @@ def _handle(authority: Authority | None, message: tuple[Any, ...]) -> tuple[int,
 
 
 def worker_main() -> None:
-    """Serve frames from stdin until EOF: `init` replaces the authority, `sign` answers on stdout.
+    """Serve frames from stdin until EOF: `init` replaces the authority, `policy` the signing policy
+    of the requests after it, `sign` answers on stdout.
 
     Answers to everything read in one go are written in one go, so a busy pool costs few system calls.
     The parent alone decides when a worker ends (by closing its stdin, or by dying): SIGINT and SIGTERM
@@ -408,6 +437,7 @@ def worker_main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     authority: Authority | None = None
+    policy: SigningPolicy | None = None
     buffer = bytearray()
     os.write(stdout, _frame((0, "ready", None)))  # request ids start at 1
     while True:
@@ -419,8 +449,10 @@ def worker_main() -> None:
         for message in _frames(buffer):
             if message[0] == "init":
                 authority = _load_authority(message)
+            elif message[0] == "policy":
+                policy = message[1]
             else:
-                out += _frame(_handle(authority, message))
+                out += _frame(_handle(authority, policy, message))
         view = memoryview(out)
         while view:
             view = view[os.write(stdout, view) :]

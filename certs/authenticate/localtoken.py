@@ -16,11 +16,13 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from certs.authenticate import AuthenticationError, Caller, Credentials, NoCredentials
+from certs.authenticate.tokencache import TokenCache, VerifiedToken
 from certs.authority import KeyMaterialError
 from certs.identity import (
     SERVICE_ACCOUNT_PREFIX,
@@ -150,6 +153,29 @@ def verify(
     issuer: str = ISSUER,
 ) -> tuple[str, str]:
     """Check a token; return (namespace, service account). Raises AuthenticationError naming the failed check."""
+    checked = check_token(token, public_key=public_key, now=now, audience=audience, issuer=issuer)
+    return checked.namespace, checked.service_account
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckedToken:
+    """A token that passed every check: whom it names and its validity window (Unix seconds)."""
+
+    namespace: str
+    service_account: str
+    expires: int  # `exp`: refused from this instant on
+    not_before: float  # `nbf` (else `iat`) less CLOCK_SKEW; -inf when the token has neither
+
+
+def check_token(
+    token: str,
+    *,
+    public_key: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+    audience: str = AUDIENCE,
+    issuer: str = ISSUER,
+) -> CheckedToken:
+    """`verify`, also returning the window in which the token stays valid. Raises AuthenticationError."""
     parts = token.split(".")
     if len(parts) != 3:
         raise AuthenticationError("token is not a JWT (expected header.payload.signature)")
@@ -185,12 +211,25 @@ def verify(
         raise AuthenticationError(f"token not valid before {dt.datetime.fromtimestamp(nbf, dt.UTC).isoformat()}")
     sub = claims.get("sub")
     try:
-        return from_service_account_username(sub if isinstance(sub, str) else "")
+        namespace, service_account = from_service_account_username(sub if isinstance(sub, str) else "")
     except ValueError as exc:
         raise AuthenticationError(f"token subject: {exc}") from None
+    return CheckedToken(
+        namespace=namespace,
+        service_account=service_account,
+        expires=exp,
+        not_before=nbf - int(CLOCK_SKEW.total_seconds()) if isinstance(nbf, int) else -math.inf,
+    )
 
 
 class LocalTokenAuthenticator:
+    """Accepts `meshplane token` tokens signed by `public_key`.
+
+    A token whose signature verified is remembered (`certs.authenticate.tokencache`) until its `exp`,
+    so an agent's repeated requests cost no signature check; assigning another `public_key` forgets
+    every token the previous key verified.
+    """
+
     name = "local-token"
 
     def __init__(
@@ -200,19 +239,31 @@ class LocalTokenAuthenticator:
         trust_domain: str,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         audience: str = AUDIENCE,
+        cache: TokenCache | None = None,
     ) -> None:
         self.public_key = public_key
         self.trust_domain = trust_domain
         self.clock = clock
         self.audience = audience
+        self.cache = cache if cache is not None else TokenCache()
 
     async def authenticate(self, credentials: Credentials) -> Caller:
         token = credentials.bearer_token()
         if token is None:
             raise NoCredentials("no bearer token")
-        namespace, service_account = verify(token, public_key=self.public_key, now=self.clock(), audience=self.audience)
-        identity = spiffe_id(trust_domain=self.trust_domain, namespace=namespace, service_account=service_account)
-        return Caller(source=self.name, identities=(identity,))
+        now = self.clock()
+        public_key = self.public_key
+        caller = self.cache.lookup(token, key=public_key, now=now.timestamp())
+        if caller is not None:
+            return caller
+        checked = check_token(token, public_key=public_key, now=now, audience=self.audience)
+        identity = spiffe_id(
+            trust_domain=self.trust_domain, namespace=checked.namespace, service_account=checked.service_account
+        )
+        caller = Caller(source=self.name, identities=(identity,))
+        entry = VerifiedToken(caller=caller, expires=checked.expires, not_before=checked.not_before)
+        self.cache.store(token, entry, key=public_key)
+        return caller
 
 
 def parse_duration(text: str, *, field: str) -> dt.timedelta:
