@@ -11,16 +11,16 @@ generator's `needs_push`, not the resources it builds). Only mutants of those fu
 scored. The score is detected / total, where detected is killed or timed out (a mutant that makes the
 tests hang is caught, if slowly); "no tests" counts as a survivor: no test even runs that code.
 
-Usage: `python scripts/mutation.py [--jobs N] [--workdir DIR] [--only GLOB]... [--retest | --report]`. `--only`
-limits the run to the SCOPE files matching a glob (`certs/*`). `--retest` re-runs only the survivors of
-the previous run in the same workdir, against the current tree: adding tests cannot revive a killed
-mutant, so this gives the new score without a full run (a function whose source changed since is reset
-to not checked). After an interrupted
-run (Ctrl-C), the mutants not checked are left out of the score and counted apart; `--report` prints
-the last run's report again. Prints a table per
-module and every survivor as `file:line` with the mutated line before and after; writes the same to
-`<workdir>/report.json`. Exit status: 0 when the run completed (survivors are reported, not fatal),
-1 when mutmut itself failed (its log is `<workdir>/mutmut.log`), 2 for bad arguments.
+Usage: `python scripts/mutation.py [--jobs N] [--workdir DIR] [--only GLOB]... [--retest [--timeouts] | --report]`.
+`--only` limits the run to the SCOPE files matching a glob (`certs/*`). `--retest` re-runs only the survivors
+of the previous run in the same workdir (with `--timeouts`, its timed-out mutants too), against the current
+tree: adding tests cannot revive a killed mutant, so this gives the new score without a full run (a function
+whose source changed since is reset to not checked; the other verdicts are kept). After an interrupted run
+(Ctrl-C), the mutants not checked are left out of the score and counted apart; `--report` prints the last
+run's report again. Prints a table per module and every survivor as `file:line` with the mutated line
+before and after; writes the same, and the timed-out mutants, to `<workdir>/report.json`. Exit status: 0
+when the run completed (survivors are reported, not fatal), 1 when mutmut itself failed (its log is
+`<workdir>/mutmut.log`), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -54,8 +54,30 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     "certs/authenticate/__init__.py": None,
     "certs/authenticate/clientcert.py": None,
     "certs/authenticate/kubejwt.py": None,
-    "certs/authenticate/localtoken.py": None,
-    "discovery/pushqueue.py": None,
+    # Verifying a token is authentication; minting one, parsing `--ttl` and keeping the key file are the
+    # `meshplane token` / `meshplane serve` side (see docs/mutation.md, "Scope").
+    "certs/authenticate/localtoken.py": (
+        "x__unb64",
+        "x_verify",
+        "x_check_token",
+        f"x{SEP}LocalTokenAuthenticator{SEP}__init__",
+        f"x{SEP}LocalTokenAuthenticator{SEP}authenticate",
+    ),
+    "certs/authenticate/tokencache.py": None,  # a cached verdict must honour the key and the validity window
+    # All but `PushRequest.__str__`, which only words a push for the logs.
+    "discovery/pushqueue.py": (
+        "x__of_kind",
+        "x__kinds",
+        *(
+            f"x{SEP}{c}{SEP}{m}"
+            for c, methods in (
+                ("PushRequest", ("from_change", "everything", "of_kind", "has", "merge")),
+                ("PushQueue", ("__init__", "__len__", "enqueue", "dequeue", "done", "remove")),
+                ("Debouncer", ("__init__", "add", "run")),
+            )
+            for m in methods
+        ),
+    ),
     "discovery/connection.py": None,
     "discovery/generators/cds.py": (f"x{SEP}ClusterGenerator{SEP}needs_push",),
     "discovery/generators/eds.py": (f"x{SEP}EndpointGenerator{SEP}needs_push",),
@@ -156,6 +178,49 @@ def run_mutmut(workdir: pathlib.Path, *, jobs: int, names: list[str]) -> int:
     return proc.returncode
 
 
+def _meta_path(workdir: pathlib.Path, path: str) -> pathlib.Path:
+    return workdir / "mutants" / f"{path}.meta"
+
+
+def saved_verdicts(workdir: pathlib.Path, scope: dict[str, tuple[str, ...] | None]) -> dict[str, dict[str, object]]:
+    """mutmut's per-file results (verdicts and function hashes) as they stand, to restore after a retest."""
+    out: dict[str, dict[str, object]] = {}
+    for path in scope:
+        meta = _meta_path(workdir, path)
+        if meta.is_file():
+            out[path] = json.loads(meta.read_text())
+    return out
+
+
+def restore_verdicts(workdir: pathlib.Path, saved: dict[str, dict[str, object]], *, retested: set[str]) -> int:
+    """Put back the verdicts of mutants a retest did not run, if mutmut dropped them; return how many.
+
+    mutmut forgets every result when the test selection in `[tool.mutmut]` changes (as it does when a
+    new test file is added to it). A killed or timed-out mutant stays detected whatever tests are
+    added, so its verdict is kept, unless its function's source changed since (then it stays not checked).
+    """
+    restored = 0
+    for path, old in saved.items():
+        meta = _meta_path(workdir, path)
+        if not meta.is_file():
+            continue
+        new = json.loads(meta.read_text())
+        codes, old_codes = new["exit_code_by_key"], old["exit_code_by_key"]
+        hashes, old_hashes = new["hash_by_function_name"], old["hash_by_function_name"]
+        assert isinstance(codes, dict) and isinstance(old_codes, dict)
+        assert isinstance(hashes, dict) and isinstance(old_hashes, dict)
+        for key, code in old_codes.items():
+            function = key.rpartition(".")[2].partition("__mutmut_")[0]
+            if key in retested or code is None or key not in codes or codes[key] is not None:
+                continue
+            if hashes.get(function) != old_hashes.get(function):
+                continue
+            codes[key] = code
+            restored += 1
+        meta.write_text(json.dumps(new, indent=4))
+    return restored
+
+
 def function_start(source: str, key: str) -> int:
     """The first line (decorators included) of the function or method that mutmut calls `key`."""
     cls, _, name = key[2:].rpartition(SEP) if key.startswith(f"x{SEP}") else ("", "", key[2:])
@@ -205,6 +270,7 @@ def report(
 
     modules: list[dict[str, object]] = []
     survivors: list[Survivor] = []
+    timeouts: list[str] = []
     for path in scope:
         data = SourceFileMutationData(path=path)
         data.load()
@@ -216,6 +282,8 @@ def report(
             counts[status] = counts.get(status, 0) + 1
             if status not in DETECTED | UNCHECKED:
                 survivors.append(describe(workdir, path, mutant, status))
+            elif status == "timeout":
+                timeouts.append(mutant)
         total = sum(n for s, n in counts.items() if s not in UNCHECKED)
         detected = sum(n for s, n in counts.items() if s in DETECTED)
         modules.append({"module": path, "detected": detected, "total": total, "statuses": counts})
@@ -230,6 +298,7 @@ def report(
         "score": round(detected / total, 4) if total else None,
         "modules": modules,
         "survivors": [dataclasses.asdict(s) for s in survivors],
+        "timeouts": timeouts,
     }
 
 
@@ -272,7 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retest", action="store_true", help="re-run the previous run's survivors with the current tests"
     )
+    parser.add_argument(
+        "--timeouts",
+        action="store_true",
+        help="with --retest: the timed-out mutants too (a run starved of CPU times out mutants no test kills)",
+    )
     args = parser.parse_args(argv)
+    if args.timeouts and not args.retest:
+        parser.error("--timeouts: only with --retest")
     if args.jobs < 1:
         parser.error(f"--jobs: {args.jobs} must be at least 1")
     workdir = args.workdir.resolve()
@@ -292,16 +368,24 @@ def main(argv: list[str] | None = None) -> int:
     elif args.retest:
         if not previous.is_file():
             parser.error(f"--retest: no previous run in {workdir} (run without --retest first)")
-        names = [s["name"] for s in json.loads(previous.read_text())["survivors"] if _path_of(s) in scope]
+        last = json.loads(previous.read_text())
+        names = [s["name"] for s in last["survivors"] if _path_of(s) in scope]
+        if args.timeouts:
+            names += [m for m in last.get("timeouts", ()) if any(in_scope(p, m) for p in scope)]
         if not names:
             print("--retest: the previous run left no survivors in scope")
             return 0
+        saved = saved_verdicts(workdir, scope)
         copy_tree(workdir, refresh=True)
     else:
         names = patterns(scope)
         copy_tree(workdir)
     if not args.report and run_mutmut(workdir, jobs=args.jobs, names=names) != 0:
         return 1
+    if args.retest:
+        kept = restore_verdicts(workdir, saved, retested=set(names))
+        if kept:
+            print(f"kept the previous verdicts of {kept} mutants the retest did not run (mutmut had reset them)")
     result = report(workdir, scope=scope, elapsed=time.monotonic() - started, jobs=args.jobs)
     (workdir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     print_report(result)
