@@ -21,6 +21,7 @@ import enum
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certs.authority import Authority
@@ -86,7 +87,7 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
         raise _invalid("malformed_csr", f"csr: cannot parse the CERTIFICATE REQUEST: {exc}") from None
     try:
         public_key = csr.public_key()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the last: a key algorithm OID it does not know
         raise _invalid("unsupported_key", f"csr: unsupported public key: {exc}") from None
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name not in ALLOWED_CURVES:
@@ -107,7 +108,7 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
         )
     try:
         valid = csr.is_signature_valid
-    except (ValueError, TypeError) as exc:  # e.g. an unsupported signature hash
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # e.g. an unsupported signature hash
         raise _invalid("bad_signature", f"csr: cannot verify its signature: {exc}") from None
     if not valid:
         raise _invalid("bad_signature", "csr: signature does not verify with the CSR's own public key")

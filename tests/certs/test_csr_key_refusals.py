@@ -66,14 +66,25 @@ def off_curve_csr() -> str:
     return to_pem(der_bytes.replace(point, point[:-1] + bytes([point[-1] ^ 1])))
 
 
+def unknown_algorithm_csr() -> str:
+    """A P-256 CSR whose key's algorithm OID (id-ecPublicKey) was changed into one no library knows."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = x509.CertificateSigningRequestBuilder().subject_name(SUBJECT).sign(key, hashes.SHA256())
+    id_ec_public_key = bytes.fromhex("06072a8648ce3d0201")
+    der_bytes = der.public_bytes(serialization.Encoding.DER)
+    assert der_bytes.count(id_ec_public_key) == 1
+    return to_pem(der_bytes.replace(id_ec_public_key, bytes.fromhex("06072a8648ce3d027f")))
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda: oversized_rsa_csr(8200), "csr: RSA key of 8200 bits exceeds the 8192-bit maximum"),
         (ed25519_csr, "csr: Ed25519PublicKey keys are not supported; use ECDSA P-256/P-384 or RSA >= 2048"),
         (off_curve_csr, "csr: unsupported public key: Invalid key"),
+        (unknown_algorithm_csr, "csr: unsupported public key: Unknown key type: 1.2.840.10045.2.127"),
     ],
-    ids=["rsa-over-8192-bits", "ed25519", "ec-point-off-the-curve"],
+    ids=["rsa-over-8192-bits", "ed25519", "ec-point-off-the-curve", "unknown-key-algorithm"],
 )
 async def test_a_csr_with_a_key_the_ca_does_not_use_is_refused_by_name(build: object, message: str) -> None:
     service = CertificateService(ca=CertificateAuthority(make_root()), authenticators=[Cart()])
