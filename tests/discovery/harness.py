@@ -8,7 +8,8 @@ nonce, version and subscription.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -21,8 +22,11 @@ from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from discovery.server import AdsServer
 from discovery.service import DiscoveryService
+from tests.discovery import meshdata as m
 
 TIMEOUT = 20.0
+WEB = "outbound|80||web.default.svc.cluster.local"
+API = "outbound|80||api.default.svc.cluster.local"
 
 
 def node(
@@ -163,3 +167,21 @@ class XdsHarness:
 
     def delta(self, node_: base_pb2.Node | None = None) -> DeltaClient:
         return DeltaClient(self.channel(), node_ if node_ is not None else node())
+
+
+@contextlib.asynccontextmanager
+async def web_and_api(*, web_ips: Sequence[str] = ("10.1.0.1",)) -> AsyncIterator[XdsHarness]:
+    """A started harness serving Services `web` (10.96.0.1, endpoints `web_ips`) and `api` (10.96.0.2,
+    10.1.1.1), the clusters `WEB` and `API`; stopped on exit."""
+    harness = XdsHarness()
+    harness.apply(
+        m.service("web", cluster_ip="10.96.0.1"),
+        m.endpoint_slice("web", ips=list(web_ips)),
+        m.service("api", cluster_ip="10.96.0.2"),
+        m.endpoint_slice("api", ips=["10.1.1.1"]),
+    )
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()

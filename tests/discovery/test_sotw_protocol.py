@@ -14,26 +14,13 @@ from envoy.config.route.v3 import route_pb2
 from discovery import metrics
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
-from tests.discovery.harness import XdsHarness, node
-
-WEB = "outbound|80||web.default.svc.cluster.local"
-API = "outbound|80||api.default.svc.cluster.local"
+from tests.discovery.harness import API, WEB, XdsHarness, node, web_and_api
 
 
 @pytest.fixture
 async def xds() -> AsyncIterator[XdsHarness]:
-    harness = XdsHarness()
-    harness.apply(
-        m.service("web", cluster_ip="10.96.0.1"),
-        m.endpoint_slice("web", ips=["10.1.0.1", "10.1.0.2"]),
-        m.service("api", cluster_ip="10.96.0.2"),
-        m.endpoint_slice("api", ips=["10.1.1.1"]),
-    )
-    await harness.start()
-    try:
+    async with web_and_api(web_ips=["10.1.0.1", "10.1.0.2"]) as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 def names(response: object, message: type) -> list[str]:

@@ -10,27 +10,13 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from discovery.xdstypes import CLUSTER, ENDPOINT, ROUTE
-from tests.discovery import meshdata as m
-from tests.discovery.harness import SotwClient, XdsHarness
-
-WEB = "outbound|80||web.default.svc.cluster.local"
-API = "outbound|80||api.default.svc.cluster.local"
+from tests.discovery.harness import API, WEB, SotwClient, XdsHarness, web_and_api
 
 
 @pytest.fixture
 async def xds() -> AsyncIterator[XdsHarness]:
-    harness = XdsHarness()
-    harness.apply(
-        m.service("web", cluster_ip="10.96.0.1"),
-        m.endpoint_slice("web", ips=["10.1.0.1"]),
-        m.service("api", cluster_ip="10.96.0.2"),
-        m.endpoint_slice("api", ips=["10.1.1.1"]),
-    )
-    await harness.start()
-    try:
+    async with web_and_api() as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 def endpoint_names(response: object) -> list[str]:
