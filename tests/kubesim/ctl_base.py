@@ -60,6 +60,14 @@ def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def owner_key(obj: Mapping[str, Any] | None, kind: str) -> str | None:
+    """`<namespace>/<name>` of the controller that owns `obj`, when it is a `kind`; else None."""
+    ref = controller_ref(obj) if obj is not None else None
+    if obj is None or ref is None or ref.get("kind") != kind:
+        return None
+    return f"{key_of(obj)[0]}/{ref['name']}"
+
+
 def owned_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     ref = controller_ref(obj)
     return ref is not None and ref.get("uid") == uid_of(owner)

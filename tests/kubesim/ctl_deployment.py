@@ -29,6 +29,7 @@ from tests.kubesim.ctl_base import (
     now,
     object_path,
     owned_by,
+    owner_key,
 )
 
 
@@ -56,10 +57,9 @@ class DeploymentController(Controller):
             self.queue.add(f"{namespace}/{name}")
 
     def _on_replicaset(self, old: Obj | None, new: Obj | None) -> None:
-        rs = new if new is not None else old
-        ref = controller_ref(rs) if rs is not None else None
-        if rs is not None and ref is not None and ref.get("kind") == "Deployment":
-            self.queue.add(f"{key_of(rs)[0]}/{ref['name']}")
+        owner = owner_key(new if new is not None else old, "Deployment")
+        if owner is not None:
+            self.queue.add(owner)
 
     def _on_pod(self, old: Obj | None, new: Obj | None) -> None:
         if new is not None:

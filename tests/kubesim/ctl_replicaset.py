@@ -24,12 +24,12 @@ from tests.kubesim.ctl_base import (
     Expectations,
     Informer,
     Obj,
-    controller_ref,
     key_of,
     new_controller_ref,
     now,
     object_path,
     owned_by,
+    owner_key,
     pod_active,
     pod_ready_since,
     stamp,
@@ -69,11 +69,10 @@ class ReplicaSetController(Controller):
 
     def _on_pod(self, old: Obj | None, new: Obj | None) -> None:
         pod = new if new is not None else old
-        ref = controller_ref(pod) if pod is not None else None
-        if pod is None or ref is None or ref.get("kind") != "ReplicaSet":
+        key = owner_key(pod, "ReplicaSet")
+        if pod is None or key is None:
             return
-        namespace, name = key_of(pod)
-        key = f"{namespace}/{ref['name']}"
+        name = key_of(pod)[1]
         if old is None:
             self.expectations.created(key)
         elif new is None or (new["metadata"].get("deletionTimestamp") and not old["metadata"].get("deletionTimestamp")):

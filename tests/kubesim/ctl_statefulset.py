@@ -43,12 +43,12 @@ from tests.kubesim.ctl_base import (
     EventLog,
     Informer,
     Obj,
-    controller_ref,
     key_of,
     new_controller_ref,
     now,
     object_path,
     owned_by,
+    owner_key,
     pod_ready_since,
 )
 
@@ -113,13 +113,13 @@ class StatefulSetController(Controller):
 
     def _on_pod(self, old: Obj | None, new: Obj | None) -> None:
         pod = new if new is not None else old
-        ref = controller_ref(pod) if pod is not None else None
-        if pod is None or ref is None or ref.get("kind") != "StatefulSet":
+        owner = owner_key(pod, "StatefulSet")
+        if pod is None or owner is None:
             return
-        namespace, name = key_of(pod)
         if new is not None:
+            namespace, name = key_of(pod)
             self._created.pop(f"{namespace}/{name}", None)
-        self.queue.add(f"{namespace}/{ref['name']}")
+        self.queue.add(owner)
 
     # -- the sync -----------------------------------------------------------------------------
     async def sync(self, key: str) -> None:
