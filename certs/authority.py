@@ -149,6 +149,22 @@ class Authority:
         return signature_hash(self.key)
 
     @functools.cached_property
+    def _leaf_template(self) -> x509.CertificateBuilder:
+        """What every leaf this signer issues shares: names and constant extensions, in their order.
+
+        Builders are immutable, so `issue` adds the per-leaf fields to this one without rebuilding it
+        (a third of the Python time of an issuance)."""
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_EMPTY_NAME)
+            .issuer_name(self.cert.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_LEAF_KEY_USAGE, critical=True)
+            .add_extension(_LEAF_EKU, critical=False)
+            .add_extension(self._authority_key_id, critical=False)
+        )
+
+    @functools.cached_property
     def chain_tail_pem(self) -> tuple[str, ...]:
         """PEM of everything after the leaf in an issued chain: the signer, then up to the root."""
         return tuple(chain_pem([c]).decode("ascii") for c in (self.cert, *self.chain))
@@ -176,17 +192,10 @@ class Authority:
         sans += [x509.UniformResourceIdentifier(u) for u in uris]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_EMPTY_NAME)
-            .issuer_name(self.cert.subject)
-            .public_key(public_key)
+            self._leaf_template.public_key(public_key)
             .serial_number(random_serial())
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_LEAF_KEY_USAGE, critical=True)
-            .add_extension(_LEAF_EKU, critical=False)
-            .add_extension(self._authority_key_id, critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
