@@ -16,6 +16,10 @@ find the verified client certificate with `peer_certificates.for_context(context
 `context.auth_context()`, which is empty there): Envoy forwards it in `x-forwarded-client-cert`,
 replacing whatever a client sent.
 
+The private directory records its owner in `owner.pid`. A process killed without a chance to clean
+up (SIGKILL, OOM) leaves its directory behind; the next start removes every `meshplane-secure-*`
+directory of the same temp dir whose owner is no longer running (see `sweep_orphaned_private_dirs`).
+
 After `ServingCertificate.reissue()` (which also follows a new trust bundle), new handshakes get the
 new certificate and trust moments later (Envoy gets it over SDS, which checks every 0.2 s); open
 connections carry on. `/ready` counts the secure port as up only while the front end serves
@@ -32,7 +36,9 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +52,12 @@ from controlplane.tlsfront import EnvoyFrontEnd, ForwardedPeers, FrontEndError, 
 log = logging.getLogger(__name__)
 
 Register = Callable[[grpc.aio.Server], None]
+
+PRIVATE_PREFIX = "meshplane-secure-"
+OWNER_FILE = "owner.pid"
+#: A private directory without an owner file is being created (or predates owner files): it is
+#: only taken for orphaned once it is older than this.
+UNOWNED_GRACE = 60.0
 
 # Generous limits: full CDS/EDS responses for large meshes exceed gRPC's 4 MiB default.
 _OPTIONS = [
@@ -116,7 +128,11 @@ class GrpcServers:
 
     async def _start_secure(self, internal_server: grpc.aio.Server, addr: Address) -> None:
         """The internal server and SDS on Unix sockets in a fresh private directory, then Envoy in front."""
-        private = self.private_dir = Path(tempfile.mkdtemp(prefix="meshplane-secure-"))  # mode 0700
+        parent = Path(tempfile.gettempdir())
+        for removed in sweep_orphaned_private_dirs(parent):
+            log.info("removed %s, left by a secure port whose process is gone", removed)
+        private = self.private_dir = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=parent))  # mode 0700
+        (private / OWNER_FILE).write_text(f"{os.getpid()}\n")
         internal, sds = private / "grpc.sock", private / "sds.sock"
         internal_server.add_insecure_port(f"unix:{internal}")
         await internal_server.start()
@@ -153,3 +169,47 @@ class GrpcServers:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.private_dir)
         self.started = False
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_orphaned_private_dirs(parent: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the secure-port private directories under `parent` whose owner process has exited.
+
+    Only this user's directories are looked at; a directory whose owner is running (or whose owner
+    file cannot be read as a pid while it is younger than UNOWNED_GRACE) is kept. Returns what was
+    removed. Never raises: a directory that cannot be removed is left for the next start.
+    """
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    uid = os.getuid()
+    try:
+        candidates = sorted(parent.glob(f"{PRIVATE_PREFIX}*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+                continue
+            try:
+                owner = int((path / OWNER_FILE).read_text().strip())
+            except (OSError, ValueError):
+                if now - info.st_mtime < UNOWNED_GRACE:
+                    continue
+            else:
+                if owner == os.getpid() or _running(owner):
+                    continue
+            shutil.rmtree(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
