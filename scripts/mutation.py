@@ -58,7 +58,6 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     # `meshplane token` / `meshplane serve` side (see docs/mutation.md, "Scope").
     "certs/authenticate/localtoken.py": (
         "x__unb64",
-        "x_verify",
         "x_check_token",
         f"x{SEP}LocalTokenAuthenticator{SEP}__init__",
         f"x{SEP}LocalTokenAuthenticator{SEP}authenticate",

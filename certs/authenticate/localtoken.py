@@ -144,19 +144,6 @@ def mint(
     return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-def verify(
-    token: str,
-    *,
-    public_key: ec.EllipticCurvePublicKey,
-    now: dt.datetime,
-    audience: str = AUDIENCE,
-    issuer: str = ISSUER,
-) -> tuple[str, str]:
-    """Check a token; return (namespace, service account). Raises AuthenticationError naming the failed check."""
-    checked = check_token(token, public_key=public_key, now=now, audience=audience, issuer=issuer)
-    return checked.namespace, checked.service_account
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CheckedToken:
     """A token that passed every check: whom it names and its validity window (Unix seconds)."""
@@ -175,7 +162,8 @@ def check_token(
     audience: str = AUDIENCE,
     issuer: str = ISSUER,
 ) -> CheckedToken:
-    """`verify`, also returning the window in which the token stays valid. Raises AuthenticationError."""
+    """Check a token: whom it names and the window in which it stays valid. Raises AuthenticationError naming
+    the failed check."""
     parts = token.split(".")
     if len(parts) != 3:
         raise AuthenticationError("token is not a JWT (expected header.payload.signature)")
