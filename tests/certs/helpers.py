@@ -14,6 +14,9 @@ from cryptography.x509.oid import NameOID
 
 from certs.authority import Authority, self_signed_root
 from certs.pem import PrivateKey, cert_pem, generate_key
+from certs.runtime import CaRuntime
+from controlplane.grpcserver import GrpcServers
+from controlplane.settings import Address
 
 TRUST_DOMAIN = "cluster.local"
 
@@ -106,3 +109,16 @@ def leaf_uris(pem: str) -> list[str]:
     cert = x509.load_pem_x509_certificate(pem.encode())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+async def start_ca_servers(runtime: CaRuntime) -> GrpcServers:
+    """Both gRPC ports on loopback (ports the OS picks, read back from the result) with `runtime`'s CA on
+    the secure one only, as `meshplane serve` wires it (Envoy in front); started. The caller stops them."""
+    servers = GrpcServers(
+        plaintext_addr=Address(host="127.0.0.1", port=0),
+        secure_addr=Address(host="127.0.0.1", port=0),
+        serving=runtime.serving,
+    )
+    servers.add(runtime.service.register, plaintext=False, secure=True)
+    await servers.start()
+    return servers

@@ -20,10 +20,9 @@ from certs.keystore import FileKeyStore
 from certs.pem import generate_key, key_pem
 from certs.runtime import CaRuntime, build_ca
 from controlplane.grpcserver import GrpcServers
-from controlplane.settings import Address
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs.fakes import FakeTokenReviewer
-from tests.certs.helpers import leaf_uris, make_csr, openssl_verify, rsa_key, spiffe, tamper_signature
+from tests.certs.helpers import leaf_uris, make_csr, openssl_verify, rsa_key, spiffe, start_ca_servers, tamper_signature
 
 SERVER_NAME = "istiod.istio-system.svc"
 ME = spiffe("shop", "cart")
@@ -89,13 +88,7 @@ async def ca_server(tmp_path: pathlib.Path) -> AsyncIterator[ServerFactory]:
         runtime = await build_ca(
             store=FileKeyStore(tmp_path / "ca"), serving_hosts=(SERVER_NAME,), authenticators=authenticators
         )
-        servers = GrpcServers(
-            plaintext_addr=Address(host="127.0.0.1", port=0),
-            secure_addr=Address(host="127.0.0.1", port=0),
-            serving=runtime.serving,
-        )
-        servers.add(runtime.service.register, plaintext=False, secure=True)
-        await servers.start()
+        servers = await start_ca_servers(runtime)
         started.append(servers)
         return CaServer(runtime=runtime, servers=servers, token_key=token_key, reviewer=reviewer, tmp=tmp_path)
 

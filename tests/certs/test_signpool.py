@@ -26,10 +26,9 @@ from certs.signing import SigningPolicy, SigningRefused
 from certs.signpool import SigningPool, WorkerUnavailable, default_workers
 from controlplane.cli import build_parser, settings_from_args
 from controlplane.grpcserver import GrpcServers
-from controlplane.settings import Address, SettingsError
+from controlplane.settings import SettingsError
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from tests.certs.helpers import leaf_uris, make_csr, make_root, openssl_verify, spiffe, write_pem
-from tests.helpers.serve import free_port
+from tests.certs.helpers import leaf_uris, make_csr, make_root, openssl_verify, spiffe, start_ca_servers, write_pem
 
 SERVER_NAME = "istiod.istio-system.svc"
 ME = spiffe("shop", "cart")
@@ -47,8 +46,9 @@ class PooledCa:
         return self.runtime.pool
 
     async def call(self, csr: str, *, ttl: int = 0) -> list[str]:
+        assert self.servers.front is not None
         channel = grpc.aio.secure_channel(
-            str(self.servers.secure_addr),
+            f"127.0.0.1:{self.servers.front.port}",
             grpc.ssl_channel_credentials(self.runtime.ca.current.root_pem),
             options=[("grpc.ssl_target_name_override", SERVER_NAME)],
         )
@@ -74,13 +74,7 @@ async def pooled_ca(tmp_path: pathlib.Path) -> AsyncIterator[Callable[[], Awaita
             authenticators=[LocalTokenAuthenticator(public_key=token_key.public_key(), trust_domain="cluster.local")],
             workers=1,
         )
-        servers = GrpcServers(
-            plaintext_addr=Address(host="127.0.0.1", port=free_port()),
-            secure_addr=Address(host="127.0.0.1", port=free_port()),
-            serving=runtime.serving,
-        )
-        servers.add(runtime.service.register, plaintext=False, secure=True)
-        await servers.start()
+        servers = await start_ca_servers(runtime)
         ca = PooledCa(
             runtime=runtime, servers=servers, token=mint(key=token_key, namespace="shop", service_account="cart")
         )

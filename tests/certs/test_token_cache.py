@@ -20,9 +20,8 @@ from certs.authenticate.tokencache import ENTRY_OVERHEAD, TokenCache, VerifiedTo
 from certs.keystore import FileKeyStore
 from certs.runtime import build_ca
 from controlplane.grpcserver import GrpcServers
-from controlplane.settings import Address
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from tests.certs.helpers import leaf_uris, make_csr, spiffe
+from tests.certs.helpers import leaf_uris, make_csr, spiffe, start_ca_servers
 
 SERVER_NAME = "istiod.istio-system.svc"
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -79,13 +78,7 @@ async def token_ca(tmp_path: pathlib.Path) -> AsyncIterator[Callable[[], Awaitab
         runtime = await build_ca(
             store=FileKeyStore(tmp_path / "ca"), serving_hosts=(SERVER_NAME,), authenticators=[authenticator]
         )
-        servers = GrpcServers(
-            plaintext_addr=Address(host="127.0.0.1", port=0),
-            secure_addr=Address(host="127.0.0.1", port=0),
-            serving=runtime.serving,
-        )
-        servers.add(runtime.service.register, plaintext=False, secure=True)
-        await servers.start()
+        servers = await start_ca_servers(runtime)
         started.append(servers)
         assert servers.front is not None
         return TokenCa(

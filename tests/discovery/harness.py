@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
@@ -27,6 +28,16 @@ from tests.discovery import meshdata as m
 TIMEOUT = 20.0
 WEB = "outbound|80||web.default.svc.cluster.local"
 API = "outbound|80||api.default.svc.cluster.local"
+
+
+def cluster_names(response: discovery_pb2.DiscoveryResponse) -> set[str]:
+    """The names of the Clusters a CDS response carries."""
+    out = set()
+    for resource in response.resources:
+        cluster = cluster_pb2.Cluster()
+        resource.Unpack(cluster)
+        out.add(cluster.name)
+    return out
 
 
 def node(

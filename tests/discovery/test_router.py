@@ -15,7 +15,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from discovery.generators import GRPC, ROUTER, SIDECAR, table_for
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
-from tests.discovery.harness import XdsHarness, node
+from tests.discovery.harness import XdsHarness, cluster_names, node
 from tests.discovery.world import World, proxy
 
 NS = "istio-system"
@@ -96,15 +96,6 @@ async def xds() -> AsyncIterator[XdsHarness]:
 
 def router_node() -> object:
     return node(pod="ingress-1", ns=NS, ip=GATEWAY_IP, node_type="router")
-
-
-def cluster_names(response: object) -> set[str]:
-    out = set()
-    for resource in response.resources:  # type: ignore[attr-defined]
-        cluster = cluster_pb2.Cluster()
-        resource.Unpack(cluster)
-        out.add(cluster.name)
-    return out
 
 
 async def test_sotw_router_gets_an_empty_listener_set_and_is_not_pushed_listeners_on_changes(xds: XdsHarness) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from discovery.xdstypes import CLUSTER, ENDPOINT, ROUTE
-from tests.discovery.harness import API, WEB, SotwClient, XdsHarness, web_and_api
+from tests.discovery.harness import API, WEB, SotwClient, XdsHarness, cluster_names, web_and_api
 
 
 @pytest.fixture
@@ -26,15 +25,6 @@ def endpoint_names(response: object) -> list[str]:
         res.Unpack(msg)
         out.append(msg.cluster_name)
     return sorted(out)
-
-
-def cluster_names(response: object) -> set[str]:
-    out = set()
-    for res in response.resources:  # type: ignore[attr-defined]
-        msg = cluster_pb2.Cluster()
-        res.Unpack(msg)
-        out.add(msg.name)
-    return out
 
 
 async def settle(client: SotwClient) -> None:
