@@ -3,7 +3,8 @@
 Requests go through `should_respond`; responses are the concatenation of cached resource bytes and
 a small per-response header (version, type, nonce), so nothing is serialized per stream. For the
 wildcard types (CDS, LDS) every response carries the full set; for EDS and RDS a push may carry
-only the changed resources (the others stay as they are on the client).
+only the changed resources (the others stay as they are on the client), and an EDS subscription
+that grows is answered with the added assignments alone.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import time
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from discovery.connection import SotwRequest, Watched, should_respond
-from discovery.generators import Generated
+from discovery.connection import Decision, SotwRequest, Watched, should_respond
+from discovery.generators import Generated, eds
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
 from discovery.stream import StreamBase, error_detail
+from discovery.xdstypes import ENDPOINT
 
 
 class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
@@ -36,12 +38,19 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             resource_names=tuple(request.resource_names),
             error=error_detail(request),
         )
-        decision, state = should_respond(conn.watched.get(type_url), view, now=time.time())
+        previous = conn.watched.get(type_url)
+        decision, state = should_respond(previous, view, now=time.time())
         if not self.record(type_url, decision, state):
             return
         snapshot = self.service.snapshot()
         ctx = self.context(snapshot, None)
-        await self.send(type_url, generator.generate(ctx, state), state, None)
+        added = state.names - previous.names if decision is Decision.NAMES_CHANGED and previous is not None else None
+        if added and type_url == ENDPOINT:
+            # The client keeps the assignments it has: a grown subscription needs only the new ones.
+            generated = eds.GENERATOR.only(ctx, sorted(added))
+        else:
+            generated = generator.generate(ctx, state)
+        await self.send(type_url, generated, state, None)
 
     async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
         conn = self.conn

@@ -19,8 +19,9 @@ proxies connect over TLS, trusting that root and checking the server name `--tls
 Commands on stdin, one JSON line each, answered with one JSON line on stdout:
 - `{"cmd": "synced"}`: the wall time at which each proxy had first ACKed all four types;
 - `{"cmd": "wait", "types": [...], "version": V, "eds_complete": bool, "timeout": s}`: for each
-  proxy, the wall time by which it ACKed every listed type at version >= V (EDS: a response that
-  carried its whole subscription when `eds_complete`), or null on timeout.
+  proxy, the wall time by which it ACKed every listed type at version >= V (EDS: a response after
+  which it held an assignment for every subscribed cluster when `eds_complete`; like Envoy, it keeps
+  the assignments a SotW response leaves out), or null on timeout.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class SimProxy:
             self.call_metadata = secure.metadata(ns, sa)
         self.acks: dict[str, list[tuple[int, float, bool]]] = {t: [] for t in SHORT}
         self.eds_names: frozenset[str] = frozenset()
+        self.eds_held: set[str] = set()  # assignments received: SotW EDS responses may carry a part
         self.nonces: dict[str, tuple[str, str]] = {}
         self.synced_at: float | None = None
 
@@ -144,11 +146,14 @@ class SimProxy:
                     version_info=response.version_info,
                 )
             )
-            complete = type_url != ENDPOINT or set(names) >= self.eds_names
+            if type_url == ENDPOINT:
+                self.eds_held.update(names)
+            complete = type_url != ENDPOINT or self.eds_held >= self.eds_names
             if type_url == CLUSTER:
                 clusters = frozenset(n for n in names if n.startswith("outbound|"))
                 if clusters != self.eds_names:
                     self.eds_names = clusters
+                    self.eds_held &= clusters
                     nonce, version_info = self.nonces.get(ENDPOINT, ("", ""))
                     await call.write(
                         discovery_pb2.DiscoveryRequest(

@@ -172,14 +172,14 @@ class Bench:
             ctx = GenContext(
                 snapshot=snapshot, view=ProxyView.build(stream.conn.proxy, snapshot), cache=self.service.cache
             )
-            eds_names = stream.conn.watched[ENDPOINT].names
             messages = []
+            # The push (CDS, LDS, RDS: no EDS, the new cluster is not subscribed yet), then the answer
+            # to the grown EDS subscription (the new cluster's assignment alone).
             for type_url, watched in (
                 (CLUSTER, Watched(type_url=CLUSTER, wildcard=True)),
-                (ENDPOINT, Watched(type_url=ENDPOINT, names=eds_names - {cluster})),
                 (LISTENER, Watched(type_url=LISTENER, wildcard=True)),
                 (ROUTE, Watched(type_url=ROUTE, names=frozenset({"80"}))),
-                (ENDPOINT, Watched(type_url=ENDPOINT, names=eds_names)),
+                (ENDPOINT, Watched(type_url=ENDPOINT, names=frozenset({cluster}))),
             ):
                 body = b"".join(g.blob for g in SIDECAR[type_url].generate(ctx, watched).groups)
                 header = discovery_pb2.DiscoveryResponse(

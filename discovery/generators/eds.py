@@ -5,14 +5,17 @@ UNHEALTHY, DRAINING) and, when a sidecar runs there, the metadata `tlsMode: isti
 the mTLS transport socket of the cluster (auto mTLS). A name that matches no service port gets an
 empty assignment, so a client never waits for it.
 
-Endpoint-only pushes reach only proxies subscribed to an affected cluster, and carry only the
-affected clusters (SotW EDS is not a wildcard type: unsent clusters keep their endpoints).
+A push reaches only proxies subscribed to an affected cluster and carries only the affected clusters
+(SotW EDS is not a wildcard type: unsent clusters keep their endpoints): after endpoint changes
+theirs, after Service changes (with or without endpoint changes) those Services' clusters; only a
+mesh-config change or a forced push sends every subscribed assignment. A subscription that grows
+(Envoy asks for the new cluster of an added Service) is answered with the added names alone.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from itertools import groupby
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
@@ -93,26 +96,41 @@ def by_host(names: frozenset[str]) -> Mapping[str, tuple[str, ...]]:
     return {host: tuple(sorted(items)) for host, items in out.items()}
 
 
+def changed_hosts(request: PushRequest) -> frozenset[str] | None:
+    """The hosts whose assignments a push may have changed; None: any host's (mesh config, forced push).
+
+    A Service's change can only change its own clusters' assignments, so a push caused by Services
+    and endpoints carries just theirs, as Istio does (the other clusters are unchanged, and SotW EDS
+    keeps what a response leaves out)."""
+    if request.full and (not request.updates or request.has(UpdateKind.MESH)):
+        return None
+    return request.of_kind(UpdateKind.SERVICE) | request.of_kind(UpdateKind.ENDPOINTS)
+
+
 class EndpointGenerator:
     type_url = ENDPOINT
 
     def needs_push(self, request: PushRequest, view: ProxyView, watched: Watched) -> bool:
-        if request.full:
-            return request.has(UpdateKind.SERVICE, UpdateKind.MESH, UpdateKind.ENDPOINTS) or not request.updates
-        return not by_host(watched.names).keys().isdisjoint(request.of_kind(UpdateKind.ENDPOINTS))
+        hosts = changed_hosts(request)
+        return hosts is None or not by_host(watched.names).keys().isdisjoint(hosts)
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, request = ctx.snapshot, ctx.cache, ctx.request
-        if request is not None and not request.has(UpdateKind.SERVICE, UpdateKind.MESH) and request.updates:
+        hosts = changed_hosts(request) if request is not None else None
+        if hosts is not None:
             subscribed = by_host(watched.names)
-            names = sorted(n for host in request.of_kind(UpdateKind.ENDPOINTS) for n in subscribed.get(host, ()))
-            group = ResourceGroup([resource(snap, cache, n) for n in names])
-            return Generated(groups=(group,), complete=False)
+            names = sorted(n for host in hosts for n in subscribed.get(host, ()))
+            return self.only(ctx, names)
         group = cache.group(
             ("eds", watched.names, snap.endpoints_version, snap.services_version),
             lambda: [resource(snap, cache, n) for n in sorted(watched.names)],
         )
         return Generated(groups=(group,), names=watched.names)
+
+    def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
+        """The assignments of `names` alone: an incomplete response (the client keeps the others)."""
+        group = ResourceGroup([resource(ctx.snapshot, ctx.cache, n) for n in names])
+        return Generated(groups=(group,), complete=False)
 
 
 GENERATOR = EndpointGenerator()

@@ -33,6 +33,7 @@ def change(kind: UpdateKind, name: str) -> PushRequest:
 
 REQUESTS = {
     "service": change(UpdateKind.SERVICE, DB),
+    "subscribed service": change(UpdateKind.SERVICE, WEB),
     "mesh": change(UpdateKind.MESH, ""),
     "policy": change(UpdateKind.POLICY, "default/strict"),
     "own workload": change(UpdateKind.WORKLOAD, OWN_IP),
@@ -45,18 +46,18 @@ REQUESTS = {
 }
 
 # Expected answer per table and type for each request above, in REQUESTS' order.
-#                    service mesh  policy own-wl other-wl sub-eps other-eps everything tls policy+eps
+#                    service sub-svc mesh  policy own-wl other-wl sub-eps other-eps everything tls policy+eps
 EXPECTED = {
-    ("sidecar", CLUSTER): (1, 1, 1, 1, 0, 0, 0, 1, 0, 1),
-    ("sidecar", ENDPOINT): (1, 1, 0, 0, 0, 1, 0, 1, 0, 1),
-    ("sidecar", LISTENER): (1, 1, 1, 1, 0, 0, 0, 1, 0, 1),
-    ("sidecar", ROUTE): (1, 1, 0, 0, 0, 0, 0, 1, 0, 0),
-    ("router", CLUSTER): (1, 1, 1, 0, 0, 0, 0, 1, 0, 1),
-    ("router", ENDPOINT): (1, 1, 0, 0, 0, 1, 0, 1, 0, 1),
-    ("grpc", CLUSTER): (1, 1, 0, 0, 0, 0, 0, 1, 1, 0),
-    ("grpc", ENDPOINT): (1, 1, 0, 0, 0, 1, 0, 1, 0, 1),
-    ("grpc", LISTENER): (1, 1, 0, 0, 0, 0, 0, 1, 0, 0),
-    ("grpc", ROUTE): (1, 1, 0, 0, 0, 0, 0, 1, 0, 0),
+    ("sidecar", CLUSTER): (1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 1),
+    ("sidecar", ENDPOINT): (0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 1),
+    ("sidecar", LISTENER): (1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 1),
+    ("sidecar", ROUTE): (1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0),
+    ("router", CLUSTER): (1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1),
+    ("router", ENDPOINT): (0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 1),
+    ("grpc", CLUSTER): (1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0),
+    ("grpc", ENDPOINT): (0, 1, 1, 0, 0, 0, 1, 0, 1, 0, 1),
+    ("grpc", LISTENER): (1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0),
+    ("grpc", ROUTE): (1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0),
 }
 TABLES = {"sidecar": SIDECAR, "router": ROUTER, "grpc": GRPC}
 

@@ -64,7 +64,28 @@ async def test_ack_gets_no_answer_and_a_stale_nonce_is_ignored(xds: XdsHarness) 
     assert nxt.type_url == ROUTE
     await client.request(ENDPOINT, [WEB, API], nonce=first.nonce, version=first.version_info)  # names changed
     changed = await client.recv()
-    assert changed.type_url == ENDPOINT and sorted(names(changed, endpoint_pb2.ClusterLoadAssignment)) == [API, WEB]
+    # SotW EDS is not a wildcard type: the client keeps WEB's assignment, so only API's is sent
+    assert changed.type_url == ENDPOINT and names(changed, endpoint_pb2.ClusterLoadAssignment) == [API]
+
+
+async def test_a_reconnected_eds_subscription_gets_every_assignment_again(xds: XdsHarness) -> None:
+    first = xds.sotw()
+    await first.request(ENDPOINT, [WEB])
+    await first.ack(await first.recv(), [WEB])
+    await first.close()
+    client = xds.sotw()  # a new stream: the client's cache is no evidence of what this stream sent
+    await client.request(ENDPOINT, [WEB, API], version="1")
+    response = await client.recv()
+    assert sorted(names(response, endpoint_pb2.ClusterLoadAssignment)) == [API, WEB]
+
+
+async def test_a_shrunk_eds_subscription_is_answered_with_what_is_left(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    await client.request(ENDPOINT, [WEB, API])
+    first = await client.recv()
+    await client.request(ENDPOINT, [WEB], nonce=first.nonce, version=first.version_info)
+    response = await client.recv()
+    assert names(response, endpoint_pb2.ClusterLoadAssignment) == [WEB]
 
 
 async def test_nack_keeps_state_is_not_retried_and_shows_in_status_and_metrics(xds: XdsHarness) -> None:
@@ -112,9 +133,26 @@ async def test_service_change_pushes_cds_eds_lds_rds_in_order(xds: XdsHarness) -
     for type_url, subscription in ((CLUSTER, []), (ENDPOINT, [WEB]), (LISTENER, []), (ROUTE, ["80"])):
         await client.request(type_url, subscription)
         await client.ack(await client.recv(), subscription)
-    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))
+    xds.apply(m.service("web", cluster_ip="10.96.0.9"))  # a subscribed service: its assignment is pushed too
     order = [(await client.recv()).type_url for _ in range(4)]
     assert order == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
+async def test_a_service_change_pushes_only_that_services_assignments(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    for type_url, subscription in ((CLUSTER, []), (ENDPOINT, [WEB, API]), (LISTENER, []), (ROUTE, ["80"])):
+        await client.request(type_url, subscription)
+        await client.ack(await client.recv(), subscription)
+    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))  # not subscribed: CDS, LDS, RDS but no EDS
+    pushed = [await client.recv() for _ in range(3)]
+    assert [r.type_url for r in pushed] == [CLUSTER, LISTENER, ROUTE]
+    for response, subscription in zip(pushed, ([], [], ["80"]), strict=True):
+        await client.ack(response, subscription)
+    xds.apply(m.service("api", cluster_ip="10.96.0.2", port=81))  # api's port moves: its assignment, not web's
+    pushed = [await client.recv() for _ in range(2)]
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT]
+    (cla,) = [endpoint_pb2.ClusterLoadAssignment.FromString(r.value) for r in pushed[1].resources]
+    assert cla.cluster_name == API and not cla.endpoints  # outbound|80 of api names no port any more
 
 
 async def test_wildcard_lds_carries_outbound_and_inbound_listeners(xds: XdsHarness) -> None:

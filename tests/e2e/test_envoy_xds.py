@@ -190,8 +190,13 @@ def test_config_dir_edits_reach_envoy_clusters(mesh: Mesh, api_type: str) -> Non
     cluster = f"outbound|{mesh.http_port}||{name}.{NS}.svc.cluster.local"
     try:
         wait_for(lambda: settled(envoy), timeout=60, what="Envoy to settle")
+        before = {c: eps for c, eps in envoy.clusters().items() if c.startswith("outbound|") and eps}
+        assert before, "the mesh has outbound clusters with endpoints"
         extra.write_text(m.dump_yaml([m.service(name, NS, port=mesh.http_port, cluster_ip=None)]))
         wait_for(lambda: cluster in envoy.clusters(), timeout=30, what="the new service's cluster")
+        # Only the new cluster's assignment was sent: Envoy keeps every other one it had.
+        kept = envoy.clusters()
+        assert {c: kept.get(c) for c in before} == before
 
         started = time.monotonic()
         extra.write_text(
