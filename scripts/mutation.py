@@ -79,7 +79,12 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     ),
     "discovery/connection.py": None,
     "discovery/generators/cds.py": (f"x{SEP}ClusterGenerator{SEP}needs_push",),
-    "discovery/generators/eds.py": (f"x{SEP}EndpointGenerator{SEP}needs_push",),
+    # EDS also decides which assignments a push carries (all, or the changed hosts' alone).
+    "discovery/generators/eds.py": (
+        "x_changed_hosts",
+        f"x{SEP}EndpointGenerator{SEP}needs_push",
+        f"x{SEP}EndpointGenerator{SEP}generate",
+    ),
     "discovery/generators/lds.py": (f"x{SEP}ListenerGenerator{SEP}needs_push",),
     "discovery/generators/rds.py": (f"x{SEP}RouteGenerator{SEP}needs_push",),
     "discovery/generators/grpc.py": tuple(

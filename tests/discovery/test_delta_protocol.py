@@ -49,6 +49,7 @@ async def test_subscribe_is_honoured_with_a_stale_nonce_and_unsubscribe_stops_pu
     await client.request(ENDPOINT, subscribe=[API], nonce="stale-nonce")
     second = await client.recv()
     assert [r.name for r in second.resources] == [API]  # only the new subscription
+    assert list(second.removed_resources) == []  # WEB, subscribed and existing, is not announced removed
     await client.ack(second)
     await client.request(ENDPOINT, unsubscribe=[WEB], nonce=second.nonce)  # no response
     await client.request(ROUTE, subscribe=["80"])  # answered in order: proves the unsubscribe was handled
