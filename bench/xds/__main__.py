@@ -17,9 +17,10 @@ gRPC server on a Unix socket; caller identity checked against the node), and pri
 The secure proxies trust `<state-dir>/root-cert.pem` (server name istiod.istio-system.svc) and send
 `authorization: Bearer <token>`, one token per namespace/service account minted with
 `meshplane token` before the clock starts. (e) then writes over the secure port too. Each (c)
-round also reports the server's CPU seconds (its process, and Envoy's). `--front-tuning JSON`
-(repeatable) measures the secure port once per front-end tuning, one after another, each against
-the same plaintext figure; the first is the headline.
+round also reports the CPU seconds of the server (its process, and Envoy's) and of the simulated
+proxies (their processes, TLS included). `--front-tuning JSON` (repeatable) measures the secure port
+once per front-end tuning, one after another, each against the same plaintext figure; the first is
+the headline.
 
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
        [--front-tuning '{"concurrency": 2}' ...]
@@ -221,6 +222,7 @@ def measure(args: argparse.Namespace, *, secure: bool, tuning: str = "") -> tupl
         full: list[float] = []
         last_cluster = ""
         cpu_before = server.ask(cmd="rss")
+        proxies_before = sum(ask_all(sims, cmd="cpu"))
         for _ in range(args.rounds):
             change = server.ask(cmd="service")
             last_cluster = change["cluster"]
@@ -239,14 +241,15 @@ def measure(args: argparse.Namespace, *, secure: bool, tuning: str = "") -> tupl
         results["c_service_all_acked_s"] = full
         cpu_after = server.ask(cmd="rss")
         cpu = {k: (cpu_after[k] - cpu_before[k]) / args.rounds for k in ("cpu_process", "cpu_front_end")}
+        cpu["cpu_proxies"] = (sum(ask_all(sims, cmd="cpu")) - proxies_before) / args.rounds
         results["c_cpu_s_per_push"] = cpu
         rows.append(["(c) service added, all ACKed", f"median {median(full):.2f} s", f"max {max(full):.2f} s", ""])
         rows.append(
             [
-                "(c) server CPU per push (incl. the 1 s pause)",
+                "(c) CPU per push (incl. the 1 s pause)",
                 f"process {cpu['cpu_process']:.2f} s",
                 f"Envoy {cpu['cpu_front_end']:.2f} s" if secure else "",
-                "",
+                f"proxies {cpu['cpu_proxies']:.2f} s",
             ]
         )
 

@@ -17,6 +17,7 @@ proxies connect over TLS, trusting that root and checking the server name `--tls
 (a JSON object keyed `"<ns>/<sa>"`), as the secure xDS port requires.
 
 Commands on stdin, one JSON line each, answered with one JSON line on stdout:
+- `{"cmd": "cpu"}`: `[CPU seconds]` this simulator process has used (all its threads);
 - `{"cmd": "synced"}`: the wall time at which each proxy had first ACKed all four types;
 - `{"cmd": "wait", "types": [...], "version": V, "eds_complete": bool, "timeout": s}`: for each
   proxy, the wall time by which it ACKed every listed type at version >= V (EDS: a response after
@@ -280,9 +281,11 @@ async def main() -> None:
         if cmd["cmd"] == "quit":
             break
         deadline = time.monotonic() + float(cmd.get("timeout", 120))
-        if cmd["cmd"] == "synced":
+        if cmd["cmd"] == "cpu":  # this process's CPU seconds so far, gRPC's threads included
+            reply: Any = [time.process_time()]
+        elif cmd["cmd"] == "synced":
             await until(lambda: all(p.synced_at is not None for p in proxies), deadline)
-            reply: Any = [p.synced_at for p in proxies]
+            reply = [p.synced_at for p in proxies]
         else:
             types = [by_short[t] for t in cmd["types"]]
 
