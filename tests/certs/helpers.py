@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import pathlib
 import subprocess
 from collections.abc import Sequence
@@ -10,6 +12,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from certs.authority import Authority, self_signed_root
@@ -122,3 +125,22 @@ async def start_ca_servers(runtime: CaRuntime) -> GrpcServers:
     servers.add(runtime.service.register, plaintext=False, secure=True)
     await servers.start()
     return servers
+
+
+ES256 = {"alg": "ES256", "typ": "JWT"}
+
+
+def b64(data: bytes) -> str:
+    """base64url without padding, as JWTs encode their parts."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def part(value: object) -> str:
+    return b64(json.dumps(value).encode())
+
+
+def signed(key: ec.EllipticCurvePrivateKey, header: object, claims: object) -> str:
+    """A JWT with exactly this header and these claims, with a valid ES256 signature by `key`."""
+    signing_input = f"{part(header)}.{part(claims)}"
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"

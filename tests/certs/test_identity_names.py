@@ -4,9 +4,7 @@ that merely start with the caller's; validly signed tokens without the `istio-ca
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import pathlib
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,16 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from certs.authenticate.kubejwt import TokenReview
 from certs.authenticate.localtoken import key_id
 from certs.pem import chain_pem, generate_key, key_pem
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs import test_service_grpc as grpc_ca
-from tests.certs.helpers import leaf_uris, make_csr, spiffe
+from tests.certs.helpers import ES256, leaf_uris, make_csr, signed, spiffe
 from tests.helpers.serve import meshplane_cmd
 
 ca_server = grpc_ca.ca_server
@@ -32,16 +28,9 @@ CaServer, ServerFactory, ME = grpc_ca.CaServer, grpc_ca.ServerFactory, grpc_ca.M
 NEWLINE_ID = "spiffe://cluster.local/ns/shop\n/sa/cart"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def signed_token(key: ec.EllipticCurvePrivateKey, claims: dict[str, Any]) -> str:
     """An ES256 JWT with exactly `claims`, signed by `key` (the CA's own token key: a valid signature)."""
-    header = {"alg": "ES256", "typ": "JWT", "kid": key_id(key.public_key())}
-    signing_input = ".".join(_b64(json.dumps(part).encode()) for part in (header, claims))
-    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-    return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+    return signed(key, {**ES256, "kid": key_id(key.public_key())}, claims)
 
 
 def claims(*, sub: str = "system:serviceaccount:shop:cart", **extra: Any) -> dict[str, Any]:

@@ -3,39 +3,21 @@ token failed, named precisely (shape, encoding, signature, issuer, not-yet-valid
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import pathlib
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from certs.authenticate import Credentials
 from certs.authenticate.localtoken import LocalTokenAuthenticator, load_or_create_key, mint
 from certs.ca import CertificateAuthority
 from certs.service import CaError, CertificateService
-from tests.certs.helpers import make_root
+from tests.certs.helpers import ES256, make_root, part, signed
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 T = int(NOW.timestamp())
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def part(value: object) -> str:
-    return b64(json.dumps(value).encode())
-
-
-def signed(key: ec.EllipticCurvePrivateKey, header: object, claims: object) -> str:
-    signing_input = f"{part(header)}.{part(claims)}"
-    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-    return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
 def claims(**overrides: object) -> dict[str, object]:
@@ -49,9 +31,6 @@ def claims(**overrides: object) -> dict[str, object]:
     }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
-
-
-ES256 = {"alg": "ES256", "typ": "JWT"}
 
 
 @pytest.fixture

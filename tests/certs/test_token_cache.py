@@ -21,7 +21,7 @@ from certs.keystore import FileKeyStore
 from certs.runtime import build_ca
 from controlplane.grpcserver import GrpcServers
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from tests.certs.helpers import leaf_uris, make_csr, spiffe, start_ca_servers
+from tests.certs.helpers import ES256, leaf_uris, make_csr, signed, spiffe, start_ca_servers
 
 SERVER_NAME = "istiod.istio-system.svc"
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -205,3 +205,43 @@ def test_cache_bounds_must_be_positive() -> None:
         TokenCache(max_entries=0)
     with pytest.raises(ValueError, match="must be positive"):
         TokenCache(max_bytes=0)
+    smallest = TokenCache(max_entries=1, max_bytes=1)  # 1 is positive
+    assert (smallest.max_entries, smallest.max_bytes) == (1, 1)
+
+
+def test_a_token_exactly_as_large_as_the_byte_bound_is_remembered() -> None:
+    cache = TokenCache(max_bytes=100 + ENTRY_OVERHEAD)
+    key = object()
+    entry = VerifiedToken(caller=Caller(source="t", identities=()), expires=float("inf"), not_before=0)
+    cache.store("x" * 100, entry, key=key)
+    assert cache.lookup("x" * 100, key=key, now=1.0) is entry.caller
+    assert cache.size_bytes == cache.max_bytes
+
+
+def test_a_token_stored_twice_is_one_entry_charged_once() -> None:
+    cache = TokenCache()
+    key = object()
+    first = VerifiedToken(caller=Caller(source="t", identities=("a",)), expires=float("inf"), not_before=0)
+    second = VerifiedToken(caller=Caller(source="t", identities=("b",)), expires=float("inf"), not_before=0)
+    cache.store("token", first, key=key)
+    cache.store("token", second, key=key)
+    assert (len(cache), cache.size_bytes) == (1, len("token") + ENTRY_OVERHEAD)
+    assert cache.lookup("token", key=key, now=1.0) is second.caller
+
+
+async def test_a_token_without_iat_or_nbf_is_accepted_and_remembered(
+    tmp_path: pathlib.Path, verifications: list[str]
+) -> None:
+    key = load_or_create_key(tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    exp = int(now.timestamp()) + 3600
+    claims = {"iss": "meshplane-local", "aud": ["istio-ca"], "sub": "system:serviceaccount:shop:cart", "exp": exp}
+    token = signed(key, ES256, claims)
+    authenticator = LocalTokenAuthenticator(
+        public_key=key.public_key(), trust_domain="cluster.local", clock=lambda: now
+    )
+    credentials = Credentials(metadata={"authorization": f"Bearer {token}"})
+    for _ in range(2):
+        caller = await authenticator.authenticate(credentials)
+        assert caller.identities == (spiffe("shop", "cart"),)
+    assert verifications == [token]  # valid from any time on: the second request is a cache hit
