@@ -79,6 +79,7 @@ class BootstrapParams:
     readiness_port: int = 15021
     prometheus_port: int = 15090
     status_port: int = 15020
+    delta: bool = True  # incremental ADS (DELTA_GRPC), Istio's default; False: State of the World
 
     def __post_init__(self) -> None:
         for name in ("node_id", "cluster"):
@@ -164,7 +165,7 @@ def render(params: BootstrapParams) -> dict[str, Any]:
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if params.delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": ADS_RETRY}}],

@@ -58,6 +58,7 @@ class AgentOptions:
     interception_mode: str
     proxy_log_level: str
     proxy_component_log_level: str
+    delta_xds: bool  # Envoy asks for incremental (Delta) ADS: env ISTIO_DELTA_XDS, true unless "false"
     status_port: int = STATUS_PORT
     app_probers: str = ""  # ISTIO_KUBE_APP_PROBERS (JSON), as the injector rewrote the app's probes
     prometheus_annotations: str = ""  # ISTIO_PROMETHEUS_ANNOTATIONS (JSON): where the app's own metrics are
@@ -154,6 +155,14 @@ def node_meta(env: Mapping[str, str]) -> dict[str, Any]:
     return meta
 
 
+def delta_xds(env: Mapping[str, str]) -> bool:
+    """`ISTIO_DELTA_XDS`: true (Istio's default) or false (State of the World). Raises OptionsError."""
+    text = env.get("ISTIO_DELTA_XDS", "true").strip().lower()
+    if text not in ("true", "false"):
+        raise OptionsError(f"env ISTIO_DELTA_XDS: {text!r} is not true or false")
+    return text == "true"
+
+
 def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
     """Check and combine parsed flags (whose defaults already came from `env`). Raises OptionsError."""
     pc = proxy_config(env)
@@ -207,6 +216,7 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
         interception_mode=interception,
         proxy_log_level=args.proxy_log_level,
         proxy_component_log_level=args.proxy_component_log_level,
+        delta_xds=delta_xds(env),
         status_port=status_port,
         app_probers=env.get("ISTIO_KUBE_APP_PROBERS", ""),
         prometheus_annotations=env.get("ISTIO_PROMETHEUS_ANNOTATIONS", ""),

@@ -181,6 +181,7 @@ class Agent:
             loopback_address=o.loopback_address,
             bind_address=o.bind_address,
             status_port=o.status_port,
+            delta=o.delta_xds,
         )
         write_bootstrap(params, o.proxy_dir / "envoy-rev.json")
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from controlplane.agent.bootstrap import render, write
+from controlplane.agent.options import OptionsError, delta_xds
 from tests.agent.conftest import ENVOY, params
 
 SAN = "istiod.istio-system.svc"
@@ -53,7 +54,7 @@ def test_node_admin_and_ads(tmp_path: pathlib.Path) -> None:
     assert admin["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}
     assert admin["access_log"][0]["typed_config"]["path"] == "/dev/null"
     ads = config["dynamic_resources"]["ads_config"]
-    assert ads["api_type"] == "GRPC" and ads["transport_api_version"] == "V3"
+    assert ads["api_type"] == "DELTA_GRPC" and ads["transport_api_version"] == "V3"  # Istio's default
     assert ads["set_node_on_first_message_only"] is True
     (service,) = ads["grpc_services"]
     assert service["envoy_grpc"]["cluster_name"] == "xds-grpc"
@@ -189,3 +190,21 @@ def test_real_envoy_validation_is_not_a_rubber_stamp(tmp_path: pathlib.Path) -> 
     result = envoy_validate(path)
     assert result.returncode != 0
     assert "sni_typo" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("env", "api_type"), [({}, "DELTA_GRPC"), ({"ISTIO_DELTA_XDS": "False"}, "GRPC")])
+def test_istio_delta_xds_chooses_incremental_or_state_of_the_world_ads(
+    tmp_path: pathlib.Path, env: dict[str, str], api_type: str
+) -> None:
+    config = render(params("127.0.0.1", tmp_path, delta=delta_xds(env)))
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == api_type
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(config))
+    checked = envoy_validate(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_istio_delta_xds_must_be_true_or_false() -> None:
+    assert delta_xds({"ISTIO_DELTA_XDS": " TRUE "}) is True
+    with pytest.raises(OptionsError, match="env ISTIO_DELTA_XDS: 'yes' is not true or false"):
+        delta_xds({"ISTIO_DELTA_XDS": "yes"})
