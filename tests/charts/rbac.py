@@ -14,8 +14,10 @@ with the scenario and the test that goes through it; compare() counts them as us
 
 - secrets `update` (istio-system): the self-signed root is re-issued when 20% of its life remains, or
   `istio-ca-secret` changed under a running CA (tests/certs: rotation);
-- configmaps `update`: someone edited a namespace's `istio-ca-root-cert` by hand (restored by the
-  leader; tests/e2e/test_kube_mode.py, issue 8 must-show 6);
+- configmaps `get` and `update` (an update reads the ConfigMap first): someone edited a namespace's
+  `istio-ca-root-cert` by hand (restored by the leader; tests/e2e/test_kube_mode.py, issue 8
+  must-show 6). A plain start reaches them only when a pass runs before the watch has shown the
+  publisher its own create (the create then conflicts and becomes an update): a race, not a rule;
 - leases `update` after `create`: kept for a second replica taking over, or the leader renewing, both
   within one run longer than a lease renewal (tests/controlplane: leader election);
 - tokenreviews `create`: a workload asking the CA for a certificate with its service-account token
@@ -24,7 +26,7 @@ with the scenario and the test that goes through it; compare() counts them as us
   answers 404 and it waits for the CRD; tests/charts/test_rbac.py installs it and checks the watch).
 
 Everything else the chart grants must be used by a plain start: list/watch of the informers, the root
-ConfigMap publisher's get/create, the CA secret's get/create on first start, the Lease, and the
+ConfigMap publisher's create, the CA secret's get/create on first start, the Lease, and the
 caBundle patcher's list/watch/patch of the injector configurations.
 """
 
@@ -98,6 +100,7 @@ class Call:
 # (api group, resource, verb) -> the scenario that exercises it; the module docstring says why.
 EXERCISED_ELSEWHERE: Mapping[tuple[str, str, str], str] = {
     ("", "secrets", "update"): "CA root rotation (tests/certs)",
+    ("", "configmaps", "get"): "istio-ca-root-cert edited by hand: read, then updated (tests/e2e/test_kube_mode.py)",
     ("", "configmaps", "update"): "istio-ca-root-cert edited by hand (tests/e2e/test_kube_mode.py)",
     ("coordination.k8s.io", "leases", "update"): "lease renewal and takeover (leader election tests)",
     ("authentication.k8s.io", "tokenreviews", "create"): "a workload asking for a certificate",
