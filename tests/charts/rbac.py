@@ -15,7 +15,7 @@ with the scenario and the test that goes through it; compare() counts them as us
 - secrets `update` (istio-system): the self-signed root is re-issued when 20% of its life remains, or
   `istio-ca-secret` changed under a running CA (tests/certs: rotation);
 - configmaps `get` and `update` (an update reads the ConfigMap first): someone edited a namespace's
-  `istio-ca-root-cert` by hand (restored by the leader; tests/e2e/test_kube_mode.py, issue 8
+  `istio-ca-root-cert` by hand (restored by the leader; tests/e2e/test_kube_leader.py, issue 8
   must-show 6). A plain start reaches them only when a pass runs before the watch has shown the
   publisher its own create (the create then conflicts and becomes an update): a race, not a rule;
 - leases `update` after `create`: kept for a second replica taking over, or the leader renewing, both
@@ -100,8 +100,8 @@ class Call:
 # (api group, resource, verb) -> the scenario that exercises it; the module docstring says why.
 EXERCISED_ELSEWHERE: Mapping[tuple[str, str, str], str] = {
     ("", "secrets", "update"): "CA root rotation (tests/certs)",
-    ("", "configmaps", "get"): "istio-ca-root-cert edited by hand: read, then updated (tests/e2e/test_kube_mode.py)",
-    ("", "configmaps", "update"): "istio-ca-root-cert edited by hand (tests/e2e/test_kube_mode.py)",
+    ("", "configmaps", "get"): "istio-ca-root-cert edited by hand: read, then updated (tests/e2e/test_kube_leader.py)",
+    ("", "configmaps", "update"): "istio-ca-root-cert edited by hand (tests/e2e/test_kube_leader.py)",
     ("coordination.k8s.io", "leases", "update"): "lease renewal and takeover (leader election tests)",
     ("authentication.k8s.io", "tokenreviews", "create"): "a workload asking for a certificate",
     ("security.istio.io", "peerauthentications", "watch"): "the PeerAuthentication CRD installed",
