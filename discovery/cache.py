@@ -90,11 +90,20 @@ class Resource:
 class ResourceGroup:
     """Resources sent together, with their `DiscoveryResponse` field bytes joined once."""
 
-    __slots__ = ("blob", "resources")
+    __slots__ = ("_digest", "blob", "resources")
 
     def __init__(self, resources: Sequence[Resource]) -> None:
         self.resources = tuple(resources)
         self.blob = b"".join(r.sotw_field for r in self.resources)
+        self._digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """A digest of the group's names and resource versions: equal digests, equal content."""
+        if self._digest is None:
+            joined = "\n".join(f"{r.name} {r.version}" for r in self.resources)
+            self._digest = hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
+        return self._digest
 
     def __len__(self) -> int:
         return len(self.resources)

@@ -62,9 +62,10 @@ class Watched:
     sent_at: float | None = None
     acked_at: float | None = None
     known: Mapping[str, str] = field(default_factory=_empty_versions)  # Delta: name -> version the client has
+    content: tuple[str, ...] = ()  # SotW wildcard types: the group digests of the last complete response
 
-    def sent(self, *, nonce: str, version: str, now: float) -> Watched:
-        return replace(self, nonce_sent=nonce, version_sent=version, sent_at=now)
+    def sent(self, *, nonce: str, version: str, now: float, content: tuple[str, ...] = ()) -> Watched:
+        return replace(self, nonce_sent=nonce, version_sent=version, sent_at=now, content=content)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -102,7 +102,12 @@ class _Collector:
 pushes = _LabeledCounter("pilot_xds_pushes", "xDS responses sent, by type (cds, eds, lds, rds).", "type")
 rejects = _LabeledCounter("pilot_total_xds_rejects", "xDS responses rejected (NACKed) by proxies, by type.", "type")
 unknown_types = _LabeledCounter("pilot_xds_unknown_type", "Requests for a type URL no generator serves.", "type")
-REGISTRY.register(_Collector(pushes, rejects, unknown_types))
+unchanged = _LabeledCounter(
+    "meshplane_xds_pushes_unchanged",
+    "State-of-the-World pushes not sent because the client already has exactly that config, by type (cds, lds).",
+    "type",
+)
+REGISTRY.register(_Collector(pushes, rejects, unknown_types, unchanged))
 
 
 class _ConflictGauges:
@@ -211,6 +216,9 @@ class StreamHooks:
         config_size.labels(label).observe(size)
         if since is not None:
             convergence_time.observe(since)
+
+    def unchanged(self, conn: Connection, type_url: str) -> None:
+        unchanged.inc(kind(type_url))
 
     def rejected_stream(self, peer: str, reason: str) -> None:
         log.warning("xDS stream refused", extra={"peer": clip(peer), "reason": clip(reason)})

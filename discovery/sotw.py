@@ -18,7 +18,7 @@ from discovery.generators import Generated, eds
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
 from discovery.stream import StreamBase, error_detail
-from discovery.xdstypes import ENDPOINT
+from discovery.xdstypes import ENDPOINT, WILDCARD_TYPES
 
 
 class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
@@ -55,6 +55,14 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
     async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
         conn = self.conn
         assert conn is not None
+        wildcard = type_url in WILDCARD_TYPES and generated.complete
+        content = tuple(g.digest for g in generated.groups) if wildcard else ()
+        if request is not None and content == watched.content and content and watched.error is None:
+            # A push would repeat the last complete response of a wildcard type, which the client has
+            # not rejected: it has that config already. (After a NACK a push sends again, as Istio does:
+            # what was rejected may now be accepted, e.g. once a cluster it names exists.)
+            HOOKS.unchanged(conn, type_url)
+            return
         started = time.perf_counter()
         snapshot_version = str(self.service.snapshot().version)
         nonce = self.service.nonce()
@@ -66,7 +74,9 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         ).SerializeToString()
         payload = b"".join(g.blob for g in generated.groups) + header
         await self.write(payload)
-        conn.watched[type_url] = conn.watched[type_url].sent(nonce=nonce, version=snapshot_version, now=time.time())
+        conn.watched[type_url] = conn.watched[type_url].sent(
+            nonce=nonce, version=snapshot_version, now=time.time(), content=content
+        )
         HOOKS.response(
             conn,
             type_url,

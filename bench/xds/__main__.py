@@ -4,23 +4,25 @@ Measures, in one run:
 (a) time until N proxies (default 1,000) on a mesh of 1,000 services / 4,000 endpoints are synced
     (every proxy ACKed CDS, EDS for all its clusters, LDS and RDS);
 (b) one endpoint change: per proxy, time from the change until it ACKed the EDS push (p50/p99);
-(c) one service added: time until every proxy ACKed the new CDS, LDS, RDS and the EDS that
-    includes the new cluster;
+(c) one service added: time until every proxy ACKed the new CDS, RDS and the EDS that includes
+    the new cluster (a new HTTP service on a port that has a listener changes no listener, so
+    neither protocol sends LDS);
 (d) control-plane RSS with N and with 2N proxies;
 (e) the floor for (c): the same responses, pre-serialized, written to the same streams, until every
     proxy ACKed them; reported as the ratio (c) / floor.
 
-With --secure, the run measures the plaintext port with one connection per proxy first, then the
-secure port as `meshplane serve` wires it (:15012: Envoy terminates TLS and forwards to the internal
-gRPC server on a Unix socket; caller identity checked against the node), and prints the ratio of
-(c) secure / plaintext (goal: at most 1.2) and both RSS figures (the secure one includes Envoy's).
-The secure proxies trust `<state-dir>/root-cert.pem` (server name istiod.istio-system.svc) and send
-`authorization: Bearer <token>`, one token per namespace/service account minted with
-`meshplane token` before the clock starts. (e) then writes over the secure port too. Each (c)
-round also reports the CPU seconds of the server (its process, and Envoy's) and of the simulated
-proxies (their processes, TLS included). `--front-tuning JSON` (repeatable) measures the secure port
-once per front-end tuning, one after another, each against the same plaintext figure; the first is
-the headline.
+With --secure, the run measures the plaintext port with one connection per proxy and the secure
+port as `meshplane serve` wires it (:15012: Envoy terminates TLS and forwards to the internal gRPC
+server on a Unix socket; caller identity checked against the node) side by side: both servers and
+both sets of proxies run throughout, and each round of (b), (c) and (e) runs on one port, then on
+the other, so the machine's changing load falls on both alike. It prints the ratio of the medians of
+(c), secure / plaintext (goal: at most 1.2), the ratio round by round, and both RSS figures (the
+secure one includes Envoy's). The secure proxies trust `<state-dir>/root-cert.pem` (server name
+istiod.istio-system.svc) and send `authorization: Bearer <token>`, one token per namespace/service
+account minted with `meshplane token` before the clock starts. Each (c) round also reports the CPU
+seconds of the server (its process, and Envoy's) and of the simulated proxies (their processes, TLS
+included). `--front-tuning JSON` (repeatable) adds one secure port per front-end tuning, measured in
+the same rounds; the first is the headline.
 
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
        [--front-tuning '{"concurrency": 2}' ...]
@@ -144,73 +146,126 @@ def latencies(times: list[float | None], start: float) -> tuple[list[float], int
     return done, len(times) - len(done)
 
 
-def measure(args: argparse.Namespace, *, secure: bool, tuning: str = "") -> tuple[dict[str, Any], list[list[Any]], str]:
-    """One server on one port, measured (a) to (e); returns results, table rows and the table's header.
+class Port:
+    """One server on one port and its N simulated proxies, measured (a) to (e) step by step.
 
     `tuning`: with `secure`, the front end's FrontTuning as a JSON object ("": the defaults)."""
-    state = tempfile.TemporaryDirectory(prefix="bench-xds-")
-    state_dir = pathlib.Path(state.name)
-    secure_server = ["--secure-grpc-addr", args.secure_grpc_addr, "--state-dir", str(state_dir)] if secure else []
-    if secure and tuning:
-        secure_server += ["--front-tuning", tuning]
-    server = Proc(
-        [
-            "bench.xds.server",
-            "--services",
-            str(args.services),
-            "--endpoints",
-            str(args.endpoints),
-            "--debounce",
-            str(args.debounce),
-            *secure_server,
-        ]
-    )
-    target = f"127.0.0.1:{server.ready['port']}"
-    own = secure or args.connection_per_proxy
-    port = {
-        "kind": "secure" if secure else "plaintext",
-        "role": f":15012 (Envoy TLS front end{', ' + tuning if tuning else ''})" if secure else ":15010",
-        "address": target,
-        "connections": "one per proxy" if own else "one per simulator process",
-    }
-    sims: list[Proc] = []
-    results: dict[str, Any] = {"port": port}
-    rows: list[list[Any]] = []
-    try:
-        extra = ["--connection-per-proxy"] if own and not secure else []
-        if secure:
+
+    def __init__(self, args: argparse.Namespace, *, secure: bool, tuning: str = "") -> None:
+        self.args, self.secure, self.tuning = args, secure, tuning
+        self.state = tempfile.TemporaryDirectory(prefix="bench-xds-")
+        self.sims: list[Proc] = []
+        self.server: Proc | None = None
+        self.results: dict[str, Any] = {}
+        self.rows: list[list[Any]] = []
+        self.eds: list[float] = []
+        self.eds_missing = 0
+        self.full: list[float] = []
+        self.cpu = {"cpu_process": 0.0, "cpu_front_end": 0.0, "cpu_proxies": 0.0}
+        self.last_cluster = ""
+        self.floors: list[float] = []
+        self.extra: list[str] = []
+        self.target = ""
+
+    @property
+    def name(self) -> str:
+        return f"secure {self.tuning}".strip() if self.secure else "plaintext"
+
+    def start(self) -> None:
+        """Start the server and N proxies; (a) and the RSS at N."""
+        args, state_dir = self.args, pathlib.Path(self.state.name)
+        secure_server = ["--secure-grpc-addr", args.secure_grpc_addr, "--state-dir", str(state_dir)]
+        secure_server += ["--front-tuning", self.tuning] if self.tuning else []
+        self.server = server = Proc(
+            [
+                "bench.xds.server",
+                "--services",
+                str(args.services),
+                "--endpoints",
+                str(args.endpoints),
+                "--debounce",
+                str(args.debounce),
+                *(secure_server if self.secure else []),
+            ]
+        )
+        self.target = f"127.0.0.1:{server.ready['port']}"
+        own = self.secure or args.connection_per_proxy
+        self.results["port"] = {
+            "kind": "secure" if self.secure else "plaintext",
+            "role": f":15012 (Envoy TLS front end{', ' + self.tuning if self.tuning else ''})"
+            if self.secure
+            else ":15010",
+            "address": self.target,
+            "connections": "one per proxy" if own else "one per simulator process",
+        }
+        self.extra = ["--connection-per-proxy"] if own and not self.secure else []
+        if self.secure:
             # Tokens for every proxy of both N and 2N, before the clock starts; the server made the key.
             tokens = mint_tokens(state_dir, {identity(i) for i in range(2 * args.proxies)})
             (state_dir / "tokens.json").write_text(json.dumps(tokens))
-            extra += [
-                "--tls-root",
-                str(state_dir / "root-cert.pem"),
-                "--tls-name",
-                TLS_NAME,
-                "--tokens",
-                str(state_dir / "tokens.json"),
-            ]
+            self.extra += ["--tls-root", str(state_dir / "root-cert.pem"), "--tls-name", TLS_NAME]
+            self.extra += ["--tokens", str(state_dir / "tokens.json")]
         started = time.time()
-        sims = start_sims(target, 0, args.proxies, args.procs, delta=args.delta, extra=extra)
-        synced = ask_all(sims, cmd="synced", timeout=600)
-        done, missing = latencies(synced, started)
-        results["a_all_synced_s"] = max(done) if done else None
-        results["a_missing"] = missing
-        rows.append(["(a) all synced", f"{args.proxies} proxies", f"{max(done):.2f} s", f"missing {missing}"])
-        results["rss_n"] = server.ask(cmd="rss")["rss"]
+        self.sims = start_sims(self.target, 0, args.proxies, args.procs, delta=args.delta, extra=self.extra)
+        done, missing = latencies(ask_all(self.sims, cmd="synced", timeout=600), started)
+        self.results["a_all_synced_s"] = max(done) if done else None
+        self.results["a_missing"] = missing
+        self.rows.append(["(a) all synced", f"{args.proxies} proxies", f"{max(done):.2f} s", f"missing {missing}"])
+        self.results["rss_n"] = server.ask(cmd="rss")["rss"]
 
-        eds: list[float] = []
-        eds_missing = 0
-        for _ in range(args.rounds):
-            change = server.ask(cmd="endpoint")
-            times = ask_all(sims, cmd="wait", types=["EDS"], version=change["version"], timeout=60)
-            got, lost = latencies(times, change["t"])
-            eds += got
-            eds_missing += lost
-            time.sleep(0.5)
+    def endpoint_round(self) -> None:
+        """(b) One endpoint change, until every proxy ACKed its EDS."""
+        assert self.server is not None
+        change = self.server.ask(cmd="endpoint")
+        times = ask_all(self.sims, cmd="wait", types=["EDS"], version=change["version"], timeout=60)
+        got, lost = latencies(times, change["t"])
+        self.eds += got
+        self.eds_missing += lost
+        time.sleep(0.5)
+
+    def service_round(self) -> None:
+        """(c) One service added, until every proxy ACKed all of it; the CPU this took, the pause included."""
+        assert self.server is not None
+        before, proxies_before = self.server.ask(cmd="rss"), sum(ask_all(self.sims, cmd="cpu"))
+        change = self.server.ask(cmd="service")
+        self.last_cluster = change["cluster"]
+        # Only what changed is sent: a new HTTP service changes no listener, so there is no LDS response.
+        times = ask_all(
+            self.sims,
+            cmd="wait",
+            types=["CDS", "RDS", "EDS"],
+            version=change["version"],
+            eds_complete=True,
+            timeout=120,
+        )
+        got, lost = latencies(times, change["t"])
+        self.full.append(max(got) if got and not lost else float("inf"))
+        time.sleep(1.0)
+        after = self.server.ask(cmd="rss")
+        for key in ("cpu_process", "cpu_front_end"):
+            self.cpu[key] += after[key] - before[key]
+        self.cpu["cpu_proxies"] += sum(ask_all(self.sims, cmd="cpu")) - proxies_before
+
+    def floor_round(self, n: int) -> None:
+        """(e) The last service addition's responses, pre-serialized, written to every stream; until all ACKed."""
+        assert self.server is not None
+        version = 10**9 + n
+        sent = self.server.ask(cmd="floor", version=version, cluster=self.last_cluster)
+        times = ask_all(
+            self.sims, cmd="wait", types=["CDS", "RDS", "EDS"], version=version, eds_complete=True, timeout=120
+        )
+        got, lost = latencies(times, sent["started"])
+        self.floors.append(max(got) if got and not lost else float("inf"))
+        self.results.setdefault("e_floor_write_s", []).append(sent["written"])
+        time.sleep(1.0)
+
+    def finish(self) -> None:
+        """(d) N more proxies and the RSS at 2N; then the results and table rows of (b), (c) and (e)."""
+        assert self.server is not None
+        args, results, eds, full = self.args, self.results, self.eds, self.full
         results["b_eds_p50_s"], results["b_eds_p99_s"] = median(eds), percentile(eds, 99)
-        results["b_eds_max_s"], results["b_missing"] = max(eds), eds_missing
-        rows.append(
+        results["b_eds_max_s"], results["b_missing"] = max(eds), self.eds_missing
+        self.rows.append(
             [
                 "(b) endpoint change, ACKed",
                 f"p50 {median(eds):.3f} s",
@@ -218,86 +273,78 @@ def measure(args: argparse.Namespace, *, secure: bool, tuning: str = "") -> tupl
                 f"max {max(eds):.3f} s",
             ]
         )
-
-        full: list[float] = []
-        last_cluster = ""
-        cpu_before = server.ask(cmd="rss")
-        proxies_before = sum(ask_all(sims, cmd="cpu"))
-        for _ in range(args.rounds):
-            change = server.ask(cmd="service")
-            last_cluster = change["cluster"]
-            # Delta sends only what changed: a new HTTP service changes no listener, so no LDS response.
-            times = ask_all(
-                sims,
-                cmd="wait",
-                types=["CDS", "RDS", "EDS"] if args.delta else ["CDS", "LDS", "RDS", "EDS"],
-                version=change["version"],
-                eds_complete=True,
-                timeout=120,
-            )
-            got, lost = latencies(times, change["t"])
-            full.append(max(got) if got and not lost else float("inf"))
-            time.sleep(1.0)
         results["c_service_all_acked_s"] = full
-        cpu_after = server.ask(cmd="rss")
-        cpu = {k: (cpu_after[k] - cpu_before[k]) / args.rounds for k in ("cpu_process", "cpu_front_end")}
-        cpu["cpu_proxies"] = (sum(ask_all(sims, cmd="cpu")) - proxies_before) / args.rounds
-        results["c_cpu_s_per_push"] = cpu
-        rows.append(["(c) service added, all ACKed", f"median {median(full):.2f} s", f"max {max(full):.2f} s", ""])
-        rows.append(
+        cpu = results["c_cpu_s_per_push"] = {key: value / len(full) for key, value in self.cpu.items()}
+        self.rows.append(["(c) service added, all ACKed", f"median {median(full):.2f} s", f"max {max(full):.2f} s", ""])
+        self.rows.append(
             [
                 "(c) CPU per push (incl. the 1 s pause)",
                 f"process {cpu['cpu_process']:.2f} s",
-                f"Envoy {cpu['cpu_front_end']:.2f} s" if secure else "",
+                f"Envoy {cpu['cpu_front_end']:.2f} s" if self.secure else "",
                 f"proxies {cpu['cpu_proxies']:.2f} s",
             ]
         )
-
-        floors: list[float] = []
-        for n in range(0 if args.delta else args.rounds):
-            version = 10**9 + n
-            sent = server.ask(cmd="floor", version=version, cluster=last_cluster)
-            times = ask_all(
-                sims, cmd="wait", types=["CDS", "LDS", "RDS", "EDS"], version=version, eds_complete=True, timeout=120
-            )
-            got, lost = latencies(times, sent["started"])
-            floors.append(max(got) if got and not lost else float("inf"))
-            results.setdefault("e_floor_write_s", []).append(sent["written"])
-            time.sleep(1.0)
-        if floors:
-            results["e_floor_all_acked_s"] = floors
-            ratio = median(full) / median(floors)
-            results["e_ratio"] = ratio
-            rows.append(
+        if self.floors:
+            results["e_floor_all_acked_s"] = self.floors
+            ratio = results["e_ratio"] = median(full) / median(self.floors)
+            self.rows.append(
                 [
                     "(e) floor: same bytes, all ACKed",
-                    f"median {median(floors):.2f} s",
+                    f"median {median(self.floors):.2f} s",
                     f"ratio (c)/floor {ratio:.2f}",
                     "",
                 ]
             )
-
-        more = start_sims(target, args.proxies, args.proxies, args.procs, delta=args.delta, extra=extra)
-        sims += more
+        more = start_sims(self.target, args.proxies, args.proxies, args.procs, delta=args.delta, extra=self.extra)
+        self.sims += more
         ask_all(more, cmd="synced", timeout=600)
-        rss_2n = server.ask(cmd="rss")
+        rss_2n = self.server.ask(cmd="rss")
         results["rss_2n"] = rss_2n["rss"]
         results["rss_2n_parts"] = rss_2n
-        results["server_stats"] = server.ask(cmd="stats")
-        rows.append(
+        results["server_stats"] = self.server.ask(cmd="stats")
+        self.rows.append(
             [
-                "(d) control-plane RSS" + (" (with Envoy)" if secure else ""),
+                "(d) control-plane RSS" + (" (with Envoy)" if self.secure else ""),
                 f"{args.proxies}: {results['rss_n'] / 2**20:.0f} MiB",
                 f"{2 * args.proxies}: {results['rss_2n'] / 2**20:.0f} MiB",
-                f"Envoy {rss_2n.get('rss_front_end', 0) / 2**20:.0f} MiB" if secure else "",
+                f"Envoy {rss_2n.get('rss_front_end', 0) / 2**20:.0f} MiB" if self.secure else "",
             ]
         )
-    finally:
-        for proc in [*sims, server]:
+
+    def stop(self) -> None:
+        """Stop the proxies (their N and 2N) and the server; drop the state dir. Safe to call twice."""
+        for proc in [*self.sims, *([self.server] if self.server is not None else [])]:
             proc.stop()
-        state.cleanup()
-    header = f"measure (xDS over {port['kind']} port {port['role']} at {target}, {port['connections']})"
-    return results, rows, header
+        self.state.cleanup()
+
+    def table(self) -> str:
+        port = self.results["port"]
+        header = f"measure (xDS over {port['kind']} port {port['role']} at {self.target}, {port['connections']})"
+        return table([header, "", "", ""], self.rows)
+
+
+def measure(args: argparse.Namespace, ports: list[Port]) -> None:
+    """Measure every port, their rounds interleaved: round r of (b), (c) and (e) runs on each port in turn.
+
+    Every port's proxies stay connected throughout (idle while another port is measured), so a change in
+    the machine's load between rounds falls on all ports alike."""
+    try:
+        for port in ports:
+            port.start()
+        for _ in range(args.rounds):
+            for port in ports:
+                port.endpoint_round()
+        for _ in range(args.rounds):
+            for port in ports:
+                port.service_round()
+        for n in range(0 if args.delta else args.rounds):
+            for port in ports:
+                port.floor_round(n)
+        for port in ports:
+            port.finish()
+    finally:
+        for port in ports:
+            port.stop()
 
 
 def main() -> int:
@@ -319,8 +366,8 @@ def main() -> int:
         "--front-tuning",
         action="append",
         default=[],
-        help="with --secure: measure the secure port once per value (a JSON object of FrontTuning fields; "
-        "'{}' is the defaults), each against the same plaintext run",
+        help="with --secure: one secure port per value (a JSON object of FrontTuning fields; "
+        "'{}' is the defaults), all measured in the same rounds as the plaintext port",
     )
     parser.add_argument(
         "--secure-grpc-addr", default="127.0.0.1:0", help="with --secure: the secure port's address (port 0: any)"
@@ -334,33 +381,34 @@ def main() -> int:
     args = parser.parse_args()
     if args.secure:
         args.connection_per_proxy = True  # the plaintext baseline must have as many connections as the secure run
-    results: dict[str, Any] = {"params": vars(args)}
-    plain, rows, header = measure(args, secure=False)
-    print(table([header, "", "", ""], rows))
-    results.update(plain)
-    if args.secure:
+    plain = Port(args, secure=False)
+    secure = [Port(args, secure=True, tuning=tuning) for tuning in args.front_tuning or [""]] if args.secure else []
+    measure(args, [plain, *secure])
+    for port in [plain, *secure]:
+        print(port.table())
+    results: dict[str, Any] = {"params": vars(args), **plain.results}
+    if secure:
+        base = plain.results["c_service_all_acked_s"]
         variants: dict[str, Any] = {}
-        for tuning in args.front_tuning or [""]:
-            try:
-                secure, rows, header = measure(args, secure=True, tuning=tuning)
-            except RuntimeError as exc:  # a run that broke (e.g. a simulator exited): keep the others
-                print(f"secure port {tuning or '{}'}: not measured: {exc}")
-                variants[tuning or "{}"] = {"error": str(exc)}
-                continue
-            print(table([header, "", "", ""], rows))
-            ratio = median(secure["c_service_all_acked_s"]) / median(plain["c_service_all_acked_s"])
-            variants[tuning or "{}"] = {**secure, "c_ratio_secure_plaintext": ratio}
+        for port in secure:
+            full = port.results["c_service_all_acked_s"]
+            ratio = median(full) / median(base)
+            paired = [s / p for s, p in zip(full, base, strict=True)]
+            variants[port.tuning or "{}"] = {
+                **port.results,
+                "c_ratio_secure_plaintext": ratio,
+                "c_ratio_rounds": paired,
+            }
             verdict = "met" if ratio <= 1.2 else "NOT met"
             print(
-                f"(c) service added, all ACKed: secure{' ' + tuning if tuning else ''} "
-                f"{median(secure['c_service_all_acked_s']):.2f} s / plaintext "
-                f"{median(plain['c_service_all_acked_s']):.2f} s = {ratio:.2f} (goal <= 1.2: {verdict}); RSS at "
-                f"{2 * args.proxies} proxies: secure {secure['rss_2n'] / 2**20:.0f} MiB, plaintext "
-                f"{plain['rss_2n'] / 2**20:.0f} MiB"
+                f"(c) service added, all ACKed: {port.name} {median(full):.2f} s / plaintext {median(base):.2f} s = "
+                f"{ratio:.2f} (goal <= 1.2: {verdict}; round by round {', '.join(f'{r:.2f}' for r in paired)}); "
+                f"RSS at {2 * args.proxies} proxies: secure {port.results['rss_2n'] / 2**20:.0f} MiB, plaintext "
+                f"{plain.results['rss_2n'] / 2**20:.0f} MiB"
             )
         first = next(iter(variants.values()))
-        results = {"params": vars(args), "plaintext": plain, "secure": first}
-        results["c_ratio_secure_plaintext"] = first.get("c_ratio_secure_plaintext")
+        results = {"params": vars(args), "plaintext": plain.results, "secure": first}
+        results["c_ratio_secure_plaintext"] = first["c_ratio_secure_plaintext"]
         if len(variants) > 1:
             results["secure_variants"] = variants
     path = write_result("xds", results)

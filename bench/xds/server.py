@@ -44,7 +44,7 @@ from discovery.connection import Watched
 from discovery.generators import SIDECAR, GenContext, ProxyView
 from discovery.server import AdsServer
 from discovery.service import DiscoveryService
-from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from discovery.xdstypes import CLUSTER, ENDPOINT, ROUTE
 from tests.discovery import meshdata as m
 
 NAMESPACES = tuple(f"ns-{n}" for n in range(10))
@@ -173,11 +173,10 @@ class Bench:
                 snapshot=snapshot, view=ProxyView.build(stream.conn.proxy, snapshot), cache=self.service.cache
             )
             messages = []
-            # The push (CDS, LDS, RDS: no EDS, the new cluster is not subscribed yet), then the answer
-            # to the grown EDS subscription (the new cluster's assignment alone).
+            # The push (CDS, RDS; no LDS, whose content did not change; no EDS, the new cluster is not
+            # subscribed yet), then the answer to the grown EDS subscription (the new cluster's alone).
             for type_url, watched in (
                 (CLUSTER, Watched(type_url=CLUSTER, wildcard=True)),
-                (LISTENER, Watched(type_url=LISTENER, wildcard=True)),
                 (ROUTE, Watched(type_url=ROUTE, names=frozenset({"80"}))),
                 (ENDPOINT, Watched(type_url=ENDPOINT, names=frozenset({cluster}))),
             ):

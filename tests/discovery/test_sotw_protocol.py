@@ -133,9 +133,41 @@ async def test_service_change_pushes_cds_eds_lds_rds_in_order(xds: XdsHarness) -
     for type_url, subscription in ((CLUSTER, []), (ENDPOINT, [WEB]), (LISTENER, []), (ROUTE, ["80"])):
         await client.request(type_url, subscription)
         await client.ack(await client.recv(), subscription)
-    xds.apply(m.service("web", cluster_ip="10.96.0.9"))  # a subscribed service: its assignment is pushed too
+    # A subscribed service (its assignment is pushed too) gains a TCP port (a new listener).
+    ports = [{"name": "http", "port": 80, "targetPort": 8080}, {"name": "tcp-db", "port": 5432, "targetPort": 5432}]
+    xds.apply(m.service("web", cluster_ip="10.96.0.9", ports=ports))
     order = [(await client.recv()).type_url for _ in range(4)]
     assert order == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
+async def test_a_push_does_not_repeat_a_wildcard_type_the_client_has(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    for type_url, subscription in ((CLUSTER, []), (LISTENER, []), (ROUTE, ["80"])):
+        await client.request(type_url, subscription)
+        await client.ack(await client.recv(), subscription)
+    before = metrics.unchanged.get("lds")
+    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))  # HTTP on port 80: the listener 0.0.0.0_80 is as it was
+    pushed = [await client.recv() for _ in range(2)]
+    assert [r.type_url for r in pushed] == [CLUSTER, ROUTE]
+    assert metrics.unchanged.get("lds") == before + 1
+    for response, subscription in zip(pushed, ([], ["80"]), strict=True):
+        await client.ack(response, subscription)
+    await client.request(ENDPOINT, [WEB])  # answered after the ACKs before it were handled
+    await client.recv()
+    (status,) = xds.service.syncz()  # proxy status compares nonces: the skipped LDS is still in sync
+    assert {t: status["types"][t]["status"] for t in ("CDS", "LDS", "RDS")} == dict.fromkeys(
+        ("CDS", "LDS", "RDS"), "SYNCED"
+    )
+    xds.apply(m.service("db", cluster_ip="10.96.0.8", port=5432, port_name="tcp"))  # a new TCP listener: sent
+    pushed = [await client.recv() for _ in range(3)]
+    assert [r.type_url for r in pushed] == [CLUSTER, LISTENER, ROUTE]
+    assert "10.96.0.8_5432" in names(pushed[1], listener_pb2.Listener)
+    # The client asking again (no nonce: it lost its state) is answered, though nothing changed.
+    await client.ack(pushed[0])
+    await client.ack(pushed[2], ["80"])
+    await client.request(LISTENER)
+    again = await client.recv()
+    assert again.type_url == LISTENER and names(again, listener_pb2.Listener) == names(pushed[1], listener_pb2.Listener)
 
 
 async def test_a_service_change_pushes_only_that_services_assignments(xds: XdsHarness) -> None:
@@ -143,10 +175,10 @@ async def test_a_service_change_pushes_only_that_services_assignments(xds: XdsHa
     for type_url, subscription in ((CLUSTER, []), (ENDPOINT, [WEB, API]), (LISTENER, []), (ROUTE, ["80"])):
         await client.request(type_url, subscription)
         await client.ack(await client.recv(), subscription)
-    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))  # not subscribed: CDS, LDS, RDS but no EDS
-    pushed = [await client.recv() for _ in range(3)]
-    assert [r.type_url for r in pushed] == [CLUSTER, LISTENER, ROUTE]
-    for response, subscription in zip(pushed, ([], [], ["80"]), strict=True):
+    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))  # not subscribed: CDS and RDS but no EDS (nor LDS)
+    pushed = [await client.recv() for _ in range(2)]
+    assert [r.type_url for r in pushed] == [CLUSTER, ROUTE]
+    for response, subscription in zip(pushed, ([], ["80"]), strict=True):
         await client.ack(response, subscription)
     xds.apply(m.service("api", cluster_ip="10.96.0.2", port=81))  # api's port moves: its assignment, not web's
     pushed = [await client.recv() for _ in range(2)]
