@@ -2,7 +2,8 @@
 
 Requests go through `should_respond`; responses are the concatenation of cached resource bytes and
 a small per-response header (version, type, nonce), so nothing is serialized per stream. For the
-wildcard types (CDS, LDS) every response carries the full set; for EDS and RDS a push may carry
+wildcard types (CDS, LDS) every response carries the full set, and a push is not sent when that
+set is exactly what the client last received and did not reject; for EDS and RDS a push may carry
 only the changed resources (the others stay as they are on the client), and an EDS subscription
 that grows is answered with the added assignments alone.
 """
