@@ -86,6 +86,9 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
         f"x{SEP}EndpointGenerator{SEP}generate",
     ),
     "discovery/generators/lds.py": (f"x{SEP}ListenerGenerator{SEP}needs_push",),
+    # SotW: what a request is answered with (all, or a grown EDS subscription's added names), and which
+    # push is left out (a wildcard type whose content the client already has).
+    "discovery/sotw.py": (f"x{SEP}SotwStream{SEP}handle", f"x{SEP}SotwStream{SEP}send"),
     "discovery/generators/rds.py": (f"x{SEP}RouteGenerator{SEP}needs_push",),
     "discovery/generators/grpc.py": tuple(
         f"x{SEP}{c}{SEP}needs_push" for c in ("_Base", "GrpcClusterGenerator", "GrpcEndpointGenerator")
