@@ -4,8 +4,8 @@ Requests go through `should_respond`; responses are the concatenation of cached 
 a small per-response header (version, type, nonce), so nothing is serialized per stream. For the
 wildcard types (CDS, LDS) every response carries the full set, and a push is not sent when that
 set is exactly what the client last received and did not reject; for EDS and RDS a push may carry
-only the changed resources (the others stay as they are on the client), and an EDS subscription
-that grows is answered with the added assignments alone.
+only the changed resources (the others stay as they are on the client), and an EDS or RDS
+subscription that grows is answered with the added resources alone (`AnswersAdded`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import time
 from envoy.service.discovery.v3 import discovery_pb2
 
 from discovery.connection import Decision, SotwRequest, Watched, should_respond
-from discovery.generators import Generated, eds
+from discovery.generators import Generated
+from discovery.generators.base import AnswersAdded
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
 from discovery.stream import StreamBase, error_detail
-from discovery.xdstypes import ENDPOINT, WILDCARD_TYPES
+from discovery.xdstypes import WILDCARD_TYPES
 
 
 class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
@@ -46,9 +47,9 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         snapshot = self.service.snapshot()
         ctx = self.context(snapshot, None)
         added = state.names - previous.names if decision is Decision.NAMES_CHANGED and previous is not None else None
-        if added and type_url == ENDPOINT:
-            # The client keeps the assignments it has: a grown subscription needs only the new ones.
-            generated = eds.GENERATOR.only(ctx, sorted(added))
+        if added and isinstance(generator, AnswersAdded) and type_url not in WILDCARD_TYPES:
+            # The client keeps the resources it has: a grown subscription needs only the new ones.
+            generated = generator.only(ctx, sorted(added))
         else:
             generated = generator.generate(ctx, state)
         await self.send(type_url, generated, state, None)

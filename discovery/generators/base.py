@@ -2,15 +2,17 @@
 
 A generator is a small object with `type_url`, `needs_push(request, view, watched)` (does this
 push concern this proxy's subscription?) and `generate(ctx, watched)` (the resources to send,
-as cached groups). Generators never touch streams, nonces or versions.
+as cached groups). A generator of a non-wildcard type may also offer `only(ctx, names)`
+(`AnswersAdded`): the named resources alone, for a SotW subscription that grew (the client keeps
+what a response leaves out). Generators never touch streams, nonces or versions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from controlplane.model.registry import MeshSnapshot
 from controlplane.model.security import MtlsMode
@@ -137,4 +139,13 @@ class Generator(Protocol):
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         """The resources for `watched` (all of them, or only the changed ones for an incremental push)."""
+        ...
+
+
+@runtime_checkable
+class AnswersAdded(Protocol):
+    """A generator of a non-wildcard type (EDS, RDS) that can send some subscribed resources alone."""
+
+    def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
+        """The resources of `names` alone: an incomplete response (the client keeps the others)."""
         ...

@@ -24,7 +24,7 @@ clients watching that service's clusters get CDS too, not only EDS.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
@@ -221,6 +221,9 @@ class GrpcEndpointGenerator:
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         return eds.GENERATOR.generate(ctx, watched)
+
+    def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
+        return eds.GENERATOR.only(ctx, names)
 
 
 GENERATORS: Mapping[str, Generator] = {

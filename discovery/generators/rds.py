@@ -18,6 +18,8 @@ namespace and port and shared by the proxies there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -26,7 +28,7 @@ from google.protobuf import wrappers_pb2
 from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service
-from discovery.cache import Resource, XdsCache
+from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
 from discovery.generators.base import GenContext, Generated, ProxyView
@@ -137,6 +139,13 @@ class RouteGenerator:
             lambda: [resource(snap, cache, n, namespace=ns) for n in sorted(watched.names)],
         )
         return Generated(groups=(group,), names=watched.names)
+
+    def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
+        """The route configurations of `names` alone, for a grown SotW subscription (a new HTTP port's)."""
+        snap, cache, ns = ctx.snapshot, ctx.cache, ctx.view.namespace
+        return Generated(
+            groups=(ResourceGroup([resource(snap, cache, n, namespace=ns) for n in names]),), complete=False
+        )
 
 
 GENERATOR = RouteGenerator()

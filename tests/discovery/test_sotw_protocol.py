@@ -81,6 +81,21 @@ async def test_a_reconnected_eds_subscription_gets_every_assignment_again(xds: X
     assert sorted(names(response, endpoint_pb2.ClusterLoadAssignment)) == [API, WEB]
 
 
+async def test_a_grown_rds_subscription_is_answered_with_the_added_route_configuration(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    await client.request(ROUTE, ["80"])
+    await client.ack(await client.recv(), ["80"])
+    xds.apply(m.service("late", cluster_ip="10.96.0.9", port=8123))  # a new HTTP port: a new route name
+    pushed = await client.recv()
+    assert names(pushed, route_pb2.RouteConfiguration) == ["80"]  # services changed: what it watches is re-sent
+    await client.request(ROUTE, ["80", "8123"], nonce=pushed.nonce, version=pushed.version_info)
+    grown = await client.recv()
+    (route,) = [route_pb2.RouteConfiguration.FromString(r.value) for r in grown.resources]
+    assert route.name == "8123" and "late.default.svc.cluster.local:8123" in [v.name for v in route.virtual_hosts]
+    await client.request(ROUTE, ["80", "8123"])  # no nonce: the client lost what it had, and gets both
+    assert sorted(names(await client.recv(), route_pb2.RouteConfiguration)) == ["80", "8123"]
+
+
 async def test_a_request_without_a_nonce_for_more_assignments_gets_all_of_them(xds: XdsHarness) -> None:
     client = xds.sotw()
     await client.request(ENDPOINT, [WEB])

@@ -235,6 +235,37 @@ def test_config_dir_edits_reach_envoy_clusters(mesh: Mesh, api_type: str) -> Non
         envoy.stop()
 
 
+def route_configs(envoy: Envoy) -> dict[str, list[str]]:
+    """Envoy's dynamic route configurations: name -> virtual host names."""
+    dump = envoy.get("/config_dump?resource=dynamic_route_configs")
+    return {
+        c["route_config"]["name"]: sorted(v["name"] for v in c["route_config"].get("virtual_hosts", []))
+        for c in dump.get("configs", [])
+    }
+
+
+def test_a_new_http_port_reaches_envoy_without_disturbing_the_other_routes(mesh: Mesh) -> None:
+    # State of the World: Envoy subscribes RDS to the new port's route configuration; the answer
+    # carries that one alone, and Envoy must keep every route configuration it had.
+    envoy = start_envoy(mesh, api_type="GRPC", mode="REDIRECT")
+    extra = mesh.config_dir / "late-port.yaml"
+    port = 8123
+    try:
+        wait_for(lambda: settled(envoy), timeout=60, what="Envoy to settle")
+        before = route_configs(envoy)
+        assert before.get(str(mesh.http_port)), "the mesh's HTTP port has a route configuration"
+        extra.write_text(m.dump_yaml([m.service("late-port", NS, port=port, cluster_ip=None)]))
+        wait_for(lambda: str(port) in route_configs(envoy), timeout=30, what=f"route configuration {port} in Envoy")
+        after = route_configs(envoy)
+        assert {name: after.get(name) for name in before} == before
+        assert f"late-port.{NS}.svc.cluster.local:{port}" in after[str(port)]
+        assert f"0.0.0.0_{port}" in envoy.listeners()
+        assert rejected(envoy.stats()) == {}, envoy.logs()
+    finally:
+        extra.unlink(missing_ok=True)
+        envoy.stop()
+
+
 def test_proxy_status_config_dump_and_registryz(mesh: Mesh) -> None:
     envoy = start_envoy(mesh, api_type="GRPC", mode="REDIRECT")
     try:
