@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -34,6 +35,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,6 +163,25 @@ def copy_tree(workdir: pathlib.Path, *, refresh: bool = False) -> None:
         shutil.copy2(source, target)
 
 
+STOP_GRACE = 30.0  # seconds mutmut gets after SIGINT to stop its workers and save what it checked
+
+
+def stop_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+    """End `proc`'s process group: SIGINT and up to `grace` seconds (mutmut saves on it), then SIGKILL.
+
+    mutmut forks a worker per mutant into its group; a worker left running would go on mutating
+    files in the work dir, so the whole group goes, also when mutmut itself has exited."""
+    try:
+        if grace > 0 and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is gone already
+    proc.wait()
+
+
 def run_mutmut(workdir: pathlib.Path, *, jobs: int, names: list[str]) -> int:
     mutmut = pathlib.Path(sys.executable).parent / "mutmut"
     log = workdir / "mutmut.log"
@@ -172,12 +193,15 @@ def run_mutmut(workdir: pathlib.Path, *, jobs: int, names: list[str]) -> int:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            start_new_session=True,  # its own process group: stopped as a whole below, workers included
         )
         try:
             proc.wait()
-        except KeyboardInterrupt:  # mutmut got the same Ctrl-C: it stops its workers and saves what it checked
-            print("interrupted: reporting the mutants checked so far")
-            proc.wait()
+        except KeyboardInterrupt:
+            print("interrupted: stopping mutmut, then reporting the mutants checked so far", flush=True)
+            stop_group(proc, grace=STOP_GRACE)
+        finally:
+            stop_group(proc, grace=0)  # whatever happened, nothing of the run is left behind
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
         print("\n".join(tail), file=sys.stderr)
