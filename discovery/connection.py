@@ -58,14 +58,11 @@ class Watched:
     nonce_acked: str = ""
     version_acked: str = ""
     error: str | None = None  # the last NACK's message, until the next ACK
-    nonce_nacked: str = ""
-    sent_at: float | None = None
-    acked_at: float | None = None
     known: Mapping[str, str] = field(default_factory=_empty_versions)  # Delta: name -> version the client has
     content: tuple[str, ...] = ()  # SotW wildcard types: the group digests of the last complete response
 
-    def sent(self, *, nonce: str, version: str, now: float, content: tuple[str, ...] = ()) -> Watched:
-        return replace(self, nonce_sent=nonce, version_sent=version, sent_at=now, content=content)
+    def sent(self, *, nonce: str, version: str, content: tuple[str, ...] = ()) -> Watched:
+        return replace(self, nonce_sent=nonce, version_sent=version, content=content)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,12 +163,12 @@ def _subscription(type_url: str, names: Iterable[str]) -> tuple[frozenset[str], 
     return canonical(requested - {"*"}), wildcard
 
 
-def should_respond(watched: Watched | None, request: SotwRequest, *, now: float) -> tuple[Decision, Watched]:
+def should_respond(watched: Watched | None, request: SotwRequest) -> tuple[Decision, Watched]:
     """Decide on one SotW request; return the decision and the stream's next state for the type."""
     names, wildcard = _subscription(request.type_url, request.resource_names)
     if request.error is not None:
         base = watched or Watched(type_url=request.type_url, names=names, wildcard=wildcard)
-        return Decision.NACK, replace(base, error=request.error, nonce_nacked=request.response_nonce)
+        return Decision.NACK, replace(base, error=request.error)
     if watched is None:
         return Decision.INITIAL, Watched(type_url=request.type_url, names=names, wildcard=wildcard)
     if not request.response_nonce:
@@ -183,7 +180,6 @@ def should_respond(watched: Watched | None, request: SotwRequest, *, now: float)
         nonce_acked=request.response_nonce,
         version_acked=request.version_info,
         error=None,
-        acked_at=now,
     )
     if names != watched.names or wildcard != watched.wildcard:
         return Decision.NAMES_CHANGED, replace(acked, names=names, wildcard=wildcard)
@@ -202,9 +198,7 @@ class DeltaRequest:
     error: str | None = None
 
 
-def should_respond_delta(
-    watched: Watched | None, request: DeltaRequest, *, now: float
-) -> tuple[Decision, Watched, frozenset[str]]:
+def should_respond_delta(watched: Watched | None, request: DeltaRequest) -> tuple[Decision, Watched, frozenset[str]]:
     """Decide on one Delta request: (decision, next state, names newly subscribed)."""
     subscribe = frozenset(request.subscribe)
     unsubscribe = frozenset(request.unsubscribe)
@@ -217,7 +211,7 @@ def should_respond_delta(
             known=MappingProxyType(dict(request.initial_versions)),
         )
         if request.error is not None:
-            return Decision.NACK, replace(state, error=request.error, nonce_nacked=request.response_nonce), frozenset()
+            return Decision.NACK, replace(state, error=request.error), frozenset()
         return Decision.INITIAL, state, names
     wildcard = (watched.wildcard or "*" in subscribe) and "*" not in unsubscribe
     names = canonical((watched.names | subscribe) - unsubscribe - {"*"})
@@ -227,11 +221,9 @@ def should_respond_delta(
     if "*" in subscribe and not watched.wildcard:
         added = added | {"*"}
     if request.error is not None:
-        return Decision.NACK, replace(state, error=request.error, nonce_nacked=request.response_nonce), frozenset()
+        return Decision.NACK, replace(state, error=request.error), frozenset()
     if request.response_nonce and request.response_nonce == watched.nonce_sent:
-        state = replace(
-            state, nonce_acked=request.response_nonce, version_acked=watched.version_sent, error=None, acked_at=now
-        )
+        state = replace(state, nonce_acked=request.response_nonce, version_acked=watched.version_sent, error=None)
         return (Decision.NAMES_CHANGED if added else Decision.ACK), state, added
     if not request.response_nonce:
         return Decision.RECONNECT, state, added

@@ -42,7 +42,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
             initial_versions=dict(request.initial_resource_versions),
             error=error_detail(request),
         )
-        decision, state, added = should_respond_delta(conn.watched.get(type_url), view, now=time.time())
+        decision, state, added = should_respond_delta(conn.watched.get(type_url), view)
         if not self.record(type_url, decision, state):
             return
         snapshot = self.service.snapshot()
@@ -88,7 +88,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         await self.write(payload)
         now_known = {name: v for name, v in known.items() if name not in removed}
         now_known.update((r.name, r.version) for r in resources)
-        sent = conn.watched[type_url].sent(nonce=nonce, version=version, now=time.time())
+        sent = conn.watched[type_url].sent(nonce=nonce, version=version)
         conn.watched[type_url] = replace(sent, known=MappingProxyType(now_known))
         HOOKS.response(
             conn,

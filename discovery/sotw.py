@@ -41,7 +41,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             error=error_detail(request),
         )
         previous = conn.watched.get(type_url)
-        decision, state = should_respond(previous, view, now=time.time())
+        decision, state = should_respond(previous, view)
         if not self.record(type_url, decision, state):
             return
         snapshot = self.service.snapshot()
@@ -76,9 +76,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         ).SerializeToString()
         payload = b"".join(g.blob for g in generated.groups) + header
         await self.write(payload)
-        conn.watched[type_url] = conn.watched[type_url].sent(
-            nonce=nonce, version=snapshot_version, now=time.time(), content=content
-        )
+        conn.watched[type_url] = conn.watched[type_url].sent(nonce=nonce, version=snapshot_version, content=content)
         HOOKS.response(
             conn,
             type_url,

@@ -42,11 +42,11 @@ SENT = Watched(type_url=ENDPOINT, names=frozenset({"a"}), nonce_sent="n1", versi
     ],
 )
 def test_sotw_should_respond(previous: Watched | None, req: SotwRequest, decision: Decision) -> None:
-    got, state = should_respond(previous, req, now=1.0)
+    got, state = should_respond(previous, req)
     assert got is decision
     assert got.respond == (decision in (Decision.INITIAL, Decision.NAMES_CHANGED, Decision.RECONNECT))
     if decision is Decision.ACK:
-        assert state.nonce_acked == "n1" and state.acked_at == 1.0
+        assert state.nonce_acked == "n1"
     if decision is Decision.NACK:
         assert state.error == "bad"
     if decision is Decision.STALE:
@@ -54,19 +54,19 @@ def test_sotw_should_respond(previous: Watched | None, req: SotwRequest, decisio
 
 
 def test_sotw_wildcard_types_treat_empty_and_star_as_everything() -> None:
-    _, empty = should_respond(None, SotwRequest(type_url=CLUSTER), now=0)
-    _, star = should_respond(None, SotwRequest(type_url=CLUSTER, resource_names=("*",)), now=0)
-    _, named_eds = should_respond(None, SotwRequest(type_url=ENDPOINT), now=0)
+    _, empty = should_respond(None, SotwRequest(type_url=CLUSTER))
+    _, star = should_respond(None, SotwRequest(type_url=CLUSTER, resource_names=("*",)))
+    _, named_eds = should_respond(None, SotwRequest(type_url=ENDPOINT))
     assert empty.wildcard and star.wildcard and not named_eds.wildcard
 
 
 def test_ack_after_nack_clears_the_error_and_status_follows() -> None:
     _, nacked = should_respond(
-        SENT, SotwRequest(type_url=ENDPOINT, resource_names=("a",), response_nonce="n1", error="x"), now=0
+        SENT, SotwRequest(type_url=ENDPOINT, resource_names=("a",), response_nonce="n1", error="x")
     )
     assert sync_status(nacked) is SyncStatus.NACKED
-    resent = nacked.sent(nonce="n2", version="v2", now=0)
-    _, acked = should_respond(resent, SotwRequest(type_url=ENDPOINT, resource_names=("a",), response_nonce="n2"), now=0)
+    resent = nacked.sent(nonce="n2", version="v2")
+    _, acked = should_respond(resent, SotwRequest(type_url=ENDPOINT, resource_names=("a",), response_nonce="n2"))
     assert sync_status(acked) is SyncStatus.SYNCED and acked.error is None
     assert sync_status(None) is SyncStatus.NOT_SENT
     assert sync_status(replace(acked, nonce_sent="n3")) is SyncStatus.STALE
@@ -97,14 +97,14 @@ DELTA_SENT = Watched(type_url=ENDPOINT, names=frozenset({"a"}), nonce_sent="n1",
     ],
 )
 def test_delta_should_respond(req: DeltaRequest, decision: Decision, names: set[str], added: set[str]) -> None:
-    got, state, new = should_respond_delta(DELTA_SENT, req, now=0)
+    got, state, new = should_respond_delta(DELTA_SENT, req)
     assert (got, set(state.names), set(new)) == (decision, names, added)
     if "a" in req.unsubscribe:
         assert "a" not in state.known
 
 
 def test_delta_first_request_keeps_initial_versions() -> None:
-    got, state, added = should_respond_delta(None, DeltaRequest(type_url=CLUSTER, initial_versions={"c": "v"}), now=0)
+    got, state, added = should_respond_delta(None, DeltaRequest(type_url=CLUSTER, initial_versions={"c": "v"}))
     assert got is Decision.INITIAL and state.wildcard and dict(state.known) == {"c": "v"} and added == frozenset()
 
 
