@@ -49,8 +49,8 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         generated = generator.generate(self.context(snapshot, None), state)
         await self._send(type_url, generated, state, None, force=decision is not Decision.NAMES_CHANGED, added=added)
 
-    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
-        await self._send(type_url, generated, watched, request, force=False, added=frozenset())
+    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
+        return await self._send(type_url, generated, watched, request, force=False, added=frozenset())
 
     async def _send(
         self,
@@ -61,7 +61,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         *,
         force: bool,
         added: frozenset[str],
-    ) -> None:
+    ) -> bool:
         conn = self.conn
         assert conn is not None
         started = time.perf_counter()
@@ -74,7 +74,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         ]
         removed = _removed(watched, generated, added)
         if not resources and not removed and not force:
-            return
+            return False
         version = str(self.service.snapshot().version)
         nonce = self.service.nonce()
         header = discovery_pb2.DeltaDiscoveryResponse(
@@ -97,6 +97,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
             elapsed=time.perf_counter() - started,
             since=time.monotonic() - request.start if request is not None else None,
         )
+        return True
 
 
 def _removed(watched: Watched, generated: Generated, added: Iterable[str]) -> set[str]:

@@ -54,7 +54,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             generated = generator.generate(ctx, state)
         await self.send(type_url, generated, state, None)
 
-    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
+    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
         conn = self.conn
         assert conn is not None
         wildcard = type_url in WILDCARD_TYPES and generated.complete
@@ -64,7 +64,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             # not rejected: it has that config already. (After a NACK a push sends again, as Istio does:
             # what was rejected may now be accepted, e.g. once a cluster it names exists.)
             HOOKS.unchanged(conn, type_url)
-            return
+            return False
         started = time.perf_counter()
         snapshot_version = str(self.service.snapshot().version)
         nonce = self.service.nonce()
@@ -84,3 +84,4 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             elapsed=time.perf_counter() - started,
             since=time.monotonic() - request.start if request is not None else None,
         )
+        return True

@@ -160,7 +160,8 @@ class StreamBase(Generic[R]):
     async def handle(self, request: R) -> None:
         raise NotImplementedError
 
-    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> None:
+    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
+        """Send `generated` for `type_url`; False if nothing was sent (the client already has it)."""
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -316,8 +317,8 @@ class StreamBase(Generic[R]):
                 continue
             if not generator.needs_push(request, ctx.view, watched):
                 continue
-            await self.send(type_url, generator.generate(ctx, watched), watched, request)
-            pushed = True
+            if await self.send(type_url, generator.generate(ctx, watched), watched, request):
+                pushed = True
         if pushed:
             self.conn.pushes += 1
 

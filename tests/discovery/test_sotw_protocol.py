@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -23,6 +24,14 @@ from tests.discovery.harness import API, WEB, XdsHarness, node, web_and_api
 async def xds() -> AsyncIterator[XdsHarness]:
     async with web_and_api(web_ips=["10.1.0.1", "10.1.0.2"]) as harness:
         yield harness
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
 
 
 def names(response: object, message: type) -> list[str]:
@@ -79,6 +88,19 @@ async def test_a_reconnected_eds_subscription_gets_every_assignment_again(xds: X
     await client.request(ENDPOINT, [WEB, API], version="1")
     response = await client.recv()
     assert sorted(names(response, endpoint_pb2.ClusterLoadAssignment)) == [API, WEB]
+
+
+async def test_a_push_with_nothing_new_for_the_client_sends_nothing_and_counts_no_push(xds: XdsHarness) -> None:
+    client = xds.sotw()
+    await client.request(LISTENER)
+    await client.ack(await client.recv())
+    before = metrics.unchanged.get("lds")
+    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))  # HTTP on port 80: no listener changes
+    await until(lambda: metrics.unchanged.get("lds") == before + 1)
+    await client.request(CLUSTER)
+    assert (await client.recv()).type_url == CLUSTER  # the first response since: no LDS came in between
+    (status,) = xds.service.syncz()
+    assert status["pushes"] == 0 and status["types"]["LDS"]["status"] == "SYNCED"
 
 
 async def test_a_grown_rds_subscription_is_answered_with_the_added_route_configuration(xds: XdsHarness) -> None:
