@@ -101,6 +101,9 @@ async def test_a_push_with_nothing_new_for_the_client_sends_nothing_and_counts_n
     assert (await client.recv()).type_url == CLUSTER  # the first response since: no LDS came in between
     (status,) = xds.service.syncz()
     assert status["pushes"] == 0 and status["types"]["LDS"]["status"] == "SYNCED"
+    xds.apply(m.service("db", cluster_ip="10.96.0.8", port=5432, port_name="tcp"))  # a new listener: pushed
+    assert [(await client.recv()).type_url for _ in range(2)] == [CLUSTER, LISTENER]  # one push, two types
+    await until(lambda: xds.service.syncz()[0]["pushes"] == 1)  # counted once the push is done
 
 
 async def test_a_grown_rds_subscription_is_answered_with_the_added_route_configuration(xds: XdsHarness) -> None:
