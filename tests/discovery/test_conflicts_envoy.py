@@ -137,7 +137,7 @@ def test_envoy_rejects_nothing_and_a_later_service_still_arrives(
             timeout=30,
             what="the later Service's virtual host",
         )
-        assert "10.96.50.9:80" in routes
+        assert '"10.96.50.9"' in routes
         assert rejected(envoy.stats()) == {}, envoy.logs()
     finally:
         envoy.stop()

@@ -171,6 +171,15 @@ def test_short_name_domains_only_for_proxies_in_the_same_namespace() -> None:
     assert here.virtual_hosts[-1].name == "allow_any"
 
 
+def test_sidecar_domains_carry_no_port_and_envoy_is_told_to_ignore_the_hosts_port() -> None:
+    route = base_world().generate(proxy(), ROUTE, ["80"])["80"]
+    assert isinstance(route, route_pb2.RouteConfiguration)
+    assert route.ignore_port_in_host_matching  # `web:80` matches the domain `web`
+    domains = list(route.virtual_hosts[0].domains)
+    assert domains[:4] == ["web.default.svc.cluster.local", "web.default.svc", "web.default", "web"]
+    assert not [d for d in domains if ":" in d]
+
+
 def test_service_routes_retry_another_host_as_istio_does_by_default() -> None:
     route = base_world().generate(proxy(), ROUTE, ["80"])["80"]
     assert isinstance(route, route_pb2.RouteConfiguration)
