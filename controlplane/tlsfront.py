@@ -65,7 +65,7 @@ class FrontTuning:
       and to the internal server: how much it may hold per stream / connection before backpressure;
     - `buffer_limit`: bytes Envoy buffers per connection, either side, before it stops reading.
 
-    Measured with bench/xds --secure (1,000 proxies, 1,000 services: one push is ~1.9 MB per proxy,
+    Measured with bench/xds --secure (1,000 proxies, 1,000 services: one push was then ~1.9 MB per proxy,
     ~1.9 GB through Envoy). CPU seconds per push on a busy shared 2-core machine, means of 7-8 runs:
 
     - `buffer_limit` 256 KiB: Envoy stops reading the internal stream whenever a client connection's
