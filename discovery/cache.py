@@ -12,6 +12,16 @@ proxies receive together (all outbound clusters, say).
 by entry count and by approximate bytes (serialized sizes plus a per-entry and per-name estimate
 of what Python adds, keys included), so resources of deleted services, and of names a client made
 up, age out and the cache never holds much more than its byte budget.
+
+A group is worth keeping only when more than one stream asks for it: a subscription no other
+proxy shares (a client's own list of names) would otherwise take a cache entry per change and fill
+the byte budget with groups nobody asks for again. So a group is kept from the second time its key
+is asked for; the first time only the key's hash is remembered (a bounded set). And groups are
+keyed by the model versions they were built from, so every model change leaves a generation nobody
+will ask for again: `advance(version)`, called on each model change, drops the groups used in
+neither the new version's time nor the one before (a push still running on the previous snapshot
+keeps its groups). The cache holds what the last two model versions shared, not the last 128 MiB
+of history.
 """
 
 from __future__ import annotations
@@ -153,11 +163,18 @@ class XdsCache:
         self.max_resource_bytes = max_resource_bytes
         self.max_group_bytes = max_group_bytes
         self._resources: OrderedDict[tuple[str, str, Hashable], tuple[Hashable, Resource, int]] = OrderedDict()
-        self._groups: OrderedDict[Hashable, tuple[ResourceGroup, int]] = OrderedDict()
+        # key -> (group, approximate bytes, the model version when it was last used); least recently
+        # used first, so the last-used versions never decrease along the order.
+        self._groups: OrderedDict[Hashable, tuple[ResourceGroup, int, int]] = OrderedDict()
         self.resource_bytes = 0
         self.group_bytes = 0
         self.hits = 0
         self.misses = 0
+        self._asked_once: OrderedDict[int, None] = OrderedDict()  # hashes of group keys built once, not kept
+        self.max_asked_once = 4 * max_groups
+        self.version = 0  # the latest model version `advance` was told of
+        self._previous = 0  # the one before it: groups last used before this are dropped
+        self.retired = 0  # groups dropped by `advance`
 
     def resource(
         self,
@@ -190,20 +207,41 @@ class XdsCache:
         return resource
 
     def group(self, key: Hashable, build: Callable[[], Sequence[Resource]]) -> ResourceGroup:
-        """The group for `key`, building (and joining) it on a miss."""
+        """The group for `key`, building (and joining) it on a miss; kept from the second time `key` is asked for."""
         found = self._groups.get(key)
         if found is not None:
             self.hits += 1
+            self._groups[key] = (found[0], found[1], self.version)
             self._groups.move_to_end(key)
             return found[0]
         self.misses += 1
         group = ResourceGroup(build())
+        asked = hash(key)
+        if asked not in self._asked_once:  # the first time: remember the key, keep the group only if asked again
+            self._asked_once[asked] = None
+            if len(self._asked_once) > self.max_asked_once:
+                self._asked_once.popitem(last=False)
+            return group
+        del self._asked_once[asked]
         size = _group_bytes(key, group)
-        self._groups[key] = (group, size)
+        self._groups[key] = (group, size, self.version)
         self.group_bytes += size
         while self._groups and (len(self._groups) > self.max_groups or self.group_bytes > self.max_group_bytes):
             self.group_bytes -= self._groups.popitem(last=False)[1][1]
         return group
+
+    def advance(self, version: int) -> None:
+        """The model moved to `version`: drop the groups last used before the previous version."""
+        if version <= self.version:
+            return
+        self._previous, self.version = self.version, version
+        while self._groups:
+            key, (_, size, used) = next(iter(self._groups.items()))
+            if used >= self._previous:
+                break
+            del self._groups[key]
+            self.group_bytes -= size
+            self.retired += 1
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -213,9 +251,11 @@ class XdsCache:
             "group_bytes": self.group_bytes,
             "hits": self.hits,
             "misses": self.misses,
+            "retired": self.retired,
         }
 
     def clear(self) -> None:
         self._resources.clear()
         self._groups.clear()
+        self._asked_once.clear()
         self.resource_bytes = self.group_bytes = 0

@@ -116,6 +116,7 @@ class DiscoveryService:
 
     # -- pushes --------------------------------------------------------------------------------
     def _on_change(self, change: ModelChange) -> None:
+        self.cache.advance(change.version)
         request = PushRequest.from_change(change)
         hosts = request.of_kind(UpdateKind.ENDPOINTS)
         if hosts:

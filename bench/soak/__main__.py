@@ -18,7 +18,9 @@ Reported: RSS of the server process, of its CA worker processes (summed) and of 
 end (median of the last three samples, one every 5 s); the longest `/ready` wait and how many
 exceeded 250 ms; requests and errors per kind. Bounds: each RSS at the end within 10% of its
 after-warm-up value, no `/ready` wait over 250 ms, no errors. Prints a table, writes
-bench/results/soak-<time>.json with the core count, and exits 1 when a bound is broken.
+bench/results/soak-<time>.json with the core count, and exits 1 when a bound is broken. Every
+30 s the RSS sample also records the xDS cache's entries and bytes (`/debug/registryz`), so a
+growth can be told apart from the cache filling towards its bounds.
 
 On a shared machine other work adds noise to both RSS and waits; the result records the load
 average at the start and the end. To find what holds the event loop when `/ready` waits,
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -59,6 +62,7 @@ from tests.helpers.serve import Running, meshplane_cmd, start_serve
 GC_BOOT = """
 import gc, runpy, sys, time
 started = [0.0]
+
 def watch(phase, info):
     if phase == "start":
         started[0] = time.perf_counter()
@@ -72,6 +76,17 @@ runpy.run_module("controlplane", run_name="__main__")
 STALL_BOUND = 0.250
 RSS_BOUND = 0.10
 SAMPLE_EVERY = 5.0
+CACHE_EVERY = 6  # every 6th RSS sample also records the xDS cache's size (/debug/registryz)
+
+
+def _cache_stats(http_url: str) -> dict[str, Any] | None:
+    """The xDS cache's entries and bytes from `/debug/registryz`; None when it does not answer in 5 s."""
+    try:
+        with urllib.request.urlopen(f"{http_url}/debug/registryz", timeout=5) as resp:
+            stats: dict[str, Any] = json.loads(resp.read())["cache"]
+            return stats
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _spawn(stderr: pathlib.Path, module: str, *args: str) -> subprocess.Popen[bytes]:
@@ -170,6 +185,8 @@ def run(a: argparse.Namespace, tmp: pathlib.Path) -> dict[str, Any]:
                 raise SystemExit(f"meshplane serve exited with {running.proc.returncode}:\n{running.logs()[-3000:]}")
             if now >= next_sample:
                 samples.append({"t": round(now - started, 1), **rss.sample()})
+                if len(samples) % CACHE_EVERY == 1:
+                    samples[-1]["xds_cache"] = _cache_stats(running.http_url)
                 next_sample = now + SAMPLE_EVERY
             if now >= next_edit:
                 mesh.edit()

@@ -27,6 +27,7 @@ from discovery.connection import Connection, LogThrottle, StreamLimits, canonica
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
 from tests.discovery.harness import TIMEOUT, XdsHarness, node
+from tests.discovery.harness import cluster_names as cluster_names_of
 
 LIMITS = StreamLimits()
 
@@ -156,10 +157,76 @@ def test_caches_are_bounded_by_bytes_as_well_as_entries() -> None:
         cache.resource(ENDPOINT, name, key=1, build=lambda n=name: endpoint_pb2.ClusterLoadAssignment(cluster_name=n))
     for index in range(200):
         names = canonical(cluster_names(50, prefix=f"g{index}"))
-        cache.group(("eds", names), lambda: [])
+        for _ in range(2):  # a group is kept once asked for twice
+            cache.group(("eds", names), lambda: [])
     stats = cache.stats()
     assert 0 < stats["resource_bytes"] <= 64 * 1024 and stats["resources"] < 5_000
     assert 0 < stats["group_bytes"] <= 64 * 1024 and stats["groups"] < 200
+
+
+def test_a_group_is_kept_from_the_second_time_it_is_asked_for() -> None:
+    cache = XdsCache()
+    first = cache.group("shared", lambda: [])
+    assert cache.stats()["groups"] == 0  # one stream's own subscription never takes an entry
+    second = cache.group("shared", lambda: [])
+    assert second is not first and cache.stats()["groups"] == 1
+    assert cache.group("shared", lambda: []) is second and cache.stats()["hits"] == 1
+
+
+def test_a_model_change_retires_the_groups_unused_since_the_version_before() -> None:
+    cache = XdsCache()
+
+    def use(key: str) -> None:
+        cache.group(key, lambda: [])
+        cache.group(key, lambda: [])
+
+    use("old")  # used at version 0 only
+    cache.advance(5)
+    use("kept")  # used at 5
+    assert cache.stats()["groups"] == 2  # "old" was used in the version before 5: a push may still need it
+    cache.advance(6)
+    assert cache.stats()["groups"] == 1 and cache.stats()["retired"] == 1
+    cache.group("kept", lambda: [])  # a hit at 6 keeps it for one more change
+    cache.advance(3)  # an older version changes nothing
+    cache.advance(7)
+    assert cache.stats()["groups"] == 1
+    cache.advance(8)
+    assert cache.stats() | {"hits": 0, "misses": 0} == {
+        "resources": 0,
+        "groups": 0,
+        "resource_bytes": 0,
+        "group_bytes": 0,
+        "hits": 0,
+        "misses": 0,
+        "retired": 2,
+    }
+
+
+async def test_subscriptions_no_one_shares_take_no_cache_entries(xds: XdsHarness) -> None:
+    for index in range(30):  # proxies connecting one after another, each with its own list of clusters
+        client = xds.sotw(node(f"p{index}"))
+        await client.request(ENDPOINT, cluster_names(20, prefix=f"own{index}"))
+        assert len((await client.recv()).resources) == 20
+        await client.close()
+    assert xds.service.cache.stats()["groups"] == 0
+
+
+async def test_shared_groups_of_old_model_versions_are_dropped(xds: XdsHarness) -> None:
+    clients = [xds.sotw(node(f"p{i}")) for i in range(2)]  # two proxies share the clusters
+    responses = []
+    for client in clients:
+        await client.request(CLUSTER)
+        responses.append(await client.recv())
+    for change in range(10):
+        xds.apply(m.service(f"added-{change}", cluster_ip=f"10.96.9.{change + 1}"))
+        for index, client in enumerate(clients):
+            await client.ack(responses[index])
+            responses[index] = await client.recv()
+            assert f"outbound|80||added-{change}.default.svc.cluster.local" in cluster_names_of(responses[index])
+    assert xds.service.cache.version == xds.registry.version
+    # Every change built the shared groups again; those of versions no push can use any more were dropped.
+    stats = xds.service.cache.stats()
+    assert stats["groups"] <= 6 and stats["retired"] >= 8, stats
 
 
 def test_a_subscription_is_shared_while_used_and_forgotten_after() -> None:
