@@ -11,6 +11,8 @@ import pathlib
 import socket
 import ssl
 import stat
+import subprocess
+import tempfile
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -170,6 +172,52 @@ async def test_the_internal_server_listens_only_on_private_unix_sockets(front: F
         mode = (private / name).stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
     assert listening_tcp_ports_of_this_process() == set(), "the internal server must not take a TCP port"
+
+
+NOBODY = 65534
+CONNECT = "import socket, sys\nsocket.socket(socket.AF_UNIX).connect(sys.argv[1])\nprint('connected')"
+
+
+def connect_as_nobody(path: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    """A Unix-socket connect to `path` by another local user (the system Python, which any user may run)."""
+    return subprocess.run(
+        ["/usr/bin/python3", "-c", CONNECT, str(path)],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def socket_anyone_may_use(directory: pathlib.Path) -> socket.socket:
+    """A listening Unix socket at `directory/control.sock`, directory and socket open to every user."""
+    directory.chmod(0o755)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(directory / "control.sock"))
+    listener.listen()
+    (directory / "control.sock").chmod(0o777)
+    return listener
+
+
+async def test_another_local_user_cannot_reach_the_internal_server(front: Front) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a connect as another user")
+    private = front.servers.private_dir
+    assert private is not None
+    # the same connect reaches a socket that user may use: what refuses it below is the private directory
+    with tempfile.TemporaryDirectory(prefix="meshplane-open-") as open_dir:
+        listener = socket_anyone_may_use(pathlib.Path(open_dir))
+        try:
+            control = await asyncio.to_thread(connect_as_nobody, pathlib.Path(open_dir) / "control.sock")
+            assert control.stdout.strip() == "connected", control.stderr
+        finally:
+            listener.close()
+    for name in ("grpc.sock", "sds.sock"):
+        bypass = await asyncio.to_thread(connect_as_nobody, private / name)
+        assert bypass.returncode != 0 and "PermissionError" in bypass.stderr, bypass
 
 
 def listening_tcp_ports_of_this_process() -> set[int]:

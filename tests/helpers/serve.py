@@ -43,14 +43,6 @@ ADDR_FLAGS = {
 }
 
 
-def free_port() -> int:
-    """A port that was free a moment ago. Racy: prefer port 0 read back from the bound socket, or
-    `closed_port()`; kept for callers that still pick ports before a program starts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def closed_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A port on `host` where connections are refused, and stay refused while the block runs.

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from controlplane.kube.client import KubeApi, KubeApiError
-from tests.helpers.serve import free_port, start_serve
+from tests.helpers.serve import closed_port, start_serve
 from tests.kubesim.admission import Attributes, rule_matches
 from tests.kubesim.fixtures import Kubectl
 from tests.kubesim.resources import RESOURCES
@@ -214,24 +214,25 @@ async def test_denial_reaches_kubectl_with_the_webhooks_message(
 async def test_webhook_down_fails_the_create_unless_failure_policy_is_ignore(
     kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
 ) -> None:
-    port = free_port()  # nothing listens here
-    down = {"url": f"https://127.0.0.1:{port}/inject", "caBundle": webhook.ca_bundle}
-    kubesim.create_object(configuration("MutatingWebhookConfiguration", "down", hook("down.example.com", down)))
-    with pytest.raises(KubeApiError) as failed:
-        await create_pod(kube_api, "default", pod("p1"))
-    assert failed.value.status == 500 and failed.value.reason == "InternalError"
-    assert failed.value.message == (
-        'Internal error occurred: failed calling webhook "down.example.com": failed to call webhook: '
-        f'Post "https://127.0.0.1:{port}/inject?timeout=10s": dial tcp 127.0.0.1:{port}: connect: connection refused'
-    )
-    config = kubesim.get_object("mutatingwebhookconfigurations", "", "down", group="admissionregistration.k8s.io")
-    assert config is not None
-    config["webhooks"][0]["failurePolicy"] = "Ignore"
-    await kube_api.request(
-        "PUT", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/down", body=config
-    )
-    created = await create_pod(kube_api, "default", pod("p1"))
-    assert created["metadata"]["name"] == "p1"
+    with closed_port() as port:  # bound, never listening: connections are refused
+        down = {"url": f"https://127.0.0.1:{port}/inject", "caBundle": webhook.ca_bundle}
+        kubesim.create_object(configuration("MutatingWebhookConfiguration", "down", hook("down.example.com", down)))
+        with pytest.raises(KubeApiError) as failed:
+            await create_pod(kube_api, "default", pod("p1"))
+        assert failed.value.status == 500 and failed.value.reason == "InternalError"
+        assert failed.value.message == (
+            'Internal error occurred: failed calling webhook "down.example.com": failed to call webhook: '
+            f'Post "https://127.0.0.1:{port}/inject?timeout=10s": '
+            f"dial tcp 127.0.0.1:{port}: connect: connection refused"
+        )
+        config = kubesim.get_object("mutatingwebhookconfigurations", "", "down", group="admissionregistration.k8s.io")
+        assert config is not None
+        config["webhooks"][0]["failurePolicy"] = "Ignore"
+        await kube_api.request(
+            "PUT", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/down", body=config
+        )
+        created = await create_pod(kube_api, "default", pod("p1"))
+        assert created["metadata"]["name"] == "p1"
 
 
 async def test_a_certificate_the_ca_bundle_does_not_sign_is_a_call_failure(
