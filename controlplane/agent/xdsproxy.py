@@ -7,8 +7,10 @@ Each downstream ADS stream (State of the World) gets one upstream stream at a ti
 address, over mTLS with the workload certificate current when it connects (so rotations are used).
 Requests go up, responses come down; the latest request of every type is remembered.
 
-When the upstream stream fails with UNAVAILABLE or DEADLINE_EXCEEDED, or the server ends it, the
-downstream stream stays open: the proxy logs once what it waits for and reconnects with a short
+When the upstream stream fails with UNAVAILABLE, DEADLINE_EXCEEDED or INTERNAL, or the server ends
+it, the downstream stream stays open (INTERNAL is what gRPC reports for a stream reset mid-response,
+RST_STREAM INTERNAL_ERROR, which the control plane's TLS front end sends when the process behind it
+dies; the control plane itself never refuses with it): the proxy logs once what it waits for and reconnects with a short
 jittered backoff (0.2 s doubling to 2 s). On reconnect it replays the latest request of every type,
 the node on the first, with version_info but without response_nonce and error_detail: the new server
 sent no nonce yet, so it answers each as a reconnect, with full state. Requests that arrive while the
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 ADS_METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
 SOCKET_NAME = "XDS"  # as Istio's agent names it, in the proxy dir
-RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
 
 Status = tuple[grpc.StatusCode, str]  # how a downstream stream ends
 
