@@ -28,7 +28,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.agent.caclient import CaClient
 from controlplane.agent.secrets import SecretManager
-from controlplane.agent.xdsproxy import ADS_METHOD, XdsProxy, XdsProxyError, upstream_request
+from controlplane.agent.xdsproxy import ADS_METHOD, ADS_SERVICE, XdsProxy, XdsProxyError, upstream_request
 from controlplane.demo.status import get_json, syncz_by_proxy
 from tests.agent.conftest import pick_loopback
 from tests.agent.test_proxyless_agent import (
@@ -41,6 +41,7 @@ from tests.agent.test_proxyless_agent import (
 )
 from tests.certs.test_e2e_serve import token
 from tests.discovery import meshdata as m
+from tests.discovery.pki import Leaf, MeshRoot
 from tests.e2e.envoyproxy import wait_for
 from tests.helpers.serve import SERVER_NAME, Running, restart_serve, start_serve
 
@@ -333,6 +334,69 @@ async def test_stream_survives_a_restart_and_a_stale_nack_is_not_held_against_th
     await asyncio.to_thread(
         wait_for, lambda: not sync_state(plane.running, "client-1.shop"), what="the upstream stream to close"
     )
+
+
+class FixedSecrets:
+    """What XdsProxy reads from the SecretManager: one workload certificate and its root, never rotated."""
+
+    def __init__(self, root: MeshRoot, leaf: Leaf) -> None:
+        self.credential = type("Credential", (), {"key_pem": leaf.key_pem, "chain_pem": leaf.cert_pem})()
+        self.bundle = type("Bundle", (), {"pem": root.pem})()
+        self.version = 1
+
+    async def wait_change(self, version: int) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_stream_reset_mid_response_is_retried_and_the_client_stream_stays_open(workdir: pathlib.Path) -> None:
+    root = MeshRoot()
+    server_leaf = root.issue("spiffe://cluster.local/ns/istio-system/sa/istiod", dns="istiod.test")
+    calls = 0
+
+    async def upstream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        nonlocal calls
+        calls += 1
+        async for _ in requests:  # the replayed or first request
+            break
+        if calls == 1:  # a response, then the stream is reset (as the TLS front end does when the process dies)
+            yield discovery_pb2.DiscoveryResponse(type_url=LDS, version_info="1", nonce="first")
+            await context.abort(grpc.StatusCode.INTERNAL, "Stream removed")
+        yield discovery_pb2.DiscoveryResponse(type_url=LDS, version_info="2", nonce="second")
+        await asyncio.Event().wait()
+
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(
+        upstream,
+        request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+        response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(ADS_SERVICE, {"StreamAggregatedResources": handler}),)
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(server_leaf.key_pem, server_leaf.cert_pem)], root_certificates=root.pem, require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    client_leaf = root.issue(f"spiffe://cluster.local/ns/{NS}/sa/client")
+    proxy = XdsProxy(
+        secrets=FixedSecrets(root, client_leaf),  # type: ignore[arg-type]
+        address=f"127.0.0.1:{port}",
+        server_name="istiod.test",
+        path=workdir / "XDS",
+        backoff=(0.05, 0.1),
+    )
+    await proxy.start()
+    try:
+        async with ads(proxy) as call:
+            await call.write(request(LDS, [LISTENER], with_node=True))
+            first = await asyncio.wait_for(call.read(), 30)
+            second = await asyncio.wait_for(call.read(), 30)  # not the reset: the proxy reconnected
+            assert (first.nonce, second.nonce) == ("first", "second")
+        assert calls == 2
+    finally:
+        await proxy.stop()
+        await server.stop(0)
 
 
 async def test_a_refused_stream_ends_with_the_servers_status(proxied: tuple[ControlPlane, XdsProxy]) -> None:

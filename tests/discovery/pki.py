@@ -56,11 +56,15 @@ class MeshRoot:
             .not_valid_after(self._now + dt.timedelta(days=1))
         )
 
-    def issue(self, spiffe: str) -> Leaf:
+    def issue(self, spiffe: str, *, dns: str | None = None) -> Leaf:
+        """A leaf for `spiffe`; with `dns`, also that DNS name (a server certificate gRPC checks by name)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe)]
+        if dns is not None:
+            names.append(x509.DNSName(dns))
         cert = (
             self._builder(x509.Name([]), key.public_key())
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
