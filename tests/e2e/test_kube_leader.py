@@ -179,7 +179,11 @@ async def test_one_leader_writes_restores_and_hands_over(
     )
     await kubectl.run("delete", "configmap", "istio-ca-root-cert", "-n", "apps")
     await eventually(all_written, what="the new leader recreating the ConfigMap")
-    assert any("istio-ca-root-cert" in line for line in replicas.wrote("istiod-b"))
+    # The object is in the API before the writer's log line about it: wait for the line.
+    await eventually(
+        lambda: any("istio-ca-root-cert" in line for line in replicas.wrote("istiod-b")),
+        what="istiod-b logging that it recreated the ConfigMap",
+    )
 
     # SIGTERM: the leader releases the Lease on its way out and a follower takes it at once.
     c = await replicas.start("istiod-c")
