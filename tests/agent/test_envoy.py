@@ -154,8 +154,10 @@ async def test_envoy_without_a_control_plane_starts_but_is_not_ready(
 
 @pytest.mark.usefixtures("agent_status")
 async def test_envoy_gets_config_over_tls_from_meshplane_and_turns_ready(
-    supervise: Supervise, serve: Running, sds_socket: pathlib.Path, loopback: str, workdir: pathlib.Path
+    serve: Running, sds_socket: pathlib.Path, supervise: Supervise, loopback: str, workdir: pathlib.Path
 ) -> None:
+    # `supervise` after `serve`: the Envoys stop first, so serve has no open streams to wait out
+    # its grace period for (10 s, like istiod's --shutdownDuration).
     discovery = serve.addr("secure-grpc")
     good, wrong = workdir / "good.json", workdir / "wrong-san.json"
     write(params(loopback, workdir, discovery_address=discovery, sds_socket=str(sds_socket)), good)
