@@ -6,6 +6,7 @@ new certificate into that same context, so new handshakes get it while open conn
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
@@ -38,7 +39,8 @@ class ServingCertificate:
         self._context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.chain: list[x509.Certificate] = []
         self.key_pem = b""
-        self.generation = 0  # bumped on every reissue; gRPC's dynamic credentials poll it
+        self.generation = 0  # bumped on every reissue
+        self._reissued = asyncio.Event()  # set (and replaced) by every reissue
         self.reissue()
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -47,6 +49,12 @@ class ServingCertificate:
     @property
     def not_after(self) -> dt.datetime:
         return self.chain[0].not_valid_after_utc
+
+    async def wait_reissued(self, seen: int) -> int:
+        """The generation, once it is no longer `seen`."""
+        while self.generation == seen:
+            await self._reissued.wait()
+        return self.generation
 
     def root_pem(self) -> bytes:
         return self.authority.root_pem
@@ -69,6 +77,8 @@ class ServingCertificate:
             write_atomic(key_file, self.key_pem, mode=0o600)
             self._context.load_cert_chain(cert_file, key_file)
         self.generation += 1
+        reissued, self._reissued = self._reissued, asyncio.Event()
+        reissued.set()
         log.info(
             "serving certificate issued",
             extra={"hosts": ",".join(self.hosts), "not_after": self.not_after.isoformat()},

@@ -8,17 +8,14 @@ Unix socket in the front end's private directory, never on the secure port itsel
   serving authority's signer and intermediates, so a leaf from a plug-in intermediate verifies
   without the client sending the chain.
 
-A stream is answered with every requested secret on its first request and whenever the requested
-names change, and again whenever `ServingCertificate.generation` moves (a reissue at half-life or a
-new trust bundle), checked every `poll` seconds. ACKs get no answer; a NACK is logged. Names other
-than these two are logged and never answered.
+Streams are served by `controlplane.sdsstream`: every requested secret on the first request and
+whenever the requested names change, and again whenever the serving certificate is reissued (at
+half-life, or for a new trust bundle) and a secret differs.
+ACKs get no answer; a NACK is logged. Names other than these two are logged and never answered.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,12 +26,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from certs.pem import cert_pem
 from certs.serving import ServingCertificate
+from controlplane import sdsstream
 from controlplane.tlsfront import SERVING_SECRET, TRUST_SECRET
-
-log = logging.getLogger(__name__)
-
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 
 
 def trust_pem(serving: ServingCertificate) -> bytes:
@@ -66,72 +59,28 @@ def build_secret(name: str, serving: ServingCertificate) -> secret_pb2.Secret | 
 class FrontEndSecrets:
     """The SDS service (register it on the front end's private gRPC server)."""
 
-    def __init__(self, serving: ServingCertificate, *, poll: float = 0.2) -> None:
+    def __init__(self, serving: ServingCertificate) -> None:
         self.serving = serving
-        self.poll = poll
+        self.names = frozenset({SERVING_SECRET, TRUST_SECRET})
+
+    @property
+    def version(self) -> int:
+        return self.serving.generation
+
+    async def wait_change(self, seen: int) -> int:
+        return await self.serving.wait_reissued(seen)
+
+    def secret(self, name: str) -> secret_pb2.Secret | None:
+        return build_secret(name, self.serving)
 
     def register(self, server: grpc.aio.Server) -> None:
-        handlers = {
-            "StreamSecrets": grpc.stream_stream_rpc_method_handler(
-                self.stream_secrets,
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
-            )
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SDS_SERVICE, handlers),))
+        sdsstream.register(server, self.stream_secrets)
 
     async def stream_secrets(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for request in request_iterator:
-                    await requests.put(request)
-            finally:
-                await requests.put(None)
-
-        reader = asyncio.create_task(pump())
-        names: tuple[str, ...] = ()
-        sent_generation = -1
-        nonce = 0
-        getter: asyncio.Future[discovery_pb2.DiscoveryRequest | None] | None = None
-        try:
-            while True:
-                getter = getter or asyncio.ensure_future(requests.get())
-                done, _ = await asyncio.wait({getter}, timeout=self.poll)
-                request = getter.result() if done else ...  # `...`: no request, only look for a reissue
-                if done:
-                    getter = None
-                if request is None:
-                    return
-                if isinstance(request, discovery_pb2.DiscoveryRequest):
-                    if request.HasField("error_detail"):
-                        log.warning("secure port's Envoy rejected its secrets: %s", request.error_detail.message[:500])
-                    new_names = tuple(sorted(request.resource_names))
-                    if new_names != names:
-                        unknown = [n for n in new_names if n not in (SERVING_SECRET, TRUST_SECRET)]
-                        if unknown:
-                            log.warning("secure port's Envoy asked for unknown secrets: %s", ",".join(unknown))
-                        names, sent_generation = new_names, -1
-                generation = self.serving.generation
-                if names and generation != sent_generation:
-                    nonce += 1
-                    sent_generation = generation
-                    response = discovery_pb2.DiscoveryResponse(
-                        type_url=SECRET_TYPE, version_info=str(generation), nonce=str(nonce)
-                    )
-                    for name in names:
-                        secret = build_secret(name, self.serving)
-                        if secret is not None:
-                            response.resources.add().Pack(secret)
-                    yield response
-        finally:
-            if getter is not None:
-                getter.cancel()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        # An async generator itself: grpc.aio tells streaming handlers apart by their function type.
+        async for response in sdsstream.serve_stream(request_iterator, self, peer="secure port's Envoy"):
+            yield response

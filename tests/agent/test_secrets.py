@@ -22,8 +22,9 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.agent.caclient import CaClient
-from controlplane.agent.sds import SECRET_TYPE, SdsServer
+from controlplane.agent.sds import SdsServer
 from controlplane.agent.secrets import SecretManager
+from controlplane.sdsstream import SECRET_TYPE
 from tests.agent.conftest import refused_port
 from tests.certs.test_e2e_serve import token
 from tests.e2e.envoyproxy import make_identity
