@@ -16,17 +16,12 @@ ACKs get no answer; a NACK is logged. Names other than these two are logged and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
-from envoy.service.discovery.v3 import discovery_pb2
 
 from certs.pem import cert_pem
 from certs.serving import ServingCertificate
-from controlplane import sdsstream
+from controlplane.sdsstream import SecretDiscovery
 from controlplane.tlsfront import SERVING_SECRET, TRUST_SECRET
 
 
@@ -56,12 +51,15 @@ def build_secret(name: str, serving: ServingCertificate) -> secret_pb2.Secret | 
     return None
 
 
-class FrontEndSecrets:
+class FrontEndSecrets(SecretDiscovery):
     """The SDS service (register it on the front end's private gRPC server)."""
 
+    names = frozenset({SERVING_SECRET, TRUST_SECRET})
+    peer = "secure port's Envoy"
+
     def __init__(self, serving: ServingCertificate) -> None:
+        super().__init__()
         self.serving = serving
-        self.names = frozenset({SERVING_SECRET, TRUST_SECRET})
 
     @property
     def version(self) -> int:
@@ -72,15 +70,3 @@ class FrontEndSecrets:
 
     def secret(self, name: str) -> secret_pb2.Secret | None:
         return build_secret(name, self.serving)
-
-    def register(self, server: grpc.aio.Server) -> None:
-        sdsstream.register(server, self.stream_secrets)
-
-    async def stream_secrets(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        # An async generator itself: grpc.aio tells streaming handlers apart by their function type.
-        async for response in sdsstream.serve_stream(request_iterator, self, peer="secure port's Envoy"):
-            yield response

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
-from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane import sdsstream
 from controlplane.agent import metrics
 from controlplane.agent.secrets import SecretManager
 from controlplane.agent.unixgrpc import start_unix_server, stop_unix_server
+from controlplane.sdsstream import SecretDiscovery
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +53,14 @@ def build_secret(name: str, manager: SecretManager) -> secret_pb2.Secret | None:
     return None
 
 
-class SdsService:
-    """`envoy.service.secret.v3.SecretDiscoveryService`, State of the World only (`controlplane.sdsstream`)."""
+class SdsService(SecretDiscovery):
+    """The agent's secrets, as its SecretManager holds them."""
+
+    names = frozenset({CERT_SECRET, ROOT_SECRET})
 
     def __init__(self, manager: SecretManager) -> None:
+        super().__init__(on_sent=lambda name: metrics.SDS_PUSHES.labels(secret=name).inc())
         self.manager = manager
-        self.names = frozenset({CERT_SECRET, ROOT_SECRET})
-        self.streams = 0
 
     @property
     def version(self) -> int:
@@ -73,23 +71,6 @@ class SdsService:
 
     def secret(self, name: str) -> secret_pb2.Secret | None:
         return build_secret(name, self.manager)
-
-    def register(self, server: grpc.aio.Server) -> None:
-        sdsstream.register(server, self.stream_secrets)
-
-    async def stream_secrets(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        self.streams += 1
-        try:
-            async for response in sdsstream.serve_stream(
-                request_iterator, self, peer="Envoy", on_sent=lambda name: metrics.SDS_PUSHES.labels(secret=name).inc()
-            ):
-                yield response
-        finally:
-            self.streams -= 1
 
 
 class SdsServer:
