@@ -23,14 +23,13 @@ import json
 import os
 import pathlib
 import shlex
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_seed_workflow import all_meshed, helm, install_revision, pods, table
+from tests.e2e.workflow import all_meshed, cluster_kubectl, helm, install_revision, meshplane, pods, table
 from tests.kubesim.cluster import Cluster
 from tests.kubesim.fixtures import Kubectl, eventually
 
@@ -39,7 +38,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for networ
 OLD, NEW = "asm-1233-2", "asm-1234-1"
 NAMESPACE = "shop"
 TIMEOUT = 240.0
-MESHPLANE = pathlib.Path(sys.executable).parent / "meshplane"
 
 APPS = """
 apiVersion: apps/v1
@@ -101,9 +99,7 @@ async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 def kubectl(cluster: Cluster, tmp_path: pathlib.Path) -> Kubectl:
-    cache = tmp_path / "kubectl-cache"
-    cache.mkdir()
-    return Kubectl(kubeconfig=cluster.kubeconfig, cache_dir=cache, timeout=TIMEOUT)
+    return cluster_kubectl(cluster, tmp_path, timeout=TIMEOUT)
 
 
 @dataclass
@@ -180,19 +176,6 @@ async def traffic(cluster: Cluster) -> AsyncIterator[Traffic]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def meshplane(cluster: Cluster, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(MESHPLANE),
-        *args,
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode in (0, 79), f"meshplane {' '.join(args)} failed:\n{err.decode()}"
-    return proc.returncode or 0, out.decode()
 
 
 async def restart_advice(cluster: Cluster) -> dict[tuple[str, str], str]:

@@ -9,28 +9,22 @@ the ReplicaSet controller creates pods through admission, and the kubelet runs `
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pathlib
-import re
-import sys
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.charts.rbac import compare, rules_by_subject
+from tests.e2e.workflow import CHART, all_meshed, cluster_kubectl, helm, install_revision, meshplane, pods, table
 from tests.kubesim.cluster import Cluster
 from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.podnet import exec_in
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and iptables")
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "istiod"
-HELM = pathlib.Path(sys.executable).parent / "helm"
 REVISION = "asm-1233-2"
 SEED_TIMEOUT = 240.0
 
@@ -81,19 +75,6 @@ spec:
 """
 
 
-async def helm(cluster: Cluster, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(HELM),
-        *args,
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HELM_CACHE_HOME": str(cluster.state_dir / "helm")},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{err.decode()}"
-    return out.decode()
-
-
 @pytest.fixture
 async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
     async with Cluster(state_dir=tmp_path / "cluster") as running:
@@ -102,42 +83,7 @@ async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 def kubectl(cluster: Cluster, tmp_path: pathlib.Path) -> Kubectl:
-    cache = tmp_path / "kubectl-cache"
-    cache.mkdir()
-    return Kubectl(kubeconfig=cluster.kubeconfig, cache_dir=cache, timeout=SEED_TIMEOUT)
-
-
-async def install_revision(cluster: Cluster, kubectl: Kubectl, revision: str) -> None:
-    await kubectl.run("create", "namespace", "istio-system", check=False)
-    release = "istiod" if revision == "default" else f"istiod-{revision}"
-    await helm(cluster, "install", release, str(CHART), "-n", "istio-system", "--set", f"revision={revision}")
-    await kubectl.run("-n", "istio-system", "rollout", "status", f"deployment/{release}", "--timeout=180s")
-
-
-def table(text: str) -> list[dict[str, str]]:
-    """kubectl's table output as dicts keyed by column header."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return []  # kubectl says "No resources found" on stderr
-    headers = lines[0].split()
-    return [dict(zip(headers, re.split(r"\s{2,}|\s(?=\S+$)", line.strip()), strict=False)) for line in lines[1:]]
-
-
-async def pods(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = (await kubectl.json("get", "pods", "-n", namespace))["items"]
-    return items
-
-
-async def all_meshed(kubectl: Kubectl, namespace: str, revision: str, replicas: int) -> bool:
-    """Every pod of the namespace shows 2/2 Running in kubectl's table and carries `revision`'s status."""
-    rows = table((await kubectl.run("get", "pod", "-n", namespace)).stdout)
-    if len(rows) != replicas or any(r["READY"] != "2/2" or r["STATUS"] != "Running" for r in rows):
-        return False
-    for pod in await pods(kubectl, namespace):
-        status = json.loads(pod["metadata"].get("annotations", {}).get("sidecar.istio.io/status", "{}"))
-        if status.get("revision") != revision:
-            return False
-    return True
+    return cluster_kubectl(cluster, tmp_path, timeout=SEED_TIMEOUT)
 
 
 @pytest.mark.timeout(300)  # a cluster, a helm install and two rounds of pods with sidecars
@@ -167,15 +113,8 @@ async def test_seed_commands_move_namespaces_to_a_revision(cluster: Cluster, kub
 
     # Each sidecar is SYNCED with that revision's istiod.
     (istiod,) = await pods(kubectl, "istio-system")
-    status = await asyncio.create_subprocess_exec(
-        str(pathlib.Path(sys.executable).parent / "meshplane"),
-        "proxy-status",
-        "--http-addr",
-        f"{istiod['status']['podIP']}:8080",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await status.communicate()
-    rows = table(out.decode())
+    _, out = await meshplane(cluster, "proxy-status", "--http-addr", f"{istiod['status']['podIP']}:8080")
+    rows = table(out)
     for namespace in ("shop", "legacy"):
         for pod in await pods(kubectl, namespace):
             name = f"{pod['metadata']['name']}.{namespace}"
