@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from controlplane.model.meshconfig import Requirement
 from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from webhook import validate as v
 from webhook.templates import TemplateError, TemplateSet, builtin_sources
@@ -67,27 +68,11 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectorRequirement:
-    key: str
-    operator: str  # In | NotIn | Exists | DoesNotExist
-    values: tuple[str, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        if self.operator == "Exists":
-            return self.key in labels
-        if self.operator == "DoesNotExist":
-            return self.key not in labels
-        if self.operator == "In":
-            return self.key in labels and labels[self.key] in self.values
-        return self.key not in labels or labels[self.key] not in self.values  # NotIn
-
-
-@dataclass(frozen=True, kw_only=True)
 class LabelSelector:
     """A Kubernetes LabelSelector. Never empty: the parser rejects a selector without terms."""
 
     match_labels: Mapping[str, str] = field(default_factory=_empty)
-    match_expressions: tuple[SelectorRequirement, ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         if any(labels.get(key) != value for key, value in self.match_labels.items()):
@@ -100,7 +85,7 @@ class LabelSelector:
             out["matchLabels"] = dict(self.match_labels)
         if self.match_expressions:
             out["matchExpressions"] = [
-                {"key": r.key, "operator": r.operator, **({"values": list(r.values)} if r.values else {})}
+                {"key": r.key, "operator": r.operator, **({"values": sorted(r.values)} if r.values else {})}
                 for r in self.match_expressions
             ]
         return out
@@ -321,7 +306,7 @@ def _selectors(r: _Reader, value: Any, path: str) -> tuple[LabelSelector, ...]:
         for key, label in labels.items():
             if not isinstance(label, str):
                 raise r.fail(f"{where}.matchLabels.{key}", f"must be a string, got {v.type_name(label)} (quote it)")
-        expressions: list[SelectorRequirement] = []
+        expressions: list[Requirement] = []
         raw_expressions = raw.get("matchExpressions") or []
         if not isinstance(raw_expressions, list):
             raise r.fail(f"{where}.matchExpressions", "must be a list")
@@ -339,7 +324,7 @@ def _selectors(r: _Reader, value: Any, path: str) -> tuple[LabelSelector, ...]:
                 raise r.fail(f"{epath}.values", f"operator {op} needs at least one value")
             if op in ("Exists", "DoesNotExist") and values:
                 raise r.fail(f"{epath}.values", f"operator {op} takes no values")
-            expressions.append(SelectorRequirement(key=req_key, operator=op, values=values))
+            expressions.append(Requirement(key=req_key, operator=op, values=frozenset(values)))
         if not labels and not expressions:
             raise r.fail(where, "an empty selector would match every pod; give matchLabels or matchExpressions")
         out.append(LabelSelector(match_labels=MappingProxyType(dict(labels)), match_expressions=tuple(expressions)))
