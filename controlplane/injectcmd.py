@@ -36,7 +36,8 @@ from typing import Any
 import yaml
 
 from controlplane.settings import DEFAULT_REVISION, revision_suffix
-from webhook.config import ConfigError, InjectionConfig, parse_injection_config
+from webhook.config import ConfigError, InjectionConfig
+from webhook.configparse import parse_injection_config
 from webhook.inject import InjectionError, InjectionParams, InvalidPod, inject_pod
 from webhook.policy import injection_required
 

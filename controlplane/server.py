@@ -56,7 +56,7 @@ from controlplane.sources.files import FileSource
 from discovery.server import AdsServer
 from discovery.service import DiscoveryService, debounce_from_env
 from webhook.app import webhook_app
-from webhook.config import InjectionConfigWatcher
+from webhook.configwatch import InjectionConfigWatcher
 from webhook.listener import WebhookSite
 from webhook.service import Injector
 

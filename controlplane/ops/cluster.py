@@ -27,7 +27,8 @@ from types import MappingProxyType
 from typing import Any
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
-from webhook.config import ConfigError, InjectionConfig, parse_injection_config
+from webhook.config import ConfigError, InjectionConfig
+from webhook.configparse import parse_injection_config
 
 REVISION_LABEL = "istio.io/rev"
 TAG_LABEL = "istio.io/tag"

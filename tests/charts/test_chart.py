@@ -18,7 +18,7 @@ from controlplane.cli import build_parser, settings_from_args
 from controlplane.model.meshconfig import MeshConfig
 from tests.charts.helm import CHART, REV, VERSION, Obj, Objects, helm, render, requires_helm
 from webhook import validate
-from webhook.config import MESH_FIELDS, VALUES_FIELDS, parse_injection_config
+from webhook.configparse import MESH_FIELDS, VALUES_FIELDS, parse_injection_config
 from webhook.templates import builtin_sources
 
 pytestmark = requires_helm

@@ -12,7 +12,7 @@ from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.store import ConfigStore
 from controlplane.sources.files import FileSource
 from tests.helpers.serve import Running, meshplane_cmd
-from webhook.config import parse_injection_config
+from webhook.configparse import parse_injection_config
 
 
 def meshplane(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from controlplane.model.store import ConfigStore, ObjectKey
-from webhook.config import ConfigError, InjectionConfig, InjectionConfigWatcher, parse_injection_config
+from webhook.config import ConfigError, InjectionConfig
+from webhook.configparse import parse_injection_config
+from webhook.configwatch import InjectionConfigWatcher
 
 NS = "istio-system"
 INJECTOR = "istio-sidecar-injector-canary"
@@ -260,7 +262,7 @@ def test_an_invalid_new_version_keeps_the_last_good_config_and_says_why(caplog: 
     put(store, configmap(INJECTOR, {"config": "policy: disabled"}), INJECTOR)
     w = watcher(store)
     assert w.current.policy == "disabled"
-    with caplog.at_level(logging.ERROR, logger="webhook.config"):
+    with caplog.at_level(logging.ERROR, logger="webhook.configwatch"):
         put(store, configmap(INJECTOR, {"config": "policy: paused"}), INJECTOR)
     assert w.current.policy == "disabled"
     error = w.describe()["lastError"]

@@ -17,7 +17,7 @@ import yaml
 
 from controlplane.model.store import ConfigStore, ObjectKey
 from tests.webhook import golden
-from webhook.config import InjectionConfigWatcher
+from webhook.configwatch import InjectionConfigWatcher
 from webhook.service import Injector
 
 REFRESH = os.environ.get("REFRESH_GOLDEN") == "1"

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webhook.config import InjectionConfig, parse_injection_config
+from webhook.config import InjectionConfig
+from webhook.configparse import parse_injection_config
 from webhook.inject import InjectionError, InjectionParams, InvalidPod, inject_pod, workload_identity
 from webhook.patch import json_patch
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.webhook.test_inject import env, inject, params, pod, proxy_of
-from webhook.config import parse_injection_config
+from webhook.configparse import parse_injection_config
 from webhook.inject import InjectionError
 
 CLASSIC = parse_injection_config(injector={"values": "sidecarInjectorWebhook:\n  nativeSidecar: false\n"}, mesh=None)

@@ -18,7 +18,7 @@ from aiohttp import web
 from controlplane.model.store import ConfigStore
 from tests.helpers.serve import admission_review
 from webhook.app import webhook_app
-from webhook.config import InjectionConfigWatcher
+from webhook.configwatch import InjectionConfigWatcher
 from webhook.limits import Limits
 from webhook.listener import WebhookSite
 from webhook.service import Injector

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from webhook.config import InjectionConfig, parse_injection_config
+from webhook.config import InjectionConfig
+from webhook.configparse import parse_injection_config
 from webhook.policy import injection_required
 from webhook.validate import InjectionError
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from controlplane.model.store import ConfigStore
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
-from webhook.config import InjectionConfigWatcher
+from webhook.configwatch import InjectionConfigWatcher
 from webhook.service import Injector
 
 # -- generated pods ----------------------------------------------------------------------------

@@ -15,7 +15,9 @@ import pytest
 from controlplane.model.store import ConfigStore, ObjectKey
 from tests.helpers.serve import Running, admission_review, apply_response, post_webhook
 from tests.webhook.test_live_config import wait_for, write
-from webhook.config import ConfigError, InjectionConfigWatcher, parse_injection_config
+from webhook.config import ConfigError
+from webhook.configparse import parse_injection_config
+from webhook.configwatch import InjectionConfigWatcher
 from webhook.inject import InjectionParams, TemplateError, inject_pod
 
 TEAM = "metadata:\n  labels:\n    team: {{ pod.metadata.labels.get('team', 'none') | tojson }}\n"
