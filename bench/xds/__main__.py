@@ -27,7 +27,8 @@ the same rounds; the first is the headline.
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
        [--front-tuning '{"concurrency": 2}' ...]
 Prints a table per port (its header names the port) and writes bench/results/xds-<time>.json
-("port"; with --secure: "plaintext", "secure" and "c_ratio_secure_plaintext").
+("port"; with --secure: "plaintext", "secure" and "c_ratio_secure_plaintext"; "secure" also holds
+"e_floor_ratio_secure_plaintext" where the floor was measured).
 """
 
 from __future__ import annotations
@@ -406,6 +407,15 @@ def main() -> int:
                 f"RSS at {2 * args.proxies} proxies: secure {port.results['rss_2n'] / 2**20:.0f} MiB, plaintext "
                 f"{plain.results['rss_2n'] / 2**20:.0f} MiB"
             )
+            secure_floor, plain_floor = (p.results.get("e_floor_all_acked_s") for p in (port, plain))
+            if secure_floor and plain_floor:
+                floor_ratio = median(secure_floor) / median(plain_floor)
+                variants[port.tuning or "{}"]["e_floor_ratio_secure_plaintext"] = floor_ratio
+                print(
+                    f"(e) floor, the same bytes only relayed: {port.name} {median(secure_floor):.2f} s / plaintext "
+                    f"{median(plain_floor):.2f} s = {floor_ratio:.2f}: what the relay and the clients' TLS cost "
+                    "before any of the server's own work"
+                )
         first = next(iter(variants.values()))
         results = {"params": vars(args), "plaintext": plain.results, "secure": first}
         results["c_ratio_secure_plaintext"] = first["c_ratio_secure_plaintext"]
