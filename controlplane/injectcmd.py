@@ -82,7 +82,7 @@ class OfflineSettings:
 @dataclass(frozen=True)
 class InjectOutput:
     text: str
-    notes: tuple[str, ...]  # one line per workload left alone, and why
+    notes: tuple[str, ...]  # one line per workload left alone and why, or per warning about an injected one
 
 
 # -- YAML in and out ---------------------------------------------------------------------------
@@ -195,7 +195,9 @@ class _Injector:
             if not decision.inject:
                 self.notes.append(f"{label}: not injected: {decision.reason}")
                 return False
-            inject_pod(pod, params)
+            warnings: list[str] = []
+            inject_pod(pod, params, warnings=warnings)
+            self.notes.extend(f"{label}: warning: {warning}" for warning in warnings)
         except InjectionError as exc:
             raise InjectCommandError(where=label, cause=str(exc)) from None
         except InvalidPod as exc:

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.agent.appmetrics import sidecar_port_reason
 from webhook import validate as v
 from webhook.config import InjectionConfig
 from webhook.merge import apply_fragment, combine, strategic_merge
@@ -273,12 +274,25 @@ def _place(spec: dict[str, Any], *, hold: bool) -> None:
         spec["containers"] = proxies + rest if hold else rest + proxies
 
 
-def inject_pod(pod: dict[str, Any], params: InjectionParams) -> dict[str, Any]:
+def metrics_port_on_sidecar(annotations: Mapping[str, str], *, status_port: int) -> str | None:
+    """Which of the sidecar's own ports the pod's `prometheus.io/port` names ("15090 (Envoy Prometheus)"), or None.
+
+    Such a pod keeps its Prometheus annotations as they are: merging would make the agent scrape its
+    own sidecar. The status port is Istio's case of a pod already pointing at the agent (re-injected)."""
+    text = annotations.get("prometheus.io/port", "").strip()
+    if not text.isdigit():
+        return None
+    reason = sidecar_port_reason(int(text), status_port=status_port)
+    return f"{int(text)} ({reason})" if reason else None
+
+
+def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[str] | None = None) -> dict[str, Any]:
     """Return `pod` with the sidecar injected (mutating and returning the argument).
 
     Raises `InjectionError` for an invalid or unsupported injection annotation, `TemplateError` for
     a template that fails, and `InvalidPod` for a structurally malformed pod. Does not consult the
-    injection policy: call `webhook.policy.injection_required` first.
+    injection policy: call `webhook.policy.injection_required` first. What the user should know but
+    does not stop injection (metrics left unmerged) is appended to `warnings`.
     """
     if not isinstance(pod, dict):
         raise InvalidPod("(pod)", f"must be an object, got {v.type_name(pod)}")
@@ -328,7 +342,14 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams) -> dict[str, Any]:
     app_before = {c["name"]: (set(_names(c.get("env"))), set(_names(c.get("volumeMounts")))) for c in containers}
     saved_prometheus = None
     merge_metrics = has_proxy and o.prometheus_merge and not _scrape_disabled(annotations)
-    merge_metrics = merge_metrics and annotations.get("prometheus.io/port") != str(o.status_port)
+    on_sidecar = metrics_port_on_sidecar(annotations, status_port=o.status_port)
+    reinjected = annotations.get("prometheus.io/port", "").strip() == str(o.status_port)
+    if merge_metrics and on_sidecar and not reinjected and warnings is not None:
+        warnings.append(
+            f"prometheus.io/port {on_sidecar} is a port of the sidecar, not of the application: its metrics are "
+            "not merged with the application's, and the pod's Prometheus annotations are left as they are"
+        )
+    merge_metrics = merge_metrics and on_sidecar is None
     if merge_metrics:
         saved: dict[str, Any] = {key: annotations.get(f"prometheus.io/{key}", "") for key in PROMETHEUS_KEYS}
         if o.scrape_targets:  # Istio's shape: the first target also as port/path, for agents without targets

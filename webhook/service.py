@@ -111,7 +111,7 @@ class Injector:
             network=network or "",
         )
         try:
-            injected = inject_pod(copy.deepcopy(dict(pod)), params)
+            injected = inject_pod(copy.deepcopy(dict(pod)), params, warnings=warnings)
         except InjectionError as exc:
             return Admission(allowed=False, warnings=warnings, error=str(exc), error_reason="invalid_annotation")
         except InvalidPod as exc:  # e.g. a probe naming a port the container does not declare

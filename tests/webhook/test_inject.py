@@ -263,6 +263,34 @@ def test_reinjection_restores_the_users_prometheus_annotations_first() -> None:
     assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env(proxy_of(redone))
 
 
+@pytest.mark.parametrize(
+    ("annotations", "named"),
+    [
+        ({"prometheus.io/port": "15090"}, "15090 (Envoy Prometheus)"),
+        ({"prometheus.io/port": "15000"}, "15000 (Envoy admin)"),
+        # the default status port, while this pod's agent listens on another: still the sidecar's
+        ({"prometheus.io/port": "15020", "status.sidecar.istio.io/port": "15120"}, "15020 (agent status)"),
+    ],
+)
+def test_a_prometheus_port_of_the_sidecar_is_left_alone_with_a_warning(annotations: dict[str, str], named: str) -> None:
+    # Merged, the agent would be told to scrape its own sidecar (and refuse to start): not merged.
+    original = pod(annotations={**annotations, "prometheus.io/scrape": "true"})
+    warnings: list[str] = []
+    injected = inject_pod(copy.deepcopy(original), params(), warnings=warnings)
+    assert injected["metadata"]["annotations"]["prometheus.io/port"] == annotations["prometheus.io/port"]
+    assert "prometheus.io/path" not in injected["metadata"]["annotations"]
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env(proxy_of(injected))
+    assert len(warnings) == 1 and f"prometheus.io/port {named} is a port of the sidecar" in warnings[0]
+
+
+def test_a_prometheus_port_that_is_the_agents_status_port_is_a_reinjection_and_no_warning() -> None:
+    warnings: list[str] = []
+    injected = inject_pod(copy.deepcopy(pod(annotations={"prometheus.io/port": "15020"})), params(), warnings=warnings)
+    assert injected["metadata"]["annotations"]["prometheus.io/port"] == "15020"
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env(proxy_of(injected))
+    assert warnings == []
+
+
 def test_a_user_override_survives_reinjection_and_can_be_removed_with_the_status() -> None:
     original = pod()
     original["spec"]["containers"].append(

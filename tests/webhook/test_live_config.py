@@ -87,3 +87,12 @@ def test_namespace_with_both_injection_labels_gets_a_warning_naming_both(serve: 
     assert "istio-injection=enabled" in warning and "istio.io/rev=canary" in warning
     assert "istio-injection wins" in warning
     assert proxy_image(serve, "default")[1].get("warnings") is None
+
+
+def test_a_prometheus_port_of_the_sidecar_is_warned_about_over_the_wire(serve: Running) -> None:
+    annotated = {**POD, "metadata": {"name": "p", "annotations": {"prometheus.io/port": "15090"}}}
+    status, review = post_webhook(serve, admission_review(annotated, namespace="default"))
+    assert status == 200 and review["response"]["allowed"], review
+    assert any("prometheus.io/port 15090 (Envoy Prometheus)" in w for w in review["response"].get("warnings", []))
+    injected = apply_response(annotated, review["response"])
+    assert injected["metadata"]["annotations"]["prometheus.io/port"] == "15090"
