@@ -21,8 +21,10 @@ Istio's injector:
 - `istio-init`'s `-u`/`-g`: the user's `istio-proxy` `runAsUser`/`runAsGroup`, else 1337;
 - the Prometheus merge: `prometheus.io/{port,path,scrape}` point at the agent (status port,
   `/stats/prometheus`), the user's values saved in `ISTIO_PROMETHEUS_ANNOTATIONS` when there were
-  any; `prometheus.istio.io/scrape-targets` moves there too, as Istio's `targets` (its first target
-  replacing the saved port and path), and leaves the pod's annotations; skipped when the mesh
+  any, read in any spelling Prometheus reads as the same (`prometheus.io.port`, the canonical one
+  first, then by name) and every spelling replaced by ours; `prometheus.istio.io/scrape-targets`
+  moves there too, as Istio's `targets` (its first target replacing the saved port and path), and
+  leaves the pod's annotations; skipped when the mesh
   disables it, with `prometheus.istio.io/merge-metrics: "false"`, and when the pod opts out of
   scraping in any spelling Prometheus reads (`prometheus.io/scrape` or `prometheus.io.scrape:
   "false"`); probes and metrics need an `istio-proxy`, so a template set without one
@@ -241,12 +243,25 @@ def _context(
     }
 
 
+def _spellings(annotations: Mapping[str, str], key: str) -> list[str]:
+    """The pod's annotation names Prometheus reads as `prometheus.io/<key>` (`prometheus.io.port`,
+    `prometheus-io/port`, ...: its service discovery turns every other character into `_`), sorted,
+    the canonical spelling first."""
+    canonical = f"prometheus.io/{key}"
+    found = [name for name in annotations if _NOT_LABEL_CHAR.sub("_", name) == f"prometheus_io_{key}"]
+    return sorted(found, key=lambda name: (name != canonical, name))
+
+
+def _prometheus_value(annotations: Mapping[str, str], key: str) -> str:
+    """The pod's `prometheus.io/<key>` in any spelling; the canonical one wins, then the first by name
+    (where Istio takes whichever its map yields first)."""
+    names = _spellings(annotations, key)
+    return annotations[names[0]] if names else ""
+
+
 def _scrape_disabled(annotations: Mapping[str, str]) -> bool:
     """Prometheus' scrape opt-out in any spelling Prometheus reads as the same (`prometheus.io.scrape`, ...)."""
-    return any(
-        _NOT_LABEL_CHAR.sub("_", name) == "prometheus_io_scrape" and value in _FALSE
-        for name, value in annotations.items()
-    )
+    return any(annotations[name] in _FALSE for name in _spellings(annotations, "scrape"))
 
 
 def _names(items: Any) -> list[str]:
@@ -279,7 +294,7 @@ def metrics_port_on_sidecar(annotations: Mapping[str, str], *, status_port: int)
 
     Such a pod keeps its Prometheus annotations as they are: merging would make the agent scrape its
     own sidecar. The status port is Istio's case of a pod already pointing at the agent (re-injected)."""
-    text = annotations.get("prometheus.io/port", "").strip()
+    text = _prometheus_value(annotations, "port").strip()
     if not text.isdigit():
         return None
     reason = sidecar_port_reason(int(text), status_port=status_port)
@@ -343,7 +358,7 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[s
     saved_prometheus = None
     merge_metrics = has_proxy and o.prometheus_merge and not _scrape_disabled(annotations)
     on_sidecar = metrics_port_on_sidecar(annotations, status_port=o.status_port)
-    reinjected = annotations.get("prometheus.io/port", "").strip() == str(o.status_port)
+    reinjected = _prometheus_value(annotations, "port").strip() == str(o.status_port)
     if merge_metrics and on_sidecar and not reinjected and warnings is not None:
         warnings.append(
             f"prometheus.io/port {on_sidecar} is a port of the sidecar, not of the application: its metrics are "
@@ -351,7 +366,7 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[s
         )
     merge_metrics = merge_metrics and on_sidecar is None
     if merge_metrics:
-        saved: dict[str, Any] = {key: annotations.get(f"prometheus.io/{key}", "") for key in PROMETHEUS_KEYS}
+        saved: dict[str, Any] = {key: _prometheus_value(annotations, key) for key in PROMETHEUS_KEYS}
         if o.scrape_targets:  # Istio's shape: the first target also as port/path, for agents without targets
             saved.update(port=str(o.scrape_targets[0].port), path=o.scrape_targets[0].path)
             saved["targets"] = [{"port": str(t.port), "path": t.path} for t in o.scrape_targets]
@@ -361,6 +376,10 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[s
     apply_fragment(pod, fragment)
     annotations.update(config.injected_annotations)  # and again, as they win over templates (Istio's order)
     if merge_metrics:  # after the templates' annotations: where re-injection adds what strip removed
+        for key in PROMETHEUS_KEYS:  # another spelling left beside ours would be a second, conflicting value
+            for name in _spellings(annotations, key):
+                if name != f"prometheus.io/{key}":
+                    del annotations[name]
         annotations["prometheus.io/port"] = str(o.status_port)
         annotations["prometheus.io/path"] = "/stats/prometheus"
         annotations["prometheus.io/scrape"] = "true"

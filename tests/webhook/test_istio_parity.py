@@ -210,6 +210,38 @@ def test_dotted_prometheus_scrape_false_is_an_opt_out() -> None:
     assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env(proxy_of(injected))
 
 
+def test_prometheus_annotations_in_another_spelling_are_saved_and_replaced() -> None:
+    # Prometheus reads `prometheus.io.port` and `prometheus-io/path` as `prometheus.io/port` and `/path`:
+    # left beside ours, it would see two ports for the pod and take either; Istio clears every spelling.
+    original = pod(
+        annotations={"prometheus.io.port": "9102", "prometheus-io/path": "/m", "prometheus.io.scrape": "true"}
+    )
+    injected = inject(original)
+    annotations = injected["metadata"]["annotations"]
+    assert {k: v for k, v in annotations.items() if "prometheus" in k} == {
+        "prometheus.io/port": "15020",
+        "prometheus.io/path": "/stats/prometheus",
+        "prometheus.io/scrape": "true",
+    }
+    saved = json.loads(env(proxy_of(injected))["ISTIO_PROMETHEUS_ANNOTATIONS"])
+    assert saved == {"scrape": "true", "path": "/m", "port": "9102"}
+    assert inject(injected) == injected
+
+
+def test_the_canonical_prometheus_spelling_wins_over_the_others() -> None:
+    original = pod(annotations={"prometheus.io.port": "9102", "prometheus.io/port": "9090", "prometheus_io_port": "1"})
+    saved = json.loads(env(proxy_of(inject(original)))["ISTIO_PROMETHEUS_ANNOTATIONS"])
+    assert saved["port"] == "9090"
+    without_canonical = pod(annotations={"prometheus_io_port": "1", "prometheus.io.port": "9102"})
+    assert json.loads(env(proxy_of(inject(without_canonical)))["ISTIO_PROMETHEUS_ANNOTATIONS"])["port"] == "9102"
+
+
+def test_a_sidecar_port_in_another_spelling_is_left_alone() -> None:
+    injected = inject(pod(annotations={"prometheus.io.port": "15090"}))
+    assert injected["metadata"]["annotations"]["prometheus.io.port"] == "15090"
+    assert "prometheus.io/port" not in injected["metadata"]["annotations"]
+
+
 def test_prometheus_annotations_env_is_set_only_when_the_pod_has_prometheus_annotations() -> None:
     plain = inject(pod())
     assert plain["metadata"]["annotations"]["prometheus.io/port"] == "15020"

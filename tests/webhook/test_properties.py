@@ -79,6 +79,8 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
                 "traffic.sidecar.istio.io/includeOutboundIPRanges": st.sampled_from(["*", "10.0.0.0/8"]),
                 "inject.istio.io/templates": st.sampled_from(["sidecar", "grpc-agent"]),
                 "prometheus.io/port": st.sampled_from(["9090", "8080"]),
+                "prometheus-io/port": st.sampled_from(["9100", "15090"]),  # read as prometheus.io/port
+                "prometheus.io.scrape": st.sampled_from(["true", "false"]),
                 "sidecar.istio.io/proxyCPU": st.sampled_from(["50m", "1"]),
             },
         )
