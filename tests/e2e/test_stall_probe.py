@@ -4,8 +4,8 @@ One event loop serves the webhook, the CA, xDS and `/ready`, so a CPU-heavy step
 all. A separate prober process polls `/ready` every 50 ms while the test sends, one after another,
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
 `proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
-and xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port. Any poll that waits
-over 250 ms fails the test (the issue's bound), naming the input it overlapped.
+a 1.9 MB pod, and xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port. Any poll
+that waits over 250 ms fails the test (the issue's bound), naming the input it overlapped.
 """
 
 from __future__ import annotations
@@ -144,6 +144,21 @@ def pod(annotations: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def many_containers(count: int) -> dict[str, Any]:
+    """A pod of `count` containers, each with a port and HTTP readiness and liveness probes to rewrite."""
+    containers = [
+        {
+            "name": f"c{i}",
+            "image": "example.com/app:1",
+            "ports": [{"containerPort": 8000 + i}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8000 + i}},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": 8000 + i}},
+        }
+        for i in range(count)
+    ]
+    return {**pod({}), "spec": {"containers": containers}}
+
+
 def proxy_config_of(size: int) -> str:
     """A valid ProxyConfig YAML of about `size` bytes (many proxyMetadata entries)."""
     lines = ["proxyMetadata:"]
@@ -206,6 +221,10 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
                 post_webhook, running, admission_review(pod({"proxy.istio.io/config": nested}))
             )
             assert status < 500
+
+        prober.mark("a 1.9 MB pod of 8,000 containers with probes (under the 3 MiB limit)")
+        status, body = await asyncio.to_thread(post_webhook, running, admission_review(many_containers(8_000)))
+        assert status == 200 and body["response"].get("patchType") == "JSONPatch", body["response"]
 
         prober.mark("40,000 INSTANCE_IPS on the plaintext xDS port")
         code = await xds_refused(running.addr("grpc"), secure_root=None)
