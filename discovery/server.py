@@ -1,8 +1,8 @@
 """The ADS gRPC facade: `envoy.service.discovery.v3.AggregatedDiscoveryService` on a grpc.aio server.
 
-It only adapts gRPC to the streams: deserialize requests, write pre-serialized response bytes
-(the response serializer is the identity), turn `StreamRefused` into a gRPC status. Everything
-else is in `sotw`, `delta` and `service`.
+It only adapts gRPC to the streams: deserialize requests (`discovery.wire`: one over a limit is not
+parsed), write pre-serialized response bytes (the response serializer is the identity), turn
+`StreamRefused` into a gRPC status. Everything else is in `sotw`, `delta` and `service`.
 
 On the secure port (`secure=True`) the caller's SPIFFE identity
 (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`, from the client certificate or whatever the injected
@@ -29,6 +29,7 @@ from discovery.proxy import Proxy
 from discovery.service import DiscoveryService
 from discovery.sotw import SotwStream
 from discovery.stream import StreamBase, StreamRefused
+from discovery.wire import RequestReader
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 NO_IDENTITY = "the secure xDS port needs a client certificate with a SPIFFE identity"
@@ -112,12 +113,12 @@ class AdsServer:
         handlers = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self._sotw,
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                request_deserializer=RequestReader(discovery_pb2.DiscoveryRequest, self.service.limits),
                 response_serializer=_raw,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self._delta,
-                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                request_deserializer=RequestReader(discovery_pb2.DeltaDiscoveryRequest, self.service.limits),
                 response_serializer=_raw,
             ),
         }

@@ -9,8 +9,9 @@ writing to a slow client, it holds at most one pending request, and the next pus
 from the newest snapshot.
 
 What a client can make a stream hold is bounded (`StreamLimits`, from the service): names per
-request and per stream (RESOURCE_EXHAUSTED naming the limit), and the node's id and metadata size
-(INVALID_ARGUMENT, checked before the node is parsed). The NACK message kept for /debug/syncz is
+request (checked before the request is parsed, `discovery.wire`, which hands the stream the
+`StreamRefused` in the request's place) and per stream (RESOURCE_EXHAUSTED naming the limit), and
+the node's id and metadata size (INVALID_ARGUMENT). The NACK message kept for /debug/syncz is
 cut to `metrics.TEXT_LIMIT` characters. When the stream ends, the service forgets it and nothing
 else keeps its subscriptions (caches keep only what they are bounded to).
 """
@@ -24,7 +25,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
-from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.model.registry import MeshSnapshot
 from discovery.connection import Connection, Decision, StreamLimits, Watched
@@ -49,23 +49,11 @@ def error_detail(request: Any) -> str | None:
     return clip(str(request.error_detail.message or f"code {request.error_detail.code}"))
 
 
-def names_in(request: Any) -> tuple[str, int]:
-    """The name-carrying fields of a SotW or Delta request, and how many names they carry."""
-    if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
-        count = (
-            len(request.resource_names_subscribe)
-            + len(request.resource_names_unsubscribe)
-            + len(request.initial_resource_versions)
-        )
-        fields = "resource_names_subscribe, resource_names_unsubscribe and initial_resource_versions"
-        return f"DeltaDiscoveryRequest {fields}", count
-    return "DiscoveryRequest.resource_names", len(request.resource_names)
-
-
 def check_node_size(node: Any, limits: StreamLimits) -> None:
     """Raise `StreamRefused(INVALID_ARGUMENT)` if the node's id or metadata is over its limit.
 
-    Runs before the node is parsed, so parsing costs at most what the limits allow."""
+    Runs before the node's fields are read (`parse_node`); the request was parsed only with a node of
+    at most `discovery.wire.NODE_BYTES`."""
     if node is None:
         return
     if len(node.id) > limits.node_id_bytes:
@@ -202,6 +190,8 @@ class StreamBase(Generic[R]):
             first = await anext(self._requests)
         except StopAsyncIteration:
             return None
+        if isinstance(first, StreamRefused):
+            raise first
         node = self.node_of(first)
         check_node_size(node, self.limits)
         try:
@@ -212,23 +202,13 @@ class StreamBase(Generic[R]):
         return proxy
 
     def _queue(self, request: Any) -> None:
-        if request is not _EOF:
+        if request is not _EOF and not isinstance(request, StreamRefused):
             self._inbox_bytes += request.ByteSize()
         self._inbox.append(request)
         self._wake.set()
 
     def _full(self) -> bool:
         return bool(self._inbox) and (len(self._inbox) >= INBOX_LIMIT or self._inbox_bytes >= self.limits.inbox_bytes)
-
-    def _admit(self, request: Any) -> None:
-        """Raise `StreamRefused(RESOURCE_EXHAUSTED)` for a request naming more resources than allowed."""
-        fields, count = names_in(request)
-        if count > self.limits.names_per_request:
-            raise StreamRefused(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{fields}: {count} names in one request, over the limit of {self.limits.names_per_request}; "
-                "subscribe in smaller requests",
-            )
 
     async def _read(self) -> None:
         try:
@@ -251,9 +231,10 @@ class StreamBase(Generic[R]):
                 request = self._inbox.popleft()
                 if request is _EOF:
                     return
+                if isinstance(request, StreamRefused):  # over a limit, so never parsed (`discovery.wire`)
+                    raise request
                 self._inbox_bytes -= request.ByteSize()
                 self._space.set()
-                self._admit(request)
                 await self.handle(request)
                 del request
             if self._pending is not None:

@@ -19,6 +19,7 @@ from certs.authenticate.localtoken import LocalTokenAuthenticator, load_or_creat
 from certs.keystore import FileKeyStore
 from certs.pem import generate_key, key_pem
 from certs.runtime import CaRuntime, build_ca
+from certs.service import METHOD_PATH
 from controlplane.grpcserver import GrpcServers
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs.fakes import FakeTokenReviewer
@@ -129,6 +130,44 @@ async def test_a_token_caller_gets_a_chain_that_openssl_verifies(
     assert "OK" in openssl_verify(tmp_path, ca_file=tmp_path / "root.pem", chain=chain)
     after = Counts.now()
     assert (after.csr - before.csr, after.issued - before.issued) == (1, 1)
+
+
+async def test_the_request_metadata_is_never_parsed(ca_server: ServerFactory) -> None:
+    # `metadata` (field 4, a Struct) is ignored; parsing it would cost time quadratic in its fields
+    # before the caller is known. Bytes that are no Struct at all prove it is not parsed.
+    server = await ca_server()
+    csr, _ = make_csr(uris=[ME])
+    request = ca_pb2.IstioCertificateRequest(csr=csr).SerializeToString() + b"\x22\x03\xff\xff\xff"
+    assert server.servers.front is not None
+    channel = grpc.aio.secure_channel(
+        f"127.0.0.1:{server.servers.front.port}",
+        grpc.ssl_channel_credentials(server.root_pem),
+        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+    )
+    async with channel:
+        call = channel.unary_unary(
+            METHOD_PATH,
+            request_serializer=lambda raw: raw,
+            response_deserializer=ca_pb2.IstioCertificateResponse.FromString,
+        )
+        response = await call(request, metadata=[("authorization", f"Bearer {server.token()}")], timeout=30)
+    assert leaf_uris(response.cert_chain[0]) == [ME]
+
+
+async def test_bytes_that_are_no_request_are_invalid_argument(ca_server: ServerFactory) -> None:
+    server = await ca_server()
+    assert server.servers.front is not None
+    channel = grpc.aio.secure_channel(
+        f"127.0.0.1:{server.servers.front.port}",
+        grpc.ssl_channel_credentials(server.root_pem),
+        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+    )
+    async with channel:
+        call = channel.unary_unary(METHOD_PATH, request_serializer=lambda raw: raw, response_deserializer=bytes)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\xff\xff\xff", timeout=30)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("the request is not an IstioCertificateRequest: ")
 
 
 async def test_the_ca_is_not_served_on_the_plaintext_port(ca_server: ServerFactory) -> None:

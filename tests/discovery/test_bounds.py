@@ -19,15 +19,18 @@ import grpc
 import pytest
 from aiohttp import web
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from controlplane.httpserver import metrics_app
 from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.connection import Connection, LogThrottle, StreamLimits, canonical, shared_subscriptions
+from discovery.wire import LOCATOR_BYTES, NODE_BYTES
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
 from tests.discovery.harness import TIMEOUT, XdsHarness, node
 from tests.discovery.harness import cluster_names as cluster_names_of
+from tests.helpers.protowire import length_delimited
 
 LIMITS = StreamLimits()
 
@@ -107,6 +110,63 @@ async def test_delta_initial_versions_count_against_the_request_limit(xds: XdsHa
     error = await refusal(client.recv)
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "initial_resource_versions" in (error.details() or "")
+
+
+# -- what is never parsed -----------------------------------------------------------------------------------
+
+
+async def raw_refusal(xds: XdsHarness, method: str, request: bytes) -> grpc.aio.AioRpcError:
+    """Send `request` as the first message of an ADS `method` stream; the status the stream ended with."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{xds.port}")
+    try:
+        call = channel.stream_stream(
+            f"/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )(iter([request]), timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+        return caught.value
+    finally:
+        await channel.close()
+
+
+# Bytes that are no protobuf message: a field this size refused with its limit was never parsed.
+JUNK = b"\xff" * (NODE_BYTES + 1)
+
+
+async def test_a_node_over_its_size_is_refused_unparsed(xds: XdsHarness) -> None:
+    request = DiscoveryRequest(type_url=CLUSTER).SerializeToString() + length_delimited(2, JUNK)
+    error = await raw_refusal(xds, "StreamAggregatedResources", request)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == f"node is {NODE_BYTES + 1} bytes serialized; the limit is {NODE_BYTES} bytes"
+
+
+async def test_delta_initial_versions_over_the_limit_are_refused_unparsed(xds: XdsHarness) -> None:
+    entries = b"".join(length_delimited(5, b"\xff") for _ in range(LIMITS.names_per_request + 1))
+    request = DeltaDiscoveryRequest(type_url=CLUSTER).SerializeToString() + entries
+    error = await raw_refusal(xds, "DeltaAggregatedResources", request)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"initial_resource_versions: {LIMITS.names_per_request + 1} names in one request" in (error.details() or "")
+
+
+@pytest.mark.parametrize("method", ["StreamAggregatedResources", "DeltaAggregatedResources"])
+async def test_bytes_that_are_no_request_are_invalid_argument(xds: XdsHarness, method: str) -> None:
+    error = await raw_refusal(xds, method, b"\xff\xff\xff")
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    kind = "DiscoveryRequest" if method.startswith("Stream") else "DeltaDiscoveryRequest"
+    assert (error.details() or "").startswith(f"the request is not a {kind}: ")
+
+
+async def test_a_resource_locator_over_its_size_is_refused_unparsed(xds: XdsHarness) -> None:
+    request = DiscoveryRequest(type_url=CLUSTER).SerializeToString() + length_delimited(7, JUNK[: LOCATOR_BYTES + 1])
+    error = await raw_refusal(xds, "StreamAggregatedResources", request)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        error.details()
+        == f"resource_locators[0] is {LOCATOR_BYTES + 1} bytes serialized; the limit is {LOCATOR_BYTES} bytes"
+    )
 
 
 # -- memory ----------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ One event loop serves the webhook, the CA, xDS and `/ready`, so a CPU-heavy step
 all. A separate prober process polls `/ready` every 50 ms while the test sends, one after another,
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
 `proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
-a 1.9 MB pod, and xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port. Any poll
-that waits over 250 ms fails the test (the issue's bound), naming the input it overlapped.
+a 1.9 MB pod, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and
+requests whose maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds
+of thousands of entries. Any poll that waits over 250 ms fails the test (the issue's bound), naming
+the input it overlapped.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
+from certs.service import METHOD_PATH as CA_METHOD
+from protos.gen.istio.v1.auth.ca_pb2 import IstioCertificateRequest
 from tests.discovery.harness import SotwClient, node
+from tests.helpers.protowire import length_delimited, struct_of
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
 
 STALL_LIMIT = 0.250  # seconds a single /ready poll may wait
 POLL_EVERY = 0.050
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 PROBER = r"""
 import http.client, json, sys, time, threading
@@ -169,6 +176,29 @@ def proxy_config_of(size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def raw_call(channel: grpc.aio.Channel, method: str, request: bytes, *, stream: bool) -> grpc.StatusCode:
+    """Send `request` (bytes) on `method` and close `channel`; the status the call ended with."""
+    identity = {"request_serializer": lambda raw: raw, "response_deserializer": lambda raw: raw}
+    try:
+        if stream:
+            async for _ in channel.stream_stream(method, **identity)(iter([request]), timeout=30):
+                pass
+        else:
+            await channel.unary_unary(method, **identity)(request, timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    finally:
+        await channel.close()
+    raise AssertionError(f"{method} accepted the request")
+
+
+def secure_channel(running: Running) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(root_certificates=running.root_cert.read_bytes())
+    return grpc.aio.secure_channel(
+        running.addr("secure-grpc"), creds, options=[("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
+    )
+
+
 async def xds_refused(address: str, *, secure_root: bytes | None) -> grpc.StatusCode:
     """Open an ADS stream with 40,000 INSTANCE_IPS; the server's refusal code."""
     ips = ",".join(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(40_000))
@@ -232,6 +262,27 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
         prober.mark("40,000 INSTANCE_IPS on the secure port, without credentials")
         code = await xds_refused(running.addr("secure-grpc"), secure_root=running.root_cert.read_bytes())
         assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+        fields = struct_of(600_000)  # 9.5 MB; parsing a Struct costs the square of its fields
+        prober.mark("a node of 600,000 metadata fields on the plaintext xDS port")
+        node_request = DiscoveryRequest(type_url=CLUSTER).SerializeToString() + length_delimited(
+            2, length_delimited(3, fields)
+        )
+        channel = grpc.aio.insecure_channel(running.addr("grpc"))
+        code = await raw_call(channel, f"{ADS}/StreamAggregatedResources", node_request, stream=True)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        prober.mark("600,000 Delta initial_resource_versions on the plaintext xDS port")
+        delta = DeltaDiscoveryRequest(node=node(), type_url=CLUSTER)
+        delta.initial_resource_versions.update((f"k{i}", "v") for i in range(600_000))
+        delta_request = delta.SerializeToString()
+        channel = grpc.aio.insecure_channel(running.addr("grpc"))
+        code = await raw_call(channel, f"{ADS}/DeltaAggregatedResources", delta_request, stream=True)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        prober.mark("a CSR request with 600,000 metadata fields on the secure port, without credentials")
+        channel = secure_channel(running)
+        ca_request = IstioCertificateRequest(csr="x").SerializeToString() + length_delimited(4, fields)
+        code = await raw_call(channel, CA_METHOD, ca_request, stream=False)
+        assert code is grpc.StatusCode.UNAUTHENTICATED
 
         prober.mark("(after the last input)")
         await asyncio.sleep(0.5)
