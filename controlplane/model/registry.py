@@ -89,6 +89,8 @@ class MeshSnapshot:
     domain: str = DEFAULT_DOMAIN
     services: Mapping[str, Service] = field(default_factory=_empty)  # by hostname, in hostname order
     services_by_namespace: Mapping[str, tuple[Service, ...]] = field(default_factory=_empty)
+    # port number -> the services with an outbound HTTP port of that number, in hostname order (RDS)
+    http_services_by_port: Mapping[int, tuple[Service, ...]] = field(default_factory=_empty)
     endpoints: Mapping[str, ServiceEndpoints] = field(default_factory=_empty)  # by hostname
     workloads: Mapping[tuple[str, str], Workload] = field(default_factory=_empty)  # by (namespace, name)
     workloads_by_ip: Mapping[str, Workload] = field(default_factory=_empty)
@@ -424,8 +426,11 @@ class Registry:
         if "services" not in self._parts:
             ordered = sorted(self._services.values(), key=lambda s: s.hostname)
             by_ns: dict[str, list[Service]] = {}
+            by_port: dict[int, list[Service]] = {}
             for svc in ordered:
                 by_ns.setdefault(svc.namespace, []).append(svc)
+                for number in sorted({p.port for p in svc.outbound_ports if p.protocol.is_http}):
+                    by_port.setdefault(number, []).append(svc)
             previous = {(c.service.ref, c.field, c.message) for c in self._parts.get("conflicts", Conflicts()).items}
             conflicts = find_conflicts(ordered)
             for conflict in conflicts.items:
@@ -435,6 +440,7 @@ class Registry:
             self._parts["services"] = (
                 MappingProxyType({s.hostname: s for s in ordered}),
                 MappingProxyType({ns: tuple(items) for ns, items in by_ns.items()}),
+                MappingProxyType({port: tuple(items) for port, items in by_port.items()}),
             )
         if "endpoints" not in self._parts:
             self._parts["endpoints"] = MappingProxyType(dict(self._endpoints))
@@ -447,13 +453,14 @@ class Registry:
             self._parts["policies"] = tuple(self._policies[k] for k in sorted(self._policies))
         if "namespaces" not in self._parts:
             self._parts["namespaces"] = MappingProxyType(dict(sorted(self._namespaces.items())))
-        services, services_by_ns = self._parts["services"]
+        services, services_by_ns, http_by_port = self._parts["services"]
         workloads, by_ip = self._parts["workloads"]
         return MeshSnapshot(
             version=self._version,
             domain=self.domain,
             services=services,
             services_by_namespace=services_by_ns,
+            http_services_by_port=http_by_port,
             endpoints=self._parts["endpoints"],
             workloads=workloads,
             workloads_by_ip=by_ip,

@@ -34,7 +34,6 @@ from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.generators import common as c
 from discovery.generators.base import GenContext, Generated, ProxyView
-from discovery.generators.cds import outbound_ports
 from discovery.pushqueue import PushRequest
 from discovery.xdstypes import ROUTE
 
@@ -108,10 +107,9 @@ def route_configuration(snapshot: MeshSnapshot, name: str, *, proxy_namespace: s
     hosts: list[rc.VirtualHost] = []
     if name.isdigit():
         port = int(name)
-        for service in snapshot.services.values():
-            if any(p.port == port and p.protocol.is_http for p in outbound_ports(service)):
-                owned = snapshot.conflicts.owns_address(service, port)
-                hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace, with_address=owned))
+        for service in snapshot.http_services_by_port.get(port, ()):
+            owned = snapshot.conflicts.owns_address(service, port)
+            hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace, with_address=owned))
     hosts.append(_fallback(snapshot))
     return route_pb2.RouteConfiguration(
         name=name,

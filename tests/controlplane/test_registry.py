@@ -121,6 +121,25 @@ def test_service_hostname_ports_and_protocols(store: ConfigStore) -> None:
     assert svc.cluster_ip == "10.0.0.1"
 
 
+def test_services_are_indexed_by_http_port_in_hostname_order(store: ConfigStore) -> None:
+    registry = Registry(store)
+    put(
+        store,
+        service("web", "b", ports=[{"name": "http", "port": 80}, {"name": "db", "port": 5432, "appProtocol": "tcp"}]),
+        service("api", "a", ports=[{"name": "grpc", "port": 80}, {"name": "http-alt", "port": 8080}]),
+        service("db", "a", ports=[{"name": "tcp", "port": 5432}]),
+    )
+    index = registry.snapshot().http_services_by_port
+    assert {port: [s.ref for s in services] for port, services in index.items()} == {
+        80: ["a/api", "b/web"],
+        8080: ["a/api"],
+    }
+    delete(store, service("api", "a"))
+    assert {
+        port: [s.ref for s in services] for port, services in registry.snapshot().http_services_by_port.items()
+    } == {80: ["b/web"]}
+
+
 def test_endpoints_join_slices_with_pods_and_report_health(store: ConfigStore) -> None:
     registry = Registry(store)
     put(

@@ -4,10 +4,10 @@ One event loop serves the webhook, the CA, xDS and `/ready`, so a CPU-heavy step
 all. A separate prober process polls `/ready` every 50 ms while the test sends, one after another,
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
 `proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
-a 1.9 MB pod, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and
-requests whose maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds
-of thousands of entries. Any poll that waits over 250 ms fails the test (the issue's bound), naming
-the input it overlapped.
+a 1.9 MB pod, an RDS request for 5,000 route names in a mesh of 1,000 Services, xDS nodes with
+40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps (node metadata,
+Delta initial versions, a CSR request's metadata) hold hundreds of thousands of entries. Any poll
+that waits over 250 ms fails the test (the issue's bound), naming the input it overlapped.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tests.helpers.serve import Running, admission_review, post_webhook, start_s
 STALL_LIMIT = 0.250  # seconds a single /ready poll may wait
 POLL_EVERY = 0.050
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 PROBER = r"""
@@ -138,6 +139,18 @@ def big_endpoints(namespace: str, service: str, count: int) -> str:
                 "endpoints": endpoints,
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             }
+        )
+    return yaml.safe_dump_all(docs)
+
+
+def many_services(count: int) -> str:
+    """`count` Services in namespace `many`, with HTTP ports 8000-8049."""
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "many"}}]
+    for i in range(count):
+        ports = [{"name": "http", "port": 8000 + i % 50, "targetPort": 8080}]
+        spec = {"clusterIP": f"10.97.{i // 250}.{i % 250 + 1}", "ports": ports}
+        docs.append(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{i}", "namespace": "many"}, "spec": spec}
         )
     return yaml.safe_dump_all(docs)
 
@@ -255,6 +268,21 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
         prober.mark("a 1.9 MB pod of 8,000 containers with probes (under the 3 MiB limit)")
         status, body = await asyncio.to_thread(post_webhook, running, admission_review(many_containers(8_000)))
         assert status == 200 and body["response"].get("patchType") == "JSONPatch", body["response"]
+
+        prober.mark("a config file with 1,000 Services on 50 ports")
+        (running.config_dir / "many.yaml").write_text(many_services(1_000))
+        deadline = time.monotonic() + 60
+        while "svc-999.many.svc.cluster.local" not in await asyncio.to_thread(_get, registry_url):
+            assert time.monotonic() < deadline, "the 1,000-service file was never applied"
+            await asyncio.sleep(0.2)
+        prober.mark("an RDS request for 5,000 route names (ports)")
+        channel = grpc.aio.insecure_channel(running.addr("grpc"))
+        try:
+            routes = SotwClient(channel, node())
+            await routes.request(ROUTE, [str(port) for port in range(1, 5_001)])
+            assert len((await routes.recv(wait=60)).resources) == 5_000
+        finally:
+            await channel.close()
 
         prober.mark("40,000 INSTANCE_IPS on the plaintext xDS port")
         code = await xds_refused(running.addr("grpc"), secure_root=None)
