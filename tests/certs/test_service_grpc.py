@@ -55,19 +55,31 @@ class CaServer:
     ) -> ca_pb2.IstioCertificateResponse:
         metadata = [("authorization", f"Bearer {token}")] if token else []
         metadata += list(extra_metadata)
-        if plaintext:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.servers.plaintext_port}")
-        else:
-            assert self.servers.front is not None
-            channel = grpc.aio.secure_channel(
-                f"127.0.0.1:{self.servers.front.port}",
-                grpc.ssl_channel_credentials(self.root_pem),
-                options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-            )
-        async with channel:
+        async with self.channel(plaintext=plaintext) as channel:
             stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
             request = ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=ttl)
             return await stub.CreateCertificate(request, metadata=metadata, timeout=30)
+
+    async def call_raw(self, request: bytes, *, token: str | None = None) -> ca_pb2.IstioCertificateResponse:
+        """Send `request` as it is: bytes no message type would write."""
+        metadata = [("authorization", f"Bearer {token}")] if token else []
+        async with self.channel() as channel:
+            call = channel.unary_unary(
+                METHOD_PATH,
+                request_serializer=lambda raw: raw,
+                response_deserializer=ca_pb2.IstioCertificateResponse.FromString,
+            )
+            return await call(request, metadata=metadata, timeout=30)
+
+    def channel(self, *, plaintext: bool = False) -> grpc.aio.Channel:
+        if plaintext:
+            return grpc.aio.insecure_channel(f"127.0.0.1:{self.servers.plaintext_port}")
+        assert self.servers.front is not None
+        return grpc.aio.secure_channel(
+            f"127.0.0.1:{self.servers.front.port}",
+            grpc.ssl_channel_credentials(self.root_pem),
+            options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+        )
 
 
 ServerFactory = Callable[..., Awaitable[CaServer]]
@@ -138,34 +150,14 @@ async def test_the_request_metadata_is_never_parsed(ca_server: ServerFactory) ->
     server = await ca_server()
     csr, _ = make_csr(uris=[ME])
     request = ca_pb2.IstioCertificateRequest(csr=csr).SerializeToString() + b"\x22\x03\xff\xff\xff"
-    assert server.servers.front is not None
-    channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{server.servers.front.port}",
-        grpc.ssl_channel_credentials(server.root_pem),
-        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-    )
-    async with channel:
-        call = channel.unary_unary(
-            METHOD_PATH,
-            request_serializer=lambda raw: raw,
-            response_deserializer=ca_pb2.IstioCertificateResponse.FromString,
-        )
-        response = await call(request, metadata=[("authorization", f"Bearer {server.token()}")], timeout=30)
+    response = await server.call_raw(request, token=server.token())
     assert leaf_uris(response.cert_chain[0]) == [ME]
 
 
 async def test_bytes_that_are_no_request_are_invalid_argument(ca_server: ServerFactory) -> None:
     server = await ca_server()
-    assert server.servers.front is not None
-    channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{server.servers.front.port}",
-        grpc.ssl_channel_credentials(server.root_pem),
-        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-    )
-    async with channel:
-        call = channel.unary_unary(METHOD_PATH, request_serializer=lambda raw: raw, response_deserializer=bytes)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(b"\xff\xff\xff", timeout=30)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await server.call_raw(b"\xff\xff\xff")
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (caught.value.details() or "").startswith("the request is not an IstioCertificateRequest: ")
 
