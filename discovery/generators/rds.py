@@ -20,6 +20,7 @@ namespace and port and shared by the proxies there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -79,8 +80,12 @@ def _virtual_host(service: Service, port: int, *, proxy_namespace: str, with_add
     )
 
 
-def _fallback(snapshot: MeshSnapshot) -> rc.VirtualHost:
-    if snapshot.mesh.outbound_policy is OutboundPolicy.ALLOW_ANY:
+@functools.cache
+def _fallback(policy: OutboundPolicy) -> rc.VirtualHost:
+    """The catch-all virtual host, built once per policy: every route configuration has one, and a
+    request may name up to `names_per_request` of them. Callers copy it into their own message (a
+    repeated field assignment copies); it is never mutated."""
+    if policy is OutboundPolicy.ALLOW_ANY:
         return rc.VirtualHost(
             name="allow_any",
             domains=["*"],
@@ -110,7 +115,7 @@ def route_configuration(snapshot: MeshSnapshot, name: str, *, proxy_namespace: s
         for service in snapshot.http_services_by_port.get(port, ()):
             owned = snapshot.conflicts.owns_address(service, port)
             hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace, with_address=owned))
-    hosts.append(_fallback(snapshot))
+    hosts.append(_fallback(snapshot.mesh.outbound_policy))
     return route_pb2.RouteConfiguration(
         name=name,
         virtual_hosts=hosts,
