@@ -8,7 +8,7 @@ closed. Request lines and header fields are capped at 8 KiB, headers at 64, and 
 in 32 KiB. Bodies over `OFFLOAD_BYTES` are parsed, injected and answered in a worker thread, one at
 a time, with automatic garbage collection paused and a shorter GIL switch interval (`_HeavyWork`),
 so that one large request does not stall the others: a 1.9 MB pod costs ~0.5 s of Python, during
-which `/ready` waited up to 570 ms on the event loop and up to ~150 ms so. The connection cap needs
+which `/ready` waited up to 590 ms when it ran on the event loop, and up to ~150 ms now. The connection cap needs
 the listener's help: serve the app with `webhook.listener.WebhookSite`.
 """
 
@@ -82,8 +82,12 @@ def _encode(body: dict[str, object]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _response(status: int, encoded: bytes) -> web.Response:
+    return web.Response(status=status, body=encoded, content_type="application/json", charset="utf-8")
+
+
 def _json(status: int, body: dict[str, object]) -> web.Response:
-    return web.Response(status=status, body=_encode(body), content_type="application/json", charset="utf-8")
+    return _response(status, _encode(body))
 
 
 def webhook_app(injector: Injector, *, limits: Limits | None = None) -> web.Application:
@@ -150,7 +154,7 @@ def webhook_app(injector: Injector, *, limits: Limits | None = None) -> web.Appl
         else:
             metrics.failure_total.labels(reason=outcome.reason).inc()
             log.info("admission rejected", extra={"reason": outcome.reason, "status": outcome.status})
-        return web.Response(status=outcome.status, body=encoded, content_type="application/json", charset="utf-8")
+        return _response(outcome.status, encoded)
 
     app = web.Application(
         client_max_size=MAX_BODY + 1,

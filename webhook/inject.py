@@ -24,11 +24,10 @@ Istio's injector:
   any, read in any spelling Prometheus reads as the same (`prometheus.io.port`, the canonical one
   first, then by name) and every spelling replaced by ours; `prometheus.istio.io/scrape-targets`
   moves there too, as Istio's `targets` (its first target replacing the saved port and path), and
-  leaves the pod's annotations; skipped when the mesh
-  disables it, with `prometheus.istio.io/merge-metrics: "false"`, and when the pod opts out of
-  scraping in any spelling Prometheus reads (`prometheus.io/scrape` or `prometheus.io.scrape:
-  "false"`); probes and metrics need an `istio-proxy`, so a template set without one
-  (`grpc-simple`) gets neither;
+  leaves the pod's annotations; skipped when the mesh disables it, with
+  `prometheus.istio.io/merge-metrics: "false"`, and when the pod opts out of scraping in any
+  spelling Prometheus reads (`prometheus.io/scrape` or `prometheus.io.scrape: "false"`); probes and
+  metrics need an `istio-proxy`, so a template set without one (`grpc-simple`) gets neither;
 - `injectedAnnotations` of the config, and the status annotation listing what injection added
   (plus what exact strip-and-redo needs: the user's override containers and what templates added to
   application containers).
