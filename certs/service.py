@@ -7,6 +7,7 @@ check the CSR, TTL and identity -> sign -> count the issuance. Status codes:
 |---|---|
 | no credentials; expired, forged, wrong-audience or wrong-issuer token; TokenReview says no | UNAUTHENTICATED |
 | an authenticator could not decide (e.g. TokenReview API unreachable) and none succeeded | UNAVAILABLE |
+| the caller's budget of token reviews is spent (`authenticate.reviewgate`) and none succeeded | RESOURCE_EXHAUSTED |
 | the signing worker process died before answering (it is restarted; a retry succeeds) | UNAVAILABLE |
 | CSR asks for an identity the caller does not have (message names both) | PERMISSION_DENIED |
 | malformed PEM, bad CSR signature, weak/unsupported key or curve, several URI SANs, | INVALID_ARGUMENT |
@@ -33,6 +34,7 @@ from google.protobuf.message import DecodeError
 
 from certs import metrics
 from certs.authenticate import AuthenticationError, Authenticator, Caller, Credentials, NoCredentials
+from certs.authenticate.reviewgate import client_of_peer
 from certs.authority import now_utc
 from certs.ca import CertificateAuthority
 from certs.signing import Refusal, SigningPolicy, SigningRefused
@@ -79,32 +81,40 @@ class CertificateService:
         #: Finds the verified client certificate of a call. The default reads gRPC's own TLS state; the
         #: process wiring replaces it when TLS is terminated in front of gRPC (controlplane.tlsfront).
         self.peer_certificate: PeerCertificateLookup = tls_peer_certificate
+        #: Names the client of a call as gRPC names a peer (`ipv4:10.1.2.3:5000`); replaced likewise.
+        self.peer_name: Callable[[grpc.aio.ServicerContext[object, object]], str] = _grpc_peer
 
     # -- transport-independent core ---------------------------------------------------------------
     def credentials_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> Credentials:
-        """What a gRPC call presents: its metadata (lower-cased keys) and its verified client certificate."""
+        """What a gRPC call presents: its metadata (lower-cased keys), its verified client certificate and
+        the client's address."""
         return Credentials(
             metadata={
                 key.lower(): value for key, value in context.invocation_metadata() or () if isinstance(value, str)
             },
             peer_certificate_pem=self.peer_certificate(context),
+            client=client_of_peer(self.peer_name(context)),
         )
 
     async def identities_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
-        """The identities the CA would grant this call's caller; empty if it cannot authenticate.
+        """The identities the CA would grant this call's caller; empty if its credentials do not
+        authenticate it. Raises CaError (UNAVAILABLE, RESOURCE_EXHAUSTED) when that cannot be decided
+        now, so that the caller can be told to retry instead of being told it has no identity.
 
         Used by secure xDS streams, which must be opened by the workload they name."""
         try:
             caller = await self.authenticate(self.credentials_of(context))
-        except CaError:
-            return []
+        except CaError as exc:
+            if exc.code is grpc.StatusCode.UNAUTHENTICATED:
+                return []
+            raise
         return list(caller.identities)
 
     async def authenticate(self, credentials: Credentials) -> Caller:
         """The first authenticator's success, or CaError(UNAUTHENTICATED | UNAVAILABLE) listing why each failed."""
         absent: list[str] = []
         failed: list[str] = []
-        unavailable = False
+        unavailable = exhausted = False
         for authenticator in self.authenticators:
             try:
                 return await authenticator.authenticate(credentials)
@@ -113,9 +123,14 @@ class CertificateService:
             except AuthenticationError as exc:
                 failed.append(f"{authenticator.name}: {exc}")
                 unavailable = unavailable or exc.unavailable
+                exhausted = exhausted or exc.exhausted
         if not failed:
             raise CaError(grpc.StatusCode.UNAUTHENTICATED, f"no credentials ({'; '.join(absent)})")
-        code = grpc.StatusCode.UNAVAILABLE if unavailable else grpc.StatusCode.UNAUTHENTICATED
+        code = grpc.StatusCode.UNAUTHENTICATED
+        if unavailable:
+            code = grpc.StatusCode.UNAVAILABLE
+        elif exhausted:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
         raise CaError(code, f"authentication failed ({'; '.join(failed)})")
 
     async def create_certificate(self, *, csr: str, validity_seconds: int, credentials: Credentials) -> list[str]:
@@ -208,6 +223,10 @@ def read_request(data: bytes) -> ca_pb2.IstioCertificateRequest | CaError:
     except DecodeError as exc:
         return CaError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not an IstioCertificateRequest: {exc}")
     return ca_pb2.IstioCertificateRequest(csr=peek.csr, validity_duration=peek.validity_duration)
+
+
+def _grpc_peer(context: grpc.aio.ServicerContext[object, object]) -> str:
+    return str(context.peer())
 
 
 def tls_peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> bytes | None:

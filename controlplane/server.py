@@ -35,6 +35,7 @@ from certs.pem import write_atomic
 from certs.rootdist import ConfigMapExists, ConfigMapMissing, RootConfigMapReconciler
 from certs.rootsync import RootConfigMapController
 from certs.runtime import CaRuntime, kube_ca, local_ca
+from certs.service import CaError, CertificateService
 from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
@@ -53,8 +54,9 @@ from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
 from controlplane.settings import Address, Settings, SettingsError
 from controlplane.sources.files import FileSource
-from discovery.server import AdsServer
+from discovery.server import AdsServer, Identify
 from discovery.service import DiscoveryService, debounce_from_env
+from discovery.stream import StreamRefused
 from webhook.app import webhook_app
 from webhook.configwatch import InjectionConfigWatcher
 from webhook.listener import WebhookSite
@@ -145,12 +147,13 @@ class ControlPlane:
         # gRPC services register on the shared servers here, before they start. The secure port's TLS
         # front end (Envoy) forwards the verified client certificate with each call; the CA and xDS read it there.
         self.ca.service.peer_certificate = self.grpc.peer_certificates.for_context
+        self.ca.service.peer_name = self.grpc.peer_certificates.client_of
         self.grpc.add(self.ca.service.register, plaintext=False, secure=True)
         self.grpc.add(AdsServer(self.discovery, secure=False).register, plaintext=True, secure=False)
         secure_ads = AdsServer(
             self.discovery,
             secure=True,
-            identify=self.ca.service.identities_of,
+            identify=_identify_or_refuse(self.ca.service),
             peer_name=self.grpc.peer_certificates.client_of,
         )
         self.grpc.add(secure_ads.register, plaintext=False, secure=True)
@@ -429,3 +432,17 @@ async def run(settings: Settings) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _identify_or_refuse(ca: CertificateService) -> Identify:
+    """The secure xDS port's `identify`: the CA's verdict on the caller. When the CA cannot decide now
+    (TokenReview unavailable, the client's review budget spent), the stream ends with that status and
+    reason instead of "no identity", so an agent retries instead of giving up."""
+
+    async def identify(context: Any) -> list[str]:
+        try:
+            return await ca.identities_of(context)
+        except CaError as exc:
+            raise StreamRefused(exc.code, str(exc)) from None
+
+    return identify

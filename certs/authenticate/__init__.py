@@ -23,10 +23,12 @@ class Caller:
 
 @dataclass(frozen=True, kw_only=True)
 class Credentials:
-    """What a request brings: its metadata (lower-case keys) and the verified peer certificate, if any."""
+    """What a request brings: its metadata (lower-case keys), the verified peer certificate if any, and
+    the client it comes from (an address, `reviewgate.client_of_peer`; "" when unknown)."""
 
     metadata: Mapping[str, str] = field(default_factory=dict)
     peer_certificate_pem: bytes | None = None
+    client: str = ""
 
     def bearer_token(self) -> str | None:
         """The token of an `authorization: Bearer <token>` header; None when absent or not a bearer header."""
@@ -42,6 +44,8 @@ class AuthenticationError(Exception):
 
     #: True when the failure is on our side (e.g. the TokenReview API is unreachable), so retrying may work.
     unavailable: bool = False
+    #: True when this caller has used up what it may ask for now (`reviewgate`): retrying later may work.
+    exhausted: bool = False
 
 
 class AuthenticatorUnavailable(AuthenticationError):

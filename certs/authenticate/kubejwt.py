@@ -7,20 +7,38 @@ token is only good for the API server itself (a token without `aud`, or an authe
 not check audiences), so it is refused. The reviewed username must be
 `system:serviceaccount:<ns>:<sa>` with valid Kubernetes names.
 
+A review is a request to the API server, so only a token that could pass one is sent: a
+service-account token is a JWT (three base64url parts, the first two JSON objects) of at most
+`MAX_TOKEN_BYTES`, and one whose `exp` passed more than `EXPIRY_LEEWAY_S` ago (the API server's
+own leeway) would be refused there. Such tokens are refused here, naming what is wrong; the
+signature is the API server's to check. What a client can still cause, with tokens of the right
+shape, is bounded by `reviewgate.ReviewGate`: a client whose reviews keep failing gets
+RESOURCE_EXHAUSTED instead of more reviews.
+
 Seam: `controlplane/kube` provides the real `TokenReviewer` (TokenReview through
 kubernetes-asyncio); tests use an in-repo fake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Caller, Credentials, NoCredentials
+from certs.authenticate.reviewgate import ReviewGate
 from certs.identity import from_service_account_username, spiffe_id
 
 AUDIENCE = "istio-ca"
+MAX_TOKEN_BYTES = 16 * 1024  # service-account tokens are ~1 KB
+EXPIRY_LEEWAY_S = 60.0
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,12 +65,21 @@ class KubeJwtAuthenticator:
     name = "kubernetes-jwt"
 
     def __init__(
-        self, *, reviewer: TokenReviewer, trust_domain: str, cluster_id: str, audience: str = AUDIENCE
+        self,
+        *,
+        reviewer: TokenReviewer,
+        trust_domain: str,
+        cluster_id: str,
+        audience: str = AUDIENCE,
+        gate: ReviewGate | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.reviewer = reviewer
         self.trust_domain = trust_domain
         self.cluster_id = cluster_id
         self.audience = audience
+        self.gate = gate if gate is not None else ReviewGate()
+        self.clock = clock
 
     async def authenticate(self, credentials: Credentials) -> Caller:
         token = credentials.bearer_token()
@@ -63,6 +90,11 @@ class KubeJwtAuthenticator:
             raise AuthenticationError(
                 f"clusterid {cluster!r} is not this cluster ({self.cluster_id!r}); remote clusters are not supported"
             )
+        check_token_shape(token, now=self.clock())
+        async with self.gate.review(credentials.client):
+            return await self._review(token)
+
+    async def _review(self, token: str) -> Caller:
         try:
             result = await self.reviewer.review(token=token, audiences=[self.audience])
         except TokenReviewUnavailable as exc:
@@ -79,3 +111,38 @@ class KubeJwtAuthenticator:
             raise AuthenticationError(f"TokenReview: {exc}") from None
         identity = spiffe_id(trust_domain=self.trust_domain, namespace=namespace, service_account=service_account)
         return Caller(source=self.name, identities=(identity,))
+
+
+def check_token_shape(token: str, *, now: float) -> None:
+    """Raise AuthenticationError unless `token` could be a live service-account token (module docstring)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthenticationError(
+            f"bearer token is {len(token)} bytes, over {MAX_TOKEN_BYTES}: not a service-account token"
+        )
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_BASE64URL.fullmatch(part) for part in parts):
+        raise AuthenticationError("bearer token is not a JWT (three base64url parts separated by dots)")
+    header, claims = _json_part(parts[0], "header"), _json_part(parts[1], "payload")
+    if not isinstance(header.get("alg"), str):
+        raise AuthenticationError("bearer token is not a JWT: its header has no alg")
+    expires = claims.get("exp")
+    if expires is None:
+        return  # a legacy Secret-based token never expires
+    if not isinstance(expires, int | float) or isinstance(expires, bool):
+        raise AuthenticationError(f"bearer token's exp is not a number: {str(expires)[:40]!r}")
+    if expires + EXPIRY_LEEWAY_S < now:
+        try:
+            when = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):
+            when = f"exp {expires}"
+        raise AuthenticationError(f"bearer token expired at {when}")
+
+
+def _json_part(part: str, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (binascii.Error, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise AuthenticationError(f"bearer token is not a JWT: its {what} is not a base64url JSON object")
+    return value

@@ -19,7 +19,14 @@ log = logging.getLogger(__name__)
 
 # Codes worth retrying without any change on our side; the others need the operator (or a new
 # token, root or CA configuration), so they are retried too, but reported as refusals.
-TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # the CA asks this client to slow down (its token reviews)
+    }
+)
 
 
 class CaCallError(Exception):

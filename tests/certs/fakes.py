@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -83,3 +85,17 @@ class FakeTokenReviewer:
         if self.down:
             raise TokenReviewUnavailable("connection refused")
         return self.reviews.get(token, TokenReview(authenticated=False, error="invalid bearer token"))
+
+
+def shaped_token(subject: str, *, exp: float | None = None) -> str:
+    """A token with a JWT's shape (what `kubejwt` sends to review) but no valid signature."""
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    claims: dict[str, object] = {"sub": subject, **({"exp": exp} if exp is not None else {})}
+    return f"{part({'alg': 'ES256', 'kid': 'fake'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+#: The token FakeTokenReviewer tables use in tests.
+T = shaped_token("t")

@@ -25,7 +25,7 @@ from certs.authenticate.localtoken import (
     parse_duration,
 )
 from certs.pem import cert_pem, generate_key
-from tests.certs.fakes import FakeTokenReviewer
+from tests.certs.fakes import FakeTokenReviewer, T
 from tests.certs.helpers import make_root, spiffe
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -177,33 +177,33 @@ def kube(reviewer: FakeTokenReviewer) -> KubeJwtAuthenticator:
 async def test_a_reviewed_service_account_token_authenticates() -> None:
     reviewer = FakeTokenReviewer(
         reviews={
-            "t": TokenReview(authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",))
+            T: TokenReview(authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",))
         }
     )
-    caller = await kube(reviewer).authenticate(bearer("t", clusterid="Kubernetes"))
+    caller = await kube(reviewer).authenticate(bearer(T, clusterid="Kubernetes"))
     assert caller.identities == (spiffe("shop", "cart"),)
-    assert reviewer.asked == [("t", ("istio-ca",))]
+    assert reviewer.asked == [(T, ("istio-ca",))]
 
 
 async def test_tokenreview_saying_unauthenticated_is_rejected_with_its_reason() -> None:
     with pytest.raises(AuthenticationError, match="not authenticated: invalid bearer token"):
-        await kube(FakeTokenReviewer()).authenticate(bearer("t"))
+        await kube(FakeTokenReviewer()).authenticate(bearer(T))
 
 
 async def test_a_reviewed_token_for_another_audience_is_rejected() -> None:
     reviewer = FakeTokenReviewer(
-        reviews={"t": TokenReview(authenticated=True, username="system:serviceaccount:a:b", audiences=("vault",))}
+        reviews={T: TokenReview(authenticated=True, username="system:serviceaccount:a:b", audiences=("vault",))}
     )
     with pytest.raises(AuthenticationError, match="do not include 'istio-ca'"):
-        await kube(reviewer).authenticate(bearer("t"))
+        await kube(reviewer).authenticate(bearer(T))
 
 
 async def test_a_user_that_is_not_a_service_account_is_rejected() -> None:
     reviewer = FakeTokenReviewer(
-        reviews={"t": TokenReview(authenticated=True, username="alice", audiences=("istio-ca",))}
+        reviews={T: TokenReview(authenticated=True, username="alice", audiences=("istio-ca",))}
     )
     with pytest.raises(AuthenticationError, match="'alice' is not a service account"):
-        await kube(reviewer).authenticate(bearer("t"))
+        await kube(reviewer).authenticate(bearer(T))
 
 
 async def test_another_clusterid_is_rejected_without_asking_the_api() -> None:
@@ -215,7 +215,7 @@ async def test_another_clusterid_is_rejected_without_asking_the_api() -> None:
 
 async def test_an_unreachable_api_is_reported_as_unavailable() -> None:
     with pytest.raises(AuthenticationError) as info:
-        await kube(FakeTokenReviewer(down=True)).authenticate(bearer("t"))
+        await kube(FakeTokenReviewer(down=True)).authenticate(bearer(T))
     assert info.value.unavailable
 
 

@@ -20,7 +20,7 @@ from certs.ca import CertificateAuthority
 from certs.pem import generate_key
 from certs.service import CaError, CertificateService
 from certs.signing import SigningPolicy, SigningRefused, check_csr, choose_identities, sign
-from tests.certs.fakes import FakeTokenReviewer
+from tests.certs.fakes import FakeTokenReviewer, T
 from tests.certs.helpers import make_csr, make_root, spiffe
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -73,6 +73,9 @@ class FakeContext:
     def auth_context(self) -> Mapping[str, Sequence[bytes]]:
         return {}
 
+    def peer(self) -> str:
+        return "ipv4:10.1.2.3:40000"
+
 
 async def test_the_secure_port_learns_the_callers_identity_or_nothing(tmp_path: pathlib.Path) -> None:
     key = load_or_create_key(tmp_path)
@@ -83,7 +86,7 @@ async def test_the_secure_port_learns_the_callers_identity_or_nothing(tmp_path: 
     token = mint(key=key, namespace="shop", service_account="cart")
     good = FakeContext({"Authorization": f"Bearer {token}"})
     assert await service.identities_of(good) == [spiffe("shop", "cart")]
-    assert service.credentials_of(good) == Credentials(metadata={"authorization": f"Bearer {token}"})
+    assert service.credentials_of(good) == Credentials(metadata={"authorization": f"Bearer {token}"}, client="10.1.2.3")
     forged = FakeContext({"authorization": f"Bearer {token[:-4]}AAAA"})
     assert await service.identities_of(forged) == []
 
@@ -137,16 +140,16 @@ def kube(reviewer: FakeTokenReviewer) -> KubeJwtAuthenticator:
 
 async def test_a_kubernetes_token_caller_is_named_with_how_it_proved_itself() -> None:
     review = TokenReview(authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",))
-    caller = await kube(FakeTokenReviewer(reviews={"t": review})).authenticate(bearer("t"))
+    caller = await kube(FakeTokenReviewer(reviews={T: review})).authenticate(bearer(T))
     assert (caller.source, caller.identities) == ("kubernetes-jwt", (spiffe("shop", "cart"),))
 
 
 async def test_tokenreview_failures_say_why() -> None:
     with pytest.raises(AuthenticationError, match=r"^TokenReview failed: connection refused$"):
-        await kube(FakeTokenReviewer(down=True)).authenticate(bearer("t"))
-    silent = FakeTokenReviewer(reviews={"t": TokenReview(authenticated=False)})
+        await kube(FakeTokenReviewer(down=True)).authenticate(bearer(T))
+    silent = FakeTokenReviewer(reviews={T: TokenReview(authenticated=False)})
     with pytest.raises(AuthenticationError, match=r"token not authenticated: no reason given$"):
-        await kube(silent).authenticate(bearer("t"))
+        await kube(silent).authenticate(bearer(T))
 
 
 def test_a_signed_leaf_starts_at_the_signing_time_and_a_refusal_lists_every_caller_identity() -> None:

@@ -20,6 +20,7 @@ from certs.authenticate.localtoken import key_id
 from certs.pem import chain_pem, generate_key, key_pem
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs import test_service_grpc as grpc_ca
+from tests.certs.fakes import T
 from tests.certs.helpers import ES256, leaf_uris, make_csr, signed, spiffe
 from tests.helpers.serve import meshplane_cmd
 
@@ -92,10 +93,10 @@ async def test_a_validly_signed_token_with_a_bad_name_in_its_subject_is_unauthen
 
 async def test_a_reviewed_kubernetes_username_with_a_newline_is_unauthenticated(ca_server: ServerFactory) -> None:
     server = await ca_server(kube=True)
-    server.reviewer.reviews["t"] = TokenReview(
+    server.reviewer.reviews[T] = TokenReview(
         authenticated=True, username="system:serviceaccount:shop\n:cart", audiences=("istio-ca",)
     )
-    error = await refused(server, make_csr()[0], token="t")
+    error = await refused(server, make_csr()[0], token=T)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "'shop\\n' is not a DNS-1123 label" in (error.details() or "")
 
@@ -184,8 +185,8 @@ async def test_a_validly_signed_local_token_without_the_ca_audience_is_unauthent
 async def test_a_tokenreview_granting_no_audience_is_unauthenticated(ca_server: ServerFactory) -> None:
     """An empty `status.audiences` means the token is only good for the API server itself."""
     server = await ca_server(kube=True)
-    server.reviewer.reviews["no-aud"] = TokenReview(authenticated=True, username="system:serviceaccount:shop:cart")
-    error = await refused(server, make_csr(uris=[ME])[0], token="no-aud")
+    server.reviewer.reviews[T] = TokenReview(authenticated=True, username="system:serviceaccount:shop:cart")
+    error = await refused(server, make_csr(uris=[ME])[0], token=T)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "do not include 'istio-ca'" in (error.details() or "")
 

@@ -13,7 +13,7 @@ from certs.authenticate import AuthenticationError, Credentials
 from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReview
 from certs.authenticate.localtoken import LocalTokenAuthenticator, mint
 from certs.signing import Refusal, SigningPolicy, SigningRefused, check_csr
-from tests.certs.fakes import FakeTokenReviewer
+from tests.certs.fakes import FakeTokenReviewer, T
 from tests.certs.helpers import make_csr, spiffe
 
 
@@ -41,11 +41,11 @@ def test_a_bad_service_account_name_in_a_csr_is_named_as_the_uri_sans_service_ac
 async def test_a_reviewed_username_with_too_many_parts_is_refused_naming_it() -> None:
     username = "system:serviceaccount:shop:cart:extra"
     reviewer = FakeTokenReviewer(
-        reviews={"t": TokenReview(authenticated=True, username=username, audiences=("istio-ca",))}
+        reviews={T: TokenReview(authenticated=True, username=username, audiences=("istio-ca",))}
     )
     authenticator = KubeJwtAuthenticator(reviewer=reviewer, trust_domain="cluster.local", cluster_id="Kubernetes")
     with pytest.raises(AuthenticationError) as caught:
-        await authenticator.authenticate(Credentials(metadata={"authorization": "Bearer t"}))
+        await authenticator.authenticate(Credentials(metadata={"authorization": f"Bearer {T}"}))
     assert f"username {username!r} is not system:serviceaccount:<ns>:<sa>" in str(caught.value)
 
 

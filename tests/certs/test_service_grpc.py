@@ -22,7 +22,7 @@ from certs.runtime import CaRuntime, build_ca
 from certs.service import METHOD_PATH
 from controlplane.grpcserver import GrpcServers
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from tests.certs.fakes import FakeTokenReviewer
+from tests.certs.fakes import FakeTokenReviewer, shaped_token
 from tests.certs.helpers import leaf_uris, make_csr, openssl_verify, rsa_key, spiffe, start_ca_servers, tamper_signature
 
 SERVER_NAME = "istiod.istio-system.svc"
@@ -297,7 +297,7 @@ async def test_tokenreview_saying_unauthenticated_is_unauthenticated(ca_server: 
     server = await ca_server(kube=True)
     before = Counts.now()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await server.call(make_csr(uris=[ME])[0], token="revoked")
+        await server.call(make_csr(uris=[ME])[0], token=shaped_token("revoked"))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "TokenReview: token not authenticated" in (info.value.details() or "")
     assert Counts.now().auth_failures - before.auth_failures == 1
@@ -305,13 +305,15 @@ async def test_tokenreview_saying_unauthenticated_is_unauthenticated(ca_server: 
 
 async def test_tokenreview_accepting_and_clusterid_metadata(ca_server: ServerFactory) -> None:
     server = await ca_server(kube=True)
-    server.reviewer.reviews["good"] = TokenReview(
+    server.reviewer.reviews[shaped_token("good")] = TokenReview(
         authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",)
     )
-    response = await server.call(make_csr()[0], token="good", extra_metadata=[("clusterid", "Kubernetes")])
+    response = await server.call(
+        make_csr()[0], token=shaped_token("good"), extra_metadata=[("clusterid", "Kubernetes")]
+    )
     assert leaf_uris(response.cert_chain[0]) == [ME]
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await server.call(make_csr()[0], token="good", extra_metadata=[("clusterid", "elsewhere")])
+        await server.call(make_csr()[0], token=shaped_token("good"), extra_metadata=[("clusterid", "elsewhere")])
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -319,7 +321,7 @@ async def test_an_unreachable_tokenreview_api_is_unavailable_so_agents_retry(ca_
     server = await ca_server(kube=True)
     server.reviewer.down = True
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await server.call(make_csr()[0], token="any")
+        await server.call(make_csr()[0], token=shaped_token("any"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 

@@ -11,14 +11,21 @@ import asyncio
 import base64
 import json
 import pathlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from certs.authenticate.reviewgate import BURST
+from discovery.xdstypes import CLUSTER
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from tests.certs.fakes import shaped_token
 from tests.certs.helpers import leaf_uris, openssl_csr, openssl_text, openssl_verify
 from tests.certs.test_keystore import write_cacerts
+from tests.helpers.relay import SourceRelay
 from tests.helpers.serve import SERVER_NAME, Running, start_serve
 from tests.kubesim.fixtures import (  # noqa: F401
     Kubectl,
@@ -64,19 +71,21 @@ async def secret_data(kubectl: Kubectl, name: str) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in secret["data"].items()}
 
 
-def _create(running: Running, csr: str, bearer: str) -> list[str]:
+def _create(running: Running, csr: str, bearer: str, target: str | None = None) -> list[str]:
     credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
     options = [("grpc.ssl_target_name_override", SERVER_NAME)]
-    with grpc.secure_channel(running.addr("secure-grpc"), credentials, options=options) as channel:
+    with grpc.secure_channel(target or running.addr("secure-grpc"), credentials, options=options) as channel:
         stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
         request = ca_pb2.IstioCertificateRequest(csr=csr)
         answer = stub.CreateCertificate(request, metadata=[("authorization", f"Bearer {bearer}")], timeout=30)
         return list(answer.cert_chain)
 
 
-async def create(running: Running, csr: str, bearer: str) -> list[str]:
-    """CreateCertificate over gRPC+TLS, in a thread: the CA's TokenReview needs this event loop (kubesim)."""
-    return await asyncio.to_thread(_create, running, csr, bearer)
+async def create(running: Running, csr: str, bearer: str, target: str | None = None) -> list[str]:
+    """CreateCertificate over gRPC+TLS, in a thread: the CA's TokenReview needs this event loop (kubesim).
+
+    `target` is another address to dial instead of the secure port (a `SourceRelay`)."""
+    return await asyncio.to_thread(_create, running, csr, bearer, target)
 
 
 async def token(kubectl: Kubectl, *args: str) -> str:
@@ -146,6 +155,8 @@ async def test_token_review_unreachable_is_unavailable(
         await create(serve_kube, csr, bearer)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "503" in str(caught.value.details())
+    code, details = await asyncio.to_thread(_ads_status, serve_kube, bearer)  # a secure xDS stream: retry too
+    assert code == grpc.StatusCode.UNAVAILABLE and "503" in details, (code, details)
     fault.count = 0
     await kubesim.stop()  # the API server is gone altogether
     with pytest.raises(grpc.RpcError) as caught:
@@ -221,3 +232,76 @@ async def test_istio_ca_root_cert_is_kept_in_every_namespace_but_the_ignored_one
 
     for ignored in ("kube-public", "kube-node-lease"):
         assert (await kubectl.run("get", "configmap", ROOT_CM, "-n", ignored, check=False)).returncode != 0
+
+
+def _flood(running: Running, csr: str, count: int) -> list[grpc.StatusCode]:
+    """`count` concurrent CreateCertificate calls, each with a new forged token of a JWT's shape."""
+    forged = [shaped_token(f"system:serviceaccount:shop:web-{n}", exp=time.time() + 3600) for n in range(count)]
+
+    async def flood() -> list[grpc.StatusCode]:
+        credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
+        options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+        async with grpc.aio.secure_channel(running.addr("secure-grpc"), credentials, options=options) as channel:
+            stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+
+            async def one(token: str) -> grpc.StatusCode:
+                metadata = [("authorization", f"Bearer {token}")]
+                try:
+                    await stub.CreateCertificate(ca_pb2.IstioCertificateRequest(csr=csr), metadata=metadata, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            return list(await asyncio.gather(*(one(t) for t in forged)))
+
+    return asyncio.run(flood())
+
+
+async def test_a_flood_of_forged_tokens_from_one_client_costs_the_api_server_a_bounded_number_of_reviews(
+    serve_kube: Running, kubesim: KubeSim, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """Each forged token used to cost a TokenReview; now one client gets BURST failed reviews, then
+    RESOURCE_EXHAUSTED, and a workload at another address is not affected."""
+    bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    csr = openssl_csr(tmp_path, uri=IDENTITY)
+
+    def reviews() -> int:
+        return sum(1 for method, path in kubesim.requests if method == "POST" and path.endswith("/tokenreviews"))
+
+    before = reviews()
+    codes = await asyncio.to_thread(_flood, serve_kube, csr, 400)
+    assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
+    assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= BURST + 1  # one more may refill meanwhile
+    assert reviews() - before <= BURST + 1
+    # The flooding address must wait, whatever token it brings; the message says why and for how long.
+    with pytest.raises(grpc.RpcError) as caught:
+        await create(serve_kube, csr, bearer)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many failed token reviews from client 127.0.0.1" in str(caught.value.details())
+    code, details = await asyncio.to_thread(_ads_status, serve_kube, bearer)  # its xDS streams alike
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    # Another address gets its certificate and its configuration at once.
+    async with SourceRelay(serve_kube.addr("secure-grpc"), source="127.0.0.2") as relay:
+        chain = await create(serve_kube, csr, bearer, target=relay.address)
+        assert (await asyncio.to_thread(_ads_status, serve_kube, bearer, relay.address))[0] == grpc.StatusCode.OK
+    assert leaf_uris(chain[0]) == [IDENTITY]
+
+
+def _ads_status(running: Running, bearer: str, target: str | None = None) -> tuple[grpc.StatusCode, str]:
+    """Open a secure ADS stream as shop/web and ask for clusters: OK once a response came, else the status."""
+    node = base_pb2.Node(id="sidecar~10.1.1.1~web-1.shop~shop.svc.cluster.local")
+    node.metadata.update({"NAMESPACE": "shop", "SERVICE_ACCOUNT": "web"})
+    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node)
+    credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+    with grpc.secure_channel(target or running.addr("secure-grpc"), credentials, options=options) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)  # type: ignore[no-untyped-call]
+        responses = stub.StreamAggregatedResources(
+            iter([request]), metadata=[("authorization", f"Bearer {bearer}")], timeout=10
+        )
+        try:
+            next(responses)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or ""
+        responses.cancel()
+        return grpc.StatusCode.OK, ""

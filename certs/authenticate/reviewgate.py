@@ -1,0 +1,150 @@
+"""How many TokenReviews callers can make meshplane send: one client must not spend them for everyone.
+
+A bearer token that cannot be checked locally costs a TokenReview: a request to the Kubernetes API
+server, made as meshplane's own service account. Unbounded, a client that sends a new forged token
+with every request (no credentials needed) makes meshplane send one review per request. The API
+server's priority and fairness then throttles meshplane itself, and every workload's certificate
+and secure xDS stream waits behind the flood. `ReviewGate` bounds what one client can cause. A
+client is an IP address: a pod, or a node for host-network pods, which share it.
+
+- Failed reviews: each client may have `burst` reviews fail; after that, one more per `refill_s`
+  seconds. While its budget is spent, its tokens are refused without a review (`ReviewRefused`,
+  RESOURCE_EXHAUSTED, saying when to retry and why the last review failed). A valid token never
+  fails a review, so a working workload never spends its budget. Reviews in flight are reserved
+  against the budget, so no more than `burst` can fail at once.
+- Reviews in flight: at most `per_client` for one client (more at once are refused the same way),
+  and `total` in all (more wait their turn, in arrival order).
+
+The table of clients holds at most `max_clients`, least recently seen dropped first, so its size
+is bounded whatever addresses call. Not thread-safe: one event loop owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from certs.authenticate import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+BURST = 20
+REFILL_S = 5.0
+PER_CLIENT = 4
+TOTAL = 32
+MAX_CLIENTS = 10_000
+_REASON_CHARS = 200
+
+
+class ReviewRefused(AuthenticationError):
+    """The client's review budget is spent (or it has too many reviews in flight): retry later."""
+
+    exhausted = True
+
+
+@dataclass(kw_only=True, slots=True)
+class _Client:
+    budget: float  # failures this client may still cause (before reserving the ones in flight)
+    updated: float  # when `budget` was last refilled
+    in_flight: int = 0
+    last_failure: str = ""
+    refusing: bool = False  # refused since its last admitted review (logged once per such spell)
+
+
+def client_of_peer(peer: str) -> str:
+    """The address part of a gRPC peer name (`ipv4:10.1.2.3:5000` -> `10.1.2.3`, `ipv6:[::1]:5` -> `::1`).
+
+    Other forms (a Unix socket, an empty name) are returned unchanged: each is one client."""
+    kind, sep, rest = peer.partition(":")
+    if not sep or kind not in ("ipv4", "ipv6"):
+        return peer
+    host = rest.rpartition(":")[0] if ":" in rest else rest
+    return host.removeprefix("[").removesuffix("]")
+
+
+class ReviewGate:
+    def __init__(
+        self,
+        *,
+        burst: int = BURST,
+        refill_s: float = REFILL_S,
+        per_client: int = PER_CLIENT,
+        total: int = TOTAL,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Raises ValueError unless every bound is positive."""
+        if min(burst, per_client, total, max_clients) < 1 or refill_s <= 0:
+            raise ValueError(
+                f"review gate bounds must be positive (burst {burst}, refill_s {refill_s}, per_client {per_client}, "
+                f"total {total}, max_clients {max_clients})"
+            )
+        self.burst = burst
+        self.refill_s = refill_s
+        self.per_client = per_client
+        self.max_clients = max_clients
+        self.clock = clock
+        self._total = asyncio.Semaphore(total)
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    @contextlib.asynccontextmanager
+    async def review(self, client: str) -> AsyncIterator[None]:
+        """Hold a review for `client` (see `client_of_peer`) while the block runs.
+
+        Raises ReviewRefused on entry when the client may not have one now. An AuthenticationError
+        other than "unavailable" leaving the block counts as a failed review (its message is kept for
+        the next refusal); an unavailable API server or any other exception does not."""
+        entry = self._admit(client)
+        entry.in_flight += 1
+        try:
+            async with self._total:
+                yield
+        except AuthenticationError as exc:
+            if not exc.unavailable:
+                self._refill(entry)
+                entry.budget -= 1
+                entry.last_failure = str(exc)[:_REASON_CHARS]
+            raise
+        finally:
+            entry.in_flight -= 1
+
+    def _admit(self, client: str) -> _Client:
+        now = self.clock()
+        entry = self._clients.get(client)
+        if entry is None:
+            entry = self._clients[client] = _Client(budget=float(self.burst), updated=now)
+            while len(self._clients) > self.max_clients:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(client)
+            self._refill(entry)
+        if entry.in_flight >= self.per_client:
+            raise ReviewRefused(
+                f"{entry.in_flight} token reviews already in flight for client {client} (at most {self.per_client})"
+            )
+        spare = entry.budget - entry.in_flight
+        if spare < 1:
+            wait = (1 - spare) * self.refill_s
+            refusal = ReviewRefused(
+                f"too many failed token reviews from client {client} (at most {self.burst}, then one per "
+                f"{self.refill_s:g}s); retry in {wait:.0f}s; the last failure: {entry.last_failure or '(in flight)'}"
+            )
+            if not entry.refusing:
+                entry.refusing = True
+                log.warning("refusing bearer tokens without review: %s", refusal)
+            raise refusal
+        entry.refusing = False
+        return entry
+
+    def _refill(self, entry: _Client) -> None:
+        now = self.clock()
+        entry.budget = min(float(self.burst), entry.budget + (now - entry.updated) / self.refill_s)
+        entry.updated = now

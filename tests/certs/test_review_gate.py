@@ -1,0 +1,194 @@
+"""What a client can make the CA ask the API server: tokens of the wrong shape are never reviewed, and
+a client whose reviews keep failing is refused (RESOURCE_EXHAUSTED) before it costs more reviews,
+without touching any other client."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+
+from certs.authenticate import AuthenticationError, Credentials
+from certs.authenticate.kubejwt import MAX_TOKEN_BYTES, KubeJwtAuthenticator, TokenReview
+from certs.authenticate.reviewgate import ReviewGate, ReviewRefused, client_of_peer
+from certs.ca import CertificateAuthority
+from certs.service import CaError, CertificateService
+from tests.certs.fakes import FakeTokenReviewer, shaped_token
+from tests.certs.helpers import make_root
+
+GOOD = shaped_token("good")
+GRANTED = TokenReview(authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def kube(reviewer: FakeTokenReviewer, gate: ReviewGate, *, now: float = 1_800_000_000.0) -> KubeJwtAuthenticator:
+    return KubeJwtAuthenticator(
+        reviewer=reviewer, trust_domain="cluster.local", cluster_id="Kubernetes", gate=gate, clock=lambda: now
+    )
+
+
+def bearer(token: str, client: str = "10.0.0.1") -> Credentials:
+    return Credentials(metadata={"authorization": f"Bearer {token}"}, client=client)
+
+
+async def fail_until_refused(auth: KubeJwtAuthenticator, client: str, limit: int = 100) -> int:
+    """Send new forged tokens from `client` until one is refused without a review; how many were reviewed."""
+    for n in range(limit):
+        try:
+            await auth.authenticate(bearer(shaped_token(f"forged-{client}-{n}"), client))
+        except ReviewRefused:
+            return n
+        except AuthenticationError:
+            continue
+    raise AssertionError(f"{client} was never refused in {limit} tries")
+
+
+async def test_a_client_whose_reviews_fail_gets_burst_reviews_then_refusals_naming_why_and_when(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reviewer, clock = FakeTokenReviewer(reviews={GOOD: GRANTED}), Clock()
+    auth = kube(reviewer, ReviewGate(burst=5, refill_s=10, clock=clock))
+    assert await fail_until_refused(auth, "10.0.0.9") == 5
+    assert len(reviewer.asked) == 5
+    with pytest.raises(ReviewRefused) as refused:
+        await auth.authenticate(bearer(GOOD, "10.0.0.9"))  # a valid token too: it cannot be told apart unreviewed
+    message = str(refused.value)
+    assert "too many failed token reviews from client 10.0.0.9 (at most 5, then one per 10s)" in message
+    assert "retry in 10s" in message and "token not authenticated: invalid bearer token" in message
+    assert len(reviewer.asked) == 5
+    warnings = [r.getMessage() for r in caplog.records if r.name == "certs.authenticate.reviewgate"]
+    assert len(warnings) == 1 and "too many failed token reviews from client 10.0.0.9" in warnings[0]  # once
+    # Another client is not touched, and a valid token never spends anything.
+    for _ in range(20):
+        assert (await auth.authenticate(bearer(GOOD, "10.0.0.7"))).identities
+    # One review more per refill period; a review that succeeds spends none of it.
+    clock.now += 10
+    assert (await auth.authenticate(bearer(GOOD, "10.0.0.9"))).identities
+    clock.now += 10
+    assert await fail_until_refused(auth, "10.0.0.9") == 2
+
+
+async def test_an_unavailable_api_server_spends_no_budget() -> None:
+    reviewer = FakeTokenReviewer(reviews={GOOD: GRANTED}, down=True)
+    auth = kube(reviewer, ReviewGate(burst=2, clock=Clock()))
+    for _ in range(10):
+        with pytest.raises(AuthenticationError) as caught:
+            await auth.authenticate(bearer(GOOD))
+        assert caught.value.unavailable and not isinstance(caught.value, ReviewRefused)
+    reviewer.down = False
+    assert (await auth.authenticate(bearer(GOOD))).identities
+
+
+class BlockingReviewer(FakeTokenReviewer):
+    """Holds every review until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(reviews={GOOD: GRANTED})
+        self.release = asyncio.Event()
+
+    async def review(self, *, token: str, audiences: object) -> TokenReview:
+        await self.release.wait()
+        return await super().review(token=token, audiences=("istio-ca",))
+
+
+async def test_reviews_in_flight_are_bounded_per_client_and_in_all() -> None:
+    reviewer = BlockingReviewer()
+    auth = kube(reviewer, ReviewGate(per_client=2, total=3, clock=Clock()))
+    held = [asyncio.create_task(auth.authenticate(bearer(GOOD, "10.0.0.1"))) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ReviewRefused, match=r"2 token reviews already in flight for client 10.0.0.1 \(at most 2\)"):
+        await auth.authenticate(bearer(GOOD, "10.0.0.1"))
+    others = [asyncio.create_task(auth.authenticate(bearer(GOOD, f"10.0.1.{n}"))) for n in range(2)]
+    await asyncio.sleep(0.01)
+    assert len(reviewer.asked) == 0 and not any(t.done() for t in others)  # 3 reviewing (held), 1 waits its turn
+    reviewer.release.set()
+    callers = await asyncio.gather(*held, *others)
+    assert all(c.identities for c in callers) and len(reviewer.asked) == 4
+
+
+async def test_reviews_in_flight_are_reserved_against_the_budget() -> None:
+    reviewer = BlockingReviewer()
+    auth = kube(reviewer, ReviewGate(burst=2, per_client=10, clock=Clock()))
+    pending = [asyncio.create_task(auth.authenticate(bearer(shaped_token(f"f{n}")))) for n in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ReviewRefused, match=r"the last failure: \(in flight\)"):
+        await auth.authenticate(bearer(shaped_token("f3")))
+    reviewer.release.set()
+    for outcome in await asyncio.gather(*pending, return_exceptions=True):
+        assert isinstance(outcome, AuthenticationError) and not isinstance(outcome, ReviewRefused)
+
+
+async def test_the_client_table_is_bounded() -> None:
+    gate = ReviewGate(max_clients=3, clock=Clock())
+    auth = kube(FakeTokenReviewer(reviews={GOOD: GRANTED}), gate)
+    for n in range(50):
+        await auth.authenticate(bearer(GOOD, f"10.0.0.{n}"))
+    assert len(gate) == 3
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("not-a-jwt", "bearer token is not a JWT (three base64url parts separated by dots)"),
+        ("a.b.c.d", "bearer token is not a JWT (three base64url parts separated by dots)"),
+        ("e30.e30.+/", "bearer token is not a JWT (three base64url parts separated by dots)"),
+        ("bm90IGpzb24.e30.c2ln", "its header is not a base64url JSON object"),
+        ("e30.e30.c2ln", "its header has no alg"),
+        ("eyJhbGciOiJFUzI1NiJ9.WzFd.c2ln", "its payload is not a base64url JSON object"),
+        (shaped_token("x", exp=1_700_000_000), "bearer token expired at 2023-11-14T22:13:20+00:00"),
+        (shaped_token("x", exp=-math.inf), "bearer token expired at exp -inf"),
+        ("a" * (MAX_TOKEN_BYTES + 1), f"bearer token is {MAX_TOKEN_BYTES + 1} bytes, over {MAX_TOKEN_BYTES}"),
+    ],
+)
+async def test_a_token_that_cannot_be_a_live_service_account_token_is_never_reviewed(token: str, message: str) -> None:
+    reviewer = FakeTokenReviewer()
+    gate = ReviewGate(burst=1, clock=Clock())
+    with pytest.raises(AuthenticationError) as caught:
+        await kube(reviewer, gate).authenticate(bearer(token))
+    assert message in str(caught.value) and not isinstance(caught.value, ReviewRefused)
+    assert reviewer.asked == []
+    assert len(gate) == 0  # and it spent nothing
+
+
+async def test_a_token_without_exp_or_within_the_leeway_is_reviewed() -> None:
+    now = 1_800_000_000.0
+    tokens = [shaped_token("legacy"), shaped_token("late", exp=now - 30)]
+    reviewer = FakeTokenReviewer(reviews=dict.fromkeys(tokens, GRANTED))
+    auth = kube(reviewer, ReviewGate(), now=now)
+    for token in tokens:
+        assert (await auth.authenticate(bearer(token))).identities
+    assert [t for t, _ in reviewer.asked] == tokens
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("ipv4:10.1.2.3:5000", "10.1.2.3"),
+        ("ipv6:[fd00::1]:5000", "fd00::1"),
+        ("unix:/run/x.sock", "unix:/run/x.sock"),
+        ("", ""),
+    ],
+)
+def test_a_client_is_the_address_of_its_peer_without_the_port(peer: str, client: str) -> None:
+    assert client_of_peer(peer) == client
+
+
+async def test_the_ca_answers_a_spent_budget_with_resource_exhausted() -> None:
+    gate = ReviewGate(burst=1, clock=Clock())
+    service = CertificateService(ca=CertificateAuthority(make_root()), authenticators=[kube(FakeTokenReviewer(), gate)])
+    with pytest.raises(CaError) as first:
+        await service.authenticate(bearer(shaped_token("forged-1")))
+    assert first.value.code is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(CaError) as second:
+        await service.authenticate(bearer(shaped_token("forged-2")))
+    assert second.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many failed token reviews from client 10.0.0.1" in str(second.value)
