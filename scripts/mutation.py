@@ -65,6 +65,7 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
         f"x{SEP}LocalTokenAuthenticator{SEP}authenticate",
     ),
     "certs/authenticate/tokencache.py": None,  # a cached verdict must honour the key and the validity window
+    "certs/authenticate/reviewgate.py": None,  # what one client's tokens may cost the API server
     # All but `PushRequest.__str__`, which only words a push for the logs.
     "discovery/pushqueue.py": (
         "x__of_kind",

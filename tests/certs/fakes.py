@@ -87,14 +87,14 @@ class FakeTokenReviewer:
         return self.reviews.get(token, TokenReview(authenticated=False, error="invalid bearer token"))
 
 
-def shaped_token(subject: str, *, exp: float | None = None) -> str:
+def shaped_token(subject: str, *, exp: float | None = None, kid: str = "fake") -> str:
     """A token with a JWT's shape (what `kubejwt` sends to review) but no valid signature."""
 
     def part(value: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
     claims: dict[str, object] = {"sub": subject, **({"exp": exp} if exp is not None else {})}
-    return f"{part({'alg': 'ES256', 'kid': 'fake'})}.{part(claims)}.c2lnbmF0dXJl"
+    return f"{part({'alg': 'ES256', 'kid': kid})}.{part(claims)}.c2lnbmF0dXJl"
 
 
 #: The token FakeTokenReviewer tables use in tests.

@@ -135,18 +135,28 @@ async def test_the_client_table_is_bounded() -> None:
     assert len(gate) == 3
 
 
+LONG = "x" * 50
+NOT_A_JWT = "bearer token is not a JWT (three base64url parts separated by dots)"
+
+
 @pytest.mark.parametrize(
     ("token", "message"),
     [
-        ("not-a-jwt", "bearer token is not a JWT (three base64url parts separated by dots)"),
-        ("a.b.c.d", "bearer token is not a JWT (three base64url parts separated by dots)"),
-        ("e30.e30.+/", "bearer token is not a JWT (three base64url parts separated by dots)"),
-        ("bm90IGpzb24.e30.c2ln", "its header is not a base64url JSON object"),
-        ("e30.e30.c2ln", "its header has no alg"),
-        ("eyJhbGciOiJFUzI1NiJ9.WzFd.c2ln", "its payload is not a base64url JSON object"),
+        ("not-a-jwt", NOT_A_JWT),
+        ("a.b.c.d", NOT_A_JWT),
+        ("e30.e30.+/", NOT_A_JWT),
+        ("bm90IGpzb24.e30.c2ln", "bearer token is not a JWT: its header is not a base64url JSON object"),
+        ("e30.e30.c2ln", "bearer token is not a JWT: its header has no alg"),
+        ("eyJhbGciOiJFUzI1NiJ9.WzFd.c2ln", "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=1_700_000_000), "bearer token expired at 2023-11-14T22:13:20+00:00"),
+        (shaped_token("x", exp=1_800_000_000 - 60.5), "bearer token expired at 2027-01-15T07:58:59+00:00"),
         (shaped_token("x", exp=-math.inf), "bearer token expired at exp -inf"),
-        ("a" * (MAX_TOKEN_BYTES + 1), f"bearer token is {MAX_TOKEN_BYTES + 1} bytes, over {MAX_TOKEN_BYTES}"),
+        (shaped_token("x", exp=LONG), f"bearer token's exp is not a number: {LONG[:40]!r}"),  # type: ignore[arg-type]
+        (shaped_token("x", exp=True), "bearer token's exp is not a number: 'True'"),
+        (
+            "a" * (MAX_TOKEN_BYTES + 1),
+            f"bearer token is {MAX_TOKEN_BYTES + 1} bytes, over {MAX_TOKEN_BYTES}: not a service-account token",
+        ),
     ],
 )
 async def test_a_token_that_cannot_be_a_live_service_account_token_is_never_reviewed(token: str, message: str) -> None:
@@ -154,14 +164,25 @@ async def test_a_token_that_cannot_be_a_live_service_account_token_is_never_revi
     gate = ReviewGate(burst=1, clock=Clock())
     with pytest.raises(AuthenticationError) as caught:
         await kube(reviewer, gate).authenticate(bearer(token))
-    assert message in str(caught.value) and not isinstance(caught.value, ReviewRefused)
+    assert str(caught.value) == message and not isinstance(caught.value, ReviewRefused)
     assert reviewer.asked == []
     assert len(gate) == 0  # and it spent nothing
 
 
-async def test_a_token_without_exp_or_within_the_leeway_is_reviewed() -> None:
+def padded_to(length: int) -> str:
+    """A JWT-shaped token of exactly `length` characters."""
+    head, claims, _ = shaped_token("x").split(".")
+    return f"{head}.{claims}.{'s' * (length - len(head) - len(claims) - 2)}"
+
+
+async def test_tokens_up_to_the_limit_with_headers_of_any_size_or_late_within_the_leeway_are_reviewed() -> None:
     now = 1_800_000_000.0
-    tokens = [shaped_token("legacy"), shaped_token("late", exp=now - 30)]
+    tokens = [
+        shaped_token("legacy"),  # no exp: a Secret-based token
+        shaped_token("late", exp=now - 60),  # the API server's leeway
+        padded_to(MAX_TOKEN_BYTES),
+        *(shaped_token("x", kid="k" * n) for n in range(12)),  # every length of header, mod 4 and mod 5
+    ]
     reviewer = FakeTokenReviewer(reviews=dict.fromkeys(tokens, GRANTED))
     auth = kube(reviewer, ReviewGate(), now=now)
     for token in tokens:
@@ -174,6 +195,7 @@ async def test_a_token_without_exp_or_within_the_leeway_is_reviewed() -> None:
     [
         ("ipv4:10.1.2.3:5000", "10.1.2.3"),
         ("ipv6:[fd00::1]:5000", "fd00::1"),
+        ("ipv4:10.1.2.3", "10.1.2.3"),
         ("unix:/run/x.sock", "unix:/run/x.sock"),
         ("", ""),
     ],
@@ -192,3 +214,38 @@ async def test_the_ca_answers_a_spent_budget_with_resource_exhausted() -> None:
         await service.authenticate(bearer(shaped_token("forged-2")))
     assert second.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too many failed token reviews from client 10.0.0.1" in str(second.value)
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [{"burst": 0}, {"per_client": 0}, {"total": 0}, {"max_clients": 0}, {"refill_s": 0.0}],
+)
+def test_every_bound_must_be_positive(bounds: dict[str, float]) -> None:
+    settings: dict[str, float] = {"burst": 1, "refill_s": 0.5, "per_client": 1, "total": 1, "max_clients": 1}
+    ReviewGate(**settings)  # type: ignore[arg-type]  # the smallest that work
+    values = {**settings, **bounds}
+    with pytest.raises(ValueError) as caught:
+        ReviewGate(**values)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"review gate bounds must be positive (burst {values['burst']}, refill_s {values['refill_s']}, "
+        f"per_client {values['per_client']}, total {values['total']}, max_clients {values['max_clients']})"
+    )
+
+
+async def test_the_least_recently_seen_client_is_forgotten_first() -> None:
+    gate = ReviewGate(burst=1, max_clients=2, clock=Clock())
+    auth = kube(FakeTokenReviewer(reviews={GOOD: GRANTED}), gate)
+    for client in ("10.0.0.1", "10.0.0.2"):
+        await auth.authenticate(bearer(GOOD, client))
+    assert await fail_until_refused(auth, "10.0.0.3") == 1  # it took 10.0.0.1's place, and is remembered
+    assert await fail_until_refused(auth, "10.0.0.2") == 1
+    assert await fail_until_refused(auth, "10.0.0.3") == 0  # still remembered: 10.0.0.2 was older
+
+
+async def test_the_retry_time_counts_what_has_refilled() -> None:
+    clock = Clock()
+    auth = kube(FakeTokenReviewer(), ReviewGate(burst=2, refill_s=10, clock=clock))
+    assert await fail_until_refused(auth, "10.0.0.1") == 2
+    clock.now += 2.5
+    with pytest.raises(ReviewRefused, match="retry in 8s"):
+        await auth.authenticate(bearer(shaped_token("again")))
