@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -67,4 +67,21 @@ csr_sign_error_count = IstioCounter(
 )
 root_cert_expiry_timestamp = Gauge(
     "citadel_server_root_cert_expiry_timestamp", "Unix time at which the CA's current root certificate expires"
+)
+
+#: Outcomes of `token_reviews`, a closed set.
+REVIEW_OUTCOMES = (
+    "reviewed_ok",
+    "reviewed_refused",
+    "review_unavailable",
+    "not_a_token",
+    "client_budget",
+    "client_busy",
+)
+token_reviews = Counter(
+    "meshplane_ca_token_reviews",
+    "Bearer tokens judged by TokenReview, by outcome: reviewed_ok, reviewed_refused, review_unavailable (a review "
+    "was asked for); not_a_token (not a JWT, oversized or expired), client_budget (the client's failed reviews are "
+    "spent), client_busy (too many of its reviews in flight): refused without one",
+    ["outcome"],
 )

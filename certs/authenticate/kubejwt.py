@@ -31,8 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from certs import metrics
 from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Caller, Credentials, NoCredentials
-from certs.authenticate.reviewgate import ReviewGate
+from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from certs.identity import from_service_account_username, spiffe_id
 
 AUDIENCE = "istio-ca"
@@ -90,9 +91,22 @@ class KubeJwtAuthenticator:
             raise AuthenticationError(
                 f"clusterid {cluster!r} is not this cluster ({self.cluster_id!r}); remote clusters are not supported"
             )
-        check_token_shape(token, now=self.clock())
-        async with self.gate.review(credentials.client):
-            return await self._review(token)
+        try:
+            check_token_shape(token, now=self.clock())
+        except AuthenticationError:
+            metrics.token_reviews.labels(outcome="not_a_token").inc()
+            raise
+        try:
+            async with self.gate.review(credentials.client):
+                caller = await self._review(token)
+        except ReviewRefused as exc:
+            metrics.token_reviews.labels(outcome=exc.outcome).inc()
+            raise
+        except AuthenticationError as exc:
+            metrics.token_reviews.labels(outcome="review_unavailable" if exc.unavailable else "reviewed_refused").inc()
+            raise
+        metrics.token_reviews.labels(outcome="reviewed_ok").inc()
+        return caller
 
     async def _review(self, token: str) -> Caller:
         try:

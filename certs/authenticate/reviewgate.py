@@ -42,9 +42,14 @@ _REASON_CHARS = 200
 
 
 class ReviewRefused(AuthenticationError):
-    """The client's review budget is spent (or it has too many reviews in flight): retry later."""
+    """The client's review budget is spent (`outcome` "client_budget") or it has too many reviews in
+    flight ("client_busy"): retry later."""
 
     exhausted = True
+
+    def __init__(self, message: str, *, outcome: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 @dataclass(kw_only=True, slots=True)
@@ -128,14 +133,16 @@ class ReviewGate:
             self._refill(entry)
         if entry.in_flight >= self.per_client:
             raise ReviewRefused(
-                f"{entry.in_flight} token reviews already in flight for client {client} (at most {self.per_client})"
+                f"{entry.in_flight} token reviews already in flight for client {client} (at most {self.per_client})",
+                outcome="client_busy",
             )
         spare = entry.budget - entry.in_flight
         if spare < 1:
             wait = (1 - spare) * self.refill_s
             refusal = ReviewRefused(
                 f"too many failed token reviews from client {client} (at most {self.burst}, then one per "
-                f"{self.refill_s:g}s); retry in {wait:.0f}s; the last failure: {entry.last_failure or '(in flight)'}"
+                f"{self.refill_s:g}s); retry in {wait:.0f}s; the last failure: {entry.last_failure or '(in flight)'}",
+                outcome="client_budget",
             )
             if not entry.refusing:
                 entry.refusing = True

@@ -9,11 +9,13 @@ import math
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from certs.authenticate import AuthenticationError, Credentials
 from certs.authenticate.kubejwt import MAX_TOKEN_BYTES, KubeJwtAuthenticator, TokenReview
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused, client_of_peer
 from certs.ca import CertificateAuthority
+from certs.metrics import REVIEW_OUTCOMES
 from certs.service import CaError, CertificateService
 from tests.certs.fakes import FakeTokenReviewer, shaped_token
 from tests.certs.helpers import make_root
@@ -249,3 +251,42 @@ async def test_the_retry_time_counts_what_has_refilled() -> None:
     clock.now += 2.5
     with pytest.raises(ReviewRefused, match="retry in 8s"):
         await auth.authenticate(bearer(shaped_token("again")))
+
+
+def outcomes() -> dict[str, float]:
+    return {
+        o: REGISTRY.get_sample_value("meshplane_ca_token_reviews_total", {"outcome": o}) or 0.0 for o in REVIEW_OUTCOMES
+    }
+
+
+async def test_every_outcome_is_counted_for_operators() -> None:
+    before = outcomes()
+    reviewer = BlockingReviewer()
+    reviewer.release.set()
+    auth = kube(reviewer, ReviewGate(burst=1, per_client=1, clock=Clock()))
+    await auth.authenticate(bearer(GOOD))
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer("not-a-jwt"))
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(shaped_token("forged")))
+    with pytest.raises(ReviewRefused):
+        await auth.authenticate(bearer(GOOD))
+    reviewer.release.clear()
+    held = asyncio.create_task(auth.authenticate(bearer(GOOD, "10.0.0.2")))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ReviewRefused):
+        await auth.authenticate(bearer(GOOD, "10.0.0.2"))
+    reviewer.release.set()
+    await held
+    reviewer.down = True
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(GOOD, "10.0.0.3"))
+    after = outcomes()
+    assert {o: after[o] - before[o] for o in REVIEW_OUTCOMES} == {
+        "reviewed_ok": 2,
+        "reviewed_refused": 1,
+        "review_unavailable": 1,
+        "not_a_token": 1,
+        "client_budget": 1,
+        "client_busy": 1,
+    }
