@@ -25,7 +25,7 @@ from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs.fakes import shaped_token
 from tests.certs.helpers import leaf_uris, openssl_csr, openssl_text, openssl_verify
 from tests.certs.test_keystore import write_cacerts
-from tests.helpers.relay import SourceRelay
+from tests.helpers.relay import Relay
 from tests.helpers.serve import SERVER_NAME, Running, start_serve
 from tests.kubesim.fixtures import (  # noqa: F401
     Kubectl,
@@ -84,7 +84,7 @@ def _create(running: Running, csr: str, bearer: str, target: str | None = None) 
 async def create(running: Running, csr: str, bearer: str, target: str | None = None) -> list[str]:
     """CreateCertificate over gRPC+TLS, in a thread: the CA's TokenReview needs this event loop (kubesim).
 
-    `target` is another address to dial instead of the secure port (a `SourceRelay`)."""
+    `target` is another address to dial instead of the secure port (a `Relay`)."""
     return await asyncio.to_thread(_create, running, csr, bearer, target)
 
 
@@ -281,7 +281,7 @@ async def test_a_flood_of_forged_tokens_from_one_client_costs_the_api_server_a_b
     code, details = await asyncio.to_thread(_ads_status, serve_kube, bearer)  # its xDS streams alike
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     # Another address gets its certificate and its configuration at once.
-    async with SourceRelay(serve_kube.addr("secure-grpc"), source="127.0.0.2") as relay:
+    async with Relay(target_port=serve_kube.ports["secure-grpc"], source="127.0.0.2") as relay:
         chain = await create(serve_kube, csr, bearer, target=relay.address)
         assert (await asyncio.to_thread(_ads_status, serve_kube, bearer, relay.address))[0] == grpc.StatusCode.OK
     assert leaf_uris(chain[0]) == [IDENTITY]

@@ -27,6 +27,7 @@ from controlplane.kube.client import KubeApi
 from controlplane.kube.source import KubeSource
 from controlplane.kube.watching import Backoff
 from controlplane.model.store import ConfigEvent, ConfigStore, Object, ObjectKey
+from tests.helpers.relay import Relay
 from tests.helpers.serve import Running, start_serve
 from tests.kubesim.fixtures import (  # noqa: F401
     eventually,
@@ -44,89 +45,7 @@ MERGE = "application/merge-patch+json"
 MIRRORED = (("namespaces", ""), ("services", ""), ("endpointslices", "discovery.k8s.io"), ("pods", ""))
 
 
-# -- a TCP forwarder whose connections can be cut mid-stream -------------------------------------
-
-
-class Breaker:
-    """Forwards 127.0.0.1:`port` to the API server; `cut()` aborts every open connection (a reset).
-
-    `down()` cuts and refuses new connections until `up()`: the API server is unreachable, and
-    nothing it writes meanwhile (not even a late bookmark) reaches a client.
-    """
-
-    def __init__(self, *, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.refusing = False
-        self._server: asyncio.Server | None = None
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    def down(self) -> None:
-        self.refusing = True
-        self.cut()
-
-    def up(self) -> None:
-        self.refusing = False
-
-    def cut(self) -> int:
-        links = list(self._links)
-        for client, upstream in links:
-            client.transport.abort()
-            upstream.transport.abort()
-        return len(links)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            if self.refusing:
-                writer.transport.abort()
-                return
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            except OSError:
-                writer.transport.abort()  # the API server is down: refuse as it would
-                return
-            link = (writer, up_writer)
-            self._links.add(link)
-            pipes = [asyncio.ensure_future(_pipe(reader, up_writer)), asyncio.ensure_future(_pipe(up_reader, writer))]
-            try:
-                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pipe in pipes:
-                    pipe.cancel()
-                await asyncio.gather(*pipes, return_exceptions=True)
-                self._links.discard(link)
-                writer.transport.abort()
-                up_writer.transport.abort()
-        finally:
-            self._tasks.discard(task)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-
-
-def kubeconfig_through(kubeconfig: pathlib.Path, sim: KubeSim, breaker: Breaker, target: pathlib.Path) -> pathlib.Path:
+def kubeconfig_through(kubeconfig: pathlib.Path, sim: KubeSim, breaker: Relay, target: pathlib.Path) -> pathlib.Path:
     """A copy of `kubeconfig` whose server is the breaker (same scheme and credentials)."""
     config = yaml.safe_load(kubeconfig.read_text())
     for cluster in config["clusters"]:
@@ -137,8 +56,8 @@ def kubeconfig_through(kubeconfig: pathlib.Path, sim: KubeSim, breaker: Breaker,
 
 
 @pytest.fixture
-async def breaker(kubesim: KubeSim) -> AsyncIterator[Breaker]:
-    forwarder = Breaker(target_port=kubesim.port)
+async def breaker(kubesim: KubeSim) -> AsyncIterator[Relay]:
+    forwarder = Relay(target_port=kubesim.port)
     await forwarder.start()
     try:
         yield forwarder
@@ -406,7 +325,7 @@ async def churn_for(churn: Churn, steps: int, *, during: Any = None) -> None:
         await asyncio.sleep(0.005)
 
 
-async def restart_api_server(sim: KubeSim, breaker: Breaker, churn: Churn, *, offline_steps: int) -> None:
+async def restart_api_server(sim: KubeSim, breaker: Relay, churn: Churn, *, offline_steps: int) -> None:
     """Stop kubesim, write while it is down, start it again on the same port with its data.
 
     The breaker goes down first, so no client reaches the server while it shuts down (a real API
@@ -422,7 +341,7 @@ async def restart_api_server(sim: KubeSim, breaker: Breaker, churn: Churn, *, of
     breaker.up()
 
 
-def expire(sim: KubeSim, breaker: Breaker, churn: Churn, *, offline_steps: int) -> None:
+def expire(sim: KubeSim, breaker: Relay, churn: Churn, *, offline_steps: int) -> None:
     """While no client can reach the server, change objects and compact the history: resumed watches get 410."""
     breaker.down()
     for _ in range(offline_steps):
@@ -436,7 +355,7 @@ def expire(sim: KubeSim, breaker: Breaker, churn: Churn, *, offline_steps: int) 
 
 @pytest.fixture
 async def mirrored(
-    kubesim: KubeSim, kubeconfig: pathlib.Path, breaker: Breaker, tmp_path: pathlib.Path
+    kubesim: KubeSim, kubeconfig: pathlib.Path, breaker: Relay, tmp_path: pathlib.Path
 ) -> AsyncIterator[tuple[KubeSource, ConfigStore, Ledger]]:
     api = await KubeApi.connect(kubeconfig=kubeconfig_through(kubeconfig, kubesim, breaker, tmp_path / "via-breaker"))
     store = ConfigStore()
@@ -454,7 +373,7 @@ async def mirrored(
 
 
 async def test_the_model_equals_the_server_after_cut_streams_410_and_a_restart(
-    kubesim: KubeSim, kube_api: KubeApi, breaker: Breaker, mirrored: tuple[KubeSource, ConfigStore, Ledger]
+    kubesim: KubeSim, kube_api: KubeApi, breaker: Relay, mirrored: tuple[KubeSource, ConfigStore, Ledger]
 ) -> None:
     source, store, ledger = mirrored
     churn = Churn(kubesim, kube_api, seed=8)
@@ -486,7 +405,7 @@ async def test_the_model_equals_the_server_after_cut_streams_410_and_a_restart(
 
 
 async def test_a_relist_after_410_applies_only_what_changed(
-    kubesim: KubeSim, kube_api: KubeApi, breaker: Breaker, mirrored: tuple[KubeSource, ConfigStore, Ledger]
+    kubesim: KubeSim, kube_api: KubeApi, breaker: Relay, mirrored: tuple[KubeSource, ConfigStore, Ledger]
 ) -> None:
     source, store, ledger = mirrored
     churn = Churn(kubesim, kube_api, seed=410)
@@ -583,7 +502,7 @@ async def serve_converged(running: Running, sim: KubeSim, *, what: str) -> None:
 
 @pytest.fixture
 async def serve_via_breaker(
-    kubesim: KubeSim, kubeconfig: pathlib.Path, breaker: Breaker, tmp_path: pathlib.Path
+    kubesim: KubeSim, kubeconfig: pathlib.Path, breaker: Relay, tmp_path: pathlib.Path
 ) -> AsyncIterator[Running]:
     kubesim.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CP_NS}})
     config = kubeconfig_through(kubeconfig, kubesim, breaker, tmp_path / "via-breaker")
@@ -595,7 +514,7 @@ async def serve_via_breaker(
 
 
 async def test_meshplane_serve_ends_equal_to_the_server_through_every_outage(
-    kubesim: KubeSim, kube_api: KubeApi, breaker: Breaker, serve_via_breaker: Running
+    kubesim: KubeSim, kube_api: KubeApi, breaker: Relay, serve_via_breaker: Running
 ) -> None:
     churn = Churn(kubesim, kube_api, seed=4)
     churn.setup()
@@ -628,7 +547,7 @@ def _mesh(selectors: list[dict[str, Any]] | None) -> dict[str, Any]:
 
 
 async def test_discovery_selectors_scope_the_registry_of_meshplane_serve_live(
-    kubesim: KubeSim, kube_api: KubeApi, breaker: Breaker, serve_via_breaker: Running
+    kubesim: KubeSim, kube_api: KubeApi, breaker: Relay, serve_via_breaker: Running
 ) -> None:
     churn = Churn(kubesim, kube_api, seed=7)
     churn.setup()
