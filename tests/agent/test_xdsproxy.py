@@ -348,7 +348,16 @@ class FixedSecrets:
         await asyncio.Event().wait()
 
 
-async def test_a_stream_reset_mid_response_is_retried_and_the_client_stream_stays_open(workdir: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.INTERNAL, "Stream removed"),  # the TLS front end resets streams when the process dies
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed token reviews from client 10.1.1.1"),  # slow down
+    ],
+)
+async def test_a_stream_reset_mid_response_is_retried_and_the_client_stream_stays_open(
+    workdir: pathlib.Path, code: grpc.StatusCode, details: str
+) -> None:
     root = MeshRoot()
     server_leaf = root.issue("spiffe://cluster.local/ns/istio-system/sa/istiod", dns="istiod.test")
     calls = 0
@@ -358,9 +367,9 @@ async def test_a_stream_reset_mid_response_is_retried_and_the_client_stream_stay
         calls += 1
         async for _ in requests:  # the replayed or first request
             break
-        if calls == 1:  # a response, then the stream is reset (as the TLS front end does when the process dies)
+        if calls == 1:  # a response, then the stream ends with `code`
             yield discovery_pb2.DiscoveryResponse(type_url=LDS, version_info="1", nonce="first")
-            await context.abort(grpc.StatusCode.INTERNAL, "Stream removed")
+            await context.abort(code, details)
         yield discovery_pb2.DiscoveryResponse(type_url=LDS, version_info="2", nonce="second")
         await asyncio.Event().wait()
 
