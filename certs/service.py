@@ -111,7 +111,9 @@ class CertificateService:
         return list(caller.identities)
 
     async def authenticate(self, credentials: Credentials) -> Caller:
-        """The first authenticator's success, or CaError(UNAUTHENTICATED | UNAVAILABLE) listing why each failed."""
+        """The first authenticator's success, or CaError listing why each failed: UNAVAILABLE if one could
+        not decide, else RESOURCE_EXHAUSTED if one refused to ask (the caller's review budget), else
+        UNAUTHENTICATED."""
         absent: list[str] = []
         failed: list[str] = []
         unavailable = exhausted = False
