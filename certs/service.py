@@ -34,11 +34,11 @@ from google.protobuf.message import DecodeError
 
 from certs import metrics
 from certs.authenticate import AuthenticationError, Authenticator, Caller, Credentials, NoCredentials
-from certs.authenticate.reviewgate import client_of_peer
 from certs.authority import now_utc
 from certs.ca import CertificateAuthority
 from certs.signing import Refusal, SigningPolicy, SigningRefused
 from certs.signpool import SigningPool, WorkerUnavailable, sign_request
+from controlplane.peers import client_of_peer
 from controlplane.protopeek import peek_type
 from protos.gen.istio.v1.auth import ca_pb2
 

@@ -118,6 +118,13 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--max-streams-per-client",
+        default=str(d.max_streams_per_client),
+        help="xDS streams one client address (a pod; a node for host-network pods) may have open at once, "
+        "both xDS ports together; more are refused with RESOURCE_EXHAUSTED. A sidecar needs one",
+    )
+    _add(
+        p,
         "--ca-workers",
         default="auto",
         help="processes that check CSRs and sign for the CA; 0 signs on the event loop; auto: 0 on one core, "
@@ -143,6 +150,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if max_ttl.total_seconds() <= 0:
         raise SettingsError("--max-workload-cert-ttl: must be positive")
     ca_workers = _ca_workers(args.ca_workers)
+    try:
+        max_streams = int(args.max_streams_per_client)
+    except ValueError:
+        raise SettingsError(
+            f"--max-streams-per-client: {args.max_streams_per_client!r} is not a number of streams"
+        ) from None
+    if max_streams < 1:
+        raise SettingsError(f"--max-streams-per-client: {max_streams} must be at least 1")
     if args.config_dir and args.kubeconfig:
         raise SettingsError(
             "--config-dir and --kubeconfig: choose one; --config-dir runs local mode (no Kubernetes), "
@@ -169,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grace_period=grace,
         max_workload_cert_ttl=max_ttl.total_seconds(),
         ca_workers=ca_workers,
+        max_streams_per_client=max_streams,
         ca_key_algorithm=args.ca_key_algorithm,
         allow_new_root=_boolean(args.allow_new_root, field="--allow-new-root"),
     )

@@ -54,6 +54,7 @@ from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
 from controlplane.settings import Address, Settings, SettingsError
 from controlplane.sources.files import FileSource
+from discovery.connection import StreamLimits
 from discovery.server import AdsServer, Identify
 from discovery.service import DiscoveryService, debounce_from_env
 from discovery.stream import StreamRefused
@@ -351,6 +352,7 @@ class ControlPlane:
             debounce_max=most,
             control_plane_id=f"{s.istiod_service}-{socket.gethostname()}",
             version=__version__,
+            limits=StreamLimits(streams_per_client=s.max_streams_per_client),
         )
         self.tasks.start("xds-push", self.discovery.run())
 

@@ -71,6 +71,7 @@ class Settings:
     max_workload_cert_ttl: float = 90 * 86400.0  # seconds; the CA refuses longer workload certificates
     ca_key_algorithm: str = "ecdsa-p256"  # key of a newly created self-signed root
     allow_new_root: bool = False  # local mode: create a new root although a trust bundle exists without its key
+    max_streams_per_client: int = 100  # open xDS streams one client address may have, both ports together
     ca_workers: int | None = None  # CA signing processes; None: chosen from the usable cores, 0: the event loop signs
 
     @property

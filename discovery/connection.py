@@ -85,11 +85,13 @@ class StreamLimits:
     `names_per_stream`: subscribed names over all types of one stream. Both: RESOURCE_EXHAUSTED.
     `node_metadata_bytes` / `node_id_bytes`: serialized size of `node.metadata` / length of `node.id`
     in the first request: INVALID_ARGUMENT. `inbox_bytes`: requests read ahead of the stream's task
-    (one larger request is still read when the inbox is empty).
+    (one larger request is still read when the inbox is empty). `streams_per_client`: streams one client
+    address may have open at once, both ports together (`discovery.clients`): RESOURCE_EXHAUSTED.
     """
 
     names_per_request: int = 10_000
     names_per_stream: int = 10_000
+    streams_per_client: int = 100
     node_metadata_bytes: int = 64 * 1024
     node_id_bytes: int = 1024
     inbox_bytes: int = 8 * 1024 * 1024

@@ -11,7 +11,7 @@ Nothing a client chooses becomes a label value as is: types are `cds`/`eds`/`lds
 `other`), and unknown type URLs are counted under the URL only when it is a well-known xDS type
 (else `other`), so the number of series stays fixed. Client text in logs (node ids, NACK messages,
 type URLs) is cut to `TEXT_LIMIT` characters, and repeated warnings are throttled per stream (one
-line per key every 10 s, with the count of lines held back).
+line per key every 10 s, with the count of lines held back), refused streams per status.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import grpc
 from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from controlplane.model.services import ConflictKind, Conflicts
+from discovery.connection import LogThrottle
 from discovery.xdstypes import SHORT, short
 
 if TYPE_CHECKING:
@@ -107,7 +109,13 @@ unchanged = _LabeledCounter(
     "State-of-the-World pushes not sent because the client already has exactly that config, by type (cds, lds).",
     "type",
 )
-REGISTRY.register(_Collector(pushes, rejects, unknown_types, unchanged))
+refused_streams = _LabeledCounter(
+    "meshplane_xds_streams_refused",
+    "xDS streams ended before or at their first request, by gRPC status (UNAUTHENTICATED: no identity, "
+    "PERMISSION_DENIED: an identity other than the node's, RESOURCE_EXHAUSTED: a client over a limit, ...).",
+    "code",
+)
+REGISTRY.register(_Collector(pushes, rejects, unknown_types, unchanged, refused_streams))
 
 
 class _ConflictGauges:
@@ -169,7 +177,13 @@ debounce_time = Histogram(
 
 
 class StreamHooks:
-    """Called by the ADS streams at each step; counts and logs."""
+    """Called by the ADS streams at each step; counts and logs.
+
+    Refused streams are logged once per status every 10 s (with the count held back): a client that
+    opens streams in a loop must not flood the log any more than one that sends NACKs."""
+
+    def __init__(self) -> None:
+        self.refusals = LogThrottle()
 
     def opened(self, conn: Connection) -> None:
         connections.inc()
@@ -220,8 +234,15 @@ class StreamHooks:
     def unchanged(self, conn: Connection, type_url: str) -> None:
         unchanged.inc(kind(type_url))
 
-    def rejected_stream(self, peer: str, reason: str) -> None:
-        log.warning("xDS stream refused", extra={"peer": clip(peer), "reason": clip(reason)})
+    def rejected_stream(self, peer: str, code: grpc.StatusCode, reason: str) -> None:
+        refused_streams.inc(code.name)
+        held = self.refusals.allow(code.name)
+        if held is None:
+            return
+        log.warning(
+            "xDS stream refused",
+            extra={"peer": clip(peer), "code": code.name, "reason": clip(reason), "suppressed": held},
+        )
 
     def slow(self, conn: Connection, seconds: float) -> None:
         log.warning(

@@ -23,6 +23,7 @@ import grpc
 from cryptography import x509
 from envoy.service.discovery.v3 import discovery_pb2
 
+from controlplane.peers import client_of_peer
 from discovery.delta import DeltaStream
 from discovery.metrics import HOOKS, clip
 from discovery.proxy import Proxy
@@ -142,15 +143,16 @@ class AdsServer:
             return check_identity(proxy, identities) if self.secure else None
 
         peer = self.peer_name(context)
-        stream = kind(self.service, requests=requests, write=context.write, peer=peer, authorize=authorize)
         try:
-            if self.secure:
-                identities = await self.identify(context)  # before anything the client sent is parsed
-                if not identities:
-                    raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
-            await stream.serve()
+            with self.service.open_streams.held(client_of_peer(peer)):  # first: a refusal costs nothing more
+                if self.secure:
+                    identities = await self.identify(context)  # before anything the client sent is parsed
+                    if not identities:
+                        raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
+                stream = kind(self.service, requests=requests, write=context.write, peer=peer, authorize=authorize)
+                await stream.serve()
         except StreamRefused as exc:
-            HOOKS.rejected_stream(peer, exc.details)
+            HOOKS.rejected_stream(peer, exc.code, exc.details)
             await context.abort(exc.code, clip(exc.details))
         except Exception:
             if context.cancelled() or context.done():

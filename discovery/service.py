@@ -36,6 +36,7 @@ from google.protobuf import any_pb2, json_format
 from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
 from discovery.cache import XdsCache
+from discovery.clients import OpenStreams
 from discovery.connection import StreamLimits, Watched, sync_status
 from discovery.generators import ProxyView, table_for
 from discovery.generators.base import GenContext
@@ -69,11 +70,13 @@ class DiscoveryService:
         cache: XdsCache | None = None,
         limits: StreamLimits | None = None,
     ) -> None:
-        """`limits` bounds what one client may make a stream hold (default `StreamLimits()`)."""
+        """`limits` bounds what one client may make a stream hold, and how many streams it may have open
+        (default `StreamLimits()`)."""
         self.registry = registry
         metrics.conflicts.follow(lambda: registry.snapshot().conflicts)
         self.cache = cache or XdsCache()
         self.limits = limits or StreamLimits()
+        self.open_streams = OpenStreams(self.limits.streams_per_client)
         self.control_plane_id = control_plane_id
         self.control_plane = base_pb2.ControlPlane(
             identifier=json.dumps({"Component": "istiod", "ID": control_plane_id, "info": {"version": version}})

@@ -129,7 +129,17 @@ def run(a: argparse.Namespace, tmp: pathlib.Path) -> dict[str, Any]:
     if a.gc_log:
         serve.meshplane_cmd = lambda: [sys.executable, "-c", GC_BOOT]
     try:
-        running = start_serve(tmp, "--config-dir", str(mesh.directory), "--log-level", "warning", env=env)
+        # All simulated proxies share one address: lift the per-address stream limit above their number.
+        running = start_serve(
+            tmp,
+            "--config-dir",
+            str(mesh.directory),
+            "--log-level",
+            "warning",
+            "--max-streams-per-client",
+            "100000",
+            env=env,
+        )
     finally:
         serve.meshplane_cmd = original
     procs: dict[str, subprocess.Popen[bytes]] = {}

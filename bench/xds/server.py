@@ -40,7 +40,7 @@ from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from controlplane.settings import Address
 from controlplane.tlsfront import FrontTuning
-from discovery.connection import Watched
+from discovery.connection import StreamLimits, Watched
 from discovery.generators import SIDECAR, GenContext, ProxyView
 from discovery.server import AdsServer
 from discovery.service import DiscoveryService
@@ -79,7 +79,10 @@ class Bench:
         self.store.apply([(ObjectKey.of(o), o) for o in objects])
         self.registry = Registry(self.store)
         self.service = DiscoveryService(
-            self.registry, debounce_quiet=args.debounce, debounce_max=max(args.debounce, 10.0)
+            self.registry,
+            debounce_quiet=args.debounce,
+            debounce_max=max(args.debounce, 10.0),
+            limits=StreamLimits(streams_per_client=1_000_000),  # every simulated proxy has the same address
         )
         self.server: grpc.aio.Server | None = None
         self.secure: GrpcServers | None = None

@@ -24,7 +24,7 @@ class Caller:
 @dataclass(frozen=True, kw_only=True)
 class Credentials:
     """What a request brings: its metadata (lower-case keys), the verified peer certificate if any, and
-    the client it comes from (an address, `reviewgate.client_of_peer`; "" when unknown)."""
+    the client it comes from (an address, `controlplane.peers.client_of_peer`; "" when unknown)."""
 
     metadata: Mapping[str, str] = field(default_factory=dict)
     peer_certificate_pem: bytes | None = None

@@ -61,17 +61,6 @@ class _Client:
     refusing: bool = False  # refused since its last admitted review (logged once per such spell)
 
 
-def client_of_peer(peer: str) -> str:
-    """The address part of a gRPC peer name (`ipv4:10.1.2.3:5000` -> `10.1.2.3`, `ipv6:[::1]:5` -> `::1`).
-
-    Other forms (a Unix socket, an empty name) are returned unchanged: each is one client."""
-    kind, sep, rest = peer.partition(":")
-    if not sep or kind not in ("ipv4", "ipv6"):
-        return peer
-    host = rest.rpartition(":")[0] if ":" in rest else rest
-    return host.removeprefix("[").removesuffix("]")
-
-
 class ReviewGate:
     def __init__(
         self,
@@ -102,7 +91,7 @@ class ReviewGate:
 
     @contextlib.asynccontextmanager
     async def review(self, client: str) -> AsyncIterator[None]:
-        """Hold a review for `client` (see `client_of_peer`) while the block runs.
+        """Hold a review for `client` (see `controlplane.peers.client_of_peer`) while the block runs.
 
         Raises ReviewRefused on entry when the client may not have one now. An AuthenticationError
         other than "unavailable" leaving the block counts as a failed review (its message is kept for

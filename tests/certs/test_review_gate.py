@@ -13,10 +13,11 @@ from prometheus_client import REGISTRY
 
 from certs.authenticate import AuthenticationError, Credentials
 from certs.authenticate.kubejwt import MAX_TOKEN_BYTES, KubeJwtAuthenticator, TokenReview
-from certs.authenticate.reviewgate import ReviewGate, ReviewRefused, client_of_peer
+from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from certs.ca import CertificateAuthority
 from certs.metrics import REVIEW_OUTCOMES
 from certs.service import CaError, CertificateService
+from controlplane.peers import client_of_peer
 from tests.certs.fakes import FakeTokenReviewer, shaped_token
 from tests.certs.helpers import make_root
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
@@ -15,8 +16,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
+from discovery.xdstypes import CLUSTER
+from tests.discovery.harness import SotwClient, node
 from tests.helpers.serve import SERVER_NAME, Running, meshplane_cmd, start_serve
 
 POD_REVIEW = {
@@ -237,3 +241,24 @@ def test_an_unwritable_state_dir_is_a_clean_startup_error(shared_dir: pathlib.Pa
     assert "Traceback" not in result.stderr
     assert str(state_dir) in result.stderr and "Permission denied" in result.stderr
     assert list(state_dir.iterdir()) == []
+
+
+async def test_one_address_may_hold_100_xds_streams_and_the_next_is_refused_by_default(serve: Running) -> None:
+    channel = grpc.aio.insecure_channel(serve.addr("grpc"))
+    try:
+        clients = [SotwClient(channel, node(pod=f"app-{i}", ip=f"10.1.0.{i + 1}")) for i in range(100)]
+        for client in clients:
+            await client.request(CLUSTER)
+        for client in clients:
+            await client.recv()
+        extra = SotwClient(channel, node(pod="app-100", ip="10.1.1.1"))  # a call starts when it is created
+        await extra.request(CLUSTER)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await extra.recv()
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (refused.value.details() or "").startswith("client 127.0.0.1 already has 100 xDS streams open")
+        assert "--max-streams-per-client=100" in (refused.value.details() or "")
+        metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(serve.metrics_url, timeout=10).read())
+        assert 'meshplane_xds_streams_refused{code="RESOURCE_EXHAUSTED"} 1.0' in metrics.decode()
+    finally:
+        await channel.close()

@@ -35,6 +35,13 @@ def test_env_var_sets_a_flag_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) 
     assert parse("--revision", "blue").revision == "blue"
 
 
+def test_a_client_address_may_have_100_xds_streams_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse().max_streams_per_client == 100
+    assert parse("--max-streams-per-client", "5000").max_streams_per_client == 5000
+    monkeypatch.setenv("MESHPLANE_MAX_STREAMS_PER_CLIENT", "7")
+    assert parse().max_streams_per_client == 7
+
+
 def test_revision_names_follow_istio() -> None:
     assert parse().istiod_service == "istiod"
     canary = parse("--revision", "canary")
@@ -51,6 +58,8 @@ def test_revision_names_follow_istio() -> None:
         (["--http-addr", ":70000"], "out of range"),
         (["--grace-period", "soon"], "--grace-period"),
         (["--revision", "Canary"], "--revision"),
+        (["--max-streams-per-client", "many"], "--max-streams-per-client: 'many' is not a number of streams"),
+        (["--max-streams-per-client", "0"], "--max-streams-per-client: 0 must be at least 1"),
     ],
 )
 def test_bad_flags_name_the_flag(argv: list[str], message: str) -> None:

@@ -21,6 +21,7 @@ from google.rpc import status_pb2
 
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
+from discovery.connection import StreamLimits
 from discovery.server import AdsServer
 from discovery.service import DiscoveryService
 from tests.discovery import meshdata as m
@@ -133,7 +134,9 @@ class DeltaClient:
 
 
 class XdsHarness:
-    def __init__(self, *, debounce: float = 0.0, send_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, debounce: float = 0.0, send_timeout: float = 10.0, limits: StreamLimits | None = None
+    ) -> None:
         self.store = ConfigStore()
         self.registry = Registry(self.store)
         self.service = DiscoveryService(
@@ -143,6 +146,7 @@ class XdsHarness:
             send_timeout=send_timeout,
             push_concurrency=4,
             control_plane_id="istiod-test",
+            limits=limits,
         )
         self.server = grpc.aio.server()
         AdsServer(self.service, secure=False).register(self.server)
@@ -168,8 +172,9 @@ class XdsHarness:
     def delete(self, *objects: Mapping[str, Any]) -> None:
         self.store.apply([(ObjectKey.of(o), None) for o in objects])
 
-    def channel(self) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+    def channel(self, address: str | None = None) -> grpc.aio.Channel:
+        """A channel to the server, or to `address` (a relay in front of it)."""
+        channel = grpc.aio.insecure_channel(address or f"127.0.0.1:{self.port}")
         self._channels.append(channel)
         return channel
 
