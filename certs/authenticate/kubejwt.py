@@ -15,6 +15,13 @@ signature is the API server's to check. What a client can still cause, with toke
 shape, is bounded by `reviewgate.ReviewGate`: a client whose reviews keep failing gets
 RESOURCE_EXHAUSTED instead of more reviews.
 
+A token the API server accepted is not reviewed again for `REVIEW_TTL_S` (10 s, as long as the API
+server itself caches a successful authentication) nor past its `exp`: the accepted caller is kept
+in a bounded `tokencache.TokenCache` keyed by the whole token. A workload that sends its valid token
+with every request (or a compromised one that floods the CA with it) then costs one review per 10 s,
+not one per request. The price: a token revoked meanwhile (its pod or service account deleted) is
+accepted for at most 10 s more. Refusals are never cached; they spend the client's review budget.
+
 Seam: `controlplane/kube` provides the real `TokenReviewer` (TokenReview through
 kubernetes-asyncio); tests use an in-repo fake.
 """
@@ -25,6 +32,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -34,9 +42,11 @@ from typing import Protocol
 from certs import metrics
 from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Caller, Credentials, NoCredentials
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
+from certs.authenticate.tokencache import TokenCache, VerifiedToken
 from certs.identity import from_service_account_username, spiffe_id
 
 AUDIENCE = "istio-ca"
+REVIEW_TTL_S = 10.0
 MAX_TOKEN_BYTES = 16 * 1024  # service-account tokens are ~1 KB
 EXPIRY_LEEWAY_S = 60.0
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -73,14 +83,20 @@ class KubeJwtAuthenticator:
         cluster_id: str,
         audience: str = AUDIENCE,
         gate: ReviewGate | None = None,
+        cache: TokenCache | None = None,
+        review_ttl_s: float = REVIEW_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` is Unix time (tokens' `exp`); `cache` keeps accepted tokens for `review_ttl_s` (0: none)."""
         self.reviewer = reviewer
         self.trust_domain = trust_domain
         self.cluster_id = cluster_id
         self.audience = audience
         self.gate = gate if gate is not None else ReviewGate()
+        self.cache = cache if cache is not None else TokenCache()
+        self.review_ttl_s = review_ttl_s
         self.clock = clock
+        self._cache_key = object()  # this authenticator's audience and reviewer vouched for the entries
 
     async def authenticate(self, credentials: Credentials) -> Caller:
         token = credentials.bearer_token()
@@ -92,10 +108,14 @@ class KubeJwtAuthenticator:
                 f"clusterid {cluster!r} is not this cluster ({self.cluster_id!r}); remote clusters are not supported"
             )
         try:
-            check_token_shape(token, now=self.clock())
+            expires = check_token_shape(token, now=self.clock())
         except AuthenticationError:
             metrics.token_reviews.labels(outcome="not_a_token").inc()
             raise
+        cached = self.cache.lookup(token, key=self._cache_key, now=self.clock())
+        if cached is not None:
+            metrics.token_reviews.labels(outcome="cached").inc()
+            return cached
         try:
             async with self.gate.review(credentials.client):
                 caller = await self._review(token)
@@ -106,6 +126,12 @@ class KubeJwtAuthenticator:
             metrics.token_reviews.labels(outcome="review_unavailable" if exc.unavailable else "reviewed_refused").inc()
             raise
         metrics.token_reviews.labels(outcome="reviewed_ok").inc()
+        if self.review_ttl_s > 0:
+            until = self.clock() + self.review_ttl_s
+            if expires is not None:
+                until = min(until, expires)
+            entry = VerifiedToken(caller=caller, expires=until, not_before=-math.inf)
+            self.cache.store(token, entry, key=self._cache_key)
         return caller
 
     async def _review(self, token: str) -> Caller:
@@ -127,8 +153,9 @@ class KubeJwtAuthenticator:
         return Caller(source=self.name, identities=(identity,))
 
 
-def check_token_shape(token: str, *, now: float) -> None:
-    """Raise AuthenticationError unless `token` could be a live service-account token (module docstring)."""
+def check_token_shape(token: str, *, now: float) -> float | None:
+    """The token's `exp` (None without one); raises AuthenticationError unless `token` could be a live
+    service-account token (module docstring)."""
     if len(token) > MAX_TOKEN_BYTES:
         raise AuthenticationError(
             f"bearer token is {len(token)} bytes, over {MAX_TOKEN_BYTES}: not a service-account token"
@@ -141,7 +168,7 @@ def check_token_shape(token: str, *, now: float) -> None:
         raise AuthenticationError("bearer token is not a JWT: its header has no alg")
     expires = claims.get("exp")
     if expires is None:
-        return  # a legacy Secret-based token never expires
+        return None  # a legacy Secret-based token never expires
     if not isinstance(expires, int | float) or isinstance(expires, bool):
         raise AuthenticationError(f"bearer token's exp is not a number: {str(expires)[:40]!r}")
     if expires + EXPIRY_LEEWAY_S < now:
@@ -150,6 +177,7 @@ def check_token_shape(token: str, *, now: float) -> None:
         except (OverflowError, OSError, ValueError):
             when = f"exp {expires}"
         raise AuthenticationError(f"bearer token expired at {when}")
+    return float(expires)
 
 
 def _json_part(part: str, what: str) -> dict[str, object]:

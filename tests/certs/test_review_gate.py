@@ -33,9 +33,18 @@ class Clock:
         return self.now
 
 
-def kube(reviewer: FakeTokenReviewer, gate: ReviewGate, *, now: float = 1_800_000_000.0) -> KubeJwtAuthenticator:
+def kube(
+    reviewer: FakeTokenReviewer, gate: ReviewGate, *, now: float = 1_800_000_000.0, review_ttl_s: float = 0.0
+) -> KubeJwtAuthenticator:
+    """The gate's tests see every token reviewed (`review_ttl_s` 0: nothing cached); test_review_cache.py
+    covers the cache."""
     return KubeJwtAuthenticator(
-        reviewer=reviewer, trust_domain="cluster.local", cluster_id="Kubernetes", gate=gate, clock=lambda: now
+        reviewer=reviewer,
+        trust_domain="cluster.local",
+        cluster_id="Kubernetes",
+        gate=gate,
+        review_ttl_s=review_ttl_s,
+        clock=lambda: now,
     )
 
 
@@ -264,14 +273,17 @@ async def test_every_outcome_is_counted_for_operators() -> None:
     before = outcomes()
     reviewer = BlockingReviewer()
     reviewer.release.set()
-    auth = kube(reviewer, ReviewGate(burst=1, per_client=1, clock=Clock()))
+    auth = kube(reviewer, ReviewGate(burst=1, per_client=1, clock=Clock()), review_ttl_s=10.0)
     await auth.authenticate(bearer(GOOD))
+    await auth.authenticate(bearer(GOOD))  # cached
     with pytest.raises(AuthenticationError):
         await auth.authenticate(bearer("not-a-jwt"))
     with pytest.raises(AuthenticationError):
         await auth.authenticate(bearer(shaped_token("forged")))
     with pytest.raises(ReviewRefused):
-        await auth.authenticate(bearer(GOOD))
+        await auth.authenticate(bearer(shaped_token("another")))
+    auth.review_ttl_s = 0.0
+    auth.cache.clear()
     reviewer.release.clear()
     held = asyncio.create_task(auth.authenticate(bearer(GOOD, "10.0.0.2")))
     await asyncio.sleep(0.01)
@@ -290,4 +302,5 @@ async def test_every_outcome_is_counted_for_operators() -> None:
         "not_a_token": 1,
         "client_budget": 1,
         "client_busy": 1,
+        "cached": 1,
     }

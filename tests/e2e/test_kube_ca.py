@@ -19,6 +19,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from certs.authenticate.kubejwt import REVIEW_TTL_S
 from certs.authenticate.reviewgate import BURST, REFILL_S
 from discovery.xdstypes import CLUSTER
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
@@ -286,6 +287,45 @@ async def test_a_flood_of_forged_tokens_from_one_client_costs_the_api_server_a_b
         chain = await create(serve_kube, csr, bearer, target=relay.address)
         assert (await asyncio.to_thread(_ads_status, serve_kube, bearer, relay.address))[0] == grpc.StatusCode.OK
     assert leaf_uris(chain[0]) == [IDENTITY]
+
+
+def _repeat(running: Running, csr: str, bearer: str, count: int) -> list[grpc.StatusCode]:
+    """`count` CreateCertificate calls one after another over one channel, all with `bearer`."""
+    credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+    codes = []
+    with grpc.secure_channel(running.addr("secure-grpc"), credentials, options=options) as channel:
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        for _ in range(count):
+            try:
+                stub.CreateCertificate(
+                    ca_pb2.IstioCertificateRequest(csr=csr),
+                    metadata=[("authorization", f"Bearer {bearer}")],
+                    timeout=30,
+                )
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+    return codes
+
+
+async def test_a_workload_repeating_its_valid_token_costs_one_review_per_10_seconds(
+    serve_kube: Running, kubesim: KubeSim, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """A valid token never fails a review, so the review gate never stops it: each request used to cost
+    a TokenReview. Now an accepted token is not reviewed again for REVIEW_TTL_S, on the CA and on xDS."""
+    bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    csr = openssl_csr(tmp_path, uri=IDENTITY)
+
+    def reviews() -> int:
+        return sum(1 for method, path in kubesim.requests if method == "POST" and path.endswith("/tokenreviews"))
+
+    before, started = reviews(), time.monotonic()
+    codes = await asyncio.to_thread(_repeat, serve_kube, csr, bearer, 150)
+    assert codes == [grpc.StatusCode.OK] * 150
+    assert (await asyncio.to_thread(_ads_status, serve_kube, bearer))[0] == grpc.StatusCode.OK
+    windows = int((time.monotonic() - started) / REVIEW_TTL_S) + 1
+    assert 1 <= reviews() - before <= windows, (reviews() - before, windows)
 
 
 def _ads_status(running: Running, bearer: str, target: str | None = None) -> tuple[grpc.StatusCode, str]:

@@ -1,0 +1,131 @@
+"""A token the API server accepted is not reviewed again for 10 s (`kubejwt.REVIEW_TTL_S`) nor past its `exp`.
+
+Without it a workload that sends its valid token with every request, or a compromised one flooding the
+CA with it, costs the API server one TokenReview per request; the review gate does not help, since a
+valid token never fails a review.
+"""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+from certs.authenticate import AuthenticationError, Credentials
+from certs.authenticate.kubejwt import REVIEW_TTL_S, KubeJwtAuthenticator, TokenReview
+from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
+from tests.certs.fakes import FakeTokenReviewer, shaped_token
+
+NOW = 1_800_000_000.0
+GOOD = shaped_token("good", exp=NOW + 3600)
+GRANTED = TokenReview(authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",))
+CART = ("spiffe://cluster.local/ns/shop/sa/cart",)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bearer(token: str, client: str = "10.0.0.1", **metadata: str) -> Credentials:
+    return Credentials(metadata={"authorization": f"Bearer {token}", **metadata}, client=client)
+
+
+def kube(reviewer: FakeTokenReviewer, clock: Clock, **kw: object) -> KubeJwtAuthenticator:
+    return KubeJwtAuthenticator(
+        reviewer=reviewer,
+        trust_domain="cluster.local",
+        cluster_id="Kubernetes",
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def cached_count() -> float:
+    return REGISTRY.get_sample_value("meshplane_ca_token_reviews_total", {"outcome": "cached"}) or 0.0
+
+
+async def test_an_accepted_token_is_reviewed_once_per_10_seconds_and_counted_as_cached() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock)
+    before = cached_count()
+    for _ in range(100):
+        assert (await auth.authenticate(bearer(GOOD))).identities == CART
+        clock.now += 0.09
+    assert len(reviewer.asked) == 1 and cached_count() - before == 99
+    clock.now = NOW + REVIEW_TTL_S - 0.001
+    await auth.authenticate(bearer(GOOD))
+    assert len(reviewer.asked) == 1
+    clock.now = NOW + REVIEW_TTL_S
+    await auth.authenticate(bearer(GOOD))
+    assert len(reviewer.asked) == 2
+
+
+async def test_a_revoked_token_is_refused_once_its_10_seconds_are_over() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock)
+    await auth.authenticate(bearer(GOOD))
+    del reviewer.reviews[GOOD]  # its pod was deleted
+    clock.now += REVIEW_TTL_S
+    with pytest.raises(AuthenticationError, match="token not authenticated"):
+        await auth.authenticate(bearer(GOOD))
+
+
+async def test_an_entry_never_outlives_the_tokens_exp() -> None:
+    clock = Clock()
+    short = shaped_token("short", exp=NOW + 3)
+    reviewer = FakeTokenReviewer(reviews={short: GRANTED})
+    auth = kube(reviewer, clock)
+    await auth.authenticate(bearer(short))
+    clock.now = NOW + 2.999
+    await auth.authenticate(bearer(short))
+    assert len(reviewer.asked) == 1
+    clock.now = NOW + 3  # still inside the API server's leeway, so it is reviewed, not refused here
+    await auth.authenticate(bearer(short))
+    assert len(reviewer.asked) == 2
+
+
+async def test_refusals_are_never_cached_and_an_edited_token_is_reviewed() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock)
+    forged = shaped_token("forged", exp=NOW + 3600)
+    for _ in range(2):
+        with pytest.raises(AuthenticationError, match="invalid bearer token"):
+            await auth.authenticate(bearer(forged))
+    await auth.authenticate(bearer(GOOD))
+    edited = GOOD[:-1] + ("A" if GOOD[-1] != "A" else "B")
+    with pytest.raises(AuthenticationError, match="invalid bearer token"):
+        await auth.authenticate(bearer(edited))
+    assert [token for token, _ in reviewer.asked] == [forged, forged, GOOD, edited]
+
+
+async def test_a_cached_token_passes_while_its_clients_review_budget_is_spent() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock, gate=ReviewGate(burst=1, clock=clock))
+    await auth.authenticate(bearer(GOOD))
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(bearer(shaped_token("forged", exp=NOW + 3600)))
+    with pytest.raises(ReviewRefused):
+        await auth.authenticate(bearer(shaped_token("another", exp=NOW + 3600)))
+    assert (await auth.authenticate(bearer(GOOD))).identities == CART  # no review needed, none spent
+
+
+async def test_the_cluster_and_the_tokens_shape_are_checked_before_the_cache() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock)
+    await auth.authenticate(bearer(GOOD))
+    with pytest.raises(AuthenticationError, match="clusterid 'remote' is not this cluster"):
+        await auth.authenticate(bearer(GOOD, clusterid="remote"))
+    clock.now = NOW + 3600 + 61  # past exp and the leeway; the entry was gone long before
+    with pytest.raises(AuthenticationError, match="bearer token expired"):
+        await auth.authenticate(bearer(GOOD))
+
+
+async def test_a_review_ttl_of_0_reviews_every_request() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock, review_ttl_s=0.0)
+    for _ in range(3):
+        await auth.authenticate(bearer(GOOD))
+    assert len(reviewer.asked) == 3 and len(auth.cache) == 0
