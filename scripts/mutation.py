@@ -66,6 +66,7 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     ),
     "certs/authenticate/tokencache.py": None,  # a cached verdict must honour the key and the validity window
     "certs/authenticate/reviewgate.py": None,  # what one client's tokens may cost the API server
+    "controlplane/peers.py": None,  # which client a call is charged to (review budget, open streams)
     # All but `PushRequest.__str__`, which only words a push for the logs.
     "discovery/pushqueue.py": (
         "x__of_kind",
@@ -81,6 +82,7 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
         ),
     ),
     "discovery/connection.py": None,
+    "discovery/clients.py": None,  # how many streams one client address may hold
     "discovery/generators/cds.py": (f"x{SEP}ClusterGenerator{SEP}needs_push",),
     # EDS also decides which assignments a push carries (all, or the changed hosts' alone).
     "discovery/generators/eds.py": (

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from certs.authenticate import AuthenticationError, Credentials
 from certs.authenticate.kubejwt import REVIEW_TTL_S, KubeJwtAuthenticator, TokenReview
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
+from certs.authenticate.tokencache import TokenCache
 from tests.certs.fakes import FakeTokenReviewer, shaped_token
 
 NOW = 1_800_000_000.0
@@ -129,3 +130,23 @@ async def test_a_review_ttl_of_0_reviews_every_request() -> None:
     for _ in range(3):
         await auth.authenticate(bearer(GOOD))
     assert len(reviewer.asked) == 3 and len(auth.cache) == 0
+
+
+async def test_a_ttl_under_a_second_caches_for_that_long() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    auth = kube(reviewer, clock, review_ttl_s=0.5)
+    await auth.authenticate(bearer(GOOD))
+    clock.now = NOW + 0.4
+    await auth.authenticate(bearer(GOOD))
+    assert len(reviewer.asked) == 1
+    clock.now = NOW + 0.5
+    await auth.authenticate(bearer(GOOD))
+    assert len(reviewer.asked) == 2
+
+
+async def test_the_cache_passed_in_is_the_one_filled() -> None:
+    clock, reviewer = Clock(), FakeTokenReviewer(reviews={GOOD: GRANTED})
+    cache = TokenCache(max_entries=1)
+    auth = kube(reviewer, clock, cache=cache)
+    await auth.authenticate(bearer(GOOD))
+    assert len(cache) == 1
