@@ -115,6 +115,19 @@ def test_deployment_takes_replicas_resources_and_images_from_values(helm_home: p
     assert container["resources"] == {"requests": {"cpu": 1, "memory": "2048Mi"}, "limits": {"memory": "4Gi"}}
 
 
+def test_pilot_env_reaches_the_container_as_text_and_serve_reads_it(helm_home: pathlib.Path) -> None:
+    objects = render(
+        helm_home,
+        "--set", f"revision={REV}",
+        "--set", "pilot.env.MESHPLANE_MAX_STREAMS_PER_CLIENT=400",
+        "--set", "pilot.env.MESHPLANE_LOG_FORMAT=json",
+    )  # fmt: skip
+    (container,) = objects["Deployment", f"istiod-{REV}"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MESHPLANE_MAX_STREAMS_PER_CLIENT"] == "400" and env["MESHPLANE_LOG_FORMAT"] == "json"
+    assert "MESHPLANE_NAMESPACE" in env  # the chart's own are kept
+
+
 def test_service_exposes_xds_ca_webhook_and_metrics(canary: Objects) -> None:
     service = canary["Service", f"istiod-{REV}"]["spec"]
     ports = {port["name"]: (port["port"], port["targetPort"]) for port in service["ports"]}
@@ -275,6 +288,8 @@ def test_user_templates_from_values_reach_the_injector(helm_home: pathlib.Path) 
         (("--set", "revsion=x"), "", "additional properties 'revsion' not allowed"),
         (("--set", "meshConfig.defaultConfig.concurency=2"), "/meshConfig/defaultConfig", "'concurency' not allowed"),
         (("--set", "revision=Canary_1"), "/revision", "does not match pattern"),
+        (("--set-json", 'pilot.env={"1BAD":"x"}'), "", "invalid propertyName '1BAD'"),
+        (("--set-json", 'pilot.env={"A":{"b":1}}'), "/pilot/env/A", ""),
         (("--set-json", "sidecarInjectorWebhook.defaultTemplates=[]"), "/sidecarInjectorWebhook/defaultTemplates", ""),
         (
             ("--set", "sidecarInjectorWebhook.reinvocationPolicy=Always"),
