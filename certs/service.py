@@ -8,6 +8,7 @@ check the CSR, TTL and identity -> sign -> count the issuance. Status codes:
 | no credentials; expired, forged, wrong-audience or wrong-issuer token; TokenReview says no | UNAUTHENTICATED |
 | an authenticator could not decide (e.g. TokenReview API unreachable) and none succeeded | UNAVAILABLE |
 | the caller's budget of token reviews is spent (`authenticate.reviewgate`) and none succeeded | RESOURCE_EXHAUSTED |
+| the caller's address already has 32 requests signing and 1,024 waiting (`signslots`) | RESOURCE_EXHAUSTED |
 | the signing worker process died before answering (it is restarted; a retry succeeds) | UNAVAILABLE |
 | CSR asks for an identity the caller does not have (message names both) | PERMISSION_DENIED |
 | malformed PEM, bad CSR signature, weak/unsupported key or curve, several URI SANs, | INVALID_ARGUMENT |
@@ -38,6 +39,7 @@ from certs.authority import now_utc
 from certs.ca import CertificateAuthority
 from certs.signing import Refusal, SigningPolicy, SigningRefused
 from certs.signpool import SigningPool, WorkerUnavailable, sign_request
+from certs.signslots import SigningSlots, SlotsExhausted
 from controlplane.peers import client_of_peer
 from controlplane.protopeek import peek_type
 from protos.gen.istio.v1.auth import ca_pb2
@@ -67,16 +69,19 @@ class CertificateService:
         authenticators: Sequence[Authenticator],
         policy: SigningPolicy | None = None,
         pool: SigningPool | None = None,
+        slots: SigningSlots | None = None,
         clock: Callable[[], dt.datetime] = now_utc,
     ) -> None:
         """`pool`, when given, checks CSRs and signs in worker processes (it must already follow the CA's
-        authority changes, see `certs.runtime`); without it the event loop does that work itself."""
+        authority changes, see `certs.runtime`); without it the event loop does that work itself.
+        `slots` bounds how many requests of one client address sign at once (default `SigningSlots()`)."""
         if not authenticators:
             raise ValueError("the CA needs at least one authenticator")
         self.ca = ca
         self.authenticators = tuple(authenticators)
         self.policy = policy or SigningPolicy()
         self.pool = pool
+        self.slots = slots if slots is not None else SigningSlots()
         self.clock = clock
         #: Finds the verified client certificate of a call. The default reads gRPC's own TLS state; the
         #: process wiring replaces it when TLS is terminated in front of gRPC (controlplane.tlsfront).
@@ -143,6 +148,19 @@ class CertificateService:
         except CaError:
             metrics.authentication_failure_count.inc()
             raise
+        try:
+            async with self.slots.slot(credentials.client):
+                chain = await self._sign(csr=csr, validity_seconds=validity_seconds, caller=caller)
+        except SlotsExhausted as exc:
+            metrics.csr_sign_error_count.inc(reason="client_slots")
+            raise CaError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        metrics.success_cert_issuance_count.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("certificate issued", extra={"caller": ",".join(caller.identities), "source": caller.source})
+        return chain
+
+    async def _sign(self, *, csr: str, validity_seconds: int, caller: Caller) -> list[str]:
+        """Check the CSR against the caller and sign it, in a worker when there is a pool. Raises CaError."""
         now = self.clock()
         try:
             if self.pool is None:
@@ -177,9 +195,6 @@ class CertificateService:
             metrics.csr_sign_error_count.inc(reason="signing_failed")
             log.exception("signing failed")
             raise CaError(grpc.StatusCode.INTERNAL, f"signing failed: {exc}") from None
-        metrics.success_cert_issuance_count.inc()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("certificate issued", extra={"caller": ",".join(caller.identities), "source": caller.source})
         return chain
 
     # -- gRPC -------------------------------------------------------------------------------------
