@@ -19,7 +19,7 @@ from typing import Any
 
 from certs.authenticate import Authenticator
 from certs.authenticate.clientcert import ClientCertAuthenticator
-from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReviewer
+from certs.authenticate.kubejwt import IssuerKeySource, KubeJwtAuthenticator, TokenReviewer
 from certs.authenticate.localtoken import LocalTokenAuthenticator, load_or_create_key
 from certs.ca import CertificateAuthority
 from certs.keystore import KeyStore, check_state_dir, local_keystore
@@ -140,6 +140,7 @@ async def kube_ca(
     *,
     secrets: SecretClient,
     reviewer: TokenReviewer,
+    issuer_keys: IssuerKeySource | None = None,
     namespace: str,
     trust_domain: str,
     cluster_id: str,
@@ -151,7 +152,8 @@ async def kube_ca(
 ) -> CaRuntime:
     """Kubernetes mode: key material in Secrets of `namespace` (`cacerts` plug-in, else
     `istio-ca-secret`, created on first start), callers authenticated by client certificate, then by
-    service-account token through `reviewer` (audience `istio-ca`, `clusterid` must be `cluster_id`).
+    service-account token through `reviewer` (audience `istio-ca`, `clusterid` must be `cluster_id`);
+    with `issuer_keys`, tokens the cluster did not sign are refused without a review.
 
     The trust bundle is also written to `<state_dir>/root-cert.pem` when `state_dir` is given, so an
     operator (or a script) on the control plane's host can verify what it issues; workloads get it from
@@ -161,7 +163,9 @@ async def kube_ca(
     runtime = await build_ca(
         store=KubeSecretKeyStore(secrets, namespace=namespace, org=trust_domain, algorithm=key_algorithm),
         serving_hosts=serving_hosts,
-        authenticators=[KubeJwtAuthenticator(reviewer=reviewer, trust_domain=trust_domain, cluster_id=cluster_id)],
+        authenticators=[
+            KubeJwtAuthenticator(reviewer=reviewer, keys=issuer_keys, trust_domain=trust_domain, cluster_id=cluster_id)
+        ],
         max_ttl=max_ttl,
         workers=workers,
     )

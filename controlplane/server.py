@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from certs.authenticate.issuerkeys import IssuerKeys
 from certs.authenticate.kubejwt import TokenReview, TokenReviewUnavailable
 from certs.authority import KeyMaterialError
 from certs.kubestore import Secret, SecretConflict, SecretExists
@@ -43,6 +44,7 @@ from controlplane.grpcserver import GrpcServers
 from controlplane.httpserver import InflightTracker, health_app, metrics_app
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.kube.configmaps import KubeConfigMaps
+from controlplane.kube.issuerkeys import KubeIssuerKeys
 from controlplane.kube.leader import LeaderElector, holder_identity, lease_duration_from_env, lease_name
 from controlplane.kube.secrets import KubeSecrets
 from controlplane.kube.source import KubeSource
@@ -271,6 +273,8 @@ class ControlPlane:
         another error status (e.g. 403: no RBAC for Secrets) raises SettingsError naming it.
         """
         s = self.settings
+        issuer_keys = KubeIssuerKeys(api, parse=IssuerKeys.from_jwks)
+        self.tasks.start("issuer-keys", issuer_keys.run())
         backoff = Backoff()
         while True:
             try:
@@ -282,6 +286,7 @@ class ControlPlane:
                         conflict=SecretConflict,
                     ),
                     reviewer=KubeTokenReviewer(api, make=TokenReview, unavailable=TokenReviewUnavailable),
+                    issuer_keys=issuer_keys,
                     namespace=s.namespace,
                     trust_domain=s.trust_domain,
                     cluster_id=s.cluster_id,

@@ -15,6 +15,14 @@ signature is the API server's to check. What a client can still cause, with toke
 shape, is bounded by `reviewgate.ReviewGate`: a client whose reviews keep failing gets
 RESOURCE_EXHAUSTED instead of more reviews.
 
+With the cluster's service-account issuer keys (`keys`, fetched by `controlplane.kube.issuerkeys`
+from the API server's `/openid/v1/jwks`), a token whose signature does not verify, or whose `kid`
+the cluster does not publish even after the keys are fetched again (`IssuerKeySource.refresh`, at
+most every 30 s), is refused without a review: forged tokens then cost the API server nothing, from
+any number of addresses. A verified token is still reviewed (it may be revoked). Without the keys
+(not fetched yet, or the API server does not serve them) every token of the right shape is reviewed,
+as above.
+
 A token the API server accepted is not reviewed again for `REVIEW_TTL_S` (10 s, as long as the API
 server itself caches a successful authentication) nor past its `exp`: the accepted caller is kept
 in a bounded `tokencache.TokenCache` keyed by the whole token. A workload that sends its valid token
@@ -41,6 +49,7 @@ from typing import Protocol
 
 from certs import metrics
 from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Caller, Credentials, NoCredentials
+from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from certs.authenticate.tokencache import TokenCache, VerifiedToken
 from certs.identity import from_service_account_username, spiffe_id
@@ -72,6 +81,16 @@ class TokenReviewer(Protocol):
         ...
 
 
+class IssuerKeySource(Protocol):
+    def current(self) -> IssuerKeys | None:
+        """The keys last fetched; None before the first success."""
+        ...
+
+    async def refresh(self) -> IssuerKeys | None:
+        """Fetch the keys again unless that was tried within the last 30 s; the keys then current."""
+        ...
+
+
 class KubeJwtAuthenticator:
     name = "kubernetes-jwt"
 
@@ -83,6 +102,7 @@ class KubeJwtAuthenticator:
         cluster_id: str,
         audience: str = AUDIENCE,
         gate: ReviewGate | None = None,
+        keys: IssuerKeySource | None = None,
         cache: TokenCache | None = None,
         review_ttl_s: float = REVIEW_TTL_S,
         clock: Callable[[], float] = time.time,
@@ -93,6 +113,7 @@ class KubeJwtAuthenticator:
         self.cluster_id = cluster_id
         self.audience = audience
         self.gate = gate if gate is not None else ReviewGate()
+        self.keys = keys
         self.cache = cache if cache is not None else TokenCache()
         self.review_ttl_s = review_ttl_s
         self.clock = clock
@@ -116,6 +137,8 @@ class KubeJwtAuthenticator:
         if cached is not None:
             metrics.token_reviews.labels(outcome="cached").inc()
             return cached
+        if self.keys is not None:
+            await self._check_signature(token, self.keys)
         try:
             async with self.gate.review(credentials.client):
                 caller = await self._review(token)
@@ -133,6 +156,23 @@ class KubeJwtAuthenticator:
             entry = VerifiedToken(caller=caller, expires=until, not_before=-math.inf)
             self.cache.store(token, entry, key=self._cache_key)
         return caller
+
+    async def _check_signature(self, token: str, source: IssuerKeySource) -> None:
+        """Raise AuthenticationError if the cluster's keys show `token` is not the cluster's (module docstring)."""
+        keys = source.current()
+        if keys is None:
+            return
+        check = keys.check(token)
+        if check.verdict is Verdict.UNKNOWN_KEY:
+            keys = await source.refresh()
+            if keys is None:
+                return
+            check = keys.check(token)
+        if check.verdict in (Verdict.BAD_SIGNATURE, Verdict.UNKNOWN_KEY):
+            metrics.token_reviews.labels(outcome="bad_signature").inc()
+            raise AuthenticationError(
+                f"bearer token is not signed by this cluster's service-account issuer ({check.why})"
+            )
 
     async def _review(self, token: str) -> Caller:
         try:

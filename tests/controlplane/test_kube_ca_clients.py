@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import pathlib
 
 import pytest
 
+from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.kubejwt import TokenReview, TokenReviewUnavailable
 from certs.kubestore import Secret, SecretConflict, SecretExists
 from controlplane.kube.client import KubeApi, KubeApiError
+from controlplane.kube.issuerkeys import MIN_INTERVAL_S, KubeIssuerKeys
 from controlplane.kube.secrets import KubeSecrets
 from controlplane.kube.tokenreview import KubeTokenReviewer
 from tests.helpers.serve import closed_port
@@ -139,3 +143,97 @@ async def test_review_with_the_api_server_unreachable_is_unavailable(tmp_path: p
                 await reviewer(api).review(token="t", audiences=["istio-ca"])
         finally:
             await api.close()
+
+
+# -- the service-account issuer keys ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def issuer_keys(api: KubeApi, clock: Clock) -> KubeIssuerKeys[IssuerKeys]:
+    return KubeIssuerKeys(api, parse=IssuerKeys.from_jwks, clock=clock)
+
+
+def jwks_gets(kubesim: KubeSim) -> int:
+    return sum(1 for method, path in kubesim.requests if (method, path) == ("GET", "/openid/v1/jwks"))
+
+
+async def test_issuer_keys_verify_the_clusters_tokens(kube_api: KubeApi, kubectl: Kubectl) -> None:
+    await kubectl.run("create", "namespace", "shop")
+    await kubectl.run("create", "serviceaccount", "web", "-n", "shop")
+    token = (await kubectl.run("create", "token", "web", "--audience", "istio-ca", "-n", "shop")).stdout.strip()
+    source = issuer_keys(kube_api, Clock())
+    assert source.current() is None
+    keys = await source.refresh()
+    assert keys is not None and len(keys) == 1 and source.current() is keys
+    assert keys.check(token).verdict is Verdict.VERIFIED
+
+
+async def test_issuer_keys_are_fetched_at_most_every_30_seconds_and_callers_share_a_fetch(
+    kube_api: KubeApi, kubesim: KubeSim
+) -> None:
+    clock = Clock()
+    source = issuer_keys(kube_api, clock)
+    await asyncio.gather(*(source.refresh() for _ in range(10)))
+    assert jwks_gets(kubesim) == 1
+    clock.now += MIN_INTERVAL_S - 0.1
+    await source.refresh()
+    assert jwks_gets(kubesim) == 1
+    clock.now += 0.1
+    await source.refresh()
+    assert jwks_gets(kubesim) == 2 and source.fetches == 2
+
+
+async def test_a_failed_fetch_keeps_the_keys_and_is_logged_once(
+    kube_api: KubeApi, kubesim: KubeSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    source = issuer_keys(kube_api, clock)
+    keys = await source.refresh()
+    kubesim.inject_faults(status=403, count=3, path_prefix="/openid/v1/jwks", message="forbidden by a test")
+    caplog.set_level(logging.WARNING, logger="controlplane.kube.issuerkeys")
+    for _ in range(3):
+        clock.now += MIN_INTERVAL_S
+        assert await source.refresh() is keys
+    assert "forbidden by a test" in source.last_error
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "keeping the keys fetched before" in warnings[0]
+    clock.now += MIN_INTERVAL_S
+    assert await source.refresh() is not keys and source.last_error == ""
+
+
+async def test_without_keys_fetched_every_token_is_reviewed_and_the_reason_is_logged(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with closed_port() as port:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server=f"http://127.0.0.1:{port}")
+        api = await KubeApi.connect(kubeconfig=kubeconfig)
+        try:
+            caplog.set_level(logging.WARNING, logger="controlplane.kube.issuerkeys")
+            source = issuer_keys(api, Clock())
+            assert await source.refresh() is None
+            assert "unreachable" in source.last_error
+            assert "every token is reviewed" in caplog.records[0].getMessage()
+        finally:
+            await api.close()
+
+
+async def test_run_fetches_at_once_and_again_every_interval(kube_api: KubeApi, kubesim: KubeSim) -> None:
+    source = KubeIssuerKeys(kube_api, parse=IssuerKeys.from_jwks, interval=0.05)
+    task = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                if jwks_gets(kubesim) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+        assert source.current() is not None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -235,46 +235,83 @@ async def test_istio_ca_root_cert_is_kept_in_every_namespace_but_the_ignored_one
         assert (await kubectl.run("get", "configmap", ROOT_CM, "-n", ignored, check=False)).returncode != 0
 
 
-def _flood(running: Running, csr: str, count: int) -> list[grpc.StatusCode]:
-    """`count` concurrent CreateCertificate calls, each with a new forged token of a JWT's shape."""
-    forged = [shaped_token(f"system:serviceaccount:shop:web-{n}", exp=time.time() + 3600) for n in range(count)]
+Outcome = tuple[grpc.StatusCode, str]
 
-    async def flood() -> list[grpc.StatusCode]:
+
+def _flood(running: Running, csr: str, tokens: list[str], target: str | None = None) -> list[Outcome]:
+    """One concurrent CreateCertificate call per token; each call's status and details."""
+
+    async def flood() -> list[Outcome]:
         credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
         options = [("grpc.ssl_target_name_override", SERVER_NAME)]
-        async with grpc.aio.secure_channel(running.addr("secure-grpc"), credentials, options=options) as channel:
+        address = target or running.addr("secure-grpc")
+        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
             stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
 
-            async def one(token: str) -> grpc.StatusCode:
+            async def one(token: str) -> Outcome:
                 metadata = [("authorization", f"Bearer {token}")]
                 try:
                     await stub.CreateCertificate(ca_pb2.IstioCertificateRequest(csr=csr), metadata=metadata, timeout=30)
                 except grpc.aio.AioRpcError as exc:
-                    return exc.code()
-                return grpc.StatusCode.OK
+                    return exc.code(), exc.details() or ""
+                return grpc.StatusCode.OK, ""
 
-            return list(await asyncio.gather(*(one(t) for t in forged)))
+            return list(await asyncio.gather(*(one(t) for t in tokens)))
 
     return asyncio.run(flood())
 
 
-async def test_a_flood_of_forged_tokens_from_one_client_costs_the_api_server_a_bounded_number_of_reviews(
+def _reviews(kubesim: KubeSim) -> int:
+    return sum(1 for method, path in kubesim.requests if method == "POST" and path.endswith("/tokenreviews"))
+
+
+async def test_forged_tokens_from_any_number_of_clients_cost_the_api_server_no_review(
     serve_kube: Running, kubesim: KubeSim, kubectl: Kubectl, tmp_path: pathlib.Path
 ) -> None:
-    """Each forged token used to cost a TokenReview; now one client gets BURST failed reviews, then
+    """Tokens of a JWT's shape that the cluster did not sign used to cost one TokenReview each (then
+    BURST per client address, whatever the number of addresses). The CA now checks them against the
+    cluster's service-account issuer keys (`/openid/v1/jwks`) and refuses them without a review."""
+    bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    csr = openssl_csr(tmp_path, uri=IDENTITY)
+    await create(serve_kube, csr, bearer)  # the keys are in place once a real token went through
+    before = _reviews(kubesim)
+    forged = [shaped_token(f"system:serviceaccount:shop:web-{n}", exp=time.time() + 3600) for n in range(200)]
+    named = json.loads(base64.urlsafe_b64decode(bearer.split(".")[0] + "=="))["kid"]
+    same_kid = [
+        shaped_token(f"system:serviceaccount:shop:web-{n}", exp=time.time() + 3600, kid=named) for n in range(200)
+    ]
+    results = await asyncio.to_thread(_flood, serve_kube, csr, forged)
+    async with Relay(target_port=serve_kube.ports["secure-grpc"], source="127.0.0.2") as relay:
+        results += await asyncio.to_thread(_flood, serve_kube, csr, same_kid, relay.address)
+        code, _ = await asyncio.to_thread(_ads_status, serve_kube, forged[0], relay.address)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert {code for code, _ in results} == {grpc.StatusCode.UNAUTHENTICATED}
+    assert "the cluster publishes no such key" in results[0][1]
+    assert "the signature does not verify" in results[-1][1]
+    assert _reviews(kubesim) == before
+    jwks = sum(1 for method, path in kubesim.requests if (method, path) == ("GET", "/openid/v1/jwks"))
+    assert jwks <= 2, jwks  # at start, and once more for the unknown key id (then at most every 30 s)
+    assert leaf_uris((await create(serve_kube, csr, bearer))[0]) == [IDENTITY]  # the real token still works
+
+
+async def test_a_flood_of_revoked_tokens_from_one_client_costs_the_api_server_a_bounded_number_of_reviews(
+    serve_kube: Running, kubesim: KubeSim, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    """A token the cluster signed is reviewed, and a revoked one (its service account deleted) fails its
+    review every time: each used to cost a TokenReview; now one client gets BURST failed reviews, then
     RESOURCE_EXHAUSTED, and a workload at another address is not affected."""
+    await kubectl.run("create", "serviceaccount", "gone", "-n", "shop")
+    revoked = await token(kubectl, "gone", "--audience", "istio-ca", "-n", "shop")
+    await kubectl.run("delete", "serviceaccount", "gone", "-n", "shop")
     bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
     csr = openssl_csr(tmp_path, uri=IDENTITY)
 
-    def reviews() -> int:
-        return sum(1 for method, path in kubesim.requests if method == "POST" and path.endswith("/tokenreviews"))
-
-    before, started = reviews(), time.monotonic()
-    codes = await asyncio.to_thread(_flood, serve_kube, csr, 400)
+    before, started = _reviews(kubesim), time.monotonic()
+    codes = [code for code, _ in await asyncio.to_thread(_flood, serve_kube, csr, [revoked] * 400)]
     refilled = int((time.monotonic() - started) / REFILL_S) + 1  # one more per REFILL_S while it lasts
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= BURST + refilled
-    assert BURST <= reviews() - before <= BURST + refilled
+    assert BURST <= _reviews(kubesim) - before <= BURST + refilled
     # The flooding address must wait, whatever token it brings; the message says why and for how long.
     with pytest.raises(grpc.RpcError) as caught:
         await create(serve_kube, csr, bearer)

@@ -421,6 +421,10 @@ class KubeSim:
             discovery = self._discovery(parts)
             if discovery is not None:
                 return self._json(discovery)
+        if request.method == "GET" and parts == [".well-known", "openid-configuration"]:
+            return self._json(self.tokens.openid_configuration())
+        if request.method == "GET" and parts == ["openid", "v1", "jwks"]:
+            return web.Response(text=json.dumps(self.tokens.jwks()), content_type="application/jwk-set+json")
         if parts and parts[0] in ("healthz", "readyz", "livez") and len(parts) == 1:
             return web.Response(text="ok")
         if request.method == "GET" and parts == ["openapi", "v2"]:

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from controlplane.kube.client import KubeApi, KubeApiError
 from tests.kubesim.fixtures import Kubectl, KubectlError
 from tests.kubesim.server import KubeSim
-from tests.kubesim.tokens import Account, ServiceAccountTokens
+from tests.kubesim.tokens import ISSUER, Account, ServiceAccountTokens
 
 
 class Clock:
@@ -191,3 +194,26 @@ async def test_discovery_lists_token_requests_and_token_reviews(kubectl: Kubectl
     core = json.loads((await kubectl.run("get", "--raw", "/api/v1")).stdout)
     token = next(r for r in core["resources"] if r["name"] == "serviceaccounts/token")
     assert token["kind"] == "TokenRequest" and token["verbs"] == ["create"]
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@pytest.mark.usefixtures("shop")
+async def test_issuer_discovery_publishes_the_key_that_verifies_its_tokens(kubectl: Kubectl) -> None:
+    """Service-account issuer discovery, as `kubectl get --raw` reads it from a real API server."""
+    token = await create_token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
+    config = json.loads((await kubectl.run("get", "--raw", "/.well-known/openid-configuration")).stdout)
+    assert config["issuer"] == claims_of(token)["iss"] == ISSUER
+    assert config["jwks_uri"] == f"{ISSUER}/openid/v1/jwks"
+    (key,) = json.loads((await kubectl.run("get", "--raw", "/openid/v1/jwks")).stdout)["keys"]
+    head, payload, signature = token.split(".")
+    assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
+    assert key["kid"] == json.loads(_unb64(head))["kid"]
+    numbers = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(_unb64(key["x"]), "big"), int.from_bytes(_unb64(key["y"]), "big"), ec.SECP256R1()
+    )
+    raw = _unb64(signature)
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    numbers.public_key().verify(der, f"{head}.{payload}".encode(), ec.ECDSA(hashes.SHA256()))  # raises if not

@@ -8,7 +8,8 @@ format, the signature (and algorithm and key id), the issuer, the time window, t
 audiences intersect the wanted ones, that the service account still exists with the same uid and,
 for a token bound to an object (a Pod or a Secret: claim `kubernetes.io.pod` / `.secret`), that the
 object still exists with the same uid. Each failure is `authenticated: false` with an error string
-saying which check failed.
+saying which check failed. The public key is published as the API server's service-account issuer
+discovery does: `jwks()` (`/openid/v1/jwks`) and `openid_configuration()`.
 """
 
 from __future__ import annotations
@@ -99,6 +100,35 @@ class ServiceAccountTokens:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.kid = _b64(hashlib.sha256(der).digest())
+
+    def jwks(self) -> dict[str, Any]:
+        """The JSON Web Key Set the API server publishes at `/openid/v1/jwks`: the public key that verifies
+        its tokens."""
+        numbers = self.key.public_key().public_numbers()
+        return {
+            "keys": [
+                {
+                    "use": "sig",
+                    "kty": "EC",
+                    "kid": self.kid,
+                    "crv": "P-256",
+                    "alg": "ES256",
+                    "x": _b64(numbers.x.to_bytes(32, "big")),
+                    "y": _b64(numbers.y.to_bytes(32, "big")),
+                }
+            ]
+        }
+
+    @staticmethod
+    def openid_configuration() -> dict[str, Any]:
+        """`/.well-known/openid-configuration`: the issuer and where its keys are."""
+        return {
+            "issuer": ISSUER,
+            "jwks_uri": f"{ISSUER}/openid/v1/jwks",
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        }
 
     def issue(self, account: Account, *, audiences: Sequence[str], expiration_seconds: int) -> Issued:
         now = self.clock().replace(microsecond=0)

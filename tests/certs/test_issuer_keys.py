@@ -1,0 +1,236 @@
+"""The cluster's service-account issuer keys (`certs.authenticate.issuerkeys`) and what the CA does with them.
+
+Forged tokens are refused without a TokenReview once the keys are known; a token the keys verify is
+still reviewed; a token naming a key the cluster does not publish makes the CA fetch the keys again
+(at most every 30 s) before it refuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from prometheus_client import REGISTRY
+
+from certs.authenticate import AuthenticationError, Credentials
+from certs.authenticate.issuerkeys import IssuerKeys, Verdict
+from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReview
+from tests.certs.fakes import FakeTokenReviewer
+
+NOW = 1_800_000_000.0
+GRANTED = TokenReview(authenticated=True, username="system:serviceaccount:shop:cart", audiences=("istio-ca",))
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64int(value: int, size: int) -> str:
+    return b64(value.to_bytes(size, "big"))
+
+
+def ec_jwk(key: ec.EllipticCurvePrivateKey, kid: str, **extra: Any) -> dict[str, Any]:
+    numbers = key.public_key().public_numbers()
+    size = (key.curve.key_size + 7) // 8
+    crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
+    return {"kty": "EC", "crv": crv, "kid": kid, "x": b64int(numbers.x, size), "y": b64int(numbers.y, size), **extra}
+
+
+def rsa_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    numbers = key.public_key().public_numbers()
+    return {"kty": "RSA", "kid": kid, "use": "sig", "n": b64int(numbers.n, 256), "e": b64int(numbers.e, 3)}
+
+
+def jwt(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None, *, alg: str, kid: str | None = None) -> str:
+    header: dict[str, Any] = {"alg": alg, **({"kid": kid} if kid is not None else {})}
+    claims = {"sub": "system:serviceaccount:shop:cart", "aud": ["istio-ca"], "exp": int(NOW) + 3600}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}.get(alg[2:], hashes.SHA256())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(digest)))
+        size = (key.curve.key_size + 7) // 8
+        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    elif isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), digest)
+    else:
+        signature = b"not a signature"
+    return f"{signing_input}.{b64(signature)}"
+
+
+P256 = ec.generate_private_key(ec.SECP256R1())
+P384 = ec.generate_private_key(ec.SECP384R1())
+RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER = ec.generate_private_key(ec.SECP256R1())
+KEYS = IssuerKeys.from_jwks({"keys": [ec_jwk(P256, "p256"), ec_jwk(P384, "p384"), rsa_jwk(RSA, "rsa")]})
+
+
+@pytest.mark.parametrize(
+    ("token", "verdict"),
+    [
+        (jwt(P256, alg="ES256", kid="p256"), Verdict.VERIFIED),
+        (jwt(P384, alg="ES384", kid="p384"), Verdict.VERIFIED),
+        (jwt(RSA, alg="RS256", kid="rsa"), Verdict.VERIFIED),
+        (jwt(RSA, alg="RS512", kid="rsa"), Verdict.VERIFIED),
+        (jwt(P256, alg="ES256"), Verdict.VERIFIED),  # no kid: any key of the set
+        (jwt(OTHER, alg="ES256", kid="p256"), Verdict.BAD_SIGNATURE),  # forged with another key
+        (jwt(OTHER, alg="ES256"), Verdict.BAD_SIGNATURE),
+        (jwt(P256, alg="ES384", kid="p256"), Verdict.BAD_SIGNATURE),  # ES384 is P-384's
+        (jwt(RSA, alg="RS256", kid="p256"), Verdict.BAD_SIGNATURE),  # an RSA signature for an EC key
+        (jwt(P256, alg="ES256", kid="rotated-in"), Verdict.UNKNOWN_KEY),
+        (jwt(None, alg="none", kid="p256"), Verdict.BAD_SIGNATURE),
+        (jwt(None, alg="HS256", kid="p256"), Verdict.BAD_SIGNATURE),
+        (jwt(None, alg="PS256", kid="p256"), Verdict.UNCHECKED),
+        (jwt(None, alg="EdDSA", kid="p256"), Verdict.UNCHECKED),
+    ],
+)
+def test_a_tokens_signature_is_judged_by_the_key_its_kid_names(token: str, verdict: Verdict) -> None:
+    assert KEYS.check(token).verdict is verdict
+
+
+def test_a_damaged_signature_does_not_verify() -> None:
+    head, payload, signature = jwt(P256, alg="ES256", kid="p256").split(".")
+    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    assert KEYS.check(f"{head}.{payload}.{flipped}").verdict is Verdict.BAD_SIGNATURE
+    assert KEYS.check(f"{head}.{payload}.{signature[:40]}").verdict is Verdict.BAD_SIGNATURE  # too short
+    check = KEYS.check(f"{head}.{payload}.%%%")
+    assert (check.verdict, check.why) == (
+        Verdict.BAD_SIGNATURE,
+        "kid 'p256', alg 'ES256': the signature is not base64url",
+    )
+
+
+def test_refusals_say_which_key_and_algorithm() -> None:
+    assert (
+        KEYS.check(jwt(OTHER, alg="ES256", kid="p256")).why == "kid 'p256', alg 'ES256': the signature does not verify"
+    )
+    assert (
+        KEYS.check(jwt(P256, alg="ES256", kid="new")).why == "kid 'new', alg 'ES256': the cluster publishes no such key"
+    )
+    assert KEYS.check(jwt(None, alg="none")).why == "no kid, alg 'none': never a service-account token's algorithm"
+
+
+def test_keys_it_cannot_use_are_skipped_naming_why() -> None:
+    keys = IssuerKeys.from_jwks(
+        {
+            "keys": [
+                ec_jwk(P256, "good"),
+                {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+                {**ec_jwk(P256, "enc"), "use": "enc"},
+                {**ec_jwk(P256, "k1"), "crv": "secp256k1"},
+                {**ec_jwk(P256, "bad-x"), "x": "!!"},
+                {**ec_jwk(P256, "off-curve"), "y": b64int(5, 32)},
+                {"kty": "RSA", "kid": "no-n", "e": "AQAB"},
+                "not an object",
+                {**ec_jwk(P256, ""), "kid": 7},
+            ]
+        }
+    )
+    assert len(keys) == 1 and keys.check(jwt(P256, alg="ES256", kid="good")).verdict is Verdict.VERIFIED
+    assert keys.skipped[:3] == (
+        "key 'hmac': kty 'oct' is not RSA or EC",
+        "key 'enc': use 'enc' is not sig",
+        "key 'k1': curve 'secp256k1' is not P-256, P-384 or P-521",
+    )
+    assert keys.skipped[3] == "key 'bad-x': x is not base64url"
+    assert keys.skipped[4].startswith("key 'off-curve': ")
+    assert keys.skipped[5] == "key 'no-n': n is not a base64url string"
+    assert keys.skipped[6:] == ("key 7: not an object", "key 8: kid is not a string")
+
+
+@pytest.mark.parametrize("document", [None, [], {"keys": {}}, {"kty": "EC"}])
+def test_a_document_that_is_no_key_set_is_refused(document: object) -> None:
+    with pytest.raises(ValueError, match='not a JSON Web Key Set: no "keys" list'):
+        IssuerKeys.from_jwks(document)
+
+
+# -- the CA's authenticator with the keys -------------------------------------------------------------------
+
+
+class Source:
+    """Keys as `controlplane.kube.issuerkeys` serves them: `refresh()` gives the next set, if any."""
+
+    def __init__(self, keys: IssuerKeys | None, *, after_refresh: IssuerKeys | None = None) -> None:
+        self.keys = keys
+        self.after_refresh = after_refresh
+        self.refreshes = 0
+
+    def current(self) -> IssuerKeys | None:
+        return self.keys
+
+    async def refresh(self) -> IssuerKeys | None:
+        self.refreshes += 1
+        if self.after_refresh is not None:
+            self.keys = self.after_refresh
+        return self.keys
+
+
+def kube(reviewer: FakeTokenReviewer, source: Source) -> KubeJwtAuthenticator:
+    return KubeJwtAuthenticator(
+        reviewer=reviewer, keys=source, trust_domain="cluster.local", cluster_id="Kubernetes", clock=lambda: NOW
+    )
+
+
+def bearer(token: str) -> Credentials:
+    return Credentials(metadata={"authorization": f"Bearer {token}"}, client="10.0.0.1")
+
+
+def bad_signatures() -> float:
+    return REGISTRY.get_sample_value("meshplane_ca_token_reviews_total", {"outcome": "bad_signature"}) or 0.0
+
+
+async def test_a_forged_token_is_refused_without_a_review_and_counted() -> None:
+    reviewer, before = FakeTokenReviewer(), bad_signatures()
+    auth = kube(reviewer, Source(KEYS))
+    with pytest.raises(AuthenticationError) as refused:
+        await auth.authenticate(bearer(jwt(OTHER, alg="ES256", kid="p256")))
+    assert str(refused.value) == (
+        "bearer token is not signed by this cluster's service-account issuer "
+        "(kid 'p256', alg 'ES256': the signature does not verify)"
+    )
+    assert reviewer.asked == [] and bad_signatures() - before == 1
+
+
+async def test_a_token_the_keys_verify_is_still_reviewed() -> None:
+    token = jwt(P256, alg="ES256", kid="p256")
+    reviewer = FakeTokenReviewer(reviews={token: GRANTED})
+    caller = await kube(reviewer, Source(KEYS)).authenticate(bearer(token))
+    assert caller.identities == ("spiffe://cluster.local/ns/shop/sa/cart",) and len(reviewer.asked) == 1
+    revoked = jwt(P256, alg="ES256", kid="p256")  # signed by the cluster, but its pod is gone
+    with pytest.raises(AuthenticationError, match="invalid bearer token"):
+        await kube(reviewer, Source(KEYS)).authenticate(bearer(revoked))
+
+
+async def test_an_unknown_kid_fetches_the_keys_again_and_a_rotated_in_key_is_accepted() -> None:
+    token = jwt(OTHER, alg="ES256", kid="rotated-in")
+    reviewer = FakeTokenReviewer(reviews={token: GRANTED})
+    rotated = IssuerKeys.from_jwks({"keys": [ec_jwk(P256, "p256"), ec_jwk(OTHER, "rotated-in")]})
+    source = Source(KEYS, after_refresh=rotated)
+    await kube(reviewer, source).authenticate(bearer(token))
+    assert source.refreshes == 1 and len(reviewer.asked) == 1
+
+
+async def test_a_kid_still_unknown_after_fetching_again_is_refused_without_a_review() -> None:
+    reviewer, source = FakeTokenReviewer(), Source(KEYS)
+    with pytest.raises(AuthenticationError, match="kid 'made-up', alg 'ES256': the cluster publishes no such key"):
+        await kube(reviewer, source).authenticate(bearer(jwt(OTHER, alg="ES256", kid="made-up")))
+    assert source.refreshes == 1 and reviewer.asked == []
+
+
+async def test_without_keys_every_token_is_reviewed() -> None:
+    token = jwt(OTHER, alg="ES256", kid="p256")
+    reviewer = FakeTokenReviewer()
+    with pytest.raises(AuthenticationError, match="invalid bearer token"):
+        await kube(reviewer, Source(None)).authenticate(bearer(token))
+    assert len(reviewer.asked) == 1
+
+
+async def test_unchecked_algorithms_are_left_to_the_review() -> None:
+    token = jwt(None, alg="PS256", kid="p256")
+    reviewer = FakeTokenReviewer(reviews={token: GRANTED})
+    await kube(reviewer, Source(KEYS)).authenticate(bearer(token))
+    assert len(reviewer.asked) == 1
