@@ -51,7 +51,7 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     "certs/signing.py": None,
     "certs/service.py": tuple(
         f"x{SEP}CertificateService{SEP}{m}"
-        for m in ("__init__", "credentials_of", "identities_of", "authenticate", "create_certificate")
+        for m in ("__init__", "credentials_of", "identities_of", "authenticate", "create_certificate", "_sign")
     ),
     "certs/authenticate/__init__.py": None,
     "certs/authenticate/clientcert.py": None,
@@ -66,6 +66,8 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     ),
     "certs/authenticate/tokencache.py": None,  # a cached verdict must honour the key and the validity window
     "certs/authenticate/reviewgate.py": None,  # what one client's tokens may cost the API server
+    "certs/authenticate/issuerkeys.py": None,  # which tokens the cluster signed
+    "certs/signslots.py": None,  # how much of the signing one client may hold
     "controlplane/peers.py": None,  # which client a call is charged to (review budget, open streams)
     # All but `PushRequest.__str__`, which only words a push for the logs.
     "discovery/pushqueue.py": (
