@@ -66,7 +66,12 @@ P256 = ec.generate_private_key(ec.SECP256R1())
 P384 = ec.generate_private_key(ec.SECP384R1())
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER = ec.generate_private_key(ec.SECP256R1())
-KEYS = IssuerKeys.from_jwks({"keys": [ec_jwk(P256, "p256"), ec_jwk(P384, "p384"), rsa_jwk(RSA, "rsa")]})
+JWKS = {"keys": [ec_jwk(P256, "p256"), ec_jwk(P384, "p384"), rsa_jwk(RSA, "rsa")]}
+
+
+def cluster_keys() -> IssuerKeys:
+    """The set, parsed when a test runs (not at import, so the parsing is the code under test)."""
+    return IssuerKeys.from_jwks(JWKS)
 
 
 @pytest.mark.parametrize(
@@ -89,15 +94,15 @@ KEYS = IssuerKeys.from_jwks({"keys": [ec_jwk(P256, "p256"), ec_jwk(P384, "p384")
     ],
 )
 def test_a_tokens_signature_is_judged_by_the_key_its_kid_names(token: str, verdict: Verdict) -> None:
-    assert KEYS.check(token).verdict is verdict
+    assert cluster_keys().check(token).verdict is verdict
 
 
 def test_a_damaged_signature_does_not_verify() -> None:
     head, payload, signature = jwt(P256, alg="ES256", kid="p256").split(".")
     flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
-    assert KEYS.check(f"{head}.{payload}.{flipped}").verdict is Verdict.BAD_SIGNATURE
-    assert KEYS.check(f"{head}.{payload}.{signature[:40]}").verdict is Verdict.BAD_SIGNATURE  # too short
-    check = KEYS.check(f"{head}.{payload}.%%%")
+    assert cluster_keys().check(f"{head}.{payload}.{flipped}").verdict is Verdict.BAD_SIGNATURE
+    assert cluster_keys().check(f"{head}.{payload}.{signature[:40]}").verdict is Verdict.BAD_SIGNATURE  # too short
+    check = cluster_keys().check(f"{head}.{payload}.%%%")
     assert (check.verdict, check.why) == (
         Verdict.BAD_SIGNATURE,
         "kid 'p256', alg 'ES256': the signature is not base64url",
@@ -105,47 +110,62 @@ def test_a_damaged_signature_does_not_verify() -> None:
 
 
 def test_refusals_say_which_key_and_algorithm() -> None:
-    assert (
-        KEYS.check(jwt(OTHER, alg="ES256", kid="p256")).why == "kid 'p256', alg 'ES256': the signature does not verify"
-    )
-    assert (
-        KEYS.check(jwt(P256, alg="ES256", kid="new")).why == "kid 'new', alg 'ES256': the cluster publishes no such key"
-    )
-    assert KEYS.check(jwt(None, alg="none")).why == "no kid, alg 'none': never a service-account token's algorithm"
+    keys = cluster_keys()
+    forged, unknown = jwt(OTHER, alg="ES256", kid="p256"), jwt(P256, alg="ES256", kid="new")
+    assert keys.check(forged).why == "kid 'p256', alg 'ES256': the signature does not verify"
+    assert keys.check(unknown).why == "kid 'new', alg 'ES256': the cluster publishes no such key"
+    assert keys.check(jwt(None, alg="none")).why == "no kid, alg 'none': never a service-account token's algorithm"
 
 
 def test_keys_it_cannot_use_are_skipped_naming_why() -> None:
+    no_kid = {k: v for k, v in ec_jwk(OTHER, "").items() if k != "kid"}
     keys = IssuerKeys.from_jwks(
         {
             "keys": [
-                ec_jwk(P256, "good"),
+                "not an object",
+                {**ec_jwk(P256, ""), "kid": 7},
                 {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
                 {**ec_jwk(P256, "enc"), "use": "enc"},
                 {**ec_jwk(P256, "k1"), "crv": "secp256k1"},
                 {**ec_jwk(P256, "bad-x"), "x": "!!"},
                 {**ec_jwk(P256, "off-curve"), "y": b64int(5, 32)},
                 {"kty": "RSA", "kid": "no-n", "e": "AQAB"},
-                "not an object",
-                {**ec_jwk(P256, ""), "kid": 7},
+                {"kty": "RSA", "kid": "empty-n", "e": "AQAB", "n": ""},
+                {"kty": "RSA", "e": "AQAB"},
+                {"kty": "RSA", "kid": "bad-e", "e": "", "n": "AQAB"},
+                {**ec_jwk(P256, "bad-y"), "y": ""},
+                ec_jwk(P256, "good"),
+                no_kid,
             ]
         }
     )
-    assert len(keys) == 1 and keys.check(jwt(P256, alg="ES256", kid="good")).verdict is Verdict.VERIFIED
-    assert keys.skipped[:3] == (
+    assert len(keys) == 2
+    assert keys.check(jwt(P256, alg="ES256", kid="good")).verdict is Verdict.VERIFIED
+    assert keys.check(jwt(OTHER, alg="ES256")).verdict is Verdict.VERIFIED  # no kid: the key without one
+    assert keys.check(jwt(OTHER, alg="ES256", kid="good")).verdict is Verdict.BAD_SIGNATURE
+    assert keys.skipped[:5] == (
+        "key 0: not an object",
+        "key 1: kid is not a string",
         "key 'hmac': kty 'oct' is not RSA or EC",
         "key 'enc': use 'enc' is not sig",
         "key 'k1': curve 'secp256k1' is not P-256, P-384 or P-521",
     )
-    assert keys.skipped[3] == "key 'bad-x': x is not base64url"
-    assert keys.skipped[4].startswith("key 'off-curve': ")
-    assert keys.skipped[5] == "key 'no-n': n is not a base64url string"
-    assert keys.skipped[6:] == ("key 7: not an object", "key 8: kid is not a string")
+    assert keys.skipped[5] == "key 'bad-x': x is not base64url"
+    assert keys.skipped[6].startswith("key 'off-curve': ")
+    assert keys.skipped[7:] == (
+        "key 'no-n': n is not a base64url string",
+        "key 'empty-n': n is not a base64url string",
+        "key 9: n is not a base64url string",
+        "key 'bad-e': e is not a base64url string",
+        "key 'bad-y': y is not a base64url string",
+    )
 
 
 @pytest.mark.parametrize("document", [None, [], {"keys": {}}, {"kty": "EC"}])
 def test_a_document_that_is_no_key_set_is_refused(document: object) -> None:
-    with pytest.raises(ValueError, match='not a JSON Web Key Set: no "keys" list'):
+    with pytest.raises(ValueError) as refused:
         IssuerKeys.from_jwks(document)
+    assert str(refused.value) == 'not a JSON Web Key Set: no "keys" list'
 
 
 # -- the CA's authenticator with the keys -------------------------------------------------------------------
@@ -185,7 +205,7 @@ def bad_signatures() -> float:
 
 async def test_a_forged_token_is_refused_without_a_review_and_counted() -> None:
     reviewer, before = FakeTokenReviewer(), bad_signatures()
-    auth = kube(reviewer, Source(KEYS))
+    auth = kube(reviewer, Source(cluster_keys()))
     with pytest.raises(AuthenticationError) as refused:
         await auth.authenticate(bearer(jwt(OTHER, alg="ES256", kid="p256")))
     assert str(refused.value) == (
@@ -198,24 +218,24 @@ async def test_a_forged_token_is_refused_without_a_review_and_counted() -> None:
 async def test_a_token_the_keys_verify_is_still_reviewed() -> None:
     token = jwt(P256, alg="ES256", kid="p256")
     reviewer = FakeTokenReviewer(reviews={token: GRANTED})
-    caller = await kube(reviewer, Source(KEYS)).authenticate(bearer(token))
+    caller = await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
     assert caller.identities == ("spiffe://cluster.local/ns/shop/sa/cart",) and len(reviewer.asked) == 1
     revoked = jwt(P256, alg="ES256", kid="p256")  # signed by the cluster, but its pod is gone
     with pytest.raises(AuthenticationError, match="invalid bearer token"):
-        await kube(reviewer, Source(KEYS)).authenticate(bearer(revoked))
+        await kube(reviewer, Source(cluster_keys())).authenticate(bearer(revoked))
 
 
 async def test_an_unknown_kid_fetches_the_keys_again_and_a_rotated_in_key_is_accepted() -> None:
     token = jwt(OTHER, alg="ES256", kid="rotated-in")
     reviewer = FakeTokenReviewer(reviews={token: GRANTED})
     rotated = IssuerKeys.from_jwks({"keys": [ec_jwk(P256, "p256"), ec_jwk(OTHER, "rotated-in")]})
-    source = Source(KEYS, after_refresh=rotated)
+    source = Source(cluster_keys(), after_refresh=rotated)
     await kube(reviewer, source).authenticate(bearer(token))
     assert source.refreshes == 1 and len(reviewer.asked) == 1
 
 
 async def test_a_kid_still_unknown_after_fetching_again_is_refused_without_a_review() -> None:
-    reviewer, source = FakeTokenReviewer(), Source(KEYS)
+    reviewer, source = FakeTokenReviewer(), Source(cluster_keys())
     with pytest.raises(AuthenticationError, match="kid 'made-up', alg 'ES256': the cluster publishes no such key"):
         await kube(reviewer, source).authenticate(bearer(jwt(OTHER, alg="ES256", kid="made-up")))
     assert source.refreshes == 1 and reviewer.asked == []
@@ -232,5 +252,5 @@ async def test_without_keys_every_token_is_reviewed() -> None:
 async def test_unchecked_algorithms_are_left_to_the_review() -> None:
     token = jwt(None, alg="PS256", kid="p256")
     reviewer = FakeTokenReviewer(reviews={token: GRANTED})
-    await kube(reviewer, Source(KEYS)).authenticate(bearer(token))
+    await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
     assert len(reviewer.asked) == 1
