@@ -186,6 +186,18 @@ class XdsHarness:
 
 
 @contextlib.asynccontextmanager
+async def web_alone(*, limits: StreamLimits | None = None) -> AsyncIterator[XdsHarness]:
+    """A started harness serving Service `web` (10.96.0.1, endpoint 10.1.0.1) alone; stopped on exit."""
+    harness = XdsHarness(limits=limits)
+    harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+@contextlib.asynccontextmanager
 async def web_and_api(*, web_ips: Sequence[str] = ("10.1.0.1",)) -> AsyncIterator[XdsHarness]:
     """A started harness serving Services `web` (10.96.0.1, endpoints `web_ips`) and `api` (10.96.0.2,
     10.1.1.1), the clusters `WEB` and `API`; stopped on exit."""

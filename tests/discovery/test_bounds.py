@@ -28,7 +28,7 @@ from discovery.connection import Connection, LogThrottle, StreamLimits, canonica
 from discovery.wire import LOCATOR_BYTES, NODE_BYTES
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
-from tests.discovery.harness import TIMEOUT, XdsHarness, node
+from tests.discovery.harness import TIMEOUT, XdsHarness, node, web_alone
 from tests.discovery.harness import cluster_names as cluster_names_of
 from tests.helpers.protowire import length_delimited
 
@@ -37,13 +37,8 @@ LIMITS = StreamLimits()
 
 @pytest.fixture
 async def xds() -> AsyncIterator[XdsHarness]:
-    harness = XdsHarness()
-    harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
-    await harness.start()
-    try:
+    async with web_alone() as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 def cluster_names(count: int, *, prefix: str = "made-up") -> list[str]:

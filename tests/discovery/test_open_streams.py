@@ -24,7 +24,7 @@ from discovery.server import AdsServer
 from discovery.stream import StreamRefused
 from discovery.xdstypes import CLUSTER
 from tests.discovery import meshdata as m
-from tests.discovery.harness import TIMEOUT, SotwClient, XdsHarness, cluster_names, node
+from tests.discovery.harness import TIMEOUT, SotwClient, XdsHarness, cluster_names, node, web_alone
 from tests.discovery.test_bounds import refusal, until
 from tests.helpers.relay import Relay
 
@@ -38,13 +38,8 @@ FULL = (
 
 @pytest.fixture
 async def xds() -> AsyncIterator[XdsHarness]:
-    harness = XdsHarness(limits=StreamLimits(streams_per_client=LIMIT))
-    harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
-    await harness.start()
-    try:
+    async with web_alone(limits=StreamLimits(streams_per_client=LIMIT)) as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 async def opened(client: SotwClient) -> SotwClient:

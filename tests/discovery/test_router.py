@@ -15,7 +15,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from discovery.generators import GRPC, ROUTER, SIDECAR, table_for
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
-from tests.discovery.harness import XdsHarness, cluster_names, node
+from tests.discovery.harness import XdsHarness, cluster_names, node, web_alone
 from tests.discovery.world import World, proxy
 
 NS = "istio-system"
@@ -85,13 +85,8 @@ def test_a_router_gets_the_same_endpoints_as_a_sidecar() -> None:
 
 @pytest.fixture
 async def xds() -> AsyncIterator[XdsHarness]:
-    harness = XdsHarness()
-    harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
-    await harness.start()
-    try:
+    async with web_alone() as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 def router_node() -> object:
