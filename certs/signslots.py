@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 IN_FLIGHT = 32
 WAITING = 1024
@@ -30,7 +30,7 @@ class SlotsExhausted(Exception):
 @dataclass(kw_only=True, slots=True)
 class _Client:
     semaphore: asyncio.Semaphore
-    users: int = field(default=0)  # requests signing or waiting
+    users: int = 0  # requests signing or waiting
 
 
 class SigningSlots:

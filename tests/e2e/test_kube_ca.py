@@ -353,16 +353,13 @@ async def test_a_workload_repeating_its_valid_token_costs_one_review_per_10_seco
     a TokenReview. Now an accepted token is not reviewed again for REVIEW_TTL_S, on the CA and on xDS."""
     bearer = await token(kubectl, "web", "--audience", "istio-ca", "-n", "shop")
     csr = openssl_csr(tmp_path, uri=IDENTITY)
-
-    def reviews() -> int:
-        return sum(1 for method, path in kubesim.requests if method == "POST" and path.endswith("/tokenreviews"))
-
-    before, started = reviews(), time.monotonic()
+    before, started = _reviews(kubesim), time.monotonic()
     codes = await asyncio.to_thread(_repeat, serve_kube, csr, bearer, 150)
     assert codes == [grpc.StatusCode.OK] * 150
     assert (await asyncio.to_thread(_ads_status, serve_kube, bearer))[0] == grpc.StatusCode.OK
     windows = int((time.monotonic() - started) / REVIEW_TTL_S) + 1
-    assert 1 <= reviews() - before <= windows, (reviews() - before, windows)
+    reviews = _reviews(kubesim) - before
+    assert 1 <= reviews <= windows, (reviews, windows)
 
 
 def _ads_status(running: Running, bearer: str, target: str | None = None) -> tuple[grpc.StatusCode, str]:
