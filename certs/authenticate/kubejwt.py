@@ -19,7 +19,10 @@ With the cluster's service-account issuer keys (`keys`, fetched by `controlplane
 from the API server's `/openid/v1/jwks`), a token whose signature does not verify, or whose `kid`
 the cluster does not publish even after the keys are fetched again (`IssuerKeySource.refresh`, at
 most every 30 s), is refused without a review: forged tokens then cost the API server nothing, from
-any number of addresses. A verified token is still reviewed (it may be revoked). Without the keys
+any number of addresses. A token naming a key id the keys lack while they cannot be fetched again
+(fetched within 30 s, or the fetch failed) is neither reviewed nor refused for good: the answer is
+UNAVAILABLE, since a key the cluster began to sign with moments ago looks the same as a made-up
+one until the next fetch. A verified token is still reviewed (it may be revoked). Without the keys
 (not fetched yet, or the API server does not serve them) every token of the right shape is reviewed,
 as above.
 
@@ -87,7 +90,9 @@ class IssuerKeySource(Protocol):
         ...
 
     async def refresh(self) -> IssuerKeys | None:
-        """Fetch the keys again unless that was tried within the last 30 s; the keys then current."""
+        """Fetch the keys again unless that was tried within the last 30 s; the keys then current: a new
+        object after a successful fetch, the very object `current()` returned when none was made or it
+        failed."""
         ...
 
 
@@ -164,10 +169,18 @@ class KubeJwtAuthenticator:
             return
         check = keys.check(token)
         if check.verdict is Verdict.UNKNOWN_KEY:
-            keys = await source.refresh()
-            if keys is None:
+            fetched = await source.refresh()
+            if fetched is None:
                 return
-            check = keys.check(token)
+            if fetched is keys:
+                # no newer keys to be had now: a key id made up, or one the cluster began to sign with
+                # since the last fetch; which, the next fetch tells, so the client is asked to come back
+                metrics.token_reviews.labels(outcome="unknown_key").inc()
+                raise AuthenticatorUnavailable(
+                    f"bearer token names an issuer key the cluster did not publish when its keys were last "
+                    f"fetched ({check.why}); they are fetched again at most every 30 s: retry then"
+                )
+            keys, check = fetched, fetched.check(token)
         if check.verdict in (Verdict.BAD_SIGNATURE, Verdict.UNKNOWN_KEY):
             metrics.token_reviews.labels(outcome="bad_signature").inc()
             raise AuthenticationError(

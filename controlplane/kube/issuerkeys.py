@@ -7,7 +7,8 @@ discovery; Kubernetes' default RBAC grants it to every service account).
 
 - `refresh()` fetches again unless a fetch was tried within `min_interval` (30 s): a client sending
   tokens with made-up key ids makes meshplane ask at most twice a minute. Callers that ask while a
-  fetch runs share it.
+  fetch runs share it. It returns a new key set only after a successful fetch, so a caller can tell
+  "the cluster publishes no such key now" from "no newer keys could be had".
 - `run()` fetches every `interval` (10 min), so keys the cluster rotates in or out are followed.
 - A failed fetch (API unreachable, 403 or 404, a document that is no key set) keeps the keys fetched
   before, and is logged when the state changes (working -> failing -> working), not on every try.

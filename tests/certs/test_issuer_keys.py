@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from prometheus_client import REGISTRY
 
-from certs.authenticate import AuthenticationError, Credentials
+from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Credentials
 from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReview
 from tests.certs.fakes import FakeTokenReviewer
@@ -172,7 +172,8 @@ def test_a_document_that_is_no_key_set_is_refused(document: object) -> None:
 
 
 class Source:
-    """Keys as `controlplane.kube.issuerkeys` serves them: `refresh()` gives the next set, if any."""
+    """Keys as `controlplane.kube.issuerkeys` serves them: `refresh()` gives the next set, a new object as
+    after a fetch, if there is one; else the same object, as when no fetch could be made."""
 
     def __init__(self, keys: IssuerKeys | None, *, after_refresh: IssuerKeys | None = None) -> None:
         self.keys = keys
@@ -235,10 +236,35 @@ async def test_an_unknown_kid_fetches_the_keys_again_and_a_rotated_in_key_is_acc
 
 
 async def test_a_kid_still_unknown_after_fetching_again_is_refused_without_a_review() -> None:
-    reviewer, source = FakeTokenReviewer(), Source(cluster_keys())
-    with pytest.raises(AuthenticationError, match="kid 'made-up', alg 'ES256': the cluster publishes no such key"):
+    reviewer, source = FakeTokenReviewer(), Source(cluster_keys(), after_refresh=cluster_keys())
+    with pytest.raises(AuthenticationError, match="kid 'made-up', alg 'ES256': the cluster publishes no such key") as e:
         await kube(reviewer, source).authenticate(bearer(jwt(OTHER, alg="ES256", kid="made-up")))
+    assert not isinstance(e.value, AuthenticatorUnavailable)
     assert source.refreshes == 1 and reviewer.asked == []
+
+
+def unknown_keys() -> float:
+    return REGISTRY.get_sample_value("meshplane_ca_token_reviews_total", {"outcome": "unknown_key"}) or 0.0
+
+
+async def test_an_unknown_kid_while_the_keys_cannot_be_fetched_again_is_unavailable_then_accepted() -> None:
+    """Within 30 s of the last fetch (or while fetches fail) a key id the keys lack may be one the cluster
+    began to sign with since: the client is asked to retry, not refused for good, and nothing is reviewed."""
+    token = jwt(OTHER, alg="ES256", kid="rotated-in")
+    reviewer, before = FakeTokenReviewer(reviews={token: GRANTED}), unknown_keys()
+    source = Source(cluster_keys())
+    auth = kube(reviewer, source)
+    with pytest.raises(AuthenticatorUnavailable) as retry:
+        await auth.authenticate(bearer(token))
+    assert str(retry.value) == (
+        "bearer token names an issuer key the cluster did not publish when its keys were last fetched "
+        "(kid 'rotated-in', alg 'ES256': the cluster publishes no such key); "
+        "they are fetched again at most every 30 s: retry then"
+    )
+    assert reviewer.asked == [] and unknown_keys() - before == 1 and source.refreshes == 1
+    source.after_refresh = IssuerKeys.from_jwks({"keys": [ec_jwk(P256, "p256"), ec_jwk(OTHER, "rotated-in")]})
+    caller = await auth.authenticate(bearer(token))
+    assert caller.identities == ("spiffe://cluster.local/ns/shop/sa/cart",) and len(reviewer.asked) == 1
 
 
 async def test_without_keys_every_token_is_reviewed() -> None:

@@ -304,4 +304,5 @@ async def test_every_outcome_is_counted_for_operators() -> None:
         "client_busy": 1,
         "cached": 1,
         "bad_signature": 0,  # test_issuer_keys.py
+        "unknown_key": 0,  # test_issuer_keys.py
     }

@@ -180,13 +180,13 @@ async def test_issuer_keys_are_fetched_at_most_every_30_seconds_and_callers_shar
 ) -> None:
     clock = Clock()
     source = issuer_keys(kube_api, clock)
-    await asyncio.gather(*(source.refresh() for _ in range(10)))
-    assert jwks_gets(kubesim) == 1
+    shared = await asyncio.gather(*(source.refresh() for _ in range(10)))
+    assert jwks_gets(kubesim) == 1 and all(keys is shared[0] for keys in shared)
     clock.now += MIN_INTERVAL_S - 0.1
-    await source.refresh()
+    assert await source.refresh() is shared[0]  # no fetch: the same set, so callers know nothing newer came
     assert jwks_gets(kubesim) == 1
     clock.now += 0.1
-    await source.refresh()
+    assert await source.refresh() is not shared[0]
     assert jwks_gets(kubesim) == 2 and source.fetches == 2
 
 
