@@ -32,6 +32,8 @@ in a bounded `tokencache.TokenCache` keyed by the whole token. A workload that s
 with every request (or a compromised one that floods the CA with it) then costs one review per 10 s,
 not one per request. The price: a token revoked meanwhile (its pod or service account deleted) is
 accepted for at most 10 s more. Refusals are never cached; they spend the client's review budget.
+Requests with a token whose review is in flight wait for that review instead of asking again, so a
+workload's concurrent first requests (a CSR and an xDS stream) cost one review too.
 
 Seam: `controlplane/kube` provides the real `TokenReviewer` (TokenReview through
 kubernetes-asyncio); tests use an in-repo fake.
@@ -39,9 +41,11 @@ kubernetes-asyncio); tests use an in-repo fake.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -123,6 +127,7 @@ class KubeJwtAuthenticator:
         self.review_ttl_s = review_ttl_s
         self.clock = clock
         self._cache_key = object()  # this authenticator's audience and reviewer vouched for the entries
+        self._in_review: dict[str, asyncio.Future[Caller]] = {}  # token -> its review in flight
 
     async def authenticate(self, credentials: Credentials) -> Caller:
         token = credentials.bearer_token()
@@ -146,7 +151,7 @@ class KubeJwtAuthenticator:
             await self._check_signature(token, self.keys)
         try:
             async with self.gate.review(credentials.client):
-                caller = await self._review(token)
+                caller = await self._review_shared(token)
         except ReviewRefused as exc:
             metrics.token_reviews.labels(outcome=exc.outcome).inc()
             raise
@@ -186,6 +191,23 @@ class KubeJwtAuthenticator:
             raise AuthenticationError(
                 f"bearer token is not signed by this cluster's service-account issuer ({check.why})"
             )
+
+    async def _review_shared(self, token: str) -> Caller:
+        """`_review(token)`, joining the review of the same token already in flight, if any.
+
+        Each caller still passes its own client's gate and is charged for a failure; only the API server
+        is asked once. The review runs to its end even if every caller waiting for it goes away."""
+        running = self._in_review.get(token)
+        if running is None:
+            running = self._in_review[token] = asyncio.ensure_future(self._review(token))
+            running.add_done_callback(functools.partial(self._review_done, token))
+        return await asyncio.shield(running)
+
+    def _review_done(self, token: str, review: asyncio.Future[Caller]) -> None:
+        if self._in_review.get(token) is review:
+            del self._in_review[token]
+        if not review.cancelled():
+            review.exception()  # retrieved: a review nobody waits for any more is not "never retrieved"
 
     async def _review(self, token: str) -> Caller:
         try:

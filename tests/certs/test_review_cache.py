@@ -7,6 +7,9 @@ valid token never fails a review.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import pytest
 from prometheus_client import REGISTRY
 
@@ -150,3 +153,56 @@ async def test_the_cache_passed_in_is_the_one_filled() -> None:
     auth = kube(reviewer, clock, cache=cache)
     await auth.authenticate(bearer(GOOD))
     assert len(cache) == 1
+
+
+class HeldReviewer(FakeTokenReviewer):
+    """Answers once `release` is set, so that requests pile up while a review is in flight."""
+
+    def __init__(self, reviews: dict[str, TokenReview]) -> None:
+        super().__init__(reviews=reviews)
+        self.release = asyncio.Event()
+
+    async def review(self, *, token: str, audiences: Sequence[str]) -> TokenReview:
+        self.asked.append((token, tuple(audiences)))
+        await self.release.wait()
+        return self.reviews.get(token, TokenReview(authenticated=False, error="invalid bearer token"))
+
+
+async def test_requests_with_a_token_whose_review_is_in_flight_share_that_review() -> None:
+    reviewer, clock = HeldReviewer({GOOD: GRANTED}), Clock()
+    auth = kube(reviewer, clock)
+    clients = ["10.0.0.1"] * 4 + ["10.0.0.2"] * 4
+    waiting = [asyncio.create_task(auth.authenticate(bearer(GOOD, client))) for client in clients]
+    await asyncio.sleep(0)
+    reviewer.release.set()
+    assert [caller.identities for caller in await asyncio.gather(*waiting)] == [CART] * 8
+    assert len(reviewer.asked) == 1
+
+
+async def test_a_shared_failed_review_is_charged_to_every_client_that_waited_for_it() -> None:
+    revoked = shaped_token("revoked", exp=NOW + 3600)
+    reviewer, gate = HeldReviewer({}), ReviewGate(burst=1, refill_s=60.0)
+    auth = kube(reviewer, Clock(), gate=gate)
+    waiting = [asyncio.create_task(auth.authenticate(bearer(revoked, client))) for client in ("10.0.0.1", "10.0.0.2")]
+    await asyncio.sleep(0)
+    reviewer.release.set()
+    for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+        assert isinstance(outcome, AuthenticationError) and "invalid bearer token" in str(outcome)
+    assert len(reviewer.asked) == 1
+    for client in ("10.0.0.1", "10.0.0.2"):  # each spent its one failure: the next review is refused
+        with pytest.raises(ReviewRefused, match=f"too many failed token reviews from client {client}"):
+            await auth.authenticate(bearer(revoked, client))
+
+
+async def test_a_shared_review_outlives_the_request_that_started_it() -> None:
+    reviewer = HeldReviewer({GOOD: GRANTED})
+    auth = kube(reviewer, Clock())
+    first = asyncio.create_task(auth.authenticate(bearer(GOOD, "10.0.0.1")))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(auth.authenticate(bearer(GOOD, "10.0.0.2")))
+    await asyncio.sleep(0)
+    first.cancel()  # its client hung up
+    reviewer.release.set()
+    assert (await second).identities == CART and len(reviewer.asked) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first

@@ -114,12 +114,14 @@ class BlockingReviewer(FakeTokenReviewer):
 
 async def test_reviews_in_flight_are_bounded_per_client_and_in_all() -> None:
     reviewer = BlockingReviewer()
+    tokens = [shaped_token(f"held-{n}") for n in range(5)]  # distinct: one token's requests share a review
+    reviewer.reviews.update({token: GRANTED for token in tokens})
     auth = kube(reviewer, ReviewGate(per_client=2, total=3, clock=Clock()))
-    held = [asyncio.create_task(auth.authenticate(bearer(GOOD, "10.0.0.1"))) for _ in range(2)]
+    held = [asyncio.create_task(auth.authenticate(bearer(tokens[n], "10.0.0.1"))) for n in range(2)]
     await asyncio.sleep(0.01)
     with pytest.raises(ReviewRefused, match=r"2 token reviews already in flight for client 10.0.0.1 \(at most 2\)"):
-        await auth.authenticate(bearer(GOOD, "10.0.0.1"))
-    others = [asyncio.create_task(auth.authenticate(bearer(GOOD, f"10.0.1.{n}"))) for n in range(2)]
+        await auth.authenticate(bearer(tokens[2], "10.0.0.1"))
+    others = [asyncio.create_task(auth.authenticate(bearer(tokens[3 + n], f"10.0.1.{n}"))) for n in range(2)]
     await asyncio.sleep(0.01)
     assert len(reviewer.asked) == 0 and not any(t.done() for t in others)  # 3 reviewing (held), 1 waits its turn
     reviewer.release.set()

@@ -306,7 +306,8 @@ async def test_a_flood_of_revoked_tokens_from_one_client_costs_the_api_server_a_
 ) -> None:
     """A token the cluster signed is reviewed, and a revoked one (its service account deleted) fails its
     review every time: each used to cost a TokenReview; now one client gets BURST failed reviews, then
-    RESOURCE_EXHAUSTED, and a workload at another address is not affected."""
+    RESOURCE_EXHAUSTED, and a workload at another address is not affected. Concurrent requests with the
+    token share a review in flight, so the API server sees fewer still."""
     await kubectl.run("create", "serviceaccount", "gone", "-n", "shop")
     revoked = await token(kubectl, "gone", "--audience", "istio-ca", "-n", "shop")
     await kubectl.run("delete", "serviceaccount", "gone", "-n", "shop")
@@ -318,7 +319,7 @@ async def test_a_flood_of_revoked_tokens_from_one_client_costs_the_api_server_a_
     refilled = int((time.monotonic() - started) / REFILL_S) + 1  # one more per REFILL_S while it lasts
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= BURST + refilled
-    assert BURST <= _reviews(kubesim) - before <= BURST + refilled
+    assert 1 <= _reviews(kubesim) - before <= BURST + refilled
     # The flooding address must wait, whatever token it brings; the message says why and for how long.
     with pytest.raises(grpc.RpcError) as caught:
         await create(serve_kube, csr, bearer)
