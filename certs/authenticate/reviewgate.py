@@ -12,8 +12,11 @@ client is an IP address: a pod, or a node for host-network pods, which share it.
   RESOURCE_EXHAUSTED, saying when to retry and why the last review failed). A valid token never
   fails a review, so a working workload never spends its budget. Reviews in flight are reserved
   against the budget, so no more than `burst` can fail at once.
-- Reviews in flight: at most `per_client` for one client (more at once are refused the same way),
-  and `total` in all (more wait their turn, in arrival order).
+- Reviews in flight: at most `per_client` for one client, and `total` in all. A client's further
+  requests wait their turn in arrival order, at most `waiting` of them (more at once are refused,
+  RESOURCE_EXHAUSTED "client_busy"), so workloads that share an address (behind SNAT, host-network
+  pods on one node) starting together wait a moment instead of being refused. A request that gets
+  its turn after the client's budget ran out meanwhile is refused then.
 
 The table of clients holds at most `max_clients`, least recently seen dropped first, so its size
 is bounded whatever addresses call. Not thread-safe: one event loop owns it.
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 BURST = 20
 REFILL_S = 5.0
 PER_CLIENT = 4
+WAITING = 256
 TOTAL = 32
 MAX_CLIENTS = 10_000
 _REASON_CHARS = 200
@@ -43,7 +47,7 @@ _REASON_CHARS = 200
 
 class ReviewRefused(AuthenticationError):
     """The client's review budget is spent (`outcome` "client_budget") or it has too many reviews in
-    flight ("client_busy"): retry later."""
+    flight and waiting ("client_busy"): retry later."""
 
     exhausted = True
 
@@ -56,7 +60,9 @@ class ReviewRefused(AuthenticationError):
 class _Client:
     budget: float  # failures this client may still cause (before reserving the ones in flight)
     updated: float  # when `budget` was last refilled
+    turns: asyncio.Semaphore  # `per_client` reviews at once, the rest wait in arrival order
     in_flight: int = 0
+    queued: int = 0  # in flight or waiting for a turn
     last_failure: str = ""
     refusing: bool = False  # refused since its last admitted review (logged once per such spell)
 
@@ -68,19 +74,21 @@ class ReviewGate:
         burst: int = BURST,
         refill_s: float = REFILL_S,
         per_client: int = PER_CLIENT,
+        waiting: int = WAITING,
         total: int = TOTAL,
         max_clients: int = MAX_CLIENTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Raises ValueError unless every bound is positive."""
-        if min(burst, per_client, total, max_clients) < 1 or refill_s <= 0:
+        """Raises ValueError unless every bound is positive (`waiting` may be 0)."""
+        if min(burst, per_client, total, max_clients) < 1 or refill_s <= 0 or waiting < 0:
             raise ValueError(
                 f"review gate bounds must be positive (burst {burst}, refill_s {refill_s}, per_client {per_client}, "
-                f"total {total}, max_clients {max_clients})"
+                f"waiting {waiting}, total {total}, max_clients {max_clients})"
             )
         self.burst = burst
         self.refill_s = refill_s
         self.per_client = per_client
+        self.waiting = waiting
         self.max_clients = max_clients
         self.clock = clock
         self._total = asyncio.Semaphore(total)
@@ -93,38 +101,53 @@ class ReviewGate:
     async def review(self, client: str) -> AsyncIterator[None]:
         """Hold a review for `client` (see `controlplane.peers.client_of_peer`) while the block runs.
 
-        Raises ReviewRefused on entry when the client may not have one now. An AuthenticationError
-        other than "unavailable" leaving the block counts as a failed review (its message is kept for
-        the next refusal); an unavailable API server or any other exception does not."""
+        Waits for the client's turn (module docstring). Raises ReviewRefused when the client may not
+        have one now, on arrival or when its turn comes. An AuthenticationError other than "unavailable"
+        leaving the block counts as a failed review (its message is kept for the next refusal); an
+        unavailable API server or any other exception does not."""
         entry = self._admit(client)
-        entry.in_flight += 1
+        self._check_budget(client, entry)
+        entry.queued += 1
         try:
-            async with self._total:
-                yield
-        except AuthenticationError as exc:
-            if not exc.unavailable:
+            async with entry.turns:
                 self._refill(entry)
-                entry.budget -= 1
-                entry.last_failure = str(exc)[:_REASON_CHARS]
-            raise
+                self._check_budget(client, entry)
+                entry.in_flight += 1
+                try:
+                    async with self._total:
+                        yield
+                except AuthenticationError as exc:
+                    if not exc.unavailable:
+                        self._refill(entry)
+                        entry.budget -= 1
+                        entry.last_failure = str(exc)[:_REASON_CHARS]
+                    raise
+                finally:
+                    entry.in_flight -= 1
         finally:
-            entry.in_flight -= 1
+            entry.queued -= 1
 
     def _admit(self, client: str) -> _Client:
         now = self.clock()
         entry = self._clients.get(client)
         if entry is None:
-            entry = self._clients[client] = _Client(budget=float(self.burst), updated=now)
+            turns = asyncio.Semaphore(self.per_client)
+            entry = self._clients[client] = _Client(budget=float(self.burst), updated=now, turns=turns)
             while len(self._clients) > self.max_clients:
                 self._clients.popitem(last=False)
         else:
             self._clients.move_to_end(client)
             self._refill(entry)
-        if entry.in_flight >= self.per_client:
+        if entry.queued >= self.per_client + self.waiting:
             raise ReviewRefused(
-                f"{entry.in_flight} token reviews already in flight for client {client} (at most {self.per_client})",
+                f"{entry.in_flight} token reviews in flight and {entry.queued - entry.in_flight} waiting for client "
+                f"{client}, the most one client address may have ({self.per_client} and {self.waiting}); retry when "
+                "some are answered",
                 outcome="client_busy",
             )
+        return entry
+
+    def _check_budget(self, client: str, entry: _Client) -> None:
         spare = entry.budget - entry.in_flight
         if spare < 1:
             wait = (1 - spare) * self.refill_s
@@ -138,7 +161,6 @@ class ReviewGate:
                 log.warning("refusing bearer tokens without review: %s", refusal)
             raise refusal
         entry.refusing = False
-        return entry
 
     def _refill(self, entry: _Client) -> None:
         now = self.clock()

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from certs.authenticate import AuthenticationError, Credentials
 from certs.authenticate.kubejwt import MAX_TOKEN_BYTES, KubeJwtAuthenticator, TokenReview
-from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
+from certs.authenticate.reviewgate import PER_CLIENT, ReviewGate, ReviewRefused
 from certs.ca import CertificateAuthority
 from certs.metrics import REVIEW_OUTCOMES
 from certs.service import CaError, CertificateService
@@ -114,19 +114,65 @@ class BlockingReviewer(FakeTokenReviewer):
 
 async def test_reviews_in_flight_are_bounded_per_client_and_in_all() -> None:
     reviewer = BlockingReviewer()
-    tokens = [shaped_token(f"held-{n}") for n in range(5)]  # distinct: one token's requests share a review
+    tokens = [shaped_token(f"held-{n}") for n in range(6)]  # distinct: one token's requests share a review
     reviewer.reviews.update({token: GRANTED for token in tokens})
-    auth = kube(reviewer, ReviewGate(per_client=2, total=3, clock=Clock()))
-    held = [asyncio.create_task(auth.authenticate(bearer(tokens[n], "10.0.0.1"))) for n in range(2)]
+    auth = kube(reviewer, ReviewGate(per_client=2, waiting=1, total=3, clock=Clock()))
+    held = [asyncio.create_task(auth.authenticate(bearer(tokens[n], "10.0.0.1"))) for n in range(3)]
     await asyncio.sleep(0.01)
-    with pytest.raises(ReviewRefused, match=r"2 token reviews already in flight for client 10.0.0.1 \(at most 2\)"):
-        await auth.authenticate(bearer(tokens[2], "10.0.0.1"))
-    others = [asyncio.create_task(auth.authenticate(bearer(tokens[3 + n], f"10.0.1.{n}"))) for n in range(2)]
+    with pytest.raises(ReviewRefused) as busy:
+        await auth.authenticate(bearer(tokens[3], "10.0.0.1"))
+    assert str(busy.value) == (
+        "2 token reviews in flight and 1 waiting for client 10.0.0.1, the most one client address may have "
+        "(2 and 1); retry when some are answered"
+    )
+    others = [asyncio.create_task(auth.authenticate(bearer(tokens[4 + n], f"10.0.1.{n}"))) for n in range(2)]
     await asyncio.sleep(0.01)
-    assert len(reviewer.asked) == 0 and not any(t.done() for t in others)  # 3 reviewing (held), 1 waits its turn
+    # 10.0.0.1: 2 reviewing, 1 waiting its turn; 10.0.1.0 reviewing (3 in all), 10.0.1.1 waiting for one
+    assert not any(t.done() for t in [*held, *others])
     reviewer.release.set()
     callers = await asyncio.gather(*held, *others)
-    assert all(c.identities for c in callers) and len(reviewer.asked) == 4
+    assert all(c.identities for c in callers) and len(reviewer.asked) == 5
+
+
+class CountingReviewer(FakeTokenReviewer):
+    """Accepts every token after a moment, and records the most reviews it had at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.most = 0
+
+    async def review(self, *, token: str, audiences: object) -> TokenReview:
+        self.asked.append((token, ("istio-ca",)))
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.001)
+        self.now -= 1
+        return GRANTED
+
+
+async def test_workloads_sharing_an_address_that_start_together_wait_their_turn_instead_of_being_refused() -> None:
+    """Behind SNAT, or host-network pods on one node, 50 workloads' first requests arrive at once from one
+    address, each with its own valid token: they used to get RESOURCE_EXHAUSTED past 4 in flight."""
+    reviewer = CountingReviewer()
+    auth = kube(reviewer, ReviewGate(clock=Clock()))
+    tokens = [shaped_token(f"pod-{n}") for n in range(50)]
+    callers = await asyncio.gather(*(auth.authenticate(bearer(token, "10.0.0.1")) for token in tokens))
+    assert len(callers) == 50 and len(reviewer.asked) == 50 and reviewer.most == PER_CLIENT
+
+
+async def test_a_request_whose_turn_comes_after_the_budget_ran_out_is_refused_unreviewed() -> None:
+    reviewer = BlockingReviewer()
+    auth = kube(reviewer, ReviewGate(burst=1, per_client=1, clock=Clock()))
+    failing = asyncio.create_task(auth.authenticate(bearer(shaped_token("forged"))))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(auth.authenticate(bearer(shaped_token("forged-too"))))
+    await asyncio.sleep(0.01)
+    reviewer.release.set()
+    with pytest.raises(AuthenticationError, match="invalid bearer token"):
+        await failing
+    with pytest.raises(ReviewRefused, match=r"too many failed token reviews from client 10\.0\.0\.1"):
+        await waiting
+    assert len(reviewer.asked) == 1
 
 
 async def test_reviews_in_flight_are_reserved_against_the_budget() -> None:
@@ -232,17 +278,25 @@ async def test_the_ca_answers_a_spent_budget_with_resource_exhausted() -> None:
 
 @pytest.mark.parametrize(
     "bounds",
-    [{"burst": 0}, {"per_client": 0}, {"total": 0}, {"max_clients": 0}, {"refill_s": 0.0}],
+    [{"burst": 0}, {"per_client": 0}, {"waiting": -1}, {"total": 0}, {"max_clients": 0}, {"refill_s": 0.0}],
 )
 def test_every_bound_must_be_positive(bounds: dict[str, float]) -> None:
-    settings: dict[str, float] = {"burst": 1, "refill_s": 0.5, "per_client": 1, "total": 1, "max_clients": 1}
+    settings: dict[str, float] = {
+        "burst": 1,
+        "refill_s": 0.5,
+        "per_client": 1,
+        "waiting": 0,
+        "total": 1,
+        "max_clients": 1,
+    }
     ReviewGate(**settings)  # type: ignore[arg-type]  # the smallest that work
     values = {**settings, **bounds}
     with pytest.raises(ValueError) as caught:
         ReviewGate(**values)  # type: ignore[arg-type]
     assert str(caught.value) == (
         f"review gate bounds must be positive (burst {values['burst']}, refill_s {values['refill_s']}, "
-        f"per_client {values['per_client']}, total {values['total']}, max_clients {values['max_clients']})"
+        f"per_client {values['per_client']}, waiting {values['waiting']}, total {values['total']}, "
+        f"max_clients {values['max_clients']})"
     )
 
 
@@ -275,7 +329,7 @@ async def test_every_outcome_is_counted_for_operators() -> None:
     before = outcomes()
     reviewer = BlockingReviewer()
     reviewer.release.set()
-    auth = kube(reviewer, ReviewGate(burst=1, per_client=1, clock=Clock()), review_ttl_s=10.0)
+    auth = kube(reviewer, ReviewGate(burst=1, per_client=1, waiting=0, clock=Clock()), review_ttl_s=10.0)
     await auth.authenticate(bearer(GOOD))
     await auth.authenticate(bearer(GOOD))  # cached
     with pytest.raises(AuthenticationError):
