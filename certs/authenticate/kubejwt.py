@@ -196,7 +196,8 @@ class KubeJwtAuthenticator:
         """`_review(token)`, joining the review of the same token already in flight, if any.
 
         Each caller still passes its own client's gate and is charged for a failure; only the API server
-        is asked once. The review runs to its end even if every caller waiting for it goes away."""
+        is asked once. The review runs to its end even if every caller waiting for it goes away (and
+        `asyncio.shield` then takes its outcome, so a failure nobody awaits is not reported as lost)."""
         running = self._in_review.get(token)
         if running is None:
             running = self._in_review[token] = asyncio.ensure_future(self._review(token))
@@ -206,8 +207,6 @@ class KubeJwtAuthenticator:
     def _review_done(self, token: str, review: asyncio.Future[Caller]) -> None:
         if self._in_review.get(token) is review:
             del self._in_review[token]
-        if not review.cancelled():
-            review.exception()  # retrieved: a review nobody waits for any more is not "never retrieved"
 
     async def _review(self, token: str) -> Caller:
         try:
