@@ -166,12 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         cluster = Cluster(pathlib.Path(tmp))
         try:
             cluster.kubectl("create", "namespace", "istio-system")
-            # kubesim's kube-proxy masquerades pod traffic to cluster IPs (its pods share a bridge without
-            # br_netfilter), so every sidecar reaches the control plane from one address: allow them all,
-            # old and new pods of a rollout, more streams than the default 100.
-            streams = f"pilot.env.MESHPLANE_MAX_STREAMS_PER_CLIENT={max(100, 4 * args.pods)}"
             cluster.run(str(BIN / "helm"), "install", f"istiod-{REVISION}", "charts/istiod", "-n", "istio-system",
-                        "--set", f"revision={REVISION}", "--set", streams)  # fmt: skip
+                        "--set", f"revision={REVISION}")  # fmt: skip
             cluster.kubectl("-n", "istio-system", "rollout", "status", f"deployment/istiod-{REVISION}")
             for namespace, labels in (("plain", []), ("meshed", [f"istio.io/rev={REVISION}"])):
                 cluster.kubectl("create", "namespace", namespace)

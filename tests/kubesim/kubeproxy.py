@@ -5,12 +5,20 @@ server (as the real kube-proxy does, reconnecting and relisting through `control
 keeps, inside `network.node_netns`, rules in the shape of kube-proxy's iptables mode:
 
     nat    PREROUTING, OUTPUT -> KSIM-SERVICES-<sfx>: clusterIP:port -> KSIM-SVC-<hash>-<sfx>
-           KSIM-SVC-<hash>-<sfx>: traffic from the pod CIDR -> KSIM-MARK-MASQ-<sfx> (mark 0x4000), then one
-                                  DNAT per ready endpoint, spread with `-m statistic --mode random`
-           POSTROUTING -> KSIM-POSTROUTING-<sfx>: marked packets are MASQUERADEd, so replies (hairpin
-                                  included) come back through the node
+           KSIM-SVC-<hash>-<sfx>: traffic not from the pod CIDR (the node's own) -> KSIM-MARK-MASQ-<sfx>
+                                  (mark 0x4000), then a jump to one KSIM-SEP-<hash>-<sfx> per ready
+                                  endpoint, spread with `-m statistic --mode random`
+           KSIM-SEP-<hash>-<sfx>: traffic from the endpoint's own IP (hairpin) -> KSIM-MARK-MASQ-<sfx>,
+                                  then DNAT to the endpoint
+           POSTROUTING -> KSIM-POSTROUTING-<sfx>: marked packets are MASQUERADEd
     filter INPUT, FORWARD, OUTPUT (new connections) -> KSIM-SERVICES-<sfx>: a service port without a ready
                                   endpoint is REJECTed with icmp-port-unreachable ("connection refused")
+
+A pod's connection to a cluster IP keeps its source address, so the endpoint sees the calling pod's IP as
+in a real cluster: `tests.kubesim.podnet` routes every pod packet through the node namespace, where
+conntrack un-DNATs the endpoint's reply. Two kinds of traffic are masqueraded, as by kube-proxy, so that
+their replies come back through the node: traffic from outside the pod CIDR, and hairpin traffic, a pod
+reaching itself through its Service, whose reply would otherwise stay inside the pod's namespace.
 
 An endpoint is ready unless its `conditions.ready` is false; its port is the one of the slice's port named
 like the Service port. Every change is one atomic `iptables-restore --noflush`, applied within a second of
@@ -157,6 +165,11 @@ class RuleSet:
 EMPTY = RuleSet(nat={}, filter={})
 
 
+def _digest(key: str) -> str:
+    """10 base32 characters of the key's SHA-256: chain names stay within iptables' 28 characters."""
+    return base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()[:10]
+
+
 @dataclass(frozen=True)
 class ChainNames:
     """The proxy's chain names; `suffix` keeps several proxies on one machine apart."""
@@ -176,8 +189,10 @@ class ChainNames:
         return f"KSIM-MARK-MASQ-{self.suffix}"
 
     def service(self, port: ServicePort) -> str:
-        digest = hashlib.sha256(f"{port.label}/{port.protocol}".encode()).digest()
-        return f"KSIM-SVC-{base64.b32encode(digest).decode()[:10]}-{self.suffix}"
+        return f"KSIM-SVC-{_digest(f'{port.label}/{port.protocol}')}-{self.suffix}"
+
+    def endpoint(self, port: ServicePort, endpoint: Endpoint) -> str:
+        return f"KSIM-SEP-{_digest(f'{port.label}/{port.protocol}/{endpoint.ip}:{endpoint.port}')}-{self.suffix}"
 
     def hooks(self) -> dict[str, list[tuple[str, str]]]:
         """Per table, the built-in chains that jump to ours: (built-in chain, match and jump)."""
@@ -212,17 +227,32 @@ def build_rules(ports: Sequence[ServicePort], *, names: ChainNames, pod_cidr: ip
             continue
         chain = names.service(port)
         portals.append(f'{match} cluster IP" -j {chain}')
-        rules = [f'-s {pod_cidr} -m comment --comment "{port.label} masquerade pod traffic" -j {names.mark_masq}']
-        count = len(port.endpoints)
-        for i, endpoint in enumerate(port.endpoints):
-            target = f"{endpoint.ip}:{endpoint.port}"
-            spread = f"-m statistic --mode random --probability {1.0 / (count - i):0.10f} " if i < count - 1 else ""
-            rules.append(
-                f'-m comment --comment "{port.label} -> {target}" {spread}-p {proto} -j DNAT --to-destination {target}'
-            )
-        nat[chain] = tuple(rules)
+        nat[chain] = _service_chain(port, names=names, pod_cidr=pod_cidr)
+        for endpoint in port.endpoints:
+            nat[names.endpoint(port, endpoint)] = _endpoint_chain(port, endpoint, names=names)
     nat[names.services] = tuple(portals)
     return RuleSet(nat=nat, filter={names.services: tuple(rejects)})
+
+
+def _service_chain(port: ServicePort, *, names: ChainNames, pod_cidr: ipaddress.IPv4Network) -> tuple[str, ...]:
+    """Masquerade what does not come from a pod, then pick an endpoint: each of n with probability 1/n."""
+    rules = [f'! -s {pod_cidr} -m comment --comment "{port.label} masquerade non-pod traffic" -j {names.mark_masq}']
+    count = len(port.endpoints)
+    for i, endpoint in enumerate(port.endpoints):
+        spread = f"-m statistic --mode random --probability {1.0 / (count - i):0.10f} " if i < count - 1 else ""
+        comment = f'-m comment --comment "{port.label} -> {endpoint.ip}:{endpoint.port}"'
+        rules.append(f"{comment} {spread}-j {names.endpoint(port, endpoint)}")
+    return tuple(rules)
+
+
+def _endpoint_chain(port: ServicePort, endpoint: Endpoint, *, names: ChainNames) -> tuple[str, ...]:
+    """Masquerade the endpoint reaching itself (hairpin), then DNAT to it."""
+    target = f"{endpoint.ip}:{endpoint.port}"
+    proto = port.protocol.lower()
+    return (
+        f'-s {endpoint.ip}/32 -m comment --comment "{port.label} hairpin" -j {names.mark_masq}',
+        f'-m comment --comment "{port.label} -> {target}" -p {proto} -j DNAT --to-destination {target}',
+    )
 
 
 def restore_input(

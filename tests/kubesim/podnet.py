@@ -1,16 +1,34 @@
-"""The one-machine cluster's network: a node namespace with a bridge, pods attached to it by veth.
+"""The one-machine cluster's network: a node namespace that routes every pod packet, pods on a bridge by veth.
 
 Layout (root only; the host's sysctls and iptables are never changed):
 
-    host namespace                 node namespace `ksim-node-<rand>`          pod namespaces
+    host namespace                 node namespace `ksim-node-<rand>`            pod namespaces
     kh<rand> host_ip/30  <--veth-->  kn<rand> node_ip/30
-    route pod CIDR via node_ip       br0 gateway/24 (pods' default gateway)  <--veth-->  eth0 pod IP/24
-                                     net.ipv4.ip_forward=1 (this namespace only)
+    route pod CIDR via node_ip       br0 gateway/24               <--veth-->  eth0 pod IP/32
+                                     net.ipv4.ip_forward=1                    route gateway dev eth0 scope link
+                                     net.ipv4.conf.{all,default,br0}          route default via gateway
+                                       .send_redirects=0
+                                     net.bridge.bridge-nf-call-*=0
+                                       (where the kernel has br_netfilter)
+                                     (sysctls of this namespace only)
 
-Pods reach each other over the bridge, the host through the node (which forwards), and cluster IPs
-through the rules kube-proxy (`tests.kubesim.kubeproxy`) keeps in the node namespace. From the host,
-pod IPs are reachable through the route, so the API server can call webhooks and the kubelet can probe
-pods as on a real node.
+A pod holds its address as a /32 and has one neighbour, the gateway, so every packet it sends, also one
+to another pod on the same bridge, goes to the gateway's MAC and is routed by the node namespace: the
+bridge joins the node to its pods and carries no IP packet from one pod to another. That is what makes
+cluster IPs behave as on a real cluster. Conntrack in the node namespace, where kube-proxy's rules
+(`tests.kubesim.kubeproxy`) live, sees both directions of every connection, so a Service endpoint's
+reply is un-DNATed although client and server share the bridge, and kube-proxy need not masquerade pod
+traffic: a server sees the calling pod's IP.
+
+Two settings keep every packet on that path. The node routes a packet back out the interface it came in
+on (br0), so it sends no ICMP redirects: they would teach a pod to send to another pod directly, past the
+node's conntrack and iptables. And br_netfilter, on hosts that load it, is off in the node namespace:
+it would hand a packet DNATed to a pod on the same bridge to that pod's bridge port directly ("bridged
+DNAT") instead of routing it, so kubesim would behave differently from host to host (a pod reaching
+itself through its Service, for one, would then need hairpin mode on its port).
+
+Pods reach the host through the node (which forwards); from the host, pod IPs are reachable through the
+route, so the API server can call webhooks and the kubelet can probe pods as on a real node.
 
 Two /24s are taken from 10.240.0.0/12, picked at random among those no host route overlaps: the first
 is the pod CIDR, the second holds the host<->node link. Several clusters can run at once.
@@ -31,6 +49,9 @@ log = logging.getLogger(__name__)
 
 POOL = ipaddress.IPv4Network("10.240.0.0/12")
 BRIDGE = "br0"
+# br_netfilter off in the node namespace (module docstring). The keys exist only where it is loaded (hence
+# `sysctl -e`) and, in a namespace other than the host's, only since Linux 5.3, which made them per namespace.
+BRIDGE_NETFILTER_OFF = tuple(f"net.bridge.bridge-nf-call-{table}=0" for table in ("iptables", "ip6tables", "arptables"))
 
 
 class NetworkError(RuntimeError):
@@ -71,6 +92,11 @@ async def _pick_block() -> ipaddress.IPv4Network:
     raise NetworkError(f"no free /23 left in {POOL} for a pod network")
 
 
+def _no_redirects(*confs: str) -> list[str]:
+    """sysctl settings that stop sending ICMP redirects on `confs` (`all`, `default` or interface names)."""
+    return [f"net.ipv4.conf.{conf}.send_redirects=0" for conf in confs]
+
+
 class NodeNetwork:
     """See the module docstring. Build with `await NodeNetwork.create()`; `close()` removes everything."""
 
@@ -105,6 +131,9 @@ class NodeNetwork:
         await run("ip", "netns", "add", node)
         await run("ip", "link", "set", "lo", "up", netns=node)
         await run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", netns=node)
+        # the node routes packets between pods back out br0; redirects would send pods past it (docstring)
+        await run("sysctl", "-q", "-w", *_no_redirects("all", "default"), netns=node)
+        await run("sysctl", "-q", "-e", "-w", *BRIDGE_NETFILTER_OFF, netns=node)
         await run("ip", "link", "add", self.host_link, "type", "veth", "peer", "name", self._node_link, "netns", node)
         await run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_link)
         await run("ip", "link", "set", self.host_link, "up")
@@ -116,11 +145,15 @@ class NodeNetwork:
         mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
         await run("ip", "link", "set", BRIDGE, "address", mac, netns=node)
         await run("ip", "addr", "add", f"{self.gateway}/{self.cidr.prefixlen}", "dev", BRIDGE, netns=node)
+        await run("sysctl", "-q", "-w", *_no_redirects(BRIDGE), netns=node)
         await run("ip", "link", "set", BRIDGE, "up", netns=node)
         await run("ip", "route", "add", str(self.cidr), "via", self.node_ip, "dev", self.host_link)
 
     async def add_pod(self, *, netns: str) -> str:
-        """Attach the existing namespace `netns`: eth0 with a free pod IP, lo up, default route. Returns the IP."""
+        """Attach the existing namespace `netns`: eth0 with a free pod IP/32, lo up, routes. Returns the IP.
+
+        The pod's only routes are the on-link one to the gateway and the default via it (module docstring).
+        """
         async with self._lock:
             if self._closed:
                 raise NetworkError("the pod network is closed")
@@ -137,13 +170,11 @@ class NodeNetwork:
                 *("type", "veth", "peer", "name", "eth0", "netns", netns),
             )
             await run("ip", "link", "set", veth, "master", BRIDGE, "up", netns=self.node_netns)
-            # hairpin, as the bridge CNI plugin's hairpinMode: a pod calling its own Service is DNATed back to
-            # itself and must leave by the port it came in on
-            await run("ip", "link", "set", veth, "type", "bridge_slave", "hairpin", "on", netns=self.node_netns)
             await run("ip", "link", "set", "lo", "up", netns=netns)
-            await run("ip", "addr", "add", f"{ip}/{self.cidr.prefixlen}", "dev", "eth0", netns=netns)
+            await run("ip", "addr", "add", f"{ip}/32", "dev", "eth0", netns=netns)
             await run("ip", "link", "set", "eth0", "up", netns=netns)
-            await run("ip", "route", "add", "default", "via", self.gateway, netns=netns)
+            await run("ip", "route", "add", self.gateway, "dev", "eth0", "scope", "link", netns=netns)
+            await run("ip", "route", "add", "default", "via", self.gateway, "dev", "eth0", netns=netns)
         except BaseException:
             await self.remove_pod(netns=netns)
             raise

@@ -26,6 +26,7 @@ from tests.kubesim.kubeproxy import (
     restore_input,
     service_ports,
 )
+from tests.kubesim.peerecho import ask_from, echo_server
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 POD_CIDR = ipaddress.IPv4Network("10.244.1.0/24")
@@ -69,36 +70,83 @@ def test_ready_endpoints_are_matched_by_port_name_and_protocol() -> None:
     assert http.label == "ns/web:http"
 
 
-def test_rules_spread_over_endpoints_reject_without_any_and_delete_stale_chains() -> None:
+def _port(name: str, cluster_ip: str, *endpoint_ips: str, port: int = 80) -> ServicePort:
+    endpoints = tuple(Endpoint(ip=ip, port=8080) for ip in endpoint_ips)
+    return ServicePort(
+        namespace="ns", name=name, port_name="", cluster_ip=cluster_ip, port=port, protocol="TCP", endpoints=endpoints
+    )
+
+
+WEB = _port("web", "10.96.0.10", "10.244.1.2", "10.244.1.3", "10.244.1.4")
+IDLE = _port("idle", "10.96.0.11", port=81)
+
+
+def test_a_service_chain_masquerades_only_traffic_from_outside_the_pod_cidr_then_picks_an_endpoint() -> None:
     names = ChainNames("ab12")
-    endpoints = tuple(Endpoint(ip=f"10.244.1.{i}", port=8080) for i in (2, 3, 4))
-    web = ServicePort(
-        namespace="ns", name="web", port_name="", cluster_ip="10.96.0.10", port=80, protocol="TCP", endpoints=endpoints
-    )
-    idle = ServicePort(
-        namespace="ns", name="idle", port_name="", cluster_ip="10.96.0.11", port=81, protocol="TCP", endpoints=()
-    )
-    rules = build_rules([web, idle], names=names, pod_cidr=POD_CIDR)
-    chain = names.service(web)
-    assert all(len(name) <= 28 for name in rules.nat)
+    rules = build_rules([WEB, IDLE], names=names, pod_cidr=POD_CIDR)
+    chain = names.service(WEB)
     assert rules.nat["KSIM-SERVICES-ab12"] == (
         f'-d 10.96.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment "ns/web cluster IP" -j {chain}',
     )
-    assert [r.split(" -p tcp")[0].split('" ')[-1] for r in rules.nat[chain][1:]] == [
-        "-m statistic --mode random --probability 0.3333333333",
-        "-m statistic --mode random --probability 0.5000000000",
-        '-m comment --comment "ns/web -> 10.244.1.4:8080"',
+    masquerade, *picks = rules.nat[chain]
+    comment = '-m comment --comment "ns/web masquerade non-pod traffic"'
+    assert masquerade == f"! -s 10.244.1.0/24 {comment} -j KSIM-MARK-MASQ-ab12"
+    assert picks == [
+        '-m comment --comment "ns/web -> 10.244.1.2:8080" -m statistic --mode random --probability 0.3333333333 '
+        f"-j {names.endpoint(WEB, WEB.endpoints[0])}",
+        '-m comment --comment "ns/web -> 10.244.1.3:8080" -m statistic --mode random --probability 0.5000000000 '
+        f"-j {names.endpoint(WEB, WEB.endpoints[1])}",
+        f'-m comment --comment "ns/web -> 10.244.1.4:8080" -j {names.endpoint(WEB, WEB.endpoints[2])}',
     ]
-    assert rules.nat[chain][0].startswith("-s 10.244.1.0/24 ") and rules.nat[chain][0].endswith(
-        "-j KSIM-MARK-MASQ-ab12"
-    )
+    # no rule masquerades all of the pod CIDR's traffic: a server must see the calling pod's IP
+    everything = [rule for chain_rules in rules.nat.values() for rule in chain_rules]
+    assert not [rule for rule in everything if rule.startswith(f"-s {POD_CIDR}")]
+    assert all(len(name) <= 28 for name in rules.nat)  # iptables' limit
+
+
+def test_an_endpoint_chain_masquerades_the_endpoint_reaching_itself_then_dnats() -> None:
+    names = ChainNames("ab12")
+    rules = build_rules([WEB], names=names, pod_cidr=POD_CIDR)
+    endpoint_chains = {names.endpoint(WEB, endpoint): endpoint for endpoint in WEB.endpoints}
+    assert len(endpoint_chains) == 3
+    own = {"KSIM-SERVICES-ab12", "KSIM-MARK-MASQ-ab12", "KSIM-POSTROUTING-ab12", names.service(WEB)}
+    assert set(rules.nat) == own | set(endpoint_chains)
+    for chain, endpoint in endpoint_chains.items():
+        assert chain.startswith("KSIM-SEP-") and chain.endswith("-ab12") and len(chain) <= 28, chain
+        assert rules.nat[chain] == (
+            f'-s {endpoint.ip}/32 -m comment --comment "ns/web hairpin" -j KSIM-MARK-MASQ-ab12',
+            f'-m comment --comment "ns/web -> {endpoint.ip}:8080" -p tcp -j DNAT --to-destination {endpoint.ip}:8080',
+        )
+    assert names.endpoint(WEB, WEB.endpoints[0]) != ChainNames("cd34").endpoint(WEB, WEB.endpoints[0])
+
+
+def test_a_port_without_endpoints_is_rejected_and_has_no_chains() -> None:
+    names = ChainNames("ab12")
+    rules = build_rules([IDLE], names=names, pod_cidr=POD_CIDR)
     assert rules.filter["KSIM-SERVICES-ab12"] == (
         '-d 10.96.0.11/32 -p tcp -m tcp --dport 81 -m comment --comment "ns/idle has no endpoints" '
         "-j REJECT --reject-with icmp-port-unreachable",
     )
-    after = build_rules([idle], names=names, pod_cidr=POD_CIDR)
-    text = restore_input(after, previous=rules, names=names)
-    assert f":{chain} - [0:0]" in text and f"-X {chain}" in text
+    assert rules.nat["KSIM-SERVICES-ab12"] == ()
+    assert not [chain for chain in rules.nat if chain.startswith(("KSIM-SVC-", "KSIM-SEP-"))]
+
+
+def test_stale_service_and_endpoint_chains_are_flushed_and_deleted() -> None:
+    names = ChainNames("ab12")
+    rules = build_rules([WEB, IDLE], names=names, pod_cidr=POD_CIDR)
+    gone, *kept = (names.endpoint(WEB, endpoint) for endpoint in WEB.endpoints)
+    fewer = build_rules([_port("web", "10.96.0.10", "10.244.1.3", "10.244.1.4"), IDLE], names=names, pod_cidr=POD_CIDR)
+    text = restore_input(fewer, previous=rules, names=names)
+    assert f":{gone} - [0:0]" in text and f"-X {gone}" in text
+    assert all(f":{chain} - [0:0]" in text and f"-X {chain}" not in text for chain in kept)
+    after = build_rules([IDLE], names=names, pod_cidr=POD_CIDR)
+    text = restore_input(after, previous=fewer, names=names)
+    stale = [names.service(WEB), *kept]
+    assert all(f"-X {chain}" in text for chain in stale), text
+    # the stale service chain jumps to the stale endpoint chains: all are declared (flushed) before any goes
+    lines = text.splitlines()
+    first_deletion = min(i for i, line in enumerate(lines) if line.startswith("-X"))
+    assert all(lines.index(f":{chain} - [0:0]") < first_deletion for chain in stale)
     removal = restore_input(EMPTY, previous=after, names=names, hooks="remove")
     assert "-D PREROUTING -m comment --comment kubesim-service-portals -j KSIM-SERVICES-ab12" in removal
     assert "-X KSIM-SERVICES-ab12" in removal and "-X KSIM-POSTROUTING-ab12" in removal
@@ -142,7 +190,6 @@ async def pod_fixture(network: Any) -> AsyncIterator[Pod]:
         assert rc == 0, err
         made.append(netns)
         ip = await network.add_pod(netns=netns)
-        await _hairpin(network.node_netns, netns)
         return netns, ip
 
     try:
@@ -151,20 +198,6 @@ async def pod_fixture(network: Any) -> AsyncIterator[Pod]:
         for netns in made:
             await network.remove_pod(netns=netns)
             await _run("ip", "netns", "del", netns)
-
-
-async def _hairpin(node_netns: str, pod_netns: str) -> None:
-    """Hairpin mode on the pod's bridge port, as the bridge CNI plugin's `hairpinMode` sets it.
-
-    The node's bridge passes through iptables (br_netfilter), so a packet DNATed back to the pod that sent
-    it leaves by the port it came in on, which a bridge allows only in hairpin mode.
-    """
-    _, out, _ = await _run("ip", "-j", "link", "show", "eth0", netns=pod_netns)
-    peer = json.loads(out)[0]["link_index"]
-    _, out, _ = await _run("ip", "-j", "link", "show", netns=node_netns)
-    port = next(link["ifname"] for link in json.loads(out) if link["ifindex"] == peer)
-    rc, _, err = await _run("ip", "link", "set", port, "type", "bridge_slave", "hairpin", "on", netns=node_netns)
-    assert rc == 0, err
 
 
 @pytest.fixture(name="app")
@@ -336,3 +369,45 @@ async def test_pods_reach_the_host_through_the_kubernetes_service(
     port = await app(name="apiserver", port=0)
     await _put_slice(kube_api, "kubernetes", [(network.host_ip, True)], port=port, port_name="https")
     assert await eventually(lambda: _is(client, "http://10.96.0.1:443/", "apiserver"))
+
+
+@needs_root
+async def test_a_server_behind_a_service_sees_the_calling_pods_own_ip(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, network: Any
+) -> None:
+    """As in a real cluster: a server limiting or logging per client address tells pods apart."""
+    client, client_ip = await pod()
+    other, other_ip = await pod()
+    server, server_ip = await pod()
+    async with echo_server(server) as port:
+        ip = await _create_service(kube_api, "whoami", target=port)
+        await _put_slice(kube_api, "whoami", [(server_ip, True)], port=port)
+        assert await eventually(lambda: ask_from(client, ip, 80), what="the service answering") == client_ip
+        assert await ask_from(other, ip, 80) == other_ip
+        # the server reaching itself through its Service (hairpin) is masqueraded to the node's address
+        assert await ask_from(server, ip, 80) == network.gateway
+
+
+@needs_root
+async def test_the_node_reaches_a_cluster_ip_masqueraded_to_its_own_address(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, network: Any
+) -> None:
+    """Traffic from outside the pod CIDR is masqueraded, so its replies come back through the node."""
+    server, server_ip = await pod()
+    async with echo_server(server) as port:
+        ip = await _create_service(kube_api, "from-node", target=port)
+        await _put_slice(kube_api, "from-node", [(server_ip, True)], port=port)
+        seen = await eventually(lambda: ask_from(network.node_netns, ip, 80), what="the service answering the node")
+        assert seen == network.gateway
+
+
+@needs_root
+async def test_the_host_behind_the_kubernetes_service_sees_the_calling_pods_ip(
+    proxy: ServiceProxy, kube_api: KubeApi, pod: Pod, network: Any
+) -> None:
+    """The API server (on the host) sees which pod calls it, as a real one does."""
+    client, client_ip = await pod()
+    async with echo_server(None, bind=network.host_ip) as port:
+        await _put_slice(kube_api, "kubernetes", [(network.host_ip, True)], port=port, port_name="https")
+        seen = await eventually(lambda: ask_from(client, "10.96.0.1", 443), what="the host answering through 10.96.0.1")
+        assert seen == client_ip

@@ -1,16 +1,19 @@
-"""The node network: pods on a bridge in a node namespace, reachable from the host and each other."""
+"""The node network: pods routed by a node namespace, reachable from the host and each other."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
+import pathlib
 import secrets
 import sys
 from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.kubesim.peerecho import ask_from, echo_server
 from tests.kubesim.podnet import NodeNetwork, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and veths")
@@ -111,3 +114,72 @@ async def test_the_gateway_keeps_its_address_as_pods_come_and_go(network: NodeNe
     finally:
         await network.remove_pod(netns=pod)
         await run("ip", "netns", "del", pod, check=False)
+
+
+HOST_SYSCTLS = (
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/send_redirects",
+    "net/ipv4/conf/default/send_redirects",
+    "net/bridge/bridge-nf-call-iptables",
+)
+
+
+def _host_sysctls() -> dict[str, str]:
+    found = {}
+    for name in HOST_SYSCTLS:
+        path = pathlib.Path("/proc/sys", name)
+        if path.exists():
+            found[name] = path.read_text().strip()
+    return found
+
+
+async def _sysctl(name: str, *, netns: str) -> str:
+    return (await run("sysctl", "-n", name, netns=netns)).strip()
+
+
+async def test_a_pod_has_a_32_and_routes_through_the_gateway_and_the_node_sends_no_redirects() -> None:
+    host_before = _host_sysctls()
+    net = await NodeNetwork.create()
+    pod = await _netns()
+    try:
+        ip = await net.add_pod(netns=pod)
+        (eth0,) = json.loads(await run("ip", "-j", "-4", "addr", "show", "dev", "eth0", netns=pod))
+        assert [(a["local"], a["prefixlen"]) for a in eth0["addr_info"]] == [(ip, 32)]
+        routes = json.loads(await run("ip", "-j", "-4", "route", "show", netns=pod))
+        assert {(r["dst"], r.get("gateway"), r["dev"], r.get("scope")) for r in routes} == {
+            ("default", net.gateway, "eth0", None),
+            (net.gateway, None, "eth0", "link"),
+        }
+        assert len(routes) == 2, routes
+        other_pod = str(net.cidr.network_address + 200)
+        (route,) = json.loads(await run("ip", "-j", "route", "get", other_pod, netns=pod))
+        assert route.get("gateway") == net.gateway, route  # another pod is reached through the node
+        node = net.node_netns
+        for conf in ("all", "default", "br0"):
+            assert await _sysctl(f"net.ipv4.conf.{conf}.send_redirects", netns=node) == "0", conf
+        assert await _sysctl("net.ipv4.ip_forward", netns=node) == "1"
+        if "net/bridge/bridge-nf-call-iptables" in host_before:  # br_netfilter loaded: off in the node only
+            assert await _sysctl("net.bridge.bridge-nf-call-iptables", netns=node) == "0"
+        assert _host_sysctls() == host_before
+    finally:
+        await net.remove_pod(netns=pod)
+        await run("ip", "netns", "del", pod, check=False)
+        await net.close()
+    assert _host_sysctls() == host_before
+
+
+async def test_a_pod_calling_another_pod_is_routed_by_the_node_and_seen_from_its_own_ip(network: NodeNetwork) -> None:
+    client, server = await _netns(), await _netns()
+    try:
+        client_ip = await network.add_pod(netns=client)
+        server_ip = await network.add_pod(netns=server)
+        async with echo_server(server) as port:
+            assert await ask_from(client, server_ip, port) == client_ip
+            assert await ask_from(None, server_ip, port) == network.host_ip  # the host, through its route
+        # the client sent everything to the gateway's MAC; it never looked up the server's
+        neighbours = json.loads(await run("ip", "-j", "-4", "neigh", "show", "dev", "eth0", netns=client))
+        assert {n["dst"] for n in neighbours} == {network.gateway}
+    finally:
+        for name in (client, server):
+            await network.remove_pod(netns=name)
+            await run("ip", "netns", "del", name, check=False)
