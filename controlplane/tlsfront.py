@@ -14,7 +14,8 @@ bootstrap of three parts:
 - HTTP/2 routing of every request to the internal gRPC server on a Unix socket, with
   `forward_client_cert_details: SANITIZE_SET`: Envoy removes any `x-forwarded-client-cert` a client
   sends and sets its own, carrying the verified leaf (`Cert="<url-encoded PEM>"`), only when the
-  client presented one. `x-meshplane-client` (the client's address) is likewise overwritten;
+  client presented one. `x-meshplane-client` (the client's address: the TCP peer's, never one taken
+  from `x-forwarded-for`, which the client writes) is likewise overwritten;
 - no stream or route timeouts (xDS streams live for hours) and circuit breakers far above any
   sidecar count.
 
@@ -208,7 +209,9 @@ def bootstrap(
                 "domains": ["*"],
                 "request_headers_to_add": [
                     {
-                        "header": {"key": CLIENT_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS%"},
+                        # the connection's own peer: DOWNSTREAM_REMOTE_ADDRESS would be the last entry of an
+                        # x-forwarded-for the client wrote itself, so it could pick its address per request
+                        "header": {"key": CLIENT_HEADER, "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%"},
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                     }
                 ],

@@ -226,6 +226,19 @@ async def synced_to(cluster: Cluster, kubectl: Kubectl, revision: str) -> None:
     await eventually(all_synced, within=60, interval=1.0, what=f"every {NAMESPACE} proxy SYNCED to {revision}")
 
 
+async def connected_from_their_own_ips(cluster: Cluster, kubectl: Kubectl, revision: str) -> None:
+    """`revision`'s proxy-status shows each pod's xDS connection coming from that pod's own IP, as on a real
+    cluster, where kube-proxy keeps a pod's address (the control plane's per-client limits count by it)."""
+    (istiod,) = [
+        p for p in await pods(kubectl, "istio-system") if p["metadata"]["labels"].get("istio.io/rev") == revision
+    ]
+    debug = f"{istiod['status']['podIP']}:8080"
+    for pod in await pods(kubectl, NAMESPACE):
+        name, ip = f"{pod['metadata']['name']}.{NAMESPACE}", pod["status"]["podIP"]
+        _, out = await meshplane(cluster, "proxy-status", "--http-addr", debug, name)
+        assert f" from ipv4:{ip}:" in out, out
+
+
 def refused_creates(cluster: Cluster) -> list[Any]:
     assert cluster.controllers is not None
     return [e for e in cluster.controllers.events if e.reason == "FailedCreate"]
@@ -269,6 +282,7 @@ async def test_canary_upgrade_moves_a_namespace_without_a_failed_request(cluster
         await uninstall(cluster, kubectl, OLD)
         await flowing(load, 20)
         await synced_to(cluster, kubectl, NEW)
+        await connected_from_their_own_ips(cluster, kubectl, NEW)
     assert not load.failures and load.ok >= 40, (load.ok, load.failures)
     assert refused_creates(cluster) == []
     _, out = await meshplane(cluster, "analyze", "-n", NAMESPACE, "-o", "json")

@@ -72,21 +72,22 @@ async def secret_data(kubectl: Kubectl, name: str) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in secret["data"].items()}
 
 
-def _create(running: Running, csr: str, bearer: str, target: str | None = None) -> list[str]:
+def _create(running: Running, csr: str, bearer: str, target: str | None, headers: dict[str, str]) -> list[str]:
     credentials = grpc.ssl_channel_credentials(running.root_cert.read_bytes())
     options = [("grpc.ssl_target_name_override", SERVER_NAME)]
     with grpc.secure_channel(target or running.addr("secure-grpc"), credentials, options=options) as channel:
         stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
         request = ca_pb2.IstioCertificateRequest(csr=csr)
-        answer = stub.CreateCertificate(request, metadata=[("authorization", f"Bearer {bearer}")], timeout=30)
+        metadata = [("authorization", f"Bearer {bearer}"), *headers.items()]
+        answer = stub.CreateCertificate(request, metadata=metadata, timeout=30)
         return list(answer.cert_chain)
 
 
-async def create(running: Running, csr: str, bearer: str, target: str | None = None) -> list[str]:
+async def create(running: Running, csr: str, bearer: str, target: str | None = None, **headers: str) -> list[str]:
     """CreateCertificate over gRPC+TLS, in a thread: the CA's TokenReview needs this event loop (kubesim).
 
-    `target` is another address to dial instead of the secure port (a `Relay`)."""
-    return await asyncio.to_thread(_create, running, csr, bearer, target)
+    `target` is another address to dial instead of the secure port (a `Relay`); `headers` more metadata."""
+    return await asyncio.to_thread(_create, running, csr, bearer, target, headers)
 
 
 async def token(kubectl: Kubectl, *args: str) -> str:
@@ -321,10 +322,13 @@ async def test_a_flood_of_revoked_tokens_from_one_client_costs_the_api_server_a_
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= BURST + refilled
     assert 1 <= _reviews(kubesim) - before <= BURST + refilled
     # The flooding address must wait, whatever token it brings; the message says why and for how long.
-    with pytest.raises(grpc.RpcError) as caught:
-        await create(serve_kube, csr, bearer)
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "too many failed token reviews from client 127.0.0.1" in str(caught.value.details())
+    # Nor can it pass for another address with x-forwarded-for, which the front end's Envoy would
+    # otherwise take as the client's address: a fresh budget per header value.
+    for headers in ({}, {"x-forwarded-for": "198.51.100.7"}, {"x-forwarded-for": "198.51.100.8, 198.51.100.9"}):
+        with pytest.raises(grpc.RpcError) as caught:
+            await create(serve_kube, csr, bearer, **headers)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (headers, caught.value.details())
+        assert "too many failed token reviews from client 127.0.0.1" in str(caught.value.details())
     code, details = await asyncio.to_thread(_ads_status, serve_kube, bearer)  # its xDS streams alike
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     # Another address gets its certificate and its configuration at once.
