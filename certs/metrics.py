@@ -80,13 +80,15 @@ REVIEW_OUTCOMES = (
     "cached",
     "bad_signature",
     "unknown_key",
+    "bad_claims",
 )
 token_reviews = Counter(
     "meshplane_ca_token_reviews",
     "Bearer tokens judged by TokenReview, by outcome: reviewed_ok, reviewed_refused, review_unavailable (by a "
     "review asked for, or one of the same token already in flight); not_a_token (not a JWT, oversized or expired), "
     "client_budget (the client's failed reviews are spent), client_busy (too many of its reviews in flight and "
-    "waiting), bad_signature (the cluster's issuer keys do not verify it): refused without one; unknown_key (its key "
+    "waiting), bad_signature (the cluster's issuer keys do not verify it), bad_claims (they do, but its aud lacks "
+    "istio-ca or its sub is no service account): refused without one; unknown_key (its key "
     "id is not among the keys, which cannot be fetched again yet): UNAVAILABLE without one; cached: accepted by a "
     "review of the same token less than 10 s before",
     ["outcome"],

@@ -22,9 +22,14 @@ most every 30 s), is refused without a review: forged tokens then cost the API s
 any number of addresses. A token naming a key id the keys lack while they cannot be fetched again
 (fetched within 30 s, or the fetch failed) is neither reviewed nor refused for good: the answer is
 UNAVAILABLE, since a key the cluster began to sign with moments ago looks the same as a made-up
-one until the next fetch. A verified token is still reviewed (it may be revoked). Without the keys
+one until the next fetch. A verified token's claims are the cluster's, so two more refusals need
+no review: an `aud` claim without `istio-ca` (the review would find no audience in common: a pod's
+default token, which is for the API server, is the usual case), and a `sub` that is not
+`system:serviceaccount:<ns>:<sa>` with valid names. A verified token that passes is still reviewed
+(it may be revoked), and its service account joins its address in keying the review budget, so
+workloads behind one address with different service accounts do not share it. Without the keys
 (not fetched yet, or the API server does not serve them) every token of the right shape is reviewed,
-as above.
+as above, and budgeted by address alone.
 
 A token the API server accepted is not reviewed again for `REVIEW_TTL_S` (10 s, as long as the API
 server itself caches a successful authentication) nor past its `exp`: the accepted caller is kept
@@ -44,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -66,6 +72,7 @@ REVIEW_TTL_S = 10.0
 MAX_TOKEN_BYTES = 16 * 1024  # service-account tokens are ~1 KB
 EXPIRY_LEEWAY_S = 60.0
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+_CLAIM_CHARS = 300  # of a claim quoted in a refusal (a token may hold up to MAX_TOKEN_BYTES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +146,7 @@ class KubeJwtAuthenticator:
                 f"clusterid {cluster!r} is not this cluster ({self.cluster_id!r}); remote clusters are not supported"
             )
         try:
-            expires = check_token_shape(token, now=self.clock())
+            shaped = check_token_shape(token, now=self.clock())
         except AuthenticationError:
             metrics.token_reviews.labels(outcome="not_a_token").inc()
             raise
@@ -147,10 +154,15 @@ class KubeJwtAuthenticator:
         if cached is not None:
             metrics.token_reviews.labels(outcome="cached").inc()
             return cached
-        if self.keys is not None:
-            await self._check_signature(token, self.keys)
+        subject = ""  # whom the client's review budget is kept for besides its address: verified claims only
+        if self.keys is not None and await self._check_signature(token, self.keys):
+            try:
+                subject = check_signed_claims(shaped, audience=self.audience)
+            except AuthenticationError:
+                metrics.token_reviews.labels(outcome="bad_claims").inc()
+                raise
         try:
-            async with self.gate.review(credentials.client):
+            async with self.gate.review(credentials.client, subject=subject):
                 caller = await self._review_shared(token)
         except ReviewRefused as exc:
             metrics.token_reviews.labels(outcome=exc.outcome).inc()
@@ -161,22 +173,23 @@ class KubeJwtAuthenticator:
         metrics.token_reviews.labels(outcome="reviewed_ok").inc()
         if self.review_ttl_s > 0:
             until = self.clock() + self.review_ttl_s
-            if expires is not None:
-                until = min(until, expires)
+            if shaped.expires is not None:
+                until = min(until, shaped.expires)
             entry = VerifiedToken(caller=caller, expires=until, not_before=-math.inf)
             self.cache.store(token, entry, key=self._cache_key)
         return caller
 
-    async def _check_signature(self, token: str, source: IssuerKeySource) -> None:
-        """Raise AuthenticationError if the cluster's keys show `token` is not the cluster's (module docstring)."""
+    async def _check_signature(self, token: str, source: IssuerKeySource) -> bool:
+        """Whether the cluster's keys verify `token` (False: no keys yet, or an algorithm left to the review);
+        raises AuthenticationError if they show it is not the cluster's (module docstring)."""
         keys = source.current()
         if keys is None:
-            return
+            return False
         check = keys.check(token)
         if check.verdict is Verdict.UNKNOWN_KEY:
             fetched = await source.refresh()
             if fetched is None:
-                return
+                return False
             if fetched is keys:
                 # no newer keys to be had now: a key id made up, or one the cluster began to sign with
                 # since the last fetch; which, the next fetch tells, so the client is asked to come back
@@ -191,6 +204,7 @@ class KubeJwtAuthenticator:
             raise AuthenticationError(
                 f"bearer token is not signed by this cluster's service-account issuer ({check.why})"
             )
+        return check.verdict is Verdict.VERIFIED
 
     async def _review_shared(self, token: str) -> Caller:
         """`_review(token)`, joining the review of the same token already in flight, if any.
@@ -227,9 +241,18 @@ class KubeJwtAuthenticator:
         return Caller(source=self.name, identities=(identity,))
 
 
-def check_token_shape(token: str, *, now: float) -> float | None:
-    """The token's `exp` (None without one); raises AuthenticationError unless `token` could be a live
-    service-account token (module docstring)."""
+@dataclass(frozen=True, kw_only=True)
+class ShapedToken:
+    """What a token of the right shape claims; trusted only once its signature verified."""
+
+    expires: float | None  # `exp`; None for a legacy Secret-based token, which never expires
+    subject: object  # `sub` as written (any JSON value; None when absent)
+    audiences: tuple[str, ...] | None  # `aud` as a list (RFC 7519 allows one string); None when absent
+
+
+def check_token_shape(token: str, *, now: float) -> ShapedToken:
+    """The token's claims; raises AuthenticationError unless `token` could be a live service-account
+    token (module docstring)."""
     if len(token) > MAX_TOKEN_BYTES:
         raise AuthenticationError(
             f"bearer token is {len(token)} bytes, over {MAX_TOKEN_BYTES}: not a service-account token"
@@ -240,9 +263,16 @@ def check_token_shape(token: str, *, now: float) -> float | None:
     header, claims = _json_part(parts[0], "header"), _json_part(parts[1], "payload")
     if not isinstance(header.get("alg"), str):
         raise AuthenticationError("bearer token is not a JWT: its header has no alg")
+    audience = claims.get("aud")
+    audiences: tuple[str, ...] | None = None
+    if isinstance(audience, str):
+        audiences = (audience,)
+    elif isinstance(audience, list):
+        audiences = tuple(a for a in audience if isinstance(a, str))
+    shaped = ShapedToken(expires=None, subject=claims.get("sub"), audiences=audiences)
     expires = claims.get("exp")
     if expires is None:
-        return None  # a legacy Secret-based token never expires
+        return shaped
     if not isinstance(expires, int | float) or isinstance(expires, bool):
         raise AuthenticationError(f"bearer token's exp is not a number: {str(expires)[:40]!r}")
     if expires + EXPIRY_LEEWAY_S < now:
@@ -251,7 +281,30 @@ def check_token_shape(token: str, *, now: float) -> float | None:
         except (OverflowError, OSError, ValueError):
             when = f"exp {expires}"
         raise AuthenticationError(f"bearer token expired at {when}")
-    return float(expires)
+    return dataclasses.replace(shaped, expires=float(expires))
+
+
+def check_signed_claims(shaped: ShapedToken, *, audience: str) -> str:
+    """The service-account username a token the cluster signed names (`sub`); raises AuthenticationError
+    when its claims show the API server would refuse it: `aud` present without `audience`, or `sub` not
+    `system:serviceaccount:<ns>:<sa>` with valid names. Only for a verified signature: unsigned claims
+    prove nothing."""
+    if shaped.audiences is not None and audience not in shaped.audiences:
+        shown = [a[:_CLAIM_CHARS] for a in shaped.audiences[:5]]
+        raise AuthenticationError(
+            f"bearer token's audiences {shown} do not include {audience!r}: a token for another audience (such "
+            f"as the pod's default token, which is for the API server) is not accepted here; mount a projected "
+            f"service-account token with audience {audience!r}"
+        )
+    subject = shaped.subject
+    if not isinstance(subject, str) or len(subject) > _CLAIM_CHARS:
+        quoted = repr(subject)[:_CLAIM_CHARS]
+        raise AuthenticationError(f"bearer token's subject {quoted} is not a service account")
+    try:
+        from_service_account_username(subject)
+    except ValueError as exc:
+        raise AuthenticationError(f"bearer token's subject: {exc}") from None
+    return subject
 
 
 def _json_part(part: str, what: str) -> dict[str, object]:

@@ -5,7 +5,12 @@ server, made as meshplane's own service account. Unbounded, a client that sends 
 with every request (no credentials needed) makes meshplane send one review per request. The API
 server's priority and fairness then throttles meshplane itself, and every workload's certificate
 and secure xDS stream waits behind the flood. `ReviewGate` bounds what one client can cause. A
-client is an IP address: a pod, or a node for host-network pods, which share it.
+client is an IP address (a pod; a node for host-network pods; a gateway for traffic behind SNAT),
+and, for a token the cluster's issuer keys verified, the service account the token names
+(`subject`): workloads that share an address but not a service account then share no budget, so
+one whose tokens keep failing (its pod deleted, a token for the wrong audience) does not hold back
+its neighbours. Without verified claims the address alone counts: an unverified subject is the
+client's to choose.
 
 - Failed reviews: each client may have `burst` reviews fail; after that, one more per `refill_s`
   seconds. While its budget is spent, its tokens are refused without a review (`ReviewRefused`,
@@ -98,13 +103,16 @@ class ReviewGate:
         return len(self._clients)
 
     @contextlib.asynccontextmanager
-    async def review(self, client: str) -> AsyncIterator[None]:
-        """Hold a review for `client` (see `controlplane.peers.client_of_peer`) while the block runs.
+    async def review(self, client: str, *, subject: str = "") -> AsyncIterator[None]:
+        """Hold a review for `client` (see `controlplane.peers.client_of_peer`) while the block runs;
+        `subject`: the service account a verified token names ("" when not verified).
 
         Waits for the client's turn (module docstring). Raises ReviewRefused when the client may not
         have one now, on arrival or when its turn comes. An AuthenticationError other than "unavailable"
         leaving the block counts as a failed review (its message is kept for the next refusal); an
         unavailable API server or any other exception does not."""
+        if subject:
+            client = f"{client} as {subject}"
         entry = self._admit(client)
         self._check_budget(client, entry)
         entry.queued += 1
@@ -141,7 +149,7 @@ class ReviewGate:
         if entry.queued >= self.per_client + self.waiting:
             raise ReviewRefused(
                 f"{entry.in_flight} token reviews in flight and {entry.queued - entry.in_flight} waiting for client "
-                f"{client}, the most one client address may have ({self.per_client} and {self.waiting}); retry when "
+                f"{client}, the most one client may have ({self.per_client} and {self.waiting}); retry when "
                 "some are answered",
                 outcome="client_busy",
             )

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Credentials
 from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.kubejwt import KubeJwtAuthenticator, TokenReview
+from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from tests.certs.fakes import FakeTokenReviewer
 
 NOW = 1_800_000_000.0
@@ -46,9 +47,13 @@ def rsa_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
     return {"kty": "RSA", "kid": kid, "use": "sig", "n": b64int(numbers.n, 256), "e": b64int(numbers.e, 3)}
 
 
-def jwt(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None, *, alg: str, kid: str | None = None) -> str:
+def jwt(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None, *, alg: str, kid: str | None = None, **claim: Any
+) -> str:
+    """A JWT signed with `key`; `claim` replaces claims (None: leave it out)."""
     header: dict[str, Any] = {"alg": alg, **({"kid": kid} if kid is not None else {})}
-    claims = {"sub": "system:serviceaccount:shop:cart", "aud": ["istio-ca"], "exp": int(NOW) + 3600}
+    claims = {"sub": "system:serviceaccount:shop:cart", "aud": ["istio-ca"], "exp": int(NOW) + 3600} | claim
+    claims = {name: value for name, value in claims.items() if value is not None}
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
     digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}.get(alg[2:], hashes.SHA256())
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -196,8 +201,8 @@ def kube(reviewer: FakeTokenReviewer, source: Source) -> KubeJwtAuthenticator:
     )
 
 
-def bearer(token: str) -> Credentials:
-    return Credentials(metadata={"authorization": f"Bearer {token}"}, client="10.0.0.1")
+def bearer(token: str, client: str = "10.0.0.1") -> Credentials:
+    return Credentials(metadata={"authorization": f"Bearer {token}"}, client=client)
 
 
 def bad_signatures() -> float:
@@ -280,3 +285,105 @@ async def test_unchecked_algorithms_are_left_to_the_review() -> None:
     reviewer = FakeTokenReviewer(reviews={token: GRANTED})
     await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
     assert len(reviewer.asked) == 1
+
+
+def bad_claims() -> float:
+    return REGISTRY.get_sample_value("meshplane_ca_token_reviews_total", {"outcome": "bad_claims"}) or 0.0
+
+
+async def test_a_signed_token_for_another_audience_is_refused_without_a_review() -> None:
+    """The pod's default token is signed by the cluster but is for the API server: the review could only
+    say no, so the CA says why at once and costs the API server nothing."""
+    token = jwt(P256, alg="ES256", kid="p256", aud=["https://kubernetes.default.svc.cluster.local"])
+    reviewer, before = FakeTokenReviewer(reviews={token: GRANTED}), bad_claims()
+    with pytest.raises(AuthenticationError) as refused:
+        await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
+    assert str(refused.value) == (
+        "bearer token's audiences ['https://kubernetes.default.svc.cluster.local'] do not include 'istio-ca': a "
+        "token for another audience (such as the pod's default token, which is for the API server) is not "
+        "accepted here; mount a projected service-account token with audience 'istio-ca'"
+    )
+    assert not refused.value.unavailable and reviewer.asked == [] and bad_claims() - before == 1
+    one = jwt(P256, alg="ES256", kid="p256", aud="istio-ca")  # RFC 7519: one audience may be a string
+    reviewer.reviews[one] = GRANTED
+    assert (await kube(reviewer, Source(cluster_keys())).authenticate(bearer(one))).identities
+
+
+@pytest.mark.parametrize(
+    ("sub", "why"),
+    [
+        ("system:node:worker-1", "username 'system:node:worker-1' is not a service account"),
+        ("system:serviceaccount:shop\n:cart", "namespace"),
+        ("system:serviceaccount:shop:cart:extra", "is not system:serviceaccount:<ns>:<sa>"),
+        (None, "subject None is not a service account"),
+        (["system:serviceaccount:shop:cart"], "is not a service account"),
+        ("system:serviceaccount:shop:" + "c" * 5000, "is not a service account"),
+    ],
+)
+async def test_a_signed_token_whose_subject_is_no_service_account_is_refused_without_a_review(
+    sub: object, why: str
+) -> None:
+    token = jwt(P256, alg="ES256", kid="p256", sub=sub)
+    reviewer = FakeTokenReviewer(reviews={token: GRANTED})
+    with pytest.raises(AuthenticationError, match="bearer token's subject") as refused:
+        await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
+    assert why in str(refused.value) and len(str(refused.value)) < 500
+    assert reviewer.asked == []
+
+
+async def test_a_signed_token_without_aud_is_left_to_the_review() -> None:
+    """A legacy Secret-based token has no `aud`; only the API server knows whether it is good here."""
+    token = jwt(RSA, alg="RS256", kid="rsa", aud=None, exp=None)
+    reviewer = FakeTokenReviewer(reviews={token: GRANTED})
+    await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
+    assert len(reviewer.asked) == 1
+
+
+def service_account_token(sa: str) -> str:
+    """A token the cluster signed for shop/`sa`; a new one every call (ECDSA signatures differ)."""
+    return jwt(P256, alg="ES256", kid="p256", sub=f"system:serviceaccount:shop:{sa}")
+
+
+async def spend_budget(auth: KubeJwtAuthenticator, sa: str, client: str) -> int:
+    """Send revoked tokens of `sa` from `client` until one is refused unreviewed; how many were reviewed."""
+    for n in range(100):
+        try:
+            await auth.authenticate(bearer(service_account_token(sa), client))
+        except ReviewRefused:
+            return n
+        except AuthenticationError:
+            continue
+    raise AssertionError(f"{sa} at {client} was never refused")
+
+
+@pytest.mark.parametrize("verified", [True, False])
+async def test_behind_one_address_a_failing_service_account_spends_only_its_own_review_budget(verified: bool) -> None:
+    """Pods behind SNAT (or host-network pods) share an address. One whose tokens keep failing review (its
+    pod deleted) must not get its neighbours of other service accounts refused: with the cluster's keys
+    each service account has its own budget. Without them the token's `sub` is unverified, the client's to
+    choose, so the address alone counts."""
+    reviewer = FakeTokenReviewer()
+    auth = KubeJwtAuthenticator(
+        reviewer=reviewer,
+        keys=Source(cluster_keys() if verified else None),
+        trust_domain="cluster.local",
+        cluster_id="Kubernetes",
+        gate=ReviewGate(burst=3, clock=lambda: 0.0),
+        review_ttl_s=0.0,
+        clock=lambda: NOW,
+    )
+    assert await spend_budget(auth, "ghost", "192.0.2.1") == 3
+    with pytest.raises(ReviewRefused) as refused:
+        await auth.authenticate(bearer(service_account_token("ghost"), "192.0.2.1"))
+    owner = "192.0.2.1 as system:serviceaccount:shop:ghost" if verified else "192.0.2.1"
+    assert f"too many failed token reviews from client {owner} (at most 3" in str(refused.value)
+    good = service_account_token("cart")
+    reviewer.reviews[good] = GRANTED
+    if verified:
+        caller = await auth.authenticate(bearer(good, "192.0.2.1"))
+        assert caller.identities == ("spiffe://cluster.local/ns/shop/sa/cart",)
+    else:
+        with pytest.raises(ReviewRefused):
+            await auth.authenticate(bearer(good, "192.0.2.1"))
+    # Another address is untouched either way.
+    assert (await auth.authenticate(bearer(good, "192.0.2.2"))).identities
