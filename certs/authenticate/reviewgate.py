@@ -24,7 +24,9 @@ client's to choose.
   its turn after the client's budget ran out meanwhile is refused then.
 
 The table of clients holds at most `max_clients`, least recently seen dropped first, so its size
-is bounded whatever addresses call. Not thread-safe: one event loop owns it.
+is bounded whatever addresses call; a client with reviews in flight or waiting is never dropped (it
+would start afresh while its requests run), so the table exceeds the bound only by clients that
+each hold a live request. Not thread-safe: one event loop owns it.
 """
 
 from __future__ import annotations
@@ -141,8 +143,7 @@ class ReviewGate:
         if entry is None:
             turns = asyncio.Semaphore(self.per_client)
             entry = self._clients[client] = _Client(budget=float(self.burst), updated=now, turns=turns)
-            while len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
+            self._evict()
         else:
             self._clients.move_to_end(client)
             self._refill(entry)
@@ -154,6 +155,19 @@ class ReviewGate:
                 outcome="client_busy",
             )
         return entry
+
+    def _evict(self) -> None:
+        """Drop the least recently seen clients past `max_clients`, skipping those with reviews in flight or
+        waiting: dropped, such a client would start afresh (budget and turns) while its requests still run.
+        The newest client, just added, is never looked at."""
+        for _ in range(len(self._clients) - 1):
+            if len(self._clients) <= self.max_clients:
+                return
+            client, entry = next(iter(self._clients.items()))
+            if entry.queued:
+                self._clients.move_to_end(client)
+            else:
+                del self._clients[client]
 
     def _check_budget(self, client: str, entry: _Client) -> None:
         spare = entry.budget - entry.in_flight

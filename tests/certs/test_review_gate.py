@@ -310,6 +310,62 @@ async def test_the_least_recently_seen_client_is_forgotten_first() -> None:
     assert await fail_until_refused(auth, "10.0.0.3") == 0  # still remembered: 10.0.0.2 was older
 
 
+class HoldingReviewer(FakeTokenReviewer):
+    """Holds the reviews of the tokens in `held` until `release` is set; answers the others at once."""
+
+    def __init__(self, held: list[str]) -> None:
+        super().__init__(reviews={token: GRANTED for token in [GOOD, *held]})
+        self.held = set(held)
+        self.release = asyncio.Event()
+
+    async def review(self, *, token: str, audiences: object) -> TokenReview:
+        if token in self.held:
+            await self.release.wait()
+        return await super().review(token=token, audiences=("istio-ca",))
+
+
+async def test_a_client_with_reviews_in_flight_or_waiting_is_not_forgotten() -> None:
+    """Forgotten while its requests run, a client would start afresh, with a new budget and new turns, and
+    could have more reviews at once than its bound: a flood of new addresses must not do that for it."""
+    tokens = [shaped_token(f"held-{n}") for n in range(3)]
+    reviewer = HoldingReviewer(tokens)
+    gate = ReviewGate(per_client=1, waiting=1, max_clients=2, clock=Clock())
+    auth = kube(reviewer, gate)
+    held = [asyncio.create_task(auth.authenticate(bearer(tokens[n], "10.0.0.1"))) for n in range(2)]
+    try:
+        await asyncio.sleep(0.01)  # 10.0.0.1: one in flight, one waiting
+        for n in range(5):  # new addresses, each reviewed at once; 10.0.0.1 is the least recently seen
+            await auth.authenticate(bearer(GOOD, f"10.0.1.{n}"))
+        assert len(gate) == 2
+        with pytest.raises(ReviewRefused, match="1 token reviews in flight and 1 waiting for client 10.0.0.1"):
+            # still bounded: it was not forgotten (forgotten, it would start a review and wait)
+            await asyncio.wait_for(auth.authenticate(bearer(tokens[2], "10.0.0.1")), 5)
+    finally:
+        reviewer.release.set()
+        await asyncio.gather(*held)
+    await auth.authenticate(bearer(GOOD, "10.0.2.1"))  # idle now, the oldest may go
+    assert len(gate) == 2
+
+
+async def test_a_busy_client_kept_past_the_bound_keeps_its_limits() -> None:
+    reviewer = BlockingReviewer()
+    tokens = [shaped_token(f"held-{n}") for n in range(3)]
+    reviewer.reviews.update({token: GRANTED for token in tokens})
+    gate = ReviewGate(per_client=1, waiting=0, max_clients=1, clock=Clock())
+    auth = kube(reviewer, gate)
+    held = asyncio.create_task(auth.authenticate(bearer(tokens[0], "10.0.0.1")))
+    await asyncio.sleep(0.01)
+    other = asyncio.create_task(auth.authenticate(bearer(tokens[1], "10.0.0.2")))
+    try:
+        await asyncio.sleep(0.01)
+        with pytest.raises(ReviewRefused, match="1 token reviews in flight and 0 waiting for client 10.0.0.1"):
+            await asyncio.wait_for(auth.authenticate(bearer(tokens[2], "10.0.0.1")), 5)
+        assert len(gate) == 2  # over the bound by the clients that hold live requests, no more
+    finally:
+        reviewer.release.set()
+        await asyncio.gather(held, other)
+
+
 async def test_the_retry_time_counts_what_has_refilled() -> None:
     clock = Clock()
     auth = kube(FakeTokenReviewer(), ReviewGate(burst=2, refill_s=10, clock=clock))
