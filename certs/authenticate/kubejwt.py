@@ -65,14 +65,16 @@ from certs.authenticate import AuthenticationError, AuthenticatorUnavailable, Ca
 from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from certs.authenticate.tokencache import TokenCache, VerifiedToken
-from certs.identity import from_service_account_username, spiffe_id
+from certs.identity import SERVICE_ACCOUNT_PREFIX, from_service_account_username, spiffe_id
 
 AUDIENCE = "istio-ca"
 REVIEW_TTL_S = 10.0
 MAX_TOKEN_BYTES = 16 * 1024  # service-account tokens are ~1 KB
 EXPIRY_LEEWAY_S = 60.0
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-_CLAIM_CHARS = 300  # of a claim quoted in a refusal (a token may hold up to MAX_TOKEN_BYTES)
+_CLAIM_CHARS = 100  # of a claim quoted in a refusal (a token may hold up to MAX_TOKEN_BYTES)
+# system:serviceaccount:<namespace, a DNS-1123 label>:<name, a DNS-1123 subdomain>
+_MAX_USERNAME = len(SERVICE_ACCOUNT_PREFIX) + 63 + 1 + 253
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,9 +190,7 @@ class KubeJwtAuthenticator:
         check = keys.check(token)
         if check.verdict is Verdict.UNKNOWN_KEY:
             fetched = await source.refresh()
-            if fetched is None:
-                return False
-            if fetched is keys:
+            if fetched is None or fetched is keys:
                 # no newer keys to be had now: a key id made up, or one the cluster began to sign with
                 # since the last fetch; which, the next fetch tells, so the client is asked to come back
                 metrics.token_reviews.labels(outcome="unknown_key").inc()
@@ -297,8 +297,10 @@ def check_signed_claims(shaped: ShapedToken, *, audience: str) -> str:
             f"service-account token with audience {audience!r}"
         )
     subject = shaped.subject
-    if not isinstance(subject, str) or len(subject) > _CLAIM_CHARS:
-        quoted = repr(subject)[:_CLAIM_CHARS]
+    if not isinstance(subject, str) or len(subject) > _MAX_USERNAME:
+        quoted = repr(subject)
+        if len(quoted) > _CLAIM_CHARS:
+            quoted = f"{quoted[:_CLAIM_CHARS]}... ({len(quoted)} characters)"
         raise AuthenticationError(f"bearer token's subject {quoted} is not a service account")
     try:
         from_service_account_username(subject)

@@ -304,7 +304,14 @@ async def test_a_signed_token_for_another_audience_is_refused_without_a_review()
         "accepted here; mount a projected service-account token with audience 'istio-ca'"
     )
     assert not refused.value.unavailable and reviewer.asked == [] and bad_claims() - before == 1
-    one = jwt(P256, alg="ES256", kid="p256", aud="istio-ca")  # RFC 7519: one audience may be a string
+    many = jwt(P256, alg="ES256", kid="p256", aud=[f"aud-{n}" for n in range(8)])
+    with pytest.raises(AuthenticationError, match=r"audiences \['aud-0', 'aud-1', 'aud-2', 'aud-3', 'aud-4'\] do"):
+        await kube(reviewer, Source(cluster_keys())).authenticate(bearer(many))
+    other = jwt(P256, alg="ES256", kid="p256", aud="other")  # RFC 7519: one audience may be a string
+    with pytest.raises(AuthenticationError, match=r"audiences \['other'\] do not include 'istio-ca'"):
+        await kube(reviewer, Source(cluster_keys())).authenticate(bearer(other))
+    assert reviewer.asked == []
+    one = jwt(P256, alg="ES256", kid="p256", aud="istio-ca")
     reviewer.reviews[one] = GRANTED
     assert (await kube(reviewer, Source(cluster_keys())).authenticate(bearer(one))).identities
 
@@ -315,9 +322,18 @@ async def test_a_signed_token_for_another_audience_is_refused_without_a_review()
         ("system:node:worker-1", "username 'system:node:worker-1' is not a service account"),
         ("system:serviceaccount:shop\n:cart", "namespace"),
         ("system:serviceaccount:shop:cart:extra", "is not system:serviceaccount:<ns>:<sa>"),
-        (None, "subject None is not a service account"),
-        (["system:serviceaccount:shop:cart"], "is not a service account"),
-        ("system:serviceaccount:shop:" + "c" * 5000, "is not a service account"),
+        (None, "bearer token's subject None is not a service account"),
+        (["system:serviceaccount:shop:cart"], "bearer token's subject ['system:serviceaccount:shop:cart'] is not a"),
+        (
+            "system:serviceaccount:shop:" + "c" * 5000,
+            f"bearer token's subject 'system:serviceaccount:shop:{'c' * 72}... (5029 characters) is not a service",
+        ),
+        # the longest username a service account can have, one character too long
+        (
+            f"system:serviceaccount:{'n' * 63}:{'s' * 254}",
+            f"subject 'system:serviceaccount:{'n' * 63}:{'s' * 13}... (342 characters) is",
+        ),
+        (f"system:serviceaccount:{'n' * 64}:s", "namespace"),
     ],
 )
 async def test_a_signed_token_whose_subject_is_no_service_account_is_refused_without_a_review(
@@ -329,6 +345,16 @@ async def test_a_signed_token_whose_subject_is_no_service_account_is_refused_wit
         await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
     assert why in str(refused.value) and len(str(refused.value)) < 500
     assert reviewer.asked == []
+
+
+async def test_a_signed_token_of_the_longest_service_account_name_is_reviewed() -> None:
+    longest = f"system:serviceaccount:{'n' * 63}:{'s' * 253}"
+    token = jwt(P256, alg="ES256", kid="p256", sub=longest)
+    reviewer = FakeTokenReviewer(
+        reviews={token: TokenReview(authenticated=True, username=longest, audiences=("istio-ca",))}
+    )
+    caller = await kube(reviewer, Source(cluster_keys())).authenticate(bearer(token))
+    assert caller.identities == (f"spiffe://cluster.local/ns/{'n' * 63}/sa/{'s' * 253}",) and len(reviewer.asked) == 1
 
 
 async def test_a_signed_token_without_aud_is_left_to_the_review() -> None:
