@@ -324,6 +324,7 @@ async def test_a_signed_token_for_another_audience_is_refused_without_a_review()
         ("system:serviceaccount:shop:cart:extra", "is not system:serviceaccount:<ns>:<sa>"),
         (None, "bearer token's subject None is not a service account"),
         (["system:serviceaccount:shop:cart"], "bearer token's subject ['system:serviceaccount:shop:cart'] is not a"),
+        (["x" * 96], f"bearer token's subject ['{'x' * 96}'] is not a service account"),  # 100 characters: whole
         (
             "system:serviceaccount:shop:" + "c" * 5000,
             f"bearer token's subject 'system:serviceaccount:shop:{'c' * 72}... (5029 characters) is not a service",

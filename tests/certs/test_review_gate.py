@@ -366,6 +366,21 @@ async def test_a_busy_client_kept_past_the_bound_keeps_its_limits() -> None:
         await asyncio.gather(held, other)
 
 
+async def test_idle_clients_go_first_even_behind_a_busy_one() -> None:
+    reviewer = HoldingReviewer([HELD := shaped_token("held")])
+    gate = ReviewGate(max_clients=1, clock=Clock())
+    auth = kube(reviewer, gate)
+    held = asyncio.create_task(auth.authenticate(bearer(HELD, "10.0.0.1")))
+    try:
+        await asyncio.sleep(0.01)
+        for client in ("10.0.0.2", "10.0.0.3", "10.0.0.4"):  # each idle once answered
+            await auth.authenticate(bearer(GOOD, client))
+            assert len(gate) == 2  # the busy 10.0.0.1 and the newest
+    finally:
+        reviewer.release.set()
+        await held
+
+
 async def test_the_retry_time_counts_what_has_refilled() -> None:
     clock = Clock()
     auth = kube(FakeTokenReviewer(), ReviewGate(burst=2, refill_s=10, clock=clock))
