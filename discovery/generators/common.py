@@ -9,7 +9,6 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
@@ -171,12 +170,6 @@ def downstream_mtls() -> base_pb2.TransportSocket:
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=typed(context))
-
-
-def plaintext() -> base_pb2.TransportSocket:
-    return base_pb2.TransportSocket(
-        name="envoy.transport_sockets.raw_buffer", typed_config=typed(raw_buffer_pb2.RawBuffer())
-    )
 
 
 def http2_options() -> dict[str, any_pb2.Any]:

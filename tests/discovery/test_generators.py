@@ -40,8 +40,9 @@ def test_outbound_cluster_uses_mtls_only_for_endpoints_with_a_sidecar() -> None:
     cluster = world.generate(proxy(), CLUSTER)[WEB]
     assert isinstance(cluster, cluster_pb2.Cluster)
     assert cluster.type == cluster_pb2.Cluster.EDS and cluster.eds_cluster_config.eds_config.HasField("ads")
-    istio, plain = cluster.transport_socket_matches
-    assert dict(istio.match) == {"tlsMode": "istio"} and not plain.HasField("match")
+    (istio,) = cluster.transport_socket_matches
+    assert dict(istio.match) == {"tlsMode": "istio"}
+    assert not cluster.HasField("transport_socket")  # any other endpoint: Envoy's default, plaintext
     tls = tls_pb2.UpstreamTlsContext()
     istio.transport_socket.typed_config.Unpack(tls)
     assert tls.sni == "outbound_.80_._.web.default.svc.cluster.local"

@@ -65,7 +65,7 @@ def test_a_router_gets_every_outbound_cluster_and_blackhole_but_no_inbound_or_pa
     assert set(clusters) == {WEB, INGRESS, "BlackHoleCluster"}
     web = clusters[WEB]
     assert isinstance(web, cluster_pb2.Cluster) and web == sidecar[WEB]
-    assert [t.name for t in web.transport_socket_matches] == ["tlsMode-istio", "tlsMode-disabled"]  # auto mTLS
+    assert [t.name for t in web.transport_socket_matches] == ["tlsMode-istio"]  # auto mTLS
 
 
 @pytest.mark.parametrize("mode", ["REDIRECT", "NONE", "TPROXY"])

@@ -36,6 +36,7 @@ SERVICES = 24
 NS = "alpha"
 HTTP_PORT = 8000  # every HTTP service's port; TCP service i listens on 3000 + i (meshdata's default)
 CLIENT_SERVICE_PORT, CLIENT_PORT = 8081, 9080  # the client service's port and target port
+PLAIN_SERVICE_PORT, PLAIN_PORT = 8082, 9082  # a service whose one pod has no sidecar
 
 
 @dataclass
@@ -60,7 +61,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("envoy-xds")
     config_dir = tmp / "config"
     config_dir.mkdir()
-    ips = {pod: pick_loopback() for pod in ("client-redirect", "client-none", "caller")}
+    ips = {pod: pick_loopback() for pod in ("client-redirect", "client-none", "caller", "plain")}
     objects = m.mesh_objects(SERVICES, http_port=HTTP_PORT)
     objects += [
         m.service("client", NS, port=CLIENT_SERVICE_PORT, target=CLIENT_PORT, cluster_ip="10.96.9.9"),
@@ -68,6 +69,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m.pod("client-none", ips["client-none"], NS, app="client", sa="client"),
         m.endpoint_slice("client", NS, ips=[ips["client-none"]], port=CLIENT_PORT),
         m.pod("caller", ips["caller"], NS, app="caller", sa="caller"),
+        m.service("plain", NS, port=PLAIN_SERVICE_PORT, target=PLAIN_PORT, cluster_ip="10.96.9.10"),
+        m.pod("plain", ips["plain"], NS, app="plain", sa="plain", sidecar=False),
+        m.endpoint_slice("plain", NS, ips=[ips["plain"]], port=PLAIN_PORT),
     ]
     (config_dir / "mesh.yaml").write_text(m.dump_yaml(objects))
     serve = start_serve(
@@ -152,7 +156,7 @@ def test_envoy_accepts_every_type_and_rejects_nothing(mesh: Mesh, api_type: str,
         stats = wait_for(lambda: settled(envoy), timeout=60, what="Envoy to apply CDS/LDS/RDS")
         assert rejected(stats) == {}, envoy.logs()
         clusters = envoy.clusters()
-        assert len([c for c in clusters if c.startswith("outbound|")]) == SERVICES + 1
+        assert len([c for c in clusters if c.startswith("outbound|")]) == SERVICES + 2  # and client, plain
         assert {"BlackHoleCluster", "PassthroughCluster", "InboundPassthroughCluster"} <= set(clusters)
         assert f"inbound|{mesh.client_port}||" in clusters
         http_cluster = f"outbound|{mesh.http_port}||svc-0.alpha.svc.cluster.local"
@@ -313,7 +317,7 @@ def test_proxy_status_config_dump_and_registryz(mesh: Mesh) -> None:
         assert "\npilot_xds " in metrics  # the connected-clients gauge
 
         registry = get_json(f"{mesh.serve.http_url}/debug/registryz")
-        assert len(registry["services"]) == SERVICES + 1
+        assert len(registry["services"]) == SERVICES + 2  # and client, plain
         assert registry["problems"] == []
     finally:
         envoy.stop()
@@ -403,6 +407,36 @@ def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identi
         assert "evil" not in xfcc and "kube-system" not in xfcc, xfcc
         for envoy in envoys:
             assert rejected(envoy.stats()) == {}, envoy.logs()
+
+
+def test_a_sidecar_reaches_a_pod_without_one_in_plaintext(mesh: Mesh) -> None:
+    """Auto mTLS: the cluster's one transport socket match is for endpoints with a sidecar; the pod without
+    one matches nothing and gets Envoy's default transport socket, plaintext, as Istio's explicit
+    `tlsMode-disabled` match would give it."""
+    caller_loopback = pick_loopback()
+    with contextlib.ExitStack() as cleanup:
+        app = XfccEcho(mesh.ips["plain"], PLAIN_PORT)  # the pod's application itself, no Envoy before it
+        cleanup.callback(app.stop)
+        caller = start_envoy(
+            mesh, api_type="GRPC", mode="NONE", pod="caller", service_account="caller", loopback=caller_loopback
+        )
+        cleanup.callback(caller.stop)
+        assert rejected(wait_for(lambda: settled(caller), timeout=60, what="Envoy to apply CDS/LDS/RDS")) == {}
+        answer = wait_for(
+            lambda: http_get(
+                f"http://{caller_loopback}:{PLAIN_SERVICE_PORT}/",
+                host=f"plain.{NS}.svc.cluster.local:{PLAIN_SERVICE_PORT}",
+                forged_xfcc="By=spiffe://evil",
+            ),
+            timeout=30,
+            what="a call to the pod without a sidecar",
+        )
+        assert answer == "<none>"  # no client certificate to forward, and the caller's made-up header dropped
+        cluster = f"cluster.outbound|{PLAIN_SERVICE_PORT}||plain.{NS}.svc.cluster.local"
+        stats = caller.stats()
+        assert stats[f"{cluster}.upstream_cx_total"] >= 1
+        assert stats.get(f"{cluster}.ssl.handshake", 0) == 0 and stats.get(f"{cluster}.ssl.connection_error", 0) == 0
+        assert rejected(stats) == {}, caller.logs()
 
 
 def test_config_dump_needs_a_connected_proxy(mesh: Mesh) -> None:
