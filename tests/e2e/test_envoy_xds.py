@@ -354,6 +354,17 @@ def http_get(url: str, *, host: str, forged_xfcc: str) -> str:
         return str(resp.read().decode())
 
 
+def call_service(loopback: str, service: str, port: int, *, forged_xfcc: str, what: str) -> str:
+    """GET / on `service`'s port through the caller's Envoy on `loopback` (retried for up to 30 s): the body."""
+    return wait_for(
+        lambda: http_get(
+            f"http://{loopback}:{port}/", host=f"{service}.{NS}.svc.cluster.local:{port}", forged_xfcc=forged_xfcc
+        ),
+        timeout=30,
+        what=what,
+    )
+
+
 def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identity(mesh: Mesh) -> None:
     root = MeshRoot()
     identities = {}
@@ -393,13 +404,11 @@ def test_none_mode_on_own_loopback_addresses_carries_mtls_and_the_callers_identi
         # caller app -> caller Envoy (its loopback) -> mTLS -> server Envoy (the server pod's IP) -> app (the
         # server's loopback).
         # The caller's outbound drops the header its application made up; the server's inbound sets the real one.
-        xfcc = wait_for(
-            lambda: http_get(
-                f"http://{caller_loopback}:{mesh.client_service_port}/",
-                host=f"client.{NS}.svc.cluster.local:{mesh.client_service_port}",
-                forged_xfcc="By=spiffe://evil;URI=spiffe://cluster.local/ns/kube-system/sa/admin",
-            ),
-            timeout=30,
+        xfcc = call_service(
+            caller_loopback,
+            "client",
+            mesh.client_service_port,
+            forged_xfcc="By=spiffe://evil;URI=spiffe://cluster.local/ns/kube-system/sa/admin",
             what="a call through both Envoys",
         )
         assert xfcc.split(";")[0] == f"By=spiffe://cluster.local/ns/{NS}/sa/client", xfcc
@@ -422,13 +431,11 @@ def test_a_sidecar_reaches_a_pod_without_one_in_plaintext(mesh: Mesh) -> None:
         )
         cleanup.callback(caller.stop)
         assert rejected(wait_for(lambda: settled(caller), timeout=60, what="Envoy to apply CDS/LDS/RDS")) == {}
-        answer = wait_for(
-            lambda: http_get(
-                f"http://{caller_loopback}:{PLAIN_SERVICE_PORT}/",
-                host=f"plain.{NS}.svc.cluster.local:{PLAIN_SERVICE_PORT}",
-                forged_xfcc="By=spiffe://evil",
-            ),
-            timeout=30,
+        answer = call_service(
+            caller_loopback,
+            "plain",
+            PLAIN_SERVICE_PORT,
+            forged_xfcc="By=spiffe://evil",
             what="a call to the pod without a sidecar",
         )
         assert answer == "<none>"  # no client certificate to forward, and the caller's made-up header dropped
