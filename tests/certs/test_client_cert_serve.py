@@ -19,7 +19,7 @@ from discovery.xdstypes import CLUSTER
 from protos.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.certs.helpers import leaf_uris, make_csr, make_root, spiffe
 from tests.certs.test_e2e_serve import token
-from tests.discovery.harness import SotwClient, node
+from tests.discovery.harness import first_sotw_response, node
 from tests.helpers.serve import SERVER_NAME, Running, start_serve
 
 NS, SA = "shop", "cart"
@@ -122,18 +122,11 @@ def test_a_certificate_from_another_authority_is_refused_at_the_handshake(
 
 
 async def first_xds_response(running: Running, creds: grpc.ChannelCredentials, *, sa: str = SA) -> object:
-    channel = grpc.aio.secure_channel(
-        running.addr("secure-grpc"),
-        creds,
-        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-    )
-    async with channel:
-        client = SotwClient(channel, node(pod="cart-1", ns=NS, SERVICE_ACCOUNT=sa))
-        try:
-            await client.request(CLUSTER)
-            return await client.recv()
-        finally:
-            await client.close()
+    def open_channel() -> grpc.aio.Channel:
+        options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+        return grpc.aio.secure_channel(running.addr("secure-grpc"), creds, options=options)
+
+    return await first_sotw_response(open_channel, node(pod="cart-1", ns=NS, SERVICE_ACCOUNT=sa), CLUSTER)
 
 
 async def test_secure_xds_serves_a_stream_whose_certificate_matches_the_node(mesh: Running) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -52,6 +52,33 @@ def node(
     meta = struct_pb2.Struct()
     meta.update({"NAMESPACE": ns, "ISTIO_VERSION": "1.40.0", "CLUSTER_ID": "Kubernetes", **metadata})
     return base_pb2.Node(id=f"{node_type}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local", metadata=meta)
+
+
+def lost_write_race(error: grpc.aio.AioRpcError) -> bool:
+    """Whether grpcio reported its own INTERNAL ("Internal error from Core") for a write that raced the
+    server ending the call, in place of the server's status. The secure port refuses a stream without
+    credentials as it opens, before reading a request, so a client's first write can race that refusal;
+    Envoy sees the server's status, grpcio's Python client may not. A caller opens the stream again."""
+    return error.code() is grpc.StatusCode.INTERNAL and "execute_batch" in (error.debug_error_string() or "")
+
+
+async def first_sotw_response(
+    open_channel: Callable[[], grpc.aio.Channel], node: base_pb2.Node, type_url: str, *, attempts: int = 3
+) -> discovery_pb2.DiscoveryResponse:
+    """Open a SotW stream on a new channel, ask for `type_url` and return the first response; raises the
+    server's AioRpcError. A write that lost the race with a refusal (`lost_write_race`) is tried again."""
+    for attempt in range(attempts):
+        channel = open_channel()
+        try:
+            client = SotwClient(channel, node)
+            await client.request(type_url)
+            return await client.recv()
+        except grpc.aio.AioRpcError as error:
+            if attempt + 1 == attempts or not lost_write_race(error):
+                raise
+        finally:
+            await channel.close()
+    raise AssertionError("unreachable")
 
 
 class SotwClient:

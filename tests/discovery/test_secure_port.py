@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from controlplane.settings import Address
 from discovery.server import AdsServer
 from discovery.service import DiscoveryService
 from discovery.xdstypes import CLUSTER
-from tests.discovery.harness import SotwClient, node
+from tests.discovery.harness import first_sotw_response, node
 
 SERVER_NAME = "istiod.istio-system.svc"
 
@@ -101,17 +101,12 @@ async def shared() -> AsyncIterator[Secure]:
         await servers.stop(0)
 
 
-async def first_response(channel: grpc.aio.Channel) -> object:
-    try:
-        client = SotwClient(channel, node(pod="app-1", ns="shop", SERVICE_ACCOUNT="app"))
-        await client.request(CLUSTER)
-        return await client.recv()
-    finally:
-        await channel.close()
+async def first_response(open_channel: Callable[[], grpc.aio.Channel]) -> object:
+    return await first_sotw_response(open_channel, node(pod="app-1", ns="shop", SERVICE_ACCOUNT="app"), CLUSTER)
 
 
 async def test_certificate_with_the_node_identity_gets_config(mtls: Secure) -> None:
-    response = await first_response(mtls.channel("spiffe://cluster.local/ns/shop/sa/app"))
+    response = await first_response(lambda: mtls.channel("spiffe://cluster.local/ns/shop/sa/app"))
     assert response.type_url == CLUSTER  # type: ignore[attr-defined]
 
 
@@ -121,34 +116,28 @@ async def test_certificate_with_the_node_identity_gets_config(mtls: Secure) -> N
 )
 async def test_certificate_of_another_workload_is_permission_denied(mtls: Secure, identity: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await first_response(mtls.channel(identity))
+        await first_response(lambda: mtls.channel(identity))
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "does not match" in (caught.value.details() or "")
 
 
 async def test_token_identity_on_the_shared_server(shared: Secure) -> None:
-    ok = await first_response(shared.channel(None, token="spiffe://cluster.local/ns/shop/sa/app"))
+    ok = await first_response(lambda: shared.channel(None, token="spiffe://cluster.local/ns/shop/sa/app"))
     assert ok.type_url == CLUSTER  # type: ignore[attr-defined]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await first_response(shared.channel(None, token="spiffe://cluster.local/ns/shop/sa/intruder"))
+        await first_response(lambda: shared.channel(None, token="spiffe://cluster.local/ns/shop/sa/intruder"))
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_no_credentials_is_unauthenticated(shared: Secure) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await first_response(shared.channel(None))
+        await first_response(lambda: shared.channel(None))
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_the_secure_port_authenticates_before_it_parses_the_node(shared: Secure) -> None:
     """A caller without credentials is refused before its (malformed, oversized) node costs anything."""
-    channel = shared.channel(None)
-    try:
-        client = SotwClient(channel, node(INSTANCE_IPS="not-an-address", LABELS={"k": "v" * 100_000}))
-        await client.request(CLUSTER)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            while True:
-                await client.recv()
-    finally:
-        await channel.close()
+    bad_node = node(INSTANCE_IPS="not-an-address", LABELS={"k": "v" * 100_000})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await first_sotw_response(lambda: shared.channel(None), bad_node, CLUSTER)
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
