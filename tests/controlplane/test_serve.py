@@ -252,7 +252,7 @@ async def test_one_address_may_hold_100_xds_streams_and_the_next_is_refused_by_d
         for client in clients:
             await client.recv()
         extra = SotwClient(channel, node(pod="app-100", ip="10.1.1.1"))  # a call starts when it is created
-        await extra.request(CLUSTER)
+        # refused as it opens, so nothing is written: a write racing the refusal makes grpcio report INTERNAL
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await extra.recv()
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
