@@ -29,7 +29,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 
 from certs.service import METHOD_PATH as CA_METHOD
 from protos.gen.istio.v1.auth.ca_pb2 import IstioCertificateRequest
-from tests.discovery.harness import SotwClient, node
+from tests.discovery.harness import SotwClient, first_sotw_response, node
 from tests.helpers.protowire import length_delimited, struct_of
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
 
@@ -215,23 +215,19 @@ def secure_channel(running: Running) -> grpc.aio.Channel:
 async def xds_refused(address: str, *, secure_root: bytes | None) -> grpc.StatusCode:
     """Open an ADS stream with 40,000 INSTANCE_IPS; the server's refusal code."""
     ips = ",".join(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(40_000))
-    if secure_root is None:
-        channel = grpc.aio.insecure_channel(address)
-    else:
+
+    def open_channel() -> grpc.aio.Channel:
+        if secure_root is None:
+            return grpc.aio.insecure_channel(address)
         creds = grpc.ssl_channel_credentials(root_certificates=secure_root)
-        channel = grpc.aio.secure_channel(
-            address, creds, options=[("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
-        )
-    try:
-        client = SotwClient(channel, node(INSTANCE_IPS=ips))
-        await client.request(CLUSTER)
-        try:
-            await client.recv(wait=30)
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        raise AssertionError("the oversized node was accepted")
-    finally:
-        await channel.close()
+        options = [("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
+        return grpc.aio.secure_channel(address, creds, options=options)
+
+    try:  # the secure port refuses as the stream opens: the helper retries a write that raced it
+        await first_sotw_response(open_channel, node(INSTANCE_IPS=ips), CLUSTER)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    raise AssertionError("the oversized node was accepted")
 
 
 async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: Running) -> None:
