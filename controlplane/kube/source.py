@@ -46,6 +46,8 @@ from controlplane.model.store import ConfigStore, Object, ObjectKey
 
 log = logging.getLogger(__name__)
 
+LIST_STEP = 500  # objects of a list written to the store between two turns of the event loop
+
 NAMESPACES = Resource(group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False)
 CONFIGMAPS = Resource(group="", version="v1", plural="configmaps", kind="ConfigMap", namespaced=True)
 SERVICES = Resource(group="", version="v1", plural="services", kind="Service", namespaced=True)
@@ -161,29 +163,48 @@ class _KindMirror:
     def in_scope(self, namespace: str) -> bool:
         return not self.entry.discovery or self._scope().includes(namespace)
 
-    def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[JsonObject]) -> None:
+        """Replace what this entry holds and owns, writing the store LIST_STEP objects at a time.
+
+        A relist of a large cluster (after a watch expired, or the first list) is tens of thousands
+        of objects, each compared with what the store holds and turned into the model: seconds of
+        work. Done in one go it would hold the event loop, and with it the webhook, the CA, xDS and
+        `/ready`, for all that time. Between steps the store holds some objects as listed and the
+        rest as they were, as during a run of watch events. Each step writes what the mirror wants
+        *then* (`_desired`), so a discovery scope changed between two steps is not undone."""
         held: dict[str, dict[ObjectKey, Object]] = {}
-        for obj in objects:
+        for index, obj in enumerate(objects, 1):
             key = self._key(obj)
             if key is not None:
                 held.setdefault(key.namespace, {})[key] = _storable(obj)
+            if index % LIST_STEP == 0:
+                await asyncio.sleep(0)
         self.held = held
-        wanted = {key: obj for ns, items in held.items() if self.in_scope(ns) for key, obj in items.items()}
-        stale = [(key, None) for key in self.owned if key not in wanted]
-        changes = self.store.apply([*stale, *wanted.items()])
-        self.owned = set(wanted)
+        wanted = [key for ns, items in held.items() if self.in_scope(ns) for key in items]
+        owned, self.owned = self.owned, set(wanted)
+        keys = [key for key in owned if key not in self.owned]  # deleted (or out of scope) first
+        keys.extend(wanted)
+        changes = 0
+        for start in range(0, len(keys), LIST_STEP):
+            if start:
+                await asyncio.sleep(0)
+            changes += len(self.store.apply([(key, self._desired(key)) for key in keys[start : start + LIST_STEP]]))
         self.lists += 1
         log.info(
             "listed %s: %d objects, %d in scope, %d changes",
             self.entry.name,
             sum(len(items) for items in held.values()),
             len(wanted),
-            len(changes),
+            changes,
             extra={"kind": self.entry.resource.kind},
         )
         self._on_change()
         if self.lists == 1:
             self._on_first_list()
+
+    def _desired(self, key: ObjectKey) -> Object | None:
+        """What the store should hold for `key` now: the held object if this mirror owns it, else nothing."""
+        return self.held.get(key.namespace, {}).get(key) if key in self.owned else None
 
     def on_event(self, event_type: str, obj: JsonObject) -> None:
         key = self._key(obj)

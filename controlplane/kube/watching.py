@@ -142,13 +142,16 @@ class ResourceNotServed(KubeApiError):
 
 
 class WatchHandler(Protocol):
-    """Receives what one watched resource delivers. Calls are synchronous and must be quick."""
+    """Receives what one watched resource delivers, in order: no event before the list it follows is taken."""
 
-    def on_list(self, objects: Sequence[JsonObject]) -> None:
-        """The complete current set (after a list or relist): replace what the handler holds."""
+    async def on_list(self, objects: Sequence[JsonObject]) -> None:
+        """The complete current set (after a list or relist): replace what the handler holds.
+
+        A list may hold tens of thousands of objects; a handler whose work grows with it yields to
+        the event loop between steps, so the rest of the process keeps running meanwhile."""
 
     def on_event(self, event_type: str, obj: JsonObject) -> None:
-        """One ADDED, MODIFIED or DELETED object."""
+        """One ADDED, MODIFIED or DELETED object. Synchronous: one object's work must be quick."""
 
 
 @dataclass
@@ -276,7 +279,7 @@ async def continuous_watch(
     cursor = cursor if cursor is not None else Cursor()
     if not cursor.resource_version:
         objects, listed_at = await list_all(api, resource, selection)
-        handler.on_list(objects)
+        await handler.on_list(objects)
         cursor.resource_version = listed_at
         log.debug("listed %s (%s): %d objects at %s", resource, selection, len(objects), listed_at)
     loop = asyncio.get_running_loop()
@@ -312,16 +315,16 @@ class _OptionalHandler:
         self.selection = selection
         self.absent: bool | None = None  # None until the first list or probe
 
-    def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[JsonObject]) -> None:
         if self.absent:
             log.info("%s is served now; listing and watching it (%s)", self.resource, self.selection)
         self.absent = False
-        self.inner.on_list(objects)
+        await self.inner.on_list(objects)
 
     def on_event(self, event_type: str, obj: JsonObject) -> None:
         self.inner.on_event(event_type, obj)
 
-    def not_served(self, probe_interval: float) -> None:
+    async def not_served(self, probe_interval: float) -> None:
         """The resource answered 404: empty the handler once, and say so once per absence."""
         if self.absent:
             log.debug("%s is still not served", self.resource)
@@ -333,7 +336,7 @@ class _OptionalHandler:
             extra={"resource": str(self.resource)},
         )
         self.absent = True
-        self.inner.on_list([])
+        await self.inner.on_list([])
 
 
 def _describe(exc: BaseException) -> str:
@@ -392,7 +395,7 @@ async def infinite_watch(
                 await _retry(exc, resource, selection, backoff, sleep)
                 continue
             healthy()
-            presence.not_served(probe_interval)
+            await presence.not_served(probe_interval)
             await sleep(probe_interval)
         except RETRYABLE as exc:
             if presence is not None and isinstance(exc, KubeApiError) and exc.status == 404 and not relisting_after_404:

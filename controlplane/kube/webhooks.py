@@ -104,7 +104,7 @@ class CaBundlePatcher:
         self._wake = asyncio.Event()
 
     # -- WatchHandler ------------------------------------------------------------------------
-    def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[JsonObject]) -> None:
         self._configs = {
             str(obj["metadata"]["name"]): obj for obj in objects if (obj.get("metadata") or {}).get("name")
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import pathlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
-from controlplane.kube.source import CONFIGMAPS, NAMESPACES, KubeSource, Scope, WatchedKind
+from controlplane.kube.source import CONFIGMAPS, LIST_STEP, NAMESPACES, SERVICES, KubeSource, Scope, WatchedKind
 from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch, list_all
-from controlplane.model.store import ConfigStore, ObjectKey
+from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from controlplane.settings import SettingsError
 from tests.kubesim.fixtures import (  # noqa: F401
     eventually,
@@ -151,6 +152,107 @@ async def test_relists_after_expired_watch_and_drops_what_was_deleted_meanwhile(
     assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) > lists_before
 
 
+async def test_a_large_relist_goes_into_the_store_in_steps_with_the_event_loop_turning_between(
+    source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
+) -> None:
+    """A relist of thousands of objects must not hold the event loop (and with it the webhook, the
+    CA, xDS and /ready) until all are in: the store gets them LIST_STEP at a time, other tasks run
+    between the steps, and in the end every change is there."""
+    _, store = source
+    count = 4 * LIST_STEP + 7
+    for i in range(count):
+        kubesim.create_object(configmap(f"bulk-{i}", v="1"))
+    await eventually(lambda: store.get(cm_key(f"bulk-{count - 1}")), what="configmaps added")
+
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    batches: list[tuple[int, int]] = []  # (ticker turns so far, configmaps changed) per store batch
+    store.subscribe(lambda events: batches.append((turns, sum(e.key.kind == "ConfigMap" for e in events))))
+    # While the watch is down every configmap changes and the history is compacted: only a relist
+    # brings the changes, all of them in one list.
+    kubesim.close_watches()
+    resource = kubesim.resource("configmaps")
+    for i in range(count):
+        stored = kubesim.storage.get(resource, CP_NS, f"bulk-{i}")
+        assert stored is not None
+        kubesim.storage.write(resource, {**stored, "data": {"v": "2"}}, event_type="MODIFIED")
+    kubesim.compact()
+    async with running(ticker()):
+        await eventually(
+            lambda: all((store.get(cm_key(f"bulk-{i}")) or {}).get("data") == {"v": "2"} for i in range(count)),
+            what="the relist's changes in the store",
+        )
+    steps = [(turn, changed) for turn, changed in batches if changed]
+    assert sum(changed for _, changed in steps) == count
+    assert len(steps) == 5 and max(changed for _, changed in steps) == LIST_STEP, steps
+    assert all(later > earlier for (earlier, _), (later, _) in itertools.pairwise(steps)), steps
+
+
+def service(name: str, ns: str, version: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": {"v": version}},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    }
+
+
+async def test_a_namespace_leaving_the_discovery_scope_during_a_relist_keeps_none_of_its_objects(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    """A relist goes into the store in steps; a discovery scope that changes between two steps holds
+    for the steps after it too: a namespace deselected halfway keeps none of its objects."""
+    kubesim.create_object(namespace(CP_NS))
+    for ns in ("early", "late"):
+        kubesim.create_object(namespace(ns, mesh="on"))
+        for i in range(LIST_STEP):
+            kubesim.create_object(service(f"svc-{i}", ns, "1"))
+    selectors = 'discoverySelectors:\n- matchLabels:\n    mesh: "on"\n'
+    kubesim.create_object(configmap("istio", mesh=selectors))
+    store = ConfigStore()
+    src = KubeSource(kube_api, store, namespace=CP_NS, backoff=lambda: Backoff(base=0.01, cap=0.05), timeout_seconds=30)
+    namespaces, services = (src._mirrors[name] for name in (f"{NAMESPACES}@cluster", f"{SERVICES}@all-namespaces"))
+    late_off = namespace("late", mesh="off")
+
+    def deselect_late_after_the_first_step(events: Sequence[ConfigEvent]) -> None:
+        # Between the relist's steps, `late` leaves the selection (what its watch event would do).
+        relisted = any(e.key.kind == "Service" and e.new and e.new["metadata"]["labels"]["v"] == "2" for e in events)
+        if relisted and src.scope.includes("late"):
+            kubesim.storage.write(kubesim.resource("namespaces"), late_off, event_type="MODIFIED")
+            namespaces.on_event("MODIFIED", late_off)
+
+    async with running(src.run()):
+        await eventually(lambda: store.synced and len(store.list("Service")) >= 2 * LIST_STEP, what="first sync")
+        store.subscribe(deselect_late_after_the_first_step)
+        # Every service changes while the watches are down, and the services' watch answers 410:
+        # one relist brings them all (the other watches resume where they were).
+        kubesim.close_watches()
+        resource = kubesim.resource("services")
+        for ns in ("early", "late"):
+            for i in range(LIST_STEP):
+                stored = kubesim.storage.get(resource, ns, f"svc-{i}")
+                assert stored is not None
+                kubesim.storage.write(resource, {**stored, **service(f"svc-{i}", ns, "2")}, event_type="MODIFIED")
+        kubesim.inject_faults(status=410, count=1, method="GET", path_prefix=SERVICES.path(), watch=True)
+        await eventually(
+            lambda: all(
+                (store.get(ObjectKey("Service", "early", f"svc-{i}")) or {}).get("metadata", {}).get("labels")
+                == {"v": "2"}
+                for i in range(LIST_STEP)
+            ),
+            what="early's services relisted",
+        )
+        await eventually(lambda: services.lists == 2, what="the relist done")
+        assert not src.scope.includes("late")
+        assert [o["metadata"]["name"] for o in store.list("Service") if o["metadata"]["namespace"] == "late"] == []
+
+
 async def test_resumes_watch_without_relisting_when_a_stream_ends(
     source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
 ) -> None:
@@ -198,7 +300,7 @@ class Recorder:
         self.lists: list[list[str]] = []
         self.events: list[tuple[str, str]] = []
 
-    def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[JsonObject]) -> None:
         self.lists.append(sorted(o["metadata"]["name"] for o in objects))
 
     def on_event(self, event_type: str, obj: JsonObject) -> None:

@@ -161,7 +161,7 @@ class Informer:
         return [obj for (ns, _), obj in self.objects.items() if namespace is None or ns == namespace]
 
     # WatchHandler
-    def on_list(self, objects: Sequence[Obj]) -> None:
+    async def on_list(self, objects: Sequence[Obj]) -> None:
         fresh = {key_of(obj): obj for obj in objects}
         for key, old in list(self.objects.items()):
             if key not in fresh:

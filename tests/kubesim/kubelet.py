@@ -66,7 +66,7 @@ class _Cache:
     def get(self, namespace: str, name: str) -> Obj | None:
         return self.objects.get((namespace, name))
 
-    def on_list(self, objects: Sequence[Obj]) -> None:
+    async def on_list(self, objects: Sequence[Obj]) -> None:
         gone = [o for k, o in self.objects.items() if k not in {self._key(n) for n in objects}]
         self.objects = {self._key(o): o for o in objects}
         self.synced.set()
@@ -86,7 +86,7 @@ class _PodHandler:
         self.kubelet = kubelet
         self.synced = asyncio.Event()
 
-    def on_list(self, objects: Sequence[Obj]) -> None:
+    async def on_list(self, objects: Sequence[Obj]) -> None:
         present = {str(o["metadata"]["uid"]) for o in objects}
         for uid in list(self.kubelet.workers):
             if uid not in present:

@@ -293,7 +293,7 @@ class _Store:
         self.listed = False
         self._changed = changed
 
-    def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[JsonObject]) -> None:
         self.objects = {_name(obj): obj for obj in objects}
         self.listed = True
         self._changed()

@@ -41,7 +41,7 @@ class RootCaPublisher:
         publisher = self
 
         class Handler:
-            def on_list(self, objects: Sequence[dict[str, Any]]) -> None:
+            async def on_list(self, objects: Sequence[dict[str, Any]]) -> None:
                 for obj in objects:
                     publisher._pending.put_nowait(obj["metadata"]["name"])
                 listed.set()
