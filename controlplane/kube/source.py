@@ -43,6 +43,7 @@ from controlplane.kube.watching import Backoff, Resource, Selection, infinite_wa
 from controlplane.model.fields import ObjectError
 from controlplane.model.meshconfig import MeshConfig, NamespaceSelector, selects
 from controlplane.model.store import ConfigStore, Object, ObjectKey
+from controlplane.model.workloads import pod_fields_read
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,10 @@ DEFAULT_KINDS: tuple[WatchedKind, ...] = (
 
 
 def _storable(obj: JsonObject) -> Object:
-    """The object as the store keeps it: managedFields dropped (large, and nothing reads them)."""
+    """The object as the store keeps it: of a Pod what the model reads (`pod_fields_read`); of the others
+    all but managedFields (large, and nothing reads them)."""
+    if obj.get("kind") == "Pod":
+        return pod_fields_read(obj)
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}

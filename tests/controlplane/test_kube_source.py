@@ -253,6 +253,59 @@ async def test_a_namespace_leaving_the_discovery_scope_during_a_relist_keeps_non
         assert [o["metadata"]["name"] for o in store.list("Service") if o["metadata"]["namespace"] == "late"] == []
 
 
+async def test_pods_are_kept_as_the_model_reads_them_so_status_noise_changes_nothing(
+    source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
+) -> None:
+    """Of a Pod the store keeps what the model reads: a kubelet's status update (conditions, container
+    statuses) is no change at all, while a label change is one."""
+    _, store = source
+    kubesim.create_object(namespace("shop"))
+    kubesim.create_object(
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web", "namespace": "shop"}}
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {
+            "serviceAccountName": "web",
+            "containers": [{"name": "app", "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}]}],
+            "volumes": [{"name": "cache", "emptyDir": {}}],
+        },
+    }
+    kubesim.create_object(pod)
+    key = ObjectKey("Pod", "shop", "web-1")
+    await eventually(lambda: store.get(key), what="pod in the store")
+    assert store.get(key) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {
+            "serviceAccountName": "web",
+            "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}],
+        },
+        "status": {"phase": "Pending"},
+    }
+    changes: list[ConfigEvent] = []
+    store.subscribe(lambda events: changes.extend(e for e in events if e.key == key))
+    resource = kubesim.resource("pods")
+    stored = kubesim.storage.get(resource, "shop", "web-1")
+    assert stored is not None
+    for ready in ("False", "True", "False"):
+        status = {
+            "phase": "Pending",
+            "conditions": [{"type": "Ready", "status": ready}],
+            "containerStatuses": [{"name": "app"}],
+        }
+        stored = kubesim.storage.write(resource, {**stored, "status": status}, event_type="MODIFIED")
+    labels = {"app": "web", "version": "2"}
+    kubesim.storage.write(
+        resource, {**stored, "metadata": {**stored["metadata"], "labels": labels}}, event_type="MODIFIED"
+    )
+    await eventually(lambda: changes, what="the label change")
+    assert [(e.type.name, e.new and e.new["metadata"]["labels"]) for e in changes] == [("MODIFIED", labels)]
+
+
 async def test_resumes_watch_without_relisting_when_a_stream_ends(
     source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
 ) -> None:
