@@ -112,9 +112,10 @@ DEFAULT_KINDS: tuple[WatchedKind, ...] = (
 )
 
 
-def _storable(obj: JsonObject) -> Object:
-    """The object as the store keeps it: of a Pod what the model reads (`pod_fields_read`); of the others
-    all but managedFields (large, and nothing reads them)."""
+def _storable(obj: JsonObject) -> JsonObject:
+    """The object as the store keeps it, made so as each list page or watch event arrives (the watches'
+    `keep`): of a Pod what the model reads (`pod_fields_read`); of the others all but managedFields
+    (large, and nothing reads them)."""
     if obj.get("kind") == "Pod":
         return pod_fields_read(obj)
     meta = obj.get("metadata")
@@ -180,7 +181,7 @@ class _KindMirror:
         for index, obj in enumerate(objects, 1):
             key = self._key(obj)
             if key is not None:
-                held.setdefault(key.namespace, {})[key] = _storable(obj)
+                held.setdefault(key.namespace, {})[key] = obj
             if index % LIST_STEP == 0:
                 await asyncio.sleep(0)
         self.held = held
@@ -221,7 +222,7 @@ class _KindMirror:
             if not items:
                 del self.held[key.namespace]
         else:
-            items[key] = _storable(obj)
+            items[key] = obj
         if event_type != "DELETED" and self.in_scope(key.namespace):
             self.owned.add(key)
             self.store.apply([(key, items[key])])
@@ -394,6 +395,7 @@ class KubeSource:
                         timeout_seconds=self._timeout_seconds,
                         optional=entry.optional,
                         probe_interval=self._probe_interval,
+                        keep=_storable,
                     ),
                     name=f"watch {entry.name}",
                 )

@@ -173,6 +173,16 @@ class Backoff:
         self.attempts = 0
 
 
+Keep = Callable[[JsonObject], JsonObject]
+"""What of each listed or watched object the handler gets: a caller that reads a few fields of a large
+object keeps only those, before a list of tens of thousands of them is all in memory at once."""
+
+
+def as_listed(obj: JsonObject) -> JsonObject:
+    """The default `Keep`: the object whole."""
+    return obj
+
+
 def _complete(obj: JsonObject, resource: Resource) -> JsonObject:
     if "kind" not in obj or "apiVersion" not in obj:
         obj = {"apiVersion": resource.api_version, "kind": resource.kind, **obj}
@@ -180,9 +190,10 @@ def _complete(obj: JsonObject, resource: Resource) -> JsonObject:
 
 
 async def list_all(
-    api: KubeApi, resource: Resource, selection: Selection, *, page_size: int = 500
+    api: KubeApi, resource: Resource, selection: Selection, *, page_size: int = 500, keep: Keep = as_listed
 ) -> tuple[list[JsonObject], str]:
-    """All objects of a selection (following `continue` pages) and the list's resourceVersion.
+    """All objects of a selection (following `continue` pages), each as `keep` makes it as its page
+    arrives (so what it drops is freed page by page), and the list's resourceVersion.
 
     Raises WatchExpired when a continue token expired mid-list, ResourceNotServed for a 404,
     KubeApiError for other errors.
@@ -206,7 +217,7 @@ async def list_all(
         raw_items = page.get("items")
         if not isinstance(raw_items, list):
             raise KubeApiError(status=200, reason="BadResponse", message=f"list of {resource} has no items")
-        items.extend(_complete(item, resource) for item in raw_items if isinstance(item, dict))
+        items.extend(keep(_complete(item, resource)) for item in raw_items if isinstance(item, dict))
         meta = page.get("metadata") or {}
         token = str(meta.get("continue") or "")
         if not token:
@@ -220,8 +231,10 @@ async def watch_stream(
     *,
     resource_version: str,
     timeout_seconds: int,
+    keep: Keep = as_listed,
 ) -> AsyncIterator[WatchEvent]:
-    """One watch request from `resource_version`; ends when the server closes the stream.
+    """One watch request from `resource_version`; ends when the server closes the stream. Each event's
+    object is as `keep` makes it (a bookmark's as it came).
 
     Raises WatchExpired for a 410 (as an HTTP status or an ERROR event), KubeApiError for other
     errors, ValueError for a line that is not a watch event.
@@ -252,7 +265,7 @@ async def watch_stream(
                     raise error
                 if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                     raise ValueError(f"watch of {resource}: unknown event type {event_type!r}")
-                yield WatchEvent(event_type, obj if event_type == "BOOKMARK" else _complete(obj, resource))
+                yield WatchEvent(event_type, obj if event_type == "BOOKMARK" else keep(_complete(obj, resource)))
     except KubeApiError as exc:
         if exc.expired:
             raise WatchExpired(exc.message) from exc
@@ -268,6 +281,7 @@ async def continuous_watch(
     timeout_seconds: int = 300,
     on_healthy: Callable[[], None] = lambda: None,
     cursor: Cursor | None = None,
+    keep: Keep = as_listed,
 ) -> None:
     """List (unless `cursor` holds a resourceVersion), then watch from the cursor, forever.
 
@@ -278,7 +292,7 @@ async def continuous_watch(
     """
     cursor = cursor if cursor is not None else Cursor()
     if not cursor.resource_version:
-        objects, listed_at = await list_all(api, resource, selection)
+        objects, listed_at = await list_all(api, resource, selection, keep=keep)
         await handler.on_list(objects)
         cursor.resource_version = listed_at
         log.debug("listed %s (%s): %d objects at %s", resource, selection, len(objects), listed_at)
@@ -288,7 +302,12 @@ async def continuous_watch(
         delivered = False
         try:
             async for event in watch_stream(
-                api, resource, selection, resource_version=cursor.resource_version, timeout_seconds=timeout_seconds
+                api,
+                resource,
+                selection,
+                resource_version=cursor.resource_version,
+                timeout_seconds=timeout_seconds,
+                keep=keep,
             ):
                 if event.type != "BOOKMARK":
                     handler.on_event(event.type, event.object)
@@ -356,6 +375,7 @@ async def infinite_watch(
     sleep: Callable[[float], Any] = asyncio.sleep,
     optional: bool = False,
     probe_interval: float = 30.0,
+    keep: Keep = as_listed,
 ) -> None:
     """Keep `handler` in step with the selection until cancelled; never returns otherwise.
 
@@ -385,6 +405,7 @@ async def infinite_watch(
                 timeout_seconds=timeout,
                 on_healthy=healthy,
                 cursor=cursor,
+                keep=keep,
             )
         except WatchExpired as exc:
             log.info("watch of %s (%s) expired (%s); relisting", resource, selection, exc)

@@ -348,6 +348,26 @@ async def test_list_follows_continue_pages(kubesim: KubeSim, kube_api: KubeApi) 
     assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) == 3
 
 
+async def test_list_keeps_what_it_is_told_of_each_object_as_its_page_arrives(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    """A list of tens of thousands of large objects must not be all in memory whole: `keep` trims each
+    as its page comes in, before the next page is asked for."""
+    kubesim.create_object(namespace(CP_NS))
+    for i in range(7):
+        kubesim.create_object(configmap(f"cm-{i}", blob="x" * 1000))
+    path = CONFIGMAPS.path(CP_NS)
+    pages_asked: list[int] = []
+
+    def keep(obj: JsonObject) -> JsonObject:
+        pages_asked.append(len(requests_to(kubesim, path, watch=False)))
+        return {"kind": obj["kind"], "metadata": {"name": obj["metadata"]["name"]}}
+
+    objects, _ = await list_all(kube_api, CONFIGMAPS, Selection(namespace=CP_NS), page_size=3, keep=keep)
+    assert objects == [{"kind": "ConfigMap", "metadata": {"name": f"cm-{i}"}} for i in range(7)]
+    assert pages_asked == [1, 1, 1, 2, 2, 2, 3]
+
+
 class Recorder:
     def __init__(self) -> None:
         self.lists: list[list[str]] = []
