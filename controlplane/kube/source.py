@@ -32,6 +32,7 @@ registry reports the error). Namespaces and the control plane's ConfigMaps are n
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 from collections.abc import Callable, Sequence
@@ -176,7 +177,7 @@ class _KindMirror:
         work. Done in one go it would hold the event loop, and with it the webhook, the CA, xDS and
         `/ready`, for all that time. Between steps the store holds some objects as listed and the
         rest as they were, as during a run of watch events. Each step writes what the mirror wants
-        *then* (`_desired`), so a discovery scope changed between two steps is not undone."""
+        *then* (`desired`), so a discovery scope changed between two steps is not undone."""
         held: dict[str, dict[ObjectKey, Object]] = {}
         for index, obj in enumerate(objects, 1):
             key = self._key(obj)
@@ -193,7 +194,7 @@ class _KindMirror:
         for start in range(0, len(keys), LIST_STEP):
             if start:
                 await asyncio.sleep(0)
-            changes += len(self.store.apply([(key, self._desired(key)) for key in keys[start : start + LIST_STEP]]))
+            changes += len(self.store.apply([(key, self.desired(key)) for key in keys[start : start + LIST_STEP]]))
         self.lists += 1
         log.info(
             "listed %s: %d objects, %d in scope, %d changes",
@@ -207,7 +208,7 @@ class _KindMirror:
         if self.lists == 1:
             self._on_first_list()
 
-    def _desired(self, key: ObjectKey) -> Object | None:
+    def desired(self, key: ObjectKey) -> Object | None:
         """What the store should hold for `key` now: the held object if this mirror owns it, else nothing."""
         return self.held.get(key.namespace, {}).get(key) if key in self.owned else None
 
@@ -231,20 +232,21 @@ class _KindMirror:
             self.store.apply([(key, None)])
         self._on_change()
 
-    def rescope(self, old: DiscoveryScope, new: DiscoveryScope) -> list[tuple[ObjectKey, Object | None]]:
-        """The store changes that move this mirror from scope `old` to `new` (`owned` updated)."""
+    def rescope(self, old: DiscoveryScope, new: DiscoveryScope) -> list[ObjectKey]:
+        """The keys that move in or out of the store when the scope goes from `old` to `new` (`owned`
+        updated); the store gets each as `desired` says when it is written."""
         if not self.entry.discovery:
             return []
-        changes: list[tuple[ObjectKey, Object | None]] = []
+        moved: list[ObjectKey] = []
         for namespace, items in self.held.items():
             was, now = old.includes(namespace), new.includes(namespace)
             if now and not was:
-                changes.extend(items.items())
+                moved.extend(items)
                 self.owned.update(items)
             elif was and not now:
-                changes.extend((key, None) for key in items)
+                moved.extend(items)
                 self.owned.difference_update(items)
-        return changes
+        return moved
 
     def held_count(self) -> int:
         return sum(len(items) for items in self.held.values())
@@ -292,6 +294,8 @@ class KubeSource:
         self._scope = DiscoveryScope()
         self._mesh_seen: Object | None = None
         self._selectors: tuple[NamespaceSelector, ...] = ()
+        self._moved: collections.deque[tuple[_KindMirror, ObjectKey]] = collections.deque()  # for _write_moved
+        self._moved_waiting = asyncio.Event()
         self._mirrors = {
             entry.name: _KindMirror(
                 entry,
@@ -326,28 +330,46 @@ class KubeSource:
         return self._scope
 
     def _check_synced(self) -> None:
-        if self.synced and not self.store.synced:
+        """Mark the store synced once every entry has listed and what a rescope moved is written."""
+        if self.synced and not self._moved and not self.store.synced:
             self.store.mark_synced()
             log.info("kubernetes config source synced", extra={"kinds": len(self.kinds)})
 
     def _rescope(self) -> None:
-        """Re-decide the scope; apply what moves in or out of it to the store as one batch."""
+        """Re-decide the scope; write what moves in or out of it to the store, the first LIST_STEP
+        objects at once and the rest in steps (`_write_moved`), so a namespace of thousands of pods
+        relabelled into the selection does not hold the event loop."""
         new = self._decide()
         old, self._scope = self._scope, new
         if new == old:
             return
-        changes = [change for mirror in self._mirrors.values() for change in mirror.rescope(old, new)]
-        applied = self.store.apply(changes)
+        moved = [(mirror, key) for mirror in self._mirrors.values() for key in mirror.rescope(old, new)]
+        self.store.apply([(key, mirror.desired(key)) for mirror, key in moved[:LIST_STEP]])
+        if len(moved) > LIST_STEP:
+            self._moved.extend(moved[LIST_STEP:])
+            self._moved_waiting.set()
         if not new.selectors:
-            log.info("discovery scope: every namespace (no discoverySelectors); %d changes", len(applied))
+            log.info("discovery scope: every namespace (no discoverySelectors); %d objects move", len(moved))
         else:
             log.info(
-                "discovery scope: %d namespaces selected (added %s, removed %s); %d changes",
+                "discovery scope: %d namespaces selected (added %s, removed %s); %d objects move",
                 len(new.selected),
                 sorted(new.selected - old.selected),
                 sorted(old.selected - new.selected),
-                len(applied),
+                len(moved),
             )
+
+    async def _write_moved(self) -> None:
+        """Write the objects a rescope moved beyond its first step, LIST_STEP at a time, each as its
+        mirror wants it when written (a watch event for it meanwhile is not undone)."""
+        while True:
+            await self._moved_waiting.wait()
+            while self._moved:
+                step = [self._moved.popleft() for _ in range(min(LIST_STEP, len(self._moved)))]
+                self.store.apply([(key, mirror.desired(key)) for mirror, key in step])
+                await asyncio.sleep(0)
+            self._moved_waiting.clear()
+            self._check_synced()
 
     def _decide(self) -> DiscoveryScope:
         if not all(m.lists for m in (*self._namespaces, *self._mesh_sources)):
@@ -384,6 +406,7 @@ class KubeSource:
     async def run(self) -> None:
         """Watch every entry until cancelled (a watch loop only ends by cancellation)."""
         async with asyncio.TaskGroup() as group:
+            group.create_task(self._write_moved(), name="write rescoped objects")
             for entry in self.kinds:
                 group.create_task(
                     infinite_watch(

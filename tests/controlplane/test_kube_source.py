@@ -253,6 +253,39 @@ async def test_a_namespace_leaving_the_discovery_scope_during_a_relist_keeps_non
         assert [o["metadata"]["name"] for o in store.list("Service") if o["metadata"]["namespace"] == "late"] == []
 
 
+async def test_a_namespace_relabelled_into_the_discovery_scope_arrives_in_steps(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    """A namespace of thousands of objects selected at once must not hold the event loop until all are
+    in the store: after the first LIST_STEP they follow in steps, with other tasks running between."""
+    kubesim.create_object(namespace(CP_NS))
+    kubesim.create_object(namespace("bulk", mesh="off"))
+    count = 2 * LIST_STEP + 9
+    for i in range(count):
+        kubesim.create_object(service(f"svc-{i}", "bulk", "1"))
+    kubesim.create_object(configmap("istio", mesh='discoverySelectors:\n- matchLabels:\n    mesh: "on"\n'))
+    store = ConfigStore()
+    src = KubeSource(kube_api, store, namespace=CP_NS, backoff=lambda: Backoff(base=0.01, cap=0.05), timeout_seconds=30)
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    batches: list[tuple[int, int]] = []  # (ticker turns so far, services added) per store batch
+    store.subscribe(lambda events: batches.append((turns, sum(e.key.kind == "Service" for e in events))))
+    async with running(src.run()), running(ticker()):
+        await eventually(lambda: store.synced, what="first sync")
+        assert not store.list("Service")
+        kubesim.storage.write(kubesim.resource("namespaces"), namespace("bulk", mesh="on"), event_type="MODIFIED")
+        await eventually(lambda: len(store.list("Service")) == count, what="the namespace's services in the store")
+    steps = [(turn, added) for turn, added in batches if added]
+    assert [added for _, added in steps] == [LIST_STEP, LIST_STEP, 9], steps
+    assert all(later > earlier for (earlier, _), (later, _) in itertools.pairwise(steps)), steps
+
+
 async def test_pods_are_kept_as_the_model_reads_them_so_status_noise_changes_nothing(
     source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
 ) -> None:
