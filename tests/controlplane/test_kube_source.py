@@ -152,6 +152,28 @@ async def test_relists_after_expired_watch_and_drops_what_was_deleted_meanwhile(
     assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) > lists_before
 
 
+class StoreSteps:
+    """Which store batches other tasks ran between: `tick()` is a task that counts its turns of the event
+    loop; each batch that changes objects of `kind` is recorded with the turns counted so far."""
+
+    def __init__(self, store: ConfigStore, kind: str) -> None:
+        self.turns = 0
+        self.batches: list[tuple[int, int]] = []  # (turns so far, objects of `kind` changed)
+        store.subscribe(lambda events: self.batches.append((self.turns, sum(e.key.kind == kind for e in events))))
+
+    async def tick(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    def sizes(self) -> list[int]:
+        return [changed for _, changed in self.batches if changed]
+
+    def turned_between(self) -> bool:
+        turns = [turn for turn, changed in self.batches if changed]
+        return all(later > earlier for earlier, later in itertools.pairwise(turns))
+
+
 async def test_a_large_relist_goes_into_the_store_in_steps_with_the_event_loop_turning_between(
     source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
 ) -> None:
@@ -163,17 +185,7 @@ async def test_a_large_relist_goes_into_the_store_in_steps_with_the_event_loop_t
     for i in range(count):
         kubesim.create_object(configmap(f"bulk-{i}", v="1"))
     await eventually(lambda: store.get(cm_key(f"bulk-{count - 1}")), what="configmaps added")
-
-    turns = 0
-
-    async def ticker() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    batches: list[tuple[int, int]] = []  # (ticker turns so far, configmaps changed) per store batch
-    store.subscribe(lambda events: batches.append((turns, sum(e.key.kind == "ConfigMap" for e in events))))
+    steps = StoreSteps(store, "ConfigMap")
     # While the watch is down every configmap changes and the history is compacted: only a relist
     # brings the changes, all of them in one list.
     kubesim.close_watches()
@@ -183,15 +195,14 @@ async def test_a_large_relist_goes_into_the_store_in_steps_with_the_event_loop_t
         assert stored is not None
         kubesim.storage.write(resource, {**stored, "data": {"v": "2"}}, event_type="MODIFIED")
     kubesim.compact()
-    async with running(ticker()):
+    async with running(steps.tick()):
         await eventually(
             lambda: all((store.get(cm_key(f"bulk-{i}")) or {}).get("data") == {"v": "2"} for i in range(count)),
             what="the relist's changes in the store",
         )
-    steps = [(turn, changed) for turn, changed in batches if changed]
-    assert sum(changed for _, changed in steps) == count
-    assert len(steps) == 5 and max(changed for _, changed in steps) == LIST_STEP, steps
-    assert all(later > earlier for (earlier, _), (later, _) in itertools.pairwise(steps)), steps
+    assert sum(steps.sizes()) == count
+    assert len(steps.sizes()) == 5 and max(steps.sizes()) == LIST_STEP, steps.batches
+    assert steps.turned_between(), steps.batches
 
 
 def service(name: str, ns: str, version: str) -> dict[str, Any]:
@@ -266,24 +277,14 @@ async def test_a_namespace_relabelled_into_the_discovery_scope_arrives_in_steps(
     kubesim.create_object(configmap("istio", mesh='discoverySelectors:\n- matchLabels:\n    mesh: "on"\n'))
     store = ConfigStore()
     src = KubeSource(kube_api, store, namespace=CP_NS, backoff=lambda: Backoff(base=0.01, cap=0.05), timeout_seconds=30)
-    turns = 0
-
-    async def ticker() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    batches: list[tuple[int, int]] = []  # (ticker turns so far, services added) per store batch
-    store.subscribe(lambda events: batches.append((turns, sum(e.key.kind == "Service" for e in events))))
-    async with running(src.run()), running(ticker()):
+    steps = StoreSteps(store, "Service")
+    async with running(src.run()), running(steps.tick()):
         await eventually(lambda: store.synced, what="first sync")
         assert not store.list("Service")
         kubesim.storage.write(kubesim.resource("namespaces"), namespace("bulk", mesh="on"), event_type="MODIFIED")
         await eventually(lambda: len(store.list("Service")) == count, what="the namespace's services in the store")
-    steps = [(turn, added) for turn, added in batches if added]
-    assert [added for _, added in steps] == [LIST_STEP, LIST_STEP, 9], steps
-    assert all(later > earlier for (earlier, _), (later, _) in itertools.pairwise(steps)), steps
+    assert steps.sizes() == [LIST_STEP, LIST_STEP, 9], steps.batches
+    assert steps.turned_between(), steps.batches
 
 
 async def test_pods_are_kept_as_the_model_reads_them_so_status_noise_changes_nothing(
