@@ -101,12 +101,17 @@ class Selection:
 
 @dataclass(frozen=True)
 class WatchEvent:
+    """One watch event. `object` is as the watch's `keep` made it; `resource_version` is the server's,
+    read before `keep` ran (a kept Pod has none), so the resume point moves with every event."""
+
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
     object: JsonObject
+    resource_version: str
 
-    @property
-    def resource_version(self) -> str:
-        return str((self.object.get("metadata") or {}).get("resourceVersion") or "")
+    @classmethod
+    def of(cls, event_type: str, obj: JsonObject, keep: Keep) -> WatchEvent:
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        return cls(event_type, obj if event_type == "BOOKMARK" else keep(obj), rv)
 
 
 class WatchExpired(Exception):
@@ -265,7 +270,7 @@ async def watch_stream(
                     raise error
                 if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                     raise ValueError(f"watch of {resource}: unknown event type {event_type!r}")
-                yield WatchEvent(event_type, obj if event_type == "BOOKMARK" else keep(_complete(obj, resource)))
+                yield WatchEvent.of(event_type, obj if event_type == "BOOKMARK" else _complete(obj, resource), keep)
     except KubeApiError as exc:
         if exc.expired:
             raise WatchExpired(exc.message) from exc

@@ -14,7 +14,7 @@ import pytest
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
 from controlplane.kube.source import CONFIGMAPS, LIST_STEP, NAMESPACES, SERVICES, KubeSource, Scope, WatchedKind
-from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch, list_all
+from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch, list_all, watch_stream
 from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from controlplane.settings import SettingsError
 from tests.kubesim.fixtures import (  # noqa: F401
@@ -400,6 +400,33 @@ async def test_list_keeps_what_it_is_told_of_each_object_as_its_page_arrives(
     objects, _ = await list_all(kube_api, CONFIGMAPS, Selection(namespace=CP_NS), page_size=3, keep=keep)
     assert objects == [{"kind": "ConfigMap", "metadata": {"name": f"cm-{i}"}} for i in range(7)]
     assert pages_asked == [1, 1, 1, 2, 2, 2, 3]
+
+
+async def test_a_watch_resumes_after_the_last_event_even_when_keep_drops_its_resource_version(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    """The kube source keeps no resourceVersion of a Pod; the watch must still resume after the last
+    Pod event it took, not at the last bookmark (a replay of everything since, or a relist after 410)."""
+    kubesim.create_object(namespace(CP_NS))
+    _, listed_at = await list_all(kube_api, CONFIGMAPS, Selection(namespace=CP_NS))
+    for i in range(3):
+        kubesim.create_object(configmap(f"cm-{i}"))
+
+    def keep(obj: JsonObject) -> JsonObject:
+        return {"kind": obj["kind"], "metadata": {"name": obj["metadata"]["name"]}}
+
+    seen: list[tuple[str, str]] = []
+    stream = watch_stream(
+        kube_api, CONFIGMAPS, Selection(namespace=CP_NS), resource_version=listed_at, timeout_seconds=5, keep=keep
+    )
+    async for event in stream:
+        if event.type != "BOOKMARK":
+            seen.append((event.object["metadata"]["name"], event.resource_version))
+        if len(seen) == 3:
+            break
+    await stream.aclose()
+    stored = [kubesim.storage.get(kubesim.resource("configmaps"), CP_NS, f"cm-{i}") for i in range(3)]
+    assert seen == [(f"cm-{i}", obj["metadata"]["resourceVersion"]) for i, obj in enumerate(stored) if obj]
 
 
 class Recorder:
