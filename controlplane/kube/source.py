@@ -43,6 +43,7 @@ from controlplane.kube.client import JsonObject, KubeApi
 from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch
 from controlplane.model.fields import ObjectError
 from controlplane.model.meshconfig import MeshConfig, NamespaceSelector, selects
+from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
 from controlplane.model.workloads import pod_fields_read
 
@@ -116,7 +117,8 @@ DEFAULT_KINDS: tuple[WatchedKind, ...] = (
 def _storable(obj: JsonObject) -> JsonObject:
     """The object as the store keeps it, made so as each list page or watch event arrives (the watches'
     `keep`): of a Pod what the model reads (`pod_fields_read`); of the others all but managedFields
-    (large, and nothing reads them)."""
+    (large, and nothing reads them). The mirrors then hold it packed (`controlplane.model.packed`):
+    one object to the garbage collector, however large."""
     if obj.get("kind") == "Pod":
         return pod_fields_read(obj)
     meta = obj.get("metadata")
@@ -182,7 +184,7 @@ class _KindMirror:
         for index, obj in enumerate(objects, 1):
             key = self._key(obj)
             if key is not None:
-                held.setdefault(key.namespace, {})[key] = obj
+                held.setdefault(key.namespace, {})[key] = pack(obj)
             if index % LIST_STEP == 0:
                 await asyncio.sleep(0)
         self.held = held
@@ -223,7 +225,7 @@ class _KindMirror:
             if not items:
                 del self.held[key.namespace]
         else:
-            items[key] = obj
+            items[key] = pack(obj)
         if event_type != "DELETED" and self.in_scope(key.namespace):
             self.owned.add(key)
             self.store.apply([(key, items[key])])

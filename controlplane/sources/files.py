@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
 from controlplane.sources.kinds import FieldError, UnknownKind, check_document
 
@@ -145,7 +146,7 @@ def parse_documents(data: bytes, *, label: str) -> Parsed:
                 problems.append(DocumentProblem(label, index, "metadata.name", f"{key} is defined twice in this file"))
                 usable = False
                 continue
-            objects[key] = obj
+            objects[key] = pack(obj)  # one object to the garbage collector, however large
     return objects, problems, usable
 
 

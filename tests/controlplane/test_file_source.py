@@ -1,3 +1,4 @@
+import datetime
 import os
 import pathlib
 import shutil
@@ -7,6 +8,7 @@ import textwrap
 import pytest
 import yaml
 
+from controlplane.model.packed import PackedObject
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from controlplane.sources.files import FileSource
@@ -91,6 +93,19 @@ def test_multi_document_files_fill_the_store_at_the_first_scan(tmp_path: pathlib
     assert source.store.get(ObjectKey("Namespace", "", "a")) is not None
     cm = source.store.get(ObjectKey("ConfigMap", "istio-system", "istio"))
     assert cm is not None and cm["data"]["mesh"] == "trustDomain: cluster.local"
+
+
+def test_objects_are_held_packed_unless_json_text_cannot_hold_them(tmp_path: pathlib.Path, source: FileSource) -> None:
+    """Packed, a config object is one object to the garbage collector; a YAML timestamp is no JSON
+    value, so a document holding one is kept as parsed, never changed into a string."""
+    write(tmp_path / "mesh.yaml", NS_A + "---\n" + CM)
+    dated_doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: d, creationTimestamp: 2026-12-01}\ndata: {}\n"
+    write(tmp_path / "dated.yaml", dated_doc)
+    source.scan()
+    assert isinstance(source.store.get(ObjectKey("ConfigMap", "istio-system", "istio")), PackedObject)
+    dated = source.store.get(ObjectKey("ConfigMap", "default", "d"))
+    assert dated is not None and not isinstance(dated, PackedObject)
+    assert dated["metadata"]["creationTimestamp"] == datetime.date(2026, 12, 1)
 
 
 def test_namespaced_document_without_namespace_lands_in_default(tmp_path: pathlib.Path, source: FileSource) -> None:

@@ -15,6 +15,7 @@ import pytest
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
 from controlplane.kube.source import CONFIGMAPS, LIST_STEP, NAMESPACES, SERVICES, KubeSource, Scope, WatchedKind
 from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch, list_all, watch_stream
+from controlplane.model.packed import PackedObject
 from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from controlplane.settings import SettingsError
 from tests.kubesim.fixtures import (  # noqa: F401
@@ -310,6 +311,7 @@ async def test_pods_are_kept_as_the_model_reads_them_so_status_noise_changes_not
     kubesim.create_object(pod)
     key = ObjectKey("Pod", "shop", "web-1")
     await eventually(lambda: store.get(key), what="pod in the store")
+    assert isinstance(store.get(key), PackedObject)  # one object to the garbage collector
     assert store.get(key) == {
         "apiVersion": "v1",
         "kind": "Pod",

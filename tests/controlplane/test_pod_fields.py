@@ -12,6 +12,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from controlplane.model.fields import ObjectError
+from controlplane.model.packed import pack
 from controlplane.model.workloads import Workload, pod_fields_read
 
 names = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
@@ -102,6 +103,7 @@ def test_the_model_reads_the_same_from_the_trimmed_pod_as_from_the_whole_one(obj
     whole = outcome(obj)
     event("parsed" if isinstance(whole, Workload) else "refused")
     assert outcome(pod_fields_read(obj)) == whole
+    assert outcome(pack(pod_fields_read(obj))) == whole  # as the kube source holds it
 
 
 def test_what_the_model_never_reads_is_dropped() -> None:
