@@ -2,7 +2,8 @@
 
 Both config sources (a YAML directory in local mode, Kubernetes informers) write here through the
 same two calls, so everything downstream sees one stream of `ConfigEvent`s whatever the source.
-Objects are plain JSON-like dicts; the store treats them as immutable once written.
+Objects are JSON-like mappings (plain dicts, or packed as the config sources hold them:
+`controlplane.model.packed`); the store treats them as immutable once written.
 """
 
 from __future__ import annotations
