@@ -108,6 +108,10 @@ class ConfigStore:
             elif old != new:
                 self._objects[key] = new
                 events.append(ConfigEvent(EventType.MODIFIED, key, old, new))
+            else:
+                # equal, no event; hold the source's newest copy so the old one is freed (a relist, or
+                # a re-read file, would otherwise leave every unchanged object in memory twice)
+                self._objects[key] = new
         if events:
             self._notify(events)
         return events

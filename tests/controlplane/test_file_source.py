@@ -1,4 +1,5 @@
 import datetime
+import gc
 import os
 import pathlib
 import shutil
@@ -106,6 +107,27 @@ def test_objects_are_held_packed_unless_json_text_cannot_hold_them(tmp_path: pat
     dated = source.store.get(ObjectKey("ConfigMap", "default", "d"))
     assert dated is not None and not isinstance(dated, PackedObject)
     assert dated["metadata"]["creationTimestamp"] == datetime.date(2026, 12, 1)
+
+
+def test_an_edited_file_leaves_one_copy_of_each_unchanged_object_in_memory(tmp_path: pathlib.Path) -> None:
+    """Editing one object of a large file re-reads all of them; the unchanged ones must not stay in
+    memory twice (the store's old copy beside the file's new one)."""
+    count = 200
+    configmaps = [
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: shop}}\ndata: {{v: '{i}'}}\n"
+        for i in range(count)
+    ]
+    path = tmp_path / "many.yaml"
+    source = FileSource(tmp_path, ConfigStore())
+    write(path, "---\n".join(configmaps))
+    source.scan()
+    write(path, "---\n".join([configmaps[0].replace("v: '0'", "v: 'edited'"), *configmaps[1:]]))
+    source.scan()
+    source.scan()  # the edit has settled
+    edited = source.store.get(ObjectKey("ConfigMap", "shop", "cm-0"))
+    assert edited is not None and edited["data"] == {"v": "edited"}
+    gc.collect()
+    assert sum(isinstance(o, PackedObject) for o in gc.get_objects()) == count
 
 
 def test_namespaced_document_without_namespace_lands_in_default(tmp_path: pathlib.Path, source: FileSource) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import pathlib
 from collections.abc import AsyncIterator, Sequence
@@ -151,6 +152,32 @@ async def test_relists_after_expired_watch_and_drops_what_was_deleted_meanwhile(
     kubesim.compact()
     await eventually(lambda: store.get(cm_key("doomed")) is None, what="relist dropped the configmap")
     assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) > lists_before
+
+
+async def test_a_relist_of_unchanged_objects_leaves_one_copy_of_each_in_memory(
+    source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
+) -> None:
+    """A relist brings a new copy of every object; where nothing changed, the store must let go of
+    its old copy (40,000 pods would otherwise be held twice after every relist)."""
+    src, store = source
+    count = 50
+    for i in range(count):
+        kubesim.create_object(configmap(f"relisted-{i}"))
+    await eventually(lambda: store.get(cm_key(f"relisted-{count - 1}")), what="configmaps added")
+    entry = next(name for name in src.describe() if name.startswith("configmaps@control-plane"))
+    lists_before = src.describe()[entry]["lists"]
+    # Nothing here awaits, so no watch reconnects before the history it would resume from is gone.
+    kubesim.close_watches()
+    kubesim.create_object(configmap("written-while-down"))
+    kubesim.compact()
+    await eventually(lambda: src.describe()[entry]["lists"] > lists_before, what="relist")
+    gc.collect()
+    copies = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, PackedObject) and str(o["metadata"].get("name", "")).startswith("relisted-")
+    ]
+    assert len(copies) == count
 
 
 class StoreSteps:

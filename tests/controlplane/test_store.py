@@ -22,6 +22,20 @@ def test_apply_reports_only_real_changes_in_one_batch() -> None:
     assert batches[1][0].old == ns("a") and batches[1][0].new == ns("a", team="x")
 
 
+def test_an_equal_object_replaces_the_held_copy_without_an_event() -> None:
+    """A source that re-reads an unchanged object (a relist, a re-read file) holds its new copy; the
+    store must hold that one too, or every unchanged object stays in memory twice."""
+    store = ConfigStore()
+    events: list[ConfigEvent] = []
+    store.subscribe(events.extend)
+    a = ObjectKey("Namespace", "", "a")
+    store.apply([(a, ns("a"))])
+    again = ns("a")
+    assert store.apply([(a, again)]) == []
+    assert store.get(a) is again
+    assert [e.type for e in events] == [EventType.ADDED]
+
+
 def test_replace_kind_deletes_what_the_relist_no_longer_has() -> None:
     store = ConfigStore()
     store.replace_kind("Namespace", [ns("a"), ns("b")])
