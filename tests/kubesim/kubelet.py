@@ -67,8 +67,9 @@ class _Cache:
         return self.objects.get((namespace, name))
 
     async def on_list(self, objects: Sequence[Obj]) -> None:
-        gone = [o for k, o in self.objects.items() if k not in {self._key(n) for n in objects}]
-        self.objects = {self._key(o): o for o in objects}
+        fresh = {self._key(o): o for o in objects}
+        gone = [o for k, o in self.objects.items() if k not in fresh]
+        self.objects = fresh
         self.synced.set()
         for obj in [*gone, *objects]:
             self._on_change(obj)
