@@ -1,7 +1,7 @@
 """How many xDS streams one client may keep open at once.
 
-Every stream holds memory, however little it asks for: its task, the requests read ahead of it (up
-to `StreamLimits.inbox_bytes`), its subscriptions (up to `names_per_stream`) and gRPC's buffers.
+Every stream holds memory, however little it asks for: gRPC's call state and buffers, the request
+it is handling, and its subscriptions (up to `names_per_stream`).
 `StreamLimits` bounds one stream; `OpenStreams` bounds how many one client holds, on both xDS ports
 together, so that what a client without credentials can make the server hold is bounded as a whole.
 
@@ -13,9 +13,6 @@ The table holds only clients that have streams open. Not thread-safe: one event 
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import grpc
 
@@ -39,10 +36,9 @@ class OpenStreams:
         """Clients with at least one stream open."""
         return len(self._open)
 
-    @contextlib.contextmanager
-    def held(self, client: str) -> Iterator[None]:
-        """Count one stream of `client` while the block runs; raises StreamRefused on entry if it has
-        `per_client` open already."""
+    def open(self, client: str) -> None:
+        """Count one more stream of `client`; raises StreamRefused if it has `per_client` open already.
+        Each `open` that returns must be matched by one `close`."""
         count = self.of(client)
         if count >= self.per_client:
             raise StreamRefused(
@@ -52,11 +48,11 @@ class OpenStreams:
                 "no longer uses, or raise the limit if many proxies share this address",
             )
         self._open[client] = count + 1
-        try:
-            yield
-        finally:
-            left = self._open[client] - 1
-            if left:
-                self._open[client] = left
-            else:
-                del self._open[client]
+
+    def close(self, client: str) -> None:
+        """Count one stream of `client` fewer."""
+        left = self._open[client] - 1
+        if left:
+            self._open[client] = left
+        else:
+            del self._open[client]

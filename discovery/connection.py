@@ -44,8 +44,11 @@ class Decision(enum.Enum):
         return self in (Decision.INITIAL, Decision.RECONNECT, Decision.NAMES_CHANGED)
 
 
+NO_VERSIONS: Mapping[str, str] = MappingProxyType({})  # shared: thousands of streams hold an empty one per type
+
+
 def _empty_versions() -> Mapping[str, str]:
-    return MappingProxyType({})
+    return NO_VERSIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,8 +87,7 @@ class StreamLimits:
     `resource_names_subscribe` + `resource_names_unsubscribe` + `initial_resource_versions`).
     `names_per_stream`: subscribed names over all types of one stream. Both: RESOURCE_EXHAUSTED.
     `node_metadata_bytes` / `node_id_bytes`: serialized size of `node.metadata` / length of `node.id`
-    in the first request: INVALID_ARGUMENT. `inbox_bytes`: requests read ahead of the stream's task
-    (one larger request is still read when the inbox is empty). `streams_per_client`: streams one client
+    in the first request: INVALID_ARGUMENT. `streams_per_client`: streams one client
     address may have open at once, both ports together (`discovery.clients`): RESOURCE_EXHAUSTED.
     """
 
@@ -94,7 +96,6 @@ class StreamLimits:
     streams_per_client: int = 100
     node_metadata_bytes: int = 64 * 1024
     node_id_bytes: int = 1024
-    inbox_bytes: int = 8 * 1024 * 1024
 
 
 class LogThrottle:
@@ -263,7 +264,13 @@ class Connection:
     watched: dict[str, Watched] = field(default_factory=dict)
     pushes: int = 0
     nacks: int = 0
-    throttle: LogThrottle = field(default_factory=LogThrottle)  # repeated warnings about this stream
+    throttle: LogThrottle | None = None  # repeated warnings about this stream, from the first (`warnings`)
+
+    def warnings(self) -> LogThrottle:
+        """The stream's log throttle, made when it first warns (most streams never do)."""
+        if self.throttle is None:
+            self.throttle = LogThrottle()
+        return self.throttle
 
     def status(self) -> dict[str, SyncStatus]:
         return {type_url: sync_status(w) for type_url, w in self.watched.items()}

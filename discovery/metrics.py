@@ -195,7 +195,7 @@ class StreamHooks:
     def closed(self, conn: Connection) -> None:
         connections.dec()
         extra: dict[str, object] = {"proxy": clip(conn.proxy.id), "conn": clip(conn.id)}
-        held = conn.throttle.held()
+        held = conn.throttle.held() if conn.throttle is not None else 0
         if held:
             extra["suppressed_warnings"] = held
         log.info("xDS stream closed", extra=extra)
@@ -205,7 +205,7 @@ class StreamHooks:
 
     def nack(self, conn: Connection, type_url: str, error: str) -> None:
         rejects.inc(kind(type_url))
-        held = conn.throttle.allow(f"nack {kind(type_url)}")
+        held = conn.warnings().allow(f"nack {kind(type_url)}")
         if held is None:
             return
         log.warning(
@@ -215,7 +215,7 @@ class StreamHooks:
 
     def unknown_type(self, conn: Connection, type_url: str) -> None:
         unknown_types.inc(unknown_label(type_url))
-        held = conn.throttle.allow("unknown type")
+        held = conn.warnings().allow("unknown type")
         if held is None:
             return
         log.warning(

@@ -24,7 +24,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from controlplane.model import names
-from controlplane.model.fields import ObjectError
+from controlplane.model.fields import EMPTY_LABELS, ObjectError, empty_labels
 
 DEFAULT_LOOPBACK = "127.0.0.1"
 MAX_INSTANCE_IPS = 64
@@ -48,7 +48,7 @@ class Proxy:
     pod_name: str
     namespace: str
     dns_domain: str
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    labels: Mapping[str, str] = field(default_factory=empty_labels)
     service_account: str = ""
     interception_mode: InterceptionMode = InterceptionMode.REDIRECT
     generator: str = ""
@@ -138,7 +138,7 @@ def parse_node(node: Any) -> Proxy:
         pod_name=pod_name,
         namespace=namespace,
         dns_domain=domain,
-        labels=MappingProxyType({str(k): str(v) for k, v in raw_labels.items()}),
+        labels=MappingProxyType({str(k): str(v) for k, v in raw_labels.items()}) if raw_labels else EMPTY_LABELS,
         service_account=service_account,
         interception_mode=mode,
         generator=_text(metadata, "GENERATOR"),

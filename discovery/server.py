@@ -16,7 +16,8 @@ node parsed. Status details are cut to `metrics.TEXT_LIMIT` characters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -26,14 +27,12 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.peers import client_of_peer
 from discovery.delta import DeltaStream
 from discovery.metrics import HOOKS, clip
-from discovery.proxy import Proxy
 from discovery.service import DiscoveryService
 from discovery.sotw import SotwStream
-from discovery.stream import StreamBase, StreamRefused
+from discovery.stream import NO_IDENTITY, StreamBase, StreamRefused
 from discovery.wire import RequestReader
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-NO_IDENTITY = "the secure xDS port needs a client certificate with a SPIFFE identity"
 
 
 def _raw(payload: bytes) -> bytes:
@@ -68,26 +67,6 @@ def peer_spiffe_ids(context: Context) -> list[str]:
     return ids
 
 
-def check_identity(proxy: Proxy, identities: Sequence[str]) -> str:
-    """The identity that matches the proxy; raises `StreamRefused` if none does."""
-    if not identities:
-        raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
-    if not proxy.service_account:
-        raise StreamRefused(
-            grpc.StatusCode.PERMISSION_DENIED, "node.metadata.SERVICE_ACCOUNT is required on the secure xDS port"
-        )
-    for identity in identities:
-        parts = identity.removeprefix("spiffe://").split("/")
-        claimed = (proxy.namespace, proxy.service_account)
-        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" and (parts[2], parts[4]) == claimed:
-            return identity
-    raise StreamRefused(
-        grpc.StatusCode.PERMISSION_DENIED,
-        f"client certificate identity {', '.join(identities)} does not match the node's namespace "
-        f"{proxy.namespace!r} and service account {proxy.service_account!r}",
-    )
-
-
 class AdsServer:
     """Registers ADS on a grpc.aio server. One instance per port (plaintext or secure).
 
@@ -113,44 +92,34 @@ class AdsServer:
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._sotw,
+                functools.partial(self._run, SotwStream),
                 request_deserializer=RequestReader(discovery_pb2.DiscoveryRequest, self.service.limits),
                 response_serializer=_raw,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._delta,
+                functools.partial(self._run, DeltaStream),
                 request_deserializer=RequestReader(discovery_pb2.DeltaDiscoveryRequest, self.service.limits),
                 response_serializer=_raw,
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
-    async def _sotw(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await self._run(SotwStream, requests, context)
-
-    async def _delta(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await self._run(DeltaStream, requests, context)
-
-    async def _run(
-        self,
-        kind: type[StreamBase[Any]],
-        requests: AsyncIterator[Any],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        identities: Sequence[str] = ()
-
-        async def authorize(proxy: Proxy) -> str | None:
-            return check_identity(proxy, identities) if self.secure else None
-
+    async def _run(self, kind: type[StreamBase[Any]], requests: object, context: Context) -> None:
+        """Serve one ADS call. The stream reads with `context.read()` (gRPC's request iterator, `requests`,
+        is not used: iterating it would keep one more generator per stream alive)."""
         peer = self.peer_name(context)
+        client = client_of_peer(peer)
         try:
-            with self.service.open_streams.held(client_of_peer(peer)):  # first: a refusal costs nothing more
+            self.service.open_streams.open(client)  # first: a refusal costs nothing more
+            try:
+                identities: Sequence[str] | None = None
                 if self.secure:
                     identities = await self.identify(context)  # before anything the client sent is parsed
                     if not identities:
                         raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
-                stream = kind(self.service, requests=requests, write=context.write, peer=peer, authorize=authorize)
-                await stream.serve()
+                await kind(self.service, transport=context, peer=peer).serve(identities)
+            finally:
+                self.service.open_streams.close(client)
         except StreamRefused as exc:
             HOOKS.rejected_stream(peer, exc.code, exc.details)
             await context.abort(exc.code, clip(exc.details))

@@ -1,12 +1,17 @@
-"""What SotW and Delta streams share: the request inbox, the push slot, and the serving loop.
+"""What SotW and Delta streams share: reading requests, the push slot, and whose turn it is.
 
-One task per stream runs `serve()`: it reads the first request (which must carry the node), then
-handles requests and pushes one at a time, so a stream's state is only touched by its own task.
-A reader task moves client requests into an inbox bounded by count and bytes (a client that
-floods requests is slowed by gRPC flow control, not buffered). Pushes arrive through `push()`,
+The gRPC handler's task runs `serve()`: it reads the first request (which must carry the node), then
+reads and handles one request at a time, reading the next only when the last is handled (a client
+that floods requests is slowed by gRPC flow control, not buffered). Pushes arrive through `push()`,
 which merges into a single pending slot: however many changes happen while the stream is busy
 writing to a slow client, it holds at most one pending request, and the next push is generated
-from the newest snapshot.
+from the newest snapshot. A pending push is sent by a task that exists only while pushes are
+pending. Handling a request and sending a push take turns (`_turn`, first come first served), so a
+stream's state is only touched by one of them at a time.
+
+A stream at rest is a few objects (the stream, its connection and per-type state, gRPC's own call
+state): no task of its own and no queues, so that what the collector walks grows as little as it
+can with the number of proxies (`bench/xds` reports tracked objects per stream).
 
 What a client can make a stream hold is bounded (`StreamLimits`, from the service): names per
 request (checked before the request is parsed, `discovery.wire`, which hands the stream the
@@ -20,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import grpc
 
 from controlplane.model.registry import MeshSnapshot
+from controlplane.model.workloads import Workload
 from discovery.connection import Connection, Decision, StreamLimits, Watched
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
 from discovery.metrics import HOOKS, clip
@@ -38,8 +43,7 @@ if TYPE_CHECKING:
     from discovery.service import DiscoveryService
 
 R = TypeVar("R")
-INBOX_LIMIT = 64
-_EOF = object()
+NO_IDENTITY = "the secure xDS port needs a client certificate with a SPIFFE identity"
 
 
 def error_detail(request: Any) -> str | None:
@@ -79,36 +83,53 @@ class StreamRefused(Exception):
         self.details = details
 
 
-Write = Callable[[bytes], Awaitable[None]]
-Authorize = Callable[[Proxy], Awaitable[str | None]]  # raises StreamRefused; returns the caller identity if any
+def check_identity(proxy: Proxy, identities: Sequence[str]) -> str:
+    """The caller identity that matches the proxy's namespace and service account; raises
+    `StreamRefused` (UNAUTHENTICATED without one, else PERMISSION_DENIED) if none does."""
+    if not identities:
+        raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
+    if not proxy.service_account:
+        raise StreamRefused(
+            grpc.StatusCode.PERMISSION_DENIED, "node.metadata.SERVICE_ACCOUNT is required on the secure xDS port"
+        )
+    for identity in identities:
+        parts = identity.removeprefix("spiffe://").split("/")
+        claimed = (proxy.namespace, proxy.service_account)
+        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" and (parts[2], parts[4]) == claimed:
+            return identity
+    raise StreamRefused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"client certificate identity {', '.join(identities)} does not match the node's namespace "
+        f"{proxy.namespace!r} and service account {proxy.service_account!r}",
+    )
+
+
+class Transport(Protocol):
+    """One gRPC call as a stream uses it (a `grpc.aio.ServicerContext`): `read()` returns the next
+    request (or the `StreamRefused` that `discovery.wire` put in its place), or `grpc.aio.EOF`."""
+
+    async def read(self) -> Any: ...
+
+    async def write(self, message: Any) -> None: ...
 
 
 class StreamBase(Generic[R]):
     delta = False
 
-    def __init__(
-        self,
-        service: DiscoveryService,
-        *,
-        requests: AsyncIterator[R],
-        write: Write,
-        peer: str,
-        authorize: Authorize,
-    ) -> None:
+    def __init__(self, service: DiscoveryService, *, transport: Transport, peer: str) -> None:
         self.service = service
-        self._requests = requests
-        self._write = write
+        self._transport = transport
         self.peer = peer
-        self._authorize = authorize
         self.limits: StreamLimits = service.limits
-        self._inbox: deque[Any] = deque()
-        self._inbox_bytes = 0
-        self._wake = asyncio.Event()
-        self._space = asyncio.Event()
+        self._turn = asyncio.Lock()
         self._pending: PushRequest | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._pusher: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None  # what ended the pusher; `serve` raises it
+        self._task: asyncio.Task[Any] | None = None
         self._view: ProxyView | None = None
-        self._view_key: tuple[tuple[int, int, int], tuple[Any, ...]] | None = None
+        self._view_versions: tuple[int, int, int] | None = None
+        self._view_workloads: tuple[Workload | None, ...] = ()
         self.conn: Connection | None = None
         self.table: Mapping[str, Generator] = {}
         self.closed = False
@@ -153,105 +174,81 @@ class StreamBase(Generic[R]):
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------------
-    async def serve(self) -> None:
-        """Run the stream until the client goes away.
+    async def serve(self, identities: Sequence[str] | None = None) -> None:
+        """Run the stream until the client goes away. `identities`: the caller's verified identities on
+        the secure port, one of which must match the node (`check_identity`); None where no port
+        authenticates.
 
-        Raises `StreamRefused` for a bad first request and for a request over the stream's limits."""
-        proxy = await self._open()
-        if proxy is None:
+        Raises `StreamRefused` for a bad first request, a caller the node does not match, and a
+        request over the stream's limits."""
+        first = await self._read()
+        if first is None:
             return
-        identity = await self._authorize(proxy)
+        proxy = self._open(first)
         self.conn = Connection(
             id=self.service.connection_id(proxy),
             proxy=proxy,
             peer=self.peer,
             connected_at=time.time(),
             delta=self.delta,
-            identity=identity,
+            identity=None if identities is None else check_identity(proxy, identities),
         )
+        del identities
         self.table = table_for(proxy)
         self.service.register(self)
         HOOKS.opened(self.conn)
-        reader = asyncio.create_task(self._read(), name=f"xds-read-{self.conn.id}")
+        self._task = asyncio.current_task()
+        request: R | None = first
+        del first
         try:
-            await self._loop()
+            while request is not None:
+                async with self._turn:
+                    await self.handle(request)
+                request = None  # not kept while the next is awaited
+                request = await self._read()
+        except asyncio.CancelledError:
+            if self._failure is not None:  # the pusher failed and ended the stream
+                raise self._failure from None
+            raise
         finally:
             self.closed = True
-            reader.cancel()
+            if self._pusher is not None:
+                self._pusher.cancel()
             self.service.unregister(self)
-            self._release_waiters()
-            self._inbox.clear()
-            self._pending = self._view = self._view_key = None
+            self._release(self._waiters)
+            self._pending = self._waiters = self._view = self._view_versions = self._task = None
+            self._view_workloads = ()
             HOOKS.closed(self.conn)
 
-    async def _open(self) -> Proxy | None:
-        """Read the first request, check and parse its node, and queue the request; None if the client left."""
+    async def _read(self) -> R | None:
+        """The next request, or None once the client is done or the call broke. Raises the
+        `StreamRefused` that a request over a limit earned (it was never parsed: `discovery.wire`)."""
         try:
-            first = await anext(self._requests)
-        except StopAsyncIteration:
-            return None
-        if isinstance(first, StreamRefused):
-            raise first
-        node = self.node_of(first)
-        check_node_size(node, self.limits)
-        try:
-            proxy = parse_node(node)
-        except NodeError as exc:
-            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        self._queue(first)
-        return proxy
-
-    def _queue(self, request: Any) -> None:
-        if request is not _EOF and not isinstance(request, StreamRefused):
-            self._inbox_bytes += request.ByteSize()
-        self._inbox.append(request)
-        self._wake.set()
-
-    def _full(self) -> bool:
-        return bool(self._inbox) and (len(self._inbox) >= INBOX_LIMIT or self._inbox_bytes >= self.limits.inbox_bytes)
-
-    async def _read(self) -> None:
-        try:
-            async for request in self._requests:
-                while self._full():
-                    self._space.clear()
-                    await self._space.wait()
-                self._queue(request)
+            request = await self._transport.read()
         except asyncio.CancelledError:
             raise
         except Exception:
-            pass  # the stream broke; the loop ends below
-        self._queue(_EOF)
+            return None  # the call broke; the stream ends
+        if request is grpc.aio.EOF:  # type: ignore[attr-defined]  # (not in the type stubs)
+            return None
+        if isinstance(request, StreamRefused):
+            raise request
+        return request  # type: ignore[no-any-return]
 
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._inbox:
-                request = self._inbox.popleft()
-                if request is _EOF:
-                    return
-                if isinstance(request, StreamRefused):  # over a limit, so never parsed (`discovery.wire`)
-                    raise request
-                self._inbox_bytes -= request.ByteSize()
-                self._space.set()
-                await self.handle(request)
-                del request
-            if self._pending is not None:
-                request, self._pending = self._pending, None
-                waiters, self._waiters = self._waiters, []
-                try:
-                    await self._push(request)
-                finally:
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
+    def _open(self, first: R) -> Proxy:
+        """Check and parse the first request's node."""
+        node = self.node_of(first)
+        check_node_size(node, self.limits)
+        try:
+            return parse_node(node)
+        except NodeError as exc:
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
-    def _release_waiters(self) -> None:
-        for waiter in self._waiters:
+    @staticmethod
+    def _release(waiters: list[asyncio.Future[None]] | None) -> None:
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
-        self._waiters = []
 
     # -- pushes ----------------------------------------------------------------------------------------
     def push(self, request: PushRequest) -> asyncio.Future[None]:
@@ -261,25 +258,49 @@ class StreamBase(Generic[R]):
             waiter.set_result(None)
             return waiter
         self._pending = request if self._pending is None else self._pending.merge(request)
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(waiter)
-        self._wake.set()
+        if self._pusher is None:
+            name = f"xds-push-{self.conn.id}" if self.conn is not None else "xds-push"
+            self._pusher = asyncio.create_task(self._push_pending(), name=name)
         return waiter
+
+    async def _push_pending(self) -> None:
+        """Send pending pushes, each in its turn, until none is pending. A push that fails ends the
+        stream: `serve` raises what it raised."""
+        try:
+            while self._pending is not None:
+                async with self._turn:
+                    request, self._pending = self._pending, None
+                    waiters, self._waiters = self._waiters, None
+                    try:
+                        if request is not None:
+                            await self._push(request)
+                    finally:
+                        self._release(waiters)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failure = exc
+            if self._task is not None:
+                self._task.cancel()
+        finally:
+            self._pusher = None
 
     def view(self, snapshot: MeshSnapshot) -> ProxyView:
         """The proxy's view, rebuilt only when something it reads changed (not on endpoint changes)."""
         assert self.conn is not None
         proxy = self.conn.proxy
         workloads = tuple(snapshot.workloads_by_ip.get(ip) for ip in proxy.ip_addresses)
-        key = (snapshot.services_version, snapshot.policy_version, snapshot.mesh_version)
-        cached = self._view_key
+        versions = (snapshot.services_version, snapshot.policy_version, snapshot.mesh_version)
         if (
             self._view is None
-            or cached is None
-            or cached[0] != key
-            or any(a is not b for a, b in zip(cached[1], workloads, strict=True))
+            or self._view_versions != versions
+            or any(a is not b for a, b in zip(self._view_workloads, workloads, strict=True))
         ):
             self._view = ProxyView.build(proxy, snapshot)
-            self._view_key = (key, workloads)
+            self._view_versions, self._view_workloads = versions, workloads
         return self._view
 
     def context(self, snapshot: MeshSnapshot, request: PushRequest | None) -> GenContext:
@@ -304,4 +325,4 @@ class StreamBase(Generic[R]):
             self.conn.pushes += 1
 
     async def write(self, payload: bytes) -> None:
-        await self._write(payload)
+        await self._transport.write(payload)

@@ -7,7 +7,9 @@ Measures, in one run:
 (c) one service added: time until every proxy ACKed the new CDS, RDS and the EDS that includes
     the new cluster (a new HTTP service on a port that has a listener changes no listener, so
     neither protocol sends LDS);
-(d) control-plane RSS with N and with 2N proxies;
+(d) control-plane RSS with N and with 2N proxies, and the garbage collector's load: objects it tracks
+    per stream (from N to 2N proxies) and how long a full collection takes with 2N (on the one event
+    loop, so each is a pause for every client);
 (e) the floor for (c): the same responses, pre-serialized, written to the same streams, until every
     proxy ACKed them; reported as the ratio (c) / floor.
 
@@ -213,6 +215,7 @@ class Port:
         self.results["a_missing"] = missing
         self.rows.append(["(a) all synced", f"{args.proxies} proxies", f"{max(done):.2f} s", f"missing {missing}"])
         self.results["rss_n"] = server.ask(cmd="rss")["rss"]
+        self.results["gc_n"] = server.ask(cmd="gc")
 
     def endpoint_round(self) -> None:
         """(b) One endpoint change, until every proxy ACKed its EDS."""
@@ -303,12 +306,22 @@ class Port:
         results["rss_2n"] = rss_2n["rss"]
         results["rss_2n_parts"] = rss_2n
         results["server_stats"] = self.server.ask(cmd="stats")
+        gc_2n = results["gc_2n"] = self.server.ask(cmd="gc")
+        per_stream = results["gc_tracked_per_stream"] = (gc_2n["tracked"] - results["gc_n"]["tracked"]) / args.proxies
         self.rows.append(
             [
                 "(d) control-plane RSS" + (" (with Envoy)" if self.secure else ""),
                 f"{args.proxies}: {results['rss_n'] / 2**20:.0f} MiB",
                 f"{2 * args.proxies}: {results['rss_2n'] / 2**20:.0f} MiB",
                 f"Envoy {rss_2n.get('rss_front_end', 0) / 2**20:.0f} MiB" if self.secure else "",
+            ]
+        )
+        self.rows.append(
+            [
+                "(d) garbage collector",
+                f"{per_stream:.0f} objects per stream",
+                f"{2 * args.proxies}: {gc_2n['tracked']} objects",
+                f"full collection {gc_2n['full_gc_s'] * 1000:.0f} ms",
             ]
         )
 

@@ -8,7 +8,8 @@ noise) and takes commands, one JSON object per line on stdin, answering one JSON
 - `{"cmd": "floor", "version": V, "cluster": C}`: write, to every stream, the same responses the
   last service addition produced (pre-serialized before the clock starts), with version V;
 - `{"cmd": "rss"}`: resident memory and CPU seconds of this process (and of its front end);
-  `{"cmd": "stats"}`: streams and cache.
+  `{"cmd": "stats"}`: streams and cache; `{"cmd": "gc"}`: what a full garbage collection walks and how
+  long one takes (`collector_load`).
 
 By default ADS is served on a plaintext port (the role of :15010). With `--secure-grpc-addr` it is
 served the way `meshplane serve` serves :15012 instead: a local CA in `--state-dir` (which publishes
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import gc
 import json
 import os
 import pathlib
@@ -68,6 +71,19 @@ def cpu_seconds(pid: int | str = "self") -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def collector_load() -> dict[str, Any]:
+    """What a full garbage collection walks in this process (start-up's objects are frozen, as in
+    `meshplane serve`), how long one takes, and the most numerous kinds of tracked object."""
+    gc.collect()
+    tracked = gc.get_objects()
+    kinds = collections.Counter(type(o).__qualname__ for o in tracked).most_common(12)
+    count = len(tracked)
+    del tracked
+    started = time.perf_counter()
+    gc.collect()
+    return {"tracked": count, "full_gc_s": time.perf_counter() - started, "kinds": dict(kinds)}
 
 
 class Bench:
@@ -118,6 +134,8 @@ class Bench:
             return {"rss": own + front, "rss_process": own, "rss_front_end": front, **cpu}
         if kind == "stats":
             return self.stats()
+        if kind == "gc":
+            return collector_load()
         raise ValueError(f"unknown command {kind!r}")
 
     async def start(self, args: argparse.Namespace) -> None:
@@ -219,6 +237,8 @@ async def main() -> None:
         parser.error("--secure-grpc-addr needs --state-dir")
     bench = Bench(args)
     await bench.start(args)
+    gc.collect()
+    gc.freeze()  # as `meshplane serve` does once started: what start-up built stays out of full collections
     runner = asyncio.create_task(bench.service.run())
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

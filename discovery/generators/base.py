@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
+from controlplane.model.fields import EMPTY_LABELS
 from controlplane.model.registry import MeshSnapshot
 from controlplane.model.security import MtlsMode
 from controlplane.model.services import Protocol as AppProtocol
@@ -71,7 +71,7 @@ class ProxyView:
     @classmethod
     def build(cls, proxy: Proxy, snapshot: MeshSnapshot) -> ProxyView:
         workload = next((w for ip in proxy.ip_addresses if (w := snapshot.workloads_by_ip.get(ip))), None)
-        labels = proxy.labels or (workload.labels if workload else MappingProxyType({}))
+        labels = proxy.labels or (workload.labels if workload else EMPTY_LABELS)
         services = snapshot.services_selecting(namespace=proxy.namespace, labels=labels)
         mtls = snapshot.mtls_for(namespace=proxy.namespace, labels=labels)
         ports: dict[int, AppProtocol] = {}

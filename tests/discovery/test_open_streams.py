@@ -8,7 +8,6 @@ client's own open streams, are served as before; a closed stream frees its place
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from discovery.server import AdsServer
 from discovery.stream import StreamRefused
 from discovery.xdstypes import CLUSTER
 from tests.discovery import meshdata as m
-from tests.discovery.harness import TIMEOUT, SotwClient, XdsHarness, cluster_names, node, web_alone
+from tests.discovery.harness import SotwClient, XdsHarness, cluster_names, node, web_alone
 from tests.discovery.test_bounds import refusal, until
 from tests.helpers.relay import Relay
 
@@ -159,50 +158,38 @@ async def test_the_secure_port_counts_first_and_shares_the_count_with_the_plaint
 # -- the table itself -----------------------------------------------------------------------------------
 
 
-def test_a_block_that_raises_still_gives_its_place_back() -> None:
-    streams = OpenStreams(2)
-    with pytest.raises(RuntimeError), streams.held("10.0.0.1"):
-        assert streams.of("10.0.0.1") == 1
-        raise RuntimeError("stream failed")
-    assert (streams.of("10.0.0.1"), streams.clients()) == (0, 0)
+async def test_a_stream_that_ends_in_an_error_gives_its_place_back(xds: XdsHarness) -> None:
+    broken = await opened(xds.sotw(pod(0)))
+    await broken.request(CLUSTER, [f"name-{n}" for n in range(20_000)])  # over the names-per-request limit
+    assert (await refusal(broken.recv)).code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    await until(lambda: xds.service.open_streams.clients() == 0)
+    for i in range(LIMIT):
+        await opened(xds.sotw(pod(1 + i)))
 
 
 def test_clients_are_counted_apart_and_forgotten_at_zero() -> None:
     streams = OpenStreams(1)
-    with streams.held("10.0.0.1"), streams.held("10.0.0.2"):
-        assert streams.clients() == 2
-        with pytest.raises(StreamRefused) as refused, streams.held("10.0.0.1"):
-            pass
-        assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert refused.value.details.startswith("client 10.0.0.1 already has 1 xDS streams open")
-        assert streams.of("10.0.0.1") == 1
+    streams.open("10.0.0.1")
+    streams.open("10.0.0.2")
+    assert streams.clients() == 2
+    with pytest.raises(StreamRefused) as refused:
+        streams.open("10.0.0.1")
+    assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details.startswith("client 10.0.0.1 already has 1 xDS streams open")
+    assert streams.of("10.0.0.1") == 1
+    streams.close("10.0.0.1")
+    streams.close("10.0.0.2")
     assert streams.clients() == 0
 
 
 def test_a_client_without_an_address_is_named_so() -> None:
     streams = OpenStreams(1)
-    refused = pytest.raises(StreamRefused, match=r"^client \(unknown address\) already has 1")
-    with streams.held(""), refused, streams.held(""):
-        pass
+    streams.open("")
+    with pytest.raises(StreamRefused, match=r"^client \(unknown address\) already has 1"):
+        streams.open("")
 
 
 @pytest.mark.parametrize("limit", [0, -1])
 def test_a_limit_below_one_is_refused(limit: int) -> None:
     with pytest.raises(ValueError, match=f"at least 1, not {limit}"):
         OpenStreams(limit)
-
-
-async def test_a_cancelled_stream_task_gives_its_place_back() -> None:
-    streams = OpenStreams(1)
-    entered = asyncio.Event()
-
-    async def serve() -> None:
-        with streams.held("10.0.0.1"):
-            entered.set()
-            await asyncio.sleep(TIMEOUT)
-
-    task = asyncio.create_task(serve())
-    await entered.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert streams.clients() == 0
