@@ -24,6 +24,7 @@ _POD_STATUS = ("podIP", "podIPs", "phase")
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 STATUS_ANNOTATION = "sidecar.istio.io/status"
 PROXY_CONTAINER = "istio-proxy"
+NO_PORTS: Mapping[str, int] = MappingProxyType({})  # shared by every workload without named container ports
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +37,7 @@ class Workload:
     node_name: str = ""
     phase: str = ""
     sidecar: bool = False
-    container_ports: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    container_ports: Mapping[str, int] = field(default_factory=lambda: NO_PORTS)
 
     @property
     def ip(self) -> str:
@@ -94,7 +95,7 @@ class Workload:
             node_name=f.string(spec.get("nodeName"), "spec.nodeName", default=""),
             phase=f.string(status.get("phase"), "status.phase", default=""),
             sidecar=sidecar,
-            container_ports=MappingProxyType(ports),
+            container_ports=MappingProxyType(ports) if ports else NO_PORTS,
         )
 
 
