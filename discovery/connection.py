@@ -211,16 +211,18 @@ def should_respond_delta(watched: Watched | None, request: DeltaRequest) -> tupl
             type_url=request.type_url,
             names=names,
             wildcard=wildcard,
-            known=MappingProxyType(dict(request.initial_versions)),
+            known=MappingProxyType(dict(request.initial_versions)) if request.initial_versions else NO_VERSIONS,
         )
         if request.error is not None:
             return Decision.NACK, replace(state, error=request.error), frozenset()
         return Decision.INITIAL, state, names
     wildcard = (watched.wildcard or "*" in subscribe) and "*" not in unsubscribe
     names = canonical((watched.names | subscribe) - unsubscribe - {"*"})
-    known = {k: v for k, v in watched.known.items() if k not in unsubscribe}
+    known = watched.known  # kept as it is unless names leave it: streams in the same state share it
+    if unsubscribe and not unsubscribe.isdisjoint(known):
+        known = MappingProxyType({k: v for k, v in known.items() if k not in unsubscribe})
     added = names - watched.names
-    state = replace(watched, names=names, wildcard=wildcard, known=MappingProxyType(known))
+    state = replace(watched, names=names, wildcard=wildcard, known=known)
     if "*" in subscribe and not watched.wildcard:
         added = added | {"*"}
     if request.error is not None:

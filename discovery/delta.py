@@ -10,7 +10,8 @@ on a request with a stale nonce; unsubscribing needs no response.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -86,10 +87,8 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         ).SerializeToString()
         payload = b"".join(r.delta_field for r in resources) + header
         await self.write(payload)
-        now_known = {name: v for name, v in known.items() if name not in removed}
-        now_known.update((r.name, r.version) for r in resources)
         sent = conn.watched[type_url].sent(nonce=nonce, version=version)
-        conn.watched[type_url] = replace(sent, known=MappingProxyType(now_known))
+        conn.watched[type_url] = replace(sent, known=self.service.known_versions.after(known, resources, removed))
         HOOKS.response(
             conn,
             type_url,
@@ -98,6 +97,60 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
             since=time.monotonic() - request.start if request is not None else None,
         )
         return True
+
+
+_Key = tuple[int, tuple[tuple[str, str], ...], frozenset[str]]  # id of the map before, (name, version) sent, removed
+
+
+class KnownVersions:
+    """What a client knows after a response, shared by the streams that got there the same way.
+
+    A Delta stream keeps, per type, the version of every resource the client has: with 1,000 services,
+    two maps of 1,000 names per proxy. Proxies in the same state that are sent the same resources
+    reach the same map, so `after` hands them one object: the previous map (by identity) and what the
+    response added and removed determine the next. Recent transitions are remembered up to
+    `max_bytes` (an estimate: ~100 bytes per name held), so a client cannot grow the table.
+    """
+
+    NAME_BYTES = 100
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._after: OrderedDict[_Key, tuple[Mapping[str, str], Mapping[str, str], int]] = OrderedDict()
+
+    def after(
+        self, known: Mapping[str, str], resources: Sequence[Resource], removed: Iterable[str]
+    ) -> Mapping[str, str]:
+        """`known` without `removed`, with each of `resources` at its version."""
+        added = tuple((r.name, r.version) for r in resources)
+        key = (id(known), added, frozenset(removed))
+        hit = self._after.get(key)
+        if hit is not None and hit[0] is known:  # the same object: its id was not reused
+            self._after.move_to_end(key)
+            return hit[1]
+        now = {name: version for name, version in known.items() if name not in key[2]}
+        now.update(added)
+        result: Mapping[str, str] = MappingProxyType(now)
+        size = (len(known) + len(now) + len(added)) * self.NAME_BYTES
+        if size <= self.max_bytes:
+            if hit is not None:
+                self._forget(key)
+            self._after[key] = (known, result, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                self._forget(next(iter(self._after)))
+        return result
+
+    def _forget(self, key: _Key) -> None:
+        self._bytes -= self._after.pop(key)[2]
+
+    def clear(self) -> None:
+        self._after.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._after)
 
 
 def _removed(watched: Watched, generated: Generated, added: Iterable[str]) -> set[str]:

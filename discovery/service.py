@@ -38,6 +38,7 @@ from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.clients import OpenStreams
 from discovery.connection import StreamLimits, Watched, sync_status
+from discovery.delta import KnownVersions
 from discovery.generators import ProxyView, table_for
 from discovery.generators.base import GenContext
 from discovery.generators.grpc import tls_facts
@@ -75,6 +76,7 @@ class DiscoveryService:
         self.registry = registry
         metrics.conflicts.follow(lambda: registry.snapshot().conflicts)
         self.cache = cache or XdsCache()
+        self.known_versions = KnownVersions()  # Delta streams in the same state share what their clients know
         self.limits = limits or StreamLimits()
         self.open_streams = OpenStreams(self.limits.streams_per_client)
         self.control_plane_id = control_plane_id
