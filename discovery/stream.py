@@ -185,15 +185,16 @@ class StreamBase(Generic[R]):
         if first is None:
             return
         proxy = self._open(first)
+        identity = None if identities is None else check_identity(proxy, identities)
+        del identities  # not kept alive for the stream's life by this frame
         self.conn = Connection(
             id=self.service.connection_id(proxy),
             proxy=proxy,
             peer=self.peer,
             connected_at=time.time(),
             delta=self.delta,
-            identity=None if identities is None else check_identity(proxy, identities),
+            identity=identity,
         )
-        del identities
         self.table = table_for(proxy)
         self.service.register(self)
         HOOKS.opened(self.conn)
