@@ -32,7 +32,7 @@ import multiprocessing
 import pathlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -94,6 +94,13 @@ YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # even libyaml holds the GIL for a whole document (a 10,000-endpoint EndpointSlice, ~1.2 MB, takes
 # seconds), which would stall the event loop that serves xDS, the CA and /ready.
 INLINE_PARSE_BYTES = 64 * 1024
+
+def _same_keys(objects: Mapping[ObjectKey, Object], before: Mapping[ObjectKey, Object]) -> dict[ObjectKey, Object]:
+    """`objects`, keyed by the key objects of `before` where equal. The store keeps the key it was first
+    given; a re-read file holding new, equal keys would keep every key in memory twice."""
+    held = {key: key for key in before}
+    return {held.get(key, key): obj for key, obj in objects.items()}
+
 
 Parsed = tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]
 Parser = Callable[[bytes, str], Parsed]
@@ -315,12 +322,14 @@ class FileSource:
             extra = {"file": problem.file, "document": problem.document, "field": problem.field}
             log.warning("config problem: %s", problem, extra=extra)
         if not reading.usable:
+            state.settled = replace(reading, objects={})  # what it holds is never applied
             log.warning("config file %s keeps its last good contents (%d objects)", label, len(state.objects))
             return False
         if emptied:
             log.warning("config file %s has had no objects for %.1fs; deleting its objects", label, self.empty_hold)
         changed = dict(reading.objects) != dict(state.objects)
-        state.objects = reading.objects
+        state.objects = _same_keys(reading.objects, state.objects)
+        state.settled = replace(reading, objects=state.objects)  # one mapping and one key object per object
         return changed
 
     def _publish(self) -> None:

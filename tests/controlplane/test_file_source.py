@@ -109,7 +109,7 @@ def test_objects_are_held_packed_unless_json_text_cannot_hold_them(tmp_path: pat
     assert dated["metadata"]["creationTimestamp"] == datetime.date(2026, 12, 1)
 
 
-def test_an_edited_file_leaves_one_copy_of_each_unchanged_object_in_memory(tmp_path: pathlib.Path) -> None:
+def test_an_edited_file_leaves_one_copy_of_each_unchanged_object_and_key_in_memory(tmp_path: pathlib.Path) -> None:
     """Editing one object of a large file re-reads all of them; the unchanged ones must not stay in
     memory twice (the store's old copy beside the file's new one)."""
     count = 200
@@ -128,6 +128,7 @@ def test_an_edited_file_leaves_one_copy_of_each_unchanged_object_in_memory(tmp_p
     assert edited is not None and edited["data"] == {"v": "edited"}
     gc.collect()
     assert sum(isinstance(o, PackedObject) for o in gc.get_objects()) == count
+    assert sum(isinstance(o, ObjectKey) for o in gc.get_objects()) == count  # the keys too: one of each
 
 
 def test_namespaced_document_without_namespace_lands_in_default(tmp_path: pathlib.Path, source: FileSource) -> None:
