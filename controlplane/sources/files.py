@@ -95,6 +95,7 @@ YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # seconds), which would stall the event loop that serves xDS, the CA and /ready.
 INLINE_PARSE_BYTES = 64 * 1024
 
+
 def _same_keys(objects: Mapping[ObjectKey, Object], before: Mapping[ObjectKey, Object]) -> dict[ObjectKey, Object]:
     """`objects`, keyed by the key objects of `before` where equal. The store keeps the key it was first
     given; a re-read file holding new, equal keys would keep every key in memory twice."""
