@@ -125,8 +125,8 @@ class KnownVersions:
         """`known` without `removed`, with each of `resources` at its version."""
         added = tuple((r.name, r.version) for r in resources)
         key = (id(known), added, frozenset(removed))
-        hit = self._after.get(key)
-        if hit is not None and hit[0] is known:  # the same object: its id was not reused
+        hit = self._after.get(key)  # an entry keeps its map alive, so no other map can have its id
+        if hit is not None:
             self._after.move_to_end(key)
             return hit[1]
         now = {name: version for name, version in known.items() if name not in key[2]}
@@ -134,8 +134,6 @@ class KnownVersions:
         result: Mapping[str, str] = MappingProxyType(now)
         size = (len(known) + len(now) + len(added)) * self.NAME_BYTES
         if size <= self.max_bytes:
-            if hit is not None:
-                self._forget(key)
             self._after[key] = (known, result, size)
             self._bytes += size
             while self._bytes > self.max_bytes:
@@ -144,10 +142,6 @@ class KnownVersions:
 
     def _forget(self, key: _Key) -> None:
         self._bytes -= self._after.pop(key)[2]
-
-    def clear(self) -> None:
-        self._after.clear()
-        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._after)
