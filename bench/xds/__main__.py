@@ -22,8 +22,8 @@ the other, so the machine's changing load falls on both alike. It prints the rat
 secure one includes Envoy's). The secure proxies trust `<state-dir>/root-cert.pem` (server name
 istiod.istio-system.svc) and send `authorization: Bearer <token>`, one token per namespace/service
 account minted with `meshplane token` before the clock starts. Each (c) round also reports the CPU
-seconds of the server (its process, and Envoy's) and of the simulated proxies (their processes, TLS
-included). `--front-tuning JSON` (repeatable) adds one secure port per front-end tuning, measured in
+seconds of the server (its process, and Envoy's, each with the share spent in the kernel) and of the
+simulated proxies (their processes, TLS included). `--front-tuning JSON` (repeatable) adds one secure port per front-end tuning, measured in
 the same rounds; the first is the headline.
 
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
@@ -144,6 +144,12 @@ def start_sims(
     ]
 
 
+def kernel_share(cpu: dict[str, float], part: str) -> str:
+    """The share of `part`'s CPU time spent in the kernel (on loopback: sends, receives, wake-ups), in percent."""
+    total = cpu[f"cpu_{part}"]
+    return f"{100 * cpu[f'kernel_{part}'] / total:.0f}%" if total > 0 else "-"
+
+
 def latencies(times: list[float | None], start: float) -> tuple[list[float], int]:
     done = [t - start for t in times if t is not None]
     return done, len(times) - len(done)
@@ -164,7 +170,9 @@ class Port:
         self.eds: list[float] = []
         self.eds_missing = 0
         self.full: list[float] = []
-        self.cpu = {"cpu_process": 0.0, "cpu_front_end": 0.0, "cpu_proxies": 0.0}
+        self.cpu = dict.fromkeys(
+            ("cpu_process", "cpu_front_end", "kernel_process", "kernel_front_end", "cpu_proxies"), 0.0
+        )
         self.last_cluster = ""
         self.floors: list[float] = []
         self.extra: list[str] = []
@@ -246,7 +254,7 @@ class Port:
         self.full.append(max(got) if got and not lost else float("inf"))
         time.sleep(1.0)
         after = self.server.ask(cmd="rss")
-        for key in ("cpu_process", "cpu_front_end"):
+        for key in ("cpu_process", "cpu_front_end", "kernel_process", "kernel_front_end"):
             self.cpu[key] += after[key] - before[key]
         self.cpu["cpu_proxies"] += sum(ask_all(self.sims, cmd="cpu")) - proxies_before
 
@@ -283,8 +291,8 @@ class Port:
         self.rows.append(
             [
                 "(c) CPU per push (incl. the 1 s pause)",
-                f"process {cpu['cpu_process']:.2f} s",
-                f"Envoy {cpu['cpu_front_end']:.2f} s" if self.secure else "",
+                f"process {cpu['cpu_process']:.2f} s ({kernel_share(cpu, 'process')} kernel)",
+                f"Envoy {cpu['cpu_front_end']:.2f} s ({kernel_share(cpu, 'front_end')} kernel)" if self.secure else "",
                 f"proxies {cpu['cpu_proxies']:.2f} s",
             ]
         )

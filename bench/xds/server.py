@@ -64,13 +64,14 @@ def rss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU time of a process (0 if it is gone)."""
+def cpu_seconds(pid: int | str = "self") -> tuple[float, float]:
+    """User and system CPU time of a process, seconds ((0, 0) if it is gone)."""
     try:
         fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def collector_load() -> dict[str, Any]:
@@ -130,7 +131,10 @@ class Bench:
         if kind == "rss":  # the whole server: this process and its front end
             pid = self.secure.front.pid if self.secure is not None and self.secure.front is not None else None
             own, front = rss_bytes(), (rss_bytes(pid) if pid is not None else 0)
-            cpu = {"cpu_process": cpu_seconds(), "cpu_front_end": cpu_seconds(pid) if pid is not None else 0.0}
+            cpu: dict[str, float] = {}
+            for part, of in (("process", "self"), ("front_end", pid)):
+                user, system = cpu_seconds(of) if of is not None else (0.0, 0.0)
+                cpu |= {f"cpu_{part}": user + system, f"kernel_{part}": system}
             return {"rss": own + front, "rss_process": own, "rss_front_end": front, **cpu}
         if kind == "stats":
             return self.stats()
