@@ -23,8 +23,8 @@ secure one includes Envoy's). The secure proxies trust `<state-dir>/root-cert.pe
 istiod.istio-system.svc) and send `authorization: Bearer <token>`, one token per namespace/service
 account minted with `meshplane token` before the clock starts. Each (c) round also reports the CPU
 seconds of the server (its process, and Envoy's, each with the share spent in the kernel) and of the
-simulated proxies (their processes, TLS included). `--front-tuning JSON` (repeatable) adds one secure port per front-end tuning, measured in
-the same rounds; the first is the headline.
+simulated proxies (their processes, TLS included). `--front-tuning JSON` (repeatable) adds one
+secure port per front-end tuning, measured in the same rounds; the first is the headline.
 
 Usage: python -m bench.xds [--proxies 1000] [--services 1000] [--endpoints 4] [--procs 4] [--secure]
        [--front-tuning '{"concurrency": 2}' ...]
