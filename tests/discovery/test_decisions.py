@@ -108,6 +108,23 @@ def test_delta_first_request_keeps_initial_versions() -> None:
     assert got is Decision.INITIAL and state.wildcard and dict(state.known) == {"c": "v"} and added == frozenset()
 
 
+def test_delta_streams_keep_sharing_the_map_of_what_their_clients_know_until_names_leave_it() -> None:
+    # Streams whose first request names no versions start from one empty map, so those then sent the same
+    # resources reach one map too (`delta.KnownVersions` goes by the previous map's identity).
+    _, first, _ = should_respond_delta(None, DeltaRequest(type_url=CLUSTER))
+    _, second, _ = should_respond_delta(None, DeltaRequest(type_url=ENDPOINT, subscribe=("a",)))
+    assert first.known is second.known and dict(first.known) == {}
+    # Unsubscribing names the client does not have, or subscribing more, leaves the map as it is.
+    for req in (
+        DeltaRequest(type_url=ENDPOINT, response_nonce="n1", unsubscribe=("b",)),
+        DeltaRequest(type_url=ENDPOINT, response_nonce="n1", subscribe=("b",)),
+    ):
+        _, state, _ = should_respond_delta(DELTA_SENT, req)
+        assert state.known is DELTA_SENT.known, req
+    _, state, _ = should_respond_delta(DELTA_SENT, DeltaRequest(type_url=ENDPOINT, unsubscribe=("a", "b")))
+    assert dict(state.known) == {}
+
+
 def test_node_parsing_reads_istio_metadata() -> None:
     proxy = parse_node(
         node(
