@@ -75,6 +75,8 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         ]
         removed = _removed(watched, generated, added)
         if not resources and not removed and not force:
+            if request is not None:  # a push whose every resource the client has at this version
+                HOOKS.unchanged(conn, type_url)
             return False
         version = str(self.service.snapshot().version)
         nonce = self.service.nonce()

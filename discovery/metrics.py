@@ -106,7 +106,8 @@ rejects = _LabeledCounter("pilot_total_xds_rejects", "xDS responses rejected (NA
 unknown_types = _LabeledCounter("pilot_xds_unknown_type", "Requests for a type URL no generator serves.", "type")
 unchanged = _LabeledCounter(
     "meshplane_xds_pushes_unchanged",
-    "State-of-the-World pushes not sent because the client already has exactly that config, by type (cds, lds).",
+    "xDS pushes not sent because the client already has exactly that config, by type (State of the World: "
+    "cds, lds; Delta: any type, when no resource changed or went).",
     "type",
 )
 refused_streams = _LabeledCounter(

@@ -96,6 +96,15 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     # SotW: what a request is answered with (all, or a grown EDS subscription's added names), and which
     # push is left out (a wildcard type whose content the client already has).
     "discovery/sotw.py": (f"x{SEP}SotwStream{SEP}handle", f"x{SEP}SotwStream{SEP}send"),
+    # Delta: what a request and a push carry (changed resources, removals) and what the client then knows.
+    "discovery/delta.py": (
+        f"x{SEP}DeltaStream{SEP}handle",
+        f"x{SEP}DeltaStream{SEP}_send",
+        f"x{SEP}KnownVersions{SEP}__init__",
+        f"x{SEP}KnownVersions{SEP}after",
+        f"x{SEP}KnownVersions{SEP}_forget",
+        "x__removed",
+    ),
     "discovery/generators/rds.py": (f"x{SEP}RouteGenerator{SEP}needs_push",),
     "discovery/generators/grpc.py": tuple(
         f"x{SEP}{c}{SEP}needs_push" for c in ("_Base", "GrpcClusterGenerator", "GrpcEndpointGenerator")

@@ -80,3 +80,13 @@ def test_the_table_is_bounded_by_its_byte_estimate() -> None:
     assert len(table) == 2
     big = table.after({}, [resource(f"big-{i}", "1") for i in range(100)], ())  # over the bound: not kept
     assert len(big) == 100 and len(table) == 2
+
+
+def test_a_transition_of_exactly_the_bound_is_kept_until_another_comes() -> None:
+    empty: dict[str, str] = {}
+    a, b = resource("a", "1"), resource("b", "1")
+    table = KnownVersions(max_bytes=2 * KnownVersions.NAME_BYTES)  # one name added: the map after it, and the name
+    first = table.after(empty, [a], ())
+    assert table.after(empty, [a], ()) is first and len(table) == 1
+    table.after(empty, [b], ())  # the bound holds one such transition: the older goes
+    assert len(table) == 1 and table.after(empty, [a], ()) is not first
