@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from discovery import metrics
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
 from tests.discovery.harness import API, WEB, XdsHarness, node, web_and_api
-from tests.discovery.test_bounds import until
-from tests.discovery.test_sotw_protocol import sample
 
 
 @pytest.fixture
@@ -73,62 +69,6 @@ async def test_a_subscribed_resource_that_goes_is_announced_removed(xds: XdsHarn
     xds.delete(m.service("api"))
     removed = await client.recv()
     assert list(removed.resources) == [] and list(removed.removed_resources) == [API]
-
-
-async def test_responses_carry_the_mesh_version_and_name_the_control_plane(xds: XdsHarness) -> None:
-    client = xds.delta()
-    await client.request(CLUSTER)
-    first = await client.recv()
-    assert first.system_version_info == str(xds.service.snapshot().version)
-    identifier = json.loads(first.control_plane.identifier)  # istioctl proxy-status reads it
-    assert (identifier["Component"], identifier["ID"]) == ("istiod", "istiod-test")
-    await client.ack(first)
-    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))
-    pushed = await client.recv()
-    assert pushed.system_version_info == str(xds.service.snapshot().version)
-    assert int(pushed.system_version_info) > int(first.system_version_info)
-    await client.ack(pushed)
-    # what proxy-status shows as the version the proxy has
-    await until(lambda: xds.service.syncz()[0]["types"]["CDS"]["version_acked"] == pushed.system_version_info)
-
-
-async def test_responses_are_counted_and_timed_by_type_and_pushes_time_convergence(xds: XdsHarness) -> None:
-    def now() -> tuple[float, ...]:
-        return (
-            metrics.pushes.get("cds"),
-            sample("pilot_xds_push_time_count", type="cds"),
-            sample("pilot_xds_push_time_sum", type="cds"),
-            sample("pilot_proxy_convergence_time_count"),
-            sample("pilot_proxy_convergence_time_sum"),
-        )
-
-    start = now()
-    client = xds.delta()
-    await client.request(CLUSTER)
-    await client.ack(await client.recv())
-    answered = now()  # an answer to a request: counted and timed, but no push converged
-    assert (answered[0] - start[0], answered[1] - start[1], answered[3] - start[3]) == (1, 1, 0)
-    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))
-    assert (await client.recv()).type_url == CLUSTER
-    pushed = now()
-    assert (pushed[0] - start[0], pushed[1] - start[1], pushed[3] - start[3]) == (2, 2, 1)
-    assert 0 <= pushed[2] - start[2] < 10 and 0 <= pushed[4] - start[4] < 10  # seconds, not clock readings
-
-
-async def test_a_push_with_nothing_new_for_the_client_sends_nothing_and_counts_no_push(xds: XdsHarness) -> None:
-    client = xds.delta()
-    await client.request(LISTENER)
-    await client.ack(await client.recv())
-    before = metrics.unchanged.get("lds")
-    xds.apply(m.service("shop", cluster_ip="10.96.0.9"))  # HTTP on port 80: no listener changes
-    await until(lambda: metrics.unchanged.get("lds") == before + 1)
-    await client.request(CLUSTER)
-    assert (await client.recv()).type_url == CLUSTER  # the first response since: no LDS came in between
-    (status,) = xds.service.syncz()
-    assert status["pushes"] == 0 and status["types"]["LDS"]["status"] == "SYNCED"
-    xds.apply(m.service("db", cluster_ip="10.96.0.8", port=5432, port_name="tcp"))  # a new listener: pushed
-    assert {(await client.recv()).type_url for _ in range(2)} == {CLUSTER, LISTENER}
-    await until(lambda: xds.service.syncz()[0]["pushes"] == 1)  # one push, counted once it is done
 
 
 async def test_subscribing_to_a_missing_resource_reports_it_removed(xds: XdsHarness) -> None:
