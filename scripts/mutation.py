@@ -96,6 +96,12 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     # SotW: what a request is answered with (all, or a grown EDS subscription's added names), and which
     # push is left out (a wildcard type whose content the client already has).
     "discovery/sotw.py": (f"x{SEP}SotwStream{SEP}handle", f"x{SEP}SotwStream{SEP}send"),
+    # Every stream: whose identity may open it, node bounds, which types a push carries and how pushes merge.
+    "discovery/stream.py": (
+        "x_check_identity",
+        "x_check_node_size",
+        *(f"x{SEP}StreamBase{SEP}{m}" for m in ("record", "push", "_push_pending", "_push", "_open")),
+    ),
     # Delta: what a request and a push carry (changed resources, removals) and what the client then knows.
     "discovery/delta.py": (
         f"x{SEP}DeltaStream{SEP}handle",
