@@ -263,8 +263,8 @@ class StreamBase(Generic[R]):
             self._waiters = []
         self._waiters.append(waiter)
         if self._pusher is None:
-            name = f"xds-push-{self.conn.id}" if self.conn is not None else "xds-push"
-            self._pusher = asyncio.create_task(self._push_pending(), name=name)
+            assert self.conn is not None  # a stream is pushed to once registered, which it is once open
+            self._pusher = asyncio.create_task(self._push_pending(), name=f"xds-push-{self.conn.id}")
         return waiter
 
     async def _push_pending(self) -> None:
