@@ -213,9 +213,9 @@ class XdsHarness:
 
 
 @contextlib.asynccontextmanager
-async def web_alone(*, limits: StreamLimits | None = None) -> AsyncIterator[XdsHarness]:
+async def web_alone(*, limits: StreamLimits | None = None, debounce: float = 0.0) -> AsyncIterator[XdsHarness]:
     """A started harness serving Service `web` (10.96.0.1, endpoint 10.1.0.1) alone; stopped on exit."""
-    harness = XdsHarness(limits=limits)
+    harness = XdsHarness(limits=limits, debounce=debounce)
     harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
     await harness.start()
     try:

@@ -25,13 +25,8 @@ from tests.discovery.test_bounds import refusal, until
 @pytest.fixture
 async def slow() -> AsyncIterator[XdsHarness]:
     """`web` alone, with a debounce long enough that no push of the service's own comes within a test."""
-    harness = XdsHarness(debounce=60.0)
-    harness.apply(m.service("web", cluster_ip="10.96.0.1"), m.endpoint_slice("web", ips=["10.1.0.1"]))
-    await harness.start()
-    try:
+    async with web_alone(debounce=60.0) as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 def change(kind: UpdateKind, name: str) -> PushRequest:
