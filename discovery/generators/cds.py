@@ -14,6 +14,11 @@
   EDS data, so a pod gaining a sidecar changes only EDS.
   When the destination's workloads have PeerAuthentication DISABLE on the target port, the cluster
   is plaintext for every endpoint (Istio's auto mTLS does the same).
+  Istio also gives each cluster filter metadata `istio: {services: [{host, name, namespace}]}`,
+  which its telemetry filters read; meshplane configures no filter that reads it, so it is left
+  out: ~116 bytes per cluster on the wire (599 KB -> 483 KB of CDS for 1,000 services, 13% of a
+  service push) and ~4.4 KB per cluster in every sidecar's Envoy (1,000 such clusters, static,
+  Envoy 1.40: 59.1 MiB allocated with it, 54.8 MiB without).
 - `inbound|<port>||`: STATIC, to the application on 127.0.0.1:<port>; with interception NONE on
   the proxy's `LOOPBACK_ADDRESS` instead (default 127.0.0.1).
 - `BlackHoleCluster` (no endpoints), `PassthroughCluster` and `InboundPassthroughCluster`
@@ -65,9 +70,6 @@ def _outbound(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> cl
     if port.protocol.is_http2:
         for key, value in c.http2_options().items():
             cluster.typed_extension_protocol_options[key].CopyFrom(value)
-    services = struct_pb2.Struct()
-    services.update({"services": [{"host": service.hostname, "name": service.name, "namespace": service.namespace}]})
-    cluster.metadata.filter_metadata["istio"].CopyFrom(services)
     if snapshot.mesh.enable_auto_mtls and destination_mode(snapshot, service, port) is not MtlsMode.DISABLE:
         accounts = snapshot.endpoints_for(service.hostname).service_accounts
         sans = [c.spiffe_id(snapshot.mesh.trust_domain, service.namespace, sa) for sa in accounts]
