@@ -81,9 +81,10 @@ class FrontTuning:
       connection, a 1 MiB SETTINGS_MAX_FRAME_SIZE to the internal server: within noise or worse, so
       not offered here;
     - `oghttp2`: Envoy's heap grows ~56 KB per client connection instead of ~80 KB (admin `/memory`,
-      `allocated`, 1,000 to 2,000 proxies): Envoy 185 MiB instead of 208 MiB at 2,000 proxies; but
-      Envoy 0.88 vs 0.82 CPU seconds per push and the push 2.88 s vs 2.79 s, same run
-      (`xds-20261205T005833Z`), so nghttp2 stays the default;
+      `allocated`, 1,000 to 2,000 proxies): Envoy 183-185 MiB instead of 206-208 MiB at 2,000
+      proxies in three runs; but Envoy CPU per push 0.88, 0.77 and 0.85 s vs 0.82, 0.79 and 0.81 s,
+      the push 2.88, 2.66 and 2.91 s vs 2.79, 2.79 and 2.85 s, same runs (`xds-20261205T005833Z`,
+      `T015159Z`, `T015440Z`): no faster, so nghttp2 stays the default;
     - Envoy's io_uring socket interface (`DefaultSocketInterface.io_uring_options`), same run as the
       default: Envoy 1.04 s vs 1.02 s per push, the clients +0.45 s, service push 1.18x vs 1.13x the
       plaintext one: not offered either;
