@@ -122,11 +122,6 @@ class ConfigStore:
         stale = [(key, None) for key in self._objects if key.kind == kind and key not in wanted]
         return self.apply([*stale, *wanted.items()])
 
-    def replace_all(self, objects: Mapping[ObjectKey, Object]) -> builtins.list[ConfigEvent]:
-        """Make the whole store exactly `objects` (the file source's full view)."""
-        stale = [(key, None) for key in self._objects if key not in objects]
-        return self.apply([*stale, *objects.items()])
-
     # -- events ------------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

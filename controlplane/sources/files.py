@@ -190,6 +190,7 @@ class FileSource:
         self.poll_interval = poll_interval
         self.empty_hold = empty_hold
         self._files: dict[pathlib.Path, _FileState] = {}
+        self._holders: dict[ObjectKey, set[pathlib.Path]] = {}  # the files that define each key
         self._scanned = False
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
@@ -254,24 +255,24 @@ class FileSource:
         """Settle what `_collect` read and publish the result; runs where the store lives."""
         initial = not self._scanned
         self._scanned = True
-        changed = False
+        before: dict[pathlib.Path, Mapping[ObjectKey, Object]] = {}  # what each changed file held
         for path in sorted(set(self._files) - set(found.readings)):
             state = self._files[path]
             if state.missing or not state.objects:
                 del self._files[path]
                 log.info("config file removed", extra={"file": self._label(path)})
-                changed = changed or bool(state.objects)
+                if state.objects:
+                    before[path] = state.objects
             else:
                 state.missing = True  # maybe an editor's save in progress: look again at the next scan
         for path in sorted(found.readings):
             seen, reading = found.readings[path]
             state = self._files.setdefault(path, seen)
             state.missing = False
+            held = state.objects
             if reading is not None and self._settle(path, state, reading, now=found.now, initial=initial):
-                changed = True
-        if changed:
-            self._publish()
-        return changed
+                before[path] = held
+        return self._publish(before) if before else False
 
     def _label(self, path: pathlib.Path) -> str:
         return str(path.relative_to(self.directory))
@@ -333,24 +334,39 @@ class FileSource:
         state.settled = replace(reading, objects=state.objects)  # one mapping and one key object per object
         return changed
 
-    def _publish(self) -> None:
-        merged: dict[ObjectKey, Object] = {}
-        owner: dict[ObjectKey, pathlib.Path] = {}
-        for path in sorted(self._files):
-            for key, obj in self._files[path].objects.items():
-                if key in merged:
-                    log.warning(
-                        "config problem: %s is defined in %s and %s; using the first",
-                        key,
-                        self._label(owner[key]),
-                        self._label(path),
-                    )
-                    continue
-                merged[key] = obj
-                owner[key] = path
-        events = self.store.replace_all(merged)
+    def _publish(self, before: Mapping[pathlib.Path, Mapping[ObjectKey, Object]]) -> bool:
+        """Write to the store the keys the changed files held before or hold now, each from the file
+        that sorts first among those defining it: an edit costs the edited files' objects, not the
+        whole directory's."""
+        affected: set[ObjectKey] = set()
+        for path, held in before.items():
+            current = self._files[path].objects if path in self._files else {}
+            for key in held.keys() - current.keys():
+                holders = self._holders[key]
+                holders.discard(path)
+                if not holders:
+                    del self._holders[key]
+            for key in current.keys() - held.keys():
+                self._holders.setdefault(key, set()).add(path)
+            affected.update(held.keys(), current.keys())
+        changes: list[tuple[ObjectKey, Object | None]] = []
+        for key in sorted(affected):
+            defined_in = self._holders.get(key)
+            if not defined_in:
+                changes.append((key, None))
+                continue
+            first, *others = sorted(defined_in)
+            if others:
+                log.warning(
+                    "config problem: %s is defined in %s; using the first",
+                    key,
+                    " and ".join(self._label(path) for path in (first, *others)),
+                )
+            changes.append((key, self._files[first].objects[key]))
+        events = self.store.apply(changes)
         if events:
-            log.info("config dir applied", extra={"objects": len(merged), "changes": len(events)})
+            log.info("config dir applied", extra={"objects": len(self.store), "changes": len(events)})
+        return bool(events)
 
     async def watch(self) -> None:
         """Poll for edits until cancelled (call `scan()` once first). A directory that disappears
