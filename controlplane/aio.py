@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -44,3 +45,61 @@ class TaskGroup:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+class TurnBudget:
+    """Spreads the synchronous work that many tasks are ready to do over turns of the event loop.
+
+    asyncio runs every callback that is ready before it looks at its sockets again, so a hundred
+    streams each handed a 10,000-name request in the same turn hold the loop for all hundred, and a
+    `/ready` poll or a CSR waits behind them. A task calls `take(cost)` before work of about `cost`
+    units that will not await: it starts at once while the units started in this turn stay within
+    `per_turn` (one piece always, however large); otherwise it waits, in arrival order, for a later
+    turn, and whatever else became ready runs in between. A turn may run up to twice `per_turn` (the
+    pieces granted to it and those that found room), so `per_turn` is half of what one turn may cost.
+    """
+
+    def __init__(self, per_turn: int) -> None:
+        self.per_turn = per_turn
+        self._taken = 0  # units started in the current turn
+        self._waiting: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        self._turn_scheduled = False
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for granted, _ in self._waiting if not granted.done())
+
+    async def take(self, cost: int) -> None:
+        if not self._waiting and self._fits(cost):
+            self._spend(cost)
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((granted, cost))
+        self._schedule()
+        await granted  # cancelled while waiting: `_next_turn` drops it
+
+    def _fits(self, cost: int) -> bool:
+        return self._taken == 0 or self._taken + cost <= self.per_turn
+
+    def _spend(self, cost: int) -> None:
+        self._taken += cost
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)  # runs in the loop's next turn
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self._taken = 0
+        while self._waiting:
+            granted, cost = self._waiting[0]
+            if granted.done():  # its task was cancelled
+                self._waiting.popleft()
+                continue
+            if not self._fits(cost):
+                break
+            self._waiting.popleft()
+            self._spend(cost)
+            granted.set_result(None)

@@ -79,6 +79,13 @@ class SotwRequest:
     error: str | None = None  # error_detail.message, or None when there is no error_detail
 
 
+# What handling a request costs, in `TurnBudget` units: about the cost of one resource name (~2.5 us:
+# a 10,000-name EDS request takes ~25 ms), plus a base for any request; a turn of the event loop
+# starts up to REQUEST_UNITS_PER_TURN of them (~10 ms), and one larger request alone.
+REQUEST_BASE_UNITS = 50
+REQUEST_UNITS_PER_TURN = 4_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class StreamLimits:
     """What one client may make a stream hold; over a limit the stream ends with a precise status.

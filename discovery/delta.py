@@ -28,6 +28,13 @@ from discovery.stream import StreamBase, error_detail
 class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
     delta = True
 
+    def names_in(self, request: discovery_pb2.DeltaDiscoveryRequest) -> int:
+        return (
+            len(request.resource_names_subscribe)
+            + len(request.resource_names_unsubscribe)
+            + len(request.initial_resource_versions)
+        )
+
     async def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         conn = self.conn
         assert conn is not None

@@ -33,11 +33,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2, json_format
 
+from controlplane.aio import TurnBudget
 from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.clients import OpenStreams
-from discovery.connection import StreamLimits, Watched, sync_status
+from discovery.connection import REQUEST_UNITS_PER_TURN, StreamLimits, Watched, sync_status
 from discovery.delta import KnownVersions
 from discovery.generators import ProxyView, table_for
 from discovery.generators.base import GenContext
@@ -79,6 +80,9 @@ class DiscoveryService:
         self.known_versions = KnownVersions()  # Delta streams in the same state share what their clients know
         self.limits = limits or StreamLimits()
         self.open_streams = OpenStreams(self.limits.streams_per_client)
+        # Requests are handled a turn's worth at a time (`StreamBase.serve`), so a burst of large ones
+        # from many streams cannot hold the event loop that also answers /ready and the CA.
+        self.request_turns = TurnBudget(REQUEST_UNITS_PER_TURN)
         self.control_plane_id = control_plane_id
         self.control_plane = base_pb2.ControlPlane(
             identifier=json.dumps({"Component": "istiod", "ID": control_plane_id, "info": {"version": version}})

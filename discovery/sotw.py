@@ -26,6 +26,9 @@ from discovery.xdstypes import WILDCARD_TYPES
 class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
     delta = False
 
+    def names_in(self, request: discovery_pb2.DiscoveryRequest) -> int:
+        return len(request.resource_names)
+
     async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         conn = self.conn
         assert conn is not None

@@ -7,7 +7,9 @@ which merges into a single pending slot: however many changes happen while the s
 writing to a slow client, it holds at most one pending request, and the next push is generated
 from the newest snapshot. A pending push is sent by a task that exists only while pushes are
 pending. Handling a request and sending a push take turns (`_turn`, first come first served), so a
-stream's state is only touched by one of them at a time.
+stream's state is only touched by one of them at a time. Before it is handled, a request takes its
+share of the service's `request_turns` (by the names it carries), so a burst of large requests from
+many streams is handled over several turns of the event loop instead of in one.
 
 A stream at rest is a few objects (the stream, its connection and per-type state, gRPC's own call
 state): no task of its own and no queues, so that what the collector walks grows as little as it
@@ -32,7 +34,7 @@ import grpc
 
 from controlplane.model.registry import MeshSnapshot
 from controlplane.model.workloads import Workload
-from discovery.connection import Connection, Decision, StreamLimits, Watched
+from discovery.connection import REQUEST_BASE_UNITS, Connection, Decision, StreamLimits, Watched
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
 from discovery.metrics import HOOKS, clip
 from discovery.proxy import NodeError, Proxy, parse_node
@@ -138,6 +140,10 @@ class StreamBase(Generic[R]):
     def node_of(self, request: R) -> Any:
         return request.node if request.HasField("node") else None  # type: ignore[attr-defined]
 
+    def names_in(self, request: R) -> int:
+        """How many resource names `request` carries: what handling it costs grows with them."""
+        raise NotImplementedError
+
     def generator_for(self, type_url: str) -> Any:
         """The generator for `type_url`, or None (counted and logged; the stream stays open)."""
         assert self.conn is not None
@@ -203,6 +209,7 @@ class StreamBase(Generic[R]):
         del first
         try:
             while request is not None:
+                await self.service.request_turns.take(REQUEST_BASE_UNITS + self.names_in(request))
                 async with self._turn:
                     await self.handle(request)
                 request = None  # not kept while the next is awaited

@@ -4,7 +4,8 @@ One event loop serves the webhook, the CA, xDS and `/ready`, so a CPU-heavy step
 all. A separate prober process polls `/ready` every 50 ms while the test sends, one after another,
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
 `proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
-a 1.9 MB pod, an RDS request for 5,000 route names in a mesh of 1,000 Services, xDS nodes with
+a 1.9 MB pod, an RDS request for 5,000 route names in a mesh of 1,000 Services, 90 streams asking
+for 10,000 endpoint names each at the same moment, xDS nodes with
 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps (node metadata,
 Delta initial versions, a CSR request's metadata) hold hundreds of thousands of entries. Any poll
 that waits over 250 ms fails the test (the issue's bound), naming the input it overlapped.
@@ -25,7 +26,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse
 
 from certs.service import METHOD_PATH as CA_METHOD
 from protos.gen.istio.v1.auth.ca_pb2 import IstioCertificateRequest
@@ -37,6 +38,7 @@ STALL_LIMIT = 0.250  # seconds a single /ready poll may wait
 POLL_EVERY = 0.050
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 PROBER = r"""
@@ -212,6 +214,34 @@ def secure_channel(running: Running) -> grpc.aio.Channel:
     )
 
 
+async def many_heavy_requests(address: str, *, streams: int, names: int, rounds: int) -> None:
+    """`streams` SotW streams (one channel each, as many proxies behind one address) that each ask for
+    `names` EDS names at once, `rounds` times, each time for other names; every request is answered.
+    The requests are serialized beforehand, so they reach the server together."""
+    method = f"{ADS}/StreamAggregatedResources"
+    channels = [grpc.aio.insecure_channel(address) for _ in range(streams)]
+    batches = [
+        DiscoveryRequest(
+            type_url=ENDPOINT,
+            resource_names=[f"outbound|80||h{n}.many.svc.cluster.local" for n in range(r * names, (r + 1) * names)],
+        ).SerializeToString()
+        for r in range(rounds)
+    ]
+    nodes = [
+        DiscoveryRequest(node=node(pod=f"heavy-{i}", ip=f"10.2.{i // 250}.{i % 250 + 1}")).SerializeToString()
+        for i in range(streams)
+    ]
+    calls = [channel.stream_stream(method)() for channel in channels]
+    try:
+        for r, batch in enumerate(batches):
+            await asyncio.gather(*(call.write(nodes[i] + batch if r == 0 else batch) for i, call in enumerate(calls)))
+            for call in calls:
+                response = DiscoveryResponse.FromString(await asyncio.wait_for(call.read(), 60))
+                assert len(response.resources) == names
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
+
+
 async def xds_refused(address: str, *, secure_root: bytes | None) -> grpc.StatusCode:
     """Open an ADS stream with 40,000 INSTANCE_IPS; the server's refusal code."""
     ips = ",".join(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(40_000))
@@ -279,6 +309,9 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
             assert len((await routes.recv(wait=60)).resources) == 5_000
         finally:
             await channel.close()
+
+        prober.mark("90 streams from one address, each asking for 10,000 endpoint names at once, 3 times")
+        await many_heavy_requests(running.addr("grpc"), streams=90, names=10_000, rounds=3)
 
         prober.mark("40,000 INSTANCE_IPS on the plaintext xDS port")
         code = await xds_refused(running.addr("grpc"), secure_root=None)
