@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Hashable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -52,29 +52,33 @@ class TurnBudget:
 
     asyncio runs every callback that is ready before it looks at its sockets again, so a hundred
     streams each handed a 10,000-name request in the same turn hold the loop for all hundred, and a
-    `/ready` poll or a CSR waits behind them. A task calls `take(cost)` before work of about `cost`
-    units that will not await: it starts at once while the units started in this turn stay within
-    `per_turn` (one piece always, however large); otherwise it waits, in arrival order, for a later
-    turn, and whatever else became ready runs in between. A turn may run up to twice `per_turn` (the
-    pieces granted to it and those that found room), so `per_turn` is half of what one turn may cost.
+    `/ready` poll or a CSR waits behind them. A task calls `take(cost, owner)` before work of about
+    `cost` units that will not await: it starts at once while the units started in this turn stay
+    within `per_turn` (one piece always, however large) and nobody waits; otherwise it waits for a
+    later turn, and whatever else became ready runs in between. Waiting work is started owner by
+    owner in turn (each owner's in arrival order), so an owner (a client address) with a hundred
+    pieces waiting delays another's next piece by one piece, not by a hundred. A turn may run up to
+    twice `per_turn` (the pieces granted to it and those that found room), so `per_turn` is half of
+    what one turn may cost.
     """
 
     def __init__(self, per_turn: int) -> None:
         self.per_turn = per_turn
         self._taken = 0  # units started in the current turn
-        self._waiting: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        # each owner's waiting pieces; the dict's order is the order owners are served in
+        self._waiting: dict[Hashable, collections.deque[tuple[asyncio.Future[None], int]]] = {}
         self._turn_scheduled = False
 
     @property
     def waiting(self) -> int:
-        return sum(1 for granted, _ in self._waiting if not granted.done())
+        return sum(1 for queue in self._waiting.values() for granted, _ in queue if not granted.done())
 
-    async def take(self, cost: int) -> None:
+    async def take(self, cost: int, owner: Hashable = None) -> None:
         if not self._waiting and self._fits(cost):
             self._spend(cost)
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((granted, cost))
+        self._waiting.setdefault(owner, collections.deque()).append((granted, cost))
         self._schedule()
         await granted  # cancelled while waiting: `_next_turn` drops it
 
@@ -94,12 +98,14 @@ class TurnBudget:
         self._turn_scheduled = False
         self._taken = 0
         while self._waiting:
-            granted, cost = self._waiting[0]
-            if granted.done():  # its task was cancelled
-                self._waiting.popleft()
-                continue
-            if not self._fits(cost):
+            owner, queue = next(iter(self._waiting.items()))
+            granted, cost = queue[0]
+            if not granted.done() and not self._fits(cost):
                 break
-            self._waiting.popleft()
-            self._spend(cost)
-            granted.set_result(None)
+            queue.popleft()
+            del self._waiting[owner]
+            if queue:
+                self._waiting[owner] = queue  # to the back: the other owners go first
+            if not granted.done():  # (done: its task was cancelled)
+                self._spend(cost)
+                granted.set_result(None)

@@ -8,8 +8,9 @@ writing to a slow client, it holds at most one pending request, and the next pus
 from the newest snapshot. A pending push is sent by a task that exists only while pushes are
 pending. Handling a request and sending a push take turns (`_turn`, first come first served), so a
 stream's state is only touched by one of them at a time. Before it is handled, a request takes its
-share of the service's `request_turns` (by the names it carries), so a burst of large requests from
-many streams is handled over several turns of the event loop instead of in one.
+share of the service's `request_turns` (by the names it carries; clients, by address, take turns),
+so a burst of large requests from many streams is handled over several turns of the event loop
+instead of in one, and one client's burst delays another client's request by one of its requests.
 
 A stream at rest is a few objects (the stream, its connection and per-type state, gRPC's own call
 state): no task of its own and no queues, so that what the collector walks grows as little as it
@@ -34,6 +35,7 @@ import grpc
 
 from controlplane.model.registry import MeshSnapshot
 from controlplane.model.workloads import Workload
+from controlplane.peers import client_of_peer
 from discovery.connection import REQUEST_BASE_UNITS, Connection, Decision, StreamLimits, Watched
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
 from discovery.metrics import HOOKS, clip
@@ -207,9 +209,10 @@ class StreamBase(Generic[R]):
         self._task = asyncio.current_task()
         request: R | None = first
         del first
+        client = client_of_peer(self.peer)
         try:
             while request is not None:
-                await self.service.request_turns.take(REQUEST_BASE_UNITS + self.names_in(request))
+                await self.service.request_turns.take(REQUEST_BASE_UNITS + self.names_in(request), client)
                 async with self._turn:
                     await self.handle(request)
                 request = None  # not kept while the next is awaited

@@ -81,6 +81,20 @@ async def test_other_callbacks_run_between_heavy_pieces() -> None:
     assert log.index("ready-poll") <= 2  # not behind all five
 
 
+async def test_owners_take_turns_so_one_owners_backlog_does_not_delay_another() -> None:
+    budget = TurnBudget(100)
+    order: list[str] = []
+
+    async def work(owner: str, i: int) -> None:
+        await budget.take(1_000, owner)
+        order.append(f"{owner}{i}")
+
+    flood = [asyncio.create_task(work("a", i)) for i in range(6)]
+    other = asyncio.create_task(work("b", 0))  # asks after all of a's
+    await asyncio.gather(*flood, other)
+    assert order == ["a0", "a1", "b0", "a2", "a3", "a4", "a5"]  # a0 ran at once; then a and b alternate
+
+
 async def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
     budget = TurnBudget(100)
     done: list[int] = []
