@@ -12,7 +12,7 @@ import gc
 import logging
 import sys
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import aiohttp
@@ -22,10 +22,19 @@ from aiohttp import web
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
+from controlplane.aio import TurnBudget
 from controlplane.httpserver import metrics_app
 from discovery import metrics
 from discovery.cache import XdsCache
-from discovery.connection import Connection, LogThrottle, StreamLimits, canonical, shared_subscriptions
+from discovery.connection import (
+    REQUEST_BASE_UNITS,
+    REQUEST_UNITS_PER_TURN,
+    Connection,
+    LogThrottle,
+    StreamLimits,
+    canonical,
+    shared_subscriptions,
+)
 from discovery.wire import LOCATOR_BYTES, NODE_BYTES
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.discovery import meshdata as m
@@ -469,3 +478,27 @@ async def test_an_idle_stream_keeps_no_request() -> None:
     async with web_alone(limits=StreamLimits(streams_per_client=IDLE_STREAMS)) as xds:
         _, _, requests = await idle_streams(xds, 20)
     assert requests == 0
+
+
+class RecordingTurns(TurnBudget):
+    def __init__(self) -> None:
+        super().__init__(REQUEST_UNITS_PER_TURN)
+        self.taken: list[tuple[int, Hashable]] = []
+
+    async def take(self, cost: int, owner: Hashable = None) -> None:
+        self.taken.append((cost, owner))
+        await super().take(cost, owner)
+
+
+async def test_each_request_takes_its_turn_by_the_names_it_carries_and_its_client(xds: XdsHarness) -> None:
+    """What keeps a burst of large requests from holding the event loop (`tests/e2e/test_stall_probe.py`
+    shows the effect): every request is counted before it is handled, by its names and its client."""
+    turns = RecordingTurns()
+    xds.service.request_turns = turns
+    sotw = xds.sotw()
+    await sotw.request(ENDPOINT, cluster_names(3))
+    await sotw.recv()
+    delta = xds.delta(node("app-2", ip="10.1.0.2"))
+    await delta.request(CLUSTER, subscribe=["a", "b"], unsubscribe=["c"], initial={"d": "1"})
+    await delta.recv()
+    assert turns.taken == [(REQUEST_BASE_UNITS + 3, "127.0.0.1"), (REQUEST_BASE_UNITS + 4, "127.0.0.1")]
