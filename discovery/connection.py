@@ -79,11 +79,24 @@ class SotwRequest:
     error: str | None = None  # error_detail.message, or None when there is no error_detail
 
 
-# What handling a request costs, in `TurnBudget` units: about the cost of one resource name (~2.5 us:
-# a 10,000-name EDS request takes ~25 ms), plus a base for any request; a turn of the event loop
-# starts up to REQUEST_UNITS_PER_TURN of them (~10 ms), and one larger request alone.
+# What work on a request's names costs, in `TurnBudget` units of ~2.5 us: generating a response costs
+# about one unit per name (a 10,000-name EDS request takes ~25 ms) plus a base; reading the names
+# (into the stream's subscription, to see whether anything is to be sent) one unit per 8 names. A
+# turn of the event loop starts up to REQUEST_UNITS_PER_TURN of them (~10 ms), one larger piece alone.
 REQUEST_BASE_UNITS = 50
+READ_NAMES_PER_UNIT = 8
 REQUEST_UNITS_PER_TURN = 4_000
+
+
+def reading(names: int) -> int:
+    """Units for reading `names` resource names of a request."""
+    return names // READ_NAMES_PER_UNIT
+
+
+def generating(names: int) -> int:
+    """Units for generating the resources `names` names ask for (none for none: wildcard responses
+    are shared by every proxy with the same view, and come from the cache)."""
+    return REQUEST_BASE_UNITS + names if names else 0
 
 
 @dataclass(frozen=True, kw_only=True)

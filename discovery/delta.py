@@ -18,7 +18,7 @@ from types import MappingProxyType
 from envoy.service.discovery.v3 import discovery_pb2
 
 from discovery.cache import Resource
-from discovery.connection import Decision, DeltaRequest, Watched, should_respond_delta
+from discovery.connection import Decision, DeltaRequest, Watched, generating, reading, should_respond_delta
 from discovery.generators import Generated
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
@@ -28,13 +28,6 @@ from discovery.stream import StreamBase, error_detail
 class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
     delta = True
 
-    def names_in(self, request: discovery_pb2.DeltaDiscoveryRequest) -> int:
-        return (
-            len(request.resource_names_subscribe)
-            + len(request.resource_names_unsubscribe)
-            + len(request.initial_resource_versions)
-        )
-
     async def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         conn = self.conn
         assert conn is not None
@@ -42,6 +35,13 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         generator = self.generator_for(type_url)
         if generator is None:
             return
+        await self.take_turn(
+            reading(
+                len(request.resource_names_subscribe)
+                + len(request.resource_names_unsubscribe)
+                + len(request.initial_resource_versions)
+            )
+        )
         view = DeltaRequest(
             type_url=type_url,
             response_nonce=request.response_nonce,
@@ -53,6 +53,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         decision, state, added = should_respond_delta(conn.watched.get(type_url), view)
         if not self.record(type_url, decision, state):
             return
+        await self.take_turn(generating(len(state.names)))
         snapshot = self.service.snapshot()
         generated = generator.generate(self.context(snapshot, None), state)
         await self._send(type_url, generated, state, None, force=decision is not Decision.NAMES_CHANGED, added=added)

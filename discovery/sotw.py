@@ -14,7 +14,7 @@ import time
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from discovery.connection import Decision, SotwRequest, Watched, should_respond
+from discovery.connection import Decision, SotwRequest, Watched, generating, reading, should_respond
 from discovery.generators import Generated
 from discovery.generators.base import AnswersAdded
 from discovery.metrics import HOOKS
@@ -26,9 +26,6 @@ from discovery.xdstypes import WILDCARD_TYPES
 class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
     delta = False
 
-    def names_in(self, request: discovery_pb2.DiscoveryRequest) -> int:
-        return len(request.resource_names)
-
     async def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         conn = self.conn
         assert conn is not None
@@ -36,6 +33,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         generator = self.generator_for(type_url)
         if generator is None:
             return
+        await self.take_turn(reading(len(request.resource_names)))
         view = SotwRequest(
             type_url=type_url,
             version_info=request.version_info,
@@ -52,8 +50,10 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         added = state.names - previous.names if decision is Decision.NAMES_CHANGED and previous is not None else None
         if added and isinstance(generator, AnswersAdded) and type_url not in WILDCARD_TYPES:
             # The client keeps the resources it has: a grown subscription needs only the new ones.
+            await self.take_turn(generating(len(added)))
             generated = generator.only(ctx, sorted(added))
         else:
+            await self.take_turn(generating(len(state.names)))
             generated = generator.generate(ctx, state)
         await self.send(type_url, generated, state, None)
 

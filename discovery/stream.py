@@ -7,10 +7,12 @@ which merges into a single pending slot: however many changes happen while the s
 writing to a slow client, it holds at most one pending request, and the next push is generated
 from the newest snapshot. A pending push is sent by a task that exists only while pushes are
 pending. Handling a request and sending a push take turns (`_turn`, first come first served), so a
-stream's state is only touched by one of them at a time. Before it is handled, a request takes its
-share of the service's `request_turns` (by the names it carries; clients, by address, take turns),
-so a burst of large requests from many streams is handled over several turns of the event loop
-instead of in one, and one client's burst delays another client's request by one of its requests.
+stream's state is only touched by one of them at a time. Work on a request's names (reading them,
+then generating what they ask for) first takes its share of the service's `request_turns`
+(`take_turn`, by the names; clients, by address, take turns), so a burst of large requests from many
+streams is handled over several turns of the event loop instead of in one, and one client's backlog
+delays another client's request by one of its requests. An ACK generates nothing, and reading its
+names costs an eighth of generating for them.
 
 A stream at rest is a few objects (the stream, its connection and per-type state, gRPC's own call
 state): no task of its own and no queues, so that what the collector walks grows as little as it
@@ -36,7 +38,7 @@ import grpc
 from controlplane.model.registry import MeshSnapshot
 from controlplane.model.workloads import Workload
 from controlplane.peers import client_of_peer
-from discovery.connection import REQUEST_BASE_UNITS, Connection, Decision, StreamLimits, Watched
+from discovery.connection import Connection, Decision, StreamLimits, Watched
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
 from discovery.metrics import HOOKS, clip
 from discovery.proxy import NodeError, Proxy, parse_node
@@ -142,9 +144,12 @@ class StreamBase(Generic[R]):
     def node_of(self, request: R) -> Any:
         return request.node if request.HasField("node") else None  # type: ignore[attr-defined]
 
-    def names_in(self, request: R) -> int:
-        """How many resource names `request` carries: what handling it costs grows with them."""
-        raise NotImplementedError
+    async def take_turn(self, units: int) -> None:
+        """Wait, if need be, for a turn of the event loop with room for `units` of work (`reading` or
+        `generating` names) in the service's `request_turns`, shared by all streams, clients by address
+        taking turns. No units, no wait."""
+        if units:
+            await self.service.request_turns.take(units, client_of_peer(self.peer))
 
     def generator_for(self, type_url: str) -> Any:
         """The generator for `type_url`, or None (counted and logged; the stream stays open)."""
@@ -209,10 +214,8 @@ class StreamBase(Generic[R]):
         self._task = asyncio.current_task()
         request: R | None = first
         del first
-        client = client_of_peer(self.peer)
         try:
             while request is not None:
-                await self.service.request_turns.take(REQUEST_BASE_UNITS + self.names_in(request), client)
                 async with self._turn:
                     await self.handle(request)
                 request = None  # not kept while the next is awaited

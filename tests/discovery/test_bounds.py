@@ -33,6 +33,8 @@ from discovery.connection import (
     LogThrottle,
     StreamLimits,
     canonical,
+    generating,
+    reading,
     shared_subscriptions,
 )
 from discovery.wire import LOCATOR_BYTES, NODE_BYTES
@@ -490,15 +492,34 @@ class RecordingTurns(TurnBudget):
         await super().take(cost, owner)
 
 
-async def test_each_request_takes_its_turn_by_the_names_it_carries_and_its_client(xds: XdsHarness) -> None:
+async def test_work_on_names_takes_its_turn_by_the_names_and_the_client(xds: XdsHarness) -> None:
     """What keeps a burst of large requests from holding the event loop (`tests/e2e/test_stall_probe.py`
-    shows the effect): every request is counted before it is handled, by its names and its client."""
+    shows the effect): reading a request's names, then generating what they ask for, is counted first,
+    by the names and the client. An ACK generates nothing."""
     turns = RecordingTurns()
     xds.service.request_turns = turns
+    client = "127.0.0.1"
     sotw = xds.sotw()
-    await sotw.request(ENDPOINT, cluster_names(3))
-    await sotw.recv()
+    await sotw.request(ENDPOINT, cluster_names(16))
+    response = await sotw.recv()
+    await sotw.ack(response, cluster_names(16))
+    await sotw.request(ENDPOINT, cluster_names(24), nonce=response.nonce, version=response.version_info)
+    await sotw.recv()  # the 8 added names
+    assert turns.taken == [
+        (reading(16), client),
+        (generating(16), client),
+        (reading(16), client),  # the ACK: read, nothing generated
+        (reading(24), client),
+        (generating(8), client),
+    ]
+    turns.taken.clear()
     delta = xds.delta(node("app-2", ip="10.1.0.2"))
-    await delta.request(CLUSTER, subscribe=["a", "b"], unsubscribe=["c"], initial={"d": "1"})
-    await delta.recv()
-    assert turns.taken == [(REQUEST_BASE_UNITS + 3, "127.0.0.1"), (REQUEST_BASE_UNITS + 4, "127.0.0.1")]
+    await delta.request(
+        ENDPOINT, subscribe=cluster_names(12), unsubscribe=["c"], initial={"d": "1"} | {f"e{i}": "1" for i in range(2)}
+    )
+    response = await delta.recv()
+    await delta.request(ENDPOINT, nonce=response.nonce)  # an ACK: no names
+    await delta.request(ENDPOINT, subscribe=cluster_names(1, prefix="more"))
+    await delta.recv()  # requests are handled in order: the ACK was handled by now
+    assert turns.taken == [(reading(16), client), (generating(12), client), (generating(13), client)]
+    assert reading(16) == 2 and generating(8) == REQUEST_BASE_UNITS + 8 and generating(0) == 0
