@@ -45,16 +45,14 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         decision, state = should_respond(previous, view)
         if not self.record(type_url, decision, state):
             return
-        snapshot = self.service.snapshot()
-        ctx = self.context(snapshot, None)
         added = state.names - previous.names if decision is Decision.NAMES_CHANGED and previous is not None else None
         if added and isinstance(generator, AnswersAdded) and type_url not in WILDCARD_TYPES:
             # The client keeps the resources it has: a grown subscription needs only the new ones.
             await self.take_turn(generating(len(added)))
-            generated = generator.only(ctx, sorted(added))
+            generated = generator.only(self.context(self.service.snapshot(), None), sorted(added))
         else:
-            await self.take_turn(generating(len(state.names)))
-            generated = generator.generate(ctx, state)
+            await self.take_turn(generating(len(state.names)))  # (then generated from the newest snapshot)
+            generated = generator.generate(self.context(self.service.snapshot(), None), state)
         await self.send(type_url, generated, state, None)
 
     async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
