@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -14,11 +15,29 @@ ReadinessCheck = Callable[[], Mapping[str, bool]]
 DebugHandler = Callable[[web.Request], Any]
 
 
+@dataclass(frozen=True)
+class OffLoop:
+    """Debug data built away from the event loop: `build` runs in a worker thread.
+
+    `build` may read only what the event loop does not change while it runs: an immutable
+    snapshot, or a copy taken when the handler was called.
+    """
+
+    build: Callable[[], Any]
+
+
 def health_app(readiness: ReadinessCheck, debug: Mapping[str, DebugHandler]) -> web.Application:
     """`/ready` answers 200 when every check is true, else 503 naming what is not ready.
 
-    `debug` maps a name to a handler returning JSON-able data, served at `/debug/<name>`.
+    `debug` maps a name to a handler returning JSON-able data, or an `OffLoop` building it, served
+    at `/debug/<name>`. What the handler returns must not be changed by the event loop afterwards:
+    the data is encoded in a worker thread, because a debug answer for a large mesh (a proxy's
+    config dump is megabytes of JSON) would otherwise hold the loop, and with it every proxy, CSR
+    and webhook call, for as long as the encoding takes. Debug requests are answered one at a time,
+    so many at once neither crowd the event loop out of the interpreter nor hold many answers'
+    data in memory.
     """
+    encoding = asyncio.Lock()
 
     async def ready(_: web.Request) -> web.Response:
         checks = readiness()
@@ -35,18 +54,21 @@ def health_app(readiness: ReadinessCheck, debug: Mapping[str, DebugHandler]) -> 
     app.router.add_get("/debug", index)
     app.router.add_get("/debug/", index)
     for name, handler in debug.items():
-        app.router.add_get(f"/debug/{name}", _json_handler(handler))
+        app.router.add_get(f"/debug/{name}", _json_handler(handler, encoding))
     return app
 
 
-def _json_handler(handler: DebugHandler) -> Callable[[web.Request], Any]:
-    async def serve(request: web.Request) -> web.Response:
-        data = handler(request)
-        if hasattr(data, "__await__"):
-            data = await data
-        if isinstance(data, web.StreamResponse):
-            return data  # type: ignore[return-value]
-        return web.Response(text=json.dumps(data, indent=2, default=str) + "\n", content_type="application/json")
+def _json_handler(handler: DebugHandler, encoding: asyncio.Lock) -> Callable[[web.Request], Any]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        async with encoding:  # waiting requests hold nothing yet: one answer's data at a time
+            data = handler(request)
+            if hasattr(data, "__await__"):
+                data = await data
+            if isinstance(data, web.StreamResponse):
+                return data
+            build: Callable[[], Any] = data.build if isinstance(data, OffLoop) else lambda: data
+            text = await asyncio.to_thread(lambda: json.dumps(build(), indent=2, default=str) + "\n")
+        return web.Response(text=text, content_type="application/json")
 
     return serve
 

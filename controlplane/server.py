@@ -41,7 +41,7 @@ from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
 from controlplane.grpcserver import GrpcServers
-from controlplane.httpserver import InflightTracker, health_app, metrics_app
+from controlplane.httpserver import InflightTracker, OffLoop, health_app, metrics_app
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.kube.configmaps import KubeConfigMaps
 from controlplane.kube.issuerkeys import KubeIssuerKeys
@@ -372,17 +372,23 @@ class ControlPlane:
 
     def _debug_handlers(self) -> dict[str, Any]:
         def configz(_: web.Request) -> Any:
-            return {
-                "objects": [str(key) for key in sorted(self.store._objects)],
-                "problems": [str(p) for p in (self.file_source.problems if self.file_source else [])],
-                "watches": self.kube_source.describe() if self.kube_source else {},
-            }
+            keys = list(self.store._objects)  # a copy: sorting and naming 60,000 keys is for the worker
+            problems = [str(p) for p in (self.file_source.problems if self.file_source else [])]
+            watches = self.kube_source.describe() if self.kube_source else {}
+            return OffLoop(
+                lambda: {"objects": [str(k) for k in sorted(keys)], "problems": problems, "watches": watches}
+            )
 
         def registryz(_: web.Request) -> Any:
             """The registry, with every config problem in one list: the config dir's files first."""
-            found = self.discovery.registryz()
+            describe = self.discovery.registryz()
             files = [str(p) for p in (self.file_source.problems if self.file_source else [])]
-            return {**found, "problems": files + list(found["problems"])}
+
+            def build() -> dict[str, Any]:
+                found = describe()
+                return {**found, "problems": files + list(found["problems"])}
+
+            return OffLoop(build)
 
         def injectz(_: web.Request) -> Any:
             return self.injector.describe()
@@ -394,7 +400,7 @@ class ControlPlane:
             dump = self.discovery.config_dump(proxy)
             if dump is None:
                 return web.json_response({"error": f"proxy {proxy!r} is not connected"}, status=404)
-            return dump
+            return OffLoop(dump)
 
         return {
             "configz": configz,

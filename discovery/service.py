@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
@@ -226,8 +226,13 @@ class DiscoveryService:
         found = [s for s in self.streams.values() if s.conn and proxy_id in (s.conn.proxy.name, s.conn.proxy.id)]
         return max(found, key=lambda s: s.conn.connected_at if s.conn else 0.0) if found else None
 
-    def config_dump(self, proxy_id: str) -> dict[str, Any] | None:
-        """Envoy-style config dump of what the proxy would be sent now (None if not connected)."""
+    def config_dump(self, proxy_id: str) -> Callable[[], dict[str, Any]] | None:
+        """Envoy-style config dump of what the proxy would be sent now (None if not connected).
+
+        Generating reads the shared cache, so it runs now, on the event loop (and costs little: what
+        a connected proxy was sent is cached); the returned function turns the result into JSON-able
+        data, which for a large mesh is the costly part, and may run outside the event loop.
+        """
         stream = self.find(proxy_id)
         if stream is None or stream.conn is None:
             return None
@@ -279,11 +284,18 @@ class DiscoveryService:
         )
         for section in (clusters, listeners, routes, endpoints):
             dump.configs.add().Pack(section)
-        result: dict[str, Any] = json_format.MessageToDict(dump)
-        return result
+        return lambda: dict(json_format.MessageToDict(dump))
 
-    def registryz(self) -> dict[str, Any]:
+    def registryz(self) -> Callable[[], dict[str, Any]]:
+        """The registry for `/debug/registryz`: what is cheap is read now, the rest by the returned
+        function, from an immutable snapshot, so it may run outside the event loop."""
         snapshot = self.snapshot()
+        problems = [str(p) for p in self.registry.problems]
+        cache = self.cache.stats()
+        return lambda: self._describe_registry(snapshot, problems, cache)
+
+    @staticmethod
+    def _describe_registry(snapshot: MeshSnapshot, problems: list[str], cache: dict[str, Any]) -> dict[str, Any]:
         return {
             "version": snapshot.version,
             "services": [
@@ -310,8 +322,8 @@ class DiscoveryService:
             ],
             "workloads": len(snapshot.workloads),
             "peer_authentications": [f"{p.namespace}/{p.name}" for p in snapshot.peer_authentications],
-            "problems": [str(p) for p in self.registry.problems],
-            "cache": self.cache.stats(),
+            "problems": problems,
+            "cache": cache,
         }
 
 

@@ -5,9 +5,9 @@ all. A separate prober process polls `/ready` every 50 ms while the test sends, 
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
 `proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
 a 1.9 MB pod, 150 webhook bodies of 53 KB completing at the same moment, an RDS request for 5,000
-route names in a mesh of 1,000 Services, 90 streams asking for 10,000 endpoint names each at the same
-moment, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose
-maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of thousands of
+route names in a mesh of 1,000 Services, ten config dumps of a proxy in that mesh and ten dumps of
+its registry at once, 90 streams asking for 10,000 endpoint names each at the same moment, xDS
+nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of thousands of
 entries. Any poll that waits over 250 ms fails the test (the issue's bound), naming the input it
 overlapped.
 """
@@ -340,6 +340,21 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
             assert len((await routes.recv(wait=60)).resources) == 5_000
         finally:
             await channel.close()
+
+        prober.mark("10 config dumps of a proxy in a mesh of 1,000 Services and 10,000 endpoints at once")
+        channel = grpc.aio.insecure_channel(running.addr("grpc"))
+        try:
+            dumped = SotwClient(channel, node("dumped"))
+            await dumped.request(CLUSTER, [])
+            assert len((await dumped.recv(wait=60)).resources) > 1_000
+            dump_url = f"{running.http_url}/debug/config_dump?proxyID=dumped.default"
+            dumps = await asyncio.gather(*(asyncio.to_thread(_get, dump_url) for _ in range(10)))
+            assert all("svc-999.many.svc.cluster.local" in dump for dump in dumps)
+        finally:
+            await channel.close()
+        prober.mark("10 /debug/registryz of that mesh at once")
+        found = await asyncio.gather(*(asyncio.to_thread(_get, registry_url) for _ in range(10)))
+        assert all(len(json.loads(answer)["services"]) > 1_000 for answer in found)
 
         prober.mark("90 streams from one address, each asking for 10,000 endpoint names at once, 3 times")
         await many_heavy_requests(running.addr("grpc"), streams=90, names=10_000, rounds=3)
