@@ -7,7 +7,8 @@ the inputs that used to freeze `meshplane serve` for seconds: a config file with
 a 1.9 MB pod, 150 webhook bodies of 53 KB completing at the same moment, an RDS request for 5,000
 route names in a mesh of 1,000 Services, ten config dumps of a proxy in that mesh and ten dumps of
 its registry at once, 90 streams asking for 10,000 endpoint names each at the same moment, xDS
-nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of thousands of
+nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps
+(node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of thousands of
 entries. Any poll that waits over 250 ms fails the test (the issue's bound), naming the input it
 overlapped.
 """
