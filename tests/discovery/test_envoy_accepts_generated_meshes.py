@@ -3,7 +3,10 @@
 Meshes are generated with Services that fight over cluster IPs and ports, sit on the sidecar's own
 ports (15001, 15006, 15021, 15090), are headless or IPv6, carry many ports of mixed protocols, and
 have odd names, valid (one character, 63 characters, digits) and invalid (a trailing newline,
-upper case, 64 characters), with EndpointSlices. Two checks:
+upper case, 64 characters), with EndpointSlices; some select the sidecar's own pod, by number or
+by container-port name, so its inbound side is generated too, under PeerAuthentications at mesh,
+namespace and workload scope with port-level modes on any port (the sidecar's own included). Two
+checks:
 
 - many meshes, cheaply: every resource meshplane generates for a REDIRECT and a NONE-mode sidecar
   goes into one bootstrap as static resources (EDS clusters made STATIC with their generated
@@ -48,6 +51,8 @@ IPS = ["10.96.7.1", "10.96.7.2", "10.96.7.3", "None", "fd00::7", "fd00::7:80"]
 PORTS = [80, 443, 8080, 9000, 3306, 15001, 15006, 15021, 15090, 1]
 PREFIXES = ["http", "http2", "grpc", "grpc-web", "tcp", "https", "tls", "mongo", "redis", "mysql", "unnamed", ""]
 CREATED = ["2024-01-01T00:00:00Z", "2024-03-01T00:00:00Z", "2024-06-01T00:00:00Z"]
+MODES = ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
+ROOT_NS = "istio-system"
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -57,7 +62,8 @@ def service_ports(draw: st.DrawFn) -> list[dict[str, Any]]:
     ports = []
     for index, number in enumerate(numbers):
         prefix = draw(st.sampled_from(PREFIXES))
-        port: dict[str, Any] = {"port": number, "targetPort": draw(st.sampled_from([number, 8080, 9090]))}
+        target = draw(st.sampled_from([number, 8080, 9090, *PORTS[5:9], "p8080", "p9090", "missing"]))
+        port: dict[str, Any] = {"port": number, "targetPort": target}
         if prefix:
             port["name"] = f"{prefix}-{index}" if prefix != "unnamed" else f"p{index}"
         elif len(numbers) > 1:
@@ -71,7 +77,7 @@ def service_ports(draw: st.DrawFn) -> list[dict[str, Any]]:
 @st.composite
 def meshes(draw: st.DrawFn) -> list[dict[str, Any]]:
     """Services (with EndpointSlices) in two namespaces, many of them in conflict; plus the client pod."""
-    objects: list[dict[str, Any]] = [m.namespace(NS), m.namespace(OTHER_NS)]
+    objects: list[dict[str, Any]] = [m.namespace(NS), m.namespace(OTHER_NS), m.namespace(ROOT_NS)]
     count = draw(st.integers(1, 8))
     seen: set[tuple[str, str]] = set()
     for _ in range(count):
@@ -80,19 +86,42 @@ def meshes(draw: st.DrawFn) -> list[dict[str, Any]]:
             continue
         seen.add((name, ns))
         ports = draw(service_ports())
-        service = m.service(name, ns, cluster_ip=draw(st.sampled_from(IPS)), ports=ports)
+        selects_client = ns == NS and draw(st.booleans())  # the sidecar's own inbound ports
+        app = "client" if selects_client else None
+        service = m.service(name, ns, cluster_ip=draw(st.sampled_from(IPS)), ports=ports, app=app)
         service["metadata"]["creationTimestamp"] = draw(st.sampled_from(CREATED))
         objects.append(service)
         if draw(st.booleans()):
             first = ports[0]
             ips = draw(st.lists(st.sampled_from(["10.1.7.1", "10.1.7.2", CLIENT_IP]), min_size=1, max_size=3))
+            target = first["targetPort"] if isinstance(first["targetPort"], int) else 8080
             slice_ = m.endpoint_slice(
-                name, ns, ips=ips, port=first["targetPort"], port_name=first.get("name", ""), name=f"s{len(objects)}"
+                name, ns, ips=ips, port=target, port_name=first.get("name", ""), name=f"s{len(objects)}"
             )
             slice_["metadata"]["labels"]["kubernetes.io/service-name"] = name
             objects.append(slice_)
-    objects.append(m.pod("client", CLIENT_IP, NS, app="client", sa="client"))
+    pod_ports = draw(st.lists(st.sampled_from([*PORTS, 8080, 9090]), max_size=4, unique=True))
+    objects.append(m.pod("client", CLIENT_IP, NS, app="client", sa="client", ports={f"p{p}": p for p in pod_ports}))
+    objects.extend(draw(peer_authentications()))
     return objects
+
+
+@st.composite
+def peer_authentications(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """PeerAuthentications at every scope, port-level modes on any port (the sidecar's own too)."""
+    found: list[dict[str, Any]] = []
+    for index in range(draw(st.integers(0, 4))):
+        scope = draw(st.sampled_from(["mesh", "namespace", "workload", "other-workload"]))
+        ns = ROOT_NS if scope == "mesh" else NS
+        selector = {"app": "client" if scope == "workload" else "other"} if scope.endswith("workload") else None
+        policy = m.peer_authentication(f"pa-{index}", ns, draw(st.sampled_from(MODES)), selector=selector)
+        policy["metadata"]["creationTimestamp"] = draw(st.sampled_from(CREATED))
+        if selector is not None:
+            numbers = draw(st.lists(st.sampled_from([*PORTS, 8080, 9090, 65535]), max_size=4, unique=True))
+            if numbers:
+                policy["spec"]["portLevelMtls"] = {str(n): {"mode": draw(st.sampled_from(MODES))} for n in numbers}
+        found.append(policy)
+    return found
 
 
 def _service(name: str, ip: str, created: str, ports: list[tuple[str, int]], ns: str = NS) -> dict[str, Any]:
