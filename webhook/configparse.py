@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from controlplane.model.meshconfig import Requirement
+from controlplane.model.meshconfig import MAX_MESH_BYTES, Requirement
 from webhook import validate as v
 from webhook.config import (
     DEFAULT_HUB,
@@ -36,6 +36,7 @@ from webhook.config import (
     Resources,
     image_ref,
 )
+from webhook.limits import MAX_CONFIG_KEY_BYTES
 from webhook.templates import TemplateError, TemplateSet, builtin_sources
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ def _join(path: str, name: str) -> str:
 
 
 def _load(key: str, text: str) -> Any:
+    size, most = len(text.encode()), MAX_MESH_BYTES if key == "mesh" else MAX_CONFIG_KEY_BYTES
+    if size > most:
+        typical = "a mesh config is a few KB" if key == "mesh" else "Istio's own are under 100 KB"
+        raise ConfigError(key=key, field="", problem=f"is {size:,} bytes; at most {most:,} are read ({typical})")
     try:
         return v.load_yaml(text)
     except ValueError as exc:

@@ -8,6 +8,8 @@ fail (`json.loads` and PyYAML's composer raise RecursionError on a few thousand 
 - A JSON or YAML annotation value nests at most `MAX_VALUE_DEPTH` levels (a ProxyConfig needs ~5).
 - `proxy.istio.io/config` is at most `MAX_PROXY_CONFIG_BYTES`; all annotations of a pod together at
   most `MAX_ANNOTATIONS_BYTES` (Kubernetes' own limit, keys and values counted).
+- Each key of the injector and mesh ConfigMaps read as YAML is at most `MAX_CONFIG_KEY_BYTES`: it
+  is parsed on the event loop whenever the ConfigMap changes.
 - Per connection (`Limits`): the request headers must arrive within `header_timeout` of the
   connection (or of the previous response), the body within `body_timeout` of the headers, and at
   most `max_connections` TLS connections are open at once.
@@ -22,16 +24,13 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, ClassVar
 
-import yaml
-
 from controlplane.settings import SettingsError
 
 MAX_BODY_DEPTH = 100
 MAX_VALUE_DEPTH = 50
 MAX_PROXY_CONFIG_BYTES = 64 * 1024
 MAX_ANNOTATIONS_BYTES = 256 * 1024
-
-YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
+MAX_CONFIG_KEY_BYTES = 256 * 1024  # one key (config, values, mesh) of the injector or mesh ConfigMap
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,32 +126,6 @@ def load_json(text: str | bytes, *, max_depth: int = MAX_VALUE_DEPTH) -> Any:
     if depth > max_depth:
         raise ValueError(f"nests {depth} levels deep; at most {max_depth} are allowed")
     return json.loads(data)
-
-
-# -- YAML --------------------------------------------------------------------------------------
-
-_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
-_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
-
-
-def check_yaml(text: str, *, max_depth: int = MAX_VALUE_DEPTH) -> None:
-    """Walk the YAML event stream (no recursion, no objects built) and raise `yaml.YAMLError` with a
-    mark for an alias (`*name`: one small value could expand into gigabytes) or nesting deeper than
-    `max_depth`. Syntax errors raise as the parser finds them."""
-    depth = 0
-    for event in yaml.parse(text, Loader=YamlLoader):
-        if isinstance(event, _OPEN):
-            depth += 1
-            if depth > max_depth:
-                raise _refusal(f"nests deeper than {max_depth} levels", event)
-        elif isinstance(event, _CLOSE):
-            depth -= 1
-        elif isinstance(event, yaml.AliasEvent):
-            raise _refusal("YAML aliases (*name) are not allowed here", event)
-
-
-def _refusal(problem: str, event: Any) -> yaml.MarkedYAMLError:
-    return yaml.MarkedYAMLError(problem=problem, problem_mark=event.start_mark)
 
 
 # -- annotations -------------------------------------------------------------------------------

@@ -20,9 +20,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import yaml
-
-from webhook.limits import MAX_PROXY_CONFIG_BYTES, YamlLoader, check_yaml
+from controlplane.model import yamltext
+from webhook.limits import MAX_PROXY_CONFIG_BYTES, MAX_VALUE_DEPTH
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -70,20 +69,7 @@ def load_yaml(text: str) -> Any:
     Aliases and nesting deeper than `limits.MAX_VALUE_DEPTH` are refused before anything is built,
     so neither a small value expanding into gigabytes nor a deep one exhausting the stack gets in.
     """
-    try:
-        check_yaml(text)
-        return yaml.load(text, Loader=YamlLoader)  # a safe loader: plain data only
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = ""
-        if mark is not None:
-            lines = text.split("\n")
-            line, column = mark.line, mark.column
-            if line >= len(lines):  # libyaml places the end of the text after a final line break it assumes
-                line, column = len(lines) - 1, len(lines[-1])
-            where = f" at line {line + 1} column {column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ValueError(f"not valid YAML/JSON{where}: {problem}") from None
+    return yamltext.load_yaml(text, max_depth=MAX_VALUE_DEPTH)
 
 
 def type_name(value: Any) -> str:

@@ -10,19 +10,27 @@ selector matches its labels. An absent or empty list selects every namespace; an
 (`{}`) matches every namespace, as in Kubernetes. Keys, operators and values are checked by
 Kubernetes' rules, and a key a selector does not have (a typo like `matchLabel`) is refused rather
 than read as the empty selector.
+
+The YAML is read bounded (`controlplane.model.yamltext`): at most `MAX_MESH_BYTES` and
+`MAX_MESH_DEPTH` levels, no aliases; an Istio mesh config is a few KB and nests a handful of
+levels, and the text is read on the event loop whenever the ConfigMap changes, by every part that
+needs it (the last text's result is kept, so they share one parse).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from controlplane.model import fields as f
+from controlplane.model import yamltext
+
+MAX_MESH_BYTES = 64 * 1024
+MAX_MESH_DEPTH = 50
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -85,11 +93,7 @@ class MeshConfig:
         base = defaults or cls()
         data = f.mapping(obj.get("data"), "data")
         text = f.string(data.get("mesh"), "data.mesh", default="")
-        try:
-            mesh = yaml.safe_load(text) if text.strip() else {}
-        except yaml.YAMLError as exc:
-            raise f.ObjectError("data.mesh", f"is not valid YAML: {exc}") from None
-        raw = f.mapping(mesh, "data.mesh")
+        raw = f.mapping(_read_mesh(text), "data.mesh")
         policy_section = f.mapping(raw.get("outboundTrafficPolicy"), "data.mesh.outboundTrafficPolicy")
         policy_text = f.string(
             policy_section.get("mode"), "data.mesh.outboundTrafficPolicy.mode", default=base.outbound_policy.value
@@ -187,3 +191,19 @@ def _label_value(value: Any, path: str) -> str:
     if value and (len(value) > 63 or _LABEL_NAME.fullmatch(value) is None):
         raise f.ObjectError(path, f"{value!r} is not a valid label value: it must be empty or {_LABEL_RULE}")
     return value
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mesh(text: str) -> Any:
+    """The parsed `data.mesh` text (only read, never changed, by `from_configmap`)."""
+    size = len(text.encode())
+    if size > MAX_MESH_BYTES:
+        raise f.ObjectError(
+            "data.mesh", f"is {size:,} bytes; at most {MAX_MESH_BYTES:,} are read (a mesh config is a few KB)"
+        )
+    if not text.strip():
+        return {}
+    try:
+        return yamltext.load_yaml(text, max_depth=MAX_MESH_DEPTH)
+    except ValueError as exc:
+        raise f.ObjectError("data.mesh", str(exc)) from None

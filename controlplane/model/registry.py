@@ -234,6 +234,11 @@ class Registry:
                 self._problems[event.key] = Problem(key=str(event.key), field=exc.field, message=exc.message)
                 log.warning("%s is invalid and keeps its last good state: %s", event.key, exc)
                 continue
+            except Exception as exc:  # a bug: it must cost this object only, not the rest of the batch
+                message = f"could not be read ({type(exc).__name__}: {exc}); this is a meshplane bug"
+                self._problems[event.key] = Problem(key=str(event.key), field="(object)", message=message)
+                log.exception("%s could not be read and keeps its last good state", event.key)
+                continue
             self._problems.pop(event.key, None)
         for key in sorted(dirty):
             self._recompute_endpoints(key, updates)

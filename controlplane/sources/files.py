@@ -33,12 +33,12 @@ import pathlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import yaml
 
 from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
+from controlplane.model.yamltext import YamlLoader
 from controlplane.sources.kinds import FieldError, UnknownKind, check_document
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,6 @@ class _FileState:
         current = self.pending or self.settled
         return current.problems if current else ()
 
-
-# libyaml's loader when PyYAML was built with it (several times faster), else the pure-Python one.
-YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Files up to this size are parsed in the scanning thread; larger ones in a worker process, because
 # even libyaml holds the GIL for a whole document (a 10,000-endpoint EndpointSlice, ~1.2 MB, takes

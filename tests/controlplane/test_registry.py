@@ -342,3 +342,53 @@ def test_config_dir_reports_the_bad_field_and_keeps_the_file(tmp_path: pathlib.P
     (problem,) = source.problems
     assert (problem.file, problem.document, problem.field) == ("mesh.yaml", 1, field)
     assert [key.name for key in [ObjectKey.of(o) for o in store.list("Service")]] == ["keep"]
+
+
+def mesh_configmap(mesh: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": mesh},
+    }
+
+
+@pytest.mark.parametrize(
+    ("mesh", "message"),
+    [
+        ("[" * 5_000, "not valid YAML/JSON at line 1 column 1001"),
+        ("a:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(60)), "nests deeper than 50 levels"),
+        ("base: &b {mode: STRICT}\ncopy: *b\n", "aliases"),
+        ("meshMTLS: {}\n" + "# padding\n" * 7_000, "at most 65,536"),
+    ],
+    ids=["brackets", "deep-map", "alias", "oversized"],
+)
+def test_a_mesh_config_that_cannot_be_read_is_a_problem_and_the_rest_of_the_batch_applies(
+    store: ConfigStore, mesh: str, message: str
+) -> None:
+    registry = Registry(store)
+    put(store, mesh_configmap("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n"))
+    put(store, mesh_configmap(mesh), service("web"))  # one batch: the ConfigMap's event comes first
+    (problem,) = registry.problems
+    assert problem.field == "data.mesh" and message in problem.message, problem
+    assert "web.default.svc.cluster.local" in registry.snapshot().services
+    assert registry.snapshot().mesh.outbound_policy is OutboundPolicy.REGISTRY_ONLY  # the last good one
+
+
+def test_an_unexpected_failure_on_one_object_costs_that_object_only(
+    store: ConfigStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(store)
+    real = Registry._on_policy
+
+    def broken(self: Registry, event: Any, updates: Any) -> None:
+        if event.key.name == "broken":
+            raise KeyError("a bug")
+        real(self, event, updates)
+
+    monkeypatch.setattr(Registry, "_on_policy", broken)
+    put(store, peer_auth("broken", "default", "STRICT"), peer_auth("fine", "shop", "STRICT"), service("web"))
+    (problem,) = registry.problems
+    assert "KeyError" in problem.message and "broken" in problem.key
+    assert "web.default.svc.cluster.local" in registry.snapshot().services
+    assert [p.name for p in registry.snapshot().peer_authentications] == ["fine"]

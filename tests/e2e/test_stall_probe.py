@@ -9,8 +9,8 @@ route names in a mesh of 1,000 Services, ten config dumps of a proxy in that mes
 its registry at once, 90 streams asking for 10,000 endpoint names each at the same moment, xDS
 nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps
 (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of thousands of
-entries. Any poll that waits over 250 ms fails the test (the issue's bound), naming the input it
-overlapped.
+entries, and mesh ConfigMaps of 60 KB, nested 5,000 deep, and of 950 KB. Any poll that waits over
+250 ms fails the test (the issue's bound), naming the input it overlapped.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -388,6 +388,21 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
         code = await raw_call(channel, CA_METHOD, ca_request, stream=False)
         assert code is grpc.StatusCode.UNAUTHENTICATED
 
+        mesh_file = running.config_dir / "mesh.yaml"
+        injectz_url = f"{running.http_url}/debug/injectz"
+        prober.mark("a mesh ConfigMap of 60 KB (under the limit)")
+        default_config = "".join(f"  {line}\n" for line in proxy_config_of(55_000).splitlines())
+        mesh_file.write_text(mesh_configmap("defaultConfig:\n" + default_config))
+        await until(lambda: json.loads(_get(injectz_url))["config"]["meshConfigMap"]["used"], "the mesh config")
+        for what, mesh, refusal in [
+            ("a mesh ConfigMap nested 5,000 deep", "[" * 5_000, "column 1001"),
+            ("a mesh ConfigMap of 950 KB (over the limit)", proxy_config_of(950_000), "at most 65,536"),
+        ]:
+            prober.mark(what)
+            mesh_file.write_text(mesh_configmap(mesh))
+            await until(lambda r=refusal: r in _get(registry_url), what)  # type: ignore[misc]
+        mesh_file.unlink()
+
         prober.mark("(after the last input)")
         await asyncio.sleep(0.5)
         polls = prober.finish()
@@ -398,6 +413,21 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
     assert all(status == 200 for _, _, status in polls), [p for p in polls if p[2] != 200][:5]
     slow = [(waited, prober.during(at)) for at, waited, _ in polls if waited > STALL_LIMIT]
     assert not slow, "/ready waited over 250 ms: " + "; ".join(f"{w * 1000:.0f} ms during {what}" for w, what in slow)
+
+
+def mesh_configmap(mesh: str) -> str:
+    return yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"}}
+        | {"data": {"mesh": mesh}}
+    )
+
+
+async def until(check: Callable[[], Any], what: str, *, within: float = 60) -> None:
+    """Poll `check` (in a thread) until it is true; fail naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, f"{what} was never applied"
+        await asyncio.sleep(0.2)
 
 
 def _get(url: str) -> str:

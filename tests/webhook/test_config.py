@@ -201,6 +201,8 @@ def test_mesh_fields_for_other_components_are_accepted() -> None:
         ),
         (None, {"mesh": "enablePrometheusMerge: sometimes"}, "mesh", "enablePrometheusMerge", "must be true or false"),
         (None, {"mesh": "- a list"}, "mesh", "", "must be an object, got list"),
+        (None, {"mesh": "meshMTLS: {}\n" + "# padding\n" * 7_000}, "mesh", "", "at most 65,536 are read"),
+        ({"values": "global: {}\n" + "# padding\n" * 30_000}, None, "values", "", "at most 262,144 are read"),
     ],
 )
 def test_invalid_content_names_key_and_field(
