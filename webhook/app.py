@@ -5,11 +5,14 @@ headers must be complete within `header_timeout` of the connection or of the pre
 else the connection is closed (aiohttp's keep-alive timer, which also runs before the first
 request); the body must arrive within `body_timeout`, else the answer is 408 and the connection is
 closed. Request lines and header fields are capped at 8 KiB, headers at 64, and reads are buffered
-in 32 KiB. Bodies over `OFFLOAD_BYTES` are parsed, injected and answered in a worker thread, one at
-a time, with automatic garbage collection paused and a shorter GIL switch interval (`_HeavyWork`),
-so that one large request does not stall the others: a 1.9 MB pod costs ~0.5 s of Python, during
-which `/ready` waited up to 590 ms when it ran on the event loop, and up to ~150 ms now. Smaller
-bodies are reviewed on the event loop, a turn's worth at a time (`INLINE_BYTES_PER_TURN`, with
+in 32 KiB. A review's cost is counted as its body's bytes plus the bytes an injection adds under the
+current config (`Injector.injection_bytes`: ~5.5 KB with Istio's templates, far more when the mesh
+config's `defaultConfig` is large, since it is rendered into every pod). Reviews costing over
+`OFFLOAD_BYTES` are parsed, injected and answered in a worker thread, one at a time, with
+automatic garbage collection paused and a shorter GIL switch interval (`_HeavyWork`), so that one
+large request does not stall the others: a 1.9 MB pod costs ~0.5 s of Python, during
+which `/ready` waited up to 590 ms when it ran on the event loop, and up to ~150 ms now. Cheaper
+ones are reviewed on the event loop, a turn's worth at a time (`INLINE_BYTES_PER_TURN`, with
 `controlplane.aio.TurnBudget`): 150 bodies of 53 KB completing at once held `/ready` 2.7 s when all
 were reviewed in the same turn. The connection cap needs the listener's help: serve the app with
 `webhook.listener.WebhookSite`.
@@ -150,8 +153,9 @@ def webhook_app(injector: Injector, *, limits: Limits | None = None) -> web.Appl
             with _heavy_work:
                 return review()
 
-        if len(body) <= OFFLOAD_BYTES:
-            await small_turns.take(len(body))
+        cost = len(body) + injector.injection_bytes()  # the pod, and what injecting it adds
+        if cost <= OFFLOAD_BYTES:
+            await small_turns.take(cost)
             outcome, encoded = review()
         else:  # injection costs about as much as the pod is large: keep it off the event loop
             async with one_large:

@@ -11,6 +11,7 @@ must change nothing.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,9 +64,8 @@ def _problems(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def try_injection(config: InjectionConfig, *, templates: Sequence[str]) -> str | None:
-    """None if the sample pod injects cleanly with `templates` under `config`, else what went wrong."""
-    params = InjectionParams(
+def _sample_params(config: InjectionConfig) -> InjectionParams:
+    return InjectionParams(
         revision="default",
         namespace="sample",
         config=config,
@@ -73,6 +73,11 @@ def try_injection(config: InjectionConfig, *, templates: Sequence[str]) -> str |
         trust_domain="cluster.local",
         cluster_id="Kubernetes",
     )
+
+
+def try_injection(config: InjectionConfig, *, templates: Sequence[str]) -> str | None:
+    """None if the sample pod injects cleanly with `templates` under `config`, else what went wrong."""
+    params = _sample_params(config)
     try:
         injected = inject_pod(sample_pod(templates=templates), params)
         problem = _problems(injected)
@@ -81,3 +86,12 @@ def try_injection(config: InjectionConfig, *, templates: Sequence[str]) -> str |
     except (InjectionError, InvalidPod) as exc:
         return str(exc)
     return problem
+
+
+def added_bytes(config: InjectionConfig) -> int:
+    """How many bytes of JSON injecting the sample pod with the default templates adds under
+    `config`: what injection costs beyond reading the pod (its time follows these bytes, ~0.3 us
+    each, as a review's follows the body's). Raises `InjectionError` or `InvalidPod` as injection does."""
+    pod = sample_pod(templates=tuple(config.default_templates))
+    before = len(json.dumps(pod))
+    return max(0, len(json.dumps(inject_pod(pod, _sample_params(config)))) - before)
