@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from controlplane.model import yamltext
 from controlplane.model.meshconfig import MAX_MESH_BYTES, Requirement
 from webhook import validate as v
 from webhook.config import (
@@ -36,7 +37,7 @@ from webhook.config import (
     Resources,
     image_ref,
 )
-from webhook.limits import MAX_CONFIG_KEY_BYTES
+from webhook.limits import MAX_CONFIG_KEY_BYTES, MAX_VALUE_DEPTH
 from webhook.templates import TemplateError, TemplateSet, builtin_sources
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,9 @@ def _join(path: str, name: str) -> str:
 
 
 def _load(key: str, text: str) -> Any:
-    size, most = len(text.encode()), MAX_MESH_BYTES if key == "mesh" else MAX_CONFIG_KEY_BYTES
-    if size > most:
-        typical = "a mesh config is a few KB" if key == "mesh" else "Istio's own are under 100 KB"
-        raise ConfigError(key=key, field="", problem=f"is {size:,} bytes; at most {most:,} are read ({typical})")
+    most = MAX_MESH_BYTES if key == "mesh" else MAX_CONFIG_KEY_BYTES
     try:
-        return v.load_yaml(text)
+        return yamltext.load_yaml(text, max_depth=MAX_VALUE_DEPTH, max_bytes=most)
     except ValueError as exc:
         raise ConfigError(key=key, field="", problem=str(exc)) from None
 

@@ -196,14 +196,7 @@ def _label_value(value: Any, path: str) -> str:
 @functools.lru_cache(maxsize=2)
 def _read_mesh(text: str) -> Any:
     """The parsed `data.mesh` text (only read, never changed, by `from_configmap`)."""
-    size = len(text.encode())
-    if size > MAX_MESH_BYTES:
-        raise f.ObjectError(
-            "data.mesh", f"is {size:,} bytes; at most {MAX_MESH_BYTES:,} are read (a mesh config is a few KB)"
-        )
-    if not text.strip():
-        return {}
     try:
-        return yamltext.load_yaml(text, max_depth=MAX_MESH_DEPTH)
+        return yamltext.load_yaml(text, max_depth=MAX_MESH_DEPTH, max_bytes=MAX_MESH_BYTES)
     except ValueError as exc:
         raise f.ObjectError("data.mesh", str(exc)) from None

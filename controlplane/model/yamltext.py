@@ -3,7 +3,8 @@
 - libyaml's loader where PyYAML was built with it (several times faster than the pure-Python one,
   and it stops nesting at 1,000 levels instead of exhausting the interpreter's stack);
 - aliases (`*name`) are refused: one small value could expand into gigabytes;
-- nesting deeper than the caller's `max_depth` is refused before anything is built.
+- nesting deeper than the caller's `max_depth` is refused before anything is built, and text
+  over the caller's `max_bytes` before it is parsed at all.
 
 `check_yaml` walks the event stream, never recursing; `load_yaml` checks, then loads, and reports
 a failure as `ValueError` with the line and column.
@@ -36,9 +37,12 @@ def check_yaml(text: str, *, max_depth: int) -> None:
             raise _refusal("YAML aliases (*name) are not allowed here", event)
 
 
-def load_yaml(text: str, *, max_depth: int) -> Any:
+def load_yaml(text: str, *, max_depth: int, max_bytes: int | None = None) -> Any:
     """Parse one YAML (or JSON) document of plain data; `ValueError` naming the line and column on a
-    syntax error, an alias or nesting deeper than `max_depth`."""
+    syntax error, an alias or nesting deeper than `max_depth`, or the size when over `max_bytes`."""
+    size = len(text.encode())
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"is {size:,} bytes; at most {max_bytes:,} are read")
     try:
         check_yaml(text, max_depth=max_depth)
         return yaml.load(text, Loader=YamlLoader)  # a safe loader: plain data only
