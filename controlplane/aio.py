@@ -56,8 +56,9 @@ class TurnBudget:
     `cost` units that will not await: it starts at once while the units started in this turn stay
     within `per_turn` (one piece always, however large) and nobody waits; otherwise it waits for a
     later turn, and whatever else became ready runs in between. Waiting work is started owner by
-    owner in turn (each owner's in arrival order), so an owner (a client address) with a hundred
-    pieces waiting delays another's next piece by one piece, not by a hundred. A turn may run up to
+    owner in turn (each owner's in arrival order, pieces that continue started work first), so an
+    owner (a client address) with a hundred pieces waiting delays another's next piece by one piece,
+    not by a hundred. A turn may run up to
     twice `per_turn` (the pieces granted to it and those that found room), so `per_turn` is half of
     what one turn may cost.
     """
@@ -66,19 +67,28 @@ class TurnBudget:
         self.per_turn = per_turn
         self._taken = 0  # units started in the current turn
         # each owner's waiting pieces; the dict's order is the order owners are served in
-        self._waiting: dict[Hashable, collections.deque[tuple[asyncio.Future[None], int]]] = {}
+        # (granted, cost, resumed): resumed pieces first, each kind in arrival order
+        self._waiting: dict[Hashable, collections.deque[tuple[asyncio.Future[None], int, bool]]] = {}
         self._turn_scheduled = False
 
     @property
     def waiting(self) -> int:
-        return sum(1 for queue in self._waiting.values() for granted, _ in queue if not granted.done())
+        return sum(1 for queue in self._waiting.values() for granted, _, _ in queue if not granted.done())
 
-    async def take(self, cost: int, owner: Hashable = None) -> None:
+    async def take(self, cost: int, owner: Hashable = None, *, resume: bool = False) -> None:
+        """`resume`: the piece continues work the caller already started (the next piece of a large
+        answer): it goes before the owner's other waiting pieces, so an owner's work is finished one
+        piece of work after another rather than all of it at once (and its partial results are held
+        for one, not for all)."""
         if not self._waiting and self._fits(cost):
             self._spend(cost)
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(owner, collections.deque()).append((granted, cost))
+        queue = self._waiting.setdefault(owner, collections.deque())
+        if resume:  # after the owner's other resumed pieces, before its new ones
+            queue.insert(next((i for i, entry in enumerate(queue) if not entry[2]), len(queue)), (granted, cost, True))
+        else:
+            queue.append((granted, cost, False))
         self._schedule()
         await granted  # cancelled while waiting: `_next_turn` drops it
 
@@ -99,7 +109,7 @@ class TurnBudget:
         self._taken = 0
         while self._waiting:
             owner, queue = next(iter(self._waiting.items()))
-            granted, cost = queue[0]
+            granted, cost, _ = queue[0]
             if not granted.done() and not self._fits(cost):
                 break
             queue.popleft()
@@ -107,5 +117,9 @@ class TurnBudget:
             if queue:
                 self._waiting[owner] = queue  # to the back: the other owners go first
             if not granted.done():  # (done: its task was cancelled)
-                self._spend(cost)
+                self._taken += cost
                 granted.set_result(None)
+        if self._taken:
+            # The next turn is scheduled after the granted tasks' wake-ups: one that continues its work
+            # (`resume`) has queued its next piece by the time the next turn is shared out.
+            self._schedule()

@@ -206,14 +206,21 @@ class XdsCache:
             self.resource_bytes -= self._resources.popitem(last=False)[1][2]
         return resource
 
+    def kept_group(self, key: Hashable) -> ResourceGroup | None:
+        """The group kept for `key` (a hit, as in `group`), or None: nothing is built."""
+        found = self._groups.get(key)
+        if found is None:
+            return None
+        self.hits += 1
+        self._groups[key] = (found[0], found[1], self.version)
+        self._groups.move_to_end(key)
+        return found[0]
+
     def group(self, key: Hashable, build: Callable[[], Sequence[Resource]]) -> ResourceGroup:
         """The group for `key`, building (and joining) it on a miss; kept from the second time `key` is asked for."""
-        found = self._groups.get(key)
+        found = self.kept_group(key)
         if found is not None:
-            self.hits += 1
-            self._groups[key] = (found[0], found[1], self.version)
-            self._groups.move_to_end(key)
-            return found[0]
+            return found
         self.misses += 1
         group = ResourceGroup(build())
         asked = hash(key)

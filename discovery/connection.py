@@ -83,9 +83,14 @@ class SotwRequest:
 # about one unit per name (a 10,000-name EDS request takes ~25 ms) plus a base; reading the names
 # (into the stream's subscription, to see whether anything is to be sent) one unit per 8 names. A
 # turn of the event loop starts up to REQUEST_UNITS_PER_TURN of them (~10 ms), one larger piece alone.
+# Building a resource the cache does not hold costs several times that (10,000 endpoint assignments:
+# ~100 ms), so a large answer is generated in pieces of PIECE_NAMES names, each taking its turn, and
+# each piece after the first costs what the one before it took (`units_of`).
+UNIT_SECONDS = 2.5e-6
 REQUEST_BASE_UNITS = 50
 READ_NAMES_PER_UNIT = 8
 REQUEST_UNITS_PER_TURN = 4_000
+PIECE_NAMES = 1_000
 
 
 def reading(names: int) -> int:
@@ -97,6 +102,11 @@ def generating(names: int) -> int:
     """Units for generating the resources `names` names ask for (none for none: wildcard responses
     are shared by every proxy with the same view, and come from the cache)."""
     return REQUEST_BASE_UNITS + names if names else 0
+
+
+def units_of(seconds: float) -> int:
+    """The units of work that took `seconds`."""
+    return int(seconds / UNIT_SECONDS)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from envoy.service.discovery.v3 import discovery_pb2
 
 from discovery.cache import Resource
-from discovery.connection import Decision, DeltaRequest, Watched, generating, reading, should_respond_delta
+from discovery.connection import Decision, DeltaRequest, Watched, reading, should_respond_delta
 from discovery.generators import Generated
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
@@ -53,13 +53,14 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         decision, state, added = should_respond_delta(conn.watched.get(type_url), view)
         if not self.record(type_url, decision, state):
             return
-        await self.take_turn(generating(len(state.names)))
-        snapshot = self.service.snapshot()
-        generated = generator.generate(self.context(snapshot, None), state)
-        await self._send(type_url, generated, state, None, force=decision is not Decision.NAMES_CHANGED, added=added)
+        generated, version = await self.answer(generator, state)
+        force = decision is not Decision.NAMES_CHANGED
+        await self._send(type_url, generated, state, None, version=version, force=force, added=added)
 
-    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
-        return await self._send(type_url, generated, watched, request, force=False, added=frozenset())
+    async def send(
+        self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None, *, version: int
+    ) -> bool:
+        return await self._send(type_url, generated, watched, request, version=version, force=False, added=frozenset())
 
     async def _send(
         self,
@@ -68,6 +69,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         watched: Watched,
         request: PushRequest | None,
         *,
+        version: int,
         force: bool,
         added: frozenset[str],
     ) -> bool:
@@ -86,10 +88,9 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
             if request is not None:  # a push whose every resource the client has at this version
                 HOOKS.unchanged(conn, type_url)
             return False
-        version = str(self.service.snapshot().version)
         nonce = self.service.nonce()
         header = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
+            system_version_info=str(version),
             type_url=type_url,
             nonce=nonce,
             removed_resources=sorted(removed),
@@ -97,7 +98,7 @@ class DeltaStream(StreamBase[discovery_pb2.DeltaDiscoveryRequest]):
         ).SerializeToString()
         payload = b"".join(r.delta_field for r in resources) + header
         await self.write(payload)
-        sent = conn.watched[type_url].sent(nonce=nonce, version=version)
+        sent = conn.watched[type_url].sent(nonce=nonce, version=str(version))
         conn.watched[type_url] = replace(sent, known=self.service.known_versions.after(known, resources, removed))
         HOOKS.response(
             conn,

@@ -14,7 +14,7 @@ import time
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from discovery.connection import Decision, SotwRequest, Watched, generating, reading, should_respond
+from discovery.connection import Decision, SotwRequest, Watched, reading, should_respond
 from discovery.generators import Generated
 from discovery.generators.base import AnswersAdded
 from discovery.metrics import HOOKS
@@ -48,14 +48,14 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         added = state.names - previous.names if decision is Decision.NAMES_CHANGED and previous is not None else None
         if added and isinstance(generator, AnswersAdded) and type_url not in WILDCARD_TYPES:
             # The client keeps the resources it has: a grown subscription needs only the new ones.
-            await self.take_turn(generating(len(added)))
-            generated = generator.only(self.context(self.service.snapshot(), None), sorted(added))
+            generated, version = await self.answer(generator, state, sorted(added))
         else:
-            await self.take_turn(generating(len(state.names)))  # (then generated from the newest snapshot)
-            generated = generator.generate(self.context(self.service.snapshot(), None), state)
-        await self.send(type_url, generated, state, None)
+            generated, version = await self.answer(generator, state)
+        await self.send(type_url, generated, state, None, version=version)
 
-    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
+    async def send(
+        self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None, *, version: int
+    ) -> bool:
         conn = self.conn
         assert conn is not None
         wildcard = type_url in WILDCARD_TYPES and generated.complete
@@ -67,7 +67,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
             HOOKS.unchanged(conn, type_url)
             return False
         started = time.perf_counter()
-        snapshot_version = str(self.service.snapshot().version)
+        snapshot_version = str(version)
         nonce = self.service.nonce()
         header = discovery_pb2.DiscoveryResponse(
             version_info=snapshot_version,

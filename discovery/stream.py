@@ -11,7 +11,8 @@ stream's state is only touched by one of them at a time. Work on a request's nam
 then generating what they ask for) first takes its share of the service's `request_turns`
 (`take_turn`, by the names; clients, by address, take turns), so a burst of large requests from many
 streams is handled over several turns of the event loop instead of in one, and one client's backlog
-delays another client's request by one of its requests. An ACK generates nothing, and reading its
+delays another client's request by one of its requests; an answer of many names is generated in
+pieces, each taking its turn (`answer`). An ACK generates nothing, and reading its
 names costs an eighth of generating for them.
 
 A stream at rest is a few objects (the stream, its connection and per-type state, gRPC's own call
@@ -38,8 +39,19 @@ import grpc
 from controlplane.model.registry import MeshSnapshot
 from controlplane.model.workloads import Workload
 from controlplane.peers import client_of_peer
-from discovery.connection import Connection, Decision, StreamLimits, Watched
+from discovery.cache import ResourceGroup
+from discovery.connection import (
+    PIECE_NAMES,
+    Connection,
+    Decision,
+    StreamLimits,
+    Watched,
+    generating,
+    reading,
+    units_of,
+)
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
+from discovery.generators.base import AnswersAdded
 from discovery.metrics import HOOKS, clip
 from discovery.proxy import NodeError, Proxy, parse_node
 from discovery.pushqueue import PushRequest
@@ -144,12 +156,55 @@ class StreamBase(Generic[R]):
     def node_of(self, request: R) -> Any:
         return request.node if request.HasField("node") else None  # type: ignore[attr-defined]
 
-    async def take_turn(self, units: int) -> None:
+    async def take_turn(self, units: int, *, resume: bool = False) -> None:
         """Wait, if need be, for a turn of the event loop with room for `units` of work (`reading` or
         `generating` names) in the service's `request_turns`, shared by all streams, clients by address
-        taking turns. No units, no wait."""
+        taking turns. No units, no wait. `resume`: the next piece of an answer already started (it goes
+        before the client's new work)."""
         if units:
-            await self.service.request_turns.take(units, client_of_peer(self.peer))
+            await self.service.request_turns.take(units, client_of_peer(self.peer), resume=resume)
+
+    async def answer(
+        self, generator: Generator, watched: Watched, added: Sequence[str] | None = None
+    ) -> tuple[Generated, int]:
+        """The answer to the client's own request, and the version of the snapshot it was generated
+        from: everything `watched` subscribes to, or (`added`, for an `AnswersAdded` generator) those
+        names alone. The work takes its turn first (`take_turn`), by the names.
+
+        An answer of more than `PIECE_NAMES` names of an `AnswersAdded` generator is generated in pieces
+        of that many names, all from one snapshot, each taking its turn at the cost the piece before it
+        took: building 10,000 endpoint assignments the cache does not hold takes ~100 ms, and one such
+        request in a turn held the event loop past 250 ms. A whole answer the cache keeps (the proxies
+        of a large mesh subscribe to the same names) is taken as it is, also when another stream put it
+        together while this one was between pieces; an answer put together here is kept for the next."""
+        count = len(watched.names) if added is None else len(added)
+        if not isinstance(generator, AnswersAdded) or watched.wildcard or count <= PIECE_NAMES:
+            await self.take_turn(generating(count))  # then generated from the newest snapshot
+            whole = self.context(self.service.snapshot(), None)
+            if added is None:
+                return generator.generate(whole, watched), whole.snapshot.version
+            assert isinstance(generator, AnswersAdded)
+            return generator.only(whole, added), whole.snapshot.version
+        units = generating(PIECE_NAMES)
+        await self.take_turn(units)
+        ctx = self.context(self.service.snapshot(), None)
+        names: Sequence[str] = ()
+        groups: list[ResourceGroup] = []
+        for start in range(0, count, PIECE_NAMES):
+            if start:
+                await self.take_turn(units, resume=True)
+            kept = generator.kept(ctx, watched) if added is None else None
+            if kept is not None:
+                return kept, ctx.snapshot.version
+            if not names:
+                names = sorted(watched.names) if added is None else added
+            began = time.perf_counter()
+            groups.extend(generator.only(ctx, names[start : start + PIECE_NAMES]).groups)
+            units = max(units, units_of(time.perf_counter() - began))
+        if added is not None:
+            return Generated(groups=tuple(groups), complete=False), ctx.snapshot.version
+        await self.take_turn(reading(count), resume=True)  # joining the pieces' bytes
+        return generator.keep(ctx, watched, [r for g in groups for r in g.resources]), ctx.snapshot.version
 
     def generator_for(self, type_url: str) -> Any:
         """The generator for `type_url`, or None (counted and logged; the stream stays open)."""
@@ -182,8 +237,11 @@ class StreamBase(Generic[R]):
     async def handle(self, request: R) -> None:
         raise NotImplementedError
 
-    async def send(self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None) -> bool:
-        """Send `generated` for `type_url`; False if nothing was sent (the client already has it)."""
+    async def send(
+        self, type_url: str, generated: Generated, watched: Watched, request: PushRequest | None, *, version: int
+    ) -> bool:
+        """Send `generated`, generated from the snapshot of `version`, for `type_url`; False if nothing
+        was sent (the client already has it)."""
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -333,7 +391,7 @@ class StreamBase(Generic[R]):
                 continue
             if not generator.needs_push(request, ctx.view, watched):
                 continue
-            if await self.send(type_url, generator.generate(ctx, watched), watched, request):
+            if await self.send(type_url, generator.generate(ctx, watched), watched, request, version=snapshot.version):
                 pushed = True
         if pushed:
             self.conn.pushes += 1

@@ -4,12 +4,13 @@ A generator is a small object with `type_url`, `needs_push(request, view, watche
 push concern this proxy's subscription?) and `generate(ctx, watched)` (the resources to send,
 as cached groups). A generator of a non-wildcard type may also offer `only(ctx, names)`
 (`AnswersAdded`): the named resources alone, for a SotW subscription that grew (the client keeps
-what a response leaves out). Generators never touch streams, nonces or versions.
+what a response leaves out), or for one piece of a large answer. Generators never touch streams,
+nonces or versions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -19,7 +20,7 @@ from controlplane.model.security import MtlsMode
 from controlplane.model.services import Protocol as AppProtocol
 from controlplane.model.services import Service
 from controlplane.model.workloads import Workload
-from discovery.cache import ResourceGroup, XdsCache
+from discovery.cache import Resource, ResourceGroup, XdsCache
 from discovery.connection import Watched
 from discovery.proxy import DEFAULT_LOOPBACK, InterceptionMode, Proxy
 from discovery.pushqueue import PushRequest
@@ -143,9 +144,23 @@ class Generator(Protocol):
 
 
 @runtime_checkable
-class AnswersAdded(Protocol):
-    """A generator of a non-wildcard type (EDS, RDS) that can send some subscribed resources alone."""
+class AnswersAdded(Generator, Protocol):
+    """A generator of a non-wildcard type (EDS, RDS) that can send some subscribed resources alone.
+
+    Its answer to a client's request (`generate` with no push request) holds the resources of the
+    subscribed names, in name order, each as `only` builds it: so a large answer can be built in
+    pieces of names (`discovery.stream.StreamBase.answer`), then put together by `keep`."""
 
     def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
         """The resources of `names` alone: an incomplete response (the client keeps the others)."""
+        ...
+
+    def kept(self, ctx: GenContext, watched: Watched) -> Generated | None:
+        """`generate`'s answer to a request for `watched` if the cache keeps it whole (another proxy
+        asked for the same names), without building anything; else None."""
+        ...
+
+    def keep(self, ctx: GenContext, watched: Watched, resources: Sequence[Resource]) -> Generated:
+        """`generate`'s answer to a request for `watched`, made of `resources` (those `only` built for
+        its names, in name order) and kept in the cache as `generate` would keep it."""
         ...

@@ -15,7 +15,7 @@ mesh-config change or a forced push sends every subscribed assignment. A subscri
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
@@ -107,6 +107,10 @@ def changed_hosts(request: PushRequest) -> frozenset[str] | None:
     return request.of_kind(UpdateKind.SERVICE) | request.of_kind(UpdateKind.ENDPOINTS)
 
 
+def _group_key(snap: MeshSnapshot, watched: Watched) -> tuple[object, ...]:
+    return ("eds", watched.names, snap.endpoints_version, snap.services_version)
+
+
 class EndpointGenerator:
     type_url = ENDPOINT
 
@@ -122,10 +126,20 @@ class EndpointGenerator:
             names = sorted(n for host in hosts for n in subscribed.get(host, ()))
             return self.only(ctx, names)
         group = cache.group(
-            ("eds", watched.names, snap.endpoints_version, snap.services_version),
-            lambda: [resource(snap, cache, n) for n in sorted(watched.names)],
+            _group_key(snap, watched), lambda: [resource(snap, cache, n) for n in sorted(watched.names)]
         )
         return Generated(groups=(group,), names=watched.names)
+
+    def kept(self, ctx: GenContext, watched: Watched) -> Generated | None:
+        """What `generate` answers a request for `watched` with, if the cache keeps it whole; else None."""
+        group = ctx.cache.kept_group(_group_key(ctx.snapshot, watched))
+        return None if group is None else Generated(groups=(group,), names=watched.names)
+
+    def keep(self, ctx: GenContext, watched: Watched, resources: Sequence[Resource]) -> Generated:
+        """`generate`'s answer to a request for `watched`, made of `resources` (built by `only`)."""
+        return Generated(
+            groups=(ctx.cache.group(_group_key(ctx.snapshot, watched), lambda: resources),), names=watched.names
+        )
 
     def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
         """The assignments of `names` alone: an incomplete response (the client keeps the others)."""

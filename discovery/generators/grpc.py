@@ -225,6 +225,12 @@ class GrpcEndpointGenerator:
     def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
         return eds.GENERATOR.only(ctx, names)
 
+    def kept(self, ctx: GenContext, watched: Watched) -> Generated | None:
+        return eds.GENERATOR.kept(ctx, watched)
+
+    def keep(self, ctx: GenContext, watched: Watched, resources: Sequence[Resource]) -> Generated:
+        return eds.GENERATOR.keep(ctx, watched, resources)
+
 
 GENERATORS: Mapping[str, Generator] = {
     LISTENER: GrpcListenerGenerator(),

@@ -21,7 +21,7 @@ namespace and port and shared by the proxies there.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -134,6 +134,11 @@ def resource(snapshot: MeshSnapshot, cache: XdsCache, name: str, *, namespace: s
     )
 
 
+def _group_key(ctx: GenContext, watched: Watched) -> tuple[object, ...]:
+    snap = ctx.snapshot
+    return ("rds", watched.names, ctx.view.namespace, snap.services_version, snap.mesh_version)
+
+
 class RouteGenerator:
     type_url = ROUTE
 
@@ -143,10 +148,18 @@ class RouteGenerator:
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache, ns = ctx.snapshot, ctx.cache, ctx.view.namespace
         group = cache.group(
-            ("rds", watched.names, ns, snap.services_version, snap.mesh_version),
-            lambda: [resource(snap, cache, n, namespace=ns) for n in sorted(watched.names)],
+            _group_key(ctx, watched), lambda: [resource(snap, cache, n, namespace=ns) for n in sorted(watched.names)]
         )
         return Generated(groups=(group,), names=watched.names)
+
+    def kept(self, ctx: GenContext, watched: Watched) -> Generated | None:
+        """What `generate` answers a request for `watched` with, if the cache keeps it whole; else None."""
+        group = ctx.cache.kept_group(_group_key(ctx, watched))
+        return None if group is None else Generated(groups=(group,), names=watched.names)
+
+    def keep(self, ctx: GenContext, watched: Watched, resources: Sequence[Resource]) -> Generated:
+        """`generate`'s answer to a request for `watched`, made of `resources` (built by `only`)."""
+        return Generated(groups=(ctx.cache.group(_group_key(ctx, watched), lambda: resources),), names=watched.names)
 
     def only(self, ctx: GenContext, names: Iterable[str]) -> Generated:
         """The route configurations of `names` alone, for a grown SotW subscription (a new HTTP port's)."""

@@ -95,6 +95,45 @@ async def test_owners_take_turns_so_one_owners_backlog_does_not_delay_another() 
     assert order == ["a0", "a1", "b0", "a2", "a3", "a4", "a5"]  # a0 ran at once; then a and b alternate
 
 
+async def test_work_already_started_goes_before_an_owners_new_work() -> None:
+    """A large answer is generated in pieces: its next piece goes before the same client's answers not
+    started yet, so the client's answers finish one after another (the first soon, and one answer's
+    partial result held at a time) rather than all of them at the end. Between owners, turns alternate."""
+    budget = TurnBudget(100)
+    order: list[str] = []
+
+    async def answer(owner: str, i: int, pieces: int) -> None:
+        for piece in range(pieces):
+            await budget.take(1_000, owner, resume=piece > 0)
+            order.append(f"{owner}{i}.{piece}")
+
+    tasks = [asyncio.create_task(answer("a", i, 3)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(answer("b", 0, 2)))
+    await asyncio.gather(*tasks)
+    mine = [step for step in order if step.startswith("a")]
+    assert mine == ["a0.0", "a0.1", "a0.2", "a1.0", "a1.1", "a1.2", "a2.0", "a2.1", "a2.2"]
+    assert order.index("b0.0") <= 3  # not behind all of a's pieces
+
+
+async def test_pieces_resumed_together_keep_their_order() -> None:
+    """Pieces granted in the same turn resume in the order they started, ahead of new work."""
+    budget = TurnBudget(100)
+    order: list[str] = []
+
+    async def answer(i: int) -> None:
+        await budget.take(30)  # the three first pieces fit in one turn
+        await budget.take(1_000, resume=True)
+        order.append(f"{i}")
+
+    await budget.take(1_000)  # this turn is full: what follows waits
+    tasks = [asyncio.create_task(answer(i)) for i in range(3)]
+    newcomer = asyncio.create_task(budget.take(1_000))
+    newcomer.add_done_callback(lambda _: order.append("new"))
+    await asyncio.gather(*tasks, newcomer)
+    assert order == ["0", "1", "2", "new"]
+
+
 async def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
     budget = TurnBudget(100)
     done: list[int] = []

@@ -27,6 +27,7 @@ from controlplane.httpserver import metrics_app
 from discovery import metrics
 from discovery.cache import XdsCache
 from discovery.connection import (
+    PIECE_NAMES,
     REQUEST_BASE_UNITS,
     REQUEST_UNITS_PER_TURN,
     Connection,
@@ -486,10 +487,13 @@ class RecordingTurns(TurnBudget):
     def __init__(self) -> None:
         super().__init__(REQUEST_UNITS_PER_TURN)
         self.taken: list[tuple[int, Hashable]] = []
+        self.resumed: list[int] = []  # the indexes in `taken` of pieces that continue started work
 
-    async def take(self, cost: int, owner: Hashable = None) -> None:
+    async def take(self, cost: int, owner: Hashable = None, *, resume: bool = False) -> None:
+        if resume:
+            self.resumed.append(len(self.taken))
         self.taken.append((cost, owner))
-        await super().take(cost, owner)
+        await super().take(cost, owner, resume=resume)
 
 
 async def test_work_on_names_takes_its_turn_by_the_names_and_the_client(xds: XdsHarness) -> None:
@@ -523,3 +527,99 @@ async def test_work_on_names_takes_its_turn_by_the_names_and_the_client(xds: Xds
     await delta.recv()  # requests are handled in order: the ACK was handled by now
     assert turns.taken == [(reading(16), client), (generating(12), client), (generating(13), client)]
     assert reading(16) == 2 and generating(8) == REQUEST_BASE_UNITS + 8 and generating(0) == 0
+
+
+def assignment_names(response: Any) -> list[str]:
+    return [endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name for r in response.resources]
+
+
+def pieces_of(turns: RecordingTurns, start: int) -> list[int]:
+    """The costs of the pieces of one answer whose first piece is `turns.taken[start]`."""
+    end = start + 1
+    while end in turns.resumed:
+        end += 1
+    return [cost for cost, _ in turns.taken[start:end]]
+
+
+async def test_a_large_answer_is_generated_in_pieces_each_taking_its_turn(xds: XdsHarness) -> None:
+    """Building 10,000 assignments the cache does not hold took ~100 ms in one piece of work, which held
+    the event loop (and `/ready`) past 250 ms: an answer of more than `PIECE_NAMES` names is generated a
+    piece of names at a time, each piece after the first at the cost the one before it took, and a SotW
+    subscription that grows by that many is answered the same way. The answers are whole and in order."""
+    turns = RecordingTurns()
+    xds.service.request_turns = turns
+    names = cluster_names(2 * PIECE_NAMES + 500)
+    sotw = xds.sotw()
+    await sotw.request(ENDPOINT, names)
+    response = await sotw.recv()
+    assert assignment_names(response) == sorted(names)
+    assert turns.taken[0] == (reading(len(names)), "127.0.0.1")
+    first, second, third, joined = pieces_of(turns, 1)  # three pieces of names, then their bytes joined
+    assert first == generating(PIECE_NAMES) and min(second, third) >= first
+    assert joined == reading(len(names))
+
+    turns.taken.clear()
+    turns.resumed.clear()
+    more = cluster_names(PIECE_NAMES + 1, prefix="more")
+    await sotw.request(ENDPOINT, names + more, nonce=response.nonce, version=response.version_info)
+    grown = await sotw.recv()
+    assert assignment_names(grown) == sorted(more)  # the added names alone
+    assert len(pieces_of(turns, 1)) == 2  # two pieces; nothing joined (the answer is not kept)
+
+    turns.taken.clear()
+    turns.resumed.clear()
+    delta = xds.delta(node("app-2", ip="10.1.0.2"))
+    await delta.request(ENDPOINT, subscribe=names)
+    answered = await delta.recv()
+    assert sorted(r.name for r in answered.resources) == sorted(names)
+    assert len(pieces_of(turns, 1)) == 4
+
+
+async def test_proxies_asking_for_the_same_large_answer_share_it(xds: XdsHarness) -> None:
+    """The proxies of a large mesh subscribe to the same names: once two have asked, the answer is kept
+    whole, and the next proxy takes it as it is, in one piece."""
+    turns = RecordingTurns()
+    xds.service.request_turns = turns
+    names = cluster_names(3 * PIECE_NAMES)
+    answers = []
+    for i in range(3):
+        turns.taken.clear()
+        turns.resumed.clear()
+        sotw = xds.sotw(node(f"app-{i}", ip=f"10.1.0.{i + 2}"))
+        await sotw.request(ENDPOINT, names)
+        answers.append((await sotw.recv(), pieces_of(turns, 1)))
+    (first, built), (second, rebuilt), (third, taken) = answers
+    assert len(built) == len(rebuilt) == 4  # three pieces and the join; the second answer is kept
+    assert taken == [generating(PIECE_NAMES)]
+    assert first.resources == second.resources == third.resources
+
+
+async def test_a_piecewise_answer_comes_from_one_snapshot_and_a_change_meanwhile_follows(xds: XdsHarness) -> None:
+    """The model may change between the pieces of an answer: the answer is the snapshot's it started
+    from, labelled with that snapshot's version, and the change reaches the client as a push after it."""
+    late = "outbound|80||zz-late.default.svc.cluster.local"  # last in name order: in the last piece
+    names = [*cluster_names(PIECE_NAMES + 10), late]
+
+    class ChangingTurns(RecordingTurns):
+        async def take(self, cost: int, owner: Hashable = None, *, resume: bool = False) -> None:
+            if resume and not self.resumed:  # before the second piece
+                xds.apply(m.service("zz-late", cluster_ip="10.96.0.77"), m.endpoint_slice("zz-late", ips=["10.1.7.7"]))
+            await super().take(cost, owner, resume=resume)
+
+    xds.service.request_turns = ChangingTurns()
+    before = xds.registry.snapshot().version
+    sotw = xds.sotw()
+    await sotw.request(ENDPOINT, names)
+    answer = await sotw.recv()
+    assert answer.version_info == str(before)
+    assignments = {
+        a.cluster_name: a
+        for a in map(endpoint_pb2.ClusterLoadAssignment.FromString, (r.value for r in answer.resources))
+    }
+    assert len(assignments) == len(names) and not assignments[late].endpoints
+    await sotw.ack(answer, names)
+    push = await sotw.recv()
+    assert int(push.version_info) > before
+    (pushed,) = [endpoint_pb2.ClusterLoadAssignment.FromString(r.value) for r in push.resources]
+    assert pushed.cluster_name == late
+    assert [e.endpoint.address.socket_address.address for g in pushed.endpoints for e in g.lb_endpoints] == ["10.1.7.7"]
