@@ -91,16 +91,19 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
         "x_changed_hosts",
         f"x{SEP}EndpointGenerator{SEP}needs_push",
         f"x{SEP}EndpointGenerator{SEP}generate",
+        f"x{SEP}EndpointGenerator{SEP}kept",
+        f"x{SEP}EndpointGenerator{SEP}keep",
     ),
     "discovery/generators/lds.py": (f"x{SEP}ListenerGenerator{SEP}needs_push",),
     # SotW: what a request is answered with (all, or a grown EDS subscription's added names), and which
     # push is left out (a wildcard type whose content the client already has).
     "discovery/sotw.py": (f"x{SEP}SotwStream{SEP}handle", f"x{SEP}SotwStream{SEP}send"),
-    # Every stream: whose identity may open it, node bounds, which types a push carries and how pushes merge.
+    # Every stream: whose identity may open it, node bounds, which types a push carries and how pushes merge,
+    # and how a request's answer is generated (whole, or in pieces from one snapshot).
     "discovery/stream.py": (
         "x_check_identity",
         "x_check_node_size",
-        *(f"x{SEP}StreamBase{SEP}{m}" for m in ("record", "push", "_push_pending", "_push", "_open")),
+        *(f"x{SEP}StreamBase{SEP}{m}" for m in ("record", "push", "_push_pending", "_push", "_open", "answer")),
     ),
     # Delta: what a request and a push carry (changed resources, removals) and what the client then knows.
     "discovery/delta.py": (

@@ -37,6 +37,7 @@ from discovery.connection import (
     generating,
     reading,
     shared_subscriptions,
+    units_of,
 )
 from discovery.wire import LOCATOR_BYTES, NODE_BYTES
 from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -556,6 +557,7 @@ async def test_a_large_answer_is_generated_in_pieces_each_taking_its_turn(xds: X
     assert turns.taken[0] == (reading(len(names)), "127.0.0.1")
     first, second, third, joined = pieces_of(turns, 1)  # three pieces of names, then their bytes joined
     assert first == generating(PIECE_NAMES) and min(second, third) >= first
+    assert max(second, third) < units_of(1.0)  # what a piece took: 1,000 names take no second
     assert joined == reading(len(names))
 
     turns.taken.clear()
@@ -566,13 +568,35 @@ async def test_a_large_answer_is_generated_in_pieces_each_taking_its_turn(xds: X
     assert assignment_names(grown) == sorted(more)  # the added names alone
     assert len(pieces_of(turns, 1)) == 2  # two pieces; nothing joined (the answer is not kept)
 
-    turns.taken.clear()
-    turns.resumed.clear()
-    delta = xds.delta(node("app-2", ip="10.1.0.2"))
-    await delta.request(ENDPOINT, subscribe=names)
-    answered = await delta.recv()
-    assert sorted(r.name for r in answered.resources) == sorted(names)
-    assert len(pieces_of(turns, 1)) == 4
+    names = cluster_names(2 * PIECE_NAMES + 500, prefix="delta")
+    for i in range(3):  # Delta: the first two answers are put together from pieces, the third is kept
+        turns.taken.clear()
+        turns.resumed.clear()
+        delta = xds.delta(node(f"app-{i + 2}", ip=f"10.1.0.{i + 2}"))
+        await delta.request(ENDPOINT, subscribe=names)
+        answered = await delta.recv()
+        assert sorted(r.name for r in answered.resources) == sorted(names)
+        assert not answered.removed_resources  # every subscribed name exists (an empty assignment at worst)
+        assert len(pieces_of(turns, 1)) == (4 if i < 2 else 1)
+
+
+async def test_answers_up_to_a_piece_or_of_wildcard_types_are_one_piece(xds: XdsHarness) -> None:
+    """An answer of `PIECE_NAMES` names is generated at once, and so is any answer of a type whose
+    generator builds it whole (CDS, here asked for by 1,001 names)."""
+    turns = RecordingTurns()
+    xds.service.request_turns = turns
+    client = "127.0.0.1"
+    sotw = xds.sotw()
+    await sotw.request(ENDPOINT, cluster_names(PIECE_NAMES))
+    assert len((await sotw.recv()).resources) == PIECE_NAMES
+    await sotw.request(CLUSTER, cluster_names(PIECE_NAMES + 1))
+    assert (await sotw.recv()).type_url == CLUSTER  # answered (none of the names exists)
+    assert turns.taken == [
+        (reading(PIECE_NAMES), client),
+        (generating(PIECE_NAMES), client),
+        (reading(PIECE_NAMES + 1), client),
+        (generating(PIECE_NAMES + 1), client),
+    ]
 
 
 async def test_proxies_asking_for_the_same_large_answer_share_it(xds: XdsHarness) -> None:
