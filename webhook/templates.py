@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -189,22 +190,29 @@ class TemplateSet:
 
 
 class _Lru(Generic[K]):
-    """A bounded map from keys to parsed fragments, least recently used evicted first."""
+    """A bounded map from keys to parsed fragments, least recently used evicted first.
+
+    Thread-safe: the webhook injects large pods in a worker thread while the event loop injects
+    small ones with the same templates (without the lock, a key evicted by one between the other's
+    lookup and its move to the end raised KeyError)."""
 
     def __init__(self) -> None:
         self._items: OrderedDict[K, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: K) -> dict[str, Any] | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
 
     def put(self, key: K, value: dict[str, Any]) -> dict[str, Any]:
-        self._items[key] = value
-        if len(self._items) > RENDER_CACHE_SIZE:
-            self._items.popitem(last=False)
-        return value
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > RENDER_CACHE_SIZE:
+                self._items.popitem(last=False)
+            return value
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,6 +8,8 @@ that would inject an invalid pod. The goldens (`template-*.yaml`) cover what eac
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from controlplane.model.store import ConfigStore, ObjectKey
 from tests.helpers.serve import Running, admission_review, apply_response, post_webhook
 from tests.webhook.test_live_config import wait_for, write
+from webhook import templates
 from webhook.config import ConfigError
 from webhook.configparse import parse_injection_config
 from webhook.configwatch import InjectionConfigWatcher
@@ -157,3 +160,35 @@ def test_templates_from_the_configmap_apply_live_and_a_bad_edit_keeps_the_last_g
     assert wait_for(lambda: "templates.copy" in serve.logs())
     assert "syntax error" in serve.logs()
     assert _team_label(serve) == "t1"
+
+
+def test_the_render_cache_is_shared_safely_between_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large pods are injected in a worker thread while the event loop injects small ones with the same
+    templates, so two threads use one render cache. A key evicted by one thread between the other's
+    lookup and its move to the end raised KeyError there: that review failed. Many switches between two
+    threads on a cache of one entry hit that window within a few thousand operations."""
+    monkeypatch.setattr(templates, "RENDER_CACHE_SIZE", 1)
+    cache: templates._Lru[tuple[str, str]] = templates._Lru()
+    errors: list[BaseException] = []
+
+    def use(tag: str) -> None:
+        try:
+            for i in range(30_000):
+                cache.put((tag, str(i % 3)), {})
+                cache.get((tag, str((i + 1) % 3)))
+                cache.get(("a", "0"))
+                cache.get(("b", "0"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=use, args=(tag,)) for tag in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
