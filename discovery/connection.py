@@ -85,7 +85,7 @@ class SotwRequest:
 # turn of the event loop starts up to REQUEST_UNITS_PER_TURN of them (~10 ms), one larger piece alone.
 # Building a resource the cache does not hold costs several times that (10,000 endpoint assignments:
 # ~100 ms), so a large answer is generated in pieces of PIECE_NAMES names, each taking its turn, and
-# each piece after the first costs what the one before it took (`units_of`).
+# each piece after the first costs the most a piece before it took (`units_of`).
 UNIT_SECONDS = 2.5e-6
 REQUEST_BASE_UNITS = 50
 READ_NAMES_PER_UNIT = 8

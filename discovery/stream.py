@@ -172,9 +172,10 @@ class StreamBase(Generic[R]):
         names alone. The work takes its turn first (`take_turn`), by the names.
 
         An answer of more than `PIECE_NAMES` names of an `AnswersAdded` generator is generated in pieces
-        of that many names, all from one snapshot, each taking its turn at the cost the piece before it
-        took: building 10,000 endpoint assignments the cache does not hold takes ~100 ms, and one such
-        request in a turn held the event loop past 250 ms. A whole answer the cache keeps (the proxies
+        of that many names, all from one snapshot, each taking its turn at the most a piece before it
+        took (a first piece not cached warns of the rest): building 10,000 endpoint assignments the
+        cache does not hold takes ~100 ms, and one such request in a turn held the event loop past
+        250 ms. A whole answer the cache keeps (the proxies
         of a large mesh subscribe to the same names) is taken as it is, also when another stream put it
         together while this one was between pieces; an answer put together here is kept for the next."""
         count = len(watched.names) if added is None else len(added)
@@ -188,16 +189,17 @@ class StreamBase(Generic[R]):
         units = generating(PIECE_NAMES)
         await self.take_turn(units)
         ctx = self.context(self.service.snapshot(), None)
-        names: Sequence[str] = ()
+        kept = generator.kept(ctx, watched) if added is None else None
+        if kept is not None:
+            return kept, ctx.snapshot.version
+        names = sorted(watched.names) if added is None else added
         groups: list[ResourceGroup] = []
         for start in range(0, count, PIECE_NAMES):
             if start:
                 await self.take_turn(units, resume=True)
-            kept = generator.kept(ctx, watched) if added is None else None
-            if kept is not None:
-                return kept, ctx.snapshot.version
-            if not names:
-                names = sorted(watched.names) if added is None else added
+                kept = generator.kept(ctx, watched) if added is None else None
+                if kept is not None:  # another stream put the same answer together meanwhile
+                    return kept, ctx.snapshot.version
             began = time.perf_counter()
             groups.extend(generator.only(ctx, names[start : start + PIECE_NAMES]).groups)
             units = max(units, units_of(time.perf_counter() - began))

@@ -11,8 +11,10 @@ import asyncio
 import gc
 import logging
 import sys
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -25,6 +27,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from controlplane.aio import TurnBudget
 from controlplane.httpserver import metrics_app
 from discovery import metrics
+from discovery import stream as stream_module
 from discovery.cache import XdsCache
 from discovery.connection import (
     PIECE_NAMES,
@@ -542,11 +545,32 @@ def pieces_of(turns: RecordingTurns, start: int) -> list[int]:
     return [cost for cost, _ in turns.taken[start:end]]
 
 
-async def test_a_large_answer_is_generated_in_pieces_each_taking_its_turn(xds: XdsHarness) -> None:
+class PieceClock:
+    """Stands in for `time.perf_counter` in `discovery.stream`: the pieces of an answer read it before
+    and after each piece, and the n-th piece appears to take `took[n]` seconds."""
+
+    def __init__(self, took: list[float]) -> None:
+        self.took = took
+        self.reads = 0
+        self.now = 1_000.0  # as a real clock, far from zero
+
+    def perf_counter(self) -> float:
+        if self.reads % 2:
+            self.now += self.took[min(self.reads // 2, len(self.took) - 1)]
+        self.reads += 1
+        return self.now
+
+
+async def test_a_large_answer_is_generated_in_pieces_each_taking_its_turn(
+    xds: XdsHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Building 10,000 assignments the cache does not hold took ~100 ms in one piece of work, which held
     the event loop (and `/ready`) past 250 ms: an answer of more than `PIECE_NAMES` names is generated a
-    piece of names at a time, each piece after the first at the cost the one before it took, and a SotW
-    subscription that grows by that many is answered the same way. The answers are whole and in order."""
+    piece of names at a time, each piece after the first at the highest cost a piece before it took, and
+    a SotW subscription that grows by that many is answered the same way. The answers are whole and in
+    order."""
+    clock = PieceClock(took=[0.020, 0.001])  # the first piece is slow (not cached), the next quick
+    monkeypatch.setattr(stream_module, "time", SimpleNamespace(perf_counter=clock.perf_counter, time=time.time))
     turns = RecordingTurns()
     xds.service.request_turns = turns
     names = cluster_names(2 * PIECE_NAMES + 500)
@@ -556,9 +580,10 @@ async def test_a_large_answer_is_generated_in_pieces_each_taking_its_turn(xds: X
     assert assignment_names(response) == sorted(names)
     assert turns.taken[0] == (reading(len(names)), "127.0.0.1")
     first, second, third, joined = pieces_of(turns, 1)  # three pieces of names, then their bytes joined
-    assert first == generating(PIECE_NAMES) and min(second, third) >= first
-    assert max(second, third) < units_of(1.0)  # what a piece took: 1,000 names take no second
+    assert first == generating(PIECE_NAMES)
+    assert second == third == units_of(0.020)  # what the slow first piece took, also after a quick one
     assert joined == reading(len(names))
+    monkeypatch.undo()
 
     turns.taken.clear()
     turns.resumed.clear()
@@ -616,6 +641,50 @@ async def test_proxies_asking_for_the_same_large_answer_share_it(xds: XdsHarness
     assert len(built) == len(rebuilt) == 4  # three pieces and the join; the second answer is kept
     assert taken == [generating(PIECE_NAMES)]
     assert first.resources == second.resources == third.resources
+
+
+async def test_an_answer_between_pieces_takes_what_another_proxy_put_together_meanwhile(xds: XdsHarness) -> None:
+    """Proxies connecting together ask for the same names at once: a stream between two pieces of its
+    answer takes the whole answer once other proxies' requests have made the cache keep it, and stops
+    building its own."""
+    names = cluster_names(3 * PIECE_NAMES)
+    others: list[Any] = []
+    started: list[bool] = []
+
+    class OthersMeanwhile(RecordingTurns):
+        async def take(self, cost: int, owner: Hashable = None, *, resume: bool = False) -> None:
+            if resume and not started:  # before this stream's second piece: two others ask and are answered
+                started.append(True)
+                for i in range(2):
+                    other = xds.sotw(node(f"other-{i}", ip=f"10.1.1.{i + 2}"))
+                    await other.request(ENDPOINT, names)
+                    others.append(await other.recv())
+            await super().take(cost, owner, resume=resume)
+
+    turns = OthersMeanwhile()
+    xds.service.request_turns = turns
+    sotw = xds.sotw()
+    await sotw.request(ENDPOINT, names)
+    answer = await sotw.recv()
+    assert answer.resources == others[0].resources == others[1].resources
+    others_resumed = 2 * (2 + 1)  # each other proxy built its answer: two more pieces and the join
+    assert len(turns.resumed) - others_resumed == 1  # this stream: the turn it took the kept answer in, no more
+
+
+async def test_a_grown_subscription_gets_the_added_names_even_when_the_whole_is_kept(xds: XdsHarness) -> None:
+    """A SotW client keeps what it has: when its subscription grows, the answer carries the added names
+    alone, also when the cache keeps the whole new subscription (other proxies asked for it)."""
+    old = cluster_names(PIECE_NAMES // 2, prefix="old")
+    added = cluster_names(PIECE_NAMES + 100, prefix="added")
+    for i in range(2):  # the whole new subscription, asked for twice: kept
+        other = xds.sotw(node(f"other-{i}", ip=f"10.1.1.{i + 2}"))
+        await other.request(ENDPOINT, old + added)
+        assert len((await other.recv()).resources) == len(old + added)
+    sotw = xds.sotw()
+    await sotw.request(ENDPOINT, old)
+    first = await sotw.recv()
+    await sotw.request(ENDPOINT, old + added, nonce=first.nonce, version=first.version_info)
+    assert assignment_names(await sotw.recv()) == sorted(added)
 
 
 async def test_a_piecewise_answer_comes_from_one_snapshot_and_a_change_meanwhile_follows(xds: XdsHarness) -> None:
