@@ -136,6 +136,7 @@ class ControlPlane:
             injector_configmap=s.injector_configmap,
             mesh_configmap=s.mesh_configmap,
         )
+        self.tasks.start("injection-config", watcher.run())
         self.injector = Injector(
             store=self.store,
             config=watcher,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -231,48 +235,155 @@ def watcher(store: ConfigStore) -> InjectionConfigWatcher:
     return InjectionConfigWatcher(store, namespace=NS, injector_configmap=INJECTOR, mesh_configmap=MESH)
 
 
-def test_watcher_reads_what_is_already_in_the_store_and_follows_changes() -> None:
+@contextlib.asynccontextmanager
+async def following(w: InjectionConfigWatcher) -> AsyncIterator[InjectionConfigWatcher]:
+    """`w` with its `run()` going (it parses changes); cancelled on exit."""
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_watcher_reads_what_is_already_in_the_store_and_follows_changes() -> None:
     store = ConfigStore()
     put(store, configmap(INJECTOR, {"values": "global: {tag: '1.29.0'}"}), INJECTOR)
-    w = watcher(store)
-    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.0"
-    put(store, configmap(MESH, {"mesh": "trustDomain: example.org"}), MESH)
-    assert w.current.trust_domain == "example.org"
-    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.0"
-    put(store, None, INJECTOR)
-    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.28.0"
-    description = w.describe()
+    async with following(watcher(store)) as w:
+        assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.0"
+        put(store, configmap(MESH, {"mesh": "trustDomain: example.org"}), MESH)
+        await w.settled()
+        assert w.current.trust_domain == "example.org"
+        assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.0"
+        put(store, None, INJECTOR)
+        await w.settled()
+        assert w.current.proxy_image == "docker.io/istio/proxyv2:1.28.0"
+        description = w.describe()
     assert description["injectorConfigMap"] == {"name": f"{NS}/{INJECTOR}", "used": False}
     assert description["meshConfigMap"] == {"name": f"{NS}/{MESH}", "used": True}
     assert description["lastError"] is None
     assert description["config"]["trustDomain"] == "example.org"
 
 
-def test_watcher_ignores_other_configmaps_and_namespaces() -> None:
+async def test_watcher_ignores_other_configmaps_and_namespaces() -> None:
     store = ConfigStore()
-    w = watcher(store)
-    put(store, configmap("istio-sidecar-injector", {"values": "global: {tag: other}"}), "istio-sidecar-injector")
-    other_ns = configmap(INJECTOR, {"values": "global: {tag: other}"})
-    other_ns["metadata"]["namespace"] = "default"
-    store.apply([(ObjectKey("ConfigMap", "default", INJECTOR), other_ns)])
+    async with following(watcher(store)) as w:
+        put(store, configmap("istio-sidecar-injector", {"values": "global: {tag: other}"}), "istio-sidecar-injector")
+        other_ns = configmap(INJECTOR, {"values": "global: {tag: other}"})
+        other_ns["metadata"]["namespace"] = "default"
+        store.apply([(ObjectKey("ConfigMap", "default", INJECTOR), other_ns)])
+        await w.settled()
+        await asyncio.sleep(0.05)  # time enough for a parse, had one started
     assert w.current == InjectionConfig()
     assert w.reloads == 1
 
 
-def test_an_invalid_new_version_keeps_the_last_good_config_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_invalid_new_version_keeps_the_last_good_config_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     store = ConfigStore()
     put(store, configmap(INJECTOR, {"config": "policy: disabled"}), INJECTOR)
-    w = watcher(store)
-    assert w.current.policy == "disabled"
-    with caplog.at_level(logging.ERROR, logger="webhook.configwatch"):
-        put(store, configmap(INJECTOR, {"config": "policy: paused"}), INJECTOR)
-    assert w.current.policy == "disabled"
-    error = w.describe()["lastError"]
-    assert error == f"ConfigMap {NS}/{INJECTOR}: key 'config', field policy: 'paused' is not one of enabled, disabled"
-    assert error in caplog.text
-    put(store, configmap(INJECTOR, {"config": "policy: enabled"}), INJECTOR)
-    assert w.current.policy == "enabled"
-    assert w.describe()["lastError"] is None
+    async with following(watcher(store)) as w:
+        assert w.current.policy == "disabled"
+        with caplog.at_level(logging.ERROR, logger="webhook.configwatch"):
+            put(store, configmap(INJECTOR, {"config": "policy: paused"}), INJECTOR)
+            await w.settled()
+        assert w.current.policy == "disabled"
+        error = w.describe()["lastError"]
+        assert (
+            error == f"ConfigMap {NS}/{INJECTOR}: key 'config', field policy: 'paused' is not one of enabled, disabled"
+        )
+        assert error in caplog.text
+        put(store, configmap(INJECTOR, {"config": "policy: enabled"}), INJECTOR)
+        await w.settled()
+        assert w.current.policy == "enabled"
+        assert w.describe()["lastError"] is None
+
+
+class HeldParse:
+    """Stands in for `parse_injection_config`: records the thread of each call and, while `held`,
+    waits (in that thread) until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.parsed: list[str | None] = []  # each call's injector `values`
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.held = True
+
+    def __call__(self, *, injector: Mapping[str, str] | None, mesh: Mapping[str, str] | None) -> InjectionConfig:
+        self.threads.append(threading.get_ident())
+        self.parsed.append(injector.get("values") if injector is not None else None)
+        self.started.set()
+        if self.held and not self.go.wait(timeout=10):
+            raise AssertionError("the test never let the parse go: was it run on the event loop?")
+        return parse_injection_config(injector=injector, mesh=mesh)
+
+
+def tag(version: str) -> dict[str, Any]:
+    return configmap(INJECTOR, {"values": f"global: {{tag: '{version}'}}"})
+
+
+async def test_a_change_is_parsed_in_a_worker_thread_while_the_event_loop_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parsing a config validates its templates by injecting a sample pod: tens of milliseconds for a
+    large one, which on the event loop would hold every review, signing request and xDS push."""
+    store = ConfigStore()
+    held = HeldParse()
+    held.held = False
+    monkeypatch.setattr("webhook.configwatch.parse_injection_config", held)
+    async with following(watcher(store)) as w:
+        held.held, held.started = True, threading.Event()
+        put(store, tag("1.29.1"), INJECTOR)
+        assert await asyncio.to_thread(held.started.wait, 10)  # the loop turns while the parse waits
+        assert w.current.proxy_image.endswith(":1.28.0")  # not current before the parse ends
+        held.go.set()
+        await w.settled()
+    assert held.threads[0] == threading.get_ident()  # the first, at start-up, where the watcher is made
+    assert held.threads[1] != threading.get_ident()
+    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.1"
+
+
+async def test_changes_during_a_parse_are_parsed_together_after_it_and_the_newest_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = ConfigStore()
+    held = HeldParse()
+    held.held = False
+    monkeypatch.setattr("webhook.configwatch.parse_injection_config", held)
+    async with following(watcher(store)) as w:
+        held.held, held.started = True, threading.Event()
+        put(store, tag("1.29.1"), INJECTOR)
+        assert await asyncio.to_thread(held.started.wait, 10)
+        put(store, tag("1.29.2"), INJECTOR)
+        put(store, tag("1.29.3"), INJECTOR)
+        settled = asyncio.create_task(w.settled())
+        await asyncio.sleep(0.01)
+        assert not settled.done()  # two versions are still to be parsed
+        held.go.set()
+        await settled
+    assert held.parsed == [None, "global: {tag: '1.29.1'}", "global: {tag: '1.29.3'}"]
+    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.3" and w.reloads == 3
+
+
+async def test_a_parser_defect_keeps_the_last_good_config_and_the_watcher_running(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ConfigStore()
+    async with following(watcher(store)) as w:
+
+        def broken(**_: Any) -> InjectionConfig:
+            raise RecursionError("maximum recursion depth exceeded")
+
+        with monkeypatch.context() as patched, caplog.at_level(logging.ERROR, logger="webhook.configwatch"):
+            patched.setattr("webhook.configwatch.parse_injection_config", broken)
+            put(store, tag("1.29.1"), INJECTOR)
+            await w.settled()
+        assert w.current == InjectionConfig()
+        assert "parsing failed (RecursionError: maximum recursion depth exceeded)" in str(w.last_error)
+        assert "Traceback" in caplog.text
+        put(store, tag("1.29.2"), INJECTOR)
+        await w.settled()
+    assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.2" and w.last_error is None
 
 
 def test_an_invalid_mesh_configmap_is_blamed_on_the_mesh_configmap() -> None:

@@ -7,6 +7,7 @@ that would inject an invalid pod. The goldens (`template-*.yaml`) cover what eac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -112,7 +113,9 @@ def test_a_template_that_does_not_read_the_pod_renders_once_per_config() -> None
     assert first == {"metadata": {"annotations": {"hub": "docker.io/istio"}}}
 
 
-def test_the_watcher_keeps_the_last_good_templates_and_logs_the_refusal(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_watcher_keeps_the_last_good_templates_and_logs_the_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = ConfigStore()
     key = ObjectKey("ConfigMap", "istio-system", "istio-sidecar-injector")
     store.apply([(key, {"data": injector({"team": TEAM}, ["sidecar", "team"])})])
@@ -121,8 +124,13 @@ def test_the_watcher_keeps_the_last_good_templates_and_logs_the_refusal(caplog: 
     )
     assert watcher.current.default_templates == ("sidecar", "team")
     bad = "spec:\n  containers:\n  - name: extra\n"
-    with caplog.at_level(logging.ERROR):
-        store.apply([(key, {"data": injector({"team": bad}, ["sidecar", "team"])})])
+    following = asyncio.create_task(watcher.run())
+    try:
+        with caplog.at_level(logging.ERROR):
+            store.apply([(key, {"data": injector({"team": bad}, ["sidecar", "team"])})])
+            await watcher.settled()
+    finally:
+        following.cancel()
     assert watcher.current.templates.sources["team"] == TEAM
     assert watcher.last_error is not None and "templates.team" in watcher.last_error
     assert "container 'extra' has no image" in caplog.text
