@@ -29,6 +29,7 @@ from tests.agent.conftest import refused_port
 from tests.certs.test_e2e_serve import token
 from tests.e2e.envoyproxy import make_identity
 from tests.helpers.serve import SERVER_NAME, Running, start_serve
+from tests.helpers.tasks import running as run_task
 
 NS, SA = "shop", "cart"
 IDENTITY = f"spiffe://cluster.local/ns/{NS}/sa/{SA}"
@@ -59,13 +60,8 @@ def manager(
 
 @contextlib.asynccontextmanager
 async def running(m: SecretManager) -> AsyncIterator[SecretManager]:
-    task = asyncio.create_task(m.run())
-    try:
+    async with run_task(m.run()):
         yield m
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def until(check: Callable[[], object], *, within: float = 20.0) -> None:

@@ -14,6 +14,7 @@ from certs.rootsync import RootConfigMapController
 from controlplane.model.store import ConfigStore, ObjectKey
 from tests.certs.fakes import FakeConfigMaps
 from tests.certs.helpers import make_root
+from tests.helpers.tasks import running
 from tests.kubesim.fixtures import eventually
 
 
@@ -58,12 +59,8 @@ async def controller(
     ctl = RootConfigMapController(
         store=store, ca=ca, reconciler=RootConfigMapReconciler(client), retry_base=0.01, retry_cap=0.05
     )
-    task = asyncio.ensure_future(ctl.run())
-    try:
+    async with running(ctl.run()):
         yield ctl
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def root_in(client: FakeConfigMaps, ns: str) -> str | None:

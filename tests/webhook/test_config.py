@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from controlplane.model.store import ConfigStore, ObjectKey
+from tests.helpers.tasks import running
 from webhook.config import ConfigError, InjectionConfig
 from webhook.configparse import parse_injection_config
 from webhook.configwatch import InjectionConfigWatcher
@@ -238,12 +239,8 @@ def watcher(store: ConfigStore) -> InjectionConfigWatcher:
 @contextlib.asynccontextmanager
 async def following(w: InjectionConfigWatcher) -> AsyncIterator[InjectionConfigWatcher]:
     """`w` with its `run()` going (it parses changes); cancelled on exit."""
-    task = asyncio.create_task(w.run())
-    try:
+    async with running(w.run()):
         yield w
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_watcher_reads_what_is_already_in_the_store_and_follows_changes() -> None:
@@ -307,7 +304,11 @@ class HeldParse:
         self.parsed: list[str | None] = []  # each call's injector `values`
         self.started = threading.Event()
         self.go = threading.Event()
-        self.held = True
+        self.held = False
+
+    def hold(self) -> None:
+        """Parses from now on wait for `go`; `started` is set when the next begins."""
+        self.held, self.started = True, threading.Event()
 
     def __call__(self, *, injector: Mapping[str, str] | None, mesh: Mapping[str, str] | None) -> InjectionConfig:
         self.threads.append(threading.get_ident())
@@ -316,6 +317,12 @@ class HeldParse:
         if self.held and not self.go.wait(timeout=10):
             raise AssertionError("the test never let the parse go: was it run on the event loop?")
         return parse_injection_config(injector=injector, mesh=mesh)
+
+
+def held_parse(monkeypatch: pytest.MonkeyPatch) -> HeldParse:
+    held = HeldParse()
+    monkeypatch.setattr("webhook.configwatch.parse_injection_config", held)
+    return held
 
 
 def tag(version: str) -> dict[str, Any]:
@@ -328,11 +335,9 @@ async def test_a_change_is_parsed_in_a_worker_thread_while_the_event_loop_runs_o
     """Parsing a config validates its templates by injecting a sample pod: tens of milliseconds for a
     large one, which on the event loop would hold every review, signing request and xDS push."""
     store = ConfigStore()
-    held = HeldParse()
-    held.held = False
-    monkeypatch.setattr("webhook.configwatch.parse_injection_config", held)
+    held = held_parse(monkeypatch)
     async with following(watcher(store)) as w:
-        held.held, held.started = True, threading.Event()
+        held.hold()
         put(store, tag("1.29.1"), INJECTOR)
         assert await asyncio.to_thread(held.started.wait, 10)  # the loop turns while the parse waits
         assert w.current.proxy_image.endswith(":1.28.0")  # not current before the parse ends
@@ -347,11 +352,9 @@ async def test_changes_during_a_parse_are_parsed_together_after_it_and_the_newes
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = ConfigStore()
-    held = HeldParse()
-    held.held = False
-    monkeypatch.setattr("webhook.configwatch.parse_injection_config", held)
+    held = held_parse(monkeypatch)
     async with following(watcher(store)) as w:
-        held.held, held.started = True, threading.Event()
+        held.hold()
         put(store, tag("1.29.1"), INJECTOR)
         assert await asyncio.to_thread(held.started.wait, 10)
         put(store, tag("1.29.2"), INJECTOR)

@@ -7,7 +7,6 @@ that would inject an invalid pod. The goldens (`template-*.yaml`) cover what eac
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 
 from controlplane.model.store import ConfigStore, ObjectKey
 from tests.helpers.serve import Running, admission_review, apply_response, post_webhook
+from tests.helpers.tasks import running
 from tests.webhook.test_live_config import wait_for, write
 from webhook import templates
 from webhook.config import ConfigError
@@ -124,13 +124,10 @@ async def test_the_watcher_keeps_the_last_good_templates_and_logs_the_refusal(
     )
     assert watcher.current.default_templates == ("sidecar", "team")
     bad = "spec:\n  containers:\n  - name: extra\n"
-    following = asyncio.create_task(watcher.run())
-    try:
+    async with running(watcher.run()):
         with caplog.at_level(logging.ERROR):
             store.apply([(key, {"data": injector({"team": bad}, ["sidecar", "team"])})])
             await watcher.settled()
-    finally:
-        following.cancel()
     assert watcher.current.templates.sources["team"] == TEAM
     assert watcher.last_error is not None and "templates.team" in watcher.last_error
     assert "container 'extra' has no image" in caplog.text
