@@ -17,6 +17,7 @@ line per key every 10 s, with the count of lines held back), refused streams per
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from discovery.connection import LogThrottle
 from discovery.xdstypes import SHORT, short
 
 if TYPE_CHECKING:
+    from controlplane.model.registry import Registry
     from discovery.connection import Connection, Decision
 
 log = logging.getLogger("discovery")
@@ -122,7 +124,8 @@ REGISTRY.register(_Collector(pushes, rejects, unknown_types, unchanged, refused_
 class _ConflictGauges:
     """Service ports that lost a conflict, by kind (Istio's gauge names; the reserved-port gauge is
     meshplane's, as Istio only logs that case). Read at scrape time from the registry the discovery
-    service follows (`follow`), so a conflict shows whether or not a proxy asked for config."""
+    service follows (`follow`), so a conflict shows whether or not a proxy asked for config. The
+    registry is held weakly: following it does not keep it (and its store) alive."""
 
     NAMES = {
         ConflictKind.TCP_OVER_TCP: "pilot_conflict_outbound_listener_tcp_over_current_tcp",
@@ -133,14 +136,15 @@ class _ConflictGauges:
     }
 
     def __init__(self) -> None:
-        self._source: Callable[[], Conflicts] = Conflicts
+        self._registry: Callable[[], Registry | None] = lambda: None
 
-    def follow(self, source: Callable[[], Conflicts]) -> None:
-        """Read the conflicts from `source()` at each scrape."""
-        self._source = source
+    def follow(self, registry: Registry) -> None:
+        """Read the conflicts from `registry` at each scrape, for as long as it exists (none after)."""
+        self._registry = weakref.ref(registry)
 
     def collect(self) -> Iterator[Metric]:
-        current = self._source()
+        registry = self._registry()
+        current = registry.snapshot().conflicts if registry is not None else Conflicts()
         for conflict_kind, name in self.NAMES.items():
             count = current.count(conflict_kind)
             yield GaugeMetricFamily(name, f"Service ports that lost a conflict: {conflict_kind.value}.", count)

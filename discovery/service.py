@@ -75,7 +75,7 @@ class DiscoveryService:
         """`limits` bounds what one client may make a stream hold, and how many streams it may have open
         (default `StreamLimits()`)."""
         self.registry = registry
-        metrics.conflicts.follow(lambda: registry.snapshot().conflicts)
+        metrics.conflicts.follow(registry)
         self.cache = cache or XdsCache()
         self.known_versions = KnownVersions()  # Delta streams in the same state share what their clients know
         self.limits = limits or StreamLimits()

@@ -127,9 +127,7 @@ def test_an_edited_file_leaves_one_copy_of_each_unchanged_object_and_key_in_memo
     edited = source.store.get(ObjectKey("ConfigMap", "shop", "cm-0"))
     assert edited is not None and edited["data"] == {"v": "edited"}
     gc.collect()
-    # Only this test's objects are counted: the process's conflict gauges follow the registry of the
-    # last discovery service created (`discovery.metrics.conflicts`), so an earlier xDS test's store
-    # may still be alive.
+    # Only this test's objects are counted: an earlier test's store may still be alive.
     ours = [o for o in gc.get_objects() if isinstance(o, ObjectKey) and o.namespace == "shop"]
     assert len(ours) == count  # the keys too: one of each
     packed = [o for o in gc.get_objects() if isinstance(o, PackedObject)]

@@ -4,6 +4,8 @@ address or a route domain."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,6 +85,19 @@ def test_two_tcp_services_on_one_address_the_oldest_keeps_it_and_the_loser_keeps
     assert "Service default/zeta" in found["Service/default/alpha:spec.ports[0].port"]
     assert "no TCP listener" in found["Service/default/alpha:spec.ports[0].port"]
     assert gauge("pilot_conflict_outbound_listener_tcp_over_current_tcp") == 1
+
+
+def test_the_gauges_follow_a_registry_without_keeping_it_alive() -> None:
+    world = World(
+        svc("zeta", created=OLD, ports=[("tcp-db", 5432)]),
+        svc("alpha", created=NEW, ports=[("tcp-db", 5432)]),
+    )
+    assert gauge("pilot_conflict_outbound_listener_tcp_over_current_tcp") == 1
+    gone = weakref.ref(world.registry)
+    del world
+    gc.collect()
+    assert gone() is None  # the registry (and the store and objects it holds) is freed
+    assert gauge("pilot_conflict_outbound_listener_tcp_over_current_tcp") == 0
 
 
 def test_creation_time_decides_before_the_name_and_the_name_breaks_ties() -> None:

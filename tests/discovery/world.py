@@ -26,7 +26,7 @@ class World:
     def __init__(self, *objects: Mapping[str, Any]) -> None:
         self.store = ConfigStore()
         self.registry = Registry(self.store)
-        metrics.conflicts.follow(lambda: self.registry.snapshot().conflicts)  # as DiscoveryService does
+        metrics.conflicts.follow(self.registry)  # as DiscoveryService does
         self.cache = XdsCache()
         self.apply(*objects)
 
