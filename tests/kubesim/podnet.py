@@ -9,7 +9,8 @@ Layout (root only; the host's sysctls and iptables are never changed):
                                      net.ipv4.conf.{all,default,br0}          route default via gateway
                                        .send_redirects=0
                                      net.bridge.bridge-nf-call-*=0
-                                       (where the kernel has br_netfilter)
+                                       (where the kernel has br_netfilter;
+                                       set again at each pod's attach)
                                      (sysctls of this namespace only)
 
 A pod holds its address as a /32 and has one neighbour, the gateway, so every packet it sends, also one
@@ -51,6 +52,7 @@ POOL = ipaddress.IPv4Network("10.240.0.0/12")
 BRIDGE = "br0"
 # br_netfilter off in the node namespace (module docstring). The keys exist only where it is loaded (hence
 # `sysctl -e`) and, in a namespace other than the host's, only since Linux 5.3, which made them per namespace.
+# Loading the module turns them on in every namespace, so they are set again each time a pod is attached.
 BRIDGE_NETFILTER_OFF = tuple(f"net.bridge.bridge-nf-call-{table}=0" for table in ("iptables", "ip6tables", "arptables"))
 
 
@@ -165,6 +167,7 @@ class NodeNetwork:
             veth = f"kp{secrets.token_hex(4)}"
             self._pods[netns] = (veth, ip)
         try:
+            await run("sysctl", "-q", "-e", "-w", *BRIDGE_NETFILTER_OFF, netns=self.node_netns)
             await run(
                 *("ip", "link", "add", veth, "netns", self.node_netns),
                 *("type", "veth", "peer", "name", "eth0", "netns", netns),

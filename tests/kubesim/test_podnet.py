@@ -168,6 +168,23 @@ async def test_a_pod_has_a_32_and_routes_through_the_gateway_and_the_node_sends_
     assert _host_sysctls() == host_before
 
 
+async def test_bridge_netfilter_turned_on_after_the_node_was_made_is_off_again_when_a_pod_attaches(
+    network: NodeNetwork,
+) -> None:
+    """Loading br_netfilter (another program may, at any time) turns its switches on in every namespace."""
+    if "net/bridge/bridge-nf-call-iptables" not in _host_sysctls():
+        pytest.skip("this kernel has no br_netfilter, so nothing can turn it on")
+    node = network.node_netns
+    await run("sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1", netns=node)  # as a late load leaves it
+    pod = await _netns()
+    try:
+        await network.add_pod(netns=pod)
+        assert await _sysctl("net.bridge.bridge-nf-call-iptables", netns=node) == "0"
+    finally:
+        await network.remove_pod(netns=pod)
+        await run("ip", "netns", "del", pod, check=False)
+
+
 async def test_a_pod_calling_another_pod_is_routed_by_the_node_and_seen_from_its_own_ip(network: NodeNetwork) -> None:
     client, server = await _netns(), await _netns()
     try:
