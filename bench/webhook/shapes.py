@@ -25,12 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import machine, median, table, write_result
-from controlplane.model.store import ConfigStore
+from tests.helpers.injector import default_injector
 from tests.helpers.serve import admission_review
 from webhook.app import INLINE_BYTES_PER_TURN, OFFLOAD_BYTES
-from webhook.configwatch import InjectionConfigWatcher
 from webhook.review import review
-from webhook.service import Injector
 
 Pod = dict[str, Any]
 
@@ -103,18 +101,7 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20, help="reviews per shape and round")
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
-    store = ConfigStore()  # no ConfigMaps: Istio's default templates and mesh config
-    watcher = InjectionConfigWatcher(
-        store, namespace="istio-system", injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
-    )
-    injector = Injector(
-        store=store,
-        config=watcher,
-        revision="default",
-        discovery_address="istiod.istio-system.svc:15012",
-        trust_domain="cluster.local",
-        cluster_id="Kubernetes",
-    )
+    injector = default_injector()  # no ConfigMaps: Istio's templates and mesh config
     weight = injector.injection_bytes()
     bodies = {name: largest_inline(make, OFFLOAD_BYTES - weight) for name, make in SHAPES.items()}
     times: dict[str, list[float]] = {name: [] for name in SHAPES}

@@ -15,13 +15,11 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from controlplane.model.store import ConfigStore
+from tests.helpers.injector import default_injector
 from tests.helpers.serve import admission_review
 from webhook.app import webhook_app
-from webhook.configwatch import InjectionConfigWatcher
 from webhook.limits import Limits
 from webhook.listener import WebhookSite
-from webhook.service import Injector
 
 CAP = 3
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}}
@@ -51,19 +49,7 @@ async def served(certificate: tuple[pathlib.Path, pathlib.Path]) -> AsyncIterato
     key, cert = certificate
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
-    store = ConfigStore()
-    config = InjectionConfigWatcher(
-        store, namespace="istio-system", injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
-    )
-    injector = Injector(
-        store=store,
-        config=config,
-        revision="default",
-        discovery_address="istiod.istio-system.svc:15012",
-        trust_domain="cluster.local",
-        cluster_id="Kubernetes",
-    )
-    app = webhook_app(injector, limits=Limits(header_timeout=30, body_timeout=30, max_connections=CAP))
+    app = webhook_app(default_injector(), limits=Limits(header_timeout=30, body_timeout=30, max_connections=CAP))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

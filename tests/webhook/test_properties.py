@@ -13,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controlplane.model.store import ConfigStore
+from tests.helpers.injector import default_injector
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
-from webhook.configwatch import InjectionConfigWatcher
 from webhook.service import Injector
 
 # -- generated pods ----------------------------------------------------------------------------
@@ -108,18 +107,7 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def injector() -> Injector:
-    store = ConfigStore()
-    config = InjectionConfigWatcher(
-        store, namespace="istio-system", injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
-    )
-    return Injector(
-        store=store,
-        config=config,
-        revision="default",
-        discovery_address="istiod.istio-system.svc:15012",
-        trust_domain="cluster.local",
-        cluster_id="Kubernetes",
-    )
+    return default_injector()
 
 
 @settings(
