@@ -74,11 +74,12 @@ class ConfigStore:
         return self._objects.get(key)
 
     def list(self, kind: str, *, namespace: str | None = None) -> list[Object]:
-        return [
-            obj
-            for key, obj in sorted(self._objects.items())
+        found = [
+            (key, obj)
+            for key, obj in self._objects.items()
             if key.kind == kind and (namespace is None or key.namespace == namespace)
         ]
+        return [obj for _, obj in sorted(found, key=lambda item: item[0])]
 
     def __len__(self) -> int:
         return len(self._objects)

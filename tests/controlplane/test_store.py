@@ -44,6 +44,23 @@ def test_replace_kind_deletes_what_the_relist_no_longer_has() -> None:
     assert [o["metadata"]["name"] for o in store.list("Namespace")] == ["b"]
 
 
+def test_list_gives_one_kind_in_namespace_then_name_order() -> None:
+    """Sources, the registry and debug pages rely on the order: the same objects, the same list."""
+
+    def cm(namespace: str, name: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
+
+    store = ConfigStore()
+    keys = [("shop", "b"), ("default", "z"), ("shop", "a"), ("default", "a"), ("istio-system", "m")]
+    store.apply(
+        [(ObjectKey("ConfigMap", n, m), cm(n, m)) for n, m in keys] + [(ObjectKey("Namespace", "", "a"), ns("a"))]
+    )
+    listed = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in store.list("ConfigMap")]
+    assert listed == sorted(keys)
+    assert [o["metadata"]["name"] for o in store.list("ConfigMap", namespace="shop")] == ["a", "b"]
+    assert [o["metadata"]["name"] for o in store.list("Namespace")] == ["a"]
+
+
 def test_a_failing_listener_does_not_stop_the_others() -> None:
     store = ConfigStore()
     seen: list[int] = []
