@@ -7,10 +7,10 @@ from webhook.configwatch import InjectionConfigWatcher
 from webhook.service import Injector
 
 
-def default_injector(store: ConfigStore | None = None) -> Injector:
-    """Istio's templates and mesh config, unless `store` holds the ConfigMaps `istio-sidecar-injector`
-    and `istio` in `istio-system`; discovery at istiod.istio-system.svc:15012, cluster `Kubernetes`."""
-    store = store if store is not None else ConfigStore()
+def default_injector() -> Injector:
+    """Istio's templates and mesh config (no ConfigMaps); discovery at istiod.istio-system.svc:15012,
+    cluster `Kubernetes`."""
+    store = ConfigStore()
     config = InjectionConfigWatcher(
         store, namespace="istio-system", injector_configmap="istio-sidecar-injector", mesh_configmap="istio"
     )
