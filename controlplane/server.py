@@ -95,7 +95,9 @@ class ControlPlane:
         else:
             self.file_source = FileSource(s.config_dir, self.store)
             try:
-                self.file_source.scan()  # fail fast on a missing directory, before binding any port
+                # fail fast on a missing directory, before binding any port; a large directory is
+                # parsed on every usable core, since nothing is served until it is read
+                await self.file_source.load(workers=len(os.sched_getaffinity(0)))
             except FileNotFoundError as exc:
                 raise SettingsError(f"--config-dir: {exc}") from None
             self.store.mark_synced()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -159,6 +160,18 @@ def _parse_positional(data: bytes, label: str) -> Parsed:
     return parse_documents(data, label=label)
 
 
+def _parse_in(pool: concurrent.futures.Executor, data: bytes, label: str) -> Parsed:
+    """Parse in this thread up to `INLINE_PARSE_BYTES`, larger files in `pool`."""
+    if len(data) <= INLINE_PARSE_BYTES:
+        return parse_documents(data, label=label)
+    return pool.submit(_parse_positional, data, label).result()
+
+
+def _spawn_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 @dataclass(frozen=True)
 class _Scan:
     """What one pass over the directory found: every path present, and each one's reading."""
@@ -221,15 +234,21 @@ class FileSource:
         found = await asyncio.to_thread(self._collect, self._parse_large_elsewhere)
         return self._apply(found)
 
+    async def load(self, *, workers: int) -> bool:
+        """The first scan of a directory that may be large: `scan_async()` with up to `workers` files
+        read and parsed at once, each large one in a worker process of its own. Those processes end
+        with the scan (later scans see a few edited files at a time and keep one worker)."""
+
+        def collect() -> _Scan:
+            with _spawn_pool(workers) as pool:  # no process starts unless a large file needs one
+                return self._collect(functools.partial(_parse_in, pool), workers=workers)
+
+        return self._apply(await asyncio.to_thread(collect))
+
     def _parse_large_elsewhere(self, data: bytes, label: str) -> Parsed:
-        if len(data) <= INLINE_PARSE_BYTES:
-            return parse_documents(data, label=label)
         if self._pool is None:
-            # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._pool.submit(_parse_positional, data, label).result()
+            self._pool = _spawn_pool(1)
+        return _parse_in(self._pool, data, label)
 
     def close(self) -> None:
         """Stop the parsing worker process, if one was started."""
@@ -237,16 +256,24 @@ class FileSource:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _collect(self, parse: Parser) -> _Scan:
-        """Stat, read and (when new) parse every file; touches no shared state but each file's stamp."""
+    def _collect(self, parse: Parser, *, workers: int = 1) -> _Scan:
+        """Stat, read and (when new) parse every file, up to `workers` at once; touches no shared
+        state but each file's stamp."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"config dir {self.directory} does not exist or is not a directory")
         now = time.monotonic()
-        readings: dict[pathlib.Path, tuple[_FileState, _Reading | None]] = {}
-        for path in self._paths():
-            state = self._files.get(path) or _FileState()
-            readings[path] = (state, self._read(path, state, now, parse))
-        return _Scan(now=now, readings=readings)
+        paths = self._paths()
+        states = [self._files.get(path) or _FileState() for path in paths]
+
+        def read(path: pathlib.Path, state: _FileState) -> _Reading | None:
+            return self._read(path, state, now, parse)
+
+        if workers > 1 and len(paths) > 1:
+            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="config-read") as threads:
+                read_all = list(threads.map(read, paths, states))
+        else:
+            read_all = list(map(read, paths, states))
+        return _Scan(now=now, readings=dict(zip(paths, zip(states, read_all, strict=True), strict=True)))
 
     def _apply(self, found: _Scan) -> bool:
         """Settle what `_collect` read and publish the result; runs where the store lives."""

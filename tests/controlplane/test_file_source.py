@@ -1,5 +1,6 @@
 import datetime
 import gc
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -12,7 +13,7 @@ import yaml
 from controlplane.model.packed import PackedObject
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
-from controlplane.sources.files import FileSource
+from controlplane.sources.files import INLINE_PARSE_BYTES, FileSource
 
 NS_A = """
 apiVersion: v1
@@ -361,6 +362,37 @@ def test_an_edit_hands_the_store_only_the_edited_files_objects(tmp_path: pathlib
     assert handed == [1]
     cm = store.get(ObjectKey("ConfigMap", "istio-system", "istio"))
     assert cm is not None and "example.org" in cm["data"]["mesh"]
+
+
+async def test_a_first_load_on_several_cores_reads_what_a_scan_reads_and_leaves_no_process(
+    tmp_path: pathlib.Path,
+) -> None:
+    """`serve` reads its config dir with `load()`, large files parsed in worker processes side by
+    side: the store and the problems must be those of a plain scan, and no worker may outlive it."""
+    for i in range(3):
+        docs = [
+            f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: big{i}-{n}, labels: {{n: '{n}'}}}}\n"
+            for n in range(1500)
+        ]
+        write(tmp_path / f"big{i}.yaml", "---\n".join(docs))
+    write(tmp_path / "broken.yaml", (tmp_path / "big0.yaml").read_text().replace("big0-", "broken-") + "]: [\n")
+    write(tmp_path / "mesh.yaml", NS_A + "---\n" + CM)
+    assert all((tmp_path / f"big{i}.yaml").stat().st_size > INLINE_PARSE_BYTES for i in range(3))
+    loaded = FileSource(tmp_path, ConfigStore())
+    assert await loaded.load(workers=3)
+    assert multiprocessing.active_children() == []
+    scanned = FileSource(tmp_path, ConfigStore())
+    scanned.scan()
+    assert len(loaded.store) == len(scanned.store) == 4502
+    assert loaded.store.list("Namespace") == scanned.store.list("Namespace")
+    assert loaded.store.get(ObjectKey("ConfigMap", "istio-system", "istio")) is not None
+    assert loaded.problems == scanned.problems
+    assert [(p.file, p.field) for p in loaded.problems] == [("broken.yaml", "(yaml)")]
+
+
+async def test_a_first_load_of_a_missing_directory_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        await FileSource(tmp_path / "nope", ConfigStore()).load(workers=2)
 
 
 def test_list_documents_and_hidden_files(tmp_path: pathlib.Path, source: FileSource) -> None:
