@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.model import yamltext
 from controlplane.settings import DEFAULT_REVISION, revision_suffix
 from webhook.config import ConfigError, InjectionConfig
 from webhook.configparse import parse_injection_config
@@ -256,7 +257,7 @@ def inject_manifests(text: str, *, settings: OfflineSettings) -> InjectOutput:
     number = 0
     for piece in _split_documents(text):
         try:
-            doc = yaml.safe_load(piece)
+            doc = next(yamltext.load_all(piece), None)  # one document per piece
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" near line {mark.line + 1}" if mark is not None else ""
@@ -284,7 +285,7 @@ def load_injection_config(text: str, *, source: str) -> InjectionConfig:
     """Parse a YAML file of ConfigMaps: the injector one (`istio-sidecar-injector*`) and optionally
     the mesh one (`istio` or `istio-<rev>`). Raises `InjectCommandError` naming the problem."""
     try:
-        docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        docs = [doc for doc in yamltext.load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
         raise InjectCommandError(where=source, cause=f"not valid YAML: {exc}") from None
     found: dict[str, tuple[str, Mapping[str, str] | None]] = {}

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
+from controlplane.model import yamltext
 from controlplane.ops import common
 from controlplane.ops.cluster import INJECTION_LABEL, ClusterState, InjectorConfig
 from controlplane.ops.matcher import Evaluation, HookResult, evaluate
@@ -174,13 +175,12 @@ def read_manifest(path: str) -> JsonObject:
     source = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else pathlib.Path(path).read_text(encoding="utf-8")
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yamltext.load_all(text) if d is not None]
     except (OSError, UnicodeDecodeError) as exc:
         raise common.CommandError(f"-f {source}: cannot read it: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        raise common.CommandError(f"-f {source}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise common.CommandError(f"-f {source}: not valid YAML{yamltext.error_place(exc, text)}: {problem}") from None
     if not docs:
         raise common.CommandError(f"-f {source}: holds no document")
     return pod_from_manifest(docs[0], source=f"-f {source}")

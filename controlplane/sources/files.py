@@ -37,9 +37,9 @@ from dataclasses import dataclass, field, replace
 
 import yaml
 
+from controlplane.model import yamltext
 from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
-from controlplane.model.yamltext import YamlLoader
 from controlplane.sources.kinds import FieldError, UnknownKind, check_document
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def parse_documents(data: bytes, *, label: str) -> Parsed:
         return {}, [DocumentProblem(label, -1, "(file)", f"not UTF-8 text: {exc}")], False
     docs: list[object] = []
     try:
-        for doc in yaml.load_all(text, Loader=YamlLoader):  # a safe loader: plain data only
+        for doc in yamltext.load_all(text):  # plain data, aliases bounded
             docs.append(doc)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -296,6 +296,47 @@ def test_a_file_with_one_good_and_one_bad_document_is_not_applied_in_part(
     assert source.store.get(ObjectKey("ConfigMap", "default", "c")) is not None
 
 
+def test_yaml_anchors_are_read_but_a_billion_laughs_or_a_recursive_alias_is_refused(
+    tmp_path: pathlib.Path, source: FileSource
+) -> None:
+    """kubectl reads anchors, so a config file may use them; but 400 bytes that aliases expand to 5
+    million strings (which held the process ~1 s, ~9 s with one level more) or a value that contains
+    itself (which hung the scan for good) keep their file out, and the rest applies."""
+    write(
+        tmp_path / "anchors.yaml",
+        """
+        apiVersion: v1
+        kind: List
+        items:
+        - apiVersion: v1
+          kind: Service
+          metadata: {name: a, namespace: shop}
+          spec: {ports: &ports [{name: http, port: 80}, {name: grpc, port: 9090}]}
+        - apiVersion: v1
+          kind: Service
+          metadata: {name: b, namespace: shop}
+          spec: {ports: *ports}
+        """,
+    )
+    laughs = ['  l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    laughs += [f"  l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    write(
+        tmp_path / "laughs.yaml",
+        CM.replace("name: istio\n", "name: laughs\n  annotations:\n" + "\n".join(laughs) + "\n", 1),
+    )
+    write(tmp_path / "recursive.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: &m {name: r, labels: {m: *m}}\n")
+    assert source.scan()
+    ports = [p["port"] for p in source.store.get(ObjectKey("Service", "shop", "b"))["spec"]["ports"]]  # type: ignore[index]
+    assert ports == [80, 9090]
+    assert source.store.get(ObjectKey("ConfigMap", "istio-system", "laughs")) is None
+    assert source.store.get(ObjectKey("Namespace", "", "r")) is None
+    assert [str(p) for p in source.problems] == [
+        "laughs.yaml document 0: (yaml): line 2 column 1: YAML aliases (*name) expand this document to 6,053,467"
+        " nodes; it has 40 of its own, and at most 100,000 are read",
+        "recursive.yaml document 0: (yaml): line 3 column 11: a YAML alias (*name) refers to a node that contains it",
+    ]
+
+
 def test_unknown_kind_is_reported_and_the_rest_applies(tmp_path: pathlib.Path, source: FileSource) -> None:
     write(tmp_path / "mesh.yaml", "apiVersion: v1\nkind: Frobnicator\nmetadata: {name: f}\n---\n" + NS_A)
     source.scan()

@@ -154,6 +154,10 @@ def test_skipped_workloads_are_reported_and_left_byte_for_byte(
             "document 1 (Deployment default/x): spec.template.spec.containers[0].env: must be a list, got integer",
         ),
         ("a: 1\n---\nkey: [unclosed\n", "document 2: not valid YAML near line 3"),
+        (
+            "kind: Pod\nmetadata: {name: p}\nspec: &s {containers: [{name: a, image: x}], x: *s}\n",
+            "document 1: not valid YAML near line 3: a YAML alias (*name) refers to a node that contains it",
+        ),
     ],
 )
 def test_malformed_documents_are_named(

@@ -99,6 +99,12 @@ def test_a_workload_manifest_is_checked_through_its_pod_template(tmp_path: pathl
     path.write_text("kind: [")
     with pytest.raises(checkinject.common.CommandError, match=r"not valid YAML at line 1"):
         checkinject.read_manifest(str(path))
+    path.write_text("kind: Pod\nmetadata: {name: p}\nspec: &s {containers: [{name: a, image: x}], x: *s}\n")
+    with pytest.raises(
+        checkinject.common.CommandError,
+        match=r"not valid YAML at line 3 column 7: a YAML alias \(\*name\) refers to a node that contains it",
+    ):
+        checkinject.read_manifest(str(path))  # a pod that contains itself would never finish matching
 
 
 def test_exactly_one_of_pod_selector_file(capsys: pytest.CaptureFixture[str]) -> None:
