@@ -32,6 +32,7 @@ DEFAULT_TTL = dt.timedelta(hours=24)
 MAX_TTL = dt.timedelta(days=90)
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
+MAX_RSA_EXPONENT_BITS = 33  # BoringSSL's bound
 ALLOWED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
 _PEM_HEADER = "-----BEGIN CERTIFICATE REQUEST-----"
 
@@ -100,6 +101,13 @@ def check_csr(pem: str, *, policy: SigningPolicy) -> CheckedCsr:
             raise _invalid("weak_key", f"csr: RSA key of {bits} bits is too weak; at least {MIN_RSA_BITS} required")
         if bits > MAX_RSA_BITS:
             raise _invalid("unsupported_key", f"csr: RSA key of {bits} bits exceeds the {MAX_RSA_BITS}-bit maximum")
+        exponent_bits = public_key.public_numbers().e.bit_length()
+        if exponent_bits > MAX_RSA_EXPONENT_BITS:  # a large one makes each signature check a private-key's work
+            raise _invalid(
+                "unsupported_key",
+                f"csr: RSA public exponent of {exponent_bits} bits is not supported; Envoy (BoringSSL) uses odd"
+                f" exponents of 2 to {MAX_RSA_EXPONENT_BITS} bits, such as 65537",
+            )
     else:
         raise _invalid(
             "unsupported_key",

@@ -8,7 +8,7 @@ import base64
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from certs import metrics
@@ -39,14 +39,15 @@ def _tlv(tag: int, body: bytes) -> bytes:
     return bytes([tag]) + size + body
 
 
-def oversized_rsa_csr(bits: int) -> str:
-    """A CSR carrying an RSA public key of `bits` bits (its signature is junk: the size is checked first)."""
+def _integer(value: int) -> bytes:
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1))
+
+
+def oversized_rsa_csr(bits: int, *, exponent: int = 65537) -> str:
+    """A CSR carrying an RSA public key of `bits` bits (its signature is junk: the key is checked first)."""
     modulus = (1 << (bits - 1)) | 1  # the right size; nobody holds its private key, nobody needs it
-    spki = (
-        rsa.RSAPublicNumbers(65537, modulus)
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    rsa_encryption = _tlv(0x30, bytes.fromhex("06092a864886f70d0101010500"))
+    spki = _tlv(0x30, rsa_encryption + _tlv(0x03, b"\x00" + _tlv(0x30, _integer(modulus) + _integer(exponent))))
     info = _tlv(0x30, b"\x02\x01\x00" + SUBJECT.public_bytes() + spki + b"\xa0\x00")
     sha256_with_rsa = _tlv(0x30, bytes.fromhex("06092a864886f70d01010b0500"))
     return to_pem(_tlv(0x30, info + sha256_with_rsa + _tlv(0x03, b"\x00" + bytes(bits // 8))))
@@ -80,11 +81,38 @@ def unknown_algorithm_csr() -> str:
     ("build", "message"),
     [
         (lambda: oversized_rsa_csr(8200), "csr: RSA key of 8200 bits exceeds the 8192-bit maximum"),
+        (
+            lambda: oversized_rsa_csr(3072, exponent=(1 << 3000) + 1),
+            "csr: RSA public exponent of 3001 bits is not supported; Envoy (BoringSSL) uses odd exponents"
+            " of 2 to 33 bits, such as 65537",
+        ),
+        (
+            lambda: oversized_rsa_csr(2048, exponent=(1 << 33) + 1),
+            "csr: RSA public exponent of 34 bits is not supported; Envoy (BoringSSL) uses odd exponents"
+            " of 2 to 33 bits, such as 65537",
+        ),
+        (
+            lambda: oversized_rsa_csr(2048, exponent=65538),
+            "csr: unsupported public key: e must be odd.",
+        ),
+        (
+            lambda: oversized_rsa_csr(2048, exponent=1),
+            "csr: unsupported public key: e must be >= 3 and < n.",
+        ),
         (ed25519_csr, "csr: Ed25519PublicKey keys are not supported; use ECDSA P-256/P-384 or RSA >= 2048"),
         (off_curve_csr, "csr: unsupported public key: Invalid key"),
         (unknown_algorithm_csr, "csr: unsupported public key: Unknown key type: 1.2.840.10045.2.127"),
     ],
-    ids=["rsa-over-8192-bits", "ed25519", "ec-point-off-the-curve", "unknown-key-algorithm"],
+    ids=[
+        "rsa-over-8192-bits",
+        "rsa-3001-bit-exponent",
+        "rsa-34-bit-exponent",
+        "rsa-even-exponent",
+        "rsa-exponent-1",
+        "ed25519",
+        "ec-point-off-the-curve",
+        "unknown-key-algorithm",
+    ],
 )
 async def test_a_csr_with_a_key_the_ca_does_not_use_is_refused_by_name(build: object, message: str) -> None:
     service = CertificateService(ca=CertificateAuthority(make_root()), authenticators=[Cart()])
