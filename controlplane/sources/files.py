@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import hashlib
 import logging
 import multiprocessing
 import pathlib
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -160,16 +160,34 @@ def _parse_positional(data: bytes, label: str) -> Parsed:
     return parse_documents(data, label=label)
 
 
-def _parse_in(pool: concurrent.futures.Executor, data: bytes, label: str) -> Parsed:
-    """Parse in this thread up to `INLINE_PARSE_BYTES`, larger files in `pool`."""
-    if len(data) <= INLINE_PARSE_BYTES:
-        return parse_documents(data, label=label)
-    return pool.submit(_parse_positional, data, label).result()
+class _Workers:
+    """Worker processes that parse files over `INLINE_PARSE_BYTES` (smaller ones are parsed in the
+    calling thread), at most `size` at once, started only when a large file needs one: a process pool
+    starts multiprocessing's resource tracker, which a directory of small files has no use for.
+    Thread-safe."""
 
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
 
-def _spawn_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    def parse(self, data: bytes, label: str) -> Parsed:
+        if len(data) <= INLINE_PARSE_BYTES:
+            return parse_documents(data, label=label)
+        with self._lock:
+            if self._pool is None:
+                # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
+                spawn = multiprocessing.get_context("spawn")
+                self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=self._size, mp_context=spawn)
+            pool = self._pool
+        return pool.submit(_parse_positional, data, label).result()
+
+    def close(self) -> None:
+        """Stop the processes, if any started; a later `parse` starts them again."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -202,7 +220,7 @@ class FileSource:
         self._files: dict[pathlib.Path, _FileState] = {}
         self._holders: dict[ObjectKey, set[pathlib.Path]] = {}  # the files that define each key
         self._scanned = False
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._workers = _Workers(1)  # for edits: a few files at a time
 
     @property
     def problems(self) -> list[DocumentProblem]:
@@ -231,7 +249,7 @@ class FileSource:
     async def scan_async(self) -> bool:
         """`scan()` with the file reads in a thread and large files parsed in a worker process;
         only applying the result (store events) runs on the event loop."""
-        found = await asyncio.to_thread(self._collect, self._parse_large_elsewhere)
+        found = await asyncio.to_thread(self._collect, self._workers.parse)
         return self._apply(found)
 
     async def load(self, *, workers: int) -> bool:
@@ -240,21 +258,17 @@ class FileSource:
         with the scan (later scans see a few edited files at a time and keep one worker)."""
 
         def collect() -> _Scan:
-            with _spawn_pool(workers) as pool:  # no process starts unless a large file needs one
-                return self._collect(functools.partial(_parse_in, pool), workers=workers)
+            starting = _Workers(workers)
+            try:
+                return self._collect(starting.parse, workers=workers)
+            finally:
+                starting.close()
 
         return self._apply(await asyncio.to_thread(collect))
 
-    def _parse_large_elsewhere(self, data: bytes, label: str) -> Parsed:
-        if self._pool is None:
-            self._pool = _spawn_pool(1)
-        return _parse_in(self._pool, data, label)
-
     def close(self) -> None:
         """Stop the parsing worker process, if one was started."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._workers.close()
 
     def _collect(self, parse: Parser, *, workers: int = 1) -> _Scan:
         """Stat, read and (when new) parse every file, up to `workers` at once; touches no shared
