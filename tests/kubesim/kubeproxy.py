@@ -43,7 +43,7 @@ from typing import Literal, Protocol
 
 from controlplane.kube.client import JsonObject, KubeApi
 from controlplane.kube.watching import Resource, Selection, infinite_watch
-from tests.kubesim.server import SERVICE_CIDR
+from tests.kubesim.allocators import SERVICE_CIDR
 
 log = logging.getLogger(__name__)
 

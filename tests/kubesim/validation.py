@@ -94,6 +94,13 @@ class FieldErrors:
         )
 
 
+def invalid_cause(path: str, value: Any, detail: str) -> Cause:
+    """One FieldValueInvalid cause, for an error built outside a `FieldErrors` collection."""
+    errors = FieldErrors()
+    errors.invalid(path, value, detail)
+    return errors.causes[0]
+
+
 # -- names ---------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,326 @@
+"""Deletion: DELETE of one object and of a collection, graceful deletion, finalizers, the namespace lifecycle.
+
+DeleteOptions come from the body or the query string (gracePeriodSeconds, propagationPolicy,
+orphanDependents, preconditions, dryRun). A pod bound to a node is deleted gracefully (the kubelet
+removes it); an object with finalizers gets a deletionTimestamp and stays until the last one goes
+(`Registry`'s update path then removes it); everything else goes at once. `propagationPolicy`
+Orphan and Foreground become the `orphan` and `foregroundDeletion` finalizers the garbage
+collector works off. Deleting a Namespace marks it Terminating; the namespace controller then
+deletes what it holds and, once nothing is left, the Namespace itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from tests.kubesim import admission, protobuf, tables
+from tests.kubesim.admission import Admission
+from tests.kubesim.endpoints import (
+    PROTOBUF,
+    Clock,
+    context,
+    dry_run,
+    json_response,
+    now_stamp,
+    render_object,
+    selectors,
+)
+from tests.kubesim.registry import Registry
+from tests.kubesim.resources import ResourceType
+from tests.kubesim.status import ApiError, bad_request, conflict, forbidden, not_found
+from tests.kubesim.storage import Obj, Storage
+from tests.kubesim.validation import FieldErrors
+
+UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
+PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
+ORPHAN_FINALIZER = "orphan"
+FOREGROUND_FINALIZER = "foregroundDeletion"
+NAMESPACE_POLL = 0.1  # seconds between the namespace controller's looks at what is left
+
+
+# -- DeleteOptions --------------------------------------------------------------------------------
+async def delete_options(request: web.Request) -> Obj:
+    """DeleteOptions from the body, else from the query string; 400 when undecodable, 422 when invalid."""
+    options: Obj = {}
+    if request.can_read_body:
+        raw = await request.read()
+        if raw.strip():
+            try:
+                if request.content_type == PROTOBUF:
+                    options = {k: v for k, v in protobuf.decode(raw).items() if k not in ("apiVersion", "kind")}
+                else:
+                    options = json.loads(raw)
+            except ValueError as exc:
+                raise bad_request(f"error decoding DeleteOptions: {exc}") from None
+            if not isinstance(options, dict):
+                raise bad_request("DeleteOptions must be an object")
+    query = request.query
+    if "gracePeriodSeconds" in query and "gracePeriodSeconds" not in options:
+        try:
+            options["gracePeriodSeconds"] = int(query["gracePeriodSeconds"])
+        except ValueError:
+            raise bad_request(f'gracePeriodSeconds: invalid value "{query["gracePeriodSeconds"]}"') from None
+    if "propagationPolicy" in query:
+        options.setdefault("propagationPolicy", query["propagationPolicy"])
+    if "orphanDependents" in query:
+        options.setdefault("orphanDependents", query["orphanDependents"].lower() == "true")
+    check_delete_options(options)
+    return options
+
+
+def check_delete_options(options: Obj) -> None:
+    errors = FieldErrors()
+    grace = options.get("gracePeriodSeconds")
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
+        errors.invalid("gracePeriodSeconds", grace, "must be an integer")
+    policy = options.get("propagationPolicy")
+    if policy is not None and options.get("orphanDependents") is not None:
+        errors.invalid("propagationPolicy", policy, "orphanDependents and deletionPropagation cannot be both set")
+    if policy is not None and policy not in PROPAGATION_POLICIES:
+        errors.not_supported("propagationPolicy", policy, [*PROPAGATION_POLICIES, "nil"])
+    if errors:
+        causes = errors.causes
+        listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
+        details = {"group": "meta.k8s.io", "kind": "DeleteOptions", "causes": [c.to_json() for c in causes]}
+        raise ApiError(422, f'DeleteOptions.meta.k8s.io "" is invalid: {listed}', details=details)
+
+
+def deletion_finalizers(finalizers: list[str], options: Obj) -> list[str]:
+    """The finalizers a deletion with `options` leaves on the object (propagationPolicy, orphanDependents)."""
+    orphan = options.get("orphanDependents")
+    policy = options.get("propagationPolicy")
+    if orphan is not None:
+        policy = "Orphan" if orphan else "Background"
+    if policy is None:
+        return finalizers  # the object's own choice, if any, stands
+    kept = [f for f in finalizers if f not in (ORPHAN_FINALIZER, FOREGROUND_FINALIZER)]
+    if policy == "Orphan":
+        kept.append(ORPHAN_FINALIZER)
+    elif policy == "Foreground":
+        kept.append(FOREGROUND_FINALIZER)
+    return kept
+
+
+def grace_period(resource: ResourceType, obj: Obj, options: Obj) -> int:
+    """Seconds a deletion waits for the kubelet: only bound, unfinished pods have one."""
+    if resource.plural != "pods":
+        return 0
+    spec = obj.get("spec") or {}
+    grace = options.get("gracePeriodSeconds")
+    if grace is None:
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+    if not spec.get("nodeName") or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0
+    return 1 if int(grace) < 0 else int(grace)
+
+
+class Deleter:
+    """DELETE and deletecollection, and the namespace controller's work after a Namespace is deleted.
+
+    `registry` removes objects for good; `resource` and `served` are the server's resource lookups;
+    `namespace_deletion_delay` is how long a deleted Namespace stays Terminating before its content goes.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        resource: Callable[..., ResourceType],
+        served: Callable[[], Sequence[ResourceType]],
+        registry: Registry,
+        admission: Admission,
+        clock: Clock,
+        namespace_deletion_delay: float,
+    ) -> None:
+        self._storage = storage
+        self._resource = resource
+        self._served = served
+        self._registry = registry
+        self._admission = admission
+        self._clock = clock
+        self.namespace_deletion_delay = namespace_deletion_delay
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def stop(self) -> None:
+        """Cancel the namespace controller's work in progress."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def delete(self, request: web.Request, resource: ResourceType, namespace: str, name: str) -> web.Response:
+        options = await delete_options(request)
+        dry = dry_run(request) or bool(options.get("dryRun"))
+        obj = self._storage.get(resource, namespace, name)
+        if obj is None:
+            raise not_found(resource, name)
+        pre = options.get("preconditions") or {}
+        if pre.get("uid") and pre["uid"] != obj["metadata"]["uid"]:
+            raise conflict(
+                resource,
+                name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}",
+            )
+        if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+                f"ResourceVersion in object meta: {obj['metadata']['resourceVersion']}",
+            )
+        if resource.plural == "namespaces" and name in UNDELETABLE_NAMESPACES:
+            raise forbidden(resource, name, "this namespace may not be deleted")
+        obj = await self._admit_delete(request, resource, obj, options=options, dry_run=dry)
+        if dry:
+            return self._deleted_answer(request, resource, obj)
+        if resource.plural == "namespaces":
+            return render_object(request, resource, self._terminate_namespace(obj), clock=self._clock)
+        result, removed = self._delete_object(resource, obj, options)
+        if removed:
+            return self._deleted_answer(request, resource, result)
+        return render_object(request, resource, result, clock=self._clock)  # deletion pending: the object, as it is now
+
+    async def delete_collection(
+        self, request: web.Request, resource: ResourceType, namespace: str | None
+    ) -> web.Response:
+        labels, fields = selectors(request, resource)
+        options = await delete_options(request)
+        dry = dry_run(request) or bool(options.get("dryRun"))
+        deleted = []
+        for obj in self._storage.items(resource, namespace):
+            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters()):
+                if dry:
+                    deleted.append(obj)
+                elif resource.plural == "namespaces":
+                    if obj["metadata"]["name"] not in UNDELETABLE_NAMESPACES:
+                        deleted.append(self._terminate_namespace(obj))
+                else:
+                    deleted.append(self._delete_object(resource, obj, options)[0])
+        return json_response(
+            {
+                "kind": resource.list_kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(self._storage.rv)},
+                "items": deleted,
+            }
+        )
+
+    async def _admit_delete(
+        self, request: web.Request, resource: ResourceType, obj: Obj, *, options: Obj, dry_run: bool
+    ) -> Obj:
+        """DELETE admission (mutating, then validating webhooks, with `oldObject`); the object as stored after it.
+
+        Raises ApiError for a denial or failure, and 404 when the object went while webhooks were called.
+        """
+        meta = obj["metadata"]
+        name, namespace = str(meta["name"]), str(meta.get("namespace", ""))
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="DELETE",
+            namespace=name if resource.key == "namespaces" else namespace,
+            name=name,
+            obj=None,
+            old=obj,
+            dry_run=dry_run,
+            options={k: v for k, v in options.items() if k not in ("kind", "apiVersion")},
+            user=context(request).user,
+        )
+        warnings: list[str] = []
+        await self._admission.mutate(attrs, warnings=warnings)
+        await self._admission.validate(attrs, warnings=warnings)
+        current = self._storage.get(resource, namespace, name)
+        if current is None:
+            raise not_found(resource, name)
+        return current
+
+    def _delete_object(self, resource: ResourceType, obj: Obj, options: Obj) -> tuple[Obj, bool]:
+        """Delete `obj` as the registry does; (the object, True) when removed, (as stored now, False) when pending.
+
+        A pod bound to a node is deleted gracefully: deletionTimestamp = now + grace period (the
+        request's `gracePeriodSeconds`, else `spec.terminationGracePeriodSeconds`), and the kubelet's
+        later delete with grace 0 removes it; a shorter grace shortens a pending deletion. Unbound or
+        finished pods, and every other kind, go at once unless finalizers hold them. `propagationPolicy`
+        Orphan/Foreground add the `orphan`/`foregroundDeletion` finalizer the garbage collector works
+        off; Background (the default) removes both.
+        """
+        new = copy.deepcopy(obj)
+        meta = new["metadata"]
+        finalizers = deletion_finalizers(list(meta.get("finalizers") or []), options)
+        if finalizers:
+            meta["finalizers"] = finalizers
+        else:
+            meta.pop("finalizers", None)
+        grace = grace_period(resource, obj, options)
+        now = self._clock()
+        if meta.get("deletionTimestamp"):
+            current = int(meta.get("deletionGracePeriodSeconds") or 0)
+            if grace < current:
+                started = tables.parse_time(meta["deletionTimestamp"]) - datetime.timedelta(seconds=current)
+                meta["deletionTimestamp"] = now_stamp(started + datetime.timedelta(seconds=grace))
+                meta["deletionGracePeriodSeconds"] = grace
+        elif grace > 0 or finalizers:
+            meta["deletionTimestamp"] = now_stamp(now + datetime.timedelta(seconds=grace))
+            meta["deletionGracePeriodSeconds"] = grace
+        ns, name = meta.get("namespace", ""), meta["name"]
+        if not finalizers and not int(meta.get("deletionGracePeriodSeconds") or 0):
+            return self._registry.remove(resource, ns, name), True
+        if new == obj:
+            return obj, False
+        return self._storage.write(resource, new, event_type="MODIFIED"), False
+
+    def _deleted_answer(self, request: web.Request, resource: ResourceType, obj: Obj) -> web.Response:
+        if resource.return_deleted_object:
+            return render_object(request, resource, obj, clock=self._clock)
+        details: dict[str, Any] = {"name": obj["metadata"]["name"]}
+        if resource.group:
+            details["group"] = resource.group
+        details["kind"] = resource.plural
+        details["uid"] = obj["metadata"]["uid"]
+        return json_response(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        )
+
+    # -- the namespace lifecycle --------------------------------------------------------------
+    def _terminate_namespace(self, obj: Obj) -> Obj:
+        """Mark the namespace Terminating now; its content and then itself go away right after."""
+        name = obj["metadata"]["name"]
+        if obj["metadata"].get("deletionTimestamp"):
+            return obj
+        marked = copy.deepcopy(obj)
+        marked["metadata"]["deletionTimestamp"] = now_stamp(self._clock())
+        marked["metadata"]["deletionGracePeriodSeconds"] = 0
+        marked["status"] = {"phase": "Terminating"}
+        stored = self._storage.write(self._resource("namespaces"), marked, event_type="MODIFIED")
+        task = asyncio.get_running_loop().create_task(self._finalize_namespace(name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return stored
+
+    async def _finalize_namespace(self, name: str) -> None:
+        """The namespace controller: delete its content (pods gracefully), wait until it is gone, then the namespace.
+
+        Objects held by finalizers or by a pending graceful deletion keep the namespace Terminating,
+        as in a real cluster, until whoever owns them (the kubelet, a controller) lets go.
+        """
+        await asyncio.sleep(self.namespace_deletion_delay)
+        while keys := list(self._storage.namespaced_keys(name)):
+            by_key = {r.key: r for r in self._served()}
+            for rkey, ns, obj_name in keys:
+                obj = self._storage.objects.get((rkey, ns, obj_name))
+                if obj is None or obj["metadata"].get("deletionTimestamp"):
+                    continue
+                served = by_key.get(rkey)
+                if served is None:  # a custom resource no longer served: nothing can watch or finalize it
+                    del self._storage.objects[(rkey, ns, obj_name)]
+                else:
+                    self._delete_object(served, obj, {})
+            if list(self._storage.namespaced_keys(name)):
+                await asyncio.sleep(NAMESPACE_POLL)
+        namespaces = self._resource("namespaces")
+        if self._storage.get(namespaces, "", name) is not None:
+            self._registry.remove(namespaces, "", name)

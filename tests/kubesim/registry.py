@@ -1,0 +1,426 @@
+"""The registry: how an object is created, updated and finally removed (Kubernetes' generic registry Store).
+
+A create decodes and checks the object against the URL (kind, apiVersion, namespace), prunes or
+rejects unknown fields (fieldValidation), defaults it, runs the built-in ServiceAccount admission
+of a pod, the mutating webhooks, name generation, validation and the validating webhooks, then
+allocates (Services) and stamps uid, creationTimestamp and generation before the write. An update
+keeps the system fields of the stored object, checks the resourceVersion precondition, bumps the
+generation when the spec changed, and writes nothing when nothing changed. Removal is the last
+step of a deletion: it releases a Service's allocations, and a CustomResourceDefinition takes its
+objects and their watches with it. Request decoding and answers are the handlers' business, not
+the registry's.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from tests.kubesim import admission, apply
+from tests.kubesim.admission import Admission
+from tests.kubesim.allocators import ServiceAllocator, keep_allocations
+from tests.kubesim.customresources import CustomResources
+from tests.kubesim.endpoints import Clock, Context, now_stamp
+from tests.kubesim.resources import ResourceType
+from tests.kubesim.schemas import SCHEMAS, prune_unknown
+from tests.kubesim.status import ApiError, already_exists, bad_request, conflict, forbidden, invalid, not_found
+from tests.kubesim.storage import Obj, Storage
+from tests.kubesim.validation import FieldErrors, check_metadata, invalid_cause
+
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
+
+
+def random_suffix(length: int = 5) -> str:
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(random.choice(alphabet) for _ in range(length))
+
+
+# -- checks every write path shares ---------------------------------------------------------------
+def check_type(resource: ResourceType, body: Any) -> Obj:
+    if not isinstance(body, dict):
+        raise bad_request("the object provided is unrecognized (must be a JSON object)")
+    # Like the real decoder, a body without kind/apiVersion takes them from the URL.
+    body.setdefault("kind", resource.kind)
+    body.setdefault("apiVersion", resource.api_version)
+    if body.get("apiVersion") != resource.api_version:
+        raise bad_request(
+            f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version "
+            f"({resource.api_version})"
+        )
+    if body.get("kind") != resource.kind:
+        raise bad_request(
+            f"the kind in the data ({body.get('kind')}) does not match the expected kind ({resource.kind})"
+        )
+    meta = body.get("metadata")
+    if meta is None:
+        body["metadata"] = {}
+    elif not isinstance(meta, dict):
+        raise bad_request("metadata must be an object")
+    return body
+
+
+def check_namespace(resource: ResourceType, namespace: str, body: Obj) -> None:
+    meta = body["metadata"]
+    if resource.namespaced:
+        given = meta.get("namespace") or ""
+        if given and given != namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        meta["namespace"] = namespace
+    elif meta.get("namespace"):
+        meta.pop("namespace")
+
+
+def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
+    schema = resource.schema if resource.schema is not None else SCHEMAS[resource.plural]
+    unknown = prune_unknown(obj, schema)
+    if not unknown:
+        return
+    if ctx.field_validation == "Strict":
+        listed = ", ".join(f'unknown field "{path}"' for path in unknown)
+        raise bad_request(f"strict decoding error: {listed}")
+    if ctx.field_validation == "Warn":
+        ctx.warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+
+def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
+    errors = FieldErrors()
+    meta = obj["metadata"]
+    name = str(meta.get("name") or "")
+    check_metadata(errors, obj, name_rule=resource.name_rule)
+    if resource.validate is not None:
+        resource.validate(obj, errors)
+    if old is not None:
+        if meta.get("uid") != old["metadata"].get("uid"):
+            errors.invalid("metadata.uid", meta.get("uid"), "field is immutable")
+        if resource.validate_update is not None:
+            resource.validate_update(obj, old, errors)
+    if errors:
+        raise invalid(resource, name, errors.causes)
+
+
+class Registry:
+    """Create, update and remove objects in `storage`, with admission (`admission`) and Service allocation.
+
+    `resource` looks a served resource type up by plural (and group); `custom` is told of every
+    stored and removed CustomResourceDefinition; `clock` stamps creationTimestamps and managedFields.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        resource: Callable[..., ResourceType],
+        custom: CustomResources,
+        admission: Admission,
+        allocator: ServiceAllocator,
+        clock: Clock,
+    ) -> None:
+        self._storage = storage
+        self._resource = resource
+        self._custom = custom
+        self._admission = admission
+        self._allocator = allocator
+        self._clock = clock
+
+    # -- create -------------------------------------------------------------------------------
+    def create(
+        self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context, preallocated: bool = False
+    ) -> Obj:
+        """Create without calling admission webhooks (bootstrap, `create_object`, objects the server makes)."""
+        obj = self._create_prepare(resource, namespace, body, ctx=ctx)
+        self._create_validate(resource, obj)
+        return self._create_store(resource, obj, ctx=ctx, preallocated=preallocated)
+
+    async def create_admitted(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
+        """Create as a POST does: mutating webhooks, validation, validating webhooks, then the write."""
+        obj = self._create_prepare(resource, namespace, body, ctx=ctx)
+        meta = obj["metadata"]
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="CREATE",
+            namespace=meta["name"] if resource.key == "namespaces" else meta.get("namespace", ""),
+            name=str(meta.get("name") or ""),
+            obj=obj,
+            dry_run=ctx.dry_run,
+            options={"fieldValidation": ctx.field_validation} if ctx.field_validation != "Warn" else {},
+            user=ctx.user,
+        )
+        mutated = await self._admission.mutate(attrs, warnings=ctx.warnings)
+        obj = check_type(resource, mutated)
+        check_namespace(resource, namespace, obj)
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        self._create_validate(resource, obj)
+        await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+        return self._create_store(resource, obj, ctx=ctx)
+
+    def _create_prepare(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
+        """Decode, check and default a new object, then the built-in admission (service account of a pod)."""
+        obj = check_type(resource, body)
+        unknown_fields(resource, obj, ctx)
+        check_namespace(resource, namespace, obj)
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise bad_request("resourceVersion should not be set on objects to be created")
+        name = str(meta.get("name") or "")
+        if resource.namespaced:
+            ns_obj = self._storage.get(self._resource("namespaces"), "", namespace)
+            if ns_obj is None:
+                raise not_found(self._resource("namespaces"), namespace)
+            if ns_obj["metadata"].get("deletionTimestamp"):
+                raise ApiError(
+                    403,
+                    f'{resource.plural} "{name}" is forbidden: unable to create new content in namespace {namespace} '
+                    "because it is being terminated",
+                    details={"name": name, "kind": resource.plural},
+                )
+        for system in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+            meta.pop(system, None)
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        self._track_fields(resource, None, obj, ctx.field_manager)
+        if resource.plural == "pods":
+            admitted = copy.deepcopy(obj)
+            try:
+                self._admit_pod(admitted, resource)
+            except (AttributeError, TypeError, KeyError):
+                pass  # a malformed pod: validation names the field
+            else:
+                obj = admitted
+        return obj
+
+    def _create_validate(self, resource: ResourceType, obj: Obj) -> None:
+        """Name generation (after mutating admission, as in the registry), initial status, validation."""
+        meta = obj["metadata"]
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = f"{meta['generateName']}{random_suffix()}"
+        if resource.initial_status is not None:
+            obj["status"] = resource.initial_status(obj)
+        validate(resource, obj, None)
+
+    def _create_store(self, resource: ResourceType, obj: Obj, *, ctx: Context, preallocated: bool = False) -> Obj:
+        """Allocate, stamp and write a validated new object (409 when the name is taken)."""
+        dry_run = ctx.dry_run
+        meta = obj["metadata"]
+        name = str(meta["name"])
+        if self._storage.get(resource, meta.get("namespace", ""), name) is not None:
+            raise already_exists(resource, name)
+        if resource.plural == "services":
+            self._allocator.allocate(obj, resource, dry_run=dry_run or preallocated)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_stamp(self._clock())
+        if resource.generation_fields:
+            meta["generation"] = 1
+        if dry_run:
+            return obj
+        stored = self._storage.write(resource, obj, event_type="ADDED")
+        if resource.key == CRD_KEY:
+            self._custom.set(stored)
+        if resource.plural == "namespaces":
+            self.create(
+                self._resource("serviceaccounts"),
+                name,
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
+                ctx=Context(),
+            )
+        return stored
+
+    # -- admission (built-in plugins that run before storage) ---------------------------------
+    def _admit_pod(self, obj: Obj, resource: ResourceType) -> None:
+        """The ServiceAccount admission plugin: the pod's account must exist; mount its token unless opted out."""
+        spec = obj["spec"]
+        meta = obj["metadata"]
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = account
+        spec["serviceAccount"] = account
+        sa = self._storage.get(self._resource("serviceaccounts"), meta["namespace"], account)
+        if sa is None:
+            raise forbidden(
+                resource,
+                meta.get("name", ""),
+                f'error looking up service account {meta["namespace"]}/{account}: serviceaccount "{account}" not found',
+            )
+        automount = spec.get("automountServiceAccountToken", sa.get("automountServiceAccountToken", True))
+        if automount is False:
+            return
+        containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+        if all(any(m.get("mountPath") == SA_MOUNT for m in c.get("volumeMounts") or []) for c in containers):
+            return
+        volume_name = f"kube-api-access-{random_suffix()}"
+        spec.setdefault("volumes", []).append(
+            {
+                "name": volume_name,
+                "projected": {
+                    "defaultMode": 420,
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {
+                                        "path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                    }
+                                ]
+                            }
+                        },
+                    ],
+                },
+            }
+        )
+        for container in containers:
+            mounts = container.setdefault("volumeMounts", [])
+            if not any(m.get("mountPath") == SA_MOUNT for m in mounts):
+                mounts.append({"name": volume_name, "readOnly": True, "mountPath": SA_MOUNT})
+
+    # -- update -------------------------------------------------------------------------------
+    async def replace_admitted(
+        self, resource: ResourceType, old: Obj, obj: Obj, *, ctx: Context, subresource: str = ""
+    ) -> Obj:
+        """Update `old` to `obj` as a PUT or PATCH does: mutating webhooks, `replace`'s checks, validating webhooks.
+
+        Raises ApiError: a webhook's denial or failure, a validation error, and 409 when the stored
+        object changed while the webhooks were being called (the client retries, as with any conflict).
+        """
+        old_meta = old["metadata"]
+        name, namespace = str(old_meta["name"]), str(old_meta.get("namespace", ""))
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="UPDATE",
+            namespace=name if resource.key == "namespaces" else namespace,
+            name=name,
+            obj=obj,
+            old=old,
+            subresource=subresource,
+            dry_run=ctx.dry_run,
+            user=ctx.user,
+        )
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        self._track_fields(resource, old, obj, ctx.field_manager)
+        obj = check_type(resource, await self._admission.mutate(attrs, warnings=ctx.warnings))
+        if obj["metadata"].get("name") != name:
+            raise invalid(
+                resource, name, [invalid_cause("metadata.name", obj["metadata"].get("name"), "field is immutable")]
+            )
+        check_namespace(resource, namespace, obj)
+        self._replace_prepare(resource, old, obj)
+        await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+        current = self._storage.get(resource, namespace, name)
+        if current is None:
+            raise not_found(resource, name)
+        if current["metadata"]["resourceVersion"] != old_meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        return self._replace_store(resource, old, obj, dry_run=ctx.dry_run)
+
+    def replace(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
+        """The shared tail of update and patch without admission webhooks: checks, then the write."""
+        self._replace_prepare(resource, old, obj)
+        return self._replace_store(resource, old, obj, dry_run=dry_run)
+
+    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj) -> None:
+        """Preconditions, system fields kept from `old`, defaults, validation and generation of an update."""
+        meta = obj["metadata"]
+        old_meta = old["metadata"]
+        name = old_meta["name"]
+        rv = meta.get("resourceVersion")
+        if rv and rv != old_meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        if not meta.get("uid"):
+            meta["uid"] = old_meta["uid"]
+        meta["creationTimestamp"] = old_meta["creationTimestamp"]
+        for system in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            if system in old_meta:
+                meta[system] = old_meta[system]
+            else:
+                meta.pop(system, None)
+        if resource.generation_fields:
+            meta["generation"] = old_meta.get("generation", 1)
+        else:
+            meta.pop("generation", None)
+        if resource.status_subresource:
+            if "status" in old:
+                obj["status"] = copy.deepcopy(old["status"])
+            else:
+                obj.pop("status", None)
+        if resource.plural == "namespaces":
+            obj["spec"] = copy.deepcopy(old.get("spec"))
+        if resource.plural == "services":
+            keep_allocations(obj, old)
+        if resource.defaults is not None:
+            resource.defaults(obj)
+        validate(resource, obj, old)
+        if resource.generation_fields and any(obj.get(f) != old.get(f) for f in resource.generation_fields):
+            meta["generation"] = int(old_meta.get("generation", 1)) + 1
+
+    def _replace_store(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
+        """Write a prepared update; a no-op update writes nothing, like the real server."""
+        old_meta = old["metadata"]
+        comparable = copy.deepcopy(obj)
+        comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        if comparable == old or dry_run:
+            return comparable if dry_run else old  # a no-op update writes nothing, like the real server
+        stored = self._storage.write(resource, obj, event_type="MODIFIED")
+        if resource.key == CRD_KEY:
+            self._custom.set(stored)
+        return self._remove_if_finalized(resource, stored)  # the last finalizer of a deleted object went
+
+    def _track_fields(self, resource: ResourceType, old: Obj | None, obj: Obj, manager: str | None) -> None:
+        """Record in `obj`'s managedFields what `manager` changed over `old`; None keeps what `obj` carries."""
+        if manager is not None:
+            now = now_stamp(self._clock())
+            apply.track_update(
+                resource=resource, old=old, new=obj, manager=manager, api_version=resource.api_version, now=now
+            )
+
+    # -- removal ------------------------------------------------------------------------------
+    def _remove_if_finalized(self, resource: ResourceType, obj: Obj) -> Obj:
+        """After an update: an object being deleted whose last finalizer went (and no grace is pending) is removed."""
+        meta = obj["metadata"]
+        pending = meta.get("finalizers") or int(meta.get("deletionGracePeriodSeconds") or 0)
+        if not meta.get("deletionTimestamp") or pending:
+            return obj
+        if resource.plural == "namespaces":
+            return obj  # the namespace lifecycle removes it
+        return self.remove(resource, meta.get("namespace", ""), meta["name"])
+
+    def remove(self, resource: ResourceType, namespace: str, name: str) -> Obj:
+        """Take the object out of storage for good (a DELETED event); a Service's allocations are released."""
+        if resource.key == CRD_KEY:
+            return self._remove_crd(resource, name)
+        gone = self._storage.delete(resource, namespace, name)
+        if resource.plural == "services":
+            self._allocator.release(gone)
+        return gone
+
+    def _remove_crd(self, resource: ResourceType, name: str) -> Obj:
+        """Like the CRD cleanup finalizer: delete every object of the CRD, then the CRD; end its watches.
+
+        A CRD's name is `<plural>.<group>`, the storage key its objects share. Watchers see a DELETED
+        event per object and then the end of their stream; a new request for the resource is a 404.
+        """
+        for rkey, ns, obj_name in [key for key in self._storage.objects if key[0] == name]:
+            served = next((r for r in self._custom.all() if r.key == rkey), None)
+            if served is not None:
+                self._storage.delete(served, ns, obj_name)
+            else:  # no version served: nothing watches it, so no event type is needed
+                del self._storage.objects[(rkey, ns, obj_name)]
+        gone = self._storage.delete(resource, "", name)
+        self._custom.remove(name)
+        for watcher in list(self._storage.watchers):
+            if watcher.resource.key == name:
+                watcher.close()
+        return gone

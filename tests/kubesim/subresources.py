@@ -1,0 +1,238 @@
+"""The subresources: `<name>/status`, `<name>/scale` and `pods/<name>/binding`.
+
+`status` writes change only the status (what controllers and the kubelet report), with UPDATE
+admission naming the subresource; `scale` reads and writes `spec.replicas` as an autoscaling/v1
+Scale (what `kubectl scale` sends); `binding` is what the scheduler posts to put a pod on a node.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+
+from aiohttp import web
+
+from tests.kubesim import admission, patching
+from tests.kubesim.admission import Admission
+from tests.kubesim.endpoints import (
+    PATCH_TYPES,
+    Clock,
+    context,
+    dry_run,
+    json_response,
+    now_stamp,
+    read_body,
+    render_object,
+    unsupported_media,
+)
+from tests.kubesim.registry import Registry
+from tests.kubesim.resources import ResourceType
+from tests.kubesim.selectors import format_label_selector
+from tests.kubesim.status import ApiError, bad_request, conflict, invalid, not_found, page_not_found
+from tests.kubesim.storage import Obj, Storage
+from tests.kubesim.validation import FieldErrors
+
+
+def scale_of(obj: Obj) -> Obj:
+    """The autoscaling/v1 Scale of an object with `spec.replicas` and a selector."""
+    meta = obj["metadata"]
+    kept = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+    selector = format_label_selector((obj.get("spec") or {}).get("selector"))
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {k: meta[k] for k in kept if k in meta},
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+        "status": {
+            "replicas": (obj.get("status") or {}).get("replicas", 0),
+            "selector": "" if selector == "<none>" else selector,
+        },
+    }
+
+
+async def patched(request: web.Request, resource: ResourceType, target: Obj, *, scale: bool) -> Obj:
+    """`target` with the request's JSON, merge or strategic merge patch applied; 4xx for a bad patch."""
+    ctype = request.content_type
+    if ctype not in PATCH_TYPES:
+        raise unsupported_media(PATCH_TYPES)
+    try:
+        patch = json.loads(await request.read())
+    except ValueError as exc:
+        raise bad_request(f"error decoding patch: {exc}") from None
+    try:
+        if ctype == "application/json-patch+json":
+            result = patching.json_patch(target, patch)
+        elif not isinstance(patch, dict):
+            raise patching.PatchError(400, "merge patch must be a JSON object")
+        elif ctype == "application/merge-patch+json" or scale:
+            result = patching.merge_patch(target, patch)
+        else:
+            result = patching.strategic_merge_patch(target, patch, resource.merge_keys)
+    except patching.PatchError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    if not isinstance(result, dict):
+        raise ApiError(422, "the patched object must stay an object")
+    return result
+
+
+class Subresources:
+    """status, scale and binding of objects in `storage`; a scale change goes through `registry`'s update.
+
+    `resource` is the server's resource lookup; `clock` stamps the PodScheduled condition.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        registry: Registry,
+        admission: Admission,
+        resource: Callable[..., ResourceType],
+        clock: Clock,
+    ) -> None:
+        self._storage = storage
+        self._registry = registry
+        self._admission = admission
+        self._resource = resource
+        self._clock = clock
+
+    # -- status and scale ---------------------------------------------------------------------
+    async def status_or_scale(
+        self, request: web.Request, resource: ResourceType, namespace: str, name: str, sub: str
+    ) -> web.Response:
+        """GET, PUT and PATCH of `<name>/status` and `<name>/scale`; 404 for a subresource the kind lacks.
+
+        A `metadata.resourceVersion` in the body is a precondition (409 when stale).
+        """
+        if not (sub == "status" and resource.status_subresource) and not (
+            sub == "scale" and resource.scale_subresource
+        ):
+            raise page_not_found()
+        if request.method not in ("GET", "PUT", "PATCH"):
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        old = self._storage.get(resource, namespace, name)
+        if old is None:
+            raise not_found(resource, name)
+        view = scale_of(old) if sub == "scale" else old
+        if request.method == "GET":
+            return json_response(view) if sub == "scale" else render_object(request, resource, old, clock=self._clock)
+        if request.method == "PUT":
+            body = await read_body(request)
+            if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+                raise bad_request("the object provided is unrecognized (must be a JSON object)")
+            wanted = body
+        else:
+            wanted = await patched(request, resource, view, scale=sub == "scale")
+        rv = (wanted.get("metadata") or {}).get("resourceVersion")
+        if rv and rv != old["metadata"]["resourceVersion"]:
+            raise conflict(
+                resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        dry = dry_run(request)
+        if sub == "scale":
+            replicas = (wanted.get("spec") or {}).get("replicas", 0)
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                errors = FieldErrors()
+                errors.invalid("spec.replicas", replicas, "must be greater than or equal to 0")
+                raise ApiError(422, f'Scale.autoscaling "{name}" is invalid: {errors.causes[0]}')
+            updated = copy.deepcopy(old)
+            updated["spec"]["replicas"] = replicas
+            updated["metadata"].pop("resourceVersion")
+            return json_response(scale_of(self._registry.replace(resource, old, updated, dry_run=dry)))
+        updated = copy.deepcopy(old)
+        updated["status"] = copy.deepcopy(wanted.get("status"))
+        if updated["status"] is None:
+            updated.pop("status")
+        updated = await self._admit_status(request, resource, old, updated, dry_run=dry)
+        if updated == old or dry:
+            return render_object(request, resource, updated, clock=self._clock)
+        stored = self._storage.write(resource, updated, event_type="MODIFIED")
+        return render_object(request, resource, stored, clock=self._clock)
+
+    async def _admit_status(
+        self, request: web.Request, resource: ResourceType, old: Obj, updated: Obj, *, dry_run: bool
+    ) -> Obj:
+        """UPDATE admission of `<name>/status` (rules must name the subresource); `updated` with the admitted status.
+
+        Raises ApiError for a denial or failure, and 409 when the object changed while webhooks were called.
+        """
+        meta = old["metadata"]
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="UPDATE",
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta["name"]),
+            obj=updated,
+            old=old,
+            subresource="status",
+            dry_run=dry_run,
+            user=context(request).user,
+        )
+        warnings: list[str] = []
+        mutated = await self._admission.mutate(attrs, warnings=warnings) or updated
+        admitted = copy.deepcopy(updated)
+        admitted["status"] = copy.deepcopy(mutated.get("status"))
+        if admitted["status"] is None:
+            admitted.pop("status")
+        await self._admission.validate(attrs.with_object(admitted), warnings=warnings)
+        current = self._storage.get(resource, str(meta.get("namespace", "")), str(meta["name"]))
+        if current is None or current["metadata"]["resourceVersion"] != meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                str(meta["name"]),
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        return admitted
+
+    # -- pods/binding (what the scheduler posts) ----------------------------------------------
+    async def bind_pod(self, request: web.Request, namespace: str, name: str) -> web.Response:
+        """POST pods/<name>/binding: set spec.nodeName and the PodScheduled condition, as the registry does.
+
+        400 when the Binding names another pod, 422 without a target Node name, 404 for an unknown pod,
+        409 when the pod is being deleted or already assigned to a node. Answers a Success Status (201).
+        """
+        body = await read_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+            raise bad_request("the object provided is unrecognized (must be a JSON object)")
+        if (body.get("metadata") or {}).get("name", name) != name:
+            raise bad_request("name in URL does not match name in Binding object")
+        given = body.get("target")
+        target: Obj = given if isinstance(given, dict) else {}
+        bindings = ResourceType("", "v1", "bindings", "binding", "Binding", namespaced=True)
+        errors = FieldErrors()
+        if target.get("kind", "Node") not in ("", "Node"):
+            errors.invalid("target.kind", target.get("kind"), "must be empty or 'Node'")
+        if not target.get("name"):
+            errors.required("target.name")
+        if errors.causes:
+            raise invalid(bindings, name, errors.causes)
+        pods = self._resource("pods")
+        old = self._storage.get(pods, namespace, name)
+        if old is None:
+            raise not_found(pods, name)
+        if old["metadata"].get("deletionTimestamp"):
+            raise conflict(pods, name, f"pod {name} is being deleted, cannot be assigned to a host")
+        if (old.get("spec") or {}).get("nodeName"):
+            raise conflict(pods, name, f'pod {name} is already assigned to node "{old["spec"]["nodeName"]}"')
+        pod = copy.deepcopy(old)
+        pod["spec"]["nodeName"] = str(target["name"])
+        pod["metadata"].setdefault("annotations", {}).update((body.get("metadata") or {}).get("annotations") or {})
+        if not pod["metadata"]["annotations"]:
+            pod["metadata"].pop("annotations")
+        status = pod.setdefault("status", {})
+        scheduled = {
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": None,
+            "lastTransitionTime": now_stamp(self._clock()),
+        }
+        others = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        status["conditions"] = [*others, scheduled]
+        if not dry_run(request):
+            self._storage.write(pods, pod, event_type="MODIFIED")
+        return json_response(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201
+        )
