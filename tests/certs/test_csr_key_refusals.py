@@ -130,3 +130,14 @@ async def test_an_rsa_key_of_exactly_8192_bits_is_within_the_limit() -> None:
             csr=oversized_rsa_csr(8192), validity_seconds=0, credentials=Credentials(metadata={})
         )
     assert str(refused.value) == "csr: signature does not verify with the CSR's own public key"
+
+
+async def test_an_rsa_exponent_of_exactly_33_bits_is_within_the_limit() -> None:
+    service = CertificateService(ca=CertificateAuthority(make_root()), authenticators=[Cart()])
+    with pytest.raises(CaError) as refused:  # its junk signature is the next check, and the only reason
+        await service.create_certificate(
+            csr=oversized_rsa_csr(2048, exponent=(1 << 32) + 1),
+            validity_seconds=0,
+            credentials=Credentials(metadata={}),
+        )
+    assert str(refused.value) == "csr: signature does not verify with the CSR's own public key"
