@@ -29,7 +29,9 @@ import concurrent.futures
 import hashlib
 import logging
 import multiprocessing
+import os
 import pathlib
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +42,7 @@ import yaml
 from controlplane.model import yamltext
 from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
+from controlplane.sources.dirwatch import DirWatch
 from controlplane.sources.kinds import FieldError, UnknownKind, check_document
 
 log = logging.getLogger(__name__)
@@ -191,6 +194,15 @@ class _Workers:
 
 
 @dataclass(frozen=True)
+class _Found:
+    """A config file as the directory walk found it."""
+
+    path: pathlib.Path
+    label: str  # relative to the directory
+    stat: os.stat_result | OSError  # the error when stat failed for another reason than absence
+
+
+@dataclass(frozen=True)
 class _Scan:
     """What one pass over the directory found: every path present, and each one's reading."""
 
@@ -201,8 +213,9 @@ class _Scan:
 class FileSource:
     """Keeps a ConfigStore equal to the settled, valid contents of a directory.
 
-    `poll_interval` is the time between scans in `watch()`; `empty_hold` how long a file that lost
-    all its objects must stay so before they are deleted.
+    `poll_interval` is the time between walks in `watch()` while a change settles (or always,
+    without inotify); `idle_poll` the longest time between walks when nothing changes; `empty_hold`
+    how long a file that lost all its objects must stay so before they are deleted.
     """
 
     def __init__(
@@ -211,31 +224,65 @@ class FileSource:
         store: ConfigStore,
         *,
         poll_interval: float = 0.2,
+        idle_poll: float = 5.0,
         empty_hold: float = 3.0,
     ) -> None:
         self.directory = directory
         self.store = store
         self.poll_interval = poll_interval
+        self.idle_poll = idle_poll
         self.empty_hold = empty_hold
         self._files: dict[pathlib.Path, _FileState] = {}
         self._holders: dict[ObjectKey, set[pathlib.Path]] = {}  # the files that define each key
         self._scanned = False
         self._workers = _Workers(1)  # for edits: a few files at a time
+        self._known: dict[str, tuple[pathlib.Path, str]] = {}  # each file's path and label, by its name
+        self._dirs: list[str] = []  # the directories the last walk went through, the directory's own first
 
     @property
     def problems(self) -> list[DocumentProblem]:
         """Problems of each file's newest contents (settled or not), for debug endpoints."""
         return [p for path in sorted(self._files) for p in self._files[path].problems]
 
-    def _paths(self) -> list[pathlib.Path]:
-        found = []
-        for path in self.directory.rglob("*"):
-            rel = path.relative_to(self.directory)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
-            if path.suffix in SUFFIXES and path.is_file():
-                found.append(path)
-        return sorted(found)
+    def _walk(self) -> list[_Found]:
+        """Every config file below the directory, in path order, each with its stat or the error
+        that stat gave (a file that vanished meanwhile is left out). A directory of thousands of
+        files is walked at every poll, so this touches each entry once: one `scandir` per
+        directory, one `stat` per file, no path object but for files first seen."""
+        found: list[tuple[tuple[str, ...], str, os.stat_result | OSError]] = []
+        pending: list[tuple[str, tuple[str, ...]]] = [(str(self.directory), ())]
+        dirs = []
+        while pending:
+            top, parts = pending.pop()
+            try:
+                entries = os.scandir(top)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue  # gone, or not ours to read: as a glob sees it
+            dirs.append(top)
+            with entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue  # hidden files and directories
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((entry.path, (*parts, entry.name)))
+                    elif entry.name.endswith(SUFFIXES):
+                        try:
+                            st: os.stat_result | OSError = entry.stat()
+                        except FileNotFoundError:
+                            continue
+                        except OSError as exc:
+                            st = exc
+                        if isinstance(st, OSError) or stat.S_ISREG(st.st_mode):
+                            found.append(((*parts, entry.name), entry.path, st))
+        self._dirs = dirs
+        found.sort(key=lambda item: item[0])  # as paths sort: part by part
+        known, self._known = self._known, {}
+        walked = []
+        for parts, full, st in found:
+            path, label = known.get(full) or (pathlib.Path(full), "/".join(parts))
+            self._known[full] = (path, label)
+            walked.append(_Found(path=path, label=label, stat=st))
+        return walked
 
     def scan(self) -> bool:
         """Read what changed since the last scan and update the store with what has settled.
@@ -276,17 +323,19 @@ class FileSource:
         if not self.directory.is_dir():
             raise FileNotFoundError(f"config dir {self.directory} does not exist or is not a directory")
         now = time.monotonic()
-        paths = self._paths()
-        states = [self._files.get(path) or _FileState() for path in paths]
+        wall_ns = time.time_ns()  # before any stat: a file changed since is judged by this
+        files = self._walk()
+        states = [self._files.get(file.path) or _FileState() for file in files]
 
-        def read(path: pathlib.Path, state: _FileState) -> _Reading | None:
-            return self._read(path, state, now, parse)
+        def read(file: _Found, state: _FileState) -> _Reading | None:
+            return self._read(file, state, now=now, wall_ns=wall_ns, parse=parse)
 
-        if workers > 1 and len(paths) > 1:
+        if workers > 1 and len(files) > 1:
             with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="config-read") as threads:
-                read_all = list(threads.map(read, paths, states))
+                read_all = list(threads.map(read, files, states))
         else:
-            read_all = list(map(read, paths, states))
+            read_all = list(map(read, files, states))
+        paths = [file.path for file in files]
         return _Scan(now=now, readings=dict(zip(paths, zip(states, read_all, strict=True), strict=True)))
 
     def _apply(self, found: _Scan) -> bool:
@@ -303,8 +352,7 @@ class FileSource:
                     before[path] = state.objects
             else:
                 state.missing = True  # maybe an editor's save in progress: look again at the next scan
-        for path in sorted(found.readings):
-            seen, reading = found.readings[path]
+        for path, (seen, reading) in found.readings.items():  # in path order
             state = self._files.setdefault(path, seen)
             state.missing = False
             held = state.objects
@@ -315,17 +363,18 @@ class FileSource:
     def _label(self, path: pathlib.Path) -> str:
         return str(path.relative_to(self.directory))
 
-    def _read(self, path: pathlib.Path, state: _FileState, now: float, parse: Parser) -> _Reading | None:
+    def _read(self, file: _Found, state: _FileState, *, now: float, wall_ns: int, parse: Parser) -> _Reading | None:
         """The file's contents, parsed only when they differ from the last ones seen; None if it just vanished."""
-        label = self._label(path)
-        wall_ns = time.time_ns()
+        label = file.label
         try:
-            st = path.stat()
+            st = file.stat
+            if isinstance(st, OSError):
+                raise st
             stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             known = state.pending or state.settled
             if known is not None and stamp == state.stamp:
                 return known
-            data = path.read_bytes()
+            data = file.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -407,14 +456,45 @@ class FileSource:
         return bool(events)
 
     async def watch(self) -> None:
-        """Poll for edits until cancelled (call `scan()` once first). A directory that disappears
-        is logged at every poll and the last good config stays."""
+        """Keep the store equal to the directory until cancelled (call `scan()` or `load()` once
+        first). The directory is walked when inotify says something in it changed, then every
+        `poll_interval` until what changed has settled, and every `idle_poll` in any case (for what
+        inotify cannot see: a symlink's target outside the directory, a network filesystem); where
+        inotify cannot be used, every `poll_interval`. A directory that disappears is logged at
+        every walk and the last good config stays."""
+        notify = self._start_notify()
         try:
             while True:
-                await asyncio.sleep(self.poll_interval)
                 try:
                     await self.scan_async()
                 except FileNotFoundError as exc:
                     log.error("%s; keeping the last good config", exc)
+                if notify is not None:
+                    try:
+                        await asyncio.to_thread(notify.watch, self._dirs)
+                    except OSError as exc:
+                        log.warning(
+                            "config dir: cannot watch its directories (%s); polling every %ss", exc, self.poll_interval
+                        )
+                        notify.close()
+                        notify = None
+                if notify is not None and self._settled():
+                    await notify.changed(within=self.idle_poll)
+                else:
+                    await asyncio.sleep(self.poll_interval)
         finally:
+            if notify is not None:
+                notify.close()
             self.close()
+
+    def _start_notify(self) -> DirWatch | None:
+        try:
+            return DirWatch()
+        except OSError as exc:
+            log.warning("config dir: inotify is not available (%s); polling every %ss", exc, self.poll_interval)
+            return None
+
+    def _settled(self) -> bool:
+        """Whether nothing read is waiting to settle (new contents, a vanished file, an emptied one):
+        then only a change can change the store, and inotify reports changes."""
+        return not any(state.pending is not None or state.missing for state in self._files.values())
