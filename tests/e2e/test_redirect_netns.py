@@ -1,7 +1,8 @@
 """REDIRECT mode for real: two pods in network namespaces, `meshplane iptables`, real agents and Envoys.
 
-The test makes a client pod and a server pod (tests/e2e/netns.py: one bridge, pod IPs .2 and .3, the host
-namespace on .1) and runs `meshplane serve` in the host namespace with its xDS/CA ports on the gateway address.
+The test makes a client pod and a server pod (tests/e2e/netns.py: on kubesim's node network, which routes
+every pod packet) and runs `meshplane serve` in the host namespace with its xDS/CA ports on the host's address
+on that network.
 In each pod, `meshplane iptables` installs the rules with the injector's arguments and `meshplane agent` (default
 interception REDIRECT) gets its certificate and runs Envoy. The server app answers with the
 `x-forwarded-client-cert` header it got; the client is curl with no proxy settings calling the service IP.
@@ -159,7 +160,7 @@ def config(network: PodNetwork) -> str:
     )
 
 
-def agent(pod: Pod, *, serve: Running, workdir: pathlib.Path, gateway: str) -> Child:
+def agent(pod: Pod, *, serve: Running, workdir: pathlib.Path, host_ip: str) -> Child:
     """The pod's agent, as uid 0 / gid 1337 inside the pod (see the module docstring)."""
     pod_dir = workdir / pod.name
     (pod_dir / "proxy").mkdir(parents=True)
@@ -176,7 +177,7 @@ def agent(pod: Pod, *, serve: Running, workdir: pathlib.Path, gateway: str) -> C
         "--service-account", SA[pod.name],
         "--bind-address", "0.0.0.0",
         "--loopback-address", "127.0.0.1",
-        "--discovery-address", f"{gateway}:15012",
+        "--discovery-address", f"{host_ip}:15012",
         "--istiod-san", SERVER_NAME,
         "--token-file", str(pod_dir / "token"),
         "--root-cert", str(serve.root_cert),
@@ -198,12 +199,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         config_dir = workdir / "config"
         config_dir.mkdir()
         (config_dir / "mesh.yaml").write_text(config(network))
-        # start_serve binds everything on 127.0.0.1; the later flags move xDS and the CA to the gateway
+        # start_serve binds everything on 127.0.0.1; the later flags move xDS and the CA to the pods' side
         serve = start_serve(
             workdir,
             "--config-dir", str(config_dir),
-            "--grpc-addr", f"{network.gateway}:15010",
-            "--secure-grpc-addr", f"{network.gateway}:15012",
+            "--grpc-addr", f"{network.host_ip}:15010",
+            "--secure-grpc-addr", f"{network.host_ip}:15012",
         )  # fmt: skip
         children: list[Child] = []
         try:
@@ -211,7 +212,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 done = in_ns(pod.ns, sys.executable, "-m", "controlplane", "iptables", *INJECTED)
                 assert done.returncode == 0, f"meshplane iptables in {pod.ns}: {done.stderr}"
             agents = [
-                agent(pod, serve=serve, workdir=workdir, gateway=network.gateway) for pod in network.pods.values()
+                agent(pod, serve=serve, workdir=workdir, host_ip=network.host_ip) for pod in network.pods.values()
             ]
             children += agents
             app = Child(
