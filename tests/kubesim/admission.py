@@ -8,6 +8,9 @@ The server asks `Admission.mutate` (after defaulting, before validation) and `Ad
   (a Namespace is matched by its own labels, other cluster-scoped objects always match), its
   objectSelector matches the new or the old object's labels, and one of its rules names the
   operation, group, version, resource (`pods`, `*`, `pods/status`, `pods/*`, `*/*`) and scope.
+  A write to a subresource is matched as `<resource>/<subresource>` only: `status` and `scale`
+  updates, and the `binding` a scheduler creates; the review's `kind` is that of the object the
+  subresource takes (an autoscaling/v1 Scale for `scale`, a v1 Binding for `binding`).
   `matchPolicy: Equivalent` also matches a rule through another served version of the same
   resource (a multi-version CRD); the review then names the matched version. `matchConditions` are
   not evaluated.
@@ -66,6 +69,8 @@ class Attributes:
 
     `namespace` is the object's namespace; for a Namespace it is the Namespace's own name, as in
     the real server. `name` is empty for a create by generateName. `obj` is None for DELETE.
+    `kind` is the group/version/kind of `obj` and `old` when a subresource takes an object of its
+    own kind (Scale, Binding): they are sent as they are; None: objects of `resource`'s kind.
     """
 
     resource: ResourceType
@@ -78,6 +83,7 @@ class Attributes:
     dry_run: bool = False
     options: Obj = field(default_factory=dict)
     user: Obj = field(default_factory=lambda: copy.deepcopy(ADMIN_USER))
+    kind: Obj | None = None
 
     def with_object(self, obj: Obj | None) -> Attributes:
         return replace(self, obj=obj)
@@ -190,10 +196,13 @@ def _gvr(resource: ResourceType) -> Obj:
     return {"group": resource.group, "version": resource.version, "resource": resource.plural}
 
 
-def _as_version(obj: Obj | None, resource: ResourceType) -> Obj | None:
-    """`obj` as `resource`'s version would serve it (versions of one resource differ only by apiVersion here)."""
-    if obj is None:
-        return None
+def _as_version(obj: Obj | None, resource: ResourceType, attrs: Attributes) -> Obj | None:
+    """`obj` as `resource`'s version would serve it (versions of one resource differ only by apiVersion here).
+
+    A subresource's own kind (`attrs.kind`) is the same whichever version of the resource is matched.
+    """
+    if obj is None or attrs.kind is not None:
+        return obj
     converted = copy.deepcopy(obj)
     converted["apiVersion"] = resource.api_version
     return converted
@@ -201,10 +210,11 @@ def _as_version(obj: Obj | None, resource: ResourceType) -> Obj | None:
 
 def review_request(invocation: Invocation, attrs: Attributes, *, uid: str) -> Obj:
     """The AdmissionReview v1 the API server sends for this invocation."""
-    request: Obj = {"uid": uid, "kind": _gvk(invocation.resource), "resource": _gvr(invocation.resource)}
+    kind = attrs.kind if attrs.kind is not None else _gvk(invocation.resource)
+    request: Obj = {"uid": uid, "kind": kind, "resource": _gvr(invocation.resource)}
     if attrs.subresource:
         request["subResource"] = attrs.subresource
-    request["requestKind"] = _gvk(attrs.resource)
+    request["requestKind"] = attrs.kind if attrs.kind is not None else _gvk(attrs.resource)
     request["requestResource"] = _gvr(attrs.resource)
     if attrs.subresource:
         request["requestSubResource"] = attrs.subresource
@@ -214,8 +224,8 @@ def review_request(invocation: Invocation, attrs: Attributes, *, uid: str) -> Ob
         request["namespace"] = attrs.namespace
     request["operation"] = attrs.operation
     request["userInfo"] = attrs.user
-    request["object"] = _as_version(attrs.obj, invocation.resource)
-    request["oldObject"] = _as_version(attrs.old, invocation.resource)
+    request["object"] = _as_version(attrs.obj, invocation.resource, attrs)
+    request["oldObject"] = _as_version(attrs.old, invocation.resource, attrs)
     request["dryRun"] = attrs.dry_run
     request["options"] = {"kind": _OPTIONS_KIND[attrs.operation], "apiVersion": "meta.k8s.io/v1", **attrs.options}
     return {"kind": "AdmissionReview", "apiVersion": REVIEW_API_VERSION, "request": request}
@@ -412,7 +422,10 @@ class Admission:
 
     async def validate(self, attrs: Attributes, *, warnings: list[str]) -> None:
         """Call every matching validating webhook concurrently; the first failure (in order) is raised."""
-        invocations = self._invocations(self.hooks("validatingwebhookconfigurations"), attrs)
+        hooks = self.hooks("validatingwebhookconfigurations")
+        if not hooks:
+            return
+        invocations = self._invocations(hooks, attrs)
         if not invocations:
             return
         calls = (self._call(inv, attrs, warnings=warnings, mutating=False) for inv in invocations)
@@ -448,9 +461,9 @@ class Admission:
         operations = decode_patch(hook, response)
         if operations is None:
             return None
-        versioned = _as_version(attrs.obj, invocation.resource)
+        versioned = _as_version(attrs.obj, invocation.resource, attrs)
         try:
-            return _as_version(apply_patch(hook, versioned, operations), attrs.resource)
+            return _as_version(apply_patch(hook, versioned, operations), attrs.resource, attrs)
         except ApiError as exc:
             raise _with_warnings(exc, warnings) from None
 

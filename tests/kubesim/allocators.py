@@ -2,23 +2,77 @@
 
 A Service gets a cluster IP from `SERVICE_CIDR` (a requested one must be in range and free; one
 picked for it is 10.96.0.10 or above, the lower ones, like the API server's 10.96.0.1, being left to
-explicit requests) and, for NodePort and LoadBalancer types, a node port per port from `NODE_PORTS`.
-Dry runs allocate nothing. Deleting a Service releases both; an update keeps what the old Service
-was given.
+explicit requests) and, for NodePort and LoadBalancer types, a node port per port from `NODE_PORTS`
+(a requested one must be in range and not held by another Service: 422 naming
+`spec.ports[i].nodePort`). Dry runs check but hold nothing. Deleting a Service releases both.
+
+An update is prepared as the Service registry prepares it, before validation: values the client
+left out are kept from the stored Service (`keep_allocations`), `allocate_update` allocates what the
+new type needs (node ports for NodePort and LoadBalancer, a cluster IP when leaving ExternalName)
+and `drop_type_dependent_fields` clears what the new type no longer has (node ports going back to
+ClusterIP, the cluster IPs going to ExternalName). What was allocated and what is given back take
+effect in `commit`, when the update is written.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from tests.kubesim.resources import ResourceType
-from tests.kubesim.status import invalid
+from tests.kubesim.status import ApiError, invalid
 from tests.kubesim.storage import Obj
 from tests.kubesim.validation import invalid_cause
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORTS = range(30000, 32768)
+NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+
+
+@dataclass
+class Allocation:
+    """What an update of a Service takes from the allocators and gives back, once it is written."""
+
+    ips: set[ipaddress.IPv4Address] = field(default_factory=set)
+    node_ports: set[int] = field(default_factory=set)
+    released_ips: set[ipaddress.IPv4Address] = field(default_factory=set)
+    released_node_ports: set[int] = field(default_factory=set)
+
+
+def _spec(obj: Obj) -> dict[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _ports(obj: Obj) -> list[dict[str, Any]]:
+    ports = _spec(obj).get("ports")
+    return [p for p in ports if isinstance(p, dict)] if isinstance(ports, list) else []
+
+
+def needs_cluster_ip(obj: Obj) -> bool:
+    return bool(_spec(obj).get("type", "ClusterIP") != "ExternalName")
+
+
+def needs_node_ports(obj: Obj) -> bool:
+    return bool(_spec(obj).get("type") in NODE_PORT_TYPES)
+
+
+def node_ports(obj: Obj) -> set[int]:
+    """The node ports `obj`'s ports name (0 and malformed values are none)."""
+    return {p["nodePort"] for p in _ports(obj) if _is_port_number(p.get("nodePort")) and p["nodePort"]}
+
+
+def _is_port_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _externally_accessible(obj: Obj) -> bool:
+    spec = _spec(obj)
+    kind = spec.get("type", "ClusterIP")
+    return kind in NODE_PORT_TYPES or (kind == "ClusterIP" and bool(spec.get("externalIPs")))
 
 
 class ServiceAllocator:
@@ -28,84 +82,203 @@ class ServiceAllocator:
         self.ips: set[ipaddress.IPv4Address] = set()
         self.node_ports: set[int] = set()
 
+    # -- create ---------------------------------------------------------------------------------
     def allocate(self, obj: Obj, resource: ResourceType, *, dry_run: bool) -> None:
-        """Fill in `obj`'s clusterIP(s), IP families and node ports; 422 for an IP out of range or taken."""
+        """Fill in a new Service's clusterIP(s), IP families and node ports; 422 for one out of range or taken."""
         spec = obj["spec"]
-        name = obj["metadata"]["name"]
+        name = str(obj["metadata"]["name"])
         if spec.get("type") == "ExternalName":
             return
         requested = spec.get("clusterIP")
         if requested == "None":
             spec["clusterIPs"] = ["None"]
         else:
-            if requested:
-                try:
-                    ip = ipaddress.IPv4Address(requested)
-                except ValueError:
-                    raise invalid(
-                        resource, name, [invalid_cause("spec.clusterIPs[0]", requested, "must be a valid IP address")]
-                    ) from None
-                if ip not in SERVICE_CIDR:
-                    raise invalid(
-                        resource,
-                        name,
-                        [
-                            invalid_cause(
-                                "spec.clusterIPs",
-                                [requested],
-                                f"failed to allocate IP {requested}: the provided IP ({requested}) is not in the "
-                                f"valid range. The range of valid IPs is {SERVICE_CIDR}",
-                            )
-                        ],
-                    )
-                if ip in self.ips and not dry_run:
-                    raise invalid(
-                        resource,
-                        name,
-                        [
-                            invalid_cause(
-                                "spec.clusterIPs",
-                                [requested],
-                                f"failed to allocate IP {requested}: provided IP is already allocated",
-                            )
-                        ],
-                    )
-            else:
-                ip = next(h for h in SERVICE_CIDR.hosts() if int(h) >= int(SERVICE_CIDR[10]) and h not in self.ips)
+            ip = self._cluster_ip(requested, name, resource, check_taken=not dry_run)
             if not dry_run:
                 self.ips.add(ip)
             spec["clusterIP"] = str(ip)
             spec["clusterIPs"] = [str(ip)]
         spec.setdefault("ipFamilies", ["IPv4"])
         spec.setdefault("ipFamilyPolicy", "SingleStack")
-        if spec.get("type") in ("NodePort", "LoadBalancer"):
-            for port in spec.get("ports") or []:
-                if not port.get("nodePort"):
-                    free = next(p for p in NODE_PORTS if p not in self.node_ports)
-                    port["nodePort"] = free
-                if not dry_run:
-                    self.node_ports.add(int(port["nodePort"]))
+        if needs_node_ports(obj):
+            taken = self._node_ports(obj, resource, kept=set())
+            if not dry_run:
+                self.node_ports |= taken
 
+    # -- update ---------------------------------------------------------------------------------
+    def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType) -> Allocation:
+        """What updating `old` to `obj` allocates (filled into `obj`) and releases; 422 for one out of range or taken.
+
+        Nothing is held until `commit`: a dry run, or an update refused later, holds nothing.
+        """
+        allocation = Allocation()
+        name = str(obj["metadata"]["name"])
+        spec = _spec(obj)
+        if not needs_cluster_ip(old) and needs_cluster_ip(obj) and spec.get("clusterIP") != "None":
+            ip = self._cluster_ip(spec.get("clusterIP"), name, resource, check_taken=True)
+            allocation.ips.add(ip)
+            spec["clusterIP"] = str(ip)
+            spec["clusterIPs"] = [str(ip)]
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        elif needs_cluster_ip(old) and not needs_cluster_ip(obj):
+            allocation.released_ips |= _addresses(_spec(old).get("clusterIPs") or [])
+        held = node_ports(old)
+        if needs_node_ports(obj):
+            allocation.node_ports = self._node_ports(obj, resource, kept=held)
+            allocation.released_node_ports = held - node_ports(obj)
+        else:
+            allocation.released_node_ports = held
+        return allocation
+
+    def commit(self, allocation: Allocation, obj: Obj, resource: ResourceType) -> None:
+        """Hold what an update allocated, give back what it released; 422 when another write took a value meanwhile."""
+        name = str(obj["metadata"]["name"])
+        clash = sorted(allocation.ips & self.ips)
+        if clash:
+            detail = f"failed to allocate IP {clash[0]}: provided IP is already allocated"
+            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [str(clash[0])], detail)])
+        for i, port in enumerate(_ports(obj)):
+            if port.get("nodePort") in allocation.node_ports & self.node_ports:
+                raise _node_port_invalid(resource, name, i, port["nodePort"], "provided port is already allocated")
+        self.ips = (self.ips - allocation.released_ips) | allocation.ips
+        self.node_ports = (self.node_ports - allocation.released_node_ports) | allocation.node_ports
+
+    # -- delete ---------------------------------------------------------------------------------
     def release(self, obj: Obj) -> None:
         """Give back the cluster IPs and node ports of a deleted Service."""
-        spec = obj.get("spec") or {}
-        for ip in spec.get("clusterIPs") or []:
-            if ip != "None":
-                self.ips.discard(ipaddress.IPv4Address(ip))
-        for port in spec.get("ports") or []:
-            self.node_ports.discard(int(port.get("nodePort") or 0))
+        self.ips -= _addresses(_spec(obj).get("clusterIPs") or [])
+        self.node_ports -= node_ports(obj)
+
+    # -- the pools ------------------------------------------------------------------------------
+    def _cluster_ip(
+        self, requested: Any, name: str, resource: ResourceType, *, check_taken: bool
+    ) -> ipaddress.IPv4Address:
+        """The requested cluster IP when valid and free, or the next free one when none is requested."""
+        if not requested:
+            return next(h for h in SERVICE_CIDR.hosts() if int(h) >= int(SERVICE_CIDR[10]) and h not in self.ips)
+        try:
+            ip = ipaddress.IPv4Address(requested)
+        except ValueError:
+            raise invalid(
+                resource, name, [invalid_cause("spec.clusterIPs[0]", requested, "must be a valid IP address")]
+            ) from None
+        if ip not in SERVICE_CIDR:
+            detail = (
+                f"failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. "
+                f"The range of valid IPs is {SERVICE_CIDR}"
+            )
+            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [requested], detail)])
+        if check_taken and ip in self.ips:
+            detail = f"failed to allocate IP {requested}: provided IP is already allocated"
+            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [requested], detail)])
+        return ip
+
+    def _node_ports(self, obj: Obj, resource: ResourceType, *, kept: set[int]) -> set[int]:
+        """Check the requested node ports of `obj` and fill in the missing ones; the ports newly taken.
+
+        A port in `kept` (the Service's own) is not taken again; one number may serve several ports of
+        the Service. The first port out of range or held elsewhere is a 422 naming it.
+        """
+        name = str(obj["metadata"]["name"])
+        taken: set[int] = set()
+        for i, port in enumerate(_ports(obj)):
+            requested = port.get("nodePort")
+            if not requested:
+                free = next(p for p in NODE_PORTS if p not in self.node_ports and p not in taken)
+                port["nodePort"] = free
+                taken.add(free)
+            elif not _is_port_number(requested) or requested not in NODE_PORTS:
+                detail = (
+                    "provided port is not in the valid range. The range of valid ports is "
+                    f"{NODE_PORTS.start}-{NODE_PORTS.stop - 1}"
+                )
+                raise _node_port_invalid(resource, name, i, requested, detail)
+            elif requested in kept or requested in taken:
+                continue
+            elif requested in self.node_ports:
+                raise _node_port_invalid(resource, name, i, requested, "provided port is already allocated")
+            else:
+                taken.add(requested)
+        return taken
 
 
+def _node_port_invalid(resource: ResourceType, name: str, index: int, value: Any, detail: str) -> ApiError:
+    return invalid(resource, name, [invalid_cause(f"spec.ports[{index}].nodePort", value, detail)])
+
+
+def _addresses(ips: Iterable[Any]) -> set[ipaddress.IPv4Address]:
+    found: set[ipaddress.IPv4Address] = set()
+    for ip in ips:
+        try:
+            found.add(ipaddress.IPv4Address(ip))
+        except ValueError:
+            continue  # "None" (headless), or nothing the allocator handed out
+    return found
+
+
+# -- preparing an update (before validation) ------------------------------------------------------
 def keep_allocations(obj: Obj, old: Obj) -> None:
-    """On update: what `obj` leaves out of the old Service's cluster IPs, IP families and node ports is kept."""
+    """The values the client left out of an update that the old Service was given, kept.
+
+    As the Service registry does, so a resubmitted manifest without them is no change: the cluster
+    IP(s), IP families and policy while both types have a cluster IP; a port's node port (by port
+    name) while both types have node ports, unless another port of the update already names it.
+    Then `clusterIPs` follows a changed `clusterIP` when the client left `clusterIPs` as it was.
+    """
     spec = obj.setdefault("spec", {})
-    old_spec = old.get("spec") or {}
-    if isinstance(spec, dict):
+    old_spec = _spec(old)
+    if not isinstance(spec, dict):
+        return
+    if needs_cluster_ip(old) and needs_cluster_ip(obj):
         for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
             if not spec.get(key) and old_spec.get(key):
                 spec[key] = copy.deepcopy(old_spec[key])
-        old_ports = {(p.get("port"), p.get("protocol", "TCP")): p for p in old_spec.get("ports") or []}
-        for port in spec.get("ports") or []:
-            prior = old_ports.get((port.get("port"), port.get("protocol", "TCP")))
-            if prior is not None and prior.get("nodePort") and not port.get("nodePort"):
-                port["nodePort"] = prior["nodePort"]
+    if needs_node_ports(old) and needs_node_ports(obj):
+        used = node_ports(old) & node_ports(obj)
+        by_name = {str(p.get("name") or ""): p.get("nodePort") for p in _ports(old)}
+        for port in _ports(obj):
+            prior = by_name.get(str(port.get("name") or ""))
+            if not port.get("nodePort") and prior and prior not in used:
+                port["nodePort"] = prior
+    old_ip, new_ip = old_spec.get("clusterIP"), spec.get("clusterIP")
+    if old_ip != new_ip and spec.get("clusterIPs") == old_spec.get("clusterIPs"):
+        if new_ip:
+            spec["clusterIPs"] = [new_ip]
+        else:
+            spec.pop("clusterIPs", None)
+
+
+def drop_type_dependent_fields(obj: Obj, old: Obj) -> None:
+    """What the Service's new type no longer has, cleared where the update left it as it was.
+
+    Leaving ExternalName's opposite (going to ExternalName): the cluster IP(s), IP families and
+    policy. Going from NodePort or LoadBalancer to a type without node ports: the node ports, unless
+    the update names one the Service did not have (validation then refuses it). Leaving
+    LoadBalancer: `allocateLoadBalancerNodePorts` and `loadBalancerClass`; no longer reachable from
+    outside: `externalTrafficPolicy`; any type but LoadBalancer: `status.loadBalancer`.
+    """
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    old_spec = _spec(old)
+    if needs_cluster_ip(old) and not needs_cluster_ip(obj):
+        if spec.get("clusterIP") == old_spec.get("clusterIP") and spec.get("clusterIPs") == old_spec.get("clusterIPs"):
+            spec.pop("clusterIP", None)
+            spec.pop("clusterIPs", None)
+        for key in ("ipFamilies", "ipFamilyPolicy"):
+            if spec.get(key) == old_spec.get(key):
+                spec.pop(key, None)
+    if needs_node_ports(old) and not needs_node_ports(obj) and node_ports(obj) <= node_ports(old):
+        for port in _ports(obj):
+            port.pop("nodePort", None)
+    if old_spec.get("type") == "LoadBalancer" and spec.get("type") != "LoadBalancer":
+        for key in ("allocateLoadBalancerNodePorts", "loadBalancerClass"):
+            if key in spec and spec.get(key) == old_spec.get(key):
+                spec.pop(key)
+    same_policy = spec.get("externalTrafficPolicy") == old_spec.get("externalTrafficPolicy")
+    if _externally_accessible(old) and not _externally_accessible(obj) and same_policy:
+        spec.pop("externalTrafficPolicy", None)
+    status = obj.get("status")
+    if spec.get("type") != "LoadBalancer" and isinstance(status, dict) and "loadBalancer" in status:
+        status["loadBalancer"] = {}

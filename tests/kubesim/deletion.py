@@ -7,6 +7,12 @@ removes it); an object with finalizers gets a deletionTimestamp and stays until 
 Orphan and Foreground become the `orphan` and `foregroundDeletion` finalizers the garbage
 collector works off. Deleting a Namespace marks it Terminating; the namespace controller then
 deletes what it holds and, once nothing is left, the Namespace itself.
+
+A deletecollection is the generic registry's: the matching objects are deleted one by one, in key
+order, each as a DELETE with the request's options (preconditions included) and its own DELETE
+admission (the review names the request's namespace and no name, as the collection request does);
+the first failure ends the request, leaving the objects deleted before it deleted. Namespaces have
+no deletecollection (405).
 """
 
 from __future__ import annotations
@@ -108,6 +114,25 @@ def deletion_finalizers(finalizers: list[str], options: Obj) -> list[str]:
     return kept
 
 
+def check_preconditions(resource: ResourceType, obj: Obj, options: Obj) -> None:
+    """409 when the DeleteOptions' `preconditions` (uid, resourceVersion) do not hold for `obj`."""
+    pre = options.get("preconditions") or {}
+    meta = obj["metadata"]
+    if pre.get("uid") and pre["uid"] != meta["uid"]:
+        raise conflict(
+            resource,
+            meta["name"],
+            f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
+        )
+    if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
+        raise conflict(
+            resource,
+            meta["name"],
+            f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+            f"ResourceVersion in object meta: {meta['resourceVersion']}",
+        )
+
+
 def grace_period(resource: ResourceType, obj: Obj, options: Obj) -> int:
     """Seconds a deletion waits for the kubelet: only bound, unfinished pods have one."""
     if resource.plural != "pods":
@@ -159,23 +184,13 @@ class Deleter:
         obj = self._storage.get(resource, namespace, name)
         if obj is None:
             raise not_found(resource, name)
-        pre = options.get("preconditions") or {}
-        if pre.get("uid") and pre["uid"] != obj["metadata"]["uid"]:
-            raise conflict(
-                resource,
-                name,
-                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}",
-            )
-        if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
-            raise conflict(
-                resource,
-                name,
-                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
-                f"ResourceVersion in object meta: {obj['metadata']['resourceVersion']}",
-            )
+        check_preconditions(resource, obj, options)
         if resource.plural == "namespaces" and name in UNDELETABLE_NAMESPACES:
             raise forbidden(resource, name, "this namespace may not be deleted")
-        obj = await self._admit_delete(request, resource, obj, options=options, dry_run=dry)
+        admitted = await self._admit_delete(request, resource, obj, options=options, dry_run=dry)
+        if admitted is None:
+            raise not_found(resource, name)
+        obj = admitted
         if dry:
             return self._deleted_answer(request, resource, obj)
         if resource.plural == "namespaces":
@@ -188,19 +203,33 @@ class Deleter:
     async def delete_collection(
         self, request: web.Request, resource: ResourceType, namespace: str | None
     ) -> web.Response:
+        """DELETE of a collection: each matching object deleted in turn, as a DELETE of it would be.
+
+        409 for the first object whose preconditions fail, a webhook's denial for the first object
+        it denies; an object that went meanwhile is skipped. 405 for a resource without the verb.
+        """
+        if not resource.delete_collection:
+            raise ApiError(405, "the server does not allow this method on the requested resource")
         labels, fields = selectors(request, resource)
         options = await delete_options(request)
         dry = dry_run(request) or bool(options.get("dryRun"))
         deleted = []
-        for obj in self._storage.items(resource, namespace):
-            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters()):
-                if dry:
-                    deleted.append(obj)
-                elif resource.plural == "namespaces":
-                    if obj["metadata"]["name"] not in UNDELETABLE_NAMESPACES:
-                        deleted.append(self._terminate_namespace(obj))
-                else:
-                    deleted.append(self._delete_object(resource, obj, options)[0])
+        for listed in self._storage.items(resource, namespace):
+            if not (
+                labels.matches(listed["metadata"].get("labels")) and fields.matches(listed, resource.field_getters())
+            ):
+                continue
+            meta = listed["metadata"]
+            obj = self._storage.get(resource, meta.get("namespace", ""), meta["name"])
+            if obj is None:
+                continue
+            check_preconditions(resource, obj, options)
+            admitted = await self._admit_delete(
+                request, resource, obj, options=options, dry_run=dry, collection_namespace=namespace or ""
+            )
+            if admitted is None:
+                continue
+            deleted.append(admitted if dry else self._delete_object(resource, admitted, options)[0])
         return json_response(
             {
                 "kind": resource.list_kind,
@@ -211,19 +240,32 @@ class Deleter:
         )
 
     async def _admit_delete(
-        self, request: web.Request, resource: ResourceType, obj: Obj, *, options: Obj, dry_run: bool
-    ) -> Obj:
+        self,
+        request: web.Request,
+        resource: ResourceType,
+        obj: Obj,
+        *,
+        options: Obj,
+        dry_run: bool,
+        collection_namespace: str | None = None,
+    ) -> Obj | None:
         """DELETE admission (mutating, then validating webhooks, with `oldObject`); the object as stored after it.
 
-        Raises ApiError for a denial or failure, and 404 when the object went while webhooks were called.
+        The review names the object, or for a deletecollection (`collection_namespace`: the request's
+        namespace, "" for all) that namespace and no name. Raises ApiError for a denial or failure;
+        None when the object went while webhooks were called.
         """
         meta = obj["metadata"]
         name, namespace = str(meta["name"]), str(meta.get("namespace", ""))
+        if collection_namespace is not None:
+            request_namespace, request_name = collection_namespace, ""
+        else:
+            request_namespace, request_name = (name if resource.key == "namespaces" else namespace), name
         attrs = admission.Attributes(
             resource=resource,
             operation="DELETE",
-            namespace=name if resource.key == "namespaces" else namespace,
-            name=name,
+            namespace=request_namespace,
+            name=request_name,
             obj=None,
             old=obj,
             dry_run=dry_run,
@@ -233,10 +275,7 @@ class Deleter:
         warnings: list[str] = []
         await self._admission.mutate(attrs, warnings=warnings)
         await self._admission.validate(attrs, warnings=warnings)
-        current = self._storage.get(resource, namespace, name)
-        if current is None:
-            raise not_found(resource, name)
-        return current
+        return self._storage.get(resource, namespace, name)
 
     def _delete_object(self, resource: ResourceType, obj: Obj, options: Obj) -> tuple[Obj, bool]:
         """Delete `obj` as the registry does; (the object, True) when removed, (as stored now, False) when pending.

@@ -4,7 +4,8 @@ A create decodes and checks the object against the URL (kind, apiVersion, namesp
 rejects unknown fields (fieldValidation), defaults it, runs the built-in ServiceAccount admission
 of a pod, the mutating webhooks, name generation, validation and the validating webhooks, then
 allocates (Services) and stamps uid, creationTimestamp and generation before the write. An update
-keeps the system fields of the stored object, checks the resourceVersion precondition, bumps the
+keeps the system fields of the stored object, checks the resourceVersion precondition, allocates
+and releases what a Service's change needs before validation (held once it is written), bumps the
 generation when the spec changed, and writes nothing when nothing changed. Removal is the last
 step of a deletion: it releases a Service's allocations, and a CustomResourceDefinition takes its
 objects and their watches with it. Request decoding and answers are the handlers' business, not
@@ -16,12 +17,12 @@ from __future__ import annotations
 import copy
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.kubesim import admission, apply
 from tests.kubesim.admission import Admission
-from tests.kubesim.allocators import ServiceAllocator, keep_allocations
+from tests.kubesim.allocators import Allocation, ServiceAllocator, drop_type_dependent_fields, keep_allocations
 from tests.kubesim.customresources import CustomResources
 from tests.kubesim.endpoints import Clock, Context, now_stamp
 from tests.kubesim.resources import ResourceType
@@ -309,26 +310,49 @@ class Registry:
                 resource, name, [invalid_cause("metadata.name", obj["metadata"].get("name"), "field is immutable")]
             )
         check_namespace(resource, namespace, obj)
-        self._replace_prepare(resource, old, obj)
+        allocation = self._replace_prepare(resource, old, obj)
         await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+        self._check_unchanged(resource, old)
+        return self._replace_store(resource, old, obj, dry_run=ctx.dry_run, allocation=allocation)
+
+    async def replace(
+        self,
+        resource: ResourceType,
+        old: Obj,
+        obj: Obj,
+        *,
+        dry_run: bool,
+        admit: Callable[[Obj], Awaitable[None]] | None = None,
+    ) -> Obj:
+        """An update a subresource writes: `replace_admitted`'s checks, then `admit`, then the write.
+
+        `admit` (a subresource's validating admission) is called with the object as it is to be
+        written; 409 when the stored object changed meanwhile.
+        """
+        allocation = self._replace_prepare(resource, old, obj)
+        if admit is not None:
+            await admit(obj)
+            self._check_unchanged(resource, old)
+        return self._replace_store(resource, old, obj, dry_run=dry_run, allocation=allocation)
+
+    def _check_unchanged(self, resource: ResourceType, old: Obj) -> None:
+        """404 when `old` is gone, 409 when it changed (while webhooks were being called)."""
+        name, namespace = str(old["metadata"]["name"]), str(old["metadata"].get("namespace", ""))
         current = self._storage.get(resource, namespace, name)
         if current is None:
             raise not_found(resource, name)
-        if current["metadata"]["resourceVersion"] != old_meta["resourceVersion"]:
+        if current["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]:
             raise conflict(
                 resource,
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        return self._replace_store(resource, old, obj, dry_run=ctx.dry_run)
 
-    def replace(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
-        """The shared tail of update and patch without admission webhooks: checks, then the write."""
-        self._replace_prepare(resource, old, obj)
-        return self._replace_store(resource, old, obj, dry_run=dry_run)
+    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj) -> Allocation | None:
+        """Preconditions, system fields kept from `old`, defaults, allocation, validation and generation of an update.
 
-    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj) -> None:
-        """Preconditions, system fields kept from `old`, defaults, validation and generation of an update."""
+        For a Service: what it allocates and releases, to `commit` when the update is written.
+        """
         meta = obj["metadata"]
         old_meta = old["metadata"]
         name = old_meta["name"]
@@ -358,21 +382,30 @@ class Registry:
                 obj.pop("status", None)
         if resource.plural == "namespaces":
             obj["spec"] = copy.deepcopy(old.get("spec"))
-        if resource.plural == "services":
+        service = resource.key == "services"
+        if service:
             keep_allocations(obj, old)
         if resource.defaults is not None:
             resource.defaults(obj)
+        allocation = self._allocator.allocate_update(obj, old, resource) if service else None
+        if service:
+            drop_type_dependent_fields(obj, old)
         validate(resource, obj, old)
         if resource.generation_fields and any(obj.get(f) != old.get(f) for f in resource.generation_fields):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        return allocation
 
-    def _replace_store(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Obj:
-        """Write a prepared update; a no-op update writes nothing, like the real server."""
+    def _replace_store(
+        self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool, allocation: Allocation | None
+    ) -> Obj:
+        """Write a prepared update, holding what it allocated; a no-op update writes nothing, like the real server."""
         old_meta = old["metadata"]
         comparable = copy.deepcopy(obj)
         comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if comparable == old or dry_run:
             return comparable if dry_run else old  # a no-op update writes nothing, like the real server
+        if allocation is not None:
+            self._allocator.commit(allocation, obj, resource)
         stored = self._storage.write(resource, obj, event_type="MODIFIED")
         if resource.key == CRD_KEY:
             self._custom.set(stored)

@@ -76,6 +76,8 @@ class ResourceType:
     scale_subresource: bool = False
     initial_status: Callable[[Obj], Any] | None = None
     return_deleted_object: bool = False
+    # whether the collection can be deleted in one request (the `deletecollection` verb); Namespaces cannot
+    delete_collection: bool = True
     # a custom resource (served for a CRD): no strategic merge patch, unknown fields per `schema`
     custom: bool = False
     schema: Schema | None = None  # None: `tests.kubesim.schemas.SCHEMAS[plural]`
@@ -102,7 +104,7 @@ class ResourceType:
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": list(VERBS),
+            "verbs": [v for v in VERBS if v != "deletecollection" or self.delete_collection],
         }
         if self.short_names:
             doc["shortNames"] = list(self.short_names)
@@ -646,6 +648,12 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
     stype = spec.get("type", "ClusterIP")
     if stype not in SERVICE_TYPES:
         errors.not_supported("spec.type", stype, SERVICE_TYPES)
+    cluster_ip, cluster_ips = spec.get("clusterIP"), spec.get("clusterIPs")
+    if stype != "ExternalName" and isinstance(cluster_ips, list) and cluster_ips:
+        if not cluster_ip:
+            errors.invalid("spec.clusterIPs", cluster_ips, "must be empty when `clusterIP` is not specified")
+        elif cluster_ips[0] != cluster_ip:
+            errors.invalid("spec.clusterIPs", cluster_ips, "first value must match `clusterIP`")
     ports = spec.get("ports") or []
     headless = spec.get("clusterIP") == "None"
     if not ports and stype != "ExternalName" and not headless:
@@ -684,10 +692,21 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
 
 
 def _validate_service_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
-    old_ip = (old.get("spec") or {}).get("clusterIP")
-    new_ip = (new.get("spec") or {}).get("clusterIP")
-    if old_ip and new_ip != old_ip and (old.get("spec") or {}).get("type") != "ExternalName":
-        errors.invalid("spec.clusterIPs[0]", new_ip, "may not change once set")
+    """The cluster IPs are fixed at create (single-stack: the primary one), unless the type is or was ExternalName."""
+    new_spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
+    if "ExternalName" in (new_spec.get("type"), old_spec.get("type")):
+        return
+    new_ips, old_ips = list(new_spec.get("clusterIPs") or []), list(old_spec.get("clusterIPs") or [])
+    if new_ips == old_ips == ["None"]:
+        return
+    if not new_ips and old_ips:
+        errors.invalid("spec.clusterIPs[0]", new_ips, "primary clusterIP can not be unset")
+    elif len(new_ips) == len(old_ips):
+        for i, ip in enumerate(old_ips):
+            if new_ips[i] != ip:
+                errors.invalid(f"spec.clusterIPs[{i}]", new_ips, "may not change once set")
+    elif old_ips and new_ips[0] != old_ips[0]:
+        errors.invalid("spec.clusterIPs[0]", new_ips, "may not change once set")
 
 
 def _validate_configmap(obj: Obj, errors: FieldErrors) -> None:
@@ -1096,6 +1115,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         status_subresource=True,
         initial_status=lambda _: {"phase": "Active"},
         return_deleted_object=True,
+        delete_collection=False,
     ),
     ResourceType(
         "",

@@ -70,7 +70,7 @@ SCHEMAS: dict[str, Schema] = {
             "allocateLoadBalancerNodePorts clusterIP clusterIPs externalIPs externalName externalTrafficPolicy "
             "healthCheckNodePort internalTrafficPolicy ipFamilies ipFamilyPolicy loadBalancerClass loadBalancerIP "
             "loadBalancerSourceRanges publishNotReadyAddresses selector sessionAffinity sessionAffinityConfig "
-            "trafficDistribution",
+            "trafficDistribution type",
             ports=_fields("appProtocol name nodePort port protocol targetPort"),
         ),
     ),

@@ -87,11 +87,12 @@ class Fault:
             return False
         if not request.path.startswith(self.path_prefix):
             return False
-        if self.watch is not None:
-            is_watch = request.query.get("watch", "") in ("1", "true")
-            if is_watch != self.watch:
-                return False
-        return True
+        return self.watch is None or is_watch(request) == self.watch
+
+
+def is_watch(request: web.Request) -> bool:
+    """Whether a collection GET is answered with a watch (`watch=1`, or `watch=true` in any letter case)."""
+    return request.query.get("watch", "").lower() in ("1", "true")
 
 
 class KubeSim:
@@ -451,7 +452,7 @@ class KubeSim:
         method = request.method
         if name is None:
             if method == "GET":
-                if request.query.get("watch", "").lower() in ("1", "true"):
+                if is_watch(request):
                     return await self._listwatch.watch(request, resource, namespace)
                 return self._listwatch.list_objects(request, resource, namespace)
             if method == "POST":

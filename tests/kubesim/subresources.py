@@ -1,8 +1,10 @@
 """The subresources: `<name>/status`, `<name>/scale` and `pods/<name>/binding`.
 
-`status` writes change only the status (what controllers and the kubelet report), with UPDATE
-admission naming the subresource; `scale` reads and writes `spec.replicas` as an autoscaling/v1
-Scale (what `kubectl scale` sends); `binding` is what the scheduler posts to put a pod on a node.
+`status` writes change only the status (what controllers and the kubelet report); `scale` reads
+and writes `spec.replicas` as an autoscaling/v1 Scale (what `kubectl scale` sends); `binding` is
+what the scheduler posts to put a pod on a node. Each write goes through admission as the
+subresource: UPDATE of `<resource>/status` with the object, UPDATE of `<resource>/scale` with Scale
+objects, CREATE of `pods/binding` with the Binding.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from tests.kubesim.selectors import format_label_selector
 from tests.kubesim.status import ApiError, bad_request, conflict, invalid, not_found, page_not_found
 from tests.kubesim.storage import Obj, Storage
 from tests.kubesim.validation import FieldErrors
+
+SCALE_KIND: Obj = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+BINDING_KIND: Obj = {"group": "", "version": "v1", "kind": "Binding"}
 
 
 def scale_of(obj: Obj) -> Obj:
@@ -133,15 +138,7 @@ class Subresources:
             )
         dry = dry_run(request)
         if sub == "scale":
-            replicas = (wanted.get("spec") or {}).get("replicas", 0)
-            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-                errors = FieldErrors()
-                errors.invalid("spec.replicas", replicas, "must be greater than or equal to 0")
-                raise ApiError(422, f'Scale.autoscaling "{name}" is invalid: {errors.causes[0]}')
-            updated = copy.deepcopy(old)
-            updated["spec"]["replicas"] = replicas
-            updated["metadata"].pop("resourceVersion")
-            return json_response(scale_of(self._registry.replace(resource, old, updated, dry_run=dry)))
+            return json_response(await self._write_scale(request, resource, old, wanted, dry_run=dry))
         updated = copy.deepcopy(old)
         updated["status"] = copy.deepcopy(wanted.get("status"))
         if updated["status"] is None:
@@ -151,6 +148,51 @@ class Subresources:
             return render_object(request, resource, updated, clock=self._clock)
         stored = self._storage.write(resource, updated, event_type="MODIFIED")
         return render_object(request, resource, stored, clock=self._clock)
+
+    async def _write_scale(
+        self, request: web.Request, resource: ResourceType, old: Obj, wanted: Obj, *, dry_run: bool
+    ) -> Obj:
+        """`spec.replicas` of `old` set from the Scale `wanted`, with UPDATE admission of `<resource>/scale`; the Scale.
+
+        Mutating webhooks get (and may patch) the requested Scale, validating webhooks the Scale of
+        the object as it is to be written; both with the Scale of the stored object as `oldObject`.
+        Raises ApiError: 422 for a negative or non-integer replica count, a webhook's denial or
+        failure, and 409 when the object changed while the validating webhooks were called.
+        """
+        meta = old["metadata"]
+        name = str(meta["name"])
+        requested = copy.deepcopy(wanted)
+        requested.setdefault("apiVersion", "autoscaling/v1")
+        requested.setdefault("kind", "Scale")
+        attrs = admission.Attributes(
+            resource=resource,
+            operation="UPDATE",
+            namespace=str(meta.get("namespace", "")),
+            name=name,
+            obj=requested,
+            old=scale_of(old),
+            subresource="scale",
+            dry_run=dry_run,
+            user=context(request).user,
+            kind=SCALE_KIND,
+        )
+        warnings: list[str] = []
+        scale = await self._admission.mutate(attrs, warnings=warnings) or requested
+        replicas = (scale.get("spec") or {}).get("replicas", 0)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            errors = FieldErrors()
+            errors.invalid("spec.replicas", replicas, "must be greater than or equal to 0")
+            raise ApiError(422, f'Scale.autoscaling "{name}" is invalid: {errors.causes[0]}')
+        updated = copy.deepcopy(old)
+        updated["spec"]["replicas"] = replicas
+        updated["metadata"].pop("resourceVersion")
+
+        async def admit(prepared: Obj) -> None:
+            written = scale_of(prepared)
+            written["metadata"]["resourceVersion"] = meta["resourceVersion"]  # the version the update is made to
+            await self._admission.validate(attrs.with_object(written), warnings=warnings)
+
+        return scale_of(await self._registry.replace(resource, old, updated, dry_run=dry_run, admit=admit))
 
     async def _admit_status(
         self, request: web.Request, resource: ResourceType, old: Obj, updated: Obj, *, dry_run: bool
@@ -191,15 +233,34 @@ class Subresources:
     async def bind_pod(self, request: web.Request, namespace: str, name: str) -> web.Response:
         """POST pods/<name>/binding: set spec.nodeName and the PodScheduled condition, as the registry does.
 
-        400 when the Binding names another pod, 422 without a target Node name, 404 for an unknown pod,
-        409 when the pod is being deleted or already assigned to a node. Answers a Success Status (201).
+        The Binding goes through CREATE admission of `pods/binding` (mutating webhooks first, validating
+        webhooks once it is checked). 400 when the Binding names another pod, 422 without a target Node
+        name, 404 for an unknown pod, 409 when the pod is being deleted or already assigned to a node.
+        Answers a Success Status (201).
         """
         body = await read_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise bad_request("the object provided is unrecognized (must be a JSON object)")
-        if (body.get("metadata") or {}).get("name", name) != name:
+        body.setdefault("apiVersion", "v1")
+        body.setdefault("kind", "Binding")
+        pods = self._resource("pods")
+        dry = dry_run(request)
+        attrs = admission.Attributes(
+            resource=pods,
+            operation="CREATE",
+            namespace=namespace,
+            name=name,
+            obj=body,
+            subresource="binding",
+            dry_run=dry,
+            user=context(request).user,
+            kind=BINDING_KIND,
+        )
+        warnings: list[str] = []
+        binding = await self._admission.mutate(attrs, warnings=warnings) or body
+        if (binding.get("metadata") or {}).get("name", name) != name:
             raise bad_request("name in URL does not match name in Binding object")
-        given = body.get("target")
+        given = binding.get("target")
         target: Obj = given if isinstance(given, dict) else {}
         bindings = ResourceType("", "v1", "bindings", "binding", "Binding", namespaced=True)
         errors = FieldErrors()
@@ -209,7 +270,7 @@ class Subresources:
             errors.required("target.name")
         if errors.causes:
             raise invalid(bindings, name, errors.causes)
-        pods = self._resource("pods")
+        await self._admission.validate(attrs.with_object(binding), warnings=warnings)
         old = self._storage.get(pods, namespace, name)
         if old is None:
             raise not_found(pods, name)
@@ -219,7 +280,7 @@ class Subresources:
             raise conflict(pods, name, f'pod {name} is already assigned to node "{old["spec"]["nodeName"]}"')
         pod = copy.deepcopy(old)
         pod["spec"]["nodeName"] = str(target["name"])
-        pod["metadata"].setdefault("annotations", {}).update((body.get("metadata") or {}).get("annotations") or {})
+        pod["metadata"].setdefault("annotations", {}).update((binding.get("metadata") or {}).get("annotations") or {})
         if not pod["metadata"]["annotations"]:
             pod["metadata"].pop("annotations")
         status = pod.setdefault("status", {})
@@ -231,7 +292,7 @@ class Subresources:
         }
         others = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
         status["conditions"] = [*others, scheduled]
-        if not dry_run(request):
+        if not dry:
             self._storage.write(pods, pod, event_type="MODIFIED")
         return json_response(
             {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201

@@ -607,6 +607,163 @@ async def test_status_writes_reach_only_webhooks_whose_rules_name_the_subresourc
     assert request["object"]["status"]["phase"] == "Running" and request["operation"] == "UPDATE"
 
 
+def apps_hook(name: str, client: dict[str, Any], *resources: str, **extra: Any) -> dict[str, Any]:
+    """A webhook on UPDATE of apps/v1 `resources`."""
+    rule = {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": list(resources)}
+    return hook(name, client, rules=[rule], **extra)
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "app"}]}},
+        },
+    }
+
+
+async def test_scale_writes_reach_webhooks_for_the_scale_subresource_as_scale_objects(
+    kubesim: KubeSim, kubectl: Kubectl, webhook: Webhook
+) -> None:
+    webhook.answers["/bump"] = lambda r: {
+        "allowed": True,
+        "patch": [{"op": "replace", "path": "/spec/replicas", "value": r["object"]["spec"]["replicas"] + 1}],
+    }
+    webhook.answers["/limit"] = lambda r: {
+        "allowed": r["object"]["spec"]["replicas"] <= 10,
+        "status": {"code": 403, "message": "at most 10 replicas"},
+    }
+    kubesim.create_object(
+        configuration(
+            "MutatingWebhookConfiguration",
+            "bump",
+            apps_hook("bump.example.com", url_client(webhook, "/bump"), "deployments/scale"),
+        )
+    )
+    kubesim.create_object(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "limits",
+            apps_hook("whole.example.com", url_client(webhook, "/whole"), "deployments"),
+            apps_hook("limit.example.com", url_client(webhook, "/limit"), "*/scale"),
+        )
+    )
+    kubesim.create_object(deployment("web", 1))
+    await kubectl.run("scale", "deployment/web", "--replicas=3")
+    stored = kubesim.get_object("deployments", "default", "web", group="apps")
+    assert stored is not None and stored["spec"]["replicas"] == 4
+    assert webhook.requests("/whole") == []  # a rule for `deployments` does not match `deployments/scale`
+    [mutation] = webhook.requests("/bump")
+    [validation] = webhook.requests("/limit")
+    for request in (mutation, validation):
+        assert request["kind"] == request["requestKind"] == {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+        deployments = {"group": "apps", "version": "v1", "resource": "deployments"}
+        assert request["resource"] == request["requestResource"] == deployments
+        assert request["subResource"] == request["requestSubResource"] == "scale"
+        assert (request["operation"], request["namespace"], request["name"]) == ("UPDATE", "default", "web")
+        assert (request["object"]["apiVersion"], request["object"]["kind"]) == ("autoscaling/v1", "Scale")
+        assert request["oldObject"]["kind"] == "Scale" and request["oldObject"]["spec"]["replicas"] == 1
+        assert request["options"]["kind"] == "UpdateOptions"
+    assert mutation["object"]["spec"]["replicas"] == 3 and validation["object"]["spec"]["replicas"] == 4
+
+    denied = await kubectl.run("scale", "deployment/web", "--replicas=20", check=False)
+    assert denied.returncode != 0
+    assert 'admission webhook "limit.example.com" denied the request: at most 10 replicas' in denied.stderr
+    stored = kubesim.get_object("deployments", "default", "web", group="apps")
+    assert stored is not None and stored["spec"]["replicas"] == 4
+
+
+async def test_pod_bindings_reach_webhooks_for_pods_binding_as_binding_creates(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    steer = [{"op": "replace", "path": "/target/name", "value": "node-b"}]
+    webhook.answers["/steer"] = lambda r: {
+        "allowed": True,
+        **({"patch": steer} if r["object"]["target"]["name"] == "node-a" else {}),
+    }
+    webhook.answers["/fence"] = lambda r: {
+        "allowed": r["object"]["target"]["name"] != "node-x",
+        "status": {"code": 403, "message": "node-x is fenced"},
+    }
+    kubesim.create_object(
+        configuration(
+            "MutatingWebhookConfiguration",
+            "steer",
+            hook("steer.example.com", url_client(webhook, "/steer"), resources=("pods/*",)),
+        )
+    )
+    kubesim.create_object(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "fence",
+            hook("pods.example.com", url_client(webhook, "/pods")),
+            hook("fence.example.com", url_client(webhook, "/fence"), resources=("pods/binding",)),
+        )
+    )
+    for name in ("p", "q"):
+        kubesim.create_object(pod(name))
+
+    def binding(name: str, node: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"name": node}}
+
+    await kube_api.request("POST", "/api/v1/namespaces/default/pods/p/binding", body=binding("p", "node-a"))
+    bound = kubesim.get_object("pods", "default", "p")
+    assert bound is not None and bound["spec"]["nodeName"] == "node-b"
+    assert webhook.requests("/pods") == []  # a rule for `pods` does not match `pods/binding`
+    [mutation] = webhook.requests("/steer")
+    [validation] = webhook.requests("/fence")
+    for request in (mutation, validation):
+        assert request["kind"] == request["requestKind"] == {"group": "", "version": "v1", "kind": "Binding"}
+        assert request["resource"] == request["requestResource"] == {"group": "", "version": "v1", "resource": "pods"}
+        assert request["subResource"] == request["requestSubResource"] == "binding"
+        assert (request["operation"], request["namespace"], request["name"]) == ("CREATE", "default", "p")
+        assert request["object"]["kind"] == "Binding" and request["oldObject"] is None
+        assert request["options"]["kind"] == "CreateOptions"
+    assert mutation["object"]["target"]["name"] == "node-a" and validation["object"]["target"]["name"] == "node-b"
+
+    with pytest.raises(KubeApiError, match="node-x is fenced") as denied:
+        await kube_api.request("POST", "/api/v1/namespaces/default/pods/q/binding", body=binding("q", "node-x"))
+    assert denied.value.status == 403
+    unbound = kubesim.get_object("pods", "default", "q")
+    assert unbound is not None and "nodeName" not in unbound["spec"]
+
+
+async def test_deleting_a_collection_calls_delete_webhooks_per_object_until_one_denies(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    webhook.answers["/guard"] = lambda r: {
+        "allowed": r["oldObject"]["metadata"]["name"] != "b",
+        "status": {"code": 403, "message": "b is guarded"},
+    }
+    kubesim.create_object(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "guard",
+            hook("guard.example.com", url_client(webhook, "/guard"), resources=("configmaps",)),
+        )
+    )
+    for name in ("a", "b", "c"):
+        kubesim.create_object(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"batch": "1"}}}
+        )
+    with pytest.raises(KubeApiError) as denied:
+        await kube_api.request("DELETE", "/api/v1/namespaces/default/configmaps", query=[("labelSelector", "batch=1")])
+    assert denied.value.status == 403
+    assert denied.value.message == 'admission webhook "guard.example.com" denied the request: b is guarded'
+    requests = webhook.requests("/guard")
+    assert [r["oldObject"]["metadata"]["name"] for r in requests] == ["a", "b"]
+    for request in requests:
+        assert request["operation"] == "DELETE" and request["object"] is None
+        assert "name" not in request and request["namespace"] == "default"  # the collection's request: no name
+        assert request["options"]["kind"] == "DeleteOptions"
+    assert [kubesim.get_object("configmaps", "default", n) is None for n in "abc"] == [True, False, False]
+
+
 async def test_webhook_urls_and_service_paths_are_validated(kubectl: Kubectl, webhook: Webhook) -> None:
     bad = configuration(
         "MutatingWebhookConfiguration",

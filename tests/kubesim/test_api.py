@@ -15,7 +15,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import watch as k8s_watch
 
 from controlplane.kube.client import KubeApi, KubeApiError
-from tests.kubesim.fixtures import eventually
+from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.protobuf import ProtobufError, decode
 from tests.kubesim.server import KubeSim
 
@@ -283,6 +283,17 @@ async def test_watch_ends_after_timeout_seconds(kubesim: KubeSim) -> None:
     assert body == b""
 
 
+@pytest.mark.parametrize("spelling", ["1", "true", "True", "TRUE"])
+async def test_a_watch_fault_matches_every_spelling_served_as_a_watch(kubesim: KubeSim, spelling: str) -> None:
+    fault = kubesim.inject_faults(status=503, watch=True, path_prefix=CM_PATH, message="watch refused")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{kubesim.url}{CM_PATH}?watch=false") as listed:
+            assert listed.status == 200 and fault.count == 1
+        async with session.get(f"{kubesim.url}{CM_PATH}?watch={spelling}&timeoutSeconds=1") as watched:
+            assert watched.status == 503 and (await watched.json())["message"] == "watch refused"
+    assert fault.count == 0
+
+
 async def test_namespace_deletion_terminates_then_removes_its_objects(kubesim: KubeSim, kube_api: KubeApi) -> None:
     await kube_api.request(
         "POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}
@@ -391,6 +402,118 @@ async def test_services_get_a_cluster_ip_that_updates_keep(kube_api: KubeApi) ->
         )
     )
     assert err.status == 422 and "spec.clusterIPs[0]" in err.message
+
+
+SVC_PATH = "/api/v1/namespaces/default/services"
+MERGE = "application/merge-patch+json"
+
+
+def service(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"ports": [{"port": 80}], **spec},
+    }
+
+
+async def change_service(api: KubeApi, how: str, name: str, **spec: Any) -> dict[str, Any]:
+    """Change `spec` fields of a Service by PUT (the stored object, changed), merge PATCH or server-side apply."""
+    path = f"{SVC_PATH}/{name}"
+    if how == "put":
+        stored = await api.request("GET", path)
+        stored["spec"].update(spec)
+        return await api.request("PUT", path, body=stored)
+    if how == "patch":
+        return await api.request("PATCH", path, body={"spec": spec}, content_type=MERGE)
+    applied = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}
+    query = [("fieldManager", "test"), ("force", "true")]
+    return await api.request("PATCH", path, body=applied, content_type="application/apply-patch+yaml", query=query)
+
+
+@pytest.mark.parametrize("how", ["put", "patch", "apply"])
+async def test_a_service_changed_to_node_port_is_given_node_ports_another_cannot_take(
+    kube_api: KubeApi, how: str
+) -> None:
+    await kube_api.request("POST", SVC_PATH, body=service("web"))
+    changed = await change_service(kube_api, how, "web", type="NodePort")
+    node_port = changed["spec"]["ports"][0]["nodePort"]
+    assert 30000 <= node_port <= 32767
+    err = await error_of(
+        kube_api.request(
+            "POST", SVC_PATH, body=service("other", type="NodePort", ports=[{"port": 80, "nodePort": node_port}])
+        )
+    )
+    assert err.status == 422
+    assert err.message == (
+        f'Service "other" is invalid: spec.ports[0].nodePort: Invalid value: {node_port}: '
+        "provided port is already allocated"
+    )
+
+
+async def test_a_node_port_given_on_update_is_refused_when_taken_and_held_when_free(kube_api: KubeApi) -> None:
+    taken = await kube_api.request("POST", SVC_PATH, body=service("first", type="NodePort"))
+    in_use = taken["spec"]["ports"][0]["nodePort"]
+    await kube_api.request("POST", SVC_PATH, body=service("second"))
+    err = await error_of(
+        change_service(kube_api, "patch", "second", type="NodePort", ports=[{"port": 80, "nodePort": in_use}])
+    )
+    assert err.status == 422
+    assert f"spec.ports[0].nodePort: Invalid value: {in_use}: provided port is already allocated" in err.message
+    assert (await kube_api.request("GET", f"{SVC_PATH}/second"))["spec"]["type"] == "ClusterIP"
+    changed = await change_service(
+        kube_api, "patch", "second", type="NodePort", ports=[{"port": 80, "nodePort": 30555}]
+    )
+    assert changed["spec"]["ports"][0]["nodePort"] == 30555
+    err = await error_of(
+        kube_api.request(
+            "POST", SVC_PATH, body=service("third", type="NodePort", ports=[{"port": 80, "nodePort": 30555}])
+        )
+    )
+    assert err.status == 422 and "30555: provided port is already allocated" in err.message
+
+
+async def test_a_created_service_is_refused_a_node_port_out_of_range(kube_api: KubeApi) -> None:
+    body = service("low", type="NodePort", ports=[{"port": 80, "nodePort": 29999}])
+    err = await error_of(kube_api.request("POST", SVC_PATH, body=body))
+    assert err.status == 422
+    assert err.message == (
+        'Service "low" is invalid: spec.ports[0].nodePort: Invalid value: 29999: provided port is not in the '
+        "valid range. The range of valid ports is 30000-32767"
+    )
+
+
+async def test_a_service_changed_back_to_cluster_ip_drops_and_releases_its_node_ports(
+    kubectl: Kubectl, kube_api: KubeApi
+) -> None:
+    ports = [{"port": 80, "nodePort": 30777}]
+    await kube_api.request("POST", SVC_PATH, body=service("web", type="NodePort", ports=ports))
+    await kubectl.run("patch", "service", "web", "-p", '{"spec":{"type":"ClusterIP"}}')
+    web = await kubectl.json("get", "service", "web")
+    assert web["spec"]["type"] == "ClusterIP" and "externalTrafficPolicy" not in web["spec"]
+    assert web["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+    reused = await kube_api.request("POST", SVC_PATH, body=service("next", type="NodePort", ports=ports))
+    assert reused["spec"]["ports"][0]["nodePort"] == 30777
+
+
+async def test_type_changes_to_and_from_external_name_allocate_and_release_the_cluster_ip(kube_api: KubeApi) -> None:
+    await kube_api.request("POST", SVC_PATH, body=service("ext", type="ExternalName", externalName="example.com"))
+    changed = await change_service(kube_api, "patch", "ext", type="ClusterIP", externalName=None)
+    ip = changed["spec"]["clusterIP"]
+    assert ip.startswith("10.9") and changed["spec"]["clusterIPs"] == [ip]
+    back = await change_service(kube_api, "patch", "ext", type="ExternalName", externalName="example.com")
+    assert "clusterIP" not in back["spec"] and "clusterIPs" not in back["spec"]
+    reused = await kube_api.request("POST", SVC_PATH, body=service("taker", clusterIP=ip))
+    assert reused["spec"]["clusterIPs"] == [ip]
+
+
+@pytest.mark.parametrize("field", ["clusterIP", "clusterIPs"])
+async def test_changing_a_services_cluster_ip_is_refused_as_immutable(kube_api: KubeApi, field: str) -> None:
+    await kube_api.request("POST", SVC_PATH, body=service("web"))
+    value: Any = "10.96.9.9" if field == "clusterIP" else ["10.96.9.9"]
+    err = await error_of(change_service(kube_api, "patch", "web", **{field: value}))
+    assert err.status == 422
+    assert 'spec.clusterIPs[0]: Invalid value: ["10.96.9.9"]: may not change once set' in err.message
 
 
 async def test_strict_field_validation_rejects_unknown_fields_and_warn_drops_them(kube_api: KubeApi) -> None:

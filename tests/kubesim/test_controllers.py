@@ -506,6 +506,46 @@ async def test_delete_collection_is_graceful_for_bound_pods(kubectl: Kubectl, ku
     assert left["metadata"]["name"] == "bound" and left["metadata"]["deletionGracePeriodSeconds"] == 10
 
 
+async def test_delete_collection_checks_the_preconditions_on_each_object_in_turn(
+    kubectl: Kubectl, kube_api: KubeApi
+) -> None:
+    for name in ("a", "b"):
+        await kubectl.run("create", "configmap", name)
+        await kubectl.run("label", "configmap", name, "batch=1")
+    cms = "/api/v1/namespaces/default/configmaps"
+    uids = {c["metadata"]["name"]: c["metadata"]["uid"] for c in await items(kube_api, cms, labelSelector="batch=1")}
+    with pytest.raises(KubeApiError) as refused:
+        await kube_api.request(
+            "DELETE", cms, query=[("labelSelector", "batch=1")], body={"preconditions": {"uid": uids["b"]}}
+        )
+    assert refused.value.status == 409
+    assert refused.value.message == (
+        f'Operation cannot be fulfilled on configmaps "a": Precondition failed: UID in precondition: {uids["b"]}, '
+        f"UID in object meta: {uids['a']}"
+    )
+    assert len(await items(kube_api, cms, labelSelector="batch=1")) == 2  # "a" comes first: nothing was deleted
+    with pytest.raises(KubeApiError) as refused:
+        await kube_api.request(
+            "DELETE", cms, query=[("labelSelector", "batch=1")], body={"preconditions": {"uid": uids["a"]}}
+        )
+    assert refused.value.status == 409 and 'configmaps "b"' in refused.value.message
+    assert [c["metadata"]["name"] for c in await items(kube_api, cms, labelSelector="batch=1")] == ["b"]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+async def test_namespaces_cannot_be_deleted_as_a_collection(kubectl: Kubectl, kube_api: KubeApi, dry_run: bool) -> None:
+    core = await kube_api.request("GET", "/api/v1")
+    namespaces = next(r for r in core["resources"] if r["name"] == "namespaces")
+    assert namespaces["verbs"] == ["create", "delete", "get", "list", "patch", "update", "watch"]
+    await kubectl.run("create", "namespace", "apps")
+    with pytest.raises(KubeApiError) as refused:
+        await kube_api.request("DELETE", "/api/v1/namespaces", query=[("dryRun", "All")] if dry_run else [])
+    assert (refused.value.status, refused.value.reason) == (405, "MethodNotAllowed")
+    listed = await items(kube_api, "/api/v1/namespaces")
+    assert all("deletionTimestamp" not in ns["metadata"] for ns in listed)
+    assert {"apps", "default", "kube-system", "kube-public"} <= {ns["metadata"]["name"] for ns in listed}
+
+
 async def test_namespace_deletion_waits_for_graceful_pods(kubectl: Kubectl, kube_api: KubeApi) -> None:
     await kubectl.run("create", "namespace", "apps")
     await kubectl.apply(_pod("bound", node="node-a"), "-n", "apps")
