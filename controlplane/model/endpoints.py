@@ -14,6 +14,7 @@ first address is used, as the API asks of consumers.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,7 @@ class EndpointSlice:
             ports.append(SlicePort(name=port_name, port=f.port_number(item.get("port"), f"{path}.port")))
         endpoints: list[SliceEndpoint] = []
         for index, raw in enumerate(f.sequence(obj.get("endpoints"), "endpoints")):
-            quick = None if address_type == "FQDN" else _plain_endpoint(raw)
+            quick = _plain_endpoint(raw) if address_type == "IPv4" else None
             if quick is not None:
                 endpoints.append(quick)
                 continue
@@ -92,9 +93,10 @@ class EndpointSlice:
             if address_type == "FQDN":
                 address = f.string(addresses[0], f"{path}.addresses[0]")
             else:
-                address = f.ip_address(addresses[0], f"{path}.addresses[0]")
+                family = 4 if address_type == "IPv4" else 6
+                address = _address_of(family, addresses[0], f"{path}.addresses[0]")
                 for extra_index, extra in enumerate(addresses[1:], start=1):
-                    f.ip_address(extra, f"{path}.addresses[{extra_index}]")
+                    _address_of(family, extra, f"{path}.addresses[{extra_index}]")
             conditions = f.mapping(item.get("conditions"), f"{path}.conditions")
             ready = f.boolean(conditions.get("ready"), f"{path}.conditions.ready", default=True)
             serving = f.boolean(conditions.get("serving"), f"{path}.conditions.serving", default=ready)
@@ -125,6 +127,14 @@ class EndpointSlice:
 
 _PLAIN_KEYS = frozenset({"addresses", "conditions", "targetRef", "zone", "nodeName", "hostname", "deprecatedTopology"})
 _TRUE_FALSE = (True, False, None)
+
+
+def _address_of(family: int, value: Any, path: str) -> str:
+    """An address of a slice whose `addressType` is IPv`family`: the API server refuses the other family."""
+    address = f.ip_address(value, path)
+    if ipaddress.ip_address(address).version != family:
+        raise f.ObjectError(path, f"{address!r} is not an IPv{family} address, as the slice's addressType says")
+    return address
 
 
 def _plain_endpoint(raw: Any) -> SliceEndpoint | None:

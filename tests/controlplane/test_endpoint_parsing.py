@@ -38,12 +38,12 @@ endpoint = st.fixed_dictionaries(
 )
 
 
-def parse(raw: Any) -> Any:
+def parse(raw: Any, *, address_type: str = "IPv4") -> Any:
     slice_ = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": "s", "namespace": "ns", "labels": {"kubernetes.io/service-name": "svc"}},
-        "addressType": "IPv4",
+        "addressType": address_type,
         "endpoints": [raw],
         "ports": [{"name": "http", "port": 80}],
     }
@@ -70,3 +70,23 @@ def test_an_ordinary_endpoint_takes_the_fast_path() -> None:
     assert endpoints._plain_endpoint(raw) == endpoints.SliceEndpoint(
         address="10.0.0.7", ready=True, serving=True, terminating=False, zone="", node_name="", pod="p"
     )
+
+
+@pytest.mark.parametrize(
+    ("address_type", "addresses", "refused"),
+    [
+        ("IPv4", ["fe80::1"], ("endpoints[0].addresses[0]", "'fe80::1' is not an IPv4 address")),
+        ("IPv4", ["10.0.0.1", "::1"], ("endpoints[0].addresses[1]", "'::1' is not an IPv4 address")),
+        ("IPv6", ["10.0.0.1"], ("endpoints[0].addresses[0]", "'10.0.0.1' is not an IPv6 address")),
+        ("IPv6", ["fd00::1"], None),
+        ("IPv4", ["10.0.0.1"], None),
+    ],
+)
+def test_an_address_of_the_other_family_than_the_slices_is_refused_as_the_api_server_refuses_it(
+    address_type: str, addresses: list[str], refused: tuple[str, str] | None
+) -> None:
+    parsed = parse({"addresses": addresses}, address_type=address_type)
+    if refused is None:
+        assert [e.address for e in parsed.endpoints] == addresses[:1]
+    else:
+        assert parsed[:2] == ("error", refused[0]) and parsed[2].startswith(refused[1])
