@@ -1,7 +1,8 @@
 """Wake a directory's poller when something in it changes (Linux inotify), instead of on a timer.
 
-`DirWatch` watches a set of directories (not recursively: the caller names every directory it
-walked, so one created later is watched from the walk that first sees it) for entries created,
+`DirWatch` watches directories one by one (not recursively: the caller names each directory as
+its walk reaches it, before listing it, so one created later is watched from the walk that first
+sees it, and nothing written after a listing goes unreported) for entries created,
 deleted, moved, written or changed in their attributes. `changed(within=...)` waits until some event
 arrives or that time passes, and drains what has arrived. Events only say *that* something
 changed; what changed is for the caller's next walk to find, so a lost event (the kernel queue
@@ -34,10 +35,13 @@ _MASK = (
 )
 
 
+class WatchError(Exception):
+    """A directory could not be watched: the caller should fall back to walking on a timer."""
+
+
 class DirWatch:
     """An inotify instance read on the running event loop. Raises `OSError` when the system has
-    no inotify instance to give (`fs.inotify.max_user_instances`), as `watch` does when a watch
-    cannot be added (`fs.inotify.max_user_watches`)."""
+    no inotify instance to give (`fs.inotify.max_user_instances`)."""
 
     def __init__(self) -> None:
         self._inotify = inotify_simple.INotify(nonblocking=True)
@@ -45,14 +49,16 @@ class DirWatch:
         self._ready = asyncio.Event()
         self._reading = False
 
-    def watch(self, directories: list[str]) -> None:
-        """Watch each of `directories` (again: a directory removed and made anew is a new one to
-        the kernel; watching one already watched changes nothing). Thread-safe."""
-        for directory in directories:
-            try:
-                self._inotify.add_watch(directory, _MASK)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # gone since the walk: the walk that misses it no longer names it
+    def watch(self, directory: str) -> None:
+        """Watch `directory` (again: a directory removed and made anew is a new one to the kernel;
+        watching one already watched changes nothing). Thread-safe. Raises `WatchError` when the
+        kernel refuses a watch for another reason than the directory being gone."""
+        try:
+            self._inotify.add_watch(directory, _MASK)
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # gone since it was found: nothing to watch
+        except OSError as exc:
+            raise WatchError(f"cannot watch {directory} with inotify ({exc}; fs.inotify.max_user_watches?)") from None
 
     async def changed(self, *, within: float) -> bool:
         """Wait for an event, at most `within` seconds; True if one arrived. Drains every event

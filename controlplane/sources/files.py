@@ -42,7 +42,7 @@ import yaml
 from controlplane.model import yamltext
 from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
-from controlplane.sources.dirwatch import DirWatch
+from controlplane.sources.dirwatch import DirWatch, WatchError
 from controlplane.sources.kinds import FieldError, UnknownKind, check_document
 
 log = logging.getLogger(__name__)
@@ -237,28 +237,28 @@ class FileSource:
         self._scanned = False
         self._workers = _Workers(1)  # for edits: a few files at a time
         self._known: dict[str, tuple[pathlib.Path, str]] = {}  # each file's path and label, by its name
-        self._dirs: list[str] = []  # the directories the last walk went through, the directory's own first
 
     @property
     def problems(self) -> list[DocumentProblem]:
         """Problems of each file's newest contents (settled or not), for debug endpoints."""
         return [p for path in sorted(self._files) for p in self._files[path].problems]
 
-    def _walk(self) -> list[_Found]:
+    def _walk(self, watch: Callable[[str], None] | None = None) -> list[_Found]:
         """Every config file below the directory, in path order, each with its stat or the error
-        that stat gave (a file that vanished meanwhile is left out). A directory of thousands of
-        files is walked at every poll, so this touches each entry once: one `scandir` per
-        directory, one `stat` per file, no path object but for files first seen."""
+        that stat gave (a file that vanished meanwhile is left out); `watch` is called with each
+        directory before it is listed, so a change after the listing raises an event. A directory
+        of thousands of files may be walked often, so this touches each entry once: one `scandir`
+        per directory, one `stat` per file, no path object but for files first seen."""
         found: list[tuple[tuple[str, ...], str, os.stat_result | OSError]] = []
         pending: list[tuple[str, tuple[str, ...]]] = [(str(self.directory), ())]
-        dirs = []
         while pending:
             top, parts = pending.pop()
+            if watch is not None:
+                watch(top)
             try:
                 entries = os.scandir(top)
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue  # gone, or not ours to read: as a glob sees it
-            dirs.append(top)
             with entries:
                 for entry in entries:
                     if entry.name.startswith("."):
@@ -274,7 +274,6 @@ class FileSource:
                             st = exc
                         if isinstance(st, OSError) or stat.S_ISREG(st.st_mode):
                             found.append(((*parts, entry.name), entry.path, st))
-        self._dirs = dirs
         found.sort(key=lambda item: item[0])  # as paths sort: part by part
         known, self._known = self._known, {}
         walked = []
@@ -293,10 +292,10 @@ class FileSource:
         """
         return self._apply(self._collect(_parse_positional))
 
-    async def scan_async(self) -> bool:
+    async def scan_async(self, *, watch: Callable[[str], None] | None = None) -> bool:
         """`scan()` with the file reads in a thread and large files parsed in a worker process;
-        only applying the result (store events) runs on the event loop."""
-        found = await asyncio.to_thread(self._collect, self._workers.parse)
+        only applying the result (store events) runs on the event loop. `watch`: see `_walk`."""
+        found = await asyncio.to_thread(self._collect, self._workers.parse, watch=watch)
         return self._apply(found)
 
     async def load(self, *, workers: int) -> bool:
@@ -317,14 +316,14 @@ class FileSource:
         """Stop the parsing worker process, if one was started."""
         self._workers.close()
 
-    def _collect(self, parse: Parser, *, workers: int = 1) -> _Scan:
+    def _collect(self, parse: Parser, *, workers: int = 1, watch: Callable[[str], None] | None = None) -> _Scan:
         """Stat, read and (when new) parse every file, up to `workers` at once; touches no shared
         state but each file's stamp."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"config dir {self.directory} does not exist or is not a directory")
         now = time.monotonic()
         wall_ns = time.time_ns()  # before any stat: a file changed since is judged by this
-        files = self._walk()
+        files = self._walk(watch)
         states = [self._files.get(file.path) or _FileState() for file in files]
 
         def read(file: _Found, state: _FileState) -> _Reading | None:
@@ -466,18 +465,15 @@ class FileSource:
         try:
             while True:
                 try:
-                    await self.scan_async()
+                    await self.scan_async(watch=notify.watch if notify is not None else None)
                 except FileNotFoundError as exc:
                     log.error("%s; keeping the last good config", exc)
-                if notify is not None:
-                    try:
-                        await asyncio.to_thread(notify.watch, self._dirs)
-                    except OSError as exc:
-                        log.warning(
-                            "config dir: cannot watch its directories (%s); polling every %ss", exc, self.poll_interval
-                        )
+                except WatchError as exc:
+                    log.warning("config dir: %s; polling every %ss", exc, self.poll_interval)
+                    if notify is not None:
                         notify.close()
-                        notify = None
+                    notify = None
+                    continue
                 if notify is not None and self._settled():
                     await notify.changed(within=self.idle_poll)
                 else:

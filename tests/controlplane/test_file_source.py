@@ -20,6 +20,7 @@ from controlplane.model.packed import PackedObject
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from controlplane.sources import files
+from controlplane.sources.dirwatch import DirWatch, WatchError
 from controlplane.sources.files import INLINE_PARSE_BYTES, FileSource
 
 NS_A = """
@@ -451,9 +452,9 @@ class Watching:
         self.walks = 0
         walk = self.source._walk
 
-        def counted() -> Any:
+        def counted(watch: Any = None) -> Any:
             self.walks += 1
-            return walk()
+            return walk(watch)
 
         self.source._walk = counted  # type: ignore[method-assign]
 
@@ -487,25 +488,42 @@ async def test_an_idle_config_dir_is_not_walked_until_something_in_it_changes(tm
         assert watching.walks == walks  # polling every 20 ms would have walked ~50 times
         write(tmp_path / "more.yaml", NS_A.replace("name: a", "name: b"))
         assert await watching.until(ObjectKey("Namespace", "", "b")) < 2.0
-        (tmp_path / "sub").mkdir()  # made after the start: watched from the walk that finds it
-        await asyncio.sleep(0.2)
+        (tmp_path / "sub").mkdir()  # made after the start: watched by the walk that finds it, before listing it
         write(tmp_path / "sub" / "c.yaml", NS_A.replace("name: a", "name: c"))
         assert await watching.until(ObjectKey("Namespace", "", "c")) < 2.0
 
 
-async def test_without_inotify_the_config_dir_is_polled(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def no_inotify() -> None:
-        raise OSError(24, "Too many open files")
+class NoWatches(DirWatch):
+    def watch(self, directory: str) -> None:
+        raise WatchError(f"cannot watch {directory} with inotify ([Errno 28] No space left on device)")
 
-    monkeypatch.setattr(files, "DirWatch", no_inotify)
+
+def no_inotify() -> DirWatch:
+    raise OSError(24, "Too many open files")
+
+
+@pytest.mark.parametrize(
+    ("watcher", "warning"),
+    [
+        (no_inotify, "inotify is not available ([Errno 24] Too many open files); polling every 0.02s"),
+        (NoWatches, "with inotify ([Errno 28] No space left on device); polling every 0.02s"),
+    ],
+    ids=["no-inotify-instance", "no-watch"],
+)
+async def test_without_inotify_the_config_dir_is_polled(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    watcher: Any,
+    warning: str,
+) -> None:
+    monkeypatch.setattr(files, "DirWatch", watcher)
     write(tmp_path / "mesh.yaml", NS_A)
     async with Watching(tmp_path, idle_poll=60) as watching:
         write(tmp_path / "more.yaml", NS_A.replace("name: a", "name: b"))
         assert await watching.until(ObjectKey("Namespace", "", "b")) < 2.0
         assert watching.walks > 5
-    assert "inotify is not available ([Errno 24] Too many open files); polling every 0.02s" in caplog.text
+    assert warning in caplog.text
 
 
 def test_list_documents_and_hidden_files(tmp_path: pathlib.Path, source: FileSource) -> None:
