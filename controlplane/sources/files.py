@@ -202,6 +202,10 @@ class _Found:
     stat: os.stat_result | OSError  # the error when stat failed for another reason than absence
 
 
+def _size(file: _Found) -> int:
+    return -1 if isinstance(file.stat, OSError) else file.stat.st_size
+
+
 @dataclass(frozen=True)
 class _Scan:
     """What one pass over the directory found: every path present, and each one's reading."""
@@ -329,11 +333,18 @@ class FileSource:
         def read(file: _Found, state: _FileState) -> _Reading | None:
             return self._read(file, state, now=now, wall_ns=wall_ns, parse=parse)
 
-        if workers > 1 and len(files) > 1:
-            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="config-read") as threads:
-                read_all = list(threads.map(read, files, states))
-        else:
+        # Large files are read in threads, each waiting on a worker process; small ones here meanwhile
+        # (threads would only contend for the interpreter over them).
+        large = [i for i, file in enumerate(files) if _size(file) > INLINE_PARSE_BYTES] if workers > 1 else []
+        if not large:
             read_all = list(map(read, files, states))
+        else:
+            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="config-read") as threads:
+                elsewhere = {i: threads.submit(read, files[i], states[i]) for i in large}
+                pairs = enumerate(zip(files, states, strict=True))
+                read_all = [None if i in elsewhere else read(file, state) for i, (file, state) in pairs]
+                for i, future in elsewhere.items():
+                    read_all[i] = future.result()
         paths = [file.path for file in files]
         return _Scan(now=now, readings=dict(zip(paths, zip(states, read_all, strict=True), strict=True)))
 
