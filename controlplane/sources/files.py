@@ -1,12 +1,15 @@
-"""Local mode's config source: a directory of multi-document YAML files, watched by polling.
+"""Local mode's config source: a directory of multi-document YAML files, kept in the store as they change.
 
 Every `*.yaml`, `*.yml` and `*.json` file below the directory is read (hidden files and
 directories are skipped). A file is known by its content hash, not by its size and mtime, so a
 file replaced by one with the same size and mtime (`cp -p`, `rsync -a`) is picked up too.
+`watch()` walks the directory when inotify reports a change in it (`controlplane.sources.dirwatch`),
+then every poll interval until the change has settled, and every `idle_poll` in any case; where
+inotify cannot be used, every poll interval. Parsing is `controlplane.sources.documents`'.
 
 Changes settle before they apply, so a file caught half-written is never applied:
-- the first `scan()` applies what it finds at once;
-- after that, new contents, a new file or a removed file take effect when two consecutive scans
+- the first `scan()` (or `load()`) applies what it finds at once;
+- after that, new contents, a new file or a removed file take effect when two consecutive walks
   see the same thing (one poll interval after the writer stopped);
 - a file that had objects and now has none (truncated to 0 bytes mid-write, or emptied) keeps its
   objects until it has stayed that way for `empty_hold` seconds, then its objects are deleted.
@@ -28,22 +31,22 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import multiprocessing
 import os
 import pathlib
 import stat
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-import yaml
-
-from controlplane.model import yamltext
-from controlplane.model.packed import pack
 from controlplane.model.store import ConfigStore, Object, ObjectKey
 from controlplane.sources.dirwatch import DirWatch, WatchError
-from controlplane.sources.kinds import FieldError, UnknownKind, check_document
+from controlplane.sources.documents import (
+    INLINE_PARSE_BYTES,
+    DocumentProblem,
+    Parser,
+    ParseWorkers,
+    parse_positional,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +55,6 @@ SUFFIXES = (".yaml", ".yml", ".json")
 # A stat result is trusted to mean "unchanged" only once the file's last change is this old: a
 # write within the same clock tick as the one before it may leave size, mtime and ctime unchanged.
 _RACY_NS = 1_000_000_000
-
-
-@dataclass(frozen=True)
-class DocumentProblem:
-    file: str
-    document: int  # 0-based index within the file; -1 for the whole file
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.document < 0 else f"{self.file} document {self.document}"
-        return f"{where}: {self.field}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -91,106 +82,11 @@ class _FileState:
         return current.problems if current else ()
 
 
-# Files up to this size are parsed in the scanning thread; larger ones in a worker process, because
-# even libyaml holds the GIL for a whole document (a 10,000-endpoint EndpointSlice, ~1.2 MB, takes
-# seconds), which would stall the event loop that serves xDS, the CA and /ready.
-INLINE_PARSE_BYTES = 64 * 1024
-
-
 def _same_keys(objects: Mapping[ObjectKey, Object], before: Mapping[ObjectKey, Object]) -> dict[ObjectKey, Object]:
     """`objects`, keyed by the key objects of `before` where equal. The store keeps the key it was first
     given; a re-read file holding new, equal keys would keep every key in memory twice."""
     held = {key: key for key in before}
     return {held.get(key, key): obj for key, obj in objects.items()}
-
-
-Parsed = tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]
-Parser = Callable[[bytes, str], Parsed]
-
-
-def parse_documents(data: bytes, *, label: str) -> Parsed:
-    """Parse one file's bytes: (objects, problems, usable). Not usable means: keep the last good state.
-
-    Never raises for bad contents; every problem names `label`, the document index and the field.
-    """
-    problems: list[DocumentProblem] = []
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return {}, [DocumentProblem(label, -1, "(file)", f"not UTF-8 text: {exc}")], False
-    docs: list[object] = []
-    try:
-        for doc in yamltext.load_all(text):  # plain data, aliases bounded
-            docs.append(doc)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        return {}, [DocumentProblem(label, len(docs), "(yaml)", f"{where}{problem}")], False
-    objects: dict[ObjectKey, Object] = {}
-    usable = True
-    for index, doc in enumerate(docs):
-        if doc is None:
-            continue
-        is_list = isinstance(doc, Mapping) and doc.get("kind") == "List"
-        items = doc.get("items") if isinstance(doc, Mapping) and is_list else [doc]
-        if not isinstance(items, list):
-            problems.append(DocumentProblem(label, index, "items", "a List needs a list of items"))
-            usable = False
-            continue
-        for item_index, item in enumerate(items):
-            prefix = f"items[{item_index}]." if is_list else ""
-            try:
-                obj = check_document(item)
-            except UnknownKind as exc:
-                message = f"kind {exc.kind!r} is not read by meshplane; ignored"
-                problems.append(DocumentProblem(label, index, f"{prefix}kind", message))
-                continue
-            except FieldError as exc:
-                problems.append(DocumentProblem(label, index, f"{prefix}{exc.field}", exc.message))
-                usable = False
-                continue
-            key = ObjectKey.of(obj)
-            if key in objects:
-                problems.append(DocumentProblem(label, index, "metadata.name", f"{key} is defined twice in this file"))
-                usable = False
-                continue
-            objects[key] = pack(obj)  # one object to the garbage collector, however large
-    return objects, problems, usable
-
-
-def _parse_positional(data: bytes, label: str) -> Parsed:
-    return parse_documents(data, label=label)
-
-
-class _Workers:
-    """Worker processes that parse files over `INLINE_PARSE_BYTES` (smaller ones are parsed in the
-    calling thread), at most `size` at once, started only when a large file needs one: a process pool
-    starts multiprocessing's resource tracker, which a directory of small files has no use for.
-    Thread-safe."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def parse(self, data: bytes, label: str) -> Parsed:
-        if len(data) <= INLINE_PARSE_BYTES:
-            return parse_documents(data, label=label)
-        with self._lock:
-            if self._pool is None:
-                # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
-                spawn = multiprocessing.get_context("spawn")
-                self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=self._size, mp_context=spawn)
-            pool = self._pool
-        return pool.submit(_parse_positional, data, label).result()
-
-    def close(self) -> None:
-        """Stop the processes, if any started; a later `parse` starts them again."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -239,7 +135,7 @@ class FileSource:
         self._files: dict[pathlib.Path, _FileState] = {}
         self._holders: dict[ObjectKey, set[pathlib.Path]] = {}  # the files that define each key
         self._scanned = False
-        self._workers = _Workers(1)  # for edits: a few files at a time
+        self._workers = ParseWorkers(1)  # for edits: a few files at a time
         self._known: dict[str, tuple[pathlib.Path, str]] = {}  # each file's path and label, by its name
 
     @property
@@ -294,7 +190,7 @@ class FileSource:
         missing or not a directory (the store is left as it is). Runs on the caller's thread;
         `watch()` uses `scan_async()`, which reads and parses off the event loop.
         """
-        return self._apply(self._collect(_parse_positional))
+        return self._apply(self._collect(parse_positional))
 
     async def scan_async(self, *, watch: Callable[[str], None] | None = None) -> bool:
         """`scan()` with the file reads in a thread and large files parsed in a worker process;
@@ -308,7 +204,7 @@ class FileSource:
         with the scan (later scans see a few edited files at a time and keep one worker)."""
 
         def collect() -> _Scan:
-            starting = _Workers(workers)
+            starting = ParseWorkers(workers)
             try:
                 return self._collect(starting.parse, workers=workers)
             finally:

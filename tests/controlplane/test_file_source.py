@@ -21,7 +21,8 @@ from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore, ObjectKey
 from controlplane.sources import files
 from controlplane.sources.dirwatch import DirWatch, WatchError
-from controlplane.sources.files import INLINE_PARSE_BYTES, FileSource
+from controlplane.sources.documents import INLINE_PARSE_BYTES
+from controlplane.sources.files import FileSource
 
 NS_A = """
 apiVersion: v1

@@ -1,0 +1,128 @@
+"""One config file's documents, parsed: objects, problems, and whether the file may apply.
+
+`parse_documents` reads a file's bytes as multi-document YAML (or JSON) of the kinds
+`controlplane.sources.kinds` knows, never raising for bad contents; `ParseWorkers` runs it in worker
+processes for files too large to parse beside the event loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from controlplane.model import yamltext
+from controlplane.model.packed import pack
+from controlplane.model.store import Object, ObjectKey
+from controlplane.sources.kinds import FieldError, UnknownKind, check_document
+
+
+@dataclass(frozen=True)
+class DocumentProblem:
+    file: str
+    document: int  # 0-based index within the file; -1 for the whole file
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.document < 0 else f"{self.file} document {self.document}"
+        return f"{where}: {self.field}: {self.message}"
+
+
+# Files up to this size are parsed in the scanning thread; larger ones in a worker process, because
+# even libyaml holds the GIL for a whole document (a 10,000-endpoint EndpointSlice, ~1.2 MB, takes
+# seconds), which would stall the event loop that serves xDS, the CA and /ready.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+Parsed = tuple[dict[ObjectKey, Object], list[DocumentProblem], bool]
+Parser = Callable[[bytes, str], Parsed]
+
+
+def parse_documents(data: bytes, *, label: str) -> Parsed:
+    """Parse one file's bytes: (objects, problems, usable). Not usable means: keep the last good state.
+
+    Never raises for bad contents; every problem names `label`, the document index and the field.
+    """
+    problems: list[DocumentProblem] = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return {}, [DocumentProblem(label, -1, "(file)", f"not UTF-8 text: {exc}")], False
+    docs: list[object] = []
+    try:
+        for doc in yamltext.load_all(text):  # plain data, aliases bounded
+            docs.append(doc)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        return {}, [DocumentProblem(label, len(docs), "(yaml)", f"{where}{problem}")], False
+    objects: dict[ObjectKey, Object] = {}
+    usable = True
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        is_list = isinstance(doc, Mapping) and doc.get("kind") == "List"
+        items = doc.get("items") if isinstance(doc, Mapping) and is_list else [doc]
+        if not isinstance(items, list):
+            problems.append(DocumentProblem(label, index, "items", "a List needs a list of items"))
+            usable = False
+            continue
+        for item_index, item in enumerate(items):
+            prefix = f"items[{item_index}]." if is_list else ""
+            try:
+                obj = check_document(item)
+            except UnknownKind as exc:
+                message = f"kind {exc.kind!r} is not read by meshplane; ignored"
+                problems.append(DocumentProblem(label, index, f"{prefix}kind", message))
+                continue
+            except FieldError as exc:
+                problems.append(DocumentProblem(label, index, f"{prefix}{exc.field}", exc.message))
+                usable = False
+                continue
+            key = ObjectKey.of(obj)
+            if key in objects:
+                problems.append(DocumentProblem(label, index, "metadata.name", f"{key} is defined twice in this file"))
+                usable = False
+                continue
+            objects[key] = pack(obj)  # one object to the garbage collector, however large
+    return objects, problems, usable
+
+
+def parse_positional(data: bytes, label: str) -> Parsed:
+    return parse_documents(data, label=label)
+
+
+class ParseWorkers:
+    """Worker processes that parse files over `INLINE_PARSE_BYTES` (smaller ones are parsed in the
+    calling thread), at most `size` at once, started only when a large file needs one: a process pool
+    starts multiprocessing's resource tracker, which a directory of small files has no use for.
+    Thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def parse(self, data: bytes, label: str) -> Parsed:
+        if len(data) <= INLINE_PARSE_BYTES:
+            return parse_documents(data, label=label)
+        with self._lock:
+            if self._pool is None:
+                # spawn, not fork: the parent runs gRPC, whose threads do not survive a fork
+                spawn = multiprocessing.get_context("spawn")
+                self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=self._size, mp_context=spawn)
+            pool = self._pool
+        return pool.submit(parse_positional, data, label).result()
+
+    def close(self) -> None:
+        """Stop the processes, if any started; a later `parse` starts them again."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
