@@ -11,8 +11,9 @@ deletes what it holds and, once nothing is left, the Namespace itself.
 A deletecollection is the generic registry's: the matching objects are deleted one by one, in key
 order, each as a DELETE with the request's options (preconditions included) and its own DELETE
 admission (the review names the request's namespace and no name, as the collection request does);
-the first failure ends the request, leaving the objects deleted before it deleted. Namespaces have
-no deletecollection (405).
+the first failure ends the request, leaving the objects deleted before it deleted. On success it
+answers the list it worked from: the matching objects as they were listed, before their deletion.
+Namespaces have no deletecollection (405).
 """
 
 from __future__ import annotations
@@ -205,20 +206,23 @@ class Deleter:
     ) -> web.Response:
         """DELETE of a collection: each matching object deleted in turn, as a DELETE of it would be.
 
-        409 for the first object whose preconditions fail, a webhook's denial for the first object
-        it denies; an object that went meanwhile is skipped. 405 for a resource without the verb.
+        Answers the list of the matching objects as they were listed (at the list's resourceVersion),
+        not as their deletion left them. 409 for the first object whose preconditions fail, a
+        webhook's denial for the first object it denies; an object that went meanwhile is skipped
+        (and still listed). 405 for a resource without the verb.
         """
         if not resource.delete_collection:
             raise ApiError(405, "the server does not allow this method on the requested resource")
         labels, fields = selectors(request, resource)
         options = await delete_options(request)
         dry = dry_run(request) or bool(options.get("dryRun"))
-        deleted = []
-        for listed in self._storage.items(resource, namespace):
-            if not (
-                labels.matches(listed["metadata"].get("labels")) and fields.matches(listed, resource.field_getters())
-            ):
-                continue
+        listed_rv = self._storage.rv
+        listed_objects = [
+            copy.deepcopy(obj)
+            for obj in self._storage.items(resource, namespace)
+            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters())
+        ]
+        for listed in listed_objects:
             meta = listed["metadata"]
             obj = self._storage.get(resource, meta.get("namespace", ""), meta["name"])
             if obj is None:
@@ -227,15 +231,16 @@ class Deleter:
             admitted = await self._admit_delete(
                 request, resource, obj, options=options, dry_run=dry, collection_namespace=namespace or ""
             )
-            if admitted is None:
-                continue
-            deleted.append(admitted if dry else self._delete_object(resource, admitted, options)[0])
+            if admitted is not None and not dry:
+                self._delete_object(resource, admitted, options)
+        if not resource.custom:  # a built-in list's items carry no kind and apiVersion
+            listed_objects = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in listed_objects]
         return json_response(
             {
                 "kind": resource.list_kind,
                 "apiVersion": resource.api_version,
-                "metadata": {"resourceVersion": str(self._storage.rv)},
-                "items": deleted,
+                "metadata": {"resourceVersion": str(listed_rv)},
+                "items": listed_objects,
             }
         )
 

@@ -182,7 +182,11 @@ def render_object(
     warnings: list[str] | None = None,
 ) -> web.Response:
     """`obj` in the form the Accept header asks for, with `warnings` as `Warning` headers."""
-    response = _render(request, resource, obj, clock=clock, status=status)
+    return with_warnings(_render(request, resource, obj, clock=clock, status=status), warnings)
+
+
+def with_warnings(response: web.Response, warnings: list[str] | None) -> web.Response:
+    """`response` with each of `warnings` (admission's, the registry's) added as a `Warning: 299 - "text"` header."""
     for warning in warnings or []:
         response.headers.add("Warning", f"299 - {json.dumps(warning)}")
     return response

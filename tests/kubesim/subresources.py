@@ -27,6 +27,7 @@ from tests.kubesim.endpoints import (
     read_body,
     render_object,
     unsupported_media,
+    with_warnings,
 )
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
@@ -137,25 +138,35 @@ class Subresources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         dry = dry_run(request)
+        warnings: list[str] = []  # the webhooks', answered as `Warning` headers
         if sub == "scale":
-            return json_response(await self._write_scale(request, resource, old, wanted, dry_run=dry))
+            scale = await self._write_scale(request, resource, old, wanted, dry_run=dry, warnings=warnings)
+            return with_warnings(json_response(scale), warnings)
         updated = copy.deepcopy(old)
         updated["status"] = copy.deepcopy(wanted.get("status"))
         if updated["status"] is None:
             updated.pop("status")
-        updated = await self._admit_status(request, resource, old, updated, dry_run=dry)
+        updated = await self._admit_status(request, resource, old, updated, dry_run=dry, warnings=warnings)
         if updated == old or dry:
-            return render_object(request, resource, updated, clock=self._clock)
+            return render_object(request, resource, updated, clock=self._clock, warnings=warnings)
         stored = self._storage.write(resource, updated, event_type="MODIFIED")
-        return render_object(request, resource, stored, clock=self._clock)
+        return render_object(request, resource, stored, clock=self._clock, warnings=warnings)
 
     async def _write_scale(
-        self, request: web.Request, resource: ResourceType, old: Obj, wanted: Obj, *, dry_run: bool
+        self,
+        request: web.Request,
+        resource: ResourceType,
+        old: Obj,
+        wanted: Obj,
+        *,
+        dry_run: bool,
+        warnings: list[str],
     ) -> Obj:
         """`spec.replicas` of `old` set from the Scale `wanted`, with UPDATE admission of `<resource>/scale`; the Scale.
 
         Mutating webhooks get (and may patch) the requested Scale, validating webhooks the Scale of
         the object as it is to be written; both with the Scale of the stored object as `oldObject`.
+        The webhooks' warnings are added to `warnings`.
         Raises ApiError: 422 for a negative or non-integer replica count, a webhook's denial or
         failure, and 409 when the object changed while the validating webhooks were called.
         """
@@ -176,7 +187,6 @@ class Subresources:
             user=context(request).user,
             kind=SCALE_KIND,
         )
-        warnings: list[str] = []
         scale = await self._admission.mutate(attrs, warnings=warnings) or requested
         replicas = (scale.get("spec") or {}).get("replicas", 0)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
@@ -195,9 +205,18 @@ class Subresources:
         return scale_of(await self._registry.replace(resource, old, updated, dry_run=dry_run, admit=admit))
 
     async def _admit_status(
-        self, request: web.Request, resource: ResourceType, old: Obj, updated: Obj, *, dry_run: bool
+        self,
+        request: web.Request,
+        resource: ResourceType,
+        old: Obj,
+        updated: Obj,
+        *,
+        dry_run: bool,
+        warnings: list[str],
     ) -> Obj:
         """UPDATE admission of `<name>/status` (rules must name the subresource); `updated` with the admitted status.
+
+        The webhooks' warnings are added to `warnings`.
 
         Raises ApiError for a denial or failure, and 409 when the object changed while webhooks were called.
         """
@@ -213,7 +232,6 @@ class Subresources:
             dry_run=dry_run,
             user=context(request).user,
         )
-        warnings: list[str] = []
         mutated = await self._admission.mutate(attrs, warnings=warnings) or updated
         admitted = copy.deepcopy(updated)
         admitted["status"] = copy.deepcopy(mutated.get("status"))
@@ -234,9 +252,9 @@ class Subresources:
         """POST pods/<name>/binding: set spec.nodeName and the PodScheduled condition, as the registry does.
 
         The Binding goes through CREATE admission of `pods/binding` (mutating webhooks first, validating
-        webhooks once it is checked). 400 when the Binding names another pod, 422 without a target Node
-        name, 404 for an unknown pod, 409 when the pod is being deleted or already assigned to a node.
-        Answers a Success Status (201).
+        webhooks once it is checked). 400 when the Binding names another pod or none, 422 without a
+        target Node name, 404 for an unknown pod, 409 when the pod is being deleted or already assigned
+        to a node. Answers a Success Status (201), with the webhooks' warnings as `Warning` headers.
         """
         body = await read_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
@@ -258,7 +276,7 @@ class Subresources:
         )
         warnings: list[str] = []
         binding = await self._admission.mutate(attrs, warnings=warnings) or body
-        if (binding.get("metadata") or {}).get("name", name) != name:
+        if (binding.get("metadata") or {}).get("name") != name:  # a Binding without a name does not match either
             raise bad_request("name in URL does not match name in Binding object")
         given = binding.get("target")
         target: Obj = given if isinstance(given, dict) else {}
@@ -294,6 +312,5 @@ class Subresources:
         status["conditions"] = [*others, scheduled]
         if not dry:
             self._storage.write(pods, pod, event_type="MODIFIED")
-        return json_response(
-            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201
-        )
+        success = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+        return with_warnings(json_response(success, status=201), warnings)

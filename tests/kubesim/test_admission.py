@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -731,6 +732,39 @@ async def test_pod_bindings_reach_webhooks_for_pods_binding_as_binding_creates(
     assert denied.value.status == 403
     unbound = kubesim.get_object("pods", "default", "q")
     assert unbound is not None and "nodeName" not in unbound["spec"]
+
+
+async def test_webhook_warnings_on_status_scale_and_binding_writes_are_warning_headers(
+    kubesim: KubeSim, webhook: Webhook
+) -> None:
+    webhook.answers["/warn"] = lambda r: {"allowed": True, "warnings": [f"{r['subResource']} looked at"]}
+    kubesim.create_object(
+        configuration(
+            "ValidatingWebhookConfiguration",
+            "w",
+            hook("warn.example.com", url_client(webhook, "/warn"), resources=("pods/status", "pods/binding")),
+            apps_hook("scale.example.com", url_client(webhook, "/warn"), "deployments/scale"),
+        )
+    )
+    kubesim.create_object(pod("p"))
+    kubesim.create_object(deployment("web", 1))
+    merge = {"Content-Type": "application/merge-patch+json"}
+    writes = [
+        ("PATCH", "/api/v1/namespaces/default/pods/p/status", {"status": {"message": "hi"}}, merge, "status"),
+        ("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale", {"spec": {"replicas": 2}}, merge, "scale"),
+        (
+            "POST",
+            "/api/v1/namespaces/default/pods/p/binding",
+            {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"name": "node-a"}},
+            {"Content-Type": "application/json"},
+            "binding",
+        ),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for method, path, body, headers, sub in writes:
+            async with session.request(method, f"{kubesim.url}{path}", data=json.dumps(body), headers=headers) as resp:
+                assert resp.status in (200, 201), await resp.text()
+                assert resp.headers.getall("Warning", []) == [f'299 - "{sub} looked at"']
 
 
 async def test_deleting_a_collection_calls_delete_webhooks_per_object_until_one_denies(

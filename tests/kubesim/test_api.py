@@ -365,6 +365,22 @@ async def test_pods_get_defaults_and_a_service_account_token_volume(kube_api: Ku
     assert err.status == 403 and 'serviceaccount "missing" not found' in err.message
 
 
+async def test_a_pod_binding_without_a_name_is_400_as_a_name_mismatch(kube_api: KubeApi) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "i"}]},
+    }
+    await kube_api.request("POST", "/api/v1/namespaces/default/pods", body=pod)
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {}, "target": {"kind": "Node", "name": "node-a"}}
+    err = await error_of(kube_api.request("POST", "/api/v1/namespaces/default/pods/p/binding", body=binding))
+    assert (err.status, err.reason) == (400, "BadRequest")
+    assert err.message == "name in URL does not match name in Binding object"
+    stored = await kube_api.request("GET", "/api/v1/namespaces/default/pods/p")
+    assert "nodeName" not in stored["spec"]
+
+
 async def test_pod_spec_is_immutable_except_images(kube_api: KubeApi) -> None:
     pod = {
         "apiVersion": "v1",

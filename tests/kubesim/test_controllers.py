@@ -506,6 +506,20 @@ async def test_delete_collection_is_graceful_for_bound_pods(kubectl: Kubectl, ku
     assert left["metadata"]["name"] == "bound" and left["metadata"]["deletionGracePeriodSeconds"] == 10
 
 
+async def test_delete_collection_answers_the_objects_as_listed_before_their_deletion(
+    kubectl: Kubectl, kube_api: KubeApi
+) -> None:
+    await kubectl.apply(_pod("bound", node="node-a"))
+    await kubectl.apply(_pod("unbound"))
+    before = await kube_api.request("GET", PODS)
+    out = await kube_api.request("DELETE", PODS, body={"gracePeriodSeconds": 10})
+    assert out["kind"] == "PodList"
+    assert out["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert out["items"] == before["items"]  # no deletionTimestamp: the objects as they were listed
+    (left,) = await items(kube_api, PODS)
+    assert left["metadata"]["deletionTimestamp"]
+
+
 async def test_delete_collection_checks_the_preconditions_on_each_object_in_turn(
     kubectl: Kubectl, kube_api: KubeApi
 ) -> None:
