@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
-from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch
+from controlplane.kube.watching import Backoff, Kept, Resource, Selection, infinite_watch
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _decoded(value: Any) -> bytes | None:
         return None
 
 
-def plan_cabundle_patch(config: JsonObject, *, revision: str, ca_bundle: bytes) -> JsonObject | None:
+def plan_cabundle_patch(config: Kept, *, revision: str, ca_bundle: bytes) -> JsonObject | None:
     """The strategic merge patch that sets `ca_bundle` on `config`'s injector webhooks, or None if none is due.
 
     None when the configuration is not labelled `istio.io/rev=<revision>`, has no webhook named
@@ -99,19 +99,19 @@ class CaBundlePatcher:
         self.ca_bundle = ca_bundle
         self.patches = 0
         self._backoff = backoff
-        self._configs: dict[str, JsonObject] = {}
+        self._configs: dict[str, Kept] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
 
     # -- WatchHandler ------------------------------------------------------------------------
-    async def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[Kept]) -> None:
         self._configs = {
             str(obj["metadata"]["name"]): obj for obj in objects if (obj.get("metadata") or {}).get("name")
         }
         self._dirty = set(self._configs)
         self._wake.set()
 
-    def on_event(self, event_type: str, obj: JsonObject) -> None:
+    def on_event(self, event_type: str, obj: Kept) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "")
         if not name:
             return
@@ -169,7 +169,7 @@ class CaBundlePatcher:
             else:
                 backoff.reset()
 
-    async def _patch(self, name: str, config: JsonObject) -> None:
+    async def _patch(self, name: str, config: Kept) -> None:
         """Patch one configuration if due. A configuration deleted meanwhile is not an error; others raise."""
         patch = plan_cabundle_patch(config, revision=self.revision, ca_bundle=self.ca_bundle())
         if patch is None:
