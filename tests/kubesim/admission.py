@@ -21,7 +21,8 @@ The server asks `Admission.mutate` (after defaulting, before validation) and `Ad
 - The answers: a denial fails the request with the webhook's status; a call failure fails it with
   500 under `failurePolicy: Fail` and is ignored under `Ignore`; JSONPatch responses are applied;
   `reinvocationPolicy: IfNeeded` webhooks are called once more when a later webhook changed the
-  object; `warnings` are collected for the client. Validating webhooks run concurrently.
+  object; `warnings` go to the request's recorder, which sends them on its answer even when the
+  request then fails. Validating webhooks run concurrently.
 - dryRun requests reach only webhooks with `sideEffects: None` or `NoneOnDryRun`.
 
 Webhook calls are awaited on the server's event loop, so a webhook may call the API server back.
@@ -52,6 +53,7 @@ from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import SelectorError, selector_from_label_selector
 from tests.kubesim.status import ApiError
 from tests.kubesim.storage import Obj, Storage
+from tests.kubesim.warning import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +390,7 @@ class Admission:
         found = (match(h, attrs, namespace_labels=labels, equivalents=equivalents) for h in hooks)
         return [inv for inv in found if inv is not None]
 
-    async def mutate(self, attrs: Attributes, *, warnings: list[str]) -> Obj | None:
+    async def mutate(self, attrs: Attributes, *, warnings: Recorder) -> Obj | None:
         """The object after every matching mutating webhook (and reinvocations); raises ApiError."""
         hooks = self.hooks("mutatingwebhookconfigurations")
         obj = attrs.obj
@@ -417,10 +419,10 @@ class Admission:
                 if hook.spec.get("reinvocationPolicy") == "IfNeeded":
                     previously_invoked.add(hook.uid)
                 if failure is not None:
-                    self._fail(hook, failure, warnings)
+                    self._fail(hook, failure)
         return obj
 
-    async def validate(self, attrs: Attributes, *, warnings: list[str]) -> None:
+    async def validate(self, attrs: Attributes, *, warnings: Recorder) -> None:
         """Call every matching validating webhook concurrently; the first failure (in order) is raised."""
         hooks = self.hooks("validatingwebhookconfigurations")
         if not hooks:
@@ -432,40 +434,37 @@ class Admission:
         results = await asyncio.gather(*calls, return_exceptions=True)
         for invocation, result in zip(invocations, results, strict=True):
             if isinstance(result, CallFailure):
-                self._fail(invocation.hook, result, warnings)
+                self._fail(invocation.hook, result)
             elif isinstance(result, BaseException):
-                raise _with_warnings(result, warnings)
+                raise result
 
     @staticmethod
-    def _fail(hook: Hook, failure: CallFailure, warnings: list[str]) -> None:
+    def _fail(hook: Hook, failure: CallFailure) -> None:
         if hook.ignores_failures:
             log.warning("failed calling webhook, failing open %s: %s", hook.name, failure)
             return
-        raise _with_warnings(internal_error(f'failed calling webhook "{hook.name}": {failure}'), warnings)
+        raise internal_error(f'failed calling webhook "{hook.name}": {failure}')
 
     async def _call(
-        self, invocation: Invocation, attrs: Attributes, *, warnings: list[str], mutating: bool
+        self, invocation: Invocation, attrs: Attributes, *, warnings: Recorder, mutating: bool
     ) -> Obj | None:
         """Call one webhook: the patched object (mutating, when it patched), else None; raises ApiError/CallFailure."""
         hook = invocation.hook
         if attrs.dry_run and hook.spec.get("sideEffects") not in _DRY_RUN_SAFE:
-            raise _with_warnings(ApiError(400, f'admission webhook "{hook.name}" does not support dry run'), warnings)
+            raise ApiError(400, f'admission webhook "{hook.name}" does not support dry run')
         uid = str(uuid.uuid4())
         answer = await self._post(hook, review_request(invocation, attrs, uid=uid))
         response = verify_response(answer, uid=uid)
         warnings.extend(str(w) for w in response.get("warnings") or [])
         if response.get("allowed") is not True:
-            raise _with_warnings(denial(hook, response), warnings)
+            raise denial(hook, response)
         if not mutating:
             return None
         operations = decode_patch(hook, response)
         if operations is None:
             return None
         versioned = _as_version(attrs.obj, invocation.resource, attrs)
-        try:
-            return _as_version(apply_patch(hook, versioned, operations), attrs.resource, attrs)
-        except ApiError as exc:
-            raise _with_warnings(exc, warnings) from None
+        return _as_version(apply_patch(hook, versioned, operations), attrs.resource, attrs)
 
     def target(self, hook: Hook) -> Target:
         """Where `hook` is called; CallFailure (naming the URL) when a service reference does not resolve."""
@@ -555,10 +554,3 @@ class Admission:
             return json.loads(body)
         except ValueError as exc:
             raise CallFailure(f"failed to call webhook: {exc}") from None
-
-
-def _with_warnings(exc: BaseException, warnings: list[str]) -> BaseException:
-    """Attach the warnings gathered so far to an error answer (kubectl prints them before the error)."""
-    if isinstance(exc, ApiError) and warnings:
-        exc.headers["Warning"] = ", ".join(f"299 - {json.dumps(w)}" for w in warnings)
-    return exc

@@ -4,14 +4,21 @@ A Service gets a cluster IP from `SERVICE_CIDR` (a requested one must be in rang
 picked for it is 10.96.0.10 or above, the lower ones, like the API server's 10.96.0.1, being left to
 explicit requests) and, for NodePort and LoadBalancer types, a node port per port from `NODE_PORTS`
 (a requested one must be in range and not held by another Service: 422 naming
-`spec.ports[i].nodePort`). Dry runs check but hold nothing. Deleting a Service releases both.
+`spec.ports[i].nodePort`). A LoadBalancer with `allocateLoadBalancerNodePorts: false` is given no
+node ports, though the ones it asks for are held. A LoadBalancer with `externalTrafficPolicy: Local`
+also gets a `healthCheckNodePort` from the same pool (the requested one, else the next free); as in
+the registry, failing to get it is a 500, not a validation error. As the Service registry does, a
+create allocates before validation (a validating webhook sees the allocated values) and what it
+allocated is held once the Service is written. Dry runs check but hold nothing. Deleting a Service
+releases all of it.
 
 An update is prepared as the Service registry prepares it, before validation: values the client
 left out are kept from the stored Service (`keep_allocations`), `allocate_update` allocates what the
-new type needs (node ports for NodePort and LoadBalancer, a cluster IP when leaving ExternalName)
-and `drop_type_dependent_fields` clears what the new type no longer has (node ports going back to
-ClusterIP, the cluster IPs going to ExternalName). What was allocated and what is given back take
-effect in `commit`, when the update is written.
+new type needs (node ports for NodePort and LoadBalancer, a cluster IP when leaving ExternalName, a
+health check node port when starting to need one) and `drop_type_dependent_fields` clears what the
+new type no longer has (node ports going back to ClusterIP, the cluster IPs going to ExternalName,
+the health check node port when it is no longer needed). What was allocated and what is given back
+take effect in `commit`, when the update is written.
 """
 
 from __future__ import annotations
@@ -60,6 +67,26 @@ def needs_node_ports(obj: Obj) -> bool:
     return bool(_spec(obj).get("type") in NODE_PORT_TYPES)
 
 
+def allocates_node_ports(obj: Obj) -> bool:
+    """Whether ports without a node port are given one: NodePort always, LoadBalancer unless it opts out."""
+    spec = _spec(obj)
+    if spec.get("type") == "NodePort":
+        return True
+    return spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is not False
+
+
+def needs_health_check(obj: Obj) -> bool:
+    """A LoadBalancer keeping traffic on the node it arrives at has a health check node port."""
+    spec = _spec(obj)
+    return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
+
+
+def health_check_port(obj: Obj) -> int:
+    """The Service's `healthCheckNodePort` (0 when unset or malformed)."""
+    value: Any = _spec(obj).get("healthCheckNodePort")
+    return int(value) if _is_port_number(value) else 0
+
+
 def node_ports(obj: Obj) -> set[int]:
     """The node ports `obj`'s ports name (0 and malformed values are none)."""
     return {p["nodePort"] for p in _ports(obj) if _is_port_number(p.get("nodePort")) and p["nodePort"]}
@@ -83,27 +110,32 @@ class ServiceAllocator:
         self.node_ports: set[int] = set()
 
     # -- create ---------------------------------------------------------------------------------
-    def allocate(self, obj: Obj, resource: ResourceType, *, dry_run: bool) -> None:
-        """Fill in a new Service's clusterIP(s), IP families and node ports; 422 for one out of range or taken."""
+    def allocate(self, obj: Obj, resource: ResourceType, *, check_ip_taken: bool = True) -> Allocation:
+        """Fill in a new Service's clusterIP(s), IP families, node ports and health check node port.
+
+        What it takes, to hold with `commit` once the Service is written. 422 for a cluster IP or node
+        port out of range or taken, 500 for a health check node port that cannot be had.
+        """
+        allocation = Allocation()
         spec = obj["spec"]
         name = str(obj["metadata"]["name"])
         if spec.get("type") == "ExternalName":
-            return
+            return allocation
         requested = spec.get("clusterIP")
         if requested == "None":
             spec["clusterIPs"] = ["None"]
         else:
-            ip = self._cluster_ip(requested, name, resource, check_taken=not dry_run)
-            if not dry_run:
-                self.ips.add(ip)
+            ip = self._cluster_ip(requested, name, resource, check_taken=check_ip_taken)
+            allocation.ips.add(ip)
             spec["clusterIP"] = str(ip)
             spec["clusterIPs"] = [str(ip)]
         spec.setdefault("ipFamilies", ["IPv4"])
         spec.setdefault("ipFamilyPolicy", "SingleStack")
         if needs_node_ports(obj):
-            taken = self._node_ports(obj, resource, kept=set())
-            if not dry_run:
-                self.node_ports |= taken
+            allocation.node_ports = self._node_ports(obj, resource, kept=set())
+        if needs_health_check(obj):
+            allocation.node_ports.add(self._health_check_port(obj, resource, taken=allocation.node_ports))
+        return allocation
 
     # -- update ---------------------------------------------------------------------------------
     def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType) -> Allocation:
@@ -129,7 +161,19 @@ class ServiceAllocator:
             allocation.released_node_ports = held - node_ports(obj)
         else:
             allocation.released_node_ports = held
+        self._update_health_check(obj, old, resource, allocation)
         return allocation
+
+    def _update_health_check(self, obj: Obj, old: Obj, resource: ResourceType, allocation: Allocation) -> None:
+        """A Service starting to need a health check node port gets one; one no longer needing it gives it back.
+
+        While it needs one throughout, the port stays (validation refuses a change).
+        """
+        needed, needs = needs_health_check(old), needs_health_check(obj)
+        if needs and not needed:
+            allocation.node_ports.add(self._health_check_port(obj, resource, taken=allocation.node_ports))
+        elif needed and not needs and health_check_port(old):
+            allocation.released_node_ports.add(health_check_port(old))
 
     def commit(self, allocation: Allocation, obj: Obj, resource: ResourceType) -> None:
         """Hold what an update allocated, give back what it released; 422 when another write took a value meanwhile."""
@@ -141,14 +185,19 @@ class ServiceAllocator:
         for i, port in enumerate(_ports(obj)):
             if port.get("nodePort") in allocation.node_ports & self.node_ports:
                 raise _node_port_invalid(resource, name, i, port["nodePort"], "provided port is already allocated")
+        health_check = health_check_port(obj)
+        if health_check in allocation.node_ports & self.node_ports:
+            raise _health_check_failure(health_check, "provided port is already allocated")
         self.ips = (self.ips - allocation.released_ips) | allocation.ips
         self.node_ports = (self.node_ports - allocation.released_node_ports) | allocation.node_ports
 
     # -- delete ---------------------------------------------------------------------------------
     def release(self, obj: Obj) -> None:
-        """Give back the cluster IPs and node ports of a deleted Service."""
+        """Give back the cluster IPs, node ports and health check node port of a deleted Service."""
         self.ips -= _addresses(_spec(obj).get("clusterIPs") or [])
         self.node_ports -= node_ports(obj)
+        if needs_health_check(obj):
+            self.node_ports.discard(health_check_port(obj))
 
     # -- the pools ------------------------------------------------------------------------------
     def _cluster_ip(
@@ -184,8 +233,10 @@ class ServiceAllocator:
         taken: set[int] = set()
         for i, port in enumerate(_ports(obj)):
             requested = port.get("nodePort")
+            if not requested and not allocates_node_ports(obj):
+                continue  # allocateLoadBalancerNodePorts: false
             if not requested:
-                free = next(p for p in NODE_PORTS if p not in self.node_ports and p not in taken)
+                free = self._free_node_port(taken)
                 port["nodePort"] = free
                 taken.add(free)
             elif not _is_port_number(requested) or requested not in NODE_PORTS:
@@ -201,6 +252,35 @@ class ServiceAllocator:
             else:
                 taken.add(requested)
         return taken
+
+    def _free_node_port(self, taken: set[int]) -> int:
+        return next(p for p in NODE_PORTS if p not in self.node_ports and p not in taken)
+
+    def _health_check_port(self, obj: Obj, resource: ResourceType, *, taken: set[int]) -> int:
+        """The requested `healthCheckNodePort` when in range and free, else the next free node port (filled in).
+
+        As in the registry, where it is allocated before validation, a requested port that cannot be
+        had is a 500 (an internal error), not a 422; `taken` are the ports this write takes already.
+        """
+        requested = _spec(obj).get("healthCheckNodePort")
+        if not requested:
+            free = self._free_node_port(taken)
+            obj["spec"]["healthCheckNodePort"] = free
+            return free
+        if not _is_port_number(requested) or requested not in NODE_PORTS:
+            detail = (
+                "provided port is not in the valid range. The range of valid ports is "
+                f"{NODE_PORTS.start}-{NODE_PORTS.stop - 1}"
+            )
+            raise _health_check_failure(requested, detail)
+        if requested in self.node_ports or requested in taken:
+            raise _health_check_failure(requested, "provided port is already allocated")
+        return int(requested)
+
+
+def _health_check_failure(port: Any, detail: str) -> ApiError:
+    message = f"failed to allocate requested HealthCheck NodePort {port}: {detail}"
+    return ApiError(500, f"Internal error occurred: {message}", details={"causes": [{"message": message}]})
 
 
 def _node_port_invalid(resource: ResourceType, name: str, index: int, value: Any, detail: str) -> ApiError:
@@ -223,7 +303,8 @@ def keep_allocations(obj: Obj, old: Obj) -> None:
 
     As the Service registry does, so a resubmitted manifest without them is no change: the cluster
     IP(s), IP families and policy while both types have a cluster IP; a port's node port (by port
-    name) while both types have node ports, unless another port of the update already names it.
+    name) while both types have node ports, unless another port of the update already names it; the
+    health check node port while both need one.
     Then `clusterIPs` follows a changed `clusterIP` when the client left `clusterIPs` as it was.
     """
     spec = obj.setdefault("spec", {})
@@ -241,6 +322,9 @@ def keep_allocations(obj: Obj, old: Obj) -> None:
             prior = by_name.get(str(port.get("name") or ""))
             if not port.get("nodePort") and prior and prior not in used:
                 port["nodePort"] = prior
+    both_health_checked = needs_health_check(old) and needs_health_check(obj)
+    if both_health_checked and not spec.get("healthCheckNodePort") and health_check_port(old):
+        spec["healthCheckNodePort"] = health_check_port(old)
     old_ip, new_ip = old_spec.get("clusterIP"), spec.get("clusterIP")
     if old_ip != new_ip and spec.get("clusterIPs") == old_spec.get("clusterIPs"):
         if new_ip:
@@ -254,7 +338,9 @@ def drop_type_dependent_fields(obj: Obj, old: Obj) -> None:
 
     Leaving ExternalName's opposite (going to ExternalName): the cluster IP(s), IP families and
     policy. Going from NodePort or LoadBalancer to a type without node ports: the node ports, unless
-    the update names one the Service did not have (validation then refuses it). Leaving
+    the update names one the Service did not have (validation then refuses it). No longer needing a
+    health check node port (not a LoadBalancer, or not `externalTrafficPolicy: Local`): that port,
+    unless the update changed it. Leaving
     LoadBalancer: `allocateLoadBalancerNodePorts` and `loadBalancerClass`; no longer reachable from
     outside: `externalTrafficPolicy`; any type but LoadBalancer: `status.loadBalancer`.
     """
@@ -272,6 +358,9 @@ def drop_type_dependent_fields(obj: Obj, old: Obj) -> None:
     if needs_node_ports(old) and not needs_node_ports(obj) and node_ports(obj) <= node_ports(old):
         for port in _ports(obj):
             port.pop("nodePort", None)
+    same_health_check = spec.get("healthCheckNodePort") == old_spec.get("healthCheckNodePort")
+    if needs_health_check(old) and not needs_health_check(obj) and same_health_check:
+        spec.pop("healthCheckNodePort", None)
     if old_spec.get("type") == "LoadBalancer" and spec.get("type") != "LoadBalancer":
         for key in ("allocateLoadBalancerNodePorts", "loadBalancerClass"):
             if key in spec and spec.get(key) == old_spec.get(key):

@@ -185,6 +185,11 @@ _METHOD_VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update",
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
 
 
+def _list_or_watch(watch: str | None) -> str:
+    """The verb of a collection GET: "watch" when `watch` is given with any value but "0" or "false" ("" included)."""
+    return "list" if watch is None or watch.lower() in ("0", "false") else "watch"
+
+
 def request_info(method: str, path: str, query: Mapping[str, str]) -> RequestInfo | None:
     """The resource request behind (method, path, query), or None for a non-resource request (discovery, ...)."""
     parts = [p for p in path.split("/") if p]
@@ -208,7 +213,7 @@ def request_info(method: str, path: str, query: Mapping[str, str]) -> RequestInf
     name = rest[1] if len(rest) >= 2 else ""
     subresource = rest[2] if len(rest) >= 3 else ""
     if not name and verb == "get":
-        verb = "watch" if query.get("watch", "").lower() in ("1", "true") else "list"
+        verb = _list_or_watch(query.get("watch"))
     if not name and verb == "delete":
         verb = "deletecollection"
     return RequestInfo(

@@ -8,12 +8,14 @@ Orphan and Foreground become the `orphan` and `foregroundDeletion` finalizers th
 collector works off. Deleting a Namespace marks it Terminating; the namespace controller then
 deletes what it holds and, once nothing is left, the Namespace itself.
 
-A deletecollection is the generic registry's: the matching objects are deleted one by one, in key
-order, each as a DELETE with the request's options (preconditions included) and its own DELETE
-admission (the review names the request's namespace and no name, as the collection request does);
-the first failure ends the request, leaving the objects deleted before it deleted. On success it
-answers the list it worked from: the matching objects as they were listed, before their deletion.
-Namespaces have no deletecollection (405).
+A deletecollection is the generic registry's: the objects a list request with the same query
+would list are deleted one by one, in key order, each as a DELETE with the request's options
+(preconditions included) and its own DELETE admission (the review names the request's namespace and
+no name, as the collection request does); the first failure ends the request, leaving the objects
+deleted before it deleted. `limit` makes it one page: only that page's objects are deleted and the
+answer carries the page's `continue` token, so a client deletes a large collection page by page.
+On success it answers the list it worked from: the objects as they were listed, before their
+deletion. Namespaces have no deletecollection (405).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from tests.kubesim.endpoints import (
     dry_run,
     json_response,
     now_stamp,
+    query_bool,
     render_object,
-    selectors,
+    request_warnings,
 )
+from tests.kubesim.listwatch import Page, list_body
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.status import ApiError, bad_request, conflict, forbidden, not_found
@@ -77,7 +81,7 @@ async def delete_options(request: web.Request) -> Obj:
     if "propagationPolicy" in query:
         options.setdefault("propagationPolicy", query["propagationPolicy"])
     if "orphanDependents" in query:
-        options.setdefault("orphanDependents", query["orphanDependents"].lower() == "true")
+        options.setdefault("orphanDependents", query_bool(request, "orphanDependents"))
     check_delete_options(options)
     return options
 
@@ -151,6 +155,7 @@ class Deleter:
     """DELETE and deletecollection, and the namespace controller's work after a Namespace is deleted.
 
     `registry` removes objects for good; `resource` and `served` are the server's resource lookups;
+    `lister` selects what a deletecollection deletes as a list request would (one page of it);
     `namespace_deletion_delay` is how long a deleted Namespace stays Terminating before its content goes.
     """
 
@@ -162,10 +167,12 @@ class Deleter:
         served: Callable[[], Sequence[ResourceType]],
         registry: Registry,
         admission: Admission,
+        lister: Callable[[web.Request, ResourceType, str | None], Page],
         clock: Clock,
         namespace_deletion_delay: float,
     ) -> None:
         self._storage = storage
+        self._lister = lister
         self._resource = resource
         self._served = served
         self._registry = registry
@@ -204,26 +211,28 @@ class Deleter:
     async def delete_collection(
         self, request: web.Request, resource: ResourceType, namespace: str | None
     ) -> web.Response:
-        """DELETE of a collection: each matching object deleted in turn, as a DELETE of it would be.
+        """DELETE of a collection: each listed object deleted in turn, as a DELETE of it would be.
 
-        Answers the list of the matching objects as they were listed (at the list's resourceVersion),
-        not as their deletion left them. 409 for the first object whose preconditions fail, a
-        webhook's denial for the first object it denies; an object that went meanwhile is skipped
-        (and still listed). 405 for a resource without the verb.
+        The objects are listed as a list request with the same query would list them: with `limit`,
+        one page (from `continue`, if given) is deleted and the answer is that page, with its
+        `continue` token for the next one; without it, everything from `continue` (or the start) on.
+        Answers the listed objects as they were listed (at the list's resourceVersion), not as their
+        deletion left them. 409 for the first object whose preconditions fail, a webhook's denial for
+        the first object it denies; an object that went meanwhile is skipped (and still listed). 405
+        for a resource without the verb.
         """
         if not resource.delete_collection:
             raise ApiError(405, "the server does not allow this method on the requested resource")
-        labels, fields = selectors(request, resource)
+        page = self._lister(request, resource, namespace)
+        listed = Page(
+            objects=[copy.deepcopy(o) for o in page.objects],
+            resource_version=page.resource_version,
+            continue_token=page.continue_token if request.query.get("limit") else "",
+        )
         options = await delete_options(request)
         dry = dry_run(request) or bool(options.get("dryRun"))
-        listed_rv = self._storage.rv
-        listed_objects = [
-            copy.deepcopy(obj)
-            for obj in self._storage.items(resource, namespace)
-            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, resource.field_getters())
-        ]
-        for listed in listed_objects:
-            meta = listed["metadata"]
+        for obj_listed in listed.objects:
+            meta = obj_listed["metadata"]
             obj = self._storage.get(resource, meta.get("namespace", ""), meta["name"])
             if obj is None:
                 continue
@@ -233,16 +242,7 @@ class Deleter:
             )
             if admitted is not None and not dry:
                 self._delete_object(resource, admitted, options)
-        if not resource.custom:  # a built-in list's items carry no kind and apiVersion
-            listed_objects = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in listed_objects]
-        return json_response(
-            {
-                "kind": resource.list_kind,
-                "apiVersion": resource.api_version,
-                "metadata": {"resourceVersion": str(listed_rv)},
-                "items": listed_objects,
-            }
-        )
+        return json_response(list_body(resource, listed))
 
     async def _admit_delete(
         self,
@@ -277,7 +277,7 @@ class Deleter:
             options={k: v for k, v in options.items() if k not in ("kind", "apiVersion")},
             user=context(request).user,
         )
-        warnings: list[str] = []
+        warnings = request_warnings(request)
         await self._admission.mutate(attrs, warnings=warnings)
         await self._admission.validate(attrs, warnings=warnings)
         return self._storage.get(resource, namespace, name)

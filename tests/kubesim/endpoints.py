@@ -5,7 +5,9 @@ request scope, `negotiation` and `responsewriters`): the per-request options tha
 path (`Context`: dryRun, fieldValidation, fieldManager, the caller), decoding a body (JSON, YAML,
 protobuf), label and field selectors, resourceVersion parameters, the Accept header's choice of
 object, Table or PartialObjectMetadata, and the JSON answers (objects, Tables, error Statuses and
-`Warning` headers).
+`Warning` headers). A request's warnings go to its recorder (`request_warnings`), which the server
+sends on whatever the request is answered with; boolean query parameters are read as the real
+server's parameter codec reads them (`query_bool`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.kubesim.selectors import (
 )
 from tests.kubesim.status import ApiError, bad_request
 from tests.kubesim.storage import Obj
+from tests.kubesim.warning import Recorder
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 BODY_TYPES = ("application/json", "application/yaml", PROTOBUF)
@@ -42,6 +45,7 @@ PATCH_TYPES = (
 APPLY_PATCH = "application/apply-patch+yaml"
 
 Clock = Callable[[], datetime.datetime]
+WARNINGS_KEY: web.RequestKey[Recorder] = web.RequestKey("kubesim.warnings", Recorder)  # the request's recorder
 
 
 @dataclass
@@ -50,7 +54,7 @@ class Context:
 
     dry_run: bool = False
     field_validation: str = "Warn"
-    warnings: list[str] = field(default_factory=list)
+    warnings: Recorder = field(default_factory=Recorder)
     user: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(admission.ADMIN_USER))  # admission's userInfo
     # who writes, recorded in managedFields (operation Update); None: keep the managedFields the object
     # carries (an apply computed them, or kubesim itself writes)
@@ -71,9 +75,30 @@ def context(request: web.Request) -> Context:
     return Context(
         dry_run=dry_run(request),
         field_validation=mode,
+        warnings=request_warnings(request),
         user=copy.deepcopy(user),
         field_manager=manager[:128],
     )
+
+
+def request_warnings(request: web.Request) -> Recorder:
+    """The request's warning recorder: whatever adds to it is sent on the answer, success or failure."""
+    recorder = request.get(WARNINGS_KEY)
+    if recorder is None:
+        recorder = request[WARNINGS_KEY] = Recorder()
+    return recorder
+
+
+def query_bool(request: web.Request, name: str) -> bool | None:
+    """A boolean query parameter as the real server converts it; None when absent.
+
+    Only "0" and "false" (in any letter case) are false; any other value, the empty one included
+    (`?watch`, `?watch=`, `?watch=yes`), is true. The first value counts when it is repeated.
+    """
+    values = request.query.getall(name, [])
+    if not values:
+        return None
+    return not (values[0] == "0" or values[0].casefold() == "false")
 
 
 def dry_run(request: web.Request) -> bool:
@@ -179,16 +204,16 @@ def render_object(
     *,
     clock: Clock,
     status: int = 200,
-    warnings: list[str] | None = None,
 ) -> web.Response:
-    """`obj` in the form the Accept header asks for, with `warnings` as `Warning` headers."""
-    return with_warnings(_render(request, resource, obj, clock=clock, status=status), warnings)
+    """`obj` in the form the Accept header asks for."""
+    return _render(request, resource, obj, clock=clock, status=status)
 
 
-def with_warnings(response: web.Response, warnings: list[str] | None) -> web.Response:
-    """`response` with each of `warnings` (admission's, the registry's) added as a `Warning: 299 - "text"` header."""
-    for warning in warnings or []:
-        response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+def with_warnings(response: web.StreamResponse, recorder: Recorder) -> web.StreamResponse:
+    """`response` with the request's warnings as `Warning` headers, one each (none once the answer has started)."""
+    if not response.prepared:
+        for value in recorder.headers():
+            response.headers.add("Warning", value)
     return response
 
 

@@ -5,7 +5,13 @@ A list is answered from the current objects, or, with `resourceVersionMatch=Exac
 compacted, 504 "Too large resource version" for one not reached yet); `limit` pages it. A watch
 streams ADDED/MODIFIED/DELETED events from a resourceVersion (or from now), BOOKMARK events when
 asked (`allowWatchBookmarks`), and ends at `timeoutSeconds` or the server's own limit. Both filter
-by label and field selectors and answer as objects, a Table or PartialObjectMetadata.
+by label and field selectors and answer as objects, a Table or PartialObjectMetadata; a custom
+resource's list items keep their kind and apiVersion, a built-in list's have none.
+
+Boolean parameters (`watch`, `allowWatchBookmarks`, `sendInitialEvents`) are read as the real
+server reads them: present with any value but "0" or "false" is true, `?watch=` included. The
+ListOptions the server refuses are a 422 naming them, all at once (`ListOptions.meta.k8s.io "" is
+invalid`); this server has the WatchList feature off, so `sendInitialEvents` is always refused.
 """
 
 from __future__ import annotations
@@ -15,15 +21,17 @@ import base64
 import binascii
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from tests.kubesim import tables
-from tests.kubesim.endpoints import Clock, json_response, negotiate, parse_rv, selectors, table_key
+from tests.kubesim.endpoints import Clock, json_response, negotiate, parse_rv, query_bool, selectors, table_key
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.status import ApiError, bad_request, expired
 from tests.kubesim.storage import Obj, Storage, Watcher
+from tests.kubesim.validation import Cause, FieldErrors
 
 
 def too_large(rv: int, current: int) -> ApiError:
@@ -37,6 +45,105 @@ def too_large(rv: int, current: int) -> ApiError:
             "retryAfterSeconds": 1,
         },
     )
+
+
+@dataclass
+class Page:
+    """What a list request selected: the objects (as stored), at which resourceVersion, where the next page starts."""
+
+    objects: list[Obj]
+    resource_version: int
+    continue_token: str = ""
+
+    def list_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"resourceVersion": str(self.resource_version)}
+        if self.continue_token:
+            meta["continue"] = self.continue_token
+        return meta
+
+
+def list_body(resource: ResourceType, page: Page) -> dict[str, Any]:
+    """A `<Kind>List` of the page's objects.
+
+    A custom resource's items keep their kind and apiVersion: the server handles them as
+    unstructured objects, each carrying its own. A built-in list's items have neither (the typed
+    list is encoded once, with the list's kind and apiVersion only).
+    """
+    if resource.custom:
+        items = [copy.deepcopy(o) for o in page.objects]
+    else:
+        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page.objects]
+    return {
+        "kind": resource.list_kind,
+        "apiVersion": resource.api_version,
+        "metadata": page.list_meta(),
+        "items": items,
+    }
+
+
+def list_options_causes(request: web.Request) -> list[Cause]:
+    """What the server refuses in a list's (or deletecollection's) ListOptions, all at once.
+
+    `resourceVersionMatch` needs a `resourceVersion`, goes without `continue`, is Exact or
+    NotOlderThan, and Exact is not for resourceVersion "0"; `sendInitialEvents` is for watches only.
+    """
+    errors = FieldErrors()
+    query = request.query
+    match = query.get("resourceVersionMatch", "")
+    if match:
+        if not query.get("resourceVersion"):
+            errors.forbidden(
+                "resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is provided"
+            )
+        if query.get("continue"):
+            errors.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+        if match not in ("Exact", "NotOlderThan"):
+            errors.not_supported("resourceVersionMatch", match, ["Exact", "NotOlderThan", ""])
+        if match == "Exact" and query.get("resourceVersion") == "0":
+            errors.forbidden(
+                "resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+            )
+    if query_bool(request, "sendInitialEvents") is not None:
+        errors.forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
+    return errors.causes
+
+
+def list_options_invalid(causes: list[Cause]) -> ApiError:
+    """422 for ListOptions the server refuses, as `ListOptions.meta.k8s.io "" is invalid: ...`."""
+    listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
+    details = {"group": "meta.k8s.io", "kind": "ListOptions", "causes": [c.to_json() for c in causes]}
+    return ApiError(422, f'ListOptions.meta.k8s.io "" is invalid: {listed}', details=details)
+
+
+def watch_options_causes(request: web.Request) -> list[Cause]:
+    """What the server refuses in a watch's ListOptions: `sendInitialEvents` and `resourceVersionMatch`.
+
+    This server is one with the WatchList feature off (its default since Kubernetes 1.33), so a
+    watch that asks for initial events (with any value, false included: only its presence counts)
+    is refused, and `resourceVersionMatch` only goes with `sendInitialEvents`.
+    """
+    errors = FieldErrors()
+    send = query_bool(request, "sendInitialEvents")
+    match = request.query.get("resourceVersionMatch", "")
+    if send is not None:
+        if match != "NotOlderThan":
+            errors.forbidden(
+                "resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+            )
+        errors.forbidden(
+            "sendInitialEvents", "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+        )
+    if match:
+        if send is None:
+            errors.forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )
+        if match != "NotOlderThan":
+            errors.not_supported("resourceVersionMatch", match, ["NotOlderThan"])
+        if request.query.get("continue"):
+            errors.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+    return errors.causes
 
 
 def _list_key(obj: Obj) -> str:
@@ -62,7 +169,14 @@ class ListWatch:
         self.watch_timeout = watch_timeout
 
     # -- list ---------------------------------------------------------------------------------
-    def list_objects(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.Response:
+    def page(self, request: web.Request, resource: ResourceType, namespace: str | None) -> Page:
+        """The objects a list request selects: one page of `limit` (all without it), from its `continue` token.
+
+        Shared by list and deletecollection, which lists the same way before deleting.
+        """
+        refused = list_options_causes(request)
+        if refused:
+            raise list_options_invalid(refused)
         labels, fields = selectors(request, resource)
         query = request.query
         limit_text = query.get("limit", "")
@@ -90,11 +204,7 @@ class ListWatch:
             if at_rv > self._storage.rv:
                 raise too_large(at_rv, self._storage.rv)
             objects = self._storage.snapshot(resource, namespace, at_rv)
-        elif match not in ("", "NotOlderThan"):
-            raise bad_request(f'resourceVersionMatch: Unsupported value: "{match}"')
         else:
-            if match and not rv_text:
-                raise bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")
             if rv_text and parse_rv(rv_text) > self._storage.rv:
                 raise too_large(parse_rv(rv_text), self._storage.rv)
             at_rv = self._storage.rv
@@ -111,43 +221,42 @@ class ListWatch:
             selected = selected[:limit]
             last = _list_key(selected[-1])
             next_token = base64.urlsafe_b64encode(json.dumps({"rv": at_rv, "start": last}).encode()).decode()
+        return Page(objects=selected, resource_version=at_rv, continue_token=next_token)
+
+    def list_objects(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.Response:
+        query = request.query
+        page = self.page(request, resource, namespace)
         form, version = negotiate(request)
         if form == "table":
             body = tables.table(
                 table_key(resource),
-                selected,
-                resource_version=str(at_rv),
+                page.objects,
+                resource_version=str(page.resource_version),
                 include_object=query.get("includeObject", "Metadata"),
                 now=self._clock(),
-                continue_token=next_token,
+                continue_token=page.continue_token,
             )
             body["apiVersion"] = f"meta.k8s.io/{version}"
             return json_response(body, content_type=f"application/json;as=Table;v={version};g=meta.k8s.io")
-        meta: dict[str, Any] = {"resourceVersion": str(at_rv)}
-        if next_token:
-            meta["continue"] = next_token
         if form == "partial":
-            items = [{"metadata": copy.deepcopy(o["metadata"])} for o in selected]
+            items = [{"metadata": copy.deepcopy(o["metadata"])} for o in page.objects]
             return json_response(
                 {
                     "kind": "PartialObjectMetadataList",
                     "apiVersion": f"meta.k8s.io/{version}",
-                    "metadata": meta,
+                    "metadata": page.list_meta(),
                     "items": items,
                 }
             )
-        # The real server leaves kind and apiVersion out of the items of a built-in list.
-        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in selected]
-        return json_response(
-            {"kind": resource.list_kind, "apiVersion": resource.api_version, "metadata": meta, "items": items}
-        )
+        return json_response(list_body(resource, page))
 
     # -- watch --------------------------------------------------------------------------------
     async def watch(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.StreamResponse:
         labels, fields = selectors(request, resource)
         query = request.query
-        if query.get("sendInitialEvents"):
-            raise bad_request("sendInitialEvents is not supported by this server")
+        refused = watch_options_causes(request)
+        if refused:
+            raise list_options_invalid(refused)
         form, version = negotiate(request)
         rv_text = query.get("resourceVersion", "")
         since = None if rv_text in ("", "0") else parse_rv(rv_text)
@@ -156,7 +265,7 @@ class ListWatch:
         timeout = self.watch_timeout
         if query.get("timeoutSeconds"):
             timeout = float(parse_rv(query["timeoutSeconds"], param="timeoutSeconds"))
-        bookmarks = query.get("allowWatchBookmarks", "").lower() in ("1", "true")
+        bookmarks = bool(query_bool(request, "allowWatchBookmarks"))
         content_type = "application/json"
         if form == "table":
             content_type = f"application/json;as=Table;v={version};g=meta.k8s.io"

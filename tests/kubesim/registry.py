@@ -2,13 +2,14 @@
 
 A create decodes and checks the object against the URL (kind, apiVersion, namespace), prunes or
 rejects unknown fields (fieldValidation), defaults it, runs the built-in ServiceAccount admission
-of a pod, the mutating webhooks, name generation, validation and the validating webhooks, then
-allocates (Services) and stamps uid, creationTimestamp and generation before the write. An update
-keeps the system fields of the stored object, checks the resourceVersion precondition, allocates
-and releases what a Service's change needs before validation (held once it is written), bumps the
-generation when the spec changed, and writes nothing when nothing changed. Removal is the last
-step of a deletion: it releases a Service's allocations, and a CustomResourceDefinition takes its
-objects and their watches with it. Request decoding and answers are the handlers' business, not
+of a pod, the mutating webhooks, name generation, allocation (Services, before validation, as the
+Service registry allocates), validation and the validating webhooks, then holds what was allocated
+and stamps uid, creationTimestamp and generation before the write. An update keeps the system
+fields of the stored object, checks the resourceVersion precondition, allocates and releases what a
+Service's change needs before validation (held once it is written), bumps the generation when the
+spec changed, and writes nothing when nothing changed. Removal is the last step of a deletion: it
+releases a Service's allocations, and a CustomResourceDefinition takes its objects and their
+watches with it. Request decoding and answers are the handlers' business, not
 the registry's.
 """
 
@@ -133,8 +134,8 @@ class Registry:
     ) -> Obj:
         """Create without calling admission webhooks (bootstrap, `create_object`, objects the server makes)."""
         obj = self._create_prepare(resource, namespace, body, ctx=ctx)
-        self._create_validate(resource, obj)
-        return self._create_store(resource, obj, ctx=ctx, preallocated=preallocated)
+        allocation = self._create_validate(resource, obj, ctx=ctx, preallocated=preallocated)
+        return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
 
     async def create_admitted(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
         """Create as a POST does: mutating webhooks, validation, validating webhooks, then the write."""
@@ -155,9 +156,9 @@ class Registry:
         check_namespace(resource, namespace, obj)
         if resource.defaults is not None:
             resource.defaults(obj)
-        self._create_validate(resource, obj)
+        allocation = self._create_validate(resource, obj, ctx=ctx)
         await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
-        return self._create_store(resource, obj, ctx=ctx)
+        return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
 
     def _create_prepare(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
         """Decode, check and default a new object, then the built-in admission (service account of a pod)."""
@@ -194,24 +195,36 @@ class Registry:
                 obj = admitted
         return obj
 
-    def _create_validate(self, resource: ResourceType, obj: Obj) -> None:
-        """Name generation (after mutating admission, as in the registry), initial status, validation."""
+    def _create_validate(
+        self, resource: ResourceType, obj: Obj, *, ctx: Context, preallocated: bool = False
+    ) -> Allocation | None:
+        """Name generation (after mutating admission, as in the registry), allocation, initial status, validation.
+
+        A Service's cluster IP and ports are allocated before validation, as the Service registry's
+        BeginCreate hook does: validation and the validating webhooks see them, and an allocation
+        error comes before any validation error. What was allocated is held once the Service is
+        written (nothing for a dry run, or for a `preallocated` one whose values are held already).
+        """
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = f"{meta['generateName']}{random_suffix()}"
+        allocation = None
+        if resource.plural == "services":
+            allocation = self._allocator.allocate(obj, resource, check_ip_taken=not (ctx.dry_run or preallocated))
         if resource.initial_status is not None:
             obj["status"] = resource.initial_status(obj)
         validate(resource, obj, None)
+        return None if preallocated else allocation
 
-    def _create_store(self, resource: ResourceType, obj: Obj, *, ctx: Context, preallocated: bool = False) -> Obj:
-        """Allocate, stamp and write a validated new object (409 when the name is taken)."""
+    def _create_store(self, resource: ResourceType, obj: Obj, *, ctx: Context, allocation: Allocation | None) -> Obj:
+        """Stamp and write a validated new object, holding what it allocated (409 when the name is taken)."""
         dry_run = ctx.dry_run
         meta = obj["metadata"]
         name = str(meta["name"])
         if self._storage.get(resource, meta.get("namespace", ""), name) is not None:
             raise already_exists(resource, name)
-        if resource.plural == "services":
-            self._allocator.allocate(obj, resource, dry_run=dry_run or preallocated)
+        if allocation is not None and not dry_run:
+            self._allocator.commit(allocation, obj, resource)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_stamp(self._clock())
         if resource.generation_fields:

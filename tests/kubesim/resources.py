@@ -347,8 +347,10 @@ def _default_service(obj: Obj) -> None:
     if spec["type"] != "ExternalName":
         spec.setdefault("sessionAffinity", "None")
         spec.setdefault("internalTrafficPolicy", "Cluster")
-    if spec["type"] in ("NodePort", "LoadBalancer"):
+    if _externally_accessible(spec):
         spec.setdefault("externalTrafficPolicy", "Cluster")
+    if spec["type"] == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
     for port in spec.get("ports") or []:
         if isinstance(port, dict):
             port.setdefault("protocol", "TCP")
@@ -638,6 +640,17 @@ def _validate_workload_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
 
 
 SERVICE_TYPES = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]
+EXTERNAL_TRAFFIC_POLICIES = ["Cluster", "Local"]
+
+
+def _externally_accessible(spec: dict[str, Any]) -> bool:
+    """Reachable from outside the cluster: NodePort, LoadBalancer, or a ClusterIP with external IPs."""
+    kind = spec.get("type", "ClusterIP")
+    return kind in ("NodePort", "LoadBalancer") or (kind == "ClusterIP" and bool(spec.get("externalIPs")))
+
+
+def _needs_health_check(spec: dict[str, Any]) -> bool:
+    return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
 
 
 def _validate_service(obj: Obj, errors: FieldErrors) -> None:
@@ -689,11 +702,54 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
         node_port = port.get("nodePort")
         if node_port is not None and stype not in ("NodePort", "LoadBalancer"):
             errors.forbidden(f"{ppath}.nodePort", "may not be used when `type` is 'ClusterIP'")
+    _validate_load_balancer_node_ports(spec, errors)
+    _validate_external_traffic(spec, errors)
+
+
+def _validate_load_balancer_node_ports(spec: dict[str, Any], errors: FieldErrors) -> None:
+    """`allocateLoadBalancerNodePorts` is for LoadBalancers only, and one must have it (defaulting sets it).
+
+    The real server names the missing field without its `spec.` prefix; so does this.
+    """
+    lb = spec.get("type") == "LoadBalancer"
+    if spec.get("allocateLoadBalancerNodePorts") is not None and not lb:
+        errors.forbidden("spec.allocateLoadBalancerNodePorts", "may only be used when `type` is 'LoadBalancer'")
+    if lb and spec.get("allocateLoadBalancerNodePorts") is None:
+        errors.required("allocateLoadBalancerNodePorts")
+
+
+def _validate_external_traffic(spec: dict[str, Any], errors: FieldErrors) -> None:
+    """`externalTrafficPolicy` only for a Service reachable from outside; `healthCheckNodePort` only for a
+    LoadBalancer with policy Local, which must have one (allocated for it when not given)."""
+    policy = spec.get("externalTrafficPolicy")
+    if not _externally_accessible(spec):
+        if policy:
+            errors.invalid("spec.externalTrafficPolicy", policy, "may only be set for externally-accessible services")
+    elif not policy:
+        errors.required("spec.externalTrafficPolicy")
+    elif policy not in EXTERNAL_TRAFFIC_POLICIES:
+        errors.not_supported("spec.externalTrafficPolicy", policy, EXTERNAL_TRAFFIC_POLICIES)
+    health_check = spec.get("healthCheckNodePort")
+    if not _needs_health_check(spec):
+        if health_check:
+            errors.invalid(
+                "spec.healthCheckNodePort",
+                health_check,
+                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            )
+    elif not health_check:
+        errors.required("spec.healthCheckNodePort")
+    else:
+        _port_in_range(errors, "spec.healthCheckNodePort", health_check)
 
 
 def _validate_service_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
-    """The cluster IPs are fixed at create (single-stack: the primary one), unless the type is or was ExternalName."""
+    """The cluster IPs are fixed at create (single-stack: the primary one), unless the type is or was ExternalName;
+    the health check node port is fixed while the Service needs one."""
     new_spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
+    health_checked = _needs_health_check(old_spec) and _needs_health_check(new_spec)
+    if health_checked and new_spec.get("healthCheckNodePort") != old_spec.get("healthCheckNodePort"):
+        errors.forbidden("spec.healthCheckNodePort", "field is immutable")
     if "ExternalName" in (new_spec.get("type"), old_spec.get("type")):
         return
     new_ips, old_ips = list(new_spec.get("clusterIPs") or []), list(old_spec.get("clusterIPs") or [])

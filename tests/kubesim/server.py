@@ -50,8 +50,11 @@ from tests.kubesim.endpoints import (
     error_response,
     json_response,
     only_post,
+    query_bool,
     read_body,
     render_object,
+    request_warnings,
+    with_warnings,
 )
 from tests.kubesim.kubeconfig import write_kubeconfig
 from tests.kubesim.listwatch import ListWatch
@@ -91,8 +94,8 @@ class Fault:
 
 
 def is_watch(request: web.Request) -> bool:
-    """Whether a collection GET is answered with a watch (`watch=1`, or `watch=true` in any letter case)."""
-    return request.query.get("watch", "").lower() in ("1", "true")
+    """Whether a collection GET is answered with a watch: `watch` given with any value but "0" and "false"."""
+    return bool(query_bool(request, "watch"))
 
 
 class KubeSim:
@@ -154,6 +157,7 @@ class KubeSim:
             served=self.served,
             registry=self._registry,
             admission=self.admission,
+            lister=self._listwatch.page,
             clock=self._now,
             namespace_deletion_delay=namespace_deletion_delay,
         )
@@ -356,9 +360,11 @@ class KubeSim:
                     error.details = {"retryAfterSeconds": fault.retry_after}
                 return error_response(error)
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as exc:
-            return error_response(exc)
+            response = error_response(exc)
+        # like the real server's warning recorder, the answer carries what the request gathered, failed or not
+        return with_warnings(response, request_warnings(request))
 
     def _authenticate(self, request: web.Request) -> None:
         """Who asks (left for admission at `admission.USER_KEY`), recorded in `audit`; raises Unauthenticated."""
@@ -461,7 +467,7 @@ class KubeSim:
                 body = await read_body(request)
                 ctx = context(request)
                 created = await self._registry.create_admitted(resource, namespace or "", body, ctx=ctx)
-                return render_object(request, resource, created, clock=self._now, status=201, warnings=ctx.warnings)
+                return render_object(request, resource, created, clock=self._now, status=201)
             if method == "DELETE":
                 return await self._deleter.delete_collection(request, resource, namespace)
             raise ApiError(405, "the server does not allow this method on the requested resource")
@@ -475,7 +481,7 @@ class KubeSim:
             body = await read_body(request)
             ctx = context(request)
             updated = await self._updater.update(resource, ns, name, body, ctx=ctx)
-            return render_object(request, resource, updated, clock=self._now, warnings=ctx.warnings)
+            return render_object(request, resource, updated, clock=self._now)
         if method == "PATCH":
             ctx = context(request)
             if request.content_type == APPLY_PATCH:
@@ -486,10 +492,9 @@ class KubeSim:
                     applied,
                     clock=self._now,
                     status=201 if was_created else 200,
-                    warnings=ctx.warnings,
                 )
             patched = await self._updater.patch(request, resource, ns, name, ctx=ctx)
-            return render_object(request, resource, patched, clock=self._now, warnings=ctx.warnings)
+            return render_object(request, resource, patched, clock=self._now)
         if method == "DELETE":
             return await self._deleter.delete(request, resource, ns, name)
         raise ApiError(405, "the server does not allow this method on the requested resource")

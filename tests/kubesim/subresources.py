@@ -26,8 +26,8 @@ from tests.kubesim.endpoints import (
     now_stamp,
     read_body,
     render_object,
+    request_warnings,
     unsupported_media,
-    with_warnings,
 )
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
@@ -35,6 +35,7 @@ from tests.kubesim.selectors import format_label_selector
 from tests.kubesim.status import ApiError, bad_request, conflict, invalid, not_found, page_not_found
 from tests.kubesim.storage import Obj, Storage
 from tests.kubesim.validation import FieldErrors
+from tests.kubesim.warning import Recorder
 
 SCALE_KIND: Obj = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
 BINDING_KIND: Obj = {"group": "", "version": "v1", "kind": "Binding"}
@@ -138,19 +139,19 @@ class Subresources:
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         dry = dry_run(request)
-        warnings: list[str] = []  # the webhooks', answered as `Warning` headers
+        warnings = request_warnings(request)  # the webhooks', answered as `Warning` headers
         if sub == "scale":
             scale = await self._write_scale(request, resource, old, wanted, dry_run=dry, warnings=warnings)
-            return with_warnings(json_response(scale), warnings)
+            return json_response(scale)
         updated = copy.deepcopy(old)
         updated["status"] = copy.deepcopy(wanted.get("status"))
         if updated["status"] is None:
             updated.pop("status")
         updated = await self._admit_status(request, resource, old, updated, dry_run=dry, warnings=warnings)
         if updated == old or dry:
-            return render_object(request, resource, updated, clock=self._clock, warnings=warnings)
+            return render_object(request, resource, updated, clock=self._clock)
         stored = self._storage.write(resource, updated, event_type="MODIFIED")
-        return render_object(request, resource, stored, clock=self._clock, warnings=warnings)
+        return render_object(request, resource, stored, clock=self._clock)
 
     async def _write_scale(
         self,
@@ -160,7 +161,7 @@ class Subresources:
         wanted: Obj,
         *,
         dry_run: bool,
-        warnings: list[str],
+        warnings: Recorder,
     ) -> Obj:
         """`spec.replicas` of `old` set from the Scale `wanted`, with UPDATE admission of `<resource>/scale`; the Scale.
 
@@ -212,7 +213,7 @@ class Subresources:
         updated: Obj,
         *,
         dry_run: bool,
-        warnings: list[str],
+        warnings: Recorder,
     ) -> Obj:
         """UPDATE admission of `<name>/status` (rules must name the subresource); `updated` with the admitted status.
 
@@ -254,7 +255,7 @@ class Subresources:
         The Binding goes through CREATE admission of `pods/binding` (mutating webhooks first, validating
         webhooks once it is checked). 400 when the Binding names another pod or none, 422 without a
         target Node name, 404 for an unknown pod, 409 when the pod is being deleted or already assigned
-        to a node. Answers a Success Status (201), with the webhooks' warnings as `Warning` headers.
+        to a node. Answers a Success Status (201); the webhooks' warnings go to the request's recorder.
         """
         body = await read_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
@@ -274,7 +275,7 @@ class Subresources:
             user=context(request).user,
             kind=BINDING_KIND,
         )
-        warnings: list[str] = []
+        warnings = request_warnings(request)
         binding = await self._admission.mutate(attrs, warnings=warnings) or body
         if (binding.get("metadata") or {}).get("name") != name:  # a Binding without a name does not match either
             raise bad_request("name in URL does not match name in Binding object")
@@ -313,4 +314,4 @@ class Subresources:
         if not dry:
             self._storage.write(pods, pod, event_type="MODIFIED")
         success = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
-        return with_warnings(json_response(success, status=201), warnings)
+        return json_response(success, status=201)

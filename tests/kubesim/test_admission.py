@@ -32,6 +32,7 @@ from tests.kubesim.admission import Attributes, rule_matches
 from tests.kubesim.fixtures import Kubectl
 from tests.kubesim.resources import RESOURCES
 from tests.kubesim.server import KubeSim
+from tests.kubesim.warning import Recorder
 
 SERVICE_NAME = "hooks.hooks.svc"
 Answer = Callable[[dict[str, Any]], Any]
@@ -812,3 +813,56 @@ async def test_webhook_urls_and_service_paths_are_validated(kubectl: Kubectl, we
     )
     assert "query parameters are not permitted in the URL" in result.stderr
     assert "webhooks[1].clientConfig.service.path: Invalid value: \"inject\": must start with a '/'" in result.stderr
+
+
+async def warning_headers(sim: KubeSim, method: str, path: str, body: Any) -> tuple[int, list[str]]:
+    """(status, the answer's `Warning` header values, one per header)."""
+    headers = {"Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{sim.url}{path}", data=json.dumps(body), headers=headers) as resp,
+    ):
+        return resp.status, resp.headers.getall("Warning", [])
+
+
+async def test_a_warning_text_is_sent_once_however_many_webhooks_give_it(kubesim: KubeSim, webhook: Webhook) -> None:
+    webhook.answers["/a"] = lambda _: {"allowed": True, "warnings": ["shared", "from a"]}
+    webhook.answers["/b"] = lambda _: {"allowed": True, "warnings": ["shared", "", 'say "hi" \\ café']}
+    kubesim.create_object(
+        configuration("MutatingWebhookConfiguration", "m", hook("a.example.com", url_client(webhook, "/a")))
+    )
+    kubesim.create_object(
+        configuration("ValidatingWebhookConfiguration", "v", hook("b.example.com", url_client(webhook, "/b")))
+    )
+    status, warnings = await warning_headers(kubesim, "POST", "/api/v1/namespaces/default/pods", pod("p"))
+    assert status == 201
+    assert warnings == ['299 - "shared"', '299 - "from a"', '299 - "say \\"hi\\" \\\\ café"']
+
+
+async def test_warnings_gathered_before_a_failure_are_sent_on_the_failed_answer(
+    kubesim: KubeSim, webhook: Webhook
+) -> None:
+    webhook.answers["/look"] = lambda r: {"allowed": True, "warnings": [f"{r['operation']} {r['kind']['kind']} seen"]}
+    kubesim.create_object(
+        configuration(
+            "MutatingWebhookConfiguration",
+            "look",
+            hook("look.example.com", url_client(webhook, "/look"), resources=("configmaps", "pods/binding")),
+        )
+    )
+    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad"}, "data": {"not a key": "x"}}
+    status, warnings = await warning_headers(kubesim, "POST", "/api/v1/namespaces/default/configmaps", bad)
+    assert (status, warnings) == (422, ['299 - "CREATE ConfigMap seen"'])
+    kubesim.create_object(pod("p"))
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {}}
+    status, warnings = await warning_headers(kubesim, "POST", "/api/v1/namespaces/default/pods/p/binding", binding)
+    assert (status, warnings) == (422, ['299 - "CREATE Binding seen"'])
+
+
+def test_warnings_past_4096_characters_are_cut_to_256_and_then_dropped() -> None:
+    recorder = Recorder()
+    recorder.extend(["short", "x" * 4000, "y" * 300, *(f"{i:03d}" + "z" * 297 for i in range(20)), "bad\ntext"])
+    headers = recorder.headers()
+    assert headers[:3] == ['299 - "short"', f'299 - "{"x" * 256}"', f'299 - "{"y" * 256}"']
+    # 5 + 256 + 256 characters so far; each cut warning adds 256 until 4096 are reached
+    assert len(headers) == 3 + 14 and headers[-1] == f'299 - "013{"z" * 253}"'

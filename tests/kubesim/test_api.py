@@ -15,6 +15,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import watch as k8s_watch
 
 from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.auth import request_info
 from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.protobuf import ProtobufError, decode
 from tests.kubesim.server import KubeSim
@@ -625,3 +626,185 @@ async def test_kubernetes_asyncio_generated_client_and_watch_work(
 def test_malformed_protobuf_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(ProtobufError):
         decode(body)
+
+
+# -- deletecollection pages, query booleans, ListOptions ----------------------------------------
+async def test_deletecollection_with_limit_deletes_one_page_and_answers_its_continue_token(
+    kubesim: KubeSim, kube_api: KubeApi
+) -> None:
+    for i in range(5):
+        await kube_api.request(
+            "POST", CM_PATH, body={**cm(f"d{i}"), "metadata": {"name": f"d{i}", "labels": {"b": "1"}}}
+        )
+    await kube_api.request("POST", CM_PATH, body=cm("other"))
+    first = await kube_api.request("DELETE", CM_PATH, query=[("labelSelector", "b=1"), ("limit", "2")])
+    assert first["kind"] == "ConfigMapList"
+    assert [i["metadata"]["name"] for i in first["items"]] == ["d0", "d1"]
+    token = first["metadata"]["continue"]
+    left = [n for n in ("d0", "d1", "d2", "d3", "d4") if kubesim.get_object("configmaps", "default", n)]
+    assert left == ["d2", "d3", "d4"]
+    rest = await kube_api.request("DELETE", CM_PATH, query=[("labelSelector", "b=1"), ("continue", token)])
+    assert [i["metadata"]["name"] for i in rest["items"]] == ["d2", "d3", "d4"]
+    assert "continue" not in rest["metadata"]
+    assert not [n for n in ("d2", "d3", "d4") if kubesim.get_object("configmaps", "default", n)]
+    assert kubesim.get_object("configmaps", "default", "other") is not None
+
+
+@pytest.mark.parametrize("value", ["", "yes", "TRUE", "2"])
+async def test_any_watch_value_but_0_and_false_is_a_watch(kubesim: KubeSim, kube_api: KubeApi, value: str) -> None:
+    start = kubesim.storage.rv
+    await kube_api.request("POST", CM_PATH, body=cm("seen"))
+    events = await watch_events(kubesim, CM_PATH, f"watch={value}&resourceVersion={start}", count=1)
+    assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "seen"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "FALSE", "False"])
+async def test_watch_0_and_false_in_any_case_are_a_list(kubesim: KubeSim, value: str) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{kubesim.url}{CM_PATH}?watch={value}") as resp:
+        assert resp.status == 200 and (await resp.json())["kind"] == "ConfigMapList"
+
+
+def test_the_authorized_verb_of_a_collection_get_reads_watch_as_the_server_does() -> None:
+    path = "/api/v1/namespaces/default/configmaps"
+    verbs = {value: request_info("GET", path, {"watch": value}) for value in ("", "yes", "0", "FALSE")}
+    assert {value: info.verb for value, info in verbs.items() if info} == {
+        "": "watch",
+        "yes": "watch",
+        "0": "list",
+        "FALSE": "list",
+    }
+
+
+async def test_bookmarks_are_allowed_by_any_value_but_0_and_false(kubesim: KubeSim) -> None:
+    rv = kubesim.storage.rv
+    events = await watch_events(kubesim, CM_PATH, f"watch=1&resourceVersion={rv}&allowWatchBookmarks=yes", count=1)
+    assert events[0]["type"] == "BOOKMARK"
+
+
+@pytest.mark.parametrize("value", ["", "false", "true"])
+async def test_send_initial_events_is_refused_whatever_its_value(kubesim: KubeSim, value: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{kubesim.url}{CM_PATH}?watch=1&sendInitialEvents={value}"
+        async with session.get(url) as resp:
+            assert resp.status == 422
+            status = await resp.json()
+        assert status["message"] == (
+            'ListOptions.meta.k8s.io "" is invalid: [resourceVersionMatch: Forbidden: sendInitialEvents requires '
+            "setting resourceVersionMatch to NotOlderThan, sendInitialEvents: Forbidden: sendInitialEvents is "
+            "forbidden for watch unless the WatchList feature gate is enabled]"
+        )
+        async with session.get(f"{kubesim.url}{CM_PATH}?sendInitialEvents={value}") as resp:
+            assert resp.status == 422
+            assert (await resp.json())["details"]["causes"] == [
+                {
+                    "reason": "FieldValueForbidden",
+                    "message": "Forbidden: sendInitialEvents is forbidden for list",
+                    "field": "sendInitialEvents",
+                }
+            ]
+
+
+async def test_a_resource_version_match_without_resource_version_is_422(kube_api: KubeApi) -> None:
+    err = await error_of(kube_api.request("GET", CM_PATH, query=[("resourceVersionMatch", "NotOlderThan")]))
+    assert err.status == 422
+    assert err.message == (
+        'ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is '
+        "forbidden unless resourceVersion is provided"
+    )
+
+
+async def test_orphan_dependents_and_force_read_1_and_yes_as_true(kubesim: KubeSim, kube_api: KubeApi) -> None:
+    held = {**cm("held"), "metadata": {"name": "held", "finalizers": ["example.com/hold"]}}
+    await kube_api.request("POST", CM_PATH, body=held)
+    await kube_api.request("DELETE", f"{CM_PATH}/held", query=[("orphanDependents", "1")])
+    stored = kubesim.get_object("configmaps", "default", "held")
+    assert stored is not None and stored["metadata"]["finalizers"] == ["example.com/hold", "orphan"]
+    applied = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"k": "v"}}
+    query = [("fieldManager", "test"), ("force", "yes")]
+    out = await kube_api.request(
+        "PATCH", f"{CM_PATH}/applied", body=applied, content_type="application/apply-patch+yaml", query=query
+    )
+    assert out["data"] == {"k": "v"}
+
+
+# -- Services: health check node ports, LoadBalancers without node ports ------------------------
+def local_lb(name: str, **spec: Any) -> dict[str, Any]:
+    return service(name, type="LoadBalancer", externalTrafficPolicy="Local", **spec)
+
+
+async def test_a_local_load_balancer_gets_a_health_check_node_port_no_other_service_can_take(
+    kube_api: KubeApi,
+) -> None:
+    out = await kube_api.request("POST", SVC_PATH, body=local_lb("lb"))
+    spec = out["spec"]
+    health = spec["healthCheckNodePort"]
+    assert 30000 <= health <= 32767 and health != spec["ports"][0]["nodePort"]
+    assert spec["allocateLoadBalancerNodePorts"] is True
+    err = await error_of(kube_api.request("POST", SVC_PATH, body=local_lb("other", healthCheckNodePort=health)))
+    assert err.status == 500
+    assert err.message == (
+        f"Internal error occurred: failed to allocate requested HealthCheck NodePort {health}: "
+        "provided port is already allocated"
+    )
+    ports = [{"port": 80, "nodePort": health}]
+    err = await error_of(kube_api.request("POST", SVC_PATH, body=service("np", type="NodePort", ports=ports)))
+    assert err.status == 422
+    assert f"spec.ports[0].nodePort: Invalid value: {health}: provided port is already allocated" in err.message
+    await kube_api.request("DELETE", f"{SVC_PATH}/lb")
+    reused = await kube_api.request("POST", SVC_PATH, body=service("again", type="NodePort", ports=ports))
+    assert reused["spec"]["ports"][0]["nodePort"] == health
+
+
+async def test_a_health_check_node_port_is_refused_where_it_is_not_needed(kube_api: KubeApi) -> None:
+    for name, body in [
+        ("cip", service("cip", healthCheckNodePort=30100)),
+        ("clb", service("clb", type="LoadBalancer", healthCheckNodePort=30100)),
+    ]:
+        err = await error_of(kube_api.request("POST", SVC_PATH, body=body))
+        assert err.status == 422
+        assert err.message == (
+            f'Service "{name}" is invalid: spec.healthCheckNodePort: Invalid value: 30100: may only be set when '
+            "`type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+        )
+
+
+async def test_the_health_check_node_port_follows_the_traffic_policy_and_is_immutable(kube_api: KubeApi) -> None:
+    await kube_api.request("POST", SVC_PATH, body=service("lb", type="LoadBalancer"))
+    local = await change_service(kube_api, "patch", "lb", externalTrafficPolicy="Local")
+    health = local["spec"]["healthCheckNodePort"]
+    assert 30000 <= health <= 32767
+    resubmitted = await kube_api.request("PUT", f"{SVC_PATH}/lb", body={**local, "spec": {**local["spec"]}})
+    assert resubmitted["spec"]["healthCheckNodePort"] == health
+    stored = await kube_api.request("GET", f"{SVC_PATH}/lb")
+    del stored["spec"]["healthCheckNodePort"]  # left out: kept, as the registry keeps allocated values
+    assert (await kube_api.request("PUT", f"{SVC_PATH}/lb", body=stored))["spec"]["healthCheckNodePort"] == health
+    err = await error_of(change_service(kube_api, "patch", "lb", healthCheckNodePort=31999))
+    assert err.status == 422
+    assert err.message == 'Service "lb" is invalid: spec.healthCheckNodePort: Forbidden: field is immutable'
+    cluster = await change_service(kube_api, "patch", "lb", externalTrafficPolicy="Cluster")
+    assert "healthCheckNodePort" not in cluster["spec"]
+    ports = [{"port": 80, "nodePort": health}]  # released: free for another Service
+    taker = await kube_api.request("POST", SVC_PATH, body=service("taker", type="NodePort", ports=ports))
+    assert taker["spec"]["ports"][0]["nodePort"] == health
+
+
+async def test_a_load_balancer_without_node_port_allocation_keeps_only_the_ones_it_asks_for(
+    kube_api: KubeApi,
+) -> None:
+    ports = [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30801}]
+    out = await kube_api.request(
+        "POST", SVC_PATH, body=service("lb", type="LoadBalancer", allocateLoadBalancerNodePorts=False, ports=ports)
+    )
+    assert [p.get("nodePort") for p in out["spec"]["ports"]] == [None, 30801]
+    err = await error_of(
+        kube_api.request("POST", SVC_PATH, body=service("np", type="NodePort", ports=[{"port": 80, "nodePort": 30801}]))
+    )
+    assert err.status == 422 and "30801: provided port is already allocated" in err.message
+    changed = await change_service(kube_api, "patch", "lb", ports=[*ports, {"name": "c", "port": 82}])
+    assert [p.get("nodePort") for p in changed["spec"]["ports"]] == [None, 30801, None]
+    err = await error_of(kube_api.request("POST", SVC_PATH, body=service("cip", allocateLoadBalancerNodePorts=True)))
+    assert err.status == 422
+    assert err.message == (
+        'Service "cip" is invalid: spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` '
+        "is 'LoadBalancer'"
+    )

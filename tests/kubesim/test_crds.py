@@ -185,6 +185,18 @@ async def test_custom_resources_are_listed_by_label_and_watched_until_the_crd_go
     assert status == 404
 
 
+async def test_custom_resource_list_items_keep_their_kind_and_api_version(kubesim: KubeSim) -> None:
+    kubesim.create_object(crd())
+    kubesim.create_object(peer_authentication("a"))
+    for path in (f"{BASE}/peerauthentications", f"{BASE}/namespaces/default/peerauthentications"):
+        _, listed = await call(kubesim, "GET", path)
+        assert (listed["kind"], listed["apiVersion"]) == ("PeerAuthenticationList", "security.istio.io/v1")
+        [item] = listed["items"]
+        assert (item["kind"], item["apiVersion"]) == ("PeerAuthentication", "security.istio.io/v1")
+    _, pods = await call(kubesim, "GET", "/api/v1/namespaces/kube-system/serviceaccounts")
+    assert pods["items"] and all("kind" not in i and "apiVersion" not in i for i in pods["items"])
+
+
 async def test_custom_resources_take_merge_and_json_patches_but_refuse_strategic_merge(kubesim: KubeSim) -> None:
     kubesim.create_object(crd())
     kubesim.create_object(peer_authentication("p"))

@@ -19,7 +19,7 @@ import yaml
 from aiohttp import web
 
 from tests.kubesim import apply, patching
-from tests.kubesim.endpoints import APPLY_PATCH, PATCH_TYPES, Clock, Context, now_stamp, unsupported_media
+from tests.kubesim.endpoints import APPLY_PATCH, PATCH_TYPES, Clock, Context, now_stamp, query_bool, unsupported_media
 from tests.kubesim.registry import Registry, check_namespace, check_type, unknown_fields
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
@@ -119,9 +119,7 @@ class Updater:
             raise patch_options_invalid(
                 "fieldManager", "FieldValueRequired", "Required value: is required for apply patch"
             )
-        force = request.query.get("force", "false").lower()
-        if force not in ("true", "false"):
-            raise bad_request(f'force: invalid value "{request.query["force"]}": want true or false')
+        force = bool(query_bool(request, "force"))  # any value but "0" and "false" is true, as for every bool
         try:
             config = yaml.safe_load(await request.read())
         except yaml.YAMLError as exc:
@@ -157,7 +155,7 @@ class Updater:
                 live=live,
                 config=config,
                 manager=manager,
-                force=force == "true",
+                force=force,
                 api_version=resource.api_version,
                 now=now_stamp(self._clock()),
             )
