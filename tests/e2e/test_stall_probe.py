@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -35,71 +33,14 @@ from certs.service import METHOD_PATH as CA_METHOD
 from protos.gen.istio.v1.auth.ca_pb2 import IstioCertificateRequest
 from tests.discovery.harness import SotwClient, first_sotw_response, node
 from tests.helpers.protowire import length_delimited, struct_of
+from tests.helpers.readyprobe import Prober
 from tests.helpers.serve import SERVER_NAME, Running, admission_review, post_webhook, start_serve
 
 STALL_LIMIT = 0.250  # seconds a single /ready poll may wait
-POLL_EVERY = 0.050
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-PROBER = r"""
-import http.client, json, sys, time, threading
-host, port, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-polls = []
-done = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-print("probing", flush=True)
-while not done.is_set():
-    start = time.time()
-    try:
-        conn = http.client.HTTPConnection(host, port, timeout=10)
-        conn.request("GET", "/ready")
-        status = conn.getresponse().status
-        conn.close()
-    except OSError as exc:
-        status = str(exc)
-    polls.append((start, time.time() - start, status))
-    time.sleep(max(0.0, every - (time.time() - start)))
-print(json.dumps(polls), flush=True)
-"""
-
-
-class Prober:
-    """A child process polling /ready; `marks` record which input was being sent when."""
-
-    def __init__(self, running: Running) -> None:
-        host, port = running.addr("http").rsplit(":", 1)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PROBER, host, port, str(POLL_EVERY)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "probing"
-        self.marks: list[tuple[float, str]] = []
-
-    def mark(self, what: str) -> None:
-        self.marks.append((time.time(), what))
-
-    def finish(self) -> list[tuple[float, float, Any]]:
-        out, _ = self.proc.communicate(input="", timeout=30)
-        polls: list[tuple[float, float, Any]] = json.loads(out.strip().splitlines()[-1])
-        return polls
-
-    def during(self, at: float) -> str:
-        current = "(before the first input)"
-        for when, what in self.marks:
-            if when <= at:
-                current = what
-        return current
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
