@@ -439,7 +439,9 @@ async def run(settings: Settings) -> int:
             raise
         # What start-up built (modules, protos, config) lives as long as the process: keep it out of the
         # collector's full passes, which otherwise walk it on the event loop for 100-400 ms each (bench/soak).
+        # A cluster's config arrives after start-up: its first complete view is kept out too, once it is in.
         gc.freeze()
+        plane.store.when_synced(gc.freeze)
         await plane.tasks.wait_first(stop)
         failed = not stop.done()
         await plane.stop()

@@ -68,6 +68,7 @@ class ConfigStore:
         self._objects: dict[ObjectKey, Object] = {}
         self._listeners: list[Listener] = []
         self._synced = False
+        self._on_synced: list[Callable[[], None]] = []
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, key: ObjectKey) -> Object | None:
@@ -92,6 +93,16 @@ class ConfigStore:
     # -- writing (config sources only) -------------------------------------------------------
     def mark_synced(self) -> None:
         self._synced = True
+        waiting, self._on_synced = self._on_synced, []
+        for callback in waiting:
+            callback()
+
+    def when_synced(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the source has delivered its first complete view: now if it has."""
+        if self._synced:
+            callback()
+        else:
+            self._on_synced.append(callback)
 
     def apply(self, changes: Iterable[tuple[ObjectKey, Object | None]]) -> builtins.list[ConfigEvent]:
         """Set (or delete, with None) each key; notify listeners once with the real changes."""

@@ -72,3 +72,18 @@ def test_a_failing_listener_does_not_stop_the_others() -> None:
     store.subscribe(lambda events: seen.append(len(events)))
     store.apply([(ObjectKey("Namespace", "", "a"), ns("a"))])
     assert seen == [1]
+
+
+def test_when_synced_calls_back_once_the_first_complete_view_is_in() -> None:
+    """What waits for the first complete view (the server keeps it out of the garbage collector's
+    full passes then) runs once: at once when the store is synced, else when the source marks it."""
+    store = ConfigStore()
+    calls: list[str] = []
+    store.when_synced(lambda: calls.append("early"))
+    store.apply([(ObjectKey("Namespace", "", "a"), ns("a"))])
+    assert calls == []
+    store.mark_synced()
+    assert calls == ["early"]
+    store.when_synced(lambda: calls.append("late"))
+    store.mark_synced()  # a second mark calls nothing again
+    assert calls == ["early", "late"]
