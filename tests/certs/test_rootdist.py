@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+from collections.abc import Mapping
 
 import pytest
 
@@ -92,3 +94,41 @@ def test_local_root_file_is_rewritten_only_when_the_bundle_changes(tmp_path: pat
     assert not target.publish(b"one")
     assert target.publish(b"two")
     assert (tmp_path / "root-cert.pem").read_bytes() == b"two"
+
+
+class SlowConfigMaps(FakeConfigMaps):
+    """Each write takes a turn of the event loop; counts the writes in flight at once; fails for `broken`."""
+
+    def __init__(self, broken: str = "") -> None:
+        super().__init__()
+        self.broken = broken
+        self.in_flight = 0
+        self.most = 0
+
+    async def create(self, *, namespace: str, name: str, data: Mapping[str, str], labels: Mapping[str, str]) -> None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)
+            if namespace == self.broken:
+                raise RuntimeError(f"namespaces {namespace!r} is forbidden")
+            await super().create(namespace=namespace, name=name, data=data, labels=labels)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_cluster_of_many_namespaces_gets_its_configmaps_a_few_writes_at_a_time() -> None:
+    """A first install in 3,000 namespaces waited one API round trip per namespace, one after the other."""
+    client = SlowConfigMaps()
+    names = [f"team-{i}" for i in range(100)]
+    done = await RootConfigMapReconciler(client, writes=8).reconcile(root_pem=ROOT, namespaces=ns(*names), existing={})
+    assert len(done) == 100 and set(client.items) == {(n, ROOT_CONFIGMAP) for n in names}
+    assert client.most == 8
+
+
+async def test_one_failed_write_does_not_stop_the_others_and_is_raised() -> None:
+    client = SlowConfigMaps(broken="team-3")
+    names = [f"team-{i}" for i in range(20)]
+    with pytest.raises(RuntimeError, match="team-3"):
+        await RootConfigMapReconciler(client, writes=4).reconcile(root_pem=ROOT, namespaces=ns(*names), existing={})
+    assert set(client.items) == {(n, ROOT_CONFIGMAP) for n in names if n != "team-3"}
