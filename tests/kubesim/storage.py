@@ -85,12 +85,18 @@ class Storage:
         return self.objects.get((resource.key, namespace, name))
 
     def items(self, resource: ResourceType, namespace: str | None = None) -> list[Obj]:
-        """Current objects in key order (namespace, then name)."""
-        return [
-            obj
-            for (rkey, ns, _), obj in sorted(self.objects.items(), key=lambda kv: kv[0])
-            if rkey == resource.key and (namespace is None or ns == namespace)
+        """Current objects in key order (namespace, then name).
+
+        Selected before they are sorted: admission lists the webhook configurations on every write, and
+        sorting the whole store each time made a write cost ~5 ms with 10,000 objects stored."""
+        wanted = resource.key
+        found = [
+            (key, obj)
+            for key, obj in self.objects.items()
+            if key[0] == wanted and (namespace is None or key[1] == namespace)
         ]
+        found.sort(key=lambda kv: kv[0])
+        return [obj for _, obj in found]
 
     def namespaced_keys(self, namespace: str) -> Iterator[Key]:
         return iter([key for key in self.objects if key[1] == namespace])
