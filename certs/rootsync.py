@@ -64,6 +64,7 @@ class RootConfigMapController:
         self._wake = asyncio.Event()
         self._wake.set()
         store.subscribe(self._on_events)
+        store.when_synced(self._wake.set)
         ca.subscribe(self._on_authority)
 
     def _on_events(self, events: Sequence[ConfigEvent]) -> None:
@@ -101,9 +102,7 @@ class RootConfigMapController:
             await self._wake.wait()
             self._wake.clear()
             if not self.store.synced:
-                await asyncio.sleep(0.1)  # the first full view arrives soon; no event marks it
-                self._wake.set()
-                continue
+                continue  # woken again once the first full view is in
             self.passes += 1
             try:
                 await self.reconcile_once()

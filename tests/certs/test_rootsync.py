@@ -80,6 +80,15 @@ async def test_nothing_is_written_before_the_store_has_synced(
     assert root_in(client, "shop") == ca.current.root_pem.decode()
 
 
+async def test_the_first_pass_runs_as_the_store_syncs_with_no_event_after_it(
+    controller: RootConfigMapController, store: ConfigStore, client: FlakyConfigMaps, ca: CertificateAuthority
+) -> None:
+    store.apply([namespace("shop")])
+    await asyncio.sleep(0.05)
+    store.mark_synced()
+    await eventually(lambda: root_in(client, "shop") == ca.current.root_pem.decode(), what="shop's ConfigMap")
+
+
 async def test_a_new_root_is_written_to_every_namespace_and_terminating_ones_are_skipped(
     controller: RootConfigMapController, store: ConfigStore, client: FlakyConfigMaps, ca: CertificateAuthority
 ) -> None:
