@@ -34,6 +34,7 @@ from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2, json_format
 
 from controlplane.aio import TurnBudget
+from controlplane.model.endpoints import ServiceEndpoints
 from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
 from discovery.cache import XdsCache
@@ -101,7 +102,9 @@ class DiscoveryService:
         self._nonces = itertools.count(1)
         self._nonce_prefix = secrets.token_hex(3)
         self.pushes_started = 0
-        self._endpoints_seen = registry.snapshot()
+        # The endpoints of each service as the last change left them (immutable objects the registry
+        # shares): what an endpoints change is compared with, with no snapshot built per change.
+        self._endpoints_seen: dict[str, ServiceEndpoints] = dict(registry.snapshot().endpoints)
         registry.subscribe(self._on_change)
 
     # -- streams -------------------------------------------------------------------------------
@@ -129,14 +132,19 @@ class DiscoveryService:
         request = PushRequest.from_change(change)
         hosts = request.of_kind(UpdateKind.ENDPOINTS)
         if hosts:
-            before, after = self._endpoints_seen, self.registry.snapshot()
-            changed = frozenset(
-                host for host in hosts if tls_facts(before.endpoints_for(host)) != tls_facts(after.endpoints_for(host))
-            )
-            self._endpoints_seen = after
+            changed = frozenset(host for host in hosts if self._tls_changed(host))
             if changed:
                 request = dataclasses.replace(request, tls_changed=changed)
         self.debouncer.add(request)
+
+    def _tls_changed(self, host: str) -> bool:
+        """Whether what proxyless clients read from `host`'s endpoints changed since its last change."""
+        after = self.registry.endpoints_now(host)
+        before = self._endpoints_seen.pop(host, None)
+        if after.endpoints:
+            self._endpoints_seen[host] = after
+        empty = ServiceEndpoints(hostname=host, endpoints=(), revision=0)
+        return tls_facts(before if before is not None else empty) != tls_facts(after)
 
     def start_push(self, request: PushRequest) -> None:
         """Queue `request` for every connected stream (the debouncer calls this)."""

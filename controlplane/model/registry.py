@@ -203,6 +203,14 @@ class Registry:
     def subscribe(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
+    def endpoints_now(self, host: str) -> ServiceEndpoints:
+        """`host`'s endpoints as held now, as the next snapshot will have them, without building one.
+
+        Building a snapshot copies the views that changed (every Pod's, after a Pod change), so a
+        listener that needs one service's endpoints on every change reads them here."""
+        found = self._endpoints.get(host)
+        return found if found is not None else ServiceEndpoints(hostname=host, endpoints=(), revision=0)
+
     def snapshot(self) -> MeshSnapshot:
         """The current view; the same object until the next change."""
         if self._snapshot is None:

@@ -148,3 +148,26 @@ def test_a_flip_and_flip_back_within_one_debounce_window_still_names_the_host() 
     apply(objects(api_2_sidecar=False, ready=False))
     health_only = health.debouncer.pending
     assert health_only is not None and health_only.tls_changed == frozenset()
+
+
+def test_endpoint_changes_build_no_snapshot_until_a_push_needs_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot copies the views that changed, every Pod's after a Pod change: built for each endpoints
+    change, 100 changes/s in a cluster of 30,000 Pods kept the server at 30% of a core with the event
+    loop held up to 100 ms. What a change needs from the endpoints it reads from the registry as is."""
+    store = ConfigStore()
+    registry = Registry(store)
+
+    def apply(items: list[dict[str, Any]]) -> None:
+        store.apply([(ObjectKey.of(o), o) for o in items])
+
+    apply(objects(api_2_sidecar=False))
+    service = DiscoveryService(registry, debounce_quiet=60, debounce_max=60)
+    built: list[int] = []
+    build = registry._build_snapshot
+    monkeypatch.setattr(registry, "_build_snapshot", lambda: built.append(1) or build())
+    apply(objects(api_2_sidecar=True))
+    apply(objects(api_2_sidecar=True, ready=False))
+    pending = service.debouncer.pending
+    assert pending is not None and pending.tls_changed == {HOST}  # still told apart, from the endpoints alone
+    assert built == []
+    assert service.snapshot().version == registry.version and built == [1]
