@@ -143,8 +143,7 @@ class DiscoveryService:
         before = self._endpoints_seen.pop(host, None)
         if after.endpoints:
             self._endpoints_seen[host] = after
-        empty = ServiceEndpoints(hostname=host, endpoints=(), revision=0)
-        return tls_facts(before if before is not None else empty) != tls_facts(after)
+        return tls_facts(before or ServiceEndpoints.none_for(host)) != tls_facts(after)
 
     def start_push(self, request: PushRequest) -> None:
         """Queue `request` for every connected stream (the debouncer calls this)."""

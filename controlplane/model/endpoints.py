@@ -197,6 +197,11 @@ class ServiceEndpoints:
     endpoints: tuple[Endpoint, ...]
     revision: int
 
+    @classmethod
+    def none_for(cls, hostname: str) -> ServiceEndpoints:
+        """What a service without endpoints has (revision 0)."""
+        return cls(hostname=hostname, endpoints=(), revision=0)
+
     def for_port(self, port_name: str) -> tuple[Endpoint, ...]:
         return tuple(e for e in self.endpoints if e.port_name == port_name)
 

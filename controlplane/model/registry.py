@@ -105,7 +105,7 @@ class MeshSnapshot:
 
     def endpoints_for(self, host: str) -> ServiceEndpoints:
         found = self.endpoints.get(host)
-        return found if found is not None else ServiceEndpoints(hostname=host, endpoints=(), revision=0)
+        return found if found is not None else ServiceEndpoints.none_for(host)
 
     def services_selecting(self, *, namespace: str, labels: Mapping[str, str]) -> tuple[Service, ...]:
         """Services in `namespace` whose (non-empty) selector matches `labels`."""
@@ -209,7 +209,7 @@ class Registry:
         Building a snapshot copies the views that changed (every Pod's, after a Pod change), so a
         listener that needs one service's endpoints on every change reads them here."""
         found = self._endpoints.get(host)
-        return found if found is not None else ServiceEndpoints(hostname=host, endpoints=(), revision=0)
+        return found if found is not None else ServiceEndpoints.none_for(host)
 
     def snapshot(self) -> MeshSnapshot:
         """The current view; the same object until the next change."""

@@ -3,7 +3,7 @@ changes that alter that reach proxyless clients as CDS pushes too (sidecars stil
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -129,13 +129,19 @@ async def test_a_sidecar_gained_or_lost_pushes_cds_to_proxyless_watchers_only(xd
     assert not cluster(back).HasField("transport_socket")
 
 
-def test_a_flip_and_flip_back_within_one_debounce_window_still_names_the_host() -> None:
-    store = ConfigStore()
-    registry = Registry(store)
+def applying(store: ConfigStore) -> Callable[[list[dict[str, Any]]], None]:
+    """A function that writes objects into `store` as one batch, as a config source does."""
 
     def apply(items: list[dict[str, Any]]) -> None:
         store.apply([(ObjectKey.of(o), o) for o in items])
 
+    return apply
+
+
+def test_a_flip_and_flip_back_within_one_debounce_window_still_names_the_host() -> None:
+    store = ConfigStore()
+    registry = Registry(store)
+    apply = applying(store)
     apply(objects(api_2_sidecar=False))
     # Long debounce times: requests merge into the pending one and nothing is emitted.
     flipping = DiscoveryService(registry, debounce_quiet=60, debounce_max=60)
@@ -156,10 +162,7 @@ def test_endpoint_changes_build_no_snapshot_until_a_push_needs_one(monkeypatch: 
     loop held up to 100 ms. What a change needs from the endpoints it reads from the registry as is."""
     store = ConfigStore()
     registry = Registry(store)
-
-    def apply(items: list[dict[str, Any]]) -> None:
-        store.apply([(ObjectKey.of(o), o) for o in items])
-
+    apply = applying(store)
     apply(objects(api_2_sidecar=False))
     service = DiscoveryService(registry, debounce_quiet=60, debounce_max=60)
     built: list[int] = []

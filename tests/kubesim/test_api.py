@@ -27,6 +27,16 @@ def cm(name: str, **data: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
 
 
+def bare_pod(name: str) -> dict[str, Any]:
+    """A Pod with one container and nothing else."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "i"}]},
+    }
+
+
 async def error_of(coro: Any) -> KubeApiError:
     with pytest.raises(KubeApiError) as info:
         await coro
@@ -185,12 +195,7 @@ async def test_delete_answers_status_for_configmaps_and_the_object_for_pods(kube
     assert out["details"]["uid"] == created["metadata"]["uid"]
     err = await error_of(kube_api.request("DELETE", f"{CM_PATH}/gone"))
     assert err.status == 404
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p"},
-        "spec": {"containers": [{"name": "c", "image": "i"}]},
-    }
+    pod = bare_pod("p")
     await kube_api.request("POST", "/api/v1/namespaces/default/pods", body=pod)
     out = await kube_api.request("DELETE", "/api/v1/namespaces/default/pods/p")
     assert out["kind"] == "Pod"
@@ -367,12 +372,7 @@ async def test_pods_get_defaults_and_a_service_account_token_volume(kube_api: Ku
 
 
 async def test_a_pod_binding_without_a_name_is_400_as_a_name_mismatch(kube_api: KubeApi) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p"},
-        "spec": {"containers": [{"name": "c", "image": "i"}]},
-    }
+    pod = bare_pod("p")
     await kube_api.request("POST", "/api/v1/namespaces/default/pods", body=pod)
     binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {}, "target": {"kind": "Node", "name": "node-a"}}
     err = await error_of(kube_api.request("POST", "/api/v1/namespaces/default/pods/p/binding", body=binding))
