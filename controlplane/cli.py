@@ -125,6 +125,15 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--max-request-bytes",
+        default=_size_text(d.max_request_bytes),
+        help="largest gRPC request message either gRPC port takes (bytes, or with Ki or Mi), from 1Mi to 256Mi; "
+        "larger ones end their stream with RESOURCE_EXHAUSTED. gRPC holds a message up to this size before "
+        "meshplane sees it, so one client address can make the server hold this times --max-streams-per-client "
+        "(Istio: ISTIO_GPRC_MAXRECVMSGSIZE)",
+    )
+    _add(
+        p,
         "--ca-workers",
         default="auto",
         help="processes that check CSRs and sign for the CA; 0 signs on the event loop; auto: 0 on one core, "
@@ -158,6 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ) from None
     if max_streams < 1:
         raise SettingsError(f"--max-streams-per-client: {max_streams} must be at least 1")
+    max_request = _size(args.max_request_bytes, field="--max-request-bytes", low=MIB, high=256 * MIB)
     if args.config_dir and args.kubeconfig:
         raise SettingsError(
             "--config-dir and --kubeconfig: choose one; --config-dir runs local mode (no Kubernetes), "
@@ -185,9 +195,31 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_workload_cert_ttl=max_ttl.total_seconds(),
         ca_workers=ca_workers,
         max_streams_per_client=max_streams,
+        max_request_bytes=max_request,
         ca_key_algorithm=args.ca_key_algorithm,
         allow_new_root=_boolean(args.allow_new_root, field="--allow-new-root"),
     )
+
+
+MIB = 1024 * 1024
+_SIZE_UNITS = {"": 1, "Ki": 1024, "KiB": 1024, "Mi": MIB, "MiB": MIB}
+
+
+def _size_text(size: int) -> str:
+    return f"{size // MIB}Mi" if size % MIB == 0 else str(size)
+
+
+def _size(value: str, *, field: str, low: int, high: int) -> int:
+    """A byte size given as a number, or with Ki or Mi. Raises SettingsError naming `field`."""
+    text = value.strip()
+    digits = text.rstrip("KMiB")
+    unit = _SIZE_UNITS.get(text[len(digits) :].strip()) if digits.strip().isdigit() else None
+    if unit is None:
+        raise SettingsError(f"{field}: {value!r} is not a size (bytes, or a number with Ki or Mi)")
+    size = int(digits) * unit
+    if not low <= size <= high:
+        raise SettingsError(f"{field}: {value} must be from {_size_text(low)} to {_size_text(high)}")
+    return size
 
 
 def _boolean(value: bool | str, *, field: str) -> bool:

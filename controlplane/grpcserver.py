@@ -59,10 +59,16 @@ OWNER_FILE = "owner.pid"
 #: only taken for orphaned once it is older than this.
 UNOWNED_GRACE = 60.0
 
-# Generous limits: full CDS/EDS responses for large meshes exceed gRPC's 4 MiB default.
+#: The largest request message either gRPC port takes (Istio's default, `ISTIO_GPRC_MAXRECVMSGSIZE`).
+#: gRPC lets a message that says it is this large in before the handler sees it, so each open stream
+#: can hold this much: with `--max-streams-per-client` 100, one client address at most ~400 MiB (at
+#: 16 MiB a message it made the server hold 1.7 GB). The largest request meshplane takes is ~2 MiB:
+#: a node of at most 1 MiB and 10,000 resource names.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+# Responses: full CDS/EDS responses for large meshes exceed gRPC's 4 MiB default.
 _OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -79,14 +85,16 @@ class GrpcServers:
         secure_addr: Address | None,
         serving: ServingCertificate,
         front_tuning: FrontTuning | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.serving = serving
         self.front_tuning = front_tuning or FrontTuning()
         self.plaintext_addr = plaintext_addr
         self.secure_addr = secure_addr
-        self.plaintext = grpc.aio.server(options=_OPTIONS) if plaintext_addr else None
+        options = [*_OPTIONS, ("grpc.max_receive_message_length", max_request_bytes)]
+        self.plaintext = grpc.aio.server(options=options) if plaintext_addr else None
         # The services of the secure port live on this internal server, reached only through the front end.
-        self.secure = grpc.aio.server(options=_OPTIONS) if secure_addr else None
+        self.secure = grpc.aio.server(options=options) if secure_addr else None
         self.peer_certificates = ForwardedPeers()
         self.front: EnvoyFrontEnd | None = None
         self.secrets: grpc.aio.Server | None = None

@@ -149,7 +149,12 @@ class ControlPlane:
         )
 
         self._start_discovery()
-        self.grpc = GrpcServers(plaintext_addr=s.grpc_addr, secure_addr=s.secure_grpc_addr, serving=self.serving)
+        self.grpc = GrpcServers(
+            plaintext_addr=s.grpc_addr,
+            secure_addr=s.secure_grpc_addr,
+            serving=self.serving,
+            max_request_bytes=s.max_request_bytes,
+        )
         # gRPC services register on the shared servers here, before they start. The secure port's TLS
         # front end (Envoy) forwards the verified client certificate with each call; the CA and xDS read it there.
         self.ca.service.peer_certificate = self.grpc.peer_certificates.for_context

@@ -42,6 +42,30 @@ def test_a_client_address_may_have_100_xds_streams_unless_told_otherwise(monkeyp
     assert parse().max_streams_per_client == 7
 
 
+def test_request_messages_are_at_most_4_mib_as_istio_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse().max_request_bytes == 4 * 1024 * 1024
+    assert parse("--max-request-bytes", "16Mi").max_request_bytes == 16 * 1024 * 1024
+    assert parse("--max-request-bytes", "2048KiB").max_request_bytes == 2 * 1024 * 1024
+    monkeypatch.setenv("MESHPLANE_MAX_REQUEST_BYTES", "8388608")
+    assert parse().max_request_bytes == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("lots", "--max-request-bytes: 'lots' is not a size (bytes, or a number with Ki or Mi)"),
+        ("4Gi", "--max-request-bytes: '4Gi' is not a size (bytes, or a number with Ki or Mi)"),
+        ("Mi", "--max-request-bytes: 'Mi' is not a size (bytes, or a number with Ki or Mi)"),
+        ("512Ki", "--max-request-bytes: 512Ki must be from 1Mi to 256Mi"),
+        ("257Mi", "--max-request-bytes: 257Mi must be from 1Mi to 256Mi"),
+    ],
+)
+def test_a_bad_max_request_bytes_is_named(value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        parse("--max-request-bytes", value)
+    assert str(error.value) == message
+
+
 def test_revision_names_follow_istio() -> None:
     assert parse().istiod_service == "istiod"
     canary = parse("--revision", "canary")
