@@ -4,27 +4,32 @@ A Service gets a cluster IP from `SERVICE_CIDR` (a requested one must be in rang
 picked for it is 10.96.0.10 or above, the lower ones, like the API server's 10.96.0.1, being left to
 explicit requests) and, for NodePort and LoadBalancer types, a node port per port from `NODE_PORTS`
 (a requested one must be in range and not held by another Service: 422 naming
-`spec.ports[i].nodePort`). A LoadBalancer with `allocateLoadBalancerNodePorts: false` is given no
-node ports, though the ones it asks for are held. A LoadBalancer with `externalTrafficPolicy: Local`
-also gets a `healthCheckNodePort` from the same pool (the requested one, else the next free); as in
-the registry, failing to get it is a 500, not a validation error. As the Service registry does, a
-create allocates before validation (a validating webhook sees the allocated values) and what it
-allocated is held once the Service is written. Dry runs check but hold nothing. Deleting a Service
-releases all of it.
+`spec.ports[i].nodePort`). A node port is picked as the real allocator picks it: a random scan of
+the range above its lowest `NODE_PORT_OFFSET` ports, which are left to explicit requests until the
+rest is full; a full range is a 500. A LoadBalancer with `allocateLoadBalancerNodePorts: false` is
+given no node ports, though the ones it asks for are held. A LoadBalancer with
+`externalTrafficPolicy: Local` also gets a `healthCheckNodePort` from the same pool (the requested
+one, else a free one); as in the registry, failing to get it is a 500, not a validation error. As
+the Service registry does, a create allocates before validation (a validating webhook sees the
+allocated values) and holds what it allocated from that moment, in the same step as choosing it,
+so that concurrent writes never pick the same value; a write that fails afterwards gives it back
+(`revert`). Dry runs hold nothing; like the real server's, a dry-run create checks that a requested
+node port is free but not that a requested cluster IP is. Deleting a Service releases all of it.
 
 An update is prepared as the Service registry prepares it, before validation: values the client
 left out are kept from the stored Service (`keep_allocations`), `allocate_update` allocates what the
 new type needs (node ports for NodePort and LoadBalancer, a cluster IP when leaving ExternalName, a
 health check node port when starting to need one) and `drop_type_dependent_fields` clears what the
 new type no longer has (node ports going back to ClusterIP, the cluster IPs going to ExternalName,
-the health check node port when it is no longer needed). What was allocated and what is given back
-take effect in `commit`, when the update is written.
+the health check node port when it is no longer needed). What was allocated is held at once, what
+is given back only in `commit`, when the update is written.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,14 +44,32 @@ NODE_PORTS = range(30000, 32768)
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 
 
+def _range_offset(size: int) -> int:
+    """How many ports at the bottom of a node port range of `size` random picks leave to explicit requests.
+
+    min(max(16, size / 32), 128); none for a range of 16 or fewer. They are picked only once the
+    rest of the range is full.
+    """
+    if size <= 16:
+        return 0
+    return min(max(16, size // 32), 128)
+
+
+NODE_PORT_OFFSET = _range_offset(len(NODE_PORTS))
+
+
 @dataclass
 class Allocation:
-    """What an update of a Service takes from the allocators and gives back, once it is written."""
+    """What a write of a Service takes from the allocators and gives back once it is written.
+
+    `pending`: what it took is held and not yet committed; `revert` gives it back.
+    """
 
     ips: set[ipaddress.IPv4Address] = field(default_factory=set)
     node_ports: set[int] = field(default_factory=set)
     released_ips: set[ipaddress.IPv4Address] = field(default_factory=set)
     released_node_ports: set[int] = field(default_factory=set)
+    pending: bool = False
 
 
 def _spec(obj: Obj) -> dict[str, Any]:
@@ -110,11 +133,12 @@ class ServiceAllocator:
         self.node_ports: set[int] = set()
 
     # -- create ---------------------------------------------------------------------------------
-    def allocate(self, obj: Obj, resource: ResourceType, *, check_ip_taken: bool = True) -> Allocation:
+    def allocate(self, obj: Obj, resource: ResourceType, *, hold: bool, check_ip_taken: bool = True) -> Allocation:
         """Fill in a new Service's clusterIP(s), IP families, node ports and health check node port.
 
-        What it takes, to hold with `commit` once the Service is written. 422 for a cluster IP or node
-        port out of range or taken, 500 for a health check node port that cannot be had.
+        What it takes; with `hold`, held from now on (to `commit` once the Service is written, or
+        `revert`). 422 for a cluster IP or node port out of range or taken, 500 for a node port or
+        health check node port that cannot be had.
         """
         allocation = Allocation()
         spec = obj["spec"]
@@ -135,13 +159,16 @@ class ServiceAllocator:
             allocation.node_ports = self._node_ports(obj, resource, kept=set())
         if needs_health_check(obj):
             allocation.node_ports.add(self._health_check_port(obj, resource, taken=allocation.node_ports))
+        if hold:
+            self._hold(allocation)
         return allocation
 
     # -- update ---------------------------------------------------------------------------------
-    def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType) -> Allocation:
+    def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType, *, hold: bool) -> Allocation:
         """What updating `old` to `obj` allocates (filled into `obj`) and releases; 422 for one out of range or taken.
 
-        Nothing is held until `commit`: a dry run, or an update refused later, holds nothing.
+        With `hold`, what it allocates is held from now on (to `commit` when the update is written, or
+        `revert`); what it releases is given back only by `commit`.
         """
         allocation = Allocation()
         name = str(obj["metadata"]["name"])
@@ -162,6 +189,8 @@ class ServiceAllocator:
         else:
             allocation.released_node_ports = held
         self._update_health_check(obj, old, resource, allocation)
+        if hold:
+            self._hold(allocation)
         return allocation
 
     def _update_health_check(self, obj: Obj, old: Obj, resource: ResourceType, allocation: Allocation) -> None:
@@ -175,21 +204,25 @@ class ServiceAllocator:
         elif needed and not needs and health_check_port(old):
             allocation.released_node_ports.add(health_check_port(old))
 
-    def commit(self, allocation: Allocation, obj: Obj, resource: ResourceType) -> None:
-        """Hold what an update allocated, give back what it released; 422 when another write took a value meanwhile."""
-        name = str(obj["metadata"]["name"])
-        clash = sorted(allocation.ips & self.ips)
-        if clash:
-            detail = f"failed to allocate IP {clash[0]}: provided IP is already allocated"
-            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [str(clash[0])], detail)])
-        for i, port in enumerate(_ports(obj)):
-            if port.get("nodePort") in allocation.node_ports & self.node_ports:
-                raise _node_port_invalid(resource, name, i, port["nodePort"], "provided port is already allocated")
-        health_check = health_check_port(obj)
-        if health_check in allocation.node_ports & self.node_ports:
-            raise _health_check_failure(health_check, "provided port is already allocated")
-        self.ips = (self.ips - allocation.released_ips) | allocation.ips
-        self.node_ports = (self.node_ports - allocation.released_node_ports) | allocation.node_ports
+    # -- holding and giving back ----------------------------------------------------------------
+    def _hold(self, allocation: Allocation) -> None:
+        """Hold what `allocation` took, in the same step as choosing it (no other write runs in between)."""
+        self.ips |= allocation.ips
+        self.node_ports |= allocation.node_ports
+        allocation.pending = True
+
+    def commit(self, allocation: Allocation) -> None:
+        """The write of `allocation` happened: keep what it took, give back what it released."""
+        self.ips -= allocation.released_ips
+        self.node_ports -= allocation.released_node_ports
+        allocation.pending = False
+
+    def revert(self, allocation: Allocation) -> None:
+        """The write of `allocation` did not happen: give back what it took and holds (nothing once committed)."""
+        if allocation.pending:
+            self.ips -= allocation.ips
+            self.node_ports -= allocation.node_ports
+            allocation.pending = False
 
     # -- delete ---------------------------------------------------------------------------------
     def release(self, obj: Obj) -> None:
@@ -237,6 +270,8 @@ class ServiceAllocator:
                 continue  # allocateLoadBalancerNodePorts: false
             if not requested:
                 free = self._free_node_port(taken)
+                if free is None:
+                    raise _internal_error("failed to allocate a nodePort: range is full")
                 port["nodePort"] = free
                 taken.add(free)
             elif not _is_port_number(requested) or requested not in NODE_PORTS:
@@ -253,11 +288,22 @@ class ServiceAllocator:
                 taken.add(requested)
         return taken
 
-    def _free_node_port(self, taken: set[int]) -> int:
-        return next(p for p in NODE_PORTS if p not in self.node_ports and p not in taken)
+    def _free_node_port(self, taken: set[int]) -> int | None:
+        """A node port neither held nor in `taken`, picked at random as the real allocator picks; None when full.
+
+        A scan from a random start of the ports above the lowest `NODE_PORT_OFFSET` (wrapping round),
+        then, only when all of those are held, likewise of the lowest ones.
+        """
+        for band in (NODE_PORTS[NODE_PORT_OFFSET:], NODE_PORTS[:NODE_PORT_OFFSET]):
+            start = random.randrange(len(band)) if band else 0
+            for i in range(len(band)):
+                port = band[(start + i) % len(band)]
+                if port not in self.node_ports and port not in taken:
+                    return port
+        return None
 
     def _health_check_port(self, obj: Obj, resource: ResourceType, *, taken: set[int]) -> int:
-        """The requested `healthCheckNodePort` when in range and free, else the next free node port (filled in).
+        """The requested `healthCheckNodePort` when in range and free, else a free node port (filled in).
 
         As in the registry, where it is allocated before validation, a requested port that cannot be
         had is a 500 (an internal error), not a 422; `taken` are the ports this write takes already.
@@ -265,6 +311,8 @@ class ServiceAllocator:
         requested = _spec(obj).get("healthCheckNodePort")
         if not requested:
             free = self._free_node_port(taken)
+            if free is None:
+                raise _internal_error("failed to allocate a HealthCheck NodePort 0: range is full")
             obj["spec"]["healthCheckNodePort"] = free
             return free
         if not _is_port_number(requested) or requested not in NODE_PORTS:
@@ -278,9 +326,12 @@ class ServiceAllocator:
         return int(requested)
 
 
-def _health_check_failure(port: Any, detail: str) -> ApiError:
-    message = f"failed to allocate requested HealthCheck NodePort {port}: {detail}"
+def _internal_error(message: str) -> ApiError:
     return ApiError(500, f"Internal error occurred: {message}", details={"causes": [{"message": message}]})
+
+
+def _health_check_failure(port: Any, detail: str) -> ApiError:
+    return _internal_error(f"failed to allocate requested HealthCheck NodePort {port}: {detail}")
 
 
 def _node_port_invalid(resource: ResourceType, name: str, index: int, value: Any, detail: str) -> ApiError:

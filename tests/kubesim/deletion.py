@@ -228,6 +228,7 @@ class Deleter:
             objects=[copy.deepcopy(o) for o in page.objects],
             resource_version=page.resource_version,
             continue_token=page.continue_token if request.query.get("limit") else "",
+            remaining_item_count=page.remaining_item_count,
         )
         options = await delete_options(request)
         dry = dry_run(request) or bool(options.get("dryRun"))

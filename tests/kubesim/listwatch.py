@@ -2,10 +2,12 @@
 
 A list is answered from the current objects, or, with `resourceVersionMatch=Exact` or a
 `continue` token, from the storage's window at a past resourceVersion (410 Expired once it is
-compacted, 504 "Too large resource version" for one not reached yet); `limit` pages it. A watch
-streams ADDED/MODIFIED/DELETED events from a resourceVersion (or from now), BOOKMARK events when
-asked (`allowWatchBookmarks`), and ends at `timeoutSeconds` or the server's own limit. Both filter
-by label and field selectors and answer as objects, a Table or PartialObjectMetadata; a custom
+compacted, 504 "Too large resource version" for one not reached yet); `limit` pages it, and a page
+with more to come says how many items follow it (`remainingItemCount`) unless a label or field
+selector chose them, as the real server counts only without one. A watch streams
+ADDED/MODIFIED/DELETED events from a resourceVersion (or from now), BOOKMARK events when asked
+(`allowWatchBookmarks`), and ends at `timeoutSeconds` or the server's own limit. Both filter by
+label and field selectors and answer as objects, a Table or PartialObjectMetadata; a custom
 resource's list items keep their kind and apiVersion, a built-in list's have none.
 
 Boolean parameters (`watch`, `allowWatchBookmarks`, `sendInitialEvents`) are read as the real
@@ -49,16 +51,22 @@ def too_large(rv: int, current: int) -> ApiError:
 
 @dataclass
 class Page:
-    """What a list request selected: the objects (as stored), at which resourceVersion, where the next page starts."""
+    """What a list request selected: the objects (as stored), at which resourceVersion, where the next page starts.
+
+    `remaining_item_count`: how many items the pages after this one hold, when known.
+    """
 
     objects: list[Obj]
     resource_version: int
     continue_token: str = ""
+    remaining_item_count: int | None = None
 
     def list_meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"resourceVersion": str(self.resource_version)}
         if self.continue_token:
             meta["continue"] = self.continue_token
+        if self.remaining_item_count is not None:
+            meta["remainingItemCount"] = self.remaining_item_count
         return meta
 
 
@@ -172,7 +180,8 @@ class ListWatch:
     def page(self, request: web.Request, resource: ResourceType, namespace: str | None) -> Page:
         """The objects a list request selects: one page of `limit` (all without it), from its `continue` token.
 
-        Shared by list and deletecollection, which lists the same way before deleting.
+        A page with more to come counts the items after it, unless a selector chose them. Shared by
+        list and deletecollection, which lists the same way before deleting.
         """
         refused = list_options_causes(request)
         if refused:
@@ -217,11 +226,14 @@ class ListWatch:
         if start_after:
             selected = [o for o in selected if _list_key(o) > start_after]
         next_token = ""
+        remaining = None
         if limit and len(selected) > limit:
+            if labels.empty and not fields.requirements:
+                remaining = len(selected) - limit
             selected = selected[:limit]
             last = _list_key(selected[-1])
             next_token = base64.urlsafe_b64encode(json.dumps({"rv": at_rv, "start": last}).encode()).decode()
-        return Page(objects=selected, resource_version=at_rv, continue_token=next_token)
+        return Page(objects=selected, resource_version=at_rv, continue_token=next_token, remaining_item_count=remaining)
 
     def list_objects(self, request: web.Request, resource: ResourceType, namespace: str | None) -> web.Response:
         query = request.query
@@ -235,6 +247,7 @@ class ListWatch:
                 include_object=query.get("includeObject", "Metadata"),
                 now=self._clock(),
                 continue_token=page.continue_token,
+                remaining_item_count=page.remaining_item_count,
             )
             body["apiVersion"] = f"meta.k8s.io/{version}"
             return json_response(body, content_type=f"application/json;as=Table;v={version};g=meta.k8s.io")

@@ -3,22 +3,24 @@
 A create decodes and checks the object against the URL (kind, apiVersion, namespace), prunes or
 rejects unknown fields (fieldValidation), defaults it, runs the built-in ServiceAccount admission
 of a pod, the mutating webhooks, name generation, allocation (Services, before validation, as the
-Service registry allocates), validation and the validating webhooks, then holds what was allocated
-and stamps uid, creationTimestamp and generation before the write. An update keeps the system
-fields of the stored object, checks the resourceVersion precondition, allocates and releases what a
-Service's change needs before validation (held once it is written), bumps the generation when the
-spec changed, and writes nothing when nothing changed. Removal is the last step of a deletion: it
-releases a Service's allocations, and a CustomResourceDefinition takes its objects and their
-watches with it. Request decoding and answers are the handlers' business, not
-the registry's.
+Service registry allocates: held from then on, and given back if the create fails), validation and
+the validating webhooks, then stamps uid, creationTimestamp and generation before the write. An
+update keeps the system fields of the stored object, checks the resourceVersion precondition,
+allocates and releases what a Service's change needs before validation (what it allocates held at
+once and given back if the update fails, what it releases given back once it is written), bumps the
+generation when the spec changed, and writes nothing when nothing changed. Removal is the last step
+of a deletion: it releases a Service's allocations, and a CustomResourceDefinition takes its objects
+and their watches with it. Request decoding and answers are the handlers' business, not the
+registry's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from tests.kubesim import admission, apply
@@ -135,7 +137,8 @@ class Registry:
         """Create without calling admission webhooks (bootstrap, `create_object`, objects the server makes)."""
         obj = self._create_prepare(resource, namespace, body, ctx=ctx)
         allocation = self._create_validate(resource, obj, ctx=ctx, preallocated=preallocated)
-        return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
+        with self._given_back_on_failure(allocation):
+            return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
 
     async def create_admitted(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
         """Create as a POST does: mutating webhooks, validation, validating webhooks, then the write."""
@@ -157,8 +160,9 @@ class Registry:
         if resource.defaults is not None:
             resource.defaults(obj)
         allocation = self._create_validate(resource, obj, ctx=ctx)
-        await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
-        return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
+        with self._given_back_on_failure(allocation):
+            await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+            return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
 
     def _create_prepare(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
         """Decode, check and default a new object, then the built-in admission (service account of a pod)."""
@@ -202,29 +206,32 @@ class Registry:
 
         A Service's cluster IP and ports are allocated before validation, as the Service registry's
         BeginCreate hook does: validation and the validating webhooks see them, and an allocation
-        error comes before any validation error. What was allocated is held once the Service is
-        written (nothing for a dry run, or for a `preallocated` one whose values are held already).
+        error comes before any validation error. What was allocated is held from now on (nothing for
+        a dry run, or for a `preallocated` one whose values are held already), and given back here
+        when validation fails.
         """
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = f"{meta['generateName']}{random_suffix()}"
         allocation = None
         if resource.plural == "services":
-            allocation = self._allocator.allocate(obj, resource, check_ip_taken=not (ctx.dry_run or preallocated))
-        if resource.initial_status is not None:
-            obj["status"] = resource.initial_status(obj)
-        validate(resource, obj, None)
+            hold = not (ctx.dry_run or preallocated)
+            allocation = self._allocator.allocate(obj, resource, hold=hold, check_ip_taken=hold)
+        with self._given_back_on_failure(allocation):
+            if resource.initial_status is not None:
+                obj["status"] = resource.initial_status(obj)
+            validate(resource, obj, None)
         return None if preallocated else allocation
 
     def _create_store(self, resource: ResourceType, obj: Obj, *, ctx: Context, allocation: Allocation | None) -> Obj:
-        """Stamp and write a validated new object, holding what it allocated (409 when the name is taken)."""
+        """Stamp and write a validated new object, committing what it allocated (409 when the name is taken)."""
         dry_run = ctx.dry_run
         meta = obj["metadata"]
         name = str(meta["name"])
         if self._storage.get(resource, meta.get("namespace", ""), name) is not None:
             raise already_exists(resource, name)
         if allocation is not None and not dry_run:
-            self._allocator.commit(allocation, obj, resource)
+            self._allocator.commit(allocation)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_stamp(self._clock())
         if resource.generation_fields:
@@ -323,10 +330,11 @@ class Registry:
                 resource, name, [invalid_cause("metadata.name", obj["metadata"].get("name"), "field is immutable")]
             )
         check_namespace(resource, namespace, obj)
-        allocation = self._replace_prepare(resource, old, obj)
-        await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
-        self._check_unchanged(resource, old)
-        return self._replace_store(resource, old, obj, dry_run=ctx.dry_run, allocation=allocation)
+        allocation = self._replace_prepare(resource, old, obj, dry_run=ctx.dry_run)
+        with self._given_back_on_failure(allocation):
+            await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
+            self._check_unchanged(resource, old)
+            return self._replace_store(resource, old, obj, dry_run=ctx.dry_run, allocation=allocation)
 
     async def replace(
         self,
@@ -342,11 +350,12 @@ class Registry:
         `admit` (a subresource's validating admission) is called with the object as it is to be
         written; 409 when the stored object changed meanwhile.
         """
-        allocation = self._replace_prepare(resource, old, obj)
-        if admit is not None:
-            await admit(obj)
-            self._check_unchanged(resource, old)
-        return self._replace_store(resource, old, obj, dry_run=dry_run, allocation=allocation)
+        allocation = self._replace_prepare(resource, old, obj, dry_run=dry_run)
+        with self._given_back_on_failure(allocation):
+            if admit is not None:
+                await admit(obj)
+                self._check_unchanged(resource, old)
+            return self._replace_store(resource, old, obj, dry_run=dry_run, allocation=allocation)
 
     def _check_unchanged(self, resource: ResourceType, old: Obj) -> None:
         """404 when `old` is gone, 409 when it changed (while webhooks were being called)."""
@@ -361,10 +370,11 @@ class Registry:
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
 
-    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj) -> Allocation | None:
+    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Allocation | None:
         """Preconditions, system fields kept from `old`, defaults, allocation, validation and generation of an update.
 
-        For a Service: what it allocates and releases, to `commit` when the update is written.
+        For a Service: what it allocates (held from now on unless a dry run; given back here when
+        validation fails) and releases, to `commit` when the update is written.
         """
         meta = obj["metadata"]
         old_meta = old["metadata"]
@@ -400,10 +410,11 @@ class Registry:
             keep_allocations(obj, old)
         if resource.defaults is not None:
             resource.defaults(obj)
-        allocation = self._allocator.allocate_update(obj, old, resource) if service else None
-        if service:
-            drop_type_dependent_fields(obj, old)
-        validate(resource, obj, old)
+        allocation = self._allocator.allocate_update(obj, old, resource, hold=not dry_run) if service else None
+        with self._given_back_on_failure(allocation):
+            if service:
+                drop_type_dependent_fields(obj, old)
+            validate(resource, obj, old)
         if resource.generation_fields and any(obj.get(f) != old.get(f) for f in resource.generation_fields):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         return allocation
@@ -411,18 +422,30 @@ class Registry:
     def _replace_store(
         self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool, allocation: Allocation | None
     ) -> Obj:
-        """Write a prepared update, holding what it allocated; a no-op update writes nothing, like the real server."""
+        """Write a prepared update and commit what it allocated; a no-op update writes nothing, like the real server."""
         old_meta = old["metadata"]
         comparable = copy.deepcopy(obj)
         comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if comparable == old or dry_run:
+            if allocation is not None:
+                self._allocator.revert(allocation)
             return comparable if dry_run else old  # a no-op update writes nothing, like the real server
         if allocation is not None:
-            self._allocator.commit(allocation, obj, resource)
+            self._allocator.commit(allocation)
         stored = self._storage.write(resource, obj, event_type="MODIFIED")
         if resource.key == CRD_KEY:
             self._custom.set(stored)
         return self._remove_if_finalized(resource, stored)  # the last finalizer of a deleted object went
+
+    @contextlib.contextmanager
+    def _given_back_on_failure(self, allocation: Allocation | None) -> Iterator[None]:
+        """Give back what `allocation` holds when the write it is for fails before committing it."""
+        try:
+            yield
+        except BaseException:
+            if allocation is not None:
+                self._allocator.revert(allocation)
+            raise
 
     def _track_fields(self, resource: ResourceType, old: Obj | None, obj: Obj, manager: str | None) -> None:
         """Record in `obj`'s managedFields what `manager` changed over `old`; None keeps what `obj` carries."""

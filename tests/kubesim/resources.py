@@ -699,8 +699,7 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
         target = port.get("targetPort")
         if isinstance(target, int) and not isinstance(target, bool):
             _port_in_range(errors, f"{ppath}.targetPort", target)
-        node_port = port.get("nodePort")
-        if node_port is not None and stype not in ("NodePort", "LoadBalancer"):
+        if port.get("nodePort") and stype == "ClusterIP":  # ExternalName may name one: it is given none
             errors.forbidden(f"{ppath}.nodePort", "may not be used when `type` is 'ClusterIP'")
     _validate_load_balancer_node_ports(spec, errors)
     _validate_external_traffic(spec, errors)

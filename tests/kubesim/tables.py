@@ -346,8 +346,9 @@ def table(
     now: datetime.datetime,
     with_columns: bool = True,
     continue_token: str = "",
+    remaining_item_count: int | None = None,
 ) -> dict[str, Any]:
-    """A meta.k8s.io/v1 Table of `objects` with the resource's columns."""
+    """A meta.k8s.io/v1 Table of `objects` with the resource's columns (and a list's paging metadata)."""
     columns = COLUMNS.get(plural, [NAME, AGE])
     rows = []
     for obj in objects:
@@ -360,6 +361,8 @@ def table(
     meta: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
         meta["continue"] = continue_token
+    if remaining_item_count is not None:
+        meta["remainingItemCount"] = remaining_item_count
     result: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
     if with_columns:
         result["columnDefinitions"] = [col.definition() for col in columns]

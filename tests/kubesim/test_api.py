@@ -478,16 +478,15 @@ async def test_a_node_port_given_on_update_is_refused_when_taken_and_held_when_f
     assert err.status == 422
     assert f"spec.ports[0].nodePort: Invalid value: {in_use}: provided port is already allocated" in err.message
     assert (await kube_api.request("GET", f"{SVC_PATH}/second"))["spec"]["type"] == "ClusterIP"
-    changed = await change_service(
-        kube_api, "patch", "second", type="NodePort", ports=[{"port": 80, "nodePort": 30555}]
-    )
-    assert changed["spec"]["ports"][0]["nodePort"] == 30555
+    free = 30055  # among the lowest ports of the range, which random picks leave to requests like this one
+    changed = await change_service(kube_api, "patch", "second", type="NodePort", ports=[{"port": 80, "nodePort": free}])
+    assert changed["spec"]["ports"][0]["nodePort"] == free
     err = await error_of(
         kube_api.request(
-            "POST", SVC_PATH, body=service("third", type="NodePort", ports=[{"port": 80, "nodePort": 30555}])
+            "POST", SVC_PATH, body=service("third", type="NodePort", ports=[{"port": 80, "nodePort": free}])
         )
     )
-    assert err.status == 422 and "30555: provided port is already allocated" in err.message
+    assert err.status == 422 and f"{free}: provided port is already allocated" in err.message
 
 
 async def test_a_created_service_is_refused_a_node_port_out_of_range(kube_api: KubeApi) -> None:
@@ -808,3 +807,30 @@ async def test_a_load_balancer_without_node_port_allocation_keeps_only_the_ones_
         'Service "cip" is invalid: spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` '
         "is 'LoadBalancer'"
     )
+
+
+# -- paged lists: remainingItemCount --------------------------------------------------------------
+async def test_a_page_with_more_to_come_counts_the_items_left_unless_a_selector_is_given(kube_api: KubeApi) -> None:
+    for i in range(5):
+        await kube_api.request(
+            "POST", CM_PATH, body={**cm(f"r{i}"), "metadata": {"name": f"r{i}", "labels": {"r": "1"}}}
+        )
+    first = await kube_api.request("GET", CM_PATH, query=[("limit", "2")])
+    assert first["metadata"]["remainingItemCount"] == 3
+    second = await kube_api.request("GET", CM_PATH, query=[("limit", "2"), ("continue", first["metadata"]["continue"])])
+    assert second["metadata"]["remainingItemCount"] == 1
+    last = await kube_api.request("GET", CM_PATH, query=[("limit", "2"), ("continue", second["metadata"]["continue"])])
+    assert "continue" not in last["metadata"] and "remainingItemCount" not in last["metadata"]
+    for selector in [("labelSelector", "r=1"), ("fieldSelector", "metadata.namespace=default")]:
+        selected = await kube_api.request("GET", CM_PATH, query=[selector, ("limit", "2")])
+        assert selected["metadata"]["continue"] and "remainingItemCount" not in selected["metadata"]
+    for kind in ("Table", "PartialObjectMetadataList"):
+        accept = f"application/json;as={kind};v=v1;g=meta.k8s.io"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{kube_api.host}{CM_PATH}?limit=4", headers={"Accept": accept}) as resp,
+        ):
+            answer = await resp.json(content_type=None)
+        assert (answer["kind"], answer["metadata"]["remainingItemCount"]) == (kind, 1)
+    deleted = await kube_api.request("DELETE", CM_PATH, query=[("limit", "2")])
+    assert deleted["metadata"]["remainingItemCount"] == 3
