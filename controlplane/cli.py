@@ -134,6 +134,14 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--max-xds-connections",
+        default="auto",
+        help="connections the plaintext xDS port holds open at once (a proxy needs one); more are closed as they "
+        "are accepted. auto: 16384, or what the open-files limit leaves when less (every port shares it; meshplane "
+        "raises the soft limit to the hard one and keeps 1024 for itself)",
+    )
+    _add(
+        p,
         "--ca-workers",
         default="auto",
         help="processes that check CSRs and sign for the CA; 0 signs on the event loop; auto: 0 on one core, "
@@ -167,6 +175,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ) from None
     if max_streams < 1:
         raise SettingsError(f"--max-streams-per-client: {max_streams} must be at least 1")
+    max_xds = _xds_connections(args.max_xds_connections)
     max_request = _size(args.max_request_bytes, field="--max-request-bytes", low=MIB, high=256 * MIB)
     if args.config_dir and args.kubeconfig:
         raise SettingsError(
@@ -196,9 +205,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ca_workers=ca_workers,
         max_streams_per_client=max_streams,
         max_request_bytes=max_request,
+        max_xds_connections=max_xds,
         ca_key_algorithm=args.ca_key_algorithm,
         allow_new_root=_boolean(args.allow_new_root, field="--allow-new-root"),
     )
+
+
+def _xds_connections(value: str) -> int | None:
+    if value.strip() == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise SettingsError(f"--max-xds-connections: {value!r} is not a number of connections or auto") from None
+    if count < 1:
+        raise SettingsError(f"--max-xds-connections: {count} must be at least 1")
+    return count
 
 
 MIB = 1024 * 1024

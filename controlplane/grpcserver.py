@@ -86,13 +86,21 @@ class GrpcServers:
         serving: ServingCertificate,
         front_tuning: FrontTuning | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_connections: int | None = None,
     ) -> None:
+        """`max_connections`: the most the plaintext port holds open (None: no cap); a connection beyond
+        it is closed as soon as it is accepted (`controlplane.listeners`)."""
         self.serving = serving
         self.front_tuning = front_tuning or FrontTuning()
         self.plaintext_addr = plaintext_addr
         self.secure_addr = secure_addr
         options = [*_OPTIONS, ("grpc.max_receive_message_length", max_request_bytes)]
-        self.plaintext = grpc.aio.server(options=options) if plaintext_addr else None
+        capped = (
+            options
+            if max_connections is None
+            else [*options, ("grpc.max_allowed_incoming_connections", max_connections)]
+        )
+        self.plaintext = grpc.aio.server(options=capped) if plaintext_addr else None
         # The services of the secure port live on this internal server, reached only through the front end.
         self.secure = grpc.aio.server(options=options) if secure_addr else None
         self.peer_certificates = ForwardedPeers()

@@ -11,6 +11,20 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+#: Both listeners answer GETs only. A connection must send its request headers within
+#: `HEADER_TIMEOUT` of being accepted or of its last answer (aiohttp's keep-alive timer, which also
+#: runs before the first request), else it is closed: with the listener's cap
+#: (`controlplane.listeners`), slow clients cannot hold what others need.
+HEADER_TIMEOUT = 10.0
+_HANDLER_ARGS = {
+    "keepalive_timeout": HEADER_TIMEOUT,
+    "max_line_size": 8190,
+    "max_field_size": 8190,
+    "max_headers": 64,
+    "read_bufsize": 16 * 1024,
+}
+_MAX_BODY = 64 * 1024
+
 ReadinessCheck = Callable[[], Mapping[str, bool]]
 DebugHandler = Callable[[web.Request], Any]
 
@@ -49,7 +63,7 @@ def health_app(readiness: ReadinessCheck, debug: Mapping[str, DebugHandler]) -> 
     async def index(_: web.Request) -> web.Response:
         return web.json_response({"endpoints": ["/ready", *(f"/debug/{n}" for n in sorted(debug))]})
 
-    app = web.Application()
+    app = web.Application(client_max_size=_MAX_BODY, handler_args=_HANDLER_ARGS)
     app.router.add_get("/ready", ready)
     app.router.add_get("/debug", index)
     app.router.add_get("/debug/", index)
@@ -78,7 +92,7 @@ def metrics_app() -> web.Application:
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(client_max_size=_MAX_BODY, handler_args=_HANDLER_ARGS)
     app.router.add_get("/metrics", metrics)
     return app
 

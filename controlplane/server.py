@@ -51,6 +51,7 @@ from controlplane.kube.source import KubeSource
 from controlplane.kube.tokenreview import KubeTokenReviewer
 from controlplane.kube.watching import Backoff
 from controlplane.kube.webhooks import CaBundlePatcher
+from controlplane.listeners import CappedSite, ConnectionBudget, raise_open_files_limit
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
@@ -62,6 +63,7 @@ from discovery.service import DiscoveryService, debounce_from_env
 from discovery.stream import StreamRefused
 from webhook.app import webhook_app
 from webhook.configwatch import InjectionConfigWatcher
+from webhook.limits import Limits
 from webhook.listener import WebhookSite
 from webhook.service import Injector
 
@@ -90,6 +92,7 @@ class ControlPlane:
     async def start(self) -> None:
         s = self.settings
         self._unpublish_listening()  # a previous run's file must not be read as this one's
+        self._plan_connections()
         if s.config_dir is None:
             await self._start_kube_source()
         else:
@@ -149,11 +152,13 @@ class ControlPlane:
         )
 
         self._start_discovery()
+        self._log_connections()
         self.grpc = GrpcServers(
             plaintext_addr=s.grpc_addr,
             secure_addr=s.secure_grpc_addr,
             serving=self.serving,
             max_request_bytes=s.max_request_bytes,
+            max_connections=self.budget.xds,
         )
         # gRPC services register on the shared servers here, before they start. The secure port's TLS
         # front end (Envoy) forwards the verified client certificate with each call; the CA and xDS read it there.
@@ -175,9 +180,12 @@ class ControlPlane:
         if self.grpc.front is not None:
             self.listening["secure-grpc"] = Address(host=s.secure_grpc_addr.bind_host, port=self.grpc.front.port)
 
-        await self._serve("webhook", webhook_app(self.injector), s.webhook_addr, tls=True, site_type=WebhookSite)
-        await self._serve("http", health_app(self._readiness, self._debug_handlers()), s.http_addr)
-        await self._serve("monitoring", metrics_app(), s.monitoring_addr)
+        webhook = webhook_app(self.injector, limits=self._webhook_limits)
+        await self._serve("webhook", webhook, s.webhook_addr, tls=True, site_type=WebhookSite)
+        await self._serve(
+            "http", health_app(self._readiness, self._debug_handlers()), s.http_addr, cap=self.budget.http
+        )
+        await self._serve("monitoring", metrics_app(), s.monitoring_addr, cap=self.budget.monitoring)
         self._publish_listening()
         log.info(
             "meshplane %s serving revision %s",
@@ -214,6 +222,29 @@ class ControlPlane:
             self.kube = None
 
     # -- pieces --------------------------------------------------------------------------------
+    def _plan_connections(self) -> None:
+        """Raise the open-files limit and give each listener its share (`controlplane.listeners`); a share
+        that does not fit is a SettingsError before anything starts."""
+        self._open_files = raise_open_files_limit()
+        self._webhook_limits = Limits.from_env(os.environ)
+        self.budget = ConnectionBudget.plan(
+            self._open_files[1], webhook=self._webhook_limits.max_connections, xds=self.settings.max_xds_connections
+        )
+
+    def _log_connections(self) -> None:
+        before, after = self._open_files
+        log.info(
+            "open files: %d (raised from %d); connections at most: xDS (plaintext) %d, webhook %d, /ready %d, "
+            "/metrics %d",
+            after,
+            before,
+            self.budget.xds,
+            self.budget.webhook,
+            self.budget.http,
+            self.budget.monitoring,
+            extra={"open_files": after},
+        )
+
     async def _serve(
         self,
         name: str,
@@ -221,13 +252,21 @@ class ControlPlane:
         addr: Address,
         *,
         tls: bool = False,
-        site_type: type[web.TCPSite] | type[WebhookSite] = web.TCPSite,
+        site_type: type[WebhookSite] | None = None,
+        cap: int = 0,
     ) -> None:
+        """Serve `app` on `addr`: with `site_type`, or else at most `cap` connections open at once."""
         app.middlewares.append(self._inflight.middleware)
         runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await runner.setup()
         ssl_context = self.serving.ssl_context() if tls else None
-        site = site_type(runner, addr.bind_host, addr.port, ssl_context=ssl_context, reuse_address=True)
+        site: web.BaseSite
+        if site_type is not None:
+            site = site_type(runner, addr.bind_host, addr.port, ssl_context=ssl_context, reuse_address=True)
+        else:
+            site = CappedSite(
+                runner, addr.bind_host, addr.port, listener=name, cap=cap, ssl_context=ssl_context, reuse_address=True
+            )
         try:
             await site.start()
         except OSError as exc:

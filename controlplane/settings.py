@@ -73,6 +73,9 @@ class Settings:
     allow_new_root: bool = False  # local mode: create a new root although a trust bundle exists without its key
     max_streams_per_client: int = 100  # open xDS streams one client address may have, both ports together
     max_request_bytes: int = 4 * 1024 * 1024  # the largest gRPC request message either port takes (Istio's)
+    max_xds_connections: int | None = (
+        None  # plaintext xDS connections open at once; None: what the open-files limit allows
+    )
     ca_workers: int | None = None  # CA signing processes; None: chosen from the usable cores, 0: the event loop signs
 
     @property

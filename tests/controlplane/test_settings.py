@@ -66,6 +66,20 @@ def test_a_bad_max_request_bytes_is_named(value: str, message: str) -> None:
     assert str(error.value) == message
 
 
+def test_xds_connections_are_capped_by_what_the_open_files_limit_allows_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert parse().max_xds_connections is None
+    assert parse("--max-xds-connections", "auto").max_xds_connections is None
+    assert parse("--max-xds-connections", "50000").max_xds_connections == 50000
+    monkeypatch.setenv("MESHPLANE_MAX_XDS_CONNECTIONS", "300")
+    assert parse().max_xds_connections == 300
+    with pytest.raises(SettingsError, match=r"--max-xds-connections: 'many' is not a number of connections or auto"):
+        parse("--max-xds-connections", "many")
+    with pytest.raises(SettingsError, match=r"--max-xds-connections: 0 must be at least 1"):
+        parse("--max-xds-connections", "0")
+
+
 def test_revision_names_follow_istio() -> None:
     assert parse().istiod_service == "istiod"
     canary = parse("--revision", "canary")

@@ -107,9 +107,26 @@ def meshplane_cmd() -> list[str]:
     return [sys.executable, "-m", "controlplane"]
 
 
+# Runs argv[2:] with argv[1] file descriptors (RLIMIT_NOFILE, soft and hard).
+_WITH_OPEN_FILES = (
+    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def with_open_files(count: int, cmd: list[str]) -> list[str]:
+    """`cmd` run with `count` file descriptors (soft and hard limit)."""
+    return [sys.executable, "-c", _WITH_OPEN_FILES, str(count), *cmd]
+
+
 def start_serve(
-    tmp_path: pathlib.Path, *extra: str, ready_timeout: float = 60.0, env: dict[str, str] | None = None
+    tmp_path: pathlib.Path,
+    *extra: str,
+    ready_timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    open_files: int | None = None,
 ) -> Running:
+    """`meshplane serve` in local mode on free ports, ready; `open_files`: its RLIMIT_NOFILE (soft and hard)."""
     state_dir = tmp_path / "state"
     config_dir: pathlib.Path | None = None
     args = list(extra)
@@ -122,7 +139,13 @@ def start_serve(
     listen = [arg for name, flag in ADDR_FLAGS.items() for arg in (flag, "127.0.0.1:0")]
     cmd = [*meshplane_cmd(), "serve", "--state-dir", str(state_dir), *listen, "--log-level", "debug", *args]
     return _launch(
-        cmd, state_dir=state_dir, config_dir=config_dir, log_path=tmp_path / "serve.log", env=env, timeout=ready_timeout
+        cmd,
+        state_dir=state_dir,
+        config_dir=config_dir,
+        log_path=tmp_path / "serve.log",
+        env=env,
+        timeout=ready_timeout,
+        open_files=open_files,
     )
 
 
@@ -158,10 +181,20 @@ def _launch(
     log_path: pathlib.Path,
     env: dict[str, str] | None,
     timeout: float,
+    open_files: int | None = None,
 ) -> Running:
-    """Start `cmd`, read its bound ports from listening.json, wait for /ready 200; stop it on failure."""
+    """Start `cmd` (with `open_files` descriptors when given), read its bound ports from listening.json,
+    wait for /ready 200; stop it on failure."""
+    if open_files is not None:
+        cmd = with_open_files(open_files, cmd)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     running = Running(proc=proc, state_dir=state_dir, config_dir=config_dir, log_path=log_path)
     deadline = time.monotonic() + timeout
     try:

@@ -1,0 +1,157 @@
+"""Every port shares the process's file descriptors; no port may take what the others need.
+
+Before each listener had a cap, ~20,000 connections to the unauthenticated monitoring port took every
+descriptor: no port accepted, and the config-dir watch failed on EMFILE, which stopped the control
+plane. These run `meshplane serve` with 2,048 descriptors, so a few thousand connections are enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, ConnectionBudget
+from controlplane.settings import SettingsError
+from discovery.xdstypes import CLUSTER
+from tests.discovery.harness import SotwClient, node
+from tests.helpers.serve import Running, meshplane_cmd, start_serve, with_open_files
+
+OPEN_FILES = 2048
+WEBHOOK_CAP = 512
+XDS_CAP = OPEN_FILES - RESERVED_FILES - WEBHOOK_CAP - 2 * SMALL_LISTENER_CAP  # 384: what `auto` leaves
+
+
+@pytest.fixture
+def limited(tmp_path: pathlib.Path) -> Iterator[Running]:
+    running = start_serve(tmp_path, open_files=OPEN_FILES)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@contextlib.contextmanager
+def connections(running: Running, listener: str, count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections to `listener` that send nothing; closed on leaving."""
+    port = int(running.addr(listener).rsplit(":", 1)[1])
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            opened.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        yield opened
+    finally:
+        for conn in opened:
+            conn.close()
+
+
+def open_files(running: Running) -> int:
+    return len(list(pathlib.Path(f"/proc/{running.proc.pid}/fd").iterdir()))
+
+
+def still_open(conns: list[socket.socket]) -> int:
+    """How many of `conns` the server has not closed (a closed one reads end-of-file)."""
+    count = 0
+    for conn in conns:
+        conn.setblocking(False)
+        try:
+            count += conn.recv(1) != b""
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return bool(answer.status == 200)
+
+
+def webhook_handshake(running: Running) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    port = int(running.addr("webhook").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw):
+        pass
+
+
+async def xds_answers(running: Running) -> bool:
+    async with grpc.aio.insecure_channel(running.addr("grpc")) as channel:
+        client = SotwClient(channel, node())
+        await client.request(CLUSTER)
+        return (await client.recv()).type_url == CLUSTER
+
+
+def wait_for(check: Callable[[], bool], *, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_connections_to_the_metrics_port_leave_the_other_ports_their_files(limited: Running) -> None:
+    with connections(limited, "monitoring", 2 * OPEN_FILES) as held:
+        wait_for(lambda: still_open(held) <= SMALL_LISTENER_CAP, what="connections beyond the cap closed")
+        assert still_open(held) == SMALL_LISTENER_CAP
+        assert open_files(limited) < OPEN_FILES - RESERVED_FILES // 2
+        assert http_ok(f"{limited.http_url}/ready")
+        webhook_handshake(limited)
+        assert asyncio.run(xds_answers(limited))
+    assert limited.proc.poll() is None
+    with urllib.request.urlopen(limited.metrics_url, timeout=10) as answer:
+        metrics = answer.read().decode()
+    refused = next(line for line in metrics.splitlines() if line.startswith("meshplane_connections_refused_total{"))
+    assert 'listener="monitoring"' in refused and float(refused.split()[-1]) >= OPEN_FILES
+    assert "monitoring listener refused a connection: 64 open, the most it takes" in limited.logs()
+
+
+def test_connections_to_the_xds_port_are_capped_within_the_open_files_limit(limited: Running) -> None:
+    with connections(limited, "grpc", 2 * OPEN_FILES):
+        wait_for(lambda: open_files(limited) < XDS_CAP + 100, what="xDS connections beyond the cap closed")
+        assert http_ok(f"{limited.http_url}/ready")
+        assert http_ok(limited.metrics_url)
+        webhook_handshake(limited)
+    assert asyncio.run(xds_answers(limited))  # the slots come back as the connections go
+    assert limited.proc.poll() is None
+    assert f"connections at most: xDS (plaintext) {XDS_CAP}, webhook {WEBHOOK_CAP}" in limited.logs()
+
+
+def test_more_xds_connections_than_the_open_files_limit_holds_is_refused_at_start(tmp_path: pathlib.Path) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    result = subprocess.run(
+        with_open_files(OPEN_FILES, [
+            *meshplane_cmd(), "serve", "--config-dir", str(config_dir), "--state-dir", str(tmp_path / "state"),
+            "--grpc-addr", "127.0.0.1:0", "--secure-grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+            "--monitoring-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0", "--max-xds-connections", "1000",
+        ]),
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        f"--max-xds-connections: 1000 do not fit in the open-files limit ({OPEN_FILES}) after {RESERVED_FILES} kept "
+        f"for the process, {WEBHOOK_CAP} for the webhook" in result.stderr
+    )
+    assert f"at most {XDS_CAP} do: raise the limit (ulimit -n) or lower the flag" in result.stderr
+
+
+def test_the_xds_cap_is_16384_unless_the_open_files_limit_holds_fewer() -> None:
+    assert ConnectionBudget.plan(1_048_576, webhook=512, xds=None).xds == 16384
+    assert ConnectionBudget.plan(1_048_576, webhook=512, xds=100_000).xds == 100_000
+    assert ConnectionBudget.plan(OPEN_FILES, webhook=512, xds=None).xds == XDS_CAP
+    with pytest.raises(SettingsError, match=r"the open-files limit \(1024\) leaves no room for xDS connections"):
+        ConnectionBudget.plan(1024, webhook=512, xds=None)
