@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import hashlib
 import logging
 import os
@@ -51,6 +52,8 @@ from controlplane.sources.documents import (
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
+# A walk failing with one of these is retried, not fatal: descriptors or memory run out for a moment.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 # A stat result is trusted to mean "unchanged" only once the file's last change is this old: a
 # write within the same clock tick as the one before it may leave size, mtime and ctime unchanged.
@@ -375,6 +378,19 @@ class FileSource:
                     await self.scan_async(watch=notify.watch if notify is not None else None)
                 except FileNotFoundError as exc:
                     log.error("%s; keeping the last good config", exc)
+                except OSError as exc:
+                    if exc.errno not in _OUT_OF_RESOURCES:
+                        raise
+                    # the process or the system is out of descriptors or memory for a moment: nothing of
+                    # this walk was applied, and the next one may succeed
+                    log.error(
+                        "config dir: cannot walk %s (%s); keeping the last good config, walking again in %ss",
+                        self.directory,
+                        exc.strerror or exc,
+                        self.poll_interval,
+                    )
+                    await asyncio.sleep(self.poll_interval)
+                    continue
                 except WatchError as exc:
                     log.warning("config dir: %s; polling every %ss", exc, self.poll_interval)
                     if notify is not None:

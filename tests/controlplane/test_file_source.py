@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import gc
 import multiprocessing
 import os
@@ -525,6 +526,32 @@ async def test_without_inotify_the_config_dir_is_polled(
         assert await watching.until(ObjectKey("Namespace", "", "b")) < 2.0
         assert watching.walks > 5
     assert warning in caplog.text
+
+
+async def test_a_walk_out_of_file_descriptors_keeps_the_config_and_walks_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE during a walk stopped the whole control plane (the watch task failed): descriptors run
+    out for a moment, when the process or the machine is flooded with connections."""
+    write(tmp_path / "mesh.yaml", NS_A)
+    scandir = os.scandir
+    failures = 3
+
+    def flooded(path: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files", str(path))
+        return scandir(path)
+
+    async with Watching(tmp_path, idle_poll=60) as watching:
+        monkeypatch.setattr(files.os, "scandir", flooded)
+        write(tmp_path / "more.yaml", NS_A.replace("name: a", "name: b"))
+        assert await watching.until(ObjectKey("Namespace", "", "b")) < 2.0
+        assert not watching.task.done()
+        assert watching.source.store.get(ObjectKey("Namespace", "", "a")) is not None
+    assert failures == 0
+    assert f"config dir: cannot walk {tmp_path} (Too many open files); keeping the last good config" in caplog.text
 
 
 def test_list_documents_and_hidden_files(tmp_path: pathlib.Path, source: FileSource) -> None:
