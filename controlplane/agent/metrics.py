@@ -42,6 +42,11 @@ class ScrapeMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.scrapes = Counter("istio_agent_scrapes_total", "Scrapes of the merged metrics", registry=registry)
+        self.refused = Counter(
+            "meshplane_agent_connections_refused_total",
+            "Status port connections closed as they were accepted, because the most were open",
+            registry=registry,
+        )
         self.failures = Counter(
             "istio_agent_scrape_failures_total",
             "Sources left out of a merged scrape, by type (envoy, application: one per scrape target, agent)",

@@ -17,6 +17,11 @@ Routes (GET; anything else is 404):
 - `POST /drain` (the native sidecar's preStop hook, `pilot-agent request POST drain`): runs the
   wiring's `drain()` and answers 200 `OK`, or 500 with the reason it failed. Only from this host
   (403 otherwise); other methods get 405.
+
+The port is open to every pod, and the agent's file descriptors are shared with its SDS and xDS
+connections: at most `MAX_CONNECTIONS` connections are open at once (further ones are closed as
+they are accepted, counted in `meshplane_agent_connections_refused_total`), and a connection must
+send its request headers within `HEADER_TIMEOUT` of being accepted or of its last answer.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controlplane.agent.appmetrics import ScrapeTarget, read_prometheus_env
 from controlplane.agent.metrics import ScrapeMetrics
 from controlplane.agent.probes import Prober, run_probe
+from controlplane.listeners import CappedSite
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ STATUS_PORT = 15020
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text"
 SCRAPE_TIMEOUT = 5.0
+MAX_CONNECTIONS = 256  # kubelet probes, a scraper and an operator need a few
+HEADER_TIMEOUT = 10.0
 MAX_APP_METRICS_BYTES = 10 * 1024 * 1024  # per target; a larger answer is dropped (Istio's cap)
 # Request headers never forwarded to an application probe: they describe the kubelet's connection.
 _HOP_HEADERS = frozenset(
@@ -149,7 +157,10 @@ class StatusServer:
 
     async def start(self) -> None:
         """Listen on (bind_address, port). Raises StatusError naming the address when that fails."""
-        app = web.Application()
+        app = web.Application(
+            client_max_size=64 * 1024,
+            handler_args={"keepalive_timeout": HEADER_TIMEOUT, "max_line_size": 8190, "max_field_size": 8190},
+        )
         app.router.add_get("/healthz/ready", self._handle_ready)
         app.router.add_get("/app-health/{container}/{kind}", self._handle_probe)
         app.router.add_get("/app-lifecycle/{container}/{kind}", self._handle_probe)
@@ -159,7 +170,15 @@ class StatusServer:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._bind, self._port).start()
+            site = CappedSite(
+                runner,
+                self._bind,
+                self._port,
+                listener="status",
+                cap=MAX_CONNECTIONS,
+                refused=self._metrics.refused.inc,
+            )
+            await site.start()
         except OSError as exc:
             await runner.cleanup()
             reason = os.strerror(exc.errno) if exc.errno else str(exc)

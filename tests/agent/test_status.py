@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.agent import status
 from controlplane.agent.probes import parse_probers
 from controlplane.agent.status import ReadyState, StatusError, StatusServer, app_metrics_urls
 from tests.agent.test_probes import app_server, serve
@@ -101,6 +102,28 @@ async def test_readiness_follows_the_wiring() -> None:
 
 
 # -- application probes -------------------------------------------------------------------------
+
+
+async def test_connections_beyond_the_cap_are_closed_and_the_port_serves_once_they_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any pod can connect to 15020, and the agent's descriptors are also its SDS and xDS connections:
+    with no cap, enough connections left the agent none (and Envoy none of its secrets)."""
+    monkeypatch.setattr(status, "MAX_CONNECTIONS", 8)
+    async with status_server() as (server, client, base):
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(12)]
+        closed = 0
+        for reader, _ in held:
+            with contextlib.suppress(asyncio.TimeoutError):
+                closed += await asyncio.wait_for(reader.read(1), 0.5) == b""
+        assert closed == 4
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.1)
+        async with client.get(f"{base}/healthz/ready") as response:
+            assert response.status == 503  # answered: nothing is ready in this wiring
+        async with client.get(f"{base}/stats/prometheus") as response:
+            assert "meshplane_agent_connections_refused_total 4.0" in await response.text()
 
 
 async def test_app_probes_answer_200_when_they_pass_and_500_when_they_fail() -> None:
