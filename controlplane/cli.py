@@ -167,14 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if max_ttl.total_seconds() <= 0:
         raise SettingsError("--max-workload-cert-ttl: must be positive")
     ca_workers = _ca_workers(args.ca_workers)
-    try:
-        max_streams = int(args.max_streams_per_client)
-    except ValueError:
-        raise SettingsError(
-            f"--max-streams-per-client: {args.max_streams_per_client!r} is not a number of streams"
-        ) from None
-    if max_streams < 1:
-        raise SettingsError(f"--max-streams-per-client: {max_streams} must be at least 1")
+    max_streams = _count(args.max_streams_per_client, field="--max-streams-per-client", what="a number of streams")
     max_xds = _xds_connections(args.max_xds_connections)
     max_request = _size(args.max_request_bytes, field="--max-request-bytes", low=MIB, high=256 * MIB)
     if args.config_dir and args.kubeconfig:
@@ -214,12 +207,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _xds_connections(value: str) -> int | None:
     if value.strip() == "auto":
         return None
+    return _count(value, field="--max-xds-connections", what="a number of connections or auto")
+
+
+def _count(value: str, *, field: str, what: str) -> int:
+    """A whole number of at least 1. Raises SettingsError naming `field` and `what` it takes."""
     try:
         count = int(value)
     except ValueError:
-        raise SettingsError(f"--max-xds-connections: {value!r} is not a number of connections or auto") from None
+        raise SettingsError(f"{field}: {value!r} is not {what}") from None
     if count < 1:
-        raise SettingsError(f"--max-xds-connections: {count} must be at least 1")
+        raise SettingsError(f"{field}: {count} must be at least 1")
     return count
 
 

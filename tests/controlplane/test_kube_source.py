@@ -165,6 +165,23 @@ async def test_relists_after_expired_watch_and_drops_what_was_deleted_meanwhile(
     assert len(requests_to(kubesim, CONFIGMAPS.path(CP_NS), watch=False)) > lists_before
 
 
+async def configmaps_added(store: ConfigStore, kubesim: KubeSim, count: int) -> None:
+    for i in range(count):
+        kubesim.create_object(configmap(f"relisted-{i}"))
+    await eventually(lambda: store.get(cm_key(f"relisted-{count - 1}")), what="configmaps added")
+
+
+async def relisted(src: KubeSource, kubesim: KubeSim, *, written_while_down: str) -> None:
+    """The control plane's ConfigMaps relisted (their watch expired), one written meanwhile."""
+    entry = next(name for name in src.describe() if name.startswith("configmaps@control-plane"))
+    lists_before = src.describe()[entry]["lists"]
+    # Nothing here awaits, so no watch reconnects before the history it would resume from is gone.
+    kubesim.close_watches()
+    kubesim.create_object(configmap(written_while_down))
+    kubesim.compact()
+    await eventually(lambda: src.describe()[entry]["lists"] > lists_before, what="relist")
+
+
 async def test_a_relist_of_unchanged_objects_leaves_one_copy_of_each_in_memory(
     source: tuple[KubeSource, ConfigStore], kubesim: KubeSim
 ) -> None:
@@ -172,16 +189,8 @@ async def test_a_relist_of_unchanged_objects_leaves_one_copy_of_each_in_memory(
     its old copy (40,000 pods would otherwise be held twice after every relist)."""
     src, store = source
     count = 50
-    for i in range(count):
-        kubesim.create_object(configmap(f"relisted-{i}"))
-    await eventually(lambda: store.get(cm_key(f"relisted-{count - 1}")), what="configmaps added")
-    entry = next(name for name in src.describe() if name.startswith("configmaps@control-plane"))
-    lists_before = src.describe()[entry]["lists"]
-    # Nothing here awaits, so no watch reconnects before the history it would resume from is gone.
-    kubesim.close_watches()
-    kubesim.create_object(configmap("written-while-down"))
-    kubesim.compact()
-    await eventually(lambda: src.describe()[entry]["lists"] > lists_before, what="relist")
+    await configmaps_added(store, kubesim, count)
+    await relisted(src, kubesim, written_while_down="written-while-down")
     gc.collect()
     copies = [
         o
@@ -199,20 +208,11 @@ async def test_a_relist_of_unchanged_objects_gives_the_garbage_collector_nothing
     60,000 objects (a copy and its key each) back in every full pass: ~50 ms pauses of the event loop.
     Only what changed may be new."""
     src, store = source
-    count = 50
-    for i in range(count):
-        kubesim.create_object(configmap(f"relisted-{i}"))
-    await eventually(lambda: store.get(cm_key(f"relisted-{count - 1}")), what="configmaps added")
-    entry = next(name for name in src.describe() if name.startswith("configmaps@control-plane"))
-    lists_before = src.describe()[entry]["lists"]
+    await configmaps_added(store, kubesim, 50)
     gc.collect()
     gc.freeze()
     try:
-        # Nothing here awaits, so no watch reconnects before the history it would resume from is gone.
-        kubesim.close_watches()
-        kubesim.create_object(configmap("relisted-while-down"))
-        kubesim.compact()
-        await eventually(lambda: src.describe()[entry]["lists"] > lists_before, what="relist")
+        await relisted(src, kubesim, written_while_down="relisted-while-down")
         gc.collect()
         new = [o for o in gc.get_objects() if isinstance(o, (PackedObject, ObjectKey))]
     finally:
