@@ -33,6 +33,7 @@ from controlplane.agent.secrets import SecretManager
 from controlplane.agent.status import ReadyState, StatusError, StatusServer
 from controlplane.agent.xdsproxy import XdsProxy, XdsProxyError
 from controlplane.aio import TaskGroup
+from controlplane.listeners import raise_open_files_limit
 
 log = logging.getLogger("meshplane.agent")
 
@@ -217,10 +218,13 @@ async def run(options: AgentOptions) -> int:
     except ValueError as exc:  # a bad ISTIO_KUBE_APP_PROBERS or Prometheus annotation
         log.error("%s", exc)
         return 2
+    # Envoy holds a descriptor per connection of the application's traffic; a soft limit of 1,024 (some
+    # container runtimes' default) is too few for a busy pod. Go programs such as pilot-agent raise it.
+    before, after = raise_open_files_limit()
     log.info(
-        "agent for %s (%s) starting: discovery %s, CA %s, %s",
+        "agent for %s (%s) starting: discovery %s, CA %s, %s; open files %d (raised from %d)",
         options.identity, options.node_id, options.discovery_address, options.ca_address,
-        "proxyless" if options.proxyless else "Envoy",
+        "proxyless" if options.proxyless else "Envoy", after, before,
     )  # fmt: skip
     tasks = TaskGroup()
     code = 0

@@ -13,6 +13,7 @@ import pathlib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, Connectio
 from controlplane.settings import SettingsError
 from discovery.xdstypes import CLUSTER
 from tests.discovery.harness import SotwClient, node
-from tests.helpers.serve import Running, meshplane_cmd, start_serve, with_open_files
+from tests.helpers.serve import REPO, Running, meshplane_cmd, start_serve, with_open_files
 
 OPEN_FILES = 2048
 WEBHOOK_CAP = 512
@@ -155,3 +156,17 @@ def test_the_xds_cap_is_16384_unless_the_open_files_limit_holds_fewer() -> None:
     assert ConnectionBudget.plan(OPEN_FILES, webhook=512, xds=None).xds == XDS_CAP
     with pytest.raises(SettingsError, match=r"the open-files limit \(1024\) leaves no room for xDS connections"):
         ConnectionBudget.plan(1024, webhook=512, xds=None)
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
+    """serve and the agent (whose Envoy holds a descriptor per connection of the application) start
+    with the most descriptors they are allowed, as Go programs such as istiod and pilot-agent do."""
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (512, 4096)); "
+        "from controlplane.listeners import raise_open_files_limit; "
+        "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "(512, 4096) (4096, 4096)"
