@@ -42,6 +42,10 @@ SMALL_LISTENER_CAP = 64
 #: The plaintext xDS port's cap when the open-files limit allows it (one connection per proxy).
 DEFAULT_XDS_CONNECTIONS = 16384
 REFUSAL_LOG_INTERVAL = 10.0
+#: Connections the kernel queues for a listener before it accepts them (capped by net.core.somaxconn).
+#: aiohttp's 128 overflows in a burst, and a client whose SYN is dropped waits a second to retry: a
+#: burst of 4,096 connections to a capped port took 16-26 s to open, though each is refused at once.
+LISTEN_BACKLOG = 1024
 
 connections_refused_total = Counter(
     "meshplane_connections_refused",
@@ -189,7 +193,7 @@ class CappedSite(web.BaseSite):
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
         refused: Callable[[], None] | None = None,
-        backlog: int = 128,
+        backlog: int = LISTEN_BACKLOG,
         reuse_address: bool | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)

@@ -16,7 +16,7 @@ import ssl
 
 from aiohttp import web
 
-from controlplane.listeners import CappedSite
+from controlplane.listeners import LISTEN_BACKLOG, CappedSite
 from webhook import metrics
 from webhook.app import WEBHOOK_LIMITS
 
@@ -33,7 +33,7 @@ class WebhookSite(CappedSite):
         port: int,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = LISTEN_BACKLOG,
         reuse_address: bool | None = None,
     ) -> None:
         limits = runner.app[WEBHOOK_LIMITS]

@@ -115,7 +115,7 @@ async def test_connections_beyond_the_cap_are_closed_and_the_port_serves_once_th
         closed = 0
         for reader, _ in held:
             with contextlib.suppress(asyncio.TimeoutError):
-                closed += await asyncio.wait_for(reader.read(1), 0.5) == b""
+                closed += await asyncio.wait_for(reader.read(1), 0.2) == b""
         assert closed == 4
         for _, writer in held:
             writer.close()
