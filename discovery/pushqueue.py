@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -69,7 +70,7 @@ class PushRequest:
         return any(kind in present for kind in kinds)
 
     def __str__(self) -> str:
-        shown = ", ".join(str(u) for u in sorted(self.updates, key=lambda u: u.sort_key)[:5])
+        shown = ", ".join(str(u) for u in heapq.nsmallest(5, self.updates, key=lambda u: u.sort_key))
         more = f" and {len(self.updates) - 5} more" if len(self.updates) > 5 else ""
         return f"{'full' if self.full else 'incremental'} push ({shown}{more})"
 

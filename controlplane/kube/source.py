@@ -44,12 +44,12 @@ from controlplane.kube.watching import Backoff, Kept, Resource, Selection, infin
 from controlplane.model.fields import ObjectError
 from controlplane.model.meshconfig import MeshConfig, NamespaceSelector, selects
 from controlplane.model.packed import pack
-from controlplane.model.store import ConfigStore, Object, ObjectKey
+from controlplane.model.store import WRITE_STEP, ConfigStore, Object, ObjectKey
 from controlplane.model.workloads import pod_fields_read
 
 log = logging.getLogger(__name__)
 
-LIST_STEP = 500  # objects of a list written to the store between two turns of the event loop
+LIST_STEP = WRITE_STEP  # objects of a list written to the store between two turns of the event loop
 
 NAMESPACES = Resource(group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False)
 CONFIGMAPS = Resource(group="", version="v1", plural="configmaps", kind="ConfigMap", namespaced=True)

@@ -19,11 +19,13 @@ import yaml
 
 from controlplane.model.packed import PackedObject
 from controlplane.model.registry import Registry
-from controlplane.model.store import ConfigStore, ObjectKey
+from controlplane.model.store import WRITE_STEP, ConfigStore, ObjectKey
 from controlplane.sources import files
 from controlplane.sources.dirwatch import DirWatch, WatchError
 from controlplane.sources.documents import INLINE_PARSE_BYTES
 from controlplane.sources.files import FileSource
+from tests.helpers.storesteps import StoreSteps
+from tests.helpers.tasks import running
 
 NS_A = """
 apiVersion: v1
@@ -444,6 +446,31 @@ async def test_a_first_load_on_several_cores_reads_what_a_scan_reads_and_leaves_
 async def test_a_first_load_of_a_missing_directory_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         await FileSource(tmp_path / "nope", ConfigStore()).load(workers=2)
+
+
+async def test_a_large_edit_goes_into_the_store_in_steps_with_the_event_loop_turning_between(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A file of 10,000 Pods written to the store in one batch held the event loop (the webhook, the
+    CA, xDS and /ready) ~300 ms. A running source writes WRITE_STEP objects at a time and lets other
+    tasks run between the steps; in the end every change is there."""
+    count = 2 * WRITE_STEP + 9
+    configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: shop}}\ndata: {{v: '{v}'}}\n"
+    path = tmp_path / "many.yaml"
+    write(path, "---\n".join(configmap.format(i=i, v=1) for i in range(count)))
+    source = FileSource(tmp_path, ConfigStore())
+    source.scan()
+    steps = StoreSteps(source.store, "ConfigMap")
+    write(path, "---\n".join(configmap.format(i=i, v=2) for i in range(count)))
+    async with running(steps.tick()):
+        await source.scan_async()
+        assert await source.scan_async()  # the edit has settled
+    assert all(
+        (source.store.get(ObjectKey("ConfigMap", "shop", f"cm-{i}")) or {})["data"] == {"v": "2"} for i in range(count)
+    )
+    assert steps.sizes() == [WRITE_STEP, WRITE_STEP, 9], steps.batches
+    assert steps.turned_between(), steps.batches
+    source.close()
 
 
 class Watching:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import itertools
 import pathlib
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +29,7 @@ from controlplane.kube.watching import Backoff, Resource, Selection, infinite_wa
 from controlplane.model.packed import PackedObject
 from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from controlplane.settings import SettingsError
+from tests.helpers.storesteps import StoreSteps
 from tests.kubesim.fixtures import (  # noqa: F401
     eventually,
     kube_api_fixture,
@@ -224,28 +224,6 @@ async def test_a_relist_of_unchanged_objects_gives_the_garbage_collector_nothing
     assert [o["metadata"]["name"] for o in new if isinstance(o, PackedObject) and o["kind"] == "ConfigMap"] == [
         "relisted-while-down"
     ]
-
-
-class StoreSteps:
-    """Which store batches other tasks ran between: `tick()` is a task that counts its turns of the event
-    loop; each batch that changes objects of `kind` is recorded with the turns counted so far."""
-
-    def __init__(self, store: ConfigStore, kind: str) -> None:
-        self.turns = 0
-        self.batches: list[tuple[int, int]] = []  # (turns so far, objects of `kind` changed)
-        store.subscribe(lambda events: self.batches.append((self.turns, sum(e.key.kind == kind for e in events))))
-
-    async def tick(self) -> None:
-        while True:
-            self.turns += 1
-            await asyncio.sleep(0)
-
-    def sizes(self) -> list[int]:
-        return [changed for _, changed in self.batches if changed]
-
-    def turned_between(self) -> bool:
-        turns = [turn for turn, changed in self.batches if changed]
-        return all(later > earlier for earlier, later in itertools.pairwise(turns))
 
 
 async def test_a_large_relist_goes_into_the_store_in_steps_with_the_event_loop_turning_between(

@@ -3,15 +3,15 @@
 One event loop serves the webhook, the CA, xDS and `/ready`, so a CPU-heavy step on it stalls them
 all. A separate prober process polls `/ready` every 50 ms while the test sends, one after another,
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
-`proxy.istio.io/config` annotations at and far over the size limit, deeply nested annotation values,
-a 1.9 MB pod, 150 webhook bodies of 53 KB completing at the same moment, an RDS request for 5,000
-route names in a mesh of 1,000 Services, ten config dumps of a proxy in that mesh and ten dumps of
-its registry at once, 90 streams asking for 10,000 endpoint names each at the same moment, xDS
-nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps
-(node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of thousands of
-entries, and mesh ConfigMaps of 60 KB (with 40 small pods injected at once under it), nested 5,000
-deep, and of 950 KB. Any poll that waits over 250 ms fails the test (the issue's bound), naming the
-input it overlapped.
+one of 10,000 Pods and the same with every Pod changed, `proxy.istio.io/config` annotations at and
+far over the size limit, deeply nested annotation values, a 1.9 MB pod, 150 webhook bodies of 53 KB
+completing at the same moment, an RDS request for 5,000 route names in a mesh of 1,000 Services, ten
+config dumps of a proxy in that mesh and ten dumps of its registry at once, 90 streams asking for
+10,000 endpoint names each at the same moment, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext
+and the secure port, and requests whose maps (node metadata, Delta initial versions, a CSR request's
+metadata) hold hundreds of thousands of entries, and mesh ConfigMaps of 60 KB (with 40 small pods
+injected at once under it), nested 5,000 deep, and of 950 KB. Any poll that waits over 250 ms fails
+the test (the issue's bound), naming the input it overlapped.
 """
 
 from __future__ import annotations
@@ -87,6 +87,47 @@ def big_endpoints(namespace: str, service: str, count: int) -> str:
             }
         )
     return yaml.safe_dump_all(docs)
+
+
+def many_pods(count: int, *, account: str) -> str:
+    """`count` running Pods of service account `account`, the last one the endpoint of a Service."""
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "pods"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "last", "namespace": "pods"},
+            "spec": {"clusterIP": "10.96.60.60", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+    ]
+    address = [f"10.60.{i // 250}.{i % 250 + 1}" for i in range(count)]
+    docs.append(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "last", "namespace": "pods", "labels": {"kubernetes.io/service-name": "last"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {
+                    "addresses": [address[-1]],
+                    "conditions": {"ready": True},
+                    "targetRef": {"kind": "Pod", "name": f"pod-{count - 1}", "namespace": "pods"},
+                }
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }
+    )
+    docs += [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"pod-{i}", "namespace": "pods", "labels": {"app": "bulk"}},
+            "spec": {"serviceAccountName": account, "containers": [{"name": "app", "image": "example.com/app:1"}]},
+            "status": {"phase": "Running", "podIP": address[i]},
+        }
+        for i in range(count)
+    ]
+    return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
 
 
 def many_services(count: int) -> str:
@@ -251,6 +292,11 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
         while "big.bulk.svc.cluster.local" not in await asyncio.to_thread(_get, registry_url):
             assert time.monotonic() < deadline, "the 10,000-endpoint file was never applied"
             await asyncio.sleep(0.2)
+
+        for account, what in [("first", "a config file with 10,000 Pods"), ("second", "that file, every Pod changed")]:
+            prober.mark(what)
+            (running.config_dir / "pods.yaml").write_text(many_pods(10_000, account=account))
+            await until(lambda a=account: f'"service_account": "{a}"' in _get(registry_url), what)  # type: ignore[misc]
 
         prober.mark("a 60 KB proxy.istio.io/config (under the limit)")
         status, _ = await asyncio.to_thread(
