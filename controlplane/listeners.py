@@ -67,6 +67,11 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def open_files_note(before: int, after: int) -> str:
+    """`raise_open_files_limit`'s result as a start-up log says it: "20000 (raised from 1024)", or "20000"."""
+    return f"{after} (raised from {before})" if after != before else str(after)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConnectionBudget:
     """How many connections each listener may hold open at once, within the open-files limit."""

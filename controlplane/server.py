@@ -51,7 +51,7 @@ from controlplane.kube.source import KubeSource
 from controlplane.kube.tokenreview import KubeTokenReviewer
 from controlplane.kube.watching import Backoff
 from controlplane.kube.webhooks import CaBundlePatcher
-from controlplane.listeners import CappedSite, ConnectionBudget, raise_open_files_limit
+from controlplane.listeners import CappedSite, ConnectionBudget, open_files_note, raise_open_files_limit
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.registry import Registry
 from controlplane.model.store import ConfigStore
@@ -234,10 +234,8 @@ class ControlPlane:
     def _log_connections(self) -> None:
         before, after = self._open_files
         log.info(
-            "open files: %d (raised from %d); connections at most: xDS (plaintext) %d, webhook %d, /ready %d, "
-            "/metrics %d",
-            after,
-            before,
+            "open files: %s; connections at most: xDS (plaintext) %d, webhook %d, /ready %d, /metrics %d",
+            open_files_note(before, after),
             self.budget.xds,
             self.budget.webhook,
             self.budget.http,

@@ -33,7 +33,7 @@ from controlplane.agent.secrets import SecretManager
 from controlplane.agent.status import ReadyState, StatusError, StatusServer
 from controlplane.agent.xdsproxy import XdsProxy, XdsProxyError
 from controlplane.aio import TaskGroup
-from controlplane.listeners import raise_open_files_limit
+from controlplane.listeners import open_files_note, raise_open_files_limit
 
 log = logging.getLogger("meshplane.agent")
 
@@ -222,9 +222,9 @@ async def run(options: AgentOptions) -> int:
     # container runtimes' default) is too few for a busy pod. Go programs such as pilot-agent raise it.
     before, after = raise_open_files_limit()
     log.info(
-        "agent for %s (%s) starting: discovery %s, CA %s, %s; open files %d (raised from %d)",
+        "agent for %s (%s) starting: discovery %s, CA %s, %s; open files %s",
         options.identity, options.node_id, options.discovery_address, options.ca_address,
-        "proxyless" if options.proxyless else "Envoy", after, before,
+        "proxyless" if options.proxyless else "Envoy", open_files_note(before, after),
     )  # fmt: skip
     tasks = TaskGroup()
     code = 0

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, ConnectionBudget
+from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, ConnectionBudget, open_files_note
 from controlplane.settings import SettingsError
 from discovery.xdstypes import CLUSTER
 from tests.discovery.harness import SotwClient, node
@@ -170,3 +170,8 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
         [sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "(512, 4096) (4096, 4096)"
+
+
+def test_the_start_up_log_says_raised_only_when_the_limit_was_raised() -> None:
+    assert open_files_note(512, 4096) == "4096 (raised from 512)"
+    assert open_files_note(4096, 4096) == "4096"
