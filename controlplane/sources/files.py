@@ -136,7 +136,9 @@ class FileSource:
         self.idle_poll = idle_poll
         self.empty_hold = empty_hold
         self._files: dict[pathlib.Path, _FileState] = {}
-        self._holders: dict[ObjectKey, set[pathlib.Path]] = {}  # the files that define each key
+        # the file that defines each key; a set only for a key two files define (a set per key took
+        # ~200 bytes and one more object for the garbage collector to walk, per object)
+        self._holders: dict[ObjectKey, pathlib.Path | set[pathlib.Path]] = {}
         self._scanned = False
         self._workers = ParseWorkers(1)  # for edits: a few files at a time
         self._known: dict[str, tuple[pathlib.Path, str]] = {}  # each file's path and label, by its name
@@ -346,30 +348,46 @@ class FileSource:
             current = self._files[path].objects if path in self._files else {}
             for key in held:
                 if key not in current:
-                    holders = self._holders[key]
-                    holders.discard(path)
-                    if not holders:
-                        del self._holders[key]
+                    self._release(key, path)
                     affected[key] = None
             for key in current:
                 if key not in held:
-                    self._holders.setdefault(key, set()).add(path)
+                    self._hold(key, path)
                 affected[key] = None
         return [(key, self._defined(key)) for key in affected]
 
+    def _hold(self, key: ObjectKey, path: pathlib.Path) -> None:
+        held = self._holders.get(key)
+        if held is None:
+            self._holders[key] = path
+        elif isinstance(held, set):
+            held.add(path)
+        elif held != path:
+            self._holders[key] = {held, path}
+
+    def _release(self, key: ObjectKey, path: pathlib.Path) -> None:
+        held = self._holders.get(key)
+        if isinstance(held, set):
+            held.discard(path)
+            if len(held) == 1:
+                self._holders[key] = held.pop()
+        elif held == path:
+            del self._holders[key]
+
     def _defined(self, key: ObjectKey) -> Object | None:
         """`key` as the first file (by path) defining it holds it; None if no file does."""
-        defined_in = self._holders.get(key)
-        if not defined_in:
+        held = self._holders.get(key)
+        if held is None:
             return None
-        first, *others = sorted(defined_in)
-        if others:
+        if isinstance(held, set):
+            first, *others = sorted(held)
             log.warning(
                 "config problem: %s is defined in %s; using the first",
                 key,
                 " and ".join(self._label(path) for path in (first, *others)),
             )
-        return self._files[first].objects[key]
+            held = first
+        return self._files[held].objects[key]
 
     def _written(self, changed: int) -> bool:
         if changed:
