@@ -134,6 +134,15 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--max-connection-age",
+        default="30m",
+        help="how long a client connection to either gRPC port is kept (seconds or 90s, 15m, 1h; 0: for ever); "
+        "then it is asked to reconnect (HTTP/2 GOAWAY; ±10%% jitter), and closed 10s later if it still has a "
+        "stream open. A proxy's reconnect may land on another replica, so a replica started later gets its share "
+        "(Istio: keepaliveMaxServerConnectionAge, 30m)",
+    )
+    _add(
+        p,
         "--max-xds-connections",
         default="auto",
         help="connections the plaintext xDS port holds open at once (a proxy needs one); more are closed as they "
@@ -170,6 +179,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     max_streams = _count(args.max_streams_per_client, field="--max-streams-per-client", what="a number of streams")
     max_xds = _xds_connections(args.max_xds_connections)
     max_request = _size(args.max_request_bytes, field="--max-request-bytes", low=MIB, high=256 * MIB)
+    try:
+        max_age = parse_duration(args.max_connection_age, field="--max-connection-age").total_seconds()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if args.config_dir and args.kubeconfig:
         raise SettingsError(
             "--config-dir and --kubeconfig: choose one; --config-dir runs local mode (no Kubernetes), "
@@ -198,6 +211,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ca_workers=ca_workers,
         max_streams_per_client=max_streams,
         max_request_bytes=max_request,
+        max_connection_age=max_age or None,
         max_xds_connections=max_xds,
         ca_key_algorithm=args.ca_key_algorithm,
         allow_new_root=_boolean(args.allow_new_root, field="--allow-new-root"),

@@ -66,6 +66,11 @@ UNOWNED_GRACE = 60.0
 #: a node of at most 1 MiB and 10,000 resource names.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
+#: After its maximum age a connection is asked to go (GOAWAY); one whose streams are still open this many
+#: seconds later is closed (Istio's MaxServerConnectionAgeGrace). An xDS stream never ends by itself, so a
+#: proxy moves to a new connection, maybe another replica's, at the latest then.
+CONNECTION_AGE_GRACE = 10.0
+
 # Responses: full CDS/EDS responses for large meshes exceed gRPC's 4 MiB default.
 _OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -87,20 +92,26 @@ class GrpcServers:
         front_tuning: FrontTuning | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_connections: int | None = None,
+        max_connection_age: float | None = None,
     ) -> None:
         """`max_connections`: the most the plaintext port holds open (None: no cap); a connection beyond
-        it is closed as soon as it is accepted (`controlplane.listeners`)."""
+        it is closed as soon as it is accepted (`controlplane.listeners`). `max_connection_age`: seconds
+        before a client connection to either port is asked to go (gRPC and Envoy add jitter; None: never)."""
         self.serving = serving
         self.front_tuning = front_tuning or FrontTuning()
         self.plaintext_addr = plaintext_addr
         self.secure_addr = secure_addr
         options = [*_OPTIONS, ("grpc.max_receive_message_length", max_request_bytes)]
-        capped = (
-            options
-            if max_connections is None
-            else [*options, ("grpc.max_allowed_incoming_connections", max_connections)]
-        )
-        self.plaintext = grpc.aio.server(options=capped) if plaintext_addr else None
+        self.max_connection_age = max_connection_age
+        # Only client connections age: the internal server's clients are the front end's few connections,
+        # each carrying the streams of many proxies; the front end ages the proxies' own connections.
+        clients = list(options)
+        if max_connections is not None:
+            clients.append(("grpc.max_allowed_incoming_connections", max_connections))
+        if max_connection_age is not None:
+            clients.append(("grpc.max_connection_age_ms", round(max_connection_age * 1000)))  # gRPC adds ±10%
+            clients.append(("grpc.max_connection_age_grace_ms", round(CONNECTION_AGE_GRACE * 1000)))
+        self.plaintext = grpc.aio.server(options=clients) if plaintext_addr else None
         # The services of the secure port live on this internal server, reached only through the front end.
         self.secure = grpc.aio.server(options=options) if secure_addr else None
         self.peer_certificates = ForwardedPeers()
@@ -159,7 +170,14 @@ class GrpcServers:
         for path in (internal, sds):
             os.chmod(path, 0o600)
         self.front = EnvoyFrontEnd(
-            host=addr.bind_host, port=addr.port, workdir=private, internal=internal, sds=sds, tuning=self.front_tuning
+            host=addr.bind_host,
+            port=addr.port,
+            workdir=private,
+            internal=internal,
+            sds=sds,
+            tuning=self.front_tuning,
+            max_connection_age=self.max_connection_age,
+            age_grace=CONNECTION_AGE_GRACE,
         )
         try:
             await self.front.start()

@@ -40,7 +40,7 @@ from certs.service import CaError, CertificateService
 from certs.serving import serving_names
 from controlplane import __version__
 from controlplane.aio import TaskGroup
-from controlplane.grpcserver import GrpcServers
+from controlplane.grpcserver import CONNECTION_AGE_GRACE, GrpcServers
 from controlplane.httpserver import InflightTracker, OffLoop, health_app, metrics_app
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.kube.configmaps import KubeConfigMaps
@@ -158,6 +158,7 @@ class ControlPlane:
             secure_addr=s.secure_grpc_addr,
             serving=self.serving,
             max_request_bytes=s.max_request_bytes,
+            max_connection_age=s.max_connection_age,
             max_connections=self.budget.xds,
         )
         # gRPC services register on the shared servers here, before they start. The secure port's TLS
@@ -171,6 +172,8 @@ class ControlPlane:
             secure=True,
             identify=_identify_or_refuse(self.ca.service),
             peer_name=self.grpc.peer_certificates.client_of,
+            max_age=s.max_connection_age,  # Envoy keeps a connection with an open stream: end the stream
+            grace=CONNECTION_AGE_GRACE,
         )
         self.grpc.add(secure_ads.register, plaintext=False, secure=True)
         await self.grpc.start()

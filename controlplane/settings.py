@@ -76,6 +76,9 @@ class Settings:
     max_xds_connections: int | None = (
         None  # plaintext xDS connections open at once; None: what the open-files limit allows
     )
+    # seconds a client connection to either xDS/CA port is kept before it is asked to reconnect (Istio's
+    # keepaliveMaxServerConnectionAge, 30m in its chart), so proxies spread over every replica; None: never
+    max_connection_age: float | None = 1800.0
     ca_workers: int | None = None  # CA signing processes; None: chosen from the usable cores, 0: the event loop signs
 
     @property

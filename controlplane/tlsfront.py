@@ -189,9 +189,20 @@ def _pipe_cluster(name: str, path: pathlib.Path, *, http2: dict[str, Any] | None
 
 
 def bootstrap(
-    *, host: str, port: int, internal: pathlib.Path, sds: pathlib.Path, admin: pathlib.Path, tuning: FrontTuning
+    *,
+    host: str,
+    port: int,
+    internal: pathlib.Path,
+    sds: pathlib.Path,
+    admin: pathlib.Path,
+    tuning: FrontTuning,
+    max_connection_age: float | None = None,
+    age_grace: float = 10.0,
 ) -> dict[str, Any]:
-    """Envoy's bootstrap for the front end (see the module docstring). Pure; raises nothing."""
+    """Envoy's bootstrap for the front end (see the module docstring). Pure; raises nothing.
+
+    `max_connection_age`: seconds (plus up to 10% jitter) before a client connection gets a GOAWAY;
+    `age_grace` later it is closed, open streams and all (None: connections never age)."""
     sds_config = {
         "resource_api_version": "V3",
         "api_config_source": {
@@ -241,6 +252,7 @@ def bootstrap(
         "forward_client_cert_details": "SANITIZE_SET",
         "set_current_client_cert_details": {"cert": True},
         "http2_protocol_options": {"max_concurrent_streams": 1024, **tuning.http2()},
+        **_aging(max_connection_age, age_grace),
         "route_config": route,
         "http_filters": [
             {
@@ -295,6 +307,19 @@ def bootstrap(
     }
 
 
+def _aging(max_connection_age: float | None, grace: float) -> dict[str, Any]:
+    """The connection manager's fields that age client connections out, as gRPC's max_connection_age does."""
+    if max_connection_age is None:
+        return {}
+    return {
+        "common_http_protocol_options": {
+            "max_connection_duration": f"{max_connection_age:.3f}s",
+            "max_connection_duration_jitter": {"value": 10.0},  # gRPC's own is ±10%
+        },
+        "drain_timeout": f"{grace:.3f}s",
+    }
+
+
 def default_concurrency(*, usable_cores: int | None = None) -> int:
     """Envoy worker threads when not configured: one per usable core but one, at least 1.
 
@@ -341,8 +366,12 @@ class EnvoyFrontEnd:
         binary: str | None = None,
         tuning: FrontTuning | None = None,
         start_timeout: float = 30.0,
+        max_connection_age: float | None = None,
+        age_grace: float = 10.0,
     ) -> None:
         self.host = host
+        self.max_connection_age = max_connection_age
+        self.age_grace = age_grace
         self.port = port
         self.workdir = workdir
         self.internal = internal
@@ -383,7 +412,7 @@ class EnvoyFrontEnd:
         config = self.workdir / "envoy.json"
         spec = bootstrap(
             host=self.host, port=self.port, internal=self.internal, sds=self.sds, admin=self.admin,
-            tuning=self.tuning,
+            tuning=self.tuning, max_connection_age=self.max_connection_age, age_grace=self.age_grace,
         )  # fmt: skip
         config.write_text(json.dumps(spec))
         with contextlib.suppress(FileNotFoundError):

@@ -12,11 +12,21 @@ PERMISSION_DENIED (UNAUTHENTICATED without any identity). Trust domains are not 
 identity was already verified against the mesh roots (or by the token authenticator). The caller
 is authenticated before the first request is read, so a client without credentials never gets its
 node parsed. Status details are cut to `metrics.TEXT_LIMIT` characters.
+
+With `max_age`, a stream ends with UNAVAILABLE ("reconnect") 1.1-1.2 times `max_age` plus `grace`
+after it opened. The secure port's front end (Envoy) sends each client connection a GOAWAY at
+`max_age` (plus up to 10%), as gRPC's own `max_connection_age` does on the plaintext port, but
+unlike gRPC it never closes a connection while a stream is open on it, and an xDS stream never
+ends by itself: this ends it after the GOAWAY, so the proxy reconnects on a new connection, which
+may reach another replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,6 +43,8 @@ from discovery.stream import NO_IDENTITY, StreamBase, StreamRefused
 from discovery.wire import RequestReader
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+log = logging.getLogger(__name__)
 
 
 def _raw(payload: bytes) -> bytes:
@@ -81,11 +93,16 @@ class AdsServer:
         secure: bool,
         identify: Identify = certificate_identities,
         peer_name: Callable[[Any], str] | None = None,
+        max_age: float | None = None,
+        grace: float = 10.0,
     ) -> None:
         """`peer_name(context)` names the client in status and logs (default: `context.peer()`;
-        behind the secure port's TLS front end, the client's real address)."""
+        behind the secure port's TLS front end, the client's real address). `max_age`, `grace`:
+        seconds; see the module docstring (None: streams never age)."""
         self.service = service
         self.secure = secure
+        self.max_age = max_age
+        self.grace = grace
         self.identify = identify
         self.peer_name = peer_name or (lambda context: str(context.peer()))
 
@@ -104,6 +121,22 @@ class AdsServer:
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
+    @property
+    def _aged_details(self) -> str:
+        return f"the connection reached its maximum age ({self.max_age:g}s, --max-connection-age); reconnect"
+
+    async def _serve_until_aged(self, serving: Awaitable[None], max_age: float) -> bool:
+        """Await `serving` for at most its lifetime; False if that ran out first."""
+        lifetime = max_age * random.uniform(1.1, 1.2) + self.grace  # after the front end's GOAWAY
+        try:
+            async with asyncio.timeout(lifetime) as deadline:
+                await serving
+        except TimeoutError:
+            if deadline.expired():
+                return False
+            raise
+        return True
+
     async def _run(self, kind: type[StreamBase[Any]], requests: object, context: Context) -> None:
         """Serve one ADS call. The stream reads with `context.read()` (gRPC's request iterator, `requests`,
         is not used: iterating it would keep one more generator per stream alive)."""
@@ -117,7 +150,12 @@ class AdsServer:
                     identities = await self.identify(context)  # before anything the client sent is parsed
                     if not identities:
                         raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, NO_IDENTITY)
-                await kind(self.service, transport=context, peer=peer).serve(identities)
+                stream = kind(self.service, transport=context, peer=peer)
+                if self.max_age is None:
+                    await stream.serve(identities)
+                elif not await self._serve_until_aged(stream.serve(identities), self.max_age):
+                    log.debug("xDS stream of %s reached its maximum age; asking it to reconnect", peer)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, self._aged_details)
             finally:
                 self.service.open_streams.close(client)
         except StreamRefused as exc:

@@ -66,6 +66,16 @@ def test_a_bad_max_request_bytes_is_named(value: str, message: str) -> None:
     assert str(error.value) == message
 
 
+def test_client_connections_age_out_after_30_minutes_as_istio_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse().max_connection_age == 1800
+    assert parse("--max-connection-age", "1h").max_connection_age == 3600
+    assert parse("--max-connection-age", "0").max_connection_age is None  # never
+    monkeypatch.setenv("MESHPLANE_MAX_CONNECTION_AGE", "90s")
+    assert parse().max_connection_age == 90
+    with pytest.raises(SettingsError, match=r"--max-connection-age: 'soon' is not a duration"):
+        parse("--max-connection-age", "soon")
+
+
 def test_xds_connections_are_capped_by_what_the_open_files_limit_allows_unless_told(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
