@@ -141,9 +141,26 @@ def test_autoscaler_target_utilization_comes_from_values(helm_home: pathlib.Path
     assert metric["resource"]["target"]["averageUtilization"] == 60
 
 
+def container_args(objects: Objects) -> list[str]:
+    (container,) = objects["Deployment", "istiod"]["spec"]["template"]["spec"]["containers"]
+    return list(container["args"])
+
+
+def test_proxy_connections_age_out_after_30_minutes_unless_the_values_say_otherwise(helm_home: pathlib.Path) -> None:
+    assert "--max-connection-age=30m" in container_args(render(helm_home))
+    longer = render(helm_home, "--set", "pilot.keepaliveMaxServerConnectionAge=1h")
+    assert "--max-connection-age=1h" in container_args(longer)
+    never = render(helm_home, "--set", "pilot.keepaliveMaxServerConnectionAge=0")
+    assert "--max-connection-age=0" in container_args(never)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (
+            ("--set", "pilot.keepaliveMaxServerConnectionAge=soon"),
+            "- at '/pilot/keepaliveMaxServerConnectionAge': 'soon' does not match pattern",
+        ),
         (("--set", "pilot.autoscaleMin=0"), "- at '/pilot/autoscaleMin': minimum: got 0, want 1"),
         (("--set", "pilot.autoscaleEnable=true"), "additional properties 'autoscaleEnable' not allowed"),
         (("--set", "pilot.cpu.targetAverageUtilization=high"), "- at '/pilot/cpu/targetAverageUtilization'"),
@@ -153,7 +170,7 @@ def test_autoscaler_target_utilization_comes_from_values(helm_home: pathlib.Path
         ),
     ],
 )
-def test_bad_scaling_values_are_refused_naming_the_value(
+def test_bad_pilot_values_are_refused_naming_the_value(
     helm_home: pathlib.Path, args: tuple[str, ...], message: str
 ) -> None:
     result = helm(helm_home, "template", "istiod", str(CHART), *args, check=False)
