@@ -15,9 +15,11 @@ from tests.helpers.serve import Running, start_serve
 
 
 @pytest.fixture
-def serve(tmp_path: pathlib.Path) -> Iterator[Running]:
-    """A running `meshplane serve` in local mode with an empty config dir under tmp_path."""
-    running = start_serve(tmp_path)
+def serve(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    """A running `meshplane serve` in local mode with an empty config dir under tmp_path, with the flags
+    of the test's `serve_args` mark if it has one."""
+    marker = request.node.get_closest_marker("serve_args")
+    running = start_serve(tmp_path, *(marker.args if marker else ()))
     try:
         yield running
     finally:

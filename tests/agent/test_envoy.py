@@ -187,6 +187,62 @@ async def test_envoy_gets_config_over_tls_from_meshplane_and_turns_ready(
     assert not ok and "has not received clusters" in reason
 
 
+@pytest.mark.serve_args("--max-connection-age", "2s")
+@pytest.mark.usefixtures("agent_status")
+async def test_envoy_follows_the_control_plane_to_a_new_connection_when_its_connection_ages_out(
+    serve: Running, sds_socket: pathlib.Path, supervise: Supervise, loopback: str, workdir: pathlib.Path
+) -> None:
+    """At the connection's maximum age (istiod's keepaliveMaxServerConnectionAge) meshplane asks the
+    proxy to reconnect, so it may reach another replica: Envoy opens a new connection, keeps its
+    config (nothing rejected, still ready) and takes what changed meanwhile."""
+    bootstrap = workdir / "envoy-rev.json"
+    write(params(loopback, workdir, discovery_address=serve.addr("secure-grpc"), sds_socket=str(sds_socket)), bootstrap)
+    supervisor = await supervise(bootstrap=bootstrap, admin_url=f"http://{loopback}:15000")
+
+    async def is_ready() -> bool:
+        return (await supervisor.ready())[0]
+
+    async def peer() -> str | None:
+        _, body = await http_get(f"{serve.http_url}/debug/syncz")
+        peers = [p["peer"] for p in json.loads(body) if p["proxy"] == "app-1.shop"]
+        return peers[0] if len(peers) == 1 else None
+
+    await wait_until(is_ready, what="Envoy ready with config from meshplane", within=60)
+    first = await wait_until(peer, what="Envoy's stream in /debug/syncz")
+    assert serve.config_dir is not None
+    (serve.config_dir / "later.yaml").write_text(LATER_SERVICE)
+
+    async def moved() -> bool:
+        now = await peer()
+        return now is not None and now != first
+
+    await wait_until(moved, what="Envoy on a new connection", within=2 * 1.2 + 10 + 20)
+
+    async def has_later_service() -> bool:
+        _, clusters = await http_get(f"http://{loopback}:15000/clusters")
+        return "outbound|80||later.shop.svc.cluster.local" in clusters
+
+    await wait_until(has_later_service, what="the Service added meanwhile in Envoy's clusters")
+    stats = await _stats_or_none(supervisor) or {}
+    assert stats.get("cluster_manager.cds.update_rejected") == 0, stats
+    assert stats.get("listener_manager.lds.update_rejected") == 0, stats
+    assert await supervisor.ready() == (True, "envoy is ready")
+
+
+LATER_SERVICE = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: later, namespace: shop}
+spec:
+  clusterIP: 10.96.77.77
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+
 async def test_killed_envoy_is_started_again(
     supervise: Supervise, loopback: str, workdir: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
