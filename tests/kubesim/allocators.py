@@ -1,20 +1,31 @@
 """The Service registry's allocators: cluster IPs from the service CIDR and node ports.
 
-A Service gets a cluster IP from `SERVICE_CIDR` (a requested one must be in range and free; one
-picked for it is 10.96.0.10 or above, the lower ones, like the API server's 10.96.0.1, being left to
-explicit requests) and, for NodePort and LoadBalancer types, a node port per port from `NODE_PORTS`
-(a requested one must be in range and not held by another Service: 422 naming
-`spec.ports[i].nodePort`). A node port is picked as the real allocator picks it: a random scan of
-the range above its lowest `NODE_PORT_OFFSET` ports, which are left to explicit requests until the
-rest is full; a full range is a 500. A LoadBalancer with `allocateLoadBalancerNodePorts: false` is
-given no node ports, though the ones it asks for are held. A LoadBalancer with
-`externalTrafficPolicy: Local` also gets a `healthCheckNodePort` from the same pool (the requested
-one, else a free one); as in the registry, failing to get it is a 500, not a validation error. As
-the Service registry does, a create allocates before validation (a validating webhook sees the
+A Service gets a cluster IP from `SERVICE_CIDR` (a requested one must be one of its host addresses
+and free) and, for NodePort and LoadBalancer types, node ports from `NODE_PORTS` (a requested one
+must be in range and not held by another Service: 422 naming `spec.ports[i].nodePort`). Both are
+picked as the real allocators pick them (`_pick_at_random`): a random scan of the range above its
+lowest values, which are left to explicit requests until the rest is full (the lowest 256 addresses,
+such as the API server's 10.96.0.1 and the 10.96.0.10 kubeadm asks for kube-dns; the lowest 86
+ports); a full range is a 500. A LoadBalancer with `allocateLoadBalancerNodePorts: false` is given
+no node ports, though the ones it asks for are held. A LoadBalancer with `externalTrafficPolicy:
+Local` also gets a `healthCheckNodePort` from the same pool (the requested one, else a free one);
+as in the registry, failing to get it is a 500, not a validation error.
+
+Which ports of one Service share a node port follows the registry too. On create, ports with one
+port number share one (TCP and UDP 53 get the same), and any other requested node port is taken on
+its own, so two port numbers naming one node port are refused (already allocated) whatever their
+protocols. On update, a requested node port the Service did not have is taken once however many
+ports name it, and two ports naming one for one protocol are a 500 (the registry's error is no
+Status). Validation then refuses what is left: two ports with one protocol and node port.
+
+As the Service registry does, a write allocates before validation (a validating webhook sees the
 allocated values) and holds what it allocated from that moment, in the same step as choosing it,
 so that concurrent writes never pick the same value; a write that fails afterwards gives it back
-(`revert`). Dry runs hold nothing; like the real server's, a dry-run create checks that a requested
-node port is free but not that a requested cluster IP is. Deleting a Service releases all of it.
+(`revert`). Deleting a Service releases all of it. A dry run holds nothing and, like the real
+allocators' dry-run modes, searches nothing: a Service asking for no cluster IP is given the CIDR's
+network address (10.96.0.0) and a port asking for no node port one above the highest this write
+took, else 32769. A requested cluster IP is checked against the range only, a requested node port
+against the held ones only (not the range).
 
 An update is prepared as the Service registry prepares it, before validation: values the client
 left out are kept from the stored Service (`keep_allocations`), `allocate_update` allocates what the
@@ -30,7 +41,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,20 +53,38 @@ from tests.kubesim.validation import invalid_cause
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORTS = range(30000, 32768)
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+# The dry-run port operation's first placeholder: one above 32768, its guess when it took no port yet.
+FIRST_DRY_RUN_NODE_PORT = 32769
 
 
-def _range_offset(size: int) -> int:
-    """How many ports at the bottom of a node port range of `size` random picks leave to explicit requests.
+def _range_offset(size: int, *, step: int, ceiling: int) -> int:
+    """How many values at the bottom of a range of `size` random picks leave to explicit requests.
 
-    min(max(16, size / 32), 128); none for a range of 16 or fewer. They are picked only once the
-    rest of the range is full.
+    min(max(16, size / step), ceiling); none for a range of 16 or fewer. They are picked only once
+    the rest of the range is full. The cluster IP allocator's step is 16 and ceiling 256 (the size
+    counting the network and broadcast addresses), the node port allocator's 32 and 128.
     """
     if size <= 16:
         return 0
-    return min(max(16, size // 32), 128)
+    return min(max(16, size // step), ceiling)
 
 
-NODE_PORT_OFFSET = _range_offset(len(NODE_PORTS))
+NODE_PORT_OFFSET = _range_offset(len(NODE_PORTS), step=32, ceiling=128)
+
+
+def _pick_at_random(pool: range, offset: int, is_free: Callable[[int], bool]) -> int | None:
+    """A free value of `pool`, picked as the real allocators pick; None when none is free.
+
+    A scan from a random start of the values above the lowest `offset` (wrapping round), then, only
+    when all of those are taken, likewise of the lowest ones.
+    """
+    for band in (pool[offset:], pool[:offset]):
+        start = random.randrange(len(band)) if band else 0
+        for i in range(len(band)):
+            value = band[(start + i) % len(band)]
+            if is_free(value):
+                return value
+    return None
 
 
 @dataclass
@@ -70,6 +99,42 @@ class Allocation:
     released_ips: set[ipaddress.IPv4Address] = field(default_factory=set)
     released_node_ports: set[int] = field(default_factory=set)
     pending: bool = False
+
+
+@dataclass
+class _NodePortPicks:
+    """The node ports one write takes (`taken`), as the registry's port allocation operation takes them.
+
+    `held`: the ports held for stored Services and writes in progress. In a dry run a requested port
+    is refused only when held or taken by this write already (its range is not checked), and one
+    picked is a placeholder: one above the highest this write took, else `FIRST_DRY_RUN_NODE_PORT`.
+    """
+
+    held: set[int]
+    dry_run: bool
+    taken: set[int] = field(default_factory=set)
+
+    def request(self, port: Any) -> str | None:
+        """Take a requested port: None, or why it cannot be had (in the allocator's words)."""
+        if not _is_port_number(port) or (port not in NODE_PORTS and not self.dry_run):
+            return (
+                "provided port is not in the valid range. The range of valid ports is "
+                f"{NODE_PORTS.start}-{NODE_PORTS.stop - 1}"
+            )
+        if port in self.held or port in self.taken:
+            return "provided port is already allocated"
+        self.taken.add(port)
+        return None
+
+    def pick(self) -> int | None:
+        """Take a port for a request naming none; None when the range is full."""
+        if self.dry_run:
+            port: int | None = max(self.taken, default=FIRST_DRY_RUN_NODE_PORT - 1) + 1
+        else:
+            port = _pick_at_random(NODE_PORTS, NODE_PORT_OFFSET, lambda p: p not in self.held and p not in self.taken)
+        if port is not None:
+            self.taken.add(port)
+        return port
 
 
 def _spec(obj: Obj) -> dict[str, Any]:
@@ -119,6 +184,12 @@ def _is_port_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _port_number(port: dict[str, Any]) -> int:
+    """A Service port's `port` (0 when unset or malformed, as the registry reads it)."""
+    value = port.get("port")
+    return int(value) if _is_port_number(value) else 0
+
+
 def _externally_accessible(obj: Obj) -> bool:
     spec = _spec(obj)
     kind = spec.get("type", "ClusterIP")
@@ -126,19 +197,23 @@ def _externally_accessible(obj: Obj) -> bool:
 
 
 class ServiceAllocator:
-    """The cluster IPs and node ports taken by stored Services."""
+    """The cluster IPs (from `service_cidr`) and node ports taken by stored Services."""
 
-    def __init__(self) -> None:
+    def __init__(self, service_cidr: ipaddress.IPv4Network = SERVICE_CIDR) -> None:
+        self.service_cidr = service_cidr
         self.ips: set[ipaddress.IPv4Address] = set()
         self.node_ports: set[int] = set()
+        network, broadcast = int(service_cidr.network_address), int(service_cidr.broadcast_address)
+        self._hosts = range(network + 1, broadcast)
+        self._ip_offset = _range_offset(service_cidr.num_addresses, step=16, ceiling=256)
 
     # -- create ---------------------------------------------------------------------------------
-    def allocate(self, obj: Obj, resource: ResourceType, *, hold: bool, check_ip_taken: bool = True) -> Allocation:
+    def allocate(self, obj: Obj, resource: ResourceType, *, dry_run: bool) -> Allocation:
         """Fill in a new Service's clusterIP(s), IP families, node ports and health check node port.
 
-        What it takes; with `hold`, held from now on (to `commit` once the Service is written, or
-        `revert`). 422 for a cluster IP or node port out of range or taken, 500 for a node port or
-        health check node port that cannot be had.
+        What it takes; unless a dry run, held from now on (to `commit` once the Service is written,
+        or `revert`). 422 for a cluster IP or node port out of range or taken, 500 for a full range
+        or a health check node port that cannot be had.
         """
         allocation = Allocation()
         spec = obj["spec"]
@@ -149,32 +224,34 @@ class ServiceAllocator:
         if requested == "None":
             spec["clusterIPs"] = ["None"]
         else:
-            ip = self._cluster_ip(requested, name, resource, check_taken=check_ip_taken)
+            ip = self._cluster_ip(requested, name, resource, dry_run=dry_run)
             allocation.ips.add(ip)
             spec["clusterIP"] = str(ip)
             spec["clusterIPs"] = [str(ip)]
         spec.setdefault("ipFamilies", ["IPv4"])
         spec.setdefault("ipFamilyPolicy", "SingleStack")
+        picks = _NodePortPicks(self.node_ports, dry_run)
         if needs_node_ports(obj):
-            allocation.node_ports = self._node_ports(obj, resource, kept=set())
+            _create_node_ports(obj, resource, picks)
         if needs_health_check(obj):
-            allocation.node_ports.add(self._health_check_port(obj, resource, taken=allocation.node_ports))
-        if hold:
+            _health_check_port(obj, picks)
+        allocation.node_ports = picks.taken
+        if not dry_run:
             self._hold(allocation)
         return allocation
 
     # -- update ---------------------------------------------------------------------------------
-    def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType, *, hold: bool) -> Allocation:
+    def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType, *, dry_run: bool) -> Allocation:
         """What updating `old` to `obj` allocates (filled into `obj`) and releases; 422 for one out of range or taken.
 
-        With `hold`, what it allocates is held from now on (to `commit` when the update is written, or
-        `revert`); what it releases is given back only by `commit`.
+        Unless a dry run, what it allocates is held from now on (to `commit` when the update is
+        written, or `revert`); what it releases is given back only by `commit`.
         """
         allocation = Allocation()
         name = str(obj["metadata"]["name"])
         spec = _spec(obj)
         if not needs_cluster_ip(old) and needs_cluster_ip(obj) and spec.get("clusterIP") != "None":
-            ip = self._cluster_ip(spec.get("clusterIP"), name, resource, check_taken=True)
+            ip = self._cluster_ip(spec.get("clusterIP"), name, resource, dry_run=dry_run)
             allocation.ips.add(ip)
             spec["clusterIP"] = str(ip)
             spec["clusterIPs"] = [str(ip)]
@@ -182,27 +259,18 @@ class ServiceAllocator:
             spec.setdefault("ipFamilyPolicy", "SingleStack")
         elif needs_cluster_ip(old) and not needs_cluster_ip(obj):
             allocation.released_ips |= _addresses(_spec(old).get("clusterIPs") or [])
+        picks = _NodePortPicks(self.node_ports, dry_run)
         held = node_ports(old)
         if needs_node_ports(obj):
-            allocation.node_ports = self._node_ports(obj, resource, kept=held)
+            _update_node_ports(obj, old, resource, picks)
             allocation.released_node_ports = held - node_ports(obj)
         else:
             allocation.released_node_ports = held
-        self._update_health_check(obj, old, resource, allocation)
-        if hold:
+        _update_health_check(obj, old, picks, allocation)
+        allocation.node_ports = picks.taken
+        if not dry_run:
             self._hold(allocation)
         return allocation
-
-    def _update_health_check(self, obj: Obj, old: Obj, resource: ResourceType, allocation: Allocation) -> None:
-        """A Service starting to need a health check node port gets one; one no longer needing it gives it back.
-
-        While it needs one throughout, the port stays (validation refuses a change).
-        """
-        needed, needs = needs_health_check(old), needs_health_check(obj)
-        if needs and not needed:
-            allocation.node_ports.add(self._health_check_port(obj, resource, taken=allocation.node_ports))
-        elif needed and not needs and health_check_port(old):
-            allocation.released_node_ports.add(health_check_port(old))
 
     # -- holding and giving back ----------------------------------------------------------------
     def _hold(self, allocation: Allocation) -> None:
@@ -232,110 +300,139 @@ class ServiceAllocator:
         if needs_health_check(obj):
             self.node_ports.discard(health_check_port(obj))
 
-    # -- the pools ------------------------------------------------------------------------------
-    def _cluster_ip(
-        self, requested: Any, name: str, resource: ResourceType, *, check_taken: bool
-    ) -> ipaddress.IPv4Address:
-        """The requested cluster IP when valid and free, or the next free one when none is requested."""
+    # -- cluster IPs ----------------------------------------------------------------------------
+    def _cluster_ip(self, requested: Any, name: str, resource: ResourceType, *, dry_run: bool) -> ipaddress.IPv4Address:
+        """The requested cluster IP when valid, one of the range's hosts and free; else one picked for it.
+
+        A dry run, like the real allocator's, checks a requested IP against the range only, and gives
+        a Service requesting none the range's network address rather than searching for a free one.
+        """
         if not requested:
-            return next(h for h in SERVICE_CIDR.hosts() if int(h) >= int(SERVICE_CIDR[10]) and h not in self.ips)
+            return self.service_cidr.network_address if dry_run else self._free_cluster_ip()
         try:
             ip = ipaddress.IPv4Address(requested)
         except ValueError:
             raise invalid(
                 resource, name, [invalid_cause("spec.clusterIPs[0]", requested, "must be a valid IP address")]
             ) from None
-        if ip not in SERVICE_CIDR:
+        if int(ip) not in self._hosts:
             detail = (
                 f"failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. "
-                f"The range of valid IPs is {SERVICE_CIDR}"
+                f"The range of valid IPs is {self.service_cidr}"
             )
             raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [requested], detail)])
-        if check_taken and ip in self.ips:
+        if not dry_run and ip in self.ips:
             detail = f"failed to allocate IP {requested}: provided IP is already allocated"
             raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [requested], detail)])
         return ip
 
-    def _node_ports(self, obj: Obj, resource: ResourceType, *, kept: set[int]) -> set[int]:
-        """Check the requested node ports of `obj` and fill in the missing ones; the ports newly taken.
+    def _free_cluster_ip(self) -> ipaddress.IPv4Address:
+        """A host address no Service holds, picked at random as the real allocator picks; 500 when none is left."""
+        free = _pick_at_random(self._hosts, self._ip_offset, lambda ip: ipaddress.IPv4Address(ip) not in self.ips)
+        if free is None:
+            raise _internal_error("failed to allocate a serviceIP: range is full")
+        return ipaddress.IPv4Address(free)
 
-        A port in `kept` (the Service's own) is not taken again; one number may serve several ports of
-        the Service. The first port out of range or held elsewhere is a 422 naming it.
-        """
-        name = str(obj["metadata"]["name"])
-        taken: set[int] = set()
-        for i, port in enumerate(_ports(obj)):
-            requested = port.get("nodePort")
-            if not requested and not allocates_node_ports(obj):
-                continue  # allocateLoadBalancerNodePorts: false
-            if not requested:
-                free = self._free_node_port(taken)
-                if free is None:
-                    raise _internal_error("failed to allocate a nodePort: range is full")
-                port["nodePort"] = free
-                taken.add(free)
-            elif not _is_port_number(requested) or requested not in NODE_PORTS:
-                detail = (
-                    "provided port is not in the valid range. The range of valid ports is "
-                    f"{NODE_PORTS.start}-{NODE_PORTS.stop - 1}"
-                )
-                raise _node_port_invalid(resource, name, i, requested, detail)
-            elif requested in kept or requested in taken:
-                continue
-            elif requested in self.node_ports:
-                raise _node_port_invalid(resource, name, i, requested, "provided port is already allocated")
-            else:
-                taken.add(requested)
-        return taken
 
-    def _free_node_port(self, taken: set[int]) -> int | None:
-        """A node port neither held nor in `taken`, picked at random as the real allocator picks; None when full.
+# -- node ports -----------------------------------------------------------------------------------
+def _create_node_ports(obj: Obj, resource: ResourceType, picks: _NodePortPicks) -> None:
+    """Give the ports of a new Service their node ports (filled in), as the registry's create does.
 
-        A scan from a random start of the ports above the lowest `NODE_PORT_OFFSET` (wrapping round),
-        then, only when all of those are held, likewise of the lowest ones.
-        """
-        for band in (NODE_PORTS[NODE_PORT_OFFSET:], NODE_PORTS[:NODE_PORT_OFFSET]):
-            start = random.randrange(len(band)) if band else 0
-            for i in range(len(band)):
-                port = band[(start + i) % len(band)]
-                if port not in self.node_ports and port not in taken:
-                    return port
-        return None
+    Ports with one port number share a node port: the first any of them requests, else one picked
+    for the first of them. Any other requested node port is taken on its own. A LoadBalancer opting
+    out of node ports gets only the ones it requests.
+    """
+    name = str(obj["metadata"]["name"])
+    ports = _ports(obj)
+    shared: dict[int, int] = {}
+    for i, port in enumerate(ports):
+        requested = port.get("nodePort")
+        if not requested and not allocates_node_ports(obj):
+            continue
+        number = _port_number(port)
+        given = shared.get(number)
+        if given is None:
+            wanted = next((p["nodePort"] for p in ports if _port_number(p) == number and p.get("nodePort")), None)
+            given = _take_node_port(picks, wanted, resource, name, i) if wanted else _pick_node_port(picks)
+            port["nodePort"] = shared[number] = given
+        elif not requested:
+            port["nodePort"] = given
+        elif requested != given:
+            _take_node_port(picks, requested, resource, name, i)
 
-    def _health_check_port(self, obj: Obj, resource: ResourceType, *, taken: set[int]) -> int:
-        """The requested `healthCheckNodePort` when in range and free, else a free node port (filled in).
 
-        As in the registry, where it is allocated before validation, a requested port that cannot be
-        had is a 500 (an internal error), not a 422; `taken` are the ports this write takes already.
-        """
-        requested = _spec(obj).get("healthCheckNodePort")
+def _update_node_ports(obj: Obj, old: Obj, resource: ResourceType, picks: _NodePortPicks) -> None:
+    """Check and fill in the node ports of an updated Service, as the registry's update does.
+
+    A requested node port the Service did not have is taken once, however many ports name it; a
+    missing one is picked. Two ports naming one node port for one protocol are refused with the
+    registry's plain error, which the API server answers as a 500 with no reason.
+    """
+    name = str(obj["metadata"]["name"])
+    had = node_ports(old)
+    requested_here: set[int] = set()
+    seen: set[tuple[str, int]] = set()
+    for i, port in enumerate(_ports(obj)):
+        requested = port.get("nodePort")
+        if not requested and not allocates_node_ports(obj):
+            continue
         if not requested:
-            free = self._free_node_port(taken)
-            if free is None:
-                raise _internal_error("failed to allocate a HealthCheck NodePort 0: range is full")
-            obj["spec"]["healthCheckNodePort"] = free
-            return free
-        if not _is_port_number(requested) or requested not in NODE_PORTS:
-            detail = (
-                "provided port is not in the valid range. The range of valid ports is "
-                f"{NODE_PORTS.start}-{NODE_PORTS.stop - 1}"
-            )
-            raise _health_check_failure(requested, detail)
-        if requested in self.node_ports or requested in taken:
-            raise _health_check_failure(requested, "provided port is already allocated")
-        return int(requested)
+            port["nodePort"] = _pick_node_port(picks)
+        elif not (_is_port_number(requested) and requested in had | requested_here):
+            requested_here.add(_take_node_port(picks, requested, resource, name, i))
+        key = (str(port.get("protocol", "TCP")), int(port["nodePort"]))
+        if key in seen:
+            raise ApiError(500, f"duplicate nodePort: {{{key[0]} {key[1]}}}", reason="")
+        seen.add(key)
+
+
+def _take_node_port(picks: _NodePortPicks, port: Any, resource: ResourceType, name: str, index: int) -> int:
+    """`port`, taken for `spec.ports[index]`; a 422 naming that field when it cannot be had."""
+    problem = picks.request(port)
+    if problem is not None:
+        raise invalid(resource, name, [invalid_cause(f"spec.ports[{index}].nodePort", port, problem)])
+    return int(port)
+
+
+def _pick_node_port(picks: _NodePortPicks) -> int:
+    port = picks.pick()
+    if port is None:
+        raise _internal_error("failed to allocate a nodePort: range is full")
+    return port
+
+
+def _health_check_port(obj: Obj, picks: _NodePortPicks) -> None:
+    """Take the requested `healthCheckNodePort`, else pick one (filled in).
+
+    As in the registry, where it is allocated before validation, one that cannot be had is a 500
+    (an internal error), not a 422.
+    """
+    requested = _spec(obj).get("healthCheckNodePort")
+    if requested:
+        problem = picks.request(requested)
+        if problem is not None:
+            raise _internal_error(f"failed to allocate requested HealthCheck NodePort {requested}: {problem}")
+        return
+    port = picks.pick()
+    if port is None:
+        raise _internal_error("failed to allocate a HealthCheck NodePort 0: range is full")
+    obj["spec"]["healthCheckNodePort"] = port
+
+
+def _update_health_check(obj: Obj, old: Obj, picks: _NodePortPicks, allocation: Allocation) -> None:
+    """A Service starting to need a health check node port gets one; one no longer needing it gives it back.
+
+    While it needs one throughout, the port stays (validation refuses a change).
+    """
+    needed, needs = needs_health_check(old), needs_health_check(obj)
+    if needs and not needed:
+        _health_check_port(obj, picks)
+    elif needed and not needs and health_check_port(old):
+        allocation.released_node_ports.add(health_check_port(old))
 
 
 def _internal_error(message: str) -> ApiError:
     return ApiError(500, f"Internal error occurred: {message}", details={"causes": [{"message": message}]})
-
-
-def _health_check_failure(port: Any, detail: str) -> ApiError:
-    return _internal_error(f"failed to allocate requested HealthCheck NodePort {port}: {detail}")
-
-
-def _node_port_invalid(resource: ResourceType, name: str, index: int, value: Any, detail: str) -> ApiError:
-    return invalid(resource, name, [invalid_cause(f"spec.ports[{index}].nodePort", value, detail)])
 
 
 def _addresses(ips: Iterable[Any]) -> set[ipaddress.IPv4Address]:

@@ -131,12 +131,10 @@ class Registry:
         self._clock = clock
 
     # -- create -------------------------------------------------------------------------------
-    def create(
-        self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context, preallocated: bool = False
-    ) -> Obj:
+    def create(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
         """Create without calling admission webhooks (bootstrap, `create_object`, objects the server makes)."""
         obj = self._create_prepare(resource, namespace, body, ctx=ctx)
-        allocation = self._create_validate(resource, obj, ctx=ctx, preallocated=preallocated)
+        allocation = self._create_validate(resource, obj, ctx=ctx)
         with self._given_back_on_failure(allocation):
             return self._create_store(resource, obj, ctx=ctx, allocation=allocation)
 
@@ -199,29 +197,25 @@ class Registry:
                 obj = admitted
         return obj
 
-    def _create_validate(
-        self, resource: ResourceType, obj: Obj, *, ctx: Context, preallocated: bool = False
-    ) -> Allocation | None:
+    def _create_validate(self, resource: ResourceType, obj: Obj, *, ctx: Context) -> Allocation | None:
         """Name generation (after mutating admission, as in the registry), allocation, initial status, validation.
 
         A Service's cluster IP and ports are allocated before validation, as the Service registry's
         BeginCreate hook does: validation and the validating webhooks see them, and an allocation
         error comes before any validation error. What was allocated is held from now on (nothing for
-        a dry run, or for a `preallocated` one whose values are held already), and given back here
-        when validation fails.
+        a dry run, which is given placeholders), and given back here when validation fails.
         """
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = f"{meta['generateName']}{random_suffix()}"
         allocation = None
         if resource.plural == "services":
-            hold = not (ctx.dry_run or preallocated)
-            allocation = self._allocator.allocate(obj, resource, hold=hold, check_ip_taken=hold)
+            allocation = self._allocator.allocate(obj, resource, dry_run=ctx.dry_run)
         with self._given_back_on_failure(allocation):
             if resource.initial_status is not None:
                 obj["status"] = resource.initial_status(obj)
             validate(resource, obj, None)
-        return None if preallocated else allocation
+        return allocation
 
     def _create_store(self, resource: ResourceType, obj: Obj, *, ctx: Context, allocation: Allocation | None) -> Obj:
         """Stamp and write a validated new object, committing what it allocated (409 when the name is taken)."""
@@ -410,7 +404,7 @@ class Registry:
             keep_allocations(obj, old)
         if resource.defaults is not None:
             resource.defaults(obj)
-        allocation = self._allocator.allocate_update(obj, old, resource, hold=not dry_run) if service else None
+        allocation = self._allocator.allocate_update(obj, old, resource, dry_run=dry_run) if service else None
         with self._given_back_on_failure(allocation):
             if service:
                 drop_type_dependent_fields(obj, old)

@@ -23,9 +23,11 @@ from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
 from tests.kubesim.validation import (
     FieldErrors,
+    GoSyntax,
     check_config_data,
     check_dns1035,
     check_label,
+    go_quote,
 )
 
 Obj = dict[str, Any]
@@ -673,8 +675,17 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
         errors.required("spec.ports")
     if stype == "ExternalName" and not spec.get("externalName"):
         errors.required("spec.externalName")
+    _validate_service_ports(ports, stype, errors)
+    _validate_load_balancer_node_ports(spec, errors)
+    _validate_external_traffic(spec, errors)
+
+
+def _validate_service_ports(ports: list[Any], stype: Any, errors: FieldErrors) -> None:
+    """Each port, then, in the API server's order: node ports on a ClusterIP Service, then the duplicates.
+
+    An ExternalName Service may name node ports (it is given none); a ClusterIP one may not.
+    """
     seen_names: set[str] = set()
-    seen_ports: set[tuple[Any, Any]] = set()
     for i, port in enumerate(ports):
         ppath = f"spec.ports[{i}]"
         if not isinstance(port, dict):
@@ -692,17 +703,56 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
         protocol = port.get("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             errors.not_supported(f"{ppath}.protocol", protocol, ["SCTP", "TCP", "UDP"])
-        ident = (port.get("port"), protocol)
-        if ident in seen_ports:
-            errors.duplicate(ppath, {"port": port.get("port"), "protocol": protocol})
-        seen_ports.add(ident)
         target = port.get("targetPort")
         if isinstance(target, int) and not isinstance(target, bool):
             _port_in_range(errors, f"{ppath}.targetPort", target)
-        if port.get("nodePort") and stype == "ClusterIP":  # ExternalName may name one: it is given none
-            errors.forbidden(f"{ppath}.nodePort", "may not be used when `type` is 'ClusterIP'")
-    _validate_load_balancer_node_ports(spec, errors)
-    _validate_external_traffic(spec, errors)
+    numbered = [(i, port) for i, port in enumerate(ports) if isinstance(port, dict)]
+    if stype == "ClusterIP":
+        for i, port in numbered:
+            if port.get("nodePort"):
+                errors.forbidden(f"spec.ports[{i}].nodePort", "may not be used when `type` is 'ClusterIP'")
+    _duplicate_node_ports(numbered, errors)
+    _duplicate_ports(numbered, errors)
+
+
+def _duplicate_node_ports(numbered: list[tuple[int, Obj]], errors: FieldErrors) -> None:
+    """Two ports may share a node port only with different protocols."""
+    seen: set[tuple[str, int]] = set()
+    for i, port in numbered:
+        node_port = _int32(port.get("nodePort"))
+        if not node_port:
+            continue
+        key = (str(port.get("protocol", "TCP")), node_port)
+        if key in seen:
+            errors.duplicate(f"spec.ports[{i}].nodePort", node_port)
+        seen.add(key)
+
+
+def _duplicate_ports(numbered: list[tuple[int, Obj]], errors: FieldErrors) -> None:
+    """Two ports may share a port number only with different protocols.
+
+    The API server names the duplicate by its key, a ServicePort with only the protocol and port set,
+    printed in Go syntax.
+    """
+    seen: set[tuple[str, int]] = set()
+    for i, port in numbered:
+        protocol, number = str(port.get("protocol", "TCP")), _int32(port.get("port"))
+        if (protocol, number) in seen:
+            errors.duplicate(f"spec.ports[{i}]", _service_port_key(protocol, number))
+        seen.add((protocol, number))
+
+
+def _int32(value: Any) -> int:
+    """An integer field's value as the API server holds it (0 when unset)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _service_port_key(protocol: str, port: int) -> GoSyntax:
+    """The duplicate port's key as kubectl shows it: Go's `%#v` of an internal core.ServicePort."""
+    return GoSyntax(
+        f'core.ServicePort{{Name:"", Protocol:{go_quote(protocol)}, AppProtocol:(*string)(nil), Port:{port}, '
+        'TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, NodePort:0}'
+    )
 
 
 def _validate_load_balancer_node_ports(spec: dict[str, Any], errors: FieldErrors) -> None:

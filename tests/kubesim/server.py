@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -319,7 +318,6 @@ class KubeSim:
             self._registry.create(
                 ns, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ctx=Context()
             )
-        self._allocator.ips.add(ipaddress.IPv4Address("10.96.0.1"))
         self._registry.create(
             self.resource("services"),
             "default",
@@ -337,7 +335,6 @@ class KubeSim:
                 },
             },
             ctx=Context(),
-            preallocated=True,
         )
 
     # -- HTTP plumbing ------------------------------------------------------------------------

@@ -27,7 +27,11 @@ REASONS = {
 
 
 class ApiError(Exception):
-    """An error answer: HTTP `code` with a Status body."""
+    """An error answer: HTTP `code` with a Status body.
+
+    `reason` defaults to the code's; an empty one is the API server's StatusReasonUnknown, which its
+    Status leaves out: how it answers an error a registry returns that is not a Status (a 500).
+    """
 
     def __init__(
         self,
@@ -41,7 +45,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason or REASONS.get(code, "Unknown")
+        self.reason = REASONS.get(code, "Unknown") if reason is None else reason
         self.details = details
         self.headers = headers or {}
 
@@ -52,8 +56,9 @@ class ApiError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
         }
+        if self.reason:
+            body["reason"] = self.reason
         if self.details is not None:
             body["details"] = self.details
         body["code"] = self.code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import json
 import re
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import watch as k8s_watch
 
 from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.allocators import SERVICE_CIDR
 from tests.kubesim.auth import request_info
 from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.protobuf import ProtobufError, decode
@@ -409,7 +411,7 @@ async def test_services_get_a_cluster_ip_that_updates_keep(kube_api: KubeApi) ->
     path = "/api/v1/namespaces/default/services"
     out = await kube_api.request("POST", path, body=svc)
     ip = out["spec"]["clusterIP"]
-    assert ip.startswith("10.9") and out["spec"]["clusterIPs"] == [ip]
+    assert ipaddress.IPv4Address(ip) in SERVICE_CIDR and out["spec"]["clusterIPs"] == [ip]
     assert out["spec"]["ports"][0] == {"port": 80, "protocol": "TCP", "targetPort": 80}
     replaced = await kube_api.request("PUT", f"{path}/web", body={**svc, "spec": {"ports": [{"port": 81}]}})
     assert replaced["spec"]["clusterIP"] == ip
@@ -516,7 +518,7 @@ async def test_type_changes_to_and_from_external_name_allocate_and_release_the_c
     await kube_api.request("POST", SVC_PATH, body=service("ext", type="ExternalName", externalName="example.com"))
     changed = await change_service(kube_api, "patch", "ext", type="ClusterIP", externalName=None)
     ip = changed["spec"]["clusterIP"]
-    assert ip.startswith("10.9") and changed["spec"]["clusterIPs"] == [ip]
+    assert ipaddress.IPv4Address(ip) in SERVICE_CIDR and changed["spec"]["clusterIPs"] == [ip]
     back = await change_service(kube_api, "patch", "ext", type="ExternalName", externalName="example.com")
     assert "clusterIP" not in back["spec"] and "clusterIPs" not in back["spec"]
     reused = await kube_api.request("POST", SVC_PATH, body=service("taker", clusterIP=ip))

@@ -55,6 +55,7 @@ kind: Service
 metadata: {name: web}
 spec:
   selector: {app: web}
+  clusterIP: 10.96.0.10
   ports: [{name: http, port: 80}, {name: grpc, port: 9000, targetPort: 9090}]
 ---
 apiVersion: apps/v1

@@ -39,8 +39,14 @@ DNS1035_HELP = (
 )
 
 
+class GoSyntax(str):
+    """A bad value the API server prints in Go syntax (`%#v` of an internal type), rendered as it is."""
+
+
 def go_quote(value: Any) -> str:
     """Render a bad value roughly the way the API server's messages do."""
+    if isinstance(value, GoSyntax):
+        return str(value)
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, bool):
