@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.model import fields as f
+from controlplane.model import names
 
 DEFAULT_DOMAIN = "cluster.local"
 
@@ -178,6 +179,8 @@ class Service:
             path = f"spec.ports[{index}]"
             item = f.mapping(raw, path)
             port_name = f.string(item.get("name"), f"{path}.name", default="")
+            if port_name:
+                names.dns1123_label(port_name, field=f"{path}.name")  # ValidateService's rule
             if not port_name and len(raw_ports) > 1:
                 raise f.ObjectError(f"{path}.name", "is required when a service has more than one port")
             if port_name in seen_names:

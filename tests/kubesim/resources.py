@@ -695,7 +695,7 @@ def _validate_service_ports(ports: list[Any], stype: Any, errors: FieldErrors) -
         if len(ports) > 1 and not name:
             errors.required(f"{ppath}.name")
         if name:
-            check_dns1035(errors, f"{ppath}.name", str(name))
+            check_label(errors, f"{ppath}.name", str(name))  # DNS-1123: may start with a digit
             if name in seen_names:
                 errors.duplicate(f"{ppath}.name", name)
             seen_names.add(str(name))

@@ -21,6 +21,7 @@ from tests.kubesim.auth import request_info
 from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.protobuf import ProtobufError, decode
 from tests.kubesim.server import KubeSim
+from tests.kubesim.validation import LABEL_HELP
 
 CM_PATH = "/api/v1/namespaces/default/configmaps"
 
@@ -489,6 +490,18 @@ async def test_a_node_port_given_on_update_is_refused_when_taken_and_held_when_f
         )
     )
     assert err.status == 422 and f"{free}: provided port is already allocated" in err.message
+
+
+async def test_a_service_port_name_is_a_dns_1123_label(kube_api: KubeApi) -> None:
+    """`ValidateService` checks port names as DNS-1123 labels: one may start with a digit."""
+    ports = [{"name": "80-http", "port": 80}, {"name": "metrics", "port": 9090}]
+    created = await kube_api.request("POST", SVC_PATH, body=service("digits", ports=ports))
+    assert [p["name"] for p in created["spec"]["ports"]] == ["80-http", "metrics"]
+    err = await error_of(
+        kube_api.request("POST", SVC_PATH, body=service("upper", ports=[{"name": "HTTP", "port": 80}]))
+    )
+    assert err.status == 422
+    assert err.message == f'Service "upper" is invalid: spec.ports[0].name: Invalid value: "HTTP": {LABEL_HELP}'
 
 
 async def test_a_created_service_is_refused_a_node_port_out_of_range(kube_api: KubeApi) -> None:
