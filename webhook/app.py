@@ -14,8 +14,9 @@ large request does not stall the others: a 1.9 MB pod costs ~0.5 s of Python, du
 which `/ready` waited up to 590 ms when it ran on the event loop, and up to ~150 ms now. Cheaper
 ones are reviewed on the event loop, a turn's worth at a time (`INLINE_BYTES_PER_TURN`, with
 `controlplane.aio.TurnBudget`): 150 bodies of 53 KB completing at once held `/ready` 2.7 s when all
-were reviewed in the same turn. The connection cap needs the listener's help: serve the app with
-`webhook.listener.WebhookSite`.
+were reviewed in the same turn; one at a time, up to 166-226 ms while each review took 20 ms, and
+106-147 ms since the patch aligns only elements that are unchanged (12 ms: `webhook.patch`). The
+connection cap needs the listener's help: serve the app with `webhook.listener.WebhookSite`.
 """
 
 from __future__ import annotations

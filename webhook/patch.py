@@ -3,7 +3,9 @@
 `json_patch(old, new)` returns operations that turn `old` into `new` when applied in order:
 - objects are diffed key by key (`remove`, `add`, or a recursive diff of a kept key);
 - arrays keep their common prefix and suffix, then align the middle on equal elements (longest
-  common subsequence), so an element inserted or removed anywhere becomes one `add` or `remove`
+  common subsequence of the elements that have an equal on the other side: an injection rewrites
+  every container with a probe, and aligning 250 such containers compared each with each, 21 ms
+  of a 53 KB review), so an element inserted or removed anywhere becomes one `add` or `remove`
   at its index instead of a cascade of replacements; unaligned elements facing each other are
   diffed recursively; when pairing elements by position needs fewer operations than the
   alignment (many repeated values), elements are paired by position instead;
@@ -18,7 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Above this many element comparisons the middle of an array is diffed position by position.
+# Above this many comparisons of elements that have an equal on the other side, the middle of an
+# array is diffed position by position.
 _LCS_LIMIT = 250_000
 
 
@@ -81,8 +84,9 @@ def _diff_array(old: list[Any], new: list[Any], path: str, ops: list[dict[str, A
     if not mid_old and not mid_new:
         return
     anchors: list[tuple[int, int]] = []
-    if mid_old and mid_new and len(mid_old) * len(mid_new) <= _LCS_LIMIT:
-        anchors = _lcs(mid_old, mid_new)
+    keys_old, keys_new = [_key(x) for x in mid_old], [_key(y) for y in mid_new]
+    if keys_old and keys_new:
+        anchors = _anchors(keys_old, keys_new)
         # Keep the alignment only if it needs fewer top-level operations than pairing by position.
         aligned_cost = 0
         i = j = 0
@@ -90,7 +94,7 @@ def _diff_array(old: list[Any], new: list[Any], path: str, ops: list[dict[str, A
             aligned_cost += max(ai - i, aj - j)
             i, j = ai + 1, aj + 1
         positional_cost = max(len(mid_old), len(mid_new)) - sum(
-            1 for x, y in zip(mid_old, mid_new, strict=False) if same(x, y)
+            1 for x, y in zip(keys_old, keys_new, strict=False) if x == y
         )
         if positional_cost < aligned_cost:
             anchors = []
@@ -112,18 +116,36 @@ def _diff_array(old: list[Any], new: list[Any], path: str, ops: list[dict[str, A
         i, j = ai + 1, aj + 1
 
 
-def _lcs(a: list[Any], b: list[Any]) -> list[tuple[int, int]]:
-    """Index pairs of a longest common subsequence of `a` and `b` (JSON equality)."""
+def _key(value: Any) -> str:
+    """A string equal for two values exactly when `same` says they are."""
+    return json.dumps(value)
+
+
+def _anchors(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """Index pairs of a longest common subsequence of the keys `a` and `b` (none beyond `_LCS_LIMIT`).
+
+    A key with no equal on the other side can never pair, so only the others are aligned."""
+    common = set(a) & set(b)
+    in_a = [i for i, key in enumerate(a) if key in common]
+    in_b = [j for j, key in enumerate(b) if key in common]
+    if not in_a or len(in_a) * len(in_b) > _LCS_LIMIT:
+        return []
+    pairs = _lcs([a[i] for i in in_a], [b[j] for j in in_b])
+    return [(in_a[x], in_b[y]) for x, y in pairs]
+
+
+def _lcs(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """Index pairs of a longest common subsequence of `a` and `b`."""
     n, m = len(a), len(b)
     table = [[0] * (m + 1) for _ in range(n + 1)]
     for x in range(n - 1, -1, -1):
         row, below = table[x], table[x + 1]
         for y in range(m - 1, -1, -1):
-            row[y] = below[y + 1] + 1 if same(a[x], b[y]) else max(below[y], row[y + 1])
+            row[y] = below[y + 1] + 1 if a[x] == b[y] else max(below[y], row[y + 1])
     pairs: list[tuple[int, int]] = []
     x = y = 0
     while x < n and y < m:
-        if same(a[x], b[y]) and table[x][y] == table[x + 1][y + 1] + 1:
+        if a[x] == b[y] and table[x][y] == table[x + 1][y + 1] + 1:
             pairs.append((x, y))
             x += 1
             y += 1

@@ -97,3 +97,17 @@ def test_array_patches_never_exceed_a_rewrite_of_every_element(old: list[int], n
     patch = json_patch(old, new)
     assert jsonpatch.apply_patch(old, patch) == new
     assert len(patch) <= max(len(old), len(new))
+
+
+def test_an_insertion_is_one_add_when_only_part_of_a_long_array_is_unchanged() -> None:
+    """Elements with no equal on the other side never align, so they are left out of the alignment:
+    it no longer gives up on a long array (600 x 601 comparisons) when 299 elements are unchanged."""
+    old = [{"n": i} for i in range(600)]
+    changed = [{"n": i, "probe": "rewritten"} for i in range(600)]
+    new = [*changed[:300], {"n": "inserted"}, *old[300:599], changed[599]]
+    patch = json_patch(old, new)
+    assert jsonpatch.apply_patch(old, patch) == new
+    assert [op for op in patch if op["op"] != "add" or not op["path"].endswith("/probe")] == [
+        {"op": "add", "path": "/300", "value": {"n": "inserted"}}
+    ]
+    assert len(patch) == 302  # the inserted element, and each changed element's new field
