@@ -145,8 +145,12 @@ class FileSource:
 
     @property
     def problems(self) -> list[DocumentProblem]:
-        """Problems of each file's newest contents (settled or not), for debug endpoints."""
-        return [p for path in sorted(self._files) for p in self._files[path].problems]
+        """Problems of each file's newest contents (settled or not), for debug endpoints.
+
+        Read on the event loop while a scan may be settling files in its thread: one copy of the files
+        (a single step for the interpreter), so a file the scan removes meanwhile is no KeyError."""
+        files = dict(self._files)
+        return [p for path in sorted(files) for p in files[path].problems]
 
     def _walk(self, watch: Callable[[str], None] | None = None) -> list[_Found]:
         """Every config file below the directory, in path order, each with its stat or the error
