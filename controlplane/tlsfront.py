@@ -201,8 +201,9 @@ def bootstrap(
 ) -> dict[str, Any]:
     """Envoy's bootstrap for the front end (see the module docstring). Pure; raises nothing.
 
-    `max_connection_age`: seconds (plus up to 10% jitter) before a client connection gets a GOAWAY;
-    `age_grace` later it is closed, open streams and all (None: connections never age)."""
+    `max_connection_age`: seconds (plus up to 10% jitter) before a client connection gets a GOAWAY,
+    and a final one `age_grace` later (None: connections never age). Envoy keeps the connection
+    while a stream is open on it; the ADS server ends its streams (`discovery.server`)."""
     sds_config = {
         "resource_api_version": "V3",
         "api_config_source": {

@@ -91,6 +91,6 @@ async def lifetime_of_a_stream(running: Running, port: str) -> tuple[float, str,
 async def test_a_proxy_is_moved_to_a_new_connection_after_the_max_connection_age(aging: Running) -> None:
     plaintext, secure = await asyncio.gather(lifetime_of_a_stream(aging, "grpc"), lifetime_of_a_stream(aging, "secure"))
     for lasted, status, _ in (plaintext, secure):
-        assert MAX_AGE * 0.9 <= lasted <= MAX_AGE * 1.2 + CONNECTION_AGE_GRACE + 2, (lasted, status)
+        assert MAX_AGE * 0.9 <= lasted <= MAX_AGE * 1.2 + CONNECTION_AGE_GRACE + 5, (lasted, status)  # + a busy machine
         assert status.startswith("UNAVAILABLE"), status
     assert "reached its maximum age (2s, --max-connection-age); reconnect" in secure[1]
