@@ -137,9 +137,10 @@ def _serve_parser(sub: Any) -> None:
         "--max-connection-age",
         default="30m",
         help="how long a client connection to either gRPC port is kept (seconds or 90s, 15m, 1h; 0: for ever); "
-        "then it is asked to reconnect (HTTP/2 GOAWAY; ±10%% jitter), and closed 10s later if it still has a "
-        "stream open. A proxy's reconnect may land on another replica, so a replica started later gets its share "
-        "(Istio: keepaliveMaxServerConnectionAge, 30m)",
+        "then it is asked to reconnect (HTTP/2 GOAWAY; ±10%% jitter) and its xDS stream is ended with UNAVAILABLE "
+        "10s later (on the secure port, 1.1-1.2 times the age plus 10s after the stream opened). A proxy's "
+        "reconnect may land on another replica, so a replica started later gets its share (Istio: "
+        "keepaliveMaxServerConnectionAge, 30m)",
     )
     _add(
         p,
