@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
+import sys
+import threading
 from collections.abc import Coroutine, Hashable
 from typing import Any
 
@@ -123,3 +126,75 @@ class TurnBudget:
             # The next turn is scheduled after the granted tasks' wake-ups: one that continues its work
             # (`resume`) has queued its next piece by the time the next turn is shared out.
             self._schedule()
+
+
+class CollectorPause:
+    """While at least one holder, in any thread, is inside: automatic garbage collection off; once
+    the last one leaves, as it was before the first came in. For work that builds many objects which
+    all die, freed by reference counting, when it ends: an admission review (a pod's JSON, its
+    injected copy, the patch), a debug answer.
+
+    With the collector on, such work starts collections that find its objects still alive and move
+    them to older generations, until a full collection walks everything the process holds, the
+    registry included, while the event loop waits. Measured: 150 reviews of 53 KB pods on the event
+    loop, completing at once with 10,000 Pods and 10,000 endpoints in the registry, held `/ready`
+    127-153 ms and took 2.30-2.46 s; with the collector paused during each review, 83-105 ms and
+    1.83-2.05 s (50 such reviews had started 3 full collections and 405 smaller ones). Cyclic garbage
+    made elsewhere meanwhile waits for the next collection after the pause."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._holders += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._was_enabled:
+                gc.enable()
+
+
+class HeavyWork:
+    """For such work in a worker thread: while at least one holder is inside (thread-safe), the
+    collector paused (`collector`, shared with work on the event loop), and the GIL handed between
+    threads every 0.5 ms instead of 5 ms, so the event loop keeps its turns.
+
+    A large pod is about a million short-lived objects. With the collector on, a review of one
+    started full collections that walked them all, each holding the GIL (and so the event loop) for
+    up to 100 ms, and doubled the review's time (a 2.6 MB pod: 850 ms, 450 ms paused). The event
+    loop gives up the GIL at each system call and waits a whole switch interval for it back;
+    answering `/ready` takes several such calls."""
+
+    SWITCH_INTERVAL = 0.0005
+
+    def __init__(self, collector: CollectorPause | None = None) -> None:
+        self._collector = collector if collector is not None else CollectorPause()
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._switch_interval = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        self._collector.__enter__()
+        with self._lock:
+            if self._holders == 0:
+                self._switch_interval = sys.getswitchinterval()
+                sys.setswitchinterval(self.SWITCH_INTERVAL)
+            self._holders += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                sys.setswitchinterval(self._switch_interval)
+        self._collector.__exit__()
+
+
+COLLECTOR_PAUSE = CollectorPause()  # one per process: work in threads and on the loop overlaps
+HEAVY_WORK = HeavyWork(COLLECTOR_PAUSE)

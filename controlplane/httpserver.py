@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from controlplane.aio import HEAVY_WORK
+
 #: Both listeners answer GETs only. A connection must send its request headers within
 #: `HEADER_TIMEOUT` of being accepted or of its last answer (aiohttp's keep-alive timer, which also
 #: runs before the first request), else it is closed: with the listener's cap
@@ -72,6 +74,12 @@ def health_app(readiness: ReadinessCheck, debug: Mapping[str, DebugHandler]) -> 
     return app
 
 
+def _encode(build: Callable[[], Any]) -> str:
+    """In a worker thread, the collector paused: an answer's objects all die once it is encoded."""
+    with HEAVY_WORK:
+        return json.dumps(build(), indent=2, default=str) + "\n"
+
+
 def _json_handler(handler: DebugHandler, encoding: asyncio.Lock) -> Callable[[web.Request], Any]:
     async def serve(request: web.Request) -> web.StreamResponse:
         async with encoding:  # waiting requests hold nothing yet: one answer's data at a time
@@ -81,7 +89,7 @@ def _json_handler(handler: DebugHandler, encoding: asyncio.Lock) -> Callable[[we
             if isinstance(data, web.StreamResponse):
                 return data
             build: Callable[[], Any] = data.build if isinstance(data, OffLoop) else lambda: data
-            text = await asyncio.to_thread(lambda: json.dumps(build(), indent=2, default=str) + "\n")
+            text = await asyncio.to_thread(_encode, build)
         return web.Response(text=text, content_type="application/json")
 
     return serve

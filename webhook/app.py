@@ -9,14 +9,14 @@ in 32 KiB. A review's cost is counted as its body's bytes plus the bytes an inje
 current config (`Injector.injection_bytes`: ~5.5 KB with Istio's templates, far more when the mesh
 config's `defaultConfig` is large, since it is rendered into every pod). Reviews costing over
 `OFFLOAD_BYTES` are parsed, injected and answered in a worker thread, one at a time, with
-automatic garbage collection paused and a shorter GIL switch interval (`_HeavyWork`), so that one
+automatic garbage collection paused and a shorter GIL switch interval (`controlplane.aio.HeavyWork`), so that one
 large request does not stall the others: a 1.9 MB pod costs ~0.5 s of Python, during
 which `/ready` waited up to 590 ms when it ran on the event loop, and up to ~150 ms now. Cheaper
 ones are reviewed on the event loop, a turn's worth at a time (`INLINE_BYTES_PER_TURN`, with
 `controlplane.aio.TurnBudget`): 150 bodies of 53 KB completing at once held `/ready` 2.7 s when all
 were reviewed in the same turn; one at a time, up to 166-226 ms while each review took 20 ms, and
 106-147 ms since the patch aligns only elements that are unchanged (12 ms: `webhook.patch`). Each
-review on the loop runs with automatic garbage collection paused too (`_CollectorPause`): a
+review on the loop runs with automatic garbage collection paused too (`controlplane.aio.CollectorPause`): a
 review's objects die with it, and collections started meanwhile walked the whole registry. The
 connection cap needs the listener's help: serve the app with `webhook.listener.WebhookSite`.
 """
@@ -24,17 +24,14 @@ connection cap needs the listener's help: serve the app with `webhook.listener.W
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
-import sys
-import threading
 import time
 
 from aiohttp import web
 
-from controlplane.aio import TurnBudget
+from controlplane.aio import COLLECTOR_PAUSE, HEAVY_WORK, TurnBudget
 from webhook import metrics
 from webhook.limits import Limits
 from webhook.review import Outcome, answer, error_body, parse_review
@@ -49,77 +46,6 @@ OFFLOAD_BYTES = 64 * 1024
 INLINE_BYTES_PER_TURN = 32 * 1024
 LINGER_SECONDS = 1.0  # after an early answer (413, 408), how long unread body is drained before closing
 WEBHOOK_LIMITS = web.AppKey("webhook_limits", Limits)
-
-
-class _CollectorPause:
-    """While at least one holder, in any thread, is inside: automatic garbage collection off; once
-    the last one leaves, as it was before the first came in.
-
-    A review builds many objects (a pod's JSON, its injected copy, the patch) that all die, freed by
-    reference counting, when it ends. With the collector on, their allocation starts collections
-    that find them still alive and move them to older generations, until a full collection walks
-    everything the process holds, the registry included. Measured: 150 reviews of 53 KB pods on the
-    event loop, completing at once with 10,000 Pods and 10,000 endpoints in the registry, held
-    `/ready` 127-153 ms and took 2.30-2.46 s; with the collector paused during each review, 83-105 ms
-    and 1.83-2.05 s. Cyclic garbage made elsewhere meanwhile waits for the next collection after the
-    pause."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._was_enabled = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._holders == 0:
-                self._was_enabled = gc.isenabled()
-                gc.disable()
-            self._holders += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0 and self._was_enabled:
-                gc.enable()
-
-
-class _HeavyWork:
-    """While at least one holder is inside (thread-safe): the collector paused (`collector`, shared
-    with the reviews on the event loop), and the GIL handed between threads every 0.5 ms instead of
-    5 ms, so the event loop keeps its turns.
-
-    A large pod is about a million short-lived objects. With the collector on, a review of one
-    started full collections that walked them all, each holding the GIL (and so the event loop) for
-    up to 100 ms, and doubled the review's time (a 2.6 MB pod: 850 ms, 450 ms paused). The event
-    loop gives up the GIL at each system call and waits a whole switch interval for it back;
-    answering `/ready` takes several such calls."""
-
-    SWITCH_INTERVAL = 0.0005
-
-    def __init__(self, collector: _CollectorPause | None = None) -> None:
-        self._collector = collector if collector is not None else _CollectorPause()
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._switch_interval = sys.getswitchinterval()
-
-    def __enter__(self) -> None:
-        self._collector.__enter__()
-        with self._lock:
-            if self._holders == 0:
-                self._switch_interval = sys.getswitchinterval()
-                sys.setswitchinterval(self.SWITCH_INTERVAL)
-            self._holders += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0:
-                sys.setswitchinterval(self._switch_interval)
-        self._collector.__exit__()
-
-
-_collector_pause = _CollectorPause()  # one for the process: reviews in a thread and on the loop overlap
-_heavy_work = _HeavyWork(_collector_pause)
 
 
 def _encode(body: dict[str, object]) -> bytes:
@@ -184,13 +110,13 @@ def webhook_app(injector: Injector, *, limits: Limits | None = None) -> web.Appl
             return parsed, _encode(parsed.body)  # the answer can be larger than the pod: encoded here too
 
         def review_heavy() -> tuple[Outcome, bytes]:
-            with _heavy_work:
+            with HEAVY_WORK:
                 return review()
 
         cost = len(body) + injector.injection_bytes()  # the pod, and what injecting it adds
         if cost <= OFFLOAD_BYTES:
             await small_turns.take(cost)
-            with _collector_pause:
+            with COLLECTOR_PAUSE:
                 outcome, encoded = review()
         else:  # injection costs about as much as the pod is large: keep it off the event loop
             async with one_large:

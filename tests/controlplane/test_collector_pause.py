@@ -1,25 +1,31 @@
-"""The collector paused around admission reviews: large ones in a thread (`_HeavyWork`, which also
-shortens the switch interval), small ones on the event loop (`_CollectorPause`). Both always come
-back, and the reviews on the loop start no collection that would walk the registry."""
+"""The collector paused around work whose objects all die when it ends: admission reviews, large
+ones in a thread (`HeavyWork`, which also shortens the switch interval) and small ones on the event
+loop (`CollectorPause`), and debug answers. The collector and the switch interval always come back,
+and such work starts no full collection, which would walk the registry while everyone waits."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import pathlib
 import re
 import sys
 import threading
+import time
 import urllib.request
 
+import grpc
 import pytest
 
-from tests.e2e.test_stall_probe import many_containers
+from controlplane.aio import CollectorPause, HeavyWork
+from tests.discovery.harness import SotwClient, node
+from tests.e2e.test_stall_probe import CLUSTER, many_containers, many_services
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
-from webhook.app import OFFLOAD_BYTES, _CollectorPause, _HeavyWork
+from webhook.app import OFFLOAD_BYTES
 
 
 def test_overlapping_holders_restore_the_collector_and_switch_interval_after_the_last() -> None:
-    heavy, interval = _HeavyWork(), sys.getswitchinterval()
+    heavy, interval = HeavyWork(), sys.getswitchinterval()
     assert gc.isenabled()
     first_inside, second_done, release_first = threading.Event(), threading.Event(), threading.Event()
     seen: list[tuple[bool, float]] = []
@@ -41,20 +47,20 @@ def test_overlapping_holders_restore_the_collector_and_switch_interval_after_the
     finally:
         release_first.set()
         thread.join(10)
-    pause = (False, _HeavyWork.SWITCH_INTERVAL)
+    pause = (False, HeavyWork.SWITCH_INTERVAL)
     assert seen == [pause, pause, pause]
     assert gc.isenabled() and sys.getswitchinterval() == interval
 
 
 def test_a_review_that_raises_still_restores_them() -> None:
-    heavy, interval = _HeavyWork(), sys.getswitchinterval()
+    heavy, interval = HeavyWork(), sys.getswitchinterval()
     with pytest.raises(RuntimeError), heavy:
         raise RuntimeError("boom")
     assert gc.isenabled() and sys.getswitchinterval() == interval
 
 
 def test_a_collector_disabled_before_stays_disabled() -> None:
-    heavy = _HeavyWork()
+    heavy = HeavyWork()
     gc.disable()
     try:
         with heavy:
@@ -65,8 +71,8 @@ def test_a_collector_disabled_before_stays_disabled() -> None:
 
 
 def test_the_pause_lasts_while_a_review_on_the_loop_or_in_a_thread_is_inside() -> None:
-    pause = _CollectorPause()
-    heavy = _HeavyWork(pause)
+    pause = CollectorPause()
+    heavy = HeavyWork(pause)
     in_thread, release = threading.Event(), threading.Event()
 
     def large_review() -> None:
@@ -111,3 +117,37 @@ def test_reviews_on_the_event_loop_start_no_full_collection(tmp_path: pathlib.Pa
         running.stop()
     started = {generation: after[generation] - before[generation] for generation in before}
     assert started["2"] == 0 and sum(started.values()) < 10, started
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())
+
+
+async def test_debug_answers_start_no_full_collection(tmp_path: pathlib.Path) -> None:
+    """Ten config dumps of a proxy in a mesh of 1,000 Services (1.5 MB of JSON each, built and encoded
+    in a worker thread) started 4 full collections before the pause."""
+    running = start_serve(tmp_path)
+    try:
+        assert running.config_dir is not None
+        (running.config_dir / "many.yaml").write_text(many_services(1_000))
+        deadline = time.monotonic() + 60
+        while "svc-999.many.svc.cluster.local" not in await asyncio.to_thread(
+            get, f"{running.http_url}/debug/registryz"
+        ):
+            assert time.monotonic() < deadline, "the 1,000-service file was never applied"
+            await asyncio.sleep(0.2)
+        async with grpc.aio.insecure_channel(running.addr("grpc")) as channel:
+            dumped = SotwClient(channel, node("dumped"))
+            await dumped.request(CLUSTER, [])
+            assert len((await dumped.recv(wait=60)).resources) > 1_000
+            before = collections(running)
+            for _ in range(10):
+                assert "svc-999.many.svc.cluster.local" in get(
+                    f"{running.http_url}/debug/config_dump?proxyID=dumped.default"
+                )
+            after = collections(running)
+    finally:
+        running.stop()
+    started = {generation: after[generation] - before[generation] for generation in before}
+    assert started["2"] == 0, started
