@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.aio import HEAVY_WORK
 from controlplane.model.store import ConfigEvent, ConfigStore, ObjectKey
 from webhook.config import ConfigError, InjectionConfig
 from webhook.configparse import MESH_KEYS, parse_injection_config
@@ -81,7 +82,7 @@ class InjectionConfigWatcher:
             await self._changed.wait()
             self._changed.clear()
             sources = self._read()
-            self._apply(sources, await asyncio.to_thread(self._parse, sources))
+            self._apply(sources, await asyncio.to_thread(self._parse_off_loop, sources))
             if not self._changed.is_set():
                 self._settled.set()
 
@@ -93,6 +94,10 @@ class InjectionConfigWatcher:
         injector = self._store.get(self._injector_key)
         mesh = self._store.get(self._mesh_key)
         return _Sources(injector=_configmap_data(injector), mesh=_configmap_data(mesh))
+
+    def _parse_off_loop(self, sources: _Sources) -> InjectionConfig | str:
+        with HEAVY_WORK:  # in a worker thread; most of what parsing builds dies with it
+            return self._parse(sources)
 
     def _parse(self, sources: _Sources) -> InjectionConfig | str:
         """The config, or why it is refused (naming the ConfigMap, key and field)."""

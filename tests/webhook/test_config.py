@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 
+from controlplane.aio import HeavyWork
 from controlplane.model.store import ConfigStore, ObjectKey
 from tests.helpers.tasks import running
 from webhook.config import ConfigError, InjectionConfig
@@ -300,6 +303,7 @@ class HeldParse:
 
     def __init__(self) -> None:
         self.threads: list[int] = []
+        self.pauses: list[tuple[bool, float]] = []  # each call's collector state and switch interval
         self.parsed: list[str | None] = []  # each call's injector `values`
         self.started = threading.Event()
         self.go = threading.Event()
@@ -311,6 +315,7 @@ class HeldParse:
 
     def __call__(self, *, injector: Mapping[str, str] | None, mesh: Mapping[str, str] | None) -> InjectionConfig:
         self.threads.append(threading.get_ident())
+        self.pauses.append((gc.isenabled(), sys.getswitchinterval()))
         self.parsed.append(injector.get("values") if injector is not None else None)
         self.started.set()
         if self.held and not self.go.wait(timeout=10):
@@ -345,6 +350,10 @@ async def test_a_change_is_parsed_in_a_worker_thread_while_the_event_loop_runs_o
     assert held.threads[0] == threading.get_ident()  # the first, at start-up, where the watcher is made
     assert held.threads[1] != threading.get_ident()
     assert w.current.proxy_image == "docker.io/istio/proxyv2:1.29.1"
+    # in the thread, most of what parsing builds dies with it: no collection walking the registry
+    # meanwhile, and the GIL back to the event loop within 0.5 ms instead of 5
+    assert held.pauses[1] == (False, HeavyWork.SWITCH_INTERVAL)
+    assert gc.isenabled() and sys.getswitchinterval() == held.pauses[0][1]
 
 
 async def test_changes_during_a_parse_are_parsed_together_after_it_and_the_newest_wins(
