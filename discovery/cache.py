@@ -35,7 +35,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """A non-negative integer in protobuf's varint encoding."""
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -47,9 +48,9 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _field(tag: int, payload: bytes) -> bytes:
+def field(tag: int, payload: bytes) -> bytes:
     """One length-delimited field (wire type 2) with a one-byte tag."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    return bytes((tag,)) + varint(len(payload)) + payload
 
 
 # Tags (field number << 3 | wire type 2) of the fields we encode by hand.
@@ -66,13 +67,14 @@ class Resource:
 
     __slots__ = ("_delta_field", "any_bytes", "name", "sotw_field", "type_url", "version")
 
-    def __init__(self, *, type_url: str, name: str, message: Message) -> None:
-        value = message.SerializeToString(deterministic=True)
+    def __init__(self, *, type_url: str, name: str, message: Message | bytes) -> None:
+        """`message`: the resource, or its bytes as `SerializeToString(deterministic=True)` gives them."""
+        value = message if isinstance(message, bytes) else message.SerializeToString(deterministic=True)
         self.type_url = type_url
         self.name = name
-        self.any_bytes = _field(_ANY_TYPE_URL, type_url.encode()) + _field(_ANY_VALUE, value)
+        self.any_bytes = field(_ANY_TYPE_URL, type_url.encode()) + field(_ANY_VALUE, value)
         self.version = hashlib.blake2b(self.any_bytes, digest_size=8).hexdigest()
-        self.sotw_field = _field(_RESPONSE_RESOURCES, self.any_bytes)
+        self.sotw_field = field(_RESPONSE_RESOURCES, self.any_bytes)
         self._delta_field: bytes | None = None
 
     @property
@@ -80,11 +82,11 @@ class Resource:
         """This resource as a `resources` field of a `DeltaDiscoveryResponse`."""
         if self._delta_field is None:
             body = (
-                _field(_DELTA_NAME, self.name.encode())
-                + _field(_DELTA_VERSION, self.version.encode())
-                + _field(_DELTA_RESOURCE, self.any_bytes)
+                field(_DELTA_NAME, self.name.encode())
+                + field(_DELTA_VERSION, self.version.encode())
+                + field(_DELTA_RESOURCE, self.any_bytes)
             )
-            self._delta_field = _field(_RESPONSE_RESOURCES, body)
+            self._delta_field = field(_RESPONSE_RESOURCES, body)
         return self._delta_field
 
     def __len__(self) -> int:
@@ -182,7 +184,7 @@ class XdsCache:
         name: str,
         *,
         key: Hashable,
-        build: Callable[[], Message],
+        build: Callable[[], Message | bytes],
         variant: Hashable = None,
     ) -> Resource:
         """The resource built from inputs `key`; `build()` runs only when the key changed."""

@@ -400,6 +400,8 @@ class Registry:
                 continue
             for ep in slc.endpoints:
                 pod = self._pod_for(key[0], ep.pod, ep.address)
+                health, pod_name = ep.health, pod.name if pod else ep.pod  # once per address, not per port
+                account, sidecar = (pod.service_account, pod.sidecar) if pod else ("", False)
                 for port in slc.ports:
                     if (ep.address, port.name) in seen:
                         continue
@@ -409,12 +411,12 @@ class Registry:
                             address=ep.address,
                             port=port.port,
                             port_name=port.name,
-                            health=ep.health,
+                            health=health,
                             zone=ep.zone,
                             node_name=ep.node_name,
-                            pod=pod.name if pod else ep.pod,
-                            service_account=pod.service_account if pod else "",
-                            sidecar=pod.sidecar if pod else False,
+                            pod=pod_name,
+                            service_account=account,
+                            sidecar=sidecar,
                         )
                     )
         endpoints.sort(key=lambda e: (e.port_name, e.address))

@@ -19,13 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from controlplane.model.endpoints import Endpoint, Health
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import ServicePort
-from discovery.cache import Resource, ResourceGroup, XdsCache
+from discovery.cache import Resource, ResourceGroup, XdsCache, field, varint
 from discovery.connection import Watched
 from discovery.generators import common as c
 from discovery.generators.base import GenContext, Generated, ProxyView
@@ -38,33 +37,60 @@ _HEALTH = {
     Health.DRAINING: health_check_pb2.DRAINING,
 }
 
+# A ClusterLoadAssignment is written field by field, byte for byte as the protobuf runtime writes it
+# (`SerializeToString(deterministic=True)`: fields in number order, proto3 defaults left out):
+# ~1 us per endpoint instead of ~4 with messages. A service's endpoints count once per port, so
+# 1,000 addresses on 100 ports are 100,000 LbEndpoints to write after each change of them.
+# Tags: field number << 3 | wire type (0 varint, 2 length-delimited).
+_CLA_CLUSTER_NAME = 0x0A  # ClusterLoadAssignment.cluster_name = 1
+_CLA_ENDPOINTS = 0x12  # ClusterLoadAssignment.endpoints = 2
+_LOCALITY = 0x0A  # LocalityLbEndpoints.locality = 1
+_LOCALITY_ZONE = 0x12  # Locality.zone = 2
+_LB_ENDPOINTS = 0x12  # LocalityLbEndpoints.lb_endpoints = 2
+_ENDPOINT = 0x0A  # LbEndpoint.endpoint = 1
+_HEALTH_STATUS = 0x10  # LbEndpoint.health_status = 2, varint
+_ADDRESS = 0x0A  # Endpoint.address = 1
+_SOCKET_ADDRESS = 0x0A  # Address.socket_address = 1
+_SOCKET_IP = 0x12  # SocketAddress.address = 2
+_SOCKET_PORT = 0x18  # SocketAddress.port_value = 3, varint
+_WEIGHT_ONE = wrappers_pb2.UInt32Value(value=1).SerializeToString()
+_LOCALITY_WEIGHT = field(0x1A, _WEIGHT_ONE)  # LocalityLbEndpoints.load_balancing_weight = 3
+_LB_WEIGHT = field(0x22, _WEIGHT_ONE)  # LbEndpoint.load_balancing_weight = 4
 
-def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
-    lb = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address(ep.address, ep.port)),
-        health_status=_HEALTH[ep.health],
-        load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+
+def _tls_mode_metadata() -> bytes:
+    """LbEndpoint.metadata (= 3) `tlsMode: istio`, which selects the cluster's mTLS transport socket."""
+    match = struct_pb2.Struct()
+    match.update({c.TLS_MODE_KEY: "istio"})
+    return field(0x1A, base_pb2.Metadata(filter_metadata={c.TLS_MATCH: match}).SerializeToString(deterministic=True))
+
+
+_TLS_MODE_METADATA = _tls_mode_metadata()
+
+
+def _lb_endpoint(ep: Endpoint) -> bytes:
+    socket = field(_SOCKET_IP, ep.address.encode())
+    if ep.port:
+        socket += bytes((_SOCKET_PORT,)) + varint(ep.port)
+    health = _HEALTH[ep.health]
+    return (
+        field(_ENDPOINT, field(_ADDRESS, field(_SOCKET_ADDRESS, socket)))
+        + (bytes((_HEALTH_STATUS,)) + varint(health) if health else b"")
+        + (_TLS_MODE_METADATA if ep.sidecar else b"")
+        + _LB_WEIGHT
     )
-    if ep.sidecar:
-        match = struct_pb2.Struct()
-        match.update({c.TLS_MODE_KEY: "istio"})
-        lb.metadata.filter_metadata[c.TLS_MATCH].CopyFrom(match)
-    return lb
 
 
-def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> bytes:
+    """The serialized ClusterLoadAssignment of cluster `name`: one LocalityLbEndpoints (weight 1) per
+    zone, its endpoints by address."""
     by_zone = groupby(sorted(endpoints, key=lambda e: (e.zone, e.address)), key=lambda e: e.zone)
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=name,
-        endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(
-                locality=base_pb2.Locality(zone=zone),
-                lb_endpoints=[_lb_endpoint(ep) for ep in group],
-                load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
-            )
-            for zone, group in by_zone
-        ],
-    )
+    parts = [field(_CLA_CLUSTER_NAME, name.encode())] if name else []
+    for zone, group in by_zone:
+        locality = field(_LOCALITY, field(_LOCALITY_ZONE, zone.encode()) if zone else b"")
+        lb_endpoints = b"".join(field(_LB_ENDPOINTS, _lb_endpoint(ep)) for ep in group)
+        parts.append(field(_CLA_ENDPOINTS, locality + lb_endpoints + _LOCALITY_WEIGHT))
+    return b"".join(parts)
 
 
 def _target(snapshot: MeshSnapshot, name: str) -> tuple[str, ServicePort | None]:

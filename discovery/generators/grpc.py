@@ -107,8 +107,7 @@ def sidecar_accounts(endpoints: Sequence[Endpoint]) -> tuple[str, ...] | None:
 def tls_facts(endpoints: ServiceEndpoints) -> frozenset[tuple[str, tuple[str, ...] | None]]:
     """What proxyless clusters of one service read from its endpoints, per port name; a change here
     needs a CDS push to proxyless clients (see `discovery.service`)."""
-    names = {e.port_name for e in endpoints.endpoints}
-    return frozenset((name, sidecar_accounts(endpoints.for_port(name))) for name in names)
+    return frozenset((name, sidecar_accounts(group)) for name, group in endpoints.by_port.items())
 
 
 def mtls_sans(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> tuple[str, ...] | None:
