@@ -37,6 +37,8 @@ from google.protobuf.message import Message
 
 def varint(value: int) -> bytes:
     """A non-negative integer in protobuf's varint encoding."""
+    if value < 0x80:
+        return bytes((value,))
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -50,7 +52,10 @@ def varint(value: int) -> bytes:
 
 def field(tag: int, payload: bytes) -> bytes:
     """One length-delimited field (wire type 2) with a one-byte tag."""
-    return bytes((tag,)) + varint(len(payload)) + payload
+    size = len(payload)
+    if size < 0x80:
+        return bytes((tag, size)) + payload
+    return bytes((tag,)) + varint(size) + payload
 
 
 # Tags (field number << 3 | wire type 2) of the fields we encode by hand.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -41,6 +42,8 @@ from controlplane.model.store import ConfigEvent, ConfigStore, EventType, Object
 from controlplane.model.workloads import Workload
 
 log = logging.getLogger(__name__)
+
+_BY_PORT_AND_ADDRESS = operator.attrgetter("port_name", "address")  # a service's endpoints, in order
 
 
 class UpdateKind(enum.Enum):
@@ -419,7 +422,7 @@ class Registry:
                             sidecar=sidecar,
                         )
                     )
-        endpoints.sort(key=lambda e: (e.port_name, e.address))
+        endpoints.sort(key=_BY_PORT_AND_ADDRESS)
         new = tuple(endpoints)
         old = self._endpoints.get(host)
         if old is not None and old.endpoints == new:
