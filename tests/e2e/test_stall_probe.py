@@ -5,13 +5,15 @@ all. A separate prober process polls `/ready` every 50 ms while the test sends, 
 the inputs that used to freeze `meshplane serve` for seconds: a config file with 10,000 endpoints,
 one of 10,000 Pods and the same with every Pod changed, `proxy.istio.io/config` annotations at and
 far over the size limit, deeply nested annotation values, a 1.9 MB pod, 150 webhook bodies of 53 KB
-completing at the same moment, an RDS request for 5,000 route names in a mesh of 1,000 Services, ten
-config dumps of a proxy in that mesh and ten dumps of its registry at once, 90 streams asking for
-10,000 endpoint names each at the same moment, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext
-and the secure port, and requests whose maps (node metadata, Delta initial versions, a CSR request's
-metadata) hold hundreds of thousands of entries, and mesh ConfigMaps of 60 KB (with 40 small pods
-injected at once under it), nested 5,000 deep, and of 950 KB. Any poll that waits over 250 ms fails
-the test (the issue's bound), naming the input it overlapped.
+completing at the same moment, an RDS request for 5,000 route names in a mesh of 1,000 Services, a
+Service of 40 ports with 1,000 endpoints whose 40 assignments 20 proxies ask for at once, then with
+every endpoint changed, ten config dumps of a proxy in that mesh and ten dumps of its registry at
+once, 90 streams asking for 10,000 endpoint names each at the same moment, xDS nodes with 40,000
+`INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps (node metadata, Delta
+initial versions, a CSR request's metadata) hold hundreds of thousands of entries, and mesh
+ConfigMaps of 60 KB (with 40 small pods injected at once under it), nested 5,000 deep, and of 950
+KB. Any poll that waits over 250 ms fails the test (the issue's bound), naming the input it
+overlapped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse
 
 from certs.service import METHOD_PATH as CA_METHOD
@@ -140,6 +143,50 @@ def many_services(count: int) -> str:
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{i}", "namespace": "many"}, "spec": spec}
         )
     return yaml.safe_dump_all(docs)
+
+
+def wide_service(ports: int, count: int, *, subnet: int) -> str:
+    """A Service of `ports` ports whose one EndpointSlice holds `count` endpoints on all of them (the
+    API server's limits: 100 ports and 1,000 endpoints a slice), addresses in 10.<subnet>.0.0/16."""
+    service_ports = [{"name": f"p{p}", "port": 9000 + p, "targetPort": 19000 + p} for p in range(ports)]
+    endpoints = [
+        {"addresses": [f"10.{subnet}.{i // 250}.{i % 250 + 1}"], "conditions": {"ready": True}} for i in range(count)
+    ]
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "wide"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "w", "namespace": "wide"},
+            "spec": {"clusterIP": "10.96.70.70", "ports": service_ports},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "w-0", "namespace": "wide", "labels": {"kubernetes.io/service-name": "w"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": f"p{p}", "port": 19000 + p, "protocol": "TCP"} for p in range(ports)],
+        },
+    ]
+    return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
+
+
+async def wide_subscribers(
+    address: str, count: int, names: list[str]
+) -> tuple[list[grpc.aio.Channel], list[SotwClient]]:
+    """`count` SotW clients (a channel each) that asked for and ACKed the assignments of `names`."""
+    channels = [grpc.aio.insecure_channel(address) for _ in range(count)]
+    clients = [SotwClient(channel, node(f"wide-{i}", ip=f"10.3.0.{i + 1}")) for i, channel in enumerate(channels)]
+
+    async def subscribe(client: SotwClient) -> None:
+        await client.request(ENDPOINT, names)
+        response = await client.recv(wait=60)
+        assert len(response.resources) == len(names)
+        await client.ack(response, names)
+
+    await asyncio.gather(*(subscribe(client) for client in clients))
+    return channels, clients
 
 
 def pod(annotations: dict[str, str]) -> dict[str, Any]:
@@ -337,6 +384,23 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
             assert len((await routes.recv(wait=60)).resources) == 5_000
         finally:
             await channel.close()
+
+        prober.mark("a Service of 40 ports with 1,000 endpoints (40,000 endpoint ports)")
+        (running.config_dir / "wide.yaml").write_text(wide_service(40, 1_000, subnet=110))
+        await until(lambda: "w.wide.svc.cluster.local" in _get(registry_url), "the 40-port Service")
+        wide = [f"outbound|{9000 + p}||w.wide.svc.cluster.local" for p in range(40)]
+        prober.mark("20 proxies asking for its 40 assignments at once")
+        channels, subscribers = await wide_subscribers(running.addr("grpc"), 20, wide)
+        try:
+            prober.mark("every endpoint of the 40-port Service changed, pushed to its 20 subscribers")
+            (running.config_dir / "wide.yaml").write_text(wide_service(40, 1_000, subnet=120))
+            pushed = await asyncio.gather(*(client.recv(wait=60) for client in subscribers))
+            for response in pushed:
+                first = ClusterLoadAssignment.FromString(response.resources[0].value)
+                assert first.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address == "10.120.0.1"
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+        (running.config_dir / "wide.yaml").unlink()
 
         prober.mark("10 config dumps of a proxy in a mesh of 1,000 Services and 10,000 endpoints at once")
         channel = grpc.aio.insecure_channel(running.addr("grpc"))
