@@ -24,6 +24,7 @@ Service; the snapshot's `conflicts` tells the generators what each loser gives u
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import operator
@@ -36,7 +37,7 @@ from controlplane.model import fields
 from controlplane.model.endpoints import Endpoint, EndpointSlice, ServiceEndpoints
 from controlplane.model.fields import ObjectError, selector_matches
 from controlplane.model.meshconfig import MeshConfig
-from controlplane.model.security import EffectiveMtls, PeerAuthentication, effective_mtls
+from controlplane.model.security import EffectiveMtls, PeerAuthentication, PolicyIndex, effective_mtls
 from controlplane.model.services import DEFAULT_DOMAIN, Conflicts, Service, find_conflicts, hostname
 from controlplane.model.store import ConfigEvent, ConfigStore, EventType, ObjectKey
 from controlplane.model.workloads import Workload
@@ -118,10 +119,14 @@ class MeshSnapshot:
             if svc.selector and selector_matches(svc.selector, labels)
         )
 
+    @functools.cached_property
+    def _policies(self) -> PolicyIndex:
+        return PolicyIndex(self.peer_authentications)
+
     def mtls_for(self, *, namespace: str, labels: Mapping[str, str]) -> EffectiveMtls:
-        return effective_mtls(
-            self.peer_authentications, namespace=namespace, labels=labels, root_namespace=self.mesh.root_namespace
-        )
+        root = self.mesh.root_namespace
+        policies = self._policies.candidates(namespace=namespace, labels=labels, root_namespace=root)
+        return effective_mtls(policies, namespace=namespace, labels=labels, root_namespace=root)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -123,3 +123,36 @@ def effective_mtls(
         for port, port_mode in workload.port_modes.items():
             port_modes[port] = mode if port_mode is MtlsMode.UNSET else port_mode
     return EffectiveMtls(mode=mode, port_modes=MappingProxyType(port_modes))
+
+
+class PolicyIndex:
+    """A snapshot's PeerAuthentications, indexed so that resolving one workload reads only those that
+    could apply to it (`candidates`): the namespace-wide ones of its namespace and of the root
+    namespace, and of its namespace's workload policies those whose selector has one of the
+    workload's label pairs (each policy is filed under its selector's first pair; a selector without
+    labels selects every workload). With 1,000 Services each selected by its own policy, resolving
+    every Service read all 1,000 policies each time: 1.5 s for 20 proxies' clusters."""
+
+    def __init__(self, policies: Iterable[PeerAuthentication]) -> None:
+        self._wide: dict[str, list[PeerAuthentication]] = {}  # namespace -> policies without selector
+        self._all_workloads: dict[str, list[PeerAuthentication]] = {}  # namespace -> empty selectors
+        self._by_pair: dict[str, dict[tuple[str, str], list[PeerAuthentication]]] = {}
+        for policy in policies:
+            if policy.selector is None:
+                self._wide.setdefault(policy.namespace, []).append(policy)
+            elif not policy.selector:
+                self._all_workloads.setdefault(policy.namespace, []).append(policy)
+            else:
+                first = min(policy.selector.items())
+                self._by_pair.setdefault(policy.namespace, {}).setdefault(first, []).append(policy)
+
+    def candidates(self, *, namespace: str, labels: Mapping[str, str], root_namespace: str) -> list[PeerAuthentication]:
+        """A superset of the policies `effective_mtls` picks from for this workload."""
+        found = [*self._wide.get(namespace, ()), *self._all_workloads.get(namespace, ())]
+        if root_namespace != namespace:
+            found += self._wide.get(root_namespace, ())
+        by_pair = self._by_pair.get(namespace)
+        if by_pair:
+            for pair in labels.items():
+                found += by_pair.get(pair, ())
+        return found

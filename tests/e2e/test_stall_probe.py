@@ -7,13 +7,14 @@ one of 10,000 Pods and the same with every Pod changed, `proxy.istio.io/config` 
 far over the size limit, deeply nested annotation values, a 1.9 MB pod, 150 webhook bodies of 53 KB
 completing at the same moment, an RDS request for 5,000 route names in a mesh of 1,000 Services, a
 Service of 40 ports with 1,000 endpoints whose 40 assignments 20 proxies ask for at once, then with
-every endpoint changed, ten config dumps of a proxy in that mesh and ten dumps of its registry at
-once, 90 streams asking for 10,000 endpoint names each at the same moment, xDS nodes with 40,000
-`INSTANCE_IPS` on the plaintext and the secure port, and requests whose maps (node metadata, Delta
-initial versions, a CSR request's metadata) hold hundreds of thousands of entries, and mesh
-ConfigMaps of 60 KB (with 40 small pods injected at once under it), nested 5,000 deep, and of 950
-KB. Any poll that waits over 250 ms fails the test (the issue's bound), naming the input it
-overlapped.
+every endpoint changed, 1,000 Services each selected by its own PeerAuthentication (20 proxies
+asking for their clusters, then every policy changed), ten config dumps of a proxy in that mesh and
+ten dumps of its registry at once, 90 streams asking for 10,000 endpoint names each at the same
+moment, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests
+whose maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of
+thousands of entries, and mesh ConfigMaps of 60 KB (with 40 small pods injected at once under it),
+nested 5,000 deep, and of 950 KB. Any poll that waits over 250 ms fails the test (the issue's
+bound), naming the input it overlapped.
 """
 
 from __future__ import annotations
@@ -168,6 +169,35 @@ def wide_service(ports: int, count: int, *, subnet: int) -> str:
             "endpoints": endpoints,
             "ports": [{"name": f"p{p}", "port": 19000 + p, "protocol": "TCP"} for p in range(ports)],
         },
+    ]
+    return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
+
+
+def selected_services(count: int) -> str:
+    """`count` Services in namespace `sel`, each selecting its own app."""
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sel"}}]
+    for i in range(count):
+        spec = {
+            "clusterIP": f"10.98.{i // 250}.{i % 250 + 1}",
+            "selector": {"app": f"app-{i}"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        }
+        docs.append(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"s-{i}", "namespace": "sel"}, "spec": spec}
+        )
+    return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
+
+
+def workload_policies(count: int, mode: str) -> str:
+    """`count` PeerAuthentications in namespace `sel`, one per app of `selected_services`."""
+    docs = [
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": f"pa-{i}", "namespace": "sel"},
+            "spec": {"selector": {"matchLabels": {"app": f"app-{i}"}}, "mtls": {"mode": mode}},
+        }
+        for i in range(count)
     ]
     return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
 
@@ -401,6 +431,26 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
         finally:
             await asyncio.gather(*(channel.close() for channel in channels))
         (running.config_dir / "wide.yaml").unlink()
+
+        prober.mark("1,000 Services, each selected by its own PeerAuthentication")
+        (running.config_dir / "selected.yaml").write_text(selected_services(1_000))
+        (running.config_dir / "policies.yaml").write_text(workload_policies(1_000, "STRICT"))
+        await until(lambda: "sel/pa-999" in _get(registry_url), "the 1,000 PeerAuthentications")
+        prober.mark("20 proxies asking for their clusters at once")
+        channels = [grpc.aio.insecure_channel(running.addr("grpc")) for _ in range(20)]
+        try:
+            clients = [SotwClient(channel, node(f"sel-{i}", ns="sel")) for i, channel in enumerate(channels)]
+            await asyncio.gather(*(client.request(CLUSTER, []) for client in clients))
+            answers = await asyncio.gather(*(client.recv(wait=60) for client in clients))
+            await asyncio.gather(*(client.ack(answer) for client, answer in zip(clients, answers, strict=True)))
+            prober.mark("every one of the 1,000 PeerAuthentications changed, clusters pushed to 20 proxies")
+            (running.config_dir / "policies.yaml").write_text(workload_policies(1_000, "DISABLE"))
+            pushed = await asyncio.gather(*(client.recv(wait=60) for client in clients))
+            assert all(len(response.resources) > 1_000 for response in pushed)
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+        (running.config_dir / "policies.yaml").unlink()
+        (running.config_dir / "selected.yaml").unlink()
 
         prober.mark("10 config dumps of a proxy in a mesh of 1,000 Services and 10,000 endpoints at once")
         channel = grpc.aio.insecure_channel(running.addr("grpc"))
