@@ -393,6 +393,9 @@ class StreamBase(Generic[R]):
                 continue
             if not generator.needs_push(request, ctx.view, watched):
                 continue
+            # Pushes to many streams start at once: each takes its turn by the names, as an answer does
+            # (20 proxies' pushes of 4,000 assignments each in one turn held the event loop 650 ms).
+            await self.take_turn(generating(len(watched.names)))
             if await self.send(type_url, generator.generate(ctx, watched), watched, request, version=snapshot.version):
                 pushed = True
         if pushed:

@@ -533,6 +533,32 @@ async def test_work_on_names_takes_its_turn_by_the_names_and_the_client(xds: Xds
     assert reading(16) == 2 and generating(8) == REQUEST_BASE_UNITS + 8 and generating(0) == 0
 
 
+async def test_a_push_takes_its_turn_by_the_names_as_an_answer_does(xds: XdsHarness) -> None:
+    """Pushes to many streams start together: 20 proxies' pushes of 4,000 assignments each, all in
+    one turn of the event loop, held it 650 ms. Each push of a type takes its turn by the names the
+    stream subscribes to (a wildcard type's, shared through the cache, by none)."""
+    xds.apply(m.service("pushed", cluster_ip="10.96.5.5"), m.endpoint_slice("pushed", ips=["10.1.5.1"]))
+    names = ["outbound|80||pushed.default.svc.cluster.local", *cluster_names(15)]
+    turns = RecordingTurns()
+    xds.service.request_turns = turns
+    sotw = xds.sotw()
+    await sotw.request(CLUSTER, [])
+    await sotw.ack(await sotw.recv())
+    await sotw.request(ENDPOINT, names)
+    await sotw.ack(await sotw.recv(), names)
+    turns.taken.clear()
+    xds.apply(m.endpoint_slice("pushed", ips=["10.1.5.1", "10.1.5.2"]))  # an endpoints-only change: EDS alone
+    pushed = await sotw.recv()
+    assert assignment_names(pushed) == ["outbound|80||pushed.default.svc.cluster.local"]
+    acks = (reading(16), "127.0.0.1")  # reading the EDS ACK, which may be handled after the clear
+    assert [taken for taken in turns.taken if taken != acks] == [(generating(16), "127.0.0.1")]
+    turns.taken.clear()
+    xds.apply(m.service("added", cluster_ip="10.96.5.6"))  # CDS, a wildcard type, alone
+    cds = await sotw.recv()
+    assert cds.type_url == CLUSTER and "outbound|80||added.default.svc.cluster.local" in cluster_names_of(cds)
+    assert [taken for taken in turns.taken if taken != acks] == []
+
+
 def assignment_names(response: Any) -> list[str]:
     return [endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name for r in response.resources]
 
