@@ -42,6 +42,7 @@ from controlplane.peers import client_of_peer
 from discovery.cache import ResourceGroup
 from discovery.connection import (
     PIECE_NAMES,
+    REQUEST_UNITS_PER_TURN,
     Connection,
     Decision,
     StreamLimits,
@@ -51,7 +52,7 @@ from discovery.connection import (
     units_of,
 )
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
-from discovery.generators.base import AnswersAdded
+from discovery.generators.base import AnswersAdded, BuildsInPieces
 from discovery.metrics import HOOKS, clip
 from discovery.proxy import NodeError, Proxy, parse_node
 from discovery.pushqueue import PushRequest
@@ -164,6 +165,13 @@ class StreamBase(Generic[R]):
         if units:
             await self.service.request_turns.take(units, client_of_peer(self.peer), resume=resume)
 
+    async def build_in_pieces(self, generator: Generator, ctx: GenContext, watched: Watched) -> None:
+        """Before a `BuildsInPieces` generator's `generate`: what it would build at once goes into the
+        cache a piece per turn of the loop, each piece a turn's work alone."""
+        if isinstance(generator, BuildsInPieces):
+            for _ in generator.pieces(ctx, watched):
+                await self.take_turn(REQUEST_UNITS_PER_TURN, resume=True)
+
     async def answer(
         self, generator: Generator, watched: Watched, added: Sequence[str] | None = None
     ) -> tuple[Generated, int]:
@@ -182,6 +190,7 @@ class StreamBase(Generic[R]):
         if not isinstance(generator, AnswersAdded) or watched.wildcard or count <= PIECE_NAMES:
             await self.take_turn(generating(count))  # then generated from the newest snapshot
             whole = self.context(self.service.snapshot(), None)
+            await self.build_in_pieces(generator, whole, watched)
             if added is None:
                 return generator.generate(whole, watched), whole.snapshot.version
             assert isinstance(generator, AnswersAdded)
@@ -396,6 +405,7 @@ class StreamBase(Generic[R]):
             # Pushes to many streams start at once: each takes its turn by the names, as an answer does
             # (20 proxies' pushes of 4,000 assignments each in one turn held the event loop 650 ms).
             await self.take_turn(generating(len(watched.names)))
+            await self.build_in_pieces(generator, ctx, watched)
             if await self.send(type_url, generator.generate(ctx, watched), watched, request, version=snapshot.version):
                 pushed = True
         if pushed:

@@ -10,7 +10,7 @@ nonces or versions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -140,6 +140,17 @@ class Generator(Protocol):
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         """The resources for `watched` (all of them, or only the changed ones for an incremental push)."""
+        ...
+
+
+@runtime_checkable
+class BuildsInPieces(Generator, Protocol):
+    """A generator whose whole response, when the cache does not hold it, is too much to build in one
+    turn of the event loop (CDS: every Service's clusters)."""
+
+    def pieces(self, ctx: GenContext, watched: Watched) -> Iterator[None]:
+        """Builds into the cache, a piece at a time, what `generate` then takes from it; stops before
+        each piece (the caller gives the loop a turn). Nothing to build when the cache keeps it."""
         ...
 
 

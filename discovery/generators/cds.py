@@ -34,6 +34,8 @@ clusters depend only on the workload's ports and the application's address.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -96,10 +98,12 @@ def destination_mode(snapshot: MeshSnapshot, service: Service, port: ServicePort
     return mtls.for_port(target)
 
 
-def outbound_resources(snapshot: MeshSnapshot, cache: XdsCache) -> list[Resource]:
-    """Every outbound cluster of the snapshot, each cached on the inputs it is built from."""
+def outbound_resources(
+    snapshot: MeshSnapshot, cache: XdsCache, services: Iterable[Service] | None = None
+) -> list[Resource]:
+    """Every outbound cluster of the snapshot (or of `services`), each cached on the inputs it is built from."""
     out: list[Resource] = []
-    for service in snapshot.services.values():
+    for service in snapshot.services.values() if services is None else services:
         accounts = snapshot.endpoints_for(service.hostname).service_accounts
         for port in outbound_ports(service):
             name = c.outbound_cluster(port.port, service.hostname)
@@ -160,6 +164,13 @@ SPECIAL = (c.BLACKHOLE, c.PASSTHROUGH, c.INBOUND_PASSTHROUGH)
 GATEWAY_SPECIAL = (c.BLACKHOLE,)
 
 
+PIECE_SERVICES = 200  # building their clusters anew: ~10 ms
+
+
+def _outbound_key(snap: MeshSnapshot) -> tuple[object, ...]:
+    return ("cds-outbound", snap.services_version, snap.mesh_version, snap.policy_version)
+
+
 class ClusterGenerator:
     """Clusters for sidecars, or with `gateway=True` for routers (outbound and `BlackHoleCluster` only)."""
 
@@ -179,15 +190,23 @@ class ClusterGenerator:
 
     def generate(self, ctx: GenContext, watched: Watched) -> Generated:
         snap, cache = ctx.snapshot, ctx.cache
-        outbound = cache.group(
-            ("cds-outbound", snap.services_version, snap.mesh_version, snap.policy_version),
-            lambda: outbound_resources(snap, cache),
-        )
+        outbound = cache.group(_outbound_key(snap), lambda: outbound_resources(snap, cache))
         local = self._gateway_local(cache) if self.gateway else self._sidecar_local(ctx)
         groups: tuple[ResourceGroup, ...] = (outbound, local)
         if not watched.wildcard:
             groups = tuple(only(g, watched.names) for g in groups)
         return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))
+
+    def pieces(self, ctx: GenContext, watched: Watched) -> Iterator[None]:
+        """The outbound clusters into the cache `PIECE_SERVICES` Services at a time (`BuildsInPieces`):
+        building 4,000 clusters anew (every Service's identities changed) took 120-180 ms in one turn."""
+        snap = ctx.snapshot
+        if ctx.cache.kept_group(_outbound_key(snap)) is not None:
+            return
+        services = list(snap.services.values())
+        for start in range(0, len(services), PIECE_SERVICES):
+            yield
+            outbound_resources(snap, ctx.cache, services[start : start + PIECE_SERVICES])
 
     @staticmethod
     def _gateway_local(cache: XdsCache) -> ResourceGroup:

@@ -8,13 +8,14 @@ far over the size limit, deeply nested annotation values, a 1.9 MB pod, 150 webh
 completing at the same moment, an RDS request for 5,000 route names in a mesh of 1,000 Services, a
 Service of 40 ports with 1,000 endpoints whose 40 assignments 20 proxies ask for at once, then with
 every endpoint changed, 1,000 Services each selected by its own PeerAuthentication (20 proxies
-asking for their clusters, then every policy changed), ten config dumps of a proxy in that mesh and
-ten dumps of its registry at once, 90 streams asking for 10,000 endpoint names each at the same
-moment, xDS nodes with 40,000 `INSTANCE_IPS` on the plaintext and the secure port, and requests
-whose maps (node metadata, Delta initial versions, a CSR request's metadata) hold hundreds of
-thousands of entries, and mesh ConfigMaps of 60 KB (with 40 small pods injected at once under it),
-nested 5,000 deep, and of 950 KB. Any poll that waits over 250 ms fails the test (the issue's
-bound), naming the input it overlapped.
+asking for their clusters, then every policy changed), 2,000 Services with an injected Pod each
+whose clusters and 4,000 assignments 20 proxies ask for, then every Pod with another service
+account, ten config dumps of a proxy in that mesh and ten dumps of its registry at once, 90 streams
+asking for 10,000 endpoint names each at the same moment, xDS nodes with 40,000 `INSTANCE_IPS` on
+the plaintext and the secure port, and requests whose maps (node metadata, Delta initial versions, a
+CSR request's metadata) hold hundreds of thousands of entries, and mesh ConfigMaps of 60 KB (with 40
+small pods injected at once under it), nested 5,000 deep, and of 950 KB. Any poll that waits over
+250 ms fails the test (the issue's bound), naming the input it overlapped.
 """
 
 from __future__ import annotations
@@ -199,6 +200,56 @@ def workload_policies(count: int, mode: str) -> str:
         }
         for i in range(count)
     ]
+    return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
+
+
+def sidecar_mesh(count: int, *, account: str) -> str:
+    """`count` Services in namespace `big`, each with two ports and one injected Pod of service
+    account `account` behind it (its EndpointSlice names the Pod)."""
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "big"}}]
+    ports = [{"name": "http", "port": 80, "targetPort": 8080}, {"name": "grpc", "port": 9090, "targetPort": 9090}]
+    for i in range(count):
+        ip = f"10.77.{i // 250}.{i % 250 + 1}"
+        docs += [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": f"s{i}", "namespace": "big"},
+                "spec": {"clusterIP": f"10.99.{i // 250}.{i % 250 + 1}", "selector": {"app": f"a{i}"}, "ports": ports},
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": f"s{i}-0", "namespace": "big", "labels": {"kubernetes.io/service-name": f"s{i}"}},
+                "addressType": "IPv4",
+                "endpoints": [
+                    {
+                        "addresses": [ip],
+                        "conditions": {"ready": True},
+                        "targetRef": {"kind": "Pod", "name": f"p{i}", "namespace": "big"},
+                    }
+                ],
+                "ports": [
+                    {"name": "http", "port": 8080, "protocol": "TCP"},
+                    {"name": "grpc", "port": 9090, "protocol": "TCP"},
+                ],
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"p{i}",
+                    "namespace": "big",
+                    "labels": {"app": f"a{i}"},
+                    "annotations": {"sidecar.istio.io/status": "{}"},
+                },
+                "spec": {
+                    "serviceAccountName": account,
+                    "containers": [{"name": "app", "image": "app:1"}, {"name": "istio-proxy", "image": "proxyv2:1"}],
+                },
+                "status": {"phase": "Running", "podIP": ip},
+            },
+        ]
     return yaml.dump_all(docs, Dumper=yaml.CSafeDumper)
 
 
@@ -451,6 +502,33 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
             await asyncio.gather(*(channel.close() for channel in channels))
         (running.config_dir / "policies.yaml").unlink()
         (running.config_dir / "selected.yaml").unlink()
+
+        prober.mark("2,000 Services of two ports, each with an injected Pod")
+        (running.config_dir / "big.yaml").write_text(sidecar_mesh(2_000, account="first"))
+        await until(lambda: "s1999.big.svc.cluster.local" in _get(registry_url), "the 2,000 Services")
+        big = [f"outbound|{port}||s{i}.big.svc.cluster.local" for i in range(2_000) for port in (80, 9090)]
+        prober.mark("20 proxies asking for their clusters and the 4,000 assignments at once")
+        channels = [grpc.aio.insecure_channel(running.addr("grpc")) for _ in range(20)]
+        try:
+            clients = [
+                SotwClient(channel, node(f"p{i}", ns="big", ip=f"10.77.0.{i + 1}"))
+                for i, channel in enumerate(channels)
+            ]
+
+            async def subscribe(client: SotwClient) -> None:
+                await client.request(CLUSTER, [])
+                await client.ack(await client.recv(wait=60))
+                await client.request(ENDPOINT, big)
+                await client.ack(await client.recv(wait=60), big)
+
+            await asyncio.gather(*(subscribe(client) for client in clients))
+            prober.mark("every Pod of the 2,000 Services with another service account, pushed to 20 proxies")
+            (running.config_dir / "big.yaml").write_text(sidecar_mesh(2_000, account="second"))
+            pushed = await asyncio.gather(*(client.recv(wait=60) for client in clients))
+            assert {response.type_url for response in pushed} <= {CLUSTER, ENDPOINT}
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+        (running.config_dir / "big.yaml").unlink()
 
         prober.mark("10 config dumps of a proxy in a mesh of 1,000 Services and 10,000 endpoints at once")
         channel = grpc.aio.insecure_channel(running.addr("grpc"))
