@@ -165,11 +165,11 @@ class StreamBase(Generic[R]):
         if units:
             await self.service.request_turns.take(units, client_of_peer(self.peer), resume=resume)
 
-    async def build_in_pieces(self, generator: Generator, ctx: GenContext, watched: Watched) -> None:
+    async def build_in_pieces(self, generator: Generator, ctx: GenContext) -> None:
         """Before a `BuildsInPieces` generator's `generate`: what it would build at once goes into the
         cache a piece per turn of the loop, each piece a turn's work alone."""
         if isinstance(generator, BuildsInPieces):
-            for _ in generator.pieces(ctx, watched):
+            for _ in generator.pieces(ctx):
                 await self.take_turn(REQUEST_UNITS_PER_TURN, resume=True)
 
     async def answer(
@@ -190,7 +190,7 @@ class StreamBase(Generic[R]):
         if not isinstance(generator, AnswersAdded) or watched.wildcard or count <= PIECE_NAMES:
             await self.take_turn(generating(count))  # then generated from the newest snapshot
             whole = self.context(self.service.snapshot(), None)
-            await self.build_in_pieces(generator, whole, watched)
+            await self.build_in_pieces(generator, whole)
             if added is None:
                 return generator.generate(whole, watched), whole.snapshot.version
             assert isinstance(generator, AnswersAdded)
@@ -405,7 +405,7 @@ class StreamBase(Generic[R]):
             # Pushes to many streams start at once: each takes its turn by the names, as an answer does
             # (20 proxies' pushes of 4,000 assignments each in one turn held the event loop 650 ms).
             await self.take_turn(generating(len(watched.names)))
-            await self.build_in_pieces(generator, ctx, watched)
+            await self.build_in_pieces(generator, ctx)
             if await self.send(type_url, generator.generate(ctx, watched), watched, request, version=snapshot.version):
                 pushed = True
         if pushed:

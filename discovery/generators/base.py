@@ -148,9 +148,10 @@ class BuildsInPieces(Generator, Protocol):
     """A generator whose whole response, when the cache does not hold it, is too much to build in one
     turn of the event loop (CDS: every Service's clusters)."""
 
-    def pieces(self, ctx: GenContext, watched: Watched) -> Iterator[None]:
-        """Builds into the cache, a piece at a time, what `generate` then takes from it; stops before
-        each piece (the caller gives the loop a turn). Nothing to build when the cache keeps it."""
+    def pieces(self, ctx: GenContext) -> Iterator[None]:
+        """Builds into the cache, a piece at a time, what `generate` then takes from it for any
+        subscription; stops before each piece (the caller gives the loop a turn). Nothing to build
+        when the cache keeps it."""
         ...
 
 

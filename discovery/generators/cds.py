@@ -197,7 +197,7 @@ class ClusterGenerator:
             groups = tuple(only(g, watched.names) for g in groups)
         return Generated(groups=groups, names=frozenset(r.name for g in groups for r in g.resources))
 
-    def pieces(self, ctx: GenContext, watched: Watched) -> Iterator[None]:
+    def pieces(self, ctx: GenContext) -> Iterator[None]:
         """The outbound clusters into the cache `PIECE_SERVICES` Services at a time (`BuildsInPieces`):
         building 4,000 clusters anew (every Service's identities changed) took 120-180 ms in one turn."""
         snap = ctx.snapshot
