@@ -138,8 +138,8 @@ class CollectorPause:
     them to older generations, until a full collection walks everything the process holds, the
     registry included, while the event loop waits. Measured: 150 reviews of 53 KB pods on the event
     loop, completing at once with 10,000 Pods and 10,000 endpoints in the registry, held `/ready`
-    127-153 ms and took 2.30-2.46 s; with the collector paused during each review, 83-105 ms and
-    1.83-2.05 s (50 such reviews had started 3 full collections and 405 smaller ones). Cyclic garbage
+    127-153 ms and took 2.30-2.46 s; with the collector paused during each review, 79-108 ms and
+    1.74-2.11 s (50 such reviews had started 3 full collections and 405 smaller ones). Cyclic garbage
     made elsewhere meanwhile waits for the next collection after the pause."""
 
     def __init__(self) -> None:
