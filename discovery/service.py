@@ -141,7 +141,7 @@ class DiscoveryService:
         """Whether what proxyless clients read from `host`'s endpoints changed since its last change."""
         after = self.registry.endpoints_now(host)
         before = self._endpoints_seen.pop(host, None)
-        if after.endpoints:
+        if not after.empty:
             self._endpoints_seen[host] = after
         return tls_facts(before or ServiceEndpoints.none_for(host)) != tls_facts(after)
 

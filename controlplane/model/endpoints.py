@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -175,16 +176,12 @@ def _plain_endpoint(raw: Any) -> SliceEndpoint | None:
     )
 
 
-class Endpoint(NamedTuple):
-    """One address serving one (named) port of a service, joined with what the mesh knows of its pod.
-
-    A tuple: a service has one per address and port (1,000 addresses on 100 ports are 100,000), and
-    a tuple is made in a third of a frozen dataclass's time and compared, when the registry checks
-    whether endpoints changed, in a quarter."""
+class EndpointAddress(NamedTuple):
+    """One address behind a service, joined with what the mesh knows of its pod. It serves every port
+    of its slice: a service keeps addresses and ports apart, as its slices do, so 1,000 addresses on
+    100 ports are 1,000 of these and not 100,000 pairs to make and compare at every change."""
 
     address: str
-    port: int
-    port_name: str
     health: Health
     zone: str
     node_name: str
@@ -193,33 +190,139 @@ class Endpoint(NamedTuple):
     sidecar: bool  # the pod runs a mesh sidecar, so it accepts mesh mTLS
 
 
+class EndpointGroup(NamedTuple):
+    """The addresses of one EndpointSlice and the ports they all serve (each name once)."""
+
+    ports: tuple[SlicePort, ...]
+    addresses: tuple[EndpointAddress, ...]
+
+
+class PortEndpoints(NamedTuple):
+    """The endpoints of one port name: each address, by zone then address, and its port number there
+    (a port name may have another number in another slice)."""
+
+    addresses: tuple[EndpointAddress, ...]
+    ports: tuple[int, ...]
+
+
+NO_ENDPOINTS = PortEndpoints(addresses=(), ports=())
+
+
+class Endpoint(NamedTuple):
+    """One address serving one (named) port: what `ServiceEndpoints.endpoints` lists for reading."""
+
+    address: str
+    port: int
+    port_name: str
+    health: Health
+    zone: str
+    node_name: str
+    pod: str
+    service_account: str
+    sidecar: bool
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServiceEndpoints:
-    """All endpoints of one service hostname. `revision` changes whenever the endpoints do."""
+    """All endpoints of one service hostname. `revision` changes whenever the endpoints do.
+
+    `groups` are the service's slices in name order, each without the addresses an earlier slice
+    (or an earlier entry of its own) already gives for the same port name: an address serves a port
+    name once, the first time it is listed. Views per port are worked out on first use and kept
+    (the value is immutable)."""
 
     hostname: str
-    endpoints: tuple[Endpoint, ...]
+    groups: tuple[EndpointGroup, ...]
     revision: int
 
     @classmethod
     def none_for(cls, hostname: str) -> ServiceEndpoints:
         """What a service without endpoints has (revision 0)."""
-        return cls(hostname=hostname, endpoints=(), revision=0)
+        return cls(hostname=hostname, groups=(), revision=0)
 
-    def for_port(self, port_name: str) -> tuple[Endpoint, ...]:
-        return self.by_port.get(port_name, ())
-
-    # Worked out once per value (it is immutable), not at each call: with 1,000 addresses on 100
-    # ports (100,000 endpoints), every EDS answer and every endpoint change filtered all of them for
-    # each of the 100 cluster names; 20 subscribers to the service then held the event loop 10 s.
     @functools.cached_property
-    def by_port(self) -> Mapping[str, tuple[Endpoint, ...]]:
-        """The endpoints of each port name, in order."""
-        grouped: dict[str, list[Endpoint]] = {}
-        for e in self.endpoints:
-            grouped.setdefault(e.port_name, []).append(e)
-        return {name: tuple(group) for name, group in grouped.items()}
+    def _layout(self) -> Mapping[str, tuple[tuple[int, int], ...]]:
+        """Per port name, the groups serving it and the number there: ((group index, port), ...)."""
+        layout: dict[str, list[tuple[int, int]]] = {}
+        for index, group in enumerate(self.groups):
+            if not group.addresses:
+                continue
+            for port in group.ports:
+                served = layout.setdefault(port.name, [])
+                if not served or served[-1][0] != index:
+                    served.append((index, port.port))
+        return {name: tuple(served) for name, served in layout.items()}
+
+    @property
+    def port_names(self) -> tuple[str, ...]:
+        """The port names that have at least one endpoint, sorted."""
+        return tuple(sorted(self._layout))
+
+    @property
+    def empty(self) -> bool:
+        """No address serves any port."""
+        return not self._layout
+
+    def for_port(self, port_name: str) -> PortEndpoints:
+        """The endpoints of `port_name` (none when no slice serves it)."""
+        found = self._per_port.get(port_name)
+        if found is None:
+            layout = self._layout.get(port_name)
+            if layout is None:
+                return NO_ENDPOINTS
+            addresses, groups = self._merged(tuple(index for index, _ in layout))
+            if len(layout) == 1:
+                ports = (layout[0][1],) * len(addresses)
+            else:
+                number = dict(layout)
+                ports = tuple(number[index] for index in groups)
+            found = self._per_port[port_name] = PortEndpoints(addresses=addresses, ports=ports)
+        return found
+
+    @functools.cached_property
+    def _per_port(self) -> dict[str, PortEndpoints]:
+        return {}
+
+    @functools.cached_property
+    def _merges(self) -> dict[tuple[int, ...], tuple[tuple[EndpointAddress, ...], tuple[int, ...]]]:
+        return {}
+
+    def _merged(self, indices: tuple[int, ...]) -> tuple[tuple[EndpointAddress, ...], tuple[int, ...]]:
+        """The addresses of the groups `indices`, each once (the first listing wins), by zone then address,
+        with the group each came from. Ports served by the same groups share one merge: a service's 100
+        ports on one slice sort its addresses once."""
+        found = self._merges.get(indices)
+        if found is None:
+            seen: set[str] = set()
+            picked: list[tuple[str, str, int, EndpointAddress]] = []
+            for index in indices:
+                for a in self.groups[index].addresses:
+                    if a.address not in seen:
+                        seen.add(a.address)
+                        picked.append((a.zone, a.address, index, a))
+            picked.sort(key=_ZONE_AND_ADDRESS)
+            found = self._merges[indices] = (tuple(p[3] for p in picked), tuple(p[2] for p in picked))
+        return found
 
     @functools.cached_property
     def service_accounts(self) -> frozenset[str]:
-        return frozenset(e.service_account for e in self.endpoints if e.service_account)
+        """The service accounts of the pods behind any port."""
+        merges = {tuple(index for index, _ in layout) for layout in self._layout.values()}
+        return frozenset(a.service_account for m in merges for a in self._merged(m)[0] if a.service_account)
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every (address, port) pair, by port name then address: for reading (debug output, tests), not
+        for work per change (1,000 addresses on 100 ports are 100,000 pairs)."""
+        out: list[Endpoint] = []
+        for name in self.port_names:
+            view = self.for_port(name)
+            pairs = sorted(zip(view.addresses, view.ports, strict=True), key=lambda pair: pair[0].address)
+            out.extend(
+                Endpoint(a.address, port, name, a.health, a.zone, a.node_name, a.pod, a.service_account, a.sidecar)
+                for a, port in pairs
+            )
+        return tuple(out)
+
+
+_ZONE_AND_ADDRESS = operator.itemgetter(0, 1)

@@ -27,14 +27,13 @@ import enum
 import functools
 import itertools
 import logging
-import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from controlplane.model import fields
-from controlplane.model.endpoints import Endpoint, EndpointSlice, ServiceEndpoints
+from controlplane.model.endpoints import EndpointAddress, EndpointGroup, EndpointSlice, ServiceEndpoints
 from controlplane.model.fields import ObjectError, selector_matches
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.security import EffectiveMtls, PeerAuthentication, PolicyIndex, effective_mtls
@@ -43,8 +42,6 @@ from controlplane.model.store import ConfigEvent, ConfigStore, EventType, Object
 from controlplane.model.workloads import Workload
 
 log = logging.getLogger(__name__)
-
-_BY_PORT_AND_ADDRESS = operator.attrgetter("port_name", "address")  # a service's endpoints, in order
 
 
 class UpdateKind(enum.Enum):
@@ -400,47 +397,42 @@ class Registry:
 
     def _recompute_endpoints(self, key: tuple[str, str], updates: set[ConfigUpdate]) -> None:
         host = self._host(key)
-        seen: set[tuple[str, str]] = set()
-        endpoints: list[Endpoint] = []
+        groups: list[EndpointGroup] = []
         for slice_name in sorted(self._slices_by_service.get(key, ())):
             slc = self._slices[(key[0], slice_name)]
-            if slc.address_type == "FQDN":
+            if slc.address_type == "FQDN" or not slc.ports or not slc.endpoints:
                 continue
+            addresses: list[EndpointAddress] = []
             for ep in slc.endpoints:
                 pod = self._pod_for(key[0], ep.pod, ep.address)
-                health, pod_name = ep.health, pod.name if pod else ep.pod  # once per address, not per port
                 account, sidecar = (pod.service_account, pod.sidecar) if pod else ("", False)
-                for port in slc.ports:
-                    if (ep.address, port.name) in seen:
-                        continue
-                    seen.add((ep.address, port.name))
-                    endpoints.append(
-                        Endpoint(
-                            address=ep.address,
-                            port=port.port,
-                            port_name=port.name,
-                            health=health,
-                            zone=ep.zone,
-                            node_name=ep.node_name,
-                            pod=pod_name,
-                            service_account=account,
-                            sidecar=sidecar,
-                        )
+                addresses.append(
+                    EndpointAddress(
+                        address=ep.address,
+                        health=ep.health,
+                        zone=ep.zone,
+                        node_name=ep.node_name,
+                        pod=pod.name if pod else ep.pod,
+                        service_account=account,
+                        sidecar=sidecar,
                     )
-        endpoints.sort(key=_BY_PORT_AND_ADDRESS)
-        new = tuple(endpoints)
+                )
+            groups.append(EndpointGroup(ports=slc.ports, addresses=tuple(addresses)))
+        new = ServiceEndpoints(hostname=host, groups=tuple(groups), revision=0)
         old = self._endpoints.get(host)
-        if old is not None and old.endpoints == new:
+        if old is not None and old.groups == new.groups:
             return
-        if old is None and not new:
+        if old is None and new.empty:
             return
-        if new:
-            self._endpoints[host] = ServiceEndpoints(hostname=host, endpoints=new, revision=next(self._revisions))
+        if not new.empty:
+            new = self._endpoints[host] = ServiceEndpoints(
+                hostname=host, groups=new.groups, revision=next(self._revisions)
+            )
         else:
             del self._endpoints[host]
         updates.add(ConfigUpdate(UpdateKind.ENDPOINTS, host))
         old_accounts = old.service_accounts if old is not None else frozenset()
-        new_accounts = self._endpoints[host].service_accounts if new else frozenset()
+        new_accounts = new.service_accounts
         if old_accounts != new_accounts and key in self._services:
             updates.add(ConfigUpdate(UpdateKind.SERVICE, host))
 

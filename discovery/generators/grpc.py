@@ -32,7 +32,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from controlplane.model.endpoints import Endpoint, ServiceEndpoints
+from controlplane.model.endpoints import EndpointAddress, ServiceEndpoints
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service, ServicePort
 from discovery.cache import Resource, ResourceGroup
@@ -97,24 +97,32 @@ def _route(name: str, service: Service, port: ServicePort) -> route_pb2.RouteCon
     )
 
 
-def sidecar_accounts(endpoints: Sequence[Endpoint]) -> tuple[str, ...] | None:
-    """The service accounts behind `endpoints` when every one (at least one) runs a sidecar, else None."""
-    if not endpoints or not all(e.sidecar for e in endpoints):
+def sidecar_accounts(addresses: Sequence[EndpointAddress]) -> tuple[str, ...] | None:
+    """The service accounts behind `addresses` when every one (at least one) runs a sidecar, else None."""
+    if not addresses or not all(a.sidecar for a in addresses):
         return None
-    return tuple(sorted({e.service_account for e in endpoints}))
+    return tuple(sorted({a.service_account for a in addresses}))
 
 
 def tls_facts(endpoints: ServiceEndpoints) -> frozenset[tuple[str, tuple[str, ...] | None]]:
     """What proxyless clusters of one service read from its endpoints, per port name; a change here
-    needs a CDS push to proxyless clients (see `discovery.service`)."""
-    return frozenset((name, sidecar_accounts(group)) for name, group in endpoints.by_port.items())
+    needs a CDS push to proxyless clients (see `discovery.service`). Ports served by the same slices
+    share their addresses, which are looked at once."""
+    facts: dict[int, tuple[str, ...] | None] = {}
+    out = []
+    for name in endpoints.port_names:
+        addresses = endpoints.for_port(name).addresses
+        if id(addresses) not in facts:
+            facts[id(addresses)] = sidecar_accounts(addresses)
+        out.append((name, facts[id(addresses)]))
+    return frozenset(out)
 
 
 def mtls_sans(snapshot: MeshSnapshot, service: Service, port: ServicePort) -> tuple[str, ...] | None:
     """The SPIFFE identities a proxyless client must see on `service`'s port, or None for plaintext."""
     if not snapshot.mesh.enable_auto_mtls:
         return None
-    accounts = sidecar_accounts(snapshot.endpoints_for(service.hostname).for_port(port.name))
+    accounts = sidecar_accounts(snapshot.endpoints_for(service.hostname).for_port(port.name).addresses)
     if accounts is None:
         return None
     return tuple(c.spiffe_id(snapshot.mesh.trust_domain, service.namespace, sa) for sa in accounts)

@@ -9,7 +9,7 @@ changed, `proxy.istio.io/config` annotations at and far over the size limit, dee
 annotation values, a 1.9 MB pod, 150 webhook bodies of 53 KB completing at the same moment, an RDS
 request for 5,000 route names in a mesh of 1,000 Services, ten config dumps of a proxy in that mesh
 and ten dumps of its registry at once, 90 streams asking for 10,000 endpoint names each at the same
-moment, a Service of 40 ports with 1,000 endpoints whose 40 assignments 20 proxies ask for at once,
+moment, a Service of 100 ports with 1,000 endpoints whose 100 assignments 20 proxies ask for at once,
 then with every endpoint changed, 1,000 Services each selected by its own PeerAuthentication (20
 proxies asking for their clusters, then every policy changed), xDS nodes with 40,000 `INSTANCE_IPS`
 on the plaintext and the secure port, and requests whose maps (node metadata, Delta initial
@@ -511,15 +511,15 @@ async def test_ready_never_waits_over_250ms_while_heavy_inputs_arrive(running: R
         prober.mark("90 streams from one address, each asking for 10,000 endpoint names at once, 3 times")
         await many_heavy_requests(running.addr("grpc"), streams=90, names=10_000, rounds=3)
 
-        prober.mark("a Service of 40 ports with 1,000 endpoints (40,000 endpoint ports)")
-        (running.config_dir / "wide.yaml").write_text(wide_service(40, 1_000, subnet=110))
-        await until(lambda: "w.wide.svc.cluster.local" in _get(registry_url), "the 40-port Service")
-        wide = [f"outbound|{9000 + p}||w.wide.svc.cluster.local" for p in range(40)]
-        prober.mark("20 proxies asking for its 40 assignments at once")
+        prober.mark("a Service of 100 ports with 1,000 endpoints (100,000 endpoint ports)")
+        (running.config_dir / "wide.yaml").write_text(wide_service(100, 1_000, subnet=110))
+        await until(lambda: "w.wide.svc.cluster.local" in _get(registry_url), "the 100-port Service")
+        wide = [f"outbound|{9000 + p}||w.wide.svc.cluster.local" for p in range(100)]
+        prober.mark("20 proxies asking for its 100 assignments at once")
         channels, subscribers = await wide_subscribers(running.addr("grpc"), 20, wide)
         try:
-            prober.mark("every endpoint of the 40-port Service changed, pushed to its 20 subscribers")
-            (running.config_dir / "wide.yaml").write_text(wide_service(40, 1_000, subnet=120))
+            prober.mark("every endpoint of the 100-port Service changed, pushed to its 20 subscribers")
+            (running.config_dir / "wide.yaml").write_text(wide_service(100, 1_000, subnet=120))
             pushed = await asyncio.gather(*(client.recv(wait=60) for client in subscribers))
             for response in pushed:
                 first = ClusterLoadAssignment.FromString(response.resources[0].value)
