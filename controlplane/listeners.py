@@ -15,15 +15,25 @@ failed on `EMFILE`, which stopped the control plane. So:
   `handshake_timeout`), counts it in `meshplane_connections_refused_total{listener}` and logs it
   at most once every 10 s per listener; the plaintext gRPC port is capped by gRPC itself
   (`grpc.max_allowed_incoming_connections`).
+
+A TLS handshake costs the event loop ~1 ms (the key exchange and the signature, and the kernel's
+loopback send), and asyncio runs, in one turn, the handshake of every connection whose first flight
+arrived: a flood of 1,100 handshakes a second on the webhook port held `/ready` (and the CA and
+xDS) 290-390 ms. A TLS `CappedSite` therefore accepts its connections itself and starts at most
+`HANDSHAKES_PER_TURN` handshakes a turn (`_Handshakes`), taking connections whose hello arrived in
+turn by client address, so one client's flood does not keep another's connection behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +56,16 @@ REFUSAL_LOG_INTERVAL = 10.0
 #: aiohttp's 128 overflows in a burst, and a client whose SYN is dropped waits a second to retry: a
 #: burst of 4,096 connections to a capped port took 16-26 s to open, though each is refused at once.
 LISTEN_BACKLOG = 1024
+#: TLS handshakes a listener starts in one turn of the event loop: each costs it ~1 ms. Under a flood
+#: of 1,300 handshakes a second, 16 a turn let `/ready` wait 88-94 ms, 8 47-49 ms and 4 26-28 ms, and
+#: the flood went no faster with more.
+HANDSHAKES_PER_TURN = 8
+#: Connections accepted in one turn of the loop (accepting costs ~20 us; handshakes wait for slots).
+ACCEPTS_PER_TURN = 128
+#: asyncio's own wait before accepting again after the process ran out of descriptors.
+ACCEPT_RETRY_DELAY = 1.0
+#: asyncio's default time for a TLS handshake, for a site that sets none.
+DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 
 connections_refused_total = Counter(
     "meshplane_connections_refused",
@@ -182,10 +202,128 @@ class _Gated(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+class _Handshakes:
+    """Accepts a TLS listener's connections and starts at most `per_turn` handshakes a turn of the loop.
+
+    An accepted connection is watched until its first bytes (the client's hello) arrive; then it
+    waits for its turn, taken in turn by client address (one client's flood does not keep another's
+    connection behind it), and its handshake starts. A connection silent for `timeout` is closed, as
+    one whose handshake does not finish within `timeout` is. Silent connections cost no turn, so a
+    client holding many open does not hold back the others' handshakes."""
+
+    def __init__(
+        self,
+        listening: socket.socket,
+        protocol: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext,
+        *,
+        timeout: float,
+        per_turn: int = HANDSHAKES_PER_TURN,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._listening = listening
+        self._protocol = protocol
+        self._context = context
+        self._timeout = timeout
+        self._per_turn = per_turn
+        self._silent: dict[socket.socket, asyncio.TimerHandle] = {}  # watched for their first bytes
+        self._ready: dict[str, deque[tuple[socket.socket, asyncio.TimerHandle]]] = {}  # by client address
+        self._pumping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._loop.add_reader(listening.fileno(), self._accept)
+
+    @property
+    def waiting(self) -> int:
+        """Connections whose hello arrived and whose handshake has not started yet."""
+        return sum(len(q) for q in self._ready.values())
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                conn, peer = self._listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.error("cannot accept a connection (%s); accepting again in %.0f s", exc, ACCEPT_RETRY_DELAY)
+                self._loop.remove_reader(self._listening.fileno())
+                self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+                return
+            conn.setblocking(False)
+            expiry = self._loop.call_later(self._timeout, self._expire, conn)
+            self._silent[conn] = expiry
+            self._loop.add_reader(conn.fileno(), self._heard, conn, str(peer[0]))
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._listening.fileno(), self._accept)
+
+    def _heard(self, conn: socket.socket, address: str) -> None:
+        self._loop.remove_reader(conn.fileno())
+        expiry = self._silent.pop(conn)
+        self._ready.setdefault(address, deque()).append((conn, expiry))
+        if not self._pumping:
+            self._pumping = True
+            self._loop.call_soon(self._pump)  # runs in the next turn, with the other hellos heard in this one
+
+    def _expire(self, conn: socket.socket) -> None:
+        if self._silent.pop(conn, None) is not None:
+            self._loop.remove_reader(conn.fileno())
+        conn.close()  # a connection still in `_ready` is skipped when its turn comes
+
+    def _pump(self) -> None:
+        self._pumping = False
+        started = 0
+        while started < self._per_turn and self._ready:
+            address = next(iter(self._ready))
+            ready = self._ready.pop(address)
+            conn, expiry = ready.popleft()
+            if ready:
+                self._ready[address] = ready  # to the back: addresses take turns
+            if conn.fileno() == -1:  # expired while waiting
+                continue
+            expiry.cancel()  # the handshake has its own timeout
+            task = self._loop.create_task(self._handshake(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        if self._ready and not self._closed:
+            self._pumping = True
+            self._loop.call_soon(self._pump)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                self._protocol, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+            )
+        except OSError as exc:  # ssl.SSLError, ConnectionError and TimeoutError are OSErrors
+            log.debug("TLS handshake failed: %s", exc)
+            conn.close()
+
+    def close(self) -> None:
+        """Stop accepting; close the connections whose handshake has not started; stop those under way."""
+        self._closed = True
+        self._loop.remove_reader(self._listening.fileno())
+        for conn, expiry in self._silent.items():
+            self._loop.remove_reader(conn.fileno())
+            expiry.cancel()
+            conn.close()
+        self._silent.clear()
+        for ready in self._ready.values():
+            for conn, expiry in ready:
+                expiry.cancel()
+                conn.close()
+        self._ready.clear()
+        for task in self._tasks:
+            task.cancel()
+
+
 class CappedSite(web.BaseSite):
     """A TCP(+TLS) site, as `web.TCPSite`, that holds at most `cap` connections open (see the module docstring)."""
 
-    __slots__ = ("_gate", "_handshake_timeout", "_host", "_port", "_reuse_address")
+    __slots__ = ("_gate", "_handshake_timeout", "_handshakes", "_host", "_port", "_reuse_address")
 
     def __init__(
         self,
@@ -207,6 +345,7 @@ class CappedSite(web.BaseSite):
         self._reuse_address = reuse_address
         self._handshake_timeout = handshake_timeout
         self._gate = _Gate(listener, cap, refused)
+        self._handshakes: _Handshakes | None = None
 
     @property
     def name(self) -> str:
@@ -227,12 +366,31 @@ class CappedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None  # BaseSite's constructor checked that the runner is set up
-        self._server = await asyncio.get_running_loop().create_server(
+        loop = asyncio.get_running_loop()
+        if self._ssl_context is None:
+            self._server = await loop.create_server(
+                lambda: _Gated(server, self._gate),
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+            )
+            return
+        # TLS: `_Handshakes` accepts on the socket and starts a few handshakes a turn; the server only
+        # holds the socket (and closes it when the site stops).
+        family = socket.AF_INET6 if self._host and ":" in self._host else socket.AF_INET
+        listening = socket.create_server((self._host or "", self._port), family=family, backlog=self._backlog)
+        listening.setblocking(False)
+        self._server = await loop.create_server(asyncio.Protocol, sock=listening, start_serving=False)
+        self._handshakes = _Handshakes(
+            listening,
             lambda: _Gated(server, self._gate),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+            self._ssl_context,
+            timeout=self._handshake_timeout or DEFAULT_HANDSHAKE_TIMEOUT,
         )
+
+    async def stop(self) -> None:
+        if self._handshakes is not None:
+            self._handshakes.close()
+            self._handshakes = None
+        await super().stop()

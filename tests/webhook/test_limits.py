@@ -150,6 +150,11 @@ def test_partial_headers_are_closed_after_the_header_timeout(webhook: Running) -
         assert read_until_closed(conn) == b""
 
 
+def test_a_connection_that_never_says_hello_is_closed_after_the_header_timeout(webhook: Running) -> None:
+    with socket.create_connection(("127.0.0.1", webhook.ports["webhook"]), timeout=30) as raw:
+        assert raw.recv(1) == b""
+
+
 def test_idle_connection_is_closed_after_the_header_timeout(webhook: Running) -> None:
     with tls_connection(webhook) as conn:
         assert read_until_closed(conn) == b""

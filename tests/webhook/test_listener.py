@@ -7,8 +7,12 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import select
+import socket
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -120,3 +124,54 @@ async def test_connections_beyond_the_cap_are_closed_and_the_others_served(serve
     finally:
         for conn in held:
             await close(conn)
+
+
+def client_hello() -> bytes:
+    """A TLS client's first flight, the bytes that make the server do a handshake's costly half."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    with contextlib.suppress(ssl.SSLWantReadError):
+        context.wrap_bio(ssl.MemoryBIO(), outgoing).do_handshake()
+    return outgoing.read()
+
+
+def hello_flood(port: int, count: int, sent: threading.Event) -> list[float]:
+    """`count` connections from 127.0.0.1 that send their hello at once; when each got the server's answer."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    try:
+        hello = client_hello()
+        for sock in socks:
+            sock.sendall(hello)
+        sent.set()
+        answered: list[float] = []
+        waiting = set(socks)
+        while waiting:
+            readable, _, _ = select.select(list(waiting), [], [], 30)
+            assert readable, f"{len(waiting)} hellos never answered"
+            for sock in readable:
+                sock.recv(65536)
+                answered.append(time.monotonic())
+                waiting.discard(sock)
+        return answered
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_a_flood_of_hellos_from_one_address_does_not_keep_another_waiting_behind_it(served: Served) -> None:
+    """The server starts a few handshakes a turn of its event loop, taking client addresses in turn: a
+    connection from another address is served after a few turns of the flood's, not after all 400 (which,
+    started in one turn, held the event loop ~150 ms)."""
+    sent = threading.Event()
+    flood = asyncio.create_task(asyncio.to_thread(hello_flood, served.site.port, 400, sent))
+    assert await asyncio.to_thread(sent.wait, 30)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", served.site.port, ssl=served.client, server_hostname="localhost", local_addr=("127.0.0.2", 0)
+    )
+    done = time.monotonic()
+    await close((reader, writer))
+    answered = await flood
+    assert len(answered) == 400
+    before = sum(1 for at in answered if at < done)
+    assert before < 200, f"the other address's handshake finished after {before} of the flood's 400"
