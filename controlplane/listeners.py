@@ -378,8 +378,12 @@ class CappedSite(web.BaseSite):
             return
         # TLS: `_Handshakes` accepts on the socket and starts a few handshakes a turn; the server only
         # holds the socket (and closes it when the site stops).
-        family = socket.AF_INET6 if self._host and ":" in self._host else socket.AF_INET
-        listening = socket.create_server((self._host or "", self._port), family=family, backlog=self._backlog)
+        if self._host is None and socket.has_dualstack_ipv6():  # every address, as asyncio binds without a host
+            listening = socket.create_server(("", self._port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            family = socket.AF_INET6 if self._host and ":" in self._host else socket.AF_INET
+            listening = socket.create_server((self._host or "", self._port), family=family)
+        listening.listen(self._backlog)
         listening.setblocking(False)
         self._server = await loop.create_server(asyncio.Protocol, sock=listening, start_serving=False)
         self._handshakes = _Handshakes(
