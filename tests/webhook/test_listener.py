@@ -175,3 +175,23 @@ async def test_a_flood_of_hellos_from_one_address_does_not_keep_another_waiting_
     assert len(answered) == 400
     before = sum(1 for at in answered if at < done)
     assert before < 200, f"the other address's handshake finished after {before} of the flood's 400"
+
+
+@pytest.mark.parametrize(("host", "client"), [("::1", "::1"), (None, "127.0.0.1"), (None, "::1")])
+async def test_the_site_listens_where_it_is_told_ipv6_included(
+    certificate: tuple[pathlib.Path, pathlib.Path], host: str | None, client: str
+) -> None:
+    key, cert = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    runner = web.AppRunner(webhook_app(default_injector(), limits=Limits(max_connections=CAP)), access_log=None)
+    await runner.setup()
+    try:
+        site = WebhookSite(runner, host, 0, ssl_context=server_tls)
+        await site.start()
+        context = ssl.create_default_context(cafile=str(cert))
+        conn = await asyncio.open_connection(client, site.port, ssl=context, server_hostname="localhost")
+        assert await inject(conn) == 200
+        await close(conn)
+    finally:
+        await runner.cleanup()
