@@ -60,7 +60,7 @@ LISTEN_BACKLOG = 1024
 #: of 1,300 handshakes a second, 16 a turn let `/ready` wait 88-94 ms, 8 47-49 ms and 4 26-28 ms, and
 #: the flood went no faster with more.
 HANDSHAKES_PER_TURN = 8
-#: Connections accepted in one turn of the loop (accepting costs ~20 us; handshakes wait for slots).
+#: Connections accepted in one turn of the loop (accepting costs ~20 us; handshakes wait for their turn).
 ACCEPTS_PER_TURN = 128
 #: asyncio's own wait before accepting again after the process ran out of descriptors.
 ACCEPT_RETRY_DELAY = 1.0
@@ -232,11 +232,6 @@ class _Handshakes:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._loop.add_reader(listening.fileno(), self._accept)
-
-    @property
-    def waiting(self) -> int:
-        """Connections whose hello arrived and whose handshake has not started yet."""
-        return sum(len(q) for q in self._ready.values())
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_TURN):
