@@ -226,10 +226,9 @@ class Endpoint(NamedTuple):
 class ServiceEndpoints:
     """All endpoints of one service hostname. `revision` changes whenever the endpoints do.
 
-    `groups` are the service's slices in name order, each without the addresses an earlier slice
-    (or an earlier entry of its own) already gives for the same port name: an address serves a port
-    name once, the first time it is listed. Views per port are worked out on first use and kept
-    (the value is immutable)."""
+    `groups` are the service's slices in name order, as they list their addresses. In each port's
+    view an address serves the port name once, as the first slice (and its first entry) listing it
+    for that name says. Views per port are worked out on first use and kept (the value is immutable)."""
 
     hostname: str
     groups: tuple[EndpointGroup, ...]
