@@ -132,7 +132,7 @@ class CollectorPause:
     """While at least one holder, in any thread, is inside: automatic garbage collection off; once
     the last one leaves, as it was before the first came in. For work that builds many objects which
     all die, freed by reference counting, when it ends: an admission review (a pod's JSON, its
-    injected copy, the patch), a debug answer.
+    injected copy, the patch), a debug answer, a config file's parse in its worker process.
 
     With the collector on, such work starts collections that find its objects still alive and move
     them to older generations, until a full collection walks everything the process holds, the

@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from discovery.connection import Decision, SotwRequest, Watched, reading, should_respond
 from discovery.generators import Generated
-from discovery.generators.base import AnswersAdded
+from discovery.generators.base import answers_added
 from discovery.metrics import HOOKS
 from discovery.pushqueue import PushRequest
 from discovery.stream import StreamBase, error_detail
@@ -46,7 +46,7 @@ class SotwStream(StreamBase[discovery_pb2.DiscoveryRequest]):
         if not self.record(type_url, decision, state):
             return
         added = state.names - previous.names if decision is Decision.NAMES_CHANGED and previous is not None else None
-        if added and isinstance(generator, AnswersAdded) and type_url not in WILDCARD_TYPES:
+        if added and answers_added(generator) and type_url not in WILDCARD_TYPES:
             # The client keeps the resources it has: a grown subscription needs only the new ones.
             generated, version = await self.answer(generator, state, sorted(added))
         else:

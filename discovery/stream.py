@@ -52,7 +52,7 @@ from discovery.connection import (
     units_of,
 )
 from discovery.generators import GenContext, Generated, Generator, ProxyView, table_for
-from discovery.generators.base import AnswersAdded, BuildsInPieces
+from discovery.generators.base import answers_added, builds_in_pieces
 from discovery.metrics import HOOKS, clip
 from discovery.proxy import NodeError, Proxy, parse_node
 from discovery.pushqueue import PushRequest
@@ -168,7 +168,7 @@ class StreamBase(Generic[R]):
     async def build_in_pieces(self, generator: Generator, ctx: GenContext) -> None:
         """Before a `BuildsInPieces` generator's `generate`: what it would build at once goes into the
         cache a piece per turn of the loop, each piece a turn's work alone."""
-        if isinstance(generator, BuildsInPieces):
+        if builds_in_pieces(generator):
             for _ in generator.pieces(ctx):
                 await self.take_turn(REQUEST_UNITS_PER_TURN, resume=True)
 
@@ -187,13 +187,13 @@ class StreamBase(Generic[R]):
         of a large mesh subscribe to the same names) is taken as it is, also when another stream put it
         together while this one was between pieces; an answer put together here is kept for the next."""
         count = len(watched.names) if added is None else len(added)
-        if not isinstance(generator, AnswersAdded) or watched.wildcard or count <= PIECE_NAMES:
+        if not answers_added(generator) or watched.wildcard or count <= PIECE_NAMES:
             await self.take_turn(generating(count))  # then generated from the newest snapshot
             whole = self.context(self.service.snapshot(), None)
             await self.build_in_pieces(generator, whole)
             if added is None:
                 return generator.generate(whole, watched), whole.snapshot.version
-            assert isinstance(generator, AnswersAdded)
+            assert answers_added(generator)
             return generator.only(whole, added), whole.snapshot.version
         units = generating(PIECE_NAMES)
         await self.take_turn(units)
