@@ -18,13 +18,16 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from controlplane.model.registry import ConfigUpdate, ModelChange, UpdateKind, changes_of
+from controlplane.model.registry import ConfigUpdate, ModelChange, UpdateKind
 
 log = logging.getLogger(__name__)
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,11 +66,17 @@ class PushRequest:
         )
 
     def of_kind(self, kind: UpdateKind) -> frozenset[str]:
-        return _of_kind(self.updates, kind)
+        return self._names.get(kind, _NONE)
 
     def has(self, *kinds: UpdateKind) -> bool:
-        present = _kinds(self.updates)
-        return any(kind in present for kind in kinds)
+        names = self._names
+        return any(kind in names for kind in kinds)
+
+    @functools.cached_property
+    def _names(self) -> Mapping[UpdateKind, frozenset[str]]:
+        """Worked out on first use: a push asks each stream's generators, and the request is shared by
+        every stream it goes to. Kept by the request, so they are freed with it."""
+        return _names_by_kind(self.updates)
 
     def __str__(self) -> str:
         shown = ", ".join(str(u) for u in heapq.nsmallest(5, self.updates, key=lambda u: u.sort_key))
@@ -75,14 +84,11 @@ class PushRequest:
         return f"{'full' if self.full else 'incremental'} push ({shown}{more})"
 
 
-@functools.lru_cache(maxsize=256)
-def _of_kind(updates: frozenset[ConfigUpdate], kind: UpdateKind) -> frozenset[str]:
-    return changes_of(updates, kind)
-
-
-@functools.lru_cache(maxsize=256)
-def _kinds(updates: frozenset[ConfigUpdate]) -> frozenset[UpdateKind]:
-    return frozenset(u.kind for u in updates)
+def _names_by_kind(updates: frozenset[ConfigUpdate]) -> Mapping[UpdateKind, frozenset[str]]:
+    names: dict[UpdateKind, set[str]] = {}
+    for update in updates:
+        names.setdefault(update.kind, set()).add(update.name)
+    return {kind: frozenset(found) for kind, found in names.items()}
 
 
 class Debouncer:

@@ -71,8 +71,7 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     "controlplane/peers.py": None,  # which client a call is charged to (review budget, open streams)
     # All but `PushRequest.__str__`, which only words a push for the logs.
     "discovery/pushqueue.py": (
-        "x__of_kind",
-        "x__kinds",
+        "x__names_by_kind",
         *(
             f"x{SEP}{c}{SEP}{m}"
             for c, methods in (

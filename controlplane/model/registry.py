@@ -27,7 +27,7 @@ import enum
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -501,8 +501,3 @@ def _proxy_view(workload: Workload | None) -> tuple[Any, ...] | None:
         workload.sidecar,
         dict(workload.container_ports),
     )
-
-
-def changes_of(updates: Iterable[ConfigUpdate], kind: UpdateKind) -> frozenset[str]:
-    """The names of the updates of one kind."""
-    return frozenset(u.name for u in updates if u.kind is kind)

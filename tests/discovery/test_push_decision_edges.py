@@ -8,6 +8,7 @@ full push with no particular update (an operator's forced push) and merged reque
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -120,6 +121,21 @@ def test_merging_keeps_the_newest_version_and_every_tls_change() -> None:
         assert merged.version == 5 and merged.tls_changed == {WEB, DB}
         assert merged.has(UpdateKind.SERVICE) and merged.has(UpdateKind.POLICY, UpdateKind.ENDPOINTS)
         assert not merged.has(UpdateKind.POLICY, UpdateKind.MESH)
+
+
+def test_a_pushs_updates_are_freed_with_it_once_the_generators_have_read_them() -> None:
+    """A rollout's push names every changed Pod: tens of thousands of updates. What the generators
+    work out from them (the names of each kind) belongs to the request, and nothing keeps them once
+    the request is gone (a cache keyed by the update set kept those of the last 256 pushes alive)."""
+    workloads = {ConfigUpdate(UpdateKind.WORKLOAD, f"10.2.{i // 250}.{i % 250}") for i in range(1_000)}
+    updates = frozenset({*workloads, ConfigUpdate(UpdateKind.ENDPOINTS, WEB)})
+    kept = weakref.ref(next(iter(workloads)))
+    request = PushRequest.from_change(ModelChange(updates=updates, version=1), now=0.0)
+    assert request.of_kind(UpdateKind.ENDPOINTS) == {WEB} and request.of_kind(UpdateKind.SERVICE) == set()
+    assert request.of_kind(UpdateKind.WORKLOAD) == {u.name for u in workloads}
+    assert request.has(UpdateKind.MESH, UpdateKind.WORKLOAD) and not request.has(UpdateKind.MESH, UpdateKind.POLICY)
+    del request, updates, workloads
+    assert kept() is None
 
 
 def test_a_connections_status_is_per_type() -> None:
