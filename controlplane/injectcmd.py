@@ -383,7 +383,7 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The `inject` subcommand: 0 on success, 1 on any error (message on stderr)."""
-    if not _REVISION.match(args.revision):
+    if not _REVISION.fullmatch(args.revision):
         return _fail(f"--revision: {args.revision!r} must be lowercase letters, digits and '-'")
     source = "standard input" if args.filename == "-" else args.filename
     try:

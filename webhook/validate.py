@@ -106,7 +106,7 @@ _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "
 
 def parse_quantity(text: str) -> Decimal:
     """A non-negative Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1e3`) as a Decimal."""
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if match is None:
         raise ValueError("not a Kubernetes quantity (examples: 100m, 0.5, 2, 128Mi, 1Gi)")
     if match["sign"] == "-":
@@ -190,7 +190,7 @@ def parse_component_log_level(text: str) -> str:
     items = [item.strip() for item in text.split(",")]
     for item in items:
         component, sep, level = item.partition(":")
-        if not sep or not _COMPONENT.match(component):
+        if not sep or not _COMPONENT.fullmatch(component):
             raise ValueError(f"{item!r} is not component:level (example: misc:error,upstream:debug)")
         if level not in LOG_LEVELS:
             raise ValueError(f"level {level!r} of {component!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -202,7 +202,7 @@ _IMAGE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._\-/:@+]*$")
 
 def parse_image(text: str) -> str:
     """A container image reference (`registry/name:tag` or `name@sha256:...`), no spaces."""
-    if not text or len(text) > 1024 or not _IMAGE.match(text) or text.endswith((":", "/", "@")):
+    if not text or len(text) > 1024 or not _IMAGE.fullmatch(text) or text.endswith((":", "/", "@")):
         raise ValueError("not a container image reference (example: docker.io/istio/proxyv2:1.28.0)")
     return text
 
@@ -297,7 +297,7 @@ def _check_proxy_field(name: str, kind: str, value: Any) -> None:
         if not isinstance(value, bool):
             raise ValueError(f"{name}: must be true or false, got {got}")
     elif kind == "duration":
-        if not isinstance(value, str) or not _DURATION.match(value):
+        if not isinstance(value, str) or not _DURATION.fullmatch(value):
             raise ValueError(f"{name}: must be a duration such as 5s, 1m30s or 500ms, got {json.dumps(value)}")
     elif kind == "enum":
         choices = _ENUMS[name]

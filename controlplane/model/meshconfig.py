@@ -121,7 +121,7 @@ class MeshConfig:
 def _duration(value: Any, path: str, default: float) -> float:
     if value is None:
         return default
-    match = _DURATION.match(str(value))
+    match = _DURATION.fullmatch(str(value))
     if not match:
         raise f.ObjectError(path, f"{value!r} is not a duration like 10s or 500ms")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]

@@ -189,11 +189,11 @@ class Snapshot:
 
 
 def _check_names(*, tag: str, revision: str | None = None) -> None:
-    if not _NAME.match(tag) or len(f"istiod-revision-tag-{tag}") > 63:
+    if not _NAME.fullmatch(tag) or len(f"istiod-revision-tag-{tag}") > 63:
         raise CommandError(
             f"tag {tag!r}: use lowercase letters, digits and '-' (at most 43), starting and ending alphanumeric"
         )
-    if revision is not None and (not _NAME.match(revision) or len(revision) > 63):
+    if revision is not None and (not _NAME.fullmatch(revision) or len(revision) > 63):
         raise CommandError(f"--revision {revision!r}: a revision is lowercase letters, digits and '-' (at most 63)")
 
 

@@ -243,6 +243,9 @@ def test_unreadable_input_and_bad_revision_exit_1(tmp_path: pathlib.Path, capsys
     code, _, err = run(["-f", str(manifest), "--revision", "Canary_1"], capsys)
     assert code == 1
     assert "--revision: 'Canary_1'" in err
+    code, _, err = run(["-f", str(manifest), "--revision", "canary\n"], capsys)
+    assert code == 1
+    assert "--revision: 'canary\\n'" in err
 
 
 def test_openshift_deployment_config_and_replication_controller_are_injected_and_others_named_on_stderr(

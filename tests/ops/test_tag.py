@@ -261,6 +261,9 @@ async def test_bad_names_and_flags_are_refused_before_connecting(tmp_path: pathl
     bad = await meshplane(nowhere, "set", "Prod_1", "--revision", "r1")
     assert bad.returncode == 1
     assert "tag 'Prod_1': use lowercase letters, digits and '-'" in bad.stderr
+    for tag, revision in (("prod\n", "r1"), ("prod", "r1\n")):
+        newline = await meshplane(nowhere, "set", tag, "--revision", revision)
+        assert newline.returncode == 1 and ("tag 'prod\\n'" in newline.stderr or "--revision 'r1\\n'" in newline.stderr)
     missing = await meshplane(nowhere, "set", "prod")
     assert missing.returncode == 2
     assert "--revision" in missing.stderr

@@ -53,6 +53,11 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         ("sidecar.istio.io/proxyMemoryLimit", "1.5.0Gi", "not a Kubernetes quantity"),
         ("sidecar.istio.io/proxyImage", "has space:1", "not a container image reference"),
         ("sidecar.istio.io/proxyImage", "", "not a container image reference"),
+        # A final newline: `$` matches before it, so each of these was let through.
+        ("sidecar.istio.io/proxyImage", "docker.io/istio/proxyv2:1.28.0\n", "not a container image reference"),
+        ("sidecar.istio.io/proxyCPU", "100m\n", "not a Kubernetes quantity"),
+        ("sidecar.istio.io/componentLogLevel", "misc\n:error", "is not component:level"),
+        ("proxy.istio.io/config", 'drainDuration: "45s\\n"', "drainDuration: must be a duration"),
         ("sidecar.istio.io/interceptionMode", "redirect", "use one of REDIRECT, TPROXY, NONE"),
         ("sidecar.istio.io/rewriteAppHTTPProbers", "yes", 'use "true" or "false"'),
         ("sidecar.istio.io/nativeSidecar", "False", 'use "true" or "false"'),
