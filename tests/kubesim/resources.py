@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
-from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
+from tests.kubesim.selectors import FieldGetter, SelectorError, label_key_problem, selector_from_label_selector
 from tests.kubesim.validation import (
     FieldErrors,
     GoSyntax,
     check_config_data,
     check_dns1035,
+    check_endpoint_ip,
+    check_external_ip,
+    check_fqdn,
     check_label,
     go_quote,
 )
@@ -548,7 +551,7 @@ def _int_or_percent(errors: FieldErrors, path: str, value: Any) -> int | None:
             errors.invalid(path, value, "must be greater than or equal to 0")
             return None
         return value
-    if isinstance(value, str) and _PERCENT.match(value):
+    if isinstance(value, str) and _PERCENT.fullmatch(value):
         return int(value[:-1])
     errors.invalid(
         path,
@@ -676,6 +679,8 @@ def _validate_service(obj: Obj, errors: FieldErrors) -> None:
     if stype == "ExternalName" and not spec.get("externalName"):
         errors.required("spec.externalName")
     _validate_service_ports(ports, stype, errors)
+    for i, ip in enumerate(spec.get("externalIPs") or []):
+        check_external_ip(errors, f"spec.externalIPs[{i}]", str(ip))
     _validate_load_balancer_node_ports(spec, errors)
     _validate_external_traffic(spec, errors)
 
@@ -944,7 +949,7 @@ def _validate_webhooks(obj: Obj, errors: FieldErrors, *, mutating: bool) -> None
         name = hook.get("name")
         if not name:
             errors.required(f"{hpath}.name")
-        elif not _WEBHOOK_NAME.match(str(name)):
+        elif not _WEBHOOK_NAME.fullmatch(str(name)):
             errors.invalid(f"{hpath}.name", name, "should be a domain with at least three segments separated by dots")
         elif name in names:
             errors.duplicate(f"{hpath}.name", name)
@@ -981,21 +986,69 @@ def _validate_webhooks(obj: Obj, errors: FieldErrors, *, mutating: bool) -> None
             errors.invalid(f"{hpath}.timeoutSeconds", timeout, "the timeout value must be between 1 and 30 seconds")
 
 
+_SLICE_PROTOCOLS = ["SCTP", "TCP", "UDP"]
+
+
 def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
+    """discovery.k8s.io/v1, in the API server's order: the address type; at most 1,000 endpoints, each
+    with 1-100 addresses of that type (an IP of its family that is not special, or a domain name) and
+    a DNS-1123 hostname; at most 100 ports, each named once, with a supported protocol."""
     address_type = obj.get("addressType")
     if address_type is None:
         errors.required("addressType")
     elif address_type not in ("IPv4", "IPv6", "FQDN"):
         errors.not_supported("addressType", address_type, ["FQDN", "IPv4", "IPv6"])
-    for i, endpoint in enumerate(obj.get("endpoints") or []):
-        addresses = (endpoint or {}).get("addresses") or []
-        if not addresses:
-            errors.required(f"endpoints[{i}].addresses", "must contain at least 1 address")
-        elif len(addresses) > 100:
-            errors.invalid(f"endpoints[{i}].addresses", len(addresses), "must have at most 100 items")
-    for i, port in enumerate(obj.get("ports") or []):
-        if (port or {}).get("port") is not None:
+    endpoints = obj.get("endpoints") or []
+    if len(endpoints) > 1000:
+        errors.too_many("endpoints", len(endpoints), 1000)
+    else:
+        for i, endpoint in enumerate(endpoints):
+            _validate_slice_endpoint(endpoint or {}, f"endpoints[{i}]", address_type, errors)
+    ports = obj.get("ports") or []
+    if len(ports) > 100:
+        errors.too_many("ports", len(ports), 100)
+        return
+    names: set[str] = set()
+    for i, raw in enumerate(ports):
+        port = raw or {}
+        name = str(port.get("name") or "")
+        if name:
+            check_label(errors, f"ports[{i}].name", name)
+        if name in names:
+            errors.duplicate(f"ports[{i}].name", name)
+        names.add(name)
+        protocol = port.get("protocol")
+        if protocol is None:
+            errors.required(f"ports[{i}].protocol")
+        elif protocol not in _SLICE_PROTOCOLS:
+            errors.not_supported(f"ports[{i}].protocol", protocol, _SLICE_PROTOCOLS)
+        if port.get("appProtocol") is not None:
+            problem = label_key_problem(str(port["appProtocol"]))
+            if problem:
+                errors.invalid(f"ports[{i}].appProtocol", port["appProtocol"], problem)
+        if port.get("port") is not None:
             _port_in_range(errors, f"ports[{i}].port", port["port"])
+
+
+def _validate_slice_endpoint(endpoint: Obj, path: str, address_type: Any, errors: FieldErrors) -> None:
+    addresses = endpoint.get("addresses") or []
+    if not addresses:
+        errors.required(f"{path}.addresses", "must contain at least 1 address")
+    elif len(addresses) > 100:
+        errors.too_many(f"{path}.addresses", len(addresses), 100)
+    for j, address in enumerate(addresses):
+        at = f"{path}.addresses[{j}]"
+        if address_type in ("IPv4", "IPv6"):
+            check_endpoint_ip(errors, at, str(address), family=4 if address_type == "IPv4" else 6)
+        elif address_type == "FQDN":
+            check_fqdn(errors, at, str(address))
+    if endpoint.get("hostname") is not None:
+        check_label(errors, f"{path}.hostname", str(endpoint["hostname"]))
+
+
+def _validate_endpointslice_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
+    if new.get("addressType") != old.get("addressType"):
+        errors.invalid("addressType", new.get("addressType"), "field is immutable")
 
 
 _EVICTION_POLICIES = ["AlwaysAllow", "IfHealthyBudget"]
@@ -1132,11 +1185,11 @@ def _validate_crd(obj: Obj, errors: FieldErrors) -> None:
     plural, kind = names.get("plural"), names.get("kind")
     if not plural:
         errors.required("spec.names.plural")
-    elif not isinstance(plural, str) or not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", plural):
+    elif not isinstance(plural, str) or not re.fullmatch(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", plural):
         errors.invalid("spec.names.plural", plural, "a lowercase RFC 1123 label is required")
     if not kind:
         errors.required("spec.names.kind")
-    elif not isinstance(kind, str) or not re.match(r"^[A-Za-z][A-Za-z0-9]*$", kind):
+    elif not isinstance(kind, str) or not re.fullmatch(r"^[A-Za-z][A-Za-z0-9]*$", kind):
         errors.invalid("spec.names.kind", kind, "may have mixed case, but should otherwise match: [a-z]([-a-z0-9]*)")
     if plural and group and obj["metadata"].get("name") != f"{plural}.{group}":
         errors.invalid("metadata.name", obj["metadata"].get("name"), 'must be spec.names.plural+"."+spec.group')
@@ -1472,6 +1525,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         fields={"addressType": _get("addressType")},
         defaults=_default_endpointslice,
         validate=_validate_endpointslice,
+        validate_update=_validate_endpointslice_update,
         generation_fields=("addressType", "endpoints", "ports"),
     ),
     ResourceType(

@@ -32,7 +32,7 @@ def label_key_problem(key: str) -> str | None:
     if slash:
         if not prefix:
             return "prefix part must be non-empty"
-        if len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix):
+        if len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix):
             return (
                 "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
                 "'-' or '.', and must start and end with an alphanumeric character"
@@ -41,7 +41,7 @@ def label_key_problem(key: str) -> str | None:
         return "name part must be non-empty"
     if len(name) > 63:
         return "name part must be no more than 63 characters"
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         return (
             "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
             "with an alphanumeric character"
@@ -53,7 +53,7 @@ def label_value_problem(value: str) -> str | None:
     """Why `value` is not a valid label value, or None."""
     if len(value) > 63:
         return "must be no more than 63 characters"
-    if not _VALUE_RE.match(value):
+    if not _VALUE_RE.fullmatch(value):
         return (
             "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
             "and must start and end with an alphanumeric character"

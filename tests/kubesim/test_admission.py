@@ -12,9 +12,10 @@ import base64
 import datetime
 import ipaddress
 import json
+import os
 import pathlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from controlplane.kube.client import KubeApi, KubeApiError
 from tests.helpers.serve import closed_port, start_serve
 from tests.kubesim.admission import Attributes, rule_matches
 from tests.kubesim.fixtures import Kubectl
+from tests.kubesim.podnet import NodeNetwork
 from tests.kubesim.resources import RESOURCES
 from tests.kubesim.server import KubeSim
 from tests.kubesim.warning import Recorder
@@ -69,6 +71,7 @@ class Webhook:
     other_ca_pem: bytes
     answers: dict[str, Answer] = field(default_factory=dict)
     calls: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)  # (path, request, http headers)
+    also_on: Callable[[str], Awaitable[int]] | None = None  # serve on another address too; its port
 
     @property
     def ca_bundle(self) -> str:
@@ -114,10 +117,29 @@ async def webhook_fixture(tmp_path: pathlib.Path) -> AsyncIterator[Webhook]:
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
     hook.port = int(runner.addresses[0][1])
+
+    async def also_on(host: str) -> int:
+        await web.TCPSite(runner, host, 0, ssl_context=context).start()
+        return int(runner.addresses[-1][1])
+
+    hook.also_on = also_on
     try:
         yield hook
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(name="node_address")
+async def node_address_fixture() -> AsyncIterator[str]:
+    """An address of this host that an EndpointSlice may hold (the API server refuses loopback ones):
+    the host's end of a pod network's link, where a webhook serves as a host-network pod's would."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for the pod network's namespace and veth")
+    network = await NodeNetwork.create()
+    try:
+        yield network.host_ip
+    finally:
+        await network.close()
 
 
 def configuration(kind: str, name: str, *hooks: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +289,7 @@ async def test_a_slow_webhook_is_cut_off_at_its_timeout(kubesim: KubeSim, kube_a
 
 
 async def test_service_reference_resolves_through_the_services_endpointslice(
-    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook, node_address: str
 ) -> None:
     kubesim.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hooks"}})
     kubesim.create_object(
@@ -285,14 +307,16 @@ async def test_service_reference_resolves_through_the_services_endpointslice(
     assert failed.value.message.endswith(
         'Post "https://hooks.hooks.svc:443/svc?timeout=10s": no endpoints available for service "hooks"'
     )
+    assert webhook.also_on is not None
+    port = await webhook.also_on(node_address)
     kubesim.create_object(
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {"name": "hooks-1", "namespace": "hooks", "labels": {"kubernetes.io/service-name": "hooks"}},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "port": webhook.port}],
+            "endpoints": [{"addresses": [node_address], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port}],
         }
     )
     await create_pod(kube_api, "default", pod("late"))
@@ -536,9 +560,9 @@ async def test_webhook_configurations_are_validated_like_the_api_servers(kubectl
 
 
 async def test_meshplanes_injector_injects_pods_created_through_the_api(
-    kubesim: KubeSim, kube_api: KubeApi, tmp_path: pathlib.Path
+    kubesim: KubeSim, kube_api: KubeApi, tmp_path: pathlib.Path, node_address: str
 ) -> None:
-    running = await asyncio.to_thread(start_serve, tmp_path)
+    running = await asyncio.to_thread(start_serve, tmp_path, "--webhook-addr", f"{node_address}:0")
     try:
         for obj in (
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}},
@@ -562,7 +586,7 @@ async def test_meshplanes_injector_injects_pods_created_through_the_api(
                     "labels": {"kubernetes.io/service-name": "istiod"},
                 },
                 "addressType": "IPv4",
-                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+                "endpoints": [{"addresses": [node_address], "conditions": {"ready": True}}],
                 "ports": [{"name": "https-webhook", "port": running.ports["webhook"]}],
             },
         ):

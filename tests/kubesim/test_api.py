@@ -140,8 +140,47 @@ async def test_create_twice_is_409_already_exists(kube_api: KubeApi) -> None:
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 0}]}},
             "spec.ports[0].port",
         ),
+        # Go's regular expressions end at the end of the text; Python's `$` also before a final newline.
+        (
+            "/api/v1/namespaces/default/services",
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc\n"}, "spec": {"ports": [{"port": 80}]}},
+            "metadata.name",
+        ),
+        (CM_PATH, {**cm("ok"), "data": {"key\n": "v"}}, "data[key\n]"),
+        (
+            CM_PATH,
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": {"a": "v\n"}}},
+            "metadata.labels",
+        ),
+        *[
+            (
+                "/api/v1/namespaces/default/services",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "ext"},
+                    "spec": {"ports": [{"port": 80}], "externalIPs": ["203.0.113.9", ip]},
+                },
+                "spec.externalIPs[1]",
+            )
+            for ip in ("127.0.0.1", "fe80::1", "example.com")
+        ],
     ],
-    ids=["configmap-name", "namespace-name", "service-name", "configmap-key", "label-value", "pod-image", "port"],
+    ids=[
+        "configmap-name",
+        "namespace-name",
+        "service-name",
+        "configmap-key",
+        "label-value",
+        "pod-image",
+        "port",
+        "name-newline",
+        "key-newline",
+        "label-newline",
+        "external-ip-loopback",
+        "external-ip-link-local",
+        "external-ip-not-an-ip",
+    ],
 )
 async def test_invalid_objects_are_422_naming_the_field(
     kube_api: KubeApi, path: str, body: dict[str, Any], field: str
@@ -152,6 +191,90 @@ async def test_invalid_objects_are_422_naming_the_field(
     assert field in [c["field"] for c in causes]
     assert f"{field}: " in err.message
     assert " is invalid: " in err.message
+
+
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+
+
+def endpoint_slice(name: str, address_type: str, *addresses: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name},
+        "addressType": address_type,
+        "endpoints": [{"addresses": [address]} for address in addresses],
+        "ports": [{"name": "http", "port": 8080}],
+    } | extra
+
+
+@pytest.mark.parametrize(
+    ("address_type", "address", "problem"),
+    [
+        ("IPv4", "127.0.0.1", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        ("IPv4", "0.0.0.0", "may not be unspecified (0.0.0.0)"),
+        ("IPv4", "169.254.169.254", "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+        ("IPv4", "224.0.0.251", "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"),
+        ("IPv4", "10.0.0.256", "must be a valid IPv4 address"),
+        ("IPv4", "10.0.0.1\n", "must be a valid IPv4 address"),
+        ("IPv4", "fd00::1", "must be a valid IPv4 address"),
+        ("IPv6", "::1", "may not be in the loopback range"),
+        ("IPv6", "fe80::1", "may not be in the link-local range"),
+        ("IPv6", "ff02::fb", "may not be in the link-local multicast range"),
+        ("IPv6", "10.0.0.1", "must be a valid IPv6 address"),
+        ("FQDN", "backend", "should be a domain with at least two segments separated by dots"),
+        ("FQDN", "Backend.example.com", "a lowercase RFC 1123 subdomain"),
+    ],
+)
+async def test_an_endpoint_slice_address_must_be_of_its_type_and_not_special(
+    kube_api: KubeApi, address_type: str, address: str, problem: str
+) -> None:
+    body = endpoint_slice("bad", address_type, "10.1.0.7" if address_type == "IPv4" else "fd00::7", address)
+    if address_type == "FQDN":
+        body = endpoint_slice("bad", address_type, "db.example.com", address)
+    err = await error_of(kube_api.request("POST", SLICES, body=body))
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert [c["field"] for c in err.body["details"]["causes"]] == ["endpoints[1].addresses[0]"]
+    assert problem in err.message and json.dumps(address) in err.message
+
+
+async def test_endpoint_slices_of_each_type_are_accepted_and_their_limits_and_ports_checked(kube_api: KubeApi) -> None:
+    for name, address_type, address in [
+        ("v4", "IPv4", "10.1.0.7"),
+        ("v6", "IPv6", "fd00::7"),
+        ("dns", "FQDN", "db.example.com."),
+    ]:
+        created = await kube_api.request("POST", SLICES, body=endpoint_slice(name, address_type, address))
+        assert created["endpoints"][0]["addresses"] == [address]
+    refusals = [
+        (
+            endpoint_slice("many", "IPv4", *[f"10.1.{i // 250}.{i % 250 + 1}" for i in range(1_001)]),
+            "endpoints",
+            "Too many: 1001: must have at most 1000 items",
+        ),
+        (
+            endpoint_slice("ports", "IPv4", "10.1.0.7", ports=[{"port": 80}, {"port": 81}]),
+            "ports[1].name",
+            'Duplicate value: ""',
+        ),
+        (
+            endpoint_slice("proto", "IPv4", "10.1.0.7", ports=[{"name": "a", "port": 80, "protocol": "HTTP"}]),
+            "ports[0].protocol",
+            'Unsupported value: "HTTP"',
+        ),
+        (
+            endpoint_slice("host", "IPv4", "10.1.0.7", endpoints=[{"addresses": ["10.1.0.7"], "hostname": "Web_1"}]),
+            "endpoints[0].hostname",
+            "a lowercase RFC 1123 label",
+        ),
+    ]
+    for body, field, message in refusals:
+        err = await error_of(kube_api.request("POST", SLICES, body=body))
+        assert err.status == 422 and [c["field"] for c in err.body["details"]["causes"]] == [field], err.message
+        assert message in err.message
+    changed = await kube_api.request("GET", f"{SLICES}/v4")
+    changed["addressType"], changed["endpoints"] = "IPv6", [{"addresses": ["fd00::7"]}]
+    err = await error_of(kube_api.request("PUT", f"{SLICES}/v4", body=changed))
+    assert err.status == 422 and 'addressType: Invalid value: "IPv6": field is immutable' in err.message
 
 
 async def test_get_missing_is_404_not_found(kube_api: KubeApi) -> None:

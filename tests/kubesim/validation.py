@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -93,6 +94,9 @@ class FieldErrors:
     def forbidden(self, path: str, detail: str) -> None:
         self.causes.append(Cause("FieldValueForbidden", path, f"Forbidden: {detail}"))
 
+    def too_many(self, path: str, count: int, limit: int) -> None:
+        self.causes.append(Cause("FieldValueTooMany", path, f"Too many: {count}: must have at most {limit} items"))
+
     def not_supported(self, path: str, value: Any, supported: list[str]) -> None:
         listed = ", ".join(json.dumps(s) for s in supported)
         self.causes.append(
@@ -113,25 +117,95 @@ def invalid_cause(path: str, value: Any, detail: str) -> Cause:
 def check_subdomain(errors: FieldErrors, path: str, value: str) -> None:
     if len(value) > 253:
         errors.invalid(path, value, "must be no more than 253 characters")
-    if not DNS1123_SUBDOMAIN.match(value):
+    if not DNS1123_SUBDOMAIN.fullmatch(value):
         errors.invalid(path, value, SUBDOMAIN_HELP)
 
 
 def check_label(errors: FieldErrors, path: str, value: str) -> None:
     if len(value) > 63:
         errors.invalid(path, value, "must be no more than 63 characters")
-    if not DNS1123_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):
         errors.invalid(path, value, LABEL_HELP)
 
 
 def check_dns1035(errors: FieldErrors, path: str, value: str) -> None:
     if len(value) > 63:
         errors.invalid(path, value, "must be no more than 63 characters")
-    if not DNS1035_LABEL.match(value):
+    if not DNS1035_LABEL.fullmatch(value):
         errors.invalid(path, value, DNS1035_HELP)
 
 
 NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
+
+
+def check_fqdn(errors: FieldErrors, path: str, value: str) -> None:
+    """A fully qualified domain name: a subdomain of at least two labels, a trailing dot allowed."""
+    if not value:
+        errors.required(path)
+        return
+    name = value.removesuffix(".")
+    problems = _name_problems(name, 253, DNS1123_SUBDOMAIN, SUBDOMAIN_HELP)
+    if problems:
+        errors.invalid(path, name, ",".join(problems))
+        return
+    labels = name.split(".")
+    if len(labels) < 2:
+        errors.invalid(path, name, "should be a domain with at least two segments separated by dots")
+        return
+    for label in labels:
+        problems = _name_problems(label, 63, DNS1123_LABEL, LABEL_HELP)
+        if problems:
+            errors.invalid(path, label, ",".join(problems))
+            return
+
+
+def _name_problems(value: str, longest: int, rule: re.Pattern[str], help_text: str) -> list[str]:
+    problems = [f"must be no more than {longest} characters"] if len(value) > longest else []
+    return problems + ([] if rule.fullmatch(value) else [help_text])
+
+
+def check_endpoint_ip(errors: FieldErrors, path: str, value: str, *, family: int) -> None:
+    """An address of an IPv4 or IPv6 EndpointSlice: of that family, and not one the API server calls
+    special (unspecified, loopback, link-local, link-local multicast)."""
+    try:
+        if "%" in value:  # Go's parser has no zones
+            raise ValueError(value)
+        ip = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            raise ValueError(value)  # Go reads it as IPv4
+    except ValueError:
+        errors.invalid(path, value, f"must be a valid IPv{family} address")
+        return
+    for problem in special_ip_problems(ip, value):
+        errors.invalid(path, value, problem)
+
+
+def check_external_ip(errors: FieldErrors, path: str, value: str) -> None:
+    """A Service's external IP: an address of either family that is not special."""
+    try:
+        if "%" in value:
+            raise ValueError(value)
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        errors.invalid(path, value, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")
+        return
+    for problem in special_ip_problems(ip, value):
+        errors.invalid(path, value, problem)
+
+
+def special_ip_problems(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, text: str) -> list[str]:
+    """What the API server says of an endpoint or external IP it refuses (`ValidateNonSpecialIP`)."""
+    problems = []
+    if ip.is_unspecified:
+        problems.append(f"may not be unspecified ({text})")
+    if ip.is_loopback:
+        problems.append("may not be in the loopback range (127.0.0.0/8, ::1/128)")
+    if ip.is_link_local:
+        problems.append("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+    packed = ip.packed
+    if packed[:3] == bytes((224, 0, 0)) if ip.version == 4 else packed[0] == 0xFF and packed[1] & 0x0F == 0x02:
+        problems.append("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)")
+    return problems
 
 
 def check_metadata(errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: str) -> None:
@@ -182,7 +256,7 @@ def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_val
             continue
         for key, value in values.items():
             path = f"{section}[{key}]"
-            if not CONFIG_KEY.match(key) or len(key) > 253:
+            if not CONFIG_KEY.fullmatch(key) or len(key) > 253:
                 errors.invalid(
                     path,
                     key,
