@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.kubesim.kl_env import parse_quantity
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, label_key_problem, selector_from_label_selector
 from tests.kubesim.validation import (
@@ -424,6 +425,95 @@ def _port_in_range(errors: FieldErrors, path: str, value: Any) -> None:
         errors.invalid(path, value, "must be between 1 and 65535, inclusive")
 
 
+_PORT_PROTOCOLS = ["SCTP", "TCP", "UDP"]
+_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc", "sleep")
+
+
+def port_name_problems(name: str) -> list[str]:
+    """Why `name` is not an IANA service name as Kubernetes allows it in a port (`IsValidPortName`)."""
+    problems = ["must be no more than 15 characters"] if len(name) > 15 else []
+    if re.fullmatch(r"[-a-z0-9]+", name) is None:
+        problems.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+    elif re.search(r"[a-z]", name) is None:
+        problems.append("must contain at least one letter (a-z)")
+    elif "--" in name:
+        problems.append("must not contain consecutive hyphens")
+    elif name.startswith("-") or name.endswith("-"):
+        problems.append("must not begin or end with a hyphen")
+    return problems
+
+
+def _validate_container_ports(ports: list[Any], path: str, errors: FieldErrors) -> None:
+    """A container's ports: names unique in the container and IANA-style, a container port, an optional
+    host port, a supported protocol (`validateContainerPorts`)."""
+    names: set[str] = set()
+    for i, raw in enumerate(ports):
+        port = raw if isinstance(raw, dict) else {}
+        name = port.get("name")
+        if name:
+            problems = port_name_problems(str(name))
+            for problem in problems:
+                errors.invalid(f"{path}[{i}].name", name, problem)
+            if not problems and name in names:
+                errors.duplicate(f"{path}[{i}].name", name)
+            names.add(str(name))
+        if not port.get("containerPort"):
+            errors.required(f"{path}[{i}].containerPort")
+        else:
+            _port_in_range(errors, f"{path}[{i}].containerPort", port["containerPort"])
+        if port.get("hostPort"):
+            _port_in_range(errors, f"{path}[{i}].hostPort", port["hostPort"])
+        protocol = port.get("protocol")
+        if not protocol:
+            errors.required(f"{path}[{i}].protocol")
+        elif protocol not in _PORT_PROTOCOLS:
+            errors.not_supported(f"{path}[{i}].protocol", protocol, _PORT_PROTOCOLS)
+
+
+def _validate_resources(resources: Any, path: str, errors: FieldErrors) -> None:
+    """Each request at most its limit (`ValidateResourceRequirements`; hugepages, which must be equal,
+    are not modelled). A quantity that does not parse is left to the kubelet, which refuses it."""
+    if not isinstance(resources, dict):
+        return
+    limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+    if not isinstance(limits, dict) or not isinstance(requests, dict):
+        return
+    for name, request in requests.items():
+        if name not in limits:
+            continue
+        try:
+            over = parse_quantity(request) > parse_quantity(limits[name])
+        except ValueError:
+            continue
+        if over:
+            errors.invalid(
+                f"{path}.requests[{name}]",
+                str(request),
+                f"must be less than or equal to {name} limit of {limits[name]}",
+            )
+
+
+def _validate_handler(handler: Obj, path: str, errors: FieldErrors) -> None:
+    """A probe or lifecycle hook names exactly one handler; an HTTP one a port by number or name."""
+    present = [kind for kind in _HANDLERS if handler.get(kind) is not None]
+    if not present:
+        errors.required(path, "must specify a handler type")
+    for kind in present[1:]:
+        errors.forbidden(f"{path}.{kind}", "may not specify more than 1 handler type")
+    for kind in ("httpGet", "tcpSocket"):
+        action = handler.get(kind)
+        if kind in present[:1] and isinstance(action, dict):
+            port = action.get("port")
+            if isinstance(port, int) and not isinstance(port, bool):
+                _port_in_range(errors, f"{path}.{kind}.port", port)
+            else:
+                for problem in port_name_problems(str(port)):
+                    errors.invalid(f"{path}.{kind}.port", port, problem)
+    http = handler.get("httpGet")
+    if "httpGet" in present[:1] and isinstance(http, dict) and http.get("scheme") not in (None, "HTTP", "HTTPS"):
+        errors.not_supported(f"{path}.httpGet.scheme", http.get("scheme"), ["HTTP", "HTTPS"])
+
+
 def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, template: bool = False) -> None:
     if not isinstance(spec, dict):
         errors.required(path)
@@ -458,10 +548,20 @@ def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, template: bo
                 if name in names:
                     errors.duplicate(f"{cpath}.name", name)
                 names.add(str(name))
-            if not container.get("image") and not template:
+            image = container.get("image")
+            if not image and not template:
                 errors.required(f"{cpath}.image")
-            for j, port in enumerate(container.get("ports") or []):
-                _port_in_range(errors, f"{cpath}.ports[{j}].containerPort", (port or {}).get("containerPort"))
+            elif isinstance(image, str) and image != image.strip():
+                errors.invalid(f"{cpath}.image", image, "must not have leading or trailing whitespace")
+            _validate_container_ports(container.get("ports") or [], f"{cpath}.ports", errors)
+            _validate_resources(container.get("resources") or {}, f"{cpath}.resources", errors)
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if isinstance(container.get(probe), dict):
+                    _validate_handler(container[probe], f"{cpath}.{probe}", errors)
+            for hook in ("postStart", "preStop"):
+                lifecycle = container.get("lifecycle") or {}
+                if isinstance(lifecycle, dict) and isinstance(lifecycle.get(hook), dict):
+                    _validate_handler(lifecycle[hook], f"{cpath}.lifecycle.{hook}", errors)
             for j, mount in enumerate(container.get("volumeMounts") or []):
                 mname = (mount or {}).get("name")
                 if not mname:

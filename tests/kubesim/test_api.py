@@ -193,6 +193,65 @@ async def test_invalid_objects_are_422_naming_the_field(
     assert " is invalid: " in err.message
 
 
+PODS = "/api/v1/namespaces/default/pods"
+HTTP_PROBE = {"httpGet": {"port": 8080}}
+
+
+@pytest.mark.parametrize(
+    ("container", "field", "problem"),
+    [
+        ({"image": "docker.io/app:1\n"}, "image", "must not have leading or trailing whitespace"),
+        ({"ports": [{"name": "http_web", "containerPort": 80}]}, "ports[0].name", "only alpha-numeric"),
+        ({"ports": [{"name": "http-web-frontend", "containerPort": 80}]}, "ports[0].name", "no more than 15"),
+        ({"ports": [{"name": "8080", "containerPort": 80}]}, "ports[0].name", "at least one letter"),
+        (
+            {"ports": [{"name": "a", "containerPort": 80}, {"name": "a", "containerPort": 81}]},
+            "ports[1].name",
+            "Duplicate",
+        ),
+        ({"ports": [{"containerPort": 80, "protocol": "HTTP"}]}, "ports[0].protocol", "Unsupported value"),
+        ({"ports": [{"containerPort": 80, "hostPort": 70000}]}, "ports[0].hostPort", "between 1 and 65535"),
+        ({"ports": [{"name": "a"}]}, "ports[0].containerPort", "Required value"),
+        (
+            {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}},
+            "resources.requests[cpu]",
+            "must be less than or equal to cpu limit of 500m",
+        ),
+        ({"readinessProbe": {"periodSeconds": 5}}, "readinessProbe", "must specify a handler type"),
+        (
+            {"livenessProbe": {**HTTP_PROBE, "tcpSocket": {"port": 8080}}},
+            "livenessProbe.tcpSocket",
+            "may not specify more than 1 handler type",
+        ),
+        ({"startupProbe": {"httpGet": {"port": "8080"}}}, "startupProbe.httpGet.port", "at least one letter"),
+        ({"readinessProbe": {"tcpSocket": {"port": 0}}}, "readinessProbe.tcpSocket.port", "between 1 and 65535"),
+        ({"lifecycle": {"postStart": {}}}, "lifecycle.postStart", "must specify a handler type"),
+    ],
+)
+async def test_a_pods_containers_are_validated_like_the_api_servers(
+    kube_api: KubeApi, container: dict[str, Any], field: str, problem: str
+) -> None:
+    pod = bare_pod("p")
+    pod["spec"]["containers"][0].update(container)
+    err = await error_of(kube_api.request("POST", PODS, body=pod))
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert [c["field"] for c in err.body["details"]["causes"]] == [f"spec.containers[0].{field}"], err.message
+    assert problem in err.message
+
+
+async def test_a_pod_with_named_ports_probes_hooks_and_resources_within_limits_is_accepted(kube_api: KubeApi) -> None:
+    pod = bare_pod("ok")
+    pod["spec"]["containers"][0] |= {
+        "ports": [{"name": "http-web", "containerPort": 8080}, {"name": "grpc", "containerPort": 9090}],
+        "readinessProbe": {"httpGet": {"port": "http-web", "scheme": "HTTPS"}},
+        "livenessProbe": {"tcpSocket": {"port": 9090}},
+        "lifecycle": {"postStart": {"exec": {"command": ["true"]}}},
+        "resources": {"requests": {"cpu": "0.5", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+    }
+    created = await kube_api.request("POST", PODS, body=pod)
+    assert created["spec"]["containers"][0]["ports"][0]["protocol"] == "TCP"
+
+
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
 
 
