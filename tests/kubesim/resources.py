@@ -529,6 +529,11 @@ def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, template: bo
         if name in volumes:
             errors.duplicate(vpath, name)
         volumes.add(str(name))
+        sources = [key for key in volume if key != "name"]  # the schema admits only sources besides the name
+        if not sources:
+            errors.required(f"{path}.volumes[{i}]", "must specify a volume type")
+        for source in sources[1:]:
+            errors.forbidden(f"{path}.volumes[{i}].{source}", "may not specify more than 1 volume type")
     containers = spec.get("containers")
     if not isinstance(containers, list) or not containers:
         errors.required(f"{path}.containers")
@@ -562,14 +567,25 @@ def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, template: bo
                 lifecycle = container.get("lifecycle") or {}
                 if isinstance(lifecycle, dict) and isinstance(lifecycle.get(hook), dict):
                     _validate_handler(lifecycle[hook], f"{cpath}.lifecycle.{hook}", errors)
+            mount_paths: set[str] = set()
             for j, mount in enumerate(container.get("volumeMounts") or []):
                 mname = (mount or {}).get("name")
                 if not mname:
                     errors.required(f"{cpath}.volumeMounts[{j}].name")
                 elif mname not in volumes:
                     errors.not_found(f"{cpath}.volumeMounts[{j}].name", mname)
-                if not (mount or {}).get("mountPath"):
+                mount_path = (mount or {}).get("mountPath")
+                if not mount_path:
                     errors.required(f"{cpath}.volumeMounts[{j}].mountPath")
+                elif mount_path in mount_paths:
+                    errors.invalid(f"{cpath}.volumeMounts[{j}].mountPath", mount_path, "must be unique")
+                mount_paths.add(str(mount_path))
+            if key == "initContainers" and container.get("restartPolicy") != "Always":
+                for forbidden in ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe"):
+                    if container.get(forbidden) is not None:
+                        errors.forbidden(
+                            f"{cpath}.{forbidden}", "may not be set for init containers without restartPolicy=Always"
+                        )
             policy = container.get("restartPolicy")
             if policy is not None and (key == "containers" or policy != "Always"):
                 errors.not_supported(f"{cpath}.restartPolicy", policy, ["Always"] if key != "containers" else [])

@@ -239,6 +239,46 @@ async def test_a_pods_containers_are_validated_like_the_api_servers(
     assert problem in err.message
 
 
+@pytest.mark.parametrize(
+    ("spec", "field", "problem"),
+    [
+        ({"volumes": [{"name": "v"}]}, "spec.volumes[0]", "must specify a volume type"),
+        (
+            {"volumes": [{"name": "v", "emptyDir": {}, "configMap": {"name": "c"}}]},
+            "spec.volumes[0].configMap",
+            "may not specify more than 1 volume type",
+        ),
+        (
+            {
+                "volumes": [{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}],
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "i",
+                        "volumeMounts": [{"name": "a", "mountPath": "/etc/x"}, {"name": "b", "mountPath": "/etc/x"}],
+                    }
+                ],
+            },
+            "spec.containers[0].volumeMounts[1].mountPath",
+            "must be unique",
+        ),
+        (
+            {"initContainers": [{"name": "init", "image": "i", "readinessProbe": HTTP_PROBE}]},
+            "spec.initContainers[0].readinessProbe",
+            "may not be set for init containers without restartPolicy=Always",
+        ),
+    ],
+)
+async def test_a_pods_volumes_mounts_and_init_containers_are_validated_like_the_api_servers(
+    kube_api: KubeApi, spec: dict[str, Any], field: str, problem: str
+) -> None:
+    pod = bare_pod("p")
+    pod["spec"] |= spec
+    err = await error_of(kube_api.request("POST", PODS, body=pod))
+    assert err.status == 422 and [c["field"] for c in err.body["details"]["causes"]] == [field], err.message
+    assert problem in err.message
+
+
 async def test_a_pod_with_named_ports_probes_hooks_and_resources_within_limits_is_accepted(kube_api: KubeApi) -> None:
     pod = bare_pod("ok")
     pod["spec"]["containers"][0] |= {
@@ -248,6 +288,10 @@ async def test_a_pod_with_named_ports_probes_hooks_and_resources_within_limits_i
         "lifecycle": {"postStart": {"exec": {"command": ["true"]}}},
         "resources": {"requests": {"cpu": "0.5", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
     }
+    pod["spec"]["initContainers"] = [
+        {"name": "sidecar", "image": "i", "restartPolicy": "Always", "readinessProbe": HTTP_PROBE},
+        {"name": "setup", "image": "i"},
+    ]
     created = await kube_api.request("POST", PODS, body=pod)
     assert created["spec"]["containers"][0]["ports"][0]["protocol"] == "TCP"
 
