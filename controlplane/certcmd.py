@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"--ttl: {args.ttl!r} must be positive")
     address = args.ca_address.strip()
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise SettingsError(f"--ca-address: {args.ca_address!r} is not host:port (example: {DEFAULT_CA_ADDRESS})")
     roots_pem = _read_root(args.root_cert)
     try:

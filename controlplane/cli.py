@@ -248,7 +248,9 @@ def _size(value: str, *, field: str, low: int, high: int) -> int:
     """A byte size given as a number, or with Ki or Mi. Raises SettingsError naming `field`."""
     text = value.strip()
     digits = text.rstrip("KMiB")
-    unit = _SIZE_UNITS.get(text[len(digits) :].strip()) if digits.strip().isdigit() else None
+    unit = (
+        _SIZE_UNITS.get(text[len(digits) :].strip()) if digits.strip().isascii() and digits.strip().isdigit() else None
+    )
     if unit is None:
         raise SettingsError(f"{field}: {value!r} is not a size (bytes, or a number with Ki or Mi)")
     size = int(digits) * unit

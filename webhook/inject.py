@@ -57,7 +57,7 @@ from webhook.validate import InjectionError, InvalidPod
 
 __all__ = ["InjectionError", "InjectionParams", "InvalidPod", "TemplateError", "inject_pod", "workload_identity"]
 
-_CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
+_CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$", re.ASCII)
 _NOT_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_]")
 _FALSE = ("0", "f", "F", "false", "False", "FALSE")  # what Go's strconv.ParseBool reads as false
 MAX_ID = 2**32 - 2
@@ -294,7 +294,7 @@ def metrics_port_on_sidecar(annotations: Mapping[str, str], *, status_port: int)
     Such a pod keeps its Prometheus annotations as they are: merging would make the agent scrape its
     own sidecar. The status port is Istio's case of a pod already pointing at the agent (re-injected)."""
     text = _prometheus_value(annotations, "port").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         return None
     reason = sidecar_port_reason(int(text), status_port=status_port)
     return f"{int(text)} ({reason})" if reason else None

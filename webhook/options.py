@@ -203,14 +203,14 @@ _INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 
 
 def _parse_status_port(text: str) -> int:
-    if not text.strip().isdigit() or int(text) > 65535:
+    if not (text.strip().isascii() and text.strip().isdigit()) or int(text) > 65535:
         raise ValueError("must be a port number 1-65535, or 0 for no status port")
     return int(text)
 
 
 def _parse_count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < minimum:
+        if not (text.strip().isascii() and text.strip().isdigit()) or int(text) < minimum:
             raise ValueError(f"must be a whole number of at least {minimum}")
         return int(text)
 

@@ -98,7 +98,8 @@ def parse_bool(text: str) -> bool:
 
 
 _QUANTITY = re.compile(
-    r"^(?P<sign>[+-])?(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+    r"^(?P<sign>[+-])?(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$",
+    re.ASCII,  # `\d` would take any script's digits, which the API server's quantities refuse
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -159,7 +160,7 @@ def parse_port_list(text: str, *, allow_star: bool) -> str:
     for item in items:
         if not item:
             raise ValueError("empty entry in the comma-separated list")
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
+        if not (item.isascii() and item.isdigit()) or not 1 <= int(item) <= 65535:
             raise ValueError(f"{item!r} is not a port number 1-65535")
     return ",".join(str(int(item)) for item in items)
 
@@ -213,7 +214,7 @@ IMAGE_TYPES = ("default", "distroless", "debug")
 
 # -- ProxyConfig -------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$", re.ASCII)
 _PORT_FIELDS = {"proxyAdminPort", "statusPort"}
 _ENUMS: dict[str, tuple[str, ...]] = {
     "interceptionMode": INTERCEPTION_MODES,

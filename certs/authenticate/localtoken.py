@@ -257,9 +257,9 @@ class LocalTokenAuthenticator:
 def parse_duration(text: str, *, field: str) -> dt.timedelta:
     """`90`, `90s`, `15m`, `1h`, `1h30m` -> timedelta. Raises ValueError naming `field`."""
     value = text.strip()
-    if re.fullmatch(r"\d+", value):
+    if re.fullmatch(r"[0-9]+", value):
         return dt.timedelta(seconds=int(value))
-    parts = re.findall(r"(\d+)([hms])", value)
+    parts = re.findall(r"([0-9]+)([hms])", value)
     if not parts or "".join(n + u for n, u in parts) != value:
         raise ValueError(f"{field}: {text!r} is not a duration (examples: 3600, 90s, 15m, 1h, 1h30m)")
     unit = {"h": 3600, "m": 60, "s": 1}

@@ -136,7 +136,7 @@ def discovery_host_port(address: str) -> tuple[str, int]:
         if not host.endswith("]"):
             raise ValueError(f"discovery_address {address!r} is not host:port: {example}")
         host = host[1:-1]
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"discovery_address {address!r}: port {port_text!r} is not 1-65535")
     if not _is_ip(host) and not _DNS_NAME.fullmatch(host):
         raise ValueError(f"discovery_address {address!r}: {host!r} is neither an IP address nor a DNS name")

@@ -182,4 +182,4 @@ def _run_wait(args: argparse.Namespace) -> int:
 
 def _status_port(env: Mapping[str, str]) -> int:
     text = env.get("MESHPLANE_STATUS_PORT", "").strip()
-    return int(text) if text.isdigit() else STATUS_PORT
+    return int(text) if text.isascii() and text.isdigit() else STATUS_PORT

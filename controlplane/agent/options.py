@@ -22,7 +22,9 @@ INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
 STATUS_PORT = 15020
 ADMIN_PORT = 15000
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|ms|m|s))+")
+_DURATION = re.compile(r"(?:([0-9]+(?:\.[0-9]+)?)(h|ms|m|s))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 class OptionsError(ValueError):
@@ -82,13 +84,13 @@ class AgentOptions:
 def parse_duration(text: str, *, name: str) -> float:
     """`30s`, `5m`, `24h`, `1h30m`, `500ms` or a plain number of seconds -> seconds (> 0)."""
     value = text.strip()
-    try:
+    if _SECONDS.fullmatch(value):  # not float(): it also reads "nan", "inf", "1_0" and other scripts' digits
         seconds = float(value)
-    except ValueError:
-        if not _DURATION.fullmatch(value):
-            raise OptionsError(f"{name}: {text!r} is not a duration (examples: 30s, 5m, 24h, 1h30m)") from None
+    elif _DURATION.fullmatch(value):
         unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-        seconds = sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", value))
+        seconds = sum(float(n) * unit[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise OptionsError(f"{name}: {text!r} is not a duration (examples: 30s, 5m, 24h, 1h30m)")
     if seconds <= 0:
         raise OptionsError(f"{name}: {text!r} must be positive")
     return seconds
@@ -103,7 +105,7 @@ def _ip(text: str, *, name: str) -> str:
 
 def _host_port(text: str, *, name: str) -> str:
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise OptionsError(f"{name}: {text!r} is not host:port (example: {DEFAULT_DISCOVERY})")
     return text.strip()
 

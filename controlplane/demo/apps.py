@@ -44,7 +44,7 @@ XFCC = "x-forwarded-client-cert"
 
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
     return host, int(port)
 

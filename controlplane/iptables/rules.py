@@ -142,7 +142,7 @@ def _items(text: str) -> list[str]:
 
 def _port(text: str, *, field_name: str) -> int:
     value = text.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise OptionError(field_name, f"{value!r} is not a port number; write a number from 1 to 65535")
     port = int(value)
     if not 1 <= port <= 65535:
@@ -162,7 +162,7 @@ def _ports(text: str, *, field_name: str) -> tuple[int, ...]:
 def _ids(text: str, *, field_name: str, what: str) -> tuple[int, ...]:
     ids: list[int] = []
     for item in _items(text):
-        if not item.isdigit() or int(item) > MAX_ID:
+        if not (item.isascii() and item.isdigit()) or int(item) > MAX_ID:
             raise OptionError(field_name, f"{item!r} is not a numeric {what} id (0-{MAX_ID}); use e.g. 1337")
         ids.append(int(item))
     if not ids:

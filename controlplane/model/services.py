@@ -197,7 +197,7 @@ class Service:
             target: int | str
             if raw_target is None:
                 target = number
-            elif isinstance(raw_target, str) and not raw_target.isdigit():
+            elif isinstance(raw_target, str) and not (raw_target.isascii() and raw_target.isdigit()):
                 target = raw_target
             else:
                 numeric = int(raw_target) if isinstance(raw_target, str) else raw_target

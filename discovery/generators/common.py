@@ -45,7 +45,7 @@ def inbound_cluster(port: int) -> str:
 def parse_outbound(name: str) -> tuple[int, str, str] | None:
     """(port, subset, host) of an `outbound|port|subset|host` name, or None."""
     parts = name.split("|")
-    if len(parts) != 4 or parts[0] != "outbound" or not parts[1].isdigit():
+    if len(parts) != 4 or parts[0] != "outbound" or not (parts[1].isascii() and parts[1].isdigit()):
         return None
     return int(parts[1]), parts[2], parts[3]
 

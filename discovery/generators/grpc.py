@@ -48,7 +48,7 @@ from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 def resolve(snapshot: MeshSnapshot, name: str, *, namespace: str) -> tuple[Service, ServicePort] | None:
     """The service port a `host:port` target names, or None."""
     host, sep, port_text = name.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         return None
     port = int(port_text)
     candidates = [host]

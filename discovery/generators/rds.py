@@ -110,7 +110,7 @@ def _fallback(policy: OutboundPolicy) -> rc.VirtualHost:
 
 def route_configuration(snapshot: MeshSnapshot, name: str, *, proxy_namespace: str) -> route_pb2.RouteConfiguration:
     hosts: list[rc.VirtualHost] = []
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         port = int(name)
         for service in snapshot.http_services_by_port.get(port, ()):
             owned = snapshot.conflicts.owns_address(service, port)

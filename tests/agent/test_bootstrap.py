@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from controlplane.agent.bootstrap import render, write
-from controlplane.agent.options import OptionsError, delta_xds
+from controlplane.agent.options import OptionsError, delta_xds, parse_duration
 from tests.agent.conftest import ENVOY, params
 
 SAN = "istiod.istio-system.svc"
@@ -208,3 +208,17 @@ def test_istio_delta_xds_must_be_true_or_false() -> None:
     assert delta_xds({"ISTIO_DELTA_XDS": " TRUE "}) is True
     with pytest.raises(OptionsError, match="env ISTIO_DELTA_XDS: 'yes' is not true or false"):
         delta_xds({"ISTIO_DELTA_XDS": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("500ms", 0.5), ("2", 2.0), ("0.5", 0.5)]
+)
+def test_a_duration_is_seconds_or_go_units(text: str, seconds: float) -> None:
+    assert parse_duration(text, name="--drain-duration") == seconds
+
+
+# float() would read "nan", "inf", "1_0" and other scripts' digits; Go's durations are none of those.
+@pytest.mark.parametrize("text", ["nan", "inf", "1_0", "\u0664\u0665", "\u0664\u0665s", "1d", "-1", "5 m"])
+def test_a_bad_duration_is_refused_naming_the_flag(text: str) -> None:
+    with pytest.raises(OptionsError, match=r"--drain-duration: .* is not a duration"):
+        parse_duration(text, name="--drain-duration")

@@ -142,7 +142,9 @@ def test_durations_parse(text: str, seconds: int) -> None:
     assert parse_duration(text, field="--ttl") == dt.timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "-5", "1d", "h", "5 m", "1.5h"])
+@pytest.mark.parametrize(
+    "text", ["", "-5", "1d", "h", "5 m", "1.5h", "\u0669\u0660", "\u0669\u0660s"]
+)  # ASCII digits only, as in Go
 def test_bad_durations_name_the_field(text: str) -> None:
     with pytest.raises(ValueError, match=r"--ttl: .* is not a duration"):
         parse_duration(text, field="--ttl")

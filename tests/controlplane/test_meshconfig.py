@@ -35,6 +35,7 @@ def test_a_missing_connect_timeout_keeps_the_default() -> None:
         ("10", "is not a duration like 10s or 500ms"),
         ("10 s", "is not a duration"),
         ("10s\n", "is not a duration"),  # `$` would have let the newline through
+        ("\u0661\u0660s", "is not a duration"),  # `\d` takes other scripts' digits; Go's durations do not
         ("s", "is not a duration"),
         ("0s", "must be positive"),
     ],

@@ -244,6 +244,30 @@ async def test_rds_virtual_hosts_name_every_form_of_the_service(xds: XdsHarness)
     assert vhost.routes[0].route.cluster == WEB
 
 
+async def test_a_port_in_a_resource_name_is_ascii_digits_and_other_digits_do_not_end_the_stream(
+    xds: XdsHarness,
+) -> None:
+    """Python's isdigit takes "²", which int() refuses (the stream used to end with the ValueError's text),
+    and "\u0668\u0660", which int() reads as 80. Both are names that match no port, as Go's strconv reads them."""
+    client = xds.sotw()
+    await client.request(ROUTE, ["²", "\u0668\u0660"])
+    routes = [route_pb2.RouteConfiguration.FromString(r.value) for r in (await client.recv()).resources]
+    assert sorted(r.name for r in routes) == sorted(["²", "\u0668\u0660"])
+    assert not [v.name for r in routes for v in r.virtual_hosts if v.name.endswith(":80")]
+    port = WEB.split("|")[1]
+    await client.request(ENDPOINT, [WEB.replace(f"|{port}|", "|²|"), WEB.replace(f"|{port}|", "|\u0668\u0660|"), WEB])
+    response = await client.recv()
+    assignments = [endpoint_pb2.ClusterLoadAssignment.FromString(r.value) for r in response.resources]
+    assert {a.cluster_name: len(a.endpoints) for a in assignments} == {  # names of no cluster: empty, as any
+        WEB.replace(f"|{port}|", "|\u00b2|"): 0,
+        WEB.replace(f"|{port}|", "|\u0668\u0660|"): 0,
+        WEB: 1,
+    }
+    proxyless = xds.sotw(node(pod="grpc-1", ip="10.1.0.9", GRPC="true"))
+    await proxyless.request(LISTENER, ["web.default.svc.cluster.local:²"])
+    assert names(await proxyless.recv(), listener_pb2.Listener) == []
+
+
 async def test_unknown_type_is_ignored_and_the_stream_stays_open(xds: XdsHarness) -> None:
     client = xds.sotw()
     await client.request("type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig", ["x"])

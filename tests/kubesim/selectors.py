@@ -199,7 +199,7 @@ def parse_label_selector(text: str) -> LabelSelector:
             elif op in (">", "<"):
                 take()
                 value = take()
-                if not re.fullmatch(r"-?\d+", value):
+                if not re.fullmatch(r"-?[0-9]+", value):
                     raise SelectorError(
                         f'unable to parse requirement: values[0]: Invalid value: "{value}": '
                         "for 'Gt', 'Lt' operators, the value must be an integer"

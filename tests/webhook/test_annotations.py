@@ -58,6 +58,14 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         ("sidecar.istio.io/proxyCPU", "100m\n", "not a Kubernetes quantity"),
         ("sidecar.istio.io/componentLogLevel", "misc\n:error", "is not component:level"),
         ("proxy.istio.io/config", 'drainDuration: "45s\\n"', "drainDuration: must be a duration"),
+        # Digits of other scripts: Python's isdigit and `\d` take them (int() reads "\u0668\u0660" as 80 and refuses
+        # "²"); Kubernetes and Istio read ASCII digits only.
+        ("sidecar.istio.io/proxyCPU", "\u0661\u0660\u0660m", "not a Kubernetes quantity"),
+        ("status.sidecar.istio.io/port", "\u0661\u0665\u0660\u0662\u0661", "port number"),
+        ("traffic.sidecar.istio.io/excludeInboundPorts", "\u0668\u0660", "not a port number"),
+        ("traffic.sidecar.istio.io/includeInboundPorts", "²", "not a port number"),
+        ("readiness.status.sidecar.istio.io/periodSeconds", "²", "at least 1"),
+        ("proxy.istio.io/config", 'drainDuration: "\u0664\u0665s"', "drainDuration: must be a duration"),
         ("sidecar.istio.io/interceptionMode", "redirect", "use one of REDIRECT, TPROXY, NONE"),
         ("sidecar.istio.io/rewriteAppHTTPProbers", "yes", 'use "true" or "false"'),
         ("sidecar.istio.io/nativeSidecar", "False", 'use "true" or "false"'),
@@ -120,6 +128,12 @@ def test_invalid_annotation_is_rejected_naming_annotation_and_value(annotation: 
 def test_grpc_agent_with_a_traffic_interception_annotation_is_rejected() -> None:
     with pytest.raises(InjectionError, match="only NONE applies"):
         inject({"inject.istio.io/templates": "grpc-agent", "sidecar.istio.io/interceptionMode": "TPROXY"})
+
+
+def test_a_prometheus_port_that_is_not_a_number_is_left_to_the_agent_and_the_pod_is_injected() -> None:
+    out = inject({"prometheus.io/port": "²", "prometheus.io/scrape": "true"})
+    assert proxy(out)["name"] == "istio-proxy"
+    assert out["metadata"]["annotations"]["prometheus.io/port"] == "15020"
 
 
 def test_a_long_value_is_shortened_in_the_message() -> None:
