@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,9 @@ from hypothesis import strategies as st
 
 from tests.helpers.injector import default_injector
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
+from webhook.config import InjectionConfig
+from webhook.inject import InjectionError, InjectionParams, inject_pod
+from webhook.options import SUPPORTED_ANNOTATIONS
 from webhook.service import Injector
 
 # -- generated pods ----------------------------------------------------------------------------
@@ -245,3 +249,40 @@ def test_deeply_nested_input_never_gets_a_5xx(webhook: Running, body: bytes) -> 
     response = review["response"]
     if status != 200 or response["allowed"] is False:
         assert response["status"]["message"], response
+
+
+# -- annotation values that look like numbers ----------------------------------------------------
+
+# ASCII digits and signs mixed with digits Python's isdigit, int() or `\d` also take: superscripts (int()
+# refuses them), Arabic-Indic, Devanagari and fullwidth digits (int() reads them), and what float()
+# reads besides numbers. Kubernetes and Istio read none of those.
+_NUMBERISH = "0123456789+-._ \n\u00b2\u00b3\u00b9\u0660\u0661\u0668\u0966\u0967\uff11\uff10mMKisuh"
+_DIGITS = "0123456789\u00b2\u00b3\u00b9\u0660\u0661\u0668\u0966\u0967\uff11\uff10"
+numberish = st.one_of(
+    st.builds(operator.add, st.text(alphabet=_DIGITS, min_size=1, max_size=5), st.sampled_from(["", "m", "s", "Mi"])),
+    st.text(alphabet=_NUMBERISH, max_size=8),
+    st.sampled_from(["nan", "inf", "-0", "0x10", "1_000", " 80 ", "80\n", "1e400", "9" * 30, "\u0668\u0660"]),
+)
+INJECTION = InjectionParams(
+    revision="default",
+    namespace="default",
+    config=InjectionConfig(),
+    discovery_address="istiod.istio-system.svc:15012",
+    trust_domain="cluster.local",
+    cluster_id="Kubernetes",
+)
+ANNOTATIONS_READ = sorted(SUPPORTED_ANNOTATIONS | {"prometheus.io/port", "prometheus.io/path", "prometheus.io/scrape"})
+
+
+@settings(max_examples=600, deadline=None)
+@given(annotation=st.sampled_from(ANNOTATIONS_READ), value=numberish)
+def test_an_annotation_value_is_used_or_refused_naming_the_annotation(annotation: str, value: str) -> None:
+    """Never another exception: the webhook answered one (a prometheus.io/port of "²") with HTTP 500."""
+    pod = {
+        "metadata": {"name": "p", "annotations": {annotation: value}},
+        "spec": {"containers": [{"name": "app", "image": "a", "readinessProbe": {"httpGet": {"port": 80}}}]},
+    }
+    try:
+        inject_pod(pod, INJECTION)
+    except InjectionError as exc:
+        assert exc.annotation == annotation and str(exc).startswith(f"annotation {annotation}: invalid value")
