@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.limits import MAX_BODY_DEPTH, json_depth, json_path_past
+from webhook.limits import MAX_BODY_DEPTH, json_depth, json_path_past, strict_json
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _parse(body: bytes) -> Parsed:
             reason="too_deep",
         )
     try:
-        doc = json.loads(body)
+        doc = strict_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ReviewError(f"body is not valid JSON: {exc}", reason="invalid_json") from None
     if not isinstance(doc, dict):

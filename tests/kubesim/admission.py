@@ -53,6 +53,7 @@ from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import SelectorError, selector_from_label_selector
 from tests.kubesim.status import ApiError
 from tests.kubesim.storage import Obj, Storage
+from tests.kubesim.validation import strict_json
 from tests.kubesim.warning import Recorder
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ def decode_patch(hook: Hook, response: Obj) -> list[Any] | None:
     if patch_type != "JSONPatch":
         raise CallFailure(f'unsupported patch type "{patch_type}"')
     try:
-        operations = json.loads(base64.b64decode(str(patch), validate=True))
+        operations = strict_json(base64.b64decode(str(patch), validate=True))
     except (binascii.Error, ValueError) as exc:
         raise CallFailure(f"received undecodable patch in webhook response: {exc}") from None
     if not isinstance(operations, list):
@@ -551,6 +552,6 @@ class Admission:
         if not 200 <= status < 300:
             raise CallFailure(f"failed to call webhook: {_unstructured_error(status, body)}")
         try:
-            return json.loads(body)
+            return strict_json(body)
         except ValueError as exc:
             raise CallFailure(f"failed to call webhook: {exc}") from None

@@ -33,6 +33,7 @@ from tests.kubesim.selectors import (
 )
 from tests.kubesim.status import ApiError, bad_request
 from tests.kubesim.storage import Obj
+from tests.kubesim.validation import strict_json
 from tests.kubesim.warning import Recorder
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
@@ -132,7 +133,7 @@ async def read_body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYP
     try:
         if ctype == "application/yaml":
             return yaml.safe_load(raw)
-        return json.loads(raw)
+        return strict_json(raw)
     except (ValueError, yaml.YAMLError) as exc:
         raise bad_request(f"the object provided is unrecognized (body is not {ctype}): {exc}") from None
 

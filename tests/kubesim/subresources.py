@@ -10,7 +10,6 @@ objects, CREATE of `pods/binding` with the Binding.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 
 from aiohttp import web
@@ -34,7 +33,7 @@ from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import format_label_selector
 from tests.kubesim.status import ApiError, bad_request, conflict, invalid, not_found, page_not_found
 from tests.kubesim.storage import Obj, Storage
-from tests.kubesim.validation import FieldErrors
+from tests.kubesim.validation import FieldErrors, strict_json
 from tests.kubesim.warning import Recorder
 
 SCALE_KIND: Obj = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
@@ -64,7 +63,7 @@ async def patched(request: web.Request, resource: ResourceType, target: Obj, *, 
     if ctype not in PATCH_TYPES:
         raise unsupported_media(PATCH_TYPES)
     try:
-        patch = json.loads(await request.read())
+        patch = strict_json(await request.read())
     except ValueError as exc:
         raise bad_request(f"error decoding patch: {exc}") from None
     try:

@@ -380,6 +380,20 @@ async def test_endpoint_slices_of_each_type_are_accepted_and_their_limits_and_po
     assert err.status == 422 and 'addressType: Invalid value: "IPv6": field is immutable' in err.message
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "1e400"])
+async def test_a_body_with_what_json_has_no_value_for_is_400(kubesim: KubeSim, literal: str) -> None:
+    """Python's decoder takes these (1e400 as infinity); the API server's refuses the body."""
+    body = json.dumps(cm("nan")).replace('"data": {}', f'"data": {{}}, "x": {literal}')
+    headers = {"Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{kubesim.url}{CM_PATH}", data=body, headers=headers) as resp,
+    ):
+        status, text = resp.status, await resp.text()
+    assert status == 400 and "the object provided is unrecognized" in text, text
+    assert kubesim.get_object("configmaps", "default", "nan") is None
+
+
 async def test_get_missing_is_404_not_found(kube_api: KubeApi) -> None:
     err = await error_of(kube_api.request("GET", f"{CM_PATH}/nope"))
     assert (err.status, err.reason, err.message) == (404, "NotFound", 'configmaps "nope" not found')

@@ -40,6 +40,23 @@ DNS1035_HELP = (
 )
 
 
+def strict_json(data: str | bytes) -> Any:
+    """JSON as the API server's decoder reads it: no `NaN`/`Infinity`, no number beyond a float's range
+    (Python's `json.loads` takes both, the second as infinity)."""
+    return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 class GoSyntax(str):
     """A bad value the API server prints in Go syntax (`%#v` of an internal type), rendered as it is."""
 

@@ -61,6 +61,7 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         # Digits of other scripts: Python's isdigit and `\d` take them (int() reads "\u0668\u0660" as 80 and refuses
         # "²"); Kubernetes and Istio read ASCII digits only.
         ("sidecar.istio.io/proxyCPU", "\u0661\u0660\u0660m", "not a Kubernetes quantity"),
+        ("sidecar.istio.io/userVolume", '{"certs": {"emptyDir": {"sizeLimit": NaN}}}', "NaN is not a JSON value"),
         ("status.sidecar.istio.io/port", "\u0661\u0665\u0660\u0662\u0661", "port number"),
         ("traffic.sidecar.istio.io/excludeInboundPorts", "\u0668\u0660", "not a port number"),
         ("traffic.sidecar.istio.io/includeInboundPorts", "²", "not a port number"),

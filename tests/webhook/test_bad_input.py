@@ -43,6 +43,18 @@ def test_body_that_is_not_json(webhook: Running) -> None:
     assert_error(status, review, code=400, uid="", needle="not valid JSON")
 
 
+@pytest.mark.parametrize(
+    ("literal", "needle"),
+    [("NaN", "NaN is not a JSON value"), ("-Infinity", "-Infinity is not a JSON value"), ("1e400", "out of range")],
+)
+def test_a_body_with_what_json_has_no_value_for_is_not_json(webhook: Running, literal: str, needle: str) -> None:
+    """Python's decoder takes these (1e400 as infinity); the API server's never sends them."""
+    body = admission_review({**POD, "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}})
+    status, review = post_webhook(webhook, body.replace(b'"containerPort": 80', f'"containerPort": {literal}'.encode()))
+    assert_error(status, review, code=400, uid="", needle="not valid JSON")
+    assert needle in review["response"]["status"]["message"]
+
+
 def test_wrong_api_version_keeps_the_uid(webhook: Running) -> None:
     body = json.loads(admission_review(POD, uid="u-2"))
     body["apiVersion"] = "admission.k8s.io/v1beta1"
