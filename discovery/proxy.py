@@ -86,10 +86,7 @@ def parse_node(node: Any) -> Proxy:
     node_type, ip_text, pod_id, domain = parts
     if node_type not in ("sidecar", "router"):
         raise NodeError(f"node.id type {node_type!r} is not sidecar or router")
-    try:
-        ip = str(ipaddress.ip_address(ip_text))
-    except ValueError:
-        raise NodeError(f"node.id address {ip_text!r} is not an IP address") from None
+    ip = _address(ip_text, f"node.id address {ip_text!r}")
     pod_name, dot, id_namespace = pod_id.rpartition(".")
     if not pod_name or not dot or not id_namespace:
         raise NodeError(f"node.id workload {pod_id!r} is not <pod>.<namespace>")
@@ -111,10 +108,7 @@ def parse_node(node: Any) -> Proxy:
             f"node.metadata.INSTANCE_IPS lists {len(extras)} addresses; at most {MAX_INSTANCE_IPS} are allowed"
         )
     for extra in extras:
-        try:
-            canonical = str(ipaddress.ip_address(extra.strip()))
-        except ValueError:
-            raise NodeError(f"node.metadata.INSTANCE_IPS: {extra!r} is not an IP address") from None
+        canonical = _address(extra.strip(), f"node.metadata.INSTANCE_IPS: {extra!r}")
         if canonical not in seen:
             seen.add(canonical)
             ips.append(canonical)
@@ -124,13 +118,12 @@ def parse_node(node: Any) -> Proxy:
     except ValueError:
         raise NodeError(f"node.metadata.INTERCEPTION_MODE {mode_text!r} is not REDIRECT, TPROXY or NONE") from None
     loopback_text = _text(metadata, "LOOPBACK_ADDRESS") or DEFAULT_LOOPBACK
-    try:
-        loopback = str(ipaddress.ip_address(loopback_text))
-    except ValueError:
-        raise NodeError(
-            f"node.metadata.LOOPBACK_ADDRESS {loopback_text!r} is not an IPv4 or IPv6 address; "
-            "set it to the proxy's loopback address (such as 127.0.0.1) or leave it out"
-        ) from None
+    loopback = _address(
+        loopback_text,
+        f"node.metadata.LOOPBACK_ADDRESS {loopback_text!r}",
+        kind="an IPv4 or IPv6 address",
+        hint="; set it to the proxy's loopback address (such as 127.0.0.1) or leave it out",
+    )
     return Proxy(
         id=node.id,
         type=node_type,
@@ -154,6 +147,18 @@ def _name(rule: Callable[..., str], value: str, field: str) -> str:
         return rule(value, field=field)
     except ObjectError as exc:
         raise NodeError(str(exc)) from None
+
+
+def _address(text: str, what: str, *, kind: str = "an IP address", hint: str = "") -> str:
+    """An IPv4 or IPv6 address in canonical form, without a zone (`%eth0`): Envoy refuses a zone naming
+    an interface its machine lacks, and the proxy's addresses go into its own listeners and clusters."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise NodeError(f"{what} is not {kind}{hint}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise NodeError(f"{what} is not {kind}: a zone (%...) is not part of one{hint}")
+    return str(address)
 
 
 def _text(metadata: Mapping[str, Any], key: str) -> str:

@@ -92,9 +92,12 @@ def ip_address(value: Any, path: str) -> str:
     if canonical_ipv4(text) is not None:
         return text
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise ObjectError(path, f"{text!r} is not an IP address") from None
+    if getattr(address, "scope_id", None) is not None:  # Kubernetes' addresses have none; Envoy refuses most
+        raise ObjectError(path, f"{text!r} is not an IP address: a zone (%...) is not part of one")
+    return str(address)
 
 
 def labels(value: Any, path: str) -> Mapping[str, str]:

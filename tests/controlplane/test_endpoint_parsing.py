@@ -78,6 +78,8 @@ def test_an_ordinary_endpoint_takes_the_fast_path() -> None:
         ("IPv4", ["fe80::1"], ("endpoints[0].addresses[0]", "'fe80::1' is not an IPv4 address")),
         ("IPv4", ["10.0.0.1", "::1"], ("endpoints[0].addresses[1]", "'::1' is not an IPv4 address")),
         ("IPv6", ["10.0.0.1"], ("endpoints[0].addresses[0]", "'10.0.0.1' is not an IPv6 address")),
+        # A zone: no Kubernetes address has one, and Envoy refuses the assignment when no interface has its name.
+        ("IPv6", ["fd00::1%eth9"], ("endpoints[0].addresses[0]", "'fd00::1%eth9' is not an IP address: a zone")),
         ("IPv6", ["fd00::1"], None),
         ("IPv4", ["10.0.0.1"], None),
     ],

@@ -152,6 +152,9 @@ def test_node_parsing_reads_istio_metadata() -> None:
         ({"SERVICE_ACCOUNT": 7}, "SERVICE_ACCOUNT must be a string"),
         ({"LOOPBACK_ADDRESS": "localhost"}, "LOOPBACK_ADDRESS 'localhost' is not an IPv4 or IPv6 address"),
         ({"LOOPBACK_ADDRESS": ["127.0.1.1"]}, "LOOPBACK_ADDRESS must be a string"),
+        # A zone: Envoy refuses one naming an interface its machine lacks ("malformed IP address").
+        ({"INSTANCE_IPS": "10.0.0.1,fd00::1%eth9"}, "INSTANCE_IPS: 'fd00::1%eth9' is not an IP address: a zone"),
+        ({"LOOPBACK_ADDRESS": "::1%lo9"}, "LOOPBACK_ADDRESS '::1%lo9' is not an IPv4 or IPv6 address: a zone"),
     ],
 )
 def test_bad_node_metadata_names_the_key(metadata: dict[str, object], message: str) -> None:
