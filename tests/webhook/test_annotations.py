@@ -10,18 +10,11 @@ from typing import Any
 
 import pytest
 
-from webhook.config import InjectionConfig
-from webhook.inject import InjectionError, InjectionParams, inject_pod
+from tests.helpers.injector import DEFAULT_PARAMS
+from webhook.inject import InjectionError, inject_pod
 from webhook.validate import parse_quantity
 
-PARAMS = InjectionParams(
-    revision="default",
-    namespace="default",
-    config=InjectionConfig(),
-    discovery_address="istiod.istio-system.svc:15012",
-    trust_domain="cluster.local",
-    cluster_id="Kubernetes",
-)
+PARAMS = DEFAULT_PARAMS
 
 
 def inject(annotations: dict[str, str]) -> dict[str, Any]:

@@ -14,10 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers.injector import default_injector
+from tests.helpers.injector import DEFAULT_PARAMS, default_injector
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
-from webhook.config import InjectionConfig
-from webhook.inject import InjectionError, InjectionParams, inject_pod
+from webhook.inject import InjectionError, inject_pod
 from webhook.options import SUPPORTED_ANNOTATIONS
 from webhook.service import Injector
 
@@ -263,14 +262,6 @@ numberish = st.one_of(
     st.text(alphabet=_NUMBERISH, max_size=8),
     st.sampled_from(["nan", "inf", "-0", "0x10", "1_000", " 80 ", "80\n", "1e400", "9" * 30, "\u0668\u0660"]),
 )
-INJECTION = InjectionParams(
-    revision="default",
-    namespace="default",
-    config=InjectionConfig(),
-    discovery_address="istiod.istio-system.svc:15012",
-    trust_domain="cluster.local",
-    cluster_id="Kubernetes",
-)
 ANNOTATIONS_READ = sorted(SUPPORTED_ANNOTATIONS | {"prometheus.io/port", "prometheus.io/path", "prometheus.io/scrape"})
 
 
@@ -283,6 +274,6 @@ def test_an_annotation_value_is_used_or_refused_naming_the_annotation(annotation
         "spec": {"containers": [{"name": "app", "image": "a", "readinessProbe": {"httpGet": {"port": 80}}}]},
     }
     try:
-        inject_pod(pod, INJECTION)
+        inject_pod(pod, DEFAULT_PARAMS)
     except InjectionError as exc:
         assert exc.annotation == annotation and str(exc).startswith(f"annotation {annotation}: invalid value")
