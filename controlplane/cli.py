@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -167,7 +168,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     try:
         grace = float(args.grace_period)
     except ValueError:
-        raise SettingsError(f"--grace-period: {args.grace_period!r} is not a number of seconds") from None
+        grace = math.nan
+    if not math.isfinite(grace):  # float() also reads "nan" and "inf"
+        raise SettingsError(f"--grace-period: {args.grace_period!r} is not a number of seconds")
     if grace < 0:
         raise SettingsError(f"--grace-period: {grace} must not be negative")
     try:
@@ -227,10 +230,10 @@ def _xds_connections(value: str) -> int | None:
 
 def _count(value: str, *, field: str, what: str) -> int:
     """A whole number of at least 1. Raises SettingsError naming `field` and `what` it takes."""
-    try:
-        count = int(value)
-    except ValueError:
-        raise SettingsError(f"{field}: {value!r} is not {what}") from None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):  # int() also reads "1_000" and other scripts' digits
+        raise SettingsError(f"{field}: {value!r} is not {what}")
+    count = int(text)
     if count < 1:
         raise SettingsError(f"{field}: {count} must be at least 1")
     return count
@@ -275,10 +278,9 @@ def _ca_workers(text: str) -> int | None:
     """`auto` -> None (chosen from the cores at start), else a count 0-64. Raises SettingsError naming the flag."""
     if text.strip().lower() == "auto":
         return None
-    try:
-        workers = int(text)
-    except ValueError:
-        raise SettingsError(f"--ca-workers: {text!r} is not a number of processes or 'auto'") from None
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise SettingsError(f"--ca-workers: {text!r} is not a number of processes or 'auto'")
+    workers = int(text)
     if not 0 <= workers <= 64:
         raise SettingsError(f"--ca-workers: {workers} is out of range 0-64")
     return workers

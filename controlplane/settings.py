@@ -28,10 +28,9 @@ class Address:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             raise SettingsError(f"{field}: {text!r} is not host:port (example: 127.0.0.1:15017)")
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise SettingsError(f"{field}: port {port_text!r} in {text!r} is not a number") from None
+        if not (port_text.isascii() and port_text.isdigit()):  # int() also reads " 80", "8_0", other digits
+            raise SettingsError(f"{field}: port {port_text!r} in {text!r} is not a number")
+        port = int(port_text)
         if not 0 <= port <= 65535:
             raise SettingsError(f"{field}: port {port} in {text!r} is out of range 0-65535")
         return cls(host=host.strip("[]"), port=port)

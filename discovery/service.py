@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -353,6 +354,8 @@ def _seconds(text: str, *, name: str) -> float:
         value = float(number) * units[suffix]
     except ValueError:
         raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s") from None
+    if not math.isfinite(value):  # float() also reads "nan" and "inf"
+        raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s")
     if value < 0:
         raise ValueError(f"{name}: {text!r} must not be negative")
     return value

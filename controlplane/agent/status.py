@@ -32,6 +32,7 @@ import errno
 import ipaddress
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -268,7 +269,9 @@ class StatusServer:
         timeout = self._scrape_timeout
         header_timeout = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds", "")
         with contextlib.suppress(ValueError):  # absent or not a number: the default applies
-            timeout = min(timeout, float(header_timeout))
+            asked = float(header_timeout)
+            if 0 < asked < math.inf:  # not NaN, negative or infinite
+                timeout = min(timeout, asked)
         forward = {k: v for k in ("User-Agent", "X-Prometheus-Scrape-Timeout-Seconds") if (v := request.headers.get(k))}
         envoy_url = self._envoy_url
         if envoy_url and request.query_string:

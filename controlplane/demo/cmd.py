@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import pathlib
 import shutil
 import signal
@@ -97,6 +98,8 @@ def _positive(text: str, *, flag: str) -> float:
         value = float(text)
     except ValueError:
         raise SettingsError(f"{flag}: {text!r} is not a number") from None
+    if not math.isfinite(value):  # float() also reads "nan" and "inf"
+        raise SettingsError(f"{flag}: {text!r} is not a number")
     if value <= 0:
         raise SettingsError(f"{flag}: {text!r} must be positive")
     return value

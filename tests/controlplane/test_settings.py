@@ -105,6 +105,12 @@ def test_revision_names_follow_istio() -> None:
         (["--grpc-addr", ":http"], "--grpc-addr: port 'http'"),
         (["--http-addr", ":70000"], "out of range"),
         (["--grace-period", "soon"], "--grace-period"),
+        # float() and int() read more than numbers: "nan", "inf", "1_000", other scripts' digits.
+        (["--grace-period", "nan"], "--grace-period: 'nan' is not a number of seconds"),
+        (["--grace-period", "inf"], "--grace-period: 'inf' is not a number of seconds"),
+        (["--grpc-addr", ":\u0661\u0665\u0660\u0661\u0660"], "--grpc-addr: port"),
+        (["--max-streams-per-client", "1_000"], "--max-streams-per-client: '1_000' is not a number of streams"),
+        (["--ca-workers", "\u0662"], "--ca-workers: .* is not a number of processes"),
         (["--revision", "Canary"], "--revision"),
         (["--max-streams-per-client", "many"], "--max-streams-per-client: 'many' is not a number of streams"),
         (["--max-streams-per-client", "0"], "--max-streams-per-client: 0 must be at least 1"),

@@ -17,6 +17,7 @@ import pytest
 from controlplane.model.registry import ConfigUpdate, ModelChange, UpdateKind
 from discovery import pushqueue
 from discovery.pushqueue import Debouncer, PushRequest
+from discovery.service import debounce_from_env
 
 HANG_GUARD = 20.0  # seconds; only so that a broken debouncer fails the test instead of hanging it
 
@@ -120,3 +121,11 @@ async def test_the_next_burst_gets_its_own_windows(start: Callable[..., Run]) ->
 def test_a_negative_quiet_time_is_refused_even_with_a_valid_maximum() -> None:
     with pytest.raises(ValueError, match="must not be negative"):
         Debouncer(quiet=-0.1, max_delay=1.0, emit=lambda _request: None)
+
+
+@pytest.mark.parametrize("value", ["nans", "infs", "-infms"])
+def test_a_debounce_time_that_float_reads_but_is_no_duration_is_refused_naming_the_variable(value: str) -> None:
+    """float() reads "nan" and "inf": a NaN quiet time compares false with everything, so the wait it
+    gives the loop is undefined; an infinite one never pushes."""
+    with pytest.raises(ValueError, match=f"PILOT_DEBOUNCE_AFTER: '{value}' is not a duration"):
+        debounce_from_env({"PILOT_DEBOUNCE_AFTER": value})
