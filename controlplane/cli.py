@@ -16,7 +16,7 @@ from certs import tokencmd
 from certs.authenticate.localtoken import parse_duration
 from certs.pem import KEY_ALGORITHMS
 from controlplane import logs
-from controlplane.settings import Address, Settings, SettingsError
+from controlplane.settings import Address, Settings, SettingsError, whole_number
 
 log = logging.getLogger("meshplane")
 
@@ -230,10 +230,9 @@ def _xds_connections(value: str) -> int | None:
 
 def _count(value: str, *, field: str, what: str) -> int:
     """A whole number of at least 1. Raises SettingsError naming `field` and `what` it takes."""
-    text = value.strip()
-    if not (text.isascii() and text.isdigit()):  # int() also reads "1_000" and other scripts' digits
+    count = whole_number(value.strip())
+    if count is None:
         raise SettingsError(f"{field}: {value!r} is not {what}")
-    count = int(text)
     if count < 1:
         raise SettingsError(f"{field}: {count} must be at least 1")
     return count
@@ -278,9 +277,9 @@ def _ca_workers(text: str) -> int | None:
     """`auto` -> None (chosen from the cores at start), else a count 0-64. Raises SettingsError naming the flag."""
     if text.strip().lower() == "auto":
         return None
-    if not (text.strip().isascii() and text.strip().isdigit()):
+    workers = whole_number(text.strip())
+    if workers is None:
         raise SettingsError(f"--ca-workers: {text!r} is not a number of processes or 'auto'")
-    workers = int(text)
     if not 0 <= workers <= 64:
         raise SettingsError(f"--ca-workers: {workers} is out of range 0-64")
     return workers

@@ -18,6 +18,13 @@ class SettingsError(ValueError):
     """A flag or env var has a value meshplane cannot use; the message names it."""
 
 
+def whole_number(text: str) -> int | None:
+    """`text` as an integer written in ASCII digits with an optional sign, else None: `int()` also reads
+    `1_000`, surrounding spaces and other scripts' digits."""
+    digits = text[1:] if text[:1] in ("-", "+") else text
+    return int(text) if digits.isascii() and digits.isdigit() else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Address:
     host: str
@@ -28,9 +35,9 @@ class Address:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             raise SettingsError(f"{field}: {text!r} is not host:port (example: 127.0.0.1:15017)")
-        if not (port_text.isascii() and port_text.isdigit()):  # int() also reads " 80", "8_0", other digits
+        port = whole_number(port_text)
+        if port is None:
             raise SettingsError(f"{field}: port {port_text!r} in {text!r} is not a number")
-        port = int(port_text)
         if not 0 <= port <= 65535:
             raise SettingsError(f"{field}: port {port} in {text!r} is out of range 0-65535")
         return cls(host=host.strip("[]"), port=port)
