@@ -48,6 +48,7 @@ from controlplane.agent.credential import (
 )
 from controlplane.agent.grpcxds import CERT_CHAIN, KEY, ROOT
 from controlplane.agent.options import default_istiod_san
+from controlplane.literals import natural
 from controlplane.settings import Settings, SettingsError
 
 PROG = "meshplane certificate"
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"--ttl: {args.ttl!r} must be positive")
     address = args.ca_address.strip()
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()):
+    if not sep or not host or natural(port) is None:
         raise SettingsError(f"--ca-address: {args.ca_address!r} is not host:port (example: {DEFAULT_CA_ADDRESS})")
     roots_pem = _read_root(args.root_cert)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import pathlib
 import sys
@@ -16,7 +15,8 @@ from certs import tokencmd
 from certs.authenticate.localtoken import parse_duration
 from certs.pem import KEY_ALGORITHMS
 from controlplane import logs
-from controlplane.settings import Address, Settings, SettingsError, whole_number
+from controlplane.literals import decimal, natural, whole_number
+from controlplane.settings import Address, Settings, SettingsError
 
 log = logging.getLogger("meshplane")
 
@@ -165,11 +165,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     def addr(name: str) -> Address:
         return Address.parse(getattr(args, name.replace("-", "_")), field=f"--{name}")
 
-    try:
-        grace = float(args.grace_period)
-    except ValueError:
-        grace = math.nan
-    if not math.isfinite(grace):  # float() also reads "nan" and "inf"
+    grace = decimal(args.grace_period.strip())
+    if grace is None:
         raise SettingsError(f"--grace-period: {args.grace_period!r} is not a number of seconds")
     if grace < 0:
         raise SettingsError(f"--grace-period: {grace} must not be negative")
@@ -250,12 +247,11 @@ def _size(value: str, *, field: str, low: int, high: int) -> int:
     """A byte size given as a number, or with Ki or Mi. Raises SettingsError naming `field`."""
     text = value.strip()
     digits = text.rstrip("KMiB")
-    unit = (
-        _SIZE_UNITS.get(text[len(digits) :].strip()) if digits.strip().isascii() and digits.strip().isdigit() else None
-    )
-    if unit is None:
+    number = natural(digits.strip())
+    unit = _SIZE_UNITS.get(text[len(digits) :].strip())
+    if number is None or unit is None:
         raise SettingsError(f"{field}: {value!r} is not a size (bytes, or a number with Ki or Mi)")
-    size = int(digits) * unit
+    size = number * unit
     if not low <= size <= high:
         raise SettingsError(f"{field}: {value} must be from {_size_text(low)} to {_size_text(high)}")
     return size

@@ -10,19 +10,14 @@ import dataclasses
 import pathlib
 from dataclasses import dataclass
 
+from controlplane.literals import whole_number
+
 DEFAULT_REVISION = "default"
 IGNORED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
 
 
 class SettingsError(ValueError):
     """A flag or env var has a value meshplane cannot use; the message names it."""
-
-
-def whole_number(text: str) -> int | None:
-    """`text` as an integer written in ASCII digits with an optional sign, else None: `int()` also reads
-    `1_000`, surrounding spaces and other scripts' digits."""
-    digits = text[1:] if text[:1] in ("-", "+") else text
-    return int(text) if digits.isascii() and digits.isdigit() else None
 
 
 @dataclass(frozen=True, kw_only=True)

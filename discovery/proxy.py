@@ -15,7 +15,6 @@ holds no dots, the id's workload part splits at its last dot.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from controlplane import literals
 from controlplane.model import names
 from controlplane.model.fields import EMPTY_LABELS, ObjectError, empty_labels
 
@@ -153,12 +153,11 @@ def _address(text: str, what: str, *, kind: str = "an IP address", hint: str = "
     """An IPv4 or IPv6 address in canonical form, without a zone (`%eth0`): Envoy refuses a zone naming
     an interface its machine lacks, and the proxy's addresses go into its own listeners and clusters."""
     try:
-        address = ipaddress.ip_address(text)
+        return str(literals.ip_address(text))
+    except literals.ZoneError:
+        raise NodeError(f"{what} is not {kind}: {literals.NO_ZONE}{hint}") from None
     except ValueError:
         raise NodeError(f"{what} is not {kind}{hint}") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise NodeError(f"{what} is not {kind}: a zone (%...) is not part of one{hint}")
-    return str(address)
 
 
 def _text(metadata: Mapping[str, Any], key: str) -> str:

@@ -35,6 +35,7 @@ from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2, json_format
 
 from controlplane.aio import TurnBudget
+from controlplane.literals import decimal
 from controlplane.model.endpoints import ServiceEndpoints
 from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
@@ -350,12 +351,10 @@ def _seconds(text: str, *, name: str) -> float:
             break
     else:
         raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s")
-    try:
-        value = float(number) * units[suffix]
-    except ValueError:
-        raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s") from None
-    if not math.isfinite(value):  # float() also reads "nan" and "inf"
+    value = decimal(number)
+    if value is None or not math.isfinite(value * units[suffix]):
         raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s")
+    value *= units[suffix]
     if value < 0:
         raise ValueError(f"{name}: {text!r} must not be negative")
     return value

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.agent.appmetrics import sidecar_port_reason
+from controlplane.literals import natural
 from webhook import validate as v
 from webhook.config import InjectionConfig
 from webhook.merge import apply_fragment, combine, strategic_merge
@@ -293,11 +294,11 @@ def metrics_port_on_sidecar(annotations: Mapping[str, str], *, status_port: int)
 
     Such a pod keeps its Prometheus annotations as they are: merging would make the agent scrape its
     own sidecar. The status port is Istio's case of a pod already pointing at the agent (re-injected)."""
-    text = _prometheus_value(annotations, "port").strip()
-    if not (text.isascii() and text.isdigit()):
+    port = natural(_prometheus_value(annotations, "port").strip())
+    if port is None:
         return None
-    reason = sidecar_port_reason(int(text), status_port=status_port)
-    return f"{int(text)} ({reason})" if reason else None
+    reason = sidecar_port_reason(port, status_port=status_port)
+    return f"{port} ({reason})" if reason else None
 
 
 def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[str] | None = None) -> dict[str, Any]:

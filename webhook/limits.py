@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, ClassVar
 
+from controlplane.literals import decimal, natural
 from controlplane.settings import SettingsError
 
 MAX_BODY_DEPTH = 100
@@ -62,11 +63,8 @@ class Limits:
             raw = environ.get(var)
             if raw is None or raw == "":
                 continue
-            try:
-                value: float = int(raw) if field == "max_connections" else float(raw)
-            except ValueError:
-                value = 0
-            if not 0 < value < float("inf"):  # also refuses NaN
+            value = natural(raw.strip()) if field == "max_connections" else decimal(raw.strip())
+            if value is None or value <= 0:
                 kind = "an integer >= 1" if field == "max_connections" else "a number of seconds > 0 (example: 10)"
                 raise SettingsError(f"{var}={raw!r}: use {kind}")
             values[field] = value

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from controlplane.agent.appmetrics import ScrapeTarget, parse_scrape_targets
 from controlplane.iptables.rules import OptionError, parse_options
+from controlplane.literals import natural
 from webhook import validate as v
 from webhook.config import InjectionConfig
 from webhook.limits import MAX_ANNOTATIONS_BYTES, annotations_size, load_json
@@ -203,16 +204,21 @@ _INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 
 
 def _parse_status_port(text: str) -> int:
-    if not (text.strip().isascii() and text.strip().isdigit()) or int(text) > 65535:
+    port = natural(text.strip())
+    if port is None or port > 65535:
         raise ValueError("must be a port number 1-65535, or 0 for no status port")
-    return int(text)
+    return port
+
+
+INT32_MAX = 2**31 - 1  # the proxy's probe fields are int32: the API server cannot decode a larger number
 
 
 def _parse_count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not (text.strip().isascii() and text.strip().isdigit()) or int(text) < minimum:
-            raise ValueError(f"must be a whole number of at least {minimum}")
-        return int(text)
+        count = natural(text.strip())
+        if count is None or not minimum <= count <= INT32_MAX:
+            raise ValueError(f"must be a whole number from {minimum} to {INT32_MAX}")
+        return count
 
     return parse
 

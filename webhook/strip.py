@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controlplane.agent.appmetrics import SCRAPE_TARGETS_ANNOTATION, ScrapeTarget, format_scrape_targets
+from controlplane.literals import ascii_digits
 from webhook.limits import load_json
 from webhook.probes import PROBERS_ENV, parse_saved, restore
 from webhook.validate import InjectionError, InvalidPod
@@ -177,4 +178,4 @@ def _restore_prometheus(annotations: dict[str, str], saved_json: str | None) -> 
 
 def _is_target(item: Any) -> bool:
     port = str(item.get("port", "")) if isinstance(item, dict) else ""
-    return port.isascii() and port.isdigit() and len(port) <= 5 and isinstance(item.get("path"), str)
+    return ascii_digits(port) and len(port) <= 5 and isinstance(item.get("path"), str)

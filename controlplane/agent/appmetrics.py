@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controlplane.literals import natural
+
 PROMETHEUS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"
 SCRAPE_TARGETS_ANNOTATION = "prometheus.istio.io/scrape-targets"
 DEFAULT_PATH = "/metrics"
@@ -63,9 +65,10 @@ def _shown(text: str) -> str:
 
 
 def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 5 or not 1 <= int(text) <= 65535:
+    port = natural(text)
+    if port is None or not 1 <= port <= 65535:
         raise ValueError(f"port {_shown(text)} is not a port number 1-65535")
-    return int(text)
+    return port
 
 
 def parse_scrape_targets(text: str, *, status_port: int) -> tuple[ScrapeTarget, ...]:

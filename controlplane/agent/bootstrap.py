@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.literals import natural
+
 XDS_CLUSTER = "xds-grpc"
 SDS_CLUSTER = "sds-grpc"
 AGENT_CLUSTER = "agent"
@@ -136,11 +138,12 @@ def discovery_host_port(address: str) -> tuple[str, int]:
         if not host.endswith("]"):
             raise ValueError(f"discovery_address {address!r} is not host:port: {example}")
         host = host[1:-1]
-    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+    port = natural(port_text)
+    if port is None or not 0 < port < 65536:
         raise ValueError(f"discovery_address {address!r}: port {port_text!r} is not 1-65535")
     if not _is_ip(host) and not _DNS_NAME.fullmatch(host):
         raise ValueError(f"discovery_address {address!r}: {host!r} is neither an IP address nor a DNS name")
-    return host, int(port_text)
+    return host, port
 
 
 def render(params: BootstrapParams) -> dict[str, Any]:

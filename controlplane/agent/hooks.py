@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controlplane.agent.options import ADMIN_PORT, STATUS_PORT
+from controlplane.literals import natural
 
 DEBUG_PORTS = (ADMIN_PORT, 15004, STATUS_PORT, 15021)
 REQUEST_TIMEOUT = 60.0
@@ -182,4 +183,5 @@ def _run_wait(args: argparse.Namespace) -> int:
 
 def _status_port(env: Mapping[str, str]) -> int:
     text = env.get("MESHPLANE_STATUS_PORT", "").strip()
-    return int(text) if text.isascii() and text.isdigit() else STATUS_PORT
+    port = natural(text)
+    return port if port is not None and 0 < port < 65536 else STATUS_PORT

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane import literals
+from controlplane.literals import natural
+
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
 KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048")
@@ -97,15 +100,17 @@ def parse_duration(text: str, *, name: str) -> float:
 
 
 def _ip(text: str, *, name: str) -> str:
+    """An address without a zone: the control plane refuses one in the node's id and metadata."""
     try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise OptionsError(f"{name}: {text!r} is not an IP address") from None
+        return str(literals.ip_address(text.strip()))
+    except ValueError as exc:
+        raise OptionsError(f"{name}: {exc}") from None
 
 
 def _host_port(text: str, *, name: str) -> str:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    host, sep, port_text = text.strip().rpartition(":")
+    port = natural(port_text) if sep and host else None
+    if port is None or not 0 < port < 65536:
         raise OptionsError(f"{name}: {text!r} is not host:port (example: {DEFAULT_DISCOVERY})")
     return text.strip()
 

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import pathlib
 import signal
@@ -35,6 +34,7 @@ import grpc.experimental
 from aiohttp import web
 
 from controlplane.demo.stats import Counters, xfcc_uri
+from controlplane.literals import decimal, natural
 
 GREETER_METHOD = "/meshplane.demo.Greeter/SayHello"
 REQUEST_TIMEOUT = 5.0  # seconds, per request
@@ -44,18 +44,16 @@ XFCC = "x-forwarded-client-cert"
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()):
+    host, sep, port_text = text.rpartition(":")
+    port = natural(port_text) if sep else None
+    if port is None or port > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
-    return host, int(port)
+    return host, port
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):  # float() also reads "nan" and "inf"
+    value = decimal(text.strip())
+    if value is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import pathlib
 import shutil
 import signal
@@ -23,6 +22,7 @@ from controlplane.demo.mesh import DemoMesh
 from controlplane.demo.plan import CONTROL_PLANE_PORTS, ENVOY_ADMIN_PORT, AddressPlan, PlanError
 from controlplane.demo.procs import Interrupted, StartError
 from controlplane.demo.table import plain, rich_table, summary, verdict
+from controlplane.literals import decimal
 from controlplane.settings import SettingsError
 
 LIVE_REFRESH = 1.0  # seconds between redraws of the live table
@@ -94,11 +94,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _positive(text: str, *, flag: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise SettingsError(f"{flag}: {text!r} is not a number") from None
-    if not math.isfinite(value):  # float() also reads "nan" and "inf"
+    value = decimal(text.strip())
+    if value is None:
         raise SettingsError(f"{flag}: {text!r} is not a number")
     if value <= 0:
         raise SettingsError(f"{flag}: {text!r} must be positive")

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from controlplane.literals import ZoneError, ip_network, natural
+
 TABLE = "nat"
 INBOUND = "ISTIO_INBOUND"
 IN_REDIRECT = "ISTIO_IN_REDIRECT"
@@ -142,9 +144,9 @@ def _items(text: str) -> list[str]:
 
 def _port(text: str, *, field_name: str) -> int:
     value = text.strip()
-    if not (value.isascii() and value.isdigit()):
+    port = natural(value)
+    if port is None:
         raise OptionError(field_name, f"{value!r} is not a port number; write a number from 1 to 65535")
-    port = int(value)
     if not 1 <= port <= 65535:
         raise OptionError(field_name, f"port {port} is out of range; write a number from 1 to 65535")
     return port
@@ -162,9 +164,10 @@ def _ports(text: str, *, field_name: str) -> tuple[int, ...]:
 def _ids(text: str, *, field_name: str, what: str) -> tuple[int, ...]:
     ids: list[int] = []
     for item in _items(text):
-        if not (item.isascii() and item.isdigit()) or int(item) > MAX_ID:
+        number = natural(item)
+        if number is None or number > MAX_ID:
             raise OptionError(field_name, f"{item!r} is not a numeric {what} id (0-{MAX_ID}); use e.g. 1337")
-        ids.append(int(item))
+        ids.append(number)
     if not ids:
         raise OptionError(field_name, f"no {what} id given; use e.g. 1337 (the proxy's {what})")
     return tuple(dict.fromkeys(ids))
@@ -182,9 +185,9 @@ def _ranges(text: str, *, field_name: str, wildcard_allowed: bool) -> IpRanges:
     v6: list[ipaddress.IPv6Network] = []
     for item in items:
         try:
-            if "/" not in item:
-                raise ValueError(item)
-            network = ipaddress.ip_network(item, strict=False)
+            network = ip_network(item)
+        except ZoneError as exc:
+            raise OptionError(field_name, str(exc)) from None
         except ValueError:
             raise OptionError(field_name, f"{item!r} is not a CIDR; write e.g. 10.96.0.0/12 or fd00::/8") from None
         if isinstance(network, ipaddress.IPv4Network):

@@ -10,7 +10,8 @@ Errors:
   cluster or user, bad certificate path) raises `SettingsError` naming the file;
 - no kubeconfig outside a cluster raises `SettingsError` saying what to pass instead;
 - an HTTP error answer raises `KubeApiError` with the Status reason and message, and
-  `retry_after` from a `Retry-After` header (429 and 503 answers carry one);
+  `retry_after` from a `Retry-After` header (429 and 503 answers carry one) or the Status's
+  `details.retryAfterSeconds`, at most `MAX_RETRY_AFTER` seconds;
 - transport failures (refused, reset, timeouts) surface as aiohttp/OS errors for the caller's
   retry loop.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -29,12 +31,17 @@ import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from controlplane.literals import natural
 from controlplane.settings import SettingsError
 
 JsonObject = dict[str, Any]
 Query = Sequence[tuple[str, str]]
 
 AUTH_SETTINGS = ["BearerToken"]
+
+MAX_RETRY_AFTER = 60.0
+"""The longest wait an answer can ask for: a server (or a proxy before it) asking for hours, or for
+more seconds than a float holds, must not stall a watch or start-up for that long."""
 
 
 class KubeApiError(Exception):
@@ -70,19 +77,25 @@ class KubeApiError(Exception):
             status=code,
             reason=str(status_obj.get("reason") or ""),
             message=str(status_obj.get("message") or ""),
-            retry_after=float(retry) if isinstance(retry, (int, float)) else None,
+            retry_after=_bounded_wait(retry),
             body=status_obj,
         )
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
+def _bounded_wait(seconds: Any) -> float | None:
+    """`seconds` (a number from a Status's details) within 0..MAX_RETRY_AFTER, None when not a number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: let the caller's backoff decide
+    if isinstance(seconds, float) and math.isnan(seconds):
+        return None
+    return float(min(max(seconds, 0), MAX_RETRY_AFTER))  # an int too large for a float is never converted
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The header's delay in seconds (RFC 9110: digits only), bounded; None for an HTTP date or
+    anything else, which leaves the wait to the caller's backoff."""
+    seconds = natural(headers.get("Retry-After", "").strip())
+    return None if seconds is None else _bounded_wait(seconds)
 
 
 async def error_from_response(response: aiohttp.ClientResponse) -> KubeApiError:

@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
+from controlplane.literals import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 ELECTION_ID = "istio-namespace-controller-election"
 LEASE_DURATION_ENV = "MESHPLANE_LEASE_DURATION"
 DEFAULT_LEASE_DURATION = 15.0  # seconds, written to the Lease as leaseDurationSeconds
+MAX_LEASE_DURATION = 2**31 - 1  # leaseDurationSeconds is an int32
 MAX_RENEW_PERIOD = 2.0
 
 Singleton = Callable[[], Coroutine[Any, Any, None]]
@@ -70,12 +72,15 @@ def lease_duration_from_env(environ: Mapping[str, str]) -> float:
     text = environ.get(LEASE_DURATION_ENV, "").strip()
     if not text:
         return DEFAULT_LEASE_DURATION
-    try:
-        seconds = int(text)
-    except ValueError:
-        raise ValueError(f"{LEASE_DURATION_ENV}: {text!r} is not a whole number of seconds (default 15)") from None
+    seconds = whole_number(text)
+    if seconds is None:
+        raise ValueError(f"{LEASE_DURATION_ENV}: {text!r} is not a whole number of seconds (default 15)")
     if seconds < 2:
         raise ValueError(f"{LEASE_DURATION_ENV}: {seconds} is too short; use at least 2 seconds (default 15)")
+    if seconds > MAX_LEASE_DURATION:
+        raise ValueError(
+            f"{LEASE_DURATION_ENV}: {seconds} is too long; a Lease holds at most {MAX_LEASE_DURATION} seconds"
+        )
     return float(seconds)
 
 

@@ -7,11 +7,12 @@ the "file, document, field" report of the file source.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+
+from controlplane import literals
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -92,12 +93,9 @@ def ip_address(value: Any, path: str) -> str:
     if canonical_ipv4(text) is not None:
         return text
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise ObjectError(path, f"{text!r} is not an IP address") from None
-    if getattr(address, "scope_id", None) is not None:  # Kubernetes' addresses have none; Envoy refuses most
-        raise ObjectError(path, f"{text!r} is not an IP address: a zone (%...) is not part of one")
-    return str(address)
+        return str(literals.ip_address(text))
+    except ValueError as exc:
+        raise ObjectError(path, str(exc)) from None
 
 
 def labels(value: Any, path: str) -> Mapping[str, str]:

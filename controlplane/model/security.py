@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from controlplane.literals import natural
 from controlplane.model import fields as f
 
 
@@ -61,10 +62,9 @@ class PeerAuthentication:
         raw_ports = f.mapping(spec.get("portLevelMtls"), "spec.portLevelMtls")
         for key, value in raw_ports.items():
             path = f"spec.portLevelMtls.{key}"
-            try:
-                number = int(key)
-            except (TypeError, ValueError):
-                raise f.ObjectError(path, f"{key!r} is not a port number") from None
+            number = natural(key) if isinstance(key, str) else key
+            if number is None:
+                raise f.ObjectError(path, f"{key!r} is not a port number")
             f.port_number(number, path)
             port_modes[number] = _mode(value, path)
         if port_modes and selector is None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from controlplane.literals import natural
 from controlplane.model import fields as f
 from controlplane.model import names
 
@@ -197,10 +198,10 @@ class Service:
             target: int | str
             if raw_target is None:
                 target = number
-            elif isinstance(raw_target, str) and not (raw_target.isascii() and raw_target.isdigit()):
+            elif isinstance(raw_target, str) and natural(raw_target) is None:
                 target = raw_target
             else:
-                numeric = int(raw_target) if isinstance(raw_target, str) else raw_target
+                numeric = natural(raw_target) if isinstance(raw_target, str) else raw_target
                 target = f.port_number(numeric, f"{path}.targetPort")
             app_protocol = f.string(item.get("appProtocol"), f"{path}.appProtocol", default="")
             ports.append(

@@ -15,6 +15,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from controlplane.literals import natural
 from controlplane.model.services import Protocol
 
 SDS_CLUSTER = "sds-grpc"  # the bootstrap's cluster to the agent's SDS socket
@@ -45,9 +46,8 @@ def inbound_cluster(port: int) -> str:
 def parse_outbound(name: str) -> tuple[int, str, str] | None:
     """(port, subset, host) of an `outbound|port|subset|host` name, or None."""
     parts = name.split("|")
-    if len(parts) != 4 or parts[0] != "outbound" or not (parts[1].isascii() and parts[1].isdigit()):
-        return None
-    return int(parts[1]), parts[2], parts[3]
+    port = natural(parts[1]) if len(parts) == 4 and parts[0] == "outbound" else None
+    return None if port is None else (port, parts[2], parts[3])
 
 
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:

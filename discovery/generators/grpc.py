@@ -32,6 +32,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
+from controlplane.literals import natural
 from controlplane.model.endpoints import EndpointAddress, ServiceEndpoints
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service, ServicePort
@@ -48,9 +49,9 @@ from discovery.xdstypes import CLUSTER, ENDPOINT, LISTENER, ROUTE
 def resolve(snapshot: MeshSnapshot, name: str, *, namespace: str) -> tuple[Service, ServicePort] | None:
     """The service port a `host:port` target names, or None."""
     host, sep, port_text = name.rpartition(":")
-    if not sep or not (port_text.isascii() and port_text.isdigit()):
+    port = natural(port_text) if sep else None
+    if port is None:
         return None
-    port = int(port_text)
     candidates = [host]
     parts = host.split(".")
     if len(parts) == 1:

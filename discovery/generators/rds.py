@@ -28,6 +28,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from google.protobuf import wrappers_pb2
 
+from controlplane.literals import natural
 from controlplane.model.meshconfig import OutboundPolicy
 from controlplane.model.registry import MeshSnapshot, UpdateKind
 from controlplane.model.services import Service
@@ -110,8 +111,8 @@ def _fallback(policy: OutboundPolicy) -> rc.VirtualHost:
 
 def route_configuration(snapshot: MeshSnapshot, name: str, *, proxy_namespace: str) -> route_pb2.RouteConfiguration:
     hosts: list[rc.VirtualHost] = []
-    if name.isascii() and name.isdigit():
-        port = int(name)
+    port = natural(name)
+    if port is not None:
         for service in snapshot.http_services_by_port.get(port, ()):
             owned = snapshot.conflicts.owns_address(service, port)
             hosts.append(_virtual_host(service, port, proxy_namespace=proxy_namespace, with_address=owned))

@@ -223,6 +223,8 @@ def test_taken_status_port_exits_1_naming_the_address(
     [
         (["--cert-ttl", "soon"], {}, "--cert-ttl"),
         (["--instance-ip", "not-an-ip"], {}, "--instance-ip"),
+        # the control plane refuses a zone in the node's id: the agent says so at start
+        (["--instance-ip", "fe80::1%lo"], {}, "--instance-ip (env INSTANCE_IP): 'fe80::1%lo' is not an IP address: a"),
         ([], {"ISTIO_META_INTERCEPTION_MODE": "SIDEWAYS"}, "ISTIO_META_INTERCEPTION_MODE"),
         ([], {"PROXY_CONFIG": "{not json"}, "PROXY_CONFIG"),
         ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/web/readyz": {"httpGet": {"port": "http"}}}'}, "port"),

@@ -581,8 +581,22 @@ async def test_server_errors_back_off_exponentially_then_recover(kubesim: KubeSi
     assert "default" in recorder.lists[0]
 
 
-async def test_too_many_requests_waits_as_long_as_retry_after_says(kubesim: KubeSim, kube_api: KubeApi) -> None:
-    kubesim.inject_faults(status=429, count=1, method="GET", path_prefix=NAMESPACES.path(), retry_after=7)
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (7, 7.0),
+        (3600, 60.0),  # at most MAX_RETRY_AFTER: a server asking for an hour must not stop the watch that long
+        (10**30, 60.0),
+        ("inf", 0.5),  # not delay-seconds (RFC 9110: digits only): the backoff's first delay
+        ("nan", 0.5),
+        ("\u0667", 0.5),  # an Arabic-Indic 7, which float() reads
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.5),
+    ],
+)
+async def test_too_many_requests_waits_as_long_as_retry_after_says(
+    kubesim: KubeSim, kube_api: KubeApi, retry_after: int | str, expected: float
+) -> None:
+    kubesim.inject_faults(status=429, count=1, method="GET", path_prefix=NAMESPACES.path(), retry_after=retry_after)
     delays: list[float] = []
 
     async def record(delay: float) -> None:
@@ -596,7 +610,7 @@ async def test_too_many_requests_waits_as_long_as_retry_after_says(kubesim: Kube
     )
     async with running(watch):
         await eventually(lambda: recorder.lists, what="a successful list after the 429")
-    assert delays == [7.0]
+    assert delays == [expected]
 
 
 async def test_http_410_on_watch_relists_at_once(kubesim: KubeSim, kube_api: KubeApi) -> None:

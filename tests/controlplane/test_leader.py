@@ -228,7 +228,13 @@ def test_lease_duration_comes_from_the_environment(value: str | None, expected: 
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("15s", "'15s' is not a whole number of seconds"), ("1", "1 is too short; use at least 2 seconds")],
+    [
+        ("15s", "'15s' is not a whole number of seconds"),
+        ("1", "1 is too short; use at least 2 seconds"),
+        ("1_5", "'1_5' is not a whole number of seconds"),  # int() reads it
+        ("\u0661\u0665", "'\u0661\u0665' is not a whole number of seconds"),  # Arabic-Indic 15, which int() reads
+        ("2147483648", "2147483648 is too long; a Lease holds at most 2147483647 seconds"),
+    ],
 )
 def test_a_bad_lease_duration_is_named(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"MESHPLANE_LEASE_DURATION: {message}"):

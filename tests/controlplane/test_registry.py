@@ -328,6 +328,17 @@ def test_invalid_object_in_the_store_is_reported_and_last_good_state_kept(store:
             "spec: {portLevelMtls: {8080: {mode: DISABLE}}}",
             "spec.portLevelMtls",
         ),
+        (  # int() reads an Arabic-Indic 80 as 80; a port is ASCII digits
+            "kind: PeerAuthentication\napiVersion: security.istio.io/v1\nmetadata: {name: a}\n"
+            "spec: {selector: {matchLabels: {app: a}}, portLevelMtls: {'\u0668\u0660': {mode: DISABLE}}}",
+            "spec.portLevelMtls.\u0668\u0660",
+        ),
+        (  # more digits than int() converts
+            "kind: Service\napiVersion: v1\nmetadata: {name: a}\nspec: {ports: [{port: 80, targetPort: '"
+            + "9" * 5000
+            + "'}]}",
+            "spec.ports[0].targetPort",
+        ),
     ],
 )
 def test_config_dir_reports_the_bad_field_and_keeps_the_file(tmp_path: pathlib.Path, document: str, field: str) -> None:

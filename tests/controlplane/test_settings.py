@@ -108,6 +108,8 @@ def test_revision_names_follow_istio() -> None:
         # float() and int() read more than numbers: "nan", "inf", "1_000", other scripts' digits.
         (["--grace-period", "nan"], "--grace-period: 'nan' is not a number of seconds"),
         (["--grace-period", "inf"], "--grace-period: 'inf' is not a number of seconds"),
+        (["--grace-period", "1_0"], "--grace-period: '1_0' is not a number of seconds"),
+        (["--grace-period", "\u0661\u0660"], "--grace-period: .* is not a number of seconds"),
         (["--grpc-addr", ":\u0661\u0665\u0660\u0661\u0660"], "--grpc-addr: port"),
         (["--max-streams-per-client", "1_000"], "--max-streams-per-client: '1_000' is not a number of streams"),
         (["--ca-workers", "\u0662"], "--ca-workers: .* is not a number of processes"),

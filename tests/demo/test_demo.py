@@ -78,6 +78,7 @@ def test_bad_flags_are_named(tmp_path: pathlib.Path) -> None:
         (["--pod-prefix", "10.0.0"], "meshplane: --pod-prefix: '10.0.0' must be three octets inside 127.0.0.0/8"),
         (["--rps", "0"], "meshplane: --rps: '0' must be positive"),
         (["--rps", "nan"], "meshplane: --rps: 'nan' is not a number"),  # float() reads it
+        (["--rps", "1_0"], "meshplane: --rps: '1_0' is not a number"),  # and this
         (["--duration", "soon"], "meshplane: --duration: 'soon' is not a duration"),
         (["--cert-ttl", "1x"], "meshplane: --cert-ttl: '1x' is not a duration"),
     ]:

@@ -123,7 +123,7 @@ def test_a_negative_quiet_time_is_refused_even_with_a_valid_maximum() -> None:
         Debouncer(quiet=-0.1, max_delay=1.0, emit=lambda _request: None)
 
 
-@pytest.mark.parametrize("value", ["nans", "infs", "-infms"])
+@pytest.mark.parametrize("value", ["nans", "infs", "-infms", "1_0ms", "\u0661\u0660ms", "1e400s"])
 def test_a_debounce_time_that_float_reads_but_is_no_duration_is_refused_naming_the_variable(value: str) -> None:
     """float() reads "nan" and "inf": a NaN quiet time compares false with everything, so the wait it
     gives the loop is undefined; an infinite one never pushes."""

@@ -268,6 +268,27 @@ async def test_a_port_in_a_resource_name_is_ascii_digits_and_other_digits_do_not
     assert names(await proxyless.recv(), listener_pb2.Listener) == []
 
 
+async def test_a_port_of_thousands_of_digits_in_a_resource_name_does_not_end_the_stream(xds: XdsHarness) -> None:
+    """int() raises on more than 4,300 digits; Go's strconv reads such a number as out of range: a name
+    that matches no port."""
+    long_port = "9" * 5000
+    client = xds.sotw()
+    await client.request(ROUTE, [long_port])
+    routes = [route_pb2.RouteConfiguration.FromString(r.value) for r in (await client.recv()).resources]
+    assert [r.name for r in routes] == [long_port]
+    assert not [v.name for r in routes for v in r.virtual_hosts if v.name.endswith(long_port)]
+    port = WEB.split("|")[1]
+    await client.request(ENDPOINT, [WEB.replace(f"|{port}|", f"|{long_port}|"), WEB])
+    assignments = [endpoint_pb2.ClusterLoadAssignment.FromString(r.value) for r in (await client.recv()).resources]
+    assert {a.cluster_name: len(a.endpoints) for a in assignments} == {
+        WEB.replace(f"|{port}|", f"|{long_port}|"): 0,
+        WEB: 1,
+    }
+    proxyless = xds.sotw(node(pod="grpc-1", ip="10.1.0.9", GRPC="true"))
+    await proxyless.request(LISTENER, [f"web.default.svc.cluster.local:{long_port}"])
+    assert names(await proxyless.recv(), listener_pb2.Listener) == []
+
+
 async def test_unknown_type_is_ignored_and_the_stream_stays_open(xds: XdsHarness) -> None:
     client = xds.sotw()
     await client.request("type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig", ["x"])

@@ -79,7 +79,7 @@ class Fault:
     method: str | None
     path_prefix: str
     watch: bool | None
-    retry_after: int | None
+    retry_after: int | str | None  # a number also goes into the Status's details; a text only into the header
     message: str
 
     def matches(self, request: web.Request) -> bool:
@@ -274,7 +274,7 @@ class KubeSim:
         method: str | None = None,
         path_prefix: str = "/",
         watch: bool | None = None,
-        retry_after: int | None = None,
+        retry_after: int | str | None = None,
         message: str = "injected fault",
     ) -> Fault:
         fault = Fault(status, count, method, path_prefix, watch, retry_after, message)
@@ -353,7 +353,7 @@ class KubeSim:
                 fault.count -= 1
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 error = ApiError(fault.status, fault.message, headers=headers, details={})
-                if fault.retry_after is not None:
+                if isinstance(fault.retry_after, int):
                     error.details = {"retryAfterSeconds": fault.retry_after}
                 return error_response(error)
         try:

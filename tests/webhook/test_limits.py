@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from controlplane.settings import SettingsError
 from tests.helpers.serve import SERVER_NAME, Running, admission_review, post_webhook, start_serve
+from webhook.limits import Limits
 
 TIMEOUT = 1.0  # header and body timeouts of the served webhook, so the slow-client tests take seconds
 
@@ -184,3 +186,24 @@ def test_malformed_limit_setting_stops_serve_naming_the_variable(tmp_path: Any) 
     logs = str(caught.value)
     assert "MESHPLANE_WEBHOOK_BODY_TIMEOUT='soon': use a number of seconds > 0" in logs
     assert "Traceback" not in logs
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("MESHPLANE_WEBHOOK_MAX_CONNECTIONS", "1_000"),  # int() reads it
+        ("MESHPLANE_WEBHOOK_MAX_CONNECTIONS", "\u0665\u0661\u0662"),  # Arabic-Indic 512, which int() reads
+        ("MESHPLANE_WEBHOOK_HEADER_TIMEOUT", "1_0"),  # float() reads it
+        ("MESHPLANE_WEBHOOK_HEADER_TIMEOUT", "\u0661\u0660"),
+        ("MESHPLANE_WEBHOOK_BODY_TIMEOUT", "infinity"),
+        ("MESHPLANE_WEBHOOK_BODY_TIMEOUT", "1e400"),
+    ],
+)
+def test_a_limit_setting_is_read_as_ascii_digits_only(var: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{var}="):
+        Limits.from_env({var: value})
+
+
+def test_a_limit_setting_may_have_surrounding_spaces() -> None:
+    limits = Limits.from_env({"MESHPLANE_WEBHOOK_MAX_CONNECTIONS": " 64 ", "MESHPLANE_WEBHOOK_BODY_TIMEOUT": " 2.5"})
+    assert (limits.max_connections, limits.body_timeout) == (64, 2.5)

@@ -269,6 +269,17 @@ ANNOTATIONS_READ = sorted(SUPPORTED_ANNOTATIONS | {"prometheus.io/port", "promet
 @given(annotation=st.sampled_from(ANNOTATIONS_READ), value=numberish)
 def test_an_annotation_value_is_used_or_refused_naming_the_annotation(annotation: str, value: str) -> None:
     """Never another exception: the webhook answered one (a prometheus.io/port of "²") with HTTP 500."""
+    _used_or_refused(annotation, value)
+
+
+@pytest.mark.parametrize("annotation", ANNOTATIONS_READ)
+@pytest.mark.parametrize("value", ["9" * 5000, "0." + "9" * 5000, "1e" + "9" * 5000])
+def test_a_number_of_thousands_of_digits_is_used_or_refused_naming_the_annotation(annotation: str, value: str) -> None:
+    """`int()` raises on more than 4,300 digits: a prometheus.io/port so long made the review raise."""
+    _used_or_refused(annotation, value)
+
+
+def _used_or_refused(annotation: str, value: str) -> None:
     pod = {
         "metadata": {"name": "p", "annotations": {annotation: value}},
         "spec": {"containers": [{"name": "app", "image": "a", "readinessProbe": {"httpGet": {"port": 80}}}]},
