@@ -145,9 +145,18 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(
         p,
+        "--max-connection-idle",
+        default="5m",
+        help="how long a client connection to either gRPC port is kept with no call open on it (seconds or 90s, "
+        "5m; 0: for ever); then it is closed (HTTP/2 GOAWAY). A proxy's xDS stream keeps its connection busy; a "
+        "CA client reconnects for its next certificate. Connections that never make a call hold no slot longer",
+    )
+    _add(
+        p,
         "--max-xds-connections",
         default="auto",
-        help="connections the plaintext xDS port holds open at once (a proxy needs one); more are closed as they "
+        help="connections each gRPC port holds open at once (a proxy needs one on the port it uses for xDS; on the "
+        "secure port its agent's CA client needs another); more are closed as they "
         "are accepted. auto: 16384, or what the open-files limit leaves when less (every port shares it; meshplane "
         "raises the soft limit to the hard one and keeps 1024 for itself)",
     )
@@ -182,6 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     max_request = _size(args.max_request_bytes, field="--max-request-bytes", low=MIB, high=256 * MIB)
     try:
         max_age = parse_duration(args.max_connection_age, field="--max-connection-age").total_seconds()
+        max_idle = parse_duration(args.max_connection_idle, field="--max-connection-idle").total_seconds()
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     if args.config_dir and args.kubeconfig:
@@ -213,6 +223,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_streams_per_client=max_streams,
         max_request_bytes=max_request,
         max_connection_age=max_age or None,
+        max_connection_idle=max_idle or None,
         max_xds_connections=max_xds,
         ca_key_algorithm=args.ca_key_algorithm,
         allow_new_root=_boolean(args.allow_new_root, field="--allow-new-root"),

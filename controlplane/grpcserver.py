@@ -93,16 +93,21 @@ class GrpcServers:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_connections: int | None = None,
         max_connection_age: float | None = None,
+        max_connection_idle: float | None = None,
     ) -> None:
-        """`max_connections`: the most the plaintext port holds open (None: no cap); a connection beyond
-        it is closed as soon as it is accepted (`controlplane.listeners`). `max_connection_age`: seconds
-        before a client connection to either port is asked to go (gRPC and Envoy add jitter; None: never)."""
+        """`max_connections`: the most each port holds open (None: no cap); a connection beyond it is
+        closed as soon as it is accepted (`controlplane.listeners`; Envoy's overload manager on the
+        secure port). `max_connection_age`: seconds before a client connection to either port is asked
+        to go (gRPC and Envoy add jitter; None: never). `max_connection_idle`: seconds a client
+        connection is kept with no call open on it (None: for ever)."""
         self.serving = serving
         self.front_tuning = front_tuning or FrontTuning()
         self.plaintext_addr = plaintext_addr
         self.secure_addr = secure_addr
         options = [*_OPTIONS, ("grpc.max_receive_message_length", max_request_bytes)]
         self.max_connection_age = max_connection_age
+        self.max_connection_idle = max_connection_idle
+        self.max_connections = max_connections
         # Only client connections age: the internal server's clients are the front end's few connections,
         # each carrying the streams of many proxies; the front end ages the proxies' own connections.
         clients = list(options)
@@ -111,6 +116,8 @@ class GrpcServers:
         if max_connection_age is not None:
             clients.append(("grpc.max_connection_age_ms", round(max_connection_age * 1000)))  # gRPC adds ±10%
             clients.append(("grpc.max_connection_age_grace_ms", round(CONNECTION_AGE_GRACE * 1000)))
+        if max_connection_idle is not None:
+            clients.append(("grpc.max_connection_idle_ms", round(max_connection_idle * 1000)))
         self.plaintext = grpc.aio.server(options=clients) if plaintext_addr else None
         # The services of the secure port live on this internal server, reached only through the front end.
         self.secure = grpc.aio.server(options=options) if secure_addr else None
@@ -178,6 +185,8 @@ class GrpcServers:
             tuning=self.front_tuning,
             max_connection_age=self.max_connection_age,
             age_grace=CONNECTION_AGE_GRACE,
+            max_connection_idle=self.max_connection_idle,
+            max_connections=self.max_connections,
         )
         try:
             await self.front.start()

@@ -159,6 +159,7 @@ class ControlPlane:
             serving=self.serving,
             max_request_bytes=s.max_request_bytes,
             max_connection_age=s.max_connection_age,
+            max_connection_idle=s.max_connection_idle,
             max_connections=self.budget.xds,
         )
         # gRPC services register on the shared servers here, before they start. The secure port's TLS
@@ -237,7 +238,7 @@ class ControlPlane:
     def _log_connections(self) -> None:
         before, after = self._open_files
         log.info(
-            "open files: %s; connections at most: xDS (plaintext) %d, webhook %d, /ready %d, /metrics %d",
+            "open files: %s; connections at most: gRPC %d on each port, webhook %d, /ready %d, /metrics %d",
             open_files_note(before, after),
             self.budget.xds,
             self.budget.webhook,

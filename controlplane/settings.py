@@ -75,11 +75,14 @@ class Settings:
     max_streams_per_client: int = 100  # open xDS streams one client address may have, both ports together
     max_request_bytes: int = 4 * 1024 * 1024  # the largest gRPC request message either port takes (Istio's)
     max_xds_connections: int | None = (
-        None  # plaintext xDS connections open at once; None: what the open-files limit allows
+        None  # connections each gRPC port holds open at once; None: what the open-files limit allows
     )
     # seconds a client connection to either xDS/CA port is kept before it is asked to reconnect (Istio's
     # keepaliveMaxServerConnectionAge, 30m in its chart), so proxies spread over every replica; None: never
     max_connection_age: float | None = 1800.0
+    # seconds a client connection to either gRPC port is kept with no call open on it (a proxy's xDS stream
+    # is always open; a CA client's connection idles between rotations, junk ones for ever); None: for ever
+    max_connection_idle: float | None = 300.0
     ca_workers: int | None = None  # CA signing processes; None: chosen from the usable cores, 0: the event loop signs
 
     @property

@@ -53,6 +53,7 @@ SERVING_SECRET = "serving"
 TRUST_SECRET = "trust"
 _BREAKER = 1 << 30  # Envoy's defaults (1,024 requests) would cap the secure port at 1,024 streams
 _TAIL_BYTES = 4096
+MAX_CONNECTIONS = 100_000  # client connections when not capped: Envoy warns without a global limit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,12 +199,16 @@ def bootstrap(
     tuning: FrontTuning,
     max_connection_age: float | None = None,
     age_grace: float = 10.0,
+    max_connection_idle: float | None = None,
+    max_connections: int | None = None,
 ) -> dict[str, Any]:
     """Envoy's bootstrap for the front end (see the module docstring). Pure; raises nothing.
 
     `max_connection_age`: seconds (plus up to 10% jitter) before a client connection gets a GOAWAY,
     and a final one `age_grace` later (None: connections never age). Envoy keeps the connection
-    while a stream is open on it; the ADS server ends its streams (`discovery.server`)."""
+    while a stream is open on it; the ADS server ends its streams (`discovery.server`).
+    `max_connection_idle`: seconds a client connection with no stream open is kept (None: Envoy's
+    default, an hour). `max_connections`: client connections open at once (None: `MAX_CONNECTIONS`)."""
     sds_config = {
         "resource_api_version": "V3",
         "api_config_source": {
@@ -253,7 +258,7 @@ def bootstrap(
         "forward_client_cert_details": "SANITIZE_SET",
         "set_current_client_cert_details": {"cert": True},
         "http2_protocol_options": {"max_concurrent_streams": 1024, **tuning.http2()},
-        **_aging(max_connection_age, age_grace),
+        **_lifetime(max_connection_age, age_grace, max_connection_idle),
         "route_config": route,
         "http_filters": [
             {
@@ -300,7 +305,7 @@ def bootstrap(
                     "typed_config": {
                         "@type": "type.googleapis.com/"
                         "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 100_000,
+                        "max_active_downstream_connections": max_connections or MAX_CONNECTIONS,
                     },
                 }
             ]
@@ -308,17 +313,18 @@ def bootstrap(
     }
 
 
-def _aging(max_connection_age: float | None, grace: float) -> dict[str, Any]:
-    """The connection manager's fields that age client connections out, as gRPC's max_connection_age does."""
-    if max_connection_age is None:
-        return {}
-    return {
-        "common_http_protocol_options": {
-            "max_connection_duration": f"{max_connection_age:.3f}s",
-            "max_connection_duration_jitter": {"value": 10.0},  # gRPC's own is ±10%
-        },
-        "drain_timeout": f"{grace:.3f}s",
-    }
+def _lifetime(max_connection_age: float | None, grace: float, max_connection_idle: float | None) -> dict[str, Any]:
+    """The connection manager's fields that end client connections, as gRPC's max_connection_age and
+    max_connection_idle do: aged ones are asked to go, idle ones (no stream open) are closed."""
+    options: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    if max_connection_idle is not None:
+        options["idle_timeout"] = f"{max_connection_idle:.3f}s"
+    if max_connection_age is not None:
+        options["max_connection_duration"] = f"{max_connection_age:.3f}s"
+        options["max_connection_duration_jitter"] = {"value": 10.0}  # gRPC's own is ±10%
+        fields["drain_timeout"] = f"{grace:.3f}s"
+    return {"common_http_protocol_options": options, **fields} if options else fields
 
 
 def default_concurrency(*, usable_cores: int | None = None) -> int:
@@ -369,10 +375,14 @@ class EnvoyFrontEnd:
         start_timeout: float = 30.0,
         max_connection_age: float | None = None,
         age_grace: float = 10.0,
+        max_connection_idle: float | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.host = host
         self.max_connection_age = max_connection_age
         self.age_grace = age_grace
+        self.max_connection_idle = max_connection_idle
+        self.max_connections = max_connections
         self.port = port
         self.workdir = workdir
         self.internal = internal
@@ -414,6 +424,7 @@ class EnvoyFrontEnd:
         spec = bootstrap(
             host=self.host, port=self.port, internal=self.internal, sds=self.sds, admin=self.admin,
             tuning=self.tuning, max_connection_age=self.max_connection_age, age_grace=self.age_grace,
+            max_connection_idle=self.max_connection_idle, max_connections=self.max_connections,
         )  # fmt: skip
         config.write_text(json.dumps(spec))
         with contextlib.suppress(FileNotFoundError):

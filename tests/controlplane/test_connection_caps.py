@@ -23,7 +23,7 @@ import pytest
 
 from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, ConnectionBudget, open_files_note
 from controlplane.settings import SettingsError
-from discovery.xdstypes import CLUSTER
+from discovery.xdstypes import CLUSTER, LISTENER
 from tests.discovery.harness import SotwClient, node
 from tests.helpers.serve import REPO, Running, meshplane_cmd, start_serve, with_open_files
 
@@ -127,7 +127,7 @@ def test_connections_to_the_xds_port_are_capped_within_the_open_files_limit(limi
         webhook_handshake(limited)
     assert asyncio.run(xds_answers(limited))  # the slots come back as the connections go
     assert limited.proc.poll() is None
-    assert f"connections at most: xDS (plaintext) {XDS_CAP}, webhook {WEBHOOK_CAP}" in limited.logs()
+    assert f"connections at most: gRPC {XDS_CAP} on each port, webhook {WEBHOOK_CAP}" in limited.logs()
 
 
 def test_more_xds_connections_than_the_open_files_limit_holds_is_refused_at_start(tmp_path: pathlib.Path) -> None:
@@ -175,3 +175,83 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
 def test_the_start_up_log_says_raised_only_when_the_limit_was_raised() -> None:
     assert open_files_note(512, 4096) == "4096 (raised from 512)"
     assert open_files_note(4096, 4096) == "4096"
+
+
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # preface, empty SETTINGS
+
+
+@contextlib.contextmanager
+def http2_connections(running: Running, listener: str, count: int) -> Iterator[list[socket.socket]]:
+    """`count` HTTP/2 connections to a gRPC port that open no stream (over TLS on the secure port)."""
+    port = int(running.addr(listener).rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(running.root_cert))
+    context.check_hostname = False
+    context.set_alpn_protocols(["h2"])
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            opened.append(conn)
+            try:
+                if listener == "secure-grpc":
+                    opened[-1] = conn = context.wrap_socket(conn, server_hostname="istiod.istio-system.svc")
+                conn.sendall(HTTP2_HELLO)
+            except OSError:  # closed as it was accepted (over the cap): it stays in the list, closed
+                pass
+        yield opened
+    finally:
+        for conn in opened:
+            conn.close()
+
+
+def still_open_tls(conns: list[socket.socket]) -> int:
+    """`still_open` for TLS connections, whose records (a GOAWAY, the close) must be read through."""
+    count = 0
+    for conn in conns:
+        try:
+            conn.setblocking(False)
+            while conn.recv(65536):
+                pass
+        except (ssl.SSLWantReadError, BlockingIOError):
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_the_secure_port_holds_as_many_connections_as_the_plaintext_one(limited: Running) -> None:
+    """Each idle TLS connection costs the front end ~23 KB (15,000: +343 MB); its cap was 100,000."""
+    with http2_connections(limited, "secure-grpc", XDS_CAP + 100) as held:
+        wait_for(lambda: still_open_tls(held) <= XDS_CAP, what="secure connections beyond the cap closed")
+        assert still_open_tls(held) == XDS_CAP
+        assert http_ok(f"{limited.http_url}/ready")
+    assert limited.proc.poll() is None
+    with http2_connections(limited, "secure-grpc", 1) as fresh:  # the slots come back as the connections go
+        time.sleep(0.5)
+        assert still_open_tls(fresh) == 1
+
+
+def test_a_connection_that_opens_no_call_is_closed_after_the_idle_time_and_streams_stay(
+    tmp_path: pathlib.Path,
+) -> None:
+    running = start_serve(tmp_path, "--max-connection-idle", "1s")
+    try:
+
+        async def busy_stream_outlives_the_idle_time() -> bool:
+            async with grpc.aio.insecure_channel(running.addr("grpc")) as channel:
+                client = SotwClient(channel, node())
+                await client.request(CLUSTER)
+                await client.recv()
+                await asyncio.sleep(3)
+                await client.request(LISTENER)  # the same stream, three idle times later
+                return (await client.recv()).type_url == LISTENER
+
+        with (
+            http2_connections(running, "grpc", 20) as plaintext,
+            http2_connections(running, "secure-grpc", 20) as secure,
+        ):
+            assert (still_open(plaintext), still_open_tls(secure)) == (20, 20)
+            assert asyncio.run(busy_stream_outlives_the_idle_time())
+            wait_for(lambda: still_open(plaintext) + still_open_tls(secure) == 0, what="idle connections closed")
+    finally:
+        running.stop()

@@ -76,6 +76,15 @@ def test_client_connections_age_out_after_30_minutes_as_istio_unless_told(monkey
         parse("--max-connection-age", "soon")
 
 
+def test_client_connections_with_no_call_close_after_5_minutes_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse().max_connection_idle == 300
+    assert parse("--max-connection-idle", "0").max_connection_idle is None  # never
+    monkeypatch.setenv("MESHPLANE_MAX_CONNECTION_IDLE", "90s")
+    assert parse().max_connection_idle == 90
+    with pytest.raises(SettingsError, match=r"--max-connection-idle: 'soon' is not a duration"):
+        parse("--max-connection-idle", "soon")
+
+
 def test_xds_connections_are_capped_by_what_the_open_files_limit_allows_unless_told(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
