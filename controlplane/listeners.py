@@ -10,11 +10,12 @@ failed on `EMFILE`, which stopped the control plane. So:
   as istiod do;
 - `ConnectionBudget.plan` gives each listener a cap and keeps `RESERVED_FILES` for the process's own
   work, refusing to start (exit 2, naming the numbers) when the limit cannot hold them;
-- aiohttp listeners are served by `CappedSite`, which closes a connection beyond its cap as soon as
-  it is accepted (after the TLS handshake, for a TLS site, which must finish within
-  `handshake_timeout`), counts it in `meshplane_connections_refused_total{listener}` and logs it
-  at most once every 10 s per listener; the plaintext gRPC port is capped by gRPC itself
-  (`grpc.max_allowed_incoming_connections`).
+- aiohttp listeners are served by `CappedSite`, which counts a connection from its accept (for a TLS
+  site, whose handshake must start and finish within `handshake_timeout`, before it), closes one
+  beyond its cap as soon as it is accepted, counts that in `meshplane_connections_refused_total{listener}`
+  and logs it at most once every 10 s per listener; a full TLS site gives a new connection the place
+  of a waiting one of the client that holds the most (`_Handshakes`); the plaintext gRPC port is
+  capped by gRPC itself (`grpc.max_allowed_incoming_connections`), the secure one by its Envoy.
 
 A TLS handshake costs the event loop ~1 ms (the key exchange and the signature, and the kernel's
 loopback send), and asyncio runs, in one turn, the handshake of every connection whose first flight
@@ -140,10 +141,19 @@ class _Gate:
         self._held_back = 0
         self._logged_at = -REFUSAL_LOG_INTERVAL
 
+    @property
+    def full(self) -> bool:
+        return self.open >= self.cap
+
     def enter(self) -> bool:
         if self.open < self.cap:
             self.open += 1
             return True
+        self.refuse()
+        return False
+
+    def refuse(self) -> None:
+        """Count and (sparingly) log a connection closed because the listener is full."""
         connections_refused_total.labels(listener=self.name).inc()
         if self._refused is not None:
             self._refused()
@@ -159,22 +169,25 @@ class _Gate:
                 extra={"listener": self.name, "open": self.open, "suppressed": self._held_back},
             )
             self._logged_at, self._held_back = now, 0
-        return False
 
     def leave(self) -> None:
         self.open -= 1
 
 
 class _Gated(asyncio.Protocol):
-    """Stands in front of aiohttp's per-connection protocol; creates it only for admitted connections."""
+    """Stands in front of aiohttp's per-connection protocol; creates it only for admitted connections.
 
-    def __init__(self, make: Callable[[], asyncio.Protocol], gate: _Gate) -> None:
+    `admitted`: the connection took its place in the gate when it was accepted (`_Handshakes`, before
+    its TLS handshake); it gives the place back when it closes."""
+
+    def __init__(self, make: Callable[[], asyncio.Protocol], gate: _Gate, *, admitted: bool = False) -> None:
         self._make = make
         self._gate = gate
+        self._admitted = admitted
         self._inner: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._gate.enter():
+        if not self._admitted and not self._gate.enter():
             transport.close()
             return
         self._inner = self._make()
@@ -205,17 +218,26 @@ class _Gated(asyncio.Protocol):
 class _Handshakes:
     """Accepts a TLS listener's connections and starts at most `per_turn` handshakes a turn of the loop.
 
-    An accepted connection is watched until its first bytes (the client's hello) arrive; then it
-    waits for its turn, taken in turn by client address (one client's flood does not keep another's
-    connection behind it), and its handshake starts. A connection silent for `timeout` is closed, as
-    one whose handshake does not finish within `timeout` is. Silent connections cost no turn, so a
-    client holding many open does not hold back the others' handshakes."""
+    An accepted connection takes its place in the listener's gate at once, and is watched until its
+    first bytes (the client's hello) arrive; then it waits for its turn, taken in turn by client
+    address (one client's flood does not keep another's connection behind it), and its handshake
+    starts. A connection silent for `timeout` is closed, as one whose handshake does not finish
+    within `timeout` is. Silent connections cost no turn, so a client holding many open does not
+    hold back the others' handshakes.
+
+    A connection counts from its accept: 3,000 silent ones, counted only once their handshake had
+    finished, took every descriptor of the process. When the listener is full, a new connection
+    takes the place of the oldest waiting one (silent, or heard but not yet in its handshake) of
+    the address that has the most waiting, if that address has at least two more than the new
+    connection's: a client that opens connections and stays silent loses them to the others, and
+    clients competing for the places end up with equal shares."""
 
     def __init__(
         self,
         listening: socket.socket,
         protocol: Callable[[], asyncio.Protocol],
         context: ssl.SSLContext,
+        gate: _Gate,
         *,
         timeout: float,
         per_turn: int = HANDSHAKES_PER_TURN,
@@ -224,10 +246,14 @@ class _Handshakes:
         self._listening = listening
         self._protocol = protocol
         self._context = context
+        self._gate = gate
         self._timeout = timeout
         self._per_turn = per_turn
-        self._silent: dict[socket.socket, asyncio.TimerHandle] = {}  # watched for their first bytes
-        self._ready: dict[str, deque[tuple[socket.socket, asyncio.TimerHandle]]] = {}  # by client address
+        # Waiting connections by client address, oldest first: silent (watched for their first bytes,
+        # value False) or heard (value True, also in `_ready`).
+        self._waiting: dict[str, dict[socket.socket, bool]] = {}
+        self._expiry: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._ready: dict[str, deque[socket.socket]] = {}  # heard, by client address, in the order heard
         self._pumping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -246,10 +272,25 @@ class _Handshakes:
                 self._loop.remove_reader(self._listening.fileno())
                 self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
+            address = str(peer[0])
+            if self._gate.full and not self._evict_for(address):
+                self._gate.refuse()
+                conn.close()
+                continue
+            self._gate.enter()
             conn.setblocking(False)
-            expiry = self._loop.call_later(self._timeout, self._expire, conn)
-            self._silent[conn] = expiry
-            self._loop.add_reader(conn.fileno(), self._heard, conn, str(peer[0]))
+            self._waiting.setdefault(address, {})[conn] = False
+            self._expiry[conn] = self._loop.call_later(self._timeout, self._drop, conn, address)
+            self._loop.add_reader(conn.fileno(), self._heard, conn, address)
+
+    def _evict_for(self, address: str) -> bool:
+        """Close the oldest waiting connection of the address with the most waiting, to make room for
+        one from `address`, when that address has at least two more waiting; whether one was closed."""
+        heaviest = max(self._waiting, key=lambda a: len(self._waiting[a]), default=None)
+        if heaviest is None or len(self._waiting[heaviest]) < len(self._waiting.get(address, ())) + 2:
+            return False
+        self._drop(next(iter(self._waiting[heaviest])), heaviest)
+        return True
 
     def _resume(self) -> None:
         if not self._closed:
@@ -257,16 +298,31 @@ class _Handshakes:
 
     def _heard(self, conn: socket.socket, address: str) -> None:
         self._loop.remove_reader(conn.fileno())
-        expiry = self._silent.pop(conn)
-        self._ready.setdefault(address, deque()).append((conn, expiry))
+        self._waiting[address][conn] = True
+        self._ready.setdefault(address, deque()).append(conn)
         if not self._pumping:
             self._pumping = True
             self._loop.call_soon(self._pump)  # runs in the next turn, with the other hellos heard in this one
 
-    def _expire(self, conn: socket.socket) -> None:
-        if self._silent.pop(conn, None) is not None:
+    def _forget(self, conn: socket.socket, address: str) -> bool:
+        """Stop counting `conn` as waiting; whether it was (it was still silent when True is its value)."""
+        waiting = self._waiting.get(address)
+        heard = waiting.pop(conn, None) if waiting is not None else None
+        if waiting is not None and not waiting:
+            del self._waiting[address]
+        if heard is None:
+            return False
+        self._expiry.pop(conn).cancel()
+        if not heard:
             self._loop.remove_reader(conn.fileno())
-        conn.close()  # a connection still in `_ready` is skipped when its turn comes
+        return True
+
+    def _drop(self, conn: socket.socket, address: str) -> None:
+        """Close a waiting connection (expired or evicted) and give back its place; one in `_ready`
+        is skipped when its turn comes."""
+        if self._forget(conn, address):
+            conn.close()
+            self._gate.leave()
 
     def _pump(self) -> None:
         self._pumping = False
@@ -274,12 +330,12 @@ class _Handshakes:
         while started < self._per_turn and self._ready:
             address = next(iter(self._ready))
             ready = self._ready.pop(address)
-            conn, expiry = ready.popleft()
+            conn = ready.popleft()
             if ready:
                 self._ready[address] = ready  # to the back: addresses take turns
-            if conn.fileno() == -1:  # expired while waiting
+            if conn.fileno() == -1:  # expired or evicted while waiting
                 continue
-            expiry.cancel()  # the handshake has its own timeout
+            self._forget(conn, address)  # the handshake has its own timeout
             task = self._loop.create_task(self._handshake(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -289,6 +345,7 @@ class _Handshakes:
             self._loop.call_soon(self._pump)
 
     async def _handshake(self, conn: socket.socket) -> None:
+        """Once the handshake succeeds the connection's protocol (`_Gated`, admitted) holds its place."""
         try:
             await self._loop.connect_accepted_socket(
                 self._protocol, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
@@ -296,20 +353,20 @@ class _Handshakes:
         except OSError as exc:  # ssl.SSLError, ConnectionError and TimeoutError are OSErrors
             log.debug("TLS handshake failed: %s", exc)
             conn.close()
+            self._gate.leave()
+
+    @property
+    def waiting(self) -> int:
+        """Connections accepted whose handshake has not started."""
+        return sum(map(len, self._waiting.values()))
 
     def close(self) -> None:
         """Stop accepting; close the connections whose handshake has not started; stop those under way."""
         self._closed = True
         self._loop.remove_reader(self._listening.fileno())
-        for conn, expiry in self._silent.items():
-            self._loop.remove_reader(conn.fileno())
-            expiry.cancel()
-            conn.close()
-        self._silent.clear()
-        for ready in self._ready.values():
-            for conn, expiry in ready:
-                expiry.cancel()
-                conn.close()
+        for address, waiting in list(self._waiting.items()):
+            for conn in list(waiting):
+                self._drop(conn, address)
         self._ready.clear()
         for task in self._tasks:
             task.cancel()
@@ -383,8 +440,9 @@ class CappedSite(web.BaseSite):
         self._server = await loop.create_server(asyncio.Protocol, sock=listening, start_serving=False)
         self._handshakes = _Handshakes(
             listening,
-            lambda: _Gated(server, self._gate),
+            lambda: _Gated(server, self._gate, admitted=True),
             self._ssl_context,
+            self._gate,
             timeout=self._handshake_timeout or DEFAULT_HANDSHAKE_TIMEOUT,
         )
 

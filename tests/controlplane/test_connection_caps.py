@@ -25,7 +25,15 @@ from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, Connectio
 from controlplane.settings import SettingsError
 from discovery.xdstypes import CLUSTER, LISTENER
 from tests.discovery.harness import SotwClient, node
-from tests.helpers.serve import REPO, Running, meshplane_cmd, start_serve, with_open_files
+from tests.helpers.serve import (
+    REPO,
+    Running,
+    admission_review,
+    meshplane_cmd,
+    post_webhook,
+    start_serve,
+    with_open_files,
+)
 
 OPEN_FILES = 2048
 WEBHOOK_CAP = 512
@@ -255,3 +263,44 @@ def test_a_connection_that_opens_no_call_is_closed_after_the_idle_time_and_strea
             wait_for(lambda: still_open(plaintext) + still_open_tls(secure) == 0, what="idle connections closed")
     finally:
         running.stop()
+
+
+def test_silent_connections_to_the_webhook_count_against_its_cap_and_leave_the_process_its_files(
+    limited: Running,
+) -> None:
+    """They counted only once their TLS handshake had finished: 3,000 that never sent a hello took
+    every descriptor, and no port could accept (`/ready` timed out)."""
+    with connections(limited, "webhook", 3000) as held:
+        wait_for(lambda: still_open(held) <= WEBHOOK_CAP, what="webhook connections beyond the cap closed")
+        assert still_open(held) == WEBHOOK_CAP
+        assert open_files(limited) < OPEN_FILES - RESERVED_FILES // 2
+        assert http_ok(f"{limited.http_url}/ready")
+        assert asyncio.run(xds_answers(limited))
+    assert "cannot accept a connection" not in limited.logs()
+
+
+def test_a_client_holding_every_webhook_place_with_silent_connections_gives_them_up_to_another(
+    limited: Running,
+) -> None:
+    """The API server's review gets through while another address keeps the webhook port full of
+    connections that send nothing: each new connection of the API server's takes one of theirs."""
+    port = int(limited.addr("webhook").rsplit(":", 1)[1])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(WEBHOOK_CAP + 50):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+        wait_for(lambda: still_open(held) == WEBHOOK_CAP, what="the webhook port full")
+        for attempt in range(3):
+            status, review = post_webhook(limited, admission_review(pod_for_review(attempt)))
+            assert status == 200 and review["response"]["allowed"] is True, review
+        assert still_open(held) == WEBHOOK_CAP - 1  # the first took one; each review closes and leaves its place
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def pod_for_review(index: int) -> dict[str, object]:
+    return {
+        "metadata": {"name": f"app-{index}", "namespace": "default"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
