@@ -13,9 +13,9 @@ failed on `EMFILE`, which stopped the control plane. So:
 - aiohttp listeners are served by `CappedSite`, which counts a connection from its accept (for a TLS
   site, whose handshake must start and finish within `handshake_timeout`, before it), closes one
   beyond its cap as soon as it is accepted, counts that in `meshplane_connections_refused_total{listener}`
-  and logs it at most once every 10 s per listener; a full TLS site gives a new connection the place
-  of a waiting one of the client that holds the most (`_Handshakes`); the plaintext gRPC port is
-  capped by gRPC itself (`grpc.max_allowed_incoming_connections`), the secure one by its Envoy.
+  and logs it at most once every 10 s per listener; a full site gives a new connection the place of
+  one that has sent nothing yet, of the client that holds the most such (`_Gate`); the plaintext gRPC
+  port is capped by gRPC itself (`grpc.max_allowed_incoming_connections`), the secure one by its Envoy.
 
 A TLS handshake costs the event loop ~1 ms (the key exchange and the signature, and the kernel's
 loopback send), and asyncio runs, in one turn, the handshake of every connection whose first flight
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import resource
 import socket
@@ -131,7 +132,14 @@ class ConnectionBudget:
 
 
 class _Gate:
-    """Counts a listener's open connections against its cap; refusals are counted and logged sparingly."""
+    """Counts a listener's open connections against its cap; refusals are counted and logged sparingly.
+
+    A connection that has sent nothing yet (for a TLS listener: whose handshake has not started, or
+    that has sent nothing since) is *waiting*, and registers how to close it. When the listener is
+    full, a new connection takes the place of the oldest waiting one of the client address that has
+    the most waiting, if that address has at least two more than the new connection's: a client
+    that opens connections and stays silent loses them to the others (the kubelet's probe, the API
+    server's review), and clients competing for the places end up with equal shares."""
 
     def __init__(self, name: str, cap: int, refused: Callable[[], None] | None) -> None:
         self.name = name
@@ -140,20 +148,39 @@ class _Gate:
         self._refused = refused
         self._held_back = 0
         self._logged_at = -REFUSAL_LOG_INTERVAL
+        self._waiting: dict[str, dict[object, Callable[[], None]]] = {}  # by client address, oldest first
 
-    @property
-    def full(self) -> bool:
-        return self.open >= self.cap
+    def admit(self, address: str) -> bool:
+        """Take a place for a new connection from `address`, if need be a waiting one's (which is closed
+        here; it gives its place back as it goes); False when there is none: close the connection."""
+        if self.open >= self.cap and not self._evict_for(address):
+            self._refuse()
+            return False
+        self.open += 1
+        return True
 
-    def enter(self) -> bool:
-        if self.open < self.cap:
-            self.open += 1
-            return True
-        self.refuse()
-        return False
+    def leave(self) -> None:
+        self.open -= 1
 
-    def refuse(self) -> None:
-        """Count and (sparingly) log a connection closed because the listener is full."""
+    def waiting(self, address: str, key: object, close: Callable[[], None]) -> None:
+        self._waiting.setdefault(address, {})[key] = close
+
+    def heard(self, address: str, key: object) -> None:
+        """`key` is no longer waiting (it sent something, or it is closing)."""
+        waiting = self._waiting.get(address)
+        if waiting is not None and waiting.pop(key, None) is not None and not waiting:
+            del self._waiting[address]
+
+    def _evict_for(self, address: str) -> bool:
+        heaviest = max(self._waiting, key=lambda a: len(self._waiting[a]), default=None)
+        if heaviest is None or len(self._waiting[heaviest]) < len(self._waiting.get(address, ())) + 2:
+            return False
+        key, close = next(iter(self._waiting[heaviest].items()))
+        self.heard(heaviest, key)
+        close()
+        return True
+
+    def _refuse(self) -> None:
         connections_refused_total.labels(listener=self.name).inc()
         if self._refused is not None:
             self._refused()
@@ -166,16 +193,18 @@ class _Gate:
                 self.name,
                 self.open,
                 self._held_back,
-                extra={"listener": self.name, "open": self.open, "suppressed": self._held_back},
             )
             self._logged_at, self._held_back = now, 0
 
-    def leave(self) -> None:
-        self.open -= 1
+
+def _client_address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 class _Gated(asyncio.Protocol):
-    """Stands in front of aiohttp's per-connection protocol; creates it only for admitted connections.
+    """Stands in front of aiohttp's per-connection protocol; creates it only for admitted connections,
+    and tells the gate when the connection stops waiting.
 
     `admitted`: the connection took its place in the gate when it was accepted (`_Handshakes`, before
     its TLS handshake); it gives the place back when it closes."""
@@ -185,22 +214,33 @@ class _Gated(asyncio.Protocol):
         self._gate = gate
         self._admitted = admitted
         self._inner: asyncio.Protocol | None = None
+        self._waiting_as: str | None = None  # the client address while the connection has sent nothing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._admitted and not self._gate.enter():
+        address = _client_address(transport)
+        if not self._admitted and not self._gate.admit(address):
             transport.close()
             return
+        self._waiting_as = address
+        self._gate.waiting(address, self, transport.close)
         self._inner = self._make()
         self._inner.connection_made(transport)
 
+    def _heard(self) -> None:
+        if self._waiting_as is not None:
+            self._gate.heard(self._waiting_as, self)
+            self._waiting_as = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._inner is not None:
+            self._heard()
             self._gate.leave()
             self._inner.connection_lost(exc)
             self._inner = None
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
+            self._heard()
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -218,19 +258,13 @@ class _Gated(asyncio.Protocol):
 class _Handshakes:
     """Accepts a TLS listener's connections and starts at most `per_turn` handshakes a turn of the loop.
 
-    An accepted connection takes its place in the listener's gate at once, and is watched until its
-    first bytes (the client's hello) arrive; then it waits for its turn, taken in turn by client
-    address (one client's flood does not keep another's connection behind it), and its handshake
-    starts. A connection silent for `timeout` is closed, as one whose handshake does not finish
-    within `timeout` is. Silent connections cost no turn, so a client holding many open does not
-    hold back the others' handshakes.
-
-    A connection counts from its accept: 3,000 silent ones, counted only once their handshake had
-    finished, took every descriptor of the process. When the listener is full, a new connection
-    takes the place of the oldest waiting one (silent, or heard but not yet in its handshake) of
-    the address that has the most waiting, if that address has at least two more than the new
-    connection's: a client that opens connections and stays silent loses them to the others, and
-    clients competing for the places end up with equal shares."""
+    An accepted connection takes its place in the listener's gate at once (waiting, see `_Gate`), and
+    is watched until its first bytes (the client's hello) arrive; then it waits for its turn, taken
+    in turn by client address (one client's flood does not keep another's connection behind it), and
+    its handshake starts. A connection silent for `timeout` is closed, as one whose handshake does
+    not finish within `timeout` is. Silent connections cost no turn, so a client holding many open
+    does not hold back the others' handshakes. A connection counts from its accept: 3,000 silent
+    ones, counted only once their handshake had finished, took every descriptor of the process."""
 
     def __init__(
         self,
@@ -249,10 +283,8 @@ class _Handshakes:
         self._gate = gate
         self._timeout = timeout
         self._per_turn = per_turn
-        # Waiting connections by client address, oldest first: silent (watched for their first bytes,
-        # value False) or heard (value True, also in `_ready`).
-        self._waiting: dict[str, dict[socket.socket, bool]] = {}
-        self._expiry: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._waiting: dict[socket.socket, tuple[str, asyncio.TimerHandle]] = {}  # until the handshake starts
+        self._silent: set[socket.socket] = set()  # watched for their first bytes
         self._ready: dict[str, deque[socket.socket]] = {}  # heard, by client address, in the order heard
         self._pumping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -273,24 +305,14 @@ class _Handshakes:
                 self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
             address = str(peer[0])
-            if self._gate.full and not self._evict_for(address):
-                self._gate.refuse()
+            if not self._gate.admit(address):
                 conn.close()
                 continue
-            self._gate.enter()
             conn.setblocking(False)
-            self._waiting.setdefault(address, {})[conn] = False
-            self._expiry[conn] = self._loop.call_later(self._timeout, self._drop, conn, address)
+            self._waiting[conn] = (address, self._loop.call_later(self._timeout, self._drop, conn))
+            self._silent.add(conn)
+            self._gate.waiting(address, conn, functools.partial(self._drop, conn))
             self._loop.add_reader(conn.fileno(), self._heard, conn, address)
-
-    def _evict_for(self, address: str) -> bool:
-        """Close the oldest waiting connection of the address with the most waiting, to make room for
-        one from `address`, when that address has at least two more waiting; whether one was closed."""
-        heaviest = max(self._waiting, key=lambda a: len(self._waiting[a]), default=None)
-        if heaviest is None or len(self._waiting[heaviest]) < len(self._waiting.get(address, ())) + 2:
-            return False
-        self._drop(next(iter(self._waiting[heaviest])), heaviest)
-        return True
 
     def _resume(self) -> None:
         if not self._closed:
@@ -298,29 +320,29 @@ class _Handshakes:
 
     def _heard(self, conn: socket.socket, address: str) -> None:
         self._loop.remove_reader(conn.fileno())
-        self._waiting[address][conn] = True
+        self._silent.discard(conn)
         self._ready.setdefault(address, deque()).append(conn)
         if not self._pumping:
             self._pumping = True
             self._loop.call_soon(self._pump)  # runs in the next turn, with the other hellos heard in this one
 
-    def _forget(self, conn: socket.socket, address: str) -> bool:
-        """Stop counting `conn` as waiting; whether it was (it was still silent when True is its value)."""
-        waiting = self._waiting.get(address)
-        heard = waiting.pop(conn, None) if waiting is not None else None
-        if waiting is not None and not waiting:
-            del self._waiting[address]
-        if heard is None:
+    def _forget(self, conn: socket.socket) -> bool:
+        """Stop waiting on `conn`; whether it was waiting."""
+        entry = self._waiting.pop(conn, None)
+        if entry is None:
             return False
-        self._expiry.pop(conn).cancel()
-        if not heard:
+        address, expiry = entry
+        expiry.cancel()
+        if conn in self._silent:
+            self._silent.discard(conn)
             self._loop.remove_reader(conn.fileno())
+        self._gate.heard(address, conn)
         return True
 
-    def _drop(self, conn: socket.socket, address: str) -> None:
+    def _drop(self, conn: socket.socket) -> None:
         """Close a waiting connection (expired or evicted) and give back its place; one in `_ready`
         is skipped when its turn comes."""
-        if self._forget(conn, address):
+        if self._forget(conn):
             conn.close()
             self._gate.leave()
 
@@ -333,10 +355,9 @@ class _Handshakes:
             conn = ready.popleft()
             if ready:
                 self._ready[address] = ready  # to the back: addresses take turns
-            if conn.fileno() == -1:  # expired or evicted while waiting
+            if not self._forget(conn):  # expired or evicted while waiting
                 continue
-            self._forget(conn, address)  # the handshake has its own timeout
-            task = self._loop.create_task(self._handshake(conn))
+            task = self._loop.create_task(self._handshake(conn))  # with its own timeout
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += 1
@@ -355,18 +376,12 @@ class _Handshakes:
             conn.close()
             self._gate.leave()
 
-    @property
-    def waiting(self) -> int:
-        """Connections accepted whose handshake has not started."""
-        return sum(map(len, self._waiting.values()))
-
     def close(self) -> None:
         """Stop accepting; close the connections whose handshake has not started; stop those under way."""
         self._closed = True
         self._loop.remove_reader(self._listening.fileno())
-        for address, waiting in list(self._waiting.items()):
-            for conn in list(waiting):
-                self._drop(conn, address)
+        for conn in list(self._waiting):
+            self._drop(conn)
         self._ready.clear()
         for task in self._tasks:
             task.cancel()

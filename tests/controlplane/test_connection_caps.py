@@ -304,3 +304,38 @@ def pod_for_review(index: int) -> dict[str, object]:
         "metadata": {"name": f"app-{index}", "namespace": "default"},
         "spec": {"containers": [{"name": "app", "image": "app:1"}]},
     }
+
+
+def test_a_client_filling_the_ready_port_with_silent_connections_does_not_keep_the_probe_out(
+    limited: Running,
+) -> None:
+    """The kubelet's readiness probe is answered while another address holds every place of `/ready`
+    with connections that send nothing (the probe's connection takes one of theirs)."""
+    port = int(limited.addr("http").rsplit(":", 1)[1])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(SMALL_LISTENER_CAP + 20):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+        wait_for(lambda: still_open(held) == SMALL_LISTENER_CAP, what="the /ready port full")
+        for _ in range(3):
+            assert http_ok(f"{limited.http_url}/ready")
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_connections_past_their_handshake_that_send_nothing_give_their_place_up_too(limited: Running) -> None:
+    port = int(limited.addr("webhook").rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(limited.root_cert))
+    context.check_hostname = False
+    held: list[socket.socket] = []
+    try:
+        for _ in range(WEBHOOK_CAP):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+            held.append(context.wrap_socket(raw, server_hostname="istiod.istio-system.svc"))
+        status, review = post_webhook(limited, admission_review(pod_for_review(0)))
+        assert status == 200 and review["response"]["allowed"] is True, review
+        assert still_open_tls(held) == WEBHOOK_CAP - 1
+    finally:
+        for conn in held:
+            conn.close()
