@@ -126,6 +126,23 @@ async def test_connections_beyond_the_cap_are_closed_and_the_port_serves_once_th
             assert "meshplane_agent_connections_refused_total 4.0" in await response.text()
 
 
+async def test_the_kubelets_probe_is_answered_while_another_address_fills_the_port_with_silent_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any pod can hold every place of the status port with connections that send nothing: the probe,
+    from the node's address, takes the place of one of them, so the pod does not go unready."""
+    monkeypatch.setattr(status, "MAX_CONNECTIONS", 8)
+    async with status_server() as (server, client, base):
+        held = [await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0)) for _ in range(8)]
+        try:
+            for _ in range(3):
+                async with client.get(f"{base}/healthz/ready") as response:
+                    assert response.status == 503  # answered: nothing is ready in this wiring
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
 async def test_app_probes_answer_200_when_they_pass_and_500_when_they_fail() -> None:
     async with app_server() as (app_port, seen):
         probers = parse_probers(
