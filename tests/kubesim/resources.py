@@ -5,6 +5,8 @@ version, plural and kind; how its name is validated; which fields take defaults 
 lists merge by which key in a strategic merge patch; which fields a field selector may use; and
 which fields are immutable on update. Adding a resource is one entry in `RESOURCES`.
 
+Pod specs (of Pods and of workloads' templates) are validated in `tests.kubesim.podspec`.
+
 Custom resources are not in `RESOURCES`: `tests.kubesim.customresources` builds their `ResourceType`s from
 each stored CustomResourceDefinition (whose own entry is here).
 """
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.kubesim.kl_env import parse_quantity
+from tests.kubesim.podspec import validate_pod_spec
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, label_key_problem, selector_from_label_selector
 from tests.kubesim.validation import (
@@ -31,7 +33,9 @@ from tests.kubesim.validation import (
     check_external_ip,
     check_fqdn,
     check_label,
+    check_port,
     go_quote,
+    int_or_zero,
 )
 
 Obj = dict[str, Any]
@@ -191,26 +195,54 @@ def _default_container(container: Obj) -> None:
     for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
         probe = container.get(probe_name)
         if isinstance(probe, dict):
-            probe.setdefault("timeoutSeconds", 1)
-            probe.setdefault("periodSeconds", 10)
-            probe.setdefault("successThreshold", 1)
-            probe.setdefault("failureThreshold", 3)
-            if isinstance(probe.get("httpGet"), dict):
-                probe["httpGet"].setdefault("path", "/")
-                probe["httpGet"].setdefault("scheme", "HTTP")
+            _default_probe(probe)
+    for env in container.get("env") or []:
+        field_ref = (env.get("valueFrom") or {}).get("fieldRef") if isinstance(env, dict) else None
+        if isinstance(field_ref, dict) and not field_ref.get("apiVersion"):
+            field_ref["apiVersion"] = "v1"  # SetDefaults_ObjectFieldSelector
+
+
+def _default_unset(obj: Obj, key: str, value: Any) -> None:
+    """Set `key` when it is missing, null or Go's zero value (0, ""): Go defaulting cannot tell an
+    explicit zero from an absent field, so `timeoutSeconds: 0` or `dnsPolicy: ""` get the default too."""
+    if obj.get(key) in (None, 0, "") and not isinstance(obj.get(key), bool):
+        obj[key] = value
+
+
+def _default_probe(probe: Obj) -> None:
+    """SetDefaults_Probe and SetDefaults_HTTPGetAction: zero counts and empty strings take the defaults."""
+    for key, value in (("timeoutSeconds", 1), ("periodSeconds", 10), ("successThreshold", 1), ("failureThreshold", 3)):
+        _default_unset(probe, key, value)
+    if isinstance(probe.get("httpGet"), dict):
+        _default_unset(probe["httpGet"], "path", "/")
+        _default_unset(probe["httpGet"], "scheme", "HTTP")
+
+
+def _force_default_proc_mount(spec: Obj) -> None:
+    """A 1.32 server runs with the ProcMountType gate off (beta, off by default until 1.33): the registry
+    forces any container's `procMount` to `Default` before validation (`dropDisabledProcMountField`),
+    so no value is refused and `Unmasked` is not kept."""
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            context = container.get("securityContext") if isinstance(container, dict) else None
+            if isinstance(context, dict) and context.get("procMount") is not None:
+                context["procMount"] = "Default"
 
 
 def default_pod_spec(spec: Obj) -> None:
-    spec.setdefault("restartPolicy", "Always")
-    spec.setdefault("terminationGracePeriodSeconds", 30)
-    spec.setdefault("dnsPolicy", "ClusterFirst")
-    spec.setdefault("securityContext", {})
-    spec.setdefault("schedulerName", "default-scheduler")
+    _default_unset(spec, "restartPolicy", "Always")
+    if spec.get("terminationGracePeriodSeconds") is None:
+        spec["terminationGracePeriodSeconds"] = 30
+    _default_unset(spec, "dnsPolicy", "ClusterFirst")
+    if spec.get("securityContext") is None:
+        spec["securityContext"] = {}
+    _default_unset(spec, "schedulerName", "default-scheduler")
     spec.setdefault("enableServiceLinks", True)
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:
             if isinstance(container, dict):
                 _default_container(container)
+    _force_default_proc_mount(spec)
     for volume in spec.get("volumes") or []:
         if not isinstance(volume, dict):
             continue
@@ -242,10 +274,23 @@ def qos_class(spec: Mapping[str, Any]) -> str:
     return "Guaranteed"
 
 
+def _default_host_network_ports(spec: Obj) -> None:
+    """With `hostNetwork`, a pod's container ports without a host port get their container port as one
+    (SetDefaults_Pod; templates are left alone, so their validation allows 0)."""
+    if spec.get("hostNetwork") is not True:
+        return
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            for port in (container.get("ports") or []) if isinstance(container, dict) else []:
+                if isinstance(port, dict) and not port.get("hostPort") and port.get("containerPort"):
+                    port["hostPort"] = port["containerPort"]
+
+
 def _default_pod(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     if isinstance(spec, dict):
         default_pod_spec(spec)
+        _default_host_network_ports(spec)
         spec.setdefault("priority", 0)
         spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
         spec.setdefault(
@@ -420,182 +465,8 @@ def _default_endpointslice(obj: Obj) -> None:
 # -- validation ----------------------------------------------------------------------------------
 
 
-def _port_in_range(errors: FieldErrors, path: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-        errors.invalid(path, value, "must be between 1 and 65535, inclusive")
-
-
-_PORT_PROTOCOLS = ["SCTP", "TCP", "UDP"]
-_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc", "sleep")
-
-
-def port_name_problems(name: str) -> list[str]:
-    """Why `name` is not an IANA service name as Kubernetes allows it in a port (`IsValidPortName`)."""
-    problems = ["must be no more than 15 characters"] if len(name) > 15 else []
-    if re.fullmatch(r"[-a-z0-9]+", name) is None:
-        problems.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
-    elif re.search(r"[a-z]", name) is None:
-        problems.append("must contain at least one letter (a-z)")
-    elif "--" in name:
-        problems.append("must not contain consecutive hyphens")
-    elif name.startswith("-") or name.endswith("-"):
-        problems.append("must not begin or end with a hyphen")
-    return problems
-
-
-def _validate_container_ports(ports: list[Any], path: str, errors: FieldErrors) -> None:
-    """A container's ports: names unique in the container and IANA-style, a container port, an optional
-    host port, a supported protocol (`validateContainerPorts`)."""
-    names: set[str] = set()
-    for i, raw in enumerate(ports):
-        port = raw if isinstance(raw, dict) else {}
-        name = port.get("name")
-        if name:
-            problems = port_name_problems(str(name))
-            for problem in problems:
-                errors.invalid(f"{path}[{i}].name", name, problem)
-            if not problems and name in names:
-                errors.duplicate(f"{path}[{i}].name", name)
-            names.add(str(name))
-        if not port.get("containerPort"):
-            errors.required(f"{path}[{i}].containerPort")
-        else:
-            _port_in_range(errors, f"{path}[{i}].containerPort", port["containerPort"])
-        if port.get("hostPort"):
-            _port_in_range(errors, f"{path}[{i}].hostPort", port["hostPort"])
-        protocol = port.get("protocol")
-        if not protocol:
-            errors.required(f"{path}[{i}].protocol")
-        elif protocol not in _PORT_PROTOCOLS:
-            errors.not_supported(f"{path}[{i}].protocol", protocol, _PORT_PROTOCOLS)
-
-
-def _validate_resources(resources: Any, path: str, errors: FieldErrors) -> None:
-    """Each request at most its limit (`ValidateResourceRequirements`; hugepages, which must be equal,
-    are not modelled). A quantity that does not parse is left to the kubelet, which refuses it."""
-    if not isinstance(resources, dict):
-        return
-    limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
-    if not isinstance(limits, dict) or not isinstance(requests, dict):
-        return
-    for name, request in requests.items():
-        if name not in limits:
-            continue
-        try:
-            over = parse_quantity(request) > parse_quantity(limits[name])
-        except ValueError:
-            continue
-        if over:
-            errors.invalid(
-                f"{path}.requests[{name}]",
-                str(request),
-                f"must be less than or equal to {name} limit of {limits[name]}",
-            )
-
-
-def _validate_handler(handler: Obj, path: str, errors: FieldErrors) -> None:
-    """A probe or lifecycle hook names exactly one handler; an HTTP one a port by number or name."""
-    present = [kind for kind in _HANDLERS if handler.get(kind) is not None]
-    if not present:
-        errors.required(path, "must specify a handler type")
-    for kind in present[1:]:
-        errors.forbidden(f"{path}.{kind}", "may not specify more than 1 handler type")
-    for kind in ("httpGet", "tcpSocket"):
-        action = handler.get(kind)
-        if kind in present[:1] and isinstance(action, dict):
-            port = action.get("port")
-            if isinstance(port, int) and not isinstance(port, bool):
-                _port_in_range(errors, f"{path}.{kind}.port", port)
-            else:
-                for problem in port_name_problems(str(port)):
-                    errors.invalid(f"{path}.{kind}.port", port, problem)
-    http = handler.get("httpGet")
-    if "httpGet" in present[:1] and isinstance(http, dict) and http.get("scheme") not in (None, "HTTP", "HTTPS"):
-        errors.not_supported(f"{path}.httpGet.scheme", http.get("scheme"), ["HTTP", "HTTPS"])
-
-
-def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, template: bool = False) -> None:
-    if not isinstance(spec, dict):
-        errors.required(path)
-        return
-    volumes: set[str] = set()
-    for i, volume in enumerate(spec.get("volumes") or []):
-        vpath = f"{path}.volumes[{i}].name"
-        name = volume.get("name") if isinstance(volume, dict) else None
-        if not name:
-            errors.required(vpath)
-            continue
-        check_label(errors, vpath, str(name))
-        if name in volumes:
-            errors.duplicate(vpath, name)
-        volumes.add(str(name))
-        sources = [key for key in volume if key != "name"]  # the schema admits only sources besides the name
-        if not sources:
-            errors.required(f"{path}.volumes[{i}]", "must specify a volume type")
-        for source in sources[1:]:
-            errors.forbidden(f"{path}.volumes[{i}].{source}", "may not specify more than 1 volume type")
-    containers = spec.get("containers")
-    if not isinstance(containers, list) or not containers:
-        errors.required(f"{path}.containers")
-        containers = []
-    names: set[str] = set()
-    for key, items in (("initContainers", spec.get("initContainers") or []), ("containers", containers)):
-        for i, container in enumerate(items):
-            cpath = f"{path}.{key}[{i}]"
-            if not isinstance(container, dict):
-                errors.invalid(cpath, container, "must be an object")
-                continue
-            name = container.get("name")
-            if not name:
-                errors.required(f"{cpath}.name")
-            else:
-                check_label(errors, f"{cpath}.name", str(name))
-                if name in names:
-                    errors.duplicate(f"{cpath}.name", name)
-                names.add(str(name))
-            image = container.get("image")
-            if not image and not template:
-                errors.required(f"{cpath}.image")
-            elif isinstance(image, str) and image != image.strip():
-                errors.invalid(f"{cpath}.image", image, "must not have leading or trailing whitespace")
-            _validate_container_ports(container.get("ports") or [], f"{cpath}.ports", errors)
-            _validate_resources(container.get("resources") or {}, f"{cpath}.resources", errors)
-            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-                if isinstance(container.get(probe), dict):
-                    _validate_handler(container[probe], f"{cpath}.{probe}", errors)
-            for hook in ("postStart", "preStop"):
-                lifecycle = container.get("lifecycle") or {}
-                if isinstance(lifecycle, dict) and isinstance(lifecycle.get(hook), dict):
-                    _validate_handler(lifecycle[hook], f"{cpath}.lifecycle.{hook}", errors)
-            mount_paths: set[str] = set()
-            for j, mount in enumerate(container.get("volumeMounts") or []):
-                mname = (mount or {}).get("name")
-                if not mname:
-                    errors.required(f"{cpath}.volumeMounts[{j}].name")
-                elif mname not in volumes:
-                    errors.not_found(f"{cpath}.volumeMounts[{j}].name", mname)
-                mount_path = (mount or {}).get("mountPath")
-                if not mount_path:
-                    errors.required(f"{cpath}.volumeMounts[{j}].mountPath")
-                elif mount_path in mount_paths:
-                    errors.invalid(f"{cpath}.volumeMounts[{j}].mountPath", mount_path, "must be unique")
-                mount_paths.add(str(mount_path))
-            if key == "initContainers" and container.get("restartPolicy") != "Always":
-                for forbidden in ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe"):
-                    if container.get(forbidden) is not None:
-                        errors.forbidden(
-                            f"{cpath}.{forbidden}", "may not be set for init containers without restartPolicy=Always"
-                        )
-            policy = container.get("restartPolicy")
-            if policy is not None and (key == "containers" or policy != "Always"):
-                errors.not_supported(f"{cpath}.restartPolicy", policy, ["Always"] if key != "containers" else [])
-    restart = spec.get("restartPolicy")
-    if restart not in (None, "Always", "OnFailure", "Never"):
-        errors.not_supported(f"{path}.restartPolicy", restart, ["Always", "OnFailure", "Never"])
-
-
 def _validate_pod(obj: Obj, errors: FieldErrors) -> None:
-    validate_pod_spec(obj.get("spec"), "spec", errors)
+    validate_pod_spec(obj.get("spec"), "spec", errors, resource_is_pod=True)
 
 
 _POD_MUTABLE_NOTE = (
@@ -820,13 +691,13 @@ def _validate_service_ports(ports: list[Any], stype: Any, errors: FieldErrors) -
             if name in seen_names:
                 errors.duplicate(f"{ppath}.name", name)
             seen_names.add(str(name))
-        _port_in_range(errors, f"{ppath}.port", port.get("port"))
+        check_port(errors, f"{ppath}.port", port.get("port"))
         protocol = port.get("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             errors.not_supported(f"{ppath}.protocol", protocol, ["SCTP", "TCP", "UDP"])
         target = port.get("targetPort")
         if isinstance(target, int) and not isinstance(target, bool):
-            _port_in_range(errors, f"{ppath}.targetPort", target)
+            check_port(errors, f"{ppath}.targetPort", target)
     numbered = [(i, port) for i, port in enumerate(ports) if isinstance(port, dict)]
     if stype == "ClusterIP":
         for i, port in numbered:
@@ -840,7 +711,7 @@ def _duplicate_node_ports(numbered: list[tuple[int, Obj]], errors: FieldErrors) 
     """Two ports may share a node port only with different protocols."""
     seen: set[tuple[str, int]] = set()
     for i, port in numbered:
-        node_port = _int32(port.get("nodePort"))
+        node_port = int_or_zero(port.get("nodePort"))
         if not node_port:
             continue
         key = (str(port.get("protocol", "TCP")), node_port)
@@ -857,15 +728,10 @@ def _duplicate_ports(numbered: list[tuple[int, Obj]], errors: FieldErrors) -> No
     """
     seen: set[tuple[str, int]] = set()
     for i, port in numbered:
-        protocol, number = str(port.get("protocol", "TCP")), _int32(port.get("port"))
+        protocol, number = str(port.get("protocol", "TCP")), int_or_zero(port.get("port"))
         if (protocol, number) in seen:
             errors.duplicate(f"spec.ports[{i}]", _service_port_key(protocol, number))
         seen.add((protocol, number))
-
-
-def _int32(value: Any) -> int:
-    """An integer field's value as the API server holds it (0 when unset)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _service_port_key(protocol: str, port: int) -> GoSyntax:
@@ -910,7 +776,7 @@ def _validate_external_traffic(spec: dict[str, Any], errors: FieldErrors) -> Non
     elif not health_check:
         errors.required("spec.healthCheckNodePort")
     else:
-        _port_in_range(errors, "spec.healthCheckNodePort", health_check)
+        check_port(errors, "spec.healthCheckNodePort", health_check)
 
 
 def _validate_service_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
@@ -1044,7 +910,7 @@ def _validate_client_config(errors: FieldErrors, path: str, client: Mapping[str,
         if service_path is not None and not str(service_path).startswith("/"):
             errors.invalid(f"{path}.service.path", service_path, "must start with a '/'")
         if service.get("port") is not None:
-            _port_in_range(errors, f"{path}.service.port", service["port"])
+            check_port(errors, f"{path}.service.port", service["port"])
 
 
 def _validate_mutating_webhooks(obj: Obj, errors: FieldErrors) -> None:
@@ -1143,7 +1009,7 @@ def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
             if problem:
                 errors.invalid(f"ports[{i}].appProtocol", port["appProtocol"], problem)
         if port.get("port") is not None:
-            _port_in_range(errors, f"ports[{i}].port", port["port"])
+            check_port(errors, f"ports[{i}].port", port["port"])
 
 
 def _validate_slice_endpoint(endpoint: Obj, path: str, address_type: Any, errors: FieldErrors) -> None:

@@ -33,6 +33,17 @@ LABEL_HELP = (
     "end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
     "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 )
+CONFIG_KEY_HELP = (
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or "
+    "'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+)
+QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+QUALIFIED_NAME_HELP = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
+    "character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
+    "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
+ENV_VAR_NAME_HELP = "a valid environment variable name must consist only of printable ASCII characters other than '='"
 DNS1035_HELP = (
     "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic "
     "character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for "
@@ -61,12 +72,36 @@ class GoSyntax(str):
     """A bad value the API server prints in Go syntax (`%#v` of an internal type), rendered as it is."""
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_string(value: str) -> str:
+    """Go's `%q` of a string (`strconv.Quote`), how the API server quotes a bad value: printable characters,
+    non-ASCII ones too, as they are; others as Go escapes them (`\\t`, `\\x7f`, `\\u0085`)."""
+    out = []
+    for char in value:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char == " " or char.isprintable():
+            out.append(char)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def go_quote(value: Any) -> str:
     """Render a bad value roughly the way the API server's messages do."""
     if isinstance(value, GoSyntax):
         return str(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return go_string(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -132,10 +167,13 @@ def invalid_cause(path: str, value: Any, detail: str) -> Cause:
 
 
 def check_subdomain(errors: FieldErrors, path: str, value: str) -> None:
-    if len(value) > 253:
-        errors.invalid(path, value, "must be no more than 253 characters")
-    if not DNS1123_SUBDOMAIN.fullmatch(value):
-        errors.invalid(path, value, SUBDOMAIN_HELP)
+    for problem in subdomain_problems(value):
+        errors.invalid(path, value, problem)
+
+
+def subdomain_problems(value: str) -> list[str]:
+    """Why `value` is not a DNS-1123 subdomain (`IsDNS1123Subdomain`), each reason a message."""
+    return _name_problems(value, 253, DNS1123_SUBDOMAIN, SUBDOMAIN_HELP)
 
 
 def check_label(errors: FieldErrors, path: str, value: str) -> None:
@@ -153,6 +191,70 @@ def check_dns1035(errors: FieldErrors, path: str, value: str) -> None:
 
 
 NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
+
+
+def env_var_name_problems(name: str) -> list[str]:
+    """Why `name` is not an environment variable name, as a 1.32 server checks it.
+
+    From 1.32 the RelaxedEnvironmentVariableValidation gate is on by default (beta): any printable
+    ASCII character but '=' may appear (`IsRelaxedEnvVarName`); the older C-identifier-like rule is gone.
+    """
+    if any(not " " <= char <= "~" or char == "=" for char in name):
+        return [ENV_VAR_NAME_HELP]
+    return []
+
+
+def config_key_problems(key: str) -> list[str]:
+    """Why `key` is not a ConfigMap or Secret key (`IsConfigMapKey`): length, characters, no `.`/`..` start."""
+    problems = ["must be no more than 253 characters"] if len(key) > 253 else []
+    if not CONFIG_KEY.fullmatch(key):
+        problems.append(CONFIG_KEY_HELP)
+    if key == ".":
+        problems.append("must not be '.'")
+    elif key == "..":
+        problems.append("must not be '..'")
+    elif key.startswith(".."):
+        problems.append("must not start with '..'")
+    return problems
+
+
+def qualified_name_problems(value: str) -> list[str]:
+    """Why `value` is not a qualified name (`IsQualifiedName`): an optional subdomain prefix and '/', then a
+    name part of at most 63 characters. Each reason is its own message, as the API server lists them."""
+    parts = value.split("/")
+    if len(parts) > 2:
+        return [
+            f"a qualified name {QUALIFIED_NAME_HELP} with an optional DNS subdomain prefix and '/' "
+            "(e.g. 'example.com/MyName')"
+        ]
+    problems = []
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            problems.append("prefix part must be non-empty")
+        else:
+            problems.extend(f"prefix part {problem}" for problem in subdomain_problems(prefix))
+    name = parts[-1]
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 characters")
+    if not QUALIFIED_NAME.fullmatch(name):
+        problems.append(f"name part {QUALIFIED_NAME_HELP}")
+    return problems
+
+
+def go_struct(type_name: str, fields: Mapping[str, str]) -> GoSyntax:
+    """Go's `%#v` of an internal struct, as the API server prints one as the bad value of an Invalid error.
+    `fields` maps each field, in declaration order, to its rendered value (see `go_pointer`)."""
+    shown = ", ".join(f"{name}:{value}" for name, value in fields.items())
+    return GoSyntax(f"{type_name}{{{shown}}}")
+
+
+def go_pointer(pointer_type: str, present: bool) -> str:
+    """A pointer field in Go's `%#v`: its type and address, or nil. A real address differs in every
+    response; a set pointer shows a fixed one here."""
+    return f"(*{pointer_type})({'0xc000010000' if present else 'nil'})"
 
 
 def check_fqdn(errors: FieldErrors, path: str, value: str) -> None:
@@ -274,13 +376,7 @@ def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_val
         for key, value in values.items():
             path = f"{section}[{key}]"
             if not CONFIG_KEY.fullmatch(key) or len(key) > 253:
-                errors.invalid(
-                    path,
-                    key,
-                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
-                    "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
-                    "'[-._a-zA-Z0-9]+')",
-                )
+                errors.invalid(path, key, CONFIG_KEY_HELP)
             if key in seen:
                 errors.invalid(path, key, "duplicate of key present in data")
             seen.add(key)
@@ -291,3 +387,14 @@ def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_val
                     base64.b64decode(value, validate=True)
                 except (binascii.Error, ValueError):
                     errors.invalid(path, value, "illegal base64 data")
+
+
+def check_port(errors: FieldErrors, path: str, value: Any) -> None:
+    """A port number field: an integer 1-65535."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        errors.invalid(path, value, "must be between 1 and 65535, inclusive")
+
+
+def int_or_zero(value: Any) -> int:
+    """An integer field's value as the API server holds it (0 when unset)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

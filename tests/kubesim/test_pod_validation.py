@@ -1,0 +1,582 @@
+"""Pod validation as a 1.32 API server does it: env vars, probes, security contexts and pod-wide fields.
+
+Each refusal is checked against the field path and the message the real server gives (kubectl prints
+both), and, where it shows the rule's edge, a valid neighbour is accepted. kubesim reports v1.32, whose
+default feature gates decide two rules: env var names follow the relaxed rule (RelaxedEnvironmentVariableValidation,
+beta and on in 1.32) and `procMount` is forced to `Default` (ProcMountType, beta but off until 1.33).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from controlplane.kube.client import KubeApi
+from tests.kubesim.fixtures import Kubectl
+from tests.kubesim.test_api import PODS, bare_pod, error_of
+from tests.kubesim.validation import SUBDOMAIN_HELP
+
+DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
+C0 = "spec.containers[0]"
+ENV_NAME_RULE = "a valid environment variable name must consist only of printable ASCII characters other than '='"
+ID_RANGE = "must be between 0 and 2147483647, inclusive"
+NOT_NEGATIVE = "must be greater than or equal to 0"
+ENV_FIELDS = (
+    '"metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName", '
+    '"status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs"'
+)
+FIELD_REF_NAME = {"fieldRef": {"fieldPath": "metadata.name"}}
+HTTP_PROBE = {"httpGet": {"port": 8080}}
+
+
+def pod_with(name: str = "p", /, **container: Any) -> dict[str, Any]:
+    """A bare pod whose one container also has `container`'s fields."""
+    pod = bare_pod(name)
+    pod["spec"]["containers"][0] |= copy.deepcopy(container)
+    return pod
+
+
+def pod_spec_with(name: str = "p", /, **spec: Any) -> dict[str, Any]:
+    """A bare pod whose spec also has `spec`'s fields."""
+    pod = bare_pod(name)
+    pod["spec"] |= copy.deepcopy(spec)
+    return pod
+
+
+def deployment(name: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
+        },
+    }
+
+
+async def causes_of(kube_api: KubeApi, body: dict[str, Any], path: str = PODS) -> list[tuple[str, str]]:
+    """The (field, message) of each cause of the 422 the create gets."""
+    err = await error_of(kube_api.request("POST", path, body=body))
+    assert (err.status, err.reason) == (422, "Invalid"), err.message
+    return [(cause["field"], cause["message"]) for cause in err.body["details"]["causes"]]
+
+
+async def created(kube_api: KubeApi, body: dict[str, Any], path: str = PODS) -> dict[str, Any]:
+    out: dict[str, Any] = await kube_api.request("POST", path, body=body)
+    return out
+
+
+# -- env -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [("A=B", '"A=B"'), ("caf\u00e9", '"caf\u00e9"'), ("TAB\tNAME", '"TAB\\tNAME"'), ("DEL\x7f", '"DEL\\x7f"')],
+    ids=["equals", "non-ascii", "tab", "del"],
+)
+async def test_an_env_var_name_is_printable_ascii_other_than_equals(kube_api: KubeApi, name: str, shown: str) -> None:
+    """The bad name is quoted as Go's %q does: a printable non-ASCII character as it is, a control escaped."""
+    causes = await causes_of(kube_api, pod_with(env=[{"name": name, "value": "x"}]))
+    assert causes == [(f"{C0}.env[0].name", f"Invalid value: {shown}: {ENV_NAME_RULE}")]
+
+
+async def test_relaxed_env_var_names_that_1_32_accepts(kube_api: KubeApi) -> None:
+    """Digits first, colons, spaces and a lone dot were refused before the relaxed rule; 1.32 takes them."""
+    names = ["1ST", "Logging:LogLevel:Default", "WITH SPACE", ".", "a-b.c"]
+    pod = pod_with(env=[{"name": name, "value": "v"} for name in names])
+    out = await created(kube_api, pod)
+    assert [var["name"] for var in out["spec"]["containers"][0]["env"]] == names
+    causes = await causes_of(kube_api, pod_with("q", env=[{"value": "v"}]))
+    assert causes == [(f"{C0}.env[0].name", "Required value")]
+
+
+@pytest.mark.parametrize(
+    ("var", "detail"),
+    [
+        (
+            {"name": "A", "valueFrom": {}},
+            "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+        ),
+        ({"name": "A", "value": "x", "valueFrom": FIELD_REF_NAME}, "may not be specified when `value` is not empty"),
+        (
+            {"name": "A", "valueFrom": {**FIELD_REF_NAME, "secretKeyRef": {"name": "s", "key": "k"}}},
+            "may not have more than one field specified at a time",
+        ),
+    ],
+    ids=["no-source", "value-and-source", "two-sources"],
+)
+async def test_value_from_has_one_source_and_no_value_beside_it(
+    kube_api: KubeApi, var: dict[str, Any], detail: str
+) -> None:
+    causes = await causes_of(kube_api, pod_with(env=[var]))
+    assert causes == [(f"{C0}.env[0].valueFrom", f'Invalid value: "": {detail}')]
+    out = await created(kube_api, pod_with("ok", env=[{"name": "A", "value": "", "valueFrom": FIELD_REF_NAME}]))
+    assert out["spec"]["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["apiVersion"] == "v1"  # defaulted
+
+
+@pytest.mark.parametrize(
+    ("field_ref", "field", "message"),
+    [
+        (
+            {"fieldPath": "status.phase"},
+            "fieldPath",
+            f'Unsupported value: "status.phase": supported values: {ENV_FIELDS}',
+        ),
+        (
+            {"fieldPath": "metadata.labels"},
+            "fieldPath",
+            f'Unsupported value: "metadata.labels": supported values: {ENV_FIELDS}',
+        ),
+        (
+            {"fieldPath": "spec.containers"},
+            "fieldPath",
+            'Invalid value: "spec.containers": error converting fieldPath: field label not supported: spec.containers',
+        ),
+        (
+            {"fieldPath": "metadata.name['x']"},
+            "fieldPath",
+            "Invalid value: \"metadata.name['x']\": error converting fieldPath: "
+            "field label does not support subscript: metadata.name['x']",
+        ),
+        (
+            {"apiVersion": "v2", "fieldPath": "metadata.name"},
+            "fieldPath",
+            'Invalid value: "metadata.name": error converting fieldPath: unsupported pod version: v2',
+        ),
+        ({"apiVersion": "v1"}, "fieldPath", "Required value"),
+        (
+            {"fieldPath": "metadata.labels['bad key']"},
+            "",
+            "Invalid value: \"bad key\": name part must consist of alphanumeric characters, '-', '_' or '.', and "
+            "must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', "
+            "regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+        ),
+    ],
+    ids=["status-phase", "labels-without-key", "unknown", "subscript", "version", "no-path", "bad-label-key"],
+)
+async def test_an_env_field_ref_names_a_field_an_env_var_may_use(
+    kube_api: KubeApi, field_ref: dict[str, Any], field: str, message: str
+) -> None:
+    pod = pod_with(env=[{"name": "A", "valueFrom": {"fieldRef": field_ref}}])
+    path = f"{C0}.env[0].valueFrom.fieldRef" + (f".{field}" if field else "")
+    assert await causes_of(kube_api, pod) == [(path, message)]
+
+
+async def test_env_field_refs_the_server_accepts(kube_api: KubeApi) -> None:
+    """Subscripted labels and annotations (an annotation key is checked lowercased), the old `spec.host`
+    alias for the node name, and the pod's host IPs."""
+    paths = ["metadata.labels['app']", "metadata.annotations['Example.com/Key']", "spec.host", "status.hostIPs"]
+    env = [{"name": f"V{i}", "valueFrom": {"fieldRef": {"fieldPath": path}}} for i, path in enumerate(paths)]
+    await created(kube_api, pod_with(env=env))
+    bad = [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['-x']"}}}]
+    (cause,) = await causes_of(kube_api, pod_with("q", env=bad))
+    assert cause[0] == f"{C0}.env[0].valueFrom.fieldRef" and cause[1].startswith('Invalid value: "-x": name part')
+
+
+async def test_an_env_resource_field_ref_names_a_limit_or_request(kube_api: KubeApi) -> None:
+    pod = pod_with(env=[{"name": "A", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}}])
+    supported = (
+        '"limits.cpu", "limits.ephemeral-storage", "limits.memory", "requests.cpu", '
+        '"requests.ephemeral-storage", "requests.memory"'
+    )
+    path = f"{C0}.env[0].valueFrom.resourceFieldRef.resource"
+    assert await causes_of(kube_api, pod) == [(path, f'Unsupported value: "limits.gpu": supported values: {supported}')]
+    missing = pod_with("q", env=[{"name": "A", "valueFrom": {"resourceFieldRef": {"containerName": "c"}}}])
+    assert await causes_of(kube_api, missing) == [(path, "Required value")]
+    env = [
+        {"name": "A", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+        {"name": "B", "valueFrom": {"resourceFieldRef": {"resource": "requests.hugepages-2Mi"}}},
+    ]
+    await created(kube_api, pod_with("ok", env=env))
+
+
+@pytest.mark.parametrize(
+    ("source", "field", "message"),
+    [
+        ({"configMapKeyRef": {"key": "k"}}, "configMapKeyRef.name", f'Invalid value: "": {SUBDOMAIN_HELP}'),
+        (
+            {"secretKeyRef": {"name": "Secret", "key": "k"}},
+            "secretKeyRef.name",
+            f'Invalid value: "Secret": {SUBDOMAIN_HELP}',
+        ),
+        ({"secretKeyRef": {"name": "s"}}, "secretKeyRef.key", "Required value"),
+        (
+            {"configMapKeyRef": {"name": "c", "key": "a/b"}},
+            "configMapKeyRef.key",
+            "Invalid value: \"a/b\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+            "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+        ),
+        (
+            {"configMapKeyRef": {"name": "c", "key": ".."}},
+            "configMapKeyRef.key",
+            "Invalid value: \"..\": must not be '..'",
+        ),
+    ],
+    ids=["no-name", "bad-name", "no-key", "bad-key", "dot-dot-key"],
+)
+async def test_an_env_key_ref_names_an_object_and_a_config_key(
+    kube_api: KubeApi, source: dict[str, Any], field: str, message: str
+) -> None:
+    pod = pod_with(env=[{"name": "A", "valueFrom": source}])
+    assert await causes_of(kube_api, pod) == [(f"{C0}.env[0].valueFrom.{field}", message)]
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "message"),
+    [
+        ({}, "envFrom", 'Invalid value: "": must specify one of: `configMapRef` or `secretRef`'),
+        (
+            {"configMapRef": {"name": "c"}, "secretRef": {"name": "s"}},
+            "envFrom",
+            'Invalid value: "": may not have more than one field specified at a time',
+        ),
+        ({"prefix": "A=", "configMapRef": {"name": "c"}}, "envFrom[0].prefix", f'Invalid value: "A=": {ENV_NAME_RULE}'),
+        ({"secretRef": {}}, "envFrom[0].secretRef.name", "Required value"),
+        ({"configMapRef": {"name": "Cfg"}}, "envFrom[0].configMapRef.name", f'Invalid value: "Cfg": {SUBDOMAIN_HELP}'),
+    ],
+    ids=["no-source", "two-sources", "bad-prefix", "no-name", "bad-name"],
+)
+async def test_env_from_has_one_named_source_and_a_valid_prefix(
+    kube_api: KubeApi, item: dict[str, Any], field: str, message: str
+) -> None:
+    """The source-count errors name the `envFrom` list itself, not the item, as the API server's do."""
+    assert await causes_of(kube_api, pod_with(envFrom=[item])) == [(f"{C0}.{field}", message)]
+    # A name is checked as a prefix: a trailing dash passes.
+    await created(kube_api, pod_with("ok", envFrom=[{"prefix": "CFG_", "configMapRef": {"name": "cfg-"}}]))
+
+
+# -- probes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"]
+)
+async def test_probe_counts_are_not_negative(kube_api: KubeApi, key: str) -> None:
+    pod = pod_with(readinessProbe={**HTTP_PROBE, key: -1})
+    assert await causes_of(kube_api, pod) == [(f"{C0}.readinessProbe.{key}", f"Invalid value: -1: {NOT_NEGATIVE}")]
+
+
+@pytest.mark.parametrize("kind", ["livenessProbe", "startupProbe"])
+async def test_liveness_and_startup_probes_succeed_once(kube_api: KubeApi, kind: str) -> None:
+    pod = pod_with(**{kind: {**HTTP_PROBE, "successThreshold": 2}})
+    assert await causes_of(kube_api, pod) == [(f"{C0}.{kind}.successThreshold", "Invalid value: 2: must be 1")]
+    # 0 is Go's unset: defaulting makes it 1 before validation. A readiness probe may ask for more.
+    ok = pod_with(
+        "ok", **{kind: {**HTTP_PROBE, "successThreshold": 0}}, readinessProbe={**HTTP_PROBE, "successThreshold": 3}
+    )
+    out = await created(kube_api, ok)
+    assert out["spec"]["containers"][0][kind]["successThreshold"] == 1
+
+
+async def test_zero_probe_counts_take_the_defaults(kube_api: KubeApi) -> None:
+    zeros = {"timeoutSeconds": 0, "periodSeconds": 0, "successThreshold": 0, "failureThreshold": 0}
+    out = await created(kube_api, pod_with(readinessProbe={"httpGet": {"port": 8080, "path": ""}, **zeros}))
+    probe = out["spec"]["containers"][0]["readinessProbe"]
+    assert {key: probe[key] for key in zeros} == {
+        "timeoutSeconds": 1,
+        "periodSeconds": 10,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
+    assert probe["httpGet"] == {"port": 8080, "path": "/", "scheme": "HTTP"}
+
+
+async def test_a_probes_grace_period_is_positive_and_not_for_readiness(kube_api: KubeApi) -> None:
+    path = f"{C0}.livenessProbe.terminationGracePeriodSeconds"
+    pod = pod_with(livenessProbe={**HTTP_PROBE, "terminationGracePeriodSeconds": 0})
+    assert await causes_of(kube_api, pod) == [(path, "Invalid value: 0: must be greater than 0")]
+    readiness = pod_with("r", readinessProbe={**HTTP_PROBE, "terminationGracePeriodSeconds": 5})
+    assert await causes_of(kube_api, readiness) == [
+        (f"{C0}.readinessProbe.terminationGracePeriodSeconds", "Invalid value: 5: must not be set for readinessProbes")
+    ]
+    # The pod's own grace period may even be negative: deletion treats it as 1.
+    ok = pod_with("ok", livenessProbe={**HTTP_PROBE, "terminationGracePeriodSeconds": 5})
+    ok["spec"]["terminationGracePeriodSeconds"] = -1
+    assert (await created(kube_api, ok))["spec"]["terminationGracePeriodSeconds"] == -1
+
+
+async def test_an_exec_handler_needs_a_command(kube_api: KubeApi) -> None:
+    pod = pod_with(readinessProbe={"exec": {}}, lifecycle={"preStop": {"exec": {"command": []}}})
+    assert await causes_of(kube_api, pod) == [
+        (f"{C0}.lifecycle.preStop.exec.command", "Required value"),
+        (f"{C0}.readinessProbe.exec.command", "Required value"),
+    ]
+
+
+# -- security contexts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "value"),
+    [
+        (
+            {"containers": [{"name": "c", "image": "i", "securityContext": {"runAsUser": -1}}]},
+            f"{C0}.securityContext.runAsUser",
+            -1,
+        ),
+        (
+            {"containers": [{"name": "c", "image": "i", "securityContext": {"runAsGroup": 2147483648}}]},
+            f"{C0}.securityContext.runAsGroup",
+            2147483648,
+        ),
+        ({"securityContext": {"runAsUser": -2}}, "spec.securityContext.runAsUser", -2),
+        ({"securityContext": {"runAsGroup": -3}}, "spec.securityContext.runAsGroup", -3),
+        ({"securityContext": {"fsGroup": -4}}, "spec.securityContext.fsGroup", -4),
+        ({"securityContext": {"supplementalGroups": [5, -5]}}, "spec.securityContext.supplementalGroups[1]", -5),
+    ],
+    ids=["container-user", "container-group", "pod-user", "pod-group", "fs-group", "supplemental-group"],
+)
+async def test_user_and_group_ids_are_non_negative_int32s(
+    kube_api: KubeApi, spec: dict[str, Any], field: str, value: int
+) -> None:
+    assert await causes_of(kube_api, pod_spec_with(**spec)) == [(field, f"Invalid value: {value}: {ID_RANGE}")]
+    edges = {"runAsUser": 0, "runAsGroup": 2147483647, "fsGroup": 2147483647, "supplementalGroups": [0, 2147483647]}
+    await created(kube_api, pod_spec_with("ok", securityContext=edges))
+
+
+@pytest.mark.parametrize(
+    ("context", "detail"),
+    [
+        ({"privileged": True}, "cannot set `allowPrivilegeEscalation` to false and `privileged` to true"),
+        (
+            {"capabilities": {"add": ["NET_ADMIN", "CAP_SYS_ADMIN"]}},
+            "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+        ),
+    ],
+    ids=["privileged", "cap-sys-admin"],
+)
+async def test_no_privilege_escalation_is_refused_beside_what_always_escalates(
+    kube_api: KubeApi, context: dict[str, Any], detail: str
+) -> None:
+    pod = pod_with(securityContext={"allowPrivilegeEscalation": False, **context})
+    ((field, message),) = await causes_of(kube_api, pod)
+    assert field == f"{C0}.securityContext"
+    assert message.startswith("Invalid value: core.SecurityContext{Capabilities:(*core.Capabilities)(")
+    assert message.endswith(f"}}: {detail}")
+    # Only the literal CAP_SYS_ADMIN counts; a privileged container may escalate.
+    allowed = [
+        {"allowPrivilegeEscalation": False, "capabilities": {"add": ["SYS_ADMIN"]}},
+        {"allowPrivilegeEscalation": True, "privileged": True},
+    ]
+    for i, ok in enumerate(allowed):
+        await created(kube_api, pod_with(f"ok{i}", securityContext=ok))
+
+
+async def test_kubectl_prints_the_servers_words_for_a_bad_security_context_and_env_var(kubectl: Kubectl) -> None:
+    manifest = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - name: c
+    image: i
+    env: [{name: "A=B", value: x}]
+    securityContext: {allowPrivilegeEscalation: false, privileged: true}
+"""
+    failed = await kubectl.run("apply", "-f", "-", stdin=manifest, check=False)
+    assert failed.returncode != 0
+    assert 'The Pod "p" is invalid: ' in failed.stderr
+    assert f'* spec.containers[0].env[0].name: Invalid value: "A=B": {ENV_NAME_RULE}' in failed.stderr
+    assert "* spec.containers[0].securityContext: Invalid value: core.SecurityContext{" in failed.stderr
+    assert "}: cannot set `allowPrivilegeEscalation` to false and `privileged` to true" in failed.stderr
+
+
+async def test_proc_mount_is_forced_to_default_with_1_32_gates(kube_api: KubeApi) -> None:
+    """ProcMountType is off by default in 1.32: no value is refused, and none but Default is kept."""
+    pod = pod_with(securityContext={"procMount": "Unmasked"})
+    pod["spec"]["initContainers"] = [{"name": "init", "image": "i", "securityContext": {"procMount": "Bogus"}}]
+    out = await created(kube_api, pod)
+    assert out["spec"]["containers"][0]["securityContext"]["procMount"] == "Default"
+    assert out["spec"]["initContainers"][0]["securityContext"]["procMount"] == "Default"
+
+
+PROFILE_TYPES = '"Localhost", "RuntimeDefault", "Unconfined"'
+
+
+@pytest.mark.parametrize(
+    ("profile", "field", "message"),
+    [
+        ({}, "type", "Required value: type is required when seccompProfile is set"),
+        ({"type": "Custom"}, "type", f'Unsupported value: "Custom": supported values: {PROFILE_TYPES}'),
+        ({"type": "Localhost"}, "localhostProfile", "Required value: must be set when seccomp type is Localhost"),
+        (
+            {"type": "Localhost", "localhostProfile": "/p.json"},
+            "localhostProfile",
+            'Invalid value: "/p.json": must be a relative path',
+        ),
+        (
+            {"type": "Localhost", "localhostProfile": "a/../p.json"},
+            "localhostProfile",
+            "Invalid value: \"a/../p.json\": must not contain '..'",
+        ),
+    ],
+    ids=["no-type", "unknown-type", "localhost-without-profile", "absolute", "backstep"],
+)
+@pytest.mark.parametrize("level", ["container", "pod"])
+async def test_a_seccomp_profile_has_a_known_type_and_a_local_relative_path(
+    kube_api: KubeApi, profile: dict[str, Any], field: str, message: str, level: str
+) -> None:
+    context = {"seccompProfile": profile}
+    pod = pod_with(securityContext=context) if level == "container" else pod_spec_with(securityContext=context)
+    base = f"{C0}.securityContext" if level == "container" else "spec.securityContext"
+    assert await causes_of(kube_api, pod) == [(f"{base}.seccompProfile.{field}", message)]
+
+
+async def test_only_a_localhost_seccomp_profile_names_a_file(kube_api: KubeApi) -> None:
+    pod = pod_with(securityContext={"seccompProfile": {"type": "RuntimeDefault", "localhostProfile": "p.json"}})
+    ((field, message),) = await causes_of(kube_api, pod)
+    assert field == f"{C0}.securityContext.seccompProfile.localhostProfile"
+    assert message.startswith('Invalid value: core.SeccompProfile{Type:"RuntimeDefault", LocalhostProfile:(*string)(')
+    assert message.endswith("}: can only be set when seccomp type is Localhost")
+    local = {"seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/audit.json"}}
+    await created(kube_api, pod_with("ok", securityContext=local))
+
+
+@pytest.mark.parametrize(
+    ("profile", "field", "message"),
+    [
+        ({}, "type", "Required value: type is required when appArmorProfile is set"),
+        ({"type": "Complain"}, "type", f'Unsupported value: "Complain": supported values: {PROFILE_TYPES}'),
+        ({"type": "Localhost"}, "localhostProfile", "Required value: must be set when AppArmor type is Localhost"),
+        (
+            {"type": "Localhost", "localhostProfile": ""},
+            "localhostProfile",
+            "Required value: must be set when AppArmor type is Localhost",
+        ),
+        (
+            {"type": "Localhost", "localhostProfile": " p "},
+            "localhostProfile",
+            'Invalid value: " p ": must not be padded with whitespace',
+        ),
+        (
+            {"type": "Unconfined", "localhostProfile": "p"},
+            "localhostProfile",
+            'Invalid value: "p": can only be set when AppArmor type is Localhost',
+        ),
+    ],
+    ids=["no-type", "unknown-type", "localhost-without-profile", "empty", "padded", "not-localhost"],
+)
+@pytest.mark.parametrize("level", ["container", "pod"])
+async def test_an_app_armor_profile_has_a_known_type_and_a_local_name(
+    kube_api: KubeApi, profile: dict[str, Any], field: str, message: str, level: str
+) -> None:
+    context = {"appArmorProfile": profile}
+    pod = pod_with(securityContext=context) if level == "container" else pod_spec_with(securityContext=context)
+    base = f"{C0}.securityContext" if level == "container" else "spec.securityContext"
+    assert await causes_of(kube_api, pod) == [(f"{base}.appArmorProfile.{field}", message)]
+    await created(
+        kube_api,
+        pod_with("ok", securityContext={"appArmorProfile": {"type": "Localhost", "localhostProfile": "k8s-x"}}),
+    )
+
+
+async def test_a_pods_fs_group_policy_is_known_and_it_shares_pids_one_way(kube_api: KubeApi) -> None:
+    policy = pod_spec_with(securityContext={"fsGroupChangePolicy": "Sometimes"})
+    assert await causes_of(kube_api, policy) == [
+        (
+            "spec.securityContext.fsGroupChangePolicy",
+            'Unsupported value: "Sometimes": supported values: "Always", "OnRootMismatch"',
+        )
+    ]
+    shared = pod_spec_with("s", hostPID=True, shareProcessNamespace=True)
+    assert await causes_of(kube_api, shared) == [
+        (
+            "spec.securityContext.shareProcessNamespace",
+            "Invalid value: true: ShareProcessNamespace and HostPID cannot both be enabled",
+        )
+    ]
+    await created(
+        kube_api,
+        pod_spec_with(
+            "ok", hostPID=True, shareProcessNamespace=False, securityContext={"fsGroupChangePolicy": "OnRootMismatch"}
+        ),
+    )
+
+
+# -- pod-wide fields -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deadline", [0, -1, 2147483648])
+async def test_active_deadline_is_a_positive_int32(kube_api: KubeApi, deadline: int) -> None:
+    pod = pod_spec_with(activeDeadlineSeconds=deadline)
+    assert await causes_of(kube_api, pod) == [
+        ("spec.activeDeadlineSeconds", f"Invalid value: {deadline}: must be between 1 and 2147483647, inclusive")
+    ]
+    await created(kube_api, pod_spec_with("ok", activeDeadlineSeconds=1))
+
+
+async def test_dns_policy_is_known_and_none_brings_its_own_nameservers(kube_api: KubeApi) -> None:
+    unknown = pod_spec_with(dnsPolicy="ClusterFirstWithoutHostNet")
+    assert await causes_of(kube_api, unknown) == [
+        (
+            "spec.dnsPolicy",
+            'Unsupported value: "ClusterFirstWithoutHostNet": supported values: '
+            '"ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"',
+        )
+    ]
+    assert await causes_of(kube_api, pod_spec_with("n", dnsPolicy="None")) == [
+        ("spec.dnsConfig", "Required value: must provide `dnsConfig` when `dnsPolicy` is None")
+    ]
+    assert await causes_of(kube_api, pod_spec_with("n", dnsPolicy="None", dnsConfig={"searches": ["a.b"]})) == [
+        (
+            "spec.dnsConfig.nameservers",
+            "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+        )
+    ]
+    await created(kube_api, pod_spec_with("ok", dnsPolicy="None", dnsConfig={"nameservers": ["10.0.0.10"]}))
+    # An empty policy is Go's unset: it is defaulted, not refused.
+    assert (await created(kube_api, pod_spec_with("empty", dnsPolicy="")))["spec"]["dnsPolicy"] == "ClusterFirst"
+
+
+async def test_a_host_network_pods_host_ports_are_its_container_ports(kube_api: KubeApi) -> None:
+    mismatched = pod_with(ports=[{"containerPort": 8080, "hostPort": 9090}])
+    mismatched["spec"]["hostNetwork"] = True
+    assert await causes_of(kube_api, mismatched) == [
+        (f"{C0}.ports[0].hostPort", "Invalid value: 9090: must match `containerPort` when `hostNetwork` is true")
+    ]
+    defaulted = pod_with("ok", ports=[{"containerPort": 8080}])
+    defaulted["spec"]["hostNetwork"] = True
+    out = await created(kube_api, defaulted)
+    assert out["spec"]["containers"][0]["ports"][0]["hostPort"] == 8080
+
+
+async def test_a_host_network_template_may_leave_host_ports_to_its_pods(kube_api: KubeApi) -> None:
+    spec = {"hostNetwork": True, "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 8080}]}]}
+    out = await created(kube_api, deployment("web", spec), DEPLOYMENTS)
+    assert "hostPort" not in out["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+    spec["containers"][0]["ports"][0]["hostPort"] = 9090
+    assert await causes_of(kube_api, deployment("other", spec), DEPLOYMENTS) == [
+        (
+            "spec.template.spec.containers[0].ports[0].hostPort",
+            "Invalid value: 9090: must match `containerPort` when `hostNetwork` is true",
+        )
+    ]
+
+
+async def test_host_ports_do_not_collide_among_the_regular_containers(kube_api: KubeApi) -> None:
+    pod = bare_pod("p")
+    pod["spec"]["containers"] = [
+        {"name": "a", "image": "i", "ports": [{"containerPort": 80, "hostPort": 8080}]},
+        {"name": "b", "image": "i", "ports": [{"containerPort": 81, "hostPort": 8080}]},
+    ]
+    assert await causes_of(kube_api, pod) == [("spec.containers[1].ports[0].hostPort", 'Duplicate value: "TCP//8080"')]
+    # Another protocol is another port; an init container runs alone, before the others.
+    pod["metadata"]["name"] = "ok"
+    pod["spec"]["containers"][1]["ports"][0]["protocol"] = "UDP"
+    pod["spec"]["initContainers"] = [{"name": "init", "image": "i", "ports": [{"containerPort": 80, "hostPort": 8080}]}]
+    await created(kube_api, pod)
+
+
+async def test_a_templates_service_account_name_is_a_subdomain(kube_api: KubeApi) -> None:
+    """Checked in a workload's template; a Pod naming such an account is refused earlier, by the
+    ServiceAccount admission plugin, since no account can have that name."""
+    spec = {"serviceAccountName": "Bad_Name", "containers": [{"name": "c", "image": "i"}]}
+    assert await causes_of(kube_api, deployment("web", spec), DEPLOYMENTS) == [
+        ("spec.template.spec.serviceAccountName", f'Invalid value: "Bad_Name": {SUBDOMAIN_HELP}')
+    ]
+    spec["serviceAccountName"] = "builder.v2"
+    await created(kube_api, deployment("ok", spec), DEPLOYMENTS)
