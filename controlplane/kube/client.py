@@ -32,6 +32,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 from controlplane.literals import natural
+from controlplane.model.yamltext import YamlLoader
 from controlplane.settings import SettingsError
 
 JsonObject = dict[str, Any]
@@ -127,7 +128,7 @@ def _check_kubeconfig(path: pathlib.Path) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"--kubeconfig: cannot read {path}: {exc}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=YamlLoader)  # a safe loader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

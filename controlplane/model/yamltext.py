@@ -22,7 +22,30 @@ from typing import Any
 
 import yaml
 
-YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_INT64 = range(-(2**63), 2**63)
+
+
+class YamlLoader(_SafeLoader):  # type: ignore[misc]
+    """The safe loader, whose integers are 64-bit as Kubernetes' (and Istio's) are: one beyond that
+    range is refused with a mark. PyYAML converts with `int()`, which raises a bare `ValueError` for
+    more than 4,300 digits: a config file holding such a number stopped the control plane."""
+
+
+def _construct_int64(loader: Any, node: yaml.ScalarNode) -> int:
+    try:
+        value: int = _SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        value = _INT64.stop  # more digits than int() converts
+    if value not in _INT64:
+        shown = node.value if len(node.value) <= 24 else f"{node.value[:20]}... ({len(node.value):,} characters)"
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the integer {shown} is out of the range of a 64-bit integer", node.start_mark
+        )
+    return value
+
+
+YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int64)
 
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)

@@ -21,6 +21,7 @@ import aiohttp
 import yaml
 
 from controlplane.kube.client import KubeApi, KubeApiError
+from controlplane.model.yamltext import YamlLoader
 from controlplane.ops.cluster import ClusterState, read_cluster
 from controlplane.settings import SettingsError
 
@@ -51,7 +52,7 @@ def current_namespace(kubeconfig: pathlib.Path | None) -> str:
     try:
         if kubeconfig is None:
             return IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
-        doc = yaml.safe_load(kubeconfig.read_text(encoding="utf-8"))
+        doc = yaml.load(kubeconfig.read_text(encoding="utf-8"), Loader=YamlLoader)  # a safe loader
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return "default"
     if not isinstance(doc, dict):

@@ -287,6 +287,34 @@ def test_syntax_error_keeps_last_good_state_and_names_document_and_line(
     assert "line 10" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("number", "shown"),
+    [
+        ("1" * 5000, "11111111111111111111... (5,000 characters)"),  # int() raises on more than 4,300 digits
+        ("9223372036854775808", "9223372036854775808"),  # one past int64, which Kubernetes refuses too
+        ("-9223372036854775809", "-9223372036854775809"),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_a_problem_of_its_file_and_the_scan_goes_on(
+    tmp_path: pathlib.Path, source: FileSource, number: str, shown: str
+) -> None:
+    """A config file holding a number of 5,000 digits stopped the control plane: PyYAML's int() raised
+    out of the scan."""
+    write(tmp_path / "mesh.yaml", NS_A)
+    source.scan()
+    write(
+        tmp_path / "mesh.yaml",
+        NS_A + f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {{ports: [{{port: {number}}}]}}\n",
+    )
+    write(tmp_path / "other.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n")
+    settle(source)
+    assert source.store.get(ObjectKey("Namespace", "", "a")) is not None  # the last good contents
+    assert source.store.get(ObjectKey("Namespace", "", "b")) is not None
+    [problem] = source.problems
+    assert (problem.file, problem.document, problem.field) == ("mesh.yaml", 1, "(yaml)")
+    assert problem.message.endswith(f"the integer {shown} is out of the range of a 64-bit integer")
+
+
 def test_a_file_with_one_good_and_one_bad_document_is_not_applied_in_part(
     tmp_path: pathlib.Path, source: FileSource
 ) -> None:

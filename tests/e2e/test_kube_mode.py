@@ -162,7 +162,13 @@ async def test_ready_waits_until_the_cluster_has_been_listed(
 async def test_unusable_kubeconfig_exits_2_naming_the_file(tmp_path: pathlib.Path) -> None:
     broken = tmp_path / "broken-kubeconfig"
     broken.write_text("clusters: [\n")
-    for path, problem in ((tmp_path / "missing", "does not exist"), (broken, "is not valid YAML")):
+    huge = tmp_path / "huge-number-kubeconfig"  # int() raised out of the YAML loader: a traceback
+    huge.write_text(f"apiVersion: v1\nkind: Config\npreferences: {{colors: {'1' * 5000}}}\n")
+    for path, problem in (
+        (tmp_path / "missing", "does not exist"),
+        (broken, "is not valid YAML"),
+        (huge, "is not valid YAML at line 3 column 23"),
+    ):
         proc = await asyncio.create_subprocess_exec(
             *meshplane_cmd(),
             "serve",
