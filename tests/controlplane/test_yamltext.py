@@ -64,6 +64,6 @@ def test_an_integer_beyond_64_bits_is_refused_with_its_place() -> None:
     """PyYAML's int() raised a bare ValueError for more than 4,300 digits (the webhook's annotation
     values, the mesh config and config files all go through these loaders)."""
     for text in ("concurrency: " + "9" * 5000, "concurrency: 0x8000000000000000"):
-        with pytest.raises(ValueError, match="at line 1 column 14: the integer .* is out of the range of a 64-bit"):
+        with pytest.raises(ValueError, match=r"at line 1 column 14: the integer .* is out of the range of a 64-bit"):
             yamltext.load_yaml(text, max_depth=10)
     assert yamltext.load_yaml("concurrency: 0x7fffffffffffffff", max_depth=10) == {"concurrency": 2**63 - 1}
