@@ -1,5 +1,9 @@
 """The Service registry's allocators: cluster IPs from the service CIDR and node ports.
 
+Before it allocates, a write's IP family fields are filled in and checked as the registry does on a
+single-stack IPv4 cluster (`tests.kubesim.ipfamilies`): what that refuses is a 422 before any allocation.
+A requested cluster IP is read as the server reads one (leading zeros allowed) and kept as written.
+
 A Service gets a cluster IP from `SERVICE_CIDR` (a requested one must be one of its host addresses
 and free) and, for NodePort and LoadBalancer types, node ports from `NODE_PORTS` (a requested one
 must be in range and not held by another Service: 422 naming `spec.ports[i].nodePort`). Both are
@@ -45,10 +49,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.kubesim.ipfamilies import init_ip_families, normalize_cluster_ips
 from tests.kubesim.resources import ResourceType
+from tests.kubesim.servicespec import cluster_ips
 from tests.kubesim.status import ApiError, invalid
 from tests.kubesim.storage import Obj
-from tests.kubesim.validation import invalid_cause
+from tests.kubesim.validation import IP_HELP, go_string_slice, invalid_cause, parse_ip_sloppy
 
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_PORTS = range(30000, 32768)
@@ -209,27 +215,21 @@ class ServiceAllocator:
 
     # -- create ---------------------------------------------------------------------------------
     def allocate(self, obj: Obj, resource: ResourceType, *, dry_run: bool) -> Allocation:
-        """Fill in a new Service's clusterIP(s), IP families, node ports and health check node port.
+        """Fill in a new Service's IP families and policy, cluster IP(s), node ports and health check node port.
 
         What it takes; unless a dry run, held from now on (to `commit` once the Service is written,
-        or `revert`). 422 for a cluster IP or node port out of range or taken, 500 for a full range
-        or a health check node port that cannot be had.
+        or `revert`). 422 for IP families or cluster IPs the registry refuses before allocating
+        (`tests.kubesim.ipfamilies`) and for a cluster IP or node port out of range or taken, 500 for a
+        full range or a health check node port that cannot be had.
         """
         allocation = Allocation()
         spec = obj["spec"]
         name = str(obj["metadata"]["name"])
+        normalize_cluster_ips(spec)
+        _check_ip_families(spec, None, resource, name)
         if spec.get("type") == "ExternalName":
             return allocation
-        requested = spec.get("clusterIP")
-        if requested == "None":
-            spec["clusterIPs"] = ["None"]
-        else:
-            ip = self._cluster_ip(requested, name, resource, dry_run=dry_run)
-            allocation.ips.add(ip)
-            spec["clusterIP"] = str(ip)
-            spec["clusterIPs"] = [str(ip)]
-        spec.setdefault("ipFamilies", ["IPv4"])
-        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        self._give_cluster_ip(spec, allocation, resource, name, dry_run=dry_run)
         picks = _NodePortPicks(self.node_ports, dry_run)
         if needs_node_ports(obj):
             _create_node_ports(obj, resource, picks)
@@ -239,6 +239,20 @@ class ServiceAllocator:
         if not dry_run:
             self._hold(allocation)
         return allocation
+
+    def _give_cluster_ip(
+        self, spec: dict[str, Any], allocation: Allocation, resource: ResourceType, name: str, *, dry_run: bool
+    ) -> None:
+        """The cluster IP asked for (`clusterIPs[0]`, kept as written) or one picked, in both fields; none
+        for a headless Service."""
+        asked = cluster_ips(spec)[:1]
+        if asked == ["None"]:
+            return
+        ip = self._cluster_ip(asked[0] if asked else "", name, resource, dry_run=dry_run)
+        allocation.ips.add(ip)
+        given = asked[0] if asked else str(ip)
+        spec["clusterIP"] = given
+        spec["clusterIPs"] = [given]
 
     # -- update ---------------------------------------------------------------------------------
     def allocate_update(self, obj: Obj, old: Obj, resource: ResourceType, *, dry_run: bool) -> Allocation:
@@ -250,13 +264,9 @@ class ServiceAllocator:
         allocation = Allocation()
         name = str(obj["metadata"]["name"])
         spec = _spec(obj)
-        if not needs_cluster_ip(old) and needs_cluster_ip(obj) and spec.get("clusterIP") != "None":
-            ip = self._cluster_ip(spec.get("clusterIP"), name, resource, dry_run=dry_run)
-            allocation.ips.add(ip)
-            spec["clusterIP"] = str(ip)
-            spec["clusterIPs"] = [str(ip)]
-            spec.setdefault("ipFamilies", ["IPv4"])
-            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        _check_ip_families(spec, _spec(old), resource, name)
+        if not needs_cluster_ip(old) and needs_cluster_ip(obj):
+            self._give_cluster_ip(spec, allocation, resource, name, dry_run=dry_run)
         elif needs_cluster_ip(old) and not needs_cluster_ip(obj):
             allocation.released_ips |= _addresses(_spec(old).get("clusterIPs") or [])
         picks = _NodePortPicks(self.node_ports, dry_run)
@@ -301,29 +311,29 @@ class ServiceAllocator:
             self.node_ports.discard(health_check_port(obj))
 
     # -- cluster IPs ----------------------------------------------------------------------------
-    def _cluster_ip(self, requested: Any, name: str, resource: ResourceType, *, dry_run: bool) -> ipaddress.IPv4Address:
+    def _cluster_ip(self, requested: str, name: str, resource: ResourceType, *, dry_run: bool) -> ipaddress.IPv4Address:
         """The requested cluster IP when valid, one of the range's hosts and free; else one picked for it.
 
-        A dry run, like the real allocator's, checks a requested IP against the range only, and gives
-        a Service requesting none the range's network address rather than searching for a free one.
+        A requested IP is read as the server reads it (leading zeros allowed), and named as written but
+        for the range message, which shows the address it read. A dry run, like the real allocator's,
+        checks a requested IP against the range only, and gives a Service requesting none the range's
+        network address rather than searching for a free one.
         """
         if not requested:
             return self.service_cidr.network_address if dry_run else self._free_cluster_ip()
-        try:
-            ip = ipaddress.IPv4Address(requested)
-        except ValueError:
-            raise invalid(
-                resource, name, [invalid_cause("spec.clusterIPs[0]", requested, "must be a valid IP address")]
-            ) from None
+        ip = parse_ip_sloppy(requested)
+        shown = go_string_slice([requested])
+        if not isinstance(ip, ipaddress.IPv4Address):  # refused before allocation; kept for direct callers
+            raise invalid(resource, name, [invalid_cause("spec.clusterIPs[0]", requested, IP_HELP)])
         if int(ip) not in self._hosts:
             detail = (
-                f"failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. "
+                f"failed to allocate IP {requested}: the provided IP ({ip}) is not in the valid range. "
                 f"The range of valid IPs is {self.service_cidr}"
             )
-            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [requested], detail)])
+            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", shown, detail)])
         if not dry_run and ip in self.ips:
             detail = f"failed to allocate IP {requested}: provided IP is already allocated"
-            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", [requested], detail)])
+            raise invalid(resource, name, [invalid_cause("spec.clusterIPs", shown, detail)])
         return ip
 
     def _free_cluster_ip(self) -> ipaddress.IPv4Address:
@@ -436,13 +446,20 @@ def _internal_error(message: str) -> ApiError:
 
 
 def _addresses(ips: Iterable[Any]) -> set[ipaddress.IPv4Address]:
+    """The IPv4 addresses of `ips`, read as the allocator reads them; "None" (headless) is none."""
     found: set[ipaddress.IPv4Address] = set()
     for ip in ips:
-        try:
-            found.add(ipaddress.IPv4Address(ip))
-        except ValueError:
-            continue  # "None" (headless), or nothing the allocator handed out
+        parsed = parse_ip_sloppy(str(ip))
+        if isinstance(parsed, ipaddress.IPv4Address):
+            found.add(parsed)
     return found
+
+
+def _check_ip_families(spec: dict[str, Any], old: dict[str, Any] | None, resource: ResourceType, name: str) -> None:
+    """The registry's IP family step before allocation: a 422 with its causes alone when it refuses."""
+    errors = init_ip_families(spec, old)
+    if errors:
+        raise invalid(resource, name, errors.causes)
 
 
 # -- preparing an update (before validation) ------------------------------------------------------

@@ -23,6 +23,7 @@ from tests.kubesim.validation import (
     go_pointer,
     go_quote,
     go_struct,
+    go_trim_space,
     int_or_zero,
     qualified_name_problems,
     subdomain_problems,
@@ -513,7 +514,7 @@ def _validate_probes_and_hooks(container: Obj, key: str, cpath: str, errors: Fie
 
 
 def _validate_container(
-    container: Obj, key: str, cpath: str, errors: FieldErrors, *, volumes: set[str], names: set[str], template: bool
+    container: Obj, key: str, cpath: str, errors: FieldErrors, *, volumes: set[str], names: set[str]
 ) -> None:
     """One container, in the API server's order: name, image, ports, env, envFrom, mounts, resources,
     securityContext (`validateContainerCommon`), then hooks, probes and restartPolicy."""
@@ -525,11 +526,8 @@ def _validate_container(
         if name in names:
             errors.duplicate(f"{cpath}.name", name)
         names.add(str(name))
-    image = container.get("image")
-    if not image and not template:
+    if not container.get("image"):
         errors.required(f"{cpath}.image")
-    elif isinstance(image, str) and image != image.strip():
-        errors.invalid(f"{cpath}.image", image, "must not have leading or trailing whitespace")
     _validate_container_ports(container.get("ports") or [], f"{cpath}.ports", errors)
     _validate_env(container.get("env"), f"{cpath}.env", errors)
     _validate_env_from(container.get("envFrom"), f"{cpath}.envFrom", errors)
@@ -612,9 +610,7 @@ def _validate_pod_fields(spec: Obj, path: str, errors: FieldErrors) -> None:
         errors.invalid(f"{path}.activeDeadlineSeconds", deadline, "must be between 1 and 2147483647, inclusive")
 
 
-def validate_pod_spec(
-    spec: Any, path: str, errors: FieldErrors, *, template: bool = False, resource_is_pod: bool = False
-) -> None:
+def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, resource_is_pod: bool = False) -> None:
     """A PodSpec as `ValidatePodSpec` checks it, after defaulting. `resource_is_pod` is set for a Pod itself,
     not for a template embedded in a workload (the API server's `ResourceIsPod`)."""
     if not isinstance(spec, dict):
@@ -633,9 +629,23 @@ def validate_pod_spec(
             if not isinstance(container, dict):
                 errors.invalid(cpath, container, "must be an object")
                 continue
-            _validate_container(container, key, cpath, errors, volumes=volumes, names=names, template=template)
+            _validate_container(container, key, cpath, errors, volumes=volumes, names=names)
             if key == "initContainers":
                 _check_host_port_conflicts([container], f"{path}.initContainers", errors)
     _check_host_port_conflicts(containers, f"{path}.containers", errors)
     _validate_host_network_ports(spec, path, errors, resource_is_pod=resource_is_pod)
     _validate_pod_fields(spec, path, errors)
+
+
+def validate_pod_only(spec: Any, path: str, errors: FieldErrors) -> None:
+    """What the API server checks of a Pod's spec but not of a workload's template, after the whole spec
+    (`validatePodMetadataAndSpec`): no image with leading or trailing whitespace, in the containers, then
+    the init containers. A template keeps such an image (kept for backward compatibility); the Pods made
+    from it are refused."""
+    if not isinstance(spec, dict):
+        return
+    for key in ("containers", "initContainers"):
+        for i, container in enumerate(_dicts(spec.get(key))):
+            image = container.get("image")
+            if isinstance(image, str) and image != go_trim_space(image):
+                errors.invalid(f"{path}.{key}[{i}].image", image, "must not have leading or trailing whitespace")

@@ -91,19 +91,28 @@ def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
 
 
 def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
+    """The object's metadata and `resource.validate`; on update also the uid and `resource.validate_update`,
+    after them or, for a kind whose server checks the update first (`update_checks_first`), before them."""
     errors = FieldErrors()
     meta = obj["metadata"]
     name = str(meta.get("name") or "")
+    first = old is not None and resource.update_checks_first
+    if first:
+        _validate_update(resource, obj, old, errors)
     check_metadata(errors, obj, name_rule=resource.name_rule)
     if resource.validate is not None:
         resource.validate(obj, errors)
-    if old is not None:
-        if meta.get("uid") != old["metadata"].get("uid"):
-            errors.invalid("metadata.uid", meta.get("uid"), "field is immutable")
-        if resource.validate_update is not None:
-            resource.validate_update(obj, old, errors)
+    if old is not None and not first:
+        _validate_update(resource, obj, old, errors)
     if errors:
         raise invalid(resource, name, errors.causes)
+
+
+def _validate_update(resource: ResourceType, obj: Obj, old: Obj, errors: FieldErrors) -> None:
+    if obj["metadata"].get("uid") != old["metadata"].get("uid"):
+        errors.invalid("metadata.uid", obj["metadata"].get("uid"), "field is immutable")
+    if resource.validate_update is not None:
+        resource.validate_update(obj, old, errors)
 
 
 class Registry:

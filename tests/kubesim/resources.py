@@ -5,7 +5,8 @@ version, plural and kind; how its name is validated; which fields take defaults 
 lists merge by which key in a strategic merge patch; which fields a field selector may use; and
 which fields are immutable on update. Adding a resource is one entry in `RESOURCES`.
 
-Pod specs (of Pods and of workloads' templates) are validated in `tests.kubesim.podspec`.
+Pod specs (of Pods and of workloads' templates) are validated in `tests.kubesim.podspec`, Services in
+`tests.kubesim.servicespec`.
 
 Custom resources are not in `RESOURCES`: `tests.kubesim.customresources` builds their `ResourceType`s from
 each stored CustomResourceDefinition (whose own entry is here).
@@ -21,21 +22,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.kubesim.podspec import validate_pod_spec
+from tests.kubesim.podspec import validate_pod_only, validate_pod_spec
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
-from tests.kubesim.selectors import FieldGetter, SelectorError, label_key_problem, selector_from_label_selector
+from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
+from tests.kubesim.servicespec import default_service, validate_service, validate_service_update
 from tests.kubesim.validation import (
     FieldErrors,
-    GoSyntax,
     check_config_data,
     check_dns1035,
     check_endpoint_ip,
-    check_external_ip,
     check_fqdn,
     check_label,
     check_port,
-    go_quote,
-    int_or_zero,
+    qualified_name_problems,
 )
 
 Obj = dict[str, Any]
@@ -78,6 +77,8 @@ class ResourceType:
     defaults: Defaulter | None = None
     validate: Validator | None = None
     validate_update: UpdateValidator | None = None
+    # whether `validate_update`'s causes come before `validate`'s, as in `ValidateServiceUpdate`
+    update_checks_first: bool = False
     # top-level fields whose change bumps metadata.generation; empty: the kind has no generation
     generation_fields: tuple[str, ...] = ()
     # fields only the status subresource may write: kept from the stored object on update
@@ -390,25 +391,6 @@ def _default_secret(obj: Obj) -> None:
         obj["data"] = data
 
 
-def _default_service(obj: Obj) -> None:
-    spec = obj.setdefault("spec", {})
-    if not isinstance(spec, dict):
-        return
-    spec.setdefault("type", "ClusterIP")
-    if spec["type"] != "ExternalName":
-        spec.setdefault("sessionAffinity", "None")
-        spec.setdefault("internalTrafficPolicy", "Cluster")
-    if _externally_accessible(spec):
-        spec.setdefault("externalTrafficPolicy", "Cluster")
-    if spec["type"] == "LoadBalancer":
-        spec.setdefault("allocateLoadBalancerNodePorts", True)
-    for port in spec.get("ports") or []:
-        if isinstance(port, dict):
-            port.setdefault("protocol", "TCP")
-            if "port" in port:
-                port.setdefault("targetPort", port["port"])
-
-
 def _default_validating_webhooks(obj: Obj) -> None:
     """admissionregistration/v1 defaults of a ValidatingWebhookConfiguration's webhooks."""
     for hook in obj.get("webhooks") or []:
@@ -467,6 +449,7 @@ def _default_endpointslice(obj: Obj) -> None:
 
 def _validate_pod(obj: Obj, errors: FieldErrors) -> None:
     validate_pod_spec(obj.get("spec"), "spec", errors, resource_is_pod=True)
+    validate_pod_only(obj.get("spec"), "spec", errors)
 
 
 _POD_MUTABLE_NOTE = (
@@ -629,176 +612,6 @@ def _validate_statefulset_update(new: Obj, old: Obj, errors: FieldErrors) -> Non
 def _validate_workload_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
     if (new.get("spec") or {}).get("selector") != (old.get("spec") or {}).get("selector"):
         errors.invalid("spec.selector", (new.get("spec") or {}).get("selector"), "field is immutable")
-
-
-SERVICE_TYPES = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]
-EXTERNAL_TRAFFIC_POLICIES = ["Cluster", "Local"]
-
-
-def _externally_accessible(spec: dict[str, Any]) -> bool:
-    """Reachable from outside the cluster: NodePort, LoadBalancer, or a ClusterIP with external IPs."""
-    kind = spec.get("type", "ClusterIP")
-    return kind in ("NodePort", "LoadBalancer") or (kind == "ClusterIP" and bool(spec.get("externalIPs")))
-
-
-def _needs_health_check(spec: dict[str, Any]) -> bool:
-    return spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
-
-
-def _validate_service(obj: Obj, errors: FieldErrors) -> None:
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        errors.required("spec")
-        return
-    stype = spec.get("type", "ClusterIP")
-    if stype not in SERVICE_TYPES:
-        errors.not_supported("spec.type", stype, SERVICE_TYPES)
-    cluster_ip, cluster_ips = spec.get("clusterIP"), spec.get("clusterIPs")
-    if stype != "ExternalName" and isinstance(cluster_ips, list) and cluster_ips:
-        if not cluster_ip:
-            errors.invalid("spec.clusterIPs", cluster_ips, "must be empty when `clusterIP` is not specified")
-        elif cluster_ips[0] != cluster_ip:
-            errors.invalid("spec.clusterIPs", cluster_ips, "first value must match `clusterIP`")
-    ports = spec.get("ports") or []
-    headless = spec.get("clusterIP") == "None"
-    if not ports and stype != "ExternalName" and not headless:
-        errors.required("spec.ports")
-    if stype == "ExternalName" and not spec.get("externalName"):
-        errors.required("spec.externalName")
-    _validate_service_ports(ports, stype, errors)
-    for i, ip in enumerate(spec.get("externalIPs") or []):
-        check_external_ip(errors, f"spec.externalIPs[{i}]", str(ip))
-    _validate_load_balancer_node_ports(spec, errors)
-    _validate_external_traffic(spec, errors)
-
-
-def _validate_service_ports(ports: list[Any], stype: Any, errors: FieldErrors) -> None:
-    """Each port, then, in the API server's order: node ports on a ClusterIP Service, then the duplicates.
-
-    An ExternalName Service may name node ports (it is given none); a ClusterIP one may not.
-    """
-    seen_names: set[str] = set()
-    for i, port in enumerate(ports):
-        ppath = f"spec.ports[{i}]"
-        if not isinstance(port, dict):
-            errors.invalid(ppath, port, "must be an object")
-            continue
-        name = port.get("name")
-        if len(ports) > 1 and not name:
-            errors.required(f"{ppath}.name")
-        if name:
-            check_label(errors, f"{ppath}.name", str(name))  # DNS-1123: may start with a digit
-            if name in seen_names:
-                errors.duplicate(f"{ppath}.name", name)
-            seen_names.add(str(name))
-        check_port(errors, f"{ppath}.port", port.get("port"))
-        protocol = port.get("protocol", "TCP")
-        if protocol not in ("TCP", "UDP", "SCTP"):
-            errors.not_supported(f"{ppath}.protocol", protocol, ["SCTP", "TCP", "UDP"])
-        target = port.get("targetPort")
-        if isinstance(target, int) and not isinstance(target, bool):
-            check_port(errors, f"{ppath}.targetPort", target)
-    numbered = [(i, port) for i, port in enumerate(ports) if isinstance(port, dict)]
-    if stype == "ClusterIP":
-        for i, port in numbered:
-            if port.get("nodePort"):
-                errors.forbidden(f"spec.ports[{i}].nodePort", "may not be used when `type` is 'ClusterIP'")
-    _duplicate_node_ports(numbered, errors)
-    _duplicate_ports(numbered, errors)
-
-
-def _duplicate_node_ports(numbered: list[tuple[int, Obj]], errors: FieldErrors) -> None:
-    """Two ports may share a node port only with different protocols."""
-    seen: set[tuple[str, int]] = set()
-    for i, port in numbered:
-        node_port = int_or_zero(port.get("nodePort"))
-        if not node_port:
-            continue
-        key = (str(port.get("protocol", "TCP")), node_port)
-        if key in seen:
-            errors.duplicate(f"spec.ports[{i}].nodePort", node_port)
-        seen.add(key)
-
-
-def _duplicate_ports(numbered: list[tuple[int, Obj]], errors: FieldErrors) -> None:
-    """Two ports may share a port number only with different protocols.
-
-    The API server names the duplicate by its key, a ServicePort with only the protocol and port set,
-    printed in Go syntax.
-    """
-    seen: set[tuple[str, int]] = set()
-    for i, port in numbered:
-        protocol, number = str(port.get("protocol", "TCP")), int_or_zero(port.get("port"))
-        if (protocol, number) in seen:
-            errors.duplicate(f"spec.ports[{i}]", _service_port_key(protocol, number))
-        seen.add((protocol, number))
-
-
-def _service_port_key(protocol: str, port: int) -> GoSyntax:
-    """The duplicate port's key as kubectl shows it: Go's `%#v` of an internal core.ServicePort."""
-    return GoSyntax(
-        f'core.ServicePort{{Name:"", Protocol:{go_quote(protocol)}, AppProtocol:(*string)(nil), Port:{port}, '
-        'TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, NodePort:0}'
-    )
-
-
-def _validate_load_balancer_node_ports(spec: dict[str, Any], errors: FieldErrors) -> None:
-    """`allocateLoadBalancerNodePorts` is for LoadBalancers only, and one must have it (defaulting sets it).
-
-    The real server names the missing field without its `spec.` prefix; so does this.
-    """
-    lb = spec.get("type") == "LoadBalancer"
-    if spec.get("allocateLoadBalancerNodePorts") is not None and not lb:
-        errors.forbidden("spec.allocateLoadBalancerNodePorts", "may only be used when `type` is 'LoadBalancer'")
-    if lb and spec.get("allocateLoadBalancerNodePorts") is None:
-        errors.required("allocateLoadBalancerNodePorts")
-
-
-def _validate_external_traffic(spec: dict[str, Any], errors: FieldErrors) -> None:
-    """`externalTrafficPolicy` only for a Service reachable from outside; `healthCheckNodePort` only for a
-    LoadBalancer with policy Local, which must have one (allocated for it when not given)."""
-    policy = spec.get("externalTrafficPolicy")
-    if not _externally_accessible(spec):
-        if policy:
-            errors.invalid("spec.externalTrafficPolicy", policy, "may only be set for externally-accessible services")
-    elif not policy:
-        errors.required("spec.externalTrafficPolicy")
-    elif policy not in EXTERNAL_TRAFFIC_POLICIES:
-        errors.not_supported("spec.externalTrafficPolicy", policy, EXTERNAL_TRAFFIC_POLICIES)
-    health_check = spec.get("healthCheckNodePort")
-    if not _needs_health_check(spec):
-        if health_check:
-            errors.invalid(
-                "spec.healthCheckNodePort",
-                health_check,
-                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
-            )
-    elif not health_check:
-        errors.required("spec.healthCheckNodePort")
-    else:
-        check_port(errors, "spec.healthCheckNodePort", health_check)
-
-
-def _validate_service_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
-    """The cluster IPs are fixed at create (single-stack: the primary one), unless the type is or was ExternalName;
-    the health check node port is fixed while the Service needs one."""
-    new_spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
-    health_checked = _needs_health_check(old_spec) and _needs_health_check(new_spec)
-    if health_checked and new_spec.get("healthCheckNodePort") != old_spec.get("healthCheckNodePort"):
-        errors.forbidden("spec.healthCheckNodePort", "field is immutable")
-    if "ExternalName" in (new_spec.get("type"), old_spec.get("type")):
-        return
-    new_ips, old_ips = list(new_spec.get("clusterIPs") or []), list(old_spec.get("clusterIPs") or [])
-    if new_ips == old_ips == ["None"]:
-        return
-    if not new_ips and old_ips:
-        errors.invalid("spec.clusterIPs[0]", new_ips, "primary clusterIP can not be unset")
-    elif len(new_ips) == len(old_ips):
-        for i, ip in enumerate(old_ips):
-            if new_ips[i] != ip:
-                errors.invalid(f"spec.clusterIPs[{i}]", new_ips, "may not change once set")
-    elif old_ips and new_ips[0] != old_ips[0]:
-        errors.invalid("spec.clusterIPs[0]", new_ips, "may not change once set")
 
 
 def _validate_configmap(obj: Obj, errors: FieldErrors) -> None:
@@ -1005,8 +818,7 @@ def _validate_endpointslice(obj: Obj, errors: FieldErrors) -> None:
         elif protocol not in _SLICE_PROTOCOLS:
             errors.not_supported(f"ports[{i}].protocol", protocol, _SLICE_PROTOCOLS)
         if port.get("appProtocol") is not None:
-            problem = label_key_problem(str(port["appProtocol"]))
-            if problem:
+            for problem in qualified_name_problems(str(port["appProtocol"])):
                 errors.invalid(f"ports[{i}].appProtocol", port["appProtocol"], problem)
         if port.get("port") is not None:
             check_port(errors, f"ports[{i}].port", port["port"])
@@ -1331,9 +1143,10 @@ RESOURCES: tuple[ResourceType, ...] = (
         short_names=("svc",),
         categories=("all",),
         merge_keys={**META_MERGE, "spec.ports": "port", **CONDITIONS},
-        defaults=_default_service,
-        validate=_validate_service,
-        validate_update=_validate_service_update,
+        defaults=default_service,
+        validate=validate_service,
+        validate_update=validate_service_update,
+        update_checks_first=True,
         status_subresource=True,
         initial_status=lambda _: {"loadBalancer": {}},
         return_deleted_object=True,

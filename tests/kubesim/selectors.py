@@ -16,49 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_NAME_RE = re.compile(rf"^{_NAME}$")
-_VALUE_RE = re.compile(rf"^({_NAME})?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+from tests.kubesim.validation import go_string, label_value_problems, qualified_name_problems
 
 
 class SelectorError(ValueError):
     """A selector the server would reject with 400 BadRequest."""
-
-
-def label_key_problem(key: str) -> str | None:
-    """Why `key` is not a valid label key (qualified name), or None."""
-    prefix, slash, name = key.rpartition("/")
-    if slash:
-        if not prefix:
-            return "prefix part must be non-empty"
-        if len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix):
-            return (
-                "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
-                "'-' or '.', and must start and end with an alphanumeric character"
-            )
-    if not name:
-        return "name part must be non-empty"
-    if len(name) > 63:
-        return "name part must be no more than 63 characters"
-    if not _NAME_RE.fullmatch(name):
-        return (
-            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
-            "with an alphanumeric character"
-        )
-    return None
-
-
-def label_value_problem(value: str) -> str | None:
-    """Why `value` is not a valid label value, or None."""
-    if len(value) > 63:
-        return "must be no more than 63 characters"
-    if not _VALUE_RE.fullmatch(value):
-        return (
-            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
-            "and must start and end with an alphanumeric character"
-        )
-    return None
 
 
 @dataclass(frozen=True)
@@ -120,15 +82,20 @@ def _tokens(text: str) -> list[str]:
 
 
 def _check_key(key: str) -> None:
-    problem = label_key_problem(key)
-    if problem is not None:
-        raise SelectorError(f'unable to parse requirement: key: Invalid value: "{key}": {problem}')
+    """A requirement's key is a qualified name; the parser joins its problems with "; " in one error."""
+    problems = qualified_name_problems(key)
+    if problems:
+        raise SelectorError(f"unable to parse requirement: key: Invalid value: {go_string(key)}: {'; '.join(problems)}")
 
 
-def _check_value(value: str, index: int) -> None:
-    problem = label_value_problem(value)
-    if problem is not None:
-        raise SelectorError(f'unable to parse requirement: values[{index}]: Invalid value: "{value}": {problem}')
+def _check_value(key: str, value: str, index: int) -> None:
+    """A requirement's value is a label value, named by its index and the requirement's key."""
+    problems = label_value_problems(value)
+    if problems:
+        detail = "; ".join(problems)
+        raise SelectorError(
+            f"unable to parse requirement: values[{index}][{key}]: Invalid value: {go_string(value)}: {detail}"
+        )
 
 
 def parse_label_selector(text: str) -> LabelSelector:
@@ -168,7 +135,7 @@ def parse_label_selector(text: str) -> LabelSelector:
                 value = "" if nxt is None or nxt == "," else take()
                 if value in {"(", ")", "=", "==", "!=", "!", ">", "<"}:
                     raise SelectorError(f"unable to parse requirement: found '{value}', expected: identifier")
-                _check_value(value, 0)
+                _check_value(key, value, 0)
                 reqs.append(Requirement(key, "!=" if op == "!=" else "=", (value,)))
             elif op in ("in", "notin"):
                 take()
@@ -178,23 +145,19 @@ def parse_label_selector(text: str) -> LabelSelector:
                 while True:
                     tok = take()
                     if tok == ")" and not values:
+                        values.append("")  # "()" is the one empty value, as the server's parser reads it
                         break
                     if tok in {",", ")"}:
                         value = ""
                     else:
                         value = tok
                         tok = take()
-                    _check_value(value, len(values))
+                    _check_value(key, value, len(values))
                     values.append(value)
                     if tok == ")":
                         break
                     if tok != ",":
                         raise SelectorError(f"unable to parse requirement: found '{tok}', expected: ',' or ')'")
-                if not values:
-                    raise SelectorError(
-                        "unable to parse requirement: values: Invalid value: []: for 'in', 'notin' operators, "
-                        "values set can't be empty"
-                    )
                 reqs.append(Requirement(key, op, tuple(values)))
             elif op in (">", "<"):
                 take()

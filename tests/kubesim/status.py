@@ -96,8 +96,11 @@ def conflict(resource: ResourceType, name: str, detail: str) -> ApiError:
 
 
 def invalid(resource: ResourceType, name: str, causes: Sequence[Cause]) -> ApiError:
+    """A 422 as `NewInvalid` builds it: every cause in the details, in order; the message lists each distinct
+    one once, as the server's error aggregate does (an update can report one cause twice)."""
     kind = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
-    listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
+    shown = list(dict.fromkeys(str(c) for c in causes))  # the message names a repeated cause once
+    listed = shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
     details = _details(resource, name, kind=resource.kind)
     details["causes"] = [c.to_json() for c in causes]
     return ApiError(422, f'{kind} "{name}" is invalid: {listed}', details=details)

@@ -161,7 +161,7 @@ async def test_the_network_and_broadcast_addresses_are_not_in_the_range(kube_api
     err = await error_of(kube_api.request("POST", SVC_PATH, body=service("edge", clusterIP=address)))
     assert err.status == 422
     assert err.message == (
-        f'Service "edge" is invalid: spec.clusterIPs: Invalid value: ["{address}"]: failed to allocate IP '
+        f'Service "edge" is invalid: spec.clusterIPs: Invalid value: []string{{"{address}"}}: failed to allocate IP '
         f"{address}: the provided IP ({address}) is not in the valid range. The range of valid IPs is 10.96.0.0/12"
     )
 

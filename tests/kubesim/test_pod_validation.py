@@ -580,3 +580,26 @@ async def test_a_templates_service_account_name_is_a_subdomain(kube_api: KubeApi
     ]
     spec["serviceAccountName"] = "builder.v2"
     await created(kube_api, deployment("ok", spec), DEPLOYMENTS)
+
+
+# -- pod-only checks -------------------------------------------------------------------------------
+async def test_an_image_with_surrounding_whitespace_is_refused_for_a_pod_not_a_template(kube_api: KubeApi) -> None:
+    """Only a Pod is checked (`validatePodMetadataAndSpec`, after the whole spec: containers, then init
+    containers); a workload's template keeps such an image, for backward compatibility."""
+    template = {"containers": [{"name": "c", "image": " nginx "}]}
+    dry_run = [("dryRun", "All")]
+    accepted = await kube_api.request("POST", DEPLOYMENTS, body=deployment("ws", template), query=dry_run)
+    assert accepted["spec"]["template"]["spec"]["containers"][0]["image"] == " nginx "
+    pod = pod_spec_with(dnsPolicy="Bogus", initContainers=[{"name": "i", "image": "busybox\t"}])
+    pod["spec"]["containers"][0]["image"] = " nginx "
+    assert await causes_of(kube_api, pod) == [
+        (
+            "spec.dnsPolicy",
+            'Unsupported value: "Bogus": supported values: "ClusterFirstWithHostNet", "ClusterFirst", "Default", '
+            '"None"',
+        ),
+        ("spec.containers[0].image", 'Invalid value: " nginx ": must not have leading or trailing whitespace'),
+        ("spec.initContainers[0].image", 'Invalid value: "busybox\\t": must not have leading or trailing whitespace'),
+    ]
+    # Go's white space is not Python's: an ASCII separator control character is no space to Go
+    await created(kube_api, pod_with("sep", image="nginx\x1c"))

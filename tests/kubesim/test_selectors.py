@@ -15,6 +15,7 @@ from tests.kubesim.selectors import (
     selector_from_label_selector,
 )
 from tests.kubesim.server import KubeSim
+from tests.kubesim.validation import LABEL_VALUE_HELP, QUALIFIED_NAME_HELP, SUBDOMAIN_HELP
 
 LABELS = {"app": "web", "tier": "front", "version": "7", "istio.io/rev": "canary"}
 
@@ -45,6 +46,9 @@ LABEL_CASES = [
     ("version<5", False),
     ("app>5", False),
     ("tier=", False),
+    # "()" is the one empty value, as the API server's parser reads it: app in ("")
+    ("app in ()", False),
+    ("missing notin ()", True),
 ]
 
 
@@ -56,7 +60,6 @@ def test_label_selector_matches_like_the_api_server(selector: str, matches: bool
 BAD_LABEL_SELECTORS = [
     "app=web=x",
     "app in web",
-    "app in ()",
     "app notin (",
     "=web",
     "app=,",
@@ -74,6 +77,35 @@ BAD_LABEL_SELECTORS = [
 def test_malformed_label_selectors_are_rejected(selector: str) -> None:
     with pytest.raises(SelectorError):
         parse_label_selector(selector)
+
+
+REQUIREMENT = "unable to parse requirement: "
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ("-app=x", f'key: Invalid value: "-app": name part {QUALIFIED_NAME_HELP}'),
+        (
+            "a/b/c=x",
+            f'key: Invalid value: "a/b/c": a qualified name {QUALIFIED_NAME_HELP} with an optional DNS subdomain '
+            "prefix and '/' (e.g. 'example.com/MyName')",
+        ),
+        ("UPPER.example.com/x=y", f'key: Invalid value: "UPPER.example.com/x": prefix part {SUBDOMAIN_HELP}'),
+        ("/-x=y", f'key: Invalid value: "/-x": prefix part must be non-empty; name part {QUALIFIED_NAME_HELP}'),
+        # every problem of a key, joined in one error
+        ("x/=y", f'key: Invalid value: "x/": name part must be non-empty; name part {QUALIFIED_NAME_HELP}'),
+        ("app=-web", f'values[0][app]: Invalid value: "-web": {LABEL_VALUE_HELP}'),
+        ("app in (web, -db)", f'values[1][app]: Invalid value: "-db": {LABEL_VALUE_HELP}'),
+    ],
+    ids=["name-start", "two-slashes", "upper-prefix", "empty-prefix", "empty-name", "value", "second-value"],
+)
+def test_a_bad_key_or_value_is_refused_with_the_api_servers_texts(selector: str, message: str) -> None:
+    """A key is a qualified name and a value a label value (`IsQualifiedName`, `IsValidLabelValue`): the
+    messages are the server's, with their examples and regular expressions; a value is named by its key."""
+    with pytest.raises(SelectorError) as info:
+        parse_label_selector(selector)
+    assert str(info.value) == REQUIREMENT + message
 
 
 FIELD_CASES = [

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.kubesim.selectors import label_key_problem, label_value_problem
-
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -43,12 +41,28 @@ QUALIFIED_NAME_HELP = (
     "character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "
     "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
 )
+LABEL_VALUE_HELP = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
+    "start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for "
+    "validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
+IP_HELP = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+CIDR_HELP = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
 ENV_VAR_NAME_HELP = "a valid environment variable name must consist only of printable ASCII characters other than '='"
 DNS1035_HELP = (
     "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic "
     "character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for "
     "validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
 )
+
+
+# Go's unicode.IsSpace: Python's str.strip() also strips \x1c-\x1f, which Go keeps.
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
+def go_trim_space(value: str) -> str:
+    """`strings.TrimSpace`: `value` without the leading and trailing white space Go's Unicode tables name."""
+    return value.strip(GO_SPACE)
 
 
 def strict_json(data: str | bytes) -> Any:
@@ -244,6 +258,53 @@ def qualified_name_problems(value: str) -> list[str]:
     return problems
 
 
+def label_value_problems(value: str) -> list[str]:
+    """Why `value` is not a label value (`IsValidLabelValue`): at most 63 characters, empty or a qualified
+    name's name part. Each reason is its own message."""
+    problems = ["must be no more than 63 characters"] if len(value) > 63 else []
+    if value and not QUALIFIED_NAME.fullmatch(value):
+        problems.append(LABEL_VALUE_HELP)
+    return problems
+
+
+def check_labels(errors: FieldErrors, path: str, labels: Mapping[Any, Any]) -> None:
+    """A label map (`ValidateLabels`): each key a qualified name, each value a label value, every problem
+    its own cause naming the map, with the key or the value as the bad value."""
+    for key, value in labels.items():
+        for problem in qualified_name_problems(str(key)):
+            errors.invalid(path, key, problem)
+        if not isinstance(value, str):
+            errors.invalid(f"{path}.{key}", value, "must be a string")
+            continue
+        for problem in label_value_problems(value):
+            errors.invalid(path, value, problem)
+
+
+def check_annotations(errors: FieldErrors, path: str, annotations: Mapping[Any, Any]) -> None:
+    """An annotation map (`ValidateAnnotations`): each key a qualified name once lowercased (case does not
+    matter in an annotation key), and at most 256 KiB of keys and values together."""
+    total = 0
+    for key, value in annotations.items():
+        for problem in qualified_name_problems(str(key).lower()):
+            errors.invalid(path, key, problem)
+        if not isinstance(value, str):
+            errors.invalid(f"{path}.{key}", value, "must be a string")
+            continue
+        total += len(key) + len(value)
+    if total > 256 * 1024:
+        errors.invalid(path, "", "Too long: must have at most 262144 bytes")
+
+
+def go_string_slice(values: Any, element_type: str = "string") -> GoSyntax:
+    """Go's `%#v` of a string slice, how a 1.32 API server prints a list as the bad value of an error
+    (`[]string{"10.96.0.5", "fd00::5"}`; a missing list is a nil slice). Named element types show their name
+    (`[]core.IPFamily{"IPv4"}`)."""
+    if values is None:
+        return GoSyntax(f"[]{element_type}(nil)")
+    items = values if isinstance(values, list) else [values]
+    return GoSyntax(f"[]{element_type}{{{', '.join(go_string(str(v)) for v in items)}}}")
+
+
 def go_struct(type_name: str, fields: Mapping[str, str]) -> GoSyntax:
     """Go's `%#v` of an internal struct, as the API server prints one as the bad value of an Invalid error.
     `fields` maps each field, in declaration order, to its rendered value (see `go_pointer`)."""
@@ -300,16 +361,57 @@ def check_endpoint_ip(errors: FieldErrors, path: str, value: str, *, family: int
 
 
 def check_external_ip(errors: FieldErrors, path: str, value: str) -> None:
-    """A Service's external IP: an address of either family that is not special."""
-    try:
-        if "%" in value:
-            raise ValueError(value)
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        errors.invalid(path, value, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")
+    """A Service's external IP: an address of either family, read as the 1.32 server reads it (`IsValidIP`,
+    leading zeros allowed), that is not special (`ValidateNonSpecialIP`)."""
+    ip = parse_ip_sloppy(value)
+    if ip is None:
+        errors.invalid(path, value, IP_HELP)
         return
     for problem in special_ip_problems(ip, value):
         errors.invalid(path, value, problem)
+
+
+def parse_ip_sloppy(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address as Go's pre-1.17 parser reads it (`ParseIPSloppy`, which a 1.32 server validates with):
+    IPv4 octets may have leading zeros, an IPv4-mapped IPv6 address is the IPv4 address, no zone. None
+    when it is not an address. Whichever of '.' and ':' comes first decides the family, as in Go."""
+    dot, colon = text.find("."), text.find(":")
+    if colon == -1 and dot == -1:
+        return None
+    if colon == -1 or -1 < dot < colon:
+        return _parse_ipv4_sloppy(text)
+    head, sep, last = text.rpartition(":")
+    if "." in last:
+        embedded = _parse_ipv4_sloppy(last)
+        if embedded is None:
+            return None
+        text = f"{head}{sep}{embedded}"
+    if "%" in text:  # Go's parser has no zones
+        return None
+    try:
+        ip = ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip
+
+
+def _parse_ipv4_sloppy(text: str) -> ipaddress.IPv4Address | None:
+    """Four dot-separated decimal octets of at most 255 each, leading zeros allowed (Go's `parseIPv4`)."""
+    octets = text.split(".")
+    if len(octets) != 4 or not all(o.isascii() and o.isdigit() and int(o) <= 255 for o in octets):
+        return None
+    return ipaddress.IPv4Address(".".join(str(int(o)) for o in octets))
+
+
+def parse_cidr_sloppy(text: str) -> bool:
+    """Whether `text` is a CIDR as `ParseCIDRSloppy` reads it: an address (read as `parse_ip_sloppy` reads
+    one, but not IPv4-mapped-as-IPv4 for the prefix length) and a decimal prefix length no longer than it."""
+    address, slash, length = text.partition("/")
+    ip = parse_ip_sloppy(address)
+    if not slash or ip is None or not (length.isascii() and length.isdigit()):
+        return False
+    bits = 32 if ":" not in address else 128
+    return int(length) <= bits
 
 
 def special_ip_problems(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, text: str) -> list[str]:
@@ -337,28 +439,14 @@ def check_metadata(errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: st
         errors.required("metadata.name", "name or generateName is required")
     else:
         NAME_RULES[name_rule](errors, "metadata.name", name)
-    for kind in ("labels", "annotations"):
+    for kind, check in (("labels", check_labels), ("annotations", check_annotations)):
         values = meta.get(kind)
         if values is None:
             continue
         if not isinstance(values, dict):
             errors.invalid(f"metadata.{kind}", values, "must be a map of strings")
             continue
-        total = 0
-        for key, value in values.items():
-            problem = label_key_problem(str(key))
-            if problem is not None:
-                errors.invalid(f"metadata.{kind}", key, problem)
-            if not isinstance(value, str):
-                errors.invalid(f"metadata.{kind}.{key}", value, "must be a string")
-                continue
-            total += len(key) + len(value)
-            if kind == "labels":
-                vproblem = label_value_problem(value)
-                if vproblem is not None:
-                    errors.invalid("metadata.labels", value, vproblem)
-        if kind == "annotations" and total > 256 * 1024:
-            errors.invalid("metadata.annotations", "", "Too long: must have at most 262144 bytes")
+        check(errors, f"metadata.{kind}", values)
 
 
 # -- kinds ---------------------------------------------------------------------------------------
