@@ -54,6 +54,8 @@ TRUST_SECRET = "trust"
 _BREAKER = 1 << 30  # Envoy's defaults (1,024 requests) would cap the secure port at 1,024 streams
 _TAIL_BYTES = 4096
 MAX_CONNECTIONS = 100_000  # client connections when not capped: Envoy warns without a global limit
+#: Seconds a client connection has to finish its TLS handshake, or the idle time when that is shorter.
+SETUP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,7 +279,7 @@ def bootstrap(
         "per_connection_buffer_limit_bytes": tuning.buffer_limit,
         "filter_chains": [
             {
-                "transport_socket_connect_timeout": "10s",
+                "transport_socket_connect_timeout": f"{setup_timeout(max_connection_idle):.3f}s",
                 "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
                 "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
             }
@@ -325,6 +327,11 @@ def _lifetime(max_connection_age: float | None, grace: float, max_connection_idl
         options["max_connection_duration_jitter"] = {"value": 10.0}  # gRPC's own is ±10%
         fields["drain_timeout"] = f"{grace:.3f}s"
     return {"common_http_protocol_options": options, **fields} if options else fields
+
+
+def setup_timeout(max_connection_idle: float | None) -> float:
+    """`SETUP_TIMEOUT`, or the idle time when shorter."""
+    return min(SETUP_TIMEOUT, max_connection_idle or SETUP_TIMEOUT)
 
 
 def default_concurrency(*, usable_cores: int | None = None) -> int:

@@ -257,10 +257,12 @@ def test_a_connection_that_opens_no_call_is_closed_after_the_idle_time_and_strea
         with (
             http2_connections(running, "grpc", 20) as plaintext,
             http2_connections(running, "secure-grpc", 20) as secure,
+            connections(running, "secure-grpc", 20) as silent_secure,  # no TLS hello: its handshake is late
         ):
             assert (still_open(plaintext), still_open_tls(secure)) == (20, 20)
             assert asyncio.run(busy_stream_outlives_the_idle_time())
             wait_for(lambda: still_open(plaintext) + still_open_tls(secure) == 0, what="idle connections closed")
+            wait_for(lambda: still_open(silent_secure) == 0, what="silent ones closed")
     finally:
         running.stop()
 
