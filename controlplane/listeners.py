@@ -14,7 +14,7 @@ failed on `EMFILE`, which stopped the control plane. So:
   site, whose handshake must start and finish within `handshake_timeout`, before it), closes one
   beyond its cap as soon as it is accepted, counts that in `meshplane_connections_refused_total{listener}`
   and logs it at most once every 10 s per listener; a full site gives a new connection the place of
-  one that has sent nothing yet, of the client that holds the most such (`_Gate`); the plaintext gRPC
+  one that has not yet sent a whole request head, of the client that holds the most such (`_Gate`); the plaintext gRPC
   port is capped by gRPC itself (`grpc.max_allowed_incoming_connections`), the secure one by its Envoy.
 
 A TLS handshake costs the event loop ~1 ms (the key exchange and the signature, and the kernel's
@@ -134,8 +134,9 @@ class ConnectionBudget:
 class _Gate:
     """Counts a listener's open connections against its cap; refusals are counted and logged sparingly.
 
-    A connection that has sent nothing yet (for a TLS listener: whose handshake has not started, or
-    that has sent nothing since) is *waiting*, and registers how to close it. When the listener is
+    A connection that has not yet sent a whole request head (nothing, or headers without the blank
+    line that ends them; for a TLS listener, also one whose handshake has not started) is *waiting*,
+    and registers how to close it. When the listener is
     full, a new connection takes the place of the oldest waiting one of the client address that has
     the most waiting, if that address has at least two more than the new connection's: a client
     that opens connections and stays silent loses them to the others (the kubelet's probe, the API
@@ -197,6 +198,9 @@ class _Gate:
             self._logged_at, self._held_back = now, 0
 
 
+HEAD_END = b"\r\n\r\n"  # the blank line that ends an HTTP/1 request's headers
+
+
 def _client_address(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
@@ -204,7 +208,8 @@ def _client_address(transport: asyncio.BaseTransport) -> str:
 
 class _Gated(asyncio.Protocol):
     """Stands in front of aiohttp's per-connection protocol; creates it only for admitted connections,
-    and tells the gate when the connection stops waiting.
+    and tells the gate when the connection stops waiting (its first request head is complete: a client
+    that trickles its headers, as one that sends nothing, can be made to give up its place).
 
     `admitted`: the connection took its place in the gate when it was accepted (`_Handshakes`, before
     its TLS handshake); it gives the place back when it closes."""
@@ -214,7 +219,8 @@ class _Gated(asyncio.Protocol):
         self._gate = gate
         self._admitted = admitted
         self._inner: asyncio.Protocol | None = None
-        self._waiting_as: str | None = None  # the client address while the connection has sent nothing
+        self._waiting_as: str | None = None  # the client address until the first request head is complete
+        self._tail = b""  # the last bytes received while waiting, for a head's end split across reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         address = _client_address(transport)
@@ -240,7 +246,12 @@ class _Gated(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
-            self._heard()
+            if self._waiting_as is not None:
+                seen = self._tail + data
+                if HEAD_END in seen:
+                    self._heard()
+                else:
+                    self._tail = seen[-len(HEAD_END) + 1 :]
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:

@@ -308,16 +308,20 @@ def pod_for_review(index: int) -> dict[str, object]:
     }
 
 
-def test_a_client_filling_the_ready_port_with_silent_connections_does_not_keep_the_probe_out(
-    limited: Running,
+@pytest.mark.parametrize("sent", [b"", b"GET /ready HTTP/1.1\r\nHost: istiod\r\n"], ids=["silent", "trickling"])
+def test_a_client_filling_the_ready_port_with_unfinished_requests_does_not_keep_the_probe_out(
+    limited: Running, sent: bytes
 ) -> None:
     """The kubelet's readiness probe is answered while another address holds every place of `/ready`
-    with connections that send nothing (the probe's connection takes one of theirs)."""
+    with connections that send nothing, or headers they never finish (the probe's connection takes
+    one of theirs)."""
     port = int(limited.addr("http").rsplit(":", 1)[1])
     held: list[socket.socket] = []
     try:
         for _ in range(SMALL_LISTENER_CAP + 20):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)))
+            with contextlib.suppress(OSError):  # closed as it was accepted (over the cap)
+                held[-1].sendall(sent)
         wait_for(lambda: still_open(held) == SMALL_LISTENER_CAP, what="the /ready port full")
         for _ in range(3):
             assert http_ok(f"{limited.http_url}/ready")
