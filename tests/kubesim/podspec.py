@@ -18,6 +18,7 @@ from tests.kubesim.validation import (
     check_label,
     check_port,
     check_subdomain,
+    check_unique_name,
     config_key_problems,
     env_var_name_problems,
     go_pointer,
@@ -518,14 +519,7 @@ def _validate_container(
 ) -> None:
     """One container, in the API server's order: name, image, ports, env, envFrom, mounts, resources,
     securityContext (`validateContainerCommon`), then hooks, probes and restartPolicy."""
-    name = container.get("name")
-    if not name:
-        errors.required(f"{cpath}.name")
-    else:
-        check_label(errors, f"{cpath}.name", str(name))
-        if name in names:
-            errors.duplicate(f"{cpath}.name", name)
-        names.add(str(name))
+    check_unique_name(errors, f"{cpath}.name", container.get("name"), names, check_label)
     if not container.get("image"):
         errors.required(f"{cpath}.image")
     _validate_container_ports(container.get("ports") or [], f"{cpath}.ports", errors)

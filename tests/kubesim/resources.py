@@ -34,6 +34,7 @@ from tests.kubesim.validation import (
     check_fqdn,
     check_label,
     check_port,
+    check_unique_name,
     qualified_name_problems,
 )
 
@@ -1002,14 +1003,7 @@ def _validate_crd(obj: Obj, errors: FieldErrors) -> None:
         if not isinstance(version, dict):
             errors.invalid(vpath, version, "must be an object")
             continue
-        name = version.get("name")
-        if not name:
-            errors.required(f"{vpath}.name")
-        else:
-            check_dns1035(errors, f"{vpath}.name", str(name))
-            if name in seen:
-                errors.duplicate(f"{vpath}.name", name)
-            seen.add(str(name))
+        check_unique_name(errors, f"{vpath}.name", version.get("name"), seen, check_dns1035)
         for flag in ("served", "storage"):
             if not isinstance(version.get(flag), bool):
                 errors.required(f"{vpath}.{flag}")

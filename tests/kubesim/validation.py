@@ -12,7 +12,7 @@ import binascii
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -486,3 +486,16 @@ def check_port(errors: FieldErrors, path: str, value: Any) -> None:
 def int_or_zero(value: Any) -> int:
     """An integer field's value as the API server holds it (0 when unset)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def check_unique_name(
+    errors: FieldErrors, path: str, name: Any, seen: set[str], rule: Callable[[FieldErrors, str, str], None]
+) -> None:
+    """A required name that follows `rule` and is not among `seen` (the names before it in its list)."""
+    if not name:
+        errors.required(path)
+        return
+    rule(errors, path, str(name))
+    if name in seen:
+        errors.duplicate(path, name)
+    seen.add(str(name))
