@@ -460,16 +460,9 @@ def _validate_pod_security_context(spec: Obj, path: str, errors: FieldErrors) ->
 def _validate_volumes(spec: Obj, path: str, errors: FieldErrors) -> set[str]:
     """Each volume named (a DNS label, unique) with exactly one source; answers the names."""
     volumes: set[str] = set()
-    for i, volume in enumerate(spec.get("volumes") or []):
-        vpath = f"{path}.volumes[{i}].name"
-        name = volume.get("name") if isinstance(volume, dict) else None
-        if not name:
-            errors.required(vpath)
-            continue
-        check_label(errors, vpath, str(name))
-        if name in volumes:
-            errors.duplicate(vpath, name)
-        volumes.add(str(name))
+    for i, item in enumerate(spec.get("volumes") or []):
+        volume = item if isinstance(item, dict) else {}
+        check_unique_name(errors, f"{path}.volumes[{i}].name", volume.get("name"), volumes, check_label)
         sources = [key for key in volume if key != "name"]  # the schema admits only sources besides the name
         if not sources:
             errors.required(f"{path}.volumes[{i}]", "must specify a volume type")
