@@ -14,8 +14,9 @@ failed on `EMFILE`, which stopped the control plane. So:
   site, whose handshake must start and finish within `handshake_timeout`, before it), closes one
   beyond its cap as soon as it is accepted, counts that in `meshplane_connections_refused_total{listener}`
   and logs it at most once every 10 s per listener; a full site gives a new connection the place of
-  one that has not yet sent a whole request head, of the client that holds the most such (`_Gate`); the plaintext gRPC
-  port is capped by gRPC itself (`grpc.max_allowed_incoming_connections`), the secure one by its Envoy.
+  one that has not yet sent a whole request head, of the client that holds the most such (`_Gate`);
+  the plaintext gRPC port is capped by gRPC itself (`grpc.max_allowed_incoming_connections`), the
+  secure one by its Envoy.
 
 A TLS handshake costs the event loop ~1 ms (the key exchange and the signature, and the kernel's
 loopback send), and asyncio runs, in one turn, the handshake of every connection whose first flight
@@ -136,11 +137,11 @@ class _Gate:
 
     A connection that has not yet sent a whole request head (nothing, or headers without the blank
     line that ends them; for a TLS listener, also one whose handshake has not started) is *waiting*,
-    and registers how to close it. When the listener is
-    full, a new connection takes the place of the oldest waiting one of the client address that has
-    the most waiting, if that address has at least two more than the new connection's: a client
-    that opens connections and stays silent loses them to the others (the kubelet's probe, the API
-    server's review), and clients competing for the places end up with equal shares."""
+    and registers how to close it. When the listener is full, a new connection takes the place of
+    the oldest waiting one of the client address that has the most waiting, if that address has at
+    least two more than the new connection's: a client that opens connections and stays silent
+    loses them to the others (the kubelet's probe, the API server's review), and clients competing
+    for the places end up with equal shares."""
 
     def __init__(self, name: str, cap: int, refused: Callable[[], None] | None) -> None:
         self.name = name
@@ -194,6 +195,7 @@ class _Gate:
                 self.name,
                 self.open,
                 self._held_back,
+                extra={"listener": self.name, "open": self.open, "suppressed": self._held_back},
             )
             self._logged_at, self._held_back = now, 0
 

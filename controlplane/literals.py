@@ -74,15 +74,6 @@ def ip_address(text: str) -> IPAddress:
     return address
 
 
-def is_ip_address(text: str) -> bool:
-    """True when `ip_address` reads `text`."""
-    try:
-        ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def ip_network(text: str) -> IPNetwork:
     """`text` as a CIDR (`10.0.0.0/8`, `fd00::/8`; host bits allowed), without a zone: Python keeps
     one (`fe80::%eth0/64`) or drops it without a word (`fe80::1%eth0/64`), Go refuses both."""

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane import literals
-from controlplane.literals import natural
+from controlplane.literals import ip_address, natural
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
@@ -102,7 +101,7 @@ def parse_duration(text: str, *, name: str) -> float:
 def _ip(text: str, *, name: str) -> str:
     """An address without a zone: the control plane refuses one in the node's id and metadata."""
     try:
-        return str(literals.ip_address(text.strip()))
+        return str(ip_address(text.strip()))
     except ValueError as exc:
         raise OptionsError(f"{name}: {exc}") from None
 

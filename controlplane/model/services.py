@@ -195,13 +195,13 @@ class Service:
                 raise f.ObjectError(f"{path}.port", f"{number}/{transport} is used by another port")
             seen_numbers.add((number, transport))
             raw_target = item.get("targetPort")
+            numeric = natural(raw_target) if isinstance(raw_target, str) else raw_target
             target: int | str
             if raw_target is None:
                 target = number
-            elif isinstance(raw_target, str) and natural(raw_target) is None:
+            elif numeric is None:  # a port's name
                 target = raw_target
             else:
-                numeric = natural(raw_target) if isinstance(raw_target, str) else raw_target
                 target = f.port_number(numeric, f"{path}.targetPort")
             app_protocol = f.string(item.get("appProtocol"), f"{path}.appProtocol", default="")
             ports.append(
