@@ -1,9 +1,10 @@
-"""Numbers and addresses as users write them, read as Kubernetes, Istio and Envoy (all Go) read them.
+"""Numbers, durations and addresses as users write them, read as Kubernetes, Istio and Envoy (all Go) read them.
 
 Python reads more than Go does: `str.isdigit` is true for `²` and for other scripts' digits, `int()`
 reads `1_000`, surrounding spaces and Arabic-Indic or fullwidth digits, and raises on a number of
 more than 4,300 digits; `ipaddress` keeps an IPv6 zone (`fe80::1%eth0`) that no Kubernetes address
-has and that Envoy refuses when its machine lacks the interface. Every place that reads such a value
+has and that Envoy refuses when its machine lacks the interface; a duration has as many readers as
+it has units, and no upper bound until a timer, an option or a protobuf overflows. Every place that reads such a value
 from a user, a client or a file reads it here.
 """
 
@@ -63,6 +64,49 @@ def decimal(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# Go's time.ParseDuration: a sign, then numbers with a unit each (`1h30m`, `1.5s`, `300ms`, `2us`).
+_NS_PER_UNIT = {
+    "ns": 1,
+    "us": 10**3,
+    "\u00b5s": 10**3,  # micro sign
+    "\u03bcs": 10**3,  # Greek mu
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+_UNIT = "|".join(sorted(_NS_PER_UNIT, key=len, reverse=True))  # `ms` before `m` and `s`
+_DURATION_PART = re.compile(rf"([0-9]*)(?:\.([0-9]*))?({_UNIT})")
+_DURATION = re.compile(rf"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:{_UNIT}))+")
+_FRACTION_DIGITS = 30  # more than any unit's nanoseconds need; Go ignores what overflows too
+
+
+def duration(text: str, *, bare_seconds: bool = False) -> float | None:
+    """`text` as a Go duration (`1h30m`, `1.5s`, `500ms`, `2us`, `0`; a sign allowed) in seconds, else
+    None; with `bare_seconds`, a number without a unit (`90`, `0.5`) is seconds too, as flags take it.
+
+    Like Go, a duration is a whole number of nanoseconds that fits an int64 (at most ~292 years): a
+    longer one is not a duration, where Python would carry `9999999999999999999h` on to overflow an
+    option, a timer or a protobuf `Duration` that Envoy refuses."""
+    if bare_seconds and _DECIMAL.fullmatch(text) and not any(c in text for c in "eE+-"):
+        text += "s"
+    negative = text[:1] == "-"
+    if text.lstrip("+-") == "0":
+        return 0.0
+    if _DURATION.fullmatch(text) is None:
+        return None
+    total = 0
+    for whole, fraction, unit in _DURATION_PART.findall(text):
+        per_unit = _NS_PER_UNIT[unit]
+        if len(whole.lstrip("0")) > _INT64_DIGITS:
+            return None
+        digits = fraction[:_FRACTION_DIGITS]
+        total += int(whole or "0") * per_unit + int(digits or "0") * per_unit // 10 ** len(digits)
+    if total > INT64_MAX + negative:  # Go's limit: -2^63 ns fits, 2^63 ns does not
+        return None
+    return (-total if negative else total) / 1e9
+
+
 def ip_address(text: str) -> IPAddress:
     """`text` as an IPv4 or IPv6 address without a zone; ValueError (ZoneError for a zone) naming it."""
     try:
@@ -85,3 +129,31 @@ def ip_network(text: str) -> IPNetwork:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"{text!r} is not a CIDR (examples: 10.0.0.0/8, fd00::/8)") from None
+
+
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as Istio reads a proxy's discovery address (Go's `net.SplitHostPort`):
+    the host an IP address without a zone or a DNS name, the port 1-65535. ValueError saying what is
+    wrong, to follow `text` as the caller names it ("has no port: ...")."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("has no port: write it as host:port, e.g. istiod.istio-system.svc:15012")
+    if ":" in host and not host.startswith("["):
+        raise ValueError("needs brackets around an IPv6 address, e.g. [fd00::1]:15012")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("is not host:port: write it as host:port, e.g. istiod.istio-system.svc:15012")
+        host = host[1:-1]
+    port = natural(port_text)
+    if port is None or not 0 < port < 65536:
+        raise ValueError(f"has port {port_text!r}, not one of 1-65535")
+    if DNS_NAME.fullmatch(host) is None:
+        try:
+            ip_address(host)
+        except ValueError:
+            raise ValueError(f"has host {host!r}, neither an IP address nor a DNS name") from None
+    return host, port

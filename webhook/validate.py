@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from controlplane.literals import ip_network, natural, whole_number
+from controlplane.literals import duration, host_port, ip_network, natural, whole_number
 from controlplane.model import yamltext
 from webhook.limits import MAX_PROXY_CONFIG_BYTES, MAX_VALUE_DEPTH
 
@@ -211,8 +211,10 @@ IMAGE_TYPES = ("default", "distroless", "debug")
 
 # -- ProxyConfig -------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$", re.ASCII)
 _PORT_FIELDS = {"proxyAdminPort", "statusPort"}
+# The integer fields are int32 in Istio's proto, fileFlushMinSizeKb uint32: a larger number does not decode.
+_INTEGER_MAX = {"fileFlushMinSizeKb": 2**32 - 1}
+INT32_MAX = 2**31 - 1
 _ENUMS: dict[str, tuple[str, ...]] = {
     "interceptionMode": INTERCEPTION_MODES,
     "controlPlaneAuthPolicy": ("NONE", "MUTUAL_TLS", "INHERIT"),
@@ -227,7 +229,7 @@ PROXY_CONFIG_FIELDS: dict[str, str] = {
     "tracingServiceName": "enum",
     "drainDuration": "duration",
     "parentShutdownDuration": "duration",
-    "discoveryAddress": "string",
+    "discoveryAddress": "address",
     "discoveryRefreshDelay": "duration",
     "zipkinAddress": "string",
     "statsdUdpAddress": "string",
@@ -291,12 +293,25 @@ def _check_proxy_field(name: str, kind: str, value: Any) -> None:
             raise ValueError(f"{name}: must not be negative")
         if name in _PORT_FIELDS and not 1 <= value <= 65535:
             raise ValueError(f"{name}: {value} is not a port number 1-65535")
+        most = _INTEGER_MAX.get(name, INT32_MAX)
+        if value > most:
+            raise ValueError(f"{name}: {value} is more than {most}")
+    elif kind == "address":  # the sidecar's control plane: Istio checks it as host:port
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: must be a string, got {got}")
+        try:
+            host_port(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {json.dumps(value)} {exc}") from None
     elif kind == "boolean":
         if not isinstance(value, bool):
             raise ValueError(f"{name}: must be true or false, got {got}")
-    elif kind == "duration":
-        if not isinstance(value, str) or not _DURATION.fullmatch(value):
+    elif kind == "duration":  # Istio decodes a Duration with Go's time.ParseDuration
+        seconds = duration(value) if isinstance(value, str) else None
+        if seconds is None:
             raise ValueError(f"{name}: must be a duration such as 5s, 1m30s or 500ms, got {json.dumps(value)}")
+        if seconds < 0:
+            raise ValueError(f"{name}: {json.dumps(value)} must not be negative")
     elif kind == "enum":
         choices = _ENUMS[name]
         if value not in choices:

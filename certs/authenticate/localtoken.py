@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from certs.identity import (
     from_service_account_username,
     spiffe_id,
 )
+from controlplane.literals import duration
 
 ISSUER = "meshplane-local"
 AUDIENCE = "istio-ca"
@@ -255,12 +255,11 @@ class LocalTokenAuthenticator:
 
 
 def parse_duration(text: str, *, field: str) -> dt.timedelta:
-    """`90`, `90s`, `15m`, `1h`, `1h30m` -> timedelta. Raises ValueError naming `field`."""
-    value = text.strip()
-    if re.fullmatch(r"[0-9]+", value):
-        return dt.timedelta(seconds=int(value))
-    parts = re.findall(r"([0-9]+)([hms])", value)
-    if not parts or "".join(n + u for n, u in parts) != value:
+    """`90`, `90s`, `15m`, `1h`, `1h30m` (any Go duration, or a number of seconds) -> timedelta.
+    Raises ValueError naming `field` for anything else, a negative one, or one too long for Go."""
+    seconds = duration(text.strip(), bare_seconds=True)
+    if seconds is None:
         raise ValueError(f"{field}: {text!r} is not a duration (examples: 3600, 90s, 15m, 1h, 1h30m)")
-    unit = {"h": 3600, "m": 60, "s": 1}
-    return dt.timedelta(seconds=sum(int(n) * unit[u] for n, u in parts))
+    if seconds < 0:
+        raise ValueError(f"{field}: {text!r} must not be negative")
+    return dt.timedelta(seconds=seconds)

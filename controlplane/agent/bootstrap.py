@@ -22,13 +22,12 @@ import ipaddress
 import json
 import os
 import pathlib
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.literals import natural
+from controlplane.literals import DNS_NAME, host_port, ip_address
 
 XDS_CLUSTER = "xds-grpc"
 SDS_CLUSTER = "sds-grpc"
@@ -44,8 +43,6 @@ ADS_RETRY = {"retry_back_off": {"base_interval": "0.5s", "max_interval": "3s"}}
 PROMETHEUS_PATH = "/stats/prometheus"
 
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
-_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 _TYPE = "type.googleapis.com/envoy."
 _HTTP2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -93,7 +90,7 @@ class BootstrapParams:
                 "istiod_san is empty: give the DNS name the discovery server's certificate carries "
                 "(e.g. istiod.istio-system.svc)"
             )
-        if not _DNS_NAME.fullmatch(self.istiod_san):
+        if not DNS_NAME.fullmatch(self.istiod_san):
             raise ValueError(f"istiod_san {self.istiod_san!r} is not a DNS name (e.g. istiod.istio-system.svc)")
         if not self.sds_socket:
             raise ValueError("sds_socket is empty: give the path of the agent's SDS Unix socket")
@@ -127,23 +124,11 @@ class BootstrapParams:
 
 
 def discovery_host_port(address: str) -> tuple[str, int]:
-    """Split `host:port` or `[v6]:port`. Raises ValueError naming `discovery_address`."""
-    example = "write it as host:port, e.g. istiod.istio-system.svc:15012"
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"discovery_address {address!r} has no port: {example}")
-    if ":" in host and not host.startswith("["):
-        raise ValueError(f"discovery_address {address!r}: put an IPv6 address in brackets, e.g. [fd00::1]:15012")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError(f"discovery_address {address!r} is not host:port: {example}")
-        host = host[1:-1]
-    port = natural(port_text)
-    if port is None or not 0 < port < 65536:
-        raise ValueError(f"discovery_address {address!r}: port {port_text!r} is not 1-65535")
-    if not _is_ip(host) and not _DNS_NAME.fullmatch(host):
-        raise ValueError(f"discovery_address {address!r}: {host!r} is neither an IP address nor a DNS name")
-    return host, port
+    """Split `host:port` or `[v6]:port` (see `literals.host_port`). Raises ValueError naming `discovery_address`."""
+    try:
+        return host_port(address)
+    except ValueError as exc:
+        raise ValueError(f"discovery_address {address!r} {exc}") from None
 
 
 def render(params: BootstrapParams) -> dict[str, Any]:
@@ -212,7 +197,7 @@ def write(params: BootstrapParams, path: pathlib.Path) -> None:
 
 def _is_ip(host: str) -> bool:
     try:
-        ipaddress.ip_address(host)
+        ip_address(host)
     except ValueError:
         return False
     return True

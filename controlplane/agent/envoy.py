@@ -65,7 +65,8 @@ class EnvoySupervisor:
     on PATH. `log_level` and `component_log_level` take Istio's `--proxyLogLevel` and
     `--proxyComponentLogLevel` values (`warning`, `misc:error,upstream:debug`; component entries in
     `log_level` replace `component_log_level`). Envoy's output goes to `log_path` (appended) or to
-    the agent's stderr. `drain_duration` bounds `drain_and_stop()`'s wait for open connections;
+    the agent's stderr. `concurrency` is Envoy's worker threads, 0 one per core (Istio's rule).
+    `drain_duration` bounds `drain_and_stop()`'s wait for open connections;
     `listener_drain_time` is Envoy's `--drain-time-s`, how long a listener changed or removed by LDS
     keeps serving its connections. `drain_inbound_only` drains only inbound listeners (a sidecar's
     application can still call out while it finishes its requests); connections on
@@ -98,7 +99,7 @@ class EnvoySupervisor:
         self._level, self._components = _split_log_level(log_level, component_log_level)
         rules = {
             "concurrency": (concurrency >= 0, "0 (one worker per core) or more"),
-            "drain_duration": (drain_duration > 0, "positive"),
+            "drain_duration": (drain_duration >= 0, "0 (stop at once) or more"),
             "listener_drain_time": (listener_drain_time >= 0, "0 or more"),
             "initial_backoff": (initial_backoff > 0, "positive"),
             "max_backoff": (max_backoff >= initial_backoff, "at least initial_backoff"),
@@ -162,7 +163,9 @@ class EnvoySupervisor:
 
     def command(self, binary: str) -> list[str]:
         """Envoy's command line (Istio's flags: immediate drain strategy, hot restart disabled)."""
-        args = [binary, "-c", str(self.bootstrap), "--concurrency", str(self._concurrency), "-l", self._level]
+        args = [binary, "-c", str(self.bootstrap), "-l", self._level]
+        if self._concurrency:  # Envoy reads `--concurrency 0` as one worker; without it, one per core
+            args += ["--concurrency", str(self._concurrency)]
         if self._components:
             args += ["--component-log-level", self._components]
         args += ["--drain-time-s", str(round(self._listener_drain_time)), "--drain-strategy", "immediate"]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.literals import ip_address, natural
+from controlplane.literals import duration, host_port, ip_address
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
@@ -23,10 +23,9 @@ NODE_TYPES = ("sidecar", "router")
 INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
 STATUS_PORT = 15020
 ADMIN_PORT = 15000
+DEFAULT_CONCURRENCY = 2
+INT32_MAX = 2**31 - 1
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DURATION = re.compile(r"(?:([0-9]+(?:\.[0-9]+)?)(h|ms|m|s))+")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
-_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 class OptionsError(ValueError):
@@ -56,6 +55,7 @@ class AgentOptions:
     bind_address: str
     envoy: str | None
     drain_duration: float
+    concurrency: int  # Envoy's worker threads, 0 one per core: PROXY_CONFIG concurrency, else 2
     proxyless: bool
     grpc_bootstrap: pathlib.Path
     output_certs: pathlib.Path
@@ -83,18 +83,14 @@ class AgentOptions:
         return self.proxy_dir / "XDS"
 
 
-def parse_duration(text: str, *, name: str) -> float:
-    """`30s`, `5m`, `24h`, `1h30m`, `500ms` or a plain number of seconds -> seconds (> 0)."""
-    value = text.strip()
-    if _SECONDS.fullmatch(value):  # not float(): it also reads "nan", "inf", "1_0" and other scripts' digits
-        seconds = float(value)
-    elif _DURATION.fullmatch(value):
-        unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-        seconds = sum(float(n) * unit[u] for n, u in _DURATION_PART.findall(value))
-    else:
+def parse_duration(text: str, *, name: str, zero: bool = False) -> float:
+    """`30s`, `5m`, `24h`, `1h30m`, `500ms` (any Go duration) or a plain number of seconds -> seconds,
+    positive (or 0 when `zero`). Raises OptionsError naming `name`."""
+    seconds = duration(text.strip(), bare_seconds=True)
+    if seconds is None:
         raise OptionsError(f"{name}: {text!r} is not a duration (examples: 30s, 5m, 24h, 1h30m)")
-    if seconds <= 0:
-        raise OptionsError(f"{name}: {text!r} must be positive")
+    if seconds < 0 or (seconds == 0 and not zero):
+        raise OptionsError(f"{name}: {text!r} must be {'0 or more' if zero else 'positive'}")
     return seconds
 
 
@@ -107,10 +103,10 @@ def _ip(text: str, *, name: str) -> str:
 
 
 def _host_port(text: str, *, name: str) -> str:
-    host, sep, port_text = text.strip().rpartition(":")
-    port = natural(port_text) if sep and host else None
-    if port is None or not 0 < port < 65536:
-        raise OptionsError(f"{name}: {text!r} is not host:port (example: {DEFAULT_DISCOVERY})")
+    try:
+        host_port(text.strip())
+    except ValueError as exc:
+        raise OptionsError(f"{name}: {text!r} {exc}") from None
     return text.strip()
 
 
@@ -141,6 +137,15 @@ def proxy_config(env: Mapping[str, str]) -> dict[str, Any]:
         raise OptionsError(f"env PROXY_CONFIG: not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise OptionsError("env PROXY_CONFIG: must be a JSON object")
+    return value
+
+
+def _concurrency(value: Any) -> int:
+    """PROXY_CONFIG `concurrency` (an Int32Value: Envoy's worker threads, 0 one per core), 2 when unset."""
+    if value is None:
+        return DEFAULT_CONCURRENCY
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT32_MAX:
+        raise OptionsError(f"env PROXY_CONFIG concurrency: {json.dumps(value)} is not a whole number 0-{INT32_MAX}")
     return value
 
 
@@ -215,7 +220,10 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
         loopback_address=_ip(args.loopback_address, name="--loopback-address (env ISTIO_META_LOOPBACK_ADDRESS)"),
         bind_address=_ip(args.bind_address, name="--bind-address"),
         envoy=args.envoy or None,
-        drain_duration=parse_duration(drain_text, name="--drain-duration (PROXY_CONFIG terminationDrainDuration)"),
+        drain_duration=parse_duration(
+            drain_text, name="--drain-duration (PROXY_CONFIG terminationDrainDuration)", zero=True
+        ),
+        concurrency=_concurrency(pc.get("concurrency")),
         proxyless=proxyless,
         grpc_bootstrap=pathlib.Path(args.grpc_xds_bootstrap),
         output_certs=pathlib.Path(args.output_certs),

@@ -136,7 +136,7 @@ class Agent:
                 log_level=options.proxy_log_level,
                 component_log_level=options.proxy_component_log_level,
                 drain_duration=options.drain_duration,
-                concurrency=int(options.proxy_config.get("concurrency") or 2),
+                concurrency=options.concurrency,
                 on_restart=metrics.ENVOY_RESTARTS.inc,
             )
         else:

@@ -26,14 +26,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.literals import duration
 from controlplane.model import fields as f
 from controlplane.model import yamltext
 
 MAX_MESH_BYTES = 64 * 1024
 MAX_MESH_DEPTH = 50
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$", re.ASCII)
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+CONNECT_TIMEOUT_MIN = 0.001  # Istio's range for connectTimeout
+CONNECT_TIMEOUT_MAX = 3600.0
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -113,20 +114,25 @@ class MeshConfig:
                 raw.get("enableAutoMtls"), "data.mesh.enableAutoMtls", default=base.enable_auto_mtls
             ),
             outbound_policy=policy,
-            connect_timeout=_duration(raw.get("connectTimeout"), "data.mesh.connectTimeout", base.connect_timeout),
+            connect_timeout=_connect_timeout(
+                raw.get("connectTimeout"), "data.mesh.connectTimeout", base.connect_timeout
+            ),
             discovery_selectors=_selectors(raw.get("discoverySelectors"), "data.mesh.discoverySelectors"),
         )
 
 
-def _duration(value: Any, path: str, default: float) -> float:
+def _connect_timeout(value: Any, path: str, default: float) -> float:
+    """A Go duration, as Istio's mesh validation takes it: whole milliseconds from 1ms to 1h (Envoy
+    refuses a zero `connect_timeout`, and a protobuf Duration past ~10,000 years, on every cluster)."""
     if value is None:
         return default
-    match = _DURATION.fullmatch(str(value))
-    if not match:
+    seconds = duration(str(value))
+    if seconds is None:
         raise f.ObjectError(path, f"{value!r} is not a duration like 10s or 500ms")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise f.ObjectError(path, f"{value!r} must be positive")
+    if not CONNECT_TIMEOUT_MIN <= seconds <= CONNECT_TIMEOUT_MAX:
+        raise f.ObjectError(path, f"{value!r} must be from 1ms to 1h")
+    if round(seconds * 1e9) % 1_000_000:
+        raise f.ObjectError(path, f"{value!r} must be whole milliseconds")
     return seconds
 
 

@@ -130,10 +130,10 @@ def test_readiness_and_prometheus_listeners(tmp_path: pathlib.Path) -> None:
     ("overrides", "message"),
     [
         ({"discovery_address": "istiod.istio-system.svc"}, "discovery_address 'istiod.istio-system.svc' has no port"),
-        ({"discovery_address": "istiod:http"}, "discovery_address 'istiod:http': port 'http' is not 1-65535"),
-        ({"discovery_address": "istiod:70000"}, "port '70000' is not 1-65535"),
-        ({"discovery_address": "fd00::1:15012"}, "put an IPv6 address in brackets"),
-        ({"discovery_address": "bad host:15012"}, "'bad host' is neither an IP address nor a DNS name"),
+        ({"discovery_address": "istiod:http"}, "discovery_address 'istiod:http' has port 'http', not one of 1-65535"),
+        ({"discovery_address": "istiod:70000"}, "has port '70000', not one of 1-65535"),
+        ({"discovery_address": "fd00::1:15012"}, "needs brackets around an IPv6 address"),
+        ({"discovery_address": "bad host:15012"}, "has host 'bad host', neither an IP address nor a DNS name"),
         ({"istiod_san": ""}, "istiod_san is empty"),
         ({"istiod_san": "https://istiod"}, "istiod_san 'https://istiod' is not a DNS name"),
         ({"node_id": " "}, "node_id is empty"),
@@ -211,14 +211,26 @@ def test_istio_delta_xds_must_be_true_or_false() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("500ms", 0.5), ("2", 2.0), ("0.5", 0.5)]
+    ("text", "seconds"),
+    [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("500ms", 0.5), ("2", 2.0), ("0.5", 0.5), ("1500us", 0.0015)],
 )
 def test_a_duration_is_seconds_or_go_units(text: str, seconds: float) -> None:
     assert parse_duration(text, name="--drain-duration") == seconds
 
 
 # float() would read "nan", "inf", "1_0" and other scripts' digits; Go's durations are none of those.
-@pytest.mark.parametrize("text", ["nan", "inf", "1_0", "\u0664\u0665", "\u0664\u0665s", "1d", "-1", "5 m"])
+# Nor is a duration longer than Go's ~292 years (float() makes 400 nines infinity).
+@pytest.mark.parametrize(
+    "text", ["nan", "inf", "1_0", "\u0664\u0665", "\u0664\u0665s", "1d", "-1", "5 m", "2562048h", "9" * 400 + "h"]
+)
 def test_a_bad_duration_is_refused_naming_the_flag(text: str) -> None:
     with pytest.raises(OptionsError, match=r"--drain-duration: .* is not a duration"):
         parse_duration(text, name="--drain-duration")
+
+
+def test_zero_is_a_duration_only_where_it_means_something() -> None:
+    with pytest.raises(OptionsError, match=r"--cert-ttl: '0s' must be positive"):
+        parse_duration("0s", name="--cert-ttl")
+    with pytest.raises(OptionsError, match=r"--drain-duration: '-1s' must be 0 or more"):
+        parse_duration("-1s", name="--drain-duration", zero=True)
+    assert parse_duration("0s", name="--drain-duration", zero=True) == 0

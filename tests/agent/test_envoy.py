@@ -350,6 +350,31 @@ async def test_drain_lets_the_request_in_flight_finish_and_refuses_new_connectio
         await runner.cleanup()
 
 
+@pytest.mark.parametrize(("concurrency", "workers"), [(0, len(os.sched_getaffinity(0))), (3, 3)])
+async def test_concurrency_zero_runs_a_worker_per_core_as_in_istio(
+    supervise: Supervise, loopback: str, workdir: pathlib.Path, concurrency: int, workers: int
+) -> None:
+    """Envoy reads `--concurrency 0` as one worker; Istio's 0 means one per core, so the flag is left out."""
+    bootstrap = workdir / "envoy-rev.json"
+    write(params(loopback, workdir), bootstrap)
+    supervisor = await supervise(bootstrap=bootstrap, admin_url=f"http://{loopback}:15000", concurrency=concurrency)
+    await wait_until(lambda: _stats_or_none(supervisor), what="Envoy's admin API")
+    status, body = await http_get(f"http://{loopback}:15000/server_info")
+    assert status == 200, body
+    assert json.loads(body)["command_line_options"]["concurrency"] == workers
+
+
+async def test_a_drain_duration_of_zero_stops_envoy_at_once(
+    supervise: Supervise, loopback: str, workdir: pathlib.Path
+) -> None:
+    bootstrap = workdir / "envoy-rev.json"
+    write(params(loopback, workdir), bootstrap)
+    supervisor = await supervise(bootstrap=bootstrap, admin_url=f"http://{loopback}:15000", drain_duration=0)
+    await wait_until(lambda: _stats_or_none(supervisor), what="Envoy's admin API")
+    await asyncio.wait_for(supervisor.drain_and_stop(), timeout=5)
+    assert our_envoys(bootstrap) == []
+
+
 async def test_cancelling_run_kills_envoy(loopback: str, workdir: pathlib.Path) -> None:
     bootstrap = workdir / "envoy-rev.json"
     write(params(loopback, workdir), bootstrap)

@@ -86,6 +86,10 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         ("proxy.istio.io/config", "- a list", "must be an object, got list"),
         ("proxy.istio.io/config", "drainDuration: 45", "drainDuration: must be a duration"),
         ("proxy.istio.io/config", "statusPort: 70000", "not a port number"),
+        # Beyond Istio's proto types and Go's durations: Envoy refused the first, the agent the others
+        ("proxy.istio.io/config", "concurrency: 99999999999", "concurrency: 99999999999 is more than 2147483647"),
+        ("proxy.istio.io/config", "terminationDrainDuration: 9999999999h", "terminationDrainDuration: must be a"),
+        ("proxy.istio.io/config", "terminationDrainDuration: -5s", 'terminationDrainDuration: "-5s" must not be'),
         ("proxy.istio.io/config", "proxyMetadata: {A: 1}", "proxyMetadata.A: must be a string"),
         (
             "proxy.istio.io/config",

@@ -1,0 +1,104 @@
+"""What the injector admits, the sidecar starts with.
+
+A `proxy.istio.io/config` the webhook accepts reaches the agent as PROXY_CONFIG; the agent reads its
+discovery address, termination drain duration and worker count. Before both read them one way, the
+webhook let `500us`, `-5s`, `9999999999h` and 99999999999 workers through and the sidecar then
+refused to start (or started an Envoy that refused its flags): a pod admitted that never became ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+from typing import Any
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlplane.agent.cmd import configure
+from controlplane.agent.options import AgentOptions, from_args
+from tests.helpers.injector import DEFAULT_PARAMS
+from webhook.inject import InjectionError, inject_pod
+
+# What the kubelet gives the injected container from the downward API.
+DOWNWARD = {"POD_NAME": "web-0", "POD_NAMESPACE": "shop", "INSTANCE_IP": "10.1.2.3", "SERVICE_ACCOUNT": "web"}
+
+_UNITS = ["ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h"]
+durations = st.one_of(
+    st.builds(
+        lambda sign, parts: sign + "".join(parts),
+        st.sampled_from(["", "+", "-"]),
+        st.lists(
+            st.builds(
+                lambda whole, fraction, unit: whole + fraction + unit,
+                st.from_regex(r"[0-9]{0,22}", fullmatch=True),
+                st.from_regex(r"(\.[0-9]{0,4})?", fullmatch=True),
+                st.sampled_from(_UNITS),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    ),
+    st.sampled_from(["0", "-0", "5", "1d", "2562047h47m16.854775807s", "2562047h47m16.854775808s", "9" * 400 + "h"]),
+    st.text(max_size=6),
+)
+workers = st.one_of(
+    st.integers(min_value=-2, max_value=2**40), st.sampled_from([2**31 - 1, 2**31, 2**32]), st.text(max_size=3)
+)
+addresses = st.one_of(
+    st.from_regex(r"\[?[a-z0-9.:% -]{0,14}\]?:[0-9]{0,6}", fullmatch=True),
+    st.sampled_from(["istiod.istio-system.svc:15012", "[fd00::1]:15012", "10.0.0.1:15012", "fe80::1%eth0:1"]),
+)
+proxy_configs = st.fixed_dictionaries(
+    {}, optional={"terminationDrainDuration": durations, "concurrency": workers, "discoveryAddress": addresses}
+)
+
+
+def agent_options(pod: dict[str, Any]) -> AgentOptions:
+    """The options `pilot-agent` starts with in the injected `istio-proxy` container."""
+    spec = pod["spec"]
+    container = next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "istio-proxy")
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e} | DOWNWARD
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]
+    with mock.patch.dict(os.environ, env, clear=True):  # the flags' defaults come from the environment
+        parser = argparse.ArgumentParser(prog="pilot-agent")
+        configure(parser)
+        return from_args(parser.parse_args(args), env)
+
+
+def test_the_injected_sidecar_of_a_plain_pod_starts() -> None:
+    pod = inject_pod(
+        {"metadata": {"name": "web-0"}, "spec": {"containers": [{"name": "app", "image": "a"}]}}, DEFAULT_PARAMS
+    )
+    options = agent_options(pod)
+    assert (options.concurrency, options.drain_duration) == (2, 5.0)
+    assert options.discovery_address == "istiod.istio-system.svc:15012"
+
+
+def test_concurrency_zero_and_microseconds_reach_the_agent_as_istio_means_them() -> None:
+    config = {"concurrency": 0, "terminationDrainDuration": "1500us", "discoveryAddress": "[fd00::1]:15012"}
+    pod = {
+        "metadata": {"name": "web-0", "annotations": {"proxy.istio.io/config": json.dumps(config)}},
+        "spec": {"containers": [{"name": "app", "image": "a"}]},
+    }
+    options = agent_options(inject_pod(pod, DEFAULT_PARAMS))
+    assert (options.concurrency, options.drain_duration, options.discovery_address) == (0, 0.0015, "[fd00::1]:15012")
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=proxy_configs)
+def test_a_proxy_config_the_injector_admits_is_one_the_agent_starts_with(config: dict[str, Any]) -> None:
+    pod = {
+        "metadata": {"name": "web-0", "annotations": {"proxy.istio.io/config": json.dumps(config)}},
+        "spec": {"containers": [{"name": "app", "image": "a"}]},
+    }
+    try:
+        injected = inject_pod(copy.deepcopy(pod), DEFAULT_PARAMS)
+    except InjectionError as exc:
+        assert exc.annotation == "proxy.istio.io/config"
+        return
+    agent_options(injected)  # raises OptionsError (the agent's exit 2) for what it cannot start with
