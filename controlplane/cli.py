@@ -190,11 +190,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     max_streams = _count(args.max_streams_per_client, field="--max-streams-per-client", what="a number of streams")
     max_xds = _xds_connections(args.max_xds_connections)
     max_request = _size(args.max_request_bytes, field="--max-request-bytes", low=MIB, high=256 * MIB)
-    try:
-        max_age = parse_duration(args.max_connection_age, field="--max-connection-age").total_seconds()
-        max_idle = parse_duration(args.max_connection_idle, field="--max-connection-idle").total_seconds()
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
+    max_age = _connection_time(args.max_connection_age, field="--max-connection-age")
+    max_idle = _connection_time(args.max_connection_idle, field="--max-connection-idle")
     if args.config_dir and args.kubeconfig:
         raise SettingsError(
             "--config-dir and --kubeconfig: choose one; --config-dir runs local mode (no Kubernetes), "
@@ -245,6 +242,21 @@ def _count(value: str, *, field: str, what: str) -> int:
     if count < 1:
         raise SettingsError(f"{field}: {count} must be at least 1")
     return count
+
+
+# gRPC takes its connection times as an int of milliseconds: 596h31m23.647s at most.
+MAX_CONNECTION_TIME_MS = 2**31 - 1
+
+
+def _connection_time(value: str, *, field: str) -> float:
+    """A gRPC connection time: 0 (for ever) or whole milliseconds gRPC can hold. Raises SettingsError."""
+    try:
+        seconds = parse_duration(value, field=field).total_seconds()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if seconds and not 1 <= round(seconds * 1000) <= MAX_CONNECTION_TIME_MS:
+        raise SettingsError(f"{field}: {value!r} must be 0 (for ever) or from 1ms to 596h31m23s, as gRPC takes it")
+    return seconds
 
 
 MIB = 1024 * 1024

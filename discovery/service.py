@@ -22,7 +22,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import os
 import secrets
 import time
@@ -35,7 +34,7 @@ from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2, json_format
 
 from controlplane.aio import TurnBudget
-from controlplane.literals import decimal
+from controlplane.literals import duration
 from controlplane.model.endpoints import ServiceEndpoints
 from controlplane.model.registry import MeshSnapshot, ModelChange, Registry, UpdateKind
 from discovery import metrics
@@ -344,17 +343,9 @@ def _name(packed: any_pb2.Any) -> str:
 
 
 def _seconds(text: str, *, name: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for suffix in ("ms", "s", "m"):
-        if text.endswith(suffix):
-            number = text[: -len(suffix)]
-            break
-    else:
+    value = duration(text)  # Istio reads these with Go's time.ParseDuration
+    if value is None:
         raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s")
-    value = decimal(number)
-    if value is None or not math.isfinite(value * units[suffix]):
-        raise ValueError(f"{name}: {text!r} is not a duration like 100ms or 10s")
-    value *= units[suffix]
     if value < 0:
         raise ValueError(f"{name}: {text!r} must not be negative")
     return value

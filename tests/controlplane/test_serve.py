@@ -107,6 +107,25 @@ def test_missing_config_dir_is_a_clear_startup_error(tmp_path: pathlib.Path) -> 
     assert "absent" in result.stderr and "does not exist" in result.stderr
 
 
+def test_the_longest_connection_times_grpc_takes_start_and_a_longer_one_is_a_clear_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    """gRPC takes connection times as an int of milliseconds: 720h raised OverflowError at start."""
+    running = start_serve(tmp_path, "--max-connection-age", "596h31m23.647s", "--max-connection-idle", "596h")
+    assert running.stop() == 0  # it was ready: start_serve waits for /ready
+    result = subprocess.run(
+        [*meshplane_cmd(), "serve", "--config-dir", str(tmp_path / "config"), "--state-dir", str(tmp_path / "state"),
+         "--max-connection-age", "720h"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--max-connection-age: '720h' must be 0 (for ever) or from 1ms to 596h31m23s" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_port_in_use_names_the_address(tmp_path: pathlib.Path) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))

@@ -74,6 +74,12 @@ def test_client_connections_age_out_after_30_minutes_as_istio_unless_told(monkey
     assert parse().max_connection_age == 90
     with pytest.raises(SettingsError, match=r"--max-connection-age: 'soon' is not a duration"):
         parse("--max-connection-age", "soon")
+    assert parse("--max-connection-age", "596h31m23.647s").max_connection_age == 2147483.647  # gRPC's int of ms
+    for longer in ("596h31m23.648s", "720h", "9999999999999999h"):  # the last raised OverflowError
+        with pytest.raises(SettingsError, match=r"--max-connection-age: '.*' (must be 0 \(for ever\)|is not a)"):
+            parse("--max-connection-age", longer)
+    with pytest.raises(SettingsError, match=r"--max-connection-age: '0.1ms' must be 0 \(for ever\) or from 1ms"):
+        parse("--max-connection-age", "0.1ms")  # gRPC would get 0 ms
 
 
 def test_client_connections_with_no_call_close_after_5_minutes_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

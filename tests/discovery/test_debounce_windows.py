@@ -129,3 +129,8 @@ def test_a_debounce_time_that_float_reads_but_is_no_duration_is_refused_naming_t
     gives the loop is undefined; an infinite one never pushes."""
     with pytest.raises(ValueError, match=f"PILOT_DEBOUNCE_AFTER: '{value}' is not a duration"):
         debounce_from_env({"PILOT_DEBOUNCE_AFTER": value})
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1.5s", 1.5), ("1m30s", 90.0), ("250000us", 0.25), ("0", 0.0)])
+def test_a_debounce_time_is_any_go_duration_as_istio_reads_it(value: str, seconds: float) -> None:
+    assert debounce_from_env({"PILOT_DEBOUNCE_MAX": value})[1] == seconds
