@@ -109,7 +109,7 @@ def _agent_flags(p: argparse.ArgumentParser, *, keep_earlier: bool = False) -> N
     flag(p, "--bind-address", "MESHPLANE_BIND_ADDRESS", "0.0.0.0", "address of the status, readiness, stats ports")
     flag(p, "--status-port", "MESHPLANE_STATUS_PORT", str(STATUS_PORT), "agent status port")
     flag(p, "--envoy", "MESHPLANE_ENVOY", None, "Envoy binary (default: beside python, else on PATH)")
-    flag(p, "--drain-duration", None, None, "drain time on SIGTERM (default PROXY_CONFIG or 5s)")
+    flag(p, "--drain-duration", None, None, "drain time on SIGTERM, 0 stops Envoy at once (default PROXY_CONFIG or 5s)")
     flag(p, "--grpc-xds-bootstrap", "GRPC_XDS_BOOTSTRAP", "/etc/istio/proxy/grpc-bootstrap.json", "proxyless")
     flag(p, "--output-certs", "OUTPUT_CERTS", "/var/lib/istio/data", "proxyless: certificate files directory")
     flag(p, "--proxyLogLevel", None, "warning", "Envoy log level", dest="proxy_log_level")
