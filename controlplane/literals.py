@@ -64,6 +64,16 @@ def decimal(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def boolean(text: str) -> bool | None:
+    """`text` as Go's `strconv.ParseBool` reads it (`1`, `t`, `true`, `TRUE`, `True`; `0`, `f`, ...),
+    else None: Istio reads its boolean environment variables so."""
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
 # Go's time.ParseDuration: a sign, then numbers with a unit each (`1h30m`, `1.5s`, `300ms`, `2us`).
 _NS_PER_UNIT = {
     "ns": 1,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.literals import duration, host_port, ip_address
+from controlplane.literals import boolean, duration, host_port, ip_address
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
@@ -62,7 +62,7 @@ class AgentOptions:
     interception_mode: str
     proxy_log_level: str
     proxy_component_log_level: str
-    delta_xds: bool  # Envoy asks for incremental (Delta) ADS: env ISTIO_DELTA_XDS, true unless "false"
+    delta_xds: bool  # Envoy asks for incremental (Delta) ADS: env ISTIO_DELTA_XDS (Go boolean), true when unset
     status_port: int = STATUS_PORT
     app_probers: str = ""  # ISTIO_KUBE_APP_PROBERS (JSON), as the injector rewrote the app's probes
     prometheus_annotations: str = ""  # ISTIO_PROMETHEUS_ANNOTATIONS (JSON): where the app's own metrics are
@@ -168,10 +168,18 @@ def node_meta(env: Mapping[str, str]) -> dict[str, Any]:
 
 def delta_xds(env: Mapping[str, str]) -> bool:
     """`ISTIO_DELTA_XDS`: true (Istio's default) or false (State of the World). Raises OptionsError."""
-    text = env.get("ISTIO_DELTA_XDS", "true").strip().lower()
-    if text not in ("true", "false"):
-        raise OptionsError(f"env ISTIO_DELTA_XDS: {text!r} is not true or false")
-    return text == "true"
+    return _env_boolean(env, "ISTIO_DELTA_XDS", default=True)
+
+
+def _env_boolean(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """A boolean environment variable as Istio reads one (Go's spellings: `1`, `t`, `true`, `0`, `f`, ...)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    value = boolean(text)
+    if value is None:
+        raise OptionsError(f"env {name}: {text!r} is not true or false (nor 1, t, 0 or f)")
+    return value
 
 
 def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
@@ -188,7 +196,7 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
     service_account = _dns_label(args.service_account or "default", name="--service-account (env SERVICE_ACCOUNT)")
     drain_text = args.drain_duration or str(pc.get("terminationDrainDuration") or "5s")
     meta = node_meta(env)
-    proxyless = meta.get("GENERATOR") == "grpc" or env.get("DISABLE_ENVOY", "").lower() == "true"
+    proxyless = meta.get("GENERATOR") == "grpc" or _env_boolean(env, "DISABLE_ENVOY", default=False)
     interception = str(meta.get("INTERCEPTION_MODE") or "REDIRECT")
     if interception not in INTERCEPTION_MODES:
         raise OptionsError(f"env ISTIO_META_INTERCEPTION_MODE: {interception!r} is not one of REDIRECT, TPROXY, NONE")

@@ -206,8 +206,11 @@ def test_istio_delta_xds_chooses_incremental_or_state_of_the_world_ads(
 
 def test_istio_delta_xds_must_be_true_or_false() -> None:
     assert delta_xds({"ISTIO_DELTA_XDS": " TRUE "}) is True
-    with pytest.raises(OptionsError, match="env ISTIO_DELTA_XDS: 'yes' is not true or false"):
-        delta_xds({"ISTIO_DELTA_XDS": "yes"})
+    for text, value in (("1", True), ("t", True), ("0", False), ("F", False), ("False", False)):  # Go's ParseBool
+        assert delta_xds({"ISTIO_DELTA_XDS": text}) is value
+    for text in ("yes", "TrUe", "2"):
+        with pytest.raises(OptionsError, match=f"env ISTIO_DELTA_XDS: '{text}' is not true or false"):
+            delta_xds({"ISTIO_DELTA_XDS": text})
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """What the injector admits, the sidecar starts with.
 
 A `proxy.istio.io/config` the webhook accepts reaches the agent as PROXY_CONFIG; the agent reads its
-discovery address, termination drain duration and worker count. Before both read them one way, the
+discovery address, termination drain duration and worker count, and its `proxyMetadata` as
+environment variables, such as the booleans ISTIO_DELTA_XDS and DISABLE_ENVOY. Before both read them one way, the
 webhook let `500us`, `-5s`, `9999999999h` and 99999999999 workers through and the sidecar then
 refused to start (or started an Envoy that refused its flags): a pod admitted that never became ready.
 """
@@ -53,8 +54,17 @@ addresses = st.one_of(
     st.from_regex(r"\[?[a-z0-9.:% -]{0,14}\]?:[0-9]{0,6}", fullmatch=True),
     st.sampled_from(["istiod.istio-system.svc:15012", "[fd00::1]:15012", "10.0.0.1:15012", "fe80::1%eth0:1"]),
 )
+# Istio's agent reads its boolean variables with Go's strconv.ParseBool.
+go_booleans = st.sampled_from(["1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"])
+metadata = st.fixed_dictionaries({}, optional={"ISTIO_DELTA_XDS": go_booleans, "DISABLE_ENVOY": go_booleans})
 proxy_configs = st.fixed_dictionaries(
-    {}, optional={"terminationDrainDuration": durations, "concurrency": workers, "discoveryAddress": addresses}
+    {},
+    optional={
+        "terminationDrainDuration": durations,
+        "concurrency": workers,
+        "discoveryAddress": addresses,
+        "proxyMetadata": metadata,
+    },
 )
 
 

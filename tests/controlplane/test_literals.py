@@ -9,6 +9,7 @@ import pytest
 from controlplane.literals import (
     INT64_MAX,
     ZoneError,
+    boolean,
     decimal,
     duration,
     host_port,
@@ -151,3 +152,15 @@ def test_host_port_splits_as_go_does(text: str, expected: tuple[str, int]) -> No
 def test_host_port_says_what_is_wrong(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=re.escape(problem)):
         host_port(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        *((t, True) for t in ("1", "t", "T", "TRUE", "true", "True")),
+        *((t, False) for t in ("0", "f", "F", "FALSE", "false", "False")),
+        *((t, None) for t in ("", "yes", "TrUe", " true", "2", "on")),
+    ],
+)
+def test_boolean_reads_what_go_parsebool_reads(text: str, expected: bool | None) -> None:
+    assert boolean(text) is expected
