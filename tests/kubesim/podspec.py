@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from tests.kubesim.kl_env import parse_quantity
 from tests.kubesim.validation import (
@@ -125,7 +125,8 @@ def _validate_handler(handler: Obj, path: str, errors: FieldErrors) -> None:
         errors.not_supported(f"{path}.httpGet.scheme", http.get("scheme"), ["HTTP", "HTTPS"])
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
+    """An integer field's value (JSON `true` is no integer); narrows `value` to `int` for the checker."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -487,32 +488,42 @@ def _validate_volume_mounts(container: Obj, cpath: str, volumes: set[str], error
         mount_paths.add(str(mount_path))
 
 
-def _validate_probes_and_hooks(container: Obj, key: str, cpath: str, errors: FieldErrors) -> None:
-    """Probes and lifecycle hooks are checked where they are allowed (regular containers, sidecars); a plain
-    init container may not have them at all."""
-    kinds = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
-    if key == "initContainers" and container.get("restartPolicy") != "Always":
-        for forbidden in kinds:
-            if container.get(forbidden) is not None:
-                errors.forbidden(
-                    f"{cpath}.{forbidden}", "may not be set for init containers without restartPolicy=Always"
-                )
-        return
+_HOOKS_AND_PROBES = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
+
+
+def _validate_hooks_and_probes(container: Obj, cpath: str, errors: FieldErrors) -> None:
+    """A regular container's or a sidecar's lifecycle hooks, then its liveness, readiness and startup probes."""
+    lifecycle = container.get("lifecycle")
     for hook in ("postStart", "preStop"):
-        lifecycle = container.get("lifecycle") or {}
         if isinstance(lifecycle, dict) and isinstance(lifecycle.get(hook), dict):
             _validate_handler(lifecycle[hook], f"{cpath}.lifecycle.{hook}", errors)
-    for probe in kinds[1:]:
+    for probe in _HOOKS_AND_PROBES[1:]:
         if isinstance(container.get(probe), dict):
             _validate_probe(probe, container[probe], f"{cpath}.{probe}", errors)
 
 
-def _validate_container(
-    container: Obj, key: str, cpath: str, errors: FieldErrors, *, volumes: set[str], names: set[str]
-) -> None:
-    """One container, in the API server's order: name, image, ports, env, envFrom, mounts, resources,
-    securityContext (`validateContainerCommon`), then hooks, probes and restartPolicy."""
-    check_unique_name(errors, f"{cpath}.name", container.get("name"), names, check_label)
+def _forbid_hooks_and_probes(container: Obj, cpath: str, errors: FieldErrors) -> None:
+    """A plain init container (no restartPolicy Always) may have no lifecycle hooks and no probes."""
+    for key in _HOOKS_AND_PROBES:
+        if container.get(key) is not None:
+            errors.forbidden(f"{cpath}.{key}", "may not be set for init containers without restartPolicy=Always")
+
+
+def _name_of(container: Obj) -> str:
+    """A container's name as the API server holds it ("" when unset)."""
+    name = container.get("name")
+    return "" if name is None else str(name)
+
+
+def _validate_container_common(container: Obj, cpath: str, errors: FieldErrors, volumes: set[str]) -> None:
+    """What every container is checked for, in the API server's order (`validateContainerCommon`): a name (a
+    DNS label), an image, ports, env, envFrom, mounts, resources, securityContext. Whether the name is unique
+    is for its list to say, after these."""
+    name = _name_of(container)
+    if not name:
+        errors.required(f"{cpath}.name")
+    else:
+        check_label(errors, f"{cpath}.name", name)
     if not container.get("image"):
         errors.required(f"{cpath}.image")
     _validate_container_ports(container.get("ports") or [], f"{cpath}.ports", errors)
@@ -521,10 +532,6 @@ def _validate_container(
     _validate_volume_mounts(container, cpath, volumes, errors)
     _validate_resources(container.get("resources") or {}, f"{cpath}.resources", errors)
     _validate_security_context(container.get("securityContext"), f"{cpath}.securityContext", errors)
-    _validate_probes_and_hooks(container, key, cpath, errors)
-    policy = container.get("restartPolicy")
-    if policy is not None and (key == "containers" or policy != "Always"):
-        errors.not_supported(f"{cpath}.restartPolicy", policy, ["Always"] if key != "containers" else [])
 
 
 def _dicts(items: Any) -> list[Obj]:
@@ -545,6 +552,54 @@ def _check_host_port_conflicts(containers: list[Any], list_path: str, errors: Fi
             if key in taken:
                 errors.duplicate(f"{list_path}[{i}].ports[{j}].hostPort", key)
             taken.add(key)
+
+
+def _validate_containers(containers: list[Any], list_path: str, errors: FieldErrors, volumes: set[str]) -> None:
+    """The regular containers (`validateContainers`): each one's common checks, then a name unique among them,
+    its hooks and probes and no restartPolicy; the host ports of them all after the list."""
+    names: set[str] = set()
+    for i, container in enumerate(containers):
+        cpath = f"{list_path}[{i}]"
+        if not isinstance(container, dict):
+            errors.invalid(cpath, container, "must be an object")
+            continue
+        _validate_container_common(container, cpath, errors, volumes)
+        name = _name_of(container)
+        if name in names:
+            errors.duplicate(f"{cpath}.name", name)
+        names.add(name)
+        _validate_hooks_and_probes(container, cpath, errors)
+        if container.get("restartPolicy") is not None:
+            errors.forbidden(f"{cpath}.restartPolicy", "may not be set for non-init containers")
+    _check_host_port_conflicts(containers, list_path, errors)
+
+
+def _validate_init_containers(
+    init_containers: list[Any], containers: list[Any], list_path: str, errors: FieldErrors, volumes: set[str]
+) -> None:
+    """The init containers, after the regular ones (`validateInitContainers`): each one's common checks, then
+    its restartPolicy (Always, if set), a name unique among all the containers (so the init container is the
+    duplicate of a regular one), its own host ports, and hooks and probes for a sidecar, none for another."""
+    names = {_name_of(container) for container in _dicts(containers)}
+    for i, container in enumerate(init_containers):
+        cpath = f"{list_path}[{i}]"
+        if not isinstance(container, dict):
+            errors.invalid(cpath, container, "must be an object")
+            continue
+        _validate_container_common(container, cpath, errors, volumes)
+        policy = container.get("restartPolicy")
+        if policy is not None and policy != "Always":
+            errors.not_supported(f"{cpath}.restartPolicy", policy, ["Always"])
+        name = _name_of(container)
+        if name in names:
+            errors.duplicate(f"{cpath}.name", name)
+        elif name:
+            names.add(name)
+        _check_host_port_conflicts([container], list_path, errors)
+        if policy == "Always":
+            _validate_hooks_and_probes(container, cpath, errors)
+        else:
+            _forbid_hooks_and_probes(container, cpath, errors)
 
 
 def _validate_host_network_ports(spec: Obj, path: str, errors: FieldErrors, *, resource_is_pod: bool) -> None:
@@ -598,28 +653,21 @@ def _validate_pod_fields(spec: Obj, path: str, errors: FieldErrors) -> None:
 
 
 def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, resource_is_pod: bool = False) -> None:
-    """A PodSpec as `ValidatePodSpec` checks it, after defaulting. `resource_is_pod` is set for a Pod itself,
-    not for a template embedded in a workload (the API server's `ResourceIsPod`)."""
+    """A PodSpec as `ValidatePodSpec` checks it, after defaulting: volumes, the regular containers, the init
+    containers, then the pod-wide fields. `resource_is_pod` is set for a Pod itself, not for a template
+    embedded in a workload (the API server's `ResourceIsPod`)."""
     if not isinstance(spec, dict):
         errors.required(path)
         return
     volumes = _validate_volumes(spec, path, errors)
     containers = spec.get("containers")
-    if not isinstance(containers, list) or not containers:
+    if isinstance(containers, list) and containers:
+        _validate_containers(containers, f"{path}.containers", errors, volumes)
+    else:
         errors.required(f"{path}.containers")
         containers = []
     init_containers = spec.get("initContainers") or []
-    names: set[str] = set()
-    for key, items in (("initContainers", init_containers), ("containers", containers)):
-        for i, container in enumerate(items):
-            cpath = f"{path}.{key}[{i}]"
-            if not isinstance(container, dict):
-                errors.invalid(cpath, container, "must be an object")
-                continue
-            _validate_container(container, key, cpath, errors, volumes=volumes, names=names)
-            if key == "initContainers":
-                _check_host_port_conflicts([container], f"{path}.initContainers", errors)
-    _check_host_port_conflicts(containers, f"{path}.containers", errors)
+    _validate_init_containers(init_containers, containers, f"{path}.initContainers", errors, volumes)
     _validate_host_network_ports(spec, path, errors, resource_is_pod=resource_is_pod)
     _validate_pod_fields(spec, path, errors)
 

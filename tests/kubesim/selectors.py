@@ -2,8 +2,9 @@
 
 Label selectors: comma-separated requirements, each one of `key`, `!key`, `key=value`,
 `key==value`, `key!=value`, `key in (v1,v2)`, `key notin (v1,v2)`, `key>N`, `key<N`. Keys and
-values are checked like label keys and values. `!=` and `notin` also match objects without the
-key. Field selectors: comma-separated `field=value`, `field==value` or `field!=value`, with `\\`
+values are checked like label keys and values: a key as soon as it is read, all the values of a
+requirement together once it is read. `!=` and `notin` also match objects without the key.
+Field selectors: comma-separated `field=value`, `field==value` or `field!=value`, with `\\`
 escaping `,` `=` `!` and `\\` in values; only the fields a resource supports are accepted.
 
 Errors raise `SelectorError` with the message the server puts in its 400 BadRequest Status.
@@ -43,11 +44,10 @@ class Requirement:
             return not present or value not in self.values
         if not present:
             return False
-        try:
-            have = int(str(value))
-        except ValueError:
+        # both read as Go's `strconv.ParseInt` reads them: "1_0" or " 1" is no number
+        have, want = _go_int64(str(value)), _go_int64(self.values[0])
+        if have is None or want is None:
             return False
-        want = int(self.values[0])
         return have > want if op == "gt" else have < want
 
 
@@ -64,14 +64,18 @@ class LabelSelector:
         return not self.requirements
 
 
-_TOKEN = re.compile(r"\s*(!=|==|=|!|\(|\)|,|>|<|[^\s!=(),<>]+)")
+# Go's lexer separates tokens with these four only; any other character (\v, U+00A0, ...) is part of a word.
+_SPACE = " \t\r\n"
+_TOKEN = re.compile(r"[ \t\r\n]*(!=|==|=|!|\(|\)|,|>|<|[^ \t\r\n!=(),<>]+)")
+_SYMBOLS = {",", "(", ")", "=", "==", "!=", "!", ">", "<"}
+_GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def _tokens(text: str) -> list[str]:
     tokens: list[str] = []
     pos = 0
     while pos < len(text):
-        if text[pos:].strip() == "":
+        if text[pos:].strip(_SPACE) == "":
             break
         m = _TOKEN.match(text, pos)
         if m is None:  # pragma: no cover - the pattern accepts every non-space character
@@ -81,21 +85,55 @@ def _tokens(text: str) -> list[str]:
     return tokens
 
 
+def _go_int64(text: str) -> int | None:
+    """`text` as `strconv.ParseInt(text, 10, 64)` reads it: an optional sign and ASCII digits, in range."""
+    if _GO_INT.fullmatch(text) is None or len(text.lstrip("+-").lstrip("0")) > 19:  # past int64 (and int()'s limit)
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
 def _check_key(key: str) -> None:
-    """A requirement's key is a qualified name; the parser joins its problems with "; " in one error."""
+    """A requirement's key is a qualified name, checked as soon as it is read (`parseKeyAndInferOperator`).
+    The parser has no field path there, so Go prints the nil path as `<nil>`; the problems are joined with
+    "; " in one error."""
     problems = qualified_name_problems(key)
     if problems:
-        raise SelectorError(f"unable to parse requirement: key: Invalid value: {go_string(key)}: {'; '.join(problems)}")
-
-
-def _check_value(key: str, value: str, index: int) -> None:
-    """A requirement's value is a label value, named by its index and the requirement's key."""
-    problems = label_value_problems(value)
-    if problems:
         detail = "; ".join(problems)
-        raise SelectorError(
-            f"unable to parse requirement: values[{index}][{key}]: Invalid value: {go_string(value)}: {detail}"
-        )
+        raise SelectorError(f"unable to parse requirement: <nil>: Invalid value: {go_string(key)}: {detail}")
+
+
+def _value_errors(key: str, operator: str, values: tuple[str, ...]) -> list[str]:
+    """What `NewRequirement` finds wrong with a whole requirement's values, in its order: for `>` and `<`
+    each value that is no integer, then each value that is no label value (named by its key)."""
+    errors = []
+    if operator in ("gt", "lt"):
+        for i, value in enumerate(values):
+            if _go_int64(value) is None:
+                detail = "for 'Gt', 'Lt' operators, the value must be an integer"
+                errors.append(f"values[{i}]: Invalid value: {go_string(value)}: {detail}")
+    for i, value in enumerate(values):
+        problems = label_value_problems(value)
+        if problems:
+            errors.append(f"values[{i}][{key}]: Invalid value: {go_string(value)}: {'; '.join(problems)}")
+    return errors
+
+
+def _aggregate(errors: list[str]) -> str:
+    """Go's aggregate of errors as text: the one error, or every distinct one in brackets."""
+    distinct = list(dict.fromkeys(errors))
+    return distinct[0] if len(distinct) == 1 else f"[{', '.join(distinct)}]"
+
+
+def _requirement(key: str, operator: str, values: tuple[str, ...] = ()) -> Requirement:
+    """A parsed requirement, its values checked all together as `NewRequirement` checks them; the values of
+    `in` and `notin` are a set, sorted and without repeats, so their indexes are those of the sorted set."""
+    if operator in ("in", "notin"):
+        values = tuple(sorted(set(values)))
+    errors = _value_errors(key, operator, values)
+    if errors:
+        raise SelectorError(f"unable to parse requirement: {_aggregate(errors)}")
+    return Requirement(key, operator, values)
 
 
 def parse_label_selector(text: str) -> LabelSelector:
@@ -115,12 +153,23 @@ def parse_label_selector(text: str) -> LabelSelector:
     def peek() -> str | None:
         return tokens[i] if i < len(tokens) else None
 
+    def exact_value() -> str:
+        """The one value after `=`, `==`, `!=`, `>` or `<`: empty before a comma or the end (`parseExactValue`)."""
+        nxt = peek()
+        value = "" if nxt is None or nxt == "," else take()
+        if value in _SYMBOLS:
+            raise SelectorError(f"unable to parse requirement: found '{value}', expected: identifier")
+        return value
+
     while i < len(tokens):
         tok = take()
         if tok == "!":
-            key = take()
+            key = peek() or ""
+            if key in _SYMBOLS or not key:
+                raise SelectorError(f"unable to parse requirement: found '{key}', expected: identifier")
+            take()
             _check_key(key)
-            reqs.append(Requirement(key, "!"))
+            reqs.append(_requirement(key, "!"))
         else:
             key = tok
             if key in {",", "(", ")", "=", "==", "!=", ">", "<"}:
@@ -128,15 +177,10 @@ def parse_label_selector(text: str) -> LabelSelector:
             _check_key(key)
             op = peek()
             if op is None or op == ",":
-                reqs.append(Requirement(key, "exists"))
+                reqs.append(_requirement(key, "exists"))
             elif op in ("=", "==", "!="):
                 take()
-                nxt = peek()
-                value = "" if nxt is None or nxt == "," else take()
-                if value in {"(", ")", "=", "==", "!=", "!", ">", "<"}:
-                    raise SelectorError(f"unable to parse requirement: found '{value}', expected: identifier")
-                _check_value(key, value, 0)
-                reqs.append(Requirement(key, "!=" if op == "!=" else "=", (value,)))
+                reqs.append(_requirement(key, "!=" if op == "!=" else "=", (exact_value(),)))
             elif op in ("in", "notin"):
                 take()
                 if take() != "(":
@@ -152,22 +196,15 @@ def parse_label_selector(text: str) -> LabelSelector:
                     else:
                         value = tok
                         tok = take()
-                    _check_value(key, value, len(values))
                     values.append(value)
                     if tok == ")":
                         break
                     if tok != ",":
                         raise SelectorError(f"unable to parse requirement: found '{tok}', expected: ',' or ')'")
-                reqs.append(Requirement(key, op, tuple(values)))
+                reqs.append(_requirement(key, op, tuple(values)))
             elif op in (">", "<"):
                 take()
-                value = take()
-                if not re.fullmatch(r"-?[0-9]+", value):
-                    raise SelectorError(
-                        f'unable to parse requirement: values[0]: Invalid value: "{value}": '
-                        "for 'Gt', 'Lt' operators, the value must be an integer"
-                    )
-                reqs.append(Requirement(key, "gt" if op == ">" else "lt", (value,)))
+                reqs.append(_requirement(key, "gt" if op == ">" else "lt", (exact_value(),)))
             else:
                 raise SelectorError(
                     f"unable to parse requirement: found '{op}', expected: in, notin, =, ==, !=, gt, lt"

@@ -215,6 +215,28 @@ async def test_label_and_annotation_keys_are_refused_with_the_api_servers_texts(
     assert created["metadata"]["annotations"] == {"Example.com/Key": "v"}
 
 
+async def test_annotations_over_256_kib_are_too_long_in_the_api_servers_words(kube_api: KubeApi) -> None:
+    """Keys and values together may have 262144 bytes, counted in UTF-8 as Go's `len` counts them; one more is
+    a FieldValueTooLong cause that omits the value (`ValidateAnnotations`, `field.TooLong`)."""
+    limit = 256 * 1024
+    at_limit = {"name": "full", "annotations": {"big": "x" * (limit - 3)}}
+    await kube_api.request("POST", CM_PATH, body={**cm("full"), "metadata": at_limit})
+    # 131071 two-byte characters and a three-byte key: fewer characters than the limit, one byte more
+    over = {"name": "over", "annotations": {"big": "\u00e9" * ((limit - 2) // 2)}}
+    err = await error_of(kube_api.request("POST", CM_PATH, body={**cm("over"), "metadata": over}))
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert err.body["details"]["causes"] == [
+        {
+            "reason": "FieldValueTooLong",
+            "message": "Too long: may not be more than 262144 bytes",
+            "field": "metadata.annotations",
+        }
+    ]
+    assert (
+        err.message == 'ConfigMap "over" is invalid: metadata.annotations: Too long: may not be more than 262144 bytes'
+    )
+
+
 PODS = "/api/v1/namespaces/default/pods"
 HTTP_PROBE = {"httpGet": {"port": 8080}}
 

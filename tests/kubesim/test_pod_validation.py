@@ -497,6 +497,57 @@ async def test_a_pods_fs_group_policy_is_known_and_it_shares_pids_one_way(kube_a
     )
 
 
+# -- container lists -----------------------------------------------------------------------------
+
+
+async def test_a_name_shared_by_an_init_and_a_regular_container_is_the_init_containers_duplicate(
+    kube_api: KubeApi,
+) -> None:
+    """The regular containers are validated first; the init containers then check their names against all of
+    theirs (`validateInitContainers`), so the init container is the duplicate, on any list position."""
+    pod = pod_spec_with(initContainers=[{"name": "setup", "image": "i"}, {"name": "c", "image": "i"}])
+    assert await causes_of(kube_api, pod) == [("spec.initContainers[1].name", 'Duplicate value: "c"')]
+    pod["spec"]["initContainers"][1]["name"] = "setup"
+    assert await causes_of(kube_api, pod) == [("spec.initContainers[1].name", 'Duplicate value: "setup"')]
+
+
+async def test_container_causes_come_in_the_api_servers_order(kube_api: KubeApi) -> None:
+    """Regular containers, then init containers (`ValidatePodSpec`). In each: the common checks (name, image,
+    ...), then for a regular one its duplicate name, probes and restartPolicy, and the host ports of all of them
+    after the list (`validateContainers`); for an init one its restartPolicy, duplicate name, own host ports and
+    then its probes (`validateInitContainers`)."""
+    ports = [{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81, "hostPort": 8080}]
+    pod = pod_spec_with(
+        initContainers=[
+            {"name": "c", "image": "", "restartPolicy": "Never", "ports": ports, "livenessProbe": HTTP_PROBE}
+        ]
+    )
+    pod["spec"]["containers"] += [
+        {"name": "c", "restartPolicy": "Always", "ports": [{"containerPort": 80, "hostPort": 8080}]},
+        {
+            "name": "d",
+            "image": "i",
+            "ports": [{"containerPort": 82, "hostPort": 8080}],
+            "readinessProbe": {"httpGet": {"port": 0}},
+        },
+    ]
+    assert await causes_of(kube_api, pod) == [
+        ("spec.containers[1].image", "Required value"),
+        ("spec.containers[1].name", 'Duplicate value: "c"'),
+        ("spec.containers[1].restartPolicy", "Forbidden: may not be set for non-init containers"),
+        ("spec.containers[2].readinessProbe.httpGet.port", "Invalid value: 0: must be between 1 and 65535, inclusive"),
+        ("spec.containers[2].ports[0].hostPort", 'Duplicate value: "TCP//8080"'),
+        ("spec.initContainers[0].image", "Required value"),
+        ("spec.initContainers[0].restartPolicy", 'Unsupported value: "Never": supported values: "Always"'),
+        ("spec.initContainers[0].name", 'Duplicate value: "c"'),
+        ("spec.initContainers[0].ports[1].hostPort", 'Duplicate value: "TCP//8080"'),
+        (
+            "spec.initContainers[0].livenessProbe",
+            "Forbidden: may not be set for init containers without restartPolicy=Always",
+        ),
+    ]
+
+
 # -- pod-wide fields -----------------------------------------------------------------------------
 
 

@@ -85,27 +85,124 @@ REQUIREMENT = "unable to parse requirement: "
 @pytest.mark.parametrize(
     ("selector", "message"),
     [
-        ("-app=x", f'key: Invalid value: "-app": name part {QUALIFIED_NAME_HELP}'),
+        ("-app=x", f'<nil>: Invalid value: "-app": name part {QUALIFIED_NAME_HELP}'),
         (
             "a/b/c=x",
-            f'key: Invalid value: "a/b/c": a qualified name {QUALIFIED_NAME_HELP} with an optional DNS subdomain '
+            f'<nil>: Invalid value: "a/b/c": a qualified name {QUALIFIED_NAME_HELP} with an optional DNS subdomain '
             "prefix and '/' (e.g. 'example.com/MyName')",
         ),
-        ("UPPER.example.com/x=y", f'key: Invalid value: "UPPER.example.com/x": prefix part {SUBDOMAIN_HELP}'),
-        ("/-x=y", f'key: Invalid value: "/-x": prefix part must be non-empty; name part {QUALIFIED_NAME_HELP}'),
+        ("UPPER.example.com/x=y", f'<nil>: Invalid value: "UPPER.example.com/x": prefix part {SUBDOMAIN_HELP}'),
+        ("/-x=y", f'<nil>: Invalid value: "/-x": prefix part must be non-empty; name part {QUALIFIED_NAME_HELP}'),
         # every problem of a key, joined in one error
-        ("x/=y", f'key: Invalid value: "x/": name part must be non-empty; name part {QUALIFIED_NAME_HELP}'),
+        ("x/=y", f'<nil>: Invalid value: "x/": name part must be non-empty; name part {QUALIFIED_NAME_HELP}'),
+        ("!-app", f'<nil>: Invalid value: "-app": name part {QUALIFIED_NAME_HELP}'),
+        # a bad key is refused as soon as it is read: its values are never looked at
+        ("-app in (-a)", f'<nil>: Invalid value: "-app": name part {QUALIFIED_NAME_HELP}'),
         ("app=-web", f'values[0][app]: Invalid value: "-web": {LABEL_VALUE_HELP}'),
-        ("app in (web, -db)", f'values[1][app]: Invalid value: "-db": {LABEL_VALUE_HELP}'),
+        # the values of `in` are a sorted set: "-db" comes before "web"
+        ("app in (web, -db)", f'values[0][app]: Invalid value: "-db": {LABEL_VALUE_HELP}'),
     ],
-    ids=["name-start", "two-slashes", "upper-prefix", "empty-prefix", "empty-name", "value", "second-value"],
+    ids=[
+        "name-start",
+        "two-slashes",
+        "upper-prefix",
+        "empty-prefix",
+        "empty-name",
+        "not-exists",
+        "key-first",
+        "value",
+        "sorted-value",
+    ],
 )
 def test_a_bad_key_or_value_is_refused_with_the_api_servers_texts(selector: str, message: str) -> None:
     """A key is a qualified name and a value a label value (`IsQualifiedName`, `IsValidLabelValue`): the
-    messages are the server's, with their examples and regular expressions; a value is named by its key."""
+    messages are the server's, with their examples and regular expressions. The parser checks a key with no
+    field path, which Go prints as `<nil>` (`parseKeyAndInferOperator`); a value is named by its index and key
+    (`NewRequirement`)."""
     with pytest.raises(SelectorError) as info:
         parse_label_selector(selector)
     assert str(info.value) == REQUIREMENT + message
+
+
+INTEGER_HELP = "for 'Gt', 'Lt' operators, the value must be an integer"
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        (
+            "app in (-b, ok, -a)",
+            f'[values[0][app]: Invalid value: "-a": {LABEL_VALUE_HELP}, '
+            f'values[1][app]: Invalid value: "-b": {LABEL_VALUE_HELP}]',
+        ),
+        ("app notin (-a, -a)", f'values[0][app]: Invalid value: "-a": {LABEL_VALUE_HELP}'),
+        (
+            "app in (" + "x" * 64 + ")",
+            f'values[0][app]: Invalid value: "{"x" * 64}": must be no more than 63 characters',
+        ),
+        (
+            "app=-" + "x" * 63,
+            f'values[0][app]: Invalid value: "-{"x" * 63}": must be no more than 63 characters; {LABEL_VALUE_HELP}',
+        ),
+        ("version>x", f'values[0]: Invalid value: "x": {INTEGER_HELP}'),
+        (
+            "version>-x",
+            f'[values[0]: Invalid value: "-x": {INTEGER_HELP}, values[0][version]: Invalid value: "-x": '
+            f"{LABEL_VALUE_HELP}]",
+        ),
+        ("version<", f'values[0]: Invalid value: "": {INTEGER_HELP}'),
+        ("version<,app", f'values[0]: Invalid value: "": {INTEGER_HELP}'),
+        ("version>99999999999999999999", f'values[0]: Invalid value: "99999999999999999999": {INTEGER_HELP}'),
+        ("version>+5", f'values[0][version]: Invalid value: "+5": {LABEL_VALUE_HELP}'),
+        # only space, tab, CR and LF separate words: a vertical tab is part of the value
+        ("app=a\vb", f'values[0][app]: Invalid value: "a\\vb": {LABEL_VALUE_HELP}'),
+    ],
+    ids=[
+        "every-value",
+        "repeated-value",
+        "long-value",
+        "both-problems",
+        "not-integer",
+        "not-integer-nor-label",
+        "empty-lt",
+        "empty-before-comma",
+        "out-of-int64",
+        "signed-integer",
+        "vertical-tab",
+    ],
+)
+def test_every_bad_value_of_a_requirement_is_reported_together(selector: str, message: str) -> None:
+    """`NewRequirement` checks all of a requirement's values and aggregates the errors: one alone, more in
+    brackets, an integer error of `>`/`<` (`strconv.ParseInt`) before the label value errors."""
+    with pytest.raises(SelectorError) as info:
+        parse_label_selector(selector)
+    assert str(info.value) == REQUIREMENT + message
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [("!(x)", "found '(', expected: identifier"), ("!", "found '', expected: identifier")],
+    ids=["symbol", "end"],
+)
+def test_not_must_be_followed_by_a_key(selector: str, message: str) -> None:
+    """After `!` the parser wants a key; anything else is a syntax error, not a bad key."""
+    with pytest.raises(SelectorError) as info:
+        parse_label_selector(selector)
+    assert str(info.value) == REQUIREMENT + message
+
+
+def test_a_values_syntax_is_read_before_its_values_are_checked() -> None:
+    """`in (...)` is read to its `)` before any value is checked: an unclosed list is a syntax error."""
+    with pytest.raises(SelectorError) as info:
+        parse_label_selector("app in (-a, b")
+    assert "Invalid value" not in str(info.value)
+
+
+def test_greater_and_less_than_read_numbers_as_go_does() -> None:
+    """A label's value is compared only when `strconv.ParseInt` reads it; Python's `int` reads more."""
+    newer = parse_label_selector("version>5")
+    assert newer.matches({"version": "10"})
+    assert not newer.matches({"version": "1_0"})
 
 
 FIELD_CASES = [
@@ -185,6 +282,22 @@ async def test_bad_selectors_answer_400_bad_request(kube_api: KubeApi) -> None:
             await kube_api.request("GET", "/api/v1/namespaces/default/configmaps", query=[query])
         assert info.value.status == 400
         assert info.value.reason == "BadRequest"
+
+
+async def test_a_bad_label_selector_answers_the_api_servers_status(kube_api: KubeApi) -> None:
+    """The list handler turns the parser's error into a 400 BadRequest Status with its text as the message."""
+    for selector, message in (
+        ("-app", f'<nil>: Invalid value: "-app": name part {QUALIFIED_NAME_HELP}'),
+        (
+            "app in (-b,-a)",
+            f'[values[0][app]: Invalid value: "-a": {LABEL_VALUE_HELP}, '
+            f'values[1][app]: Invalid value: "-b": {LABEL_VALUE_HELP}]',
+        ),
+    ):
+        with pytest.raises(KubeApiError) as info:
+            await kube_api.request("GET", "/api/v1/namespaces/default/configmaps", query=[("labelSelector", selector)])
+        assert (info.value.status, info.value.reason) == (400, "BadRequest")
+        assert info.value.message == REQUIREMENT + message
 
 
 async def test_field_selector_on_name_over_http(kubesim: KubeSim, kube_api: KubeApi) -> None:

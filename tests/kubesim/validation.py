@@ -163,6 +163,10 @@ class FieldErrors:
     def too_many(self, path: str, count: int, limit: int) -> None:
         self.causes.append(Cause("FieldValueTooMany", path, f"Too many: {count}: must have at most {limit} items"))
 
+    def too_long(self, path: str, limit: int) -> None:
+        """A value over `limit` bytes; the value itself is not shown (`field.TooLong`)."""
+        self.causes.append(Cause("FieldValueTooLong", path, f"Too long: may not be more than {limit} bytes"))
+
     def not_supported(self, path: str, value: Any, supported: list[str]) -> None:
         listed = ", ".join(json.dumps(s) for s in supported)
         self.causes.append(
@@ -280,9 +284,18 @@ def check_labels(errors: FieldErrors, path: str, labels: Mapping[Any, Any]) -> N
             errors.invalid(path, value, problem)
 
 
+ANNOTATIONS_SIZE_LIMIT = 256 * 1024  # bytes (`TotalAnnotationSizeLimitB`)
+
+
+def go_len(text: str) -> int:
+    """Go's `len` of a string read from JSON: its UTF-8 bytes. A lone surrogate, which Go's decoder reads as
+    U+FFFD, is three bytes either way."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def check_annotations(errors: FieldErrors, path: str, annotations: Mapping[Any, Any]) -> None:
     """An annotation map (`ValidateAnnotations`): each key a qualified name once lowercased (case does not
-    matter in an annotation key), and at most 256 KiB of keys and values together."""
+    matter in an annotation key), and at most 256 KiB of keys and values together, in bytes."""
     total = 0
     for key, value in annotations.items():
         for problem in qualified_name_problems(str(key).lower()):
@@ -290,9 +303,9 @@ def check_annotations(errors: FieldErrors, path: str, annotations: Mapping[Any, 
         if not isinstance(value, str):
             errors.invalid(f"{path}.{key}", value, "must be a string")
             continue
-        total += len(key) + len(value)
-    if total > 256 * 1024:
-        errors.invalid(path, "", "Too long: must have at most 262144 bytes")
+        total += go_len(str(key)) + go_len(value)
+    if total > ANNOTATIONS_SIZE_LIMIT:
+        errors.too_long(path, ANNOTATIONS_SIZE_LIMIT)
 
 
 def go_string_slice(values: Any, element_type: str = "string") -> GoSyntax:
