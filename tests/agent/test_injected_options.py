@@ -9,24 +9,16 @@ refused to start (or started an Envoy that refused its flags): a pod admitted th
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
-import re
 from typing import Any
-from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.agent.cmd import configure
-from controlplane.agent.options import AgentOptions, from_args
+from tests.helpers.injected import agent_options
 from tests.helpers.injector import DEFAULT_PARAMS
 from webhook.inject import InjectionError, inject_pod
-
-# What the kubelet gives the injected container from the downward API.
-DOWNWARD = {"POD_NAME": "web-0", "POD_NAMESPACE": "shop", "INSTANCE_IP": "10.1.2.3", "SERVICE_ACCOUNT": "web"}
 
 _UNITS = ["ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h"]
 durations = st.one_of(
@@ -68,18 +60,6 @@ proxy_configs = st.fixed_dictionaries(
 )
 
 
-def agent_options(pod: dict[str, Any]) -> AgentOptions:
-    """The options `pilot-agent` starts with in the injected `istio-proxy` container."""
-    spec = pod["spec"]
-    container = next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "istio-proxy")
-    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e} | DOWNWARD
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container["args"]]
-    with mock.patch.dict(os.environ, env, clear=True):  # the flags' defaults come from the environment
-        parser = argparse.ArgumentParser(prog="pilot-agent")
-        configure(parser)
-        return from_args(parser.parse_args(args), env)
-
-
 def test_the_injected_sidecar_of_a_plain_pod_starts() -> None:
     pod = inject_pod(
         {"metadata": {"name": "web-0"}, "spec": {"containers": [{"name": "app", "image": "a"}]}}, DEFAULT_PARAMS
@@ -97,6 +77,16 @@ def test_concurrency_zero_and_microseconds_reach_the_agent_as_istio_means_them()
     }
     options = agent_options(inject_pod(pod, DEFAULT_PARAMS))
     assert (options.concurrency, options.drain_duration, options.discovery_address) == (0, 0.0015, "[fd00::1]:15012")
+
+
+def test_istio_booleans_in_proxy_metadata_mean_what_they_mean_in_istio() -> None:
+    config = {"proxyMetadata": {"ISTIO_DELTA_XDS": "0", "DISABLE_ENVOY": "1"}}
+    pod = {
+        "metadata": {"name": "web-0", "annotations": {"proxy.istio.io/config": json.dumps(config)}},
+        "spec": {"containers": [{"name": "app", "image": "a"}]},
+    }
+    options = agent_options(inject_pod(pod, DEFAULT_PARAMS))
+    assert (options.delta_xds, options.proxyless) == (False, True)
 
 
 @settings(max_examples=300, deadline=None)

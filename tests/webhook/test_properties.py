@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.injected import agent_options, iptables_dry_run
 from tests.helpers.injector import DEFAULT_PARAMS, default_injector
 from tests.helpers.serve import Running, admission_review, post_webhook, start_serve
 from webhook.inject import InjectionError, inject_pod
@@ -285,6 +286,52 @@ def _used_or_refused(annotation: str, value: str) -> None:
         "spec": {"containers": [{"name": "app", "image": "a", "readinessProbe": {"httpGet": {"port": 80}}}]},
     }
     try:
-        inject_pod(pod, DEFAULT_PARAMS)
+        injected = inject_pod(pod, DEFAULT_PARAMS)
     except InjectionError as exc:
         assert exc.annotation == annotation and str(exc).startswith(f"annotation {annotation}: invalid value")
+        return
+    # What the injector admits, the injected containers start with: a pod is never admitted to fail there.
+    agent_options(injected)
+    code, stderr = iptables_dry_run(injected)
+    assert code == 0, stderr
+
+
+_TRAFFIC = [
+    "traffic.sidecar.istio.io/includeOutboundIPRanges",
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+    "traffic.sidecar.istio.io/includeInboundPorts",
+    "traffic.sidecar.istio.io/excludeInboundPorts",
+    "traffic.sidecar.istio.io/includeOutboundPorts",
+    "traffic.sidecar.istio.io/excludeOutboundPorts",
+    "traffic.sidecar.istio.io/kubevirtInterfaces",
+    "istio.io/reroute-virtual-interfaces",
+    "sidecar.istio.io/interceptionMode",
+    "status.sidecar.istio.io/port",
+]
+_TRAFFIC_ITEMS = [
+    *("80", "0", "1", "65535", "65536", "15001", "15006", "15020", "15090", "*", "", " 80", "80-90", "-1"),
+    *("10.0.0.0/8", "10.0.0.1/32", "0.0.0.0/0", "::/0", "fd00::/8", "fd00::1/128", "10.0.0.1", "fe80::%eth0/64"),
+    *("eth0", "net1", "a b", "REDIRECT", "TPROXY", "NONE", "redirect"),
+]
+traffic_values = st.lists(st.sampled_from(_TRAFFIC_ITEMS), min_size=1, max_size=4).map(",".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(annotations=st.dictionaries(st.sampled_from(_TRAFFIC), traffic_values, min_size=1, max_size=4))
+def test_traffic_annotations_the_injector_admits_are_rules_the_init_container_installs(
+    annotations: dict[str, str],
+) -> None:
+    """Every combination of capture annotations is refused naming one of them, or gives an istio-init whose
+    args `meshplane iptables` turns into rules, and an istio-proxy the agent starts."""
+    pod = {
+        "metadata": {"name": "p", "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 8080}]}]},
+    }
+    try:
+        injected = inject_pod(pod, DEFAULT_PARAMS)
+    except InjectionError as exc:
+        assert exc.annotation in annotations
+        return
+    agent_options(injected)
+    code, stderr = iptables_dry_run(injected)
+    assert code == 0, stderr
