@@ -18,14 +18,13 @@ fail (`json.loads` and PyYAML's composer raise RecursionError on a few thousand 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, ClassVar
 
-from controlplane.literals import decimal, natural
+from controlplane.literals import decimal, natural, strict_json
 from controlplane.settings import SettingsError
 
 MAX_BODY_DEPTH = 100
@@ -125,23 +124,6 @@ def load_json(text: str | bytes, *, max_depth: int = MAX_VALUE_DEPTH) -> Any:
     if depth > max_depth:
         raise ValueError(f"nests {depth} levels deep; at most {max_depth} are allowed")
     return strict_json(data)
-
-
-def strict_json(data: str | bytes) -> Any:
-    """`json.loads` as JSON is (RFC 8259), and as the API server and Go read it: Python's decoder also takes
-    `NaN`, `Infinity` and `-Infinity`, and turns a number too large for a float into infinity."""
-    return json.loads(data, parse_constant=_not_json, parse_float=_finite)
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
 
 
 # -- annotations -------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.limits import MAX_BODY_DEPTH, json_depth, json_path_past, strict_json
+from controlplane.literals import strict_json
+from webhook.limits import MAX_BODY_DEPTH, json_depth, json_path_past
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,6 @@ import binascii
 import dataclasses
 import datetime as dt
 import functools
-import json
 import math
 import re
 import time
@@ -66,6 +65,7 @@ from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from certs.authenticate.tokencache import TokenCache, VerifiedToken
 from certs.identity import SERVICE_ACCOUNT_PREFIX, from_service_account_username, spiffe_id
+from controlplane.literals import strict_json
 
 AUDIENCE = "istio-ca"
 REVIEW_TTL_S = 10.0
@@ -311,7 +311,7 @@ def check_signed_claims(shaped: ShapedToken, *, audience: str) -> str:
 
 def _json_part(part: str, what: str) -> dict[str, object]:
     try:
-        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        value = strict_json(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))  # JSON as the API server reads it
     except (binascii.Error, ValueError):
         value = None
     if not isinstance(value, dict):

@@ -210,7 +210,10 @@ NOT_A_JWT = "bearer token is not a JWT (three base64url parts separated by dots)
         ("eyJhbGciOiJFUzI1NiJ9.WzFd.c2ln", "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=1_700_000_000), "bearer token expired at 2023-11-14T22:13:20+00:00"),
         (shaped_token("x", exp=1_800_000_000 - 60.5), "bearer token expired at 2027-01-15T07:58:59+00:00"),
-        (shaped_token("x", exp=-math.inf), "bearer token expired at exp -inf"),
+        # No JSON numbers (-Infinity, NaN) or beyond a float64 (float() of 10**400 raised OverflowError)
+        (shaped_token("x", exp=-math.inf), "bearer token is not a JWT: its payload is not a base64url JSON object"),
+        (shaped_token("x", exp=math.nan), "bearer token is not a JWT: its payload is not a base64url JSON object"),
+        (shaped_token("x", exp=10**400), "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=LONG), f"bearer token's exp is not a number: {LONG[:40]!r}"),  # type: ignore[arg-type]
         (shaped_token("x", exp=True), "bearer token's exp is not a number: 'True'"),
         (
