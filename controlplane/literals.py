@@ -11,10 +11,8 @@ from a user, a client or a file reads it here.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
-from typing import Any
 
 INT64_MAX = 2**63 - 1
 _INT64_DIGITS = len(str(INT64_MAX))
@@ -74,33 +72,6 @@ def boolean(text: str) -> bool | None:
     """`text` as Go's `strconv.ParseBool` reads it (`1`, `t`, `true`, `TRUE`, `True`; `0`, `f`, ...),
     else None: Istio reads its boolean environment variables so."""
     return True if text in _TRUE else False if text in _FALSE else None
-
-
-def strict_json(data: str | bytes) -> Any:
-    """`json.loads` as JSON is (RFC 8259) and as Go reads it: Python's decoder also takes `NaN`, `Infinity`
-    and `-Infinity`, reads a number too large for a float as infinity, and an integer of any size, which
-    Go refuses beyond a float64's range (and `int()` raises on past 4,300 digits). ValueError otherwise."""
-    return json.loads(data, parse_constant=_not_json, parse_float=_finite, parse_int=_float_range_int)
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
-
-
-def _float_range_int(text: str) -> int:
-    if len(text) > _FLOAT_DIGITS or math.isinf(float(text)):
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return int(text)
-
-
-_FLOAT_DIGITS = 310  # a sign and 309 digits: past that, an integer is beyond any float64
 
 
 # Go's time.ParseDuration: a sign, then numbers with a unit each (`1h30m`, `1.5s`, `300ms`, `2us`).

@@ -17,14 +17,11 @@ fail (`json.loads` and PyYAML's composer raise RecursionError on a few thousand 
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any, ClassVar
 
-from controlplane.literals import decimal, natural, strict_json
+from controlplane.literals import decimal, natural
 from controlplane.settings import SettingsError
 
 MAX_BODY_DEPTH = 100
@@ -68,62 +65,6 @@ class Limits:
                 raise SettingsError(f"{var}={raw!r}: use {kind}")
             values[field] = value
         return cls(**values)
-
-
-# -- JSON --------------------------------------------------------------------------------------
-
-# A JSON string, or an unterminated one up to the end: the closing quote is optional so that a
-# failed match never makes the regex engine retry from every later quote (which is quadratic).
-_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"?'
-_STRINGS = re.compile(_STRING.encode(), re.DOTALL)
-_TOKENS = re.compile(f"{_STRING}|[\\[\\]{{}},:]".encode(), re.DOTALL)
-_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
-_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-
-
-def json_depth(data: bytes) -> int:
-    """How deep the objects and lists of a JSON text nest (0 for a scalar), by counting brackets
-    outside strings. Linear in `len(data)`; for invalid JSON the count is meaningless but finite."""
-    brackets = _STRINGS.sub(b"", data).translate(None, _NOT_BRACKETS)
-    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
-
-
-def json_path_past(data: bytes, depth: int) -> str:
-    """The path (`request.object.spec.containers[0]...`) of the first object or list that opens
-    deeper than `depth`, shortened to its first twelve steps; "the top level" if there is none."""
-    path: list[str | int | None] = []  # per open container: the current key (object) or index (list)
-    key = ""
-    for match in _TOKENS.finditer(data):
-        token = match.group()
-        char = token[0]
-        if char == ord('"'):
-            key = token.decode(errors="replace")
-        elif char == ord(":") and path and not isinstance(path[-1], int):
-            try:
-                path[-1] = str(json.loads(key))
-            except ValueError:
-                path[-1] = key
-        elif char == ord(",") and path and isinstance(path[-1], int):
-            path[-1] += 1
-        elif char in b"[{":
-            if len(path) >= depth:
-                break
-            path.append(0 if char == ord("[") else None)
-        elif char in b"]}" and path:
-            path.pop()
-    text = ""
-    for step in path[:12]:
-        text += f"[{step}]" if isinstance(step, int) else f".{step}" if step is not None else ".{}"
-    return (text.lstrip(".") or "the top level") + ("..." if len(path) > 12 else "")
-
-
-def load_json(text: str | bytes, *, max_depth: int = MAX_VALUE_DEPTH) -> Any:
-    """`strict_json` after checking the depth; `ValueError` for invalid JSON or deeper nesting."""
-    data = text.encode() if isinstance(text, str) else text
-    depth = json_depth(data)
-    if depth > max_depth:
-        raise ValueError(f"nests {depth} levels deep; at most {max_depth} are allowed")
-    return strict_json(data)
 
 
 # -- annotations -------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 from controlplane.agent.appmetrics import ScrapeTarget, parse_scrape_targets
 from controlplane.iptables.rules import OptionError, parse_options
+from controlplane.jsontext import load_json
 from controlplane.literals import natural
 from webhook import validate as v
 from webhook.config import InjectionConfig
-from webhook.limits import MAX_ANNOTATIONS_BYTES, annotations_size, load_json
+from webhook.limits import MAX_ANNOTATIONS_BYTES, MAX_VALUE_DEPTH, annotations_size
 from webhook.validate import InjectionError, InvalidPod
 
 T = TypeVar("T")
@@ -228,7 +229,7 @@ def _parse_named_objects(required: str | None) -> Callable[[str], dict[str, Any]
 
     def parse(text: str) -> dict[str, Any]:
         try:
-            document = load_json(text)
+            document = load_json(text, max_depth=MAX_VALUE_DEPTH)
         except ValueError as exc:
             raise ValueError(f"not JSON ({exc})") from None
         if not isinstance(document, dict):
@@ -421,7 +422,7 @@ def parse_override_containers(text: str) -> dict[str, list[dict[str, Any]]]:
     that re-injection can apply the customisation again. Raises `ValueError` naming what is wrong.
     """
     try:
-        document = load_json(text)
+        document = load_json(text, max_depth=MAX_VALUE_DEPTH)
     except ValueError as exc:
         raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(document, dict):

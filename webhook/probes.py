@@ -21,8 +21,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from controlplane.jsontext import load_json
 from webhook import validate as v
-from webhook.limits import load_json
+from webhook.limits import MAX_VALUE_DEPTH
 from webhook.validate import InvalidPod
 
 PROXY = "istio-proxy"
@@ -130,7 +131,7 @@ def parse_saved(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        probers = load_json(text)
+        probers = load_json(text, max_depth=MAX_VALUE_DEPTH)
     except ValueError:
         probers = None
     if not isinstance(probers, dict):

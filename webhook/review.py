@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.literals import strict_json
-from webhook.limits import MAX_BODY_DEPTH, json_depth, json_path_past
+from controlplane.jsontext import json_depth, json_path_past, strict_json
+from webhook.limits import MAX_BODY_DEPTH
 from webhook.service import Injector
 
 log = logging.getLogger(__name__)

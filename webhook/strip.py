@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from controlplane.agent.appmetrics import SCRAPE_TARGETS_ANNOTATION, ScrapeTarget, format_scrape_targets
+from controlplane.jsontext import load_json
 from controlplane.literals import ascii_digits
-from webhook.limits import load_json
+from webhook.limits import MAX_VALUE_DEPTH
 from webhook.probes import PROBERS_ENV, parse_saved, restore
 from webhook.validate import InjectionError, InvalidPod
 
@@ -67,7 +68,7 @@ def _remove_named(spec: dict[str, Any], key: str, names: list[str]) -> dict[str,
 def strip(pod: dict[str, Any], raw: str) -> None:
     """Undo the injection that wrote status `raw` (see the module doc); mutates `pod`."""
     try:
-        status = load_json(raw)
+        status = load_json(raw, max_depth=MAX_VALUE_DEPTH)
     except ValueError:
         status = None
     if not isinstance(status, dict):
@@ -136,7 +137,7 @@ def _reinsert_istio_overrides(spec: dict[str, Any], raw: str) -> None:
     that re-injection customises the new containers the same way; meshplane honours it likewise.
     """
     try:
-        document = load_json(raw)
+        document = load_json(raw, max_depth=MAX_VALUE_DEPTH)
     except ValueError:
         document = None
     if not isinstance(document, dict):
@@ -155,7 +156,7 @@ def _restore_prometheus(annotations: dict[str, str], saved_json: str | None) -> 
     if not saved_json:
         return
     try:
-        saved = load_json(saved_json)
+        saved = load_json(saved_json, max_depth=MAX_VALUE_DEPTH)
     except ValueError:
         saved = None
     if not isinstance(saved, dict):

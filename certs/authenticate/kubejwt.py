@@ -65,11 +65,12 @@ from certs.authenticate.issuerkeys import IssuerKeys, Verdict
 from certs.authenticate.reviewgate import ReviewGate, ReviewRefused
 from certs.authenticate.tokencache import TokenCache, VerifiedToken
 from certs.identity import SERVICE_ACCOUNT_PREFIX, from_service_account_username, spiffe_id
-from controlplane.literals import strict_json
+from controlplane.jsontext import load_json
 
 AUDIENCE = "istio-ca"
 REVIEW_TTL_S = 10.0
 MAX_TOKEN_BYTES = 16 * 1024  # service-account tokens are ~1 KB
+MAX_CLAIMS_DEPTH = 20  # a service-account token's claims nest 3 deep
 EXPIRY_LEEWAY_S = 60.0
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CLAIM_CHARS = 100  # of a claim quoted in a refusal (a token may hold up to MAX_TOKEN_BYTES)
@@ -311,7 +312,8 @@ def check_signed_claims(shaped: ShapedToken, *, audience: str) -> str:
 
 def _json_part(part: str, what: str) -> dict[str, object]:
     try:
-        value = strict_json(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))  # JSON as the API server reads it
+        data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        value = load_json(data, max_depth=MAX_CLAIMS_DEPTH)  # as the API server reads JSON, never recursing deep
     except (binascii.Error, ValueError):
         value = None
     if not isinstance(value, dict):

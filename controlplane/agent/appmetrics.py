@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controlplane.jsontext import MAX_ENV_JSON_DEPTH, load_json
 from controlplane.literals import natural
 
 PROMETHEUS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"
@@ -123,7 +124,7 @@ def read_prometheus_env(text: str, *, status_port: int) -> tuple[ScrapeTarget, .
     if not text.strip():
         return ()
     try:
-        config = json.loads(text)
+        config = load_json(text, max_depth=MAX_ENV_JSON_DEPTH)
     except ValueError as exc:
         raise ValueError(f"env {PROMETHEUS_ENV}: not JSON ({exc}); it is written by the sidecar injector") from None
     if not isinstance(config, dict):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.jsontext import MAX_ENV_JSON_DEPTH, load_json
 from controlplane.literals import boolean, duration, host_port, ip_address
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
@@ -132,7 +133,7 @@ def proxy_config(env: Mapping[str, str]) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = load_json(text, max_depth=MAX_ENV_JSON_DEPTH)
     except ValueError as exc:
         raise OptionsError(f"env PROXY_CONFIG: not JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -159,7 +160,7 @@ def node_meta(env: Mapping[str, str]) -> dict[str, Any]:
         decoded: Any = value
         if value[:1] in "[{":
             try:
-                decoded = json.loads(value)
+                decoded = load_json(value, max_depth=MAX_ENV_JSON_DEPTH)
             except ValueError:
                 decoded = value
         meta[key] = decoded

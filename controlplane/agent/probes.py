@@ -33,6 +33,8 @@ import grpc
 from multidict import CIMultiDict
 from yarl import URL
 
+from controlplane.jsontext import MAX_ENV_JSON_DEPTH, load_json
+
 PROBERS_ENV = "ISTIO_KUBE_APP_PROBERS"
 DEFAULT_TIMEOUT = 1.0
 MAX_REDIRECTS = 10
@@ -94,7 +96,7 @@ def parse_probers(text: str) -> dict[str, Prober]:
     if not text.strip():
         return {}
     try:
-        document = json.loads(text)
+        document = load_json(text, max_depth=MAX_ENV_JSON_DEPTH)
     except ValueError as exc:
         raise ProbersError(f"env {PROBERS_ENV}: not JSON ({exc}); it is written by the sidecar injector") from None
     if not isinstance(document, dict):

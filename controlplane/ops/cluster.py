@@ -20,12 +20,12 @@ command to report; malformed objects are read leniently (a field of the wrong ty
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from controlplane.jsontext import load_json
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
 from webhook.config import ConfigError, InjectionConfig
 from webhook.configparse import parse_injection_config
@@ -241,10 +241,13 @@ def _revision_config(name: str, cm: Mapping[str, Any]) -> RevisionConfig:
     return RevisionConfig(configmap=name, config=config)
 
 
+STATUS_DEPTH = 10  # the injector's status annotation nests 2 deep; anyone who creates pods can write one
+
+
 def injected_revision(annotations: Mapping[str, str]) -> str | None:
     """The revision that injected a pod: the status annotation's `revision`, else `istio.io/rev`."""
     try:
-        status = json.loads(annotations.get(STATUS_ANNOTATION, ""))
+        status = load_json(annotations.get(STATUS_ANNOTATION, ""), max_depth=STATUS_DEPTH)
     except ValueError:
         status = None
     if isinstance(status, Mapping) and isinstance(status.get("revision"), str) and status["revision"]:

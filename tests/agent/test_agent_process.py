@@ -227,6 +227,7 @@ def test_taken_status_port_exits_1_naming_the_address(
         (["--instance-ip", "fe80::1%lo"], {}, "--instance-ip (env INSTANCE_IP): 'fe80::1%lo' is not an IP address: a"),
         ([], {"ISTIO_META_INTERCEPTION_MODE": "SIDEWAYS"}, "ISTIO_META_INTERCEPTION_MODE"),
         ([], {"PROXY_CONFIG": "{not json"}, "PROXY_CONFIG"),
+        ([], {"PROXY_CONFIG": "[" * 100_000}, "PROXY_CONFIG: not JSON (nests 100000 levels deep"),  # RecursionError
         # Envoy refuses a worker count beyond its range; the agent names it instead of restarting Envoy for ever
         ([], {"PROXY_CONFIG": '{"concurrency": 99999999999}'}, "PROXY_CONFIG concurrency: 99999999999 is not a"),
         ([], {"PROXY_CONFIG": '{"concurrency": "two"}'}, 'PROXY_CONFIG concurrency: "two" is not a whole number'),

@@ -5,6 +5,7 @@ without touching any other client."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 
 import grpc
@@ -196,6 +197,7 @@ async def test_the_client_table_is_bounded() -> None:
 
 
 LONG = "x" * 50
+DEEP = base64.urlsafe_b64encode(b"[" * 5000).decode().rstrip("=")
 NOT_A_JWT = "bearer token is not a JWT (three base64url parts separated by dots)"
 
 
@@ -214,6 +216,8 @@ NOT_A_JWT = "bearer token is not a JWT (three base64url parts separated by dots)
         (shaped_token("x", exp=-math.inf), "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=math.nan), "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=10**400), "bearer token is not a JWT: its payload is not a base64url JSON object"),
+        # 5,000 brackets made json.loads raise RecursionError out of the CA, before any signature check
+        (f"eyJhbGciOiJFUzI1NiJ9.{DEEP}.c2ln", "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=LONG), f"bearer token's exp is not a number: {LONG[:40]!r}"),  # type: ignore[arg-type]
         (shaped_token("x", exp=True), "bearer token's exp is not a number: 'True'"),
         (

@@ -69,3 +69,20 @@ def test_injector_needs_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["injector"])
     assert exited.value.code == 2
     assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_a_pod_whose_status_annotation_nests_deep_is_counted_by_its_revision_label() -> None:
+    """Anyone who may create pods can write the status annotation: 100,000 brackets (100 KB, under the
+    API server's 256 KiB) raised RecursionError, and every ops command that reads pods failed."""
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "name": "deep",
+            "namespace": "shop",
+            "annotations": {"sidecar.istio.io/status": "[" * 100_000, "istio.io/rev": "canary"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "a"}, {"name": "istio-proxy", "image": "proxyv2:1"}]},
+    }
+    namespace = {"kind": "Namespace", "metadata": {"name": "shop", "labels": {"istio.io/rev": "canary"}}}
+    table = injectorlist.render(ClusterState.from_objects([namespace, pod])).splitlines()
+    assert table[1].split() == ["shop", "MISSING/canary", "canary:", "1", "NEEDS", "RESTART:", "1"]
