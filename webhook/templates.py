@@ -22,6 +22,10 @@ workload (identical at admission: `generateName`) render once; and parsed fragme
 rendered text, so pods that differ only where the template does not look (a label it ignores, the
 replica of a StatefulSet) are rendered but not parsed again. Parsing the YAML is most of the cost.
 
+A template's running time is not bounded by the sandbox (it bounds one `range()`, not loops nested
+in loops): the sample injection that checks a new config renders under `render_deadline`, which
+stops a template running past it.
+
 Errors: `TemplateError` (an `InjectionError`) names the template, the line and the reason, for a
 syntax error (at load), a rendering failure, rendered text that is not YAML, or a rendered fragment
 that is not a valid piece of a pod.
@@ -29,13 +33,17 @@ that is not a valid piece of a pod.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import sys
 import threading
+import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
+from types import FrameType
 from typing import Any, Generic, TypeVar
 
 import jinja2
@@ -90,6 +98,34 @@ _ENV = _environment()
 
 def _filename(name: str) -> str:
     return f"<template {name}>"
+
+
+class RenderTooLong(Exception):
+    """A template rendered under `render_deadline` ran past it."""
+
+
+@contextlib.contextmanager
+def render_deadline(seconds: float) -> Iterator[None]:
+    """Templates rendered in this thread within the block stop (`TemplateError`) once `seconds` have
+    passed: Jinja's sandbox bounds one `range()` but not loops nested in loops, and a template that
+    loops for hours would hold its thread (and the process's exit) for hours. Each line a template
+    runs checks the clock; other code runs untraced."""
+    deadline = time.monotonic() + seconds
+
+    def line(frame: FrameType, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise RenderTooLong(f"rendering took longer than {seconds:g}s (does a loop run too long?)")
+        return line
+
+    def call(frame: FrameType, event: str, arg: Any) -> Any:
+        return line if frame.f_code.co_filename.startswith("<template ") else None
+
+    previous = sys.gettrace()
+    sys.settrace(call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 @functools.lru_cache(maxsize=128)

@@ -96,3 +96,33 @@ def test_a_prometheus_port_of_the_sidecar_is_warned_about_over_the_wire(serve: R
     assert any("prometheus.io/port 15090 (Envoy Prometheus)" in w for w in review["response"].get("warnings", []))
     injected = apply_response(annotated, review["response"])
     assert injected["metadata"]["annotations"]["prometheus.io/port"] == "15090"
+
+
+SPIN = """
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: istio-sidecar-injector
+  namespace: istio-system
+data:
+  config: |
+    templates:
+      spin: |
+        metadata:
+          labels:
+            x: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+"""
+
+
+def test_a_template_that_loops_for_hours_is_refused_and_the_process_still_stops(serve: Running) -> None:
+    """Jinja's sandbox bounds one range(), not loops in loops: the sample injection that checks a new
+    config looped for hours in its thread, no later edit applied, and SIGTERM left the process running."""
+    assert serve.config_dir is not None
+    write(serve.config_dir / "injector.yaml", SPIN)
+    assert wait_for(lambda: "rendering took longer than 5s" in serve.logs(), timeout=30)
+    assert "templates.spin" in serve.logs()
+    write(serve.config_dir / "injector.yaml", injector_configmap("registry.example/proxy:3"))
+    assert wait_for(lambda: proxy_image(serve)[0] == "registry.example/proxy:3")  # later edits still apply
+    started = time.monotonic()
+    assert serve.stop(timeout=15) == 0
+    assert time.monotonic() - started < 5
