@@ -15,7 +15,7 @@ from certs import tokencmd
 from certs.authenticate.localtoken import parse_duration
 from certs.pem import KEY_ALGORITHMS
 from controlplane import logs
-from controlplane.literals import decimal, natural, whole_number
+from controlplane.literals import INT32_MAX, decimal, natural, whole_number
 from controlplane.settings import Address, Settings, SettingsError
 
 log = logging.getLogger("meshplane")
@@ -245,7 +245,7 @@ def _count(value: str, *, field: str, what: str) -> int:
 
 
 # gRPC takes its connection times as an int of milliseconds: 596h31m23.647s at most.
-MAX_CONNECTION_TIME_MS = 2**31 - 1
+MAX_CONNECTION_TIME_MS = INT32_MAX
 
 
 def _connection_time(value: str, *, field: str) -> float:

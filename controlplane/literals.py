@@ -1,11 +1,11 @@
-"""Numbers, durations and addresses as users write them, read as Kubernetes, Istio and Envoy (all Go) read them.
+"""Numbers, durations and addresses as users write them, read as Kubernetes, Istio and Envoy (Go) do.
 
 Python reads more than Go does: `str.isdigit` is true for `²` and for other scripts' digits, `int()`
 reads `1_000`, surrounding spaces and Arabic-Indic or fullwidth digits, and raises on a number of
 more than 4,300 digits; `ipaddress` keeps an IPv6 zone (`fe80::1%eth0`) that no Kubernetes address
-has and that Envoy refuses when its machine lacks the interface; a duration has as many readers as
-it has units, and no upper bound until a timer, an option or a protobuf overflows. Every place that reads such a value
-from a user, a client or a file reads it here.
+has and that Envoy refuses when its machine lacks the interface; and durations had four readers
+that took different units, none bounded before a timer, a gRPC option or a protobuf overflowed.
+Every place that reads such a value from a user, a client or a file reads it here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import re
 
 INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1  # the API's and the protos' int32 fields
 _INT64_DIGITS = len(str(INT64_MAX))
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from controlplane.agent.appmetrics import ScrapeTarget, parse_scrape_targets
 from controlplane.iptables.rules import OptionError, parse_options
 from controlplane.jsontext import load_json
-from controlplane.literals import natural
+from controlplane.literals import INT32_MAX, natural
 from webhook import validate as v
 from webhook.config import InjectionConfig
 from webhook.limits import MAX_ANNOTATIONS_BYTES, MAX_VALUE_DEPTH, annotations_size
@@ -211,10 +211,9 @@ def _parse_status_port(text: str) -> int:
     return port
 
 
-INT32_MAX = 2**31 - 1  # the proxy's probe fields are int32: the API server cannot decode a larger number
-
-
 def _parse_count(minimum: int) -> Callable[[str], int]:
+    """A readiness probe count: the proxy's probe fields are int32, which the API server cannot decode past."""
+
     def parse(text: str) -> int:
         count = natural(text.strip())
         if count is None or not minimum <= count <= INT32_MAX:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from controlplane.literals import duration, host_port, ip_network, natural, whole_number
+from controlplane.literals import INT32_MAX, duration, host_port, ip_network, natural, whole_number
 from controlplane.model import yamltext
 from webhook.limits import MAX_PROXY_CONFIG_BYTES, MAX_VALUE_DEPTH
 
@@ -214,7 +214,6 @@ IMAGE_TYPES = ("default", "distroless", "debug")
 _PORT_FIELDS = {"proxyAdminPort", "statusPort"}
 # The integer fields are int32 in Istio's proto, fileFlushMinSizeKb uint32: a larger number does not decode.
 _INTEGER_MAX = {"fileFlushMinSizeKb": 2**32 - 1}
-INT32_MAX = 2**31 - 1
 _ENUMS: dict[str, tuple[str, ...]] = {
     "interceptionMode": INTERCEPTION_MODES,
     "controlPlaneAuthPolicy": ("NONE", "MUTUAL_TLS", "INHERIT"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.jsontext import MAX_ENV_JSON_DEPTH, load_json
-from controlplane.literals import boolean, duration, host_port, ip_address
+from controlplane.literals import INT32_MAX, boolean, duration, host_port, ip_address
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
@@ -25,7 +25,6 @@ INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
 STATUS_PORT = 15020
 ADMIN_PORT = 15000
 DEFAULT_CONCURRENCY = 2
-INT32_MAX = 2**31 - 1
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 

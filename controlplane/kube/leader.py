@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
-from controlplane.literals import whole_number
+from controlplane.literals import INT32_MAX, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ELECTION_ID = "istio-namespace-controller-election"
 LEASE_DURATION_ENV = "MESHPLANE_LEASE_DURATION"
 DEFAULT_LEASE_DURATION = 15.0  # seconds, written to the Lease as leaseDurationSeconds
-MAX_LEASE_DURATION = 2**31 - 1  # leaseDurationSeconds is an int32
+MAX_LEASE_DURATION = INT32_MAX  # leaseDurationSeconds is an int32
 MAX_RENEW_PERIOD = 2.0
 
 Singleton = Callable[[], Coroutine[Any, Any, None]]
