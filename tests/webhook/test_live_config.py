@@ -19,19 +19,19 @@ def write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def injector(data: str) -> str:
+    """The injector ConfigMap with `data` (YAML, unindented) as its data."""
+    header = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio-sidecar-injector\n  namespace: istio-system\n"
+    return header + "data:\n" + textwrap.indent(textwrap.dedent(data).strip("\n"), "  ") + "\n"
+
+
 def injector_configmap(image: str) -> str:
-    return f"""
-    apiVersion: v1
-    kind: ConfigMap
-    metadata:
-      name: istio-sidecar-injector
-      namespace: istio-system
-    data:
-      values: |
-        global:
-          proxy:
-            image: {image}
-    """
+    return injector(f"""
+    values: |
+      global:
+        proxy:
+          image: {image}
+    """)
 
 
 def proxy_image(running: Running, namespace: str = "default") -> tuple[str, dict[str, Any]]:
@@ -98,20 +98,14 @@ def test_a_prometheus_port_of_the_sidecar_is_warned_about_over_the_wire(serve: R
     assert injected["metadata"]["annotations"]["prometheus.io/port"] == "15090"
 
 
-SPIN = """
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: istio-sidecar-injector
-  namespace: istio-system
-data:
-  config: |
-    templates:
-      spin: |
-        metadata:
-          labels:
-            x: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-"""
+SPIN = injector("""
+config: |
+  templates:
+    spin: |
+      metadata:
+        labels:
+          x: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+""")
 
 
 def test_a_template_that_loops_for_hours_is_refused_and_the_process_still_stops(serve: Running) -> None:
