@@ -137,7 +137,8 @@ def _serve_parser(sub: Any) -> None:
         p,
         "--max-connection-age",
         default="30m",
-        help="how long a client connection to either gRPC port is kept (seconds or 90s, 15m, 1h; 0: for ever); "
+        help="how long a client connection to either gRPC port is kept (seconds or 90s, 15m, 1h, at most 596h; 0: for "
+        "ever); "
         "then it is asked to reconnect (HTTP/2 GOAWAY; ±10%% jitter) and its xDS stream is ended with UNAVAILABLE "
         "10s later (on the secure port, 1.1-1.2 times the age plus 10s after the stream opened). A proxy's "
         "reconnect may land on another replica, so a replica started later gets its share (Istio: "
@@ -148,9 +149,10 @@ def _serve_parser(sub: Any) -> None:
         "--max-connection-idle",
         default="5m",
         help="how long a client connection to either gRPC port is kept with no call open on it (seconds or 90s, "
-        "5m; 0: for ever); then it is closed (HTTP/2 GOAWAY). A proxy's xDS stream keeps its connection busy; a "
-        "CA client reconnects for its next certificate. Connections that never make a call hold no slot longer; "
-        "on the secure port one must also finish its TLS handshake within 10s, or this time when shorter",
+        "5m, at most 596h; 0: for ever); then it is closed (HTTP/2 GOAWAY). A proxy's xDS stream keeps its "
+        "connection busy; a CA client reconnects for its next certificate. Connections that never make a call "
+        "hold no slot longer; on the secure port one must also finish its TLS handshake within 10s, or this time "
+        "when shorter",
     )
     _add(
         p,
