@@ -27,12 +27,10 @@ send its request headers within `HEADER_TIMEOUT` of being accepted or of its las
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import json
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from controlplane.agent.appmetrics import ScrapeTarget, read_prometheus_env
 from controlplane.agent.metrics import ScrapeMetrics
 from controlplane.agent.probes import Prober, run_probe
 from controlplane.listeners import CappedSite
+from controlplane.literals import decimal
 
 log = logging.getLogger(__name__)
 
@@ -267,11 +266,9 @@ class StatusServer:
     async def _handle_stats(self, request: web.Request) -> web.Response:
         self._metrics.scrapes.inc()
         timeout = self._scrape_timeout
-        header_timeout = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds", "")
-        with contextlib.suppress(ValueError):  # absent or not a number: the default applies
-            asked = float(header_timeout)
-            if 0 < asked < math.inf:  # not NaN, negative or infinite
-                timeout = min(timeout, asked)
+        asked = decimal(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds", ""))
+        if asked is not None and asked > 0:  # absent, not a number or not positive: the default applies
+            timeout = min(timeout, asked)
         forward = {k: v for k in ("User-Agent", "X-Prometheus-Scrape-Timeout-Seconds") if (v := request.headers.get(k))}
         envoy_url = self._envoy_url
         if envoy_url and request.query_string:
