@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.jsontext import MAX_ENV_JSON_DEPTH, load_json
-from controlplane.literals import INT32_MAX, boolean, duration, host_port, ip_address
+from controlplane.literals import INT32_MAX, boolean, duration, host_port, ip_address, natural
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
@@ -204,9 +204,9 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
         raise OptionsError(f"--key-algorithm: {args.key_algorithm!r} is not one of {', '.join(KEY_ALGORITHMS)}")
     if args.node_type not in NODE_TYPES:
         raise OptionsError(f"proxy type {args.node_type!r} is not sidecar or router")
-    status_port = int(args.status_port)
-    if not 0 < status_port < 65536:
-        raise OptionsError(f"--status-port: {status_port} is out of range")
+    status_port = natural(str(args.status_port).strip())
+    if status_port is None or not 0 < status_port < 65536:
+        raise OptionsError(f"--status-port (env MESHPLANE_STATUS_PORT): {args.status_port!r} is not a port 1-65535")
     return AgentOptions(
         node_type=args.node_type,
         domain=args.domain or f"{namespace}.svc.cluster.local",

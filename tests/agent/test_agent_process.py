@@ -222,6 +222,9 @@ def test_taken_status_port_exits_1_naming_the_address(
     ("args", "env", "message"),
     [
         (["--cert-ttl", "soon"], {}, "--cert-ttl"),
+        # int() raised a traceback for the first and read the second (Arabic-Indic digits) as 15020
+        (["--status-port", "abc"], {}, "--status-port (env MESHPLANE_STATUS_PORT): 'abc' is not a port 1-65535"),
+        (["--status-port", "\u0661\u0665\u0660\u0662\u0660"], {}, "--status-port (env MESHPLANE_STATUS_PORT): '"),
         (["--instance-ip", "not-an-ip"], {}, "--instance-ip"),
         # the control plane refuses a zone in the node's id: the agent says so at start
         (["--instance-ip", "fe80::1%lo"], {}, "--instance-ip (env INSTANCE_IP): 'fe80::1%lo' is not an IP address: a"),
