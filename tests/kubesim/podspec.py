@@ -28,6 +28,7 @@ from tests.kubesim.validation import (
     int_or_zero,
     qualified_name_problems,
     subdomain_problems,
+    too_long_problems,
 )
 
 Obj = dict[str, Any]
@@ -37,15 +38,16 @@ _HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc", "sleep")
 
 
 def port_name_problems(name: str) -> list[str]:
-    """Why `name` is not an IANA service name as Kubernetes allows it in a port (`IsValidPortName`)."""
-    problems = ["must be no more than 15 characters"] if len(name) > 15 else []
+    """Why `name` is not an IANA service name as Kubernetes allows it in a port (`IsValidPortName`): at most 15
+    bytes, its characters, a letter, its hyphens. Each rule is checked on its own, every failure a message."""
+    problems = too_long_problems(name, 15)
     if re.fullmatch(r"[-a-z0-9]+", name) is None:
         problems.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
-    elif re.search(r"[a-z]", name) is None:
+    if re.search(r"[a-z]", name) is None:
         problems.append("must contain at least one letter (a-z)")
-    elif "--" in name:
+    if "--" in name:
         problems.append("must not contain consecutive hyphens")
-    elif name.startswith("-") or name.endswith("-"):
+    if name.startswith("-") or name.endswith("-"):
         problems.append("must not begin or end with a hyphen")
     return problems
 

@@ -138,86 +138,140 @@ def _requirement(key: str, operator: str, values: tuple[str, ...] = ()) -> Requi
 
 def parse_label_selector(text: str) -> LabelSelector:
     """Parse the `labelSelector` query parameter; raise SelectorError on bad syntax or names."""
-    tokens = _tokens(text)
-    reqs: list[Requirement] = []
-    i = 0
+    return LabelSelector(tuple(_Parser(text).requirements()))
 
-    def take() -> str:
-        nonlocal i
-        if i >= len(tokens):
-            raise SelectorError(f"unable to parse requirement: unexpected end of selector {text!r}")
-        tok = tokens[i]
-        i += 1
-        return tok
 
-    def peek() -> str | None:
-        return tokens[i] if i < len(tokens) else None
+_END = ""  # the token after the last one: Go's lexer reports the end of the selector with an empty literal
+_OPERATORS = {"in": "in", "notin": "notin", "=": "=", "==": "=", "!=": "!=", ">": "gt", "<": "lt"}
 
-    def exact_value() -> str:
-        """The one value after `=`, `==`, `!=`, `>` or `<`: empty before a comma or the end (`parseExactValue`)."""
-        nxt = peek()
-        value = "" if nxt is None or nxt == "," else take()
-        if value in _SYMBOLS:
-            raise SelectorError(f"unable to parse requirement: found '{value}', expected: identifier")
-        return value
 
-    while i < len(tokens):
-        tok = take()
-        if tok == "!":
-            key = peek() or ""
-            if key in _SYMBOLS or not key:
-                raise SelectorError(f"unable to parse requirement: found '{key}', expected: identifier")
-            take()
-            _check_key(key)
-            reqs.append(_requirement(key, "!"))
-        else:
-            key = tok
-            if key in {",", "(", ")", "=", "==", "!=", ">", "<"}:
-                raise SelectorError(f"unable to parse requirement: found '{key}', expected: !, identifier")
-            _check_key(key)
-            op = peek()
-            if op is None or op == ",":
-                reqs.append(_requirement(key, "exists"))
-            elif op in ("=", "==", "!="):
-                take()
-                reqs.append(_requirement(key, "!=" if op == "!=" else "=", (exact_value(),)))
-            elif op in ("in", "notin"):
-                take()
-                if take() != "(":
-                    raise SelectorError(f"unable to parse requirement: found '{tokens[i - 1]}', expected: '('")
-                values: list[str] = []
-                while True:
-                    tok = take()
-                    if tok == ")" and not values:
-                        values.append("")  # "()" is the one empty value, as the server's parser reads it
-                        break
-                    if tok in {",", ")"}:
-                        value = ""
-                    else:
-                        value = tok
-                        tok = take()
-                    values.append(value)
-                    if tok == ")":
-                        break
-                    if tok != ",":
-                        raise SelectorError(f"unable to parse requirement: found '{tok}', expected: ',' or ')'")
-                reqs.append(_requirement(key, op, tuple(values)))
-            elif op in (">", "<"):
-                take()
-                reqs.append(_requirement(key, "gt" if op == ">" else "lt", (exact_value(),)))
+def _is_word(token: str) -> bool:
+    """A key or a value. Where a key or a value may stand, `in` and `notin` are words too."""
+    return token != _END and token not in _SYMBOLS
+
+
+def _syntax_error(detail: str) -> SelectorError:
+    """A syntax error inside a requirement, which the server's parser prefixes as it does a bad key or value."""
+    return SelectorError(f"unable to parse requirement: {detail}")
+
+
+class _Parser:
+    """The server's label selector parser (`labels.Parser`), step for step, so that a bad selector fails at
+    the same token with the same text. Errors between requirements have no prefix; errors inside one do."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = [*_tokens(text), _END]
+        self.pos = 0
+
+    def peek(self) -> str:
+        return self.tokens[self.pos]
+
+    def take(self) -> str:
+        """The next token, read; the end is never read past."""
+        token = self.tokens[self.pos]
+        self.pos = min(self.pos + 1, len(self.tokens) - 1)
+        return token
+
+    def requirements(self) -> list[Requirement]:
+        """`parse`: requirements separated by commas, each comma followed by another requirement."""
+        first = self.peek()
+        if first == _END:
+            return []
+        if first != "!" and not _is_word(first):
+            raise SelectorError(f"found '{first}', expected: !, identifier, or 'end of string'")
+        reqs = []
+        while True:
+            reqs.append(self.requirement())
+            after = self.take()
+            if after == _END:
+                return reqs
+            if after != ",":
+                raise SelectorError(f"found '{after}', expected: ',' or 'end of string'")
+            if self.peek() != "!" and not _is_word(self.peek()):
+                raise SelectorError(f"found '{self.peek()}', expected: identifier after ','")
+
+    def requirement(self) -> Requirement:
+        """`parseRequirement`: a key with `!` before it or nothing after it, else a key, an operator and
+        its values."""
+        key, operator = self.key_and_inferred_operator()
+        if operator:
+            return _requirement(key, operator)
+        operator = self.operator()
+        values = self.value_set() if operator in ("in", "notin") else (self.exact_value(),)
+        return _requirement(key, operator, values)
+
+    def key_and_inferred_operator(self) -> tuple[str, str]:
+        """`parseKeyAndInferOperator`: the key, checked at once; "!" when `!` came before it, "exists" when
+        the requirement ends after it, else no operator yet."""
+        negated = self.peek() == "!"
+        if negated:
+            self.take()
+        key = self.take()
+        if not _is_word(key):
+            raise _syntax_error(f"found '{key}', expected: identifier")
+        _check_key(key)
+        if negated:
+            return key, "!"
+        return key, "exists" if self.peek() in (_END, ",") else ""
+
+    def operator(self) -> str:
+        """`parseOperator`: here `in` and `notin` are operators, not words."""
+        token = self.take()
+        if token not in _OPERATORS:
+            raise _syntax_error(f"found '{token}', expected: in, notin, =, ==, !=, gt, lt")
+        return _OPERATORS[token]
+
+    def value_set(self) -> tuple[str, ...]:
+        """`parseValues`: `(` and a list of values, or `()`, which is the one empty value."""
+        opening = self.take()
+        if opening != "(":
+            raise _syntax_error(f"found '{opening}' expected: '('")  # the server's text has no comma here
+        first = self.peek()
+        if first == ")":
+            self.take()
+            return ("",)
+        if first != "," and not _is_word(first):
+            raise _syntax_error(f"found '{first}', expected: ',', ')' or identifier")
+        values = self.value_list()
+        self.take()  # the ")" the list stopped before
+        return values
+
+    def value_list(self) -> tuple[str, ...]:
+        """`parseIdentifiersList`: values and commas up to a `)`. A comma adds the empty value when no value
+        came before it, when `)` follows it, or when a second comma does, which it reads too: `(a,,b)` holds
+        "", a and b, while `(a,,)` is refused."""
+        values: list[str] = []
+        while True:
+            token = self.take()
+            if _is_word(token):
+                values.append(token)
+                after = self.peek()
+                if after == ")":
+                    return tuple(values)
+                if after != ",":
+                    raise _syntax_error(f"found '{after}', expected: ',' or ')'")
+            elif token == ",":
+                if not values:
+                    values.append("")
+                after = self.peek()
+                if after == ")":
+                    values.append("")
+                    return tuple(values)
+                if after == ",":
+                    self.take()
+                    values.append("")
             else:
-                raise SelectorError(
-                    f"unable to parse requirement: found '{op}', expected: in, notin, =, ==, !=, gt, lt"
-                )
-        nxt = peek()
-        if nxt is None:
-            break
-        if nxt != ",":
-            raise SelectorError(f"found '{nxt}', expected: ',' or 'end of string'")
-        take()
-        if peek() is None:
-            raise SelectorError("found 'end of string', expected: !, identifier")
-    return LabelSelector(tuple(reqs))
+                raise _syntax_error(f"found '{token}', expected: ',', or identifier")
+
+    def exact_value(self) -> str:
+        """`parseExactValue`: the one value after `=`, `==`, `!=`, `>` or `<`, empty before a comma or the
+        end."""
+        if self.peek() in (_END, ","):
+            return ""
+        value = self.take()
+        if not _is_word(value):
+            raise _syntax_error(f"found '{value}', expected: identifier")
+        return value
 
 
 def selector_from_label_selector(spec: Mapping[str, Any] | None) -> LabelSelector:

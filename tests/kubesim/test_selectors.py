@@ -191,6 +191,47 @@ def test_not_must_be_followed_by_a_key(selector: str, message: str) -> None:
     assert str(info.value) == REQUIREMENT + message
 
 
+SYNTAX_ERRORS = [
+    # between requirements the server's parser adds no prefix
+    ("app,", "found '', expected: identifier after ','"),
+    ("app,,b", "found ',', expected: identifier after ','"),
+    ("=web", "found '=', expected: !, identifier, or 'end of string'"),
+    ("app=web=x", "found '=', expected: ',' or 'end of string'"),
+    # inside one it does; after `in` and `notin` "found '...' expected" has no comma
+    ("app in", REQUIREMENT + "found '' expected: '('"),
+    ("app notin", REQUIREMENT + "found '' expected: '('"),
+    ("app in web", REQUIREMENT + "found 'web' expected: '('"),
+    ("app in (", REQUIREMENT + "found '', expected: ',', ')' or identifier"),
+    ("app in (=)", REQUIREMENT + "found '=', expected: ',', ')' or identifier"),
+    ("app in (a", REQUIREMENT + "found '', expected: ',' or ')'"),
+    ("app in (a b)", REQUIREMENT + "found 'b', expected: ',' or ')'"),
+    ("app in (a,", REQUIREMENT + "found '', expected: ',', or identifier"),
+    ("app in (a,,)", REQUIREMENT + "found ')', expected: ',', or identifier"),
+    ("app web", REQUIREMENT + "found 'web', expected: in, notin, =, ==, !=, gt, lt"),
+    ("app=(", REQUIREMENT + "found '(', expected: identifier"),
+]
+
+
+@pytest.mark.parametrize(("selector", "message"), SYNTAX_ERRORS, ids=[c[0] for c in SYNTAX_ERRORS])
+def test_syntax_errors_have_the_api_servers_texts(selector: str, message: str) -> None:
+    """`labels.Parse` (selector.go): where the parser stops and what it says there, byte for byte. The end of
+    the selector is the empty token ''."""
+    with pytest.raises(SelectorError) as info:
+        parse_label_selector(selector)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("selector", "values"),
+    [("app in ()", ("",)), ("app in (,)", ("",)), ("app notin (,b)", ("", "b")), ("app in (a,,b)", ("", "a", "b"))],
+)
+def test_empty_values_in_a_set_are_valid(selector: str, values: tuple[str, ...]) -> None:
+    """`()` is the set of the empty value, and a comma with no value beside it adds the empty value: the
+    server's parser accepts these."""
+    (requirement,) = parse_label_selector(selector).requirements
+    assert requirement.values == values
+
+
 def test_a_values_syntax_is_read_before_its_values_are_checked() -> None:
     """`in (...)` is read to its `)` before any value is checked: an unclosed list is a syntax error."""
     with pytest.raises(SelectorError) as info:
@@ -298,6 +339,20 @@ async def test_a_bad_label_selector_answers_the_api_servers_status(kube_api: Kub
             await kube_api.request("GET", "/api/v1/namespaces/default/configmaps", query=[("labelSelector", selector)])
         assert (info.value.status, info.value.reason) == (400, "BadRequest")
         assert info.value.message == REQUIREMENT + message
+
+
+async def test_a_label_selector_syntax_error_answers_the_api_servers_status(kube_api: KubeApi) -> None:
+    """The parser's text, prefixed or not, is the whole message of the 400 BadRequest Status; `app in ()` is
+    no error."""
+    for selector in ("app,", "app in (a", "app in", "app notin"):
+        with pytest.raises(KubeApiError) as info:
+            await kube_api.request("GET", "/api/v1/namespaces/default/configmaps", query=[("labelSelector", selector)])
+        assert (info.value.status, info.value.reason) == (400, "BadRequest")
+        assert info.value.message == dict(SYNTAX_ERRORS)[selector]
+    listed = await kube_api.request(
+        "GET", "/api/v1/namespaces/default/configmaps", query=[("labelSelector", "app in ()")]
+    )
+    assert listed["items"] == []
 
 
 async def test_field_selector_on_name_over_http(kubesim: KubeSim, kube_api: KubeApi) -> None:

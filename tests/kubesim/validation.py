@@ -60,6 +60,12 @@ DNS1035_HELP = (
 GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 
 
+def go_len(text: str) -> int:
+    """Go's `len` of a string read from JSON: its UTF-8 bytes. A lone surrogate, which Go's decoder reads as
+    U+FFFD, is three bytes either way."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def go_trim_space(value: str) -> str:
     """`strings.TrimSpace`: `value` without the leading and trailing white space Go's Unicode tables name."""
     return value.strip(GO_SPACE)
@@ -184,6 +190,12 @@ def invalid_cause(path: str, value: Any, detail: str) -> Cause:
 # -- names ---------------------------------------------------------------------------------------
 
 
+def too_long_problems(value: str, longest: int) -> list[str]:
+    """The one message of a value longer than `longest` (`MaxLenError`). The limit is in bytes, as Go's `len`
+    counts, though the message says characters."""
+    return [f"must be no more than {longest} characters"] if go_len(value) > longest else []
+
+
 def check_subdomain(errors: FieldErrors, path: str, value: str) -> None:
     for problem in subdomain_problems(value):
         errors.invalid(path, value, problem)
@@ -195,17 +207,22 @@ def subdomain_problems(value: str) -> list[str]:
 
 
 def check_label(errors: FieldErrors, path: str, value: str) -> None:
-    if len(value) > 63:
-        errors.invalid(path, value, "must be no more than 63 characters")
+    for problem in dns_label_problems(value):
+        errors.invalid(path, value, problem)
+
+
+def dns_label_problems(value: str) -> list[str]:
+    """Why `value` is not a DNS-1123 label (`IsDNS1123Label`): its length, then its characters; a valid
+    subdomain is refused for its dots alone."""
+    problems = too_long_problems(value, 63)
     if not DNS1123_LABEL.fullmatch(value):
-        errors.invalid(path, value, LABEL_HELP)
+        problems.append("must not contain dots" if DNS1123_SUBDOMAIN.fullmatch(value) else LABEL_HELP)
+    return problems
 
 
 def check_dns1035(errors: FieldErrors, path: str, value: str) -> None:
-    if len(value) > 63:
-        errors.invalid(path, value, "must be no more than 63 characters")
-    if not DNS1035_LABEL.fullmatch(value):
-        errors.invalid(path, value, DNS1035_HELP)
+    for problem in _name_problems(value, 63, DNS1035_LABEL, DNS1035_HELP):
+        errors.invalid(path, value, problem)
 
 
 NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
@@ -224,7 +241,7 @@ def env_var_name_problems(name: str) -> list[str]:
 
 def config_key_problems(key: str) -> list[str]:
     """Why `key` is not a ConfigMap or Secret key (`IsConfigMapKey`): length, characters, no `.`/`..` start."""
-    problems = ["must be no more than 253 characters"] if len(key) > 253 else []
+    problems = too_long_problems(key, 253)
     if not CONFIG_KEY.fullmatch(key):
         problems.append(CONFIG_KEY_HELP)
     if key == ".":
@@ -238,7 +255,7 @@ def config_key_problems(key: str) -> list[str]:
 
 def qualified_name_problems(value: str) -> list[str]:
     """Why `value` is not a qualified name (`IsQualifiedName`): an optional subdomain prefix and '/', then a
-    name part of at most 63 characters. Each reason is its own message, as the API server lists them."""
+    name part of at most 63 bytes. Each reason is its own message, as the API server lists them."""
     parts = value.split("/")
     if len(parts) > 2:
         return [
@@ -255,17 +272,17 @@ def qualified_name_problems(value: str) -> list[str]:
     name = parts[-1]
     if not name:
         problems.append("name part must be non-empty")
-    elif len(name) > 63:
-        problems.append("name part must be no more than 63 characters")
+    else:
+        problems.extend(f"name part {problem}" for problem in too_long_problems(name, 63))
     if not QUALIFIED_NAME.fullmatch(name):
         problems.append(f"name part {QUALIFIED_NAME_HELP}")
     return problems
 
 
 def label_value_problems(value: str) -> list[str]:
-    """Why `value` is not a label value (`IsValidLabelValue`): at most 63 characters, empty or a qualified
-    name's name part. Each reason is its own message."""
-    problems = ["must be no more than 63 characters"] if len(value) > 63 else []
+    """Why `value` is not a label value (`IsValidLabelValue`): at most 63 bytes, empty or a qualified name's
+    name part. Each reason is its own message."""
+    problems = too_long_problems(value, 63)
     if value and not QUALIFIED_NAME.fullmatch(value):
         problems.append(LABEL_VALUE_HELP)
     return problems
@@ -285,12 +302,6 @@ def check_labels(errors: FieldErrors, path: str, labels: Mapping[Any, Any]) -> N
 
 
 ANNOTATIONS_SIZE_LIMIT = 256 * 1024  # bytes (`TotalAnnotationSizeLimitB`)
-
-
-def go_len(text: str) -> int:
-    """Go's `len` of a string read from JSON: its UTF-8 bytes. A lone surrogate, which Go's decoder reads as
-    U+FFFD, is three bytes either way."""
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def check_annotations(errors: FieldErrors, path: str, annotations: Mapping[Any, Any]) -> None:
@@ -346,15 +357,14 @@ def check_fqdn(errors: FieldErrors, path: str, value: str) -> None:
         errors.invalid(path, name, "should be a domain with at least two segments separated by dots")
         return
     for label in labels:
-        problems = _name_problems(label, 63, DNS1123_LABEL, LABEL_HELP)
+        problems = dns_label_problems(label)
         if problems:
             errors.invalid(path, label, ",".join(problems))
             return
 
 
 def _name_problems(value: str, longest: int, rule: re.Pattern[str], help_text: str) -> list[str]:
-    problems = [f"must be no more than {longest} characters"] if len(value) > longest else []
-    return problems + ([] if rule.fullmatch(value) else [help_text])
+    return too_long_problems(value, longest) + ([] if rule.fullmatch(value) else [help_text])
 
 
 def check_endpoint_ip(errors: FieldErrors, path: str, value: str, *, family: int) -> None:
@@ -476,8 +486,8 @@ def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_val
             continue
         for key, value in values.items():
             path = f"{section}[{key}]"
-            if not CONFIG_KEY.fullmatch(key) or len(key) > 253:
-                errors.invalid(path, key, CONFIG_KEY_HELP)
+            for problem in config_key_problems(key):
+                errors.invalid(path, key, problem)
             if key in seen:
                 errors.invalid(path, key, "duplicate of key present in data")
             seen.add(key)

@@ -1,0 +1,167 @@
+"""Name, key and label rules as the API server counts and words them, at unit level and over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.podspec import port_name_problems
+from tests.kubesim.validation import (
+    CONFIG_KEY_HELP,
+    DNS1035_HELP,
+    LABEL_HELP,
+    LABEL_VALUE_HELP,
+    QUALIFIED_NAME_HELP,
+    SUBDOMAIN_HELP,
+    FieldErrors,
+    check_dns1035,
+    config_key_problems,
+    dns_label_problems,
+    label_value_problems,
+    qualified_name_problems,
+    subdomain_problems,
+)
+
+# Two UTF-8 bytes each (U+00E9) and three (U+65E5): a value of these is under a limit in characters and over it
+# in bytes, which is what Go's `len` counts.
+E2 = "\u00e9"
+E3 = "\u65e5"
+
+TOO_LONG_63 = "must be no more than 63 characters"
+TOO_LONG_253 = "must be no more than 253 characters"
+PORT_CHARSET = "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
+PORT_LETTER = "must contain at least one letter (a-z)"
+
+
+def dns1035_problems(value: str) -> list[str]:
+    errors = FieldErrors()
+    check_dns1035(errors, "f", value)
+    return [cause.message.split(": ", 2)[2] for cause in errors.causes]
+
+
+BYTE_LENGTH_CASES: list[tuple[str, Callable[[str], list[str]], str, list[str]]] = [
+    ("label-value", label_value_problems, E2 * 32, [TOO_LONG_63, LABEL_VALUE_HELP]),
+    ("label-value-3-byte", label_value_problems, E3 * 22, [TOO_LONG_63, LABEL_VALUE_HELP]),
+    ("label-value-at-limit", label_value_problems, E3 * 21, [LABEL_VALUE_HELP]),
+    (
+        "qualified-name",
+        qualified_name_problems,
+        E2 * 32,
+        [f"name part {TOO_LONG_63}", f"name part {QUALIFIED_NAME_HELP}"],
+    ),
+    (
+        "qualified-name-prefix",
+        qualified_name_problems,
+        E2 * 127 + "/x",
+        [f"prefix part {TOO_LONG_253}", f"prefix part {SUBDOMAIN_HELP}"],
+    ),
+    ("subdomain", subdomain_problems, E2 * 127, [TOO_LONG_253, SUBDOMAIN_HELP]),
+    ("dns-1123-label", dns_label_problems, E2 * 32, [TOO_LONG_63, LABEL_HELP]),
+    ("dns-1035-label", dns1035_problems, E2 * 32, [TOO_LONG_63, DNS1035_HELP]),
+    ("config-key", config_key_problems, E2 * 127, [TOO_LONG_253, CONFIG_KEY_HELP]),
+    ("port-name", port_name_problems, E2 * 8, ["must be no more than 15 characters", PORT_CHARSET, PORT_LETTER]),
+]
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "problems"), [c[1:] for c in BYTE_LENGTH_CASES], ids=[c[0] for c in BYTE_LENGTH_CASES]
+)
+def test_length_limits_count_utf8_bytes_as_go_does(
+    rule: Callable[[str], list[str]], value: str, problems: list[str]
+) -> None:
+    """`IsValidLabelValue`, `IsQualifiedName`, `IsDNS1123Subdomain`, `IsDNS1123Label`, `IsDNS1035Label`,
+    `IsConfigMapKey` and `IsValidPortName` measure a value with Go's `len`, in bytes: non-ASCII characters under
+    the limit in number can be over it. The length message comes first, then the character rule's, each its
+    own cause."""
+    assert rule(value) == problems
+
+
+@pytest.mark.parametrize(
+    ("rule", "value"),
+    [(label_value_problems, "a" * 63), (dns_label_problems, "a" * 63), (subdomain_problems, "a" * 253)],
+    ids=["label-value", "dns-1123-label", "subdomain"],
+)
+def test_ascii_values_at_the_limit_are_valid(rule: Callable[[str], list[str]], value: str) -> None:
+    assert rule(value) == []
+
+
+def test_a_port_name_is_checked_against_every_rule() -> None:
+    """`IsValidPortName` checks each rule on its own: a name can break several at once."""
+    assert port_name_problems("-") == [PORT_LETTER, "must not begin or end with a hyphen"]
+    assert port_name_problems("HTTP--") == [
+        PORT_CHARSET,
+        PORT_LETTER,
+        "must not contain consecutive hyphens",
+        "must not begin or end with a hyphen",
+    ]
+
+
+def test_a_subdomain_is_no_dns_label_for_its_dots_alone() -> None:
+    """`IsDNS1123Label` names the dots when the value would be a valid subdomain."""
+    assert dns_label_problems("a.b") == ["must not contain dots"]
+    assert dns_label_problems("a..b") == [LABEL_HELP]
+
+
+async def invalid_causes(kube_api: KubeApi, path: str, body: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=body)
+    assert (info.value.status, info.value.reason) == (422, "Invalid")
+    return [(c["field"], c["message"]) for c in info.value.body["details"]["causes"]]
+
+
+async def test_non_ascii_labels_and_annotations_are_too_long_in_bytes(kube_api: KubeApi) -> None:
+    """32 two-byte characters are 64 bytes: each label key, label value and annotation key gets the length
+    cause before the character cause, labels before annotations, a key before its value."""
+    long = E2 * 32
+    meta = {"name": "wide", "labels": {long: long}, "annotations": {long: "v"}}
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+    assert await invalid_causes(kube_api, "/api/v1/namespaces/default/configmaps", body) == [
+        ("metadata.labels", f'Invalid value: "{long}": name part {TOO_LONG_63}'),
+        ("metadata.labels", f'Invalid value: "{long}": name part {QUALIFIED_NAME_HELP}'),
+        ("metadata.labels", f'Invalid value: "{long}": {TOO_LONG_63}'),
+        ("metadata.labels", f'Invalid value: "{long}": {LABEL_VALUE_HELP}'),
+        ("metadata.annotations", f'Invalid value: "{long}": name part {TOO_LONG_63}'),
+        ("metadata.annotations", f'Invalid value: "{long}": name part {QUALIFIED_NAME_HELP}'),
+    ]
+
+
+async def test_config_map_keys_get_every_message_of_is_config_map_key(kube_api: KubeApi) -> None:
+    """`ValidateConfigMap` reports each message of `IsConfigMapKey`: the length in bytes, the characters, and
+    the `.` and `..` names a file could not have."""
+    long = E2 * 127
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keys"}, "data": {long: "v", "..": "v"}}
+    assert await invalid_causes(kube_api, "/api/v1/namespaces/default/configmaps", body) == [
+        (f"data[{long}]", f'Invalid value: "{long}": {TOO_LONG_253}'),
+        (f"data[{long}]", f'Invalid value: "{long}": {CONFIG_KEY_HELP}'),
+        ("data[..]", "Invalid value: \"..\": must not be '..'"),
+    ]
+
+
+async def test_names_are_too_long_in_bytes(kube_api: KubeApi) -> None:
+    """A Namespace's name is a DNS-1123 label and a container's too; a ConfigMap's is a subdomain. A
+    Namespace's name is also the value of its defaulted `kubernetes.io/metadata.name` label, checked after it."""
+    label, subdomain = E2 * 32, E2 * 127
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": label}}
+    assert await invalid_causes(kube_api, "/api/v1/namespaces", namespace) == [
+        ("metadata.name", f'Invalid value: "{label}": {TOO_LONG_63}'),
+        ("metadata.name", f'Invalid value: "{label}": {LABEL_HELP}'),
+        ("metadata.labels", f'Invalid value: "{label}": {TOO_LONG_63}'),
+        ("metadata.labels", f'Invalid value: "{label}": {LABEL_VALUE_HELP}'),
+    ]
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": subdomain}}
+    assert await invalid_causes(kube_api, "/api/v1/namespaces/default/configmaps", config_map) == [
+        ("metadata.name", f'Invalid value: "{subdomain}": {TOO_LONG_253}'),
+        ("metadata.name", f'Invalid value: "{subdomain}": {SUBDOMAIN_HELP}'),
+    ]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "dots"},
+        "spec": {"containers": [{"name": "a.b", "image": "i"}]},
+    }
+    assert await invalid_causes(kube_api, "/api/v1/namespaces/default/pods", pod) == [
+        ("spec.containers[0].name", 'Invalid value: "a.b": must not contain dots'),
+    ]
