@@ -12,6 +12,7 @@ import pytest
 from controlplane.agent.bootstrap import render, write
 from controlplane.agent.options import OptionsError, delta_xds, parse_duration
 from tests.agent.conftest import ENVOY, params
+from tests.helpers.injected import DOWNWARD, options_from
 
 SAN = "istiod.istio-system.svc"
 
@@ -237,3 +238,24 @@ def test_zero_is_a_duration_only_where_it_means_something() -> None:
     with pytest.raises(OptionsError, match=r"--drain-duration: '-1s' must be 0 or more"):
         parse_duration("-1s", name="--drain-duration", zero=True)
     assert parse_duration("0s", name="--drain-duration", zero=True) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        # int() raised a traceback for the first and read the second (Arabic-Indic digits) as 15020
+        (["--status-port", "abc"], {}, "--status-port (env MESHPLANE_STATUS_PORT): 'abc' is not a port 1-65535"),
+        (["--status-port", "\u0661\u0665\u0660\u0662\u0660"], {}, "--status-port (env MESHPLANE_STATUS_PORT): '"),
+        ([], {"PROXY_CONFIG": "[" * 100_000}, "PROXY_CONFIG: not JSON (nests 100000 levels deep"),  # RecursionError
+        # Envoy refuses a worker count beyond its range; the agent names it instead of restarting Envoy for ever
+        ([], {"PROXY_CONFIG": '{"concurrency": 99999999999}'}, "PROXY_CONFIG concurrency: 99999999999 is not a"),
+        ([], {"PROXY_CONFIG": '{"concurrency": "two"}'}, 'PROXY_CONFIG concurrency: "two" is not a whole number'),
+        (["--cert-ttl", "9" * 400 + "h"], {}, "--cert-ttl (env SECRET_TTL): '999"),  # float() reads it as infinity
+    ],
+)
+def test_bad_options_are_refused_naming_the_field(args: list[str], env: dict[str, str], message: str) -> None:
+    """In-process, as `meshplane agent` reads them before it prints the error and exits 2
+    (`tests/agent/test_agent_process.py` runs that path)."""
+    with pytest.raises(OptionsError) as caught:
+        options_from(args, {**DOWNWARD, **env})
+    assert message in str(caught.value)

@@ -31,6 +31,12 @@ def agent_options(pod: dict[str, Any]) -> AgentOptions:
     assert proxy is not None, "no istio-proxy container"
     env = {e["name"]: e["value"] for e in proxy.get("env", []) if "value" in e} | DOWNWARD
     args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in proxy["args"]]
+    return options_from(args, env)
+
+
+def options_from(args: list[str], env: dict[str, str]) -> AgentOptions:
+    """The options `pilot-agent args` starts with in the environment `env` (and nothing else); raises
+    OptionsError (the agent's exit 2) for what it cannot start with."""
     with mock.patch.dict(os.environ, env, clear=True):  # the flags' defaults come from the environment
         parser = argparse.ArgumentParser(prog="pilot-agent")
         configure(parser)
