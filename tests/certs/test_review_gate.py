@@ -216,6 +216,7 @@ NOT_A_JWT = "bearer token is not a JWT (three base64url parts separated by dots)
         (shaped_token("x", exp=-math.inf), "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=math.nan), "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=10**400), "bearer token is not a JWT: its payload is not a base64url JSON object"),
+        (shaped_token("x", exp=-1e300), "bearer token expired at exp -1e+300"),  # before any date
         # 5,000 brackets made json.loads raise RecursionError out of the CA, before any signature check
         (f"eyJhbGciOiJFUzI1NiJ9.{DEEP}.c2ln", "bearer token is not a JWT: its payload is not a base64url JSON object"),
         (shaped_token("x", exp=LONG), f"bearer token's exp is not a number: {LONG[:40]!r}"),  # type: ignore[arg-type]
