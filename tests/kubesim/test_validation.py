@@ -140,6 +140,20 @@ async def test_config_map_keys_get_every_message_of_is_config_map_key(kube_api: 
     ]
 
 
+async def test_a_key_in_both_data_and_binary_data_is_reported_on_data(kube_api: KubeApi) -> None:
+    """`ValidateConfigMap` checks `data` against `binaryData`, so the duplicate is `data`'s."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "both"},
+        "data": {"a": "text"},
+        "binaryData": {"a": "Ynl0ZXM="},
+    }
+    assert await invalid_causes(kube_api, "/api/v1/namespaces/default/configmaps", body) == [
+        ("data[a]", 'Invalid value: "a": duplicate of key present in binaryData'),
+    ]
+
+
 async def test_names_are_too_long_in_bytes(kube_api: KubeApi) -> None:
     """A Namespace's name is a DNS-1123 label and a container's too; a ConfigMap's is a subdomain. A
     Namespace's name is also the value of its defaulted `kubernetes.io/metadata.name` label, checked after it."""

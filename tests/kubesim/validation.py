@@ -476,7 +476,9 @@ def check_metadata(errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: st
 
 
 def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_values: bool) -> None:
-    seen: set[str] = set()
+    """A ConfigMap's `data` and `binaryData` (a Secret's `data`, base64): every key an `IsConfigMapKey`, and
+    a key of both maps reported on `data` (`ValidateConfigMap`)."""
+    binary = obj.get("binaryData") if not base64_values else None
     for section in ("data", "binaryData") if not base64_values else ("data",):
         values = obj.get(section)
         if values is None:
@@ -488,9 +490,8 @@ def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_val
             path = f"{section}[{key}]"
             for problem in config_key_problems(key):
                 errors.invalid(path, key, problem)
-            if key in seen:
-                errors.invalid(path, key, "duplicate of key present in data")
-            seen.add(key)
+            if section == "data" and isinstance(binary, dict) and key in binary:
+                errors.invalid(path, key, "duplicate of key present in binaryData")
             if not isinstance(value, str):
                 errors.invalid(path, value, "must be a string")
             elif base64_values or section == "binaryData":
