@@ -47,7 +47,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from tests.kubesim.ipfamilies import init_ip_families, normalize_cluster_ips
 from tests.kubesim.resources import ResourceType
@@ -186,7 +186,7 @@ def node_ports(obj: Obj) -> set[int]:
     return {p["nodePort"] for p in _ports(obj) if _is_port_number(p.get("nodePort")) and p["nodePort"]}
 
 
-def _is_port_number(value: Any) -> bool:
+def _is_port_number(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -15,12 +15,12 @@ import datetime
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
 from controlplane.kube.client import KubeApi, KubeApiError
-from controlplane.kube.watching import Backoff, Resource, Selection, infinite_watch
+from controlplane.kube.watching import Backoff, Kept, Resource, Selection, infinite_watch
 
 log = logging.getLogger("tests.kubesim.controllers")
 
@@ -160,9 +160,9 @@ class Informer:
     def list(self, namespace: str | None = None) -> list[Obj]:
         return [obj for (ns, _), obj in self.objects.items() if namespace is None or ns == namespace]
 
-    # WatchHandler
-    async def on_list(self, objects: Sequence[Obj]) -> None:
-        fresh = {key_of(obj): obj for obj in objects}
+    # WatchHandler. `run` watches with the default `keep`, so what arrives is each object as listed: an Obj.
+    async def on_list(self, objects: Sequence[Kept]) -> None:
+        fresh = {key_of(obj): cast(Obj, obj) for obj in objects}
         for key, old in list(self.objects.items()):
             if key not in fresh:
                 del self.objects[key]
@@ -175,15 +175,16 @@ class Informer:
                 self._tell(previous, obj)
         self.synced.set()
 
-    def on_event(self, event_type: str, obj: Obj) -> None:
-        key = key_of(obj)
+    def on_event(self, event_type: str, obj: Kept) -> None:
+        listed = cast(Obj, obj)
+        key = key_of(listed)
         old = self.objects.get(key)
         if event_type == "DELETED":
             self.objects.pop(key, None)
-            self._tell(old if old is not None else obj, None)
+            self._tell(old if old is not None else listed, None)
         else:
-            self.objects[key] = obj
-            self._tell(old, obj)
+            self.objects[key] = listed
+            self._tell(old, listed)
 
     def _tell(self, old: Obj | None, new: Obj | None) -> None:
         for listener in self.listeners:

@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from controlplane.kube.client import JsonObject, KubeApi
-from controlplane.kube.watching import Resource, Selection, infinite_watch
+from controlplane.kube.client import KubeApi
+from controlplane.kube.watching import Kept, Resource, Selection, infinite_watch
 from tests.kubesim.allocators import SERVICE_CIDR
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,12 @@ class ServicePort:
         return f"{self.namespace}/{self.name}:{self.port_name}" if self.port_name else f"{self.namespace}/{self.name}"
 
 
-def _name(obj: JsonObject) -> tuple[str, str]:
+def _name(obj: Kept) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-def ready_endpoints(slices: Iterable[JsonObject], *, port_name: str, protocol: str) -> tuple[Endpoint, ...]:
+def ready_endpoints(slices: Iterable[Kept], *, port_name: str, protocol: str) -> tuple[Endpoint, ...]:
     """Addresses of endpoints whose `conditions.ready` is not false, at the slices' port named `port_name`."""
     found: set[Endpoint] = set()
     for item in slices:
@@ -118,9 +118,9 @@ def ready_endpoints(slices: Iterable[JsonObject], *, port_name: str, protocol: s
     return tuple(sorted(found))
 
 
-def service_ports(services: Iterable[JsonObject], slices: Iterable[JsonObject]) -> list[ServicePort]:
+def service_ports(services: Iterable[Kept], slices: Iterable[Kept]) -> list[ServicePort]:
     """Every TCP/UDP port of every Service with an IPv4 cluster IP, with its ready endpoints; sorted."""
-    by_service: dict[tuple[str, str], list[JsonObject]] = {}
+    by_service: dict[tuple[str, str], list[Kept]] = {}
     for item in slices:
         namespace = _name(item)[0]
         owner = ((item.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
@@ -289,16 +289,16 @@ class _Store:
     """Holds the current objects of one watched resource; calls `changed` after every list or event."""
 
     def __init__(self, changed: Callable[[], None]) -> None:
-        self.objects: dict[tuple[str, str], JsonObject] = {}
+        self.objects: dict[tuple[str, str], Kept] = {}
         self.listed = False
         self._changed = changed
 
-    async def on_list(self, objects: Sequence[JsonObject]) -> None:
+    async def on_list(self, objects: Sequence[Kept]) -> None:
         self.objects = {_name(obj): obj for obj in objects}
         self.listed = True
         self._changed()
 
-    def on_event(self, event_type: str, obj: JsonObject) -> None:
+    def on_event(self, event_type: str, obj: Kept) -> None:
         if event_type == "DELETED":
             self.objects.pop(_name(obj), None)
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 MAGIC = b"k8s\x00"
 
@@ -387,7 +387,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
         elif kind == "time":
             if not isinstance(value, bytes):
                 _bad("a Time")
-            stamp = _time(value)  # type: ignore[arg-type]
+            stamp = _time(value)
             if stamp:
                 out[name] = stamp
         elif kind.startswith("map:"):
@@ -398,7 +398,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
         elif kind.startswith(("repeated:", "message:")):
             if not isinstance(value, bytes):
                 _bad("a message")
-            nested = _message(value, kind.split(":", 1)[1])  # type: ignore[arg-type]
+            nested = _message(value, kind.split(":", 1)[1])
             if kind.startswith("repeated:"):
                 out.setdefault(name, []).append(nested)
             elif nested or kind.split(":", 1)[1] in KEEP_EMPTY:
@@ -406,7 +406,7 @@ def _message(data: bytes, schema_name: str) -> dict[str, Any]:
     return out
 
 
-def _bad(what: str) -> Any:
+def _bad(what: str) -> NoReturn:
     raise ProtobufError(f"expected {what}")
 
 

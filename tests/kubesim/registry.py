@@ -96,8 +96,8 @@ def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
     errors = FieldErrors()
     meta = obj["metadata"]
     name = str(meta.get("name") or "")
-    first = old is not None and resource.update_checks_first
-    if first:
+    first = resource.update_checks_first
+    if old is not None and first:
         _validate_update(resource, obj, old, errors)
     check_metadata(errors, obj, name_rule=resource.name_rule)
     if resource.validate is not None:

@@ -13,10 +13,9 @@ import contextlib
 import logging
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 from controlplane.kube.client import KubeApi, KubeApiError
-from controlplane.kube.watching import Resource, Selection, infinite_watch
+from controlplane.kube.watching import Kept, Resource, Selection, infinite_watch
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,12 @@ class RootCaPublisher:
         publisher = self
 
         class Handler:
-            async def on_list(self, objects: Sequence[dict[str, Any]]) -> None:
+            async def on_list(self, objects: Sequence[Kept]) -> None:
                 for obj in objects:
                     publisher._pending.put_nowait(obj["metadata"]["name"])
                 listed.set()
 
-            def on_event(self, event_type: str, obj: dict[str, Any]) -> None:
+            def on_event(self, event_type: str, obj: Kept) -> None:
                 if event_type in ("ADDED", "MODIFIED") and not obj["metadata"].get("deletionTimestamp"):
                     publisher._pending.put_nowait(obj["metadata"]["name"])
 

@@ -146,7 +146,8 @@ def validate_service(obj: Obj, errors: FieldErrors) -> None:
         errors.required("spec")
         return
     stype = spec.get("type")
-    ports = spec.get("ports") if isinstance(spec.get("ports"), list) else []
+    raw_ports = spec.get("ports")
+    ports: list[Any] = raw_ports if isinstance(raw_ports, list) else []
     if not ports and not is_headless(spec) and stype != "ExternalName":
         errors.required("spec.ports")
     _validate_type_rules(spec, errors)

@@ -54,11 +54,11 @@ class Watcher:
         if event.resource.key != self.resource.key:
             return None
         old_in = self.matches(event.old) if event.type != "ADDED" else False
-        new_in = self.matches(event.new)
+        new = event.new if self.matches(event.new) else None  # None also when it does not match
         if event.type == "DELETED":
-            return ("DELETED", copy.deepcopy(event.new)) if new_in else None  # type: ignore[arg-type]
-        if new_in:
-            return ("MODIFIED" if old_in else "ADDED", copy.deepcopy(event.new))  # type: ignore[arg-type]
+            return ("DELETED", copy.deepcopy(new)) if new is not None else None
+        if new is not None:
+            return ("MODIFIED" if old_in else "ADDED", copy.deepcopy(new))
         if old_in and event.old is not None:
             gone = copy.deepcopy(event.old)
             gone["metadata"]["resourceVersion"] = str(event.rv)

@@ -86,7 +86,8 @@ class Webhook:
     async def handle(self, http: web.Request) -> web.Response:
         review = await http.json()
         self.calls.append((http.path, review["request"], {**http.headers, "query": http.query_string}))
-        answer = self.answers.get(http.path, lambda _: {"allowed": True})(review["request"])
+        respond: Answer = self.answers.get(http.path, lambda _: {"allowed": True})
+        answer = respond(review["request"])
         if asyncio.iscoroutine(answer):
             answer = await answer
         response = {"uid": review["request"]["uid"], **answer}
@@ -334,7 +335,7 @@ def _istio_hooks(webhook: Webhook, revision: str, *, default: bool) -> list[dict
     rev_in = {"key": "istio.io/rev", "operator": "In", "values": [revision]}
     rev_absent = {"key": "istio.io/rev", "operator": "DoesNotExist"}
     legacy_absent = {"key": "istio-injection", "operator": "DoesNotExist"}
-    table = {
+    table: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
         "rev.namespace": ([rev_in, legacy_absent], [no_false]),
         "rev.object": ([rev_absent, legacy_absent], [no_false, rev_in]),
     }

@@ -248,7 +248,7 @@ async def _create_service(api: KubeApi, name: str, *, port: int = 80, target: in
 async def _put_slice(
     api: KubeApi, service: str, endpoints: list[tuple[str, bool]], *, port: int = 8080, port_name: str = "http"
 ) -> None:
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": service, "namespace": "default", "labels": {"kubernetes.io/service-name": service}},

@@ -206,4 +206,6 @@ async def test_failed_json_patch_test_is_422_and_changes_nothing(kubesim: KubeSi
             content_type="application/json-patch+json",
         )
     assert info.value.status == 422
-    assert kubesim.get_object("configmaps", "default", "c")["data"] == {"k": "v"}  # type: ignore[index]
+    stored = kubesim.get_object("configmaps", "default", "c")
+    assert stored is not None
+    assert stored["data"] == {"k": "v"}

@@ -596,7 +596,10 @@ async def test_a_host_network_pods_host_ports_are_its_container_ports(kube_api: 
 
 
 async def test_a_host_network_template_may_leave_host_ports_to_its_pods(kube_api: KubeApi) -> None:
-    spec = {"hostNetwork": True, "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 8080}]}]}
+    spec: dict[str, Any] = {
+        "hostNetwork": True,
+        "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 8080}]}],
+    }
     out = await created(kube_api, deployment("web", spec), DEPLOYMENTS)
     assert "hostPort" not in out["spec"]["template"]["spec"]["containers"][0]["ports"][0]
     spec["containers"][0]["ports"][0]["hostPort"] = 9090

@@ -102,7 +102,9 @@ async def test_keep_alive_chunked_bodies_and_bad_requests_over_a_raw_socket() ->
             for path in ("/a", "/b"):
                 head = (await reader.readuntil(b"\r\n\r\n")).decode()
                 assert head.startswith("HTTP/1.1 200 OK")
-                length = int(re.search(r"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+                content_length = re.search(r"Content-Length: (\d+)", head)
+                assert content_length is not None
+                length = int(content_length[1])
                 assert json.loads(await reader.readexactly(length))["path"] == path
             writer.write(b"NONSENSE\r\n\r\n")
             answer = await reader.read()
@@ -117,15 +119,17 @@ async def test_grpc_health_is_serving_and_echo_returns_the_request() -> None:
         standin("--grpc", "0", env={"HOSTNAME": "grpc-pod"}) as app,
         aio.insecure_channel(f"127.0.0.1:{app.ports['grpc'][0]}") as channel,
     ):
-        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
         assert await check(b"") == b"\x08\x01"  # status: SERVING
         assert await check(b"\x0a\x0ckubesim.Echo") == b"\x08\x01"
         with pytest.raises(aio.AioRpcError) as err:
             await check(b"\x0a\x07missing")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        call = channel.unary_unary("/kubesim.Echo/Echo")(b"ping", metadata=(("x-forwarded-client-cert", "By=z"),))
+        call = channel.unary_unary("/kubesim.Echo/Echo", request_serializer=None, response_deserializer=None)(
+            b"ping", metadata=(("x-forwarded-client-cert", "By=z"),)
+        )
         assert await call == b"ping"
-        trailers = dict(await call.trailing_metadata())  # type: ignore[arg-type]
+        trailers = dict(await call.trailing_metadata())
         assert trailers["pod"] == "grpc-pod"
         assert trailers["x-forwarded-client-cert"] == "By=z"
 
@@ -133,7 +137,9 @@ async def test_grpc_health_is_serving_and_echo_returns_the_request() -> None:
 async def test_sigterm_finishes_in_flight_requests_then_exits_0() -> None:
     async with standin("--http", "0", "--grpc", "0") as app, aiohttp.ClientSession() as session:
         async with aio.insecure_channel(f"127.0.0.1:{app.ports['grpc'][0]}") as channel:
-            watch = channel.unary_stream("/grpc.health.v1.Health/Watch")(b"")
+            watch = channel.unary_stream(
+                "/grpc.health.v1.Health/Watch", request_serializer=None, response_deserializer=None
+            )(b"")
             assert await watch.read() == b"\x08\x01"
             in_flight = asyncio.ensure_future(session.get(f"{app.http}/delay/300"))
             await asyncio.sleep(0.1)  # let the request reach the app before the signal
