@@ -362,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     _register_optional()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["iptables"]:  # its values are read as istio-iptables reads them
+        from controlplane.iptables.cmd import attach_values
+
+        given = ["iptables", *attach_values(given[1:])]
+    args = parser.parse_args(given)
     try:
         return int(args.func(args))
     except SettingsError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from controlplane.iptables.apply import Iptables, IptablesError, cleanup, install
@@ -80,6 +81,29 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], str | None, str, str]] = {
         "virtual interfaces (a VM's) whose inbound traffic is captured as outbound, to the -i destinations ['']",
     ),
 }
+
+
+# Every option that takes a value, in all its spellings.
+VALUE_OPTIONS = frozenset(
+    {
+        spelling
+        for field_name, (aliases, *_) in _OPTIONS.items()
+        for spelling in (*FLAGS[field_name].split("/"), *aliases)
+    }
+    | {"--log_output_level"}
+)
+
+
+def attach_values(argv: Sequence[str]) -> list[str]:
+    """`argv` with each value-taking option joined to the argument after it (`-k -x` -> `-k=-x`), as
+    istio-iptables (Go's pflag) reads them: the next argument is the value, even one starting with `-`,
+    which argparse would take for an option (an interface annotation of `-1,80` failed to parse)."""
+    joined: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        value = next(arguments, None) if argument in VALUE_OPTIONS else None
+        joined.append(argument if value is None else f"{argument}={value}")
+    return joined
 
 
 def add_parser(sub: Any) -> None:

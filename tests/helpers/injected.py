@@ -13,7 +13,7 @@ from unittest import mock
 
 from controlplane.agent.cmd import configure
 from controlplane.agent.options import AgentOptions, from_args
-from controlplane.iptables.cmd import add_parser
+from controlplane.cli import main
 
 # What the kubelet gives the injected container from the downward API.
 DOWNWARD = {"POD_NAME": "web-0", "POD_NAMESPACE": "shop", "INSTANCE_IP": "10.1.2.3", "SERVICE_ACCOUNT": "web"}
@@ -44,17 +44,15 @@ def options_from(args: list[str], env: dict[str, str]) -> AgentOptions:
 
 
 def iptables_dry_run(pod: dict[str, Any]) -> tuple[int, str]:
-    """`meshplane iptables --dry-run` with the injected `istio-init` container's args: its exit code and
-    stderr ((0, "") when the pod has no istio-init)."""
+    """`meshplane iptables --dry-run` with the injected `istio-init` container's args, through the
+    command line's own entry point: its exit code and stderr ((0, "") when the pod has no istio-init)."""
     init = container(pod, "istio-init")
     if init is None:
         return 0, ""
-    parser = argparse.ArgumentParser(prog="meshplane")
-    add_parser(parser.add_subparsers())
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            args = parser.parse_args(["iptables", *init["args"], "--dry-run"])
+            code = main(["iptables", *init["args"], "--dry-run"])
         except SystemExit as exc:
-            return int(exc.code or 0), err.getvalue()
-        return int(args.func(args)), err.getvalue()
+            code = int(exc.code or 0)
+    return code, err.getvalue()

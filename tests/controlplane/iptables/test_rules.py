@@ -303,6 +303,21 @@ def test_outbound_port_flags_have_both_spellings(capsys: pytest.CaptureFixture[s
     assert "-A ISTIO_OUTPUT -p tcp -m tcp --dport 80 -j ISTIO_REDIRECT" in short[1].splitlines()
 
 
+def test_a_value_starting_with_a_dash_is_the_options_value_as_in_istio_iptables(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Go's pflag takes the argument after an option as its value whatever it starts with; argparse took
+    `-1,80` for an option, so a pod the webhook injected with kubevirtInterfaces `-1,80` never started."""
+    code, out, err = cli(["-i", "*", "-k", "-1,80", "-n"], capsys)
+    assert (code, err) == (0, "")
+    assert "-A PREROUTING -i -1 -j ISTIO_REDIRECT" in out.splitlines()
+    assert "-A PREROUTING -i 80 -j ISTIO_REDIRECT" in out.splitlines()
+    assert (
+        cli(["-i", "*", "--kube-virt-interfaces", "-x", "-n"], capsys)[:2]
+        == cli(["-i", "*", "-k=-x", "-n"], capsys)[:2]
+    )
+
+
 def test_mode_none_says_it_installs_nothing_and_needs_no_iptables(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
