@@ -162,10 +162,17 @@ def parse_port_list(text: str, *, allow_star: bool) -> str:
     return ",".join(map(str, ports))
 
 
-INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
+INTERCEPTION_MODES = ("REDIRECT", "NONE")
+# Istio's third mode. meshplane's istio-init installs no TPROXY rules, so a pod given it would never start:
+# it is refused where it is written, with this text.
+TPROXY_UNSUPPORTED = (
+    "TPROXY is not supported: meshplane's istio-init installs REDIRECT rules only; use REDIRECT or NONE"
+)
 
 
 def parse_interception_mode(text: str) -> str:
+    if text == "TPROXY":
+        raise ValueError(TPROXY_UNSUPPORTED)
     if text not in INTERCEPTION_MODES:
         raise ValueError(f"use one of {', '.join(INTERCEPTION_MODES)}")
     return text
@@ -313,6 +320,8 @@ def _check_proxy_field(name: str, kind: str, value: Any) -> None:
             raise ValueError(f"{name}: {json.dumps(value)} must not be negative")
     elif kind == "enum":
         choices = _ENUMS[name]
+        if name == "interceptionMode" and value == "TPROXY":
+            raise ValueError(f"{name}: {TPROXY_UNSUPPORTED}")
         if value not in choices:
             raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {json.dumps(value)}")
     elif kind == "image":

@@ -211,7 +211,7 @@ def test_injector_values_pass_through_to_meshplane(helm_home: pathlib.Path) -> N
         "--set", "tag=1.2.3",
         "--set", "global.proxy.autoInject=disabled",
         "--set", "global.proxy.excludeInboundPorts=9000\\,9001",
-        "--set", "global.proxy.interceptionMode=TPROXY",
+        "--set", "global.proxy.interceptionMode=NONE",
         "--set", "global.imagePullPolicy=IfNotPresent",
         "--set", "sidecarInjectorWebhook.nativeSidecar=false",
         "--set-json", f"sidecarInjectorWebhook.neverInjectSelector={json.dumps(selector)}",
@@ -221,7 +221,7 @@ def test_injector_values_pass_through_to_meshplane(helm_home: pathlib.Path) -> N
     assert config.proxy_image == "registry.example/mesh/proxyv2:1.2.3"
     assert config.policy == "disabled"
     assert config.exclude_inbound_ports == "9000,9001"
-    assert config.interception_mode == "TPROXY"
+    assert config.interception_mode == "NONE"
     assert config.image_pull_policy == "IfNotPresent"
     assert config.native_sidecar is False
     assert [s.to_dict() for s in config.never_inject_selector] == selector
@@ -288,6 +288,16 @@ def test_user_templates_from_values_reach_the_injector(helm_home: pathlib.Path) 
         (("--set", "revsion=x"), "", "additional properties 'revsion' not allowed"),
         (("--set", "meshConfig.defaultConfig.concurency=2"), "/meshConfig/defaultConfig", "'concurency' not allowed"),
         (("--set", "revision=Canary_1"), "/revision", "does not match pattern"),
+        (
+            ("--set", "global.proxy.interceptionMode=TPROXY"),
+            "/global/proxy/interceptionMode",
+            "must be one of 'REDIRECT', 'NONE'",
+        ),
+        (
+            ("--set", "meshConfig.defaultConfig.interceptionMode=TPROXY"),
+            "/meshConfig/defaultConfig/interceptionMode",
+            "must be one of 'REDIRECT', 'NONE'",
+        ),
         (("--set-json", 'pilot.env={"1BAD":"x"}'), "", "invalid propertyName '1BAD'"),
         (("--set-json", 'pilot.env={"A":{"b":1}}'), "/pilot/env/A", ""),
         (("--set-json", "sidecarInjectorWebhook.defaultTemplates=[]"), "/sidecarInjectorWebhook/defaultTemplates", ""),
@@ -323,6 +333,12 @@ def test_schema_offers_exactly_what_meshplane_reads() -> None:
     assert schema_properties("global") == (set(VALUES_FIELDS["global"]) - {"hub", "tag"})
     assert schema_properties("meshConfig", "defaultConfig") == set(validate.PROXY_CONFIG_FIELDS)
     assert schema_properties("meshConfig") <= set(MESH_FIELDS)
+
+
+def test_schema_offers_the_interception_modes_meshplane_supports() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    for where in (schema["global"]["properties"]["proxy"], schema["meshConfig"]["properties"]["defaultConfig"]):
+        assert tuple(where["properties"]["interceptionMode"]["enum"]) == validate.INTERCEPTION_MODES
 
 
 def test_default_tag_and_chart_version_are_the_project_version() -> None:

@@ -60,7 +60,10 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         ("traffic.sidecar.istio.io/includeInboundPorts", "²", "not a port number"),
         ("readiness.status.sidecar.istio.io/periodSeconds", "²", "from 1 to 2147483647"),
         ("proxy.istio.io/config", 'drainDuration: "\u0664\u0665s"', "drainDuration: must be a duration"),
-        ("sidecar.istio.io/interceptionMode", "redirect", "use one of REDIRECT, TPROXY, NONE"),
+        ("sidecar.istio.io/interceptionMode", "redirect", "use one of REDIRECT, NONE"),
+        # Istio's third mode: meshplane's istio-init would refuse it and the pod never start
+        ("sidecar.istio.io/interceptionMode", "TPROXY", "TPROXY is not supported"),
+        ("proxy.istio.io/config", "interceptionMode: TPROXY", "interceptionMode: TPROXY is not supported"),
         ("sidecar.istio.io/rewriteAppHTTPProbers", "yes", 'use "true" or "false"'),
         ("sidecar.istio.io/nativeSidecar", "False", 'use "true" or "false"'),
         ("sidecar.istio.io/logLevel", "verbose", "use one of trace, debug"),
@@ -99,7 +102,7 @@ def init_args(out: dict[str, Any]) -> dict[str, str]:
         (
             "proxy.istio.io/config",
             "interceptionMode: IPTABLES",
-            "interceptionMode: must be one of REDIRECT, TPROXY, NONE",
+            "interceptionMode: must be one of REDIRECT, NONE",
         ),
         (
             "proxy.istio.io/config",
@@ -129,7 +132,7 @@ def test_invalid_annotation_is_rejected_naming_annotation_and_value(annotation: 
 
 def test_grpc_agent_with_a_traffic_interception_annotation_is_rejected() -> None:
     with pytest.raises(InjectionError, match="only NONE applies"):
-        inject({"inject.istio.io/templates": "grpc-agent", "sidecar.istio.io/interceptionMode": "TPROXY"})
+        inject({"inject.istio.io/templates": "grpc-agent", "sidecar.istio.io/interceptionMode": "REDIRECT"})
 
 
 def test_a_prometheus_port_that_is_not_a_number_is_left_to_the_agent_and_the_pod_is_injected() -> None:
@@ -238,9 +241,10 @@ def test_rewrite_disabled_and_merge_disabled_leave_probes_and_prometheus_alone()
     assert not any(key.startswith("prometheus.io/") for key in out["metadata"]["annotations"])
 
 
-def test_tproxy_gives_the_proxy_net_admin() -> None:
-    out = inject({"sidecar.istio.io/interceptionMode": "TPROXY"})
-    security = proxy(out)["securityContext"]
-    assert security["capabilities"]["add"] == ["NET_ADMIN"]
-    assert init_args(out)["-m"] == "TPROXY"
-    assert {"name": "ISTIO_META_INTERCEPTION_MODE", "value": "TPROXY"} in proxy(out)["env"]
+def test_the_proxy_runs_unprivileged_in_both_interception_modes() -> None:
+    for mode in ("REDIRECT", "NONE"):
+        out = inject({"sidecar.istio.io/interceptionMode": mode})
+        security = proxy(out)["securityContext"]
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert (security["runAsNonRoot"], security["runAsUser"]) == (True, 1337)
+        assert {"name": "ISTIO_META_INTERCEPTION_MODE", "value": mode} in proxy(out)["env"]

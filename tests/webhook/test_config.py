@@ -73,7 +73,7 @@ alwaysInjectSelector:
       "excludeOutboundPorts": "25",
       "logLevel": "info",
       "componentLogLevel": "misc:warning",
-      "interceptionMode": "TPROXY"
+      "interceptionMode": "NONE"
     },
     "proxy_init": {"image": "registry.example.com/other/init:9"}
   },
@@ -102,7 +102,7 @@ alwaysInjectSelector:
         "25",
     )
     assert (config.proxy_log_level, config.proxy_component_log_level) == ("info", "misc:warning")
-    assert config.interception_mode == "TPROXY"
+    assert config.interception_mode == "NONE"
     assert not config.native_sidecar and not config.rewrite_app_probes and not config.enable_prometheus_merge
     assert dict(config.proxy_config) == {"concurrency": 2}
 
@@ -190,6 +190,20 @@ def test_mesh_fields_for_other_components_are_accepted() -> None:
             "values",
             "sidecarInjectorWebhook.nativeSidecar",
             "must be true or false",
+        ),
+        (
+            {"values": "global: {proxy: {interceptionMode: TPROXY}}"},
+            None,
+            "values",
+            "global.proxy.interceptionMode",
+            "TPROXY is not supported",
+        ),
+        (
+            None,
+            {"mesh": "defaultConfig: {interceptionMode: TPROXY}"},
+            "mesh",
+            "defaultConfig",
+            "interceptionMode: TPROXY is not supported",
         ),
         ({"template": "x"}, None, "template", "", "unknown key in the injector ConfigMap"),
         (None, {"mesh": "trustDomian: x"}, "mesh", "trustDomian", "did you mean 'trustDomain'?"),

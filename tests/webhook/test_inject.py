@@ -479,7 +479,7 @@ def test_injection_is_idempotent_and_its_patch_applies(p: dict[str, Any]) -> Non
     p = json.loads(json.dumps(p))  # a JSON document has no shared sub-objects
     try:
         once = inject(p)
-    except InjectionError as exc:  # grpc-agent with a TPROXY annotation is a documented rejection
+    except InjectionError as exc:  # TPROXY, and grpc-agent with REDIRECT, are documented rejections
         assert exc.annotation == "sidecar.istio.io/interceptionMode"
         return
     assert inject(once) == once

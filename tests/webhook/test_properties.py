@@ -76,7 +76,7 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
             {},
             optional={
                 "sidecar.istio.io/nativeSidecar": st.sampled_from(["true", "false"]),
-                "sidecar.istio.io/interceptionMode": st.sampled_from(["REDIRECT", "TPROXY", "NONE"]),
+                "sidecar.istio.io/interceptionMode": st.sampled_from(["REDIRECT", "NONE"]),
                 "sidecar.istio.io/rewriteAppHTTPProbers": st.sampled_from(["true", "false"]),
                 "traffic.sidecar.istio.io/excludeOutboundPorts": st.sampled_from(["5432", "5432,6379"]),
                 "traffic.sidecar.istio.io/includeOutboundIPRanges": st.sampled_from(["*", "10.0.0.0/8"]),
@@ -311,8 +311,8 @@ _TRAFFIC = [
 _TRAFFIC_ITEMS = [
     *("80", "0", "1", "65535", "65536", "15001", "15006", "15020", "15090", "*", "", " 80", "80-90", "-1"),
     *("10.0.0.0/8", "10.0.0.1/32", "0.0.0.0/0", "::/0", "fd00::/8", "fd00::1/128", "10.0.0.1", "fe80::%eth0/64"),
-    *("eth0", "net1", "a b", "REDIRECT", "NONE", "redirect"),
-]  # not TPROXY: the injector admits it (as Istio's does), and meshplane's istio-init refuses it (known, open)
+    *("eth0", "net1", "a b", "REDIRECT", "NONE", "TPROXY", "redirect"),
+]
 traffic_values = st.lists(st.sampled_from(_TRAFFIC_ITEMS), min_size=1, max_size=4).map(",".join)
 
 
