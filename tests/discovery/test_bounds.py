@@ -36,6 +36,7 @@ from discovery.connection import (
     Connection,
     LogThrottle,
     StreamLimits,
+    Watched,
     canonical,
     generating,
     reading,
@@ -438,6 +439,10 @@ def live_requests() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, DiscoveryRequest))
 
 
+def acked_all(watched: dict[str, Watched]) -> bool:
+    return len(watched) == 4 and all(w.nonce_acked == w.nonce_sent for w in watched.values())
+
+
 async def idle_streams(xds: XdsHarness, count: int) -> tuple[int, int, int]:
     """Objects the collector tracks in this process while `count` idle streams from another process are
     open, and after they are gone; and the requests alive while they are open."""
@@ -455,6 +460,9 @@ async def idle_streams(xds: XdsHarness, count: int) -> tuple[int, int, int]:
         async with asyncio.timeout(TIMEOUT):
             assert await clients.stdout.readline() == b"ready\n"
         assert len(xds.service.streams) == count
+        # The clients say ready once they have sent their last ACKs; the server may not have read them yet.
+        await until(lambda: all(acked_all(stream.conn.watched) for stream in xds.service.streams.values()))
+        await asyncio.sleep(0.05)  # the handler that recorded the last ACK returns to its wait
         during, requests = tracked(), live_requests()
         clients.stdin.close()
         async with asyncio.timeout(TIMEOUT):
