@@ -142,6 +142,25 @@ def ip_network(text: str) -> IPNetwork:
         raise ValueError(f"{text!r} is not a CIDR (examples: 10.0.0.0/8, fd00::/8)") from None
 
 
+# Kubernetes' object names (apimachinery's validation): lowercase DNS-1123 labels (namespaces),
+# DNS-1035 labels (Services) and DNS-1123 subdomains (service accounts, pods, ConfigMaps, ...).
+K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+K8S_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_MAX = 63
+SUBDOMAIN_MAX = 253
+LABEL_RULE = (
+    "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit; at most 63)"
+)
+DNS1035_RULE = (
+    "a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit; "
+    "at most 63)"
+)
+SUBDOMAIN_RULE = (
+    "a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending "
+    "with a letter or digit; at most 253)"
+)
+
 _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 

@@ -422,6 +422,8 @@ def _templates(r: _Reader, value: Any) -> TemplateSet:
 def _try_templates(config: InjectionConfig, *, user: list[str]) -> None:
     """Inject a sample pod with each user template after the defaults, then with the defaults."""
     from webhook.sample import try_injection  # the sample injects, and injection imports this module
+    from webhook.sidecarcheck import SidecarWouldNotStart
+    from webhook.strip import PROXY
 
     defaults = tuple(config.default_templates)
     trials = [
@@ -430,7 +432,16 @@ def _try_templates(config: InjectionConfig, *, user: list[str]) -> None:
     ]
     trials.append((defaults, "defaultTemplates"))
     for names, where in trials:
-        problem = try_injection(config, templates=names)
+        try:
+            problem = try_injection(config, templates=names)
+        except SidecarWouldNotStart as exc:
+            if exc.variable:  # the sample pod has no annotations: the mesh's defaultConfig set it
+                raise ConfigError(
+                    key="mesh",
+                    field=f"defaultConfig.proxyMetadata.{exc.variable}",
+                    problem=f"the injected {PROXY} container would not start: {exc.problem}",
+                ) from None
+            problem = str(exc)
         if problem is not None:
             raise ConfigError(
                 key="config", field=where, problem=f"injecting a sample pod with {','.join(names)} fails: {problem}"

@@ -52,6 +52,7 @@ from webhook.config import InjectionConfig
 from webhook.merge import apply_fragment, combine, strategic_merge
 from webhook.options import A_SCRAPE_TARGETS, PROXY_UID, Options, read_options
 from webhook.probes import PROBERS_ENV, rewrite
+from webhook.sidecarcheck import check_sidecar
 from webhook.strip import INIT, PROMETHEUS_ENV, PROMETHEUS_KEYS, PROXY, STATUS, strip
 from webhook.templates import TemplateError
 from webhook.validate import InjectionError, InvalidPod
@@ -407,6 +408,7 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[s
         if container["name"] == PROXY and "restartPolicy" not in container:
             container["restartPolicy"] = "Always"
     _place(spec, hold=o.hold)
+    check_sidecar(pod, namespace=params.namespace, proxy_metadata=o.proxy_config.get("proxyMetadata") or {})
 
     status: dict[str, Any] = {
         key: [name for name in _names(spec.get(key)) if name not in before[key]] or None

@@ -5,7 +5,8 @@ named port, an HTTP readiness probe and a TCP liveness probe) injects without er
 default templates, and with each user template after them, and if the result is a pod Kubernetes
 would accept as far as templates can break it: every container has an image, every volume mount
 names a volume of the pod, no two containers or volumes share a name; injecting the result again
-must change nothing.
+must change nothing. The injected `istio-proxy` container must be one the agent starts with
+(`webhook.sidecarcheck`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from webhook.config import InjectionConfig
 from webhook.inject import InjectionParams, inject_pod
+from webhook.sidecarcheck import SidecarWouldNotStart
 from webhook.templates import render_deadline
 from webhook.validate import InjectionError, InvalidPod
 
@@ -87,6 +89,8 @@ def try_injection(config: InjectionConfig, *, templates: Sequence[str]) -> str |
             problem = _problems(injected)
             if problem is None and inject_pod(copy.deepcopy(injected), params) != injected:
                 problem = "injecting the injected pod again changes it"
+    except SidecarWouldNotStart:
+        raise
     except (InjectionError, InvalidPod) as exc:
         return str(exc)
     return problem

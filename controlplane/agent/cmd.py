@@ -15,8 +15,8 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from controlplane import logs
 from controlplane.agent import hooks
@@ -24,6 +24,7 @@ from controlplane.agent.options import (
     DEFAULT_DISCOVERY,
     KEY_ALGORITHMS,
     STATUS_PORT,
+    AgentOptions,
     OptionsError,
     from_args,
 )
@@ -37,6 +38,11 @@ _DESCRIPTION = (
 )
 
 
+# The flags that default to an environment variable: dest -> (flag, variable, default). Parsing leaves
+# them None when not given; `with_environment` then reads them from the environment the agent runs in.
+ENV_FLAGS: dict[str, tuple[str, str, str | None]] = {}
+
+
 def _flag(
     p: argparse.ArgumentParser,
     flag: str,
@@ -48,11 +54,57 @@ def _flag(
     **kw: Any,
 ) -> None:
     """One agent flag; `keep_earlier` (on the `proxy` subcommand) keeps a value given before the subcommand."""
-    value = os.environ.get(env, default) if env else default
+    value = None if env else default
     source = f"env {env}; " if env else ""
+    if env:
+        ENV_FLAGS[kw.get("dest") or flag.lstrip("-").replace("-", "_")] = (flag, env, default)
     if keep_earlier:
         value = argparse.SUPPRESS
     p.add_argument(flag, default=value, help=f"{help} [{source}default {default!r}]", **kw)
+
+
+def with_environment(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
+    """`args` with each flag not given on the command line read from its variable in `env`, else its
+    default. Raises OptionsError for a log level or format that is not one of the choices."""
+    for dest, (_, name, default) in ENV_FLAGS.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, env.get(name, default))
+    for dest, choices in (("log_level", logs.LEVELS), ("log_format", logs.FORMATS)):
+        flag, name, _ = ENV_FLAGS[dest]
+        if getattr(args, dest) not in choices:
+            value = getattr(args, dest)
+            raise OptionsError(f"{flag} (env {name}): {value!r} is not one of {', '.join(choices)}")
+    return args
+
+
+class _Refusing(argparse.ArgumentParser):
+    """A parser that raises OptionsError where argparse would print and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise OptionsError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise OptionsError(message or f"the command would exit with status {status} (help)")
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        pass
+
+
+@functools.cache
+def _refusing_parser() -> argparse.ArgumentParser:
+    parser = _Refusing(prog="pilot-agent")
+    configure(parser)
+    return parser
+
+
+def options_for(argv: Sequence[str], env: Mapping[str, str]) -> AgentOptions:
+    """The options `pilot-agent argv` starts with in the environment `env` alone (this process's own
+    plays no part): what the injector checks an injected sidecar with. Raises OptionsError for what
+    the agent would exit 2 on, and for a subcommand that is not the agent itself."""
+    args = _refusing_parser().parse_args(list(argv))
+    if args.func is not _run:
+        raise OptionsError(f"{argv[0]!r} does not run the agent")
+    return from_args(with_environment(args, env), env)
 
 
 def add_parser(sub: Any) -> None:
@@ -123,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     from controlplane.agent.run import run
 
     try:
-        options = from_args(args, os.environ)
+        options = from_args(with_environment(args, os.environ), os.environ)
     except OptionsError as exc:
         print(f"meshplane agent: {exc}", file=sys.stderr)
         return 2

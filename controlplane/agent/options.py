@@ -9,13 +9,25 @@ from __future__ import annotations
 import ipaddress
 import json
 import pathlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.jsontext import MAX_ENV_JSON_DEPTH, load_json
-from controlplane.literals import INT32_MAX, boolean, duration, host_port, ip_address, natural
+from controlplane.literals import (
+    INT32_MAX,
+    K8S_LABEL,
+    K8S_SUBDOMAIN,
+    LABEL_MAX,
+    LABEL_RULE,
+    SUBDOMAIN_MAX,
+    SUBDOMAIN_RULE,
+    boolean,
+    duration,
+    host_port,
+    ip_address,
+    natural,
+)
 
 DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
@@ -25,7 +37,6 @@ INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
 STATUS_PORT = 15020
 ADMIN_PORT = 15000
 DEFAULT_CONCURRENCY = 2
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class OptionsError(ValueError):
@@ -110,9 +121,14 @@ def _host_port(text: str, *, name: str) -> str:
     return text.strip()
 
 
-def _dns_label(text: str, *, name: str) -> str:
-    if not _DNS_LABEL.fullmatch(text):
-        raise OptionsError(f"{name}: {text!r} is not a Kubernetes name (lowercase letters, digits, '-', at most 63)")
+def _kube_name(text: str, *, name: str, subdomain: bool = False) -> str:
+    """A namespace name (a DNS-1123 label) or, with `subdomain`, a service account name, as Kubernetes
+    and the CA take them."""
+    pattern, limit, rule = (
+        (K8S_SUBDOMAIN, SUBDOMAIN_MAX, SUBDOMAIN_RULE) if subdomain else (K8S_LABEL, LABEL_MAX, LABEL_RULE)
+    )
+    if len(text) > limit or not pattern.fullmatch(text):
+        raise OptionsError(f"{name}: {text!r} is not {rule}")
     return text
 
 
@@ -192,8 +208,10 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
                         args.pod_namespace), ("--instance-ip (env INSTANCE_IP)", args.instance_ip)):  # fmt: skip
         if not value:
             raise OptionsError(f"{flag} is required")
-    namespace = _dns_label(args.pod_namespace, name="--pod-namespace (env POD_NAMESPACE)")
-    service_account = _dns_label(args.service_account or "default", name="--service-account (env SERVICE_ACCOUNT)")
+    namespace = _kube_name(args.pod_namespace, name="--pod-namespace (env POD_NAMESPACE)")
+    service_account = _kube_name(
+        args.service_account or "default", name="--service-account (env SERVICE_ACCOUNT)", subdomain=True
+    )
     drain_text = args.drain_duration or str(pc.get("terminationDrainDuration") or "5s")
     meta = node_meta(env)
     proxyless = meta.get("GENERATOR") == "grpc" or _env_boolean(env, "DISABLE_ENVOY", default=False)
@@ -201,7 +219,10 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
     if interception not in INTERCEPTION_MODES:
         raise OptionsError(f"env ISTIO_META_INTERCEPTION_MODE: {interception!r} is not one of REDIRECT, TPROXY, NONE")
     if args.key_algorithm not in KEY_ALGORITHMS:
-        raise OptionsError(f"--key-algorithm: {args.key_algorithm!r} is not one of {', '.join(KEY_ALGORITHMS)}")
+        raise OptionsError(
+            f"--key-algorithm (env MESHPLANE_KEY_ALGORITHM): {args.key_algorithm!r} is not one of "
+            f"{', '.join(KEY_ALGORITHMS)}"
+        )
     if args.node_type not in NODE_TYPES:
         raise OptionsError(f"proxy type {args.node_type!r} is not sidecar or router")
     status_port = natural(str(args.status_port).strip())
@@ -226,7 +247,7 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
         key_algorithm=args.key_algorithm,
         cert_ttl=parse_duration(args.cert_ttl, name="--cert-ttl (env SECRET_TTL)"),
         loopback_address=_ip(args.loopback_address, name="--loopback-address (env ISTIO_META_LOOPBACK_ADDRESS)"),
-        bind_address=_ip(args.bind_address, name="--bind-address"),
+        bind_address=_ip(args.bind_address, name="--bind-address (env MESHPLANE_BIND_ADDRESS)"),
         envoy=args.envoy or None,
         drain_duration=parse_duration(
             drain_text, name="--drain-duration (PROXY_CONFIG terminationDrainDuration)", zero=True

@@ -14,26 +14,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from controlplane.literals import (
+    DNS1035_RULE,
+    K8S_DNS1035,
+    K8S_LABEL,
+    K8S_SUBDOMAIN,
+    LABEL_MAX,
+    LABEL_RULE,
+    SUBDOMAIN_MAX,
+    SUBDOMAIN_RULE,
+)
 from controlplane.model.fields import ObjectError
-
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-LABEL_MAX = 63
-SUBDOMAIN_MAX = 253
-
-LABEL_RULE = (
-    "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit; at most 63)"
-)
-DNS1035_RULE = (
-    "a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit; "
-    "at most 63)"
-)
-SUBDOMAIN_RULE = (
-    "a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending "
-    "with a letter or digit; at most 253)"
-)
 
 
 def _check(value: Any, field: str, pattern: re.Pattern[str], limit: int, rule: str) -> str:
@@ -47,17 +38,17 @@ def _check(value: Any, field: str, pattern: re.Pattern[str], limit: int, rule: s
 
 def dns1123_label(value: Any, *, field: str) -> str:
     """`value` if it is a DNS-1123 label (namespace names); else ObjectError naming `field`."""
-    return _check(value, field, _LABEL, LABEL_MAX, LABEL_RULE)
+    return _check(value, field, K8S_LABEL, LABEL_MAX, LABEL_RULE)
 
 
 def dns1035_label(value: Any, *, field: str) -> str:
     """`value` if it is a DNS-1035 label (Service names: a DNS-1123 label starting with a letter)."""
-    return _check(value, field, _DNS1035, LABEL_MAX, DNS1035_RULE)
+    return _check(value, field, K8S_DNS1035, LABEL_MAX, DNS1035_RULE)
 
 
 def dns1123_subdomain(value: Any, *, field: str) -> str:
     """`value` if it is a DNS-1123 subdomain (ServiceAccount, Pod, ConfigMap, EndpointSlice names)."""
-    return _check(value, field, _SUBDOMAIN, SUBDOMAIN_MAX, SUBDOMAIN_RULE)
+    return _check(value, field, K8S_SUBDOMAIN, SUBDOMAIN_MAX, SUBDOMAIN_RULE)
 
 
 def namespace_name(value: Any, *, field: str = "namespace") -> str:

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from controlplane.agent.bootstrap import render, write
+from controlplane.agent.cmd import options_for
 from controlplane.agent.options import OptionsError, delta_xds, parse_duration
 from tests.agent.conftest import ENVOY, params
-from tests.helpers.injected import DOWNWARD, options_from
+from tests.helpers.injected import DOWNWARD
 
 SAN = "istiod.istio-system.svc"
 
@@ -251,11 +252,17 @@ def test_zero_is_a_duration_only_where_it_means_something() -> None:
         ([], {"PROXY_CONFIG": '{"concurrency": 99999999999}'}, "PROXY_CONFIG concurrency: 99999999999 is not a"),
         ([], {"PROXY_CONFIG": '{"concurrency": "two"}'}, 'PROXY_CONFIG concurrency: "two" is not a whole number'),
         (["--cert-ttl", "9" * 400 + "h"], {}, "--cert-ttl (env SECRET_TTL): '999"),  # float() reads it as infinity
+        # argparse checks the choices of a flag given, not of a default read from the environment: a traceback
+        ([], {"MESHPLANE_LOG_LEVEL": "loud"}, "--log-level (env MESHPLANE_LOG_LEVEL): 'loud' is not one of debug"),
+        ([], {"MESHPLANE_KEY_ALGORITHM": "dsa"}, "--key-algorithm (env MESHPLANE_KEY_ALGORITHM): 'dsa' is not"),
+        (["--log-level", "loud"], {}, "argument --log-level: invalid choice: 'loud'"),
+        (["proxy", "sidecar", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["wait"], {}, "'wait' does not run the agent"),
     ],
 )
 def test_bad_options_are_refused_naming_the_field(args: list[str], env: dict[str, str], message: str) -> None:
     """In-process, as `meshplane agent` reads them before it prints the error and exits 2
     (`tests/agent/test_agent_process.py` runs that path)."""
     with pytest.raises(OptionsError) as caught:
-        options_from(args, {**DOWNWARD, **env})
+        options_for(args, {**DOWNWARD, **env})
     assert message in str(caught.value)

@@ -5,6 +5,8 @@ discovery address, termination drain duration and worker count, and its `proxyMe
 environment variables, such as the booleans ISTIO_DELTA_XDS and DISABLE_ENVOY. Before both read them one way, the
 webhook let `500us`, `-5s`, `9999999999h` and 99999999999 workers through and the sidecar then
 refused to start (or started an Envoy that refused its flags): a pod admitted that never became ready.
+`proxyMetadata` may set any of the agent's variables; the injector checks the container with the
+agent's own reader (`webhook.sidecarcheck`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from tests.helpers.injected import agent_options
 from tests.helpers.injector import DEFAULT_PARAMS
 from webhook.inject import InjectionError, inject_pod
+from webhook.sidecarcheck import SidecarWouldNotStart
 
 _UNITS = ["ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h"]
 durations = st.one_of(
@@ -48,7 +51,25 @@ addresses = st.one_of(
 )
 # Istio's agent reads its boolean variables with Go's strconv.ParseBool.
 go_booleans = st.sampled_from(["1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"])
-metadata = st.fixed_dictionaries({}, optional={"ISTIO_DELTA_XDS": go_booleans, "DISABLE_ENVOY": go_booleans})
+short_text = st.text(max_size=8)
+# Any of the agent's own variables, which proxyMetadata may set: good values and anything at all.
+metadata = st.fixed_dictionaries(
+    {},
+    optional={
+        "ISTIO_DELTA_XDS": go_booleans | short_text,
+        "DISABLE_ENVOY": go_booleans | short_text,
+        "SECRET_TTL": durations,
+        "CA_ADDR": addresses,
+        "INSTANCE_IP": st.sampled_from(["10.1.2.3", "fd00::1", "fe80::1%eth0", "10.1.2"]) | short_text,
+        "POD_NAMESPACE": st.sampled_from(["shop", "Shop", "a" * 64]) | short_text,
+        "SERVICE_ACCOUNT": st.sampled_from(["web", "web_1", ""]) | short_text,
+        "MESHPLANE_STATUS_PORT": workers.map(str),
+        "MESHPLANE_LOG_LEVEL": st.sampled_from(["debug", "info", "trace"]) | short_text,
+        "MESHPLANE_KEY_ALGORITHM": st.sampled_from(["ecdsa-p256", "rsa-2048", "rsa-1024"]) | short_text,
+        "ISTIO_META_LOOPBACK_ADDRESS": st.sampled_from(["127.0.0.1", "::1", "localhost"]) | short_text,
+        "PROXY_CONFIG": st.sampled_from(["{}", "[]", '{"concurrency": -1}']) | short_text,
+    },
+)
 proxy_configs = st.fixed_dictionaries(
     {},
     optional={
@@ -98,6 +119,9 @@ def test_a_proxy_config_the_injector_admits_is_one_the_agent_starts_with(config:
     }
     try:
         injected = inject_pod(copy.deepcopy(pod), DEFAULT_PARAMS)
+    except SidecarWouldNotStart as exc:
+        assert exc.variable in config["proxyMetadata"], exc
+        return
     except InjectionError as exc:
         assert exc.annotation == "proxy.istio.io/config"
         return

@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import os
-import re
 from typing import Any
-from unittest import mock
 
-from controlplane.agent.cmd import configure
-from controlplane.agent.options import AgentOptions, from_args
+from controlplane.agent.cmd import options_for
+from controlplane.agent.options import AgentOptions
 from controlplane.cli import main
+from webhook.sidecarcheck import container_environment, expand
 
 # What the kubelet gives the injected container from the downward API.
 DOWNWARD = {"POD_NAME": "web-0", "POD_NAMESPACE": "shop", "INSTANCE_IP": "10.1.2.3", "SERVICE_ACCOUNT": "web"}
+FIELDS = {"metadata.name": "web-0", "metadata.namespace": "shop", "status.podIP": "10.1.2.3",
+          "spec.serviceAccountName": "web", "status.hostIP": "10.1.0.1", "spec.nodeName": "node-1"}  # fmt: skip
 
 
 def container(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -29,18 +28,8 @@ def agent_options(pod: dict[str, Any]) -> AgentOptions:
     (the agent's exit 2) for what it cannot start with."""
     proxy = container(pod, "istio-proxy")
     assert proxy is not None, "no istio-proxy container"
-    env = {e["name"]: e["value"] for e in proxy.get("env", []) if "value" in e} | DOWNWARD
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in proxy["args"]]
-    return options_from(args, env)
-
-
-def options_from(args: list[str], env: dict[str, str]) -> AgentOptions:
-    """The options `pilot-agent args` starts with in the environment `env` (and nothing else); raises
-    OptionsError (the agent's exit 2) for what it cannot start with."""
-    with mock.patch.dict(os.environ, env, clear=True):  # the flags' defaults come from the environment
-        parser = argparse.ArgumentParser(prog="pilot-agent")
-        configure(parser)
-        return from_args(parser.parse_args(args), env)
+    env = container_environment(proxy, FIELDS)
+    return options_for([expand(arg, env) for arg in proxy["args"]], env)
 
 
 def iptables_dry_run(pod: dict[str, Any]) -> tuple[int, str]:
