@@ -33,7 +33,7 @@ DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
 DEFAULT_ISTIOD_SAN = "istiod.istio-system.svc"
 KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048")
 NODE_TYPES = ("sidecar", "router")
-INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
+INTERCEPTION_MODES = ("REDIRECT", "NONE")  # not Istio's TPROXY: meshplane's istio-init has no TPROXY rules
 STATUS_PORT = 15020
 ADMIN_PORT = 15000
 DEFAULT_CONCURRENCY = 2
@@ -217,7 +217,10 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
     proxyless = meta.get("GENERATOR") == "grpc" or _env_boolean(env, "DISABLE_ENVOY", default=False)
     interception = str(meta.get("INTERCEPTION_MODE") or "REDIRECT")
     if interception not in INTERCEPTION_MODES:
-        raise OptionsError(f"env ISTIO_META_INTERCEPTION_MODE: {interception!r} is not one of REDIRECT, TPROXY, NONE")
+        unsupported = " (TPROXY is not supported)" if interception == "TPROXY" else ""
+        raise OptionsError(
+            f"env ISTIO_META_INTERCEPTION_MODE: {interception!r} is not one of REDIRECT, NONE{unsupported}"
+        )
     if args.key_algorithm not in KEY_ALGORITHMS:
         raise OptionsError(
             f"--key-algorithm (env MESHPLANE_KEY_ALGORITHM): {args.key_algorithm!r} is not one of "

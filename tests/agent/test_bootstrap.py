@@ -258,6 +258,8 @@ def test_zero_is_a_duration_only_where_it_means_something() -> None:
         (["--log-level", "loud"], {}, "argument --log-level: invalid choice: 'loud'"),
         (["proxy", "sidecar", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
         (["wait"], {}, "'wait' does not run the agent"),
+        # meshplane's istio-init has no TPROXY rules, and the inbound listener is not transparent
+        ([], {"ISTIO_META_INTERCEPTION_MODE": "TPROXY"}, "'TPROXY' is not one of REDIRECT, NONE (TPROXY is not"),
     ],
 )
 def test_bad_options_are_refused_naming_the_field(args: list[str], env: dict[str, str], message: str) -> None:
