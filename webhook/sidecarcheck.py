@@ -21,6 +21,7 @@ from typing import Any
 
 from controlplane.agent.cmd import options_for
 from controlplane.agent.options import OptionsError
+from controlplane.literals import K8S_SUBDOMAIN, SUBDOMAIN_MAX
 from webhook.strip import PROXY
 from webhook.validate import InjectionError
 
@@ -52,11 +53,13 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 
 def _downward(pod: Mapping[str, Any], namespace: str) -> dict[str, str]:
-    spec = pod.get("spec") or {}
+    account = (pod.get("spec") or {}).get("serviceAccountName")
+    if not isinstance(account, str) or len(account) > SUBDOMAIN_MAX or not K8S_SUBDOMAIN.fullmatch(account):
+        account = "default"  # the API server refuses the pod itself, naming the field
     return {
         "metadata.name": "pod",  # often not known yet at admission; any name the API server takes will do
         "metadata.namespace": namespace,
-        "spec.serviceAccountName": str(spec.get("serviceAccountName") or "default"),
+        "spec.serviceAccountName": account,
         "spec.nodeName": "node",
         "status.podIP": "10.0.0.1",
         "status.hostIP": "10.0.0.2",

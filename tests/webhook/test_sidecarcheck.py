@@ -108,3 +108,10 @@ def test_a_service_account_with_dots_which_kubernetes_allows_gets_a_sidecar_that
     assert options.identity == "spiffe://cluster.local/ns/shop/sa/web.v1"
     with pytest.raises(OptionsError, match=r"'web\.V1' is not a DNS-1123 subdomain"):
         options_for([], {**DOWNWARD, "SERVICE_ACCOUNT": "web.V1"})
+
+
+def test_a_service_account_the_api_server_refuses_is_left_to_it() -> None:
+    """The API server validates the pod after admission, naming `spec.serviceAccountName`; the
+    injector does not blame its template for it."""
+    admission = default_injector().admit(pod(serviceAccountName="Web"), namespace="shop")
+    assert admission.allowed, admission.error
