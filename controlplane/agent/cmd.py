@@ -16,7 +16,7 @@ import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from controlplane import logs
 from controlplane.agent import hooks
@@ -28,6 +28,7 @@ from controlplane.agent.options import (
     OptionsError,
     from_args,
 )
+from controlplane.quietparse import ArgumentsRefused, QuietParser
 
 _DESCRIPTION = (
     "Run the sidecar agent of one workload: get its certificate from the CA and rotate it, serve it to "
@@ -77,22 +78,9 @@ def with_environment(args: argparse.Namespace, env: Mapping[str, str]) -> argpar
     return args
 
 
-class _Refusing(argparse.ArgumentParser):
-    """A parser that raises OptionsError where argparse would print and exit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise OptionsError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise OptionsError(message or f"the command would exit with status {status} (help)")
-
-    def _print_message(self, message: str, file: Any = None) -> None:
-        pass
-
-
 @functools.cache
-def _refusing_parser() -> argparse.ArgumentParser:
-    parser = _Refusing(prog="pilot-agent")
+def _quiet_parser() -> argparse.ArgumentParser:
+    parser = QuietParser(prog="pilot-agent")
     configure(parser)
     return parser
 
@@ -101,7 +89,10 @@ def options_for(argv: Sequence[str], env: Mapping[str, str]) -> AgentOptions:
     """The options `pilot-agent argv` starts with in the environment `env` alone (this process's own
     plays no part): what the injector checks an injected sidecar with. Raises OptionsError for what
     the agent would exit 2 on, and for a subcommand that is not the agent itself."""
-    args = _refusing_parser().parse_args(list(argv))
+    try:
+        args = _quiet_parser().parse_args(list(argv))
+    except ArgumentsRefused as exc:
+        raise OptionsError(str(exc)) from None
     if args.func is not _run:
         raise OptionsError(f"{argv[0]!r} does not run the agent")
     return from_args(with_environment(args, env), env)

@@ -13,12 +13,14 @@ permitted or refusing the change (the table is left as it was).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from controlplane.iptables.apply import Iptables, IptablesError, cleanup, install
-from controlplane.iptables.rules import FLAGS, OptionError, RuleSet, build_rules, parse_options
+from controlplane.iptables.rules import FLAGS, CaptureOptions, RuleSet, build_rules, parse_options
+from controlplane.quietparse import QuietParser
 
 PROGRAM = "istio-iptables"
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal", "none")  # Istio's, quietest last
@@ -115,6 +117,11 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
+    configure(p)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """Make `p` the parser of `meshplane iptables` (its values joined to their options: `attach_values`)."""
     p.add_argument("program", nargs="?", metavar=PROGRAM, help="accepted and ignored (the injected container's args)")
     for field_name, (aliases, default, metavar, text) in _OPTIONS.items():
         p.add_argument(
@@ -158,13 +165,32 @@ def log_level(text: str) -> str:
     return level
 
 
+def _read(args: argparse.Namespace) -> tuple[str, CaptureOptions]:
+    """The log level and the capture options of parsed flags. Raises ValueError (OptionError among
+    them) naming the flag."""
+    if args.program not in (None, PROGRAM):
+        raise ValueError(f"unexpected argument {args.program!r}: the only positional argument allowed is {PROGRAM}")
+    return log_level(args.log_output_level), parse_options(**{name: getattr(args, name) for name in _OPTIONS})
+
+
+@functools.cache
+def _quiet_parser() -> argparse.ArgumentParser:
+    parser = QuietParser(prog="istio-iptables", allow_abbrev=False)
+    configure(parser)
+    return parser
+
+
+def options_for(argv: Sequence[str]) -> CaptureOptions:
+    """The capture options `meshplane iptables argv` runs with (argv: the `istio-init` container's
+    args): what the injector checks the container it writes with. Raises ValueError with the
+    message the command would exit 2 with."""
+    return _read(_quiet_parser().parse_args(attach_values(argv)))[1]
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.program not in (None, PROGRAM):
-            raise ValueError(f"unexpected argument {args.program!r}: the only positional argument allowed is {PROGRAM}")
-        level = log_level(args.log_output_level)
-        options = parse_options(**{field_name: getattr(args, field_name) for field_name in _OPTIONS})
-    except (OptionError, ValueError) as exc:
+        level, options = _read(args)
+    except ValueError as exc:
         print(f"meshplane iptables: {exc}", file=sys.stderr)
         return 2
     say = _Say(level)

@@ -115,3 +115,30 @@ def test_a_service_account_the_api_server_refuses_is_left_to_it() -> None:
     injector does not blame its template for it."""
     admission = default_injector().admit(pod(serviceAccountName="Web"), namespace="shop")
     assert admission.allowed, admission.error
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["istio-iptables", "-p", "15001", "-b", "70000"], "70000"),
+        (["istio-iptables", "-p", "15001", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["iptables-setup", "-p", "15001"], "unexpected argument 'iptables-setup'"),
+    ],
+)
+def test_a_template_that_writes_istio_init_args_it_refuses_is_refused_at_load(args: list[str], problem: str) -> None:
+    template = json.dumps({"spec": {"initContainers": [{"name": "istio-init", "args": args}]}})
+    injector = {"config": json.dumps({"templates": {"init": template}, "defaultTemplates": ["sidecar", "init"]})}
+    with pytest.raises(ConfigError) as caught:
+        parse_injection_config(injector=injector, mesh=None)
+    assert (caught.value.key, caught.value.field) == ("config", "templates.init")
+    message = str(caught.value)
+    assert "the injected istio-init container would not start: " in message
+    assert problem in message
+    assert message.endswith("(as the injection template writes it)")
+
+
+def test_an_istio_init_with_its_own_command_is_not_checked() -> None:
+    override = {"name": "istio-init", "image": "auto", "command": ["/bin/true"], "args": ["--no-such-flag"]}
+    injected = inject_pod(pod(initContainers=[override]), DEFAULT_PARAMS)
+    init = next(c for c in injected["spec"]["initContainers"] if c["name"] == "istio-init")
+    assert init["command"] == ["/bin/true"]
