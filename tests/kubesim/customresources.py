@@ -20,6 +20,7 @@ from typing import Any
 
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import ANY, METADATA, Schema
+from tests.kubesim.validation import go_lower
 
 Obj = dict[str, Any]
 
@@ -58,7 +59,7 @@ def resource_types(crd: Mapping[str, Any]) -> tuple[ResourceType, ...]:
             str(spec["group"]),
             str(version["name"]),
             str(names["plural"]),
-            str(names.get("singular") or kind.lower()),
+            str(names.get("singular") or go_lower(kind)),
             kind,
             namespaced=spec["scope"] == "Namespaced",
             short_names=tuple(str(n) for n in names.get("shortNames") or ()),

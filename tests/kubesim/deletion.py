@@ -35,7 +35,6 @@ from tests.kubesim.endpoints import (
     PROTOBUF,
     Clock,
     context,
-    dry_run,
     json_response,
     now_stamp,
     query_bool,
@@ -45,9 +44,9 @@ from tests.kubesim.endpoints import (
 from tests.kubesim.listwatch import Page, list_body
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
-from tests.kubesim.status import ApiError, bad_request, conflict, forbidden, not_found
+from tests.kubesim.status import ApiError, bad_request, conflict, forbidden, not_found, options_invalid
 from tests.kubesim.storage import Obj, Storage
-from tests.kubesim.validation import FieldErrors
+from tests.kubesim.validation import FieldErrors, go_string_slice
 
 UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
 PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
@@ -82,6 +81,8 @@ async def delete_options(request: web.Request) -> Obj:
         options.setdefault("propagationPolicy", query["propagationPolicy"])
     if "orphanDependents" in query:
         options.setdefault("orphanDependents", query_bool(request, "orphanDependents"))
+    if "dryRun" in query:
+        options.setdefault("dryRun", query.getall("dryRun"))
     check_delete_options(options)
     return options
 
@@ -96,11 +97,11 @@ def check_delete_options(options: Obj) -> None:
         errors.invalid("propagationPolicy", policy, "orphanDependents and deletionPropagation cannot be both set")
     if policy is not None and policy not in PROPAGATION_POLICIES:
         errors.not_supported("propagationPolicy", policy, [*PROPAGATION_POLICIES, "nil"])
+    dry = options.get("dryRun")
+    if dry is not None and (not isinstance(dry, list) or any(value != "All" for value in dry)):
+        errors.not_supported("dryRun", go_string_slice(dry), ["All"])
     if errors:
-        causes = errors.causes
-        listed = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
-        details = {"group": "meta.k8s.io", "kind": "DeleteOptions", "causes": [c.to_json() for c in causes]}
-        raise ApiError(422, f'DeleteOptions.meta.k8s.io "" is invalid: {listed}', details=details)
+        raise options_invalid("DeleteOptions", errors.causes)
 
 
 def deletion_finalizers(finalizers: list[str], options: Obj) -> list[str]:
@@ -188,7 +189,7 @@ class Deleter:
 
     async def delete(self, request: web.Request, resource: ResourceType, namespace: str, name: str) -> web.Response:
         options = await delete_options(request)
-        dry = dry_run(request) or bool(options.get("dryRun"))
+        dry = bool(options.get("dryRun"))
         obj = self._storage.get(resource, namespace, name)
         if obj is None:
             raise not_found(resource, name)
@@ -231,7 +232,7 @@ class Deleter:
             remaining_item_count=page.remaining_item_count,
         )
         options = await delete_options(request)
-        dry = dry_run(request) or bool(options.get("dryRun"))
+        dry = bool(options.get("dryRun"))
         for obj_listed in listed.objects:
             meta = obj_listed["metadata"]
             obj = self._storage.get(resource, meta.get("namespace", ""), meta["name"])

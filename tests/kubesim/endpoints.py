@@ -2,10 +2,11 @@
 
 What Kubernetes' endpoint handlers take from a request and how they answer (its `handlers`
 request scope, `negotiation` and `responsewriters`): the per-request options that reach the write
-path (`Context`: dryRun, fieldValidation, fieldManager, the caller), decoding a body (JSON, YAML,
-protobuf), label and field selectors, resourceVersion parameters, the Accept header's choice of
-object, Table or PartialObjectMetadata, and the JSON answers (objects, Tables, error Statuses and
-`Warning` headers). A request's warnings go to its recorder (`request_warnings`), which the server
+path (`Context`: dryRun, fieldValidation, fieldManager, the caller) and their checks
+(`check_write_options`: a 422 naming CreateOptions, UpdateOptions or PatchOptions), decoding a
+body (JSON, YAML, protobuf), label and field selectors, resourceVersion parameters, the Accept
+header's choice of object, Table or PartialObjectMetadata, and the JSON answers (objects, Tables,
+error Statuses and `Warning` headers). A request's warnings go to its recorder (`request_warnings`), which the server
 sends on whatever the request is answered with; boolean query parameters are read as the real
 server's parameter codec reads them (`query_bool`).
 """
@@ -31,9 +32,9 @@ from tests.kubesim.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from tests.kubesim.status import ApiError, bad_request
+from tests.kubesim.status import ApiError, bad_request, options_invalid
 from tests.kubesim.storage import Obj
-from tests.kubesim.validation import strict_json
+from tests.kubesim.validation import FieldErrors, go_len, go_string_slice, strict_json
 from tests.kubesim.warning import Recorder
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
@@ -44,6 +45,8 @@ PATCH_TYPES = (
     "application/strategic-merge-patch+json",
 )
 APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER_MAX_LENGTH = 128  # bytes (`FieldManagerMaxLength`)
+FIELD_VALIDATION_VALUES = ["", "Ignore", "Strict", "Warn"]
 
 Clock = Callable[[], datetime.datetime]
 WARNINGS_KEY: web.RequestKey[Recorder] = web.RequestKey("kubesim.warnings", Recorder)  # the request's recorder
@@ -68,18 +71,70 @@ def now_stamp(now: datetime.datetime) -> str:
 
 # -- what the request asks -----------------------------------------------------------------------
 def context(request: web.Request) -> Context:
-    mode = request.query.get("fieldValidation", "Warn") or "Warn"
-    if mode not in ("Ignore", "Warn", "Strict"):
-        raise bad_request(f'fieldValidation: Unsupported value: "{mode}": supported values: "Ignore", "Strict", "Warn"')
+    """The request's write context. The options of a create, update or patch are checked apart from it
+    (`check_write_options`), so they are taken here as they come."""
     user = request.get(admission.USER_KEY) or admission.ADMIN_USER
-    manager = request.query.get("fieldManager") or request.headers.get("User-Agent", "").split("/", 1)[0]
+    manager = request.query.get("fieldManager") or user_agent_manager(request.headers.get("User-Agent", ""))
     return Context(
         dry_run=dry_run(request),
-        field_validation=mode,
+        field_validation=request.query.get("fieldValidation") or "Warn",
         warnings=request_warnings(request),
         user=copy.deepcopy(user),
-        field_manager=manager[:128],
+        field_manager=manager,
     )
+
+
+def user_agent_manager(user_agent: str) -> str:
+    """The field manager of a write without `fieldManager` (`prefixFromUserAgent`): the User-Agent up to its
+    first '/', its unprintable characters dropped, cut at a character boundary to at most 128 bytes. Only this
+    derived name is cut; an explicit one that long is refused."""
+    kept: list[str] = []
+    size = 0
+    for char in user_agent.split("/", 1)[0]:
+        if not char.isprintable():
+            continue
+        size += go_len(char)
+        if size > FIELD_MANAGER_MAX_LENGTH:
+            break
+        kept.append(char)
+    return "".join(kept)
+
+
+def check_field_manager(errors: FieldErrors, manager: str) -> None:
+    """`ValidateFieldManager`: at most 128 bytes, and each character printable as Go's `unicode.IsPrint` has
+    it, an unprintable one named by its code point and byte offset."""
+    if go_len(manager) > FIELD_MANAGER_MAX_LENGTH:
+        errors.too_long("fieldManager", FIELD_MANAGER_MAX_LENGTH)
+    offset = 0
+    for char in manager:
+        if not char.isprintable():
+            errors.invalid("fieldManager", manager, f"invalid character U+{ord(char):04X} (at position {offset})")
+        offset += go_len(char)
+
+
+def check_write_options(request: web.Request, kind: str, *, patch_type: str = "") -> None:
+    """The query's options of a create, update or patch, checked as `ValidateCreateOptions`,
+    `ValidateUpdateOptions` and `ValidatePatchOptions` check them (`kind` names which): for a patch, `force`
+    only with apply and a `fieldManager` always with it; then the fieldManager, dryRun and fieldValidation.
+    Raises a 422 of `<kind>.meta.k8s.io ""` with every cause."""
+    query = request.query
+    errors = FieldErrors()
+    manager = query.get("fieldManager", "")
+    if kind == "PatchOptions":
+        if patch_type != APPLY_PATCH:
+            if "force" in query:
+                errors.forbidden("force", "may not be specified for non-apply patch")
+        elif not manager:
+            errors.required("fieldManager", "is required for apply patch")
+    check_field_manager(errors, manager)
+    dry = query.getall("dryRun", [])
+    if any(value != "All" for value in dry):
+        errors.not_supported("dryRun", go_string_slice(dry), ["All"])
+    mode = query.get("fieldValidation", "")
+    if mode not in FIELD_VALIDATION_VALUES:
+        errors.not_supported("fieldValidation", mode, FIELD_VALIDATION_VALUES)
+    if errors:
+        raise options_invalid(kind, errors.causes)
 
 
 def request_warnings(request: web.Request) -> Recorder:
@@ -103,11 +158,9 @@ def query_bool(request: web.Request, name: str) -> bool | None:
 
 
 def dry_run(request: web.Request) -> bool:
-    values = request.query.getall("dryRun", [])
-    for value in values:
-        if value != "All":
-            raise bad_request(f'Invalid dry run value: "{value}": supported values: "All"')
-    return bool(values)
+    """Whether a write is a dry run; its values were checked with the write's options
+    (`check_write_options`, `check_delete_options`)."""
+    return bool(request.query.getall("dryRun", []))
 
 
 def only_post(request: web.Request) -> None:
@@ -120,11 +173,15 @@ def unsupported_media(allowed: tuple[str, ...]) -> ApiError:
     return ApiError(415, f"the body of the request was in an unknown format - accepted media types include: {listed}")
 
 
-async def read_body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYPES) -> Any:
+async def read_body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYPES, options: str = "") -> Any:
+    """The decoded body. `options`, for a create, names the query's options (`CreateOptions`), which are
+    checked after the media type and before the body is decoded, as the create handler orders them."""
     ctype = request.content_type
     if ctype not in allowed:
         raise unsupported_media(allowed)
     raw = await request.read()
+    if options:
+        check_write_options(request, options)
     if ctype == PROTOBUF:
         try:
             return protobuf.decode(raw)

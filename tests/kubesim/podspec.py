@@ -21,6 +21,7 @@ from tests.kubesim.validation import (
     check_unique_name,
     config_key_problems,
     env_var_name_problems,
+    go_lower,
     go_pointer,
     go_quote,
     go_struct,
@@ -214,7 +215,8 @@ def _convert_field_label(version: str, label: str) -> tuple[str, str | None]:
 
 def _validate_env_field_ref(ref: Obj, path: str, errors: FieldErrors) -> None:
     """An env fieldRef: a version and a path the downward API converts, one an env var may use; a label or
-    annotation subscript must be a qualified name (`validateObjectFieldSelector`)."""
+    annotation subscript must be a qualified name, an annotation's once lowercased as Go lowercases it, and is
+    reported as written (`validateObjectFieldSelector`)."""
     version, field_path = ref.get("apiVersion"), ref.get("fieldPath")
     if not version:
         errors.required(f"{path}.apiVersion")
@@ -232,8 +234,8 @@ def _validate_env_field_ref(ref: Obj, path: str, errors: FieldErrors) -> None:
             errors.not_supported(f"{path}.fieldPath", label, _ENV_FIELD_PATHS)
         return
     base, key = subscripted
-    key = key.lower() if base == "metadata.annotations" else key
-    for name_problem in qualified_name_problems(key):
+    checked = go_lower(key) if base == "metadata.annotations" else key
+    for name_problem in qualified_name_problems(checked):
         errors.invalid(path, key, name_problem)
 
 

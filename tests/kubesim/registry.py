@@ -91,15 +91,17 @@ def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
 
 
 def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
-    """The object's metadata and `resource.validate`; on update also the uid and `resource.validate_update`,
-    after them or, for a kind whose server checks the update first (`update_checks_first`), before them."""
+    """The object's metadata (a new one's name also by the kind's `name_problems`) and `resource.validate`; on
+    update also the uid and `resource.validate_update`, after them or, for a kind whose server checks the
+    update first (`update_checks_first`), before them."""
     errors = FieldErrors()
     meta = obj["metadata"]
     name = str(meta.get("name") or "")
     first = resource.update_checks_first
     if old is not None and first:
         _validate_update(resource, obj, old, errors)
-    check_metadata(errors, obj, name_rule=resource.name_rule)
+    extra = resource.name_problems(obj) if resource.name_problems is not None and old is None else []
+    check_metadata(errors, obj, name_rule=resource.name_rule, name_problems=extra)
     if resource.validate is not None:
         resource.validate(obj, errors)
     if old is not None and not first:

@@ -32,10 +32,14 @@ from tests.kubesim.validation import (
     check_dns1035,
     check_endpoint_ip,
     check_fqdn,
+    check_fully_qualified_name,
     check_label,
     check_port,
     check_unique_name,
+    dns1035_problems,
+    go_lower,
     qualified_name_problems,
+    subdomain_problems,
 )
 
 Obj = dict[str, Any]
@@ -71,6 +75,8 @@ class ResourceType:
     kind: str
     namespaced: bool
     name_rule: str = "subdomain"  # subdomain | label | dns1035
+    # what else a new object's name must be, reported after the rule's problems (a CRD's: <plural>.<group>)
+    name_problems: Callable[[Obj], list[str]] | None = None
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     merge_keys: Mapping[str, str] = field(default_factory=dict)
@@ -632,9 +638,6 @@ def _validate_immutable_data(new: Obj, old: Obj, errors: FieldErrors) -> None:
             errors.forbidden("immutable", "field is immutable when `immutable` is set")
 
 
-_WEBHOOK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?){2,}$")
-
-
 _OPERATIONS = ["*", "CONNECT", "CREATE", "DELETE", "UPDATE"]
 
 
@@ -736,50 +739,51 @@ def _validate_validating_webhooks(obj: Obj, errors: FieldErrors) -> None:
 
 
 def _validate_webhooks(obj: Obj, errors: FieldErrors, *, mutating: bool) -> None:
+    """Each webhook in the order of `validate{Mutating,Validating}Webhook`: its name (`IsFullyQualifiedName`),
+    rules, policies, side effects, timeout, selectors, reinvocation policy (mutating only) and client config;
+    then its admissionReviewVersions, and last whether a webhook before it has its name, valid or not."""
     names: set[str] = set()
     for i, hook in enumerate(obj.get("webhooks") or []):
         hpath = f"webhooks[{i}]"
         if not isinstance(hook, dict):
             errors.invalid(hpath, hook, "must be an object")
             continue
-        name = hook.get("name")
-        if not name:
-            errors.required(f"{hpath}.name")
-        elif not _WEBHOOK_NAME.fullmatch(str(name)):
-            errors.invalid(f"{hpath}.name", name, "should be a domain with at least three segments separated by dots")
-        elif name in names:
-            errors.duplicate(f"{hpath}.name", name)
-        names.add(str(name))
+        name = str(hook.get("name") or "")
+        check_fully_qualified_name(errors, f"{hpath}.name", name)
+        _validate_webhook_rules(errors, f"{hpath}.rules", hook.get("rules") or [])
+        for field_name, allowed in (("failurePolicy", ["Fail", "Ignore"]), ("matchPolicy", ["Equivalent", "Exact"])):
+            value = hook.get(field_name)
+            if value is not None and value not in allowed:
+                errors.not_supported(f"{hpath}.{field_name}", value, allowed)
         side_effects = hook.get("sideEffects")
         if side_effects is None:
             errors.required(f"{hpath}.sideEffects", "must specify one of None, NoneOnDryRun")
         elif side_effects not in ("None", "NoneOnDryRun"):
             errors.not_supported(f"{hpath}.sideEffects", side_effects, ["None", "NoneOnDryRun"])
-        versions = hook.get("admissionReviewVersions")
-        if not versions:
-            errors.required(f"{hpath}.admissionReviewVersions", "must specify one of v1, v1beta1")
-        elif not any(v in ("v1", "v1beta1") for v in versions):
-            errors.invalid(f"{hpath}.admissionReviewVersions", versions, "must include at least one of v1, v1beta1")
-        client = hook.get("clientConfig") or {}
-        if bool(client.get("url")) == bool(client.get("service")):
-            errors.required(f"{hpath}.clientConfig", "exactly one of url or service is required")
-        _validate_client_config(errors, f"{hpath}.clientConfig", client)
-        _validate_webhook_rules(errors, f"{hpath}.rules", hook.get("rules") or [])
-        policies = [("failurePolicy", ["Fail", "Ignore"]), ("matchPolicy", ["Equivalent", "Exact"])]
-        if mutating:
-            policies.append(("reinvocationPolicy", ["IfNeeded", "Never"]))
-        for field_name, allowed in policies:
-            value = hook.get(field_name)
-            if value is not None and value not in allowed:
-                errors.not_supported(f"{hpath}.{field_name}", value, allowed)
+        timeout = hook.get("timeoutSeconds", 10)
+        if not isinstance(timeout, int) or not 1 <= timeout <= 30:
+            errors.invalid(f"{hpath}.timeoutSeconds", timeout, "the timeout value must be between 1 and 30 seconds")
         for selector_field in ("namespaceSelector", "objectSelector"):
             try:
                 selector_from_label_selector(hook.get(selector_field))
             except SelectorError as exc:
                 errors.invalid(f"{hpath}.{selector_field}", hook.get(selector_field), str(exc))
-        timeout = hook.get("timeoutSeconds", 10)
-        if not isinstance(timeout, int) or not 1 <= timeout <= 30:
-            errors.invalid(f"{hpath}.timeoutSeconds", timeout, "the timeout value must be between 1 and 30 seconds")
+        reinvocation = hook.get("reinvocationPolicy")
+        if mutating and reinvocation is not None and reinvocation not in ("IfNeeded", "Never"):
+            errors.not_supported(f"{hpath}.reinvocationPolicy", reinvocation, ["IfNeeded", "Never"])
+        client = hook.get("clientConfig") or {}
+        if bool(client.get("url")) == bool(client.get("service")):
+            errors.required(f"{hpath}.clientConfig", "exactly one of url or service is required")
+        _validate_client_config(errors, f"{hpath}.clientConfig", client)
+        versions = hook.get("admissionReviewVersions")
+        if not versions:
+            errors.required(f"{hpath}.admissionReviewVersions", "must specify one of v1, v1beta1")
+        elif not any(v in ("v1", "v1beta1") for v in versions):
+            errors.invalid(f"{hpath}.admissionReviewVersions", versions, "must include at least one of v1, v1beta1")
+        if name:
+            if name in names:
+                errors.duplicate(f"{hpath}.name", name)
+            names.add(name)
 
 
 _SLICE_PROTOCOLS = ["SCTP", "TCP", "UDP"]
@@ -962,38 +966,95 @@ def _validate_hpa(obj: Obj, errors: FieldErrors) -> None:
 _CRD_SCOPES = ["Cluster", "Namespaced"]
 
 
+def _crd_names(obj: Obj) -> dict[str, Any]:
+    spec = obj.get("spec")
+    names = spec.get("names") if isinstance(spec, dict) else None
+    return names if isinstance(names, dict) else {}
+
+
+def _default_crd(obj: Obj) -> None:
+    """apiextensions/v1 defaults: the singular is the kind lowercased (by Go's rules), the list kind the kind
+    and "List", and conversion strategy None."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    names = spec.get("names")
+    if isinstance(names, dict):
+        kind = str(names.get("kind") or "")
+        if not names.get("singular"):
+            names["singular"] = go_lower(kind)
+        if not names.get("listKind") and kind:
+            names["listKind"] = f"{kind}List"
+    if spec.get("conversion") is None:
+        spec["conversion"] = {"strategy": "None"}
+
+
+def _crd_name_problems(obj: Obj) -> list[str]:
+    """A new CRD's name is `<plural>.<group>`, whatever they are (`ValidateCustomResourceDefinition`'s name
+    function)."""
+    spec = obj.get("spec")
+    group = str(spec.get("group") or "") if isinstance(spec, dict) else ""
+    plural = str(_crd_names(obj).get("plural") or "")
+    return [] if obj["metadata"].get("name") == f"{plural}.{group}" else ['must be spec.names.plural+"."+spec.group']
+
+
 def _validate_crd(obj: Obj, errors: FieldErrors) -> None:
-    """The checks of apiextensions' validation that decide whether the CRD can be served."""
+    """The checks of apiextensions' validation that decide whether the CRD can be served, in its order: the
+    group, the scope, the versions, then the names."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         errors.required("spec")
         return
     group = spec.get("group")
+    group_problems = subdomain_problems(str(group or ""))
     if not group:
         errors.required("spec.group")
-    elif not isinstance(group, str) or "." not in group:
+    elif group_problems:
+        errors.invalid("spec.group", group, ",".join(group_problems))
+    elif "." not in str(group):
         errors.invalid("spec.group", group, "should be a domain with at least one dot")
-    names = spec.get("names")
-    if not isinstance(names, dict):
-        errors.required("spec.names")
-        names = {}
-    plural, kind = names.get("plural"), names.get("kind")
-    if not plural:
-        errors.required("spec.names.plural")
-    elif not isinstance(plural, str) or not re.fullmatch(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", plural):
-        errors.invalid("spec.names.plural", plural, "a lowercase RFC 1123 label is required")
-    if not kind:
-        errors.required("spec.names.kind")
-    elif not isinstance(kind, str) or not re.fullmatch(r"^[A-Za-z][A-Za-z0-9]*$", kind):
-        errors.invalid("spec.names.kind", kind, "may have mixed case, but should otherwise match: [a-z]([-a-z0-9]*)")
-    if plural and group and obj["metadata"].get("name") != f"{plural}.{group}":
-        errors.invalid("metadata.name", obj["metadata"].get("name"), 'must be spec.names.plural+"."+spec.group')
     scope = spec.get("scope")
     if scope is None:
         errors.required("spec.scope")
     elif scope not in _CRD_SCOPES:
         errors.not_supported("spec.scope", scope, _CRD_SCOPES)
-    versions = spec.get("versions")
+    _validate_crd_versions(spec.get("versions"), errors)
+    _validate_crd_names(_crd_names(obj), errors)
+
+
+def _validate_crd_names(names: Mapping[str, Any], errors: FieldErrors) -> None:
+    """`spec.names` once defaulted: the four names required, then each checked
+    (`ValidateCustomResourceDefinitionNames`): plural, singular, short names and categories DNS-1035 labels,
+    kind and listKind such labels once lowercased, and listKind not the kind. A name's problems share one
+    cause, joined by ','."""
+    value = {key: str(names.get(key) or "") for key in ("plural", "singular", "kind", "listKind")}
+    for key, given in value.items():
+        if not given:
+            errors.required(f"spec.names.{key}")
+    for key in ("plural", "singular"):
+        problems = dns1035_problems(value[key])
+        if value[key] and problems:
+            errors.invalid(f"spec.names.{key}", value[key], ",".join(problems))
+    for key in ("kind", "listKind"):
+        problems = dns1035_problems(go_lower(value[key]))
+        if value[key] and problems:
+            detail = "may have mixed case, but should otherwise match: " + ",".join(problems)
+            errors.invalid(f"spec.names.{key}", value[key], detail)
+    _check_crd_name_list(names, "shortNames", errors)
+    if value["kind"] and value["kind"] == value["listKind"]:
+        errors.invalid("spec.names.listKind", value["listKind"], "kind and listKind may not be the same")
+    _check_crd_name_list(names, "categories", errors)
+
+
+def _check_crd_name_list(names: Mapping[str, Any], key: str, errors: FieldErrors) -> None:
+    """Each of a CRD's short names or categories is a DNS-1035 label, the empty one too."""
+    for i, item in enumerate(names.get(key) or []):
+        problems = dns1035_problems(str(item))
+        if problems:
+            errors.invalid(f"spec.names.{key}[{i}]", item, ",".join(problems))
+
+
+def _validate_crd_versions(versions: Any, errors: FieldErrors) -> None:
     if not isinstance(versions, list) or not versions:
         errors.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
         return
@@ -1015,9 +1076,18 @@ def _validate_crd(obj: Obj, errors: FieldErrors) -> None:
 
 
 def _validate_crd_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
-    old_scope = (old.get("spec") or {}).get("scope")
-    if (new.get("spec") or {}).get("scope") != old_scope:
-        errors.invalid("spec.scope", (new.get("spec") or {}).get("scope"), "field is immutable")
+    """What an established CRD may not change (`validateCustomResourceDefinitionSpecUpdate`): its scope and
+    kind; nor any CRD its group and plural, which make its name."""
+    new_spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
+    new_names, old_names = _crd_names(new), _crd_names(old)
+    for path, now, before in (
+        ("spec.scope", new_spec.get("scope"), old_spec.get("scope")),
+        ("spec.names.kind", new_names.get("kind"), old_names.get("kind")),
+        ("spec.group", new_spec.get("group"), old_spec.get("group")),
+        ("spec.names.plural", new_names.get("plural"), old_names.get("plural")),
+    ):
+        if now != before:
+            errors.invalid(path, now, "field is immutable")
 
 
 def _crd_status(obj: Obj) -> Obj:
@@ -1025,7 +1095,7 @@ def _crd_status(obj: Obj) -> Obj:
     spec = obj.get("spec") or {}
     names = dict(spec.get("names") or {})
     kind = str(names.get("kind", ""))
-    names.setdefault("singular", kind.lower())
+    names.setdefault("singular", go_lower(kind))
     names.setdefault("listKind", f"{kind}List")
     storage = [v.get("name") for v in spec.get("versions") or [] if isinstance(v, dict) and v.get("storage")]
     conditions = [
@@ -1327,6 +1397,8 @@ RESOURCES: tuple[ResourceType, ...] = (
         short_names=("crd", "crds"),
         categories=("api-extensions",),
         merge_keys={**META_MERGE, "spec.versions": "name", **CONDITIONS},
+        name_problems=_crd_name_problems,
+        defaults=_default_crd,
         validate=_validate_crd,
         validate_update=_validate_crd_update,
         generation_fields=("spec",),

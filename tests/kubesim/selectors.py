@@ -66,23 +66,38 @@ class LabelSelector:
 
 # Go's lexer separates tokens with these four only; any other character (\v, U+00A0, ...) is part of a word.
 _SPACE = " \t\r\n"
-_TOKEN = re.compile(r"[ \t\r\n]*(!=|==|=|!|\(|\)|,|>|<|[^ \t\r\n!=(),<>]+)")
+_SPECIAL = "=!(),><"
+_WORD_END = _SPACE + _SPECIAL + "\0"
 _SYMBOLS = {",", "(", ")", "=", "==", "!=", "!", ">", "<"}
 _GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def _tokens(text: str) -> list[str]:
+    """The words and symbols of a selector as the server's lexer (`labels.Lexer`) reads them.
+
+    Its reader answers a NUL character (U+0000) as it answers the end of the text, though it moves past it:
+    a NUL where a token may start ends the selector there (whatever follows is never read), and a NUL inside
+    a word or after a symbol ends that token, the next one starting right after it ("a", NUL, "b" is the
+    words a and b). Symbols are read greedily: `!=` and `==` are one token, `=!` two.
+    """
     tokens: list[str] = []
-    pos = 0
-    while pos < len(text):
-        if text[pos:].strip(_SPACE) == "":
-            break
-        m = _TOKEN.match(text, pos)
-        if m is None:  # pragma: no cover - the pattern accepts every non-space character
-            raise SelectorError(f"unable to parse requirement: unexpected character at {pos} in {text!r}")
-        tokens.append(m.group(1))
-        pos = m.end()
-    return tokens
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos] in _SPACE:
+            pos += 1
+        if pos == end or text[pos] == "\0":
+            return tokens
+        start = pos
+        if text[pos] in _SPECIAL:
+            pos += 1
+            while pos < end and text[pos] in _SPECIAL and text[start : pos + 1] in _SYMBOLS:
+                pos += 1
+        else:
+            while pos < end and text[pos] not in _WORD_END:
+                pos += 1
+        tokens.append(text[start:pos])
+        if pos < end and text[pos] == "\0":
+            pos += 1
 
 
 def _go_int64(text: str) -> int | None:

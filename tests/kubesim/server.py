@@ -45,6 +45,7 @@ from tests.kubesim.deletion import Deleter
 from tests.kubesim.endpoints import (
     APPLY_PATCH,
     Context,
+    check_write_options,
     context,
     error_response,
     json_response,
@@ -461,7 +462,7 @@ class KubeSim:
             if method == "POST":
                 if resource.namespaced and namespace is None:
                     raise ApiError(405, "the server does not allow this method on the requested resource")
-                body = await read_body(request)
+                body = await read_body(request, options="CreateOptions")
                 ctx = context(request)
                 created = await self._registry.create_admitted(resource, namespace or "", body, ctx=ctx)
                 return render_object(request, resource, created, clock=self._now, status=201)
@@ -475,6 +476,7 @@ class KubeSim:
                 raise not_found(resource, name)
             return render_object(request, resource, obj, clock=self._now)
         if method == "PUT":
+            check_write_options(request, "UpdateOptions")
             body = await read_body(request)
             ctx = context(request)
             updated = await self._updater.update(resource, ns, name, body, ctx=ctx)

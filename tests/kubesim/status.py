@@ -95,15 +95,27 @@ def conflict(resource: ResourceType, name: str, detail: str) -> ApiError:
     )
 
 
+def _listed(causes: Sequence[Cause]) -> str:
+    """The causes as the server's error aggregate prints them: each distinct one once (an update can report
+    one cause twice), in brackets when there are several."""
+    shown = list(dict.fromkeys(str(c) for c in causes))
+    return shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
+
+
 def invalid(resource: ResourceType, name: str, causes: Sequence[Cause]) -> ApiError:
     """A 422 as `NewInvalid` builds it: every cause in the details, in order; the message lists each distinct
-    one once, as the server's error aggregate does (an update can report one cause twice)."""
+    one once."""
     kind = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
-    shown = list(dict.fromkeys(str(c) for c in causes))  # the message names a repeated cause once
-    listed = shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
     details = _details(resource, name, kind=resource.kind)
     details["causes"] = [c.to_json() for c in causes]
-    return ApiError(422, f'{kind} "{name}" is invalid: {listed}', details=details)
+    return ApiError(422, f'{kind} "{name}" is invalid: {_listed(causes)}', details=details)
+
+
+def options_invalid(kind: str, causes: Sequence[Cause]) -> ApiError:
+    """A 422 for bad query options (`CreateOptions`, `UpdateOptions`, `PatchOptions`), as the handlers build
+    it: `NewInvalid` of the meta.k8s.io kind with no name."""
+    details = {"group": "meta.k8s.io", "kind": kind, "causes": [c.to_json() for c in causes]}
+    return ApiError(422, f'{kind}.meta.k8s.io "" is invalid: {_listed(causes)}', details=details)
 
 
 def forbidden(resource: ResourceType, name: str, detail: str) -> ApiError:

@@ -19,6 +19,7 @@ from tests.kubesim.admission import Admission
 from tests.kubesim.endpoints import (
     PATCH_TYPES,
     Clock,
+    check_write_options,
     context,
     dry_run,
     json_response,
@@ -62,6 +63,7 @@ async def patched(request: web.Request, resource: ResourceType, target: Obj, *, 
     ctype = request.content_type
     if ctype not in PATCH_TYPES:
         raise unsupported_media(PATCH_TYPES)
+    check_write_options(request, "PatchOptions", patch_type=ctype)
     try:
         patch = strict_json(await request.read())
     except ValueError as exc:
@@ -124,6 +126,7 @@ class Subresources:
         if request.method == "GET":
             return json_response(view) if sub == "scale" else render_object(request, resource, old, clock=self._clock)
         if request.method == "PUT":
+            check_write_options(request, "UpdateOptions")
             body = await read_body(request)
             if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
                 raise bad_request("the object provided is unrecognized (must be a JSON object)")
@@ -256,7 +259,7 @@ class Subresources:
         target Node name, 404 for an unknown pod, 409 when the pod is being deleted or already assigned
         to a node. Answers a Success Status (201); the webhooks' warnings go to the request's recorder.
         """
-        body = await read_body(request)
+        body = await read_body(request, options="CreateOptions")
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise bad_request("the object provided is unrecognized (must be a JSON object)")
         body.setdefault("apiVersion", "v1")

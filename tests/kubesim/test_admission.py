@@ -34,6 +34,7 @@ from tests.kubesim.fixtures import Kubectl
 from tests.kubesim.podnet import NodeNetwork
 from tests.kubesim.resources import RESOURCES
 from tests.kubesim.server import KubeSim
+from tests.kubesim.validation import SUBDOMAIN_HELP
 from tests.kubesim.warning import Recorder
 
 SERVICE_NAME = "hooks.hooks.svc"
@@ -838,6 +839,40 @@ async def test_webhook_urls_and_service_paths_are_validated(kubectl: Kubectl, we
     )
     assert "query parameters are not permitted in the URL" in result.stderr
     assert "webhooks[1].clientConfig.service.path: Invalid value: \"inject\": must start with a '/'" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"])
+async def test_webhook_names_are_fully_qualified_names_with_the_api_servers_texts(kube_api: KubeApi, kind: str) -> None:
+    """A webhook's name is checked by `IsFullyQualifiedName`: first a DNS-1123 subdomain (at most 253 bytes,
+    its problems in one cause), then at least three labels. A repeated name is a Duplicate, valid or not,
+    reported after everything else about that webhook."""
+    client = {"url": "https://hooks.example.com/x"}
+    too_long = "a" * 250 + ".b.c"
+    bad = configuration(
+        kind,
+        "names",
+        hook("Hooks.Example.com", client),
+        hook(too_long, client),
+        hook("two.segments", client),
+        hook("Hooks.Example.com", client, sideEffects="Some"),
+    )
+    path = f"/apis/admissionregistration.k8s.io/v1/{kind.lower()}s"
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=bad)
+    assert (info.value.status, info.value.reason) == (422, "Invalid")
+    assert info.value.message == (
+        f'{kind}.admissionregistration.k8s.io "names" is invalid: ['
+        f'webhooks[0].name: Invalid value: "Hooks.Example.com": {SUBDOMAIN_HELP}, '
+        f'webhooks[1].name: Invalid value: "{too_long}": must be no more than 253 characters, '
+        'webhooks[2].name: Invalid value: "two.segments": should be a domain with at least three segments '
+        "separated by dots, "
+        f'webhooks[3].name: Invalid value: "Hooks.Example.com": {SUBDOMAIN_HELP}, '
+        'webhooks[3].sideEffects: Unsupported value: "Some": supported values: "None", "NoneOnDryRun", '
+        'webhooks[3].name: Duplicate value: "Hooks.Example.com"]'
+    )
+    good = configuration(kind, "names", hook("hooks.example.com", client), hook("a" * 63 + ".b.c", client))
+    created = await kube_api.request("POST", path, body=good)
+    assert [h["name"] for h in created["webhooks"]] == ["hooks.example.com", "a" * 63 + ".b.c"]
 
 
 async def warning_headers(sim: KubeSim, method: str, path: str, body: Any) -> tuple[int, list[str]]:

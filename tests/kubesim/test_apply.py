@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
 
 from controlplane.kube.client import KubeApi, KubeApiError
@@ -194,3 +195,111 @@ async def test_an_update_with_a_field_manager_is_recorded(kubectl: Kubectl, kube
     entries = _entries(await kube_api.request("GET", CM_PATH))
     assert entries[("my-controller", "Update")]["fieldsV1"] == {"f:data": {"f:a": {}}}
     assert "f:data" not in entries[("kubectl", "Apply")]["fieldsV1"]
+
+
+CM_COLLECTION = "/api/v1/namespaces/default/configmaps"
+OPTIONS_TOO_LONG = "fieldManager: Too long: may not be more than 128 bytes"
+
+
+async def _refused(kube_api: KubeApi, method: str, path: str, **kwargs: Any) -> KubeApiError:
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request(method, path, **kwargs)
+    return info.value
+
+
+async def test_an_explicit_field_manager_over_128_bytes_is_refused_not_cut(kube_api: KubeApi) -> None:
+    """`ValidateFieldManager`, which create, update and patch (apply too) run on their options: a
+    `fieldManager` over 128 bytes (65 two-byte characters are) is a 422 naming the options' kind, while one of
+    exactly 128 bytes is recorded whole."""
+    long_manager = "\u00e9" * 65
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
+    err = await _refused(kube_api, "POST", CM_COLLECTION, body=body, query=[("fieldManager", long_manager)])
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert err.message == f'CreateOptions.meta.k8s.io "" is invalid: {OPTIONS_TOO_LONG}'
+    assert err.body["details"] == {
+        "group": "meta.k8s.io",
+        "kind": "CreateOptions",
+        "causes": [
+            {
+                "reason": "FieldValueTooLong",
+                "message": "Too long: may not be more than 128 bytes",
+                "field": "fieldManager",
+            }
+        ],
+    }
+
+    at_limit = "\u00e9" * 64
+    await kube_api.request("POST", CM_COLLECTION, body=body, query=[("fieldManager", at_limit)])
+    assert (at_limit, "Update") in _entries(await kube_api.request("GET", CM_PATH))
+
+    for method, content_type, kind, extra in (
+        ("PUT", "application/json", "UpdateOptions", []),
+        ("PATCH", "application/merge-patch+json", "PatchOptions", []),
+        ("PATCH", "application/apply-patch+yaml", "PatchOptions", [("force", "true")]),
+    ):
+        err = await _refused(
+            kube_api,
+            method,
+            CM_PATH,
+            body=body if method == "PUT" or "apply" in content_type else {"data": {"a": "2"}},
+            content_type=content_type,
+            query=[("fieldManager", long_manager), *extra],
+        )
+        assert (err.status, err.reason) == (422, "Invalid")
+        assert err.message == f'{kind}.meta.k8s.io "" is invalid: {OPTIONS_TOO_LONG}'
+    assert (await kube_api.request("GET", CM_PATH))["data"] == {"a": "1"}
+
+
+async def test_an_unprintable_field_manager_is_refused_naming_each_character(kube_api: KubeApi) -> None:
+    """Every character of a `fieldManager` must be printable (Go's `unicode.IsPrint`): each one that is not is
+    its own cause, named by its code point and its byte offset, with the whole manager quoted as Go quotes it."""
+    await kube_api.request(
+        "POST", CM_COLLECTION, body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    )
+    manager = "\u00e9\x7fop\u00a0"
+    quoted = '"\u00e9\\x7fop\\u00a0"'
+    err = await _refused(
+        kube_api,
+        "PATCH",
+        CM_PATH,
+        body={"data": {"a": "1"}},
+        content_type="application/merge-patch+json",
+        query=[("fieldManager", manager)],
+    )
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert err.message == (
+        f'PatchOptions.meta.k8s.io "" is invalid: [fieldManager: Invalid value: {quoted}: invalid character U+007F '
+        f"(at position 2), fieldManager: Invalid value: {quoted}: invalid character U+00A0 (at position 5)]"
+    )
+
+
+async def test_bad_options_of_a_write_are_reported_together(kube_api: KubeApi) -> None:
+    """`ValidateCreateOptions` checks the fieldManager, dryRun and fieldValidation and answers one 422 with
+    every cause; a dryRun list is printed as Go prints a slice."""
+    err = await _refused(
+        kube_api,
+        "POST",
+        CM_COLLECTION,
+        body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+        query=[("fieldManager", "m" * 129), ("dryRun", "All"), ("dryRun", "Some"), ("fieldValidation", "Loud")],
+    )
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert err.message == (
+        f'CreateOptions.meta.k8s.io "" is invalid: [{OPTIONS_TOO_LONG}, dryRun: Unsupported value: '
+        '[]string{"All", "Some"}: supported values: "All", fieldValidation: Unsupported value: "Loud": '
+        'supported values: "", "Ignore", "Strict", "Warn"]'
+    )
+
+
+async def test_a_manager_taken_from_the_user_agent_is_cut_to_128_bytes(kubesim: KubeSim) -> None:
+    """Without `fieldManager` the write is recorded under the User-Agent's product (what comes before its first
+    '/'), cut to at most 128 bytes at a character boundary: only this derived name is cut, never refused."""
+    agent = "agent-" + "\u00e9" * 100
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(kubesim.url + CM_COLLECTION, json=body, headers={"User-Agent": f"{agent}/1.0"}) as resp,
+    ):
+        assert resp.status == 201
+        created = await resp.json()
+    assert [e["manager"] for e in created["metadata"]["managedFields"]] == ["agent-" + "\u00e9" * 61]

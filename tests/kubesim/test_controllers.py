@@ -596,3 +596,20 @@ async def test_an_unknown_propagation_policy_is_refused(kubectl: Kubectl, kube_a
     assert 'propagationPolicy: Unsupported value: "Later": supported values: "Foreground", "Background"' in str(
         refused.value
     )
+
+
+async def test_a_bad_dry_run_on_a_delete_is_an_invalid_delete_options(kubectl: Kubectl, kube_api: KubeApi) -> None:
+    """As `ValidateDeleteOptions` reports it (a 400 "Invalid dry run value" before), from the query or the body;
+    the object stays."""
+    await kubectl.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    path = "/api/v1/namespaces/default/configmaps/c"
+    for how in ({"query": [("dryRun", "x")]}, {"body": {"dryRun": ["All", "x"]}}):
+        with pytest.raises(KubeApiError) as refused:
+            await kube_api.request("DELETE", path, **how)
+        assert refused.value.status == 422
+        assert str(refused.value).endswith(
+            'DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{'
+            + ('"x"' if "query" in how else '"All", "x"')
+            + '}: supported values: "All"'
+        )
+    assert (await kubectl.json("get", "configmap", "c"))["metadata"]["name"] == "c"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import pathlib
 import re
@@ -14,6 +15,7 @@ import yaml
 
 from tests.kubesim.fixtures import Kubectl, eventually
 from tests.kubesim.server import KubeSim
+from tests.kubesim.validation import DNS1035_HELP
 
 CRD_FILE = pathlib.Path(__file__).parent / "crds" / "peerauthentications.security.istio.io.yaml"
 CRD_NAME = "peerauthentications.security.istio.io"
@@ -252,3 +254,101 @@ async def test_an_invalid_crd_is_refused_naming_the_field(
     status, answer = await call(kubesim, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
     assert (status, answer["reason"]) == (422, "Invalid")
     assert message in answer["message"]
+
+
+def mesh_crd(name: str = "meshes.example.io", **names: Any) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(CLUSTER_CRD)
+    body["metadata"]["name"] = name
+    body["spec"]["names"] = names
+    return body
+
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+MIXED_CASE = "may have mixed case, but should otherwise match: "
+
+
+@pytest.mark.parametrize(
+    ("crd_name", "names", "causes"),
+    [
+        (
+            "meshes.example.io",
+            {"plural": "9meshes", "kind": "Mesh_Net"},
+            [
+                'metadata.name: Invalid value: "meshes.example.io": must be spec.names.plural+"."+spec.group',
+                f'spec.names.plural: Invalid value: "9meshes": {DNS1035_HELP}',
+                f'spec.names.singular: Invalid value: "mesh_net": {DNS1035_HELP}',
+                f'spec.names.kind: Invalid value: "Mesh_Net": {MIXED_CASE}{DNS1035_HELP}',
+                f'spec.names.listKind: Invalid value: "Mesh_NetList": {MIXED_CASE}{DNS1035_HELP}',
+            ],
+        ),
+        (
+            "m" * 64 + ".example.io",
+            {"plural": "m" * 64, "kind": "Mesh", "shortNames": ["m1", "1m"], "categories": ["all", ""]},
+            [
+                f'spec.names.plural: Invalid value: "{"m" * 64}": must be no more than 63 characters',
+                f'spec.names.shortNames[1]: Invalid value: "1m": {DNS1035_HELP}',
+                f'spec.names.categories[1]: Invalid value: "": {DNS1035_HELP}',
+            ],
+        ),
+        (
+            "meshes.example.io",
+            {"plural": "meshes", "kind": "Mesh", "listKind": "Mesh"},
+            ['spec.names.listKind: Invalid value: "Mesh": kind and listKind may not be the same'],
+        ),
+        (
+            "meshes.example.io",
+            {},
+            [
+                'metadata.name: Invalid value: "meshes.example.io": must be spec.names.plural+"."+spec.group',
+                "spec.names.plural: Required value",
+                "spec.names.singular: Required value",
+                "spec.names.kind: Required value",
+                "spec.names.listKind: Required value",
+            ],
+        ),
+    ],
+    ids=["dns-1035", "lengths-and-lists", "same-list-kind", "missing"],
+)
+async def test_crd_names_are_checked_with_the_api_servers_paths_and_texts(
+    kubesim: KubeSim, crd_name: str, names: dict[str, Any], causes: list[str]
+) -> None:
+    """`ValidateCustomResourceDefinition` after the v1 defaults (the singular is the kind lowercased, the list
+    kind the kind and "List"): the name must be `<plural>.<group>`, reported with the metadata before the
+    spec; the plural, singular, short names and categories are DNS-1035 labels and the kind and list kind
+    such labels once lowercased, each name's problems in one cause."""
+    status, answer = await call(kubesim, "POST", CRDS, mesh_crd(crd_name, **names))
+    assert (status, answer["reason"]) == (422, "Invalid")
+    listed = causes[0] if len(causes) == 1 else "[" + ", ".join(causes) + "]"
+    assert answer["message"] == f'CustomResourceDefinition.apiextensions.k8s.io "{crd_name}" is invalid: {listed}'
+
+
+async def test_crd_names_the_api_server_accepts_are_defaulted_as_it_defaults_them(kubesim: KubeSim) -> None:
+    """A kind may hold dashes, and is lowercased by Go's rules (U+0130 to a plain "i") both to check it and to
+    default the singular; the list kind defaults to the kind and "List", the conversion to None."""
+    status, created = await call(kubesim, "POST", CRDS, mesh_crd(plural="meshes", kind="Mesh-Net\u0130"))
+    assert status == 201, created
+    assert created["spec"]["names"] == {
+        "plural": "meshes",
+        "kind": "Mesh-Net\u0130",
+        "singular": "mesh-neti",
+        "listKind": "Mesh-Net\u0130List",
+    }
+    assert created["spec"]["conversion"] == {"strategy": "None"}
+
+
+async def test_an_established_crd_keeps_its_group_plural_kind_and_scope(kubesim: KubeSim) -> None:
+    """`validateCustomResourceDefinitionSpecUpdate`: the group and plural, which make the name, never change,
+    nor an established CRD's kind and scope; the name is not compared with them on update."""
+    status, created = await call(kubesim, "POST", CRDS, mesh_crd(plural="meshes", kind="Mesh"))
+    assert status == 201, created
+    changed = copy.deepcopy(created)
+    changed["spec"]["names"] |= {"plural": "meshs", "kind": "Net", "singular": "net", "listKind": "NetList"}
+    changed["spec"]["scope"] = "Namespaced"
+    status, answer = await call(kubesim, "PUT", f"{CRDS}/meshes.example.io", changed)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    assert answer["message"] == (
+        'CustomResourceDefinition.apiextensions.k8s.io "meshes.example.io" is invalid: ['
+        'spec.scope: Invalid value: "Namespaced": field is immutable, '
+        'spec.names.kind: Invalid value: "Net": field is immutable, '
+        'spec.names.plural: Invalid value: "meshs": field is immutable]'
+    )

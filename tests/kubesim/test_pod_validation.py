@@ -176,6 +176,24 @@ async def test_env_field_refs_the_server_accepts(kube_api: KubeApi) -> None:
     assert cause[0] == f"{C0}.env[0].valueFrom.fieldRef" and cause[1].startswith('Invalid value: "-x": name part')
 
 
+async def test_an_annotation_subscript_is_lowercased_as_go_lowercases_it(kube_api: KubeApi) -> None:
+    """An annotation key is checked once lowercased by Go's `strings.ToLower`, which maps U+0130 (capital I with
+    a dot) to a plain "i", one character for one, where Python's `str.lower` adds a combining dot: the server
+    takes a U+0130 subscript, and finds 63 "A"s and a U+0130 too long but well formed. The bad value it shows
+    is the key as written."""
+    dotted = "metadata.annotations['\u0130']"
+    out = await created(kube_api, pod_with(env=[{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": dotted}}}]))
+    assert out["spec"]["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == dotted
+    key = "A" * 63 + "\u0130"
+    bad = [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}}]
+    err = await error_of(kube_api.request("POST", PODS, body=pod_with("q", env=bad)))
+    assert (err.status, err.reason) == (422, "Invalid")
+    assert err.message == (
+        f'Pod "q" is invalid: {C0}.env[0].valueFrom.fieldRef: Invalid value: "{key}": '
+        "name part must be no more than 63 characters"
+    )
+
+
 async def test_an_env_resource_field_ref_names_a_limit_or_request(kube_api: KubeApi) -> None:
     pod = pod_with(env=[{"name": "A", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}}])
     supported = (

@@ -232,6 +232,54 @@ def test_empty_values_in_a_set_are_valid(selector: str, values: tuple[str, ...])
     assert requirement.values == values
 
 
+NUL_SELECTORS = [
+    # where a token may start, a NUL ends the selector: what follows is never read
+    ("app=web \0junk", ("app", "=", ("web",))),
+    ("\0app=db", None),
+    # inside a word, or right after a symbol, it ends that token and is skipped
+    ("app=\0web", ("app", "=", ("web",))),
+    ("app=web,\0tier", ("app", "=", ("web",))),
+    ("app in (web\0,db)", ("app", "in", ("db", "web"))),
+]
+
+
+@pytest.mark.parametrize(("selector", "first"), NUL_SELECTORS, ids=[repr(c[0]) for c in NUL_SELECTORS])
+def test_a_nul_character_reads_as_the_end_of_a_token_or_of_the_selector(
+    selector: str, first: tuple[str, str, tuple[str, ...]] | None
+) -> None:
+    """The server's lexer reads a NUL byte as it reads the end of the selector, but steps past it: a NUL
+    ends whatever token it is in or after, and ends the selector where a token would start."""
+    requirements = parse_label_selector(selector).requirements
+    if first is None:
+        assert requirements == ()
+    else:
+        assert (requirements[0].key, requirements[0].operator, requirements[0].values) == first
+
+
+async def test_control_characters_in_a_label_selector_answer_as_the_api_server_does(kube_api: KubeApi) -> None:
+    """A NUL splits or ends the selector (`app=web \0junk` is `app=web`; `app\0web` is the words app and
+    web, so no operator follows the key); any other control character is part of a word, which fails the
+    key's or the value's rule, quoted as Go quotes it."""
+    path = "/api/v1/namespaces/default/configmaps"
+    await kube_api.request(
+        "POST",
+        path,
+        body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w", "labels": {"app": "web"}}},
+    )
+    listed = await kube_api.request("GET", path, query=[("labelSelector", "app=web \0junk")])
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["w"]
+    for selector, message in (
+        ("app\0web", REQUIREMENT + "found 'web', expected: in, notin, =, ==, !=, gt, lt"),
+        ("app=web\0junk", "found 'junk', expected: ',' or 'end of string'"),
+        ("app\x01=web", REQUIREMENT + f'<nil>: Invalid value: "app\\x01": name part {QUALIFIED_NAME_HELP}'),
+        ("app=web\x1f", REQUIREMENT + f'values[0][app]: Invalid value: "web\\x1f": {LABEL_VALUE_HELP}'),
+    ):
+        with pytest.raises(KubeApiError) as info:
+            await kube_api.request("GET", path, query=[("labelSelector", selector)])
+        assert (info.value.status, info.value.reason) == (400, "BadRequest")
+        assert info.value.message == message
+
+
 def test_a_values_syntax_is_read_before_its_values_are_checked() -> None:
     """`in (...)` is read to its `)` before any value is checked: an unclosed list is a syntax error."""
     with pytest.raises(SelectorError) as info:

@@ -20,6 +20,7 @@ from tests.kubesim.validation import (
     check_dns1035,
     config_key_problems,
     dns_label_problems,
+    go_lower,
     label_value_problems,
     qualified_name_problems,
     subdomain_problems,
@@ -126,6 +127,30 @@ async def test_non_ascii_labels_and_annotations_are_too_long_in_bytes(kube_api: 
         ("metadata.annotations", f'Invalid value: "{long}": name part {TOO_LONG_63}'),
         ("metadata.annotations", f'Invalid value: "{long}": name part {QUALIFIED_NAME_HELP}'),
     ]
+
+
+def test_go_lowercases_one_character_for_one() -> None:
+    """`strings.ToLower` applies each character's simple mapping: U+0130 is a plain "i" (Python's `str.lower`
+    adds a combining dot) and a final capital sigma a plain small sigma (Python's, in context, the final one)."""
+    assert go_lower("\u0130STANBUL") == "istanbul"
+    assert go_lower("\u039f\u0394\u039f\u03a3") == "\u03bf\u03b4\u03bf\u03c3"
+    assert go_lower("\u212a") == "k"
+
+
+async def test_annotation_keys_are_checked_lowercased_as_go_lowercases_them(kube_api: KubeApi) -> None:
+    """`ValidateAnnotations` checks a key lowercased by Go's `strings.ToLower`: a key of U+0130 is a valid "i",
+    and 63 "A"s and a U+0130 are 64 well-formed characters, too long only. The key is shown as written."""
+    path = "/api/v1/namespaces/default/configmaps"
+    meta = {"name": "dotted", "annotations": {"\u0130": "v"}}
+    await kube_api.request("POST", path, body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
+    key = "A" * 63 + "\u0130"
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "long", "annotations": {key: "v"}}}
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=body)
+    assert (info.value.status, info.value.reason) == (422, "Invalid")
+    assert info.value.message == (
+        f'ConfigMap "long" is invalid: metadata.annotations: Invalid value: "{key}": name part {TOO_LONG_63}'
+    )
 
 
 async def test_config_map_keys_get_every_message_of_is_config_map_key(kube_api: KubeApi) -> None:

@@ -89,7 +89,7 @@ class TokenAPI:
 
     async def token_request(self, request: web.Request, namespace: str, name: str) -> web.Response:
         """POST .../serviceaccounts/{name}/token: a TokenRequest answered with a signed token (201)."""
-        spec = auth_body(await read_body(request), "TokenRequest")
+        spec = auth_body(await read_body(request, options="CreateOptions"), "TokenRequest")
         errors = FieldErrors()
         audiences = spec.get("audiences") or []
         if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
@@ -128,7 +128,7 @@ class TokenAPI:
 
     async def token_review(self, request: web.Request) -> web.Response:
         """POST /apis/authentication.k8s.io/v1/tokenreviews: the verdict on a token, always 201."""
-        body = await read_body(request, allowed=("application/json", "application/yaml"))
+        body = await read_body(request, allowed=("application/json", "application/yaml"), options="CreateOptions")
         spec = auth_body(body, "TokenReview")
         token = spec.get("token")
         if not isinstance(token, str) or not token:

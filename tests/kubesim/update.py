@@ -19,22 +19,21 @@ import yaml
 from aiohttp import web
 
 from tests.kubesim import apply, patching
-from tests.kubesim.endpoints import APPLY_PATCH, PATCH_TYPES, Clock, Context, now_stamp, query_bool, unsupported_media
+from tests.kubesim.endpoints import (
+    APPLY_PATCH,
+    PATCH_TYPES,
+    Clock,
+    Context,
+    check_write_options,
+    now_stamp,
+    query_bool,
+    unsupported_media,
+)
 from tests.kubesim.registry import Registry, check_namespace, check_type, unknown_fields
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
 from tests.kubesim.status import ApiError, bad_request, not_found
 from tests.kubesim.storage import Obj, Storage
-
-
-def patch_options_invalid(field_path: str, reason: str, detail: str) -> ApiError:
-    """422 for bad PatchOptions (query parameters), worded as the API server words it."""
-    cause = {"reason": reason, "message": detail, "field": field_path}
-    return ApiError(
-        422,
-        f'PatchOptions.meta.k8s.io "" is invalid: {field_path}: {detail}',
-        details={"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [cause]},
-    )
 
 
 class Updater:
@@ -66,10 +65,7 @@ class Updater:
             raise unsupported_media((*PATCH_TYPES, APPLY_PATCH))
         if resource.custom and ctype == "application/strategic-merge-patch+json":
             raise unsupported_media((*(t for t in PATCH_TYPES if t != ctype), APPLY_PATCH))
-        if "force" in request.query:
-            raise patch_options_invalid(
-                "force", "FieldValueForbidden", "Forbidden: may not be specified for non-apply patch"
-            )
+        check_write_options(request, "PatchOptions", patch_type=ctype)
         raw = await request.read()
         try:
             patch = json.loads(raw)
@@ -114,11 +110,8 @@ class Updater:
         kind does not have (500, as the real server's typed conversion fails). Admission runs as for
         a create or an update.
         """
-        manager = request.query.get("fieldManager", "")
-        if not manager:
-            raise patch_options_invalid(
-                "fieldManager", "FieldValueRequired", "Required value: is required for apply patch"
-            )
+        check_write_options(request, "PatchOptions", patch_type=APPLY_PATCH)
+        manager = request.query["fieldManager"]
         force = bool(query_bool(request, "force"))  # any value but "0" and "false" is true, as for every bool
         try:
             config = yaml.safe_load(await request.read())

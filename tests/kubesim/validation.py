@@ -12,7 +12,7 @@ import binascii
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,18 @@ def go_len(text: str) -> int:
     """Go's `len` of a string read from JSON: its UTF-8 bytes. A lone surrogate, which Go's decoder reads as
     U+FFFD, is three bytes either way."""
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+# The one character Python lowercases to more than one (SpecialCasing's U+0130 -> "i\u0307"), with the one
+# character of its simple mapping, which is all Go's `unicode.ToLower` applies.
+_GO_LOWER_SPECIAL = {"\u0130": "i"}
+
+
+def go_lower(value: str) -> str:
+    """`strings.ToLower`: every character replaced by its simple lowercase mapping, one for one and regardless
+    of its neighbours. Python's `str.lower` differs in two ways, both avoided here: U+0130 becomes two
+    characters, and a capital sigma at the end of a word becomes the final sigma."""
+    return "".join(_GO_LOWER_SPECIAL.get(char) or char.lower() for char in value)
 
 
 def go_trim_space(value: str) -> str:
@@ -221,8 +233,26 @@ def dns_label_problems(value: str) -> list[str]:
 
 
 def check_dns1035(errors: FieldErrors, path: str, value: str) -> None:
-    for problem in _name_problems(value, 63, DNS1035_LABEL, DNS1035_HELP):
+    for problem in dns1035_problems(value):
         errors.invalid(path, value, problem)
+
+
+def dns1035_problems(value: str) -> list[str]:
+    """Why `value` is not a DNS-1035 label (`IsDNS1035Label`): its length, then its characters."""
+    return _name_problems(value, 63, DNS1035_LABEL, DNS1035_HELP)
+
+
+def check_fully_qualified_name(errors: FieldErrors, path: str, value: str) -> None:
+    """A name such as a webhook's (`IsFullyQualifiedName`): a subdomain of at least three labels, no trailing
+    dot. Only the first thing wrong is reported; a subdomain's problems share one cause, joined by ','."""
+    if not value:
+        errors.required(path)
+        return
+    problems = subdomain_problems(value)
+    if problems:
+        errors.invalid(path, value, ",".join(problems))
+    elif len(value.split(".")) < 3:
+        errors.invalid(path, value, "should be a domain with at least three segments separated by dots")
 
 
 NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
@@ -309,7 +339,7 @@ def check_annotations(errors: FieldErrors, path: str, annotations: Mapping[Any, 
     matter in an annotation key), and at most 256 KiB of keys and values together, in bytes."""
     total = 0
     for key, value in annotations.items():
-        for problem in qualified_name_problems(str(key).lower()):
+        for problem in qualified_name_problems(go_lower(str(key))):
             errors.invalid(path, key, problem)
         if not isinstance(value, str):
             errors.invalid(f"{path}.{key}", value, "must be a string")
@@ -452,7 +482,11 @@ def special_ip_problems(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, text:
     return problems
 
 
-def check_metadata(errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: str) -> None:
+def check_metadata(
+    errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: str, name_problems: Sequence[str] = ()
+) -> None:
+    """The object's metadata: its name by `name_rule`, then each of the kind's own `name_problems` with it
+    (what the kind's name function adds), then its labels and annotations."""
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         errors.required("metadata")
@@ -462,6 +496,8 @@ def check_metadata(errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: st
         errors.required("metadata.name", "name or generateName is required")
     else:
         NAME_RULES[name_rule](errors, "metadata.name", name)
+        for problem in name_problems:
+            errors.invalid("metadata.name", name, problem)
     for kind, check in (("labels", check_labels), ("annotations", check_annotations)):
         values = meta.get(kind)
         if values is None:
