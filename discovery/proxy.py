@@ -117,6 +117,11 @@ def parse_node(node: Any) -> Proxy:
         mode = InterceptionMode(mode_text)
     except ValueError:
         raise NodeError(f"node.metadata.INTERCEPTION_MODE {mode_text!r} is not REDIRECT, TPROXY or NONE") from None
+    if mode is InterceptionMode.TPROXY and node_type == "sidecar":  # a router captures nothing: any mode does
+        raise NodeError(
+            "node.metadata.INTERCEPTION_MODE 'TPROXY' is not supported for a sidecar: meshplane's inbound "
+            "listeners are not transparent and its istio-init installs REDIRECT rules only; use REDIRECT or NONE"
+        )
     loopback_text = _text(metadata, "LOOPBACK_ADDRESS") or DEFAULT_LOOPBACK
     loopback = _address(
         loopback_text,

@@ -59,7 +59,7 @@ class ProxyView:
     @property
     def app_address(self) -> str:
         """Where inbound clusters reach the application: the proxy's loopback address with interception
-        NONE (`LOOPBACK_ADDRESS`), else 127.0.0.1 (REDIRECT and TPROXY run in the pod's own network)."""
+        NONE (`LOOPBACK_ADDRESS`), else 127.0.0.1 (REDIRECT runs in the pod's own network)."""
         if self.mode is InterceptionMode.NONE:
             return self.proxy.loopback
         return DEFAULT_LOOPBACK

@@ -147,6 +147,8 @@ def test_node_parsing_reads_istio_metadata() -> None:
     ("metadata", "message"),
     [
         ({"INTERCEPTION_MODE": "MAGIC"}, "INTERCEPTION_MODE 'MAGIC'"),
+        # it was answered with listeners Envoy cannot take TPROXY'd connections on
+        ({"INTERCEPTION_MODE": "TPROXY"}, "INTERCEPTION_MODE 'TPROXY' is not supported for a sidecar"),
         ({"INSTANCE_IPS": "10.0.0.1,nope"}, "INSTANCE_IPS: 'nope'"),
         ({"LABELS": "app=web"}, "LABELS must be a map"),
         ({"SERVICE_ACCOUNT": 7}, "SERVICE_ACCOUNT must be a string"),
