@@ -67,6 +67,7 @@ def resource_types(crd: Mapping[str, Any]) -> tuple[ResourceType, ...]:
             generation_fields=("spec",),
             custom=True,
             schema=_root_schema(version),
+            custom_list_kind=str(names.get("listKind") or f"{kind}List"),
         )
         for version in spec["versions"]
         if version.get("served") is True

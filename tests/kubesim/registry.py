@@ -43,6 +43,18 @@ def random_suffix(length: int = 5) -> str:
     return "".join(random.choice(alphabet) for _ in range(length))
 
 
+MAX_GENERATED_PREFIX = 58  # bytes: with the suffix, at most 63 (`MaxGeneratedNameLength`)
+
+
+def generate_name(prefix: str) -> str:
+    """A name for `generateName: prefix` (`SimpleNameGenerator`): the prefix cut to its first 58 bytes, then a
+    random suffix, whatever the prefix is; validation then checks both."""
+    raw = prefix.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_GENERATED_PREFIX:
+        prefix = raw[:MAX_GENERATED_PREFIX].decode("utf-8", "replace")
+    return f"{prefix}{random_suffix()}"
+
+
 # -- checks every write path shares ---------------------------------------------------------------
 def check_type(resource: ResourceType, body: Any) -> Obj:
     if not isinstance(body, dict):
@@ -91,23 +103,37 @@ def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
 
 
 def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
-    """The object's metadata (a new one's name also by the kind's `name_problems`) and `resource.validate`; on
-    update also the uid and `resource.validate_update`, after them or, for a kind whose server checks the
-    update first (`update_checks_first`), before them."""
+    """The object's metadata (a new one's name also by the kind's `name_problems`) and `resource.validate`, on
+    create then `resource.validate_create`; on update also the uid and `resource.validate_update`, after them
+    or, for a kind whose server checks the update first (`update_checks_first`), before them."""
     errors = FieldErrors()
     meta = obj["metadata"]
     name = str(meta.get("name") or "")
     first = resource.update_checks_first
     if old is not None and first:
         _validate_update(resource, obj, old, errors)
-    extra = resource.name_problems(obj) if resource.name_problems is not None and old is None else []
-    check_metadata(errors, obj, name_rule=resource.name_rule, name_problems=extra)
+    check_metadata(
+        errors,
+        obj,
+        name_rule=resource.name_rule,
+        name_problems=_kind_name_problems(resource, obj, meta.get("name")) if old is None else (),
+        generate_name_problems=_kind_name_problems(resource, obj, meta.get("generateName")) if old is None else None,
+    )
     if resource.validate is not None:
         resource.validate(obj, errors)
+    if old is None and resource.validate_create is not None:
+        resource.validate_create(obj, errors)
     if old is not None and not first:
         _validate_update(resource, obj, old, errors)
     if errors:
         raise invalid(resource, name, errors.causes)
+
+
+def _kind_name_problems(resource: ResourceType, obj: Obj, name: Any) -> list[str]:
+    """What the kind's name function adds for `name` (the name, or the generateName in prefix mode)."""
+    if resource.name_problems is None or not isinstance(name, str) or not name:
+        return []
+    return resource.name_problems(obj, name)
 
 
 def _validate_update(resource: ResourceType, obj: Obj, old: Obj, errors: FieldErrors) -> None:
@@ -218,7 +244,7 @@ class Registry:
         """
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = f"{meta['generateName']}{random_suffix()}"
+            meta["name"] = generate_name(str(meta["generateName"]))
         allocation = None
         if resource.plural == "services":
             allocation = self._allocator.allocate(obj, resource, dry_run=ctx.dry_run)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_la
 from tests.kubesim.servicespec import default_service, validate_service, validate_service_update
 from tests.kubesim.validation import (
     FieldErrors,
+    GoSyntax,
     check_config_data,
     check_dns1035,
     check_endpoint_ip,
@@ -35,9 +37,12 @@ from tests.kubesim.validation import (
     check_fully_qualified_name,
     check_label,
     check_port,
-    check_unique_name,
     dns1035_problems,
     go_lower,
+    go_pointer,
+    go_string,
+    go_string_slice,
+    go_struct,
     qualified_name_problems,
     subdomain_problems,
 )
@@ -75,14 +80,18 @@ class ResourceType:
     kind: str
     namespaced: bool
     name_rule: str = "subdomain"  # subdomain | label | dns1035
-    # what else a new object's name must be, reported after the rule's problems (a CRD's: <plural>.<group>)
-    name_problems: Callable[[Obj], list[str]] | None = None
+    # what else a new object's name (or generateName) must be, reported after the rule's problems (a CRD's:
+    # <plural>.<group>)
+    name_problems: Callable[[Obj, str], list[str]] | None = None
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     merge_keys: Mapping[str, str] = field(default_factory=dict)
     fields: Mapping[str, FieldGetter] = field(default_factory=dict)
     defaults: Defaulter | None = None
     validate: Validator | None = None
+    # what only a create checks, after `validate` (a CRD's stored versions, which an update takes from the
+    # stored object)
+    validate_create: Validator | None = None
     validate_update: UpdateValidator | None = None
     # whether `validate_update`'s causes come before `validate`'s, as in `ValidateServiceUpdate`
     update_checks_first: bool = False
@@ -99,6 +108,8 @@ class ResourceType:
     # a custom resource (served for a CRD): no strategic merge patch, unknown fields per `schema`
     custom: bool = False
     schema: Schema | None = None  # None: `tests.kubesim.schemas.SCHEMAS[plural]`
+    # a CRD's accepted `listKind`, the kind of its lists; empty: the kind and "List", as for every built-in kind
+    custom_list_kind: str = ""
 
     @property
     def api_version(self) -> str:
@@ -110,7 +121,7 @@ class ResourceType:
 
     @property
     def list_kind(self) -> str:
-        return f"{self.kind}List"
+        return self.custom_list_kind or f"{self.kind}List"
 
     def field_getters(self) -> Mapping[str, FieldGetter]:
         base = NAMESPACED_FIELDS if self.namespaced else META_FIELDS
@@ -665,13 +676,15 @@ def _validate_rule_resources(errors: FieldErrors, path: str, resources: Sequence
         if res == "*":
             wild_res.add(sub)
     if len(resources) > 1 and double:
-        errors.invalid(path, list(resources), "if '*/*' is present, must not specify other resources")
+        errors.invalid(path, go_string_slice(list(resources)), "if '*/*' is present, must not specify other resources")
     if single and plain:
         detail = "if '*' is present, must not specify other resources without subresources"
-        errors.invalid(path, list(resources), detail)
+        errors.invalid(path, go_string_slice(list(resources)), detail)
 
 
 def _validate_webhook_rules(errors: FieldErrors, path: str, rules: Any) -> None:
+    """Each rule in the order of `validateRuleWithOperations`: its operations, then the rule's API groups, API
+    versions, resources and scope. A list given as the bad value prints as Go's `%#v` of it."""
     if not isinstance(rules, list):
         errors.invalid(path, rules, "must be a list of rules")
         return
@@ -680,18 +693,26 @@ def _validate_webhook_rules(errors: FieldErrors, path: str, rules: Any) -> None:
         if not isinstance(rule, dict):
             errors.invalid(rpath, rule, "must be an object")
             continue
-        for key, what in (("apiGroups", "API groups"), ("apiVersions", "API versions"), ("operations", "operations")):
+        operations = rule.get("operations") or []
+        if not operations:
+            errors.required(f"{rpath}.operations")
+        if len(operations) > 1 and "*" in operations:
+            shown = go_string_slice(operations, "admissionregistration.OperationType")
+            errors.invalid(f"{rpath}.operations", shown, "if '*' is present, must not specify other operations")
+        for j, op in enumerate(operations):
+            if op not in _OPERATIONS:
+                errors.not_supported(f"{rpath}.operations[{j}]", op, _OPERATIONS)
+        for key, what in (("apiGroups", "API groups"), ("apiVersions", "API versions")):
             values = rule.get(key) or []
             if not values:
                 errors.required(f"{rpath}.{key}")
-            elif len(values) > 1 and "*" in values:
-                errors.invalid(f"{rpath}.{key}", values, f"if '*' is present, must not specify other {what}")
+            if len(values) > 1 and "*" in values:
+                errors.invalid(
+                    f"{rpath}.{key}", go_string_slice(values), f"if '*' is present, must not specify other {what}"
+                )
         for j, version in enumerate(rule.get("apiVersions") or []):
             if not version:
                 errors.required(f"{rpath}.apiVersions[{j}]")
-        for j, op in enumerate(rule.get("operations") or []):
-            if op not in _OPERATIONS:
-                errors.not_supported(f"{rpath}.operations[{j}]", op, _OPERATIONS)
         resources = rule.get("resources") or []
         if not resources:
             errors.required(f"{rpath}.resources")
@@ -701,33 +722,77 @@ def _validate_webhook_rules(errors: FieldErrors, path: str, rules: Any) -> None:
             errors.not_supported(f"{rpath}.scope", scope, ["*", "Cluster", "Namespaced"])
 
 
+def _validate_admission_review_versions(errors: FieldErrors, path: str, versions: Any) -> None:
+    """A webhook's admissionReviewVersions (`validateAdmissionReviewVersions`): at least one; each a DNS-1035
+    label, a repeat reported once as a duplicate instead; and one of them a version the server speaks."""
+    if not versions:
+        errors.required(path, "must specify one of v1, v1beta1")
+        return
+    seen: set[str] = set()
+    for i, version in enumerate(versions):
+        text = str(version)
+        if text in seen:
+            errors.invalid(f"{path}[{i}]", text, "duplicate version")
+            continue
+        seen.add(text)
+        check_dns1035(errors, f"{path}[{i}]", text)
+    if not seen & {"v1", "v1beta1"}:
+        errors.invalid(path, go_string_slice(versions), "must include at least one of v1, v1beta1")
+
+
+_URL_FORM = "; desired format: https://host[/path]"
+
+
 def _validate_client_config(errors: FieldErrors, path: str, client: Mapping[str, Any]) -> None:
-    """The URL rules of a webhook's clientConfig: https, a host, no user information, query or fragment."""
-    url = client.get("url")
-    if isinstance(url, str) and url:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "https":
-            errors.invalid(f"{path}.url", parsed.scheme, "'https' is the only allowed URL scheme")
-        if not parsed.hostname:
-            errors.invalid(f"{path}.url", parsed.netloc, "host must be specified")
-        if "@" in parsed.netloc:
-            errors.invalid(
-                f"{path}.url", parsed.netloc.rpartition("@")[0], "user information is not permitted in the URL"
-            )
-        if parsed.fragment:
-            errors.invalid(f"{path}.url", parsed.fragment, "fragments are not permitted in the URL")
-        if parsed.query:
-            errors.invalid(f"{path}.url", parsed.query, "query parameters are not permitted in the URL")
-    service = client.get("service")
-    if isinstance(service, dict):
-        for key in ("namespace", "name"):
-            if not service.get(key):
-                errors.required(f"{path}.service.{key}")
-        service_path = service.get("path")
-        if service_path is not None and not str(service_path).startswith("/"):
-            errors.invalid(f"{path}.service.path", service_path, "must start with a '/'")
-        if service.get("port") is not None:
-            check_port(errors, f"{path}.service.port", service["port"])
+    """A webhook's clientConfig: exactly one of url and service, and only that one checked
+    (`ValidateWebhookURL`: https, a host, no user information, fragment or query; `ValidateWebhookService`:
+    name, namespace, port, then each segment of the path a DNS-1123 subdomain)."""
+    url, service = client.get("url"), client.get("service")
+    if (url is None) == (service is None):
+        errors.required(path, "exactly one of url or service is required")
+    elif url is not None:
+        _validate_webhook_url(errors, f"{path}.url", str(url))
+    elif isinstance(service, dict):
+        _validate_webhook_service(errors, f"{path}.service", service)
+
+
+def _validate_webhook_url(errors: FieldErrors, path: str, url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "https":
+        errors.invalid(path, parsed.scheme, "'https' is the only allowed URL scheme" + _URL_FORM)
+    if not parsed.netloc.rpartition("@")[2]:
+        errors.invalid(path, "", "host must be specified" + _URL_FORM)
+    if "@" in parsed.netloc:
+        errors.invalid(path, parsed.netloc.rpartition("@")[0], "user information is not permitted in the URL")
+    if parsed.fragment:
+        errors.invalid(path, parsed.fragment, "fragments are not permitted in the URL")
+    if parsed.query:
+        errors.invalid(path, parsed.query, "query parameters are not permitted in the URL")
+
+
+def _validate_webhook_service(errors: FieldErrors, path: str, service: Mapping[str, Any]) -> None:
+    if not service.get("name"):
+        errors.required(f"{path}.name", "service name is required")
+    if not service.get("namespace"):
+        errors.required(f"{path}.namespace", "service namespace is required")
+    port = service.get("port", 443)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        errors.invalid(f"{path}.port", port, "port is not valid: must be between 1 and 65535, inclusive")
+    service_path = service.get("path")
+    if service_path is None or str(service_path) in ("", "/"):
+        return
+    service_path = str(service_path)
+    if service_path == "//":
+        errors.invalid(f"{path}.path", service_path, "segment[0] may not be empty")
+        return
+    if not service_path.startswith("/"):
+        errors.invalid(f"{path}.path", service_path, "must start with a '/'")
+    for i, step in enumerate(service_path[1:].removesuffix("/").split("/")):
+        if not step:
+            errors.invalid(f"{path}.path", service_path, f"segment[{i}] may not be empty")
+            continue
+        for problem in subdomain_problems(step):
+            errors.invalid(f"{path}.path", service_path, f"segment[{i}]: {problem}")
 
 
 def _validate_mutating_webhooks(obj: Obj, errors: FieldErrors) -> None:
@@ -771,15 +836,10 @@ def _validate_webhooks(obj: Obj, errors: FieldErrors, *, mutating: bool) -> None
         reinvocation = hook.get("reinvocationPolicy")
         if mutating and reinvocation is not None and reinvocation not in ("IfNeeded", "Never"):
             errors.not_supported(f"{hpath}.reinvocationPolicy", reinvocation, ["IfNeeded", "Never"])
-        client = hook.get("clientConfig") or {}
-        if bool(client.get("url")) == bool(client.get("service")):
-            errors.required(f"{hpath}.clientConfig", "exactly one of url or service is required")
-        _validate_client_config(errors, f"{hpath}.clientConfig", client)
-        versions = hook.get("admissionReviewVersions")
-        if not versions:
-            errors.required(f"{hpath}.admissionReviewVersions", "must specify one of v1, v1beta1")
-        elif not any(v in ("v1", "v1beta1") for v in versions):
-            errors.invalid(f"{hpath}.admissionReviewVersions", versions, "must include at least one of v1, v1beta1")
+        _validate_client_config(errors, f"{hpath}.clientConfig", hook.get("clientConfig") or {})
+        _validate_admission_review_versions(
+            errors, f"{hpath}.admissionReviewVersions", hook.get("admissionReviewVersions")
+        )
         if name:
             if name in names:
                 errors.duplicate(f"{hpath}.name", name)
@@ -974,7 +1034,7 @@ def _crd_names(obj: Obj) -> dict[str, Any]:
 
 def _default_crd(obj: Obj) -> None:
     """apiextensions/v1 defaults: the singular is the kind lowercased (by Go's rules), the list kind the kind
-    and "List", and conversion strategy None."""
+    and "List", and conversion strategy None; a version's missing `served` and `storage` decode as false."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return
@@ -985,17 +1045,21 @@ def _default_crd(obj: Obj) -> None:
             names["singular"] = go_lower(kind)
         if not names.get("listKind") and kind:
             names["listKind"] = f"{kind}List"
+    for version in spec.get("versions") or []:
+        if isinstance(version, dict):
+            version.setdefault("served", False)
+            version.setdefault("storage", False)
     if spec.get("conversion") is None:
         spec["conversion"] = {"strategy": "None"}
 
 
-def _crd_name_problems(obj: Obj) -> list[str]:
+def _crd_name_problems(obj: Obj, name: str) -> list[str]:
     """A new CRD's name is `<plural>.<group>`, whatever they are (`ValidateCustomResourceDefinition`'s name
-    function)."""
+    function); its generateName is held to the same."""
     spec = obj.get("spec")
     group = str(spec.get("group") or "") if isinstance(spec, dict) else ""
     plural = str(_crd_names(obj).get("plural") or "")
-    return [] if obj["metadata"].get("name") == f"{plural}.{group}" else ['must be spec.names.plural+"."+spec.group']
+    return [] if name == f"{plural}.{group}" else ['must be spec.names.plural+"."+spec.group']
 
 
 def _validate_crd(obj: Obj, errors: FieldErrors) -> None:
@@ -1054,25 +1118,112 @@ def _check_crd_name_list(names: Mapping[str, Any], key: str, errors: FieldErrors
             errors.invalid(f"spec.names.{key}[{i}]", item, ",".join(problems))
 
 
+_CRD_VERSION_TYPE = "apiextensions.CustomResourceDefinitionVersion"
+# per-version fields the v1 conversion moves to the spec when every version has the same one: (key, Go type)
+_CRD_LIFTED = {
+    "schema": "apiextensions.CustomResourceValidation",
+    "subresources": "apiextensions.CustomResourceSubresources",
+    "additionalPrinterColumns": "apiextensions.CustomResourceColumnDefinition",
+    "selectableFields": "apiextensions.SelectableField",
+}
+
+
 def _validate_crd_versions(versions: Any, errors: FieldErrors) -> None:
-    if not isinstance(versions, list) or not versions:
-        errors.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
-        return
-    seen: set[str] = set()
-    for i, version in enumerate(versions):
-        vpath = f"spec.versions[{i}]"
-        if not isinstance(version, dict):
-            errors.invalid(vpath, version, "must be an object")
-            continue
-        check_unique_name(errors, f"{vpath}.name", version.get("name"), seen, check_dns1035)
-        for flag in ("served", "storage"):
-            if not isinstance(version.get(flag), bool):
-                errors.required(f"{vpath}.{flag}")
+    """`spec.versions` as `validateCustomResourceDefinitionSpec` checks them: first every version without a
+    schema, then each name a DNS-1035 label (its problems in one cause), then the names unique and exactly one
+    version the storage version, both on the list. `served` and `storage` are plain booleans in v1: missing,
+    they are false."""
+    versions = [v for v in versions if isinstance(v, dict)] if isinstance(versions, list) else versions
+    listed = versions if isinstance(versions, list) else []
+    for i, version in enumerate(listed):
         if not isinstance((version.get("schema") or {}).get("openAPIV3Schema"), dict):
-            errors.required(f"{vpath}.schema.openAPIV3Schema", "schemas are required")
-    storage = [v for v in versions if isinstance(v, dict) and v.get("storage") is True]
-    if len(storage) != 1:
-        errors.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
+            errors.required(f"spec.versions[{i}].schema.openAPIV3Schema", "schemas are required")
+    names = [str(version.get("name") or "") for version in listed]
+    for i, name in enumerate(names):
+        problems = dns1035_problems(name)
+        if problems:
+            errors.invalid(f"spec.versions[{i}].name", name, ",".join(problems))
+    if len(set(names)) != len(names):
+        errors.invalid("spec.versions", _go_crd_versions(versions), "must contain unique version names")
+    if sum(version.get("storage") is True for version in listed) != 1:
+        errors.invalid(
+            "spec.versions", _go_crd_versions(versions), "must have exactly one version marked as storage version"
+        )
+
+
+def _go_crd_versions(versions: Any) -> GoSyntax:
+    """The versions as the server prints them in an error: Go's `%#v` of the internal list, from which the
+    v1 conversion took every per-version field all versions share (`Convert_v1_CustomResourceDefinitionSpec_To_
+    apiextensions_CustomResourceDefinitionSpec`)."""
+    if not isinstance(versions, list):
+        return GoSyntax(f"[]{_CRD_VERSION_TYPE}(nil)")
+    shared = {key for key in _CRD_LIFTED if len({_crd_version_field(v, key) for v in versions}) == 1}
+    shown = []
+    for version in versions:
+        warning = version.get("deprecationWarning")
+        fields = {
+            "Name": go_string(str(version.get("name") or "")),
+            "Served": "true" if version.get("served") is True else "false",
+            "Storage": "true" if version.get("storage") is True else "false",
+            "Deprecated": "true" if version.get("deprecated") is True else "false",
+            "DeprecationWarning": go_pointer("string", warning is not None),
+        }
+        for key, go_type in _CRD_LIFTED.items():
+            name = key[0].upper() + key[1:]
+            value = None if key in shared else version.get(key)
+            if key in ("schema", "subresources"):
+                fields[name] = go_pointer(go_type, value is not None)
+            elif value is None:
+                fields[name] = f"[]{go_type}(nil)"
+            else:
+                items = ", ".join(_go_crd_list_item(go_type, item) for item in value)
+                fields[name] = f"[]{go_type}{{{items}}}"
+        shown.append(go_struct(_CRD_VERSION_TYPE, fields))
+    return GoSyntax(f"[]{_CRD_VERSION_TYPE}{{{', '.join(shown)}}}")
+
+
+def _crd_version_field(version: Mapping[str, Any], key: str) -> str:
+    """A per-version field, for comparing versions as Go's semantic equality does: an empty list is no list."""
+    value = version.get(key)
+    if key in ("additionalPrinterColumns", "selectableFields") and not value:
+        value = None
+    return json.dumps(value, sort_keys=True)
+
+
+def _go_crd_list_item(go_type: str, item: Any) -> str:
+    """One printer column or selectable field in Go's `%#v`."""
+    item = item if isinstance(item, dict) else {}
+    if go_type.endswith("SelectableField"):
+        return go_struct(go_type, {"JSONPath": go_string(str(item.get("jsonPath") or ""))})
+    fields = {key: go_string(str(item.get(key) or "")) for key in ("name", "type", "format", "description")}
+    priority = item.get("priority")
+    return go_struct(
+        go_type,
+        {
+            "Name": fields["name"],
+            "Type": fields["type"],
+            "Format": fields["format"],
+            "Description": fields["description"],
+            "Priority": str(priority if isinstance(priority, int) else 0),
+            "JSONPath": go_string(str(item.get("jsonPath") or "")),
+        },
+    )
+
+
+def _validate_new_crd(obj: Obj, errors: FieldErrors) -> None:
+    """`ValidateCustomResourceDefinitionStoredVersions` on create, where the stored versions are only the
+    first storage version: at least one, and every storage version among them."""
+    status = obj.get("status")
+    stored = status.get("storedVersions") if isinstance(status, dict) else None
+    shown = go_string_slice(stored or None)
+    if not stored:
+        errors.invalid("status.storedVersions", shown, "must have at least one stored version")
+        return
+    spec = obj.get("spec")
+    versions = spec.get("versions") if isinstance(spec, dict) else None
+    for version in versions if isinstance(versions, list) else []:
+        if isinstance(version, dict) and version.get("storage") is True and version.get("name") not in stored:
+            errors.invalid("status.storedVersions", shown, f"must have the storage version {version.get('name') or ''}")
 
 
 def _validate_crd_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
@@ -1097,7 +1248,7 @@ def _crd_status(obj: Obj) -> Obj:
     kind = str(names.get("kind", ""))
     names.setdefault("singular", go_lower(kind))
     names.setdefault("listKind", f"{kind}List")
-    storage = [v.get("name") for v in spec.get("versions") or [] if isinstance(v, dict) and v.get("storage")]
+    storage = [v.get("name") for v in spec.get("versions") or [] if isinstance(v, dict) and v.get("storage") is True]
     conditions = [
         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"},
         {
@@ -1107,7 +1258,7 @@ def _crd_status(obj: Obj) -> Obj:
             "message": "the initial names have been accepted",
         },
     ]
-    return {"acceptedNames": names, "conditions": conditions, "storedVersions": storage}
+    return {"acceptedNames": names, "conditions": conditions, "storedVersions": storage[:1]}
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -1400,6 +1551,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         name_problems=_crd_name_problems,
         defaults=_default_crd,
         validate=_validate_crd,
+        validate_create=_validate_new_crd,
         validate_update=_validate_crd_update,
         generation_fields=("spec",),
         status_subresource=True,

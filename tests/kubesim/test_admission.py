@@ -34,7 +34,7 @@ from tests.kubesim.fixtures import Kubectl
 from tests.kubesim.podnet import NodeNetwork
 from tests.kubesim.resources import RESOURCES
 from tests.kubesim.server import KubeSim
-from tests.kubesim.validation import SUBDOMAIN_HELP
+from tests.kubesim.validation import DNS1035_HELP, SUBDOMAIN_HELP
 from tests.kubesim.warning import Recorder
 
 SERVICE_NAME = "hooks.hooks.svc"
@@ -873,6 +873,66 @@ async def test_webhook_names_are_fully_qualified_names_with_the_api_servers_text
     good = configuration(kind, "names", hook("hooks.example.com", client), hook("a" * 63 + ".b.c", client))
     created = await kube_api.request("POST", path, body=good)
     assert [h["name"] for h in created["webhooks"]] == ["hooks.example.com", "a" * 63 + ".b.c"]
+
+
+@pytest.mark.parametrize("kind", ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"])
+async def test_webhook_rules_and_review_versions_are_checked_in_the_api_servers_order(
+    kube_api: KubeApi, kind: str
+) -> None:
+    """A rule's operations come before its API groups and versions (`validateRuleWithOperations`), a list
+    given as the bad value printing as Go's `%#v`. Each admissionReviewVersion is a DNS-1035 label and a
+    repeat a "duplicate version"; one of v1, v1beta1 must be among them."""
+    client = {"url": "https://hooks.example.com/x"}
+    rule = {"operations": ["*", "CREATE"], "apiGroups": ["*", "apps"], "apiVersions": [], "resources": ["pods"]}
+    bad = configuration(
+        kind,
+        "rules",
+        hook("a.example.com", client, rules=[rule], admissionReviewVersions=["v1", "v1", "V2"]),
+        hook("b.example.com", client, admissionReviewVersions=["v2"]),
+    )
+    path = f"/apis/admissionregistration.k8s.io/v1/{kind.lower()}s"
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=bad)
+    assert (info.value.status, info.value.reason) == (422, "Invalid")
+    assert info.value.message == (
+        f'{kind}.admissionregistration.k8s.io "rules" is invalid: ['
+        'webhooks[0].rules[0].operations: Invalid value: []admissionregistration.OperationType{"*", "CREATE"}: '
+        "if '*' is present, must not specify other operations, "
+        'webhooks[0].rules[0].apiGroups: Invalid value: []string{"*", "apps"}: '
+        "if '*' is present, must not specify other API groups, "
+        "webhooks[0].rules[0].apiVersions: Required value, "
+        'webhooks[0].admissionReviewVersions[1]: Invalid value: "v1": duplicate version, '
+        f'webhooks[0].admissionReviewVersions[2]: Invalid value: "V2": {DNS1035_HELP}, '
+        'webhooks[1].admissionReviewVersions: Invalid value: []string{"v2"}: must include at least one of v1, '
+        "v1beta1]"
+    )
+
+
+async def test_only_the_given_one_of_a_webhooks_url_and_service_is_checked(kube_api: KubeApi) -> None:
+    """`ValidateWebhookURL` or `ValidateWebhookService`, never both: with both given, only that one must be
+    chosen is reported. A service's name comes before its namespace, each with its own text."""
+    bad = configuration(
+        "ValidatingWebhookConfiguration",
+        "clients",
+        hook("a.example.com", {"url": "http://hooks/x", "service": {"namespace": "n", "name": "s"}}),
+        hook("b.example.com", {"url": "ftp://hooks/x"}),
+        hook("c.example.com", {"service": {"path": "/ok//Bad"}}),
+    )
+    path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=bad)
+    assert (info.value.status, info.value.reason) == (422, "Invalid")
+    assert [(c["field"], c["message"]) for c in info.value.body["details"]["causes"]] == [
+        ("webhooks[0].clientConfig", "Required value: exactly one of url or service is required"),
+        (
+            "webhooks[1].clientConfig.url",
+            "Invalid value: \"ftp\": 'https' is the only allowed URL scheme; desired format: https://host[/path]",
+        ),
+        ("webhooks[2].clientConfig.service.name", "Required value: service name is required"),
+        ("webhooks[2].clientConfig.service.namespace", "Required value: service namespace is required"),
+        ("webhooks[2].clientConfig.service.path", 'Invalid value: "/ok//Bad": segment[1] may not be empty'),
+        ("webhooks[2].clientConfig.service.path", f'Invalid value: "/ok//Bad": segment[2]: {SUBDOMAIN_HELP}'),
+    ]
 
 
 async def warning_headers(sim: KubeSim, method: str, path: str, body: Any) -> tuple[int, list[str]]:

@@ -352,3 +352,88 @@ async def test_an_established_crd_keeps_its_group_plural_kind_and_scope(kubesim:
         'spec.names.kind: Invalid value: "Net": field is immutable, '
         'spec.names.plural: Invalid value: "meshs": field is immutable]'
     )
+
+
+def go_version(name: str, *, served: bool, storage: bool, schema: bool = False, deprecated: bool = False) -> str:
+    """One version as the server prints the list in an error: Go's `%#v` of the internal type (a set pointer at
+    kubesim's fixed address)."""
+    flags = f"Served:{str(served).lower()}, Storage:{str(storage).lower()}, Deprecated:{str(deprecated).lower()}"
+    warning, schema_at = ("0xc000010000" if on else "nil" for on in (deprecated, schema))
+    return (
+        f'apiextensions.CustomResourceDefinitionVersion{{Name:"{name}", {flags}, '
+        f"DeprecationWarning:(*string)({warning}), "
+        f"Schema:(*apiextensions.CustomResourceValidation)({schema_at}), "
+        "Subresources:(*apiextensions.CustomResourceSubresources)(nil), "
+        "AdditionalPrinterColumns:[]apiextensions.CustomResourceColumnDefinition(nil), "
+        "SelectableFields:[]apiextensions.SelectableField(nil)}"
+    )
+
+
+async def test_a_crd_versions_served_and_storage_are_false_when_missing(kubesim: KubeSim) -> None:
+    """In apiextensions/v1 `served` and `storage` are plain booleans: a version without them is neither served
+    nor stored, and the object shows them false. A CRD none of whose versions is stored is refused on the
+    list, printed as Go prints the internal versions (a schema all versions share is no longer on them), and
+    its stored versions, which only a storage version starts, are none."""
+    body = mesh_crd(plural="meshes", kind="Mesh")
+    body["spec"]["versions"].append({"name": "v1beta1", "schema": body["spec"]["versions"][0]["schema"]})
+    status, created = await call(kubesim, "POST", CRDS, body)
+    assert status == 201, created
+    assert [(v["served"], v["storage"]) for v in created["spec"]["versions"]] == [(True, True), (False, False)]
+    assert created["status"]["storedVersions"] == ["v1alpha1"]
+    body = mesh_crd("unstored.example.io", plural="unstored", kind="Unstored")
+    del body["spec"]["versions"][0]["storage"]
+    status, answer = await call(kubesim, "POST", CRDS, body)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    versions = (
+        f"[]apiextensions.CustomResourceDefinitionVersion{{{go_version('v1alpha1', served=True, storage=False)}}}"
+    )
+    assert answer["message"] == (
+        'CustomResourceDefinition.apiextensions.k8s.io "unstored.example.io" is invalid: ['
+        f"spec.versions: Invalid value: {versions}: must have exactly one version marked as storage version, "
+        "status.storedVersions: Invalid value: []string(nil): must have at least one stored version]"
+    )
+
+
+async def test_crd_versions_are_checked_in_the_api_servers_order_and_texts(kubesim: KubeSim) -> None:
+    """`validateCustomResourceDefinitionSpec`: first every version without a schema, then each version's name;
+    a repeated name and more than one storage version are each reported once, on the list; the stored
+    versions, only the first storage version on create, lack the second."""
+    body = mesh_crd(plural="meshes", kind="Mesh")
+    first = body["spec"]["versions"][0]
+    body["spec"]["versions"] = [
+        {**first, "name": "v1"},
+        {"name": "V2", "served": True, "storage": True},
+        {**first, "name": "v1", "served": False, "storage": False, "deprecated": True, "deprecationWarning": "old"},
+    ]
+    status, answer = await call(kubesim, "POST", CRDS, body)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    shown = ", ".join(
+        [
+            go_version("v1", served=True, storage=True, schema=True),
+            go_version("V2", served=True, storage=True),
+            go_version("v1", served=False, storage=False, schema=True, deprecated=True),
+        ]
+    )
+    versions = f"[]apiextensions.CustomResourceDefinitionVersion{{{shown}}}"
+    assert [(c["field"], c["message"]) for c in answer["details"]["causes"]] == [
+        ("spec.versions[1].schema.openAPIV3Schema", "Required value: schemas are required"),
+        ("spec.versions[1].name", f'Invalid value: "V2": {DNS1035_HELP}'),
+        ("spec.versions", f"Invalid value: {versions}: must contain unique version names"),
+        ("spec.versions", f"Invalid value: {versions}: must have exactly one version marked as storage version"),
+        ("status.storedVersions", 'Invalid value: []string{"v1"}: must have the storage version V2'),
+    ]
+
+
+async def test_a_custom_resource_list_has_the_crds_list_kind(kubesim: KubeSim) -> None:
+    """The list of a custom resource is of the CRD's accepted `listKind` (the handler's list GVK), whatever
+    it is, not the kind and "List"."""
+    body = mesh_crd(plural="meshes", kind="Mesh", listKind="MeshCollection")
+    status, created = await call(kubesim, "POST", CRDS, body)
+    assert status == 201, created
+    mesh = {"apiVersion": "example.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "m"}}
+    status, _ = await call(kubesim, "POST", "/apis/example.io/v1alpha1/meshes", mesh)
+    assert status == 201
+    status, listed = await call(kubesim, "GET", "/apis/example.io/v1alpha1/meshes")
+    assert status == 200
+    assert (listed["kind"], listed["apiVersion"]) == ("MeshCollection", "example.io/v1alpha1")
+    assert [(i["kind"], i["metadata"]["name"]) for i in listed["items"]] == [("Mesh", "m")]

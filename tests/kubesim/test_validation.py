@@ -20,8 +20,10 @@ from tests.kubesim.validation import (
     check_dns1035,
     config_key_problems,
     dns_label_problems,
+    go_len,
     go_lower,
     label_value_problems,
+    mask_trailing_dash,
     qualified_name_problems,
     subdomain_problems,
 )
@@ -204,3 +206,74 @@ async def test_names_are_too_long_in_bytes(kube_api: KubeApi) -> None:
     assert await invalid_causes(kube_api, "/api/v1/namespaces/default/pods", pod) == [
         ("spec.containers[0].name", 'Invalid value: "a.b": must not contain dots'),
     ]
+
+
+async def test_a_bad_generate_name_is_reported_before_the_name_made_from_it(kube_api: KubeApi) -> None:
+    """`ValidateObjectMeta` checks a generateName by the kind's name rule in prefix mode, on
+    `metadata.generateName`, before the generated name (prefix and five random characters) on `metadata.name`;
+    the error names the generated name."""
+    path = "/api/v1/namespaces/default/configmaps"
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "Bad_"}}
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=body)
+    generated = info.value.body["details"]["name"]
+    assert generated.startswith("Bad_") and len(generated) == 9
+    assert (info.value.status, info.value.message) == (
+        422,
+        f'ConfigMap "{generated}" is invalid: [metadata.generateName: Invalid value: "Bad_": {SUBDOMAIN_HELP}, '
+        f'metadata.name: Invalid value: "{generated}": {SUBDOMAIN_HELP}]',
+    )
+
+
+async def test_a_long_generate_name_is_cut_for_the_name_and_refused_itself(kube_api: KubeApi) -> None:
+    """The name generator keeps the first 58 bytes of the prefix, so the name made from a 300-character
+    generateName is valid: only the generateName is refused, for its length."""
+    prefix = "a" * 300
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": prefix}}
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", "/api/v1/namespaces/default/configmaps", body=body)
+    generated = info.value.body["details"]["name"]
+    assert generated.startswith("a" * 58) and len(generated) == 63
+    assert (info.value.status, info.value.message) == (
+        422,
+        f'ConfigMap "{generated}" is invalid: metadata.generateName: Invalid value: "{prefix}": {TOO_LONG_253}',
+    )
+
+
+async def test_a_generate_name_may_end_in_a_dash_but_is_checked_by_the_kinds_rule(kube_api: KubeApi) -> None:
+    """In prefix mode a trailing '-' and the byte before it count as one letter: `web-` is a fine Service
+    prefix, `9web-` is no DNS-1035 label for its first character."""
+    path = "/api/v1/namespaces/default/services"
+    spec = {"ports": [{"port": 80}]}
+    created = await kube_api.request(
+        "POST", path, body={"apiVersion": "v1", "kind": "Service", "metadata": {"generateName": "web-"}, "spec": spec}
+    )
+    assert created["metadata"]["name"].startswith("web-")
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"generateName": "9web-"}, "spec": spec}
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", path, body=body)
+    generated = info.value.body["details"]["name"]
+    assert (info.value.status, info.value.body["details"]["causes"]) == (
+        422,
+        [
+            {
+                "reason": "FieldValueInvalid",
+                "field": "metadata.generateName",
+                "message": f'Invalid value: "9web-": {DNS1035_HELP}',
+            },
+            {
+                "reason": "FieldValueInvalid",
+                "field": "metadata.name",
+                "message": f'Invalid value: "{generated}": {DNS1035_HELP}',
+            },
+        ],
+    )
+
+
+def test_a_generate_name_loses_its_dash_and_the_byte_before_it() -> None:
+    """`maskTrailingDash` cuts bytes, not characters: of a two-byte character before the dash one byte is left,
+    which no name rule takes; a lone '-' is kept as it is."""
+    assert mask_trailing_dash("ab-") == "aa"
+    assert mask_trailing_dash("-") == "-"
+    assert subdomain_problems(mask_trailing_dash(f"ab{E2}-")) == [SUBDOMAIN_HELP]
+    assert go_len(mask_trailing_dash(f"ab{E2}-")) == go_len(f"ab{E2}-") - 1

@@ -256,6 +256,17 @@ def check_fully_qualified_name(errors: FieldErrors, path: str, value: str) -> No
 
 
 NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
+NAME_RULE_PROBLEMS = {"subdomain": subdomain_problems, "label": dns_label_problems, "dns1035": dns1035_problems}
+
+
+def mask_trailing_dash(prefix: str) -> str:
+    """A generateName as the name rules check it in prefix mode (`maskTrailingDash`): one of more than one
+    byte that ends in '-' loses its last two bytes and gains an 'a'. Go cuts bytes: what is left of a
+    character cut in two is kept as that many '_', which fail every name rule as the stray bytes do."""
+    if go_len(prefix) <= 1 or not prefix.endswith("-"):
+        return prefix
+    cut = prefix[-2]
+    return prefix[:-2] + "_" * (go_len(cut) - 1) + "a"
 
 
 def env_var_name_problems(name: str) -> list[str]:
@@ -483,14 +494,25 @@ def special_ip_problems(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, text:
 
 
 def check_metadata(
-    errors: FieldErrors, obj: Mapping[str, Any], *, name_rule: str, name_problems: Sequence[str] = ()
+    errors: FieldErrors,
+    obj: Mapping[str, Any],
+    *,
+    name_rule: str,
+    name_problems: Sequence[str] = (),
+    generate_name_problems: Sequence[str] | None = None,
 ) -> None:
-    """The object's metadata: its name by `name_rule`, then each of the kind's own `name_problems` with it
-    (what the kind's name function adds), then its labels and annotations."""
+    """The object's metadata (`ValidateObjectMeta`): on create (`generate_name_problems` given) a non-empty
+    generateName by `name_rule` in prefix mode, then each of the kind's own `generate_name_problems`; its
+    name by `name_rule`, then each of the kind's own `name_problems` with it (what the kind's name function
+    adds); then its labels and annotations."""
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         errors.required("metadata")
         return
+    prefix = meta.get("generateName")
+    if generate_name_problems is not None and isinstance(prefix, str) and prefix:
+        for problem in [*NAME_RULE_PROBLEMS[name_rule](mask_trailing_dash(prefix)), *generate_name_problems]:
+            errors.invalid("metadata.generateName", prefix, problem)
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         errors.required("metadata.name", "name or generateName is required")
