@@ -5,8 +5,8 @@ named port, an HTTP readiness probe and a TCP liveness probe) injects without er
 default templates, and with each user template after them, and if the result is a pod Kubernetes
 would accept as far as templates can break it: every container has an image, every volume mount
 names a volume of the pod, no two containers or volumes share a name; injecting the result again
-must change nothing. The injected `istio-proxy` container must be one the agent starts with
-(`webhook.sidecarcheck`).
+must change nothing. The injected `istio-init` and `istio-proxy` containers must be ones their
+commands start with (`webhook.sidecarcheck`).
 """
 
 from __future__ import annotations
