@@ -171,8 +171,8 @@ TPROXY_UNSUPPORTED = (
 
 
 def parse_interception_mode(text: str) -> str:
-    if text == "TPROXY":
-        raise ValueError(TPROXY_UNSUPPORTED)
+    if text in _UNSUPPORTED["interceptionMode"]:
+        raise ValueError(_UNSUPPORTED["interceptionMode"][text])
     if text not in INTERCEPTION_MODES:
         raise ValueError(f"use one of {', '.join(INTERCEPTION_MODES)}")
     return text
@@ -221,6 +221,8 @@ IMAGE_TYPES = ("default", "distroless", "debug")
 _PORT_FIELDS = {"proxyAdminPort", "statusPort"}
 # The integer fields are int32 in Istio's proto, fileFlushMinSizeKb uint32: a larger number does not decode.
 _INTEGER_MAX = {"fileFlushMinSizeKb": 2**32 - 1}
+# Values Istio takes that meshplane cannot serve, with why: refused by name, not as unknown.
+_UNSUPPORTED: dict[str, dict[str, str]] = {"interceptionMode": {"TPROXY": TPROXY_UNSUPPORTED}}
 _ENUMS: dict[str, tuple[str, ...]] = {
     "interceptionMode": INTERCEPTION_MODES,
     "controlPlaneAuthPolicy": ("NONE", "MUTUAL_TLS", "INHERIT"),
@@ -320,8 +322,9 @@ def _check_proxy_field(name: str, kind: str, value: Any) -> None:
             raise ValueError(f"{name}: {json.dumps(value)} must not be negative")
     elif kind == "enum":
         choices = _ENUMS[name]
-        if name == "interceptionMode" and value == "TPROXY":
-            raise ValueError(f"{name}: {TPROXY_UNSUPPORTED}")
+        unsupported = _UNSUPPORTED.get(name, {})
+        if isinstance(value, str) and value in unsupported:
+            raise ValueError(f"{name}: {unsupported[value]}")
         if value not in choices:
             raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {json.dumps(value)}")
     elif kind == "image":

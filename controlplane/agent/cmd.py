@@ -39,9 +39,9 @@ _DESCRIPTION = (
 )
 
 
-# The flags that default to an environment variable: dest -> (flag, variable, default). Parsing leaves
-# them None when not given; `with_environment` then reads them from the environment the agent runs in.
-ENV_FLAGS: dict[str, tuple[str, str, str | None]] = {}
+# The flags that default to an environment variable: dest -> (flag, variable, default, choices). Parsing
+# leaves them None when not given; `with_environment` then reads them from the environment the agent runs in.
+ENV_FLAGS: dict[str, tuple[str, str, str | None, Sequence[str] | None]] = {}
 
 
 def _flag(
@@ -58,7 +58,7 @@ def _flag(
     value = None if env else default
     source = f"env {env}; " if env else ""
     if env:
-        ENV_FLAGS[kw.get("dest") or flag.lstrip("-").replace("-", "_")] = (flag, env, default)
+        ENV_FLAGS[kw.get("dest") or flag.lstrip("-").replace("-", "_")] = (flag, env, default, kw.get("choices"))
     if keep_earlier:
         value = argparse.SUPPRESS
     p.add_argument(flag, default=value, help=f"{help} [{source}default {default!r}]", **kw)
@@ -66,15 +66,15 @@ def _flag(
 
 def with_environment(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
     """`args` with each flag not given on the command line read from its variable in `env`, else its
-    default. Raises OptionsError for a log level or format that is not one of the choices."""
-    for dest, (_, name, default) in ENV_FLAGS.items():
-        if getattr(args, dest, None) is None:
-            setattr(args, dest, env.get(name, default))
-    for dest, choices in (("log_level", logs.LEVELS), ("log_format", logs.FORMATS)):
-        flag, name, _ = ENV_FLAGS[dest]
-        if getattr(args, dest) not in choices:
-            value = getattr(args, dest)
+    default. Raises OptionsError for a value so read that is not one of the flag's choices (argparse
+    checks the choices of a flag given, not of a default)."""
+    for dest, (flag, name, default, choices) in ENV_FLAGS.items():
+        if getattr(args, dest, None) is not None:
+            continue
+        value = env.get(name, default)
+        if choices is not None and value not in choices:
             raise OptionsError(f"{flag} (env {name}): {value!r} is not one of {', '.join(choices)}")
+        setattr(args, dest, value)
     return args
 
 

@@ -221,11 +221,6 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
         raise OptionsError(
             f"env ISTIO_META_INTERCEPTION_MODE: {interception!r} is not one of REDIRECT, NONE{unsupported}"
         )
-    if args.key_algorithm not in KEY_ALGORITHMS:
-        raise OptionsError(
-            f"--key-algorithm (env MESHPLANE_KEY_ALGORITHM): {args.key_algorithm!r} is not one of "
-            f"{', '.join(KEY_ALGORITHMS)}"
-        )
     if args.node_type not in NODE_TYPES:
         raise OptionsError(f"proxy type {args.node_type!r} is not sidecar or router")
     status_port = natural(str(args.status_port).strip())
