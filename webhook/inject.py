@@ -332,10 +332,12 @@ def inject_pod(pod: dict[str, Any], params: InjectionParams, *, warnings: list[s
     containers: list[dict[str, Any]] = spec.get("containers") or []
     if not containers and not overrides:
         raise InvalidPod("spec.containers", "needs at least one application container")
-    for index, container in enumerate(containers):
-        _objects(container, "env", f"spec.containers[{index}].env", named=True)
-        _objects(container, "ports", f"spec.containers[{index}].ports")
-        _objects(container, "volumeMounts", f"spec.containers[{index}].volumeMounts", named=True)
+    users = [(f"spec.containers[{index}]", container) for index, container in enumerate(containers)]
+    users += [(f"spec.{entry['list']}[{entry['index']}]", entry["container"]) for entry in overrides]
+    for path, container in users:
+        problem = v.container_problem(container)
+        if problem is not None:
+            raise InvalidPod(f"{path}.{problem[0]}", problem[1])
     indexed_apps = list(enumerate(containers))
     probe_targets = [(f"spec.initContainers[{i}]", c) for i, c in enumerate(spec.get("initContainers") or [])]
     probe_targets += [(f"spec.containers[{i}]", c) for i, c in indexed_apps]

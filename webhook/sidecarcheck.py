@@ -73,15 +73,14 @@ def container_environment(container: Mapping[str, Any], downward: Mapping[str, s
     """The environment the kubelet starts `container` with: literal values (expanded), downward-API
     fields from `downward`, resource fields as a number; a later entry of the same name wins."""
     env: dict[str, str] = {}
-    for entry in container.get("env") or []:
+    for entry in container.get("env") or []:  # shapes checked by `webhook.validate.container_problem`
         name = entry["name"]
-        if "value" in entry:
-            env[name] = expand(str(entry["value"]), env)
-            continue
         source = entry.get("valueFrom") or {}
-        if "fieldRef" in source:
-            env[name] = downward.get(source["fieldRef"].get("fieldPath", ""), "")
-        elif "resourceFieldRef" in source:
+        if entry.get("value") or not source:
+            env[name] = expand(entry.get("value") or "", env)
+        elif source.get("fieldRef"):
+            env[name] = downward.get(source["fieldRef"]["fieldPath"], "")
+        elif source.get("resourceFieldRef"):
             env[name] = "1"
     return env
 

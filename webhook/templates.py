@@ -303,8 +303,10 @@ def check_fragment(name: str, fragment: Any) -> dict[str, Any]:
         _items(name, spec, key, "spec", ("name",))
         for index, container in enumerate(spec.get(key) or []):
             where = f"spec.{key}[{index}]"
-            _items(name, container, "env", where, ("name",))
-            _items(name, container, "volumeMounts", where, ("name", "mountPath"))
+            problem = v.container_problem(container)
+            if problem is not None:
+                raise _fail(name, f"{where}.{problem[0]}", problem[1])
+            _items(name, container, "volumeMounts", where, ("mountPath",))
             _items(name, container, "ports", where, ("containerPort",))
     _items(name, spec, "volumes", "spec", ("name",))
     _items(name, spec, "imagePullSecrets", "spec", ("name",))

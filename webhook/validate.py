@@ -88,6 +88,59 @@ def type_name(value: Any) -> str:
 # -- scalars -----------------------------------------------------------------------------------
 
 
+def container_problem(container: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field of `container` that injection reads and that does not have the type the API
+    server decodes it to, as (path under the container, problem); None when all do. Checked on the
+    user's containers (an `istio-proxy` of their own is merged into ours) and on what templates render.
+    """
+    for key in ("command", "args"):
+        items = container.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            return key, f"must be a list of strings, got {type_name(items)}"
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                return f"{key}[{index}]", f"must be a string, got {type_name(item)}"
+    for key, named in (("env", True), ("ports", False), ("volumeMounts", True)):
+        entries = container.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            return key, f"must be a list, got {type_name(entries)}"
+        for index, entry in enumerate(entries):
+            where = f"{key}[{index}]"
+            if not isinstance(entry, dict):
+                return where, f"must be an object, got {type_name(entry)}"
+            if named and (not isinstance(entry.get("name"), str) or not entry["name"]):
+                return f"{where}.name", "is required and must be a non-empty string"
+            if key == "env":
+                problem = _env_problem(entry)
+                if problem is not None:
+                    return f"{where}.{problem[0]}", problem[1]
+    return None
+
+
+def _env_problem(entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    value = entry.get("value")
+    if value is not None and not isinstance(value, str):
+        return "value", f"must be a string, got {type_name(value)} (quote it)"
+    source = entry.get("valueFrom")
+    if source is None:
+        return None
+    if not isinstance(source, dict):
+        return "valueFrom", f"must be an object, got {type_name(source)}"
+    for key, field in (("fieldRef", "fieldPath"), ("resourceFieldRef", "resource")):
+        ref = source.get(key)
+        if ref is None:
+            continue
+        if not isinstance(ref, dict):
+            return f"valueFrom.{key}", f"must be an object, got {type_name(ref)}"
+        if not isinstance(ref.get(field), str) or not ref[field]:
+            return f"valueFrom.{key}.{field}", "is required and must be a non-empty string"
+    return None
+
+
 def parse_bool(text: str) -> bool:
     """Exactly `true` or `false` (Istio accepts a few more spellings in some places; one rule here)."""
     if text == "true":

@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from webhook.config import InjectionConfig
@@ -332,6 +332,10 @@ def test_pod_injected_by_istio_with_a_plain_status_is_reinjected_cleanly() -> No
 # -- malformed pods ------------------------------------------------------------------------------
 
 
+def _proxy(**fields: Any) -> dict[str, Any]:
+    return {"name": "istio-proxy", **fields}
+
+
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
@@ -354,6 +358,28 @@ def test_pod_injected_by_istio_with_a_plain_status_is_reinjected_cleanly() -> No
             r"spec.containers\[0\].startupProbe.grpc.port",
         ),
         (lambda p: p["spec"]["containers"][0].update(env={"A": "1"}), r"spec.containers\[0\].env"),
+        (
+            lambda p: p["spec"]["containers"][0].update(env=[{"name": "A", "value": 1}]),
+            r"spec.containers\[0\].env\[0\].value",
+        ),
+        (lambda p: p["spec"]["containers"][0].update(args="serve"), r"spec.containers\[0\].args"),
+        # the user's own istio-proxy is merged into the injected one: its fields are checked where they were
+        (lambda p: p["spec"]["containers"].append(_proxy(env={"": None})), r"spec.containers\[1\].env"),
+        (lambda p: p["spec"]["containers"].append(_proxy(env=[{"name": []}])), r"spec.containers\[1\].env\[0\].name"),
+        (lambda p: p["spec"]["containers"].append(_proxy(env=[{"name": None}])), r"spec.containers\[1\].env\[0\].name"),
+        (
+            lambda p: p["spec"]["containers"].append(_proxy(env=[{"name": "A", "value": ["x"]}])),
+            r"spec.containers\[1\].env\[0\].value",
+        ),
+        (
+            lambda p: p["spec"]["containers"].append(_proxy(env=[{"name": "A", "valueFrom": {"fieldRef": {}}}])),
+            r"spec.containers\[1\].env\[0\].valueFrom.fieldRef.fieldPath",
+        ),
+        (lambda p: p["spec"]["containers"].append(_proxy(args=["--x", 3])), r"spec.containers\[1\].args\[1\]"),
+        (
+            lambda p: p["spec"].update(initContainers=[{"name": "istio-init", "command": "sh"}]),
+            r"spec.initContainers\[0\].command",
+        ),
         (lambda p: p["spec"].update(initContainers=[{"image": "x"}]), r"spec.initContainers\[0\].name"),
         (lambda p: p["spec"].update(volumes={"a": {}}), "spec.volumes"),
         (lambda p: p["metadata"].update(annotations=["a"]), "metadata.annotations"),
@@ -386,7 +412,18 @@ _container = st.one_of(
             "ports": st.one_of(
                 _json, st.lists(st.fixed_dictionaries({"name": _json, "containerPort": _json}), max_size=2)
             ),
-            "env": st.one_of(_json, st.lists(st.fixed_dictionaries({"name": _json, "value": _json}), max_size=2)),
+            "env": st.one_of(
+                _json,
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"name": st.one_of(_json, st.sampled_from(["ISTIO_META_CLUSTER_ID", "SECRET_TTL"]))},
+                        optional={"value": _json, "valueFrom": _json},
+                    ),
+                    max_size=2,
+                ),
+            ),
+            "args": st.one_of(_json, st.lists(st.one_of(st.text(max_size=8), _json), max_size=3)),
+            "command": _json,
             "readinessProbe": _probe,
             "livenessProbe": _probe,
             "volumeMounts": _json,
@@ -430,6 +467,9 @@ _pod = st.fixed_dictionaries(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_pod)
+@example({"metadata": None, "spec": {"containers": [{"name": "istio-proxy", "env": [{"name": [], "value": None}]}]}})
+@example({"metadata": None, "spec": {"containers": [{"name": "istio-proxy", "env": [{"name": None, "value": None}]}]}})
+@example({"metadata": None, "spec": {"containers": [{"name": "istio-proxy", "env": {"": None}}]}})
 def test_any_pod_is_injected_or_rejected_with_a_precise_error(p: dict[str, Any]) -> None:
     try:
         inject(p)

@@ -67,8 +67,28 @@ def params(config: Any) -> InjectionParams:
         ),
         ("metadata:\n  labels:\n    port: 15020\n", "templates.bad", "metadata.labels.port: must be a string"),
         ("kind: Pod\n", "templates.bad", "kind: is not part of a pod template"),
+        (
+            "spec:\n  containers:\n  - name: istio-proxy\n    env:\n    - {name: SECRET_TTL, value: 3600}\n",
+            "templates.bad",
+            "spec.containers[0].env[0].value: must be a string, got integer (quote it)",
+        ),
+        (
+            "spec:\n  containers:\n  - name: istio-proxy\n    args: [proxy, --concurrency, 2]\n",
+            "templates.bad",
+            "spec.containers[0].args[2]: must be a string, got integer",
+        ),
     ],
-    ids=["syntax", "unknown-name", "sandbox", "no-image", "dangling-mount", "label-not-string", "not-a-fragment"],
+    ids=[
+        "syntax",
+        "unknown-name",
+        "sandbox",
+        "no-image",
+        "dangling-mount",
+        "label-not-string",
+        "not-a-fragment",
+        "env-not-string",
+        "arg-not-string",
+    ],
 )
 def test_a_template_that_cannot_inject_is_refused_when_the_configmap_is_read(
     source: str, field: str, problem: str
