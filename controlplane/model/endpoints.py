@@ -128,7 +128,6 @@ class EndpointSlice:
 
 
 _PLAIN_KEYS = frozenset({"addresses", "conditions", "targetRef", "zone", "nodeName", "hostname", "deprecatedTopology"})
-_TRUE_FALSE = (True, False, None)
 
 
 def _address_of(family: int, value: Any, path: str) -> str:
@@ -158,8 +157,8 @@ def _plain_endpoint(raw: Any) -> SliceEndpoint | None:
     if type(conditions) is not dict or type(target) is not dict:
         return None
     ready, serving, terminating = conditions.get("ready"), conditions.get("serving"), conditions.get("terminating")
-    if ready not in _TRUE_FALSE or serving not in _TRUE_FALSE or terminating not in _TRUE_FALSE:
-        return None
+    if not all(v is None or v is True or v is False for v in (ready, serving, terminating)):
+        return None  # by identity: 0 == False and 1 == True, and the API server refuses numbers here
     zone, node_name = raw.get("zone", ""), raw.get("nodeName", "")
     kind, name = target.get("kind", ""), target.get("name", "")
     if not all(type(v) is str for v in (zone, node_name, kind, name)):

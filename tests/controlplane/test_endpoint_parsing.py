@@ -57,6 +57,8 @@ def parse(raw: Any, *, address_type: str = "IPv4") -> Any:
 @given(endpoint)
 @example({"addresses": ["10.1.2.3"], "conditions": False})  # falsy, but not a mapping: refused, naming it
 @example({"addresses": ["10.1.2.3"], "targetRef": 0})
+@example({"addresses": ["10.1.2.3"], "conditions": {"ready": 0}})  # 0 == False, but not a boolean
+@example({"addresses": ["10.1.2.3"], "conditions": {"serving": 1.0}})
 def test_fast_path_equals_the_precise_path(raw: Any) -> None:
     fast = parse(raw)
     with pytest.MonkeyPatch.context() as patch:
