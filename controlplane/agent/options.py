@@ -165,6 +165,11 @@ def _concurrency(value: Any) -> int:
     return value
 
 
+# Node metadata the control plane reads as text and the agent sends as the environment gives it
+# (it sets NAMESPACE, SERVICE_ACCOUNT, LABELS, INSTANCE_IPS, INTERCEPTION_MODE and the rest itself).
+TEXT_META = ("GENERATOR", "CLUSTER_ID")
+
+
 def node_meta(env: Mapping[str, str]) -> dict[str, Any]:
     """Every `ISTIO_META_<KEY>` as metadata `<KEY>`; values that are JSON objects or arrays are decoded."""
     meta: dict[str, Any] = {}
@@ -208,12 +213,18 @@ def from_args(args: Any, env: Mapping[str, str]) -> AgentOptions:
                         args.pod_namespace), ("--instance-ip (env INSTANCE_IP)", args.instance_ip)):  # fmt: skip
         if not value:
             raise OptionsError(f"{flag} is required")
+    _kube_name(args.pod_name, name="--pod-name (env POD_NAME)", subdomain=True)  # in the node id
     namespace = _kube_name(args.pod_namespace, name="--pod-namespace (env POD_NAMESPACE)")
     service_account = _kube_name(
         args.service_account or "default", name="--service-account (env SERVICE_ACCOUNT)", subdomain=True
     )
     drain_text = args.drain_duration or str(pc.get("terminationDrainDuration") or "5s")
     meta = node_meta(env)
+    for key in TEXT_META:
+        if not isinstance(meta.get(key, ""), str):
+            raise OptionsError(
+                f"env ISTIO_META_{key}: {env[f'ISTIO_META_{key}']!r} is JSON; the control plane reads text"
+            )
     proxyless = meta.get("GENERATOR") == "grpc" or _env_boolean(env, "DISABLE_ENVOY", default=False)
     interception = str(meta.get("INTERCEPTION_MODE") or "REDIRECT")
     if interception not in INTERCEPTION_MODES:

@@ -260,6 +260,9 @@ def test_zero_is_a_duration_only_where_it_means_something() -> None:
         (["wait"], {}, "'wait' does not run the agent"),
         # meshplane's istio-init has no TPROXY rules, and the inbound listener is not transparent
         ([], {"ISTIO_META_INTERCEPTION_MODE": "TPROXY"}, "'TPROXY' is not one of REDIRECT, NONE (TPROXY is not"),
+        # the node id and metadata the control plane refuses, so the sidecar connected and was refused for ever
+        ([], {"POD_NAME": "web~1"}, "--pod-name (env POD_NAME): 'web~1' is not a DNS-1123 subdomain"),
+        ([], {"ISTIO_META_CLUSTER_ID": '{"name": "east"}'}, 'env ISTIO_META_CLUSTER_ID: \'{"name": "east"}\' is JSON'),
     ],
 )
 def test_bad_options_are_refused_naming_the_field(args: list[str], env: dict[str, str], message: str) -> None:

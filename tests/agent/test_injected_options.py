@@ -6,7 +6,8 @@ environment variables, such as the booleans ISTIO_DELTA_XDS and DISABLE_ENVOY. B
 webhook let `500us`, `-5s`, `9999999999h` and 99999999999 workers through and the sidecar then
 refused to start (or started an Envoy that refused its flags): a pod admitted that never became ready.
 `proxyMetadata` may set any of the agent's variables; the injector checks the container with the
-agent's own reader (`webhook.sidecarcheck`).
+agent's own reader (`webhook.sidecarcheck`), and what the agent starts with is a node the control
+plane accepts.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import copy
 import json
 from typing import Any
 
+from envoy.config.core.v3.base_pb2 import Node
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controlplane.agent.run import node_metadata
+from discovery.proxy import parse_node
 from tests.helpers.injected import agent_options
 from tests.helpers.injector import DEFAULT_PARAMS
 from webhook.inject import InjectionError, inject_pod
@@ -68,6 +72,11 @@ metadata = st.fixed_dictionaries(
         "MESHPLANE_KEY_ALGORITHM": st.sampled_from(["ecdsa-p256", "rsa-2048", "rsa-1024"]) | short_text,
         "ISTIO_META_LOOPBACK_ADDRESS": st.sampled_from(["127.0.0.1", "::1", "localhost"]) | short_text,
         "PROXY_CONFIG": st.sampled_from(["{}", "[]", '{"concurrency": -1}']) | short_text,
+        # these reach the control plane in the node the agent sends
+        "POD_NAME": st.sampled_from(["web-0", "web.v1-0", "Web_0", "web~0"]) | short_text,
+        "ISTIO_META_CLUSTER_ID": st.sampled_from(["east", '{"a": 1}', "[]"]) | short_text,
+        "ISTIO_META_GENERATOR": st.sampled_from(["grpc", '["grpc"]']) | short_text,
+        "ISTIO_META_INTERCEPTION_MODE": st.sampled_from(["REDIRECT", "NONE", "TPROXY"]) | short_text,
     },
 )
 proxy_configs = st.fixed_dictionaries(
@@ -125,4 +134,7 @@ def test_a_proxy_config_the_injector_admits_is_one_the_agent_starts_with(config:
     except InjectionError as exc:
         assert exc.annotation == "proxy.istio.io/config"
         return
-    agent_options(injected)  # raises OptionsError (the agent's exit 2) for what it cannot start with
+    options = agent_options(injected)  # raises OptionsError (the agent's exit 2) for what it cannot start with
+    node = Node(id=options.node_id, cluster="web.shop")
+    node.metadata.update(node_metadata(options, {"app": "web"}))
+    parse_node(node)  # the node it sends: raises NodeError where the control plane would refuse the stream

@@ -46,6 +46,9 @@ def pod(proxy_config: dict[str, Any] | None = None, **spec: Any) -> dict[str, An
         ("MESHPLANE_BIND_ADDRESS", "*", "--bind-address (env MESHPLANE_BIND_ADDRESS): "),
         ("ISTIO_META_LOOPBACK_ADDRESS", "localhost", "--loopback-address (env ISTIO_META_LOOPBACK_ADDRESS)"),
         ("PROXY_CONFIG", "[]", "env PROXY_CONFIG: must be a JSON object"),
+        # both reach the control plane in the node, which refused them when the sidecar connected
+        ("POD_NAME", "Web_1", "--pod-name (env POD_NAME): 'Web_1' is not a DNS-1123 subdomain"),
+        ("ISTIO_META_GENERATOR", '["grpc"]', "env ISTIO_META_GENERATOR: '[\"grpc\"]' is JSON; the control plane"),
     ],
 )
 def test_a_proxy_metadata_variable_the_agent_refuses_is_refused_at_admission(
