@@ -77,6 +77,20 @@ def params(config: Any) -> InjectionParams:
             "templates.bad",
             "spec.containers[0].args[2]: must be a string, got integer",
         ),
+        # what one rendering may make and run: 3 GB of string, a 300-million-bit integer, hours of loops
+        ("metadata:\n  labels:\n    a: \"{{ 'x' * 3000000000 }}\"\n", "templates.bad", "'*' would make 3,000,000,000"),
+        ('metadata:\n  labels:\n    a: "{{ 10 ** 100000000 }}"\n', "templates.bad", "'**' would make an integer"),
+        (
+            "metadata:\n  labels:\n    a: \"{% for i in range(3) %}{{ 'y' * 1000000 }}{% endfor %}\"\n",
+            "templates.bad",
+            "renders 3,000,029 characters; at most 1,048,576",
+        ),
+        (
+            'metadata:\n  labels:\n    a: "{% for i in range(100000) %}{% for j in range(100000) %}'
+            '{% endfor %}{% endfor %}"\n',
+            "templates.bad",
+            "line 3: rendering took longer than 0.2s (does a loop run too long?)",
+        ),
     ],
     ids=[
         "syntax",
@@ -88,11 +102,16 @@ def params(config: Any) -> InjectionParams:
         "not-a-fragment",
         "env-not-string",
         "arg-not-string",
+        "repeat-string",
+        "power",
+        "rendered-size",
+        "loops-in-loops",
     ],
 )
 def test_a_template_that_cannot_inject_is_refused_when_the_configmap_is_read(
-    source: str, field: str, problem: str
+    source: str, field: str, problem: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(templates, "RENDER_BUDGET_S", 0.2)
     with pytest.raises(ConfigError) as caught:
         parse_injection_config(injector=injector({"bad": source}), mesh=None)
     assert caught.value.key == "config"
@@ -121,6 +140,24 @@ def test_a_template_failing_for_one_pod_rejects_it_naming_template_and_line() ->
     with pytest.raises(TemplateError) as caught:
         inject_pod(pod(**{"inject.istio.io/templates": "sidecar,owner"}), params(config))
     assert str(caught.value) == "template 'owner' line 4: 'dict object' has no attribute 'owner'"
+
+
+def test_a_template_looping_over_a_large_pod_stops_and_refuses_that_pod_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loops in loops over the pod pass the sample's check and ran for hours on a pod with many
+    containers, holding a webhook thread past the API server's timeout."""
+    monkeypatch.setattr(templates, "RENDER_BUDGET_S", 0.2)
+    cubed = (
+        "metadata:\n  labels:\n    n: '{% set cs = pod.spec.containers %}{% for a in cs %}{% for b in cs %}"
+        "{% for c in cs %}{% endfor %}{% endfor %}{% endfor %}{{ cs | length }}'\n"
+    )
+    config = parse_injection_config(injector=injector({"cubed": cubed}, ["sidecar", "cubed"]), mesh=None)
+    assert inject_pod(pod(), params(config))["metadata"]["labels"]["n"] == "1"
+    large = pod()
+    large["spec"]["containers"] = [{"name": f"c{i}", "image": "example.com/c:1"} for i in range(3000)]
+    with pytest.raises(TemplateError) as caught:
+        inject_pod(large, params(config))
+    assert str(caught.value) == "template 'cubed' line 3: rendering took longer than 0.2s (does a loop run too long?)"
+    assert inject_pod(pod(), params(config))["metadata"]["labels"]["n"] == "1"  # the next pod is served
 
 
 def test_a_template_that_does_not_read_the_pod_renders_once_per_config() -> None:
