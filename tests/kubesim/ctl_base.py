@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -48,7 +49,9 @@ def uid_of(obj: Mapping[str, Any]) -> str:
 
 
 def object_path(resource: Resource, namespace: str, name: str, sub: str = "") -> str:
-    path = f"{resource.path(namespace if resource.namespaced else None)}/{name}"
+    """An object's URL path (or its subresource's), the name percent-escaped: some kinds' names (an RBAC
+    object's) may hold any character but '/' and '%', such as '?', '#' or ' '."""
+    path = f"{resource.path(namespace if resource.namespaced else None)}/{urllib.parse.quote(name, safe='')}"
     return f"{path}/{sub}" if sub else path
 
 

@@ -105,13 +105,33 @@ def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
 def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
     """The object's metadata (a new one's name also by the kind's `name_problems`) and `resource.validate`, on
     create then `resource.validate_create`; on update also the uid and `resource.validate_update`, after them
-    or, for a kind whose server checks the update first (`update_checks_first`), before them."""
+    or, for a kind whose server checks the update first (`update_checks_first`), before them. A new object of
+    a kind that leaves its metadata to the registry (`strategy_checks_metadata` false) has it checked last,
+    and only when nothing else was wrong, as `BeforeCreate` does."""
     errors = FieldErrors()
     meta = obj["metadata"]
     name = str(meta.get("name") or "")
     first = resource.update_checks_first
+    metadata_first = resource.strategy_checks_metadata or old is not None
     if old is not None and first:
         _validate_update(resource, obj, old, errors)
+    if metadata_first:
+        _check_metadata(resource, obj, old, errors)
+    if resource.validate is not None:
+        resource.validate(obj, errors)
+    if old is None and resource.validate_create is not None:
+        resource.validate_create(obj, errors)
+    if old is not None and not first:
+        _validate_update(resource, obj, old, errors)
+    if not metadata_first and not errors:
+        _check_metadata(resource, obj, old, errors)
+    if errors:
+        raise invalid(resource, name, errors.causes)
+
+
+def _check_metadata(resource: ResourceType, obj: Obj, old: Obj | None, errors: FieldErrors) -> None:
+    """The metadata by the kind's name rule; a new object's name and generateName also by its `name_problems`."""
+    meta = obj["metadata"]
     check_metadata(
         errors,
         obj,
@@ -119,14 +139,6 @@ def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
         name_problems=_kind_name_problems(resource, obj, meta.get("name")) if old is None else (),
         generate_name_problems=_kind_name_problems(resource, obj, meta.get("generateName")) if old is None else None,
     )
-    if resource.validate is not None:
-        resource.validate(obj, errors)
-    if old is None and resource.validate_create is not None:
-        resource.validate_create(obj, errors)
-    if old is not None and not first:
-        _validate_update(resource, obj, old, errors)
-    if errors:
-        raise invalid(resource, name, errors.causes)
 
 
 def _kind_name_problems(resource: ResourceType, obj: Obj, name: Any) -> list[str]:
@@ -402,7 +414,8 @@ class Registry:
             )
 
     def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Allocation | None:
-        """Preconditions, system fields kept from `old`, defaults, allocation, validation and generation of an update.
+        """Preconditions, system fields kept from `old`, defaults, the kind's own preparation (`prepare_update`),
+        allocation, validation and generation of an update.
 
         For a Service: what it allocates (held from now on unless a dry run; given back here when
         validation fails) and releases, to `commit` when the update is written.
@@ -441,6 +454,8 @@ class Registry:
             keep_allocations(obj, old)
         if resource.defaults is not None:
             resource.defaults(obj)
+        if resource.prepare_update is not None:
+            resource.prepare_update(obj, old)
         allocation = self._allocator.allocate_update(obj, old, resource, dry_run=dry_run) if service else None
         with self._given_back_on_failure(allocation):
             if service:

@@ -43,6 +43,7 @@ from tests.kubesim.validation import (
     go_string,
     go_string_slice,
     go_struct,
+    path_segment_problems,
     qualified_name_problems,
     subdomain_problems,
 )
@@ -79,7 +80,11 @@ class ResourceType:
     singular: str
     kind: str
     namespaced: bool
-    name_rule: str = "subdomain"  # subdomain | label | dns1035
+    name_rule: str = "subdomain"  # subdomain | label | dns1035 | path_segment | rbac (`NAME_RULE_PROBLEMS`)
+    # False for a kind whose own validation leaves its metadata alone (a PodDisruptionBudget's): the registry's
+    # generic check (`BeforeCreate`, path-segment names) does it, on create after the kind's checks and only
+    # when they found nothing
+    strategy_checks_metadata: bool = True
     # what else a new object's name (or generateName) must be, reported after the rule's problems (a CRD's:
     # <plural>.<group>)
     name_problems: Callable[[Obj, str], list[str]] | None = None
@@ -89,10 +94,13 @@ class ResourceType:
     fields: Mapping[str, FieldGetter] = field(default_factory=dict)
     defaults: Defaulter | None = None
     validate: Validator | None = None
-    # what only a create checks, after `validate` (a CRD's stored versions, which an update takes from the
-    # stored object)
+    # what only a create checks, after `validate` (a CRD's stored versions, which an update checks after the
+    # fields it may not change)
     validate_create: Validator | None = None
     validate_update: UpdateValidator | None = None
+    # what the kind's PrepareForUpdate does to (new, old) once the stored status is kept, before validation (a
+    # CRD's storage version joins its stored versions)
+    prepare_update: Callable[[Obj, Obj], None] | None = None
     # whether `validate_update`'s causes come before `validate`'s, as in `ValidateServiceUpdate`
     update_checks_first: bool = False
     # top-level fields whose change bumps metadata.generation; empty: the kind has no generation
@@ -999,26 +1007,29 @@ def _validate_metric(errors: FieldErrors, path: str, metric: Any) -> None:
 
 
 def _validate_hpa(obj: Obj, errors: FieldErrors) -> None:
-    """autoscaling/v2 HorizontalPodAutoscaler: the target reference, 1 <= minReplicas <= maxReplicas, metrics."""
+    """autoscaling/v2 HorizontalPodAutoscaler (`validateHorizontalPodAutoscalerSpec`): 1 <= minReplicas <=
+    maxReplicas, then the target reference (its kind and name path segments, `ValidateCrossVersionObjectReference`),
+    then the metrics."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         errors.required("spec")
         return
-    ref = spec.get("scaleTargetRef")
-    ref = ref if isinstance(ref, dict) else {}
-    for key in ("kind", "name"):
-        if not ref.get(key):
-            errors.required(f"spec.scaleTargetRef.{key}")
-        elif "/" in str(ref[key]) or str(ref[key]) in (".", ".."):
-            errors.invalid(f"spec.scaleTargetRef.{key}", ref[key], "may not contain '/'")
     low = spec.get("minReplicas", 1)
     high = spec.get("maxReplicas")
     if not isinstance(low, int) or low < 1:
         errors.invalid("spec.minReplicas", low, "must be greater than or equal to 1")
     if not isinstance(high, int) or high < 1:
         errors.invalid("spec.maxReplicas", high, "must be greater than 0")
-    elif isinstance(low, int) and high < low:
+    if isinstance(high, int) and isinstance(low, int) and high < low:
         errors.invalid("spec.maxReplicas", high, "must be greater than or equal to `minReplicas`")
+    ref = spec.get("scaleTargetRef")
+    ref = ref if isinstance(ref, dict) else {}
+    for key in ("kind", "name"):
+        if not ref.get(key):
+            errors.required(f"spec.scaleTargetRef.{key}")
+            continue
+        for problem in path_segment_problems(str(ref[key])):
+            errors.invalid(f"spec.scaleTargetRef.{key}", ref[key], problem)
     for i, metric in enumerate(spec.get("metrics") or []):
         _validate_metric(errors, f"spec.metrics[{i}]", metric)
 
@@ -1210,25 +1221,54 @@ def _go_crd_list_item(go_type: str, item: Any) -> str:
     )
 
 
-def _validate_new_crd(obj: Obj, errors: FieldErrors) -> None:
-    """`ValidateCustomResourceDefinitionStoredVersions` on create, where the stored versions are only the
-    first storage version: at least one, and every storage version among them."""
+def _validate_crd_stored_versions(obj: Obj, errors: FieldErrors) -> None:
+    """`ValidateCustomResourceDefinitionStoredVersions`: at least one stored version; every storage version among
+    them; and every stored version still in spec.versions, reported at its last index. Go walks the versions
+    left over in a map, in no set order: here they come in the order of their index."""
     status = obj.get("status")
     stored = status.get("storedVersions") if isinstance(status, dict) else None
+    stored = [str(v) for v in stored] if isinstance(stored, list) else []
     shown = go_string_slice(stored or None)
     if not stored:
         errors.invalid("status.storedVersions", shown, "must have at least one stored version")
         return
+    left = {version: i for i, version in enumerate(stored)}
     spec = obj.get("spec")
     versions = spec.get("versions") if isinstance(spec, dict) else None
     for version in versions if isinstance(versions, list) else []:
-        if isinstance(version, dict) and version.get("storage") is True and version.get("name") not in stored:
-            errors.invalid("status.storedVersions", shown, f"must have the storage version {version.get('name') or ''}")
+        if not isinstance(version, dict):
+            continue
+        name = str(version.get("name") or "")
+        if version.get("storage") is True and name not in left:
+            errors.invalid("status.storedVersions", shown, f"must have the storage version {name}")
+        left.pop(name, None)
+    for version, i in sorted(left.items(), key=lambda item: item[1]):
+        errors.invalid(f"status.storedVersions[{i}]", version, "must appear in spec.versions")
+
+
+def _prepare_crd_update(new: Obj, old: Obj) -> None:
+    """The CRD strategy's PrepareForUpdate: the first storage version joins the stored versions (the stored
+    object's) unless it is among them, so the objects written in it can still be read."""
+    spec = new.get("spec")
+    versions = spec.get("versions") if isinstance(spec, dict) else None
+    listed = versions if isinstance(versions, list) else []
+    storage = next((v for v in listed if isinstance(v, dict) and v.get("storage") is True), None)
+    if storage is None:
+        return
+    status = new.get("status")
+    if not isinstance(status, dict):
+        status = new["status"] = {}
+    stored = status.get("storedVersions")
+    stored = stored if isinstance(stored, list) else []
+    name = str(storage.get("name") or "")
+    if name not in stored:
+        status["storedVersions"] = [*stored, name]
 
 
 def _validate_crd_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
     """What an established CRD may not change (`validateCustomResourceDefinitionSpecUpdate`): its scope and
-    kind; nor any CRD its group and plural, which make its name."""
+    kind; nor any CRD its group and plural, which make its name. Then, as `validateCustomResourceDefinitionUpdate`
+    goes on, its stored versions as the update leaves them."""
     new_spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
     new_names, old_names = _crd_names(new), _crd_names(old)
     for path, now, before in (
@@ -1239,6 +1279,7 @@ def _validate_crd_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
     ):
         if now != before:
             errors.invalid(path, now, "field is immutable")
+    _validate_crd_stored_versions(new, errors)
 
 
 def _crd_status(obj: Obj) -> Obj:
@@ -1462,6 +1503,8 @@ RESOURCES: tuple[ResourceType, ...] = (
         "poddisruptionbudget",
         "PodDisruptionBudget",
         namespaced=True,
+        name_rule="path_segment",
+        strategy_checks_metadata=False,
         short_names=("pdb",),
         merge_keys={**META_MERGE, **CONDITIONS},
         validate=_validate_pdb,
@@ -1491,6 +1534,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "clusterrole",
         "ClusterRole",
         namespaced=False,
+        name_rule="rbac",
         merge_keys=META_MERGE,
         schema=CLUSTER_ROLE_SCHEMA,
     ),
@@ -1501,6 +1545,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "clusterrolebinding",
         "ClusterRoleBinding",
         namespaced=False,
+        name_rule="rbac",
         merge_keys=META_MERGE,
         schema=ROLE_BINDING_SCHEMA,
     ),
@@ -1511,6 +1556,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "role",
         "Role",
         namespaced=True,
+        name_rule="rbac",
         merge_keys=META_MERGE,
         schema=ROLE_SCHEMA,
     ),
@@ -1521,6 +1567,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         "rolebinding",
         "RoleBinding",
         namespaced=True,
+        name_rule="rbac",
         merge_keys=META_MERGE,
         schema=ROLE_BINDING_SCHEMA,
     ),
@@ -1551,8 +1598,9 @@ RESOURCES: tuple[ResourceType, ...] = (
         name_problems=_crd_name_problems,
         defaults=_default_crd,
         validate=_validate_crd,
-        validate_create=_validate_new_crd,
+        validate_create=_validate_crd_stored_versions,
         validate_update=_validate_crd_update,
+        prepare_update=_prepare_crd_update,
         generation_fields=("spec",),
         status_subresource=True,
         initial_status=_crd_status,

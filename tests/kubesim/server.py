@@ -438,11 +438,11 @@ class KubeSim:
         ):
             only_post(request)
             return await self._subresources.bind_pod(request, str(namespace), rest[1])
-        if len(rest) == 3 and namespace is not None and rest[2] in ("status", "scale"):
+        if len(rest) == 3 and rest[2] in ("status", "scale"):
             sub_resource = resources.find(group, version, rest[0], served=self.served())
-            if sub_resource is None or not sub_resource.namespaced:
+            if sub_resource is None or sub_resource.namespaced != (namespace is not None):
                 raise page_not_found()
-            return await self._subresources.status_or_scale(request, sub_resource, namespace, rest[1], rest[2])
+            return await self._subresources.status_or_scale(request, sub_resource, namespace or "", rest[1], rest[2])
         if not rest or len(rest) > 2:
             raise page_not_found()
         resource = resources.find(group, version, rest[0], served=self.served())

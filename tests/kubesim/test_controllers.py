@@ -446,6 +446,24 @@ async def test_dependents_of_a_replaced_owner_are_collected(
     assert "kept" in await names()
 
 
+async def test_a_dependent_whose_name_needs_escaping_in_a_url_is_collected(
+    controllers: Controllers, kubectl: Kubectl, kube_api: KubeApi
+) -> None:
+    """An RBAC object's name may hold '?', '#' and spaces (`ValidateRBACName`): the collector escapes it in the
+    URL of its DELETE, as client-go does, so the dependent of a deleted owner goes."""
+    await kubectl.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owner}\n")
+    owner = await kubectl.json("get", "configmap", "owner")
+    refs = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]
+    roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles"
+    await kube_api.request("POST", roles, body={"metadata": {"name": "reader? #1", "ownerReferences": refs}})
+    await kubectl.run("delete", "configmap", "owner")
+
+    async def names() -> set[str]:
+        return {r["metadata"]["name"] for r in await items(kube_api, roles)}
+
+    await eventually(lambda: _not_in("reader? #1", names()), what="the Role of the deleted owner gone")
+
+
 async def _none(found: Any) -> bool:
     return not await found
 

@@ -437,3 +437,77 @@ async def test_a_custom_resource_list_has_the_crds_list_kind(kubesim: KubeSim) -
     assert status == 200
     assert (listed["kind"], listed["apiVersion"]) == ("MeshCollection", "example.io/v1alpha1")
     assert [(i["kind"], i["metadata"]["name"]) for i in listed["items"]] == [("Mesh", "m")]
+
+
+async def put_crd(kubesim: KubeSim, crd: dict[str, Any]) -> tuple[int, Any]:
+    return await call(kubesim, "PUT", f"{CRDS}/{crd['metadata']['name']}", crd)
+
+
+async def test_an_update_adds_the_new_storage_version_to_the_stored_versions(kubesim: KubeSim) -> None:
+    """The CRD strategy's PrepareForUpdate appends the first storage version to the stored versions it keeps from
+    the stored object; the ones already there stay."""
+    status, created = await call(kubesim, "POST", CRDS, mesh_crd(plural="meshes", kind="Mesh"))
+    assert status == 201, created
+    old = created["spec"]["versions"][0]
+    changed = copy.deepcopy(created)
+    changed["spec"]["versions"] = [{**old, "storage": False}, {**old, "name": "v1"}]
+    status, updated = await put_crd(kubesim, changed)
+    assert status == 200, updated
+    assert updated["status"]["storedVersions"] == ["v1alpha1", "v1"]
+    changed = copy.deepcopy(updated)
+    changed["spec"]["versions"][0]["storage"], changed["spec"]["versions"][1]["storage"] = True, False
+    status, updated = await put_crd(kubesim, changed)
+    assert status == 200, updated
+    assert updated["status"]["storedVersions"] == ["v1alpha1", "v1"]
+
+
+async def test_an_update_may_not_drop_a_stored_version_until_the_status_forgets_it(kubesim: KubeSim) -> None:
+    """`ValidateCustomResourceDefinitionStoredVersions` on update: a stored version missing from spec.versions
+    is refused at its index in status.storedVersions, after the fields the update may not change. Once a
+    status update (which checks no stored version) leaves it out, as a storage migration does, it can go."""
+    status, created = await call(kubesim, "POST", CRDS, mesh_crd(plural="meshes", kind="Mesh"))
+    assert status == 201, created
+    old = created["spec"]["versions"][0]
+    changed = copy.deepcopy(created)
+    changed["spec"]["versions"] = [{**old, "storage": False}, {**old, "name": "v1"}]
+    status, updated = await put_crd(kubesim, changed)
+    assert status == 200, updated
+    dropped = copy.deepcopy(updated)
+    dropped["spec"]["versions"] = dropped["spec"]["versions"][1:]
+    dropped["spec"]["scope"] = "Namespaced"
+    status, answer = await put_crd(kubesim, dropped)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    assert answer["message"] == (
+        'CustomResourceDefinition.apiextensions.k8s.io "meshes.example.io" is invalid: ['
+        'spec.scope: Invalid value: "Namespaced": field is immutable, '
+        'status.storedVersions[0]: Invalid value: "v1alpha1": must appear in spec.versions]'
+    )
+    migrated = copy.deepcopy(updated)
+    migrated["status"]["storedVersions"] = ["v1"]
+    status, answer = await call(kubesim, "PUT", f"{CRDS}/meshes.example.io/status", migrated)
+    assert status == 200, answer
+    dropped = copy.deepcopy(answer)
+    dropped["spec"]["versions"] = dropped["spec"]["versions"][1:]
+    status, answer = await put_crd(kubesim, dropped)
+    assert status == 200, answer
+    assert ([v["name"] for v in answer["spec"]["versions"]], answer["status"]["storedVersions"]) == (["v1"], ["v1"])
+
+
+async def test_an_update_with_a_second_storage_version_lacks_it_in_the_stored_versions(kubesim: KubeSim) -> None:
+    """On update only the first storage version joins the stored versions: a second one is reported missing
+    from them, after the spec's own complaint about it."""
+    status, created = await call(kubesim, "POST", CRDS, mesh_crd(plural="meshes", kind="Mesh"))
+    assert status == 201, created
+    changed = copy.deepcopy(created)
+    changed["spec"]["versions"].append({**changed["spec"]["versions"][0], "name": "v2"})
+    status, answer = await put_crd(kubesim, changed)
+    assert (status, answer["reason"]) == (422, "Invalid")
+    shown = ", ".join(go_version(name, served=True, storage=True) for name in ("v1alpha1", "v2"))
+    assert [(c["field"], c["message"]) for c in answer["details"]["causes"]] == [
+        (
+            "spec.versions",
+            f"Invalid value: []apiextensions.CustomResourceDefinitionVersion{{{shown}}}: "
+            "must have exactly one version marked as storage version",
+        ),
+        ("status.storedVersions", 'Invalid value: []string{"v1alpha1"}: must have the storage version v2'),
+    ]

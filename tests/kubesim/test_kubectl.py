@@ -222,6 +222,45 @@ async def test_errors_print_like_the_real_server(kubectl: Kubectl) -> None:
     assert 'strict decoding error: unknown field "dta"' in unknown.stderr
 
 
+SYSTEM_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:controller:Mesh_Reader"}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:controller:Mesh_Reader"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:controller:Mesh_Reader"}
+subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
+"""
+
+
+async def test_rbac_objects_named_like_the_system_ones_are_applied_got_and_deleted(kubectl: Kubectl) -> None:
+    """RBAC names are path segments (`ValidateRBACName`): kubectl applies, gets and deletes a ClusterRole and a
+    binding with colons and capitals in their names, which it puts in the URL as they are."""
+    name = "system:controller:Mesh_Reader"
+    out = await kubectl.apply(SYSTEM_RBAC)
+    assert out.stdout.splitlines() == [
+        f"clusterrole.rbac.authorization.k8s.io/{name} created",
+        f"clusterrolebinding.rbac.authorization.k8s.io/{name} created",
+    ]
+    out = await kubectl.apply(SYSTEM_RBAC)
+    assert out.stdout.splitlines() == [
+        f"clusterrole.rbac.authorization.k8s.io/{name} unchanged",
+        f"clusterrolebinding.rbac.authorization.k8s.io/{name} unchanged",
+    ]
+    role = await kubectl.json("get", "clusterrole", name)
+    assert (role["metadata"]["name"], role["rules"][0]["verbs"]) == (name, ["get"])
+    out = await kubectl.run("delete", "clusterrolebinding", name)
+    assert out.stdout.strip() == f'clusterrolebinding.rbac.authorization.k8s.io "{name}" deleted'
+    await kubectl.run("delete", "clusterrole", name)
+    missing = await kubectl.run("get", "clusterrole", name, check=False)
+    assert missing.stderr.strip() == (
+        f'Error from server (NotFound): clusterroles.rbac.authorization.k8s.io "{name}" not found'
+    )
+
+
 async def test_delete_and_namespace_deletion_wait_until_gone(kubectl: Kubectl, kubesim: KubeSim) -> None:
     kubesim.namespace_deletion_delay = 0.5
     await kubectl.run("create", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: tmp}\n")

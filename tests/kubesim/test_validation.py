@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from tests.kubesim.validation import (
     go_lower,
     label_value_problems,
     mask_trailing_dash,
+    path_segment_prefix_problems,
+    path_segment_problems,
     qualified_name_problems,
     subdomain_problems,
 )
@@ -277,3 +280,107 @@ def test_a_generate_name_loses_its_dash_and_the_byte_before_it() -> None:
     assert mask_trailing_dash("-") == "-"
     assert subdomain_problems(mask_trailing_dash(f"ab{E2}-")) == [SUBDOMAIN_HELP]
     assert go_len(mask_trailing_dash(f"ab{E2}-")) == go_len(f"ab{E2}-") - 1
+
+
+def test_a_path_segment_name_may_hold_anything_but_a_slash_or_a_percent() -> None:
+    """`IsValidPathSegmentName`: '.' and '..' are refused for that alone, then '/' and '%' each once, whatever
+    else the name holds; no character set and no length. A prefix (`IsValidPathSegmentPrefix`) may be '.'."""
+    assert path_segment_problems("system:controller:Foo_Bar?#" + "x" * 300) == []
+    assert path_segment_problems(".") == ["may not be '.'"]
+    assert path_segment_problems("..") == ["may not be '..'"]
+    assert path_segment_problems("a/b%c/d") == ["may not contain '/'", "may not contain '%'"]
+    assert path_segment_prefix_problems("..") == []
+    assert path_segment_prefix_problems("%/") == ["may not contain '/'", "may not contain '%'"]
+
+
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+ROLE_REF = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}
+RBAC_KINDS = [
+    ("ClusterRole", f"{RBAC}/clusterroles", {}),
+    ("Role", f"{RBAC}/namespaces/default/roles", {}),
+    ("ClusterRoleBinding", f"{RBAC}/clusterrolebindings", {"roleRef": ROLE_REF}),
+    ("RoleBinding", f"{RBAC}/namespaces/default/rolebindings", {"roleRef": ROLE_REF}),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "fields"), RBAC_KINDS, ids=[k[0] for k in RBAC_KINDS])
+async def test_rbac_names_are_path_segments(kube_api: KubeApi, kind: str, path: str, fields: dict[str, Any]) -> None:
+    """`ValidateRBACName` is `IsValidPathSegmentName`: colons, capitals, '_', spaces, '?' and '#' are fine, and
+    the object is read back under its escaped name; '.', '..', '/' and '%' are refused in the server's words."""
+    for name in ("system:controller:Foo_Bar", "a b?#\u00e9" + "x" * 300):
+        body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": name}, **fields}
+        await kube_api.request("POST", path, body=body)
+        got = await kube_api.request("GET", f"{path}/{urllib.parse.quote(name, safe='')}")
+        assert got["metadata"]["name"] == name
+    for name, problems in ((".", ["may not be '.'"]), ("a/b%", ["may not contain '/'", "may not contain '%'"])):
+        body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": name}, **fields}
+        with pytest.raises(KubeApiError) as info:
+            await kube_api.request("POST", path, body=body)
+        causes = [f'metadata.name: Invalid value: "{name}": {problem}' for problem in problems]
+        listed = causes[0] if len(causes) == 1 else "[" + ", ".join(causes) + "]"
+        assert (info.value.status, info.value.message) == (
+            422,
+            f'{kind}.rbac.authorization.k8s.io "{name}" is invalid: {listed}',
+        )
+
+
+async def test_an_rbac_generate_name_is_checked_as_a_whole_name(kube_api: KubeApi) -> None:
+    """`ValidateRBACName` ignores prefix mode: a generateName of '.' is refused though the name made from it is
+    fine, and a trailing '-' hides nothing (no `maskTrailingDash`); a colon is a fine prefix."""
+    path = f"{RBAC}/clusterroles"
+    created = await kube_api.request("POST", path, body={"metadata": {"generateName": "system:"}})
+    assert created["metadata"]["name"].startswith("system:") and len(created["metadata"]["name"]) == 12
+    for prefix, problem, name_refused in ((".", "may not be '.'", False), ("a%-", "may not contain '%'", True)):
+        with pytest.raises(KubeApiError) as info:
+            await kube_api.request("POST", path, body={"metadata": {"generateName": prefix}})
+        generated = info.value.body["details"]["name"]
+        assert generated.startswith(prefix) and len(generated) == len(prefix) + 5
+        causes = [("metadata.generateName", f'Invalid value: "{prefix}": {problem}')]
+        if name_refused:
+            causes.append(("metadata.name", f'Invalid value: "{generated}": {problem}'))
+        assert [(c["field"], c["message"]) for c in info.value.body["details"]["causes"]] == causes
+
+
+PDBS = "/apis/policy/v1/namespaces/default/poddisruptionbudgets"
+
+
+def pdb(meta: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta, "spec": spec}
+
+
+async def test_a_pod_disruption_budgets_metadata_is_checked_by_the_registry_after_its_spec(kube_api: KubeApi) -> None:
+    """`ValidatePodDisruptionBudget` checks only the spec; `BeforeCreate` then checks the metadata with
+    `ValidatePathSegmentName`, and only when the spec was fine: any name but '.', '..' or one with '/' or
+    '%' is taken, and a generateName of '.' too (in prefix mode only the characters count)."""
+    created = await kube_api.request("POST", PDBS, body=pdb({"name": "Foo_Bar:1"}, minAvailable=1))
+    assert created["metadata"]["name"] == "Foo_Bar:1"
+    created = await kube_api.request("POST", PDBS, body=pdb({"generateName": "."}, minAvailable=1))
+    assert created["metadata"]["name"].startswith(".") and len(created["metadata"]["name"]) == 6
+    bad_meta = {"name": ".", "labels": {"a": "not ok!"}}
+    with pytest.raises(KubeApiError) as info:
+        await kube_api.request("POST", PDBS, body=pdb(bad_meta, minAvailable=1, maxUnavailable=1))
+    assert [c["field"] for c in info.value.body["details"]["causes"]] == ["spec"]
+    assert await invalid_causes(kube_api, PDBS, pdb(bad_meta, minAvailable=1)) == [
+        ("metadata.name", "Invalid value: \".\": may not be '.'"),
+        ("metadata.labels", f'Invalid value: "not ok!": {LABEL_VALUE_HELP}'),
+    ]
+
+
+async def test_an_hpa_target_reference_is_a_path_segment_checked_after_the_replicas(kube_api: KubeApi) -> None:
+    """`ValidateCrossVersionObjectReference`: the target's kind and name are `IsValidPathSegmentName`s, each
+    problem its own cause, checked after the replica bounds (`validateHorizontalPodAutoscalerSpec`), of which
+    a maxReplicas of 0 breaks both, minReplicas defaulting to 1."""
+    target = {"apiVersion": "apps/v1", "kind": "..", "name": "a/b%c"}
+    body = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": target, "maxReplicas": 0},
+    }
+    assert await invalid_causes(kube_api, "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers", body) == [
+        ("spec.maxReplicas", "Invalid value: 0: must be greater than 0"),
+        ("spec.maxReplicas", "Invalid value: 0: must be greater than or equal to `minReplicas`"),
+        ("spec.scaleTargetRef.kind", "Invalid value: \"..\": may not be '..'"),
+        ("spec.scaleTargetRef.name", "Invalid value: \"a/b%c\": may not contain '/'"),
+        ("spec.scaleTargetRef.name", "Invalid value: \"a/b%c\": may not contain '%'"),
+    ]

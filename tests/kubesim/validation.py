@@ -255,8 +255,19 @@ def check_fully_qualified_name(errors: FieldErrors, path: str, value: str) -> No
         errors.invalid(path, value, "should be a domain with at least three segments separated by dots")
 
 
-NAME_RULES = {"subdomain": check_subdomain, "label": check_label, "dns1035": check_dns1035}
-NAME_RULE_PROBLEMS = {"subdomain": subdomain_problems, "label": dns_label_problems, "dns1035": dns1035_problems}
+def path_segment_problems(value: str) -> list[str]:
+    """Why `value` cannot be a name in a URL path or a storage key (`IsValidPathSegmentName`): '.' and '..'
+    are refused for that alone; otherwise each of '/' and '%' it contains is a reason. Any other character,
+    and any length, is fine."""
+    if value in (".", ".."):
+        return [f"may not be '{value}'"]
+    return path_segment_prefix_problems(value)
+
+
+def path_segment_prefix_problems(value: str) -> list[str]:
+    """Why `value` cannot start a path-segment name (`IsValidPathSegmentPrefix`): only the characters count,
+    as a suffix follows."""
+    return [f"may not contain '{char}'" for char in ("/", "%") if char in value]
 
 
 def mask_trailing_dash(prefix: str) -> str:
@@ -267,6 +278,25 @@ def mask_trailing_dash(prefix: str) -> str:
         return prefix
     cut = prefix[-2]
     return prefix[:-2] + "_" * (go_len(cut) - 1) + "a"
+
+
+# What each name rule says of a name, and of a generateName (prefix mode). The DNS rules check a prefix as
+# `maskTrailingDash` leaves it; "path_segment" is `ValidatePathSegmentName` (a kind whose strategy leaves its
+# metadata to the registry's generic check), "rbac" `ValidateRBACName`, which ignores prefix mode.
+NAME_RULE_PROBLEMS: dict[str, Callable[[str], list[str]]] = {
+    "subdomain": subdomain_problems,
+    "label": dns_label_problems,
+    "dns1035": dns1035_problems,
+    "path_segment": path_segment_problems,
+    "rbac": path_segment_problems,
+}
+NAME_RULE_PREFIX_PROBLEMS: dict[str, Callable[[str], list[str]]] = {
+    "subdomain": lambda prefix: subdomain_problems(mask_trailing_dash(prefix)),
+    "label": lambda prefix: dns_label_problems(mask_trailing_dash(prefix)),
+    "dns1035": lambda prefix: dns1035_problems(mask_trailing_dash(prefix)),
+    "path_segment": path_segment_prefix_problems,
+    "rbac": path_segment_problems,
+}
 
 
 def env_var_name_problems(name: str) -> list[str]:
@@ -511,14 +541,13 @@ def check_metadata(
         return
     prefix = meta.get("generateName")
     if generate_name_problems is not None and isinstance(prefix, str) and prefix:
-        for problem in [*NAME_RULE_PROBLEMS[name_rule](mask_trailing_dash(prefix)), *generate_name_problems]:
+        for problem in [*NAME_RULE_PREFIX_PROBLEMS[name_rule](prefix), *generate_name_problems]:
             errors.invalid("metadata.generateName", prefix, problem)
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         errors.required("metadata.name", "name or generateName is required")
     else:
-        NAME_RULES[name_rule](errors, "metadata.name", name)
-        for problem in name_problems:
+        for problem in [*NAME_RULE_PROBLEMS[name_rule](name), *name_problems]:
             errors.invalid("metadata.name", name, problem)
     for kind, check in (("labels", check_labels), ("annotations", check_annotations)):
         values = meta.get(kind)
