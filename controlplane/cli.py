@@ -151,8 +151,8 @@ def _serve_parser(sub: Any) -> None:
         help="how long a client connection to either gRPC port is kept with no call open on it (seconds or 90s, "
         "5m, at most 596h; 0: for ever); then it is closed (HTTP/2 GOAWAY). A proxy's xDS stream keeps its "
         "connection busy; a CA client reconnects for its next certificate. Connections that never make a call "
-        "hold no slot longer; on the secure port one must also finish its TLS handshake within 10s, or this time "
-        "when shorter",
+        "hold no slot longer; a connection must also finish its setup (its TLS handshake on the secure port, its "
+        "HTTP/2 preface and SETTINGS on the plaintext one) within 10s, or this time when shorter",
     )
     _add(
         p,

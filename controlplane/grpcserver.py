@@ -47,7 +47,7 @@ import grpc
 from certs.serving import ServingCertificate
 from controlplane.frontsds import FrontEndSecrets
 from controlplane.settings import Address, SettingsError
-from controlplane.tlsfront import EnvoyFrontEnd, ForwardedPeers, FrontEndError, FrontTuning
+from controlplane.tlsfront import EnvoyFrontEnd, ForwardedPeers, FrontEndError, FrontTuning, setup_timeout
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class GrpcServers:
         self.max_connections = max_connections
         # Only client connections age: the internal server's clients are the front end's few connections,
         # each carrying the streams of many proxies; the front end ages the proxies' own connections.
-        clients = list(options)
+        # A client connection must send its preface and SETTINGS within the setup time (gRPC's default, 120 s,
+        # let connections that sent nothing hold a place for minutes), as the front end's TLS handshake must.
+        clients = [*options, ("grpc.server_handshake_timeout_ms", round(setup_timeout(max_connection_idle) * 1000))]
         if max_connections is not None:
             clients.append(("grpc.max_allowed_incoming_connections", max_connections))
         if max_connection_age is not None:

@@ -23,6 +23,7 @@ import pytest
 
 from controlplane.listeners import RESERVED_FILES, SMALL_LISTENER_CAP, ConnectionBudget, open_files_note
 from controlplane.settings import SettingsError
+from controlplane.tlsfront import SETUP_TIMEOUT
 from discovery.xdstypes import CLUSTER, LISTENER
 from tests.discovery.harness import SotwClient, node
 from tests.helpers.serve import (
@@ -68,12 +69,14 @@ def open_files(running: Running) -> int:
 
 
 def still_open(conns: list[socket.socket]) -> int:
-    """How many of `conns` the server has not closed (a closed one reads end-of-file)."""
+    """How many of `conns` the server has not closed: what it sent (a gRPC port's SETTINGS and GOAWAY) is
+    read through; a closed one then reads end-of-file."""
     count = 0
     for conn in conns:
         conn.setblocking(False)
         try:
-            count += conn.recv(1) != b""
+            while conn.recv(65536):
+                pass
         except BlockingIOError:
             count += 1
         except OSError:
@@ -102,8 +105,8 @@ async def xds_answers(running: Running) -> bool:
         return (await client.recv()).type_url == CLUSTER
 
 
-def wait_for(check: Callable[[], bool], *, what: str) -> None:
-    deadline = time.monotonic() + 10
+def wait_for(check: Callable[[], bool], *, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
@@ -258,13 +261,22 @@ def test_a_connection_that_opens_no_call_is_closed_after_the_idle_time_and_strea
             http2_connections(running, "grpc", 20) as plaintext,
             http2_connections(running, "secure-grpc", 20) as secure,
             connections(running, "secure-grpc", 20) as silent_secure,  # no TLS hello: its handshake is late
+            connections(running, "grpc", 20) as silent_plaintext,  # no preface: held for gRPC's 120 s before
         ):
             assert (still_open(plaintext), still_open_tls(secure)) == (20, 20)
             assert asyncio.run(busy_stream_outlives_the_idle_time())
             wait_for(lambda: still_open(plaintext) + still_open_tls(secure) == 0, what="idle connections closed")
-            wait_for(lambda: still_open(silent_secure) == 0, what="silent ones closed")
+            wait_for(lambda: still_open(silent_secure) + still_open(silent_plaintext) == 0, what="silent ones closed")
     finally:
         running.stop()
+
+
+def test_a_plaintext_connection_that_never_sends_its_preface_is_closed_after_the_setup_time(limited: Running) -> None:
+    """gRPC waited 120 s for a client's preface and SETTINGS, so connections that sent nothing held their
+    places on 15010 twelve times as long as a TLS handshake may take on 15012."""
+    with connections(limited, "grpc", 20) as silent, http2_connections(limited, "grpc", 20) as hello:
+        wait_for(lambda: still_open(silent) == 0, what="silent connections closed", timeout=SETUP_TIMEOUT + 5)
+        assert still_open(hello) == 20  # past their setup: kept for the idle time, 5 minutes
 
 
 def test_silent_connections_to_the_webhook_count_against_its_cap_and_leave_the_process_its_files(
