@@ -44,7 +44,15 @@ from tests.kubesim.endpoints import (
 from tests.kubesim.listwatch import Page, list_body
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
-from tests.kubesim.status import ApiError, bad_request, conflict, forbidden, not_found, options_invalid
+from tests.kubesim.status import (
+    ApiError,
+    bad_request,
+    check_name_parameter,
+    conflict,
+    forbidden,
+    not_found,
+    options_invalid,
+)
 from tests.kubesim.storage import Obj, Storage
 from tests.kubesim.validation import FieldErrors, go_string_slice
 
@@ -190,6 +198,7 @@ class Deleter:
     async def delete(self, request: web.Request, resource: ResourceType, namespace: str, name: str) -> web.Response:
         options = await delete_options(request)
         dry = bool(options.get("dryRun"))
+        check_name_parameter(name)
         obj = self._storage.get(resource, namespace, name)
         if obj is None:
             raise not_found(resource, name)

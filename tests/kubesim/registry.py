@@ -130,14 +130,16 @@ def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
 
 
 def _check_metadata(resource: ResourceType, obj: Obj, old: Obj | None, errors: FieldErrors) -> None:
-    """The metadata by the kind's name rule; a new object's name and generateName also by its `name_problems`."""
+    """The metadata by the kind's name rule; a new object's name and generateName also by its `name_problems`. An
+    update checks no generateName, unless the kind's update validation checks the metadata as a create does."""
     meta = obj["metadata"]
+    as_new = old is None or resource.update_validates_object_meta
     check_metadata(
         errors,
         obj,
         name_rule=resource.name_rule,
         name_problems=_kind_name_problems(resource, obj, meta.get("name")) if old is None else (),
-        generate_name_problems=_kind_name_problems(resource, obj, meta.get("generateName")) if old is None else None,
+        generate_name_problems=_kind_name_problems(resource, obj, meta.get("generateName")) if as_new else None,
     )
 
 

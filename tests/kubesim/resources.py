@@ -6,7 +6,7 @@ lists merge by which key in a strategic merge patch; which fields a field select
 which fields are immutable on update. Adding a resource is one entry in `RESOURCES`.
 
 Pod specs (of Pods and of workloads' templates) are validated in `tests.kubesim.podspec`, Services in
-`tests.kubesim.servicespec`.
+`tests.kubesim.servicespec`, the RBAC kinds (and defaulted) in `tests.kubesim.rbac`.
 
 Custom resources are not in `RESOURCES`: `tests.kubesim.customresources` builds their `ResourceType`s from
 each stored CustomResourceDefinition (whose own entry is here).
@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.kubesim import rbac
 from tests.kubesim.podspec import validate_pod_only, validate_pod_spec
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
@@ -97,6 +98,9 @@ class ResourceType:
     # what only a create checks, after `validate` (a CRD's stored versions, which an update checks after the
     # fields it may not change)
     validate_create: Validator | None = None
+    # whether an update checks the metadata as a create does, its generateName too (`ValidateObjectMeta`, which
+    # the RBAC kinds' update validation runs), rather than only what `ValidateObjectMetaUpdate` checks
+    update_validates_object_meta: bool = False
     validate_update: UpdateValidator | None = None
     # what the kind's PrepareForUpdate does to (new, old) once the stored status is kept, before validation (a
     # CRD's storage version joins its stored versions)
@@ -443,7 +447,7 @@ VALIDATING_WEBHOOKS_SCHEMA: Schema = {
 }
 
 
-# Known fields of the kinds served without validation (for unknown-field handling and apply).
+# Known fields of the RBAC kinds and of Leases (for unknown-field handling and apply).
 _BASE_SCHEMA: Schema = {"apiVersion": ANY, "kind": ANY, "metadata": SCHEMAS["configmaps"]["metadata"]}
 _RBAC_RULE: Schema = dict.fromkeys(("apiGroups", "nonResourceURLs", "resourceNames", "resources", "verbs"), ANY)
 ROLE_SCHEMA: Schema = {**_BASE_SCHEMA, "rules": _RBAC_RULE}
@@ -1536,6 +1540,9 @@ RESOURCES: tuple[ResourceType, ...] = (
         namespaced=False,
         name_rule="rbac",
         merge_keys=META_MERGE,
+        validate_create=rbac.validate_cluster_role,
+        update_validates_object_meta=True,
+        validate_update=rbac.validate_cluster_role_update,
         schema=CLUSTER_ROLE_SCHEMA,
     ),
     ResourceType(
@@ -1547,6 +1554,10 @@ RESOURCES: tuple[ResourceType, ...] = (
         namespaced=False,
         name_rule="rbac",
         merge_keys=META_MERGE,
+        defaults=rbac.default_binding,
+        validate_create=rbac.validate_cluster_role_binding,
+        update_validates_object_meta=True,
+        validate_update=rbac.validate_cluster_role_binding_update,
         schema=ROLE_BINDING_SCHEMA,
     ),
     ResourceType(
@@ -1558,6 +1569,9 @@ RESOURCES: tuple[ResourceType, ...] = (
         namespaced=True,
         name_rule="rbac",
         merge_keys=META_MERGE,
+        validate_create=rbac.validate_role,
+        update_validates_object_meta=True,
+        validate_update=rbac.validate_role_update,
         schema=ROLE_SCHEMA,
     ),
     ResourceType(
@@ -1569,6 +1583,10 @@ RESOURCES: tuple[ResourceType, ...] = (
         namespaced=True,
         name_rule="rbac",
         merge_keys=META_MERGE,
+        defaults=rbac.default_binding,
+        validate_create=rbac.validate_role_binding,
+        update_validates_object_meta=True,
+        validate_update=rbac.validate_role_binding_update,
         schema=ROLE_BINDING_SCHEMA,
     ),
     ResourceType(

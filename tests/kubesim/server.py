@@ -60,7 +60,7 @@ from tests.kubesim.kubeconfig import write_kubeconfig
 from tests.kubesim.listwatch import ListWatch
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
-from tests.kubesim.status import ApiError, not_found, page_not_found
+from tests.kubesim.status import ApiError, check_name_parameter, not_found, page_not_found
 from tests.kubesim.storage import Obj, Storage
 from tests.kubesim.subresources import Subresources
 from tests.kubesim.tokenrequest import TokenAPI
@@ -471,6 +471,7 @@ class KubeSim:
             raise ApiError(405, "the server does not allow this method on the requested resource")
         ns = namespace or ""
         if method == "GET":
+            check_name_parameter(name)
             obj = self.storage.get(resource, ns, name)
             if obj is None:
                 raise not_found(resource, name)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tests.kubesim.resources import ResourceType
-from tests.kubesim.validation import Cause
+from tests.kubesim.validation import Cause, go_string, path_segment_problems
 
 REASONS = {
     400: "BadRequest",
@@ -128,6 +128,15 @@ def expired(message: str) -> ApiError:
 
 def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
+
+
+def check_name_parameter(name: str) -> None:
+    """400 for an object name from a URL that cannot be the last segment of a storage key, as the generic
+    registry's key functions (`NamespaceKeyFunc`, `NoNamespaceKeyFunc`) refuse it before anything is read or
+    written: '.' or '..', or a name holding '/' or '%' (`IsValidPathSegmentName`, its problems joined by ';')."""
+    problems = path_segment_problems(name)
+    if problems:
+        raise bad_request(f"Name parameter invalid: {go_string(name)}: {';'.join(problems)}")
 
 
 def page_not_found() -> ApiError:

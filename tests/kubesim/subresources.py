@@ -32,7 +32,15 @@ from tests.kubesim.endpoints import (
 from tests.kubesim.registry import Registry
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import format_label_selector
-from tests.kubesim.status import ApiError, bad_request, conflict, invalid, not_found, page_not_found
+from tests.kubesim.status import (
+    ApiError,
+    bad_request,
+    check_name_parameter,
+    conflict,
+    invalid,
+    not_found,
+    page_not_found,
+)
 from tests.kubesim.storage import Obj, Storage
 from tests.kubesim.validation import FieldErrors, strict_json
 from tests.kubesim.warning import Recorder
@@ -119,6 +127,7 @@ class Subresources:
             raise page_not_found()
         if request.method not in ("GET", "PUT", "PATCH"):
             raise ApiError(405, "the server does not allow this method on the requested resource")
+        check_name_parameter(name)
         old = self._storage.get(resource, namespace, name)
         if old is None:
             raise not_found(resource, name)
@@ -292,6 +301,7 @@ class Subresources:
         if errors.causes:
             raise invalid(bindings, name, errors.causes)
         await self._admission.validate(attrs.with_object(binding), warnings=warnings)
+        check_name_parameter(name)  # the pod's key, read to be assigned
         old = self._storage.get(pods, namespace, name)
         if old is None:
             raise not_found(pods, name)

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import watch as k8s_watch
 
@@ -445,6 +446,67 @@ async def test_get_missing_is_404_not_found(kube_api: KubeApi) -> None:
     assert err.message == 'deployments.apps "nope" not found'
     err = await error_of(kube_api.request("POST", "/api/v1/namespaces/ghost/configmaps", body=cm("x")))
     assert (err.status, err.message) == (404, 'namespaces "ghost" not found')
+
+
+NAME_PARAMETER_INVALID = "Name parameter invalid: \"a%b\": may not contain '%'"
+
+CM_A_B = f"{CM_PATH}/a%25b"  # the name a%b, escaped
+BINDING = {"metadata": {"name": "a%b"}, "target": {"kind": "Node", "name": "node-a"}}
+
+# Each request reaches the registry's key function for the name a%b: (method, path, content type, body).
+PERCENT_NAME_REQUESTS = [
+    pytest.param("GET", CM_A_B, None, None, id="get"),
+    pytest.param("GET", "/api/v1/namespaces/ghost/configmaps/a%25b", None, None, id="get-in-missing-namespace"),
+    pytest.param("GET", "/api/v1/namespaces/a%25b", None, None, id="get-namespace"),
+    pytest.param("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/a%25b", None, None, id="get-cluster-role"),
+    pytest.param("PUT", CM_A_B, "application/json", json.dumps(cm("a%b")), id="put"),
+    pytest.param("PATCH", CM_A_B, "application/merge-patch+json", "{not json", id="merge-patch"),
+    pytest.param("PATCH", f"{CM_A_B}?fieldManager=t", "application/apply-patch+yaml", "[x", id="apply"),
+    pytest.param("DELETE", CM_A_B, None, None, id="delete"),
+    pytest.param("DELETE", "/api/v1/namespaces/a%25b", None, None, id="delete-namespace"),
+    pytest.param("GET", "/api/v1/namespaces/default/pods/a%25b/status", None, None, id="status"),
+    pytest.param("GET", "/apis/apps/v1/namespaces/default/deployments/a%25b/scale", None, None, id="scale"),
+    pytest.param(
+        "POST", "/api/v1/namespaces/default/pods/a%25b/binding", "application/json", json.dumps(BINDING), id="binding"
+    ),
+    pytest.param(
+        "POST", "/api/v1/namespaces/default/serviceaccounts/a%25b/token", "application/json", "{}", id="token"
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "content_type", "body"), PERCENT_NAME_REQUESTS)
+async def test_a_name_with_a_percent_in_the_url_is_400_before_the_object_is_looked_up(
+    kubesim: KubeSim, method: str, path: str, content_type: str | None, body: str | None
+) -> None:
+    """The generic registry's key functions (`NamespaceKeyFunc`, `NoNamespaceKeyFunc`) refuse a name no storage
+    key can hold (`IsValidPathSegmentName`) with 400 before anything is read: a GET, PUT, PATCH, apply or DELETE
+    of such a name, of an object or of its status, scale or binding, and a TokenRequest for such a
+    ServiceAccount, is a BadRequest (not a NotFound), whether the namespace exists or not and before a
+    patch is even read."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    url = yarl.URL(f"{kubesim.url}{path}", encoded=True)
+    async with aiohttp.ClientSession() as session, session.request(method, url, data=body, headers=headers) as resp:
+        status = await resp.json()
+    assert resp.status == 400
+    assert status == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": NAME_PARAMETER_INVALID,
+        "reason": "BadRequest",
+        "code": 400,
+    }
+
+
+async def test_a_percent_name_is_refused_after_the_checks_the_handler_makes_first(kube_api: KubeApi) -> None:
+    """What the handler checks before the registry is asked still comes first: a PUT whose body names another
+    object is refused for that (`checkName`)."""
+    err = await error_of(kube_api.request("PUT", CM_A_B, body=cm("other")))
+    assert (err.status, err.message) == (400, "the name of the object (other) does not match the name on the URL (a%b)")
+    err = await error_of(kube_api.request("GET", CM_A_B))
+    assert (err.status, err.reason, err.message) == (400, "BadRequest", NAME_PARAMETER_INVALID)
 
 
 async def test_update_with_stale_resource_version_is_409_conflict(kube_api: KubeApi) -> None:

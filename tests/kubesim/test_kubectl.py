@@ -222,6 +222,16 @@ async def test_errors_print_like_the_real_server(kubectl: Kubectl) -> None:
     assert 'strict decoding error: unknown field "dta"' in unknown.stderr
 
 
+async def test_a_name_with_a_percent_is_a_bad_request_and_kubectl_refuses_to_send_one(kubectl: Kubectl) -> None:
+    """kubectl refuses a '%' in a resource name itself; sent anyway (`get --raw`, the name escaped), the
+    server's key function refuses it with 400, a BadRequest, not a NotFound."""
+    refused = await kubectl.run("get", "configmap", "a%b", check=False)
+    assert refused.stderr.strip() == "error: invalid resource name \"a%b\": [may not contain '%']"
+    raw = await kubectl.run("get", "--raw", "/api/v1/namespaces/default/configmaps/a%25b", check=False)
+    assert raw.returncode == 1
+    assert raw.stderr.strip() == "Error from server (BadRequest): Name parameter invalid: \"a%b\": may not contain '%'"
+
+
 SYSTEM_RBAC = """
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole

@@ -111,6 +111,17 @@ async def test_token_request_shorter_than_ten_minutes_is_invalid_naming_the_fiel
 
 
 @pytest.mark.usefixtures("shop")
+async def test_the_service_account_is_read_before_the_token_request_is_checked(kube_api: KubeApi) -> None:
+    """`TokenREST.Create` gets the ServiceAccount before it validates the request: a missing one is 404 and a
+    name no storage key can hold 400, whatever is wrong with the spec."""
+    body = {"spec": {"expirationSeconds": 60}}
+    for name, status in (("nope", 404), ("a%25b", 400)):
+        with pytest.raises(KubeApiError) as caught:
+            await kube_api.request("POST", f"/api/v1/namespaces/shop/serviceaccounts/{name}/token", body=body)
+        assert caught.value.status == status
+
+
+@pytest.mark.usefixtures("shop")
 async def test_review_of_a_valid_token_names_the_service_account(kubectl: Kubectl, kube_api: KubeApi) -> None:
     token = await create_token(kubectl, "web", "--audience", "istio-ca", "--audience", "other", "-n", "shop")
     status = await review(kube_api, token, ["istio-ca"])

@@ -17,7 +17,7 @@ from aiohttp import web
 from tests.kubesim import tokens
 from tests.kubesim.endpoints import Clock, json_response, now_stamp, read_body
 from tests.kubesim.resources import ResourceType
-from tests.kubesim.status import bad_request, conflict, invalid, not_found
+from tests.kubesim.status import bad_request, check_name_parameter, conflict, invalid, not_found
 from tests.kubesim.storage import Obj, Storage
 from tests.kubesim.validation import FieldErrors
 
@@ -88,8 +88,18 @@ class TokenAPI:
         return tokens.Bound(kind=str(kind), name=name, uid=uid)
 
     async def token_request(self, request: web.Request, namespace: str, name: str) -> web.Response:
-        """POST .../serviceaccounts/{name}/token: a TokenRequest answered with a signed token (201)."""
+        """POST .../serviceaccounts/{name}/token: a TokenRequest answered with a signed token (201).
+
+        As `TokenREST.Create` does, the ServiceAccount is read (400 for a name no key can hold, 404 when it or its
+        namespace does not exist) before the request's spec is checked (422)."""
         spec = auth_body(await read_body(request, options="CreateOptions"), "TokenRequest")
+        sa_resource = self._resource("serviceaccounts")
+        if self._storage.get(self._resource("namespaces"), "", namespace) is None:
+            raise not_found(self._resource("namespaces"), namespace)
+        check_name_parameter(name)
+        uid = self._lookup("ServiceAccount", namespace, name)
+        if uid is None:
+            raise not_found(sa_resource, name)
         errors = FieldErrors()
         audiences = spec.get("audiences") or []
         if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
@@ -104,12 +114,6 @@ class TokenAPI:
         token_requests = tokens.TOKEN_REQUESTS
         if errors.causes:
             raise invalid(token_requests, name, errors.causes)
-        sa_resource = self._resource("serviceaccounts")
-        if self._storage.get(self._resource("namespaces"), "", namespace) is None:
-            raise not_found(self._resource("namespaces"), namespace)
-        uid = self._lookup("ServiceAccount", namespace, name)
-        if uid is None:
-            raise not_found(sa_resource, name)
         bound = self._bound_object(spec.get("boundObjectRef"), namespace, name)
         wanted = list(audiences) or list(tokens.API_AUDIENCES)
         issued = self._tokens.issue(

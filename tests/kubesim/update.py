@@ -32,7 +32,7 @@ from tests.kubesim.endpoints import (
 from tests.kubesim.registry import Registry, check_namespace, check_type, unknown_fields
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
-from tests.kubesim.status import ApiError, bad_request, not_found
+from tests.kubesim.status import ApiError, bad_request, check_name_parameter, not_found
 from tests.kubesim.storage import Obj, Storage
 
 
@@ -52,6 +52,7 @@ class Updater:
             raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
         meta["name"] = name
         check_namespace(resource, namespace, obj)
+        check_name_parameter(name)
         old = self._storage.get(resource, namespace, name)
         if old is None:
             raise not_found(resource, name)
@@ -66,6 +67,7 @@ class Updater:
         if resource.custom and ctype == "application/strategic-merge-patch+json":
             raise unsupported_media((*(t for t in PATCH_TYPES if t != ctype), APPLY_PATCH))
         check_write_options(request, "PatchOptions", patch_type=ctype)
+        check_name_parameter(name)  # the update's key, before the patch is read
         raw = await request.read()
         try:
             patch = json.loads(raw)
@@ -113,6 +115,7 @@ class Updater:
         check_write_options(request, "PatchOptions", patch_type=APPLY_PATCH)
         manager = request.query["fieldManager"]
         force = bool(query_bool(request, "force"))  # any value but "0" and "false" is true, as for every bool
+        check_name_parameter(name)  # the update's key, before the configuration is read
         try:
             config = yaml.safe_load(await request.read())
         except yaml.YAMLError as exc:

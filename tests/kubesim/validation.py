@@ -390,6 +390,50 @@ def check_annotations(errors: FieldErrors, path: str, annotations: Mapping[Any, 
         errors.too_long(path, ANNOTATIONS_SIZE_LIMIT)
 
 
+def check_label_selector(
+    errors: FieldErrors, path: str, selector: Any, *, allow_invalid_label_value: bool = False
+) -> None:
+    """A `metav1.LabelSelector` (`ValidateLabelSelector`): its matchLabels as labels, then each expression's
+    operator (with whether it takes values), its key (a qualified name) and, unless `allow_invalid_label_value`
+    (an update of an object already holding such a value), each of its values as a label value."""
+    if not isinstance(selector, dict):
+        return
+    match_labels = selector.get("matchLabels")
+    if isinstance(match_labels, dict):
+        check_labels(errors, f"{path}.matchLabels", match_labels)
+    expressions = selector.get("matchExpressions")
+    for i, expression in enumerate(expressions if isinstance(expressions, list) else []):
+        here = f"{path}.matchExpressions[{i}]"
+        requirement: Mapping[str, Any] = expression if isinstance(expression, dict) else {}
+        operator = requirement.get("operator", "")
+        given = requirement.get("values")
+        values: list[Any] = given if isinstance(given, list) else []
+        if operator in ("In", "NotIn"):
+            if not values:
+                errors.required(f"{here}.values", "must be specified when `operator` is 'In' or 'NotIn'")
+        elif operator in ("Exists", "DoesNotExist"):
+            if values:
+                errors.forbidden(f"{here}.values", "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+        else:
+            errors.invalid(f"{here}.operator", operator, "not a valid selector operator")
+        key = requirement.get("key", "")
+        for problem in qualified_name_problems(str(key)):
+            errors.invalid(f"{here}.key", key, problem)
+        if allow_invalid_label_value:
+            continue
+        for j, value in enumerate(values):
+            for problem in label_value_problems(str(value)):
+                errors.invalid(f"{here}.values[{j}]", value, problem)
+
+
+def label_selector_invalid(selector: Any) -> bool:
+    """Whether `metav1.LabelSelectorAsSelector` fails on `selector`: exactly when `ValidateLabelSelector`, with no
+    allowance, finds something (`NewRequirement` checks the same keys, values and operators)."""
+    found = FieldErrors()
+    check_label_selector(found, "", selector)
+    return bool(found)
+
+
 def go_string_slice(values: Any, element_type: str = "string") -> GoSyntax:
     """Go's `%#v` of a string slice, how a 1.32 API server prints a list as the bad value of an error
     (`[]string{"10.96.0.5", "fd00::5"}`; a missing list is a nil slice). Named element types show their name
@@ -549,6 +593,12 @@ def check_metadata(
     else:
         for problem in [*NAME_RULE_PROBLEMS[name_rule](name), *name_problems]:
             errors.invalid("metadata.name", name, problem)
+    check_labels_and_annotations(errors, meta)
+
+
+def check_labels_and_annotations(errors: FieldErrors, meta: Mapping[str, Any]) -> None:
+    """The metadata's labels, then its annotations: what `ValidateObjectMetaUpdate` checks of the new metadata
+    besides the fields that may not change."""
     for kind, check in (("labels", check_labels), ("annotations", check_annotations)):
         values = meta.get(kind)
         if values is None:
