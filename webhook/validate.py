@@ -85,7 +85,7 @@ def type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-# -- scalars -----------------------------------------------------------------------------------
+# -- containers --------------------------------------------------------------------------------
 
 
 def container_problem(container: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -139,6 +139,9 @@ def _env_problem(entry: Mapping[str, Any]) -> tuple[str, str] | None:
         if not isinstance(ref.get(field), str) or not ref[field]:
             return f"valueFrom.{key}.{field}", "is required and must be a non-empty string"
     return None
+
+
+# -- scalars -----------------------------------------------------------------------------------
 
 
 def parse_bool(text: str) -> bool:
