@@ -46,7 +46,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import jinja2
 from jinja2 import meta, nodes
@@ -63,6 +63,7 @@ BUILTIN_NAMES = ("sidecar", "gateway", "grpc-simple", "grpc-agent")
 CONTEXT_NAMES = ("pod", "workload", "sidecar", "proxy_config", "mesh_config", "values", "revision")
 RENDER_CACHE_SIZE = 512
 K = TypeVar("K")
+V = TypeVar("V")
 
 
 class TemplateError(InjectionError):
@@ -241,8 +242,8 @@ class TemplateSet:
     def __init__(self, sources: Mapping[str, str]) -> None:
         self.sources: Mapping[str, str] = dict(sources)
         self._compiled = {name: _compile(name, source) for name, source in self.sources.items()}
-        self._cache: _Lru[tuple[str, str]] = _Lru()
-        self._parsed: _Lru[tuple[str, str]] = _Lru()
+        self._cache: _Lru[tuple[str, str], dict[str, Any] | _Refusal] = _Lru()
+        self._parsed: _Lru[tuple[str, str], dict[str, Any]] = _Lru()
 
     @classmethod
     def builtin(cls) -> TemplateSet:
@@ -264,13 +265,26 @@ class TemplateSet:
     def render(self, name: str, context: Mapping[str, Any]) -> dict[str, Any]:
         """The parsed fragment `name` renders for `context`; shared with the cache: never mutate it.
 
-        Raises `TemplateError` naming the template, the line and the problem.
+        Raises `TemplateError` naming the template, the line and the problem. A refusal is cached like a
+        fragment: the same inputs fail the same way, so the pods of one workload are refused at once
+        rather than each after the rendering budget.
         """
         template, used = self._compiled[name]
         key = (name, json.dumps([context[item] for item in sorted(used)], default=_key_default))
         cached = self._cache.get(key)
+        if isinstance(cached, _Refusal):
+            raise TemplateError(template=name, line=cached.line, problem=cached.problem)
         if cached is not None:
             return cached
+        try:
+            fragment = self._fragment(name, template, context)
+        except TemplateError as exc:
+            self._cache.put(key, _Refusal(exc.line, exc.problem))
+            raise
+        self._cache.put(key, fragment)
+        return fragment
+
+    def _fragment(self, name: str, template: jinja2.Template, context: Mapping[str, Any]) -> dict[str, Any]:
         try:
             with _budgeted():
                 text = template.render(context)
@@ -288,28 +302,35 @@ class TemplateSet:
             except ValueError as exc:
                 raise TemplateError(template=name, line=0, problem=f"rendered text is not YAML ({exc})") from None
             fragment = self._parsed.put((name, text), check_fragment(name, parsed))
-        return self._cache.put(key, fragment)
+        return fragment
 
 
-class _Lru(Generic[K]):
-    """A bounded map from keys to parsed fragments, least recently used evicted first.
+class _Refusal(NamedTuple):
+    """A cached `TemplateError` (its line and problem): raised anew, without the first one's traceback."""
+
+    line: int
+    problem: str
+
+
+class _Lru(Generic[K, V]):
+    """A bounded map from keys to parsed fragments (or refusals), least recently used evicted first.
 
     Thread-safe: the webhook injects large pods in a worker thread while the event loop injects
     small ones with the same templates (without the lock, a key evicted by one between the other's
     lookup and its move to the end raised KeyError)."""
 
     def __init__(self) -> None:
-        self._items: OrderedDict[K, dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: K) -> dict[str, Any] | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: K, value: dict[str, Any]) -> dict[str, Any]:
+    def put(self, key: K, value: V) -> V:
         with self._lock:
             self._items[key] = value
             if len(self._items) > RENDER_CACHE_SIZE:

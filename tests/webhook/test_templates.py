@@ -7,11 +7,13 @@ that would inject an invalid pod. The goldens (`template-*.yaml`) cover what eac
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import threading
 from typing import Any
 
+import jinja2
 import pytest
 
 from controlplane.model.store import ConfigStore, ObjectKey
@@ -155,9 +157,21 @@ def test_a_template_looping_over_a_large_pod_stops_and_refuses_that_pod_only(mon
     large = pod()
     large["spec"]["containers"] = [{"name": f"c{i}", "image": "example.com/c:1"} for i in range(3000)]
     with pytest.raises(TemplateError) as caught:
-        inject_pod(large, params(config))
+        inject_pod(copy.deepcopy(large), params(config))
     assert str(caught.value) == "template 'cubed' line 3: rendering took longer than 0.2s (does a loop run too long?)"
     assert inject_pod(pod(), params(config))["metadata"]["labels"]["n"] == "1"  # the next pod is served
+    renders = 0
+    render = jinja2.Template.render
+
+    def counted(self: jinja2.Template, *args: Any, **kwargs: Any) -> str:
+        nonlocal renders
+        renders += 1
+        return render(self, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Template, "render", counted)
+    with pytest.raises(TemplateError) as again:  # a replica of the large pod: refused from the cache
+        inject_pod(copy.deepcopy(large), params(config))
+    assert (str(again.value), renders) == (str(caught.value), 0)
 
 
 def test_a_template_that_does_not_read_the_pod_renders_once_per_config() -> None:
@@ -230,7 +244,7 @@ def test_the_render_cache_is_shared_safely_between_threads(monkeypatch: pytest.M
     lookup and its move to the end raised KeyError there: that review failed. Many switches between two
     threads on a cache of one entry hit that window within a few thousand operations."""
     monkeypatch.setattr(templates, "RENDER_CACHE_SIZE", 1)
-    cache: templates._Lru[tuple[str, str]] = templates._Lru()
+    cache: templates._Lru[tuple[str, str], dict[str, str]] = templates._Lru()
     errors: list[BaseException] = []
 
     def use(tag: str) -> None:
