@@ -49,6 +49,7 @@ import jsonpatch
 import jsonpointer
 from aiohttp import web
 
+from tests.kubesim import decoding
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import SelectorError, selector_from_label_selector
 from tests.kubesim.status import ApiError
@@ -465,7 +466,14 @@ class Admission:
         if operations is None:
             return None
         versioned = _as_version(attrs.obj, invocation.resource, attrs)
-        return _as_version(apply_patch(hook, versioned, operations), attrs.resource, attrs)
+        patched = apply_patch(hook, versioned, operations)
+        if attrs.kind is not None or not invocation.resource.custom:  # decoded into its Go type: a 500 if it fails
+            kind = attrs.kind if attrs.kind is not None else _gvk(invocation.resource)
+            api_version = f"{kind['group']}/{kind['version']}" if kind["group"] else str(kind["version"])
+            problem = decoding.decode_error(patched, kind=str(kind["kind"]), api_version=api_version)
+            if problem is not None:
+                raise internal_error(problem)
+        return _as_version(patched, attrs.resource, attrs)
 
     def target(self, hook: Hook) -> Target:
         """Where `hook` is called; CallFailure (naming the URL) when a service reference does not resolve."""

@@ -23,13 +23,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from tests.kubesim import admission, protobuf, tables
+from tests.kubesim import admission, decoding, protobuf, tables
 from tests.kubesim.admission import Admission
 from tests.kubesim.endpoints import (
     PROTOBUF,
@@ -74,9 +73,16 @@ async def delete_options(request: web.Request) -> Obj:
                 if request.content_type == PROTOBUF:
                     options = {k: v for k, v in protobuf.decode(raw).items() if k not in ("apiVersion", "kind")}
                 else:
-                    options = json.loads(raw)
+                    options = decoding.parse_literal(raw)  # numbers as written, for the decoder's messages
             except ValueError as exc:
                 raise bad_request(f"error decoding DeleteOptions: {exc}") from None
+            if request.content_type != PROTOBUF:
+                # the delete handler answers a decoding error as it is: a 500 without a reason
+                api_version = str(options.get("apiVersion") or "meta.k8s.io/v1") if isinstance(options, dict) else ""
+                problem = decoding.decode_error(options, kind="DeleteOptions", api_version=api_version)
+                if problem is not None:
+                    raise ApiError(500, problem, reason="")
+                options = decoding.plain(options)
             if not isinstance(options, dict):
                 raise bad_request("DeleteOptions must be an object")
     query = request.query

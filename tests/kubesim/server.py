@@ -20,8 +20,9 @@ matching requests with an error status), and `requests` (what was asked, in orde
 
 This module holds the server itself: its lifecycle, authentication, fault injection and the
 routing of a request to the part that answers it: `discovery` (discovery documents),
-`listwatch` (list and watch), `registry` (create, and the update and removal every write ends
-in), `update` (PUT, PATCH, server-side apply), `subresources` (status, scale, pods/binding),
+`listwatch` (list and watch), `decoding` (a body decoded into the kind's Go type, as the handlers
+decode it first), `registry` (create, and the update and removal every write ends in), `update`
+(PUT, PATCH, server-side apply), `subresources` (status, scale, pods/binding),
 `deletion` (DELETE, graceful deletion, finalizers, the namespace lifecycle), `tokenrequest`
 (TokenRequest, TokenReview) and `allocators` (Service cluster IPs and node ports); what they
 share about requests and answers is in `endpoints`.
@@ -39,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kubesim import admission, auth, customresources, discovery, openapi, resources, tokens
+from tests.kubesim import admission, auth, customresources, decoding, discovery, openapi, resources, tokens
 from tests.kubesim.allocators import ServiceAllocator
 from tests.kubesim.deletion import Deleter
 from tests.kubesim.endpoints import (
@@ -463,6 +464,7 @@ class KubeSim:
                 if resource.namespaced and namespace is None:
                     raise ApiError(405, "the server does not allow this method on the requested resource")
                 body = await read_body(request, options="CreateOptions")
+                decoding.check_body(resource, body, await request.read(), request.content_type)
                 ctx = context(request)
                 created = await self._registry.create_admitted(resource, namespace or "", body, ctx=ctx)
                 return render_object(request, resource, created, clock=self._now, status=201)
@@ -479,6 +481,7 @@ class KubeSim:
         if method == "PUT":
             check_write_options(request, "UpdateOptions")
             body = await read_body(request)
+            decoding.check_body(resource, body, await request.read(), request.content_type)
             ctx = context(request)
             updated = await self._updater.update(resource, ns, name, body, ctx=ctx)
             return render_object(request, resource, updated, clock=self._now)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from tests.kubesim import admission, patching
+from tests.kubesim import admission, decoding, patching
 from tests.kubesim.admission import Admission
 from tests.kubesim.endpoints import (
     PATCH_TYPES,
@@ -42,7 +42,7 @@ from tests.kubesim.status import (
     page_not_found,
 )
 from tests.kubesim.storage import Obj, Storage
-from tests.kubesim.validation import FieldErrors, strict_json
+from tests.kubesim.validation import FieldErrors
 from tests.kubesim.warning import Recorder
 
 SCALE_KIND: Obj = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
@@ -73,7 +73,7 @@ async def patched(request: web.Request, resource: ResourceType, target: Obj, *, 
         raise unsupported_media(PATCH_TYPES)
     check_write_options(request, "PatchOptions", patch_type=ctype)
     try:
-        patch = strict_json(await request.read())
+        patch = decoding.parse_literal(await request.read())  # numbers as written, for the decoder's messages
     except ValueError as exc:
         raise bad_request(f"error decoding patch: {exc}") from None
     try:
@@ -87,6 +87,9 @@ async def patched(request: web.Request, resource: ResourceType, target: Obj, *, 
             result = patching.strategic_merge_patch(target, patch, resource.merge_keys)
     except patching.PatchError as exc:
         raise ApiError(exc.status, exc.message) from None
+    strategic = ctype == "application/strategic-merge-patch+json"
+    decoding.check_patched(resource, result, patch=patch, strategic=strategic, scale=scale)
+    result = decoding.plain(result)
     if not isinstance(result, dict):
         raise ApiError(422, "the patched object must stay an object")
     return result
@@ -127,6 +130,15 @@ class Subresources:
             raise page_not_found()
         if request.method not in ("GET", "PUT", "PATCH"):
             raise ApiError(405, "the server does not allow this method on the requested resource")
+        body = None
+        if request.method == "PUT":  # decoded before the object is looked up, as the update handler does
+            check_write_options(request, "UpdateOptions")
+            body = await read_body(request)
+            raw, ctype = await request.read(), request.content_type
+            if sub == "scale":
+                decoding.check_object(body, raw, ctype, kind="Scale", api_version="autoscaling/v1")
+            else:
+                decoding.check_body(resource, body, raw, ctype)
         check_name_parameter(name)
         old = self._storage.get(resource, namespace, name)
         if old is None:
@@ -135,8 +147,6 @@ class Subresources:
         if request.method == "GET":
             return json_response(view) if sub == "scale" else render_object(request, resource, old, clock=self._clock)
         if request.method == "PUT":
-            check_write_options(request, "UpdateOptions")
-            body = await read_body(request)
             if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
                 raise bad_request("the object provided is unrecognized (must be a JSON object)")
             wanted = body
@@ -269,6 +279,7 @@ class Subresources:
         to a node. Answers a Success Status (201); the webhooks' warnings go to the request's recorder.
         """
         body = await read_body(request, options="CreateOptions")
+        decoding.check_object(body, await request.read(), request.content_type, kind="Binding", api_version="v1")
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise bad_request("the object provided is unrecognized (must be a JSON object)")
         body.setdefault("apiVersion", "v1")

@@ -517,6 +517,25 @@ async def test_validating_webhooks_see_the_mutated_object_and_a_bad_patch_names_
     assert failed.value.status == 500 and 'admission webhook "m.example.com"' in failed.value.message
 
 
+async def test_a_mutating_patch_that_breaks_a_fields_type_is_a_500_with_the_decoders_error(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    """The patched object is decoded into the kind's Go type again (the mutating dispatcher's
+    `jsonSerializer.Decode`); what does not decode is an internal error."""
+    webhook.answers["/mutate"] = lambda _: {
+        "allowed": True,
+        "patch": [{"op": "replace", "path": "/spec/containers/0/image", "value": 5}],
+    }
+    kubesim.create_object(
+        configuration("MutatingWebhookConfiguration", "m", hook("m.example.com", url_client(webhook, "/mutate")))
+    )
+    with pytest.raises(KubeApiError) as failed:
+        await create_pod(kube_api, "default", pod("p"))
+    error = "json: cannot unmarshal number into Go struct field Container.spec.containers.image of type string"
+    assert (failed.value.status, failed.value.message) == (500, f"Internal error occurred: {error}")
+    assert kubesim.get_object("pods", "default", "p") is None
+
+
 async def test_warnings_from_webhooks_are_printed_by_kubectl(
     kubesim: KubeSim, kubectl: Kubectl, webhook: Webhook
 ) -> None:

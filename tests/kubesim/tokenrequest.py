@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kubesim import tokens
+from tests.kubesim import decoding, tokens
 from tests.kubesim.endpoints import Clock, json_response, now_stamp, read_body
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.status import bad_request, check_name_parameter, conflict, invalid, not_found
@@ -92,7 +92,11 @@ class TokenAPI:
 
         As `TokenREST.Create` does, the ServiceAccount is read (400 for a name no key can hold, 404 when it or its
         namespace does not exist) before the request's spec is checked (422)."""
-        spec = auth_body(await read_body(request, options="CreateOptions"), "TokenRequest")
+        body = await read_body(request, options="CreateOptions")
+        decoding.check_object(
+            body, await request.read(), request.content_type, kind="TokenRequest", api_version=tokens.API_VERSION
+        )
+        spec = auth_body(body, "TokenRequest")
         sa_resource = self._resource("serviceaccounts")
         if self._storage.get(self._resource("namespaces"), "", namespace) is None:
             raise not_found(self._resource("namespaces"), namespace)
@@ -133,6 +137,9 @@ class TokenAPI:
     async def token_review(self, request: web.Request) -> web.Response:
         """POST /apis/authentication.k8s.io/v1/tokenreviews: the verdict on a token, always 201."""
         body = await read_body(request, allowed=("application/json", "application/yaml"), options="CreateOptions")
+        decoding.check_object(
+            body, await request.read(), request.content_type, kind="TokenReview", api_version=tokens.API_VERSION
+        )
         spec = auth_body(body, "TokenReview")
         token = spec.get("token")
         if not isinstance(token, str) or not token:

@@ -11,14 +11,13 @@ create) with admission; a `metadata.resourceVersion` the body carries is a preco
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import replace
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from tests.kubesim import apply, patching
+from tests.kubesim import apply, decoding, patching
 from tests.kubesim.endpoints import (
     APPLY_PATCH,
     PATCH_TYPES,
@@ -70,7 +69,7 @@ class Updater:
         check_name_parameter(name)  # the update's key, before the patch is read
         raw = await request.read()
         try:
-            patch = json.loads(raw)
+            patch = decoding.parse_literal(raw)  # numbers as written, for the decoder's messages
         except ValueError as exc:
             raise bad_request(f"error decoding patch: {exc}") from None
         old = self._storage.get(resource, namespace, name)
@@ -87,6 +86,9 @@ class Updater:
                 result = patching.strategic_merge_patch(old, patch, resource.merge_keys)
         except patching.PatchError as exc:
             raise ApiError(exc.status, exc.message) from None
+        strategic = ctype == "application/strategic-merge-patch+json"
+        decoding.check_patched(resource, result, patch=patch, strategic=strategic)
+        result = decoding.plain(result)
         if not isinstance(result, dict) or not isinstance(result.get("metadata"), dict):
             raise ApiError(422, "the patched object must keep its metadata")
         if result["metadata"].get("name") != name:

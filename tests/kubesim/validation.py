@@ -83,18 +83,18 @@ def go_trim_space(value: str) -> str:
     return value.strip(GO_SPACE)
 
 
-def strict_json(data: str | bytes) -> Any:
+def strict_json(data: str | bytes, *, number: Callable[[str], float] = float) -> Any:
     """JSON as the API server's decoder reads it: no `NaN`/`Infinity`, no number beyond a float's range
-    (Python's `json.loads` takes both, the second as infinity)."""
-    return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+    (Python's `json.loads` takes both, the second as infinity). `number` makes a float of a number's text."""
+    return json.loads(data, parse_constant=_not_json, parse_float=lambda text: _finite(text, number))
 
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
 
 
-def _finite(text: str) -> float:
-    value = float(text)
+def _finite(text: str, number: Callable[[str], float]) -> float:
+    value = number(text)
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"number {text[:40]} is out of range")
     return value

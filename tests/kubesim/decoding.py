@@ -1,0 +1,812 @@
+"""Decoding a body into the kind's Go type, and the errors the API server's decoder gives on the way.
+
+The API server decodes a built-in object into its Go struct before anything else looks at it, so a field of
+the wrong JSON type fails there, not in validation: `Pod in version "v1" cannot be handled as a Pod: json:
+cannot unmarshal number into Go struct field ObjectMeta.metadata.name of type string`. This module decodes a
+body against the kind's types (`tests.kubesim.gotypes`) as sigs.k8s.io/json does (the first type error is kept
+and decoding goes on; an `UnmarshalJSON` method's error ends it) and answers as the handlers do:
+
+- a create or update (`create.go`, `update.go`): 400, the codec's error wrapped by `transformDecodeError`;
+  before that the body's apiVersion and kind are read (`SimpleMetaFactory.Interpret`);
+- a JSON or merge patch (`patch.go`, `jsonPatcher`): 422 `patch: Invalid value: "<patched object>": <error>`;
+- a strategic merge patch (`applyPatchToObject`): 422 with the patch map in Go's `%+v`, the error from the
+  unstructured converter (`runtime.DefaultUnstructuredConverter`), whose messages differ;
+- a mutating webhook's patched object (the dispatcher's `jsonSerializer.Decode`) and a DELETE's DeleteOptions
+  (`delete.go`): 500, the decoder's error as it is.
+
+Fields whose types decode themselves are decoded as their methods do: `IntOrString` (a string, or a number
+Go's `encoding/json` reads as an int32), `resource.Quantity` (`ParseQuantity` of a string or of any other
+value's text), `metav1.Time` and `MicroTime` (a string `time.Parse` reads with RFC 3339 layouts), `FieldsV1`
+and the JSON of schemas (anything), the schema unions of a CRD. Custom resources are not decoded into structs
+(their schema validates them, 422), so they are left alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from tests.kubesim import gotypes
+from tests.kubesim.resources import ResourceType
+from tests.kubesim.status import ApiError, bad_request
+from tests.kubesim.validation import Cause, go_string, go_trim_space, strict_json
+
+# -- the types ------------------------------------------------------------------------------------
+
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+
+# Types with their own UnmarshalJSON, by table name: what `_special` decodes them as.
+SPECIAL = {
+    "meta/v1.Time": "time",
+    "meta/v1.MicroTime": "microtime",
+    "meta/v1.FieldsV1": "any",
+    "apiextensions/v1.JSON": "any",
+    "intstr.IntOrString": "intorstring",
+    "resource.Quantity": "quantity",
+    "apiextensions/v1.JSONSchemaPropsOrBool": "orbool",
+    "apiextensions/v1.JSONSchemaPropsOrArray": "orarray",
+    "apiextensions/v1.JSONSchemaPropsOrStringArray": "orstringarray",
+}
+BASIC = {
+    "string": ("string", 0),
+    "bool": ("bool", 0),
+    "int32": ("int", 32),
+    "int64": ("int", 64),
+    "uint8": ("uint", 8),
+    "float64": ("float", 64),
+}
+GROUP_PACKAGES = {"": "core"}  # the table package of an API group's types: its first label otherwise
+
+
+@dataclass(frozen=True)
+class GoType:
+    """A Go type as the decoder sees it. `display` is reflect's `Type.String()` (`[]v1.Container`); `name` a
+    struct's `Type.Name()` (`Container`) or a special type's kind; `ref` a struct's table name or the element
+    of a slice or map; `bits` a number's width."""
+
+    kind: str  # struct | slice | map | string | bool | int | uint | float | special
+    display: str
+    name: str = ""
+    ref: str = ""
+    package: str = ""
+    bits: int = 0
+
+
+def _closing_bracket(expr: str, start: int) -> int:
+    depth = 0
+    for at in range(start, len(expr)):
+        depth += {"[": 1, "]": -1}.get(expr[at], 0)
+        if depth == 0:
+            return at
+    raise ValueError(expr)
+
+
+def _display(key: str) -> str:
+    package, _, name = key.rpartition(".")
+    return f"{package.rsplit('/', 1)[-1]}.{name}"
+
+
+@functools.cache
+def go_type(expr: str, package: str = "") -> GoType:
+    """The type a table expression names (`[]Container` in package `core/v1`, `map[string]string`, ...)."""
+    if expr.startswith("[]"):
+        elem = go_type(expr[2:], package)
+        return GoType("slice", f"[]{elem.display}", ref=expr[2:], package=package)
+    if expr.startswith("map["):
+        end = _closing_bracket(expr, 3)
+        key_type, elem = go_type(expr[4:end], package), go_type(expr[end + 1 :], package)
+        return GoType("map", f"map[{key_type.display}]{elem.display}", ref=expr[end + 1 :], package=package)
+    if expr in BASIC:
+        kind, bits = BASIC[expr]
+        return GoType(kind, expr, bits=bits)
+    key = expr if "." in expr else f"{package}.{expr}"
+    owner, _, name = key.rpartition(".")
+    if key in SPECIAL:
+        return GoType("special", _display(key), name=SPECIAL[key])
+    if name in gotypes.STRUCTS.get(owner, {}):
+        return GoType("struct", _display(key), name=name, ref=key, package=owner)
+    if name in gotypes.STRING_TYPES.get(owner, "").split():
+        return GoType("string", _display(key))
+    underlying = go_type(gotypes.NAMED_TYPES[owner][name], owner)
+    return GoType(underlying.kind, _display(key), ref=underlying.ref, package=underlying.package, bits=underlying.bits)
+
+
+@functools.cache
+def struct_fields(key: str) -> dict[str, tuple[str, str]]:
+    """A struct's fields in declaration order: JSON name -> (type expression, its package)."""
+    package, _, name = key.rpartition(".")
+    fields = {}
+    for entry in gotypes.STRUCTS[package][name].split():
+        field, _, expr = entry.partition(":")
+        fields[field] = (expr, package)
+    return fields
+
+
+def _field_type(struct: GoType, field: str) -> GoType | None:
+    found = struct_fields(struct.ref).get(field)
+    return go_type(*found) if found is not None else None
+
+
+def _elem(container: GoType) -> GoType:
+    return go_type(container.ref, container.package)
+
+
+def kind_type(api_version: str, kind: str) -> GoType:
+    """The Go type of a built-in kind (`apps/v1`, `Deployment`: `v1.Deployment` of k8s.io/api/apps/v1); a kind
+    every group registers from meta/v1 (`DeleteOptions`) is that one."""
+    group, _, version = api_version.rpartition("/")
+    package = f"{GROUP_PACKAGES.get(group, group.split('.')[0])}/{version}"
+    return go_type(f"{package if kind in gotypes.STRUCTS.get(package, {}) else 'meta/v1'}.{kind}")
+
+
+# -- Go's renderings ------------------------------------------------------------------------------
+
+
+class Literal(float):
+    """A JSON number with a fraction or exponent, as written: Go quotes the text (`number 1.50`)."""
+
+    __slots__ = ("text",)
+    text: str
+
+
+def _literal(text: str) -> Literal:
+    number = Literal(text)
+    number.text = text
+    return number
+
+
+def parse_literal(raw: bytes | str) -> Any:
+    """JSON as `strict_json` reads it, each non-integer number keeping its text."""
+    return strict_json(raw, number=_literal)
+
+
+def plain(value: Any) -> Any:
+    """`value` with each `Literal` a plain float again (what is stored holds no literals)."""
+    if isinstance(value, Literal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def _digits(value: float) -> tuple[str, int]:
+    """The shortest decimal digits of a finite non-zero `abs(value)` and the position of the decimal point."""
+    _, digits, exponent = Decimal(repr(abs(value))).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0")
+    return text, len(digits) + int(exponent)
+
+
+def _exponent_form(text: str, point: int, *, short_negative: bool) -> str:
+    mantissa = text[0] + (f".{text[1:]}" if len(text) > 1 else "")
+    exponent = point - 1
+    shown = f"{abs(exponent):02d}"
+    if short_negative and exponent < 0:
+        shown = str(abs(exponent))
+    return f"{mantissa}e{'-' if exponent < 0 else '+'}{shown}"
+
+
+def _fixed_form(text: str, point: int) -> str:
+    if point <= 0:
+        return "0." + "0" * -point + text
+    if point >= len(text):
+        return text + "0" * (point - len(text))
+    return f"{text[:point]}.{text[point:]}"
+
+
+def go_json_float(value: float) -> str:
+    """`encoding/json`'s text of a float64: the shortest digits, in exponent form below 1e-6 and from 1e21."""
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 else "0"
+    text, point = _digits(value)
+    sign = "-" if value < 0 else ""
+    if abs(value) < 1e-6 or abs(value) >= 1e21:
+        return sign + _exponent_form(text, point, short_negative=True)
+    return sign + _fixed_form(text, point)
+
+
+def go_format_float(value: float) -> str:
+    """`fmt`'s `%v` of a float64 (`strconv.FormatFloat(v, 'g', -1, 64)`): exponent form below 1e-4 and from 1e6."""
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 else "0"
+    text, point = _digits(value)
+    sign = "-" if value < 0 else ""
+    if point - 1 < -4 or point - 1 >= 6:
+        return sign + _exponent_form(text, point, short_negative=False)
+    return sign + _fixed_form(text, point)
+
+
+def number_text(value: int | float) -> str:
+    """A number's JSON text as the decoder reads it: as written, or as Go encodes the value."""
+    if isinstance(value, Literal):
+        return value.text
+    if isinstance(value, int):
+        return str(value)
+    return go_json_float(value)
+
+
+def go_json(value: Any) -> str:
+    """`json.Marshal` of an unstructured value: compact, keys sorted, '<', '>', '&' and U+2028/9 escaped."""
+    if isinstance(value, dict):
+        items = (f"{go_json(str(key))}:{go_json(item)}" for key, item in sorted(value.items()))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(go_json(item) for item in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return number_text(value)
+    text = json.dumps(str(value), ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028")):
+        text = text.replace(char, escape)
+    return text.replace("\u2029", "\\u2029")
+
+
+def go_format(value: Any) -> str:
+    """`fmt`'s `%+v` of an unstructured value: `map[k:v ...]` with sorted keys, `[a b]`, `<nil>`, bare strings."""
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{key}:{go_format(item)}" for key, item in sorted(value.items())) + "]"
+    if isinstance(value, list):
+        return "[" + " ".join(go_format(item) for item in value) + "]"
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) or (isinstance(value, int) and not _fits_int64(value)):
+        return go_format_float(float(value))
+    return str(value)
+
+
+def _json_kind(value: Any) -> str:
+    """How `UnmarshalTypeError` names a JSON value's kind."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+# -- what types that decode themselves accept -------------------------------------------------------
+
+QUANTITY_FORMAT = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+QUANTITY_SUFFIX = "unable to parse quantity's suffix"
+QUANTITY_SUFFIXES = {"", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
+_QUANTITY = re.compile(r"[+-]?[0-9]*(\.[0-9]*)?(?P<suffix>[eEinumkKMGTP]*[-+]?[0-9]*)")
+_EXPONENT = re.compile(r"[eE][-+]?[0-9]+")
+INT64_MAX = 2**63 - 1
+
+
+def quantity_error(text: str) -> str | None:
+    """Why `resource.ParseQuantity` refuses `text`, or None: the number and its suffix must scan
+    (`parseQuantityString`), then the suffix must be one it knows or a decimal exponent that fits an int64."""
+    if not text:
+        return QUANTITY_FORMAT
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        return QUANTITY_FORMAT
+    suffix = match["suffix"]
+    if suffix in QUANTITY_SUFFIXES:
+        return None
+    if _EXPONENT.fullmatch(suffix) and abs(int(suffix[1:])) <= INT64_MAX + (suffix[1] == "-"):
+        return None
+    return QUANTITY_SUFFIX
+
+
+def base64_error(text: str) -> str | None:
+    """Why `base64.StdEncoding.Decode` refuses `text`, or None: the byte offset of the first bad input, as its
+    `decodeQuantum` finds it (line breaks are skipped, padding is required)."""
+    data = text.encode("utf-8", "surrogatepass")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    at = 0
+    while at < len(data):
+        got = 0
+        while got < 4:
+            if at == len(data):
+                if got == 0:
+                    return None
+                return f"illegal base64 data at input byte {at - got}"
+            char = data[at]
+            at += 1
+            if char in alphabet:
+                got += 1
+                continue
+            if char in b"\r\n":
+                continue
+            if char != ord("=") or got < 2:
+                return f"illegal base64 data at input byte {at - 1}"
+            if got == 2:  # "==" expected, the first one read
+                while at < len(data) and data[at] in b"\r\n":
+                    at += 1
+                if at == len(data):
+                    return f"illegal base64 data at input byte {len(data)}"
+                if data[at] != ord("="):
+                    return f"illegal base64 data at input byte {at - 1}"
+                at += 1
+            while at < len(data) and data[at] in b"\r\n":
+                at += 1
+            return f"illegal base64 data at input byte {at}" if at < len(data) else None
+    return None
+
+
+RFC3339 = "2006-01-02T15:04:05Z07:00"
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+_TIME_CHUNKS = {
+    RFC3339: (("", "2006"), ("-", "01"), ("-", "02"), ("T", "15"), (":", "04"), (":", "05"), ("", "Z07:00")),
+    RFC3339_MICRO: (
+        ("", "2006"),
+        ("-", "01"),
+        ("-", "02"),
+        ("T", "15"),
+        (":", "04"),
+        (":", "05"),
+        ("", ".000000"),
+        ("", "Z07:00"),
+    ),
+}
+
+
+def _time_quote(data: bytes) -> str:
+    """The time package's `quote`: '"' and '\\' escaped, bytes outside printable ASCII as `\\xNN`."""
+    out = []
+    for byte in data:
+        if byte >= 0x80 or byte < 0x20:
+            out.append(f"\\x{byte:02x}")
+        else:
+            out.append(("\\" if byte in b'"\\' else "") + chr(byte))
+    return '"' + "".join(out) + '"'
+
+
+def _getnum(data: bytes, fixed: bool) -> tuple[int, bytes] | None:
+    if not data[:1].isdigit():
+        return None
+    if not data[1:2].isdigit():
+        return None if fixed else (data[0] - 48, data[1:])
+    return int(data[:2]), data[2:]
+
+
+def _days_in(month: int, year: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def time_error(text: str, layout: str) -> str | None:
+    """Why `time.Parse(layout, text)` refuses `text`, for the two RFC 3339 layouts, in its `ParseError` words:
+    the first part of the value that does not match its part of the layout, or the field out of range. As in
+    Go, an hour may have one digit, RFC3339 takes a fraction after the seconds and RFC3339Micro wants six."""
+    value = text.encode("utf-8", "surrogatepass")
+    rest = value
+    fields: dict[str, int] = {}
+    for prefix, chunk in _TIME_CHUNKS[layout]:
+        if not rest.startswith(prefix.encode()):
+            return _cannot_parse(value, layout, prefix, rest)
+        rest = rest[len(prefix) :]
+        hold, out_of_range = rest, ""
+        if chunk == "2006":
+            if len(rest) < 4 or not rest[:4].isdigit():
+                return _cannot_parse(value, layout, chunk, hold)
+            fields["year"], rest = int(rest[:4]), rest[4:]
+        elif chunk in _TIME_NUMBERS:
+            name, limit = _TIME_NUMBERS[chunk]
+            got = _getnum(rest, fixed=chunk != "15")
+            if got is None:
+                return _cannot_parse(value, layout, chunk, hold)
+            fields[name], rest = got
+            if not (chunk == "01") <= fields[name] < limit:
+                out_of_range = name
+            elif chunk == "05" and layout == RFC3339 and rest[:1] in (b".", b",") and rest[1:2].isdigit():
+                end = 2
+                while rest[end : end + 1].isdigit():
+                    end += 1
+                rest = rest[end:]
+        elif chunk == ".000000":
+            if len(rest) < 7 or rest[:1] not in (b".", b",") or not rest[1:7].isdigit():
+                return _cannot_parse(value, layout, chunk, hold)
+            rest = rest[7:]
+        elif rest[:1] == b"Z":
+            rest = rest[1:]
+        else:
+            if len(rest) < 6 or rest[3:4] != b":":
+                return _cannot_parse(value, layout, chunk, hold)
+            sign, hours, minutes, rest = rest[:1], _getnum(rest[1:3], True), _getnum(rest[4:6], True), rest[6:]
+            if hours is not None and hours[0] > 24:
+                out_of_range = "time zone offset hour"
+            if minutes is not None and minutes[0] > 60:
+                out_of_range = "time zone offset minute"
+            if not out_of_range and (hours is None or minutes is None or sign not in (b"+", b"-")):
+                return _cannot_parse(value, layout, chunk, hold)
+        if out_of_range:
+            return f"parsing time {_time_quote(value)}: {out_of_range} out of range"
+    if rest:
+        return f"parsing time {_time_quote(value)}: extra text: {_time_quote(rest)}"
+    if not 1 <= fields["day"] <= _days_in(fields["month"], fields["year"]):
+        return f"parsing time {_time_quote(value)}: day out of range"
+    return None
+
+
+_TIME_NUMBERS = {
+    "01": ("month", 13),
+    "02": ("day", 100),
+    "15": ("hour", 24),
+    "04": ("minute", 60),
+    "05": ("second", 60),
+}
+
+
+def _cannot_parse(value: bytes, layout: str, layout_elem: str, value_elem: bytes) -> str:
+    """`time.ParseError` without a message: which part of the value did not match which part of the layout."""
+    return (
+        f"parsing time {_time_quote(value)} as {_time_quote(layout.encode())}: cannot parse "
+        f"{_time_quote(value_elem)} as {_time_quote(layout_elem.encode())}"
+    )
+
+
+# -- the decoder ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TypeMismatch:
+    """sigs.k8s.io/json's `UnmarshalTypeError`: a JSON value of the wrong kind for a Go type, with the struct and
+    the field path (JSON names, list indexes and map keys left out) it was met at."""
+
+    value: str
+    type: str
+    struct: str = ""
+    field: str = ""
+
+    def __str__(self) -> str:
+        into = f"Go struct field {self.struct}.{self.field}" if self.struct or self.field else "Go value"
+        return f"json: cannot unmarshal {self.value} into {into} of type {self.type}"
+
+
+DecodeError = TypeMismatch | str
+
+
+class _Abort(Exception):
+    """An `UnmarshalJSON` method failed: the decode ends with its error."""
+
+    def __init__(self, error: DecodeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Decoder:
+    """`UnmarshalCaseSensitivePreserveInts` of a JSON value into a Go type (`decodeState`): fields matched by
+    exact name, unknown ones skipped (strict decoding reports those apart), null accepted everywhere. A type
+    error is kept (the first one) and decoding goes on; an `UnmarshalJSON` method's error ends it at once."""
+
+    def __init__(self) -> None:
+        self.struct = ""  # the struct whose field is being decoded, and the path of JSON names to it
+        self.path: list[str] = []
+        self.saved: DecodeError | None = None
+
+    def decode(self, value: Any, t: GoType) -> DecodeError | None:
+        try:
+            self._value(value, t)
+        except _Abort as abort:
+            return abort.error
+        return self.saved
+
+    def _save(self, error: DecodeError) -> None:
+        if self.saved is None:
+            self.saved = error
+
+    def _mismatch(self, value: str, t: GoType) -> TypeMismatch:
+        return TypeMismatch(value, t.display, self.struct, ".".join(self.path))
+
+    def _value(self, value: Any, t: GoType) -> None:
+        if value is None:
+            return
+        if t.kind == "special":
+            self._special(value, t)
+        elif t.kind == "struct":
+            self._struct(value, t)
+        elif t.kind == "map":
+            if not isinstance(value, dict):
+                self._save(self._mismatch(_json_kind(value), t))
+                return
+            elem = _elem(t)
+            for item in value.values():
+                self._value(item, elem)
+        elif t.kind == "slice":
+            self._slice(value, t)
+        else:
+            self._scalar(value, t)
+
+    def _struct(self, value: Any, t: GoType) -> None:
+        if not isinstance(value, dict):
+            self._save(self._mismatch(_json_kind(value), t))
+            return
+        outer = self.struct
+        for key, item in value.items():
+            field = _field_type(t, str(key))
+            if field is None:
+                continue
+            self.struct = t.name
+            self.path.append(str(key))
+            self._value(item, field)
+            self.path.pop()
+            self.struct = outer
+
+    def _slice(self, value: Any, t: GoType) -> None:
+        elem = _elem(t)
+        if isinstance(value, str) and elem.kind == "uint" and elem.bits == 8:
+            problem = base64_error(value)  # []byte takes base64
+            if problem is not None:
+                self._save(problem)
+            return
+        if not isinstance(value, list):
+            self._save(self._mismatch(_json_kind(value), t))
+            return
+        for item in value:
+            self._value(item, elem)
+
+    def _scalar(self, value: Any, t: GoType) -> None:
+        kind = _json_kind(value)
+        if t.kind == "string":
+            accepted = kind == "string"
+        elif t.kind == "bool":
+            accepted = kind == "bool"
+        elif kind != "number":
+            accepted = False
+        elif t.kind in ("int", "uint"):
+            text = number_text(value)
+            if not _int_fits(text, t):
+                self._save(self._mismatch(f"number {text}", t))
+            return
+        else:
+            accepted = True  # every JSON number is a float64
+        if not accepted:
+            self._save(self._mismatch(kind, t))
+
+    def _special(self, value: Any, t: GoType) -> None:
+        kind = _json_kind(value)
+        if t.name == "intorstring":  # IntOrString.UnmarshalJSON: a string, or encoding/json into an int32
+            if kind == "string":
+                return
+            text = f"number {number_text(value)}" if kind == "number" else kind
+            if kind != "number" or not _int_fits(number_text(value), go_type("int32")):
+                raise _Abort(f"json: cannot unmarshal {text} into Go value of type int32")
+        elif t.name == "quantity":  # Quantity.UnmarshalJSON: ParseQuantity of the text inside any quotes
+            text = value if kind == "string" else go_json(value)
+            problem = quantity_error(go_trim_space(text))
+            if problem is not None:
+                raise _Abort(problem)
+        elif t.name in ("time", "microtime"):  # Time.UnmarshalJSON: encoding/json into a string, time.Parse
+            if kind != "string":
+                raise _Abort(f"json: cannot unmarshal {kind} into Go value of type string")
+            problem = time_error(value, RFC3339 if t.name == "time" else RFC3339_MICRO)
+            if problem is not None:
+                raise _Abort(problem)
+        elif t.name in ("orbool", "orarray", "orstringarray"):
+            self._schema_union(value, t.name)
+
+    def _schema_union(self, value: Any, union: str) -> None:
+        """A CRD schema's `JSONSchemaPropsOrBool`, `...OrArray` or `...OrStringArray`: an object is a schema,
+        an array a list (of schemas or strings), a boolean the OrBool's; each decoded anew by util/json, whose
+        type error takes this field as its place. Anything else is ignored, but refused by OrBool."""
+        schema = go_type("apiextensions/v1.JSONSchemaProps")
+        if isinstance(value, dict):
+            target: GoType | None = schema
+        elif isinstance(value, list) and union != "orbool":
+            target = go_type("[]JSONSchemaProps" if union == "orarray" else "[]string", "apiextensions/v1")
+        elif union == "orbool" and not isinstance(value, bool):
+            raise _Abort("boolean or JSON schema expected")
+        else:
+            target = None
+        if target is not None:
+            error = Decoder().decode(value, target)
+            if isinstance(error, TypeMismatch) and (self.struct or self.path):  # `addErrorContext`
+                error = TypeMismatch(error.value, error.type, self.struct, ".".join(self.path))
+            if error is not None:
+                raise _Abort(error)
+
+
+def _int_fits(text: str, t: GoType) -> bool:
+    """Whether `strconv.ParseInt` (`ParseUint`) reads the number `text` into an integer of `t`'s width."""
+    if not re.fullmatch(r"-?[0-9]+" if t.kind == "int" else r"[0-9]+", text):
+        return False
+    number = int(text)
+    if t.kind == "uint":
+        return number < 1 << t.bits
+    return -(1 << (t.bits - 1)) <= number < 1 << (t.bits - 1)
+
+
+def hold_whole_numbers(value: Any, t: GoType) -> None:
+    """Make each whole float in an integer field of a decoded `value` an int, in place, as the Go object holds
+    it: a YAML body's `2.0` is `2` in the JSON it converts to, the converter takes a whole float64 for an int."""
+    if isinstance(value, dict) and t.kind in ("struct", "map"):
+        items: list[tuple[Any, GoType | None]] = [
+            (key, _field_type(t, str(key)) if t.kind == "struct" else _elem(t)) for key in value
+        ]
+    elif isinstance(value, list) and t.kind == "slice":
+        items = [(index, _elem(t)) for index in range(len(value))]
+    else:
+        return
+    for key, field in items:
+        if field is None:
+            continue
+        item = value[key]
+        if (
+            isinstance(item, float)
+            and item.is_integer()
+            and (field.kind in ("int", "uint") or field.name == "intorstring")
+        ):
+            value[key] = int(item)
+        else:
+            hold_whole_numbers(item, field)
+
+
+# -- the unstructured converter (a strategic merge patch's result) ----------------------------------------
+
+_UNSTRUCTURED = {str: "string", bool: "bool", int: "int64", float: "float64", dict: "map", list: "slice"}
+
+
+def _reflect_kind(value: Any) -> str:
+    """reflect's `Kind` of an unstructured value: string, bool, int64, float64 (a number past int64's range
+    too, as `PreserveInts` leaves it), map or slice."""
+    if type(value) is int and not _fits_int64(value):
+        return "float64"
+    return _UNSTRUCTURED[type(value)] if type(value) in _UNSTRUCTURED else _UNSTRUCTURED[float]
+
+
+def _fits_int64(value: int) -> bool:
+    return -(1 << 63) <= value < 1 << 63
+
+
+def convert(value: Any, t: GoType) -> str | None:
+    """Why `DefaultUnstructuredConverter.FromUnstructured` cannot put an unstructured `value` into `t`, or None.
+    Struct fields are filled in declaration order and the first error ends it; the messages name types, not
+    fields. Types that decode themselves get the value's JSON (`TypeReflectCacheEntry.FromUnstructured`)."""
+    if value is None:
+        return None
+    kind = _reflect_kind(value)
+    if t.kind == "special":
+        error = Decoder().decode(parse_literal(go_json(value)), t)
+        return None if error is None else str(error)
+    if t.kind == "struct":
+        if kind != "map":
+            return f"cannot restore struct from: {kind}"
+        for field, (expr, package) in struct_fields(t.ref).items():
+            problem = convert(value.get(field), go_type(expr, package))
+            if problem is not None:
+                return problem
+        return None
+    if t.kind == "map":
+        if kind != "map":
+            return f"cannot restore map from {kind}"
+        return next((p for p in (convert(item, _elem(t)) for item in value.values()) if p is not None), None)
+    if t.kind == "slice":
+        elem = _elem(t)
+        if kind == "string" and elem.kind == "uint" and elem.bits == 8:
+            problem = base64_error(value) if value else None
+            return None if problem is None else f"error decoding from json: {problem}"
+        if kind != "slice":
+            return f"cannot restore slice from {kind}"
+        return next((p for p in (convert(item, elem) for item in value) if p is not None), None)
+    return _convert_scalar(value, kind, t)
+
+
+def _convert_scalar(value: Any, kind: str, t: GoType) -> str | None:
+    """`fromUnstructured` of a simple type: the same kind, or a number into a number (a float only when whole);
+    an int64 converts to a string type but is refused; anything else is a type the converter has no case for."""
+    same = {"string": "string", "bool": "bool", "int64": "int", "float64": "float"}.get(kind)
+    if same == t.kind or (kind == "int64" and t.kind in ("int", "uint", "float")):
+        return None
+    if kind == "float64" and t.kind in ("int", "uint"):
+        return None if float(value).is_integer() else f"cannot convert float64 to {t.display}"
+    if kind == "int64" and t.kind == "string":
+        return f"cannot convert int64 to {t.display}"
+    return f"unrecognized type: {t.kind}{t.bits or ''}"  # reflect's Kind: string, bool, int32, uint8, float64
+
+
+# -- how the handlers answer --------------------------------------------------------------------------
+
+# The struct `SimpleMetaFactory.Interpret` reads apiVersion and kind into, as reflect prints its type.
+FIND_KIND = 'struct { APIVersion string "json:\\"apiVersion,omitempty\\""; Kind string "json:\\"kind,omitempty\\"" }'
+
+
+def summarize(raw: bytes) -> str:
+    """`summarizeData(body, 30)`: an object's first 30 bytes, anything else's in hex, " ..." when cut."""
+    if not raw:
+        return "<empty>"
+    head = raw[:30]
+    shown = head.decode("utf-8", "replace") if raw[:1] == b"{" else head.hex()
+    return shown + (" ..." if len(raw) > 30 else "")
+
+
+def interpret_error(body: Any) -> str | None:
+    """Why `SimpleMetaFactory.Interpret` cannot read a body's apiVersion and kind: encoding/json (which matches
+    names in any case) into a struct of two strings, then `ParseGroupVersion`."""
+    if not isinstance(body, dict):
+        return None if body is None else f"json: cannot unmarshal {_json_kind(body)} into Go value of type {FIND_KIND}"
+    found: dict[str, Any] = {}
+    for key, value in body.items():
+        field = {"apiversion": "apiVersion", "kind": "kind"}.get(str(key).casefold())
+        if field is None or value is None:
+            continue
+        if not isinstance(value, str):
+            return f"json: cannot unmarshal {_json_kind(value)} into Go struct field .{field} of type string"
+        found[field] = value
+    api_version = found.get("apiVersion", "")
+    if api_version.count("/") > 1:
+        return f"unexpected GroupVersion string: {api_version}"
+    return None
+
+
+def check_body(resource: ResourceType, body: Any, raw: bytes, content_type: str) -> None:
+    """A create's or update's body decoded as the handlers decode it (`check_object`); a custom resource's is
+    not decoded into a struct, so left to its schema."""
+    if not resource.custom:
+        check_object(body, raw, content_type, kind=resource.kind, api_version=resource.api_version)
+
+
+def decode_error(body: Any, *, kind: str, api_version: str, literal: Any = None) -> str | None:
+    """What the codec says of a body meant for the built-in `kind`: that its apiVersion and kind cannot be read
+    (`Interpret`), or what the typed decode of a body of that kind met first; None when it decodes, or when it is
+    of another kind (whose own checks follow). `literal` is the body read with its numbers as written."""
+    problem = interpret_error(body)
+    if problem is not None:
+        return f"couldn't get version/kind; json parse error: {problem}" if problem.startswith("json:") else problem
+    if not isinstance(body, dict) or (body.get("apiVersion") or api_version) != api_version:
+        return None
+    if (body.get("kind") or kind) != kind:
+        return None
+    error = Decoder().decode(body if literal is None else literal, kind_type(api_version, kind))
+    return None if error is None else str(error)
+
+
+def check_object(body: Any, raw: bytes, content_type: str, *, kind: str, api_version: str) -> None:
+    """A create's or update's body of a built-in `kind` decoded as the handlers decode it (`create.go`,
+    `update.go`, `transformDecodeError`): 400, `the object provided is unrecognized (must be of type Pod): ...`
+    when its apiVersion and kind cannot be read, `Pod in version "v1" cannot be handled as a Pod: ...` when a
+    field does not decode. A JSON body is read again for its numbers as written; a protobuf one is typed
+    already."""
+    if content_type == PROTOBUF:
+        return
+    literal = parse_literal(raw) if content_type == "application/json" else None
+    problem = decode_error(body, kind=kind, api_version=api_version, literal=literal)
+    if problem is None:
+        if literal is None and isinstance(body, dict) and (body.get("kind") or kind) == kind:
+            hold_whole_numbers(body, kind_type(api_version, kind))
+        return
+    if interpret_error(body) is not None:
+        raise bad_request(f"the object provided is unrecognized (must be of type {kind}): {problem} ({summarize(raw)})")
+    version = api_version.rpartition("/")[2]
+    raise bad_request(f'{kind} in version "{version}" cannot be handled as a {kind}: {problem}')
+
+
+def patch_invalid(value: str, error: str) -> ApiError:
+    """The 422 a patch whose result does not decode gets (`NewInvalid` with no kind and no name): one cause on
+    the field `patch`."""
+    cause = Cause("FieldValueInvalid", "patch", f"Invalid value: {go_string(value)}: {error}")
+    return ApiError(422, f' "" is invalid: {cause}', details={"causes": [cause.to_json()]})
+
+
+def check_patched(resource: ResourceType, patched: Any, *, patch: Any, strategic: bool, scale: bool = False) -> None:
+    """A patched object decoded as `patch.go` decodes it: a JSON or merge patch's result from its JSON
+    (`jsonPatcher`, apiVersion and kind read first; the value shown is that JSON), a strategic merge patch's by
+    the unstructured converter (`applyPatchToObject`; the value shown is the patch). 422 when it does not
+    decode. With `scale` the object is an autoscaling/v1 Scale; a custom resource's result is not decoded into
+    a struct."""
+    if resource.custom and not scale:
+        return
+    kind, api_version = ("Scale", "autoscaling/v1") if scale else (resource.kind, resource.api_version)
+    if not strategic:
+        problem = decode_error(patched, kind=kind, api_version=api_version)
+        if problem is not None:
+            raise patch_invalid(go_json(patched), problem)
+        return
+    t = kind_type(api_version, kind)
+    problem = convert(patched, t)
+    if problem is not None:
+        raise patch_invalid(go_format(patch), problem)
+    hold_whole_numbers(patched, t)
