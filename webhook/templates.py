@@ -23,12 +23,8 @@ rendered text, so pods that differ only where the template does not look (a labe
 replica of a StatefulSet) are rendered but not parsed again. Parsing the YAML is most of the cost.
 
 What one rendering may cost is bounded, for the sample injection that checks a new config and for
-every pod alike (Jinja's sandbox bounds one `range()`, not loops nested in loops, and a template
-reading a large pod may loop over it in loops): it stops (`TemplateError`) once it has run
-`RENDER_BUDGET_S`, checked at every loop step and call the template makes (all Jinja repeats);
-`*` and `**` may not make a sequence or string of over `MAX_PRODUCT` items or an integer of over
-`MAX_POWER_BITS` bits; and the rendered text may not pass `MAX_RENDERED_BYTES`. Filters and string
-methods that take a width (`center`, `indent`, `ljust`...) are not bounded.
+every pod alike: its time, what it makes and what it writes (`webhook.sandbox`, the environment
+templates compile in).
 
 Errors: `TemplateError` (an `InjectionError`) names the template, the line and the reason, for a
 syntax error (at load), a rendering failure, rendered text that is not YAML, or a rendered fragment
@@ -37,28 +33,22 @@ that is not a valid piece of a pod.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import threading
-import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import jinja2
-from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import meta
 
+from webhook import sandbox
 from webhook import validate as v
 from webhook.validate import InjectionError
 
-RENDER_BUDGET_S = 2.0  # renderings take well under a millisecond; the API server waits 10 s for the webhook
-MAX_PRODUCT = 1_000_000  # items (characters) a `*` may make
-MAX_POWER_BITS = 10_000  # bits an integer `**` may make
-MAX_RENDERED_BYTES = 1024 * 1024  # a pod must fit in the API server's 1.5 MiB request
 BUILTIN_NAMES = ("sidecar", "gateway", "grpc-simple", "grpc-agent")
 CONTEXT_NAMES = ("pod", "workload", "sidecar", "proxy_config", "mesh_config", "values", "revision")
 RENDER_CACHE_SIZE = 512
@@ -85,105 +75,7 @@ class TemplateError(InjectionError):
         self.problem = problem
 
 
-def _tojson(value: Any, sort_keys: bool = False) -> str:
-    """JSON text of `value`: a valid YAML scalar or flow collection, keys in their order unless sorted."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises, naming what is missing
-    return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)
-
-
-class RenderTooCostly(Exception):
-    """A rendering ran past its budget (`RENDER_BUDGET_S`) or would make too large a value."""
-
-
-class _Budget(threading.local):
-    """The running rendering's deadline in this thread (renderings run on the event loop and in a
-    worker thread); `left` counts steps down to the next look at the clock."""
-
-    deadline: float | None = None
-    left = 0
-
-
-_BUDGET = _Budget()
-_CLOCK_EVERY = 64  # steps between looks at the clock: a step is a call, a loop step or a `*`/`**`
-
-
-def _step() -> None:
-    budget = _BUDGET
-    budget.left -= 1
-    if budget.left <= 0:
-        budget.left = _CLOCK_EVERY
-        if budget.deadline is not None and time.monotonic() > budget.deadline:
-            budget.deadline = None  # raised once: the template's own cleanup code runs unchecked
-            raise RenderTooCostly(f"rendering took longer than {RENDER_BUDGET_S:g}s (does a loop run too long?)")
-
-
-def _stepped(iterable: Any) -> Iterator[Any]:
-    """Every loop's iterable, wrapped at compile time (`_count_loop_steps`)."""
-    for item in iterable:
-        _step()
-        yield item
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, with every call and loop step counted against the budget (Jinja
-    repeats nothing but loops and calls: macros, recursive loops) and `*`/`**` bounded in what they
-    make."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _step()
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        _step()
-        problem = _binop_problem(operator, left, right)
-        if problem is not None:
-            raise RenderTooCostly(problem)
-        return super().call_binop(context, operator, left, right)
-
-
-def _binop_problem(operator: str, left: Any, right: Any) -> str | None:
-    if operator == "*":
-        for sequence, count in ((left, right), (right, left)):
-            made = len(sequence) * count if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) else 0
-            if made > MAX_PRODUCT:
-                return f"'*' would make {made:,} items; at most {MAX_PRODUCT:,} are allowed"
-    elif isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > MAX_POWER_BITS:
-        return f"'**' would make an integer of over {MAX_POWER_BITS:,} bits"
-    return None
-
-
-def _environment() -> jinja2.Environment:
-    env = _Sandbox(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["tojson"] = _tojson
-    env.filters[_STEPPED] = _stepped
-    return env
-
-
-_STEPPED = "(stepped)"  # a filter name no template can write
-
-
-def _count_loop_steps(tree: nodes.Template) -> nodes.Template:
-    """`tree` with every `for` loop's iterable passed through `_stepped`, so that loops nested in loops
-    (which touch nothing else) are counted too."""
-    for loop in tree.find_all(nodes.For):
-        loop.iter = nodes.Filter(loop.iter, _STEPPED, [], [], None, None, lineno=loop.iter.lineno)
-    return tree
-
-
-@contextlib.contextmanager
-def _budgeted() -> Iterator[None]:
-    """Renderings in this block stop once `RENDER_BUDGET_S` have passed."""
-    _BUDGET.deadline, _BUDGET.left = time.monotonic() + RENDER_BUDGET_S, _CLOCK_EVERY
-    try:
-        yield
-    finally:
-        _BUDGET.deadline = None
-
-
-_ENV = _environment()
+_ENV = sandbox.Sandbox()
 
 
 def _filename(name: str) -> str:
@@ -196,7 +88,8 @@ def _compile(name: str, source: str) -> tuple[jinja2.Template, frozenset[str]]:
     try:
         tree = _ENV.parse(source, name=name, filename=_filename(name))
         used = meta.find_undeclared_variables(tree) - set(_ENV.globals)
-        code = _ENV.compile(_count_loop_steps(tree), name=name, filename=_filename(name))
+        with sandbox.budgeted():  # constant expressions are computed while compiling
+            code = _ENV.compile(sandbox.prepare(tree), name=name, filename=_filename(name))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(template=name, line=exc.lineno, problem=f"syntax error: {exc.message}") from None
     unknown = sorted(used - set(CONTEXT_NAMES))
@@ -286,15 +179,11 @@ class TemplateSet:
 
     def _fragment(self, name: str, template: jinja2.Template, context: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            with _budgeted():
+            with sandbox.budgeted():
                 text = template.render(context)
         except Exception as exc:  # anything the template's own expressions raise is the template's error
             problem = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
             raise TemplateError(template=name, line=_render_line(exc, name), problem=problem) from None
-        if len(text) > MAX_RENDERED_BYTES:  # characters: at least as many bytes
-            raise TemplateError(
-                template=name, line=0, problem=f"renders {len(text):,} characters; at most {MAX_RENDERED_BYTES:,}"
-            )
         fragment = self._parsed.get((name, text))
         if fragment is None:
             try:

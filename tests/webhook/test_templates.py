@@ -20,7 +20,7 @@ from controlplane.model.store import ConfigStore, ObjectKey
 from tests.helpers.serve import Running, admission_review, apply_response, post_webhook
 from tests.helpers.tasks import running
 from tests.webhook.test_live_config import wait_for, write
-from webhook import templates
+from webhook import sandbox, templates
 from webhook.config import ConfigError
 from webhook.configparse import parse_injection_config
 from webhook.configwatch import InjectionConfigWatcher
@@ -80,12 +80,16 @@ def params(config: Any) -> InjectionParams:
             "spec.containers[0].args[2]: must be a string, got integer",
         ),
         # what one rendering may make and run: 3 GB of string, a 300-million-bit integer, hours of loops
-        ("metadata:\n  labels:\n    a: \"{{ 'x' * 3000000000 }}\"\n", "templates.bad", "'*' would make 3,000,000,000"),
+        (
+            "metadata:\n  labels:\n    a: \"{{ 'x' * 3000000000 }}\"\n",
+            "templates.bad",
+            "'*' would make 3,000,000,000 characters or items; a rendering may make at most 4,000,000",
+        ),
         ('metadata:\n  labels:\n    a: "{{ 10 ** 100000000 }}"\n', "templates.bad", "'**' would make an integer"),
         (
             "metadata:\n  labels:\n    a: \"{% for i in range(3) %}{{ 'y' * 1000000 }}{% endfor %}\"\n",
             "templates.bad",
-            "renders 3,000,029 characters; at most 1,048,576",
+            "renders over 1,048,576 characters, the most a rendering may write",
         ),
         (
             'metadata:\n  labels:\n    a: "{% for i in range(100000) %}{% for j in range(100000) %}'
@@ -113,7 +117,7 @@ def params(config: Any) -> InjectionParams:
 def test_a_template_that_cannot_inject_is_refused_when_the_configmap_is_read(
     source: str, field: str, problem: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(templates, "RENDER_BUDGET_S", 0.2)
+    monkeypatch.setattr(sandbox, "RENDER_BUDGET_S", 0.2)
     with pytest.raises(ConfigError) as caught:
         parse_injection_config(injector=injector({"bad": source}), mesh=None)
     assert caught.value.key == "config"
@@ -147,7 +151,7 @@ def test_a_template_failing_for_one_pod_rejects_it_naming_template_and_line() ->
 def test_a_template_looping_over_a_large_pod_stops_and_refuses_that_pod_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loops in loops over the pod pass the sample's check and ran for hours on a pod with many
     containers, holding a webhook thread past the API server's timeout."""
-    monkeypatch.setattr(templates, "RENDER_BUDGET_S", 0.2)
+    monkeypatch.setattr(sandbox, "RENDER_BUDGET_S", 0.2)
     cubed = (
         "metadata:\n  labels:\n    n: '{% set cs = pod.spec.containers %}{% for a in cs %}{% for b in cs %}"
         "{% for c in cs %}{% endfor %}{% endfor %}{% endfor %}{{ cs | length }}'\n"
