@@ -21,9 +21,10 @@ is therefore bounded in:
   `'x' | center(10 ** 9)`, a string doubled in a loop, or a few nested lists of shared items printed
   as text are refused before anything is made.
 - text: what a rendering writes, and the text of a macro or a block `set`, may not pass
-  `MAX_RENDERED_BYTES` characters, counted as the pieces are written (a loop printing a large string
-  from the pod is stopped at the limit, not after joining gigabytes).
-- integers: `**` may not make one of over `MAX_POWER_BITS` bits (Python refuses to print one of over
+  `MAX_RENDERED_BYTES` characters, counted before the pieces are joined (a loop printing one large
+  string from the pod many times is refused holding only references to it, not after joining
+  gigabytes).
+- integers: `*` and `**` may not make one of over `MAX_POWER_BITS` bits (Python refuses to print one of over
   4,300 digits itself).
 
 A refusal raises `RenderTooCostly`, which the template's caller reports as the template's error. Jinja's
@@ -55,7 +56,7 @@ from jinja2.visitor import NodeTransformer
 RENDER_BUDGET_S = 2.0  # renderings take well under a millisecond; the API server waits 10 s for the webhook
 MAX_MADE = 4_000_000  # characters or items a rendering may make: over twice the largest pod, 1.5 MiB
 MAX_RENDERED_BYTES = 1024 * 1024  # a pod must fit in the API server's 1.5 MiB request
-MAX_POWER_BITS = 10_000  # bits an integer `**` may make
+MAX_POWER_BITS = 10_000  # bits an integer `*` or `**` may make
 
 
 class RenderTooCostly(Exception):
@@ -110,6 +111,11 @@ def _made(amount: int, what: str) -> None:
     budget.made = total
 
 
+def _bits(bits: int, operator: str) -> None:
+    if bits > MAX_POWER_BITS:
+        raise RenderTooCostly(f"{operator!r} would make an integer of over {MAX_POWER_BITS:,} bits")
+
+
 def _estimated(what: str, estimate: Callable[..., int], *args: Any) -> None:
     """`_made` with what `estimate(*args)` says `what` would make."""
     try:
@@ -138,29 +144,43 @@ class _TooLarge(Exception):
 
 
 def _size(value: Any, seen: dict[int, int]) -> int:
-    if isinstance(value, (str, bytes)):
+    kind = type(value)
+    if kind is str or kind is bytes:
         return len(value) + 3  # with quotes (and b) as an item's repr; escapes are not counted
-    if isinstance(value, bool) or value is None:
-        return 5
-    if isinstance(value, int):
-        return value.bit_length() // 3 + 2
-    if isinstance(value, Namespace):
-        value = object.__getattribute__(value, "_Namespace__attrs")  # printed as its attributes
-    if isinstance(value, (list, tuple, set, frozenset, dict)):
-        known = seen.get(id(value))
-        if known is not None:
-            return known
-        if 3 * len(value) > MAX_MADE:  # each item takes at least 3 characters ("1, ")
+    if kind is int:
+        bits: int = value.bit_length()
+        return bits // 3 + 2
+    if kind not in _COLLECTIONS:
+        if isinstance(value, (str, bytes)):
+            return len(value) + 3
+        if isinstance(value, Namespace):
+            return _size(object.__getattribute__(value, "_Namespace__attrs"), seen)  # printed as its attributes
+        if not isinstance(value, (list, tuple, set, frozenset, dict)):
+            return 24  # a number, None, an Undefined, a loop or macro object
+    known = seen.get(id(value))
+    if known is not None:
+        return known
+    if 3 * len(value) > MAX_MADE:  # each item takes at least 3 characters ("1, ")
+        raise _TooLarge
+    seen[id(value)] = 0  # a collection holding itself prints `[...]` there
+    total = 2
+    for items in (value, value.values()) if isinstance(value, dict) else (value,):  # a mapping's keys, then values
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                total += len(item) + 5
+            elif kind is int:
+                total += item.bit_length() // 3 + 4
+            else:
+                total += 26 if kind in _SCALARS else _size(item, seen) + 2
+        if total > MAX_MADE:
             raise _TooLarge
-        seen[id(value)] = 0  # a collection holding itself prints `[...]` there
-        total = 2
-        for item in value if not isinstance(value, dict) else (x for pair in value.items() for x in pair):
-            total += _size(item, seen) + 2
-            if total > MAX_MADE:
-                raise _TooLarge
-        seen[id(value)] = total
-        return total
-    return 24  # a float, an Undefined, a loop or macro object
+    seen[id(value)] = total
+    return total
+
+
+_COLLECTIONS = frozenset({dict, list, tuple})
+_SCALARS = frozenset({float, bool, type(None)})  # at most 24 characters
 
 
 def _int(value: Any) -> int:
@@ -178,8 +198,10 @@ def _largest_int(values: Iterable[Any]) -> int:
 _PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?.")
 
 
-def _percent_made(text: str, operand: Any) -> int:
+def _percent_made(text: str | bytes, operand: Any) -> int:
     """`text % operand`: each conversion prints at most the largest value with its width and precision."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
     values = list(
         operand.values() if isinstance(operand, Mapping) else operand if isinstance(operand, tuple) else [operand]
     )
@@ -251,7 +273,6 @@ _FILTER_MADE: dict[str, Callable[..., int]] = {
             "string",
             "striptags",
             "title",
-            "tojson",
             "trim",
             "truncate",
             "upper",
@@ -282,12 +303,18 @@ def _counted_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
     estimate = _FILTER_MADE[name]
     skip = 1 if getattr(original, "jinja_pass_arg", None) is not None else 0  # the context or environment
 
+    what = f"filter {name!r}"
+    text = estimate is _text
+
     @functools.wraps(original)  # keeps `jinja_pass_arg`
     def counted(*args: Any, **kwargs: Any) -> Any:
+        if text and len(args) > skip and type(args[skip]) is str:
+            _made(len(args[skip]), what)  # the common case, made short
+            return original(*args, **kwargs)
         if name in _LISTED and len(args) > skip and not isinstance(args[skip], (list, tuple, str)):
             args = (*args[:skip], list(args[skip]), *args[skip + 1 :])
         with contextlib.suppress(TypeError):  # the wrong arguments: the filter itself says what is wrong
-            _estimated(f"filter {name!r}", functools.partial(estimate, **kwargs), *args[skip:])
+            _estimated(what, functools.partial(estimate, **kwargs) if kwargs else estimate, *args[skip:])
         return original(*args, **kwargs)
 
     return counted
@@ -331,34 +358,45 @@ def _sum(environment: jinja2.Environment, iterable: Iterable[Any], attribute: An
 
 
 def _finalize(value: Any) -> Any:
-    """Every printed value: one that is not text is counted as the text it prints."""
-    if type(value) is not str:
+    """Every printed value: one that is not text or a number is counted as the text it prints."""
+    if type(value) not in _PRINTED_AS_IS:
         _estimated("printing a value", size, value)
     return value
 
 
+_PRINTED_AS_IS = frozenset({str, int, float, bool})  # an int prints at most 4,300 digits
+
+
 def _tojson(value: Any, sort_keys: bool = False) -> str:
-    """JSON text of `value`: a valid YAML scalar or flow collection, keys in their order unless sorted."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises, naming what is missing
+    """JSON text of `value`: a valid YAML scalar or flow collection, keys in their order unless sorted.
+    Counted here rather than wrapped, as it is the filter templates use most."""
+    kind = type(value)
+    if kind is str:
+        _made(len(value), "filter 'tojson'")
+    elif kind not in _PRINTED_AS_IS:
+        if isinstance(value, jinja2.Undefined):
+            str(value)  # StrictUndefined raises, naming what is missing
+        _estimated("filter 'tojson'", size, value)
     return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)
 
 
-def _joined_text(parts: tuple[Any, ...]) -> str:
+def _joined_text(parts: list[Any]) -> str:
     """`a ~ b ~ c`: the parts' text joined, counted first."""
+    if all(type(part) is str for part in parts):
+        _made(sum(map(len, parts)), "'~'")
+        return "".join(parts)
     _estimated("'~'", lambda: sum(size(part) for part in parts))
-    return "".join(str(part) for part in parts)
+    return "".join(map(str, parts))
 
 
 def _written(pieces: Iterable[str]) -> str:
-    """The text a rendering (or a macro, or a block `set`) writes, refused once it passes the limit."""
-    kept: list[str] = []
-    written = 0
-    for piece in pieces:
-        written += len(piece)
-        if written > MAX_RENDERED_BYTES:
-            raise RenderTooCostly(f"renders over {MAX_RENDERED_BYTES:,} characters, the most a rendering may write")
-        kept.append(piece)
+    """The text a rendering (or a macro, or a block `set`) writes, refused when it would pass the limit:
+    the pieces are counted before they are joined (a loop printing one large string from the pod many
+    times holds only references to it until then)."""
+    kept = list(pieces)
+    written = sum(map(len, kept))
+    if written > MAX_RENDERED_BYTES:
+        raise RenderTooCostly(f"renders {written:,} characters; a rendering may write at most {MAX_RENDERED_BYTES:,}")
     return "".join(kept)
 
 
@@ -369,6 +407,7 @@ def _stepped(iterable: Any) -> Iterator[Any]:
         yield item
 
 
+_SEQUENCES = (str, bytes, list, tuple)
 _STEPPED = "(stepped)"  # filter names no template can write
 _CONCAT = "(concat)"
 
@@ -390,10 +429,11 @@ class Sandbox(ImmutableSandboxedEnvironment):
             optimized=False,  # a folded constant becomes source code: a large one took gigabytes to compile
         )
         for name in _FILTER_MADE:
-            self.filters[name] = _counted_filter(name, FILTERS[name] if name != "tojson" else _tojson)
+            self.filters[name] = _counted_filter(name, FILTERS[name])
+        self.filters["tojson"] = _tojson
         self.filters["sum"] = _sum
         self.filters[_STEPPED] = _stepped
-        self.filters[_CONCAT] = lambda parts: _joined_text(tuple(parts))
+        self.filters[_CONCAT] = _joined_text
         self.globals["lipsum"] = _counted_lipsum
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -412,20 +452,17 @@ class Sandbox(ImmutableSandboxedEnvironment):
         _step()
         if operator == "*":
             for sequence, count in ((left, right), (right, left)):
-                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int):
+                if isinstance(sequence, _SEQUENCES) and isinstance(count, int):
                     _made(len(sequence) * count, "'*'")
-        elif operator == "**":
-            if (
-                isinstance(left, int)
-                and isinstance(right, int)
-                and right > 0
-                and left.bit_length() * right > MAX_POWER_BITS
-            ):
-                raise RenderTooCostly(f"'**' would make an integer of over {MAX_POWER_BITS:,} bits")
+            if isinstance(left, int) and isinstance(right, int):
+                _bits(left.bit_length() + right.bit_length(), operator)
         elif operator == "+":
-            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
                 _made(len(left) + len(right), "'+'")
-        elif isinstance(left, str):  # '%' formatting
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and right > 0:
+                _bits(left.bit_length() * right, operator)
+        elif isinstance(left, (str, bytes)):  # '%' formatting
             _estimated("'%'", _percent_made, left, right)
         return super().call_binop(context, operator, left, right)
 

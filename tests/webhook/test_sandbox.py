@@ -96,9 +96,14 @@ MAKES_TOO_MUCH = {
         "{{ ('x' * 1000000) | wordwrap(1, true, 'y' * 1000000, true) }}",
         "filter 'wordwrap' would make 1,000,002,000,000 characters or items",
     ),
+    "integer-squared-in-a-loop": (
+        "{% set ns = namespace(n=3) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
+        "'*' would make an integer of over 10,000 bits",
+    ),
+    "bytes-percent-width": ("{{ ('%1000000000d'.encode() % 1) | length }}", "'%' would make 1,000,000,014"),
     "printed-in-a-loop": (
-        "{% for i in range(3000) %}{{ 'y' * 1000000 }}{% endfor %}",
-        "renders over 1,048,576 characters, the most a rendering may write",
+        "{% set y = 'y' * 1000000 %}{% for i in range(3000) %}{{ y }}{% endfor %}",
+        "renders 3,000,000,029 characters; a rendering may write at most 1,048,576",
     ),
 }
 

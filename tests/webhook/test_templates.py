@@ -89,7 +89,7 @@ def params(config: Any) -> InjectionParams:
         (
             "metadata:\n  labels:\n    a: \"{% for i in range(3) %}{{ 'y' * 1000000 }}{% endfor %}\"\n",
             "templates.bad",
-            "renders over 1,048,576 characters, the most a rendering may write",
+            "renders 3,000,029 characters; a rendering may write at most 1,048,576",
         ),
         (
             'metadata:\n  labels:\n    a: "{% for i in range(100000) %}{% for j in range(100000) %}'
