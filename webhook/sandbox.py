@@ -54,7 +54,9 @@ from jinja2.utils import Namespace, generate_lorem_ipsum
 from jinja2.visitor import NodeTransformer
 
 RENDER_BUDGET_S = 2.0  # renderings take well under a millisecond; the API server waits 10 s for the webhook
-MAX_MADE = 4_000_000  # characters or items a rendering may make: over twice the largest pod, 1.5 MiB
+MAX_MADE = (
+    8_000_000  # characters or items a rendering may make: five times the largest pod (1.5 MiB); 64 MB as list items
+)
 MAX_RENDERED_BYTES = 1024 * 1024  # a pod must fit in the API server's 1.5 MiB request
 MAX_POWER_BITS = 10_000  # bits an integer `*` or `**` may make
 

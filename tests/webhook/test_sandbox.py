@@ -50,24 +50,24 @@ MAKES_TOO_MUCH = {
     ),
     "doubled-in-a-loop": (
         "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-        "'~' would make 2,097,152 characters or items, 4,194,302 in this rendering",
+        "'~' would make 4,194,304 characters or items, 8,388,606 in this rendering",
     ),
     "kept-in-a-loop": (
         "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}{% set ns.l = ns.l + [('x' * 1000000) ~ i] %}"
         "{% endfor %}",
-        "4,000,005 in this rendering",
+        "8,000,014 in this rendering",
     ),
     "shared-items-printed": (
         "{% set a = ['x' * 100000] * 1000 %}{{ a }}",
-        "printing a value would make over 4,000,000 characters or items",
+        "printing a value would make over 8,000,000 characters or items",
     ),
     "shared-items-as-json": (
         "{{ (['x' * 100000] * 1000) | tojson }}",
-        "filter 'tojson' would make over 4,000,000 characters or items",
+        "filter 'tojson' would make over 8,000,000 characters or items",
     ),
     "shared-items-formatted": (
         "{{ '%s' % ([['x' * 100000] * 1000],) }}",
-        "'%' would make over 4,000,000 characters or items",
+        "'%' would make over 8,000,000 characters or items",
     ),
     "join-separator": (
         "{{ (['x' * 1000] * 1000) | join(',' * 1000000) }}",

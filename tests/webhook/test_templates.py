@@ -83,7 +83,7 @@ def params(config: Any) -> InjectionParams:
         (
             "metadata:\n  labels:\n    a: \"{{ 'x' * 3000000000 }}\"\n",
             "templates.bad",
-            "'*' would make 3,000,000,000 characters or items; a rendering may make at most 4,000,000",
+            "'*' would make 3,000,000,000 characters or items; a rendering may make at most 8,000,000",
         ),
         ('metadata:\n  labels:\n    a: "{{ 10 ** 100000000 }}"\n', "templates.bad", "'**' would make an integer"),
         (
