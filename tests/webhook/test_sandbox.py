@@ -59,11 +59,11 @@ MAKES_TOO_MUCH = {
     ),
     "shared-items-printed": (
         "{% set a = ['x' * 100000] * 1000 %}{{ a }}",
-        "printing a value would make over 8,000,000 characters or items",
+        "printing a value would make 100,005,002 characters or items",
     ),
     "shared-items-as-json": (
         "{{ (['x' * 100000] * 1000) | tojson }}",
-        "filter 'tojson' would make over 8,000,000 characters or items",
+        "filter 'tojson' would make 100,005,002 characters or items",
     ),
     "shared-items-formatted": (
         "{{ '%s' % ([['x' * 100000] * 1000],) }}",
