@@ -17,7 +17,8 @@ The server asks `Admission.mutate` (after defaulting, before validation) and `Ad
 - The call: an `admission.k8s.io/v1` AdmissionReview POSTed over HTTPS to `clientConfig.url`, or to
   a ready endpoint of `clientConfig.service` (resolved through the Service's EndpointSlices, TLS
   server name `<service>.<namespace>.svc`), verified with `clientConfig.caBundle`, bounded by
-  `timeoutSeconds` and announced in the URL as `?timeout=<n>s`.
+  `timeoutSeconds` and announced in the URL as `?timeout=<n>s`; the URL's or the service's path is
+  the Go client's, cleaned and without a trailing slash (`tests.kubesim.weburl`).
 - The answers: a denial fails the request with the webhook's status; a call failure fails it with
   500 under `failurePolicy: Fail` and is ignored under `Ignore`; JSONPatch responses are applied;
   `reinvocationPolicy: IfNeeded` webhooks are called once more when a later webhook changed the
@@ -47,9 +48,10 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import jsonpointer
+import yarl
 from aiohttp import web
 
-from tests.kubesim import decoding
+from tests.kubesim import decoding, weburl
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import SelectorError, selector_from_label_selector
 from tests.kubesim.status import ApiError
@@ -478,23 +480,28 @@ class Admission:
     def target(self, hook: Hook) -> Target:
         """Where `hook` is called; CallFailure (naming the URL) when a service reference does not resolve."""
         client = hook.spec.get("clientConfig") or {}
-        timeout = f"?timeout={int(hook.spec.get('timeoutSeconds', 10))}s"
+        timeout = int(hook.spec.get("timeoutSeconds", 10))
         if client.get("url"):
-            url = f"{client['url']}{timeout}"
+            try:
+                parsed = weburl.parse(str(client["url"]))
+            except weburl.URLError as exc:  # validation refuses it; were one stored, `HookClient` would fail
+                reason = f'failed calling webhook "{hook.name}": Unparsable URL: {exc}'
+                raise CallFailure(f"could not get REST client: {reason}") from None
+            url = weburl.request_url(parsed.scheme, parsed.host, parsed.path, timeout)
             return Target(url=url, dial=url)
         service = client.get("service") or {}
         name, namespace = str(service.get("name", "")), str(service.get("namespace", ""))
         port = int(service.get("port", 443))
         path = str(service.get("path") or "")
         server_name = f"{name}.{namespace}.svc"
-        url = f"https://{server_name}:{port}{path}{timeout}"
+        url = weburl.request_url("https", f"{server_name}:{port}", path, timeout)
         try:
             address = self._resolve(namespace=namespace, name=name, port=port)
         except CallFailure as exc:
             raise CallFailure(f'failed to call webhook: Post "{url}": {exc}') from None
         return Target(
             url=url,
-            dial=f"https://{address}{path}{timeout}",
+            dial=weburl.request_url("https", address, path, timeout),
             server_name=server_name,
             host_header=f"{server_name}:{port}",
         )
@@ -521,7 +528,8 @@ class Admission:
             for endpoint in eps.get("endpoints") or []:
                 if (endpoint.get("conditions") or {}).get("ready") is False:
                     continue
-                addresses.extend(f"{ip}:{target}" for ip in (endpoint.get("addresses") or [])[:1])
+                for ip in (endpoint.get("addresses") or [])[:1]:
+                    addresses.append(weburl.dial_address(f"[{ip}]:{target}"))
         if not addresses:
             raise CallFailure(f'no endpoints available for service "{name}"')
         return random.choice(addresses)
@@ -536,8 +544,9 @@ class Admission:
                 context = ssl.create_default_context(cadata=base64.b64decode(client["caBundle"]).decode())
         except (binascii.Error, UnicodeDecodeError, ssl.SSLError) as exc:
             raise CallFailure(f"could not get REST client: unable to load root certificates: {exc}") from None
-        address = target.dial.split("/")[2]
-        server_name = target.server_name or address.rsplit(":", 1)[0]
+        host = yarl.URL(target.dial, encoded=True).raw_authority
+        address = weburl.dial_address(host)
+        server_name = target.server_name or weburl.split_host_port(host)[0]
         timeout = aiohttp.ClientTimeout(total=float(hook.spec.get("timeoutSeconds", 10)))
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if target.host_header:
@@ -546,7 +555,7 @@ class Admission:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.post(
-                    target.dial,
+                    yarl.URL(target.dial, encoded=True),  # as escaped and cleaned, not re-quoted
                     data=json.dumps(review).encode(),
                     headers=headers,
                     ssl=context,

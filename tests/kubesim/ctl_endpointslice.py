@@ -149,7 +149,7 @@ class EndpointSliceController(Controller):
         ]
         spare = sorted(mine, key=lambda s: str(s["metadata"]["name"]))
         for ports, endpoints in wanted:
-            match = next((s for s in spare if s.get("ports") == ports), spare[0] if spare else None)
+            match = next((s for s in spare if (s.get("ports") or []) == ports), spare[0] if spare else None)
             if match is not None:
                 spare.remove(match)
             await self._write(service, match, ports, endpoints)
@@ -203,8 +203,8 @@ class EndpointSliceController(Controller):
             await self.api.request("POST", ENDPOINTSLICES.path(meta["namespace"]), body=body)
             return
         if (
-            current.get("endpoints") == endpoints
-            and current.get("ports") == ports
+            (current.get("endpoints") or []) == endpoints  # an empty list is stored, and read back, as null
+            and (current.get("ports") or []) == ports
             and (current["metadata"].get("labels") == labels)
         ):
             return

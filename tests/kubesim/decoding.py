@@ -18,11 +18,38 @@ Fields whose types decode themselves are decoded as their methods do: `IntOrStri
 Go's `encoding/json` reads as an int32), `resource.Quantity` (`ParseQuantity` of a string or of any other
 value's text), `metav1.Time` and `MicroTime` (a string `time.Parse` reads with RFC 3339 layouts), `FieldsV1`
 and the JSON of schemas (anything), the schema unions of a CRD. Custom resources are not decoded into structs
-(their schema validates them, 422), so they are left alone.
+(their schema validates them, 422), so they are left alone, but for their metadata (below).
+
+What the server holds from then on is the decoded struct, and what it stores and answers is that struct encoded
+again (`encode`) as it is read back from etcd, where built-in objects are kept in protobuf: not the body. A
+body that decodes is replaced by its round trip (`check_object`, `check_patched`; an object the registry is
+handed, `typed_in_place`), and every built-in object written is stored in its encoded form (`stored_form`,
+which the registry and the storage apply, so the objects kubesim's own controllers and kubelet write too). So:
+
+- a null is the zero value: a map's or a list's null element that of its type (`labels: {a: null}` is `a: ""`,
+  `args: [null]` is `[""]`, a list of structs' null an empty struct, which validation then sees), a null field
+  is as if absent (a nil pointer, slice or map, or a zero value);
+- fields with `omitempty` that are empty are dropped (`labels: {}`, `ports: []`, `hostNetwork: false`, `""`);
+  fields without it are written even when empty (`null` when nil: an EndpointSlice's `endpoints`), and so are
+  structs, which are never empty (a container's `resources: {}`, a template's `creationTimestamp: null`); a
+  pointer to a zero value is kept (`privileged: false`);
+- protobuf reads an empty repeated field back as nil (`endpoints: []` is stored `null`) and a map's nil []byte
+  as empty (a Secret's `data: {k: null}` is `k: ""`);
+- Quantity, Time and []byte come back in their canonical text (`tests.kubesim.canonical`: `1000m` is `1`,
+  `1024Mi` is `1Gi`, times in UTC).
+
+A custom resource's metadata is decoded into an ObjectMeta and written back (the schema coercer's
+`GetObjectMetaWithOptions` and `SetObjectMeta`); the rest of it is kept as sent. What differs from the real
+server: struct fields and map keys keep the body's order (Go writes fields in declaration order and map keys
+sorted); a float64 with a fraction is written as Python writes it; a pointer to a value that encodes as null (a
+zero Time) is dropped rather than written null, as kubesim decodes what it encoded again; the metadata of
+embedded resources in custom resources is kept as sent; and the Scale, TokenRequest and TokenReview answers are
+built by their handlers, not encoded from their types.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -31,7 +58,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from tests.kubesim import gotypes
+from tests.kubesim import canonical, gotypes
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.status import ApiError, bad_request
 from tests.kubesim.validation import Cause, go_string, go_trim_space, strict_json
@@ -620,29 +647,211 @@ def _int_fits(text: str, t: GoType) -> bool:
     return -(1 << (t.bits - 1)) <= number < 1 << (t.bits - 1)
 
 
-def hold_whole_numbers(value: Any, t: GoType) -> None:
-    """Make each whole float in an integer field of a decoded `value` an int, in place, as the Go object holds
-    it: a YAML body's `2.0` is `2` in the JSON it converts to, the converter takes a whole float64 for an int."""
-    if isinstance(value, dict) and t.kind in ("struct", "map"):
-        items: list[tuple[Any, GoType | None]] = [
-            (key, _field_type(t, str(key)) if t.kind == "struct" else _elem(t)) for key in value
-        ]
-    elif isinstance(value, list) and t.kind == "slice":
-        items = [(index, _elem(t)) for index in range(len(value))]
-    else:
+# -- the round trip: what the decoded struct encodes to ------------------------------------------------
+
+
+@functools.cache
+def _encoded_fields(key: str) -> dict[str, tuple[GoType, bool, bool]]:
+    """A struct's fields as `encoding/json` writes them: JSON name -> (type, a pointer, omitempty)."""
+    package, _, name = key.rpartition(".")
+    pointers = gotypes.POINTERS.get(package, {}).get(name, "").split()
+    kept = gotypes.WITHOUT_OMITEMPTY.get(package, {}).get(name, "").split()
+    return {
+        field: (go_type(expr, owner), field in pointers, field not in kept)
+        for field, (expr, owner) in struct_fields(key).items()
+    }
+
+
+@functools.cache
+def _written_when_unset(key: str) -> tuple[tuple[str, Any], ...]:
+    """The fields of a struct written even when the body leaves them out or null, with what they are written as:
+    those without omitempty, and those of a struct type that are not pointers, which omitempty never drops (the
+    types that encode themselves are structs too: a zero Time is `null`, a zero IntOrString 0, a Quantity "0")."""
+    unset = []
+    for field, (field_type, pointer, omitempty) in _encoded_fields(key).items():
+        encoded = None if pointer else zero(field_type)
+        if not omitempty or (not pointer and not _empty(field_type, encoded)):
+            unset.append((field, encoded))
+    return tuple(unset)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ZERO_SPECIAL = {"quantity": "0", "intorstring": 0, "orbool": False}  # the rest encode their zero as null
+_FLOAT_WHOLE_LIMIT = 1e21  # from here on encoding/json writes a float64 with an exponent
+
+
+def _go_text(value: str) -> str:
+    """A string as Go holds it once decoded: each unpaired surrogate escape became U+FFFD."""
+    return value if value.isascii() or not _SURROGATE.search(value) else _SURROGATE.sub("\ufffd", value)
+
+
+def zero(t: GoType) -> Any:
+    """What the zero value of `t` encodes to: a struct with its fields' zero values (absent where omitempty), a
+    nil slice, map or pointer `null`, a zero Time `null`, a zero Quantity "0", a zero IntOrString 0."""
+    if t.kind == "struct":
+        return copy.deepcopy(_zero_struct(t))
+    if t.kind == "special":
+        return _ZERO_SPECIAL.get(t.name)
+    return {"string": "", "bool": False, "int": 0, "uint": 0, "float": 0}.get(t.kind)
+
+
+@functools.cache
+def _zero_struct(t: GoType) -> Any:
+    return {field: copy.deepcopy(encoded) for field, encoded in _written_when_unset(t.ref)}
+
+
+def _empty(t: GoType, encoded: Any) -> bool:
+    """`isEmptyValue`, what omitempty leaves out: "", false, 0, a nil or empty slice or map; never a struct (nor a
+    type with its own MarshalJSON, all of them structs)."""
+    if t.kind in ("slice", "map"):
+        return encoded is None or len(encoded) == 0
+    if t.kind in ("string", "bool", "int", "uint", "float"):
+        return encoded in ("", False, 0)
+    return False
+
+
+def encode(value: Any, t: GoType, *, stored: bool = False) -> Any:
+    """`json.Marshal` of the Go value of type `t` a JSON `value` that decodes decodes into: what the API server
+    stores and answers for a built-in object. Decoding first: a null, like an absent field, leaves the zero value
+    (a nil slice, map or pointer); a list element or map value that is null is its type's zero value. Then
+    encoding: a pointer written when set (even to a zero value), a field with omitempty left out when empty
+    (`_empty`), one without it written even then (`null` when nil); Quantity, Time and []byte as their methods
+    write them (`tests.kubesim.canonical`), IntOrString as its string or number, a float64 without a fraction as
+    an integer. Go writes struct fields in declaration order and map keys sorted; kubesim keeps the body's order
+    (then adds the absent fields that are written anyway), so that its checks, which range over maps in order
+    where Go's order is random, report what they find in the order it was sent. Fields the type does not have
+    are kept as they are (pruning them is the handlers' business); a value of the wrong JSON type (which
+    decoding refuses) too.
+
+    `stored`: the value as it comes back from etcd, where the server keeps it in protobuf (`generated.pb.go`)
+    and from where it answers a write too: a repeated field that is empty is read back nil, so a field without
+    omitempty that was `[]` is `null`; a map's []byte value that was nil is read back empty, `""`."""
+    if value is None:
+        return zero(t)
+    if t.kind == "struct":
+        if not isinstance(value, dict):
+            return plain(value)
+        fields = _encoded_fields(t.ref)
+        out: dict[str, Any] = {}
+        for key, item in value.items():  # the body's fields in its order, unknown ones as they are
+            found = fields.get(key)
+            if found is None:
+                out[key] = plain(item)
+                continue
+            field_type, pointer, omitempty = found
+            if item is None:
+                continue  # as if absent
+            encoded = encode(item, field_type, stored=stored)
+            if stored and not omitempty and encoded == [] and field_type.kind == "slice":
+                encoded = None
+            if pointer or not omitempty or not _empty(field_type, encoded):
+                out[key] = encoded
+        for field, encoded in _written_when_unset(t.ref):  # then those written though absent
+            if value.get(field) is None:
+                out[field] = copy.deepcopy(encoded)
+        return out
+    if t.kind == "map":
+        if not isinstance(value, dict):
+            return plain(value)
+        elem = _elem(t)
+        out = {_go_text(str(key)): encode(item, elem, stored=stored) for key, item in value.items()}
+        if stored and elem.kind == "slice" and _elem(elem).kind == "uint":
+            out = {key: "" if item is None else item for key, item in out.items()}
+        return out
+    if t.kind == "slice":
+        return _encode_slice(value, t, stored=stored)
+    if t.kind == "special":
+        return _encode_special(value, t, stored=stored)
+    if t.kind == "string":
+        return _go_text(value) if isinstance(value, str) else value
+    if t.kind in ("int", "uint") and isinstance(value, float) and value.is_integer():
+        return int(value)  # a whole number from YAML or a strategic merge patch
+    if t.kind == "float" and isinstance(value, float) and value.is_integer() and abs(value) < _FLOAT_WHOLE_LIMIT:
+        return int(value)
+    return plain(value)
+
+
+def _encode_slice(value: Any, t: GoType, *, stored: bool) -> Any:
+    elem = _elem(t)
+    if elem.kind == "uint" and elem.bits == 8:  # []byte: base64, decoded from base64 or from a list of numbers
+        if isinstance(value, str) and base64_error(value) is None:
+            return canonical.base64_bytes(value)
+        if isinstance(value, list) and all(item is None or _int_fits(number_text(item), elem) for item in value):
+            return canonical.byte_list([int(item or 0) for item in value])
+    if not isinstance(value, list):
+        return plain(value)
+    return [encode(item, elem, stored=stored) for item in value]
+
+
+def _encode_special(value: Any, t: GoType, *, stored: bool) -> Any:
+    """The types that encode themselves: each method's output for what its `UnmarshalJSON` read."""
+    if t.name in ("time", "microtime") and isinstance(value, str):
+        return canonical.timestamp(value, micro=t.name == "microtime")
+    if t.name == "quantity" and not isinstance(value, dict | list | bool):
+        text = go_trim_space(value if isinstance(value, str) else go_json(value))
+        return canonical.quantity(text) if quantity_error(text) is None else value
+    if t.name == "intorstring" and isinstance(value, str):
+        return _go_text(value)
+    if t.name == "intorstring" and isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    schema = go_type("apiextensions/v1.JSONSchemaProps")
+    if t.name in ("orbool", "orarray", "orstringarray") and isinstance(value, dict):
+        return encode(value, schema, stored=stored)  # a schema
+    if t.name == "orarray":  # a non-empty list of schemas, else nothing
+        return [encode(item, schema, stored=stored) for item in value] if isinstance(value, list) and value else None
+    if t.name == "orstringarray":  # a non-empty list of strings, else nothing
+        strings = go_type("[]string")
+        return encode(value, strings) if isinstance(value, list) and value else None
+    return plain(value)  # FieldsV1 and JSON: the raw JSON as it was; an OrBool's boolean
+
+
+def round_trip(obj: Any, *, kind: str, api_version: str, stored: bool = False) -> Any:
+    """A body of the built-in `kind` as the API server holds it once decoded: `encode` of it into the kind's Go
+    type. Anything else (another kind, not an object) is left as it is."""
+    if not isinstance(obj, dict) or (obj.get("kind") or kind) != kind:
+        return obj
+    if (obj.get("apiVersion") or api_version) != api_version:
+        return obj
+    return encode(obj, kind_type(api_version, kind), stored=stored)
+
+
+def custom_round_trip(obj: Any) -> Any:
+    """A custom resource as the API server holds it: as sent, but for its metadata, which is decoded into an
+    ObjectMeta and written back (`GetObjectMetaWithOptions`, `SetObjectMeta` of the schema coercer). A new value."""
+    out = copy.deepcopy(obj)
+    if isinstance(out, dict) and isinstance(out.get("metadata"), dict):
+        out["metadata"] = encode(out["metadata"], go_type("meta/v1.ObjectMeta"))
+    return out
+
+
+def stored_form(resource: ResourceType, obj: Any) -> Any:
+    """What the API server writes and answers for `obj` of `resource`: a built-in object encoded from its Go
+    type as it is read back from storage (`round_trip`, `stored`), a custom resource as `custom_round_trip`
+    leaves it (JSON in storage). A new value."""
+    if resource.custom:
+        return custom_round_trip(obj)
+    encoded = round_trip(obj, kind=resource.kind, api_version=resource.api_version, stored=True)
+    return copy.deepcopy(obj) if encoded is obj else encoded
+
+
+def typed_in_place(resource: ResourceType, obj: Any) -> None:
+    """Make `obj` of `resource` its `round_trip` (a custom resource its `custom_round_trip`), in place: what an
+    object the server made or was given back (by a webhook, by an apply) holds once it is decoded."""
+    if resource.custom:
+        if isinstance(obj, dict):
+            obj.update(custom_round_trip(obj))
         return
-    for key, field in items:
-        if field is None:
-            continue
-        item = value[key]
-        if (
-            isinstance(item, float)
-            and item.is_integer()
-            and (field.kind in ("int", "uint") or field.name == "intorstring")
-        ):
-            value[key] = int(item)
-        else:
-            hold_whole_numbers(item, field)
+    _round_trip_in_place(obj, kind=resource.kind, api_version=resource.api_version)
+
+
+def _round_trip_in_place(body: Any, *, kind: str, api_version: str, source: Any = None) -> None:
+    """Make the object `body` what `round_trip` of `source` (default: `body`) gives."""
+    if isinstance(body, dict):
+        source = body if source is None else source
+        encoded = round_trip(source, kind=kind, api_version=api_version)
+        if encoded is not source:
+            body.clear()
+            body.update(encoded)
 
 
 # -- the unstructured converter (a strategic merge patch's result) ----------------------------------------
@@ -769,14 +978,15 @@ def check_object(body: Any, raw: bytes, content_type: str, *, kind: str, api_ver
     `update.go`, `transformDecodeError`): 400, `the object provided is unrecognized (must be of type Pod): ...`
     when its apiVersion and kind cannot be read, `Pod in version "v1" cannot be handled as a Pod: ...` when a
     field does not decode. A JSON body is read again for its numbers as written; a protobuf one is typed
-    already."""
+    already. A body that decodes becomes, in place, what its Go value encodes to (`round_trip`), its quantities
+    read from their numbers as written."""
     if content_type == PROTOBUF:
+        _round_trip_in_place(body, kind=kind, api_version=api_version)
         return
     literal = parse_literal(raw) if content_type == "application/json" else None
     problem = decode_error(body, kind=kind, api_version=api_version, literal=literal)
     if problem is None:
-        if literal is None and isinstance(body, dict) and (body.get("kind") or kind) == kind:
-            hold_whole_numbers(body, kind_type(api_version, kind))
+        _round_trip_in_place(body, kind=kind, api_version=api_version, source=literal)
         return
     if interpret_error(body) is not None:
         raise bad_request(f"the object provided is unrecognized (must be of type {kind}): {problem} ({summarize(raw)})")
@@ -796,7 +1006,8 @@ def check_patched(resource: ResourceType, patched: Any, *, patch: Any, strategic
     (`jsonPatcher`, apiVersion and kind read first; the value shown is that JSON), a strategic merge patch's by
     the unstructured converter (`applyPatchToObject`; the value shown is the patch). 422 when it does not
     decode. With `scale` the object is an autoscaling/v1 Scale; a custom resource's result is not decoded into
-    a struct."""
+    a struct. A result that decodes becomes, in place, what its Go value encodes to (`round_trip`); a strategic
+    merge patch's numbers are the float64 or int64 the converter holds, a JSON or merge patch's as written."""
     if resource.custom and not scale:
         return
     kind, api_version = ("Scale", "autoscaling/v1") if scale else (resource.kind, resource.api_version)
@@ -804,9 +1015,9 @@ def check_patched(resource: ResourceType, patched: Any, *, patch: Any, strategic
         problem = decode_error(patched, kind=kind, api_version=api_version)
         if problem is not None:
             raise patch_invalid(go_json(patched), problem)
+        _round_trip_in_place(patched, kind=kind, api_version=api_version)
         return
-    t = kind_type(api_version, kind)
-    problem = convert(patched, t)
+    problem = convert(patched, kind_type(api_version, kind))
     if problem is not None:
         raise patch_invalid(go_format(patch), problem)
-    hold_whole_numbers(patched, t)
+    _round_trip_in_place(patched, kind=kind, api_version=api_version, source=plain(patched))

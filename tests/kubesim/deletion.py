@@ -6,7 +6,9 @@ removes it); an object with finalizers gets a deletionTimestamp and stays until 
 (`Registry`'s update path then removes it); everything else goes at once. `propagationPolicy`
 Orphan and Foreground become the `orphan` and `foregroundDeletion` finalizers the garbage
 collector works off. Deleting a Namespace marks it Terminating; the namespace controller then
-deletes what it holds and, once nothing is left, the Namespace itself.
+deletes what it holds and, once nothing is left, takes the `kubernetes` finalizer out of its spec
+(as its `finalize` subresource does), which removes it unless other finalizers of its spec or
+metadata still hold it; a later DELETE answers it as it is while its spec's finalizers hold it.
 
 A deletecollection is the generic registry's: the objects a list request with the same query
 would list are deleted one by one, in key order, each as a DELETE with the request's options
@@ -42,7 +44,7 @@ from tests.kubesim.endpoints import (
 )
 from tests.kubesim.listwatch import Page, list_body
 from tests.kubesim.registry import Registry
-from tests.kubesim.resources import ResourceType
+from tests.kubesim.resources import NAMESPACE_FINALIZER, ResourceType
 from tests.kubesim.status import (
     ApiError,
     bad_request,
@@ -217,8 +219,8 @@ class Deleter:
         obj = admitted
         if dry:
             return self._deleted_answer(request, resource, obj)
-        if resource.plural == "namespaces":
-            return render_object(request, resource, self._terminate_namespace(obj), clock=self._clock)
+        if resource.key == "namespaces":
+            return self._delete_namespace(request, resource, obj)
         result, removed = self._delete_object(resource, obj, options)
         if removed:
             return self._deleted_answer(request, resource, result)
@@ -347,29 +349,46 @@ class Deleter:
         )
 
     # -- the namespace lifecycle --------------------------------------------------------------
+    def _delete_namespace(self, request: web.Request, resource: ResourceType, obj: Obj) -> web.Response:
+        """DELETE of a Namespace (its REST `Delete`): the first marks it Terminating and answers it; later ones
+        answer it as it is while its spec's finalizers hold it, and otherwise delete it as any object (its
+        metadata's finalizers still holding it)."""
+        meta = obj["metadata"]
+        if not meta.get("deletionTimestamp"):
+            return render_object(request, resource, self._terminate_namespace(obj), clock=self._clock)
+        if (obj.get("spec") or {}).get("finalizers") or meta.get("finalizers"):
+            return render_object(request, resource, obj, clock=self._clock)
+        return self._deleted_answer(request, resource, self._registry.remove(resource, "", str(meta["name"])))
+
     def _terminate_namespace(self, obj: Obj) -> Obj:
-        """Mark the namespace Terminating now; its content and then itself go away right after."""
-        name = obj["metadata"]["name"]
-        if obj["metadata"].get("deletionTimestamp"):
-            return obj
+        """Mark the namespace Terminating now (a deletionTimestamp, no grace period); the namespace controller
+        then empties it and takes its `kubernetes` finalizer out."""
         marked = copy.deepcopy(obj)
         marked["metadata"]["deletionTimestamp"] = now_stamp(self._clock())
-        marked["metadata"]["deletionGracePeriodSeconds"] = 0
-        marked["status"] = {"phase": "Terminating"}
+        marked["status"] = {**(obj.get("status") or {}), "phase": "Terminating"}
         stored = self._storage.write(self._resource("namespaces"), marked, event_type="MODIFIED")
-        task = asyncio.get_running_loop().create_task(self._finalize_namespace(name))
+        meta = stored["metadata"]
+        task = asyncio.get_running_loop().create_task(self._finalize_namespace(str(meta["name"]), str(meta["uid"])))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return stored
 
-    async def _finalize_namespace(self, name: str) -> None:
-        """The namespace controller: delete its content (pods gracefully), wait until it is gone, then the namespace.
+    async def _finalize_namespace(self, name: str, uid: str) -> None:
+        """The namespace controller (`namespacedResourcesDeleter.Delete`): delete what the namespace holds (pods
+        gracefully) until nothing is left, then finalize it: `kubernetes` out of its spec's finalizers, which
+        removes it unless other finalizers hold it.
 
-        Objects held by finalizers or by a pending graceful deletion keep the namespace Terminating,
-        as in a real cluster, until whoever owns them (the kubelet, a controller) lets go.
+        Objects held by finalizers or by a pending graceful deletion keep the namespace Terminating, as in a
+        real cluster, until whoever owns them (the kubelet, a controller) lets go. The controller stops once the
+        namespace is gone or finalized (its `kubernetes` finalizer taken out through the `finalize`
+        subresource): what it still holds then stays where it is.
         """
         await asyncio.sleep(self.namespace_deletion_delay)
-        while keys := list(self._storage.namespaced_keys(name)):
+        while (namespace := self._terminating(name, uid)) is not None:
+            keys = list(self._storage.namespaced_keys(name))
+            if not keys:
+                self._finalize(namespace)
+                return
             by_key = {r.key: r for r in self._served()}
             for rkey, ns, obj_name in keys:
                 obj = self._storage.objects.get((rkey, ns, obj_name))
@@ -382,6 +401,23 @@ class Deleter:
                     self._delete_object(served, obj, {})
             if list(self._storage.namespaced_keys(name)):
                 await asyncio.sleep(NAMESPACE_POLL)
+
+    def _terminating(self, name: str, uid: str) -> Obj | None:
+        """The namespace the controller works on, while it is still there and not finalized."""
+        namespace = self._storage.get(self._resource("namespaces"), "", name)
+        if namespace is None or namespace["metadata"].get("uid") != uid:
+            return None
+        return namespace if NAMESPACE_FINALIZER in ((namespace.get("spec") or {}).get("finalizers") or []) else None
+
+    def _finalize(self, namespace: Obj) -> None:
+        """The controller's `finalize` of an emptied namespace (`finalizeNamespace`): its spec's other finalizers,
+        as a sorted set. With no finalizer left it is removed (`ShouldDeleteNamespaceDuringUpdate`), else written
+        and left Terminating."""
         namespaces = self._resource("namespaces")
-        if self._storage.get(namespaces, "", name) is not None:
-            self._registry.remove(namespaces, "", name)
+        left = sorted({f for f in (namespace.get("spec") or {}).get("finalizers") or [] if f != NAMESPACE_FINALIZER})
+        if not left and not namespace["metadata"].get("finalizers"):
+            self._registry.remove(namespaces, "", str(namespace["metadata"]["name"]))
+            return
+        finalized = copy.deepcopy(namespace)
+        finalized["spec"] = {**(namespace.get("spec") or {}), "finalizers": left}
+        self._storage.write(namespaces, finalized, event_type="MODIFIED")

@@ -34,6 +34,7 @@ from tests.kubesim.selectors import (
 )
 from tests.kubesim.status import ApiError, bad_request, options_invalid
 from tests.kubesim.storage import Obj
+from tests.kubesim.strictdecoding import Document
 from tests.kubesim.validation import FieldErrors, go_len, go_string_slice, strict_json
 from tests.kubesim.warning import Recorder
 
@@ -63,6 +64,8 @@ class Context:
     # who writes, recorded in managedFields (operation Update); None: keep the managedFields the object
     # carries (an apply computed them, or kubesim itself writes)
     field_manager: str | None = None
+    # what strict decoding found in a create's or update's body (repeated fields, where each field was met)
+    document: Document = field(default_factory=Document)
 
 
 def now_stamp(now: datetime.datetime) -> str:
@@ -173,10 +176,18 @@ def unsupported_media(allowed: tuple[str, ...]) -> ApiError:
     return ApiError(415, f"the body of the request was in an unknown format - accepted media types include: {listed}")
 
 
+def body_type(request: web.Request) -> str:
+    """The media type of a create's or update's body: its Content-Type, JSON (the first the server speaks) when
+    the request names none (`NegotiateInputSerializerForMediaType`), as `kubectl create --raw` sends it."""
+    if not request.headers.get("Content-Type", "").strip():
+        return "application/json"
+    return request.content_type
+
+
 async def read_body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYPES, options: str = "") -> Any:
     """The decoded body. `options`, for a create, names the query's options (`CreateOptions`), which are
     checked after the media type and before the body is decoded, as the create handler orders them."""
-    ctype = request.content_type
+    ctype = body_type(request)
     if ctype not in allowed:
         raise unsupported_media(allowed)
     raw = await request.read()

@@ -7,6 +7,10 @@ place. Pointers are left out, as the decoder sees through them. A type is named 
 one by its name alone; `STRING_TYPES` are the named string types (`v1.Protocol`), `NAMED_TYPES` the other
 named non-struct ones. Types with their own `UnmarshalJSON` (`Time`, `IntOrString`, `Quantity`, ...) are not
 here: `tests.kubesim.decoding` decodes them as their methods do.
+
+What the encoder needs besides, from the same declarations: `POINTERS`, the fields declared as pointers (no
+slice or map of these types holds pointers), and `WITHOUT_OMITEMPTY`, the fields whose JSON tag lacks
+`omitempty`; every other field has it.
 """
 
 from __future__ import annotations
@@ -668,5 +672,347 @@ NAMED_TYPES: dict[str, dict[str, str]] = {
         "JSONSchemaDefinitions": "map[string]JSONSchemaProps",
         "JSONSchemaDependencies": "map[string]JSONSchemaPropsOrStringArray",
         "ValidationRules": "[]ValidationRule",
+    },
+}
+
+# Struct fields declared as pointers (`*bool`, `*PodSecurityContext`): absent when nil, kept when they point at a
+# zero value.
+POINTERS: dict[str, dict[str, str]] = {
+    "meta/v1": {
+        "DeleteOptions": (
+            "gracePeriodSeconds preconditions orphanDependents propagationPolicy "
+            "ignoreStoreReadErrorWithClusterBreakingPotential"
+        ),
+        "ManagedFieldsEntry": "time fieldsV1",
+        "ObjectMeta": "deletionTimestamp deletionGracePeriodSeconds",
+        "OwnerReference": "controller blockOwnerDeletion",
+        "Preconditions": "uid resourceVersion",
+    },
+    "core/v1": {
+        "Affinity": "nodeAffinity podAffinity podAntiAffinity",
+        "AppArmorProfile": "localhostProfile",
+        "AzureDiskVolumeSource": "cachingMode fsType readOnly kind",
+        "CSIVolumeSource": "readOnly fsType nodePublishSecretRef",
+        "CephFSVolumeSource": "secretRef",
+        "CinderVolumeSource": "secretRef",
+        "ClientIPConfig": "timeoutSeconds",
+        "ClusterTrustBundleProjection": "name signerName labelSelector optional",
+        "ConfigMap": "immutable",
+        "ConfigMapEnvSource": "optional",
+        "ConfigMapKeySelector": "optional",
+        "ConfigMapProjection": "optional",
+        "ConfigMapVolumeSource": "defaultMode optional",
+        "Container": "restartPolicy livenessProbe readinessProbe startupProbe lifecycle securityContext",
+        "ContainerState": "waiting running terminated",
+        "ContainerStatus": "started resources user",
+        "ContainerUser": "linux",
+        "DownwardAPIVolumeFile": "fieldRef resourceFieldRef mode",
+        "DownwardAPIVolumeSource": "defaultMode",
+        "EmptyDirVolumeSource": "sizeLimit",
+        "EnvFromSource": "configMapRef secretRef",
+        "EnvVar": "valueFrom",
+        "EnvVarSource": "fieldRef resourceFieldRef configMapKeyRef secretKeyRef",
+        "EphemeralContainer": "restartPolicy livenessProbe readinessProbe startupProbe lifecycle securityContext",
+        "EphemeralVolumeSource": "volumeClaimTemplate",
+        "FCVolumeSource": "lun",
+        "FlexVolumeSource": "secretRef",
+        "GRPCAction": "service",
+        "HostPathVolumeSource": "type",
+        "ISCSIVolumeSource": "secretRef initiatorName",
+        "KeyToPath": "mode",
+        "Lifecycle": "postStart preStop",
+        "LifecycleHandler": "exec httpGet tcpSocket sleep",
+        "LoadBalancerIngress": "ipMode",
+        "NodeAffinity": "requiredDuringSchedulingIgnoredDuringExecution",
+        "PersistentVolumeClaimSpec": (
+            "selector storageClassName volumeMode dataSource dataSourceRef volumeAttributesClassName"
+        ),
+        "PersistentVolumeClaimStatus": "currentVolumeAttributesClassName modifyVolumeStatus",
+        "PodAffinityTerm": "labelSelector namespaceSelector",
+        "PodDNSConfigOption": "value",
+        "PodResourceClaim": "resourceClaimName resourceClaimTemplateName",
+        "PodResourceClaimStatus": "resourceClaimName",
+        "PodSecurityContext": (
+            "seLinuxOptions windowsOptions runAsUser runAsGroup runAsNonRoot supplementalGroupsPolicy fsGroup "
+            "fsGroupChangePolicy seccompProfile appArmorProfile seLinuxChangePolicy"
+        ),
+        "PodSpec": (
+            "terminationGracePeriodSeconds activeDeadlineSeconds automountServiceAccountToken shareProcessNamespace "
+            "securityContext affinity priority dnsConfig runtimeClassName enableServiceLinks preemptionPolicy "
+            "setHostnameAsFQDN os hostUsers resources"
+        ),
+        "PodStatus": "startTime",
+        "PortStatus": "error",
+        "Probe": "exec httpGet tcpSocket grpc terminationGracePeriodSeconds",
+        "ProjectedVolumeSource": "defaultMode",
+        "RBDVolumeSource": "secretRef",
+        "ScaleIOVolumeSource": "secretRef",
+        "SeccompProfile": "localhostProfile",
+        "Secret": "immutable",
+        "SecretEnvSource": "optional",
+        "SecretKeySelector": "optional",
+        "SecretProjection": "optional",
+        "SecretVolumeSource": "defaultMode optional",
+        "SecurityContext": (
+            "capabilities privileged seLinuxOptions windowsOptions runAsUser runAsGroup runAsNonRoot "
+            "readOnlyRootFilesystem allowPrivilegeEscalation procMount seccompProfile appArmorProfile"
+        ),
+        "ServiceAccount": "automountServiceAccountToken",
+        "ServiceAccountTokenProjection": "expirationSeconds",
+        "ServicePort": "appProtocol",
+        "ServiceSpec": (
+            "sessionAffinityConfig ipFamilyPolicy allocateLoadBalancerNodePorts loadBalancerClass "
+            "internalTrafficPolicy trafficDistribution"
+        ),
+        "SessionAffinityConfig": "clientIP",
+        "StorageOSVolumeSource": "secretRef",
+        "Toleration": "tolerationSeconds",
+        "TopologySpreadConstraint": "labelSelector minDomains nodeAffinityPolicy nodeTaintsPolicy",
+        "TypedLocalObjectReference": "apiGroup",
+        "TypedObjectReference": "apiGroup namespace",
+        "Volume": (
+            "hostPath emptyDir gcePersistentDisk awsElasticBlockStore gitRepo secret nfs iscsi glusterfs "
+            "persistentVolumeClaim rbd flexVolume cinder cephfs flocker downwardAPI fc azureFile configMap "
+            "vsphereVolume quobyte azureDisk photonPersistentDisk projected portworxVolume scaleIO storageos csi "
+            "ephemeral image"
+        ),
+        "VolumeMount": "recursiveReadOnly mountPropagation",
+        "VolumeMountStatus": "recursiveReadOnly",
+        "VolumeProjection": "secret downwardAPI configMap serviceAccountToken clusterTrustBundle",
+        "WindowsSecurityContextOptions": "gmsaCredentialSpecName gmsaCredentialSpec runAsUserName hostProcess",
+    },
+    "apps/v1": {
+        "DeploymentSpec": "replicas selector revisionHistoryLimit progressDeadlineSeconds",
+        "DeploymentStatus": "collisionCount",
+        "DeploymentStrategy": "rollingUpdate",
+        "ReplicaSetSpec": "replicas selector",
+        "RollingUpdateDeployment": "maxUnavailable maxSurge",
+        "RollingUpdateStatefulSetStrategy": "partition maxUnavailable",
+        "StatefulSetSpec": "replicas selector revisionHistoryLimit persistentVolumeClaimRetentionPolicy ordinals",
+        "StatefulSetStatus": "collisionCount",
+        "StatefulSetUpdateStrategy": "rollingUpdate",
+    },
+    "autoscaling/v2": {
+        "HPAScalingRules": "stabilizationWindowSeconds selectPolicy",
+        "HorizontalPodAutoscalerBehavior": "scaleUp scaleDown",
+        "HorizontalPodAutoscalerSpec": "minReplicas behavior",
+        "HorizontalPodAutoscalerStatus": "observedGeneration lastScaleTime",
+        "MetricIdentifier": "selector",
+        "MetricSpec": "object pods resource containerResource external",
+        "MetricStatus": "object pods resource containerResource external",
+        "MetricTarget": "value averageValue averageUtilization",
+        "MetricValueStatus": "value averageValue averageUtilization",
+    },
+    "admissionregistration/v1": {
+        "MutatingWebhook": (
+            "failurePolicy matchPolicy namespaceSelector objectSelector sideEffects timeoutSeconds reinvocationPolicy"
+        ),
+        "RuleWithOperations": "scope",
+        "ServiceReference": "path port",
+        "ValidatingWebhook": "failurePolicy matchPolicy namespaceSelector objectSelector sideEffects timeoutSeconds",
+        "WebhookClientConfig": "url service",
+    },
+    "coordination/v1": {
+        "LeaseSpec": (
+            "holderIdentity leaseDurationSeconds acquireTime renewTime leaseTransitions strategy preferredHolder"
+        ),
+    },
+    "policy/v1": {
+        "PodDisruptionBudgetSpec": "minAvailable selector maxUnavailable unhealthyPodEvictionPolicy",
+    },
+    "rbac/v1": {
+        "ClusterRole": "aggregationRule",
+    },
+    "discovery/v1": {
+        "Endpoint": "hostname targetRef nodeName zone hints",
+        "EndpointConditions": "ready serving terminating",
+        "EndpointPort": "name protocol port appProtocol",
+    },
+    "authentication/v1": {
+        "TokenRequestSpec": "expirationSeconds boundObjectRef",
+    },
+    "apiextensions/v1": {
+        "CustomResourceConversion": "webhook",
+        "CustomResourceDefinitionSpec": "conversion",
+        "CustomResourceDefinitionVersion": "deprecationWarning schema subresources",
+        "CustomResourceSubresourceScale": "labelSelectorPath",
+        "CustomResourceSubresources": "status scale",
+        "CustomResourceValidation": "openAPIV3Schema",
+        "JSONSchemaProps": (
+            "$ref default maximum minimum maxLength minLength maxItems minItems multipleOf maxProperties minProperties "
+            "items not additionalProperties additionalItems externalDocs example x-kubernetes-preserve-unknown-fields "
+            "x-kubernetes-list-type x-kubernetes-map-type"
+        ),
+        "ServiceReference": "path port",
+        "ValidationRule": "reason optionalOldSelf",
+        "WebhookClientConfig": "url service",
+        "WebhookConversion": "clientConfig",
+    },
+}
+
+# Struct fields whose JSON tag lacks `omitempty`: encoded even when empty (`null` for a nil slice, map or pointer).
+WITHOUT_OMITEMPTY: dict[str, dict[str, str]] = {
+    "meta/v1": {
+        "Condition": "type status lastTransitionTime reason message",
+        "LabelSelectorRequirement": "key operator",
+        "OwnerReference": "apiVersion kind name uid",
+    },
+    "core/v1": {
+        "AWSElasticBlockStoreVolumeSource": "volumeID",
+        "AppArmorProfile": "type",
+        "AzureDiskVolumeSource": "diskName diskURI",
+        "AzureFileVolumeSource": "secretName shareName",
+        "Binding": "target",
+        "CSIVolumeSource": "driver",
+        "CephFSVolumeSource": "monitors",
+        "CinderVolumeSource": "volumeID",
+        "ClusterTrustBundleProjection": "path",
+        "ConfigMapKeySelector": "key",
+        "Container": "name",
+        "ContainerPort": "containerPort",
+        "ContainerResizePolicy": "resourceName restartPolicy",
+        "ContainerStateTerminated": "exitCode",
+        "ContainerStatus": "name ready restartCount image imageID",
+        "DownwardAPIVolumeFile": "path",
+        "EnvVar": "name",
+        "EphemeralContainer": "name",
+        "FlexVolumeSource": "driver",
+        "GCEPersistentDiskVolumeSource": "pdName",
+        "GRPCAction": "port service",
+        "GitRepoVolumeSource": "repository",
+        "GlusterfsVolumeSource": "endpoints path",
+        "HTTPGetAction": "port",
+        "HTTPHeader": "name value",
+        "HostAlias": "ip",
+        "HostIP": "ip",
+        "HostPathVolumeSource": "path",
+        "ISCSIVolumeSource": "targetPortal iqn lun",
+        "KeyToPath": "key path",
+        "LinuxContainerUser": "uid gid",
+        "ModifyVolumeStatus": "status",
+        "NFSVolumeSource": "server path",
+        "NamespaceCondition": "type status",
+        "NodeSelector": "nodeSelectorTerms",
+        "NodeSelectorRequirement": "key operator",
+        "ObjectFieldSelector": "fieldPath",
+        "PersistentVolumeClaimCondition": "type status",
+        "PersistentVolumeClaimTemplate": "spec",
+        "PersistentVolumeClaimVolumeSource": "claimName",
+        "PhotonPersistentDiskVolumeSource": "pdID",
+        "PodAffinityTerm": "topologyKey",
+        "PodCondition": "type status",
+        "PodIP": "ip",
+        "PodOS": "name",
+        "PodReadinessGate": "conditionType",
+        "PodResourceClaim": "name",
+        "PodResourceClaimStatus": "name",
+        "PodSchedulingGate": "name",
+        "PodSpec": "containers",
+        "PortStatus": "port protocol",
+        "PortworxVolumeSource": "volumeID",
+        "PreferredSchedulingTerm": "weight preference",
+        "ProjectedVolumeSource": "sources",
+        "QuobyteVolumeSource": "registry volume",
+        "RBDVolumeSource": "monitors image",
+        "ResourceClaim": "name",
+        "ResourceFieldSelector": "resource",
+        "ResourceHealth": "resourceID",
+        "ResourceStatus": "name",
+        "ScaleIOVolumeSource": "gateway system secretRef",
+        "SeccompProfile": "type",
+        "SecretKeySelector": "key",
+        "ServiceAccountTokenProjection": "path",
+        "ServicePort": "port",
+        "SleepAction": "seconds",
+        "Sysctl": "name value",
+        "TCPSocketAction": "port",
+        "TopologySpreadConstraint": "maxSkew topologyKey whenUnsatisfiable",
+        "TypedLocalObjectReference": "apiGroup kind name",
+        "TypedObjectReference": "apiGroup kind name",
+        "Volume": "name",
+        "VolumeDevice": "name devicePath",
+        "VolumeMount": "name mountPath",
+        "VolumeMountStatus": "name mountPath",
+        "VsphereVirtualDiskVolumeSource": "volumePath",
+        "WeightedPodAffinityTerm": "weight podAffinityTerm",
+    },
+    "apps/v1": {
+        "DeploymentCondition": "type status",
+        "DeploymentSpec": "selector template",
+        "ReplicaSetCondition": "type status",
+        "ReplicaSetSpec": "selector",
+        "ReplicaSetStatus": "replicas",
+        "StatefulSetCondition": "type status",
+        "StatefulSetOrdinals": "start",
+        "StatefulSetSpec": "selector template serviceName",
+        "StatefulSetStatus": "replicas availableReplicas",
+    },
+    "autoscaling/v1": {
+        "ScaleStatus": "replicas",
+    },
+    "autoscaling/v2": {
+        "ContainerResourceMetricSource": "name target container",
+        "ContainerResourceMetricStatus": "name current container",
+        "CrossVersionObjectReference": "kind name",
+        "ExternalMetricSource": "metric target",
+        "ExternalMetricStatus": "metric current",
+        "HPAScalingPolicy": "type value periodSeconds",
+        "HorizontalPodAutoscalerCondition": "type status",
+        "HorizontalPodAutoscalerSpec": "scaleTargetRef maxReplicas",
+        "HorizontalPodAutoscalerStatus": "desiredReplicas currentMetrics",
+        "MetricIdentifier": "name",
+        "MetricSpec": "type",
+        "MetricStatus": "type",
+        "MetricTarget": "type",
+        "ObjectMetricSource": "describedObject target metric",
+        "ObjectMetricStatus": "metric current describedObject",
+        "PodsMetricSource": "metric target",
+        "PodsMetricStatus": "metric current",
+        "ResourceMetricSource": "name target",
+        "ResourceMetricStatus": "name current",
+    },
+    "admissionregistration/v1": {
+        "MatchCondition": "name expression",
+        "MutatingWebhook": "name clientConfig sideEffects admissionReviewVersions",
+        "ServiceReference": "namespace name",
+        "ValidatingWebhook": "name clientConfig sideEffects admissionReviewVersions",
+    },
+    "policy/v1": {
+        "PodDisruptionBudgetStatus": "disruptionsAllowed currentHealthy desiredHealthy expectedPods",
+    },
+    "rbac/v1": {
+        "ClusterRole": "rules",
+        "ClusterRoleBinding": "roleRef",
+        "PolicyRule": "verbs",
+        "Role": "rules",
+        "RoleBinding": "roleRef",
+        "RoleRef": "apiGroup kind name",
+        "Subject": "kind name",
+    },
+    "discovery/v1": {
+        "Endpoint": "addresses",
+        "EndpointSlice": "addressType endpoints ports",
+        "ForZone": "name",
+    },
+    "authentication/v1": {
+        "TokenRequest": "spec",
+        "TokenRequestSpec": "audiences expirationSeconds boundObjectRef",
+        "TokenRequestStatus": "token expirationTimestamp",
+        "TokenReview": "spec",
+    },
+    "apiextensions/v1": {
+        "CustomResourceColumnDefinition": "name type jsonPath",
+        "CustomResourceConversion": "strategy",
+        "CustomResourceDefinition": "spec",
+        "CustomResourceDefinitionCondition": "type status",
+        "CustomResourceDefinitionNames": "plural kind",
+        "CustomResourceDefinitionSpec": "group names scope versions",
+        "CustomResourceDefinitionStatus": "conditions acceptedNames storedVersions",
+        "CustomResourceDefinitionVersion": "name served storage",
+        "CustomResourceSubresourceScale": "specReplicasPath statusReplicasPath",
+        "SelectableField": "jsonPath",
+        "ServiceReference": "namespace name",
+        "ValidationRule": "rule",
+        "WebhookConversion": "conversionReviewVersions",
     },
 }

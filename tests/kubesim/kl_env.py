@@ -206,7 +206,9 @@ def resource_value(container: Obj, ref: Obj) -> str:
     if raw is None and section == "requests":
         raw = (resources.get("limits") or {}).get(name)
     try:
-        divisor = parse_quantity(ref.get("divisor") or "1")
+        # a zero divisor is the unset one ("0" is how the API server writes it back): 1, as in the kubelet's
+        # `ExtractContainerResourceValue`
+        divisor = parse_quantity(ref.get("divisor") or "1") or Fraction(1)
         value = parse_quantity(raw) if raw is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

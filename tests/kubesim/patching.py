@@ -13,6 +13,13 @@
 
 Errors raise `PatchError(status, message)`: 400 for a malformed patch, 422 for one that cannot be
 applied to this object.
+
+`decode_patch` reads a patch body as the patch handler (`patch.go`) does, once the object to patch has been
+found: under `fieldValidation` Warn (the default) or Strict the body is first decoded strictly (a JSON patch
+into `[]handlers.jsonPatchOp`, a merge or strategic merge patch into a map; its repeated and unknown fields
+then reported, `tests.kubesim.strictdecoding`), under Ignore only by the patch library (evanphx/json-patch's
+`DecodePatch` and `MergePatch`), each with its own words for a body it cannot read. A `null` JSON patch has no
+operations, a `null` strategic merge patch changes nothing, a `null` merge patch is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +31,17 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+from tests.kubesim import decoding, strictdecoding
+
 MergeSchema = Mapping[str, str]
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+MAX_JSON_PATCH_OPERATIONS = 10000  # `maxJSONPatchOperations`
+BAD_MERGE_PATCH = "Invalid JSON Patch"  # evanphx/json-patch's `ErrBadJSONPatch`
+# `NewGenericServerResponse` of a 422: what a JSON patch that cannot be applied answers, whatever the reason
+NOT_APPLIED = "the server rejected our request due to an error in our request"
 
 SET_ORDER = "$setElementOrder/"
 DELETE_FROM_PRIMITIVE = "$deleteFromPrimitiveList/"
@@ -53,21 +70,99 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def json_patch(target: Any, operations: Any) -> Any:
-    """RFC 6902: the patched copy of `target`."""
+    """RFC 6902: the patched copy of `target`. An operation that cannot be applied (a failed test, a path that
+    is not there, no or an unknown `op`) is a 422 that names nothing, as `NewGenericServerResponse` words it."""
     if not isinstance(operations, list):
         raise PatchError(400, "json patch must be a list of operations")
-    for index, op in enumerate(operations):
-        if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise PatchError(400, f"json patch operation {index} must be an object with 'op' and 'path'")
+    if any(not isinstance(op, dict) or not isinstance(op.get("op"), str) for op in operations):
+        raise PatchError(422, NOT_APPLIED)  # `Operation.Kind` is "unknown": `Unexpected kind: unknown`
     try:
         patch = jsonpatch.JsonPatch(operations)
         return patch.apply(copy.deepcopy(target))
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise PatchError(422, f"the server rejected our request due to an error in our request: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise PatchError(422, f"the server rejected our request due to an error in our request: {exc}") from None
+        raise PatchError(422, NOT_APPLIED) from exc
     except (TypeError, KeyError, IndexError, ValueError) as exc:
-        raise PatchError(400, f"invalid json patch: {exc}") from None
+        raise PatchError(422, NOT_APPLIED) from exc
+
+
+def _go_kind(value: Any) -> str:
+    """How encoding/json's `UnmarshalTypeError` names a JSON value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _syntax(raw: bytes, exc: ValueError) -> str:
+    """A body that is not JSON: Go's words for an empty one, the parser's otherwise."""
+    return "unexpected end of JSON input" if not raw.strip() else str(exc)
+
+
+def decode_patch(content_type: str, raw: bytes, field_validation: str) -> tuple[Any, list[str]]:
+    """The patch of a body of `content_type`, read as `patch.go` reads it; (the patch, its strict errors).
+
+    Raises PatchError: 400 for a body that cannot be read as the patch type (JSON that is not a list of objects
+    for a JSON patch, not an object for the others), 413 for a JSON patch of more than 10000 operations.
+    """
+    strict = field_validation != "Ignore"
+    try:
+        patch = decoding.parse_literal(raw)  # numbers as written, for the decoder's messages
+    except ValueError as exc:
+        reason = _syntax(raw, exc)
+        if content_type == STRATEGIC_PATCH:
+            raise PatchError(400, reason) from None
+        if strict:
+            raise PatchError(400, f"error decoding patch: {reason}") from None
+        raise PatchError(400, reason if content_type == JSON_PATCH else BAD_MERGE_PATCH) from None
+    if content_type == JSON_PATCH:
+        return _json_patch_operations(patch, raw, strict=strict)
+    if content_type == MERGE_PATCH and patch is None:
+        raise PatchError(400, BAD_MERGE_PATCH)
+    if patch is None:
+        return {}, []
+    if not isinstance(patch, dict):
+        into = f"json: cannot unmarshal {_go_kind(patch)} into Go value of type map[string]interface {{}}"
+        if content_type == STRATEGIC_PATCH:
+            raise PatchError(400, into)
+        if strict:
+            raise PatchError(400, f"error decoding patch: {into}")
+        if not isinstance(patch, list):  # `MergePatch` takes a list as the whole new document
+            raise PatchError(400, BAD_MERGE_PATCH)
+    return patch, strictdecoding.patch_errors(raw, json_patch=False) if strict else []
+
+
+def _json_patch_operations(patch: Any, raw: bytes, *, strict: bool) -> tuple[list[Any], list[str]]:
+    """A JSON patch's operations: strictly into `[]handlers.jsonPatchOp` (whose `op`, `path` and `from` are
+    strings) under Warn and Strict, then by `DecodePatch` into `[]jsonpatch.Operation`."""
+    operations = [] if patch is None else patch
+    prefix = "error decoding patch: " if strict else ""
+    if not isinstance(operations, list):
+        into = "[]handlers.jsonPatchOp" if strict else "jsonpatch.Patch"
+        raise PatchError(400, f"{prefix}json: cannot unmarshal {_go_kind(operations)} into Go value of type {into}")
+    for op in operations:
+        if op is not None and not isinstance(op, dict):
+            into = "handlers.jsonPatchOp" if strict else "jsonpatch.Operation"
+            raise PatchError(400, f"{prefix}json: cannot unmarshal {_go_kind(op)} into Go value of type {into}")
+    for op in operations if strict else ():
+        for name in ("op", "path", "from"):
+            value = (op or {}).get(name)
+            if value is not None and not isinstance(value, str):
+                raise PatchError(
+                    400,
+                    f"{prefix}json: cannot unmarshal {_go_kind(value)} into Go struct field jsonPatchOp.{name} "
+                    "of type string",
+                )
+    errors = strictdecoding.patch_errors(raw, json_patch=True) if strict else []
+    if len(operations) > MAX_JSON_PATCH_OPERATIONS:
+        raise PatchError(
+            413,
+            "Request entity too large: The allowed maximum operations in a JSON patch is "
+            f"{MAX_JSON_PATCH_OPERATIONS}, got {len(operations)}",
+        )
+    return operations, errors
 
 
 def strategic_merge_patch(target: Mapping[str, Any], patch: Any, schema: MergeSchema) -> dict[str, Any]:

@@ -11,7 +11,9 @@ once and given back if the update fails, what it releases given back once it is 
 generation when the spec changed, and writes nothing when nothing changed. Removal is the last step
 of a deletion: it releases a Service's allocations, and a CustomResourceDefinition takes its objects
 and their watches with it. Request decoding and answers are the handlers' business, not the
-registry's.
+registry's; but an object the registry is handed (an apply's result, a mutating webhook's patched
+object, one the server makes) is held as its Go type would hold it, and what it writes and answers
+is that type's encoding (`decoding.stored_form`), as the handlers' decoding leaves a request's body.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from tests.kubesim import admission, apply
+from tests.kubesim import admission, apply, decoding, strictdecoding
 from tests.kubesim.admission import Admission
 from tests.kubesim.allocators import Allocation, ServiceAllocator, drop_type_dependent_fields, keep_allocations
 from tests.kubesim.customresources import CustomResources
@@ -90,24 +92,37 @@ def check_namespace(resource: ResourceType, namespace: str, body: Obj) -> None:
         meta.pop("namespace")
 
 
-def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
+def check_object_name(obj: Obj, name: str) -> None:
+    """`checkName`: the object's name must be the URL's; an object without one is refused as well."""
+    given = (obj.get("metadata") or {}).get("name")
+    if not given:
+        raise bad_request(f"the name of the object ({name} based on URL) was undeterminable: name must be provided")
+    if given != name:
+        raise bad_request(f"the name of the object ({given}) does not match the name on the URL ({name})")
+
+
+def pruned_fields(resource: ResourceType, obj: Any) -> list[str]:
+    """Remove from `obj` (in place) the fields its kind does not have; their paths."""
     schema = resource.schema if resource.schema is not None else SCHEMAS[resource.plural]
-    unknown = prune_unknown(obj, schema)
-    if not unknown:
-        return
-    if ctx.field_validation == "Strict":
-        listed = ", ".join(f'unknown field "{path}"' for path in unknown)
-        raise bad_request(f"strict decoding error: {listed}")
-    if ctx.field_validation == "Warn":
-        ctx.warnings.extend(f'unknown field "{path}"' for path in unknown)
+    return prune_unknown(obj, schema)
 
 
-def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
+def unknown_fields(resource: ResourceType, obj: Obj, ctx: Context) -> None:
+    """A create's or update's body without the fields its kind does not have; those and the repeated fields strict
+    decoding found (`ctx.document`) reported as `fieldValidation` asks (`strictdecoding.report_decode`)."""
+    errors = ctx.document.errors(pruned_fields(resource, obj), custom=resource.custom)
+    strictdecoding.report_decode(
+        errors, kind=resource.kind, version=resource.version, mode=ctx.field_validation, warnings=ctx.warnings
+    )
+
+
+def validate(resource: ResourceType, obj: Obj, old: Obj | None, *, subresource: str = "") -> None:
     """The object's metadata (a new one's name also by the kind's `name_problems`) and `resource.validate`, on
     create then `resource.validate_create`; on update also the uid and `resource.validate_update`, after them
-    or, for a kind whose server checks the update first (`update_checks_first`), before them. A new object of
-    a kind that leaves its metadata to the registry (`strategy_checks_metadata` false) has it checked last,
-    and only when nothing else was wrong, as `BeforeCreate` does."""
+    or, for a kind whose server checks the update first (`update_checks_first`), before them; a write of the
+    `status` subresource then `resource.validate_status`. A new object of a kind that leaves its metadata to
+    the registry (`strategy_checks_metadata` false) has it checked last, and only when nothing else was wrong,
+    as `BeforeCreate` does."""
     errors = FieldErrors()
     meta = obj["metadata"]
     name = str(meta.get("name") or "")
@@ -123,6 +138,8 @@ def validate(resource: ResourceType, obj: Obj, old: Obj | None) -> None:
         resource.validate_create(obj, errors)
     if old is not None and not first:
         _validate_update(resource, obj, old, errors)
+    if old is not None and subresource == "status" and resource.validate_status is not None:
+        resource.validate_status(obj, old, errors)
     if not metadata_first and not errors:
         _check_metadata(resource, obj, old, errors)
     if errors:
@@ -205,6 +222,7 @@ class Registry:
         )
         mutated = await self._admission.mutate(attrs, warnings=ctx.warnings)
         obj = check_type(resource, mutated)
+        decoding.typed_in_place(resource, obj)
         check_namespace(resource, namespace, obj)
         if resource.defaults is not None:
             resource.defaults(obj)
@@ -216,6 +234,7 @@ class Registry:
     def _create_prepare(self, resource: ResourceType, namespace: str, body: Any, *, ctx: Context) -> Obj:
         """Decode, check and default a new object, then the built-in admission (service account of a pod)."""
         obj = check_type(resource, body)
+        decoding.typed_in_place(resource, obj)
         unknown_fields(resource, obj, ctx)
         check_namespace(resource, namespace, obj)
         meta = obj["metadata"]
@@ -233,8 +252,9 @@ class Registry:
                     "because it is being terminated",
                     details={"name": name, "kind": resource.plural},
                 )
-        for system in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+        for system in ("uid", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
             meta.pop(system, None)
+        meta["creationTimestamp"] = None  # a zero Time (so `null` to the webhooks) until the write stamps it
         if resource.defaults is not None:
             resource.defaults(obj)
         self._track_fields(resource, None, obj, ctx.field_manager)
@@ -263,6 +283,8 @@ class Registry:
         if resource.plural == "services":
             allocation = self._allocator.allocate(obj, resource, dry_run=ctx.dry_run)
         with self._given_back_on_failure(allocation):
+            if resource.prepare_create is not None:
+                resource.prepare_create(obj)
             if resource.initial_status is not None:
                 obj["status"] = resource.initial_status(obj)
             validate(resource, obj, None)
@@ -281,6 +303,7 @@ class Registry:
         meta["creationTimestamp"] = now_stamp(self._clock())
         if resource.generation_fields:
             meta["generation"] = 1
+        obj = decoding.stored_form(resource, obj)
         if dry_run:
             return obj
         stored = self._storage.write(resource, obj, event_type="ADDED")
@@ -366,16 +389,18 @@ class Registry:
             dry_run=ctx.dry_run,
             user=ctx.user,
         )
+        decoding.typed_in_place(resource, obj)
         if resource.defaults is not None:
             resource.defaults(obj)
         self._track_fields(resource, old, obj, ctx.field_manager)
         obj = check_type(resource, await self._admission.mutate(attrs, warnings=ctx.warnings))
+        decoding.typed_in_place(resource, obj)
         if obj["metadata"].get("name") != name:
             raise invalid(
                 resource, name, [invalid_cause("metadata.name", obj["metadata"].get("name"), "field is immutable")]
             )
         check_namespace(resource, namespace, obj)
-        allocation = self._replace_prepare(resource, old, obj, dry_run=ctx.dry_run)
+        allocation = self._replace_prepare(resource, old, obj, dry_run=ctx.dry_run, subresource=subresource)
         with self._given_back_on_failure(allocation):
             await self._admission.validate(attrs.with_object(obj), warnings=ctx.warnings)
             self._check_unchanged(resource, old)
@@ -415,9 +440,15 @@ class Registry:
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
 
-    def _replace_prepare(self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool) -> Allocation | None:
+    def _replace_prepare(
+        self, resource: ResourceType, old: Obj, obj: Obj, *, dry_run: bool, subresource: str = ""
+    ) -> Allocation | None:
         """Preconditions, system fields kept from `old`, defaults, the kind's own preparation (`prepare_update`),
         allocation, validation and generation of an update.
+
+        What the update strategy keeps from `old`: the status, unless `subresource` is `status`; a Namespace's
+        spec (its finalizers), unless it is `finalize` (`namespaceStrategy`, `namespaceStatusStrategy` and
+        `namespaceFinalizeStrategy`'s `PrepareForUpdate`).
 
         For a Service: what it allocates (held from now on unless a dry run; given back here when
         validation fails) and releases, to `commit` when the update is written.
@@ -444,12 +475,12 @@ class Registry:
             meta["generation"] = old_meta.get("generation", 1)
         else:
             meta.pop("generation", None)
-        if resource.status_subresource:
+        if resource.status_subresource and subresource != "status":
             if "status" in old:
                 obj["status"] = copy.deepcopy(old["status"])
             else:
                 obj.pop("status", None)
-        if resource.plural == "namespaces":
+        if resource.key == "namespaces" and subresource != "finalize":
             obj["spec"] = copy.deepcopy(old.get("spec"))
         service = resource.key == "services"
         if service:
@@ -462,7 +493,7 @@ class Registry:
         with self._given_back_on_failure(allocation):
             if service:
                 drop_type_dependent_fields(obj, old)
-            validate(resource, obj, old)
+            validate(resource, obj, old, subresource=subresource)
         if resource.generation_fields and any(obj.get(f) != old.get(f) for f in resource.generation_fields):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         return allocation
@@ -472,6 +503,7 @@ class Registry:
     ) -> Obj:
         """Write a prepared update and commit what it allocated; a no-op update writes nothing, like the real server."""
         old_meta = old["metadata"]
+        obj = decoding.stored_form(resource, obj)
         comparable = copy.deepcopy(obj)
         comparable["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if comparable == old or dry_run:
@@ -505,13 +537,15 @@ class Registry:
 
     # -- removal ------------------------------------------------------------------------------
     def _remove_if_finalized(self, resource: ResourceType, obj: Obj) -> Obj:
-        """After an update: an object being deleted whose last finalizer went (and no grace is pending) is removed."""
+        """After an update: an object being deleted whose last finalizer went (and no grace is pending) is removed
+        (`ShouldDeleteDuringUpdate`); a Namespace only once its spec's finalizers are gone too
+        (`ShouldDeleteNamespaceDuringUpdate`)."""
         meta = obj["metadata"]
         pending = meta.get("finalizers") or int(meta.get("deletionGracePeriodSeconds") or 0)
         if not meta.get("deletionTimestamp") or pending:
             return obj
-        if resource.plural == "namespaces":
-            return obj  # the namespace lifecycle removes it
+        if resource.key == "namespaces" and (obj.get("spec") or {}).get("finalizers"):
+            return obj
         return self.remove(resource, meta.get("namespace", ""), meta["name"])
 
     def remove(self, resource: ResourceType, namespace: str, name: str) -> Obj:

@@ -18,12 +18,11 @@ import base64
 import copy
 import json
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.kubesim import rbac
+from tests.kubesim import rbac, weburl
 from tests.kubesim.podspec import validate_pod_only, validate_pod_spec
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
@@ -114,6 +113,10 @@ class ResourceType:
     # `<plural>/scale` (autoscaling/v1 Scale over spec.replicas), as for Deployments and ReplicaSets
     scale_subresource: bool = False
     initial_status: Callable[[Obj], Any] | None = None
+    # what the kind's PrepareForCreate does to a new object besides its status (a Namespace's finalizer)
+    prepare_create: Callable[[Obj], None] | None = None
+    # what a write of the status subresource checks besides the metadata (a Namespace's phase)
+    validate_status: UpdateValidator | None = None
     return_deleted_object: bool = False
     # whether the collection can be deleted in one request (the `deletecollection` verb); Namespaces cannot
     delete_collection: bool = True
@@ -154,9 +157,13 @@ class ResourceType:
         return doc
 
     def subresource_discovery(self) -> list[dict[str, Any]]:
-        """The discovery entries of this resource's `status` and `scale` subresources (kubectl scale needs one)."""
-        entries = []
+        """The discovery entries of this resource's `status` and `scale` subresources (kubectl scale needs one), and
+        a Namespace's `finalize` (update only: `FinalizeREST` is no getter)."""
+        entries: list[dict[str, Any]] = []
         verbs = ["get", "patch", "update"]
+        if self.key == "namespaces":
+            finalize = {"name": "namespaces/finalize", "singularName": "", "namespaced": False, "kind": self.kind}
+            entries.append({**finalize, "verbs": ["update"]})
         if self.status_subresource:
             entries.append(
                 {
@@ -407,7 +414,44 @@ def _default_namespace(obj: Obj) -> None:
         labels = {}
     labels["kubernetes.io/metadata.name"] = meta["name"]
     meta["labels"] = labels
-    obj["spec"] = {"finalizers": ["kubernetes"]}
+
+
+NAMESPACE_FINALIZER = "kubernetes"  # the namespace controller's, in spec.finalizers
+STANDARD_FINALIZERS = (NAMESPACE_FINALIZER, "orphan", "foregroundDeletion")
+
+
+def _prepare_namespace(obj: Obj) -> None:
+    """`namespaceStrategy.PrepareForCreate`: the `kubernetes` finalizer added to the spec's own, if missing."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        spec = obj["spec"] = {}
+    finalizers = list(spec.get("finalizers") or [])
+    if NAMESPACE_FINALIZER not in finalizers:
+        finalizers.append(NAMESPACE_FINALIZER)
+    spec["finalizers"] = finalizers
+
+
+def _validate_namespace(obj: Obj, errors: FieldErrors) -> None:
+    """The spec's finalizers (`ValidateNamespace`, `ValidateNamespaceFinalizeUpdate`): each a qualified name
+    (`ValidateFinalizerName`), and one without a '/' a standard one (`validateKubeFinalizerName`)."""
+    for i, finalizer in enumerate((obj.get("spec") or {}).get("finalizers") or []):
+        name = str(finalizer)
+        for problem in qualified_name_problems(name):
+            errors.invalid(f"spec.finalizers[{i}]", name, problem)
+        if "/" not in name and name not in STANDARD_FINALIZERS:
+            errors.invalid(
+                f"spec.finalizers[{i}]", name, "name is neither a standard finalizer name nor is it fully qualified"
+            )
+
+
+def _validate_namespace_status(obj: Obj, old: Obj, errors: FieldErrors) -> None:
+    """`ValidateNamespaceStatusUpdate`: the phase must say whether the namespace is being deleted."""
+    phase = (obj.get("status") or {}).get("phase") or ""
+    if not obj["metadata"].get("deletionTimestamp"):
+        if phase != "Active":
+            errors.invalid("status.Phase", phase, "may only be 'Active' if `deletionTimestamp` is empty")
+    elif phase != "Terminating":
+        errors.invalid("status.Phase", phase, "may only be 'Terminating' if `deletionTimestamp` is not empty")
 
 
 def _default_secret(obj: Obj) -> None:
@@ -769,17 +813,23 @@ def _validate_client_config(errors: FieldErrors, path: str, client: Mapping[str,
 
 
 def _validate_webhook_url(errors: FieldErrors, path: str, url: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
+    """`ValidateWebhookURL`: the URL as Go's `url.Parse` reads it (`tests.kubesim.weburl`); one it cannot parse
+    is a single Required error quoting the parser."""
+    try:
+        parsed = weburl.parse(url)
+    except weburl.URLError as exc:
+        errors.required(path, f"url must be a valid URL: {exc}{_URL_FORM}")
+        return
     if parsed.scheme != "https":
         errors.invalid(path, parsed.scheme, "'https' is the only allowed URL scheme" + _URL_FORM)
-    if not parsed.netloc.rpartition("@")[2]:
+    if not parsed.host:
         errors.invalid(path, "", "host must be specified" + _URL_FORM)
-    if "@" in parsed.netloc:
-        errors.invalid(path, parsed.netloc.rpartition("@")[0], "user information is not permitted in the URL")
+    if parsed.user is not None:
+        errors.invalid(path, parsed.user, "user information is not permitted in the URL")
     if parsed.fragment:
         errors.invalid(path, parsed.fragment, "fragments are not permitted in the URL")
-    if parsed.query:
-        errors.invalid(path, parsed.query, "query parameters are not permitted in the URL")
+    if parsed.raw_query:
+        errors.invalid(path, parsed.raw_query, "query parameters are not permitted in the URL")
 
 
 def _validate_webhook_service(errors: FieldErrors, path: str, service: Mapping[str, Any]) -> None:
@@ -1324,8 +1374,11 @@ RESOURCES: tuple[ResourceType, ...] = (
         merge_keys={**META_MERGE, **CONDITIONS},
         fields={"status.phase": _get("status.phase")},
         defaults=_default_namespace,
+        validate=_validate_namespace,
         status_subresource=True,
         initial_status=lambda _: {"phase": "Active"},
+        prepare_create=_prepare_namespace,
+        validate_status=_validate_namespace_status,
         return_deleted_object=True,
         delete_collection=False,
     ),
@@ -1631,6 +1684,7 @@ BY_KEY = {r.key: r for r in RESOURCES}
 # Create-only APIs that store nothing (served by the server's token handlers), as discovery lists them.
 CREATE_ONLY: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
     ("", "v1"): (
+        {"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding", "verbs": ["create"]},
         {
             "name": "serviceaccounts/token",
             "singularName": "",

@@ -22,7 +22,8 @@ This module holds the server itself: its lifecycle, authentication, fault inject
 routing of a request to the part that answers it: `discovery` (discovery documents),
 `listwatch` (list and watch), `decoding` (a body decoded into the kind's Go type, as the handlers
 decode it first), `registry` (create, and the update and removal every write ends in), `update`
-(PUT, PATCH, server-side apply), `subresources` (status, scale, pods/binding),
+(PUT, PATCH, server-side apply; also a Namespace's `status` and `finalize`), `subresources` (status, scale,
+pods/binding), `strictdecoding` (repeated and unknown fields, per `fieldValidation`),
 `deletion` (DELETE, graceful deletion, finalizers, the namespace lifecycle), `tokenrequest`
 (TokenRequest, TokenReview) and `allocators` (Service cluster IPs and node ports); what they
 share about requests and answers is in `endpoints`.
@@ -35,17 +36,28 @@ import datetime
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
-from tests.kubesim import admission, auth, customresources, decoding, discovery, openapi, resources, tokens
+from tests.kubesim import (
+    admission,
+    auth,
+    customresources,
+    decoding,
+    discovery,
+    openapi,
+    resources,
+    strictdecoding,
+    tokens,
+)
 from tests.kubesim.allocators import ServiceAllocator
 from tests.kubesim.deletion import Deleter
 from tests.kubesim.endpoints import (
     APPLY_PATCH,
     Context,
+    body_type,
     check_write_options,
     context,
     error_response,
@@ -439,6 +451,8 @@ class KubeSim:
         ):
             only_post(request)
             return await self._subresources.bind_pod(request, str(namespace), rest[1])
+        if (group, version) == ("", "v1") and namespace is not None and rest in (["status"], ["finalize"]):
+            return await self._namespace_subresource(request, namespace, rest[0])
         if len(rest) == 3 and rest[2] in ("status", "scale"):
             sub_resource = resources.find(group, version, rest[0], served=self.served())
             if sub_resource is None or sub_resource.namespaced != (namespace is not None):
@@ -464,8 +478,7 @@ class KubeSim:
                 if resource.namespaced and namespace is None:
                     raise ApiError(405, "the server does not allow this method on the requested resource")
                 body = await read_body(request, options="CreateOptions")
-                decoding.check_body(resource, body, await request.read(), request.content_type)
-                ctx = context(request)
+                body, ctx = await self._decoded(request, resource, body)
                 created = await self._registry.create_admitted(resource, namespace or "", body, ctx=ctx)
                 return render_object(request, resource, created, clock=self._now, status=201)
             if method == "DELETE":
@@ -480,9 +493,7 @@ class KubeSim:
             return render_object(request, resource, obj, clock=self._now)
         if method == "PUT":
             check_write_options(request, "UpdateOptions")
-            body = await read_body(request)
-            decoding.check_body(resource, body, await request.read(), request.content_type)
-            ctx = context(request)
+            body, ctx = await self._decoded(request, resource, await read_body(request))
             updated = await self._updater.update(resource, ns, name, body, ctx=ctx)
             return render_object(request, resource, updated, clock=self._now)
         if method == "PATCH":
@@ -500,4 +511,39 @@ class KubeSim:
             return render_object(request, resource, patched, clock=self._now)
         if method == "DELETE":
             return await self._deleter.delete(request, resource, ns, name)
+        raise ApiError(405, "the server does not allow this method on the requested resource")
+
+    async def _decoded(self, request: web.Request, resource: ResourceType, body: Any) -> tuple[Any, Context]:
+        """A create's or update's body decoded as the handlers decode it (400 for what does not decode into the
+        kind), with the write context carrying what strict decoding found (`tests.kubesim.strictdecoding`)."""
+        raw = await request.read()
+        decoding.check_body(resource, body, raw, body_type(request))
+        body, document = strictdecoding.decode_body(resource, body, raw, body_type(request))
+        return body, replace(context(request), document=document)
+
+    async def _namespace_subresource(self, request: web.Request, name: str, sub: str) -> web.StreamResponse:
+        """`namespaces/<name>/status` (get, update, patch: the status and metadata change, not the spec) and
+        `namespaces/<name>/finalize` (update only: the spec's finalizers and metadata change, not the status),
+        as the namespace registry's `StatusREST` and `FinalizeREST` serve them; each write goes through UPDATE
+        admission of `namespaces/<sub>`."""
+        namespaces = self.resource("namespaces")
+        method = request.method
+        if method == "GET" and sub == "status":
+            check_name_parameter(name)
+            obj = self.storage.get(namespaces, "", name)
+            if obj is None:
+                raise not_found(namespaces, name)
+            return render_object(request, namespaces, obj, clock=self._now)
+        if method == "PUT":
+            check_write_options(request, "UpdateOptions")
+            body, ctx = await self._decoded(request, namespaces, await read_body(request))
+            updated = await self._updater.update(namespaces, "", name, body, ctx=ctx, subresource=sub)
+            return render_object(request, namespaces, updated, clock=self._now)
+        if method == "PATCH" and sub == "status":
+            ctx = context(request)
+            if request.content_type == APPLY_PATCH:
+                applied, _ = await self._updater.apply(request, namespaces, "", name, ctx=ctx, subresource=sub)
+                return render_object(request, namespaces, applied, clock=self._now)
+            patched = await self._updater.patch(request, namespaces, "", name, ctx=ctx, subresource=sub)
+            return render_object(request, namespaces, patched, clock=self._now)
         raise ApiError(405, "the server does not allow this method on the requested resource")

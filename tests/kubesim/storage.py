@@ -2,7 +2,9 @@
 
 Like etcd behind the API server: every write gets the next resourceVersion; the last `window`
 events are retained so watches and paginated lists can start from a past resourceVersion;
-anything older is compacted and answers `410 Gone` (reason Expired).
+anything older is compacted and answers `410 Gone` (reason Expired). What is written is what the
+API server encodes: a built-in object as its Go type writes it (`decoding.stored_form`), whoever
+wrote it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.kubesim import decoding
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import FieldSelector, LabelSelector
 from tests.kubesim.status import expired
@@ -130,9 +133,10 @@ class Storage:
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, resource: ResourceType, obj: Obj, *, event_type: str) -> Obj:
-        """Store `obj` (ADDED or MODIFIED) with the next resourceVersion; return the stored copy."""
+        """Store `obj` (ADDED or MODIFIED) with the next resourceVersion; return the stored copy, a built-in object
+        as its Go type encodes it (`decoding.stored_form`)."""
         self.rv += 1
-        stored = copy.deepcopy(obj)
+        stored: Obj = decoding.stored_form(resource, obj)
         stored["metadata"]["resourceVersion"] = str(self.rv)
         meta = stored["metadata"]
         key = (resource.key, meta.get("namespace", ""), meta["name"])

@@ -5,6 +5,11 @@ and writes `spec.replicas` as an autoscaling/v1 Scale (what `kubectl scale` send
 what the scheduler posts to put a pod on a node. Each write goes through admission as the
 subresource: UPDATE of `<resource>/status` with the object, UPDATE of `<resource>/scale` with Scale
 objects, CREATE of `pods/binding` with the Binding.
+
+A PUT's body is decoded, its strict errors reported (`tests.kubesim.strictdecoding`) and its namespace
+and name checked against the URL before the object is looked up (`update.go`); a PATCH finds the
+object first and reads the patch after (`patch.go`). A Namespace's `status` and `finalize` are served
+by the update path (`tests.kubesim.update`), their strategies by the registry.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from tests.kubesim import admission, decoding, patching
+from tests.kubesim import admission, decoding, patching, strictdecoding
 from tests.kubesim.admission import Admission
 from tests.kubesim.endpoints import (
     PATCH_TYPES,
     Clock,
+    body_type,
     check_write_options,
     context,
     dry_run,
@@ -29,7 +35,7 @@ from tests.kubesim.endpoints import (
     request_warnings,
     unsupported_media,
 )
-from tests.kubesim.registry import Registry
+from tests.kubesim.registry import Registry, check_object_name, pruned_fields
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import format_label_selector
 from tests.kubesim.status import (
@@ -42,7 +48,7 @@ from tests.kubesim.status import (
     page_not_found,
 )
 from tests.kubesim.storage import Obj, Storage
-from tests.kubesim.validation import FieldErrors
+from tests.kubesim.validation import FieldErrors, go_string
 from tests.kubesim.warning import Recorder
 
 SCALE_KIND: Obj = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
@@ -67,20 +73,18 @@ def scale_of(obj: Obj) -> Obj:
 
 
 async def patched(request: web.Request, resource: ResourceType, target: Obj, *, scale: bool) -> Obj:
-    """`target` with the request's JSON, merge or strategic merge patch applied; 4xx for a bad patch."""
+    """`target` with the request's JSON, merge or strategic merge patch applied (read once the object was found,
+    `patching.decode_patch`); 4xx for a bad patch; its strict errors reported per `fieldValidation` (the fields a
+    status write's object does not have among them)."""
     ctype = request.content_type
     if ctype not in PATCH_TYPES:
         raise unsupported_media(PATCH_TYPES)
     check_write_options(request, "PatchOptions", patch_type=ctype)
+    ctx = context(request)
     try:
-        patch = decoding.parse_literal(await request.read())  # numbers as written, for the decoder's messages
-    except ValueError as exc:
-        raise bad_request(f"error decoding patch: {exc}") from None
-    try:
+        patch, strict_errors = patching.decode_patch(ctype, await request.read(), ctx.field_validation)
         if ctype == "application/json-patch+json":
             result = patching.json_patch(target, patch)
-        elif not isinstance(patch, dict):
-            raise patching.PatchError(400, "merge patch must be a JSON object")
         elif ctype == "application/merge-patch+json" or scale:
             result = patching.merge_patch(target, patch)
         else:
@@ -90,6 +94,10 @@ async def patched(request: web.Request, resource: ResourceType, target: Obj, *, 
     strategic = ctype == "application/strategic-merge-patch+json"
     decoding.check_patched(resource, result, patch=patch, strategic=strategic, scale=scale)
     result = decoding.plain(result)
+    if isinstance(result, dict) and not scale:
+        strict_errors += [f"unknown field {go_string(path)}" for path in pruned_fields(resource, copy.deepcopy(result))]
+    shown = decoding.go_format(patch) if strategic and not scale else decoding.go_json(result)
+    strictdecoding.report_patch(strict_errors, value=shown, mode=ctx.field_validation, warnings=ctx.warnings)
     if not isinstance(result, dict):
         raise ApiError(422, "the patched object must stay an object")
     return result
@@ -131,14 +139,8 @@ class Subresources:
         if request.method not in ("GET", "PUT", "PATCH"):
             raise ApiError(405, "the server does not allow this method on the requested resource")
         body = None
-        if request.method == "PUT":  # decoded before the object is looked up, as the update handler does
-            check_write_options(request, "UpdateOptions")
-            body = await read_body(request)
-            raw, ctype = await request.read(), request.content_type
-            if sub == "scale":
-                decoding.check_object(body, raw, ctype, kind="Scale", api_version="autoscaling/v1")
-            else:
-                decoding.check_body(resource, body, raw, ctype)
+        if request.method == "PUT":  # decoded and checked against the URL before the object is looked up
+            body = await self._decoded_put(request, resource, namespace, name, sub)
         check_name_parameter(name)
         old = self._storage.get(resource, namespace, name)
         if old is None:
@@ -147,8 +149,7 @@ class Subresources:
         if request.method == "GET":
             return json_response(view) if sub == "scale" else render_object(request, resource, old, clock=self._clock)
         if request.method == "PUT":
-            if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
-                raise bad_request("the object provided is unrecognized (must be a JSON object)")
+            assert isinstance(body, dict)
             wanted = body
         else:
             wanted = await patched(request, resource, view, scale=sub == "scale")
@@ -173,6 +174,37 @@ class Subresources:
             return render_object(request, resource, updated, clock=self._clock)
         stored = self._storage.write(resource, updated, event_type="MODIFIED")
         return render_object(request, resource, stored, clock=self._clock)
+
+    async def _decoded_put(
+        self, request: web.Request, resource: ResourceType, namespace: str, name: str, sub: str
+    ) -> Obj:
+        """A status or scale PUT's body as `update.go` takes it: decoded (400), its strict errors reported per
+        `fieldValidation` (the fields a status write's object does not have among them), its namespace and its
+        name checked against the URL (`EnsureObjectNamespaceMatchesRequestNamespace`, `checkName`)."""
+        check_write_options(request, "UpdateOptions")
+        body: Obj = await read_body(request)
+        raw, ctype = await request.read(), body_type(request)
+        scale = sub == "scale"
+        kind, api_version = ("Scale", "autoscaling/v1") if scale else (resource.kind, resource.api_version)
+        if scale:
+            decoding.check_object(body, raw, ctype, kind=kind, api_version=api_version)
+        else:
+            decoding.check_body(resource, body, raw, ctype)
+        if not isinstance(body, dict) or not isinstance(body.get("metadata") or {}, dict):
+            raise bad_request("the object provided is unrecognized (must be a JSON object)")
+        typed = resource if not scale else ResourceType("autoscaling", "v1", "scale", "", "Scale", namespaced=True)
+        body, document = strictdecoding.decode_body(typed, body, raw, ctype)
+        unknown = [] if scale else pruned_fields(resource, copy.deepcopy(body))
+        ctx = context(request)
+        errors = document.errors(unknown, custom=resource.custom and not scale)
+        version = api_version.rpartition("/")[2]
+        mode, warnings = ctx.field_validation, ctx.warnings
+        strictdecoding.report_decode(errors, kind=kind, version=version, mode=mode, warnings=warnings)
+        given = (body.get("metadata") or {}).get("namespace")
+        if resource.namespaced and given and given != namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+        check_object_name(body, name)
+        return body
 
     async def _write_scale(
         self,
@@ -279,7 +311,7 @@ class Subresources:
         to a node. Answers a Success Status (201); the webhooks' warnings go to the request's recorder.
         """
         body = await read_body(request, options="CreateOptions")
-        decoding.check_object(body, await request.read(), request.content_type, kind="Binding", api_version="v1")
+        decoding.check_object(body, await request.read(), body_type(request), kind="Binding", api_version="v1")
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise bad_request("the object provided is unrecognized (must be a JSON object)")
         body.setdefault("apiVersion", "v1")

@@ -178,7 +178,7 @@ def url_client(webhook: Webhook, path: str) -> dict[str, Any]:
 
 
 def pod(name: str = "", *, labels: dict[str, str] | None = None, generate: str = "") -> dict[str, Any]:
-    meta: dict[str, Any] = {"labels": labels or {}}
+    meta: dict[str, Any] = {"labels": labels} if labels else {}
     if name:
         meta["name"] = name
     if generate:
@@ -200,7 +200,7 @@ async def test_mutating_webhook_gets_the_api_servers_review_and_its_patch_is_sto
 ) -> None:
     webhook.answers["/mutate"] = lambda _: {
         "allowed": True,
-        "patch": [{"op": "add", "path": "/metadata/labels/injected", "value": "yes"}],
+        "patch": [{"op": "add", "path": "/metadata/labels", "value": {"injected": "yes"}}],
     }
     kubesim.create_object(
         configuration("MutatingWebhookConfiguration", "m", hook("m.example.com", url_client(webhook, "/mutate")))
@@ -473,7 +473,7 @@ async def test_if_needed_webhook_is_called_again_after_a_later_one_changed_the_o
     webhook.answers["/first"] = first
     webhook.answers["/second"] = lambda _: {
         "allowed": True,
-        "patch": [{"op": "add", "path": "/metadata/labels/second", "value": "done"}],
+        "patch": [{"op": "add", "path": "/metadata/labels", "value": {"second": "done"}}],
     }
     kind = "MutatingWebhookConfiguration"
     kubesim.create_object(
@@ -500,7 +500,7 @@ async def test_validating_webhooks_see_the_mutated_object_and_a_bad_patch_names_
 ) -> None:
     webhook.answers["/mutate"] = lambda _: {
         "allowed": True,
-        "patch": [{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}],
+        "patch": [{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}],
     }
     kubesim.create_object(
         configuration("MutatingWebhookConfiguration", "m", hook("m.example.com", url_client(webhook, "/mutate")))
@@ -515,6 +515,27 @@ async def test_validating_webhooks_see_the_mutated_object_and_a_bad_patch_names_
     with pytest.raises(KubeApiError) as failed:
         await create_pod(kube_api, "default", pod("q"))
     assert failed.value.status == 500 and 'admission webhook "m.example.com"' in failed.value.message
+
+
+async def test_a_webhook_reviews_the_decoded_object_not_the_body(
+    kubesim: KubeSim, kube_api: KubeApi, webhook: Webhook
+) -> None:
+    """The review's object is the Pod struct the body decoded into, encoded: empty maps gone (so a patch adding to
+    `/metadata/labels/...` finds no map), nulls as zero values, structs written though empty, quantities in their
+    canonical text, and the creationTimestamp a zero Time, `null`, until the write stamps it."""
+    kubesim.create_object(
+        configuration("MutatingWebhookConfiguration", "m", hook("m.example.com", url_client(webhook, "/mutate")))
+    )
+    body = pod("decoded")
+    body["metadata"].update(labels={}, annotations={"a": None})
+    body["spec"]["containers"][0].update(args=[None], resources={"limits": {"cpu": "1000m"}})
+    await create_pod(kube_api, "default", body)
+    [request] = webhook.requests("/mutate")
+    meta = request["object"]["metadata"]
+    assert "labels" not in meta and meta["annotations"] == {"a": ""}
+    assert "creationTimestamp" in meta and meta["creationTimestamp"] is None
+    [container] = request["object"]["spec"]["containers"]
+    assert container["args"] == [""] and container["resources"] == {"limits": {"cpu": "1"}}
 
 
 async def test_a_mutating_patch_that_breaks_a_fields_type_is_a_500_with_the_decoders_error(

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.kubesim import decoding, tokens
-from tests.kubesim.endpoints import Clock, json_response, now_stamp, read_body
+from tests.kubesim.endpoints import Clock, body_type, json_response, now_stamp, read_body
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.status import bad_request, check_name_parameter, conflict, invalid, not_found
 from tests.kubesim.storage import Obj, Storage
@@ -94,7 +94,7 @@ class TokenAPI:
         namespace does not exist) before the request's spec is checked (422)."""
         body = await read_body(request, options="CreateOptions")
         decoding.check_object(
-            body, await request.read(), request.content_type, kind="TokenRequest", api_version=tokens.API_VERSION
+            body, await request.read(), body_type(request), kind="TokenRequest", api_version=tokens.API_VERSION
         )
         spec = auth_body(body, "TokenRequest")
         sa_resource = self._resource("serviceaccounts")
@@ -108,7 +108,9 @@ class TokenAPI:
         audiences = spec.get("audiences") or []
         if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
             errors.invalid("spec.audiences", audiences, "must be a list of non-empty strings")
-        seconds = spec.get("expirationSeconds", tokens.DEFAULT_EXPIRATION)
+        seconds = spec.get("expirationSeconds")
+        if seconds is None:  # a nil pointer, defaulted (`SetDefaults_TokenRequestSpec`)
+            seconds = tokens.DEFAULT_EXPIRATION
         if not isinstance(seconds, int) or isinstance(seconds, bool):
             errors.invalid("spec.expirationSeconds", seconds, "must be an integer")
         elif seconds < tokens.MIN_EXPIRATION:
@@ -138,7 +140,7 @@ class TokenAPI:
         """POST /apis/authentication.k8s.io/v1/tokenreviews: the verdict on a token, always 201."""
         body = await read_body(request, allowed=("application/json", "application/yaml"), options="CreateOptions")
         decoding.check_object(
-            body, await request.read(), request.content_type, kind="TokenReview", api_version=tokens.API_VERSION
+            body, await request.read(), body_type(request), kind="TokenReview", api_version=tokens.API_VERSION
         )
         spec = auth_body(body, "TokenReview")
         token = spec.get("token")

@@ -629,6 +629,8 @@ def check_config_data(errors: FieldErrors, obj: Mapping[str, Any], *, base64_val
                 errors.invalid(path, key, problem)
             if section == "data" and isinstance(binary, dict) and key in binary:
                 errors.invalid(path, key, "duplicate of key present in binaryData")
+            if value is None and (base64_values or section == "binaryData"):
+                continue  # a nil []byte, which the decoder leaves for a null
             if not isinstance(value, str):
                 errors.invalid(path, value, "must be a string")
             elif base64_values or section == "binaryData":
