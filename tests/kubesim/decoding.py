@@ -290,7 +290,7 @@ def go_format(value: Any) -> str:
     return str(value)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """How `UnmarshalTypeError` names a JSON value's kind."""
     if isinstance(value, bool):
         return "bool"
@@ -538,7 +538,7 @@ class Decoder:
             self._struct(value, t)
         elif t.kind == "map":
             if not isinstance(value, dict):
-                self._save(self._mismatch(_json_kind(value), t))
+                self._save(self._mismatch(json_kind(value), t))
                 return
             elem = _elem(t)
             for item in value.values():
@@ -550,7 +550,7 @@ class Decoder:
 
     def _struct(self, value: Any, t: GoType) -> None:
         if not isinstance(value, dict):
-            self._save(self._mismatch(_json_kind(value), t))
+            self._save(self._mismatch(json_kind(value), t))
             return
         outer = self.struct
         for key, item in value.items():
@@ -571,13 +571,13 @@ class Decoder:
                 self._save(problem)
             return
         if not isinstance(value, list):
-            self._save(self._mismatch(_json_kind(value), t))
+            self._save(self._mismatch(json_kind(value), t))
             return
         for item in value:
             self._value(item, elem)
 
     def _scalar(self, value: Any, t: GoType) -> None:
-        kind = _json_kind(value)
+        kind = json_kind(value)
         if t.kind == "string":
             accepted = kind == "string"
         elif t.kind == "bool":
@@ -595,7 +595,7 @@ class Decoder:
             self._save(self._mismatch(kind, t))
 
     def _special(self, value: Any, t: GoType) -> None:
-        kind = _json_kind(value)
+        kind = json_kind(value)
         if t.name == "intorstring":  # IntOrString.UnmarshalJSON: a string, or encoding/json into an int32
             if kind == "string":
                 return
@@ -936,14 +936,14 @@ def interpret_error(body: Any) -> str | None:
     """Why `SimpleMetaFactory.Interpret` cannot read a body's apiVersion and kind: encoding/json (which matches
     names in any case) into a struct of two strings, then `ParseGroupVersion`."""
     if not isinstance(body, dict):
-        return None if body is None else f"json: cannot unmarshal {_json_kind(body)} into Go value of type {FIND_KIND}"
+        return None if body is None else f"json: cannot unmarshal {json_kind(body)} into Go value of type {FIND_KIND}"
     found: dict[str, Any] = {}
     for key, value in body.items():
         field = {"apiversion": "apiVersion", "kind": "kind"}.get(str(key).casefold())
         if field is None or value is None:
             continue
         if not isinstance(value, str):
-            return f"json: cannot unmarshal {_json_kind(value)} into Go struct field .{field} of type string"
+            return f"json: cannot unmarshal {json_kind(value)} into Go struct field .{field} of type string"
         found[field] = value
     api_version = found.get("apiVersion", "")
     if api_version.count("/") > 1:

@@ -85,17 +85,6 @@ def json_patch(target: Any, operations: Any) -> Any:
         raise PatchError(422, NOT_APPLIED) from exc
 
 
-def _go_kind(value: Any) -> str:
-    """How encoding/json's `UnmarshalTypeError` names a JSON value."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def _syntax(raw: bytes, exc: ValueError) -> str:
     """A body that is not JSON: Go's words for an empty one, the parser's otherwise."""
     return "unexpected end of JSON input" if not raw.strip() else str(exc)
@@ -124,7 +113,7 @@ def decode_patch(content_type: str, raw: bytes, field_validation: str) -> tuple[
     if patch is None:
         return {}, []
     if not isinstance(patch, dict):
-        into = f"json: cannot unmarshal {_go_kind(patch)} into Go value of type map[string]interface {{}}"
+        into = f"json: cannot unmarshal {decoding.json_kind(patch)} into Go value of type map[string]interface {{}}"
         if content_type == STRATEGIC_PATCH:
             raise PatchError(400, into)
         if strict:
@@ -141,19 +130,23 @@ def _json_patch_operations(patch: Any, raw: bytes, *, strict: bool) -> tuple[lis
     prefix = "error decoding patch: " if strict else ""
     if not isinstance(operations, list):
         into = "[]handlers.jsonPatchOp" if strict else "jsonpatch.Patch"
-        raise PatchError(400, f"{prefix}json: cannot unmarshal {_go_kind(operations)} into Go value of type {into}")
+        raise PatchError(
+            400, f"{prefix}json: cannot unmarshal {decoding.json_kind(operations)} into Go value of type {into}"
+        )
     for op in operations:
         if op is not None and not isinstance(op, dict):
             into = "handlers.jsonPatchOp" if strict else "jsonpatch.Operation"
-            raise PatchError(400, f"{prefix}json: cannot unmarshal {_go_kind(op)} into Go value of type {into}")
+            raise PatchError(
+                400, f"{prefix}json: cannot unmarshal {decoding.json_kind(op)} into Go value of type {into}"
+            )
     for op in operations if strict else ():
         for name in ("op", "path", "from"):
             value = (op or {}).get(name)
             if value is not None and not isinstance(value, str):
                 raise PatchError(
                     400,
-                    f"{prefix}json: cannot unmarshal {_go_kind(value)} into Go struct field jsonPatchOp.{name} "
-                    "of type string",
+                    f"{prefix}json: cannot unmarshal {decoding.json_kind(value)} into Go struct field "
+                    f"jsonPatchOp.{name} of type string",
                 )
     errors = strictdecoding.patch_errors(raw, json_patch=True) if strict else []
     if len(operations) > MAX_JSON_PATCH_OPERATIONS:
