@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-from collections.abc import AsyncIterator, Awaitable
-
-import pytest
+from collections.abc import Awaitable
 
 from tests.charts.helm import CHART, REV, helm, requires_helm
 from tests.kubesim.controllers import Controllers
 from tests.kubesim.fixtures import (  # noqa: F401
     Kubectl,
+    controllers_fixture,
     eventually,
     kubeconfig_fixture,
     kubectl_fixture,
@@ -30,16 +29,6 @@ pytestmark = requires_helm
 
 Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
 HELM_RELEASES = "Secret"  # helm keeps each release revision in a Secret sh.helm.release.v1.<release>.v<n>
-
-
-@pytest.fixture(name="controllers")
-async def controllers_fixture(kubeconfig: pathlib.Path) -> AsyncIterator[Controllers]:
-    controllers = Controllers(kubeconfig=kubeconfig)
-    await controllers.start()
-    try:
-        yield controllers
-    finally:
-        await controllers.stop()
 
 
 async def everything(kubectl: Kubectl) -> set[Key]:

@@ -1,3 +1,9 @@
-from tests.kubesim.fixtures import kube_api_fixture, kubeconfig_fixture, kubectl_fixture, kubesim_fixture
+from tests.kubesim.fixtures import (
+    controllers_fixture,
+    kube_api_fixture,
+    kubeconfig_fixture,
+    kubectl_fixture,
+    kubesim_fixture,
+)
 
-__all__ = ["kube_api_fixture", "kubeconfig_fixture", "kubectl_fixture", "kubesim_fixture"]
+__all__ = ["controllers_fixture", "kube_api_fixture", "kubeconfig_fixture", "kubectl_fixture", "kubesim_fixture"]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from controlplane.kube.client import KubeApi
+from tests.kubesim.controllers import Controllers
 from tests.kubesim.server import KubeSim
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -93,6 +94,17 @@ async def kubesim_fixture() -> AsyncIterator[KubeSim]:
 def kubeconfig_fixture(kubesim: KubeSim, tmp_path: pathlib.Path) -> pathlib.Path:
     path: pathlib.Path = kubesim.write_kubeconfig(tmp_path / "kubeconfig")
     return path
+
+
+@pytest.fixture(name="controllers")
+async def controllers_fixture(kubeconfig: pathlib.Path) -> AsyncIterator[Controllers]:
+    """kubesim's controllers (Deployments, ReplicaSets, StatefulSets, EndpointSlices, garbage collection)."""
+    controllers = Controllers(kubeconfig=kubeconfig)
+    await controllers.start()
+    try:
+        yield controllers
+    finally:
+        await controllers.stop()
 
 
 @pytest.fixture(name="kubectl")

@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import itertools
 import json
-import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,16 +27,6 @@ PODS = "/api/v1/namespaces/default/pods"
 RS = "/apis/apps/v1/namespaces/default/replicasets"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
-
-
-@pytest.fixture(name="controllers")
-async def controllers_fixture(kubeconfig: pathlib.Path) -> AsyncIterator[Controllers]:
-    controllers = Controllers(kubeconfig=kubeconfig)
-    await controllers.start()
-    try:
-        yield controllers
-    finally:
-        await controllers.stop()
 
 
 def _stamp() -> str:

@@ -7,12 +7,9 @@ its metadata goes through an ObjectMeta too. Seen over HTTP, through kubectl, an
 from __future__ import annotations
 
 import json
-import pathlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.kubesim.controllers import Controllers
 from tests.kubesim.fixtures import Kubectl, eventually
@@ -345,16 +342,6 @@ spec:
         resources:
           limits: {cpu: 1000m, memory: 1024Mi}
 """
-
-
-@pytest.fixture(name="controllers")
-async def controllers_fixture(kubeconfig: pathlib.Path) -> AsyncIterator[Controllers]:
-    controllers = Controllers(kubeconfig=kubeconfig)
-    await controllers.start()
-    try:
-        yield controllers
-    finally:
-        await controllers.stop()
 
 
 async def test_kubectl_and_the_controllers_see_the_stored_form(

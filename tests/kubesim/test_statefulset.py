@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pathlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,16 +75,6 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     return any(
         c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or []
     )
-
-
-@pytest.fixture(name="controllers")
-async def controllers_fixture(kubeconfig: pathlib.Path) -> AsyncIterator[Controllers]:
-    controllers = Controllers(kubeconfig=kubeconfig)
-    await controllers.start()
-    try:
-        yield controllers
-    finally:
-        await controllers.stop()
 
 
 @pytest.fixture(name="kubelet")
