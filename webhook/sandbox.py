@@ -159,15 +159,16 @@ def _size(value: Any, seen: dict[int, int]) -> int:
             return _size(object.__getattribute__(value, "_Namespace__attrs"), seen)  # printed as its attributes
         if not isinstance(value, (list, tuple, set, frozenset, dict)):
             return 24  # a number, None, an Undefined, a loop or macro object
-    known = seen.get(id(value))
+    key = id(value)
+    known = seen.get(key)
     if known is not None:
         return known
     if 3 * len(value) > MAX_MADE:  # each item takes at least 3 characters ("1, ")
         raise _TooLarge
-    seen[id(value)] = 0  # a collection holding itself prints `[...]` there
+    seen[key] = 0  # a collection holding itself prints `[...]` there
     total = 2
     for items in (value, value.values()) if isinstance(value, dict) else (value,):  # a mapping's keys, then values
-        if set(map(type, items)) <= _TEXT:  # all text: counted without a loop in Python
+        if len(items) > _FEW and set(map(type, items)) <= _TEXT:  # all text: counted without a loop in Python
             total += sum(map(len, items)) + 5 * len(items)
             continue
         for item in items:
@@ -180,12 +181,13 @@ def _size(value: Any, seen: dict[int, int]) -> int:
                 total += 26 if kind in _SCALARS else _size(item, seen) + 2
         if total > MAX_MADE:
             raise _TooLarge
-    seen[id(value)] = total
+    seen[key] = total
     return total
 
 
 _COLLECTIONS = frozenset({dict, list, tuple})
 _TEXT = frozenset({str})
+_FEW = 16  # up to this many items, a loop in Python costs less than looking at their types first
 _SCALARS = frozenset({float, bool, type(None)})  # at most 24 characters
 
 
@@ -383,7 +385,11 @@ def _tojson(value: Any, sort_keys: bool = False) -> str:
         if isinstance(value, jinja2.Undefined):
             str(value)  # StrictUndefined raises, naming what is missing
         _estimated("filter 'tojson'", size, value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)
+    return (_SORTED_JSON if sort_keys else _JSON).encode(value)
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))  # `json.dumps` would make one on every call
+_SORTED_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
 def _joined_text(parts: list[Any]) -> str:
