@@ -24,16 +24,17 @@ import math
 import os
 import pathlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import yaml
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
 
 from controlplane.literals import natural
 from controlplane.model.yamltext import YamlLoader
 from controlplane.settings import SettingsError
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio import client as k8s_client
 
 JsonObject = dict[str, Any]
 Query = Sequence[tuple[str, str]]
@@ -152,6 +153,11 @@ class KubeApi:
     @classmethod
     async def connect(cls, *, kubeconfig: pathlib.Path | None, context: str | None = None) -> KubeApi:
         """Load `kubeconfig` (or the in-cluster config when None); raise SettingsError if unusable."""
+        # Imported here: kubernetes-asyncio loads every generated API and model class (about half a
+        # second), which local mode, the agent and the other commands never need.
+        from kubernetes_asyncio import client as k8s_client
+        from kubernetes_asyncio import config as k8s_config
+
         configuration = k8s_client.Configuration()
         if kubeconfig is not None:
             _check_kubeconfig(kubeconfig)
