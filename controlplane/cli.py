@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from certs import tokencmd
 from certs.authenticate.localtoken import parse_duration
 from certs.pem import KEY_ALGORITHMS
 from controlplane import logs
@@ -315,54 +315,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
-# Subcommands register here: name -> function adding the subparser.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_serve_parser, tokencmd.add_parser]
+# Each command and the module whose `add_parser` adds it, in the order `--help` lists them. A run
+# imports only its own command's module: a sidecar's `agent` or the `iptables` init container does not
+# load the demo's terminal tables or the cluster commands at every start.
+COMMANDS: dict[str, str] = {
+    "serve": "controlplane.cli",
+    "token": "certs.tokencmd",
+    "certificate": "controlplane.certcmd",
+    "inject": "controlplane.injectcmd",
+    "proxy-status": "controlplane.proxystatuscmd",
+    "agent": "controlplane.agent.cmd",
+    "iptables": "controlplane.iptables.cmd",
+    "demo": "controlplane.demo.cmd",
+    "tag": "controlplane.ops.tag",
+    "analyze": "controlplane.ops.analyze",
+    "injector": "controlplane.ops.injectorlist",
+    "check-inject": "controlplane.ops.checkinject",
+    "version": "controlplane.ops.version",
+}
 
 
-def _register_optional() -> None:
-    from controlplane import certcmd, injectcmd, proxystatuscmd
-    from controlplane.agent import cmd as agentcmd
-    from controlplane.demo import cmd as democmd
-    from controlplane.iptables import cmd as iptablescmd
-    from controlplane.ops import analyze as analyzecmd
-    from controlplane.ops import checkinject as checkinjectcmd
-    from controlplane.ops import injectorlist as injectorcmd
-    from controlplane.ops import tag as tagcmd
-
-    for add in (
-        certcmd.add_parser,
-        injectcmd.add_parser,
-        proxystatuscmd.add_parser,
-        agentcmd.add_parser,
-        iptablescmd.add_parser,
-        democmd.add_parser,
-        tagcmd.add_parser,
-        analyzecmd.add_parser,
-        injectorcmd.add_parser,
-        checkinjectcmd.add_parser,
-    ):
-        if add not in SUBCOMMANDS:  # main() may run more than once in one process (tests)
-            SUBCOMMANDS.append(add)
+def add_parser(sub: Any) -> None:
+    """Add `serve`."""
+    _serve_parser(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The parser with `commands` (all by default) as its subcommands."""
     parser = argparse.ArgumentParser(
         prog="meshplane",
         description="meshplane: a small, Istio-compatible service-mesh control plane.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in SUBCOMMANDS:
+    for command in commands:
+        add: Callable[[Any], None] = importlib.import_module(COMMANDS[command]).add_parser
         add(sub)
-    from controlplane.ops import version as versioncmd
-
-    versioncmd.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _register_optional()
-    parser = build_parser()
     given = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(given[:1] if given[:1] and given[0] in COMMANDS else COMMANDS)
     if given[:1] == ["iptables"]:  # its values are read as istio-iptables reads them
         from controlplane.iptables.cmd import attach_values
 

@@ -9,7 +9,6 @@ from controlplane.agent import cmd
 
 
 def parse(*argv: str) -> object:
-    cli._register_optional()
     return cli.build_parser().parse_args(["agent", *argv])
 
 

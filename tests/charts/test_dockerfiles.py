@@ -159,7 +159,6 @@ def test_entrypoint_hands_the_injected_args_to_meshplane(
     forwarded = result.stdout.splitlines()
     expected = [*command, *args] if container == "istio-proxy" else [*command, *args[1:]]
     assert forwarded == expected
-    cli._register_optional()  # what main() does before parsing: every subcommand, agent and iptables included
     args_seen = cli.build_parser().parse_args(forwarded)  # meshplane accepts exactly what the injector writes
     assert args_seen.command == command[0]
 
@@ -169,7 +168,6 @@ def test_entrypoint_runs_istios_pilot_agent_commands_as_meshplane_agent(tmp_path
     result = run_entrypoint(tmp_path, *hook)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["agent", *hook[1:]]
-    cli._register_optional()
     args_seen = cli.build_parser().parse_args(result.stdout.splitlines())
     assert (args_seen.command, args_seen.agent_command, args_seen.debug_port) == ("agent", "request", 15020)
 

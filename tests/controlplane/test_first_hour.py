@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -50,6 +51,26 @@ def test_help_texts_read_as_prose() -> None:
     token_help = meshplane("token", "--help").stdout
     assert "`" not in token_help
     assert "Print the version of meshplane." in meshplane("version", "--help").stdout
+
+
+# Every command builds the whole parser, so every command's imports load at each start of a sidecar's
+# agent or of a CLI command; the Kubernetes client alone took about half a second of CPU there.
+_LOADED_BY_A_START = """
+import contextlib, io, sys
+from controlplane import cli
+for command in ("agent", "serve", "iptables", "version"):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cli.main([command, "--help"])
+import controlplane.server, controlplane.agent.cmd
+print(sorted({name.split(".")[0] for name in sys.modules} & {"kubernetes_asyncio", "rich"}))
+"""
+
+
+def test_commands_that_need_no_cluster_start_without_loading_the_kubernetes_client() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED_BY_A_START], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_config_dir_problems_show_in_registryz_and_their_fix_is_logged(serve: Running) -> None:
