@@ -130,4 +130,5 @@ class ServingRotator:
             self._wake.clear()
             self.check()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.check_interval)
+                async with asyncio.timeout(self.check_interval):
+                    await self._wake.wait()

@@ -337,7 +337,8 @@ class SigningPool:
             if remaining <= 0:
                 raise WorkerUnavailable(f"no signing worker became ready within {READY_TIMEOUT:.0f} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
 
     def _worker_died(self, worker: _Worker, how: str) -> None:
         if worker in self._workers:
@@ -380,11 +381,13 @@ class SigningPool:
         deadline = time.monotonic() + 5.0
         for worker in workers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.exited.wait(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await worker.exited.wait()
             if not worker.exited.is_set():
                 worker.kill()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(worker.exited.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await worker.exited.wait()
             worker._died("was stopped")
             if worker.transport is not None:
                 # Only once asyncio has reaped the process: closing the transport earlier lets the

@@ -134,7 +134,8 @@ class InflightTracker:
     async def wait_idle(self, *, within: float) -> bool:
         """True if every in-flight request finished within `within` seconds."""
         try:
-            await asyncio.wait_for(self._idle.wait(), within)
+            async with asyncio.timeout(within):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -445,7 +445,8 @@ class EnvoyFrontEnd:
         except OSError as exc:
             raise FrontEndError(f"cannot run Envoy ({binary}): {exc.strerror or exc}") from None
         try:
-            self.port = await asyncio.wait_for(self._wait_serving(), self.start_timeout)
+            async with asyncio.timeout(self.start_timeout):
+                self.port = await self._wait_serving()
         except (TimeoutError, FrontEndError) as exc:
             await self._kill()
             reason = str(exc) or f"not serving within {self.start_timeout:.0f}s"
@@ -521,7 +522,8 @@ class EnvoyFrontEnd:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
             try:
-                await asyncio.wait_for(self._proc.wait(), within)
+                async with asyncio.timeout(within):
+                    await self._proc.wait()
             except TimeoutError:
                 await self._kill()
 

@@ -137,7 +137,8 @@ class Debouncer:
                     break
                 self._event.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._event.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._event.wait()
             self._event.clear()
             request, self._pending = self._pending, None
             if request is None:

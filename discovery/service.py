@@ -177,7 +177,8 @@ class DiscoveryService:
                     continue
                 started = time.monotonic()
                 try:
-                    await asyncio.wait_for(asyncio.shield(stream.push(request)), self.send_timeout)
+                    async with asyncio.timeout(self.send_timeout):
+                        await asyncio.shield(stream.push(request))
                 except TimeoutError:
                     if stream.conn is not None:
                         metrics.HOOKS.slow(stream.conn, time.monotonic() - started)

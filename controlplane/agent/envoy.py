@@ -200,7 +200,8 @@ class EnvoySupervisor:
                         backoff = self._initial_backoff
                     _report_exit(proc.pid, code, tail, ran=ran, delay=backoff, bootstrap=self.bootstrap)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), backoff)
+                        async with asyncio.timeout(backoff):
+                            await self._stop.wait()
                     backoff = min(backoff * 2, self._max_backoff)
             finally:
                 if self._proc is not None and self._proc.returncode is None:
@@ -356,7 +357,8 @@ class EnvoySupervisor:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), self._stop_timeout)
+            async with asyncio.timeout(self._stop_timeout):
+                await proc.wait()
         except TimeoutError:
             log.warning("Envoy (pid %d) did not exit %gs after SIGTERM: killing it", proc.pid, self._stop_timeout)
             with contextlib.suppress(ProcessLookupError):

@@ -158,7 +158,8 @@ class SecretManager:
                 delay = min(delay * 2, self.backoff[1])
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+                async with asyncio.timeout(max(wait, 0.0)):
+                    await self._wake.wait()
 
     async def _attempt(self) -> bool:
         """Load the roots, then ask for a certificate. True on success; False after logging why not."""

@@ -80,7 +80,8 @@ class App:
         while not self.stopping.is_set():
             self.write_stats()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), STATS_PERIOD)
+                async with asyncio.timeout(STATS_PERIOD):
+                    await self.stopping.wait()
 
     async def paced(self, rps: float, send: Callable[[], Coroutine[None, None, None]]) -> None:
         """Call `send()` `rps` times a second, each as a task, until stopped; then wait for those in flight."""
@@ -99,7 +100,8 @@ class App:
             if delay < -1.0:  # fell behind (a stalled machine): do not burst to catch up
                 next_at = time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), max(delay, 0))
+                async with asyncio.timeout(max(delay, 0)):
+                    await self.stopping.wait()
         if tasks:
             await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT + 1)
 

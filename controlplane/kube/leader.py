@@ -248,7 +248,8 @@ class LeaderElector:
 
     async def _attempt(self, *, within: float) -> bool:
         try:
-            return await asyncio.wait_for(self.try_acquire_or_renew(), timeout=max(0.01, within))
+            async with asyncio.timeout(max(0.01, within)):
+                return await self.try_acquire_or_renew()
         except _FAILURES as exc:
             log.warning("%s: %s", self._lease, str(exc) or type(exc).__name__)
             return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import pathlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controlplane.kube.client import KubeApi
+from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.kube.leader import (
     LeaderElector,
     holder_identity,
@@ -204,6 +205,43 @@ async def test_a_failing_singleton_fails_the_election_and_releases_the_lease(
     with pytest.raises(RuntimeError, match="singleton bug"):
         await asyncio.wait_for(elector.run({"broken": broken}), timeout=30)
     assert (await lease_spec(kube_api))["holderIdentity"] == ""
+
+
+class InstantApi:
+    """An API server that answers at once, and on request `cancel_at` asks for `task` to be cancelled just
+    as that answer comes back: the moment a renewal finishes is when a stop can arrive."""
+
+    def __init__(self, cancel_at: int) -> None:
+        self.cancel_at = cancel_at
+        self.calls = 0
+        self.lease: dict[str, Any] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def request(self, method: str, path: str, *, body: Any = None, **_: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == self.cancel_at and self.task is not None:
+            asyncio.get_running_loop().call_soon(self.task.cancel)
+        if method != "GET":
+            self.lease = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.calls)}}
+        elif self.lease is None:
+            raise KubeApiError(status=404, reason="NotFound", message=f"leases {LEASE!r} not found")
+        return copy.deepcopy(self.lease)
+
+
+@pytest.mark.parametrize("cancel_at", [2, 4, 6])  # the creating POST, then renewals' PUTs
+async def test_a_stop_that_arrives_as_a_renewal_finishes_stops_the_elector(cancel_at: int) -> None:
+    api = InstantApi(cancel_at)
+    elector = LeaderElector(api, namespace=CP_NS, name=LEASE, identity="istiod-a", lease_duration=0.4)  # type: ignore[arg-type]
+    api.task = task = asyncio.create_task(elector.run({"singleton": asyncio.Event().wait}))
+    try:
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert task in done, f"the elector ran on after its stop ({api.calls} requests)"
+        assert task.cancelled()
+        assert api.lease is not None and api.lease["spec"]["holderIdentity"] == "", "released on the way out"
+    finally:
+        api.cancel_at = 0
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_lease_names_follow_istio_per_revision_elections() -> None:
