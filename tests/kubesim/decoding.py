@@ -14,6 +14,15 @@ and decoding goes on; an `UnmarshalJSON` method's error ends it) and answers as 
 - a mutating webhook's patched object (the dispatcher's `jsonSerializer.Decode`) and a DELETE's DeleteOptions
   (`delete.go`): 500, the decoder's error as it is.
 
+A body that is not JSON is refused in encoding/json's words, as every decode checks the whole body first
+(`checkValid`, the state machine of `scanner.go`): `invalid character '}' after object key`, `invalid character
+' ' in literal true (expecting 'e')` (a space is fed in at the end), `unexpected end of JSON input`, the byte as
+`quoteChar` writes it (`'\\x01'`, a byte from 0x80 up as the Latin-1 rune of its value: `'ÿ'`, `'\\u00a0'`).
+A create or update answers it as a body whose apiVersion and kind cannot be read (`body_json`, `Unreadable`:
+`the object provided is unrecognized (must be of type Pod): couldn't get version/kind; json parse error: ...`),
+a patch as `patch.go` words its decoder's error. Bytes inside strings that are not UTF-8 are read as Go reads
+them, each one U+FFFD (`go_utf8`).
+
 Fields whose types decode themselves are decoded as their methods do: `IntOrString` (a string, or a number
 Go's `encoding/json` reads as an int32), `resource.Quantity` (`ParseQuantity` of a string or of any other
 value's text), `metav1.Time` and `MicroTime` (a string `time.Parse` reads with RFC 3339 layouts), `FieldsV1`
@@ -43,17 +52,20 @@ A custom resource's metadata is decoded into an ObjectMeta and written back (the
 server: struct fields and map keys keep the body's order (Go writes fields in declaration order and map keys
 sorted); a float64 with a fraction is written as Python writes it; a pointer to a value that encodes as null (a
 zero Time) is dropped rather than written null, as kubesim decodes what it encoded again; the metadata of
-embedded resources in custom resources is kept as sent; and the Scale, TokenRequest and TokenReview answers are
-built by their handlers, not encoded from their types.
+embedded resources in custom resources is kept as sent; the Scale, TokenRequest and TokenReview answers are
+built by their handlers, not encoded from their types; and JSON nested deeper than Python's parser goes (about a
+thousand levels, where Go's scanner takes 10000) is not read.
 """
 
 from __future__ import annotations
 
+import codecs
 import copy
 import functools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -171,6 +183,271 @@ def kind_type(api_version: str, kind: str) -> GoType:
     return go_type(f"{package if kind in gotypes.STRUCTS.get(package, {}) else 'meta/v1'}.{kind}")
 
 
+# -- reading JSON: Go's scanner and its words ----------------------------------------------------------
+
+MAX_NESTING = 10000  # `maxNestingDepth`
+_SPACE = frozenset(b" \t\r\n")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = frozenset(b'bfnrt\\/"')
+_IN_OBJECT_KEY, _IN_OBJECT_VALUE, _IN_ARRAY = range(3)
+
+
+class JSONSyntaxError(ValueError):
+    """JSON that encoding/json's scanner refuses, in its words (`SyntaxError`)."""
+
+
+def quote_char(byte: int) -> str:
+    """`quoteChar`: a byte in single quotes, as `strconv.Quote` writes the rune of its value (so a byte from
+    0x80 up is a Latin-1 letter or a `\\u` escape); a quote is escaped, a double quote not."""
+    if byte == ord("'"):
+        return "'\\''"
+    if byte == ord('"'):
+        return "'\"'"
+    return "'" + go_string(chr(byte))[1:-1] + "'"
+
+
+class _Scanner:
+    """encoding/json's scanner (`scanner.go`) as `checkValid` drives it over a whole body: one byte at a time
+    through its states, a stack of the objects and arrays it is in; the first byte no state takes is the error,
+    `invalid character <byte> <what the state was looking for>`. At the end a space is fed in, so a number ends
+    there (and `1.` is an invalid ' ' after the decimal point); a value not ended by then is `unexpected end of
+    JSON input`."""
+
+    def __init__(self) -> None:
+        self.step: Callable[[int], None] = self._begin_value
+        self.stack: list[int] = []
+        self.ended = False
+        self.word, self.at = "", 0  # the literal (true, false, null) or `\\u` escape being read, and where
+
+    def check(self, raw: bytes) -> str | None:
+        try:
+            for byte in raw:
+                self.step(byte)
+            if not self.ended:
+                self.step(ord(" "))
+        except JSONSyntaxError as exc:
+            return str(exc)
+        return None if self.ended else "unexpected end of JSON input"
+
+    def _fail(self, byte: int, context: str) -> None:
+        raise JSONSyntaxError(f"invalid character {quote_char(byte)} {context}")
+
+    def _push(self, byte: int, state: int) -> None:
+        self.stack.append(state)
+        if len(self.stack) > MAX_NESTING:
+            self._fail(byte, "exceeded max depth")
+
+    def _pop(self) -> None:
+        self.stack.pop()
+        if self.stack:
+            self.step = self._end_value
+        else:
+            self.step, self.ended = self._end_top, True
+
+    def _begin_value_or_empty(self, byte: int) -> None:  # after `[`
+        if byte == ord("]"):
+            self._end_value(byte)
+        else:
+            self._begin_value(byte)
+
+    def _begin_value(self, byte: int) -> None:
+        if byte in _SPACE:
+            return
+        if byte == ord("{"):
+            self.step = self._begin_key_or_empty
+            self._push(byte, _IN_OBJECT_KEY)
+        elif byte == ord("["):
+            self.step = self._begin_value_or_empty
+            self._push(byte, _IN_ARRAY)
+        elif byte == ord('"'):
+            self.step = self._in_string
+        elif byte == ord("-"):
+            self.step = self._negative
+        elif byte == ord("0"):
+            self.step = self._zero
+        elif ord("1") <= byte <= ord("9"):
+            self.step = self._integer
+        elif byte in b"tfn":
+            self.word, self.at = {"t": "true", "f": "false", "n": "null"}[chr(byte)], 1
+            self.step = self._in_literal
+        else:
+            self._fail(byte, "looking for beginning of value")
+
+    def _begin_key_or_empty(self, byte: int) -> None:  # after `{`
+        if byte == ord("}"):
+            self.stack[-1] = _IN_OBJECT_VALUE
+            self._end_value(byte)
+        else:
+            self._begin_key(byte)
+
+    def _begin_key(self, byte: int) -> None:
+        if byte in _SPACE:
+            return
+        if byte != ord('"'):
+            self._fail(byte, "looking for beginning of object key string")
+        self.step = self._in_string
+
+    def _end_value(self, byte: int) -> None:
+        if not self.stack:
+            self.step, self.ended = self._end_top, True
+            self._end_top(byte)
+            return
+        if byte in _SPACE:
+            self.step = self._end_value
+            return
+        state = self.stack[-1]
+        if state == _IN_OBJECT_KEY:
+            if byte != ord(":"):
+                self._fail(byte, "after object key")
+            self.stack[-1], self.step = _IN_OBJECT_VALUE, self._begin_value
+        elif state == _IN_OBJECT_VALUE:
+            if byte == ord(","):
+                self.stack[-1], self.step = _IN_OBJECT_KEY, self._begin_key
+            elif byte == ord("}"):
+                self._pop()
+            else:
+                self._fail(byte, "after object key:value pair")
+        elif byte == ord(","):
+            self.step = self._begin_value
+        elif byte == ord("]"):
+            self._pop()
+        else:
+            self._fail(byte, "after array element")
+
+    def _end_top(self, byte: int) -> None:
+        if byte not in _SPACE:
+            self._fail(byte, "after top-level value")
+
+    def _in_string(self, byte: int) -> None:
+        if byte == ord('"'):
+            self.step = self._end_value
+        elif byte == ord("\\"):
+            self.step = self._in_escape
+        elif byte < 0x20:
+            self._fail(byte, "in string literal")
+
+    def _in_escape(self, byte: int) -> None:
+        if byte in _ESCAPES:
+            self.step = self._in_string
+        elif byte == ord("u"):
+            self.at, self.step = 0, self._in_unicode_escape
+        else:
+            self._fail(byte, "in string escape code")
+
+    def _in_unicode_escape(self, byte: int) -> None:
+        if byte not in _HEX:
+            self._fail(byte, "in \\u hexadecimal character escape")
+        self.at += 1
+        if self.at == 4:
+            self.step = self._in_string
+
+    def _negative(self, byte: int) -> None:
+        if byte == ord("0"):
+            self.step = self._zero
+        elif ord("1") <= byte <= ord("9"):
+            self.step = self._integer
+        else:
+            self._fail(byte, "in numeric literal")
+
+    def _integer(self, byte: int) -> None:
+        if not ord("0") <= byte <= ord("9"):
+            self._zero(byte)
+
+    def _zero(self, byte: int) -> None:
+        if byte == ord("."):
+            self.step = self._dot
+        elif byte in b"eE":
+            self.step = self._exponent
+        else:
+            self._end_value(byte)
+
+    def _dot(self, byte: int) -> None:
+        if not ord("0") <= byte <= ord("9"):
+            self._fail(byte, "after decimal point in numeric literal")
+        self.step = self._fraction
+
+    def _fraction(self, byte: int) -> None:
+        if byte in b"eE":
+            self.step = self._exponent
+        elif not ord("0") <= byte <= ord("9"):
+            self._end_value(byte)
+
+    def _exponent(self, byte: int) -> None:
+        if byte in b"+-":
+            self.step = self._exponent_sign
+        else:
+            self._exponent_sign(byte)
+
+    def _exponent_sign(self, byte: int) -> None:
+        if not ord("0") <= byte <= ord("9"):
+            self._fail(byte, "in exponent of numeric literal")
+        self.step = self._exponent_digits
+
+    def _exponent_digits(self, byte: int) -> None:
+        if not ord("0") <= byte <= ord("9"):
+            self._end_value(byte)
+
+    def _in_literal(self, byte: int) -> None:
+        expected = ord(self.word[self.at])
+        if byte != expected:
+            self._fail(byte, f"in literal {self.word} (expecting {quote_char(expected)})")
+        self.at += 1
+        if self.at == len(self.word):
+            self.step = self._end_value
+
+
+def json_syntax_error(raw: bytes | str) -> str | None:
+    """What encoding/json says of a body that is not JSON, which every decode checks first (`checkValid`): the
+    scanner's error, or None."""
+    return _Scanner().check(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+
+
+def _go_replace(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return "\ufffd", error.start + 1
+
+
+codecs.register_error("go-utf8", _go_replace)
+
+
+def go_utf8(raw: bytes) -> str:
+    """Bytes as Go reads them into runes (`utf8.DecodeRune`): each byte that does not start a valid UTF-8
+    sequence is U+FFFD on its own (Python's decoder would replace a cut-off sequence as one)."""
+    return raw.decode("utf-8", "go-utf8")
+
+
+def read_json(raw: bytes | str, *, number: Callable[[str], float] = float) -> Any:
+    """JSON as the API server's decoders read it: what Go's scanner refuses is a `JSONSyntaxError` in its words
+    (NaN and Infinity too); a string's bytes that are not UTF-8 are U+FFFD (`go_utf8`), as the decoder's
+    `unquote` reads them. A number beyond a float's range is refused in `strict_json`'s words."""
+    try:
+        return strict_json(go_utf8(raw) if isinstance(raw, bytes) else raw, number=number)
+    except ValueError:
+        problem = json_syntax_error(raw)
+        if problem is not None:
+            raise JSONSyntaxError(problem) from None
+        raise
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A request body that is not JSON, as `body_json` reads it: the handler's decoder refuses it when it reads
+    the body's apiVersion and kind, and `check_object` answers it with the kind it decodes into."""
+
+    raw: bytes
+    error: str
+
+
+def body_json(raw: bytes) -> Any:
+    """A JSON request body as a create or update handler reads it (`read_json`), `Unreadable` when Go's scanner
+    refuses it."""
+    try:
+        return read_json(raw)
+    except JSONSyntaxError as exc:
+        return Unreadable(raw, str(exc))
+
+
 # -- Go's renderings ------------------------------------------------------------------------------
 
 
@@ -188,8 +465,8 @@ def _literal(text: str) -> Literal:
 
 
 def parse_literal(raw: bytes | str) -> Any:
-    """JSON as `strict_json` reads it, each non-integer number keeping its text."""
-    return strict_json(raw, number=_literal)
+    """JSON as `read_json` reads it, each non-integer number keeping its text."""
+    return read_json(raw, number=_literal)
 
 
 def plain(value: Any) -> Any:
@@ -921,6 +1198,7 @@ def _convert_scalar(value: Any, kind: str, t: GoType) -> str | None:
 
 # The struct `SimpleMetaFactory.Interpret` reads apiVersion and kind into, as reflect prints its type.
 FIND_KIND = 'struct { APIVersion string "json:\\"apiVersion,omitempty\\""; Kind string "json:\\"kind,omitempty\\"" }'
+FIND_KIND_ERROR = "couldn't get version/kind; json parse error: "  # how `Interpret` words encoding/json's error
 
 
 def summarize(raw: bytes) -> str:
@@ -928,7 +1206,7 @@ def summarize(raw: bytes) -> str:
     if not raw:
         return "<empty>"
     head = raw[:30]
-    shown = head.decode("utf-8", "replace") if raw[:1] == b"{" else head.hex()
+    shown = go_utf8(head) if raw[:1] == b"{" else head.hex()
     return shown + (" ..." if len(raw) > 30 else "")
 
 
@@ -951,9 +1229,17 @@ def interpret_error(body: Any) -> str | None:
     return None
 
 
+def unrecognized(kind: str, error: str, raw: bytes) -> ApiError:
+    """`transformDecodeError` of a body whose apiVersion and kind could not be read: 400, the error and the
+    body's start (`summarize`)."""
+    return bad_request(f"the object provided is unrecognized (must be of type {kind}): {error} ({summarize(raw)})")
+
+
 def check_body(resource: ResourceType, body: Any, raw: bytes, content_type: str) -> None:
     """A create's or update's body decoded as the handlers decode it (`check_object`); a custom resource's is
-    not decoded into a struct, so left to its schema."""
+    not decoded into a struct, so left to its schema; a body that is not JSON is refused all the same."""
+    if isinstance(body, Unreadable):
+        raise unrecognized(resource.kind, f"{FIND_KIND_ERROR}{body.error}", body.raw)
     if not resource.custom:
         check_object(body, raw, content_type, kind=resource.kind, api_version=resource.api_version)
 
@@ -964,7 +1250,7 @@ def decode_error(body: Any, *, kind: str, api_version: str, literal: Any = None)
     of another kind (whose own checks follow). `literal` is the body read with its numbers as written."""
     problem = interpret_error(body)
     if problem is not None:
-        return f"couldn't get version/kind; json parse error: {problem}" if problem.startswith("json:") else problem
+        return f"{FIND_KIND_ERROR}{problem}" if problem.startswith("json:") else problem
     if not isinstance(body, dict) or (body.get("apiVersion") or api_version) != api_version:
         return None
     if (body.get("kind") or kind) != kind:
@@ -979,7 +1265,11 @@ def check_object(body: Any, raw: bytes, content_type: str, *, kind: str, api_ver
     when its apiVersion and kind cannot be read, `Pod in version "v1" cannot be handled as a Pod: ...` when a
     field does not decode. A JSON body is read again for its numbers as written; a protobuf one is typed
     already. A body that decodes becomes, in place, what its Go value encodes to (`round_trip`), its quantities
-    read from their numbers as written."""
+    read from their numbers as written. A JSON body Go's scanner refuses (`Unreadable`) is refused as the first
+    decode of it, `Interpret`'s, words it: `couldn't get version/kind; json parse error: invalid character ...`,
+    an unrecognized object."""
+    if isinstance(body, Unreadable):
+        raise unrecognized(kind, f"{FIND_KIND_ERROR}{body.error}", body.raw)
     if content_type == PROTOBUF:
         _round_trip_in_place(body, kind=kind, api_version=api_version)
         return
@@ -989,7 +1279,7 @@ def check_object(body: Any, raw: bytes, content_type: str, *, kind: str, api_ver
         _round_trip_in_place(body, kind=kind, api_version=api_version, source=literal)
         return
     if interpret_error(body) is not None:
-        raise bad_request(f"the object provided is unrecognized (must be of type {kind}): {problem} ({summarize(raw)})")
+        raise unrecognized(kind, problem, raw)
     version = api_version.rpartition("/")[2]
     raise bad_request(f'{kind} in version "{version}" cannot be handled as a {kind}: {problem}')
 

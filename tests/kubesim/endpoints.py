@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.kubesim import admission, protobuf, tables
+from tests.kubesim import admission, decoding, protobuf, tables
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import (
     FieldSelector,
@@ -35,7 +35,7 @@ from tests.kubesim.selectors import (
 from tests.kubesim.status import ApiError, bad_request, options_invalid
 from tests.kubesim.storage import Obj
 from tests.kubesim.strictdecoding import Document
-from tests.kubesim.validation import FieldErrors, go_len, go_string_slice, strict_json
+from tests.kubesim.validation import FieldErrors, go_len, go_string_slice
 from tests.kubesim.warning import Recorder
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
@@ -201,7 +201,7 @@ async def read_body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYP
     try:
         if ctype == "application/yaml":
             return yaml.safe_load(raw)
-        return strict_json(raw)
+        return decoding.body_json(raw)
     except (ValueError, yaml.YAMLError) as exc:
         raise bad_request(f"the object provided is unrecognized (body is not {ctype}): {exc}") from None
 

@@ -1,9 +1,10 @@
 """Pod spec validation as the API server does it (`ValidatePodSpec` and what it calls), for Pods and
 the pod templates of workloads: volumes and mounts, containers (ports, resources, probes and
-lifecycle hooks, env, security contexts), host-network ports, DNS and pod-level fields. Paths and
-messages are the real server's; its version is 1.32, whose default feature gates decide two rules
-(relaxed environment variable names; `procMount` forced to Default before validation, in
-`tests.kubesim.resources`)."""
+lifecycle hooks, env, security contexts), host-network ports, DNS, tolerations (and which of them a Pod
+update may change) and pod-level fields. Paths and messages are the real server's; its version is 1.32,
+whose default feature gates decide two rules (relaxed environment variable names; `procMount` forced to
+Default before validation, in `tests.kubesim.resources`). Not modelled: tolerations given in the
+`scheduler.alpha.kubernetes.io/tolerations` annotation (`ValidateTolerationsInPodAnnotations`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.kubesim.validation import (
     go_struct,
     go_trim_space,
     int_or_zero,
+    label_value_problems,
     qualified_name_problems,
     subdomain_problems,
     too_long_problems,
@@ -620,6 +622,77 @@ def _validate_host_network_ports(spec: Obj, path: str, errors: FieldErrors, *, r
                 errors.invalid(f"{path}.containers[{i}].ports[{j}].hostPort", host, detail)
 
 
+# -- tolerations -----------------------------------------------------------------------------------
+
+_TOLERATION_OPERATORS = ["Equal", "Exists"]
+_TAINT_EFFECTS = ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+def _toleration_field(toleration: Obj, key: str) -> str:
+    """A string field of a toleration as its Go struct holds it: missing or null is the empty string."""
+    value = toleration.get(key)
+    return "" if value is None else str(value)
+
+
+def validate_tolerations(tolerations: Any, path: str, errors: FieldErrors) -> None:
+    """A pod spec's tolerations as `ValidateTolerations` checks them, each one's problems in this order: a key,
+    when set, is a qualified name (`ValidateLabelName`, a cause per reason); an empty key needs operator Exists
+    (the match-everything toleration); `tolerationSeconds` needs effect NoExecute; then the operator: Equal or
+    empty (which means Equal) takes a label value, its reasons joined by ";" and reported at `operator`, not
+    `value`; Exists takes no value (reported at `operator` too, with the value as the bad value, as 1.32 does);
+    any other operator is unsupported; last, a non-empty effect is NoSchedule, PreferNoSchedule or NoExecute
+    (`validateTaintEffect`)."""
+    for i, raw in enumerate(tolerations if isinstance(tolerations, list) else []):
+        toleration = raw if isinstance(raw, dict) else {}
+        here = f"{path}[{i}]"
+        key = _toleration_field(toleration, "key")
+        operator = _toleration_field(toleration, "operator")
+        value = _toleration_field(toleration, "value")
+        effect = _toleration_field(toleration, "effect")
+        for problem in qualified_name_problems(key) if key else []:
+            errors.invalid(f"{here}.key", key, problem)
+        if not key and operator != "Exists":
+            errors.invalid(
+                f"{here}.operator",
+                operator,
+                'operator must be Exists when `key` is empty, which means "match all values and all keys"',
+            )
+        if toleration.get("tolerationSeconds") is not None and effect != "NoExecute":
+            errors.invalid(f"{here}.effect", effect, "effect must be 'NoExecute' when `tolerationSeconds` is set")
+        if operator in ("Equal", ""):
+            problems = label_value_problems(value)
+            if problems:
+                errors.invalid(f"{here}.operator", value, ";".join(problems))
+        elif operator == "Exists":
+            if value:
+                errors.invalid(f"{here}.operator", value, "value must be empty when `operator` is 'Exists'")
+        else:
+            errors.not_supported(f"{here}.operator", operator, _TOLERATION_OPERATORS)
+        if effect and effect not in _TAINT_EFFECTS:
+            errors.not_supported(f"{here}.effect", effect, _TAINT_EFFECTS)
+
+
+def _toleration_identity(toleration: Any) -> tuple[str, str, str, str]:
+    """What of a toleration an update may not change: all of it but `tolerationSeconds`."""
+    item = toleration if isinstance(toleration, dict) else {}
+    key, operator = _toleration_field(item, "key"), _toleration_field(item, "operator")
+    return key, operator, _toleration_field(item, "value"), _toleration_field(item, "effect")
+
+
+def validate_only_added_tolerations(new: Any, old: Any, path: str, errors: FieldErrors) -> None:
+    """A Pod update's tolerations (`validateOnlyAddedTolerations`): each old toleration must still be there,
+    equal in all but its `tolerationSeconds` (which may change either way); the first one missing is one
+    Forbidden cause naming the whole list, and nothing more is checked. Otherwise the new list is validated
+    once more (`ValidateTolerations`), after the spec's own validation did it already, so each of its
+    problems is a cause twice (the 422's message lists it once)."""
+    kept = {_toleration_identity(t) for t in (new if isinstance(new, list) else [])}
+    for toleration in old if isinstance(old, list) else []:
+        if _toleration_identity(toleration) not in kept:
+            errors.forbidden(path, "existing toleration can not be modified except its tolerationSeconds")
+            return
+    validate_tolerations(new, path, errors)
+
+
 _DNS_POLICIES = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"]
 
 
@@ -641,8 +714,8 @@ def _validate_dns(spec: Obj, path: str, errors: FieldErrors) -> None:
 
 def _validate_pod_fields(spec: Obj, path: str, errors: FieldErrors) -> None:
     """Pod-wide fields after the containers: restart and DNS policy, the pod securityContext, the service
-    account's name and the active deadline. A negative terminationGracePeriodSeconds is allowed (deletion
-    treats it as 1), so it is not checked."""
+    account's name, the active deadline and the tolerations. A negative terminationGracePeriodSeconds is
+    allowed (deletion treats it as 1), so it is not checked."""
     restart = spec.get("restartPolicy")
     if restart not in (None, "Always", "OnFailure", "Never"):
         errors.not_supported(f"{path}.restartPolicy", restart, ["Always", "OnFailure", "Never"])
@@ -654,6 +727,7 @@ def _validate_pod_fields(spec: Obj, path: str, errors: FieldErrors) -> None:
     deadline = spec.get("activeDeadlineSeconds")
     if _is_int(deadline) and not 1 <= deadline <= 2147483647:
         errors.invalid(f"{path}.activeDeadlineSeconds", deadline, "must be between 1 and 2147483647, inclusive")
+    validate_tolerations(spec.get("tolerations"), f"{path}.tolerations", errors)
 
 
 def validate_pod_spec(spec: Any, path: str, errors: FieldErrors, *, resource_is_pod: bool = False) -> None:

@@ -30,7 +30,7 @@ from tests.kubesim.admission import Admission
 from tests.kubesim.allocators import Allocation, ServiceAllocator, drop_type_dependent_fields, keep_allocations
 from tests.kubesim.customresources import CustomResources
 from tests.kubesim.endpoints import Clock, Context, now_stamp
-from tests.kubesim.resources import ResourceType
+from tests.kubesim.resources import ResourceType, admit_default_toleration_seconds
 from tests.kubesim.schemas import SCHEMAS, prune_unknown
 from tests.kubesim.status import ApiError, already_exists, bad_request, conflict, forbidden, invalid, not_found
 from tests.kubesim.storage import Obj, Storage
@@ -265,6 +265,7 @@ class Registry:
             except (AttributeError, TypeError, KeyError):
                 pass  # a malformed pod: validation names the field
             else:
+                admit_default_toleration_seconds(admitted)
                 obj = admitted
         return obj
 
@@ -393,6 +394,8 @@ class Registry:
         if resource.defaults is not None:
             resource.defaults(obj)
         self._track_fields(resource, old, obj, ctx.field_manager)
+        if resource.plural == "pods" and not subresource:
+            admit_default_toleration_seconds(obj)  # a built-in plugin: before the mutating webhooks
         obj = check_type(resource, await self._admission.mutate(attrs, warnings=ctx.warnings))
         decoding.typed_in_place(resource, obj)
         if obj["metadata"].get("name") != name:

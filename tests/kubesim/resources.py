@@ -8,6 +8,11 @@ which fields are immutable on update. Adding a resource is one entry in `RESOURC
 Pod specs (of Pods and of workloads' templates) are validated in `tests.kubesim.podspec`, Services in
 `tests.kubesim.servicespec`, the RBAC kinds (and defaulted) in `tests.kubesim.rbac`.
 
+A Pod's defaults here also hold what the built-in Priority admission plugin adds (priority and preemption
+policy): the real chain runs it once, before the mutating webhooks; here it runs with the defaults, so again on
+the object a mutating webhook gives back. DefaultTolerationSeconds (`admit_default_toleration_seconds`) runs
+where the real chain runs it, in the registry's admission step before the webhooks.
+
 Custom resources are not in `RESOURCES`: `tests.kubesim.customresources` builds their `ResourceType`s from
 each stored CustomResourceDefinition (whose own entry is here).
 """
@@ -20,10 +25,12 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from tests.kubesim import rbac, weburl
-from tests.kubesim.podspec import validate_pod_only, validate_pod_spec
+from tests.kubesim.kl_env import parse_quantity
+from tests.kubesim.podspec import validate_only_added_tolerations, validate_pod_only, validate_pod_spec
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
 from tests.kubesim.selectors import FieldGetter, SelectorError, selector_from_label_selector
 from tests.kubesim.servicespec import default_service, validate_service, validate_service_update
@@ -268,6 +275,8 @@ def _force_default_proc_mount(spec: Obj) -> None:
 
 
 def default_pod_spec(spec: Obj) -> None:
+    """What a Pod's spec and a workload template's take alike (`SetDefaults_PodSpec` and the container, probe and
+    volume defaulters); what only a Pod takes (`SetDefaults_Pod`) is in `_default_pod`."""
     _default_unset(spec, "restartPolicy", "Always")
     if spec.get("terminationGracePeriodSeconds") is None:
         spec["terminationGracePeriodSeconds"] = 30
@@ -275,7 +284,6 @@ def default_pod_spec(spec: Obj) -> None:
     if spec.get("securityContext") is None:
         spec["securityContext"] = {}
     _default_unset(spec, "schedulerName", "default-scheduler")
-    spec.setdefault("enableServiceLinks", True)
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:
             if isinstance(container, dict):
@@ -295,21 +303,47 @@ def default_pod_spec(spec: Obj) -> None:
             volume["downwardAPI"].setdefault("defaultMode", 420)
 
 
-def _quantity_present(container: Mapping[str, Any], section: str) -> bool:
-    return bool((container.get("resources") or {}).get(section))
+_QOS_RESOURCES = frozenset({"cpu", "memory"})
+
+
+def _qos_amounts(resources: Mapping[str, Any], section: str) -> dict[str, Fraction]:
+    """The cpu and memory of a container's `requests` or `limits` that count for its QoS: those above zero."""
+    listed = resources.get(section)
+    amounts: dict[str, Fraction] = {}
+    for name, quantity in listed.items() if isinstance(listed, Mapping) else ():
+        try:
+            amount = parse_quantity(quantity)
+        except ValueError:
+            continue
+        if name in _QOS_RESOURCES and amount > 0:
+            amounts[name] = amount
+    return amounts
 
 
 def qos_class(spec: Mapping[str, Any]) -> str:
-    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
-    if not any(_quantity_present(c, "requests") or _quantity_present(c, "limits") for c in containers):
+    """A new Pod's `status.qosClass` as the Pod strategy's PrepareForCreate sets it (`ComputePodQOS`; pod-level
+    resources are behind the PodLevelResources gate, off in 1.32), so after defaulting: requests a limit gave
+    count. Only cpu and memory above zero count, summed over the containers and init containers. None at all:
+    BestEffort. Guaranteed: every container has a cpu and a memory limit, and the summed requests equal the
+    summed limits for both resources. Anything else: Burstable."""
+    requests: dict[str, Fraction] = {}
+    limits: dict[str, Fraction] = {}
+    guaranteed = True
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        given = container.get("resources") if isinstance(container, Mapping) else None
+        resources: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        for name, amount in _qos_amounts(resources, "requests").items():
+            requests[name] = requests.get(name, Fraction(0)) + amount
+        container_limits = _qos_amounts(resources, "limits")
+        for name, amount in container_limits.items():
+            limits[name] = limits.get(name, Fraction(0)) + amount
+        if set(container_limits) != _QOS_RESOURCES:
+            guaranteed = False
+    if not requests and not limits:
         return "BestEffort"
-    for c in containers:
-        limits = (c.get("resources") or {}).get("limits") or {}
-        requests = (c.get("resources") or {}).get("requests") or {}
-        for res in ("cpu", "memory"):
-            if res not in limits or requests.get(res, limits[res]) != limits[res]:
-                return "Burstable"
-    return "Guaranteed"
+    if guaranteed and requests.keys() == limits.keys() and all(limits[n] == a for n, a in requests.items()):
+        return "Guaranteed"
+    return "Burstable"
 
 
 def _default_host_network_ports(spec: Obj) -> None:
@@ -324,30 +358,68 @@ def _default_host_network_ports(spec: Obj) -> None:
                     port["hostPort"] = port["containerPort"]
 
 
+def _default_requests_from_limits(spec: Obj) -> None:
+    """A resource a container or init container limits but does not request is requested at its limit
+    (`SetDefaults_Pod`: a Pod's, not a template's, so a workload keeps what it was given; ephemeral
+    containers have no resources). Pod-level resources and their defaults are behind the PodLevelResources
+    gate, off in 1.32."""
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            resources = container.get("resources") if isinstance(container, dict) else None
+            limits = resources.get("limits") if isinstance(resources, dict) else None
+            if not isinstance(resources, dict) or not isinstance(limits, dict) or not limits:
+                continue
+            requests = resources.get("requests")
+            if not isinstance(requests, dict):
+                requests = resources["requests"] = {}
+            for name, quantity in limits.items():
+                requests.setdefault(name, quantity)
+
+
+NODE_NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+NODE_UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+DEFAULT_TOLERATION_SECONDS = 300  # --default-not-ready-toleration-seconds, --default-unreachable-toleration-seconds
+
+
+def admit_default_toleration_seconds(pod: Obj) -> None:
+    """The DefaultTolerationSeconds admission plugin (on by default), on a Pod's create and update but no
+    subresource's: unless the pod already tolerates the taint, a NoExecute toleration of
+    `node.kubernetes.io/not-ready`, then one of `node.kubernetes.io/unreachable`, each with operator Exists
+    and 300 seconds, is appended to its tolerations. A toleration counts when its key is the taint's or
+    empty and its effect is NoExecute or empty, whatever its operator, value or seconds (so `operator:
+    Exists` alone, which tolerates everything, leaves the list as it is). The real chain runs it after the
+    ServiceAccount and Priority plugins and before the mutating webhooks, which may remove what it added."""
+    spec = pod.get("spec")
+    tolerations = spec.get("tolerations") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(tolerations, (list, type(None))):
+        return
+    current = [t for t in tolerations or [] if isinstance(t, dict)]
+
+    def tolerated(taint: str) -> bool:
+        return any(
+            (t.get("key") or "") in (taint, "") and (t.get("effect") or "") in ("NoExecute", "") for t in current
+        )
+
+    added = [
+        {"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}
+        for taint in (NODE_NOT_READY_TAINT, NODE_UNREACHABLE_TAINT)
+        if not tolerated(taint)
+    ]
+    if added:
+        spec["tolerations"] = [*(tolerations or []), *added]
+
+
 def _default_pod(obj: Obj) -> None:
+    """A Pod's defaults (`SetDefaults_Pod`, `SetDefaults_PodSpec` and what they call), then what the built-in
+    Priority admission plugin adds: priority and preemption policy (see the module's docstring)."""
     spec = obj.setdefault("spec", {})
     if isinstance(spec, dict):
+        _default_requests_from_limits(spec)
+        spec.setdefault("enableServiceLinks", True)  # `SetDefaults_Pod`: a template keeps it unset
         default_pod_spec(spec)
         _default_host_network_ports(spec)
         spec.setdefault("priority", 0)
         spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
-        spec.setdefault(
-            "tolerations",
-            [
-                {
-                    "key": "node.kubernetes.io/not-ready",
-                    "operator": "Exists",
-                    "effect": "NoExecute",
-                    "tolerationSeconds": 300,
-                },
-                {
-                    "key": "node.kubernetes.io/unreachable",
-                    "operator": "Exists",
-                    "effect": "NoExecute",
-                    "tolerationSeconds": 300,
-                },
-            ],
-        )
 
 
 def _pod_status(obj: Obj) -> Obj:
@@ -545,12 +617,15 @@ def _pod_spec_without_mutable(spec: Mapping[str, Any]) -> Obj:
 
 
 def _validate_pod_update(new: Obj, old: Obj, errors: FieldErrors) -> None:
-    if _pod_spec_without_mutable(new.get("spec") or {}) != _pod_spec_without_mutable(old.get("spec") or {}):
+    """What `ValidatePodUpdate` checks besides the spec's own validation: the tolerations (only additions, and
+    changes of `tolerationSeconds`: `validateOnlyAddedTolerations`), then that nothing else but the images,
+    the active deadline and the tolerations changed."""
+    new_spec, old_spec = new.get("spec") or {}, old.get("spec") or {}
+    validate_only_added_tolerations(
+        new_spec.get("tolerations"), old_spec.get("tolerations"), "spec.tolerations", errors
+    )
+    if _pod_spec_without_mutable(new_spec) != _pod_spec_without_mutable(old_spec):
         errors.forbidden("spec", _POD_MUTABLE_NOTE)
-    old_tolerations = (old.get("spec") or {}).get("tolerations") or []
-    new_tolerations = (new.get("spec") or {}).get("tolerations") or []
-    if any(t not in new_tolerations for t in old_tolerations):
-        errors.forbidden("spec.tolerations", "existing toleration can not be modified except its tolerationSeconds")
 
 
 def _validate_workload(obj: Obj, errors: FieldErrors) -> None:

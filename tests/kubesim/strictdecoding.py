@@ -5,17 +5,24 @@ reads the whole body and lists, in the order it meets them, each field given twi
 field "metadata.name"`) and each field the Go type does not have (`unknown field "spec.foo"`), each text once
 and at most 100 in all. A struct's fields are told apart by their exact JSON name, a map's (and an untyped
 object's) entries by key; fields the type does not have, and types that decode themselves (`Time`,
-`Quantity`, `IntOrString`, `FieldsV1`, raw JSON), are not looked into. The path names fields with dots and
-list items with `[i]`.
+`Quantity`, `IntOrString`, `FieldsV1`, raw JSON), are not looked into. The path is the decoder's field stack
+(`appendStrictFieldStackKey`, `appendStrictFieldStackIndex`): struct fields and map keys joined with dots, list
+items by their index, `[i]`, with no dot before it: `unknown field "spec.containers[0].ports[1].hostIPP"`,
+`unknown field "spec.versions[0].schema.openAPIV3Schema.properties.spec.bogus"`. The struct has no place for
+an unknown field, so it is not in the decoded object, whatever `fieldValidation` says.
 
 The value decoded is Go's: a repeated field is decoded into what its earlier occurrence left, so a scalar takes
 the last value, a struct keeps the fields only the earlier one set, a map keeps the keys only the earlier one
 had (each given key's value replaced), a list is decoded item by item over the earlier one and cut to the later
 one's length; what is held as `interface{}` (a custom resource, a patch) takes the last value. A custom
-resource is decoded as a map, and its unknown fields come from pruning after the decoder's repeats
-(`schemaCoercingDecoder`). A YAML body is converted to JSON first: repeated keys are one error of the YAML
-parser (`YAMLToJSONStrict`: `yaml: unmarshal errors:\\n  line 3: key "name" already set in map`, the line of
-the repeated key's value), and the converted JSON has its keys sorted, the order unknown fields are met in.
+resource is decoded as a map, and its unknown fields are the schema coercer's, after the decoder's repeats
+(`schemaCoercingDecoder`, `unstructuredSchemaCoercer.apply`): its metadata's first, from a strict decode of the
+metadata into an ObjectMeta (`GetObjectMetaWithOptions`: `metadata.ownerReferences[0].bogus`), then what
+pruning by the version's schema finds, sorted (`PruneWithOptions`, list items `[i]` too); these are written
+`unknown field "<path>"` as they are, not quoted. A YAML body is converted to JSON first: repeated keys are one
+error of the YAML parser (`YAMLToJSONStrict`: `yaml: unmarshal errors:\\n  line 3: key "name" already set in
+map`, the line of the repeated key's value), and the converted JSON has its keys sorted, the order unknown
+fields are met in.
 
 How each handler reports them:
 
@@ -25,18 +32,27 @@ How each handler reports them:
   "metadata.name", unknown field "dta"`;
 - JSON, merge and strategic merge patches (`patch.go`): the patch itself is decoded strictly (a JSON patch into
   its list of operations, its errors prefixed `json patch `; the others into a map), then the patched object
-  (its unknown fields); `Warn` makes warnings, `Strict` fails with 422 on the field `patch` (`NewInvalid` with
-  no kind and no name), its value the patched JSON or, for a strategic merge patch, the patch map;
+  (its unknown fields, `patched_unknown`: a JSON or merge patch's by the strict decoder, a strategic merge
+  patch's by the unstructured converter, whose path leaves map keys out and whose errors are sorted and not
+  quoted, `FromUnstructuredWithValidation`); `Warn` makes warnings, `Strict` fails with 422 on the field
+  `patch` (`NewInvalid` with no kind and no name), its value the patched JSON or, for a strategic merge patch,
+  the patch map;
 - server-side apply (`applyPatcher`): once the apply is computed the configuration is parsed again by the
   strict YAML parser; `Warn` makes each repeated key a warning, `Strict` fails with 400 `error strict decoding
   YAML: error converting YAML to JSON: yaml: unmarshal errors: ...`.
 
 `Ignore` decodes without any of it (a repeated field still decodes as above).
+
+What differs from the real server: a JSON or merge patch's patched object is walked in kubesim's order of its
+fields, where the server meets them in the JSON evanphx/json-patch writes (keys sorted where the patch went);
+what the kinds' pruning schemas (`tests.kubesim.schemas`) find that the Go types do not is reported too, by the
+path pruning gives it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +62,7 @@ import yaml
 from tests.kubesim import decoding
 from tests.kubesim.decoding import GoType
 from tests.kubesim.resources import ResourceType
+from tests.kubesim.schemas import ANY, Schema, prune_unknown
 from tests.kubesim.status import bad_request
 from tests.kubesim.validation import go_string
 from tests.kubesim.warning import Recorder
@@ -98,6 +115,14 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+_INDEX = re.compile(r"\[[0-9]+\]")
+
+
+def _unindexed(path: str) -> str:
+    """A field path without its list indexes (`spec.containers.image`)."""
+    return _INDEX.sub("", path)
+
+
 def _plain(node: Any) -> Any:
     """A parsed value with each object's last occurrence of a key kept (what `interface{}` gets)."""
     if isinstance(node, _Pairs):
@@ -128,20 +153,27 @@ def _merge(old: Any, new: Any, shape: Shape) -> Any:
 
 
 class _Walk:
-    """One strict decode: the errors met (each with when it was met), when each field path (without list
-    indexes) was first met, and the decoded value. `unknown`: whether a struct's unknown fields are errors
-    here (for bodies, pruning finds them)."""
+    """One strict decode: the errors met (each with when it was met), when each field path was first met (with
+    its list indexes and without), the unknown fields' paths, and the decoded value. `unknown`: whether a
+    struct's unknown fields are errors here (a custom resource's come from its schema). The path is sigs.k8s.io/
+    json's (`appendStrictFieldStackKey`, `...Index`): struct fields and map keys joined with dots, list items
+    `[i]` (`spec.containers[0].ports[1].name`); `map_keys` false leaves map keys out of it, as the unstructured
+    converter's path does (`fromUnstructuredContext`)."""
 
-    def __init__(self, *, unknown: bool) -> None:
+    def __init__(self, *, unknown: bool, map_keys: bool = True) -> None:
         self.unknown = unknown
+        self.map_keys = map_keys
         self.errors: list[tuple[int, str]] = []
         self.order: dict[str, int] = {}
+        self.unknown_paths: list[str] = []
+        self.repeated = False
         self._texts: set[str] = set()
         self._count = 0
 
-    def _met(self, plain: str) -> int:
+    def _met(self, path: str, plain: str) -> int:
         self._count += 1
         self.order.setdefault(plain, self._count)
+        self.order.setdefault(path, self._count)
         return self._count
 
     def _save(self, when: int, problem: str, path: str) -> None:
@@ -159,33 +191,34 @@ class _Walk:
         if isinstance(node, list) and not isinstance(node, _Pairs) and form in ("slice", "any"):
             elem = _elem(shape)
             return [self.value(item, elem, f"{path}[{i}]", plain) for i, item in enumerate(node)]
-        self._note(node, plain)
+        self._note(node, path, plain)
         return _plain(node)
 
-    def _note(self, node: Any, plain: str) -> None:
+    def _note(self, node: Any, path: str, plain: str) -> None:
         """Met, not looked into: the field paths inside, for the order of what pruning finds there."""
         if isinstance(node, _Pairs):
             for key, item in node:
-                self._met(_join(plain, key))
-                self._note(item, _join(plain, key))
+                self._met(_join(path, key), _join(plain, key))
+                self._note(item, _join(path, key), _join(plain, key))
         elif isinstance(node, list):
-            for item in node:
-                self._note(item, plain)
+            for i, item in enumerate(node):
+                self._note(item, f"{path}[{i}]", plain)
 
     def _struct(self, node: _Pairs, shape: Shape, path: str, plain: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, item in node:
             child, child_plain = _join(path, key), _join(plain, key)
-            when = self._met(child_plain)
+            when = self._met(child, child_plain)
             known, field_shape = _field(shape, key)
             if not known:
                 if self.unknown:
                     self._save(when, "unknown field", child)
-                self._note(item, child_plain)
+                    self.unknown_paths.append(child)
+                self._note(item, child, child_plain)
                 out[key] = _plain(item)
                 continue
             if key in out:
-                self._save(when, "duplicate field", child)
+                self._repeat(when, child)
             decoded = self.value(item, field_shape, child, child_plain)
             out[key] = _merge(out[key], decoded, field_shape) if key in out else decoded
         return out
@@ -194,15 +227,128 @@ class _Walk:
         out: dict[str, Any] = {}
         for key, item in node:
             child, child_plain = _join(path, key), _join(plain, key)
-            when = self._met(child_plain)
+            when = self._met(child, child_plain)
             if key in out:
-                self._save(when, "duplicate field", child)
-            out[key] = self.value(item, elem, child, child_plain)
+                self._repeat(when, child)
+            out[key] = self.value(item, elem, child if self.map_keys else path, child_plain)
         return out
+
+    def _repeat(self, when: int, path: str) -> None:
+        self.repeated = True
+        self._save(when, "duplicate field", path)
 
 
 def _pairs(raw: bytes | str) -> Any:
-    return json.loads(raw, object_pairs_hook=_Pairs)
+    return json.loads(decoding.go_utf8(raw) if isinstance(raw, bytes) else raw, object_pairs_hook=_Pairs)
+
+
+def _as_pairs(value: Any, *, sort: bool) -> Any:
+    """A decoded value as the decoder meets it in JSON: its keys in order, or sorted as `json.Marshal` writes a
+    map (a YAML body converted by `YAMLToJSON`, metadata marshalled again)."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=str) if sort else list(value)
+        return _Pairs((str(key), _as_pairs(value[key], sort=sort)) for key in keys)
+    if isinstance(value, list):
+        return [_as_pairs(item, sort=sort) for item in value]
+    return value
+
+
+def _drop_unknown(value: Any, shape: Shape) -> None:
+    """Remove from a decoded value (in place) the fields its Go type does not have, which the struct it is decoded
+    into has no place for."""
+    form = _form(shape)
+    if form == "struct" and isinstance(value, dict):
+        for key in list(value):
+            known, field_shape = _field(shape, str(key))
+            if known:
+                _drop_unknown(value[key], field_shape)
+            else:
+                del value[key]
+    elif form in ("map", "slice") and isinstance(value, dict | list):
+        elem = _elem(shape)
+        for item in value.values() if isinstance(value, dict) else value:
+            _drop_unknown(item, elem)
+
+
+def _kind_shape(resource: ResourceType, body: Any) -> GoType | None:
+    """The Go type a built-in kind's body decodes into; None for a custom resource or a body that is not an
+    object."""
+    if resource.custom or not isinstance(body, dict):
+        return None
+    try:
+        return decoding.kind_type(resource.api_version, resource.kind)
+    except KeyError:
+        return None
+
+
+def _of_kind(resource: ResourceType, body: Any) -> bool:
+    """Whether a body is of the resource's kind (its apiVersion and kind as the resource's, or left out)."""
+    if not isinstance(body, dict):
+        return False
+    return (body.get("apiVersion") or resource.api_version) == resource.api_version and (
+        body.get("kind") or resource.kind
+    ) == resource.kind
+
+
+def _custom_unknown(resource: ResourceType, obj: Any) -> list[str]:
+    """A custom resource's unknown fields as the schema coercer finds them (`unstructuredSchemaCoercer.apply`),
+    each removed from `obj`: first its metadata's, from a strict decode of the metadata marshalled again (keys
+    sorted) into an ObjectMeta (`GetObjectMetaWithOptions`, `metadata.` before each path), then what pruning by
+    the version's schema finds, sorted (`PruneWithOptions`). The paths are the server's, as they are (not
+    quoted)."""
+    if not isinstance(obj, dict):
+        return []
+    found: list[str] = []
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        walk = _Walk(unknown=True)
+        meta_type = decoding.go_type("meta/v1.ObjectMeta")
+        walk.value(_as_pairs(meta, sort=True), meta_type, "metadata", "metadata")
+        _drop_unknown(meta, meta_type)
+        found += walk.unknown_paths
+    if resource.schema is not None:
+        found += sorted(_schema_unknown(obj, resource.schema, ""))
+        prune_unknown(obj, resource.schema)
+    return found
+
+
+def _schema_unknown(value: Any, schema: Schema, path: str) -> list[str]:
+    """The fields pruning by `schema` removes (`tests.kubesim.schemas.prune_unknown`), by the paths the pruner
+    gives them (`UnknownFieldPathOptions`: list items by their index); the root's metadata is the ObjectMeta's
+    business, not the pruner's."""
+    if schema is ANY or schema.get("*", 0) is None:
+        return []
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in _schema_unknown(item, schema, f"{path}[{i}]")]
+    if not isinstance(value, dict):
+        return []
+    found: list[str] = []
+    for key, item in value.items():
+        child = _join(path, str(key))
+        if key not in schema:
+            found.append(child)
+        elif path or key != "metadata":
+            found += _schema_unknown(item, schema[key], child)
+    return found
+
+
+def patched_unknown(resource: ResourceType, patched: Any, *, strategic: bool) -> list[str]:
+    """The unknown fields of a patched object as `patch.go` reports them (each `unknown field "<path>"`), removed
+    from it (in place). A built-in kind's: a JSON or merge patch's from the strict decode of the patched JSON
+    into the kind's type (`jsonPatcher`: in the order met, each once), a strategic merge patch's from the
+    unstructured converter (`FromUnstructuredWithValidation`: map keys left out of the path, the errors sorted,
+    the path not quoted). A custom resource's as its schema coercer finds them (`_custom_unknown`)."""
+    if resource.custom:
+        return [f'unknown field "{path}"' for path in _custom_unknown(resource, patched)]
+    shape = _kind_shape(resource, patched)
+    if shape is None:
+        return []
+    walk = _Walk(unknown=True, map_keys=not strategic)
+    walk.value(_as_pairs(patched, sort=False), shape)
+    _drop_unknown(patched, shape)
+    if strategic:
+        return sorted(f'unknown field "{path}"' for path in walk.unknown_paths)
+    return [text for _, text in walk.errors]
 
 
 # -- create and update ------------------------------------------------------------------------------------
@@ -210,59 +356,63 @@ def _pairs(raw: bytes | str) -> Any:
 
 @dataclass
 class Document:
-    """What strict decoding found in a create's or update's body: the YAML parser's error (`first`), the repeated
-    fields (each with when it was met) and when each field path was first met, to place what pruning finds."""
+    """What strict decoding found in a create's or update's body: the YAML parser's error (`first`), the decoder's
+    errors (each with when it was met: repeated fields, and a built-in kind's unknown fields), a custom
+    resource's unknown fields (what its schema coercer finds, after the decoder's errors), and when each field
+    path was first met, to place what pruning finds besides."""
 
     first: list[str] = field(default_factory=list)
     found: list[tuple[int, str]] = field(default_factory=list)
     order: dict[str, int] = field(default_factory=dict)
+    custom: list[str] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)  # the unknown fields above, without list indexes
 
     def errors(self, unknown: Iterable[str], *, custom: bool) -> list[str]:
-        """The strict errors in the decoder's order, with pruning's `unknown` field paths (no list indexes):
-        among the repeated ones for a built-in kind, after them for a custom resource."""
+        """The strict errors in the decoder's order, with the `unknown` field paths pruning found that are not
+        among them: with the decoder's errors for a built-in kind, after them for a custom resource."""
         last = len(self.order) + 1
-        pruned = [(self.order.get(path, last), f"unknown field {go_string(path)}") for path in unknown]
+        rest = [path for path in unknown if _unindexed(path) not in self.reported]
+        pruned = [
+            (self.order.get(path, self.order.get(_unindexed(path), last)), f"unknown field {go_string(path)}")
+            for path in rest
+        ]
         if custom:
-            return [*self.first, *(text for _, text in self.found), *(text for _, text in pruned)]
+            coerced = [f'unknown field "{path}"' for path in self.custom]
+            return [*self.first, *(text for _, text in self.found), *coerced, *(text for _, text in pruned)]
         met = sorted([*self.found, *pruned], key=lambda entry: entry[0])
         return [*self.first, *(text for _, text in met[:MAX_ERRORS])]
 
 
 def decode_body(resource: ResourceType, body: Any, raw: bytes, content_type: str) -> tuple[Any, Document]:
     """A create's or update's `body` (read from `raw`) as the strict decoder reads it: (the value, what it found).
-    A built-in kind's JSON with a repeated field has it decoded as Go decodes it into the kind's type."""
+    A JSON body is read as sent, a YAML one as the JSON `YAMLToJSON` makes of it (keys sorted, its repeated keys
+    the YAML parser's error). A built-in kind's body is decoded into the kind's Go type: a repeated field as Go
+    decodes it, the fields the type does not have reported by their paths (`spec.containers[0].imagePullPolicyy`)
+    and left out of the value. A custom resource's unknown fields are its schema coercer's (`_custom_unknown`)."""
+    first: list[str] = []
     if content_type == "application/yaml":
-        order: dict[str, int] = {}
-        _sorted_order(body, "", order)
         problem = yaml_error(raw)
-        return body, Document(first=[problem] if problem else [], order=order)
-    if content_type != "application/json":
-        return body, Document()
-    try:
-        tree = _pairs(raw)
-    except ValueError:
-        return body, Document()
-    shape: Shape = None
-    if not resource.custom and isinstance(body, dict):
+        first = [problem] if problem else []
+        tree = _as_pairs(body, sort=True)
+    elif content_type == "application/json":
         try:
-            shape = decoding.kind_type(resource.api_version, resource.kind)
-        except KeyError:
-            shape = None
-    walk = _Walk(unknown=False)
+            tree = _pairs(raw)
+        except ValueError:
+            return body, Document()
+    else:
+        return body, Document()
+    shape = _kind_shape(resource, body)
+    walk = _Walk(unknown=shape is not None and _of_kind(resource, body))
     value = walk.value(tree, shape)
-    return (value if walk.errors else body), Document(found=walk.errors, order=walk.order)
-
-
-def _sorted_order(value: Any, plain: str, order: dict[str, int]) -> None:
-    """When each field path is met in JSON whose keys are sorted (a YAML body converted by `YAMLToJSON`)."""
-    if isinstance(value, dict):
-        for key in sorted(value, key=str):
-            path = _join(plain, str(key))
-            order.setdefault(path, len(order) + 1)
-            _sorted_order(value[key], path, order)
-    elif isinstance(value, list):
-        for item in value:
-            _sorted_order(item, plain, order)
+    if not walk.repeated:
+        value = body
+    if walk.unknown:
+        _drop_unknown(value, shape)
+    document = Document(first=first, found=walk.errors, order=walk.order)
+    if resource.custom:
+        document.custom = _custom_unknown(resource, value)
+    document.reported = {_unindexed(path) for path in [*walk.unknown_paths, *document.custom]}
+    return value, document
 
 
 def report_decode(errors: list[str], *, kind: str, version: str, mode: str, warnings: Recorder) -> None:

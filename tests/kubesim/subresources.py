@@ -95,6 +95,7 @@ async def patched(request: web.Request, resource: ResourceType, target: Obj, *, 
     decoding.check_patched(resource, result, patch=patch, strategic=strategic, scale=scale)
     result = decoding.plain(result)
     if isinstance(result, dict) and not scale:
+        strict_errors += strictdecoding.patched_unknown(resource, result, strategic=strategic)
         strict_errors += [f"unknown field {go_string(path)}" for path in pruned_fields(resource, copy.deepcopy(result))]
     shown = decoding.go_format(patch) if strategic and not scale else decoding.go_json(result)
     strictdecoding.report_patch(strict_errors, value=shown, mode=ctx.field_validation, warnings=ctx.warnings)

@@ -535,7 +535,8 @@ async def test_a_webhook_reviews_the_decoded_object_not_the_body(
     assert "labels" not in meta and meta["annotations"] == {"a": ""}
     assert "creationTimestamp" in meta and meta["creationTimestamp"] is None
     [container] = request["object"]["spec"]["containers"]
-    assert container["args"] == [""] and container["resources"] == {"limits": {"cpu": "1"}}
+    assert container["args"] == [""]
+    assert container["resources"] == {"limits": {"cpu": "1"}, "requests": {"cpu": "1"}}  # defaulted before the review
 
 
 async def test_a_mutating_patch_that_breaks_a_fields_type_is_a_500_with_the_decoders_error(

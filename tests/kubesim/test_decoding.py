@@ -538,3 +538,273 @@ async def test_kubectl_reports_the_decoding_error(kubectl: Kubectl) -> None:
     assert result.stderr == (
         f'Error from server (BadRequest): error when creating "STDIN": {handled("Deployment", "v1", error)}\n'
     )
+
+
+# -- unknown fields, by their path -----------------------------------------------------------------------------
+
+
+async def exchange(
+    sim: KubeSim, method: str, path: str, body: Any, *, content_type: str = "application/json"
+) -> tuple[int, dict[str, Any], list[str]]:
+    """The status, the answer and the warnings of one request; `body` as it is when already text, else as JSON."""
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{sim.url}{path}", data=data, headers={"Content-Type": content_type}) as resp,
+    ):
+        return resp.status, await resp.json(), resp.headers.getall("Warning", [])
+
+
+def strict(kind: str, *fields: str) -> str:
+    return handled(kind, "v1", "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in fields))
+
+
+def warned(*fields: str) -> list[str]:
+    return [f'299 - "unknown field \\"{f}\\""' for f in fields]
+
+
+UNKNOWN_IN_CONTAINERS = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "u"},
+    "spec": {
+        "containers": [
+            {
+                "name": "a",
+                "image": "i",
+                "imagePullPolicyy": "Always",
+                "securityContext": {"privilegedd": True},
+                "ports": [{"containerPort": 80}, {"containerPort": 81, "hostIPP": "x"}],
+            },
+            {"name": "b", "image": "i", "imagePullPolicyy": "Never"},
+        ]
+    },
+}
+UNKNOWN_IN_CONTAINERS_PATHS = (
+    "spec.containers[0].imagePullPolicyy",
+    "spec.containers[0].securityContext.privilegedd",
+    "spec.containers[0].ports[1].hostIPP",
+    "spec.containers[1].imagePullPolicyy",
+)
+
+
+async def test_an_unknown_field_is_named_by_its_path_with_list_indexes(kubesim: KubeSim) -> None:
+    """sigs.k8s.io/json names an unknown field by the decoder's field stack: each list item by its index, so the
+    same field in two items is two errors, in the order met; the struct has no place for it, so it is not
+    stored."""
+    status, answer, _ = await exchange(kubesim, "POST", f"{PODS}?fieldValidation=Strict", UNKNOWN_IN_CONTAINERS)
+    assert (status, answer["message"]) == (400, strict("Pod", *UNKNOWN_IN_CONTAINERS_PATHS))
+    status, answer, warnings = await exchange(kubesim, "POST", PODS, UNKNOWN_IN_CONTAINERS)
+    assert (status, warnings) == (201, warned(*UNKNOWN_IN_CONTAINERS_PATHS))
+    first, second = answer["spec"]["containers"]
+    assert "imagePullPolicyy" not in first and "imagePullPolicyy" not in second
+    assert "privilegedd" not in first["securityContext"] and first["ports"][1] == {
+        "containerPort": 81,
+        "protocol": "TCP",
+    }
+
+
+async def test_unknown_and_repeated_fields_come_in_the_order_the_decoder_meets_them(kubesim: KubeSim) -> None:
+    body = (
+        '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "r"}, "spec": {"containers": ['
+        '{"name": "a", "image": "i", "bogus": 1}, {"name": "b", "image": "i", "image": "j", "bogus": 2}]}}'
+    )
+    status, answer, _ = await exchange(kubesim, "POST", f"{PODS}?fieldValidation=Strict", body)
+    assert (status, answer["message"]) == (
+        400,
+        handled(
+            "Pod",
+            "v1",
+            'strict decoding error: unknown field "spec.containers[0].bogus", duplicate field '
+            '"spec.containers[1].image", unknown field "spec.containers[1].bogus"',
+        ),
+    )
+
+
+async def test_a_yaml_bodys_unknown_fields_are_met_in_its_json_with_sorted_keys(kubesim: KubeSim) -> None:
+    manifest = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: y, zz: 1}\n"
+        "spec:\n  containers:\n  - {name: c, image: i, bogus: 1, ports: [{containerPort: 80, nam: x}]}\n"
+        "  aaa: 1\n"
+    )
+    path = f"{PODS}?fieldValidation=Strict"
+    status, answer, _ = await exchange(kubesim, "POST", path, manifest, content_type="application/yaml")
+    fields = ("metadata.zz", "spec.aaa", "spec.containers[0].bogus", "spec.containers[0].ports[0].nam")
+    assert (status, answer["message"]) == (400, strict("Pod", *fields))
+
+
+async def test_a_map_key_is_a_dotted_part_of_the_path(kubesim: KubeSim) -> None:
+    """A CRD's schema properties are a map of structs: the key joins the path with a dot."""
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "names": {"kind": "Gadget", "plural": "gadgets"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"spec": {"type": "object", "typo": True}},
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?fieldValidation=Strict"
+    status, answer, _ = await exchange(kubesim, "POST", crds, crd)
+    field = "spec.versions[0].schema.openAPIV3Schema.properties.spec.typo"
+    assert (status, answer["message"]) == (400, strict("CustomResourceDefinition", field))
+
+
+WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
+WIDGET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.com"},
+    "spec": {
+        "group": "example.com",
+        "names": {"kind": "Widget", "plural": "widgets"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "parts": {
+                                        "type": "array",
+                                        "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+                                    },
+                                    "size": {"type": "integer"},
+                                },
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+async def test_a_custom_resources_unknown_fields_are_its_metadatas_then_prunings_sorted(kubesim: KubeSim) -> None:
+    """The schema coercer reports the metadata's unknown fields (a strict decode into ObjectMeta) before what
+    pruning finds, which it sorts; list items are named by their index in both."""
+    kubesim.create_object(WIDGET_CRD)
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u1", "bogus": 1}
+    widget = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w", "zeta": 1, "ownerReferences": [owner]},
+        "spec": {"zz": 1, "parts": [{"name": "a", "colour": "red"}, {"name": "b", "colour": "blue", "aa": 2}]},
+        "extra": 1,
+    }
+    fields = (
+        "metadata.ownerReferences[0].bogus",
+        "metadata.zeta",
+        "extra",
+        "spec.parts[0].colour",
+        "spec.parts[1].aa",
+        "spec.parts[1].colour",
+        "spec.zz",
+    )
+    status, answer, _ = await exchange(kubesim, "POST", f"{WIDGETS}?fieldValidation=Strict", widget)
+    assert (status, answer["message"]) == (400, strict("Widget", *fields))
+    status, answer, warnings = await exchange(kubesim, "POST", WIDGETS, widget)
+    assert (status, warnings) == (201, warned(*fields))
+    assert answer["metadata"]["ownerReferences"] == [{k: v for k, v in owner.items() if k != "bogus"}]
+    assert answer["spec"] == {"parts": [{"name": "a"}, {"name": "b"}]}
+
+
+async def test_status_and_scale_bodies_report_the_fields_their_types_do_not_have(kubesim: KubeSim) -> None:
+    assert (await send(kubesim, "POST", DEPLOYMENTS, deployment()))[0] == 201
+    scale = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": "d"},
+        "spec": {"replicas": 2, "x": 1},
+    }
+    status, answer, _ = await exchange(kubesim, "PUT", f"{DEPLOYMENTS}/d/scale?fieldValidation=Strict", scale)
+    assert (status, answer["message"]) == (400, strict("Scale", "spec.x"))
+    conditions = [{"type": "Available", "status": "True", "reasonn": "x"}]
+    body = {**deployment(), "status": {"conditions": conditions}}
+    status, answer, _ = await exchange(kubesim, "PUT", f"{DEPLOYMENTS}/d/status?fieldValidation=Strict", body)
+    assert (status, answer["message"]) == (400, strict("Deployment", "status.conditions[0].reasonn"))
+
+
+async def test_kubectl_names_an_unknown_container_field_by_its_index(kubectl: Kubectl) -> None:
+    """kubectl sends the manifest as it encodes it again, keys sorted, and asks for Strict validation."""
+    manifest = json.dumps({**UNKNOWN_IN_CONTAINERS, "metadata": {"name": "k"}})
+    result = await kubectl.run("create", "-f", "-", stdin=manifest, check=False)
+    assert result.returncode == 1
+    fields = (
+        "spec.containers[0].imagePullPolicyy",
+        "spec.containers[0].ports[1].hostIPP",
+        "spec.containers[0].securityContext.privilegedd",
+        "spec.containers[1].imagePullPolicyy",
+    )
+    assert result.stderr == (f'Error from server (BadRequest): error when creating "STDIN": {strict("Pod", *fields)}\n')
+
+
+# -- bodies that are not JSON ----------------------------------------------------------------------------------
+
+
+async def test_a_patch_that_is_not_json_is_refused_in_encoding_json_words(kubesim: KubeSim) -> None:
+    """Go's scanner reads the whole body first: its error names the offending byte and what it was looking for (a
+    space is fed in at the end, so a cut literal is an invalid ' '). A strategic merge patch answers it as it is,
+    a JSON or merge patch decoded strictly (Warn, the default) as `error decoding patch: ...`; under Ignore a merge
+    patch is evanphx/json-patch's `Invalid JSON Patch`."""
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p"}}
+    assert (await send(kubesim, "POST", CONFIGMAPS, configmap))[0] == 201
+    smp, merge, json_patch = (
+        "application/strategic-merge-patch+json",
+        "application/merge-patch+json",
+        "application/json-patch+json",
+    )
+    for content_type, query, body, message in (
+        (smp, "", '{"data" {}}', "invalid character '{' after object key"),
+        (smp, "", '{"data": {"k": "v",}}', "invalid character '}' looking for beginning of object key string"),
+        (smp, "", '{"data": tru', "invalid character ' ' in literal true (expecting 'e')"),
+        (smp, "", '{"data": {}}x', "invalid character 'x' after top-level value"),
+        (smp, "", '{"data": {"k": "\\q"}}', "invalid character 'q' in string escape code"),
+        (smp, "", '{"spec": NaN}', "invalid character 'N' looking for beginning of value"),
+        (smp, "", '{"k": 1.}', "invalid character '}' after decimal point in numeric literal"),
+        (smp, "", b'\xff{"k": 1}', "invalid character '\u00ff' looking for beginning of value"),
+        (smp, "", b'{"k": 1}\x01', "invalid character '\\x01' after top-level value"),
+        (merge, "", '{"data": [1 2]}', "error decoding patch: invalid character '2' after array element"),
+        (merge, "?fieldValidation=Ignore", '{"data": [1 2]}', "Invalid JSON Patch"),
+        (json_patch, "", '[{"op": "add"', "error decoding patch: unexpected end of JSON input"),
+        (
+            json_patch,
+            "?fieldValidation=Ignore",
+            "[{'op': 1}]",
+            "invalid character '\\'' looking for beginning of object key string",
+        ),
+    ):
+        status, answer, _ = await exchange(kubesim, "PATCH", f"{CONFIGMAPS}/p{query}", body, content_type=content_type)
+        assert (status, answer["message"]) == (400, message), body
+
+
+async def test_a_string_that_is_not_utf8_is_read_as_go_reads_it(kubesim: KubeSim) -> None:
+    """Go's decoder takes bytes that are not UTF-8 inside a string, each as U+FFFD."""
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}
+    assert (await send(kubesim, "POST", CONFIGMAPS, configmap))[0] == 201
+    patch = b'{"data": {"k": "a\xe2\x82b\xffc"}}'
+    status, answer, _ = await exchange(
+        kubesim, "PATCH", f"{CONFIGMAPS}/b", patch, content_type="application/merge-patch+json"
+    )
+    assert (status, answer["data"]) == (200, {"k": "a\ufffd\ufffdb\ufffdc"})

@@ -16,7 +16,7 @@ import pytest
 from controlplane.kube.client import KubeApi
 from tests.kubesim.fixtures import Kubectl
 from tests.kubesim.test_api import PODS, bare_pod, error_of
-from tests.kubesim.validation import SUBDOMAIN_HELP
+from tests.kubesim.validation import LABEL_VALUE_HELP, QUALIFIED_NAME_HELP, SUBDOMAIN_HELP
 
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
 C0 = "spec.containers[0]"
@@ -652,6 +652,119 @@ async def test_a_templates_service_account_name_is_a_subdomain(kube_api: KubeApi
     ]
     spec["serviceAccountName"] = "builder.v2"
     await created(kube_api, deployment("ok", spec), DEPLOYMENTS)
+
+
+# -- tolerations -----------------------------------------------------------------------------------
+
+T0 = "spec.tolerations[0]"
+EMPTY_KEY_NEEDS_EXISTS = 'operator must be Exists when `key` is empty, which means "match all values and all keys"'
+SECONDS_NEED_NO_EXECUTE = "effect must be 'NoExecute' when `tolerationSeconds` is set"
+OPERATORS = '"Equal", "Exists"'
+EFFECTS = '"NoSchedule", "PreferNoSchedule", "NoExecute"'
+
+
+@pytest.mark.parametrize(
+    ("toleration", "causes"),
+    [
+        (
+            {"key": "bad key", "operator": "Exists"},
+            [(f"{T0}.key", f'Invalid value: "bad key": name part {QUALIFIED_NAME_HELP}')],
+        ),
+        (
+            {"key": "a/b/c", "operator": "Exists"},
+            [
+                (
+                    f"{T0}.key",
+                    f'Invalid value: "a/b/c": a qualified name {QUALIFIED_NAME_HELP} with an optional DNS subdomain '
+                    "prefix and '/' (e.g. 'example.com/MyName')",
+                )
+            ],
+        ),
+        ({"operator": "Equal"}, [(f"{T0}.operator", f'Invalid value: "Equal": {EMPTY_KEY_NEEDS_EXISTS}')]),
+        ({"effect": "NoSchedule"}, [(f"{T0}.operator", f'Invalid value: "": {EMPTY_KEY_NEEDS_EXISTS}')]),
+        (
+            {"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60},
+            [(f"{T0}.effect", f'Invalid value: "NoSchedule": {SECONDS_NEED_NO_EXECUTE}')],
+        ),
+        ({"key": "k", "tolerationSeconds": 0}, [(f"{T0}.effect", f'Invalid value: "": {SECONDS_NEED_NO_EXECUTE}')]),
+        ({"key": "k", "value": "has space"}, [(f"{T0}.operator", f'Invalid value: "has space": {LABEL_VALUE_HELP}')]),
+        (
+            {"key": "k", "operator": "Equal", "value": "v" * 63 + "-"},
+            [
+                (
+                    f"{T0}.operator",
+                    f'Invalid value: "{"v" * 63}-": must be no more than 63 characters;{LABEL_VALUE_HELP}',
+                )
+            ],
+        ),
+        (
+            {"key": "k", "operator": "Exists", "value": "v"},
+            [(f"{T0}.operator", "Invalid value: \"v\": value must be empty when `operator` is 'Exists'")],
+        ),
+        (
+            {"key": "k", "operator": "In"},
+            [(f"{T0}.operator", f'Unsupported value: "In": supported values: {OPERATORS}')],
+        ),
+        (
+            {"key": "k", "operator": "Exists", "effect": "NoScheduleNoAdmit"},
+            [(f"{T0}.effect", f'Unsupported value: "NoScheduleNoAdmit": supported values: {EFFECTS}')],
+        ),
+        (
+            {"operator": "Lt", "value": "1", "effect": "Bogus", "tolerationSeconds": 5},
+            [
+                (f"{T0}.operator", f'Invalid value: "Lt": {EMPTY_KEY_NEEDS_EXISTS}'),
+                (f"{T0}.effect", f'Invalid value: "Bogus": {SECONDS_NEED_NO_EXECUTE}'),
+                (f"{T0}.operator", f'Unsupported value: "Lt": supported values: {OPERATORS}'),
+                (f"{T0}.effect", f'Unsupported value: "Bogus": supported values: {EFFECTS}'),
+            ],
+        ),
+    ],
+    ids=[
+        "key-not-qualified",
+        "key-two-slashes",
+        "empty-key-equal",
+        "empty-key-empty-operator",
+        "seconds-without-no-execute",
+        "zero-seconds-count",
+        "equal-value-not-a-label-value",
+        "equal-value-two-problems",
+        "exists-with-value",
+        "unknown-operator",
+        "unknown-effect",
+        "every-rule-in-order",
+    ],
+)
+async def test_a_toleration_is_refused_as_validate_tolerations_does(
+    kube_api: KubeApi, toleration: dict[str, Any], causes: list[tuple[str, str]]
+) -> None:
+    """`ValidateTolerations`: a label value's problems and a value beside Exists are reported at `operator`,
+    not at `value`; an empty operator means Equal; `tolerationSeconds: 0` is set, so it needs NoExecute."""
+    assert await causes_of(kube_api, pod_spec_with(tolerations=[toleration])) == causes
+
+
+async def test_toleration_causes_follow_the_active_deadline_and_a_templates_are_its_own(kube_api: KubeApi) -> None:
+    """The tolerations come after the active deadline in `ValidatePodSpec`, and before what only a Pod's spec
+    is checked for (an image's whitespace). A workload's template is checked by the same function, under its
+    own path. The refused ones' neighbours are taken as they are: an empty key with Exists (which tolerates
+    everything), an empty operator with a label value and no effect, zero seconds with NoExecute."""
+    pod = pod_spec_with(activeDeadlineSeconds=0, tolerations=[{"key": "k", "operator": "Exists", "value": "v"}])
+    pod["spec"]["containers"][0]["image"] = "nginx "
+    assert await causes_of(kube_api, pod) == [
+        ("spec.activeDeadlineSeconds", "Invalid value: 0: must be between 1 and 2147483647, inclusive"),
+        (f"{T0}.operator", "Invalid value: \"v\": value must be empty when `operator` is 'Exists'"),
+        (f"{C0}.image", 'Invalid value: "nginx ": must not have leading or trailing whitespace'),
+    ]
+    spec = {"tolerations": [{"key": "k", "operator": "Gt"}], "containers": [{"name": "c", "image": "i"}]}
+    assert await causes_of(kube_api, deployment("web", spec), DEPLOYMENTS) == [
+        ("spec.template.spec.tolerations[0].operator", f'Unsupported value: "Gt": supported values: {OPERATORS}')
+    ]
+    tolerations = [
+        {"operator": "Exists"},
+        {"key": "example.com/gpu", "value": "a100"},
+        {"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 0},
+    ]
+    out = await created(kube_api, pod_spec_with("ok", tolerations=tolerations))
+    assert out["spec"]["tolerations"] == tolerations
 
 
 # -- pod-only checks -------------------------------------------------------------------------------

@@ -112,8 +112,9 @@ class Updater:
         decoding.check_patched(resource, result, patch=patch, strategic=strategic)
         result = decoding.plain(result)
         shown = decoding.go_format(patch) if strategic else decoding.go_json(result)
-        unknown = pruned_fields(resource, result) if isinstance(result, dict) else []
-        strict_errors += [f"unknown field {go_string(path)}" for path in unknown]
+        if isinstance(result, dict):
+            strict_errors += strictdecoding.patched_unknown(resource, result, strategic=strategic)
+            strict_errors += [f"unknown field {go_string(path)}" for path in pruned_fields(resource, result)]
         strictdecoding.report_patch(strict_errors, value=shown, mode=ctx.field_validation, warnings=ctx.warnings)
         if not isinstance(result, dict) or not isinstance(result.get("metadata"), dict):
             raise ApiError(422, "the patched object must keep its metadata")
