@@ -1,14 +1,23 @@
 """Deletion: DELETE of one object and of a collection, graceful deletion, finalizers, the namespace lifecycle.
 
-DeleteOptions come from the body or the query string (gracePeriodSeconds, propagationPolicy,
-orphanDependents, preconditions, dryRun). A pod bound to a node is deleted gracefully (the kubelet
-removes it); an object with finalizers gets a deletionTimestamp and stays until the last one goes
-(`Registry`'s update path then removes it); everything else goes at once. `propagationPolicy`
-Orphan and Foreground become the `orphan` and `foregroundDeletion` finalizers the garbage
-collector works off. Deleting a Namespace marks it Terminating; the namespace controller then
-deletes what it holds and, once nothing is left, takes the `kubernetes` finalizer out of its spec
-(as its `finalize` subresource does), which removes it unless other finalizers of its spec or
-metadata still hold it; a later DELETE answers it as it is while its spec's finalizers hold it.
+DeleteOptions come from the body or, for a request without one, the query string (gracePeriodSeconds,
+propagationPolicy, orphanDependents, preconditions, dryRun), never from both. A pod bound to a node is
+deleted gracefully (the kubelet removes it); an object with finalizers gets a deletionTimestamp and
+stays until the last one goes (`Registry`'s update path then removes it); everything else goes at
+once. `propagationPolicy` Orphan and Foreground become the `orphan` and `foregroundDeletion`
+finalizers the garbage collector works off. A deletion left pending answers 202 rather than 200 when it asked for
+`orphanDependents: false` (the delete handler's rule). A dry run changes nothing and answers what
+the deletion would have answered: the object as the deletion would leave it, when it would stay.
+
+Deleting a Namespace (its REST `Delete`) checks the preconditions, then marks it Terminating: a
+deletionTimestamp, the phase, and the `orphan` / `foregroundDeletion` finalizers as the request's
+orphanDependents or propagationPolicy asks (orphanDependents false means foreground here, unlike
+the generic store). A later DELETE answers it as it is, admission not consulted, while its spec's
+finalizers hold it, and once they are gone deletes it as the generic store deletes any object. The
+namespace controller then deletes what it holds (propagationPolicy Background), writes the five
+deletion conditions on the namespace's status after each pass, and once nothing is left takes the
+`kubernetes` finalizer out of its spec (as its `finalize` subresource does), which removes it
+unless other finalizers of its spec or metadata still hold it.
 
 A deletecollection is the generic registry's: the objects a list request with the same query
 would list are deleted one by one, in key order, each as a DELETE with the request's options
@@ -18,6 +27,13 @@ deleted before it deleted. `limit` makes it one page: only that page's objects a
 answer carries the page's `continue` token, so a client deletes a large collection page by page.
 On success it answers the list it worked from: the objects as they were listed, before their
 deletion. Namespaces have no deletecollection (405).
+
+Not modelled: a generic object's precondition failures are worded as the namespace REST words them
+(`Precondition failed: UID in precondition: ...`), not as `BeforeDelete` does; the order of a
+namespace's finalizers after its first DELETE changed them (the real server builds them from a
+map, so in no set order: here the kept ones, then the added one); the namespace controller's
+discovery never fails, so its discovery and group-version conditions are always False, and it
+deletes through storage, without admission; it stops once the namespace is finalized.
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ from tests.kubesim.endpoints import (
 )
 from tests.kubesim.listwatch import Page, list_body
 from tests.kubesim.registry import Registry
-from tests.kubesim.resources import NAMESPACE_FINALIZER, ResourceType
+from tests.kubesim.resources import NAMESPACE_FINALIZER, ResourceType, group_versions
 from tests.kubesim.status import (
     ApiError,
     bad_request,
@@ -62,15 +78,35 @@ PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
 ORPHAN_FINALIZER = "orphan"
 FOREGROUND_FINALIZER = "foregroundDeletion"
 NAMESPACE_POLL = 0.1  # seconds between the namespace controller's looks at what is left
+BACKGROUND: Obj = {"propagationPolicy": "Background"}  # the namespace controller's DeleteOptions for its content
+# The conditions the namespace controller keeps on a Terminating namespace, in the order it first writes them,
+# each with its reason and message while it does not hold (`status_condition_utils.go`: `conditionTypes`,
+# `okReasons`, `okMessages`).
+NAMESPACE_CONDITIONS: dict[str, tuple[str, str]] = {
+    "NamespaceDeletionDiscoveryFailure": ("ResourcesDiscovered", "All resources successfully discovered"),
+    "NamespaceDeletionGroupVersionParsingFailure": ("ParsedGroupVersions", "All legacy kube types successfully parsed"),
+    "NamespaceDeletionContentFailure": (
+        "ContentDeleted",
+        "All content successfully deleted, may be waiting on finalization",
+    ),
+    "NamespaceContentRemaining": ("ContentRemoved", "All content successfully removed"),
+    "NamespaceFinalizersRemaining": ("ContentHasNoFinalizers", "All content-preserving finalizers finished"),
+}
 
 
 # -- DeleteOptions --------------------------------------------------------------------------------
 async def delete_options(request: web.Request) -> Obj:
-    """DeleteOptions from the body, else from the query string; 400 when undecodable, 422 when invalid."""
+    """DeleteOptions from the body, else from the query string; 400 when undecodable, 422 when invalid.
+
+    A request with a body takes its options from the body alone: its query's options are not read at all
+    (`DeleteResource`, `DeleteCollection`).
+    """
     options: Obj = {}
+    from_body = False
     if request.can_read_body:
         raw = await request.read()
         if raw.strip():
+            from_body = True
             try:
                 if request.content_type == PROTOBUF:
                     options = {k: v for k, v in protobuf.decode(raw).items() if k not in ("apiVersion", "kind")}
@@ -88,17 +124,17 @@ async def delete_options(request: web.Request) -> Obj:
             if not isinstance(options, dict):
                 raise bad_request("DeleteOptions must be an object")
     query = request.query
-    if "gracePeriodSeconds" in query and "gracePeriodSeconds" not in options:
+    if not from_body and "gracePeriodSeconds" in query:
         try:
             options["gracePeriodSeconds"] = int(query["gracePeriodSeconds"])
         except ValueError:
             raise bad_request(f'gracePeriodSeconds: invalid value "{query["gracePeriodSeconds"]}"') from None
-    if "propagationPolicy" in query:
-        options.setdefault("propagationPolicy", query["propagationPolicy"])
-    if "orphanDependents" in query:
-        options.setdefault("orphanDependents", query_bool(request, "orphanDependents"))
-    if "dryRun" in query:
-        options.setdefault("dryRun", query.getall("dryRun"))
+    if not from_body and "propagationPolicy" in query:
+        options["propagationPolicy"] = query["propagationPolicy"]
+    if not from_body and "orphanDependents" in query:
+        options["orphanDependents"] = query_bool(request, "orphanDependents")
+    if not from_body and "dryRun" in query:
+        options["dryRun"] = query.getall("dryRun")
     check_delete_options(options)
     return options
 
@@ -136,17 +172,52 @@ def deletion_finalizers(finalizers: list[str], options: Obj) -> list[str]:
     return kept
 
 
+def namespace_deletion_finalizers(finalizers: list[str], options: Obj) -> list[str]:
+    """The metadata finalizers a Namespace's first DELETE leaves on it (the namespace REST's
+    `shouldHaveOrphanFinalizer` and `shouldHaveDeleteDependentsFinalizer`).
+
+    orphanDependents true asks for `orphan` and false for `foregroundDeletion` (where the generic store's false
+    asks for neither); else propagationPolicy Orphan or Foreground asks for the one it names and Background for
+    neither; with neither option the namespace's own finalizers stand. When nothing changes they stay as they
+    are; otherwise each is kept once, the one added last.
+    """
+    orphan_dependents = options.get("orphanDependents")
+    policy = options.get("propagationPolicy")
+    wanted: dict[str, bool] = {}
+    for finalizer, named_by in ((ORPHAN_FINALIZER, "Orphan"), (FOREGROUND_FINALIZER, "Foreground")):
+        if orphan_dependents is not None:
+            wanted[finalizer] = bool(orphan_dependents) == (finalizer == ORPHAN_FINALIZER)
+        elif policy is not None:
+            wanted[finalizer] = policy == named_by
+        else:
+            wanted[finalizer] = finalizer in finalizers
+    if all((finalizer in finalizers) == should for finalizer, should in wanted.items()):
+        return finalizers
+    kept = list(dict.fromkeys(f for f in finalizers if wanted.get(f, True)))
+    kept.extend(f for f, should in wanted.items() if should and f not in kept)
+    return kept
+
+
+def pending_status(options: Obj) -> int:
+    """The status of a DELETE's answer when the object stays: 202 if the request set orphanDependents false,
+    else 200 (`DeleteResource`)."""
+    return 202 if options.get("orphanDependents") is False else 200
+
+
 def check_preconditions(resource: ResourceType, obj: Obj, options: Obj) -> None:
-    """409 when the DeleteOptions' `preconditions` (uid, resourceVersion) do not hold for `obj`."""
+    """409 when the DeleteOptions' `preconditions` (uid, resourceVersion) do not hold for `obj`.
+
+    A precondition given is checked whatever its value: an empty uid or resourceVersion is one no object has.
+    """
     pre = options.get("preconditions") or {}
     meta = obj["metadata"]
-    if pre.get("uid") and pre["uid"] != meta["uid"]:
+    if pre.get("uid") is not None and pre["uid"] != meta["uid"]:
         raise conflict(
             resource,
             meta["name"],
             f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
         )
-    if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
+    if pre.get("resourceVersion") is not None and pre["resourceVersion"] != meta["resourceVersion"]:
         raise conflict(
             resource,
             meta["name"],
@@ -211,20 +282,16 @@ class Deleter:
         if obj is None:
             raise not_found(resource, name)
         check_preconditions(resource, obj, options)
-        if resource.plural == "namespaces" and name in UNDELETABLE_NAMESPACES:
-            raise forbidden(resource, name, "this namespace may not be deleted")
+        if resource.key == "namespaces":
+            return await self._delete_namespace(request, resource, obj, options)
         admitted = await self._admit_delete(request, resource, obj, options=options, dry_run=dry)
         if admitted is None:
             raise not_found(resource, name)
-        obj = admitted
-        if dry:
-            return self._deleted_answer(request, resource, obj)
-        if resource.key == "namespaces":
-            return self._delete_namespace(request, resource, obj)
-        result, removed = self._delete_object(resource, obj, options)
+        result, removed = self._delete_object(resource, admitted, options, dry_run=dry)
         if removed:
             return self._deleted_answer(request, resource, result)
-        return render_object(request, resource, result, clock=self._clock)  # deletion pending: the object, as it is now
+        # deletion pending: the object, as it is now
+        return render_object(request, resource, result, clock=self._clock, status=pending_status(options))
 
     async def delete_collection(
         self, request: web.Request, resource: ResourceType, namespace: str | None
@@ -301,7 +368,9 @@ class Deleter:
         await self._admission.validate(attrs, warnings=warnings)
         return self._storage.get(resource, namespace, name)
 
-    def _delete_object(self, resource: ResourceType, obj: Obj, options: Obj) -> tuple[Obj, bool]:
+    def _delete_object(
+        self, resource: ResourceType, obj: Obj, options: Obj, *, dry_run: bool = False
+    ) -> tuple[Obj, bool]:
         """Delete `obj` as the registry does; (the object, True) when removed, (as stored now, False) when pending.
 
         A pod bound to a node is deleted gracefully: deletionTimestamp = now + grace period (the
@@ -309,7 +378,7 @@ class Deleter:
         later delete with grace 0 removes it; a shorter grace shortens a pending deletion. Unbound or
         finished pods, and every other kind, go at once unless finalizers hold them. `propagationPolicy`
         Orphan/Foreground add the `orphan`/`foregroundDeletion` finalizer the garbage collector works
-        off; Background (the default) removes both.
+        off; Background (the default) removes both. A dry run stores nothing: it answers what would have been.
         """
         new = copy.deepcopy(obj)
         meta = new["metadata"]
@@ -331,9 +400,11 @@ class Deleter:
             meta["deletionGracePeriodSeconds"] = grace
         ns, name = meta.get("namespace", ""), meta["name"]
         if not finalizers and not int(meta.get("deletionGracePeriodSeconds") or 0):
-            return self._registry.remove(resource, ns, name), True
+            return (obj, True) if dry_run else (self._registry.remove(resource, ns, name), True)
         if new == obj:
             return obj, False
+        if dry_run:
+            return new, False
         return self._storage.write(resource, new, event_type="MODIFIED"), False
 
     def _deleted_answer(self, request: web.Request, resource: ResourceType, obj: Obj) -> web.Response:
@@ -349,23 +420,55 @@ class Deleter:
         )
 
     # -- the namespace lifecycle --------------------------------------------------------------
-    def _delete_namespace(self, request: web.Request, resource: ResourceType, obj: Obj) -> web.Response:
-        """DELETE of a Namespace (its REST `Delete`): the first marks it Terminating and answers it; later ones
-        answer it as it is while its spec's finalizers hold it, and otherwise delete it as any object (its
-        metadata's finalizers still holding it)."""
-        meta = obj["metadata"]
-        if not meta.get("deletionTimestamp"):
-            return render_object(request, resource, self._terminate_namespace(obj), clock=self._clock)
-        if (obj.get("spec") or {}).get("finalizers") or meta.get("finalizers"):
-            return render_object(request, resource, obj, clock=self._clock)
-        return self._deleted_answer(request, resource, self._registry.remove(resource, "", str(meta["name"])))
+    async def _delete_namespace(
+        self, request: web.Request, resource: ResourceType, obj: Obj, options: Obj
+    ) -> web.Response:
+        """DELETE of a Namespace (its REST `Delete`), its preconditions checked.
 
-    def _terminate_namespace(self, obj: Obj) -> Obj:
-        """Mark the namespace Terminating now (a deletionTimestamp, no grace period); the namespace controller
-        then empties it and takes its `kubernetes` finalizer out."""
+        The first marks it Terminating and answers it so (`_marked_terminating`). A later one answers it as it
+        is, admission not consulted, while its spec's finalizers hold it; once they are gone it is deleted as
+        the generic store deletes any object: its metadata's finalizers, which the request's propagation options
+        may change, still hold it. A dry run stores nothing and answers what the deletion would have.
+        """
+        name = str(obj["metadata"]["name"])
+        status = pending_status(options)
+        if obj["metadata"].get("deletionTimestamp") and (obj.get("spec") or {}).get("finalizers"):
+            return render_object(request, resource, obj, clock=self._clock, status=status)
+        if name in UNDELETABLE_NAMESPACES:  # the NamespaceLifecycle admission plugin
+            raise forbidden(resource, name, "this namespace may not be deleted")
+        dry = bool(options.get("dryRun"))
+        admitted = await self._admit_delete(request, resource, obj, options=options, dry_run=dry)
+        if admitted is None:
+            raise not_found(resource, name)
+        if not admitted["metadata"].get("deletionTimestamp"):
+            marked = self._marked_terminating(admitted, options)
+            answer = marked if dry else self._terminate_namespace(marked)
+            return render_object(request, resource, answer, clock=self._clock, status=status)
+        if (admitted.get("spec") or {}).get("finalizers"):
+            return render_object(request, resource, admitted, clock=self._clock, status=status)
+        result, removed = self._delete_object(resource, admitted, options, dry_run=dry)
+        if removed:
+            return self._deleted_answer(request, resource, result)
+        return render_object(request, resource, result, clock=self._clock, status=status)
+
+    def _marked_terminating(self, obj: Obj, options: Obj) -> Obj:
+        """The namespace as its first DELETE leaves it: a deletionTimestamp (now, no grace period), the phase
+        Terminating, and the `orphan` / `foregroundDeletion` finalizers the options ask for
+        (`namespace_deletion_finalizers`). Not stored."""
         marked = copy.deepcopy(obj)
-        marked["metadata"]["deletionTimestamp"] = now_stamp(self._clock())
+        meta = marked["metadata"]
+        meta["deletionTimestamp"] = now_stamp(self._clock())
         marked["status"] = {**(obj.get("status") or {}), "phase": "Terminating"}
+        finalizers = namespace_deletion_finalizers(list(meta.get("finalizers") or []), options)
+        if finalizers:
+            meta["finalizers"] = finalizers
+        else:
+            meta.pop("finalizers", None)
+        return marked
+
+    def _terminate_namespace(self, marked: Obj) -> Obj:
+        """Store the namespace marked Terminating; the namespace controller then empties it and takes its
+        `kubernetes` finalizer out."""
         stored = self._storage.write(self._resource("namespaces"), marked, event_type="MODIFIED")
         meta = stored["metadata"]
         task = asyncio.get_running_loop().create_task(self._finalize_namespace(str(meta["name"]), str(meta["uid"])))
@@ -375,8 +478,9 @@ class Deleter:
 
     async def _finalize_namespace(self, name: str, uid: str) -> None:
         """The namespace controller (`namespacedResourcesDeleter.Delete`): delete what the namespace holds (pods
-        gracefully) until nothing is left, then finalize it: `kubernetes` out of its spec's finalizers, which
-        removes it unless other finalizers hold it.
+        gracefully) and write what is left as the namespace's conditions, pass after pass, until nothing is
+        left; then finalize it: `kubernetes` out of its spec's finalizers, which removes it unless other
+        finalizers hold it.
 
         Objects held by finalizers or by a pending graceful deletion keep the namespace Terminating, as in a
         real cluster, until whoever owns them (the kubelet, a controller) lets go. The controller stops once the
@@ -385,22 +489,145 @@ class Deleter:
         """
         await asyncio.sleep(self.namespace_deletion_delay)
         while (namespace := self._terminating(name, uid)) is not None:
-            keys = list(self._storage.namespaced_keys(name))
-            if not keys:
-                self._finalize(namespace)
+            if self._delete_content(namespace):
+                emptied = self._terminating(name, uid)
+                if emptied is not None:
+                    self._finalize(emptied)
                 return
-            by_key = {r.key: r for r in self._served()}
-            for rkey, ns, obj_name in keys:
-                obj = self._storage.objects.get((rkey, ns, obj_name))
-                if obj is None or obj["metadata"].get("deletionTimestamp"):
-                    continue
-                served = by_key.get(rkey)
-                if served is None:  # a custom resource no longer served: nothing can watch or finalize it
-                    del self._storage.objects[(rkey, ns, obj_name)]
-                else:
-                    self._delete_object(served, obj, {})
-            if list(self._storage.namespaced_keys(name)):
-                await asyncio.sleep(NAMESPACE_POLL)
+            await asyncio.sleep(NAMESPACE_POLL)
+
+    def _delete_content(self, namespace: Obj) -> bool:
+        """One pass of the controller's `deleteAllContent`; True when the namespace holds nothing any more.
+
+        Everything the namespace holds is deleted with propagationPolicy Background, what is being deleted
+        already included (which drops its `orphan` / `foregroundDeletion` finalizers); a custom resource no
+        longer served is dropped, as nothing can watch or finalize it. What is left then becomes the
+        namespace's conditions (`_content_conditions`, `_write_conditions`).
+        """
+        name = str(namespace["metadata"]["name"])
+        kinds = self._content_resources()
+        deleted_at = tables.parse_time(str(namespace["metadata"]["deletionTimestamp"]))
+        pods_estimate = self._pods_estimate(name, (self._clock() - deleted_at).total_seconds())
+        for key in list(self._storage.namespaced_keys(name)):
+            obj = self._storage.objects.get(key)
+            if obj is None:
+                continue
+            served = kinds.get(key[0])
+            if served is None:
+                del self._storage.objects[key]
+            else:
+                self._delete_object(served, obj, BACKGROUND)
+        left: dict[str, list[Obj]] = {}
+        for key in self._storage.namespaced_keys(name):
+            left.setdefault(key[0], []).append(self._storage.objects[key])
+        self._write_conditions(namespace, self._content_conditions(name, left, kinds, pods_estimate))
+        return not left
+
+    def _content_resources(self) -> dict[str, ResourceType]:
+        """Each served resource by its storage key, at the version discovery prefers for it (its group's first
+        version serving it), as the controller's `ServerPreferredNamespacedResources` finds it."""
+        served = self._served()
+        order = group_versions(served)
+        chosen: dict[str, ResourceType] = {}
+        for resource in sorted(served, key=lambda r: order[r.group].index(r.version)):
+            chosen.setdefault(resource.key, resource)
+        return chosen
+
+    def _pods_estimate(self, namespace: str, elapsed: float) -> int:
+        """`estimateGracefulTerminationForPods`: the longest terminationGracePeriodSeconds of the namespace's pods
+        that have not Succeeded or Failed; 0 once the namespace has been Terminating that long
+        (`estimateGracefulTermination`)."""
+        estimate = 0
+        for key in self._storage.namespaced_keys(namespace):
+            pod = self._storage.objects[key]
+            if key[0] != "pods" or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+            if grace is not None and int(grace) > estimate:
+                estimate = int(grace)
+        return 0 if elapsed >= estimate else estimate
+
+    @staticmethod
+    def _content_conditions(
+        namespace: str, left: dict[str, list[Obj]], kinds: dict[str, ResourceType], pods_estimate: int
+    ) -> dict[str, tuple[str, str, str]]:
+        """The conditions that hold after a pass, type -> (status, reason, message) (`ProcessContentTotals`,
+        `makeDeleteContentCondition`).
+
+        NamespaceContentRemaining counts what is left by resource ("pods. has 1 resource instances", resource
+        and group), NamespaceFinalizersRemaining by finalizer ("example.com/f in 1 resource instances"), each
+        list sorted. A resource whose objects are left with no finalizer among them and no graceful
+        termination to wait for (only pods have one: `_pods_estimate`) is a failure to delete it, which
+        NamespaceDeletionContentFailure reports by group, version and resource.
+        """
+        found: dict[str, tuple[str, str, str]] = {}
+        counts: list[str] = []
+        by_finalizer: dict[str, int] = {}
+        failures: list[str] = []
+        for rkey, objs in left.items():
+            served = kinds[rkey]
+            counts.append(f"{served.plural}.{served.group} has {len(objs)} resource instances")
+            own: dict[str, int] = {}
+            for obj in objs:
+                for finalizer in obj["metadata"].get("finalizers") or []:
+                    own[finalizer] = own.get(finalizer, 0) + 1
+            for finalizer, count in own.items():
+                by_finalizer[finalizer] = by_finalizer.get(finalizer, 0) + count
+            if not own and not (pods_estimate if rkey == "pods" else 0):
+                gvr = f"{served.group}/{served.version}, Resource={served.plural}"
+                failures.append(f"unexpected items still remain in namespace: {namespace} for gvr: {gvr}")
+        if counts:
+            found["NamespaceContentRemaining"] = (
+                "True",
+                "SomeResourcesRemain",
+                f"Some resources are remaining: {', '.join(sorted(counts))}",
+            )
+        if by_finalizer:
+            remaining = sorted(
+                f"{finalizer} in {count} resource instances" for finalizer, count in by_finalizer.items()
+            )
+            found["NamespaceFinalizersRemaining"] = (
+                "True",
+                "SomeFinalizersRemain",
+                f"Some content in the namespace has finalizers remaining: {', '.join(remaining)}",
+            )
+        if failures:
+            found["NamespaceDeletionContentFailure"] = (
+                "True",
+                "ContentDeletionFailed",
+                f"Failed to delete all resource types, {len(failures)} remaining: {', '.join(sorted(failures))}",
+            )
+        return found
+
+    def _write_conditions(self, namespace: Obj, found: dict[str, tuple[str, str, str]]) -> None:
+        """Set the five deletion conditions on the namespace's status (`updateConditions`), writing it only when
+        one changed, as the controller's `UpdateStatus` follows.
+
+        Each is `found`'s, else False with its reason and message for that (`NAMESPACE_CONDITIONS`). A condition
+        not there yet is added (in that order, after any others) with lastTransitionTime now; one whose status,
+        reason or message changed takes the new ones, and a new lastTransitionTime only if its status changed.
+        """
+        now = now_stamp(self._clock())
+        updated = copy.deepcopy(namespace)
+        status = updated.setdefault("status", {})
+        conditions: list[Obj] = list(status.get("conditions") or [])
+        changed = False
+        for kind, (ok_reason, ok_message) in NAMESPACE_CONDITIONS.items():
+            state, reason, message = found.get(kind, ("False", ok_reason, ok_message))
+            old = next((c for c in conditions if c.get("type") == kind), None)
+            if old is None:
+                conditions.append(
+                    {"type": kind, "status": state, "lastTransitionTime": now, "reason": reason, "message": message}
+                )
+                changed = True
+            elif (old.get("status", ""), old.get("reason", ""), old.get("message", "")) != (state, reason, message):
+                if old.get("status", "") != state:
+                    old["lastTransitionTime"] = now
+                old.update(status=state, reason=reason, message=message)
+                changed = True
+        if changed:
+            status["conditions"] = conditions
+            self._storage.write(self._resource("namespaces"), updated, event_type="MODIFIED")
 
     def _terminating(self, name: str, uid: str) -> Obj | None:
         """The namespace the controller works on, while it is still there and not finalized."""
