@@ -41,6 +41,17 @@ class Node:
         assert worker.volumes is not None
         return worker.volumes.path(volume)
 
+    async def volume_set_up(self, pod: str, volume: str) -> pathlib.Path:
+        """The volume's directory once the kubelet has made it: a pod's status (Init:0/2, say) can show before
+        its volumes are set up, as with a real kubelet."""
+
+        def made() -> pathlib.Path | None:
+            volumes = self.worker(pod).volumes
+            return volumes.path(volume) if volumes is not None and volumes.path(volume).is_dir() else None
+
+        path: pathlib.Path = await eventually(made, within=30, interval=0.1, what=f"{pod}'s volume {volume}")
+        return path
+
     async def apply(self, pod: dict[str, Any]) -> None:
         pod.setdefault("apiVersion", "v1")
         pod.setdefault("kind", "Pod")
@@ -155,7 +166,7 @@ async def test_init_containers_run_in_order_before_the_app(node: Node) -> None:
     })  # fmt: skip
     await node.shows("inits", "0/1", "Init:0/2")
     assert (await node.pod("inits"))["status"]["phase"] == "Pending"
-    (node.volume("inits", "work") / "go").touch()
+    (await node.volume_set_up("inits", "work") / "go").touch()
     await node.shows("inits", "1/1", "Running")
     assert (node.volume("inits", "work") / "order").read_text().split() == ["first", "second", "app"]
     statuses = (await node.pod("inits"))["status"]["initContainerStatuses"]
