@@ -316,6 +316,22 @@ async def test_timestamps_are_parsed_even_where_the_server_sets_them(kubesim: Ku
     assert (status, answer["message"]) == (400, handled("Lease", "v1", error))
 
 
+def example_crd(kind: str, plural: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A namespaced CustomResourceDefinition of group example.com serving and storing v1 with `schema` (the
+    same dict, so a test may change it between requests)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "kind": kind},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}],
+        },
+    }
+
+
 async def test_a_crd_schema_union_reports_where_it_is(kubesim: KubeSim) -> None:
     """A CRD schema's `additionalProperties` decodes itself anew (`JSONSchemaPropsOrBool`): a type error inside
     it is reported at the union's own field; a value neither boolean nor schema has its own message."""
@@ -323,17 +339,7 @@ async def test_a_crd_schema_union_reports_where_it_is(kubesim: KubeSim) -> None:
         "type": "object",
         "properties": {"spec": {"type": "object", "additionalProperties": {"type": 5}}},
     }
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "widgets.example.com"},
-        "spec": {
-            "group": "example.com",
-            "scope": "Namespaced",
-            "names": {"plural": "widgets", "kind": "Widget"},
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}],
-        },
-    }
+    crd = example_crd("Widget", "widgets", schema)
     path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     status, answer = await send(kubesim, "POST", path, crd)
     field = "JSONSchemaProps.spec.versions.schema.openAPIV3Schema.properties.additionalProperties"
@@ -635,29 +641,7 @@ async def test_a_yaml_bodys_unknown_fields_are_met_in_its_json_with_sorted_keys(
 
 async def test_a_map_key_is_a_dotted_part_of_the_path(kubesim: KubeSim) -> None:
     """A CRD's schema properties are a map of structs: the key joins the path with a dot."""
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "gadgets.example.com"},
-        "spec": {
-            "group": "example.com",
-            "names": {"kind": "Gadget", "plural": "gadgets"},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {"spec": {"type": "object", "typo": True}},
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    crd = example_crd("Gadget", "gadgets", {"type": "object", "properties": {"spec": {"type": "object", "typo": True}}})
     crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?fieldValidation=Strict"
     status, answer, _ = await exchange(kubesim, "POST", crds, crd)
     field = "spec.versions[0].schema.openAPIV3Schema.properties.spec.typo"
@@ -665,40 +649,25 @@ async def test_a_map_key_is_a_dotted_part_of_the_path(kubesim: KubeSim) -> None:
 
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
-WIDGET_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.example.com"},
-    "spec": {
-        "group": "example.com",
-        "names": {"kind": "Widget", "plural": "widgets"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {
-                                "type": "object",
-                                "properties": {
-                                    "parts": {
-                                        "type": "array",
-                                        "items": {"type": "object", "properties": {"name": {"type": "string"}}},
-                                    },
-                                    "size": {"type": "integer"},
-                                },
-                            }
-                        },
-                    }
+WIDGET_CRD = example_crd(
+    "Widget",
+    "widgets",
+    {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "parts": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+                    },
+                    "size": {"type": "integer"},
                 },
             }
-        ],
+        },
     },
-}
+)
 
 
 async def test_a_custom_resources_unknown_fields_are_its_metadatas_then_prunings_sorted(kubesim: KubeSim) -> None:
