@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -58,9 +59,32 @@ def generate_name(prefix: str) -> str:
 
 
 # -- checks every write path shares ---------------------------------------------------------------
+MISSING_KIND = "Object 'Kind' is missing in '{}'"  # `runtime.NewMissingKindErr`
+
+
 def check_type(resource: ResourceType, body: Any) -> Obj:
+    """A create's or update's decoded body as the object the handler goes on with, checked against the URL.
+
+    A body that is JSON `null` decodes, as `{}` does: `SimpleMetaFactory.Interpret` reads no apiVersion and
+    kind from it (the URL's are taken) and encoding/json leaves the kind's struct as it was, empty; so a
+    built-in kind's null body is an object with nothing set, which validation then refuses as it refuses `{}`
+    (422, `metadata.name: Required value` among the rest), and a PUT's has no name (`checkName`, 400). A custom
+    resource's is decoded into an Unstructured, which needs a kind in the body itself
+    (`unstructuredJSONScheme.Decode`): 400, `Object 'Kind' is missing in 'null'`, worded as the strict decoder
+    (fieldValidation Warn, the default, or Strict) words it (`transformDecodeError`, the kind it read being
+    empty); under fieldValidation=Ignore the non-strict decoder's error names the URL's kind instead
+    (`<Kind> in version "<version>" cannot be handled as a <Kind>: ...`), which is not modelled here. Any other body
+    that is not an object is refused as `Interpret` refuses it (`couldn't get version/kind; json parse error:
+    json: cannot unmarshal array into Go value of type struct {...}`, as `decoding.check_body` refuses a
+    built-in kind's before), the body's start shown as kubesim writes its JSON again, not as it was sent."""
+    if body is None:
+        if resource.custom:
+            raise decoding.unrecognized(resource.kind, MISSING_KIND.format("null"), b"null")
+        body = {}
     if not isinstance(body, dict):
-        raise bad_request("the object provided is unrecognized (must be a JSON object)")
+        problem = decoding.interpret_error(body)
+        written = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        raise decoding.unrecognized(resource.kind, f"{decoding.FIND_KIND_ERROR}{problem}", written)
     # Like the real decoder, a body without kind/apiVersion takes them from the URL.
     body.setdefault("kind", resource.kind)
     body.setdefault("apiVersion", resource.api_version)

@@ -13,6 +13,11 @@ policy): the real chain runs it once, before the mutating webhooks; here it runs
 the object a mutating webhook gives back. DefaultTolerationSeconds (`admit_default_toleration_seconds`) runs
 where the real chain runs it, in the registry's admission step before the webhooks.
 
+The quantities of every ResourceList a served kind's generated defaulters reach (a pod spec's containers,
+claim templates, overhead and pod-level resources, a Pod's container statuses, a StatefulSet's volume claim
+templates) are rounded up to milli scale as `SetDefaults_ResourceList` rounds them (`round_up_to_milli`), from
+the text decoding left: a binary quantity that needed rounding may come back decimal where Go writes it binary.
+
 Custom resources are not in `RESOURCES`: `tests.kubesim.customresources` builds their `ResourceType`s from
 each stored CustomResourceDefinition (whose own entry is here).
 """
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from tests.kubesim import rbac, weburl
+from tests.kubesim import canonical, rbac, weburl
 from tests.kubesim.kl_env import parse_quantity
 from tests.kubesim.podspec import validate_only_added_tolerations, validate_pod_only, validate_pod_spec
 from tests.kubesim.schemas import ANY, SCHEMAS, Schema
@@ -225,6 +230,80 @@ CONDITIONS = {"status.conditions": "type"}
 # -- defaults ------------------------------------------------------------------------------------
 
 
+_MILLI = -3  # the scale `SetDefaults_ResourceList` rounds up to
+# the text of a quantity that parses, as decoding leaves it (`tests.kubesim.canonical`)
+_QUANTITY_TEXT = re.compile(r"[+-]?[0-9]*(?:\.[0-9]*)?(?:[numkMGTPE]|[KMGTPE]i|[eE][-+]?[0-9]+)?")
+
+
+def round_up_to_milli(quantity: Any) -> Any:
+    """One quantity of a ResourceList as `SetDefaults_ResourceList` leaves it (pkg/apis/core/v1/defaults.go):
+    `RoundUp(-3)`, so a value finer than a thousandth is rounded up, away from zero, to the next thousandth
+    (`0.0001` is `1m`, `1.0001` is `1001m`, `-0.0001` is `-1m`) and written again as `Quantity.String()`
+    writes it, in the format its text gives (`1e-4` is `1e-3`). A value whole to the thousandth keeps its text.
+    `quantity` is the text decoding left (`tests.kubesim.canonical`), which is canonical already unless it was
+    kept as sent, so a binary value (`Ki`..`Ei`) that needed rounding reaches this as decimal text: one whose
+    rounding makes it a whole number of at least 1024 is written as a decimal number (`2048`) where Go, which
+    rounds the value as parsed, writes it binary (`2Ki`). Anything else is left as it is."""
+    if not isinstance(quantity, str) or not quantity or not _QUANTITY_TEXT.fullmatch(quantity):
+        return quantity
+    try:
+        unscaled, scale, form, _ = canonical.parse_quantity(quantity)
+    except ValueError:
+        return quantity
+    if scale >= _MILLI or unscaled == 0:
+        return quantity
+    whole, rest = divmod(abs(unscaled), 10 ** (_MILLI - scale))
+    rounded = (whole + (rest > 0)) * (1 if unscaled > 0 else -1)
+    return canonical.canonicalize(rounded, _MILLI, form)
+
+
+def _objects(value: Any) -> list[Obj]:
+    """The objects of a list (none of anything else)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _round_resource_list(holder: Any, key: str) -> None:
+    """`SetDefaults_ResourceList` of `holder[key]`: each quantity rounded up to milli (`round_up_to_milli`)."""
+    listed = holder.get(key) if isinstance(holder, dict) else None
+    if isinstance(listed, dict):
+        for name, quantity in listed.items():
+            listed[name] = round_up_to_milli(quantity)
+
+
+def _round_requirements(holder: Any) -> None:
+    """The `limits` then the `requests` of `holder.resources` (a container's, a claim spec's), rounded."""
+    resources = holder.get("resources") if isinstance(holder, dict) else None
+    _round_resource_list(resources, "limits")
+    _round_resource_list(resources, "requests")
+
+
+def round_pod_spec_resource_lists(spec: Obj) -> None:
+    """Every ResourceList of a pod spec the generated defaulters reach (`SetObjectDefaults_Pod`, and the same
+    walk of a workload's template: zz_generated.defaults.go), in their order: an ephemeral volume's claim
+    template's limits and requests, each init container's, container's and ephemeral container's limits and
+    requests, the `overhead`, and the pod-level `resources` (a 1.32 field, behind the PodLevelResources gate)."""
+    for volume in _objects(spec.get("volumes")):
+        ephemeral = volume.get("ephemeral")
+        claim = ephemeral.get("volumeClaimTemplate") if isinstance(ephemeral, dict) else None
+        _round_requirements(claim.get("spec") if isinstance(claim, dict) else None)
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for container in _objects(spec.get(key)):
+            _round_requirements(container)
+    _round_resource_list(spec, "overhead")
+    _round_requirements(spec)
+
+
+def _round_pod_status_resource_lists(status: Any) -> None:
+    """A Pod's status's ResourceLists (`SetObjectDefaults_Pod`): each init container's, container's and ephemeral
+    container's `allocatedResources`, then its `resources` limits and requests."""
+    if not isinstance(status, dict):
+        return
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        for container in _objects(status.get(key)):
+            _round_resource_list(container, "allocatedResources")
+            _round_requirements(container)
+
+
 def _default_container(container: Obj) -> None:
     image = str(container.get("image", ""))
     tail = image.rsplit("/", 1)[-1]
@@ -275,8 +354,8 @@ def _force_default_proc_mount(spec: Obj) -> None:
 
 
 def default_pod_spec(spec: Obj) -> None:
-    """What a Pod's spec and a workload template's take alike (`SetDefaults_PodSpec` and the container, probe and
-    volume defaulters); what only a Pod takes (`SetDefaults_Pod`) is in `_default_pod`."""
+    """What a Pod's spec and a workload template's take alike (`SetDefaults_PodSpec` and the container, probe,
+    volume and ResourceList defaulters); what only a Pod takes (`SetDefaults_Pod`) is in `_default_pod`."""
     _default_unset(spec, "restartPolicy", "Always")
     if spec.get("terminationGracePeriodSeconds") is None:
         spec["terminationGracePeriodSeconds"] = 30
@@ -301,6 +380,7 @@ def default_pod_spec(spec: Obj) -> None:
                 volume[source].setdefault(mode_field, 420)
         if isinstance(volume.get("downwardAPI"), dict):
             volume["downwardAPI"].setdefault("defaultMode", 420)
+    round_pod_spec_resource_lists(spec)
 
 
 _QOS_RESOURCES = frozenset({"cpu", "memory"})
@@ -362,7 +442,8 @@ def _default_requests_from_limits(spec: Obj) -> None:
     """A resource a container or init container limits but does not request is requested at its limit
     (`SetDefaults_Pod`: a Pod's, not a template's, so a workload keeps what it was given; ephemeral
     containers have no resources). Pod-level resources and their defaults are behind the PodLevelResources
-    gate, off in 1.32."""
+    gate, off in 1.32. `SetObjectDefaults_Pod` runs this before the ResourceList defaulters, so a request
+    copied from a limit is then rounded up to milli as the limit is (`round_pod_spec_resource_lists`)."""
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:
             resources = container.get("resources") if isinstance(container, dict) else None
@@ -420,6 +501,7 @@ def _default_pod(obj: Obj) -> None:
         _default_host_network_ports(spec)
         spec.setdefault("priority", 0)
         spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    _round_pod_status_resource_lists(obj.get("status"))
 
 
 def _pod_status(obj: Obj) -> Obj:
@@ -477,6 +559,10 @@ def _default_statefulset(obj: Obj) -> None:
         rolling.setdefault("partition", 0)
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
+    for claim in _objects(spec.get("volumeClaimTemplates")):
+        _round_requirements(claim.get("spec"))  # `SetObjectDefaults_StatefulSet`: each claim's ResourceLists
+        _round_resource_list(claim.get("status"), "capacity")
+        _round_resource_list(claim.get("status"), "allocatedResources")
 
 
 def _default_namespace(obj: Obj) -> None:

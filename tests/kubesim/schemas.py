@@ -3,16 +3,41 @@
 The real server decodes into typed structs: unknown fields are dropped, reported as a warning
 (`Warn`, the default), or rejected with 400 (`Strict`, what kubectl sends). A schema here is a
 nested dict of known field names; `ANY` marks a subtree that is not checked (free-form maps, or
-structures kubesim does not model field by field). Lists of objects use the item's schema.
+structures kubesim does not model field by field). Lists of objects use the item's schema. A custom
+resource's schema may also hold `Fields`: an object whose keys beyond its listed ones are all known too,
+each value checked by one schema (a CRD's `additionalProperties`, or `x-kubernetes-preserve-unknown-fields`
+beside `properties`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 Schema = Mapping[str, Any]
 ANY: Schema = {"*": None}
+
+
+@dataclass(frozen=True)
+class Fields(Mapping[str, Any]):
+    """A schema whose every key is known: a listed one's value is checked by its own schema (`listed`), any
+    other's by `rest` (`ANY`: kept as it is). Iterating it gives the listed keys only."""
+
+    listed: Mapping[str, Schema]
+    rest: Schema
+
+    def __getitem__(self, key: str) -> Schema:
+        return self.listed.get(key, self.rest)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.listed)
+
+    def __len__(self) -> int:
+        return len(self.listed)
 
 
 def _fields(names: str, **nested: Schema) -> dict[str, Any]:
