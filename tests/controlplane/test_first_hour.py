@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+from controlplane import cli
 from controlplane.model.meshconfig import MeshConfig
 from controlplane.model.store import ConfigStore
 from controlplane.sources.files import FileSource
@@ -64,6 +66,19 @@ for command in ("agent", "serve", "iptables", "version"):
 import controlplane.server, controlplane.agent.cmd
 print(sorted({name.split(".")[0] for name in sys.modules} & {"kubernetes_asyncio", "rich"}))
 """
+
+
+def test_each_command_is_added_by_the_module_listed_for_it() -> None:
+    """A run builds only its own command's parser, from the module `COMMANDS` names for it: a name listed
+    with another command's module would make that command an invalid choice."""
+
+    def names(parser: argparse.ArgumentParser) -> list[str]:
+        [sub] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        return list(sub.choices)
+
+    assert names(cli.build_parser()) == list(cli.COMMANDS)
+    for command in cli.COMMANDS:
+        assert names(cli.build_parser([command])) == [command]
 
 
 def test_commands_that_need_no_cluster_start_without_loading_the_kubernetes_client() -> None:
