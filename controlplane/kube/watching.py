@@ -192,8 +192,12 @@ def as_listed(obj: JsonObject) -> JsonObject:
 
 
 def _complete(obj: JsonObject, resource: Resource) -> JsonObject:
+    """A list item with the kind and apiVersion a built-in list leaves out, in the order the API server writes
+    them in a watch event's object (its Go type's: `kind` first), so a relisted object that did not change
+    is equal to the one held, key order included (`controlplane.model.packed`). A custom resource's items
+    carry their own."""
     if "kind" not in obj or "apiVersion" not in obj:
-        obj = {"apiVersion": resource.api_version, "kind": resource.kind, **obj}
+        obj = {"kind": resource.kind, "apiVersion": resource.api_version, **obj}
     return obj
 
 
