@@ -45,16 +45,22 @@ which the registry and the storage apply, so the objects kubesim's own controlle
 - protobuf reads an empty repeated field back as nil (`endpoints: []` is stored `null`) and a map's nil []byte
   as empty (a Secret's `data: {k: null}` is `k: ""`);
 - Quantity, Time and []byte come back in their canonical text (`tests.kubesim.canonical`: `1000m` is `1`,
-  `1024Mi` is `1Gi`, times in UTC).
+  `1024Mi` is `1Gi`, times in UTC);
+- the order is encoding/json's, not the body's: a struct's fields in the order its type declares them
+  (`typeFields`: `kind`, `apiVersion`, `metadata`, `spec`, `status`; `name`, `namespace`, `uid`, ... in
+  ObjectMeta), a map's keys sorted (`mapEncoder`: labels, a ConfigMap's data, a container's limits). The
+  checks that follow decoding see that order too, so what they report while ranging over a map (where Go's
+  order is random) comes in key order.
 
 A custom resource's metadata is decoded into an ObjectMeta and written back (the schema coercer's
-`GetObjectMetaWithOptions` and `SetObjectMeta`); the rest of it is kept as sent. What differs from the real
-server: struct fields and map keys keep the body's order (Go writes fields in declaration order and map keys
-sorted); a float64 with a fraction is written as Python writes it; a pointer to a value that encodes as null (a
-zero Time) is dropped rather than written null, as kubesim decodes what it encoded again; the metadata of
-embedded resources in custom resources is kept as sent; the Scale, TokenRequest and TokenReview answers are
-built by their handlers, not encoded from their types; and JSON nested deeper than Python's parser goes (about a
-thousand levels, where Go's scanner takes 10000) is not read.
+`GetObjectMetaWithOptions` and `SetObjectMeta`); the rest of it is kept as sent, but for its order: the server
+holds it as unstructured JSON, maps all the way down, which encoding/json writes with every object's keys sorted
+(`unstructuredJSONScheme`), its metadata too. What differs from the real server: a float64 with a fraction is
+written as Python writes it; a pointer to a value that encodes as null (a zero Time) is dropped rather than
+written null, as kubesim decodes what it encoded again; the metadata of embedded resources in custom resources
+is kept as sent; the Scale, TokenRequest and TokenReview answers are built by their handlers, not encoded from
+their types; and JSON nested deeper than Python's parser goes (about a thousand levels, where Go's scanner
+takes 10000) is not read.
 """
 
 from __future__ import annotations
@@ -928,27 +934,35 @@ def _int_fits(text: str, t: GoType) -> bool:
 
 
 @functools.cache
-def _encoded_fields(key: str) -> dict[str, tuple[GoType, bool, bool]]:
-    """A struct's fields as `encoding/json` writes them: JSON name -> (type, a pointer, omitempty)."""
+def _encoded_fields(key: str) -> dict[str, tuple[GoType, bool, bool, int]]:
+    """A struct's fields as `encoding/json` writes them: JSON name -> (type, a pointer, omitempty, its place in
+    the declaration, which is the order `typeFields` gives them: an embedded struct's fields in its place)."""
     package, _, name = key.rpartition(".")
     pointers = gotypes.POINTERS.get(package, {}).get(name, "").split()
     kept = gotypes.WITHOUT_OMITEMPTY.get(package, {}).get(name, "").split()
     return {
-        field: (go_type(expr, owner), field in pointers, field not in kept)
-        for field, (expr, owner) in struct_fields(key).items()
+        field: (go_type(expr, owner), field in pointers, field not in kept, rank)
+        for rank, (field, (expr, owner)) in enumerate(struct_fields(key).items())
     }
 
 
+def _in_declared_order(out: dict[str, Any], key: str) -> dict[str, Any]:
+    """The encoded fields `out` of the struct `key` in declaration order."""
+    fields = _encoded_fields(key)
+    return {field: out[field] for field in sorted(out, key=lambda field: fields[field][3])}
+
+
 @functools.cache
-def _written_when_unset(key: str) -> tuple[tuple[str, Any], ...]:
-    """The fields of a struct written even when the body leaves them out or null, with what they are written as:
-    those without omitempty, and those of a struct type that are not pointers, which omitempty never drops (the
-    types that encode themselves are structs too: a zero Time is `null`, a zero IntOrString 0, a Quantity "0")."""
+def _written_when_unset(key: str) -> tuple[tuple[str, Any, int], ...]:
+    """The fields of a struct written even when the body leaves them out or null, with what they are written as
+    and their place: those without omitempty, and those of a struct type that are not pointers, which omitempty
+    never drops (the types that encode themselves are structs too: a zero Time is `null`, a zero IntOrString 0,
+    a Quantity "0")."""
     unset = []
-    for field, (field_type, pointer, omitempty) in _encoded_fields(key).items():
+    for field, (field_type, pointer, omitempty, rank) in _encoded_fields(key).items():
         encoded = None if pointer else zero(field_type)
         if not omitempty or (not pointer and not _empty(field_type, encoded)):
-            unset.append((field, encoded))
+            unset.append((field, encoded, rank))
     return tuple(unset)
 
 
@@ -974,7 +988,7 @@ def zero(t: GoType) -> Any:
 
 @functools.cache
 def _zero_struct(t: GoType) -> Any:
-    return {field: copy.deepcopy(encoded) for field, encoded in _written_when_unset(t.ref)}
+    return {field: copy.deepcopy(encoded) for field, encoded, _ in _written_when_unset(t.ref)}
 
 
 def _empty(t: GoType, encoded: Any) -> bool:
@@ -994,11 +1008,10 @@ def encode(value: Any, t: GoType, *, stored: bool = False) -> Any:
     encoding: a pointer written when set (even to a zero value), a field with omitempty left out when empty
     (`_empty`), one without it written even then (`null` when nil); Quantity, Time and []byte as their methods
     write them (`tests.kubesim.canonical`), IntOrString as its string or number, a float64 without a fraction as
-    an integer. Go writes struct fields in declaration order and map keys sorted; kubesim keeps the body's order
-    (then adds the absent fields that are written anyway), so that its checks, which range over maps in order
-    where Go's order is random, report what they find in the order it was sent. Fields the type does not have
-    are kept as they are (pruning them is the handlers' business); a value of the wrong JSON type (which
-    decoding refuses) too.
+    an integer. A struct's fields are written in declaration order (`typeFields`), whatever order the body had,
+    and a map's keys sorted (`mapEncoder`); FieldsV1 and JSON write their raw JSON as it was. Fields the type
+    does not have are kept, after the others and as they are (pruning them is the handlers' business); a value
+    of the wrong JSON type (which decoding refuses) too.
 
     `stored`: the value as it comes back from etcd, where the server keeps it in protobuf (`generated.pb.go`)
     and from where it answers a write too: a repeated field that is empty is read back nil, so a field without
@@ -1010,12 +1023,15 @@ def encode(value: Any, t: GoType, *, stored: bool = False) -> Any:
             return plain(value)
         fields = _encoded_fields(t.ref)
         out: dict[str, Any] = {}
-        for key, item in value.items():  # the body's fields in its order, unknown ones as they are
+        unknown: dict[str, Any] | None = None
+        last, ordered = -1, True  # whether `out` is in declaration order so far, and the last field's place
+        for key, item in value.items():
             found = fields.get(key)
             if found is None:
-                out[key] = plain(item)
+                unknown = unknown or {}
+                unknown[key] = plain(item)
                 continue
-            field_type, pointer, omitempty = found
+            field_type, pointer, omitempty, rank = found
             if item is None:
                 continue  # as if absent
             encoded = encode(item, field_type, stored=stored)
@@ -1023,9 +1039,17 @@ def encode(value: Any, t: GoType, *, stored: bool = False) -> Any:
                 encoded = None
             if pointer or not omitempty or not _empty(field_type, encoded):
                 out[key] = encoded
-        for field, encoded in _written_when_unset(t.ref):  # then those written though absent
+                ordered = ordered and rank > last
+                last = rank
+        for field, encoded, rank in _written_when_unset(t.ref):  # and those written though absent
             if value.get(field) is None:
                 out[field] = copy.deepcopy(encoded)
+                ordered = ordered and rank > last
+                last = rank
+        if not ordered:
+            out = _in_declared_order(out, t.ref)
+        if unknown:  # after them, in the body's order
+            out.update(unknown)
         return out
     if t.kind == "map":
         if not isinstance(value, dict):
@@ -1034,7 +1058,7 @@ def encode(value: Any, t: GoType, *, stored: bool = False) -> Any:
         out = {_go_text(str(key)): encode(item, elem, stored=stored) for key, item in value.items()}
         if stored and elem.kind == "slice" and _elem(elem).kind == "uint":
             out = {key: "" if item is None else item for key, item in out.items()}
-        return out
+        return dict(sorted(out.items())) if len(out) > 1 else out  # keys sorted (`mapEncoder`)
     if t.kind == "slice":
         return _encode_slice(value, t, stored=stored)
     if t.kind == "special":
@@ -1094,11 +1118,24 @@ def round_trip(obj: Any, *, kind: str, api_version: str, stored: bool = False) -
 
 def custom_round_trip(obj: Any) -> Any:
     """A custom resource as the API server holds it: as sent, but for its metadata, which is decoded into an
-    ObjectMeta and written back (`GetObjectMetaWithOptions`, `SetObjectMeta` of the schema coercer). A new value."""
-    out = copy.deepcopy(obj)
-    if isinstance(out, dict) and isinstance(out.get("metadata"), dict):
-        out["metadata"] = encode(out["metadata"], go_type("meta/v1.ObjectMeta"))
-    return out
+    ObjectMeta and written back (`GetObjectMetaWithOptions`, `SetObjectMeta` of the schema coercer, which puts it
+    in as the map `ToUnstructured` makes). It is held as unstructured JSON, maps all the way down, so every
+    object in it is written with its keys sorted (`unstructuredJSONScheme` hands the map to `encoding/json`). A
+    new value."""
+    if not isinstance(obj, dict):
+        return copy.deepcopy(obj)
+    if not isinstance(obj.get("metadata"), dict):
+        return sorted_keys(obj)
+    return sorted_keys({**obj, "metadata": encode(obj["metadata"], go_type("meta/v1.ObjectMeta"))})
+
+
+def sorted_keys(value: Any) -> Any:
+    """An unstructured value as `encoding/json` writes it: every object's keys sorted. A new value."""
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
 
 
 def stored_form(resource: ResourceType, obj: Any) -> Any:

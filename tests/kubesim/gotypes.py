@@ -8,9 +8,10 @@ one by its name alone; `STRING_TYPES` are the named string types (`v1.Protocol`)
 named non-struct ones. Types with their own `UnmarshalJSON` (`Time`, `IntOrString`, `Quantity`, ...) are not
 here: `tests.kubesim.decoding` decodes them as their methods do.
 
-What the encoder needs besides, from the same declarations: `POINTERS`, the fields declared as pointers (no
-slice or map of these types holds pointers), and `WITHOUT_OMITEMPTY`, the fields whose JSON tag lacks
-`omitempty`; every other field has it.
+A struct's fields are listed in the order the encoder writes them in, as `encoding/json` writes a struct
+(`typeFields`): `kind` and `apiVersion` (TypeMeta's order), then `metadata`, `spec`, `status`. What it needs
+besides, from the same declarations: `POINTERS`, the fields declared as pointers (no slice or map of these types
+holds pointers), and `WITHOUT_OMITEMPTY`, the fields whose JSON tag lacks `omitempty`; every other field has it.
 """
 
 from __future__ import annotations

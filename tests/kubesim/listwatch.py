@@ -81,12 +81,11 @@ def list_body(resource: ResourceType, page: Page) -> dict[str, Any]:
         items = [copy.deepcopy(o) for o in page.objects]
     else:
         items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page.objects]
-    return {
-        "kind": resource.list_kind,
-        "apiVersion": resource.api_version,
-        "metadata": page.list_meta(),
-        "items": items,
-    }
+    meta = page.list_meta()
+    if resource.custom:  # an unstructured list is a Go map, written with sorted keys (its items are already)
+        meta = {key: meta[key] for key in sorted(meta)}
+        return {"apiVersion": resource.api_version, "items": items, "kind": resource.list_kind, "metadata": meta}
+    return {"kind": resource.list_kind, "apiVersion": resource.api_version, "metadata": meta, "items": items}
 
 
 def list_options_causes(request: web.Request) -> list[Cause]:

@@ -136,8 +136,8 @@ class Storage:
         """Store `obj` (ADDED or MODIFIED) with the next resourceVersion; return the stored copy, a built-in object
         as its Go type encodes it (`decoding.stored_form`)."""
         self.rv += 1
-        stored: Obj = decoding.stored_form(resource, obj)
-        stored["metadata"]["resourceVersion"] = str(self.rv)
+        versioned = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
+        stored: Obj = decoding.stored_form(resource, versioned)  # resourceVersion in its place in ObjectMeta
         meta = stored["metadata"]
         key = (resource.key, meta.get("namespace", ""), meta["name"])
         old = self.objects.get(key)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tests.kubesim import decoding
 from tests.kubesim.selectors import format_label_selector
 
 Obj = Mapping[str, Any]
@@ -334,7 +335,9 @@ COLUMNS: dict[str, Sequence[Column]] = {
 
 
 def partial_metadata(obj: Obj) -> dict[str, Any]:
-    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": dict(obj["metadata"])}
+    """A typed ObjectMeta, in its fields' order (a custom resource's stored metadata has its keys sorted)."""
+    meta = decoding.encode(obj["metadata"], decoding.go_type("meta/v1.ObjectMeta"))
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
 
 
 def table(
