@@ -12,6 +12,22 @@ listable, watchable and deletable:
   `blockOwnerDeletion: true` is left, so the API server removes it.
 Background deletion (the default) needs nothing more: the owner goes at once and the first rule
 deletes what it owned.
+
+An owner is looked up where its dependent can name it (`isDangling`): a namespaced owner in the
+dependent's namespace, so a dependent whose owner is in another namespace is collected as one whose
+owner is gone. A cluster-scoped dependent cannot name a namespaced owner at all: the collector gives up
+on it and leaves it alone (`namespacedOwnerOfClusterScopedObjectErr`), whatever becomes of that owner.
+When a dependent's reference meets an owner seen in another namespace (either one seen first), the
+collector reports it on the dependent (`reportInvalidNamespaceOwnerRef`): a Warning
+`OwnerRefInvalidNamespace`, `ownerRef [v1/ConfigMap, namespace: , name: owner, uid: ...] does not exist in
+namespace ""`, kept in the event log as kubesim's controllers keep their Events. Events themselves
+(`events`, `events.k8s.io`) are neither owners it watches nor dependents it collects (the collector's
+`DefaultIgnoredResources`); kubesim serves neither, so this only matters once it does.
+
+Not modelled: the collector's virtual nodes (an owner referenced before it is seen) and its cache of
+absent owners: an owner not seen is looked up live each time; the report is made on any owner seen in
+another namespace, where the real collector skips it when the first dependent to name that owner named
+it in the owner's own namespace.
 """
 
 from __future__ import annotations
@@ -27,6 +43,12 @@ from tests.kubesim.ctl_base import Controller, EventLog, Informer, Obj, object_p
 
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
+IGNORED = frozenset({("", "events"), ("events.k8s.io", "events")})  # (group, resource) the collector never watches
+INVALID_NAMESPACE = "OwnerRefInvalidNamespace"
+
+
+class OwnerOutOfScope(Exception):
+    """A cluster-scoped dependent names a namespaced owner: it cannot be looked up, and never will be."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +64,8 @@ class Node:
 
 
 async def discover(api: KubeApi) -> list[Resource]:
-    """Every resource (preferred version of each group) that can be listed, watched and deleted."""
+    """Every resource (preferred version of each group) that can be listed, watched and deleted
+    (`GetDeletableResources`); the collector itself leaves out the ones it ignores (`IGNORED`)."""
     found: list[Resource] = []
     versions = [("", "v1")]
     groups = await api.request("GET", "/apis")
@@ -70,16 +93,21 @@ async def discover(api: KubeApi) -> list[Resource]:
 
 
 class GarbageCollector(Controller):
-    """Keys are object uids; `sync(uid)` looks at that object as a dependent and as an owner."""
+    """Keys are object uids; `sync(uid)` looks at that object as a dependent and as an owner.
+
+    Every resource discovered maps an owner's apiVersion and kind (`kinds`, the collector's REST mapper); the
+    ignored ones (`IGNORED`) are not watched.
+    """
 
     name = "garbage-collector"
 
     def __init__(self, *, api: KubeApi, informers: list[Informer], events: EventLog) -> None:
-        super().__init__(api=api, informers=informers, events=events)
+        watched = [i for i in informers if (i.resource.group, i.resource.plural) not in IGNORED]
+        super().__init__(api=api, informers=watched, events=events)
         self.nodes: dict[str, Node] = {}
         self.dependents: dict[str, set[str]] = {}
         self.kinds = {(i.resource.api_version, i.resource.kind): i.resource for i in informers}
-        for informer in informers:
+        for informer in watched:
             informer.subscribe(functools.partial(self._on_change, informer.resource))
 
     def _on_change(self, resource: Resource, old: Obj | None, new: Obj | None) -> None:
@@ -108,6 +136,10 @@ class GarbageCollector(Controller):
         self.nodes[uid] = node
         for owner in node.owners:
             self.dependents.setdefault(str(owner.get("uid")), set()).add(uid)
+        known = {str(owner.get("uid")) for owner in previous.owners} if previous else set()
+        self._check_namespaces(node, [ref for ref in node.owners if str(ref.get("uid")) not in known])
+        if previous is None and node.namespace:
+            self._check_dependents_namespaces(uid, node)
         if node.owners:
             self.queue.add(uid)
             if node.deleting:
@@ -127,24 +159,83 @@ class GarbageCollector(Controller):
         elif node.owners and not node.deleting:
             await self._check_owners(key, node)
 
+    def _check_namespaces(self, node: Node, refs: list[Mapping[str, Any]]) -> None:
+        """Report the first of a dependent's new references that meets an owner seen in another namespace
+        (`addDependentToOwners`); a reference that meets a known owner at other coordinates ends the check."""
+        for ref in refs:
+            owner = self.nodes.get(str(ref.get("uid")))
+            if owner is None:
+                continue
+            if owner.namespace and owner.namespace != node.namespace:
+                self._report_invalid_namespace(node, ref)
+                return
+            if (owner.name, owner.resource.api_version, owner.resource.kind) != (
+                ref.get("name"),
+                ref.get("apiVersion"),
+                ref.get("kind"),
+            ):
+                return
+
+    def _check_dependents_namespaces(self, uid: str, owner: Node) -> None:
+        """A namespaced owner seen for the first time: report the dependents already seen in another namespace
+        (`processGraphChanges`, a virtual node observed) and look at them again."""
+        for dependent_uid in sorted(self.dependents.get(uid, set())):
+            dependent = self.nodes.get(dependent_uid)
+            if dependent is None or dependent.namespace == owner.namespace:
+                continue
+            ref = next((r for r in dependent.owners if str(r.get("uid")) == uid), None)
+            if ref is not None:
+                self._report_invalid_namespace(dependent, ref)
+            self.queue.add(dependent_uid)
+
+    def _report_invalid_namespace(self, node: Node, ref: Mapping[str, Any]) -> None:
+        """The Warning the collector records on a dependent whose owner is in another namespace
+        (`reportInvalidNamespaceOwnerRef`): the owner's coordinates in the dependent's namespace."""
+        where = (
+            f"[{ref.get('apiVersion', '')}/{ref.get('kind', '')}, namespace: {node.namespace}, "
+            f"name: {ref.get('name', '')}, uid: {ref.get('uid', '')}]"
+        )
+        self.events.record(
+            {"metadata": {"namespace": node.namespace, "name": node.name}},
+            kind=node.resource.kind,
+            type="Warning",
+            reason=INVALID_NAMESPACE,
+            message=f'ownerRef {where} does not exist in namespace "{node.namespace}"',
+        )
+
     async def _owner_state(self, node: Node, ref: Mapping[str, Any]) -> str:
-        """ "solid", "dangling" or "waiting" (the owner is being deleted in the foreground)."""
-        owner = self.nodes.get(str(ref.get("uid")))
-        if owner is not None:
-            return "waiting" if owner.deleting and FOREGROUND in owner.finalizers else "solid"
+        """ "solid", "dangling" or "waiting" (the owner is being deleted in the foreground), as `isDangling` and
+        `classifyReferences` find it: the owner at its name, in the dependent's namespace if its kind is
+        namespaced; from the informers' cache when it is there at those coordinates, else by a live GET.
+        Raises `OwnerOutOfScope` for a namespaced owner of a cluster-scoped dependent."""
+        uid, name = str(ref.get("uid")), str(ref.get("name"))
+        cached = self.nodes.get(uid)
         resource = self.kinds.get((str(ref.get("apiVersion")), str(ref.get("kind"))))
+        if resource is None and cached is not None and cached.resource.kind == ref.get("kind"):
+            resource = cached.resource
         if resource is None:
             raise KubeApiError(status=404, reason="NotFound", message=f"no resource serves the owner kind {ref}")
+        if resource.namespaced and not node.namespace:
+            raise OwnerOutOfScope(f"{node.resource.kind} {node.name} is cluster-scoped; its owner {ref} is not")
+        namespace = node.namespace if resource.namespaced else ""
+        if cached is not None and (cached.name, cached.namespace) == (name, namespace):
+            return "waiting" if cached.deleting and FOREGROUND in cached.finalizers else "solid"
         try:
-            live = await self.api.request("GET", object_path(resource, node.namespace, str(ref.get("name"))))
+            live = await self.api.request("GET", object_path(resource, namespace, name))
         except KubeApiError as exc:
             if exc.status == 404:
                 return "dangling"
             raise
-        return "solid" if uid_of(live) == ref.get("uid") else "dangling"
+        if uid_of(live) != uid:
+            return "dangling"
+        meta = live.get("metadata") or {}
+        return "waiting" if meta.get("deletionTimestamp") and FOREGROUND in (meta.get("finalizers") or []) else "solid"
 
     async def _check_owners(self, uid: str, node: Node) -> None:
-        states = {str(ref.get("uid")): await self._owner_state(node, ref) for ref in node.owners}
+        try:
+            states = {str(ref.get("uid")): await self._owner_state(node, ref) for ref in node.owners}
+        except OwnerOutOfScope:
+            return  # left alone: no retry will find that owner
         if "solid" in states.values():
             gone = {u for u, state in states.items() if state != "solid"}
             if gone:

@@ -5,9 +5,14 @@ propagationPolicy, orphanDependents, preconditions, dryRun), never from both. A 
 deleted gracefully (the kubelet removes it); an object with finalizers gets a deletionTimestamp and
 stays until the last one goes (`Registry`'s update path then removes it); everything else goes at
 once. `propagationPolicy` Orphan and Foreground become the `orphan` and `foregroundDeletion`
-finalizers the garbage collector works off. A deletion left pending answers 202 rather than 200 when it asked for
-`orphanDependents: false` (the delete handler's rule). A dry run changes nothing and answers what
-the deletion would have answered: the object as the deletion would leave it, when it would stay.
+finalizers the garbage collector works off. A pod whose graceful deletion is pending is answered as it
+is by a DELETE that does not shorten its grace period (`BeforeDelete`, `Store.Delete`): its finalizers
+stay as they are whatever the options ask, and admission is not consulted. A deletion left pending
+answers 202 rather than 200 when it asked for `orphanDependents: false` (the delete handler's rule). A
+dry run changes nothing and answers what the deletion would have answered: the object as the deletion
+would leave it, when it would stay. A failed precondition is a 409 in `BeforeDelete`'s words, on the
+object's kind (`Operation cannot be fulfilled on ConfigMap "b": the UID in the precondition (...) does
+not match the UID in record (...). ...`); a body that is not JSON, a 500 with the decoder's error.
 
 Deleting a Namespace (its REST `Delete`) checks the preconditions, then marks it Terminating: a
 deletionTimestamp, the phase, and the `orphan` / `foregroundDeletion` finalizers as the request's
@@ -28,12 +33,15 @@ answer carries the page's `continue` token, so a client deletes a large collecti
 On success it answers the list it worked from: the objects as they were listed, before their
 deletion. Namespaces have no deletecollection (405).
 
-Not modelled: a generic object's precondition failures are worded as the namespace REST words them
-(`Precondition failed: UID in precondition: ...`), not as `BeforeDelete` does; the order of a
-namespace's finalizers after its first DELETE changed them (the real server builds them from a
-map, so in no set order: here the kept ones, then the added one); the namespace controller's
-discovery never fails, so its discovery and group-version conditions are always False, and it
-deletes through storage, without admission; it stops once the namespace is finalized.
+Not modelled: a kind the real server registers in more than one internal group (Ingress and
+NetworkPolicy also in `extensions`) may have its precondition failures qualified by the other group
+there, as its scheme lists it first; a precondition that fails only once admission has run (the object
+changed meanwhile) is a storage error worded otherwise; a DELETE body's media type is not checked, and a
+protobuf one that does not decode is a 400; the order of a namespace's finalizers after its first DELETE
+changed them (the real server builds them from a map, so in no set order: here the kept ones, then the
+added one); the namespace controller's discovery never fails, so its discovery and group-version
+conditions are always False, and it deletes through storage, without admission; it stops once the
+namespace is finalized.
 """
 
 from __future__ import annotations
@@ -96,24 +104,32 @@ NAMESPACE_CONDITIONS: dict[str, tuple[str, str]] = {
 
 # -- DeleteOptions --------------------------------------------------------------------------------
 async def delete_options(request: web.Request) -> Obj:
-    """DeleteOptions from the body, else from the query string; 400 when undecodable, 422 when invalid.
+    """DeleteOptions from the body, else from the query string; 500 when undecodable, 422 when invalid.
 
-    A request with a body takes its options from the body alone: its query's options are not read at all
-    (`DeleteResource`, `DeleteCollection`).
+    A request with a body, however short, takes its options from the body alone: its query's options are not
+    read at all (`DeleteResource`, `DeleteCollection`: any body of one byte or more is decoded). A JSON body the
+    decoder refuses is answered with its error as it is: a 500 without a reason, `couldn't get version/kind;
+    json parse error: ...` for one that is not JSON (whitespace alone is `unexpected end of JSON input`).
     """
     options: Obj = {}
     from_body = False
     if request.can_read_body:
         raw = await request.read()
-        if raw.strip():
+        if raw:  # any body at all is decoded, one of whitespace too
             from_body = True
             try:
                 if request.content_type == PROTOBUF:
                     options = {k: v for k, v in protobuf.decode(raw).items() if k not in ("apiVersion", "kind")}
                 else:
                     options = decoding.parse_literal(raw)  # numbers as written, for the decoder's messages
+            except decoding.JSONSyntaxError as exc:
+                # not JSON: the codec fails where it first reads the body's apiVersion and kind (`Interpret`),
+                # and the handler answers that error as it is, a 500 without a reason
+                raise ApiError(500, f"{decoding.FIND_KIND_ERROR}{exc}", reason="") from None
             except ValueError as exc:
                 raise bad_request(f"error decoding DeleteOptions: {exc}") from None
+            if options is None:
+                options = {}  # `null` decodes into the options as nothing
             if request.content_type != PROTOBUF:
                 # the delete handler answers a decoding error as it is: a 500 without a reason
                 api_version = str(options.get("apiVersion") or "meta.k8s.io/v1") if isinstance(options, dict) else ""
@@ -205,30 +221,90 @@ def pending_status(options: Obj) -> int:
 
 
 def check_preconditions(resource: ResourceType, obj: Obj, options: Obj) -> None:
-    """409 when the DeleteOptions' `preconditions` (uid, resourceVersion) do not hold for `obj`.
+    """409 when the DeleteOptions' `preconditions` (uid, then resourceVersion) do not hold for `obj`.
 
     A precondition given is checked whatever its value: an empty uid or resourceVersion is one no object has.
+    A Namespace's REST words the failure its own way (`Precondition failed: UID in precondition: ...`, on
+    `namespaces`); every other kind's is `BeforeDelete`'s, on the object's kind qualified by its group
+    (`ConfigMap`, `Deployment.apps`), which the details name too.
     """
     pre = options.get("preconditions") or {}
     meta = obj["metadata"]
-    if pre.get("uid") is not None and pre["uid"] != meta["uid"]:
-        raise conflict(
+    uid, rv = pre.get("uid"), pre.get("resourceVersion")
+    if resource.key == "namespaces":
+        if uid is not None and uid != meta["uid"]:
+            raise conflict(
+                resource,
+                meta["name"],
+                f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta['uid']}",
+            )
+        if rv is not None and rv != meta["resourceVersion"]:
+            raise conflict(
+                resource,
+                meta["name"],
+                f"Precondition failed: ResourceVersion in precondition: {rv}, "
+                f"ResourceVersion in object meta: {meta['resourceVersion']}",
+            )
+        return
+    if uid is not None and uid != meta["uid"]:
+        raise kind_conflict(
             resource,
             meta["name"],
-            f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
+            f"the UID in the precondition ({uid}) does not match the UID in record ({meta['uid']}). "
+            "The object might have been deleted and then recreated",
         )
-    if pre.get("resourceVersion") is not None and pre["resourceVersion"] != meta["resourceVersion"]:
-        raise conflict(
+    if rv is not None and rv != meta["resourceVersion"]:
+        raise kind_conflict(
             resource,
             meta["name"],
-            f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
-            f"ResourceVersion in object meta: {meta['resourceVersion']}",
+            f"the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record "
+            f"({meta['resourceVersion']}). The object might have been modified",
         )
+
+
+def kind_conflict(resource: ResourceType, name: str, detail: str) -> ApiError:
+    """`NewConflict` on the group and kind of the object (`BeforeDelete` names its kind where other conflicts
+    name the resource): `Operation cannot be fulfilled on Deployment.apps "web": ...`."""
+    details: dict[str, Any] = {"name": name}
+    if resource.group:
+        details["group"] = resource.group
+    details["kind"] = resource.kind
+    qualified = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
+    return ApiError(409, f'Operation cannot be fulfilled on {qualified} "{name}": {detail}', details=details)
+
+
+def deleted_gracefully(resource: ResourceType) -> bool:
+    """Whether the kind's strategy deletes gracefully (`RESTGracefulDeleteStrategy`): Pods alone."""
+    return resource.group == "" and resource.plural == "pods"
+
+
+def requested_grace(options: Obj) -> int | None:
+    """The options' gracePeriodSeconds, a negative one as 1 (`BeforeDelete`); None when not given."""
+    grace = options.get("gracePeriodSeconds")
+    if grace is None:
+        return None
+    return 1 if int(grace) < 0 else int(grace)
+
+
+def deletion_pending(resource: ResourceType, obj: Obj, options: Obj) -> bool:
+    """Whether a DELETE finds the object's graceful deletion pending (`BeforeDelete`'s gracefulPending): it is
+    being deleted with a grace period, and the request asks for none or for one no shorter.
+
+    The store then answers the object as it is (`Store.Delete`): nothing is written, so its finalizers are not
+    changed through the options, and admission is not consulted.
+    """
+    meta = obj["metadata"]
+    current = int(meta.get("deletionGracePeriodSeconds") or 0)
+    if not deleted_gracefully(resource) or not meta.get("deletionTimestamp") or not current:
+        return False
+    grace = requested_grace(options)
+    return grace is None or grace >= current
 
 
 def grace_period(resource: ResourceType, obj: Obj, options: Obj) -> int:
-    """Seconds a deletion waits for the kubelet: only bound, unfinished pods have one."""
-    if resource.plural != "pods":
+    """Seconds a first deletion waits for the kubelet (`CheckGracefulDelete`): only bound, unfinished pods
+    have one."""
+    if not deleted_gracefully(resource):
         return 0
     spec = obj.get("spec") or {}
     grace = options.get("gracePeriodSeconds")
@@ -284,6 +360,8 @@ class Deleter:
         check_preconditions(resource, obj, options)
         if resource.key == "namespaces":
             return await self._delete_namespace(request, resource, obj, options)
+        if deletion_pending(resource, obj, options):
+            return render_object(request, resource, obj, clock=self._clock, status=pending_status(options))
         admitted = await self._admit_delete(request, resource, obj, options=options, dry_run=dry)
         if admitted is None:
             raise not_found(resource, name)
@@ -303,8 +381,9 @@ class Deleter:
         `continue` token for the next one; without it, everything from `continue` (or the start) on.
         Answers the listed objects as they were listed (at the list's resourceVersion), not as their
         deletion left them. 409 for the first object whose preconditions fail, a webhook's denial for
-        the first object it denies; an object that went meanwhile is skipped (and still listed). 405
-        for a resource without the verb.
+        the first object it denies; an object that went meanwhile is skipped (and still listed), and so
+        is, without admission, one whose graceful deletion is pending (`deletion_pending`). 405 for a
+        resource without the verb.
         """
         if not resource.delete_collection:
             raise ApiError(405, "the server does not allow this method on the requested resource")
@@ -323,6 +402,8 @@ class Deleter:
             if obj is None:
                 continue
             check_preconditions(resource, obj, options)
+            if deletion_pending(resource, obj, options):
+                continue
             admitted = await self._admit_delete(
                 request, resource, obj, options=options, dry_run=dry, collection_namespace=namespace or ""
             )
@@ -378,8 +459,11 @@ class Deleter:
         later delete with grace 0 removes it; a shorter grace shortens a pending deletion. Unbound or
         finished pods, and every other kind, go at once unless finalizers hold them. `propagationPolicy`
         Orphan/Foreground add the `orphan`/`foregroundDeletion` finalizer the garbage collector works
-        off; Background (the default) removes both. A dry run stores nothing: it answers what would have been.
+        off; Background (the default) removes both. A pending graceful deletion (`deletion_pending`) is left as
+        it is, its finalizers too. A dry run stores nothing: it answers what would have been.
         """
+        if deletion_pending(resource, obj, options):
+            return obj, False
         new = copy.deepcopy(obj)
         meta = new["metadata"]
         finalizers = deletion_finalizers(list(meta.get("finalizers") or []), options)
@@ -387,15 +471,16 @@ class Deleter:
             meta["finalizers"] = finalizers
         else:
             meta.pop("finalizers", None)
-        grace = grace_period(resource, obj, options)
         now = self._clock()
         if meta.get("deletionTimestamp"):
+            # not pending: a graceful deletion the request shortens, or one without a grace period left
             current = int(meta.get("deletionGracePeriodSeconds") or 0)
-            if grace < current:
+            shorter = requested_grace(options)
+            if deleted_gracefully(resource) and current and shorter is not None and shorter < current:
                 started = tables.parse_time(meta["deletionTimestamp"]) - datetime.timedelta(seconds=current)
-                meta["deletionTimestamp"] = now_stamp(started + datetime.timedelta(seconds=grace))
-                meta["deletionGracePeriodSeconds"] = grace
-        elif grace > 0 or finalizers:
+                meta["deletionTimestamp"] = now_stamp(started + datetime.timedelta(seconds=shorter))
+                meta["deletionGracePeriodSeconds"] = shorter
+        elif (grace := grace_period(resource, obj, options)) > 0 or finalizers:
             meta["deletionTimestamp"] = now_stamp(now + datetime.timedelta(seconds=grace))
             meta["deletionGracePeriodSeconds"] = grace
         ns, name = meta.get("namespace", ""), meta["name"]
@@ -500,9 +585,10 @@ class Deleter:
         """One pass of the controller's `deleteAllContent`; True when the namespace holds nothing any more.
 
         Everything the namespace holds is deleted with propagationPolicy Background, what is being deleted
-        already included (which drops its `orphan` / `foregroundDeletion` finalizers); a custom resource no
-        longer served is dropped, as nothing can watch or finalize it. What is left then becomes the
-        namespace's conditions (`_content_conditions`, `_write_conditions`).
+        already included (which drops its `orphan` / `foregroundDeletion` finalizers, but for a pod whose
+        graceful deletion is pending, which stays as it is); a custom resource no longer served is dropped, as
+        nothing can watch or finalize it. What is left then becomes the namespace's conditions
+        (`_content_conditions`, `_write_conditions`).
         """
         name = str(namespace["metadata"]["name"])
         kinds = self._content_resources()

@@ -541,16 +541,16 @@ async def test_delete_collection_checks_the_preconditions_on_each_object_in_turn
             "DELETE", cms, query=[("labelSelector", "batch=1")], body={"preconditions": {"uid": uids["b"]}}
         )
     assert refused.value.status == 409
-    assert refused.value.message == (
-        f'Operation cannot be fulfilled on configmaps "a": Precondition failed: UID in precondition: {uids["b"]}, '
-        f"UID in object meta: {uids['a']}"
+    assert refused.value.message == (  # each object's deletion checks them as `BeforeDelete` does
+        f'Operation cannot be fulfilled on ConfigMap "a": the UID in the precondition ({uids["b"]}) does not match '
+        f"the UID in record ({uids['a']}). The object might have been deleted and then recreated"
     )
     assert len(await items(kube_api, cms, labelSelector="batch=1")) == 2  # "a" comes first: nothing was deleted
     with pytest.raises(KubeApiError) as refused:
         await kube_api.request(
             "DELETE", cms, query=[("labelSelector", "batch=1")], body={"preconditions": {"uid": uids["a"]}}
         )
-    assert refused.value.status == 409 and 'configmaps "b"' in refused.value.message
+    assert refused.value.status == 409 and 'ConfigMap "b"' in refused.value.message
     assert [c["metadata"]["name"] for c in await items(kube_api, cms, labelSelector="batch=1")] == ["b"]
 
 

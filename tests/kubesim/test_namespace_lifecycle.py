@@ -395,11 +395,27 @@ def owned_clusterrole(name: str, owner: dict[str, Any], *, block: bool = False, 
 CLUSTERROLES = "/apis/rbac.authorization.k8s.io/v1/clusterroles"
 
 
+async def collector_caught_up(kubesim: KubeSim) -> None:
+    """Wait until the garbage collector has seen every ClusterRole created so far: one created now, owned by a
+    Namespace that is not there, is collected only once the collector's ClusterRole informer has reached it.
+
+    Deleting an owner in the foreground or with Orphan before the collector knows its dependent would let it
+    find none and drop the owner's finalizer at once, as a real collector whose informer lags would."""
+    gone = {"apiVersion": "v1", "kind": "Namespace", "name": "gone", "uid": "0000-no-such-namespace"}
+    marker = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "rules": []}
+    await create(kubesim, CLUSTERROLES, {**marker, "metadata": {"name": "marker", "ownerReferences": [gone]}})
+    await eventually(
+        lambda: kubesim.get_object("clusterroles", "", "marker", group="rbac.authorization.k8s.io") is None,
+        what="the collector caught up with the ClusterRoles",
+    )
+
+
 async def test_a_namespace_deleted_with_orphan_leaves_its_dependents_behind(
     kubesim: KubeSim, controllers: Controllers
 ) -> None:
     owner = await create(kubesim, "/api/v1/namespaces", namespace("parent"))
     await create(kubesim, CLUSTERROLES, owned_clusterrole("child-of-parent", owner))
+    await collector_caught_up(kubesim)
     deleted = await call(kubesim, "DELETE", "/api/v1/namespaces/parent", {"propagationPolicy": "Orphan"})
     assert deleted.status == 200 and deleted.body["metadata"]["finalizers"] == ["orphan"]
 
@@ -417,6 +433,7 @@ async def test_a_namespace_deleted_in_the_foreground_waits_for_its_blocking_depe
 ) -> None:
     owner = await create(kubesim, "/api/v1/namespaces", namespace("front"))
     await create(kubesim, CLUSTERROLES, owned_clusterrole("child-of-front", owner, block=True, hold=True))
+    await collector_caught_up(kubesim)
     deleted = await call(kubesim, "DELETE", "/api/v1/namespaces/front", {"propagationPolicy": "Foreground"})
     assert deleted.status == 200 and deleted.body["metadata"]["finalizers"] == ["foregroundDeletion"]
 
