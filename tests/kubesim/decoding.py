@@ -1272,13 +1272,22 @@ def unrecognized(kind: str, error: str, raw: bytes) -> ApiError:
     return bad_request(f"the object provided is unrecognized (must be of type {kind}): {error} ({summarize(raw)})")
 
 
+MISSING_KIND = "Object 'Kind' is missing in '{}'"  # `runtime.NewMissingKindErr`
+
+
 def check_body(resource: ResourceType, body: Any, raw: bytes, content_type: str) -> None:
     """A create's or update's body decoded as the handlers decode it (`check_object`); a custom resource's is
-    not decoded into a struct, so left to its schema; a body that is not JSON is refused all the same."""
+    not decoded into a struct, so left to its schema, but it must name its kind itself (an Unstructured takes
+    it from the body alone, `unstructuredJSONScheme`: the error quotes the whole body, a YAML one as the JSON it
+    was turned into, keys sorted); a body that is not JSON is refused all the same."""
     if isinstance(body, Unreadable):
         raise unrecognized(resource.kind, f"{FIND_KIND_ERROR}{body.error}", body.raw)
     if not resource.custom:
         check_object(body, raw, content_type, kind=resource.kind, api_version=resource.api_version)
+    elif isinstance(body, dict) and not body.get("kind"):
+        data = raw if content_type == "application/json" else json.dumps(body, separators=(",", ":"), sort_keys=True)
+        text = data if isinstance(data, str) else data.decode(errors="replace")
+        raise unrecognized(resource.kind, MISSING_KIND.format(text), raw)  # the summary is of the body as sent
 
 
 def decode_error(body: Any, *, kind: str, api_version: str, literal: Any = None) -> str | None:

@@ -59,9 +59,6 @@ def generate_name(prefix: str) -> str:
 
 
 # -- checks every write path shares ---------------------------------------------------------------
-MISSING_KIND = "Object 'Kind' is missing in '{}'"  # `runtime.NewMissingKindErr`
-
-
 def check_type(resource: ResourceType, body: Any) -> Obj:
     """A create's or update's decoded body as the object the handler goes on with, checked against the URL.
 
@@ -79,7 +76,7 @@ def check_type(resource: ResourceType, body: Any) -> Obj:
     built-in kind's before), the body's start shown as kubesim writes its JSON again, not as it was sent."""
     if body is None:
         if resource.custom:
-            raise decoding.unrecognized(resource.kind, MISSING_KIND.format("null"), b"null")
+            raise decoding.unrecognized(resource.kind, decoding.MISSING_KIND.format("null"), b"null")
         body = {}
     if not isinstance(body, dict):
         problem = decoding.interpret_error(body)

@@ -299,6 +299,28 @@ async def test_a_custom_resources_null_body_has_no_kind(kubesim: KubeSim) -> Non
     )
 
 
+async def test_a_custom_resource_body_without_its_kind_is_refused_quoting_the_body(kubesim: KubeSim) -> None:
+    """A built-in kind's body may leave its kind to the URL; a custom resource's may not: the whole body is quoted,
+    as sent, or for YAML as the JSON it became (keys sorted)."""
+    kubesim.create_object(GADGET_CRD)
+    sent = '{"apiVersion":"example.com/v1","metadata":{"name":"g"}}'
+    status, answer, _ = await exchange(kubesim, "POST", GADGETS, sent)
+    assert (status, answer["message"]) == (
+        400,
+        f"the object provided is unrecognized (must be of type Gadget): Object 'Kind' is missing in '{sent}' "
+        f"({sent[:30]} ...)",
+    )
+    status, answer, _ = await exchange(
+        kubesim, "POST", GADGETS, "metadata: {name: g}\napiVersion: example.com/v1\n", content_type="application/yaml"
+    )
+    assert status == 400
+    assert (
+        'Object \'Kind\' is missing in \'{"apiVersion":"example.com/v1","metadata":{"name":"g"}}\''
+        in (answer["message"])
+    )
+    assert kubesim.get_object("gadgets", "default", "g", group="example.com") is None
+
+
 # -- custom resources pruned inside maps and preserved objects --------------------------------------------------
 
 
