@@ -12,7 +12,6 @@ Reading a field decodes it: each read returns a new value, so no reader can chan
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -59,39 +58,8 @@ class PackedObject(Mapping[str, Any]):
         return f"PackedObject({dict(self)!r})"
 
 
-def pack(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`obj` as a PackedObject, when it is what JSON decoding makes (str keys; dicts, lists, strings,
-    numbers, booleans and None; finite floats). Anything else is returned as it is: JSON text could not
-    hold it exactly (a non-str key would come back a string)."""
-    if not _json_native(obj):
-        return obj
+def pack(obj: Mapping[str, Any]) -> PackedObject:
+    """`obj`, which must be what JSON decoding makes (str keys; dicts, lists, strings, numbers, booleans
+    and None; finite floats), as a PackedObject. Config files qualify: `controlplane.model.yamltext`
+    reads YAML as Kubernetes does, into JSON values only."""
     return PackedObject(tuple(obj), tuple(_ENCODER.encode(value) for value in obj.values()))
-
-
-def _json_native(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    return False
-                if isinstance(child, (dict, list)):
-                    stack.append(child)
-                elif not _scalar(child):
-                    return False
-        elif isinstance(item, list):
-            for child in item:
-                if isinstance(child, (dict, list)):
-                    stack.append(child)
-                elif not _scalar(child):
-                    return False
-        else:
-            return False
-    return True
-
-
-def _scalar(value: Any) -> bool:
-    if value is None or isinstance(value, (str, bool, int)):
-        return True
-    return isinstance(value, float) and math.isfinite(value)

@@ -17,6 +17,11 @@ a failure as `ValueError` with the line and column; `load_all` raises `yaml.YAML
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,17 +30,143 @@ import yaml
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _INT64 = range(-(2**63), 2**63)
 
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + name for name in ("str", "int", "float", "bool", "null"))
+# goyaml.v2's table of plain scalars that are looked up, not parsed (YAML 1.1, with y/Y/n/N as booleans)
+_WORDS: dict[str, tuple[str, Any]] = {
+    **{word: (_BOOL, True) for word in ("y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON")},
+    **{word: (_BOOL, False) for word in ("n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF")},
+    **{word: (_NULL, None) for word in ("", "~", "null", "Null", "NULL")},
+    **{word: (_FLOAT, math.nan) for word in (".nan", ".NaN", ".NAN")},
+    **{sign + word: (_FLOAT, math.inf) for sign in ("", "+") for word in (".inf", ".Inf", ".INF")},
+    **{"-" + word: (_FLOAT, -math.inf) for word in (".inf", ".Inf", ".INF")},
+}
+_NUMBER_START = frozenset("+-0123456789.")
+# Go's strconv.ParseInt/ParseUint with base 0 (after goyaml drops every underscore): 0x, 0o, 0b, or a
+# leading 0 for octal; and goyaml's own pattern for the floats it then tries
+_GO_INT = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+_GO_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_JSON_INTEGRAL = 1e21  # encoding/json writes a float below this size without an exponent
+
+
+def _plain_tag(value: str) -> str:
+    """The tag goyaml.v2 gives a plain (unquoted) scalar. What PyYAML's YAML 1.1 resolver does
+    differently, and Kubernetes does not: `1:30` (base 60) and `2026-12-07` (a date) stay strings,
+    `0o17` and `1e3` are numbers, `y` and `n` booleans, `=` a string."""
+    word = _WORDS.get(value)
+    if word is not None:
+        return word[0]
+    if value == "<<":
+        return _TAG + "merge"
+    if not value or value[0] not in _NUMBER_START:
+        return _STR
+    plain = value if value[0] == "." else value.replace("_", "")
+    if value[0] != "." and _GO_INT.fullmatch(plain):
+        return _INT
+    if _GO_FLOAT.fullmatch(plain) and math.isfinite(float(plain)):  # strconv refuses what overflows
+        return _FLOAT
+    return _STR  # a date among them: goyaml reads it as a timestamp but hands it back as its text
+
+
+def _go_int(text: str) -> int:
+    """strconv.ParseInt(text, 0, 64) as goyaml calls it: underscores dropped, a lone leading 0 octal."""
+    plain = text.replace("_", "")
+    if not _GO_INT.fullmatch(plain):
+        raise ValueError(text)
+    sign, digits = (-1, plain[1:]) if plain[0] == "-" else (1, plain.lstrip("+"))
+    if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXoObB":
+        return sign * int(digits, 8)
+    return sign * int(digits, 0)
+
+
+def _go_float32_text(value: float) -> str:
+    """strconv.FormatFloat(value, 'g', -1, 32), as sigs.k8s.io/yaml turns a float map key into a
+    string (goyaml's spellings for the infinities and NaN)."""
+    if math.isnan(value):
+        return ".nan"
+    try:
+        single = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        single = math.copysign(math.inf, value)
+    if math.isinf(single):
+        return ".inf" if single > 0 else "-.inf"
+    for precision in range(9):  # the shortest digits that read back as the same float32
+        shown = f"{single:.{precision}e}"
+        if struct.unpack("f", struct.pack("f", float(shown)))[0] == single:
+            break
+    mantissa, exponent_text = shown.split("e")
+    exponent = int(exponent_text)
+    digits = mantissa.replace(".", "").lstrip("-")
+    sign = "-" if single < 0 or (single == 0 and math.copysign(1, single) < 0) else ""
+    if exponent < -4 or exponent >= 6:
+        return f"{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    if exponent < 0:
+        return f"{sign}0.{'0' * (-exponent - 1)}{digits}"
+    whole, fraction = digits[: exponent + 1].ljust(exponent + 1, "0"), digits[exponent + 1 :]
+    return f"{sign}{whole}.{fraction}" if fraction else f"{sign}{whole}"
+
 
 class YamlLoader(_SafeLoader):  # type: ignore[misc]
-    """The safe loader, whose integers are 64-bit as Kubernetes' (and Istio's) are: one beyond that
-    range is refused with a mark. PyYAML converts with `int()`, which raises a bare `ValueError` for
-    more than 4,300 digits: a config file holding such a number stopped the control plane."""
+    """A safe loader that reads YAML as Kubernetes does (sigs.k8s.io/yaml: goyaml.v2, then JSON), so a
+    file means to meshplane what it means to `kubectl apply`, and the mesh config and annotations what
+    they mean to Istio:
+
+    - plain scalars resolve by goyaml.v2's rules (`_plain_tag`), not PyYAML's YAML 1.1 ones;
+    - a value is what its JSON conversion gives: a float with no fraction is an integer (`1.0` is 1,
+      as `encoding/json` writes it), a timestamp its text, `!!binary` its decoded text; `.inf` and
+      `.nan` are refused, as JSON has no such number;
+    - a mapping key is a string: numbers and booleans as sigs.k8s.io/yaml spells them, a null key refused;
+    - a tag goyaml does not know (`!thing`, `!!set`, `!!omap`) is ignored: the node is read as written;
+    - integers are 64-bit, as Kubernetes' (and Istio's) are: one beyond that range is refused with a
+      mark. PyYAML converts with `int()`, which raises a bare `ValueError` for more than 4,300 digits:
+      a config file holding such a number stopped the control plane."""
+
+    def resolve(self, kind: Any, value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode:
+            return _plain_tag(value) if implicit[0] else _STR  # quoted and block scalars are strings
+        return super().resolve(kind, value, implicit)  # type: ignore[no-any-return]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
+        self.flatten_mapping(node)  # merge keys (<<)
+        mapping: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            mapping[self._json_key(key_node)] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+    def _json_key(self, node: yaml.Node) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise _refusal("a mapping key must be a string or a number, not a list or a mapping", node)
+        if node.tag == _NULL:
+            raise _refusal("a mapping key may not be null (~)", node)
+        if node.tag == _FLOAT:
+            word = _WORDS.get(node.value)
+            return _go_float32_text(word[1] if word else float(node.value.replace("_", "")))
+        key = self.construct_object(node)
+        if isinstance(key, bool):
+            return "true" if key else "false"
+        return str(key)
+
+
+class YamlDumper(yaml.SafeDumper):
+    """Writes YAML that reads back as written both by Kubernetes (goyaml.v2) and by PyYAML: a string
+    either would take for something else is quoted (`'y'`, `'0o17'`, `'1e3'`, `'1:30'`, `'2026-12-07'`).
+    PyYAML's own dumper quotes only what PyYAML would misread, so `y` went out plain and
+    `kubectl apply` read it as true."""
+
+    def resolve(self, kind: Any, value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            tag = _plain_tag(value)
+            if tag != _STR:
+                return tag
+        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def _construct_int64(loader: Any, node: yaml.ScalarNode) -> int:
     try:
-        value: int = _SafeLoader.construct_yaml_int(loader, node)
+        value = _go_int(node.value)
     except ValueError:
+        if _GO_INT.fullmatch(node.value.replace("_", "")) is None:
+            raise _refusal(f"cannot decode {node.value!r} as an integer (!!int)", node) from None
         value = _INT64.stop  # more digits than int() converts
     if value not in _INT64:
         shown = node.value if len(node.value) <= 24 else f"{node.value[:20]}... ({len(node.value):,} characters)"
@@ -45,7 +176,55 @@ def _construct_int64(loader: Any, node: yaml.ScalarNode) -> int:
     return value
 
 
-YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int64)
+def _construct_number(loader: Any, node: yaml.ScalarNode) -> int | float:
+    word = _WORDS.get(node.value)
+    if word is not None and word[0] == _FLOAT:
+        raise _refusal(f"{node.value} is not a number JSON can carry; Kubernetes refuses it too", node)
+    plain = node.value.replace("_", "")
+    if _GO_INT.fullmatch(plain):  # !!float 5: goyaml reads the integer, then makes it a float
+        return _construct_int64(loader, node)
+    if not _GO_FLOAT.fullmatch(plain) or not math.isfinite(float(plain)):
+        raise _refusal(f"cannot decode {node.value!r} as a number (!!float)", node)
+    value = float(plain)
+    return int(value) if value.is_integer() and abs(value) < _JSON_INTEGRAL else value
+
+
+def _construct_bool(loader: Any, node: yaml.ScalarNode) -> bool:
+    word = _WORDS.get(node.value)
+    if word is None or word[0] != _BOOL:
+        raise _refusal(f"cannot decode {node.value!r} as a boolean (!!bool)", node)
+    return bool(word[1])
+
+
+def _construct_text(loader: Any, node: yaml.ScalarNode) -> str:
+    return str(node.value)  # a timestamp, as goyaml hands one to an interface{}: its text
+
+
+def _construct_binary(loader: Any, node: yaml.ScalarNode) -> str:
+    try:
+        data = base64.b64decode("".join(node.value.split()), validate=True)
+    except binascii.Error:
+        raise _refusal("!!binary value contains invalid base64 data", node) from None
+    return data.decode("utf-8", "replace")  # encoding/json's replacement of bytes that are not UTF-8
+
+
+def _construct_as_written(loader: Any, node: yaml.Node) -> Any:
+    """A node whose tag goyaml does not resolve: a scalar's text, a list, a mapping."""
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_yaml_map(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_yaml_seq(node)
+    return str(node.value)
+
+
+YamlLoader.add_constructor(_INT, _construct_int64)
+YamlLoader.add_constructor(_FLOAT, _construct_number)
+YamlLoader.add_constructor(_BOOL, _construct_bool)
+YamlLoader.add_constructor(_TAG + "timestamp", _construct_text)
+YamlLoader.add_constructor(_TAG + "binary", _construct_binary)
+for _unresolved in ("set", "omap", "pairs"):
+    YamlLoader.add_constructor(_TAG + _unresolved, _construct_as_written)
+YamlLoader.add_constructor(None, _construct_as_written)
 
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from controlplane.kube.client import KubeApi
+from controlplane.model import yamltext
 from controlplane.ops import common
 from controlplane.ops.cluster import (
     INJECT_KEY,
@@ -331,7 +332,7 @@ def render(messages: Sequence[Message], *, output: str) -> str:
     if output == "json":
         return json.dumps([m.to_dict() for m in messages], indent="\t", sort_keys=True)
     if output == "yaml":
-        return yaml.safe_dump([m.to_dict() for m in messages], sort_keys=True, width=1 << 16)
+        return yaml.dump([m.to_dict() for m in messages], Dumper=yamltext.YamlDumper, sort_keys=True, width=1 << 16)
     return "\n".join(m.line() for m in messages)
 
 

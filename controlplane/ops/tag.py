@@ -39,6 +39,7 @@ import aiohttp
 import yaml
 
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
+from controlplane.model import yamltext
 from controlplane.ops.common import CommandError, add_connection_flags, run_against_cluster, table
 from controlplane.ops.tagobjects import (
     DEFAULT,
@@ -370,7 +371,7 @@ async def _dispatch(api: KubeApi, args: argparse.Namespace) -> int:
         if args.output == "json":
             print(json.dumps(data, indent=2))
         elif args.output == "yaml":
-            print(yaml.safe_dump(data, sort_keys=False), end="")
+            print(yaml.dump(data, Dumper=yamltext.YamlDumper, sort_keys=False), end="")
         else:
             cells = [(r.tag, r.revision, ",".join(r.namespaces)) for r in rows]
             print(table([("TAG", "REVISION", "NAMESPACES"), *cells]) if rows else "No Istio revision tags found.")

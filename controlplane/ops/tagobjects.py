@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from controlplane.kube.client import JsonObject
+from controlplane.model import yamltext
 from controlplane.ops.common import CommandError
 
 REV_LABEL = "istio.io/rev"
@@ -160,7 +161,7 @@ def reactivated(config: JsonObject) -> JsonObject | None:
     return changed if hits else None
 
 
-class _PlainDumper(yaml.SafeDumper):
+class _PlainDumper(yamltext.YamlDumper):
     """Writes a repeated value out again instead of as an anchor and alias."""
 
     def ignore_aliases(self, data: Any) -> bool:

@@ -36,6 +36,7 @@ import yaml
 
 from controlplane import __version__
 from controlplane.kube.client import KubeApi, KubeApiError
+from controlplane.model import yamltext
 from controlplane.ops.common import CommandError, add_connection_flags, describe_api_error, kubeconfig_path, table
 from controlplane.proxystatuscmd import Answer, NoIstiodError, ask_all, cluster_configured, find_istiods
 from controlplane.settings import SettingsError
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(render_data(found), indent=2))
     elif args.output == "yaml":
-        print(yaml.safe_dump(render_data(found), sort_keys=False), end="")
+        print(yaml.dump(render_data(found), Dumper=yamltext.YamlDumper, sort_keys=False), end="")
     else:
         print(render_text(found, short=args.short))
     if found.missing:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import errno
 import gc
 import multiprocessing
@@ -109,17 +108,17 @@ def test_multi_document_files_fill_the_store_at_the_first_scan(tmp_path: pathlib
     assert cm is not None and cm["data"]["mesh"] == "trustDomain: cluster.local"
 
 
-def test_objects_are_held_packed_unless_json_text_cannot_hold_them(tmp_path: pathlib.Path, source: FileSource) -> None:
-    """Packed, a config object is one object to the garbage collector; a YAML timestamp is no JSON
-    value, so a document holding one is kept as parsed, never changed into a string."""
+def test_objects_are_held_packed_and_a_date_is_read_as_its_text(tmp_path: pathlib.Path, source: FileSource) -> None:
+    """Packed, a config object is one object to the garbage collector. A date is read as Kubernetes
+    reads it, as a string, so a document holding one is a JSON value like any other."""
     write(tmp_path / "mesh.yaml", NS_A + "---\n" + CM)
     dated_doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: d, creationTimestamp: 2026-12-01}\ndata: {}\n"
     write(tmp_path / "dated.yaml", dated_doc)
     source.scan()
     assert isinstance(source.store.get(ObjectKey("ConfigMap", "istio-system", "istio")), PackedObject)
     dated = source.store.get(ObjectKey("ConfigMap", "default", "d"))
-    assert dated is not None and not isinstance(dated, PackedObject)
-    assert dated["metadata"]["creationTimestamp"] == datetime.date(2026, 12, 1)
+    assert isinstance(dated, PackedObject)
+    assert dated["metadata"]["creationTimestamp"] == "2026-12-01"
 
 
 def test_an_edited_file_leaves_one_copy_of_each_unchanged_object_and_key_in_memory(tmp_path: pathlib.Path) -> None:
@@ -321,14 +320,14 @@ def test_a_file_with_one_good_and_one_bad_document_is_not_applied_in_part(
     write(tmp_path / "mesh.yaml", NS_A)
     source.scan()
     edited = NS_A.replace("enabled", "disabled") + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
-    write(tmp_path / "mesh.yaml", edited + "data: {n: 1}\n")
+    write(tmp_path / "mesh.yaml", edited + "data: {count: 1}\n")
     assert not settle(source)
     [problem] = source.problems
-    assert (problem.file, problem.document, problem.field) == ("mesh.yaml", 1, "data.n")
+    assert (problem.file, problem.document, problem.field) == ("mesh.yaml", 1, "data.count")
     ns = source.store.get(ObjectKey("Namespace", "", "a"))
     assert ns is not None and ns["metadata"]["labels"]["istio-injection"] == "enabled"  # the good document waits
     assert source.store.get(ObjectKey("ConfigMap", "default", "c")) is None
-    write(tmp_path / "mesh.yaml", edited + "data: {n: '1'}\n")  # fixed: the whole file applies
+    write(tmp_path / "mesh.yaml", edited + "data: {count: '1'}\n")  # fixed: the whole file applies
     assert settle(source)
     assert source.problems == []
     ns = source.store.get(ObjectKey("Namespace", "", "a"))
@@ -452,7 +451,7 @@ async def test_a_first_load_on_several_cores_reads_what_a_scan_reads_and_leaves_
     side: the store and the problems must be those of a plain scan, and no worker may outlive it."""
     for i in range(3):
         docs = [
-            f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: big{i}-{n}, labels: {{n: '{n}'}}}}\n"
+            f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: big{i}-{n}, labels: {{gen: '{n}'}}}}\n"
             for n in range(1500)
         ]
         write(tmp_path / f"big{i}.yaml", "---\n".join(docs))

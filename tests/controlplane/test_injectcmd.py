@@ -12,6 +12,12 @@ import pytest
 import yaml
 
 from controlplane.cli import main
+from tests.kubesim.fixtures import (  # noqa: F401
+    Kubectl,
+    kubeconfig_fixture,
+    kubectl_fixture,
+    kubesim_fixture,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -262,3 +268,41 @@ def test_openshift_deployment_config_and_replication_controller_are_injected_and
     for doc in docs[:2]:
         assert proxy_env(doc)["ISTIO_META_OWNER"].endswith(f"/{doc['kind'].lower()}s/web")
     assert "document 3 (Service shop/web): passed through: a Service has no pod to inject" in err
+
+
+# Annotation values kubectl reads as strings, unquoted or not, and PyYAML's YAML 1.1 did not: a date and a
+# time, base 60 and `=` unquoted; quoted, strings that goyaml.v2 would read as a boolean or a number.
+KUBECTL_STRINGS = """\
+        deployed: 2026-12-07
+        kubectl.kubernetes.io/restartedAt: 2026-12-07T10:00:00Z
+        window: 1:30
+        sign: =
+        answer: "y"
+        octal: "0o17"
+        exponent: "1e3"
+        leading-zero: "08"
+"""
+
+
+async def test_a_manifest_means_to_meshplane_inject_what_it_means_to_kubectl(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], kubectl: Kubectl
+) -> None:
+    """The machine's kubectl applies the manifest as written and as `meshplane inject` writes it out:
+    the pod template's annotations must be the same strings. Before, inject refused the date ("must be a
+    string, got datetime"), and wrote `answer: y`, which kubectl reads as true and the API refuses."""
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(
+        DEPLOYMENT.replace("  namespace: shop\n", "").replace(
+            "      labels: {app: web}\n", "      labels: {app: web}\n      annotations:\n" + KUBECTL_STRINGS
+        )
+    )
+    code, out, err = run(["-f", str(manifest)], capsys)
+    assert code == 0, err
+    await kubectl.apply(manifest.read_text().replace("name: web\n", "name: as-written\n", 1))
+    await kubectl.apply(out)
+    as_written = await kubectl.json("get", "deployment", "as-written")
+    injected = await kubectl.json("get", "deployment", "web")
+    annotations = as_written["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["deployed"] == "2026-12-07" and annotations["answer"] == "y"
+    injected_annotations = injected["spec"]["template"]["metadata"]["annotations"]
+    assert {key: injected_annotations.get(key) for key in annotations} == annotations

@@ -1,9 +1,14 @@
-"""Whole-file YAML: aliases are read as Kubernetes reads them, within bounds."""
+"""YAML read as Kubernetes reads it: scalars, keys and aliases (within bounds)."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.model import yamltext
 
@@ -67,3 +72,120 @@ def test_an_integer_beyond_64_bits_is_refused_with_its_place() -> None:
         with pytest.raises(ValueError, match=r"at line 1 column 14: the integer .* is out of the range of a 64-bit"):
             yamltext.load_yaml(text, max_depth=10)
     assert yamltext.load_yaml("concurrency: 0x7fffffffffffffff", max_depth=10) == {"concurrency": 2**63 - 1}
+
+
+# -- scalars and keys as Kubernetes reads them (sigs.k8s.io/yaml: goyaml.v2, then JSON) ------------------
+
+KUBERNETES_READS = [
+    # YAML 1.1 forms PyYAML resolves and goyaml.v2 does not: base 60, dates and times, `=`
+    ("1:30", "1:30"),
+    ("190:20:30.15", "190:20:30.15"),
+    ("2026-12-07", "2026-12-07"),
+    ("2026-12-07T10:00:00Z", "2026-12-07T10:00:00Z"),
+    ("2001-12-14 21:59:43.10", "2001-12-14 21:59:43.10"),
+    ("=", "="),
+    # forms goyaml.v2 reads as numbers (Go's strconv) and PyYAML as strings
+    ("0o17", 15),
+    ("1e3", 1000),
+    ("1.5e3", 1500),
+    ("08", 8),  # not octal, so goyaml's float pattern takes it
+    ("1e400", "1e400"),  # strconv refuses what overflows: a string
+    # booleans, with goyaml's y and n
+    ("y", True),
+    ("N", False),
+    ("yes", True),
+    ("Off", False),
+    # what both agree on, as JSON then carries it: a float with no fraction is an integer
+    ("0777", 511),
+    ("0x_1F", 31),
+    ("-0b101", -5),
+    ("1_000", 1000),
+    ("+1", 1),
+    ("1.0", 1),
+    ("1.5", 1.5),
+    ("+.5", 0.5),
+    ("~", None),
+    ("", None),
+    # strings
+    ("0b2", "0b2"),
+    ("1.2.3", "1.2.3"),
+    ("+", "+"),
+    ("12e", "12e"),
+    ("'y'", "y"),
+    ('"1:30"', "1:30"),
+    ("!!str 0o17", "0o17"),
+    ("!!timestamp 2026-12-07", "2026-12-07"),
+    ("!!float 5", 5),
+    ("!!binary aGVsbG8=", "hello"),
+    ("!thing 5", "5"),  # a tag goyaml does not know: the text as written
+]
+
+
+@pytest.mark.parametrize(("written", "read"), KUBERNETES_READS)
+def test_a_scalar_is_read_as_kubectl_reads_it(written: str, read: object) -> None:
+    """`kubectl apply -f` and meshplane must read one file as the same objects: PyYAML's YAML 1.1 read
+    `2026-12-07` as a date (`meshplane inject` then refused an annotation kubectl takes) and `1:30` as 90."""
+    value = yamltext.load_yaml(f"v: {written}\n", max_depth=10)["v"]
+    assert value == read and type(value) is type(read)
+
+
+def test_mapping_keys_are_strings_spelled_as_kubernetes_spells_them() -> None:
+    text = "{80: a, true: b, n: c, 1.5: d, 1000000.0: e, 0.1: f, 3.14159265358979: g, 1e39: h, 0o10: i, 1:30: j}"
+    assert next(yamltext.load_all(text)) == {
+        "80": "a",
+        "true": "b",
+        "false": "c",
+        "1.5": "d",
+        "1e+06": "e",  # a float key is written as Go's %g of a float32
+        "0.1": "f",
+        "3.1415927": "g",
+        ".inf": "h",
+        "8": "i",
+        "1:30": "j",
+    }
+
+
+def test_unknown_and_collection_tags_read_the_node_as_written() -> None:
+    text = "a: !!set {x, z}\nb: !custom {k: 1}\nc: !!omap [{k: 1}]\nd: !!python/name:os.system x\n"
+    assert next(yamltext.load_all(text)) == {"a": {"x": None, "z": None}, "b": {"k": 1}, "c": [{"k": 1}], "d": "x"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("v: .inf", "at line 1 column 4: .inf is not a number JSON can carry"),
+        ("v: -.Inf", "-.Inf is not a number JSON can carry"),
+        ("v: [.nan]", "at line 1 column 5: .nan is not a number JSON can carry"),
+        ("~: x", "at line 1 column 1: a mapping key may not be null"),
+        ("? [a]\n: x", "a mapping key must be a string or a number"),
+        ("v: !!int foo", "cannot decode 'foo' as an integer"),
+        ("v: !!float foo", "cannot decode 'foo' as a number"),
+        ("v: !!bool 1", "cannot decode '1' as a boolean"),
+        ("v: !!binary '%%'", "!!binary value contains invalid base64 data"),
+    ],
+)
+def test_what_json_cannot_carry_is_refused_with_its_place(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        yamltext.load_yaml(text, max_depth=10)
+
+
+plain_text = st.text(alphabet="0123456789abefnoxyYNtT.+-_:~=eE ", min_size=1, max_size=12).map(str.strip)
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=plain_text, value=plain_text)
+def test_whatever_is_read_is_a_json_value_and_what_is_written_reads_back_the_same(key: str, value: str) -> None:
+    """What the loader gives is what JSON decoding gives (str keys, no dates, no NaN), so the store can
+    hold it as JSON text; and a string the dumper writes reads back as that string, through PyYAML and
+    through goyaml.v2's rules alike (`y` and `0o17` quoted)."""
+    try:
+        doc = yamltext.load_yaml(f"{key}: {value}\n" if key else f"k: {value}\n", max_depth=10)
+    except ValueError:
+        return  # refused with a place (.inf, a null key)
+    if isinstance(doc, dict):
+        assert all(isinstance(k, str) for k in doc)
+        assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+    for text in (key, value):
+        written = yaml.dump({text: text}, Dumper=yamltext.YamlDumper)
+        assert yamltext.load_yaml(written, max_depth=10) == {text: text}
+        assert yaml.safe_load(written) == {text: text}

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from controlplane.model.yamltext import YamlLoader
 from tests.kubesim import admission, decoding, protobuf, tables
 from tests.kubesim.resources import ResourceType
 from tests.kubesim.selectors import (
@@ -200,7 +201,7 @@ async def read_body(request: web.Request, *, allowed: tuple[str, ...] = BODY_TYP
             raise ApiError(415, f"kubesim cannot decode this protobuf body: {exc}; send JSON instead") from None
     try:
         if ctype == "application/yaml":
-            return yaml.safe_load(raw)
+            return yaml.load(raw, Loader=YamlLoader)  # sigs.k8s.io/yaml's reading
         return decoding.body_json(raw)
     except (ValueError, yaml.YAMLError) as exc:
         raise bad_request(f"the object provided is unrecognized (body is not {ctype}): {exc}") from None

@@ -59,6 +59,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.model.yamltext import YamlLoader
 from tests.kubesim import decoding
 from tests.kubesim.decoding import GoType
 from tests.kubesim.resources import ResourceType
@@ -478,7 +479,7 @@ def yaml_error(raw: bytes | str) -> str | None:
     """What the strict YAML parser (goyaml.v2 `UnmarshalStrict`) says of repeated keys: each as `line N: key
     "k" already set in map`, N the line of the repeated key's value, a value's own repeats before its key's;
     None when there are none (or the YAML does not parse, which the non-strict parser reports first)."""
-    loader = yaml.SafeLoader(raw)
+    loader = YamlLoader(raw)  # goyaml.v2's scalars: `n` and `false` are one key
     try:
         node = loader.get_single_node()
         lines: list[str] = []
@@ -491,7 +492,7 @@ def yaml_error(raw: bytes | str) -> str | None:
     return YAML_ERRORS + "  " + "\n  ".join(lines) if lines else None
 
 
-def _yaml_repeats(loader: yaml.SafeLoader, node: yaml.Node, lines: list[str]) -> None:
+def _yaml_repeats(loader: YamlLoader, node: yaml.Node, lines: list[str]) -> None:
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
             _yaml_repeats(loader, item, lines)

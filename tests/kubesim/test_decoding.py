@@ -629,7 +629,7 @@ async def test_unknown_and_repeated_fields_come_in_the_order_the_decoder_meets_t
 
 async def test_a_yaml_bodys_unknown_fields_are_met_in_its_json_with_sorted_keys(kubesim: KubeSim) -> None:
     manifest = (
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: y, zz: 1}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: yam, zz: 1}\n"
         "spec:\n  containers:\n  - {name: c, image: i, bogus: 1, ports: [{containerPort: 80, nam: x}]}\n"
         "  aaa: 1\n"
     )
@@ -637,6 +637,19 @@ async def test_a_yaml_bodys_unknown_fields_are_met_in_its_json_with_sorted_keys(
     status, answer, _ = await exchange(kubesim, "POST", path, manifest, content_type="application/yaml")
     fields = ("metadata.zz", "spec.aaa", "spec.containers[0].bogus", "spec.containers[0].ports[0].nam")
     assert (status, answer["message"]) == (400, strict("Pod", *fields))
+
+
+async def test_a_yaml_body_is_read_as_goyaml_v2_reads_it(kubesim: KubeSim) -> None:
+    """The API server turns a YAML body into JSON with sigs.k8s.io/yaml: `y` is a boolean there, and a
+    date or `1:30` a string (PyYAML's YAML 1.1 made a date object and 90)."""
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: %s, annotations: {at: 2026-12-07, window: 1:30}}\n"
+    pod += "spec: {containers: [{name: c, image: i}]}\n"
+    status, answer, _ = await exchange(kubesim, "POST", PODS, pod % "y", content_type="application/yaml")
+    message = "json: cannot unmarshal bool into Go struct field ObjectMeta.metadata.name of type string"
+    assert (status, answer["message"]) == (400, handled("Pod", "v1", message))
+    status, answer, _ = await exchange(kubesim, "POST", PODS, pod % "dated", content_type="application/yaml")
+    assert status == 201, answer
+    assert answer["metadata"]["annotations"] == {"at": "2026-12-07", "window": "1:30"}
 
 
 async def test_a_map_key_is_a_dotted_part_of_the_path(kubesim: KubeSim) -> None:

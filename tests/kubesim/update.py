@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from controlplane.model.yamltext import YamlLoader
 from tests.kubesim import apply, decoding, patching, strictdecoding
 from tests.kubesim.endpoints import (
     APPLY_PATCH,
@@ -154,7 +155,7 @@ class Updater:
             raise not_found(resource, name)
         raw = await request.read()
         try:
-            config = yaml.safe_load(raw)
+            config = yaml.load(raw, Loader=YamlLoader)  # sigs.k8s.io/yaml's reading
         except yaml.YAMLError as exc:
             raise bad_request(f"error decoding YAML: {exc}") from None
         if isinstance(config, list | str | int | float):  # sigs.k8s.io/yaml's JSON decode into the map

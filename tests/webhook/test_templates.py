@@ -153,17 +153,17 @@ def test_a_template_looping_over_a_large_pod_stops_and_refuses_that_pod_only(mon
     containers, holding a webhook thread past the API server's timeout."""
     monkeypatch.setattr(sandbox, "RENDER_BUDGET_S", 0.2)
     cubed = (
-        "metadata:\n  labels:\n    n: '{% set cs = pod.spec.containers %}{% for a in cs %}{% for b in cs %}"
+        "metadata:\n  labels:\n    loops: '{% set cs = pod.spec.containers %}{% for a in cs %}{% for b in cs %}"
         "{% for c in cs %}{% endfor %}{% endfor %}{% endfor %}{{ cs | length }}'\n"
     )
     config = parse_injection_config(injector=injector({"cubed": cubed}, ["sidecar", "cubed"]), mesh=None)
-    assert inject_pod(pod(), params(config))["metadata"]["labels"]["n"] == "1"
+    assert inject_pod(pod(), params(config))["metadata"]["labels"]["loops"] == "1"
     large = pod()
     large["spec"]["containers"] = [{"name": f"c{i}", "image": "example.com/c:1"} for i in range(3000)]
     with pytest.raises(TemplateError) as caught:
         inject_pod(copy.deepcopy(large), params(config))
     assert str(caught.value) == "template 'cubed' line 3: rendering took longer than 0.2s (does a loop run too long?)"
-    assert inject_pod(pod(), params(config))["metadata"]["labels"]["n"] == "1"  # the next pod is served
+    assert inject_pod(pod(), params(config))["metadata"]["labels"]["loops"] == "1"  # the next pod is served
     renders = 0
     render = jinja2.Template.render
 
