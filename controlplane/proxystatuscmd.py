@@ -3,8 +3,8 @@
     meshplane proxy-status [--revision R] [-n NS] [--istio-namespace NS] [--kubeconfig FILE] [NAME]
     meshplane proxy-status --http-addr HOST:PORT [-n NS] [NAME]
 
-Cluster mode (`--kubeconfig`, else `$KUBECONFIG`, else the in-cluster service account): the istiod
-pods are listed through the API server (pods of `--istio-namespace` labelled `app=istiod`, of every
+Cluster mode (`--kubeconfig`, else `$KUBECONFIG`, else `~/.kube/config`, else the in-cluster service
+account): the istiod pods are listed through the API server (pods of `--istio-namespace` labelled `app=istiod`, of every
 revision unless `--revision`), each is reached at its pod IP and its container port named
 `http-debug` (8080 when no port has that name), and its `/debug/syncz` is read. ISTIOD is the pod
 name and its revision; a proxy connected to two istiods (as during an upgrade) has two rows.
@@ -39,7 +39,7 @@ from controlplane.ops.common import (
     CommandError,
     add_connection_flags,
     current_namespace,
-    kubeconfig_path,
+    kubeconfig_files,
     run_against_cluster,
 )
 
@@ -293,8 +293,8 @@ def add_parser(sub: Any) -> None:
 
 
 def cluster_configured(args: argparse.Namespace) -> bool:
-    """A kubeconfig is given (flag or $KUBECONFIG) or this runs in a pod."""
-    return kubeconfig_path(args) is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    """A kubeconfig is given (flag or $KUBECONFIG), ~/.kube/config exists, or this runs in a pod."""
+    return kubeconfig_files(args) is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
 def _proxy_name(args: argparse.Namespace, *, default_namespace: str) -> str | None:
@@ -333,6 +333,6 @@ def run(args: argparse.Namespace) -> int:
     async def body(api: KubeApi) -> int:
         istiods = await find_istiods(api, namespace=args.istio_namespace, revision=args.revision)
         answers = await ask_all(istiods)
-        return _report(answers, args, local=False, default_namespace=current_namespace(kubeconfig_path(args)))
+        return _report(answers, args, local=False, default_namespace=current_namespace(kubeconfig_files(args)))
 
     return run_against_cluster(PROG, args, body)

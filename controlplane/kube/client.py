@@ -1,9 +1,10 @@
 """The connection to the Kubernetes API server: config loading and raw JSON requests.
 
-`KubeApi.connect(kubeconfig=...)` loads a kubeconfig file (or the in-cluster service account
-when no file is given) through kubernetes-asyncio and keeps one `ApiClient`. Requests go through
-that client's raw API (`call_api`), so authentication, TLS and proxies are kubernetes-asyncio's;
-bodies are plain dicts in the API's own camelCase JSON, never generated model classes.
+`KubeApi.connect(kubeconfig=...)` loads kubeconfig files (`controlplane.kube.kubeconfig` finds and
+merges them as kubectl does), or the in-cluster service account when none is given, through
+kubernetes-asyncio, and keeps one `ApiClient`. Requests go through that client's raw API
+(`call_api`), so authentication, TLS and proxies are kubernetes-asyncio's; bodies are plain dicts
+in the API's own camelCase JSON, never generated model classes.
 
 Errors:
 - a kubeconfig that is missing, unreadable, not YAML or unusable (no current context, unknown
@@ -27,10 +28,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import yaml
 
+from controlplane.kube import kubeconfig as kubeconfig_files
+from controlplane.kube.kubeconfig import KubeconfigFiles
 from controlplane.literals import natural
-from controlplane.model.yamltext import YamlLoader
 from controlplane.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -119,30 +120,6 @@ async def error_from_response(response: aiohttp.ClientResponse) -> KubeApiError:
     )
 
 
-def _check_kubeconfig(path: pathlib.Path) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SettingsError(f"--kubeconfig: {path} does not exist") from None
-    except IsADirectoryError:
-        raise SettingsError(f"--kubeconfig: {path} is a directory, not a kubeconfig file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"--kubeconfig: cannot read {path}: {exc}") from None
-    try:
-        doc = yaml.load(text, Loader=YamlLoader)  # a safe loader: plain data only
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        raise SettingsError(f"--kubeconfig: {path} is not valid YAML{where}") from None
-    if not isinstance(doc, dict):
-        raise SettingsError(f"--kubeconfig: {path} is not a kubeconfig (expected a mapping with clusters and contexts)")
-    for field in ("clusters", "contexts"):
-        if not isinstance(doc.get(field), list) or not doc[field]:
-            raise SettingsError(f"--kubeconfig: {path} has no {field}")
-    if not doc.get("current-context"):
-        raise SettingsError(f"--kubeconfig: {path} has no current-context")
-
-
 class KubeApi:
     """One API server connection. Use `connect()`; `close()` when done."""
 
@@ -151,31 +128,37 @@ class KubeApi:
         self.description = description
 
     @classmethod
-    async def connect(cls, *, kubeconfig: pathlib.Path | None, context: str | None = None) -> KubeApi:
-        """Load `kubeconfig` (or the in-cluster config when None); raise SettingsError if unusable."""
+    async def connect(
+        cls,
+        *,
+        kubeconfig: KubeconfigFiles | pathlib.Path | None,
+        context: str | None = None,
+        no_kubeconfig_hint: str = "pass --kubeconfig FILE, or --config-dir DIR for local mode",
+    ) -> KubeApi:
+        """Load `kubeconfig`, its files merged as kubectl merges them (a path: that file alone), or the
+        in-cluster config when None; raise SettingsError if unusable (when there is neither, its
+        message ends with `no_kubeconfig_hint`, what the caller's user can do)."""
         # Imported here: kubernetes-asyncio loads every generated API and model class (about half a
         # second), which local mode, the agent and the other commands never need.
         from kubernetes_asyncio import client as k8s_client
         from kubernetes_asyncio import config as k8s_config
 
         configuration = k8s_client.Configuration()
-        if kubeconfig is not None:
-            _check_kubeconfig(kubeconfig)
+        files = KubeconfigFiles.explicit(kubeconfig) if isinstance(kubeconfig, pathlib.Path) else kubeconfig
+        if files is not None:
+            merged = kubeconfig_files.load(files)
             try:
-                await k8s_config.load_kube_config(
-                    config_file=str(kubeconfig),
-                    context=context,
-                    client_configuration=configuration,
-                    persist_config=False,
+                await k8s_config.load_kube_config_from_dict(
+                    config_dict=merged, context=context, client_configuration=configuration
                 )
             except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
-                raise SettingsError(f"--kubeconfig: {kubeconfig}: {exc}") from None
-            description = f"kubeconfig {kubeconfig}"
+                raise SettingsError(f"{files.label}: {exc}") from None
+            description = f"kubeconfig {files}"
         else:
             if not os.environ.get("KUBERNETES_SERVICE_HOST"):
                 raise SettingsError(
-                    "no --kubeconfig given and not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); "
-                    "pass --kubeconfig FILE, or --config-dir DIR for local mode"
+                    "no kubeconfig and not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); "
+                    + no_kubeconfig_hint
                 )
             try:
                 k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -185,7 +168,7 @@ class KubeApi:
         try:
             api_client = k8s_client.ApiClient(configuration=configuration)
         except (OSError, ValueError) as exc:  # e.g. an unreadable CA or client certificate
-            raise SettingsError(f"--kubeconfig: {kubeconfig}: {exc}") from None
+            raise SettingsError(f"{files.label if files else 'in-cluster config'}: {exc}") from None
         return cls(api_client, description=description)
 
     @property

@@ -363,7 +363,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     namespace = (
-        None if args.all_namespaces else args.namespace or common.current_namespace(common.kubeconfig_path(args))
+        None if args.all_namespaces else args.namespace or common.current_namespace(common.kubeconfig_files(args))
     )
 
     async def body(api: KubeApi) -> int:

@@ -1,7 +1,8 @@
 """What the operator commands share: connection flags, one-line errors, the current namespace, tables.
 
-`add_connection_flags` adds `--kubeconfig` (default `$KUBECONFIG`, its first entry when it lists
-several; else the in-cluster service account). `run_against_cluster(prog, args, body)` connects,
+`add_connection_flags` adds `--kubeconfig`; without it a command reads what kubectl reads: the files
+of `$KUBECONFIG`, merged, else `~/.kube/config`, else the in-cluster service account
+(`controlplane.kube.kubeconfig`). `run_against_cluster(prog, args, body)` connects,
 runs `body(api)` and turns every failure a user can cause or meet into one line on stderr and exit
 status 1: a missing or unusable kubeconfig, no kubeconfig outside a cluster, an unreachable API
 server, an error answer (named with the request it answered).
@@ -11,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
-import yaml
 
+from controlplane.kube import kubeconfig
 from controlplane.kube.client import KubeApi, KubeApiError
-from controlplane.model.yamltext import YamlLoader
+from controlplane.kube.kubeconfig import KubeconfigFiles
 from controlplane.ops.cluster import ClusterState, read_cluster
 from controlplane.settings import SettingsError
 
+NO_KUBECONFIG_HINT = "pass --kubeconfig FILE or set $KUBECONFIG (~/.kube/config is read when it exists)"
 IN_CLUSTER_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -32,37 +33,27 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kubeconfig",
         default=None,
-        help="kubeconfig file [default: $KUBECONFIG, else the in-cluster service account]",
+        help="kubeconfig file [default: as kubectl: the files of $KUBECONFIG, merged, else ~/.kube/config, "
+        "else the in-cluster service account]",
     )
 
 
-def kubeconfig_path(args: argparse.Namespace) -> pathlib.Path | None:
-    """`--kubeconfig`, else the first entry of `$KUBECONFIG`, else None (in-cluster)."""
-    if args.kubeconfig:
-        return pathlib.Path(args.kubeconfig)
-    entries = [e for e in os.environ.get("KUBECONFIG", "").split(os.pathsep) if e]
-    return pathlib.Path(entries[0]) if entries else None
+def kubeconfig_files(args: argparse.Namespace) -> KubeconfigFiles | None:
+    """`--kubeconfig`, else `$KUBECONFIG`'s files, else `~/.kube/config` if it exists; None: in-cluster."""
+    return kubeconfig.locate(args.kubeconfig)
 
 
-def current_namespace(kubeconfig: pathlib.Path | None) -> str:
+def current_namespace(files: KubeconfigFiles | None) -> str:
     """The namespace of the kubeconfig's current context (in a pod: the pod's), else `default`.
 
     Reads leniently: anything unreadable falls back to `default` (connecting reports real problems).
     """
+    if files is not None:
+        return kubeconfig.current_namespace(files) or "default"
     try:
-        if kubeconfig is None:
-            return IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
-        doc = yaml.load(kubeconfig.read_text(encoding="utf-8"), Loader=YamlLoader)  # a safe loader
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
+    except (OSError, UnicodeDecodeError):
         return "default"
-    if not isinstance(doc, dict):
-        return "default"
-    for entry in doc.get("contexts") or []:
-        if isinstance(entry, dict) and entry.get("name") == doc.get("current-context"):
-            context = entry.get("context")
-            if isinstance(context, dict) and isinstance(context.get("namespace"), str) and context["namespace"]:
-                return str(context["namespace"])
-    return "default"
 
 
 class CommandError(Exception):
@@ -95,7 +86,7 @@ def run_against_cluster(prog: str, args: argparse.Namespace, body: Callable[[Kub
     """Connect, run `body`, close; report failures as one line on stderr (see the module docstring)."""
 
     async def main() -> int:
-        api = await KubeApi.connect(kubeconfig=kubeconfig_path(args))
+        api = await KubeApi.connect(kubeconfig=kubeconfig_files(args), no_kubeconfig_hint=NO_KUBECONFIG_HINT)
         try:
             return await body(api)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

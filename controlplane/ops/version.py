@@ -37,7 +37,14 @@ import yaml
 from controlplane import __version__
 from controlplane.kube.client import KubeApi, KubeApiError
 from controlplane.model import yamltext
-from controlplane.ops.common import CommandError, add_connection_flags, describe_api_error, kubeconfig_path, table
+from controlplane.ops.common import (
+    NO_KUBECONFIG_HINT,
+    CommandError,
+    add_connection_flags,
+    describe_api_error,
+    kubeconfig_files,
+    table,
+)
 from controlplane.proxystatuscmd import Answer, NoIstiodError, ask_all, cluster_configured, find_istiods
 from controlplane.settings import SettingsError
 
@@ -169,7 +176,7 @@ async def _read(api: KubeApi, args: argparse.Namespace) -> tuple[ControlPlaneInf
 
 async def _remote(args: argparse.Namespace) -> tuple[ControlPlaneInfo, ...]:
     """Raises SettingsError, CommandError (with the reason as message) or KubeApiError."""
-    api = await KubeApi.connect(kubeconfig=kubeconfig_path(args))
+    api = await KubeApi.connect(kubeconfig=kubeconfig_files(args), no_kubeconfig_hint=NO_KUBECONFIG_HINT)
     try:
         return await _read(api, args)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -183,7 +190,7 @@ def report(args: argparse.Namespace) -> tuple[VersionReport, bool]:
     """The report, and whether the failure to read the cluster is an error (explicit --kubeconfig)."""
     client = __version__
     if not cluster_configured(args):
-        missing = "no cluster configured (no --kubeconfig, $KUBECONFIG unset, not in a pod)"
+        missing = "no cluster configured (no --kubeconfig, $KUBECONFIG unset, no ~/.kube/config, not in a pod)"
         return VersionReport(client=client, missing=missing), False
     try:
         return VersionReport(client=client, control_planes=asyncio.run(_remote(args))), False
@@ -202,9 +209,9 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "version",
         help="print the version of meshplane, its control planes and their proxies",
-        description="Print the version of meshplane. With a cluster (--kubeconfig, $KUBECONFIG or in a pod), also "
-        "the control plane revisions running (istiod pods and their image versions) and the versions of the "
-        "proxies connected to each.",
+        description="Print the version of meshplane. With a cluster (--kubeconfig, $KUBECONFIG, ~/.kube/config or "
+        "in a pod), also the control plane revisions running (istiod pods and their image versions) and the "
+        "versions of the proxies connected to each.",
     )
     p.add_argument("-s", "--short", action="store_true", help="one line each: client, control plane, data plane")
     p.add_argument("-o", "--output", choices=("json", "yaml"), default=None, help="print JSON or YAML instead")

@@ -342,14 +342,14 @@ async def test_strict_field_validation_refuses_a_repeated_field_in_the_decoders_
         'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: duplicate field '
         '"metadata.name", unknown field "dta", duplicate field "data.k"',
     )
-    yaml_body = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  k: "1"\n  k: "2"\n'
+    yaml_body = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yy\ndata:\n  k: "1"\n  k: "2"\n'
     warned = await call(kubesim, "POST", CM_PATH, yaml_body, content_type="application/yaml")
     assert warned.status == 201 and warned.warnings == ['299 - "line 7: key \\"k\\" already set in map"']
     strict = await call(
         kubesim,
         "POST",
         CM_PATH,
-        yaml_body.replace("y\n", "z\n"),
+        yaml_body.replace("yy\n", "zz\n"),
         content_type="application/yaml",
         query="fieldValidation=Strict",
     )

@@ -65,9 +65,11 @@ def load_case(chart: Render, case: str) -> ClusterState:
 
 
 async def meshplane(*args: str, kubeconfig: pathlib.Path | None = None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
+    home = tempfile.TemporaryDirectory(prefix="meshplane-home-")  # no ~/.kube/config of the machine's
+    env["HOME"] = home.name
     proc = await asyncio.create_subprocess_exec(
         str(MESHPLANE), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -77,6 +79,7 @@ async def meshplane(*args: str, kubeconfig: pathlib.Path | None = None) -> tuple
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        home.cleanup()
     return proc.returncode or 0, out.decode(), err.decode()
 
 

@@ -110,7 +110,7 @@ async def test_without_a_cluster_only_the_client_version_and_why(tmp_path: pathl
     assert (code, out) == (0, CLIENT)
     assert err == (
         "meshplane version: control plane not shown: "
-        "no cluster configured (no --kubeconfig, $KUBECONFIG unset, not in a pod)\n"
+        "no cluster configured (no --kubeconfig, $KUBECONFIG unset, no ~/.kube/config, not in a pod)\n"
     )
 
     code, out, err = await meshplane("version", "-o", "json")

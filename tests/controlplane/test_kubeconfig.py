@@ -1,0 +1,185 @@
+"""The operator commands find and read kubeconfigs as kubectl does: `$KUBECONFIG`'s files merged,
+missing ones skipped, `~/.kube/config` by default, relative paths relative to their file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.kube import kubeconfig
+from controlplane.kube.kubeconfig import KubeconfigFiles
+from controlplane.settings import SettingsError
+from tests.kubesim.fixtures import KUBECTL
+from tests.kubesim.server import KubeSim
+
+MESHPLANE = pathlib.Path(sys.executable).parent / "meshplane"
+
+FIRST = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "current-context": "a",
+    "clusters": [{"name": "c1", "cluster": {"server": "https://one:6443", "certificate-authority": "ca.pem"}}],
+    "contexts": [{"name": "a", "context": {"cluster": "c1", "user": "u1", "namespace": "shop"}}],
+}
+SECOND = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "current-context": "b",
+    "clusters": [
+        {"name": "c1", "cluster": {"server": "https://dup:6443"}},
+        {"name": "c2", "cluster": {"server": "https://two:6443"}},
+    ],
+    "contexts": [
+        {"name": "a", "context": {"cluster": "c2", "user": "u2"}},
+        {"name": "b", "context": {"cluster": "c2", "user": "u1"}},
+    ],
+    "users": [
+        {"name": "u1", "user": {"client-certificate": "certs/u1.crt", "client-key": "/etc/u1.key"}},
+        {"name": "u2", "user": {"token": "abc"}},
+    ],
+}
+
+
+def write(path: pathlib.Path, doc: dict[str, Any]) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def run(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def environment(home: pathlib.Path, kubeconfig_env: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(home)
+    if kubeconfig_env is not None:
+        env["KUBECONFIG"] = kubeconfig_env
+    return env
+
+
+async def test_kubeconfig_files_merge_as_kubectl_merges_them(tmp_path: pathlib.Path) -> None:
+    """The first file to set current-context, or to name a cluster, context or user, wins, whole; a
+    missing file is skipped. The machine's kubectl merges the same list the same way."""
+    first = write(tmp_path / "first.yaml", FIRST)
+    second = write(tmp_path / "sub" / "second.yaml", SECOND)
+    listed = os.pathsep.join([str(tmp_path / "missing"), str(first), str(second)])
+    code, out, err = await run(KUBECTL, "config", "view", "--raw", "-o", "json", env=environment(tmp_path, listed))
+    assert code == 0, err
+    by_kubectl = json.loads(out)
+
+    files = kubeconfig.locate(None, {"KUBECONFIG": listed, "HOME": str(tmp_path)})
+    assert files is not None
+    merged = kubeconfig.load(files)
+    assert merged["current-context"] == by_kubectl["current-context"] == "a"
+    for named in ("clusters", "contexts", "users"):
+        assert [entry["name"] for entry in merged[named]] == [entry["name"] for entry in by_kubectl[named]]
+    # kubectl shows paths as written; both resolve them against the file that wrote them
+    assert merged["clusters"][0]["cluster"] == {
+        "server": "https://one:6443",
+        "certificate-authority": str(tmp_path / "ca.pem"),
+    }
+    assert by_kubectl["clusters"][0]["cluster"]["server"] == "https://one:6443"
+    assert merged["contexts"] == by_kubectl["contexts"]
+    assert merged["users"][0]["user"] == {
+        "client-certificate": str(tmp_path / "sub" / "certs" / "u1.crt"),
+        "client-key": "/etc/u1.key",
+    }
+    assert merged["users"][1] == by_kubectl["users"][1]
+    assert kubeconfig.current_namespace(files) == "shop"
+
+
+def test_where_the_files_come_from(tmp_path: pathlib.Path) -> None:
+    home = tmp_path / "home"
+    assert kubeconfig.locate(None, {"HOME": str(home)}) is None  # then: in a pod, the service account
+    default = write(home / ".kube" / "config", FIRST)
+    assert kubeconfig.locate(None, {"HOME": str(home)}) == KubeconfigFiles((default,), "~/.kube/config")
+    listed = {"HOME": str(home), "KUBECONFIG": f"a{os.pathsep}{os.pathsep}b{os.pathsep}a"}
+    assert kubeconfig.locate(None, listed) == KubeconfigFiles((pathlib.Path("a"), pathlib.Path("b")), "$KUBECONFIG")
+    assert kubeconfig.locate("x", listed) == KubeconfigFiles((pathlib.Path("x"),), "--kubeconfig")
+
+
+@pytest.mark.parametrize(
+    ("origin", "message"),
+    [
+        ("$KUBECONFIG", "$KUBECONFIG: none of its files exists: {missing}, {other}"),
+        ("--kubeconfig", "--kubeconfig: {missing} does not exist"),
+    ],
+)
+def test_no_file_to_read_is_an_error_naming_them(tmp_path: pathlib.Path, origin: str, message: str) -> None:
+    missing, other = tmp_path / "missing", tmp_path / "other"
+    paths = (missing, other) if origin == "$KUBECONFIG" else (missing,)
+    with pytest.raises(SettingsError) as refused:
+        kubeconfig.load(KubeconfigFiles(paths, origin))
+    assert str(refused.value) == message.format(missing=missing, other=other)
+
+
+def test_a_merge_without_a_current_context_names_every_file(tmp_path: pathlib.Path) -> None:
+    first = write(tmp_path / "first.yaml", {**FIRST, "current-context": ""})
+    second = write(tmp_path / "second.yaml", {k: v for k, v in SECOND.items() if k != "current-context"})
+    with pytest.raises(SettingsError) as refused:
+        kubeconfig.load(KubeconfigFiles((first, second), "$KUBECONFIG"))
+    assert str(refused.value) == f"$KUBECONFIG: {first}{os.pathsep}{second} has no current-context"
+
+
+@pytest.fixture(name="secure")
+async def secure_fixture() -> AsyncIterator[KubeSim]:
+    sim = KubeSim(tls=True)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+async def test_an_operator_command_uses_the_kubeconfig_kubectl_uses(secure: KubeSim, tmp_path: pathlib.Path) -> None:
+    """A context in one file, its cluster (CA by a relative path) and user (token file, relative) in
+    another, after a file that does not exist: kubectl reaches the API server, and so does `meshplane
+    injector list`; then the same from `~/.kube/config` with no `$KUBECONFIG`. meshplane used to read
+    only the first entry of `$KUBECONFIG`, and nothing from `~/.kube/config`."""
+    contexts = write(
+        tmp_path / "mine.yaml",
+        {"current-context": "sim", "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "admin"}}]},
+    )
+    credentials = tmp_path / "shared"
+    credentials.mkdir()
+    (credentials / "ca.crt").write_bytes(secure.ca_pem)
+    (credentials / "token").write_text(secure.admin_token)
+    cluster = {"server": secure.url, "certificate-authority": "ca.crt"}
+    write(
+        credentials / "cluster.yaml",
+        {
+            "clusters": [{"name": "sim", "cluster": cluster}],
+            "users": [{"name": "admin", "user": {"tokenFile": "token"}}],
+        },
+    )
+    listed = os.pathsep.join([str(tmp_path / "gone.yaml"), str(contexts), str(credentials / "cluster.yaml")])
+    env = environment(tmp_path / "home", listed)
+
+    code, out, err = await run(KUBECTL, "get", "namespace", "default", "-o", "name", env=env)
+    assert (code, out, err) == (0, "namespace/default\n", "")
+    code, out, err = await run(str(MESHPLANE), "injector", "list", env=env)
+    assert code == 0, err
+
+    home = tmp_path / "home"
+    merged = kubeconfig.load(KubeconfigFiles(tuple(pathlib.Path(p) for p in listed.split(os.pathsep)), "$KUBECONFIG"))
+    write(home / ".kube" / "config", merged)
+    code, out, err = await run(str(MESHPLANE), "injector", "list", env=environment(home, None))
+    assert code == 0, err
