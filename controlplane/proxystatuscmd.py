@@ -320,8 +320,9 @@ def _report(answers: Sequence[Answer], args: argparse.Namespace, *, local: bool,
 
 def run(args: argparse.Namespace) -> int:
     """Local mode when --http-addr is set or no cluster is configured; cluster mode otherwise."""
-    if args.http_addr and args.kubeconfig:
-        print(f"{PROG}: --http-addr and --kubeconfig: choose one (one meshplane serve, or a cluster)", file=sys.stderr)
+    if args.http_addr and (args.kubeconfig or args.context):
+        flag = "--kubeconfig" if args.kubeconfig else "--context"
+        print(f"{PROG}: --http-addr and {flag}: choose one (one meshplane serve, or a cluster)", file=sys.stderr)
         return 2
     if args.http_addr or not cluster_configured(args):
         if args.revision:
@@ -333,6 +334,6 @@ def run(args: argparse.Namespace) -> int:
     async def body(api: KubeApi) -> int:
         istiods = await find_istiods(api, namespace=args.istio_namespace, revision=args.revision)
         answers = await ask_all(istiods)
-        return _report(answers, args, local=False, default_namespace=current_namespace(kubeconfig_files(args)))
+        return _report(answers, args, local=False, default_namespace=current_namespace(args))
 
     return run_against_cluster(PROG, args, body)

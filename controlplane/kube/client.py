@@ -146,15 +146,15 @@ class KubeApi:
         configuration = k8s_client.Configuration()
         files = KubeconfigFiles.explicit(kubeconfig) if isinstance(kubeconfig, pathlib.Path) else kubeconfig
         if files is not None:
-            merged = kubeconfig_files.load(files)
+            merged = kubeconfig_files.load(files, context)
             try:
-                await k8s_config.load_kube_config_from_dict(
-                    config_dict=merged, context=context, client_configuration=configuration
-                )
+                await k8s_config.load_kube_config_from_dict(config_dict=merged, client_configuration=configuration)
             except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
                 raise SettingsError(f"{files.label}: {exc}") from None
             description = f"kubeconfig {files}"
         else:
+            if context is not None:
+                raise SettingsError(f"--context {context}: there is no kubeconfig to find it in; {no_kubeconfig_hint}")
             if not os.environ.get("KUBERNETES_SERVICE_HOST"):
                 raise SettingsError(
                     "no kubeconfig and not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); "

@@ -8,6 +8,8 @@
 - else `~/.kube/config`, when it exists;
 - else none: the caller uses the in-cluster service account, in a pod.
 
+`--context NAME` (`load(files, context)`) makes that context the current one; it must exist.
+
 A relative file path in a kubeconfig (a cluster's `certificate-authority`; a user's
 `client-certificate`, `client-key`, `tokenFile`, and an exec plugin's `command` when it names a path)
 is relative to the file that says it, as client-go resolves it. Every file is read as Kubernetes
@@ -72,9 +74,10 @@ def locate(flag: str | None, environ: Mapping[str, str] | None = None) -> Kubeco
     return None
 
 
-def load(files: KubeconfigFiles) -> dict[str, Any]:
-    """The merged kubeconfig, relative paths made absolute; SettingsError naming the file at fault, or
-    the list when none of its files exists or the merge lacks clusters, contexts or a current context."""
+def load(files: KubeconfigFiles, context: str | None = None) -> dict[str, Any]:
+    """The merged kubeconfig, relative paths made absolute, its current context `context` when given
+    (kubectl's `--context`); SettingsError naming the file at fault, or the list when none of its
+    files exists, the merge lacks clusters, contexts or a current context, or has no `context`."""
     merged: dict[str, Any] = {"clusters": [], "contexts": [], "users": []}
     seen: dict[str, set[str]] = {named: set() for named, _ in NAMED_LISTS}
     read = 0
@@ -98,15 +101,21 @@ def load(files: KubeconfigFiles) -> dict[str, Any]:
     for field in ("clusters", "contexts"):
         if not merged[field]:
             raise SettingsError(f"{files.label} has no {field}")
+    if context is not None:
+        names = [entry["name"] for entry in merged["contexts"]]
+        if context not in names:
+            raise SettingsError(f"{files.label} has no context {context!r} (its contexts: {', '.join(names)})")
+        merged["current-context"] = context
     if not merged.get("current-context"):
         raise SettingsError(f"{files.label} has no current-context")
     return merged
 
 
-def current_namespace(files: KubeconfigFiles) -> str | None:
-    """The namespace of the current context, or None when it sets none (or the files cannot be read)."""
+def current_namespace(files: KubeconfigFiles, context: str | None = None) -> str | None:
+    """The namespace of the current context (`context` when given), or None when it sets none (or the
+    files cannot be read)."""
     try:
-        config = load(files)
+        config = load(files, context)
     except SettingsError:
         return None
     for entry in config["contexts"]:

@@ -362,9 +362,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    namespace = (
-        None if args.all_namespaces else args.namespace or common.current_namespace(common.kubeconfig_files(args))
-    )
+    namespace = None if args.all_namespaces else args.namespace or common.current_namespace(args)
 
     async def body(api: KubeApi) -> int:
         state = await common.read_or_fail(api, namespace=namespace)

@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     async def body(api: KubeApi) -> int:
         manifest = read_manifest(args.filename) if args.filename else None
         manifest_ns = (manifest or {}).get("metadata", {}).get("namespace") if manifest else None
-        namespace = args.namespace or manifest_ns or common.current_namespace(common.kubeconfig_files(args))
+        namespace = args.namespace or manifest_ns or common.current_namespace(args)
         state = await common.read_or_fail(api, namespace=namespace, pods=False)
         if not state.injectors:
             raise common.CommandError(

@@ -36,6 +36,11 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
         help="kubeconfig file [default: as kubectl: the files of $KUBECONFIG, merged, else ~/.kube/config, "
         "else the in-cluster service account]",
     )
+    parser.add_argument(
+        "--context",
+        default=None,
+        help="the kubeconfig context to use, as kubectl's --context [default: the kubeconfig's current-context]",
+    )
 
 
 def kubeconfig_files(args: argparse.Namespace) -> KubeconfigFiles | None:
@@ -43,13 +48,15 @@ def kubeconfig_files(args: argparse.Namespace) -> KubeconfigFiles | None:
     return kubeconfig.locate(args.kubeconfig)
 
 
-def current_namespace(files: KubeconfigFiles | None) -> str:
-    """The namespace of the kubeconfig's current context (in a pod: the pod's), else `default`.
+def current_namespace(args: argparse.Namespace) -> str:
+    """The namespace of the kubeconfig's current context, or of `--context` (in a pod: the pod's), else
+    `default`.
 
     Reads leniently: anything unreadable falls back to `default` (connecting reports real problems).
     """
+    files = kubeconfig_files(args)
     if files is not None:
-        return kubeconfig.current_namespace(files) or "default"
+        return kubeconfig.current_namespace(files, args.context) or "default"
     try:
         return IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
     except (OSError, UnicodeDecodeError):
@@ -86,7 +93,9 @@ def run_against_cluster(prog: str, args: argparse.Namespace, body: Callable[[Kub
     """Connect, run `body`, close; report failures as one line on stderr (see the module docstring)."""
 
     async def main() -> int:
-        api = await KubeApi.connect(kubeconfig=kubeconfig_files(args), no_kubeconfig_hint=NO_KUBECONFIG_HINT)
+        api = await KubeApi.connect(
+            kubeconfig=kubeconfig_files(args), context=args.context, no_kubeconfig_hint=NO_KUBECONFIG_HINT
+        )
         try:
             return await body(api)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

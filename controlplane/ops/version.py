@@ -176,7 +176,9 @@ async def _read(api: KubeApi, args: argparse.Namespace) -> tuple[ControlPlaneInf
 
 async def _remote(args: argparse.Namespace) -> tuple[ControlPlaneInfo, ...]:
     """Raises SettingsError, CommandError (with the reason as message) or KubeApiError."""
-    api = await KubeApi.connect(kubeconfig=kubeconfig_files(args), no_kubeconfig_hint=NO_KUBECONFIG_HINT)
+    api = await KubeApi.connect(
+        kubeconfig=kubeconfig_files(args), context=args.context, no_kubeconfig_hint=NO_KUBECONFIG_HINT
+    )
     try:
         return await _read(api, args)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:

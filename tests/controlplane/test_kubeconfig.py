@@ -17,7 +17,7 @@ import yaml
 from controlplane.kube import kubeconfig
 from controlplane.kube.kubeconfig import KubeconfigFiles
 from controlplane.settings import SettingsError
-from tests.kubesim.fixtures import KUBECTL
+from tests.kubesim.fixtures import KUBECTL, kubesim_fixture  # noqa: F401
 from tests.kubesim.server import KubeSim
 
 MESHPLANE = pathlib.Path(sys.executable).parent / "meshplane"
@@ -183,3 +183,31 @@ async def test_an_operator_command_uses_the_kubeconfig_kubectl_uses(secure: Kube
     write(home / ".kube" / "config", merged)
     code, out, err = await run(str(MESHPLANE), "injector", "list", env=environment(home, None))
     assert code == 0, err
+
+
+def test_a_context_chosen_by_name_is_the_current_one(tmp_path: pathlib.Path) -> None:
+    files = KubeconfigFiles(
+        (write(tmp_path / "first.yaml", FIRST), write(tmp_path / "second.yaml", SECOND)), "$KUBECONFIG"
+    )
+    assert kubeconfig.load(files, "b")["current-context"] == "b"
+    assert (kubeconfig.current_namespace(files), kubeconfig.current_namespace(files, "b")) == ("shop", None)
+    with pytest.raises(SettingsError) as refused:
+        kubeconfig.load(files, "nope")
+    assert str(refused.value).endswith("has no context 'nope' (its contexts: a, b)")
+
+
+async def test_context_picks_the_cluster_as_kubectls_does(kubesim: KubeSim, tmp_path: pathlib.Path) -> None:
+    """`--context` reaches the cluster of the context it names, whatever the current one is."""
+    config = yaml.safe_load(kubesim.write_kubeconfig(tmp_path / "sim.yaml").read_text())
+    config["clusters"].append({"name": "gone", "cluster": {"server": "http://127.0.0.1:9"}})
+    config["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "kubesim"}})
+    config["current-context"] = "gone"
+    env = environment(tmp_path / "home", str(write(tmp_path / "both.yaml", config)))
+    for tool in (KUBECTL, str(MESHPLANE)):
+        command = ["get", "namespace", "default"] if tool == KUBECTL else ["injector", "list"]
+        code, _, err = await run(tool, *command, env=env)
+        assert code == 1 and "127.0.0.1:9" in err, (tool, err)
+        code, _, err = await run(tool, *command, "--context", "kubesim", env=env)
+        assert code == 0, (tool, err)
+    code, _, err = await run(str(MESHPLANE), "injector", "list", "--context", "nope", env=env)
+    assert code == 1 and "has no context 'nope' (its contexts: kubesim, gone)" in err
