@@ -1,6 +1,6 @@
 """`meshplane proxy-status`: which proxies are connected to which istiod, and whether each has what it was sent.
 
-    meshplane proxy-status [--revision R] [-n NS] [--istio-namespace NS] [--kubeconfig FILE] [NAME]
+    meshplane proxy-status [--revision R] [-n NS] [--istio-namespace NS] [--kubeconfig FILE] [--context NAME] [NAME]
     meshplane proxy-status --http-addr HOST:PORT [-n NS] [NAME]
 
 Cluster mode (`--kubeconfig`, else `$KUBECONFIG`, else `~/.kube/config`, else the in-cluster service

@@ -1,6 +1,6 @@
 """`meshplane analyze`: what is wrong with injection in the cluster, and exactly what to restart.
 
-    meshplane analyze [-n NS | -A] [-o text|json|yaml] [--istio-namespace NS] [--kubeconfig FILE]
+    meshplane analyze [-n NS | -A] [-o text|json|yaml] [--istio-namespace NS] [--kubeconfig FILE] [--context NAME]
 
 Messages, with Istio's codes, levels and wording where Istio has one:
 - IST0102 NamespaceNotInjected (Info): a namespace without `istio-injection` or `istio.io/rev`

@@ -1,6 +1,6 @@
 """`meshplane check-inject`: which injection webhook would inject a pod, with which revision, and why.
 
-    meshplane check-inject [-n NS] POD | -l SELECTOR | -f FILE   [--kubeconfig FILE]
+    meshplane check-inject [-n NS] POD | -l SELECTOR | -f FILE   [--kubeconfig FILE] [--context NAME]
 
 One row per injection webhook configuration, as `istioctl x check-inject` prints it: `WEBHOOK
 REVISION INJECTED REASON` (✔ or ✘). The pod is an existing one (POD), each pod matching

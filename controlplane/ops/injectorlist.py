@@ -1,6 +1,6 @@
 """`meshplane injector list`: which revision injects each namespace, and what its pods run.
 
-    meshplane injector list [-n NS] [--show-pods] [--istio-namespace NS] [--kubeconfig FILE]
+    meshplane injector list [-n NS] [--show-pods] [--istio-namespace NS] [--kubeconfig FILE] [--context NAME]
 
 Two tables, as `istioctl x injector list` prints them:
 1. `NAMESPACE ISTIO-REVISION POD-REVISIONS`, one row per namespace and revision its pods run.

@@ -1,6 +1,7 @@
 """`meshplane version`: the client's version, the control-plane revisions running, and the proxies on each.
 
-    meshplane version [--short] [-o json|yaml] [--revision R] [--istio-namespace NS] [--kubeconfig FILE]
+    meshplane version [--short] [-o json|yaml] [--revision R] [--istio-namespace NS]
+                      [--kubeconfig FILE] [--context NAME]
 
 The control plane is read as `meshplane proxy-status` reads it: the istiod pods of `--istio-namespace`
 (label `app=istiod`, every revision unless `--revision`) through the API server, and each one's
