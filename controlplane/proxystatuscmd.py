@@ -38,6 +38,7 @@ from controlplane.kube.client import KubeApi
 from controlplane.ops.common import (
     CommandError,
     add_connection_flags,
+    add_istio_namespace_flag,
     current_namespace,
     kubeconfig_files,
     run_against_cluster,
@@ -278,9 +279,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("name", nargs="?", help="a proxy (<pod>.<namespace>, or a pod with -n) to show in detail")
     p.add_argument("--revision", "-r", default=None, help="ask only the istiods of this revision [default: all]")
     p.add_argument("-n", "--namespace", default=None, help="only proxies of this namespace [default: all]")
-    p.add_argument(
-        "--istio-namespace", default="istio-system", help="the control plane's namespace [default: istio-system]"
-    )
+    add_istio_namespace_flag(p)
     add_connection_flags(p)
     env = os.environ.get("MESHPLANE_HTTP_ADDR")
     p.add_argument(

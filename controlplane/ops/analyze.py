@@ -354,9 +354,7 @@ def add_parser(sub: Any) -> None:
     scope.add_argument("-n", "--namespace", help="namespace to analyze [default: the kubeconfig context's]")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="analyze every namespace")
     p.add_argument("-o", "--output", choices=FORMATS, default="text", help="output format [default: text]")
-    p.add_argument(
-        "--istio-namespace", default="istio-system", help="the control plane's namespace [default: istio-system]"
-    )
+    common.add_istio_namespace_flag(p)
     common.add_connection_flags(p)
     p.set_defaults(func=run)
 

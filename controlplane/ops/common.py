@@ -30,7 +30,9 @@ IN_CLUSTER_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccou
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """`--kubeconfig` (`-c`, as istioctl's) and `--context`."""
     parser.add_argument(
+        "-c",
         "--kubeconfig",
         default=None,
         help="kubeconfig file [default: as kubectl: the files of $KUBECONFIG, merged, else ~/.kube/config, "
@@ -40,6 +42,18 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
         "--context",
         default=None,
         help="the kubeconfig context to use, as kubectl's --context [default: the kubeconfig's current-context]",
+    )
+
+
+def add_istio_namespace_flag(parser: argparse.ArgumentParser) -> None:
+    """The control plane's namespace: `--istio-namespace`, or istioctl's `-i` and `--istioNamespace`."""
+    parser.add_argument(
+        "-i",
+        "--istio-namespace",
+        "--istioNamespace",
+        dest="istio_namespace",
+        default="istio-system",
+        help="the control plane's namespace [default: istio-system]",
     )
 
 

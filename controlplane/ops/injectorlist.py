@@ -134,9 +134,7 @@ def add_parser(sub: Any) -> None:
     )
     lister.add_argument("-n", "--namespace", help="list only this namespace [default: every namespace]")
     lister.add_argument("--show-pods", action="store_true", help="name the pods that need a restart")
-    lister.add_argument(
-        "--istio-namespace", default="istio-system", help="the control plane's namespace [default: istio-system]"
-    )
+    common.add_istio_namespace_flag(lister)
     common.add_connection_flags(lister)
     lister.set_defaults(func=run)
 

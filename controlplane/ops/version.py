@@ -42,6 +42,7 @@ from controlplane.ops.common import (
     NO_KUBECONFIG_HINT,
     CommandError,
     add_connection_flags,
+    add_istio_namespace_flag,
     describe_api_error,
     kubeconfig_files,
     table,
@@ -219,9 +220,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-s", "--short", action="store_true", help="one line each: client, control plane, data plane")
     p.add_argument("-o", "--output", choices=("json", "yaml"), default=None, help="print JSON or YAML instead")
     p.add_argument("--revision", "-r", default=None, help="only the istiods of this revision [default: all]")
-    p.add_argument(
-        "--istio-namespace", default="istio-system", help="the control plane's namespace [default: istio-system]"
-    )
+    add_istio_namespace_flag(p)
     add_connection_flags(p)
     p.set_defaults(func=run)
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane.cli import build_parser
 from controlplane.kube import kubeconfig
 from controlplane.kube.kubeconfig import KubeconfigFiles
 from controlplane.settings import SettingsError
@@ -211,3 +212,25 @@ async def test_context_picks_the_cluster_as_kubectls_does(kubesim: KubeSim, tmp_
         assert code == 0, (tool, err)
     code, _, err = await run(str(MESHPLANE), "injector", "list", "--context", "nope", env=env)
     assert code == 1 and "has no context 'nope' (its contexts: kubesim, gone)" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["analyze"],
+        ["injector", "list"],
+        ["version"],
+        ["proxy-status"],
+        ["check-inject", "web"],
+        ["tag", "list"],
+    ],
+)
+def test_istioctls_short_flags_mean_what_they_mean_there(argv: list[str]) -> None:
+    """istioctl's `-c` (kubeconfig), `--context` and, where a command has it, `-i`/`--istioNamespace`."""
+    parser = build_parser(argv[:1])
+    args = parser.parse_args([*argv, "-c", "/k", "--context", "prod"])
+    assert (args.kubeconfig, args.context) == ("/k", "prod")
+    if hasattr(args, "istio_namespace"):
+        assert args.istio_namespace == "istio-system"
+        assert parser.parse_args([*argv, "-i", "mesh"]).istio_namespace == "mesh"
+        assert parser.parse_args([*argv, "--istioNamespace", "mesh"]).istio_namespace == "mesh"
