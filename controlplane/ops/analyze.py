@@ -1,6 +1,7 @@
 """`meshplane analyze`: what is wrong with injection in the cluster, and exactly what to restart.
 
-    meshplane analyze [-n NS | -A] [-o text|json|yaml] [--istio-namespace NS] [--kubeconfig FILE] [--context NAME]
+    meshplane analyze [-n NS | -A] [-o text|json|yaml] [-S CODE=RESOURCE ...] [--failure-threshold LEVEL]
+                      [--output-threshold LEVEL] [--istio-namespace NS] [--kubeconfig FILE] [--context NAME]
 
 Messages, with Istio's codes, levels and wording where Istio has one:
 - IST0102 NamespaceNotInjected (Info): a namespace without `istio-injection` or `istio.io/rev`
@@ -20,8 +21,16 @@ Messages, with Istio's codes, levels and wording where Istio has one:
   Job or the bare pod), the pods whose injected revision differs from what their namespace and
   labels select now, with the command that fixes it.
 
-Exit status: 79 (istioctl's "analyzer found issues") when an Error message is found, in every
-output format; 0 otherwise; 1 when the cluster cannot be read; 2 for bad flags.
+Left out, as istioctl leaves them out: a message whose object is annotated
+`galley.istio.io/analyze-suppress` with its code (a comma-separated list; `*` for every code), and one
+a `-S CODE=RESOURCE` matches. The annotation is read on Namespaces, Pods and injector
+configurations, and for a Deployment from the ReplicaSet its controller copies its annotations to;
+StatefulSets, DaemonSets and Jobs are not read, so their messages are suppressed with `-S`.
+`--output-threshold` prints only messages of that level or more severe.
+
+Exit status: 79 (istioctl's "analyzer found issues") when a message of `--failure-threshold` (default
+Error) or more severe is found, printed or not, in every output format; 0 otherwise; 1 when the
+cluster cannot be read; 2 for bad flags.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import argparse
 import functools
 import itertools
 import json
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +63,8 @@ from controlplane.ops.matcher import evaluate, judge_pod, selector_matches
 from controlplane.settings import IGNORED_NAMESPACES
 
 EXIT_ISSUES = 79
-LEVELS = ("Error", "Warning", "Info")
+LEVELS = ("Error", "Warning", "Info")  # most severe first
+SUPPRESS_ANNOTATION = "galley.istio.io/analyze-suppress"
 DOC_URL = "https://istio.io/latest/docs/reference/config/analysis/{code}/"
 PROXY_IMAGE_ANNOTATION = "sidecar.istio.io/proxyImage"
 FORMATS = ("text", "json", "yaml")
@@ -104,6 +115,18 @@ class Message:
     def line(self) -> str:
         return f"{self.type.level} [{self.type.code}] ({self.origin}) {self.text}"
 
+    @property
+    def resource_names(self) -> tuple[str, ...]:
+        """How `--suppress` may name the object: as printed (`Pod shop/web-1`), or as Istio's help
+        writes it (`Pod web-1.shop`)."""
+        if not self.namespace:
+            return (self.origin,)
+        return (self.origin, f"{self.kind} {self.name}.{self.namespace}")
+
+    def at_least(self, level: str) -> bool:
+        """Whether this message is `level` or more severe."""
+        return LEVELS.index(self.type.level) <= LEVELS.index(level)
+
     def to_dict(self) -> dict[str, str]:
         out = {"code": self.type.code, "level": self.type.level, "origin": self.origin, "message": self.text}
         if self.type.code.startswith("IST"):
@@ -116,19 +139,69 @@ class Message:
         return (LEVELS.index(self.type.level), self.type.code, f"{self.kind}/{self.name}/{self.namespace}", self.line())
 
 
+@dataclass(frozen=True)
+class Suppression:
+    """`--suppress CODE=RESOURCE`: no message `code` about a resource matching `resource`, where `*`
+    stands for any run of characters (istioctl's glob)."""
+
+    code: str
+    resource: str
+
+    @classmethod
+    def parse(cls, text: str) -> Suppression:
+        parts = text.split("=")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not CODE=RESOURCE (e.g. 'IST0102=Namespace frod', 'MP0003=Deployment shop/*')"
+            )
+        return cls(code=parts[0], resource=parts[1])
+
+    def matches(self, message: Message) -> bool:
+        if message.type.code != self.code:
+            return False
+        pattern = re.compile(".*".join(re.escape(part) for part in self.resource.split("*")), re.DOTALL)
+        return any(pattern.fullmatch(name) for name in message.resource_names)
+
+
+def suppressed(message: Message, state: ClusterState, suppressions: Sequence[Suppression] = ()) -> bool:
+    """Whether `message` is left out: its object's `galley.istio.io/analyze-suppress` annotation lists
+    its code (or `*`), or a `--suppress` matches it."""
+    listed = {code.strip() for code in _annotations(message, state).get(SUPPRESS_ANNOTATION, "").split(",")}
+    if "*" in listed or message.type.code in listed:
+        return True
+    return any(s.matches(message) for s in suppressions)
+
+
+def _annotations(message: Message, state: ClusterState) -> Mapping[str, str]:
+    """The annotations of the object a message is about, as far as they were read: a Namespace's, a
+    Pod's, an injector configuration's, and a Deployment's or ReplicaSet's (from its ReplicaSets)."""
+    if message.kind == "Namespace":
+        return state.namespace(message.name).annotations
+    if message.kind == "Pod":
+        found = (p for p in state.pods if (p.namespace, p.name) == (message.namespace, message.name))
+        return next((p.annotations for p in found), {})
+    if message.kind == "MutatingWebhookConfiguration":
+        return next((c.annotations for c in state.injectors if c.name == message.name), {})
+    workload = Workload(kind=message.kind, namespace=message.namespace, name=message.name)
+    return state.owner_annotations.get(workload, {})
+
+
 def _go_list(items: Sequence[str]) -> str:
     """A list as Go's %v prints it: [a b c]."""
     return "[" + " ".join(items) + "]"
 
 
-def analyze(state: ClusterState, *, istio_namespace: str = "istio-system") -> list[Message]:
-    """Every message for `state` (see the module docstring), sorted as istioctl sorts, without duplicates."""
+def analyze(
+    state: ClusterState, *, istio_namespace: str = "istio-system", suppressions: Sequence[Suppression] = ()
+) -> list[Message]:
+    """Every message for `state` (see the module docstring) that is not suppressed, sorted as istioctl
+    sorts, without duplicates."""
     found = {
         *_namespaces(state, istio_namespace=istio_namespace),
         *_webhooks(state),
         *_pods(state),
     }
-    return sorted(found, key=Message.sort_key)
+    return sorted((m for m in found if not suppressed(m, state, suppressions)), key=Message.sort_key)
 
 
 def _in_scope(state: ClusterState, namespace: str) -> bool:
@@ -336,8 +409,16 @@ def render(messages: Sequence[Message], *, output: str) -> str:
     return "\n".join(m.line() for m in messages)
 
 
-def exit_status(messages: Sequence[Message]) -> int:
-    return EXIT_ISSUES if any(m.type.level == "Error" for m in messages) else 0
+def exit_status(messages: Sequence[Message], *, failure_threshold: str = "Error") -> int:
+    return EXIT_ISSUES if any(m.at_least(failure_threshold) for m in messages) else 0
+
+
+def _level(text: str) -> str:
+    """A level named in any case (istioctl's thresholds take `warning` as `Warning`)."""
+    for level in LEVELS:
+        if text.lower() == level.lower():
+            return level
+    raise argparse.ArgumentTypeError(f"{text!r} is not a level: use one of Info, Warning, Error")
 
 
 # -- command ------------------------------------------------------------------------------------
@@ -354,6 +435,30 @@ def add_parser(sub: Any) -> None:
     scope.add_argument("-n", "--namespace", help="namespace to analyze [default: the kubeconfig context's]")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="analyze every namespace")
     p.add_argument("-o", "--output", choices=FORMATS, default="text", help="output format [default: text]")
+    p.add_argument(
+        "-S",
+        "--suppress",
+        action="append",
+        default=[],
+        type=Suppression.parse,
+        metavar="CODE=RESOURCE",
+        help="leave out messages CODE about RESOURCE, named as printed ('Pod shop/web-1') or as istioctl's help "
+        "writes it ('Pod web-1.shop'); '*' matches any run of characters ('MP0003=Deployment shop/*'); repeatable",
+    )
+    p.add_argument(
+        "--failure-threshold",
+        type=_level,
+        default="Error",
+        metavar="LEVEL",
+        help="the least severe level that makes the exit status 79: Info, Warning or Error [default: Error]",
+    )
+    p.add_argument(
+        "--output-threshold",
+        type=_level,
+        default="Info",
+        metavar="LEVEL",
+        help="the least severe level printed: Info, Warning or Error [default: Info]",
+    )
     common.add_istio_namespace_flag(p)
     common.add_connection_flags(p)
     p.set_defaults(func=run)
@@ -362,15 +467,24 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     namespace = None if args.all_namespaces else args.namespace or common.current_namespace(args)
 
+    known = {t.code for t in MESSAGE_TYPES}
+    for code in sorted({s.code for s in args.suppress} - known):
+        print(
+            f"meshplane analyze: warning: supplied message code '{code}' is an unknown message code and will not "
+            f"have any effect (codes: {', '.join(sorted(known))})",
+            file=sys.stderr,
+        )
+
     async def body(api: KubeApi) -> int:
         state = await common.read_or_fail(api, namespace=namespace)
-        messages = analyze(state, istio_namespace=args.istio_namespace)
-        text = render(messages, output=args.output)
+        messages = analyze(state, istio_namespace=args.istio_namespace, suppressions=args.suppress)
+        shown = [m for m in messages if m.at_least(args.output_threshold)]
+        text = render(shown, output=args.output)
         if text:
             print(text.rstrip("\n"))
-        if not messages and args.output == "text":
+        if not shown and args.output == "text":
             target = "all namespaces" if namespace is None else f"namespace: {namespace}"
             print(f"\u2714 No validation issues found when analyzing {target}.", file=sys.stderr)
-        return exit_status(messages)
+        return exit_status(messages, failure_threshold=args.failure_threshold)
 
     return common.run_against_cluster("meshplane analyze", args, body)

@@ -27,6 +27,7 @@ from typing import Any
 
 from controlplane.jsontext import load_json
 from controlplane.kube.client import JsonObject, KubeApi, KubeApiError
+from controlplane.literals import whole_number
 from webhook.config import ConfigError, InjectionConfig
 from webhook.configparse import parse_injection_config
 
@@ -39,6 +40,7 @@ PROXY_CONTAINER = "istio-proxy"
 INJECTOR_SUFFIX = "sidecar-injector.istio.io"
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
 RESTARTABLE = ("Deployment", "StatefulSet", "DaemonSet")
+DEPLOYMENT_REVISION = "deployment.kubernetes.io/revision"
 
 _LIST_PAGE = 500
 
@@ -90,6 +92,7 @@ class Workload:
 class Namespace:
     name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +135,7 @@ class InjectorConfig:
     revision: str
     tag: str | None
     webhooks: tuple[Webhook, ...]
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +157,9 @@ class ClusterState:
     services: frozenset[tuple[str, str]]
     revisions: Mapping[str, RevisionConfig]
     scope: str | None = None
+    # the annotations of the controllers that own pods, where they can be known without reading the
+    # controllers: a Deployment's as its controller copies them to its newest ReplicaSet, a ReplicaSet's own
+    owner_annotations: Mapping[Workload, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_objects(
@@ -172,7 +179,8 @@ class ClusterState:
         }
         namespaces = tuple(
             sorted(
-                (Namespace(name=str(_meta(o).get("name", "")), labels=_strings(_meta(o).get("labels")))
+                (Namespace(name=str(_meta(o).get("name", "")), labels=_strings(_meta(o).get("labels")),
+                           annotations=_strings(_meta(o).get("annotations")))
                  for o in by_kind.get("Namespace", [])),
                 key=lambda n: n.name,
             )
@@ -203,6 +211,7 @@ class ClusterState:
             services=services,
             revisions=MappingProxyType(revisions),
             scope=scope,
+            owner_annotations=_owner_annotations(replicasets.values()),
         )
 
     def namespace(self, name: str) -> Namespace:
@@ -231,6 +240,25 @@ class ClusterState:
         """The sidecar image `revision` injects, or None when its ConfigMap is missing or invalid."""
         found = self.revisions.get(revision)
         return found.config.proxy_image if found is not None and found.config is not None else None
+
+
+def _owner_annotations(replicasets: Iterable[Mapping[str, Any]]) -> Mapping[Workload, Mapping[str, str]]:
+    """Per ReplicaSet its annotations; per Deployment those of its ReplicaSet of the highest
+    `deployment.kubernetes.io/revision`, the one its controller keeps the Deployment's annotations on."""
+    found: dict[Workload, Mapping[str, str]] = {}
+    newest: dict[Workload, int] = {}
+    for rs in replicasets:
+        meta = _meta(rs)
+        namespace, annotations = str(meta.get("namespace", "")), _strings(meta.get("annotations"))
+        found[Workload(kind="ReplicaSet", namespace=namespace, name=str(meta.get("name", "")))] = annotations
+        parent = _controller(meta)
+        if parent is None or parent.get("kind") != "Deployment":
+            continue
+        deployment = Workload(kind="Deployment", namespace=namespace, name=str(parent.get("name", "")))
+        revision = whole_number(annotations.get(DEPLOYMENT_REVISION, "")) or 0
+        if revision >= newest.get(deployment, -1):
+            newest[deployment], found[deployment] = revision, annotations
+    return MappingProxyType(found)
 
 
 def _revision_config(name: str, cm: Mapping[str, Any]) -> RevisionConfig:
@@ -317,7 +345,11 @@ def _injector(obj: Mapping[str, Any]) -> InjectorConfig | None:
             )
         )
     return InjectorConfig(
-        name=str(meta.get("name", "")), revision=revision, tag=labels.get(TAG_LABEL), webhooks=tuple(hooks)
+        name=str(meta.get("name", "")),
+        revision=revision,
+        tag=labels.get(TAG_LABEL),
+        webhooks=tuple(hooks),
+        annotations=_strings(meta.get("annotations")),
     )
 
 

@@ -8,15 +8,26 @@ objects. Expected output: `<case>.txt` and `<case>.json`. Regenerate with REFRES
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+from typing import Any
 
 import pytest
 import yaml
 
 from controlplane.cli import main
-from controlplane.ops.analyze import EXIT_ISSUES, MESSAGE_TYPES, analyze, exit_status, render
+from controlplane.ops.analyze import (
+    EXIT_ISSUES,
+    MESSAGE_TYPES,
+    SUPPRESS_ANNOTATION,
+    Suppression,
+    analyze,
+    exit_status,
+    render,
+)
+from controlplane.ops.cluster import ClusterState, Workload
 from tests.charts.helm import requires_helm
 from tests.kubesim.fixtures import Kubectl
 from tests.ops.conftest import GOLDEN, R1, Render, install_canary, load_case, meshplane
@@ -155,3 +166,75 @@ def test_bad_flags_exit_2(args: list[str], complaint: str, capsys: pytest.Captur
         main(["analyze", *args])
     assert exited.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+# -- leaving messages out: istioctl's --suppress, its annotation, and the two thresholds ------------
+
+
+def test_suppress_matches_the_origin_as_printed_or_as_istioctls_help_writes_it(chart: Render) -> None:
+    state = load_case(chart, "canary-restart")
+
+    def left(*suppress: str) -> set[str]:
+        found = analyze(state, suppressions=[Suppression.parse(s) for s in suppress])
+        return {m.origin for m in found if m.type.code == "MP0003"}
+
+    everything = left()
+    assert {"Deployment shop/web", "Pod shop/debug"} <= everything
+    for resource in ("Deployment shop/web", "Deployment web.shop", "Deployment shop/*", "*/web", "Deploy*web"):
+        assert left(f"MP0003={resource}") == everything - {"Deployment shop/web"}, resource
+    for resource in ("Deployment shop/we", "Deployment web", "StatefulSet shop/web", ""):
+        assert left(f"MP0003={resource}") == everything, resource
+    assert left("IST0103=Deployment shop/web") == everything  # another code
+    assert left("MP0003=*") == set()
+
+
+def test_the_suppress_annotation_is_read_on_the_object_a_message_is_about(chart: Render) -> None:
+    state = load_case(chart, "canary-restart")
+    web = Workload(kind="Deployment", namespace="shop", name="web")
+    for value in ("MP0003", "IST0102, MP0003", "*"):
+        annotated = dataclasses.replace(state, owner_annotations={web: {SUPPRESS_ANNOTATION: value}})
+        assert "Deployment shop/web" not in {m.origin for m in analyze(annotated)}
+    other = dataclasses.replace(state, owner_annotations={web: {SUPPRESS_ANNOTATION: "IST0102"}})
+    assert "Deployment shop/web" in {m.origin for m in analyze(other)}
+
+
+def test_a_deployments_annotations_are_those_its_newest_replicaset_carries() -> None:
+    """The Deployment controller keeps the Deployment's annotations on its newest ReplicaSet; an older
+    one keeps what it was given then."""
+
+    def replicaset(name: str, revision: str, annotations: dict[str, str]) -> dict[str, Any]:
+        owner = {"kind": "Deployment", "name": "web", "controller": True}
+        meta = {"name": name, "namespace": "shop", "ownerReferences": [owner]}
+        meta["annotations"] = {"deployment.kubernetes.io/revision": revision, **annotations}
+        return {"kind": "ReplicaSet", "metadata": meta}
+
+    old = replicaset("web-1", "9", {SUPPRESS_ANNOTATION: "MP0003"})
+    new = replicaset("web-2", "10", {})
+    state = ClusterState.from_objects([new, old])
+    web = Workload(kind="Deployment", namespace="shop", name="web")
+    assert SUPPRESS_ANNOTATION not in state.owner_annotations[web]
+    assert state.owner_annotations[Workload(kind="ReplicaSet", namespace="shop", name="web-1")][SUPPRESS_ANNOTATION]
+
+
+async def test_suppressions_and_thresholds_on_kubesim(
+    kubectl: Kubectl, kubeconfig: pathlib.Path, chart: Render
+) -> None:
+    await install_canary(kubectl, chart)
+    config = ("--kubeconfig", str(kubeconfig), "-n", "shop")
+    code, out, _ = await meshplane("analyze", *config, "--failure-threshold", "warning")
+    assert code == EXIT_ISSUES and len(out.splitlines()) == 2  # two Warnings
+    code, out, err = await meshplane("analyze", *config, "--output-threshold", "Error")
+    assert (code, out) == (0, "")
+    assert err == "\u2714 No validation issues found when analyzing namespace: shop.\n"
+
+    await kubectl.run("annotate", "pod", "debug", "-n", "shop", f"{SUPPRESS_ANNOTATION}=IST0103,MP0003")
+    code, out, err = await meshplane("analyze", *config, "-S", "MP0003=Deployment web.shop", "-S", "IST9999=Pod *")
+    assert (code, out) == (0, "")
+    assert err.splitlines() == [
+        "meshplane analyze: warning: supplied message code 'IST9999' is an unknown message code and will not have "
+        "any effect (codes: IST0102, IST0103, IST0123, IST0139, IST0158, MP0001, MP0002, MP0003)",
+        "\u2714 No validation issues found when analyzing namespace: shop.",
+    ]
+    code, out, err = await meshplane("analyze", *config, "-S", "MP0003")
+    assert (code, out) == (2, "")
+    assert "argument -S/--suppress: 'MP0003' is not CODE=RESOURCE" in err
