@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import re
+import subprocess
+import tempfile
+from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from controlplane.model import yamltext
+from tests.kubesim.fixtures import KUBECTL
 
 
 def laughs(levels: int, width: int = 9) -> str:
@@ -189,3 +195,68 @@ def test_whatever_is_read_is_a_json_value_and_what_is_written_reads_back_the_sam
         written = yaml.dump({text: text}, Dumper=yamltext.YamlDumper)
         assert yamltext.load_yaml(written, max_depth=10) == {text: text}
         assert yaml.safe_load(written) == {text: text}
+
+
+plain_key = plain_text.filter(bool)
+
+
+@settings(max_examples=30, deadline=None)
+@given(pairs=st.lists(st.tuples(plain_key, plain_text), min_size=1, max_size=30))
+def test_the_loader_reads_plain_scalars_as_kubectl_reads_them(pairs: list[tuple[str, str]]) -> None:
+    """The machine's kubectl as the oracle: a kubeconfig extension is kept as the JSON that
+    sigs.k8s.io/yaml made of it, and `kubectl config view -o json` shows it. Generated plain keys and
+    values (numbers, booleans, dates, base 60, exponents, odd words) must read the same through the
+    loader, or be refused by both."""
+    lines = "".join(f"        {key}: {value}\n" for key, value in pairs)
+    text = (
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://x\n"
+        "    extensions:\n    - name: probe\n      extension:\n" + lines
+    )
+    try:
+        ours: Any = yamltext.load_yaml(text, max_depth=20)
+    except ValueError:
+        ours = None
+    extension = ours["clusters"][0]["cluster"]["extensions"][0]["extension"] if ours else None
+    assume(not isinstance(extension, dict) or len(extension) == len({key for key, _ in pairs}))  # no key collision
+    with tempfile.TemporaryDirectory() as home:
+        config = pathlib.Path(home, "config")
+        config.write_text(text)
+        env = {**os.environ, "HOME": home, "KUBECONFIG": str(config)}
+        result = subprocess.run(
+            [KUBECTL, "config", "view", "-o", "json"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    if ours is None:
+        assert result.returncode != 0, f"kubectl read what the loader refused:\n{text}"
+        return
+    assert result.returncode == 0, f"kubectl refused what the loader read ({result.stderr}):\n{text}"
+    theirs = json.loads(result.stdout)["clusters"][0]["cluster"]["extensions"][0]["extension"]
+    assert extension == theirs and _types(extension) == _types(theirs), text
+
+
+@settings(max_examples=20, deadline=None)
+@given(strings=st.lists(plain_text, min_size=1, max_size=30, unique=True))
+def test_what_the_dumper_writes_kubectl_reads_back_as_the_same_strings(strings: list[str]) -> None:
+    """`meshplane inject` and `tag generate` output goes to `kubectl apply`: every string must come back a
+    string, the same one (PyYAML's own dumper wrote `y` and `0o17` plain, which kubectl reads as true and 15)."""
+    extension = {f"k{index}": text for index, text in enumerate(strings)}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "c", "cluster": {"server": "https://x", "extensions": [{"name": "p", "extension": extension}]}}
+        ],
+    }
+    with tempfile.TemporaryDirectory() as home:
+        path = pathlib.Path(home, "config")
+        path.write_text(yaml.dump(config, Dumper=yamltext.YamlDumper))
+        env = {**os.environ, "HOME": home, "KUBECONFIG": str(path)}
+        result = subprocess.run(
+            [KUBECTL, "config", "view", "-o", "json"], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+    assert json.loads(result.stdout)["clusters"][0]["cluster"]["extensions"][0]["extension"] == extension
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _types(item) for key, item in value.items()}
+    return type(value).__name__
