@@ -88,8 +88,8 @@ def load(files: KubeconfigFiles, context: str | None = None) -> dict[str, Any]:
         read += 1
         for named, body in NAMED_LISTS:
             for entry in doc.get(named) or []:
-                name = entry.get("name") if isinstance(entry, dict) else None
-                if not isinstance(name, str) or name in seen[named]:
+                name = entry.get("name", "")  # kubectl takes an entry without a name as named ""
+                if name in seen[named]:
                     continue  # the first file to name it wins, whole
                 seen[named].add(name)
                 merged[named].append(_absolute_paths(entry, named, body, path.parent))
@@ -149,9 +149,20 @@ def _read(path: pathlib.Path, files: KubeconfigFiles) -> dict[str, Any] | None:
         return {}  # an empty file is an empty config
     if not isinstance(doc, dict):
         raise SettingsError(f"{label} is not a kubeconfig (expected a mapping with clusters and contexts)")
-    for named, _ in NAMED_LISTS:
-        if doc.get(named) is not None and not isinstance(doc[named], list):
+    for named, body in NAMED_LISTS:
+        entries = doc.get(named)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
             raise SettingsError(f"{label}: {named} must be a list")
+        for index, entry in enumerate(entries):  # what kubectl refuses to decode
+            where = f"{label}: {named}[{index}]"
+            if not isinstance(entry, dict):
+                raise SettingsError(f"{where} must be a mapping with a name and a {body}")
+            if not isinstance(entry.get("name", ""), str):
+                raise SettingsError(f"{where}.name must be a string")
+            if not isinstance(entry.get(body) or {}, dict):
+                raise SettingsError(f"{where}.{body} must be a mapping")
     return doc
 
 

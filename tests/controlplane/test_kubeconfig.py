@@ -234,3 +234,24 @@ def test_istioctls_short_flags_mean_what_they_mean_there(argv: list[str]) -> Non
         assert args.istio_namespace == "istio-system"
         assert parser.parse_args([*argv, "-i", "mesh"]).istio_namespace == "mesh"
         assert parser.parse_args([*argv, "--istioNamespace", "mesh"]).istio_namespace == "mesh"
+
+
+@pytest.mark.parametrize(
+    ("clusters", "problem"),
+    [
+        ("[5]", "clusters[0] must be a mapping with a name and a cluster"),
+        ("[{name: 5, cluster: {server: 'https://x'}}]", "clusters[0].name must be a string"),
+        ("[{name: c, cluster: [a]}]", "clusters[0].cluster must be a mapping"),
+        ("{c: {server: 'https://x'}}", "clusters must be a list"),
+    ],
+)
+async def test_entries_kubectl_cannot_decode_are_refused_naming_them(
+    tmp_path: pathlib.Path, clusters: str, problem: str
+) -> None:
+    path = tmp_path / "config"
+    path.write_text(f"apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters: {clusters}\n")
+    code, _, err = await run(KUBECTL, "config", "view", env=environment(tmp_path, str(path)))
+    assert code == 1 and "error loading config file" in err  # kubectl refuses it too
+    with pytest.raises(SettingsError) as refused:
+        kubeconfig.load(KubeconfigFiles((path,), "$KUBECONFIG"))
+    assert str(refused.value) == f"$KUBECONFIG: {path}: {problem}"
