@@ -7,12 +7,16 @@ import asyncio
 import json
 import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.cli import build_parser
 from controlplane.kube import kubeconfig
@@ -255,3 +259,50 @@ async def test_entries_kubectl_cannot_decode_are_refused_naming_them(
     with pytest.raises(SettingsError) as refused:
         kubeconfig.load(KubeconfigFiles((path,), "$KUBECONFIG"))
     assert str(refused.value) == f"$KUBECONFIG: {path}: {problem}"
+
+
+names = st.sets(st.sampled_from(["a", "b", "c"]))
+files = st.lists(
+    st.one_of(st.none(), st.tuples(names, names, st.one_of(st.none(), st.sampled_from(["a", "b", "c", "z"])))),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(listed=files)
+def test_merges_agree_with_kubectls(listed: list[tuple[set[str], set[str], str | None] | None]) -> None:
+    """Generated `$KUBECONFIG` lists (missing files; clusters, contexts and current contexts repeated
+    across files): the merge names the same current context and takes each entry from the same file as
+    `kubectl config view` does, or both refuse the list."""
+    with tempfile.TemporaryDirectory() as home:
+        paths: list[pathlib.Path] = []
+        for index, spec in enumerate(listed):
+            path = pathlib.Path(home, f"f{index}")
+            paths.append(path)
+            if spec is None:
+                continue  # listed but missing
+            clusters, contexts, current = spec
+            doc: dict[str, Any] = {
+                "clusters": [{"name": n, "cluster": {"server": f"https://f{index}-{n}"}} for n in sorted(clusters)],
+                "contexts": [{"name": n, "context": {"cluster": f"f{index}", "user": "u"}} for n in sorted(contexts)],
+            }
+            if current is not None:
+                doc["current-context"] = current
+            write(path, doc)
+        env = {**os.environ, "HOME": home, "KUBECONFIG": os.pathsep.join(map(str, paths))}
+        result = subprocess.run(
+            [KUBECTL, "config", "view", "-o", "json"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        try:
+            ours: dict[str, Any] | None = kubeconfig.load(KubeconfigFiles(tuple(paths), "$KUBECONFIG"))
+        except SettingsError:
+            ours = None
+    if ours is None:  # nothing to connect to: kubectl shows an empty view or the same lack
+        theirs = json.loads(result.stdout) if result.returncode == 0 else {}
+        assert not theirs.get("clusters") or not theirs.get("contexts") or not theirs.get("current-context")
+        return
+    theirs = json.loads(result.stdout)
+    assert ours["current-context"] == theirs["current-context"]
+    for named, body in (("clusters", "cluster"), ("contexts", "context")):
+        assert {e["name"]: e[body] for e in ours[named]} == {e["name"]: e[body] for e in theirs[named] or []}
