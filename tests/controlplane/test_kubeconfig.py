@@ -3,14 +3,12 @@ missing ones skipped, `~/.kube/config` by default, relative paths relative to th
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,7 +20,8 @@ from controlplane.cli import build_parser
 from controlplane.kube import kubeconfig
 from controlplane.kube.kubeconfig import KubeconfigFiles
 from controlplane.settings import SettingsError
-from tests.kubesim.fixtures import KUBECTL, kubesim_fixture  # noqa: F401
+from tests.helpers.processes import run_process
+from tests.kubesim.fixtures import KUBECTL, kubesim_fixture, secure_fixture  # noqa: F401
 from tests.kubesim.server import KubeSim
 
 MESHPLANE = pathlib.Path(sys.executable).parent / "meshplane"
@@ -59,19 +58,6 @@ def write(path: pathlib.Path, doc: dict[str, Any]) -> pathlib.Path:
     return path
 
 
-async def run(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
 def environment(home: pathlib.Path, kubeconfig_env: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     env["HOME"] = str(home)
@@ -86,7 +72,8 @@ async def test_kubeconfig_files_merge_as_kubectl_merges_them(tmp_path: pathlib.P
     first = write(tmp_path / "first.yaml", FIRST)
     second = write(tmp_path / "sub" / "second.yaml", SECOND)
     listed = os.pathsep.join([str(tmp_path / "missing"), str(first), str(second)])
-    code, out, err = await run(KUBECTL, "config", "view", "--raw", "-o", "json", env=environment(tmp_path, listed))
+    env = environment(tmp_path, listed)
+    code, out, err = await run_process(KUBECTL, "config", "view", "--raw", "-o", "json", env=env)
     assert code == 0, err
     by_kubectl = json.loads(out)
 
@@ -144,16 +131,6 @@ def test_a_merge_without_a_current_context_names_every_file(tmp_path: pathlib.Pa
     assert str(refused.value) == f"$KUBECONFIG: {first}{os.pathsep}{second} has no current-context"
 
 
-@pytest.fixture(name="secure")
-async def secure_fixture() -> AsyncIterator[KubeSim]:
-    sim = KubeSim(tls=True)
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
-
-
 async def test_an_operator_command_uses_the_kubeconfig_kubectl_uses(secure: KubeSim, tmp_path: pathlib.Path) -> None:
     """A context in one file, its cluster (CA by a relative path) and user (token file, relative) in
     another, after a file that does not exist: kubectl reaches the API server, and so does `meshplane
@@ -178,15 +155,15 @@ async def test_an_operator_command_uses_the_kubeconfig_kubectl_uses(secure: Kube
     listed = os.pathsep.join([str(tmp_path / "gone.yaml"), str(contexts), str(credentials / "cluster.yaml")])
     env = environment(tmp_path / "home", listed)
 
-    code, out, err = await run(KUBECTL, "get", "namespace", "default", "-o", "name", env=env)
+    code, out, err = await run_process(KUBECTL, "get", "namespace", "default", "-o", "name", env=env)
     assert (code, out, err) == (0, "namespace/default\n", "")
-    code, out, err = await run(str(MESHPLANE), "injector", "list", env=env)
+    code, out, err = await run_process(str(MESHPLANE), "injector", "list", env=env)
     assert code == 0, err
 
     home = tmp_path / "home"
     merged = kubeconfig.load(KubeconfigFiles(tuple(pathlib.Path(p) for p in listed.split(os.pathsep)), "$KUBECONFIG"))
     write(home / ".kube" / "config", merged)
-    code, out, err = await run(str(MESHPLANE), "injector", "list", env=environment(home, None))
+    code, out, err = await run_process(str(MESHPLANE), "injector", "list", env=environment(home, None))
     assert code == 0, err
 
 
@@ -210,11 +187,11 @@ async def test_context_picks_the_cluster_as_kubectls_does(kubesim: KubeSim, tmp_
     env = environment(tmp_path / "home", str(write(tmp_path / "both.yaml", config)))
     for tool in (KUBECTL, str(MESHPLANE)):
         command = ["get", "namespace", "default"] if tool == KUBECTL else ["injector", "list"]
-        code, _, err = await run(tool, *command, env=env)
+        code, _, err = await run_process(tool, *command, env=env)
         assert code == 1 and "127.0.0.1:9" in err, (tool, err)
-        code, _, err = await run(tool, *command, "--context", "kubesim", env=env)
+        code, _, err = await run_process(tool, *command, "--context", "kubesim", env=env)
         assert code == 0, (tool, err)
-    code, _, err = await run(str(MESHPLANE), "injector", "list", "--context", "nope", env=env)
+    code, _, err = await run_process(str(MESHPLANE), "injector", "list", "--context", "nope", env=env)
     assert code == 1 and "has no context 'nope' (its contexts: kubesim, gone)" in err
 
 
@@ -254,7 +231,7 @@ async def test_entries_kubectl_cannot_decode_are_refused_naming_them(
 ) -> None:
     path = tmp_path / "config"
     path.write_text(f"apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters: {clusters}\n")
-    code, _, err = await run(KUBECTL, "config", "view", env=environment(tmp_path, str(path)))
+    code, _, err = await run_process(KUBECTL, "config", "view", env=environment(tmp_path, str(path)))
     assert code == 1 and "error loading config file" in err  # kubectl refuses it too
     with pytest.raises(SettingsError) as refused:
         kubeconfig.load(KubeconfigFiles((path,), "$KUBECONFIG"))

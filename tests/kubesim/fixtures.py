@@ -90,6 +90,17 @@ async def kubesim_fixture() -> AsyncIterator[KubeSim]:
         await sim.stop()
 
 
+@pytest.fixture(name="secure")
+async def secure_fixture() -> AsyncIterator[KubeSim]:
+    """A running kubesim serving HTTPS with its own CA and bearer tokens (`write_kubeconfig` carries both)."""
+    sim = KubeSim(tls=True)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
 @pytest.fixture(name="kubeconfig")
 def kubeconfig_fixture(kubesim: KubeSim, tmp_path: pathlib.Path) -> pathlib.Path:
     path: pathlib.Path = kubesim.write_kubeconfig(tmp_path / "kubeconfig")

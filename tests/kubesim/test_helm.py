@@ -6,12 +6,11 @@ import asyncio
 import os
 import pathlib
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.kubesim.fixtures import Kubectl
+from tests.kubesim.fixtures import Kubectl, secure_fixture  # noqa: F401
 from tests.kubesim.server import KubeSim
 
 HELM = pathlib.Path(sys.executable).parent / "helm"
@@ -129,16 +128,6 @@ class Helm:
             raise
         assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{err.decode()}"
         return out.decode()
-
-
-@pytest.fixture(name="secure")
-async def secure_fixture() -> AsyncIterator[KubeSim]:
-    sim = KubeSim(tls=True)
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 @pytest.fixture(name="chart")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pathlib
 import ssl
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -16,18 +15,8 @@ from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
 from controlplane.kube.client import KubeApi
 from tests.kubesim.auth import AuditRecord
-from tests.kubesim.fixtures import Kubectl
+from tests.kubesim.fixtures import Kubectl, secure_fixture  # noqa: F401
 from tests.kubesim.server import KubeSim
-
-
-@pytest.fixture(name="secure")
-async def secure_fixture() -> AsyncIterator[KubeSim]:
-    sim = KubeSim(tls=True)
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 @pytest.fixture(name="admin")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pathlib
@@ -17,6 +16,7 @@ import yaml
 
 from controlplane.ops.cluster import ClusterState
 from tests.charts.helm import render
+from tests.helpers.processes import run_process
 from tests.kubesim.fixtures import Kubectl, kube_api_fixture, kubeconfig_fixture, kubectl_fixture, kubesim_fixture
 
 __all__ = ["kube_api_fixture", "kubeconfig_fixture", "kubectl_fixture", "kubesim_fixture"]
@@ -68,19 +68,9 @@ async def meshplane(*args: str, kubeconfig: pathlib.Path | None = None) -> tuple
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
-    home = tempfile.TemporaryDirectory(prefix="meshplane-home-")  # no ~/.kube/config of the machine's
-    env["HOME"] = home.name
-    proc = await asyncio.create_subprocess_exec(
-        str(MESHPLANE), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        home.cleanup()
-    return proc.returncode or 0, out.decode(), err.decode()
+    with tempfile.TemporaryDirectory(prefix="meshplane-home-") as home:  # no ~/.kube/config of the machine's
+        env["HOME"] = home
+        return await run_process(str(MESHPLANE), *args, env=env)
 
 
 def _pod(name: str, *, revision: str | None, owner: Obj | None = None) -> Obj:
