@@ -62,7 +62,7 @@ def locate(flag: str | None, environ: Mapping[str, str] | None = None) -> Kubeco
         return KubeconfigFiles.explicit(pathlib.Path(flag))
     entries: list[pathlib.Path] = []
     for entry in env.get("KUBECONFIG", "").split(os.pathsep):
-        path = pathlib.Path(entry).expanduser() if entry else None
+        path = pathlib.Path(entry) if entry else None  # no ~ expansion: kubectl leaves that to the shell
         if path is not None and path not in entries:  # client-go reads a file named twice once
             entries.append(path)
     if entries:
