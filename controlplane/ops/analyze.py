@@ -1,7 +1,8 @@
 """`meshplane analyze`: what is wrong with injection in the cluster, and exactly what to restart.
 
     meshplane analyze [-n NS | -A] [-o text|json|yaml] [-S CODE=RESOURCE ...] [--failure-threshold LEVEL]
-                      [--output-threshold LEVEL] [--istio-namespace NS] [--kubeconfig FILE] [--context NAME]
+                      [--output-threshold LEVEL] [--without-revision R] [--istio-namespace NS]
+                      [--kubeconfig FILE] [--context NAME]
 
 Messages, with Istio's codes, levels and wording where Istio has one:
 - IST0102 NamespaceNotInjected (Info): a namespace without `istio-injection` or `istio.io/rev`
@@ -20,6 +21,12 @@ Messages, with Istio's codes, levels and wording where Istio has one:
 - MP0003 RestartNeeded (Warning): per owning Deployment/StatefulSet/DaemonSet (else ReplicaSet,
   Job or the bare pod), the pods whose injected revision differs from what their namespace and
   labels select now, with the command that fixes it.
+- MP0004 SidecarRevisionNotInstalled (Error): the same, per owner, for running pods whose sidecar's
+  revision is not installed (removed too early): their proxies get no configuration and no new
+  certificates.
+
+`--without-revision R` analyzes the cluster as it will be once R's release is removed (its webhook
+configurations, injector ConfigMap and istiod Service): exit status 0 means nothing breaks.
 
 Left out, as istioctl leaves them out: a message whose object is annotated
 `galley.istio.io/analyze-suppress` with its code (a comma-separated list; `*` for every code), and one
@@ -59,7 +66,7 @@ from controlplane.ops.cluster import (
     Pod,
     Workload,
 )
-from controlplane.ops.matcher import evaluate, judge_pod, selector_matches
+from controlplane.ops.matcher import evaluate, judge_pod, running, selector_matches
 from controlplane.settings import IGNORED_NAMESPACES
 
 EXIT_ISSUES = 79
@@ -85,6 +92,7 @@ PROXY_IMAGE_MISMATCH = MessageType(code="IST0158", name="PodsIstioProxyImageMism
 NAMESPACE_REVISION_NOT_FOUND = MessageType(code="MP0001", name="NamespaceRevisionNotFound", level="Error")
 POD_REVISION_NOT_FOUND = MessageType(code="MP0002", name="PodRevisionNotFound", level="Error")
 RESTART_NEEDED = MessageType(code="MP0003", name="RestartNeeded", level="Warning")
+SIDECAR_REVISION_NOT_INSTALLED = MessageType(code="MP0004", name="SidecarRevisionNotInstalled", level="Error")
 MESSAGE_TYPES = (
     NAMESPACE_NOT_INJECTED,
     POD_MISSING_PROXY,
@@ -94,6 +102,7 @@ MESSAGE_TYPES = (
     NAMESPACE_REVISION_NOT_FOUND,
     POD_REVISION_NOT_FOUND,
     RESTART_NEEDED,
+    SIDECAR_REVISION_NOT_INSTALLED,
 )
 
 
@@ -317,6 +326,7 @@ def _webhooks(state: ClusterState) -> Iterator[Message]:
 def _pods(state: ClusterState) -> Iterator[Message]:
     mismatched: dict[str, list[str]] = {}
     restarts: dict[Workload, list[tuple[Pod, str | None]]] = {}
+    orphans: dict[Workload, list[tuple[Pod, str | None]]] = {}
     targets: dict[Workload, str | None] = {}
     for pod in state.pods:
         if not _in_scope(state, pod.namespace):
@@ -353,9 +363,12 @@ def _pods(state: ClusterState) -> Iterator[Message]:
             and not pod.annotations.get(PROXY_IMAGE_ANNOTATION)
         ):
             mismatched.setdefault(pod.namespace, []).append(pod.name)
-        if not verdict.needs_restart:
+        if verdict.have is not None and verdict.have not in state.revision_names and running(pod):
+            orphans.setdefault(pod.owner, []).append((pod, verdict.have))  # its control plane is gone
+        elif verdict.needs_restart:
+            restarts.setdefault(pod.owner, []).append((pod, verdict.have))
+        else:
             continue
-        restarts.setdefault(pod.owner, []).append((pod, verdict.have))
         targets[pod.owner] = want
     for namespace, names in mismatched.items():
         yield Message(
@@ -369,10 +382,21 @@ def _pods(state: ClusterState) -> Iterator[Message]:
         )
     for workload, pods in restarts.items():
         yield _restart(workload, pods, targets[workload])
+    for workload, pods in orphans.items():
+        want = targets[workload]
+        yield _restart(workload, pods, want, not_installed=True, want_installed=want in state.revision_names)
 
 
-def _restart(workload: Workload, pods: list[tuple[Pod, str | None]], want: str | None) -> Message:
-    """One MP0003 message for the pods of `workload` that need a restart to get revision `want`."""
+def _restart(
+    workload: Workload,
+    pods: list[tuple[Pod, str | None]],
+    want: str | None,
+    *,
+    not_installed: bool = False,
+    want_installed: bool = True,
+) -> Message:
+    """One MP0003 message for the pods of `workload` that need a restart to get revision `want`; with
+    `not_installed`, one MP0004 for pods whose sidecar's revision is not installed any more."""
     parts = []
     by_have: dict[str | None, list[str]] = {}
     for pod, have in pods:
@@ -382,16 +406,23 @@ def _restart(workload: Workload, pods: list[tuple[Pod, str | None]], want: str |
         plural = len(names) > 1
         subject = f"{'Pods' if plural else 'Pod'} {', '.join(names)}"
         what = f"the sidecar of revision {have}" if have is not None else "no sidecar"
-        parts.append(f"{subject} {'run' if plural else 'runs'} {what}")
+        gone = ", which is not installed" if not_installed else ""
+        parts.append(f"{subject} {'run' if plural else 'runs'} {what}{gone}")
     described = "; ".join(parts)
     target = f"revision {want}" if want is not None else "no injection (a restart removes the sidecar)"
+    if want is not None and not want_installed:
+        target += ", which is not installed either: label the namespace with an installed revision first"
     command = workload.restart_command([pod.name for pod, _ in pods])
     whose = "their" if len(pods) > 1 else "its"
+    if not_installed:
+        described += (
+            f": {whose} {'proxies get' if len(pods) > 1 else 'proxy gets'} no configuration and no new certificates"
+        )
     text = f"{described}; {whose} namespace and labels now select {target}. Restart: {command}"
     if workload.kind == "Pod":
         text += " (a bare pod is not recreated: create it again from its manifest)"
     return Message(
-        type=RESTART_NEEDED,
+        type=SIDECAR_REVISION_NOT_INSTALLED if not_installed else RESTART_NEEDED,
         kind=workload.kind,
         namespace=workload.namespace,
         name=workload.name,
@@ -459,6 +490,12 @@ def add_parser(sub: Any) -> None:
         metavar="LEVEL",
         help="the least severe level printed: Info, Warning or Error [default: Info]",
     )
+    p.add_argument(
+        "--without-revision",
+        metavar="REVISION",
+        help="analyze the cluster as it will be once REVISION is removed (its webhooks, injector ConfigMap and "
+        "istiod Service): exit status 0 means nothing breaks",
+    )
     common.add_istio_namespace_flag(p)
     common.add_connection_flags(p)
     p.set_defaults(func=run)
@@ -477,6 +514,13 @@ def run(args: argparse.Namespace) -> int:
 
     async def body(api: KubeApi) -> int:
         state = await common.read_or_fail(api, namespace=namespace)
+        if args.without_revision is not None:
+            removed = args.without_revision
+            if removed not in state.revision_names:
+                raise common.CommandError(
+                    f"--without-revision: revision {removed!r} is not installed ({_known(state)})"
+                )
+            state = state.without_revision(removed)
         messages = analyze(state, istio_namespace=args.istio_namespace, suppressions=args.suppress)
         shown = [m for m in messages if m.at_least(args.output_threshold)]
         text = render(shown, output=args.output)
@@ -484,6 +528,8 @@ def run(args: argparse.Namespace) -> int:
             print(text.rstrip("\n"))
         if not shown and args.output == "text":
             target = "all namespaces" if namespace is None else f"namespace: {namespace}"
+            if args.without_revision is not None:
+                target += f", without revision {args.without_revision}"
             print(f"\u2714 No validation issues found when analyzing {target}.", file=sys.stderr)
         return exit_status(messages, failure_threshold=args.failure_threshold)
 

@@ -20,6 +20,7 @@ command to report; malformed objects are read leniently (a field of the wrong ty
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -212,6 +213,19 @@ class ClusterState:
             revisions=MappingProxyType(revisions),
             scope=scope,
             owner_annotations=_owner_annotations(replicasets.values()),
+        )
+
+    def without_revision(self, revision: str) -> ClusterState:
+        """The state once `revision` is removed as its release removes it: its own webhook configurations,
+        its injector ConfigMap and the Services they call. Tags pointing at it stay (they are not part of
+        the release), calling a Service that is gone."""
+        removed = [c for c in self.injectors if c.revision == revision and c.tag is None]
+        called = {hook.service for config in removed for hook in config.webhooks if hook.service is not None}
+        return dataclasses.replace(
+            self,
+            injectors=tuple(c for c in self.injectors if c not in removed),
+            services=self.services - called,
+            revisions=MappingProxyType({k: v for k, v in self.revisions.items() if k != revision}),
         )
 
     def namespace(self, name: str) -> Namespace:

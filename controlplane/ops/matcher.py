@@ -170,7 +170,8 @@ class PodVerdict:
     needs_restart: bool
 
 
-def _running(pod: Pod) -> bool:
+def running(pod: Pod) -> bool:
+    """Not being deleted, and not finished (Succeeded or Failed)."""
     status = pod.manifest.get("status")
     phase = status.get("phase") if isinstance(status, Mapping) else None
     meta = pod.manifest.get("metadata")
@@ -185,5 +186,5 @@ def judge_pod(state: ClusterState, pod: Pod) -> PodVerdict:
     have = pod.injected_revision if pod.proxy_image is not None else None
     want = evaluation.revision
     unknown_sidecar = pod.proxy_image is not None and have is None
-    needs_restart = have != want and _running(pod) and not evaluation.ambiguous and not unknown_sidecar
+    needs_restart = have != want and running(pod) and not evaluation.ambiguous and not unknown_sidecar
     return PodVerdict(pod=pod, evaluation=evaluation, have=have, want=want, needs_restart=needs_restart)

@@ -261,6 +261,9 @@ async def flowing(load: Traffic, more: int) -> None:
 
 
 async def uninstall(cluster: Cluster, kubectl: Kubectl, revision: str) -> None:
+    """Check that removing `revision` breaks nothing (`analyze --without-revision`), then remove it."""
+    code, out = await meshplane(cluster, "analyze", "-A", "--without-revision", revision, "-o", "json")
+    assert code == 0, out
     await helm(cluster, "uninstall", f"istiod-{revision}", "-n", "istio-system", "--wait", "--timeout=120s")
 
     async def gone() -> bool:

@@ -30,7 +30,7 @@ from controlplane.ops.analyze import (
 from controlplane.ops.cluster import ClusterState, Workload
 from tests.charts.helm import requires_helm
 from tests.kubesim.fixtures import Kubectl
-from tests.ops.conftest import GOLDEN, R1, Render, install_canary, load_case, meshplane
+from tests.ops.conftest import GOLDEN, R1, R2, Render, install_canary, load_case, meshplane
 
 pytestmark = requires_helm
 
@@ -232,9 +232,39 @@ async def test_suppressions_and_thresholds_on_kubesim(
     assert (code, out) == (0, "")
     assert err.splitlines() == [
         "meshplane analyze: warning: supplied message code 'IST9999' is an unknown message code and will not have "
-        "any effect (codes: IST0102, IST0103, IST0123, IST0139, IST0158, MP0001, MP0002, MP0003)",
+        "any effect (codes: IST0102, IST0103, IST0123, IST0139, IST0158, MP0001, MP0002, MP0003, MP0004)",
         "\u2714 No validation issues found when analyzing namespace: shop.",
     ]
     code, out, err = await meshplane("analyze", *config, "-S", "MP0003")
     assert (code, out) == (2, "")
     assert "argument -S/--suppress: 'MP0003' is not CODE=RESOURCE" in err
+
+
+async def test_without_revision_says_what_removing_it_would_break(
+    kubectl: Kubectl, kubeconfig: pathlib.Path, chart: Render
+) -> None:
+    """The last step of a canary upgrade: shop has moved to R2 but web-6d5f-a and debug still run R1's
+    sidecar, and the default tag points at R1. Removing R1 now would leave them without a control
+    plane (MP0004) and the tag's webhook calling a Service that is gone (IST0139); removing R2 would
+    leave shop labelled with a revision nobody installs."""
+    await install_canary(kubectl, chart)
+    config = ("--kubeconfig", str(kubeconfig), "-n", "shop", "-o", "json")
+    code, out, _ = await meshplane("analyze", *config, "--without-revision", R1)
+    found = {(m["code"], m["origin"]) for m in json.loads(out)}
+    assert code == EXIT_ISSUES
+    assert found == {
+        ("MP0004", "Deployment shop/web"),
+        ("MP0004", "Pod shop/debug"),
+        ("IST0139", "MutatingWebhookConfiguration istio-revision-tag-default"),
+    }
+    code, out, _ = await meshplane("analyze", *config, "--without-revision", R2)
+    found = {(m["code"], m["origin"]) for m in json.loads(out)}
+    assert code == EXIT_ISSUES
+    assert ("MP0001", "Namespace shop") in found and ("MP0004", "Deployment shop/web") in found  # web-6d5f-b runs R2
+
+    code, out, err = await meshplane("analyze", *config, "--without-revision", "asm-0000-0")
+    assert (code, out) == (1, "")
+    assert err == (
+        "meshplane analyze: --without-revision: revision 'asm-0000-0' is not installed "
+        f"(installed revisions: {R1}, {R2}; tags: default)\n"
+    )
