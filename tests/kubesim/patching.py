@@ -8,7 +8,11 @@
   `$patch` (replace/delete/merge), `$retainKeys`, `$setElementOrder/<list>` and
   `$deleteFromPrimitiveList/<list>` are honoured. Which lists merge, and by which key, comes from
   the resource's schema: a mapping from a dotted field path (list items add no segment) to the
-  merge key, `""` meaning a primitive list merged as a set.
+  merge key, `""` meaning a primitive list merged as a set. It is a port of apimachinery's
+  `strategicpatch` (`mergeMap`, `mergeSlice`, `normalizeElementOrder`), list order included, down to
+  what Go's slice sharing does to a `$setElementOrder` list; `kubectl patch --local`, which runs that
+  library, is the test's oracle. Where Go's map order decides (a list and its
+  `$deleteFromPrimitiveList` in one patch), kubesim takes the patch's key order.
 - JSON patch (RFC 6902, `application/json-patch+json`).
 
 Errors raise `PatchError(status, message)`: 400 for a malformed patch, 422 for one that cannot be
@@ -159,128 +163,403 @@ def _json_patch_operations(patch: Any, raw: bytes, *, strict: bool) -> tuple[lis
 
 
 def strategic_merge_patch(target: Mapping[str, Any], patch: Any, schema: MergeSchema) -> dict[str, Any]:
-    """The strategic-merge-patched copy of `target` (a whole object)."""
+    """The strategic-merge-patched copy of `target` (a whole object), as apimachinery's `strategicpatch`
+    computes it (`StrategicMergeMapPatchUsingLookupPatchMeta`: parallel lists merged, unmatched nulls
+    ignored), list order included: the items the patch names in its order, the others where they were."""
     if not isinstance(patch, dict):
         raise PatchError(400, "strategic merge patch must be a JSON object")
-    result = _merge_map(copy.deepcopy(dict(target)), patch, "", schema)
-    return result if result is not None else {}
+    return _merge_map(copy.deepcopy(dict(target)), copy.deepcopy(patch), "", schema)
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _merge_map(original: dict[str, Any], patch: Mapping[str, Any], path: str, schema: MergeSchema) -> Any:
-    directive = patch.get(PATCH)
-    if directive == "delete":
-        return None
-    if directive == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != PATCH}
-    if directive not in (None, "merge"):
-        raise PatchError(400, f"unknown patch type: {directive!r} found in map: {dict(patch)!r}")
-    retain = patch.get(RETAIN_KEYS)
-    orders: dict[str, list[Any]] = {}
-    deletions: dict[str, list[Any]] = {}
-    for key, value in patch.items():
-        if key.startswith(SET_ORDER):
-            if not isinstance(value, list):
-                raise PatchError(400, f"invalid {key}: must be a list")
-            orders[key[len(SET_ORDER) :]] = value
-        elif key.startswith(DELETE_FROM_PRIMITIVE):
-            if not isinstance(value, list):
-                raise PatchError(400, f"invalid {key}: must be a list")
-            deletions[key[len(DELETE_FROM_PRIMITIVE) :]] = value
-    for key, value in patch.items():
-        if key in (PATCH, RETAIN_KEYS) or key.startswith((SET_ORDER, DELETE_FROM_PRIMITIVE)):
-            continue
-        field_path = _join(path, key)
+def _go_type(value: Any) -> str:
+    """The Go type `encoding/json` decodes `value` to (what `mergeMap` compares)."""
+    if isinstance(value, dict):
+        return "map"
+    if isinstance(value, list):
+        return "slice"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    return "string" if isinstance(value, str) else "nil"
+
+
+def _go_value(value: Any) -> str:
+    """`%v` of a decoded JSON value, for the library's error messages."""
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_value(v)}" for k, v in sorted(value.items())) + "]"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_value(v) for v in value) + "]"
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _no_merge_key(item: Any, key: str) -> PatchError:
+    return PatchError(422, f"map: {_go_value(item)} does not contain declared merge key: {key}")
+
+
+def _merge_map(original: dict[str, Any], patch: dict[str, Any], path: str, schema: MergeSchema) -> dict[str, Any]:
+    """`mergeMap`. Both arguments are this call's own copies: they are changed."""
+    if PATCH in patch:
+        directive = patch.pop(PATCH)
+        if directive == "replace":
+            return patch
+        if directive == "delete":
+            return {}
+        raise PatchError(
+            400, f"unknown patch type: {_go_value(directive)} in map: {_go_value({PATCH: directive, **patch})}"
+        )
+    _retain_keys(original, patch)
+    _set_element_orders(original, patch, path, schema)
+    for written, value in list(patch.items()):
+        delete_list = written.startswith(DELETE_FROM_PRIMITIVE)
+        key = written[len(DELETE_FROM_PRIMITIVE) :] if delete_list else written
+        if not delete_list and written.startswith("$deleteFromPrimitiveList"):
+            raise PatchError(400, "invalid patch format of primitive list")
         if value is None:
             original.pop(key, None)
             continue
-        current = original.get(key)
+        if key not in original or _go_type(original[key]) != _go_type(value):
+            if not delete_list:
+                kept, keep = _remove_directives(value)
+                if keep:
+                    original[key] = kept
+                else:
+                    original.pop(key, None)
+            continue
+        current = original[key]
         if isinstance(value, dict):
-            merged = _merge_map(current if isinstance(current, dict) else {}, value, field_path, schema)
-            if merged is None:
-                original.pop(key, None)
-            else:
-                original[key] = merged
+            original[key] = _merge_map(current, value, _join(path, key), schema)
         elif isinstance(value, list):
-            original[key] = _merge_list(current if isinstance(current, list) else [], value, field_path, schema)
+            merge_key = schema.get(_join(path, key))
+            if merge_key is not None or delete_list:
+                original[key] = _merge_slice(
+                    current, value, _join(path, key), merge_key or "", schema, delete_list=delete_list
+                )
+            else:
+                original[key] = value  # an atomic list: the patch's, as it is
         else:
-            original[key] = copy.deepcopy(value)
-    for key, values in deletions.items():
-        if isinstance(original.get(key), list):
-            original[key] = [v for v in original[key] if v not in values]
-    for key, order in orders.items():
-        if isinstance(original.get(key), list):
-            original[key] = _apply_order(original[key], order, schema.get(_join(path, key)))
-    if retain is not None:
-        if not isinstance(retain, list):
-            raise PatchError(400, f"invalid {RETAIN_KEYS}: must be a list")
-        for key in list(original):
-            if key not in retain:
-                del original[key]
+            original[key] = value
     return original
 
 
-def _merge_list(original: list[Any], patch: list[Any], path: str, schema: MergeSchema) -> list[Any]:
-    key = schema.get(path)
-    if key is None:
-        for item in patch:
-            if isinstance(item, dict) and PATCH in item:
-                raise PatchError(400, f"{path}: $patch directives are only allowed in lists with a merge key")
-        return copy.deepcopy(patch)
-    if key == "":  # primitive list merged as a set
-        result = list(original)
-        for item in patch:
-            if isinstance(item, (dict, list)):
-                raise PatchError(400, f"{path}: expected a list of primitives")
-            if item not in result:
-                result.append(item)
-        return result
-    if any(isinstance(item, dict) and item.get(PATCH) == "replace" for item in patch):
-        return [copy.deepcopy(item) for item in patch if not (isinstance(item, dict) and PATCH in item)]
-    result = [copy.deepcopy(item) for item in original]
-    for item in patch:
-        if not isinstance(item, dict):
-            raise PatchError(400, f"{path}: expected a list of objects merged by {key!r}")
-        if key not in item:
-            raise PatchError(422, f"{path}: map: {item!r} does not contain declared merge key: {key}")
-        index = next(
-            (i for i, have in enumerate(result) if isinstance(have, dict) and have.get(key) == item[key]), None
-        )
-        if item.get(PATCH) == "delete":
-            if index is not None:
-                del result[index]
+def _remove_directives(value: Any) -> tuple[Any, bool]:
+    """`removeDirectives`: a value taken whole from the patch, without directive maps; False: drop it."""
+    if isinstance(value, dict):
+        if PATCH in value:
+            return None, False
+        kept_map: dict[str, Any] = {}
+        for key, item in value.items():
+            kept, keep = _remove_directives(item)
+            if keep:
+                kept_map[key] = kept
+        return kept_map, True
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            kept, keep = _remove_directives(item)
+            if keep:
+                out.append(kept)
+        return out, True
+    return value, True
+
+
+def _retain_keys(original: dict[str, Any], patch: dict[str, Any]) -> None:
+    """`applyRetainKeysDirective` (parallel lists merged): keys of `original` not listed are cleared."""
+    if RETAIN_KEYS not in patch:
+        return
+    retain = patch.pop(RETAIN_KEYS)
+    if not isinstance(retain, list):
+        raise PatchError(400, "invalid patch format of retainKeys")
+    for key, value in patch.items():
+        if value is None or key.startswith((DELETE_FROM_PRIMITIVE, SET_ORDER)):
             continue
-        if index is None:
-            added = _merge_map({}, item, path, schema)
-            result.append(added)
+        if key not in retain:
+            raise PatchError(400, "invalid patch format of retainKeys")
+    for key in list(original):
+        if key not in retain:
+            del original[key]
+
+
+def _element_kind(*lists: list[Any]) -> str:
+    """`sliceElementType`: the one Go type of every item ("" for no items)."""
+    kind = ""
+    for items in lists:
+        for item in items:
+            this = _go_type(item)
+            if this == "slice":
+                raise PatchError(400, "lists of lists are not supported")
+            if kind and this != kind:
+                raise PatchError(400, f"list element types are not identical: {_go_value(list(lists))}")
+            kind = this
+    return kind
+
+
+def _ident(item: Any, key: str, kind: str) -> Any:
+    if kind == "map":
+        return item.get(key) if isinstance(item, dict) else None
+    return item
+
+
+def _index(items: list[Any], item: Any, key: str, kind: str) -> int:
+    wanted = _ident(item, key, kind)
+    for position, candidate in enumerate(items):
+        if _go_equal(_ident(candidate, key, kind), wanted):
+            return position
+    return -1
+
+
+def _go_equal(left: Any, right: Any) -> bool:
+    """`==` of two decoded JSON scalars held as interface{} (a bool is never equal to a number)."""
+    return _go_type(left) == _go_type(right) and left == right
+
+
+def _set_element_orders(original: dict[str, Any], patch: dict[str, Any], path: str, schema: MergeSchema) -> None:
+    """`mergePatchIntoOriginal`: each `$setElementOrder/<list>` with its list, merged and put in that order."""
+    for directive in [k for k in patch if k.startswith("$setElementOrder")]:
+        order = patch.pop(directive)
+        if not directive.startswith(SET_ORDER):
+            raise PatchError(400, "invalid patch format of setElementOrder list")
+        if not isinstance(order, list):
+            raise PatchError(400, f"expected a []interface {{}}, but received a {_go_type(order)}")
+        key = directive[len(SET_ORDER) :]
+        list_path = _join(path, key)
+        merge_key = schema.get(list_path)
+        in_original, in_patch = key in original, key in patch
+        for value in (original.get(key, []), patch.get(key, [])):
+            if not isinstance(value, list):
+                raise PatchError(400, f"expected a []interface {{}}, but received a {_go_type(value)}")
+        original_list: list[Any] = original.get(key, [])
+        patch_list: list[Any] = patch.get(key, [])
+        _check_order(patch_list, order, merge_key or "")
+        if in_original and not in_patch:
+            merged = original_list
+        elif in_patch and not in_original:
+            merged, _ = _remove_directives(patch_list)
+        elif in_original:
+            if merge_key is not None:
+                merged = _merge_slice(original_list, patch_list, list_path, merge_key, schema, delete_list=False)
+            else:
+                merged = patch_list
         else:
-            result[index] = _merge_map(result[index], item, path, schema)
-    return result
-
-
-def _apply_order(items: list[Any], order: list[Any], key: str | None) -> list[Any]:
-    """Reorder a merged list by a `$setElementOrder` list; items not named keep their neighbours."""
-
-    def ident(item: Any) -> Any:
-        if key and isinstance(item, dict):
-            return item.get(key)
-        return item
-
-    wanted = [ident(o) if key and isinstance(o, dict) else o for o in order]
-    by_id = {repr(ident(item)): item for item in items}
-    ordered = [by_id[repr(w)] for w in wanted if repr(w) in by_id]
-    named = {repr(w) for w in wanted}
-    result = list(ordered)
-    previous: Any = None
-    for item in items:
-        ident_repr = repr(ident(item))
-        if ident_repr in named:
-            previous = item
             continue
-        position = 0 if previous is None else next(i for i, x in enumerate(result) if x is previous) + 1
-        result.insert(position, item)
-        previous = item
-    return result
+        kind = _element_kind(original_list, patch_list)
+        first, rest = _partition(merged, order, merge_key or "", kind)
+        original[key] = _normalize(first, rest, order=(order, original_list), key=merge_key or "", kind=kind)
+        patch.pop(key, None)
+
+
+def _check_order(patch_list: list[Any], order: list[Any], key: str) -> None:
+    """`validatePatchWithSetOrderList`: the patch's items appear in the order list, in its order."""
+    if not order or not patch_list:
+        return
+    items = [i for i in patch_list if not (isinstance(i, dict) and i.get(PATCH) == "delete")] if key else patch_list
+    patch_index = order_index = 0
+    while patch_index < len(items) and order_index < len(order):
+        item = items[patch_index]
+        if isinstance(item, dict) and PATCH in item:
+            patch_index += 1
+            continue
+        if key:
+            for value in (item, order[order_index]):
+                if not isinstance(value, dict):
+                    raise PatchError(400, f"expected a map[string]interface {{}}, but received a {_go_type(value)}")
+                if key not in value:
+                    raise _no_merge_key(value, key)
+            equal = _go_equal(item[key], order[order_index][key])
+        else:
+            equal = _go_equal(item, order[order_index])
+        if equal:
+            patch_index += 1
+        order_index += 1
+    if patch_index < len(items):
+        raise PatchError(
+            400,
+            f"The order in patch list:\n{_go_value(patch_list)}\n doesn't match $setElementOrder list:\n"
+            f"{_go_value(order)}\n",
+        )
+
+
+def _merge_slice(
+    original: list[Any], patch: list[Any], path: str, key: str, schema: MergeSchema, *, delete_list: bool
+) -> list[Any]:
+    """`mergeSlice`: merge, then the patch's items in the patch's order and the others in place."""
+    if not original and not patch:
+        return original
+    kind = _element_kind(original, patch)
+    if kind != "map":
+        if delete_list:
+            return [item for item in original if not any(_go_equal(item, gone) for gone in patch)]
+        merged = _deduplicated(original + patch)
+    else:
+        if not key:
+            raise PatchError(400, f"cannot merge lists without merge key for {path.rsplit('.', 1)[-1]}")
+        backing, capacity = original, _go_capacity(len(original))
+        original, patch, shared = _special_items(original, patch, key)
+        merged = list(original)
+        for item in patch:
+            if key not in item:
+                raise _no_merge_key(item, key)
+            position = next(
+                (
+                    i
+                    for i, have in enumerate(merged)
+                    if isinstance(have, dict) and key in have and _go_equal(have[key], item[key])
+                ),
+                None,
+            )
+            if position is None:
+                merged.append(item)
+                position = len(merged) - 1
+            else:
+                merged[position] = _merge_map(merged[position], item, path, schema)
+            if shared and position < min(capacity, len(backing)):
+                backing[position] = merged[position]  # Go's append wrote into the caller's array
+    first, rest = _partition(merged, patch, key, kind)
+    return _normalize(first, rest, order=(patch, original), key=key, kind=kind)
+
+
+def _go_capacity(length: int) -> int:
+    """The capacity `encoding/json` leaves a decoded list of `length` items: it appends one at a time."""
+    capacity = 0
+    while capacity < length:
+        capacity = max(1, capacity * 2)
+    return capacity
+
+
+def _special_items(original: list[Any], patch: list[Any], key: str) -> tuple[list[Any], list[Any], bool]:
+    """`mergeSliceWithSpecialElements`: `$patch: delete` items remove theirs, `replace` makes the patch
+    (without its directive items) the whole list. Returns the list to merge into, the patch's plain
+    items, and whether that list still shares the caller's array.
+
+    Go deletes with `append(s[:i], s[i+1:]...)`, which moves the later items down in the caller's own
+    array: a `$setElementOrder` of the same list then orders by what it sees there. `original` (the
+    caller's list) is changed the same way."""
+    plain: list[Any] = []
+    replace = False
+    length = len(original)
+    for item in patch:
+        if PATCH not in item:
+            plain.append(item)
+            continue
+        directive = item[PATCH]
+        if directive == "delete":
+            if key not in item:
+                raise _no_merge_key(item, key)
+            for have in original[:length]:
+                if not isinstance(have, dict):
+                    raise PatchError(400, "value for key is not a map")
+            while True:
+                found = [
+                    i for i, have in enumerate(original[:length]) if key in have and _go_equal(have[key], item[key])
+                ]
+                if not found:
+                    break
+                original[found[0] : length - 1] = original[found[0] + 1 : length]
+                length -= 1
+        elif directive == "replace":
+            replace = True
+        elif directive == "merge":
+            raise PatchError(400, "merging lists cannot yet be specified in the patch")
+        else:
+            raise PatchError(400, f"unknown patch type: {_go_value(directive)} in map: {_go_value(item)}")
+    return (plain, [], False) if replace else (original[:length], plain, True)
+
+
+def _deduplicated(items: list[Any]) -> list[Any]:
+    """`deduplicateScalars`, whose swaps decide the order of what is left."""
+    s = list(items)
+    length = len(s) - 1
+    i = 0
+    while i < length:
+        j = i + 1
+        while j <= length:
+            if _go_equal(s[i], s[j]):
+                s[j] = s[length]
+                s = s[:length]
+                length -= 1
+                j -= 1
+            j += 1
+        i += 1
+    return s
+
+
+def _partition(items: list[Any], by: list[Any], key: str, kind: str) -> tuple[list[Any], list[Any]]:
+    """Items named in `by` (by merge key for maps), and the others: `partition...ByPresentInList`."""
+    named: list[Any] = []
+    others: list[Any] = []
+    for item in items:
+        if key:
+            if not isinstance(item, dict):
+                raise PatchError(400, f"expected a map[string]interface {{}}, but received a {_go_type(item)}")
+            if key not in item:
+                raise _no_merge_key(item, key)
+            found = any(isinstance(b, dict) and key in b and _go_equal(b[key], item[key]) for b in by)
+        else:
+            found = any(_go_equal(b, item) for b in by)
+        (named if found else others).append(item)
+    return named, others
+
+
+def _normalize(
+    patch_items: list[Any], server_only: list[Any], *, order: tuple[list[Any], list[Any]], key: str, kind: str
+) -> list[Any]:
+    """`normalizeElementOrder`: each part sorted by its order, then the server's items interleaved into
+    the patch's by their places on the server."""
+    patch_order, server_order = order
+    patch_items = _sorted_by(patch_items, patch_order, key, kind)
+    server_only = _sorted_by(server_only, server_order, key, kind)
+    merged: list[Any] = []
+    i = j = 0
+    while i < len(server_only) or j < len(patch_items):
+        if i >= len(server_only):
+            merged.append(patch_items[j])
+            j += 1
+        elif j >= len(patch_items):
+            merged.append(server_only[i])
+            i += 1
+        else:
+            left, right = (
+                _index(server_order, server_only[i], key, kind),
+                _index(server_order, patch_items[j], key, kind),
+            )
+            if left >= 0 and right >= 0 and left < right:
+                merged.append(server_only[i])
+                i += 1
+            else:
+                merged.append(patch_items[j])
+                j += 1
+    return merged
+
+
+def _sorted_by(items: list[Any], order: list[Any], key: str, kind: str) -> list[Any]:
+    """`normalizeSliceOrder`: Go's stable insertion sort with its `less` (true when either item is not in
+    `order`); `$patch: delete` items last."""
+    deleted: list[Any] = []
+    if kind == "map":
+        for value in [*items, *order]:
+            if not isinstance(value, dict):
+                raise PatchError(400, f"expected a map[string]interface {{}}, but received a {_go_type(value)}")
+            if key not in value:
+                raise _no_merge_key(value, key)
+        deleted = [item for item in items if item.get(PATCH) == "delete"]
+        items = [item for item in items if item.get(PATCH) != "delete"]
+    out = list(items)
+
+    def less(a: Any, b: Any) -> bool:
+        ia, ib = _index(order, a, key, kind), _index(order, b, key, kind)
+        return ia < ib if ia >= 0 and ib >= 0 else True
+
+    for i in range(1, len(out)):
+        j = i
+        while j > 0 and less(out[j], out[j - 1]):
+            out[j], out[j - 1] = out[j - 1], out[j]
+            j -= 1
+    return out + deleted

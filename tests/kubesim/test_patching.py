@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane.kube.client import KubeApi, KubeApiError
+from tests.kubesim.fixtures import KUBECTL
 from tests.kubesim.patching import PatchError, json_patch, merge_patch, strategic_merge_patch
 from tests.kubesim.resources import POD_MERGE, TEMPLATE_MERGE
 from tests.kubesim.server import KubeSim
@@ -40,7 +48,8 @@ def smp(patch: dict[str, Any]) -> dict[str, Any]:
 def test_containers_merge_by_name_and_keep_unnamed_fields() -> None:
     out = smp({"spec": {"containers": [{"name": "app", "image": "app:2"}, {"name": "new", "image": "n:1"}]}})
     containers = out["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["app", "side", "new"]
+    # the library's order: the patch's items in its order, the others where they were on the server
+    assert [c["name"] for c in containers] == ["app", "new", "side"]
     assert containers[0]["image"] == "app:2"
     assert containers[0]["env"] == POD["spec"]["containers"][0]["env"]
 
@@ -66,7 +75,7 @@ def test_env_merges_by_name_and_ports_by_container_port() -> None:
 
 def test_volumes_merge_by_name() -> None:
     out = smp({"spec": {"volumes": [{"name": "v3", "configMap": {"name": "c"}}]}})
-    assert [v["name"] for v in out["spec"]["volumes"]] == ["v1", "v2", "v3"]
+    assert [v["name"] for v in out["spec"]["volumes"]] == ["v3", "v1", "v2"]  # the patch's first
 
 
 def test_lists_without_a_merge_key_are_replaced() -> None:
@@ -100,7 +109,7 @@ def test_set_element_order_reorders_the_merged_list() -> None:
 
 def test_finalizers_merge_as_a_set_and_delete_from_primitive_list_removes() -> None:
     out = smp({"metadata": {"finalizers": ["b", "a"]}})
-    assert out["metadata"]["finalizers"] == ["a", "b"]
+    assert out["metadata"]["finalizers"] == ["b", "a"]  # in the patch's order
     out = smp({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}})
     assert out["metadata"]["finalizers"] == []
 
@@ -209,3 +218,76 @@ async def test_failed_json_patch_test_is_422_and_changes_nothing(kubesim: KubeSi
     stored = kubesim.get_object("configmaps", "default", "c")
     assert stored is not None
     assert stored["data"] == {"k": "v"}
+
+
+# -- the machine's kubectl as the oracle: `kubectl patch --local` applies a strategic merge patch with
+# -- the same library and Pod schema as the API server ----------------------------------------------------
+
+_names = st.sampled_from(["app", "side", "new"])
+_env = st.fixed_dictionaries(
+    {"name": st.sampled_from(["A", "B", "C"])},
+    optional={"value": st.sampled_from(["1", "x"]), "$patch": st.just("delete")},
+)
+_port = st.fixed_dictionaries(
+    {"containerPort": st.sampled_from([80, 90, 100])}, optional={"name": st.sampled_from(["http", "m"])}
+)
+_container = st.fixed_dictionaries(
+    {"name": _names},
+    optional={
+        "image": st.sampled_from(["app:2", "n:1"]),
+        "env": st.lists(_env, max_size=3),
+        "ports": st.lists(_port, max_size=2),
+        "args": st.lists(st.sampled_from(["--x", "--y"]), max_size=2),
+        "$patch": st.sampled_from(["delete", "replace"]),
+    },
+)
+_volume = st.fixed_dictionaries(
+    {"name": st.sampled_from(["v1", "v2", "v3"])},
+    optional={"emptyDir": st.just({}), "$patch": st.just("delete")},
+)
+_spec = st.fixed_dictionaries(
+    {},
+    optional={
+        "containers": st.lists(_container, max_size=3),
+        "volumes": st.lists(_volume, max_size=3),
+        "tolerations": st.lists(st.fixed_dictionaries({"key": st.sampled_from(["a", "c"])}), max_size=2),
+        "$setElementOrder/containers": st.lists(st.fixed_dictionaries({"name": _names}), max_size=3),
+    },
+)
+_metadata = st.fixed_dictionaries(
+    {},
+    optional={
+        "labels": st.dictionaries(st.sampled_from(["app", "b"]), st.one_of(st.none(), st.just("v")), max_size=2),
+        "finalizers": st.lists(st.sampled_from(["a", "b"]), max_size=2),
+        "$deleteFromPrimitiveList/finalizers": st.lists(st.sampled_from(["a", "b"]), max_size=1),
+    },
+).filter(lambda m: not {"finalizers", "$deleteFromPrimitiveList/finalizers"} <= set(m))  # Go's map order decides
+_patches = st.fixed_dictionaries({}, optional={"metadata": _metadata, "spec": _spec})
+
+
+@settings(max_examples=40, deadline=None)
+@given(patch=_patches)
+def test_strategic_merge_patches_agree_with_kubectls(patch: dict[str, Any]) -> None:
+    """Generated patches (merge keys, `$patch: delete/replace`, `$setElementOrder`,
+    `$deleteFromPrimitiveList`, null values, atomic lists) give the Pod kubectl's library gives, or are
+    refused by both."""
+    with tempfile.TemporaryDirectory() as home:
+        pod = pathlib.Path(home, "pod.json")
+        pod.write_text(json.dumps(POD))
+        result = subprocess.run(
+            [KUBECTL, "patch", "--local", "-f", str(pod), "--type=strategic", "-p", json.dumps(patch), "-o", "json"],
+            env={**os.environ, "HOME": home, "KUBECONFIG": os.devnull},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    try:
+        ours: dict[str, Any] | None = smp(copy.deepcopy(patch))
+    except PatchError:
+        ours = None
+    if result.returncode != 0:
+        assert ours is None, f"kubectl refused the patch ({result.stderr.strip()}), kubesim applied it"
+        return
+    assert ours is not None, f"kubesim refused a patch kubectl applies: {patch}"
+    assert ours == json.loads(result.stdout)
