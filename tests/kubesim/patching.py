@@ -1,7 +1,7 @@
 """The three patch formats of the API server.
 
 - JSON merge patch (RFC 7386, `application/merge-patch+json`): maps merge, `null` deletes, every
-  list is replaced.
+  list is replaced; as evanphx/json-patch v4.12 does it (`merge_patch`).
 - Strategic merge patch (`application/strategic-merge-patch+json`): like a merge patch, but a list
   with a merge key (containers by `name`, container ports by `containerPort`, ...) is merged item
   by item, primitive lists with the merge strategy (finalizers) are unioned, and the directives
@@ -13,10 +13,13 @@
   what Go's slice sharing does to a `$setElementOrder` list; `kubectl patch --local`, which runs that
   library, is the test's oracle. Where Go's map order decides (a list and its
   `$deleteFromPrimitiveList` in one patch), kubesim takes the patch's key order.
-- JSON patch (RFC 6902, `application/json-patch+json`).
+- JSON patch (RFC 6902, `application/json-patch+json`), as evanphx/json-patch v4.12 applies it, its
+  departures from the RFC included (`json_patch`).
+
+`kubectl patch --local`, which runs the same libraries, is the oracle of the three in the tests.
 
 Errors raise `PatchError(status, message)`: 400 for a malformed patch, 422 for one that cannot be
-applied to this object.
+applied to this object, 500 where the library panics (a JSON patch `test` reaching a null list item).
 
 `decode_patch` reads a patch body as the patch handler (`patch.go`) does, once the object to patch has been
 found: under `fieldValidation` Warn (the default) or Strict the body is first decoded strictly (a JSON patch
@@ -29,11 +32,10 @@ operations, a `null` strategic merge patch changes nothing, a `null` merge patch
 from __future__ import annotations
 
 import copy
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
-
-import jsonpatch
-import jsonpointer
 
 from tests.kubesim import decoding, strictdecoding
 
@@ -61,32 +63,204 @@ class PatchError(Exception):
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: the patched copy of `target`."""
+    """RFC 7386 as evanphx/json-patch's `MergePatch` applies it: the patched copy of `target`. A value taken
+    whole from the patch loses the null members of its objects, also inside lists, except where it
+    replaces an object's member that was an object (the patch's value is then taken as written); a
+    list patch is the new document."""
+    if isinstance(patch, list):
+        return _pruned(copy.deepcopy(patch))
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    document = copy.deepcopy(target) if isinstance(target, dict) else {}
+    _merge_docs(document, copy.deepcopy(patch))
+    return document
+
+
+def _merge_docs(document: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
         if value is None:
-            result.pop(key, None)
+            document.pop(key, None)
+        elif not isinstance(document.get(key), dict):  # absent, null, or not an object
+            document[key] = _pruned(value)
+        elif isinstance(value, dict):
+            _merge_docs(document[key], value)
         else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+            document[key] = value
+
+
+def _pruned(value: Any) -> Any:
+    """`pruneNulls`: null members of objects dropped, at every depth; a list keeps its null items."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_pruned(v) if v is not None else None for v in value]
+    return value
 
 
 def json_patch(target: Any, operations: Any) -> Any:
-    """RFC 6902: the patched copy of `target`. An operation that cannot be applied (a failed test, a path that
-    is not there, no or an unknown `op`) is a 422 that names nothing, as `NewGenericServerResponse` words it."""
+    """RFC 6902 as evanphx/json-patch v4 applies it (what the API server and `kubectl patch` run): the
+    patched copy of `target`. Its ways: `replace` and `copy` of an absent key act on null, `replace` of the
+    whole document with a value that is not an object or a list does nothing, `test` of
+    an absent key passes for null, list indexes may be negative (`-1` is the last; for `add`, the end),
+    a move's destination is found after its source is removed, `add` and `remove` of the whole
+    document fail. An operation that cannot be applied is a 422 that names nothing, as
+    `NewGenericServerResponse` words it."""
     if not isinstance(operations, list):
         raise PatchError(400, "json patch must be a list of operations")
-    if any(not isinstance(op, dict) or not isinstance(op.get("op"), str) for op in operations):
-        raise PatchError(422, NOT_APPLIED)  # `Operation.Kind` is "unknown": `Unexpected kind: unknown`
+    document = copy.deepcopy(target)
     try:
-        patch = jsonpatch.JsonPatch(operations)
-        return patch.apply(copy.deepcopy(target))
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise PatchError(422, NOT_APPLIED) from exc
-    except (TypeError, KeyError, IndexError, ValueError) as exc:
-        raise PatchError(422, NOT_APPLIED) from exc
+        for op in operations:
+            document = _json_operation(document, op if isinstance(op, dict) else {})
+    except _NotApplied:
+        raise PatchError(422, NOT_APPLIED) from None
+    return document
+
+
+class _NotApplied(Exception):
+    """An operation evanphx/json-patch refuses."""
+
+
+def _operation_text(op: Mapping[str, Any], name: str) -> str:
+    value = op.get(name)
+    if not isinstance(value, str):
+        raise _NotApplied(f"operation missing {name} field")
+    return value
+
+
+def _json_operation(document: Any, op: Mapping[str, Any]) -> Any:
+    kind = op.get("op") if isinstance(op.get("op"), str) else "unknown"
+    value = copy.deepcopy(op.get("value"))
+    if kind == "add":
+        parent, key = _find(document, _operation_text(op, "path"))
+        _container_add(parent, key, value)
+    elif kind == "remove":
+        parent, key = _find(document, _operation_text(op, "path"))
+        _container_remove(parent, key)
+    elif kind == "replace":
+        path = _operation_text(op, "path")
+        if path == "":  # v4.12 wraps a nil error for a value that is neither: nothing happens
+            return value if isinstance(value, (dict, list)) else document
+        parent, key = _find(document, path)
+        _container_get(parent, key)
+        _container_set(parent, key, value)
+    elif kind in ("move", "copy"):
+        source, key = _find(document, _operation_text(op, "from"))
+        moved = _container_get(source, key)
+        if kind == "move":
+            _container_remove(source, key)
+        parent, key = _find(document, _operation_text(op, "path"))
+        _container_add(parent, key, copy.deepcopy(moved))
+    elif kind == "test":
+        path = _operation_text(op, "path")
+        if path == "":
+            if not _json_equal(document, value):
+                raise _NotApplied("testing value failed")
+            return document
+        parent, key = _find(document, path)
+        have = _container_get(parent, key)
+        if (have is None) != (value is None) or (have is not None and not _json_equal(have, value)):
+            raise _NotApplied("testing value failed")
+    else:
+        raise _NotApplied(f"Unexpected kind: {kind}")
+    return document
+
+
+def _pointer_token(token: str) -> str:
+    return re.sub("~[01]", lambda m: "/" if m.group() == "~1" else "~", token)
+
+
+def _find(document: Any, path: str) -> tuple[Any, str]:
+    """`findObject`: the container the last token of `path` is in, and that token."""
+    tokens = path.split("/")
+    if len(tokens) < 2:
+        raise _NotApplied(f"doc is missing path: {path!r}")
+    node = document
+    for token in tokens[1:-1]:
+        try:
+            node = _container_get(node, _pointer_token(token))
+        except _NotApplied:
+            node = None
+        if not isinstance(node, (dict, list)):
+            raise _NotApplied(f"doc is missing path: {path!r}")
+    if not isinstance(node, (dict, list)):
+        raise _NotApplied(f"doc is missing path: {path!r}")
+    return node, _pointer_token(tokens[-1])
+
+
+def _atoi(key: str) -> int:
+    """strconv.Atoi: an optional sign and decimal digits, leading zeros allowed."""
+    if not re.fullmatch("[+-]?[0-9]+", key):
+        raise _NotApplied(f"not an array index: {key!r}")
+    return int(key)
+
+
+def _container_get(container: Any, key: str) -> Any:
+    if isinstance(container, dict):
+        return container.get(key)
+    index = _atoi(key)
+    if index < 0:
+        if index < -len(container):
+            raise _NotApplied(f"Unable to access invalid index: {index}")
+        index += len(container)
+    if index >= len(container):
+        raise _NotApplied(f"Unable to access invalid index: {index}")
+    return container[index]
+
+
+def _container_set(container: Any, key: str, value: Any) -> None:
+    if isinstance(container, dict):
+        container[key] = value
+        return
+    index = _atoi(key)
+    container[index + len(container) if index < 0 else index] = value  # `get` checked the range
+
+
+def _container_add(container: Any, key: str, value: Any) -> None:
+    if isinstance(container, dict):
+        container[key] = value
+        return
+    if key == "-":
+        container.append(value)
+        return
+    index, size = _atoi(key), len(container) + 1
+    if index >= size or index < -size:
+        raise _NotApplied(f"Unable to access invalid index: {index}")
+    container.insert(index + size if index < 0 else index, value)
+
+
+def _container_remove(container: Any, key: str) -> None:
+    if isinstance(container, dict):
+        if key not in container:
+            raise _NotApplied(f"Unable to remove nonexistent key: {key}")
+        del container[key]
+        return
+    index = _atoi(key)
+    if index >= len(container) or index < -len(container):
+        raise _NotApplied(f"Unable to access invalid index: {index}")
+    del container[index]
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """`lazyNode.equal`: structure, with scalars compared as their JSON text (true is not 1)."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(
+            (left[k] is None) == (right[k] is None) and (left[k] is None or _json_equal(left[k], right[k]))
+            for k in left
+        )
+    if isinstance(left, list) and isinstance(right, list):
+        if len(left) != len(right):
+            return False
+        for a, b in zip(left, right, strict=True):
+            if a is None or b is None:  # a nil list item: `lazyNode.equal` dereferences it and panics
+                raise PatchError(
+                    500, "Internal error occurred: runtime error: invalid memory address or nil pointer dereference"
+                )
+            if not _json_equal(a, b):
+                return False
+        return True
+    if isinstance(left, (dict, list)) or isinstance(right, (dict, list)):
+        return False
+    return json.dumps(left) == json.dumps(right)
 
 
 def _syntax(raw: bytes, exc: ValueError) -> str:
