@@ -362,21 +362,8 @@ def _go_type(value: Any) -> str:
     return "string" if isinstance(value, str) else "nil"
 
 
-def _go_value(value: Any) -> str:
-    """`%v` of a decoded JSON value, for the library's error messages."""
-    if isinstance(value, dict):
-        return "map[" + " ".join(f"{k}:{_go_value(v)}" for k, v in sorted(value.items())) + "]"
-    if isinstance(value, list):
-        return "[" + " ".join(_go_value(v) for v in value) + "]"
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _no_merge_key(item: Any, key: str) -> PatchError:
-    return PatchError(422, f"map: {_go_value(item)} does not contain declared merge key: {key}")
+    return PatchError(422, f"map: {decoding.go_format(item)} does not contain declared merge key: {key}")
 
 
 def _merge_map(original: dict[str, Any], patch: dict[str, Any], path: str, schema: MergeSchema) -> dict[str, Any]:
@@ -388,7 +375,9 @@ def _merge_map(original: dict[str, Any], patch: dict[str, Any], path: str, schem
         if directive == "delete":
             return {}
         raise PatchError(
-            400, f"unknown patch type: {_go_value(directive)} in map: {_go_value({PATCH: directive, **patch})}"
+            400,
+            f"unknown patch type: {decoding.go_format(directive)} in map: "
+            f"{decoding.go_format({PATCH: directive, **patch})}",
         )
     _retain_keys(original, patch)
     _set_element_orders(original, patch, path, schema)
@@ -471,7 +460,7 @@ def _element_kind(*lists: list[Any]) -> str:
             if this == "slice":
                 raise PatchError(400, "lists of lists are not supported")
             if kind and this != kind:
-                raise PatchError(400, f"list element types are not identical: {_go_value(list(lists))}")
+                raise PatchError(400, f"list element types are not identical: {decoding.go_format(list(lists))}")
             kind = this
     return kind
 
@@ -556,8 +545,8 @@ def _check_order(patch_list: list[Any], order: list[Any], key: str) -> None:
     if patch_index < len(items):
         raise PatchError(
             400,
-            f"The order in patch list:\n{_go_value(patch_list)}\n doesn't match $setElementOrder list:\n"
-            f"{_go_value(order)}\n",
+            f"The order in patch list:\n{decoding.go_format(patch_list)}\n doesn't match $setElementOrder list:\n"
+            f"{decoding.go_format(order)}\n",
         )
 
 
@@ -643,7 +632,9 @@ def _special_items(original: list[Any], patch: list[Any], key: str) -> tuple[lis
         elif directive == "merge":
             raise PatchError(400, "merging lists cannot yet be specified in the patch")
         else:
-            raise PatchError(400, f"unknown patch type: {_go_value(directive)} in map: {_go_value(item)}")
+            raise PatchError(
+                400, f"unknown patch type: {decoding.go_format(directive)} in map: {decoding.go_format(item)}"
+            )
     return (plain, [], False) if replace else (original[:length], plain, True)
 
 
