@@ -172,27 +172,26 @@ class Suppression:
         return any(pattern.fullmatch(name) for name in message.resource_names)
 
 
-def suppressed(message: Message, state: ClusterState, suppressions: Sequence[Suppression] = ()) -> bool:
-    """Whether `message` is left out: its object's `galley.istio.io/analyze-suppress` annotation lists
-    its code (or `*`), or a `--suppress` matches it."""
-    listed = {code.strip() for code in _annotations(message, state).get(SUPPRESS_ANNOTATION, "").split(",")}
+def suppressed(message: Message, annotations: Mapping[str, str], suppressions: Sequence[Suppression] = ()) -> bool:
+    """Whether `message` is left out: `annotations`, its object's, list its code (or `*`) in
+    `galley.istio.io/analyze-suppress`, or a `--suppress` matches it."""
+    listed = {code.strip() for code in annotations.get(SUPPRESS_ANNOTATION, "").split(",")}
     if "*" in listed or message.type.code in listed:
         return True
     return any(s.matches(message) for s in suppressions)
 
 
-def _annotations(message: Message, state: ClusterState) -> Mapping[str, str]:
-    """The annotations of the object a message is about, as far as they were read: a Namespace's, a
-    Pod's, an injector configuration's, and a Deployment's or ReplicaSet's (from its ReplicaSets)."""
-    if message.kind == "Namespace":
-        return state.namespace(message.name).annotations
-    if message.kind == "Pod":
-        found = (p for p in state.pods if (p.namespace, p.name) == (message.namespace, message.name))
-        return next((p.annotations for p in found), {})
-    if message.kind == "MutatingWebhookConfiguration":
-        return next((c.annotations for c in state.injectors if c.name == message.name), {})
-    workload = Workload(kind=message.kind, namespace=message.namespace, name=message.name)
-    return state.owner_annotations.get(workload, {})
+def _annotations(state: ClusterState) -> dict[tuple[str, str, str], Mapping[str, str]]:
+    """The annotations of the objects messages are about, as far as they were read, by (kind, namespace,
+    name): Namespaces, Pods, injector configurations, and Deployments and ReplicaSets (from ReplicaSets)."""
+    found: dict[tuple[str, str, str], Mapping[str, str]] = {
+        (workload.kind, workload.namespace, workload.name): annotations
+        for workload, annotations in state.owner_annotations.items()
+    }
+    found.update((("Namespace", "", ns.name), ns.annotations) for ns in state.namespaces)
+    found.update((("Pod", pod.namespace, pod.name), pod.annotations) for pod in state.pods)
+    found.update((("MutatingWebhookConfiguration", "", c.name), c.annotations) for c in state.injectors)
+    return found
 
 
 def _go_list(items: Sequence[str]) -> str:
@@ -210,7 +209,9 @@ def analyze(
         *_webhooks(state),
         *_pods(state),
     }
-    return sorted((m for m in found if not suppressed(m, state, suppressions)), key=Message.sort_key)
+    annotations = _annotations(state)
+    kept = (m for m in found if not suppressed(m, annotations.get((m.kind, m.namespace, m.name), {}), suppressions))
+    return sorted(kept, key=Message.sort_key)
 
 
 def _in_scope(state: ClusterState, namespace: str) -> bool:
