@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import math
 import re
 import struct
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import yaml
 
@@ -140,7 +141,9 @@ class YamlLoader(_SafeLoader):  # type: ignore[misc]
             raise _refusal("a mapping key may not be null (~)", node)
         if node.tag == _FLOAT:
             word = _WORDS.get(node.value)
-            return _go_float32_text(word[1] if word else float(node.value.replace("_", "")))
+            if word is not None and word[0] == _FLOAT:
+                return _go_float32_text(word[1])
+            return _go_float32_text(float(_construct_number(self, node)))  # refuses what is no number
         key = self.construct_object(node)
         if isinstance(key, bool):
             return "true" if key else "false"
@@ -197,7 +200,7 @@ def _construct_bool(loader: Any, node: yaml.ScalarNode) -> bool:
 
 
 def _construct_text(loader: Any, node: yaml.ScalarNode) -> str:
-    return str(node.value)  # a timestamp, as goyaml hands one to an interface{}: its text
+    return str(node.value)
 
 
 def _construct_binary(loader: Any, node: yaml.ScalarNode) -> str:
@@ -208,23 +211,79 @@ def _construct_binary(loader: Any, node: yaml.ScalarNode) -> str:
     return data.decode("utf-8", "replace")  # encoding/json's replacement of bytes that are not UTF-8
 
 
-def _construct_as_written(loader: Any, node: yaml.Node) -> Any:
-    """A node whose tag goyaml does not resolve: a scalar's text, a list, a mapping."""
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_yaml_map(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_yaml_seq(node)
-    return str(node.value)
+def _construct_null(loader: Any, node: yaml.ScalarNode) -> None:
+    word = _WORDS.get(node.value)
+    if word is None or word[0] != _NULL:
+        raise _refusal(f"cannot decode {node.value!r} as null (!!null)", node)
 
 
-YamlLoader.add_constructor(_INT, _construct_int64)
-YamlLoader.add_constructor(_FLOAT, _construct_number)
-YamlLoader.add_constructor(_BOOL, _construct_bool)
-YamlLoader.add_constructor(_TAG + "timestamp", _construct_text)
-YamlLoader.add_constructor(_TAG + "binary", _construct_binary)
-for _unresolved in ("set", "omap", "pairs"):
-    YamlLoader.add_constructor(_TAG + _unresolved, _construct_as_written)
-YamlLoader.add_constructor(None, _construct_as_written)
+_TIMESTAMP = _TAG + "timestamp"
+# goyaml.v2's timestamp layouts (time.Parse): 2006-1-2T15:4:5.999999999Z07:00 (or t),
+# 2006-1-2 15:4:5.999999999 and 2006-1-2
+_GO_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:[Tt](\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})"
+    r"|[ ](\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.\d{1,9})?)?"
+)
+
+
+def _is_timestamp(text: str) -> bool:
+    match = _GO_TIMESTAMP.fullmatch(text)
+    if match is None:
+        return False
+    year, month, day = (int(part) for part in match.groups()[:3])
+    clock = [int(part) for part in match.groups()[3:] if part is not None]
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return False
+    return not clock or (clock[0] < 24 and clock[1] < 60 and clock[2] < 60)
+
+
+def _scalar_as(tag: str, construct: Callable[[Any, yaml.ScalarNode], Any]) -> Callable[[Any, yaml.ScalarNode], Any]:
+    """A scalar read as goyaml reads one tagged `tag`: it must resolve to that tag (an integer may be
+    tagged `!!float`); otherwise goyaml's "cannot decode !!int `0` as a !!timestamp"."""
+
+    def read(loader: Any, node: yaml.ScalarNode) -> Any:
+        resolved = _TIMESTAMP if tag == _TIMESTAMP and _is_timestamp(node.value) else _plain_tag(node.value)
+        resolved = _STR if resolved == _TAG + "merge" else resolved
+        if resolved != tag and not (tag == _FLOAT and resolved == _INT):
+            short = "!!" + resolved.removeprefix(_TAG), "!!" + tag.removeprefix(_TAG)
+            raise _refusal(f"cannot decode {short[0]} `{node.value}` as a {short[1]}", node)
+        return construct(loader, node)
+
+    return read
+
+
+def _by_kind(scalar: Callable[[Any, yaml.ScalarNode], Any]) -> Callable[[Any, yaml.Node], Any]:
+    """goyaml builds a mapping or a list whatever its tag says; a tag decides only how a scalar reads."""
+
+    def construct(loader: Any, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_yaml_map(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_yaml_seq(node)
+        return scalar(loader, cast(yaml.ScalarNode, node))
+
+    return construct
+
+
+for _tag, _scalar in {
+    _INT: _scalar_as(_INT, _construct_int64),
+    _FLOAT: _scalar_as(_FLOAT, _construct_number),
+    _BOOL: _scalar_as(_BOOL, _construct_bool),
+    _NULL: _scalar_as(_NULL, _construct_null),
+    _STR: _construct_text,
+    _TIMESTAMP: _scalar_as(_TIMESTAMP, _construct_text),  # as goyaml hands one to an interface{}: its text
+    _TAG + "binary": _construct_binary,
+    _TAG + "map": _construct_text,
+    _TAG + "seq": _construct_text,
+    _TAG + "set": _construct_text,
+    _TAG + "omap": _construct_text,
+    _TAG + "pairs": _construct_text,
+    None: _construct_text,  # a tag goyaml does not resolve: a scalar is its text
+}.items():
+    YamlLoader.add_constructor(_tag, _by_kind(_scalar))
 
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)

@@ -124,6 +124,11 @@ KUBERNETES_READS = [
     ("!!float 5", 5),
     ("!!binary aGVsbG8=", "hello"),
     ("!thing 5", "5"),  # a tag goyaml does not know: the text as written
+    # a mapping or a list is built whatever its tag says (these raised TypeError and AttributeError)
+    ("!!float [1, x]", [1, "x"]),
+    ("!!int {b: 1}", {"b": 1}),
+    ("!!timestamp {x: 1}", {"x": 1}),
+    ("!!map x", "x"),
 ]
 
 
@@ -164,9 +169,10 @@ def test_unknown_and_collection_tags_read_the_node_as_written() -> None:
         ("v: [.nan]", "at line 1 column 5: .nan is not a number JSON can carry"),
         ("~: x", "at line 1 column 1: a mapping key may not be null"),
         ("? [a]\n: x", "a mapping key must be a string or a number"),
-        ("v: !!int foo", "cannot decode 'foo' as an integer"),
-        ("v: !!float foo", "cannot decode 'foo' as a number"),
-        ("v: !!bool 1", "cannot decode '1' as a boolean"),
+        ("v: !!int foo", "cannot decode !!str `foo` as a !!int"),
+        ("v: !!float foo", "cannot decode !!str `foo` as a !!float"),
+        ("v: !!bool 1", "cannot decode !!int `1` as a !!bool"),
+        ("v: !!timestamp 0", "cannot decode !!int `0` as a !!timestamp"),
         ("v: !!binary '%%'", "!!binary value contains invalid base64 data"),
     ],
 )
@@ -198,15 +204,25 @@ def test_whatever_is_read_is_a_json_value_and_what_is_written_reads_back_the_sam
 
 
 plain_key = plain_text.filter(bool)
+_tags = st.sampled_from(
+    ["!!int", "!!float", "!!bool", "!!null", "!!str", "!!timestamp", "!!binary", "!!map", "!!seq", "!!set", "!thing"]
+)
+tagged_value = st.one_of(
+    plain_text,
+    st.tuples(
+        _tags, st.one_of(plain_text.filter(bool), st.sampled_from(["[1, x]", "{b: 1}", "{x, y}", "''", "aGk="]))
+    ).map(" ".join),
+)
 
 
 @settings(max_examples=30, deadline=None)
-@given(pairs=st.lists(st.tuples(plain_key, plain_text), min_size=1, max_size=30))
+@given(pairs=st.lists(st.tuples(plain_key, tagged_value), min_size=1, max_size=30))
 def test_the_loader_reads_plain_scalars_as_kubectl_reads_them(pairs: list[tuple[str, str]]) -> None:
     """The machine's kubectl as the oracle: a kubeconfig extension is kept as the JSON that
     sigs.k8s.io/yaml made of it, and `kubectl config view -o json` shows it. Generated plain keys and
-    values (numbers, booleans, dates, base 60, exponents, odd words) must read the same through the
-    loader, or be refused by both."""
+    values (numbers, booleans, dates, base 60, exponents, odd words; values with explicit tags, on
+    scalars and on collections) must read the same through the loader, or be refused by both; the
+    loader raises nothing else."""
     lines = "".join(f"        {key}: {value}\n" for key, value in pairs)
     text = (
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://x\n"
