@@ -276,3 +276,26 @@ def _types(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _types(item) for key, item in value.items()}
     return type(value).__name__
+
+
+_pieces = st.sampled_from(
+    [
+        *("a", ": ", ":", "- ", "\n", "  ", "[", "]", "{", "}", ",", "? ", "'", '"', "#", "---\n", "|\n  ", "<<"),
+        *("!!int ", "!!float ", "!!bool ", "!!null ", "!!str ", "!!timestamp ", "!!binary ", "!!map ", "!!seq "),
+        *("!!set ", "!!omap ", "!x ", "!<tag:yaml.org,2002:int> ", "!!python/object:os.system ", "&a ", "*a"),
+        *("1", "0x1", "1.5", "~", "y", ".inf", "2026-12-07", "=", "1:30"),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(_pieces, max_size=25).map("".join))
+def test_any_text_gives_json_values_or_a_yaml_error(text: str) -> None:
+    """Callers catch `yaml.YAMLError` (config files) or `ValueError` (`load_yaml`); nothing else may
+    escape, whatever tags land on whatever nodes."""
+    try:
+        documents = list(yamltext.load_all(text))
+    except yaml.YAMLError:
+        return
+    for document in documents:
+        assert json.loads(json.dumps(document, allow_nan=False)) == document
