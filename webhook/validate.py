@@ -16,10 +16,10 @@ import difflib
 import json
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Context, Decimal, localcontext
 from typing import Any
 
-from controlplane.literals import INT32_MAX, duration, host_port, ip_network, natural, whole_number
+from controlplane.literals import INT32_MAX, duration, host_port, ip_network, natural
 from controlplane.model import yamltext
 from webhook.limits import MAX_PROXY_CONFIG_BYTES, MAX_VALUE_DEPTH
 
@@ -154,33 +154,42 @@ def parse_bool(text: str) -> bool:
 
 
 _QUANTITY = re.compile(
-    r"^(?P<sign>[+-])?(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$",
-    re.ASCII,  # `\d` would take any script's digits, which the API server's quantities refuse
+    r"(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]*))?"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?",
+    re.ASCII,  # only ASCII digits, as the API server's quantities
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_MAX_EXPONENT = 30
+_MILLI = Decimal("0.001")
+_BINARY_CAP = Decimal(2**63 - 1)  # `ParseQuantity` caps a binary quantity at the largest int64
 
 
 def parse_quantity(text: str) -> Decimal:
-    """A non-negative Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1e3`) as a Decimal."""
+    """A non-negative Kubernetes resource quantity (`100m`, `0.5`, `128Mi`, `1e3`), valued as a pod holds it.
+
+    The text is read as `resource.ParseQuantity` reads it (a binary one capped at 2^63-1: `9Ei` holds what `8Ei`
+    does), and the value is then rounded up to a thousandth, as the API server's defaulting of a container's
+    resources does (`SetDefaults_ResourceList`: `1.0001` holds `1001m`). So a request and its limit compare here
+    as the API server compares them. Refused although the API server reads them: a text with no digit (`M`, `.`
+    and `+` are 0 to it), a negative amount (`-0` is zero, and taken), and an exponent beyond -30..30 (`1e31`)."""
     match = _QUANTITY.fullmatch(text)
-    if match is None:
+    if match is None or not (match["whole"] or match["fraction"]):
         raise ValueError("not a Kubernetes quantity (examples: 100m, 0.5, 2, 128Mi, 1Gi)")
-    if match["sign"] == "-":
-        raise ValueError("a resource quantity must not be negative")
-    try:
-        number = Decimal(match["number"])
-    except InvalidOperation:  # pragma: no cover - the regex admits only decimal numbers
-        raise ValueError("not a Kubernetes quantity") from None
     suffix = match["suffix"] or ""
-    if suffix in _BINARY:
-        return number * (Decimal(1024) ** _BINARY[suffix])
-    if suffix in _DECIMAL:
-        return number.scaleb(_DECIMAL[suffix])
-    exponent = whole_number(suffix[1:])
-    if exponent is None or abs(exponent) > 30:
-        raise ValueError("exponent out of range")
-    return number.scaleb(exponent)
+    exponent = _DECIMAL.get(suffix, 0) if suffix in _DECIMAL or suffix in _BINARY else int(suffix[1:])
+    if abs(exponent) > _MAX_EXPONENT:
+        raise ValueError(f"exponent {exponent} is out of range: meshplane takes {-_MAX_EXPONENT} to {_MAX_EXPONENT}")
+    # exact arithmetic: enough digits for the whole text, a binary suffix's factor and the thousandths
+    with localcontext(Context(prec=len(text) + 2 * _MAX_EXPONENT + 20)):
+        number = Decimal(f"{match['sign']}{match['whole'] or 0}.{match['fraction'] or 0}")
+        if suffix in _BINARY:
+            value = min(number * Decimal(1024) ** _BINARY[suffix], _BINARY_CAP)
+        else:
+            value = number.scaleb(exponent)
+        if value < 0:
+            raise ValueError("a resource quantity must not be negative")
+        return value.quantize(_MILLI, rounding=ROUND_CEILING)
 
 
 def parse_cidr_list(text: str) -> str:

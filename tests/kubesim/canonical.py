@@ -59,7 +59,7 @@ def _scan(text: str) -> tuple[bool, str, str, str]:
     return positive, num, denom, text[pos:]
 
 
-def _int32(value: int) -> int:
+def int32(value: int) -> int:
     return (value + 2**31) % 2**32 - 2**31
 
 
@@ -69,7 +69,7 @@ def _interpret(suffix: str) -> tuple[int, int, str]:
         return 10, DECIMAL_SUFFIXES[suffix], "DecimalSI"
     if suffix in BINARY_SUFFIXES:
         return 2, BINARY_SUFFIXES[suffix], "BinarySI"
-    return 10, _int32(int(suffix[1:])), "DecimalExponent"  # `e<int64>`, kept as an int32
+    return 10, int32(int(suffix[1:])), "DecimalExponent"  # `e<int64>`, kept as an int32
 
 
 def parse_quantity(text: str) -> tuple[int, int, str, bool]:

@@ -588,9 +588,11 @@ def json_kind(value: Any) -> str:
 
 QUANTITY_FORMAT = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
 QUANTITY_SUFFIX = "unable to parse quantity's suffix"
+QUANTITY_NUMERIC = "unable to parse numeric part of quantity"
 QUANTITY_SUFFIXES = {"", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
 _QUANTITY = re.compile(r"[+-]?[0-9]*(\.[0-9]*)?(?P<suffix>[eEinumkKMGTP]*[-+]?[0-9]*)")
 _EXPONENT = re.compile(r"[eE][-+]?[0-9]+")
+_DIGITS = frozenset("0123456789")
 INT64_MAX = 2**63 - 1
 
 
@@ -604,10 +606,17 @@ def quantity_error(text: str) -> str | None:
         return QUANTITY_FORMAT
     suffix = match["suffix"]
     if suffix in QUANTITY_SUFFIXES:
+        exponent = canonical.DECIMAL_SUFFIXES.get(suffix, 0)
+    elif _EXPONENT.fullmatch(suffix) and abs(int(suffix[1:])) <= INT64_MAX + (suffix[1] == "-"):
+        exponent = canonical.int32(int(suffix[1:]))
+    else:
+        return QUANTITY_SUFFIX
+    if any(ch in _DIGITS for ch in text[: len(text) - len(suffix)]):
         return None
-    if _EXPONENT.fullmatch(suffix) and abs(int(suffix[1:])) <= INT64_MAX + (suffix[1] == "-"):
-        return None
-    return QUANTITY_SUFFIX
+    # no digit: zero on the fast path, which takes any number of at most 18 digits (a binary one of less with
+    # a larger suffix) no finer than nano; the slow path's `inf.Dec.SetString` needs a digit
+    slow = suffix in ("Pi", "Ei") or (suffix not in QUANTITY_SUFFIXES and exponent < canonical.NANO)
+    return QUANTITY_NUMERIC if slow else None
 
 
 def base64_error(text: str) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 from tests.kubesim import gotypes
 from tests.kubesim.decoding import (
     QUANTITY_FORMAT,
+    QUANTITY_NUMERIC,
     QUANTITY_SUFFIX,
     RFC3339,
     RFC3339_MICRO,
@@ -56,6 +57,13 @@ QUANTITY_CASES = [
     ("1ki", QUANTITY_SUFFIX),
     ("1e", QUANTITY_SUFFIX),
     ("1m5", QUANTITY_SUFFIX),
+    # no digit: zero where ParseQuantity's fast path reads it, refused where its slow path does
+    ("Ti", None),
+    ("+e-9", None),
+    ("Pi", QUANTITY_NUMERIC),
+    ("+.Ei", QUANTITY_NUMERIC),
+    (".e-10", QUANTITY_NUMERIC),
+    ("0e-10", None),
 ]
 
 

@@ -159,7 +159,7 @@ def test_a_long_value_is_shortened_in_the_message() -> None:
         ("1Gi", Decimal(1024**3)),
         ("1G", Decimal(10**9)),
         ("1e3", Decimal(1000)),
-        ("500u", Decimal("0.0005")),
+        ("500u", Decimal("0.001")),  # a pod holds it rounded up to a thousandth
         (".5", Decimal("0.5")),
         ("+1k", Decimal(1000)),
     ],
