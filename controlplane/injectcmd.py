@@ -2,22 +2,26 @@
 
     meshplane inject -f FILE|- [-o FILE] [--revision R] [--namespace NS] [--injection-config FILE]
 
-Reads multi-document YAML and injects the pod template of every Deployment, StatefulSet, DaemonSet,
+Reads multi-document YAML as kubectl reads it (cut at every line that begins with `---`, the first YAML
+document of each piece) and injects the pod template of every Deployment, StatefulSet, DaemonSet,
 ReplicaSet, ReplicationController, OpenShift DeploymentConfig, Job and CronJob
-(`spec.jobTemplate.spec.template`), every Pod, and the items of every List. Other documents, and
-workloads the policy leaves alone (`sidecar.istio.io/inject: "false"`, hostNetwork, a never-inject
-selector, a system namespace), pass through byte for byte, each named on stderr with the reason;
-injected documents are re-serialised. The injection itself is the webhook's: `webhook.policy` then
-`webhook.inject.inject_pod`, with the workload name and owner taken from the enclosing object.
-The policy's enabled/disabled setting is not consulted: asking to inject is the opt-in.
+(`spec.jobTemplate.spec.template`), every Pod, and the items of every list (any document with
+`items`: `List`, `PodList`, ...). Other documents, and workloads the policy leaves alone
+(`sidecar.istio.io/inject: "false"`, hostNetwork, a never-inject selector, a system namespace), pass
+through byte for byte, each named on stderr with the reason; injected documents are re-serialised.
+A file kubectl would refuse to read as objects (a separator line with more than a comment after its
+`---`, a document that is not an object or has no kind) is refused. The injection itself is the
+webhook's: `webhook.policy` then `webhook.inject.inject_pod`, with the workload name and owner taken
+from the enclosing object. The policy's enabled/disabled setting is not consulted: asking to inject
+is the opt-in.
 
 `--injection-config FILE` holds the injector ConfigMap (`istio-sidecar-injector[-<rev>]`) and
 optionally the mesh ConfigMap (`istio[-<rev>]`), as YAML documents; without it the defaults apply.
 
-Errors (unreadable input, invalid YAML, an invalid annotation, a malformed workload, a bad
-injection config) print one message naming the document, and for annotations the annotation and
-the value, and exit 1. Output is all or nothing: `-o FILE` is replaced only after every document
-was injected.
+Errors (unreadable input, invalid YAML, a document kubectl could not read, an invalid annotation, a
+malformed workload, a bad injection config) print one message naming the document, and for
+annotations the annotation and the value, and exit 1. Output is all or nothing: `-o FILE` is
+replaced only after every document was injected.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from webhook.config import ConfigError, InjectionConfig
 from webhook.configparse import parse_injection_config
 from webhook.inject import InjectionError, InjectionParams, InvalidPod, inject_pod
 from webhook.policy import injection_required
+from webhook.validate import type_name
 
 # kind -> path of the pod template inside the object
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -106,40 +111,73 @@ def dump_yaml(doc: Any) -> str:
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096)
 
 
-def _split_documents(text: str) -> list[str]:
-    """The input cut at `---` lines; each piece keeps its separator line, so joining gives the input."""
-    pieces: list[list[str]] = [[]]
-    for line in text.splitlines(keepends=True):
-        if line.startswith("---") and (len(line.rstrip("\r\n")) == 3 or line[3] in " \t"):
-            pieces.append([])
-        pieces[-1].append(line)
-    return ["".join(piece) for piece in pieces]
-
-
 def _preamble(piece: str) -> str:
-    """The separator and the comment lines that open a document, kept when it is re-serialised."""
+    """The `---` line and the comment lines that open a document, kept when it is re-serialised."""
     kept: list[str] = []
-    for index, line in enumerate(piece.splitlines(keepends=True)):
-        stripped = line.strip()
-        if index == 0 and line.startswith("---"):
-            rest = stripped[3:].strip()
-            kept.append(line if not rest or rest.startswith("#") else "---\n")
-        elif not stripped or stripped.startswith("#"):
+    for index, line in enumerate(yamltext.LINE.findall(piece)):
+        stripped = line.strip(yamltext.GO_SPACE)
+        if (index == 0 and line.startswith("---")) or not stripped or stripped.startswith("#"):
             kept.append(line)
         else:
             break
     return "".join(kept)
 
 
+_END_THEN_TEXT = re.compile(r"^\.\.\.(?:[ \t][^\n]*)?\r?\n(?:[ \t]*(?:#[^\n]*)?\r?\n)*[ \t]*[^\s#]", re.MULTILINE)
+
+
 # -- injection ---------------------------------------------------------------------------------
 
 
-def _describe(doc: Mapping[str, Any], default_namespace: str = "default") -> tuple[str, str, str]:
-    meta = doc.get("metadata")
-    meta = meta if isinstance(meta, Mapping) else {}
+def _describe(doc: Mapping[str, Any], kind: str) -> tuple[str, str, str]:
+    meta = doc.get("metadata") or {}
     name = meta.get("name") or meta.get("generateName") or "(unnamed)"
-    namespace = meta.get("namespace") or default_namespace
-    return str(doc.get("kind")), str(namespace), str(name)
+    return kind, meta.get("namespace") or "default", name
+
+
+_OBJECT_META_STRINGS = ("name", "generateName", "namespace", "uid", "resourceVersion")
+
+
+def object_problem(doc: Any, *, item: bool = False) -> str | None:
+    """Why kubectl would not read `doc` as an object (nor, then, the file), or None (`null` is no document).
+
+    As its unstructured decoder reads it: a mapping whose `items`, when set, make it a list of such mappings
+    (none a list itself), with a `kind` (a list item may take its list's) and a string `apiVersion`; then, as
+    `metav1.ObjectMeta` types them, metadata's names are strings, and labels and annotations map to strings
+    (ObjectMeta's other fields are not checked here)."""
+    if not isinstance(doc, dict):
+        return f"a YAML {type_name(doc)}, not a Kubernetes object"
+    for key in ("apiVersion", "kind"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            return f"{key}: must be a string, got {type_name(doc[key])}"
+    items = doc.get("items")
+    if items is not None:
+        if item:
+            return "items: a list item cannot be a list itself"
+        if not isinstance(items, list):
+            return f"items: must be a list, got {type_name(items)}"
+        for index, entry in enumerate(items):
+            problem = object_problem({} if entry is None else entry, item=True)  # null reads as {}
+            if problem is not None:
+                return f"items[{index}]: {problem}"
+    if not doc.get("kind") and not item:
+        return "kind: is required"
+    meta = doc.get("metadata")
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        return f"metadata: must be an object, got {type_name(meta)}"
+    for key in _OBJECT_META_STRINGS:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"metadata.{key}: must be a string, got {type_name(meta[key])}"
+    for key in ("labels", "annotations"):
+        entries = meta.get(key)
+        if entries is not None and not isinstance(entries, dict):
+            return f"metadata.{key}: must be an object, got {type_name(entries)}"
+        for name, value in (entries or {}).items():
+            if value is not None and not isinstance(value, str):
+                return f"metadata.{key}.{name}: must be a string, got {type_name(value)}"
+    return None
 
 
 class _Injector:
@@ -163,31 +201,40 @@ class _Injector:
         )
 
     def document(self, doc: Any, where: str) -> Any | None:
-        """The injected document, or None when it stays as it is (a note then says why)."""
-        if not isinstance(doc, dict):
-            self.notes.append(f"{where}: passed through: not a Kubernetes object (a YAML {type(doc).__name__})")
-            return None
-        kind = doc.get("kind")
-        if kind == "List":
-            items = doc.get("items")
-            if not isinstance(items, list):
-                raise InjectCommandError(where=f"{where} (List)", cause="items must be a list")
-            changed = False
-            new_items = []
-            for index, item in enumerate(items):
-                result = self.document(item, f"{where} (List) item {index + 1}")
-                changed = changed or result is not None
-                new_items.append(item if result is None else result)
-            return {**doc, "items": new_items} if changed else None
+        """The injected document, or None when it stays as it is (a note then says why).
+
+        A document kubectl would refuse to read as an object is refused (`object_problem`). One with `items`
+        is a list to kubectl whatever its kind (`kind: List`, `PodList`, ...): its items are injected, and an
+        item with neither kind nor apiVersion is of the list's kind without `List`, as kubectl reads it."""
+        problem = object_problem(doc)
+        if problem is not None:
+            raise InjectCommandError(where=where, cause=f"{problem}: kubectl cannot read it as an object")
+        if doc.get("items") is None:
+            return self.object(doc, doc["kind"], where)
+        label = f"{where} ({doc['kind']})"
+        item_kind = doc["kind"].removesuffix("List")
+        changed = False
+        new_items = []
+        for index, entry in enumerate(doc["items"]):
+            item_where = f"{label} item {index + 1}"
+            item = entry or {}
+            kind = item.get("kind") or ("" if item.get("apiVersion") else item_kind)
+            if not kind:
+                raise InjectCommandError(
+                    where=item_where, cause="kind: is required: kubectl cannot read it as an object"
+                )
+            result = self.object(item, kind, item_where)
+            changed = changed or result is not None
+            new_items.append(entry if result is None else result)
+        return {**doc, "items": new_items} if changed else None
+
+    def object(self, doc: dict[str, Any], kind: str, where: str) -> Any | None:
         if kind == "Pod":
             return self.pod(doc, where)
-        if isinstance(kind, str) and kind in TEMPLATE_PATHS:
+        if kind in TEMPLATE_PATHS:
             return self.workload(doc, kind, where)
-        if isinstance(kind, str) and kind:
-            _, namespace, name = _describe(doc)
-            self.notes.append(f"{where} ({kind} {namespace}/{name}): passed through: a {kind} has no pod to inject")
-        else:
-            self.notes.append(f"{where}: passed through: it has no kind, so it is not a workload")
+        _, namespace, name = _describe(doc, kind)
+        self.notes.append(f"{where} ({kind} {namespace}/{name}): passed through: a {kind} has no pod to inject")
         return None
 
     def _inject(self, pod: dict[str, Any], *, namespace: str, label: str, prefix: str, params: InjectionParams) -> bool:
@@ -206,7 +253,7 @@ class _Injector:
         return True
 
     def pod(self, doc: dict[str, Any], where: str) -> dict[str, Any] | None:
-        kind, namespace, name = _describe(doc)
+        kind, namespace, name = _describe(doc, "Pod")
         label = f"{where} ({kind} {namespace}/{name})"
         pod = copy.deepcopy(doc)
         if not isinstance(pod.get("spec"), dict):
@@ -217,7 +264,7 @@ class _Injector:
         return pod if injected else None
 
     def workload(self, doc: dict[str, Any], kind: str, where: str) -> dict[str, Any] | None:
-        _, namespace, name = _describe(doc)
+        _, namespace, name = _describe(doc, kind)
         label = f"{where} ({kind} {namespace}/{name})"
         path = TEMPLATE_PATHS[kind]
         node: Any = doc
@@ -251,31 +298,41 @@ class _Injector:
 
 
 def inject_manifests(text: str, *, settings: OfflineSettings) -> InjectOutput:
-    """Inject every workload in the multi-document YAML `text`. Raises `InjectCommandError`."""
+    """Inject every workload in the multi-document YAML `text`, cut and read as kubectl reads it. Raises
+    `InjectCommandError`."""
     injector = _Injector(settings)
     out: list[str] = []
     number = 0
-    for piece in _split_documents(text):
+    try:
+        pieces = yamltext.kubectl_pieces(text)
+    except yaml.MarkedYAMLError as exc:  # a separator line kubectl refuses
+        where = f"line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else "input"
+        raise InjectCommandError(where=where, cause=str(exc.problem)) from None
+    for piece in pieces:
+        out.append(piece.separator)
         try:
-            doc = next(yamltext.load_all(piece), None)  # one document per piece
+            doc = yamltext.first_document(piece)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" near line {mark.line + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise InjectCommandError(where=f"document {number + 1}", cause=f"not valid YAML{at}: {problem}") from None
         if doc is None:
-            out.append(piece)
+            out.append(piece.text)
             continue
         number += 1
-        injected = injector.document(doc, f"document {number}")
-        if injected is None:
-            out.append(piece)
-        else:
-            out.append(_preamble(piece) + dump_yaml(injected))
+        where = f"document {number}"
+        ignored = _END_THEN_TEXT.search(piece.text)
+        if ignored is not None:
+            line = piece.line + piece.text.count("\n", 0, ignored.start())
+            injector.notes.append(
+                f"{where}: the text after the document end (... on line {line}) is not read, by kubectl either"
+            )
+        injected = injector.document(doc, where)
+        out.append(piece.text if injected is None else _preamble(piece.text) + dump_yaml(injected))
     if number == 0:
         raise InjectCommandError(where="input", cause="holds no YAML document (empty, or only comments)")
-    text_out = "".join(out)
-    return InjectOutput(text=text_out, notes=tuple(injector.notes))
+    return InjectOutput(text="".join(out), notes=tuple(injector.notes))
 
 
 # -- the injection config file -----------------------------------------------------------------
@@ -341,8 +398,9 @@ def add_parser(sub: Any) -> None:
         help="inject the sidecar into Kubernetes manifests (offline)",
         description=(
             "Inject the sidecar into the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, "
-            "Jobs, CronJobs, Pods and Lists in multi-document YAML; other documents pass through unchanged. "
-            "Exits 1, writing nothing, if any document cannot be injected."
+            "Jobs, CronJobs, Pods and lists (List, PodList, ...) in multi-document YAML, read as kubectl reads "
+            "it; other documents pass through unchanged. Exits 1, writing nothing, if any document cannot be "
+            "injected or kubectl could not read the file."
         ),
     )
     p.add_argument("-f", "--filename", required=True, help="manifest file to read, or - for standard input")

@@ -13,6 +13,9 @@
 
 `check_yaml` walks the event stream, never recursing; `load_yaml` checks, then loads, and reports
 a failure as `ValueError` with the line and column; `load_all` raises `yaml.YAMLError` with a mark.
+
+A file of manifests is read as kubectl reads it (`kubectl_pieces`, `kubectl_documents`): cut at every
+line that begins with `---` (apimachinery's `YAMLReader`), then the first YAML document of each piece.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 import re
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import yaml
@@ -396,3 +400,76 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 def _refusal(problem: str, at: Any) -> yaml.MarkedYAMLError:
     """An error marked where the event or node `at` starts."""
     return yaml.MarkedYAMLError(problem=problem, problem_mark=at.start_mark)
+
+
+# -- files of manifests, as kubectl reads them -----------------------------------------------------
+
+# Go's strings.TrimSpace: Unicode's White_Space (Python's str.strip() also takes \x1c-\x1f)
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+LINE = re.compile(r"[^\n]*\n|[^\n]+")  # Go reads lines at \n alone; str.splitlines also cuts at \r, \x0c, \u2028...
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One document as kubectl cuts a file: `separator` is the `---` line that ended the document before it
+    (kubectl drops it), `text` what kubectl reads as this document, `line` the line (1-based) `text` begins on."""
+
+    separator: str
+    text: str
+    line: int
+
+
+def kubectl_pieces(text: str) -> list[Piece]:
+    """`text` cut into documents as kubectl and `istioctl kube-inject` cut it (apimachinery's `YAMLReader`).
+
+    Every line that begins with `---` ends the document before it, and is dropped; when no line came since the
+    last cut, it is the first line of the next document instead (where YAML reads `---` and `--- # note` as a
+    document start, and `---#x` as text). After the `---` only spaces and a comment may follow: kubectl refuses
+    a file with `--- {a: 1}` or `----`, and so does this (`yaml.MarkedYAMLError` marking the line). Joining
+    each piece's separator and text gives `text` back."""
+    pieces: list[Piece] = []
+    separator, start = "", 1
+    lines: list[str] = []
+    for number, line in enumerate(LINE.findall(text), start=1):
+        if line.startswith("---"):
+            rest = line[3:].strip(GO_SPACE)
+            if rest and not rest.startswith("#"):
+                problem = (
+                    f"invalid YAML document separator {line.rstrip(GO_SPACE)!r}: after --- only a comment may "
+                    "follow on its line (kubectl refuses the file too)"
+                )
+                raise yaml.MarkedYAMLError(problem=problem, problem_mark=yaml.Mark("", 0, number - 1, 0, None, 0))
+            if lines:
+                pieces.append(Piece(separator, "".join(lines), start))
+                separator, lines, start = line, [], number + 1
+                continue
+        lines.append(line)
+    pieces.append(Piece(separator, "".join(lines), start))
+    return pieces
+
+
+def first_document(piece: Piece) -> Any:
+    """The piece's first YAML document (all kubectl reads of it; None when it holds none), as `load_all`
+    reads it; a `yaml.YAMLError` marks the line in the whole file."""
+    try:
+        return next(load_all(piece.text), None)
+    except yaml.MarkedYAMLError as exc:
+        exc.context_mark, exc.problem_mark = (
+            _moved(mark, piece.line - 1) for mark in (exc.context_mark, exc.problem_mark)
+        )
+        raise
+
+
+def _moved(mark: Any, lines: int) -> Any:
+    """`mark` that many lines further on (libyaml's marks cannot be changed in place)."""
+    return None if mark is None else yaml.Mark(mark.name, mark.index, mark.line + lines, mark.column, None, 0)
+
+
+def kubectl_documents(text: str) -> Iterator[Any]:
+    """The documents of a file of manifests as kubectl reads them (`kubectl_pieces`, `first_document`), None
+    for a piece with none (only comments, or empty)."""
+    for piece in kubectl_pieces(text):
+        yield first_document(piece)

@@ -175,7 +175,7 @@ def read_manifest(path: str) -> JsonObject:
     source = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else pathlib.Path(path).read_text(encoding="utf-8")
-        docs = [d for d in yamltext.load_all(text) if d is not None]
+        docs = [d for d in yamltext.kubectl_documents(text) if d is not None]
     except (OSError, UnicodeDecodeError) as exc:
         raise common.CommandError(f"-f {source}: cannot read it: {exc}") from None
     except yaml.YAMLError as exc:

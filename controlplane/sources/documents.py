@@ -57,7 +57,7 @@ def parse_documents(data: bytes, *, label: str) -> Parsed:
         return {}, [DocumentProblem(label, -1, "(file)", f"not UTF-8 text: {exc}")], False
     docs: list[object] = []
     try:
-        for doc in yamltext.load_all(text):  # plain data, aliases bounded
+        for doc in yamltext.kubectl_documents(text):  # as kubectl reads the file; plain data, aliases bounded
             docs.append(doc)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

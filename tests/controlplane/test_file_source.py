@@ -108,6 +108,19 @@ def test_multi_document_files_fill_the_store_at_the_first_scan(tmp_path: pathlib
     assert cm is not None and cm["data"]["mesh"] == "trustDomain: cluster.local"
 
 
+def test_documents_are_cut_as_kubectl_cuts_them(tmp_path: pathlib.Path, source: FileSource) -> None:
+    """At every line that begins with `---` (`---#x` too, which YAML reads as text), and a line with more than a
+    comment after its `---` is an error, as kubectl (and `kubectl apply` of the same file) makes them."""
+    write(tmp_path / "mesh.yaml", NS_A + "---# the mesh config\n" + CM)
+    assert source.scan()
+    assert source.store.get(ObjectKey("ConfigMap", "istio-system", "istio")) is not None
+    write(tmp_path / "bad.yaml", NS_A.replace("name: a", "name: b") + "--- {kind: Namespace}\n")
+    settle(source)
+    assert source.store.get(ObjectKey("Namespace", "", "b")) is None
+    [problem] = source.problems
+    assert problem.file == "bad.yaml" and "invalid YAML document separator '--- {kind: Namespace}'" in problem.message
+
+
 def test_objects_are_held_packed_and_a_date_is_read_as_its_text(tmp_path: pathlib.Path, source: FileSource) -> None:
     """Packed, a config object is one object to the garbage collector. A date is read as Kubernetes
     reads it, as a string, so a document holding one is a JSON value like any other."""

@@ -154,12 +154,20 @@ def test_skipped_workloads_are_reported_and_left_byte_for_byte(
             "document 1 (CronJob default/c): spec.jobTemplate.spec.template: is required",
         ),
         ("kind: Pod\nmetadata: {name: p}\n", "document 1 (Pod default/p): spec: is required"),
-        ("kind: List\nitems: 3\n", "document 1 (List): items must be a list"),
+        ("kind: List\nitems: 3\n", "document 1: items: must be a list, got integer: kubectl cannot read it"),
         (
             "kind: Deployment\nmetadata: {name: x}\nspec: {template: {spec: {containers: [{name: a, env: 3}]}}}\n",
             "document 1 (Deployment default/x): spec.template.spec.containers[0].env: must be a list, got integer",
         ),
-        ("a: 1\n---\nkey: [unclosed\n", "document 2: not valid YAML near line 3"),
+        ("kind: Namespace\n---\nkey: [unclosed\n", "document 2: not valid YAML near line 4"),
+        (
+            "kind: Namespace\n--- {kind: Pod}\n",
+            "line 2: invalid YAML document separator '--- {kind: Pod}': after --- only a comment may follow",
+        ),
+        ("kind: Namespace\n----\n", "line 2: invalid YAML document separator '----'"),
+        ("kind: Namespace\n---\nmetadata: {name: a}\n", "document 2: kind: is required: kubectl cannot read it"),
+        ("- a\n", "document 1: a YAML list, not a Kubernetes object: kubectl cannot read it as an object"),
+        ("kind: List\nitems: [{metadata: {name: a}}]\n", "document 1 (List) item 1: kind: is required"),
         (
             "kind: Pod\nmetadata: {name: p}\nspec: &s {containers: [{name: a, image: x}], x: *s}\n",
             "document 1: not valid YAML near line 3: a YAML alias (*name) refers to a node that contains it",
@@ -306,3 +314,22 @@ async def test_a_manifest_means_to_meshplane_inject_what_it_means_to_kubectl(
     assert annotations["deployed"] == "2026-12-07" and annotations["answer"] == "y"
     injected_annotations = injected["spec"]["template"]["metadata"]["annotations"]
     assert {key: injected_annotations.get(key) for key in annotations} == annotations
+
+
+def test_a_list_of_any_kind_has_its_items_injected_and_text_after_a_document_end_is_named(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kubectl reads any document with `items` as a list, an item without kind as the list's kind without
+    `List`, and a piece's first YAML document only: a PodList's pods get the sidecar, and a workload after
+    `...` is named on stderr, as kubectl would not create it either."""
+    manifest = tmp_path / "pods.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: web}\n  spec: {containers: [{name: a, image: x}]}\n"
+        "...\n" + DEPLOYMENT
+    )
+    code, out, err = run(["-f", str(manifest)], capsys)
+    assert code == 0, err
+    (pod_list,) = yaml.safe_load_all(out)
+    assert pod_list["kind"] == "PodList" and "kind" not in pod_list["items"][0]
+    assert any(c["name"] == "istio-proxy" for c in pod_list["items"][0]["spec"]["initContainers"])
+    assert "document 1: the text after the document end (... on line 6) is not read, by kubectl either" in err

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -61,3 +62,29 @@ quantity_texts = st.one_of(
     st.builds(str.__add__, _numbers, st.one_of(st.sampled_from(_SUFFIXES), _exponents, _near_suffixes)),
     st.text("0123456789.+-eEinumkKMGTP", min_size=1, max_size=8),
 )
+
+
+def kubectl_objects(manifest: str) -> list[dict[str, Any]] | str:
+    """The objects kubectl reads from a multi-document manifest (lists flattened, each labelled `oracle=read`,
+    which is what `kubectl label --local` changes; it prints them one after another), in order; or kubectl's
+    error when it refuses the file."""
+    with tempfile.TemporaryDirectory() as home:
+        path = os.path.join(home, "manifest.yaml")
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(manifest)
+        result = subprocess.run(
+            [KUBECTL, "label", "--local", "-f", path, "oracle=read", "-o", "json"],
+            env={**os.environ, "HOME": home, "KUBECONFIG": os.devnull},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    if result.returncode != 0:
+        return result.stderr.strip()
+    objects, decoder, text, at = [], json.JSONDecoder(), result.stdout, 0
+    while text[at:].strip():  # one JSON object after another
+        at = len(text) - len(text[at:].lstrip())
+        obj, at = decoder.raw_decode(text, at)
+        objects.append(obj)
+    return objects
