@@ -13,6 +13,7 @@ import pickle
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -69,12 +70,13 @@ def parse_documents(data: bytes, *, label: str) -> Parsed:
     for index, doc in enumerate(docs):
         if doc is None:
             continue
-        is_list = isinstance(doc, Mapping) and doc.get("kind") == "List"
-        items = doc.get("items") if isinstance(doc, Mapping) and is_list else [doc]
-        if not isinstance(items, list):
-            problems.append(DocumentProblem(label, index, "items", "a List needs a list of items"))
+        listed = doc.get("items") if isinstance(doc, Mapping) else None  # as kubectl reads it: any with items
+        if listed is not None and not isinstance(listed, list):
+            problems.append(DocumentProblem(label, index, "items", "a list document needs a list of items"))
             usable = False
             continue
+        is_list = isinstance(doc, Mapping) and listed is not None
+        items = _listed_items(doc, listed) if isinstance(doc, Mapping) and listed is not None else [doc]
         for item_index, item in enumerate(items):
             prefix = f"items[{item_index}]." if is_list else ""
             try:
@@ -94,6 +96,19 @@ def parse_documents(data: bytes, *, label: str) -> Parsed:
                 continue
             objects[key] = pack(obj)  # one object to the garbage collector, however large
     return objects, problems, usable
+
+
+def _listed_items(doc: Mapping[str, Any], listed: list[Any]) -> list[object]:
+    """A list document's items as kubectl reads them: null is {}, and an item with neither kind nor apiVersion
+    is of the list's kind without "List" (`ServiceList` items are Services)."""
+    kind = str(doc.get("kind") or "").removesuffix("List")
+    items: list[object] = []
+    for entry in listed:
+        item = {} if entry is None else entry
+        if kind and isinstance(item, Mapping) and not item.get("kind") and not item.get("apiVersion"):
+            item = {**item, "kind": kind, "apiVersion": doc.get("apiVersion")}
+        items.append(item)
+    return items
 
 
 def parse_positional(data: bytes, label: str) -> Parsed:

@@ -622,13 +622,15 @@ async def test_a_walk_out_of_file_descriptors_keeps_the_config_and_walks_again(
 
 
 def test_list_documents_and_hidden_files(tmp_path: pathlib.Path, source: FileSource) -> None:
+    """A typed list's items without kind take it, as kubectl reads them (`NamespaceList` items are Namespaces)."""
     write(
         tmp_path / "list.yaml",
         "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: x}}\n",
     )
+    write(tmp_path / "typed.yaml", "apiVersion: v1\nkind: NamespaceList\nitems:\n- {metadata: {name: typed}}\n")
     write(tmp_path / ".hidden.yaml", NS_A)
     source.scan()
-    assert [o["metadata"]["name"] for o in source.store.list("Namespace")] == ["x"]
+    assert [o["metadata"]["name"] for o in source.store.list("Namespace")] == ["typed", "x"]
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: pathlib.Path) -> None:
