@@ -342,14 +342,16 @@ def load_injection_config(text: str, *, source: str) -> InjectionConfig:
     """Parse a YAML file of ConfigMaps: the injector one (`istio-sidecar-injector*`) and optionally
     the mesh one (`istio` or `istio-<rev>`). Raises `InjectCommandError` naming the problem."""
     try:
-        docs = [doc for doc in yamltext.load_all(text) if doc is not None]
+        docs = [doc for doc in yamltext.kubectl_documents(text) if doc is not None]
     except yaml.YAMLError as exc:
         raise InjectCommandError(where=source, cause=f"not valid YAML: {exc}") from None
     found: dict[str, tuple[str, Mapping[str, str] | None]] = {}
     items: list[Any] = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-            items.extend(doc["items"])
+    for doc in docs:  # a list's items (`kubectl get cm -o yaml` of several), typed by a ConfigMapList
+        listed = doc.get("items") if isinstance(doc, dict) else None
+        if isinstance(listed, list):
+            typed = doc.get("kind") == "ConfigMapList"
+            items.extend({"kind": "ConfigMap", **item} if typed and isinstance(item, dict) else item for item in listed)
         else:
             items.append(doc)
     for index, doc in enumerate(items):

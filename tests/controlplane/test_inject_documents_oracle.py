@@ -9,6 +9,7 @@ a sidecar and everything else unchanged; or kubectl refuses the input and so doe
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import example, given, settings
@@ -20,19 +21,27 @@ from tests.helpers.kubectl_local import kubectl_objects
 NAMES = st.sampled_from(["web", "db", "skip"])  # `skip` opts out of injection
 
 
-def pod(name: str) -> str:
-    skip = '  annotations: {sidecar.istio.io/inject: "false"}\n' if name == "skip" else ""
+def annotations(name: str, note: str | None) -> str:
+    """Flow-style annotations: `skip` opts out of injection, and `note` is text the output must keep exactly."""
+    entries = (['sidecar.istio.io/inject: "false"'] if name == "skip" else []) + (
+        [f"note: {json.dumps(note)}"] if note is not None else []
+    )
+    return f"{{{', '.join(entries)}}}"
+
+
+def pod(name: str, note: str | None = None) -> str:
     return (
-        f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{skip}spec:\n  containers: [{{name: app, image: a}}]\n"
+        f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {annotations(name, note)}\nspec:\n"
+        f"  containers: [{{name: app, image: a, env: [{{name: NOTE, value: {json.dumps(note or '')}}}]}}]\n"
     )
 
 
-def deployment(name: str) -> str:
-    skip = '      annotations: {sidecar.istio.io/inject: "false"}\n' if name == "skip" else ""
+def deployment(name: str, note: str | None = None) -> str:
     return (
         f"apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: "
-        f"{{app: {name}}}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n{skip}    spec:\n"
-        "      containers:\n      - {name: app, image: a}\n"
+        f"{{app: {name}}}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n"
+        f"      annotations: {annotations(name, note)}\n    spec:\n      containers:\n"
+        f"      - {{name: app, image: a, env: [{{name: NOTE, value: {json.dumps(note or '')}}}]}}\n"
     )
 
 
@@ -58,9 +67,11 @@ LISTS = st.one_of(
     st.builds(items, st.just("PodList"), st.lists(_pod_items, max_size=3)),
     st.builds(items, st.sampled_from(["List", "ConfigMapList"]), st.lists(_any_items, max_size=3)),
 )
+# text a YAML writer must quote or break with care: indicators, YAML 1.1 words, line breaks, edge spaces
+NOTES = st.one_of(st.none(), st.text("ay01o7e.:#-' \"\n\t\\|>%@`{}[],&*!?~\u00e9\u2028", max_size=12))
 DOCUMENTS = st.one_of(
-    NAMES.map(pod),
-    NAMES.map(deployment),
+    st.builds(pod, NAMES, NOTES),
+    st.builds(deployment, NAMES, NOTES),
     NAMES.map(lambda n: f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}}}\ndata: {{k: v}}\n"),
     LISTS,
     st.sampled_from(
@@ -98,9 +109,18 @@ def manifests(draw: st.DrawFn) -> str:
     return "".join(parts)
 
 
-def has_sidecar(obj: dict[str, Any]) -> bool:
-    spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
-    return any(c["name"] == "istio-proxy" for c in spec.get("containers", []) + spec.get("initContainers", []))
+def pod_parts(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod metadata and spec of a Pod or of a Deployment's template."""
+    template = obj if obj["kind"] == "Pod" else obj["spec"]["template"]
+    return template.get("metadata", {}), template["spec"]
+
+
+def injected_from(after: dict[str, Any], before: dict[str, Any]) -> bool:
+    """`after` has the sidecar and still holds `before`'s annotations and app container, exactly."""
+    (meta, spec), (old_meta, old_spec) = pod_parts(after), pod_parts(before)
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    kept = old_meta.get("annotations", {}).items() <= meta.get("annotations", {}).items()
+    return kept and old_spec["containers"][0] in containers and any(c["name"] == "istio-proxy" for c in containers)
 
 
 @settings(max_examples=40, deadline=None)
@@ -110,6 +130,7 @@ def has_sidecar(obj: dict[str, Any]) -> bool:
 @example(manifest=items("PodList", [item("web")]))  # items of a PodList are Pods
 @example(manifest=items("ConfigMapList", ["null"]))  # a null item is an empty object, here a ConfigMap
 @example(manifest=deployment("web") + "...\n" + pod("db"))  # kubectl reads a piece's first document only
+@example(manifest=pod("web", note="y") + "---\n" + deployment("db", note=" a\n\tb \n"))  # quoted, kept exactly
 def test_kubectl_reads_the_injected_manifest_as_the_same_objects_with_sidecars(manifest: str) -> None:
     theirs = kubectl_objects(manifest)
     try:
@@ -125,4 +146,4 @@ def test_kubectl_reads_the_injected_manifest_as_the_same_objects_with_sidecars(m
     ], out.text
     for before, after in zip(theirs, ours, strict=True):
         workload = before["kind"] in ("Pod", "Deployment") and before["metadata"]["name"] != "skip"
-        assert has_sidecar(after) if workload else after == before, (before, after)
+        assert injected_from(after, before) if workload else after == before, (before, after)

@@ -227,6 +227,11 @@ data:
             "ConfigMap 'istio': key 'mesh', field defaultConfig: concurrency: must be an integer, got string",
         ),
         ("kind: Secret\nmetadata: {name: istio}\n", "document 1: must be a ConfigMap"),
+        (  # a ConfigMapList's items are ConfigMaps, as kubectl reads them
+            "kind: ConfigMapList\nitems: [{metadata: {name: istio-sidecar-injector}, data: {config: 'policy: x'}}]\n",
+            "ConfigMap 'istio-sidecar-injector': key 'config', field policy: 'x' is not one of enabled",
+        ),
+        ("kind: ConfigMap\nmetadata: {name: istio}\n--- {x: 1}\n", "invalid YAML document separator '--- {x: 1}'"),
         ("kind: ConfigMap\nmetadata: {name: settings}\n", "ConfigMap 'settings': is neither the injector ConfigMap"),
         (
             "kind: ConfigMap\nmetadata: {name: istio}\n---\nkind: ConfigMap\nmetadata: {name: istio-canary}\n",
