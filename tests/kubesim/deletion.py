@@ -1,18 +1,18 @@
 """Deletion: DELETE of one object and of a collection, graceful deletion, finalizers, the namespace lifecycle.
 
 DeleteOptions come from the body or, for a request without one, the query string (gracePeriodSeconds,
-propagationPolicy, orphanDependents, preconditions, dryRun), never from both. A pod bound to a node is
-deleted gracefully (the kubelet removes it); an object with finalizers gets a deletionTimestamp and
-stays until the last one goes (`Registry`'s update path then removes it); everything else goes at
-once. `propagationPolicy` Orphan and Foreground become the `orphan` and `foregroundDeletion`
-finalizers the garbage collector works off. A pod whose graceful deletion is pending is answered as it
-is by a DELETE that does not shorten its grace period (`BeforeDelete`, `Store.Delete`): its finalizers
-stay as they are whatever the options ask, and admission is not consulted. A deletion left pending
-answers 202 rather than 200 when it asked for `orphanDependents: false` (the delete handler's rule). A
-dry run changes nothing and answers what the deletion would have answered: the object as the deletion
-would leave it, when it would stay. A failed precondition is a 409 in `BeforeDelete`'s words, on the
-object's kind (`Operation cannot be fulfilled on ConfigMap "b": the UID in the precondition (...) does
-not match the UID in record (...). ...`); a body that is not JSON, a 500 with the decoder's error.
+propagationPolicy, orphanDependents, preconditions, dryRun), never from both. A pod bound to a node is deleted
+gracefully (the kubelet removes it); an object with finalizers gets a deletionTimestamp (and, when it counts
+generations, a new generation) and stays until the last one goes (`Registry`'s update path then removes it);
+everything else goes at once. `propagationPolicy` Orphan and Foreground become the `orphan` and
+`foregroundDeletion` finalizers the garbage collector works off. A pod whose graceful deletion is pending is
+answered as it is by a DELETE that does not shorten its grace period (`BeforeDelete`, `Store.Delete`): its
+finalizers stay as they are whatever the options ask, and admission is not consulted. A deletion left pending
+answers 202 rather than 200 when it asked for `orphanDependents: false` (the delete handler's rule). A dry run
+changes nothing and answers what the deletion would have answered: the object as the deletion would leave it,
+when it would stay. A failed precondition is a 409 in `BeforeDelete`'s words, on the object's kind (`Operation
+cannot be fulfilled on ConfigMap "b": the UID in the precondition (...) does not match the UID in record
+(...). ...`); a body that is not JSON, a 500 with the decoder's error.
 
 Deleting a Namespace (its REST `Delete`) checks the preconditions, then marks it Terminating: a
 deletionTimestamp, the phase, and the `orphan` / `foregroundDeletion` finalizers as the request's
@@ -483,6 +483,8 @@ class Deleter:
         elif (grace := grace_period(resource, obj, options)) > 0 or finalizers:
             meta["deletionTimestamp"] = now_stamp(now + datetime.timedelta(seconds=grace))
             meta["deletionGracePeriodSeconds"] = grace
+            if int(meta.get("generation") or 0) > 0:  # BeforeDelete, or markAsDeleting for finalizers: controllers
+                meta["generation"] = int(meta["generation"]) + 1  # see that the object is going, as a new generation
         ns, name = meta.get("namespace", ""), meta["name"]
         if not finalizers and not int(meta.get("deletionGracePeriodSeconds") or 0):
             return (obj, True) if dry_run else (self._registry.remove(resource, ns, name), True)

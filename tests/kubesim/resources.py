@@ -1601,7 +1601,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         defaults=_default_pod,
         validate=_validate_pod,
         validate_update=_validate_pod_update,
-        generation_fields=("spec",),
+        # no generation: a 1.32 server leaves a Pod's metadata.generation alone (1.33 began to count it)
         status_subresource=True,
         initial_status=_pod_status,
         return_deleted_object=True,

@@ -178,6 +178,30 @@ async def test_a_pending_graceful_deletion_keeps_its_finalizers_and_grace_period
     assert shortened["metadata"]["finalizers"] == ["orphan"]
 
 
+async def test_a_deletion_held_by_finalizers_is_a_new_generation_and_a_pod_counts_none(kubesim: KubeSim) -> None:
+    """The first deletionTimestamp bumps a positive generation (`BeforeDelete`, `markAsDeleting`), so a
+    controller sees the object is going; a 1.32 server keeps no generation for a Pod, spec changes or not."""
+    deployments = "/apis/apps/v1/namespaces/default/deployments"
+    assert (await call(kubesim, "POST", deployments, encoded(deployment("web"))))[0] == 201
+    status, going = await call(kubesim, "DELETE", f"{deployments}/web", encoded({"propagationPolicy": "Foreground"}))
+    assert status == 200 and going["metadata"]["deletionTimestamp"]
+    assert going["metadata"]["generation"] == 2
+    status, created = await call(kubesim, "POST", PODS, encoded(bound_pod("p")))
+    assert status == 201 and "generation" not in created["metadata"]
+    image = [{"op": "replace", "path": "/spec/containers/0/image", "value": "app:2"}]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            f"{kubesim.url}{PODS}/p", data=encoded(image), headers={"Content-Type": "application/json-patch+json"}
+        ) as resp,
+    ):
+        patched = await resp.json()
+    assert resp.status == 200 and patched["spec"]["containers"][0]["image"] == "app:2"
+    assert "generation" not in patched["metadata"]
+    status, deleted = await call(kubesim, "DELETE", f"{PODS}/p", encoded({"gracePeriodSeconds": 30}))
+    assert status == 200 and deleted["metadata"]["deletionTimestamp"] and "generation" not in deleted["metadata"]
+
+
 async def test_a_pending_graceful_deletion_is_answered_without_admission(kubesim: KubeSim, webhook: Webhook) -> None:
     assert (await call(kubesim, "POST", PODS, encoded(bound_pod("p"))))[0] == 201
     status, first = await call(kubesim, "DELETE", f"{PODS}/p")
