@@ -353,6 +353,17 @@ def _force_default_proc_mount(spec: Obj) -> None:
                 context["procMount"] = "Default"
 
 
+def _drop_disabled_fields(spec: Obj) -> None:
+    """What `dropDisabledFields` takes out of a pod spec or template on a 1.32 server, whose alpha gates are off
+    (and what it took out of the stored object, so never in use there): each container's `resizePolicy`
+    (InPlacePodVerticalScaling, beta in 1.33) and the pod-level `resources` (PodLevelResources, new in 1.32)."""
+    spec.pop("resources", None)
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            if isinstance(container, dict):
+                container.pop("resizePolicy", None)
+
+
 def default_pod_spec(spec: Obj) -> None:
     """What a Pod's spec and a workload template's take alike (`SetDefaults_PodSpec` and the container, probe,
     volume and ResourceList defaulters); what only a Pod takes (`SetDefaults_Pod`) is in `_default_pod`."""
@@ -368,6 +379,7 @@ def default_pod_spec(spec: Obj) -> None:
             if isinstance(container, dict):
                 _default_container(container)
     _force_default_proc_mount(spec)
+    _drop_disabled_fields(spec)
     for volume in spec.get("volumes") or []:
         if not isinstance(volume, dict):
             continue

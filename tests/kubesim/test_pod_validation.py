@@ -412,6 +412,16 @@ async def test_proc_mount_is_forced_to_default_with_1_32_gates(kube_api: KubeApi
     assert out["spec"]["initContainers"][0]["securityContext"]["procMount"] == "Default"
 
 
+async def test_resize_policy_and_pod_level_resources_are_dropped_with_1_32_gates(kube_api: KubeApi) -> None:
+    """InPlacePodVerticalScaling and PodLevelResources are alpha, so off, in 1.32: the registry drops a
+    container's `resizePolicy` and the pod's `resources` before validation, so nothing about them is refused."""
+    pod = pod_with(resizePolicy=[{"resourceName": "cpu", "restartPolicy": "Bogus"}])
+    pod["spec"]["resources"] = {"limits": {"cpu": "-1"}}
+    out = await created(kube_api, pod)
+    assert "resizePolicy" not in out["spec"]["containers"][0]
+    assert "resources" not in out["spec"]
+
+
 PROFILE_TYPES = '"Localhost", "RuntimeDefault", "Unconfined"'
 
 
