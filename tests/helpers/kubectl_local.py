@@ -1,8 +1,9 @@
 """The machine's kubectl as an oracle, offline: what it makes of values it parses itself.
 
-`kubectl set resources --local` parses each `--limits` quantity with `resource.ParseQuantity`, as the API server
-does when it decodes a pod, and prints the pod again: each quantity as `Quantity.MarshalJSON` writes it, the
-text the API server would store. Nothing reaches a cluster (`--local`, an empty kubeconfig, a scratch HOME).
+Nothing reaches a cluster (`--local`, an empty kubeconfig, a scratch HOME). `kubectl set resources --local`
+parses each `--limits` quantity with `resource.ParseQuantity`, as the API server does when it decodes a pod,
+and prints the pod again: each quantity as `Quantity.MarshalJSON` writes it, the text the API server would
+store. `kubectl label --local -f` reads a manifest's objects as `kubectl apply` reads them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 _POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
 
 
+def run_kubectl(*args: str, stdin: str = "", files: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of kubectl run offline with `args`, in a scratch HOME that also holds
+    `files` (name -> text, written as given); `{home}` in an argument is that directory."""
+    with tempfile.TemporaryDirectory() as home:
+        for name, text in (files or {}).items():
+            with open(os.path.join(home, name), "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        result = subprocess.run(
+            [KUBECTL, *(arg.replace("{home}", home) for arg in args)],
+            input=stdin,
+            env={**os.environ, "HOME": home, "KUBECONFIG": os.devnull},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    return result.returncode, result.stdout, result.stderr.strip()
+
+
 def kubectl_quantities(texts: list[str]) -> list[str] | str:
     """Each of `texts` as the API server would store it, in order; or kubectl's error when one does not parse.
 
@@ -29,19 +49,12 @@ def kubectl_quantities(texts: list[str]) -> list[str] | str:
     if any("," in text or "=" in text for text in texts):
         raise ValueError("a quantity text for kubectl's --limits may not hold ',' or '='")
     limits = ",".join(f"example.com/q{i}={text}" for i, text in enumerate(texts))
-    with tempfile.TemporaryDirectory() as home:
-        result = subprocess.run(
-            [KUBECTL, "set", "resources", "--local", "-f", "-", "-o", "json", f"--limits={limits}"],
-            input=json.dumps(_POD),
-            env={**os.environ, "HOME": home, "KUBECONFIG": os.devnull},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    if result.returncode != 0:
-        return result.stderr.strip()
-    stored = json.loads(result.stdout)["spec"]["containers"][0]["resources"]["limits"]
+    code, out, err = run_kubectl(
+        "set", "resources", "--local", "-f", "-", "-o", "json", f"--limits={limits}", stdin=json.dumps(_POD)
+    )
+    if code != 0:
+        return err
+    stored = json.loads(out)["spec"]["containers"][0]["resources"]["limits"]
     return [stored[f"example.com/q{i}"] for i in range(len(texts))]
 
 
@@ -68,21 +81,12 @@ def kubectl_objects(manifest: str) -> list[dict[str, Any]] | str:
     """The objects kubectl reads from a multi-document manifest (lists flattened, each labelled `oracle=read`,
     which is what `kubectl label --local` changes; it prints them one after another), in order; or kubectl's
     error when it refuses the file."""
-    with tempfile.TemporaryDirectory() as home:
-        path = os.path.join(home, "manifest.yaml")
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            f.write(manifest)
-        result = subprocess.run(
-            [KUBECTL, "label", "--local", "-f", path, "oracle=read", "-o", "json"],
-            env={**os.environ, "HOME": home, "KUBECONFIG": os.devnull},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    if result.returncode != 0:
-        return result.stderr.strip()
-    objects, decoder, text, at = [], json.JSONDecoder(), result.stdout, 0
+    code, text, err = run_kubectl(
+        "label", "--local", "-f", "{home}/manifest.yaml", "oracle=read", "-o", "json", files={"manifest.yaml": manifest}
+    )
+    if code != 0:
+        return err
+    objects, decoder, at = [], json.JSONDecoder(), 0
     while text[at:].strip():  # one JSON object after another
         at = len(text) - len(text[at:].lstrip())
         obj, at = decoder.raw_decode(text, at)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import pathlib
-import subprocess
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.kube.client import KubeApi, KubeApiError
-from tests.kubesim.fixtures import KUBECTL
+from tests.helpers.kubectl_local import run_kubectl
 from tests.kubesim.patching import PatchError, json_patch, merge_patch, strategic_merge_patch
 from tests.kubesim.resources import POD_MERGE, TEMPLATE_MERGE
 from tests.kubesim.server import KubeSim
@@ -268,18 +264,10 @@ _patches = st.fixed_dictionaries({}, optional={"metadata": _metadata, "spec": _s
 
 def kubectl_patch(kind: str, patch: Any) -> tuple[int, Any]:
     """`kubectl patch --local` of POD: (exit status, the patched object or the error text)."""
-    with tempfile.TemporaryDirectory() as home:
-        pod = pathlib.Path(home, "pod.json")
-        pod.write_text(json.dumps(POD))
-        result = subprocess.run(
-            [KUBECTL, "patch", "--local", "-f", str(pod), f"--type={kind}", "-p", json.dumps(patch), "-o", "json"],
-            env={**os.environ, "HOME": home, "KUBECONFIG": os.devnull},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    return result.returncode, json.loads(result.stdout) if result.returncode == 0 else result.stderr.strip()
+    code, out, err = run_kubectl(
+        "patch", "--local", "-f", "-", f"--type={kind}", "-p", json.dumps(patch), "-o", "json", stdin=json.dumps(POD)
+    )
+    return code, json.loads(out) if code == 0 else err
 
 
 def agree(kind: str, patch: Any, ours: Callable[[], Any]) -> None:
