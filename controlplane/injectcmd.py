@@ -135,6 +135,21 @@ def _describe(doc: Mapping[str, Any], kind: str) -> tuple[str, str, str]:
     return kind, meta.get("namespace") or "default", name
 
 
+# kinds without a namespace that manifests often hold, named without one in notes
+_CLUSTER_SCOPED = frozenset(
+    (
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "PriorityClass",
+        "StorageClass",
+        "PersistentVolume",
+        "IngressClass",
+    )
+)
 _OBJECT_META_STRINGS = ("name", "generateName", "namespace", "uid", "resourceVersion")
 
 
@@ -234,7 +249,13 @@ class _Injector:
         if kind in TEMPLATE_PATHS:
             return self.workload(doc, kind, where)
         _, namespace, name = _describe(doc, kind)
-        self.notes.append(f"{where} ({kind} {namespace}/{name}): passed through: a {kind} has no pod to inject")
+        article = "an" if kind[:1] in "AEIOU" else "a"
+        shown = (
+            name
+            if kind in _CLUSTER_SCOPED and "namespace" not in (doc.get("metadata") or {})
+            else f"{namespace}/{name}"
+        )
+        self.notes.append(f"{where} ({kind} {shown}): passed through: {article} {kind} has no pod to inject")
         return None
 
     def _inject(self, pod: dict[str, Any], *, namespace: str, label: str, prefix: str, params: InjectionParams) -> bool:

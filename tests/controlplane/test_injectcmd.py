@@ -338,3 +338,18 @@ def test_a_list_of_any_kind_has_its_items_injected_and_text_after_a_document_end
     assert pod_list["kind"] == "PodList" and "kind" not in pod_list["items"][0]
     assert any(c["name"] == "istio-proxy" for c in pod_list["items"][0]["spec"]["initContainers"])
     assert "document 1: the text after the document end (... on line 6) is not read, by kubectl either" in err
+
+
+def test_documents_passed_through_are_named_as_kubectl_names_them(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-x, namespace: shop}\n"
+        "addressType: IPv4\nendpoints: []\n"
+    )
+    code, _, err = run(["-f", str(manifest)], capsys)
+    assert code == 0, err
+    assert "document 1 (Namespace shop): passed through: a Namespace has no pod to inject" in err
+    assert "document 2 (EndpointSlice shop/web-x): passed through: an EndpointSlice has no pod to inject" in err
