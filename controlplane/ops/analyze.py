@@ -30,9 +30,9 @@ configurations, injector ConfigMap and istiod Service): exit status 0 means noth
 
 Left out, as istioctl leaves them out: a message whose object is annotated
 `galley.istio.io/analyze-suppress` with its code (a comma-separated list; `*` for every code), and one
-a `-S CODE=RESOURCE` matches. The annotation is read on Namespaces, Pods and injector
-configurations, and for a Deployment from the ReplicaSet its controller copies its annotations to;
-StatefulSets, DaemonSets and Jobs are not read, so their messages are suppressed with `-S`.
+a `-S CODE=RESOURCE` matches. The annotation is read on Namespaces, Pods, injector configurations,
+StatefulSets, DaemonSets and Jobs, and for a Deployment from the ReplicaSet its controller copies its
+annotations to (a kind you may not list is left out: its messages are shown).
 `--output-threshold` prints only messages of that level or more severe.
 
 Exit status: 79 (istioctl's "analyzer found issues") when a message of `--failure-threshold` (default

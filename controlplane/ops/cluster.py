@@ -158,8 +158,8 @@ class ClusterState:
     services: frozenset[tuple[str, str]]
     revisions: Mapping[str, RevisionConfig]
     scope: str | None = None
-    # the annotations of the controllers that own pods, where they can be known without reading the
-    # controllers: a Deployment's as its controller copies them to its newest ReplicaSet, a ReplicaSet's own
+    # the annotations of the controllers that own pods: a ReplicaSet's, StatefulSet's, DaemonSet's or Job's
+    # own, and a Deployment's as its controller copies them to its newest ReplicaSet
     owner_annotations: Mapping[Workload, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -212,7 +212,9 @@ class ClusterState:
             services=services,
             revisions=MappingProxyType(revisions),
             scope=scope,
-            owner_annotations=_owner_annotations(replicasets.values()),
+            owner_annotations=_owner_annotations(
+                replicasets.values(), [o for kind in _OWNER_KINDS for o in by_kind.get(kind, [])]
+            ),
         )
 
     def without_revision(self, revision: str) -> ClusterState:
@@ -256,10 +258,19 @@ class ClusterState:
         return found.config.proxy_image if found is not None and found.config is not None else None
 
 
-def _owner_annotations(replicasets: Iterable[Mapping[str, Any]]) -> Mapping[Workload, Mapping[str, str]]:
-    """Per ReplicaSet its annotations; per Deployment those of its ReplicaSet of the highest
-    `deployment.kubernetes.io/revision`, the one its controller keeps the Deployment's annotations on."""
+def _owner_annotations(
+    replicasets: Iterable[Mapping[str, Any]], others: Iterable[Mapping[str, Any]]
+) -> Mapping[Workload, Mapping[str, str]]:
+    """Per ReplicaSet, StatefulSet, DaemonSet and Job (`others`) its annotations; per Deployment those of its
+    ReplicaSet of the highest `deployment.kubernetes.io/revision`, the one its controller keeps the
+    Deployment's annotations on."""
     found: dict[Workload, Mapping[str, str]] = {}
+    for obj in others:
+        meta = _meta(obj)
+        owner = Workload(
+            kind=str(obj.get("kind")), namespace=str(meta.get("namespace", "")), name=str(meta.get("name", ""))
+        )
+        found[owner] = _strings(meta.get("annotations"))
     newest: dict[Workload, int] = {}
     for rs in replicasets:
         meta = _meta(rs)
@@ -404,6 +415,7 @@ async def read_cluster(api: KubeApi, *, namespace: str | None, pods: bool = True
     if pods:
         objects += await _list_all(api, _scoped("/api/v1", namespace, "pods"), kind="Pod")
         objects += await _list_all(api, _scoped("/apis/apps/v1", namespace, "replicasets"), kind="ReplicaSet")
+        objects += await _owners(api, namespace)
     configs = await _list_all(
         api,
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
@@ -414,6 +426,24 @@ async def read_cluster(api: KubeApi, *, namespace: str | None, pods: bool = True
     objects += await _list_all(api, "/api/v1/configmaps", kind="ConfigMap", label_selector=REVISION_LABEL)
     objects += await _services(api, ClusterState.from_objects(configs).injectors)
     return ClusterState.from_objects(objects, scope=namespace)
+
+
+_OWNER_KINDS = {"StatefulSet": ("/apis/apps/v1", "statefulsets"), "DaemonSet": ("/apis/apps/v1", "daemonsets"),
+                "Job": ("/apis/batch/v1", "jobs")}  # fmt: skip
+
+
+async def _owners(api: KubeApi, namespace: str | None) -> list[JsonObject]:
+    """The StatefulSets, DaemonSets and Jobs, whose annotations suppress messages about them. A kind the
+    caller may not list (403), or the server does not serve (404), is left out: messages about its objects
+    are then shown, whatever their annotations say."""
+    found: list[JsonObject] = []
+    for kind, (prefix, plural) in _OWNER_KINDS.items():
+        try:
+            found += await _list_all(api, _scoped(prefix, namespace, plural), kind=kind)
+        except KubeApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+    return found
 
 
 async def _services(api: KubeApi, injectors: Sequence[InjectorConfig]) -> list[JsonObject]:

@@ -8,7 +8,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -73,6 +73,11 @@ async def meshplane(*args: str, kubeconfig: pathlib.Path | None = None) -> tuple
         return await run_process(str(MESHPLANE), *args, env=env)
 
 
+def stale_pod(name: str, owner: Obj) -> Obj:
+    """A pod of `owner` still running R1's sidecar in shop, which `install_canary` moves to R2."""
+    return _pod(name, revision=R1, owner=owner)
+
+
 def _pod(name: str, *, revision: str | None, owner: Obj | None = None) -> Obj:
     meta: dict[str, Any] = {"name": name, "namespace": "shop", "labels": {"app": name.split("-", maxsplit=1)[0]}}
     spec: dict[str, Any] = {"containers": [{"name": "app", "image": "app:1"}]}
@@ -85,11 +90,11 @@ def _pod(name: str, *, revision: str | None, owner: Obj | None = None) -> Obj:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-async def install_canary(kubectl: Kubectl, chart: Render) -> None:
+async def install_canary(kubectl: Kubectl, chart: Render, *, more: Callable[[], Awaitable[None]] | None = None) -> None:
     """Two revisions' webhooks and ConfigMaps, namespace shop moved to R2, pods still on R1.
 
     Pods and owners are created before the webhook configurations: kubesim would otherwise call
-    the (absent) injectors for them.
+    the (absent) injectors for them. `more` creates a test's own, at that point.
     """
     await kubectl.run("create", "namespace", "istio-system")
     await kubectl.run("create", "namespace", "shop")
@@ -119,6 +124,8 @@ async def install_canary(kubectl: Kubectl, chart: Render) -> None:
     for pod in (_pod("web-6d5f-a", revision=R1, owner=owner), _pod("web-6d5f-b", revision=R2, owner=owner)):
         await kubectl.apply(json.dumps(pod))
     await kubectl.apply(json.dumps(_pod("debug", revision=R1)))
+    if more is not None:
+        await more()
     rendered = chart({"revision": R1, "revisionTags": ["default"]}) + chart({"revision": R2})
     wanted = [o for o in rendered if o["kind"] in ("MutatingWebhookConfiguration", "ConfigMap", "Service")]
     await kubectl.apply(yaml.safe_dump_all(wanted))

@@ -30,7 +30,7 @@ from controlplane.ops.analyze import (
 from controlplane.ops.cluster import ClusterState, Workload
 from tests.charts.helm import requires_helm
 from tests.kubesim.fixtures import Kubectl
-from tests.ops.conftest import GOLDEN, R1, R2, Render, install_canary, load_case, meshplane
+from tests.ops.conftest import GOLDEN, R1, R2, Render, install_canary, load_case, meshplane, stale_pod
 
 pytestmark = requires_helm
 
@@ -216,6 +216,17 @@ def test_a_deployments_annotations_are_those_its_newest_replicaset_carries() -> 
     assert state.owner_annotations[Workload(kind="ReplicaSet", namespace="shop", name="web-1")][SUPPRESS_ANNOTATION]
 
 
+def test_the_annotations_of_statefulsets_daemonsets_and_jobs_are_their_own() -> None:
+    annotated = {SUPPRESS_ANNOTATION: "MP0003"}
+    objects = [
+        {"kind": kind, "metadata": {"name": "x", "namespace": "shop", "annotations": annotated}}
+        for kind in ("StatefulSet", "DaemonSet", "Job")
+    ]
+    state = ClusterState.from_objects(objects)
+    for kind in ("StatefulSet", "DaemonSet", "Job"):
+        assert state.owner_annotations[Workload(kind=kind, namespace="shop", name="x")] == annotated
+
+
 async def test_suppressions_and_thresholds_on_kubesim(
     kubectl: Kubectl, kubeconfig: pathlib.Path, chart: Render
 ) -> None:
@@ -238,6 +249,37 @@ async def test_suppressions_and_thresholds_on_kubesim(
     code, out, err = await meshplane("analyze", *config, "-S", "MP0003")
     assert (code, out) == (2, "")
     assert "argument -S/--suppress: 'MP0003' is not CODE=RESOURCE" in err
+
+
+async def test_the_suppress_annotation_of_a_statefulset_is_read(
+    kubectl: Kubectl, kubeconfig: pathlib.Path, chart: Render
+) -> None:
+    """A StatefulSet's pods carry none of its annotations, so analyze reads the StatefulSet (and DaemonSets and
+    Jobs, which kubesim does not serve: a kind the server answers 404 for is left out)."""
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "a", "image": "a"}]}},
+        },
+    }
+
+    async def database() -> None:
+        await kubectl.apply(json.dumps(statefulset))
+        uid = (await kubectl.json("get", "statefulset", "db", "-n", "shop"))["metadata"]["uid"]
+        await kubectl.apply(json.dumps(stale_pod("db-0", {"kind": "StatefulSet", "name": "db", "uid": uid})))
+
+    await install_canary(kubectl, chart, more=database)
+    config = ("--kubeconfig", str(kubeconfig), "-n", "shop", "-o", "json")
+    _, out, _ = await meshplane("analyze", *config)
+    assert ("MP0003", "StatefulSet shop/db") in {(m["code"], m["origin"]) for m in json.loads(out)}
+    await kubectl.run("annotate", "statefulset", "db", "-n", "shop", f"{SUPPRESS_ANNOTATION}=MP0003")
+    _, out, _ = await meshplane("analyze", *config)
+    origins = {m["origin"] for m in json.loads(out)}
+    assert "StatefulSet shop/db" not in origins and "Deployment shop/web" in origins
 
 
 async def test_without_revision_says_what_removing_it_would_break(
