@@ -413,7 +413,8 @@ def _restart(
     target = f"revision {want}" if want is not None else "no injection (a restart removes the sidecar)"
     if want is not None and not want_installed:
         target += ", which is not installed either: label the namespace with an installed revision first"
-    command = workload.restart_command([pod.name for pod, _ in pods])
+    reinjected = want is not None and want_installed
+    command = workload.restart_command([pod.name for pod, _ in pods], reinjected=reinjected)
     whose = "their" if len(pods) > 1 else "its"
     if not_installed:
         described += (
@@ -421,7 +422,11 @@ def _restart(
         )
     text = f"{described}; {whose} namespace and labels now select {target}. Restart: {command}"
     if workload.kind == "Pod":
-        text += " (a bare pod is not recreated: create it again from its manifest)"
+        text += (
+            " (it deletes the pod and creates it again from its own spec, which the injector injects anew)"
+            if reinjected
+            else " (a bare pod is not recreated: create it again from its manifest)"
+        )
     return Message(
         type=SIDECAR_REVISION_NOT_INSTALLED if not_installed else RESTART_NEEDED,
         kind=workload.kind,

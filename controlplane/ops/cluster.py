@@ -82,10 +82,15 @@ class Workload:
     namespace: str
     name: str
 
-    def restart_command(self, pods: Sequence[str]) -> str:
-        """`kubectl rollout restart` for the kinds that support it, else deleting `pods` (sorted)."""
+    def restart_command(self, pods: Sequence[str], *, reinjected: bool = False) -> str:
+        """`kubectl rollout restart` for the kinds that support it; for a bare pod the injector will inject
+        again (`reinjected`: its namespace and labels select an installed revision), replacing it by itself,
+        which meshplane's injector strips and injects anew; else deleting `pods` (sorted), which a controller
+        creates again."""
         if self.kind in RESTARTABLE:
             return f"kubectl rollout restart {self.kind.lower()}/{self.name} -n {self.namespace}"
+        if self.kind == "Pod" and reinjected:
+            return f"kubectl get pod {self.name} -n {self.namespace} -o yaml | kubectl replace --force -f -"
         return f"kubectl delete pod {' '.join(sorted(pods))} -n {self.namespace}"
 
 

@@ -1,7 +1,7 @@
 """A canary upgrade and a rollback, end to end on a one-machine cluster, with traffic flowing throughout.
 
-Revision `asm-1233-2` serves namespace `shop` (a Deployment and a StatefulSet, pods 2/2 with live
-sidecars); `asm-1234-1` is installed beside it with the real helm; the namespace is relabelled with
+Revision `asm-1233-2` serves namespace `shop` (a Deployment, a StatefulSet and a bare pod, pods 2/2 with
+live sidecars); `asm-1234-1` is installed beside it with the real helm; the namespace is relabelled with
 the real kubectl; `meshplane analyze` says which workloads to restart and how, and the test runs
 those commands verbatim. Every pod comes back 2/2, injected by and SYNCED to the new revision; the
 `default` tag moves and the old release is uninstalled. The rollback does the same back to the old
@@ -86,8 +86,19 @@ metadata: {name: db, namespace: shop}
 spec:
   selector: {app: db}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tools, namespace: shop, labels: {app: tools}}
+spec:
+  containers:
+  - name: tools
+    image: example.com/shop/web:1.0
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 1}
 """
-WORKLOADS = {("Deployment", "web"), ("StatefulSet", "db")}
+WORKLOADS = {("Deployment", "web"), ("StatefulSet", "db"), ("Pod", "tools")}  # a bare pod too
+PODS = 5
 ROUTES = (("web", "db"), ("db", "web"))  # (caller's app label, callee Service)
 
 
@@ -197,14 +208,17 @@ async def move_namespace(cluster: Cluster, kubectl: Kubectl, *, to: str, load: T
     assert set(advice) == WORKLOADS, advice
     assert advice[("Deployment", "web")] == f"kubectl rollout restart deployment/web -n {NAMESPACE}"
     assert advice[("StatefulSet", "db")] == f"kubectl rollout restart statefulset/db -n {NAMESPACE}"
+    assert advice[("Pod", "tools")] == f"kubectl get pod tools -n {NAMESPACE} -o yaml | kubectl replace --force -f -"
     for command in advice.values():
-        argv = shlex.split(command)
-        assert argv[0] == "kubectl"
-        await kubectl.run(*argv[1:])
+        output = None
+        for step in command.split(" | "):  # a pipe feeds one kubectl's output to the next
+            argv = shlex.split(step)
+            assert argv[0] == "kubectl"
+            output = (await kubectl.run(*argv[1:], stdin=output)).stdout
     await kubectl.run("-n", NAMESPACE, "rollout", "status", "deployment/web", "--timeout=200s")
     await kubectl.run("-n", NAMESPACE, "rollout", "status", "statefulset/db", "--timeout=200s")
     await eventually(
-        lambda: all_meshed(kubectl, NAMESPACE, to, 4), within=TIMEOUT, interval=1.0, what=f"4 pods 2/2 on {to}"
+        lambda: all_meshed(kubectl, NAMESPACE, to, PODS), within=TIMEOUT, interval=1.0, what=f"{PODS} pods 2/2 on {to}"
     )
     await synced_to(cluster, kubectl, to)
     assert await restart_advice(cluster) == {}
@@ -250,7 +264,10 @@ async def serve_on_old(cluster: Cluster, kubectl: Kubectl) -> None:
     await kubectl.run("label", "namespace", NAMESPACE, f"istio.io/rev={OLD}")
     await kubectl.apply(APPS)
     await eventually(
-        lambda: all_meshed(kubectl, NAMESPACE, OLD, 4), within=TIMEOUT, interval=1.0, what=f"4 pods 2/2 on {OLD}"
+        lambda: all_meshed(kubectl, NAMESPACE, OLD, PODS),
+        within=TIMEOUT,
+        interval=1.0,
+        what=f"{PODS} pods 2/2 on {OLD}",
     )
 
 

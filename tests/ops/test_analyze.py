@@ -67,8 +67,8 @@ def test_canary_names_exactly_the_workloads_to_restart(chart: Render) -> None:
     messages = analyze(load_case(chart, "canary-restart"))
     commands = sorted(m.command for m in messages if m.command)
     assert commands == [
-        "kubectl delete pod debug -n shop",
-        "kubectl delete pod legacy-7c9b-m2x8d -n shop",
+        "kubectl delete pod legacy-7c9b-m2x8d -n shop",  # its ReplicaSet creates it again
+        "kubectl get pod debug -n shop -o yaml | kubectl replace --force -f -",  # a bare pod, replaced by itself
         "kubectl rollout restart daemonset/node-agent -n shop",
         "kubectl rollout restart deployment/web -n shop",
         "kubectl rollout restart statefulset/db -n shop",
@@ -92,14 +92,14 @@ async def test_analyze_on_kubesim_names_the_restarts(kubectl: Kubectl, kubeconfi
         "Warning [MP0003] (Deployment shop/web) Pod web-6d5f-a runs the sidecar of revision asm-1233-2; its namespace "
         "and labels now select revision asm-1234-1. Restart: kubectl rollout restart deployment/web -n shop",
         "Warning [MP0003] (Pod shop/debug) Pod debug runs the sidecar of revision asm-1233-2; its namespace and labels "
-        "now select revision asm-1234-1. Restart: kubectl delete pod debug -n shop (a bare pod is not recreated: "
-        "create it again from its manifest)",
+        "now select revision asm-1234-1. Restart: kubectl get pod debug -n shop -o yaml | kubectl replace --force -f - "
+        "(it deletes the pod and creates it again from its own spec, which the injector injects anew)",
     ]
     code, out, _ = await meshplane("analyze", "-A", "-o", "json", kubeconfig=kubeconfig)
     found = json.loads(out)
     assert {m["origin"]: m.get("command") for m in found if m["code"] == "MP0003"} == {
         "Deployment shop/web": "kubectl rollout restart deployment/web -n shop",
-        "Pod shop/debug": "kubectl delete pod debug -n shop",
+        "Pod shop/debug": "kubectl get pod debug -n shop -o yaml | kubectl replace --force -f -",
     }
     assert code == 0
 
