@@ -382,10 +382,13 @@ def _pods(state: ClusterState) -> Iterator[Message]:
             "upgrading the Istio control-plane and can be fixed by redeploying the pods.",
         )
     for workload, pods in restarts.items():
-        yield _restart(workload, pods, targets[workload])
+        yield _restart(workload, pods, targets[workload], on_delete=workload in state.on_delete)
     for workload, pods in orphans.items():
         want = targets[workload]
-        yield _restart(workload, pods, want, not_installed=True, want_installed=want in state.revision_names)
+        installed = want in state.revision_names
+        yield _restart(
+            workload, pods, want, not_installed=True, want_installed=installed, on_delete=workload in state.on_delete
+        )
 
 
 def _restart(
@@ -395,6 +398,7 @@ def _restart(
     *,
     not_installed: bool = False,
     want_installed: bool = True,
+    on_delete: bool = False,
 ) -> Message:
     """One MP0003 message for the pods of `workload` that need a restart to get revision `want`; with
     `not_installed`, one MP0004 for pods whose sidecar's revision is not installed any more."""
@@ -414,13 +418,18 @@ def _restart(
     if want is not None and not want_installed:
         target += ", which is not installed either: label the namespace with an installed revision first"
     reinjected = want is not None and want_installed
-    command = workload.restart_command([pod.name for pod, _ in pods], reinjected=reinjected)
+    command = workload.restart_command([pod.name for pod, _ in pods], reinjected=reinjected, on_delete=on_delete)
     whose = "their" if len(pods) > 1 else "its"
     if not_installed:
         described += (
             f": {whose} {'proxies get' if len(pods) > 1 else 'proxy gets'} no configuration and no new certificates"
         )
     text = f"{described}; {whose} namespace and labels now select {target}. Restart: {command}"
+    if on_delete:
+        text += (
+            " (its update strategy is OnDelete: a rollout restart would replace no pod;"
+            f" the {workload.kind} creates deleted pods again)"
+        )
     if workload.kind == "Pod":
         text += (
             " (it deletes the pod and creates it again from its own spec, which the injector injects anew)"

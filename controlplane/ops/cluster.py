@@ -82,12 +82,13 @@ class Workload:
     namespace: str
     name: str
 
-    def restart_command(self, pods: Sequence[str], *, reinjected: bool = False) -> str:
-        """`kubectl rollout restart` for the kinds that support it; for a bare pod the injector will inject
+    def restart_command(self, pods: Sequence[str], *, reinjected: bool = False, on_delete: bool = False) -> str:
+        """`kubectl rollout restart` for the kinds that support it, unless their update strategy is `on_delete`
+        (a restart would change the template and replace no pod); for a bare pod the injector will inject
         again (`reinjected`: its namespace and labels select an installed revision), replacing it by itself,
         which meshplane's injector strips and injects anew; else deleting `pods` (sorted), which a controller
         creates again."""
-        if self.kind in RESTARTABLE:
+        if self.kind in RESTARTABLE and not on_delete:
             return f"kubectl rollout restart {self.kind.lower()}/{self.name} -n {self.namespace}"
         if self.kind == "Pod" and reinjected:
             return f"kubectl get pod {self.name} -n {self.namespace} -o yaml | kubectl replace --force -f -"
@@ -166,6 +167,8 @@ class ClusterState:
     # the annotations of the controllers that own pods: a ReplicaSet's, StatefulSet's, DaemonSet's or Job's
     # own, and a Deployment's as its controller copies them to its newest ReplicaSet
     owner_annotations: Mapping[Workload, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    # the StatefulSets and DaemonSets whose update strategy is OnDelete: a template change replaces no pod
+    on_delete: frozenset[Workload] = frozenset()
 
     @classmethod
     def from_objects(
@@ -219,6 +222,12 @@ class ClusterState:
             scope=scope,
             owner_annotations=_owner_annotations(
                 replicasets.values(), [o for kind in _OWNER_KINDS for o in by_kind.get(kind, [])]
+            ),
+            on_delete=frozenset(
+                Workload(kind=kind, namespace=str(_meta(o).get("namespace", "")), name=str(_meta(o).get("name", "")))
+                for kind in ("StatefulSet", "DaemonSet")
+                for o in by_kind.get(kind, [])
+                if _dict(_dict(o.get("spec")).get("updateStrategy")).get("type") == "OnDelete"
             ),
         )
 

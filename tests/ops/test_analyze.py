@@ -76,6 +76,22 @@ def test_canary_names_exactly_the_workloads_to_restart(chart: Render) -> None:
     assert exit_status(messages) == 0
 
 
+def test_an_on_delete_statefulset_or_daemonset_gets_its_pods_deleted_not_a_rollout_restart(chart: Render) -> None:
+    """With updateStrategy OnDelete a rollout restart changes the template and replaces no pod."""
+    objects = [
+        {"kind": kind, "metadata": {"name": name, "namespace": "shop"}, "spec": {"updateStrategy": {"type": strategy}}}
+        for kind, name, strategy in (("StatefulSet", "db", "OnDelete"), ("DaemonSet", "node-agent", "RollingUpdate"))
+    ]
+    on_delete = ClusterState.from_objects(objects).on_delete
+    assert on_delete == {Workload(kind="StatefulSet", namespace="shop", name="db")}
+    state = dataclasses.replace(load_case(chart, "canary-restart"), on_delete=on_delete)
+    (db,) = [m for m in analyze(state) if m.origin == "StatefulSet shop/db"]
+    assert db.command is not None and db.command.startswith("kubectl delete pod db-")
+    assert "(its update strategy is OnDelete: a rollout restart would replace no pod;" in db.text
+    daemonset = [m.command for m in analyze(state) if m.origin == "DaemonSet shop/node-agent"]
+    assert daemonset == ["kubectl rollout restart daemonset/node-agent -n shop"]
+
+
 def test_an_error_message_gives_exit_status_79(chart: Render) -> None:
     assert exit_status(analyze(load_case(chart, "unknown-revision"))) == EXIT_ISSUES
     assert exit_status(analyze(load_case(chart, "clean"))) == 0
@@ -255,13 +271,15 @@ async def test_the_suppress_annotation_of_a_statefulset_is_read(
     kubectl: Kubectl, kubeconfig: pathlib.Path, chart: Render
 ) -> None:
     """A StatefulSet's pods carry none of its annotations, so analyze reads the StatefulSet (and DaemonSets and
-    Jobs, which kubesim does not serve: a kind the server answers 404 for is left out)."""
+    Jobs, which kubesim does not serve: a kind the server answers 404 for is left out), and with it its update
+    strategy: an OnDelete one gets its pods deleted, as a rollout restart would replace none."""
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": {"name": "db", "namespace": "shop"},
         "spec": {
             "replicas": 0,
+            "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": {"app": "db"}},
             "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "a", "image": "a"}]}},
         },
@@ -275,7 +293,8 @@ async def test_the_suppress_annotation_of_a_statefulset_is_read(
     await install_canary(kubectl, chart, more=database)
     config = ("--kubeconfig", str(kubeconfig), "-n", "shop", "-o", "json")
     _, out, _ = await meshplane("analyze", *config)
-    assert ("MP0003", "StatefulSet shop/db") in {(m["code"], m["origin"]) for m in json.loads(out)}
+    commands = {(m["code"], m["origin"]): m.get("command") for m in json.loads(out)}
+    assert commands[("MP0003", "StatefulSet shop/db")] == "kubectl delete pod db-0 -n shop"  # OnDelete
     await kubectl.run("annotate", "statefulset", "db", "-n", "shop", f"{SUPPRESS_ANNOTATION}=MP0003")
     _, out, _ = await meshplane("analyze", *config)
     origins = {m["origin"] for m in json.loads(out)}
