@@ -123,6 +123,8 @@ def _preamble(piece: str) -> str:
     return "".join(kept)
 
 
+# a document end marker (`...`) followed, past blank and comment lines, by more text: a second YAML document in
+# the piece, which kubectl does not read
 _END_THEN_TEXT = re.compile(r"^\.\.\.(?:[ \t][^\n]*)?\r?\n(?:[ \t]*(?:#[^\n]*)?\r?\n)*[ \t]*[^\s#]", re.MULTILINE)
 
 
@@ -244,6 +246,7 @@ class _Injector:
         return {**doc, "items": new_items} if changed else None
 
     def object(self, doc: dict[str, Any], kind: str, where: str) -> Any | None:
+        """One object of `kind` injected, or None when it stays as it is (a note then says why)."""
         if kind == "Pod":
             return self.pod(doc, where)
         if kind in TEMPLATE_PATHS:
