@@ -696,6 +696,18 @@ def _validate_pod(obj: Obj, errors: FieldErrors) -> None:
     validate_pod_only(obj.get("spec"), "spec", errors)
 
 
+def _validate_pod_create(obj: Obj, errors: FieldErrors) -> None:
+    """What only a new pod is refused for (`ValidatePodCreate`): ephemeral containers, which only the
+    `ephemeralcontainers` subresource adds to a running pod, and a node while scheduling gates remain."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if spec.get("ephemeralContainers"):
+        errors.forbidden("spec.ephemeralContainers", "cannot be set on create")
+    if spec.get("nodeName") and spec.get("schedulingGates"):
+        errors.forbidden("spec.nodeName", "cannot be set until all schedulingGates have been cleared")
+
+
 _POD_MUTABLE_NOTE = (
     "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,"
     "`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),"
@@ -1612,6 +1624,7 @@ RESOURCES: tuple[ResourceType, ...] = (
         },
         defaults=_default_pod,
         validate=_validate_pod,
+        validate_create=_validate_pod_create,
         validate_update=_validate_pod_update,
         # no generation: a 1.32 server leaves a Pod's metadata.generation alone (1.33 began to count it)
         status_subresource=True,

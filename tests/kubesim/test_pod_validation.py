@@ -422,6 +422,20 @@ async def test_resize_policy_and_pod_level_resources_are_dropped_with_1_32_gates
     assert "resources" not in out["spec"]
 
 
+async def test_a_new_pod_may_not_have_ephemeral_containers_nor_a_node_while_gated(kube_api: KubeApi) -> None:
+    """`ValidatePodCreate`: ephemeral containers only come through the `ephemeralcontainers` subresource of a
+    running pod (so `kubectl replace --force` of a pod that was debugged is refused once the pod is gone), and a
+    pod with scheduling gates may not name its node yet."""
+    pod = pod_with("debugged")
+    pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
+    assert await causes_of(kube_api, pod) == [("spec.ephemeralContainers", "Forbidden: cannot be set on create")]
+    pod = pod_with("gated")
+    pod["spec"] |= {"nodeName": "node-a", "schedulingGates": [{"name": "example.com/wait"}]}
+    assert await causes_of(kube_api, pod) == [
+        ("spec.nodeName", "Forbidden: cannot be set until all schedulingGates have been cleared")
+    ]
+
+
 PROFILE_TYPES = '"Localhost", "RuntimeDefault", "Unconfined"'
 
 
