@@ -417,7 +417,8 @@ def _restart(
     target = f"revision {want}" if want is not None else "no injection (a restart removes the sidecar)"
     if want is not None and not want_installed:
         target += ", which is not installed either: label the namespace with an installed revision first"
-    reinjected = want is not None and want_installed
+    debugged = any(pod.debugged for pod, _ in pods)  # replaced, such a pod would be deleted and not created
+    reinjected = want is not None and want_installed and not debugged
     command = workload.restart_command([pod.name for pod, _ in pods], reinjected=reinjected, on_delete=on_delete)
     whose = "their" if len(pods) > 1 else "its"
     if not_installed:
@@ -430,12 +431,15 @@ def _restart(
             " (its update strategy is OnDelete: a rollout restart would replace no pod;"
             f" the {workload.kind} creates deleted pods again)"
         )
-    if workload.kind == "Pod":
+    if workload.kind == "Pod" and reinjected:
+        text += " (it deletes the pod and creates it again from its own spec, which the injector injects anew)"
+    elif workload.kind == "Pod" and debugged:
         text += (
-            " (it deletes the pod and creates it again from its own spec, which the injector injects anew)"
-            if reinjected
-            else " (a bare pod is not recreated: create it again from its manifest)"
+            " (a bare pod is not recreated: create it again from its manifest; kubectl replace --force would delete"
+            " it and then fail, as no new pod may carry its ephemeral containers)"
         )
+    elif workload.kind == "Pod":
+        text += " (a bare pod is not recreated: create it again from its manifest)"
     return Message(
         type=SIDECAR_REVISION_NOT_INSTALLED if not_installed else RESTART_NEEDED,
         kind=workload.kind,

@@ -123,6 +123,11 @@ class Pod:
     def host_network(self) -> bool:
         return _dict(self.manifest.get("spec")).get("hostNetwork") is True
 
+    @property
+    def debugged(self) -> bool:
+        """It holds ephemeral containers (`kubectl debug`), which no create may carry."""
+        return bool(_dict(self.manifest.get("spec")).get("ephemeralContainers"))
+
 
 @dataclass(frozen=True, kw_only=True)
 class Webhook:

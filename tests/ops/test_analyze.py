@@ -27,7 +27,7 @@ from controlplane.ops.analyze import (
     exit_status,
     render,
 )
-from controlplane.ops.cluster import ClusterState, Workload
+from controlplane.ops.cluster import ClusterState, Pod, Workload
 from tests.charts.helm import requires_helm
 from tests.kubesim.fixtures import Kubectl
 from tests.ops.conftest import GOLDEN, R1, R2, Render, install_canary, load_case, meshplane, stale_pod
@@ -90,6 +90,24 @@ def test_an_on_delete_statefulset_or_daemonset_gets_its_pods_deleted_not_a_rollo
     assert "(its update strategy is OnDelete: a rollout restart would replace no pod;" in db.text
     daemonset = [m.command for m in analyze(state) if m.origin == "DaemonSet shop/node-agent"]
     assert daemonset == ["kubectl rollout restart daemonset/node-agent -n shop"]
+
+
+def test_a_debugged_bare_pod_is_not_advised_a_replace_that_would_lose_it(chart: Render) -> None:
+    """No new pod may carry ephemeral containers (`kubectl debug` adds them to a running one): kubectl replace
+    --force would delete the pod and then fail to create it, so the advice stays a delete and a manifest."""
+    state = load_case(chart, "canary-restart")
+
+    def debugged(pod: Pod) -> Pod:
+        spec = {**pod.manifest["spec"], "ephemeralContainers": [{"name": "debugger", "image": "busybox"}]}
+        return dataclasses.replace(pod, manifest={**pod.manifest, "spec": spec})
+
+    state = dataclasses.replace(state, pods=tuple(debugged(p) if p.name == "debug" else p for p in state.pods))
+    (message,) = [m for m in analyze(state) if m.origin == "Pod shop/debug"]
+    assert message.command == "kubectl delete pod debug -n shop"
+    assert message.text.endswith(
+        "(a bare pod is not recreated: create it again from its manifest; kubectl replace --force would delete"
+        " it and then fail, as no new pod may carry its ephemeral containers)"
+    )
 
 
 def test_an_error_message_gives_exit_status_79(chart: Render) -> None:
