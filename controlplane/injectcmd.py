@@ -229,13 +229,12 @@ class _Injector:
         if doc.get("items") is None:
             return self.object(doc, doc["kind"], where)
         label = f"{where} ({doc['kind']})"
-        item_kind = doc["kind"].removesuffix("List")
         changed = False
         new_items = []
         for index, entry in enumerate(doc["items"]):
             item_where = f"{label} item {index + 1}"
             item = entry or {}
-            kind = item.get("kind") or ("" if item.get("apiVersion") else item_kind)
+            kind = yamltext.listed_kind(doc, item)
             if not kind:
                 raise InjectCommandError(
                     where=item_where, cause="kind: is required: kubectl cannot read it as an object"
@@ -371,11 +370,12 @@ def load_injection_config(text: str, *, source: str) -> InjectionConfig:
         raise InjectCommandError(where=source, cause=f"not valid YAML: {exc}") from None
     found: dict[str, tuple[str, Mapping[str, str] | None]] = {}
     items: list[Any] = []
-    for doc in docs:  # a list's items (`kubectl get cm -o yaml` of several), typed by a ConfigMapList
+    for doc in docs:  # a list's items (`kubectl get cm -o yaml` of several; a ConfigMapList's are ConfigMaps)
         listed = doc.get("items") if isinstance(doc, dict) else None
         if isinstance(listed, list):
-            typed = doc.get("kind") == "ConfigMapList"
-            items.extend({"kind": "ConfigMap", **item} if typed and isinstance(item, dict) else item for item in listed)
+            items.extend(
+                {**item, "kind": yamltext.listed_kind(doc, item)} if isinstance(item, dict) else item for item in listed
+            )
         else:
             items.append(doc)
     for index, doc in enumerate(items):

@@ -26,7 +26,7 @@ import datetime
 import math
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -473,3 +473,11 @@ def kubectl_documents(text: str) -> Iterator[Any]:
     for a piece with none (only comments, or empty)."""
     for piece in kubectl_pieces(text):
         yield first_document(piece)
+
+
+def listed_kind(listing: Mapping[str, Any], item: Mapping[str, Any]) -> str:
+    """The kind kubectl reads an item of a list document as: its own, else, when it has no apiVersion either, the
+    list's kind without `List` (`PodList` items are Pods; a `List`'s need their own); "" for none."""
+    if item.get("kind"):
+        return str(item["kind"])
+    return "" if item.get("apiVersion") else str(listing.get("kind") or "").removesuffix("List")

@@ -99,13 +99,12 @@ def parse_documents(data: bytes, *, label: str) -> Parsed:
 
 
 def _listed_items(doc: Mapping[str, Any], listed: list[Any]) -> list[object]:
-    """A list document's items as kubectl reads them: null is {}, and an item with neither kind nor apiVersion
-    is of the list's kind without "List" (`ServiceList` items are Services)."""
-    kind = str(doc.get("kind") or "").removesuffix("List")
+    """A list document's items as kubectl reads them: null is {}, and an item without a kind takes the one
+    `yamltext.listed_kind` gives it (`ServiceList` items are Services), with the list's apiVersion."""
     items: list[object] = []
     for entry in listed:
         item = {} if entry is None else entry
-        if kind and isinstance(item, Mapping) and not item.get("kind") and not item.get("apiVersion"):
+        if isinstance(item, Mapping) and not item.get("kind") and (kind := yamltext.listed_kind(doc, item)):
             item = {**item, "kind": kind, "apiVersion": doc.get("apiVersion")}
         items.append(item)
     return items
